@@ -1,0 +1,65 @@
+"""Errors WonderQ reports to its clients, each with a stable wire code.
+
+Design decision: one base class, `WonderQError`, split in two by what the
+connection must do afterwards (the h11 split between "you misused the API" and
+"the peer sent garbage"):
+
+* `CommandError`: the request was understood as a request but cannot be
+  carried out (unknown message, stale lease, bad argument...). The server
+  replies with the code and keeps the connection.
+* `ProtocolError`: the byte stream itself is broken or cannot be trusted
+  (an oversized frame, an unsupported protocol version). The server replies
+  with the code and then closes the connection, because it can no longer tell
+  where the next request starts.
+
+Rules:
+* Every code here is part of the wire protocol and listed in PROTOCOL.md.
+  Codes are never renamed or reused for another meaning.
+* A message is for people; a code is for programs. Clients branch on codes.
+* Anything that is not a `WonderQError` escaping a command is a bug in the
+  server: it is logged with its traceback and answered with `INTERNAL`.
+"""
+
+from __future__ import annotations
+
+# Command errors: reply, keep the connection.
+UNKNOWN_COMMAND = "UNKNOWN_COMMAND"
+BAD_ARGUMENT = "BAD_ARGUMENT"
+INVALID_QUEUE_NAME = "INVALID_QUEUE_NAME"
+BODY_TOO_LARGE = "BODY_TOO_LARGE"
+BATCH_TOO_LARGE = "BATCH_TOO_LARGE"
+NOT_FOUND = "NOT_FOUND"
+LEASE_LOST = "LEASE_LOST"
+MALFORMED = "MALFORMED"
+LINE_TOO_LONG = "LINE_TOO_LONG"
+INTERNAL = "INTERNAL"
+
+# Protocol errors: reply, then close the connection.
+FRAME_TOO_LARGE = "FRAME_TOO_LARGE"
+UNSUPPORTED_VERSION = "UNSUPPORTED_VERSION"
+
+
+class WonderQError(Exception):
+    """Base of every error that is reported to a client with a wire code."""
+
+    code: str = INTERNAL
+    closes_connection: bool = False
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class CommandError(WonderQError):
+    """A well-formed request that cannot be carried out; the connection stays open."""
+
+
+class ProtocolError(WonderQError):
+    """The stream is broken; the server replies with the code, then closes."""
+
+    closes_connection = True
+
+
+def bad_argument(message: str) -> CommandError:
+    return CommandError(BAD_ARGUMENT, message)

@@ -1,0 +1,109 @@
+"""A named queue: its messages, its ready order, its waiting consumers.
+
+Design decision: a queue owns three structures and keeps counts beside them
+so that stats never walk a structure:
+
+* `messages`: id -> Message for every message not yet acked (any state).
+* `ready`: a min-heap of message ids. Ids grow with time, so the smallest id
+  is the oldest message; a message whose lease ran out goes back in under its
+  own id and so is handed out before newer ones (it is not starved).
+* `waiters`: long-polling receives, first come first served.
+
+Rules:
+* The ready heap deletes lazily: an id whose message is gone or no longer
+  READY is skipped when it reaches the top. `ready_count` is the truth about
+  how many messages are ready, never `len(ready)`.
+* Invariant kept by the broker after every operation: a queue never has both
+  a ready message and a live waiter. Waiters are served the moment a message
+  becomes ready.
+
+Must not know: the deadline heap, wire formats, clocks.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .errors import INVALID_QUEUE_NAME, CommandError
+
+if TYPE_CHECKING:
+    from .message import Message
+
+QUEUE_NAME_MAX_LENGTH = 128
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1," + str(QUEUE_NAME_MAX_LENGTH) + "}")
+
+
+def check_queue_name(name: object) -> str:
+    """check_queue_name returns a valid queue name as it is; else INVALID_QUEUE_NAME."""
+    if not isinstance(name, str) or _QUEUE_NAME.fullmatch(name) is None:
+        raise CommandError(
+            INVALID_QUEUE_NAME,
+            f"queue names are 1-{QUEUE_NAME_MAX_LENGTH} characters of A-Z a-z 0-9 _ - . "
+            f"(got {name!r:.60})",
+        )
+    return name
+
+
+class Waiter:
+    """A parked long-polling receive. `deliver` is called exactly once, unless cancelled.
+
+    `deliver(messages)` gets the leased messages, or an empty list when the
+    wait ran out.
+    """
+
+    __slots__ = ("deadline_at", "deliver", "done", "max_messages", "queue", "visibility_s")
+
+    def __init__(self, queue: Queue, max_messages: int, visibility_s: float,
+                 deadline_at: float, deliver: Callable[[list[Message]], None]) -> None:
+        self.queue = queue
+        self.max_messages = max_messages
+        self.visibility_s = visibility_s
+        self.deadline_at: float | None = deadline_at
+        self.deliver = deliver
+        self.done = False
+
+
+class Queue:
+    __slots__ = ("acked_total", "dead_waiters", "delayed_count", "leased_count", "messages",
+                 "name", "put_total", "ready", "ready_count", "redelivered_total", "waiters")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.messages: dict[int, Message] = {}
+        self.ready: list[int] = []
+        self.waiters: deque[Waiter] = deque()
+        self.dead_waiters = 0
+        self.ready_count = 0
+        self.leased_count = 0
+        self.delayed_count = 0
+        self.put_total = 0
+        self.acked_total = 0
+        self.redelivered_total = 0
+
+    def live_waiters(self) -> int:
+        return len(self.waiters) - self.dead_waiters
+
+    def next_waiter(self) -> Waiter | None:
+        """next_waiter removes and returns the longest-waiting live waiter, or None."""
+        waiters = self.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done:
+                return waiter
+            self.dead_waiters -= 1
+        return None
+
+    def waiter_gone(self) -> None:
+        """waiter_gone notes that a queued waiter finished without being popped.
+
+        Dead waiters stay in the deque (removing from the middle is O(n)) until
+        they make up half of it; then the deque is rebuilt, so a queue that
+        never gets messages cannot collect timed-out waits without bound.
+        """
+        self.dead_waiters += 1
+        if self.dead_waiters * 2 > len(self.waiters):
+            self.waiters = deque(w for w in self.waiters if not w.done)
+            self.dead_waiters = 0
