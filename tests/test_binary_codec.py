@@ -1,0 +1,388 @@
+"""Tests of binary_codec.py: preamble, framing, request shape, reply frames."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from wonderq_server.binary_codec import (
+    HEADER_BYTES,
+    MAGIC,
+    PREAMBLE,
+    VERSION,
+    BinaryDecoder,
+    BinaryEncoder,
+    delivery_fields,
+    encode_request,
+)
+from wonderq_server.broker import Broker
+from wonderq_server.commands import Command, Limits, Rejected
+from wonderq_server.errors import (
+    BAD_ARGUMENT,
+    BATCH_TOO_LARGE,
+    FRAME_TOO_LARGE,
+    INVALID_QUEUE_NAME,
+    MALFORMED,
+    NOT_FOUND,
+    UNKNOWN_COMMAND,
+    UNSUPPORTED_VERSION,
+    CommandError,
+    ProtocolError,
+)
+
+LIMITS = Limits()
+
+
+def raw_frame(payload: bytes) -> bytes:
+    return len(payload).to_bytes(4, "big") + payload
+
+
+def frame(obj) -> bytes:
+    return raw_frame(msgpack.packb(obj, use_bin_type=True))
+
+
+def started(limits: Limits = LIMITS) -> BinaryDecoder:
+    decoder = BinaryDecoder(limits)
+    assert decoder.feed(PREAMBLE) == []
+    return decoder
+
+
+def only(items: list) -> Command | Rejected:
+    assert len(items) == 1, items
+    return items[0]
+
+
+def assert_command(item, name: str, args: dict, request_id) -> None:
+    assert isinstance(item, Command), item
+    assert (item.name, item.args, item.request_id) == (name, args, request_id)
+
+
+def assert_rejected(item, error_type: type, code: str, request_id=None) -> None:
+    assert isinstance(item, Rejected), item
+    assert type(item.error) is error_type
+    assert item.error.code == code
+    assert item.request_id == request_id
+
+
+# ------------------------------------------------------------------- preamble
+
+def test_preamble_constants():
+    assert PREAMBLE == b"WQ\x00\x01"
+    assert MAGIC == b"WQ\x00"
+    assert VERSION == 1
+    assert HEADER_BYTES == 4
+
+
+def test_preamble_one_byte_at_a_time_then_a_frame():
+    decoder = BinaryDecoder(LIMITS)
+    for byte in PREAMBLE:
+        assert decoder.feed(bytes([byte])) == []
+    assert not decoder.broken
+    assert_command(only(decoder.feed(frame([1, "ping", {}]))), "ping", {}, 1)
+
+
+def test_preamble_and_frames_in_one_chunk():
+    decoder = BinaryDecoder(LIMITS)
+    items = decoder.feed(PREAMBLE + frame([1, "ping", {}]) + frame([2, "stats", {}]))
+    assert len(items) == 2
+    assert_command(items[0], "ping", {}, 1)
+    assert_command(items[1], "stats", {}, 2)
+
+
+def test_preamble_then_partial_frame_header():
+    decoder = BinaryDecoder(LIMITS)
+    data = frame([9, "quit", {}])
+    assert decoder.feed(PREAMBLE + data[:2]) == []
+    assert_command(only(decoder.feed(data[2:])), "quit", {}, 9)
+
+
+@pytest.mark.parametrize("preamble", [b"WQ\x00\x02", b"WQ\x00\x00", b"WQ\x00\xff",
+                                      b"WQ\x01\x01", b"HTTP", b"\x00\x00\x00\x01"])
+def test_bad_preamble_is_a_protocol_error(preamble):
+    decoder = BinaryDecoder(LIMITS)
+    item = only(decoder.feed(preamble + frame([1, "ping", {}])))
+    assert_rejected(item, ProtocolError, UNSUPPORTED_VERSION)
+    assert item.error.closes_connection
+    assert item.error.message == ("this server speaks binary protocol version 1; "
+                                  f"the preamble was {preamble!r}")
+    assert decoder.broken
+    assert decoder.feed(frame([2, "ping", {}])) == []
+    assert decoder.feed(PREAMBLE + frame([3, "ping", {}])) == []
+
+
+def test_bad_version_byte_arriving_last():
+    decoder = BinaryDecoder(LIMITS)
+    assert decoder.feed(b"WQ\x00") == []
+    assert not decoder.broken
+    assert_rejected(only(decoder.feed(b"\x07")), ProtocolError, UNSUPPORTED_VERSION)
+    assert decoder.broken
+
+
+# --------------------------------------------------------------------- framing
+
+REQUESTS = [
+    ([1, "put", {"queue": "q", "body": b"a\x00\nb"}], ("put", {"queue": "q", "body": b"a\x00\nb"})),
+    ([2, "receive", {"queue": "q", "max": 5, "wait": 1.5}],
+     ("receive", {"queue": "q", "max": 5, "wait": 1.5, "visibility": None})),
+    (["x", "ack", {"queue": "q", "id": 10, "lease": 11}],
+     ("ack", {"queue": "q", "id": 10, "lease": 11})),
+    ([None, "ping", {}], ("ping", {})),
+    ([[1, 2], "put_many", {"queue": "q", "bodies": [b"1", b"2"]}],
+     ("put_many", {"queue": "q", "bodies": [b"1", b"2"]})),
+]
+
+
+def test_frames_fed_one_byte_at_a_time():
+    decoder = started()
+    stream = b"".join(frame(request) for request, _ in REQUESTS)
+    ends = []
+    position = 0
+    for request, _ in REQUESTS:
+        position += len(frame(request))
+        ends.append(position)
+    seen = []
+    for index, byte in enumerate(stream):
+        items = decoder.feed(bytes([byte]))
+        if index + 1 in ends:
+            seen.append(only(items))
+        else:
+            assert items == []
+    assert len(seen) == len(REQUESTS)
+    for item, (request, (name, args)) in zip(seen, REQUESTS, strict=True):
+        assert_command(item, name, args, request[0])
+
+
+def test_many_frames_in_one_chunk():
+    decoder = started()
+    stream = b"".join(frame(request) for request, _ in REQUESTS) * 20
+    items = decoder.feed(stream)
+    assert len(items) == len(REQUESTS) * 20
+    for index, item in enumerate(items):
+        request, (name, args) = REQUESTS[index % len(REQUESTS)]
+        assert_command(item, name, args, request[0])
+
+
+def test_chunk_ending_in_the_middle_of_a_frame():
+    decoder = started()
+    a, b = frame([1, "ping", {}]), frame([2, "stats", {}])
+    first = decoder.feed(a + b[:5])
+    assert_command(only(first), "ping", {}, 1)
+    assert_command(only(decoder.feed(b[5:])), "stats", {}, 2)
+
+
+def test_encode_request_is_a_frame():
+    data = encode_request(7, "put", {"queue": "q", "body": b"x"})
+    assert int.from_bytes(data[:4], "big") == len(data) - 4
+    assert msgpack.unpackb(data[4:], raw=False) == [7, "put", {"queue": "q", "body": b"x"}]
+    assert_command(only(started().feed(data)), "put", {"queue": "q", "body": b"x"}, 7)
+
+
+def test_str_body_becomes_bytes():
+    item = only(started().feed(frame([1, "put", {"queue": "q", "body": "héllo"}])))
+    assert_command(item, "put", {"queue": "q", "body": "héllo".encode()}, 1)
+
+
+def test_request_ids_of_any_msgpack_type_are_echoed():
+    for request_id in (0, -5, 2**64 - 1, "id-1", b"\x01", [1, "a"], {"k": 1}, 1.5, True):
+        assert only(started().feed(frame([request_id, "ping", {}]))).request_id == request_id
+
+
+# ---------------------------------------------------------- garbage and shape
+
+@pytest.mark.parametrize("payload", [
+    b"",                 # nothing at all
+    b"\xc1",             # a byte msgpack never uses
+    b"\x93\x01",         # an array of three that stops after one item
+    b"\x01\x02",         # two values, not one
+    b"\xd9",             # a str8 with no length
+    b"\xa5abc",          # a str shorter than it says
+    b"\xa2\xff\xfe",     # a str that is not UTF-8
+])
+def test_garbage_frame_is_malformed_and_the_next_frame_decodes(payload):
+    decoder = started()
+    items = decoder.feed(raw_frame(payload) + frame([2, "ping", {}]))
+    assert len(items) == 2
+    assert_rejected(items[0], CommandError, MALFORMED)
+    assert items[0].error.message.startswith("frame is not valid msgpack: ")
+    assert_command(items[1], "ping", {}, 2)
+    assert not decoder.broken
+    assert_command(only(decoder.feed(frame([3, "ping", {}]))), "ping", {}, 3)
+
+
+def test_garbage_frame_fed_one_byte_at_a_time():
+    decoder = started()
+    stream = raw_frame(b"\xc1\xc1\xc1") + frame([4, "ping", {}])
+    items = []
+    for byte in stream:
+        items.extend(decoder.feed(bytes([byte])))
+    assert len(items) == 2
+    assert_rejected(items[0], CommandError, MALFORMED)
+    assert_command(items[1], "ping", {}, 4)
+
+
+@pytest.mark.parametrize(("request_", "request_id"), [
+    ({"id": 1, "command": "ping"}, None),
+    ("ping", None),
+    (5, None),
+    (None, None),
+    ([], None),
+    ([7], 7),
+    ([7, "ping"], 7),
+    ([7, "ping", {}, "extra"], 7),
+    (["abc", "ping", {}, 1, 2], "abc"),
+])
+def test_valid_msgpack_of_the_wrong_shape(request_, request_id):
+    decoder = started()
+    items = decoder.feed(frame(request_) + frame([8, "ping", {}]))
+    assert len(items) == 2
+    assert_rejected(items[0], CommandError, MALFORMED, request_id)
+    assert items[0].error.message == "a request is [request_id, command, {arguments}]"
+    assert_command(items[1], "ping", {}, 8)
+
+
+@pytest.mark.parametrize(("request_", "code"), [
+    ([5, "ack", {"queue": "q", "id": -1, "lease": 1}], BAD_ARGUMENT),
+    ([5, "ack", {"queue": "q", "id": True, "lease": 1}], BAD_ARGUMENT),
+    ([5, "receive", {"queue": "q", "wait": float("nan")}], BAD_ARGUMENT),
+    ([5, "receive", {"queue": "q", "wait": float("inf")}], BAD_ARGUMENT),
+    ([5, "receive", {"queue": "q", "wait": 301}], BAD_ARGUMENT),
+    ([5, "receive", {"queue": "q", "maxx": 2}], BAD_ARGUMENT),
+    ([5, "ping", ["not", "a", "map"]], BAD_ARGUMENT),
+    ([5, "ping", None], BAD_ARGUMENT),
+    ([5, "put", {"queue": "q"}], BAD_ARGUMENT),
+    ([5, "put", {"queue": "q", "body": 3}], BAD_ARGUMENT),
+    ([5, "ping", {1: 2}], BAD_ARGUMENT),
+    ([5, "bogus", {}], UNKNOWN_COMMAND),
+    ([5, 17, {}], UNKNOWN_COMMAND),
+    ([5, "PING", {}], UNKNOWN_COMMAND),
+    ([5, "put", {"queue": "no spaces", "body": b""}], INVALID_QUEUE_NAME),
+    ([5, "put", {"queue": b"q", "body": b""}], INVALID_QUEUE_NAME),
+    ([5, "receive", {"queue": "q", "max": 1001}], BATCH_TOO_LARGE),
+    ([5, "put_many", {"queue": "q", "bodies": [b""] * 1001}], BATCH_TOO_LARGE),
+])
+def test_bad_arguments_are_rejected_with_the_request_id(request_, code):
+    decoder = started()
+    items = decoder.feed(frame(request_) + frame([6, "ping", {}]))
+    assert len(items) == 2
+    assert_rejected(items[0], CommandError, code, 5)
+    assert_command(items[1], "ping", {}, 6)
+
+
+def test_decoder_uses_its_limits():
+    decoder = started(Limits(max_batch=2))
+    item = only(decoder.feed(frame([1, "receive", {"queue": "q", "max": 3}])))
+    assert_rejected(item, CommandError, BATCH_TOO_LARGE, 1)
+    assert item.error.message == "max is 3, over the limit of 2 (--max-batch)"
+
+
+# ----------------------------------------------------------- oversized frames
+
+def test_oversized_length_prefix_breaks_the_stream():
+    limits = Limits(max_frame_bytes=100)
+    decoder = started(limits)
+    good = frame([1, "ping", {}])
+    items = decoder.feed(good + (101).to_bytes(4, "big") + b"x" * 101 + frame([2, "ping", {}]))
+    assert len(items) == 2
+    assert_command(items[0], "ping", {}, 1)
+    assert_rejected(items[1], ProtocolError, FRAME_TOO_LARGE)
+    assert items[1].error.closes_connection
+    assert items[1].error.message == ("frame of 101 bytes is over the limit of 100 "
+                                      "(--max-frame-bytes)")
+    assert decoder.broken
+    assert decoder.feed(frame([3, "ping", {}])) == []
+    assert decoder.feed(b"\x00" * 1000) == []
+
+
+def test_oversized_length_is_refused_from_the_header_alone():
+    decoder = started(Limits(max_frame_bytes=100))
+    assert decoder.feed(b"\xff\xff") == []
+    item = only(decoder.feed(b"\xff\xff"))
+    assert_rejected(item, ProtocolError, FRAME_TOO_LARGE)
+    assert item.error.message.startswith(f"frame of {2**32 - 1} bytes")
+
+
+def test_default_frame_limit():
+    decoder = started()
+    item = only(decoder.feed((64 * 1024 * 1024 + 1).to_bytes(4, "big")))
+    assert_rejected(item, ProtocolError, FRAME_TOO_LARGE)
+
+
+def test_frame_of_exactly_the_limit_is_read():
+    body = b""
+    while len(payload := msgpack.packb([1, "put", {"queue": "q", "body": body}],
+                                       use_bin_type=True)) < 100:
+        body += b"b"
+    assert len(payload) == 100
+    decoder = started(Limits(max_frame_bytes=100))
+    assert_command(only(decoder.feed(raw_frame(payload))), "put", {"queue": "q", "body": body}, 1)
+    assert not decoder.broken
+
+
+# -------------------------------------------------------------------- encoder
+
+def unframe(data: bytes):
+    size = int.from_bytes(data[:4], "big")
+    assert size == len(data) - 4
+    return msgpack.unpackb(data[4:], raw=False, strict_map_key=False)
+
+
+@pytest.mark.parametrize(("name", "result"), [
+    ("put", 123456789),
+    ("put_many", [1, 2, 3]),
+    ("ack", None),
+    ("nack", None),
+    ("touch", 1700000030.25),
+    ("ping", "pong"),
+    ("quit", None),
+    ("stats", {"server": {"version": "0.1.0", "messages": 2}, "queues": {"q": {"ready": 2}}}),
+])
+def test_result_frames_round_trip(name, result):
+    data = BinaryEncoder().result(Command(name, {}, 77), result)
+    assert unframe(data) == [77, None, result]
+
+
+def test_result_frame_echoes_any_request_id():
+    data = BinaryEncoder().result(Command("ping", {}, ["a", 1]), "pong")
+    assert unframe(data) == [["a", 1], None, "pong"]
+
+
+def test_error_frames_round_trip():
+    encoder = BinaryEncoder()
+    data = encoder.error(5, CommandError(NOT_FOUND, "no message 3 in queue 'q'"))
+    assert unframe(data) == [5, [NOT_FOUND, "no message 3 in queue 'q'"], None]
+    data = encoder.error(None, ProtocolError(FRAME_TOO_LARGE, "too big"))
+    assert unframe(data) == [None, [FRAME_TOO_LARGE, "too big"], None]
+
+
+def test_receive_results_are_positional_arrays():
+    broker = Broker()
+    broker.put("q", b"first\x00", 1000.0)
+    broker.put("q", b"second", 1000.5)
+    messages = broker.receive("q", 10, None, 1001.0)
+    data = BinaryEncoder().result(Command("receive", {}, 3), messages)
+    request_id, error, result = unframe(data)
+    assert (request_id, error) == (3, None)
+    assert result == [
+        [m.id, m.body, m.lease, 1, m.enqueued_at] for m in messages
+    ]
+    assert [r[1] for r in result] == [b"first\x00", b"second"]
+    assert [r[4] for r in result] == [1000.0, 1000.5]
+    assert all(type(r[1]) is bytes for r in result)
+
+
+def test_empty_receive_result():
+    assert unframe(BinaryEncoder().result(Command("receive", {}, 1), [])) == [1, None, []]
+
+
+def test_delivery_fields_order():
+    class FakeMessage:
+        id, body, lease, deliveries, enqueued_at = 1, b"b", 2, 3, 4.5
+
+    assert delivery_fields(FakeMessage()) == [1, b"b", 2, 3, 4.5]
+
+
+def test_encoder_bodies_are_bin_not_str():
+    data = BinaryEncoder().result(Command("put_many", {}, 1), [b"\xff"])
+    # bin 8 (0xc4), not str: a client unpacking with raw=False gets bytes back.
+    assert b"\xc4\x01\xff" in data
+    assert unframe(data) == [1, None, [b"\xff"]]

@@ -1,0 +1,265 @@
+"""Property tests of both codecs: any bytes in any chunks, and round trips."""
+
+from __future__ import annotations
+
+import msgpack
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from wonderq_server.binary_codec import PREAMBLE, BinaryDecoder, BinaryEncoder, encode_request
+from wonderq_server.commands import COMMANDS, Command, Limits, Rejected, make_command
+from wonderq_server.errors import CommandError, ProtocolError
+from wonderq_server.text_codec import TextDecoder, TextEncoder
+
+# Small limits, so random input reaches the edges: a 1040-byte line, a 4 KiB frame.
+LIMITS = Limits(max_message_bytes=16, max_batch=50, max_frame_bytes=4096)
+DEFAULT_LIMITS = Limits()
+FIELDS = sorted({f for required, optional in COMMANDS.values() for f in (*required, *optional)})
+
+
+def chunks_of(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted(min(c, len(data)) for c in cuts)
+    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+
+
+def feed_all(decoder, chunks: list[bytes]) -> list[Command | Rejected]:
+    items: list[Command | Rejected] = []
+    for chunk in chunks:
+        got = decoder.feed(chunk)
+        assert isinstance(got, list)
+        items.extend(got)
+    return items
+
+
+def summary(item) -> tuple:
+    """summary is an item as comparable values (repr, because NaN != NaN)."""
+    if isinstance(item, Command):
+        return ("command", item.name, repr(item.args), repr(item.request_id))
+    assert isinstance(item, Rejected), item
+    assert isinstance(item.error, CommandError | ProtocolError), item.error
+    return ("rejected", type(item.error).__name__, item.error.code, repr(item.request_id))
+
+
+# ------------------------------------------------------------------ strategies
+
+wire_ints = st.integers(-(2**63), 2**64 - 1)  # what msgpack can carry
+text_values = st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=12)
+scalars = (st.none() | st.booleans() | wire_ints | st.floats()
+           | text_values | st.binary(max_size=12))
+values = st.recursive(
+    scalars,
+    lambda children: (st.lists(children, max_size=4)
+                      | st.dictionaries(text_values | wire_ints, children, max_size=4)),
+    max_leaves=8,
+)
+field_values = (values | st.integers(0, 2000) | st.floats(-1, 500) | st.sampled_from(
+    ["q", "jobs", "bad name", ""]) | st.lists(st.binary(max_size=4), max_size=60))
+requests = st.tuples(
+    values,
+    st.sampled_from([*COMMANDS, "bogus", "PUT"]) | values,
+    st.dictionaries(st.sampled_from([*FIELDS, "extra"]), field_values, max_size=5) | values,
+).map(list)
+
+
+def frame(payload: bytes) -> bytes:
+    return len(payload).to_bytes(4, "big") + payload
+
+
+binary_pieces = st.one_of(
+    st.deferred(lambda: st.tuples(request_ids, valid_commands()).map(
+        lambda r: encode_request(r[0], r[1][0], r[1][1]))),
+    requests.map(lambda r: frame(msgpack.packb(r, use_bin_type=True))),
+    values.map(lambda v: frame(msgpack.packb(v, use_bin_type=True))),
+    st.binary(max_size=40).map(frame),
+    st.binary(max_size=8),
+)
+binary_streams = st.lists(binary_pieces, max_size=12).map(b"".join)
+
+text_words = st.sampled_from([
+    b"PUT", b"get", b"Receive", b"ACK", b"nack", b"TOUCH", b"stats", b"PING", b"QUIT", b"FOO",
+    b"q", b"jobs", b"1", b"-1", b"0", b"2.5", b"nan", b"inf", b"max=2", b"wait=1", b"wait=",
+    b"visibility=x", b"delay=3", b"=", b"\xff", b"\r", b"\t", b"", b" ", b"x" * 600,
+])
+text_lines = st.lists(text_words | st.binary(max_size=6), max_size=8).map(b" ".join)
+text_streams = st.lists(
+    st.tuples(text_lines, st.sampled_from([b"\n", b"\r\n", b"", b"\r"])).map(b"".join)
+    | st.deferred(lambda: text_commands().map(lambda t: t[0])),
+    max_size=10,
+).map(b"".join) | st.binary(max_size=3000)
+
+cut_lists = st.lists(st.integers(0, 4000), max_size=25)
+
+
+# --------------------------------------------------- feed never raises
+
+@settings(max_examples=300, deadline=None)
+@given(binary_streams, cut_lists)
+def test_binary_decoder_takes_any_bytes_in_any_chunks(data, cuts):
+    stream = PREAMBLE + data
+    items = feed_all(BinaryDecoder(LIMITS), chunks_of(stream, cuts))
+    whole = [summary(i) for i in BinaryDecoder(LIMITS).feed(stream)]
+    assert [summary(i) for i in items] == whole
+    # After a ProtocolError nothing more is decoded.
+    for index, item in enumerate(items):
+        if isinstance(item, Rejected) and isinstance(item.error, ProtocolError):
+            assert index == len(items) - 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200), cut_lists)
+def test_binary_decoder_takes_raw_noise_after_the_preamble(data, cuts):
+    for limits in (LIMITS, DEFAULT_LIMITS):
+        items = feed_all(BinaryDecoder(limits), chunks_of(PREAMBLE + data, cuts))
+        for item in items:
+            summary(item)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=12), cut_lists)
+def test_binary_decoder_takes_any_preamble(data, cuts):
+    decoder = BinaryDecoder(LIMITS)
+    items = feed_all(decoder, chunks_of(data, cuts))
+    for item in items:
+        summary(item)
+    if len(data) >= 4 and data[:4] != PREAMBLE:
+        assert [summary(i)[2] for i in items] == ["UNSUPPORTED_VERSION"]
+        assert decoder.broken
+
+
+@settings(max_examples=300, deadline=None)
+@given(text_streams, cut_lists)
+def test_text_decoder_takes_any_bytes_in_any_chunks(data, cuts):
+    items = feed_all(TextDecoder(LIMITS), chunks_of(data, cuts))
+    whole = [summary(i) for i in TextDecoder(LIMITS).feed(data)]
+    assert [summary(i) for i in items] == whole
+    for item in items:
+        assert item.request_id is None
+
+
+@settings(max_examples=100, deadline=None)
+@given(text_streams)
+def test_text_decoder_one_byte_at_a_time(data):
+    decoder = TextDecoder(LIMITS)
+    items = feed_all(decoder, [data[i:i + 1] for i in range(len(data))])
+    assert [summary(i) for i in items] == [summary(i) for i in TextDecoder(LIMITS).feed(data)]
+
+
+# ----------------------------------------------------------- valid requests
+
+QUEUE_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-"
+queue_names = st.text(alphabet=QUEUE_CHARS, min_size=1, max_size=128)
+ids = st.integers(0, 2**64 - 1)
+
+
+def seconds(upper: float):
+    return st.integers(0, int(upper)) | st.floats(0, upper, allow_nan=False)
+
+
+OPTIONAL_VALUES = {
+    "max": st.integers(1, DEFAULT_LIMITS.max_batch),
+    "wait": seconds(DEFAULT_LIMITS.max_wait_s),
+    "visibility": st.none() | seconds(DEFAULT_LIMITS.max_visibility_s),
+    "delay": seconds(DEFAULT_LIMITS.max_delay_s),
+}
+REQUIRED_VALUES = {
+    "queue": queue_names,
+    "body": st.binary(max_size=64),
+    "bodies": st.lists(st.binary(max_size=16), min_size=1, max_size=20),
+    "id": ids,
+    "lease": ids,
+}
+
+
+@st.composite
+def valid_commands(draw, names=tuple(COMMANDS)):
+    name = draw(st.sampled_from(names))
+    required, optional = COMMANDS[name]
+    args = {field: draw(REQUIRED_VALUES[field]) for field in required}
+    for field in optional:
+        if draw(st.booleans()):
+            args[field] = draw(OPTIONAL_VALUES[field])
+    expected = dict(args)
+    for field, default in optional.items():
+        value = args.get(field)
+        expected[field] = default if value is None else (
+            value if field == "max" else float(value))
+    return name, args, expected
+
+
+request_ids = st.none() | wire_ints | text_values | st.lists(wire_ints, max_size=3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(request_ids, valid_commands()), min_size=1, max_size=8), cut_lists)
+def test_encode_request_round_trips(batch, cuts):
+    stream = PREAMBLE + b"".join(encode_request(rid, name, args) for rid, (name, args, _) in batch)
+    items = feed_all(BinaryDecoder(DEFAULT_LIMITS), chunks_of(stream, cuts))
+    assert len(items) == len(batch)
+    for item, (request_id, (name, args, expected)) in zip(items, batch, strict=True):
+        assert isinstance(item, Command), item
+        assert (item.name, item.args, item.request_id) == (name, expected, request_id)
+        assert item.args == make_command(name, args, DEFAULT_LIMITS).args
+
+
+def text_line(draw, name: str, args: dict) -> bytes:
+    required, optional = COMMANDS[name]
+    word = {"receive": draw(st.sampled_from(["GET", "RECEIVE"]))}.get(name, name.upper())
+    word = draw(st.sampled_from([word, word.lower(), word.title()]))
+    if name == "put":
+        return f"{word} {args['queue']} ".encode() + args["body"]
+    parts = [str(args[f]) for f in required]
+    named = [f"{f}={args[f]!r}" for f in optional if args.get(f) is not None]
+    return " ".join([word, *parts, *draw(st.permutations(named))]).encode()
+
+
+@st.composite
+def text_commands(draw):
+    names = tuple(n for n in COMMANDS if n != "put_many")  # no batch put in text mode
+    name, args, expected = draw(valid_commands(names))
+    if name == "put":
+        body = args["body"].replace(b"\n", b"").rstrip(b"\r")
+        args["body"] = expected["body"] = body
+    ending = draw(st.sampled_from([b"\n", b"\r\n"]))
+    return text_line(draw, name, args) + ending, name, expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(text_commands(), min_size=1, max_size=8), cut_lists)
+def test_text_lines_round_trip(batch, cuts):
+    stream = b"".join(line for line, _, _ in batch)
+    items = feed_all(TextDecoder(DEFAULT_LIMITS), chunks_of(stream, cuts))
+    assert [(i.name, i.args) if isinstance(i, Command) else i for i in items] == [
+        (name, expected) for _, name, expected in batch]
+
+
+# ---------------------------------------------------------------- encoders
+
+results = st.recursive(
+    st.none() | st.booleans() | wire_ints
+    | st.floats(allow_nan=False) | text_values | st.binary(max_size=12),
+    lambda children: (st.lists(children, max_size=4)
+                      | st.dictionaries(text_values, children, max_size=4)),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(request_ids, st.sampled_from(sorted(set(COMMANDS) - {"receive"})), results)
+def test_binary_result_frames_round_trip(request_id, name, result):
+    data = BinaryEncoder().result(Command(name, {}, request_id), result)
+    assert int.from_bytes(data[:4], "big") == len(data) - 4
+    assert msgpack.unpackb(data[4:], raw=False, strict_map_key=False) == [
+        request_id, None, result]
+
+
+@settings(max_examples=200, deadline=None)
+@given(request_ids, st.sampled_from(["NOT_FOUND", "BAD_ARGUMENT", "INTERNAL"]), text_values)
+def test_error_replies(request_id, code, message):
+    error = CommandError(code, message)
+    data = BinaryEncoder().error(request_id, error)
+    assert msgpack.unpackb(data[4:], raw=False, strict_map_key=False) == [
+        request_id, [code, message], None]
+    line = TextEncoder().error(request_id, error)
+    assert line.startswith(f"ERR {code} ".encode())
+    assert line.endswith(b"\r\n")
+    assert b"\n" not in line[:-2] and b"\r" not in line[:-2]

@@ -1,0 +1,151 @@
+"""The binary protocol, sans-I/O: bytes in, commands out; results in, bytes out.
+
+Design decision: a binary connection opens with the 4-byte preamble
+`b"WQ\\x00" + version`, then carries frames both ways. A frame is a 4-byte
+big-endian length followed by that many bytes of msgpack:
+
+    request  [request_id, command, {field: value, ...}]
+    reply    [request_id, nil, result]            on success
+             [request_id, [code, message], nil]   on error
+
+Replies may come back in any order; the request id pairs them up (a client
+picks ids, any msgpack value; the client library uses integers).
+
+Rules:
+* The length prefix keeps the stream in step: a frame whose content is not
+  msgpack, or not a request, is answered with an error and the next frame is
+  read as usual. Only a length over `max_frame_bytes` (or a bad preamble)
+  makes the stream untrustworthy: that is a ProtocolError, and the
+  connection closes after the reply.
+* The length is checked before the frame is buffered, so a client cannot make
+  the server set aside memory by claiming a huge frame.
+* `feed` never raises for anything the peer sends; it returns Commands and
+  Rejected items in stream order.
+
+Must not know: sockets, asyncio, the broker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from .commands import Command, Limits, Rejected, make_command
+from .errors import (
+    FRAME_TOO_LARGE,
+    MALFORMED,
+    UNSUPPORTED_VERSION,
+    CommandError,
+    ProtocolError,
+    WonderQError,
+)
+
+MAGIC = b"WQ\x00"
+VERSION = 1
+PREAMBLE = MAGIC + bytes([VERSION])
+HEADER_BYTES = 4
+
+
+class BinaryDecoder:
+    """Turns the byte stream of one binary connection into commands."""
+
+    __slots__ = ("_buffer", "_limits", "_preamble_seen", "broken")
+
+    def __init__(self, limits: Limits) -> None:
+        self._limits = limits
+        self._buffer = bytearray()
+        self._preamble_seen = False
+        self.broken = False  # set after a ProtocolError: ignore all further input
+
+    def feed(self, data: bytes) -> list[Command | Rejected]:
+        """feed takes the next bytes of the stream and returns what they complete."""
+        if self.broken:
+            return []
+        buf = self._buffer
+        buf += data
+        out: list[Command | Rejected] = []
+        pos = 0
+        if not self._preamble_seen:
+            if len(buf) < len(PREAMBLE):
+                return out
+            if buf[:len(MAGIC)] != MAGIC or buf[len(MAGIC)] != VERSION:
+                return self._break(ProtocolError(
+                    UNSUPPORTED_VERSION, f"this server speaks binary protocol version {VERSION}; "
+                    f"the preamble was {bytes(buf[:len(PREAMBLE)])!r}"))
+            self._preamble_seen = True
+            pos = len(PREAMBLE)
+        end = len(buf)
+        max_frame = self._limits.max_frame_bytes
+        while end - pos >= HEADER_BYTES:
+            size = int.from_bytes(buf[pos:pos + HEADER_BYTES], "big")
+            if size > max_frame:
+                out.append(self._break(ProtocolError(
+                    FRAME_TOO_LARGE, f"frame of {size} bytes is over the limit of {max_frame} "
+                    "(--max-frame-bytes)"))[0])
+                return out
+            if end - pos - HEADER_BYTES < size:
+                break
+            start = pos + HEADER_BYTES
+            pos = start + size
+            out.append(self._decode(buf[start:pos]))
+        if pos:
+            del buf[:pos]
+        return out
+
+    def _break(self, error: ProtocolError) -> list[Command | Rejected]:
+        self.broken = True
+        self._buffer = bytearray()
+        return [Rejected(error)]
+
+    def _decode(self, frame: bytearray) -> Command | Rejected:
+        try:
+            request = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+        except Exception as exc:  # any undecodable frame; the stream itself is still in step
+            return Rejected(CommandError(MALFORMED, f"frame is not valid msgpack: {exc}"))
+        if not isinstance(request, list) or len(request) != 3:
+            return Rejected(CommandError(
+                MALFORMED, "a request is [request_id, command, {arguments}]"),
+                request[0] if isinstance(request, list) and request else None)
+        request_id, name, args = request
+        try:
+            return make_command(name, args, self._limits, request_id)
+        except CommandError as exc:
+            return Rejected(exc, request_id)
+
+
+class BinaryEncoder:
+    """Turns results and errors into reply frames."""
+
+    __slots__ = ("_packer",)
+
+    def __init__(self) -> None:
+        self._packer = msgpack.Packer(use_bin_type=True)
+
+    def result(self, command: Command, result: Any) -> bytes:
+        if command.name == "receive":
+            result = [delivery_fields(m) for m in result]
+        return self._frame([command.request_id, None, result])
+
+    def error(self, request_id: Any, error: WonderQError) -> bytes:
+        return self._frame([request_id, [error.code, error.message], None])
+
+    def _frame(self, reply: list[Any]) -> bytes:
+        payload = self._packer.pack(reply)
+        return len(payload).to_bytes(HEADER_BYTES, "big") + payload
+
+
+def delivery_fields(message: Any) -> list[Any]:
+    """delivery_fields is how one delivered message travels: a positional array.
+
+    Positions, not names, because a receive may carry a thousand of them:
+    [id, body, lease, deliveries, enqueued_at]. New fields are only ever
+    appended, so old clients keep working.
+    """
+    return [message.id, message.body, message.lease, message.deliveries, message.enqueued_at]
+
+
+def encode_request(request_id: Any, name: str, args: dict[str, Any]) -> bytes:
+    """encode_request frames one request (used by tests and tools on the server side)."""
+    payload = msgpack.packb([request_id, name, args], use_bin_type=True)
+    return len(payload).to_bytes(HEADER_BYTES, "big") + payload
