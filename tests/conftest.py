@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+import pytest
+from server_process import ServerProcess
+
+
+@pytest.fixture
+def server():
+    """A fresh `wonderq-server` subprocess on a free loopback port."""
+    with ServerProcess() as proc:
+        yield proc
+
+
+@pytest.fixture
+def server_factory():
+    """Start servers with chosen flags; each is killed at the end of the test."""
+    started: list[ServerProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
+        proc = ServerProcess(*args, env=env).start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()

@@ -1,0 +1,657 @@
+"""Tests of connection.py with a fake transport and a manual event loop; no sockets.
+
+`FakeHub` is the server as a connection sees it (the Hub protocol), around a
+real BrokerService and Broker. Its clock is a number the test sets, and
+`defer`/`want_flush` only queue callbacks: `run()` is one turn of the loop,
+running them in order until none are left, the way the server's call_soon
+does.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import msgpack
+import pytest
+
+from wonderq_server.binary_codec import PREAMBLE, encode_request
+from wonderq_server.broker import Broker
+from wonderq_server.commands import Limits
+from wonderq_server.connection import TEXT_HELD_LINES_MAX, Connection
+from wonderq_server.errors import (
+    BAD_ARGUMENT,
+    FRAME_TOO_LARGE,
+    INTERNAL,
+    LEASE_LOST,
+    MALFORMED,
+    NOT_FOUND,
+    UNKNOWN_COMMAND,
+    UNSUPPORTED_VERSION,
+)
+from wonderq_server.service import BrokerService
+
+START = 1_700_000_000.0
+INTERNAL_MESSAGE = "internal server error; see the server log"
+
+
+class FakeTransport:
+    """Records what the connection does to its socket."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, bytes | None]] = []
+        self.closed = False
+        self.reading = True
+
+    def write(self, data: bytes) -> None:
+        self.events.append(("write" if not self.closed else "write after close", bytes(data)))
+
+    def close(self) -> None:
+        if not self.closed:
+            self.events.append(("close", None))
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        self.events.append(("pause_reading", None))
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.events.append(("resume_reading", None))
+        self.reading = True
+
+    def get_extra_info(self, name: str, default=None):
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    @property
+    def writes(self) -> list[bytes]:
+        return [data for kind, data in self.events if kind == "write"]
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.writes)
+
+    def frames(self) -> list:
+        """frames decodes every binary reply written so far."""
+        data, out = self.data, []
+        while data:
+            size = int.from_bytes(data[:4], "big")
+            out.append(msgpack.unpackb(data[4:4 + size], raw=False, strict_map_key=False))
+            data = data[4 + size:]
+        return out
+
+
+class FakeHub:
+    def __init__(self, limits: Limits | None = None, visibility_timeout_s: float = 30.0) -> None:
+        self.limits = limits or Limits()
+        self.broker = Broker(visibility_timeout_s=visibility_timeout_s,
+                             max_message_bytes=self.limits.max_message_bytes)
+        self.service = BrokerService(self.broker, lambda now: {"version": "test"})
+        self.clock = START
+        self.ready: list[Callable[[], None]] = []
+        self.dirty: list[Connection] = []
+        self.opened: list[Connection] = []
+        self.closed: list[Connection] = []
+
+    # the Hub protocol
+    def now(self) -> float:
+        return self.clock
+
+    def defer(self, callback: Callable[[], None]) -> None:
+        self.ready.append(callback)
+
+    def want_flush(self, connection: Connection) -> None:
+        if not self.dirty:
+            self.ready.append(self._flush)
+        self.dirty.append(connection)
+
+    def connection_opened(self, connection: Connection) -> None:
+        self.opened.append(connection)
+
+    def connection_closed(self, connection: Connection) -> None:
+        self.closed.append(connection)
+
+    # the manual loop
+    def _flush(self) -> None:
+        dirty, self.dirty = self.dirty, []
+        for connection in dirty:
+            connection.flush()
+
+    def run(self) -> None:
+        while self.ready:
+            self.ready.pop(0)()
+
+    def advance(self, seconds: float) -> None:
+        """advance moves the clock and fires the broker's deadline timer, as the server does."""
+        self.clock += seconds
+        self.service.advance(self.clock)
+        self.run()
+
+    # helpers
+    def connect(self) -> tuple[Connection, FakeTransport]:
+        connection, transport = Connection(self), FakeTransport()
+        connection.connection_made(transport)
+        return connection, transport
+
+    def send(self, connection: Connection, data: bytes) -> None:
+        connection.data_received(data)
+        self.run()
+
+    def queue_stats(self, name: str = "q") -> dict:
+        return self.broker.stats(self.clock)["queues"][name]
+
+
+@pytest.fixture
+def hub() -> FakeHub:
+    return FakeHub()
+
+
+def req(request_id, name: str, **args) -> bytes:
+    return encode_request(request_id, name, args)
+
+
+def binary_client(hub: FakeHub) -> tuple[Connection, FakeTransport]:
+    connection, transport = hub.connect()
+    hub.send(connection, PREAMBLE)
+    assert connection.mode == "binary"
+    return connection, transport
+
+
+def put_via_text(hub: FakeHub, body: bytes, queue: str = "q") -> int:
+    connection, transport = hub.connect()
+    hub.send(connection, b"PUT %s %s\r\n" % (queue.encode(), body))
+    reply = transport.data
+    assert reply.startswith(b"OK ") and reply.endswith(b"\r\n"), reply
+    return int(reply[3:-2])
+
+
+# ------------------------------------------------------------------ lifecycle
+
+def test_connection_made_and_lost_tell_the_hub(hub):
+    connection, _ = hub.connect()
+    assert hub.opened == [connection]
+    assert connection.peer == ("127.0.0.1", 40000)
+    assert connection.mode is None
+    connection.connection_lost(None)
+    assert hub.closed == [connection]
+
+
+# ------------------------------------------------------------- mode detection
+
+def test_binary_preamble_split_over_several_calls(hub):
+    connection, transport = hub.connect()
+    for byte in (b"W", b"Q"):
+        hub.send(connection, byte)
+        assert connection.mode is None
+    hub.send(connection, b"\x00")
+    assert connection.mode == "binary"
+    hub.send(connection, b"\x01")
+    hub.send(connection, req(1, "ping"))
+    assert transport.frames() == [[1, None, "pong"]]
+    assert not transport.closed
+
+
+def test_binary_preamble_and_request_in_one_call(hub):
+    connection, transport = hub.connect()
+    hub.send(connection, PREAMBLE + req("a", "ping"))
+    assert connection.mode == "binary"
+    assert transport.frames() == [["a", None, "pong"]]
+
+
+def test_binary_preamble_one_byte_at_a_time_with_the_request(hub):
+    connection, transport = hub.connect()
+    for byte in PREAMBLE + req(5, "ping"):
+        hub.send(connection, bytes([byte]))
+    assert transport.frames() == [[5, None, "pong"]]
+
+
+def test_empty_data_decides_nothing(hub):
+    connection, transport = hub.connect()
+    hub.send(connection, b"")
+    assert connection.mode is None
+    assert transport.events == []
+
+
+def test_text_is_chosen_on_the_first_byte(hub):
+    connection, transport = hub.connect()
+    hub.send(connection, b"P")
+    assert connection.mode == "text"
+    hub.send(connection, b"ING\r\n")
+    assert transport.data == b"PONG\r\n"
+
+
+def test_text_when_a_preamble_prefix_turns_out_otherwise(hub):
+    connection, transport = hub.connect()
+    hub.send(connection, b"W")
+    hub.send(connection, b"Q")
+    assert connection.mode is None
+    hub.send(connection, b"X\r\nPING\r\n")
+    assert connection.mode == "text"
+    assert transport.data == (b"ERR UNKNOWN_COMMAND unknown command 'WQX'; known: "
+                              b"PUT GET RECEIVE ACK NACK TOUCH STATS PING QUIT\r\nPONG\r\n")
+
+
+def test_wrong_binary_version_is_answered_and_closed(hub):
+    connection, transport = hub.connect()
+    hub.send(connection, b"WQ\x00\x02" + req(1, "ping"))
+    assert connection.mode == "binary"
+    [reply] = transport.frames()
+    assert reply[0] is None and reply[2] is None
+    assert reply[1][0] == UNSUPPORTED_VERSION
+    assert [kind for kind, _ in transport.events] == ["write", "close"]
+
+
+# ------------------------------------------------------------------- binary
+
+def test_pipelined_binary_requests_answered_with_their_ids(hub):
+    connection, transport = binary_client(hub)
+    hub.send(connection, req(10, "put", queue="q", body=b"one")
+             + req(11, "put_many", queue="q", bodies=[b"two", b"three"])
+             + req(12, "ping")
+             + req(13, "receive", queue="q", max=2)
+             + req(14, "ack", queue="q", id=1, lease=1))
+    frames = transport.frames()
+    assert [f[0] for f in frames] == [10, 11, 12, 13, 14]
+    put_id = frames[0][2]
+    many_ids = frames[1][2]
+    assert frames[0][1] is None and frames[1][1] is None
+    assert len(many_ids) == 2 and put_id < many_ids[0] < many_ids[1]
+    assert frames[2] == [12, None, "pong"]
+    delivered = frames[3][2]
+    assert [(d[0], d[1], d[3], d[4]) for d in delivered] == [
+        (put_id, b"one", 1, START), (many_ids[0], b"two", 1, START)]
+    assert frames[4][1][0] == NOT_FOUND
+    # One loop turn, one write.
+    assert len(transport.writes) == 1
+    assert hub.queue_stats() == {"ready": 1, "in_flight": 2, "delayed": 0, "waiting": 0,
+                                 "put_total": 3, "acked_total": 0, "redelivered_total": 0}
+
+
+def test_binary_command_errors_keep_the_connection(hub):
+    connection, transport = binary_client(hub)
+    hub.send(connection, req(1, "ack", queue="q", id=5, lease=6)
+             + req(2, "receive", queue="q", max=-1)
+             + req(3, "frobnicate")
+             + encode_request(4, "ping", {})[:4] + b"\xc1" * (len(req(4, "ping")) - 4)
+             + req(5, "ping"))
+    frames = transport.frames()
+    assert [(f[0], f[1][0] if f[1] else None) for f in frames] == [
+        (1, NOT_FOUND), (2, BAD_ARGUMENT), (3, UNKNOWN_COMMAND), (None, MALFORMED), (5, None)]
+    assert frames[0][1][1] == "no message 5 in queue 'q' (acked already, or never put)"
+    assert not transport.closed
+
+
+def test_binary_long_poll_does_not_block_a_later_ack(hub):
+    message_id = put_via_text(hub, b"job")
+    connection, transport = binary_client(hub)
+    hub.send(connection, req(1, "receive", queue="q"))
+    [[_, _, [delivered]]] = transport.frames()
+    lease = delivered[2]
+    hub.send(connection, req(2, "receive", queue="q", wait=10)
+             + req(3, "ack", queue="q", id=message_id, lease=lease))
+    assert transport.frames()[1:] == [[3, None, None]]
+    assert hub.broker.stats(hub.clock)["waiting_consumers"] == 1
+    # The wait runs out later and is answered with nothing.
+    hub.advance(9.5)
+    assert len(transport.frames()) == 2
+    hub.advance(0.5)
+    assert transport.frames()[1:] == [[3, None, None], [2, None, []]]
+    assert hub.queue_stats()["acked_total"] == 1
+
+
+def test_binary_long_poll_answered_by_a_put_elsewhere(hub):
+    connection, transport = binary_client(hub)
+    hub.send(connection, req(7, "receive", queue="q", wait=30, visibility=5))
+    assert transport.events == []
+    hub.clock += 1
+    message_id = put_via_text(hub, b"hello")
+    [[request_id, error, [delivered]]] = transport.frames()
+    assert (request_id, error) == (7, None)
+    assert (delivered[0], delivered[1], delivered[3], delivered[4]) == (
+        message_id, b"hello", 1, START + 1)
+    assert hub.broker.next_deadline() == START + 1 + 5
+
+
+def test_binary_several_waits_on_one_connection(hub):
+    connection, transport = binary_client(hub)
+    hub.send(connection, req(1, "receive", queue="q", wait=10)
+             + req(2, "receive", queue="q", wait=10) + req(3, "ping"))
+    assert transport.frames() == [[3, None, "pong"]]
+    put_via_text(hub, b"a")
+    put_via_text(hub, b"b")
+    frames = transport.frames()
+    assert [(f[0], [d[1] for d in f[2]]) for f in frames[1:]] == [(1, [b"a"]), (2, [b"b"])]
+
+
+def test_binary_receive_result_fields(hub):
+    hub.broker.put("q", b"x", START - 5)
+    connection, transport = binary_client(hub)
+    hub.send(connection, req(1, "receive", queue="q"))
+    [[_, _, [delivered]]] = transport.frames()
+    [message] = hub.broker.queues["q"].messages.values()
+    assert delivered == [message.id, b"x", message.lease, 1, START - 5]
+
+
+# ---------------------------------------------------------------------- text
+
+def test_text_replies_in_order(hub):
+    connection, transport = hub.connect()
+    hub.send(connection, b"PUT q first\r\nPUT q second\nGET q 2\r\nPING\r\nSTATS\r\n")
+    data = transport.data
+    ids = [m.id for m in hub.broker.queues["q"].messages.values()]
+    leases = [m.lease for m in hub.broker.queues["q"].messages.values()]
+    assert data == (
+        b"OK %d\r\nOK %d\r\n" % (ids[0], ids[1])
+        + b"MSG %d %d 1 %.3f 5\r\nfirst\r\n" % (ids[0], leases[0], START)
+        + b"MSG %d %d 1 %.3f 6\r\nsecond\r\n" % (ids[1], leases[1], START)
+        + b"END\r\nPONG\r\n"
+        + b"server.version: test\r\nserver.messages: 2\r\nserver.waiting_consumers: 0\r\n"
+        + b"queues.q.ready: 0\r\nqueues.q.in_flight: 2\r\nqueues.q.delayed: 0\r\n"
+        + b"queues.q.waiting: 0\r\nqueues.q.put_total: 2\r\nqueues.q.acked_total: 0\r\n"
+        + b"queues.q.redelivered_total: 0\r\nEND\r\n"
+    )
+
+
+def test_text_waiting_get_holds_a_later_ping(hub):
+    connection, transport = hub.connect()
+    hub.send(connection, b"GET q wait=10\r\nPING\r\n")
+    assert transport.events == []
+    hub.send(connection, b"PING\r\n")  # arrives while the GET still waits
+    assert transport.events == []
+    message_id = put_via_text(hub, b"work")
+    [message] = hub.broker.queues["q"].messages.values()
+    assert transport.data == (b"MSG %d %d 1 %.3f 4\r\nwork\r\nEND\r\n"
+                              % (message_id, message.lease, START) + b"PONG\r\nPONG\r\n")
+
+
+def test_text_answer_comes_before_held_lines_even_within_one_loop_turn(hub):
+    waiting, transport = hub.connect()
+    hub.send(waiting, b"GET q wait=10\r\nPING\r\n")
+    other, _ = hub.connect()
+    other.data_received(b"PUT q x\r\n")
+    # The put answered the GET inside the broker; the PING waits for the loop.
+    assert waiting._out and b"PONG" not in b"".join(waiting._out)
+    hub.run()
+    assert transport.data.endswith(b"END\r\nPONG\r\n")
+    assert transport.data.count(b"PONG") == 1
+
+
+def test_text_wait_that_runs_out_then_held_lines(hub):
+    connection, transport = hub.connect()
+    hub.send(connection, b"GET q wait=5\r\nFOO\r\nACK q\r\nPING\r\n")
+    hub.advance(4.999)
+    assert transport.events == []
+    hub.advance(0.001)
+    assert transport.data == (
+        b"END\r\n"
+        b"ERR UNKNOWN_COMMAND unknown command 'FOO'; known: "
+        b"PUT GET RECEIVE ACK NACK TOUCH STATS PING QUIT\r\n"
+        b"ERR BAD_ARGUMENT ACK needs id, lease: ACK <queue> <id> <lease>\r\n"
+        b"PONG\r\n"
+    )
+
+
+def test_text_held_get_waits_in_its_turn(hub):
+    connection, transport = hub.connect()
+    hub.send(connection, b"GET q wait=10\r\nGET q wait=10\r\nPING\r\n")
+    put_via_text(hub, b"a")
+    assert transport.data.endswith(b"\r\na\r\nEND\r\n")
+    assert hub.broker.stats(hub.clock)["waiting_consumers"] == 1  # the second GET
+    put_via_text(hub, b"b")
+    data = transport.data
+    assert data.count(b"MSG ") == 2
+    assert data.endswith(b"\r\nb\r\nEND\r\nPONG\r\n")
+
+
+def test_text_over_long_line_is_answered_and_the_connection_goes_on():
+    hub = FakeHub(Limits(max_message_bytes=16))  # lines up to 1040 bytes
+    connection, transport = hub.connect()
+    hub.send(connection, b"PUT q " + b"x" * 600)
+    hub.send(connection, b"x" * 600)
+    hub.send(connection, b"x" * 600 + b"\r\nPING\r\n")
+    assert transport.data == (b"ERR LINE_TOO_LONG line is over the limit of 1040 bytes; "
+                              b"skipped to its end\r\nPONG\r\n")
+    assert hub.broker.stats(hub.clock)["messages"] == 0
+    assert not transport.closed
+
+
+def test_text_body_too_large_from_the_broker():
+    hub = FakeHub(Limits(max_message_bytes=4))
+    connection, transport = hub.connect()
+    hub.send(connection, b"PUT q 12345\r\nPUT q 1234\r\n")
+    [message_id] = hub.broker.queues["q"].messages
+    assert transport.data == (b"ERR BODY_TOO_LARGE message body is 5 bytes, over the limit of 4 "
+                              b"(--max-message-bytes)\r\nOK %d\r\n" % message_id)
+
+
+def test_text_touch_nack_ack_replies(hub):
+    hub.broker.put("q", b"x", START)
+    connection, transport = hub.connect()
+    hub.send(connection, b"GET q\r\n")
+    [message] = hub.broker.queues["q"].messages.values()
+    hub.clock += 2
+    hub.send(connection, b"TOUCH q %d %d 60\r\n" % (message.id, message.lease))
+    hub.send(connection, b"NACK q %d %d\r\n" % (message.id, message.lease))
+    hub.send(connection, b"ACK q %d %d\r\n" % (message.id, message.lease))
+    replies = transport.data.split(b"END\r\n", 1)[1]
+    # A nacked message keeps its lease until delivered again, so the late ack works.
+    assert replies == b"OK %.3f\r\nOK\r\nOK\r\n" % (START + 62)
+    assert hub.queue_stats()["acked_total"] == 1
+
+
+def test_text_stale_lease(hub):
+    hub.broker.put("q", b"x", START)
+    connection, transport = hub.connect()
+    hub.send(connection, b"GET q visibility=1\r\n")
+    [message] = hub.broker.queues["q"].messages.values()
+    old_lease = message.lease
+    hub.advance(1)
+    hub.send(connection, b"GET q\r\n")
+    hub.send(connection, b"ACK q %d %d\r\n" % (message.id, old_lease))
+    assert transport.data.endswith(
+        b"ERR %s lease %d no longer holds message %d: it has been delivered again since\r\n"
+        % (LEASE_LOST.encode(), old_lease, message.id))
+
+
+# ------------------------------------------------------- closing the stream
+
+def test_protocol_error_reply_is_written_then_the_transport_closed():
+    hub = FakeHub(Limits(max_frame_bytes=64))
+    connection, transport = binary_client(hub)
+    hub.send(connection, req(1, "ping") + (65).to_bytes(4, "big") + b"x" * 65 + req(2, "ping"))
+    assert transport.frames() == [
+        [1, None, "pong"],
+        [None, [FRAME_TOO_LARGE, "frame of 65 bytes is over the limit of 64 "
+                                 "(--max-frame-bytes)"], None],
+    ]
+    assert [kind for kind, _ in transport.events] == ["write", "close"]
+    hub.send(connection, req(3, "ping"))
+    assert [kind for kind, _ in transport.events] == ["write", "close"]
+
+
+def test_protocol_error_withdraws_waiting_receives():
+    hub = FakeHub(Limits(max_frame_bytes=64))
+    connection, transport = binary_client(hub)
+    hub.send(connection, req(1, "receive", queue="q", wait=30))
+    assert hub.queue_stats()["waiting"] == 1
+    hub.send(connection, b"\xff\xff\xff\xff")
+    assert transport.closed
+    assert hub.queue_stats()["waiting"] == 0
+    put_via_text(hub, b"kept")
+    assert hub.queue_stats()["ready"] == 1
+
+
+def test_text_quit_says_bye_then_closes(hub):
+    connection, transport = hub.connect()
+    hub.send(connection, b"PING\r\nQUIT\r\nPUT q never\r\n")
+    assert transport.events == [("write", b"PONG\r\nBYE\r\n"), ("close", None)]
+    assert hub.broker.stats(hub.clock)["messages"] == 0
+    hub.send(connection, b"PUT q never\r\n")
+    assert hub.broker.stats(hub.clock)["messages"] == 0
+    assert transport.events[-1] == ("close", None)
+
+
+def test_text_quit_held_behind_a_get(hub):
+    connection, transport = hub.connect()
+    hub.send(connection, b"GET q wait=5\r\nQUIT\r\n")
+    assert not transport.closed
+    hub.advance(5)
+    assert transport.data == b"END\r\nBYE\r\n"
+    assert transport.events[-1] == ("close", None)
+    assert [kind for kind, _ in transport.events].count("close") == 1
+
+
+def test_binary_quit_replies_then_closes(hub):
+    connection, transport = binary_client(hub)
+    hub.send(connection, req(1, "ping") + req(2, "quit") + req(3, "ping"))
+    assert transport.frames() == [[1, None, "pong"], [2, None, None]]
+    assert [kind for kind, _ in transport.events] == ["write", "close"]
+
+
+def test_binary_quit_withdraws_a_waiting_receive(hub):
+    # Regression: the wait stayed parked until connection_lost, so a put in
+    # between was leased to a connection that had already said BYE.
+    connection, transport = binary_client(hub)
+    hub.send(connection, req(1, "receive", queue="q", wait=30) + req(2, "quit"))
+    assert transport.closed
+    assert hub.broker.stats(hub.clock)["waiting_consumers"] == 0
+    put_via_text(hub, b"for someone else")
+    assert hub.queue_stats()["ready"] == 1
+    assert hub.queue_stats()["in_flight"] == 0
+    assert [kind for kind, _ in transport.events] == ["write", "close"]
+    assert transport.frames() == [[2, None, None]]
+
+
+def test_close_writes_what_is_buffered_then_closes(hub):
+    connection, transport = binary_client(hub)
+    hub.send(connection, req(1, "receive", queue="q", wait=30))
+    connection.data_received(req(2, "ping"))
+    connection.close()
+    assert hub.queue_stats()["waiting"] == 0
+    hub.run()
+    assert transport.frames() == [[2, None, "pong"]]
+    assert [kind for kind, _ in transport.events] == ["write", "close"]
+
+
+# ----------------------------------------------------------- internal errors
+
+def test_exception_in_the_service_is_internal_and_the_connection_survives(
+        hub, monkeypatch, caplog):
+    def boom(*args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(hub.broker, "put", boom)
+    connection, transport = hub.connect()
+    with caplog.at_level(logging.ERROR, logger="wonderq.connection"):
+        hub.send(connection, b"PUT q x\r\nPING\r\n")
+    assert transport.data == f"ERR {INTERNAL} {INTERNAL_MESSAGE}\r\nPONG\r\n".encode()
+    assert not transport.closed
+    [record] = [r for r in caplog.records if r.name == "wonderq.connection"]
+    assert record.exc_info is not None and record.exc_info[0] is RuntimeError
+    assert "'put'" in record.getMessage()
+    monkeypatch.undo()
+    hub.send(connection, b"PUT q x\r\n")
+    assert transport.data.endswith(b"\r\nOK %d\r\n" % next(iter(hub.broker.queues["q"].messages)))
+
+
+def test_exception_in_the_service_binary(hub, monkeypatch):
+    def boom(*args):
+        raise KeyError("oops")
+
+    monkeypatch.setattr(hub.broker, "stats", boom)
+    connection, transport = binary_client(hub)
+    hub.send(connection, req(1, "stats") + req(2, "ping"))
+    assert transport.frames() == [[1, [INTERNAL, INTERNAL_MESSAGE], None], [2, None, "pong"]]
+    assert not transport.closed
+
+
+# --------------------------------------------------------------- going away
+
+def test_connection_lost_cancels_its_waiting_receive(hub):
+    connection, transport = binary_client(hub)
+    hub.send(connection, req(1, "receive", queue="q", wait=30))
+    assert hub.broker.stats(hub.clock)["waiting_consumers"] == 1
+    connection.connection_lost(ConnectionResetError())
+    assert hub.broker.stats(hub.clock)["waiting_consumers"] == 0
+    message_id = put_via_text(hub, b"not swallowed")
+    assert hub.queue_stats()["ready"] == 1
+    other, other_transport = binary_client(hub)
+    hub.send(other, req(9, "receive", queue="q"))
+    [[_, _, [delivered]]] = other_transport.frames()
+    assert delivered[:2] == [message_id, b"not swallowed"]
+    assert transport.events == []
+
+
+def test_text_connection_lost_while_lines_are_held(hub):
+    connection, transport = hub.connect()
+    hub.send(connection, b"GET q wait=30\r\nPUT q held\r\n")
+    connection.connection_lost(None)
+    put_via_text(hub, b"x")
+    assert hub.queue_stats() == {"ready": 1, "in_flight": 0, "delayed": 0, "waiting": 0,
+                                 "put_total": 1, "acked_total": 0, "redelivered_total": 0}
+    assert transport.events == []
+    assert hub.closed == [connection]
+
+
+def test_connection_lost_between_a_reply_and_its_flush(hub):
+    connection, transport = hub.connect()
+    connection.data_received(b"PING\r\n")
+    connection.connection_lost(None)
+    hub.run()
+    assert transport.events == []
+
+
+def test_connection_lost_after_the_answer_but_before_held_lines_run(hub):
+    connection, transport = hub.connect()
+    hub.send(connection, b"GET q wait=10\r\nPUT q held\r\n")
+    other, _ = hub.connect()
+    other.data_received(b"PUT q x\r\n")
+    connection.connection_lost(None)
+    hub.run()
+    assert hub.queue_stats()["put_total"] == 1  # the held PUT never ran
+    assert transport.events == []
+
+
+# -------------------------------------------------------------- flow control
+
+def test_pause_writing_pauses_reading_and_resume_writing_resumes(hub):
+    connection, transport = hub.connect()
+    connection.pause_writing()
+    assert transport.events == [("pause_reading", None)]
+    assert not transport.reading
+    connection.resume_writing()
+    assert transport.events == [("pause_reading", None), ("resume_reading", None)]
+    assert transport.reading
+
+
+def test_no_resume_after_the_connection_is_gone(hub):
+    connection, transport = hub.connect()
+    connection.pause_writing()
+    connection.connection_lost(None)
+    connection.resume_writing()
+    assert not transport.reading
+
+
+def test_many_held_lines_pause_reading_until_released(hub):
+    connection, transport = hub.connect()
+    hub.send(connection, b"GET q wait=10\r\n" + b"PING\r\n" * TEXT_HELD_LINES_MAX)
+    assert transport.reading
+    hub.send(connection, b"PING\r\n")
+    assert not transport.reading
+    # The socket draining does not resume reading while lines are held.
+    connection.pause_writing()
+    connection.resume_writing()
+    assert not transport.reading
+    put_via_text(hub, b"x")
+    assert transport.reading
+    assert transport.data.endswith(b"END\r\n" + b"PONG\r\n" * (TEXT_HELD_LINES_MAX + 1))
+
+
+def test_held_lines_released_while_writing_is_paused_stay_paused(hub):
+    connection, transport = hub.connect()
+    hub.send(connection, b"GET q wait=10\r\n" + b"PING\r\n" * (TEXT_HELD_LINES_MAX + 1))
+    assert not transport.reading
+    connection.pause_writing()
+    put_via_text(hub, b"x")
+    assert not transport.reading
+    connection.resume_writing()
+    assert transport.reading

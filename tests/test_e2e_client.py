@@ -1,0 +1,249 @@
+"""End to end: the real wonderq-server subprocess, driven by the real client."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+
+import pytest
+
+from wonderq_client import (
+    BadArgument,
+    BodyTooLarge,
+    ConnectionClosed,
+    InvalidQueueName,
+    LeaseLost,
+    NotFound,
+    connect,
+)
+
+# Upper bound for any single wait in these tests; they wait for events, and
+# this only stops a broken server from hanging the suite.
+EVENT_TIMEOUT_S = 10.0
+
+
+async def until_stats(client, check) -> dict:
+    """until_stats re-reads the server's stats until `check(stats)` holds (bounded)."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + EVENT_TIMEOUT_S
+    while True:
+        stats = await client.stats()
+        if check(stats):
+            return stats
+        assert loop.time() < give_up, f"condition never held; last stats: {stats}"
+        await asyncio.sleep(0.005)
+
+
+async def test_put_receive_ack_round_trip(server):
+    async with connect(server.host, server.port) as client:
+        body = bytes(range(256)) * 3  # binary-safe, including NUL and newlines
+        msg_id = await client.put("jobs", body)
+        [msg] = await client.receive("jobs")
+        assert (msg.id, msg.body, msg.deliveries, msg.queue) == (msg_id, body, 1, "jobs")
+        assert isinstance(msg.lease, int)
+        assert msg.enqueued_at > 1.7e9
+        await msg.ack()
+        assert await client.receive("jobs") == []
+        stats = await client.stats()
+        assert stats["queues"]["jobs"]["acked_total"] == 1
+        assert stats["queues"]["jobs"]["ready"] == 0
+        assert stats["queues"]["jobs"]["in_flight"] == 0
+
+
+async def test_ids_are_unique_and_increasing_across_queues(server):
+    async with connect(server.host, server.port) as client:
+        ids = []
+        for i in range(50):
+            ids.append(await client.put(f"q{i % 3}", b"x"))
+        ids += await client.put_many("q0", [b"a", b"b", b"c"])
+        assert ids == sorted(ids)
+        assert len(set(ids)) == len(ids)
+
+
+async def test_many_producers_and_consumers_lose_nothing_and_never_share(server):
+    producers, consumers, per_producer = 4, 4, 300
+    total = producers * per_producer
+    holders: dict[int, list[int]] = collections.defaultdict(list)
+    acked: set[int] = set()
+    done = asyncio.Event()
+
+    async def produce(p: int) -> list[int]:
+        async with connect(server.host, server.port) as client:
+            ids = []
+            for i in range(per_producer):
+                ids.append(await client.put("work", f"{p}:{i}".encode()))
+            return ids
+
+    async def consume(c: int) -> None:
+        async with connect(server.host, server.port) as client:
+            while not done.is_set():
+                batch = await client.receive("work", max=7, wait=0.2, visibility=60)
+                for msg in batch:
+                    holders[msg.id].append(c)
+                    await msg.ack()
+                    acked.add(msg.id)
+                if len(acked) >= total:
+                    done.set()
+
+    consumer_tasks = [asyncio.create_task(consume(c)) for c in range(consumers)]
+    produced = await asyncio.gather(*(produce(p) for p in range(producers)))
+    await asyncio.wait_for(done.wait(), EVENT_TIMEOUT_S * 3)
+    await asyncio.gather(*consumer_tasks)
+
+    all_ids = {i for ids in produced for i in ids}
+    assert len(all_ids) == total
+    assert acked == all_ids
+    # With a 60 s lease and prompt acks, each message went to exactly one consumer once.
+    assert all(len(h) == 1 for h in holders.values()), {k: v for k, v in holders.items()
+                                                        if len(v) != 1}
+    async with connect(server.host, server.port) as client:
+        q = (await client.stats())["queues"]["work"]
+        assert (q["ready"], q["in_flight"], q["put_total"], q["acked_total"]) == (
+            0, 0, total, total)
+
+
+async def test_long_poll_wakes_on_put(server):
+    async with connect(server.host, server.port) as consumer, \
+            connect(server.host, server.port) as producer:
+        waiting = asyncio.create_task(consumer.receive("lp", wait=EVENT_TIMEOUT_S))
+        # Requests on one connection run in order: once ping is answered, the
+        # receive before it is parked on the server.
+        await consumer.ping()
+        assert not waiting.done()
+        assert (await producer.stats())["queues"]["lp"]["waiting"] == 1
+        msg_id = await producer.put("lp", b"wake up")
+        [msg] = await asyncio.wait_for(waiting, EVENT_TIMEOUT_S)
+        assert (msg.id, msg.body) == (msg_id, b"wake up")
+
+
+async def test_long_poll_times_out_empty(server):
+    async with connect(server.host, server.port) as client:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert await client.receive("empty", wait=0.3) == []
+        assert loop.time() - started >= 0.25
+
+
+async def test_waiting_receive_does_not_delay_ack_on_same_connection(server):
+    async with connect(server.host, server.port) as client:
+        await client.put("a", b"1")
+        [msg] = await client.receive("a")
+        parked = asyncio.create_task(client.receive("other", wait=EVENT_TIMEOUT_S))
+        await client.ping()
+        await asyncio.wait_for(msg.ack(), EVENT_TIMEOUT_S / 2)
+        assert not parked.done()
+        await client.put("other", b"2")
+        assert [m.body for m in await asyncio.wait_for(parked, EVENT_TIMEOUT_S)] == [b"2"]
+
+
+async def test_waiters_are_served_first_come_first_served(server):
+    async with connect(server.host, server.port) as producer:
+        clients = [await connect(server.host, server.port) for _ in range(3)]
+        try:
+            tasks = []
+            for c in clients:
+                tasks.append(asyncio.create_task(c.receive("fifo", wait=EVENT_TIMEOUT_S)))
+                await c.ping()  # parked before the next one parks
+            for i in range(3):
+                await producer.put("fifo", str(i).encode())
+            bodies = [(await asyncio.wait_for(t, EVENT_TIMEOUT_S))[0].body for t in tasks]
+            assert bodies == [b"0", b"1", b"2"]
+        finally:
+            for c in clients:
+                await c.close()
+
+
+async def test_disconnected_waiter_never_swallows_a_message(server):
+    gone = await connect(server.host, server.port)
+    parked = asyncio.create_task(gone.receive("dw", wait=EVENT_TIMEOUT_S))
+    await gone.ping()
+    await gone.close()
+    with pytest.raises(ConnectionClosed):
+        await parked
+    async with connect(server.host, server.port) as client:
+        # The server has seen the close once its stats show no waiter.
+        await until_stats(client, lambda s: s["server"]["connections"] == 1)
+        await client.put("dw", b"keep me")
+        [msg] = await client.receive("dw", wait=EVENT_TIMEOUT_S)
+        assert msg.body == b"keep me"
+
+
+async def test_redelivery_after_visibility_timeout(server):
+    async with connect(server.host, server.port) as first, \
+            connect(server.host, server.port) as second:
+        msg_id = await first.put("vt", b"job")
+        [stale] = await first.receive("vt", visibility=0.2)
+        # The lease runs out; the message comes back with its count raised.
+        [again] = await second.receive("vt", wait=EVENT_TIMEOUT_S)
+        assert (again.id, again.deliveries) == (msg_id, 2)
+        assert again.lease != stale.lease
+        with pytest.raises(LeaseLost) as info:
+            await stale.ack()
+        assert info.value.code == "LEASE_LOST"
+        await again.ack()
+        with pytest.raises(NotFound):
+            await again.ack()
+        q = (await first.stats())["queues"]["vt"]
+        assert (q["redelivered_total"], q["acked_total"]) == (1, 1)
+
+
+async def test_late_ack_succeeds_when_nobody_took_the_message(server):
+    async with connect(server.host, server.port) as client:
+        await client.put("late", b"x")
+        [msg] = await client.receive("late", visibility=0.05)
+        # Wait until the lease has run out on the server (the message shows ready again).
+        await until_stats(client, lambda s: s["queues"]["late"]["ready"] == 1)
+        await msg.ack()
+        assert (await client.stats())["queues"]["late"]["ready"] == 0
+
+
+async def test_nack_and_touch(server):
+    async with connect(server.host, server.port) as client:
+        await client.put("nt", b"x")
+        [msg] = await client.receive("nt", visibility=30)
+        await msg.nack()
+        [msg2] = await client.receive("nt")
+        assert msg2.deliveries == 2
+        deadline = await msg2.touch(visibility=120)
+        assert deadline > msg2.enqueued_at + 100
+        await msg2.nack(delay=0.2)
+        assert await client.receive("nt") == []  # delayed, not ready yet
+        [msg3] = await client.receive("nt", wait=EVENT_TIMEOUT_S)
+        assert msg3.deliveries == 3
+        await msg3.ack()
+
+
+async def test_ack_on_another_connection(server):
+    async with connect(server.host, server.port) as a:
+        await a.put("x", b"1")
+        [msg] = await a.receive("x")
+    async with connect(server.host, server.port) as b:
+        await b.ack("x", msg.id, msg.lease)
+        assert (await b.stats())["queues"]["x"]["acked_total"] == 1
+
+
+async def test_errors_are_typed_and_keep_the_connection(server_factory):
+    server = server_factory("--max-message-bytes", "10")
+    async with connect(server.host, server.port) as client:
+        with pytest.raises(BodyTooLarge):
+            await client.put("q", b"x" * 11)
+        with pytest.raises(InvalidQueueName):
+            await client.put("bad name", b"x")
+        with pytest.raises(BadArgument):
+            await client.receive("q", wait=-1)
+        with pytest.raises(NotFound):
+            await client.ack("q", 1, 2)
+        assert await client.put("q", b"x" * 10) > 0  # still connected
+        assert (await client.stats())["queues"]["q"]["put_total"] == 1
+
+
+async def test_ready_order_is_oldest_first_and_expired_return_by_id(server):
+    async with connect(server.host, server.port) as client:
+        ids = [await client.put("order", str(i).encode()) for i in range(3)]
+        [first] = await client.receive("order", visibility=0.1)
+        assert first.id == ids[0]
+        newer = await client.put("order", b"3")
+        # Once the first lease runs out, the oldest message is ahead of every newer one.
+        await until_stats(client, lambda s: s["queues"]["order"]["ready"] == 4)
+        batch = await client.receive("order", max=4)
+        assert [m.id for m in batch] == [*ids, newer]

@@ -1,0 +1,146 @@
+"""End to end: the server process itself, its flags, signals and bad binary input."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+
+import pytest
+from raw_socket import PREAMBLE, frame
+from raw_socket import BinarySocket as Raw
+from server_process import ServerProcess, server_command
+
+from wonderq_client import connect
+
+
+@pytest.fixture
+def raw(server):
+    conn = Raw(server.host, server.port)
+    conn.send(PREAMBLE)
+    yield conn
+    conn.close()
+
+
+def test_pipelined_requests_keep_their_ids(raw):
+    raw.send(frame([7, "put", {"queue": "p", "body": b"a"}])
+             + frame(["x", "ping", {}])
+             + frame([9, "receive", {"queue": "p"}]))
+    replies = [raw.reply() for _ in range(3)]
+    assert [r[0] for r in replies] == [7, "x", 9]
+    assert replies[1] == ["x", None, "pong"]
+    [[msg_id, body, _lease, deliveries, _at]] = replies[2][2]
+    assert (msg_id, body, deliveries) == (replies[0][2], b"a", 1)
+
+
+@pytest.mark.parametrize(("request_frame", "request_id", "code"), [
+    (b"\x00\x00\x00\x03\xc1\xc1\xc1", None, "MALFORMED"),  # 0xc1 is never valid msgpack
+    (frame({"not": "a list"}), None, "MALFORMED"),
+    (frame([1, "put"]), 1, "MALFORMED"),
+    (frame([2, "frobnicate", {}]), 2, "UNKNOWN_COMMAND"),
+    (frame([3, "put", {"queue": "q"}]), 3, "BAD_ARGUMENT"),
+    (frame([4, "put", {"queue": "q", "body": 12}]), 4, "BAD_ARGUMENT"),
+    (frame([5, "ack", {"queue": "q", "id": "1", "lease": 1}]), 5, "BAD_ARGUMENT"),
+    (frame([6, "receive", {"queue": "q", "visibility": True}]), 6, "BAD_ARGUMENT"),
+    (frame([7, "put", "args"]), 7, "BAD_ARGUMENT"),
+    (frame([8, "put", {"queue": "", "body": b""}]), 8, "INVALID_QUEUE_NAME"),
+])
+def test_bad_frames_get_an_error_and_the_connection_survives(raw, request_frame, request_id,
+                                                             code):
+    raw.send(request_frame + frame([99, "ping", {}]))
+    rid, error, result = raw.reply()
+    assert (rid, error[0], result) == (request_id, code, None)
+    assert isinstance(error[1], str) and error[1]
+    assert raw.reply() == [99, None, "pong"]
+
+
+def test_oversized_frame_is_refused_then_closed_and_others_unharmed(server_factory):
+    server = server_factory("--max-frame-bytes", "1000")
+    bystander = Raw(server.host, server.port)
+    bystander.send(PREAMBLE + frame([1, "put", {"queue": "keep", "body": b"safe"}]))
+    assert bystander.reply()[1] is None
+    bad = Raw(server.host, server.port)
+    bad.send(PREAMBLE + (10**6).to_bytes(4, "big") + b"x" * 100)
+    rid, error, _ = bad.reply()
+    assert (rid, error[0]) == (None, "FRAME_TOO_LARGE")
+    assert bad.at_eof()
+    bystander.send(frame([2, "receive", {"queue": "keep"}]))
+    [[_, body, *_]] = bystander.reply()[2]
+    assert body == b"safe"
+    bad.close()
+    bystander.close()
+
+
+def test_unsupported_protocol_version_is_refused_then_closed(server):
+    conn = Raw(server.host, server.port)
+    conn.send(b"WQ\x00\x09" + frame([1, "ping", {}]))
+    rid, error, _ = conn.reply()
+    assert (rid, error[0]) == (None, "UNSUPPORTED_VERSION")
+    assert conn.at_eof()
+    conn.close()
+
+
+def test_garbage_bytes_on_a_fresh_connection_do_not_hurt_the_server(server):
+    garbage = Raw(server.host, server.port)
+    garbage.send(bytes(range(256)) * 40)
+    garbage.close()
+
+    async def check() -> None:
+        async with connect(server.host, server.port) as client:
+            assert await client.ping() == "pong"
+
+    asyncio.run(check())
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_the_server_cleanly(sig):
+    proc = ServerProcess().start()
+    assert f"listening on 127.0.0.1:{proc.port}" in proc.log
+    assert proc.stop(sig) == 0
+    assert "stopped" in proc.log
+
+
+def test_environment_sets_flags(server_factory):
+    server = server_factory(env={"WONDERQ_MAX_MESSAGE_BYTES": "5", "WONDERQ_PORT": "0"})
+
+    async def check() -> None:
+        async with connect(server.host, server.port) as client:
+            await client.put("q", b"12345")
+            with pytest.raises(Exception) as info:
+                await client.put("q", b"123456")
+            assert info.value.code == "BODY_TOO_LARGE"
+
+    asyncio.run(check())
+
+
+def test_default_visibility_timeout_flag(server_factory):
+    server = server_factory("--visibility-timeout", "0.1")
+
+    async def check() -> None:
+        async with connect(server.host, server.port) as client:
+            await client.put("v", b"x")
+            [first] = await client.receive("v")  # uses the server default of 0.1 s
+            [again] = await client.receive("v", wait=10)
+            assert (again.id, again.deliveries) == (first.id, 2)
+
+    asyncio.run(check())
+
+
+@pytest.mark.parametrize("args", [
+    ["--port", "70000"],
+    ["--visibility-timeout", "-1"],
+    ["--max-batch", "zero"],
+    ["--log-level", "loud"],
+])
+def test_bad_flags_stop_start_up_with_a_message(args):
+    result = subprocess.run([*server_command(), *args], capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 2
+    assert args[0] in result.stderr
+
+
+def test_port_in_use_exits_with_a_message(server):
+    result = subprocess.run([*server_command(), "--port", str(server.port)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "cannot listen" in result.stderr

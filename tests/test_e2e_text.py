@@ -1,0 +1,141 @@
+"""End to end: text mode over a raw socket, as a person with nc or telnet would use it."""
+
+from __future__ import annotations
+
+import pytest
+from raw_socket import TextSocket as Line
+
+
+@pytest.fixture
+def text(server):
+    conn = Line(server.host, server.port)
+    yield conn
+    conn.close()
+
+
+def read_messages(conn: Line) -> list[tuple[int, int, int, bytes]]:
+    messages = []
+    while (line := conn.line()) != b"END":
+        word, msg_id, lease, deliveries, _enqueued_at, size = line.split(b" ")
+        assert word == b"MSG"
+        body = conn.exactly(int(size))
+        assert conn.exactly(2) == b"\r\n"
+        messages.append((int(msg_id), int(lease), int(deliveries), body))
+    return messages
+
+
+def test_put_get_ack_session(text):
+    text.send(b"PUT jobs hello world\r\n")
+    ok, msg_id = text.line().split(b" ")
+    assert ok == b"OK"
+    text.send(b"GET jobs\n")
+    [(got_id, lease, deliveries, body)] = read_messages(text)
+    assert (got_id, deliveries, body) == (int(msg_id), 1, b"hello world")
+    text.send(b"ACK jobs %d %d\r\n" % (got_id, lease))
+    assert text.line() == b"OK"
+    text.send(b"ACK jobs %d %d\r\n" % (got_id, lease))
+    assert text.line().startswith(b"ERR NOT_FOUND ")
+
+
+def test_receive_several_and_binary_safe_bodies(text, server):
+    import asyncio
+
+    from wonderq_client import connect
+
+    async def put() -> None:
+        async with connect(server.host, server.port) as client:
+            await client.put("bin", b"line1\r\nline2\x00end")
+            await client.put("bin", b"")
+
+    asyncio.run(put())
+    text.send(b"receive bin max=5 visibility=60\n")
+    messages = read_messages(text)
+    assert [m[3] for m in messages] == [b"line1\r\nline2\x00end", b""]
+
+
+def test_stats_lines_and_closing_end(text):
+    text.send(b"PUT a x\nPUT a y\nGET a\nSTATS\n")
+    text.line()
+    text.line()
+    read_messages(text)
+    stats = dict(line.decode().split(": ", 1) for line in text.until_end())
+    assert stats["queues.a.ready"] == "1"
+    assert stats["queues.a.in_flight"] == "1"
+    assert stats["queues.a.put_total"] == "2"
+    assert stats["server.connections"] == "1"
+    assert stats["server.version"]
+    assert float(stats["server.uptime_s"]) >= 0
+
+
+def test_nack_touch_ping_quit(text):
+    text.send(b"PUT t one\nGET t\n")
+    text.line()
+    [(msg_id, lease, _, _)] = read_messages(text)
+    text.send(b"TOUCH t %d %d visibility=100\n" % (msg_id, lease))
+    word, deadline = text.line().split(b" ")
+    assert word == b"OK" and float(deadline) > 0
+    text.send(b"NACK t %d %d\n" % (msg_id, lease))
+    assert text.line() == b"OK"
+    text.send(b"GET t\n")
+    [(again, _, deliveries, _)] = read_messages(text)
+    assert (again, deliveries) == (msg_id, 2)
+    text.send(b"ping\nQUIT\n")
+    assert text.line() == b"PONG"
+    assert text.line() == b"BYE"
+    assert text.at_eof()
+
+
+def test_waiting_get_answers_in_order(text, server):
+    """A GET that waits holds the lines after it, so replies stay in order."""
+    text.send(b"GET later wait=10\nPING\n")
+    other = Line(server.host, server.port)
+    try:
+        # The PING behind the waiting GET must not be answered yet; STATS on
+        # another connection shows the GET parked.
+        for _ in range(1000):
+            other.send(b"STATS\n")
+            stats = dict(line.decode().split(": ", 1) for line in other.until_end())
+            if stats.get("queues.later.waiting") == "1":
+                break
+        assert stats["queues.later.waiting"] == "1"
+        other.send(b"PUT later wake\n")
+        assert other.line().startswith(b"OK ")
+    finally:
+        other.close()
+    [(_, _, _, body)] = read_messages(text)
+    assert body == b"wake"
+    assert text.line() == b"PONG"
+
+
+@pytest.mark.parametrize(("line", "code"), [
+    (b"FROB x", b"UNKNOWN_COMMAND"),
+    (b"PUT", b"BAD_ARGUMENT"),
+    (b"PUT bad/name x", b"INVALID_QUEUE_NAME"),
+    (b"ACK q notanumber 1", b"BAD_ARGUMENT"),
+    (b"ACK q 1", b"BAD_ARGUMENT"),
+    (b"ACK q 1 2", b"NOT_FOUND"),
+    (b"GET q max=0", b"BAD_ARGUMENT"),
+    (b"GET q max=100000", b"BATCH_TOO_LARGE"),
+    (b"GET q wait=nan", b"BAD_ARGUMENT"),
+    (b"GET q bogus=1", b"BAD_ARGUMENT"),
+    (b"\xff\xfe\x00garbage", b"UNKNOWN_COMMAND"),
+])
+def test_bad_lines_get_error_and_connection_survives(text, line, code):
+    text.send(line + b"\r\n")
+    reply = text.line()
+    assert reply.startswith(b"ERR " + code + b" "), reply
+    text.send(b"PING\r\n")
+    assert text.line() == b"PONG"
+
+
+def test_over_long_line_is_skipped_and_connection_survives(server_factory):
+    server = server_factory("--max-message-bytes", "100")
+    conn = Line(server.host, server.port)
+    try:
+        conn.send(b"PUT q " + b"x" * 5000 + b"\nPING\n")
+        assert conn.line().startswith(b"ERR LINE_TOO_LONG ")
+        assert conn.line() == b"PONG"
+        conn.send(b"PUT q " + b"y" * 101 + b"\n")
+        assert conn.line().startswith(b"ERR BODY_TOO_LARGE ")
+    finally:
+        conn.close()

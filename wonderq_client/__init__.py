@@ -1,0 +1,57 @@
+"""wonderq_client: the asyncio client for WonderQ.
+
+    import asyncio
+    from wonderq_client import connect
+
+    async def main():
+        async with connect("127.0.0.1", 7711) as client:
+            await client.put("jobs", b"hello")
+            for msg in await client.receive("jobs", max=10, wait=5):
+                print(msg.body)
+                await msg.ack()
+
+    asyncio.run(main())
+
+The client depends only on msgpack; it never imports the server.
+"""
+
+from .client import DEFAULT_HOST, DEFAULT_PORT, Client, connect
+from .errors import (
+    BadArgument,
+    BatchTooLarge,
+    BodyTooLarge,
+    ConnectionClosed,
+    FrameTooLarge,
+    InternalError,
+    InvalidQueueName,
+    LeaseLost,
+    Malformed,
+    NotFound,
+    UnknownCommand,
+    UnsupportedVersion,
+    WonderQError,
+)
+from .message import Message
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "BadArgument",
+    "BatchTooLarge",
+    "BodyTooLarge",
+    "Client",
+    "ConnectionClosed",
+    "FrameTooLarge",
+    "InternalError",
+    "InvalidQueueName",
+    "LeaseLost",
+    "Malformed",
+    "Message",
+    "NotFound",
+    "UnknownCommand",
+    "UnsupportedVersion",
+    "WonderQError",
+    "connect",
+]

@@ -1,0 +1,209 @@
+"""The asyncio client: one connection, many requests in flight at once.
+
+Design decision: the client is an asyncio.Protocol holding a map of request
+id -> future. Every call writes one request and awaits its reply, so any
+number of calls may run at once on one connection (pipelining), and a
+long-polling receive never delays an ack sent beside it. Requests written
+during one event-loop iteration go out in one write.
+
+Rules:
+* Method names are PROTOCOL.md's command names; durations are seconds as
+  floats; ids and leases are ints.
+* A server error raises the WonderQError subclass for its code.
+* If the connection ends, every call still waiting raises ConnectionClosed:
+  the request may or may not have been carried out (an ack, say), so callers
+  that retry must tolerate NOT_FOUND.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Generator, Sequence
+from types import TracebackType
+from typing import Any
+
+from .codec import PREAMBLE, ReplyDecoder, encode_request
+from .errors import ConnectionClosed, error_from_wire
+from .message import Message
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7711
+
+
+class _ClientProtocol(asyncio.Protocol):
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._decoder = ReplyDecoder()
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._out: list[bytes] = [PREAMBLE]
+        self._flush_scheduled = False
+        self.transport: asyncio.Transport | None = None
+        self.closed_error: ConnectionClosed | None = None
+        self._server_error: str = ""  # an error the server sent about the whole connection
+        self.closed = loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._schedule_flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = self._server_error or (str(exc) if exc else "")
+        self.closed_error = ConnectionClosed(
+            f"connection to the server closed{': ' + reason if reason else ''}")
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(self.closed_error)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        pending = self._pending
+        for request_id, error, result in self._decoder.feed(data):
+            future = pending.pop(request_id, None)
+            if future is None or future.done():
+                if request_id is None and error is not None:  # about the connection itself
+                    self._server_error = f"{error[0]}: {error[1]}"
+                continue  # or a reply to a call that was cancelled
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error_from_wire(error[0], error[1]))
+
+    def send(self, request_id: int, command: str, args: dict[str, Any]) -> asyncio.Future[Any]:
+        if self.closed_error is not None:
+            raise self.closed_error
+        future = self._loop.create_future()
+        self._pending[request_id] = future
+        self._out.append(encode_request(request_id, command, args))
+        self._schedule_flush()
+        return future
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self.transport is None or self.transport.is_closing() or not self._out:
+            return
+        data = b"".join(self._out)
+        self._out.clear()
+        self.transport.write(data)
+
+
+class Client:
+    """A connection to a WonderQ server. Make one with `connect()`."""
+
+    def __init__(self, protocol: _ClientProtocol, host: str, port: int) -> None:
+        self._protocol = protocol
+        self._ids = itertools.count(1)
+        self.host = host
+        self.port = port
+
+    async def _call(self, command: str, args: dict[str, Any]) -> Any:
+        return await self._protocol.send(next(self._ids), command, args)
+
+    # ------------------------------------------------------------- messages
+
+    async def put(self, queue: str, body: bytes | str) -> int:
+        """put stores one message and returns its id."""
+        return await self._call("put", {"queue": queue, "body": body})  # type: ignore[no-any-return]
+
+    async def put_many(self, queue: str, bodies: Sequence[bytes | str]) -> list[int]:
+        """put_many stores every body (all or none) in one round trip; returns their ids."""
+        return await self._call(  # type: ignore[no-any-return]
+            "put_many", {"queue": queue, "bodies": list(bodies)})
+
+    async def receive(self, queue: str, *, max: int = 1, wait: float = 0.0,
+                      visibility: float | None = None) -> list[Message]:
+        """receive leases up to `max` messages, waiting up to `wait` seconds for the first.
+
+        Returns an empty list when nothing arrived in time. Each message stays
+        invisible to others for `visibility` seconds (the server's default if
+        None) unless acked, nacked or touched.
+        """
+        args: dict[str, Any] = {"queue": queue, "max": max, "wait": wait}
+        if visibility is not None:
+            args["visibility"] = visibility
+        rows = await self._call("receive", args)
+        return [Message(self, queue, *row[:5]) for row in rows]
+
+    async def ack(self, queue: str, id: int, lease: int) -> None:
+        """ack deletes a message; raises LeaseLost if it was delivered again since."""
+        await self._call("ack", {"queue": queue, "id": id, "lease": lease})
+
+    async def nack(self, queue: str, id: int, lease: int, *, delay: float = 0.0) -> None:
+        """nack gives a message back, ready at once or after `delay` seconds."""
+        await self._call("nack", {"queue": queue, "id": id, "lease": lease, "delay": delay})
+
+    async def touch(self, queue: str, id: int, lease: int, *,
+                    visibility: float | None = None) -> float:
+        """touch extends a lease to `visibility` seconds from now; returns the new deadline."""
+        args: dict[str, Any] = {"queue": queue, "id": id, "lease": lease}
+        if visibility is not None:
+            args["visibility"] = visibility
+        return await self._call("touch", args)  # type: ignore[no-any-return]
+
+    # ---------------------------------------------------------------- other
+
+    async def stats(self) -> dict[str, Any]:
+        """stats returns {"server": {...}, "queues": {name: {...}}} (see PROTOCOL.md)."""
+        return await self._call("stats", {})  # type: ignore[no-any-return]
+
+    async def ping(self) -> str:
+        return await self._call("ping", {})  # type: ignore[no-any-return]
+
+    @property
+    def closed(self) -> bool:
+        return self._protocol.closed_error is not None
+
+    async def close(self) -> None:
+        """close ends the connection; calls still waiting raise ConnectionClosed."""
+        transport = self._protocol.transport
+        if transport is not None and not transport.is_closing():
+            self._protocol._flush()
+            transport.close()
+        await self._protocol.closed
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+
+class _Connect:
+    """What `connect()` returns: await it, or use it in `async with`."""
+
+    def __init__(self, host: str, port: int, timeout: float | None) -> None:
+        self._host, self._port, self._timeout = host, port, timeout
+        self._client: Client | None = None
+
+    async def _open(self) -> Client:
+        loop = asyncio.get_running_loop()
+        _, protocol = await asyncio.wait_for(
+            loop.create_connection(lambda: _ClientProtocol(loop), self._host, self._port),
+            self._timeout)
+        return Client(protocol, self._host, self._port)
+
+    def __await__(self) -> Generator[Any, None, Client]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> Client:
+        self._client = await self._open()
+        return self._client
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self._client is not None:
+            await self._client.close()
+
+
+def connect(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
+            timeout: float | None = 10.0) -> _Connect:
+    """connect opens a connection: `client = await connect()` or `async with connect() as c:`."""
+    return _Connect(host, port, timeout)

@@ -1,0 +1,92 @@
+"""Errors the client raises: one class per server error code, plus ConnectionClosed.
+
+Design decision: every server error arrives as `[code, message]`; the client
+raises the subclass registered for that code, so callers can write
+`except LeaseLost:` rather than compare strings. A code this client does not
+know (from a newer server) still raises `WonderQError` with that code.
+"""
+
+from __future__ import annotations
+
+
+class WonderQError(Exception):
+    """An error reported by the server (or, for ConnectionClosed, by the client)."""
+
+    code: str = "ERROR"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class UnknownCommand(WonderQError):
+    code = "UNKNOWN_COMMAND"
+
+
+class BadArgument(WonderQError):
+    code = "BAD_ARGUMENT"
+
+
+class InvalidQueueName(WonderQError):
+    code = "INVALID_QUEUE_NAME"
+
+
+class BodyTooLarge(WonderQError):
+    code = "BODY_TOO_LARGE"
+
+
+class BatchTooLarge(WonderQError):
+    code = "BATCH_TOO_LARGE"
+
+
+class NotFound(WonderQError):
+    """The message is gone: acked already, or never put."""
+
+    code = "NOT_FOUND"
+
+
+class LeaseLost(WonderQError):
+    """The message was delivered again since this lease; the ack changed nothing."""
+
+    code = "LEASE_LOST"
+
+
+class Malformed(WonderQError):
+    code = "MALFORMED"
+
+
+class FrameTooLarge(WonderQError):
+    code = "FRAME_TOO_LARGE"
+
+
+class UnsupportedVersion(WonderQError):
+    code = "UNSUPPORTED_VERSION"
+
+
+class InternalError(WonderQError):
+    code = "INTERNAL"
+
+
+class ConnectionClosed(WonderQError):
+    """The connection ended before the reply came; the request may or may not have run."""
+
+    code = "CONNECTION_CLOSED"
+
+
+ERRORS_BY_CODE: dict[str, type[WonderQError]] = {
+    cls.code: cls
+    for cls in (UnknownCommand, BadArgument, InvalidQueueName, BodyTooLarge, BatchTooLarge,
+                NotFound, LeaseLost, Malformed, FrameTooLarge, UnsupportedVersion,
+                InternalError, ConnectionClosed)
+}
+
+
+def error_from_wire(code: str, message: str) -> WonderQError:
+    """error_from_wire builds the exception for a server error reply."""
+    cls = ERRORS_BY_CODE.get(code, WonderQError)
+    return cls(message, code)

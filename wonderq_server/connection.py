@@ -1,0 +1,252 @@
+"""One client connection: an asyncio.Protocol between the socket and the service.
+
+Design decision (uvicorn's protocol-per-connection): the connection owns one
+codec pair, picked from the first bytes it receives, and nothing else. It
+feeds bytes to the decoder, hands each command to the service, and buffers
+the encoded replies; the server writes every connection's buffer once per
+event-loop iteration (`flush`), after the journal, so many replies share one
+write.
+
+Rules:
+* Mode: a stream that starts with the binary preamble `WQ\\x00<version>` is
+  binary; any other first byte means text. Until three bytes have arrived
+  that could still be the preamble, nothing is decided.
+* Binary replies carry request ids and go out as soon as they are ready, so a
+  long-polling receive never holds up an ack on the same connection. Text
+  replies carry no ids, so a text connection answers strictly in order: while
+  a receive waits, later lines are held and run after it.
+* A CommandError is answered and the connection goes on; a ProtocolError is
+  answered and then the connection closes; any other exception is a bug: it
+  is logged with its traceback and answered with INTERNAL.
+* When the connection goes away, or starts to close (QUIT, a ProtocolError),
+  its waiting receives are withdrawn at once, so a consumer that disconnects
+  never swallows a message.
+* Flow control: when the socket's write buffer is full, reading pauses until
+  it drains, so a client that does not read its replies cannot make the
+  server buffer without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from .binary_codec import MAGIC, BinaryDecoder, BinaryEncoder
+from .commands import Command, Limits, Rejected
+from .errors import INTERNAL, CommandError, WonderQError
+from .queues import Waiter
+from .service import BrokerService
+from .text_codec import TextDecoder, TextEncoder
+
+logger = logging.getLogger("wonderq.connection")
+
+# A text connection holds at most this many lines behind a waiting receive
+# before it stops reading from the socket.
+TEXT_HELD_LINES_MAX = 1000
+
+
+class Hub(Protocol):
+    """What a connection needs from the server that owns it."""
+
+    service: BrokerService
+    limits: Limits
+
+    def now(self) -> float: ...
+    def defer(self, callback: Callable[[], None]) -> None: ...
+    def want_flush(self, connection: Connection) -> None: ...
+    def connection_opened(self, connection: Connection) -> None: ...
+    def connection_closed(self, connection: Connection) -> None: ...
+
+
+class Connection(asyncio.Protocol):
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.transport: asyncio.Transport | None = None
+        self.mode: str | None = None  # "binary" or "text" once the first bytes decide
+        self._decoder: BinaryDecoder | TextDecoder | None = None
+        self._encoder: BinaryEncoder | TextEncoder | None = None
+        self._pending = bytearray()  # first bytes, before the mode is known
+        self._out: list[bytes] = []
+        self._close_after_flush = False
+        self._closed = False
+        self._waiters: dict[Command, Waiter] = {}
+        self._held: deque[Command | Rejected] = deque()  # text mode, behind a waiting receive
+        self._text_waiting = False
+        self._paused_by: set[str] = set()
+        self.peer: Any = None
+
+    # ------------------------------------------------------------ transport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.peer = transport.get_extra_info("peername")
+        self.hub.connection_opened(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._withdraw_waits()
+        self._held.clear()
+        self._out.clear()
+        self.hub.connection_closed(self)
+
+    def pause_writing(self) -> None:
+        self._pause("writing")
+
+    def resume_writing(self) -> None:
+        self._resume("writing")
+
+    def _pause(self, reason: str) -> None:
+        if not self._paused_by and self.transport is not None:
+            self.transport.pause_reading()
+        self._paused_by.add(reason)
+
+    def _resume(self, reason: str) -> None:
+        self._paused_by.discard(reason)
+        if not self._paused_by and self.transport is not None and not self._closed:
+            self.transport.resume_reading()
+
+    # ---------------------------------------------------------------- input
+
+    def data_received(self, data: bytes) -> None:
+        if self._close_after_flush or self._closed:
+            return
+        decoder = self._decoder
+        if decoder is None:
+            self._pending += data
+            if not self._choose_mode():
+                return
+            decoder = self._decoder
+            data, self._pending = bytes(self._pending), bytearray()
+        assert decoder is not None
+        items = decoder.feed(data)
+        if items:
+            now = self.hub.now()
+            if self._text_waiting:
+                self._hold(items)
+            else:
+                self._run(items, now)
+            # Even a command with no reply yet (a parked receive) may have
+            # moved the next deadline: the flush re-arms the server's timer.
+            self.hub.want_flush(self)
+
+    def _choose_mode(self) -> bool:
+        """_choose_mode picks the codecs once the first bytes allow; False while undecided."""
+        head = bytes(self._pending[:len(MAGIC)])
+        if len(head) < len(MAGIC) and MAGIC.startswith(head):
+            return False
+        limits = self.hub.limits
+        if head == MAGIC:
+            self.mode = "binary"
+            self._decoder, self._encoder = BinaryDecoder(limits), BinaryEncoder()
+        else:
+            self.mode = "text"
+            self._decoder, self._encoder = TextDecoder(limits), TextEncoder()
+        return True
+
+    def _run(self, items: list[Command | Rejected] | deque[Command | Rejected],
+             now: float) -> None:
+        for index, item in enumerate(items):
+            if self._close_after_flush:
+                return
+            if isinstance(item, Rejected):
+                self._reply_error(item.request_id, item.error)
+                continue
+            self._execute(item, now)
+            if self._text_waiting:
+                self._hold(list(items)[index + 1:])
+                return
+
+    def _hold(self, items: list[Command | Rejected]) -> None:
+        self._held.extend(items)
+        if len(self._held) > TEXT_HELD_LINES_MAX:
+            self._pause("held")
+
+    def _execute(self, command: Command, now: float) -> None:
+        try:
+            waiter = self.hub.service.execute(command, now, self._respond)
+        except WonderQError as exc:
+            self._reply_error(command.request_id, exc)
+            return
+        except Exception:
+            logger.exception("internal error running %r for %s", command.name, self.peer)
+            self._reply_error(command.request_id,
+                              CommandError(INTERNAL, "internal server error; see the server log"))
+            return
+        if waiter is not None:
+            self._waiters[command] = waiter
+            if self.mode == "text":
+                self._text_waiting = True
+        elif command.name == "quit":
+            self._close_after_flush = True
+            self._withdraw_waits()
+
+    # --------------------------------------------------------------- output
+
+    def _respond(self, command: Command, result: Any) -> None:
+        """_respond encodes one result; the service calls it, at once or after a wait."""
+        if self._closed:
+            return
+        self._waiters.pop(command, None)
+        assert self._encoder is not None
+        self._out.append(self._encoder.result(command, result))
+        self.hub.want_flush(self)
+        if self._text_waiting and not self._waiters:
+            # Not now: we may be inside another connection's call into the
+            # broker, and held commands must not re-enter it.
+            self.hub.defer(self._release_held)
+
+    def _release_held(self) -> None:
+        if self._closed:
+            return
+        self._text_waiting = False
+        held, self._held = self._held, deque()
+        self._resume("held")
+        if held:
+            self._run(held, self.hub.now())
+
+    def _reply_error(self, request_id: Any, error: Exception) -> None:
+        if not isinstance(error, WonderQError):
+            error = CommandError(INTERNAL, str(error))
+        encoder = self._encoder or TextEncoder()
+        self._out.append(encoder.error(request_id, error))
+        self.hub.want_flush(self)
+        if error.closes_connection:
+            self._close_after_flush = True
+            self._withdraw_waits()
+
+    def _withdraw_waits(self) -> None:
+        """_withdraw_waits cancels this connection's waiting receives.
+
+        Called as soon as the connection is known to be ending (QUIT, a
+        ProtocolError, close, or the socket gone), not only when it is gone:
+        a message must not be leased to a reply that will never be read.
+        """
+        for waiter in self._waiters.values():
+            self.hub.service.cancel(waiter)
+        self._waiters.clear()
+
+    def flush(self) -> None:
+        """flush writes every buffered reply in one call; the server runs it once per loop turn."""
+        transport = self.transport
+        if self._closed or transport is None:
+            return
+        if self._out:
+            data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
+            self._out.clear()
+            transport.write(data)
+        if self._close_after_flush:
+            transport.close()
+
+    # ----------------------------------------------------------------- misc
+
+    def close(self) -> None:
+        """close ends the connection once what is buffered has been written."""
+        self._close_after_flush = True
+        self._withdraw_waits()
+        self.hub.want_flush(self)
+
+
+ConnectionFactory = Callable[[], Connection]

@@ -1,0 +1,65 @@
+"""`wonderq-server`: parse settings, set up logging, run the server until a signal.
+
+Design decision: the entry point does only process-level work: settings,
+logging (configured once, here), the event loop (uvloop where installed, the
+standard loop otherwise) and signals. SIGINT and SIGTERM stop the server
+cleanly: stop accepting, flush replies, close, exit 0.
+
+The ready line, logged once the socket is bound, names the real address, so
+`--port 0` can be used by tests and scripts that read it:
+
+    wonderq-server listening on 127.0.0.1:7711 (pid 1234, version 0.1.0)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .config import Config, parse_config
+from .server import Server
+
+logger = logging.getLogger("wonderq.server")
+
+
+async def serve(config: Config) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    server = Server(config)
+    host, port = await server.start()
+    # The ready line comes last: whoever reads it may signal us at once.
+    logger.info("wonderq-server listening on %s:%d (pid %d, version %s)",
+                host, port, os.getpid(), __version__)
+    await stop.wait()
+    logger.info("wonderq-server stopping")
+    await server.stop()
+    logger.info("wonderq-server stopped")
+
+
+def _run(coro) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)
+        return
+    uvloop.run(coro)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = parse_config(argv)
+    logging.basicConfig(
+        level=config.log_level.upper(), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        _run(serve(config))
+    except OSError as exc:
+        logger.error("cannot listen on %s:%d: %s", config.host, config.port, exc)
+        return 1
+    return 0

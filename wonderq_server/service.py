@@ -1,0 +1,94 @@
+"""The one narrow interface between connections and the storage behind them.
+
+Design decision: a connection knows exactly one call, `execute(command, now,
+respond)`. It either raises a CommandError at once, or calls `respond(command,
+result)` exactly once: at once, or later for a receive that waits. Such a
+receive returns a handle the connection passes to `cancel` if it goes away
+first. Everything about how messages are stored sits behind this interface,
+so another backend (one on Redis, say) can stand behind the same protocol by
+providing `execute`, `cancel`, `next_deadline` and `advance`.
+
+Rules:
+* `respond` runs inside the call that produced the result (for a waiting
+  receive: inside some other connection's put, or the timer). It must only
+  encode and buffer the reply, never call back into the service.
+* Results are plain values, except for receive, whose result is the list of
+  delivered Message objects (codecs read their fields while encoding).
+
+Must not know: sockets, asyncio, wire formats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .broker import Broker
+from .commands import Command
+from .queues import Waiter
+
+Respond = Callable[[Command, Any], None]
+
+
+class BrokerService:
+    def __init__(self, broker: Broker, server_info: Callable[[float], dict[str, Any]]) -> None:
+        self.broker = broker
+        self._server_info = server_info
+        self._handlers: dict[str, Callable[[dict[str, Any], float], Any]] = {
+            "put": self._put,
+            "put_many": self._put_many,
+            "ack": self._ack,
+            "nack": self._nack,
+            "touch": self._touch,
+            "stats": self._stats,
+            "ping": lambda args, now: "pong",
+            "quit": lambda args, now: None,
+        }
+
+    def execute(self, command: Command, now: float, respond: Respond) -> Waiter | None:
+        """execute carries out one command; see the module docstring for the contract."""
+        if command.name == "receive":
+            return self._receive(command, now, respond)
+        respond(command, self._handlers[command.name](command.args, now))
+        return None
+
+    def cancel(self, handle: Waiter) -> None:
+        """cancel withdraws a waiting receive whose connection went away."""
+        self.broker.cancel_wait(handle)
+
+    def next_deadline(self) -> float | None:
+        return self.broker.next_deadline()
+
+    def advance(self, now: float) -> None:
+        self.broker.advance(now)
+
+    # ------------------------------------------------------------- handlers
+
+    def _receive(self, command: Command, now: float, respond: Respond) -> Waiter | None:
+        a = command.args
+        messages = self.broker.receive(a["queue"], a["max"], a["visibility"], now)
+        if messages or not a["wait"]:
+            respond(command, messages)
+            return None
+        return self.broker.wait(a["queue"], a["max"], a["visibility"], now + a["wait"],
+                                lambda delivered: respond(command, delivered), now)
+
+    def _put(self, a: dict[str, Any], now: float) -> int:
+        return self.broker.put(a["queue"], a["body"], now)
+
+    def _put_many(self, a: dict[str, Any], now: float) -> list[int]:
+        return self.broker.put_many(a["queue"], a["bodies"], now)
+
+    def _ack(self, a: dict[str, Any], now: float) -> None:
+        self.broker.ack(a["queue"], a["id"], a["lease"], now)
+
+    def _nack(self, a: dict[str, Any], now: float) -> None:
+        self.broker.nack(a["queue"], a["id"], a["lease"], a["delay"], now)
+
+    def _touch(self, a: dict[str, Any], now: float) -> float:
+        return self.broker.touch(a["queue"], a["id"], a["lease"], a["visibility"], now)
+
+    def _stats(self, a: dict[str, Any], now: float) -> dict[str, Any]:
+        broker_stats = self.broker.stats(now)
+        queues = broker_stats.pop("queues")
+        return {"server": {**self._server_info(now), **broker_stats}, "queues": queues}
