@@ -1,0 +1,76 @@
+"""PROTOCOL.md's test vectors, checked against the server's codec and the client's.
+
+The vectors live in the document (a ```wonderq-vectors block) so that the
+document, the server and the client cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+import re
+
+import pytest
+
+from wonderq_client.codec import ReplyDecoder
+from wonderq_client.codec import encode_request as client_encode_request
+from wonderq_server.binary_codec import PREAMBLE, BinaryDecoder, BinaryEncoder
+from wonderq_server.binary_codec import encode_request as server_encode_request
+from wonderq_server.commands import Command, Limits, make_command
+from wonderq_server.errors import CommandError
+
+PROTOCOL = pathlib.Path(__file__).resolve().parent.parent / "PROTOCOL.md"
+
+
+def load_vectors() -> list[tuple[str, list, bytes]]:
+    text = PROTOCOL.read_text()
+    block = re.search(r"```wonderq-vectors\n(.*?)```", text, re.S)
+    assert block, "PROTOCOL.md has no wonderq-vectors block"
+    lines = block.group(1).strip().splitlines()
+    vectors = []
+    for head, hexline in zip(lines[::2], lines[1::2], strict=True):
+        kind, _, literal = head.partition(" ")
+        vectors.append((kind, ast.literal_eval(literal), bytes.fromhex(hexline)))
+    return vectors
+
+
+VECTORS = load_vectors()
+REQUESTS = [(v, b) for k, v, b in VECTORS if k == "request"]
+REPLIES = [(v, b) for k, v, b in VECTORS if k == "reply"]
+
+
+def test_document_has_both_kinds():
+    assert len(REQUESTS) >= 4 and len(REPLIES) >= 4
+
+
+@pytest.mark.parametrize(("value", "wire"), REQUESTS)
+def test_request_vector(value, wire):
+    request_id, name, args = value
+    assert client_encode_request(request_id, name, args) == wire
+    assert server_encode_request(request_id, name, args) == wire
+    [command] = BinaryDecoder(Limits()).feed(PREAMBLE + wire)
+    assert isinstance(command, Command)
+    assert (command.request_id, command.name) == (request_id, name)
+    for field, expected in args.items():
+        assert command.args[field] == expected
+
+
+class Delivered:
+    def __init__(self, row):
+        self.id, self.body, self.lease, self.deliveries, self.enqueued_at = row
+
+
+@pytest.mark.parametrize(("value", "wire"), REPLIES)
+def test_reply_vector(value, wire):
+    assert ReplyDecoder().feed(wire) == [value]
+    request_id, error, result = value
+    encoder = BinaryEncoder()
+    if error is not None:
+        assert encoder.error(request_id, CommandError(*error)) == wire
+        return
+    # Encode the result as the server would for the request this reply answers.
+    [(name, args)] = [(n, a) for (rid, n, a), _ in REQUESTS if rid == request_id]
+    if name == "receive":
+        result = [Delivered(row) for row in result]
+    command = make_command(name, dict(args), Limits(), request_id)
+    assert encoder.result(command, result) == wire
