@@ -23,6 +23,12 @@ Rules:
 * Deadlines that pass are handled in deadline order; messages whose leases
   run out go back into the ready order under their own id.
 
+* Every change of state that must survive a restart is reported to the
+  `journal` (if one is attached) as it happens: `put(msg)`, `state(msg)`
+  (leased, given back, touched), `ack(msg)`. Lease and delay expiry are not
+  reported: they follow from the recorded deadline. `restore_*` applies those
+  same records when the journal is replayed at start-up.
+
 Must not know: sockets, asyncio, wire formats, the clock, the journal's file
 format.
 """
@@ -31,7 +37,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from .deadlines import DeadlineHeap
 from .errors import BODY_TOO_LARGE, LEASE_LOST, NOT_FOUND, CommandError
@@ -50,7 +56,17 @@ READY_HEAP_FACTOR = 2
 READY_HEAP_SLACK = 64
 
 
+class ChangeLog(Protocol):
+    """Where the broker reports changes that must survive a restart (journal.py)."""
+
+    def put(self, msg: Message) -> None: ...
+    def state(self, msg: Message) -> None: ...
+    def ack(self, msg: Message) -> None: ...
+
+
 class Broker:
+    journal: ChangeLog | None = None
+
     def __init__(self, *, visibility_timeout_s: float = DEFAULT_VISIBILITY_TIMEOUT_S,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self.visibility_timeout_s = visibility_timeout_s
@@ -116,6 +132,8 @@ class Broker:
         q.messages[msg.id] = msg
         q.put_total += 1
         self._make_ready(msg)
+        if self.journal is not None:
+            self.journal.put(msg)
         return msg.id
 
     # ---------------------------------------------------------------- receive
@@ -172,6 +190,8 @@ class Broker:
                 q.redelivered_total += 1
             msg.lease = self.ids.next(now)
             taken.append(msg)
+            if self.journal is not None:
+                self.journal.state(msg)
         return taken
 
     def _serve_waiters(self, q: Queue, now: float) -> None:
@@ -199,6 +219,8 @@ class Broker:
         del q.messages[message_id]
         q.acked_total += 1
         _compact_ready(q)
+        if self.journal is not None:
+            self.journal.ack(msg)
 
     def nack(self, name: str, message_id: int, lease: int, delay_s: float, now: float) -> None:
         """nack gives a message back: ready at once, or after `delay_s` seconds."""
@@ -208,8 +230,10 @@ class Broker:
             self._make_delayed(msg, now + delay_s)
         else:
             self._make_ready(msg)
-            if msg.queue.waiters:
-                self._serve_waiters(msg.queue, now)
+        if self.journal is not None:
+            self.journal.state(msg)
+        if msg.state == READY and msg.queue.waiters:
+            self._serve_waiters(msg.queue, now)
 
     def touch(self, name: str, message_id: int, lease: int, visibility_s: float | None,
               now: float) -> float:
@@ -222,7 +246,65 @@ class Broker:
         self._detach(msg)
         deadline = now + self._visibility(visibility_s)
         self._make_leased(msg, deadline)
+        if self.journal is not None:
+            self.journal.state(msg)
         return deadline
+
+    # --------------------------------------------------------------- recovery
+
+    def restore_put(self, name: str, message_id: int, body: bytes, enqueued_at: float) -> None:
+        """restore_put replays a PUT record: the message exists, ready, never delivered.
+
+        A PUT for a message that exists already (a compacted journal may hold
+        a record and, later, a snapshot of the same message) resets it, so
+        replay ends in the state the last record describes.
+        """
+        q = self.queue(name)
+        msg = q.messages.get(message_id)
+        if msg is None:
+            msg = q.messages[message_id] = Message(message_id, body, enqueued_at, q)
+            q.put_total += 1
+        else:
+            self._detach(msg)
+        msg.deliveries = 0
+        msg.lease = None
+        self._make_ready(msg)
+        self.ids.observe(message_id)
+
+    def restore_state(self, name: str, message_id: int, state: int, deadline_at: float,
+                      deliveries: int, lease: int | None, now: float) -> None:
+        """restore_state replays a STATE record; a message acked since is left alone.
+
+        A lease or delay whose deadline has passed by `now` is restored as
+        ready, keeping its lease, so a late ack after a restart still works.
+        The lease counts as a used id even when the message is gone: a
+        compacted journal may hold a message's lease and ack but no PUT.
+        """
+        if lease is not None:
+            self.ids.observe(lease)
+        q = self.queues.get(name)
+        msg = q.messages.get(message_id) if q is not None else None
+        if msg is None:
+            return
+        self._detach(msg)
+        msg.deliveries = deliveries
+        msg.lease = lease
+        if state == LEASED and deadline_at > now:
+            self._make_leased(msg, deadline_at)
+        elif state == DELAYED and deadline_at > now:
+            self._make_delayed(msg, deadline_at)
+        else:
+            self._make_ready(msg)
+
+    def restore_ack(self, name: str, message_id: int) -> None:
+        """restore_ack replays an ACK record; an unknown message is already gone."""
+        q = self.queues.get(name)
+        msg = q.messages.pop(message_id, None) if q is not None else None
+        if msg is not None:
+            self._detach(msg)
+            msg.state = DELETED
+            q.acked_total += 1
+            _compact_ready(q)
 
     # -------------------------------------------------------------- deadlines
 

@@ -1,0 +1,83 @@
+"""Helpers for the durability tests: a broker's whole state, and journals opened as the server does.
+
+`broker_state` is what a restart must keep and nothing else: put/ack totals
+count from each start (server.py resets them), and a queue whose messages
+are all gone is left out, since a compacted journal holds no record of it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from wonderq_server.broker import Broker
+from wonderq_server.journal import Journal, RecoveryReport
+from wonderq_server.journal_format import FILE_HEADER, RECORD_HEADER_BYTES
+from wonderq_server.message import DELAYED, LEASED, READY
+
+T0 = 1_700_000_000.0
+VISIBILITY = 30.0
+
+
+def broker_state(broker: Broker) -> dict[str, Any]:
+    """broker_state: per queue, every message's id, body, state, deliveries, lease,
+    deadline_at and enqueued_at, the queue's counters, and the next deadline."""
+    queues: dict[str, Any] = {}
+    for name, q in broker.queues.items():
+        if not q.messages:
+            continue
+        states = [m.state for m in q.messages.values()]
+        # The counters must agree with the messages, or the comparison below means little.
+        assert (q.ready_count, q.leased_count, q.delayed_count) == (
+            states.count(READY), states.count(LEASED), states.count(DELAYED)), name
+        for m in q.messages.values():
+            assert m.queue is q
+            assert (m.deadline_at is not None) == (m.state in (LEASED, DELAYED)), m
+        queues[name] = {
+            "counts": (q.ready_count, q.leased_count, q.delayed_count),
+            "messages": {m.id: (m.body, m.state, m.deliveries, m.lease, m.deadline_at,
+                                m.enqueued_at) for m in q.messages.values()},
+        }
+    return {"queues": queues, "next_deadline": broker.next_deadline()}
+
+
+def open_broker(directory: Path, now: float, **journal_options: Any
+                ) -> tuple[Journal, Broker, RecoveryReport]:
+    """open_broker opens a journal into a fresh broker, then attaches it, as server.py does."""
+    broker = Broker(visibility_timeout_s=VISIBILITY)
+    journal = Journal(directory, **journal_options)
+    report = journal.open(broker, now)
+    broker.journal = journal  # only now: replay must not log itself again
+    return journal, broker, report
+
+
+def restored(directory: Path, now: float, **journal_options: Any
+             ) -> tuple[Broker, RecoveryReport]:
+    """restored opens `directory` into a fresh broker and closes it again."""
+    journal, broker, report = open_broker(directory, now, **journal_options)
+    journal.close()
+    broker.journal = None
+    return broker, report
+
+
+def restored_copy(directory: Path, copy: Path, now: float) -> tuple[Broker, RecoveryReport]:
+    """restored_copy copies the data directory as it is on disk this instant (what a crash
+    would leave, given everything was written) and opens the copy."""
+    shutil.copytree(directory, copy)
+    return restored(copy, now)
+
+
+def journal_files(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith("journal."))
+
+
+def record_offsets(data: bytes) -> list[int]:
+    """record_offsets walks the frames of a journal file (trusting their lengths)."""
+    offsets = []
+    pos = len(FILE_HEADER)
+    while pos < len(data):
+        offsets.append(pos)
+        pos += RECORD_HEADER_BYTES + int.from_bytes(data[pos:pos + 4], "big")
+    assert pos == len(data)
+    return offsets

@@ -1,0 +1,461 @@
+"""Tests of the journal (wonderq_server/journal.py) with a real broker in a temporary directory.
+
+Everything runs in this process: the broker is driven with numbers as the
+clock, `write_pending` stands in for the server's flush, and a restart is a
+fresh Journal and Broker opened on the same directory. Disk faults are
+injected through the journal's replaceable `write` and `fsync_file`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from durability import (
+    T0,
+    broker_state,
+    journal_files,
+    open_broker,
+    record_offsets,
+    restored,
+)
+
+from wonderq_server.broker import Broker
+from wonderq_server.errors import LEASE_LOST, NOT_FOUND, CommandError
+from wonderq_server.journal import (
+    DataDirLocked,
+    Journal,
+    JournalBroken,
+    JournalError,
+    journal_path,
+)
+from wonderq_server.journal_format import FILE_HEADER, PUT, JournalCorrupt, encode_record
+from wonderq_server.message import DELAYED, LEASED, READY
+
+
+def error_code(call, *args) -> str:
+    with pytest.raises(CommandError) as info:
+        call(*args)
+    return info.value.code
+
+
+def journal_file(directory: Path) -> Path:
+    [name] = journal_files(directory)
+    return directory / name
+
+
+# ---------------------------------------------------------- a fresh directory
+
+def test_a_new_directory_gets_an_empty_journal(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    journal, _, report = open_broker(data, T0)
+    assert (report.records, report.messages, report.queues, report.torn_tail_bytes,
+            report.skipped) == (0, 0, 0, 0, [])
+    assert report.path == str(journal_path(data, 1))
+    assert sorted(os.listdir(data)) == ["LOCK", "journal.000001"]
+    assert (data / "journal.000001").read_bytes() == FILE_HEADER
+    assert journal.size == len(FILE_HEADER)
+    journal.close()
+    broker2, report2 = restored(data, T0)
+    assert broker2.queues == {}
+    assert report2.records == 0
+
+
+def test_a_crash_while_creating_the_journal_does_not_block_the_next_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The first journal is created, and then the process dies before its
+    # header is written. The next start must not find a headerless journal.
+    real_write = os.write
+
+    def crash_on_header(fd: int, data: bytes) -> int:
+        if bytes(data) == FILE_HEADER:
+            raise OSError(errno.EIO, "the machine went down")
+        return real_write(fd, data)
+
+    journal = Journal(tmp_path)
+    monkeypatch.setattr(os, "write", crash_on_header)
+    with pytest.raises(OSError):
+        journal.open(Broker(), T0)
+    monkeypatch.undo()
+    journal.close()  # the dead process' lock goes with it
+    journal, broker, _ = open_broker(tmp_path, T0)
+    broker.put("q", b"after", T0)
+    journal.close()
+    assert [m.body for m in restored(tmp_path, T0)[0].queues["q"].messages.values()] == [
+        b"after"]
+
+
+# ------------------------------------------------------------ the round trip
+
+def busy_broker(directory: Path) -> tuple[Journal, Broker, dict[str, int]]:
+    """busy_broker: messages in every state, in two queues, all written; returns their ids."""
+    journal, broker, _ = open_broker(directory, T0)
+    ids = {"acked": broker.put("q", b"acked", T0)}
+    ids.update(zip(["nacked", "delayed", "touched", "leased", "ready"],
+                   broker.put_many("q", [b"nacked", b"delayed", b"touched", b"leased",
+                                         b"\x00ready\xff" * 100], T0 + 1), strict=True))
+    ids["other"] = broker.put("other", b"in another queue", T0 + 2)
+    journal.write_pending()
+    leased = broker.receive("q", 5, None, T0 + 3)
+    assert [m.id for m in leased] == [ids[k] for k in ("acked", "nacked", "delayed",
+                                                         "touched", "leased")]
+    broker.ack("q", ids["acked"], leased[0].lease, T0 + 4)
+    broker.nack("q", ids["nacked"], leased[1].lease, 0, T0 + 4)
+    broker.nack("q", ids["delayed"], leased[2].lease, 100.0, T0 + 4)
+    broker.touch("q", ids["touched"], leased[3].lease, 300.0, T0 + 5)
+    journal.write_pending()
+    [again] = broker.receive("q", 1, 10.0, T0 + 6)  # the nacked one, its second delivery
+    assert again.id == ids["nacked"]
+    broker.receive("other", 1, 60.0, T0 + 6)
+    broker.nack("other", ids["other"], broker.queues["other"].messages[ids["other"]].lease,
+                0, T0 + 7)
+    journal.write_pending()
+    return journal, broker, ids
+
+
+def test_reopening_restores_every_message_exactly(tmp_path: Path) -> None:
+    journal, broker, ids = busy_broker(tmp_path)
+    expected = broker_state(broker)
+    size = journal.size
+    journal.close()
+    restart = T0 + 8  # before any deadline
+    broker2, report = restored(tmp_path, restart)
+    assert broker_state(broker2) == expected
+    q = expected["queues"]["q"]["messages"]
+    assert q[ids["nacked"]][1:4] == (LEASED, 2, q[ids["nacked"]][3])
+    assert q[ids["delayed"]][1:3] == (DELAYED, 1)
+    assert q[ids["touched"]][1:3] == (LEASED, 1) and q[ids["touched"]][4] == T0 + 305
+    assert q[ids["ready"]][1:5] == (READY, 0, None, None)
+    assert ids["acked"] not in q
+    assert expected["queues"]["other"]["messages"][ids["other"]][1:3] == (READY, 1)
+    assert (report.messages, report.queues, report.torn_tail_bytes) == (6, 2, 0)
+    assert report.file_bytes == size == journal_file(tmp_path).stat().st_size
+    # Replay wrote nothing: the broker gets its journal only after the replay.
+    assert journal_file(tmp_path).stat().st_size == size
+
+
+def test_a_lease_current_at_restart_holds_until_its_deadline(tmp_path: Path) -> None:
+    journal, broker, _ = open_broker(tmp_path, T0)
+    first, second = broker.put_many("q", [b"one", b"two"], T0)
+    leases = {m.id: m.lease for m in broker.receive("q", 2, 20.0, T0 + 1)}
+    journal.close()
+    deadline = T0 + 21
+
+    journal, broker, _ = open_broker(tmp_path, T0 + 10)
+    for message_id in (first, second):
+        msg = broker.queues["q"].messages[message_id]
+        assert (msg.state, msg.deadline_at, msg.lease, msg.deliveries) == (
+            LEASED, deadline, leases[message_id], 1)
+    assert broker.next_deadline() == deadline
+    assert broker.receive("q", 10, None, T0 + 10) == []
+    broker.ack("q", first, leases[first], T0 + 11)  # the lease from before the restart
+    assert broker.advance(deadline - 0.001) == 0
+    assert broker.advance(deadline) == 1
+    [redelivered] = broker.receive("q", 10, None, deadline)
+    assert (redelivered.id, redelivered.deliveries) == (second, 2)
+    assert error_code(broker.ack, "q", second, leases[second], deadline) == LEASE_LOST
+    journal.close()
+    assert error_code(restored(tmp_path, deadline)[0].ack, "q", first, leases[first],
+                      deadline) == NOT_FOUND
+
+
+def test_a_lease_that_ran_out_before_restart_comes_back_ready(tmp_path: Path) -> None:
+    journal, broker, _ = open_broker(tmp_path, T0)
+    late, lost = broker.put_many("q", [b"late", b"lost"], T0)
+    leases = {m.id: m.lease for m in broker.receive("q", 2, 20.0, T0 + 1)}
+    journal.close()
+
+    restart = T0 + 21  # the deadline itself: the lease has run out
+    journal, broker, _ = open_broker(tmp_path, restart)
+    for message_id in (late, lost):
+        msg = broker.queues["q"].messages[message_id]
+        assert (msg.state, msg.deadline_at, msg.lease, msg.deliveries) == (
+            READY, None, leases[message_id], 1)
+    assert broker.next_deadline() is None
+    broker.ack("q", late, leases[late], restart)  # a late ack with the old lease
+    [again] = broker.receive("q", 10, None, restart)
+    assert (again.id, again.deliveries) == (lost, 2)
+    assert error_code(broker.ack, "q", lost, leases[lost], restart) == LEASE_LOST
+    expected = broker_state(broker)
+    journal.close()
+    assert broker_state(restored(tmp_path, restart + 1)[0]) == expected
+
+
+def test_delayed_messages_stay_delayed_until_their_deadline(tmp_path: Path) -> None:
+    journal, broker, _ = open_broker(tmp_path, T0)
+    message_id = broker.put("q", b"later", T0)
+    [msg] = broker.receive("q", 1, None, T0)
+    broker.nack("q", message_id, msg.lease, 50.0, T0 + 1)
+    journal.close()
+
+    broker2, _ = restored(tmp_path, T0 + 20)
+    msg2 = broker2.queues["q"].messages[message_id]
+    assert (msg2.state, msg2.deadline_at, msg2.deliveries, msg2.lease) == (
+        DELAYED, T0 + 51, 1, msg.lease)
+    assert broker2.receive("q", 1, None, T0 + 20) == []
+    assert broker2.advance(T0 + 51) == 1
+    assert [m.id for m in broker2.receive("q", 1, None, T0 + 51)] == [message_id]
+
+    broker3, _ = restored(tmp_path, T0 + 51)  # the delay ended while the server was down
+    msg3 = broker3.queues["q"].messages[message_id]
+    assert (msg3.state, msg3.deadline_at, msg3.deliveries) == (READY, None, 1)
+
+
+def test_ids_after_reopening_are_larger_than_every_id_before(tmp_path: Path) -> None:
+    journal, broker, _ = open_broker(tmp_path, T0)
+    seen = broker.put_many("q", [b"a", b"b", b"c"], T0 + 100)
+    for msg in broker.receive("q", 3, None, T0 + 100):
+        seen.append(msg.lease)
+        broker.ack("q", msg.id, msg.lease, T0 + 100)
+    assert broker.queues["q"].messages == {}
+    journal.close()
+
+    # The clock went back an hour while the server was down.
+    journal, broker, _ = open_broker(tmp_path, T0 + 100 - 3600)
+    assert broker.ids.last == max(seen)
+    new_id = broker.put("q", b"new", T0 + 100 - 3600)
+    [msg] = broker.receive("q", 1, None, T0 + 100 - 3600)
+    assert max(seen) < new_id < msg.lease
+    journal.close()
+
+
+# ------------------------------------------------------------------ the lock
+
+def test_one_journal_per_directory(tmp_path: Path) -> None:
+    journal, broker, _ = open_broker(tmp_path, T0)
+    broker.put("q", b"x", T0)
+    second = Journal(tmp_path)
+    with pytest.raises(DataDirLocked):
+        second.open(Broker(), T0)
+    with pytest.raises(DataDirLocked):  # still, on every try
+        second.open(Broker(), T0)
+    assert (tmp_path / "LOCK").read_text() == f"{os.getpid()}\n"
+    journal.close()
+    broker2 = Broker()
+    second.open(broker2, T0)
+    assert len(broker2.queues["q"].messages) == 1
+    second.close()
+
+
+# ------------------------------------------------- torn tails and damage
+
+def test_a_torn_tail_is_cut_off_and_appends_continue(tmp_path: Path) -> None:
+    journal, broker, _ = open_broker(tmp_path, T0)
+    broker.put_many("q", [b"one", b"two"], T0)
+    journal.close()
+    path = journal_file(tmp_path)
+    good = path.read_bytes()
+    torn = encode_record([PUT, "q", 99, b"never answered", T0])[:13]
+    path.write_bytes(good + torn)
+
+    journal, broker, report = open_broker(tmp_path, T0 + 1)
+    assert (report.torn_tail_bytes, report.records, report.file_bytes) == (
+        13, 2, len(good) + 13)
+    assert path.read_bytes() == good  # cut off on disk, not only skipped
+    assert journal.size == len(good)
+    broker.put("q", b"three", T0 + 1)
+    expected = broker_state(broker)
+    journal.close()
+
+    broker2, report2 = restored(tmp_path, T0 + 1)
+    assert broker_state(broker2) == expected
+    assert [m.body for m in broker2.queues["q"].messages.values()] == [b"one", b"two",
+                                                                       b"three"]
+    assert (report2.torn_tail_bytes, report2.records) == (0, 3)
+
+
+def test_damage_in_the_middle_stops_the_start_unless_repair(tmp_path: Path) -> None:
+    journal, broker, _ = open_broker(tmp_path, T0)
+    kept = broker.put("q", b"kept", T0)
+    lost = broker.put("q", b"lost to damage", T0)
+    journal.write_pending()
+    expected = broker_state(broker)
+    del expected["queues"]["q"]["messages"][lost]
+    expected["queues"]["q"]["counts"] = (2, 0, 0)
+    later = broker.put("q", b"written later", T0)
+    expected["queues"]["q"]["messages"][later] = (b"written later", READY, 0, None, None, T0)
+    journal.close()
+    path = journal_file(tmp_path)
+    data = bytearray(path.read_bytes())
+    bad = record_offsets(bytes(data))[1]
+    data[bad + 5] ^= 0xFF  # the second PUT's checksum
+    path.write_bytes(bytes(data))
+
+    journal = Journal(tmp_path)
+    with pytest.raises(JournalCorrupt) as info:
+        journal.open(Broker(), T0)
+    assert info.value.offset == bad
+    assert str(path) in info.value.reason and "checksum mismatch" in info.value.reason
+    journal.close()  # lets go of the lock, as the exiting server would
+    assert path.read_bytes() == bytes(data)  # a refused start changes nothing
+
+    journal, broker, report = open_broker(tmp_path, T0, repair=True)
+    assert report.skipped == [(bad, "checksum mismatch")]
+    assert report.records == 2
+    assert broker_state(broker) == expected
+    assert kept in broker.queues["q"].messages
+    broker.put("q", b"after the repair", T0 + 1)
+    journal.close()
+    assert len(restored(tmp_path, T0 + 1, repair=True)[0].queues["q"].messages) == 3
+
+
+# ------------------------------------------------------------- disk faults
+
+class FlakyWriter:
+    """A `write` for the journal that fails with ENOSPC once `budget` bytes are used up."""
+
+    def __init__(self) -> None:
+        self.budget: int | None = None  # None: write everything
+
+    def __call__(self, fd: int, data: bytes) -> int:
+        if self.budget is None:
+            return os.write(fd, data)
+        if self.budget == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written = os.write(fd, data[:self.budget])
+        self.budget -= written
+        return written
+
+
+def test_a_failed_write_is_cut_back_and_the_journal_stays_whole(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    writer = FlakyWriter()
+    journal, broker, _ = open_broker(data, T0, write=writer)
+    first = broker.put("q", b"before", T0)
+    [msg] = broker.receive("q", 1, None, T0)
+    assert journal.write_pending() is True
+    before = broker_state(broker)
+    size = journal.size
+    path = journal_file(data)
+    assert path.stat().st_size == size
+
+    writer.budget = 30  # part of the write reaches the file, then the disk is full
+    second = broker.put("q", b"x" * 100, T0 + 1)
+    broker.ack("q", first, msg.lease, T0 + 1)
+    with pytest.raises(JournalError) as info:
+        journal.write_pending()
+    assert not isinstance(info.value, JournalBroken)
+    assert os.strerror(errno.ENOSPC) in str(info.value)
+    assert isinstance(info.value.__cause__, OSError)
+    assert info.value.__cause__.errno == errno.ENOSPC
+    assert path.stat().st_size == journal.size == size
+    assert not journal.has_pending and not journal.durable_pending  # those records are gone
+
+    shutil.copytree(data, tmp_path / "copy")  # the directory as a crash now would leave it
+    broker_copy, report = restored(tmp_path / "copy", T0 + 1)
+    assert broker_state(broker_copy) == before
+    assert report.torn_tail_bytes == 0
+
+    writer.budget = None  # space again
+    third = broker.put("q", b"after", T0 + 2)
+    assert journal.write_pending() is True
+    assert path.stat().st_size == journal.size > size
+    journal.close()
+    broker2, report2 = restored(data, T0 + 2)
+    assert report2.torn_tail_bytes == 0
+    # The failed records never count: the ack of `first` and the put of `second` are lost.
+    assert sorted(broker2.queues["q"].messages) == [first, third]
+    assert second in broker.queues["q"].messages
+    assert broker2.queues["q"].messages[first].state == LEASED
+
+
+def test_a_failed_fsync_breaks_the_journal(tmp_path: Path) -> None:
+    failing = [True]
+
+    def fsync_file(fd: int) -> None:
+        if failing[0]:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        os.fsync(fd)
+
+    journal, broker, _ = open_broker(tmp_path, T0, fsync_file=fsync_file)
+    broker.put("q", b"x", T0)
+    journal.write_pending()
+    with pytest.raises(JournalBroken) as info:
+        journal.sync()
+    assert isinstance(info.value, JournalError)
+    assert info.value.__cause__.errno == errno.EIO
+    assert journal.fsync_count == 0
+    failing[0] = False
+    journal.sync()
+    assert journal.fsync_count == 1
+    journal.close()
+
+
+@pytest.mark.parametrize("policy, fsyncs", [("always", 1), ("everysec", 1), ("never", 0)])
+def test_close_writes_what_is_pending_and_fsyncs_unless_never(
+        tmp_path: Path, policy: str, fsyncs: int) -> None:
+    synced: list[int] = []
+
+    def fsync_file(fd: int) -> None:
+        synced.append(fd)
+        os.fsync(fd)
+
+    journal, broker, _ = open_broker(tmp_path, T0, fsync=policy, fsync_file=fsync_file)
+    assert journal.fsync_policy == policy
+    broker.put("q", b"pending at close", T0)
+    expected = broker_state(broker)
+    journal.close()
+    assert len(synced) == fsyncs == journal.fsync_count
+    assert broker_state(restored(tmp_path, T0)[0]) == expected
+
+
+def test_an_unknown_fsync_policy_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        Journal(tmp_path, "sometimes")
+
+
+# ------------------------------------------------------------ durable_pending
+
+def test_only_puts_acks_and_nacks_are_durable(tmp_path: Path) -> None:
+    journal, broker, _ = open_broker(tmp_path, T0)
+    assert journal.write_pending() is False  # nothing to write
+
+    def written(expected_durable: bool) -> None:
+        assert journal.has_pending
+        assert journal.durable_pending is expected_durable
+        size = journal.size
+        assert journal.write_pending() is expected_durable
+        assert journal.size > size
+        assert not journal.has_pending and not journal.durable_pending
+
+    first = broker.put("q", b"a", T0)
+    written(True)
+    broker.put_many("q", [b"b", b"c", b"d"], T0)
+    written(True)
+    a, b, c = broker.receive("q", 3, None, T0)
+    written(False)  # a lease
+    broker.touch("q", a.id, a.lease, 60.0, T0 + 1)
+    written(False)  # a touch
+    broker.nack("q", b.id, b.lease, 0, T0 + 1)
+    written(True)
+    broker.nack("q", c.id, c.lease, 30.0, T0 + 1)
+    written(True)  # a nack with a delay
+    broker.ack("q", first, a.lease, T0 + 2)
+    written(True)
+    [again] = broker.receive("q", 1, None, T0 + 2)
+    broker.touch("q", again.id, again.lease, None, T0 + 3)
+    written(False)
+    broker.ack("q", again.id, again.lease, T0 + 3)
+    broker.receive("q", 1, None, T0 + 3)
+    written(True)  # a lease after an ack in the same write
+    journal.close()
+
+
+def test_a_nack_served_straight_to_a_waiter_is_durable(tmp_path: Path) -> None:
+    journal, broker, _ = open_broker(tmp_path, T0)
+    message_id = broker.put("q", b"a", T0)
+    [msg] = broker.receive("q", 1, None, T0)
+    journal.write_pending()
+    got: list[list[int]] = []
+    broker.wait("q", 1, None, T0 + 100, lambda ms: got.append([m.id for m in ms]), T0)
+    broker.nack("q", message_id, msg.lease, 0, T0 + 1)
+    assert got == [[message_id]]
+    assert journal.durable_pending
+    expected = broker_state(broker)
+    journal.close()
+    broker2, _ = restored(tmp_path, T0 + 2)
+    assert broker_state(broker2) == expected
+    assert broker2.queues["q"].messages[message_id].deliveries == 2

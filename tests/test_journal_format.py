@@ -1,0 +1,254 @@
+"""Tests of the journal's record format (wonderq_server/journal_format.py): bytes only.
+
+A torn tail (a crash in the middle of the last write) is cut off quietly;
+damage before it stops the reader at a named offset unless it is asked to
+repair, in which case the damaged record is skipped and reported.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from typing import Any
+
+import msgpack
+import pytest
+
+from wonderq_server import journal_format
+from wonderq_server.journal_format import (
+    ACK,
+    FILE_HEADER,
+    PUT,
+    RECORD_HEADER_BYTES,
+    SEQ,
+    STATE,
+    VERSION,
+    JournalCorrupt,
+    ReadResult,
+    encode_record,
+    read_records,
+)
+
+T0 = 1_700_000_000.25
+BIG_ID = (1_700_000_000_000 << 20) + 12345
+
+# One record of every kind, with the values each field can take.
+RECORDS: dict[str, list[Any]] = {
+    "PUT": [PUT, "orders", BIG_ID, b"\x00body\xff" * 10, T0],
+    "PUT empty body": [PUT, "q", 7, b"", 1.5],
+    "STATE leased": [STATE, "orders", BIG_ID, 1, T0 + 30.0, 1, BIG_ID + 1],
+    "STATE delayed": [STATE, "orders", BIG_ID, 2, T0 + 60.5, 3, BIG_ID + 9],
+    "STATE ready, never leased": [STATE, "q.x-y_z", 7, 0, 0.0, 0, None],
+    "ACK": [ACK, "orders", BIG_ID],
+    "SEQ": [SEQ, BIG_ID + 10],
+}
+
+
+def journal_bytes(*records: list[Any]) -> bytes:
+    return FILE_HEADER + b"".join(encode_record(r) for r in records)
+
+
+def read_all(data: bytes | memoryview, repair: bool = False) -> tuple[list[Any], ReadResult]:
+    result = ReadResult()
+    return list(read_records(data, result, repair)), result
+
+
+def flip(data: bytes, offset: int) -> bytes:
+    return data[:offset] + bytes([data[offset] ^ 0x5A]) + data[offset + 1:]
+
+
+# ------------------------------------------------------------------ round trip
+
+@pytest.mark.parametrize("name", RECORDS)
+def test_every_kind_round_trips(name: str) -> None:
+    record = RECORDS[name]
+    data = journal_bytes(record)
+    records, result = read_all(data)
+    assert records == [record]
+    assert type(records[0][-1]) is type(record[-1])  # floats stay floats, None stays None
+    assert result == ReadResult(good_end=len(data), records=1, torn_tail_bytes=0, skipped=[])
+
+
+def test_all_kinds_in_one_file_come_back_in_order() -> None:
+    records = list(RECORDS.values())
+    data = journal_bytes(*records)
+    got, result = read_all(memoryview(data))  # the reader takes a memoryview as well
+    assert got == records
+    assert result == ReadResult(good_end=len(data), records=len(records))
+
+
+def test_a_record_is_length_checksum_payload() -> None:
+    record = RECORDS["STATE leased"]
+    framed = encode_record(record)
+    payload = framed[RECORD_HEADER_BYTES:]
+    assert int.from_bytes(framed[:4], "big") == len(payload)
+    assert int.from_bytes(framed[4:8], "big") == zlib.crc32(payload)
+    assert msgpack.unpackb(payload) == record
+
+
+def test_a_file_with_only_its_header_has_no_records() -> None:
+    assert (FILE_HEADER[:6], FILE_HEADER[6], FILE_HEADER[7:]) == (b"WQJRNL", VERSION, b"\n")
+    assert read_all(FILE_HEADER) == ([], ReadResult(good_end=8))
+
+
+# ------------------------------------------------------------------ torn tail
+
+@pytest.mark.parametrize("name", RECORDS)
+def test_a_torn_tail_at_every_offset_of_the_last_record_is_cut_off(name: str) -> None:
+    earlier = [RECORDS["PUT"], RECORDS["STATE leased"], RECORDS["SEQ"]]
+    whole = journal_bytes(*earlier)
+    last = encode_record(RECORDS[name])
+    for cut in range(len(last)):
+        records, result = read_all(whole + last[:cut])
+        assert records == earlier, cut
+        assert result == ReadResult(good_end=len(whole), records=3, torn_tail_bytes=cut), cut
+    records, result = read_all(whole + last)
+    assert records == [*earlier, RECORDS[name]]
+    assert result.torn_tail_bytes == 0
+
+
+def test_a_whole_last_record_with_a_bad_checksum_is_a_torn_tail() -> None:
+    whole = journal_bytes(RECORDS["PUT"])
+    last = encode_record(RECORDS["ACK"])
+    for offset in range(4, len(last)):  # the checksum or the payload, not the length
+        records, result = read_all(whole + flip(last, offset))
+        assert records == [RECORDS["PUT"]], offset
+        assert result == ReadResult(good_end=len(whole), records=1,
+                                    torn_tail_bytes=len(last)), offset
+
+
+# ---------------------------------------------------------- damage, repair
+
+def damaged_middle(offset_in_record: int) -> tuple[bytes, int, list[list[Any]]]:
+    """damaged_middle: four records, the second one with one byte flipped."""
+    records = [RECORDS["PUT"], RECORDS["STATE leased"], RECORDS["ACK"], RECORDS["SEQ"]]
+    first = len(FILE_HEADER) + len(encode_record(records[0]))
+    data = flip(journal_bytes(*records), first + offset_in_record)
+    return data, first, records
+
+
+@pytest.mark.parametrize("offset_in_record", [4, 7, RECORD_HEADER_BYTES, 12, 25])
+def test_a_bad_checksum_in_the_middle_names_the_record(offset_in_record: int) -> None:
+    data, bad, records = damaged_middle(offset_in_record)
+    result = ReadResult()
+    reader = read_records(data, result)
+    assert next(reader) == records[0]  # what comes before the damage is read
+    with pytest.raises(JournalCorrupt) as info:
+        next(reader)
+    assert info.value.offset == bad
+    assert info.value.reason == "checksum mismatch"
+    assert str(info.value) == f"damaged record at byte offset {bad}: checksum mismatch"
+    assert result.good_end == bad
+
+
+@pytest.mark.parametrize("offset_in_record", [4, 7, RECORD_HEADER_BYTES, 12, 25])
+def test_repair_skips_the_damaged_record_and_reads_on(offset_in_record: int) -> None:
+    data, bad, records = damaged_middle(offset_in_record)
+    got, result = read_all(data, repair=True)
+    assert got == [records[0], records[2], records[3]]
+    assert result == ReadResult(good_end=len(data), records=3, torn_tail_bytes=0,
+                                skipped=[(bad, "checksum mismatch")])
+
+
+def test_repair_still_cuts_a_torn_tail_after_skipping() -> None:
+    data, bad, records = damaged_middle(12)
+    tail = encode_record(RECORDS["PUT"])[:20]
+    got, result = read_all(data + tail, repair=True)
+    assert got == [records[0], records[2], records[3]]
+    assert result == ReadResult(good_end=len(data), records=3, torn_tail_bytes=20,
+                                skipped=[(bad, "checksum mismatch")])
+
+
+def frame(payload: bytes) -> bytes:
+    """frame frames raw payload bytes with a correct length and checksum."""
+    return len(payload).to_bytes(4, "big") + zlib.crc32(payload).to_bytes(4, "big") + payload
+
+
+@pytest.mark.parametrize("payload, reason", [
+    (msgpack.packb([9, "q", 1]), "unknown record [9, 'q', 1]"),
+    (msgpack.packb([]), "unknown record []"),
+    (msgpack.packb({"kind": 1}), "unknown record {'kind': 1}"),
+    (b"\xc1", "undecodable payload"),
+])
+def test_a_well_framed_record_that_is_not_ours_is_damage(payload: bytes, reason: str) -> None:
+    before, after = encode_record(RECORDS["PUT"]), encode_record(RECORDS["ACK"])
+    bad = len(FILE_HEADER) + len(before)
+    data = FILE_HEADER + before + frame(payload) + after
+    with pytest.raises(JournalCorrupt) as info:
+        read_all(data)
+    assert info.value.offset == bad
+    assert info.value.reason.startswith(reason)
+    got, result = read_all(data, repair=True)
+    assert got == [RECORDS["PUT"], RECORDS["ACK"]]
+    assert [offset for offset, _ in result.skipped] == [bad]
+    assert result.skipped[0][1].startswith(reason)
+
+
+def test_an_unknown_kind_at_the_end_is_refused_not_cut_off() -> None:
+    # The checksum holds, so the write was whole: this is a record of a newer
+    # format, which an old reader must refuse by name, not throw away as torn.
+    before = encode_record(RECORDS["PUT"])
+    data = FILE_HEADER + before + frame(msgpack.packb([9, "q", 1]))
+    with pytest.raises(JournalCorrupt) as info:
+        read_all(data)
+    assert info.value.offset == len(FILE_HEADER) + len(before)
+    assert info.value.reason == "unknown record [9, 'q', 1]"
+    got, result = read_all(data, repair=True)
+    assert got == [RECORDS["PUT"]]
+    # Skipped, not cut off: appends continue after it, so the file keeps it.
+    assert result == ReadResult(good_end=len(data), records=1, torn_tail_bytes=0,
+                                skipped=[(len(FILE_HEADER) + len(before),
+                                          "unknown record [9, 'q', 1]")])
+
+
+# ------------------------------------------------------------------ the header
+
+@pytest.mark.parametrize("data", [
+    b"", b"WQJR", b"WQJRNL\x01", b"XQJRNL\x01\n", b"WQJRNL\x01\r" + encode_record([SEQ, 1]),
+    b"\x00" * 64,
+])
+def test_a_bad_file_header_is_refused(data: bytes) -> None:
+    with pytest.raises(JournalCorrupt) as info:
+        read_all(data)
+    assert info.value.offset == 0
+    assert info.value.reason == "not a WonderQ journal (bad file header)"
+    with pytest.raises(JournalCorrupt):  # repair skips records, never a bad header
+        read_all(data, repair=True)
+
+
+def test_a_newer_version_is_refused() -> None:
+    data = b"WQJRNL" + bytes([VERSION + 1]) + b"\n" + encode_record([SEQ, 1])
+    with pytest.raises(JournalCorrupt) as info:
+        read_all(data)
+    assert info.value.offset == 0
+    assert info.value.reason == (f"journal format version {VERSION + 1} is newer than this "
+                                 f"server's ({VERSION})")
+
+
+def test_the_current_version_is_read() -> None:
+    data = b"WQJRNL" + bytes([VERSION]) + b"\n" + encode_record([SEQ, 1])
+    assert read_all(data)[0] == [[SEQ, 1]]
+
+
+# ------------------------------------------------------------ the docstring
+
+EXAMPLE_PAYLOAD = bytes.fromhex("95 01 a1 71 07 c4 02 68 69 cb 3f f8 00 00 00 00 00 00")
+
+
+def test_the_docstring_example_is_true() -> None:
+    doc = journal_format.__doc__
+    assert doc is not None
+    hex_bytes = r"([0-9a-f]{2}(?: [0-9a-f]{2})*)"
+    match = re.search(r"msgpack\(\[1, \"q\", 7, b\"hi\", 1\.5\]\) = " + hex_bytes
+                      + r"\s*\((\d+) bytes\), framed as " + hex_bytes + ",", doc)
+    assert match is not None, "the example in journal_format's docstring moved"
+    assert bytes.fromhex(match.group(1)) == EXAMPLE_PAYLOAD
+    assert int(match.group(2)) == len(EXAMPLE_PAYLOAD) == 18
+    assert bytes.fromhex(match.group(3)) == b"\x00\x00\x00\x12"
+
+    record = [PUT, "q", 7, b"hi", 1.5]
+    assert msgpack.packb(record, use_bin_type=True) == EXAMPLE_PAYLOAD
+    assert encode_record(record) == (b"\x00\x00\x00\x12" + bytes.fromhex("7c21c364")
+                                     + EXAMPLE_PAYLOAD)
+    assert zlib.crc32(EXAMPLE_PAYLOAD) == 0x7C21C364
+    assert read_all(FILE_HEADER + encode_record(record))[0] == [record]

@@ -1,0 +1,342 @@
+"""The journal: the append-only log that makes the broker's state survive.
+
+Design decision (Redis' AOF, beanstalkd's binlog): the broker reports every
+change as it happens (`put`, `state`, `ack`, the ChangeLog of broker.py);
+the journal encodes it at once into a memory buffer, and the server writes
+that buffer with one write per event-loop iteration (`write_pending`), just
+before replies go out. Whether replies also wait for an fsync is the fsync
+policy's business (group_commit.py), not this module's.
+
+Files in the data directory:
+
+    LOCK                 held with flock while a server runs: one server per directory
+    journal.000007       the journal: header, then records (journal_format.py)
+    journal.000008.tmp   a compaction (or a first journal) in progress; deleted at start-up
+
+Rules:
+* Exactly one journal file is live: the highest-numbered one. A compaction
+  writes the next number as .tmp and renames it into place only when it is
+  complete and on disk, so recovery finds either the old state or the new,
+  whole (compaction.py).
+* A failed write is cut back off the file (ftruncate to the last good
+  offset), so nothing half-written is ever replayed, and the error goes up to
+  the server, which answers the requests that needed it with STORAGE_ERROR.
+  If even the cut fails, the log can no longer be trusted: JournalBroken.
+* Recovery replays records through the broker's restore_* functions. A torn
+  tail is cut off with a warning; damage before the tail stops start-up
+  with the file and offset named, unless `repair` skips damaged records.
+* Lease records (STATE after a receive or touch) are written like any other
+  but never make a put or ack wait: `durable_pending` only counts PUT, ACK
+  and the STATE of a nack.
+
+Contract per fsync policy (what an answered put, ack or nack survives):
+
+    always    a crash of the machine: answered only after fsync (group commit)
+    everysec  a crash of the process; the machine may lose about 1 s of records
+    never     a crash of the process; the OS decides when data reaches the disk
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .journal_format import (
+    ACK,
+    FILE_HEADER,
+    PUT,
+    SEQ,
+    STATE,
+    JournalCorrupt,
+    ReadResult,
+    encode_record,
+    read_records,
+)
+from .message import DELAYED, LEASED
+
+if TYPE_CHECKING:
+    from .broker import Broker
+    from .message import Message
+
+logger = logging.getLogger("wonderq.journal")
+
+FSYNC_POLICIES = ("always", "everysec", "never")
+JOURNAL_NAME = re.compile(r"journal\.(\d{6,})$")
+# Bytes a PUT record takes beyond its body and queue name (framing, ids, time).
+PUT_RECORD_OVERHEAD = 40
+
+
+class JournalError(Exception):
+    """A write to the journal failed; the records of that write are not in the log."""
+
+
+class JournalBroken(JournalError):
+    """The journal can no longer be trusted; the server must stop."""
+
+
+class DataDirLocked(Exception):
+    """Another server holds this data directory."""
+
+
+@dataclass
+class RecoveryReport:
+    path: str
+    records: int
+    messages: int
+    queues: int
+    seconds: float
+    file_bytes: int
+    torn_tail_bytes: int
+    skipped: list[tuple[int, str]]
+
+
+def journal_path(directory: Path, generation: int) -> Path:
+    return directory / f"journal.{generation:06d}"
+
+
+class Journal:
+    def __init__(self, directory: str | Path, fsync: str = "always", *,
+                 repair: bool = False,
+                 write: Callable[[int, bytes], int] = os.write,
+                 fsync_file: Callable[[int], None] = os.fsync) -> None:
+        if fsync not in FSYNC_POLICIES:
+            raise ValueError(f"fsync policy must be one of {FSYNC_POLICIES}")
+        self.directory = Path(directory)
+        self.fsync_policy = fsync
+        self.repair = repair
+        # Replaceable so tests can make a write fail (disk full) or an fsync.
+        self._write = write
+        self._fsync = fsync_file
+        self.generation = 0
+        self.fd = -1
+        self._lock_fd = -1
+        self.size = 0  # bytes in the live file, all written
+        self.live_bytes = 0  # estimate of what a compacted journal would take
+        self._pending: list[bytes] = []
+        self.durable_pending = False  # a PUT, ACK or nack is in _pending
+        self.fsync_count = 0
+        self.fsync_seconds = 0.0
+        self.last_compaction_at: float | None = None
+        self.compaction_fd = -1  # set while compaction.py builds the next file
+        self.compaction_error = ""  # why writing to the next file failed, if it did
+
+    # ------------------------------------------------------------ open, lock
+
+    def open(self, broker: Broker, now: float) -> RecoveryReport:
+        """open locks the directory, replays the live journal into `broker`, and gets
+        ready to append. Raises DataDirLocked, JournalCorrupt, OSError."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        generations = []
+        for entry in self.directory.iterdir():
+            if entry.name.endswith(".tmp") and entry.name.startswith("journal."):
+                logger.warning("removing %s, left by a compaction that did not finish", entry)
+                entry.unlink()
+            elif match := JOURNAL_NAME.fullmatch(entry.name):
+                generations.append(int(match.group(1)))
+        if not generations:
+            self.generation = 1
+            path = journal_path(self.directory, 1)
+            # Header first, under .tmp: a crash must not leave a journal without one.
+            tmp_path = path.with_name(path.name + ".tmp")
+            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.write(fd, FILE_HEADER)
+            os.fsync(fd)
+            os.rename(tmp_path, path)
+            self._fsync_directory()
+            self.fd, self.size = fd, len(FILE_HEADER)
+            return RecoveryReport(str(path), 0, 0, 0, 0.0, self.size, 0, [])
+        generations.sort()
+        self.generation = generations[-1]
+        for old in generations[:-1]:  # a compaction switched over but did not clean up
+            journal_path(self.directory, old).unlink()
+        return self._replay(broker, now)
+
+    def _lock(self) -> None:
+        fd = os.open(self.directory / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DataDirLocked(f"data directory {self.directory} is in use by another "
+                                "wonderq-server (its LOCK file is held)") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _replay(self, broker: Broker, now: float) -> RecoveryReport:
+        path = journal_path(self.directory, self.generation)
+        started = time.perf_counter()
+        data = path.read_bytes()
+        result = ReadResult()
+        try:
+            replay_records(broker, read_records(data, result, self.repair), now)
+        except JournalCorrupt as exc:
+            raise JournalCorrupt(exc.offset, f"{path}: {exc.reason} (start with --repair to "
+                                 "skip damaged records and lose them)") from None
+        if result.torn_tail_bytes:
+            logger.warning("%s: cut off a torn record of %d bytes at offset %d (a write that "
+                           "a crash interrupted; it was never answered as stored)",
+                           path, result.torn_tail_bytes, result.good_end)
+        for offset, reason in result.skipped:
+            logger.error("%s: skipped damaged record at offset %d (%s); its change is lost",
+                         path, offset, reason)
+        self.fd = os.open(path, os.O_WRONLY)
+        if result.good_end < len(data):
+            os.ftruncate(self.fd, result.good_end)
+            os.fsync(self.fd)
+        os.lseek(self.fd, result.good_end, os.SEEK_SET)
+        self.size = result.good_end
+        messages = sum(len(q.messages) for q in broker.queues.values())
+        self.live_bytes = sum(len(m.body) + len(q.name) + PUT_RECORD_OVERHEAD
+                              for q in broker.queues.values() for m in q.messages.values())
+        return RecoveryReport(str(path), result.records, messages, len(broker.queues),
+                              time.perf_counter() - started, len(data),
+                              result.torn_tail_bytes, result.skipped)
+
+    # ------------------------------------------------------- ChangeLog (broker)
+
+    def put(self, msg: Message) -> None:
+        record = encode_record([PUT, msg.queue.name, msg.id, msg.body, msg.enqueued_at])
+        self._pending.append(record)
+        self.durable_pending = True
+        self.live_bytes += len(record)
+
+    def state(self, msg: Message) -> None:
+        self._pending.append(encode_record(
+            [STATE, msg.queue.name, msg.id, msg.state, msg.deadline_at or 0.0,
+             msg.deliveries, msg.lease]))
+        if msg.state != LEASED:  # a nack; leases and touches never make anyone wait
+            self.durable_pending = True
+
+    def ack(self, msg: Message) -> None:
+        self._pending.append(encode_record([ACK, msg.queue.name, msg.id]))
+        self.durable_pending = True
+        self.live_bytes = max(0, self.live_bytes - len(msg.body) - len(msg.queue.name)
+                              - PUT_RECORD_OVERHEAD)
+
+    def sequence(self, last_id: int) -> bytes:
+        return encode_record([SEQ, last_id])
+
+    # ---------------------------------------------------------------- writing
+
+    @property
+    def has_pending(self) -> bool:
+        return bool(self._pending)
+
+    def write_pending(self) -> bool:
+        """write_pending writes the buffered records in one write; returns whether any
+        of them was durable (a PUT, ACK or nack).
+
+        On failure the file is cut back to where it was and JournalError is
+        raised; the buffered records are dropped (the server answers their
+        requests with STORAGE_ERROR). JournalBroken if the cut fails too.
+        """
+        if not self._pending:
+            return False
+        data = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
+        self._pending.clear()
+        durable, self.durable_pending = self.durable_pending, False
+        try:
+            self._write_all(self.fd, data)
+        except OSError as exc:
+            self._cut_back()
+            raise JournalError(f"writing the journal failed: {exc.strerror or exc}") from exc
+        self.size += len(data)
+        if self.compaction_fd >= 0:
+            try:
+                self._write_all(self.compaction_fd, data)
+            except OSError as exc:  # the live journal is fine; the compaction gives up
+                self.compaction_fd = -1
+                self.compaction_error = str(exc)
+        return durable
+
+    def _write_all(self, fd: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = self._write(fd, view)
+            view = view[written:]
+
+    def _cut_back(self) -> None:
+        try:
+            os.ftruncate(self.fd, self.size)
+            os.lseek(self.fd, self.size, os.SEEK_SET)
+        except OSError as exc:
+            raise JournalBroken(f"the journal could not be cut back after a failed write "
+                                f"({exc}); it can no longer be trusted") from exc
+
+    def sync(self) -> None:
+        """sync makes everything written so far durable (fsync). Runs in a worker thread.
+
+        An fsync failure means the kernel may have dropped written pages: the
+        log can no longer be trusted, and JournalBroken says so.
+        """
+        started = time.perf_counter()
+        try:
+            self._fsync(self.fd)
+        except OSError as exc:
+            raise JournalBroken(f"fsync of the journal failed ({exc}); written records may "
+                                "not be on disk") from exc
+        self.fsync_seconds += time.perf_counter() - started
+        self.fsync_count += 1
+
+    def _fsync_directory(self) -> None:
+        fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        """close writes and fsyncs what is buffered, then releases the directory."""
+        if self.fd >= 0:
+            self.write_pending()
+            if self.fsync_policy != "never":
+                self.sync()
+            os.close(self.fd)
+            self.fd = -1
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "fsync_policy": self.fsync_policy,
+            "journal_bytes": self.size,
+            "journal_live_bytes_estimate": self.live_bytes,
+            "fsync_count": self.fsync_count,
+            "fsync_avg_ms": round(1000 * self.fsync_seconds / self.fsync_count, 3)
+            if self.fsync_count else 0.0,
+            "last_compaction_at": self.last_compaction_at or 0.0,
+        }
+
+
+class CompactionFailed(JournalError):
+    """Writing the next journal failed; the compaction is abandoned, the live journal is fine."""
+
+
+def replay_records(broker: Broker, records: Any, now: float) -> None:
+    """replay_records applies journal records to a broker, in order."""
+    restore_put = broker.restore_put
+    restore_state = broker.restore_state
+    restore_ack = broker.restore_ack
+    for record in records:
+        kind = record[0]
+        if kind == PUT:
+            restore_put(record[1], record[2], record[3], record[4])
+        elif kind == STATE:
+            _, queue, message_id, state, deadline_at, deliveries, lease = record
+            if state not in (LEASED, DELAYED):
+                state = 0
+            restore_state(queue, message_id, state, deadline_at, deliveries, lease, now)
+        elif kind == ACK:
+            restore_ack(record[1], record[2])
+        elif kind == SEQ:
+            broker.ids.observe(record[1])

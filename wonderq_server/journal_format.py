@@ -1,0 +1,147 @@
+"""The journal's file format: records with a length and a checksum, sans-I/O.
+
+Design decision: a journal file is a 8-byte header followed by records. Each
+record is framed on its own, so a reader can tell a record cut short by a
+crash (a torn tail) from damage in the middle of the file:
+
+    file    = b"WQJRNL" + version (1 byte) + b"\\n", then records
+    record  = length (u32, big-endian) + crc32 of the payload (u32) + payload
+    payload = one msgpack array [kind, ...]
+
+Kinds (each record states a message's whole new state, so replaying a record
+twice, or replaying a record older than a snapshot of the same message, ends
+in the same state as replaying it once):
+
+    PUT    [1, queue, id, body, enqueued_at]     stored, ready, never delivered
+    STATE  [2, queue, id, state, deadline_at, deliveries, lease]
+                                                 leased (state 1) or delayed (2)
+                                                 until deadline_at, or ready (0)
+    ACK    [3, queue, id]                        deleted
+    SEQ    [4, last_id]                          ids so far, so none is reused
+                                                 even if every message is acked
+
+Example: a put of b"hi" to queue "q" with id 7 at time 1.5 is the payload
+msgpack([1, "q", 7, b"hi", 1.5]) = 95 01 a1 71 07 c4 02 68 69 cb 3f f8 00 00 00 00 00 00
+(18 bytes), framed as 00 00 00 12, then its crc32, then those 18 bytes.
+
+Rules:
+* A record that runs past the end of the data, or whose checksum fails and
+  which is the last thing in the file, is a torn tail: the writer crashed in
+  the middle of it. It is cut off and nothing after it exists.
+* A record whose checksum fails with more data after it is damage: the reader
+  stops and names the offset, unless asked to skip damaged records (repair),
+  in which case it skips that record by its length and counts it.
+* Changing the format: add a new kind (old readers refuse unknown kinds by
+  name) or bump the version byte; a reader accepts every version up to its
+  own and converts on read. Never change the meaning of an existing field.
+
+Must not know: files, sockets, clocks, the broker.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+MAGIC = b"WQJRNL"
+VERSION = 1
+FILE_HEADER = MAGIC + bytes([VERSION]) + b"\n"
+RECORD_HEADER_BYTES = 8
+PUT = 1
+STATE = 2
+ACK = 3
+SEQ = 4
+KINDS = {PUT: "PUT", STATE: "STATE", ACK: "ACK", SEQ: "SEQ"}
+
+_packer = msgpack.Packer(use_bin_type=True)
+
+
+def encode_record(payload: list[Any]) -> bytes:
+    """encode_record frames one record."""
+    body = _packer.pack(payload)
+    return (len(body).to_bytes(4, "big") + zlib.crc32(body).to_bytes(4, "big") + body)
+
+
+class JournalCorrupt(Exception):
+    """Damage before the tail of a journal; start-up stops unless repair was asked for."""
+
+    def __init__(self, offset: int, reason: str) -> None:
+        super().__init__(f"damaged record at byte offset {offset}: {reason}")
+        self.offset = offset
+        self.reason = reason
+
+
+@dataclass
+class ReadResult:
+    """What reading a journal found, besides the records themselves."""
+
+    good_end: int = 0  # offset just past the last good record: where appends continue
+    records: int = 0
+    torn_tail_bytes: int = 0  # bytes cut off at the end
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (offset, reason), repair only
+
+
+def check_header(data: bytes | memoryview) -> None:
+    """check_header raises JournalCorrupt unless `data` starts with a journal header we read."""
+    head = bytes(data[:len(FILE_HEADER)])
+    if len(head) < len(FILE_HEADER) or head[:len(MAGIC)] != MAGIC or head[-1:] != b"\n":
+        raise JournalCorrupt(0, "not a WonderQ journal (bad file header)")
+    if head[len(MAGIC)] > VERSION:
+        raise JournalCorrupt(0, f"journal format version {head[len(MAGIC)]} is newer than "
+                             f"this server's ({VERSION})")
+
+
+def read_records(data: bytes | memoryview, result: ReadResult,
+                 repair: bool = False) -> Iterator[list[Any]]:
+    """read_records yields each good record's payload from a whole journal file.
+
+    `result` is filled in as reading goes on; it is complete once the
+    iterator is exhausted. Raises JournalCorrupt for damage before the tail
+    (unless `repair`), never for a torn tail.
+    """
+    check_header(data)
+    view = memoryview(data)
+    end = len(view)
+    pos = result.good_end = len(FILE_HEADER)
+    unpackb = msgpack.unpackb
+    crc32 = zlib.crc32
+    while pos < end:
+        if end - pos < RECORD_HEADER_BYTES:
+            result.torn_tail_bytes = end - pos
+            break
+        size = int.from_bytes(view[pos:pos + 4], "big")
+        stop = pos + RECORD_HEADER_BYTES + size
+        if stop > end:
+            result.torn_tail_bytes = end - pos  # cut short by a crash mid-write
+            break
+        body = view[pos + RECORD_HEADER_BYTES:stop]
+        problem = None
+        if crc32(body) != int.from_bytes(view[pos + 4:pos + 8], "big"):
+            problem = "checksum mismatch"
+        else:
+            try:
+                payload = unpackb(body, raw=False, strict_map_key=False)
+            except Exception as exc:
+                problem = f"undecodable payload ({exc})"
+            else:
+                if not isinstance(payload, list) or not payload or payload[0] not in KINDS:
+                    problem = f"unknown record {str(payload)[:40]}"
+        if problem is not None:
+            # Only a failed checksum can be a torn write: a record whose checksum
+            # holds was written whole, so an unknown kind in it is refused even last.
+            if stop == end and problem == "checksum mismatch":
+                result.torn_tail_bytes = end - pos
+                break
+            if not repair:
+                raise JournalCorrupt(pos, problem)
+            result.skipped.append((pos, problem))
+            pos = result.good_end = stop
+            continue
+        result.records += 1
+        pos = stop
+        result.good_end = pos
+        yield payload
