@@ -1,0 +1,355 @@
+"""Tests of journal compaction (wonderq_server/compaction.py), driven by hand.
+
+The server runs a compaction a step at a time between event-loop iterations;
+here the test takes those steps itself, with broker operations and journal
+writes in between, on a real journal in a temporary directory. A crash is a
+copy of the data directory taken at that instant (everything written first),
+opened into a fresh broker: it must hold exactly the live broker's state.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from durability import (
+    T0,
+    broker_state,
+    journal_files,
+    open_broker,
+    restored,
+    restored_copy,
+)
+
+from wonderq_server import compaction
+from wonderq_server.broker import Broker
+from wonderq_server.compaction import RATIO, Compaction, due
+from wonderq_server.journal import PUT_RECORD_OVERHEAD, Journal, journal_path
+from wonderq_server.journal_format import FILE_HEADER, SEQ, encode_record
+
+SLICE = 3
+NOW = T0 + 9  # after every operation below, before any lease or delay runs out
+BODY = b"x" * 400
+
+
+@pytest.fixture(autouse=True)
+def small_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(compaction, "SLICE_MESSAGES", SLICE)
+
+
+def lease_of(broker: Broker, name: str, message_id: int) -> int:
+    lease = broker.queues[name].messages[message_id].lease
+    assert lease is not None
+    return lease
+
+
+def filled(directory: Path) -> tuple[Journal, Broker, dict[str, list[int]]]:
+    """filled: a journal where most messages were acked; 11 live ones in every state."""
+    journal, broker, _ = open_broker(directory, T0)
+    q = broker.put_many("q", [BODY + b"%d" % i for i in range(100)], T0)
+    other = broker.put_many("other", [BODY] * 20, T0)
+    broker.put("gone", b"a queue that ends up empty", T0)
+    journal.write_pending()
+    leased = broker.receive("q", 100, None, T0 + 1)
+    for msg in leased[:92]:
+        broker.ack("q", msg.id, msg.lease, T0 + 1)
+    broker.nack("q", q[92], leased[92].lease, 0, T0 + 1)
+    broker.nack("q", q[93], leased[93].lease, 100.0, T0 + 1)
+    broker.touch("q", q[94], leased[94].lease, 60.0, T0 + 1)
+    journal.write_pending()
+    leased = broker.receive("other", 20, None, T0 + 2)
+    for msg in leased[:17]:
+        broker.ack("other", msg.id, msg.lease, T0 + 2)
+    broker.nack("other", other[17], leased[17].lease, 0, T0 + 2)
+    [msg] = broker.receive("gone", 1, None, T0 + 2)
+    broker.ack("gone", msg.id, msg.lease, T0 + 2)
+    journal.write_pending()
+    return journal, broker, {"q": q[92:], "other": other[17:]}
+
+
+Checkpoint = Callable[[str, Journal, Broker], None]
+
+
+def compact(directory: Path, checkpoint: Checkpoint) -> tuple[Journal, Broker, int]:
+    """compact runs one compaction, step by step, with the broker busy all along.
+
+    `checkpoint(stage, ...)` is called at each stage a crash could hit, with
+    every record written. Returns the journal, the broker, and the journal's
+    size before the compaction.
+    """
+    journal, broker, live = filled(directory)
+    size_before = journal.size
+    c = Compaction(journal, broker)
+    c.start()
+    assert journal.compaction_fd == c.fd >= 0
+    assert [m for q in broker.queues.values() for m in q.messages] == live["q"] + live["other"]
+    # Slices of 3: [q0 q1 q2] [q3 q4 q5] [q6 q7 other0] [other1 other2]
+    q, other = live["q"], live["other"]
+    checkpoint("after start", journal, broker)
+
+    def before_slice_1(now: float) -> None:
+        broker.put("q", b"put during the compaction", now)
+        [msg] = broker.receive("q", 1, None, now)  # q0, not written yet
+        assert (msg.id, msg.deliveries) == (q[0], 2)
+        broker.ack("q", q[7], lease_of(broker, "q", q[7]), now)  # its slice will skip it
+        broker.touch("q", q[6], lease_of(broker, "q", q[6]), 90.0, now)
+
+    def before_slice_2(now: float) -> None:
+        broker.ack("q", q[0], lease_of(broker, "q", q[0]), now)  # written already
+        broker.touch("q", q[2], lease_of(broker, "q", q[2]), 120.0, now)
+        broker.put_many("other", [b"o1", b"o2"], now)
+        broker.put("new", b"a queue made during the compaction", now)
+
+    def before_slice_3(now: float) -> None:  # its records are still pending during the slice
+        broker.nack("q", q[6], lease_of(broker, "q", q[6]), 0, now)
+        [msg] = broker.receive("q", 1, None, now)
+        assert (msg.id, msg.deliveries) == (q[6], 2)
+        broker.nack("q", q[4], lease_of(broker, "q", q[4]), 50.0, now)
+        broker.ack("other", other[1], lease_of(broker, "other", other[1]), now)
+
+    def before_slice_4(now: float) -> None:
+        assert len(broker.receive("other", 5, 45.0, now)) == 3
+        broker.touch("other", other[2], lease_of(broker, "other", other[2]), 75.0, now)
+
+    operations = [before_slice_1, before_slice_2, before_slice_3, before_slice_4]
+    for index, operation in enumerate(operations):
+        operation(T0 + 3 + index)
+        if index != 2:
+            journal.write_pending()
+        done = c.step()
+        journal.write_pending()
+        assert done == (index == len(operations) - 1)
+        if index == 1:
+            checkpoint("after some steps", journal, broker)
+    checkpoint("after all steps", journal, broker)
+
+    broker.ack("q", q[5], lease_of(broker, "q", q[5]), T0 + 7)
+    broker.put("q", b"after the slices", T0 + 7)
+    journal.write_pending()
+    c.presync()
+    assert c.presynced
+    broker.put("q", b"after the presync", T0 + 8)
+    broker.nack("q", q[3], lease_of(broker, "q", q[3]), 0, T0 + 8)
+    journal.write_pending()
+    checkpoint("after presync", journal, broker)
+    checkpoint("after rename", journal, broker)
+    assert c.switch(NOW) == journal.size
+    checkpoint("after switch", journal, broker)
+    return journal, broker, size_before
+
+
+def no_crash(stage: str, journal: Journal, broker: Broker) -> None:
+    assert not journal.has_pending
+
+
+def test_compaction_keeps_the_state_and_shrinks_the_journal(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    journal, broker, size_before = compact(data, no_crash)
+    assert journal_files(data) == ["journal.000002"]
+    assert sorted(os.listdir(data)) == ["LOCK", "journal.000002"]
+    path = journal_path(data, 2)
+    assert (journal.generation, journal.compaction_fd) == (2, -1)
+    assert journal.size == path.stat().st_size == journal.live_bytes
+    assert journal.size * 4 < size_before
+    assert journal.last_compaction_at == NOW
+    assert not due(journal, 0)
+
+    expected = broker_state(broker)
+    # (ready, leased, delayed); "gone" was emptied before the compaction and is not kept.
+    assert {name: q["counts"] for name, q in expected["queues"].items()} == {
+        "q": (4, 2, 2), "other": (0, 4, 0), "new": (1, 0, 0)}
+    broker2, report = restored_copy(data, tmp_path / "copy", NOW)
+    assert broker_state(broker2) == expected
+    assert broker2.ids.last == broker.ids.last
+    assert report.torn_tail_bytes == 0 and report.skipped == []
+
+    # The new file is the live journal: appends go on in it.
+    [msg] = broker.receive("q", 1, None, NOW)
+    broker.ack("q", msg.id, msg.lease, NOW)
+    broker.put("q", b"after the switch", NOW)
+    journal.write_pending()
+    assert path.stat().st_size == journal.size
+    expected = broker_state(broker)
+    journal.close()
+    broker3, _ = restored(data, NOW)
+    assert broker_state(broker3) == expected
+    assert journal_files(data) == ["journal.000002"]
+
+
+def test_a_second_compaction_after_a_restart(tmp_path: Path) -> None:
+    journal, broker, _ = compact(tmp_path, no_crash)
+    journal.close()
+    journal, broker, _ = open_broker(tmp_path, NOW)
+    expected = broker_state(broker)
+    c = Compaction(journal, broker)
+    c.start()
+    while not c.step():
+        pass
+    c.presync()
+    c.switch(NOW)
+    assert journal_files(tmp_path) == ["journal.000003"]
+    assert broker_state(broker) == expected
+    journal.close()
+    assert broker_state(restored(tmp_path, NOW)[0]) == expected
+
+
+STAGES = ["after start", "after some steps", "after all steps", "after presync",
+          "after rename", "after switch"]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_crash_at_any_stage_finds_the_live_state(tmp_path: Path, stage: str) -> None:
+    crashes: list[str] = []
+
+    def crash(at: str, journal: Journal, broker: Broker) -> None:
+        assert not journal.has_pending
+        if at != stage:
+            return
+        crashes.append(at)
+        copy = tmp_path / "copy"
+        shutil.copytree(tmp_path / "data", copy)
+        if at == "after rename":  # renamed into place, the old journal not yet deleted
+            os.rename(copy / "journal.000002.tmp", copy / "journal.000002")
+        before = ["journal.000001", "journal.000002.tmp"]
+        assert journal_files(copy) == {"after rename": ["journal.000001", "journal.000002"],
+                                       "after switch": ["journal.000002"]}.get(at, before)
+        broker2, _ = restored(copy, NOW)
+        assert broker_state(broker2) == broker_state(broker)
+        assert broker2.ids.last == broker.ids.last
+        # Recovery deleted the .tmp file, or the journal the compaction replaced.
+        survivor = "journal.000002" if at in ("after rename", "after switch") else \
+            "journal.000001"
+        assert journal_files(copy) == [survivor]
+
+    journal, _, _ = compact(tmp_path / "data", crash)
+    assert crashes == [stage]
+    journal.close()
+
+
+def test_ids_stay_unique_when_only_an_ack_reached_the_new_file(tmp_path: Path) -> None:
+    # A message is leased and acked before its slice is written: the new file
+    # has its STATE and ACK but never a PUT of it. Its lease, the largest id
+    # handed out, must still count after a restart.
+    journal, broker, _ = open_broker(tmp_path, T0 + 100)
+    ids = broker.put_many("q", [b"a", b"b", b"c", b"d"], T0 + 100)
+    journal.write_pending()
+    c = Compaction(journal, broker)
+    c.start()
+    leased = broker.receive("q", 4, None, T0 + 100)
+    assert leased[3].id == ids[3]  # in the second slice
+    broker.ack("q", ids[3], leased[3].lease, T0 + 100)
+    journal.write_pending()
+    while not c.step():
+        pass
+    c.presync()
+    c.switch(T0 + 100)
+    assert broker.ids.last == leased[3].lease
+    journal.close()
+
+    clock_set_back = T0 + 100 - 3600
+    journal, broker2, _ = open_broker(tmp_path, clock_set_back)
+    assert broker2.ids.last == leased[3].lease
+    assert broker2.put("q", b"new", clock_set_back) > leased[3].lease
+    journal.close()
+
+
+def test_a_compaction_with_every_message_acked_keeps_the_id_sequence(tmp_path: Path) -> None:
+    journal, broker, _ = open_broker(tmp_path, T0 + 100)
+    broker.put_many("q", [b"a", b"b"], T0 + 100)
+    for msg in broker.receive("q", 2, None, T0 + 100):
+        broker.ack("q", msg.id, msg.lease, T0 + 100)
+    journal.write_pending()
+    last = broker.ids.last
+    c = Compaction(journal, broker)
+    c.start()
+    assert c.step()
+    c.presync()
+    c.switch(T0 + 100)
+    journal.close()
+    # The new file holds its header and one SEQ record, nothing else.
+    path = journal_path(tmp_path, 2)
+    assert path.read_bytes() == FILE_HEADER + encode_record([SEQ, last])
+
+    clock_set_back = T0 + 100 - 3600
+    journal, broker2, report = open_broker(tmp_path, clock_set_back)
+    assert (report.records, report.messages) == (1, 0)
+    assert broker2.ids.last == last
+    assert broker2.put("q", b"new", clock_set_back) == last + 1
+    journal.close()
+
+
+def test_abandon_leaves_the_live_journal_alone(tmp_path: Path) -> None:
+    journal, broker, _ = filled(tmp_path)
+    c = Compaction(journal, broker)
+    c.start()
+    assert not c.step()
+    broker.put("q", b"during", T0 + 3)
+    journal.write_pending()
+    c.abandon("the server is stopping")
+    assert journal.compaction_fd == -1
+    assert sorted(os.listdir(tmp_path)) == ["LOCK", "journal.000001"]
+    broker.put("q", b"after", T0 + 4)
+    journal.write_pending()
+    expected = broker_state(broker)
+    journal.close()
+    assert broker_state(restored(tmp_path, NOW)[0]) == expected
+
+
+def test_a_failed_write_to_the_new_file_only_stops_the_compaction(tmp_path: Path) -> None:
+    failing_fd = [-1]
+
+    def write(fd: int, data: bytes) -> int:
+        if fd == failing_fd[0]:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return os.write(fd, data)
+
+    journal, broker, _ = open_broker(tmp_path, T0, write=write)
+    broker.put_many("q", [b"a", b"b"], T0)
+    journal.write_pending()
+    c = Compaction(journal, broker)
+    c.start()
+    failing_fd[0] = c.fd
+    broker.put("q", b"c", T0 + 1)
+    assert journal.write_pending() is True  # the live journal took it
+    assert journal.compaction_fd == -1
+    assert os.strerror(errno.ENOSPC) in journal.compaction_error
+    c.abandon(journal.compaction_error)
+    expected = broker_state(broker)
+    journal.close()
+    assert broker_state(restored(tmp_path, T0 + 1)[0]) == expected
+    assert journal_files(tmp_path) == ["journal.000001"]
+
+
+# ------------------------------------------------------------------------ due
+
+def test_due_needs_both_size_and_dead_weight(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    journal.size, journal.live_bytes = 1000, 499
+    assert due(journal, 999)
+    assert not due(journal, 1000)  # not over the minimum
+    journal.live_bytes = 500  # exactly RATIO times: not more than
+    assert RATIO == 2.0
+    assert not due(journal, 999)
+    journal.live_bytes = 0
+    assert due(journal, 0)
+
+
+def test_due_follows_puts_and_acks(tmp_path: Path) -> None:
+    journal, broker, _ = open_broker(tmp_path, T0)
+    broker.put_many("q", [BODY] * 50, T0)
+    journal.write_pending()
+    assert not due(journal, 0)  # every message is live
+    for msg in broker.receive("q", 40, None, T0):
+        broker.ack("q", msg.id, msg.lease, T0)
+    journal.write_pending()
+    assert due(journal, 0)
+    assert not due(journal, journal.size)
+    journal.close()
+    journal, broker, _ = open_broker(tmp_path, T0)  # the estimate is rebuilt on open
+    assert due(journal, 0)
+    assert journal.live_bytes == 10 * (len(BODY) + len("q") + PUT_RECORD_OVERHEAD)
+    journal.close()

@@ -1,0 +1,151 @@
+"""Compaction: rewrite the journal as the live state, without stopping service.
+
+Design decision: the next journal file (journal.N+1.tmp) is built a slice at
+a time, between event-loop iterations, while the server keeps running:
+
+1. start: open the .tmp file, write the header and a SEQ record (so ids are
+   never reused even when every message was acked), and take the list of
+   message ids that exist now. From here on, every record the server writes
+   to the live journal is also written to the .tmp file, in the same order.
+2. step: for the next `SLICE_MESSAGES` ids, write each message that still
+   exists as a PUT (plus a STATE if it was ever delivered or is not ready).
+   Each record states a whole state, so a snapshot written after a live
+   record about the same message simply supersedes it, and a live record
+   after the snapshot supersedes the snapshot: replaying the file in order
+   gives the current state.
+3. pre-sync: fsync the .tmp file in a worker thread (the bulk of the data).
+4. switch, in the loop: write what is pending, fsync the little written since
+   the pre-sync, rename .tmp over journal.N+1, fsync the directory, then make
+   it the live journal and delete journal.N.
+
+A crash before the rename leaves journal.N whole (it got every record); a
+crash after it leaves journal.N+1 whole. Recovery deletes .tmp files and any
+older journal, so it finds exactly one of the two states.
+
+When: the journal is over `min_bytes` and more than `RATIO` times the size
+the live messages would take. So its size stays proportional to the live
+messages, not to history.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from .journal import CompactionFailed, Journal, journal_path
+from .journal_format import FILE_HEADER, PUT, SEQ, STATE, encode_record
+from .message import READY
+
+if TYPE_CHECKING:
+    from .broker import Broker
+
+logger = logging.getLogger("wonderq.journal")
+
+# Messages written per slice: about 5 ms of work, the longest pause compaction causes.
+SLICE_MESSAGES = 5000
+# Compact when the journal is this many times the size of its live content.
+RATIO = 2.0
+DEFAULT_MIN_BYTES = 64 * 1024 * 1024
+
+
+def due(journal: Journal, min_bytes: int) -> bool:
+    """due says whether the journal has grown enough, and enough of it is dead, to compact."""
+    return journal.size > min_bytes and journal.size > RATIO * journal.live_bytes
+
+
+class Compaction:
+    def __init__(self, journal: Journal, broker: Broker) -> None:
+        self.journal = journal
+        self.broker = broker
+        self.generation = journal.generation + 1
+        self.final_path = journal_path(journal.directory, self.generation)
+        self.tmp_path = self.final_path.with_name(self.final_path.name + ".tmp")
+        self.started = time.perf_counter()
+        self.size_before = journal.size
+        self.written = 0
+        self.fd = -1
+        self.presynced = False  # set once the bulk fsync of the .tmp file is done
+        self._ids: Iterator[tuple[str, int]] | None = None
+
+    def start(self) -> None:
+        """start opens the .tmp file and begins receiving every live record too."""
+        self.fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._write(FILE_HEADER + encode_record([SEQ, self.broker.ids.last]))
+        # Ids now; messages put later reach the new file through their own records.
+        snapshot = [(name, list(q.messages)) for name, q in self.broker.queues.items()]
+        self._ids = ((name, message_id) for name, ids in snapshot for message_id in ids)
+        self.journal.compaction_fd = self.fd
+
+    def step(self) -> bool:
+        """step writes the next slice of live messages; True once all are written."""
+        assert self._ids is not None
+        queues = self.broker.queues
+        records: list[bytes] = []
+        count = 0
+        for name, message_id in self._ids:
+            q = queues.get(name)
+            msg = q.messages.get(message_id) if q is not None else None
+            if msg is None:
+                continue  # acked since the list was taken
+            records.append(encode_record([PUT, name, message_id, msg.body, msg.enqueued_at]))
+            if msg.deliveries or msg.state != READY:
+                records.append(encode_record([STATE, name, message_id, msg.state,
+                                              msg.deadline_at or 0.0, msg.deliveries,
+                                              msg.lease]))
+            count += 1
+            if count >= SLICE_MESSAGES:
+                self._write(b"".join(records))
+                return False
+        if records:
+            self._write(b"".join(records))
+        return True
+
+    def presync(self) -> None:
+        """presync fsyncs the bulk of the new file; runs in a worker thread."""
+        os.fsync(self.fd)
+        self.presynced = True
+
+    def switch(self, now: float) -> int:
+        """switch makes the new file the live journal; returns its size. Runs in the loop.
+
+        The caller has written the pending records (so both files hold them)
+        and no fsync of the live journal is running.
+        """
+        journal = self.journal
+        os.fsync(self.fd)  # only what was written since the pre-sync
+        os.rename(self.tmp_path, self.final_path)
+        journal._fsync_directory()
+        old_fd, old_generation = journal.fd, journal.generation
+        journal.fd, journal.generation = self.fd, self.generation
+        journal.compaction_fd = -1
+        journal.size = os.lseek(self.fd, 0, os.SEEK_END)
+        journal.live_bytes = journal.size
+        journal.last_compaction_at = now
+        os.close(old_fd)
+        os.unlink(journal_path(journal.directory, old_generation))
+        logger.info("compacted the journal: %d -> %d bytes in %.2f s (%s)",
+                    self.size_before, journal.size, time.perf_counter() - self.started,
+                    self.final_path.name)
+        return journal.size
+
+    def abandon(self, reason: str) -> None:
+        """abandon gives up (a write failed); the live journal was never touched."""
+        logger.error("compaction abandoned: %s; the live journal is unaffected", reason)
+        self.journal.compaction_fd = -1
+        try:
+            os.close(self.fd)
+            os.unlink(self.tmp_path)
+        except OSError:
+            pass
+
+    def _write(self, data: bytes) -> None:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.fd, view):]
+        except OSError as exc:
+            raise CompactionFailed(str(exc)) from exc
+        self.written += len(data)
