@@ -41,6 +41,9 @@ class ServerProcess:
         argv = [*server_command(), *self.args]
         if not any(a.startswith("--port") for a in self.args) and "WONDERQ_PORT" not in env:
             argv += ["--port", "0"]
+        if not any(a.startswith(("--data-dir", "--in-memory")) for a in self.args) \
+                and "WONDERQ_DATA_DIR" not in env:
+            argv += ["--in-memory"]  # tests that want a journal name their own directory
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      text=True, env=env)
         self._reader = threading.Thread(target=self._read, daemon=True)

@@ -143,4 +143,4 @@ def test_port_in_use_exits_with_a_message(server):
     result = subprocess.run([*server_command(), "--port", str(server.port)],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
-    assert "cannot listen" in result.stderr
+    assert "cannot start" in result.stderr

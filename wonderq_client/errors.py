@@ -72,6 +72,17 @@ class InternalError(WonderQError):
     code = "INTERNAL"
 
 
+class StorageError(WonderQError):
+    """The journal could not store the change (disk full, I/O error).
+
+    The change may or may not take effect: a put may still be delivered, an
+    ack may be undone by a restart. Retrying is safe for consumers that
+    tolerate a second delivery.
+    """
+
+    code = "STORAGE_ERROR"
+
+
 class ConnectionClosed(WonderQError):
     """The connection ended before the reply came; the request may or may not have run."""
 
@@ -82,7 +93,7 @@ ERRORS_BY_CODE: dict[str, type[WonderQError]] = {
     cls.code: cls
     for cls in (UnknownCommand, BadArgument, InvalidQueueName, BodyTooLarge, BatchTooLarge,
                 NotFound, LeaseLost, Malformed, FrameTooLarge, UnsupportedVersion,
-                InternalError, ConnectionClosed)
+                InternalError, StorageError, ConnectionClosed)
 }
 
 

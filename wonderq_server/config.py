@@ -17,11 +17,14 @@ import argparse
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from . import __version__
 from .commands import Limits
 
 DEFAULT_PORT = 7711
+DEFAULT_DATA_DIR = "./wonderq-data"
+DEFAULT_COMPACT_MIN_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,10 @@ class Config:
     visibility_timeout_s: float = 30.0
     log_level: str = "info"
     limits: Limits = field(default_factory=Limits)
+    data_dir: Path | None = None  # None: in memory, no journal
+    fsync: str = "always"
+    repair: bool = False
+    compact_min_bytes: int = DEFAULT_COMPACT_MIN_BYTES
 
 
 def _positive_int(text: str) -> int:
@@ -52,6 +59,20 @@ def _seconds(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise ValueError("must be a number of seconds > 0")
     return value
+
+
+def _fsync(text: str) -> str:
+    if text not in ("always", "everysec", "never"):
+        raise ValueError("must be always, everysec or never")
+    return text
+
+
+def _flag(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
 
 
 def _log_level(text: str) -> str:
@@ -83,6 +104,20 @@ FLAGS = [
      "largest binary-protocol frame accepted"),
     ("--log-level", "log_level", _log_level, Config.log_level,
      "debug, info, warning or error"),
+    ("--data-dir", "data_dir", str, DEFAULT_DATA_DIR,
+     "directory of the journal, created if missing; 'none' runs in memory"),
+    ("--fsync", "fsync", _fsync, Config.fsync,
+     "always (answer after fsync, group commit), everysec, or never"),
+    ("--compact-min-bytes", "compact_min_bytes", _positive_int, DEFAULT_COMPACT_MIN_BYTES,
+     "compact the journal only once it is at least this big"),
+]
+
+# Switches: (flag, destination, help). Also settable as WONDERQ_IN_MEMORY=1 etc.
+SWITCHES = [
+    ("--in-memory", "in_memory", "run without a journal: nothing survives a restart "
+     "(same as --data-dir none)"),
+    ("--repair", "repair", "at start-up, skip damaged journal records (and report what was "
+     "lost) instead of refusing to start"),
 ]
 
 
@@ -107,6 +142,14 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
                 parser.error(f"{env}={raw!r}: {exc}")
         parser.add_argument(flag, dest=dest, type=_named(kind, flag), default=default,
                             help=f"{text} (env {env}; default {default})")
+    for flag, dest, text in SWITCHES:
+        env = env_name(flag)
+        try:
+            default = _flag(environ.get(env, ""))
+        except ValueError as exc:
+            parser.error(f"{env}={environ[env]!r}: {exc}")
+        parser.add_argument(flag, dest=dest, action="store_true", default=default,
+                            help=f"{text} (env {env}=1)")
     return parser
 
 
@@ -137,5 +180,8 @@ def parse_config(argv: Sequence[str] | None = None,
     )
     if ns.visibility_timeout_s > limits.max_visibility_s:
         build_parser({}).error("--visibility-timeout is over --max-visibility-timeout")
+    in_memory = ns.in_memory or ns.data_dir.strip().lower() in ("none", "")
     return Config(host=ns.host, port=ns.port, visibility_timeout_s=ns.visibility_timeout_s,
-                  log_level=ns.log_level, limits=limits)
+                  log_level=ns.log_level, limits=limits,
+                  data_dir=None if in_memory else Path(ns.data_dir),
+                  fsync=ns.fsync, repair=ns.repair, compact_min_bytes=ns.compact_min_bytes)

@@ -21,6 +21,9 @@ Rules:
 * When the connection goes away, or starts to close (QUIT, a ProtocolError),
   its waiting receives are withdrawn at once, so a consumer that disconnects
   never swallows a message.
+* Replies to commands whose records must be durable (put, put_many, ack,
+  nack) are remembered by position: if the journal write behind them fails,
+  `send_output` turns exactly those replies into STORAGE_ERROR.
 * Flow control: when the socket's write buffer is full, reading pauses until
   it drains, so a client that does not read its replies cannot make the
   server buffer without bound.
@@ -36,12 +39,15 @@ from typing import Any, Protocol
 
 from .binary_codec import MAGIC, BinaryDecoder, BinaryEncoder
 from .commands import Command, Limits, Rejected
-from .errors import INTERNAL, CommandError, WonderQError
+from .errors import INTERNAL, STORAGE_ERROR, CommandError, WonderQError
 from .queues import Waiter
 from .service import BrokerService
 from .text_codec import TextDecoder, TextEncoder
 
 logger = logging.getLogger("wonderq.connection")
+
+# Commands whose success means "your change is in the journal".
+DURABLE_COMMANDS = frozenset({"put", "put_many", "ack", "nack"})
 
 # A text connection holds at most this many lines behind a waiting receive
 # before it stops reading from the socket.
@@ -61,6 +67,18 @@ class Hub(Protocol):
     def connection_closed(self, connection: Connection) -> None: ...
 
 
+class Output:
+    """One connection's replies from one loop iteration, on their way out."""
+
+    __slots__ = ("close", "durable", "parts")
+
+    def __init__(self, parts: list[bytes], durable: list[tuple[int, Command]],
+                 close: bool) -> None:
+        self.parts = parts
+        self.durable = durable  # (index in parts, command) of replies that need the journal
+        self.close = close  # close the connection once these are written
+
+
 class Connection(asyncio.Protocol):
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
@@ -70,7 +88,9 @@ class Connection(asyncio.Protocol):
         self._encoder: BinaryEncoder | TextEncoder | None = None
         self._pending = bytearray()  # first bytes, before the mode is known
         self._out: list[bytes] = []
-        self._close_after_flush = False
+        self._durable: list[tuple[int, Command]] = []
+        self._close_after_flush = False  # closing: read nothing more
+        self._close_requested = False  # the next Output closes the connection
         self._closed = False
         self._waiters: dict[Command, Waiter] = {}
         self._held: deque[Command | Rejected] = deque()  # text mode, behind a waiting receive
@@ -90,6 +110,7 @@ class Connection(asyncio.Protocol):
         self._withdraw_waits()
         self._held.clear()
         self._out.clear()
+        self._durable.clear()
         self.hub.connection_closed(self)
 
     def pause_writing(self) -> None:
@@ -179,9 +200,10 @@ class Connection(asyncio.Protocol):
             self._waiters[command] = waiter
             if self.mode == "text":
                 self._text_waiting = True
+        elif command.name in DURABLE_COMMANDS:
+            self._durable.append((len(self._out) - 1, command))
         elif command.name == "quit":
-            self._close_after_flush = True
-            self._withdraw_waits()
+            self._begin_close()
 
     # --------------------------------------------------------------- output
 
@@ -214,8 +236,11 @@ class Connection(asyncio.Protocol):
         self._out.append(encoder.error(request_id, error))
         self.hub.want_flush(self)
         if error.closes_connection:
-            self._close_after_flush = True
-            self._withdraw_waits()
+            self._begin_close()
+
+    def _begin_close(self) -> None:
+        self._close_after_flush = self._close_requested = True
+        self._withdraw_waits()
 
     def _withdraw_waits(self) -> None:
         """_withdraw_waits cancels this connection's waiting receives.
@@ -228,24 +253,43 @@ class Connection(asyncio.Protocol):
             self.hub.service.cancel(waiter)
         self._waiters.clear()
 
-    def flush(self) -> None:
-        """flush writes every buffered reply in one call; the server runs it once per loop turn."""
+    def take_output(self) -> Output | None:
+        """take_output hands over the replies buffered since the last call (server flush)."""
+        if not self._out and not self._close_requested:
+            return None
+        output = Output(self._out, self._durable, self._close_requested)
+        self._out, self._durable, self._close_requested = [], [], False
+        return output
+
+    def send_output(self, output: Output, failed: bool = False) -> None:
+        """send_output writes one Output in one write; `failed` means its journal write
+        failed, so replies to durable commands become STORAGE_ERROR."""
         transport = self.transport
         if self._closed or transport is None:
             return
-        if self._out:
-            data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
-            self._out.clear()
-            transport.write(data)
-        if self._close_after_flush:
+        parts = output.parts
+        if failed and output.durable:
+            assert self._encoder is not None
+            error = CommandError(STORAGE_ERROR, "the journal could not store this change "
+                                 "(disk full or I/O error); it may or may not take effect")
+            for index, command in output.durable:
+                parts[index] = self._encoder.error(command.request_id, error)
+        if parts:
+            transport.write(b"".join(parts) if len(parts) > 1 else parts[0])
+        if output.close:
             transport.close()
+
+    def flush(self) -> None:
+        """flush writes what is buffered at once (used without a journal and by tests)."""
+        output = self.take_output()
+        if output is not None:
+            self.send_output(output)
 
     # ----------------------------------------------------------------- misc
 
     def close(self) -> None:
         """close ends the connection once what is buffered has been written."""
-        self._close_after_flush = True
-        self._withdraw_waits()
+        self._begin_close()
         self.hub.want_flush(self)
 
 

@@ -3,7 +3,10 @@
 Design decision: the entry point does only process-level work: settings,
 logging (configured once, here), the event loop (uvloop where installed, the
 standard loop otherwise) and signals. SIGINT and SIGTERM stop the server
-cleanly: stop accepting, flush replies, close, exit 0.
+cleanly: stop accepting, answer what is in flight, write and fsync the
+journal, close, exit 0. If the journal breaks (an fsync fails) the server
+stops with exit code 1: it can no longer keep the promise that answered
+writes are on disk.
 
 The ready line, logged once the socket is bound, names the real address, so
 `--port 0` can be used by tests and scripts that read it:
@@ -22,24 +25,28 @@ from collections.abc import Sequence
 
 from . import __version__
 from .config import Config, parse_config
+from .journal import DataDirLocked
+from .journal_format import JournalCorrupt
 from .server import Server
 
 logger = logging.getLogger("wonderq.server")
 
 
 async def serve(config: Config) -> None:
-    stop = asyncio.Event()
+    server = Server(config)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    server = Server(config)
+        loop.add_signal_handler(signum, server.stopped.set)
+    server.recover()
     host, port = await server.start()
     # The ready line comes last: whoever reads it may signal us at once.
     logger.info("wonderq-server listening on %s:%d (pid %d, version %s)",
                 host, port, os.getpid(), __version__)
-    await stop.wait()
+    await server.stopped.wait()
     logger.info("wonderq-server stopping")
     await server.stop()
+    if server.fatal_error is not None:
+        raise SystemExit(1)
     logger.info("wonderq-server stopped")
 
 
@@ -59,7 +66,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         _run(serve(config))
+    except DataDirLocked as exc:
+        logger.error("cannot start: %s", exc)
+        return 1
+    except JournalCorrupt as exc:
+        logger.error("cannot start: the journal is damaged: %s", exc)
+        return 1
     except OSError as exc:
-        logger.error("cannot listen on %s:%d: %s", config.host, config.port, exc)
+        logger.error("cannot start on %s:%d: %s", config.host, config.port, exc)
         return 1
     return 0

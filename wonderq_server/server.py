@@ -8,8 +8,12 @@ with time or I/O in it, and nothing else:
 * one timer, armed at the broker's next deadline; when it fires, the broker
   handles every deadline that has passed (`advance`);
 * the flush: connections buffer replies and ask for a flush; the server runs
-  one flush per event-loop iteration (`call_soon`), writing each connection's
-  replies in one write, then re-arms the timer.
+  one flush per event-loop iteration (`call_soon`): it writes the journal's
+  buffered records in one write, hands the replies to group commit (which
+  sends them now, or after the fsync that makes them durable), takes one
+  step of a running compaction, and re-arms the timer;
+* start-up recovery and shutdown: stop accepting, answer what is in flight,
+  write and fsync the journal.
 
 Rules:
 * There is never more than one timer, and never a polling loop: the timer is
@@ -30,9 +34,14 @@ from collections.abc import Callable
 from typing import Any
 
 from . import __version__
+from . import compaction as compaction_policy
 from .broker import Broker
+from .compaction import Compaction
 from .config import Config
-from .connection import Connection
+from .connection import Connection, Output
+from .group_commit import GroupCommit
+from .journal import CompactionFailed, Journal, JournalBroken, JournalError
+from .journal_format import FILE_HEADER
 from .service import BrokerService
 
 logger = logging.getLogger("wonderq.server")
@@ -55,12 +64,40 @@ class Server:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.address: tuple[str, int] | None = None
+        self.journal = (Journal(config.data_dir, config.fsync, repair=config.repair)
+                        if config.data_dir is not None else None)
+        self.group_commit: GroupCommit | None = None
+        self.compaction: Compaction | None = None
+        self._compaction_presync_started = False
+        self.stopped = asyncio.Event()
+        self.fatal_error: BaseException | None = None
+        self._journal_errors = 0
 
     # ------------------------------------------------------------- lifecycle
 
+    def recover(self) -> None:
+        """recover replays the journal into the broker (before listening) and logs what it did."""
+        if self.journal is None:
+            logger.info("running in memory (--in-memory): nothing survives a restart")
+            return
+        report = self.journal.open(self.broker, time.time())
+        self.broker.journal = self.journal  # only now: replay must not log itself again
+        for q in self.broker.queues.values():  # totals count from this start
+            q.put_total = q.acked_total = q.redelivered_total = 0
+        if report.records == 0 and report.file_bytes <= len(FILE_HEADER):
+            logger.info("started a new journal at %s; fsync policy %s", report.path,
+                        self.journal.fsync_policy)
+            return
+        logger.info("recovered %d records from %s (%.1f MB): %d messages in %d queues, "
+                    "in %.2f s; fsync policy %s", report.records, report.path,
+                    report.file_bytes / 1e6, report.messages, report.queues, report.seconds,
+                    self.journal.fsync_policy)
+
     async def start(self) -> tuple[str, int]:
-        """start listens; returns the (host, port) actually bound."""
+        """start listens; returns the (host, port) actually bound. Call recover() first."""
         self._loop = asyncio.get_running_loop()
+        self.group_commit = GroupCommit(self._loop, self.journal, self._fatal,
+                                        on_synced=self._compaction_kick)
         self._listener = await self._loop.create_server(
             lambda: Connection(self), self.config.host, self.config.port, reuse_address=True)
         sockname = self._listener.sockets[0].getsockname()
@@ -68,17 +105,30 @@ class Server:
         return self.address
 
     async def stop(self) -> None:
-        """stop closes the listener and every connection after flushing their replies."""
+        """stop: stop accepting, answer what is in flight, write and fsync the journal, close."""
         if self._listener is not None:
             self._listener.close()
         self._flush()
+        if self.group_commit is not None:
+            await self.group_commit.drain()
+            self.group_commit.stop()
+        if self.compaction is not None:
+            self.compaction.abandon("the server is stopping")
+            self.compaction = None
+        if self.journal is not None and self.fatal_error is None:
+            self.journal.close()
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.close()
         if self._timer is not None:
             self._timer.cancel()
-        if self._listener is not None:
-            await self._listener.wait_closed()
+
+    def _fatal(self, exc: BaseException) -> None:
+        """_fatal stops the server: the journal can no longer keep the promises made."""
+        if self.fatal_error is None:
+            self.fatal_error = exc
+            logger.critical("stopping: %s", exc)
+        self.stopped.set()
 
     # ---------------------------------------------------------- hub for conns
 
@@ -104,15 +154,108 @@ class Server:
             assert self._loop is not None
             self._loop.call_soon(self._flush)
 
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled and self._loop is not None:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
     # ----------------------------------------------------------- flush, timer
 
     def _flush(self) -> None:
-        """_flush writes all buffered replies, one write per connection, then re-arms the timer."""
+        """_flush: journal write, then replies (via group commit), compaction, timer."""
         self._flush_scheduled = False
         dirty, self._dirty = self._dirty, []
+        outputs: list[tuple[Connection, Output]] = []
         for conn in dirty:
-            conn.flush()
+            output = conn.take_output()
+            if output is not None:
+                outputs.append((conn, output))
+        durable = failed = False
+        journal = self.journal
+        if journal is not None and journal.has_pending:
+            try:
+                durable = journal.write_pending()
+            except JournalBroken as exc:
+                failed = True
+                self._fatal(exc)
+            except JournalError as exc:
+                failed = True
+                self._journal_errors += 1
+                logger.error("%s; the requests that needed it were answered with "
+                             "STORAGE_ERROR", exc)
+        if outputs and self.group_commit is not None:
+            self.group_commit.submit(outputs, durable, failed)
+        elif outputs:  # before start(): only in tests that drive the server by hand
+            for conn, output in outputs:
+                conn.send_output(output, failed)
+        if journal is not None and self.fatal_error is None:
+            self._compaction_continue()
         self._arm_timer()
+
+    def _compaction_presync_done(self, future: asyncio.Future[None]) -> None:
+        exc = future.exception()
+        if exc is not None and self.compaction is not None:
+            self.compaction.abandon(f"fsync of the new journal failed: {exc}")
+            self.compaction = None
+            self._compaction_presync_started = False
+            return
+        self._compaction_kick()
+
+    def _compaction_kick(self) -> None:
+        """_compaction_kick: a compaction waiting for an fsync continues in the next flush."""
+        if self.compaction is not None:
+            self._schedule_flush()
+
+    def _compaction_continue(self) -> None:
+        """_compaction_continue starts a compaction when due, or takes its next step.
+
+        Runs only inside _flush, right after the journal write, so no record
+        is pending when the switch happens.
+        """
+        journal, c = self.journal, self.compaction
+        if journal is None or self._loop is None or self.fatal_error is not None:
+            return
+        if c is None:
+            if not compaction_policy.due(journal, self.config.compact_min_bytes):
+                return
+            c = self.compaction = Compaction(journal, self.broker)
+            try:
+                c.start()
+            except (OSError, CompactionFailed) as exc:
+                c.abandon(str(exc))
+                self.compaction = None
+                return
+        if journal.compaction_error:
+            c.abandon(journal.compaction_error)
+            journal.compaction_error = ""
+            self.compaction = None
+            return
+        try:
+            if c._ids is not None and not c.presynced and not self._compaction_presync_started:
+                if not c.step():
+                    self._schedule_flush()  # next slice on the next loop iteration
+                    return
+                self._compaction_presync_started = True
+                future = self._loop.run_in_executor(None, c.presync)
+                future.add_done_callback(self._compaction_presync_done)
+                return
+            if not c.presynced or (self.group_commit is not None and self.group_commit.syncing):
+                return  # the pre-sync's or group commit's completion kicks us again
+            if journal.has_pending:
+                return  # a write failed in this flush; try again in the next
+            size = c.switch(time.time())
+        except CompactionFailed as exc:
+            c.abandon(str(exc))
+            self.compaction = None
+            self._compaction_presync_started = False
+            return
+        except (OSError, JournalError) as exc:
+            self._fatal(exc)
+            return
+        self.compaction = None
+        self._compaction_presync_started = False
+        if self.group_commit is not None:
+            self.group_commit.after_switch(size)
 
     def _arm_timer(self) -> None:
         at = self.service.next_deadline()
@@ -141,10 +284,19 @@ class Server:
     # ------------------------------------------------------------------ stats
 
     def _server_info(self, now: float) -> dict[str, Any]:
-        return {
+        info: dict[str, Any] = {
             "version": __version__,
             "pid": os.getpid(),
             "uptime_s": round(now - self.started_at, 3),
             "connections": len(self.connections),
             "connections_total": self.connections_total,
         }
+        if self.journal is None:
+            info["data_dir"] = ""
+            info["fsync_policy"] = "none (in memory)"
+        else:
+            info["data_dir"] = str(self.journal.directory)
+            info.update(self.journal.stats())
+            info["journal_write_errors"] = self._journal_errors
+            info["compacting"] = self.compaction is not None
+        return info

@@ -1,0 +1,163 @@
+"""Group commit: replies wait for the fsync that makes their records durable.
+
+Design decision: the server hands over, once per event-loop iteration, the
+replies that iteration produced (a Batch) and whether the journal write
+before them held a durable record. Under `--fsync always` such a batch is
+held until an fsync that started after its write has finished; one fsync
+runs at a time, in a worker thread, so the event loop never blocks on the
+disk, and every batch that arrives while one runs shares the next. That is
+what keeps `always` cheap when many producers write at once.
+
+Rules:
+* Batches are released strictly in order, so a connection's replies never
+  overtake each other (a batch that needs no fsync still waits behind one
+  that does).
+* `synced` is the journal offset known to be on disk; a batch waits for
+  `synced >= batch.offset`.
+* A failed write releases its batch at once with failed=True: the
+  connections turn replies to durable commands into STORAGE_ERROR.
+* A failed fsync is fatal (journal.JournalBroken): waiting batches are
+  released as failed and `on_fatal` stops the server, because replies that
+  promised durability can no longer be given.
+* `everysec` and `never` release every batch at once; `everysec` runs an
+  fsync in the worker thread at most once a second while data is unsynced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .connection import Connection, Output
+    from .journal import Journal
+
+logger = logging.getLogger("wonderq.journal")
+
+EVERYSEC_INTERVAL_S = 1.0
+
+
+class Batch:
+    __slots__ = ("failed", "offset", "outputs")
+
+    def __init__(self, outputs: list[tuple[Connection, Output]], offset: int,
+                 failed: bool) -> None:
+        self.outputs = outputs
+        self.offset = offset  # journal size this batch needs on disk; 0 for none
+        self.failed = failed
+
+
+class GroupCommit:
+    def __init__(self, loop: asyncio.AbstractEventLoop, journal: Journal | None,
+                 on_fatal: Callable[[BaseException], None],
+                 on_synced: Callable[[], None] = lambda: None) -> None:
+        self._loop = loop
+        self._on_synced = on_synced  # told after every fsync (a compaction may wait for one)
+        self.journal = journal
+        self._on_fatal = on_fatal
+        self._batches: deque[Batch] = deque()
+        self.synced = journal.size if journal is not None else 0
+        self.syncing = False
+        self._everysec_timer: asyncio.TimerHandle | None = None
+        self._drained: asyncio.Future[None] | None = None
+        self.broken = False
+
+    @property
+    def idle(self) -> bool:
+        return not self.syncing and not self._batches
+
+    def submit(self, outputs: list[tuple[Connection, Output]], durable: bool,
+               failed: bool = False) -> None:
+        """submit takes one iteration's replies; they go out now or after an fsync."""
+        journal = self.journal
+        needs_sync = (durable and not failed and journal is not None
+                      and journal.fsync_policy == "always")
+        if not needs_sync and not self._batches:
+            _release(outputs, failed)  # the common fast path: nothing to wait for
+        else:
+            self._batches.append(Batch(outputs, journal.size if needs_sync else 0, failed))
+            self._release_ready()
+            self._start_sync()
+        if journal is not None and journal.fsync_policy == "everysec":
+            self._arm_everysec()
+
+    def after_switch(self, size: int) -> None:
+        """after_switch notes that a compaction replaced the journal with a file of
+        `size` bytes that is wholly on disk: every waiting batch is durable now."""
+        self.synced = size
+        while self._batches:  # their records are in the new file, which is on disk
+            batch = self._batches.popleft()
+            _release(batch.outputs, batch.failed)
+        self._release_ready()  # resolves a pending drain()
+
+    # ---------------------------------------------------------------- fsync
+
+    def _release_ready(self) -> None:
+        batches = self._batches
+        while batches and batches[0].offset <= self.synced:
+            batch = batches.popleft()
+            _release(batch.outputs, batch.failed)
+        if not batches and self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def _start_sync(self) -> None:
+        if self.syncing or self.broken or not self._batches:
+            return
+        if self._batches[-1].offset <= self.synced:
+            return
+        assert self.journal is not None
+        target = self.journal.size
+        self.syncing = True
+        future = self._loop.run_in_executor(None, self.journal.sync)
+        future.add_done_callback(lambda f: self._sync_done(f, target))
+
+    def _sync_done(self, future: asyncio.Future[Any], target: int) -> None:
+        self.syncing = False
+        exc = future.exception()
+        if exc is not None:
+            self.broken = True
+            while self._batches:
+                _release(self._batches.popleft().outputs, True)
+            if self._drained is not None and not self._drained.done():
+                self._drained.set_result(None)
+            self._on_fatal(exc)
+            return
+        self.synced = max(self.synced, target)
+        self._release_ready()
+        self._start_sync()
+        self._on_synced()
+
+    def _arm_everysec(self) -> None:
+        if self._everysec_timer is None:
+            self._everysec_timer = self._loop.call_later(EVERYSEC_INTERVAL_S, self._everysec)
+
+    def _everysec(self) -> None:
+        self._everysec_timer = None
+        journal = self.journal
+        if journal is None or self.syncing or self.broken or journal.size <= self.synced:
+            return
+        target = journal.size
+        self.syncing = True
+        future = self._loop.run_in_executor(None, journal.sync)
+        future.add_done_callback(lambda f: self._sync_done(f, target))
+
+    def stop(self) -> None:
+        if self._everysec_timer is not None:
+            self._everysec_timer.cancel()
+            self._everysec_timer = None
+
+    async def drain(self) -> None:
+        """drain waits until every held batch has been released (for shutdown)."""
+        if not self._batches or self.broken:
+            return
+        self._drained = self._loop.create_future()
+        self._start_sync()
+        await self._drained
+
+
+def _release(outputs: list[tuple[Connection, Output]], failed: bool) -> None:
+    for conn, output in outputs:
+        conn.send_output(output, failed)
