@@ -131,6 +131,7 @@ class Broker:
         msg = Message(self.ids.next(now), body, now, q)
         q.messages[msg.id] = msg
         q.put_total += 1
+        q.body_bytes += len(body)
         self._make_ready(msg)
         if self.journal is not None:
             self.journal.put(msg)
@@ -218,6 +219,7 @@ class Broker:
         msg.state = DELETED
         del q.messages[message_id]
         q.acked_total += 1
+        q.body_bytes -= len(msg.body)
         _compact_ready(q)
         if self.journal is not None:
             self.journal.ack(msg)
@@ -259,13 +261,24 @@ class Broker:
         a record and, later, a snapshot of the same message) resets it, so
         replay ends in the state the last record describes.
         """
-        q = self.queue(name)
-        msg = q.messages.get(message_id)
+        q = self.queues.get(name) or self.queue(name)
+        messages = q.messages
+        msg = messages.get(message_id)
         if msg is None:
-            msg = q.messages[message_id] = Message(message_id, body, enqueued_at, q)
+            msg = messages[message_id] = Message(message_id, body, enqueued_at, q)
             q.put_total += 1
-        else:
-            self._detach(msg)
+            q.body_bytes += len(body)
+            q.ready_count += 1
+            ids = self.ids
+            if message_id > ids.last:
+                # The common case, replaying puts in id order: larger than every id
+                # in the ready heap, so appending keeps the heap property.
+                q.ready.append(message_id)
+                ids.last = message_id
+            else:
+                heapq.heappush(q.ready, message_id)
+            return
+        self._detach(msg)
         msg.deliveries = 0
         msg.lease = None
         self._make_ready(msg)
@@ -304,6 +317,7 @@ class Broker:
             self._detach(msg)
             msg.state = DELETED
             q.acked_total += 1
+            q.body_bytes -= len(msg.body)
             _compact_ready(q)
 
     # -------------------------------------------------------------- deadlines

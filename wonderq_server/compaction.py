@@ -14,9 +14,10 @@ a time, between event-loop iterations, while the server keeps running:
    after the snapshot supersedes the snapshot: replaying the file in order
    gives the current state.
 3. pre-sync: fsync the .tmp file in a worker thread (the bulk of the data).
-4. switch, in the loop: write what is pending, fsync the little written since
-   the pre-sync, rename .tmp over journal.N+1, fsync the directory, then make
-   it the live journal and delete journal.N.
+4. switch, in the loop, at a moment when no fsync of the live journal runs:
+   fsync the little written since the pre-sync, rename .tmp over
+   journal.N+1, fsync the directory, then make it the live journal and delete
+   journal.N. Records still in the journal's buffer go to the new file.
 
 A crash before the rename leaves journal.N whole (it got every record); a
 crash after it leaves journal.N+1 whole. Recovery deletes .tmp files and any
@@ -111,8 +112,8 @@ class Compaction:
     def switch(self, now: float) -> int:
         """switch makes the new file the live journal; returns its size. Runs in the loop.
 
-        The caller has written the pending records (so both files hold them)
-        and no fsync of the live journal is running.
+        No fsync of the live journal may be running. Records not yet written
+        (pending in the journal's buffer) go to the new file only, later.
         """
         journal = self.journal
         os.fsync(self.fd)  # only what was written since the pre-sync

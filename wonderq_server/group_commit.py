@@ -60,6 +60,7 @@ class GroupCommit:
         self._on_fatal = on_fatal
         self._batches: deque[Batch] = deque()
         self.synced = journal.size if journal is not None else 0
+        self.wanted = self.synced  # the largest offset a waiting batch needs on disk
         self.syncing = False
         self._everysec_timer: asyncio.TimerHandle | None = None
         self._drained: asyncio.Future[None] | None = None
@@ -78,7 +79,9 @@ class GroupCommit:
         if not needs_sync and not self._batches:
             _release(outputs, failed)  # the common fast path: nothing to wait for
         else:
-            self._batches.append(Batch(outputs, journal.size if needs_sync else 0, failed))
+            offset = journal.size if needs_sync else 0
+            self.wanted = max(self.wanted, offset)
+            self._batches.append(Batch(outputs, offset, failed))
             self._release_ready()
             self._start_sync()
         if journal is not None and journal.fsync_policy == "everysec":
@@ -87,7 +90,7 @@ class GroupCommit:
     def after_switch(self, size: int) -> None:
         """after_switch notes that a compaction replaced the journal with a file of
         `size` bytes that is wholly on disk: every waiting batch is durable now."""
-        self.synced = size
+        self.synced = self.wanted = size
         while self._batches:  # their records are in the new file, which is on disk
             batch = self._batches.popleft()
             _release(batch.outputs, batch.failed)
@@ -104,9 +107,9 @@ class GroupCommit:
             self._drained.set_result(None)
 
     def _start_sync(self) -> None:
-        if self.syncing or self.broken or not self._batches:
-            return
-        if self._batches[-1].offset <= self.synced:
+        # Not "is the last batch synced": the last one may need no fsync while
+        # one before it still does.
+        if self.syncing or self.broken or not self._batches or self.wanted <= self.synced:
             return
         assert self.journal is not None
         target = self.journal.size
@@ -127,8 +130,10 @@ class GroupCommit:
             return
         self.synced = max(self.synced, target)
         self._release_ready()
-        self._start_sync()
+        # Before the next fsync starts: a compaction waiting for a moment with no
+        # fsync running switches files now (under steady load there is no other).
         self._on_synced()
+        self._start_sync()
 
     def _arm_everysec(self) -> None:
         if self._everysec_timer is None:

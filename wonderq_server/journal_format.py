@@ -40,6 +40,7 @@ Must not know: files, sockets, clocks, the broker.
 
 from __future__ import annotations
 
+import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ SEQ = 4
 KINDS = {PUT: "PUT", STATE: "STATE", ACK: "ACK", SEQ: "SEQ"}
 
 _packer = msgpack.Packer(use_bin_type=True)
+unpack_header = struct.Struct(">II").unpack_from
 
 
 def encode_record(payload: list[Any]) -> bytes:
@@ -113,14 +115,14 @@ def read_records(data: bytes | memoryview, result: ReadResult,
         if end - pos < RECORD_HEADER_BYTES:
             result.torn_tail_bytes = end - pos
             break
-        size = int.from_bytes(view[pos:pos + 4], "big")
+        size, checksum = unpack_header(view, pos)
         stop = pos + RECORD_HEADER_BYTES + size
         if stop > end:
             result.torn_tail_bytes = end - pos  # cut short by a crash mid-write
             break
         body = view[pos + RECORD_HEADER_BYTES:stop]
         problem = None
-        if crc32(body) != int.from_bytes(view[pos + 4:pos + 8], "big"):
+        if crc32(body) != checksum:
             problem = "checksum mismatch"
         else:
             try:

@@ -67,8 +67,9 @@ class Waiter:
 
 
 class Queue:
-    __slots__ = ("acked_total", "dead_waiters", "delayed_count", "leased_count", "messages",
-                 "name", "put_total", "ready", "ready_count", "redelivered_total", "waiters")
+    __slots__ = ("acked_total", "body_bytes", "dead_waiters", "delayed_count", "leased_count",
+                 "messages", "name", "put_total", "ready", "ready_count", "redelivered_total",
+                 "waiters")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -81,6 +82,7 @@ class Queue:
         self.delayed_count = 0
         self.put_total = 0
         self.acked_total = 0
+        self.body_bytes = 0  # sum of the stored messages' body sizes
         self.redelivered_total = 0
 
     def live_waiters(self) -> int:

@@ -202,22 +202,25 @@ class Server:
         self._compaction_kick()
 
     def _compaction_kick(self) -> None:
-        """_compaction_kick: a compaction waiting for an fsync continues in the next flush."""
-        if self.compaction is not None:
-            self._schedule_flush()
+        """_compaction_kick: an fsync or the pre-sync finished; a waiting compaction goes on."""
+        if self.compaction is not None and self.compaction.presynced:
+            self._compaction_continue()  # only the switch: slices are written in _flush
 
     def _compaction_continue(self) -> None:
         """_compaction_continue starts a compaction when due, or takes its next step.
 
-        Runs only inside _flush, right after the journal write, so no record
-        is pending when the switch happens.
+        Runs after the journal write in _flush, and when an fsync finishes.
+        Records still pending at the switch are simply written to the new file
+        by the next flush, with their durability wait intact.
         """
         journal, c = self.journal, self.compaction
         if journal is None or self._loop is None or self.fatal_error is not None:
             return
         if c is None:
-            if not compaction_policy.due(journal, self.config.compact_min_bytes):
+            if not (journal.compact_requested
+                    or compaction_policy.due(journal, self.config.compact_min_bytes)):
                 return
+            journal.compact_requested = False
             c = self.compaction = Compaction(journal, self.broker)
             try:
                 c.start()
@@ -241,8 +244,6 @@ class Server:
                 return
             if not c.presynced or (self.group_commit is not None and self.group_commit.syncing):
                 return  # the pre-sync's or group commit's completion kicks us again
-            if journal.has_pending:
-                return  # a write failed in this flush; try again in the next
             size = c.switch(time.time())
         except CompactionFailed as exc:
             c.abandon(str(exc))
