@@ -68,7 +68,7 @@ class Server:
                         if config.data_dir is not None else None)
         self.group_commit: GroupCommit | None = None
         self.compaction: Compaction | None = None
-        self._compaction_presync_started = False
+        self._presync_future: asyncio.Future[None] | None = None  # the pre-sync, once started
         self.stopped = asyncio.Event()
         self.fatal_error: BaseException | None = None
         self._journal_errors = 0
@@ -102,6 +102,8 @@ class Server:
             lambda: Connection(self), self.config.host, self.config.port, reuse_address=True)
         sockname = self._listener.sockets[0].getsockname()
         self.address = (sockname[0], sockname[1])
+        if self.journal is not None and self.journal.compact_requested:
+            self._schedule_flush()  # after --repair: rewrite without waiting for traffic
         return self.address
 
     async def stop(self) -> None:
@@ -112,16 +114,48 @@ class Server:
         if self.group_commit is not None:
             await self.group_commit.drain()
             self.group_commit.stop()
-        if self.compaction is not None:
+        if self.journal is not None and self.fatal_error is None:
+            await self._finish_compaction_now()
+            self.journal.close()
+        elif self.compaction is not None:
             self.compaction.abandon("the server is stopping")
             self.compaction = None
-        if self.journal is not None and self.fatal_error is None:
-            self.journal.close()
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.close()
         if self._timer is not None:
             self._timer.cancel()
+
+    async def _finish_compaction_now(self) -> None:
+        """_finish_compaction_now completes a running (or requested) compaction at shutdown.
+
+        Blocking is fine here: nothing is served any more. Finishing rather
+        than abandoning means a journal repaired with --repair is rewritten
+        even if the server got no traffic, so the next start needs no --repair.
+        """
+        journal = self.journal
+        assert journal is not None
+        c = self.compaction
+        if c is None and not journal.compact_requested:
+            return
+        try:
+            if c is None:
+                c = self.compaction = Compaction(journal, self.broker)
+                c.start()
+            journal.write_pending()
+            if self._presync_future is not None:
+                await self._presync_future
+            else:
+                while not c.step():
+                    pass
+            if not c.presynced:
+                c.presync()
+            c.switch(time.time())
+        except (OSError, JournalError) as exc:
+            if c is not None:
+                c.abandon(str(exc))
+        self.compaction = None
+        self._presync_future = None
 
     def _fatal(self, exc: BaseException) -> None:
         """_fatal stops the server: the journal can no longer keep the promises made."""
@@ -197,7 +231,7 @@ class Server:
         if exc is not None and self.compaction is not None:
             self.compaction.abandon(f"fsync of the new journal failed: {exc}")
             self.compaction = None
-            self._compaction_presync_started = False
+            self._presync_future = None
             return
         self._compaction_kick()
 
@@ -234,12 +268,11 @@ class Server:
             self.compaction = None
             return
         try:
-            if c._ids is not None and not c.presynced and not self._compaction_presync_started:
+            if c._ids is not None and not c.presynced and self._presync_future is None:
                 if not c.step():
                     self._schedule_flush()  # next slice on the next loop iteration
                     return
-                self._compaction_presync_started = True
-                future = self._loop.run_in_executor(None, c.presync)
+                future = self._presync_future = self._loop.run_in_executor(None, c.presync)
                 future.add_done_callback(self._compaction_presync_done)
                 return
             if not c.presynced or (self.group_commit is not None and self.group_commit.syncing):
@@ -248,13 +281,13 @@ class Server:
         except CompactionFailed as exc:
             c.abandon(str(exc))
             self.compaction = None
-            self._compaction_presync_started = False
+            self._presync_future = None
             return
         except (OSError, JournalError) as exc:
             self._fatal(exc)
             return
         self.compaction = None
-        self._compaction_presync_started = False
+        self._presync_future = None
         if self.group_commit is not None:
             self.group_commit.after_switch(size)
 
