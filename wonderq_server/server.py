@@ -69,6 +69,7 @@ class Server:
         self.group_commit: GroupCommit | None = None
         self.compaction: Compaction | None = None
         self._presync_future: asyncio.Future[None] | None = None  # the pre-sync, once started
+        self._stopping = False
         self.stopped = asyncio.Event()
         self.fatal_error: BaseException | None = None
         self._journal_errors = 0
@@ -111,6 +112,7 @@ class Server:
         if self._listener is not None:
             self._listener.close()
         self._flush()
+        self._stopping = True  # from here on, only _finish_compaction_now moves a compaction
         if self.group_commit is not None:
             await self.group_commit.drain()
             self.group_commit.stop()
@@ -144,7 +146,7 @@ class Server:
                 c.start()
             journal.write_pending()
             if self._presync_future is not None:
-                await self._presync_future
+                await asyncio.shield(self._presync_future)
             else:
                 while not c.step():
                     pass
@@ -228,7 +230,7 @@ class Server:
 
     def _compaction_presync_done(self, future: asyncio.Future[None]) -> None:
         exc = future.exception()
-        if exc is not None and self.compaction is not None:
+        if exc is not None and self.compaction is not None and not self._stopping:
             self.compaction.abandon(f"fsync of the new journal failed: {exc}")
             self.compaction = None
             self._presync_future = None
@@ -237,7 +239,7 @@ class Server:
 
     def _compaction_kick(self) -> None:
         """_compaction_kick: an fsync or the pre-sync finished; a waiting compaction goes on."""
-        if self.compaction is not None and self.compaction.presynced:
+        if self.compaction is not None and self.compaction.presynced and not self._stopping:
             self._compaction_continue()  # only the switch: slices are written in _flush
 
     def _compaction_continue(self) -> None:
@@ -248,7 +250,8 @@ class Server:
         by the next flush, with their durability wait intact.
         """
         journal, c = self.journal, self.compaction
-        if journal is None or self._loop is None or self.fatal_error is not None:
+        if journal is None or self._loop is None or self.fatal_error is not None \
+                or self._stopping:
             return
         if c is None:
             if not (journal.compact_requested
