@@ -134,6 +134,8 @@ class Compaction:
 
     def abandon(self, reason: str) -> None:
         """abandon gives up (a write failed); the live journal was never touched."""
+        if self.journal.fd == self.fd:
+            return  # already switched: this file is the live journal now, never close it
         logger.error("compaction abandoned: %s; the live journal is unaffected", reason)
         self.journal.compaction_fd = -1
         try:

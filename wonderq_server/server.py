@@ -147,6 +147,8 @@ class Server:
             journal.write_pending()
             if self._presync_future is not None:
                 await asyncio.shield(self._presync_future)
+                if self.compaction is not c:
+                    return  # finished while we waited
             else:
                 while not c.step():
                     pass
