@@ -166,6 +166,8 @@ def test_compaction_keeps_the_state_and_shrinks_the_journal(tmp_path: Path) -> N
     assert broker_state(broker2) == expected
     assert broker2.ids.last == broker.ids.last
     assert report.torn_tail_bytes == 0 and report.skipped == []
+    # The record count in stats is the count a reader finds in the file.
+    assert journal.records == report.records
 
     # The new file is the live journal: appends go on in it.
     [msg] = broker.receive("q", 1, None, NOW)
@@ -174,9 +176,11 @@ def test_compaction_keeps_the_state_and_shrinks_the_journal(tmp_path: Path) -> N
     journal.write_pending()
     assert path.stat().st_size == journal.size
     expected = broker_state(broker)
+    records = journal.records
     journal.close()
-    broker3, _ = restored(data, NOW)
+    broker3, report3 = restored(data, NOW)
     assert broker_state(broker3) == expected
+    assert report3.records == records
     assert journal_files(data) == ["journal.000002"]
 
 

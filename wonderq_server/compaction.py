@@ -67,6 +67,7 @@ class Compaction:
         self.started = time.perf_counter()
         self.size_before = journal.size
         self.written = 0
+        self.records = 0  # records in the new file
         self.fd = -1
         self.presynced = False  # set once the bulk fsync of the .tmp file is done
         self._ids: Iterator[tuple[str, int]] | None = None
@@ -75,10 +76,12 @@ class Compaction:
         """start opens the .tmp file and begins receiving every live record too."""
         self.fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self._write(FILE_HEADER + encode_record([SEQ, self.broker.ids.last]))
+        self.records = 1
         # Ids now; messages put later reach the new file through their own records.
         snapshot = [(name, list(q.messages)) for name, q in self.broker.queues.items()]
         self._ids = ((name, message_id) for name, ids in snapshot for message_id in ids)
         self.journal.compaction_fd = self.fd
+        self.journal.compaction_records = 0
 
     def step(self) -> bool:
         """step writes the next slice of live messages; True once all are written."""
@@ -98,11 +101,13 @@ class Compaction:
                                               msg.lease]))
             count += 1
             if count >= SLICE_MESSAGES:
-                self._write(b"".join(records))
-                return False
+                break
+        else:
+            count = -1  # every id has been written
         if records:
             self._write(b"".join(records))
-        return True
+            self.records += len(records)
+        return count < 0
 
     def presync(self) -> None:
         """presync fsyncs the bulk of the new file; runs in a worker thread."""
@@ -123,6 +128,7 @@ class Compaction:
         journal.fd, journal.generation = self.fd, self.generation
         journal.compaction_fd = -1
         journal.size = os.lseek(self.fd, 0, os.SEEK_END)
+        journal.records = self.records + journal.compaction_records
         journal.live_bytes = journal.size
         journal.last_compaction_at = now
         os.close(old_fd)

@@ -119,6 +119,7 @@ class Journal:
         self.fd = -1
         self._lock_fd = -1
         self.size = 0  # bytes in the live file, all written
+        self.records = 0  # records in the live file
         self.live_bytes = 0  # estimate of what a compacted journal would take
         self._pending: list[bytes] = []
         self.durable_pending = False  # a PUT, ACK or nack is in _pending
@@ -127,6 +128,7 @@ class Journal:
         self.last_compaction_at: float | None = None
         self.compaction_fd = -1  # set while compaction.py builds the next file
         self.compaction_error = ""  # why writing to the next file failed, if it did
+        self.compaction_records = 0  # live records also written to the next file
         self.compact_requested = False  # compact soon whatever the sizes (after a repair)
 
     # ------------------------------------------------------------ open, lock
@@ -206,6 +208,7 @@ class Journal:
             os.fsync(self.fd)
         os.lseek(self.fd, result.good_end, os.SEEK_SET)
         self.size = result.good_end
+        self.records = result.records
         messages = sum(len(q.messages) for q in broker.queues.values())
         self.live_bytes = sum(q.body_bytes + len(q.messages) * (len(q.name) + PUT_RECORD_OVERHEAD)
                               for q in broker.queues.values())
@@ -253,7 +256,8 @@ class Journal:
         """
         if not self._pending:
             return False
-        data = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
+        count = len(self._pending)
+        data = b"".join(self._pending) if count > 1 else self._pending[0]
         self._pending.clear()
         durable, self.durable_pending = self.durable_pending, False
         try:
@@ -262,9 +266,11 @@ class Journal:
             self._cut_back()
             raise JournalError(f"writing the journal failed: {exc.strerror or exc}") from exc
         self.size += len(data)
+        self.records += count
         if self.compaction_fd >= 0:
             try:
                 self._write_all(self.compaction_fd, data)
+                self.compaction_records += count
             except OSError as exc:  # the live journal is fine; the compaction gives up
                 self.compaction_fd = -1
                 self.compaction_error = str(exc)
@@ -318,10 +324,14 @@ class Journal:
             os.close(self._lock_fd)
             self._lock_fd = -1
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, broker: Broker) -> dict[str, Any]:
+        live_records = sum(len(q.messages) + q.leased_count + q.delayed_count
+                           for q in broker.queues.values())
         return {
             "fsync_policy": self.fsync_policy,
             "journal_bytes": self.size,
+            "journal_records": self.records,
+            "journal_live_records": live_records,
             "journal_live_bytes_estimate": self.live_bytes,
             "fsync_count": self.fsync_count,
             "fsync_avg_ms": round(1000 * self.fsync_seconds / self.fsync_count, 3)

@@ -335,7 +335,7 @@ class Server:
             info["fsync_policy"] = "none (in memory)"
         else:
             info["data_dir"] = str(self.journal.directory)
-            info.update(self.journal.stats())
+            info.update(self.journal.stats(self.broker))
             info["journal_write_errors"] = self._journal_errors
             info["compacting"] = self.compaction is not None
         return info
