@@ -3,6 +3,12 @@ from __future__ import annotations
 import pytest
 from server_process import ServerProcess
 
+# The broker tests' `b` fixture lives with their other helpers; loading the module as a
+# plugin also rewrites its asserts (check_invariants) as pytest does a test's own.
+pytest_plugins = ["broker_helpers"]
+# The crash-load harness asserts what the server answered; keep those failures as detailed.
+pytest.register_assert_rewrite("crash_load")
+
 
 @pytest.fixture
 def server():

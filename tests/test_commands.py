@@ -242,9 +242,10 @@ def test_integer_fields_refuse_negatives(name, field):
 
 @pytest.mark.parametrize("field", ["id", "lease"])
 def test_required_integer_fields_refuse_nil(field):
+    # PROTOCOL.md: a nil field counts as absent, so a required one is missing.
     error = refused("ack", with_field("ack", **{field: None}))
     assert error.code == BAD_ARGUMENT
-    assert error.message == f"{field} must be an integer, got NoneType"
+    assert error.message == f"ack needs the field {field!r}"
 
 
 def test_max_must_be_at_least_one():
@@ -292,14 +293,14 @@ def test_default_second_limits():
     assert refused("nack", with_field("nack", delay=43201)).code == BAD_ARGUMENT
 
 
-@pytest.mark.parametrize("value", [5, None, {"a": b"b"}, 1.5, [b"x"]])
+@pytest.mark.parametrize("value", [5, {"a": b"b"}, 1.5, [b"x"]])
 def test_body_must_be_bytes(value):
     error = refused("put", {"queue": "q", "body": value})
     assert error.code == BAD_ARGUMENT
     assert error.message == f"body must be bytes, got {type(value).__name__}"
 
 
-@pytest.mark.parametrize("value", [b"ab", "ab", None, 3, {"a": 1}])
+@pytest.mark.parametrize("value", [b"ab", "ab", 3, {"a": 1}])
 def test_bodies_must_be_a_list(value):
     error = refused("put_many", {"queue": "q", "bodies": value})
     assert error.code == BAD_ARGUMENT
@@ -344,7 +345,7 @@ def test_batch_length_is_checked_before_the_items():
 
 @pytest.mark.parametrize("queue", [
     "", " ", "a b", "q/1", "q:1", "q\n", "\nq", "é", "q\x00", "x" * 129, "\uff51", "\u0661", "*",
-    None, 5, b"q", ["q"],
+    5, b"q", ["q"],
 ])
 @pytest.mark.parametrize("name", ["put", "put_many", "receive", "ack", "nack", "touch"])
 def test_invalid_queue_names(name, queue):
@@ -378,6 +379,9 @@ def test_text_converters():
     ("lease", "1.5", "lease must be an integer, got '1.5'"),
     ("max", "", "max must be an integer, got ''"),
     ("wait", "soon", "wait must be a number of seconds, got 'soon'"),
+    ("id", "+5", "id must be an integer, got '+5'"),
+    ("id", "1_0", "id must be an integer, got '1_0'"),
+    ("lease", "\u0661", "lease must be an integer, got '\u0661'"),
     ("visibility", "", "visibility must be a number of seconds, got ''"),
 ])
 def test_text_converters_refuse(field, text, message):
@@ -396,3 +400,12 @@ def test_reprs():
 def test_limits_line_bytes():
     assert Limits(max_message_bytes=10).max_line_bytes == 1034
     assert LIMITS.max_line_bytes == 256 * 1024 + 1024
+
+
+@pytest.mark.parametrize(("name", "field"), [("put", "queue"), ("put", "body"),
+                                             ("put_many", "bodies"), ("receive", "queue"),
+                                             ("nack", "lease"), ("touch", "id")])
+def test_a_nil_required_field_is_missing(name, field):
+    error = refused(name, with_field(name, **{field: None}))
+    assert error.code == BAD_ARGUMENT
+    assert error.message == f"{name} needs the field {field!r}"

@@ -247,3 +247,17 @@ async def test_ready_order_is_oldest_first_and_expired_return_by_id(server):
         await until_stats(client, lambda s: s["queues"]["order"]["ready"] == 4)
         batch = await client.receive("order", max=4)
         assert [m.id for m in batch] == [*ids, newer]
+
+
+async def test_a_cancelled_receive_does_not_swallow_the_next_message(server):
+    async with connect(server.host, server.port) as consumer, \
+            connect(server.host, server.port) as producer:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(consumer.receive("cq", wait=EVENT_TIMEOUT_S), 0.2)
+        # The server still holds that receive; the put is delivered to it, and
+        # the client, which no longer waits for it, gives the message back.
+        await producer.put("cq", b"for someone else")
+        [msg] = await producer.receive("cq", wait=EVENT_TIMEOUT_S)
+        assert msg.body == b"for someone else"
+        # It was delivered to the abandoned receive first, then handed back.
+        assert msg.deliveries == 2

@@ -139,3 +139,44 @@ def test_over_long_line_is_skipped_and_connection_survives(server_factory):
         assert conn.line().startswith(b"ERR BODY_TOO_LARGE ")
     finally:
         conn.close()
+
+
+def test_half_close_still_gets_every_reply_under_fsync_always(server_factory, tmp_path):
+    """`printf ... | nc -N` half-closes: replies held for the fsync must still arrive."""
+    import socket
+
+    server = server_factory("--data-dir", str(tmp_path / "data"), "--fsync", "always")
+    conn = Line(server.host, server.port)
+    try:
+        conn.send(b"PUT jobs hello\nSTATS\nQUIT\n")
+        conn.sock.shutdown(socket.SHUT_WR)
+        assert conn.line().startswith(b"OK ")
+        stats = dict(line.decode().split(": ", 1) for line in conn.until_end())
+        assert stats["queues.jobs.ready"] == "1"
+        assert conn.line() == b"BYE"
+        assert conn.at_eof()
+    finally:
+        conn.close()
+
+
+def test_half_close_answers_a_waiting_get_at_once(server):
+    """After EOF a waiting GET is answered with what there is (nothing), never kept:
+    a peer that closed outright could not read a message handed to it."""
+    conn = Line(server.host, server.port)
+    try:
+        conn.send(b"PUT one x\nGET nothing wait=30\nGET one wait=30\n")
+        assert conn.line().startswith(b"OK ")
+        conn.sock.shutdown(1)  # SHUT_WR
+        assert conn.line() == b"END"
+        assert read_messages(conn)[0][3] == b"x"
+        assert conn.at_eof()
+    finally:
+        conn.close()
+
+
+def test_a_held_get_that_waits_still_times_out(text):
+    """The second GET is held behind the first; when it runs, its deadline must be armed."""
+    text.send(b"GET idle wait=0.2\nGET idle wait=0.2\nPING\n")
+    assert text.line() == b"END"
+    assert text.line() == b"END"
+    assert text.line() == b"PONG"

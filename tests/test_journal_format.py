@@ -252,3 +252,31 @@ def test_the_docstring_example_is_true() -> None:
                                      + EXAMPLE_PAYLOAD)
     assert zlib.crc32(EXAMPLE_PAYLOAD) == 0x7C21C364
     assert read_all(FILE_HEADER + encode_record(record))[0] == [record]
+
+
+@pytest.mark.parametrize("length_byte", [0, 1, 2, 3])
+def test_a_damaged_length_in_the_middle_is_damage_not_a_torn_tail(length_byte: int) -> None:
+    # A length that now runs past the end of the file must not be read as a
+    # torn tail: valid records follow it, so cutting there would lose them.
+    records = [RECORDS["PUT"], RECORDS["STATE leased"], RECORDS["ACK"], RECORDS["SEQ"]]
+    data = journal_bytes(*records)
+    second = len(FILE_HEADER) + len(encode_record(records[0]))
+    damaged = bytearray(data)
+    damaged[second + length_byte] ^= 0x40
+    with pytest.raises(JournalCorrupt) as info:
+        read_all(bytes(damaged))
+    assert info.value.offset == second
+    got, result = read_all(bytes(damaged), repair=True)
+    # Repair skips to the next record that is whole and valid, and keeps the rest.
+    assert got == [records[0], records[2], records[3]]
+    assert result.skipped[0][0] == second
+    assert result.good_end == len(data)
+    assert result.torn_tail_bytes == 0
+
+
+@pytest.mark.parametrize("zeros", [1, 8, 9, 4096])
+def test_a_zero_filled_tail_is_a_torn_tail(zeros: int) -> None:
+    data = journal_bytes(RECORDS["PUT"], RECORDS["ACK"])
+    got, result = read_all(data + bytes(zeros))
+    assert got == [RECORDS["PUT"], RECORDS["ACK"]]
+    assert (result.good_end, result.torn_tail_bytes) == (len(data), zeros)

@@ -10,6 +10,9 @@ Rules:
 * Method names are PROTOCOL.md's command names; durations are seconds as
   floats; ids and leases are ints.
 * A server error raises the WonderQError subclass for its code.
+* A receive whose caller stopped waiting (cancelled, or timed out by
+  asyncio.wait_for) must not swallow messages: if its reply still brings
+  messages, the client nacks them at once, so they are ready for others.
 * If the connection ends, every call still waiting raises ConnectionClosed:
   the request may or may not have been carried out (an ack, say), so callers
   that retry must tolerate NOT_FOUND.
@@ -36,6 +39,8 @@ class _ClientProtocol(asyncio.Protocol):
         self._loop = loop
         self._decoder = ReplyDecoder()
         self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._receives: dict[int, str] = {}  # request id -> queue, for receives in flight
+        self._ids = itertools.count(1)
         self._out: list[bytes] = [PREAMBLE]
         self._flush_scheduled = False
         self.transport: asyncio.Transport | None = None
@@ -52,6 +57,7 @@ class _ClientProtocol(asyncio.Protocol):
         self.closed_error = ConnectionClosed(
             f"connection to the server closed{': ' + reason if reason else ''}")
         pending, self._pending = self._pending, {}
+        self._receives.clear()
         for future in pending.values():
             if not future.done():
                 future.set_exception(self.closed_error)
@@ -62,23 +68,37 @@ class _ClientProtocol(asyncio.Protocol):
         pending = self._pending
         for request_id, error, result in self._decoder.feed(data):
             future = pending.pop(request_id, None)
+            queue = self._receives.pop(request_id, None) if self._receives else None
             if future is None or future.done():
                 if request_id is None and error is not None:  # about the connection itself
                     self._server_error = f"{error[0]}: {error[1]}"
-                continue  # or a reply to a call that was cancelled
+                elif queue is not None and error is None and result:
+                    self._give_back(queue, result)  # nobody waits for these any more
+                continue
             if error is None:
                 future.set_result(result)
             else:
                 future.set_exception(error_from_wire(error[0], error[1]))
 
-    def send(self, request_id: int, command: str, args: dict[str, Any]) -> asyncio.Future[Any]:
+    def send(self, command: str, args: dict[str, Any]) -> asyncio.Future[Any]:
         if self.closed_error is not None:
             raise self.closed_error
+        request_id = next(self._ids)
         future = self._loop.create_future()
         self._pending[request_id] = future
+        if command == "receive":
+            self._receives[request_id] = args["queue"]
         self._out.append(encode_request(request_id, command, args))
         self._schedule_flush()
         return future
+
+    def _give_back(self, queue: str, rows: list[list[Any]]) -> None:
+        """_give_back nacks messages delivered to a receive nobody awaits any more."""
+        for row in rows:
+            request_id = next(self._ids)  # the reply to this nack is dropped
+            self._out.append(encode_request(
+                request_id, "nack", {"queue": queue, "id": row[0], "lease": row[2]}))
+        self._schedule_flush()
 
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
@@ -99,12 +119,11 @@ class Client:
 
     def __init__(self, protocol: _ClientProtocol, host: str, port: int) -> None:
         self._protocol = protocol
-        self._ids = itertools.count(1)
         self.host = host
         self.port = port
 
     async def _call(self, command: str, args: dict[str, Any]) -> Any:
-        return await self._protocol.send(next(self._ids), command, args)
+        return await self._protocol.send(command, args)
 
     # ------------------------------------------------------------- messages
 

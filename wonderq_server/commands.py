@@ -173,7 +173,7 @@ def make_command(name: Any, args: Any, limits: Limits, request_id: Any = None) -
     required, optional = spec
     checked: dict[str, Any] = {}
     for field in required:
-        if field not in args:
+        if args.get(field) is None:  # nil counts as absent
             raise bad_argument(f"{name} needs the field {field!r}")
         checked[field] = CHECKS[field](field, args[field], limits)
     for field, default in optional.items():
@@ -189,10 +189,12 @@ def make_command(name: Any, args: Any, limits: Limits, request_id: Any = None) -
 # ------------------------------------------------------------------ text mode
 
 def _text_int(field: str, text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise bad_argument(f"{field} must be an integer, got {text!r:.40}") from None
+    # Plain ASCII digits (and a minus, for a clear range error later): int()
+    # would also take "+5", "1_0" and other scripts' digits.
+    digits = text[1:] if text.startswith("-") else text
+    if not (digits.isascii() and digits.isdigit()):
+        raise bad_argument(f"{field} must be an integer, got {text!r:.40}")
+    return int(text)
 
 
 def _text_float(field: str, text: str) -> float:

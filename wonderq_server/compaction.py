@@ -45,8 +45,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("wonderq.journal")
 
-# Messages written per slice: about 5 ms of work, the longest pause compaction causes.
+# A slice ends after this many messages or this many bytes, whichever comes first:
+# about 5 ms of work, the longest pause a compaction causes.
 SLICE_MESSAGES = 5000
+SLICE_BYTES = 1 << 20
 # Compact when the journal is this many times the size of its live content.
 RATIO = 2.0
 DEFAULT_MIN_BYTES = 64 * 1024 * 1024
@@ -88,19 +90,20 @@ class Compaction:
         assert self._ids is not None
         queues = self.broker.queues
         records: list[bytes] = []
-        count = 0
+        count = size = 0
         for name, message_id in self._ids:
             q = queues.get(name)
             msg = q.messages.get(message_id) if q is not None else None
             if msg is None:
                 continue  # acked since the list was taken
             records.append(encode_record([PUT, name, message_id, msg.body, msg.enqueued_at]))
+            size += len(records[-1])
             if msg.deliveries or msg.state != READY:
                 records.append(encode_record([STATE, name, message_id, msg.state,
                                               msg.deadline_at or 0.0, msg.deliveries,
                                               msg.lease]))
             count += 1
-            if count >= SLICE_MESSAGES:
+            if count >= SLICE_MESSAGES or size >= SLICE_BYTES:
                 break
         else:
             count = -1  # every id has been written

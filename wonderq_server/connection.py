@@ -95,6 +95,7 @@ class Connection(asyncio.Protocol):
         self._waiters: dict[Command, Waiter] = {}
         self._held: deque[Command | Rejected] = deque()  # text mode, behind a waiting receive
         self._text_waiting = False
+        self._eof = False  # the client half-closed: close once everything is answered
         self._paused_by: set[str] = set()
         self.peer: Any = None
 
@@ -104,6 +105,31 @@ class Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         self.peer = transport.get_extra_info("peername")
         self.hub.connection_opened(self)
+
+    def eof_received(self) -> bool:
+        """eof_received: the client has sent everything (nc -N, a script's half-close,
+        or a client that closed).
+
+        Treated like QUIT: answer everything in flight (replies held for an
+        fsync included), then close. A receive that waits is answered at once
+        with nothing rather than kept: a peer that closed outright cannot
+        read, and a message handed to it would be lost until its lease ran
+        out. Returning True keeps our half of the socket open for the replies.
+        """
+        self._eof = True
+        self._answer_waits_empty()
+        self._close_if_done_after_eof()
+        return True
+
+    def _answer_waits_empty(self) -> None:
+        for command, waiter in list(self._waiters.items()):
+            self.hub.service.cancel(waiter)
+            self._respond(command, [])
+
+    def _close_if_done_after_eof(self) -> None:
+        if self._eof and not self._waiters and not self._held and not self._close_after_flush:
+            self._begin_close()
+            self.hub.want_flush(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
@@ -198,7 +224,9 @@ class Connection(asyncio.Protocol):
             return
         if waiter is not None:
             self._waiters[command] = waiter
-            if self.mode == "text":
+            if self._eof:
+                self._answer_waits_empty()  # a line held behind a wait, run after EOF
+            elif self.mode == "text":
                 self._text_waiting = True
         elif command.name in DURABLE_COMMANDS:
             self._durable.append((len(self._out) - 1, command))
@@ -219,6 +247,8 @@ class Connection(asyncio.Protocol):
             # Not now: we may be inside another connection's call into the
             # broker, and held commands must not re-enter it.
             self.hub.defer(self._release_held)
+        elif self._eof and not self._waiters:
+            self.hub.defer(self._close_if_done_after_eof)
 
     def _release_held(self) -> None:
         if self._closed:
@@ -228,6 +258,9 @@ class Connection(asyncio.Protocol):
         self._resume("held")
         if held:
             self._run(held, self.hub.now())
+        # A held receive that now waits has a deadline the timer must know of.
+        self.hub.want_flush(self)
+        self._close_if_done_after_eof()
 
     def _reply_error(self, request_id: Any, error: Exception) -> None:
         if not isinstance(error, WonderQError):

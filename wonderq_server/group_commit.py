@@ -129,6 +129,9 @@ class GroupCommit:
             self._on_fatal(exc)
             return
         self.synced = max(self.synced, target)
+        if self.journal is not None and self.journal.fsync_policy == "everysec" \
+                and self.journal.size > self.synced:
+            self._arm_everysec()  # written while this fsync ran: sync it within a second
         self._release_ready()
         # Before the next fsync starts: a compaction waiting for a moment with no
         # fsync running switches files now (under steady load there is no other).

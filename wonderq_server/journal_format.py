@@ -97,6 +97,35 @@ def check_header(data: bytes | memoryview) -> None:
                              f"this server's ({VERSION})")
 
 
+def _decode(body: bytes | memoryview) -> tuple[list[Any] | None, str | None]:
+    """_decode unpacks one record's payload; returns (payload, None) or (None, problem)."""
+    try:
+        payload = msgpack.unpackb(body, raw=False, strict_map_key=False)
+    except Exception as exc:
+        return None, f"undecodable payload ({type(exc).__name__}: {exc})"
+    if not isinstance(payload, list) or not payload or payload[0] not in KINDS:
+        return None, f"unknown record {str(payload)[:40]}"
+    return payload, None
+
+
+def _next_valid(view: memoryview, start: int, end: int) -> int | None:
+    """_next_valid is the first offset at or after `start` where a whole, valid record
+    begins, or None. It tells damage (valid records follow) from a torn tail."""
+    for offset in range(start, end - RECORD_HEADER_BYTES + 1):
+        size, checksum = unpack_header(view, offset)
+        stop = offset + RECORD_HEADER_BYTES + size
+        if size == 0 or stop > end:
+            continue
+        body = view[offset + RECORD_HEADER_BYTES:stop]
+        if zlib.crc32(body) == checksum and _decode(body)[1] is None:
+            return offset
+    return None
+
+
+def _all_zero(view: memoryview, start: int, end: int) -> bool:
+    return not view[start:end].tobytes().strip(b"\0")
+
+
 def read_records(data: bytes | memoryview, result: ReadResult,
                  repair: bool = False) -> Iterator[list[Any]]:
     """read_records yields each good record's payload from a whole journal file.
@@ -109,7 +138,6 @@ def read_records(data: bytes | memoryview, result: ReadResult,
     view = memoryview(data)
     end = len(view)
     pos = result.good_end = len(FILE_HEADER)
-    unpackb = msgpack.unpackb
     crc32 = zlib.crc32
     while pos < end:
         if end - pos < RECORD_HEADER_BYTES:
@@ -117,31 +145,34 @@ def read_records(data: bytes | memoryview, result: ReadResult,
             break
         size, checksum = unpack_header(view, pos)
         stop = pos + RECORD_HEADER_BYTES + size
+        framed_whole = False  # length and checksum hold: the record was written whole
         if stop > end:
-            result.torn_tail_bytes = end - pos  # cut short by a crash mid-write
-            break
-        body = view[pos + RECORD_HEADER_BYTES:stop]
-        problem = None
-        if crc32(body) != checksum:
+            problem = f"record length {size} runs past the end of the file"
+        elif crc32(body := view[pos + RECORD_HEADER_BYTES:stop]) != checksum:
             problem = "checksum mismatch"
         else:
-            try:
-                payload = unpackb(body, raw=False, strict_map_key=False)
-            except Exception as exc:
-                problem = f"undecodable payload ({exc})"
-            else:
-                if not isinstance(payload, list) or not payload or payload[0] not in KINDS:
-                    problem = f"unknown record {str(payload)[:40]}"
+            framed_whole = True
+            payload, problem = _decode(body)
         if problem is not None:
-            # Only a failed checksum can be a torn write: a record whose checksum
-            # holds was written whole, so an unknown kind in it is refused even last.
-            if stop == end and problem == "checksum mismatch":
+            # A crash mid-write leaves a prefix of the last write, so nothing
+            # valid can follow a torn record; zeros are what some file systems
+            # leave after a power cut. A record framed whole is damage (or a
+            # newer format) even at the end, and is skipped by its length.
+            if _all_zero(view, pos, end):
+                resume = None
+                torn = True
+            elif framed_whole:
+                resume, torn = stop, False
+            else:
+                resume = _next_valid(view, pos + 1, end)
+                torn = resume is None
+            if torn:
                 result.torn_tail_bytes = end - pos
                 break
             if not repair:
                 raise JournalCorrupt(pos, problem)
             result.skipped.append((pos, problem))
-            pos = result.good_end = stop
+            pos = result.good_end = resume
             continue
         result.records += 1
         pos = stop

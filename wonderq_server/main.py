@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .config import Config, parse_config
-from .journal import DataDirLocked
+from .journal import DataDirLocked, JournalError
 from .journal_format import JournalCorrupt
 from .server import Server
 
@@ -71,6 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except JournalCorrupt as exc:
         logger.error("cannot start: the journal is damaged: %s", exc)
+        return 1
+    except JournalError as exc:
+        logger.error("stopping: %s", exc)
         return 1
     except OSError as exc:
         logger.error("cannot start on %s:%d: %s", config.host, config.port, exc)

@@ -105,12 +105,16 @@ class Server:
         self.address = (sockname[0], sockname[1])
         if self.journal is not None and self.journal.compact_requested:
             self._schedule_flush()  # after --repair: rewrite without waiting for traffic
+        self._arm_timer()  # restored leases and delays run out without waiting for a request
         return self.address
 
     async def stop(self) -> None:
         """stop: stop accepting, answer what is in flight, write and fsync the journal, close."""
         if self._listener is not None:
             self._listener.close()
+        for conn in list(self.connections):  # answer what is in flight, take nothing new
+            if conn.transport is not None and not conn.transport.is_closing():
+                conn.transport.pause_reading()
         self._flush()
         self._stopping = True  # from here on, only _finish_compaction_now moves a compaction
         if self.group_commit is not None:
@@ -152,6 +156,8 @@ class Server:
             else:
                 while not c.step():
                     pass
+            if journal.compaction_error:
+                raise CompactionFailed(journal.compaction_error)
             if not c.presynced:
                 c.presync()
             c.switch(time.time())

@@ -168,7 +168,7 @@ class TextEncoder:
         if name == "touch":
             return b"OK %.3f\r\n" % result
         if name == "stats":
-            lines = [f"{key}: {value}\r\n" for key, value in flatten(result)]
+            lines = [f"{key}: {_text_value(value)}\r\n" for key, value in flatten(result)]
             return ("".join(lines) + "END\r\n").encode()
         if name == "ping":
             return b"PONG\r\n"
@@ -179,6 +179,12 @@ class TextEncoder:
     def error(self, request_id: Any, error: WonderQError) -> bytes:
         message = error.message.replace("\r", " ").replace("\n", " ")
         return f"ERR {error.code} {message}\r\n".encode()
+
+
+def _text_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:

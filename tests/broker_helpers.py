@@ -1,0 +1,86 @@
+"""Fixtures and helpers shared by the broker unit tests, one file per concept:
+test_broker.py (put, receive, leases, nack, touch, deadlines), test_broker_waiters.py,
+test_broker_stats.py and test_broker_refusals.py. All of them drive one `Broker` with
+numbers as the clock, starting at `T0`. This module holds the `b` fixture (a broker
+whose default lease is `VISIBILITY` and whose body limit is `MAX_BYTES`; conftest.py
+loads it through `pytest_plugins`), `counts` and `zero_counts` to compare a queue's
+stats, `check_invariants` to recount every queue by walking it, `error_code` to catch
+a CommandError's code, `Inbox` (a waiter's deliver callback that records its calls),
+and `ids_of` and `first_id` for message ids.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from wonderq_server.broker import Broker
+from wonderq_server.errors import CommandError
+from wonderq_server.message import DELAYED, LEASED, READY, Message
+
+T0 = 1_700_000_000.0
+VISIBILITY = 30.0
+MAX_BYTES = 1024
+
+
+@pytest.fixture
+def b() -> Broker:
+    return Broker(visibility_timeout_s=VISIBILITY, max_message_bytes=MAX_BYTES)
+
+
+def counts(broker: Broker, name: str = "q") -> dict[str, int]:
+    return broker.stats(T0)["queues"][name]
+
+
+def zero_counts(**changes: int) -> dict[str, int]:
+    base = {"ready": 0, "in_flight": 0, "delayed": 0, "waiting": 0, "put_total": 0,
+            "acked_total": 0, "redelivered_total": 0}
+    base.update(changes)
+    return base
+
+
+def check_invariants(broker: Broker) -> None:
+    """check_invariants recounts every queue by walking it, and checks the waiter rule."""
+    for q in broker.queues.values():
+        states = [m.state for m in q.messages.values()]
+        assert q.ready_count == states.count(READY)
+        assert q.leased_count == states.count(LEASED)
+        assert q.delayed_count == states.count(DELAYED)
+        assert len(states) == q.ready_count + q.leased_count + q.delayed_count
+        live_waiters = [w for w in q.waiters if not w.done]
+        assert q.live_waiters() == len(live_waiters)
+        assert not (q.ready_count and live_waiters), "ready messages and a live waiter"
+        for m in q.messages.values():
+            assert (m.deadline_at is not None) == (m.state in (LEASED, DELAYED))
+        ready_ids = {m.id for m in q.messages.values() if m.state == READY}
+        assert ready_ids <= set(q.ready)  # every ready message can be found in the heap
+    assert broker.stats(T0)["messages"] == sum(len(q.messages) for q in broker.queues.values())
+
+
+def error_code(call: Any, *args: Any) -> str:
+    with pytest.raises(CommandError) as info:
+        call(*args)
+    return info.value.code
+
+
+class Inbox:
+    """A waiter's deliver callback that records every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[Message]] = []
+
+    def __call__(self, messages: list[Message]) -> None:
+        self.calls.append(list(messages))
+
+    @property
+    def ids(self) -> list[list[int]]:
+        return [[m.id for m in call] for call in self.calls]
+
+
+def ids_of(messages: list[Message]) -> list[int]:
+    return [m.id for m in messages]
+
+
+def first_id(now: float) -> int:
+    return int(now * 1000) << 20

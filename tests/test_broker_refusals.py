@@ -1,0 +1,88 @@
+"""Unit tests of what the broker refuses: bodies over the size limit and invalid queue names.
+
+A refused put stores nothing, uses no id and serves no waiter. Numbers are
+the clock, as in test_broker.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from broker_helpers import (  # the `b` fixture comes from broker_helpers too, via conftest.py
+    MAX_BYTES,
+    T0,
+    Inbox,
+    counts,
+    error_code,
+    first_id,
+    ids_of,
+    zero_counts,
+)
+
+from wonderq_server.broker import Broker
+from wonderq_server.errors import BODY_TOO_LARGE, INVALID_QUEUE_NAME
+
+
+def test_body_at_the_limit_is_accepted(b: Broker) -> None:
+    b.put("q", b"x" * MAX_BYTES, T0)
+    [m] = b.receive("q", 1, None, T0)
+    assert len(m.body) == MAX_BYTES
+
+
+def test_body_too_large_is_refused_and_stores_nothing(b: Broker) -> None:
+    inbox = Inbox()
+    b.wait("w", 1, None, T0 + 10.0, inbox, T0)
+    assert error_code(b.put, "q", b"x" * (MAX_BYTES + 1), T0) == BODY_TOO_LARGE
+    assert error_code(b.put, "w", b"x" * (MAX_BYTES + 1), T0) == BODY_TOO_LARGE
+    assert "q" not in b.queues
+    assert counts(b, "w") == zero_counts(waiting=1)
+    assert inbox.calls == []
+    assert b.stats(T0)["messages"] == 0
+    assert b.put("q", b"ok", T0) == first_id(T0)  # not even an id was used
+
+
+def test_put_many_stores_all_or_none(b: Broker) -> None:
+    inbox = Inbox()
+    b.wait("q", 10, None, T0 + 10.0, inbox, T0)
+    bodies = [b"a", b"b", b"x" * (MAX_BYTES + 1), b"d"]
+    assert error_code(b.put_many, "q", bodies, T0) == BODY_TOO_LARGE
+    assert counts(b) == zero_counts(waiting=1)
+    assert inbox.calls == []
+    assert b.stats(T0)["messages"] == 0
+    ids = b.put_many("q", [b"a", b"b", b"c"], T0)
+    assert ids == [first_id(T0), first_id(T0) + 1, first_id(T0) + 2]
+    assert inbox.ids == [ids]  # all three in one delivery, after all were stored
+
+
+def test_put_many_with_a_bad_queue_name_stores_nothing(b: Broker) -> None:
+    assert error_code(b.put_many, "bad name", [b"a"], T0) == INVALID_QUEUE_NAME
+    assert b.stats(T0) == {"messages": 0, "waiting_consumers": 0, "queues": {}}
+
+
+VALID_128 = ("AZaz09_-." * 15)[:128]
+
+
+@pytest.mark.parametrize("name", [
+    "q", "Q", "0", "_", "-", ".", "..", "a.b-c_D9", VALID_128,
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.",
+])
+def test_valid_queue_names_are_accepted(b: Broker, name: str) -> None:
+    assert len(name) <= 128
+    msg_id = b.put(name, b"x", T0)
+    assert ids_of(b.receive(name, 1, None, T0)) == [msg_id]
+    assert list(b.queues) == [name]
+
+
+@pytest.mark.parametrize("name", [
+    "", VALID_128 + "a", "a" * 129, "a" * 1000, " ", "a b", "a/b", "/", "a\\b", "a\n",
+    "\na", "a\tb", "a:b", "a*", "é", "ü", "q\x00", "\u0661", "\uff51",
+    None, 5, 5.0, b"q", ["q"], ("q",), {"q": 1},
+])
+def test_invalid_queue_names_are_refused(b: Broker, name: Any) -> None:
+    assert error_code(b.put, name, b"x", T0) == INVALID_QUEUE_NAME
+    assert error_code(b.put_many, name, [b"x"], T0) == INVALID_QUEUE_NAME
+    assert error_code(b.receive, name, 1, None, T0) == INVALID_QUEUE_NAME
+    assert error_code(b.wait, name, 1, None, T0 + 1.0, Inbox(), T0) == INVALID_QUEUE_NAME
+    assert b.stats(T0) == {"messages": 0, "waiting_consumers": 0, "queues": {}}
+    assert b.next_deadline() is None
