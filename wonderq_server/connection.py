@@ -96,6 +96,7 @@ class Connection(asyncio.Protocol):
         self._held: deque[Command | Rejected] = deque()  # text mode, behind a waiting receive
         self._text_waiting = False
         self._eof = False  # the client half-closed: close once everything is answered
+        self.flush_wanted = False  # the server's: already in the next flush
         self._paused_by: set[str] = set()
         self.peer: Any = None
 
@@ -239,7 +240,8 @@ class Connection(asyncio.Protocol):
         """_respond encodes one result; the service calls it, at once or after a wait."""
         if self._closed:
             return
-        self._waiters.pop(command, None)
+        if self._waiters:
+            self._waiters.pop(command, None)
         assert self._encoder is not None
         self._out.append(self._encoder.result(command, result))
         self.hub.want_flush(self)

@@ -103,7 +103,11 @@ class GroupCommit:
         while batches and batches[0].offset <= self.synced:
             batch = batches.popleft()
             _release(batch.outputs, batch.failed)
-        if not batches and self._drained is not None and not self._drained.done():
+        if not batches:
+            self._resolve_drained()
+
+    def _resolve_drained(self) -> None:
+        if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
 
     def _start_sync(self) -> None:
@@ -111,6 +115,10 @@ class GroupCommit:
         # one before it still does.
         if self.syncing or self.broken or not self._batches or self.wanted <= self.synced:
             return
+        self._sync_in_thread()
+
+    def _sync_in_thread(self) -> None:
+        """_sync_in_thread fsyncs everything written so far, off the event loop."""
         assert self.journal is not None
         target = self.journal.size
         self.syncing = True
@@ -124,8 +132,7 @@ class GroupCommit:
             self.broken = True
             while self._batches:
                 _release(self._batches.popleft().outputs, True)
-            if self._drained is not None and not self._drained.done():
-                self._drained.set_result(None)
+            self._resolve_drained()
             self._on_fatal(exc)
             return
         self.synced = max(self.synced, target)
@@ -147,10 +154,7 @@ class GroupCommit:
         journal = self.journal
         if journal is None or self.syncing or self.broken or journal.size <= self.synced:
             return
-        target = journal.size
-        self.syncing = True
-        future = self._loop.run_in_executor(None, journal.sync)
-        future.add_done_callback(lambda f: self._sync_done(f, target))
+        self._sync_in_thread()
 
     def stop(self) -> None:
         if self._everysec_timer is not None:

@@ -59,13 +59,14 @@ SEQ = 4
 KINDS = {PUT: "PUT", STATE: "STATE", ACK: "ACK", SEQ: "SEQ"}
 
 _packer = msgpack.Packer(use_bin_type=True)
-unpack_header = struct.Struct(">II").unpack_from
+_HEADER = struct.Struct(">II")  # length, crc32
+unpack_header = _HEADER.unpack_from
 
 
 def encode_record(payload: list[Any]) -> bytes:
     """encode_record frames one record."""
     body = _packer.pack(payload)
-    return (len(body).to_bytes(4, "big") + zlib.crc32(body).to_bytes(4, "big") + body)
+    return _HEADER.pack(len(body), zlib.crc32(body)) + body
 
 
 class JournalCorrupt(Exception):

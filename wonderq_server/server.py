@@ -123,9 +123,8 @@ class Server:
         if self.journal is not None and self.fatal_error is None:
             await self._finish_compaction_now()
             self.journal.close()
-        elif self.compaction is not None:
-            self.compaction.abandon("the server is stopping")
-            self.compaction = None
+        else:
+            self._drop_compaction("the server is stopping")
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.close()
@@ -162,9 +161,9 @@ class Server:
                 c.presync()
             c.switch(time.time())
         except (OSError, JournalError) as exc:
-            if c is not None:
-                c.abandon(str(exc))
-        self.compaction = None
+            self._drop_compaction(str(exc))
+            return
+        self.compaction = None  # switched: nothing to abandon
         self._presync_future = None
 
     def _fatal(self, exc: BaseException) -> None:
@@ -192,11 +191,11 @@ class Server:
         self._arm_timer()  # withdrawn waits may have moved the next deadline
 
     def want_flush(self, connection: Connection) -> None:
-        self._dirty.append(connection)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            assert self._loop is not None
-            self._loop.call_soon(self._flush)
+        """want_flush: called per reply; each connection joins the next flush once."""
+        if not connection.flush_wanted:
+            connection.flush_wanted = True
+            self._dirty.append(connection)
+            self._schedule_flush()
 
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled and self._loop is not None:
@@ -211,6 +210,7 @@ class Server:
         dirty, self._dirty = self._dirty, []
         outputs: list[tuple[Connection, Output]] = []
         for conn in dirty:
+            conn.flush_wanted = False
             output = conn.take_output()
             if output is not None:
                 outputs.append((conn, output))
@@ -236,12 +236,17 @@ class Server:
             self._compaction_continue()
         self._arm_timer()
 
+    def _drop_compaction(self, reason: str) -> None:
+        """_drop_compaction abandons the running compaction; the live journal is untouched."""
+        if self.compaction is not None:
+            self.compaction.abandon(reason)
+        self.compaction = None
+        self._presync_future = None
+
     def _compaction_presync_done(self, future: asyncio.Future[None]) -> None:
         exc = future.exception()
         if exc is not None and self.compaction is not None and not self._stopping:
-            self.compaction.abandon(f"fsync of the new journal failed: {exc}")
-            self.compaction = None
-            self._presync_future = None
+            self._drop_compaction(f"fsync of the new journal failed: {exc}")
             return
         self._compaction_kick()
 
@@ -270,16 +275,14 @@ class Server:
             try:
                 c.start()
             except (OSError, CompactionFailed) as exc:
-                c.abandon(str(exc))
-                self.compaction = None
+                self._drop_compaction(str(exc))
                 return
         if journal.compaction_error:
-            c.abandon(journal.compaction_error)
+            self._drop_compaction(journal.compaction_error)
             journal.compaction_error = ""
-            self.compaction = None
             return
         try:
-            if c._ids is not None and not c.presynced and self._presync_future is None:
+            if not c.presynced and self._presync_future is None:
                 if not c.step():
                     self._schedule_flush()  # next slice on the next loop iteration
                     return
@@ -290,14 +293,12 @@ class Server:
                 return  # the pre-sync's or group commit's completion kicks us again
             size = c.switch(time.time())
         except CompactionFailed as exc:
-            c.abandon(str(exc))
-            self.compaction = None
-            self._presync_future = None
+            self._drop_compaction(str(exc))
             return
         except (OSError, JournalError) as exc:
             self._fatal(exc)
             return
-        self.compaction = None
+        self.compaction = None  # switched: nothing to abandon
         self._presync_future = None
         if self.group_commit is not None:
             self.group_commit.after_switch(size)
