@@ -1,6 +1,7 @@
 """Fixtures and helpers shared by the broker unit tests, one file per concept:
 test_broker.py (put, receive, leases, nack, touch, deadlines), test_broker_waiters.py,
-test_broker_stats.py and test_broker_refusals.py. All of them drive one `Broker` with
+test_broker_stats.py, test_broker_refusals.py, and for issue 4 test_broker_options.py,
+test_broker_dead_letters.py and test_broker_admin.py. All of them drive one `Broker` with
 numbers as the clock, starting at `T0`. This module holds the `b` fixture (a broker
 whose default lease is `VISIBILITY` and whose body limit is `MAX_BYTES`; conftest.py
 loads it through `pytest_plugins`), `counts` and `zero_counts` to compare a queue's
@@ -29,13 +30,18 @@ def b() -> Broker:
     return Broker(visibility_timeout_s=VISIBILITY, max_message_bytes=MAX_BYTES)
 
 
+COUNT_NAMES = ("ready", "in_flight", "delayed", "waiting", "put_total", "acked_total",
+               "redelivered_total", "dead_lettered_total", "expired_total")
+
+
 def counts(broker: Broker, name: str = "q") -> dict[str, int]:
-    return broker.stats(T0)["queues"][name]
+    """counts is a queue's counters from stats (not its ages and rates, which need a clock)."""
+    queue_stats = broker.stats(T0)["queues"][name]
+    return {key: queue_stats[key] for key in COUNT_NAMES}
 
 
 def zero_counts(**changes: int) -> dict[str, int]:
-    base = {"ready": 0, "in_flight": 0, "delayed": 0, "waiting": 0, "put_total": 0,
-            "acked_total": 0, "redelivered_total": 0}
+    base = dict.fromkeys(COUNT_NAMES, 0)
     base.update(changes)
     return base
 
@@ -53,9 +59,19 @@ def check_invariants(broker: Broker) -> None:
         assert not (q.ready_count and live_waiters), "ready messages and a live waiter"
         for m in q.messages.values():
             assert (m.deadline_at is not None) == (m.state in (LEASED, DELAYED))
-        ready_ids = {m.id for m in q.messages.values() if m.state == READY}
-        assert ready_ids <= set(q.ready)  # every ready message can be found in the heap
+            assert m.queue is q
+        ready_keys = {m.ready_key for m in q.messages.values() if m.state == READY}
+        assert ready_keys <= set(q.ready)  # every ready message can be found in the heap
     assert broker.stats(T0)["messages"] == sum(len(q.messages) for q in broker.queues.values())
+    assert broker.stored_bytes == sum(broker._cost(m) for q in broker.queues.values()
+                                      for m in q.messages.values())
+
+
+def assert_empty(broker: Broker) -> None:
+    """assert_empty: no queue, no message, nothing accounted."""
+    stats = broker.stats(T0)
+    assert (stats["messages"], stats["waiting_consumers"], stats["queues"]) == (0, 0, {})
+    assert broker.stored_bytes == 0
 
 
 def error_code(call: Any, *args: Any) -> str:

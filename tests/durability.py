@@ -1,8 +1,8 @@
 """Helpers for the durability tests: a broker's whole state, and journals opened as the server does.
 
 `broker_state` is what a restart must keep and nothing else: put/ack totals
-count from each start (server.py resets them), and a queue whose messages
-are all gone is left out, since a compacted journal holds no record of it.
+count from each start (the journal resets them), and a queue made on first
+use whose messages are all gone is left out, since no record keeps it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def broker_state(broker: Broker) -> dict[str, Any]:
     deadline_at and enqueued_at, the queue's counters, and the next deadline."""
     queues: dict[str, Any] = {}
     for name, q in broker.queues.items():
-        if not q.messages:
+        if not q.messages and not q.explicit:
             continue
         states = [m.state for m in q.messages.values()]
         # The counters must agree with the messages, or the comparison below means little.
@@ -36,19 +36,21 @@ def broker_state(broker: Broker) -> dict[str, Any]:
             assert (m.deadline_at is not None) == (m.state in (LEASED, DELAYED)), m
         queues[name] = {
             "counts": (q.ready_count, q.leased_count, q.delayed_count),
+            "settings": (q.explicit, q.settings),
             "messages": {m.id: (m.body, m.state, m.deliveries, m.lease, m.deadline_at,
-                                m.enqueued_at) for m in q.messages.values()},
+                                m.enqueued_at, m.priority, m.headers, m.origin, m.expires_at)
+                         for m in q.messages.values()},
         }
     return {"queues": queues, "next_deadline": broker.next_deadline()}
 
 
 def open_broker(directory: Path, now: float, **journal_options: Any
                 ) -> tuple[Journal, Broker, RecoveryReport]:
-    """open_broker opens a journal into a fresh broker, then attaches it, as server.py does."""
+    """open_broker opens a journal into a fresh broker, as server.py does."""
     broker = Broker(visibility_timeout_s=VISIBILITY)
     journal = Journal(directory, **journal_options)
-    report = journal.open(broker, now)
-    broker.journal = journal  # only now: replay must not log itself again
+    report = journal.open(broker, now)  # attaches itself once replay is done
+    assert broker.journal is journal
     return journal, broker, report
 
 

@@ -14,16 +14,22 @@ from wonderq_server.binary_codec import (
     BinaryEncoder,
     delivery_fields,
     encode_request,
+    item_result,
+    peek_fields,
 )
-from wonderq_server.broker import Broker
 from wonderq_server.commands import Command, Limits, Rejected
 from wonderq_server.errors import (
     BAD_ARGUMENT,
     BATCH_TOO_LARGE,
+    BODY_TOO_LARGE,
     FRAME_TOO_LARGE,
+    FULL,
+    HEADERS_TOO_LARGE,
     INVALID_QUEUE_NAME,
+    LEASE_LOST,
     MALFORMED,
     NOT_FOUND,
+    QUEUE_NOT_FOUND,
     UNKNOWN_COMMAND,
     UNSUPPORTED_VERSION,
     CommandError,
@@ -31,6 +37,15 @@ from wonderq_server.errors import (
 )
 
 LIMITS = Limits()
+PUT_DEFAULTS = {"delay": None, "priority": 0, "headers": None, "expiry": None}
+
+
+def put_args(queue: str, body: bytes, **options) -> dict:
+    return {"queue": queue, "body": body, **PUT_DEFAULTS, **options}
+
+
+def item(body: bytes, **options) -> dict:
+    return {"body": body, **PUT_DEFAULTS, **options}
 
 
 def raw_frame(payload: bytes) -> bytes:
@@ -54,7 +69,8 @@ def only(items: list) -> Command | Rejected:
 
 def assert_command(item, name: str, args: dict, request_id) -> None:
     assert isinstance(item, Command), item
-    assert (item.name, item.args, item.request_id) == (name, args, request_id)
+    assert (item.name, comparable(item.args), item.request_id) == (
+        name, comparable(args), request_id)
 
 
 def assert_rejected(item, error_type: type, code: str, request_id=None) -> None:
@@ -121,15 +137,54 @@ def test_bad_version_byte_arriving_last():
 # --------------------------------------------------------------------- framing
 
 REQUESTS = [
-    ([1, "put", {"queue": "q", "body": b"a\x00\nb"}], ("put", {"queue": "q", "body": b"a\x00\nb"})),
+    ([1, "put", {"queue": "q", "body": b"a\x00\nb"}], ("put", put_args("q", b"a\x00\nb"))),
     ([2, "receive", {"queue": "q", "max": 5, "wait": 1.5}],
      ("receive", {"queue": "q", "max": 5, "wait": 1.5, "visibility": None})),
     (["x", "ack", {"queue": "q", "id": 10, "lease": 11}],
      ("ack", {"queue": "q", "id": 10, "lease": 11})),
     ([None, "ping", {}], ("ping", {})),
     ([[1, 2], "put_many", {"queue": "q", "bodies": [b"1", b"2"]}],
-     ("put_many", {"queue": "q", "bodies": [b"1", b"2"]})),
+     ("put_many", {"queue": "q", "bodies": [item(b"1"), item(b"2")], **PUT_DEFAULTS})),
+    ([3, "put", {"queue": "q", "body": b"x", "priority": -5, "headers": {"k": "v"},
+                 "delay": 1, "expiry": 2.5}],
+     ("put", put_args("q", b"x", priority=-5, headers={"k": "v"}, delay=1.0, expiry=2.5))),
+    ([4, "put_many", {"queue": "q", "priority": 3,
+                      "bodies": [b"a", {"body": b"b", "headers": {"h": "1"}}, 7]}],
+     ("put_many", {"queue": "q", "bodies": [item(b"a", priority=3),
+                                            item(b"b", priority=3, headers={"h": "1"}),
+                                            CommandError(BAD_ARGUMENT, "")],
+                   **PUT_DEFAULTS, "priority": 3})),
+    ([5, "ack_many", {"queue": "q", "items": [[1, 2], [3, 4]]}],
+     ("ack_many", {"queue": "q", "items": [(1, 2), (3, 4)]})),
+    ([6, "nack_many", {"queue": "q", "items": [[1, 2]], "delay": 3}],
+     ("nack_many", {"queue": "q", "items": [(1, 2)], "delay": 3.0})),
+    ([7, "create_queue", {"queue": "q", "max_deliveries": 3, "dead_letter_queue": "d"}],
+     ("create_queue", {"queue": "q", "visibility_timeout": None, "max_deliveries": 3,
+                       "dead_letter_queue": "d", "delay": None, "max_length": None,
+                       "expiry": None})),
+    ([8, "configure_queue", {"queue": "q", "dead_letter_queue": "", "max_deliveries": 0}],
+     ("configure_queue", {"queue": "q", "visibility_timeout": None, "max_deliveries": 0,
+                          "dead_letter_queue": "", "delay": None, "max_length": None,
+                          "expiry": None})),
+    ([9, "queue_info", {"queue": "q"}], ("queue_info", {"queue": "q"})),
+    ([10, "queues", {}], ("queues", {})),
+    ([11, "peek", {"queue": "q", "max": 5}], ("peek", {"queue": "q", "max": 5})),
+    ([12, "purge", {"queue": "q"}], ("purge", {"queue": "q"})),
+    ([13, "delete_queue", {"queue": "q"}], ("delete_queue", {"queue": "q"})),
+    ([14, "redrive", {"queue": "q"}], ("redrive", {"queue": "q", "max": None})),
+    ([15, "message_info", {"queue": "q", "id": 9}], ("message_info", {"queue": "q", "id": 9})),
 ]
+
+
+def comparable(args: dict) -> dict:
+    """comparable: checked args with each per-item error reduced to its code."""
+    def plain(value):
+        if isinstance(value, CommandError):
+            return value.code
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        return value
+    return {key: plain(value) for key, value in args.items()}
 
 
 def test_frames_fed_one_byte_at_a_time():
@@ -174,12 +229,12 @@ def test_encode_request_is_a_frame():
     data = encode_request(7, "put", {"queue": "q", "body": b"x"})
     assert int.from_bytes(data[:4], "big") == len(data) - 4
     assert msgpack.unpackb(data[4:], raw=False) == [7, "put", {"queue": "q", "body": b"x"}]
-    assert_command(only(started().feed(data)), "put", {"queue": "q", "body": b"x"}, 7)
+    assert_command(only(started().feed(data)), "put", put_args("q", b"x"), 7)
 
 
 def test_str_body_becomes_bytes():
     item = only(started().feed(frame([1, "put", {"queue": "q", "body": "héllo"}])))
-    assert_command(item, "put", {"queue": "q", "body": "héllo".encode()}, 1)
+    assert_command(item, "put", put_args("q", "héllo".encode()), 1)
 
 
 def test_request_ids_of_any_msgpack_type_are_echoed():
@@ -259,6 +314,19 @@ def test_valid_msgpack_of_the_wrong_shape(request_, request_id):
     ([5, "put", {"queue": b"q", "body": b""}], INVALID_QUEUE_NAME),
     ([5, "receive", {"queue": "q", "max": 1001}], BATCH_TOO_LARGE),
     ([5, "put_many", {"queue": "q", "bodies": [b""] * 1001}], BATCH_TOO_LARGE),
+    ([5, "put_many", {"queue": "q", "bodies": []}], BAD_ARGUMENT),
+    ([5, "put_many", {"queue": "q", "bodies": b"x"}], BAD_ARGUMENT),
+    ([5, "put_many", {"queue": "q", "bodies": [b"x"], "priority": "high"}], BAD_ARGUMENT),
+    ([5, "ack_many", {"queue": "q", "items": [[1, 2]] * 1001}], BATCH_TOO_LARGE),
+    ([5, "nack_many", {"queue": "q", "items": {}}], BAD_ARGUMENT),
+    ([5, "put", {"queue": "q", "body": b"", "headers": {str(i): "" for i in range(33)}}],
+     HEADERS_TOO_LARGE),
+    ([5, "put", {"queue": "q", "body": b"", "priority": 2**31}], BAD_ARGUMENT),
+    ([5, "create_queue", {"queue": "q", "dead_letter_queue": "no spaces"}],
+     INVALID_QUEUE_NAME),
+    ([5, "create_queue", {"queue": "q", "max_lenght": 1}], BAD_ARGUMENT),
+    ([5, "peek", {"queue": "q", "max": 1001}], BATCH_TOO_LARGE),
+    ([5, "message_info", {"queue": "q"}], BAD_ARGUMENT),
 ])
 def test_bad_arguments_are_rejected_with_the_request_id(request_, code):
     decoder = started()
@@ -314,7 +382,7 @@ def test_frame_of_exactly_the_limit_is_read():
         body += b"b"
     assert len(payload) == 100
     decoder = started(Limits(max_frame_bytes=100))
-    assert_command(only(decoder.feed(raw_frame(payload))), "put", {"queue": "q", "body": body}, 1)
+    assert_command(only(decoder.feed(raw_frame(payload))), "put", put_args("q", body), 1)
     assert not decoder.broken
 
 
@@ -354,19 +422,28 @@ def test_error_frames_round_trip():
     assert unframe(data) == [None, [FRAME_TOO_LARGE, "too big"], None]
 
 
+class FakeMessage:
+    """What the encoder reads of a delivered message (server Message attributes)."""
+
+    def __init__(self, id, body, lease=None, deliveries=1, enqueued_at=1000.0, priority=0,
+                 headers=None, origin=None):
+        self.id, self.body, self.lease, self.deliveries = id, body, lease, deliveries
+        self.enqueued_at, self.priority, self.headers, self.origin = (
+            enqueued_at, priority, headers, origin)
+
+
 def test_receive_results_are_positional_arrays():
-    broker = Broker()
-    broker.put("q", b"first\x00", 1000.0)
-    broker.put("q", b"second", 1000.5)
-    messages = broker.receive("q", 10, None, 1001.0)
+    messages = [FakeMessage(1, b"first\x00", lease=2, enqueued_at=1000.0),
+                FakeMessage(3, b"second", lease=4, deliveries=2, enqueued_at=1000.5,
+                            priority=-7, headers={"k": "v", "é": ""},
+                            origin=("jobs", 1001.25))]
     data = BinaryEncoder().result(Command("receive", {}, 3), messages)
     request_id, error, result = unframe(data)
     assert (request_id, error) == (3, None)
     assert result == [
-        [m.id, m.body, m.lease, 1, m.enqueued_at] for m in messages
+        [1, b"first\x00", 2, 1, 1000.0, 0, None, None],
+        [3, b"second", 4, 2, 1000.5, -7, {"k": "v", "é": ""}, ["jobs", 1001.25]],
     ]
-    assert [r[1] for r in result] == [b"first\x00", b"second"]
-    assert [r[4] for r in result] == [1000.0, 1000.5]
     assert all(type(r[1]) is bytes for r in result)
 
 
@@ -375,10 +452,63 @@ def test_empty_receive_result():
 
 
 def test_delivery_fields_order():
-    class FakeMessage:
-        id, body, lease, deliveries, enqueued_at = 1, b"b", 2, 3, 4.5
+    message = FakeMessage(1, b"b", lease=2, deliveries=3, enqueued_at=4.5, priority=6,
+                          headers={"h": "7"}, origin=("o", 8.5))
+    assert delivery_fields(message) == [1, b"b", 2, 3, 4.5, 6, {"h": "7"}, ["o", 8.5]]
 
-    assert delivery_fields(FakeMessage()) == [1, b"b", 2, 3, 4.5]
+
+def test_delivery_fields_defaults_and_empty_headers():
+    message = FakeMessage(1, b"", lease=2, headers={})
+    assert delivery_fields(message) == [1, b"", 2, 1, 1000.0, 0, None, None]
+
+
+def test_peek_results_have_no_lease():
+    messages = [FakeMessage(1, b"a", lease=77, priority=2), FakeMessage(2, b"b")]
+    assert peek_fields(messages[0]) == [1, b"a", None, 1, 1000.0, 2, None, None]
+    assert messages[0].lease == 77  # the message itself is untouched
+    data = BinaryEncoder().result(Command("peek", {}, 4), messages)
+    assert unframe(data) == [4, None, [[1, b"a", None, 1, 1000.0, 2, None, None],
+                                       [2, b"b", None, 1, 1000.0, 0, None, None]]]
+
+
+def test_put_many_result_has_an_error_pair_per_failed_item():
+    results = [11, CommandError(BODY_TOO_LARGE, "message body is 9 bytes"), 12,
+               CommandError(FULL, "queue 'q' is full")]
+    data = BinaryEncoder().result(Command("put_many", {}, 5), results)
+    assert unframe(data) == [5, None, [11, [BODY_TOO_LARGE, "message body is 9 bytes"], 12,
+                                       [FULL, "queue 'q' is full"]]]
+
+
+@pytest.mark.parametrize("name", ["ack_many", "nack_many"])
+def test_lease_item_results(name):
+    results = [None, CommandError(LEASE_LOST, "delivered again"), None,
+               CommandError(NOT_FOUND, "gone")]
+    data = BinaryEncoder().result(Command(name, {}, 6), results)
+    assert unframe(data) == [6, None, [None, [LEASE_LOST, "delivered again"], None,
+                                       [NOT_FOUND, "gone"]]]
+
+
+def test_item_result():
+    assert item_result(5) == 5
+    assert item_result(None) is None
+    assert item_result(CommandError(QUEUE_NOT_FOUND, "no queue 'x'")) == [
+        QUEUE_NOT_FOUND, "no queue 'x'"]
+
+
+@pytest.mark.parametrize(("name", "result"), [
+    ("create_queue", {"visibility_timeout": 0.0, "max_deliveries": 0, "dead_letter_queue": "",
+                      "delay": 0.0, "max_length": 0, "expiry": 0.0}),
+    ("queue_info", {"queue": "q", "explicit": True, "ready": 1, "put_rate": 0.2}),
+    ("queues", [{"queue": "q", "explicit": False, "messages": 1, "ready": 1, "in_flight": 0,
+                 "delayed": 0}]),
+    ("message_info", {"id": 5, "headers": {"a": "b"}, "dead_letter": ["o", 1.5],
+                      "deadline_at": None}),
+    ("purge", 3),
+    ("delete_queue", 0),
+    ("redrive", 7),
+])
+def test_plain_results_pass_through(name, result):
+    assert unframe(BinaryEncoder().result(Command(name, {}, 8), result)) == [8, None, result]
 
 
 def test_encoder_bodies_are_bin_not_str():

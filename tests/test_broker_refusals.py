@@ -13,6 +13,8 @@ from broker_helpers import (  # the `b` fixture comes from broker_helpers too, v
     MAX_BYTES,
     T0,
     Inbox,
+    assert_empty,
+    check_invariants,
     counts,
     error_code,
     first_id,
@@ -21,7 +23,7 @@ from broker_helpers import (  # the `b` fixture comes from broker_helpers too, v
 )
 
 from wonderq_server.broker import Broker
-from wonderq_server.errors import BODY_TOO_LARGE, INVALID_QUEUE_NAME
+from wonderq_server.errors import BODY_TOO_LARGE, INVALID_QUEUE_NAME, CommandError
 
 
 def test_body_at_the_limit_is_accepted(b: Broker) -> None:
@@ -42,22 +44,22 @@ def test_body_too_large_is_refused_and_stores_nothing(b: Broker) -> None:
     assert b.put("q", b"ok", T0) == first_id(T0)  # not even an id was used
 
 
-def test_put_many_stores_all_or_none(b: Broker) -> None:
+def test_put_many_stores_each_item_on_its_own(b: Broker) -> None:
     inbox = Inbox()
     b.wait("q", 10, None, T0 + 10.0, inbox, T0)
     bodies = [b"a", b"b", b"x" * (MAX_BYTES + 1), b"d"]
-    assert error_code(b.put_many, "q", bodies, T0) == BODY_TOO_LARGE
-    assert counts(b) == zero_counts(waiting=1)
-    assert inbox.calls == []
-    assert b.stats(T0)["messages"] == 0
-    ids = b.put_many("q", [b"a", b"b", b"c"], T0)
-    assert ids == [first_id(T0), first_id(T0) + 1, first_id(T0) + 2]
-    assert inbox.ids == [ids]  # all three in one delivery, after all were stored
+    results = b.put_many("q", bodies, T0)
+    assert results[:2] == [first_id(T0), first_id(T0) + 1]
+    assert isinstance(results[2], CommandError) and results[2].code == BODY_TOO_LARGE
+    assert results[3] == first_id(T0) + 2  # the refused item used no id
+    assert inbox.ids == [[results[0], results[1], results[3]]]  # one delivery, after all
+    assert counts(b) == zero_counts(in_flight=3, put_total=3)
+    check_invariants(b)
 
 
 def test_put_many_with_a_bad_queue_name_stores_nothing(b: Broker) -> None:
     assert error_code(b.put_many, "bad name", [b"a"], T0) == INVALID_QUEUE_NAME
-    assert b.stats(T0) == {"messages": 0, "waiting_consumers": 0, "queues": {}}
+    assert_empty(b)
 
 
 VALID_128 = ("AZaz09_-." * 15)[:128]
@@ -84,5 +86,5 @@ def test_invalid_queue_names_are_refused(b: Broker, name: Any) -> None:
     assert error_code(b.put_many, name, [b"x"], T0) == INVALID_QUEUE_NAME
     assert error_code(b.receive, name, 1, None, T0) == INVALID_QUEUE_NAME
     assert error_code(b.wait, name, 1, None, T0 + 1.0, Inbox(), T0) == INVALID_QUEUE_NAME
-    assert b.stats(T0) == {"messages": 0, "waiting_consumers": 0, "queues": {}}
+    assert_empty(b)
     assert b.next_deadline() is None

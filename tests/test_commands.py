@@ -8,6 +8,8 @@ import pytest
 
 from wonderq_server.commands import (
     COMMANDS,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
     TEXT_CONVERTERS,
     Command,
     Limits,
@@ -17,13 +19,20 @@ from wonderq_server.commands import (
 from wonderq_server.errors import (
     BAD_ARGUMENT,
     BATCH_TOO_LARGE,
+    HEADERS_TOO_LARGE,
     INVALID_QUEUE_NAME,
+    NOT_FOUND,
     UNKNOWN_COMMAND,
     CommandError,
 )
 
 LIMITS = Limits()
-SMALL = Limits(max_batch=3, max_wait_s=10.0, max_visibility_s=20.0, max_delay_s=30.0)
+SMALL = Limits(max_batch=3, max_wait_s=10.0, max_visibility_s=20.0, max_delay_s=30.0,
+               max_headers=2, max_header_bytes=10)
+SETTING_DEFAULTS = {"visibility_timeout": None, "max_deliveries": None,
+                    "dead_letter_queue": None, "delay": None, "max_length": None,
+                    "expiry": None}
+PUT_DEFAULTS = {"delay": None, "priority": 0, "headers": None, "expiry": None}
 
 # A complete, valid argument map for every command.
 VALID = {
@@ -31,8 +40,19 @@ VALID = {
     "put_many": {"queue": "q", "bodies": [b"a", b"b"]},
     "receive": {"queue": "q"},
     "ack": {"queue": "q", "id": 1, "lease": 2},
+    "ack_many": {"queue": "q", "items": [[1, 2]]},
     "nack": {"queue": "q", "id": 1, "lease": 2},
+    "nack_many": {"queue": "q", "items": [[1, 2]]},
     "touch": {"queue": "q", "id": 1, "lease": 2},
+    "create_queue": {"queue": "q"},
+    "configure_queue": {"queue": "q"},
+    "queue_info": {"queue": "q"},
+    "queues": {},
+    "peek": {"queue": "q"},
+    "purge": {"queue": "q"},
+    "delete_queue": {"queue": "q"},
+    "redrive": {"queue": "q"},
+    "message_info": {"queue": "q", "id": 1},
     "stats": {},
     "ping": {},
     "quit": {},
@@ -61,8 +81,19 @@ def test_required_fields_per_command():
         "put_many": ("queue", "bodies"),
         "receive": ("queue",),
         "ack": ("queue", "id", "lease"),
+        "ack_many": ("queue", "items"),
         "nack": ("queue", "id", "lease"),
+        "nack_many": ("queue", "items"),
         "touch": ("queue", "id", "lease"),
+        "create_queue": ("queue",),
+        "configure_queue": ("queue",),
+        "queue_info": ("queue",),
+        "queues": (),
+        "peek": ("queue",),
+        "purge": ("queue",),
+        "delete_queue": ("queue",),
+        "redrive": ("queue",),
+        "message_info": ("queue", "id"),
         "stats": (),
         "ping": (),
         "quit": (),
@@ -72,14 +103,30 @@ def test_required_fields_per_command():
 # ------------------------------------------------------- valid requests, defaults
 
 @pytest.mark.parametrize(("name", "args", "expected"), [
-    ("put", {"queue": "q", "body": b"hello"}, {"queue": "q", "body": b"hello"}),
-    ("put_many", {"queue": "q", "bodies": [b"a", b""]}, {"queue": "q", "bodies": [b"a", b""]}),
+    ("put", {"queue": "q", "body": b"hello"},
+     {"queue": "q", "body": b"hello", **PUT_DEFAULTS}),
+    ("put_many", {"queue": "q", "bodies": [b"a", b""]},
+     {"queue": "q", "bodies": [{"body": b"a", **PUT_DEFAULTS}, {"body": b"", **PUT_DEFAULTS}],
+      **PUT_DEFAULTS}),
     ("receive", {"queue": "q"}, {"queue": "q", "max": 1, "wait": 0.0, "visibility": None}),
     ("ack", {"queue": "q", "id": 5, "lease": 7}, {"queue": "q", "id": 5, "lease": 7}),
+    ("ack_many", {"queue": "q", "items": [[5, 7], (8, 9)]},
+     {"queue": "q", "items": [(5, 7), (8, 9)]}),
     ("nack", {"queue": "q", "id": 5, "lease": 7},
      {"queue": "q", "id": 5, "lease": 7, "delay": 0.0}),
+    ("nack_many", {"queue": "q", "items": [[5, 7]]},
+     {"queue": "q", "items": [(5, 7)], "delay": 0.0}),
     ("touch", {"queue": "q", "id": 5, "lease": 7},
      {"queue": "q", "id": 5, "lease": 7, "visibility": None}),
+    ("create_queue", {"queue": "q"}, {"queue": "q", **SETTING_DEFAULTS}),
+    ("configure_queue", {"queue": "q"}, {"queue": "q", **SETTING_DEFAULTS}),
+    ("queue_info", {"queue": "q"}, {"queue": "q"}),
+    ("queues", {}, {}),
+    ("peek", {"queue": "q"}, {"queue": "q", "max": 1}),
+    ("purge", {"queue": "q"}, {"queue": "q"}),
+    ("delete_queue", {"queue": "q"}, {"queue": "q"}),
+    ("redrive", {"queue": "q"}, {"queue": "q", "max": None}),
+    ("message_info", {"queue": "q", "id": 5}, {"queue": "q", "id": 5}),
     ("stats", {}, {}),
     ("ping", {}, {}),
     ("quit", {}, {}),
@@ -131,7 +178,8 @@ def test_str_body_is_utf8_encoded():
 def test_bodies_may_be_a_tuple_and_mixed_bytes_like():
     command = make_command("put_many", {"queue": "q", "bodies": (b"a", "b", bytearray(b"c"))},
                            LIMITS)
-    assert command.args["bodies"] == [b"a", b"b", b"c"]
+    assert [item["body"] for item in command.args["bodies"]] == [b"a", b"b", b"c"]
+    assert all(type(item["body"]) is bytes for item in command.args["bodies"])
 
 
 def test_zero_is_a_valid_id_lease_and_duration():
@@ -144,8 +192,15 @@ def test_limits_are_inclusive():
                         SMALL, None).args == {"queue": "q", "max": 3, "wait": 10.0,
                                               "visibility": 20.0}
     assert make_command("nack", with_field("nack", delay=30), SMALL).args["delay"] == 30.0
-    assert make_command("put_many", {"queue": "q", "bodies": [b"1", b"2", b"3"]},
-                        SMALL).args["bodies"] == [b"1", b"2", b"3"]
+    bodies = make_command("put_many", {"queue": "q", "bodies": [b"1", b"2", b"3"]},
+                          SMALL).args["bodies"]
+    assert [item["body"] for item in bodies] == [b"1", b"2", b"3"]
+    assert len(make_command("ack_many", {"queue": "q", "items": [[1, 2]] * 3},
+                            SMALL).args["items"]) == 3
+    assert make_command("peek", {"queue": "q", "max": 3}, SMALL).args["max"] == 3
+    assert make_command("put", {"queue": "q", "body": b"", "delay": 30,
+                                "headers": {"a": "b", "cdefghi": "j"}},
+                        SMALL).args["headers"] == {"a": "b", "cdefghi": "j"}
 
 
 def test_big_ids_pass():
@@ -160,7 +215,10 @@ def test_big_ids_pass():
 def test_unknown_command(name):
     error = refused(name, {})
     assert error.code == UNKNOWN_COMMAND
-    assert "known: put, put_many, receive, ack, nack, touch, stats, ping, quit" in error.message
+    assert error.message.endswith(
+        "known: put, put_many, receive, ack, ack_many, nack, nack_many, touch, create_queue, "
+        "configure_queue, queue_info, queues, peek, purge, delete_queue, redrive, "
+        "message_info, stats, ping, quit")
 
 
 def test_unknown_command_is_reported_before_bad_arguments():
@@ -219,10 +277,17 @@ def test_several_extra_fields_are_all_named_sorted():
     assert error.message == "receive has no field 3, alpha, zeta"
 
 
-@pytest.mark.parametrize(("name", "field"), [
+INTEGER_FIELDS = [
     ("ack", "id"), ("ack", "lease"), ("nack", "id"), ("nack", "lease"),
-    ("touch", "id"), ("touch", "lease"), ("receive", "max"),
-])
+    ("touch", "id"), ("touch", "lease"), ("receive", "max"), ("peek", "max"),
+    ("redrive", "max"), ("message_info", "id"), ("create_queue", "max_deliveries"),
+    ("create_queue", "max_length"), ("configure_queue", "max_deliveries"),
+    ("configure_queue", "max_length"),
+]
+
+
+@pytest.mark.parametrize(("name", "field"), [*INTEGER_FIELDS, ("put", "priority"),
+                                             ("put_many", "priority")])
 @pytest.mark.parametrize("value", [True, False, 1.0, "1", b"1", [1]])
 def test_integer_fields_refuse_other_types(name, field, value):
     error = refused(name, with_field(name, **{field: value}))
@@ -230,10 +295,7 @@ def test_integer_fields_refuse_other_types(name, field, value):
     assert error.message == f"{field} must be an integer, got {type(value).__name__}"
 
 
-@pytest.mark.parametrize(("name", "field"), [
-    ("ack", "id"), ("ack", "lease"), ("nack", "id"), ("nack", "lease"),
-    ("touch", "id"), ("touch", "lease"), ("receive", "max"),
-])
+@pytest.mark.parametrize(("name", "field"), INTEGER_FIELDS)
 def test_integer_fields_refuse_negatives(name, field):
     error = refused(name, with_field(name, **{field: -1}))
     assert error.code == BAD_ARGUMENT
@@ -248,14 +310,19 @@ def test_required_integer_fields_refuse_nil(field):
     assert error.message == f"ack needs the field {field!r}"
 
 
-def test_max_must_be_at_least_one():
-    error = refused("receive", {"queue": "q", "max": 0})
+@pytest.mark.parametrize("name", ["receive", "peek", "redrive"])
+def test_max_must_be_at_least_one(name):
+    error = refused(name, {"queue": "q", "max": 0})
     assert error.code == BAD_ARGUMENT
     assert error.message == "max must be at least 1, got 0"
 
 
 SECONDS_FIELDS = [("receive", "wait"), ("receive", "visibility"), ("nack", "delay"),
-                  ("touch", "visibility")]
+                  ("touch", "visibility"), ("put", "delay"), ("put", "expiry"),
+                  ("put_many", "delay"), ("put_many", "expiry"), ("nack_many", "delay"),
+                  ("create_queue", "visibility_timeout"), ("create_queue", "delay"),
+                  ("create_queue", "expiry"), ("configure_queue", "visibility_timeout"),
+                  ("configure_queue", "delay"), ("configure_queue", "expiry")]
 
 
 @pytest.mark.parametrize(("name", "field"), SECONDS_FIELDS)
@@ -279,6 +346,11 @@ def test_seconds_must_be_finite_and_not_negative(name, field, value):
     ("receive", "visibility", "--max-visibility-timeout", 20),
     ("nack", "delay", "--max-delay", 30),
     ("touch", "visibility", "--max-visibility-timeout", 20),
+    ("put", "delay", "--max-delay", 30),
+    ("put_many", "delay", "--max-delay", 30),
+    ("nack_many", "delay", "--max-delay", 30),
+    ("create_queue", "visibility_timeout", "--max-visibility-timeout", 20),
+    ("configure_queue", "delay", "--max-delay", 30),
 ])
 def test_seconds_over_their_limit(name, field, flag, upper):
     error = refused(name, with_field(name, **{field: upper + 0.5}), SMALL)
@@ -304,19 +376,37 @@ def test_body_must_be_bytes(value):
 def test_bodies_must_be_a_list(value):
     error = refused("put_many", {"queue": "q", "bodies": value})
     assert error.code == BAD_ARGUMENT
-    assert error.message == f"bodies must be a list of bytes, got {type(value).__name__}"
+    assert error.message == f"bodies must be a list of bytes or maps, got {type(value).__name__}"
 
 
-def test_bodies_must_not_be_empty():
-    error = refused("put_many", {"queue": "q", "bodies": []})
+@pytest.mark.parametrize("value", [b"ab", "1:2", 3, {"a": 1}])
+def test_items_must_be_a_list(value):
+    for name in ("ack_many", "nack_many"):
+        error = refused(name, {"queue": "q", "items": value})
+        assert error.code == BAD_ARGUMENT
+        assert error.message == (f"items must be a list of [id, lease] pairs, "
+                                 f"got {type(value).__name__}")
+
+
+@pytest.mark.parametrize(("name", "field"), [("put_many", "bodies"), ("ack_many", "items"),
+                                             ("nack_many", "items")])
+def test_batches_must_not_be_empty(name, field):
+    error = refused(name, with_field(name, **{field: []}))
     assert error.code == BAD_ARGUMENT
-    assert error.message == "bodies must not be empty"
+    assert error.message == f"{field} must not be empty"
 
 
-def test_each_body_in_a_batch_is_checked_and_named():
-    error = refused("put_many", {"queue": "q", "bodies": [b"ok", b"ok", 7]})
-    assert error.code == BAD_ARGUMENT
-    assert error.message == "bodies[2] must be bytes, got int"
+def test_a_bad_body_in_a_batch_is_that_items_result_only():
+    command = make_command("put_many", {"queue": "q", "bodies": [b"ok", None, 7, [b"x"]]},
+                           LIMITS)
+    first, *bad = command.args["bodies"]
+    assert first == {"body": b"ok", **PUT_DEFAULTS}
+    assert [(e.code, e.message) for e in bad] == [
+        (BAD_ARGUMENT, "bodies[1] must be bytes or a map, got NoneType"),
+        (BAD_ARGUMENT, "bodies[2] must be bytes or a map, got int"),
+        (BAD_ARGUMENT, "bodies[3] must be bytes or a map, got list"),
+    ]
+    assert all(type(e) is CommandError for e in bad)
 
 
 # ---------------------------------------------------------------- BATCH_TOO_LARGE
@@ -335,10 +425,30 @@ def test_bodies_over_the_batch_limit():
     assert error.message == "bodies has 4 items, over the limit of 3 (--max-batch)"
 
 
+def test_items_over_the_batch_limit():
+    for name in ("ack_many", "nack_many"):
+        error = refused(name, {"queue": "q", "items": [[1, 2]] * 4}, SMALL)
+        assert error.code == BATCH_TOO_LARGE
+        assert error.message == "items has 4 items, over the limit of 3 (--max-batch)"
+
+
+def test_peek_max_over_the_batch_limit():
+    error = refused("peek", {"queue": "q", "max": 4}, SMALL)
+    assert error.code == BATCH_TOO_LARGE
+    assert error.message == "max is 4, over the limit of 3 (--max-batch)"
+
+
+def test_redrive_max_is_not_a_batch():
+    # redrive answers with a count, so it may move more than --max-batch at once.
+    assert make_command("redrive", {"queue": "q", "max": 10**9}, SMALL).args["max"] == 10**9
+
+
 def test_batch_length_is_checked_before_the_items():
     # A huge batch is refused by its length, before any item is looked at.
     error = refused("put_many", {"queue": "q", "bodies": [None] * 4}, SMALL)
     assert error.code == BATCH_TOO_LARGE
+    assert refused("ack_many", {"queue": "q", "items": [None] * 4}, SMALL).code == (
+        BATCH_TOO_LARGE)
 
 
 # ------------------------------------------------------------- INVALID_QUEUE_NAME
@@ -347,7 +457,8 @@ def test_batch_length_is_checked_before_the_items():
     "", " ", "a b", "q/1", "q:1", "q\n", "\nq", "é", "q\x00", "x" * 129, "\uff51", "\u0661", "*",
     5, b"q", ["q"],
 ])
-@pytest.mark.parametrize("name", ["put", "put_many", "receive", "ack", "nack", "touch"])
+@pytest.mark.parametrize("name", [n for n, (required, _) in COMMANDS.items()
+                                  if "queue" in required])
 def test_invalid_queue_names(name, queue):
     error = refused(name, with_field(name, queue=queue))
     assert error.code == INVALID_QUEUE_NAME
@@ -371,7 +482,12 @@ def test_text_converters():
     assert TEXT_CONVERTERS["max"]("max", "-3") == -3  # the range is checked later
     assert TEXT_CONVERTERS["wait"]("wait", "1.5") == 1.5
     assert math.isnan(TEXT_CONVERTERS["delay"]("delay", "nan"))
-    assert set(TEXT_CONVERTERS) == {"id", "lease", "max", "wait", "visibility", "delay"}
+    assert TEXT_CONVERTERS["priority"]("priority", "-7") == -7
+    assert TEXT_CONVERTERS["expiry"]("expiry", "60") == 60.0
+    assert TEXT_CONVERTERS["max_length"]("max_length", "10") == 10
+    assert set(TEXT_CONVERTERS) == {"id", "lease", "max", "wait", "visibility", "delay",
+                                    "priority", "expiry", "visibility_timeout",
+                                    "max_deliveries", "max_length"}
 
 
 @pytest.mark.parametrize(("field", "text", "message"), [
@@ -404,8 +520,264 @@ def test_limits_line_bytes():
 
 @pytest.mark.parametrize(("name", "field"), [("put", "queue"), ("put", "body"),
                                              ("put_many", "bodies"), ("receive", "queue"),
-                                             ("nack", "lease"), ("touch", "id")])
+                                             ("nack", "lease"), ("touch", "id"),
+                                             ("ack_many", "items"), ("nack_many", "items"),
+                                             ("message_info", "id"), ("peek", "queue")])
 def test_a_nil_required_field_is_missing(name, field):
     error = refused(name, with_field(name, **{field: None}))
     assert error.code == BAD_ARGUMENT
     assert error.message == f"{name} needs the field {field!r}"
+
+
+# ------------------------------------------------------------ message options
+
+def test_put_with_every_option():
+    command = make_command("put", {"queue": "q", "body": b"x", "delay": 5, "priority": -3,
+                                   "headers": {"trace": "abc", "é": "ü"}, "expiry": 60},
+                           LIMITS)
+    assert command.args == {"queue": "q", "body": b"x", "delay": 5.0, "priority": -3,
+                            "headers": {"trace": "abc", "é": "ü"}, "expiry": 60.0}
+    assert type(command.args["delay"]) is float and type(command.args["expiry"]) is float
+
+
+def test_put_options_nil_mean_the_defaults():
+    command = make_command("put", {"queue": "q", "body": b"x", "delay": None, "priority": None,
+                                   "headers": None, "expiry": None}, LIMITS)
+    assert command.args == {"queue": "q", "body": b"x", **PUT_DEFAULTS}
+
+
+def test_zero_delay_and_expiry_are_given_not_defaults():
+    # 0 is a choice (no delay, never expire) that overrides the queue's setting; None is not.
+    command = make_command("put", {"queue": "q", "body": b"x", "delay": 0, "expiry": 0}, LIMITS)
+    assert (command.args["delay"], command.args["expiry"]) == (0.0, 0.0)
+
+
+def test_expiry_has_no_upper_limit_but_must_be_finite():
+    assert make_command("put", with_field("put", expiry=10**12), LIMITS).args["expiry"] == 1e12
+    assert refused("put", with_field("put", expiry=math.inf)).code == BAD_ARGUMENT
+
+
+@pytest.mark.parametrize("priority", [PRIORITY_MIN, -1, 0, 1, PRIORITY_MAX])
+def test_priority_range(priority):
+    assert make_command("put", with_field("put", priority=priority), LIMITS).args[
+        "priority"] == priority
+
+
+@pytest.mark.parametrize("priority", [PRIORITY_MIN - 1, PRIORITY_MAX + 1, 2**63])
+def test_priority_out_of_range(priority):
+    error = refused("put", with_field("put", priority=priority))
+    assert error.code == BAD_ARGUMENT
+    assert error.message == f"priority must be from -2147483648 to 2147483647, got {priority}"
+
+
+def test_empty_headers_are_no_headers():
+    assert make_command("put", with_field("put", headers={}), LIMITS).args["headers"] is None
+
+
+def test_headers_are_copied():
+    given = {"a": "b"}
+    checked = make_command("put", with_field("put", headers=given), LIMITS).args["headers"]
+    assert checked == given and checked is not given
+
+
+@pytest.mark.parametrize(("headers", "message"), [
+    ([["a", "b"]], "headers must be a map of strings, got list"),
+    ("a=b", "headers must be a map of strings, got str"),
+    ({"a": 1}, "headers keys and values must be strings, got int"),
+    ({"a": b"b"}, "headers keys and values must be strings, got bytes"),
+    ({1: "b"}, "headers keys and values must be strings, got int"),
+    ({"a": None}, "headers keys and values must be strings, got NoneType"),
+    ({"": "b"}, "headers keys must not be empty"),
+])
+def test_bad_headers(headers, message):
+    error = refused("put", with_field("put", headers=headers))
+    assert (error.code, error.message) == (BAD_ARGUMENT, message)
+
+
+def test_too_many_headers():
+    error = refused("put", with_field("put", headers={"a": "", "b": "", "c": ""}), SMALL)
+    assert error.code == HEADERS_TOO_LARGE
+    assert error.message == "headers has 3 entries, over the limit of 2 (--max-headers)"
+    assert make_command("put", with_field("put", headers={str(i): "" for i in range(32)}),
+                        LIMITS).args["headers"]
+    assert refused("put", with_field("put", headers={str(i): "" for i in range(33)})).code == (
+        HEADERS_TOO_LARGE)
+
+
+def test_header_bytes_count_utf8_keys_and_values():
+    # "é" is two bytes in UTF-8: 5 + 2 * 2 = 9, then 10, then 11 bytes.
+    assert make_command("put", with_field("put", headers={"abcde": "éé"}), SMALL).args[
+        "headers"] == {"abcde": "éé"}
+    assert make_command("put", with_field("put", headers={"abcde": "é", "f": "gh"}),
+                        SMALL).args["headers"]
+    error = refused("put", with_field("put", headers={"abcde": "éé", "f": "g"}), SMALL)
+    assert error.code == HEADERS_TOO_LARGE
+    assert error.message == "headers are 11 bytes, over the limit of 10 (--max-header-bytes)"
+
+
+def test_header_count_is_checked_before_the_entries():
+    error = refused("put", with_field("put", headers={1: 2, 3: 4, 5: 6}), SMALL)
+    assert error.code == HEADERS_TOO_LARGE
+
+
+# ------------------------------------------------------------------- put_many
+
+def test_put_many_items_may_be_maps_with_their_own_options():
+    command = make_command("put_many", {"queue": "q", "bodies": [
+        b"plain",
+        {"body": b"own", "delay": 1, "priority": 5, "headers": {"k": "v"}, "expiry": 9},
+        {"body": "text", "priority": None},
+    ]}, LIMITS)
+    assert command.args["bodies"] == [
+        {"body": b"plain", **PUT_DEFAULTS},
+        {"body": b"own", "delay": 1.0, "priority": 5, "headers": {"k": "v"}, "expiry": 9.0},
+        {"body": b"text", **PUT_DEFAULTS},
+    ]
+
+
+def test_put_many_batch_options_fill_in_what_items_do_not_give():
+    command = make_command("put_many", {
+        "queue": "q", "delay": 2, "priority": 7, "headers": {"batch": "1"}, "expiry": 30,
+        "bodies": [b"a", {"body": b"b", "priority": -1, "expiry": 0},
+                   {"body": b"c", "headers": {"own": "2"}, "delay": 0}],
+    }, LIMITS)
+    assert command.args["bodies"] == [
+        {"body": b"a", "delay": 2.0, "priority": 7, "headers": {"batch": "1"}, "expiry": 30.0},
+        {"body": b"b", "delay": 2.0, "priority": -1, "headers": {"batch": "1"}, "expiry": 0.0},
+        {"body": b"c", "delay": 0.0, "priority": 7, "headers": {"own": "2"}, "expiry": 30.0},
+    ]
+    assert (command.args["delay"], command.args["priority"]) == (2.0, 7)
+
+
+def test_put_many_item_with_empty_headers_takes_the_batch_headers():
+    # An empty map is no headers, the same as leaving them out.
+    command = make_command("put_many", {"queue": "q", "headers": {"b": "1"},
+                                        "bodies": [{"body": b"x", "headers": {}}]}, LIMITS)
+    assert command.args["bodies"][0]["headers"] == {"b": "1"}
+
+
+@pytest.mark.parametrize(("item", "code", "message"), [
+    ({"delay": 1}, BAD_ARGUMENT, "bodies[1] needs the field 'body'"),
+    ({"body": None}, BAD_ARGUMENT, "bodies[1] needs the field 'body'"),
+    ({"body": 5}, BAD_ARGUMENT, "bodies[1].body must be bytes, got int"),
+    ({"body": b"x", "colour": 1, "age": 2}, BAD_ARGUMENT, "bodies[1] has no field age, colour"),
+    ({"body": b"x", "priority": 2**31}, BAD_ARGUMENT,
+     "bodies[1].priority must be from -2147483648 to 2147483647, got 2147483648"),
+    ({"body": b"x", "delay": 31}, BAD_ARGUMENT,
+     "bodies[1].delay is 31 s, over the limit of 30 s (--max-delay)"),
+    ({"body": b"x", "expiry": -1}, BAD_ARGUMENT,
+     "bodies[1].expiry must be a finite number of seconds >= 0, got -1"),
+    ({"body": b"x", "headers": {"a": "", "b": "", "c": ""}}, HEADERS_TOO_LARGE,
+     "bodies[1].headers has 3 entries, over the limit of 2 (--max-headers)"),
+    ({"body": b"x", "headers": {"": "x"}}, BAD_ARGUMENT,
+     "bodies[1].headers keys must not be empty"),
+    (True, BAD_ARGUMENT, "bodies[1] must be bytes or a map, got bool"),
+])
+def test_put_many_bad_item_is_that_items_result(item, code, message):
+    command = make_command("put_many", {"queue": "q", "bodies": [b"ok", item, b"ok too"]},
+                           SMALL)
+    first, bad, last = command.args["bodies"]
+    assert isinstance(bad, CommandError)
+    assert (bad.code, bad.message) == (code, message)
+    assert first["body"] == b"ok" and last["body"] == b"ok too"
+
+
+@pytest.mark.parametrize(("field", "value", "code"), [
+    ("priority", "high", BAD_ARGUMENT),
+    ("delay", -1, BAD_ARGUMENT),
+    ("expiry", math.nan, BAD_ARGUMENT),
+    ("headers", {"a": "", "b": "", "c": ""}, HEADERS_TOO_LARGE),
+    ("queue", "bad name", INVALID_QUEUE_NAME),
+])
+def test_put_many_bad_batch_option_refuses_the_whole_request(field, value, code):
+    assert refused("put_many", with_field("put_many", **{field: value}), SMALL).code == code
+
+
+def test_a_codecs_item_error_passes_through():
+    # The text codec puts a CommandError in place of an item it could not read.
+    own = CommandError(BAD_ARGUMENT, "items[0] must be <id>:<lease>, got 'x'")
+    command = make_command("ack_many", {"queue": "q", "items": [own, [1, 2]]}, LIMITS)
+    assert command.args["items"] == [own, (1, 2)]
+    assert command.args["items"][0] is own
+    body_error = CommandError(NOT_FOUND, "anything")
+    put_many = make_command("put_many", {"queue": "q", "bodies": [body_error]}, LIMITS)
+    assert put_many.args["bodies"] == [body_error]
+
+
+# ---------------------------------------------------------- ack_many, nack_many
+
+@pytest.mark.parametrize("name", ["ack_many", "nack_many"])
+def test_lease_items(name):
+    big = 2**64 - 1
+    command = make_command(name, {"queue": "q", "items": [[0, 0], (big, big)]}, LIMITS)
+    assert command.args["items"] == [(0, 0), (big, big)]
+
+
+@pytest.mark.parametrize(("item", "message"), [
+    (5, "items[1] must be [id, lease], got int"),
+    ("1:2", "items[1] must be [id, lease], got str"),
+    ({"id": 1, "lease": 2}, "items[1] must be [id, lease], got dict"),
+    (None, "items[1] must be [id, lease], got NoneType"),
+    ([1], "items[1] must be [id, lease], got an array of 1"),
+    ([1, 2, 3], "items[1] must be [id, lease], got an array of 3"),
+    ([True, 2], "items[1].id must be an integer, got bool"),
+    ([1, 2.0], "items[1].lease must be an integer, got float"),
+    ([-1, 2], "items[1].id must not be negative, got -1"),
+    ([1, None], "items[1].lease must be an integer, got NoneType"),
+])
+@pytest.mark.parametrize("name", ["ack_many", "nack_many"])
+def test_bad_lease_item_is_that_items_result(name, item, message):
+    command = make_command(name, {"queue": "q", "items": [[1, 2], item, [3, 4]]}, LIMITS)
+    first, bad, last = command.args["items"]
+    assert (first, last) == ((1, 2), (3, 4))
+    assert type(bad) is CommandError
+    assert (bad.code, bad.message) == (BAD_ARGUMENT, message)
+
+
+def test_nack_many_delay():
+    command = make_command("nack_many", {"queue": "q", "items": [[1, 2]], "delay": 4}, SMALL)
+    assert command.args["delay"] == 4.0
+
+
+# ----------------------------------------------------------------- queue settings
+
+ALL_SETTINGS = {"visibility_timeout": 20, "max_deliveries": 3, "dead_letter_queue": "dlq",
+                "delay": 30, "max_length": 100, "expiry": 86400}
+
+
+@pytest.mark.parametrize("name", ["create_queue", "configure_queue"])
+def test_every_setting(name):
+    command = make_command(name, {"queue": "q", **ALL_SETTINGS}, SMALL)
+    assert command.args == {"queue": "q", "visibility_timeout": 20.0, "max_deliveries": 3,
+                            "dead_letter_queue": "dlq", "delay": 30.0, "max_length": 100,
+                            "expiry": 86400.0}
+
+
+@pytest.mark.parametrize("name", ["create_queue", "configure_queue"])
+def test_settings_left_out_stay_none(name):
+    command = make_command(name, {"queue": "q", "max_length": 0, "delay": None}, LIMITS)
+    assert command.args == {"queue": "q", **SETTING_DEFAULTS, "max_length": 0}
+
+
+def test_empty_dead_letter_queue_means_none():
+    command = make_command("configure_queue", {"queue": "q", "dead_letter_queue": ""}, LIMITS)
+    assert command.args["dead_letter_queue"] == ""
+
+
+@pytest.mark.parametrize("value", ["bad name", "x" * 129, 5, b"dlq", ["dlq"]])
+def test_dead_letter_queue_must_be_a_queue_name(value):
+    error = refused("create_queue", {"queue": "q", "dead_letter_queue": value})
+    assert error.code == INVALID_QUEUE_NAME
+
+
+def test_settings_are_checked_one_by_one_here():
+    # Rules that tie settings together (or to the queue's name) are the broker's.
+    command = make_command("create_queue", {"queue": "q", "max_deliveries": 3,
+                                            "dead_letter_queue": "q"}, LIMITS)
+    assert (command.args["max_deliveries"], command.args["dead_letter_queue"]) == (3, "q")
+
+
+@pytest.mark.parametrize("name", ["create_queue", "configure_queue"])
+def test_misspelt_setting(name):
+    error = refused(name, {"queue": "q", "max_lenght": 3})
+    assert (error.code, error.message) == (BAD_ARGUMENT, f"{name} has no field max_lenght")

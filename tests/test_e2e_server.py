@@ -29,7 +29,8 @@ def test_pipelined_requests_keep_their_ids(raw):
     replies = [raw.reply() for _ in range(3)]
     assert [r[0] for r in replies] == [7, "x", 9]
     assert replies[1] == ["x", None, "pong"]
-    [[msg_id, body, _lease, deliveries, _at]] = replies[2][2]
+    [[msg_id, body, _lease, deliveries, _at, priority, headers, dead_letter]] = replies[2][2]
+    assert (priority, headers, dead_letter) == (0, None, None)
     assert (msg_id, body, deliveries) == (replies[0][2], b"a", 1)
 
 

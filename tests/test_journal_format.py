@@ -165,7 +165,7 @@ def frame(payload: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("payload, reason", [
-    (msgpack.packb([9, "q", 1]), "unknown record [9, 'q', 1]"),
+    (msgpack.packb([99, "q", 1]), "unknown record [99, 'q', 1]"),
     (msgpack.packb([]), "unknown record []"),
     (msgpack.packb({"kind": 1}), "unknown record {'kind': 1}"),
     (b"\xc1", "undecodable payload"),
@@ -188,17 +188,17 @@ def test_an_unknown_kind_at_the_end_is_refused_not_cut_off() -> None:
     # The checksum holds, so the write was whole: this is a record of a newer
     # format, which an old reader must refuse by name, not throw away as torn.
     before = encode_record(RECORDS["PUT"])
-    data = FILE_HEADER + before + frame(msgpack.packb([9, "q", 1]))
+    data = FILE_HEADER + before + frame(msgpack.packb([99, "q", 1]))
     with pytest.raises(JournalCorrupt) as info:
         read_all(data)
     assert info.value.offset == len(FILE_HEADER) + len(before)
-    assert info.value.reason == "unknown record [9, 'q', 1]"
+    assert info.value.reason == "unknown record [99, 'q', 1]"
     got, result = read_all(data, repair=True)
     assert got == [RECORDS["PUT"]]
     # Skipped, not cut off: appends continue after it, so the file keeps it.
     assert result == ReadResult(good_end=len(data), records=1, torn_tail_bytes=0,
                                 skipped=[(len(FILE_HEADER) + len(before),
-                                          "unknown record [9, 'q', 1]")])
+                                          "unknown record [99, 'q', 1]")])
 
 
 # ------------------------------------------------------------------ the header

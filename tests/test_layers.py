@@ -8,8 +8,9 @@ import pathlib
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-PURE_MODULES = ["broker", "deadlines", "queues", "message", "ids", "errors", "commands",
-                "binary_codec", "text_codec", "service"]
+PURE_MODULES = ["broker", "queue_admin", "replay", "queue_settings", "rates", "deadlines",
+                "queues", "message", "ids", "errors", "commands", "binary_codec", "text_codec",
+                "text_arguments", "text_replies", "service"]
 FORBIDDEN_IN_PURE = {"asyncio", "socket", "time", "os", "selectors", "threading", "uvloop"}
 
 

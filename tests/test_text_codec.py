@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from wonderq_server.broker import Broker
 from wonderq_server.commands import Command, Limits, Rejected
 from wonderq_server.errors import (
     BAD_ARGUMENT,
     BATCH_TOO_LARGE,
+    BODY_TOO_LARGE,
+    FULL,
+    HEADERS_TOO_LARGE,
     INVALID_QUEUE_NAME,
+    LEASE_LOST,
     LINE_TOO_LONG,
     NOT_FOUND,
     UNKNOWN_COMMAND,
@@ -19,7 +22,20 @@ from wonderq_server.text_codec import TEXT_COMMANDS, TextDecoder, TextEncoder, f
 
 LIMITS = Limits()
 SHORT = Limits(max_message_bytes=16)  # max_line_bytes == 1040
-KNOWN = "PUT GET RECEIVE ACK NACK TOUCH STATS PING QUIT"
+KNOWN = ("PUT PUT_MANY GET RECEIVE ACK ACK_MANY NACK NACK_MANY TOUCH CREATE_QUEUE "
+         "CONFIGURE_QUEUE QUEUE_INFO QUEUES PEEK PURGE DELETE_QUEUE REDRIVE MESSAGE_INFO STATS "
+         "PING QUIT")
+PUT_DEFAULTS = {"delay": None, "priority": 0, "headers": None, "expiry": None}
+SETTINGS_NONE = {"visibility_timeout": None, "max_deliveries": None, "dead_letter_queue": None,
+                 "delay": None, "max_length": None, "expiry": None}
+
+
+def put_args(queue: str, body: bytes, **options) -> dict:
+    return {"queue": queue, "body": body, **PUT_DEFAULTS, **options}
+
+
+def item(body: bytes, **options) -> dict:
+    return {"body": body, **PUT_DEFAULTS, **options}
 
 
 def decode(data: bytes, limits: Limits = LIMITS) -> list[Command | Rejected]:
@@ -53,12 +69,23 @@ RECEIVE_DEFAULTS = {"max": 1, "wait": 0.0, "visibility": None}
 # ------------------------------------------------------------------- commands
 
 @pytest.mark.parametrize(("line", "expected"), [
-    (b"PUT q hello", ("put", {"queue": "q", "body": b"hello"})),
+    (b"PUT q hello", ("put", put_args("q", b"hello"))),
     (b"GET q", ("receive", {"queue": "q", **RECEIVE_DEFAULTS})),
     (b"RECEIVE q", ("receive", {"queue": "q", **RECEIVE_DEFAULTS})),
     (b"ACK q 1 2", ("ack", {"queue": "q", "id": 1, "lease": 2})),
     (b"NACK q 1 2", ("nack", {"queue": "q", "id": 1, "lease": 2, "delay": 0.0})),
     (b"TOUCH q 1 2", ("touch", {"queue": "q", "id": 1, "lease": 2, "visibility": None})),
+    (b"ACK_MANY q 1:2", ("ack_many", {"queue": "q", "items": [(1, 2)]})),
+    (b"NACK_MANY q 1:2", ("nack_many", {"queue": "q", "items": [(1, 2)], "delay": 0.0})),
+    (b"CREATE_QUEUE q", ("create_queue", {"queue": "q", **SETTINGS_NONE})),
+    (b"CONFIGURE_QUEUE q", ("configure_queue", {"queue": "q", **SETTINGS_NONE})),
+    (b"QUEUE_INFO q", ("queue_info", {"queue": "q"})),
+    (b"QUEUES", ("queues", {})),
+    (b"PEEK q", ("peek", {"queue": "q", "max": 1})),
+    (b"PURGE q", ("purge", {"queue": "q"})),
+    (b"DELETE_QUEUE q", ("delete_queue", {"queue": "q"})),
+    (b"REDRIVE q", ("redrive", {"queue": "q", "max": None})),
+    (b"MESSAGE_INFO q 7", ("message_info", {"queue": "q", "id": 7})),
     (b"STATS", ("stats", {})),
     (b"PING", ("ping", {})),
     (b"QUIT", ("quit", {})),
@@ -72,8 +99,10 @@ def test_every_command_word(line, expected, case, ending):
 
 def test_command_words_table():
     assert b" ".join(TEXT_COMMANDS).decode() == KNOWN
-    assert set(TEXT_COMMANDS.values()) == {"put", "receive", "ack", "nack", "touch", "stats",
-                                           "ping", "quit"}
+    assert set(TEXT_COMMANDS.values()) == {
+        "put", "put_many", "receive", "ack", "ack_many", "nack", "nack_many", "touch",
+        "create_queue", "configure_queue", "queue_info", "queues", "peek", "purge",
+        "delete_queue", "redrive", "message_info", "stats", "ping", "quit"}
 
 
 def test_one_byte_at_a_time():
@@ -86,7 +115,7 @@ def test_one_byte_at_a_time():
             assert got == [], index
         items.extend(got)
     assert [(i.name, i.args) for i in items] == [
-        ("put", {"queue": "jobs", "body": b"a b c"}),
+        ("put", put_args("jobs", b"a b c")),
         ("receive", {"queue": "jobs", "max": 2, "wait": 0.0, "visibility": None}),
         ("ack", {"queue": "jobs", "id": 5, "lease": 6}),
         ("ping", {}),
@@ -105,7 +134,7 @@ def test_cr_split_from_its_lf():
     decoder = TextDecoder(LIMITS)
     assert decoder.feed(b"PUT q body\r") == []
     assert [(i.name, i.args) for i in decoder.feed(b"\n")] == [
-        ("put", {"queue": "q", "body": b"body"})]
+        ("put", put_args("q", b"body"))]
 
 
 # ------------------------------------------------------------------------ PUT
@@ -122,12 +151,13 @@ def test_cr_split_from_its_lf():
     (b"put q PUT q x\n", b"PUT q x"),
 ])
 def test_put_body_is_the_rest_of_the_line(line, body):
-    assert command(line) == ("put", {"queue": "q", "body": body})
+    assert command(line) == ("put", put_args("q", body))
 
 
 def test_put_without_a_queue():
-    assert rejection(b"PUT\n") == (BAD_ARGUMENT, "PUT needs a queue: PUT <queue> <body>")
-    assert rejection(b"PUT  body\n") == (BAD_ARGUMENT, "PUT needs a queue: PUT <queue> <body>")
+    usage = "PUT needs a queue: PUT <queue> [option=value ...] [--] <body>"
+    assert rejection(b"PUT\n") == (BAD_ARGUMENT, usage)
+    assert rejection(b"PUT  body\n") == (BAD_ARGUMENT, usage)
 
 
 @pytest.mark.parametrize("line", [b"PUT a/b x\n", b"PUT \xffq x\n", b"PUT " + b"q" * 129 + b" x\n"])
@@ -208,7 +238,7 @@ def test_too_many_arguments(line, message):
     (b"GET q wait=301", BAD_ARGUMENT, "wait is 301.0 s, over the limit of 300 s (--max-wait)"),
     (b"GET q max=1001", BATCH_TOO_LARGE, "max is 1001, over the limit of 1000 (--max-batch)"),
     (b"FOO bar", UNKNOWN_COMMAND, f"unknown command 'FOO'; known: {KNOWN}"),
-    (b"PUT_MANY q a", UNKNOWN_COMMAND, f"unknown command 'PUT_MANY'; known: {KNOWN}"),
+    (b"PUT_MANYX q a", UNKNOWN_COMMAND, f"unknown command 'PUT_MANYX'; known: {KNOWN}"),
     (b"PINGX", UNKNOWN_COMMAND, f"unknown command 'PINGX'; known: {KNOWN}"),
 ])
 def test_bad_lines(line, code, message):
@@ -253,7 +283,7 @@ def test_over_long_line_is_reported_once_and_the_next_line_parses(chunk_size):
     assert [type(i) for i in items] == [Command, Rejected, Command, Command]
     assert items[0].name == "ping"
     assert items[1].error.code == LINE_TOO_LONG
-    assert (items[2].name, items[2].args) == ("put", {"queue": "q", "body": b"after"})
+    assert (items[2].name, items[2].args) == ("put", put_args("q", b"after"))
     assert items[3].name == "stats"
 
 
@@ -281,7 +311,7 @@ def test_line_of_exactly_the_limit_parses():
     items = []
     for byte in line + b"\n":
         items.extend(decoder.feed(bytes([byte])))
-    assert [(i.name, i.args) for i in items] == [("put", {"queue": "q", "body": b"b" * 1034})]
+    assert [(i.name, i.args) for i in items] == [("put", put_args("q", b"b" * 1034))]
 
 
 # ---------------------------------------------------------------- non-UTF-8
@@ -305,6 +335,334 @@ def test_unknown_command_message_shows_the_bytes_replaced():
     assert (code, message) == (UNKNOWN_COMMAND, f"unknown command '\ufffdX'; known: {KNOWN}")
 
 
+# ---------------------------------------------------------------- PUT options
+
+@pytest.mark.parametrize(("line", "args"), [
+    (b"PUT q delay=5 hello", put_args("q", b"hello", delay=5.0)),
+    (b"PUT q priority=-3 expiry=60 hello world", put_args("q", b"hello world", priority=-3,
+                                                          expiry=60.0)),
+    (b"PUT q expiry=0 delay=0 x", put_args("q", b"x", delay=0.0, expiry=0.0)),
+    (b"PUT q header.trace=abc header.user=42 body",
+     put_args("q", b"body", headers={"trace": "abc", "user": "42"})),
+    (b"PUT q header.a%20b=c%3Dd%0A%25 x", put_args("q", b"x", headers={"a b": "c=d\n%"})),
+    (b"PUT q header.k=v=w x", put_args("q", b"x", headers={"k": "v=w"})),
+    (b"PUT q header.%C3%A9=%E2%9C%93 x", put_args("q", b"x", headers={"é": "✓"})),
+    (b"PUT q header.empty= x", put_args("q", b"x", headers={"empty": ""})),
+    (b"PUT q -- delay=5 is the body", put_args("q", b"delay=5 is the body")),
+    (b"PUT q delay=1 -- -- x", put_args("q", b"-- x", delay=1.0)),
+    (b"PUT q delay=1 --", put_args("q", b"", delay=1.0)),
+    (b"PUT q --", put_args("q", b"")),
+    (b"PUT q delay=5", put_args("q", b"", delay=5.0)),
+    (b"PUT q delay=5 ", put_args("q", b"", delay=5.0)),
+    (b"PUT q delay=5  two spaces", put_args("q", b" two spaces", delay=5.0)),
+    (b"PUT q body delay=5", put_args("q", b"body delay=5")),
+    (b"PUT q Delay=5 x", put_args("q", b"Delay=5 x")),
+    (b"PUT q delays=5 x", put_args("q", b"delays=5 x")),
+    (b"PUT q headers=5 x", put_args("q", b"headers=5 x")),
+    (b"PUT q visibility=5 x", put_args("q", b"visibility=5 x")),
+    (b"PUT q ---", put_args("q", b"---")),
+])
+def test_put_options(line, args):
+    assert command(line + b"\r\n") == ("put", args)
+
+
+@pytest.mark.parametrize(("line", "code", "message"), [
+    (b"PUT q delay=soon x", BAD_ARGUMENT, "delay must be a number of seconds, got 'soon'"),
+    (b"PUT q delay= x", BAD_ARGUMENT, "delay must be a number of seconds, got ''"),
+    (b"PUT q delay=43201 x", BAD_ARGUMENT,
+     "delay is 43201.0 s, over the limit of 43200 s (--max-delay)"),
+    (b"PUT q priority=1.5 x", BAD_ARGUMENT, "priority must be an integer, got '1.5'"),
+    (b"PUT q priority=2147483648 x", BAD_ARGUMENT,
+     "priority must be from -2147483648 to 2147483647, got 2147483648"),
+    (b"PUT q expiry=-1 x", BAD_ARGUMENT,
+     "expiry must be a finite number of seconds >= 0, got -1.0"),
+    (b"PUT q delay=1 delay=2 x", BAD_ARGUMENT, "delay given twice"),
+    (b"PUT q header.a=1 header.a=2 x", BAD_ARGUMENT, "header 'a' given twice"),
+    (b"PUT q header.a=1 header.%61=2 x", BAD_ARGUMENT, "header 'a' given twice"),
+    (b"PUT q header.=1 x", BAD_ARGUMENT, "headers keys must not be empty"),
+    (b"PUT q header.%ff=1 x", BAD_ARGUMENT,
+     "header key is not UTF-8 once percent-decoded: b'%ff'"),
+    (b"PUT q header.k=\xff x", BAD_ARGUMENT,
+     "header 'k' is not UTF-8 once percent-decoded: b'\\xff'"),
+    (b"PUT q " + b" ".join(b"header.h%d=" % i for i in range(33)) + b" x", HEADERS_TOO_LARGE,
+     "headers has 33 entries, over the limit of 32 (--max-headers)"),
+    (b"PUT q header.k=" + b"v" * 4096 + b" x", HEADERS_TOO_LARGE,
+     "headers are 4097 bytes, over the limit of 4096 (--max-header-bytes)"),
+    (b"PUT bad/q delay=1 x", INVALID_QUEUE_NAME, None),
+])
+def test_bad_put_options(line, code, message):
+    got_code, got_message = rejection(line + b"\n")
+    assert got_code == code
+    if message is not None:
+        assert got_message == message
+
+
+def test_put_options_one_byte_at_a_time():
+    stream = b"PUT q priority=2 header.x=%20 -- body\r\nPING\n"
+    decoder = TextDecoder(LIMITS)
+    items = []
+    for byte in stream:
+        items.extend(decoder.feed(bytes([byte])))
+    assert [(i.name, i.args) for i in items] == [
+        ("put", put_args("q", b"body", priority=2, headers={"x": " "})), ("ping", {})]
+
+
+# ------------------------------------------------------------------- PUT_MANY
+
+def test_put_many_collects_its_body_lines():
+    items = decode(b"PUT_MANY q 3\r\nfirst body\r\n\r\n  spaced  \nPING\n")
+    assert [(i.name, i.args) for i in items] == [
+        ("put_many", {"queue": "q", "bodies": [item(b"first body"), item(b""),
+                                               item(b"  spaced  ")], **PUT_DEFAULTS}),
+        ("ping", {}),
+    ]
+
+
+def test_put_many_body_lines_are_bodies_whatever_they_say():
+    items = decode(b"PUT_MANY q 2\nPING\nPUT_MANY q 5\nQUIT\n")
+    assert [(i.name, i.args) for i in items] == [
+        ("put_many", {"queue": "q", "bodies": [item(b"PING"), item(b"PUT_MANY q 5")],
+                      **PUT_DEFAULTS}),
+        ("quit", {}),
+    ]
+
+
+def test_put_many_options_apply_to_every_body():
+    [got] = decode(b"put_many jobs 2 delay=3 priority=-1 expiry=9 header.k=v%20w\na\nb\n")
+    options = {"delay": 3.0, "priority": -1, "headers": {"k": "v w"}, "expiry": 9.0}
+    assert (got.name, got.args) == ("put_many", {
+        "queue": "jobs", "bodies": [item(b"a", **options), item(b"b", **options)], **options})
+
+
+def test_put_many_whitespace_between_header_words():
+    [got] = decode(b"PUT_MANY   q\t1  priority=4 \nx\n")
+    assert got.args["bodies"] == [item(b"x", priority=4)]
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 5, 13, 1000])
+def test_put_many_in_any_chunks(chunk_size):
+    stream = b"PING\nPUT_MANY q 3 priority=1\r\none\r\ntwo\n\r\nSTATS\r\n"
+    decoder = TextDecoder(LIMITS)
+    items = []
+    for start in range(0, len(stream), chunk_size):
+        items.extend(decoder.feed(stream[start:start + chunk_size]))
+    assert [(i.name, i.args) for i in items] == [
+        ("ping", {}),
+        ("put_many", {"queue": "q", "bodies": [item(b"one", priority=1),
+                                               item(b"two", priority=1),
+                                               item(b"", priority=1)],
+                      **PUT_DEFAULTS, "priority": 1}),
+        ("stats", {}),
+    ]
+
+
+def test_put_many_waits_for_its_last_line():
+    decoder = TextDecoder(LIMITS)
+    assert decoder.feed(b"PUT_MANY q 2\n") == []
+    assert decoder.feed(b"a\n") == []
+    assert decoder.feed(b"b") == []
+    [got] = decoder.feed(b"\n")
+    assert got.args["bodies"] == [item(b"a"), item(b"b")]
+
+
+def test_put_many_body_keeps_binary_bytes():
+    [got] = decode(b"PUT_MANY q 1\n\xff\x00 \t x\r\n")
+    assert got.args["bodies"] == [item(b"\xff\x00 \t x")]
+
+
+@pytest.mark.parametrize(("header", "code", "message"), [
+    (b"PUT_MANY", BAD_ARGUMENT,
+     "PUT_MANY needs queue, count: PUT_MANY <queue> <count> [option=value ...]"),
+    (b"PUT_MANY q", BAD_ARGUMENT,
+     "PUT_MANY needs count: PUT_MANY <queue> <count> [option=value ...]"),
+    (b"PUT_MANY q two", BAD_ARGUMENT, "count must be an integer, got 'two'"),
+    (b"PUT_MANY q 0", BAD_ARGUMENT, "count must be at least 1, got 0"),
+    (b"PUT_MANY q -2", BAD_ARGUMENT, "count must be at least 1, got -2"),
+    (b"PUT_MANY q 1001", BATCH_TOO_LARGE, "count is 1001, over the limit of 1000 (--max-batch)"),
+    (b"PUT_MANY q 99999999999999999999", BATCH_TOO_LARGE,
+     "count is 99999999999999999999, over the limit of 1000 (--max-batch)"),
+    (b"PUT_MANY q 2 body", BAD_ARGUMENT,
+     "too many arguments for PUT_MANY: PUT_MANY <queue> <count> [option=value ...]"),
+    (b"PUT_MANY q 2 max=3", BAD_ARGUMENT, "put_many has no field max"),
+    (b"PUT_MANY q 2 delay=x", BAD_ARGUMENT, "delay must be a number of seconds, got 'x'"),
+    (b"PUT_MANY q 2 priority=1 priority=2", BAD_ARGUMENT, "priority given twice"),
+    (b"PUT_MANY q 2 header.=x", BAD_ARGUMENT, "headers keys must not be empty"),
+    (b"PUT_MANY bad/q 2", INVALID_QUEUE_NAME, None),
+])
+def test_bad_put_many_header_is_one_error_and_swallows_nothing(header, code, message):
+    # The lines after a refused header are read as commands, not as bodies.
+    items = decode(header + b"\r\nPING\r\nACK q 1 2\r\n")
+    assert len(items) == 3, items
+    rejected, ping, ack = items
+    assert isinstance(rejected, Rejected)
+    assert rejected.error.code == code
+    if message is not None:
+        assert rejected.error.message == message
+    assert (ping.name, ack.name) == ("ping", "ack")
+
+
+def test_put_many_count_uses_the_decoders_limits():
+    code, message = rejection(b"PUT_MANY q 4\n", Limits(max_batch=3))
+    assert (code, message) == (BATCH_TOO_LARGE, "count is 4, over the limit of 3 (--max-batch)")
+    [got] = decode(b"PUT_MANY q 3\na\nb\nc\n", Limits(max_batch=3))
+    assert len(got.args["bodies"]) == 3
+
+
+def test_over_long_header_line_is_line_too_long_and_starts_no_block():
+    items = decode(b"PUT_MANY q 2 " + b"x" * 1100 + b"\nPING\nPING\n", SHORT)
+    assert [getattr(i, "name", None) or i.error.code for i in items] == [
+        LINE_TOO_LONG, "ping", "ping"]
+
+
+@pytest.mark.parametrize("chunk_size", [1, 100, 1041, 5000])
+def test_over_long_body_line_is_that_bodys_error(chunk_size):
+    stream = b"PUT_MANY q 3\nok\n" + b"y" * 3000 + b"\nlast\nPING\n"
+    decoder = TextDecoder(SHORT)
+    items = []
+    for start in range(0, len(stream), chunk_size):
+        items.extend(decoder.feed(stream[start:start + chunk_size]))
+    assert [i.name for i in items] == ["put_many", "ping"]
+    first, bad, last = items[0].args["bodies"]
+    assert (first, last) == (item(b"ok"), item(b"last"))
+    assert type(bad) is CommandError
+    assert bad.code == BODY_TOO_LARGE
+    assert bad.message == ("body line is over 1040 bytes, over the limit of 16 "
+                           "(--max-message-bytes); skipped")
+
+
+def test_over_long_last_body_line_ends_the_block_at_once():
+    decoder = TextDecoder(SHORT)
+    assert decoder.feed(b"PUT_MANY q 1\n") == []
+    [got] = decoder.feed(b"z" * 1041)
+    assert got.args["bodies"][0].code == BODY_TOO_LARGE
+    assert decoder.feed(b"z" * 5000 + b"\n") == []
+    assert [i.name for i in decoder.feed(b"PING\n")] == ["ping"]
+
+
+def test_put_many_bodies_over_the_frame_limit_together_are_refused_whole():
+    limits = Limits(max_message_bytes=100, max_frame_bytes=250)
+    decoder = TextDecoder(limits)
+    items = decoder.feed(b"PUT_MANY q 4\n" + (b"b" * 100 + b"\n") * 4 + b"PING\n")
+    assert len(items) == 2
+    assert isinstance(items[0], Rejected)
+    assert items[0].error.code == BATCH_TOO_LARGE
+    assert items[0].error.message == ("the 4 bodies are over 250 bytes together "
+                                      "(--max-frame-bytes); nothing was stored")
+    assert items[1].name == "ping"
+    [got] = decoder.feed(b"PUT_MANY q 2\n" + (b"b" * 100 + b"\n") * 2)
+    assert got.name == "put_many"
+
+
+# ------------------------------------------------------------ ACK_MANY, NACK_MANY
+
+@pytest.mark.parametrize(("line", "expected"), [
+    (b"ACK_MANY q 1:2 3:4", ("ack_many", {"queue": "q", "items": [(1, 2), (3, 4)]})),
+    (b"ack_many q 18446744073709551615:0",
+     ("ack_many", {"queue": "q", "items": [(2**64 - 1, 0)]})),
+    (b"ACK_MANY queue=q 1:2", ("ack_many", {"queue": "q", "items": [(1, 2)]})),
+    (b"NACK_MANY q delay=5 1:2 3:4",
+     ("nack_many", {"queue": "q", "items": [(1, 2), (3, 4)], "delay": 5.0})),
+    (b"NACK_MANY q 1:2 delay=0.5",
+     ("nack_many", {"queue": "q", "items": [(1, 2)], "delay": 0.5})),
+])
+def test_lease_item_commands(line, expected):
+    assert command(line + b"\n") == expected
+
+
+def test_unreadable_lease_items_are_their_own_errors():
+    [got] = decode(b"ACK_MANY q 1:2 x 3: :4 -1:2 5:6:7 1.5:2 8:9\n")
+    items = got.args["items"]
+    assert items[0] == (1, 2) and items[-1] == (8, 9)
+    assert [(e.code, e.message) for e in items[1:-1]] == [
+        (BAD_ARGUMENT, "items[1] must be <id>:<lease>, got 'x'"),
+        (BAD_ARGUMENT, "items[2].lease must be an integer, got ''"),
+        (BAD_ARGUMENT, "items[3].id must be an integer, got ''"),
+        (BAD_ARGUMENT, "items[4].id must not be negative, got -1"),
+        (BAD_ARGUMENT, "items[5].lease must be an integer, got '6:7'"),
+        (BAD_ARGUMENT, "items[6].id must be an integer, got '1.5'"),
+    ]
+
+
+@pytest.mark.parametrize(("line", "code", "message"), [
+    (b"ACK_MANY", BAD_ARGUMENT, "ACK_MANY needs queue: ACK_MANY <queue> <id>:<lease> ..."),
+    (b"NACK_MANY delay=1", BAD_ARGUMENT,
+     "NACK_MANY needs queue: NACK_MANY <queue> [delay=S] <id>:<lease> ..."),
+    (b"ACK_MANY q", BAD_ARGUMENT, "items must not be empty"),
+    (b"ACK_MANY q delay=1 1:2", BAD_ARGUMENT, "ack_many has no field delay"),
+    (b"ACK_MANY q items=1:2", BAD_ARGUMENT, "ACK_MANY takes its items as <id>:<lease> words"),
+    (b"NACK_MANY q delay=x 1:2", BAD_ARGUMENT, "delay must be a number of seconds, got 'x'"),
+    (b"NACK_MANY q delay=1 delay=2 1:2", BAD_ARGUMENT, "delay given twice"),
+    (b"ACK_MANY bad/q 1:2", INVALID_QUEUE_NAME, None),
+    (b"ACK_MANY q " + b" ".join([b"1:2"] * 1001), BATCH_TOO_LARGE,
+     "items has 1001 items, over the limit of 1000 (--max-batch)"),
+])
+def test_bad_lease_item_lines(line, code, message):
+    got_code, got_message = rejection(line + b"\n")
+    assert got_code == code
+    if message is not None:
+        assert got_message == message
+
+
+# ------------------------------------------------------------ queue commands
+
+@pytest.mark.parametrize(("line", "expected"), [
+    (b"CREATE_QUEUE q visibility_timeout=60 max_deliveries=5 dead_letter_queue=q.dlq "
+     b"delay=2 max_length=1000 expiry=86400",
+     ("create_queue", {"queue": "q", "visibility_timeout": 60.0, "max_deliveries": 5,
+                       "dead_letter_queue": "q.dlq", "delay": 2.0, "max_length": 1000,
+                       "expiry": 86400.0})),
+    (b"CONFIGURE_QUEUE q max_length=0", ("configure_queue", {"queue": "q", **SETTINGS_NONE,
+                                                             "max_length": 0})),
+    (b"CONFIGURE_QUEUE q max_deliveries=0 dead_letter_queue=",
+     ("configure_queue", {"queue": "q", **SETTINGS_NONE, "max_deliveries": 0,
+                          "dead_letter_queue": ""})),
+    (b"CREATE_QUEUE queue=q expiry=0", ("create_queue", {"queue": "q", **SETTINGS_NONE,
+                                                         "expiry": 0.0})),
+    (b"PEEK q 10", ("peek", {"queue": "q", "max": 10})),
+    (b"PEEK q max=10", ("peek", {"queue": "q", "max": 10})),
+    (b"REDRIVE q 5000", ("redrive", {"queue": "q", "max": 5000})),
+    (b"REDRIVE q max=1", ("redrive", {"queue": "q", "max": 1})),
+    (b"MESSAGE_INFO q id=18446744073709551615", ("message_info", {"queue": "q",
+                                                                  "id": 2**64 - 1})),
+])
+def test_queue_commands(line, expected):
+    assert command(line + b"\n") == expected
+
+
+@pytest.mark.parametrize(("line", "code", "message"), [
+    (b"CREATE_QUEUE", BAD_ARGUMENT, "CREATE_QUEUE needs queue: CREATE_QUEUE <queue>"),
+    (b"CREATE_QUEUE q 60", BAD_ARGUMENT,
+     "too many arguments for CREATE_QUEUE: CREATE_QUEUE <queue> [setting=value ...]"),
+    (b"CONFIGURE_QUEUE q 60", BAD_ARGUMENT,
+     "too many arguments for CONFIGURE_QUEUE: CONFIGURE_QUEUE <queue> [setting=value ...]"),
+    (b"CREATE_QUEUE q max_lenght=3", BAD_ARGUMENT, "create_queue has no field max_lenght"),
+    (b"CREATE_QUEUE q max_length=-1", BAD_ARGUMENT, "max_length must not be negative, got -1"),
+    (b"CREATE_QUEUE q max_deliveries=x", BAD_ARGUMENT,
+     "max_deliveries must be an integer, got 'x'"),
+    (b"CREATE_QUEUE q visibility_timeout=43201", BAD_ARGUMENT,
+     "visibility_timeout is 43201.0 s, over the limit of 43200 s (--max-visibility-timeout)"),
+    (b"CREATE_QUEUE q expiry=inf", BAD_ARGUMENT,
+     "expiry must be a finite number of seconds >= 0, got inf"),
+    (b"CREATE_QUEUE q dead_letter_queue=bad/name", INVALID_QUEUE_NAME, None),
+    (b"QUEUE_INFO", BAD_ARGUMENT, "QUEUE_INFO needs queue: QUEUE_INFO <queue>"),
+    (b"QUEUE_INFO q x", BAD_ARGUMENT, "too many arguments for QUEUE_INFO: QUEUE_INFO <queue>"),
+    (b"QUEUES q", BAD_ARGUMENT, "too many arguments for QUEUES: QUEUES "),
+    (b"PEEK q 1001", BATCH_TOO_LARGE, "max is 1001, over the limit of 1000 (--max-batch)"),
+    (b"PEEK q 0", BAD_ARGUMENT, "max must be at least 1, got 0"),
+    (b"PURGE", BAD_ARGUMENT, "PURGE needs queue: PURGE <queue>"),
+    (b"DELETE_QUEUE q now", BAD_ARGUMENT,
+     "too many arguments for DELETE_QUEUE: DELETE_QUEUE <queue>"),
+    (b"REDRIVE q 0", BAD_ARGUMENT, "max must be at least 1, got 0"),
+    (b"MESSAGE_INFO q", BAD_ARGUMENT, "MESSAGE_INFO needs id: MESSAGE_INFO <queue> <id>"),
+    (b"MESSAGE_INFO q x", BAD_ARGUMENT, "id must be an integer, got 'x'"),
+])
+def test_bad_queue_command_lines(line, code, message):
+    got_code, got_message = rejection(line + b"\n")
+    assert got_code == code
+    if message is not None:
+        assert got_message == message
+
+
 # -------------------------------------------------------------------- encoder
 
 def test_put_reply():
@@ -326,28 +684,55 @@ def test_ping_and_quit_replies():
     assert encoder.result(Command("quit", {}), None) == b"BYE\r\n"
 
 
+class FakeMessage:
+    """What the encoder reads of a delivered message (server Message attributes)."""
+
+    def __init__(self, id, body, lease=None, deliveries=1, enqueued_at=1000.0, priority=0,
+                 headers=None, origin=None):
+        self.id, self.body, self.lease, self.deliveries = id, body, lease, deliveries
+        self.enqueued_at, self.priority, self.headers, self.origin = (
+            enqueued_at, priority, headers, origin)
+
+
 def test_receive_reply_blocks():
-    broker = Broker()
-    broker.put("q", b"hello world", 1000.0)
-    broker.put("q", b"line\r\nEND\r\n\xff", 1000.25)
-    messages = broker.receive("q", 10, None, 1001.0)
-    a, b = messages
-    reply = TextEncoder().result(Command("receive", {}), messages)
+    a = FakeMessage(11, b"hello world", lease=12, enqueued_at=1000.0)
+    b = FakeMessage(13, b"line\r\nEND\r\n\xff", lease=14, deliveries=3, enqueued_at=1000.25)
+    reply = TextEncoder().result(Command("receive", {}), [a, b])
     assert reply == (
-        b"MSG %d %d 1 1000.000 11\r\nhello world\r\n" % (a.id, a.lease)
-        + b"MSG %d %d 1 1000.250 12\r\nline\r\nEND\r\n\xff\r\n" % (b.id, b.lease)
-        + b"END\r\n"
+        b"MSG 11 12 1 1000.000 11\r\nhello world\r\n"
+        b"MSG 13 14 3 1000.250 12\r\nline\r\nEND\r\n\xff\r\n"
+        b"END\r\n"
     )
 
 
-def test_receive_reply_counts_redeliveries():
-    broker = Broker(visibility_timeout_s=1.0)
-    broker.put("q", b"x", 1000.0)
-    broker.receive("q", 1, None, 1000.0)
-    broker.advance(1001.0)
-    [message] = broker.receive("q", 1, None, 1001.0)
-    reply = TextEncoder().result(Command("receive", {}), [message])
-    assert reply == b"MSG %d %d 2 1000.000 1\r\nx\r\nEND\r\n" % (message.id, message.lease)
+def test_msg_line_extras_only_when_not_default():
+    m = FakeMessage(5, b"x", lease=6, deliveries=2, enqueued_at=1.0, priority=-4,
+                    headers={"trace id": "a=b", "é": "1\r\n2", "k": ""},
+                    origin=("jobs.in", 1700000000.1234))
+    reply = TextEncoder().result(Command("receive", {}), [m])
+    assert reply == (
+        b"MSG 5 6 2 1.000 1 priority=-4 dead_letter=jobs.in dead_lettered_at=1700000000.123 "
+        b"header.trace%20id=a%3Db header.%C3%A9=1%0D%0A2 header.k=\r\nx\r\nEND\r\n")
+    plain = TextEncoder().result(Command("receive", {}), [FakeMessage(5, b"x", lease=6,
+                                                                       headers={})])
+    assert plain == b"MSG 5 6 1 1000.000 1\r\nx\r\nEND\r\n"
+
+
+def test_msg_line_positive_priority_and_headers_alone():
+    m = FakeMessage(5, b"", lease=6, priority=2**31 - 1)
+    assert TextEncoder().result(Command("receive", {}), [m]) == (
+        b"MSG 5 6 1 1000.000 0 priority=2147483647\r\n\r\nEND\r\n")
+    m = FakeMessage(5, b"", lease=6, headers={"/": "%"})
+    assert TextEncoder().result(Command("receive", {}), [m]) == (
+        b"MSG 5 6 1 1000.000 0 header.%2F=%25\r\n\r\nEND\r\n")
+
+
+def test_peek_reply_prints_lease_zero():
+    # A peeked message may hold a stale lease from an earlier delivery; it is never shown.
+    m = FakeMessage(5, b"abc", lease=99, deliveries=1, priority=1)
+    assert TextEncoder().result(Command("peek", {}), [m]) == (
+        b"MSG 5 0 1 1000.000 3 priority=1\r\nabc\r\nEND\r\n")
+    assert TextEncoder().result(Command("peek", {}), []) == b"END\r\n"
 
 
 def test_empty_receive_reply():
@@ -401,3 +786,118 @@ def test_every_decoder_rejection_encodes_as_one_line():
 def test_flatten():
     assert flatten({"a": 1, "b": {"c": 2, "d": {"e": "x"}}, "f": {}}) == [
         ("a", 1), ("b.c", 2), ("b.d.e", "x")]
+
+
+# ------------------------------------------------------------ new reply shapes
+
+def test_put_many_reply_one_line_per_item():
+    results = [101, CommandError(BODY_TOO_LARGE, "message body is 9 bytes"), 102,
+               CommandError(FULL, "queue 'q' holds\r\n10 messages")]
+    assert TextEncoder().result(Command("put_many", {}), results) == (
+        b"OK 101\r\n"
+        b"ERR BODY_TOO_LARGE message body is 9 bytes\r\n"
+        b"OK 102\r\n"
+        b"ERR FULL queue 'q' holds  10 messages\r\n"
+        b"END\r\n")
+
+
+@pytest.mark.parametrize("name", ["ack_many", "nack_many"])
+def test_lease_item_replies_one_line_per_item(name):
+    results = [None, CommandError(NOT_FOUND, "no message 5 in queue 'q'"), None,
+               CommandError(LEASE_LOST, "delivered again")]
+    assert TextEncoder().result(Command(name, {}), results) == (
+        b"OK\r\n"
+        b"ERR NOT_FOUND no message 5 in queue 'q'\r\n"
+        b"OK\r\n"
+        b"ERR LEASE_LOST delivered again\r\n"
+        b"END\r\n")
+
+
+@pytest.mark.parametrize("name", ["purge", "delete_queue", "redrive"])
+def test_count_replies(name):
+    assert TextEncoder().result(Command(name, {}), 0) == b"OK 0\r\n"
+    assert TextEncoder().result(Command(name, {}), 1234) == b"OK 1234\r\n"
+
+
+@pytest.mark.parametrize("name", ["create_queue", "configure_queue"])
+def test_settings_reply(name):
+    settings = {"visibility_timeout": 0.0, "max_deliveries": 5, "dead_letter_queue": "q.dlq",
+                "delay": 2.5, "max_length": 0, "expiry": 0.0}
+    assert TextEncoder().result(Command(name, {}), settings) == (
+        b"visibility_timeout: 0.0\r\n"
+        b"max_deliveries: 5\r\n"
+        b"dead_letter_queue: q.dlq\r\n"
+        b"delay: 2.5\r\n"
+        b"max_length: 0\r\n"
+        b"expiry: 0.0\r\n"
+        b"END\r\n")
+    settings["dead_letter_queue"] = ""
+    assert b"\r\ndead_letter_queue: \r\n" in TextEncoder().result(Command(name, {}), settings)
+
+
+def test_queue_info_reply():
+    info = {"queue": "jobs", "explicit": False, "max_length": 10, "ready": 3, "put_rate": 0.4,
+            "oldest_age_s": 12.25}
+    assert TextEncoder().result(Command("queue_info", {}), info) == (
+        b"queue: jobs\r\n"
+        b"explicit: false\r\n"
+        b"max_length: 10\r\n"
+        b"ready: 3\r\n"
+        b"put_rate: 0.4\r\n"
+        b"oldest_age_s: 12.25\r\n"
+        b"END\r\n")
+
+
+def test_message_info_reply():
+    info = {"id": 5, "queue": "q", "state": "leased", "deliveries": 2, "priority": -1,
+            "enqueued_at": 1000.5, "deadline_at": 1030.1234, "expires_at": None,
+            "body_bytes": 11, "headers": {"trace id": "a\r\nb", "k": "v"},
+            "dead_letter": ["jobs", 1020.0]}
+    assert TextEncoder().result(Command("message_info", {}), info) == (
+        b"id: 5\r\n"
+        b"queue: q\r\n"
+        b"state: leased\r\n"
+        b"deliveries: 2\r\n"
+        b"priority: -1\r\n"
+        b"enqueued_at: 1000.500\r\n"
+        b"deadline_at: 1030.123\r\n"
+        b"expires_at: \r\n"
+        b"body_bytes: 11\r\n"
+        b"headers.trace%20id: a%0D%0Ab\r\n"
+        b"headers.k: v\r\n"
+        b"dead_letter: jobs\r\n"
+        b"dead_lettered_at: 1020.000\r\n"
+        b"END\r\n")
+
+
+def test_message_info_reply_without_headers_or_origin():
+    info = {"id": 5, "headers": {}, "dead_letter": None, "deadline_at": None}
+    assert TextEncoder().result(Command("message_info", {}), info) == (
+        b"id: 5\r\n"
+        b"dead_letter: \r\n"
+        b"dead_lettered_at: \r\n"
+        b"deadline_at: \r\n"
+        b"END\r\n")
+
+
+def test_stats_names_that_look_special_are_not():
+    # Only a message's own "headers" and "dead_letter" are rendered specially.
+    stats = {"server": {"queues": 2}, "queues": {"headers": {"ready": 1},
+                                                 "dead_letter": {"ready": 0}}}
+    assert TextEncoder().result(Command("stats", {}), stats) == (
+        b"server.queues: 2\r\n"
+        b"queues.headers.ready: 1\r\n"
+        b"queues.dead_letter.ready: 0\r\n"
+        b"END\r\n")
+
+
+def test_queues_reply():
+    rows = [{"queue": "a", "explicit": True, "messages": 3, "ready": 1, "in_flight": 1,
+             "delayed": 1},
+            {"queue": "b.dlq", "explicit": False, "messages": 0, "ready": 0, "in_flight": 0,
+             "delayed": 0}]
+    assert TextEncoder().result(Command("queues", {}), rows) == (
+        b"QUEUE a messages=3 ready=1 in_flight=1 delayed=1 explicit=true\r\n"
+        b"QUEUE b.dlq messages=0 ready=0 in_flight=0 delayed=0 explicit=false\r\n"
+        b"END\r\n")
+    assert TextEncoder().result(Command("queues", {}), []) == b"END\r\n"

@@ -8,6 +8,10 @@ big-endian length followed by that many bytes of msgpack:
     reply    [request_id, nil, result]            on success
              [request_id, [code, message], nil]   on error
 
+A batch command (put_many, ack_many, nack_many) succeeds as a whole and
+reports on each item in its result: the item's value, or [code, message]
+for an item that failed.
+
 Replies may come back in any order; the request id pairs them up (a client
 picks ids, any msgpack value; the client library uses integers).
 
@@ -123,8 +127,13 @@ class BinaryEncoder:
         self._packer = msgpack.Packer(use_bin_type=True)
 
     def result(self, command: Command, result: Any) -> bytes:
-        if command.name == "receive":
+        name = command.name
+        if name == "receive":
             result = [delivery_fields(m) for m in result]
+        elif name == "peek":
+            result = [peek_fields(m) for m in result]
+        elif name in PER_ITEM_COMMANDS:
+            result = [item_result(r) for r in result]
         return self._frame([command.request_id, None, result])
 
     def error(self, request_id: Any, error: WonderQError) -> bytes:
@@ -135,14 +144,37 @@ class BinaryEncoder:
         return len(payload).to_bytes(HEADER_BYTES, "big") + payload
 
 
+# Commands whose result is a list with one entry per item of the request.
+PER_ITEM_COMMANDS = frozenset({"put_many", "ack_many", "nack_many"})
+
+
 def delivery_fields(message: Any) -> list[Any]:
     """delivery_fields is how one delivered message travels: a positional array.
 
     Positions, not names, because a receive may carry a thousand of them:
-    [id, body, lease, deliveries, enqueued_at]. New fields are only ever
-    appended, so old clients keep working.
+    [id, body, lease, deliveries, enqueued_at, priority, headers,
+    dead_letter]. `headers` is a map, or nil when there are none;
+    `dead_letter` is [origin_queue, moved_at] for a dead-lettered message,
+    else nil. New fields are only ever appended, so old clients keep working.
     """
-    return [message.id, message.body, message.lease, message.deliveries, message.enqueued_at]
+    origin = message.origin
+    return [message.id, message.body, message.lease, message.deliveries, message.enqueued_at,
+            message.priority, message.headers or None,
+            [origin[0], origin[1]] if origin is not None else None]
+
+
+def peek_fields(message: Any) -> list[Any]:
+    """peek_fields: a delivery's array with lease nil (a peek hands out no lease)."""
+    fields = delivery_fields(message)
+    fields[2] = None
+    return fields
+
+
+def item_result(result: Any) -> Any:
+    """item_result is one entry of a per-item reply: the value, or [code, message]."""
+    if isinstance(result, WonderQError):
+        return [result.code, result.message]
+    return result
 
 
 def encode_request(request_id: Any, name: str, args: dict[str, Any]) -> bytes:

@@ -4,30 +4,42 @@ Design decision: the broker is plain Python with no I/O and no clock. Every
 operation takes `now` (seconds since the epoch, a float) from its caller, so
 the whole queueing behaviour is unit-tested with numbers as the clock and no
 sleeping. The server calls `advance(now)` when the one timer it keeps, armed
-at `next_deadline()`, fires.
+at `next_deadline()`, fires. This module is the message path (put, receive,
+ack, nack, touch, deadlines, dead-lettering, expiry); commands about whole
+queues live in queue_admin.py, and the replay of journal records in replay.py.
 
 Rules:
 * A message is in exactly one state (message.py) and is counted in exactly
-  one of its queue's counters. `_detach` and the `_make_*` functions are the
-  only code that moves a message between states, so counters cannot drift.
+  one of its queue's counters. `_detach`, the `_make_*` functions, `_drop`
+  and `_move` are the only code that moves a message between states or
+  queues, so counters cannot drift.
 * Only the lease of the latest delivery can ack, nack or touch a message.
   A lease that ran out still works until the message is delivered again
   (late ack); after that every older lease gets LEASE_LOST and changes
   nothing, so a slow consumer can never delete a message someone else holds.
-  A message that is gone (acked, or never existed) gets NOT_FOUND.
+  A message that is gone (acked, expired, moved to another queue, or never
+  existed) gets NOT_FOUND.
 * Leases belong to the message, not to a connection.
 * Waiters are served first come first served the moment a message becomes
-  ready (put, nack, lease or delay running out), so a queue never has both a
-  ready message and a live waiter. `deliver` callbacks run inside broker
-  calls and must not call back into the broker.
-* Deadlines that pass are handled in deadline order; messages whose leases
-  run out go back into the ready order under their own id.
+  ready (put, nack, lease or delay running out, a move), so a queue never has
+  both a ready message and a live waiter. `deliver` callbacks run inside
+  broker calls and must not call back into the broker.
+* A delivery that ends without an ack (its lease runs out, or a nack) is
+  where dead-lettering and expiry are decided, at once (`_end_delivery`):
+  the message expires if its time has passed, else moves to the dead-letter
+  queue if it reached max_deliveries, else becomes ready (or delayed).
+* Expiry never takes a message from a consumer: an expiry that passes while
+  the message is leased is acted on when that lease ends without an ack.
+* Puts are refused with FULL, storing nothing, when the queue is at its
+  max_length or the accounted memory of all messages would pass
+  `max_memory_bytes`. Moves (dead-lettering, redrive) never count against a
+  max_length: refusing them would mean dropping the message.
 
 * Every change of state that must survive a restart is reported to the
-  `journal` (if one is attached) as it happens: `put(msg)`, `state(msg)`
-  (leased, given back, touched), `ack(msg)`. Lease and delay expiry are not
-  reported: they follow from the recorded deadline. `restore_*` applies those
-  same records when the journal is replayed at start-up.
+  `journal` (if one is attached) as it happens (ChangeLog below). Lease,
+  delay and expiry deadlines are not reported when they pass: they follow
+  from the recorded times, and a restart replays them through `advance`.
+  replay.py applies those records when the journal is replayed.
 
 Must not know: sockets, asyncio, wire formats, the clock, the journal's file
 format.
@@ -40,13 +52,32 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from .deadlines import DeadlineHeap
-from .errors import BODY_TOO_LARGE, LEASE_LOST, NOT_FOUND, CommandError
+from .errors import (
+    BODY_TOO_LARGE,
+    FULL,
+    LEASE_LOST,
+    NOT_FOUND,
+    TOO_MANY_QUEUES,
+    CommandError,
+)
 from .ids import IdSequence
-from .message import DELAYED, DELETED, LEASED, READY, Message
+from .message import (
+    DELAYED,
+    DELETED,
+    ID_MASK,
+    LEASED,
+    MESSAGE_OVERHEAD_BYTES,
+    READY,
+    ExpiryTimer,
+    Message,
+)
+from .queue_admin import QueueAdmin
 from .queues import Queue, Waiter, check_queue_name
+from .replay import Replay
 
 DEFAULT_VISIBILITY_TIMEOUT_S = 30.0
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
+DEFAULT_MAX_QUEUES = 10_000
 
 # A ready heap is rebuilt when its entries outnumber its ready messages by more
 # than this factor plus slack. Stale entries are left by late acks, touches and
@@ -62,15 +93,24 @@ class ChangeLog(Protocol):
     def put(self, msg: Message) -> None: ...
     def state(self, msg: Message) -> None: ...
     def ack(self, msg: Message) -> None: ...
+    def move(self, msg: Message, from_queue: str) -> None: ...
+    def queue_settings(self, q: Queue) -> None: ...
+    def purge(self, q: Queue) -> None: ...
+    def delete_queue(self, q: Queue) -> None: ...
 
 
-class Broker:
+class Broker(QueueAdmin, Replay):
     journal: ChangeLog | None = None
 
     def __init__(self, *, visibility_timeout_s: float = DEFAULT_VISIBILITY_TIMEOUT_S,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 max_queues: int = DEFAULT_MAX_QUEUES,
+                 max_memory_bytes: int = 0) -> None:
         self.visibility_timeout_s = visibility_timeout_s
         self.max_message_bytes = max_message_bytes
+        self.max_queues = max_queues
+        self.max_memory_bytes = max_memory_bytes  # 0: no limit
+        self.stored_bytes = 0  # accounted memory of every stored message
         self.queues: dict[str, Queue] = {}
         self.deadlines = DeadlineHeap()
         self.ids = IdSequence()
@@ -86,7 +126,18 @@ class Broker:
         """
         q = self.queues.get(name) if isinstance(name, str) else None
         if q is None:
-            q = self.queues[name] = Queue(check_queue_name(name))
+            check_queue_name(name)
+            if len(self.queues) >= self.max_queues:
+                raise CommandError(TOO_MANY_QUEUES, f"the server has {len(self.queues)} "
+                                   f"queues, the limit (--max-queues); delete one first")
+            q = self.queues[name] = Queue(name)
+        return q
+
+    def _restored_queue(self, name: str) -> Queue:
+        """_restored_queue is `queue` for replay: what the journal holds was allowed."""
+        q = self.queues.get(name)
+        if q is None:
+            q = self.queues[name] = Queue(name)
         return q
 
     def _existing_message(self, name: str, message_id: int, lease: int) -> Message:
@@ -95,7 +146,7 @@ class Broker:
         msg = q.messages.get(message_id) if q is not None else None
         if msg is None:
             raise CommandError(NOT_FOUND, f"no message {message_id} in queue {name!r}"
-                               " (acked already, or never put)")
+                               " (acked, expired or moved already, or never put)")
         if msg.lease != lease:
             raise CommandError(LEASE_LOST, f"lease {lease} no longer holds message "
                                f"{message_id}: it has been delivered again since")
@@ -103,45 +154,95 @@ class Broker:
 
     # -------------------------------------------------------------------- put
 
-    def put(self, name: str, body: bytes, now: float) -> int:
-        """put stores one message and returns its id; nothing is stored on error."""
-        self._check_body(body)
+    def put(self, name: str, body: bytes, now: float, *, delay: float | None = None,
+            priority: int = 0, headers: dict[str, str] | None = None,
+            expiry: float | None = None) -> int:
+        """put stores one message and returns its id; nothing is stored on error.
+
+        `delay` and `expiry` None take the queue's settings; an expiry of 0
+        means never.
+        """
+        self._check_body(body)  # before the queue is made: a refused put leaves no trace
         q = self.queue(name)
-        msg_id = self._store(q, body, now)
-        if q.waiters:
+        msg_id = self._store(q, body, now, delay, priority or 0, headers, expiry)
+        if q.waiters and q.ready_count:
             self._serve_waiters(q, now)
         return msg_id
 
-    def put_many(self, name: str, bodies: Sequence[bytes], now: float) -> list[int]:
-        """put_many stores all bodies, or none of them if any is refused."""
-        for body in bodies:
-            self._check_body(body)
+    def put_many(self, name: str, items: Sequence[bytes | dict[str, Any] | CommandError],
+                 now: float) -> list[int | CommandError]:
+        """put_many stores each item on its own: a result per item, an id or the error.
+
+        An item is a body, or a dict {"body", "delay", "priority", "headers",
+        "expiry"} (None: the default). An item that is already a CommandError
+        (refused by the request checks) stays its own result. Items are
+        stored in order, so when the queue fills up, the first items are the
+        ones stored.
+        """
         q = self.queue(name)
-        ids = [self._store(q, body, now) for body in bodies]
-        if q.waiters:
+        results: list[int | CommandError] = []
+        for item in items:
+            if isinstance(item, CommandError):
+                results.append(item)
+                continue
+            if isinstance(item, bytes):
+                item = {"body": item}
+            try:
+                results.append(self._store(q, item["body"], now, item.get("delay"),
+                                           item.get("priority") or 0, item.get("headers"),
+                                           item.get("expiry")))
+            except CommandError as exc:
+                results.append(exc)
+        if q.waiters and q.ready_count:
             self._serve_waiters(q, now)
-        return ids
+        return results
+
+    def _store(self, q: Queue, body: bytes, now: float, delay: float | None, priority: int,
+               headers: dict[str, str] | None, expiry: float | None) -> int:
+        self._check_body(body)
+        if q.is_full():
+            raise CommandError(FULL, f"queue {q.name!r} holds {len(q.messages)} messages, its "
+                               "max_length; nothing was stored (retry after consumers catch up)")
+        msg = Message(0, body, now, q, priority, headers or None)
+        cost = self._cost(msg)
+        if self.max_memory_bytes and self.stored_bytes + cost > self.max_memory_bytes:
+            raise CommandError(FULL, f"the server's stored messages take {self.stored_bytes} "
+                               f"of {self.max_memory_bytes} bytes (--max-memory); nothing was "
+                               "stored (retry after consumers catch up)")
+        msg.id = self.ids.next(now)  # only now: a refused put uses no id
+        self.stored_bytes += cost
+        q.messages[msg.id] = msg
+        q.put_total += 1
+        q.body_bytes += len(body)
+        settings = q.settings
+        if expiry is None:
+            expiry = settings.expiry
+        if expiry:
+            self._set_expiry(msg, now + expiry)
+        if delay is None:
+            delay = settings.delay
+        if delay:
+            self._make_delayed(msg, now + delay)
+        else:
+            self._make_ready(msg)
+        if self.journal is not None:
+            self.journal.put(msg)
+        return msg.id
 
     def _check_body(self, body: bytes) -> None:
         if len(body) > self.max_message_bytes:
             raise CommandError(BODY_TOO_LARGE, f"message body is {len(body)} bytes, over the "
                                f"limit of {self.max_message_bytes} (--max-message-bytes)")
 
-    def _store(self, q: Queue, body: bytes, now: float) -> int:
-        msg = Message(self.ids.next(now), body, now, q)
-        q.messages[msg.id] = msg
-        q.put_total += 1
-        q.body_bytes += len(body)
-        self._make_ready(msg)
-        if self.journal is not None:
-            self.journal.put(msg)
-        return msg.id
+    @staticmethod
+    def _cost(msg: Message) -> int:
+        return len(msg.body) + msg.header_bytes() + MESSAGE_OVERHEAD_BYTES
 
     # ---------------------------------------------------------------- receive
 
     def receive(self, name: str, max_messages: int, visibility_s: float | None,
                 now: float) -> list[Message]:
-        """receive leases up to `max_messages` ready messages, oldest first.
+        """receive leases up to `max_messages` ready messages, by priority then age.
 
         The returned messages are the live objects; the caller must encode
         them before calling into the broker again.
@@ -149,7 +250,7 @@ class Broker:
         q = self.queue(name)
         if not q.ready_count:
             return []
-        return self._take(q, max_messages, self._visibility(visibility_s), now)
+        return self._take(q, max_messages, self._visibility(q, visibility_s), now)
 
     def wait(self, name: str, max_messages: int, visibility_s: float | None, until: float,
              deliver: Callable[[list[Message]], None], now: float) -> Waiter:
@@ -159,7 +260,7 @@ class Broker:
         with the leased messages, or with [] when the wait runs out.
         """
         q = self.queue(name)
-        waiter = Waiter(q, max_messages, self._visibility(visibility_s), until, deliver)
+        waiter = Waiter(q, max_messages, self._visibility(q, visibility_s), until, deliver)
         q.waiters.append(waiter)
         self.deadlines.push(until, waiter)
         if q.ready_count:
@@ -173,15 +274,18 @@ class Broker:
         self._finish_waiter(waiter)
         waiter.queue.waiter_gone()
 
-    def _visibility(self, visibility_s: float | None) -> float:
-        return self.visibility_timeout_s if visibility_s is None else visibility_s
+    def _visibility(self, q: Queue, visibility_s: float | None) -> float:
+        """_visibility: the receive's own, else the queue's setting, else the server's."""
+        if visibility_s is not None:
+            return visibility_s
+        return q.settings.visibility_timeout or self.visibility_timeout_s
 
     def _take(self, q: Queue, max_messages: int, visibility_s: float,
               now: float) -> list[Message]:
         taken: list[Message] = []
         ready, messages = q.ready, q.messages
         while q.ready_count and len(taken) < max_messages:
-            msg = messages.get(heapq.heappop(ready))
+            msg = messages.get(heapq.heappop(ready) & ID_MASK)
             if msg is None or msg.state != READY:
                 continue  # a stale entry: acked late, or already leased again
             self._detach(msg)
@@ -214,28 +318,28 @@ class Broker:
     def ack(self, name: str, message_id: int, lease: int, now: float) -> None:
         """ack deletes a message for good; only its latest lease may do so."""
         msg = self._existing_message(name, message_id, lease)
-        q = msg.queue
-        self._detach(msg)
-        msg.state = DELETED
-        del q.messages[message_id]
-        q.acked_total += 1
-        q.body_bytes -= len(msg.body)
-        _compact_ready(q)
-        if self.journal is not None:
-            self.journal.ack(msg)
+        msg.queue.acked_total += 1
+        self._drop(msg)
+
+    def ack_many(self, name: str, items: list[tuple[int, int] | CommandError],
+                 now: float) -> list[CommandError | None]:
+        """ack_many acks each (id, lease) on its own; a result per item, None or the error."""
+        return _each(items, lambda message_id, lease: self.ack(name, message_id, lease, now))
 
     def nack(self, name: str, message_id: int, lease: int, delay_s: float, now: float) -> None:
-        """nack gives a message back: ready at once, or after `delay_s` seconds."""
+        """nack gives a message back: ready at once, or after `delay_s` seconds.
+
+        A message at its queue's max_deliveries is dead-lettered instead, and
+        one whose expiry has passed is dropped (`_end_delivery`).
+        """
         msg = self._existing_message(name, message_id, lease)
-        self._detach(msg)
-        if delay_s > 0:
-            self._make_delayed(msg, now + delay_s)
-        else:
-            self._make_ready(msg)
-        if self.journal is not None:
-            self.journal.state(msg)
-        if msg.state == READY and msg.queue.waiters:
-            self._serve_waiters(msg.queue, now)
+        self._end_delivery(msg, now, delay_s)
+
+    def nack_many(self, name: str, items: list[tuple[int, int] | CommandError], delay_s: float,
+                  now: float) -> list[CommandError | None]:
+        """nack_many nacks each (id, lease) on its own; a result per item."""
+        return _each(items, lambda message_id, lease: self.nack(name, message_id, lease,
+                                                                delay_s, now))
 
     def touch(self, name: str, message_id: int, lease: int, visibility_s: float | None,
               now: float) -> float:
@@ -246,79 +350,100 @@ class Broker:
         """
         msg = self._existing_message(name, message_id, lease)
         self._detach(msg)
-        deadline = now + self._visibility(visibility_s)
+        deadline = now + self._visibility(msg.queue, visibility_s)
         self._make_leased(msg, deadline)
         if self.journal is not None:
             self.journal.state(msg)
         return deadline
 
-    # --------------------------------------------------------------- recovery
+    # ------------------------------------------ the end of a delivery, moves
 
-    def restore_put(self, name: str, message_id: int, body: bytes, enqueued_at: float) -> None:
-        """restore_put replays a PUT record: the message exists, ready, never delivered.
+    def _end_delivery(self, msg: Message, now: float, delay_s: float = 0.0) -> None:
+        """_end_delivery decides what becomes of a message whose delivery ended unacked.
 
-        A PUT for a message that exists already (a compacted journal may hold
-        a record and, later, a snapshot of the same message) resets it, so
-        replay ends in the state the last record describes.
+        In order: expired -> dropped; at max_deliveries with a dead-letter
+        queue -> moved there; else ready (or delayed by `delay_s`).
         """
-        q = self.queues.get(name) or self.queue(name)
-        messages = q.messages
-        msg = messages.get(message_id)
-        if msg is None:
-            msg = messages[message_id] = Message(message_id, body, enqueued_at, q)
-            q.put_total += 1
-            q.body_bytes += len(body)
-            q.ready_count += 1
-            ids = self.ids
-            if message_id > ids.last:
-                # The common case, replaying puts in id order: larger than every id
-                # in the ready heap, so appending keeps the heap property.
-                q.ready.append(message_id)
-                ids.last = message_id
-            else:
-                heapq.heappush(q.ready, message_id)
+        q = msg.queue
+        if msg.expiry is not None and msg.expiry.expires_at <= now:
+            q.expired_total += 1
+            self._drop(msg)
+            return
+        settings = q.settings
+        if settings.max_deliveries and msg.deliveries >= settings.max_deliveries:
+            target = self._restored_queue(settings.dead_letter_queue)
+            q.dead_lettered_total += 1
+            self._move(msg, target, msg.deliveries, (q.name, now),
+                       self._expiry_for(target, now), now)
             return
         self._detach(msg)
-        msg.deliveries = 0
-        msg.lease = None
-        self._make_ready(msg)
-        self.ids.observe(message_id)
-
-    def restore_state(self, name: str, message_id: int, state: int, deadline_at: float,
-                      deliveries: int, lease: int | None, now: float) -> None:
-        """restore_state replays a STATE record; a message acked since is left alone.
-
-        A lease or delay whose deadline has passed by `now` is restored as
-        ready, keeping its lease, so a late ack after a restart still works.
-        The lease counts as a used id even when the message is gone: a
-        compacted journal may hold a message's lease and ack but no PUT.
-        """
-        if lease is not None:
-            self.ids.observe(lease)
-        q = self.queues.get(name)
-        msg = q.messages.get(message_id) if q is not None else None
-        if msg is None:
-            return
-        self._detach(msg)
-        msg.deliveries = deliveries
-        msg.lease = lease
-        if state == LEASED and deadline_at > now:
-            self._make_leased(msg, deadline_at)
-        elif state == DELAYED and deadline_at > now:
-            self._make_delayed(msg, deadline_at)
+        if delay_s > 0:
+            self._make_delayed(msg, now + delay_s)
         else:
             self._make_ready(msg)
+        if self.journal is not None:
+            self.journal.state(msg)
+        if msg.state == READY and q.waiters:
+            self._serve_waiters(q, now)
 
-    def restore_ack(self, name: str, message_id: int) -> None:
-        """restore_ack replays an ACK record; an unknown message is already gone."""
-        q = self.queues.get(name)
-        msg = q.messages.pop(message_id, None) if q is not None else None
-        if msg is not None:
-            self._detach(msg)
-            msg.state = DELETED
-            q.acked_total += 1
-            q.body_bytes -= len(msg.body)
-            _compact_ready(q)
+    def _move(self, msg: Message, target: Queue, deliveries: int,
+              origin: tuple[str, float] | None, expires_at: float | None, now: float) -> None:
+        """_move takes a message out of its queue and makes it ready in `target`.
+
+        It keeps its id, body, headers and priority; it gets `deliveries`,
+        `origin` and `expires_at` (callers give the target queue's expiry
+        counted from the move, `_expiry_for`), and loses its lease: no older
+        lease can touch it now.
+        """
+        source = msg.queue
+        self._detach(msg)
+        self._cancel_expiry(msg)
+        del source.messages[msg.id]
+        source.body_bytes -= len(msg.body)
+        _compact_ready(source)
+        msg.queue = target
+        msg.deliveries = deliveries
+        msg.origin = origin
+        msg.lease = None
+        target.messages[msg.id] = msg
+        target.body_bytes += len(msg.body)
+        if expires_at:
+            self._set_expiry(msg, expires_at)
+        self._make_ready(msg)
+        if self.journal is not None:
+            self.journal.move(msg, source.name)
+        if target.waiters:
+            self._serve_waiters(target, now)
+
+    @staticmethod
+    def _expiry_for(target: Queue, now: float) -> float | None:
+        return now + target.settings.expiry if target.settings.expiry else None
+
+    def _drop(self, msg: Message) -> None:
+        """_drop deletes a message for good (ack, expiry); the caller counts why."""
+        q = msg.queue
+        self._detach(msg)
+        self._cancel_expiry(msg)
+        msg.state = DELETED
+        del q.messages[msg.id]
+        q.body_bytes -= len(msg.body)
+        self.stored_bytes -= self._cost(msg)
+        _compact_ready(q)
+        if self.journal is not None:
+            self.journal.ack(msg)
+
+    def _set_expiry(self, msg: Message, expires_at: float) -> None:
+        self._cancel_expiry(msg)
+        msg.expiry = ExpiryTimer(msg, expires_at)
+        self.deadlines.push(expires_at, msg.expiry)
+
+    def _cancel_expiry(self, msg: Message) -> None:
+        timer = msg.expiry
+        if timer is not None:
+            msg.expiry = None
+            if timer.deadline_at is not None:
+                timer.deadline_at = None
+                self.deadlines.forget()
 
     # -------------------------------------------------------------- deadlines
 
@@ -329,11 +454,12 @@ class Broker:
     def advance(self, now: float) -> int:
         """advance handles every deadline at or before `now`; returns how many.
 
-        Leases that ran out and delays that ended make their messages ready
-        (in id order, since the ready heap sorts them); waits that ran out are
-        answered with no messages. Waiters of touched queues are served last,
-        so a message freed at the same instant as a wait ends still reaches a
-        waiter that is parked for it.
+        Leases that ran out end their deliveries (`_end_delivery`: ready,
+        dead-lettered or expired); delays that ended make their messages
+        ready; expiries drop messages that are not leased; waits that ran out
+        are answered with no messages. Waiters of touched queues are served
+        last, so a message freed at the same instant as a wait ends still
+        reaches a waiter that is parked for it.
         """
         handled = 0
         freed: set[Queue] = set()
@@ -343,11 +469,10 @@ class Broker:
             item.deadline_at = None  # popped: no longer in the heap, nothing to forget
             if isinstance(item, Waiter):
                 expired_waiters.append(item)
-                continue
-            msg: Message = item
-            self._detach(msg)
-            self._make_ready(msg)
-            freed.add(msg.queue)
+            elif isinstance(item, ExpiryTimer):
+                self._expire(item.message)
+            else:
+                self._deadline_passed(item, now, freed)
         for q in freed:
             if q.waiters:
                 self._serve_waiters(q, now)
@@ -357,6 +482,36 @@ class Broker:
                 waiter.queue.waiter_gone()
                 waiter.deliver([])
         return handled
+
+    def _deadline_passed(self, msg: Message, now: float, freed: set[Queue]) -> None:
+        """_deadline_passed ends a lease or a delay whose time has come.
+
+        The plain cases (back to ready) are not journaled: they follow from
+        the recorded deadline. Their waiters are served by `advance` once
+        every deadline due has been handled.
+        """
+        q = msg.queue
+        expired = msg.expiry is not None and msg.expiry.expires_at <= now
+        if msg.state == LEASED:
+            settings = q.settings
+            if expired or (settings.max_deliveries
+                           and msg.deliveries >= settings.max_deliveries):
+                self._end_delivery(msg, now)
+                return
+        elif expired:  # a delay ended after the expiry (which found it delayed)
+            q.expired_total += 1
+            self._drop(msg)
+            return
+        self._detach(msg)
+        self._make_ready(msg)
+        freed.add(q)
+
+    def _expire(self, msg: Message) -> None:
+        """_expire drops a message whose expiry came, unless a consumer holds it now."""
+        if msg.state == LEASED or msg.state == DELETED:
+            return  # a leased one is decided when its lease ends (_end_delivery)
+        msg.queue.expired_total += 1
+        self._drop(msg)
 
     # ------------------------------------------------------- state movements
 
@@ -379,7 +534,7 @@ class Broker:
         q = msg.queue
         msg.state = READY
         q.ready_count += 1
-        heapq.heappush(q.ready, msg.id)
+        heapq.heappush(q.ready, msg.ready_key)
         _compact_ready(q)  # the heap grows only here, so checking here bounds it
 
     def _make_leased(self, msg: Message, deadline_at: float) -> None:
@@ -394,40 +549,33 @@ class Broker:
         msg.deadline_at = deadline_at
         self.deadlines.push(deadline_at, msg)
 
-    # ------------------------------------------------------------------ stats
-
-    def stats(self, now: float) -> dict[str, Any]:
-        """stats is a snapshot of every queue's counts and the server-wide totals."""
-        queues = {}
-        waiting = 0
-        for name, q in self.queues.items():
-            live_waiters = q.live_waiters()
-            waiting += live_waiters
-            queues[name] = {
-                "ready": q.ready_count,
-                "in_flight": q.leased_count,
-                "delayed": q.delayed_count,
-                "waiting": live_waiters,
-                "put_total": q.put_total,
-                "acked_total": q.acked_total,
-                "redelivered_total": q.redelivered_total,
-            }
-        return {
-            "messages": sum(len(q.messages) for q in self.queues.values()),
-            "waiting_consumers": waiting,
-            "queues": queues,
-        }
-
 
 def _compact_ready(q: Queue) -> None:
-    """_compact_ready rebuilds a ready heap that holds too many stale or repeated ids.
+    """_compact_ready rebuilds a ready heap that holds too many stale or repeated keys.
 
-    The rebuilt heap holds each ready message's id exactly once, so a client
+    The rebuilt heap holds each ready message's key exactly once, so a client
     that nacks (or late-touches) the same message over and over cannot make
     the heap grow without bound.
     """
     if len(q.ready) > READY_HEAP_FACTOR * q.ready_count + READY_HEAP_SLACK:
         messages = q.messages
-        q.ready = list({i for i in q.ready
-                        if (m := messages.get(i)) is not None and m.state == READY})
+        q.ready = list({key for key in q.ready
+                        if (m := messages.get(key & ID_MASK)) is not None and m.state == READY})
         heapq.heapify(q.ready)
+
+
+def _each(items: list[tuple[int, int] | CommandError],
+          settle: Callable[[int, int], None]) -> list[CommandError | None]:
+    """_each settles each (id, lease) item on its own: None, or the error it met.
+    An item already refused by the request checks stays its own result."""
+    results: list[CommandError | None] = []
+    for item in items:
+        if isinstance(item, CommandError):
+            results.append(item)
+            continue
+        try:
+            settle(item[0], item[1])
+            results.append(None)
+        except CommandError as exc:
+            results.append(exc)
+    return results

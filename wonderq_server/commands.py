@@ -8,10 +8,24 @@ what is valid, and every rule about an argument is written once.
 Rules:
 * A field is checked for type and range before anything is stored or any
   memory is set aside in proportion to it (a batch longer than the limit is
-  refused by its length).
+  refused by its length, a header map by its number of entries).
 * Unknown fields are refused (BAD_ARGUMENT), so a misspelt option is an error
-  rather than silently ignored.
+  rather than silently ignored. A field whose value is nil counts as absent.
 * Booleans are not numbers; NaN and infinities are not durations.
+* Batches (put_many's `bodies`, ack_many's and nack_many's `items`): a
+  problem with the batch as a whole (not a list, empty, over --max-batch)
+  refuses the request; a problem with one item becomes that item's result:
+  the checked list holds a CommandError in its place, which the broker
+  passes through, so the other items go ahead. A codec may itself put a
+  CommandError in place of an item it could not read (the text codec does).
+* put_many's batch-wide options (delay, priority, headers, expiry) are copied
+  into every item that does not give its own; each checked item is a dict
+  {"body", "delay", "priority", "headers", "expiry"}, None meaning "the
+  queue's setting" (priority is always an int).
+* Queue settings are checked one field at a time here; the rules that tie
+  several settings together (or to the queue's name) are queue_settings.py's.
+  Settings left out stay None: create_queue takes defaults for them, and
+  configure_queue leaves them as they are.
 * The text codec passes strings; `TEXT_CONVERTERS` turns them into the same
   types the binary codec carries, then the same checks apply.
 
@@ -25,8 +39,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import BATCH_TOO_LARGE, UNKNOWN_COMMAND, CommandError, bad_argument
+from .errors import (
+    BATCH_TOO_LARGE,
+    HEADERS_TOO_LARGE,
+    UNKNOWN_COMMAND,
+    CommandError,
+    bad_argument,
+)
 from .queues import check_queue_name
+
+PRIORITY_MIN = -(2**31)
+PRIORITY_MAX = 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +62,8 @@ class Limits:
     max_visibility_s: float = 43200.0
     max_delay_s: float = 43200.0
     max_frame_bytes: int = 64 * 1024 * 1024
+    max_headers: int = 32
+    max_header_bytes: int = 4096
 
     @property
     def max_line_bytes(self) -> int:
@@ -69,6 +94,10 @@ def _queue(field: str, value: Any, limits: Limits) -> str:
     return check_queue_name(value)
 
 
+def _dead_letter_queue(field: str, value: Any, limits: Limits) -> str:
+    return "" if value == "" else check_queue_name(value)
+
+
 def _body(field: str, value: Any, limits: Limits) -> bytes:
     if isinstance(value, bytes):
         return value
@@ -79,15 +108,72 @@ def _body(field: str, value: Any, limits: Limits) -> bytes:
     raise bad_argument(f"{field} must be bytes, got {type(value).__name__}")
 
 
-def _bodies(field: str, value: Any, limits: Limits) -> list[bytes]:
+def _batch(field: str, value: Any, limits: Limits, what: str) -> list[Any] | tuple[Any, ...]:
+    """_batch checks a batch as a whole: a list, 1 to max_batch items long."""
     if not isinstance(value, list | tuple):
-        raise bad_argument(f"{field} must be a list of bytes, got {type(value).__name__}")
+        raise bad_argument(f"{field} must be a list of {what}, got {type(value).__name__}")
     if len(value) > limits.max_batch:
         raise CommandError(BATCH_TOO_LARGE, f"{field} has {len(value)} items, over the limit "
                            f"of {limits.max_batch} (--max-batch)")
     if not value:
         raise bad_argument(f"{field} must not be empty")
-    return [_body(f"{field}[{i}]", item, limits) for i, item in enumerate(value)]
+    return value
+
+
+# The options a put_many item may give for itself (besides its body).
+ITEM_OPTIONS = ("delay", "priority", "headers", "expiry")
+
+
+def _bodies(field: str, value: Any, limits: Limits) -> list[dict[str, Any] | CommandError]:
+    items = _batch(field, value, limits, "bytes or maps")
+    return [_put_item(f"{field}[{i}]", item, limits) for i, item in enumerate(items)]
+
+
+def _put_item(field: str, item: Any, limits: Limits) -> dict[str, Any] | CommandError:
+    """_put_item checks one put_many item: a body, or a map of a body and its options.
+
+    Returns the item's problem as a CommandError rather than raising it.
+    """
+    if isinstance(item, CommandError):
+        return item
+    try:
+        if not isinstance(item, dict):
+            if not isinstance(item, bytes | bytearray | memoryview | str):
+                raise bad_argument(f"{field} must be bytes or a map, got {type(item).__name__}")
+            return {"body": _body(field, item, limits), "delay": None, "priority": None,
+                    "headers": None, "expiry": None}
+        if item.get("body") is None:
+            raise bad_argument(f"{field} needs the field 'body'")
+        extra = sorted(str(k) for k in item if k != "body" and k not in ITEM_OPTIONS)
+        if extra:
+            raise bad_argument(f"{field} has no field {', '.join(extra)}")
+        checked = {"body": _body(f"{field}.body", item["body"], limits)}
+        for option in ITEM_OPTIONS:
+            value = item.get(option)
+            checked[option] = None if value is None else CHECKS[option](
+                f"{field}.{option}", value, limits)
+        return checked
+    except CommandError as exc:
+        return exc
+
+
+def _items(field: str, value: Any, limits: Limits) -> list[tuple[int, int] | CommandError]:
+    items = _batch(field, value, limits, "[id, lease] pairs")
+    return [_lease_item(f"{field}[{i}]", item) for i, item in enumerate(items)]
+
+
+def _lease_item(field: str, item: Any) -> tuple[int, int] | CommandError:
+    """_lease_item checks one [id, lease] pair; its problem is returned, not raised."""
+    if isinstance(item, CommandError):
+        return item
+    try:
+        if not isinstance(item, list | tuple):
+            raise bad_argument(f"{field} must be [id, lease], got {type(item).__name__}")
+        if len(item) != 2:
+            raise bad_argument(f"{field} must be [id, lease], got an array of {len(item)}")
+        return (_whole(f"{field}.id", item[0]), _whole(f"{field}.lease", item[1]))
+    except CommandError as exc:
+        return exc
 
 
 def _whole(field: str, value: Any) -> int:
@@ -98,26 +184,73 @@ def _whole(field: str, value: Any) -> int:
     return value
 
 
-def _token(field: str, value: Any, limits: Limits) -> int:
+def _count(field: str, value: Any, limits: Limits) -> int:
     return _whole(field, value)
 
 
-def _max(field: str, value: Any, limits: Limits) -> int:
+def _positive(field: str, value: Any) -> int:
     value = _whole(field, value)
     if value < 1:
         raise bad_argument(f"{field} must be at least 1, got {value}")
+    return value
+
+
+def _max(field: str, value: Any, limits: Limits) -> int:
+    value = _positive(field, value)
     if value > limits.max_batch:
         raise CommandError(BATCH_TOO_LARGE, f"{field} is {value}, over the limit of "
                            f"{limits.max_batch} (--max-batch)")
     return value
 
 
-def _seconds(field: str, value: Any, upper: float, flag: str) -> float:
+def _redrive_max(field: str, value: Any, limits: Limits) -> int:
+    # Not a batch: redrive replies with a count, so any number may be asked for.
+    return _positive(field, value)
+
+
+def _priority(field: str, value: Any, limits: Limits) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise bad_argument(f"{field} must be an integer, got {type(value).__name__}")
+    if not PRIORITY_MIN <= value <= PRIORITY_MAX:
+        raise bad_argument(f"{field} must be from {PRIORITY_MIN} to {PRIORITY_MAX}, "
+                           f"got {value}")
+    return value
+
+
+def _headers(field: str, value: Any, limits: Limits) -> dict[str, str] | None:
+    """_headers checks a header map; an empty map is no headers (None).
+
+    The entry count is checked before any entry is looked at, the byte size
+    (UTF-8 of keys and values together) after every entry is known to be a
+    string pair.
+    """
+    if not isinstance(value, dict):
+        raise bad_argument(f"{field} must be a map of strings, got {type(value).__name__}")
+    if len(value) > limits.max_headers:
+        raise CommandError(HEADERS_TOO_LARGE, f"{field} has {len(value)} entries, over the "
+                           f"limit of {limits.max_headers} (--max-headers)")
+    size = 0
+    for key, text in value.items():
+        if not isinstance(key, str) or not isinstance(text, str):
+            wrong = key if not isinstance(key, str) else text
+            raise bad_argument(f"{field} keys and values must be strings, "
+                               f"got {type(wrong).__name__}")
+        if not key:
+            raise bad_argument(f"{field} keys must not be empty")
+        size += len(key.encode(errors="surrogatepass")) + len(
+            text.encode(errors="surrogatepass"))
+    if size > limits.max_header_bytes:
+        raise CommandError(HEADERS_TOO_LARGE, f"{field} are {size} bytes, over the limit "
+                           f"of {limits.max_header_bytes} (--max-header-bytes)")
+    return dict(value) or None
+
+
+def _seconds(field: str, value: Any, upper: float | None = None, flag: str = "") -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise bad_argument(f"{field} must be a number of seconds, got {type(value).__name__}")
     if not math.isfinite(value) or value < 0:
         raise bad_argument(f"{field} must be a finite number of seconds >= 0, got {value}")
-    if value > upper:
+    if upper is not None and value > upper:
         raise bad_argument(f"{field} is {value} s, over the limit of {upper:g} s ({flag})")
     return float(value)
 
@@ -126,9 +259,7 @@ def _wait(field: str, value: Any, limits: Limits) -> float:
     return _seconds(field, value, limits.max_wait_s, "--max-wait")
 
 
-def _visibility(field: str, value: Any, limits: Limits) -> float | None:
-    if value is None:
-        return None
+def _visibility(field: str, value: Any, limits: Limits) -> float:
     return _seconds(field, value, limits.max_visibility_s, "--max-visibility-timeout")
 
 
@@ -136,26 +267,62 @@ def _delay(field: str, value: Any, limits: Limits) -> float:
     return _seconds(field, value, limits.max_delay_s, "--max-delay")
 
 
+def _expiry(field: str, value: Any, limits: Limits) -> float:
+    return _seconds(field, value)
+
+
 CHECKS: dict[str, Check] = {
     "queue": _queue,
     "body": _body,
     "bodies": _bodies,
-    "id": _token,
-    "lease": _token,
+    "items": _items,
+    "id": _count,
+    "lease": _count,
     "max": _max,
     "wait": _wait,
     "visibility": _visibility,
     "delay": _delay,
+    "priority": _priority,
+    "headers": _headers,
+    "expiry": _expiry,
+    # queue settings
+    "visibility_timeout": _visibility,
+    "max_deliveries": _count,
+    "dead_letter_queue": _dead_letter_queue,
+    "max_length": _count,
 }
+
+# Where one command checks a field differently from the rest.
+COMMAND_CHECKS: dict[tuple[str, str], Check] = {
+    ("redrive", "max"): _redrive_max,
+}
+
+# Settings of a queue, each None (not given) unless the request names it.
+SETTINGS: dict[str, Any] = {
+    "visibility_timeout": None, "max_deliveries": None, "dead_letter_queue": None,
+    "delay": None, "max_length": None, "expiry": None,
+}
+PUT_OPTIONS: dict[str, Any] = {"delay": None, "priority": 0, "headers": None, "expiry": None}
 
 # command -> (required fields in text-mode positional order, optional fields with defaults)
 COMMANDS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
-    "put": (("queue", "body"), {}),
-    "put_many": (("queue", "bodies"), {}),
+    "put": (("queue", "body"), PUT_OPTIONS),
+    "put_many": (("queue", "bodies"), PUT_OPTIONS),
     "receive": (("queue",), {"max": 1, "wait": 0.0, "visibility": None}),
     "ack": (("queue", "id", "lease"), {}),
+    "ack_many": (("queue", "items"), {}),
     "nack": (("queue", "id", "lease"), {"delay": 0.0}),
+    "nack_many": (("queue", "items"), {"delay": 0.0}),
     "touch": (("queue", "id", "lease"), {"visibility": None}),
+    "create_queue": (("queue",), SETTINGS),
+    "configure_queue": (("queue",), SETTINGS),
+    "queue_info": (("queue",), {}),
+    "queues": ((), {}),
+    "peek": (("queue",), {"max": 1}),
+    "purge": (("queue",), {}),
+    "delete_queue": (("queue",), {}),
+    "redrive": (("queue",), {"max": None}),
+    "message_info": (("queue", "id"), {}),
     "stats": ((), {}),
     "ping": ((), {}),
     "quit": ((), {}),
@@ -175,15 +342,30 @@ def make_command(name: Any, args: Any, limits: Limits, request_id: Any = None) -
     for field in required:
         if args.get(field) is None:  # nil counts as absent
             raise bad_argument(f"{name} needs the field {field!r}")
-        checked[field] = CHECKS[field](field, args[field], limits)
+        checked[field] = _check(name, field, args[field], limits)
     for field, default in optional.items():
         value = args.get(field)
-        checked[field] = default if value is None else CHECKS[field](field, value, limits)
+        checked[field] = default if value is None else _check(name, field, value, limits)
     # Compare names, not counts: optional fields left out would hide a misspelt one.
     extra = sorted(str(k) for k in args if k not in checked)
     if extra:
         raise bad_argument(f"{name} has no field {', '.join(extra)}")
+    if name == "put_many":
+        _apply_batch_options(checked)
     return Command(name, checked, request_id)
+
+
+def _check(name: str, field: str, value: Any, limits: Limits) -> Any:
+    return COMMAND_CHECKS.get((name, field), CHECKS[field])(field, value, limits)
+
+
+def _apply_batch_options(args: dict[str, Any]) -> None:
+    """_apply_batch_options gives every put_many item the batch-wide options it lacks."""
+    for item in args["bodies"]:
+        if isinstance(item, dict):
+            for option in ITEM_OPTIONS:
+                if item[option] is None:
+                    item[option] = args[option]
 
 
 # ------------------------------------------------------------------ text mode
@@ -211,6 +393,11 @@ TEXT_CONVERTERS: dict[str, Callable[[str, str], Any]] = {
     "wait": _text_float,
     "visibility": _text_float,
     "delay": _text_float,
+    "priority": _text_int,
+    "expiry": _text_float,
+    "visibility_timeout": _text_float,
+    "max_deliveries": _text_int,
+    "max_length": _text_int,
 }
 
 

@@ -3,12 +3,16 @@
 Design decision: the next journal file (journal.N+1.tmp) is built a slice at
 a time, between event-loop iterations, while the server keeps running:
 
-1. start: open the .tmp file, write the header and a SEQ record (so ids are
-   never reused even when every message was acked), and take the list of
-   message ids that exist now. From here on, every record the server writes
-   to the live journal is also written to the .tmp file, in the same order.
-2. step: for the next `SLICE_MESSAGES` ids, write each message that still
-   exists as a PUT (plus a STATE if it was ever delivered or is not ready).
+1. start: open the .tmp file, write the header, a SEQ record (so ids are
+   never reused even when every message was acked) and a QUEUE record for
+   each explicit queue, and take the list of messages that exist now. From
+   here on, every record the server writes to the live journal is also
+   written to the .tmp file, in the same order.
+2. step: for the next `SLICE_MESSAGES` messages, write each one still stored
+   as a PUT or PUTX in the queue it is in *now* (plus a STATE if it was ever
+   delivered or is not ready). The list holds the messages themselves, not
+   (queue, id) pairs, so a message moved to another queue since the start
+   (dead-lettered, redriven) is still found, and written where it now is.
    Each record states a whole state, so a snapshot written after a live
    record about the same message simply supersedes it, and a live record
    after the snapshot supersedes the snapshot: replaying the file in order
@@ -36,12 +40,13 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from .journal import CompactionFailed, Journal, journal_path
-from .journal_format import FILE_HEADER, PUT, SEQ, STATE, encode_record
-from .message import READY
+from .journal import CompactionFailed, Journal, journal_path, put_record, state_record
+from .journal_format import FILE_HEADER, QUEUE, SEQ, encode_record
+from .message import DELETED, READY
 
 if TYPE_CHECKING:
     from .broker import Broker
+    from .message import Message
 
 logger = logging.getLogger("wonderq.journal")
 
@@ -72,36 +77,35 @@ class Compaction:
         self.records = 0  # records in the new file
         self.fd = -1
         self.presynced = False  # set once the bulk fsync of the .tmp file is done
-        self._ids: Iterator[tuple[str, int]] | None = None
+        self._messages: Iterator[Message] | None = None
 
     def start(self) -> None:
         """start opens the .tmp file and begins receiving every live record too."""
         self.fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        self._write(FILE_HEADER + encode_record([SEQ, self.broker.ids.last]))
-        self.records = 1
-        # Ids now; messages put later reach the new file through their own records.
-        snapshot = [(name, list(q.messages)) for name, q in self.broker.queues.items()]
-        self._ids = ((name, message_id) for name, ids in snapshot for message_id in ids)
+        queues = self.broker.queues
+        head = [encode_record([SEQ, self.broker.ids.last])]
+        head += [encode_record([QUEUE, q.name, q.settings.as_dict()])
+                 for q in queues.values() if q.explicit]
+        self._write(FILE_HEADER + b"".join(head))
+        self.records = len(head)
+        # Messages now; those put later reach the new file through their own records.
+        snapshot = [list(q.messages.values()) for q in queues.values()]
+        self._messages = (msg for messages in snapshot for msg in messages)
         self.journal.compaction_fd = self.fd
         self.journal.compaction_records = 0
 
     def step(self) -> bool:
         """step writes the next slice of live messages; True once all are written."""
-        assert self._ids is not None
-        queues = self.broker.queues
+        assert self._messages is not None
         records: list[bytes] = []
         count = size = 0
-        for name, message_id in self._ids:
-            q = queues.get(name)
-            msg = q.messages.get(message_id) if q is not None else None
-            if msg is None:
-                continue  # acked since the list was taken
-            records.append(encode_record([PUT, name, message_id, msg.body, msg.enqueued_at]))
+        for msg in self._messages:
+            if msg.state == DELETED:
+                continue  # acked (or expired, purged) since the list was taken
+            records.append(encode_record(put_record(msg)))
             size += len(records[-1])
             if msg.deliveries or msg.state != READY:
-                records.append(encode_record([STATE, name, message_id, msg.state,
-                                              msg.deadline_at or 0.0, msg.deliveries,
-                                              msg.lease]))
+                records.append(encode_record(state_record(msg)))
             count += 1
             if count >= SLICE_MESSAGES or size >= SLICE_BYTES:
                 break

@@ -9,6 +9,9 @@ Rules:
 * Every limit the server enforces has a setting here.
 * A bad value (from a flag or the environment) stops start-up with a message
   naming the flag; the server never starts on a setting it did not understand.
+* Sizes in bytes may say K, M or G (powers of 1024) where a size is usually
+  large (--max-memory); a percentage there is of the machine's physical
+  memory, read once at start-up.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from .commands import Limits
 DEFAULT_PORT = 7711
 DEFAULT_DATA_DIR = "./wonderq-data"
 DEFAULT_COMPACT_MIN_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_QUEUES = 10000
+DEFAULT_MAX_MEMORY = "40%"
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,8 @@ class Config:
     fsync: str = "always"
     repair: bool = False
     compact_min_bytes: int = DEFAULT_COMPACT_MIN_BYTES
+    max_queues: int = DEFAULT_MAX_QUEUES
+    max_memory_bytes: int = 0  # 0: no limit (parse_config always sets one: --max-memory)
 
 
 def _positive_int(text: str) -> int:
@@ -58,6 +65,58 @@ def _seconds(text: str) -> float:
     value = float(text)
     if not value > 0 or value == float("inf"):
         raise ValueError("must be a number of seconds > 0")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+def physical_memory_bytes() -> int | None:
+    """physical_memory_bytes is the machine's RAM, or None where the OS does not say."""
+    try:
+        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+    return pages * page_size if pages > 0 and page_size > 0 else None
+
+
+def memory_size(text: str, physical: int | None = None) -> int:
+    """memory_size reads --max-memory: bytes ("1000000", "1000000B"), a size with a K, M or
+    G suffix in powers of 1024 ("512M", "512MB", "512MiB", "2g"), or a share of physical
+    memory ("40%", "12.5%"). `physical` is for tests; by default the machine's."""
+    cleaned = text.strip().replace(" ", "")
+    if cleaned.endswith("%"):
+        try:
+            share = float(cleaned[:-1])
+        except ValueError:
+            raise ValueError("a percentage is a number then %, such as 40%") from None
+        if not 0 < share <= 100:
+            raise ValueError("a percentage must be over 0 and at most 100")
+        physical = physical_memory_bytes() if physical is None else physical
+        if physical is None:
+            raise ValueError("physical memory size is unknown on this system; "
+                             "give a size such as 2G")
+        return max(1, int(physical * share / 100))
+    upper = cleaned.upper()
+    if upper.endswith(("KIB", "MIB", "GIB")):
+        upper = upper[:-2]
+    elif upper.endswith("B"):  # "512MB", and plain bytes as "100B"
+        upper = upper[:-1]
+    unit = upper[-1:] if upper[-1:] in ("K", "M", "G") else ""
+    number = upper[:len(upper) - len(unit)]
+    if not (number.isascii() and number.isdigit()):
+        raise ValueError("must be bytes, a size such as 512M or 2G (powers of 1024), "
+                         "or a percentage of physical memory such as 40%")
+    value = int(number) * _SIZE_UNITS[unit]
+    if value <= 0:
+        raise ValueError("must be > 0")
     return value
 
 
@@ -93,15 +152,25 @@ FLAGS = [
     ("--max-message-bytes", "max_message_bytes", _positive_int, _LIMITS.max_message_bytes,
      "largest message body accepted"),
     ("--max-batch", "max_batch", _positive_int, _LIMITS.max_batch,
-     "most messages in one put_many or receive"),
+     "most items in one batch: put_many, ack_many, nack_many, receive, peek"),
     ("--max-wait", "max_wait_s", _seconds, _LIMITS.max_wait_s,
      "longest long-poll wait a receive may ask for, seconds"),
     ("--max-visibility-timeout", "max_visibility_s", _seconds, _LIMITS.max_visibility_s,
-     "longest lease a receive or touch may ask for, seconds"),
+     "longest lease a receive, a touch or a queue's visibility_timeout may ask for, "
+     "seconds"),
     ("--max-delay", "max_delay_s", _seconds, _LIMITS.max_delay_s,
-     "longest delay a nack may ask for, seconds"),
+     "longest delay a put, a nack or a queue's delay setting may ask for, seconds"),
     ("--max-frame-bytes", "max_frame_bytes", _positive_int, _LIMITS.max_frame_bytes,
      "largest binary-protocol frame accepted"),
+    ("--max-headers", "max_headers", _count, _LIMITS.max_headers,
+     "most headers on one message"),
+    ("--max-header-bytes", "max_header_bytes", _count, _LIMITS.max_header_bytes,
+     "most bytes of header keys and values together on one message (UTF-8)"),
+    ("--max-queues", "max_queues", _positive_int, DEFAULT_MAX_QUEUES,
+     "most queues; creating one more is refused with TOO_MANY_QUEUES"),
+    ("--max-memory", "max_memory_bytes", memory_size, DEFAULT_MAX_MEMORY,
+     "memory for stored messages (body + headers + 200 bytes each) beyond which puts are "
+     "refused with FULL: bytes, K/M/G (powers of 1024), or a percentage of physical memory"),
     ("--log-level", "log_level", _log_level, Config.log_level,
      "debug, info, warning or error"),
     ("--data-dir", "data_dir", str, DEFAULT_DATA_DIR,
@@ -140,8 +209,9 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
                 default = kind(raw)
             except ValueError as exc:
                 parser.error(f"{env}={raw!r}: {exc}")
+        help_text = f"{text} (env {env}; default {default})"
         parser.add_argument(flag, dest=dest, type=_named(kind, flag), default=default,
-                            help=f"{text} (env {env}; default {default})")
+                            help=help_text.replace("%", "%%"))  # argparse formats help
     for flag, dest, text in SWITCHES:
         env = env_name(flag)
         try:
@@ -177,6 +247,8 @@ def parse_config(argv: Sequence[str] | None = None,
         max_visibility_s=ns.max_visibility_s,
         max_delay_s=ns.max_delay_s,
         max_frame_bytes=ns.max_frame_bytes,
+        max_headers=ns.max_headers,
+        max_header_bytes=ns.max_header_bytes,
     )
     if ns.visibility_timeout_s > limits.max_visibility_s:
         build_parser({}).error("--visibility-timeout is over --max-visibility-timeout")
@@ -184,4 +256,5 @@ def parse_config(argv: Sequence[str] | None = None,
     return Config(host=ns.host, port=ns.port, visibility_timeout_s=ns.visibility_timeout_s,
                   log_level=ns.log_level, limits=limits,
                   data_dir=None if in_memory else Path(ns.data_dir),
-                  fsync=ns.fsync, repair=ns.repair, compact_min_bytes=ns.compact_min_bytes)
+                  fsync=ns.fsync, repair=ns.repair, compact_min_bytes=ns.compact_min_bytes,
+                  max_queues=ns.max_queues, max_memory_bytes=ns.max_memory_bytes)

@@ -21,9 +21,10 @@ Rules:
 * When the connection goes away, or starts to close (QUIT, a ProtocolError),
   its waiting receives are withdrawn at once, so a consumer that disconnects
   never swallows a message.
-* Replies to commands whose records must be durable (put, put_many, ack,
-  nack) are remembered by position: if the journal write behind them fails,
-  `send_output` turns exactly those replies into STORAGE_ERROR.
+* Replies to commands whose records must be durable (DURABLE_COMMANDS:
+  every command that changes what is stored) are remembered by position:
+  if the journal write behind them fails, `send_output` turns exactly those
+  replies into STORAGE_ERROR.
 * Flow control: when the socket's write buffer is full, reading pauses until
   it drains, so a client that does not read its replies cannot make the
   server buffer without bound.
@@ -47,7 +48,9 @@ from .text_codec import TextDecoder, TextEncoder
 logger = logging.getLogger("wonderq.connection")
 
 # Commands whose success means "your change is in the journal".
-DURABLE_COMMANDS = frozenset({"put", "put_many", "ack", "nack"})
+DURABLE_COMMANDS = frozenset({"put", "put_many", "ack", "ack_many", "nack", "nack_many",
+                              "create_queue", "configure_queue", "purge", "delete_queue",
+                              "redrive"})
 
 # A text connection holds at most this many lines behind a waiting receive
 # before it stops reading from the socket.

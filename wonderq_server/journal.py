@@ -51,8 +51,13 @@ from typing import TYPE_CHECKING, Any
 
 from .journal_format import (
     ACK,
+    DROP,
     FILE_HEADER,
+    MOVE,
+    PURGE,
     PUT,
+    PUTX,
+    QUEUE,
     SEQ,
     STATE,
     JournalCorrupt,
@@ -65,6 +70,7 @@ from .message import DELAYED, LEASED
 if TYPE_CHECKING:
     from .broker import Broker
     from .message import Message
+    from .queues import Queue
 
 logger = logging.getLogger("wonderq.journal")
 
@@ -134,8 +140,9 @@ class Journal:
     # ------------------------------------------------------------ open, lock
 
     def open(self, broker: Broker, now: float) -> RecoveryReport:
-        """open locks the directory, replays the live journal into `broker`, and gets
-        ready to append. Raises DataDirLocked, JournalCorrupt, OSError."""
+        """open locks the directory, replays the live journal into `broker`, attaches
+        itself as the broker's journal and gets ready to append. Raises DataDirLocked,
+        JournalCorrupt, OSError."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock()
         generations = []
@@ -156,12 +163,20 @@ class Journal:
             os.rename(tmp_path, path)
             self._fsync_directory()
             self.fd, self.size = fd, len(FILE_HEADER)
+            broker.journal = self
             return RecoveryReport(str(path), 0, 0, 0, 0.0, self.size, 0, [])
         generations.sort()
         self.generation = generations[-1]
         for old in generations[:-1]:  # a compaction switched over but did not clean up
             journal_path(self.directory, old).unlink()
-        return self._replay(broker, now)
+        report = self._replay(broker, now)
+        broker.reset_totals()  # totals count what happens from this start
+        # From here on the broker reports to this journal. Deadlines that passed
+        # while the server was down end now, as they would have, and what that
+        # changes (dead-lettering, expiry) is logged like any other change.
+        broker.journal = self
+        broker.advance(now)
+        return report
 
     def _lock(self) -> None:
         fd = os.open(self.directory / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
@@ -219,15 +234,13 @@ class Journal:
     # ------------------------------------------------------- ChangeLog (broker)
 
     def put(self, msg: Message) -> None:
-        record = encode_record([PUT, msg.queue.name, msg.id, msg.body, msg.enqueued_at])
+        record = encode_record(put_record(msg))
         self._pending.append(record)
         self.durable_pending = True
         self.live_bytes += len(record)
 
     def state(self, msg: Message) -> None:
-        self._pending.append(encode_record(
-            [STATE, msg.queue.name, msg.id, msg.state, msg.deadline_at or 0.0,
-             msg.deliveries, msg.lease]))
+        self._pending.append(encode_record(state_record(msg)))
         if msg.state != LEASED:  # a nack; leases and touches never make anyone wait
             self.durable_pending = True
 
@@ -236,6 +249,30 @@ class Journal:
         self.durable_pending = True
         self.live_bytes = max(0, self.live_bytes - len(msg.body) - len(msg.queue.name)
                               - PUT_RECORD_OVERHEAD)
+
+    def move(self, msg: Message, from_queue: str) -> None:
+        self._pending.append(encode_record(
+            [MOVE, from_queue, msg.id, msg.queue.name, msg.deliveries,
+             list(msg.origin) if msg.origin else None, msg.expires_at]))
+        self.durable_pending = True
+
+    def queue_settings(self, q: Queue) -> None:
+        self._pending.append(encode_record([QUEUE, q.name, q.settings.as_dict()]))
+        self.durable_pending = True
+
+    def purge(self, q: Queue) -> None:
+        self._pending.append(encode_record([PURGE, q.name]))
+        self.durable_pending = True
+        self._forget_live(q)
+
+    def delete_queue(self, q: Queue) -> None:
+        self._pending.append(encode_record([DROP, q.name]))
+        self.durable_pending = True
+        self._forget_live(q)
+
+    def _forget_live(self, q: Queue) -> None:
+        self.live_bytes = max(0, self.live_bytes - q.body_bytes
+                              - len(q.messages) * (len(q.name) + PUT_RECORD_OVERHEAD))
 
     def sequence(self, last_id: int) -> bytes:
         return encode_record([SEQ, last_id])
@@ -362,3 +399,37 @@ def replay_records(broker: Broker, records: Any, now: float) -> None:
             restore_ack(record[1], record[2])
         elif kind == SEQ:
             broker.ids.observe(record[1])
+        elif kind == PUTX:
+            restore_put(record[1], record[2], record[3], record[4], record[5])
+        elif kind == MOVE:
+            broker.restore_move(*record[1:7])
+        elif kind == QUEUE:
+            broker.restore_queue_settings(record[1], record[2])
+        elif kind == PURGE:
+            broker.restore_purge(record[1])
+        elif kind == DROP:
+            broker.restore_delete_queue(record[1])
+
+
+def state_record(msg: Message) -> list[Any]:
+    """state_record is a message's STATE: its state, deadline, deliveries and lease."""
+    return [STATE, msg.queue.name, msg.id, msg.state, msg.deadline_at or 0.0, msg.deliveries,
+            msg.lease]
+
+
+def put_record(msg: Message) -> list[Any]:
+    """put_record is a message's PUT, or PUTX when it has options (journal_format.py)."""
+    options: dict[str, Any] = {}
+    if msg.priority:
+        options["priority"] = msg.priority
+    if msg.headers:
+        options["headers"] = msg.headers
+    if msg.expiry is not None:
+        options["expires_at"] = msg.expiry.expires_at
+    if msg.origin is not None:
+        options["origin"] = list(msg.origin)
+    if msg.state == DELAYED and msg.deliveries == 0:
+        options["delayed_until"] = msg.deadline_at
+    if not options:
+        return [PUT, msg.queue.name, msg.id, msg.body, msg.enqueued_at]
+    return [PUTX, msg.queue.name, msg.id, msg.body, msg.enqueued_at, options]

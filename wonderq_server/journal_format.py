@@ -19,6 +19,20 @@ in the same state as replaying it once):
     ACK    [3, queue, id]                        deleted
     SEQ    [4, last_id]                          ids so far, so none is reused
                                                  even if every message is acked
+    PUTX   [5, queue, id, body, enqueued_at, {options}]
+                                                 a PUT with options, each only when
+                                                 not default: priority, headers,
+                                                 expires_at, origin [queue, moved_at],
+                                                 delayed_until
+    MOVE   [6, from_queue, id, to_queue, deliveries, origin or nil, expires_at or nil]
+                                                 dead-lettered (origin given) or
+                                                 redriven (nil); ready in to_queue
+    QUEUE  [7, queue, {settings}]                an explicit queue's whole settings
+    PURGE  [8, queue]                            every message of the queue deleted
+    DROP   [9, queue]                            the queue and its messages deleted
+
+A move is one record, not an ACK and a PUT, so no crash can leave a message
+in neither queue (or in both).
 
 Example: a put of b"hi" to queue "q" with id 7 at time 1.5 is the payload
 msgpack([1, "q", 7, b"hi", 1.5]) = 95 01 a1 71 07 c4 02 68 69 cb 3f f8 00 00 00 00 00 00
@@ -56,7 +70,13 @@ PUT = 1
 STATE = 2
 ACK = 3
 SEQ = 4
-KINDS = {PUT: "PUT", STATE: "STATE", ACK: "ACK", SEQ: "SEQ"}
+PUTX = 5
+MOVE = 6
+QUEUE = 7
+PURGE = 8
+DROP = 9
+KINDS = {PUT: "PUT", STATE: "STATE", ACK: "ACK", SEQ: "SEQ", PUTX: "PUTX", MOVE: "MOVE",
+         QUEUE: "QUEUE", PURGE: "PURGE", DROP: "DROP"}
 
 _packer = msgpack.Packer(use_bin_type=True)
 _HEADER = struct.Struct(">II")  # length, crc32

@@ -7,6 +7,12 @@ structures is responsible for it:
     READY    in the queue's ready heap, handed out oldest first
     LEASED   held by one consumer until `deadline_at` (in the deadline heap)
     DELAYED  invisible until `deadline_at` (in the deadline heap)
+    DELETED  acked, expired, purged or deleted with its queue; in no structure
+
+Options a put may give: `priority` (lower first, 0 by default), `headers` (a
+dict of str to str, or None), and an expiry, kept as an `ExpiryTimer` in the
+deadline heap beside any lease or delay. A message moved to a dead-letter
+queue carries `origin`: (the queue it came from, when it was moved).
 
 Rules:
 * `lease` is the token of the latest delivery. It survives the lease running
@@ -16,6 +22,10 @@ Rules:
   None otherwise; the deadline heap treats an entry as live only while it
   matches (see deadlines.py).
 * `deliveries` counts deliveries, 0 before the first.
+* A message's place in its queue's ready heap is `ready_key`: its id when
+  its priority is 0, else `(priority << PRIORITY_SHIFT) + id`. Ids are below
+  2**62 (until the year 2109), so keys order by priority, then id, and
+  `key & ID_MASK` gives the id back for any priority, negative ones too.
 
 Must not know: wire formats, sockets, clocks.
 """
@@ -32,11 +42,21 @@ DELETED = 3
 STATE_NAMES = {READY: "ready", LEASED: "leased", DELAYED: "delayed", DELETED: "deleted"}
 
 
-class Message:
-    __slots__ = ("body", "deadline_at", "deliveries", "enqueued_at", "id", "lease", "queue",
-                 "state")
+PRIORITY_SHIFT = 62
+ID_MASK = (1 << PRIORITY_SHIFT) - 1
+DEFAULT_PRIORITY = 0
+# What one stored message costs against --max-memory beyond its body and
+# headers: the Message object, its id, its table and heap entries.
+MESSAGE_OVERHEAD_BYTES = 200
 
-    def __init__(self, message_id: int, body: bytes, enqueued_at: float, queue: Any) -> None:
+
+class Message:
+    __slots__ = ("body", "deadline_at", "deliveries", "enqueued_at", "expiry", "headers", "id",
+                 "lease", "origin", "priority", "queue", "state")
+
+    def __init__(self, message_id: int, body: bytes, enqueued_at: float, queue: Any,
+                 priority: int = DEFAULT_PRIORITY,
+                 headers: dict[str, str] | None = None) -> None:
         self.id = message_id
         self.body = body
         self.enqueued_at = enqueued_at
@@ -45,7 +65,40 @@ class Message:
         self.deliveries = 0
         self.lease: int | None = None
         self.deadline_at: float | None = None
+        self.priority = priority
+        self.headers = headers
+        self.expiry: ExpiryTimer | None = None
+        self.origin: tuple[str, float] | None = None  # (queue, moved_at) after dead-lettering
+
+    @property
+    def ready_key(self) -> int:
+        if self.priority == DEFAULT_PRIORITY:
+            return self.id
+        return (self.priority << PRIORITY_SHIFT) + self.id
+
+    @property
+    def expires_at(self) -> float | None:
+        return self.expiry.expires_at if self.expiry is not None else None
+
+    def header_bytes(self) -> int:
+        """header_bytes is what the headers count against --max-memory (UTF-8 sizes)."""
+        if not self.headers:
+            return 0
+        return sum(len(k.encode()) + len(v.encode()) for k, v in self.headers.items())
 
     def __repr__(self) -> str:
         return (f"Message(id={self.id}, state={STATE_NAMES[self.state]}, "
                 f"deliveries={self.deliveries}, lease={self.lease})")
+
+
+class ExpiryTimer:
+    """The deadline-heap item for a message's expiry (a message has one deadline of its own,
+    its lease or delay, so its expiry needs a second item). `deadline_at` follows the heap's
+    liveness rule; `expires_at` stays after the timer has fired."""
+
+    __slots__ = ("deadline_at", "expires_at", "message")
+
+    def __init__(self, message: Message, expires_at: float) -> None:
+        self.message = message
+        self.expires_at = expires_at
+        self.deadline_at: float | None = expires_at

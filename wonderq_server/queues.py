@@ -4,13 +4,18 @@ Design decision: a queue owns three structures and keeps counts beside them
 so that stats never walk a structure:
 
 * `messages`: id -> Message for every message not yet acked (any state).
-* `ready`: a min-heap of message ids. Ids grow with time, so the smallest id
-  is the oldest message; a message whose lease ran out goes back in under its
-  own id and so is handed out before newer ones (it is not starved).
+* `ready`: a min-heap of ready keys (message.py): lower priority first, then
+  lower id. Ids grow with time, so within a priority the oldest message comes
+  first; a message whose lease ran out goes back in under its own key and so
+  is handed out before newer ones (it is not starved).
 * `waiters`: long-polling receives, first come first served.
 
+A queue also has its settings (queue_settings.py) and `explicit`: made by
+create_queue or configure_queue (journaled, kept while empty) rather than on
+first use (not journaled; an empty one is gone after a restart).
+
 Rules:
-* The ready heap deletes lazily: an id whose message is gone or no longer
+* The ready heap deletes lazily: a key whose message is gone or no longer
   READY is skipped when it reaches the top. `ready_count` is the truth about
   how many messages are ready, never `len(ready)`.
 * Invariant kept by the broker after every operation: a queue never has both
@@ -28,6 +33,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .errors import INVALID_QUEUE_NAME, CommandError
+from .queue_settings import DEFAULT_SETTINGS, QueueSettings
+from .rates import RateWindow
 
 if TYPE_CHECKING:
     from .message import Message
@@ -67,12 +74,16 @@ class Waiter:
 
 
 class Queue:
-    __slots__ = ("acked_total", "body_bytes", "dead_waiters", "delayed_count", "leased_count",
-                 "messages", "name", "put_total", "ready", "ready_count", "redelivered_total",
-                 "waiters")
+    __slots__ = ("acked_total", "body_bytes", "dead_lettered_total", "dead_waiters",
+                 "delayed_count", "expired_total", "explicit", "leased_count", "messages",
+                 "name", "put_total", "rates", "ready", "ready_count", "redelivered_total",
+                 "settings", "waiters")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, settings: QueueSettings = DEFAULT_SETTINGS,
+                 explicit: bool = False) -> None:
         self.name = name
+        self.settings = settings
+        self.explicit = explicit
         self.messages: dict[int, Message] = {}
         self.ready: list[int] = []
         self.waiters: deque[Waiter] = deque()
@@ -84,6 +95,17 @@ class Queue:
         self.acked_total = 0
         self.body_bytes = 0  # sum of the stored messages' body sizes
         self.redelivered_total = 0
+        self.dead_lettered_total = 0  # moved out to the dead-letter queue
+        self.expired_total = 0
+        self.rates = RateWindow()
+
+    def totals(self) -> tuple[int, int, int]:
+        """totals are the counters whose rates stats shows (rates.py)."""
+        return self.put_total, self.acked_total, self.redelivered_total
+
+    def is_full(self) -> bool:
+        max_length = self.settings.max_length
+        return bool(max_length) and len(self.messages) >= max_length
 
     def live_waiters(self) -> int:
         return len(self.waiters) - self.dead_waiters

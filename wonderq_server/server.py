@@ -46,13 +46,17 @@ from .service import BrokerService
 
 logger = logging.getLogger("wonderq.server")
 
+RATE_SAMPLE_INTERVAL_S = 1.0
+
 
 class Server:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.limits = config.limits
         self.broker = Broker(visibility_timeout_s=config.visibility_timeout_s,
-                             max_message_bytes=config.limits.max_message_bytes)
+                             max_message_bytes=config.limits.max_message_bytes,
+                             max_queues=config.max_queues,
+                             max_memory_bytes=config.max_memory_bytes)
         self.service = BrokerService(self.broker, self._server_info)
         self.connections: set[Connection] = set()
         self.connections_total = 0
@@ -63,6 +67,7 @@ class Server:
         self._flush_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._rates_timer: asyncio.TimerHandle | None = None
         self.address: tuple[str, int] | None = None
         self.journal = (Journal(config.data_dir, config.fsync, repair=config.repair)
                         if config.data_dir is not None else None)
@@ -82,9 +87,6 @@ class Server:
             logger.info("running in memory (--in-memory): nothing survives a restart")
             return
         report = self.journal.open(self.broker, time.time())
-        self.broker.journal = self.journal  # only now: replay must not log itself again
-        for q in self.broker.queues.values():  # totals count from this start
-            q.put_total = q.acked_total = q.redelivered_total = 0
         if report.records == 0 and report.file_bytes <= len(FILE_HEADER):
             logger.info("started a new journal at %s; fsync policy %s", report.path,
                         self.journal.fsync_policy)
@@ -103,9 +105,13 @@ class Server:
             lambda: Connection(self), self.config.host, self.config.port, reuse_address=True)
         sockname = self._listener.sockets[0].getsockname()
         self.address = (sockname[0], sockname[1])
-        if self.journal is not None and self.journal.compact_requested:
-            self._schedule_flush()  # after --repair: rewrite without waiting for traffic
+        if self.journal is not None and (self.journal.compact_requested
+                                         or self.journal.has_pending):
+            # After --repair: rewrite without waiting for traffic. Pending records
+            # are what recovery changed (deadlines that passed while down).
+            self._schedule_flush()
         self._arm_timer()  # restored leases and delays run out without waiting for a request
+        self._sample_rates()
         return self.address
 
     async def stop(self) -> None:
@@ -130,6 +136,8 @@ class Server:
                 conn.transport.close()
         if self._timer is not None:
             self._timer.cancel()
+        if self._rates_timer is not None:
+            self._rates_timer.cancel()
 
     async def _finish_compaction_now(self) -> None:
         """_finish_compaction_now completes a running (or requested) compaction at shutdown.
@@ -328,6 +336,13 @@ class Server:
         self._arm_timer()
 
     # ------------------------------------------------------------------ stats
+
+    def _sample_rates(self) -> None:
+        """_sample_rates records the queues' totals once a second, for the rates in stats
+        (rates.py): one small timer for the server, nothing per message."""
+        self.broker.sample_rates(time.time())
+        assert self._loop is not None
+        self._rates_timer = self._loop.call_later(RATE_SAMPLE_INTERVAL_S, self._sample_rates)
 
     def _server_info(self, now: float) -> dict[str, Any]:
         info: dict[str, Any] = {

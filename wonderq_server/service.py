@@ -12,8 +12,11 @@ Rules:
 * `respond` runs inside the call that produced the result (for a waiting
   receive: inside some other connection's put, or the timer). It must only
   encode and buffer the reply, never call back into the service.
-* Results are plain values, except for receive, whose result is the list of
-  delivered Message objects (codecs read their fields while encoding).
+* Results are plain values, except for receive and peek, whose result is
+  the list of Message objects (codecs read their fields while encoding),
+  and the batch commands (put_many, ack_many, nack_many), whose result has
+  one entry per item: its value, or the CommandError that item met (the
+  codecs encode it as that item's error; the request as a whole succeeded).
 
 Must not know: sockets, asyncio, wire formats.
 """
@@ -24,7 +27,9 @@ from collections.abc import Callable
 from typing import Any
 
 from .broker import Broker
-from .commands import Command
+from .commands import SETTINGS, Command
+from .errors import CommandError
+from .message import Message
 from .queues import Waiter
 
 Respond = Callable[[Command, Any], None]
@@ -38,8 +43,19 @@ class BrokerService:
             "put": self._put,
             "put_many": self._put_many,
             "ack": self._ack,
+            "ack_many": self._ack_many,
             "nack": self._nack,
+            "nack_many": self._nack_many,
             "touch": self._touch,
+            "create_queue": self._create_queue,
+            "configure_queue": self._configure_queue,
+            "queue_info": self._queue_info,
+            "queues": self._queues,
+            "peek": self._peek,
+            "purge": self._purge,
+            "delete_queue": self._delete_queue,
+            "redrive": self._redrive,
+            "message_info": self._message_info,
             "stats": self._stats,
             "ping": lambda args, now: "pong",
             "quit": lambda args, now: None,
@@ -74,21 +90,61 @@ class BrokerService:
                                 lambda delivered: respond(command, delivered), now)
 
     def _put(self, a: dict[str, Any], now: float) -> int:
-        return self.broker.put(a["queue"], a["body"], now)
+        return self.broker.put(a["queue"], a["body"], now, delay=a["delay"],
+                               priority=a["priority"], headers=a["headers"],
+                               expiry=a["expiry"])
 
-    def _put_many(self, a: dict[str, Any], now: float) -> list[int]:
+    def _put_many(self, a: dict[str, Any], now: float) -> list[int | CommandError]:
         return self.broker.put_many(a["queue"], a["bodies"], now)
 
     def _ack(self, a: dict[str, Any], now: float) -> None:
         self.broker.ack(a["queue"], a["id"], a["lease"], now)
 
+    def _ack_many(self, a: dict[str, Any], now: float) -> list[CommandError | None]:
+        return self.broker.ack_many(a["queue"], a["items"], now)
+
     def _nack(self, a: dict[str, Any], now: float) -> None:
         self.broker.nack(a["queue"], a["id"], a["lease"], a["delay"], now)
 
+    def _nack_many(self, a: dict[str, Any], now: float) -> list[CommandError | None]:
+        return self.broker.nack_many(a["queue"], a["items"], a["delay"], now)
+
     def _touch(self, a: dict[str, Any], now: float) -> float:
         return self.broker.touch(a["queue"], a["id"], a["lease"], a["visibility"], now)
+
+    def _create_queue(self, a: dict[str, Any], now: float) -> dict[str, Any]:
+        return self.broker.create_queue(a["queue"], _settings_given(a), now)
+
+    def _configure_queue(self, a: dict[str, Any], now: float) -> dict[str, Any]:
+        return self.broker.configure_queue(a["queue"], _settings_given(a), now)
+
+    def _queue_info(self, a: dict[str, Any], now: float) -> dict[str, Any]:
+        return self.broker.queue_info(a["queue"], now)
+
+    def _queues(self, a: dict[str, Any], now: float) -> list[dict[str, Any]]:
+        return self.broker.list_queues(now)
+
+    def _peek(self, a: dict[str, Any], now: float) -> list[Message]:
+        return self.broker.peek(a["queue"], a["max"])
+
+    def _purge(self, a: dict[str, Any], now: float) -> int:
+        return self.broker.purge(a["queue"], now)
+
+    def _delete_queue(self, a: dict[str, Any], now: float) -> int:
+        return self.broker.delete_queue(a["queue"], now)
+
+    def _redrive(self, a: dict[str, Any], now: float) -> int:
+        return self.broker.redrive(a["queue"], a["max"], now)
+
+    def _message_info(self, a: dict[str, Any], now: float) -> dict[str, Any]:
+        return self.broker.message_info(a["queue"], a["id"], now)
 
     def _stats(self, a: dict[str, Any], now: float) -> dict[str, Any]:
         broker_stats = self.broker.stats(now)
         queues = broker_stats.pop("queues")
         return {"server": {**self._server_info(now), **broker_stats}, "queues": queues}
+
+
+def _settings_given(a: dict[str, Any]) -> dict[str, Any]:
+    """_settings_given: the queue settings a request names (None means not named)."""
+    return {name: a[name] for name in SETTINGS if a[name] is not None}

@@ -1,30 +1,57 @@
-"""The text protocol for people with nc or telnet, sans-I/O.
+"""The text protocol for people with nc or telnet, sans-I/O: lines in, commands out.
 
 Design decision: one command per line, words separated by spaces, replies
-that read well on a terminal and parse easily in a script:
+that read well on a terminal and parse easily in a script. The one command
+that spans lines is PUT_MANY: its header line says how many body lines
+follow, and the decoder collects them (across feeds) into one command.
 
-    PUT <queue> <body...>                         -> OK <id>
+    PUT <queue> [option=value ...] [--] <body...>       -> OK <id>
+    PUT_MANY <queue> <count> [option=value ...]
+        then exactly <count> lines, each one body
+                        -> OK <id> or ERR ... per body, then END
     GET|RECEIVE <queue> [max=N] [wait=S] [visibility=S]
-                        -> MSG <id> <lease> <deliveries> <enqueued_at> <bytes>
+                        -> MSG <id> <lease> <deliveries> <enqueued_at> <bytes> [extras]
                            <body>
                            ... one MSG block per message, then END
     ACK <queue> <id> <lease>                      -> OK
+    ACK_MANY <queue> <id>:<lease> ...             -> OK or ERR ... per item, then END
     NACK <queue> <id> <lease> [delay=S]           -> OK
+    NACK_MANY <queue> [delay=S] <id>:<lease> ...  -> OK or ERR ... per item, then END
     TOUCH <queue> <id> <lease> [visibility=S]     -> OK <visible_again_at>
+    CREATE_QUEUE <queue> [setting=value ...]      -> "name: value" lines, then END
+    CONFIGURE_QUEUE <queue> [setting=value ...]   -> "name: value" lines, then END
+    QUEUE_INFO <queue>                            -> "name: value" lines, then END
+    QUEUES              -> QUEUE <name> messages=N ... lines, then END
+    PEEK <queue> [max=N]                          -> MSG blocks (lease 0), then END
+    PURGE <queue> | DELETE_QUEUE <queue>          -> OK <messages removed>
+    REDRIVE <queue> [max=N]                       -> OK <messages moved>
+    MESSAGE_INFO <queue> <id>                     -> "name: value" lines, then END
     STATS                                         -> "name: value" lines, then END
     PING                                          -> PONG
     QUIT                                          -> BYE, then the server closes
     anything that fails                           -> ERR <CODE> <message>
 
+(PUT options are delay=S, priority=N, expiry=S and header.KEY=VALUE, KEY and
+VALUE percent-encoded; text_arguments.py has the details of each syntax and
+text_replies.py those of each reply.)
+
 Rules:
-* Lines end in LF or CRLF; replies end in CRLF. Empty lines are ignored.
+* Lines end in LF or CRLF; replies end in CRLF. Empty lines are ignored,
+  except inside a PUT_MANY block, where an empty line is an empty body.
   Command words are case-insensitive.
-* A PUT body is the rest of the line after the queue name and one space, so
-  it may contain spaces but not a line break; the binary protocol carries any
-  bytes. A delivered body is sent with its length, so it is binary-safe.
-* Optional arguments may be given as name=value or in the order shown.
+* A PUT body runs to the end of the line, so it may contain spaces but not a
+  line break; the binary protocol carries any bytes. A delivered body is
+  sent with its length, so it is binary-safe.
 * A line longer than `max_line_bytes` is answered with LINE_TOO_LONG and
-  skipped up to its end; the connection stays usable.
+  skipped up to its end; the connection stays usable. Inside a PUT_MANY
+  block such a line is that body's BODY_TOO_LARGE result instead.
+* A PUT_MANY header line that is refused (bad queue, count, option) is one
+  ERR line and starts no block: the lines after it are read as commands.
+  Once accepted, the next <count> lines are bodies, whatever they say. If
+  the bodies together pass `max_frame_bytes` (the size of the largest
+  binary request), the decoder keeps no more of them and the whole request
+  is refused with BATCH_TOO_LARGE once its last line has arrived: a text
+  connection cannot make the server buffer more than a binary one can.
 * `feed` never raises for anything the peer sends.
 
 Must not know: sockets, asyncio, the broker.
@@ -34,38 +61,69 @@ from __future__ import annotations
 
 from typing import Any
 
-from .commands import COMMANDS, TEXT_CONVERTERS, Command, Limits, Rejected, make_command
+from .commands import Command, Limits, Rejected, make_command
 from .errors import (
+    BATCH_TOO_LARGE,
+    BODY_TOO_LARGE,
     LINE_TOO_LONG,
     UNKNOWN_COMMAND,
     CommandError,
-    WonderQError,
-    bad_argument,
 )
+from .text_arguments import arguments, put_many_header
+from .text_replies import TextEncoder, flatten
+
+__all__ = ["TEXT_COMMANDS", "TextDecoder", "TextEncoder", "flatten"]
 
 # Words a person may type, and the command each one means.
 TEXT_COMMANDS = {
     b"PUT": "put",
+    b"PUT_MANY": "put_many",
     b"GET": "receive",
     b"RECEIVE": "receive",
     b"ACK": "ack",
+    b"ACK_MANY": "ack_many",
     b"NACK": "nack",
+    b"NACK_MANY": "nack_many",
     b"TOUCH": "touch",
+    b"CREATE_QUEUE": "create_queue",
+    b"CONFIGURE_QUEUE": "configure_queue",
+    b"QUEUE_INFO": "queue_info",
+    b"QUEUES": "queues",
+    b"PEEK": "peek",
+    b"PURGE": "purge",
+    b"DELETE_QUEUE": "delete_queue",
+    b"REDRIVE": "redrive",
+    b"MESSAGE_INFO": "message_info",
     b"STATS": "stats",
     b"PING": "ping",
     b"QUIT": "quit",
 }
 
 
+class _BodyBlock:
+    """The body lines of a PUT_MANY whose header was accepted, while they arrive."""
+
+    __slots__ = ("args", "bodies", "count", "lines", "size", "too_big")
+
+    def __init__(self, args: dict[str, Any], count: int) -> None:
+        self.args = args
+        self.count = count
+        self.lines = 0
+        self.bodies: list[bytes | CommandError] = []
+        self.size = 0
+        self.too_big = False  # the bodies passed max_frame_bytes: keep no more
+
+
 class TextDecoder:
     """Turns the byte stream of one text connection into commands."""
 
-    __slots__ = ("_buffer", "_discarding", "_limits")
+    __slots__ = ("_block", "_buffer", "_discarding", "_limits")
 
     def __init__(self, limits: Limits) -> None:
         self._limits = limits
         self._buffer = bytearray()
         self._discarding = False  # inside an over-long line, skipping to its end
+        self._block: _BodyBlock | None = None  # inside a PUT_MANY, collecting bodies
 
     def feed(self, data: bytes) -> list[Command | Rejected]:
         buf = self._buffer
@@ -78,7 +136,7 @@ class TextDecoder:
             if newline < 0:
                 if len(buf) - pos > max_line:
                     if not self._discarding:
-                        out.append(self._too_long())
+                        out.extend(self._too_long())
                     self._discarding = True
                     pos = len(buf)
                 break
@@ -88,21 +146,28 @@ class TextDecoder:
                 self._discarding = False
                 continue
             if len(line) > max_line:
-                out.append(self._too_long())
+                out.extend(self._too_long())
                 continue
             if line.endswith(b"\r"):
                 line = line[:-1]
-            if line.strip():
-                out.append(self._parse(line))
+            if self._block is not None:
+                out.extend(self._body_line(line))
+            elif line.strip():
+                out.extend(self._parse(line))
         if pos:
             del buf[:pos]
         return out
 
-    def _too_long(self) -> Rejected:
-        return Rejected(CommandError(LINE_TOO_LONG, f"line is over the limit of "
-                                     f"{self._limits.max_line_bytes} bytes; skipped to its end"))
+    def _too_long(self) -> list[Command | Rejected]:
+        limits = self._limits
+        if self._block is not None:
+            return self._body_line(CommandError(
+                BODY_TOO_LARGE, f"body line is over {limits.max_line_bytes} bytes, over the "
+                f"limit of {limits.max_message_bytes} (--max-message-bytes); skipped"))
+        return [Rejected(CommandError(LINE_TOO_LONG, f"line is over the limit of "
+                                      f"{limits.max_line_bytes} bytes; skipped to its end"))]
 
-    def _parse(self, line: bytes) -> Command | Rejected:
+    def _parse(self, line: bytes) -> list[Command | Rejected]:
         word, _, rest = line.lstrip().partition(b" ")
         name = TEXT_COMMANDS.get(word.upper())
         try:
@@ -111,89 +176,45 @@ class TextDecoder:
                 known = " ".join(w.decode() for w in TEXT_COMMANDS)
                 raise CommandError(UNKNOWN_COMMAND, f"unknown command {typed!r:.40}; "
                                    f"known: {known}")
-            if name == "put":
-                queue, _, body = rest.partition(b" ")
-                args: dict[str, Any] = {"queue": queue.decode(errors="replace"), "body": body}
-                if not queue:
-                    raise bad_argument("PUT needs a queue: PUT <queue> <body>")
-            else:
-                args = self._arguments(name, rest.split())
-            return make_command(name, args, self._limits)
+            if name == "put_many":
+                self._start_block(rest)
+                return []  # the command comes with its last body line
+            return [make_command(name, arguments(name, rest), self._limits)]
         except CommandError as exc:
-            return Rejected(exc)
+            return [Rejected(exc)]
 
-    @staticmethod
-    def _arguments(name: str, words: list[bytes]) -> dict[str, Any]:
-        required, optional = COMMANDS[name]
-        order = list(required) + list(optional)
-        args: dict[str, Any] = {}
-        for position, word in enumerate(words):
-            text = word.decode(errors="replace")
-            field, eq, value = text.partition("=")
-            if not eq:
-                if position >= len(order):
-                    raise bad_argument(f"too many arguments for {name.upper()}: "
-                                       f"{name.upper()} {' '.join(f'<{f}>' for f in order)}")
-                field, value = order[position], text
-            if field in args:
-                raise bad_argument(f"{field} given twice")
-            convert = TEXT_CONVERTERS.get(field)
-            args[field] = convert(field, value) if convert else value
-        missing = [f for f in required if f not in args]
-        if missing:
-            usage = " ".join(f"<{f}>" for f in required)
-            raise bad_argument(f"{name.upper()} needs {', '.join(missing)}: "
-                               f"{name.upper()} {usage}")
-        return args
+    def _start_block(self, rest: bytes) -> None:
+        """_start_block checks a PUT_MANY header line; if it is good, bodies come next.
 
+        It checks the queue and the options now (with a stand-in body), so
+        that a bad header is answered at once (CommandError) and starts no
+        block.
+        """
+        args, count = put_many_header(rest, self._limits)
+        make_command("put_many", {**args, "bodies": [b""]}, self._limits)
+        self._block = _BodyBlock(args, count)
 
-class TextEncoder:
-    """Turns results and errors into reply lines."""
-
-    __slots__ = ()
-
-    def result(self, command: Command, result: Any) -> bytes:
-        name = command.name
-        if name == "put":
-            return b"OK %d\r\n" % result
-        if name == "receive":
-            parts = []
-            for m in result:
-                parts.append(b"MSG %d %d %d %.3f %d\r\n" % (
-                    m.id, m.lease, m.deliveries, m.enqueued_at, len(m.body)))
-                parts.append(m.body)
-                parts.append(b"\r\n")
-            parts.append(b"END\r\n")
-            return b"".join(parts)
-        if name == "touch":
-            return b"OK %.3f\r\n" % result
-        if name == "stats":
-            lines = [f"{key}: {_text_value(value)}\r\n" for key, value in flatten(result)]
-            return ("".join(lines) + "END\r\n").encode()
-        if name == "ping":
-            return b"PONG\r\n"
-        if name == "quit":
-            return b"BYE\r\n"
-        return b"OK\r\n"
-
-    def error(self, request_id: Any, error: WonderQError) -> bytes:
-        message = error.message.replace("\r", " ").replace("\n", " ")
-        return f"ERR {error.code} {message}\r\n".encode()
-
-
-def _text_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """flatten turns nested stats into dotted names: queues.jobs.ready: 3."""
-    items: list[tuple[str, Any]] = []
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            items.extend(flatten(value, name + "."))
+    def _body_line(self, body: bytes | CommandError) -> list[Command | Rejected]:
+        block = self._block
+        assert block is not None
+        block.lines += 1
+        if isinstance(body, bytes):
+            block.size += len(body)
+            block.too_big = block.too_big or block.size > self._limits.max_frame_bytes
+        if not block.too_big:
+            block.bodies.append(body)
         else:
-            items.append((name, value))
-    return items
+            block.bodies.clear()
+        if block.lines < block.count:
+            return []
+        self._block = None
+        if block.too_big:
+            return [Rejected(CommandError(
+                BATCH_TOO_LARGE, f"the {block.count} bodies are over "
+                f"{self._limits.max_frame_bytes} bytes together (--max-frame-bytes); "
+                "nothing was stored"))]
+        try:
+            return [make_command("put_many", {**block.args, "bodies": block.bodies},
+                                 self._limits)]
+        except CommandError as exc:  # not expected: the header was checked
+            return [Rejected(exc)]

@@ -1,0 +1,334 @@
+"""Unit tests of dead-lettering and redrive in the broker (issue 4), numbers as the clock.
+
+A queue with max_deliveries and a dead_letter_queue moves a message there the
+moment a delivery at the limit ends without an ack (its lease runs out, or a
+nack); redrive moves such messages back. Nothing here sleeps: time passes
+only by calling `advance` with a later number.
+"""
+
+from __future__ import annotations
+
+import pytest
+from broker_helpers import (  # the `b` fixture comes from broker_helpers too, via conftest.py
+    T0,
+    Inbox,
+    check_invariants,
+    counts,
+    error_code,
+    ids_of,
+    zero_counts,
+)
+
+from wonderq_server.broker import MESSAGE_OVERHEAD_BYTES, Broker
+from wonderq_server.errors import LEASE_LOST, NOT_FOUND, QUEUE_NOT_FOUND
+from wonderq_server.message import LEASED, READY, Message
+
+HEADERS = {"h": "v"}
+
+
+def dead_letter_setup(b: Broker, max_deliveries: int = 2, **dlq_settings: float) -> int:
+    """A queue "q" dead-lettering to "dlq" after `max_deliveries`; returns a message put at T0."""
+    b.create_queue("q", {"max_deliveries": max_deliveries, "dead_letter_queue": "dlq"}, T0)
+    if dlq_settings:
+        b.create_queue("dlq", dict(dlq_settings), T0)
+    return b.put("q", b"body", T0, priority=3, headers=dict(HEADERS))
+
+
+def deliver_and_time_out(b: Broker, times: int, start: float = T0) -> list[Message]:
+    """Receive the message `times` times, letting each 10 s lease run out."""
+    taken = []
+    for i in range(times):
+        now = start + 10.0 * i
+        [m] = b.receive("q", 1, 10.0, now)
+        taken.append(m)
+        b.advance(now + 10.0)
+    return taken
+
+
+def assert_dead_lettered(b: Broker, msg_id: int, deliveries: int, moved_at: float) -> Message:
+    assert msg_id not in b.queues["q"].messages
+    m = b.queues["dlq"].messages[msg_id]
+    assert (m.id, m.body, m.headers, m.priority) == (msg_id, b"body", HEADERS, 3)
+    assert (m.deliveries, m.origin, m.state, m.lease) == (deliveries, ("q", moved_at), READY,
+                                                          None)
+    assert m.enqueued_at == T0
+    assert m.queue is b.queues["dlq"]
+    return m
+
+
+def test_moved_when_the_last_allowed_lease_runs_out(b: Broker) -> None:
+    msg_id = dead_letter_setup(b)
+    deliver_and_time_out(b, 1)
+    assert counts(b, "q") == zero_counts(ready=1, put_total=1)  # one delivery: not yet
+    assert "dlq" not in b.queues
+    [m] = b.receive("q", 1, 10.0, T0 + 10.0)
+    lease = m.lease
+    assert b.advance(T0 + 19.999) == 0
+    assert b.advance(T0 + 20.0) == 1
+    assert_dead_lettered(b, msg_id, 2, T0 + 20.0)
+    assert counts(b, "q") == zero_counts(put_total=1, redelivered_total=1,
+                                         dead_lettered_total=1)
+    assert counts(b, "dlq") == zero_counts(ready=1)
+    assert b.queues["dlq"].explicit is False  # made implicitly
+    assert b.next_deadline() is None
+    assert b.stored_bytes == 4 + 2 + MESSAGE_OVERHEAD_BYTES  # a move costs nothing more
+    # The lease is gone: NOT_FOUND on the old queue, LEASE_LOST on the new one.
+    assert error_code(b.ack, "q", msg_id, lease, T0 + 21.0) == NOT_FOUND
+    assert error_code(b.ack, "dlq", msg_id, lease, T0 + 21.0) == LEASE_LOST
+    assert error_code(b.touch, "q", msg_id, lease, None, T0 + 21.0) == NOT_FOUND
+    assert error_code(b.nack, "q", msg_id, lease, 0.0, T0 + 21.0) == NOT_FOUND
+    check_invariants(b)
+
+
+def test_moved_at_once_when_nacked_at_the_limit(b: Broker) -> None:
+    msg_id = dead_letter_setup(b)
+    [m1] = b.receive("q", 1, 10.0, T0)
+    b.nack("q", msg_id, m1.lease, 0.0, T0 + 1.0)
+    assert counts(b, "q") == zero_counts(ready=1, put_total=1)
+    [m2] = b.receive("q", 1, 10.0, T0 + 2.0)
+    b.nack("q", msg_id, m2.lease, 0.0, T0 + 3.0)
+    assert_dead_lettered(b, msg_id, 2, T0 + 3.0)
+    assert counts(b, "q")["dead_lettered_total"] == 1
+    assert error_code(b.nack, "q", msg_id, m2.lease, 0.0, T0 + 4.0) == NOT_FOUND
+    assert b.next_deadline() is None
+    check_invariants(b)
+
+
+def test_nack_with_delay_at_the_limit_moves_at_once(b: Broker) -> None:
+    msg_id = dead_letter_setup(b, max_deliveries=1)
+    [m] = b.receive("q", 1, 10.0, T0)
+    b.nack("q", msg_id, m.lease, 60.0, T0 + 1.0)
+    assert_dead_lettered(b, msg_id, 1, T0 + 1.0)
+    assert counts(b, "dlq") == zero_counts(ready=1)
+    assert b.next_deadline() is None
+    check_invariants(b)
+
+
+def test_nack_many_moves_each_at_the_limit(b: Broker) -> None:
+    b.create_queue("q", {"max_deliveries": 1, "dead_letter_queue": "dlq"}, T0)
+    ids = b.put_many("q", [b"a", b"b"], T0)
+    taken = b.receive("q", 2, 10.0, T0)
+    results = b.nack_many("q", [(m.id, m.lease) for m in taken] + [(ids[0], taken[0].lease)],
+                          5.0, T0 + 1.0)
+    assert results[:2] == [None, None]
+    assert results[2] is not None and results[2].code == NOT_FOUND
+    assert sorted(b.queues["dlq"].messages) == ids
+    assert counts(b, "q") == zero_counts(put_total=2, dead_lettered_total=2)
+
+
+def test_dead_letter_queue_waiters_are_served_at_once(b: Broker) -> None:
+    msg_id = dead_letter_setup(b, max_deliveries=1)
+    inbox = Inbox()
+    b.wait("dlq", 5, 7.0, T0 + 100.0, inbox, T0)
+    [m] = b.receive("q", 1, 10.0, T0)
+    old_lease = m.lease
+    b.advance(T0 + 10.0)
+    assert inbox.ids == [[msg_id]]
+    got = inbox.calls[0][0]
+    assert (got.state, got.deliveries, got.origin, got.deadline_at) == (
+        LEASED, 2, ("q", T0 + 10.0), T0 + 17.0)
+    assert got.lease not in (None, old_lease)
+    assert counts(b, "dlq")["in_flight"] == 1
+    b.ack("dlq", msg_id, got.lease, T0 + 11.0)
+    assert counts(b, "dlq")["acked_total"] == 1
+    assert b.stored_bytes == 0
+    check_invariants(b)
+
+
+def test_dead_letter_queue_expiry_applies_from_the_move(b: Broker) -> None:
+    msg_id = dead_letter_setup(b, max_deliveries=1, expiry=5.0)
+    [m] = b.receive("q", 1, 10.0, T0 + 1.0)
+    b.nack("q", msg_id, m.lease, 0.0, T0 + 3.0)
+    assert b.queues["dlq"].messages[msg_id].expires_at == T0 + 8.0
+    assert b.next_deadline() == T0 + 8.0
+    b.advance(T0 + 7.999)
+    assert counts(b, "dlq") == zero_counts(ready=1)
+    b.advance(T0 + 8.0)
+    assert counts(b, "dlq") == zero_counts(expired_total=1)
+    assert b.stored_bytes == 0
+    check_invariants(b)
+
+
+def test_move_replaces_the_source_expiry_with_the_dead_letter_queues(b: Broker) -> None:
+    b.create_queue("q", {"max_deliveries": 1, "dead_letter_queue": "dlq"}, T0)
+    msg_id = b.put("q", b"x", T0, expiry=50.0)
+    [m] = b.receive("q", 1, 10.0, T0)
+    b.nack("q", msg_id, m.lease, 0.0, T0 + 1.0)
+    assert b.queues["dlq"].messages[msg_id].expires_at is None  # the DLQ's expiry is 0
+    assert b.next_deadline() is None
+    assert b.advance(T0 + 100.0) == 0
+    assert counts(b, "dlq") == zero_counts(ready=1)
+
+
+def test_expired_at_the_end_of_its_last_delivery_is_dropped_not_moved(b: Broker) -> None:
+    b.create_queue("q", {"max_deliveries": 1, "dead_letter_queue": "dlq"}, T0)
+    b.put("q", b"x", T0, expiry=5.0)
+    b.receive("q", 1, 10.0, T0)
+    b.advance(T0 + 10.0)
+    assert counts(b, "q") == zero_counts(put_total=1, expired_total=1)
+    assert "dlq" not in b.queues
+
+
+def test_dead_lettering_ignores_the_dead_letter_queues_max_length(b: Broker) -> None:
+    msg_id = dead_letter_setup(b, max_deliveries=1, max_length=1)
+    b.put("dlq", b"filler", T0)
+    b.receive("q", 1, 10.0, T0)
+    b.advance(T0 + 10.0)
+    assert msg_id in b.queues["dlq"].messages
+    assert counts(b, "dlq") == zero_counts(ready=2, put_total=1)
+    check_invariants(b)
+
+
+def test_dead_lettering_into_a_new_queue_ignores_max_queues() -> None:
+    broker = Broker(max_queues=1)
+    broker.create_queue("q", {"max_deliveries": 1, "dead_letter_queue": "dlq"}, T0)
+    msg_id = broker.put("q", b"x", T0)
+    broker.receive("q", 1, 10.0, T0)
+    broker.advance(T0 + 10.0)  # never drops the message for want of a queue
+    assert list(broker.queues["dlq"].messages) == [msg_id]
+
+
+def test_ack_of_the_last_allowed_delivery_keeps_it_out_of_the_dlq(b: Broker) -> None:
+    msg_id = dead_letter_setup(b, max_deliveries=1)
+    [m] = b.receive("q", 1, 10.0, T0)
+    b.ack("q", msg_id, m.lease, T0 + 1.0)
+    b.advance(T0 + 10.0)
+    assert "dlq" not in b.queues
+    assert counts(b, "q") == zero_counts(put_total=1, acked_total=1)
+
+
+# ------------------------------------------------------------------- redrive
+
+
+def dead_letter_three(b: Broker) -> list[int]:
+    """Three messages put in "q" at T0, T0+1, T0+2, dead-lettered to "dlq" at T0+5."""
+    b.create_queue("q", {"max_deliveries": 1, "dead_letter_queue": "dlq"}, T0)
+    ids = [b.put("q", bytes([65 + i]), T0 + i) for i in range(3)]
+    for m in b.receive("q", 3, 10.0, T0 + 3.0):
+        b.nack("q", m.id, m.lease, 0.0, T0 + 5.0)
+    return ids
+
+
+def test_redrive_moves_back_to_the_origin_and_resets(b: Broker) -> None:
+    ids = dead_letter_three(b)
+    inbox = Inbox()
+    b.wait("q", 1, None, T0 + 100.0, inbox, T0 + 6.0)
+    assert b.redrive("dlq", None, T0 + 7.0) == 3
+    assert inbox.ids == [[ids[0]]]  # a waiter on the origin is served at once
+    assert counts(b, "dlq") == zero_counts()
+    rest = b.receive("q", 10, None, T0 + 7.0)
+    assert ids_of(rest) == ids[1:]
+    assert [(m.deliveries, m.origin) for m in rest] == [(1, None), (1, None)]
+    assert [m.enqueued_at for m in rest] == [T0 + 1, T0 + 2]
+    assert counts(b, "q") == zero_counts(in_flight=3, put_total=3, redelivered_total=0,
+                                         dead_lettered_total=3)
+    check_invariants(b)
+
+
+def test_redrive_gives_the_origin_queues_expiry_from_the_redrive(b: Broker) -> None:
+    ids = dead_letter_three(b)
+    b.configure_queue("q", {"expiry": 20.0}, T0 + 6.0)
+    b.redrive("dlq", 1, T0 + 7.0)
+    m = b.queues["q"].messages[ids[0]]
+    assert (m.deliveries, m.origin, m.expires_at, m.state) == (0, None, T0 + 27.0, READY)
+    b.advance(T0 + 27.0)
+    assert counts(b, "q")["expired_total"] == 1
+
+
+def test_redrive_max_moves_the_oldest_first(b: Broker) -> None:
+    ids = dead_letter_three(b)
+    assert b.redrive("dlq", 2, T0 + 6.0) == 2
+    assert sorted(b.queues["q"].messages) == ids[:2]
+    assert list(b.queues["dlq"].messages) == ids[2:]
+    assert b.redrive("dlq", 0, T0 + 6.0) == 0
+    assert b.redrive("dlq", 5, T0 + 6.0) == 1
+    assert b.redrive("dlq", None, T0 + 6.0) == 0
+    check_invariants(b)
+
+
+def test_redrive_skips_messages_with_no_origin(b: Broker) -> None:
+    ids = dead_letter_three(b)
+    plain = b.put("dlq", b"put here", T0 + 6.0)
+    first_in_line = b.put("dlq", b"urgent", T0 + 6.0, priority=-1)
+    assert b.redrive("dlq", 1, T0 + 7.0) == 1  # the skipped ones do not use up `max`
+    assert b.redrive("dlq", None, T0 + 7.0) == 2
+    assert ids_of(b.receive("dlq", 10, None, T0 + 7.0)) == [first_in_line, plain]
+    assert sorted(b.queues["q"].messages) == ids
+    check_invariants(b)
+
+
+def test_redrive_skips_when_the_origin_queue_is_full(b: Broker) -> None:
+    ids = dead_letter_three(b)
+    b.configure_queue("q", {"max_length": 2}, T0 + 6.0)
+    b.put("q", b"new", T0 + 6.0)
+    assert b.redrive("dlq", None, T0 + 7.0) == 1
+    assert list(b.queues["dlq"].messages) == ids[1:]
+    assert b.redrive("dlq", None, T0 + 7.0) == 0
+    got = b.receive("dlq", 10, None, T0 + 8.0)  # still there, still receivable
+    assert ids_of(got) == ids[1:]
+    assert [m.deliveries for m in got] == [2, 2]
+    check_invariants(b)
+
+
+def test_redrive_leaves_leased_and_delayed_messages(b: Broker) -> None:
+    ids = dead_letter_three(b)
+    [m] = b.receive("dlq", 1, 10.0, T0 + 6.0)
+    assert m.id == ids[0]
+    [m2] = b.receive("dlq", 1, 10.0, T0 + 6.0)
+    b.nack("dlq", m2.id, m2.lease, 30.0, T0 + 6.0)
+    assert b.redrive("dlq", None, T0 + 7.0) == 1
+    assert list(b.queues["q"].messages) == ids[2:]
+    b.ack("dlq", m.id, m.lease, T0 + 8.0)  # its consumer still holds it
+    assert counts(b, "dlq") == zero_counts(delayed=1, acked_total=1, redelivered_total=2)
+    check_invariants(b)
+
+
+def test_redrive_to_a_deleted_origin_makes_it_again(b: Broker) -> None:
+    ids = dead_letter_three(b)
+    b.delete_queue("q", T0 + 6.0)
+    assert b.redrive("dlq", None, T0 + 7.0) == 3
+    assert b.queues["q"].explicit is False
+    assert b.queues["q"].settings.max_deliveries == 0
+    assert list(b.queues["q"].messages) == ids
+
+
+def test_redrive_of_a_missing_queue_is_queue_not_found(b: Broker) -> None:
+    assert error_code(b.redrive, "nope", None, T0) == QUEUE_NOT_FOUND
+    assert "nope" not in b.queues
+
+
+@pytest.mark.parametrize("stale", [0, 10, 200])
+def test_redrive_with_stale_ready_entries_moves_every_one(b: Broker, stale: int) -> None:
+    ids = dead_letter_three(b)
+    kept = b.put("dlq", b"no origin", T0 + 5.0)
+    for _ in range(stale):  # expired messages leave stale keys in the ready heap
+        b.put("dlq", b"s", T0 + 5.0, expiry=1.0)
+    b.advance(T0 + 6.0)
+    assert b.redrive("dlq", None, T0 + 7.0) == 3
+    assert sorted(b.queues["q"].messages) == ids
+    assert ids_of(b.receive("dlq", 10, None, T0 + 7.0)) == [kept]
+    check_invariants(b)
+
+
+def test_redrive_keeps_a_message_whose_origin_cannot_be_made_again() -> None:
+    broker = Broker(max_queues=2)
+    broker.create_queue("q", {"max_deliveries": 1, "dead_letter_queue": "dlq"}, T0)
+    msg_id = broker.put("q", b"x", T0)
+    [m] = broker.receive("q", 1, 10.0, T0)
+    broker.nack("q", msg_id, m.lease, 0.0, T0 + 1.0)
+    broker.delete_queue("q", T0 + 2.0)
+    broker.create_queue("other", {}, T0 + 2.0)  # the server is at --max-queues again
+    assert broker.redrive("dlq", None, T0 + 3.0) == 0
+    assert list(broker.queues["dlq"].messages) == [msg_id]
+    assert ids_of(broker.peek("dlq", 5)) == [msg_id]
+    check_invariants(broker)
+
+
+def test_lowering_max_deliveries_applies_when_the_running_delivery_ends(b: Broker) -> None:
+    msg_id = dead_letter_setup(b, max_deliveries=5)
+    deliver_and_time_out(b, 2)
+    [m] = b.receive("q", 1, 10.0, T0 + 20.0)
+    b.configure_queue("q", {"max_deliveries": 2}, T0 + 21.0)
+    assert m.state == LEASED  # not taken from its consumer
+    b.advance(T0 + 30.0)
+    assert_dead_lettered(b, msg_id, 3, T0 + 30.0)

@@ -1,0 +1,190 @@
+"""Issue 4's features through the journal: what each new record kind replays to.
+
+Like test_journal.py, everything runs in this process with numbers as the
+clock: `write_pending` stands in for the server's flush, and a restart is a
+fresh Journal and Broker on the same directory. `broker_state` compares
+every message's options (priority, headers, origin, expiry) and every
+explicit queue's settings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from durability import T0, broker_state, open_broker, restored
+
+from wonderq_server.broker import Broker
+from wonderq_server.compaction import Compaction
+from wonderq_server.errors import NOT_FOUND, CommandError
+from wonderq_server.journal import Journal
+from wonderq_server.journal_format import DROP, MOVE, PURGE, PUTX, QUEUE, ReadResult, read_records
+from wonderq_server.message import DELAYED, LEASED, READY
+
+
+def kinds(directory: Path) -> list[int]:
+    [path] = [p for p in directory.iterdir() if p.name.startswith("journal.")]
+    return [record[0] for record in read_records(path.read_bytes(), ReadResult())]
+
+
+def reopened_equal(directory: Path, journal: Journal, broker: Broker, now: float) -> Broker:
+    """reopened_equal writes, closes, reopens at `now` and checks nothing changed."""
+    journal.write_pending()
+    expected = broker_state(broker)
+    journal.close()
+    again, _ = restored(directory, now)
+    assert broker_state(again) == expected
+    return again
+
+
+def test_put_options_survive_a_restart(tmp_path: Path) -> None:
+    journal, broker, _ = open_broker(tmp_path, T0)
+    broker.put("q", b"plain", T0)
+    urgent = broker.put("q", b"urgent", T0, priority=-5, headers={"trace": "a b", "k": ""})
+    later = broker.put("q", b"later", T0, delay=50.0, expiry=100.0)
+    broker.put("q", b"low", T0, priority=7)
+    again = reopened_equal(tmp_path, journal, broker, T0 + 1)
+    assert kinds(tmp_path).count(PUTX) == 3
+    q = again.queues["q"]
+    assert q.messages[later].state == DELAYED and q.messages[later].deadline_at == T0 + 50
+    assert q.messages[later].expires_at == T0 + 100
+    assert q.messages[urgent].headers == {"trace": "a b", "k": ""}
+    assert [m.body for m in again.receive("q", 5, 1000.0, T0 + 1)] == [b"urgent", b"plain", b"low"]
+    again.advance(T0 + 60)
+    assert [m.body for m in again.receive("q", 5, None, T0 + 60)] == [b"later"]
+
+
+def test_queue_settings_purge_and_delete_replay(tmp_path: Path) -> None:
+    journal, broker, _ = open_broker(tmp_path, T0)
+    broker.create_queue("jobs", {"max_deliveries": 3, "dead_letter_queue": "dead",
+                                 "visibility_timeout": 5.0}, T0)
+    broker.configure_queue("jobs", {"max_length": 10}, T0)
+    broker.create_queue("empty", {}, T0)
+    broker.put_many("jobs", [b"1", b"2"], T0)
+    broker.receive("jobs", 1, None, T0)
+    broker.put("gone", b"x", T0)
+    broker.create_queue("gone", {"delay": 1.0}, T0)
+    broker.put_many("purged", [b"a", b"b"], T0)
+    broker.receive("purged", 1, None, T0)
+    assert broker.purge("purged", T0) == 2
+    broker.put("purged", b"after the purge", T0)
+    assert broker.delete_queue("gone", T0) == 1
+    again = reopened_equal(tmp_path, journal, broker, T0 + 1)
+    assert {QUEUE, PURGE, DROP} <= set(kinds(tmp_path))
+    assert again.queues["jobs"].settings.max_length == 10
+    assert again.queues["jobs"].settings.visibility_timeout == 5.0
+    assert again.queues["empty"].explicit and not again.queues["empty"].messages
+    assert "gone" not in again.queues
+    assert [m.body for m in again.queues["purged"].messages.values()] == [b"after the purge"]
+
+
+def dead_lettering_broker(directory: Path) -> tuple[Journal, Broker, int]:
+    journal, broker, _ = open_broker(directory, T0)
+    broker.create_queue("jobs", {"max_deliveries": 2, "dead_letter_queue": "dead"}, T0)
+    msg_id = broker.put("jobs", b"poison", T0, headers={"h": "v"}, priority=3)
+    return journal, broker, msg_id
+
+
+def test_a_dead_lettered_message_stays_dead_lettered(tmp_path: Path) -> None:
+    journal, broker, msg_id = dead_lettering_broker(tmp_path)
+    [m] = broker.receive("jobs", 1, 10.0, T0)
+    broker.nack("jobs", m.id, m.lease, 0.0, T0 + 1)
+    broker.receive("jobs", 1, 10.0, T0 + 1)
+    broker.advance(T0 + 11)  # the second lease runs out: moved at once
+    assert msg_id in broker.queues["dead"].messages
+    again = reopened_equal(tmp_path, journal, broker, T0 + 12)
+    assert MOVE in kinds(tmp_path)
+    moved = again.queues["dead"].messages[msg_id]
+    assert (moved.deliveries, moved.origin, moved.headers, moved.priority) == (
+        2, ("jobs", T0 + 11), {"h": "v"}, 3)
+    assert not again.queues["jobs"].messages
+
+
+def test_a_lease_that_ran_out_while_down_dead_letters_at_start(tmp_path: Path) -> None:
+    journal, broker, msg_id = dead_lettering_broker(tmp_path)
+    for at in (T0, T0 + 20):
+        broker.advance(at)
+        [m] = broker.receive("jobs", 1, 10.0, at)
+    journal.write_pending()
+    journal.close()  # down with the second (last allowed) lease running until T0 + 30
+
+    journal, broker, _ = open_broker(tmp_path, T0 + 100)
+    moved = broker.queues["dead"].messages[msg_id]
+    assert (moved.state, moved.deliveries, moved.origin) == (READY, 2, ("jobs", T0 + 100))
+    assert broker.stats(T0 + 100)["queues"]["jobs"]["dead_lettered_total"] == 1
+    assert journal.has_pending  # the move is logged, not just recomputed at each start
+    # The old lease is gone with the move; an ack in the dead-letter queue sticks.
+    with pytest.raises(CommandError) as info:
+        broker.ack("jobs", msg_id, m.lease, T0 + 100)
+    assert info.value.code == NOT_FOUND
+    [dead] = broker.receive("dead", 1, None, T0 + 100)
+    broker.ack("dead", dead.id, dead.lease, T0 + 101)
+    again = reopened_equal(tmp_path, journal, broker, T0 + 200)
+    assert msg_id not in again.queues["dead"].messages
+    assert msg_id not in again.queues["jobs"].messages
+
+
+def test_an_expiry_that_passed_while_down_drops_the_message_at_start(tmp_path: Path) -> None:
+    journal, broker, _ = open_broker(tmp_path, T0)
+    leased = broker.put("q", b"leased past its expiry", T0, expiry=10.0)
+    kept = broker.put("q", b"kept", T0)
+    short_lived = broker.put("q", b"short-lived", T0, expiry=10.0)
+    broker.receive("q", 1, None, T0)  # the first one, leased until T0 + 30
+    journal.write_pending()
+    journal.close()
+
+    journal, broker, _ = open_broker(tmp_path, T0 + 20)
+    q = broker.queues["q"]
+    assert set(q.messages) == {leased, kept} and q.expired_total == 1
+    assert short_lived not in q.messages
+    broker.advance(T0 + 31)  # the lease ends unacked, past its expiry
+    assert set(q.messages) == {kept} and q.expired_total == 2
+    reopened_equal(tmp_path, journal, broker, T0 + 40)
+
+
+def test_redrive_survives_a_restart(tmp_path: Path) -> None:
+    journal, broker, msg_id = dead_lettering_broker(tmp_path)
+    broker.create_queue("jobs", {"max_deliveries": 2, "dead_letter_queue": "dead"}, T0)
+    for at in (T0, T0 + 20):
+        broker.advance(at)
+        broker.receive("jobs", 1, 10.0, at)
+    broker.advance(T0 + 40)
+    assert broker.redrive("dead", None, T0 + 41) == 1
+    again = reopened_equal(tmp_path, journal, broker, T0 + 42)
+    back = again.queues["jobs"].messages[msg_id]
+    assert (back.state, back.deliveries, back.origin) == (READY, 0, None)
+
+
+def test_a_compaction_finds_messages_moved_while_it_runs(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from wonderq_server import compaction
+    monkeypatch.setattr(compaction, "SLICE_MESSAGES", 2)
+    journal, broker, _ = open_broker(tmp_path, T0)
+    broker.create_queue("jobs", {"max_deliveries": 1, "dead_letter_queue": "dead"}, T0)
+    ids = broker.put_many("jobs", [b"%d" % i for i in range(6)], T0)
+    broker.receive("jobs", 2, 10.0, T0)  # the first two, leased
+    journal.write_pending()
+    c = Compaction(journal, broker)
+    c.start()
+    c.step()  # writes ids 0 and 1 (leased) into the new file
+    broker.advance(T0 + 11)  # both dead-lettered after their snapshot: MOVE records follow
+    [last] = broker.receive("jobs", 1, 1.0, T0 + 11)  # id 2 ...
+    broker.nack("jobs", last.id, last.lease, 0.0, T0 + 11)  # ... dead-lettered before its slice
+    broker.configure_queue("jobs", {"max_length": 100}, T0 + 11)
+    journal.write_pending()
+    while not c.step():
+        journal.write_pending()
+    journal.write_pending()
+    c.presync()
+    c.switch(T0 + 12)
+    assert set(broker.queues["dead"].messages) == set(ids[:3])
+    again = reopened_equal(tmp_path, journal, broker, T0 + 12)
+    assert set(again.queues["dead"].messages) == set(ids[:3])
+    assert again.queues["jobs"].settings.max_length == 100
+
+
+def test_a_leased_message_keeps_its_lease_state_across_a_restart(tmp_path: Path) -> None:
+    journal, broker, msg_id = dead_lettering_broker(tmp_path)
+    broker.receive("jobs", 1, 10.0, T0)
+    again = reopened_equal(tmp_path, journal, broker, T0 + 5)
+    assert again.queues["jobs"].messages[msg_id].state == LEASED

@@ -1,0 +1,251 @@
+"""Commands about whole queues: settings, listing, peek, purge, delete, redrive, stats.
+
+Design decision: these are the broker's (a base class of Broker, so they
+share its state and its state movements) but live apart from the message
+path in broker.py, which stays about one message at a time. Like the rest of
+the broker they are pure: `now` is passed in.
+
+Rules:
+* Commands that read or empty a queue (queue_info, peek, purge,
+  delete_queue, redrive, message_info, configure_queue) never create one; a
+  queue that does not exist is QUEUE_NOT_FOUND. create_queue and every
+  message command create queues as before.
+* create_queue is idempotent: the same settings again succeed; different
+  settings for a queue made by create_queue (or configure_queue) are
+  QUEUE_EXISTS. A queue that exists only because it was used takes the
+  settings and becomes explicit.
+* purge and delete_queue remove messages in every state, leased ones too
+  (their leases then get NOT_FOUND), with one journal record each, however
+  many messages go.
+* redrive moves only ready messages that were dead-lettered (they know their
+  origin), in the order receive would take them (priority, then oldest);
+  one whose origin queue is full stays.
+* peek shows what receive would hand out next, without leasing, and never
+  shows a lease token (a peeker must not be able to ack).
+
+Must not know: sockets, asyncio, wire formats, the clock.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import TYPE_CHECKING, Any
+
+from .errors import NOT_FOUND, QUEUE_EXISTS, QUEUE_NOT_FOUND, CommandError
+from .message import DELETED, ID_MASK, READY, STATE_NAMES, Message
+from .queue_settings import QueueSettings
+from .queues import Queue
+from .rates import RateWindow
+
+if TYPE_CHECKING:
+    from .broker import Broker
+
+
+class QueueAdmin:
+    # ------------------------------------------------------------ settings
+
+    def create_queue(self: Broker, name: str, settings: dict[str, Any],
+                     now: float) -> dict[str, Any]:
+        """create_queue makes a queue with settings (the rest at their defaults)."""
+        q = self.queues.get(name) if isinstance(name, str) else None
+        wanted = QueueSettings().changed(name, settings)
+        if q is not None and q.explicit:
+            if q.settings != wanted:
+                raise CommandError(QUEUE_EXISTS, f"queue {name!r} exists with other settings "
+                                   f"({_describe(q.settings)}); use configure_queue to "
+                                   "change them")
+            return q.settings.as_dict()
+        if q is None:
+            q = self.queue(name)
+        self._apply_settings(q, wanted)
+        return q.settings.as_dict()
+
+    def configure_queue(self: Broker, name: str, changes: dict[str, Any],
+                        now: float) -> dict[str, Any]:
+        """configure_queue changes the given settings of an existing queue."""
+        q = self._admin_queue(name)
+        self._apply_settings(q, q.settings.changed(name, changes))
+        return q.settings.as_dict()
+
+    def _apply_settings(self: Broker, q: Queue, settings: QueueSettings) -> None:
+        """_apply_settings takes effect for what happens from now on: running leases,
+        delays and expiries keep the times they were given."""
+        q.settings = settings
+        q.explicit = True
+        if self.journal is not None:
+            self.journal.queue_settings(q)
+
+    def queue_info(self: Broker, name: str, now: float) -> dict[str, Any]:
+        q = self._admin_queue(name)
+        return {"queue": q.name, "explicit": q.explicit, **q.settings.as_dict(),
+                **self._queue_counts(q, now)}
+
+    def list_queues(self: Broker, now: float) -> list[dict[str, Any]]:
+        return [{"queue": q.name, "explicit": q.explicit, "messages": len(q.messages),
+                 "ready": q.ready_count, "in_flight": q.leased_count,
+                 "delayed": q.delayed_count}
+                for _, q in sorted(self.queues.items())]
+
+    def _admin_queue(self: Broker, name: str) -> Queue:
+        q = self.queues.get(name) if isinstance(name, str) else None
+        if q is None:
+            raise CommandError(QUEUE_NOT_FOUND, f"no queue {name!r:.140}")
+        return q
+
+    # ------------------------------------------------------------ messages
+
+    def peek(self: Broker, name: str, max_messages: int) -> list[Message]:
+        """peek returns up to `max_messages` ready messages in the order receive takes them.
+
+        It walks the ready heap from its root, smallest key first, keeping a
+        small heap of the frontier: O(k log k) for k messages, whatever the
+        queue's length, skipping stale entries as receive would.
+        """
+        q = self._admin_queue(name)
+        ready, messages = q.ready, q.messages
+        found: list[Message] = []
+        seen: set[int] = set()
+        frontier = [(ready[0], 0)] if ready else []
+        while frontier and len(found) < max_messages:
+            key, index = heapq.heappop(frontier)
+            for child in (2 * index + 1, 2 * index + 2):
+                if child < len(ready):
+                    heapq.heappush(frontier, (ready[child], child))
+            msg = messages.get(key & ID_MASK)
+            if msg is None or msg.state != READY or msg.id in seen:
+                continue
+            seen.add(msg.id)
+            found.append(msg)
+        return found
+
+    def message_info(self: Broker, name: str, message_id: int, now: float) -> dict[str, Any]:
+        q = self._admin_queue(name)
+        msg = q.messages.get(message_id)
+        if msg is None:
+            raise CommandError(NOT_FOUND, f"no message {message_id} in queue {name!r}")
+        return {
+            "id": msg.id,
+            "queue": q.name,
+            "state": STATE_NAMES[msg.state],
+            "deliveries": msg.deliveries,
+            "priority": msg.priority,
+            "enqueued_at": msg.enqueued_at,
+            "deadline_at": msg.deadline_at,
+            "expires_at": msg.expires_at,
+            "body_bytes": len(msg.body),
+            "headers": dict(msg.headers or {}),
+            "dead_letter": list(msg.origin) if msg.origin else None,
+        }
+
+    def purge(self: Broker, name: str, now: float) -> int:
+        """purge removes every message of a queue; returns how many."""
+        q = self._admin_queue(name)
+        if self.journal is not None and q.messages:
+            self.journal.purge(q)
+        return self._remove_all(q)
+
+    def delete_queue(self: Broker, name: str, now: float) -> int:
+        """delete_queue removes a queue, its settings and its messages; returns how many
+        messages. Its waiting receives are answered with no messages."""
+        q = self._admin_queue(name)
+        if self.journal is not None:
+            self.journal.delete_queue(q)
+        removed = self._remove_all(q)
+        del self.queues[name]
+        while (waiter := q.next_waiter()) is not None:
+            self._finish_waiter(waiter)
+            waiter.deliver([])
+        return removed
+
+    def _remove_all(self: Broker, q: Queue) -> int:
+        removed = len(q.messages)
+        for msg in q.messages.values():
+            self._detach(msg)
+            self._cancel_expiry(msg)
+            msg.state = DELETED
+            self.stored_bytes -= self._cost(msg)
+        q.messages = {}
+        q.ready = []
+        q.body_bytes = 0
+        return removed
+
+    def redrive(self: Broker, name: str, max_messages: int | None, now: float) -> int:
+        """redrive moves dead-lettered ready messages back to the queues they came from.
+
+        Each goes back with its delivery count reset, as if newly put, in the
+        order receive would take them (priority, then oldest); one
+        whose origin queue is full (or cannot be created) stays here.
+        """
+        q = self._admin_queue(name)
+        limit = len(q.messages) if max_messages is None else max_messages
+        moved = 0
+        kept: list[int] = []  # keys popped but not moved: pushed back at the end
+        while q.ready_count > len(kept) and moved < limit:
+            key = heapq.heappop(q.ready)
+            msg = q.messages.get(key & ID_MASK)
+            if msg is None or msg.state != READY:
+                continue  # a stale entry
+            target = None
+            if msg.origin is not None and msg.origin[0] != q.name:
+                try:
+                    target = self.queue(msg.origin[0])
+                except CommandError:  # TOO_MANY_QUEUES
+                    target = None
+            if target is None or target.is_full():
+                kept.append(key)
+                continue
+            self._move(msg, target, 0, None, self._expiry_for(target, now), now)
+            moved += 1
+        for key in kept:
+            heapq.heappush(q.ready, key)
+        return moved
+
+    # --------------------------------------------------------------- stats
+
+    def sample_rates(self: Broker, now: float) -> None:
+        """sample_rates records every queue's totals; the server calls it once a second."""
+        for q in self.queues.values():
+            q.rates.sample(now, q.totals())
+
+    def reset_totals(self: Broker) -> None:
+        """reset_totals zeroes the per-queue totals (after replay: they count from a start)."""
+        for q in self.queues.values():
+            q.put_total = q.acked_total = q.redelivered_total = 0
+            q.dead_lettered_total = q.expired_total = 0
+            q.rates = RateWindow()
+
+    def _queue_counts(self: Broker, q: Queue, now: float) -> dict[str, Any]:
+        put_rate, ack_rate, redelivered_rate = q.rates.rates(now, q.totals())
+        oldest = next(iter(q.messages.values()), None)
+        return {
+            "messages": len(q.messages),
+            "ready": q.ready_count,
+            "in_flight": q.leased_count,
+            "delayed": q.delayed_count,
+            "waiting": q.live_waiters(),
+            "put_total": q.put_total,
+            "acked_total": q.acked_total,
+            "redelivered_total": q.redelivered_total,
+            "dead_lettered_total": q.dead_lettered_total,
+            "expired_total": q.expired_total,
+            "oldest_age_s": round(max(0.0, now - oldest.enqueued_at), 3) if oldest else 0.0,
+            "put_rate": put_rate,
+            "ack_rate": ack_rate,
+            "redelivered_rate": redelivered_rate,
+        }
+
+    def stats(self: Broker, now: float) -> dict[str, Any]:
+        """stats is a snapshot of every queue's counts and the server-wide totals."""
+        queues = {name: self._queue_counts(q, now) for name, q in self.queues.items()}
+        return {
+            "messages": sum(len(q.messages) for q in self.queues.values()),
+            "waiting_consumers": sum(c["waiting"] for c in queues.values()),
+            "queue_count": len(self.queues),
+            "stored_bytes": self.stored_bytes,
+            "max_memory": self.max_memory_bytes,
+            "queues": queues,
+        }
+
+
+def _describe(settings: QueueSettings) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in settings.as_dict().items())

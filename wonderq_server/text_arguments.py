@@ -1,0 +1,203 @@
+"""How the words of one text command line become that command's raw arguments.
+
+Design decision: this module only splits and converts; it returns the same
+kind of argument map a binary request carries, and `make_command`
+(commands.py) checks it. So a text request is valid exactly when the same
+binary request would be.
+
+Syntax (the first word, the command, is already taken off):
+
+    most commands   <required...> [optional...]  positional in the order of
+                    commands.COMMANDS, or name=value in any order
+    PUT             <queue> [option=value ...] [--] <body>
+    PUT_MANY        <queue> <count> [option=value ...]   (the bodies follow
+                    on their own lines; see text_codec.py)
+    ACK_MANY        <queue> <id>:<lease> ...
+    NACK_MANY       <queue> [delay=S] <id>:<lease> ...
+    CREATE_QUEUE, CONFIGURE_QUEUE   <queue> [setting=value ...]  (settings by
+                    name only: six positional numbers would be unreadable)
+
+Rules:
+* PUT options are leading words `delay=S`, `priority=N`, `expiry=S` and
+  `header.KEY=VALUE`; the body starts at the first other word, or after a
+  single `--` word, and runs to the end of the line (spaces kept). KEY and
+  VALUE are percent-decoded and must then be UTF-8.
+* An `<id>:<lease>` word that cannot be read becomes that item's error (a
+  CommandError in the item list), as a malformed item does in binary mode;
+  the other items go ahead.
+* Option names are case-sensitive; command words are not (text_codec.py).
+
+Must not know: sockets, the broker, how lines are framed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from .commands import COMMANDS, TEXT_CONVERTERS, Limits
+from .errors import BATCH_TOO_LARGE, CommandError, bad_argument
+
+PUT_OPTIONS = (b"delay", b"priority", b"expiry")
+HEADER_PREFIX = b"header."
+END_OF_OPTIONS = b"--"
+NAMED_ONLY = frozenset({"create_queue", "configure_queue"})
+
+PUT_USAGE = "PUT <queue> [option=value ...] [--] <body>"
+PUT_MANY_USAGE = "PUT_MANY <queue> <count> [option=value ...]"
+
+
+def arguments(name: str, rest: bytes) -> dict[str, Any]:
+    """arguments reads what follows the command word of any one-line command."""
+    if name == "put":
+        return put_arguments(rest)
+    if name in ("ack_many", "nack_many"):
+        return lease_item_arguments(name, rest.split())
+    return named_or_positional(name, rest.split())
+
+
+def put_arguments(rest: bytes) -> dict[str, Any]:
+    """put_arguments: PUT <queue> [option=value ...] [--] <body>."""
+    queue, _, tail = rest.partition(b" ")
+    if not queue:
+        raise bad_argument(f"PUT needs a queue: {PUT_USAGE}")
+    args: dict[str, Any] = {"queue": queue.decode(errors="replace")}
+    while True:
+        word, space, after = tail.partition(b" ")
+        if word == END_OF_OPTIONS:
+            tail = after
+            break
+        if not is_put_option(word):
+            break
+        add_put_option(args, word)
+        tail = after
+        if not space:
+            break
+    args["body"] = tail
+    return args
+
+
+def is_put_option(word: bytes) -> bool:
+    name, eq, _ = word.partition(b"=")
+    return bool(eq) and (name in PUT_OPTIONS or name.startswith(HEADER_PREFIX))
+
+
+def add_put_option(args: dict[str, Any], word: bytes) -> None:
+    """add_put_option adds one `name=value` word of PUT or PUT_MANY to `args`."""
+    name, _, value = word.partition(b"=")
+    if name.startswith(HEADER_PREFIX):
+        key = _percent_decoded("header key", name[len(HEADER_PREFIX):])
+        headers = args.setdefault("headers", {})
+        if key in headers:
+            raise bad_argument(f"header {key!r:.60} given twice")
+        headers[key] = _percent_decoded(f"header {key!r:.60}", value)
+        return
+    field = name.decode()
+    if field in args:
+        raise bad_argument(f"{field} given twice")
+    args[field] = TEXT_CONVERTERS[field](field, value.decode(errors="replace"))
+
+
+def _percent_decoded(what: str, raw: bytes) -> str:
+    try:
+        return unquote_to_bytes(raw).decode()
+    except UnicodeDecodeError:
+        raise bad_argument(f"{what} is not UTF-8 once percent-decoded: {raw!r:.60}") from None
+
+
+def put_many_header(rest: bytes, limits: Limits) -> tuple[dict[str, Any], int]:
+    """put_many_header reads `PUT_MANY <queue> <count> [option=value ...]`.
+
+    Returns the raw arguments (without bodies) and the number of body lines
+    to expect. The count is checked against --max-batch here, before a
+    single body line is read.
+    """
+    words = rest.split()
+    if len(words) < 2:
+        missing = ", ".join(["queue", "count"][len(words):])
+        raise bad_argument(f"PUT_MANY needs {missing}: {PUT_MANY_USAGE}")
+    args: dict[str, Any] = {"queue": words[0].decode(errors="replace")}
+    count = TEXT_CONVERTERS["max"]("count", words[1].decode(errors="replace"))
+    if count < 1:
+        raise bad_argument(f"count must be at least 1, got {count}")
+    if count > limits.max_batch:
+        raise CommandError(BATCH_TOO_LARGE, f"count is {count}, over the limit of "
+                           f"{limits.max_batch} (--max-batch)")
+    for word in words[2:]:
+        if is_put_option(word):
+            add_put_option(args, word)
+        elif b"=" in word:
+            field = word.partition(b"=")[0].decode(errors="replace")
+            raise bad_argument(f"put_many has no field {field}")
+        else:
+            raise bad_argument(f"too many arguments for PUT_MANY: {PUT_MANY_USAGE}")
+    return args, count
+
+
+def lease_item_arguments(name: str, words: list[bytes]) -> dict[str, Any]:
+    """lease_item_arguments reads `<queue> [name=value ...] <id>:<lease> ...`."""
+    args: dict[str, Any] = {}
+    items: list[Any] = []
+    for word in words:
+        text = word.decode(errors="replace")
+        field, eq, value = text.partition("=")
+        if eq:
+            if field == "items":
+                raise bad_argument(f"{name.upper()} takes its items as <id>:<lease> words")
+            _set_named(args, field, value)
+        elif "queue" not in args:
+            args["queue"] = text
+        else:
+            items.append(_lease_item(f"items[{len(items)}]", text))
+    if "queue" not in args:
+        raise bad_argument(f"{name.upper()} needs queue: {name.upper()} <queue> "
+                           + ("[delay=S] " if name == "nack_many" else "")
+                           + "<id>:<lease> ...")
+    args["items"] = items
+    return args
+
+
+def _lease_item(field: str, text: str) -> list[int] | CommandError:
+    message_id, colon, lease = text.partition(":")
+    if not colon:
+        return bad_argument(f"{field} must be <id>:<lease>, got {text!r:.60}")
+    try:
+        return [TEXT_CONVERTERS["id"](f"{field}.id", message_id),
+                TEXT_CONVERTERS["lease"](f"{field}.lease", lease)]
+    except CommandError as exc:
+        return exc
+
+
+def named_or_positional(name: str, words: list[bytes]) -> dict[str, Any]:
+    """named_or_positional reads words as positional fields in table order, or name=value."""
+    required, optional = COMMANDS[name]
+    order = list(required) if name in NAMED_ONLY else [*required, *optional]
+    args: dict[str, Any] = {}
+    for position, word in enumerate(words):
+        text = word.decode(errors="replace")
+        field, eq, value = text.partition("=")
+        if not eq:
+            if position >= len(order):
+                raise bad_argument(f"too many arguments for {name.upper()}: {usage(name)}")
+            field, value = order[position], text
+        _set_named(args, field, value)
+    missing = [f for f in required if f not in args]
+    if missing:
+        raise bad_argument(f"{name.upper()} needs {', '.join(missing)}: "
+                           f"{name.upper()} {' '.join(f'<{f}>' for f in required)}")
+    return args
+
+
+def _set_named(args: dict[str, Any], field: str, value: str) -> None:
+    if field in args:
+        raise bad_argument(f"{field} given twice")
+    convert = TEXT_CONVERTERS.get(field)
+    args[field] = convert(field, value) if convert else value
+
+
+def usage(name: str) -> str:
+    """usage is a command's text syntax, for error messages."""
+    required, optional = COMMANDS[name]
+    if name in NAMED_ONLY:
+        return f"{name.upper()} <queue> [setting=value ...]"
+    return f"{name.upper()} {' '.join(f'<{f}>' for f in [*required, *optional])}"
