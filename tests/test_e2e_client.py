@@ -6,6 +6,7 @@ import asyncio
 import collections
 
 import pytest
+from polling import EVENT_TIMEOUT_S, until_stats
 
 from wonderq_client import (
     BadArgument,
@@ -16,22 +17,6 @@ from wonderq_client import (
     NotFound,
     connect,
 )
-
-# Upper bound for any single wait in these tests; they wait for events, and
-# this only stops a broken server from hanging the suite.
-EVENT_TIMEOUT_S = 10.0
-
-
-async def until_stats(client, check) -> dict:
-    """until_stats re-reads the server's stats until `check(stats)` holds (bounded)."""
-    loop = asyncio.get_running_loop()
-    give_up = loop.time() + EVENT_TIMEOUT_S
-    while True:
-        stats = await client.stats()
-        if check(stats):
-            return stats
-        assert loop.time() < give_up, f"condition never held; last stats: {stats}"
-        await asyncio.sleep(0.005)
 
 
 async def test_put_receive_ack_round_trip(server):

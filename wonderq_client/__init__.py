@@ -22,17 +22,22 @@ from .errors import (
     BodyTooLarge,
     ConnectionClosed,
     FrameTooLarge,
+    Full,
+    HeadersTooLarge,
     InternalError,
     InvalidQueueName,
     LeaseLost,
     Malformed,
     NotFound,
+    QueueExists,
+    QueueNotFound,
     StorageError,
+    TooManyQueues,
     UnknownCommand,
     UnsupportedVersion,
     WonderQError,
 )
-from .message import Message
+from .message import Message, NotLeasedError
 
 __version__ = "0.1.0"
 
@@ -45,13 +50,19 @@ __all__ = [
     "Client",
     "ConnectionClosed",
     "FrameTooLarge",
+    "Full",
+    "HeadersTooLarge",
     "InternalError",
     "InvalidQueueName",
     "LeaseLost",
     "Malformed",
     "Message",
     "NotFound",
+    "NotLeasedError",
+    "QueueExists",
+    "QueueNotFound",
     "StorageError",
+    "TooManyQueues",
     "UnknownCommand",
     "UnsupportedVersion",
     "WonderQError",

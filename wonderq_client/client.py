@@ -9,7 +9,11 @@ during one event-loop iteration go out in one write.
 Rules:
 * Method names are PROTOCOL.md's command names; durations are seconds as
   floats; ids and leases are ints.
-* A server error raises the WonderQError subclass for its code.
+* A server error raises the WonderQError subclass for its code; in the
+  batch commands (put_many, ack_many, nack_many) an error about one item is
+  returned in that item's place instead (see batches.py).
+* An option left None is not sent: the server applies its default (nil and
+  absent mean the same on the wire).
 * A receive whose caller stopped waiting (cancelled, or timed out by
   asyncio.wait_for) must not swallow messages: if its reply still brings
   messages, the client nacks them at once, so they are ready for others.
@@ -22,12 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterable
 from types import TracebackType
 from typing import Any
 
+from .admin import QueueAdmin
+from .batches import PutItem, SettleItem, item_results, put_items, settle_items
 from .codec import PREAMBLE, ReplyDecoder, encode_request
-from .errors import ConnectionClosed, error_from_wire
+from .errors import ConnectionClosed, WonderQError, error_from_wire
 from .message import Message
 
 DEFAULT_HOST = "127.0.0.1"
@@ -114,8 +120,25 @@ class _ClientProtocol(asyncio.Protocol):
         self.transport.write(data)
 
 
-class Client:
-    """A connection to a WonderQ server. Make one with `connect()`."""
+def put_options(args: dict[str, Any], delay: float | None, priority: int | None,
+                headers: dict[str, str] | None, expiry: float | None) -> None:
+    """put_options adds the options that are not None to a put or put_many request."""
+    if delay is not None:
+        args["delay"] = delay
+    if priority is not None:
+        args["priority"] = priority
+    if headers is not None:
+        args["headers"] = headers
+    if expiry is not None:
+        args["expiry"] = expiry
+
+
+class Client(QueueAdmin):
+    """A connection to a WonderQ server. Make one with `connect()`.
+
+    The message commands are here; the queue administration commands
+    (create_queue, queue_info, peek, redrive, ...) come from QueueAdmin.
+    """
 
     def __init__(self, protocol: _ClientProtocol, host: str, port: int) -> None:
         self._protocol = protocol
@@ -127,36 +150,72 @@ class Client:
 
     # ------------------------------------------------------------- messages
 
-    async def put(self, queue: str, body: bytes | str) -> int:
-        """put stores one message and returns its id."""
-        return await self._call("put", {"queue": queue, "body": body})  # type: ignore[no-any-return]
+    async def put(self, queue: str, body: bytes | str, *, delay: float | None = None,
+                  priority: int | None = None, headers: dict[str, str] | None = None,
+                  expiry: float | None = None) -> int:
+        """put stores one message and returns its id.
 
-    async def put_many(self, queue: str, bodies: Sequence[bytes | str]) -> list[int]:
-        """put_many stores every body (all or none) in one round trip; returns their ids."""
-        return await self._call(  # type: ignore[no-any-return]
-            "put_many", {"queue": queue, "bodies": list(bodies)})
+        delay: seconds before it can be received (None: the queue's setting).
+        priority: lower is handed out first (None: 0). headers: str -> str.
+        expiry: seconds after which it is dropped unless acked (None: the
+        queue's setting; 0: never).
+        """
+        args: dict[str, Any] = {"queue": queue, "body": body}
+        put_options(args, delay, priority, headers, expiry)
+        return await self._call("put", args)  # type: ignore[no-any-return]
+
+    async def put_many(self, queue: str, bodies: Iterable[PutItem], *,
+                       delay: float | None = None, priority: int | None = None,
+                       headers: dict[str, str] | None = None,
+                       expiry: float | None = None) -> list[int | WonderQError]:
+        """put_many stores several messages in one round trip; returns one result per item.
+
+        An item is a body, or a dict {"body", "delay", "priority", "headers",
+        "expiry"}; the keyword options apply to items that do not give their
+        own. Each result is the item's id, or the error (returned, not
+        raised: Full, BodyTooLarge, ...) that refused that item alone.
+        """
+        args: dict[str, Any] = {"queue": queue, "bodies": put_items(bodies)}
+        put_options(args, delay, priority, headers, expiry)
+        return item_results(await self._call("put_many", args))
 
     async def receive(self, queue: str, *, max: int = 1, wait: float = 0.0,
                       visibility: float | None = None) -> list[Message]:
         """receive leases up to `max` messages, waiting up to `wait` seconds for the first.
 
         Returns an empty list when nothing arrived in time. Each message stays
-        invisible to others for `visibility` seconds (the server's default if
-        None) unless acked, nacked or touched.
+        invisible to others for `visibility` seconds (the queue's setting, or
+        the server's default, if None) unless acked, nacked or touched.
         """
         args: dict[str, Any] = {"queue": queue, "max": max, "wait": wait}
         if visibility is not None:
             args["visibility"] = visibility
         rows = await self._call("receive", args)
-        return [Message(self, queue, *row[:5]) for row in rows]
+        return [Message.from_delivery(self, queue, row) for row in rows]
 
     async def ack(self, queue: str, id: int, lease: int) -> None:
         """ack deletes a message; raises LeaseLost if it was delivered again since."""
         await self._call("ack", {"queue": queue, "id": id, "lease": lease})
 
+    async def ack_many(self, queue: str,
+                       items: Iterable[SettleItem]) -> list[WonderQError | None]:
+        """ack_many acks (id, lease) pairs or received Messages; one result per item.
+
+        Each result is None (acked) or the error (NotFound, LeaseLost, ...)
+        that refused that item alone, returned rather than raised.
+        """
+        return item_results(await self._call(
+            "ack_many", {"queue": queue, "items": settle_items(items)}))
+
     async def nack(self, queue: str, id: int, lease: int, *, delay: float = 0.0) -> None:
         """nack gives a message back, ready at once or after `delay` seconds."""
         await self._call("nack", {"queue": queue, "id": id, "lease": lease, "delay": delay})
+
+    async def nack_many(self, queue: str, items: Iterable[SettleItem], *,
+                        delay: float = 0.0) -> list[WonderQError | None]:
+        """nack_many gives back (id, lease) pairs or received Messages; results as ack_many."""
+        return item_results(await self._call(
+            "nack_many", {"queue": queue, "items": settle_items(items), "delay": delay}))
 
     async def touch(self, queue: str, id: int, lease: int, *,
                     visibility: float | None = None) -> float:

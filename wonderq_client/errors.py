@@ -4,6 +4,9 @@ Design decision: every server error arrives as `[code, message]`; the client
 raises the subclass registered for that code, so callers can write
 `except LeaseLost:` rather than compare strings. A code this client does not
 know (from a newer server) still raises `WonderQError` with that code.
+Batch commands (put_many, ack_many, nack_many) do not raise for one failed
+item: they return that item's error, an instance of the same class, in its
+place in the result list.
 """
 
 from __future__ import annotations
@@ -83,6 +86,39 @@ class StorageError(WonderQError):
     code = "STORAGE_ERROR"
 
 
+class Full(WonderQError):
+    """The put was refused: the queue is at its max_length, or the server at --max-memory.
+
+    Nothing was stored; retry later, once consumers have made room.
+    """
+
+    code = "FULL"
+
+
+class QueueNotFound(WonderQError):
+    """No such queue (admin commands never create one)."""
+
+    code = "QUEUE_NOT_FOUND"
+
+
+class QueueExists(WonderQError):
+    """create_queue named an explicitly created queue whose settings differ."""
+
+    code = "QUEUE_EXISTS"
+
+
+class HeadersTooLarge(WonderQError):
+    """Too many headers, or their keys and values together are too many bytes."""
+
+    code = "HEADERS_TOO_LARGE"
+
+
+class TooManyQueues(WonderQError):
+    """The server already holds --max-queues queues."""
+
+    code = "TOO_MANY_QUEUES"
+
+
 class ConnectionClosed(WonderQError):
     """The connection ended before the reply came; the request may or may not have run."""
 
@@ -93,7 +129,8 @@ ERRORS_BY_CODE: dict[str, type[WonderQError]] = {
     cls.code: cls
     for cls in (UnknownCommand, BadArgument, InvalidQueueName, BodyTooLarge, BatchTooLarge,
                 NotFound, LeaseLost, Malformed, FrameTooLarge, UnsupportedVersion,
-                InternalError, StorageError, ConnectionClosed)
+                InternalError, StorageError, Full, QueueNotFound, QueueExists,
+                HeadersTooLarge, TooManyQueues, ConnectionClosed)
 }
 
 

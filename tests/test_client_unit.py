@@ -1,0 +1,244 @@
+"""Tests of the client's argument handling and reply parsing, with a fake transport.
+
+`FakeServer` stands where the socket would be: it collects the frames the
+client writes and answers each with the reply a test gives. No server, no
+sockets: what these check is what goes on the wire (options left None are
+not sent, misspelt settings never leave the client) and how replies are read
+(per-item results, deliveries with or without the fields added in issue 4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgpack
+import pytest
+
+from wonderq_client import (
+    BodyTooLarge,
+    Full,
+    HeadersTooLarge,
+    LeaseLost,
+    Message,
+    NotFound,
+    NotLeasedError,
+    QueueExists,
+    QueueNotFound,
+    TooManyQueues,
+    WonderQError,
+)
+from wonderq_client.client import Client, _ClientProtocol
+from wonderq_client.codec import PREAMBLE
+from wonderq_client.errors import error_from_wire
+
+
+class FakeServer:
+    """The transport under a client: decodes written requests, answers on request."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.requests: list[list[Any]] = []
+        self.protocol: _ClientProtocol | None = None
+
+    def write(self, data: bytes) -> None:
+        self.buffer += data
+        if self.buffer.startswith(PREAMBLE):
+            self.buffer = self.buffer[len(PREAMBLE):]
+        while len(self.buffer) >= 4:
+            size = int.from_bytes(self.buffer[:4], "big")
+            if len(self.buffer) < 4 + size:
+                break
+            self.requests.append(msgpack.unpackb(self.buffer[4:4 + size], raw=False))
+            self.buffer = self.buffer[4 + size:]
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        assert self.protocol is not None
+        self.protocol.connection_lost(None)
+
+    def reply(self, result: Any = None, error: list[str] | None = None) -> None:
+        """reply answers the oldest request not yet answered."""
+        request_id = self.requests[self.answered][0]
+        self.answered += 1
+        payload = msgpack.packb([request_id, error, result], use_bin_type=True)
+        assert self.protocol is not None
+        self.protocol.data_received(len(payload).to_bytes(4, "big") + payload)
+
+    answered = 0
+
+
+@pytest.fixture
+async def fake():
+    loop = asyncio.get_running_loop()
+    server = FakeServer()
+    protocol = _ClientProtocol(loop)
+    server.protocol = protocol
+    protocol.connection_made(server)  # type: ignore[arg-type]
+    return Client(protocol, "fake", 0), server
+
+
+async def call(server: FakeServer, coro, result: Any = None,
+               error: list[str] | None = None) -> tuple[Any, list[Any]]:
+    """call runs one client call, answers it with `result`; returns (value, request sent)."""
+    task = asyncio.ensure_future(coro)
+    for _ in range(10):
+        await asyncio.sleep(0)  # the client writes at the end of the loop turn
+        if len(server.requests) > server.answered:
+            break
+    request = server.requests[server.answered]
+    server.reply(result, error)
+    return await task, request
+
+
+# ------------------------------------------------------------------- put
+
+
+async def test_put_sends_only_the_options_given(fake):
+    client, server = fake
+    value, request = await call(server, client.put("q", b"x"), 7)
+    assert value == 7
+    assert request[1:] == ["put", {"queue": "q", "body": b"x"}]
+    _, request = await call(server, client.put("q", "text", delay=1.5, priority=-3,
+                                               headers={"k": "v"}, expiry=60), 8)
+    assert request[2] == {"queue": "q", "body": "text", "delay": 1.5, "priority": -3,
+                          "headers": {"k": "v"}, "expiry": 60}
+    _, request = await call(server, client.put("q", b"x", priority=0, delay=0), 9)
+    assert request[2] == {"queue": "q", "body": b"x", "delay": 0, "priority": 0}
+
+
+async def test_put_many_items_options_and_per_item_results(fake):
+    client, server = fake
+    bodies = [b"a", "b", {"body": b"c", "priority": 2, "delay": None},
+              {"body": b"d", "headers": {"h": "1"}}]
+    value, request = await call(
+        server, client.put_many("q", bodies, expiry=30),
+        [11, ["BODY_TOO_LARGE", "too big"], 13, ["FULL", "queue q is full"]])
+    assert request[1] == "put_many"
+    assert request[2] == {"queue": "q", "expiry": 30, "bodies": [
+        b"a", "b", {"body": b"c", "priority": 2}, {"body": b"d", "headers": {"h": "1"}}]}
+    assert bodies[2] == {"body": b"c", "priority": 2, "delay": None}  # the caller's list kept
+    assert value[0] == 11 and value[2] == 13
+    assert isinstance(value[1], BodyTooLarge) and value[1].message == "too big"
+    assert isinstance(value[3], Full) and value[3].code == "FULL"
+
+
+async def test_put_many_takes_any_iterable(fake):
+    client, server = fake
+    _, request = await call(server, client.put_many("q", (b"%d" % i for i in range(3))),
+                            [1, 2, 3])
+    assert request[2] == {"queue": "q", "bodies": [b"0", b"1", b"2"]}
+
+
+async def test_whole_batch_errors_raise(fake):
+    client, server = fake
+    with pytest.raises(WonderQError) as info:
+        await call(server, client.put_many("q", [b"x"]), None,
+                   ["BATCH_TOO_LARGE", "too many"])
+    assert info.value.code == "BATCH_TOO_LARGE"
+
+
+# ------------------------------------------------------------ deliveries
+
+
+async def test_receive_reads_the_appended_delivery_fields(fake):
+    client, server = fake
+    rows = [[1, b"plain", 100, 1, 1.7e9, 0, None, None],
+            [2, b"rich", 101, 3, 1.7e9, -5, {"a": "b"}, ["origin", 1.8e9]],
+            [3, b"old server", 102, 1, 1.7e9],
+            [4, b"newer server", 103, 1, 1.7e9, 1, None, None, "something new"]]
+    msgs, _ = await call(server, client.receive("dlq", max=4), rows)
+    plain, rich, old, newer = msgs
+    assert (plain.priority, plain.headers, plain.dead_letter) == (0, {}, None)
+    assert (rich.priority, rich.headers, rich.dead_letter) == (-5, {"a": "b"}, ("origin", 1.8e9))
+    assert (old.id, old.lease, old.priority, old.headers, old.dead_letter) == (3, 102, 0, {}, None)
+    assert (newer.id, newer.priority) == (4, 1)
+    assert plain.headers is not old.headers  # never a shared dict
+    assert "priority=-5" in repr(rich) and "origin" in repr(rich)
+
+
+async def test_ack_many_and_nack_many_take_pairs_and_messages(fake):
+    client, server = fake
+    [msg], _ = await call(server, client.receive("q"), [[5, b"x", 50, 1, 1.7e9, 0, None, None]])
+    value, request = await call(
+        server, client.ack_many("q", [(1, 10), msg, [2, 20]]),
+        [None, None, ["LEASE_LOST", "delivered again"]])
+    assert request[1:] == ["ack_many", {"queue": "q", "items": [[1, 10], [5, 50], [2, 20]]}]
+    assert value[:2] == [None, None] and isinstance(value[2], LeaseLost)
+    value, request = await call(server, client.nack_many("q", [msg], delay=2.5),
+                                [["NOT_FOUND", "gone"]])
+    assert request[2] == {"queue": "q", "items": [[5, 50]], "delay": 2.5}
+    assert isinstance(value[0], NotFound)
+
+
+async def test_peeked_messages_cannot_be_settled(fake):
+    client, server = fake
+    [peeked], request = await call(server, client.peek("q", max=3),
+                                   [[5, b"x", None, 0, 1.7e9, 0, None, None]])
+    assert request[1:] == ["peek", {"queue": "q", "max": 3}]
+    assert peeked.lease is None and peeked.queue == "q"
+    sent = len(server.requests)
+    for settle in (peeked.ack(), peeked.nack(delay=1), peeked.touch()):
+        with pytest.raises(NotLeasedError, match="peeked"):
+            await settle
+    with pytest.raises(NotLeasedError):
+        await client.ack_many("q", [(1, 2), peeked])
+    with pytest.raises(NotLeasedError):
+        await client.nack_many("q", [peeked])
+    await asyncio.sleep(0)
+    assert len(server.requests) == sent  # nothing went out
+
+
+# ---------------------------------------------------------------- admin
+
+
+async def test_queue_settings_are_keywords_and_none_is_not_sent(fake):
+    client, server = fake
+    settings = {"visibility_timeout": 5, "max_deliveries": 3, "dead_letter_queue": "dlq",
+                "delay": 0, "max_length": 0, "expiry": 0}
+    value, request = await call(server, client.create_queue(
+        "q", max_deliveries=3, dead_letter_queue="dlq", visibility_timeout=5), settings)
+    assert value == settings
+    assert request[1:] == ["create_queue", {"queue": "q", "visibility_timeout": 5,
+                                            "max_deliveries": 3, "dead_letter_queue": "dlq"}]
+    _, request = await call(server, client.configure_queue("q", max_length=0, expiry=2.5),
+                            settings)
+    assert request[1:] == ["configure_queue", {"queue": "q", "max_length": 0, "expiry": 2.5}]
+    sent = len(server.requests)
+    with pytest.raises(TypeError):
+        await client.create_queue("q", visibilty_timeout=5)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        await client.configure_queue("q", dead_letter="x")  # type: ignore[call-arg]
+    await asyncio.sleep(0)
+    assert len(server.requests) == sent
+
+
+@pytest.mark.parametrize(("method", "args", "wire"), [
+    ("queue_info", ("q",), ["queue_info", {"queue": "q"}]),
+    ("queues", (), ["queues", {}]),
+    ("purge", ("q",), ["purge", {"queue": "q"}]),
+    ("delete_queue", ("q",), ["delete_queue", {"queue": "q"}]),
+    ("redrive", ("dlq",), ["redrive", {"queue": "dlq"}]),
+    ("redrive", ("dlq", 5), ["redrive", {"queue": "dlq", "max": 5}]),
+    ("message_info", ("q", 42), ["message_info", {"queue": "q", "id": 42}]),
+])
+async def test_admin_commands_on_the_wire(fake, method, args, wire):
+    client, server = fake
+    value, request = await call(server, getattr(client, method)(*args), "the reply")
+    assert request[1:] == wire
+    assert value == "the reply"
+
+
+@pytest.mark.parametrize(("code", "cls"), [
+    ("FULL", Full), ("QUEUE_NOT_FOUND", QueueNotFound), ("QUEUE_EXISTS", QueueExists),
+    ("HEADERS_TOO_LARGE", HeadersTooLarge), ("TOO_MANY_QUEUES", TooManyQueues)])
+def test_new_codes_have_their_classes(code, cls):
+    error = error_from_wire(code, "why")
+    assert type(error) is cls and error.code == code and str(error) == f"{code}: why"
+
+
+def test_a_message_made_by_hand_still_works():
+    msg = Message(None, "q", 1, b"x", 2, 1, 1.7e9)  # type: ignore[arg-type]
+    assert (msg.priority, msg.headers, msg.dead_letter) == (0, {}, None)

@@ -1,0 +1,55 @@
+"""Batch requests (put_many, ack_many, nack_many): their items out, their per-item results in.
+
+Design decision: a batch is one request with one reply, and the reply holds
+one result per item, in item order. A failed item does not fail the batch:
+its place in the result list holds the WonderQError instance for its code
+(returned, not raised), so the caller sees at once which items went ahead.
+Only an error about the whole request (BATCH_TOO_LARGE, an empty batch, a bad
+queue name, a lost connection) raises.
+
+Rules:
+* put_many items are bytes or str bodies, or dicts {"body", "delay",
+  "priority", "headers", "expiry"}; an option that is None in a dict is left
+  out, as in every request (nil means absent on the wire). Anything else in
+  a dict is the server's to judge, as that item's BAD_ARGUMENT.
+* ack_many and nack_many items are (id, lease) pairs or received Messages;
+  a peeked Message (no lease) raises NotLeasedError before anything is sent.
+* The helpers reuse the lists they are given where they can: a batch of
+  plain bodies or pairs is sent without copying its items.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from .errors import error_from_wire
+from .message import Message
+
+PutItem = bytes | str | dict[str, Any]
+SettleItem = tuple[int, int] | list[int] | Message
+
+
+def put_items(bodies: Iterable[PutItem]) -> list[PutItem]:
+    """put_items is put_many's `bodies` field: bodies as given, dicts without None options."""
+    items = bodies if isinstance(bodies, list) else list(bodies)
+    for index, item in enumerate(items):
+        if isinstance(item, dict) and None in item.values():
+            if items is bodies:
+                items = list(items)  # never change the caller's list
+            items[index] = {key: value for key, value in item.items() if value is not None}
+    return items
+
+
+def settle_items(items: Iterable[SettleItem]) -> list[Any]:
+    """settle_items is ack_many's or nack_many's `items` field: one [id, lease] per item."""
+    return [item.settle_item() if isinstance(item, Message) else item for item in items]
+
+
+def item_results(results: list[Any]) -> list[Any]:
+    """item_results turns each failed item's [code, message] into its error, in place."""
+    for index, result in enumerate(results):
+        if isinstance(result, list):
+            results[index] = error_from_wire(result[0], result[1])
+    return results
+
