@@ -188,6 +188,7 @@ class Broker(QueueAdmin, Replay):
             if isinstance(item, bytes):
                 item = {"body": item}
             try:
+                self._check_body(item["body"])
                 results.append(self._store(q, item["body"], now, item.get("delay"),
                                            item.get("priority") or 0, item.get("headers"),
                                            item.get("expiry")))
@@ -199,8 +200,9 @@ class Broker(QueueAdmin, Replay):
 
     def _store(self, q: Queue, body: bytes, now: float, delay: float | None, priority: int,
                headers: dict[str, str] | None, expiry: float | None) -> int:
-        self._check_body(body)
-        if q.is_full():
+        """_store stores a message whose body the caller has checked (`_check_body`)."""
+        settings = q.settings
+        if settings.max_length and len(q.messages) >= settings.max_length:
             raise CommandError(FULL, f"queue {q.name!r} holds {len(q.messages)} messages, its "
                                "max_length; nothing was stored (retry after consumers catch up)")
         msg = Message(0, body, now, q, priority, headers or None)
@@ -214,7 +216,6 @@ class Broker(QueueAdmin, Replay):
         q.messages[msg.id] = msg
         q.put_total += 1
         q.body_bytes += len(body)
-        settings = q.settings
         if expiry is None:
             expiry = settings.expiry
         if expiry:
@@ -236,6 +237,9 @@ class Broker(QueueAdmin, Replay):
 
     @staticmethod
     def _cost(msg: Message) -> int:
+        """_cost is what a message counts against --max-memory (and in stored_bytes)."""
+        if msg.headers is None:
+            return len(msg.body) + MESSAGE_OVERHEAD_BYTES
         return len(msg.body) + msg.header_bytes() + MESSAGE_OVERHEAD_BYTES
 
     # ---------------------------------------------------------------- receive
