@@ -91,7 +91,9 @@ class BrokerVersusModel(RuleBasedStateMachine):
         self.messages: dict[int, ModelMessage] = {}
         self.waiters: list[ModelWaiter] = []
         self.totals = {name: Totals() for name in QUEUES}
-        self.touched_queues: set[str] = set()  # queues the broker has created
+        # Queues that held a message; with those someone waits on, what the broker keeps
+        # (a queue made by a wait that never held a message goes when its waiters do).
+        self.held_queues: set[str] = set()
         self.last_token = 0  # the largest id or lease seen so far
         self.pairs: list[tuple[str, int, int]] = []  # (queue, id, lease) of every delivery
         self.unleased: list[tuple[str, int, int]] = []  # (queue, id, a lease it never had)
@@ -213,11 +215,11 @@ class BrokerVersusModel(RuleBasedStateMachine):
             results, code = self.call(self.broker.put_many, queue, bodies, self.now)
         assert code is None
         assert len(results) == len(bodies)
-        self.touched_queues.add(queue)
         for msg_id, body in zip(results, bodies, strict=True):
             if len(body) > MAX_BYTES:
                 assert isinstance(msg_id, CommandError) and msg_id.code == BODY_TOO_LARGE
                 continue
+            self.held_queues.add(queue)
             self.new_token(msg_id)
             self.messages[msg_id] = ModelMessage(queue, body)
             self.unleased.append((queue, msg_id, msg_id))  # a lease it never had
@@ -227,7 +229,6 @@ class BrokerVersusModel(RuleBasedStateMachine):
     @rule(queue=queues, max_messages=st.integers(1, 4), visibility=visibilities)
     def receive(self, queue: str, max_messages: int, visibility: float | None) -> None:
         got = self.broker.receive(queue, max_messages, visibility, self.now)
-        self.touched_queues.add(queue)
         self.check_delivered_messages(snapshot(got), self.take(queue, max_messages, visibility))
 
     @rule(queue=queues, max_messages=st.integers(1, 3), visibility=visibilities, wait_s=waits)
@@ -241,7 +242,6 @@ class BrokerVersusModel(RuleBasedStateMachine):
             self.delivered.append(Delivery(index, snapshot(messages)))
 
         w.handle = self.broker.wait(queue, max_messages, visibility, w.until, deliver, self.now)
-        self.touched_queues.add(queue)
         self.check_waiters_served(self.serve(queue))
 
     @precondition(lambda self: bool(self.waiters))
@@ -324,7 +324,8 @@ class BrokerVersusModel(RuleBasedStateMachine):
     def stats_match(self) -> None:
         stats = self.broker.stats(self.now)
         want = {}
-        for queue in sorted(self.touched_queues):
+        kept = self.held_queues | {w.queue for w in self.waiters if not w.done}
+        for queue in sorted(kept):
             states = [m.state for m in self.messages.values() if m.queue == queue]
             totals = self.totals[queue]
             want[queue] = {

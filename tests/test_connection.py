@@ -482,7 +482,7 @@ def test_protocol_error_withdraws_waiting_receives():
     assert hub.queue_stats()["waiting"] == 1
     hub.send(connection, b"\xff\xff\xff\xff")
     assert transport.closed
-    assert hub.queue_stats()["waiting"] == 0
+    assert "q" not in hub.broker.queues  # withdrawn; the queue made for the wait went too
     put_via_text(hub, b"kept")
     assert hub.queue_stats()["ready"] == 1
 
@@ -533,7 +533,7 @@ def test_close_writes_what_is_buffered_then_closes(hub):
     hub.send(connection, req(1, "receive", queue="q", wait=30))
     connection.data_received(req(2, "ping"))
     connection.close()
-    assert hub.queue_stats()["waiting"] == 0
+    assert "q" not in hub.broker.queues  # withdrawn; the queue made for the wait went too
     hub.run()
     assert transport.frames() == [[2, None, "pong"]]
     assert [kind for kind, _ in transport.events] == ["write", "close"]

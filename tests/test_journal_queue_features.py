@@ -110,7 +110,8 @@ def test_a_lease_that_ran_out_while_down_dead_letters_at_start(tmp_path: Path) -
 
     journal, broker, _ = open_broker(tmp_path, T0 + 100)
     moved = broker.queues["dead"].messages[msg_id]
-    assert (moved.state, moved.deliveries, moved.origin) == (READY, 2, ("jobs", T0 + 100))
+    # Judged when the lease ended (T0 + 30), as the running server would have.
+    assert (moved.state, moved.deliveries, moved.origin) == (READY, 2, ("jobs", T0 + 30))
     assert broker.stats(T0 + 100)["queues"]["jobs"]["dead_lettered_total"] == 1
     assert journal.has_pending  # the move is logged, not just recomputed at each start
     # The old lease is gone with the move; an ack in the dead-letter queue sticks.
@@ -188,3 +189,38 @@ def test_a_leased_message_keeps_its_lease_state_across_a_restart(tmp_path: Path)
     broker.receive("jobs", 1, 10.0, T0)
     again = reopened_equal(tmp_path, journal, broker, T0 + 5)
     assert again.queues["jobs"].messages[msg_id].state == LEASED
+
+
+def test_settings_changed_after_a_lease_ran_out_do_not_change_the_past(tmp_path: Path) -> None:
+    journal, broker, _ = open_broker(tmp_path, T0)
+    msg_id = broker.put("jobs", b"x", T0)
+    broker.receive("jobs", 1, 10.0, T0)
+    broker.advance(T0 + 10)  # the lease ends: ready again (and journaled as such)
+    broker.create_queue("jobs", {"max_deliveries": 1, "dead_letter_queue": "dead"}, T0 + 11)
+    again = reopened_equal(tmp_path, journal, broker, T0 + 12)
+    assert again.queues["jobs"].messages[msg_id].state == READY
+    assert "dead" not in again.queues
+
+
+def test_deadlines_passed_while_down_are_judged_in_their_own_order(tmp_path: Path) -> None:
+    journal, broker, _ = open_broker(tmp_path, T0)
+    broker.create_queue("jobs", {"max_deliveries": 1, "dead_letter_queue": "dead"}, T0)
+    msg_id = broker.put("jobs", b"x", T0, expiry=150.0)
+    broker.receive("jobs", 1, 100.0, T0)
+    journal.write_pending()
+    journal.close()  # down from T0 until T0 + 200: the lease ended (T0 + 100) before expiry
+    journal, broker, _ = open_broker(tmp_path, T0 + 200)
+    assert broker.queues["dead"].messages[msg_id].origin == ("jobs", T0 + 100)
+    reopened_equal(tmp_path, journal, broker, T0 + 201)
+
+
+def test_priorities_keep_their_order_across_a_restart(tmp_path: Path) -> None:
+    journal, broker, _ = open_broker(tmp_path, T0)
+    first = broker.put("q", b"first", T0)
+    low = broker.put("q", b"low", T0, priority=5)
+    rest = [broker.put("q", b"%d" % i, T0) for i in range(8)]
+    again = reopened_equal(tmp_path, journal, broker, T0 + 1)
+    want = [first, *rest, low]
+    assert [m.id for m in again.peek("q", 20)] == want
+    assert [m.id for m in again.receive("q", 20, None, T0 + 1)] == want
+

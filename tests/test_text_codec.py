@@ -901,3 +901,17 @@ def test_queues_reply():
         b"QUEUE b.dlq messages=0 ready=0 in_flight=0 delayed=0 explicit=false\r\n"
         b"END\r\n")
     assert TextEncoder().result(Command("queues", {}), []) == b"END\r\n"
+
+
+@pytest.mark.parametrize("line", [
+    b"ACK q " + b"9" * 5000 + b" 1",            # past int()'s 4300-digit limit
+    b"ACK q 1 " + b"1" * 21,                    # more digits than any u64 has
+    b"RECEIVE q max=" + b"7" * 4400,
+    b"PUT_MANY q " + b"1" * 4400,
+    b"CREATE_QUEUE q max_length=18446744073709551616",  # 2**64: the journal cannot hold it
+    b"ACK q 18446744073709551616 1",
+])
+def test_integers_out_of_range_are_bad_arguments_not_crashes(line: bytes) -> None:
+    [item] = TextDecoder(Limits()).feed(line + b"\r\n")
+    assert isinstance(item, Rejected)
+    assert item.error.code == BAD_ARGUMENT

@@ -36,9 +36,11 @@ Rules:
   max_length: refusing them would mean dropping the message.
 
 * Every change of state that must survive a restart is reported to the
-  `journal` (if one is attached) as it happens (ChangeLog below). Lease,
-  delay and expiry deadlines are not reported when they pass: they follow
-  from the recorded times, and a restart replays them through `advance`.
+  `journal` (if one is attached) as it happens (ChangeLog below). Delay and
+  expiry deadlines are not reported when they pass: they follow from the
+  recorded times, and a restart replays them through `advance`. A lease
+  that runs out is (`lease_ended`), since what it leads to depends on queue
+  settings that may change afterwards.
   replay.py applies those records when the journal is replayed.
 
 Must not know: sockets, asyncio, wire formats, the clock, the journal's file
@@ -92,6 +94,7 @@ class ChangeLog(Protocol):
 
     def put(self, msg: Message) -> None: ...
     def state(self, msg: Message) -> None: ...
+    def lease_ended(self, msg: Message) -> None: ...
     def ack(self, msg: Message) -> None: ...
     def move(self, msg: Message, from_queue: str) -> None: ...
     def queue_settings(self, q: Queue) -> None: ...
@@ -133,11 +136,22 @@ class Broker(QueueAdmin, Replay):
             q = self.queues[name] = Queue(name)
         return q
 
+    def _forget_if_unused(self, q: Queue) -> None:
+        """_forget_if_unused drops a queue made by use that never held a message and has
+        no one waiting on it (a long poll on a made-up name, a batch refused whole), so
+        such names do not pile up against --max-queues. Nothing about it is lost: it
+        has no settings, no messages and no totals."""
+        if (not q.explicit and not q.ever_held and not q.messages and not q.live_waiters()
+                and self.queues.get(q.name) is q):
+            del self.queues[q.name]
+
     def _restored_queue(self, name: str) -> Queue:
-        """_restored_queue is `queue` for replay: what the journal holds was allowed."""
+        """_restored_queue is `queue` for replay and moves: what the journal holds was
+        allowed, and a move must never be refused. Such a queue is about to hold one."""
         q = self.queues.get(name)
         if q is None:
             q = self.queues[name] = Queue(name)
+        q.ever_held = True
         return q
 
     def _existing_message(self, name: str, message_id: int, lease: int) -> Message:
@@ -196,6 +210,7 @@ class Broker(QueueAdmin, Replay):
                 results.append(exc)
         if q.waiters and q.ready_count:
             self._serve_waiters(q, now)
+        self._forget_if_unused(q)  # every item refused, on a queue made for them
         return results
 
     def _store(self, q: Queue, body: bytes, now: float, delay: float | None, priority: int,
@@ -213,6 +228,7 @@ class Broker(QueueAdmin, Replay):
                                "stored (retry after consumers catch up)")
         msg.id = self.ids.next(now)  # only now: a refused put uses no id
         self.stored_bytes += cost
+        q.ever_held = True
         q.messages[msg.id] = msg
         q.put_total += 1
         q.body_bytes += len(body)
@@ -249,9 +265,14 @@ class Broker(QueueAdmin, Replay):
         """receive leases up to `max_messages` ready messages, by priority then age.
 
         The returned messages are the live objects; the caller must encode
-        them before calling into the broker again.
+        them before calling into the broker again. A receive that finds no
+        queue makes none (there is nothing to wait for), so receives on made-up
+        names cannot fill the table of queues.
         """
-        q = self.queue(name)
+        q = self.queues.get(name) if isinstance(name, str) else None
+        if q is None:
+            check_queue_name(name)
+            return []
         if not q.ready_count:
             return []
         return self._take(q, max_messages, self._visibility(q, visibility_s), now)
@@ -277,6 +298,7 @@ class Broker(QueueAdmin, Replay):
             return
         self._finish_waiter(waiter)
         waiter.queue.waiter_gone()
+        self._forget_if_unused(waiter.queue)
 
     def _visibility(self, q: Queue, visibility_s: float | None) -> float:
         """_visibility: the receive's own, else the queue's setting, else the server's."""
@@ -409,6 +431,7 @@ class Broker(QueueAdmin, Replay):
         msg.deliveries = deliveries
         msg.origin = origin
         msg.lease = None
+        target.ever_held = True
         target.messages[msg.id] = msg
         target.body_bytes += len(msg.body)
         if expires_at:
@@ -470,13 +493,17 @@ class Broker(QueueAdmin, Replay):
         expired_waiters: list[Waiter] = []
         while (item := self.deadlines.pop_due(now)) is not None:
             handled += 1
+            # Each deadline is judged at its own time, not at `now`: when the timer
+            # runs late, or the server was down, a lease that ended before an expiry
+            # came still ends first, as it would have on time.
+            at = item.deadline_at
             item.deadline_at = None  # popped: no longer in the heap, nothing to forget
             if isinstance(item, Waiter):
                 expired_waiters.append(item)
             elif isinstance(item, ExpiryTimer):
                 self._expire(item.message)
             else:
-                self._deadline_passed(item, now, freed)
+                self._deadline_passed(item, at, freed)
         for q in freed:
             if q.waiters:
                 self._serve_waiters(q, now)
@@ -485,29 +512,37 @@ class Broker(QueueAdmin, Replay):
                 self._finish_waiter(waiter)
                 waiter.queue.waiter_gone()
                 waiter.deliver([])
+                self._forget_if_unused(waiter.queue)
         return handled
 
-    def _deadline_passed(self, msg: Message, now: float, freed: set[Queue]) -> None:
-        """_deadline_passed ends a lease or a delay whose time has come.
+    def _deadline_passed(self, msg: Message, at: float, freed: set[Queue]) -> None:
+        """_deadline_passed ends a lease or a delay whose time, `at`, has come.
 
-        The plain cases (back to ready) are not journaled: they follow from
-        the recorded deadline. Their waiters are served by `advance` once
-        every deadline due has been handled.
+        A lease that ends with the message back to ready is journaled (a
+        record no reply waits for): a replay must not decide it again under
+        queue settings changed since. A delay that ends is not: nothing but
+        the message's own recorded expiry bears on it. Waiters of freed
+        queues are served by `advance` once every deadline due is handled.
         """
         q = msg.queue
-        expired = msg.expiry is not None and msg.expiry.expires_at <= now
+        expired = msg.expiry is not None and msg.expiry.expires_at <= at
         if msg.state == LEASED:
             settings = q.settings
             if expired or (settings.max_deliveries
                            and msg.deliveries >= settings.max_deliveries):
-                self._end_delivery(msg, now)
+                self._end_delivery(msg, at)
                 return
+            self._detach(msg)
+            self._make_ready(msg)
+            if self.journal is not None:
+                self.journal.lease_ended(msg)
         elif expired:  # a delay ended after the expiry (which found it delayed)
             q.expired_total += 1
             self._drop(msg)
             return
-        self._detach(msg)
-        self._make_ready(msg)
+        else:
+            self._detach(msg)
+            self._make_ready(msg)
         freed.add(q)
 
     def _expire(self, msg: Message) -> None:

@@ -52,6 +52,10 @@ PRIORITY_MIN = -(2**31)
 PRIORITY_MAX = 2**31 - 1
 
 
+UINT64_MAX = 2**64 - 1
+TEXT_INT_MAX_DIGITS = len(str(UINT64_MAX))  # 20
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """Limits on requests; each has a server flag (see config.py)."""
@@ -177,10 +181,15 @@ def _lease_item(field: str, item: Any) -> tuple[int, int] | CommandError:
 
 
 def _whole(field: str, value: Any) -> int:
+    """_whole: an unsigned 64-bit integer, the range of ids, leases and counts on the wire
+    (and what the journal can store; a larger one must be refused before it is kept)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise bad_argument(f"{field} must be an integer, got {type(value).__name__}")
     if value < 0:
         raise bad_argument(f"{field} must not be negative, got {value}")
+    if value > UINT64_MAX:
+        raise bad_argument(f"{field} must be at most 2**64-1, got a {value.bit_length()}-bit "
+                           "number")
     return value
 
 
@@ -372,10 +381,15 @@ def _apply_batch_options(args: dict[str, Any]) -> None:
 
 def _text_int(field: str, text: str) -> int:
     # Plain ASCII digits (and a minus, for a clear range error later): int()
-    # would also take "+5", "1_0" and other scripts' digits.
+    # would also take "+5", "1_0" and other scripts' digits. More digits than
+    # any valid value has are refused before int() (which raises past 4300
+    # digits, and spends time quadratic in the length before that).
     digits = text[1:] if text.startswith("-") else text
     if not (digits.isascii() and digits.isdigit()):
         raise bad_argument(f"{field} must be an integer, got {text!r:.40}")
+    if len(digits) > TEXT_INT_MAX_DIGITS:
+        raise bad_argument(f"{field} has {len(digits)} digits; no value of it has more than "
+                           f"{TEXT_INT_MAX_DIGITS}")
     return int(text)
 
 

@@ -244,6 +244,10 @@ class Journal:
         if msg.state != LEASED:  # a nack; leases and touches never make anyone wait
             self.durable_pending = True
 
+    def lease_ended(self, msg: Message) -> None:
+        """lease_ended: a lease ran out and the message is ready again. Nobody waits for it."""
+        self._pending.append(encode_record(state_record(msg)))
+
     def ack(self, msg: Message) -> None:
         self._pending.append(encode_record([ACK, msg.queue.name, msg.id]))
         self.durable_pending = True

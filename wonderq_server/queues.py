@@ -75,15 +75,16 @@ class Waiter:
 
 class Queue:
     __slots__ = ("acked_total", "body_bytes", "dead_lettered_total", "dead_waiters",
-                 "delayed_count", "expired_total", "explicit", "leased_count", "messages",
-                 "name", "put_total", "rates", "ready", "ready_count", "redelivered_total",
-                 "settings", "waiters")
+                 "delayed_count", "ever_held", "expired_total", "explicit", "leased_count",
+                 "messages", "name", "put_total", "rates", "ready", "ready_count",
+                 "redelivered_total", "settings", "waiters")
 
     def __init__(self, name: str, settings: QueueSettings = DEFAULT_SETTINGS,
                  explicit: bool = False) -> None:
         self.name = name
         self.settings = settings
         self.explicit = explicit
+        self.ever_held = False  # a message was stored in it (broker._forget_if_unused)
         self.messages: dict[int, Message] = {}
         self.ready: list[int] = []
         self.waiters: deque[Waiter] = deque()

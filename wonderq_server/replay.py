@@ -52,19 +52,8 @@ class Replay:
             q.body_bytes += len(body)
             q.ready_count += 1
             self.stored_bytes += len(body) + MESSAGE_OVERHEAD_BYTES
-            ids = self.ids
-            if message_id > ids.last:
-                # The common case, replaying puts in id order: larger than every key
-                # of priority 0 in the ready heap, so appending keeps the heap property
-                # unless a message of a higher priority number is in it.
-                ready = q.ready
-                if not ready or ready[-1] < message_id:
-                    ready.append(message_id)
-                else:
-                    heapq.heappush(ready, message_id)
-                ids.last = message_id
-            else:
-                heapq.heappush(q.ready, message_id)
+            heapq.heappush(q.ready, message_id)  # cheap for increasing ids: one comparison
+            self.ids.observe(message_id)
             return
         if msg is None:
             msg = messages[message_id] = Message(message_id, body, enqueued_at, q)
