@@ -78,7 +78,8 @@ def test_receive_from_an_empty_queue_returns_nothing(b: Broker) -> None:
     assert b.receive("q", 5, None, T0) == []
     assert b.queues == {}  # a receive that finds no queue makes none
     b.put("q", b"x", T0)
-    b.ack("q", *[(m.id, m.lease) for m in b.receive("q", 1, None, T0)][0], T0)
+    [m] = b.receive("q", 1, None, T0)
+    b.ack("q", m.id, m.lease, T0)
     assert b.receive("q", 5, None, T0) == []
     assert counts(b) == zero_counts(put_total=1, acked_total=1)
     assert b.next_deadline() is None
