@@ -1,11 +1,13 @@
 """One client, one request per round trip: the latency-bound shape (issue 6's S1 and S2).
 
-    python bench/roundtrip.py [--messages 20000] [--runs 3]
+    python bench/roundtrip.py [--messages 20000] [--runs 3] [--server-arg=--FLAG=VALUE ...]
 
 Starts the real `wonderq-server --in-memory` on 127.0.0.1 for each run, puts
 `--messages` 100-byte messages one at a time (S1), then receives and acks
 them one at a time (S2), and prints the median of `--runs` runs with the
 server's CPU time per message (from /proc). Bounded in count and time.
+`--server-arg` (repeatable; write it with `=` since its value starts with
+`--`) passes a flag to the server, such as `--server-arg=--metrics-port=0`.
 """
 
 from __future__ import annotations
@@ -52,10 +54,12 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                        help="one more argument for wonderq-server (repeatable)")
     args = parser.parse_args()
     rows = []
     for i in range(args.runs):
-        server = Server("--in-memory")
+        server = Server("--in-memory", *args.server_arg)
         try:
             rows.append(asyncio.run(run(server.port, args.messages, server)))
         finally:

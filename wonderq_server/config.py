@@ -45,6 +45,7 @@ class Config:
     compact_min_bytes: int = DEFAULT_COMPACT_MIN_BYTES
     max_queues: int = DEFAULT_MAX_QUEUES
     max_memory_bytes: int = 0  # 0: no limit (parse_config always sets one: --max-memory)
+    metrics_port: int | None = None  # None: no metrics endpoint; 0 picks a free port
 
 
 def _positive_int(text: str) -> int:
@@ -59,6 +60,13 @@ def _port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise ValueError("must be 0-65535")
     return value
+
+
+def _metrics_port(text: str) -> int | None:
+    """_metrics_port reads --metrics-port: a port (0 picks a free one), or off."""
+    if text.strip().lower() in ("", "off", "none"):
+        return None
+    return _port(text)
 
 
 def _seconds(text: str) -> float:
@@ -179,6 +187,9 @@ FLAGS = [
      "always (answer after fsync, group commit), everysec, or never"),
     ("--compact-min-bytes", "compact_min_bytes", _positive_int, DEFAULT_COMPACT_MIN_BYTES,
      "compact the journal only once it is at least this big"),
+    ("--metrics-port", "metrics_port", _metrics_port, None,
+     "serve GET /metrics (Prometheus) and GET /stats (JSON) over HTTP on this port of "
+     "--host (0 picks a free one; the log names it)"),
 ]
 
 # Switches: (flag, destination, help). Also settable as WONDERQ_IN_MEMORY=1 etc.
@@ -209,7 +220,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
                 default = kind(raw)
             except ValueError as exc:
                 parser.error(f"{env}={raw!r}: {exc}")
-        help_text = f"{text} (env {env}; default {default})"
+        help_text = f"{text} (env {env}; default {'off' if default is None else default})"
         parser.add_argument(flag, dest=dest, type=_named(kind, flag), default=default,
                             help=help_text.replace("%", "%%"))  # argparse formats help
     for flag, dest, text in SWITCHES:
@@ -257,4 +268,5 @@ def parse_config(argv: Sequence[str] | None = None,
                   log_level=ns.log_level, limits=limits,
                   data_dir=None if in_memory else Path(ns.data_dir),
                   fsync=ns.fsync, repair=ns.repair, compact_min_bytes=ns.compact_min_bytes,
-                  max_queues=ns.max_queues, max_memory_bytes=ns.max_memory_bytes)
+                  max_queues=ns.max_queues, max_memory_bytes=ns.max_memory_bytes,
+                  metrics_port=ns.metrics_port)

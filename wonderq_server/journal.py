@@ -131,6 +131,9 @@ class Journal:
         self.durable_pending = False  # a PUT, ACK or nack is in _pending
         self.fsync_count = 0
         self.fsync_seconds = 0.0
+        # Told each fsync's duration in seconds, in the thread that ran it; set only
+        # with --metrics-port (metrics.py), so the journal never imports prometheus.
+        self.fsync_observer: Callable[[float], None] | None = None
         self.last_compaction_at: float | None = None
         self.compaction_fd = -1  # set while compaction.py builds the next file
         self.compaction_error = ""  # why writing to the next file failed, if it did
@@ -343,8 +346,11 @@ class Journal:
         except OSError as exc:
             raise JournalBroken(f"fsync of the journal failed ({exc}); written records may "
                                 "not be on disk") from exc
-        self.fsync_seconds += time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        self.fsync_seconds += elapsed
         self.fsync_count += 1
+        if self.fsync_observer is not None:
+            self.fsync_observer(elapsed)
 
     def _fsync_directory(self) -> None:
         fd = os.open(self.directory, os.O_RDONLY)

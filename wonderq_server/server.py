@@ -13,7 +13,9 @@ with time or I/O in it, and nothing else:
   sends them now, or after the fsync that makes them durable), takes one
   step of a running compaction, and re-arms the timer;
 * start-up recovery and shutdown: stop accepting, answer what is in flight,
-  write and fsync the journal.
+  write and fsync the journal;
+* with --metrics-port, the metrics endpoint (metrics.py), started after the
+  listener and closed first; it reads the same stats map as `stats`.
 
 Rules:
 * There is never more than one timer, and never a polling loop: the timer is
@@ -31,7 +33,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from . import compaction as compaction_policy
@@ -43,6 +45,9 @@ from .group_commit import GroupCommit
 from .journal import CompactionFailed, Journal, JournalBroken, JournalError
 from .journal_format import FILE_HEADER
 from .service import BrokerService
+
+if TYPE_CHECKING:
+    from .metrics import MetricsEndpoint  # imported at run time only with --metrics-port
 
 logger = logging.getLogger("wonderq.server")
 
@@ -78,6 +83,7 @@ class Server:
         self.stopped = asyncio.Event()
         self.fatal_error: BaseException | None = None
         self._journal_errors = 0
+        self.metrics: MetricsEndpoint | None = None  # with --metrics-port only
 
     # ------------------------------------------------------------- lifecycle
 
@@ -101,10 +107,20 @@ class Server:
         self._loop = asyncio.get_running_loop()
         self.group_commit = GroupCommit(self._loop, self.journal, self._fatal,
                                         on_synced=self._compaction_kick)
+        if self.config.metrics_port is not None:
+            from .metrics import MetricsEndpoint  # imports prometheus_client and h11
+
+            self.metrics = MetricsEndpoint(lambda: self.service.stats(time.time()),
+                                           self.journal)
         self._listener = await self._loop.create_server(
             lambda: Connection(self), self.config.host, self.config.port, reuse_address=True)
         sockname = self._listener.sockets[0].getsockname()
         self.address = (sockname[0], sockname[1])
+        if self.metrics is not None:
+            host, port = await self.metrics.start(self._loop, self.config.host,
+                                                  self.config.metrics_port)
+            logger.info("metrics on http://%s:%d/metrics", f"[{host}]" if ":" in host else host,
+                        port)
         if self.journal is not None and (self.journal.compact_requested
                                          or self.journal.has_pending):
             # After --repair: rewrite without waiting for traffic. Pending records
@@ -118,6 +134,8 @@ class Server:
         """stop: stop accepting, answer what is in flight, write and fsync the journal, close."""
         if self._listener is not None:
             self._listener.close()
+        if self.metrics is not None:
+            self.metrics.close()
         for conn in list(self.connections):  # answer what is in flight, take nothing new
             if conn.transport is not None and not conn.transport.is_closing():
                 conn.transport.pause_reading()
@@ -351,6 +369,7 @@ class Server:
             "uptime_s": round(now - self.started_at, 3),
             "connections": len(self.connections),
             "connections_total": self.connections_total,
+            "rss_bytes": resident_memory_bytes(),
         }
         if self.journal is None:
             info["data_dir"] = ""
@@ -361,3 +380,16 @@ class Server:
             info["journal_write_errors"] = self._journal_errors
             info["compacting"] = self.compaction is not None
         return info
+
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 0
+
+
+def resident_memory_bytes() -> int:
+    """resident_memory_bytes is the process' resident memory now, from /proc/self/statm;
+    0 where that is not available (not Linux)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE_SIZE
+    except (OSError, IndexError, ValueError):
+        return 0

@@ -140,6 +140,10 @@ class BrokerService:
         return self.broker.message_info(a["queue"], a["id"], now)
 
     def _stats(self, a: dict[str, Any], now: float) -> dict[str, Any]:
+        return self.stats(now)
+
+    def stats(self, now: float) -> dict[str, Any]:
+        """stats is the `stats` command's map; the metrics endpoint reads it too."""
         broker_stats = self.broker.stats(now)
         queues = broker_stats.pop("queues")
         return {"server": {**self._server_info(now), **broker_stats}, "queues": queues}

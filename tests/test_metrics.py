@@ -1,0 +1,241 @@
+"""Unit tests of the metrics layers: the collector against a Broker driven with numbers as
+the clock (no HTTP), the journal's fsync hook, and metrics_http.py on a loopback listener
+of the test's own loop with made-up pages (the 500, bound and timeout paths that the
+end-to-end tests cannot reach).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from broker_helpers import T0
+from prometheus_client.parser import text_string_to_metric_families
+
+from wonderq_server import metrics_http
+from wonderq_server.broker import Broker
+from wonderq_server.journal import Journal
+from wonderq_server.metrics import Metrics
+from wonderq_server.metrics_http import HttpEndpoint
+from wonderq_server.service import BrokerService
+
+
+def server_info(now: float) -> dict[str, Any]:
+    return {"version": "9.9.9", "uptime_s": now - T0, "connections": 2,
+            "connections_total": 7, "rss_bytes": 1, "data_dir": "",
+            "fsync_policy": "none (in memory)"}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def broker() -> Broker:
+    return Broker(visibility_timeout_s=30.0, max_message_bytes=1024, max_memory_bytes=10_000)
+
+
+class Scraper:
+    """Scraper takes the stats snapshot and encodes it, as one scrape of /metrics does."""
+
+    def __init__(self, broker: Broker, clock: Clock, journal: Journal | None = None) -> None:
+        self.service = BrokerService(broker, server_info)
+        self.clock = clock
+        self.metrics = Metrics(journal)
+
+    def exposition(self, accept: str = "") -> tuple[str, bytes]:
+        return self.metrics.exposition(self.service.stats(self.clock.now), accept)
+
+    def samples(self) -> dict[tuple[str, tuple], float]:
+        _content_type, body = self.exposition()
+        return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                for family in text_string_to_metric_families(body.decode())
+                for sample in family.samples}
+
+
+@pytest.fixture
+def metrics(broker: Broker, clock: Clock) -> Scraper:
+    return Scraper(broker, clock)
+
+
+def value(metrics: Scraper, name: str, **labels: str) -> float | None:
+    return metrics.samples().get((name, tuple(sorted(labels.items()))))
+
+
+def test_collector_reads_the_broker_at_each_scrape(broker, clock, metrics):
+    assert value(metrics, "wonderq_queues") == 0
+    assert value(metrics, "wonderq_queue_ready_messages", queue="q") is None  # no queue yet
+    ids = broker.put_many("q", [b"1", b"2", b"3"], T0)
+    broker.put("q", b"later", T0, delay=60.0)
+    clock.now = T0 + 4.0
+    assert value(metrics, "wonderq_queue_ready_messages", queue="q") == 3
+    assert value(metrics, "wonderq_queue_delayed_messages", queue="q") == 1
+    assert value(metrics, "wonderq_queue_messages", queue="q") == 4
+    assert value(metrics, "wonderq_queue_puts_total", queue="q") == 4
+    assert value(metrics, "wonderq_queue_oldest_message_age_seconds", queue="q") == 4.0
+    [first, _second] = broker.receive("q", 2, 10.0, T0 + 4.0)
+    broker.ack("q", ids[0], first.lease, T0 + 5.0)
+    clock.now = T0 + 20.0
+    broker.advance(T0 + 20.0)  # the second lease ran out: ready again
+    broker.receive("q", 1, 10.0, T0 + 20.0)
+    assert value(metrics, "wonderq_queue_acks_total", queue="q") == 1
+    assert value(metrics, "wonderq_queue_redeliveries_total", queue="q") == 1
+    assert value(metrics, "wonderq_queue_in_flight_messages", queue="q") == 1
+    assert value(metrics, "wonderq_queue_ready_messages", queue="q") == 1
+    assert value(metrics, "wonderq_queue_waiting_consumers", queue="q") == 0
+    assert value(metrics, "wonderq_uptime_seconds") == 20.0
+    assert value(metrics, "wonderq_connections_open") == 2
+    assert value(metrics, "wonderq_connections_total") == 7
+    assert value(metrics, "wonderq_max_memory_bytes") == 10_000
+    assert value(metrics, "wonderq_stored_bytes") == broker.stored_bytes > 0
+    assert value(metrics, "wonderq_server_info", version="9.9.9",
+                 fsync_policy="none (in memory)") == 1
+    # In memory: no journal figures and no fsync histogram, rather than zeros.
+    assert value(metrics, "wonderq_journal_bytes") is None
+    assert value(metrics, "wonderq_fsync_duration_seconds_count") is None
+
+
+def test_each_queue_is_a_label_value(broker, metrics):
+    broker.put("emails.dead-letters_2", b"1", T0)
+    broker.put("q", b"1", T0)
+    content_type, body = metrics.exposition()
+    assert content_type.startswith("text/plain; version=0.0.4")
+    assert b'wonderq_queue_ready_messages{queue="emails.dead-letters_2"} 1.0\n' in body
+    assert b'wonderq_queue_ready_messages{queue="q"} 1.0\n' in body
+
+
+def test_openmetrics_when_the_scraper_asks_for_it(metrics):
+    content_type, body = metrics.exposition("application/openmetrics-text; version=1.0.0")
+    assert content_type.startswith("application/openmetrics-text")
+    assert body.endswith(b"# EOF\n")
+
+
+def test_fsync_histogram_observes_each_journal_sync(tmp_path, broker, clock):
+    journal = Journal(tmp_path, "always")
+    journal.open(broker, T0)
+    try:
+        metrics = Scraper(broker, clock, journal)
+        assert journal.fsync_observer is not None
+        journal.sync()
+        journal.sync()
+        assert value(metrics, "wonderq_fsync_duration_seconds_count") == 2
+        assert value(metrics, "wonderq_fsync_duration_seconds_sum") > 0
+    finally:
+        journal.close()
+
+
+def test_the_server_imports_no_metrics_library_unless_asked():
+    code = ("import sys; import wonderq_server.main, wonderq_server.server; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('prometheus_client', 'h11') or m.startswith('wonderq_server.metrics')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
+# ------------------------------------------------------------------ metrics_http.py
+
+
+@pytest.fixture
+async def endpoint():
+    async def fine(headers):
+        return "text/plain", b"fine"
+
+    async def broken(headers):
+        raise RuntimeError("a bug in a page")
+
+    async def slow(headers):
+        http.slow_started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            http.slow_cancelled.set()
+            raise
+        return "text/plain", b"too late"
+
+    http = HttpEndpoint({"/ok": fine, "/broken": broken, "/slow": slow})
+    http.slow_started, http.slow_cancelled = asyncio.Event(), asyncio.Event()
+    address = await http.start(asyncio.get_running_loop(), "127.0.0.1", 0)
+    yield http, address
+    http.close()
+
+
+async def exchange(address: tuple[str, int], *chunks: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection(*address)
+    for chunk in chunks:
+        writer.write(chunk)
+        await writer.drain()
+    reply = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    return reply
+
+
+async def test_a_page_that_raises_is_answered_500_and_logged(endpoint, caplog):
+    _http, address = endpoint
+    reply = await exchange(address, b"GET /broken HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 500 ")
+    assert "a bug in a page" in caplog.text
+    reply = await exchange(address, b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"\r\n\r\nfine")
+
+
+async def test_a_head_in_small_pieces_is_bounded_too(endpoint):
+    _http, address = endpoint
+    pieces = [b"GET /ok HTTP/1.1\r\n"] + [b"X-A: " + b"b" * 100 + b"\r\n"] * 100
+    reply = await exchange(address, *pieces)
+    assert reply.startswith(b"HTTP/1.1 431 ")
+
+
+async def test_connections_beyond_the_limit_are_closed_at_once(endpoint, monkeypatch):
+    http, address = endpoint
+    monkeypatch.setattr(metrics_http, "MAX_CONNECTIONS", 1)
+    _reader, holder = await asyncio.open_connection(*address)
+    try:
+        while not http.connections:  # accepted on the next loop turns
+            await asyncio.sleep(0)
+        assert await exchange(address, b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n") == b""
+    finally:
+        holder.close()
+
+
+async def test_a_silent_connection_is_dropped_after_the_timeout(endpoint, monkeypatch):
+    http, address = endpoint
+    monkeypatch.setattr(metrics_http, "TIMEOUT_S", 0.05)
+    reader, writer = await asyncio.open_connection(*address)
+    try:
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+    finally:
+        writer.close()
+    assert not http.connections
+
+
+async def test_a_page_is_cancelled_when_its_connection_goes(endpoint):
+    http, address = endpoint
+    _reader, writer = await asyncio.open_connection(*address)
+    writer.write(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+    await asyncio.wait_for(http.slow_started.wait(), 10)
+    sock = writer.get_extra_info("socket")  # close with a reset, not a half-close (EOF)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+    await asyncio.wait_for(http.slow_cancelled.wait(), 10)
+
+
+async def test_a_request_then_eof_still_gets_its_response(endpoint):
+    _http, address = endpoint
+    reader, writer = await asyncio.open_connection(*address)
+    writer.write(b"GET /ok HTTP/1.0\r\n\r\n")
+    writer.write_eof()  # as `printf 'GET /ok HTTP/1.0\r\n\r\n' | nc host port` does
+    reply = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"fine")

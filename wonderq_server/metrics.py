@@ -1,0 +1,194 @@
+"""Prometheus metrics for `--metrics-port`: the broker's figures, read when scraped.
+
+Design decision: nothing is counted on the message path for the sake of
+metrics. The broker already keeps every figure the `stats` command returns
+(depths, per-queue totals since the start, the server's figures), so each
+scrape takes that same map once, on the event loop's thread like any other
+command, and turns it into metric families. The map is a fresh snapshot of
+plain values, so encoding it (prometheus_client's text writer, the costly
+part: about 0.1 ms per queue) runs in a worker thread: with thousands of
+queues the loop keeps serving, sharing the GIL with it, instead of stopping
+for it (taking the map itself costs about 4 µs per queue). The one thing `stats` cannot give is a
+distribution: fsync durations are observed into a Histogram once per fsync,
+through the journal's `fsync_observer` hook, in the worker thread that ran
+the fsync (prometheus_client's metrics are thread-safe; the journal never
+imports prometheus).
+
+Rules:
+* A private CollectorRegistry for the live metrics (the histogram, the
+  process' figures), never the global one: nothing in the process adds
+  metrics to it by being imported, and two servers in one process (in tests)
+  do not collide. A scrape encodes a Scrape: the snapshot's families, then
+  that registry's.
+* Names follow Prometheus' conventions: a `wonderq_` prefix, base units
+  (seconds, bytes), `_total` on counters, a `queue` label on per-queue
+  series. The tables below are the whole mapping from stats figures to
+  metrics; a figure missing from the map (the journal's, in memory) is a
+  metric left out, not a zero.
+* Per-queue totals are counters counting from this server's start: a restart
+  resets them, which Prometheus' rate() and increase() expect; a deleted
+  queue's series simply end.
+* The process' own figures (resident memory, CPU seconds, open files) come
+  from prometheus_client's ProcessCollector as the usual `process_*`
+  series, also read only when scraped.
+* This module is imported only when --metrics-port is given, so the server
+  starts and serves without prometheus_client and h11 otherwise.
+
+Must not know: HTTP (metrics_http.py) or the broker's insides: it reads the
+`stats` map (PROTOCOL.md's stats section is its contract).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+from .metrics_http import Headers, HttpEndpoint
+
+if TYPE_CHECKING:
+    from .journal import Journal
+
+Stats = Callable[[], dict[str, Any]]
+
+# (stats figure, metric name, help). Per queue, labelled queue="<name>".
+QUEUE_GAUGES = [
+    ("ready", "wonderq_queue_ready_messages", "Messages a receive would get now."),
+    ("in_flight", "wonderq_queue_in_flight_messages", "Messages leased to a consumer."),
+    ("delayed", "wonderq_queue_delayed_messages",
+     "Messages put or nacked with a delay, not yet ready."),
+    ("waiting", "wonderq_queue_waiting_consumers", "Receives parked waiting on the queue."),
+    ("messages", "wonderq_queue_messages", "Messages stored in the queue, in any state."),
+    ("oldest_age_s", "wonderq_queue_oldest_message_age_seconds",
+     "Seconds since the put of the oldest stored message (0 when empty)."),
+]
+# Counter names without `_total`: prometheus_client adds it to the sample.
+QUEUE_COUNTERS = [
+    ("put_total", "wonderq_queue_puts", "Messages put since the server started."),
+    ("acked_total", "wonderq_queue_acks", "Messages acked since the server started."),
+    ("redelivered_total", "wonderq_queue_redeliveries",
+     "Deliveries after a message's first (lease ran out or nacked) since the start."),
+    ("dead_lettered_total", "wonderq_queue_dead_lettered",
+     "Messages moved to the dead-letter queue since the start."),
+    ("expired_total", "wonderq_queue_expired", "Messages dropped by expiry since the start."),
+]
+SERVER_GAUGES = [
+    ("connections", "wonderq_connections_open", "Open client connections."),
+    ("messages", "wonderq_messages", "Messages stored in all queues, in any state."),
+    ("queue_count", "wonderq_queues", "Queues that exist now."),
+    ("stored_bytes", "wonderq_stored_bytes",
+     "Memory accounted to stored messages: body + header bytes + 200 per message."),
+    ("max_memory", "wonderq_max_memory_bytes",
+     "--max-memory: puts are refused with FULL beyond it (0: no limit)."),
+    ("journal_bytes", "wonderq_journal_bytes", "Size of the live journal file."),
+    ("uptime_s", "wonderq_uptime_seconds", "Seconds since the server started."),
+]
+SERVER_COUNTERS = [
+    ("connections_total", "wonderq_connections", "Client connections accepted since start."),
+    ("journal_write_errors", "wonderq_journal_write_errors",
+     "Journal writes that failed (answered with STORAGE_ERROR) since start."),
+]
+# From about a tenth of a millisecond (a fast SSD) to seconds (a stalled disk).
+FSYNC_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                   0.1, 0.25, 0.5, 1.0, 2.5, float("inf"))
+
+
+def stats_families(snapshot: Mapping[str, Any]) -> Iterator[Metric]:
+    """stats_families is a `stats` map as metric families, by the tables above."""
+    server, queues = snapshot["server"], snapshot["queues"]
+    for figure, name, text in SERVER_GAUGES:
+        if figure in server:
+            yield GaugeMetricFamily(name, text, value=server[figure])
+    for figure, name, text in SERVER_COUNTERS:
+        if figure in server:
+            yield CounterMetricFamily(name, text, value=server[figure])
+    info = GaugeMetricFamily("wonderq_server_info", "The server's version and fsync policy, "
+                             "as labels; always 1.", labels=["version", "fsync_policy"])
+    info.add_metric([str(server["version"]), str(server["fsync_policy"])], 1)
+    yield info
+    yield from _per_queue(queues, QUEUE_GAUGES, GaugeMetricFamily)
+    yield from _per_queue(queues, QUEUE_COUNTERS, CounterMetricFamily)
+
+
+def _per_queue(queues: Mapping[str, Mapping[str, Any]], table: list[tuple[str, str, str]],
+               family: type[GaugeMetricFamily] | type[CounterMetricFamily]) -> Iterator[Metric]:
+    for figure, name, text in table:
+        metric = family(name, text, labels=["queue"])
+        for queue, figures in queues.items():
+            metric.add_metric([queue], figures[figure])
+        yield metric
+
+
+class Scrape(Collector):
+    """Scrape is what one scrape encodes: a stats snapshot's families, then the live
+    metrics of the private registry (the process' figures, the fsync histogram)."""
+
+    def __init__(self, snapshot: Mapping[str, Any], live: CollectorRegistry) -> None:
+        self.snapshot = snapshot
+        self.live = live
+
+    def collect(self) -> Iterator[Metric]:
+        yield from stats_families(self.snapshot)
+        yield from self.live.collect()
+
+
+class Metrics:
+    """Metrics holds the private registry of live metrics: the process' figures and,
+    with a journal, the fsync histogram (hooked into the journal here)."""
+
+    def __init__(self, journal: Journal | None) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        self.fsync_seconds: Histogram | None = None
+        if journal is not None:
+            self.fsync_seconds = Histogram(
+                "wonderq_fsync_duration_seconds", "Time each fsync of the journal took.",
+                buckets=FSYNC_BUCKETS_S, registry=self.registry)
+            journal.fsync_observer = self.fsync_seconds.observe
+
+    def exposition(self, snapshot: Mapping[str, Any], accept: str = "") -> tuple[str, bytes]:
+        """exposition encodes a stats snapshot and the live metrics in the format the
+        scraper's Accept header asks for: Prometheus text by default, OpenMetrics when
+        asked. It only reads the snapshot, so it may run in a worker thread."""
+        encode, content_type = choose_encoder(accept)
+        return content_type, encode(Scrape(snapshot, self.registry))
+
+
+class MetricsEndpoint:
+    """MetricsEndpoint is what the server starts for --metrics-port: the live metrics (made
+    at once, so the first fsync is observed) and the HTTP listener (started later)."""
+
+    def __init__(self, stats: Stats, journal: Journal | None) -> None:
+        self.stats = stats
+        self.metrics = Metrics(journal)
+        self.http = HttpEndpoint({"/metrics": self._metrics_page, "/stats": self._stats_page})
+
+    async def _metrics_page(self, headers: Headers) -> tuple[str, bytes]:
+        snapshot = self.stats()  # on the loop's thread: the one read of the broker
+        return await asyncio.to_thread(self.metrics.exposition, snapshot,
+                                       headers.get("accept", ""))
+
+    async def _stats_page(self, headers: Headers) -> tuple[str, bytes]:
+        snapshot = self.stats()
+        return "application/json", await asyncio.to_thread(_json, snapshot)
+
+    async def start(self, loop: asyncio.AbstractEventLoop, host: str,
+                    port: int) -> tuple[str, int]:
+        """start listens on host:port; returns the (host, port) bound."""
+        try:
+            return await self.http.start(loop, host, port)
+        except OSError as exc:  # say which of the server's two ports it was
+            raise OSError(exc.errno, f"--metrics-port {port}: {exc.strerror}") from exc
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def _json(snapshot: Mapping[str, Any]) -> bytes:
+    return json.dumps(snapshot).encode()

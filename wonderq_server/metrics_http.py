@@ -1,0 +1,176 @@
+"""The metrics endpoint's HTTP: one GET, one response, then close.
+
+Design decision: HTTP is parsed by h11 (sans-I/O) fed from an
+asyncio.Protocol on the server's own event loop, so a page is rendered on
+the loop's thread, where it reads the broker's state with no lock. This
+module knows nothing of the broker or of Prometheus: it serves a table of
+pages, each a coroutine function of the request's headers returning
+(content type, body); a page may hand slow work to a thread after reading.
+
+Rules:
+* One request per connection: the response says `Connection: close` and the
+  connection closes once it is written. A scraper comes every few seconds;
+  keep-alive would buy nothing and cost state.
+* Only GET; any other method gets 405, a path not in the table 404, a query
+  string is ignored. A request that is not HTTP gets 400, a request head
+  over MAX_REQUEST_HEAD_BYTES 431; a body is never read.
+* Nothing a peer does can hurt the server: at most MAX_CONNECTIONS are open
+  at once (one more is closed at once), and a connection still open
+  TIMEOUT_S after it was accepted (a peer that sends slowly or never reads
+  its response) is aborted. That is one timer per HTTP connection, never on
+  the message path.
+* A page that raises is a bug: it is logged with its traceback and answered
+  500, and the server goes on. A page still running when its connection
+  goes is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from http import HTTPStatus
+from typing import cast
+
+import h11
+
+logger = logging.getLogger("wonderq.metrics")
+
+MAX_REQUEST_HEAD_BYTES = 8192
+MAX_CONNECTIONS = 32
+TIMEOUT_S = 10.0
+
+Headers = Mapping[str, str]  # a request's headers, names in lower case
+Page = Callable[[Headers], Awaitable[tuple[str, bytes]]]
+
+
+class HttpEndpoint:
+    """HttpEndpoint is the listener: it serves `pages` (path -> Page) to GET requests."""
+
+    def __init__(self, pages: Mapping[str, Page]) -> None:
+        self.pages = dict(pages)
+        self.connections: set[HttpConnection] = set()
+        self._listener: asyncio.base_events.Server | None = None
+
+    async def start(self, loop: asyncio.AbstractEventLoop, host: str,
+                    port: int) -> tuple[str, int]:
+        """start listens on host:port; returns the (host, port) bound (port 0 picks one)."""
+        self._listener = await loop.create_server(
+            lambda: HttpConnection(self, loop), host, port, reuse_address=True)
+        sockname = self._listener.sockets[0].getsockname()
+        return sockname[0], sockname[1]
+
+    def close(self) -> None:
+        """close stops listening and drops every open HTTP connection."""
+        if self._listener is not None:
+            self._listener.close()
+        for connection in list(self.connections):
+            connection.abort()
+
+
+class HttpConnection(asyncio.Protocol):
+    """HttpConnection answers the first request on one connection, then closes it."""
+
+    def __init__(self, endpoint: HttpEndpoint, loop: asyncio.AbstractEventLoop) -> None:
+        self.endpoint = endpoint
+        self.loop = loop
+        self.http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES)
+        self.transport: asyncio.Transport | None = None
+        self.received = 0  # bytes of the request received so far
+        self.answered = False
+        self.head_request = False  # a response to HEAD carries no body
+        self._timeout: asyncio.TimerHandle | None = None
+        self._page: asyncio.Task[None] | None = None  # the page being rendered
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        if len(self.endpoint.connections) >= MAX_CONNECTIONS:
+            self.transport.abort()
+            return
+        self.endpoint.connections.add(self)
+        self._timeout = self.loop.call_later(TIMEOUT_S, self.abort)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.endpoint.connections.discard(self)
+        if self._timeout is not None:
+            self._timeout.cancel()
+            self._timeout = None
+        if self._page is not None:
+            self._page.cancel()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if self.answered:
+            return  # one request per connection; the rest is not read
+        # Only the first MAX_REQUEST_HEAD_BYTES + 1 bytes are parsed, however they arrive:
+        # one byte over the bound makes h11 refuse an unfinished head with 431.
+        room = MAX_REQUEST_HEAD_BYTES + 1 - self.received
+        self.received += len(data)
+        if room <= 0:
+            return
+        self.http.receive_data(data[:room])
+        try:
+            event = self.http.next_event()
+        except h11.RemoteProtocolError as exc:
+            self._respond(exc.error_status_hint, f"bad request: {exc}\n".encode())
+            return
+        if isinstance(event, h11.Request):
+            self._answer(event)
+        # Otherwise h11.NEED_DATA: the request head is not complete yet.
+
+    def eof_received(self) -> bool:
+        """eof_received: the peer stopped sending. Keep the connection only for the
+        response of a page still rendering (`printf 'GET ...' | nc` waits for it)."""
+        return self._page is not None
+
+    def _answer(self, request: h11.Request) -> None:
+        path = request.target.split(b"?", 1)[0].decode("ascii", "replace")
+        self.head_request = request.method == b"HEAD"
+        if request.method != b"GET":
+            self._respond(405, b"only GET\n", extra=[("allow", "GET")])
+            return
+        page = self.endpoint.pages.get(path)
+        if page is None:
+            self._respond(404, f"not found; try {', '.join(self.endpoint.pages)}\n".encode())
+            return
+        headers = {name.decode("latin-1"): value.decode("latin-1")
+                   for name, value in request.headers}  # h11 gives names in lower case
+        self.answered = True  # read no more while the page renders
+        self._page = self.loop.create_task(self._render(path, page, headers))
+
+    async def _render(self, path: str, page: Page, headers: Headers) -> None:
+        try:
+            content_type, body = await page(headers)
+        except Exception:
+            logger.exception("internal error while rendering %s", path)
+            self._respond(500, b"internal error\n")
+            return
+        finally:
+            self._page = None
+        self._respond(200, body, content_type)
+
+    def _respond(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
+                 extra: list[tuple[str, str]] | None = None) -> None:
+        """_respond writes one whole response and closes the connection after it."""
+        self.answered = True
+        assert self.transport is not None
+        if self.transport.is_closing():
+            return  # the peer went, or the timeout dropped it, while the page rendered
+        headers = [("content-type", content_type), ("content-length", str(len(body))),
+                   ("connection", "close"), *(extra or [])]
+        events: list[h11.Response | h11.Data | h11.EndOfMessage] = [
+            h11.Response(status_code=status, headers=headers, reason=HTTPStatus(status).phrase)]
+        if body and not self.head_request:
+            events.append(h11.Data(data=body))
+        events.append(h11.EndOfMessage())
+        try:
+            data = b"".join(self.http.send(event) or b"" for event in events)
+        except h11.LocalProtocolError:  # no response is possible in this state
+            logger.debug("no HTTP response possible; connection dropped", exc_info=True)
+            self.transport.abort()
+            return
+        self.transport.write(data)
+        self.transport.close()
