@@ -1,0 +1,213 @@
+"""End to end: the `wonderq` command line tool against the real server.
+
+Each test runs the installed console script as a subprocess (as a user
+would, with --host/--port or the WONDERQ_* variables) and checks its output
+and exit code against what the server holds, read back with the client.
+`top` is tested by rendering frames from a real server's stats, and its
+poller across the server going away and coming back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+from rich.console import Console
+from server_process import ServerProcess
+
+from wonderq_cli.top import History, Poller, frame
+from wonderq_client import connect
+
+
+def wonderq(*args: str, stdin: bytes = b"", env: dict[str, str] | None = None,
+            ) -> subprocess.CompletedProcess[bytes]:
+    exe = shutil.which("wonderq")
+    argv = [exe] if exe else [sys.executable, "-m", "wonderq_cli"]
+    return subprocess.run([*argv, *args], input=stdin, capture_output=True, timeout=60,
+                          env={**os.environ, "COLUMNS": "200", **(env or {})}, check=False)
+
+
+def at(server: ServerProcess) -> list[str]:
+    return ["--host", server.host, "--port", str(server.port)]
+
+
+async def cli(*args: str, stdin: bytes = b"", env: dict[str, str] | None = None,
+              ) -> subprocess.CompletedProcess[bytes]:
+    return await asyncio.to_thread(wonderq, *args, stdin=stdin, env=env)
+
+
+async def test_stats_json_is_the_stats_reply(server):
+    async with connect(server.host, server.port) as client:
+        await client.put_many("jobs", [b"a", b"b", b"c"])
+        [msg] = await client.receive("jobs")
+        await msg.ack()
+    done = await cli("stats", "--json", *at(server))
+    assert done.returncode == 0, done.stderr
+    stats = json.loads(done.stdout)
+    jobs = stats["queues"]["jobs"]
+    assert (jobs["ready"], jobs["in_flight"], jobs["put_total"], jobs["acked_total"]) == (
+        2, 0, 3, 1)
+    assert stats["server"]["messages"] == 2
+
+
+async def test_stats_tables_name_every_queue_and_figure(server):
+    async with connect(server.host, server.port) as client:
+        await client.put("first-queue", b"x")
+        await client.put_many("second-queue", [b"1", b"2"], delay=60)
+    done = await cli("stats", *at(server))
+    assert done.returncode == 0, done.stderr
+    text = done.stdout.decode()
+    assert "first-queue" in text and "second-queue" in text
+    assert "3 messages" in text and "in memory" in text
+    row = next(line for line in text.splitlines() if "second-queue" in line)
+    assert row.split()[1:4] == ["0", "0", "2"]  # ready, in flight, delayed
+
+
+async def test_put_receive_ack_from_a_shell(server):
+    env = {"WONDERQ_HOST": server.host, "WONDERQ_PORT": str(server.port)}
+    done = await cli("put", "jobs", "resize image 42", "--priority", "3", "--header",
+                     "trace=abc", env=env)
+    assert done.returncode == 0, done.stderr
+    msg_id = int(done.stdout)
+    done = await cli("receive", "jobs", "--json", "--visibility", "60", env=env)
+    assert done.returncode == 0, done.stderr
+    [delivered] = json.loads(done.stdout)
+    assert (delivered["id"], delivered["body"], delivered["priority"], delivered["headers"],
+            delivered["deliveries"]) == (msg_id, "resize image 42", 3, {"trace": "abc"}, 1)
+    done = await cli("ack", "jobs", str(msg_id), str(delivered["lease"]), env=env)
+    assert done.returncode == 0, done.stderr
+    async with connect(server.host, server.port) as client:
+        info = await client.queue_info("jobs")
+    assert (info["messages"], info["acked_total"]) == (0, 1)
+    # Acking again: the server's NOT_FOUND, one line, exit code 1.
+    done = await cli("ack", "jobs", str(msg_id), str(delivered["lease"]), env=env)
+    assert done.returncode == 1
+    assert done.stderr.decode().startswith("wonderq: NOT_FOUND: ")
+    assert done.stderr.count(b"\n") == 1
+
+
+async def test_put_reads_standard_input_and_receive_ack_settles(server):
+    body = bytes(range(256))
+    done = await cli("put", "bin", "-", *at(server), stdin=body)
+    assert done.returncode == 0, done.stderr
+    done = await cli("receive", "bin", "--max", "5", "--ack", "--json", *at(server))
+    assert done.returncode == 0, done.stderr
+    [delivered] = json.loads(done.stdout)
+    assert base64.b64decode(delivered["body_base64"]) == body
+    async with connect(server.host, server.port) as client:
+        assert (await client.queue_info("bin"))["messages"] == 0  # --ack acked it
+
+
+async def test_peek_purge_and_queues(server):
+    async with connect(server.host, server.port) as client:
+        await client.put_many("work", [b"low", b"high"], priority=1)
+        await client.put("work", b"urgent", priority=-1)
+        await client.create_queue("empty")
+    done = await cli("peek", "work", "--json", *at(server))
+    assert [m["body"] for m in json.loads(done.stdout)] == ["urgent", "low", "high"]
+    assert all(m["lease"] is None and m["deliveries"] == 0 for m in json.loads(done.stdout))
+    done = await cli("queues", "--json", *at(server))
+    assert [(q["queue"], q["messages"], q["explicit"]) for q in json.loads(done.stdout)] == [
+        ("empty", 0, True), ("work", 3, False)]
+    done = await cli("purge", "work", *at(server))
+    assert done.returncode == 0 and b"purged 3 messages" in done.stdout
+    done = await cli("peek", "work", *at(server))
+    assert done.returncode == 0 and b"urgent" not in done.stdout
+    done = await cli("peek", "nowhere", *at(server))
+    assert done.returncode == 1 and b"QUEUE_NOT_FOUND" in done.stderr
+
+
+async def test_an_unreachable_server_is_one_line_and_exit_2(server_factory):
+    server = server_factory()
+    host, port = server.host, server.port
+    server.stop()
+    for args in (["stats"], ["put", "q", "x"], ["top", "--once"], ["queues", "--json"]):
+        done = await cli(*args, "--host", host, "--port", str(port))
+        assert done.returncode == 2, (args, done)
+        assert done.stderr.decode() == (f"wonderq: cannot reach the server at {host}:{port}: "
+                                        "Connection refused\n")
+        assert done.stdout == b""
+
+
+async def test_a_flag_before_or_after_the_subcommand_beats_the_environment(server):
+    env = {"WONDERQ_PORT": "1"}  # nothing listens there
+    for args in (["--port", str(server.port), "stats", "--json"],
+                 ["stats", "--json", "--port", str(server.port)]):
+        done = await cli(*args, env=env)
+        assert done.returncode == 0, (args, done.stderr)
+
+
+# ------------------------------------------------------------------------ top
+
+async def test_top_renders_a_frame_from_a_real_servers_stats(server):
+    async with connect(server.host, server.port) as client:
+        await client.put_many("busy", [b"x"] * 30)
+        first = await client.stats()
+        history = History()
+        history.update(first["queues"], 100.0)
+        for msg in await client.receive("busy", max=10):
+            await msg.ack()
+        await client.put("idle", b"y")
+        second = await client.stats()
+    history.update(second["queues"], 101.0)
+    console = Console(record=True, width=160)
+    console.print(frame(second, history, "wonderq top · test"))
+    text = console.export_text()
+    assert "wonderq top · test" in text
+    busy = next(line for line in text.splitlines() if line.strip().startswith("busy"))
+    assert busy.split()[1:3] == ["20", "0"]  # ready, in flight
+    assert "█" in busy  # the acks of the last interval peak the sparkline
+    assert text.index("busy") < text.index("idle")  # busiest first
+    assert history.view()["busy"] == ([0.0], [10.0])
+    assert f"{second['server']['connections']} connections" in text
+
+
+async def test_top_once_prints_one_frame(server):
+    done = await cli("top", "--once", *at(server))
+    assert done.returncode == 0, done.stderr
+    assert b"connected" in done.stdout and b"queues (0)" in done.stdout
+
+
+async def test_top_poller_survives_the_server_going_away_and_coming_back(server_factory):
+    server = server_factory()
+    port = server.port
+    poller = Poller(server.host, port, timeout_s=2.0)
+    async with connect(server.host, port) as client:
+        await client.put("q", b"x")
+    assert await poller.poll()
+    assert poller.stats["queues"]["q"]["ready"] == 1
+    server.kill()
+    assert not await poller.poll()
+    assert poller.stats["queues"]["q"]["ready"] == 1  # the last figures stay on screen
+    again = server_factory("--port", str(port))
+    started = time.monotonic()
+    assert await poller.poll()  # reconnected on its own
+    assert time.monotonic() - started < 5
+    assert poller.stats["queues"] == {}  # a new in-memory server
+    await poller.close()
+    again.stop()
+
+
+def test_history_restarts_when_totals_go_down() -> None:
+    history = History()
+    history.update({"q": {"put_total": 10, "acked_total": 5}}, 0.0)
+    history.update({"q": {"put_total": 30, "acked_total": 5}}, 2.0)
+    assert history.view() == {"q": ([10.0], [0.0])}
+    history.update({"q": {"put_total": 1, "acked_total": 0}}, 3.0)  # a restarted server
+    assert history.view() == {"q": ([], [])}
+    history.update({}, 4.0)  # the queue was deleted
+    assert history.view() == {}
+
+
+@pytest.mark.parametrize("args", [["put"], ["receive"], ["ack", "q", "x", "1"]])
+def test_bad_usage_exits_2(args: list[str]) -> None:
+    done = wonderq(*args)
+    assert done.returncode == 2
+    assert b"usage: wonderq" in done.stderr

@@ -1,0 +1,147 @@
+"""End to end: `wonderq demo` as a user runs it, on its own server and with --connect.
+
+The demo's accounting is checked from its printed table (the rows' labels
+are stable), and its power to fail is checked too: a queue purged under it
+must show up as lost messages and exit code 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+from wonderq_cli.demo_ledger import Ledger, account
+from wonderq_client import connect
+
+RUN_TIMEOUT_S = 40.0
+
+
+def wonderq_command() -> list[str]:
+    exe = shutil.which("wonderq")
+    return [exe] if exe else [sys.executable, "-c",
+                              "from wonderq_cli.main import console_script; console_script()"]
+
+
+def demo_env() -> dict[str, str]:
+    env = {name: value for name, value in os.environ.items() if not name.startswith("WONDERQ_")}
+    env.update(PYTHONIOENCODING="utf-8", COLUMNS="120")
+    return env
+
+
+def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*wonderq_command(), "demo", *args], capture_output=True, text=True,
+                          env=demo_env(), timeout=RUN_TIMEOUT_S)
+
+
+def accounting(output: str) -> dict[str, int]:
+    """accounting reads the final table: {label: count} for each row the demo always prints."""
+    rows = {}
+    for label in ("produced", "acked", "dead-lettered", "still queued", "redelivered",
+                  "duplicates seen", "lost", "acked twice"):
+        match = re.search(rf"^\W*{re.escape(label)}\W+(\d+)\b", output, re.MULTILINE)
+        assert match, f"no {label!r} row in the demo's output:\n{output}"
+        rows[label] = int(match.group(1))
+    return rows
+
+
+def test_demo_on_its_own_server_accounts_for_every_message():
+    started = time.monotonic()
+    result = run_demo("--messages", "40", "--seconds", "20")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    rows = accounting(result.stdout)
+    assert rows["produced"] == 40
+    assert rows["produced"] == rows["acked"] + rows["dead-lettered"], output
+    assert rows["still queued"] == 0 and rows["lost"] == 0 and rows["acked twice"] == 0
+    # Bodies #20 and #40 are poison: every consumer nacks them, so after 3 deliveries
+    # each they are dead-lettered, and were redelivered twice each on the way.
+    assert rows["dead-lettered"] >= 2
+    assert rows["redelivered"] >= 4 and rows["duplicates seen"] >= 2
+    assert "OK: every message is accounted for" in result.stdout
+    assert time.monotonic() - started < 20
+
+
+def test_demo_with_connect_uses_and_then_removes_its_own_queues(server):
+    result = run_demo("--connect", "--host", server.host, "--port", str(server.port),
+                      "--queue", "e2e-demo", "--messages", "30", "--seconds", "15")
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = accounting(result.stdout)
+    assert rows["produced"] == 30 == rows["acked"] + rows["dead-lettered"]
+    assert rows["lost"] == 0 and rows["acked twice"] == 0
+
+    async def queue_names() -> list[str]:
+        async with connect(server.host, server.port) as client:
+            return [q["queue"] for q in await client.queues()]
+
+    assert asyncio.run(queue_names()) == []
+
+
+def test_demo_with_connect_refuses_a_queue_that_exists(server):
+    async def make_queue() -> None:
+        async with connect(server.host, server.port) as client:
+            await client.put("mine", b"not the demo's")
+
+    asyncio.run(make_queue())
+    result = run_demo("--connect", "--host", server.host, "--port", str(server.port),
+                      "--queue", "mine", "--messages", "5")
+    assert result.returncode == 2
+    assert "already exists" in result.stderr
+
+    async def still_there() -> int:
+        async with connect(server.host, server.port) as client:
+            return (await client.queue_info("mine"))["messages"]
+
+    assert asyncio.run(still_there()) == 1
+
+
+def test_demo_reports_messages_purged_under_it_as_lost(server):
+    """A server that dropped messages is what the accounting exists to catch."""
+    proc = subprocess.Popen(
+        [*wonderq_command(), "demo", "--connect", "--host", server.host, "--port",
+         str(server.port), "--queue", "lossy", "--messages", "100", "--seconds", "12"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=demo_env())
+
+    async def purge_some() -> int:
+        async with connect(server.host, server.port) as client:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                queues = {q["queue"]: q for q in await client.queues()}
+                if queues.get("lossy", {}).get("messages", 0) >= 3:
+                    return await client.purge("lossy")
+                await asyncio.sleep(0.02)
+        return 0
+
+    try:
+        purged = asyncio.run(purge_some())
+        stdout, stderr = proc.communicate(timeout=RUN_TIMEOUT_S)
+    finally:
+        proc.kill()
+    assert purged >= 3
+    assert proc.returncode == 1, stdout + stderr
+    rows = accounting(stdout)
+    assert rows["lost"] == purged, stdout
+    assert rows["produced"] == rows["acked"] + rows["dead-lettered"] + rows["lost"]
+    assert "FAILED: " in stdout and "lost" in stdout
+
+
+def test_accounting_fails_a_run_with_a_double_ack_or_a_lost_message():
+    ledger = Ledger(messages=3)
+    ledger.worker("w", "steady")
+    for seq in (1, 2, 3):
+        ledger.putting([seq])
+        ledger.put_answered("w", seq, id=100 + seq)
+        ledger.received(0.0, "w", seq, deliveries=1)
+    ledger.ack_answered(0.0, "w", 1, refused=None, late=False)
+    assert account(ledger, dead={2}, queued={3}).ok
+
+    ledger.ack_answered(0.0, "w", 1, refused=None, late=False)  # OK again: a broken promise
+    books = account(ledger, dead={2}, queued={3})
+    assert books.acked_twice == (1,) and not books.ok
+
+    books = account(Ledger(messages=0, produced={1, 2}, acked={1}), dead=set(), queued=set())
+    assert books.lost == (2,) and not books.ok

@@ -1,0 +1,5 @@
+"""`python -m wonderq_cli` is the `wonderq` command."""
+
+from .main import console_script
+
+console_script()

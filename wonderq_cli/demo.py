@@ -1,0 +1,254 @@
+"""`wonderq demo`: watch producers and misbehaving consumers, then account for every message.
+
+Design decision: the demo is a test harness a person can watch. It runs the
+real server (its own in-memory one, or `--connect` to a running one) with
+producers and consumers that are steady, slow, crash or nack (see
+demo_workers.py), on a queue whose leases last a second and whose messages
+go to a dead-letter queue after a few deliveries, so leases running out,
+redeliveries and dead letters all happen within seconds. Every body carries
+a sequence number, and at the end the demo reads back what is left and
+accounts by content (demo_ledger.py): produced = acked + dead-lettered +
+still queued, or something was lost.
+
+The run, in order: start the server; create the two queues; run the workers
+until every message is settled or the work time is up; stop the workers;
+read back both queues; print the accounting; delete the queues (with
+--connect) and stop the server.
+
+Rules:
+* --seconds bounds the whole run: the work stops WRAP_UP_S before it even
+  if unfinished, and what is still queued then is reported, not lost.
+* Exit codes: 0 every message accounted for; 1 a message was lost or acked
+  twice (or acked and still stored); 2 the server could not be started or
+  reached, or the --connect queue names are taken.
+* With --connect the demo uses only queues it creates (it refuses names that
+  exist) and deletes them when it ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+import secrets
+import sys
+import time
+from typing import Any
+
+from rich.console import Console
+
+from wonderq_client import Client, NotFound, QueueNotFound, connect
+
+from .demo_ledger import Accounting, Ledger, account
+from .demo_server import ServerStartError, own_server
+from .demo_view import Narrator, accounting_table, banner, verdict
+from .demo_workers import (
+    RECEIVE_WAIT_S,
+    Consumer,
+    Crew,
+    Plan,
+    Producer,
+    Watcher,
+    seq_of,
+)
+
+EXIT_OK, EXIT_BROKEN_PROMISE, EXIT_UNAVAILABLE = 0, 1, 2
+STOP_GRACE_S = RECEIVE_WAIT_S + 1.0  # a stopping worker finishes its receive and its ack
+READ_BACK_S = 1.0  # kept for reading back the queues
+WRAP_UP_S = STOP_GRACE_S + READ_BACK_S
+DRAIN_BATCH = 100
+DRAIN_VISIBILITY_S = 60.0  # read-back leases outlive the demo
+MIN_SECONDS = 5.0
+
+
+def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    parser = commands.add_parser(
+        "demo", parents=[common],
+        help="watch producers and misbehaving consumers; every message is accounted for",
+        description="Runs producers and consumers (steady, slow, crashing, nacking) against "
+                    "an in-memory server of its own, shows leases running out, redeliveries "
+                    "and dead letters as they happen, and ends with an accounting of every "
+                    "message. Exits 1 if a message was lost or acked twice.")
+    parser.add_argument("--messages", type=_at_least(1), default=300,
+                        help="messages to put (default %(default)s)")
+    parser.add_argument("--producers", type=_at_least(1), default=3,
+                        help="producers putting at once (default %(default)s)")
+    parser.add_argument("--consumers", type=_at_least(1), default=5,
+                        help="consumers, in turn steady, slow, crashy, nacky "
+                             "(default %(default)s)")
+    parser.add_argument("--seconds", type=_at_least(MIN_SECONDS, float), default=25.0,
+                        help="stop and account after this long even if unfinished "
+                             "(default %(default)s)")
+    parser.add_argument("--queue", default=None,
+                        help="queue name; its dead letters go to QUEUE-dead (default: demo, "
+                             "or demo-<random> with --connect)")
+    parser.add_argument("--connect", action="store_true",
+                        help="use the running server at --host/--port instead of starting one; "
+                             "the demo's queues are deleted at the end")
+    parser.set_defaults(run=run)
+
+
+def _at_least(low: float, kind: type = int):
+    def convert(text: str):
+        value = kind(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low:g}")
+        return value
+
+    convert.__name__ = kind.__name__  # argparse names the type in its error
+    return convert
+
+
+async def run(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    queue = args.queue or ("demo-" + secrets.token_hex(3) if args.connect else "demo")
+    plan = Plan(queue=queue, dead_letter_queue=f"{queue}-dead", messages=args.messages,
+                producers=args.producers, consumers=args.consumers, seconds=args.seconds)
+    if args.connect:
+        where = f"the server at {args.host}:{args.port}"
+        return await _demo(args.host, args.port, plan, started, where, shared_server=True)
+    try:
+        async with own_server() as (host, port):
+            where = f"its own in-memory server at {host}:{port}"
+            return await _demo(host, port, plan, started, where, shared_server=False)
+    except ServerStartError as exc:
+        print(f"wonderq demo: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+
+
+async def _demo(host: str, port: int, plan: Plan, started: float, where: str,
+                shared_server: bool) -> int:
+    """_demo creates the queues, runs the show, prints the accounting, returns the exit code.
+
+    On a shared server (--connect) it first makes sure the queue names are
+    new, and deletes the queues at the end, however the run ends.
+    """
+    async with connect(host, port) as admin:
+        if shared_server:
+            for name in (plan.queue, plan.dead_letter_queue):
+                if await _exists(admin, name):
+                    print(f"wonderq demo: queue {name!r} already exists on {host}:{port}; the "
+                          f"demo deletes its queues at the end, so it uses only new ones: "
+                          f"pick another --queue", file=sys.stderr)
+                    return EXIT_UNAVAILABLE
+        try:
+            await admin.create_queue(plan.dead_letter_queue)
+            await admin.create_queue(plan.queue, visibility_timeout=plan.visibility_s,
+                                     max_deliveries=plan.max_deliveries,
+                                     dead_letter_queue=plan.dead_letter_queue)
+            console = Console(highlight=False)
+            console.print(banner(plan, where))
+            accounting = await _show(admin, host, port, plan, started, console)
+        finally:
+            if shared_server:
+                await _delete_queues(admin, plan)
+    console.print(accounting_table(accounting, plan))
+    console.print(verdict(accounting), style="bold green" if accounting.ok else "bold red")
+    return EXIT_OK if accounting.ok else EXIT_BROKEN_PROMISE
+
+
+async def _show(admin: Client, host: str, port: int, plan: Plan, started: float,
+                console: Console) -> Accounting:
+    """_show runs the workers under narration, stops them, reads back the queues, accounts."""
+    crew = Crew(host, port, plan, Ledger(plan.messages), asyncio.Event(),
+                lambda: time.monotonic() - started, random.Random())
+    producers = [Producer(crew, f"producer-{i + 1}", list(range(i + 1, plan.messages + 1,
+                                                                  plan.producers)))
+                 for i in range(plan.producers)]
+    consumers = [Consumer(crew, f"worker-{i + 1}", plan.behaviour(i))
+                 for i in range(plan.consumers)]
+    watcher = Watcher(crew)
+    producer_tasks = [asyncio.create_task(p.run()) for p in producers]
+    tasks = [*producer_tasks, *(asyncio.create_task(c.run()) for c in consumers),
+             asyncio.create_task(watcher.run(admin, lambda: all(t.done()
+                                                                 for t in producer_tasks)))]
+    narrator = Narrator(console, crew, lambda: watcher.figures)
+    narrator.start()
+    try:
+        await _work(tasks, watcher.settled, plan.seconds - WRAP_UP_S - crew.clock())
+        crew.stop.set()
+        finished, unfinished = await asyncio.wait(tasks, timeout=STOP_GRACE_S)
+        for task in unfinished:  # an ack still unanswered stays in doubt in the ledger
+            task.cancel()
+        _raise_failure(finished)
+        queued, dead = await _read_back(admin, plan, crew.ledger)
+        return account(crew.ledger, dead, queued)
+    finally:
+        crew.stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await narrator.close()
+
+
+async def _work(tasks: list[asyncio.Task[None]], settled: asyncio.Event,
+                timeout_s: float) -> None:
+    """_work waits until the work is settled or time is up; a worker's bug is raised at once."""
+    deadline = time.monotonic() + timeout_s
+    settled_wait = asyncio.create_task(settled.wait())
+    pending: set[asyncio.Task[Any]] = {*tasks, settled_wait}
+    try:
+        for _ in range(len(pending) + 1):  # each round ends a task, or the time is up
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or settled_wait.done():
+                return
+            done, pending = await asyncio.wait(pending, timeout=remaining,
+                                               return_when=asyncio.FIRST_COMPLETED)
+            _raise_failure(done - {settled_wait})
+    finally:
+        settled_wait.cancel()
+
+
+def _raise_failure(finished: set[asyncio.Task[Any]]) -> None:
+    """_raise_failure raises what ended a worker early: a lost connection, or a bug."""
+    for task in finished:
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+
+
+async def _read_back(admin: Client, plan: Plan, ledger: Ledger) -> tuple[set[int], set[int]]:
+    """_read_back finds every produced body not acked: (still queued, dead-lettered).
+
+    Ready messages of both queues are received, and stay leased past the
+    demo's end. A message still leased or delayed (a crashed worker's, or
+    one nacked with a delay) cannot be received, so each body not found so
+    far is looked up by its id: first in the queue, then in the dead-letter
+    queue, where its lease may just have sent it.
+    """
+    queued = await _receive_all(admin, plan.queue, plan)
+    dead = await _receive_all(admin, plan.dead_letter_queue, plan)
+    for seq in sorted(ledger.produced - ledger.acked - queued - dead):
+        for queue, found in ((plan.queue, queued), (plan.dead_letter_queue, dead)):
+            try:
+                await admin.message_info(queue, ledger.ids[seq])
+            except NotFound:
+                continue
+            found.add(seq)
+            break
+    return queued, dead
+
+
+async def _receive_all(admin: Client, queue: str, plan: Plan) -> set[int]:
+    """_receive_all receives every ready message of `queue`; returns their sequence numbers."""
+    seqs: set[int] = set()
+    for _ in range(plan.messages // DRAIN_BATCH + 2):
+        batch = await admin.receive(queue, max=DRAIN_BATCH, visibility=DRAIN_VISIBILITY_S)
+        if not batch:
+            break
+        seqs.update(seq for seq in map(seq_of, (msg.body for msg in batch)) if seq is not None)
+    return seqs
+
+
+async def _exists(admin: Client, queue: str) -> bool:
+    try:
+        await admin.queue_info(queue)
+    except QueueNotFound:
+        return False
+    return True
+
+
+async def _delete_queues(admin: Client, plan: Plan) -> None:
+    for name in (plan.queue, plan.dead_letter_queue):
+        with contextlib.suppress(QueueNotFound):
+            await admin.delete_queue(name)

@@ -1,0 +1,199 @@
+"""`wonderq put | receive | ack | peek | purge | queues`: poking at queues from a shell.
+
+Design decision: each subcommand is one client call (or two, for
+`receive --ack`), printed for people by default and as JSON with `--json`,
+so shell scripts can chain them (`wonderq receive jobs --json | jq ...`).
+
+Rules:
+* A body is the BODY argument, or standard input when BODY is `-` or left
+  out (bytes as they are, no newline added or removed).
+* Bodies are shown as text when they are UTF-8; in JSON a body that is not
+  UTF-8 is given as "body_base64" instead of "body".
+* `receive --ack` acks what it printed, in one round trip; without --ack
+  the messages stay leased until their visibility timeout, as the lease
+  printed with each says.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from wonderq_client import Message, connect
+
+
+def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    put = commands.add_parser("put", parents=[common], help="put one message")
+    put.add_argument("queue")
+    put.add_argument("body", nargs="?", default="-",
+                     help="the message; '-' or nothing reads standard input")
+    put.add_argument("--delay", type=float, help="seconds before it can be received")
+    put.add_argument("--priority", type=int, help="lower is handed out first (default 0)")
+    put.add_argument("--expiry", type=float, help="drop it if not acked within these seconds")
+    put.add_argument("--header", action="append", default=[], metavar="KEY=VALUE",
+                     help="a header (repeatable)")
+    put.add_argument("--json", action="store_true", help='print {"id": ...}')
+    put.set_defaults(run=run_put)
+
+    receive = commands.add_parser("receive", parents=[common], help="receive (lease) messages")
+    receive.add_argument("queue")
+    receive.add_argument("--max", type=int, default=1, help="most messages (default 1)")
+    receive.add_argument("--wait", type=float, default=0.0,
+                         help="seconds to wait for a first message (default 0)")
+    receive.add_argument("--visibility", type=float,
+                         help="lease length in seconds (default: the queue's)")
+    receive.add_argument("--ack", action="store_true", help="ack them once printed")
+    receive.add_argument("--json", action="store_true", help="print a JSON array")
+    receive.set_defaults(run=run_receive)
+
+    ack = commands.add_parser("ack", parents=[common], help="ack (delete) one message")
+    ack.add_argument("queue")
+    ack.add_argument("id", type=int)
+    ack.add_argument("lease", type=int)
+    ack.set_defaults(run=run_ack)
+
+    peek = commands.add_parser("peek", parents=[common],
+                               help="show the next messages without leasing them")
+    peek.add_argument("queue")
+    peek.add_argument("--max", type=int, default=10, help="most messages (default 10)")
+    peek.add_argument("--json", action="store_true", help="print a JSON array")
+    peek.set_defaults(run=run_peek)
+
+    purge = commands.add_parser("purge", parents=[common],
+                                help="delete every message of a queue")
+    purge.add_argument("queue")
+    purge.add_argument("--json", action="store_true", help='print {"purged": N}')
+    purge.set_defaults(run=run_purge)
+
+    queues = commands.add_parser("queues", parents=[common], help="list the queues")
+    queues.add_argument("--json", action="store_true", help="print a JSON array")
+    queues.set_defaults(run=run_queues)
+
+
+def _body(argument: str) -> bytes:
+    if argument == "-":
+        return sys.stdin.buffer.read()
+    return argument.encode()
+
+
+def _headers(pairs: Sequence[str]) -> dict[str, str] | None:
+    headers = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key:
+            raise SystemExit(f"wonderq: --header wants KEY=VALUE, got {pair!r}")
+        headers[key] = value
+    return headers or None
+
+
+def _print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def message_json(msg: Message) -> dict[str, Any]:
+    """message_json is one message as scripts get it from --json."""
+    fields: dict[str, Any] = {"id": msg.id, "lease": msg.lease, "deliveries": msg.deliveries,
+                              "enqueued_at": msg.enqueued_at, "priority": msg.priority,
+                              "headers": msg.headers}
+    try:
+        fields["body"] = msg.body.decode()
+    except UnicodeDecodeError:
+        fields["body_base64"] = base64.b64encode(msg.body).decode()
+    if msg.dead_letter is not None:
+        fields["dead_letter"] = list(msg.dead_letter)
+    return fields
+
+
+def messages_table(title: str, messages: Sequence[Message], leased: bool) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("id", *(["lease"] if leased else []), "deliveries", "priority", "body"):
+        table.add_column(column, overflow="fold")
+    for msg in messages:
+        body = msg.body.decode(errors="backslashreplace")
+        table.add_row(str(msg.id), *([str(msg.lease)] if leased else []), str(msg.deliveries),
+                      str(msg.priority), body)
+    return table
+
+
+async def run_put(args: argparse.Namespace) -> int:
+    body = _body(args.body)
+    async with connect(args.host, args.port, timeout=5.0) as client:
+        msg_id = await client.put(args.queue, body, delay=args.delay, priority=args.priority,
+                                  headers=_headers(args.header), expiry=args.expiry)
+    if args.json:
+        _print_json({"id": msg_id})
+    else:
+        print(msg_id)
+    return 0
+
+
+async def run_receive(args: argparse.Namespace) -> int:
+    async with connect(args.host, args.port, timeout=5.0) as client:
+        messages = await client.receive(args.queue, max=args.max, wait=args.wait,
+                                        visibility=args.visibility)
+        if args.json:
+            _print_json([message_json(m) for m in messages])
+        elif messages:
+            Console().print(messages_table(f"{args.queue}: {len(messages)} received",
+                                           messages, leased=True))
+        else:
+            print(f"{args.queue}: no message", file=sys.stderr)
+        if args.ack and messages:
+            failed = [r for r in await client.ack_many(args.queue, messages) if r is not None]
+            for error in failed:
+                print(f"wonderq: ack failed: {error}", file=sys.stderr)
+            if failed:
+                return 1
+    return 0
+
+
+async def run_ack(args: argparse.Namespace) -> int:
+    async with connect(args.host, args.port, timeout=5.0) as client:
+        await client.ack(args.queue, args.id, args.lease)
+    print(f"acked {args.id}")
+    return 0
+
+
+async def run_peek(args: argparse.Namespace) -> int:
+    async with connect(args.host, args.port, timeout=5.0) as client:
+        messages = await client.peek(args.queue, max=args.max)
+    if args.json:
+        _print_json([message_json(m) for m in messages])
+    else:
+        Console().print(messages_table(f"{args.queue}: next {len(messages)} ready",
+                                       messages, leased=False))
+    return 0
+
+
+async def run_purge(args: argparse.Namespace) -> int:
+    async with connect(args.host, args.port, timeout=5.0) as client:
+        purged = await client.purge(args.queue)
+    if args.json:
+        _print_json({"purged": purged})
+    else:
+        print(f"purged {purged} messages from {args.queue}")
+    return 0
+
+
+async def run_queues(args: argparse.Namespace) -> int:
+    async with connect(args.host, args.port, timeout=5.0) as client:
+        queues = await client.queues()
+    if args.json:
+        _print_json(queues)
+        return 0
+    table = Table(title=f"queues ({len(queues)})", title_justify="left")
+    for column in ("queue", "messages", "ready", "in flight", "delayed", "explicit"):
+        table.add_column(column, justify="left" if column == "queue" else "right")
+    for q in queues:
+        table.add_row(q["queue"], str(q["messages"]), str(q["ready"]), str(q["in_flight"]),
+                      str(q["delayed"]), "yes" if q["explicit"] else "no")
+    Console().print(table)
+    return 0

@@ -1,0 +1,36 @@
+"""`wonderq stats [--json]`: the server's state once, as tables or as JSON.
+
+Design decision: the JSON is exactly the `stats` reply (PROTOCOL.md), so
+scripts read the documented names; the tables are stats_view.py's, the same
+that `wonderq top` shows live.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from rich.console import Console
+
+from wonderq_client import connect
+
+from .stats_view import stats_view
+
+
+def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    parser = commands.add_parser("stats", parents=[common],
+                                 help="show the server's state (tables, or --json)")
+    parser.add_argument("--json", action="store_true", help="print the stats map as JSON")
+    parser.set_defaults(run=run)
+
+
+async def run(args: argparse.Namespace) -> int:
+    async with connect(args.host, args.port, timeout=5.0) as client:
+        stats = await client.stats()
+    if args.json:
+        json.dump(stats, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    else:
+        Console().print(stats_view(stats))
+    return 0

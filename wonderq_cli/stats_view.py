@@ -1,0 +1,159 @@
+"""How the server's stats look in a terminal: tables for `wonderq stats` and `wonderq top`.
+
+Design decision: rendering is a pure function of the stats map (and, for
+`top`, of a short history kept by the caller), returning rich renderables.
+Nothing here talks to the server or reads the clock, so one frame can be
+rendered from a real server's stats in a test and compared as text.
+
+Rules:
+* Queues are sorted by activity (put, ack and redelivery rates together),
+  then by backlog, then by name, so the busy ones are on top.
+* Sizes use binary units (KiB, MiB), ages the largest unit that fits, rates
+  one decimal; a figure the server did not send shows as "-" (an older
+  server), never as a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich import box
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
+
+
+def format_bytes(value: Any) -> str:
+    if not isinstance(value, int | float):
+        return "-"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return "-"  # not reached
+
+
+def format_age(value: Any) -> str:
+    if not isinstance(value, int | float):
+        return "-"
+    seconds = float(value)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f}m"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def format_rate(value: Any) -> str:
+    return f"{value:.1f}" if isinstance(value, int | float) else "-"
+
+
+def sparkline(values: Sequence[float], width: int = 20) -> str:
+    """sparkline draws the last `width` values as block characters, scaled to their peak.
+
+    All zeros (or no values) draw as the lowest block, so an idle queue
+    still shows a line of the same width.
+    """
+    shown = list(values)[-width:]
+    if not shown:
+        return ""
+    peak = max(shown)
+    if peak <= 0:
+        return SPARK_BLOCKS[0] * len(shown)
+    top = len(SPARK_BLOCKS) - 1
+    return "".join(SPARK_BLOCKS[min(top, round(v / peak * top))] if v > 0 else SPARK_BLOCKS[0]
+                   for v in shown)
+
+
+def activity(figures: Mapping[str, Any]) -> float:
+    return sum(float(figures.get(key) or 0) for key in ("put_rate", "ack_rate",
+                                                          "redelivered_rate"))
+
+
+def sorted_queues(queues: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    return sorted(queues, key=lambda name: (-activity(queues[name]),
+                                            -(queues[name].get("messages") or 0), name))
+
+
+def server_line(server: Mapping[str, Any]) -> Text:
+    """server_line: the server's own figures on one line (they are few; a table would be
+    wider than a terminal)."""
+    stored = format_bytes(server.get("stored_bytes"))
+    if server.get("max_memory"):
+        stored += f" of {format_bytes(server.get('max_memory'))}"
+    journal = (f"journal {format_bytes(server.get('journal_bytes'))} "
+               f"(fsync {server.get('fsync_policy', '-')})"
+               if "journal_bytes" in server else "in memory (no journal)")
+    parts = [
+        f"server {server.get('version', '-')}",
+        f"up {format_age(server.get('uptime_s'))}",
+        f"{server.get('connections', '-')} connections",
+        f"{server.get('messages', '-')} messages",
+        f"{server.get('waiting_consumers', '-')} consumers waiting",
+        f"memory {format_bytes(server.get('rss_bytes'))}",
+        f"stored {stored}",
+        journal,
+    ]
+    return Text(" · ".join(parts))
+
+
+QUEUE_COLUMNS = (
+    ("queue", "left"), ("ready", "right"), ("in flight", "right"), ("delayed", "right"),
+    ("dead", "right"), ("expired", "right"), ("oldest", "right"), ("waiting", "right"),
+    ("put/s", "right"), ("ack/s", "right"), ("redeliv/s", "right"),
+)
+SPARK_WIDTH = 12
+
+
+def queues_table(queues: Mapping[str, Mapping[str, Any]],
+                 history: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
+                 ) -> Table:
+    """queues_table: a row per queue, busiest first; with `history` (queue -> (puts per
+    second, acks per second) over time) two sparkline columns are added. "dead" is
+    dead_lettered_total: messages moved out to the queue's dead-letter queue."""
+    table = Table(title=f"queues ({len(queues)})", title_justify="left", box=box.SIMPLE_HEAD)
+    for name, justify in QUEUE_COLUMNS:
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    if history is not None:
+        table.add_column("puts", justify="left", style="green")
+        table.add_column("acks", justify="left", style="cyan")
+    for name in sorted_queues(queues):
+        q = queues[name]
+        row = [
+            name,
+            str(q.get("ready", "-")),
+            str(q.get("in_flight", "-")),
+            str(q.get("delayed", "-")),
+            str(q.get("dead_lettered_total", "-")),
+            str(q.get("expired_total", "-")),
+            format_age(q.get("oldest_age_s")),
+            str(q.get("waiting", "-")),
+            format_rate(q.get("put_rate")),
+            format_rate(q.get("ack_rate")),
+            format_rate(q.get("redelivered_rate")),
+        ]
+        if history is not None:
+            puts, acks = history.get(name, ((), ()))
+            row += [sparkline(puts, SPARK_WIDTH), sparkline(acks, SPARK_WIDTH)]
+        table.add_row(*row)
+    if not queues:
+        table.add_row("(no queues)", *[""] * (len(table.columns) - 1))
+    return table
+
+
+def stats_view(stats: Mapping[str, Any],
+               history: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
+               status: str | None = None) -> Group:
+    """stats_view is the whole screen: an optional status line, the server, the queues."""
+    parts: list[Any] = []
+    if status:
+        parts.append(Text(status, style="bold"))
+    parts.append(server_line(stats.get("server", {})))
+    parts.append(queues_table(stats.get("queues", {}), history))
+    return Group(*parts)

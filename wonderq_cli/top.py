@@ -1,0 +1,184 @@
+"""`wonderq top`: a live view of the server, refreshed every second, like htop.
+
+Design decision: three parts, each testable alone. `History` keeps, per
+queue, the puts and acks per second between consecutive polls (from the
+totals, so a sparkline shows what happened in each interval, not a moving
+average). `frame` renders stats and history with stats_view.py; it is pure.
+`run` is the only part with I/O: it polls `stats` once per interval, draws
+with rich's Live, reads keys, and reconnects when the server goes away.
+
+Rules:
+* Quits on `q` (when stdin is a terminal) or Ctrl-C, restoring the terminal.
+* A server that cannot be reached, or that goes away, shows "disconnected"
+  with the last figures greyed out; `top` retries once per interval and
+  carries on when the server is back. Totals that go down (the server was
+  restarted) restart the history rather than show negative rates.
+* `--once` prints one frame and exits (for scripts, and to see the layout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+
+from wonderq_client import Client, ConnectionClosed, connect
+
+from .stats_view import stats_view
+
+HISTORY_POINTS = 30
+
+
+class History:
+    """Per queue: puts and acks per second in each polling interval, the last HISTORY_POINTS."""
+
+    def __init__(self, points: int = HISTORY_POINTS) -> None:
+        self.points = points
+        self._last: dict[str, tuple[float, int, int]] = {}  # queue -> (at, puts, acks)
+        self._series: dict[str, tuple[deque[float], deque[float]]] = {}
+
+    def update(self, queues: Mapping[str, Mapping[str, Any]], at: float) -> None:
+        for name in list(self._series):
+            if name not in queues:  # deleted
+                del self._series[name]
+                self._last.pop(name, None)
+        for name, figures in queues.items():
+            puts, acks = int(figures.get("put_total") or 0), int(figures.get("acked_total") or 0)
+            series = self._series.setdefault(
+                name, (deque(maxlen=self.points), deque(maxlen=self.points)))
+            last = self._last.get(name)
+            self._last[name] = (at, puts, acks)
+            if last is None:
+                continue
+            then, old_puts, old_acks = last
+            elapsed = at - then
+            if puts < old_puts or acks < old_acks:  # the server restarted
+                series[0].clear()
+                series[1].clear()
+                continue
+            if elapsed > 0:
+                series[0].append((puts - old_puts) / elapsed)
+                series[1].append((acks - old_acks) / elapsed)
+
+    def view(self) -> dict[str, tuple[list[float], list[float]]]:
+        return {name: (list(puts), list(acks)) for name, (puts, acks) in self._series.items()}
+
+
+def frame(stats: Mapping[str, Any], history: History, status: str) -> Group:
+    """frame is one screen of `top`: the status line, then the server and queue tables."""
+    return stats_view(stats, history.view(), status)
+
+
+def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    parser = commands.add_parser("top", parents=[common],
+                                 help="live view of the server, refreshed every second")
+    parser.add_argument("--interval", type=float, default=1.0,
+                        help="seconds between refreshes (default %(default)s)")
+    parser.add_argument("--once", action="store_true", help="print one frame and exit")
+    parser.set_defaults(run=run)
+
+
+class Poller:
+    """Poller fetches stats, connecting (again) as needed; `poll` never raises for a
+    server that is down or goes away, it reports it."""
+
+    def __init__(self, host: str, port: int, timeout_s: float) -> None:
+        self.host, self.port, self.timeout_s = host, port, timeout_s
+        self.client: Client | None = None
+        self.stats: dict[str, Any] = {}  # the last stats seen, kept while disconnected
+
+    async def poll(self) -> bool:
+        """poll refreshes `stats`; returns whether the server answered."""
+        try:
+            if self.client is None or self.client.closed:
+                self.client = await connect(self.host, self.port, timeout=self.timeout_s)
+            self.stats = await asyncio.wait_for(self.client.stats(), timeout=self.timeout_s)
+            return True
+        except (TimeoutError, OSError, ConnectionClosed):
+            await self.close()
+            return False
+
+    async def close(self) -> None:
+        client, self.client = self.client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.close(), timeout=1.0)
+
+
+async def run(args: argparse.Namespace) -> int:
+    interval = max(0.1, args.interval)
+    poller = Poller(args.host, args.port, max(interval, 2.0))
+    history = History()
+    if args.once:  # errors reach main, which says why the server cannot be reached
+        async with connect(args.host, args.port, timeout=5.0) as client:
+            stats = await client.stats()
+        history.update(stats.get("queues", {}), time.monotonic())
+        Console().print(frame(stats, history, _status(args, True)))
+        return 0
+    quit_event = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    with _keys(loop, quit_event), _interrupt(loop, quit_event), \
+            Live(console=Console(), auto_refresh=False, screen=sys.stdout.isatty()) as live:
+        while not quit_event.is_set():
+            connected = await poller.poll()
+            if connected:
+                history.update(poller.stats.get("queues", {}), time.monotonic())
+            live.update(frame(poller.stats, history, _status(args, connected)), refresh=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(quit_event.wait(), timeout=interval)
+    await poller.close()
+    return 0
+
+
+def _status(args: argparse.Namespace, connected: bool) -> str:
+    state = "connected" if connected else "disconnected (retrying)"
+    return f"wonderq top · {args.host}:{args.port} · {state} · q or Ctrl-C quits"
+
+
+@contextlib.contextmanager
+def _keys(loop: asyncio.AbstractEventLoop, quit_event: asyncio.Event) -> Iterator[None]:
+    """_keys sets `quit_event` on `q`, reading the terminal a key at a time (cbreak)."""
+    if not sys.stdin.isatty():
+        yield
+        return
+    import termios
+    import tty
+
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+
+    def on_key() -> None:
+        if sys.stdin.read(1) in ("q", "Q"):
+            quit_event.set()
+
+    tty.setcbreak(fd)
+    loop.add_reader(fd, on_key)
+    try:
+        yield
+    finally:
+        loop.remove_reader(fd)
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+@contextlib.contextmanager
+def _interrupt(loop: asyncio.AbstractEventLoop, quit_event: asyncio.Event) -> Iterator[None]:
+    """_interrupt makes Ctrl-C (and SIGTERM) a clean quit rather than a traceback."""
+    handled = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, quit_event.set)
+            handled.append(sig)
+    try:
+        yield
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
