@@ -107,6 +107,9 @@ class FakeHub:
             self.ready.append(self._flush)
         self.dirty.append(connection)
 
+    def input_done(self, connection: Connection) -> None:
+        self.want_flush(connection)  # as the server does with a journal: one flush per turn
+
     def connection_opened(self, connection: Connection) -> None:
         self.opened.append(connection)
 

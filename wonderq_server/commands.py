@@ -339,8 +339,12 @@ COMMANDS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
 
 
 def make_command(name: Any, args: Any, limits: Limits, request_id: Any = None) -> Command:
-    """make_command checks a raw request and returns it as a Command, or raises CommandError."""
-    spec = COMMANDS.get(name) if isinstance(name, str) else None
+    """make_command checks a raw request and returns it as a Command, or raises CommandError.
+
+    It runs for every request, so the table is compiled once (`_COMPILED`):
+    each field's check is looked up at import, not per request.
+    """
+    spec = _COMPILED.get(name) if isinstance(name, str) else None
     if spec is None:
         raise CommandError(UNKNOWN_COMMAND, f"unknown command {name!r:.40}; known: "
                            + ", ".join(COMMANDS))
@@ -348,24 +352,37 @@ def make_command(name: Any, args: Any, limits: Limits, request_id: Any = None) -
         raise bad_argument(f"arguments must be a map, got {type(args).__name__}")
     required, optional = spec
     checked: dict[str, Any] = {}
-    for field in required:
-        if args.get(field) is None:  # nil counts as absent
+    get = args.get
+    for field, check in required:
+        value = get(field)
+        if value is None:  # nil counts as absent
             raise bad_argument(f"{name} needs the field {field!r}")
-        checked[field] = _check(name, field, args[field], limits)
-    for field, default in optional.items():
-        value = args.get(field)
-        checked[field] = default if value is None else _check(name, field, value, limits)
+        checked[field] = check(field, value, limits)
+    for field, default, check in optional:
+        value = get(field)
+        checked[field] = default if value is None else check(field, value, limits)
     # Compare names, not counts: optional fields left out would hide a misspelt one.
-    extra = sorted(str(k) for k in args if k not in checked)
-    if extra:
+    if not args.keys() <= checked.keys():
+        extra = sorted(str(k) for k in args if k not in checked)
         raise bad_argument(f"{name} has no field {', '.join(extra)}")
     if name == "put_many":
         _apply_batch_options(checked)
     return Command(name, checked, request_id)
 
 
-def _check(name: str, field: str, value: Any, limits: Limits) -> Any:
-    return COMMAND_CHECKS.get((name, field), CHECKS[field])(field, value, limits)
+def _compile(name: str) -> tuple[tuple[tuple[str, Check], ...],
+                                 tuple[tuple[str, Any, Check], ...]]:
+    required, optional = COMMANDS[name]
+    return (tuple((field, _checker(name, field)) for field in required),
+            tuple((field, default, _checker(name, field))
+                  for field, default in optional.items()))
+
+
+def _checker(name: str, field: str) -> Check:
+    return COMMAND_CHECKS.get((name, field), CHECKS[field])
+
+
+_COMPILED = {name: _compile(name) for name in COMMANDS}
 
 
 def _apply_batch_options(args: dict[str, Any]) -> None:
