@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import fcntl
 import json
 import os
+import pty
+import select
 import shutil
+import signal
 import subprocess
 import sys
+import termios
 import time
 
 import pytest
@@ -211,3 +216,112 @@ def test_bad_usage_exits_2(args: list[str]) -> None:
     done = wonderq(*args)
     assert done.returncode == 2
     assert b"usage: wonderq" in done.stderr
+
+
+# ------------------------------------------------------- hostile input, terminals
+
+async def test_bodies_are_shown_literally_never_as_markup_or_escapes(server):
+    async with connect(server.host, server.port) as client:
+        await client.put("odd", b"[/oops] x [bold red]not red[/]")
+        await client.put("odd", b"\x1b[31mred\x1b[0m")
+    for command in (["peek", "odd", "--max", "5"], ["receive", "odd", "--max", "5"]):
+        done = await cli(*command, *at(server))
+        assert done.returncode == 0, done.stderr
+        assert b"[/oops] x [bold red]not red[/]" in done.stdout
+        assert b"\x1b" not in done.stdout and b"\\x1b[31mred" in done.stdout
+
+
+async def test_narrow_terminals_keep_names_ids_and_leases_whole(server):
+    name = "a-rather-long-queue-name-for-emails"
+    async with connect(server.host, server.port) as client:
+        await client.put(name, b"x" * 300)
+    narrow = {"COLUMNS": "80"}
+    done = await cli("stats", *at(server), env=narrow)
+    assert name.encode() in done.stdout
+    assert all(len(line) <= 80 for line in done.stdout.decode().splitlines())
+    done = await cli("receive", name, *at(server), env=narrow)
+    async with connect(server.host, server.port) as client:
+        [info] = [q for q in await client.queues() if q["queue"] == name]
+    assert info["in_flight"] == 1
+    text = done.stdout.decode()
+    row = next(line for line in text.splitlines() if line.strip()[:1].isdigit())
+    msg_id, lease = row.split()[:2]
+    assert len(msg_id) >= 19 and len(lease) >= 19  # whole, so they can be copied
+    done = await cli("ack", name, msg_id, lease, *at(server))
+    assert done.returncode == 0, done.stderr
+
+
+async def test_a_server_that_does_not_answer_is_one_line_and_exit_2(server_factory):
+    server = server_factory()
+    server.proc.send_signal(signal.SIGSTOP)
+    try:
+        done = await cli("stats", "--timeout", "1", *at(server))
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+    assert done.returncode == 2
+    assert done.stderr.decode() == (f"wonderq: the server at {server.host}:{server.port} did "
+                                    "not answer within 1 s\n")
+
+
+async def test_a_bad_port_in_the_environment_is_named(server):
+    done = await cli("stats", env={"WONDERQ_PORT": "99999"})
+    assert done.returncode == 2
+    assert done.stderr.decode() == "wonderq: WONDERQ_PORT='99999': must be 1-65535, got 99999\n"
+    done = await cli("stats", "--json", "--port", str(server.port), env={"WONDERQ_PORT": "abc"})
+    assert done.returncode == 0, done.stderr  # a flag wins; the variable is not even read
+
+
+def run_in_terminal(argv: list[str], keys: bytes, ready: bytes,
+                    timeout_s: float = 20.0) -> tuple[int, bytes, list, list]:
+    """run_in_terminal runs `argv` on a pseudo-terminal, waits until its output shows
+    `ready`, types `keys`, and waits for it to exit; returns the exit code, the output,
+    and the terminal's attributes before and after."""
+    controller, terminal = pty.openpty()
+    before = termios.tcgetattr(terminal)
+
+    def own_terminal() -> None:  # a session of its own, with this terminal controlling it
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen(argv, stdin=terminal, stdout=terminal, stderr=terminal,
+                            preexec_fn=own_terminal, env={**os.environ, "TERM": "xterm"})
+    os.close(terminal)
+    output = b""
+    give_up = time.monotonic() + timeout_s
+    typed = False
+    try:
+        while proc.poll() is None and time.monotonic() < give_up:
+            readable, _, _ = select.select([controller], [], [], 0.1)
+            if readable:
+                try:
+                    output += os.read(controller, 65536)
+                except OSError:
+                    break
+            if not typed and ready in output:
+                os.write(controller, keys)
+                typed = True
+        code = proc.wait(timeout=max(0.1, give_up - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # The child's terminal settings live on the terminal: read them from our side.
+    after = termios.tcgetattr(controller)
+    os.close(controller)
+    return code, output, before, after
+
+
+@pytest.mark.parametrize("keys", [b"xq", b"\x03"])  # a q behind another key; Ctrl-C
+async def test_top_quits_on_q_or_ctrl_c_and_restores_the_terminal(server, keys):
+    exe = shutil.which("wonderq") or "wonderq"
+    code, output, before, after = await asyncio.to_thread(
+        run_in_terminal, [exe, "top", "--interval", "0.2", *at(server)], keys, b"connected")
+    assert code == 0, output[-500:]
+    assert b"connected" in output
+    assert before[3] == after[3]  # local modes (echo, canonical input) are back
+
+
+async def test_ctrl_c_stops_a_put_reading_its_body_from_the_terminal(server):
+    exe = shutil.which("wonderq") or "wonderq"
+    code, output, _, _ = await asyncio.to_thread(
+        run_in_terminal, [exe, "put", "jobs", *at(server)], b"\x03", b"Ctrl-D ends it")
+    assert code == 130, output

@@ -33,52 +33,94 @@ EXIT_REFUSED = 1
 EXIT_UNREACHABLE = 2
 
 
+DEFAULT_TIMEOUT_S = 10.0
+UNBOUNDED_COMMANDS = frozenset({"top", "demo"})
+
+
+class NoAnswer(Exception):
+    """The server took the connection but did not answer within --timeout."""
+
+
 def _port(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
     if not 0 < value <= 65535:
-        raise argparse.ArgumentTypeError("must be 1-65535")
+        raise argparse.ArgumentTypeError(f"must be 1-65535, got {value}")
     return value
 
 
-def _connection_flags(parser: argparse.ArgumentParser, env: Mapping[str, str],
-                      suppress: bool) -> None:
-    """_connection_flags adds --host and --port. On subcommands their default is
-    SUPPRESS, so `wonderq --port 1 stats` and `wonderq stats --port 1` both work and a
-    subcommand never overwrites what was given before it."""
-    host = argparse.SUPPRESS if suppress else env.get("WONDERQ_HOST", DEFAULT_HOST)
-    port = argparse.SUPPRESS if suppress else _port(env.get("WONDERQ_PORT", str(DEFAULT_PORT)))
-    parser.add_argument("--host", default=host,
+def _connection_flags(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """_connection_flags adds --host, --port and --timeout. On subcommands their default
+    is SUPPRESS, so `wonderq --port 1 stats` and `wonderq stats --port 1` both work and a
+    subcommand never overwrites what was given before it. The environment is read after
+    parsing (`_from_environment`), only for what no flag gave."""
+    default = argparse.SUPPRESS if suppress else None
+    parser.add_argument("--host", default=default,
                         help="server address (env WONDERQ_HOST; default 127.0.0.1)")
-    parser.add_argument("--port", type=_port, default=port,
+    parser.add_argument("--port", type=_port, default=default,
                         help="server port (env WONDERQ_PORT; default 7711)")
+    parser.add_argument("--timeout", type=float, default=default,
+                        help="seconds to wait for the server's answer "
+                             f"(default {DEFAULT_TIMEOUT_S:g}; receive adds its --wait)")
 
 
-def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
-    env = os.environ if environ is None else environ
+def _from_environment(args: argparse.Namespace, env: Mapping[str, str]) -> None:
+    """_from_environment fills in what no flag gave; raises ValueError naming the variable."""
+    if args.host is None:
+        args.host = env.get("WONDERQ_HOST", DEFAULT_HOST)
+    if args.port is None:
+        text = env.get("WONDERQ_PORT", str(DEFAULT_PORT))
+        try:
+            args.port = _port(text)
+        except argparse.ArgumentTypeError as exc:
+            raise ValueError(f"WONDERQ_PORT={text!r}: {exc}") from None
+    if args.timeout is None:
+        args.timeout = DEFAULT_TIMEOUT_S
+
+
+def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    _connection_flags(common, env, suppress=True)
+    _connection_flags(common, suppress=True)
     parser = argparse.ArgumentParser(prog="wonderq",
                                      description="Talk to a WonderQ server from a shell.")
-    _connection_flags(parser, env, suppress=False)
+    _connection_flags(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (stats_command, top, queue_commands, demo):
         module.add_commands(commands, common)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """main runs one subcommand and returns its exit code (the console script exits with it)."""
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """main runs one subcommand and returns its exit code (the console script exits with it).
+
+    A subcommand may set `prepare` (run before the event loop starts, e.g. to
+    read a body from stdin, so Ctrl-C interrupts it). Every command but top
+    and demo (which run until told to stop) must be answered within
+    --timeout (plus receive's --wait).
+    """
+    args = build_parser().parse_args(argv)
     try:
-        parser = build_parser()
-    except ValueError as exc:  # a bad WONDERQ_PORT
+        _from_environment(args, os.environ if environ is None else environ)
+    except ValueError as exc:
         print(f"wonderq: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
-    args = parser.parse_args(argv)
     runner: Runner = args.run
     try:
+        prepare = getattr(args, "prepare", None)
+        if prepare is not None:
+            prepare(args)
+        if args.command not in UNBOUNDED_COMMANDS:
+            limit = args.timeout + float(getattr(args, "wait", 0.0) or 0.0)
+            return _run(_bounded(runner(args), limit))
         return _run(runner(args))
     except KeyboardInterrupt:
         return 130
+    except NoAnswer:
+        print(f"wonderq: the server at {args.host}:{args.port} did not answer within "
+              f"{args.timeout:g} s", file=sys.stderr)
+        return EXIT_UNREACHABLE
     except WonderQError as exc:
         if isinstance(exc, ConnectionClosed):
             print(f"wonderq: lost the connection to {args.host}:{args.port}: {exc.message}",
@@ -92,6 +134,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wonderq: cannot reach the server at {args.host}:{args.port}: {reason}",
               file=sys.stderr)
         return EXIT_UNREACHABLE
+
+
+async def _bounded(coroutine: Coroutine[Any, Any, int], seconds: float) -> int:
+    """_bounded runs a command under a deadline; only its own expiry is NoAnswer (a
+    connect that times out inside it is "cannot reach")."""
+    deadline = asyncio.timeout(seconds)
+    try:
+        async with deadline:
+            return await coroutine
+    except TimeoutError:
+        if deadline.expired():
+            raise NoAnswer from None
+        raise
 
 
 def _run(coroutine: Coroutine[Any, Any, int]) -> int:

@@ -23,8 +23,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from wonderq_client import Message, connect
 
@@ -40,7 +42,7 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     put.add_argument("--header", action="append", default=[], metavar="KEY=VALUE",
                      help="a header (repeatable)")
     put.add_argument("--json", action="store_true", help='print {"id": ...}')
-    put.set_defaults(run=run_put)
+    put.set_defaults(run=run_put, prepare=read_body)
 
     receive = commands.add_parser("receive", parents=[common], help="receive (lease) messages")
     receive.add_argument("queue")
@@ -77,10 +79,26 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     queues.set_defaults(run=run_queues)
 
 
-def _body(argument: str) -> bytes:
-    if argument == "-":
-        return sys.stdin.buffer.read()
-    return argument.encode()
+def read_body(args: argparse.Namespace) -> None:
+    """read_body runs before the event loop starts (main's `prepare`), so Ctrl-C stops a
+    read from a terminal at once."""
+    if args.body == "-":
+        if sys.stdin.isatty():
+            print("wonderq: reading the body from standard input; Ctrl-D ends it",
+                  file=sys.stderr)
+        args.body_bytes = sys.stdin.buffer.read()
+    else:
+        args.body_bytes = args.body.encode()
+
+
+def shown(body: bytes) -> Text:
+    """shown is a body as a table cell: literal text (never rich markup), with control
+    characters escaped so a body cannot drive the terminal."""
+    text = body.decode(errors="backslashreplace")
+    if not text.isprintable():
+        text = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode()
+                       for ch in text)
+    return Text(text)
 
 
 def _headers(pairs: Sequence[str]) -> dict[str, str] | None:
@@ -113,21 +131,26 @@ def message_json(msg: Message) -> dict[str, Any]:
 
 
 def messages_table(title: str, messages: Sequence[Message], leased: bool) -> Table:
-    table = Table(title=title, title_justify="left")
-    for column in ("id", *(["lease"] if leased else []), "deliveries", "priority", "body"):
-        table.add_column(column, overflow="fold")
+    """messages_table: ids and leases whole on one line each (they are copied into
+    `wonderq ack`), the body folded into what width is left."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("id", no_wrap=True, min_width=19)
+    if leased:
+        table.add_column("lease", no_wrap=True, min_width=19)
+    table.add_column("dlv", justify="right", no_wrap=True)
+    table.add_column("pri", justify="right", no_wrap=True)
+    table.add_column("body", overflow="fold", ratio=1)
     for msg in messages:
-        body = msg.body.decode(errors="backslashreplace")
         table.add_row(str(msg.id), *([str(msg.lease)] if leased else []), str(msg.deliveries),
-                      str(msg.priority), body)
+                      str(msg.priority), shown(msg.body))
     return table
 
 
 async def run_put(args: argparse.Namespace) -> int:
-    body = _body(args.body)
-    async with connect(args.host, args.port, timeout=5.0) as client:
-        msg_id = await client.put(args.queue, body, delay=args.delay, priority=args.priority,
-                                  headers=_headers(args.header), expiry=args.expiry)
+    async with connect(args.host, args.port, timeout=args.timeout) as client:
+        msg_id = await client.put(args.queue, args.body_bytes, delay=args.delay,
+                                  priority=args.priority, headers=_headers(args.header),
+                                  expiry=args.expiry)
     if args.json:
         _print_json({"id": msg_id})
     else:
@@ -136,7 +159,7 @@ async def run_put(args: argparse.Namespace) -> int:
 
 
 async def run_receive(args: argparse.Namespace) -> int:
-    async with connect(args.host, args.port, timeout=5.0) as client:
+    async with connect(args.host, args.port, timeout=args.timeout) as client:
         messages = await client.receive(args.queue, max=args.max, wait=args.wait,
                                         visibility=args.visibility)
         if args.json:
@@ -156,14 +179,14 @@ async def run_receive(args: argparse.Namespace) -> int:
 
 
 async def run_ack(args: argparse.Namespace) -> int:
-    async with connect(args.host, args.port, timeout=5.0) as client:
+    async with connect(args.host, args.port, timeout=args.timeout) as client:
         await client.ack(args.queue, args.id, args.lease)
     print(f"acked {args.id}")
     return 0
 
 
 async def run_peek(args: argparse.Namespace) -> int:
-    async with connect(args.host, args.port, timeout=5.0) as client:
+    async with connect(args.host, args.port, timeout=args.timeout) as client:
         messages = await client.peek(args.queue, max=args.max)
     if args.json:
         _print_json([message_json(m) for m in messages])
@@ -174,7 +197,7 @@ async def run_peek(args: argparse.Namespace) -> int:
 
 
 async def run_purge(args: argparse.Namespace) -> int:
-    async with connect(args.host, args.port, timeout=5.0) as client:
+    async with connect(args.host, args.port, timeout=args.timeout) as client:
         purged = await client.purge(args.queue)
     if args.json:
         _print_json({"purged": purged})
@@ -184,14 +207,15 @@ async def run_purge(args: argparse.Namespace) -> int:
 
 
 async def run_queues(args: argparse.Namespace) -> int:
-    async with connect(args.host, args.port, timeout=5.0) as client:
+    async with connect(args.host, args.port, timeout=args.timeout) as client:
         queues = await client.queues()
     if args.json:
         _print_json(queues)
         return 0
-    table = Table(title=f"queues ({len(queues)})", title_justify="left")
+    table = Table(title=f"queues ({len(queues)})", title_justify="left", box=box.SIMPLE_HEAD)
     for column in ("queue", "messages", "ready", "in flight", "delayed", "explicit"):
-        table.add_column(column, justify="left" if column == "queue" else "right")
+        table.add_column(column, justify="left" if column == "queue" else "right",
+                         no_wrap=True)
     for q in queues:
         table.add_row(q["queue"], str(q["messages"]), str(q["ready"]), str(q["in_flight"]),
                       str(q["delayed"]), "yes" if q["explicit"] else "no")

@@ -26,11 +26,12 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
 
 
 async def run(args: argparse.Namespace) -> int:
-    async with connect(args.host, args.port, timeout=5.0) as client:
+    async with connect(args.host, args.port, timeout=args.timeout) as client:
         stats = await client.stats()
     if args.json:
         json.dump(stats, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
     else:
-        Console().print(stats_view(stats))
+        console = Console()
+        console.print(stats_view(stats, width=console.width))
     return 0

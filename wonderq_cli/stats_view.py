@@ -19,7 +19,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich import box
-from rich.console import Group
+from rich.console import Group, RenderableType
+from rich.styled import Styled
 from rich.table import Table
 from rich.text import Text
 
@@ -103,57 +104,78 @@ def server_line(server: Mapping[str, Any]) -> Text:
     return Text(" · ".join(parts))
 
 
-QUEUE_COLUMNS = (
-    ("queue", "left"), ("ready", "right"), ("in flight", "right"), ("delayed", "right"),
-    ("dead", "right"), ("expired", "right"), ("oldest", "right"), ("waiting", "right"),
-    ("put/s", "right"), ("ack/s", "right"), ("redeliv/s", "right"),
+# (header, stats figure or None for the name, formatter). Listed in the order
+# they are shown; DROP_ORDER says which go first when the terminal is narrow.
+QUEUE_COLUMNS: tuple[tuple[str, str | None, Any], ...] = (
+    ("queue", None, str),
+    ("ready", "ready", str),
+    ("in flight", "in_flight", str),
+    ("delayed", "delayed", str),
+    ("dead", "dead_lettered_total", str),
+    ("expired", "expired_total", str),
+    ("oldest", "oldest_age_s", format_age),
+    ("waiting", "waiting", str),
+    ("put/s", "put_rate", format_rate),
+    ("ack/s", "ack_rate", format_rate),
+    ("redeliv/s", "redelivered_rate", format_rate),
 )
+DROP_ORDER = ("puts", "acks", "redeliv/s", "waiting", "expired", "oldest", "delayed", "dead",
+              "ack/s", "put/s")
 SPARK_WIDTH = 12
+NAME_WIDTH_MAX = 60
+CELL_PADDING = 3  # rich's padding and the gap between columns
 
 
 def queues_table(queues: Mapping[str, Mapping[str, Any]],
                  history: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
-                 ) -> Table:
+                 width: int | None = None) -> Table:
     """queues_table: a row per queue, busiest first; with `history` (queue -> (puts per
-    second, acks per second) over time) two sparkline columns are added. "dead" is
-    dead_lettered_total: messages moved out to the queue's dead-letter queue."""
-    table = Table(title=f"queues ({len(queues)})", title_justify="left", box=box.SIMPLE_HEAD)
-    for name, justify in QUEUE_COLUMNS:
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    second, acks per second) over time) two sparkline columns are added. No cell is ever
+    cut: on a terminal `width` columns wide, whole columns are left out instead, the
+    least important first (DROP_ORDER). "dead" is dead_lettered_total: messages moved
+    out to the queue's dead-letter queue."""
+    names = sorted_queues(queues)
+    cells: dict[str, list[str]] = {}
+    for header, figure, fmt in QUEUE_COLUMNS:
+        cells[header] = [name if figure is None else
+                         (fmt(queues[name][figure]) if figure in queues[name] else "-")
+                         for name in names]
     if history is not None:
-        table.add_column("puts", justify="left", style="green")
-        table.add_column("acks", justify="left", style="cyan")
-    for name in sorted_queues(queues):
-        q = queues[name]
-        row = [
-            name,
-            str(q.get("ready", "-")),
-            str(q.get("in_flight", "-")),
-            str(q.get("delayed", "-")),
-            str(q.get("dead_lettered_total", "-")),
-            str(q.get("expired_total", "-")),
-            format_age(q.get("oldest_age_s")),
-            str(q.get("waiting", "-")),
-            format_rate(q.get("put_rate")),
-            format_rate(q.get("ack_rate")),
-            format_rate(q.get("redelivered_rate")),
-        ]
-        if history is not None:
-            puts, acks = history.get(name, ((), ()))
-            row += [sparkline(puts, SPARK_WIDTH), sparkline(acks, SPARK_WIDTH)]
+        for header, index in (("puts", 0), ("acks", 1)):
+            cells[header] = [sparkline(history.get(name, ((), ()))[index], SPARK_WIDTH)
+                             for name in names]
+    widths = {header: max([len(header), *(len(c) for c in column)])
+              for header, column in cells.items()}
+    widths["queue"] = min(widths["queue"], NAME_WIDTH_MAX)
+    shown = list(cells)
+    if width is not None:
+        for header in DROP_ORDER:
+            if sum(widths[h] + CELL_PADDING for h in shown) <= width:
+                break
+            if header in shown:
+                shown.remove(header)
+    table = Table(title=f"queues ({len(queues)})", title_justify="left", box=box.SIMPLE_HEAD)
+    for header in shown:
+        style = {"puts": "green", "acks": "cyan"}.get(header, "")
+        table.add_column(header, justify="left" if header in ("queue", "puts", "acks")
+                         else "right", min_width=widths[header], overflow="fold", style=style)
+    for row in zip(*(cells[h] for h in shown), strict=True):
         table.add_row(*row)
     if not queues:
-        table.add_row("(no queues)", *[""] * (len(table.columns) - 1))
+        table.add_row("(no queues)", *[""] * (len(shown) - 1))
     return table
 
 
 def stats_view(stats: Mapping[str, Any],
                history: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
-               status: str | None = None) -> Group:
-    """stats_view is the whole screen: an optional status line, the server, the queues."""
+               status: str | None = None, width: int | None = None,
+               stale: bool = False) -> RenderableType:
+    """stats_view is the whole screen: an optional status line, the server, the queues.
+    `stale` figures (the server is away) are dimmed."""
     parts: list[Any] = []
     if status:
-        parts.append(Text(status, style="bold"))
+        parts.append(Text(status, style="bold red" if stale else "bold"))
     parts.append(server_line(stats.get("server", {})))
-    parts.append(queues_table(stats.get("queues", {}), history))
-    return Group(*parts)
+    parts.append(queues_table(stats.get("queues", {}), history, width))
+    view = Group(*parts)
+    return Styled(view, "dim") if stale else view

@@ -10,7 +10,7 @@ with rich's Live, reads keys, and reconnects when the server goes away.
 Rules:
 * Quits on `q` (when stdin is a terminal) or Ctrl-C, restoring the terminal.
 * A server that cannot be reached, or that goes away, shows "disconnected"
-  with the last figures greyed out; `top` retries once per interval and
+  with the last figures dimmed; `top` retries once per interval and
   carries on when the server is back. Totals that go down (the server was
   restarted) restart the history rather than show negative rates.
 * `--once` prints one frame and exits (for scripts, and to see the layout).
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import time
@@ -28,7 +29,7 @@ from collections import deque
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from rich.console import Console, Group
+from rich.console import Console, RenderableType
 from rich.live import Live
 
 from wonderq_client import Client, ConnectionClosed, connect
@@ -73,9 +74,11 @@ class History:
         return {name: (list(puts), list(acks)) for name, (puts, acks) in self._series.items()}
 
 
-def frame(stats: Mapping[str, Any], history: History, status: str) -> Group:
-    """frame is one screen of `top`: the status line, then the server and queue tables."""
-    return stats_view(stats, history.view(), status)
+def frame(stats: Mapping[str, Any], history: History, status: str, width: int | None = None,
+          connected: bool = True) -> RenderableType:
+    """frame is one screen of `top`: the status line, then the server and queue tables,
+    dimmed while the server is away (the last figures it gave)."""
+    return stats_view(stats, history.view(), status, width, stale=not connected)
 
 
 def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -119,20 +122,23 @@ async def run(args: argparse.Namespace) -> int:
     poller = Poller(args.host, args.port, max(interval, 2.0))
     history = History()
     if args.once:  # errors reach main, which says why the server cannot be reached
-        async with connect(args.host, args.port, timeout=5.0) as client:
+        async with connect(args.host, args.port, timeout=args.timeout) as client:
             stats = await client.stats()
         history.update(stats.get("queues", {}), time.monotonic())
-        Console().print(frame(stats, history, _status(args, True)))
+        console = Console()
+        console.print(frame(stats, history, _status(args, True), console.width))
         return 0
     quit_event = asyncio.Event()
     loop = asyncio.get_running_loop()
+    console = Console()
     with _keys(loop, quit_event), _interrupt(loop, quit_event), \
-            Live(console=Console(), auto_refresh=False, screen=sys.stdout.isatty()) as live:
+            Live(console=console, auto_refresh=False, screen=sys.stdout.isatty()) as live:
         while not quit_event.is_set():
             connected = await poller.poll()
             if connected:
                 history.update(poller.stats.get("queues", {}), time.monotonic())
-            live.update(frame(poller.stats, history, _status(args, connected)), refresh=True)
+            live.update(frame(poller.stats, history, _status(args, connected), console.width,
+                              connected), refresh=True)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(quit_event.wait(), timeout=interval)
     await poller.close()
@@ -157,7 +163,16 @@ def _keys(loop: asyncio.AbstractEventLoop, quit_event: asyncio.Event) -> Iterato
     saved = termios.tcgetattr(fd)
 
     def on_key() -> None:
-        if sys.stdin.read(1) in ("q", "Q"):
+        # os.read, not sys.stdin.read(1): keys typed together arrive in one read, and
+        # Python's buffer would keep a "q" behind another key out of sight.
+        try:
+            keys = os.read(fd, 1024)
+        except OSError:
+            keys = b""
+        if not keys:  # the terminal hung up: stop reading it, and quit
+            loop.remove_reader(fd)
+            quit_event.set()
+        elif b"q" in keys.lower():
             quit_event.set()
 
     tty.setcbreak(fd)
