@@ -162,3 +162,52 @@ async def test_drain_waits_for_held_batches():
     gate.set()
     await asyncio.wait_for(drained, TIMEOUT_S)
     assert log == [("a", "put", False)]
+
+
+# ------------------------------------------------------------- inline fsync
+
+class InlineJournal:
+    """A journal stand-in for the inline mode: sync() runs on the loop and is recorded."""
+
+    def __init__(self) -> None:
+        self.fsync_policy = "always"
+        self.size = 100
+        self.synced_sizes: list[int] = []
+        self.fail_next = False
+
+    def sync(self) -> None:
+        if self.fail_next:
+            raise OSError(5, "Input/output error")
+        self.synced_sizes.append(self.size)
+
+    def write(self, nbytes: int) -> None:
+        self.size += nbytes
+
+
+async def test_inline_fsync_releases_a_durable_batch_in_the_same_call():
+    journal = InlineJournal()
+    log: list = []
+    gc = GroupCommit(asyncio.get_running_loop(), journal, on_fatal=pytest.fail, inline=True)
+    conn = Conn(log, "a")
+    journal.write(10)
+    gc.submit([(conn, "put-1")], durable=True)
+    assert journal.synced_sizes == [110] and log == [("a", "put-1", False)]
+    gc.submit([(conn, "receive")], durable=False)  # nothing written: no fsync
+    assert journal.synced_sizes == [110] and log[-1] == ("a", "receive", False)
+    journal.write(10)
+    gc.submit([(conn, "ack")], durable=True)
+    assert journal.synced_sizes == [110, 120]
+    assert gc.idle and gc.synced == 120
+
+
+async def test_inline_fsync_failure_fails_the_batch_and_is_fatal():
+    journal = InlineJournal()
+    log: list = []
+    fatal: list = []
+    gc = GroupCommit(asyncio.get_running_loop(), journal, on_fatal=fatal.append, inline=True)
+    journal.write(10)
+    journal.fail_next = True
+    gc.submit([(Conn(log, "a"), "put")], durable=True)
+    assert log == [("a", "put", True)]
+    assert len(fatal) == 1 and isinstance(fatal[0], OSError)
+    assert gc.broken

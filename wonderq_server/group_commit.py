@@ -3,10 +3,21 @@
 Design decision: the server hands over, once per event-loop iteration, the
 replies that iteration produced (a Batch) and whether the journal write
 before them held a durable record. Under `--fsync always` such a batch is
-held until an fsync that started after its write has finished; one fsync
-runs at a time, in a worker thread, so the event loop never blocks on the
-disk, and every batch that arrives while one runs shares the next. That is
-what keeps `always` cheap when many producers write at once.
+held until an fsync that started after its write has finished, and every
+request that arrives while one fsync runs shares the next. That is what
+keeps `always` cheap when many producers write at once.
+
+Where the fsync runs (`inline`): the server runs `always`'s fsync on the
+event loop itself, at the end of the iteration that wrote the records, as
+Redis does for `appendfsync always`. Measured on this project's machine, a
+worker-thread fsync took 0.43 ms on average under load against 0.08 ms for
+the fsync itself: the thread's hand-off and its wait for the GIL after the
+system call cost more than the disk, and the server spent about 260 us of
+CPU per message. Inline, requests that arrive during the fsync wait in the
+kernel and are read, together, by the next iteration: the same grouping,
+without the hand-off. The price: a disk whose fsync is slow stalls the whole
+loop for that long. The worker thread remains for `everysec` (whose fsync
+no reply waits for) and when `inline` is off.
 
 Rules:
 * Batches are released strictly in order, so a connection's replies never
@@ -29,7 +40,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .connection import Connection, Output
@@ -53,8 +64,9 @@ class Batch:
 class GroupCommit:
     def __init__(self, loop: asyncio.AbstractEventLoop, journal: Journal | None,
                  on_fatal: Callable[[BaseException], None],
-                 on_synced: Callable[[], None] = lambda: None) -> None:
+                 on_synced: Callable[[], None] = lambda: None, inline: bool = False) -> None:
         self._loop = loop
+        self.inline = inline  # `always`'s fsync on the loop thread (see the docstring)
         self._on_synced = on_synced  # told after every fsync (a compaction may wait for one)
         self.journal = journal
         self._on_fatal = on_fatal
@@ -115,7 +127,22 @@ class GroupCommit:
         # one before it still does.
         if self.syncing or self.broken or not self._batches or self.wanted <= self.synced:
             return
-        self._sync_in_thread()
+        if self.inline:
+            self._sync_inline()
+        else:
+            self._sync_in_thread()
+
+    def _sync_inline(self) -> None:
+        """_sync_inline fsyncs everything written so far, here, on the event loop."""
+        assert self.journal is not None
+        target = self.journal.size
+        self.syncing = True
+        try:
+            self.journal.sync()
+        except Exception as exc:
+            self._finish_sync(exc, target)
+        else:
+            self._finish_sync(None, target)
 
     def _sync_in_thread(self) -> None:
         """_sync_in_thread fsyncs everything written so far, off the event loop."""
@@ -123,11 +150,10 @@ class GroupCommit:
         target = self.journal.size
         self.syncing = True
         future = self._loop.run_in_executor(None, self.journal.sync)
-        future.add_done_callback(lambda f: self._sync_done(f, target))
+        future.add_done_callback(lambda f: self._finish_sync(f.exception(), target))
 
-    def _sync_done(self, future: asyncio.Future[Any], target: int) -> None:
+    def _finish_sync(self, exc: BaseException | None, target: int) -> None:
         self.syncing = False
-        exc = future.exception()
         if exc is not None:
             self.broken = True
             while self._batches:

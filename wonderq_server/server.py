@@ -106,7 +106,8 @@ class Server:
         """start listens; returns the (host, port) actually bound. Call recover() first."""
         self._loop = asyncio.get_running_loop()
         self.group_commit = GroupCommit(self._loop, self.journal, self._fatal,
-                                        on_synced=self._compaction_kick)
+                                        on_synced=self._compaction_kick,
+                                        inline=self.config.fsync == "always")
         if self.config.metrics_port is not None:
             from .metrics import MetricsEndpoint  # imports prometheus_client and h11
 
