@@ -130,7 +130,11 @@ ITEM_OPTIONS = ("delay", "priority", "headers", "expiry")
 
 def _bodies(field: str, value: Any, limits: Limits) -> list[dict[str, Any] | CommandError]:
     items = _batch(field, value, limits, "bytes or maps")
-    return [_put_item(f"{field}[{i}]", item, limits) for i, item in enumerate(items)]
+    # The common item, a bytes body, takes the short way: no per-item name is
+    # formatted unless an item is refused (this runs for every message of a batch).
+    return [{"body": item, "delay": None, "priority": None, "headers": None, "expiry": None}
+            if type(item) is bytes else _put_item(f"{field}[{i}]", item, limits)
+            for i, item in enumerate(items)]
 
 
 def _put_item(field: str, item: Any, limits: Limits) -> dict[str, Any] | CommandError:
@@ -163,7 +167,15 @@ def _put_item(field: str, item: Any, limits: Limits) -> dict[str, Any] | Command
 
 def _items(field: str, value: Any, limits: Limits) -> list[tuple[int, int] | CommandError]:
     items = _batch(field, value, limits, "[id, lease] pairs")
-    return [_lease_item(f"{field}[{i}]", item) for i, item in enumerate(items)]
+    return [(item[0], item[1]) if _plain_pair(item) else _lease_item(f"{field}[{i}]", item)
+            for i, item in enumerate(items)]
+
+
+def _plain_pair(item: Any) -> bool:
+    """_plain_pair: the common [id, lease] item, checked without formatting any names."""
+    return (type(item) in (list, tuple) and len(item) == 2
+            and type(item[0]) is int and type(item[1]) is int
+            and 0 <= item[0] <= UINT64_MAX and 0 <= item[1] <= UINT64_MAX)
 
 
 def _lease_item(field: str, item: Any) -> tuple[int, int] | CommandError:
@@ -387,6 +399,8 @@ _COMPILED = {name: _compile(name) for name in COMMANDS}
 
 def _apply_batch_options(args: dict[str, Any]) -> None:
     """_apply_batch_options gives every put_many item the batch-wide options it lacks."""
+    if all(args[option] is None for option in ITEM_OPTIONS):
+        return  # the common batch: nothing to give
     for item in args["bodies"]:
         if isinstance(item, dict):
             for option in ITEM_OPTIONS:
