@@ -2,18 +2,29 @@
 
 The demo's accounting is checked from its printed table (the rows' labels
 are stable), and its power to fail is checked too: a queue purged under it
-must show up as lost messages and exit code 1.
+must show up as lost messages and exit code 1, and nothing else may: a
+server's small --max-batch is worked around, another refusal is exit 2.
+
+The demo's own server must never outlive the demo: the tests find it as the
+demo's child in /proc once the demo has printed its banner (the server is up
+then), end the demo (a signal, or its normal end) and wait, bounded, for the
+server to be gone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
+
+import pytest
 
 from wonderq_cli.demo_ledger import Ledger, account
 from wonderq_client import connect
@@ -31,6 +42,9 @@ def demo_env() -> dict[str, str]:
     env = {name: value for name, value in os.environ.items() if not name.startswith("WONDERQ_")}
     env.update(PYTHONIOENCODING="utf-8", COLUMNS="120")
     return env
+
+
+GONE_TIMEOUT_S = 10.0
 
 
 def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
@@ -145,3 +159,149 @@ def test_accounting_fails_a_run_with_a_double_ack_or_a_lost_message():
 
     books = account(Ledger(messages=0, produced={1, 2}, acked={1}), dead=set(), queued=set())
     assert books.lost == (2,) and not books.ok
+
+
+def test_demo_with_connect_keeps_its_batches_under_the_servers_limit(server_factory):
+    """Every batch the demo would send (10 bodies a put, 100 a read-back) is over 8."""
+    server = server_factory("--max-batch", "8")
+    result = run_demo("--connect", "--host", server.host, "--port", str(server.port),
+                      "--messages", "40", "--seconds", "15")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    rows = accounting(result.stdout)
+    assert rows["produced"] == 40 == rows["acked"] + rows["dead-lettered"], output
+    assert "BATCH_TOO_LARGE" not in output
+
+
+def test_demo_exits_2_with_one_line_when_the_server_refuses_it(server_factory):
+    """Exit 1 is kept for broken promises: a refusal the demo did not expect is exit 2."""
+    server = server_factory("--max-queues", "1")  # the demo needs two
+    result = run_demo("--connect", "--host", server.host, "--port", str(server.port),
+                      "--queue", "refused", "--messages", "5")
+    assert result.returncode == 2, result.stdout + result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("wonderq demo: ") and "TOO_MANY_QUEUES" in line
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+class DemoProcess:
+    """DemoProcess is `python -m wonderq_cli demo` (its PID is the demo's, no wrapper's)
+    with its stdout read line by line in a thread, so the test can wait for a line."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "wonderq_cli", "demo", *args], stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, env=demo_env())
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def wait_for_banner(self) -> None:
+        """wait_for_banner returns once the demo's first line is out: its server is up."""
+        line = self.lines.get(timeout=RUN_TIMEOUT_S)
+        assert line is not None and line.startswith("WonderQ demo on"), self.stderr()
+
+    def server_pid(self) -> int:
+        [pid] = [pid for pid in children(self.proc.pid)
+                 if b"wonderq_server" in read_proc(pid, "cmdline")]
+        return pid
+
+    def wait(self) -> int:
+        return self.proc.wait(RUN_TIMEOUT_S)
+
+    def stderr(self) -> str:
+        assert self.proc.stderr is not None
+        if self.proc.poll() is None:
+            return "(still running)"
+        return self.proc.stderr.read()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def read_proc(pid: int, name: str) -> bytes:
+    try:
+        with open(f"/proc/{pid}/{name}", "rb") as f:
+            return f.read()
+    except OSError:  # gone
+        return b""
+
+
+def children(parent: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        stat = read_proc(int(entry), "stat") if entry.isdigit() else b""
+        fields = stat.rsplit(b")", 1)[-1].split()  # after "(comm)", which may hold spaces
+        if len(fields) > 2 and int(fields[1]) == parent:
+            found.append(int(entry))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """alive: the process runs. A zombie (state Z) has ended; only its parent, or an init
+    that does not reap, keeps its /proc entry."""
+    stat = read_proc(pid, "stat")
+    return bool(stat) and stat.rsplit(b")", 1)[-1].split()[0] != b"Z"
+
+
+def wait_gone(pid: int) -> None:
+    deadline = time.monotonic() + GONE_TIMEOUT_S
+    while alive(pid):
+        assert time.monotonic() < deadline, f"the demo's server (pid {pid}) is still running"
+        time.sleep(0.02)
+
+
+needs_proc = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+
+
+@needs_proc
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_an_interrupted_demo_stops_its_server(signum):
+    demo = DemoProcess("--messages", "300", "--seconds", "20")
+    try:
+        demo.wait_for_banner()
+        server = demo.server_pid()
+        demo.proc.send_signal(signum)
+        code = demo.wait()
+        stderr = demo.stderr()
+        wait_gone(server)
+    finally:
+        demo.kill()
+    assert code == 128 + signum, stderr
+    assert "interrupted" in stderr and "its server is stopped" in stderr
+    assert "Traceback" not in stderr
+
+
+@needs_proc
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_killed_demo_takes_its_server_with_it():
+    demo = DemoProcess("--messages", "300", "--seconds", "20")
+    try:
+        demo.wait_for_banner()
+        server = demo.server_pid()
+        demo.proc.kill()  # SIGKILL: no cleanup runs; the kernel's parent-death signal does
+        demo.wait()
+        wait_gone(server)
+    finally:
+        demo.kill()
+
+
+@needs_proc
+def test_a_finished_demo_leaves_no_server_behind():
+    demo = DemoProcess("--messages", "10", "--seconds", "10")
+    try:
+        demo.wait_for_banner()
+        server = demo.server_pid()
+        code = demo.wait()
+        stderr = demo.stderr()
+        assert not alive(server)  # stopped and reaped before the demo ended
+    finally:
+        demo.kill()
+    assert code == 0, stderr

@@ -5,6 +5,10 @@ the address is in its log once it is ready. Scrapes go through urllib in a
 worker thread (the client's connection stays on the test's loop), and the
 text is parsed with prometheus_client's own parser, which also checks the
 format. Raw sockets send what urllib would not: garbage and huge heads.
+
+A page is kept for a second after it is rendered (metrics.py's PageCache), so
+a test that changes the figures and scrapes again re-scrapes until the new
+figures show (polling.until), rather than sleeping out the second.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from polling import until
 from prometheus_client.parser import text_string_to_metric_families
 
 from wonderq_client import connect
@@ -93,16 +98,16 @@ async def test_metrics_follow_messages_as_they_move(server_factory):
         [first] = await client.receive("jobs", visibility=60)
         await first.ack()
         [second] = await client.receive("jobs", visibility=60)  # held, not acked
-        samples = await scrape(address)
-        assert queue_sample(samples, "wonderq_queue_acks_total", "jobs") == 1
+        samples = await until(lambda: scrape(address), lambda samples: queue_sample(
+            samples, "wonderq_queue_acks_total", "jobs") == 1)
         assert queue_sample(samples, "wonderq_queue_ready_messages", "jobs") == 1
         assert queue_sample(samples, "wonderq_queue_in_flight_messages", "jobs") == 1
         assert queue_sample(samples, "wonderq_queue_messages", "jobs") == 2
 
         await second.nack()  # back to ready, and its next delivery is a redelivery
         await client.receive("jobs", max=10, visibility=60)
-        samples = await scrape(address)
-        assert queue_sample(samples, "wonderq_queue_redeliveries_total", "jobs") == 1
+        samples = await until(lambda: scrape(address), lambda samples: queue_sample(
+            samples, "wonderq_queue_redeliveries_total", "jobs") == 1)
         assert queue_sample(samples, "wonderq_queue_in_flight_messages", "jobs") == 2
     assert samples[("wonderq_connections_total", ())] >= 1
     assert samples[("wonderq_uptime_seconds", ())] > 0
@@ -144,6 +149,19 @@ async def test_stats_page_is_the_stats_command_as_json(server_factory):
     figures = ("messages", "ready", "delayed", "in_flight", "put_total")
     assert [by_http["queues"]["q"][f] for f in figures] == [2, 1, 1, 0, 2]
     assert [by_command["queues"]["q"][f] for f in figures] == [2, 1, 1, 0, 2]
+
+
+async def test_concurrent_scrapes_get_one_render(server_factory):
+    """Every render has its own uptime and CPU figures, so equal pages are one render."""
+    server = server_factory("--metrics-port", "0")
+    address = metrics_address(server)
+    async with connect(server.host, server.port) as client:
+        await client.put_many("jobs", [b"a", b"b"])
+    replies = await asyncio.gather(*(asyncio.to_thread(http_get, address, "/metrics")
+                                     for _ in range(16)))
+    assert {status for status, _headers, _body in replies} == {200}
+    assert len({body for _status, _headers, body in replies}) == 1
+    assert b'wonderq_queue_ready_messages{queue="jobs"} 2.0' in replies[0][2]
 
 
 @pytest.mark.parametrize(("method", "path", "status"), [

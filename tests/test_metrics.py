@@ -1,7 +1,7 @@
 """Unit tests of the metrics layers: the collector against a Broker driven with numbers as
-the clock (no HTTP), the journal's fsync hook, and metrics_http.py on a loopback listener
-of the test's own loop with made-up pages (the 500, bound and timeout paths that the
-end-to-end tests cannot reach).
+the clock (no HTTP), the journal's fsync hook, the page cache (renders counted, its clock
+a number too), and metrics_http.py on a loopback listener of the test's own loop with
+made-up pages (the 500, bound and timeout paths that the end-to-end tests cannot reach).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from wonderq_server import metrics_http
 from wonderq_server.broker import Broker
 from wonderq_server.journal import Journal
-from wonderq_server.metrics import Metrics
+from wonderq_server.metrics import PAGE_FRESH_S, Metrics, MetricsEndpoint
 from wonderq_server.metrics_http import HttpEndpoint
 from wonderq_server.service import BrokerService
 
@@ -142,6 +143,138 @@ def test_the_server_imports_no_metrics_library_unless_asked():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+# ------------------------------------------------------------------ the page cache
+
+OPENMETRICS = {"accept": "application/openmetrics-text; version=1.0.0"}
+
+
+class Endpoint:
+    """Endpoint is a MetricsEndpoint on the broker, its cache on the test's clock; `reads`
+    counts the broker's stats read, once per render."""
+
+    def __init__(self, broker: Broker, clock: Clock) -> None:
+        service = BrokerService(broker, server_info)
+        self.reads = 0
+
+        def stats() -> dict[str, Any]:
+            self.reads += 1
+            return service.stats(clock.now)
+
+        self.endpoint = MetricsEndpoint(stats, None, clock=lambda: clock.now)
+
+    @property
+    def renders(self) -> int:
+        return self.endpoint.pages.renders
+
+    async def metrics(self, headers: dict[str, str] | None = None) -> tuple[str, bytes]:
+        return await self.endpoint._metrics_page(headers or {})
+
+    async def stats(self) -> tuple[str, bytes]:
+        return await self.endpoint._stats_page({})
+
+
+def ready(body: bytes, queue: str) -> float:
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            if sample.name == "wonderq_queue_ready_messages" and sample.labels == {"queue": queue}:
+                return sample.value
+    raise AssertionError(f"no ready figure for {queue!r}")
+
+
+async def test_concurrent_scrapes_share_one_render_until_the_page_goes_stale(broker, clock):
+    scraper = Endpoint(broker, clock)
+    broker.put("q", b"1", T0)
+    pages = await asyncio.gather(*(scraper.metrics() for _ in range(20)))
+    assert scraper.renders == 1 and scraper.reads == 1
+    assert len(set(pages)) == 1 and ready(pages[0][1], "q") == 1
+
+    broker.put("q", b"2", T0)
+    clock.now = T0 + PAGE_FRESH_S / 2  # still fresh: the same page, not re-read
+    assert await scraper.metrics() == pages[0]
+    assert scraper.renders == 1
+
+    clock.now = T0 + PAGE_FRESH_S  # stale: rendered again, with the new figures
+    _content_type, body = await scraper.metrics()
+    assert scraper.renders == 2 and ready(body, "q") == 2
+
+
+async def test_each_format_and_the_stats_page_are_cached_apart(broker, clock):
+    scraper = Endpoint(broker, clock)
+    text = await scraper.metrics()
+    openmetrics, stats = await asyncio.gather(scraper.metrics(OPENMETRICS), scraper.stats())
+    assert text[0].startswith("text/plain")
+    assert openmetrics[0].startswith("application/openmetrics-text")
+    assert stats[0] == "application/json"
+    assert scraper.renders == 3
+    assert await scraper.metrics(OPENMETRICS) == openmetrics and await scraper.stats() == stats
+    assert await scraper.metrics() == text
+    assert scraper.renders == 3
+
+
+async def test_only_one_render_runs_at_a_time(broker, clock):
+    """A /stats render waits while a /metrics encoding holds a worker thread."""
+    scraper = Endpoint(broker, clock)
+    encoding, release = threading.Event(), threading.Event()
+    exposition = scraper.endpoint.metrics.exposition
+
+    def held_exposition(snapshot: Any, accept: str = "") -> tuple[str, bytes]:
+        encoding.set()
+        assert release.wait(10)
+        return exposition(snapshot, accept)
+
+    scraper.endpoint.metrics.exposition = held_exposition  # type: ignore[method-assign]
+    metrics_page = asyncio.create_task(scraper.metrics())
+    try:
+        assert await asyncio.to_thread(encoding.wait, 10)
+        stats_page = asyncio.create_task(scraper.stats())
+        late_scrapes = [asyncio.create_task(scraper.metrics()) for _ in range(5)]
+        for _ in range(20):  # turns of the loop in which /stats could start if it were let
+            await asyncio.sleep(0)
+        assert scraper.reads == 1 and scraper.renders == 1
+    finally:
+        release.set()
+    pages = await asyncio.gather(metrics_page, stats_page, *late_scrapes)
+    assert scraper.reads == 2 and scraper.renders == 2
+    assert all(page == pages[0] for page in [pages[0], *pages[2:]])
+
+
+async def test_a_scraper_that_goes_does_not_cancel_the_shared_render(broker, clock):
+    scraper = Endpoint(broker, clock)
+    leaving, staying = (asyncio.create_task(scraper.metrics()) for _ in range(2))
+    await asyncio.sleep(0)  # both are waiting on the one render
+    leaving.cancel()
+    content_type, body = await staying
+    assert content_type.startswith("text/plain") and body
+    assert leaving.cancelled() and scraper.renders == 1
+
+
+async def test_a_failed_render_is_not_kept(broker, clock):
+    scraper = Endpoint(broker, clock)
+    stats = scraper.endpoint.stats
+    scraper.endpoint.stats = lambda: {"not": "a stats map"}
+    results = await asyncio.gather(scraper.metrics(), scraper.metrics(), return_exceptions=True)
+    assert all(isinstance(result, KeyError) for result in results)
+    assert scraper.renders == 1
+    scraper.endpoint.stats = stats
+    content_type, _body = await scraper.metrics()  # at once, not after PAGE_FRESH_S
+    assert content_type.startswith("text/plain") and scraper.renders == 2
+
+
+async def test_scrapes_over_http_share_one_render(broker, clock):
+    scraper = Endpoint(broker, clock)
+    broker.put("q", b"1", T0)
+    http = scraper.endpoint.http
+    address = await http.start(asyncio.get_running_loop(), "127.0.0.1", 0)
+    try:
+        replies = await asyncio.gather(*(
+            exchange(address, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n") for _ in range(16)))
+    finally:
+        scraper.endpoint.close()
+    assert all(reply.startswith(b"HTTP/1.1 200 ") for reply in replies)
+    assert len(set(replies)) == 1 and scraper.renders == 1
+    assert ready(replies[0].split(b"\r\n\r\n", 1)[1], "q") == 1
 
 
 # ------------------------------------------------------------------ metrics_http.py

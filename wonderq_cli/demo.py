@@ -15,12 +15,25 @@ until every message is settled or the work time is up; stop the workers;
 read back both queues; print the accounting; delete the queues (with
 --connect) and stop the server.
 
+Interruptions: Ctrl-C (SIGINT), SIGTERM and SIGHUP all cancel the run, so
+the same cleanup runs (workers stopped, queues deleted with --connect, the
+demo's server stopped); then one "interrupted" line says what was cleaned
+up. The demo's server runs in a session of its own (demo_server.py), so a
+terminal's Ctrl-C reaches only the demo, which stops the server itself.
+
 Rules:
 * --seconds bounds the whole run: the work stops WRAP_UP_S before it even
   if unfinished, and what is still queued then is reported, not lost.
 * Exit codes: 0 every message accounted for; 1 a message was lost or acked
-  twice (or acked and still stored); 2 the server could not be started or
-  reached, or the --connect queue names are taken.
+  twice (or acked and still stored), and nothing else; 2 the server could
+  not be started or reached, the connection was lost, the server refused a
+  request the demo did not expect (one line names its error code; no
+  accounting is made then), or the --connect queue names are taken;
+  128 + the signal's number when interrupted (130 Ctrl-C, 143 SIGTERM,
+  129 SIGHUP).
+* Batches stay within the server's --max-batch, which the demo learns as it
+  goes (demo_workers.BatchLimit): a BATCH_TOO_LARGE is retried smaller, never
+  fatal.
 * With --connect the demo uses only queues it creates (it refuses names that
   exist) and deletes them when it ends, however it ends.
 """
@@ -32,19 +45,29 @@ import asyncio
 import contextlib
 import random
 import secrets
+import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
 
-from wonderq_client import Client, NotFound, QueueNotFound, connect
+from wonderq_client import (
+    Client,
+    ConnectionClosed,
+    NotFound,
+    QueueNotFound,
+    WonderQError,
+    connect,
+)
 
 from .demo_ledger import Accounting, Ledger, account
 from .demo_server import ServerStartError, own_server
 from .demo_view import Narrator, accounting_table, banner, verdict
 from .demo_workers import (
     RECEIVE_WAIT_S,
+    BatchLimit,
     Consumer,
     Crew,
     Plan,
@@ -60,6 +83,9 @@ WRAP_UP_S = STOP_GRACE_S + READ_BACK_S
 DRAIN_BATCH = 100
 DRAIN_VISIBILITY_S = 60.0  # read-back leases outlive the demo
 MIN_SECONDS = 5.0
+# Handled as Ctrl-C is (asyncio.run handles SIGINT itself): by cancelling the run.
+INTERRUPTING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP")
+                             if hasattr(signal, name))
 
 
 def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -101,20 +127,93 @@ def _at_least(low: float, kind: type = int):
 
 
 async def run(args: argparse.Namespace) -> int:
+    """run is `wonderq demo`. SIGTERM and SIGHUP cancel it as Ctrl-C does, so the cleanup
+    of every `finally` and `async with` runs (the demo's server is stopped); then one
+    line says the run was interrupted. Ctrl-C ends in KeyboardInterrupt (exit 130, as
+    main.py maps it), a handled signal in 128 + its number."""
+    loop = asyncio.get_running_loop()
+    run_task = asyncio.current_task()
+    assert run_task is not None
+    received: list[int] = []
+
+    def interrupt(signum: int) -> None:
+        received.append(signum)
+        run_task.cancel()
+
+    handled = _handle_signals(loop, interrupt)
+    try:
+        return await _run(args)
+    except (asyncio.CancelledError, Exception) as exc:
+        # After a handled signal, whatever ended the cleanup (a write to a terminal that
+        # hung up, say) is part of the interruption.
+        if not (received or isinstance(exc, asyncio.CancelledError)):
+            raise
+        how = f" by {signal.Signals(received[0]).name}" if received else ""
+        undone = (f"its queues on {args.host}:{args.port} are deleted" if args.connect
+                  else "its server is stopped")
+        _say(f"wonderq demo: interrupted{how}; {undone}; no accounting was made")
+        if not received:
+            raise  # Ctrl-C: asyncio.run turns the cancellation into KeyboardInterrupt
+        return 128 + received[0]
+    finally:
+        for signum in handled:
+            loop.remove_signal_handler(signum)
+
+
+def _handle_signals(loop: asyncio.AbstractEventLoop,
+                    interrupt: Callable[[int], None]) -> list[int]:
+    """_handle_signals routes INTERRUPTING_SIGNALS to `interrupt`; returns those it could
+    (none on Windows, or off the main thread)."""
+    handled = []
+    for signum in INTERRUPTING_SIGNALS:
+        try:
+            loop.add_signal_handler(signum, interrupt, signum)
+        except (NotImplementedError, RuntimeError, ValueError):
+            continue
+        handled.append(signum)
+    return handled
+
+
+def _say(line: str) -> None:
+    """_say prints one line on stderr; a terminal that has gone (SIGHUP) is no error."""
+    with contextlib.suppress(OSError, ValueError):
+        print(line, file=sys.stderr, flush=True)
+
+
+async def _run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     queue = args.queue or ("demo-" + secrets.token_hex(3) if args.connect else "demo")
     plan = Plan(queue=queue, dead_letter_queue=f"{queue}-dead", messages=args.messages,
                 producers=args.producers, consumers=args.consumers, seconds=args.seconds)
     if args.connect:
         where = f"the server at {args.host}:{args.port}"
-        return await _demo(args.host, args.port, plan, started, where, shared_server=True)
+        return await _demo_or_exit(args.host, args.port, plan, started, where,
+                                   shared_server=True)
     try:
         async with own_server() as (host, port):
             where = f"its own in-memory server at {host}:{port}"
-            return await _demo(host, port, plan, started, where, shared_server=False)
+            return await _demo_or_exit(host, port, plan, started, where, shared_server=False)
     except ServerStartError as exc:
-        print(f"wonderq demo: {exc}", file=sys.stderr)
+        _say(f"wonderq demo: {exc}")
         return EXIT_UNAVAILABLE
+
+
+async def _demo_or_exit(host: str, port: int, plan: Plan, started: float, where: str,
+                        shared_server: bool) -> int:
+    """_demo_or_exit runs _demo and turns a server that failed the demo into one line and
+    EXIT_UNAVAILABLE, so that exit 1 only ever means a broken promise."""
+    try:
+        return await _demo(host, port, plan, started, where, shared_server)
+    except ConnectionClosed as exc:
+        _say(f"wonderq demo: lost the connection to {host}:{port}: {exc.message}; "
+             f"no accounting was made")
+    except WonderQError as exc:
+        _say(f"wonderq demo: the server at {host}:{port} refused a request the demo did not "
+             f"expect: {exc.code}: {exc.message}; no accounting was made")
+    except OSError as exc:  # TimeoutError included
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        _say(f"wonderq demo: cannot talk to the server at {host}:{port}: {reason}")
+    return EXIT_UNAVAILABLE
 
 
 async def _demo(host: str, port: int, plan: Plan, started: float, where: str,
@@ -172,14 +271,31 @@ async def _show(admin: Client, host: str, port: int, plan: Plan, started: float,
         for task in unfinished:  # an ack still unanswered stays in doubt in the ledger
             task.cancel()
         _raise_failure(finished)
-        queued, dead = await _read_back(admin, plan, crew.ledger)
+        queued, dead = await _read_back(admin, plan, crew.ledger, crew.batches)
         return account(crew.ledger, dead, queued)
     finally:
-        crew.stop.set()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await narrator.close()
+        try:
+            await _stop_workers(crew, tasks)
+        finally:
+            await narrator.close()
+
+
+async def _stop_workers(crew: Crew, tasks: list[asyncio.Task[None]]) -> None:
+    """_stop_workers tells the workers to stop and gives them STOP_GRACE_S to do it as at
+    the end of a run (give back what they hold, close their connections), then cancels
+    the rest. Interrupted (Ctrl-C, SIGTERM), the run gets here too: a second interrupt
+    cuts the grace short, and is raised once every worker is cancelled."""
+    crew.stop.set()
+    interrupted = False
+    try:
+        await asyncio.wait(tasks, timeout=STOP_GRACE_S)
+    except asyncio.CancelledError:
+        interrupted = True
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    if interrupted:
+        raise asyncio.CancelledError
 
 
 async def _work(tasks: list[asyncio.Task[None]], settled: asyncio.Event,
@@ -207,7 +323,8 @@ def _raise_failure(finished: set[asyncio.Task[Any]]) -> None:
             raise task.exception()  # type: ignore[misc]
 
 
-async def _read_back(admin: Client, plan: Plan, ledger: Ledger) -> tuple[set[int], set[int]]:
+async def _read_back(admin: Client, plan: Plan, ledger: Ledger,
+                     batches: BatchLimit) -> tuple[set[int], set[int]]:
     """_read_back finds every produced body not acked: (still queued, dead-lettered).
 
     Ready messages of both queues are received, and stay leased past the
@@ -216,8 +333,8 @@ async def _read_back(admin: Client, plan: Plan, ledger: Ledger) -> tuple[set[int
     far is looked up by its id: first in the queue, then in the dead-letter
     queue, where its lease may just have sent it.
     """
-    queued = await _receive_all(admin, plan.queue, plan)
-    dead = await _receive_all(admin, plan.dead_letter_queue, plan)
+    queued = await _receive_all(admin, plan.queue, plan, batches)
+    dead = await _receive_all(admin, plan.dead_letter_queue, plan, batches)
     for seq in sorted(ledger.produced - ledger.acked - queued - dead):
         for queue, found in ((plan.queue, queued), (plan.dead_letter_queue, dead)):
             try:
@@ -229,11 +346,16 @@ async def _read_back(admin: Client, plan: Plan, ledger: Ledger) -> tuple[set[int
     return queued, dead
 
 
-async def _receive_all(admin: Client, queue: str, plan: Plan) -> set[int]:
-    """_receive_all receives every ready message of `queue`; returns their sequence numbers."""
+async def _receive_all(admin: Client, queue: str, plan: Plan, batches: BatchLimit) -> set[int]:
+    """_receive_all receives every ready message of `queue`; returns their sequence numbers.
+
+    Bounded: each round receives at least one message or ends, and the demo's
+    queues hold at most plan.messages.
+    """
     seqs: set[int] = set()
-    for _ in range(plan.messages // DRAIN_BATCH + 2):
-        batch = await admin.receive(queue, max=DRAIN_BATCH, visibility=DRAIN_VISIBILITY_S)
+    for _ in range(plan.messages + 2):
+        batch = await batches.call(
+            lambda n: admin.receive(queue, max=n, visibility=DRAIN_VISIBILITY_S), DRAIN_BATCH)
         if not batch:
             break
         seqs.update(seq for seq in map(seq_of, (msg.body for msg in batch)) if seq is not None)

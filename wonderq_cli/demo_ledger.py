@@ -93,6 +93,11 @@ class Ledger:
     def putting(self, seqs: list[int]) -> None:
         self.put_in_doubt.update(seqs)
 
+    def put_withdrawn(self, seqs: list[int]) -> None:
+        """put_withdrawn: the put was refused as a whole (BATCH_TOO_LARGE), so nothing of it
+        was stored; the bodies are no longer in doubt (the producer puts them again)."""
+        self.put_in_doubt.difference_update(seqs)
+
     def put_answered(self, worker: str, seq: int, id: int | None) -> None:
         """put_answered: the put was answered with an id, or refused (None)."""
         self.put_in_doubt.discard(seq)

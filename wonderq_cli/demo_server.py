@@ -2,12 +2,23 @@
 
 Design decision: the demo runs the real server, not a broker inside its own
 process, so what it shows is what a user gets. It starts
-`wonderq-server --in-memory --port 0` (or `python -m wonderq_server` when the
-console script is not on PATH), learns the port from the ready line on
-stderr, and stops the process by its PID when the demo ends, however it ends
-(finished, failed, Ctrl-C).
+`python -m wonderq_server --in-memory --port 0` with the demo's own Python,
+so the server is always the one installed beside the demo (a
+`wonderq-server` found on PATH may belong to another installation), learns
+the port from the ready line on stderr, and stops the process by its PID
+when the demo ends, however it ends (finished, failed, Ctrl-C, SIGTERM,
+SIGHUP: demo.py turns those signals into cancellation, so this module's
+cleanup runs).
 
 Rules:
+* The server runs in a session of its own (start_new_session), so a
+  terminal's Ctrl-C or hang-up reaches only the demo, which then stops the
+  server itself, in order, and says so.
+* The last resort, for a demo killed outright (SIGKILL): on Linux the server
+  is started with PR_SET_PDEATHSIG = SIGTERM, so the kernel stops it when
+  its parent goes. The kernel ties that to the thread that started it, so
+  own_server must be entered on a thread that lives as long as the demo
+  (the event loop's). Where prctl is unavailable this is skipped.
 * The server logs at info level because the ready line is an info line. A
   thread drains stderr for the server's whole life, so the server never
   blocks on a full pipe; the last lines are kept to explain a failed start.
@@ -23,18 +34,19 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
+import signal
 import subprocess
 import sys
 import threading
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 READY = re.compile(r"wonderq-server listening on (\S+):(\d+)")
 START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 5.0
 LINES_KEPT = 20
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 class ServerStartError(Exception):
@@ -42,8 +54,33 @@ class ServerStartError(Exception):
 
 
 def server_command() -> list[str]:
-    exe = shutil.which("wonderq-server")
-    return [exe] if exe else [sys.executable, "-m", "wonderq_server"]
+    return [sys.executable, "-m", "wonderq_server"]
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """die_with_parent is a preexec_fn that has the kernel send the child SIGTERM when
+    the demo goes, or None where that is unavailable (not Linux, no libc prctl).
+
+    Everything is looked up before the fork: between fork and exec the child
+    only makes the call. If the demo died before the call, the child stops
+    itself at once, as the kernel would have.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (ImportError, OSError, AttributeError):
+        return None
+    parent = os.getpid()
+    term = int(signal.SIGTERM)
+
+    def preexec() -> None:
+        if prctl(PR_SET_PDEATHSIG, term, 0, 0, 0) == 0 and os.getppid() != parent:
+            os.kill(os.getpid(), term)
+
+    return preexec
 
 
 class _StderrReader(threading.Thread):
@@ -75,7 +112,8 @@ async def own_server(host: str = "127.0.0.1") -> AsyncIterator[tuple[str, int]]:
     argv = [*server_command(), "--in-memory", "--host", host, "--port", "0",
             "--log-level", "info"]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True, preexec_fn=die_with_parent())
     try:
         reader = _StderrReader(proc)
         reader.start()

@@ -22,6 +22,13 @@ work is settled: every producer done and the queue empty.
 Every consumer fails on a poison body (every POISON_EVERY-th) and nacks it,
 so poison goes to the dead-letter queue after the queue's max_deliveries.
 
+The server's --max-batch is not known in advance (with --connect it may be
+small), so every request that carries a batch (put_many, receive, peek,
+nack_many) goes through one BatchLimit shared by the whole run: a request
+refused with BATCH_TOO_LARGE was refused whole (nothing stored or leased),
+so it is retried at half the size, and every later request is kept at or
+under what passed.
+
 Rules:
 * Every loop is bounded in time and in count: producers put a fixed list;
   a consumer stops when `stop` is set (work pauses end early then) and after
@@ -31,17 +38,27 @@ Rules:
 * An ack is never cancelled: its answer is what the accounting counts. A
   consumer told to stop gives back (nacks) what it still holds.
 * Workers write what they learn in the Ledger and print nothing.
+* A consumer that loses its connection notes it and stops; any other error
+  from the server is unexpected and ends the run (demo.py: exit 2).
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
-from wonderq_client import Client, LeaseLost, Message, NotFound, WonderQError, connect
+from wonderq_client import (
+    BatchTooLarge,
+    Client,
+    ConnectionClosed,
+    LeaseLost,
+    Message,
+    NotFound,
+    connect,
+)
 
 from .demo_ledger import FAILED, GAVE_BACK, NACKED, Ledger
 
@@ -59,6 +76,8 @@ MAX_CRASHES = 3
 RESTART_PAUSE_S = 0.5
 WATCH_EVERY_S = 0.25
 DEAD_LETTERS_SHOWN = 100  # a peek this wide narrates every dead letter of a default run
+
+T = TypeVar("T")
 
 STEADY, SLOW, CRASHY, NACKY = "steady", "slow", "crashy", "nacky"
 BEHAVIOURS = (STEADY, SLOW, CRASHY, NACKY)  # consumer i behaves as BEHAVIOURS[i % 4]
@@ -86,9 +105,40 @@ class Plan:
         return BEHAVIOURS[index % len(BEHAVIOURS)]
 
 
+class BatchLimit:
+    """BatchLimit is the most items the demo puts in one request: no cap until the server
+    refuses a batch with BATCH_TOO_LARGE, then half the refused size, and so on down to 1.
+
+    Shared by every worker, so a run learns the server's limit in a few
+    refused requests at most (log2 of the largest batch), not one per worker.
+    """
+
+    def __init__(self) -> None:
+        self.most: int | None = None  # None: no request refused yet
+
+    def cap(self, wanted: int) -> int:
+        return wanted if self.most is None else max(1, min(wanted, self.most))
+
+    async def call(self, request: Callable[[int], Awaitable[T]], wanted: int) -> T:
+        """call makes request(n) for n = cap(wanted), and again at a smaller n while the
+        server answers BATCH_TOO_LARGE; it returns the answer that passed. The request
+        must take only its first n items. A batch of one refused is not a size problem:
+        it is raised."""
+        while True:
+            size = self.cap(wanted)
+            try:
+                return await request(size)
+            except BatchTooLarge:
+                if size <= 1:
+                    raise
+                if self.most is None or self.most >= size:  # not lowered meanwhile by another
+                    self.most = size // 2
+
+
 @dataclass
 class Crew:
-    """What every worker shares: where the server is, the plan, the ledger, the stop signal."""
+    """What every worker shares: where the server is, the plan, the ledger, the stop signal,
+    the batch limit."""
 
     host: str
     port: int
@@ -97,6 +147,7 @@ class Crew:
     stop: asyncio.Event
     clock: Callable[[], float]  # seconds since the demo started
     rng: random.Random
+    batches: BatchLimit = field(default_factory=BatchLimit)
 
 
 def body_for(seq: int) -> bytes:
@@ -130,22 +181,34 @@ class Producer:
         self.tally = crew.ledger.worker(name, "producer")
 
     async def run(self) -> None:
+        """run puts its bodies PUT_BATCH at a time (fewer if the server's limit is lower),
+        paced so that all producers together put about PUT_RATE a second."""
         crew = self.crew
-        batches = [self.seqs[i:i + PUT_BATCH] for i in range(0, len(self.seqs), PUT_BATCH)]
-        interval = PUT_BATCH * crew.plan.producers / PUT_RATE
+        pending = list(self.seqs)
         async with connect(crew.host, crew.port) as client:
-            for batch in batches:
-                if crew.stop.is_set():
+            for _ in range(len(self.seqs)):  # each round puts at least one body
+                if not pending or crew.stop.is_set():
                     break
-                crew.ledger.putting(batch)
-                results = await client.put_many(crew.plan.queue, [body_for(s) for s in batch])
-                for seq, result in zip(batch, results, strict=True):
-                    crew.ledger.put_answered(self.name, seq,
-                                             result if isinstance(result, int) else None)
+                put = await crew.batches.call(lambda n: self._put(client, pending[:n]),
+                                              PUT_BATCH)
+                del pending[:put]
                 self.tally.now = f"put {self.tally.put} of {len(self.seqs)}"
-                if await pause(crew.stop, interval):
+                if await pause(crew.stop, put * crew.plan.producers / PUT_RATE):
                     break
         self.tally.now = "done" if self.tally.put == len(self.seqs) else "stopped"
+
+    async def _put(self, client: Client, batch: list[int]) -> int:
+        """_put puts one batch and records the answers; returns how many bodies it took."""
+        ledger = self.crew.ledger
+        ledger.putting(batch)
+        try:
+            results = await client.put_many(self.crew.plan.queue, [body_for(s) for s in batch])
+        except BatchTooLarge:
+            ledger.put_withdrawn(batch)  # refused whole: nothing was stored
+            raise
+        for seq, result in zip(batch, results, strict=True):
+            ledger.put_answered(self.name, seq, result if isinstance(result, int) else None)
+        return len(batch)
 
 
 class Consumer:
@@ -167,7 +230,7 @@ class Consumer:
                 if await pause(crew.stop, RESTART_PAUSE_S):
                     break
             self.tally.now = "stopped"
-        except (WonderQError, OSError) as exc:  # the server went away, say
+        except (ConnectionClosed, OSError) as exc:  # the server went away, say
             self.tally.now = "failed"
             crew.ledger.note(crew.clock(), f"{self.name} stopped: {exc}", alarm=True)
 
@@ -177,8 +240,9 @@ class Consumer:
         while self.rounds_left > 0 and not crew.stop.is_set():
             self.rounds_left -= 1
             self.tally.now = "waiting"
-            batch = await client.receive(crew.plan.queue, max=TAKES[self.behaviour],
-                                         wait=RECEIVE_WAIT_S)
+            batch = await crew.batches.call(
+                lambda n: client.receive(crew.plan.queue, max=n, wait=RECEIVE_WAIT_S),
+                TAKES[self.behaviour])
             received_at = crew.clock()
             held = [(msg, seq_of(msg.body)) for msg in batch]
             for msg, seq in held:
@@ -243,11 +307,22 @@ class Consumer:
         ledger = self.crew.ledger
         seqs = [seq for _, seq in held if seq is not None]
         ledger.letting_go(self.name, seqs, GAVE_BACK)
+        rest = list(held)
+        for _ in range(len(held)):  # each round gives back at least one
+            if not rest:
+                break
+            given = await self.crew.batches.call(
+                lambda n: self._nack_batch(client, rest[:n]), len(rest))
+            del rest[:given]
+
+    async def _nack_batch(self, client: Client,
+                          held: list[tuple[Message, int | None]]) -> int:
+        ledger = self.crew.ledger
         results = await client.nack_many(self.crew.plan.queue, [msg for msg, _ in held])
         for (_, seq), error in zip(held, results, strict=True):
             if seq is not None:
                 ledger.let_go_answered(self.name, [seq], GAVE_BACK, done=error is None)
-
+        return len(held)
 
 
 class Watcher:
@@ -272,7 +347,9 @@ class Watcher:
 
     async def _narrate_dead_letters(self, client: Client) -> None:
         ledger = self.crew.ledger
-        for msg in await client.peek(self.crew.plan.dead_letter_queue, DEAD_LETTERS_SHOWN):
+        peeked = await self.crew.batches.call(
+            lambda n: client.peek(self.crew.plan.dead_letter_queue, n), DEAD_LETTERS_SHOWN)
+        for msg in peeked:
             seq = seq_of(msg.body)
             if seq is not None:
                 ledger.dead_lettered(self.crew.clock(), seq, msg.deliveries, is_poison(seq))

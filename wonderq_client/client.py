@@ -25,6 +25,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import Generator, Iterable
 from types import TracebackType
@@ -117,7 +118,10 @@ class _ClientProtocol(asyncio.Protocol):
             return
         data = b"".join(self._out)
         self._out.clear()
-        self.transport.write(data)
+        # uvloop closes the handle of a connect() cancelled mid-handshake before
+        # is_closing() says so; its connection_lost follows and fails every call.
+        with contextlib.suppress(RuntimeError):
+            self.transport.write(data)
 
 
 def put_options(args: dict[str, Any], delay: float | None, priority: int | None,

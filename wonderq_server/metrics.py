@@ -8,11 +8,24 @@ command, and turns it into metric families. The map is a fresh snapshot of
 plain values, so encoding it (prometheus_client's text writer, the costly
 part: about 0.1 ms per queue) runs in a worker thread: with thousands of
 queues the loop keeps serving, sharing the GIL with it, instead of stopping
-for it (taking the map itself costs about 4 µs per queue). The one thing `stats` cannot give is a
-distribution: fsync durations are observed into a Histogram once per fsync,
-through the journal's `fsync_observer` hook, in the worker thread that ran
-the fsync (prometheus_client's metrics are thread-safe; the journal never
-imports prometheus).
+for it (taking the map itself costs about 4 µs per queue).
+
+Encoding still holds the GIL, so the loop is slowed while it runs (one
+scrape of 5,000 queues is about 0.3 s of encoding), and the cost must not
+multiply with scrapers: pages go through a PageCache. At most one page is
+rendered at a time; a request that arrives while its page is rendering
+waits for that render and gets its result; and a rendered page is served
+again for PAGE_FRESH_S after its render ended, so however many scrapers
+come, the loop shares the GIL with at most one render in every PAGE_FRESH_S
+plus one render's time. The price is staleness: a page may be up to
+PAGE_FRESH_S plus one render old, which Prometheus (scraping every 15 s or
+so) never notices.
+
+The one thing `stats` cannot give is a distribution: fsync durations are
+observed into a Histogram once per fsync, through the journal's
+`fsync_observer` hook, in the worker thread that ran the fsync
+(prometheus_client's metrics are thread-safe; the journal never imports
+prometheus).
 
 Rules:
 * A private CollectorRegistry for the live metrics (the histogram, the
@@ -31,6 +44,9 @@ Rules:
 * The process' own figures (resident memory, CPU seconds, open files) come
   from prometheus_client's ProcessCollector as the usual `process_*`
   series, also read only when scraped.
+* Pages are cached by what they hold: /metrics per content type (the
+  Prometheus text format and OpenMetrics are two pages), /stats as one.
+  A failed render is not cached: each of its waiters gets the error (500).
 * This module is imported only when --metrics-port is given, so the server
   starts and serves without prometheus_client and h11 otherwise.
 
@@ -41,8 +57,10 @@ Must not know: HTTP (metrics_http.py) or the broker's insides: it reads the
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
-from collections.abc import Callable, Iterator, Mapping
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
@@ -56,6 +74,10 @@ if TYPE_CHECKING:
     from .journal import Journal
 
 Stats = Callable[[], dict[str, Any]]
+Rendered = tuple[str, bytes]  # (content type, body)
+
+# How long a rendered page is served again; see the module's docstring.
+PAGE_FRESH_S = 1.0
 
 # (stats figure, metric name, help). Per queue, labelled queue="<name>".
 QUEUE_GAUGES = [
@@ -160,23 +182,87 @@ class Metrics:
         return content_type, encode(Scrape(snapshot, self.registry))
 
 
+class PageCache:
+    """PageCache renders pages one at a time, shares a render among the requests that
+    arrive during it, and serves a rendered page again until `fresh_s` after its render
+    ended (by `clock`, injectable so tests need no sleeps).
+
+    Invariants: at most one render runs (one lock for every page), and at most one
+    render per key is pending (self._running). A render is a task of its own, shielded
+    from its waiters: a scraper that hangs up does not cancel what others wait for.
+    `renders` counts the renders started, for tests and debugging.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 fresh_s: float = PAGE_FRESH_S) -> None:
+        self.clock = clock
+        self.fresh_s = fresh_s
+        self.renders = 0
+        self._pages: dict[str, tuple[float, Rendered]] = {}  # key -> (fresh until, page)
+        self._running: dict[str, asyncio.Task[Rendered]] = {}
+        self._one_at_a_time = asyncio.Lock()
+
+    async def get(self, key: str, render: Callable[[], Awaitable[Rendered]]) -> Rendered:
+        """get is the page for `key`: the kept one while fresh, else the pending render's
+        result, else a new render's (started by this call)."""
+        kept = self._pages.get(key)
+        if kept is not None and self.clock() < kept[0]:
+            return kept[1]
+        task = self._running.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._render(key, render))
+            self._running[key] = task
+            task.add_done_callback(functools.partial(self._rendered, key))
+        return await asyncio.shield(task)
+
+    async def _render(self, key: str, render: Callable[[], Awaitable[Rendered]]) -> Rendered:
+        async with self._one_at_a_time:
+            self.renders += 1
+            page = await render()
+        self._pages[key] = (self.clock() + self.fresh_s, page)
+        return page
+
+    def _rendered(self, key: str, task: asyncio.Task[Rendered]) -> None:
+        if self._running.get(key) is task:
+            del self._running[key]
+        if not task.cancelled():
+            task.exception()  # its waiters were given it; with none left, it is not "lost"
+
+    def close(self) -> None:
+        """close cancels pending renders (an encoding already in a thread runs out)."""
+        for task in list(self._running.values()):
+            task.cancel()
+
+
 class MetricsEndpoint:
     """MetricsEndpoint is what the server starts for --metrics-port: the live metrics (made
-    at once, so the first fsync is observed) and the HTTP listener (started later)."""
+    at once, so the first fsync is observed), the page cache and the HTTP listener
+    (started later). `clock` and `fresh_s` are the cache's (tests change them)."""
 
-    def __init__(self, stats: Stats, journal: Journal | None) -> None:
+    def __init__(self, stats: Stats, journal: Journal | None, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 fresh_s: float = PAGE_FRESH_S) -> None:
         self.stats = stats
         self.metrics = Metrics(journal)
+        self.pages = PageCache(clock, fresh_s)
         self.http = HttpEndpoint({"/metrics": self._metrics_page, "/stats": self._stats_page})
 
-    async def _metrics_page(self, headers: Headers) -> tuple[str, bytes]:
-        snapshot = self.stats()  # on the loop's thread: the one read of the broker
-        return await asyncio.to_thread(self.metrics.exposition, snapshot,
-                                       headers.get("accept", ""))
+    async def _metrics_page(self, headers: Headers) -> Rendered:
+        accept = headers.get("accept", "")
+        _encode, content_type = choose_encoder(accept)
 
-    async def _stats_page(self, headers: Headers) -> tuple[str, bytes]:
-        snapshot = self.stats()
-        return "application/json", await asyncio.to_thread(_json, snapshot)
+        async def render() -> Rendered:
+            snapshot = self.stats()  # on the loop's thread: the one read of the broker
+            return await asyncio.to_thread(self.metrics.exposition, snapshot, accept)
+
+        return await self.pages.get(content_type, render)
+
+    async def _stats_page(self, headers: Headers) -> Rendered:
+        async def render() -> Rendered:
+            snapshot = self.stats()
+            return "application/json", await asyncio.to_thread(_json, snapshot)
+
+        return await self.pages.get("stats", render)
 
     async def start(self, loop: asyncio.AbstractEventLoop, host: str,
                     port: int) -> tuple[str, int]:
@@ -188,6 +274,7 @@ class MetricsEndpoint:
 
     def close(self) -> None:
         self.http.close()
+        self.pages.close()
 
 
 def _json(snapshot: Mapping[str, Any]) -> bytes:

@@ -166,11 +166,12 @@ class HttpConnection(asyncio.Protocol):
         if body and not self.head_request:
             events.append(h11.Data(data=body))
         events.append(h11.EndOfMessage())
-        try:
-            data = b"".join(self.http.send(event) or b"" for event in events)
+        try:  # with passthrough, h11 hands the body back as it is: a cached page is not copied
+            chunks = [chunk for event in events
+                      for chunk in self.http.send_with_data_passthrough(event) or ()]
         except h11.LocalProtocolError:  # no response is possible in this state
             logger.debug("no HTTP response possible; connection dropped", exc_info=True)
             self.transport.abort()
             return
-        self.transport.write(data)
+        self.transport.writelines(chunks)
         self.transport.close()
