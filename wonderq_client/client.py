@@ -96,7 +96,14 @@ class _ClientProtocol(asyncio.Protocol):
         if command == "receive":
             self._receives[request_id] = args["queue"]
         self._out.append(encode_request(request_id, command, args))
-        self._schedule_flush()
+        if not self._flush_scheduled and len(self._out) == 1 and self.transport is not None:
+            # Nothing else waits to go out: send now, saving a loop step per request
+            # when calls are made one at a time. Requests made while this one is on
+            # its way are gathered into one write on the next step, as before.
+            self._flush_scheduled = True
+            self._flush()
+        else:
+            self._schedule_flush()
         return future
 
     def _give_back(self, queue: str, rows: list[list[Any]]) -> None:
@@ -165,8 +172,10 @@ class Client(QueueAdmin):
         queue's setting; 0: never).
         """
         args: dict[str, Any] = {"queue": queue, "body": body}
-        put_options(args, delay, priority, headers, expiry)
-        return await self._call("put", args)  # type: ignore[no-any-return]
+        if delay is not None or priority is not None or headers is not None \
+                or expiry is not None:
+            put_options(args, delay, priority, headers, expiry)
+        return await self._protocol.send("put", args)  # type: ignore[no-any-return]
 
     async def put_many(self, queue: str, bodies: Iterable[PutItem], *,
                        delay: float | None = None, priority: int | None = None,
@@ -191,15 +200,19 @@ class Client(QueueAdmin):
         invisible to others for `visibility` seconds (the queue's setting, or
         the server's default, if None) unless acked, nacked or touched.
         """
-        args: dict[str, Any] = {"queue": queue, "max": max, "wait": wait}
+        args: dict[str, Any] = {"queue": queue}
+        if max != 1:
+            args["max"] = max
+        if wait:
+            args["wait"] = wait
         if visibility is not None:
             args["visibility"] = visibility
-        rows = await self._call("receive", args)
+        rows = await self._protocol.send("receive", args)
         return [Message.from_delivery(self, queue, row) for row in rows]
 
     async def ack(self, queue: str, id: int, lease: int) -> None:
         """ack deletes a message; raises LeaseLost if it was delivered again since."""
-        await self._call("ack", {"queue": queue, "id": id, "lease": lease})
+        await self._protocol.send("ack", {"queue": queue, "id": id, "lease": lease})
 
     async def ack_many(self, queue: str,
                        items: Iterable[SettleItem]) -> list[WonderQError | None]:
