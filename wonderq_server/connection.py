@@ -101,6 +101,7 @@ class Connection(asyncio.Protocol):
         self._text_waiting = False
         self._eof = False  # the client half-closed: close once everything is answered
         self.flush_wanted = False  # the server's: already in the next flush
+        self._running_input = False  # in data_received: input_done will hand replies over
         self._paused_by: set[str] = set()
         self.peer: Any = None
 
@@ -179,7 +180,11 @@ class Connection(asyncio.Protocol):
             if self._text_waiting:
                 self._hold(items)
             else:
-                self._run(items, now)
+                self._running_input = True
+                try:
+                    self._run(items, now)
+                finally:
+                    self._running_input = False
             # Even a command with no reply yet (a parked receive) may have
             # moved the next deadline: the server re-arms its timer.
             self.hub.input_done(self)
@@ -248,7 +253,8 @@ class Connection(asyncio.Protocol):
             self._waiters.pop(command, None)
         assert self._encoder is not None
         self._out.append(self._encoder.result(command, result))
-        self.hub.want_flush(self)
+        if not self._running_input:  # else input_done, just after, hands it over
+            self.hub.want_flush(self)
         if self._text_waiting and not self._waiters:
             # Not now: we may be inside another connection's call into the
             # broker, and held commands must not re-enter it.
