@@ -44,8 +44,8 @@ def test_client_never_imports_the_server():
     for path in ROOT.glob("wonderq_client/*.py"):
         imported = {name.split(".")[0] for name in imported_modules(path)}
         assert "wonderq_server" not in imported, path.name
-        assert imported <= {"__future__", "asyncio", "itertools", "collections", "types",
-                            "typing", "msgpack"}, (path.name, imported)
+        assert imported <= {"__future__", "asyncio", "contextlib", "itertools", "collections",
+                            "types", "typing", "msgpack"}, (path.name, imported)
 
 
 def test_client_ships_type_information():
