@@ -5,9 +5,10 @@ test_broker_dead_letters.py and test_broker_admin.py. All of them drive one `Bro
 numbers as the clock, starting at `T0`. This module holds the `b` fixture (a broker
 whose default lease is `VISIBILITY` and whose body limit is `MAX_BYTES`; conftest.py
 loads it through `pytest_plugins`), `counts` and `zero_counts` to compare a queue's
-stats, `check_invariants` to recount every queue by walking it, `error_code` to catch
-a CommandError's code, `Inbox` (a waiter's deliver callback that records its calls),
-and `ids_of` and `first_id` for message ids.
+stats, `check_invariants` to recount every queue by walking it, `stored` and `bodies`
+to read stored messages whether plain or not, `error_code` to catch a CommandError's
+code, `Inbox` (a waiter's deliver callback that records its calls), and `ids_of` and
+`first_id` for message ids.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 
 from wonderq_server.broker import Broker
 from wonderq_server.errors import CommandError
-from wonderq_server.message import DELAYED, LEASED, READY, Message
+from wonderq_server.message import DELAYED, LEASED, READY, Message, view
 
 T0 = 1_700_000_000.0
 VISIBILITY = 30.0
@@ -47,24 +48,43 @@ def zero_counts(**changes: int) -> dict[str, int]:
 
 
 def check_invariants(broker: Broker) -> None:
-    """check_invariants recounts every queue by walking it, and checks the waiter rule."""
+    """check_invariants recounts every queue by walking it, and checks the waiter rule.
+    A plain message (a body in the table, message.py) counts as READY, keyed by its id."""
     for q in broker.queues.values():
-        states = [m.state for m in q.messages.values()]
-        assert q.ready_count == states.count(READY)
+        plain = {i for i, m in q.messages.items() if type(m) is bytes}
+        objects = [m for m in q.messages.values() if type(m) is not bytes]
+        states = [m.state for m in objects]
+        assert q.ready_count == states.count(READY) + len(plain)
         assert q.leased_count == states.count(LEASED)
         assert q.delayed_count == states.count(DELAYED)
-        assert len(states) == q.ready_count + q.leased_count + q.delayed_count
+        assert len(q.messages) == q.ready_count + q.leased_count + q.delayed_count
         live_waiters = [w for w in q.waiters if not w.done]
         assert q.live_waiters() == len(live_waiters)
         assert not (q.ready_count and live_waiters), "ready messages and a live waiter"
-        for m in q.messages.values():
+        for i, m in q.messages.items():
+            if type(m) is bytes:
+                continue
+            assert isinstance(m, Message) and m.id == i
             assert (m.deadline_at is not None) == (m.state in (LEASED, DELAYED))
             assert m.queue is q
-        ready_keys = {m.ready_key for m in q.messages.values() if m.state == READY}
+        ready_keys = {m.ready_key for m in objects if m.state == READY} | plain
         assert ready_keys <= set(q.ready)  # every ready message can be found in the heap
     assert broker.stats(T0)["messages"] == sum(len(q.messages) for q in broker.queues.values())
     assert broker.stored_bytes == sum(broker._cost(m) for q in broker.queues.values()
                                       for m in q.messages.values())
+
+
+def stored(broker: Broker, name: str, message_id: int) -> Message:
+    """stored is a stored message as a Message: a plain one (message.py) through `view`,
+    a throwaway Message that is not stored, so reading it changes nothing."""
+    q = broker.queues[name]
+    return view(message_id, q.messages[message_id], q)
+
+
+def bodies(broker: Broker, name: str) -> list[bytes]:
+    """bodies: a queue's stored bodies, in its table's order, plain messages or not."""
+    q = broker.queues[name]
+    return [view(i, m, q).body for i, m in q.messages.items()]
 
 
 def assert_empty(broker: Broker) -> None:

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from wonderq_server.broker import Broker
+from wonderq_server.ids import id_time
 from wonderq_server.journal import Journal, RecoveryReport
 from wonderq_server.journal_format import FILE_HEADER, RECORD_HEADER_BYTES
-from wonderq_server.message import DELAYED, LEASED, READY
+from wonderq_server.message import DELAYED, LEASED, READY, Message
+from wonderq_server.queues import Queue
 
 T0 = 1_700_000_000.0
 VISIBILITY = 30.0
@@ -22,26 +24,36 @@ VISIBILITY = 30.0
 
 def broker_state(broker: Broker) -> dict[str, Any]:
     """broker_state: per queue, every message's id, body, state, deliveries, lease,
-    deadline_at and enqueued_at, the queue's counters, and the next deadline."""
+    deadline_at and enqueued_at, the queue's counters, and the next deadline. A plain
+    message (message.py) and a Message in the same state compare equal: both become
+    the same tuple (`message_state`)."""
     queues: dict[str, Any] = {}
     for name, q in broker.queues.items():
         if not q.messages and not q.explicit:
             continue
-        states = [m.state for m in q.messages.values()]
+        messages = {i: message_state(i, m, q) for i, m in q.messages.items()}
+        states = [m[1] for m in messages.values()]
         # The counters must agree with the messages, or the comparison below means little.
         assert (q.ready_count, q.leased_count, q.delayed_count) == (
             states.count(READY), states.count(LEASED), states.count(DELAYED)), name
-        for m in q.messages.values():
-            assert m.queue is q
-            assert (m.deadline_at is not None) == (m.state in (LEASED, DELAYED)), m
         queues[name] = {
             "counts": (q.ready_count, q.leased_count, q.delayed_count),
             "settings": (q.explicit, q.settings),
-            "messages": {m.id: (m.body, m.state, m.deliveries, m.lease, m.deadline_at,
-                                m.enqueued_at, m.priority, m.headers, m.origin, m.expires_at)
-                         for m in q.messages.values()},
+            "messages": messages,
         }
     return {"queues": queues, "next_deadline": broker.next_deadline()}
+
+
+def message_state(message_id: int, stored: Message | bytes, q: Queue) -> tuple[Any, ...]:
+    """message_state: (body, state, deliveries, lease, deadline_at, enqueued_at, priority,
+    headers, origin, expires_at), the same for a plain message and its Message form."""
+    if type(stored) is bytes:
+        return (stored, READY, 0, None, None, id_time(message_id), 0, None, None, None)
+    m = stored
+    assert isinstance(m, Message) and m.id == message_id and m.queue is q
+    assert (m.deadline_at is not None) == (m.state in (LEASED, DELAYED)), m
+    return (m.body, m.state, m.deliveries, m.lease, m.deadline_at, m.enqueued_at, m.priority,
+            m.headers, m.origin, m.expires_at)
 
 
 def open_broker(directory: Path, now: float, **journal_options: Any

@@ -23,7 +23,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from wonderq_server.broker import Broker
 from wonderq_server.errors import BODY_TOO_LARGE, LEASE_LOST, NOT_FOUND, CommandError
-from wonderq_server.message import DELAYED, LEASED, READY, Message
+from wonderq_server.message import DELAYED, LEASED, READY, Message, view
 
 T0 = 1_700_000_000.0
 DEFAULT_VISIBILITY = 3.0
@@ -356,7 +356,8 @@ class BrokerVersusModel(RuleBasedStateMachine):
 
     @invariant()
     def message_states_match(self) -> None:
-        stored = {i: m for q in self.broker.queues.values() for i, m in q.messages.items()}
+        stored = {i: view(i, m, q) for q in self.broker.queues.values()
+                  for i, m in q.messages.items()}
         assert set(stored) == set(self.messages)
         for i, m in self.messages.items():
             s = stored[i]

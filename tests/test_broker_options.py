@@ -17,6 +17,7 @@ from broker_helpers import (  # the `b` fixture comes from broker_helpers too, v
     error_code,
     first_id,
     ids_of,
+    stored,
     zero_counts,
 )
 
@@ -66,7 +67,7 @@ def test_queue_default_delay_applies_when_a_put_gives_none(b: Broker) -> None:
     default = b.put("q", b"a", T0)
     explicit_zero = b.put("q", b"b", T0, delay=0.0)  # 0 is a delay given: none
     own = b.put("q", b"c", T0, delay=2.0)
-    assert [b.queues["q"].messages[i].state for i in (default, explicit_zero, own)] == [
+    assert [stored(b, "q", i).state for i in (default, explicit_zero, own)] == [
         DELAYED, READY, DELAYED]
     assert b.queues["q"].messages[default].deadline_at == T0 + 7.0
     assert b.queues["q"].messages[own].deadline_at == T0 + 2.0
@@ -192,7 +193,8 @@ def test_queue_expiry_setting_applies_when_a_put_gives_none(b: Broker) -> None:
     never = b.put("q", b"b", T0, expiry=0.0)  # 0 given: never expires
     own = b.put("q", b"c", T0, expiry=3.0)
     messages = b.queues["q"].messages
-    assert [messages[i].expires_at for i in (default, never, own)] == [T0 + 8.0, None, T0 + 3.0]
+    assert [stored(b, "q", i).expires_at for i in (default, never, own)] == [
+        T0 + 8.0, None, T0 + 3.0]
     b.advance(T0 + 3.0)
     assert sorted(messages) == [default, never]
     b.advance(T0 + 8.0)

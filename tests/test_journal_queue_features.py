@@ -12,14 +12,26 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from broker_helpers import bodies
 from durability import T0, broker_state, open_broker, restored
 
 from wonderq_server.broker import Broker
 from wonderq_server.compaction import Compaction
 from wonderq_server.errors import NOT_FOUND, CommandError
 from wonderq_server.journal import Journal
-from wonderq_server.journal_format import DROP, MOVE, PURGE, PUTX, QUEUE, ReadResult, read_records
-from wonderq_server.message import DELAYED, LEASED, READY
+from wonderq_server.journal_format import (
+    DROP,
+    FILE_HEADER,
+    MOVE,
+    PURGE,
+    PUTX,
+    QUEUE,
+    SEQ,
+    ReadResult,
+    encode_record,
+    read_records,
+)
+from wonderq_server.message import DELAYED, LEASED, READY, Message
 
 
 def kinds(directory: Path) -> list[int]:
@@ -75,7 +87,7 @@ def test_queue_settings_purge_and_delete_replay(tmp_path: Path) -> None:
     assert again.queues["jobs"].settings.visibility_timeout == 5.0
     assert again.queues["empty"].explicit and not again.queues["empty"].messages
     assert "gone" not in again.queues
-    assert [m.body for m in again.queues["purged"].messages.values()] == [b"after the purge"]
+    assert bodies(again, "purged") == [b"after the purge"]
 
 
 def dead_lettering_broker(directory: Path) -> tuple[Journal, Broker, int]:
@@ -224,3 +236,81 @@ def test_priorities_keep_their_order_across_a_restart(tmp_path: Path) -> None:
     assert [m.id for m in again.peek("q", 20)] == want
     assert [m.id for m in again.receive("q", 20, None, T0 + 1)] == want
 
+
+
+def rewritten_without_puts(directory: Path, message_id: int) -> None:
+    """rewritten_without_puts rewrites the journal without the records about `message_id`
+    that come before its first MOVE, as a compacted journal may be (compaction.py)."""
+    [path] = [p for p in directory.iterdir() if p.name.startswith("journal.")]
+    records = list(read_records(path.read_bytes(), ReadResult()))
+    first_move = next(i for i, r in enumerate(records) if r[0] == MOVE and r[2] == message_id)
+    kept = [r for i, r in enumerate(records)
+            if i >= first_move or r[0] in (QUEUE, SEQ) or r[2] != message_id]
+    path.write_bytes(FILE_HEADER + b"".join(encode_record(r) for r in kept))
+
+
+def test_a_move_replayed_without_its_message_makes_it_whole(tmp_path: Path) -> None:
+    journal, broker, _ = open_broker(tmp_path, T0)
+    broker.create_queue("jobs", {"max_deliveries": 1, "dead_letter_queue": "dead",
+                                 "expiry": 500.0}, T0)
+    broker.create_queue("dead", {"expiry": 1000.0}, T0)
+    msg_id = broker.put("jobs", b"poison", T0, headers={"h": "v"}, priority=-3)
+    broker.put("jobs", b"bystander", T0)
+    [m] = broker.receive("jobs", 1, 10.0, T0)
+    broker.nack("jobs", m.id, m.lease, 0.0, T0 + 1)  # dead-lettered at once
+    [dead] = broker.receive("dead", 1, 10.0, T0 + 2)  # and leased there
+    journal.write_pending()
+    expected = broker_state(broker)
+    journal.close()
+    rewritten_without_puts(tmp_path, msg_id)
+    again, _ = restored(tmp_path, T0 + 3)
+    assert broker_state(again) == expected
+    moved = again.queues["dead"].messages[msg_id]
+    assert isinstance(moved, Message)
+    assert (moved.body, moved.headers, moved.priority, moved.deliveries, moved.origin,
+            moved.expires_at, moved.lease, moved.state) == (
+        b"poison", {"h": "v"}, -3, 2, ("jobs", T0 + 1), T0 + 1001, dead.lease, LEASED)
+    assert moved.enqueued_at == T0
+
+
+def test_a_redrive_replayed_without_its_message_makes_it_plain_or_not(tmp_path: Path) -> None:
+    journal, broker, _ = open_broker(tmp_path, T0)
+    broker.create_queue("jobs", {"max_deliveries": 1, "dead_letter_queue": "dead"}, T0)
+    msg_id = broker.put("jobs", b"back again", T0)
+    [m] = broker.receive("jobs", 1, 10.0, T0)
+    broker.nack("jobs", m.id, m.lease, 0.0, T0 + 1)
+    assert broker.redrive("dead", None, T0 + 2) == 1
+    journal.write_pending()
+    expected = broker_state(broker)
+    journal.close()
+    rewritten_without_puts(tmp_path, msg_id)  # the dead-lettering MOVE stays, then the redrive
+    again, _ = restored(tmp_path, T0 + 3)
+    assert broker_state(again) == expected
+    assert [m.body for m in again.receive("jobs", 5, None, T0 + 3)] == [b"back again"]
+
+
+def test_a_compaction_finds_messages_redriven_while_it_runs(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    from wonderq_server import compaction
+    monkeypatch.setattr(compaction, "SLICE_MESSAGES", 2)
+    journal, broker, _ = open_broker(tmp_path, T0)
+    broker.create_queue("jobs", {"max_deliveries": 1, "dead_letter_queue": "dead"}, T0)
+    ids = broker.put_many("jobs", [b"%d" % i for i in range(4)], T0)
+    for m in broker.receive("jobs", 4, 10.0, T0):
+        broker.nack("jobs", m.id, m.lease, 0.0, T0)  # all four in "dead" now
+    broker.put_many("jobs", [b"plain %d" % i for i in range(4)], T0)
+    journal.write_pending()
+    c = Compaction(journal, broker)
+    c.start()
+    c.step()  # two of the plain messages in "jobs"; "dead" comes after
+    assert broker.redrive("dead", 3, T0 + 1) == 3  # moved away before the slice of "dead"
+    journal.write_pending()
+    while not c.step():
+        journal.write_pending()
+    journal.write_pending()
+    c.presync()
+    c.switch(T0 + 2)
+    again = reopened_equal(tmp_path, journal, broker, T0 + 3)
+    assert set(again.queues["jobs"].messages) >= set(ids[:3])
+    assert set(again.queues["dead"].messages) == {ids[3]}

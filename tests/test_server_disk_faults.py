@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import pytest
+from broker_helpers import bodies
 
 from wonderq_client import StorageError, connect
 from wonderq_server.broker import Broker
@@ -85,8 +86,7 @@ async def test_disk_full_answers_storage_error_and_recovers(tmp_path):
         await server.stop()
     # The journal holds what was answered as stored, and nothing half-written.
     broker = reopen(tmp_path)
-    bodies = sorted(m.body for m in broker.queues["q"].messages.values())
-    assert bodies == [b"after", b"before"]
+    assert sorted(bodies(broker, "q")) == [b"after", b"before"]
 
 
 async def test_acks_during_disk_full_are_refused_and_not_lost(tmp_path):
@@ -105,7 +105,7 @@ async def test_acks_during_disk_full_are_refused_and_not_lost(tmp_path):
         await server.stop()
     # The ack was never on disk, so the message comes back: at least once.
     broker = reopen(tmp_path)
-    assert [m.body for m in broker.queues["q"].messages.values()] == [b"job"]
+    assert bodies(broker, "q") == [b"job"]
 
 
 async def test_failed_fsync_stops_the_server(tmp_path):

@@ -8,11 +8,25 @@ at `next_deadline()`, fires. This module is the message path (put, receive,
 ack, nack, touch, deadlines, dead-lettering, expiry); commands about whole
 queues live in queue_admin.py, and the replay of journal records in replay.py.
 
+Design decision (issue 6): a put with nothing but a body stores the body
+alone, a *plain* message (message.py), counted READY and pushed on the ready
+heap like any other; the broker makes it a Message only when it must change
+it (`_take` leases it; replay restores a state, an ack or a move onto it).
+The put path of nearly every message, and a backlog of millions, then carry
+no object per message.
+
 Rules:
 * A message is in exactly one state (message.py) and is counted in exactly
   one of its queue's counters. `_detach`, the `_make_*` functions, `_drop`
   and `_move` are the only code that moves a message between states or
-  queues, so counters cannot drift.
+  queues, so counters cannot drift; besides them, `_store_plain` stores a
+  plain message READY, and `_remove_all` (queue_admin.py) uncounts one.
+* Everything that reads a queue's table handles both forms of a message:
+  a Message, or a plain message's body (`type(value) is bytes`). A plain
+  message is READY and its ready-heap key is its id; an ack, nack or touch
+  naming one is LEASE_LOST (it was never leased), and it costs
+  `len(body) + MESSAGE_OVERHEAD_BYTES` against --max-memory, like a Message
+  without headers, so materializing one changes no accounting.
 * Only the lease of the latest delivery can ack, nack or touch a message.
   A lease that ran out still works until the message is delivered again
   (late ack); after that every older lease gets LEASE_LOST and changes
@@ -72,6 +86,7 @@ from .message import (
     READY,
     ExpiryTimer,
     Message,
+    materialize,
 )
 from .queue_admin import QueueAdmin
 from .queues import Queue, Waiter, check_queue_name
@@ -93,6 +108,7 @@ class ChangeLog(Protocol):
     """Where the broker reports changes that must survive a restart (journal.py)."""
 
     def put(self, msg: Message) -> None: ...
+    def put_plain(self, q: Queue, message_id: int, body: bytes) -> None: ...
     def state(self, msg: Message) -> None: ...
     def lease_ended(self, msg: Message) -> None: ...
     def ack(self, msg: Message) -> None: ...
@@ -155,13 +171,14 @@ class Broker(QueueAdmin, Replay):
         return q
 
     def _existing_message(self, name: str, message_id: int, lease: int) -> Message:
-        """_existing_message finds a message and checks that `lease` is its latest."""
+        """_existing_message finds a message and checks that `lease` is its latest.
+        A plain message was never leased, so no lease holds it (and it stays plain)."""
         q = self.queues.get(name)
         msg = q.messages.get(message_id) if q is not None else None
         if msg is None:
             raise CommandError(NOT_FOUND, f"no message {message_id} in queue {name!r}"
                                " (acked, expired or moved already, or never put)")
-        if msg.lease != lease:
+        if type(msg) is bytes or msg.lease != lease:
             raise CommandError(LEASE_LOST, f"lease {lease} no longer holds message "
                                f"{message_id}: it has been delivered again since")
         return msg
@@ -199,9 +216,13 @@ class Broker(QueueAdmin, Replay):
             if isinstance(item, CommandError):
                 results.append(item)
                 continue
-            if isinstance(item, bytes):
-                item = {"body": item}
             try:
+                if type(item) is bytes:  # a body alone: no dict made for it
+                    self._check_body(item)
+                    results.append(self._store(q, item, now, None, 0, None, None))
+                    continue
+                if isinstance(item, bytes):
+                    item = {"body": item}
                 self._check_body(item["body"])
                 results.append(self._store(q, item["body"], now, item.get("delay"),
                                            item.get("priority") or 0, item.get("headers"),
@@ -215,29 +236,35 @@ class Broker(QueueAdmin, Replay):
 
     def _store(self, q: Queue, body: bytes, now: float, delay: float | None, priority: int,
                headers: dict[str, str] | None, expiry: float | None) -> int:
-        """_store stores a message whose body the caller has checked (`_check_body`)."""
+        """_store stores a message whose body the caller has checked (`_check_body`).
+
+        A message with no priority, headers, delay or expiry (its own or its
+        queue's) is stored plain (`_store_plain`); any other as a Message.
+        """
         settings = q.settings
         if settings.max_length and len(q.messages) >= settings.max_length:
             raise CommandError(FULL, f"queue {q.name!r} holds {len(q.messages)} messages, its "
                                "max_length; nothing was stored (retry after consumers catch up)")
-        msg = Message(0, body, now, q, priority, headers or None)
+        if type(body) is not bytes:  # a plain message is told apart by its exact type
+            body = bytes(body)
+        if expiry is None:
+            expiry = settings.expiry
+        if delay is None:
+            delay = settings.delay
+        if not (priority or headers or expiry or delay):
+            return self._store_plain(q, body, now)
+        msg = Message(0, body, q, priority, headers or None)
         cost = self._cost(msg)
-        if self.max_memory_bytes and self.stored_bytes + cost > self.max_memory_bytes:
-            raise CommandError(FULL, f"the server's stored messages take {self.stored_bytes} "
-                               f"of {self.max_memory_bytes} bytes (--max-memory); nothing was "
-                               "stored (retry after consumers catch up)")
+        if self.max_memory_bytes:
+            self._check_memory(cost)
         msg.id = self.ids.next(now)  # only now: a refused put uses no id
         self.stored_bytes += cost
         q.ever_held = True
         q.messages[msg.id] = msg
         q.put_total += 1
         q.body_bytes += len(body)
-        if expiry is None:
-            expiry = settings.expiry
         if expiry:
             self._set_expiry(msg, now + expiry)
-        if delay is None:
-            delay = settings.delay
         if delay:
             self._make_delayed(msg, now + delay)
         else:
@@ -246,14 +273,43 @@ class Broker(QueueAdmin, Replay):
             self.journal.put(msg)
         return msg.id
 
+    def _store_plain(self, q: Queue, body: bytes, now: float) -> int:
+        """_store_plain stores a plain message: its body under its id, READY (what
+        `_make_ready` does for a Message, with the id as its ready key)."""
+        cost = len(body) + MESSAGE_OVERHEAD_BYTES
+        if self.max_memory_bytes:
+            self._check_memory(cost)
+        msg_id = self.ids.next(now)  # only now: a refused put uses no id
+        self.stored_bytes += cost
+        q.ever_held = True
+        q.messages[msg_id] = body
+        q.put_total += 1
+        q.body_bytes += len(body)
+        q.ready_count += 1
+        heapq.heappush(q.ready, msg_id)
+        _compact_ready(q)  # bounds the heap, as in _make_ready
+        if self.journal is not None:
+            self.journal.put_plain(q, msg_id, body)
+        return msg_id
+
+    def _check_memory(self, cost: int) -> None:
+        """_check_memory refuses a put of `cost` that would pass --max-memory (when set)."""
+        if self.stored_bytes + cost > self.max_memory_bytes:
+            raise CommandError(FULL, f"the server's stored messages take {self.stored_bytes} "
+                               f"of {self.max_memory_bytes} bytes (--max-memory); nothing was "
+                               "stored (retry after consumers catch up)")
+
     def _check_body(self, body: bytes) -> None:
         if len(body) > self.max_message_bytes:
             raise CommandError(BODY_TOO_LARGE, f"message body is {len(body)} bytes, over the "
                                f"limit of {self.max_message_bytes} (--max-message-bytes)")
 
     @staticmethod
-    def _cost(msg: Message) -> int:
-        """_cost is what a message counts against --max-memory (and in stored_bytes)."""
+    def _cost(msg: Message | bytes) -> int:
+        """_cost is what a message, plain or not, counts against --max-memory (and in
+        stored_bytes)."""
+        if type(msg) is bytes:
+            return len(msg) + MESSAGE_OVERHEAD_BYTES
         if msg.headers is None:
             return len(msg.body) + MESSAGE_OVERHEAD_BYTES
         return len(msg.body) + msg.header_bytes() + MESSAGE_OVERHEAD_BYTES
@@ -308,12 +364,19 @@ class Broker(QueueAdmin, Replay):
 
     def _take(self, q: Queue, max_messages: int, visibility_s: float,
               now: float) -> list[Message]:
+        """_take leases up to `max_messages` ready messages; a plain one is materialized
+        (once: it stays a Message from then on)."""
         taken: list[Message] = []
         ready, messages = q.ready, q.messages
         while q.ready_count and len(taken) < max_messages:
-            msg = messages.get(heapq.heappop(ready) & ID_MASK)
-            if msg is None or msg.state != READY:
-                continue  # a stale entry: acked late, or already leased again
+            message_id = heapq.heappop(ready) & ID_MASK
+            msg = messages.get(message_id)
+            if msg is None:
+                continue  # a stale entry: acked, moved or purged since
+            if type(msg) is bytes:
+                msg = materialize(messages, message_id, msg, q)
+            elif msg.state != READY:
+                continue  # a stale entry: leased again, or delayed
             self._detach(msg)
             self._make_leased(msg, now + visibility_s)
             msg.deliveries += 1
@@ -574,7 +637,7 @@ class Broker(QueueAdmin, Replay):
         msg.state = READY
         q.ready_count += 1
         heapq.heappush(q.ready, msg.ready_key)
-        _compact_ready(q)  # the heap grows only here, so checking here bounds it
+        _compact_ready(q)  # the heap grows only here and in _store_plain: this bounds it
 
     def _make_leased(self, msg: Message, deadline_at: float) -> None:
         msg.state = LEASED
@@ -599,7 +662,8 @@ def _compact_ready(q: Queue) -> None:
     if len(q.ready) > READY_HEAP_FACTOR * q.ready_count + READY_HEAP_SLACK:
         messages = q.messages
         q.ready = list({key for key in q.ready
-                        if (m := messages.get(key & ID_MASK)) is not None and m.state == READY})
+                        if (m := messages.get(key & ID_MASK)) is not None
+                        and (type(m) is bytes or m.state == READY)})
         heapq.heapify(q.ready)
 
 

@@ -9,14 +9,17 @@ a time, between event-loop iterations, while the server keeps running:
    here on, every record the server writes to the live journal is also
    written to the .tmp file, in the same order.
 2. step: for the next `SLICE_MESSAGES` messages, write each one still stored
-   as a PUT or PUTX in the queue it is in *now* (plus a STATE if it was ever
-   delivered or is not ready). The list holds the messages themselves, not
-   (queue, id) pairs, so a message moved to another queue since the start
-   (dead-lettered, redriven) is still found, and written where it now is.
-   Each record states a whole state, so a snapshot written after a live
-   record about the same message simply supersedes it, and a live record
-   after the snapshot supersedes the snapshot: replaying the file in order
-   gives the current state.
+   as a PUT or PUTX (plus a STATE if it was ever delivered or is not ready).
+   The list holds (queue name, id) pairs, looked up at step time, not the
+   messages themselves: most messages are plain (message.py), a body with
+   no object to hold on to. A message no longer where the list says was
+   acked, purged or moved since the start; it is skipped, and a moved one
+   still reaches the new file, because its MOVE record holds the whole
+   message and replay makes it in its new queue from that record alone
+   (replay.py). Each record states a whole state, so a snapshot written
+   after a live record about the same message simply supersedes it, and a
+   live record after the snapshot supersedes the snapshot: replaying the
+   file in order gives the current state.
 3. pre-sync: fsync the .tmp file in a worker thread (the bulk of the data).
 4. switch, in the loop, at a moment when no fsync of the live journal runs:
    fsync the little written since the pre-sync, rename .tmp over
@@ -40,13 +43,19 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from .journal import CompactionFailed, Journal, journal_path, put_record, state_record
+from .journal import (
+    CompactionFailed,
+    Journal,
+    journal_path,
+    plain_put_record,
+    put_record,
+    state_record,
+)
 from .journal_format import FILE_HEADER, QUEUE, SEQ, encode_record
-from .message import DELETED, READY
+from .message import READY
 
 if TYPE_CHECKING:
     from .broker import Broker
-    from .message import Message
 
 logger = logging.getLogger("wonderq.journal")
 
@@ -77,7 +86,7 @@ class Compaction:
         self.records = 0  # records in the new file
         self.fd = -1
         self.presynced = False  # set once the bulk fsync of the .tmp file is done
-        self._messages: Iterator[Message] | None = None
+        self._messages: Iterator[tuple[str, int]] | None = None
 
     def start(self) -> None:
         """start opens the .tmp file and begins receiving every live record too."""
@@ -89,8 +98,8 @@ class Compaction:
         self._write(FILE_HEADER + b"".join(head))
         self.records = len(head)
         # Messages now; those put later reach the new file through their own records.
-        snapshot = [list(q.messages.values()) for q in queues.values()]
-        self._messages = (msg for messages in snapshot for msg in messages)
+        snapshot = [(q.name, list(q.messages)) for q in queues.values()]
+        self._messages = ((name, message_id) for name, ids in snapshot for message_id in ids)
         self.journal.compaction_fd = self.fd
         self.journal.compaction_records = 0
 
@@ -99,13 +108,20 @@ class Compaction:
         assert self._messages is not None
         records: list[bytes] = []
         count = size = 0
-        for msg in self._messages:
-            if msg.state == DELETED:
-                continue  # acked (or expired, purged) since the list was taken
-            records.append(encode_record(put_record(msg)))
-            size += len(records[-1])
-            if msg.deliveries or msg.state != READY:
-                records.append(encode_record(state_record(msg)))
+        queues = self.broker.queues
+        for name, message_id in self._messages:
+            q = queues.get(name)
+            msg = q.messages.get(message_id) if q is not None else None
+            if msg is None:
+                continue  # acked, expired, purged or moved since the list was taken
+            if type(msg) is bytes:
+                records.append(encode_record(plain_put_record(name, message_id, msg)))
+                size += len(records[-1])
+            else:
+                records.append(encode_record(put_record(msg)))
+                size += len(records[-1])
+                if msg.deliveries or msg.state != READY:
+                    records.append(encode_record(state_record(msg)))
             count += 1
             if count >= SLICE_MESSAGES or size >= SLICE_BYTES:
                 break

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .ids import id_time
 from .journal_format import (
     ACK,
     DROP,
@@ -242,6 +243,13 @@ class Journal:
         self.durable_pending = True
         self.live_bytes += len(record)
 
+    def put_plain(self, q: Queue, message_id: int, body: bytes) -> None:
+        """put_plain: the PUT of a plain message (message.py), which has no Message."""
+        record = encode_record(plain_put_record(q.name, message_id, body))
+        self._pending.append(record)
+        self.durable_pending = True
+        self.live_bytes += len(record)
+
     def state(self, msg: Message) -> None:
         self._pending.append(encode_record(state_record(msg)))
         if msg.state != LEASED:  # a nack; leases and touches never make anyone wait
@@ -258,9 +266,16 @@ class Journal:
                               - PUT_RECORD_OVERHEAD)
 
     def move(self, msg: Message, from_queue: str) -> None:
+        """move: the whole moved message, so replay can make it without its PUT."""
+        options: dict[str, Any] = {}
+        if msg.priority:
+            options["priority"] = msg.priority
+        if msg.headers:
+            options["headers"] = msg.headers
         self._pending.append(encode_record(
             [MOVE, from_queue, msg.id, msg.queue.name, msg.deliveries,
-             list(msg.origin) if msg.origin else None, msg.expires_at]))
+             list(msg.origin) if msg.origin else None, msg.expires_at,
+             msg.body, msg.enqueued_at, options]))
         self.durable_pending = True
 
     def queue_settings(self, q: Queue) -> None:
@@ -335,7 +350,8 @@ class Journal:
                                 f"({exc}); it can no longer be trusted") from exc
 
     def sync(self) -> None:
-        """sync makes everything written so far durable (fsync). Runs in a worker thread.
+        """sync makes everything written so far durable (fsync). Under `always` it runs on
+        the event loop, under `everysec` in a worker thread (group_commit.py).
 
         An fsync failure means the kernel may have dropped written pages: the
         log can no longer be trusted, and JournalBroken says so.
@@ -392,15 +408,33 @@ class CompactionFailed(JournalError):
 
 
 def replay_records(broker: Broker, records: Any, now: float) -> None:
-    """replay_records applies journal records to a broker, in order."""
+    """replay_records applies journal records to a broker, in order.
+
+    Consecutive PUT records to one queue go to `restore_puts` a run at a time
+    (a start replays one for every message waiting, millions): the run is
+    applied before any other record, so the order holds.
+    """
     restore_put = broker.restore_put
     restore_state = broker.restore_state
     restore_ack = broker.restore_ack
+    run_queue = ""
+    run_ids: list[int] = []
+    run_bodies: list[bytes] = []
     for record in records:
         kind = record[0]
         if kind == PUT:
-            restore_put(record[1], record[2], record[3], record[4])
-        elif kind == STATE:
+            if record[1] != run_queue:
+                if run_ids:
+                    broker.restore_puts(run_queue, run_ids, run_bodies)
+                    run_ids, run_bodies = [], []
+                run_queue = record[1]
+            run_ids.append(record[2])
+            run_bodies.append(record[3])
+            continue
+        if run_ids:
+            broker.restore_puts(run_queue, run_ids, run_bodies)
+            run_ids, run_bodies = [], []
+        if kind == STATE:
             _, queue, message_id, state, deadline_at, deliveries, lease = record
             if state not in (LEASED, DELAYED):
                 state = 0
@@ -410,15 +444,17 @@ def replay_records(broker: Broker, records: Any, now: float) -> None:
         elif kind == SEQ:
             broker.ids.observe(record[1])
         elif kind == PUTX:
-            restore_put(record[1], record[2], record[3], record[4], record[5])
-        elif kind == MOVE:
-            broker.restore_move(*record[1:7])
+            restore_put(record[1], record[2], record[3], record[5])
+        elif kind == MOVE:  # record[8], enqueued_at, is the time in the id
+            broker.restore_move(*record[1:8], record[9])
         elif kind == QUEUE:
             broker.restore_queue_settings(record[1], record[2])
         elif kind == PURGE:
             broker.restore_purge(record[1])
         elif kind == DROP:
             broker.restore_delete_queue(record[1])
+    if run_ids:
+        broker.restore_puts(run_queue, run_ids, run_bodies)
 
 
 def state_record(msg: Message) -> list[Any]:
@@ -443,3 +479,8 @@ def put_record(msg: Message) -> list[Any]:
     if not options:
         return [PUT, msg.queue.name, msg.id, msg.body, msg.enqueued_at]
     return [PUTX, msg.queue.name, msg.id, msg.body, msg.enqueued_at, options]
+
+
+def plain_put_record(queue: str, message_id: int, body: bytes) -> list[Any]:
+    """plain_put_record is a plain message's PUT (message.py)."""
+    return [PUT, queue, message_id, body, id_time(message_id)]

@@ -24,15 +24,27 @@ in the same state as replaying it once):
                                                  not default: priority, headers,
                                                  expires_at, origin [queue, moved_at],
                                                  delayed_until
-    MOVE   [6, from_queue, id, to_queue, deliveries, origin or nil, expires_at or nil]
+    MOVE   [6, from_queue, id, to_queue, deliveries, origin or nil, expires_at or nil,
+            body, enqueued_at, {options}]
                                                  dead-lettered (origin given) or
-                                                 redriven (nil); ready in to_queue
+                                                 redriven (nil); ready in to_queue.
+                                                 The whole message (options as in
+                                                 PUTX: priority, headers), so a MOVE
+                                                 whose message is not in from_queue
+                                                 makes it in to_queue
     QUEUE  [7, queue, {settings}]                an explicit queue's whole settings
     PURGE  [8, queue]                            every message of the queue deleted
     DROP   [9, queue]                            the queue and its messages deleted
 
 A move is one record, not an ACK and a PUT, so no crash can leave a message
-in neither queue (or in both).
+in neither queue (or in both). It holds the whole message because a
+compacted journal may have no PUT of it before the MOVE (compaction.py
+writes its snapshot by (queue, id) and passes over a message that moved
+away before its turn).
+
+enqueued_at (PUT, PUTX, MOVE) is the time in the message's id, to the
+millisecond (ids.py), and replay takes it from the id rather than from this
+field (which servers before issue 6 filled with the exact time of the put).
 
 Example: a put of b"hi" to queue "q" with id 7 at time 1.5 is the payload
 msgpack([1, "q", 7, b"hi", 1.5]) = 95 01 a1 71 07 c4 02 68 69 cb 3f f8 00 00 00 00 00 00
@@ -124,9 +136,15 @@ def _decode(body: bytes | memoryview) -> tuple[list[Any] | None, str | None]:
         payload = msgpack.unpackb(body, raw=False, strict_map_key=False)
     except Exception as exc:
         return None, f"undecodable payload ({type(exc).__name__}: {exc})"
-    if not isinstance(payload, list) or not payload or payload[0] not in KINDS:
+    if not _known(payload):
         return None, f"unknown record {str(payload)[:40]}"
     return payload, None
+
+
+def _known(payload: Any) -> bool:
+    """_known: a payload is a non-empty array whose first item names a kind."""
+    return (type(payload) is list and bool(payload) and type(payload[0]) is int
+            and payload[0] in KINDS)
 
 
 def _next_valid(view: memoryview, start: int, end: int) -> int | None:
@@ -151,51 +169,72 @@ def read_records(data: bytes | memoryview, result: ReadResult,
                  repair: bool = False) -> Iterator[list[Any]]:
     """read_records yields each good record's payload from a whole journal file.
 
-    `result` is filled in as reading goes on; it is complete once the
-    iterator is exhausted. Raises JournalCorrupt for damage before the tail
-    (unless `repair`), never for a torn tail.
+    `result` is complete once the iterator is exhausted (or closed). Raises
+    JournalCorrupt for damage before the tail (unless `repair`), never for a
+    torn tail.
+
+    A good record takes the loop's first branch alone, with no call beyond
+    the header's, the checksum's and the decoder's: a start replays millions.
+    Anything else goes to `_diagnose`, which tells a torn tail from damage.
     """
     check_header(data)
     view = memoryview(data)
     end = len(view)
-    pos = result.good_end = len(FILE_HEADER)
-    crc32 = zlib.crc32
-    while pos < end:
-        if end - pos < RECORD_HEADER_BYTES:
-            result.torn_tail_bytes = end - pos
-            break
-        size, checksum = unpack_header(view, pos)
-        stop = pos + RECORD_HEADER_BYTES + size
-        framed_whole = False  # length and checksum hold: the record was written whole
-        if stop > end:
-            problem = f"record length {size} runs past the end of the file"
-        elif crc32(body := view[pos + RECORD_HEADER_BYTES:stop]) != checksum:
-            problem = "checksum mismatch"
-        else:
-            framed_whole = True
-            payload, problem = _decode(body)
-        if problem is not None:
-            # A crash mid-write leaves a prefix of the last write, so nothing
-            # valid can follow a torn record; zeros are what some file systems
-            # leave after a power cut. A record framed whole is damage (or a
-            # newer format) even at the end, and is skipped by its length.
-            if _all_zero(view, pos, end):
-                resume = None
-                torn = True
-            elif framed_whole:
-                resume, torn = stop, False
-            else:
-                resume = _next_valid(view, pos + 1, end)
-                torn = resume is None
-            if torn:
+    pos = len(FILE_HEADER)
+    crc32, unpackb, kinds = zlib.crc32, msgpack.unpackb, KINDS
+    records = 0
+    try:
+        while pos < end:
+            if end - pos >= RECORD_HEADER_BYTES:
+                size, checksum = unpack_header(view, pos)
+                stop = pos + RECORD_HEADER_BYTES + size
+                if stop <= end and crc32(body := view[pos + RECORD_HEADER_BYTES:stop]) == checksum:
+                    try:
+                        payload = unpackb(body, raw=False, strict_map_key=False)
+                    except Exception:
+                        payload = None
+                    if (type(payload) is list and payload and type(payload[0]) is int
+                            and payload[0] in kinds):
+                        records += 1
+                        pos = stop
+                        yield payload
+                        continue
+            problem, resume = _diagnose(view, pos, end)
+            if resume is None:
                 result.torn_tail_bytes = end - pos
                 break
             if not repair:
                 raise JournalCorrupt(pos, problem)
             result.skipped.append((pos, problem))
-            pos = result.good_end = resume
-            continue
-        result.records += 1
-        pos = stop
+            pos = resume
+    finally:
+        result.records += records
         result.good_end = pos
-        yield payload
+
+
+def _diagnose(view: memoryview, pos: int, end: int) -> tuple[str, int | None]:
+    """_diagnose says what is wrong with the record at `pos` and where reading may
+    resume after it: (problem, offset), or (problem, None) for a torn tail.
+
+    A crash mid-write leaves a prefix of the last write, so nothing valid can
+    follow a torn record; zeros are what some file systems leave after a power
+    cut. A record framed whole (its length and checksum hold) is damage (or a
+    newer format) even at the end, and is skipped by its length.
+    """
+    if end - pos < RECORD_HEADER_BYTES:
+        return "a record header cut short", None
+    size, checksum = unpack_header(view, pos)
+    stop = pos + RECORD_HEADER_BYTES + size
+    framed_whole = False
+    if stop > end:
+        problem = f"record length {size} runs past the end of the file"
+    elif zlib.crc32(view[pos + RECORD_HEADER_BYTES:stop]) != checksum:
+        problem = "checksum mismatch"
+    else:
+        framed_whole = True
+        problem = _decode(view[pos + RECORD_HEADER_BYTES:stop])[1] or "unknown record"
+    if _all_zero(view, pos, end):
+        return problem, None
+    if framed_whole:
+        return problem, stop
+    return problem, _next_valid(view, pos + 1, end)

@@ -1,8 +1,8 @@
 """One stored message and the states it moves through.
 
 Design decision: a message is a small `__slots__` object that lives in its
-queue's table from put until ack. Its state says which of the queue's
-structures is responsible for it:
+queue's table from put until ack (unless it is plain, below). Its state says
+which of the queue's structures is responsible for it:
 
     READY    in the queue's ready heap, handed out oldest first
     LEASED   held by one consumer until `deadline_at` (in the deadline heap)
@@ -14,7 +14,25 @@ dict of str to str, or None), and an expiry, kept as an `ExpiryTimer` in the
 deadline heap beside any lease or delay. A message moved to a dead-letter
 queue carries `origin`: (the queue it came from, when it was moved).
 
+Design decision (issue 6, memory per message): most messages are *plain*:
+put without options and never delivered yet. A plain message is not an
+object of its own: the queue's table holds its body, the `bytes` itself,
+under its id (queues.py). That saves a Message object (about 120 bytes)
+for each of the millions of messages a backlog may hold. A
+plain message becomes a Message ("materialized", `materialize` below, which
+replaces the table's value) the first time something must change it or hand
+it out: a lease, a restore of its state, a move. `view` makes a throwaway
+Message for code that only reads one (peek, message_info).
+
 Rules:
+* A plain message (a `bytes` value in a queue's table) is READY, never
+  delivered (deliveries 0, no lease), priority 0, with no headers, no expiry,
+  no delay and no origin. Anything else is a Message. A Message never turns
+  back into a plain message.
+* Code that reads a queue's table handles both forms; `type(value) is bytes`
+  tells them apart (bodies are stored as exact `bytes`, never a subclass).
+* `enqueued_at` is not stored: it is the time in the message's id (ids.py),
+  to the millisecond, for plain messages and Messages alike.
 * `lease` is the token of the latest delivery. It survives the lease running
   out, so a late ack succeeds until the message is delivered again; a new
   delivery replaces it, which is what makes every older lease stale.
@@ -34,6 +52,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .ids import id_time
+
 READY = 0
 LEASED = 1
 DELAYED = 2
@@ -45,21 +65,21 @@ STATE_NAMES = {READY: "ready", LEASED: "leased", DELAYED: "delayed", DELETED: "d
 PRIORITY_SHIFT = 62
 ID_MASK = (1 << PRIORITY_SHIFT) - 1
 DEFAULT_PRIORITY = 0
-# What one stored message costs against --max-memory beyond its body and
-# headers: the Message object, its id, its table and heap entries.
+# What one stored message counts against --max-memory beyond its body and
+# headers, plain or not: a fixed figure (its id, its table and heap entries,
+# a Message once it has one), so the same messages always give the same answer.
 MESSAGE_OVERHEAD_BYTES = 200
 
 
 class Message:
-    __slots__ = ("body", "deadline_at", "deliveries", "enqueued_at", "expiry", "headers", "id",
-                 "lease", "origin", "priority", "queue", "state")
+    __slots__ = ("body", "deadline_at", "deliveries", "expiry", "headers", "id", "lease",
+                 "origin", "priority", "queue", "state")
 
-    def __init__(self, message_id: int, body: bytes, enqueued_at: float, queue: Any,
+    def __init__(self, message_id: int, body: bytes, queue: Any,
                  priority: int = DEFAULT_PRIORITY,
                  headers: dict[str, str] | None = None) -> None:
         self.id = message_id
         self.body = body
-        self.enqueued_at = enqueued_at
         self.queue = queue
         self.state = READY
         self.deliveries = 0
@@ -69,6 +89,11 @@ class Message:
         self.headers = headers
         self.expiry: ExpiryTimer | None = None
         self.origin: tuple[str, float] | None = None  # (queue, moved_at) after dead-lettering
+
+    @property
+    def enqueued_at(self) -> float:
+        """enqueued_at is when the message was put: the time in its id, to the millisecond."""
+        return id_time(self.id)
 
     @property
     def ready_key(self) -> int:
@@ -89,6 +114,22 @@ class Message:
     def __repr__(self) -> str:
         return (f"Message(id={self.id}, state={STATE_NAMES[self.state]}, "
                 f"deliveries={self.deliveries}, lease={self.lease})")
+
+
+def materialize(messages: dict[int, Message | bytes], message_id: int, body: bytes,
+                queue: Any) -> Message:
+    """materialize turns the plain message `message_id` (its body is `body`) into a READY
+    Message in its queue's table, in place: same id, same place in the table's order."""
+    msg = messages[message_id] = Message(message_id, body, queue)
+    return msg
+
+
+def view(message_id: int, stored: Message | bytes, queue: Any) -> Message:
+    """view is a message as a Message for reading only: the Message itself, or for a
+    plain message a throwaway one (READY, no lease) that is never stored."""
+    if isinstance(stored, Message):
+        return stored
+    return Message(message_id, stored, queue)
 
 
 class ExpiryTimer:

@@ -22,6 +22,9 @@ Rules:
   one whose origin queue is full stays.
 * peek shows what receive would hand out next, without leasing, and never
   shows a lease token (a peeker must not be able to ack).
+* A plain message (message.py) is read where it lies, never materialized:
+  peek and message_info show it through a throwaway Message (`view`), purge
+  and delete uncount it, redrive passes over it (it has no origin).
 
 Must not know: sockets, asyncio, wire formats, the clock.
 """
@@ -32,7 +35,8 @@ import heapq
 from typing import TYPE_CHECKING, Any
 
 from .errors import NOT_FOUND, QUEUE_EXISTS, QUEUE_NOT_FOUND, CommandError
-from .message import DELETED, ID_MASK, READY, STATE_NAMES, Message
+from .ids import id_time
+from .message import DELETED, ID_MASK, MESSAGE_OVERHEAD_BYTES, READY, STATE_NAMES, Message, view
 from .queue_settings import QueueSettings
 from .queues import Queue
 from .rates import RateWindow
@@ -99,7 +103,8 @@ class QueueAdmin:
 
         It walks the ready heap from its root, smallest key first, keeping a
         small heap of the frontier: O(k log k) for k messages, whatever the
-        queue's length, skipping stale entries as receive would.
+        queue's length, skipping stale entries as receive would. Plain
+        messages come back as throwaway Messages (`view`), not stored.
         """
         q = self._admin_queue(name)
         ready, messages = q.ready, q.messages
@@ -111,18 +116,21 @@ class QueueAdmin:
             for child in (2 * index + 1, 2 * index + 2):
                 if child < len(ready):
                     heapq.heappush(frontier, (ready[child], child))
-            msg = messages.get(key & ID_MASK)
-            if msg is None or msg.state != READY or msg.id in seen:
+            message_id = key & ID_MASK
+            stored = messages.get(message_id)
+            if (stored is None or message_id in seen
+                    or (type(stored) is not bytes and stored.state != READY)):
                 continue
-            seen.add(msg.id)
-            found.append(msg)
+            seen.add(message_id)
+            found.append(view(message_id, stored, q))
         return found
 
     def message_info(self: Broker, name: str, message_id: int, now: float) -> dict[str, Any]:
         q = self._admin_queue(name)
-        msg = q.messages.get(message_id)
-        if msg is None:
+        stored = q.messages.get(message_id)
+        if stored is None:
             raise CommandError(NOT_FOUND, f"no message {message_id} in queue {name!r}")
+        msg = view(message_id, stored, q)
         return {
             "id": msg.id,
             "queue": q.name,
@@ -160,6 +168,10 @@ class QueueAdmin:
     def _remove_all(self: Broker, q: Queue) -> int:
         removed = len(q.messages)
         for msg in q.messages.values():
+            if type(msg) is bytes:  # plain: READY, in no structure but the table and heap
+                q.ready_count -= 1
+                self.stored_bytes -= len(msg) + MESSAGE_OVERHEAD_BYTES
+                continue
             self._detach(msg)
             self._cancel_expiry(msg)
             msg.state = DELETED
@@ -183,7 +195,12 @@ class QueueAdmin:
         while q.ready_count > len(kept) and moved < limit:
             key = heapq.heappop(q.ready)
             msg = q.messages.get(key & ID_MASK)
-            if msg is None or msg.state != READY:
+            if msg is None:
+                continue  # a stale entry
+            if type(msg) is bytes:  # plain: never dead-lettered, nowhere to go back to
+                kept.append(key)
+                continue
+            if msg.state != READY:
                 continue  # a stale entry
             target = None
             if msg.origin is not None and msg.origin[0] != q.name:
@@ -216,7 +233,7 @@ class QueueAdmin:
 
     def _queue_counts(self: Broker, q: Queue, now: float) -> dict[str, Any]:
         put_rate, ack_rate, redelivered_rate = q.rates.rates(now, q.totals())
-        oldest = next(iter(q.messages.values()), None)
+        oldest = next(iter(q.messages), None)  # the id of the first message in the table
         return {
             "messages": len(q.messages),
             "ready": q.ready_count,
@@ -228,7 +245,8 @@ class QueueAdmin:
             "redelivered_total": q.redelivered_total,
             "dead_lettered_total": q.dead_lettered_total,
             "expired_total": q.expired_total,
-            "oldest_age_s": round(max(0.0, now - oldest.enqueued_at), 3) if oldest else 0.0,
+            "oldest_age_s": round(max(0.0, now - id_time(oldest)), 3) if oldest is not None
+            else 0.0,
             "put_rate": put_rate,
             "ack_rate": ack_rate,
             "redelivered_rate": redelivered_rate,

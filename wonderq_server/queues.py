@@ -3,7 +3,9 @@
 Design decision: a queue owns three structures and keeps counts beside them
 so that stats never walk a structure:
 
-* `messages`: id -> Message for every message not yet acked (any state).
+* `messages`: id -> Message, or the body (`bytes`) of a plain message
+  (message.py), for every message not yet acked, in any state. Plain is the
+  form of nearly every message waiting in a backlog: no object of its own.
 * `ready`: a min-heap of ready keys (message.py): lower priority first, then
   lower id. Ids grow with time, so within a priority the oldest message comes
   first; a message whose lease ran out goes back in under its own key and so
@@ -16,7 +18,8 @@ first use (not journaled; an empty one is gone after a restart).
 
 Rules:
 * The ready heap deletes lazily: a key whose message is gone or no longer
-  READY is skipped when it reaches the top. `ready_count` is the truth about
+  READY is skipped when it reaches the top. A plain message is always READY,
+  and its key is its id. `ready_count` is the truth about
   how many messages are ready, never `len(ready)`.
 * Invariant kept by the broker after every operation: a queue never has both
   a ready message and a live waiter. Waiters are served the moment a message
@@ -96,7 +99,7 @@ class Queue:
         self.settings = settings
         self.explicit = explicit
         self.ever_held = False  # a message was stored in it (broker._forget_if_unused)
-        self.messages: dict[int, Message] = {}
+        self.messages: dict[int, Message | bytes] = {}
         self.ready: list[int] = []
         self.waiters: deque[Waiter] = deque()
         self.dead_waiters = 0
