@@ -212,7 +212,23 @@ class Broker(QueueAdmin, Replay):
         """
         q = self.queue(name)
         results: list[int | CommandError] = []
+        settings = q.settings
+        # The common batch: plain bodies into a queue whose settings add nothing to
+        # them. Such an item goes straight to _store_plain (this loop runs per message).
+        plain_queue = not (settings.delay or settings.expiry or settings.max_length)
+        store_plain, max_bytes = self._store_plain, self.max_message_bytes
+        append = results.append
         for item in items:
+            if plain_queue and type(item) is dict:
+                body = item["body"]
+                if (type(body) is bytes and len(body) <= max_bytes
+                        and item.get("delay") is None and not item.get("priority")
+                        and not item.get("headers") and item.get("expiry") is None):
+                    try:
+                        append(store_plain(q, body, now))
+                    except CommandError as exc:  # FULL (--max-memory)
+                        append(exc)
+                    continue
             if isinstance(item, CommandError):
                 results.append(item)
                 continue
