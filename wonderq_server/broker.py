@@ -212,39 +212,31 @@ class Broker(QueueAdmin, Replay):
         """
         q = self.queue(name)
         results: list[int | CommandError] = []
-        settings = q.settings
-        # The common batch: plain bodies into a queue whose settings add nothing to
-        # them. Such an item goes straight to _store_plain (this loop runs per message).
-        plain_queue = not (settings.delay or settings.expiry or settings.max_length)
-        store_plain, max_bytes = self._store_plain, self.max_message_bytes
         append = results.append
+        settings = q.settings
+        # When the queue adds nothing to a message (no delay, expiry or length
+        # limit), an item without options of its own is stored plain directly,
+        # skipping what _store would decide again for every item of the batch.
+        plain_queue = not (settings.delay or settings.expiry or settings.max_length)
         for item in items:
-            if plain_queue and type(item) is dict:
-                body = item["body"]
-                if (type(body) is bytes and len(body) <= max_bytes
-                        and item.get("delay") is None and not item.get("priority")
-                        and not item.get("headers") and item.get("expiry") is None):
-                    try:
-                        append(store_plain(q, body, now))
-                    except CommandError as exc:  # FULL (--max-memory)
-                        append(exc)
-                    continue
             if isinstance(item, CommandError):
-                results.append(item)
+                append(item)
                 continue
+            if isinstance(item, bytes):
+                body, delay, priority, headers, expiry = item, None, 0, None, None
+            else:
+                body, delay, headers, expiry = (item["body"], item.get("delay"),
+                                                item.get("headers"), item.get("expiry"))
+                priority = item.get("priority") or 0
             try:
-                if type(item) is bytes:  # a body alone: no dict made for it
-                    self._check_body(item)
-                    results.append(self._store(q, item, now, None, 0, None, None))
-                    continue
-                if isinstance(item, bytes):
-                    item = {"body": item}
-                self._check_body(item["body"])
-                results.append(self._store(q, item["body"], now, item.get("delay"),
-                                           item.get("priority") or 0, item.get("headers"),
-                                           item.get("expiry")))
+                self._check_body(body)
+                if plain_queue and type(body) is bytes \
+                        and not (delay or priority or headers or expiry):
+                    append(self._store_plain(q, body, now))
+                else:
+                    append(self._store(q, body, now, delay, priority, headers, expiry))
             except CommandError as exc:
-                results.append(exc)
+                append(exc)
         if q.waiters and q.ready_count:
             self._serve_waiters(q, now)
         self._forget_if_unused(q)  # every item refused, on a queue made for them
