@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import NOT_FOUND, QUEUE_EXISTS, QUEUE_NOT_FOUND, CommandError
 from .ids import id_time
-from .message import DELETED, ID_MASK, MESSAGE_OVERHEAD_BYTES, READY, STATE_NAMES, Message, view
+from .message import DELETED, ID_MASK, READY, STATE_NAMES, Message, view
 from .queue_settings import QueueSettings
 from .queues import Queue
 from .rates import RateWindow
@@ -168,14 +168,13 @@ class QueueAdmin:
     def _remove_all(self: Broker, q: Queue) -> int:
         removed = len(q.messages)
         for msg in q.messages.values():
+            self.stored_bytes -= self._cost(msg)
             if type(msg) is bytes:  # plain: READY, in no structure but the table and heap
                 q.ready_count -= 1
-                self.stored_bytes -= len(msg) + MESSAGE_OVERHEAD_BYTES
                 continue
             self._detach(msg)
             self._cancel_expiry(msg)
             msg.state = DELETED
-            self.stored_bytes -= self._cost(msg)
         q.messages = {}
         q.ready = []
         q.body_bytes = 0
