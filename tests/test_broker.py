@@ -27,7 +27,8 @@ from wonderq_server.message import DELAYED, LEASED, READY
 
 def test_fresh_broker_is_empty(b: Broker) -> None:
     assert b.stats(T0) == {"messages": 0, "waiting_consumers": 0, "queue_count": 0,
-                           "stored_bytes": 0, "max_memory": 0, "queues": {}}
+                           "stored_bytes": 0, "max_memory": 0, "full_refusals_total": 0,
+                           "queues": {}}
     assert b.next_deadline() is None
     assert b.advance(T0 + 1e6) == 0
 

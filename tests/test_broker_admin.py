@@ -291,7 +291,8 @@ def test_stats_fields(b: Broker) -> None:
     stats = b.stats(T0 + 10.0)
     assert {k: v for k, v in stats.items() if k != "queues"} == {
         "messages": 2, "waiting_consumers": 0, "queue_count": 1,
-        "stored_bytes": 4 + 3 + 1 + 2 * MESSAGE_OVERHEAD_BYTES, "max_memory": 0}
+        "stored_bytes": 4 + 3 + 1 + 2 * MESSAGE_OVERHEAD_BYTES, "max_memory": 0,
+        "full_refusals_total": 0}
     assert stats["queues"]["q"] == {
         "messages": 2, "ready": 2, "in_flight": 0, "delayed": 0, "waiting": 0,
         "put_total": 2, "acked_total": 0, "redelivered_total": 0, "dead_lettered_total": 0,

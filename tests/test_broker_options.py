@@ -267,6 +267,7 @@ def test_max_length_full_stores_nothing(b: Broker) -> None:
     assert error_code(b.put, "q", b"c", T0) == FULL  # leased ones count too
     b.ack("q", a, m.lease, T0)
     assert b.put("q", b"c", T0) == first_id(T0) + 3  # 2 puts, 1 lease: refusals used no id
+    assert b.stats(T0)["full_refusals_total"] == 2
     check_invariants(b)
 
 
@@ -302,6 +303,7 @@ def test_max_memory_full_and_stored_bytes_going_back_down() -> None:
     assert broker.stored_bytes == limit - cost
     broker.put("q", b"w" * 10, T0)
     assert error_code(broker.put, "q", b"", T0) == FULL
+    assert broker.stats(T0)["full_refusals_total"] == 4  # 1 put, 2 put_many items, 1 put
     assert counts(broker) == zero_counts(ready=2, put_total=3, acked_total=1)
     check_invariants(broker)
 

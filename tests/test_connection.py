@@ -1,24 +1,24 @@
-"""Tests of connection.py with a fake transport and a manual event loop; no sockets.
-
-`FakeHub` is the server as a connection sees it (the Hub protocol), around a
-real BrokerService and Broker. Its clock is a number the test sets, and
-`defer`/`want_flush` only queue callbacks: `run()` is one turn of the loop,
-running them in order until none are left, the way the server's call_soon
-does.
-"""
+"""Tests of connection.py with a fake transport and a manual event loop; no sockets
+(connection_fakes.py). The connection limits have their own file,
+test_connection_limits.py."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
-import msgpack
 import pytest
+from connection_fakes import (
+    PREAMBLE,
+    START,
+    FakeHub,
+    binary_client,
+    encode_request,
+    put_via_text,
+    req,
+)
 
-from wonderq_server.binary_codec import PREAMBLE, encode_request
-from wonderq_server.broker import Broker
 from wonderq_server.commands import Limits
-from wonderq_server.connection import TEXT_HELD_LINES_MAX, Connection
+from wonderq_server.connection_limits import ConnectionLimits
 from wonderq_server.errors import (
     BAD_ARGUMENT,
     FRAME_TOO_LARGE,
@@ -29,148 +29,16 @@ from wonderq_server.errors import (
     UNKNOWN_COMMAND,
     UNSUPPORTED_VERSION,
 )
-from wonderq_server.service import BrokerService
 from wonderq_server.text_codec import TEXT_COMMANDS
 
 KNOWN_WORDS = b" ".join(TEXT_COMMANDS)  # listed by UNKNOWN_COMMAND in text mode
 
-START = 1_700_000_000.0
 INTERNAL_MESSAGE = "internal server error; see the server log"
-
-
-class FakeTransport:
-    """Records what the connection does to its socket."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, bytes | None]] = []
-        self.closed = False
-        self.reading = True
-
-    def write(self, data: bytes) -> None:
-        self.events.append(("write" if not self.closed else "write after close", bytes(data)))
-
-    def close(self) -> None:
-        if not self.closed:
-            self.events.append(("close", None))
-        self.closed = True
-
-    def pause_reading(self) -> None:
-        self.events.append(("pause_reading", None))
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.events.append(("resume_reading", None))
-        self.reading = True
-
-    def get_extra_info(self, name: str, default=None):
-        return ("127.0.0.1", 40000) if name == "peername" else default
-
-    @property
-    def writes(self) -> list[bytes]:
-        return [data for kind, data in self.events if kind == "write"]
-
-    @property
-    def data(self) -> bytes:
-        return b"".join(self.writes)
-
-    def frames(self) -> list:
-        """frames decodes every binary reply written so far."""
-        data, out = self.data, []
-        while data:
-            size = int.from_bytes(data[:4], "big")
-            out.append(msgpack.unpackb(data[4:4 + size], raw=False, strict_map_key=False))
-            data = data[4 + size:]
-        return out
-
-
-class FakeHub:
-    def __init__(self, limits: Limits | None = None, visibility_timeout_s: float = 30.0) -> None:
-        self.limits = limits or Limits()
-        self.broker = Broker(visibility_timeout_s=visibility_timeout_s,
-                             max_message_bytes=self.limits.max_message_bytes)
-        self.service = BrokerService(self.broker, lambda now: {"version": "test"})
-        self.clock = START
-        self.ready: list[Callable[[], None]] = []
-        self.dirty: list[Connection] = []
-        self.opened: list[Connection] = []
-        self.closed: list[Connection] = []
-
-    # the Hub protocol
-    def now(self) -> float:
-        return self.clock
-
-    def defer(self, callback: Callable[[], None]) -> None:
-        self.ready.append(callback)
-
-    def want_flush(self, connection: Connection) -> None:
-        if not self.dirty:
-            self.ready.append(self._flush)
-        self.dirty.append(connection)
-
-    def input_done(self, connection: Connection) -> None:
-        self.want_flush(connection)  # as the server does with a journal: one flush per turn
-
-    def connection_opened(self, connection: Connection) -> None:
-        self.opened.append(connection)
-
-    def connection_closed(self, connection: Connection) -> None:
-        self.closed.append(connection)
-
-    # the manual loop
-    def _flush(self) -> None:
-        dirty, self.dirty = self.dirty, []
-        for connection in dirty:
-            connection.flush()
-
-    def run(self) -> None:
-        while self.ready:
-            self.ready.pop(0)()
-
-    def advance(self, seconds: float) -> None:
-        """advance moves the clock and fires the broker's deadline timer, as the server does."""
-        self.clock += seconds
-        self.service.advance(self.clock)
-        self.run()
-
-    # helpers
-    def connect(self) -> tuple[Connection, FakeTransport]:
-        connection, transport = Connection(self), FakeTransport()
-        connection.connection_made(transport)
-        return connection, transport
-
-    def send(self, connection: Connection, data: bytes) -> None:
-        connection.data_received(data)
-        self.run()
-
-    def queue_stats(self, name: str = "q") -> dict:
-        """queue_stats: the queue's counters (not its ages and rates)."""
-        figures = self.broker.stats(self.clock)["queues"][name]
-        return {key: figures[key] for key in ("ready", "in_flight", "delayed", "waiting",
-                                              "put_total", "acked_total", "redelivered_total")}
 
 
 @pytest.fixture
 def hub() -> FakeHub:
     return FakeHub()
-
-
-def req(request_id, name: str, **args) -> bytes:
-    return encode_request(request_id, name, args)
-
-
-def binary_client(hub: FakeHub) -> tuple[Connection, FakeTransport]:
-    connection, transport = hub.connect()
-    hub.send(connection, PREAMBLE)
-    assert connection.mode == "binary"
-    return connection, transport
-
-
-def put_via_text(hub: FakeHub, body: bytes, queue: str = "q") -> int:
-    connection, transport = hub.connect()
-    hub.send(connection, b"PUT %s %s\r\n" % (queue.encode(), body))
-    reply = transport.data
-    assert reply.startswith(b"OK ") and reply.endswith(b"\r\n"), reply
-    return int(reply[3:-2])
 
 
 # ------------------------------------------------------------------ lifecycle
@@ -641,11 +509,21 @@ def test_no_resume_after_the_connection_is_gone(hub):
     assert not transport.reading
 
 
-def test_many_held_lines_pause_reading_until_released(hub):
+HELD_LIMIT = 60  # bytes: ten "PING\r\n" lines
+
+
+@pytest.fixture
+def small_hub() -> FakeHub:
+    return FakeHub(connection_limits=ConnectionLimits(max_request_buffer_bytes=HELD_LIMIT))
+
+
+def test_held_input_past_the_limit_pauses_reading_until_released(small_hub):
+    hub = small_hub
     connection, transport = hub.connect()
-    hub.send(connection, b"GET q wait=10\r\n" + b"PING\r\n" * TEXT_HELD_LINES_MAX)
+    hub.send(connection, b"GET q wait=10\r\n")
+    hub.send(connection, b"PING\r\n" * 10)  # exactly the limit: still reading
     assert transport.reading
-    hub.send(connection, b"PING\r\n")
+    hub.send(connection, b"PI")  # one byte of a line past it: paused
     assert not transport.reading
     # The socket draining does not resume reading while lines are held.
     connection.pause_writing()
@@ -653,12 +531,36 @@ def test_many_held_lines_pause_reading_until_released(hub):
     assert not transport.reading
     put_via_text(hub, b"x")
     assert transport.reading
-    assert transport.data.endswith(b"END\r\n" + b"PONG\r\n" * (TEXT_HELD_LINES_MAX + 1))
+    hub.send(connection, b"NG\r\n")
+    assert transport.data.endswith(b"END\r\n" + b"PONG\r\n" * 11)
 
 
-def test_held_lines_released_while_writing_is_paused_stay_paused(hub):
+def test_lines_behind_a_wait_in_the_same_read_are_all_run_after_it(hub):
     connection, transport = hub.connect()
-    hub.send(connection, b"GET q wait=10\r\n" + b"PING\r\n" * (TEXT_HELD_LINES_MAX + 1))
+    hub.send(connection, b"GET q wait=10\r\n" + b"PING\r\n" * 3000)
+    assert transport.reading  # they are already read: holding them costs no more reads
+    put_via_text(hub, b"x")
+    assert transport.data.endswith(b"END\r\n" + b"PONG\r\n" * 3000)
+
+
+def test_held_input_with_another_wait_in_it_stays_held(small_hub):
+    hub = small_hub
+    connection, transport = hub.connect()
+    hub.send(connection, b"GET q wait=10\r\n")
+    hub.send(connection, b"GET q wait=10\r\nPING\r\n" + b"PING\r\n" * 10)
+    assert not transport.reading
+    put_via_text(hub, b"x")  # the first GET is answered; the second now waits
+    assert transport.data.count(b"PONG") == 0
+    put_via_text(hub, b"y")
+    assert transport.data.count(b"PONG") == 11
+    assert transport.reading
+
+
+def test_held_lines_released_while_writing_is_paused_stay_paused(small_hub):
+    hub = small_hub
+    connection, transport = hub.connect()
+    hub.send(connection, b"GET q wait=10\r\n")
+    hub.send(connection, b"PING\r\n" * 11)
     assert not transport.reading
     connection.pause_writing()
     put_via_text(hub, b"x")

@@ -329,6 +329,7 @@ async def test_the_server_at_max_memory_refuses_puts_and_drops_nothing(server_fa
         assert isinstance(refused, Full)
         info = (await client.stats())["server"]
         assert (info["max_memory"], info["stored_bytes"], info["messages"]) == (4096, 3600, 3)
+        assert info["full_refusals_total"] == 2
         [msg] = await client.receive("mm0")
         assert msg.id == ids[0]
         await msg.ack()

@@ -130,6 +130,7 @@ class Broker(QueueAdmin, Replay):
         self.max_queues = max_queues
         self.max_memory_bytes = max_memory_bytes  # 0: no limit
         self.stored_bytes = 0  # accounted memory of every stored message
+        self.full_refusals_total = 0  # puts refused with FULL (max_length or --max-memory)
         self.queues: dict[str, Queue] = {}
         self.deadlines = DeadlineHeap()
         self.ids = IdSequence()
@@ -251,6 +252,7 @@ class Broker(QueueAdmin, Replay):
         """
         settings = q.settings
         if settings.max_length and len(q.messages) >= settings.max_length:
+            self.full_refusals_total += 1
             raise CommandError(FULL, f"queue {q.name!r} holds {len(q.messages)} messages, its "
                                "max_length; nothing was stored (retry after consumers catch up)")
         if type(body) is not bytes:  # a plain message is told apart by its exact type
@@ -303,6 +305,7 @@ class Broker(QueueAdmin, Replay):
     def _check_memory(self, cost: int) -> None:
         """_check_memory refuses a put of `cost` that would pass --max-memory (when set)."""
         if self.stored_bytes + cost > self.max_memory_bytes:
+            self.full_refusals_total += 1
             raise CommandError(FULL, f"the server's stored messages take {self.stored_bytes} "
                                f"of {self.max_memory_bytes} bytes (--max-memory); nothing was "
                                "stored (retry after consumers catch up)")

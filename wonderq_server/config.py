@@ -24,6 +24,7 @@ from pathlib import Path
 
 from . import __version__
 from .commands import Limits
+from .connection_limits import ConnectionLimits
 
 DEFAULT_PORT = 7711
 DEFAULT_DATA_DIR = "./wonderq-data"
@@ -39,6 +40,7 @@ class Config:
     visibility_timeout_s: float = 30.0
     log_level: str = "info"
     limits: Limits = field(default_factory=Limits)
+    connection_limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     data_dir: Path | None = None  # None: in memory, no journal
     fsync: str = "always"
     repair: bool = False
@@ -73,6 +75,13 @@ def _seconds(text: str) -> float:
     value = float(text)
     if not value > 0 or value == float("inf"):
         raise ValueError("must be a number of seconds > 0")
+    return value
+
+
+def _seconds_or_off(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("must be a number of seconds >= 0 (0: off)")
     return value
 
 
@@ -150,6 +159,7 @@ def _log_level(text: str) -> str:
 
 
 _LIMITS = Limits()
+_CONNECTION_LIMITS = ConnectionLimits()
 
 # (flag, destination, type, default, help)
 FLAGS = [
@@ -179,6 +189,20 @@ FLAGS = [
     ("--max-memory", "max_memory_bytes", memory_size, DEFAULT_MAX_MEMORY,
      "memory for stored messages (body + headers + 200 bytes each) beyond which puts are "
      "refused with FULL: bytes, K/M/G (powers of 1024), or a percentage of physical memory"),
+    ("--max-connections", "max_connections", _positive_int, _CONNECTION_LIMITS.max_connections,
+     "most client connections; the next is answered TOO_MANY_CONNECTIONS and closed (the "
+     "open-file limit is raised to fit, or this is lowered with a warning)"),
+    ("--max-request-buffer-bytes", "max_request_buffer_bytes", _positive_int,
+     _CONNECTION_LIMITS.max_request_buffer_bytes,
+     "bytes of requests one connection may have read but not yet run (text lines behind a "
+     "waiting receive); past it, the server stops reading from that connection"),
+    ("--max-reply-buffer-bytes", "max_reply_buffer_bytes", _positive_int,
+     _CONNECTION_LIMITS.max_reply_buffer_bytes,
+     "bytes of replies one connection may leave unsent; a connection past it when more is "
+     "to be written is not reading and is disconnected"),
+    ("--idle-timeout", "idle_timeout_s", _seconds_or_off, _CONNECTION_LIMITS.idle_timeout_s,
+     "close a connection that sends no request for this many seconds (a waiting receive "
+     "counts as activity); 0 never"),
     ("--log-level", "log_level", _log_level, Config.log_level,
      "debug, info, warning or error"),
     ("--data-dir", "data_dir", str, DEFAULT_DATA_DIR,
@@ -263,9 +287,15 @@ def parse_config(argv: Sequence[str] | None = None,
     )
     if ns.visibility_timeout_s > limits.max_visibility_s:
         build_parser({}).error("--visibility-timeout is over --max-visibility-timeout")
+    connection_limits = ConnectionLimits(
+        max_connections=ns.max_connections,
+        max_request_buffer_bytes=ns.max_request_buffer_bytes,
+        max_reply_buffer_bytes=ns.max_reply_buffer_bytes,
+        idle_timeout_s=ns.idle_timeout_s,
+    )
     in_memory = ns.in_memory or ns.data_dir.strip().lower() in ("none", "")
     return Config(host=ns.host, port=ns.port, visibility_timeout_s=ns.visibility_timeout_s,
-                  log_level=ns.log_level, limits=limits,
+                  log_level=ns.log_level, limits=limits, connection_limits=connection_limits,
                   data_dir=None if in_memory else Path(ns.data_dir),
                   fsync=ns.fsync, repair=ns.repair, compact_min_bytes=ns.compact_min_bytes,
                   max_queues=ns.max_queues, max_memory_bytes=ns.max_memory_bytes,

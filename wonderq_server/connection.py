@@ -25,9 +25,17 @@ Rules:
   every command that changes what is stored) are remembered by position:
   if the journal write behind them fails, `send_output` turns exactly those
   replies into STORAGE_ERROR.
-* Flow control: when the socket's write buffer is full, reading pauses until
-  it drains, so a client that does not read its replies cannot make the
-  server buffer without bound.
+* Limits (connection_limits.py says why each exists): when the socket's
+  write buffer is full, reading pauses until it drains, so a client that
+  does not read its replies cannot make the server buffer without bound; a
+  connection with more than --max-reply-buffer-bytes still unsent when more
+  is to be written is cut off; a text connection holds what arrives behind
+  a waiting receive as raw bytes and stops reading past
+  --max-request-buffer-bytes; with --idle-timeout, a connection that sends
+  no complete request for that long (a waiting receive counts as activity)
+  is answered IDLE_TIMEOUT and closed; a connection the server refused
+  (over --max-connections) is answered in the mode its first bytes pick and
+  closed.
 """
 
 from __future__ import annotations
@@ -40,7 +48,15 @@ from typing import Any, Protocol
 
 from .binary_codec import MAGIC, BinaryDecoder, BinaryEncoder
 from .commands import Command, Limits, Rejected
-from .errors import INTERNAL, STORAGE_ERROR, CommandError, WonderQError
+from .connection_limits import REFUSAL_WAIT_S, REPLY_HOLD_BYTES, ConnectionLimits, Counters
+from .errors import (
+    IDLE_TIMEOUT,
+    INTERNAL,
+    STORAGE_ERROR,
+    CommandError,
+    ProtocolError,
+    WonderQError,
+)
 from .queues import Waiter
 from .service import BrokerService
 from .text_codec import TextDecoder, TextEncoder
@@ -52,9 +68,9 @@ DURABLE_COMMANDS = frozenset({"put", "put_many", "ack", "ack_many", "nack", "nac
                               "create_queue", "configure_queue", "purge", "delete_queue",
                               "redrive"})
 
-# A text connection holds at most this many lines behind a waiting receive
-# before it stops reading from the socket.
-TEXT_HELD_LINES_MAX = 1000
+
+class Timer(Protocol):
+    def cancel(self) -> None: ...
 
 
 class Hub(Protocol):
@@ -62,9 +78,12 @@ class Hub(Protocol):
 
     service: BrokerService
     limits: Limits
+    connection_limits: ConnectionLimits
+    counters: Counters
 
     def now(self) -> float: ...
     def defer(self, callback: Callable[[], None]) -> None: ...
+    def call_later(self, delay_s: float, callback: Callable[[], None]) -> Timer: ...
     def want_flush(self, connection: Connection) -> None: ...
     def input_done(self, connection: Connection) -> None: ...
     def connection_opened(self, connection: Connection) -> None: ...
@@ -92,25 +111,76 @@ class Connection(asyncio.Protocol):
         self._encoder: BinaryEncoder | TextEncoder | None = None
         self._pending = bytearray()  # first bytes, before the mode is known
         self._out: list[bytes] = []
+        self._out_bytes = 0  # bytes in _out
+        self._output_blocked = False  # requests wait until the replies before them are written
         self._durable: list[tuple[int, Command]] = []
         self._close_after_flush = False  # closing: read nothing more
         self._close_requested = False  # the next Output closes the connection
         self._closed = False
         self._waiters: dict[Command, Waiter] = {}
-        self._held: deque[Command | Rejected] = deque()  # text mode, behind a waiting receive
+        # Requests read but not yet run, behind a text receive that waits or
+        # replies not yet written (_output_blocked): commands from the same
+        # read, then raw bytes read since.
+        self._held: deque[Command | Rejected] = deque()
+        self._held_input = bytearray()
         self._text_waiting = False
         self._eof = False  # the client half-closed: close once everything is answered
         self.flush_wanted = False  # the server's: already in the next flush
         self._running_input = False  # in data_received: input_done will hand replies over
         self._paused_by: set[str] = set()
         self.peer: Any = None
+        self.last_request_at = 0.0  # for --idle-timeout: when a request last arrived
+        self._timer: Timer | None = None  # the idle timer, or the refusal's deadline
+        self._refusal: WonderQError | None = None  # over --max-connections: the answer
 
     # ------------------------------------------------------------ transport
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.peer = transport.get_extra_info("peername")
-        self.hub.connection_opened(self)
+        self.last_request_at = self.hub.now()
+        self.hub.connection_opened(self)  # may refuse us
+        idle_timeout_s = self.hub.connection_limits.idle_timeout_s
+        if self._refusal is None and idle_timeout_s > 0:
+            self._timer = self.hub.call_later(idle_timeout_s, self._check_idle)
+
+    def refuse(self, error: WonderQError) -> None:
+        """refuse: the server will not serve this connection (over --max-connections).
+
+        The answer waits for the client's first bytes, which tell whether it
+        reads frames or lines; a client that sends nothing within
+        REFUSAL_WAIT_S is closed without one.
+        """
+        self._refusal = error
+        self._timer = self.hub.call_later(REFUSAL_WAIT_S, self._abort)
+
+    def _abort(self) -> None:
+        self._timer = None
+        if self.transport is not None and not self._closed:
+            self.transport.abort()
+
+    def _check_idle(self) -> None:
+        """_check_idle: the idle timer fired; close the connection if it really is idle.
+
+        Requests only store their time, so the timer usually fires early and
+        re-arms for what is left. A waiting receive is activity: its wait
+        ending counts as a request (see _respond).
+        """
+        self._timer = None
+        if self._closed or self._close_after_flush:
+            return
+        idle_timeout_s = self.hub.connection_limits.idle_timeout_s
+        if self._waiters:
+            self._timer = self.hub.call_later(idle_timeout_s, self._check_idle)
+            return
+        left_s = self.last_request_at + idle_timeout_s - self.hub.now()
+        if left_s > 0:
+            self._timer = self.hub.call_later(left_s, self._check_idle)
+            return
+        self.hub.counters.idle_disconnects += 1
+        self._reply_error(None, ProtocolError(
+            IDLE_TIMEOUT, f"closed after {idle_timeout_s:g} s without a request "
+            "(the server's --idle-timeout)"))
 
     def eof_received(self) -> bool:
         """eof_received: the client has sent everything (nc -N, a script's half-close,
@@ -133,14 +203,19 @@ class Connection(asyncio.Protocol):
             self._respond(command, [])
 
     def _close_if_done_after_eof(self) -> None:
-        if self._eof and not self._waiters and not self._held and not self._close_after_flush:
+        if self._eof and not self._waiters and not self._held and not self._held_input \
+                and not self._close_after_flush:
             self._begin_close()
             self.hub.want_flush(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._withdraw_waits()
         self._held.clear()
+        self._held_input.clear()
         self._out.clear()
         self._durable.clear()
         self.hub.connection_closed(self)
@@ -150,6 +225,13 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._resume("writing")
+        self._unblock_output()
+
+    def _unblock_output(self) -> None:
+        """_unblock_output: the replies that held up later requests are written."""
+        if self._output_blocked:
+            self._output_blocked = False
+            self.hub.defer(self._release_held)
 
     def _pause(self, reason: str) -> None:
         if not self._paused_by and self.transport is not None:
@@ -171,20 +253,24 @@ class Connection(asyncio.Protocol):
             self._pending += data
             if not self._choose_mode():
                 return
+            if self._refusal is not None:
+                self._pending.clear()
+                self._reply_error(None, self._refusal)
+                return
             decoder = self._decoder
             data, self._pending = bytes(self._pending), bytearray()
         assert decoder is not None
+        if self._text_waiting or self._output_blocked or self._held or self._held_input:
+            self._hold_input(data)  # behind what is held, in order
+            return
         items = decoder.feed(data)
         if items:
-            now = self.hub.now()
-            if self._text_waiting:
-                self._hold(items)
-            else:
-                self._running_input = True
-                try:
-                    self._run(items, now)
-                finally:
-                    self._running_input = False
+            now = self.last_request_at = self.hub.now()
+            self._running_input = True
+            try:
+                self._run(items, now)
+            finally:
+                self._running_input = False
             # Even a command with no reply yet (a parked receive) may have
             # moved the next deadline: the server re-arms its timer.
             self.hub.input_done(self)
@@ -212,13 +298,28 @@ class Connection(asyncio.Protocol):
                 self._reply_error(item.request_id, item.error)
                 continue
             self._execute(item, now)
-            if self._text_waiting:
+            if self._text_waiting or self._out_bytes > REPLY_HOLD_BYTES:
+                if not self._text_waiting:
+                    # Many requests with big replies in one read (peeks,
+                    # receives): run no more until these are written, so
+                    # the replies one read can cause are bounded.
+                    self._output_blocked = True
+                    self.hub.want_flush(self)
                 self._hold(list(items)[index + 1:])
                 return
 
     def _hold(self, items: list[Command | Rejected]) -> None:
+        """_hold keeps the commands after the one that blocked, from the same read."""
         self._held.extend(items)
-        if len(self._held) > TEXT_HELD_LINES_MAX:
+
+    def _hold_input(self, data: bytes) -> None:
+        """_hold_input keeps bytes read while requests are held, undecoded.
+
+        Raw bytes are measured exactly, so --max-request-buffer-bytes bounds
+        them: past it, reading stops until what is held has run.
+        """
+        self._held_input += data
+        if len(self._held_input) > self.hub.connection_limits.max_request_buffer_bytes:
             self._pause("held")
 
     def _execute(self, command: Command, now: float) -> None:
@@ -249,10 +350,12 @@ class Connection(asyncio.Protocol):
         """_respond encodes one result; the service calls it, at once or after a wait."""
         if self._closed:
             return
-        if self._waiters:
-            self._waiters.pop(command, None)
+        if self._waiters and self._waiters.pop(command, None) is not None:
+            self.last_request_at = self.hub.now()  # a wait that ends counts as activity
         assert self._encoder is not None
-        self._out.append(self._encoder.result(command, result))
+        reply = self._encoder.result(command, result)
+        self._out.append(reply)
+        self._out_bytes += len(reply)
         if not self._running_input:  # else input_done, just after, hands it over
             self.hub.want_flush(self)
         if self._text_waiting and not self._waiters:
@@ -263,13 +366,29 @@ class Connection(asyncio.Protocol):
             self.hub.defer(self._close_if_done_after_eof)
 
     def _release_held(self) -> None:
+        """_release_held runs what was held once nothing blocks it any more: a text wait
+        has been answered, or the replies that blocked requests have been written."""
         if self._closed:
             return
-        self._text_waiting = False
+        if self._text_waiting and not self._waiters:
+            self._text_waiting = False
+        if self._text_waiting or self._output_blocked:
+            return  # still blocked; what unblocks it calls again
         held, self._held = self._held, deque()
-        self._resume("held")
+        now = self.hub.now()
         if held:
-            self._run(held, self.hub.now())
+            self._run(held, now)
+        if self._held_input and not self._held and not self._text_waiting \
+                and not self._output_blocked and not self._close_after_flush:
+            data, self._held_input = bytes(self._held_input), bytearray()
+            assert self._decoder is not None
+            items = self._decoder.feed(data)
+            if items:
+                self.last_request_at = now
+                self._run(items, now)
+        if not self._held and \
+                len(self._held_input) <= self.hub.connection_limits.max_request_buffer_bytes:
+            self._resume("held")
         # A held receive that now waits has a deadline the timer must know of.
         self.hub.want_flush(self)
         self._close_if_done_after_eof()
@@ -278,7 +397,9 @@ class Connection(asyncio.Protocol):
         if not isinstance(error, WonderQError):
             error = CommandError(INTERNAL, str(error))
         encoder = self._encoder or TextEncoder()
-        self._out.append(encoder.error(request_id, error))
+        reply = encoder.error(request_id, error)
+        self._out.append(reply)
+        self._out_bytes += len(reply)
         self.hub.want_flush(self)
         if error.closes_connection:
             self._begin_close()
@@ -304,6 +425,7 @@ class Connection(asyncio.Protocol):
             return None
         output = Output(self._out, self._durable, self._close_requested)
         self._out, self._durable, self._close_requested = [], [], False
+        self._out_bytes = 0
         return output
 
     def send_output(self, output: Output, failed: bool = False) -> None:
@@ -320,9 +442,36 @@ class Connection(asyncio.Protocol):
             for index, command in output.durable:
                 parts[index] = self._encoder.error(command.request_id, error)
         if parts:
+            if transport.get_write_buffer_size() > \
+                    self.hub.connection_limits.max_reply_buffer_bytes:
+                self._cut_off_slow_reader(transport)
+                return
             transport.write(b"".join(parts) if len(parts) > 1 else parts[0])
         if output.close:
             transport.close()
+        elif self._output_blocked and "writing" not in self._paused_by:
+            self._unblock_output()  # the socket took it all; else resume_writing will
+
+    def _cut_off_slow_reader(self, transport: asyncio.Transport) -> None:
+        """_cut_off_slow_reader drops a connection that is not reading its replies.
+
+        Its unsent replies are thrown away with it (abort, not close: close
+        would keep them until sent). Leases it holds run out as after any
+        disconnect, so no message is lost.
+        """
+        self.hub.counters.slow_reader_disconnects += 1
+        logger.warning("disconnecting %s: %d bytes of replies unsent, over "
+                       "--max-reply-buffer-bytes %d; the client is not reading", self.peer,
+                       transport.get_write_buffer_size(),
+                       self.hub.connection_limits.max_reply_buffer_bytes)
+        self._begin_close()
+        self._closed = True  # take no more replies; connection_lost still cleans up
+        transport.abort()
+
+    @property
+    def paused(self) -> bool:
+        """paused: reading is stopped by flow control (for stats)."""
+        return bool(self._paused_by)
 
     def flush(self) -> None:
         """flush writes what is buffered at once (used without a journal and by tests)."""

@@ -43,6 +43,8 @@ TOO_MANY_QUEUES = "TOO_MANY_QUEUES"
 # Protocol errors: reply, then close the connection.
 FRAME_TOO_LARGE = "FRAME_TOO_LARGE"
 UNSUPPORTED_VERSION = "UNSUPPORTED_VERSION"
+TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS"  # over --max-connections, sent before closing
+IDLE_TIMEOUT = "IDLE_TIMEOUT"  # nothing sent for --idle-timeout, sent before closing
 
 
 class WonderQError(Exception):

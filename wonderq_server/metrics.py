@@ -109,12 +109,24 @@ SERVER_GAUGES = [
     ("max_memory", "wonderq_max_memory_bytes",
      "--max-memory: puts are refused with FULL beyond it (0: no limit)."),
     ("journal_bytes", "wonderq_journal_bytes", "Size of the live journal file."),
+    ("max_connections", "wonderq_max_connections",
+     "--max-connections as enforced (lowered if the open-file limit is too small)."),
+    ("connections_paused", "wonderq_connections_paused",
+     "Connections the server is not reading from now (flow control)."),
     ("uptime_s", "wonderq_uptime_seconds", "Seconds since the server started."),
 ]
 SERVER_COUNTERS = [
     ("connections_total", "wonderq_connections", "Client connections accepted since start."),
     ("journal_write_errors", "wonderq_journal_write_errors",
      "Journal writes that failed (answered with STORAGE_ERROR) since start."),
+    ("connections_refused_total", "wonderq_connections_refused",
+     "Connections refused with TOO_MANY_CONNECTIONS (over --max-connections) since start."),
+    ("idle_disconnects_total", "wonderq_idle_disconnects",
+     "Connections closed by --idle-timeout since start."),
+    ("slow_reader_disconnects_total", "wonderq_slow_reader_disconnects",
+     "Connections cut off for leaving over --max-reply-buffer-bytes unsent since start."),
+    ("full_refusals_total", "wonderq_full_refusals",
+     "Puts refused with FULL (a queue's max_length or --max-memory) since start."),
 ]
 # From about a tenth of a millisecond (a fast SSD) to seconds (a stalled disk).
 FSYNC_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,

@@ -260,6 +260,7 @@ class QueueAdmin:
             "queue_count": len(self.queues),
             "stored_bytes": self.stored_bytes,
             "max_memory": self.max_memory_bytes,
+            "full_refusals_total": self.full_refusals_total,
             "queues": queues,
         }
 

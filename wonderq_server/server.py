@@ -3,7 +3,8 @@
 Design decision: the server is the thin asyncio layer that owns everything
 with time or I/O in it, and nothing else:
 
-* the listening socket, which makes one Connection per client;
+* the listening socket, which makes one Connection per client, and the
+  admission of each (--max-connections; connection_limits.py);
 * the clock (`now`), read once per batch of input and passed down;
 * one timer, armed at the broker's next deadline; when it fires, the broker
   handles every deadline that has passed (`advance`);
@@ -31,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -41,6 +43,8 @@ from .broker import Broker
 from .compaction import Compaction
 from .config import Config
 from .connection import Connection, Output
+from .connection_limits import RESERVED_FILE_DESCRIPTORS, Counters, fit_open_files
+from .errors import TOO_MANY_CONNECTIONS, ProtocolError
 from .group_commit import GroupCommit
 from .journal import CompactionFailed, Journal, JournalBroken, JournalError
 from .journal_format import FILE_HEADER
@@ -58,6 +62,10 @@ class Server:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.limits = config.limits
+        self.connection_limits = config.connection_limits
+        self.max_connections = config.connection_limits.max_connections  # start() may lower it
+        self.counters = Counters()
+        self._refused: set[Connection] = set()  # over the limit, waiting for their answer
         self.broker = Broker(visibility_timeout_s=config.visibility_timeout_s,
                              max_message_bytes=config.limits.max_message_bytes,
                              max_queues=config.max_queues,
@@ -105,6 +113,7 @@ class Server:
     async def start(self) -> tuple[str, int]:
         """start listens; returns the (host, port) actually bound. Call recover() first."""
         self._loop = asyncio.get_running_loop()
+        self._fit_open_files()
         self.group_commit = GroupCommit(self._loop, self.journal, self._fatal,
                                         on_synced=self._compaction_kick,
                                         inline=self.config.fsync == "always")
@@ -130,6 +139,25 @@ class Server:
         self._arm_timer()  # restored leases and delays run out without waiting for a request
         self._sample_rates()
         return self.address
+
+    def _fit_open_files(self) -> None:
+        """_fit_open_files raises the open-file limit to fit --max-connections, or lowers
+        the connection limit to what fits (and says so): see connection_limits.py."""
+        wanted = self.connection_limits.max_connections
+        try:
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            new_soft, self.max_connections = fit_open_files(wanted, soft, hard)
+            if new_soft != soft:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (new_soft, hard))
+        except (OSError, ValueError) as exc:
+            logger.warning("could not raise the open-file limit for --max-connections %d: %s",
+                           wanted, exc)
+            return
+        if self.max_connections < wanted:
+            logger.warning("the open-file limit (%d, hard %d) allows only %d connections; "
+                           "serving at most that many instead of --max-connections %d (raise "
+                           "the limit, e.g. `ulimit -n %d`)", new_soft, hard,
+                           self.max_connections, wanted, wanted + RESERVED_FILE_DESCRIPTORS)
 
     async def stop(self) -> None:
         """stop: stop accepting, answer what is in flight, write and fsync the journal, close."""
@@ -209,12 +237,34 @@ class Server:
         assert self._loop is not None
         self._loop.call_soon(callback)
 
+    def call_later(self, delay_s: float, callback: Callable[[], None]) -> asyncio.TimerHandle:
+        assert self._loop is not None
+        return self._loop.call_later(delay_s, callback)
+
     def connection_opened(self, connection: Connection) -> None:
+        """connection_opened admits the connection, or refuses it (over --max-connections).
+
+        Refused connections wait at most REFUSAL_WAIT_S for their answer, and
+        only half the reserved descriptors' worth of them at a time: past
+        that, a flood of them is cut off without one.
+        """
         self.connections.add(connection)
+        if len(self.connections) - len(self._refused) > self.max_connections:
+            self.counters.refused += 1
+            if len(self._refused) >= RESERVED_FILE_DESCRIPTORS // 2:
+                assert connection.transport is not None
+                connection.transport.abort()
+                return
+            self._refused.add(connection)
+            connection.refuse(ProtocolError(
+                TOO_MANY_CONNECTIONS, f"the server already serves its maximum of "
+                f"{self.max_connections} connections (--max-connections); try again later"))
+            return
         self.connections_total += 1
 
     def connection_closed(self, connection: Connection) -> None:
         self.connections.discard(connection)
+        self._refused.discard(connection)
         self._arm_timer()  # withdrawn waits may have moved the next deadline
 
     def input_done(self, connection: Connection) -> None:
@@ -386,8 +436,13 @@ class Server:
             "version": __version__,
             "pid": os.getpid(),
             "uptime_s": round(now - self.started_at, 3),
-            "connections": len(self.connections),
+            "connections": len(self.connections) - len(self._refused),
             "connections_total": self.connections_total,
+            "max_connections": self.max_connections,
+            "connections_paused": sum(1 for c in self.connections if c.paused),
+            "connections_refused_total": self.counters.refused,
+            "idle_disconnects_total": self.counters.idle_disconnects,
+            "slow_reader_disconnects_total": self.counters.slow_reader_disconnects,
             "rss_bytes": resident_memory_bytes(),
         }
         if self.journal is None:

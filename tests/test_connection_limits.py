@@ -1,0 +1,282 @@
+"""Tests of the connection limits (connection_limits.py) on a Connection with a fake
+transport and a number clock: idle timeout, refusal, slow readers; and the
+open-file arithmetic. The byte limit on held text input is tested with the
+rest of text holding in test_connection.py; end-to-end checks of all of them
+are in test_e2e_limits.py."""
+
+from __future__ import annotations
+
+import pytest
+from connection_fakes import PREAMBLE, FakeHub, binary_client, put_via_text, req
+
+from wonderq_server.connection_limits import (
+    REFUSAL_WAIT_S,
+    RESERVED_FILE_DESCRIPTORS,
+    ConnectionLimits,
+    fit_open_files,
+)
+from wonderq_server.errors import IDLE_TIMEOUT, TOO_MANY_CONNECTIONS, ProtocolError
+
+IDLE_S = 10.0
+
+
+@pytest.fixture
+def hub() -> FakeHub:
+    return FakeHub(connection_limits=ConnectionLimits(idle_timeout_s=IDLE_S))
+
+
+# ------------------------------------------------------------------ idle timeout
+
+def test_an_idle_connection_is_answered_and_closed(hub):
+    _connection, transport = binary_client(hub)
+    hub.advance(IDLE_S - 0.5)
+    assert not transport.closed
+    hub.advance(0.5)
+    assert transport.closed
+    (frame,) = transport.frames()
+    assert frame[0] is None and frame[1][0] == IDLE_TIMEOUT
+    assert hub.counters.idle_disconnects == 1
+
+
+def test_idle_timeout_in_text_mode_says_so_in_a_line(hub):
+    connection, transport = hub.connect()
+    hub.send(connection, b"PING\r\n")
+    hub.advance(IDLE_S)
+    assert transport.closed
+    assert transport.data.startswith(b"PONG\r\nERR IDLE_TIMEOUT ")
+
+
+def test_each_request_restarts_the_idle_time(hub):
+    connection, transport = binary_client(hub)
+    for request_id in range(5):
+        hub.advance(IDLE_S - 1)
+        hub.send(connection, req(request_id, "ping"))
+    assert not transport.closed
+    hub.advance(IDLE_S - 0.001)
+    assert not transport.closed
+    hub.advance(0.001)
+    assert transport.closed
+
+
+def test_a_partial_request_is_not_activity(hub):
+    connection, transport = binary_client(hub)
+    frame = req(1, "ping")
+    hub.advance(IDLE_S - 1)
+    hub.send(connection, frame[:3])  # a client dribbling bytes is not working
+    hub.advance(1)
+    assert transport.closed
+    assert hub.counters.idle_disconnects == 1
+
+
+def test_a_waiting_receive_keeps_the_connection_and_its_end_counts_as_activity(hub):
+    connection, transport = binary_client(hub)
+    hub.send(connection, req(1, "receive", queue="q", wait=100))
+    hub.advance(IDLE_S * 5)
+    assert not transport.closed  # waiting for 50 s, idle for none of it
+    put_via_text(hub, b"x")
+    assert transport.frames()[0][0] == 1
+    hub.advance(IDLE_S - 1)  # the wait ended 9 s ago: not idle yet
+    assert not transport.closed
+    hub.advance(1)
+    assert transport.closed
+    assert transport.frames()[-1][1][0] == IDLE_TIMEOUT
+
+
+def test_a_wait_that_runs_out_counts_as_activity_too(hub):
+    connection, transport = binary_client(hub)
+    hub.send(connection, req(1, "receive", queue="q", wait=25))
+    hub.advance(25)  # the receive is answered empty: activity at 25 s
+    assert transport.frames() == [[1, None, []]]
+    hub.advance(IDLE_S - 1)
+    assert not transport.closed
+    hub.advance(1)
+    assert transport.closed
+
+
+def test_idle_timeout_off_sets_no_timer():
+    hub = FakeHub()
+    _connection, transport = binary_client(hub)
+    assert hub.timers == []
+    hub.advance(10**6)
+    assert not transport.closed
+
+
+def test_a_closed_connection_cancels_its_idle_timer(hub):
+    connection, _ = binary_client(hub)
+    (timer,) = hub.timers
+    connection.connection_lost(None)
+    assert timer.cancelled
+
+
+# ----------------------------------------------------------------------- refusal
+
+REFUSAL = ProtocolError(TOO_MANY_CONNECTIONS, "the server already serves its maximum")
+
+
+def refused(hub: FakeHub):
+    hub.refusing = REFUSAL
+    return hub.connect()
+
+
+def test_a_refused_binary_client_gets_a_frame_it_can_read(hub):
+    connection, transport = refused(hub)
+    hub.send(connection, PREAMBLE + req(1, "put", queue="q", body=b"x"))
+    assert transport.closed
+    (frame,) = transport.frames()
+    assert frame[0] is None and frame[1][0] == TOO_MANY_CONNECTIONS
+    assert hub.broker.stats(hub.clock)["messages"] == 0  # its request did not run
+
+
+def test_a_refused_text_client_gets_a_line(hub):
+    connection, transport = refused(hub)
+    hub.send(connection, b"PUT q x\r\n")
+    assert transport.closed
+    assert transport.data.startswith(b"ERR TOO_MANY_CONNECTIONS ")
+    assert hub.broker.stats(hub.clock)["messages"] == 0
+
+
+def test_a_refused_client_that_says_nothing_is_cut_off(hub):
+    _connection, transport = refused(hub)
+    hub.advance(REFUSAL_WAIT_S - 0.01)
+    assert not transport.closed
+    hub.advance(0.01)
+    assert transport.aborted
+    assert transport.data == b""
+
+
+def test_a_refused_client_has_only_the_refusal_timer(hub):
+    _connection, _transport = refused(hub)
+    assert [timer.at for timer in hub.timers] == [hub.clock + REFUSAL_WAIT_S]
+
+
+# ------------------------------------------------------------------ slow readers
+
+LIMIT = 1000
+
+
+@pytest.fixture
+def tight_hub() -> FakeHub:
+    return FakeHub(connection_limits=ConnectionLimits(max_reply_buffer_bytes=LIMIT))
+
+
+def test_a_client_with_too_much_unsent_is_cut_off(tight_hub):
+    hub = tight_hub
+    connection, transport = binary_client(hub)
+    transport.unsent = LIMIT + 1  # what the socket could not send yet
+    hub.send(connection, req(1, "ping"))
+    assert transport.aborted
+    assert transport.frames() == []  # nothing more was written
+    assert hub.counters.slow_reader_disconnects == 1
+
+
+def test_a_client_at_the_limit_is_served(tight_hub):
+    hub = tight_hub
+    connection, transport = binary_client(hub)
+    transport.unsent = LIMIT
+    hub.send(connection, req(1, "ping"))
+    assert not transport.closed
+    assert transport.frames() == [[1, None, "pong"]]
+
+
+def test_one_reply_bigger_than_the_limit_goes_out_when_nothing_is_queued(tight_hub):
+    hub = tight_hub
+    for _ in range(3):
+        put_via_text(hub, b"b" * LIMIT)
+    connection, transport = binary_client(hub)
+    hub.send(connection, req(1, "receive", queue="q", max=3))
+    (frame,) = transport.frames()
+    assert len(frame[2]) == 3 and not transport.closed
+
+
+def test_leases_of_a_cut_off_client_run_out_and_the_message_comes_back(tight_hub):
+    hub = tight_hub
+    put_via_text(hub, b"x")
+    connection, transport = binary_client(hub)
+    hub.send(connection, req(1, "receive", queue="q", visibility=5))
+    [[request_id, error, [row]]] = transport.frames()
+    assert (request_id, error, row[1]) == (1, None, b"x")
+    assert hub.queue_stats()["in_flight"] == 1
+    transport.unsent = LIMIT + 1
+    hub.send(connection, req(2, "ping"))
+    assert transport.aborted
+    connection.connection_lost(None)
+    hub.advance(5)
+    assert hub.queue_stats()["ready"] == 1
+
+
+def test_a_waiting_receive_of_a_cut_off_client_takes_nothing(tight_hub):
+    hub = tight_hub
+    connection, transport = binary_client(hub)
+    hub.send(connection, req(1, "receive", queue="q", wait=60))
+    transport.unsent = LIMIT + 1
+    hub.send(connection, req(2, "ping"))
+    assert transport.aborted
+    put_via_text(hub, b"x")  # before connection_lost arrives: must not go to the dead client
+    assert hub.queue_stats()["ready"] == 1
+
+
+# ------------------------------------------------------------- open-file limit
+
+def test_fit_open_files_leaves_a_large_enough_limit_alone():
+    assert fit_open_files(100, 10_000, 20_000) == (10_000, 100)
+    assert fit_open_files(100, -1, -1) == (-1, 100)
+
+
+def test_fit_open_files_raises_the_soft_limit_to_fit():
+    needed = 10_000 + RESERVED_FILE_DESCRIPTORS
+    assert fit_open_files(10_000, 1024, 1_000_000) == (needed, 10_000)
+    assert fit_open_files(10_000, 1024, -1) == (needed, 10_000)
+
+
+def test_fit_open_files_lowers_the_connection_limit_to_the_hard_limit():
+    assert fit_open_files(10_000, 1024, 4096) == (4096, 4096 - RESERVED_FILE_DESCRIPTORS)
+    assert fit_open_files(10_000, 10, 10) == (10, 1)  # always at least one
+
+
+# ------------------------------------------- big replies to many requests in one read
+
+BIG = 200 * 1024  # six replies pass REPLY_HOLD_BYTES (1 MiB)
+
+
+def test_requests_with_big_replies_wait_for_the_earlier_replies_to_be_written():
+    hub = FakeHub()
+    put_via_text(hub, b"b" * BIG)
+    connection, transport = binary_client(hub)
+    transport.full_after_write = True
+    hub.send(connection, b"".join(req(i, "peek", queue="q") for i in range(15)))
+    assert [f[0] for f in transport.frames()] == list(range(6))  # then it waits
+    assert not transport.reading
+    hub.send(connection, req(15, "ping"))  # read before the pause took effect: held, in order
+    transport.drain()
+    hub.run()
+    assert [f[0] for f in transport.frames()] == list(range(12))
+    transport.drain()
+    hub.run()
+    assert [f[0] for f in transport.frames()] == list(range(16))
+    assert transport.frames()[-1] == [15, None, "pong"]
+    transport.drain()
+    hub.run()
+    assert transport.reading
+
+
+def test_a_socket_that_keeps_up_gets_every_reply_in_several_writes():
+    hub = FakeHub()
+    put_via_text(hub, b"b" * BIG)
+    connection, transport = binary_client(hub)
+    hub.send(connection, b"".join(req(i, "peek", queue="q") for i in range(15)))
+    assert [f[0] for f in transport.frames()] == list(range(15))
+    assert len(transport.writes) == 3
+    assert max(len(w) for w in transport.writes) < 7 * BIG
+
+
+def test_text_requests_with_big_replies_wait_in_order_too():
+    hub = FakeHub()
+    put_via_text(hub, b"b" * BIG)
+    connection, transport = hub.connect()
+    transport.full_after_write = True
+    hub.send(connection, b"PEEK q\r\n" * 8 + b"PING\r\n")
+    assert transport.data.count(b"END\r\n") == 6
+    transport.drain()
+    hub.run()
+    assert transport.data.count(b"END\r\n") == 8
+    assert transport.data.endswith(b"END\r\nPONG\r\n")

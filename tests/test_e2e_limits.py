@@ -1,0 +1,193 @@
+"""End to end: the connection limits against the real server (connection_limits.py).
+
+Too many connections, a client that sends without reading, a client that does
+not read the replies it is owed, idle connections. Each test checks the
+limit's visible effect, its stats counter, and that other clients go on
+being served; none of them times anything (bench/probes/slow_clients.py
+measures the latency of well-behaved clients next to bad ones).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+from polling import until_stats
+from raw_socket import PREAMBLE, frame
+from raw_socket import BinarySocket as Raw
+from raw_socket import TextSocket as Text
+
+from wonderq_client import ConnectionClosed, connect
+
+
+async def in_thread(function, *args):
+    """in_thread runs a blocking raw-socket call without stopping the test's event loop."""
+    return await asyncio.get_running_loop().run_in_executor(None, function, *args)
+
+
+# ---------------------------------------------------------------- max connections
+
+async def test_the_connection_over_the_limit_is_told_why_and_the_others_go_on(server_factory):
+    server = server_factory("--max-connections", "3")
+    clients = [await connect(server.host, server.port) for _ in range(3)]
+    try:
+        for client in clients:
+            assert await client.ping() == "pong"
+        extra = await connect(server.host, server.port)
+        with pytest.raises(ConnectionClosed, match="TOO_MANY_CONNECTIONS"):
+            await extra.ping()
+        await extra.close()
+        text = Text(server.host, server.port)
+        text.send(b"PING\r\n")
+        assert (await in_thread(text.line)).startswith(b"ERR TOO_MANY_CONNECTIONS ")
+        assert await in_thread(text.at_eof)
+        text.close()
+        info = (await clients[0].stats())["server"]
+        assert (info["connections"], info["max_connections"]) == (3, 3)
+        assert info["connections_refused_total"] == 2
+        for client in clients:  # untouched
+            assert await client.put("mc", b"still here") > 0
+        await clients.pop().close()
+        await until_stats(clients[0], lambda s: s["server"]["connections"] == 2)
+        clients.append(await connect(server.host, server.port))
+        assert await clients[-1].ping() == "pong"
+    finally:
+        for client in clients:
+            await client.close()
+
+
+async def test_a_refused_connection_that_sends_nothing_is_closed(server_factory):
+    server = server_factory("--max-connections", "1")
+    async with connect(server.host, server.port) as client:
+        assert await client.ping() == "pong"
+        silent = socket.create_connection((server.host, server.port), timeout=10)
+        try:
+            assert await in_thread(silent.recv, 100) == b""  # closed, unanswered
+        finally:
+            silent.close()
+        assert (await client.stats())["server"]["connections_refused_total"] == 1
+
+
+def test_max_connections_below_one_is_refused_at_start(server_factory):
+    with pytest.raises(RuntimeError, match="--max-connections"):
+        server_factory("--max-connections", "0")
+
+
+# ------------------------------------------- a client that sends without reading
+
+BIG = 200 * 1024
+FLOOD_REQUESTS = 1500  # 300 MB of replies if the server buffered them all
+
+
+async def test_a_client_that_sends_without_reading_is_paused_not_served_into_memory(server):
+    async with connect(server.host, server.port) as client:
+        await client.put("big", b"B" * BIG)
+        rss_before = (await client.stats())["server"]["rss_bytes"]
+        flood = Raw(server.host, server.port)
+        flood.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        flood.send(PREAMBLE + b"".join(frame([i, "peek", {"queue": "big"}])
+                                       for i in range(FLOOD_REQUESTS)))
+        info = (await until_stats(client, lambda s: s["server"]["connections_paused"] == 1))
+        # Others are served while it is paused, and stats can say so.
+        for i in range(20):
+            msg_id = await client.put("other", b"%d" % i)
+            [msg] = await client.receive("other")
+            assert (msg.id, msg.body) == (msg_id, b"%d" % i)
+            await msg.ack()
+        info = (await client.stats())["server"]
+        assert info["connections_paused"] == 1
+        # Paused means its replies are not piling up in the server (300 MB if they were).
+        assert info["rss_bytes"] - rss_before < 64 * 1024 * 1024
+        assert info["slow_reader_disconnects_total"] == 0
+
+        def read_every_reply() -> list[int]:
+            ids = []
+            for _ in range(FLOOD_REQUESTS):
+                request_id, error, [row] = flood.reply()
+                assert error is None and row[1] == b"B" * BIG
+                ids.append(request_id)
+            return ids
+
+        # Nothing was dropped: once it reads, every reply arrives, in order.
+        assert await in_thread(read_every_reply) == list(range(FLOOD_REQUESTS))
+        flood.close()
+        await until_stats(client, lambda s: s["server"]["connections_paused"] == 0)
+
+
+async def test_text_lines_behind_a_waiting_receive_are_held_within_the_limit(server_factory):
+    server = server_factory("--max-request-buffer-bytes", "4096")
+    async with connect(server.host, server.port) as client:
+        text = Text(server.host, server.port)
+        text.send(b"GET held wait=30\r\n")
+        await until_stats(client, lambda s: s["queues"].get("held", {}).get("waiting") == 1)
+        pings = 20_000  # 120 KB of lines: far past the limit, so reading stops
+        sender = asyncio.ensure_future(in_thread(text.send, b"PING\r\n" * pings))
+        await until_stats(client, lambda s: s["server"]["connections_paused"] == 1)
+        msg_id = await client.put("held", b"at last")
+        assert (await in_thread(text.line)).startswith(b"MSG %d " % msg_id)
+
+        def read_the_rest() -> int:
+            assert text.line() == b"at last"
+            assert text.line() == b"END"
+            return sum(text.line() == b"PONG" for _ in range(pings))
+
+        assert await in_thread(read_the_rest) == pings
+        await sender
+        text.close()
+
+
+# ------------------------------------------- a client that does not read what it is owed
+
+async def test_a_client_owed_more_than_the_reply_buffer_is_cut_off(server_factory):
+    server = server_factory("--max-reply-buffer-bytes", "1000000")
+    async with connect(server.host, server.port) as client:
+        slow = Raw(server.host, server.port)
+        slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        slow.send(PREAMBLE + b"".join(
+            frame([i, "receive", {"queue": "owed", "max": 10, "wait": 30,
+                                  "visibility": 1}]) for i in range(50)))
+        await until_stats(client, lambda s: s["queues"].get("owed", {}).get("waiting") == 50)
+        bodies = [b"%04d" % i + b"x" * 100_000 for i in range(300)]
+        for start in range(0, len(bodies), 50):
+            await client.put_many("owed", bodies[start:start + 50])
+        await until_stats(client,
+                          lambda s: s["server"]["slow_reader_disconnects_total"] == 1)
+        assert 'disconnecting' in server.log and "--max-reply-buffer-bytes" in server.log
+        slow.close()
+        # What it was handed comes back when its leases run out: nothing is lost.
+        seen = set()
+        while len(seen) < len(bodies):
+            got = await client.receive("owed", max=100, wait=5)
+            assert got, f"only {len(seen)} of {len(bodies)} came back"
+            for msg in got:
+                seen.add(msg.body)
+                await msg.ack()
+        assert seen == set(bodies)
+
+
+# ----------------------------------------------------------------- idle timeout
+
+async def test_idle_connections_are_told_and_closed_and_waiting_ones_are_not(server_factory):
+    server = server_factory("--idle-timeout", "0.3")
+    text = Text(server.host, server.port)
+    binary = Raw(server.host, server.port)
+    binary.send(PREAMBLE)
+    assert (await in_thread(text.line)).startswith(b"ERR IDLE_TIMEOUT ")
+    assert await in_thread(text.at_eof)
+    [request_id, [code, _message], _] = await in_thread(binary.reply)
+    assert (request_id, code) == (None, "IDLE_TIMEOUT")
+    assert await in_thread(binary.at_eof)
+    text.close()
+    binary.close()
+    async with connect(server.host, server.port) as waiting:
+        # A receive that waits longer than the idle timeout is activity all along.
+        assert await waiting.receive("idle", wait=1.0) == []
+        assert await waiting.ping() == "pong"
+        info = (await waiting.stats())["server"]
+        assert info["idle_disconnects_total"] == 2
+
+
+def test_a_bad_idle_timeout_is_refused_at_start(server_factory):
+    with pytest.raises(RuntimeError, match="--idle-timeout"):
+        server_factory("--idle-timeout", "-1")

@@ -1,0 +1,105 @@
+"""Limits on connections: how many, how much each may make the server hold, how long idle.
+
+Design decision: a client can cost the server memory in three ways that no
+request limit sees, and each gets one rule, enforced where the bytes are:
+
+* **Too many connections** (`max_connections`): the server admits at most
+  this many. The one over the limit is answered TOO_MANY_CONNECTIONS in
+  the mode its first bytes pick (a binary client gets a frame it can read,
+  a person with `nc` a line), then closed; it is not kept past
+  REFUSAL_WAIT_S if it sends nothing. Connections already open are not
+  touched. At start-up the server raises its open-file limit to fit
+  (`fit_open_files`), or lowers the limit it enforces and says so, as
+  Redis does with maxclients: running out of file descriptors would make
+  accept() fail for everyone, with no reply at all.
+* **Requests read but not yet run** (`max_request_buffer_bytes`): only a
+  text connection holds any, the lines that arrive behind a waiting
+  receive (text replies go strictly in order). Past the limit the server
+  stops reading from that socket until the receive is answered; the kernel's
+  buffers and TCP flow control then push back on the client. A binary
+  connection runs each request as it is read and holds at most one partial
+  frame (up to --max-frame-bytes, buffered as it arrives, never set aside
+  in advance).
+* **Replies written but not yet sent** (`max_reply_buffer_bytes`): when the
+  socket's send buffer is past its high-water mark, the server stops reading
+  from that connection (asyncio's pause_writing), so a client that sends
+  without reading stops itself. Within one read, too, once the replies
+  not yet written pass REPLY_HOLD_BYTES, the rest of the read's requests
+  wait until they are: a few small requests with big replies (peeks and
+  receives of large messages) cannot multiply into an unbounded buffer
+  between two writes. Replies already owed (a long-polling receive
+  answered later) still queue up; if a connection already has more than
+  this limit unsent when more is to be written, it is not reading at all:
+  it is disconnected, and its leases run out as after any disconnect. The
+  check is on what is already queued, so a single large reply (a receive of
+  many big messages) to a client that reads always goes out.
+* **Idle connections** (`idle_timeout_s`, 0 = never): a connection that
+  has sent no complete request for this long is answered IDLE_TIMEOUT and
+  closed. A waiting receive counts as activity for as long as it waits; a
+  partial frame or line does not (a client dribbling bytes is not working).
+  One timer per connection, re-armed lazily: a request only stores its
+  time, and the timer, when it fires early, re-arms for the remainder.
+
+Every limit has a flag (config.py), an error or a visible effect, and a
+stats counter (`Counters`, reported by the server's stats).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_MAX_CONNECTIONS = 10000  # Redis' maxclients default
+DEFAULT_MAX_REQUEST_BUFFER_BYTES = 1024 * 1024
+DEFAULT_MAX_REPLY_BUFFER_BYTES = 64 * 1024 * 1024
+
+# Replies one connection may build up between two writes before its further
+# requests wait for them to be written (see "Replies written" above). Big
+# enough that ordinary pipelining (tens of thousands of put replies) never
+# notices.
+REPLY_HOLD_BYTES = 1024 * 1024
+
+# How long a refused connection may take to send its first bytes (which pick
+# the language of the refusal) before it is closed without a reply.
+REFUSAL_WAIT_S = 1.0
+
+# File descriptors kept for the server itself beyond its clients: the
+# listener, the journal and its compaction file, the metrics endpoint and its
+# scrapers (32), the event loop, the standard streams and a margin.
+RESERVED_FILE_DESCRIPTORS = 64
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """The limits on connections; each has a server flag (see config.py)."""
+
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_request_buffer_bytes: int = DEFAULT_MAX_REQUEST_BUFFER_BYTES
+    max_reply_buffer_bytes: int = DEFAULT_MAX_REPLY_BUFFER_BYTES
+    idle_timeout_s: float = 0.0  # 0: connections may stay idle forever
+
+
+class Counters:
+    """What the connection limits have done since start-up, for stats."""
+
+    __slots__ = ("idle_disconnects", "refused", "slow_reader_disconnects")
+
+    def __init__(self) -> None:
+        self.refused = 0  # over max_connections
+        self.idle_disconnects = 0  # closed by idle_timeout_s
+        self.slow_reader_disconnects = 0  # over max_reply_buffer_bytes
+
+
+def fit_open_files(max_connections: int, soft: int, hard: int) -> tuple[int, int]:
+    """fit_open_files decides the open-file limit to ask for and the connection limit to enforce.
+
+    Given the process' soft and hard RLIMIT_NOFILE (-1 meaning unlimited),
+    returns (new soft limit, connections to admit). The soft limit is raised
+    as far as needed and allowed; if even the hard limit is too low, the
+    connection limit comes down to what fits, so that accept() never fails
+    for want of a descriptor.
+    """
+    needed = max_connections + RESERVED_FILE_DESCRIPTORS
+    if soft == -1 or soft >= needed:
+        return soft, max_connections
+    new_soft = needed if hard == -1 else min(needed, hard)
+    return new_soft, max(1, min(max_connections, new_soft - RESERVED_FILE_DESCRIPTORS))
