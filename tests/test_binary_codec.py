@@ -516,3 +516,18 @@ def test_encoder_bodies_are_bin_not_str():
     # bin 8 (0xc4), not str: a client unpacking with raw=False gets bytes back.
     assert b"\xc4\x01\xff" in data
     assert unframe(data) == [1, None, [b"\xff"]]
+
+
+@pytest.mark.parametrize("claim", [
+    b"\xdd\x7f\xff\xff\xff",  # an array of 2**31 - 1 items
+    b"\xdf\x7f\xff\xff\xff",  # a map of 2**31 - 1 entries
+    b"\xc6\x7f\xff\xff\xff",  # 2**31 - 1 bytes of bin
+    b"\xdb\x7f\xff\xff\xff",  # 2**31 - 1 bytes of str
+])
+def test_msgpack_lengths_claimed_inside_a_small_frame_allocate_nothing(claim):
+    # The frame is 5 bytes; msgpack checks each claimed length against the bytes
+    # actually there before setting anything aside, so this is MALFORMED at once.
+    decoder = started()
+    frame_bytes = len(claim).to_bytes(4, "big") + claim
+    assert_rejected(only(decoder.feed(frame_bytes)), CommandError, MALFORMED)
+    assert_command(only(decoder.feed(frame([1, "ping", {}]))), "ping", {}, 1)
