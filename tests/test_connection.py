@@ -4,7 +4,7 @@
 real BrokerService and Broker. Its clock is a number the test sets, and
 `defer`/`want_flush` only queue callbacks: `run()` is one turn of the loop,
 running them in order until none are left, the way the server's call_soon
-does.
+does; `later` callbacks run when `advance` moves the clock past their time.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Callable
 import msgpack
 import pytest
 
+from wonderq_server.auth import TokenCheck
 from wonderq_server.binary_codec import PREAMBLE, encode_request
 from wonderq_server.broker import Broker
 from wonderq_server.commands import Limits
@@ -84,13 +85,16 @@ class FakeTransport:
 
 
 class FakeHub:
-    def __init__(self, limits: Limits | None = None, visibility_timeout_s: float = 30.0) -> None:
+    def __init__(self, limits: Limits | None = None, visibility_timeout_s: float = 30.0,
+                 auth_token: bytes | None = None) -> None:
         self.limits = limits or Limits()
         self.broker = Broker(visibility_timeout_s=visibility_timeout_s,
                              max_message_bytes=self.limits.max_message_bytes)
-        self.service = BrokerService(self.broker, lambda now: {"version": "test"})
+        self.service = BrokerService(self.broker, lambda now: {"version": "test"},
+                                     TokenCheck(auth_token))
         self.clock = START
         self.ready: list[Callable[[], None]] = []
+        self.timers: list[tuple[float, Callable[[], None]]] = []  # (at, callback)
         self.dirty: list[Connection] = []
         self.opened: list[Connection] = []
         self.closed: list[Connection] = []
@@ -101,6 +105,9 @@ class FakeHub:
 
     def defer(self, callback: Callable[[], None]) -> None:
         self.ready.append(callback)
+
+    def later(self, delay_s: float, callback: Callable[[], None]) -> None:
+        self.timers.append((self.clock + delay_s, callback))
 
     def want_flush(self, connection: Connection) -> None:
         if not self.dirty:
@@ -130,6 +137,9 @@ class FakeHub:
         """advance moves the clock and fires the broker's deadline timer, as the server does."""
         self.clock += seconds
         self.service.advance(self.clock)
+        due = [callback for at, callback in self.timers if at <= self.clock]
+        self.timers = [(at, callback) for at, callback in self.timers if at > self.clock]
+        self.ready.extend(due)
         self.run()
 
     # helpers

@@ -28,6 +28,13 @@ Rules:
 * Flow control: when the socket's write buffer is full, reading pauses until
   it drains, so a client that does not read its replies cannot make the
   server buffer without bound.
+* Authentication (auth.py): on a server with a token, a connection starts
+  unauthenticated and only AUTH and QUIT run; any other command is answered
+  AUTH_REQUIRED and the connection goes on. The gate is one boolean,
+  `authenticated`, checked per command; it starts True when no token is
+  configured. A wrong token (AUTH_FAILED) closes the connection after a
+  delay (the error's close_delay_s), reading nothing in between. Under TLS
+  none of this changes: the connection sees the decrypted bytes.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ from typing import Any, Protocol
 
 from .binary_codec import MAGIC, BinaryDecoder, BinaryEncoder
 from .commands import Command, Limits, Rejected
-from .errors import INTERNAL, STORAGE_ERROR, CommandError, WonderQError
+from .errors import AUTH_REQUIRED, INTERNAL, STORAGE_ERROR, CommandError, WonderQError
 from .queues import Waiter
 from .service import BrokerService
 from .text_codec import TextDecoder, TextEncoder
@@ -65,6 +72,7 @@ class Hub(Protocol):
 
     def now(self) -> float: ...
     def defer(self, callback: Callable[[], None]) -> None: ...
+    def later(self, delay_s: float, callback: Callable[[], None]) -> None: ...
     def want_flush(self, connection: Connection) -> None: ...
     def input_done(self, connection: Connection) -> None: ...
     def connection_opened(self, connection: Connection) -> None: ...
@@ -104,6 +112,7 @@ class Connection(asyncio.Protocol):
         self._running_input = False  # in data_received: input_done will hand replies over
         self._paused_by: set[str] = set()
         self.peer: Any = None
+        self.authenticated = not hub.service.auth.required  # see the module's rules
 
     # ------------------------------------------------------------ transport
 
@@ -222,6 +231,8 @@ class Connection(asyncio.Protocol):
             self._pause("held")
 
     def _execute(self, command: Command, now: float) -> None:
+        if not self.authenticated and not self._admit(command, now):
+            return
         try:
             waiter = self.hub.service.execute(command, now, self._respond)
         except WonderQError as exc:
@@ -242,6 +253,25 @@ class Connection(asyncio.Protocol):
             self._durable.append((len(self._out) - 1, command))
         elif command.name == "quit":
             self._begin_close()
+
+    def _admit(self, command: Command, now: float) -> bool:
+        """_admit is the gate before AUTH: QUIT goes ahead as usual; AUTH runs here and,
+        with the right token, opens the gate; anything else is AUTH_REQUIRED. Returns
+        whether `command` should still be run."""
+        if command.name == "quit":
+            return True
+        if command.name != "auth":
+            self._reply_error(command.request_id, CommandError(
+                AUTH_REQUIRED, "authenticate first: AUTH <token> (this server has an auth "
+                "token; the client's auth_token, the CLI's --auth-token)"))
+            return False
+        try:
+            self.hub.service.execute(command, now, self._respond)
+        except WonderQError as exc:
+            self._reply_error(command.request_id, exc)
+            return False
+        self.authenticated = True
+        return False
 
     # --------------------------------------------------------------- output
 
@@ -281,11 +311,23 @@ class Connection(asyncio.Protocol):
         self._out.append(encoder.error(request_id, error))
         self.hub.want_flush(self)
         if error.closes_connection:
-            self._begin_close()
+            self._begin_close(error.close_delay_s)
 
-    def _begin_close(self) -> None:
-        self._close_after_flush = self._close_requested = True
+    def _begin_close(self, delay_s: float = 0.0) -> None:
+        """_begin_close: read nothing more, answer what is buffered, then close: with the
+        next flush, or `delay_s` later (a wrong auth token: reading is paused meanwhile)."""
+        self._close_after_flush = True
         self._withdraw_waits()
+        if delay_s > 0:
+            self._pause("closing")
+            self.hub.later(delay_s, self._close_now)
+        else:
+            self._close_requested = True
+
+    def _close_now(self) -> None:
+        if not self._closed:
+            self._close_requested = True
+            self.hub.want_flush(self)
 
     def _withdraw_waits(self) -> None:
         """_withdraw_waits cancels this connection's waiting receives.
