@@ -13,6 +13,7 @@ import json
 import pytest
 from certificates import TlsFiles
 from test_e2e_cli import at, cli
+from test_e2e_demo import accounting, run_demo
 
 from wonderq_cli.top import Poller
 from wonderq_client import connect
@@ -105,3 +106,12 @@ async def test_top_polls_with_the_token_and_tls(secured, tls_files):
         assert poller.stats["queues"]["watched"]["ready"] == 1
     finally:
         await poller.close()
+
+
+def test_demo_connect_with_the_token_and_tls(secured, tls_files):
+    result = run_demo("--connect", *at(secured), "--auth-token", TOKEN,
+                      "--tls-ca", str(tls_files.ca), "--messages", "20", "--seconds", "10")
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = accounting(result.stdout)
+    assert rows["produced"] == 20 == rows["acked"] + rows["dead-lettered"]
+    assert rows["lost"] == 0
