@@ -129,3 +129,18 @@ def test_a_receive_before_auth_never_waits(hub):
     hub.send(connection, b"GET q wait=30\r\nPING\r\n")
     assert transport.data.count(b"ERR AUTH_REQUIRED") == 2
     assert hub.broker.stats(hub.clock)["waiting_consumers"] == 0
+
+
+def test_a_bug_while_checking_the_token_is_internal_and_opens_nothing(hub, monkeypatch,
+                                                                       caplog):
+    def broken(given: bytes) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(hub.service.auth, "check", broken)
+    connection, transport = hub.connect()
+    hub.send(connection, b"AUTH " + TOKEN + b"\r\nPING\r\n")
+    lines = transport.data.split(b"\r\n")
+    assert lines[0].startswith(b"ERR INTERNAL ") and lines[1].startswith(b"ERR AUTH_REQUIRED ")
+    assert not connection.authenticated and not transport.closed
+    assert "internal error running 'auth'" in caplog.text
+    assert TOKEN.decode() not in caplog.text

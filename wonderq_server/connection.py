@@ -239,9 +239,7 @@ class Connection(asyncio.Protocol):
             self._reply_error(command.request_id, exc)
             return
         except Exception:
-            logger.exception("internal error running %r for %s", command.name, self.peer)
-            self._reply_error(command.request_id,
-                              CommandError(INTERNAL, "internal server error; see the server log"))
+            self._internal_error(command)
             return
         if waiter is not None:
             self._waiters[command] = waiter
@@ -270,8 +268,17 @@ class Connection(asyncio.Protocol):
         except WonderQError as exc:
             self._reply_error(command.request_id, exc)
             return False
+        except Exception:
+            self._internal_error(command)
+            return False
         self.authenticated = True
         return False
+
+    def _internal_error(self, command: Command) -> None:
+        """_internal_error: a bug met while running `command`; logged, answered INTERNAL."""
+        logger.exception("internal error running %r for %s", command.name, self.peer)
+        self._reply_error(command.request_id,
+                          CommandError(INTERNAL, "internal server error; see the server log"))
 
     # --------------------------------------------------------------- output
 
