@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import msgpack
 
+from wonderq_server.auth import TokenCheck
 from wonderq_server.binary_codec import PREAMBLE, encode_request
 from wonderq_server.broker import Broker
 from wonderq_server.commands import Limits
@@ -98,7 +99,8 @@ class FakeTimer:
 
 class FakeHub:
     def __init__(self, limits: Limits | None = None, visibility_timeout_s: float = 30.0,
-                 connection_limits: ConnectionLimits | None = None) -> None:
+                 connection_limits: ConnectionLimits | None = None,
+                 auth_token: bytes | None = None) -> None:
         self.limits = limits or Limits()
         self.connection_limits = connection_limits or ConnectionLimits()
         self.counters = Counters()
@@ -106,7 +108,8 @@ class FakeHub:
         self.refusing: Exception | None = None  # set: connections are refused with this
         self.broker = Broker(visibility_timeout_s=visibility_timeout_s,
                              max_message_bytes=self.limits.max_message_bytes)
-        self.service = BrokerService(self.broker, lambda now: {"version": "test"})
+        self.service = BrokerService(self.broker, lambda now: {"version": "test"},
+                                     TokenCheck(auth_token))
         self.clock = START
         self.ready: list[Callable[[], None]] = []
         self.dirty: list[Connection] = []

@@ -5,6 +5,7 @@ client writes and answers each with the reply a test gives. No server, no
 sockets: what these check is what goes on the wire (options left None are
 not sent, misspelt settings never leave the client) and how replies are read
 (per-item results, deliveries with or without the fields added in issue 4).
+The one socket, for connect's timeout, is a loopback listener that never answers.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import msgpack
 import pytest
 
 from wonderq_client import (
+    AuthFailed,
+    AuthRequired,
     BodyTooLarge,
     Full,
     HeadersTooLarge,
@@ -28,7 +31,7 @@ from wonderq_client import (
     TooManyQueues,
     WonderQError,
 )
-from wonderq_client.client import Client, _ClientProtocol
+from wonderq_client.client import Client, _ClientProtocol, connect
 from wonderq_client.codec import PREAMBLE
 from wonderq_client.errors import error_from_wire
 
@@ -233,7 +236,8 @@ async def test_admin_commands_on_the_wire(fake, method, args, wire):
 
 @pytest.mark.parametrize(("code", "cls"), [
     ("FULL", Full), ("QUEUE_NOT_FOUND", QueueNotFound), ("QUEUE_EXISTS", QueueExists),
-    ("HEADERS_TOO_LARGE", HeadersTooLarge), ("TOO_MANY_QUEUES", TooManyQueues)])
+    ("HEADERS_TOO_LARGE", HeadersTooLarge), ("TOO_MANY_QUEUES", TooManyQueues),
+    ("AUTH_REQUIRED", AuthRequired), ("AUTH_FAILED", AuthFailed)])
 def test_new_codes_have_their_classes(code, cls):
     error = error_from_wire(code, "why")
     assert type(error) is cls and error.code == code and str(error) == f"{code}: why"
@@ -242,3 +246,27 @@ def test_new_codes_have_their_classes(code, cls):
 def test_a_message_made_by_hand_still_works():
     msg = Message(None, "q", 1, b"x", 2, 1, 1.7e9)  # type: ignore[arg-type]
     assert (msg.priority, msg.headers, msg.dead_letter) == (0, {}, None)
+
+
+async def test_connect_timeout_covers_auth_and_leaves_no_connection_open():
+    """A peer that accepts and never answers: connect gives up after its timeout, AUTH
+    included, and drops the connection rather than leave it half open."""
+    accepted: list[asyncio.StreamWriter] = []
+    closed = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        await reader.read()  # until the client drops the connection
+        closed.set()
+
+    listener = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(TimeoutError):
+            await connect("127.0.0.1", port, timeout=0.2, auth_token="t")
+        await asyncio.wait_for(closed.wait(), 10)
+        assert len(accepted) == 1
+    finally:
+        listener.close()
+        for writer in accepted:
+            writer.close()

@@ -188,6 +188,9 @@ REQUIRED_VALUES = {
                       min_size=1, max_size=20),
     "id": ids,
     "lease": ids,
+    # One word, as a configured token is (auth.check_token): text mode sends it so.
+    "token": st.text(alphabet=st.characters(exclude_categories=("Cs", "Cc", "Z")),
+                     min_size=1, max_size=20),
 }
 
 
@@ -214,6 +217,8 @@ def expected_items(field: str, value, batch: dict):
                 item[option] = batch[option] if own is None else own
             items.append(item)
         return items
+    if field == "token":
+        return value.encode()
     return value
 
 

@@ -56,6 +56,7 @@ VALID = {
     "stats": {},
     "ping": {},
     "quit": {},
+    "auth": {"token": "t"},
 }
 
 
@@ -97,6 +98,7 @@ def test_required_fields_per_command():
         "stats": (),
         "ping": (),
         "quit": (),
+        "auth": ("token",),
     }
 
 
@@ -218,7 +220,7 @@ def test_unknown_command(name):
     assert error.message.endswith(
         "known: put, put_many, receive, ack, ack_many, nack, nack_many, touch, create_queue, "
         "configure_queue, queue_info, queues, peek, purge, delete_queue, redrive, "
-        "message_info, stats, ping, quit")
+        "message_info, stats, ping, quit, auth")
 
 
 def test_unknown_command_is_reported_before_bad_arguments():
@@ -511,6 +513,21 @@ def test_reprs():
     assert repr(Command("ping", {}, 3)) == "Command('ping', {}, request_id=3)"
     error = CommandError(BAD_ARGUMENT, "no")
     assert repr(Rejected(error, 9)) == f"Rejected({error!r}, request_id=9)"
+
+
+def test_auth_token_is_bytes_that_never_print():
+    from_str = make_command("auth", {"token": "s3cr=t"}, LIMITS, 1)
+    from_bytes = make_command("auth", {"token": b"s3cr=t"}, LIMITS)
+    assert from_str.args["token"] == from_bytes.args["token"] == b"s3cr=t"
+    for shown in (repr(from_str), str(from_str), f"{from_str.args}",
+                  str(from_str.args["token"])):
+        assert "s3cr" not in shown and "<secret>" in shown
+
+
+@pytest.mark.parametrize("token", [1, None, [b"t"], {"t": "t"}, True])
+def test_auth_token_must_be_a_string(token):
+    error = refused("auth", {"token": token})
+    assert error.code == BAD_ARGUMENT and "token" in error.message
 
 
 def test_limits_line_bytes():

@@ -24,7 +24,7 @@ LIMITS = Limits()
 SHORT = Limits(max_message_bytes=16)  # max_line_bytes == 1040
 KNOWN = ("PUT PUT_MANY GET RECEIVE ACK ACK_MANY NACK NACK_MANY TOUCH CREATE_QUEUE "
          "CONFIGURE_QUEUE QUEUE_INFO QUEUES PEEK PURGE DELETE_QUEUE REDRIVE MESSAGE_INFO STATS "
-         "PING QUIT")
+         "PING QUIT AUTH")
 PUT_DEFAULTS = {"delay": None, "priority": 0, "headers": None, "expiry": None}
 SETTINGS_NONE = {"visibility_timeout": None, "max_deliveries": None, "dead_letter_queue": None,
                  "delay": None, "max_length": None, "expiry": None}
@@ -89,6 +89,7 @@ RECEIVE_DEFAULTS = {"max": 1, "wait": 0.0, "visibility": None}
     (b"STATS", ("stats", {})),
     (b"PING", ("ping", {})),
     (b"QUIT", ("quit", {})),
+    (b"AUTH s3cr=t", ("auth", {"token": b"s3cr=t"})),
 ])
 @pytest.mark.parametrize("case", [bytes.upper, bytes.lower, bytes.title])
 @pytest.mark.parametrize("ending", [b"\n", b"\r\n"])
@@ -102,7 +103,22 @@ def test_command_words_table():
     assert set(TEXT_COMMANDS.values()) == {
         "put", "put_many", "receive", "ack", "ack_many", "nack", "nack_many", "touch",
         "create_queue", "configure_queue", "queue_info", "queues", "peek", "purge",
-        "delete_queue", "redrive", "message_info", "stats", "ping", "quit"}
+        "delete_queue", "redrive", "message_info", "stats", "ping", "quit", "auth"}
+
+
+@pytest.mark.parametrize(("line", "token"), [
+    (b"AUTH abc", b"abc"),
+    (b"AUTH   abc==  ", b"abc=="),  # the rest of the line: `=` is no option here
+    (b"AUTH token=abc", b"token=abc"),
+    (b"auth \xff\x00x", b"\xff\x00x"),  # bytes as they are; the server's check decides
+])
+def test_auth_token_is_the_rest_of_the_line(line, token):
+    assert command(line + b"\n") == ("auth", {"token": token})
+
+
+@pytest.mark.parametrize("line", [b"AUTH", b"AUTH   "])
+def test_auth_without_a_token(line):
+    assert rejection(line + b"\n") == (BAD_ARGUMENT, "auth needs the field 'token'")
 
 
 def test_one_byte_at_a_time():

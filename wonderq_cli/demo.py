@@ -36,6 +36,8 @@ Rules:
   fatal.
 * With --connect the demo uses only queues it creates (it refuses names that
   exist) and deletes them when it ends, however it ends.
+* With --connect every connection (its own and each worker's) uses the
+  connection flags (--auth-token, --tls...); its own server needs none.
 """
 
 from __future__ import annotations
@@ -188,22 +190,23 @@ async def _run(args: argparse.Namespace) -> int:
     if args.connect:
         where = f"the server at {args.host}:{args.port}"
         return await _demo_or_exit(args.host, args.port, plan, started, where,
-                                   shared_server=True)
+                                   shared_server=True, options=args.connect_options)
     try:
         async with own_server() as (host, port):
             where = f"its own in-memory server at {host}:{port}"
-            return await _demo_or_exit(host, port, plan, started, where, shared_server=False)
+            return await _demo_or_exit(host, port, plan, started, where, shared_server=False,
+                                       options={})
     except ServerStartError as exc:
         _say(f"wonderq demo: {exc}")
         return EXIT_UNAVAILABLE
 
 
 async def _demo_or_exit(host: str, port: int, plan: Plan, started: float, where: str,
-                        shared_server: bool) -> int:
+                        shared_server: bool, options: dict[str, Any]) -> int:
     """_demo_or_exit runs _demo and turns a server that failed the demo into one line and
     EXIT_UNAVAILABLE, so that exit 1 only ever means a broken promise."""
     try:
-        return await _demo(host, port, plan, started, where, shared_server)
+        return await _demo(host, port, plan, started, where, shared_server, options)
     except ConnectionClosed as exc:
         _say(f"wonderq demo: lost the connection to {host}:{port}: {exc.message}; "
              f"no accounting was made")
@@ -217,13 +220,14 @@ async def _demo_or_exit(host: str, port: int, plan: Plan, started: float, where:
 
 
 async def _demo(host: str, port: int, plan: Plan, started: float, where: str,
-                shared_server: bool) -> int:
+                shared_server: bool, options: dict[str, Any]) -> int:
     """_demo creates the queues, runs the show, prints the accounting, returns the exit code.
 
     On a shared server (--connect) it first makes sure the queue names are
-    new, and deletes the queues at the end, however the run ends.
+    new, and deletes the queues at the end, however the run ends. `options`
+    are connect()'s auth_token and ssl (--connect's; none for its own server).
     """
-    async with connect(host, port) as admin:
+    async with connect(host, port, **options) as admin:
         if shared_server:
             for name in (plan.queue, plan.dead_letter_queue):
                 if await _exists(admin, name):
@@ -238,7 +242,7 @@ async def _demo(host: str, port: int, plan: Plan, started: float, where: str,
                                      dead_letter_queue=plan.dead_letter_queue)
             console = Console(highlight=False)
             console.print(banner(plan, where))
-            accounting = await _show(admin, host, port, plan, started, console)
+            accounting = await _show(admin, host, port, plan, started, console, options)
         finally:
             if shared_server:
                 await _delete_queues(admin, plan)
@@ -248,10 +252,10 @@ async def _demo(host: str, port: int, plan: Plan, started: float, where: str,
 
 
 async def _show(admin: Client, host: str, port: int, plan: Plan, started: float,
-                console: Console) -> Accounting:
+                console: Console, options: dict[str, Any]) -> Accounting:
     """_show runs the workers under narration, stops them, reads back the queues, accounts."""
     crew = Crew(host, port, plan, Ledger(plan.messages), asyncio.Event(),
-                lambda: time.monotonic() - started, random.Random())
+                lambda: time.monotonic() - started, random.Random(), connect_options=options)
     producers = [Producer(crew, f"producer-{i + 1}", list(range(i + 1, plan.messages + 1,
                                                                   plan.producers)))
                  for i in range(plan.producers)]

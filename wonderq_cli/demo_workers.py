@@ -148,6 +148,7 @@ class Crew:
     clock: Callable[[], float]  # seconds since the demo started
     rng: random.Random
     batches: BatchLimit = field(default_factory=BatchLimit)
+    connect_options: dict[str, Any] = field(default_factory=dict)  # auth_token, ssl
 
 
 def body_for(seq: int) -> bytes:
@@ -185,7 +186,7 @@ class Producer:
         paced so that all producers together put about PUT_RATE a second."""
         crew = self.crew
         pending = list(self.seqs)
-        async with connect(crew.host, crew.port) as client:
+        async with connect(crew.host, crew.port, **crew.connect_options) as client:
             for _ in range(len(self.seqs)):  # each round puts at least one body
                 if not pending or crew.stop.is_set():
                     break
@@ -222,7 +223,7 @@ class Consumer:
         crew = self.crew
         try:
             for _ in range(MAX_CRASHES + 1):
-                async with connect(crew.host, crew.port) as client:
+                async with connect(crew.host, crew.port, **crew.connect_options) as client:
                     crashed = await self._work(client)
                 if not crashed:
                     break

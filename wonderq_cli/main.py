@@ -3,14 +3,17 @@
 Design decision: every subcommand is a function `run(args) -> int` (the exit
 code) in a module of its own, registered here with its flags; this module
 owns only what they share: `--host` and `--port` (and WONDERQ_HOST,
-WONDERQ_PORT, as the server reads them), the event loop, and turning a
-server that cannot be reached into one clear line on stderr and exit code 2.
+WONDERQ_PORT, as the server reads them), the auth token and TLS flags
+(connection_options.py; subcommands connect with its `open_client`), the
+event loop, and turning a server that cannot be reached into one clear line
+on stderr and exit code 2.
 
 Rules:
 * Output meant for scripts (`--json`) goes to stdout as one JSON document;
   everything for people may use rich's formatting.
 * Exit codes: 0 success, 1 the server refused the request (its error code
-  is printed), 2 the server could not be reached or the usage was wrong.
+  is printed; a wrong auth token is AUTH_FAILED), 2 the server could not be
+  reached (a failed TLS handshake included) or the usage was wrong.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 
 from wonderq_client import DEFAULT_HOST, DEFAULT_PORT, ConnectionClosed, WonderQError
 
-from . import demo, queue_commands, stats_command, top
+from . import connection_options, demo, queue_commands, stats_command, top
 
 Runner = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
@@ -64,10 +67,12 @@ def _connection_flags(parser: argparse.ArgumentParser, suppress: bool) -> None:
     parser.add_argument("--timeout", type=float, default=default,
                         help="seconds to wait for the server's answer "
                              f"(default {DEFAULT_TIMEOUT_S:g}; receive adds its --wait)")
+    connection_options.add_flags(parser, default)
 
 
 def _from_environment(args: argparse.Namespace, env: Mapping[str, str]) -> None:
-    """_from_environment fills in what no flag gave; raises ValueError naming the variable."""
+    """_from_environment fills in what no flag gave (and the security options); raises
+    ValueError naming the variable or the flag."""
     if args.host is None:
         args.host = env.get("WONDERQ_HOST", DEFAULT_HOST)
     if args.port is None:
@@ -78,6 +83,7 @@ def _from_environment(args: argparse.Namespace, env: Mapping[str, str]) -> None:
             raise ValueError(f"WONDERQ_PORT={text!r}: {exc}") from None
     if args.timeout is None:
         args.timeout = DEFAULT_TIMEOUT_S
+    connection_options.resolve(args, env)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,8 +129,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return EXIT_UNREACHABLE
     except WonderQError as exc:
         if isinstance(exc, ConnectionClosed):
-            print(f"wonderq: lost the connection to {args.host}:{args.port}: {exc.message}",
-                  file=sys.stderr)
+            # A TLS port closes a plain connection without a word: say what may be wrong.
+            hint = ("; if the server uses TLS, add --tls or --tls-ca"
+                    if args.connect_options["ssl"] is None else "")
+            print(f"wonderq: lost the connection to {args.host}:{args.port}: {exc.message}"
+                  f"{hint}", file=sys.stderr)
             return EXIT_UNREACHABLE
         print(f"wonderq: {exc.code}: {exc.message}", file=sys.stderr)
         return EXIT_REFUSED

@@ -28,7 +28,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from wonderq_client import Message, connect
+from wonderq_client import Message
+
+from .connection_options import open_client
 
 
 def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -147,7 +149,7 @@ def messages_table(title: str, messages: Sequence[Message], leased: bool) -> Tab
 
 
 async def run_put(args: argparse.Namespace) -> int:
-    async with connect(args.host, args.port, timeout=args.timeout) as client:
+    async with open_client(args) as client:
         msg_id = await client.put(args.queue, args.body_bytes, delay=args.delay,
                                   priority=args.priority, headers=_headers(args.header),
                                   expiry=args.expiry)
@@ -159,7 +161,7 @@ async def run_put(args: argparse.Namespace) -> int:
 
 
 async def run_receive(args: argparse.Namespace) -> int:
-    async with connect(args.host, args.port, timeout=args.timeout) as client:
+    async with open_client(args) as client:
         messages = await client.receive(args.queue, max=args.max, wait=args.wait,
                                         visibility=args.visibility)
         if args.json:
@@ -179,14 +181,14 @@ async def run_receive(args: argparse.Namespace) -> int:
 
 
 async def run_ack(args: argparse.Namespace) -> int:
-    async with connect(args.host, args.port, timeout=args.timeout) as client:
+    async with open_client(args) as client:
         await client.ack(args.queue, args.id, args.lease)
     print(f"acked {args.id}")
     return 0
 
 
 async def run_peek(args: argparse.Namespace) -> int:
-    async with connect(args.host, args.port, timeout=args.timeout) as client:
+    async with open_client(args) as client:
         messages = await client.peek(args.queue, max=args.max)
     if args.json:
         _print_json([message_json(m) for m in messages])
@@ -197,7 +199,7 @@ async def run_peek(args: argparse.Namespace) -> int:
 
 
 async def run_purge(args: argparse.Namespace) -> int:
-    async with connect(args.host, args.port, timeout=args.timeout) as client:
+    async with open_client(args) as client:
         purged = await client.purge(args.queue)
     if args.json:
         _print_json({"purged": purged})
@@ -207,7 +209,7 @@ async def run_purge(args: argparse.Namespace) -> int:
 
 
 async def run_queues(args: argparse.Namespace) -> int:
-    async with connect(args.host, args.port, timeout=args.timeout) as client:
+    async with open_client(args) as client:
         queues = await client.queues()
     if args.json:
         _print_json(queues)

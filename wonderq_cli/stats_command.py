@@ -13,8 +13,7 @@ import sys
 
 from rich.console import Console
 
-from wonderq_client import connect
-
+from .connection_options import open_client
 from .stats_view import stats_view
 
 
@@ -26,7 +25,7 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
 
 
 async def run(args: argparse.Namespace) -> int:
-    async with connect(args.host, args.port, timeout=args.timeout) as client:
+    async with open_client(args) as client:
         stats = await client.stats()
     if args.json:
         json.dump(stats, sys.stdout, indent=2, sort_keys=True)

@@ -11,7 +11,9 @@ Rules:
 * Quits on `q` (when stdin is a terminal) or Ctrl-C, restoring the terminal.
 * A server that cannot be reached, or that goes away, shows "disconnected"
   with the last figures dimmed; `top` retries once per interval and
-  carries on when the server is back. Totals that go down (the server was
+  carries on when the server is back. What retrying cannot fix ends `top`
+  with main.py's one line: a refused auth token (AUTH_FAILED), a server
+  certificate that fails verification. Totals that go down (the server was
   restarted) restart the history rather than show negative rates.
 * `--once` prints one frame and exits (for scripts, and to see the layout).
 """
@@ -23,6 +25,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import ssl
 import sys
 import time
 from collections import deque
@@ -34,6 +37,7 @@ from rich.live import Live
 
 from wonderq_client import Client, ConnectionClosed, connect
 
+from .connection_options import open_client
 from .stats_view import stats_view
 
 HISTORY_POINTS = 30
@@ -94,8 +98,10 @@ class Poller:
     """Poller fetches stats, connecting (again) as needed; `poll` never raises for a
     server that is down or goes away, it reports it."""
 
-    def __init__(self, host: str, port: int, timeout_s: float) -> None:
+    def __init__(self, host: str, port: int, timeout_s: float,
+                 connect_options: Mapping[str, Any] | None = None) -> None:
         self.host, self.port, self.timeout_s = host, port, timeout_s
+        self.connect_options = dict(connect_options or {})  # auth_token, ssl
         self.client: Client | None = None
         self.stats: dict[str, Any] = {}  # the last stats seen, kept while disconnected
 
@@ -103,9 +109,12 @@ class Poller:
         """poll refreshes `stats`; returns whether the server answered."""
         try:
             if self.client is None or self.client.closed:
-                self.client = await connect(self.host, self.port, timeout=self.timeout_s)
+                self.client = await connect(self.host, self.port, timeout=self.timeout_s,
+                                            **self.connect_options)
             self.stats = await asyncio.wait_for(self.client.stats(), timeout=self.timeout_s)
             return True
+        except ssl.SSLCertVerificationError:
+            raise  # not the server being away: retrying will not help
         except (TimeoutError, OSError, ConnectionClosed):
             await self.close()
             return False
@@ -119,10 +128,10 @@ class Poller:
 
 async def run(args: argparse.Namespace) -> int:
     interval = max(0.1, args.interval)
-    poller = Poller(args.host, args.port, max(interval, 2.0))
+    poller = Poller(args.host, args.port, max(interval, 2.0), args.connect_options)
     history = History()
     if args.once:  # errors reach main, which says why the server cannot be reached
-        async with connect(args.host, args.port, timeout=args.timeout) as client:
+        async with open_client(args) as client:
             stats = await client.stats()
         history.update(stats.get("queues", {}), time.monotonic())
         console = Console()

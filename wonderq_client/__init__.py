@@ -12,11 +12,19 @@
 
     asyncio.run(main())
 
+With an auth token and TLS (the server's --auth-token and --tls-cert):
+
+    ctx = ssl.create_default_context(cafile="ca.pem")
+    async with connect("mq.example", 7711, auth_token="...", ssl=ctx) as client:
+        ...
+
 The client depends only on msgpack; it never imports the server.
 """
 
 from .client import DEFAULT_HOST, DEFAULT_PORT, Client, connect
 from .errors import (
+    AuthFailed,
+    AuthRequired,
     BadArgument,
     BatchTooLarge,
     BodyTooLarge,
@@ -44,6 +52,8 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PORT",
+    "AuthFailed",
+    "AuthRequired",
     "BadArgument",
     "BatchTooLarge",
     "BodyTooLarge",

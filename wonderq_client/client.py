@@ -20,6 +20,12 @@ Rules:
 * If the connection ends, every call still waiting raises ConnectionClosed:
   the request may or may not have been carried out (an ack, say), so callers
   that retry must tolerate NOT_FOUND.
+* Security is the caller's choice, passed through as given: `ssl` goes to
+  loop.create_connection unchanged (an ssl.SSLContext, or True for the
+  system's CAs), so this package never imports ssl; with `auth_token`, AUTH
+  is the first request, and `connect` raises AuthFailed (and drops the
+  connection) when the server refuses it. `timeout` bounds the whole
+  connect: TCP, TLS handshake and AUTH.
 """
 
 from __future__ import annotations
@@ -274,15 +280,25 @@ class Client(QueueAdmin):
 class _Connect:
     """What `connect()` returns: await it, or use it in `async with`."""
 
-    def __init__(self, host: str, port: int, timeout: float | None) -> None:
+    def __init__(self, host: str, port: int, timeout: float | None,
+                 auth_token: str | bytes | None, ssl: Any) -> None:
         self._host, self._port, self._timeout = host, port, timeout
+        self._auth_token, self._ssl = auth_token, ssl
         self._client: Client | None = None
 
     async def _open(self) -> Client:
         loop = asyncio.get_running_loop()
-        _, protocol = await asyncio.wait_for(
-            loop.create_connection(lambda: _ClientProtocol(loop), self._host, self._port),
-            self._timeout)
+        protocol: _ClientProtocol | None = None
+        try:
+            async with asyncio.timeout(self._timeout):
+                _, protocol = await loop.create_connection(
+                    lambda: _ClientProtocol(loop), self._host, self._port, ssl=self._ssl)
+                if self._auth_token is not None:
+                    await protocol.send("auth", {"token": self._auth_token})
+        except BaseException:
+            if protocol is not None and protocol.transport is not None:
+                protocol.transport.abort()  # refused, timed out or cancelled: not half open
+            raise
         return Client(protocol, self._host, self._port)
 
     def __await__(self) -> Generator[Any, None, Client]:
@@ -299,6 +315,13 @@ class _Connect:
 
 
 def connect(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
-            timeout: float | None = 10.0) -> _Connect:
-    """connect opens a connection: `client = await connect()` or `async with connect() as c:`."""
-    return _Connect(host, port, timeout)
+            timeout: float | None = 10.0, auth_token: str | bytes | None = None,
+            ssl: Any = None) -> _Connect:
+    """connect opens a connection: `client = await connect()` or `async with connect() as c:`.
+
+    timeout: seconds for the whole connect (None: no limit). auth_token: the
+    server's --auth-token, sent first (AuthFailed if refused). ssl: an
+    ssl.SSLContext (or True: verify against the system's CAs) for a server
+    with --tls-cert; passed to loop.create_connection as it is.
+    """
+    return _Connect(host, port, timeout, auth_token, ssl)

@@ -119,6 +119,19 @@ class TooManyQueues(WonderQError):
     code = "TOO_MANY_QUEUES"
 
 
+class AuthRequired(WonderQError):
+    """The server has an auth token and this connection has not sent it: connect with
+    `auth_token=`. The connection stays open."""
+
+    code = "AUTH_REQUIRED"
+
+
+class AuthFailed(WonderQError):
+    """The server refused the auth token; it closes the connection about a second later."""
+
+    code = "AUTH_FAILED"
+
+
 class ConnectionClosed(WonderQError):
     """The connection ended before the reply came; the request may or may not have run."""
 
@@ -130,7 +143,7 @@ ERRORS_BY_CODE: dict[str, type[WonderQError]] = {
     for cls in (UnknownCommand, BadArgument, InvalidQueueName, BodyTooLarge, BatchTooLarge,
                 NotFound, LeaseLost, Malformed, FrameTooLarge, UnsupportedVersion,
                 InternalError, StorageError, Full, QueueNotFound, QueueExists,
-                HeadersTooLarge, TooManyQueues, ConnectionClosed)
+                HeadersTooLarge, TooManyQueues, AuthRequired, AuthFailed, ConnectionClosed)
 }
 
 

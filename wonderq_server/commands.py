@@ -28,6 +28,8 @@ Rules:
   configure_queue leaves them as they are.
 * The text codec passes strings; `TEXT_CONVERTERS` turns them into the same
   types the binary codec carries, then the same checks apply.
+* AUTH's token is kept as SecretBytes, which prints as `<secret>`, so a
+  command that is logged or printed never shows it (auth.py has the rules).
 
 Must not know: sockets, the broker's state, wire framing.
 """
@@ -209,6 +211,24 @@ def _count(field: str, value: Any, limits: Limits) -> int:
     return _whole(field, value)
 
 
+class SecretBytes(bytes):
+    """Bytes that never show in a repr or a log line: an AUTH command's token."""
+
+    def __repr__(self) -> str:
+        return "<secret>"
+
+    __str__ = __repr__
+
+
+def _token(field: str, value: Any, limits: Limits) -> SecretBytes:
+    # A string (msgpack str, the usual) or bytes (text mode's word, a client's bin).
+    if isinstance(value, str):
+        return SecretBytes(value.encode(errors="surrogatepass"))
+    if isinstance(value, bytes | bytearray | memoryview):
+        return SecretBytes(value)
+    raise bad_argument(f"{field} must be a string, got {type(value).__name__}")
+
+
 def _positive(field: str, value: Any) -> int:
     value = _whole(field, value)
     if value < 1:
@@ -311,6 +331,7 @@ CHECKS: dict[str, Check] = {
     "max_deliveries": _count,
     "dead_letter_queue": _dead_letter_queue,
     "max_length": _count,
+    "token": _token,
 }
 
 # Where one command checks a field differently from the rest.
@@ -347,6 +368,7 @@ COMMANDS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "stats": ((), {}),
     "ping": ((), {}),
     "quit": ((), {}),
+    "auth": (("token",), {}),
 }
 
 

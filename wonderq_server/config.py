@@ -12,6 +12,13 @@ Rules:
 * Sizes in bytes may say K, M or G (powers of 1024) where a size is usually
   large (--max-memory); a percentage there is of the machine's physical
   memory, read once at start-up.
+* Secrets (SECRET_FLAGS: the auth token) are never shown: `--help` says
+  "set" or "off" for them, an error about one never repeats its value, and
+  Config's repr leaves the token out. A token file is read once, here
+  (auth.py says what a token may be).
+* TLS: --tls-cert and --tls-key go together; --tls-ca (require client
+  certificates) needs them. The files are read when the server starts
+  (tls.py), and a bad one stops start-up there.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
+from .auth import check_token, load_token
 from .commands import Limits
 from .connection_limits import ConnectionLimits
 
@@ -48,6 +56,10 @@ class Config:
     max_queues: int = DEFAULT_MAX_QUEUES
     max_memory_bytes: int = 0  # 0: no limit (parse_config always sets one: --max-memory)
     metrics_port: int | None = None  # None: no metrics endpoint; 0 picks a free port
+    auth_token: bytes | None = field(default=None, repr=False)  # None: no authentication
+    tls_cert: Path | None = None  # with tls_key: serve TLS
+    tls_key: Path | None = None
+    tls_ca: Path | None = None  # require client certificates signed by this CA
 
 
 def _positive_int(text: str) -> int:
@@ -69,6 +81,11 @@ def _metrics_port(text: str) -> int | None:
     if text.strip().lower() in ("", "off", "none"):
         return None
     return _port(text)
+
+
+def _token(text: str) -> str:
+    check_token(text, "--auth-token")  # loaded (with --auth-token-file) in parse_config
+    return text
 
 
 def _seconds(text: str) -> float:
@@ -214,7 +231,20 @@ FLAGS = [
     ("--metrics-port", "metrics_port", _metrics_port, None,
      "serve GET /metrics (Prometheus) and GET /stats (JSON) over HTTP on this port of "
      "--host (0 picks a free one; the log names it)"),
+    ("--auth-token", "auth_token", _token, None,
+     "clients must send AUTH with this token before anything else; also guards "
+     "--metrics-port (Authorization: Bearer)"),
+    ("--auth-token-file", "auth_token_file", str, None,
+     "read the auth token from this file (one trailing newline is dropped) instead"),
+    ("--tls-cert", "tls_cert", str, None, "serve TLS with this PEM certificate (chain); "
+     "needs --tls-key"),
+    ("--tls-key", "tls_key", str, None, "the PEM private key of --tls-cert (unencrypted)"),
+    ("--tls-ca", "tls_ca", str, None, "require client certificates signed by this PEM CA "
+     "bundle; needs --tls-cert"),
 ]
+
+# Flags whose value is a secret: never printed (see the module's rules).
+SECRET_FLAGS = frozenset({"--auth-token"})
 
 # Switches: (flag, destination, help). Also settable as WONDERQ_IN_MEMORY=1 etc.
 SWITCHES = [
@@ -239,13 +269,15 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     for flag, dest, kind, default, text in FLAGS:
         env = env_name(flag)
         raw = environ.get(env)
+        secret = flag in SECRET_FLAGS
         if raw is not None:
             try:
                 default = kind(raw)
             except ValueError as exc:
-                parser.error(f"{env}={raw!r}: {exc}")
-        help_text = f"{text} (env {env}; default {'off' if default is None else default})"
-        parser.add_argument(flag, dest=dest, type=_named(kind, flag), default=default,
+                parser.error(f"{env}{'' if secret else f'={raw!r}'}: {exc}")
+        shown = "off" if default is None else "set" if secret else default
+        help_text = f"{text} (env {env}; default {shown})"
+        parser.add_argument(flag, dest=dest, type=_named(kind, flag, secret), default=default,
                             help=help_text.replace("%", "%%"))  # argparse formats help
     for flag, dest, text in SWITCHES:
         env = env_name(flag)
@@ -258,14 +290,16 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     return parser
 
 
-def _named(kind, flag: str):
-    """_named wraps a converter so argparse names the flag and the reason on a bad value."""
+def _named(kind, flag: str, secret: bool = False):
+    """_named wraps a converter so argparse names the flag and the reason on a bad value
+    (and the value itself, unless it is a secret)."""
 
     def convert(text: str):
         try:
             return kind(text)
         except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+            raise argparse.ArgumentTypeError(str(exc) if secret else f"{text!r}: {exc}") \
+                from None
 
     convert.__name__ = flag
     return convert
@@ -294,9 +328,24 @@ def parse_config(argv: Sequence[str] | None = None,
         idle_timeout_s=ns.idle_timeout_s,
     )
     in_memory = ns.in_memory or ns.data_dir.strip().lower() in ("none", "")
+    try:
+        auth_token = load_token(ns.auth_token, ns.auth_token_file)
+    except ValueError as exc:
+        build_parser({}).error(str(exc))
+    if (ns.tls_cert is None) != (ns.tls_key is None):
+        build_parser({}).error("--tls-cert and --tls-key go together: give both, or neither")
+    if ns.tls_ca is not None and ns.tls_cert is None:
+        build_parser({}).error("--tls-ca (require client certificates) needs --tls-cert and "
+                               "--tls-key")
     return Config(host=ns.host, port=ns.port, visibility_timeout_s=ns.visibility_timeout_s,
                   log_level=ns.log_level, limits=limits, connection_limits=connection_limits,
                   data_dir=None if in_memory else Path(ns.data_dir),
                   fsync=ns.fsync, repair=ns.repair, compact_min_bytes=ns.compact_min_bytes,
                   max_queues=ns.max_queues, max_memory_bytes=ns.max_memory_bytes,
-                  metrics_port=ns.metrics_port)
+                  metrics_port=ns.metrics_port, auth_token=auth_token,
+                  tls_cert=_path(ns.tls_cert), tls_key=_path(ns.tls_key),
+                  tls_ca=_path(ns.tls_ca))
+
+
+def _path(text: str | None) -> Path | None:
+    return None if text is None else Path(text)

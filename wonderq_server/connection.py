@@ -36,6 +36,13 @@ Rules:
   is answered IDLE_TIMEOUT and closed; a connection the server refused
   (over --max-connections) is answered in the mode its first bytes pick and
   closed.
+* Authentication (auth.py): on a server with a token, a connection starts
+  unauthenticated and only AUTH and QUIT run; any other command is answered
+  AUTH_REQUIRED and the connection goes on. The gate is one boolean,
+  `authenticated`, checked per command; it starts True when no token is
+  configured. A wrong token (AUTH_FAILED) closes the connection after a
+  delay (the error's close_delay_s), reading nothing in between. Under TLS
+  none of this changes: the connection sees the decrypted bytes.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ from .binary_codec import MAGIC, BinaryDecoder, BinaryEncoder
 from .commands import Command, Limits, Rejected
 from .connection_limits import REFUSAL_WAIT_S, REPLY_HOLD_BYTES, ConnectionLimits, Counters
 from .errors import (
+    AUTH_REQUIRED,
     IDLE_TIMEOUT,
     INTERNAL,
     STORAGE_ERROR,
@@ -132,6 +140,7 @@ class Connection(asyncio.Protocol):
         self.last_request_at = 0.0  # for --idle-timeout: when a request last arrived
         self._timer: Timer | None = None  # the idle timer, or the refusal's deadline
         self._refusal: WonderQError | None = None  # over --max-connections: the answer
+        self.authenticated = not hub.service.auth.required  # see the module's rules
 
     # ------------------------------------------------------------ transport
 
@@ -323,15 +332,15 @@ class Connection(asyncio.Protocol):
             self._pause("held")
 
     def _execute(self, command: Command, now: float) -> None:
+        if not self.authenticated and not self._admit(command, now):
+            return
         try:
             waiter = self.hub.service.execute(command, now, self._respond)
         except WonderQError as exc:
             self._reply_error(command.request_id, exc)
             return
         except Exception:
-            logger.exception("internal error running %r for %s", command.name, self.peer)
-            self._reply_error(command.request_id,
-                              CommandError(INTERNAL, "internal server error; see the server log"))
+            self._internal_error(command)
             return
         if waiter is not None:
             self._waiters[command] = waiter
@@ -343,6 +352,34 @@ class Connection(asyncio.Protocol):
             self._durable.append((len(self._out) - 1, command))
         elif command.name == "quit":
             self._begin_close()
+
+    def _admit(self, command: Command, now: float) -> bool:
+        """_admit is the gate before AUTH: QUIT goes ahead as usual; AUTH runs here and,
+        with the right token, opens the gate; anything else is AUTH_REQUIRED. Returns
+        whether `command` should still be run."""
+        if command.name == "quit":
+            return True
+        if command.name != "auth":
+            self._reply_error(command.request_id, CommandError(
+                AUTH_REQUIRED, "authenticate first: AUTH <token> (this server has an auth "
+                "token; the client's auth_token, the CLI's --auth-token)"))
+            return False
+        try:
+            self.hub.service.execute(command, now, self._respond)
+        except WonderQError as exc:
+            self._reply_error(command.request_id, exc)
+            return False
+        except Exception:
+            self._internal_error(command)
+            return False
+        self.authenticated = True
+        return False
+
+    def _internal_error(self, command: Command) -> None:
+        """_internal_error: a bug met while running `command`; logged, answered INTERNAL."""
+        logger.exception("internal error running %r for %s", command.name, self.peer)
+        self._reply_error(command.request_id,
+                          CommandError(INTERNAL, "internal server error; see the server log"))
 
     # --------------------------------------------------------------- output
 
@@ -402,11 +439,23 @@ class Connection(asyncio.Protocol):
         self._out_bytes += len(reply)
         self.hub.want_flush(self)
         if error.closes_connection:
-            self._begin_close()
+            self._begin_close(error.close_delay_s)
 
-    def _begin_close(self) -> None:
-        self._close_after_flush = self._close_requested = True
+    def _begin_close(self, delay_s: float = 0.0) -> None:
+        """_begin_close: read nothing more, answer what is buffered, then close: with the
+        next flush, or `delay_s` later (a wrong auth token: reading is paused meanwhile)."""
+        self._close_after_flush = True
         self._withdraw_waits()
+        if delay_s > 0:
+            self._pause("closing")
+            self.hub.call_later(delay_s, self._close_now)
+        else:
+            self._close_requested = True
+
+    def _close_now(self) -> None:
+        if not self._closed:
+            self._close_requested = True
+            self.hub.want_flush(self)
 
     def _withdraw_waits(self) -> None:
         """_withdraw_waits cancels this connection's waiting receives.

@@ -39,12 +39,14 @@ QUEUE_NOT_FOUND = "QUEUE_NOT_FOUND"
 QUEUE_EXISTS = "QUEUE_EXISTS"
 HEADERS_TOO_LARGE = "HEADERS_TOO_LARGE"
 TOO_MANY_QUEUES = "TOO_MANY_QUEUES"
+AUTH_REQUIRED = "AUTH_REQUIRED"  # a command before AUTH, on a server with a token
 
 # Protocol errors: reply, then close the connection.
 FRAME_TOO_LARGE = "FRAME_TOO_LARGE"
 UNSUPPORTED_VERSION = "UNSUPPORTED_VERSION"
 TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS"  # over --max-connections, sent before closing
 IDLE_TIMEOUT = "IDLE_TIMEOUT"  # nothing sent for --idle-timeout, sent before closing
+AUTH_FAILED = "AUTH_FAILED"  # a wrong token; closed after a delay (auth.py)
 
 
 class WonderQError(Exception):
@@ -52,6 +54,7 @@ class WonderQError(Exception):
 
     code: str = INTERNAL
     closes_connection: bool = False
+    close_delay_s: float = 0.0  # how long a closing connection waits, reading nothing, to close
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}")

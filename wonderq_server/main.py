@@ -8,6 +8,10 @@ journal, close, exit 0. If the journal breaks (an fsync fails) the server
 stops with exit code 1: it can no longer keep the promise that answered
 writes are on disk.
 
+Listening on an address other machines may reach (not loopback: see
+auth.is_loopback) with no auth token logs a warning before the ready line;
+the default, 127.0.0.1, is loopback.
+
 The ready line, logged once the socket is bound, names the real address, so
 `--port 0` can be used by tests and scripts that read it:
 
@@ -24,16 +28,22 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .auth import is_loopback
 from .config import Config, parse_config
 from .journal import DataDirLocked, JournalError
 from .journal_format import JournalCorrupt
 from .server import Server
+from .tls import TLSSetupError
 
 logger = logging.getLogger("wonderq.server")
 
 
 async def serve(config: Config) -> None:
     server = Server(config)
+    if config.auth_token is None and not is_loopback(config.host):
+        logger.warning("listening on %r, which other machines may reach, with no auth token: "
+                       "anyone who reaches the port can read and delete messages; set "
+                       "--auth-token (and --tls-cert/--tls-key)", config.host)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, server.stopped.set)
@@ -66,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         _run(serve(config))
-    except DataDirLocked as exc:
+    except (DataDirLocked, TLSSetupError) as exc:
         logger.error("cannot start: %s", exc)
         return 1
     except JournalCorrupt as exc:

@@ -68,9 +68,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from .metrics_http import Headers, HttpEndpoint
+from .metrics_http import Authorized, Headers, HttpEndpoint
 
 if TYPE_CHECKING:
+    from ssl import SSLContext
+
     from .journal import Journal
 
 Stats = Callable[[], dict[str, Any]]
@@ -127,6 +129,8 @@ SERVER_COUNTERS = [
      "Connections cut off for leaving over --max-reply-buffer-bytes unsent since start."),
     ("full_refusals_total", "wonderq_full_refusals",
      "Puts refused with FULL (a queue's max_length or --max-memory) since start."),
+    ("auth_failures_total", "wonderq_auth_failures",
+     "AUTH commands with a wrong token since start (each closed its connection)."),
 ]
 # From about a tenth of a millisecond (a fast SSD) to seconds (a stalled disk).
 FSYNC_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
@@ -253,11 +257,13 @@ class MetricsEndpoint:
 
     def __init__(self, stats: Stats, journal: Journal | None, *,
                  clock: Callable[[], float] = time.monotonic,
-                 fresh_s: float = PAGE_FRESH_S) -> None:
+                 fresh_s: float = PAGE_FRESH_S,
+                 authorized: Authorized | None = None) -> None:
         self.stats = stats
         self.metrics = Metrics(journal)
         self.pages = PageCache(clock, fresh_s)
-        self.http = HttpEndpoint({"/metrics": self._metrics_page, "/stats": self._stats_page})
+        self.http = HttpEndpoint({"/metrics": self._metrics_page, "/stats": self._stats_page},
+                                 authorized)
 
     async def _metrics_page(self, headers: Headers) -> Rendered:
         accept = headers.get("accept", "")
@@ -276,11 +282,11 @@ class MetricsEndpoint:
 
         return await self.pages.get("stats", render)
 
-    async def start(self, loop: asyncio.AbstractEventLoop, host: str,
-                    port: int) -> tuple[str, int]:
-        """start listens on host:port; returns the (host, port) bound."""
+    async def start(self, loop: asyncio.AbstractEventLoop, host: str, port: int,
+                    ssl: SSLContext | None = None) -> tuple[str, int]:
+        """start listens on host:port (over TLS with `ssl`); returns the (host, port) bound."""
         try:
-            return await self.http.start(loop, host, port)
+            return await self.http.start(loop, host, port, ssl)
         except OSError as exc:  # say which of the server's two ports it was
             raise OSError(exc.errno, f"--metrics-port {port}: {exc.strerror}") from exc
 

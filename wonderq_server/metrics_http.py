@@ -19,6 +19,9 @@ Rules:
   TIMEOUT_S after it was accepted (a peer that sends slowly or never reads
   its response) is aborted. That is one timer per HTTP connection, never on
   the message path.
+* With a check (`authorized`: the server's auth token), a request without
+  the right `Authorization: Bearer <token>` header gets 401 before anything
+  else is looked at; the check compares in constant time (auth.py).
 * A page that raises is a bug: it is logged with its traceback and answered
   500, and the server goes on. A page still running when its connection
   goes is cancelled.
@@ -30,9 +33,12 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from http import HTTPStatus
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import h11
+
+if TYPE_CHECKING:
+    from ssl import SSLContext
 
 logger = logging.getLogger("wonderq.metrics")
 
@@ -42,21 +48,24 @@ TIMEOUT_S = 10.0
 
 Headers = Mapping[str, str]  # a request's headers, names in lower case
 Page = Callable[[Headers], Awaitable[tuple[str, bytes]]]
+Authorized = Callable[[str], bool]  # the Authorization header's value -> may it see pages?
 
 
 class HttpEndpoint:
     """HttpEndpoint is the listener: it serves `pages` (path -> Page) to GET requests."""
 
-    def __init__(self, pages: Mapping[str, Page]) -> None:
+    def __init__(self, pages: Mapping[str, Page], authorized: Authorized | None = None) -> None:
         self.pages = dict(pages)
+        self.authorized = authorized  # None: no authentication
         self.connections: set[HttpConnection] = set()
         self._listener: asyncio.base_events.Server | None = None
 
-    async def start(self, loop: asyncio.AbstractEventLoop, host: str,
-                    port: int) -> tuple[str, int]:
-        """start listens on host:port; returns the (host, port) bound (port 0 picks one)."""
+    async def start(self, loop: asyncio.AbstractEventLoop, host: str, port: int,
+                    ssl: SSLContext | None = None) -> tuple[str, int]:
+        """start listens on host:port, over TLS with `ssl`; returns the (host, port) bound
+        (port 0 picks one)."""
         self._listener = await loop.create_server(
-            lambda: HttpConnection(self, loop), host, port, reuse_address=True)
+            lambda: HttpConnection(self, loop), host, port, reuse_address=True, ssl=ssl)
         sockname = self._listener.sockets[0].getsockname()
         return sockname[0], sockname[1]
 
@@ -129,6 +138,13 @@ class HttpConnection(asyncio.Protocol):
     def _answer(self, request: h11.Request) -> None:
         path = request.target.split(b"?", 1)[0].decode("ascii", "replace")
         self.head_request = request.method == b"HEAD"
+        headers = {name.decode("latin-1"): value.decode("latin-1")
+                   for name, value in request.headers}  # h11 gives names in lower case
+        authorized = self.endpoint.authorized
+        if authorized is not None and not authorized(headers.get("authorization", "")):
+            self._respond(401, b"unauthorized: send Authorization: Bearer <the server's auth "
+                          b"token>\n", extra=[("www-authenticate", 'Bearer realm="wonderq"')])
+            return
         if request.method != b"GET":
             self._respond(405, b"only GET\n", extra=[("allow", "GET")])
             return
@@ -136,8 +152,6 @@ class HttpConnection(asyncio.Protocol):
         if page is None:
             self._respond(404, f"not found; try {', '.join(self.endpoint.pages)}\n".encode())
             return
-        headers = {name.decode("latin-1"): value.decode("latin-1")
-                   for name, value in request.headers}  # h11 gives names in lower case
         self.answered = True  # read no more while the page renders
         self._page = self.loop.create_task(self._render(path, page, headers))
 

@@ -16,7 +16,9 @@ with time or I/O in it, and nothing else:
 * start-up recovery and shutdown: stop accepting, answer what is in flight,
   write and fsync the journal;
 * with --metrics-port, the metrics endpoint (metrics.py), started after the
-  listener and closed first; it reads the same stats map as `stats`.
+  listener and closed first; it reads the same stats map as `stats`;
+* the server-wide auth token check (auth.py) and TLS context (tls.py), both
+  built once; the metrics endpoint uses them too (Bearer token, TLS).
 
 Rules:
 * There is never more than one timer, and never a polling loop: the timer is
@@ -37,8 +39,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
+from . import __version__, tls
 from . import compaction as compaction_policy
+from .auth import TokenCheck
 from .broker import Broker
 from .compaction import Compaction
 from .config import Config
@@ -70,7 +73,12 @@ class Server:
                              max_message_bytes=config.limits.max_message_bytes,
                              max_queues=config.max_queues,
                              max_memory_bytes=config.max_memory_bytes)
-        self.service = BrokerService(self.broker, self._server_info)
+        self.auth = TokenCheck(config.auth_token)
+        self.service = BrokerService(self.broker, self._server_info, self.auth)
+        # Built before recovery, so a bad TLS file stops start-up at once (TLSSetupError).
+        self.ssl_context = (tls.server_context(config.tls_cert, config.tls_key, config.tls_ca)
+                            if config.tls_cert is not None and config.tls_key is not None
+                            else None)
         self.connections: set[Connection] = set()
         self.connections_total = 0
         self.started_at = time.time()
@@ -120,17 +128,19 @@ class Server:
         if self.config.metrics_port is not None:
             from .metrics import MetricsEndpoint  # imports prometheus_client and h11
 
-            self.metrics = MetricsEndpoint(lambda: self.service.stats(time.time()),
-                                           self.journal)
+            self.metrics = MetricsEndpoint(
+                lambda: self.service.stats(time.time()), self.journal,
+                authorized=self.auth.bearer_ok if self.auth.required else None)
         self._listener = await self._loop.create_server(
-            lambda: Connection(self), self.config.host, self.config.port, reuse_address=True)
+            lambda: Connection(self), self.config.host, self.config.port, reuse_address=True,
+            ssl=self.ssl_context)
         sockname = self._listener.sockets[0].getsockname()
         self.address = (sockname[0], sockname[1])
         if self.metrics is not None:
             host, port = await self.metrics.start(self._loop, self.config.host,
-                                                  self.config.metrics_port)
-            logger.info("metrics on http://%s:%d/metrics", f"[{host}]" if ":" in host else host,
-                        port)
+                                                  self.config.metrics_port, self.ssl_context)
+            logger.info("metrics on %s://%s:%d/metrics", "https" if self.ssl_context else "http",
+                        f"[{host}]" if ":" in host else host, port)
         if self.journal is not None and (self.journal.compact_requested
                                          or self.journal.has_pending):
             # After --repair: rewrite without waiting for traffic. Pending records
@@ -444,6 +454,8 @@ class Server:
             "idle_disconnects_total": self.counters.idle_disconnects,
             "slow_reader_disconnects_total": self.counters.slow_reader_disconnects,
             "rss_bytes": resident_memory_bytes(),
+            "tls": self.ssl_context is not None,
+            "auth_failures_total": self.auth.failures,
         }
         if self.journal is None:
             info["data_dir"] = ""

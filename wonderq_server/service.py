@@ -17,6 +17,9 @@ Rules:
   and the batch commands (put_many, ack_many, nack_many), whose result has
   one entry per item: its value, or the CommandError that item met (the
   codecs encode it as that item's error; the request as a whole succeeded).
+* AUTH is answered here too, by the server's TokenCheck (auth.py), so a
+  connection still knows one call. Which commands a connection may send
+  before it has authenticated is the connection's rule, not this module's.
 
 Must not know: sockets, asyncio, wire formats.
 """
@@ -26,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .auth import TokenCheck
 from .broker import Broker
 from .commands import SETTINGS, Command
 from .errors import CommandError
@@ -36,9 +40,11 @@ Respond = Callable[[Command, Any], None]
 
 
 class BrokerService:
-    def __init__(self, broker: Broker, server_info: Callable[[float], dict[str, Any]]) -> None:
+    def __init__(self, broker: Broker, server_info: Callable[[float], dict[str, Any]],
+                 auth: TokenCheck | None = None) -> None:
         self.broker = broker
         self._server_info = server_info
+        self.auth = auth if auth is not None else TokenCheck(None)
         self._handlers: dict[str, Callable[[dict[str, Any], float], Any]] = {
             "put": self._put,
             "put_many": self._put_many,
@@ -59,6 +65,7 @@ class BrokerService:
             "stats": self._stats,
             "ping": lambda args, now: "pong",
             "quit": lambda args, now: None,
+            "auth": lambda args, now: self.auth.check(args["token"]),
         }
 
     def execute(self, command: Command, now: float, respond: Respond) -> Waiter | None:

@@ -16,6 +16,8 @@ Syntax (the first word, the command, is already taken off):
     NACK_MANY       <queue> [delay=S] <id>:<lease> ...
     CREATE_QUEUE, CONFIGURE_QUEUE   <queue> [setting=value ...]  (settings by
                     name only: six positional numbers would be unreadable)
+    AUTH            <token>   (the rest of the line, as bytes, surrounding
+                    spaces dropped: a token may hold `=` and any other byte)
 
 Rules:
 * PUT options are leading words `delay=S`, `priority=N`, `expiry=S` and
@@ -53,6 +55,9 @@ def arguments(name: str, rest: bytes) -> dict[str, Any]:
         return put_arguments(rest)
     if name in ("ack_many", "nack_many"):
         return lease_item_arguments(name, rest.split())
+    if name == "auth":
+        token = rest.strip()
+        return {"token": token} if token else {}  # none: make_command says it is needed
     return named_or_positional(name, rest.split())
 
 

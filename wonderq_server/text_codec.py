@@ -28,6 +28,7 @@ follow, and the decoder collects them (across feeds) into one command.
     MESSAGE_INFO <queue> <id>                     -> "name: value" lines, then END
     STATS                                         -> "name: value" lines, then END
     PING                                          -> PONG
+    AUTH <token>                                  -> OK (see auth.py)
     QUIT                                          -> BYE, then the server closes
     anything that fails                           -> ERR <CODE> <message>
 
@@ -97,6 +98,7 @@ TEXT_COMMANDS = {
     b"STATS": "stats",
     b"PING": "ping",
     b"QUIT": "quit",
+    b"AUTH": "auth",
 }
 
 

@@ -1,0 +1,104 @@
+"""Tests of config.py's security flags: the auth token and TLS files, and their errors.
+
+A refused setting stops start-up with argparse's usage error (exit code 2) and
+a message on stderr; the token itself never appears there, in --help, or in
+Config's repr.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from wonderq_server.config import build_parser, parse_config
+
+TOKEN = "s3cret-token-123"
+
+
+def refused(capsys, argv: list[str], environ: dict[str, str] | None = None) -> str:
+    with pytest.raises(SystemExit) as info:
+        parse_config(argv, environ or {})
+    assert info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_no_token_and_no_tls_by_default():
+    config = parse_config([], {})
+    assert config.auth_token is None
+    assert (config.tls_cert, config.tls_key, config.tls_ca) == (None, None, None)
+
+
+def test_token_from_the_flag_and_from_the_environment():
+    assert parse_config(["--auth-token", TOKEN], {}).auth_token == TOKEN.encode()
+    assert parse_config([], {"WONDERQ_AUTH_TOKEN": TOKEN}).auth_token == TOKEN.encode()
+    # A flag beats the environment, as for every setting.
+    assert parse_config(["--auth-token", "other"],
+                        {"WONDERQ_AUTH_TOKEN": TOKEN}).auth_token == b"other"
+
+
+def test_token_from_a_file(tmp_path):
+    path = tmp_path / "token"
+    path.write_text(TOKEN + "\n")
+    assert parse_config(["--auth-token-file", str(path)], {}).auth_token == TOKEN.encode()
+    assert parse_config([], {"WONDERQ_AUTH_TOKEN_FILE": str(path)}).auth_token == \
+        TOKEN.encode()
+
+
+def test_the_token_is_not_in_configs_repr():
+    config = parse_config(["--auth-token", TOKEN], {})
+    assert TOKEN not in repr(config) and TOKEN not in str(config)
+
+
+def test_help_says_set_or_off_for_the_token_never_the_token(capsys):
+    with_token = build_parser({"WONDERQ_AUTH_TOKEN": TOKEN}).format_help()
+    assert TOKEN not in with_token
+    assert "(env WONDERQ_AUTH_TOKEN; default set)" in " ".join(with_token.split())
+    without = build_parser({}).format_help()
+    assert "(env WONDERQ_AUTH_TOKEN; default off)" in " ".join(without.split())
+
+
+def test_flag_and_file_together_are_refused(capsys, tmp_path):
+    path = tmp_path / "token"
+    path.write_text(TOKEN)
+    for argv, environ in ((["--auth-token", TOKEN, "--auth-token-file", str(path)], {}),
+                          (["--auth-token-file", str(path)], {"WONDERQ_AUTH_TOKEN": TOKEN})):
+        err = refused(capsys, argv, environ)
+        assert "not both" in err and TOKEN not in err
+
+
+def test_unreadable_and_empty_token_files_are_refused(capsys, tmp_path):
+    err = refused(capsys, ["--auth-token-file", str(tmp_path / "missing")])
+    assert "cannot read --auth-token-file" in err and "No such file" in err
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    assert f"--auth-token-file {empty} is empty" in refused(
+        capsys, ["--auth-token-file", str(empty)])
+
+
+@pytest.mark.parametrize("token", ["", "two words", "tab\there"])
+def test_bad_tokens_are_refused_without_being_repeated(capsys, token):
+    err = refused(capsys, ["--auth-token", token])
+    assert "--auth-token" in err
+    if token:
+        assert token not in err
+    err = refused(capsys, [], {"WONDERQ_AUTH_TOKEN": token})
+    assert "WONDERQ_AUTH_TOKEN:" in err
+    if token:
+        assert token not in err
+
+
+def test_tls_files_become_paths():
+    config = parse_config(["--tls-cert", "c.pem", "--tls-key", "k.pem", "--tls-ca", "ca.pem"],
+                          {})
+    assert (config.tls_cert, config.tls_key, config.tls_ca) == (
+        Path("c.pem"), Path("k.pem"), Path("ca.pem"))
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--tls-cert", "c.pem"], "--tls-cert and --tls-key go together"),
+    (["--tls-key", "k.pem"], "--tls-cert and --tls-key go together"),
+    (["--tls-ca", "ca.pem"], "--tls-ca (require client certificates) needs --tls-cert"),
+])
+def test_tls_flags_that_do_not_go_together_are_refused(capsys, argv, message):
+    assert message in refused(capsys, argv)

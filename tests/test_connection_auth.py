@@ -1,0 +1,146 @@
+"""The authentication gate of connection.py, with a fake transport and the clock as numbers.
+
+On a hub whose service has a token, a connection must AUTH before anything
+but QUIT; a wrong token is answered, reading stops, and the close comes
+AUTH_FAILURE_DELAY_S later by the hub's clock (no sleeping: `advance`).
+"""
+
+from __future__ import annotations
+
+import pytest
+from connection_fakes import FakeHub, req
+
+from wonderq_server.auth import AUTH_FAILURE_DELAY_S
+from wonderq_server.binary_codec import PREAMBLE
+from wonderq_server.errors import AUTH_FAILED, AUTH_REQUIRED, BAD_ARGUMENT
+
+TOKEN = b"s3cret-token"
+
+
+@pytest.fixture
+def hub() -> FakeHub:
+    return FakeHub(auth_token=TOKEN)
+
+
+def kinds(transport) -> list[str]:
+    return [kind for kind, _ in transport.events]
+
+
+def test_without_a_token_connections_start_authenticated():
+    connection, _ = FakeHub().connect()
+    assert connection.authenticated
+
+
+def test_binary_commands_before_auth_are_auth_required_and_the_connection_goes_on(hub):
+    connection, transport = hub.connect()
+    hub.send(connection, PREAMBLE + req(1, "put", queue="q", body=b"x") + req(2, "ping"))
+    replies = transport.frames()
+    assert [(r[0], r[1][0], r[2]) for r in replies] == [(1, AUTH_REQUIRED, None),
+                                                       (2, AUTH_REQUIRED, None)]
+    assert "AUTH <token>" in replies[0][1][1]
+    assert "q" not in hub.broker.queues and not transport.closed
+    hub.send(connection, req(3, "auth", token=TOKEN.decode()) + req(4, "put", queue="q",
+                                                                     body=b"x"))
+    assert transport.frames()[2:4] == [[3, None, None], [4, None, transport.frames()[3][2]]]
+    assert hub.broker.stats(hub.clock)["messages"] == 1
+    assert connection.authenticated
+
+
+def test_text_auth_then_commands(hub):
+    connection, transport = hub.connect()
+    hub.send(connection, b"STATS\r\nAUTH " + TOKEN + b"\r\nPING\r\n")
+    lines = transport.data.split(b"\r\n")
+    assert lines[0].startswith(b"ERR AUTH_REQUIRED ")
+    assert lines[1:] == [b"OK", b"PONG", b""]
+
+
+def test_quit_works_before_auth(hub):
+    connection, transport = hub.connect()
+    hub.send(connection, b"QUIT\r\n")
+    assert transport.events == [("write", b"BYE\r\n"), ("close", None)]
+
+
+def test_a_wrong_token_is_answered_then_closed_after_the_delay_reading_nothing(hub):
+    connection, transport = hub.connect()
+    hub.send(connection, b"AUTH wrong\r\nPUT q after\r\n")
+    assert transport.data.startswith(b"ERR AUTH_FAILED ") and transport.data.count(b"\r\n") == 1
+    assert not transport.closed and not transport.reading
+    hub.send(connection, b"AUTH " + TOKEN + b"\r\nPUT q later\r\n")  # read despite the pause
+    assert transport.data.count(b"\r\n") == 1
+    hub.advance(AUTH_FAILURE_DELAY_S / 2)
+    assert not transport.closed
+    hub.advance(AUTH_FAILURE_DELAY_S / 2)
+    assert kinds(transport) == ["pause_reading", "write", "close"]
+    assert hub.broker.stats(hub.clock)["messages"] == 0
+    assert hub.service.auth.failures == 1
+
+
+def test_a_wrong_token_in_binary_mode_carries_the_request_id(hub):
+    connection, transport = hub.connect()
+    hub.send(connection, PREAMBLE + req(7, "auth", token="nope") + req(8, "ping"))
+    [reply] = transport.frames()
+    assert reply[0] == 7 and reply[1][0] == AUTH_FAILED and reply[2] is None
+    hub.advance(AUTH_FAILURE_DELAY_S)
+    assert transport.closed
+
+
+def test_a_wrong_token_after_eof_still_waits_out_the_delay(hub):
+    connection, transport = hub.connect()
+    hub.send(connection, b"AUTH wrong\r\n")
+    connection.eof_received()
+    hub.run()
+    assert not transport.closed
+    hub.advance(AUTH_FAILURE_DELAY_S)
+    assert transport.closed
+
+
+def test_the_connection_gone_before_the_delay_ends_is_no_error(hub):
+    connection, transport = hub.connect()
+    hub.send(connection, b"AUTH wrong\r\n")
+    connection.connection_lost(None)
+    hub.advance(AUTH_FAILURE_DELAY_S)
+    assert kinds(transport) == ["pause_reading", "write"]
+
+
+def test_auth_again_with_the_right_token_is_ok_and_a_wrong_one_closes(hub):
+    connection, transport = hub.connect()
+    hub.send(connection, b"AUTH " + TOKEN + b"\r\nAUTH " + TOKEN + b"\r\n")
+    assert transport.data == b"OK\r\nOK\r\n"
+    hub.send(connection, b"AUTH other\r\nPING\r\n")
+    assert transport.data.split(b"\r\n")[2].startswith(b"ERR AUTH_FAILED ")
+    assert b"PONG" not in transport.data
+    hub.advance(AUTH_FAILURE_DELAY_S)
+    assert transport.closed
+
+
+def test_auth_on_a_server_without_a_token_is_an_error_and_the_connection_stays():
+    hub = FakeHub()
+    connection, transport = hub.connect()
+    hub.send(connection, b"AUTH anything\r\nPING\r\n")
+    error, pong, _ = transport.data.split(b"\r\n")
+    assert error == (b"ERR " + BAD_ARGUMENT.encode()
+                     + b" AUTH called but no auth token is configured (--auth-token)")
+    assert pong == b"PONG" and not transport.closed
+    assert hub.service.auth.failures == 0
+
+
+def test_a_receive_before_auth_never_waits(hub):
+    connection, transport = hub.connect()
+    hub.send(connection, b"GET q wait=30\r\nPING\r\n")
+    assert transport.data.count(b"ERR AUTH_REQUIRED") == 2
+    assert hub.broker.stats(hub.clock)["waiting_consumers"] == 0
+
+
+def test_a_bug_while_checking_the_token_is_internal_and_opens_nothing(hub, monkeypatch,
+                                                                       caplog):
+    def broken(given: bytes) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(hub.service.auth, "check", broken)
+    connection, transport = hub.connect()
+    hub.send(connection, b"AUTH " + TOKEN + b"\r\nPING\r\n")
+    lines = transport.data.split(b"\r\n")
+    assert lines[0].startswith(b"ERR INTERNAL ") and lines[1].startswith(b"ERR AUTH_REQUIRED ")
+    assert not connection.authenticated and not transport.closed
+    assert "internal error running 'auth'" in caplog.text
+    assert TOKEN.decode() not in caplog.text

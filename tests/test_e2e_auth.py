@@ -1,0 +1,175 @@
+"""End to end: a real `wonderq-server --auth-token`, with the real client and raw sockets.
+
+Before AUTH only AUTH and QUIT run; a wrong token is answered AUTH_FAILED and
+the server closes the connection about a second later (the test waits for
+that EOF, it does not sleep); the token can come from the flag, the
+environment or a file, and never shows in the server's log or --help.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+from raw_socket import BinarySocket, TextSocket, frame
+from server_process import server_command
+
+from wonderq_client import AuthFailed, AuthRequired, BadArgument, connect
+from wonderq_server.auth import AUTH_FAILURE_DELAY_S
+
+TOKEN = "e2e-s3cret-Tok3n"
+PREAMBLE = b"WQ\x00\x01"
+
+
+@pytest.fixture
+def secured(server_factory):
+    return server_factory("--auth-token", TOKEN)
+
+
+async def test_commands_before_auth_are_auth_required_and_the_connection_stays(secured):
+    async with connect(secured.host, secured.port) as client:
+        with pytest.raises(AuthRequired) as info:
+            await client.put("jobs", b"not stored")
+        assert "AUTH <token>" in info.value.message
+        with pytest.raises(AuthRequired):
+            await client.ping()
+        assert not client.closed
+    async with connect(secured.host, secured.port, auth_token=TOKEN) as client:
+        assert (await client.stats())["queues"] == {}
+
+
+async def test_the_right_token_then_put_receive_ack(secured):
+    async with connect(secured.host, secured.port, auth_token=TOKEN) as client:
+        message_id = await client.put("jobs", b"hello")
+        [message] = await client.receive("jobs", visibility=60)
+        assert (message.id, message.body) == (message_id, b"hello")
+        await message.ack()
+        server = (await client.stats())["server"]
+        assert server["auth_failures_total"] == 0 and server["tls"] is False
+
+
+async def test_a_wrong_token_fails_connect_and_is_counted(secured):
+    with pytest.raises(AuthFailed):
+        await connect(secured.host, secured.port, auth_token="wrong")
+    async with connect(secured.host, secured.port, auth_token=TOKEN) as client:
+        assert (await client.stats())["server"]["auth_failures_total"] == 1
+
+
+async def test_a_token_given_to_a_server_without_one_is_refused(server):
+    with pytest.raises(BadArgument, match="no auth token is configured"):
+        await connect(server.host, server.port, auth_token=TOKEN)
+
+
+def test_text_mode_auth_required_then_auth(secured):
+    text = TextSocket(secured.host, secured.port)
+    try:
+        text.send(b"PUT jobs hello\r\nPING\r\n")
+        assert text.line().startswith(b"ERR AUTH_REQUIRED ")
+        assert text.line().startswith(b"ERR AUTH_REQUIRED ")
+        text.send(b"AUTH " + TOKEN.encode() + b"\r\nPUT jobs hello\r\n")
+        assert text.line() == b"OK"
+        assert text.line().startswith(b"OK ")
+    finally:
+        text.close()
+
+
+def test_quit_works_before_auth(secured):
+    text = TextSocket(secured.host, secured.port)
+    try:
+        text.send(b"QUIT\r\n")
+        assert text.line() == b"BYE"
+        assert text.at_eof()
+    finally:
+        text.close()
+
+
+def test_binary_mode_auth_required_with_the_request_id(secured):
+    raw = BinarySocket(secured.host, secured.port)
+    try:
+        raw.send(PREAMBLE + frame([1, "stats", {}]))
+        request_id, error, result = raw.reply()
+        assert (request_id, error[0], result) == (1, "AUTH_REQUIRED", None)
+        raw.send(frame([2, "auth", {"token": TOKEN}]) + frame([3, "ping", {}]))
+        assert raw.reply() == [2, None, None]
+        assert raw.reply() == [3, None, "pong"]
+    finally:
+        raw.close()
+
+
+def test_a_wrong_token_is_answered_then_closed_after_the_delay(secured):
+    text = TextSocket(secured.host, secured.port)
+    try:
+        text.send(b"AUTH wrong\r\nPING\r\n")
+        assert text.line().startswith(b"ERR AUTH_FAILED ")
+        answered = time.monotonic()
+        assert text.at_eof()  # waits for the server's close
+        assert time.monotonic() - answered >= AUTH_FAILURE_DELAY_S - 0.1
+        assert text.buffer == b""  # the PING after the wrong token was never run
+    finally:
+        text.close()
+    # The server goes on serving everyone else.
+    good = TextSocket(secured.host, secured.port)
+    try:
+        good.send(b"AUTH " + TOKEN.encode() + b"\r\nPING\r\n")
+        assert (good.line(), good.line()) == (b"OK", b"PONG")
+    finally:
+        good.close()
+
+
+async def test_token_from_the_environment(server_factory):
+    proc = server_factory(env={"WONDERQ_AUTH_TOKEN": TOKEN})
+    async with connect(proc.host, proc.port) as client:
+        with pytest.raises(AuthRequired):
+            await client.ping()
+    async with connect(proc.host, proc.port, auth_token=TOKEN) as client:
+        assert await client.ping() == "pong"
+
+
+async def test_token_from_a_file(server_factory, tmp_path):
+    path = tmp_path / "token"
+    path.write_text(TOKEN + "\n")
+    path.chmod(0o600)
+    proc = server_factory("--auth-token-file", str(path))
+    async with connect(proc.host, proc.port, auth_token=TOKEN) as client:
+        assert await client.ping() == "pong"
+    with pytest.raises(AuthFailed):
+        await connect(proc.host, proc.port, auth_token=TOKEN + "\n")
+
+
+async def test_the_token_never_shows_in_the_log(server_factory):
+    proc = server_factory("--auth-token", TOKEN, "--log-level", "debug", "--host",
+                          "127.0.0.1")
+    async with connect(proc.host, proc.port, auth_token=TOKEN) as client:
+        await client.put("jobs", b"x")
+    with pytest.raises(AuthFailed):
+        await connect(proc.host, proc.port, auth_token=TOKEN[:-1])
+    assert await asyncio.to_thread(proc.stop, signal.SIGTERM) == 0
+    assert "wonderq-server stopped" in proc.log
+    assert TOKEN not in proc.log and TOKEN[:-1] not in proc.log
+    assert "which other machines may reach" not in proc.log  # loopback: no warning
+
+
+def test_the_token_never_shows_in_help():
+    result = subprocess.run([*server_command(), "--help"], capture_output=True, text=True,
+                            timeout=30, env={**os.environ, "WONDERQ_AUTH_TOKEN": TOKEN},
+                            check=False)
+    assert result.returncode == 0
+    assert TOKEN not in result.stdout + result.stderr
+    assert "default set" in result.stdout
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--auth-token-file", "/nonexistent/token"], "cannot read --auth-token-file"),
+    (["--auth-token", TOKEN, "--auth-token-file", "/etc/hostname"], "not both"),
+    (["--tls-cert", "/nonexistent/cert.pem"], "--tls-cert and --tls-key go together"),
+])
+def test_bad_security_flags_stop_start_up_with_a_usage_error(argv, message):
+    result = subprocess.run([*server_command(), "--in-memory", "--port", "0", *argv],
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert TOKEN not in result.stderr

@@ -1,0 +1,117 @@
+"""End to end: the `wonderq` tool against a real server with an auth token and TLS.
+
+Each test runs the console script as a subprocess (test_e2e_cli.py's `cli`)
+with --auth-token / WONDERQ_AUTH_TOKEN and --tls-ca, and checks the exit
+codes main.py promises: 0 done, 1 refused (AUTH_FAILED, AUTH_REQUIRED), 2 not
+reached or bad usage (a plain connection to a TLS port, an unusable file).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from certificates import TlsFiles
+from test_e2e_cli import at, cli
+from test_e2e_demo import accounting, run_demo
+
+from wonderq_cli.top import Poller
+from wonderq_client import connect
+
+TOKEN = "cli-s3cret"
+
+
+@pytest.fixture
+def tls_files(tmp_path) -> TlsFiles:
+    return TlsFiles.make(tmp_path)
+
+
+@pytest.fixture
+def secured(server_factory, tls_files):
+    return server_factory(*tls_files.server_flags(), "--auth-token", TOKEN)
+
+
+async def test_stats_with_the_token_and_the_ca(secured, tls_files):
+    done = await cli("stats", "--json", *at(secured), "--auth-token", TOKEN,
+                     "--tls-ca", str(tls_files.ca))
+    assert done.returncode == 0, done.stderr
+    server = json.loads(done.stdout)["server"]
+    assert server["tls"] is True and server["auth_failures_total"] == 0
+
+
+async def test_token_from_the_environment_put_and_receive(secured, tls_files):
+    env = {"WONDERQ_AUTH_TOKEN": TOKEN}
+    tls = ["--tls-ca", str(tls_files.ca)]
+    done = await cli("put", "jobs", "hello", *at(secured), *tls, env=env)
+    assert done.returncode == 0, done.stderr
+    done = await cli("receive", "jobs", "--ack", "--json", *at(secured), *tls, env=env)
+    assert done.returncode == 0, done.stderr
+    assert [m["body"] for m in json.loads(done.stdout)] == ["hello"]
+
+
+async def test_a_wrong_token_is_one_line_and_exit_1(secured, tls_files):
+    done = await cli("stats", *at(secured), "--auth-token", "wrong-guess",
+                     "--tls-ca", str(tls_files.ca))
+    assert done.returncode == 1
+    assert done.stderr.decode().splitlines() == [
+        "wonderq: AUTH_FAILED: wrong auth token; the connection closes"]
+    assert done.stdout == b""
+
+
+async def test_no_token_is_auth_required_and_exit_1(secured, tls_files):
+    done = await cli("queues", *at(secured), "--tls-ca", str(tls_files.ca))
+    assert done.returncode == 1
+    assert done.stderr.decode().startswith("wonderq: AUTH_REQUIRED: ")
+
+
+async def test_a_plain_connection_to_a_tls_port_says_so(secured):
+    done = await cli("stats", *at(secured), "--auth-token", TOKEN)
+    assert done.returncode == 2
+    assert "add --tls or --tls-ca" in done.stderr.decode()
+
+
+async def test_a_server_certificate_the_cli_does_not_trust_is_exit_2(secured, tls_files):
+    done = await cli("stats", *at(secured), "--auth-token", TOKEN,
+                     "--tls-ca", str(tls_files.other_ca))
+    assert done.returncode == 2
+    assert "CERTIFICATE_VERIFY_FAILED" in done.stderr.decode()
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--tls-ca", "/nonexistent/ca.pem"], "cannot use --tls-ca /nonexistent/ca.pem"),
+    (["--tls-key", "/nonexistent/k.pem"], "--tls-key needs --tls-cert"),
+    (["--tls-cert", "/nonexistent/c.pem"], "cannot use --tls-cert /nonexistent/c.pem"),
+])
+async def test_unusable_tls_flags_are_exit_2(secured, flags, message):
+    done = await cli("stats", *at(secured), *flags)
+    assert done.returncode == 2
+    assert message in done.stderr.decode() and b"Traceback" not in done.stderr
+
+
+async def test_a_client_certificate_for_a_server_with_tls_ca(server_factory, tls_files):
+    server = server_factory(*tls_files.server_flags(require_client_cert=True))
+    done = await cli("stats", "--json", *at(server), "--tls-ca", str(tls_files.ca),
+                     "--tls-cert", str(tls_files.client_cert))
+    assert done.returncode == 0, done.stderr
+
+
+async def test_top_polls_with_the_token_and_tls(secured, tls_files):
+    async with connect(secured.host, secured.port, auth_token=TOKEN,
+                       ssl=tls_files.client_context()) as client:
+        await client.put("watched", b"x")
+    poller = Poller(secured.host, secured.port, 10.0,
+                    {"auth_token": TOKEN, "ssl": tls_files.client_context()})
+    try:
+        assert await poller.poll()
+        assert poller.stats["queues"]["watched"]["ready"] == 1
+    finally:
+        await poller.close()
+
+
+def test_demo_connect_with_the_token_and_tls(secured, tls_files):
+    result = run_demo("--connect", *at(secured), "--auth-token", TOKEN,
+                      "--tls-ca", str(tls_files.ca), "--messages", "20", "--seconds", "10")
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = accounting(result.stdout)
+    assert rows["produced"] == 20 == rows["acked"] + rows["dead-lettered"]
+    assert rows["lost"] == 0

@@ -1,0 +1,77 @@
+"""End to end: the metrics endpoint of a server with an auth token (Bearer) and with TLS.
+
+With --auth-token, /metrics and /stats answer 401 unless the request carries
+`Authorization: Bearer <token>`; with --tls-cert they are served over HTTPS
+with the same certificate. Requests go through urllib in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import re
+import ssl
+import urllib.error
+import urllib.request
+
+import pytest
+from certificates import TlsFiles
+
+from wonderq_client import AuthFailed, connect
+
+TOKEN = "metrics-s3cret"
+METRICS_LINE = re.compile(r"metrics on (https?)://(\S+):(\d+)/metrics")
+TIMEOUT_S = 10.0
+
+
+def metrics_url(server, path: str) -> str:
+    match = METRICS_LINE.search(server.log)
+    assert match, "no metrics line in the log:\n" + server.log
+    return f"{match.group(1)}://{match.group(2)}:{match.group(3)}{path}"
+
+
+def http_get(url: str, authorization: str | None = None,
+             context: ssl.SSLContext | None = None) -> tuple[int, dict[str, str], bytes]:
+    headers = {"Authorization": authorization} if authorization is not None else {}
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT_S, context=context) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/stats", "/nowhere"])
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong", f"Basic {TOKEN}", TOKEN])
+async def test_without_the_bearer_token_everything_is_401(server_factory, path, authorization):
+    server = server_factory("--metrics-port", "0", "--auth-token", TOKEN)
+    status, headers, body = await asyncio.to_thread(http_get, metrics_url(server, path),
+                                                    authorization)
+    assert status == 401
+    assert headers["www-authenticate"].startswith("Bearer")
+    assert b"wonderq_" not in body and TOKEN.encode() not in body
+
+
+async def test_with_the_bearer_token_metrics_are_served(server_factory):
+    server = server_factory("--metrics-port", "0", "--auth-token", TOKEN)
+    with pytest.raises(AuthFailed):
+        await connect(server.host, server.port, auth_token="wrong")
+    status, _, body = await asyncio.to_thread(http_get, metrics_url(server, "/metrics"),
+                                              f"Bearer {TOKEN}")
+    assert status == 200
+    assert "wonderq_auth_failures_total 1.0" in body.decode()
+
+
+async def test_metrics_over_tls(server_factory, tmp_path):
+    files = TlsFiles.make(tmp_path)
+    server = server_factory("--metrics-port", "0", "--auth-token", TOKEN,
+                            *files.server_flags())
+    url = metrics_url(server, "/stats")
+    assert url.startswith("https://")
+    status, _, body = await asyncio.to_thread(http_get, url, f"Bearer {TOKEN}",
+                                              files.client_context())
+    assert status == 200 and b'"tls": true' in body
+    # A plain HTTP request to the TLS port is dropped without an answer.
+    with pytest.raises((OSError, http.client.HTTPException)):
+        await asyncio.to_thread(http_get, url.replace("https://", "http://"),
+                                f"Bearer {TOKEN}")

@@ -1,0 +1,112 @@
+"""End to end: a real `wonderq-server --tls-cert/--tls-key [--tls-ca]` with certificates
+the test makes (certificates.py), the real client over TLS, and plain sockets that
+must fail cleanly without disturbing anyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import subprocess
+
+import pytest
+from certificates import TlsFiles
+from raw_socket import TextSocket
+from server_process import server_command
+
+from wonderq_client import AuthFailed, ConnectionClosed, connect
+
+TOKEN = "tls-s3cret"
+
+
+@pytest.fixture
+def tls_files(tmp_path) -> TlsFiles:
+    return TlsFiles.make(tmp_path)
+
+
+async def test_put_receive_ack_over_tls(server_factory, tls_files):
+    proc = server_factory(*tls_files.server_flags())
+    async with connect(proc.host, proc.port, ssl=tls_files.client_context()) as client:
+        message_id = await client.put("jobs", b"over tls")
+        [message] = await client.receive("jobs")
+        assert (message.id, message.body) == (message_id, b"over tls")
+        await message.ack()
+        assert (await client.stats())["server"]["tls"] is True
+
+
+async def test_tls_and_the_auth_token_together(server_factory, tls_files):
+    proc = server_factory(*tls_files.server_flags(), "--auth-token", TOKEN)
+    context = tls_files.client_context()
+    async with connect(proc.host, proc.port, ssl=context, auth_token=TOKEN) as client:
+        assert await client.ping() == "pong"
+    with pytest.raises(AuthFailed):
+        await connect(proc.host, proc.port, ssl=context, auth_token="wrong")
+
+
+async def test_a_server_certificate_from_another_ca_is_refused(server_factory, tls_files):
+    proc = server_factory(*tls_files.server_flags())
+    distrustful = ssl.create_default_context(cafile=str(tls_files.other_ca))
+    with pytest.raises(ssl.SSLCertVerificationError):
+        await connect(proc.host, proc.port, ssl=distrustful)
+
+
+async def test_plain_clients_on_a_tls_port_fail_cleanly_and_others_go_on(server_factory,
+                                                                         tls_files):
+    proc = server_factory(*tls_files.server_flags())
+    # A text-mode client: the server reads its line as a bad handshake and closes.
+    text = TextSocket(proc.host, proc.port)
+    try:
+        text.send(b"PUT jobs plain\r\nSTATS\r\n")
+        assert await asyncio.to_thread(text.at_eof)
+        assert b"OK" not in text.buffer
+    finally:
+        text.close()
+    # The binary client without ssl: its first request sees the connection end.
+    with pytest.raises(ConnectionClosed):
+        async with connect(proc.host, proc.port) as client:
+            await asyncio.wait_for(client.ping(), 10)
+    async with connect(proc.host, proc.port, ssl=tls_files.client_context()) as client:
+        stats = await client.stats()
+    assert stats["queues"] == {}  # the plain PUT never ran
+    assert proc.proc is not None and proc.proc.poll() is None
+    assert "Traceback" not in proc.log
+
+
+async def test_tls_ca_requires_a_client_certificate(server_factory, tls_files):
+    proc = server_factory(*tls_files.server_flags(require_client_cert=True))
+    # With TLS 1.3 the client's side of the handshake may finish before the server
+    # checks the client's certificate, so the refusal can come at the first request.
+    with pytest.raises((ssl.SSLError, ConnectionClosed, ConnectionResetError)):
+        async with connect(proc.host, proc.port, ssl=tls_files.client_context()) as client:
+            await asyncio.wait_for(client.ping(), 10)
+    with_cert = tls_files.client_context(with_client_cert=True)
+    async with connect(proc.host, proc.port, ssl=with_cert) as client:
+        assert await client.ping() == "pong"
+    assert proc.proc is not None and proc.proc.poll() is None
+
+
+@pytest.mark.parametrize("broken", ["cert", "key", "ca"])
+def test_bad_tls_files_stop_start_up_with_one_line(tls_files, broken):
+    cert, key, ca = str(tls_files.cert), str(tls_files.key), str(tls_files.ca)
+    if broken == "cert":
+        cert = key  # a key where the certificate should be
+    elif broken == "key":
+        key = str(tls_files.client_cert)  # a key that does not match the certificate
+    else:
+        ca = str(tls_files.key)
+    result = subprocess.run(
+        [*server_command(), "--in-memory", "--port", "0", "--tls-cert", cert, "--tls-key", key,
+         "--tls-ca", ca], capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 1
+    assert "cannot start: " in result.stderr and "Traceback" not in result.stderr
+    assert f"--tls-{broken}" in result.stderr
+
+
+def test_a_missing_tls_file_is_named(tls_files):
+    result = subprocess.run(
+        [*server_command(), "--in-memory", "--port", "0", "--tls-cert", str(tls_files.cert),
+         "--tls-key", "/nonexistent/server.key"],
+        capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 1
+    assert "/nonexistent/server.key: No such file or directory" in result.stderr
+    assert "Traceback" not in result.stderr

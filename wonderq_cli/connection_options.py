@@ -1,0 +1,95 @@
+"""How `wonderq` connects: the auth token and TLS flags, turned into connect()'s keywords.
+
+Design decision: every subcommand connects through `open_client(args)`, so
+the token and TLS settings are read once (main.py calls `resolve` after
+parsing) and no subcommand can forget them. The client library takes an
+ssl.SSLContext as it is; building one from files is this module's job (the
+CLI may import ssl, the client may not).
+
+Rules:
+* --auth-token, else the WONDERQ_AUTH_TOKEN variable (read after parsing,
+  as WONDERQ_HOST is). The variable is the better place: a flag shows in
+  `ps`.
+* --tls verifies the server against the system's CAs; --tls-ca FILE trusts
+  that CA instead; --tls-cert FILE (with its key inside, or --tls-key FILE)
+  presents a client certificate, for a server started with --tls-ca. Any of
+  them implies --tls.
+* A TLS file that cannot be used is a ValueError naming the flag and the
+  file (main.py prints it and exits 2), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ssl
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from wonderq_client import connect
+
+if TYPE_CHECKING:
+    from wonderq_client.client import _Connect
+
+TOKEN_VARIABLE = "WONDERQ_AUTH_TOKEN"
+
+
+def add_flags(parser: argparse.ArgumentParser, default: Any) -> None:
+    """add_flags adds the security flags; `default` is main.py's (None or SUPPRESS)."""
+    parser.add_argument("--auth-token", default=default, metavar="TOKEN",
+                        help=f"the server's auth token (env {TOKEN_VARIABLE}, better: a flag "
+                             "shows in ps)")
+    parser.add_argument("--tls", action="store_true", default=default,
+                        help="connect with TLS, verifying the server against the system's CAs")
+    parser.add_argument("--tls-ca", default=default, metavar="FILE",
+                        help="connect with TLS, trusting the CA certificates in FILE (PEM)")
+    parser.add_argument("--tls-cert", default=default, metavar="FILE",
+                        help="present this client certificate (PEM, with its key unless "
+                             "--tls-key); implies --tls")
+    parser.add_argument("--tls-key", default=default, metavar="FILE",
+                        help="the private key of --tls-cert")
+
+
+def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> None:
+    """resolve fills in the token from the environment and sets `args.connect_options`,
+    connect()'s keywords. Raises ValueError naming a flag that cannot be used."""
+    if args.auth_token is None:
+        args.auth_token = env.get(TOKEN_VARIABLE) or None
+    args.connect_options = {"auth_token": args.auth_token, "ssl": ssl_context(args)}
+
+
+def ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """ssl_context is the client's TLS context, or None for plain TCP."""
+    if args.tls_key is not None and args.tls_cert is None:
+        raise ValueError("--tls-key needs --tls-cert")
+    if not (args.tls or args.tls_ca or args.tls_cert):
+        return None
+    try:
+        context = ssl.create_default_context(cafile=args.tls_ca)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot use --tls-ca {args.tls_ca}: {_reason(exc)}") from None
+    if args.tls_cert is not None:
+        try:
+            context.load_cert_chain(args.tls_cert, args.tls_key, password=_no_passphrase)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot use --tls-cert {args.tls_cert}"
+                             f"{f' with --tls-key {args.tls_key}' if args.tls_key else ''}: "
+                             f"{_reason(exc)}") from None
+    return context
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or "not PEM, or a key that does not match"
+    return getattr(exc, "strerror", None) or str(exc)
+
+
+def _no_passphrase() -> bytes:
+    # OpenSSL would otherwise prompt on the terminal in the middle of a command.
+    raise ValueError("the key is encrypted; give an unencrypted key file")
+
+
+def open_client(args: argparse.Namespace, timeout: float | None = None) -> _Connect:
+    """open_client connects to --host/--port with the security options (await it, or use
+    it in `async with`); `timeout` overrides --timeout."""
+    return connect(args.host, args.port, timeout=args.timeout if timeout is None else timeout,
+                   **args.connect_options)
