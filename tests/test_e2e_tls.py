@@ -110,3 +110,16 @@ def test_a_missing_tls_file_is_named(tls_files):
     assert result.returncode == 1
     assert "/nonexistent/server.key: No such file or directory" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_a_handshake_that_never_finishes_is_closed(server_factory, tls_files):
+    # It is not a connection yet (no Connection exists until the handshake is done),
+    # so --idle-timeout and --max-connections cannot see it: --tls-handshake-timeout does.
+    proc = server_factory(*tls_files.server_flags(), "--tls-handshake-timeout", "0.3")
+    silent = TextSocket(proc.host, proc.port)
+    try:
+        assert await asyncio.to_thread(silent.at_eof)
+    finally:
+        silent.close()
+    async with connect(proc.host, proc.port, ssl=tls_files.client_context()) as client:
+        assert await client.ping() == "pong"

@@ -60,6 +60,7 @@ class Config:
     tls_cert: Path | None = None  # with tls_key: serve TLS
     tls_key: Path | None = None
     tls_ca: Path | None = None  # require client certificates signed by this CA
+    tls_handshake_timeout_s: float = 10.0
 
 
 def _positive_int(text: str) -> int:
@@ -241,6 +242,9 @@ FLAGS = [
     ("--tls-key", "tls_key", str, None, "the PEM private key of --tls-cert (unencrypted)"),
     ("--tls-ca", "tls_ca", str, None, "require client certificates signed by this PEM CA "
      "bundle; needs --tls-cert"),
+    ("--tls-handshake-timeout", "tls_handshake_timeout_s", _seconds,
+     Config.tls_handshake_timeout_s, "close a TLS connection whose handshake is not done "
+     "within this many seconds (it is not a client yet, so no other limit sees it)"),
 ]
 
 # Flags whose value is a secret: never printed (see the module's rules).
@@ -344,7 +348,8 @@ def parse_config(argv: Sequence[str] | None = None,
                   max_queues=ns.max_queues, max_memory_bytes=ns.max_memory_bytes,
                   metrics_port=ns.metrics_port, auth_token=auth_token,
                   tls_cert=_path(ns.tls_cert), tls_key=_path(ns.tls_key),
-                  tls_ca=_path(ns.tls_ca))
+                  tls_ca=_path(ns.tls_ca),
+                  tls_handshake_timeout_s=ns.tls_handshake_timeout_s)
 
 
 def _path(text: str | None) -> Path | None:

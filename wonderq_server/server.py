@@ -131,9 +131,13 @@ class Server:
             self.metrics = MetricsEndpoint(
                 lambda: self.service.stats(time.time()), self.journal,
                 authorized=self.auth.bearer_ok if self.auth.required else None)
+        tls_options: dict[str, Any] = {}
+        if self.ssl_context is not None:
+            tls_options = {"ssl": self.ssl_context,
+                           "ssl_handshake_timeout": self.config.tls_handshake_timeout_s}
         self._listener = await self._loop.create_server(
             lambda: Connection(self), self.config.host, self.config.port, reuse_address=True,
-            ssl=self.ssl_context)
+            **tls_options)
         sockname = self._listener.sockets[0].getsockname()
         self.address = (sockname[0], sockname[1])
         if self.metrics is not None:
