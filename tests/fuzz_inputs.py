@@ -263,10 +263,15 @@ def framed(payload: bytes) -> bytes:
     return len(payload).to_bytes(4, "big") + payload
 
 
-def mutate_bytes(rng: random.Random, frame: bytes, other: bytes, limits: FuzzLimits) -> bytes:
-    """mutate_bytes damages an encoded frame (its length prefix included, sometimes)."""
+# mutate_bytes' kinds that leave a whole frame, so the stream stays in step.
+IN_STEP_MUTATIONS = (0, 2, 7, 8)
+
+
+def mutate_bytes(rng: random.Random, frame: bytes, other: bytes, limits: FuzzLimits,
+                 in_step: bool = False) -> bytes:
+    """mutate_bytes damages an encoded frame (its length prefix included, unless in_step)."""
     payload = frame[4:]
-    kind = rng.randrange(9)
+    kind = rng.choice(IN_STEP_MUTATIONS) if in_step else rng.randrange(9)
     if kind == 0:  # bit flips in the msgpack, length kept: the stream stays in step
         data = bytearray(payload)
         for _ in range(rng.randrange(1, 4)):
@@ -295,15 +300,21 @@ def mutate_bytes(rng: random.Random, frame: bytes, other: bytes, limits: FuzzLim
 
 
 def binary_messages(rng: random.Random, limits: FuzzLimits, pool: LeasePool,
-                    ids: Iterator[int]) -> tuple[list[bytes], dict[int, str]]:
-    """binary_messages: the frames of one binary session, and request id -> queue of the
-    intact ones with integer ids (so replies can feed the LeasePool)."""
+                    ids: Iterator[int], in_step: bool) -> tuple[list[bytes], dict[int, str], bool]:
+    """binary_messages: the frames of one binary session; request id -> queue of the
+    intact ones with integer ids (so replies can feed the LeasePool); and whether the
+    server must answer every frame once (`answers_all`). With `in_step`, every frame is
+    whole and none is a quit, so it must."""
     frames: list[bytes] = []
     queues: dict[int, str] = {}
+    quits = False
     previous = framed(pack([0, "ping", {}]))
     for _ in range(rng.randrange(1, MESSAGES_PER_SESSION_MAX)):
         request_id = next(ids)
         name, args = request_args(rng, limits, pool)
+        if in_step and name == "quit":
+            name, args = "ping", {}
+        quits = quits or name == "quit"
         request = [request_id, name, args]
         roll = rng.random()
         if roll < 0.5:
@@ -312,10 +323,17 @@ def binary_messages(rng: random.Random, limits: FuzzLimits, pool: LeasePool,
         elif roll < 0.75:
             frame = framed(pack(mutate_request(rng, request)))
         else:
-            frame = mutate_bytes(rng, framed(pack(request)), previous, limits)
+            frame = mutate_bytes(rng, framed(pack(request)), previous, limits, in_step)
         frames.append(frame)
         previous = frame
-    return frames, queues
+    return frames, queues, not quits and all(whole_frame(f, limits) for f in frames)
+
+
+def whole_frame(frame: bytes, limits: FuzzLimits) -> bool:
+    """whole_frame: its length prefix says exactly its length, within the limit. A stream of
+    whole frames stays in step, however damaged their msgpack, and each gets one reply."""
+    return len(frame) >= 4 and int.from_bytes(frame[:4], "big") == len(frame) - 4 \
+        <= limits.max_frame_bytes
 
 
 # -------------------------------------------------------------------- text
@@ -390,6 +408,7 @@ class SessionPlan:
     request_queues: dict[int, str]  # binary: request id -> queue, for the LeasePool
     slow: bool  # write in small pieces with short pauses
     reads: bool  # false: never read a reply (the server must stop reading, not buffer)
+    answers_all: bool  # binary, whole frames, no quit: each frame written gets one reply
     ending: str  # "close", "reset", "half_close" or "cut" (reset mid-message)
 
 
@@ -398,15 +417,21 @@ def plan_session(rng: random.Random, limits: FuzzLimits, pool: LeasePool,
     """plan_session draws one hostile connection's whole input and how it ends."""
     kind = rng.choice(["random", "binary", "binary", "text", "text"])
     queues: dict[int, str] = {}
+    answers_all = False
+    reads = rng.random() < 0.9
+    endings = ["close", "close", "reset", "half_close", "cut"] if reads else ["close", "reset"]
     if kind == "random":
         head = rng.choice([b"", b"W", b"WQ", b"WQ\x00", b"WQ\x00\x02", b"WQ\x00\x00"])
         messages = [head + rng.randbytes(rng.randrange(1, 4096))]
     elif kind == "binary":
-        frames, queues = binary_messages(rng, limits, pool, ids)
+        # A third of binary sessions keep in step and half-close, so that their
+        # replies can be counted: every frame must get one.
+        in_step = rng.random() < 0.33
+        if in_step:
+            reads, endings = True, ["half_close"]
+        frames, queues, answers_all = binary_messages(rng, limits, pool, ids, in_step)
         messages = [PREAMBLE, *frames]
     else:
         messages = text_messages(rng, limits, pool)
-    reads = rng.random() < 0.9
-    endings = ["close", "close", "reset", "half_close", "cut"] if reads else ["close", "reset"]
     return SessionPlan(kind, messages, queues, slow=rng.random() < 0.15, reads=reads,
-                       ending=rng.choice(endings))
+                       answers_all=answers_all, ending=rng.choice(endings))
