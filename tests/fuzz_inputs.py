@@ -152,6 +152,7 @@ def body(rng: random.Random, limits: FuzzLimits) -> bytes:
 
 
 def headers(rng: random.Random, limits: FuzzLimits) -> dict[str, str]:
+    """headers: a map, often over --max-headers or --max-header-bytes."""
     count = rng.randrange(limits.max_headers + 2)
     size = rng.choice([4, 16, limits.max_header_bytes // max(count, 1) + 2])
     return {f"k{i}": "v" * rng.randrange(size) for i in range(count)}
