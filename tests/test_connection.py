@@ -567,3 +567,21 @@ def test_held_lines_released_while_writing_is_paused_stay_paused(small_hub):
     assert not transport.reading
     connection.resume_writing()
     assert transport.reading
+
+
+class BrokenDecoder:
+    """A codec with a bug (fault injection): the codecs themselves never raise."""
+
+    def feed(self, data: bytes):
+        raise RuntimeError("a bug in the codec")
+
+
+def test_a_codec_bug_is_logged_answered_internal_and_closes(hub, caplog):
+    connection, transport = binary_client(hub)
+    connection._decoder = BrokenDecoder()
+    with caplog.at_level(logging.ERROR, logger="wonderq.connection"):
+        hub.send(connection, req(1, "ping"))
+    assert transport.frames() == [[None, ["INTERNAL", "internal server error while reading "
+                                          "the request; see the server log"], None]]
+    assert transport.closed
+    assert "a bug in the codec" in caplog.text

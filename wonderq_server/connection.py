@@ -272,7 +272,7 @@ class Connection(asyncio.Protocol):
         if self._text_waiting or self._output_blocked or self._held or self._held_input:
             self._hold_input(data)  # behind what is held, in order
             return
-        items = decoder.feed(data)
+        items = self._decode(data)
         if items:
             now = self.last_request_at = self.hub.now()
             self._running_input = True
@@ -283,6 +283,19 @@ class Connection(asyncio.Protocol):
             # Even a command with no reply yet (a parked receive) may have
             # moved the next deadline: the server re-arms its timer.
             self.hub.input_done(self)
+
+    def _decode(self, data: bytes) -> list[Command | Rejected]:
+        """_decode feeds the codec. The codecs never raise for anything a peer sends; if
+        one does, that is a bug, and the stream's state is unknown: log it, answer
+        INTERNAL (request id nil) and close, rather than let asyncio drop the
+        connection with no answer."""
+        assert self._decoder is not None
+        try:
+            return self._decoder.feed(data)
+        except Exception:
+            logger.exception("internal error decoding input from %s", self.peer)
+            return [Rejected(ProtocolError(INTERNAL, "internal server error while reading "
+                                           "the request; see the server log"))]
 
     def _choose_mode(self) -> bool:
         """_choose_mode picks the codecs once the first bytes allow; False while undecided."""
@@ -419,7 +432,7 @@ class Connection(asyncio.Protocol):
                 and not self._output_blocked and not self._close_after_flush:
             data, self._held_input = bytes(self._held_input), bytearray()
             assert self._decoder is not None
-            items = self._decoder.feed(data)
+            items = self._decode(data)
             if items:
                 self.last_request_at = now
                 self._run(items, now)
