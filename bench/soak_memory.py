@@ -20,14 +20,16 @@ more than the tolerance:
     1 MiB and the kernel and uvloop buffers of a dozen connections move by
     some hundreds of KiB; a compaction's slices come and go)
   + the backlog allowance: max_backlog * (body + BACKLOG_OVERHEAD_BYTES)
-    (the producers' ceiling on waiting messages may be reached in the
-    second half only; each stored message costs its body plus about 250 B
-    in the server, 300 B is said with room)
+    (the queue may hold few messages in one half, filling up after the
+    first start, and the producers' ceiling in the other; each stored
+    message costs its body plus about 250 B in the server, 300 B is said
+    with room)
 
-A leak of 1 KiB a message would exceed it after about 4,000 messages at the
-backlog used here, a leak of 100 B a message after about 40,000: a few
-seconds of load at the soak's rates, so an incarnation of half a minute
-catches either.
+What that can see: a leak of L bytes per message shows as L times the
+messages that passed between the halves (about half of the checked span).
+At the soak's 1,000 or so messages a second, an incarnation of 30 s (25 s
+checked) flags leaks from about 400 B a message; one incarnation of
+10 minutes (`--kill-every 0`) from about 20 B a message.
 
 Rules:
 * Sampling is bounded: one sample per interval, at most MAX_SAMPLES.
