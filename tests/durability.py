@@ -1,4 +1,5 @@
-"""Helpers for the durability tests: a broker's whole state, and journals opened as the server does.
+"""Helpers for the durability tests: a broker's whole state, journals opened as the server
+does, and a journal left as kill -9 leaves the server's (`killed`).
 
 `broker_state` is what a restart must keep and nothing else: put/ack totals
 count from each start (the journal resets them), and a queue made on first
@@ -7,6 +8,7 @@ use whose messages are all gone is left out, since no record keeps it.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -73,6 +75,16 @@ def restored(directory: Path, now: float, **journal_options: Any
     journal.close()
     broker.journal = None
     return broker, report
+
+
+def killed(journal: Journal) -> None:
+    """killed leaves `journal` as kill -9 leaves the server's: what write_pending wrote
+    stays in the file (the kernel has it), the records still in the buffer are lost, and
+    the files are closed as the kernel closes a dead process's, which releases the lock."""
+    journal._pending.clear()
+    os.close(journal.fd)
+    os.close(journal._lock_fd)
+    journal.fd = journal._lock_fd = -1
 
 
 def restored_copy(directory: Path, copy: Path, now: float) -> tuple[Broker, RecoveryReport]:

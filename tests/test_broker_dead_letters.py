@@ -135,6 +135,25 @@ def test_dead_letter_queue_waiters_are_served_at_once(b: Broker) -> None:
     check_invariants(b)
 
 
+def test_a_late_timer_serves_dead_letter_waiters_at_its_own_now(b: Broker) -> None:
+    # The timer fires (or the server starts) long after the lease ended: the move is
+    # judged at the lease's time, but the waiter is served when advance runs, after
+    # every deadline due, as for any freed message. Served at the lease's time, it got
+    # a lease already over, which the same advance then ended: the message was ready
+    # for the next consumer while the first still held it.
+    msg_id = dead_letter_setup(b, max_deliveries=1)
+    inbox = Inbox()
+    b.wait("dlq", 5, 3.0, T0 + 100.0, inbox, T0)
+    b.receive("q", 1, 1.0, T0)
+    assert b.advance(T0 + 10.0) == 1
+    assert inbox.ids == [[msg_id]]
+    got = inbox.calls[0][0]
+    assert (got.state, got.origin, got.deadline_at) == (LEASED, ("q", T0 + 1.0), T0 + 13.0)
+    assert counts(b, "dlq") == zero_counts(in_flight=1, redelivered_total=1)
+    assert b.next_deadline() == T0 + 13.0
+    check_invariants(b)
+
+
 def test_dead_letter_queue_expiry_applies_from_the_move(b: Broker) -> None:
     msg_id = dead_letter_setup(b, max_deliveries=1, expiry=5.0)
     [m] = b.receive("q", 1, 10.0, T0 + 1.0)

@@ -137,6 +137,21 @@ def test_reopening_restores_every_message_exactly(tmp_path: Path) -> None:
     assert journal_file(tmp_path).stat().st_size == size
 
 
+def test_a_queue_made_by_use_and_emptied_is_gone_after_a_restart(tmp_path: Path) -> None:
+    # PROTOCOL.md: a queue made by use is not journaled, so an empty one is gone after
+    # a restart, whether or not the journal still holds the PUTs of its old messages.
+    journal, broker, _ = open_broker(tmp_path, T0)
+    gone = broker.put("emptied", b"x", T0)
+    [msg] = broker.receive("emptied", 1, None, T0)
+    broker.ack("emptied", gone, msg.lease, T0)
+    broker.put("kept", b"y", T0)
+    broker.create_queue("explicit", {}, T0)
+    journal.close()
+    broker2, report = restored(tmp_path, T0 + 1)
+    assert sorted(broker2.queues) == ["explicit", "kept"]
+    assert report.queues == 2
+
+
 def test_a_lease_current_at_restart_holds_until_its_deadline(tmp_path: Path) -> None:
     journal, broker, _ = open_broker(tmp_path, T0)
     first, second = broker.put_many("q", [b"one", b"two"], T0)

@@ -458,11 +458,14 @@ class Broker(QueueAdmin, Replay):
 
     # ------------------------------------------ the end of a delivery, moves
 
-    def _end_delivery(self, msg: Message, now: float, delay_s: float = 0.0) -> None:
+    def _end_delivery(self, msg: Message, now: float, delay_s: float = 0.0,
+                      freed: set[Queue] | None = None) -> None:
         """_end_delivery decides what becomes of a message whose delivery ended unacked.
 
         In order: expired -> dropped; at max_deliveries with a dead-letter
-        queue -> moved there; else ready (or delayed by `delay_s`).
+        queue -> moved there; else ready (or delayed by `delay_s`). From
+        `advance`, `now` is the deadline's own time and `freed` collects the
+        dead-letter queue, whose waiters advance serves at its own `now`.
         """
         q = msg.queue
         if msg.expiry is not None and msg.expiry.expires_at <= now:
@@ -474,7 +477,7 @@ class Broker(QueueAdmin, Replay):
             target = self._restored_queue(settings.dead_letter_queue)
             q.dead_lettered_total += 1
             self._move(msg, target, msg.deliveries, (q.name, now),
-                       self._expiry_for(target, now), now)
+                       self._expiry_for(target, now), now, freed)
             return
         self._detach(msg)
         if delay_s > 0:
@@ -487,13 +490,15 @@ class Broker(QueueAdmin, Replay):
             self._serve_waiters(q, now)
 
     def _move(self, msg: Message, target: Queue, deliveries: int,
-              origin: tuple[str, float] | None, expires_at: float | None, now: float) -> None:
+              origin: tuple[str, float] | None, expires_at: float | None, now: float,
+              freed: set[Queue] | None = None) -> None:
         """_move takes a message out of its queue and makes it ready in `target`.
 
         It keeps its id, body, headers and priority; it gets `deliveries`,
         `origin` and `expires_at` (callers give the target queue's expiry
         counted from the move, `_expiry_for`), and loses its lease: no older
-        lease can touch it now.
+        lease can touch it now. Target's waiters are served at once, or, when
+        `freed` is given (a move inside `advance`), added to it for later.
         """
         source = msg.queue
         self._detach(msg)
@@ -513,7 +518,12 @@ class Broker(QueueAdmin, Replay):
         self._make_ready(msg)
         if self.journal is not None:
             self.journal.move(msg, source.name)
-        if target.waiters:
+        if freed is not None:
+            # Inside advance `now` is the lease's own time, which may be long past:
+            # served now, a waiter would get a lease already over (ended again in
+            # the same advance, with the message ready for others while it is held).
+            freed.add(target)
+        elif target.waiters:
             self._serve_waiters(target, now)
 
     @staticmethod
@@ -604,7 +614,7 @@ class Broker(QueueAdmin, Replay):
             settings = q.settings
             if expired or (settings.max_deliveries
                            and msg.deliveries >= settings.max_deliveries):
-                self._end_delivery(msg, at)
+                self._end_delivery(msg, at, freed=freed)
                 return
             self._detach(msg)
             self._make_ready(msg)

@@ -211,6 +211,7 @@ class Journal:
         finally:
             gc.enable()
         gc.freeze()
+        broker.forget_emptied_queues()
         if result.torn_tail_bytes:
             logger.warning("%s: cut off a torn record of %d bytes at offset %d (a write that "
                            "a crash interrupted; it was never answered as stored)",

@@ -16,6 +16,10 @@ Rules:
   queue (compaction.py needs this).
 * A PUT without options restores a plain message (message.py), as the put
   stored it; any record that changes a plain message materializes it first.
+* A queue made by use (not explicit) that holds no message once every
+  record is applied is forgotten (`forget_emptied_queues`): no record keeps
+  such a queue, so it must not come back just because the journal still
+  holds the PUTs of its old messages (it would not after a compaction).
 * Deadlines are restored as recorded, even when passed; the journal calls
   `advance(now)` once replay is done (journal.py), so leases and delays that
   ended while the server was down end as they would have, dead-lettering and
@@ -199,6 +203,13 @@ class Replay:
         q = self.queues.get(name)
         if q is not None:
             self._remove_all(q)
+
+    def forget_emptied_queues(self: Broker) -> None:
+        """forget_emptied_queues drops the queues made by use that replay left empty; the
+        journal calls it once every record is applied (no waiter exists yet)."""
+        for name in [name for name, q in self.queues.items()
+                     if not q.explicit and not q.messages]:
+            del self.queues[name]
 
     def restore_delete_queue(self: Broker, name: str) -> None:
         q = self.queues.pop(name, None)
