@@ -11,6 +11,7 @@ from connection_fakes import PREAMBLE, FakeHub, binary_client, put_via_text, req
 
 from wonderq_server.connection_limits import (
     REFUSAL_WAIT_S,
+    REPLY_HOLD_BYTES,
     RESERVED_FILE_DESCRIPTORS,
     ConnectionLimits,
     fit_open_files,
@@ -280,3 +281,23 @@ def test_text_requests_with_big_replies_wait_in_order_too():
     hub.run()
     assert transport.data.count(b"END\r\n") == 8
     assert transport.data.endswith(b"END\r\nPONG\r\n")
+
+
+def test_error_replies_wait_for_the_earlier_replies_to_be_written_too():
+    # Each 2-byte unknown command is answered with a line of about 200 bytes; many of
+    # them in one read must be held at REPLY_HOLD_BYTES like any other replies.
+    hub = FakeHub()
+    connection, transport = hub.connect()
+    transport.full_after_write = True
+    lines = 20_000
+    hub.send(connection, b"X\n" * lines + b"PING\r\n")
+    reply_bytes = len(transport.data) // transport.data.count(b"\r\n")
+    assert len(transport.writes) == 1
+    assert len(transport.data) <= REPLY_HOLD_BYTES + reply_bytes
+    for _ in range(lines):  # bounded: each turn writes at least one reply
+        if transport.data.endswith(b"PONG\r\n"):
+            break
+        transport.drain()
+        hub.run()
+    assert transport.data.count(b"ERR UNKNOWN_COMMAND ") == lines
+    assert max(len(w) for w in transport.writes) <= REPLY_HOLD_BYTES + reply_bytes

@@ -304,9 +304,11 @@ class Connection(asyncio.Protocol):
             if self._close_after_flush:
                 return
             if isinstance(item, Rejected):
+                # Answered like any request: error replies count toward the hold
+                # too (a two-byte unknown command gets a 200-byte answer).
                 self._reply_error(item.request_id, item.error)
-                continue
-            self._execute(item, now)
+            else:
+                self._execute(item, now)
             if self._text_waiting or self._out_bytes > REPLY_HOLD_BYTES:
                 if not self._text_waiting:
                     # Many requests with big replies in one read (peeks,
