@@ -55,7 +55,13 @@ from typing import Any, Protocol
 
 from .binary_codec import MAGIC, BinaryDecoder, BinaryEncoder
 from .commands import Command, Limits, Rejected
-from .connection_limits import REFUSAL_WAIT_S, REPLY_HOLD_BYTES, ConnectionLimits, Counters
+from .connection_limits import (
+    DECODE_SLICE_BYTES,
+    REFUSAL_WAIT_S,
+    REPLY_HOLD_BYTES,
+    ConnectionLimits,
+    Counters,
+)
 from .errors import (
     AUTH_REQUIRED,
     IDLE_TIMEOUT,
@@ -272,17 +278,48 @@ class Connection(asyncio.Protocol):
         if self._text_waiting or self._output_blocked or self._held or self._held_input:
             self._hold_input(data)  # behind what is held, in order
             return
-        items = decoder.feed(data)
-        if items:
-            now = self.last_request_at = self.hub.now()
-            self._running_input = True
-            try:
-                self._run(items, now)
-            finally:
-                self._running_input = False
+        self._running_input = True
+        try:
+            ran = self._decode_and_run(data)
+        finally:
+            self._running_input = False
+        if ran:
             # Even a command with no reply yet (a parked receive) may have
             # moved the next deadline: the server re-arms its timer.
             self.hub.input_done(self)
+
+    def _decode_and_run(self, data: bytes) -> bool:
+        """_decode_and_run feeds `data` to the decoder DECODE_SLICE_BYTES at a time and runs
+        what each slice completes; returns whether any request was complete.
+
+        Once requests are held (a text wait, replies to be written first), the
+        rest of `data` is held as raw bytes: decoded, a line can cost hundreds
+        of times its size (a two-byte unknown command is an error object of
+        over a kilobyte), so no more than one slice is ever held decoded.
+        """
+        decoder = self._decoder
+        assert decoder is not None
+        ran = False
+        start, size = 0, len(data)
+        while start < size and not self._close_after_flush:
+            if self._text_waiting or self._output_blocked or self._held:
+                self._hold_input(data[start:])
+                break
+            end = start + DECODE_SLICE_BYTES
+            if end < size and self.mode == "text":
+                # Whole lines only: the text decoder scans a line it has part of
+                # again with each feed, so a long line goes in one piece.
+                newline = data.rfind(b"\n", start, end)
+                if newline < 0:
+                    newline = data.find(b"\n", end)
+                end = size if newline < 0 else newline + 1
+            items = decoder.feed(data[start:end])
+            start = end
+            if items:
+                ran = True
+                now = self.last_request_at = self.hub.now()
+                self._run(items, now)
+        return ran
 
     def _choose_mode(self) -> bool:
         """_choose_mode picks the codecs once the first bytes allow; False while undecided."""
@@ -420,11 +457,7 @@ class Connection(asyncio.Protocol):
         if self._held_input and not self._held and not self._text_waiting \
                 and not self._output_blocked and not self._close_after_flush:
             data, self._held_input = bytes(self._held_input), bytearray()
-            assert self._decoder is not None
-            items = self._decoder.feed(data)
-            if items:
-                self.last_request_at = now
-                self._run(items, now)
+            self._decode_and_run(data)  # what blocks again is held again, raw
         if not self._held and \
                 len(self._held_input) <= self.hub.connection_limits.max_request_buffer_bytes:
             self._resume("held")

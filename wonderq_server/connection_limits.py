@@ -19,7 +19,11 @@ request limit sees, and each gets one rule, enforced where the bytes are:
   buffers and TCP flow control then push back on the client. A binary
   connection runs each request as it is read and holds at most one partial
   frame (up to --max-frame-bytes, buffered as it arrives, never set aside
-  in advance).
+  in advance). Input is decoded DECODE_SLICE_BYTES at a time, and what
+  arrives behind a request that blocks stays raw bytes but for the rest of
+  its slice: decoded, a request costs far more than its bytes (a two-byte
+  unknown command is an error of about a kilobyte), so held input is
+  measured, and bounded, as bytes.
 * **Replies written but not yet sent** (`max_reply_buffer_bytes`): when the
   socket's send buffer is past its high-water mark, the server stops reading
   from that connection (asyncio's pause_writing), so a client that sends
@@ -57,6 +61,15 @@ DEFAULT_MAX_REPLY_BUFFER_BYTES = 64 * 1024 * 1024
 # enough that ordinary pipelining (tens of thousands of put replies) never
 # notices.
 REPLY_HOLD_BYTES = 1024 * 1024
+
+# Input is decoded and run this many bytes at a time, so that requests held
+# behind a blocking one stay raw bytes (measured against
+# max_request_buffer_bytes) but for one slice: decoded, a request can cost
+# hundreds of times its size. Small enough that one slice of the worst input
+# (two-byte unknown commands, each an error object of over a kilobyte) holds
+# a few megabytes; large enough that a read of pipelined puts is a handful
+# of slices.
+DECODE_SLICE_BYTES = 4096
 
 # How long a refused connection may take to send its first bytes (which pick
 # the language of the refusal) before it is closed without a reply.
