@@ -94,6 +94,50 @@ def test_a_wait_that_runs_out_counts_as_activity_too(hub):
     assert transport.closed
 
 
+def test_an_idle_client_that_does_not_read_is_dropped_when_its_close_cannot_finish(hub):
+    # A close waits until the client has read every reply (connection_lost only comes
+    # then; the fake never sends it): a client that never reads would stay for ever.
+    _connection, transport = binary_client(hub)
+    transport.unsent = 100_000  # replies it has not read, under --max-reply-buffer-bytes
+    hub.advance(IDLE_S)
+    assert transport.closed and not transport.aborted
+    assert transport.frames()[-1][1][0] == IDLE_TIMEOUT
+    hub.advance(IDLE_S - 0.5)
+    assert not transport.aborted
+    hub.advance(0.5)
+    assert transport.aborted
+
+
+def test_a_quit_whose_replies_are_never_read_is_dropped_an_idle_time_later(hub):
+    connection, transport = hub.connect()
+    transport.unsent = 100_000
+    hub.send(connection, b"QUIT\r\n")
+    assert transport.closed and not transport.aborted
+    hub.advance(IDLE_S)
+    assert transport.aborted
+    assert hub.counters.idle_disconnects == 0  # it asked to go; it was not idle
+
+
+def test_a_quit_just_before_the_timer_fires_gets_its_whole_idle_time(hub):
+    connection, transport = hub.connect()
+    transport.unsent = 100_000
+    hub.advance(IDLE_S - 1)
+    hub.send(connection, b"QUIT\r\n")
+    hub.advance(1)  # the timer armed at the start fires now
+    assert not transport.aborted
+    hub.advance(IDLE_S - 1)
+    assert transport.aborted
+
+
+def test_a_close_that_finishes_cancels_the_timer(hub):
+    connection, transport = hub.connect()
+    hub.send(connection, b"QUIT\r\n")
+    connection.connection_lost(None)  # the client read BYE
+    hub.advance(IDLE_S * 3)
+    assert not transport.aborted
+    assert all(timer.cancelled for timer in hub.timers)
+
+
 def test_idle_timeout_off_sets_no_timer():
     hub = FakeHub()
     _connection, transport = binary_client(hub)

@@ -188,6 +188,19 @@ async def test_idle_connections_are_told_and_closed_and_waiting_ones_are_not(ser
         assert info["idle_disconnects_total"] == 2
 
 
+async def test_an_idle_client_that_does_not_read_is_gone_soon_after_its_timeout(server_factory):
+    # Its replies fill the socket; a close would wait for it to read them for ever.
+    server = server_factory("--idle-timeout", "0.5")
+    async with connect(server.host, server.port) as client:
+        await client.put("big", b"B" * BIG)
+        silent = Text(server.host, server.port)
+        silent.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        silent.send(b"PEEK big\r\n" * 50)  # 10 MB of replies, never read
+        await until_stats(client, lambda s: s["server"]["idle_disconnects_total"] == 1)
+        await until_stats(client, lambda s: s["server"]["connections"] == 1)
+        silent.close()
+
+
 def test_a_bad_idle_timeout_is_refused_at_start(server_factory):
     with pytest.raises(RuntimeError, match="--idle-timeout"):
         server_factory("--idle-timeout", "-1")

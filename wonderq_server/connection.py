@@ -179,23 +179,34 @@ class Connection(asyncio.Protocol):
 
         Requests only store their time, so the timer usually fires early and
         re-arms for what is left. A waiting receive is activity: its wait
-        ending counts as a request (see _respond).
+        ending counts as a request (see _respond). A connection that is
+        closing (IDLE_TIMEOUT itself, QUIT, a wrong token...) keeps the
+        timer: a close finishes only once the client has read every reply,
+        never if it does not read, so one still closing an idle timeout
+        after its last request is dropped.
         """
         self._timer = None
-        if self._closed or self._close_after_flush:
+        if self._closed:
             return
         idle_timeout_s = self.hub.connection_limits.idle_timeout_s
-        if self._waiters:
+        if self._waiters:  # (a closing connection has none: _begin_close withdrew them)
             self._timer = self.hub.call_later(idle_timeout_s, self._check_idle)
             return
         left_s = self.last_request_at + idle_timeout_s - self.hub.now()
         if left_s > 0:
             self._timer = self.hub.call_later(left_s, self._check_idle)
             return
+        if self._close_after_flush:
+            if self.transport is not None and self.transport.is_closing():
+                self.transport.abort()
+            else:  # not closed yet (the delay after a wrong token): look again later
+                self._timer = self.hub.call_later(idle_timeout_s, self._check_idle)
+            return
         self.hub.counters.idle_disconnects += 1
         self._reply_error(None, ProtocolError(
             IDLE_TIMEOUT, f"closed after {idle_timeout_s:g} s without a request "
             "(the server's --idle-timeout)"))
+        self._timer = self.hub.call_later(idle_timeout_s, self._check_idle)  # see above
 
     def eof_received(self) -> bool:
         """eof_received: the client has sent everything (nc -N, a script's half-close,

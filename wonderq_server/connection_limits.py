@@ -43,6 +43,9 @@ request limit sees, and each gets one rule, enforced where the bytes are:
   partial frame or line does not (a client dribbling bytes is not working).
   One timer per connection, re-armed lazily: a request only stores its
   time, and the timer, when it fires early, re-arms for the remainder.
+  A close finishes only once the client has read every reply, so a
+  connection still closing (after IDLE_TIMEOUT, QUIT, ...) an idle timeout
+  after its last request is not reading at all: it is aborted.
 
 Every limit has a flag (config.py), an error or a visible effect, and a
 stats counter (`Counters`, reported by the server's stats).
