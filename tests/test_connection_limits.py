@@ -13,6 +13,7 @@ from wonderq_server.connection_limits import (
     REFUSAL_WAIT_S,
     REPLY_HOLD_BYTES,
     RESERVED_FILE_DESCRIPTORS,
+    WAITING_RECEIVE_BYTES,
     ConnectionLimits,
     fit_open_files,
 )
@@ -345,3 +346,35 @@ def test_error_replies_wait_for_the_earlier_replies_to_be_written_too():
         hub.run()
     assert transport.data.count(b"ERR UNKNOWN_COMMAND ") == lines
     assert max(len(w) for w in transport.writes) <= REPLY_HOLD_BYTES + reply_bytes
+
+
+# ------------------------------------------------- waiting receives on one connection
+
+def test_waiting_receives_past_the_request_buffer_pause_reading_until_one_ends():
+    # A waiting receive is a request the server holds (about a kilobyte of it); a binary
+    # client could otherwise park any number of them without ever being paused.
+    waits = 10
+    hub = FakeHub(connection_limits=ConnectionLimits(
+        max_request_buffer_bytes=waits * WAITING_RECEIVE_BYTES))
+    connection, transport = binary_client(hub)
+    hub.send(connection, b"".join(req(i, "receive", queue="q", wait=60) for i in range(waits)))
+    assert transport.reading
+    hub.send(connection, req(waits, "receive", queue="q", wait=60))
+    assert not transport.reading and connection.paused
+    put_via_text(hub, b"x")  # one wait ends: back under the limit
+    assert transport.reading and not connection.paused
+    assert [f[0] for f in transport.frames()] == [0]
+
+
+def test_a_connection_paused_for_its_waits_stays_paused_while_writing_is():
+    hub = FakeHub(connection_limits=ConnectionLimits(
+        max_request_buffer_bytes=WAITING_RECEIVE_BYTES))
+    connection, transport = binary_client(hub)
+    hub.send(connection, req(1, "receive", queue="q", wait=60) + req(2, "receive", queue="q",
+                                                                      wait=60))
+    assert not transport.reading
+    connection.pause_writing()
+    put_via_text(hub, b"x")
+    assert not transport.reading  # still paused for its socket
+    connection.resume_writing()
+    assert transport.reading

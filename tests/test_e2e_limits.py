@@ -10,6 +10,7 @@ measures the latency of well-behaved clients next to bad ones).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 
 import pytest
@@ -135,6 +136,30 @@ async def test_text_lines_behind_a_waiting_receive_are_held_within_the_limit(ser
         assert await in_thread(read_the_rest) == pings
         await sender
         text.close()
+
+
+async def test_a_client_that_parks_receive_after_receive_is_paused(server):
+    # Each waiting receive is about a kilobyte the server holds for up to --max-wait;
+    # without a bound, one connection sending them as fast as it can grows the server
+    # without limit (500,000 of them were 520 MB).
+    async with connect(server.host, server.port) as client:
+        parker = Raw(server.host, server.port)
+        parker.sock.settimeout(0.5)
+        requests = PREAMBLE + b"".join(frame([i, "receive", {"queue": "parked", "wait": 3}])
+                                       for i in range(50_000))
+
+        def send_until_the_server_stops_reading() -> None:
+            # Times out once the server stops reading and the socket buffers are full.
+            with contextlib.suppress(TimeoutError):
+                parker.sock.sendall(requests)
+
+        await in_thread(send_until_the_server_stops_reading)
+        info = await until_stats(client, lambda s: s["server"]["connections_paused"] == 1)
+        waiting = info["queues"]["parked"]["waiting"]
+        # --max-request-buffer-bytes' worth of waits (1024), and what one read brought.
+        assert 1024 < waiting < 20_000
+        parker.close()  # seen once its waits end and the server reads again
+        await until_stats(client, lambda s: s["server"]["connections"] == 1)
 
 
 # ------------------------------------------- a client that does not read what it is owed

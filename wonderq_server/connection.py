@@ -31,7 +31,8 @@ Rules:
   connection with more than --max-reply-buffer-bytes still unsent when more
   is to be written is cut off; a text connection holds what arrives behind
   a waiting receive as raw bytes and stops reading past
-  --max-request-buffer-bytes; with --idle-timeout, a connection that sends
+  --max-request-buffer-bytes, and so does a binary connection with more
+  waiting receives than that limit allows; with --idle-timeout, a connection that sends
   no complete request for that long (a waiting receive counts as activity)
   is answered IDLE_TIMEOUT and closed; a connection the server refused
   (over --max-connections) is answered in the mode its first bytes pick and
@@ -59,6 +60,7 @@ from .connection_limits import (
     DECODE_SLICE_BYTES,
     REFUSAL_WAIT_S,
     REPLY_HOLD_BYTES,
+    WAITING_RECEIVE_BYTES,
     ConnectionLimits,
     Counters,
 )
@@ -398,6 +400,9 @@ class Connection(asyncio.Protocol):
                 self._answer_waits_empty()  # a line held behind a wait, run after EOF
             elif self.mode == "text":
                 self._text_waiting = True
+            elif len(self._waiters) * WAITING_RECEIVE_BYTES > \
+                    self.hub.connection_limits.max_request_buffer_bytes:
+                self._pause("waits")  # see connection_limits.py; _respond resumes
         elif command.name in DURABLE_COMMANDS:
             self._durable.append((len(self._out) - 1, command))
         elif command.name == "quit":
@@ -439,6 +444,9 @@ class Connection(asyncio.Protocol):
             return
         if self._waiters and self._waiters.pop(command, None) is not None:
             self.last_request_at = self.hub.now()  # a wait that ends counts as activity
+            if "waits" in self._paused_by and len(self._waiters) * WAITING_RECEIVE_BYTES \
+                    <= self.hub.connection_limits.max_request_buffer_bytes:
+                self._resume("waits")
         assert self._encoder is not None
         reply = self._encoder.result(command, result)
         self._out.append(reply)
