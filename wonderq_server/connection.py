@@ -32,11 +32,11 @@ Rules:
   is to be written is cut off; a text connection holds what arrives behind
   a waiting receive as raw bytes and stops reading past
   --max-request-buffer-bytes, and so does a binary connection with more
-  waiting receives than that limit allows; with --idle-timeout, a connection that sends
-  no complete request for that long (a waiting receive counts as activity)
-  is answered IDLE_TIMEOUT and closed; a connection the server refused
-  (over --max-connections) is answered in the mode its first bytes pick and
-  closed.
+  waiting receives than that limit allows; with --idle-timeout, a
+  connection that sends no complete request for that long (a waiting
+  receive counts as activity) is answered IDLE_TIMEOUT and closed; a
+  connection the server refused (over --max-connections) is answered in
+  the mode its first bytes pick and closed.
 * Authentication (auth.py): on a server with a token, a connection starts
   unauthenticated and only AUTH and QUIT run; any other command is answered
   AUTH_REQUIRED and the connection goes on. The gate is one boolean,
