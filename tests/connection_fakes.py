@@ -53,6 +53,9 @@ class FakeTransport:
         if self.protocol is not None:
             self.protocol.resume_writing()
 
+    def is_closing(self) -> bool:
+        return self.closed
+
     def close(self) -> None:
         if not self.closed:
             self.events.append(("close", None))

@@ -5,6 +5,7 @@ test_connection_limits.py."""
 from __future__ import annotations
 
 import logging
+import tracemalloc
 
 import pytest
 from connection_fakes import (
@@ -585,3 +586,25 @@ def test_a_codec_bug_is_logged_answered_internal_and_closes(hub, caplog):
                                           "the request; see the server log"], None]]
     assert transport.closed
     assert "a bug in the codec" in caplog.text
+
+
+def test_lines_held_behind_a_wait_cost_about_their_size_not_their_decoded_size(hub):
+    # Decoded, a two-byte unknown command is an error object of over a kilobyte (so
+    # 100,000 of them, one 200 KB read, were 150 MB); held, lines stay bytes but for
+    # one slice (DECODE_SLICE_BYTES), also while they run after the wait.
+    connection, transport = hub.connect()
+    transport.full_after_write = True  # a client that does not read: replies are held too
+    garbage = b"X\n" * 100_000
+    tracemalloc.start()
+    try:
+        hub.send(connection, b"GET q wait=10\r\n" + garbage)
+        held_bytes, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        put_via_text(hub, b"x")  # the GET is answered; the lines behind it run, then wait
+        _, release_peak_bytes = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert transport.data.startswith(b"MSG ") and b"ERR UNKNOWN_COMMAND" in transport.data
+    assert held_bytes < 2 * len(garbage) + 4 * 1024 * 1024
+    # Replies up to REPLY_HOLD_BYTES (1 MiB) and the fake transport's copy of them.
+    assert release_peak_bytes < 2 * len(garbage) + 8 * 1024 * 1024

@@ -11,7 +11,9 @@ from connection_fakes import PREAMBLE, FakeHub, binary_client, put_via_text, req
 
 from wonderq_server.connection_limits import (
     REFUSAL_WAIT_S,
+    REPLY_HOLD_BYTES,
     RESERVED_FILE_DESCRIPTORS,
+    WAITING_RECEIVE_BYTES,
     ConnectionLimits,
     fit_open_files,
 )
@@ -91,6 +93,50 @@ def test_a_wait_that_runs_out_counts_as_activity_too(hub):
     assert not transport.closed
     hub.advance(1)
     assert transport.closed
+
+
+def test_an_idle_client_that_does_not_read_is_dropped_when_its_close_cannot_finish(hub):
+    # A close waits until the client has read every reply (connection_lost only comes
+    # then; the fake never sends it): a client that never reads would stay for ever.
+    _connection, transport = binary_client(hub)
+    transport.unsent = 100_000  # replies it has not read, under --max-reply-buffer-bytes
+    hub.advance(IDLE_S)
+    assert transport.closed and not transport.aborted
+    assert transport.frames()[-1][1][0] == IDLE_TIMEOUT
+    hub.advance(IDLE_S - 0.5)
+    assert not transport.aborted
+    hub.advance(0.5)
+    assert transport.aborted
+
+
+def test_a_quit_whose_replies_are_never_read_is_dropped_an_idle_time_later(hub):
+    connection, transport = hub.connect()
+    transport.unsent = 100_000
+    hub.send(connection, b"QUIT\r\n")
+    assert transport.closed and not transport.aborted
+    hub.advance(IDLE_S)
+    assert transport.aborted
+    assert hub.counters.idle_disconnects == 0  # it asked to go; it was not idle
+
+
+def test_a_quit_just_before_the_timer_fires_gets_its_whole_idle_time(hub):
+    connection, transport = hub.connect()
+    transport.unsent = 100_000
+    hub.advance(IDLE_S - 1)
+    hub.send(connection, b"QUIT\r\n")
+    hub.advance(1)  # the timer armed at the start fires now
+    assert not transport.aborted
+    hub.advance(IDLE_S - 1)
+    assert transport.aborted
+
+
+def test_a_close_that_finishes_cancels_the_timer(hub):
+    connection, transport = hub.connect()
+    hub.send(connection, b"QUIT\r\n")
+    connection.connection_lost(None)  # the client read BYE
+    hub.advance(IDLE_S * 3)
+    assert not transport.aborted
+    assert all(timer.cancelled for timer in hub.timers)
 
 
 def test_idle_timeout_off_sets_no_timer():
@@ -280,3 +326,55 @@ def test_text_requests_with_big_replies_wait_in_order_too():
     hub.run()
     assert transport.data.count(b"END\r\n") == 8
     assert transport.data.endswith(b"END\r\nPONG\r\n")
+
+
+def test_error_replies_wait_for_the_earlier_replies_to_be_written_too():
+    # Each 2-byte unknown command is answered with a line of about 200 bytes; many of
+    # them in one read must be held at REPLY_HOLD_BYTES like any other replies.
+    hub = FakeHub()
+    connection, transport = hub.connect()
+    transport.full_after_write = True
+    lines = 20_000
+    hub.send(connection, b"X\n" * lines + b"PING\r\n")
+    reply_bytes = len(transport.data) // transport.data.count(b"\r\n")
+    assert len(transport.writes) == 1
+    assert len(transport.data) <= REPLY_HOLD_BYTES + reply_bytes
+    for _ in range(lines):  # bounded: each turn writes at least one reply
+        if transport.data.endswith(b"PONG\r\n"):
+            break
+        transport.drain()
+        hub.run()
+    assert transport.data.count(b"ERR UNKNOWN_COMMAND ") == lines
+    assert max(len(w) for w in transport.writes) <= REPLY_HOLD_BYTES + reply_bytes
+
+
+# ------------------------------------------------- waiting receives on one connection
+
+def test_waiting_receives_past_the_request_buffer_pause_reading_until_one_ends():
+    # A waiting receive is a request the server holds (about a kilobyte of it); a binary
+    # client could otherwise park any number of them without ever being paused.
+    waits = 10
+    hub = FakeHub(connection_limits=ConnectionLimits(
+        max_request_buffer_bytes=waits * WAITING_RECEIVE_BYTES))
+    connection, transport = binary_client(hub)
+    hub.send(connection, b"".join(req(i, "receive", queue="q", wait=60) for i in range(waits)))
+    assert transport.reading
+    hub.send(connection, req(waits, "receive", queue="q", wait=60))
+    assert not transport.reading and connection.paused
+    put_via_text(hub, b"x")  # one wait ends: back under the limit
+    assert transport.reading and not connection.paused
+    assert [f[0] for f in transport.frames()] == [0]
+
+
+def test_a_connection_paused_for_its_waits_stays_paused_while_writing_is():
+    hub = FakeHub(connection_limits=ConnectionLimits(
+        max_request_buffer_bytes=WAITING_RECEIVE_BYTES))
+    connection, transport = binary_client(hub)
+    hub.send(connection, req(1, "receive", queue="q", wait=60) + req(2, "receive", queue="q",
+                                                                      wait=60))
+    assert not transport.reading
+    connection.pause_writing()
+    put_via_text(hub, b"x")
+    assert not transport.reading  # still paused for its socket
+    connection.resume_writing()
+    assert transport.reading

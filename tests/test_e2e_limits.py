@@ -10,6 +10,7 @@ measures the latency of well-behaved clients next to bad ones).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 
 import pytest
@@ -137,6 +138,30 @@ async def test_text_lines_behind_a_waiting_receive_are_held_within_the_limit(ser
         text.close()
 
 
+async def test_a_client_that_parks_receive_after_receive_is_paused(server):
+    # Each waiting receive is about a kilobyte the server holds for up to --max-wait;
+    # without a bound, one connection sending them as fast as it can grows the server
+    # without limit (500,000 of them were 520 MB).
+    async with connect(server.host, server.port) as client:
+        parker = Raw(server.host, server.port)
+        parker.sock.settimeout(0.5)
+        requests = PREAMBLE + b"".join(frame([i, "receive", {"queue": "parked", "wait": 3}])
+                                       for i in range(50_000))
+
+        def send_until_the_server_stops_reading() -> None:
+            # Times out once the server stops reading and the socket buffers are full.
+            with contextlib.suppress(TimeoutError):
+                parker.sock.sendall(requests)
+
+        await in_thread(send_until_the_server_stops_reading)
+        info = await until_stats(client, lambda s: s["server"]["connections_paused"] == 1)
+        waiting = info["queues"]["parked"]["waiting"]
+        # --max-request-buffer-bytes' worth of waits (1024), and what one read brought.
+        assert 1024 < waiting < 20_000
+        parker.close()  # seen once its waits end and the server reads again
+        await until_stats(client, lambda s: s["server"]["connections"] == 1)
+
+
 # ------------------------------------------- a client that does not read what it is owed
 
 async def test_a_client_owed_more_than_the_reply_buffer_is_cut_off(server_factory):
@@ -186,6 +211,19 @@ async def test_idle_connections_are_told_and_closed_and_waiting_ones_are_not(ser
         assert await waiting.ping() == "pong"
         info = (await waiting.stats())["server"]
         assert info["idle_disconnects_total"] == 2
+
+
+async def test_an_idle_client_that_does_not_read_is_gone_soon_after_its_timeout(server_factory):
+    # Its replies fill the socket; a close would wait for it to read them for ever.
+    server = server_factory("--idle-timeout", "0.5")
+    async with connect(server.host, server.port) as client:
+        await client.put("big", b"B" * BIG)
+        silent = Text(server.host, server.port)
+        silent.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        silent.send(b"PEEK big\r\n" * 50)  # 10 MB of replies, never read
+        await until_stats(client, lambda s: s["server"]["idle_disconnects_total"] == 1)
+        await until_stats(client, lambda s: s["server"]["connections"] == 1)
+        silent.close()
 
 
 def test_a_bad_idle_timeout_is_refused_at_start(server_factory):

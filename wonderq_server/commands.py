@@ -474,7 +474,10 @@ class Rejected:
     __slots__ = ("error", "request_id")
 
     def __init__(self, error: Exception, request_id: Any = None) -> None:
-        self.error = error
+        # A Rejected may be held long after the decode that made it (behind a
+        # waiting receive); the error's traceback would keep the decoder's
+        # frames alive, and with them every item of that feed and its input.
+        self.error = error.with_traceback(None)
         self.request_id = request_id
 
     def __repr__(self) -> str:

@@ -213,7 +213,8 @@ FLAGS = [
     ("--max-request-buffer-bytes", "max_request_buffer_bytes", _positive_int,
      _CONNECTION_LIMITS.max_request_buffer_bytes,
      "bytes of requests one connection may have read but not yet run (text lines behind a "
-     "waiting receive); past it, the server stops reading from that connection"),
+     "waiting receive; each waiting receive counts 1 KiB); past it, the server stops "
+     "reading from that connection"),
     ("--max-reply-buffer-bytes", "max_reply_buffer_bytes", _positive_int,
      _CONNECTION_LIMITS.max_reply_buffer_bytes,
      "bytes of replies one connection may leave unsent; a connection past it when more is "

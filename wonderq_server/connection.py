@@ -31,11 +31,12 @@ Rules:
   connection with more than --max-reply-buffer-bytes still unsent when more
   is to be written is cut off; a text connection holds what arrives behind
   a waiting receive as raw bytes and stops reading past
-  --max-request-buffer-bytes; with --idle-timeout, a connection that sends
-  no complete request for that long (a waiting receive counts as activity)
-  is answered IDLE_TIMEOUT and closed; a connection the server refused
-  (over --max-connections) is answered in the mode its first bytes pick and
-  closed.
+  --max-request-buffer-bytes, and so does a binary connection with more
+  waiting receives than that limit allows; with --idle-timeout, a
+  connection that sends no complete request for that long (a waiting
+  receive counts as activity) is answered IDLE_TIMEOUT and closed; a
+  connection the server refused (over --max-connections) is answered in
+  the mode its first bytes pick and closed.
 * Authentication (auth.py): on a server with a token, a connection starts
   unauthenticated and only AUTH and QUIT run; any other command is answered
   AUTH_REQUIRED and the connection goes on. The gate is one boolean,
@@ -55,7 +56,14 @@ from typing import Any, Protocol
 
 from .binary_codec import MAGIC, BinaryDecoder, BinaryEncoder
 from .commands import Command, Limits, Rejected
-from .connection_limits import REFUSAL_WAIT_S, REPLY_HOLD_BYTES, ConnectionLimits, Counters
+from .connection_limits import (
+    DECODE_SLICE_BYTES,
+    REFUSAL_WAIT_S,
+    REPLY_HOLD_BYTES,
+    WAITING_RECEIVE_BYTES,
+    ConnectionLimits,
+    Counters,
+)
 from .errors import (
     AUTH_REQUIRED,
     IDLE_TIMEOUT,
@@ -173,23 +181,34 @@ class Connection(asyncio.Protocol):
 
         Requests only store their time, so the timer usually fires early and
         re-arms for what is left. A waiting receive is activity: its wait
-        ending counts as a request (see _respond).
+        ending counts as a request (see _respond). A connection that is
+        closing (IDLE_TIMEOUT itself, QUIT, a wrong token...) keeps the
+        timer: a close finishes only once the client has read every reply,
+        never if it does not read, so one still closing an idle timeout
+        after its last request is dropped.
         """
         self._timer = None
-        if self._closed or self._close_after_flush:
+        if self._closed:
             return
         idle_timeout_s = self.hub.connection_limits.idle_timeout_s
-        if self._waiters:
+        if self._waiters:  # (a closing connection has none: _begin_close withdrew them)
             self._timer = self.hub.call_later(idle_timeout_s, self._check_idle)
             return
         left_s = self.last_request_at + idle_timeout_s - self.hub.now()
         if left_s > 0:
             self._timer = self.hub.call_later(left_s, self._check_idle)
             return
+        if self._close_after_flush:
+            if self.transport is not None and self.transport.is_closing():
+                self.transport.abort()
+            else:  # not closed yet (the delay after a wrong token): look again later
+                self._timer = self.hub.call_later(idle_timeout_s, self._check_idle)
+            return
         self.hub.counters.idle_disconnects += 1
         self._reply_error(None, ProtocolError(
             IDLE_TIMEOUT, f"closed after {idle_timeout_s:g} s without a request "
             "(the server's --idle-timeout)"))
+        self._timer = self.hub.call_later(idle_timeout_s, self._check_idle)  # see above
 
     def eof_received(self) -> bool:
         """eof_received: the client has sent everything (nc -N, a script's half-close,
@@ -272,14 +291,12 @@ class Connection(asyncio.Protocol):
         if self._text_waiting or self._output_blocked or self._held or self._held_input:
             self._hold_input(data)  # behind what is held, in order
             return
-        items = self._decode(data)
-        if items:
-            now = self.last_request_at = self.hub.now()
-            self._running_input = True
-            try:
-                self._run(items, now)
-            finally:
-                self._running_input = False
+        self._running_input = True
+        try:
+            ran = self._decode_and_run(data)
+        finally:
+            self._running_input = False
+        if ran:
             # Even a command with no reply yet (a parked receive) may have
             # moved the next deadline: the server re-arms its timer.
             self.hub.input_done(self)
@@ -296,6 +313,39 @@ class Connection(asyncio.Protocol):
             logger.exception("internal error decoding input from %s", self.peer)
             return [Rejected(ProtocolError(INTERNAL, "internal server error while reading "
                                            "the request; see the server log"))]
+
+    def _decode_and_run(self, data: bytes) -> bool:
+        """_decode_and_run feeds `data` to the decoder DECODE_SLICE_BYTES at a time and runs
+        what each slice completes; returns whether any request was complete.
+
+        Once requests are held (a text wait, replies to be written first), the
+        rest of `data` is held as raw bytes: decoded, a line can cost hundreds
+        of times its size (a two-byte unknown command is an error object of
+        over a kilobyte), so no more than one slice is ever held decoded.
+        """
+        decoder = self._decoder
+        assert decoder is not None
+        ran = False
+        start, size = 0, len(data)
+        while start < size and not self._close_after_flush:
+            if self._text_waiting or self._output_blocked or self._held:
+                self._hold_input(data[start:])
+                break
+            end = start + DECODE_SLICE_BYTES
+            if end < size and self.mode == "text":
+                # Whole lines only: the text decoder scans a line it has part of
+                # again with each feed, so a long line goes in one piece.
+                newline = data.rfind(b"\n", start, end)
+                if newline < 0:
+                    newline = data.find(b"\n", end)
+                end = size if newline < 0 else newline + 1
+            items = self._decode(data[start:end])
+            start = end
+            if items:
+                ran = True
+                now = self.last_request_at = self.hub.now()
+                self._run(items, now)
+        return ran
 
     def _choose_mode(self) -> bool:
         """_choose_mode picks the codecs once the first bytes allow; False while undecided."""
@@ -317,9 +367,11 @@ class Connection(asyncio.Protocol):
             if self._close_after_flush:
                 return
             if isinstance(item, Rejected):
+                # Answered like any request: error replies count toward the hold
+                # too (a two-byte unknown command gets a 200-byte answer).
                 self._reply_error(item.request_id, item.error)
-                continue
-            self._execute(item, now)
+            else:
+                self._execute(item, now)
             if self._text_waiting or self._out_bytes > REPLY_HOLD_BYTES:
                 if not self._text_waiting:
                     # Many requests with big replies in one read (peeks,
@@ -361,6 +413,9 @@ class Connection(asyncio.Protocol):
                 self._answer_waits_empty()  # a line held behind a wait, run after EOF
             elif self.mode == "text":
                 self._text_waiting = True
+            elif len(self._waiters) * WAITING_RECEIVE_BYTES > \
+                    self.hub.connection_limits.max_request_buffer_bytes:
+                self._pause("waits")  # see connection_limits.py; _respond resumes
         elif command.name in DURABLE_COMMANDS:
             self._durable.append((len(self._out) - 1, command))
         elif command.name == "quit":
@@ -402,6 +457,9 @@ class Connection(asyncio.Protocol):
             return
         if self._waiters and self._waiters.pop(command, None) is not None:
             self.last_request_at = self.hub.now()  # a wait that ends counts as activity
+            if "waits" in self._paused_by and len(self._waiters) * WAITING_RECEIVE_BYTES \
+                    <= self.hub.connection_limits.max_request_buffer_bytes:
+                self._resume("waits")
         assert self._encoder is not None
         reply = self._encoder.result(command, result)
         self._out.append(reply)
@@ -431,11 +489,7 @@ class Connection(asyncio.Protocol):
         if self._held_input and not self._held and not self._text_waiting \
                 and not self._output_blocked and not self._close_after_flush:
             data, self._held_input = bytes(self._held_input), bytearray()
-            assert self._decoder is not None
-            items = self._decode(data)
-            if items:
-                self.last_request_at = now
-                self._run(items, now)
+            self._decode_and_run(data)  # what blocks again is held again, raw
         if not self._held and \
                 len(self._held_input) <= self.hub.connection_limits.max_request_buffer_bytes:
             self._resume("held")

@@ -12,14 +12,21 @@ request limit sees, and each gets one rule, enforced where the bytes are:
   (`fit_open_files`), or lowers the limit it enforces and says so, as
   Redis does with maxclients: running out of file descriptors would make
   accept() fail for everyone, with no reply at all.
-* **Requests read but not yet run** (`max_request_buffer_bytes`): only a
-  text connection holds any, the lines that arrive behind a waiting
-  receive (text replies go strictly in order). Past the limit the server
-  stops reading from that socket until the receive is answered; the kernel's
-  buffers and TCP flow control then push back on the client. A binary
-  connection runs each request as it is read and holds at most one partial
-  frame (up to --max-frame-bytes, buffered as it arrives, never set aside
-  in advance).
+* **Requests read but not yet run** (`max_request_buffer_bytes`): a text
+  connection holds the lines that arrive behind a waiting receive (text
+  replies go strictly in order), any connection those behind replies not
+  yet written (below). Past the limit the server stops reading from that
+  socket until they have run; the kernel's buffers and TCP flow control
+  then push back on the client. Input is decoded DECODE_SLICE_BYTES at a
+  time and what is held stays raw bytes but for the rest of one slice:
+  decoded, a request costs far more than its bytes (a two-byte unknown
+  command is an error of about a kilobyte), so held input is measured,
+  and bounded, as bytes. A binary connection otherwise runs each request
+  as it is read and holds at most one partial frame (up to
+  --max-frame-bytes, buffered as it arrives, never set aside in advance);
+  but its receives that wait are requests the server holds too, any
+  number of them: each counts WAITING_RECEIVE_BYTES, and past the limit
+  the server stops reading from it until one ends.
 * **Replies written but not yet sent** (`max_reply_buffer_bytes`): when the
   socket's send buffer is past its high-water mark, the server stops reading
   from that connection (asyncio's pause_writing), so a client that sends
@@ -39,6 +46,9 @@ request limit sees, and each gets one rule, enforced where the bytes are:
   partial frame or line does not (a client dribbling bytes is not working).
   One timer per connection, re-armed lazily: a request only stores its
   time, and the timer, when it fires early, re-arms for the remainder.
+  A close finishes only once the client has read every reply, so a
+  connection still closing (after IDLE_TIMEOUT, QUIT, ...) an idle timeout
+  after its last request is not reading at all: it is aborted.
 
 Every limit has a flag (config.py), an error or a visible effect, and a
 stats counter (`Counters`, reported by the server's stats).
@@ -57,6 +67,22 @@ DEFAULT_MAX_REPLY_BUFFER_BYTES = 64 * 1024 * 1024
 # enough that ordinary pipelining (tens of thousands of put replies) never
 # notices.
 REPLY_HOLD_BYTES = 1024 * 1024
+
+# Input is decoded and run this many bytes at a time, so that requests held
+# behind a blocking one stay raw bytes (measured against
+# max_request_buffer_bytes) but for one slice: decoded, a request can cost
+# hundreds of times its size. Small enough that one slice of the worst input
+# (two-byte unknown commands, each an error object of about a kilobyte) holds
+# a few megabytes; large enough that a slice's own cost (a decoder call, a
+# clock read) hides among its requests: 256 KB reads of pipelined 100-byte
+# puts measured within noise of undivided reads (about 3% at most).
+DECODE_SLICE_BYTES = 4096
+
+# What one waiting receive costs the server, about (the command, its waiter,
+# the broker's entries: 500,000 of them measured 520 MB), counted against
+# max_request_buffer_bytes: a binary connection may park receives until they
+# pass it, then the server stops reading from it until one ends.
+WAITING_RECEIVE_BYTES = 1024
 
 # How long a refused connection may take to send its first bytes (which pick
 # the language of the refusal) before it is closed without a reply.
