@@ -211,6 +211,16 @@ async def test_garbage_and_huge_requests_do_not_hurt_the_server(server_factory):
         assert await client.ping() == "pong"
 
 
+async def test_a_client_still_sending_gets_its_refusal_not_a_reset(server_factory):
+    # The server refuses the head after 64 KiB but reads and drops the rest until the
+    # client is done, so the 431 is not destroyed by a reset (a lingering close).
+    server = server_factory("--metrics-port", "0")
+    address = metrics_address(server)
+    reply = await asyncio.to_thread(raw_exchange, address, b"GET /metrics HTTP/1.1\r\n"
+                                    + b"X-Filler: " + b"a" * 4_000_000 + b"\r\n\r\n", True)
+    assert reply.startswith(b"HTTP/1.1 431 ")
+
+
 def listening_ports(pid: int) -> set[int]:
     """listening_ports is the TCP ports process `pid` listens on, from /proc."""
     inodes = set()

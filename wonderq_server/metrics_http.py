@@ -8,8 +8,11 @@ pages, each a coroutine function of the request's headers returning
 (content type, body); a page may hand slow work to a thread after reading.
 
 Rules:
-* One request per connection: the response says `Connection: close` and the
-  connection closes once it is written. A scraper comes every few seconds;
+* One request per connection: the response says `Connection: close`, and
+  once it is written the server ends its side and drops whatever more the
+  peer sends until the peer closes (a lingering close; closing outright with
+  unread bytes makes the kernel reset the connection, which can destroy the
+  response before it is read). A scraper comes every few seconds;
   keep-alive would buy nothing and cost state.
 * Only GET; any other method gets 405, a path not in the table 404, a query
   string is ignored. A request that is not HTTP gets 400, a request head
@@ -90,6 +93,7 @@ class HttpConnection(asyncio.Protocol):
         self.head_request = False  # a response to HEAD carries no body
         self._timeout: asyncio.TimerHandle | None = None
         self._page: asyncio.Task[None] | None = None  # the page being rendered
+        self._peer_done = False  # the peer has sent EOF
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -133,6 +137,7 @@ class HttpConnection(asyncio.Protocol):
     def eof_received(self) -> bool:
         """eof_received: the peer stopped sending. Keep the connection only for the
         response of a page still rendering (`printf 'GET ...' | nc` waits for it)."""
+        self._peer_done = True
         return self._page is not None
 
     def _answer(self, request: h11.Request) -> None:
@@ -188,4 +193,12 @@ class HttpConnection(asyncio.Protocol):
             self.transport.abort()
             return
         self.transport.writelines(chunks)
-        self.transport.close()
+        if self.transport.can_write_eof() and not self._peer_done:
+            # Lingering close: end our side and drop the rest of the request as it
+            # comes, until the peer closes (eof_received) or TIMEOUT_S. Closing with
+            # unread bytes in the socket makes the kernel send a reset, which can
+            # destroy the response before the client reads it (a 431 to a client
+            # still sending its long head).
+            self.transport.write_eof()
+        else:
+            self.transport.close()
