@@ -12,7 +12,14 @@ from connection_fakes import FakeHub, req
 
 from wonderq_server.auth import AUTH_FAILURE_DELAY_S
 from wonderq_server.binary_codec import PREAMBLE
-from wonderq_server.errors import AUTH_FAILED, AUTH_REQUIRED, BAD_ARGUMENT
+from wonderq_server.connection_limits import PRE_AUTH_REQUEST_BYTES
+from wonderq_server.errors import (
+    AUTH_FAILED,
+    AUTH_REQUIRED,
+    AUTH_TIMEOUT,
+    BAD_ARGUMENT,
+    FRAME_TOO_LARGE,
+)
 
 TOKEN = b"s3cret-token"
 
@@ -144,3 +151,56 @@ def test_a_bug_while_checking_the_token_is_internal_and_opens_nothing(hub, monke
     assert not connection.authenticated and not transport.closed
     assert "internal error running 'auth'" in caplog.text
     assert TOKEN.decode() not in caplog.text
+
+
+# ------------------------------------------------ --auth-timeout and the size of strangers
+
+def test_a_connection_that_never_authenticates_is_closed_after_the_auth_timeout(hub):
+    connection, transport = hub.connect()
+    hub.send(connection, PREAMBLE + req(1, "ping"))  # activity, but no AUTH
+    hub.advance(hub.connection_limits.auth_timeout_s - 0.01)
+    assert not transport.closed
+    hub.advance(0.01)
+    assert transport.closed
+    assert transport.frames()[-1][:2] == [None, [AUTH_TIMEOUT, "no AUTH within 10 s (the "
+                                                 "server's --auth-timeout)"]]
+    assert hub.counters.auth_timeouts == 1
+
+
+def test_a_connection_that_authenticates_in_time_stays(hub):
+    connection, transport = hub.connect()
+    hub.send(connection, PREAMBLE + req(1, "auth", token=TOKEN.decode()))
+    hub.advance(hub.connection_limits.auth_timeout_s * 10)
+    assert not transport.closed
+    assert hub.counters.auth_timeouts == 0
+    assert all(timer.cancelled for timer in hub.timers)
+
+
+def test_without_a_token_there_is_no_auth_timer():
+    hub = FakeHub()
+    hub.connect()
+    assert hub.timers == []
+
+
+def test_before_auth_a_frame_over_the_small_limit_is_refused_and_closes(hub):
+    connection, transport = hub.connect()
+    hub.send(connection, PREAMBLE + (PRE_AUTH_REQUEST_BYTES + 1).to_bytes(4, "big"))
+    [[request_id, [code, _], _]] = transport.frames()
+    assert (request_id, code, transport.closed) == (None, FRAME_TOO_LARGE, True)
+
+
+def test_after_auth_frames_may_be_as_big_as_the_server_allows(hub):
+    connection, transport = hub.connect()
+    hub.send(connection, PREAMBLE + req(1, "auth", token=TOKEN.decode()))
+    body = b"b" * (PRE_AUTH_REQUEST_BYTES * 3)
+    hub.send(connection, req(2, "put", queue="q", body=body))
+    assert transport.frames()[1][:2] == [2, None]
+    assert hub.broker.stats(hub.clock)["messages"] == 1
+
+
+def test_before_auth_a_long_text_line_is_skipped(hub):
+    connection, transport = hub.connect()
+    hub.send(connection, b"PUT q " + b"x" * PRE_AUTH_REQUEST_BYTES + b"\r\nAUTH "
+             + TOKEN + b"\r\n")
+    assert transport.data.startswith(b"ERR LINE_TOO_LONG ")
+    assert transport.data.endswith(b"OK\r\n")  # the AUTH after it still counts

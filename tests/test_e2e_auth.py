@@ -173,3 +173,17 @@ def test_bad_security_flags_stop_start_up_with_a_usage_error(argv, message):
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert TOKEN not in result.stderr
+
+
+async def test_a_stranger_that_never_authenticates_loses_its_slot(server_factory):
+    proc = server_factory("--auth-token", TOKEN, "--auth-timeout", "0.3")
+    stranger = TextSocket(proc.host, proc.port)
+    try:
+        stranger.send(b"PING\r\n")
+        assert (await asyncio.to_thread(stranger.line)).startswith(b"ERR AUTH_REQUIRED ")
+        assert (await asyncio.to_thread(stranger.line)).startswith(b"ERR AUTH_TIMEOUT ")
+        assert await asyncio.to_thread(stranger.at_eof)
+    finally:
+        stranger.close()
+    async with connect(proc.host, proc.port, auth_token=TOKEN) as client:
+        assert (await client.stats())["server"]["auth_timeouts_total"] == 1

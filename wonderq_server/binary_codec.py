@@ -62,6 +62,11 @@ class BinaryDecoder:
         self._preamble_seen = False
         self.broken = False  # set after a ProtocolError: ignore all further input
 
+    def use_limits(self, limits: Limits) -> None:
+        """use_limits changes the limits for what comes next (once a connection has
+        authenticated, its requests may be as big as the server's limits allow)."""
+        self._limits = limits
+
     def feed(self, data: bytes) -> list[Command | Rejected]:
         """feed takes the next bytes of the stream and returns what they complete."""
         if self.broken:

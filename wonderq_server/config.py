@@ -219,6 +219,9 @@ FLAGS = [
      _CONNECTION_LIMITS.max_reply_buffer_bytes,
      "bytes of replies one connection may leave unsent; a connection past it when more is "
      "to be written is not reading and is disconnected"),
+    ("--auth-timeout", "auth_timeout_s", _seconds, _CONNECTION_LIMITS.auth_timeout_s,
+     "with an auth token: close a connection that has not authenticated within this many "
+     "seconds (AUTH_TIMEOUT)"),
     ("--idle-timeout", "idle_timeout_s", _seconds_or_off, _CONNECTION_LIMITS.idle_timeout_s,
      "close a connection that sends no request for this many seconds (a waiting receive "
      "counts as activity); 0 never"),
@@ -331,6 +334,7 @@ def parse_config(argv: Sequence[str] | None = None,
         max_request_buffer_bytes=ns.max_request_buffer_bytes,
         max_reply_buffer_bytes=ns.max_reply_buffer_bytes,
         idle_timeout_s=ns.idle_timeout_s,
+        auth_timeout_s=ns.auth_timeout_s,
     )
     in_memory = ns.in_memory or ns.data_dir.strip().lower() in ("none", "")
     try:

@@ -42,8 +42,11 @@ Rules:
   AUTH_REQUIRED and the connection goes on. The gate is one boolean,
   `authenticated`, checked per command; it starts True when no token is
   configured. A wrong token (AUTH_FAILED) closes the connection after a
-  delay (the error's close_delay_s), reading nothing in between. Under TLS
-  none of this changes: the connection sees the decrypted bytes.
+  delay (the error's close_delay_s), reading nothing in between. Until it
+  has authenticated, a connection's frames and lines are held to
+  PRE_AUTH_REQUEST_BYTES, and one that has not authenticated within
+  --auth-timeout is answered AUTH_TIMEOUT and closed. Under TLS none of this
+  changes: the connection sees the decrypted bytes.
 """
 
 from __future__ import annotations
@@ -52,12 +55,14 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, Protocol
 
 from .binary_codec import MAGIC, BinaryDecoder, BinaryEncoder
 from .commands import Command, Limits, Rejected
 from .connection_limits import (
     DECODE_SLICE_BYTES,
+    PRE_AUTH_REQUEST_BYTES,
     REFUSAL_WAIT_S,
     REPLY_HOLD_BYTES,
     WAITING_RECEIVE_BYTES,
@@ -66,6 +71,7 @@ from .connection_limits import (
 )
 from .errors import (
     AUTH_REQUIRED,
+    AUTH_TIMEOUT,
     IDLE_TIMEOUT,
     INTERNAL,
     STORAGE_ERROR,
@@ -149,6 +155,7 @@ class Connection(asyncio.Protocol):
         self._timer: Timer | None = None  # the idle timer, or the refusal's deadline
         self._refusal: WonderQError | None = None  # over --max-connections: the answer
         self.authenticated = not hub.service.auth.required  # see the module's rules
+        self._auth_timer: Timer | None = None  # --auth-timeout, until authenticated
 
     # ------------------------------------------------------------ transport
 
@@ -160,6 +167,19 @@ class Connection(asyncio.Protocol):
         idle_timeout_s = self.hub.connection_limits.idle_timeout_s
         if self._refusal is None and idle_timeout_s > 0:
             self._timer = self.hub.call_later(idle_timeout_s, self._check_idle)
+        if self._refusal is None and not self.authenticated:
+            self._auth_timer = self.hub.call_later(
+                self.hub.connection_limits.auth_timeout_s, self._check_authenticated)
+
+    def _check_authenticated(self) -> None:
+        """_check_authenticated: --auth-timeout has passed; a stranger loses its slot."""
+        self._auth_timer = None
+        if self.authenticated or self._closed or self._close_after_flush:
+            return
+        self.hub.counters.auth_timeouts += 1
+        self._reply_error(None, ProtocolError(
+            AUTH_TIMEOUT, f"no AUTH within {self.hub.connection_limits.auth_timeout_s:g} s "
+            "(the server's --auth-timeout)"))
 
     def refuse(self, error: WonderQError) -> None:
         """refuse: the server will not serve this connection (over --max-connections).
@@ -241,6 +261,9 @@ class Connection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+            self._auth_timer = None
         self._withdraw_waits()
         self._held.clear()
         self._held_input.clear()
@@ -353,6 +376,11 @@ class Connection(asyncio.Protocol):
         if len(head) < len(MAGIC) and MAGIC.startswith(head):
             return False
         limits = self.hub.limits
+        if not self.authenticated:  # strangers send small requests (connection_limits.py)
+            limits = replace(limits, max_frame_bytes=min(limits.max_frame_bytes,
+                                                         PRE_AUTH_REQUEST_BYTES),
+                             max_message_bytes=min(limits.max_message_bytes,
+                                                   PRE_AUTH_REQUEST_BYTES - 1024))
         if head == MAGIC:
             self.mode = "binary"
             self._decoder, self._encoder = BinaryDecoder(limits), BinaryEncoder()
@@ -441,6 +469,11 @@ class Connection(asyncio.Protocol):
             self._internal_error(command)
             return False
         self.authenticated = True
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+            self._auth_timer = None
+        assert self._decoder is not None
+        self._decoder.use_limits(self.hub.limits)
         return False
 
     def _internal_error(self, command: Command) -> None:

@@ -40,6 +40,14 @@ request limit sees, and each gets one rule, enforced where the bytes are:
   it is disconnected, and its leases run out as after any disconnect. The
   check is on what is already queued, so a single large reply (a receive of
   many big messages) to a client that reads always goes out.
+* **Connections that never authenticate** (`auth_timeout_s`, with an auth
+  token only): a connection that has not sent the right AUTH within this
+  long is answered AUTH_TIMEOUT and closed, so strangers cannot hold the
+  --max-connections slots. Until it has authenticated, a connection's
+  frames and lines may be at most PRE_AUTH_REQUEST_BYTES: a stranger cannot
+  make the server buffer a 64 MiB frame (Redis limits unauthenticated
+  requests for the same reason, CVE-2021-32675). A client sends bigger
+  requests once AUTH is answered (the client library waits for it).
 * **Idle connections** (`idle_timeout_s`, 0 = never): a connection that
   has sent no complete request for this long is answered IDLE_TIMEOUT and
   closed. A waiting receive counts as activity for as long as it waits; a
@@ -84,6 +92,10 @@ DECODE_SLICE_BYTES = 4096
 # pass it, then the server stops reading from it until one ends.
 WAITING_RECEIVE_BYTES = 1024
 
+# The largest frame or line a connection may send before it has authenticated
+# (with an auth token only): AUTH and QUIT are small.
+PRE_AUTH_REQUEST_BYTES = 64 * 1024
+
 # How long a refused connection may take to send its first bytes (which pick
 # the language of the refusal) before it is closed without a reply.
 REFUSAL_WAIT_S = 1.0
@@ -102,17 +114,19 @@ class ConnectionLimits:
     max_request_buffer_bytes: int = DEFAULT_MAX_REQUEST_BUFFER_BYTES
     max_reply_buffer_bytes: int = DEFAULT_MAX_REPLY_BUFFER_BYTES
     idle_timeout_s: float = 0.0  # 0: connections may stay idle forever
+    auth_timeout_s: float = 10.0  # with an auth token: time to authenticate
 
 
 class Counters:
     """What the connection limits have done since start-up, for stats."""
 
-    __slots__ = ("idle_disconnects", "refused", "slow_reader_disconnects")
+    __slots__ = ("auth_timeouts", "idle_disconnects", "refused", "slow_reader_disconnects")
 
     def __init__(self) -> None:
         self.refused = 0  # over max_connections
         self.idle_disconnects = 0  # closed by idle_timeout_s
         self.slow_reader_disconnects = 0  # over max_reply_buffer_bytes
+        self.auth_timeouts = 0  # no AUTH within auth_timeout_s
 
 
 def fit_open_files(max_connections: int, soft: int, hard: int) -> tuple[int, int]:

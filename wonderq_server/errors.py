@@ -46,6 +46,7 @@ FRAME_TOO_LARGE = "FRAME_TOO_LARGE"
 UNSUPPORTED_VERSION = "UNSUPPORTED_VERSION"
 TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS"  # over --max-connections, sent before closing
 IDLE_TIMEOUT = "IDLE_TIMEOUT"  # nothing sent for --idle-timeout, sent before closing
+AUTH_TIMEOUT = "AUTH_TIMEOUT"  # no successful AUTH within --auth-timeout, sent before closing
 AUTH_FAILED = "AUTH_FAILED"  # a wrong token; closed after a delay (auth.py)
 
 

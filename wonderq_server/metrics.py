@@ -123,6 +123,8 @@ SERVER_COUNTERS = [
      "Journal writes that failed (answered with STORAGE_ERROR) since start."),
     ("connections_refused_total", "wonderq_connections_refused",
      "Connections refused with TOO_MANY_CONNECTIONS (over --max-connections) since start."),
+    ("auth_timeouts_total", "wonderq_auth_timeouts",
+     "Connections closed with AUTH_TIMEOUT (no AUTH within --auth-timeout) since start."),
     ("idle_disconnects_total", "wonderq_idle_disconnects",
      "Connections closed by --idle-timeout since start."),
     ("slow_reader_disconnects_total", "wonderq_slow_reader_disconnects",

@@ -456,6 +456,7 @@ class Server:
             "connections_paused": sum(1 for c in self.connections if c.paused),
             "connections_refused_total": self.counters.refused,
             "idle_disconnects_total": self.counters.idle_disconnects,
+            "auth_timeouts_total": self.counters.auth_timeouts,
             "slow_reader_disconnects_total": self.counters.slow_reader_disconnects,
             "rss_bytes": resident_memory_bytes(),
             "tls": self.ssl_context is not None,

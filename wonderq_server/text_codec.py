@@ -127,6 +127,11 @@ class TextDecoder:
         self._discarding = False  # inside an over-long line, skipping to its end
         self._block: _BodyBlock | None = None  # inside a PUT_MANY, collecting bodies
 
+    def use_limits(self, limits: Limits) -> None:
+        """use_limits changes the limits for what comes next (once a connection has
+        authenticated, its requests may be as big as the server's limits allow)."""
+        self._limits = limits
+
     def feed(self, data: bytes) -> list[Command | Rejected]:
         buf = self._buffer
         buf += data
