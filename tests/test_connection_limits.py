@@ -378,3 +378,12 @@ def test_a_connection_paused_for_its_waits_stays_paused_while_writing_is():
     assert not transport.reading  # still paused for its socket
     connection.resume_writing()
     assert transport.reading
+
+
+def test_a_server_that_stops_reading_is_not_resumed_by_a_drain():
+    hub = FakeHub()
+    connection, transport = binary_client(hub)
+    connection.pause_writing()
+    connection.stop_reading()
+    connection.resume_writing()  # the socket drained: reading stays stopped
+    assert not transport.reading

@@ -617,6 +617,11 @@ class Connection(asyncio.Protocol):
         self._closed = True  # take no more replies; connection_lost still cleans up
         transport.abort()
 
+    def stop_reading(self) -> None:
+        """stop_reading: the server is stopping; read nothing more, for good (no drain or
+        release of held requests resumes reading)."""
+        self._pause("stopping")
+
     @property
     def paused(self) -> bool:
         """paused: reading is stopped by flow control (for stats)."""

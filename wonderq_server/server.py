@@ -181,7 +181,7 @@ class Server:
             self.metrics.close()
         for conn in list(self.connections):  # answer what is in flight, take nothing new
             if conn.transport is not None and not conn.transport.is_closing():
-                conn.transport.pause_reading()
+                conn.stop_reading()
         self._flush()
         self._stopping = True  # from here on, only _finish_compaction_now moves a compaction
         if self.group_commit is not None:
