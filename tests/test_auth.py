@@ -138,3 +138,12 @@ def test_loopback_addresses(host):
                                   "example.com", "localhost.example.com", "128.0.0.1"])
 def test_addresses_others_may_reach(host):
     assert not is_loopback(host)
+
+
+def test_a_wrong_bearer_token_is_counted_and_a_missing_one_is_not():
+    check = TokenCheck(TOKEN.encode())
+    assert not check.bearer_ok("")
+    assert check.failures == 0
+    assert not check.bearer_ok("Bearer nope")
+    assert check.bearer_ok(f"Bearer {TOKEN}")
+    assert check.failures == 1

@@ -11,6 +11,7 @@ import asyncio
 import http.client
 import re
 import ssl
+import time
 import urllib.error
 import urllib.request
 
@@ -18,6 +19,7 @@ import pytest
 from certificates import TlsFiles
 
 from wonderq_client import AuthFailed, connect
+from wonderq_server.auth import AUTH_FAILURE_DELAY_S
 
 TOKEN = "metrics-s3cret"
 METRICS_LINE = re.compile(r"metrics on (https?)://(\S+):(\d+)/metrics")
@@ -42,14 +44,25 @@ def http_get(url: str, authorization: str | None = None,
 
 
 @pytest.mark.parametrize("path", ["/metrics", "/stats", "/nowhere"])
-@pytest.mark.parametrize("authorization", [None, "Bearer wrong", f"Basic {TOKEN}", TOKEN])
-async def test_without_the_bearer_token_everything_is_401(server_factory, path, authorization):
+async def test_without_the_bearer_token_everything_is_401(server_factory, path):
     server = server_factory("--metrics-port", "0", "--auth-token", TOKEN)
-    status, headers, body = await asyncio.to_thread(http_get, metrics_url(server, path),
-                                                    authorization)
+    status, headers, body = await asyncio.to_thread(http_get, metrics_url(server, path))
     assert status == 401
     assert headers["www-authenticate"].startswith("Bearer")
     assert b"wonderq_" not in body and TOKEN.encode() not in body
+
+
+@pytest.mark.parametrize("authorization", ["Bearer wrong", f"Basic {TOKEN}", TOKEN])
+async def test_a_wrong_bearer_token_is_401_a_second_late_and_counted(server_factory,
+                                                                     authorization):
+    server = server_factory("--metrics-port", "0", "--auth-token", TOKEN)
+    started = time.monotonic()
+    status, _, body = await asyncio.to_thread(http_get, metrics_url(server, "/metrics"),
+                                              authorization)
+    assert status == 401 and b"wonderq_" not in body
+    assert time.monotonic() - started >= AUTH_FAILURE_DELAY_S * 0.9
+    async with connect(server.host, server.port, auth_token=TOKEN) as client:
+        assert (await client.stats())["server"]["auth_failures_total"] == 1
 
 
 async def test_with_the_bearer_token_metrics_are_served(server_factory):

@@ -114,12 +114,19 @@ class TokenCheck:
 
     def bearer_ok(self, authorization: str) -> bool:
         """bearer_ok checks an HTTP `Authorization: Bearer <token>` header (the metrics
-        endpoint); true for anything when no token is configured."""
+        endpoint); true for anything when no token is configured. A wrong token given
+        is counted with the wrong AUTHs; no header at all is not (a scraper not yet
+        configured is not a guesser)."""
         if self._digest is None:
             return True
+        if not authorization.strip():
+            return False
         scheme, _, credentials = authorization.strip().partition(" ")
-        return scheme.lower() == "bearer" and self.matches(
-            credentials.strip().encode("latin-1", errors="replace"))  # as metrics_http decoded it
+        if scheme.lower() == "bearer" and self.matches(
+                credentials.strip().encode("latin-1", errors="replace")):  # as metrics_http
+            return True                                                  # decoded it
+        self.failures += 1
+        return False
 
 
 def is_loopback(host: str) -> bool:

@@ -24,7 +24,9 @@ Rules:
   the message path.
 * With a check (`authorized`: the server's auth token), a request without
   the right `Authorization: Bearer <token>` header gets 401 before anything
-  else is looked at; the check compares in constant time (auth.py).
+  else is looked at; the check compares in constant time (auth.py). A wrong
+  token (not a missing one) is counted with wrong AUTHs and answered
+  AUTH_FAILURE_DELAY_S late, as on the message port.
 * A page that raises is a bug: it is logged with its traceback and answered
   500, and the server goes on. A page still running when its connection
   goes is cancelled.
@@ -39,6 +41,8 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, cast
 
 import h11
+
+from .auth import AUTH_FAILURE_DELAY_S
 
 if TYPE_CHECKING:
     from ssl import SSLContext
@@ -146,9 +150,19 @@ class HttpConnection(asyncio.Protocol):
         headers = {name.decode("latin-1"): value.decode("latin-1")
                    for name, value in request.headers}  # h11 gives names in lower case
         authorized = self.endpoint.authorized
-        if authorized is not None and not authorized(headers.get("authorization", "")):
-            self._respond(401, b"unauthorized: send Authorization: Bearer <the server's auth "
-                          b"token>\n", extra=[("www-authenticate", 'Bearer realm="wonderq"')])
+        given = headers.get("authorization", "")
+        if authorized is not None and not authorized(given):
+            refusal = (401, b"unauthorized: send Authorization: Bearer <the server's auth "
+                       b"token>\n")
+            extra = [("www-authenticate", 'Bearer realm="wonderq"')]
+            if not given:
+                self._respond(*refusal, extra=extra)
+                return
+            # A wrong token is answered AUTH_FAILURE_DELAY_S later, as on the message
+            # port, so guessing over HTTP is no faster; nothing more is read meanwhile.
+            self.answered = True
+            self.loop.call_later(AUTH_FAILURE_DELAY_S,
+                                 lambda: self._respond(*refusal, extra=extra))
             return
         if request.method != b"GET":
             self._respond(405, b"only GET\n", extra=[("allow", "GET")])
