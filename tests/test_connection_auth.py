@@ -176,6 +176,52 @@ def test_a_connection_that_authenticates_in_time_stays(hub):
     assert all(timer.cancelled for timer in hub.timers)
 
 
+def test_a_stranger_whose_auth_timeout_close_cannot_finish_is_dropped(hub):
+    # A close waits until the client has read every reply (the fake never sends
+    # connection_lost): with --idle-timeout off (the default), a stranger that never
+    # reads would keep its --max-connections slot for ever.
+    _connection, transport = hub.connect()
+    timeout_s = hub.connection_limits.auth_timeout_s
+    hub.advance(timeout_s)
+    assert transport.closed and not transport.aborted
+    hub.advance(timeout_s - 0.01)
+    assert not transport.aborted
+    hub.advance(0.01)
+    assert transport.aborted
+    assert hub.counters.auth_timeouts == 1
+
+
+def test_a_wrong_token_whose_close_cannot_finish_is_dropped_at_the_auth_timeout(hub):
+    connection, transport = hub.connect()
+    hub.send(connection, b"AUTH wrong\r\n")
+    hub.advance(AUTH_FAILURE_DELAY_S)
+    assert transport.closed and not transport.aborted
+    hub.advance(hub.connection_limits.auth_timeout_s - AUTH_FAILURE_DELAY_S)
+    assert transport.aborted
+    assert hub.counters.auth_timeouts == 0  # it was answered AUTH_FAILED, not timed out
+
+
+def test_a_wrong_token_just_before_the_auth_timeout_still_gets_its_delay(hub):
+    connection, transport = hub.connect()
+    hub.advance(hub.connection_limits.auth_timeout_s - 0.5)
+    hub.send(connection, b"AUTH wrong\r\n")
+    hub.advance(0.5)  # the auth timer fires inside the delay: no AUTH_TIMEOUT, no abort
+    assert not transport.closed and transport.data.count(b"\r\n") == 1
+    hub.advance(AUTH_FAILURE_DELAY_S)
+    assert transport.closed and not transport.aborted
+    hub.advance(hub.connection_limits.auth_timeout_s)
+    assert transport.aborted
+
+
+def test_a_stranger_whose_close_finishes_leaves_no_timer(hub):
+    connection, transport = hub.connect()
+    hub.advance(hub.connection_limits.auth_timeout_s)
+    connection.connection_lost(None)  # the client read AUTH_TIMEOUT
+    hub.advance(hub.connection_limits.auth_timeout_s * 3)
+    assert not transport.aborted
+    assert all(timer.cancelled for timer in hub.timers)
+
+
 def test_without_a_token_there_is_no_auth_timer():
     hub = FakeHub()
     hub.connect()

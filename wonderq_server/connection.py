@@ -45,8 +45,9 @@ Rules:
   delay (the error's close_delay_s), reading nothing in between. Until it
   has authenticated, a connection's frames and lines are held to
   PRE_AUTH_REQUEST_BYTES, and one that has not authenticated within
-  --auth-timeout is answered AUTH_TIMEOUT and closed. Under TLS none of this
-  changes: the connection sees the decrypted bytes.
+  --auth-timeout is answered AUTH_TIMEOUT and closed; one still closing
+  (not reading its replies) an --auth-timeout later is aborted. Under TLS
+  none of this changes: the connection sees the decrypted bytes.
 """
 
 from __future__ import annotations
@@ -172,14 +173,31 @@ class Connection(asyncio.Protocol):
                 self.hub.connection_limits.auth_timeout_s, self._check_authenticated)
 
     def _check_authenticated(self) -> None:
-        """_check_authenticated: --auth-timeout has passed; a stranger loses its slot."""
+        """_check_authenticated: --auth-timeout has passed; a stranger loses its slot.
+
+        As with _check_idle, a close finishes only once the client has read
+        every reply, so the timer stays armed while a stranger closes (after
+        AUTH_TIMEOUT, a wrong token, QUIT): one still closing when it fires
+        is not reading and is aborted. Without this, a stranger that never
+        reads would keep its --max-connections slot for ever whenever
+        --idle-timeout is off (the default).
+        """
         self._auth_timer = None
-        if self.authenticated or self._closed or self._close_after_flush:
+        if self.authenticated or self._closed:
+            return
+        auth_timeout_s = self.hub.connection_limits.auth_timeout_s
+        if self._close_after_flush:
+            if self.transport is not None and self.transport.is_closing():
+                self.transport.abort()
+            else:  # not closed yet (the delay after a wrong token): look again later
+                self._auth_timer = self.hub.call_later(auth_timeout_s,
+                                                       self._check_authenticated)
             return
         self.hub.counters.auth_timeouts += 1
         self._reply_error(None, ProtocolError(
-            AUTH_TIMEOUT, f"no AUTH within {self.hub.connection_limits.auth_timeout_s:g} s "
+            AUTH_TIMEOUT, f"no AUTH within {auth_timeout_s:g} s "
             "(the server's --auth-timeout)"))
+        self._auth_timer = self.hub.call_later(auth_timeout_s, self._check_authenticated)
 
     def refuse(self, error: WonderQError) -> None:
         """refuse: the server will not serve this connection (over --max-connections).

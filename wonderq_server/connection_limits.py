@@ -43,7 +43,9 @@ request limit sees, and each gets one rule, enforced where the bytes are:
 * **Connections that never authenticate** (`auth_timeout_s`, with an auth
   token only): a connection that has not sent the right AUTH within this
   long is answered AUTH_TIMEOUT and closed, so strangers cannot hold the
-  --max-connections slots. Until it has authenticated, a connection's
+  --max-connections slots; one still closing another auth_timeout_s later
+  (after AUTH_TIMEOUT, a wrong token or QUIT) is not reading its replies,
+  and is aborted, idle timeout or not. Until it has authenticated, a connection's
   frames and lines may be at most PRE_AUTH_REQUEST_BYTES: a stranger cannot
   make the server buffer a 64 MiB frame (Redis limits unauthenticated
   requests for the same reason, CVE-2021-32675). A client sends bigger
