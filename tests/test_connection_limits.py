@@ -387,3 +387,13 @@ def test_a_server_that_stops_reading_is_not_resumed_by_a_drain():
     connection.stop_reading()
     connection.resume_writing()  # the socket drained: reading stays stopped
     assert not transport.reading
+
+
+def test_requests_held_when_the_server_stops_are_not_run():
+    hub = FakeHub()
+    connection, transport = hub.connect()
+    hub.send(connection, b"GET q wait=10\r\nPUT q held\r\n")
+    connection.stop_reading()
+    put_via_text(hub, b"x")  # the wait ends; what was held behind it must not run now
+    assert transport.data.startswith(b"MSG ")
+    assert hub.broker.stats(hub.clock)["messages"] == 1  # only x, leased; no "held"

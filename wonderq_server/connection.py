@@ -531,8 +531,8 @@ class Connection(asyncio.Protocol):
             return
         if self._text_waiting and not self._waiters:
             self._text_waiting = False
-        if self._text_waiting or self._output_blocked:
-            return  # still blocked; what unblocks it calls again
+        if self._text_waiting or self._output_blocked or "stopping" in self._paused_by:
+            return  # still blocked (what unblocks it calls again), or the server stops
         held, self._held = self._held, deque()
         now = self.hub.now()
         if held:
