@@ -187,9 +187,7 @@ class Connection(asyncio.Protocol):
             return
         auth_timeout_s = self.hub.connection_limits.auth_timeout_s
         if self._close_after_flush:
-            if self.transport is not None and self.transport.is_closing():
-                self.transport.abort()
-            else:  # not closed yet (the delay after a wrong token): look again later
+            if not self._abort_if_close_is_stuck():
                 self._auth_timer = self.hub.call_later(auth_timeout_s,
                                                        self._check_authenticated)
             return
@@ -237,9 +235,7 @@ class Connection(asyncio.Protocol):
             self._timer = self.hub.call_later(left_s, self._check_idle)
             return
         if self._close_after_flush:
-            if self.transport is not None and self.transport.is_closing():
-                self.transport.abort()
-            else:  # not closed yet (the delay after a wrong token): look again later
+            if not self._abort_if_close_is_stuck():
                 self._timer = self.hub.call_later(idle_timeout_s, self._check_idle)
             return
         self.hub.counters.idle_disconnects += 1
@@ -247,6 +243,15 @@ class Connection(asyncio.Protocol):
             IDLE_TIMEOUT, f"closed after {idle_timeout_s:g} s without a request "
             "(the server's --idle-timeout)"))
         self._timer = self.hub.call_later(idle_timeout_s, self._check_idle)  # see above
+
+    def _abort_if_close_is_stuck(self) -> bool:
+        """_abort_if_close_is_stuck: a closing connection whose transport is still closing
+        when a timer looks is waiting for a client that does not read: abort it (True).
+        False: the close has not begun yet (the delay after a wrong token); look later."""
+        if self.transport is not None and self.transport.is_closing():
+            self.transport.abort()
+            return True
+        return False
 
     def eof_received(self) -> bool:
         """eof_received: the client has sent everything (nc -N, a script's half-close,
@@ -364,8 +369,6 @@ class Connection(asyncio.Protocol):
         of times its size (a two-byte unknown command is an error object of
         over a kilobyte), so no more than one slice is ever held decoded.
         """
-        decoder = self._decoder
-        assert decoder is not None
         ran = False
         start, size = 0, len(data)
         while start < size and not self._close_after_flush:
