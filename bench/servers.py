@@ -39,6 +39,18 @@ PROBE_PAUSE_S = 0.005
 _live: set[ServerProcess] = set()
 
 
+def resident_bytes(pid: int) -> int | None:
+    """resident_bytes is process `pid`'s VmRSS from /proc; None if it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
 def free_port() -> int:
     """free_port is a loopback TCP port nobody listened on a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -74,11 +86,10 @@ class ServerProcess:
 
     def rss_bytes(self) -> int:
         """rss_bytes is VmRSS from /proc/PID/status."""
-        with open(f"/proc/{self.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        raise RuntimeError(f"{self.name}: no VmRSS in /proc/{self.pid}/status")
+        rss = resident_bytes(self.pid)
+        if rss is None:
+            raise RuntimeError(f"{self.name}: no VmRSS in /proc/{self.pid}/status")
+        return rss
 
     def log_tail(self, lines: int = 15) -> str:
         try:

@@ -41,6 +41,8 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from servers import resident_bytes
+
 READY = re.compile(r"listening on (\S+):(\d+)")
 RECOVERED = re.compile(r"recovered (\d+) records from \S+ \(([^)]*)\): ([^;]*)")
 START_TIMEOUT_S = 120.0  # a replay of a big journal on a busy machine; normally < 2 s
@@ -201,14 +203,7 @@ class SoakServer:
         if not self.alive():
             return None
         assert self.proc is not None
-        try:
-            with open(f"/proc/{self.proc.pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            return None
-        return None
+        return resident_bytes(self.proc.pid)
 
     def journal_bytes(self) -> int:
         """journal_bytes is the size of every journal file on disk, a compaction's included."""

@@ -102,21 +102,30 @@ async def connect_with_backoff(load: Load, rng: random.Random) -> Client | None:
     return None
 
 
+async def next_turn(load: Load, gate: asyncio.Event, client: Client | None,
+                    rng: random.Random) -> Client | None:
+    """next_turn waits for `gate`, then returns a connected client (`client`, or a new one
+    if it was lost); None when the load stops or the server never comes back."""
+    if not gate.is_set():
+        await gate.wait()
+    if load.stop.is_set():
+        return None
+    if client is None or client.closed:
+        load.reconnects += client is not None
+        return await connect_with_backoff(load, rng)
+    return client
+
+
 async def produce(load: Load, rng: random.Random) -> None:
     """produce puts one message at a time, each body carrying its sequence number."""
     ledger = load.ledger
     client: Client | None = None
     try:
         for _ in range(MAX_ROUNDS):
-            if not load.room.is_set():
-                await load.room.wait()
-            if load.stop.is_set():
+            turn = await next_turn(load, load.room, client, rng)
+            if turn is None:
                 return
-            if client is None or client.closed:
-                load.reconnects += client is not None
-                client = await connect_with_backoff(load, rng)
-                if client is None:
-                    return
+            client = turn
             seq = ledger.new_put()
             try:
                 message_id = await client.put(QUEUE, make_body(seq, load.body_size))
@@ -139,15 +148,10 @@ async def consume(load: Load, rng: random.Random) -> None:
     client: Client | None = None
     try:
         for _ in range(MAX_ROUNDS):
-            if not load.work.is_set():
-                await load.work.wait()
-            if load.stop.is_set():
+            turn = await next_turn(load, load.work, client, rng)
+            if turn is None:
                 return
-            if client is None or client.closed:
-                load.reconnects += client is not None
-                client = await connect_with_backoff(load, rng)
-                if client is None:
-                    return
+            client = turn
             try:
                 batch = await client.receive(QUEUE, max=RECEIVE_MAX, wait=WAIT_S,
                                              visibility=load.visibility_s)
