@@ -67,8 +67,12 @@ def check_invariants(broker: Broker) -> None:
             assert isinstance(m, Message) and m.id == i
             assert (m.deadline_at is not None) == (m.state in (LEASED, DELAYED))
             assert m.queue is q
+        in_run = set(q.messages.plain_from_oldest())
+        assert all(type(body) is bytes for _, body in in_run)
+        assert [i for i, _ in q.messages.plain_from_oldest()] == sorted(i for i, _ in in_run)
         ready_keys = {m.ready_key for m in objects if m.state == READY} | plain
-        assert ready_keys <= set(q.ready)  # every ready message can be found in the heap
+        # every ready message can be found in the heap, or in the table's run
+        assert ready_keys - {i for i, _ in in_run} <= set(q.ready)
     assert broker.stats(T0)["messages"] == sum(len(q.messages) for q in broker.queues.values())
     assert broker.stored_bytes == sum(broker._cost(m) for q in broker.queues.values()
                                       for m in q.messages.values())

@@ -205,7 +205,8 @@ async def hostile_session(host: str, port: int, rng: random.Random, plan: Sessio
                 findings.problems.append(
                     f"no close {HALF_CLOSE_TIMEOUT_S} s after a half-close ({plan.kind})")
             # At end of input the server answers every request it has read, then closes.
-            if plan.answers_all:
+            # written == 0: the fuzz ended before even the preamble went out.
+            if plan.answers_all and written > 0:
                 findings.counted += 1
                 if watcher.replies != written - 1:
                     findings.problems.append(

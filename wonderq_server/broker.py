@@ -9,11 +9,13 @@ ack, nack, touch, deadlines, dead-lettering, expiry); commands about whole
 queues live in queue_admin.py, and the replay of journal records in replay.py.
 
 Design decision (issue 6): a put with nothing but a body stores the body
-alone, a *plain* message (message.py), counted READY and pushed on the ready
-heap like any other; the broker makes it a Message only when it must change
-it (`_take` leases it; replay restores a state, an ack or a move onto it).
-The put path of nearly every message, and a backlog of millions, then carry
-no object per message.
+alone, a *plain* message (message.py), counted READY; the broker makes it a
+Message only when it must change it (`_take` leases it; replay restores a
+state, an ack or a move onto it). The put path of nearly every message, and
+a backlog of millions, then carry no object per message. Plain messages put
+in order wait in the queue's table's run (message_table.py), which is their
+ready order, instead of on the ready heap: `_take` takes from whichever of
+the two comes first.
 
 Rules:
 * A message is in exactly one state (message.py) and is counted in exactly
@@ -175,7 +177,9 @@ class Broker(QueueAdmin, Replay):
         """_existing_message finds a message and checks that `lease` is its latest.
         A plain message was never leased, so no lease holds it (and it stays plain)."""
         q = self.queues.get(name)
-        msg = q.messages.get(message_id) if q is not None else None
+        # A Message is always in the table's `others`; the full lookup is for the rest.
+        msg = None if q is None else (q.messages.others.get(message_id)
+                                      or q.messages.get(message_id))
         if msg is None:
             raise CommandError(NOT_FOUND, f"no message {message_id} in queue {name!r}"
                                " (acked, expired or moved already, or never put)")
@@ -270,7 +274,7 @@ class Broker(QueueAdmin, Replay):
         msg.id = self.ids.next(now)  # only now: a refused put uses no id
         self.stored_bytes += cost
         q.ever_held = True
-        q.messages[msg.id] = msg
+        q.messages.others[msg.id] = msg  # a new id: in no run (message_table.py)
         q.put_total += 1
         q.body_bytes += len(body)
         if expiry:
@@ -292,12 +296,12 @@ class Broker(QueueAdmin, Replay):
         msg_id = self.ids.next(now)  # only now: a refused put uses no id
         self.stored_bytes += cost
         q.ever_held = True
-        q.messages[msg_id] = body
         q.put_total += 1
         q.body_bytes += len(body)
         q.ready_count += 1
-        heapq.heappush(q.ready, msg_id)
-        _compact_ready(q)  # bounds the heap, as in _make_ready
+        if not q.messages.append_plain(msg_id, body):  # not in the run: on the heap
+            heapq.heappush(q.ready, msg_id)
+            _compact_ready(q)  # bounds the heap, as in _make_ready
         if self.journal is not None:
             self.journal.put_plain(q, msg_id, body)
         return msg_id
@@ -380,14 +384,21 @@ class Broker(QueueAdmin, Replay):
         taken: list[Message] = []
         ready, messages = q.ready, q.messages
         while q.ready_count and len(taken) < max_messages:
-            message_id = heapq.heappop(ready) & ID_MASK
-            msg = messages.get(message_id)
-            if msg is None:
-                continue  # a stale entry: acked, moved or purged since
-            if type(msg) is bytes:
-                msg = materialize(messages, message_id, msg, q)
-            elif msg.state != READY:
-                continue  # a stale entry: leased again, or delayed
+            # The oldest plain messages wait in the table's run, the rest on the
+            # heap (queues.py): take whichever comes first by key.
+            first_plain = messages.first_plain_id()
+            if ready and (first_plain is None or ready[0] < first_plain):
+                message_id = heapq.heappop(ready) & ID_MASK
+                msg = messages.get(message_id)
+                if msg is None:
+                    continue  # a stale entry: acked, moved or purged since
+                if type(msg) is bytes:
+                    msg = materialize(messages, message_id, msg, q)
+                elif msg.state != READY:
+                    continue  # a stale entry: leased again, or delayed
+            else:
+                message_id, body = messages.take_first_plain()
+                msg = messages.others[message_id] = Message(message_id, body, q)
             self._detach(msg)
             self._make_leased(msg, now + visibility_s)
             msg.deliveries += 1
@@ -503,7 +514,7 @@ class Broker(QueueAdmin, Replay):
         source = msg.queue
         self._detach(msg)
         self._cancel_expiry(msg)
-        del source.messages[msg.id]
+        del source.messages.others[msg.id]  # a Message: never in a run
         source.body_bytes -= len(msg.body)
         _compact_ready(source)
         msg.queue = target
@@ -511,7 +522,7 @@ class Broker(QueueAdmin, Replay):
         msg.origin = origin
         msg.lease = None
         target.ever_held = True
-        target.messages[msg.id] = msg
+        target.messages.others[msg.id] = msg  # its id is in no other queue's run
         target.body_bytes += len(msg.body)
         if expires_at:
             self._set_expiry(msg, expires_at)
@@ -536,7 +547,7 @@ class Broker(QueueAdmin, Replay):
         self._detach(msg)
         self._cancel_expiry(msg)
         msg.state = DELETED
-        del q.messages[msg.id]
+        del q.messages.others[msg.id]  # a Message: never in a run
         q.body_bytes -= len(msg.body)
         self.stored_bytes -= self._cost(msg)
         _compact_ready(q)

@@ -17,7 +17,8 @@ queue carries `origin`: (the queue it came from, when it was moved).
 Design decision (issue 6, memory per message): most messages are *plain*:
 put without options and never delivered yet. A plain message is not an
 object of its own: the queue's table holds its body, the `bytes` itself,
-under its id (queues.py). That saves a Message object (about 120 bytes)
+under its id (message_table.py; most sit in the table's run, without even
+an id object). That saves a Message object (about 120 bytes)
 for each of the millions of messages a backlog may hold. A
 plain message becomes a Message ("materialized", `materialize` below, which
 replaces the table's value) the first time something must change it or hand
@@ -116,10 +117,9 @@ class Message:
                 f"deliveries={self.deliveries}, lease={self.lease})")
 
 
-def materialize(messages: dict[int, Message | bytes], message_id: int, body: bytes,
-                queue: Any) -> Message:
+def materialize(messages: Any, message_id: int, body: bytes, queue: Any) -> Message:
     """materialize turns the plain message `message_id` (its body is `body`) into a READY
-    Message in its queue's table, in place: same id, same place in the table's order."""
+    Message in its queue's table (a MessageTable), under the same id."""
     msg = messages[message_id] = Message(message_id, body, queue)
     return msg
 

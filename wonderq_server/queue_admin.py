@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import NOT_FOUND, QUEUE_EXISTS, QUEUE_NOT_FOUND, CommandError
 from .ids import id_time
 from .message import DELETED, ID_MASK, READY, STATE_NAMES, Message, view
+from .message_table import MessageTable
 from .queue_settings import QueueSettings
 from .queues import Queue
 from .rates import RateWindow
@@ -103,7 +104,9 @@ class QueueAdmin:
 
         It walks the ready heap from its root, smallest key first, keeping a
         small heap of the frontier: O(k log k) for k messages, whatever the
-        queue's length, skipping stale entries as receive would. Plain
+        queue's length, skipping stale entries as receive would; and beside
+        it the table's run, which is in order already, taking whichever
+        comes first as receive does. Plain
         messages come back as throwaway Messages (`view`), not stored.
         """
         q = self._admin_queue(name)
@@ -111,7 +114,13 @@ class QueueAdmin:
         found: list[Message] = []
         seen: set[int] = set()
         frontier = [(ready[0], 0)] if ready else []
-        while frontier and len(found) < max_messages:
+        plain = messages.plain_from_oldest()  # the run: in order already
+        next_plain = next(plain, None)
+        while (frontier or next_plain is not None) and len(found) < max_messages:
+            if next_plain is not None and (not frontier or next_plain[0] < frontier[0][0]):
+                found.append(view(next_plain[0], next_plain[1], q))
+                next_plain = next(plain, None)
+                continue
             key, index = heapq.heappop(frontier)
             for child in (2 * index + 1, 2 * index + 2):
                 if child < len(ready):
@@ -175,7 +184,7 @@ class QueueAdmin:
             self._detach(msg)
             self._cancel_expiry(msg)
             msg.state = DELETED
-        q.messages = {}
+        q.messages = MessageTable()
         q.ready = []
         q.body_bytes = 0
         return removed
@@ -191,7 +200,8 @@ class QueueAdmin:
         limit = len(q.messages) if max_messages is None else max_messages
         moved = 0
         kept: list[int] = []  # keys popped but not moved: pushed back at the end
-        while q.ready_count > len(kept) and moved < limit:
+        # Only the heap is walked: the table's run holds plain messages only.
+        while q.ready_count - q.messages.run_count > len(kept) and moved < limit:
             key = heapq.heappop(q.ready)
             msg = q.messages.get(key & ID_MASK)
             if msg is None:
@@ -232,7 +242,7 @@ class QueueAdmin:
 
     def _queue_counts(self: Broker, q: Queue, now: float) -> dict[str, Any]:
         put_rate, ack_rate, redelivered_rate = q.rates.rates(now, q.totals())
-        oldest = next(iter(q.messages), None)  # the id of the first message in the table
+        oldest = q.messages.oldest_id()
         return {
             "messages": len(q.messages),
             "ready": q.ready_count,

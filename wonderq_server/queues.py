@@ -3,13 +3,17 @@
 Design decision: a queue owns three structures and keeps counts beside them
 so that stats never walk a structure:
 
-* `messages`: id -> Message, or the body (`bytes`) of a plain message
-  (message.py), for every message not yet acked, in any state. Plain is the
-  form of nearly every message waiting in a backlog: no object of its own.
-* `ready`: a min-heap of ready keys (message.py): lower priority first, then
-  lower id. Ids grow with time, so within a priority the oldest message comes
-  first; a message whose lease ran out goes back in under its own key and so
-  is handed out before newer ones (it is not starved).
+* `messages`: a MessageTable (message_table.py) of id -> Message, or the
+  body (`bytes`) of a plain message (message.py), for every message not yet
+  acked, in any state. Plain is the form of nearly every message waiting in
+  a backlog: no object of its own, and most of them sit in the table's run,
+  an array of ids beside a list of bodies, which is also their ready order.
+* `ready`: a min-heap of the ready keys (message.py) of the ready messages
+  that are not in the run: lower priority first, then lower id. Ids grow
+  with time, so within a priority the oldest message comes first; a message
+  whose lease ran out goes back in under its own key and so is handed out
+  before newer ones (it is not starved). The broker takes from whichever of
+  heap and run has the smaller key (a plain message's key is its id).
 * `waiters`: long-polling receives, first come first served.
 
 A queue also has its settings (queue_settings.py) and `explicit`: made by
@@ -19,8 +23,9 @@ first use (not journaled; an empty one is gone after a restart).
 Rules:
 * The ready heap deletes lazily: a key whose message is gone or no longer
   READY is skipped when it reaches the top. A plain message is always READY,
-  and its key is its id. `ready_count` is the truth about
-  how many messages are ready, never `len(ready)`.
+  and its key is its id; one in the table's run has no heap entry at all.
+  `ready_count` is the truth about how many messages are ready (heap and
+  run), never `len(ready)`.
 * Invariant kept by the broker after every operation: a queue never has both
   a ready message and a live waiter. Waiters are served the moment a message
   becomes ready.
@@ -36,6 +41,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .errors import INVALID_QUEUE_NAME, CommandError
+from .message_table import MessageTable
 from .queue_settings import DEFAULT_SETTINGS, QueueSettings
 from .rates import RateWindow
 
@@ -99,7 +105,7 @@ class Queue:
         self.settings = settings
         self.explicit = explicit
         self.ever_held = False  # a message was stored in it (broker._forget_if_unused)
-        self.messages: dict[int, Message | bytes] = {}
+        self.messages = MessageTable()
         self.ready: list[int] = []
         self.waiters: deque[Waiter] = deque()
         self.dead_waiters = 0

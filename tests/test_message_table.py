@@ -1,0 +1,128 @@
+"""MessageTable (message_table.py): a dict of id -> value, with plain bodies put in order
+kept in a run. Checked against a plain dict under random operations, plus the rules the
+broker leans on: the run's ready order, where a plain message goes, and bounded size."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from wonderq_server.message_table import RUN_COMPACT_MIN_DEAD, MessageTable
+
+
+class Obj:
+    """Stands for a Message: any value that is not bytes."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __repr__(self) -> str:
+        return f"Obj({self.n})"
+
+
+def check(table: MessageTable, model: dict[int, Any], run: list[int]) -> None:
+    assert len(table) == len(model)
+    assert bool(table) == bool(model)
+    assert list(table.items()) == sorted(model.items())
+    assert list(table) == sorted(model)
+    assert list(table.values()) == [model[k] for k in sorted(model)]
+    assert table.run_count == len(run)
+    assert [i for i, _ in table.plain_from_oldest()] == run
+    assert table.first_plain_id() == (run[0] if run else None)
+    assert table.oldest_id() == (min(model) if model else None)
+    for key in list(model)[:20]:
+        assert table.get(key) is model[key] and table[key] is model[key] and key in table
+
+
+operations = st.lists(st.tuples(
+    st.sampled_from(["append", "append_old", "set", "delete", "take", "get_missing"]),
+    st.integers(min_value=0, max_value=10_000)), max_size=300)
+
+
+@settings(max_examples=300, deadline=None)
+@given(operations)
+def test_the_table_behaves_like_a_dict(ops: list[tuple[str, int]]) -> None:
+    table, model = MessageTable(), {}
+    run: list[int] = []  # ids the table keeps in its run, in order
+    next_id = 1_000_000
+    for op, n in ops:
+        if op == "append":  # a put: a new id, above every other
+            next_id += 1 + n % 3
+            body = n.to_bytes(2, "big")
+            assert table.append_plain(next_id, body) is True
+            model[next_id] = body
+            run.append(next_id)
+        elif op == "append_old":  # a replayed plain put below the run's last id
+            key = n
+            if key in model:
+                continue
+            body = b"old"
+            in_run = table.append_plain(key, body)
+            if in_run:  # only above every id in the run (dead ones may still count)
+                assert not run or key > run[-1]
+            model[key] = body
+            if in_run:
+                run.append(key)
+        elif op == "set" and model:  # materialize, or a Message moved in
+            key = sorted(model)[n % len(model)]
+            model[key] = table_value = Obj(n)
+            table[key] = table_value
+            if key in run:
+                run.remove(key)
+        elif op == "delete" and model:
+            key = sorted(model)[n % len(model)]
+            del table[key], model[key]
+            if key in run:
+                run.remove(key)
+        elif op == "take" and run:
+            assert table.take_first_plain() == (run[0], model[run[0]])
+            del model[run.pop(0)]
+        elif op == "get_missing":
+            assert table.get(-n) is None and -n not in table
+        check(table, model, run)
+
+
+def test_a_put_below_the_runs_last_id_goes_to_others() -> None:
+    table = MessageTable()
+    assert table.append_plain(10, b"a") and table.append_plain(20, b"b")
+    assert table.append_plain(15, b"c") is False  # the caller pushes it on the ready heap
+    assert table.others == {15: b"c"} and table.run_count == 2
+    assert list(table) == [10, 15, 20]
+    assert table.append_to_run(15, b"d") is False and table[15] == b"c"  # nothing stored
+
+
+def test_materializing_takes_the_message_out_of_the_run() -> None:
+    table = MessageTable()
+    for i in range(1, 4):
+        table.append_plain(i, b"x")
+    marker = Obj(2)
+    table[2] = marker
+    assert [i for i, _ in table.plain_from_oldest()] == [1, 3]
+    assert table.others == {2: marker} and table[2] is marker and len(table) == 3
+
+
+def test_a_drained_run_is_compacted_so_its_size_stays_bounded() -> None:
+    table = MessageTable()
+    n = 10 * RUN_COMPACT_MIN_DEAD
+    for i in range(n):
+        table.append_plain(i + 1, b"x")
+    for _ in range(n - 10):
+        table.take_first_plain()
+        # holes never outnumber live entries by more than the compaction threshold
+        assert len(table._run_ids) <= 2 * table.run_count + RUN_COMPACT_MIN_DEAD
+    assert len(table._run_ids) < RUN_COMPACT_MIN_DEAD + 10
+    assert [i for i, _ in table.plain_from_oldest()] == list(range(n - 9, n + 1))
+
+
+def test_holes_in_the_middle_are_compacted_too() -> None:
+    table = MessageTable()
+    n = 4 * RUN_COMPACT_MIN_DEAD
+    for i in range(n):
+        table.append_plain(i + 1, b"x")
+    for i in range(0, n, 2):  # every other one, e.g. acked after a replayed STATE
+        del table[i + 1]
+    assert table.run_count == n // 2
+    assert len(table._run_ids) <= 2 * table.run_count + RUN_COMPACT_MIN_DEAD
+    assert list(table) == list(range(2, n + 1, 2))

@@ -1,0 +1,232 @@
+"""A queue's table of messages by id, with the backlog of plain messages kept in a run.
+
+Design decision (issue 6, memory per message): a queue's messages used to
+live in one dict of id -> Message or body, with every ready one's id also on
+the ready heap. For the common backlog, plain messages put in order and not
+yet delivered, that costs about 100 bytes beyond the body: an int object for
+the id (48 bytes with the allocator's rounding), a dict entry with its share
+of the hash table (about 42) and a heap slot (8). Here those messages live in
+a *run*: an `array('q')` of their ids, increasing, and a list of their bodies
+at the same positions; 16 bytes beyond the body and no object at all. The
+run is also their ready order: ids grow with time, so its first live entry
+is the oldest ready plain message, and `broker._take` merges it with the
+ready heap, which now holds only what is not in the run.
+
+Everything else (Messages, and a plain message whose id is not above the
+run's last one, as a replay or restore may give) lives in a dict,
+`others`, as before.
+
+Rules:
+* An id is in at most one of the two places. The run's ids strictly
+  increase; a removed entry's body becomes None (a hole) and its id stays
+  until the run is compacted, so positions never shift under a bisect.
+* A message in the run is plain and READY. Turning it into a Message
+  (`table[id] = msg`) moves it to `others`.
+* `append_plain` adds to the run only when the id is above its last one;
+  otherwise the body goes to `others` and the caller must push the id on
+  the ready heap (the return value says which).
+* The run is compacted (holes and taken entries cut out) when its dead
+  entries outnumber its live ones, so its size stays within twice the
+  number of messages it holds, plus a constant.
+* Iteration (keys, values, items) is in id order, the run merged with
+  `others` sorted: compaction writes its snapshot in that order, so a
+  replay of it appends every plain message to the run again.
+
+Must not know: message states beyond "plain", heaps, journals, clocks.
+"""
+
+from __future__ import annotations
+
+from array import array
+from bisect import bisect_left
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+# A run is compacted only once it has this many dead entries (taken from its
+# head or removed from the middle), so a queue that is drained one message at
+# a time pays for one O(n) cut every n/2 messages, not one per message.
+RUN_COMPACT_MIN_DEAD = 1024
+
+
+class MessageTable(Mapping[int, Any]):
+    __slots__ = ("_head", "_live", "_run_bodies", "_run_ids", "others")
+
+    def __init__(self) -> None:
+        self.others: dict[int, Any] = {}
+        self._run_ids = array("q")
+        self._run_bodies: list[bytes | None] = []
+        self._head = 0  # entries before it are dead
+        self._live = 0  # entries of the run with a body
+
+    # ------------------------------------------------------------ Mapping
+
+    def __len__(self) -> int:
+        return len(self.others) + self._live
+
+    def __bool__(self) -> bool:
+        return bool(self._live or self.others)
+
+    def __getitem__(self, message_id: int) -> Any:
+        value = self.others.get(message_id)
+        if value is not None:
+            return value
+        index = self._run_index(message_id)
+        if index < 0:
+            raise KeyError(message_id)
+        return self._run_bodies[index]
+
+    def get(self, message_id: int, default: Any = None) -> Any:
+        value = self.others.get(message_id)
+        if value is not None:
+            return value
+        index = self._run_index(message_id)
+        return default if index < 0 else self._run_bodies[index]
+
+    def __contains__(self, message_id: object) -> bool:
+        return message_id in self.others or (
+            type(message_id) is int and self._run_index(message_id) >= 0)
+
+    def __iter__(self) -> Iterator[int]:
+        for message_id, _ in self.items():
+            yield message_id
+
+    def values(self) -> Iterator[Any]:  # type: ignore[override]
+        for _, value in self.items():
+            yield value
+
+    def items(self) -> Iterator[tuple[int, Any]]:  # type: ignore[override]
+        """items walks every message in id order: the run merged with `others` sorted
+        (few, as a rule: Messages and out-of-order plain messages). The table must not
+        change while it is walked; take a list first if it may."""
+        others = self.others
+        other_ids = sorted(others)
+        count, at = len(other_ids), 0
+        ids, bodies = self._run_ids, self._run_bodies
+        for index in range(self._head, len(ids)):
+            body = bodies[index]
+            if body is None:
+                continue
+            message_id = ids[index]
+            while at < count and other_ids[at] < message_id:
+                yield other_ids[at], others[other_ids[at]]
+                at += 1
+            yield message_id, body
+        for other_id in other_ids[at:]:
+            yield other_id, others[other_id]
+
+    # ------------------------------------------------------------ changes
+
+    def __setitem__(self, message_id: int, value: Any) -> None:
+        """Stores a Message (or a plain body) in `others`, taking the id out of the run."""
+        if message_id not in self.others:
+            index = self._run_index(message_id)
+            if index >= 0:
+                self._kill(index)
+        self.others[message_id] = value
+
+    def __delitem__(self, message_id: int) -> None:
+        if message_id in self.others:
+            del self.others[message_id]
+            return
+        index = self._run_index(message_id)
+        if index < 0:
+            raise KeyError(message_id)
+        self._kill(index)
+
+    def append_plain(self, message_id: int, body: bytes) -> bool:
+        """append_plain stores a plain message; True if it went into the run (its ready
+        order is then the run's), False if into `others` (push it on the ready heap)."""
+        if self.append_to_run(message_id, body):
+            return True
+        self[message_id] = body
+        return False
+
+    def append_to_run(self, message_id: int, body: bytes) -> bool:
+        """append_to_run appends a plain message to the run if its id is new and above
+        the run's last one; False (storing nothing) otherwise."""
+        ids = self._run_ids
+        if (not ids or message_id > ids[-1]) and message_id not in self.others:
+            ids.append(message_id)
+            self._run_bodies.append(body)
+            self._live += 1
+            return True
+        return False
+
+    # ------------------------------------------------- the run's ready order
+
+    @property
+    def run_count(self) -> int:
+        """run_count is how many messages the run holds (all plain and READY)."""
+        return self._live
+
+    def first_plain_id(self) -> int | None:
+        """first_plain_id is the id of the run's oldest message, or None when it is empty."""
+        if not self._live:
+            return None
+        bodies, head = self._run_bodies, self._head
+        while bodies[head] is None:
+            head += 1
+        self._head = head
+        return self._run_ids[head]
+
+    def take_first_plain(self) -> tuple[int, bytes]:
+        """take_first_plain removes the run's oldest message and returns (id, body).
+        The caller stores it again (as a Message) if it keeps it."""
+        if not self._live:
+            raise KeyError("the run is empty")
+        bodies, head = self._run_bodies, self._head
+        while bodies[head] is None:
+            head += 1
+        message_id, body = self._run_ids[head], bodies[head]
+        bodies[head] = None
+        self._head = head + 1
+        self._live -= 1
+        dead = len(bodies) - self._live
+        if dead >= RUN_COMPACT_MIN_DEAD and dead > self._live:
+            self._compact()
+        return message_id, body  # type: ignore[return-value]
+
+    def plain_from_oldest(self) -> Iterator[tuple[int, bytes]]:
+        """plain_from_oldest walks the run's (id, body) pairs, oldest first (for peek)."""
+        ids, bodies = self._run_ids, self._run_bodies
+        for index in range(self._head, len(ids)):
+            body = bodies[index]
+            if body is not None:
+                yield ids[index], body
+
+    def oldest_id(self) -> int | None:
+        """oldest_id is the smallest id in the table, or None when it is empty."""
+        first_plain = self.first_plain_id()
+        if not self.others:
+            return first_plain
+        first_other = min(self.others)
+        return first_other if first_plain is None else min(first_plain, first_other)
+
+    # ------------------------------------------------------------- inside
+
+    def _run_index(self, message_id: int) -> int:
+        """_run_index is the position of a live run entry with this id, or -1."""
+        ids = self._run_ids
+        if not self._live or message_id > ids[-1] or message_id < ids[self._head]:
+            return -1
+        index = bisect_left(ids, message_id, self._head)
+        if ids[index] == message_id and self._run_bodies[index] is not None:
+            return index
+        return -1
+
+    def _kill(self, index: int) -> None:
+        self._run_bodies[index] = None
+        self._live -= 1
+        if index == self._head:
+            self._head += 1
+        dead = len(self._run_ids) - self._live
+        if dead >= RUN_COMPACT_MIN_DEAD and dead > self._live:
+            self._compact()
+
+    def _compact(self) -> None:
+        """_compact cuts the dead entries out of the run, keeping its order."""
+        ids, bodies = self._run_ids, self._run_bodies
+        keep = [index for index in range(self._head, len(ids)) if bodies[index] is not None]
+        self._run_ids = array("q", [ids[index] for index in keep])
+        self._run_bodies = [bodies[index] for index in keep]
+        self._head = 0
