@@ -190,6 +190,22 @@ def test_the_ready_heap_stays_bounded_with_plain_messages_waiting(b: Broker) -> 
     check_invariants(b)
 
 
+def test_the_heap_is_bounded_by_its_own_messages_not_by_the_run(b: Broker) -> None:
+    """A long backlog in the run must not let stale heap entries pile up: the heap is
+    rebuilt against the ready messages it holds (the run holds the rest)."""
+    b.put_many("q", [b"p"] * (READY_HEAP_SLACK * 20), T0)
+    [m] = b.receive("q", 1, 1.0, T0)
+    now = T0
+    for _ in range(READY_HEAP_SLACK * 4):
+        now += 1.0
+        b.advance(now)  # the lease runs out: ready again, pushed on the heap
+        b.touch("q", m.id, m.lease, 1.0, now)  # a late touch takes it back: a stale entry
+        q = b.queues["q"]
+        # The bound is kept as the heap grows, when it held this one ready message.
+        assert len(q.ready) <= 2 * 1 + READY_HEAP_SLACK
+    check_invariants(b)
+
+
 # ------------------------------------------------------------------ memory
 
 def test_a_backlog_of_plain_messages_takes_no_object_per_message() -> None:

@@ -691,7 +691,9 @@ def _compact_ready(q: Queue) -> None:
     that nacks (or late-touches) the same message over and over cannot make
     the heap grow without bound.
     """
-    if len(q.ready) > READY_HEAP_FACTOR * q.ready_count + READY_HEAP_SLACK:
+    # Counted against the ready messages the heap is for: not those in the run.
+    if len(q.ready) > READY_HEAP_FACTOR * (q.ready_count - q.messages.run_count) \
+            + READY_HEAP_SLACK:
         messages = q.messages
         q.ready = list({key for key in q.ready
                         if (m := messages.get(key & ID_MASK)) is not None
