@@ -207,14 +207,21 @@ def expected_items(field: str, value, batch: dict):
     if field == "items":
         return [tuple(pair) for pair in value]
     if field == "bodies":
+        # A batch gives its items nothing when its options are all defaults: no delay
+        # or expiry (None), priority 0 and no headers. Bare bodies then stay bare.
+        gives = not (batch["delay"] is None and batch["expiry"] is None
+                     and not batch["priority"] and not batch["headers"])
         items = []
         for raw in value:
+            if not isinstance(raw, dict) and not gives:
+                items.append(raw)
+                continue
             raw = raw if isinstance(raw, dict) else {"body": raw}
             item = {"body": raw["body"]}
             for option in ITEM_OPTIONS:
                 own = raw.get(option)
                 own = None if own is None else expected_value(option, own)
-                item[option] = batch[option] if own is None else own
+                item[option] = batch[option] if own is None and gives else own
             items.append(item)
         return items
     if field == "token":

@@ -60,6 +60,11 @@ VALID = {
 }
 
 
+
+def body_of(item):
+    """body_of: a checked put_many item's body (a bare body stays bare; else a map)."""
+    return item if type(item) is bytes else item["body"]
+
 def refused(name, args, limits=LIMITS) -> CommandError:
     with pytest.raises(CommandError) as info:
         make_command(name, args, limits)
@@ -108,8 +113,7 @@ def test_required_fields_per_command():
     ("put", {"queue": "q", "body": b"hello"},
      {"queue": "q", "body": b"hello", **PUT_DEFAULTS}),
     ("put_many", {"queue": "q", "bodies": [b"a", b""]},
-     {"queue": "q", "bodies": [{"body": b"a", **PUT_DEFAULTS}, {"body": b"", **PUT_DEFAULTS}],
-      **PUT_DEFAULTS}),
+     {"queue": "q", "bodies": [b"a", b""], **PUT_DEFAULTS}),  # bare bodies stay bare
     ("receive", {"queue": "q"}, {"queue": "q", "max": 1, "wait": 0.0, "visibility": None}),
     ("ack", {"queue": "q", "id": 5, "lease": 7}, {"queue": "q", "id": 5, "lease": 7}),
     ("ack_many", {"queue": "q", "items": [[5, 7], (8, 9)]},
@@ -180,8 +184,8 @@ def test_str_body_is_utf8_encoded():
 def test_bodies_may_be_a_tuple_and_mixed_bytes_like():
     command = make_command("put_many", {"queue": "q", "bodies": (b"a", "b", bytearray(b"c"))},
                            LIMITS)
-    assert [item["body"] for item in command.args["bodies"]] == [b"a", b"b", b"c"]
-    assert all(type(item["body"]) is bytes for item in command.args["bodies"])
+    assert [body_of(item) for item in command.args["bodies"]] == [b"a", b"b", b"c"]
+    assert all(type(body_of(item)) is bytes for item in command.args["bodies"])
 
 
 def test_zero_is_a_valid_id_lease_and_duration():
@@ -196,7 +200,7 @@ def test_limits_are_inclusive():
     assert make_command("nack", with_field("nack", delay=30), SMALL).args["delay"] == 30.0
     bodies = make_command("put_many", {"queue": "q", "bodies": [b"1", b"2", b"3"]},
                           SMALL).args["bodies"]
-    assert [item["body"] for item in bodies] == [b"1", b"2", b"3"]
+    assert [body_of(item) for item in bodies] == [b"1", b"2", b"3"]
     assert len(make_command("ack_many", {"queue": "q", "items": [[1, 2]] * 3},
                             SMALL).args["items"]) == 3
     assert make_command("peek", {"queue": "q", "max": 3}, SMALL).args["max"] == 3
@@ -402,7 +406,7 @@ def test_a_bad_body_in_a_batch_is_that_items_result_only():
     command = make_command("put_many", {"queue": "q", "bodies": [b"ok", None, 7, [b"x"]]},
                            LIMITS)
     first, *bad = command.args["bodies"]
-    assert first == {"body": b"ok", **PUT_DEFAULTS}
+    assert first == b"ok"  # a bare body is passed on as it is
     assert [(e.code, e.message) for e in bad] == [
         (BAD_ARGUMENT, "bodies[1] must be bytes or a map, got NoneType"),
         (BAD_ARGUMENT, "bodies[2] must be bytes or a map, got int"),
@@ -646,9 +650,9 @@ def test_put_many_items_may_be_maps_with_their_own_options():
         {"body": "text", "priority": None},
     ]}, LIMITS)
     assert command.args["bodies"] == [
-        {"body": b"plain", **PUT_DEFAULTS},
+        b"plain",  # a bare body is passed on as it is
         {"body": b"own", "delay": 1.0, "priority": 5, "headers": {"k": "v"}, "expiry": 9.0},
-        {"body": b"text", **PUT_DEFAULTS},
+        {"body": b"text", **PUT_DEFAULTS, "priority": None},  # None: the broker's default, 0
     ]
 
 
@@ -696,7 +700,7 @@ def test_put_many_bad_item_is_that_items_result(item, code, message):
     first, bad, last = command.args["bodies"]
     assert isinstance(bad, CommandError)
     assert (bad.code, bad.message) == (code, message)
-    assert first["body"] == b"ok" and last["body"] == b"ok too"
+    assert first == b"ok" and last == b"ok too"  # bare bodies stay bare
 
 
 @pytest.mark.parametrize(("field", "value", "code"), [
@@ -798,3 +802,19 @@ def test_settings_are_checked_one_by_one_here():
 def test_misspelt_setting(name):
     error = refused(name, {"queue": "q", "max_lenght": 3})
     assert (error.code, error.message) == (BAD_ARGUMENT, f"{name} has no field max_lenght")
+
+
+def test_a_batch_delay_or_expiry_of_zero_still_reaches_bare_bodies():
+    """0 is a choice (no delay, never expire) that overrides the queue's settings, unlike
+    None (the queue's own): so such a batch's bare bodies become maps that carry it."""
+    for option in ("delay", "expiry"):
+        command = make_command("put_many", {"queue": "q", option: 0, "bodies": [b"a"]}, LIMITS)
+        assert command.args["bodies"] == [{"body": b"a", **PUT_DEFAULTS, "priority": 0,
+                                           option: 0.0}]
+
+
+def test_a_batch_with_only_default_options_passes_bare_bodies_on_untouched():
+    bodies = [b"a", b"b"]
+    command = make_command("put_many", {"queue": "q", "priority": 0, "headers": {},
+                                        "bodies": bodies}, LIMITS)
+    assert command.args["bodies"] == [b"a", b"b"]

@@ -34,8 +34,9 @@ def put_args(queue: str, body: bytes, **options) -> dict:
     return {"queue": queue, "body": body, **PUT_DEFAULTS, **options}
 
 
-def item(body: bytes, **options) -> dict:
-    return {"body": body, **PUT_DEFAULTS, **options}
+def item(body: bytes, **options) -> bytes | dict:
+    """item: a put_many item as checked: a bare body stays bare; one with options is a map."""
+    return {"body": body, **PUT_DEFAULTS, **options} if options else body
 
 
 def decode(data: bytes, limits: Limits = LIMITS) -> list[Command | Rejected]:

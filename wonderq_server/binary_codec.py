@@ -137,8 +137,8 @@ class BinaryEncoder:
             result = [delivery_fields(m) for m in result]
         elif name == "peek":
             result = [peek_fields(m) for m in result]
-        elif name in PER_ITEM_COMMANDS:
-            result = [item_result(r) for r in result]
+        elif name in PER_ITEM_COMMANDS:  # ids or None, and errors: only errors change
+            result = [r if r is None or type(r) is int else item_result(r) for r in result]
         return self._frame([command.request_id, None, result])
 
     def error(self, request_id: Any, error: WonderQError) -> bytes:

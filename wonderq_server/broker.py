@@ -223,7 +223,14 @@ class Broker(QueueAdmin, Replay):
         # limit), an item without options of its own is stored plain directly,
         # skipping what _store would decide again for every item of the batch.
         plain_queue = not (settings.delay or settings.expiry or settings.max_length)
+        store_plain, max_bytes = self._store_plain, self.max_message_bytes
         for item in items:
+            if plain_queue and type(item) is bytes and len(item) <= max_bytes:
+                try:  # the common item, a bare body: the shortest way
+                    append(store_plain(q, item, now))
+                except CommandError as exc:  # FULL (--max-memory)
+                    append(exc)
+                continue
             if isinstance(item, CommandError):
                 append(item)
                 continue
@@ -434,8 +441,20 @@ class Broker(QueueAdmin, Replay):
 
     def ack_many(self, name: str, items: list[tuple[int, int] | CommandError],
                  now: float) -> list[CommandError | None]:
-        """ack_many acks each (id, lease) on its own; a result per item, None or the error."""
-        return _each(items, lambda message_id, lease: self.ack(name, message_id, lease, now))
+        """ack_many acks each (id, lease) on its own; a result per item, None or the error.
+        (The loop of `_each`, written out: this runs for every message of a batch.)"""
+        results: list[CommandError | None] = []
+        append, ack = results.append, self.ack
+        for item in items:
+            if isinstance(item, CommandError):
+                append(item)
+                continue
+            try:
+                ack(name, item[0], item[1], now)
+                append(None)
+            except CommandError as exc:
+                append(exc)
+        return results
 
     def nack(self, name: str, message_id: int, lease: int, delay_s: float, now: float) -> None:
         """nack gives a message back: ready at once, or after `delay_s` seconds.
@@ -544,13 +563,16 @@ class Broker(QueueAdmin, Replay):
     def _drop(self, msg: Message) -> None:
         """_drop deletes a message for good (ack, expiry); the caller counts why."""
         q = msg.queue
+        was_ready = msg.state == READY
         self._detach(msg)
-        self._cancel_expiry(msg)
+        if msg.expiry is not None:
+            self._cancel_expiry(msg)
         msg.state = DELETED
         del q.messages.others[msg.id]  # a Message: never in a run
         q.body_bytes -= len(msg.body)
         self.stored_bytes -= self._cost(msg)
-        _compact_ready(q)
+        if was_ready:  # its heap entry went stale (an acked one, leased, had none live)
+            _compact_ready(q)
         if self.journal is not None:
             self.journal.ack(msg)
 

@@ -130,12 +130,15 @@ def _batch(field: str, value: Any, limits: Limits, what: str) -> list[Any] | tup
 ITEM_OPTIONS = ("delay", "priority", "headers", "expiry")
 
 
-def _bodies(field: str, value: Any, limits: Limits) -> list[dict[str, Any] | CommandError]:
+def _bodies(field: str, value: Any,
+            limits: Limits) -> list[bytes | dict[str, Any] | CommandError]:
     items = _batch(field, value, limits, "bytes or maps")
-    # The common item, a bytes body, takes the short way: no per-item name is
-    # formatted unless an item is refused (this runs for every message of a batch).
-    return [{"body": item, "delay": None, "priority": None, "headers": None, "expiry": None}
-            if type(item) is bytes else _put_item(f"{field}[{i}]", item, limits)
+    # The common item, a bytes body, is passed on as it is (the broker takes a
+    # body or a map of a body and its options): no per-item name is formatted
+    # and no map is made unless needed (this runs for every message of a batch).
+    if all(type(item) is bytes for item in items):
+        return items if type(items) is list else list(items)  # _apply_batch_options edits it
+    return [item if type(item) is bytes else _put_item(f"{field}[{i}]", item, limits)
             for i, item in enumerate(items)]
 
 
@@ -169,15 +172,14 @@ def _put_item(field: str, item: Any, limits: Limits) -> dict[str, Any] | Command
 
 def _items(field: str, value: Any, limits: Limits) -> list[tuple[int, int] | CommandError]:
     items = _batch(field, value, limits, "[id, lease] pairs")
-    return [(item[0], item[1]) if _plain_pair(item) else _lease_item(f"{field}[{i}]", item)
+    # The common [id, lease] item is checked inline, without formatting any names
+    # (this runs for every message of a batch).
+    return [(item[0], item[1])
+            if (type(item) in (list, tuple) and len(item) == 2
+                and type(item[0]) is int and type(item[1]) is int
+                and 0 <= item[0] <= UINT64_MAX and 0 <= item[1] <= UINT64_MAX)
+            else _lease_item(f"{field}[{i}]", item)
             for i, item in enumerate(items)]
-
-
-def _plain_pair(item: Any) -> bool:
-    """_plain_pair: the common [id, lease] item, checked without formatting any names."""
-    return (type(item) in (list, tuple) and len(item) == 2
-            and type(item[0]) is int and type(item[1]) is int
-            and 0 <= item[0] <= UINT64_MAX and 0 <= item[1] <= UINT64_MAX)
 
 
 def _lease_item(field: str, item: Any) -> tuple[int, int] | CommandError:
@@ -421,9 +423,17 @@ _COMPILED = {name: _compile(name) for name in COMMANDS}
 
 def _apply_batch_options(args: dict[str, Any]) -> None:
     """_apply_batch_options gives every put_many item the batch-wide options it lacks."""
-    if all(args[option] is None for option in ITEM_OPTIONS):
-        return  # the common batch: nothing to give
-    for item in args["bodies"]:
+    # The common batch gives nothing: no delay or expiry (None: the queue's own;
+    # 0 is a choice that must reach every item), priority 0 (the default) and no
+    # headers. Without this shortcut, every body of every batch became a map here.
+    if (args["delay"] is None and args["expiry"] is None and not args["priority"]
+            and not args["headers"]):
+        return
+    bodies = args["bodies"]
+    for index, item in enumerate(bodies):
+        if type(item) is bytes:  # a bare body: it takes every batch-wide option
+            bodies[index] = item = {"body": item, "delay": None, "priority": None,
+                                    "headers": None, "expiry": None}
         if isinstance(item, dict):
             for option in ITEM_OPTIONS:
                 if item[option] is None:
