@@ -37,7 +37,8 @@ def check(table: MessageTable, model: dict[int, Any], run: list[int]) -> None:
 
 
 operations = st.lists(st.tuples(
-    st.sampled_from(["append", "append_old", "set", "delete", "take", "get_missing"]),
+    st.sampled_from(["append", "append_old", "set", "delete", "take", "get_missing",
+                     "rebuild"]),
     st.integers(min_value=0, max_value=10_000)), max_size=300)
 
 
@@ -81,6 +82,12 @@ def test_the_table_behaves_like_a_dict(ops: list[tuple[str, int]]) -> None:
             del model[run.pop(0)]
         elif op == "get_missing":
             assert table.get(-n) is None and -n not in table
+        elif op == "rebuild":  # the end of a replay: every plain message into the run
+            moved = table.rebuild_run()
+            plain = sorted(k for k, v in model.items() if type(v) is bytes)
+            assert moved == (plain != run)
+            run = plain
+            assert not any(type(v) is bytes for v in table.others.values())
         check(table, model, run)
 
 
@@ -126,3 +133,19 @@ def test_holes_in_the_middle_are_compacted_too() -> None:
     assert table.run_count == n // 2
     assert len(table._run_ids) <= 2 * table.run_count + RUN_COMPACT_MIN_DEAD
     assert list(table) == list(range(2, n + 1, 2))
+
+
+def test_rebuilding_the_run_merges_the_plain_messages_of_others_in_id_order() -> None:
+    table = MessageTable()
+    for i in (10, 20, 30, 40):
+        table.append_plain(i, b"%d" % i)
+    del table[30]  # a hole in the middle
+    marker = Obj(25)
+    table[25] = marker
+    for i in (5, 35, 15, 50):  # replayed below the run's last id: into others
+        assert table.append_plain(i, b"%d" % i) is (i == 50)
+    assert table.rebuild_run() is True
+    assert list(table.plain_from_oldest()) == [
+        (i, b"%d" % i) for i in (5, 10, 15, 20, 35, 40, 50)]
+    assert table.others == {25: marker} and len(table) == 8
+    assert table.rebuild_run() is False  # nothing left to move

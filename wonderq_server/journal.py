@@ -211,6 +211,7 @@ class Journal:
         finally:
             gc.enable()
         gc.freeze()
+        broker.settle_runs()  # PUTs out of id order: into the runs all the same
         broker.forget_emptied_queues()
         if result.torn_tail_bytes:
             logger.warning("%s: cut off a torn record of %d bytes at offset %d (a write that "

@@ -27,10 +27,14 @@ Rules:
   the ready heap (the return value says which).
 * The run is compacted (holes and taken entries cut out) when its dead
   entries outnumber its live ones, so its size stays within twice the
-  number of messages it holds, plus a constant.
+  number of messages it holds, plus a constant. A running server only takes
+  from the head, so a compaction is then a cut in place (memmove), not a
+  Python step per entry: it happens inside one receive.
 * Iteration (keys, values, items) is in id order, the run merged with
-  `others` sorted: compaction writes its snapshot in that order, so a
-  replay of it appends every plain message to the run again.
+  `others` sorted: compaction writes its snapshot in that order. The new
+  file may still hold puts made during the compaction before the
+  snapshot's older ids, so replay ends with `rebuild_run`, which moves the
+  plain messages left in `others` into the run.
 
 Must not know: message states beyond "plain", heaps, journals, clocks.
 """
@@ -225,8 +229,44 @@ class MessageTable(Mapping[int, Any]):
 
     def _compact(self) -> None:
         """_compact cuts the dead entries out of the run, keeping its order."""
-        ids, bodies = self._run_ids, self._run_bodies
-        keep = [index for index in range(self._head, len(ids)) if bodies[index] is not None]
-        self._run_ids = array("q", [ids[index] for index in keep])
-        self._run_bodies = [bodies[index] for index in keep]
+        ids, bodies, head = self._run_ids, self._run_bodies, self._head
+        if self._live == len(ids) - head:
+            # Dead entries only before the head: what a running server leaves, since it
+            # takes from the head only. Two memmoves, not a Python step per entry: a
+            # backlog of a million drained at the rate it is fed is cut in place in
+            # about 10 ms instead of about 200 ms, all within one receive.
+            del ids[:head]
+            del bodies[:head]
+        else:  # holes in the middle too (a replay's records took them out)
+            keep = [index for index in range(head, len(ids)) if bodies[index] is not None]
+            self._run_ids = array("q", [ids[index] for index in keep])
+            self._run_bodies = [bodies[index] for index in keep]
         self._head = 0
+
+    def rebuild_run(self) -> bool:
+        """rebuild_run moves every plain message of `others` into the run, in id order;
+        True if it moved any (their ready-heap entries are then stale: the caller
+        rebuilds the heap). Replay calls it once at the end: a journal whose PUTs are
+        out of id order (a compaction writes its snapshot after the live records of
+        puts made meanwhile) would otherwise leave most of a backlog in `others`."""
+        others = self.others
+        plain = sorted(message_id for message_id, value in others.items()
+                       if type(value) is bytes)
+        if not plain:
+            return False
+        new_ids, new_bodies = array("q"), []
+        add_id, add_body = new_ids.append, new_bodies.append
+        at, count = 0, len(plain)
+        for message_id, body in self.plain_from_oldest():  # a merge of two sorted lists
+            while at < count and plain[at] < message_id:
+                add_id(plain[at])
+                add_body(others.pop(plain[at]))
+                at += 1
+            add_id(message_id)
+            add_body(body)
+        for message_id in plain[at:]:
+            add_id(message_id)
+            add_body(others.pop(message_id))
+        self._run_ids, self._run_bodies = new_ids, new_bodies
+        self._head, self._live = 0, len(new_bodies)
+        return True

@@ -16,6 +16,8 @@ Rules:
   queue (compaction.py needs this).
 * A PUT without options restores a plain message (message.py), as the put
   stored it; any record that changes a plain message materializes it first.
+  PUTs out of id order leave plain messages outside the table's run;
+  `settle_runs`, once every record is applied, puts them in it.
 * A queue made by use (not explicit) that holds no message once every
   record is applied is forgotten (`forget_emptied_queues`): no record keeps
   such a queue, so it must not come back just because the journal still
@@ -33,7 +35,15 @@ from __future__ import annotations
 import heapq
 from typing import TYPE_CHECKING, Any
 
-from .message import DELAYED, DELETED, LEASED, MESSAGE_OVERHEAD_BYTES, Message, materialize
+from .message import (
+    DELAYED,
+    DELETED,
+    LEASED,
+    MESSAGE_OVERHEAD_BYTES,
+    READY,
+    Message,
+    materialize,
+)
 from .queue_settings import QueueSettings
 
 if TYPE_CHECKING:
@@ -208,6 +218,17 @@ class Replay:
         q = self.queues.get(name)
         if q is not None:
             self._remove_all(q)
+
+    def settle_runs(self: Broker) -> None:
+        """settle_runs moves the plain messages replay left out of their queue's run (their
+        PUTs came out of id order) into it, and rebuilds the ready heap of the Messages
+        left; the journal calls it once every record is applied. Without it, a backlog
+        restored from a journal compacted while producers were putting would keep an id
+        object, a dict entry and a heap slot per message (message_table.py)."""
+        for q in self.queues.values():
+            if q.messages.rebuild_run():
+                q.ready = [m.ready_key for m in q.messages.others.values() if m.state == READY]
+                heapq.heapify(q.ready)
 
     def forget_emptied_queues(self: Broker) -> None:
         """forget_emptied_queues drops the queues made by use that replay left empty; the
