@@ -149,3 +149,19 @@ def test_rebuilding_the_run_merges_the_plain_messages_of_others_in_id_order() ->
         (i, b"%d" % i) for i in (5, 10, 15, 20, 35, 40, 50)]
     assert table.others == {25: marker} and len(table) == 8
     assert table.rebuild_run() is False  # nothing left to move
+
+
+def test_ids_in_order_is_a_snapshot_taken_at_once() -> None:
+    """Compaction walks it a slice at a time while the table goes on changing: it must
+    give the ids of the moment it was taken, in id order (a reader skips those gone)."""
+    table = MessageTable()
+    for i in range(1, 6):
+        table.append_plain(i, b"x")
+    table[3] = Obj(3)  # into `others`: merged back into its place by id
+    table.take_first_plain()  # 1 is gone before the snapshot
+    snapshot = table.ids_in_order()
+    table.append_plain(6, b"x")
+    del table[2]
+    table[4] = Obj(4)
+    assert list(snapshot) == [2, 3, 4, 5]
+    assert list(table) == [3, 4, 5, 6]

@@ -98,7 +98,7 @@ class Compaction:
         self._write(FILE_HEADER + b"".join(head))
         self.records = len(head)
         # Messages now; those put later reach the new file through their own records.
-        snapshot = [(q.name, list(q.messages)) for q in queues.values()]
+        snapshot = [(q.name, q.messages.ids_in_order()) for q in queues.values()]
         self._messages = ((name, message_id) for name, ids in snapshot for message_id in ids)
         self.journal.compaction_fd = self.fd
         self.journal.compaction_records = 0

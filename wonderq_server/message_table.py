@@ -30,17 +30,18 @@ Rules:
   number of messages it holds, plus a constant. A running server only takes
   from the head, so a compaction is then a cut in place (memmove), not a
   Python step per entry: it happens inside one receive.
-* Iteration (keys, values, items) is in id order, the run merged with
-  `others` sorted: compaction writes its snapshot in that order. The new
+* Iteration (keys, values, items, ids_in_order) is in id order, the run
+  merged with `others` sorted: compaction writes its snapshot in that order. The new
   file may still hold puts made during the compaction before the
   snapshot's older ids, so replay ends with `rebuild_run`, which moves the
   plain messages left in `others` into the run.
 
-Must not know: message states beyond "plain", heaps, journals, clocks.
+Must not know: message states beyond "plain", the ready heap, journals, clocks.
 """
 
 from __future__ import annotations
 
+import heapq
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterator, Mapping
@@ -93,6 +94,15 @@ class MessageTable(Mapping[int, Any]):
     def __iter__(self) -> Iterator[int]:
         for message_id, _ in self.items():
             yield message_id
+
+    def ids_in_order(self) -> Iterator[int]:
+        """ids_in_order is a snapshot of the ids, in id order, walked lazily (compaction
+        writes it a slice at a time). It is taken at once: the run's ids as one array
+        copy (a memcpy, dead entries included: a reader skips an id it no longer finds;
+        one that moved to `others` is given once) and `others`' ids sorted. A walk of
+        `items()` over a million messages would instead hold the event loop for about
+        170 ms."""
+        return _distinct(heapq.merge(self._run_ids[self._head:], sorted(self.others)))
 
     def values(self) -> Iterator[Any]:  # type: ignore[override]
         for _, value in self.items():
@@ -270,3 +280,13 @@ class MessageTable(Mapping[int, Any]):
         self._run_ids, self._run_bodies = new_ids, new_bodies
         self._head, self._live = 0, len(new_bodies)
         return True
+
+
+def _distinct(ids: Iterator[int]) -> Iterator[int]:
+    """_distinct drops repeats from increasing ids (an id both dead in the run and in
+    `others`)."""
+    last = None
+    for message_id in ids:
+        if message_id != last:
+            yield message_id
+            last = message_id
