@@ -27,8 +27,9 @@ of messages whose PUT is already on disk goes out at once, before the
 fsync; everything else waits as before. Measured with
 bench/probes/durable_mix.py, about 9 in 10 receive replies had waited for
 an fsync they did not need, and the consumer's ack behind each one then
-missed that fsync: sending them first cut fsyncs from about 1.0 to about
-0.75 per message. Not adopted, because they measured no better: delaying
+missed that fsync: sending them first cut fsyncs from about 1.0 to 0.75
+(slow disk) - 0.85 (fast disk) per message. Not adopted, because they
+measured no better: delaying
 the inline fsync by an iteration or two to gather more records (the
 clients, not the server, hold most requests in flight, so the extra
 iterations found little and doubled the flushes), and fdatasync (the file
