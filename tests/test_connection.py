@@ -210,6 +210,23 @@ def test_binary_receive_result_fields(hub):
     assert delivered == [message.id, b"x", message.lease, 1, START - 5, 0, None, None]
 
 
+def test_an_output_of_receives_and_peeks_names_the_newest_message_it_shows(hub):
+    # Group commit lets such an output leave before an fsync once those
+    # messages' PUTs are on disk (group_commit.py); anything else waits.
+    first = hub.broker.put("q", b"a", START - 2)
+    second = hub.broker.put("q", b"b", START - 1)
+    connection, _ = binary_client(hub)
+    connection.data_received(req(1, "receive", queue="q") + req(2, "peek", queue="q")
+                             + req(3, "receive", queue="empty"))
+    assert connection.take_output().newest_shown == second  # the peek showed b
+    connection.data_received(req(4, "receive", queue="nothing-here"))
+    assert connection.take_output().newest_shown == 0
+    connection.data_received(req(5, "receive", queue="q") + req(6, "ping"))
+    assert connection.take_output().newest_shown is None
+    connection.data_received(req(7, "ack", queue="q", id=first, lease=1))  # an error
+    assert connection.take_output().newest_shown is None
+
+
 # ---------------------------------------------------------------------- text
 
 def test_text_replies_in_order(hub):

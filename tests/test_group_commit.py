@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from wonderq_server.connection import Output
 from wonderq_server.group_commit import GroupCommit
 
 TIMEOUT_S = 10.0
@@ -18,6 +19,7 @@ class HeldJournal:
     def __init__(self, policy: str = "always") -> None:
         self.fsync_policy = policy
         self.size = 100
+        self.newest_put_written = self.moves_written = 0
         self.syncs_started = 0
         self.fail_next = False
         self._gates: list[threading.Event] = []
@@ -43,8 +45,14 @@ class Conn:
     def __init__(self, log: list, name: str) -> None:
         self.log, self.name = log, name
 
-    def send_output(self, output, failed: bool = False) -> None:
-        self.log.append((self.name, output, failed))
+    def send_output(self, output: Output, failed: bool = False) -> None:
+        self.log.append((self.name, output.parts[0], failed))
+
+
+def out(label, newest_shown: int | None = None) -> Output:
+    """out: one connection's replies, named by `label`; `newest_shown` as connection.py
+    sets it (None: not only receives and peeks)."""
+    return Output([label], [], False, newest_shown)
 
 
 async def next_sync(journal: HeldJournal) -> threading.Event:
@@ -61,7 +69,7 @@ async def test_no_fsync_needed_goes_out_at_once():
     journal = HeldJournal()
     log: list = []
     gc = GroupCommit(asyncio.get_running_loop(), journal, on_fatal=pytest.fail)
-    gc.submit([(Conn(log, "a"), "r1")], durable=False)
+    gc.submit([(Conn(log, "a"), out("r1"))], durable=False)
     assert log == [("a", "r1", False)]
     assert journal.syncs_started == 0
 
@@ -72,12 +80,12 @@ async def test_durable_batches_wait_for_the_fsync_that_covers_them():
     gc = GroupCommit(asyncio.get_running_loop(), journal, on_fatal=pytest.fail)
     conn = Conn(log, "a")
     journal.write(10)
-    gc.submit([(conn, "put-1")], durable=True)
+    gc.submit([(conn, out("put-1"))], durable=True)
     first = await next_sync(journal)
     # While the first fsync runs: another durable batch, then one needing none.
     journal.write(10)
-    gc.submit([(conn, "put-2")], durable=True)
-    gc.submit([(conn, "receive")], durable=False)
+    gc.submit([(conn, out("put-2"))], durable=True)
+    gc.submit([(conn, out("receive"))], durable=False)
     assert log == []
     first.set()
     await until(lambda: len(log) == 1)
@@ -96,11 +104,11 @@ async def test_many_batches_share_one_fsync():
     log: list = []
     gc = GroupCommit(asyncio.get_running_loop(), journal, on_fatal=pytest.fail)
     journal.write(10)
-    gc.submit([(Conn(log, "a"), 0)], durable=True)
+    gc.submit([(Conn(log, "a"), out(0))], durable=True)
     first = await next_sync(journal)
     for i in range(1, 50):
         journal.write(10)
-        gc.submit([(Conn(log, "a"), i)], durable=True)
+        gc.submit([(Conn(log, "a"), out(i))], durable=True)
     first.set()
     (await next_sync(journal)).set()
     await until(lambda: len(log) == 50)
@@ -113,9 +121,9 @@ async def test_a_failed_write_keeps_its_place_in_line():
     log: list = []
     gc = GroupCommit(asyncio.get_running_loop(), journal, on_fatal=pytest.fail)
     journal.write(10)
-    gc.submit([(Conn(log, "a"), "ok")], durable=True)
+    gc.submit([(Conn(log, "a"), out("ok"))], durable=True)
     gate = await next_sync(journal)
-    gc.submit([(Conn(log, "b"), "refused")], durable=True, failed=True)
+    gc.submit([(Conn(log, "b"), out("refused"))], durable=True, failed=True)
     assert log == []
     gate.set()
     await until(lambda: len(log) == 2)
@@ -128,10 +136,10 @@ async def test_a_failed_fsync_fails_everything_waiting_and_is_fatal():
     fatal: list = []
     gc = GroupCommit(asyncio.get_running_loop(), journal, on_fatal=fatal.append)
     journal.write(10)
-    gc.submit([(Conn(log, "a"), "put-1")], durable=True)
+    gc.submit([(Conn(log, "a"), out("put-1"))], durable=True)
     gate = await next_sync(journal)
     journal.write(10)
-    gc.submit([(Conn(log, "b"), "put-2")], durable=True)
+    gc.submit([(Conn(log, "b"), out("put-2"))], durable=True)
     journal.fail_next = True
     gate.set()
     await until(lambda: fatal)
@@ -144,7 +152,7 @@ async def test_everysec_never_holds_replies():
     log: list = []
     gc = GroupCommit(asyncio.get_running_loop(), journal, on_fatal=pytest.fail)
     journal.write(10)
-    gc.submit([(Conn(log, "a"), "put")], durable=True)
+    gc.submit([(Conn(log, "a"), out("put"))], durable=True)
     assert log == [("a", "put", False)]
     gc.stop()
 
@@ -154,7 +162,7 @@ async def test_drain_waits_for_held_batches():
     log: list = []
     gc = GroupCommit(asyncio.get_running_loop(), journal, on_fatal=pytest.fail)
     journal.write(10)
-    gc.submit([(Conn(log, "a"), "put")], durable=True)
+    gc.submit([(Conn(log, "a"), out("put"))], durable=True)
     gate = await next_sync(journal)
     drained = asyncio.create_task(gc.drain())
     await asyncio.sleep(0)
@@ -172,16 +180,24 @@ class InlineJournal:
     def __init__(self) -> None:
         self.fsync_policy = "always"
         self.size = 100
+        self.newest_put_written = 0  # as journal.py keeps them
+        self.moves_written = 0
         self.synced_sizes: list[int] = []
         self.fail_next = False
+        self.log: list = []  # the test's reply log, to see what went out before an fsync
+        self.sent_before_sync: list[int] = []  # len(log) when each fsync ran
 
     def sync(self) -> None:
         if self.fail_next:
             raise OSError(5, "Input/output error")
         self.synced_sizes.append(self.size)
+        self.sent_before_sync.append(len(self.log))
 
-    def write(self, nbytes: int) -> None:
+    def write(self, nbytes: int, put_id: int = 0, moves: int = 0) -> None:
+        """write: `nbytes` of records, with a PUT of `put_id` and `moves` MOVEs among them."""
         self.size += nbytes
+        self.newest_put_written = max(self.newest_put_written, put_id)
+        self.moves_written += moves
 
 
 async def test_inline_fsync_releases_a_durable_batch_in_the_same_call():
@@ -190,12 +206,12 @@ async def test_inline_fsync_releases_a_durable_batch_in_the_same_call():
     gc = GroupCommit(asyncio.get_running_loop(), journal, on_fatal=pytest.fail, inline=True)
     conn = Conn(log, "a")
     journal.write(10)
-    gc.submit([(conn, "put-1")], durable=True)
+    gc.submit([(conn, out("put-1"))], durable=True)
     assert journal.synced_sizes == [110] and log == [("a", "put-1", False)]
-    gc.submit([(conn, "receive")], durable=False)  # nothing written: no fsync
+    gc.submit([(conn, out("receive"))], durable=False)  # nothing written: no fsync
     assert journal.synced_sizes == [110] and log[-1] == ("a", "receive", False)
     journal.write(10)
-    gc.submit([(conn, "ack")], durable=True)
+    gc.submit([(conn, out("ack"))], durable=True)
     assert journal.synced_sizes == [110, 120]
     assert gc.idle and gc.synced == 120
 
@@ -207,7 +223,101 @@ async def test_inline_fsync_failure_fails_the_batch_and_is_fatal():
     gc = GroupCommit(asyncio.get_running_loop(), journal, on_fatal=fatal.append, inline=True)
     journal.write(10)
     journal.fail_next = True
-    gc.submit([(Conn(log, "a"), "put")], durable=True)
+    gc.submit([(Conn(log, "a"), out("put"))], durable=True)
     assert log == [("a", "put", True)]
     assert len(fatal) == 1 and isinstance(fatal[0], OSError)
     assert gc.broken
+
+
+# ------------------------------------------- read-committed replies (inline)
+
+def inline_group_commit(journal: InlineJournal) -> GroupCommit:
+    return GroupCommit(asyncio.get_running_loop(), journal, on_fatal=pytest.fail, inline=True)
+
+
+async def test_a_receive_of_a_message_on_disk_goes_out_before_the_fsync():
+    journal = InlineJournal()
+    log = journal.log
+    gc = inline_group_commit(journal)
+    journal.write(10, put_id=7)
+    gc.submit([(Conn(log, "producer"), out("put 7"))], durable=True)
+    assert gc.durable_put_id == 7
+    # Next iteration: message 7 is received while another put is written.
+    journal.write(10, put_id=8)
+    gc.submit([(Conn(log, "producer"), out("put 8")),
+               (Conn(log, "consumer"), out("receive 7", newest_shown=7))], durable=True)
+    assert journal.sent_before_sync == [0, 2]  # the receive went out before the 2nd fsync
+    assert [entry[1] for entry in log] == ["put 7", "receive 7", "put 8"]
+    assert gc.durable_put_id == 8
+
+
+async def test_a_receive_of_a_message_not_yet_on_disk_waits_for_the_fsync():
+    journal = InlineJournal()
+    log = journal.log
+    gc = inline_group_commit(journal)
+    # A waiting receive gets the message put in the same iteration.
+    journal.write(10, put_id=7)
+    gc.submit([(Conn(log, "producer"), out("put 7")),
+               (Conn(log, "consumer"), out("receive 7", newest_shown=7))], durable=True)
+    assert journal.sent_before_sync == [0]
+    assert [entry[1] for entry in log] == ["put 7", "receive 7"]
+
+
+async def test_an_empty_receive_goes_out_before_the_fsync():
+    journal = InlineJournal()
+    log = journal.log
+    gc = inline_group_commit(journal)
+    journal.write(10, put_id=7)
+    gc.submit([(Conn(log, "producer"), out("put 7")),
+               (Conn(log, "consumer"), out("receive []", newest_shown=0))], durable=True)
+    assert journal.sent_before_sync == [1]
+    assert [entry[1] for entry in log] == ["receive []", "put 7"]
+
+
+async def test_other_replies_wait_for_the_fsync_even_with_nothing_to_show():
+    journal = InlineJournal()
+    log = journal.log
+    gc = inline_group_commit(journal)
+    journal.write(10, put_id=7)
+    # newest_shown None: a stats, an error, an ack... beside or instead of receives.
+    gc.submit([(Conn(log, "producer"), out("put 7")),
+               (Conn(log, "other"), out("stats", newest_shown=None))], durable=True)
+    assert journal.sent_before_sync == [0]
+
+
+async def test_nothing_goes_out_early_while_a_move_is_not_on_disk():
+    journal = InlineJournal()
+    log = journal.log
+    gc = inline_group_commit(journal)
+    journal.write(10, put_id=7)
+    gc.submit([(Conn(log, "producer"), out("put 7"))], durable=True)
+    # Message 3 (old id) was dead-lettered in this iteration: its MOVE is being written.
+    journal.write(10, moves=1)
+    gc.submit([(Conn(log, "consumer"), out("receive 3", newest_shown=3))], durable=True)
+    assert journal.sent_before_sync == [0, 1]  # the receive waited for the 2nd fsync
+    # Once the MOVE is on disk, receives of old messages go early again.
+    journal.write(10, put_id=8)
+    gc.submit([(Conn(log, "producer"), out("put 8")),
+               (Conn(log, "consumer"), out("receive 3", newest_shown=3))], durable=True)
+    assert journal.sent_before_sync == [0, 1, 3]
+
+
+async def test_a_receive_never_overtakes_an_earlier_reply_on_its_connection():
+    journal = HeldJournal()
+    journal.newest_put_written = 5  # on disk at the start
+    log: list = []
+    gc = GroupCommit(asyncio.get_running_loop(), journal, on_fatal=pytest.fail)
+    conn = Conn(log, "a")
+    journal.write(10)
+    journal.newest_put_written = 7
+    gc.submit([(conn, out("put 7"))], durable=True)
+    first = await next_sync(journal)
+    # While that fsync runs, the same connection receives an old message (id 1,
+    # on disk long ago) and another put is written: the receive waits its turn.
+    journal.write(10)
+    gc.submit([(conn, out("receive 1", newest_shown=1))], durable=True)
+    assert log == []
+    first.set()
+    (await next_sync(journal)).set()
+    await until(lambda: len(log) == 2)
+    assert [entry[1] for entry in log] == ["put 7", "receive 1"]

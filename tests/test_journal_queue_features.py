@@ -168,6 +168,27 @@ def test_redrive_survives_a_restart(tmp_path: Path) -> None:
     assert (back.state, back.deliveries, back.origin) == (READY, 0, None)
 
 
+def test_the_journal_counts_what_its_writes_made_visible(tmp_path: Path) -> None:
+    # Group commit's read-committed replies rely on these (group_commit.py).
+    journal, broker, msg_id = dead_lettering_broker(tmp_path)
+    plain_id = broker.put("jobs", b"plain", T0)
+    assert (journal.newest_put_written, journal.moves_written) == (0, 0)  # not written yet
+    journal.write_pending()
+    assert (journal.newest_put_written, journal.moves_written) == (plain_id, 0)
+    for at in (T0, T0 + 20):
+        broker.advance(at)
+        broker.receive("jobs", 1, 10.0, at)
+    broker.advance(T0 + 40)  # the poison message moves to "dead"
+    assert journal.moves_written == 0
+    journal.write_pending()
+    assert (journal.newest_put_written, journal.moves_written) == (plain_id, 1)
+    assert msg_id < plain_id  # a move keeps its old id: hence the separate count
+    journal.close()
+    journal, broker, _ = open_broker(tmp_path, T0 + 50)
+    assert journal.newest_put_written == broker.ids.last  # all replayed PUTs are on disk
+    journal.close()
+
+
 def test_a_compaction_finds_messages_moved_while_it_runs(tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from wonderq_server import compaction

@@ -24,7 +24,10 @@ Rules:
 * Replies to commands whose records must be durable (DURABLE_COMMANDS:
   every command that changes what is stored) are remembered by position:
   if the journal write behind them fails, `send_output` turns exactly those
-  replies into STORAGE_ERROR.
+  replies into STORAGE_ERROR. An Output also names the newest message id
+  its receives and peeks show (`newest_shown`; None once any other reply
+  is among them), so group commit can send one that shows only messages
+  already on disk before an fsync (group_commit.py).
 * Limits (connection_limits.py says why each exists): when the socket's
   write buffer is full, reading pauses until it drains, so a client that
   does not read its replies cannot make the server buffer without bound; a
@@ -113,16 +116,24 @@ class Hub(Protocol):
     def connection_closed(self, connection: Connection) -> None: ...
 
 
+# Commands whose replies show messages: an Output of nothing else may leave before
+# an fsync once every message it shows has its PUT on disk (group_commit.py).
+SHOWING_COMMANDS = frozenset({"receive", "peek"})
+
+
 class Output:
     """One connection's replies from one loop iteration, on their way out."""
 
-    __slots__ = ("close", "durable", "parts")
+    __slots__ = ("close", "durable", "newest_shown", "parts")
 
     def __init__(self, parts: list[bytes], durable: list[tuple[int, Command]],
-                 close: bool) -> None:
+                 close: bool, newest_shown: int | None = None) -> None:
         self.parts = parts
         self.durable = durable  # (index in parts, command) of replies that need the journal
         self.close = close  # close the connection once these are written
+        # The largest message id these replies show (0: none), when they are all
+        # receives and peeks; None when any other reply is among them.
+        self.newest_shown = newest_shown
 
 
 class Connection(asyncio.Protocol):
@@ -137,6 +148,7 @@ class Connection(asyncio.Protocol):
         self._out_bytes = 0  # bytes in _out
         self._output_blocked = False  # requests wait until the replies before them are written
         self._durable: list[tuple[int, Command]] = []
+        self._newest_shown: int | None = 0  # for the next Output (see Output)
         self._close_after_flush = False  # closing: read nothing more
         self._close_requested = False  # the next Output closes the connection
         self._closed = False
@@ -514,6 +526,13 @@ class Connection(asyncio.Protocol):
             if "waits" in self._paused_by and len(self._waiters) * WAITING_RECEIVE_BYTES \
                     <= self.hub.connection_limits.max_request_buffer_bytes:
                 self._resume("waits")
+        if command.name in SHOWING_COMMANDS:
+            if self._newest_shown is not None:
+                for message in result:
+                    if message.id > self._newest_shown:
+                        self._newest_shown = message.id
+        else:
+            self._newest_shown = None
         assert self._encoder is not None
         reply = self._encoder.result(command, result)
         self._out.append(reply)
@@ -556,6 +575,7 @@ class Connection(asyncio.Protocol):
             error = CommandError(INTERNAL, str(error))
         encoder = self._encoder or TextEncoder()
         reply = encoder.error(request_id, error)
+        self._newest_shown = None
         self._out.append(reply)
         self._out_bytes += len(reply)
         self.hub.want_flush(self)
@@ -593,8 +613,9 @@ class Connection(asyncio.Protocol):
         """take_output hands over the replies buffered since the last call (server flush)."""
         if not self._out and not self._close_requested:
             return None
-        output = Output(self._out, self._durable, self._close_requested)
+        output = Output(self._out, self._durable, self._close_requested, self._newest_shown)
         self._out, self._durable, self._close_requested = [], [], False
+        self._newest_shown = 0
         self._out_bytes = 0
         return output
 

@@ -28,6 +28,9 @@ Rules:
 * Lease records (STATE after a receive or touch) are written like any other
   but never make a put or ack wait: `durable_pending` only counts PUT, ACK
   and the STATE of a nack.
+* Each successful write also records what it made visible:
+  `newest_put_written` (the newest PUT's id) and `moves_written` (MOVEs so
+  far), so group commit knows which messages are on disk after an fsync.
 
 Contract per fsync policy (what an answered put, ack or nack survives):
 
@@ -130,6 +133,13 @@ class Journal:
         self.live_bytes = 0  # estimate of what a compacted journal would take
         self._pending: list[bytes] = []
         self.durable_pending = False  # a PUT, ACK or nack is in _pending
+        # What written records made visible, for group commit's read-committed
+        # early replies: the newest id of a PUT written (ids grow with every put,
+        # ids.py), and how many MOVEs have been written (a move keeps its id).
+        self._newest_put_pending = 0
+        self.newest_put_written = 0
+        self._moves_pending = 0
+        self.moves_written = 0
         self.fsync_count = 0
         self.fsync_seconds = 0.0
         # Told each fsync's duration in seconds, in the thread that ran it; set only
@@ -175,6 +185,7 @@ class Journal:
             journal_path(self.directory, old).unlink()
         report = self._replay(broker, now)
         broker.reset_totals()  # totals count what happens from this start
+        self._newest_put_pending = self.newest_put_written = broker.ids.last
         # From here on the broker reports to this journal. Deadlines that passed
         # while the server was down end now, as they would have, and what that
         # changes (dead-lettering, expiry) is logged like any other change.
@@ -243,6 +254,7 @@ class Journal:
         record = encode_record(put_record(msg))
         self._pending.append(record)
         self.durable_pending = True
+        self._newest_put_pending = msg.id
         self.live_bytes += len(record)
 
     def put_plain(self, q: Queue, message_id: int, body: bytes) -> None:
@@ -250,6 +262,7 @@ class Journal:
         record = encode_record(plain_put_record(q.name, message_id, body))
         self._pending.append(record)
         self.durable_pending = True
+        self._newest_put_pending = message_id
         self.live_bytes += len(record)
 
     def state(self, msg: Message) -> None:
@@ -279,6 +292,7 @@ class Journal:
              list(msg.origin) if msg.origin else None, msg.expires_at,
              msg.body, msg.enqueued_at, options]))
         self.durable_pending = True
+        self._moves_pending += 1
 
     def queue_settings(self, q: Queue) -> None:
         self._pending.append(encode_record([QUEUE, q.name, q.settings.as_dict()]))
@@ -321,6 +335,7 @@ class Journal:
         data = b"".join(self._pending) if count > 1 else self._pending[0]
         self._pending.clear()
         durable, self.durable_pending = self.durable_pending, False
+        moves, self._moves_pending = self._moves_pending, 0
         try:
             self._write_all(self.fd, data)
         except OSError as exc:
@@ -328,6 +343,8 @@ class Journal:
             raise JournalError(f"writing the journal failed: {exc.strerror or exc}") from exc
         self.size += len(data)
         self.records += count
+        self.newest_put_written = self._newest_put_pending
+        self.moves_written += moves
         if self.compaction_fd >= 0:
             try:
                 self._write_all(self.compaction_fd, data)
