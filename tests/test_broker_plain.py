@@ -228,3 +228,42 @@ def test_a_backlog_of_plain_messages_takes_no_object_per_message() -> None:
     finally:
         tracemalloc.stop()
     assert 133 + 16 <= per_message < 133 + 36, per_message
+
+
+# ------------------------------------------------------------ put_many's batch path
+
+def test_a_batch_of_bare_bodies_is_stored_in_one_step_like_item_by_item(b: Broker) -> None:
+    """put_many of bare bodies on a plain queue takes one id range and one extension of
+    the run (broker._store_plain_batch): the same ids, counts and order as one by one."""
+    one_by_one = Broker()
+    bodies = [b"a", b"", b"c" * 50]
+    expected = [one_by_one.put("q", body, T0) for body in bodies]
+    assert b.put_many("q", bodies, T0) == expected
+    q = b.queues["q"]
+    assert list(q.messages.plain_from_oldest()) == list(zip(expected, bodies, strict=True))
+    assert counts(b) == counts(one_by_one) == zero_counts(ready=3, put_total=3)
+    assert b.stored_bytes == one_by_one.stored_bytes
+    assert b.put("q", b"next", T0) == expected[-1] + 1  # the sequence went on past the range
+    check_invariants(b)
+
+
+def test_a_batch_that_would_pass_max_memory_stores_what_fits(b: Broker) -> None:
+    broker = Broker(max_memory_bytes=2 * (1 + MESSAGE_OVERHEAD_BYTES))
+    results = broker.put_many("q", [b"a", b"b", b"c"], T0)
+    assert [getattr(r, "code", None) for r in results] == [None, None, FULL]
+    assert counts(broker) == zero_counts(ready=2, put_total=2)
+    check_invariants(broker)
+
+
+def test_a_batch_serves_a_waiting_consumer(b: Broker) -> None:
+    delivered: list[list[Message]] = []
+    b.wait("q", 2, None, T0 + 9.0, delivered.append, T0)
+    ids = b.put_many("q", [b"a", b"b", b"c"], T0)
+    assert [[m.id for m in batch] for batch in delivered] == [ids[:2]]
+    assert counts(b) == zero_counts(ready=1, in_flight=2, put_total=3)
+    check_invariants(b)
+
+
+def test_an_empty_batch_stores_nothing_and_makes_no_queue(b: Broker) -> None:
+    assert b.put_many("q", [], T0) == []
+    assert "q" not in b.queues

@@ -122,3 +122,10 @@ def test_ids_strictly_increase_whatever_the_clock_does(steps: list) -> None:
         candidate = int(step * 1000) << MILLISECOND_SHIFT
         assert new == (candidate if candidate > floor else floor + 1)
         floor = new
+
+
+def test_next_range_is_what_as_many_calls_of_next_give() -> None:
+    ranged, one_by_one = IdSequence(), IdSequence()
+    for now in (T0, T0, T0 + 0.5):
+        assert list(ranged.next_range(now, 3)) == [one_by_one.next(now) for _ in range(3)]
+        assert ranged.last == one_by_one.last

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -165,3 +166,13 @@ def test_ids_in_order_is_a_snapshot_taken_at_once() -> None:
     table[4] = Obj(4)
     assert list(snapshot) == [2, 3, 4, 5]
     assert list(table) == [3, 4, 5, 6]
+
+
+def test_extend_run_appends_fresh_ids_and_refuses_old_ones() -> None:
+    table = MessageTable()
+    table.extend_run(range(10, 13), [b"a", b"b", b"c"])
+    assert list(table.items()) == [(10, b"a"), (11, b"b"), (12, b"c")]
+    assert table.run_count == 3
+    with pytest.raises(ValueError):
+        table.extend_run(range(12, 14), [b"d", b"e"])  # 12 is not above the run's last
+    assert len(table) == 3

@@ -37,6 +37,12 @@ class IdSequence:
         self.last = candidate if candidate > last else last + 1
         return self.last
 
+    def next_range(self, now: float, count: int) -> range:
+        """next_range returns `count` ids in a row, as `count` calls of next would."""
+        first = self.next(now)
+        self.last = first + count - 1
+        return range(first, first + count)
+
     def observe(self, seen: int) -> None:
         """observe makes sure later ids are larger than `seen` (used by recovery)."""
         if seen > self.last:

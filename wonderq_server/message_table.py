@@ -44,7 +44,7 @@ from __future__ import annotations
 import heapq
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 # A run is compacted only once it has this many dead entries (taken from its
@@ -165,6 +165,16 @@ class MessageTable(Mapping[int, Any]):
             self._live += 1
             return True
         return False
+
+    def extend_run(self, ids: range, bodies: Sequence[bytes]) -> None:
+        """extend_run appends plain messages whose ids are new and above every id in the
+        table (fresh from the id sequence, as a put_many's are), in one step."""
+        run_ids = self._run_ids
+        if ids and run_ids and ids[0] <= run_ids[-1]:
+            raise ValueError(f"ids from {ids[0]} are not above the run's last, {run_ids[-1]}")
+        run_ids.extend(ids)
+        self._run_bodies.extend(bodies)
+        self._live += len(bodies)
 
     # ------------------------------------------------- the run's ready order
 
