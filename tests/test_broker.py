@@ -20,6 +20,7 @@ from broker_helpers import (  # the `b` fixture comes from broker_helpers too, v
 )
 
 from wonderq_server.broker import DEFAULT_VISIBILITY_TIMEOUT_S, READY_HEAP_SLACK, Broker
+from wonderq_server.deadlines import COMPACT_MIN_SIZE
 from wonderq_server.errors import LEASE_LOST, NOT_FOUND, CommandError
 from wonderq_server.message import DELAYED, LEASED, READY
 
@@ -486,7 +487,7 @@ def test_many_touches_keep_the_deadline_heap_bounded(b: Broker) -> None:
     [m] = b.receive("q", 1, 10.0, T0)
     for i in range(10_000):
         b.touch("q", msg_id, m.lease, 10.0, T0 + i)
-        assert len(b.deadlines) <= 2 * 64 + 1
+        assert len(b.deadlines) <= 2 * COMPACT_MIN_SIZE + 1
     assert b.next_deadline() == T0 + 9_999 + 10.0
     assert b.advance(T0 + 10_008.0) == 0
     assert b.advance(T0 + 10_009.0) == 1
@@ -500,7 +501,7 @@ def test_touching_many_messages_to_the_same_instant_keeps_the_heap_bounded(b: Br
     for _ in range(4_000):
         for m in taken:
             assert b.touch("q", m.id, m.lease, 10.0, T0 + 2.0) == T0 + 12.0
-        assert len(b.deadlines) <= 2 * 64 + len(taken)
+        assert len(b.deadlines) <= 2 * COMPACT_MIN_SIZE + len(taken)
     assert b.next_deadline() == T0 + 12.0
     assert b.advance(T0 + 12.0) == 5  # each message handled once
     assert b.next_deadline() is None

@@ -8,6 +8,14 @@ from hypothesis import strategies as st
 
 from wonderq_server.deadlines import COMPACT_DEAD_FRACTION, COMPACT_MIN_SIZE, DeadlineHeap
 
+# The rebuild rule is tested on heaps of a few hundred entries: with the minimum
+# size the rule has below it made small here (the server's is COMPACT_MIN_SIZE).
+SMALL_MIN_SIZE = 64
+
+
+def small_heap() -> DeadlineHeap:
+    return DeadlineHeap(compact_min_size=SMALL_MIN_SIZE)
+
 
 class Item:
     """A timed thing that is deliberately not comparable, like a Message or a Waiter."""
@@ -51,19 +59,19 @@ def names(items: list[Item]) -> list[str]:
 # ---------------------------------------------------------------- basics
 
 def test_empty_heap_has_nothing_due() -> None:
-    heap = DeadlineHeap()
+    heap = small_heap()
     assert len(heap) == 0
     assert heap.next_at() is None
     assert heap.pop_due(1e18) is None
 
 
 def test_constants_are_what_the_docstring_says() -> None:
-    assert COMPACT_MIN_SIZE == 64
+    assert COMPACT_MIN_SIZE == 1024
     assert COMPACT_DEAD_FRACTION == 0.5
 
 
 def test_pops_in_deadline_order_regardless_of_push_order() -> None:
-    heap = DeadlineHeap()
+    heap = small_heap()
     for name, at in [("e", 50.0), ("a", 10.0), ("d", 40.0), ("b", 20.0), ("c", 30.0)]:
         schedule(heap, Item(name), at)
     assert len(heap) == 5
@@ -74,7 +82,7 @@ def test_pops_in_deadline_order_regardless_of_push_order() -> None:
 
 
 def test_pop_due_only_returns_items_due_at_or_before_now() -> None:
-    heap = DeadlineHeap()
+    heap = small_heap()
     a = schedule(heap, Item("a"), 10.0)
     b = schedule(heap, Item("b"), 20.0)
     assert heap.pop_due(9.999) is None
@@ -87,7 +95,7 @@ def test_pop_due_only_returns_items_due_at_or_before_now() -> None:
 
 
 def test_pop_due_leaves_deadline_at_to_the_caller() -> None:
-    heap = DeadlineHeap()
+    heap = small_heap()
     a = schedule(heap, Item("a"), 10.0)
     assert heap.pop_due(10.0) is a
     assert a.deadline_at == 10.0
@@ -95,7 +103,7 @@ def test_pop_due_leaves_deadline_at_to_the_caller() -> None:
 
 
 def test_next_at_does_not_remove_a_live_entry() -> None:
-    heap = DeadlineHeap()
+    heap = small_heap()
     a = schedule(heap, Item("a"), 10.0)
     assert heap.next_at() == 10.0
     assert heap.next_at() == 10.0
@@ -104,14 +112,14 @@ def test_next_at_does_not_remove_a_live_entry() -> None:
 
 
 def test_ties_pop_in_push_order() -> None:
-    heap = DeadlineHeap()
+    heap = small_heap()
     for i in range(20):
         schedule(heap, Item(f"t{i}"), 5.0)
     assert names(drain(heap, 5.0)) == [f"t{i}" for i in range(20)]
 
 
 def test_ties_interleaved_with_other_deadlines_keep_push_order() -> None:
-    heap = DeadlineHeap()
+    heap = small_heap()
     plan = [("x1", 2.0), ("y1", 1.0), ("x2", 2.0), ("z1", 3.0), ("y2", 1.0), ("x3", 2.0),
             ("z2", 3.0), ("y3", 1.0)]
     for name, at in plan:
@@ -120,7 +128,7 @@ def test_ties_interleaved_with_other_deadlines_keep_push_order() -> None:
 
 
 def test_items_need_not_be_comparable() -> None:
-    heap = DeadlineHeap()
+    heap = small_heap()
     a, b = Item("a"), Item("b")
     with pytest.raises(TypeError):
         _ = a < b  # type: ignore[operator]
@@ -130,7 +138,7 @@ def test_items_need_not_be_comparable() -> None:
 
 
 def test_integer_deadlines_work_as_well_as_floats() -> None:
-    heap = DeadlineHeap()
+    heap = small_heap()
     schedule(heap, Item("b"), 2)
     schedule(heap, Item("a"), 1.5)
     assert heap.next_at() == 1.5
@@ -140,7 +148,7 @@ def test_integer_deadlines_work_as_well_as_floats() -> None:
 # --------------------------------------------------------- lazy deletion
 
 def test_cancelled_entry_is_skipped_by_pop_due_and_next_at() -> None:
-    heap = DeadlineHeap()
+    heap = small_heap()
     a = schedule(heap, Item("a"), 1.0)
     b = schedule(heap, Item("b"), 2.0)
     cancel(heap, a)
@@ -151,7 +159,7 @@ def test_cancelled_entry_is_skipped_by_pop_due_and_next_at() -> None:
 
 
 def test_pop_due_skips_a_stale_top_and_stops_at_an_undue_live_entry() -> None:
-    heap = DeadlineHeap()
+    heap = small_heap()
     a = schedule(heap, Item("a"), 1.0)
     schedule(heap, Item("b"), 5.0)
     cancel(heap, a)
@@ -161,7 +169,7 @@ def test_pop_due_skips_a_stale_top_and_stops_at_an_undue_live_entry() -> None:
 
 
 def test_next_at_skips_several_stale_entries() -> None:
-    heap = DeadlineHeap()
+    heap = small_heap()
     items = [schedule(heap, Item(str(i)), float(i)) for i in range(10)]
     for item in items[:7]:
         cancel(heap, item)
@@ -170,7 +178,7 @@ def test_next_at_skips_several_stale_entries() -> None:
 
 
 def test_next_at_is_none_when_every_entry_is_stale() -> None:
-    heap = DeadlineHeap()
+    heap = small_heap()
     items = [schedule(heap, Item(str(i)), float(i)) for i in range(5)]
     for item in items:
         cancel(heap, item)
@@ -180,7 +188,7 @@ def test_next_at_is_none_when_every_entry_is_stale() -> None:
 
 
 def test_moved_deadline_fires_only_at_its_new_time_and_once() -> None:
-    heap = DeadlineHeap()
+    heap = small_heap()
     a = schedule(heap, Item("a"), 1.0)
     b = schedule(heap, Item("b"), 3.0)
     # Move a later: the old entry goes stale.
@@ -195,7 +203,7 @@ def test_moved_deadline_fires_only_at_its_new_time_and_once() -> None:
 
 
 def test_moved_deadline_earlier_fires_at_its_new_time_and_once() -> None:
-    heap = DeadlineHeap()
+    heap = small_heap()
     a = schedule(heap, Item("a"), 10.0)
     a.deadline_at = None
     heap.forget()
@@ -207,7 +215,7 @@ def test_moved_deadline_earlier_fires_at_its_new_time_and_once() -> None:
 
 
 def test_entry_is_live_only_while_deadline_at_matches() -> None:
-    heap = DeadlineHeap()
+    heap = small_heap()
     a = Item("a")
     heap.push(4.0, a)  # the owner has not set deadline_at: the entry is not live
     assert heap.next_at() is None
@@ -217,7 +225,7 @@ def test_entry_is_live_only_while_deadline_at_matches() -> None:
 
 
 def test_moving_back_to_an_old_deadline_revives_the_old_entry_but_pops_once() -> None:
-    heap = DeadlineHeap()
+    heap = small_heap()
     a = schedule(heap, Item("a"), 5.0)
     b = schedule(heap, Item("b"), 5.0)
     cancel(heap, a)
@@ -230,17 +238,17 @@ def test_moving_back_to_an_old_deadline_revives_the_old_entry_but_pops_once() ->
 # ------------------------------------------------------------- compaction
 
 def test_small_heap_is_never_rebuilt() -> None:
-    heap = DeadlineHeap()
-    items = [schedule(heap, Item(str(i)), float(i)) for i in range(COMPACT_MIN_SIZE)]
+    heap = small_heap()
+    items = [schedule(heap, Item(str(i)), float(i)) for i in range(SMALL_MIN_SIZE)]
     for item in items:
         cancel(heap, item)
-    assert len(heap) == COMPACT_MIN_SIZE  # all dead, but the heap is not big enough
+    assert len(heap) == SMALL_MIN_SIZE  # all dead, but the heap is not big enough
     assert heap.next_at() is None
     assert len(heap) == 0
 
 
 def test_forget_rebuilds_when_more_than_half_is_dead() -> None:
-    heap = DeadlineHeap()
+    heap = small_heap()
     items = [schedule(heap, Item(str(i)), float(i)) for i in range(100)]
     # Cancel every other one, from the end, so the dead are not all at the top.
     doomed = items[::-2]
@@ -256,7 +264,7 @@ def test_forget_rebuilds_when_more_than_half_is_dead() -> None:
 
 
 def test_rebuild_keeps_the_tie_order() -> None:
-    heap = DeadlineHeap()
+    heap = small_heap()
     items = [schedule(heap, Item(str(i)), 7.0) for i in range(200)]
     for item in items[1::2]:
         cancel(heap, item)
@@ -266,7 +274,7 @@ def test_rebuild_keeps_the_tie_order() -> None:
 
 
 def test_rebuild_keeps_the_new_entry_of_a_moved_item() -> None:
-    heap = DeadlineHeap()
+    heap = small_heap()
     items = [schedule(heap, Item(str(i)), float(i)) for i in range(100)]
     for item in items[:50]:
         cancel(heap, item)
@@ -280,7 +288,7 @@ def test_rebuild_keeps_the_new_entry_of_a_moved_item() -> None:
 
 
 def test_dead_entries_thrown_away_by_next_at_are_no_longer_counted() -> None:
-    heap = DeadlineHeap()
+    heap = small_heap()
     items = [schedule(heap, Item(str(i)), float(i)) for i in range(200)]
     for item in items[:60]:
         cancel(heap, item)
@@ -294,7 +302,7 @@ def test_dead_entries_thrown_away_by_next_at_are_no_longer_counted() -> None:
 
 
 def test_dead_entries_thrown_away_by_pop_due_are_no_longer_counted() -> None:
-    heap = DeadlineHeap()
+    heap = small_heap()
     items = [schedule(heap, Item(str(i)), float(i)) for i in range(200)]
     for item in items[:60]:
         cancel(heap, item)
@@ -308,7 +316,7 @@ def test_dead_entries_thrown_away_by_pop_due_are_no_longer_counted() -> None:
 
 
 def test_constant_rescheduling_keeps_the_heap_bounded() -> None:
-    heap = DeadlineHeap()
+    heap = small_heap()
     items = [schedule(heap, Item(str(i)), float(i)) for i in range(10)]
     at = 100.0
     for _ in range(10_000):
@@ -317,13 +325,13 @@ def test_constant_rescheduling_keeps_the_heap_bounded() -> None:
             item.deadline_at = None
             heap.forget()
             schedule(heap, item, at)
-        assert len(heap) <= 2 * COMPACT_MIN_SIZE + len(items)
+        assert len(heap) <= 2 * SMALL_MIN_SIZE + len(items)
     assert heap.next_at() == at - 9.0
     assert drain(heap, at) == items
 
 
 def test_rebuild_keeps_the_pop_order_of_a_revived_entry() -> None:
-    heap = DeadlineHeap()
+    heap = small_heap()
     a = schedule(heap, Item("a"), 5.0)
     b = schedule(heap, Item("b"), 5.0)
     cancel(heap, a)
@@ -342,13 +350,13 @@ def test_rebuild_keeps_the_pop_order_of_a_revived_entry() -> None:
 
 def test_rescheduling_at_the_same_instant_does_not_pile_up() -> None:
     """The rebuild runs inside forget, while the moved item's deadline_at is cleared."""
-    heap = DeadlineHeap()
+    heap = small_heap()
     items = [schedule(heap, Item(str(i)), 9.0) for i in range(3)]
     for _ in range(10_000):
         for item in items:
             cancel(heap, item)
             schedule(heap, item, 9.0)
-        assert len(heap) <= 2 * COMPACT_MIN_SIZE + len(items)
+        assert len(heap) <= 2 * SMALL_MIN_SIZE + len(items)
     assert drain(heap, 9.0) == items
     assert len(heap) == 0
 
@@ -373,7 +381,7 @@ def test_heap_agrees_with_a_sorted_list(ops: list[tuple]) -> None:
     it had before: its older entry is live again (test_moving_back_to_an_old_
     deadline...), so the model checks the exact order only in runs without that.
     """
-    heap = DeadlineHeap()
+    heap = small_heap()
     items: list[Item] = []
     model: dict[int, tuple[float, int]] = {}  # index of item -> (at, push number)
     history: dict[int, set[float]] = {}  # index of item -> every deadline it was given
@@ -417,7 +425,7 @@ def test_heap_agrees_with_a_sorted_list(ops: list[tuple]) -> None:
             want_at = min((at for at, _ in model.values()), default=None)
             assert heap.next_at() == want_at
         assert len(heap) >= len(model)
-        assert len(heap) <= 2 * max(COMPACT_MIN_SIZE, len(model)) + 2
+        assert len(heap) <= 2 * max(SMALL_MIN_SIZE, len(model)) + 2
     check_drain(1000.0)
     assert heap.next_at() is None
     assert len(heap) == 0
