@@ -221,7 +221,7 @@ class Broker(QueueAdmin, Replay):
         # limit), an item without options of its own is stored plain directly,
         # skipping what _store would decide again for every item of the batch.
         plain_queue = not (settings.delay or settings.expiry or settings.max_length)
-        store_plain, max_bytes = self._store_plain, self.max_message_bytes
+        max_bytes = self.max_message_bytes
         if plain_queue and items and all(type(item) is bytes and len(item) <= max_bytes
                                          for item in items):
             stored = self._store_plain_batch(q, items, now)
@@ -232,12 +232,6 @@ class Broker(QueueAdmin, Replay):
         results: list[int | CommandError] = []
         append = results.append
         for item in items:
-            if plain_queue and type(item) is bytes and len(item) <= max_bytes:
-                try:  # the common item, a bare body: the shortest way
-                    append(store_plain(q, item, now))
-                except CommandError as exc:  # FULL (--max-memory)
-                    append(exc)
-                continue
             if isinstance(item, CommandError):
                 append(item)
                 continue
@@ -473,20 +467,8 @@ class Broker(QueueAdmin, Replay):
 
     def ack_many(self, name: str, items: list[tuple[int, int] | CommandError],
                  now: float) -> list[CommandError | None]:
-        """ack_many acks each (id, lease) on its own; a result per item, None or the error.
-        (The loop of `_each`, written out: this runs for every message of a batch.)"""
-        results: list[CommandError | None] = []
-        append, ack = results.append, self.ack
-        for item in items:
-            if isinstance(item, CommandError):
-                append(item)
-                continue
-            try:
-                ack(name, item[0], item[1], now)
-                append(None)
-            except CommandError as exc:
-                append(exc)
-        return results
+        """ack_many acks each (id, lease) on its own; a result per item, None or the error."""
+        return _each(items, self.ack, name, now)
 
     def nack(self, name: str, message_id: int, lease: int, delay_s: float, now: float) -> None:
         """nack gives a message back: ready at once, or after `delay_s` seconds.
@@ -500,8 +482,7 @@ class Broker(QueueAdmin, Replay):
     def nack_many(self, name: str, items: list[tuple[int, int] | CommandError], delay_s: float,
                   now: float) -> list[CommandError | None]:
         """nack_many nacks each (id, lease) on its own; a result per item."""
-        return _each(items, lambda message_id, lease: self.nack(name, message_id, lease,
-                                                                delay_s, now))
+        return _each(items, self.nack, name, delay_s, now)
 
     def touch(self, name: str, message_id: int, lease: int, visibility_s: float | None,
               now: float) -> float:
@@ -755,18 +736,20 @@ def _compact_ready(q: Queue) -> None:
         heapq.heapify(q.ready)
 
 
-def _each(items: list[tuple[int, int] | CommandError],
-          settle: Callable[[int, int], None]) -> list[CommandError | None]:
-    """_each settles each (id, lease) item on its own: None, or the error it met.
-    An item already refused by the request checks stays its own result."""
+def _each(items: list[tuple[int, int] | CommandError], settle: Callable[..., Any],
+          name: str, *rest: Any) -> list[CommandError | None]:
+    """_each settles each (id, lease) item on its own, as settle(name, id, lease, *rest):
+    None, or the error it met. An item already refused by the request checks stays its
+    own result. (No closure per batch item: this runs for every message of a batch.)"""
     results: list[CommandError | None] = []
+    append = results.append
     for item in items:
         if isinstance(item, CommandError):
-            results.append(item)
+            append(item)
             continue
         try:
-            settle(item[0], item[1])
-            results.append(None)
+            settle(name, item[0], item[1], *rest)
+            append(None)
         except CommandError as exc:
-            results.append(exc)
+            append(exc)
     return results

@@ -527,10 +527,8 @@ class Connection(asyncio.Protocol):
                     <= self.hub.connection_limits.max_request_buffer_bytes:
                 self._resume("waits")
         if command.name in SHOWING_COMMANDS:
-            if self._newest_shown is not None:
-                for message in result:
-                    if message.id > self._newest_shown:
-                        self._newest_shown = message.id
+            if self._newest_shown is not None and result:
+                self._newest_shown = max(self._newest_shown, *(m.id for m in result))
         else:
             self._newest_shown = None
         assert self._encoder is not None

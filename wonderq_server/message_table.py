@@ -115,12 +115,7 @@ class MessageTable(Mapping[int, Any]):
         others = self.others
         other_ids = sorted(others)
         count, at = len(other_ids), 0
-        ids, bodies = self._run_ids, self._run_bodies
-        for index in range(self._head, len(ids)):
-            body = bodies[index]
-            if body is None:
-                continue
-            message_id = ids[index]
+        for message_id, body in self.plain_from_oldest():
             while at < count and other_ids[at] < message_id:
                 yield other_ids[at], others[other_ids[at]]
                 at += 1
