@@ -25,8 +25,12 @@ Rules:
   moved whenever the earliest deadline changes, and runs only when something
   is due.
 * The loop's clock is monotonic, the broker's is wall time; the timer is set
-  as a delay (`deadline - now`), and when it fires `now` is taken as at least
-  the deadline it was armed for, so it cannot fire early and spin.
+  as a delay (`deadline - now`) plus one tick of the loop's millisecond clock.
+  A lease must never run out before its deadline by the wall clock, yet
+  uvloop's timers fire up to about a millisecond early (they count from the
+  loop's cached time, in whole milliseconds). So a timer that still fires
+  before its deadline re-arms for the remainder instead of advancing: at most
+  one extra wake-up, never a spin and never an early release.
 """
 
 from __future__ import annotations
@@ -59,6 +63,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("wonderq.server")
 
 RATE_SAMPLE_INTERVAL_S = 1.0
+# One tick of the loop's clock (libuv counts timers in whole milliseconds).
+TIMER_TICK_S = 0.001
 
 
 class Server:
@@ -418,18 +424,23 @@ class Server:
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = at
+        self._schedule_timer(at)
+
+    def _schedule_timer(self, at: float) -> None:
         if self._loop is not None:
-            self._timer = self._loop.call_later(max(0.0, at - time.time()), self._on_timer)
+            delay = max(0.0, at - time.time()) + TIMER_TICK_S
+            self._timer = self._loop.call_later(delay, self._on_timer)
         else:
             self._timer = None
 
     def _on_timer(self) -> None:
         at = self._timer_at
-        self._timer = None
-        self._timer_at = None
         now = time.time()
         if at is not None and now < at:
-            now = at  # the loop's clock and the wall clock differ slightly; never spin
+            self._schedule_timer(at)  # fired early by the loop's clock: wait out the rest
+            return
+        self._timer = None
+        self._timer_at = None
         try:
             self.service.advance(now)
         except Exception:
