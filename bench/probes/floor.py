@@ -1,0 +1,92 @@
+"""S1 and S2 shapes against beanstalkd, the do-nothing server and WonderQ, in one run.
+
+    python bench/probes/floor.py [MESSAGES] [RUNS]     (defaults 30000, 5)
+
+Issue 6 asks S1 and S2 to reach 0.8x beanstalkd, and says a do-nothing uvloop
+server answering msgpack frames reached 0.7-0.8x on S1's shape. This probe
+measures that floor in the same run as beanstalkd and WonderQ, with the same
+load loop (bench/scenarios.py) and adapters (bench/systems/): beanstalkd
+through the bench's text client, the do-nothing server
+(nothing_server.py) and `wonderq-server --in-memory` both through
+wonderq_client. Runs are interleaved and the order rotates each run; it
+prints the medians, the server's CPU per message (from /proc), and each
+ratio to beanstalkd. Every phase is bounded by TIME_LIMIT_S; every server is
+stopped by its PID. Needs beanstalkd installed (bench/README.md).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(BENCH), str(BENCH.parent)]
+
+import servers  # noqa: E402
+from runner import run_event_loop  # noqa: E402
+from scenarios import Progress, put_one_by_one, receive_ack_one_by_one  # noqa: E402
+from systems import beanstalkd, wonderq  # noqa: E402
+
+TIME_LIMIT_S = 60.0
+NOTHING = Path(__file__).resolve().parent / "nothing_server.py"
+
+# name -> (adapter driving it, argv of its server for a port and a data directory)
+SYSTEMS = {
+    "beanstalkd": (beanstalkd, lambda port, d: beanstalkd.server_argv(port, d, "memory")),
+    "do-nothing": (wonderq, lambda port, d: [sys.executable, str(NOTHING), str(port)]),
+    "wonderq": (wonderq, lambda port, d: wonderq.server_argv(port, d, "memory")),
+}
+
+
+async def one_run(adapter, server: servers.ServerProcess, port: int, n: int) -> list[float]:
+    """one_run: S1 then S2 on a fresh server; msgs/s and server µs/msg of each."""
+    await server.wait_ready(lambda: adapter.probe(port), 30)
+    if server.name != "do-nothing":  # it has no queues to create
+        await adapter.prepare(port, "floor", "memory")
+    conn = await adapter.connect(port, "floor", "c1")
+    figures = []
+    try:
+        for phase in (put_one_by_one, receive_ack_one_by_one):
+            cpu0 = server.cpu_seconds()
+            load = await phase(conn, n, time.monotonic() + TIME_LIMIT_S, Progress())
+            if load.stalled:
+                raise SystemExit(f"{server.name}: {phase.__name__} {load.stalled}")
+            figures += [load.messages / load.seconds,
+                        1e6 * (server.cpu_seconds() - cpu0) / load.messages]
+    finally:
+        await conn.close()
+    return figures
+
+
+def main(n: int, runs: int) -> None:
+    rows: dict[str, list[list[float]]] = {name: [] for name in SYSTEMS}
+    names = list(SYSTEMS)
+    with tempfile.TemporaryDirectory(prefix="wonderq-floor-") as tmp:
+        try:
+            for run in range(runs):
+                for name in names[run % 3:] + names[:run % 3]:
+                    adapter, argv = SYSTEMS[name]
+                    port, data_dir = servers.free_port(), Path(tmp) / f"{name}-{run}"
+                    data_dir.mkdir()
+                    server = servers.ServerProcess(name, argv(port, data_dir),
+                                                   Path(tmp) / f"{name}-{run}.log")
+                    try:
+                        rows[name].append(run_event_loop(one_run(adapter, server, port, n)))
+                    finally:
+                        server.stop()
+        finally:
+            servers.stop_all()
+    base = [statistics.median(column) for column in zip(*rows["beanstalkd"], strict=True)]
+    print(f"{n} messages, median of {runs} runs (server CPU per message in brackets)")
+    for name, table in rows.items():
+        s1, s1_us, s2, s2_us = (statistics.median(column) for column in zip(*table, strict=True))
+        print(f"{name:11s} S1 {s1:7.0f}/s ({s1_us:5.1f} us) {s1 / base[0]:4.2f}x   "
+              f"S2 {s2:7.0f}/s ({s2_us:5.1f} us) {s2 / base[2]:4.2f}x")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 30000,
+         int(sys.argv[2]) if len(sys.argv) > 2 else 5)
