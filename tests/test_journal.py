@@ -317,6 +317,31 @@ def test_damage_in_the_middle_stops_the_start_unless_repair(tmp_path: Path) -> N
     assert len(restored(tmp_path, T0 + 1, repair=True)[0].queues["q"].messages) == 3
 
 
+@pytest.mark.parametrize("bad_record", [
+    [PUT, "q", 2**63 + 5, b"an id the run's array cannot hold", T0],
+    [PUT, "q", "not an id", b"x", T0],
+    [PUT, "q", 7],  # fields missing
+])
+def test_a_record_that_passed_its_checksum_but_does_not_fit_stops_the_start(
+        tmp_path: Path, bad_record: list) -> None:
+    journal, broker, _ = open_broker(tmp_path, T0)
+    broker.put("q", b"good", T0)
+    journal.close()
+    path = journal_file(tmp_path)
+    bad = path.stat().st_size
+    path.write_bytes(path.read_bytes() + encode_record(bad_record))
+    before = path.read_bytes()
+
+    for repair in (False, True):  # repair cannot skip it either: it is no checksum failure
+        journal = Journal(tmp_path, repair=repair)
+        with pytest.raises(JournalCorrupt) as info:
+            journal.open(Broker(), T0)
+        journal.close()
+        assert info.value.offset == bad
+        assert str(path) in info.value.reason and "does not fit its kind" in info.value.reason
+    assert path.read_bytes() == before  # a refused start changes nothing
+
+
 # ------------------------------------------------------------- disk faults
 
 class FlakyWriter:

@@ -214,11 +214,22 @@ class Journal:
         # them again and again for nothing. Pause it, then freeze what we built
         # so later collections skip it (reference counting still frees messages).
         gc.disable()
+        records = read_records(data, result, self.repair)
         try:
-            replay_records(broker, read_records(data, result, self.repair), now)
+            replay_records(broker, records, now)
         except JournalCorrupt as exc:
             raise JournalCorrupt(exc.offset, f"{path}: {exc.reason} (start with --repair to "
                                  "skip damaged records and lose them)") from None
+        except Exception as exc:
+            # A record that passed its checksum yet does not fit its kind (a field of
+            # the wrong type, an id past 2**63) was written that way: by a bug or by
+            # hand. Repair cannot skip it (runs of PUTs are applied together, after
+            # later records were read), so the start stops and names where it is.
+            records.close()
+            raise JournalCorrupt(result.last_record_at, (
+                f"{path}: a record at or before this offset passed its checksum but does not "
+                f"fit its kind ({type(exc).__name__}: {exc}); --repair cannot skip it: cut "
+                "the journal before it (keeping a copy) and start again")) from None
         finally:
             gc.enable()
         gc.freeze()

@@ -115,6 +115,7 @@ class ReadResult:
     """What reading a journal found, besides the records themselves."""
 
     good_end: int = 0  # offset just past the last good record: where appends continue
+    last_record_at: int = field(default=0, compare=False)  # the last record handed out
     records: int = 0
     torn_tail_bytes: int = 0  # bytes cut off at the end
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (offset, reason), repair only
@@ -183,6 +184,7 @@ def read_records(data: bytes | memoryview, result: ReadResult,
     pos = len(FILE_HEADER)
     crc32, unpackb, kinds = zlib.crc32, msgpack.unpackb, KINDS
     records = 0
+    last_start = pos
     try:
         while pos < end:
             if end - pos >= RECORD_HEADER_BYTES:
@@ -196,7 +198,7 @@ def read_records(data: bytes | memoryview, result: ReadResult,
                     if (type(payload) is list and payload and type(payload[0]) is int
                             and payload[0] in kinds):
                         records += 1
-                        pos = stop
+                        last_start, pos = pos, stop
                         yield payload
                         continue
             problem, resume = _diagnose(view, pos, end)
@@ -210,6 +212,7 @@ def read_records(data: bytes | memoryview, result: ReadResult,
     finally:
         result.records += records
         result.good_end = pos
+        result.last_record_at = last_start
 
 
 def _diagnose(view: memoryview, pos: int, end: int) -> tuple[str, int | None]:
