@@ -31,7 +31,6 @@ Rules:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 from collections.abc import Generator, Iterable
 from types import TracebackType
@@ -101,15 +100,16 @@ class _ClientProtocol(asyncio.Protocol):
         self._pending[request_id] = future
         if command == "receive":
             self._receives[request_id] = args["queue"]
-        self._out.append(encode_request(request_id, command, args))
-        if not self._flush_scheduled and len(self._out) == 1 and self.transport is not None:
+        request = encode_request(request_id, command, args)
+        transport = self.transport
+        if self._out or self._flush_scheduled or transport is None or transport.is_closing():
+            self._out.append(request)
+            self._schedule_flush()
+        else:
             # Nothing else waits to go out: send now, saving a loop step per request
             # when calls are made one at a time. Requests made while this one is on
             # its way are gathered into one write on the next step, as before.
-            self._flush_scheduled = True
-            self._flush()
-        else:
-            self._schedule_flush()
+            self._write(request)
         return future
 
     def _give_back(self, queue: str, rows: list[list[Any]]) -> None:
@@ -131,10 +131,16 @@ class _ClientProtocol(asyncio.Protocol):
             return
         data = b"".join(self._out)
         self._out.clear()
-        # uvloop closes the handle of a connect() cancelled mid-handshake before
-        # is_closing() says so; its connection_lost follows and fails every call.
-        with contextlib.suppress(RuntimeError):
-            self.transport.write(data)
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        # try/except, not contextlib.suppress: no context manager made per write.
+        try:  # noqa: SIM105
+            self.transport.write(data)  # type: ignore[union-attr]
+        except RuntimeError:
+            # uvloop closes the handle of a connect() cancelled mid-handshake before
+            # is_closing() says so; its connection_lost follows and fails every call.
+            pass
 
 
 def put_options(args: dict[str, Any], delay: float | None, priority: int | None,
