@@ -29,7 +29,18 @@ from wonderq_server import compaction
 from wonderq_server.broker import Broker
 from wonderq_server.compaction import RATIO, Compaction, due
 from wonderq_server.journal import PUT_RECORD_OVERHEAD, Journal, journal_path
-from wonderq_server.journal_format import FILE_HEADER, SEQ, encode_record
+from wonderq_server.journal_format import (
+    FILE_HEADER,
+    PUT,
+    PUTS,
+    PUTX,
+    QUEUE,
+    SEQ,
+    STATE,
+    ReadResult,
+    encode_record,
+    read_records,
+)
 
 SLICE = 3
 NOW = T0 + 9  # after every operation below, before any lease or delay runs out
@@ -142,6 +153,16 @@ def compact(directory: Path, checkpoint: Checkpoint) -> tuple[Journal, Broker, i
     return journal, broker, size_before
 
 
+def compact_at_once(journal: Journal, broker: Broker, now: float) -> None:
+    """compact_at_once runs a whole compaction with nothing happening in between."""
+    c = Compaction(journal, broker)
+    c.start()
+    while not c.step():
+        pass
+    c.presync()
+    c.switch(now)
+
+
 def no_crash(stage: str, journal: Journal, broker: Broker) -> None:
     assert not journal.has_pending
 
@@ -189,12 +210,7 @@ def test_a_second_compaction_after_a_restart(tmp_path: Path) -> None:
     journal.close()
     journal, broker, _ = open_broker(tmp_path, NOW)
     expected = broker_state(broker)
-    c = Compaction(journal, broker)
-    c.start()
-    while not c.step():
-        pass
-    c.presync()
-    c.switch(NOW)
+    compact_at_once(journal, broker, NOW)
     assert journal_files(tmp_path) == ["journal.000003"]
     assert broker_state(broker) == expected
     journal.close()
@@ -382,3 +398,26 @@ def test_a_backlog_compacted_while_puts_go_on_is_restored_into_the_run(tmp_path:
     assert (q.messages.run_count, q.messages.others, q.ready) == (len(backlog + during), {}, [])
     taken = again.receive("q", 100, None, T0 + 2)
     assert [m.id for m in taken] == backlog + during  # oldest first, as ever
+
+
+def test_plain_messages_are_written_as_puts_records_a_slice_at_a_time(
+        tmp_path: Path) -> None:
+    journal, broker, _ = open_broker(tmp_path, T0)
+    broker.put_many("q", [b"q%d" % i for i in range(7)], T0)
+    broker.put_many("r", [b"r%d" % i for i in range(2)], T0)
+    [first] = broker.receive("q", 1, None, T0)  # q0: a Message, leased
+    broker.create_queue("explicit", {}, T0)
+    journal.write_pending()
+    expected = broker_state(broker)
+    compact_at_once(journal, broker, T0 + 1)
+    journal.close()
+    path = journal_path(tmp_path, 2)
+    records = list(read_records(path.read_bytes(), ReadResult(), False))
+    # Slices of 3 messages: [q0 q1 q2] [q3 q4 q5] [q6 r0 r1]; q0 is not plain.
+    assert [r[0] for r in records] == [SEQ, QUEUE, PUT, STATE, PUTS, PUTS, PUTS, PUTS]
+    assert [(r[1], len(r[2])) for r in records if r[0] == PUTS] == [
+        ("q", 2), ("q", 3), ("q", 1), ("r", 2)]
+    assert PUTX not in [r[0] for r in records] and records[2][2] == first.id
+    broker2, _ = restored(tmp_path, T0 + 1)
+    assert broker_state(broker2) == expected
+    assert broker2.queues["q"].messages.run_count == 6

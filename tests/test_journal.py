@@ -33,7 +33,17 @@ from wonderq_server.journal import (
     JournalError,
     journal_path,
 )
-from wonderq_server.journal_format import FILE_HEADER, PUT, JournalCorrupt, encode_record
+from wonderq_server.journal_format import (
+    FILE_HEADER,
+    PUT,
+    PUTS,
+    PUTX,
+    STATE,
+    JournalCorrupt,
+    ReadResult,
+    encode_record,
+    read_records,
+)
 from wonderq_server.message import DELAYED, LEASED, READY
 
 
@@ -255,6 +265,62 @@ def test_one_journal_per_directory(tmp_path: Path) -> None:
     second.close()
 
 
+def kinds_in(path: Path) -> list[int]:
+    return [record[0] for record in read_records(path.read_bytes(), ReadResult(), False)]
+
+
+def test_a_put_many_of_bare_bodies_is_one_puts_record(tmp_path: Path) -> None:
+    journal, broker, _ = open_broker(tmp_path, T0)
+    ids = broker.put_many("q", [b"one", b"two", b"three"], T0)
+    broker.put_many("q", [b"four", {"body": b"five", "priority": 1}], T0)  # not all bare
+    journal.close()
+    assert kinds_in(journal_file(tmp_path)) == [PUTS, PUT, PUTX]
+    expected = broker_state(broker)
+
+    broker2, report = restored(tmp_path, T0 + 1)
+    assert broker_state(broker2) == expected and report.records == 3
+    assert [m.id for m in broker2.receive("q", 3, None, T0 + 1)] == ids
+    assert broker2.queues["q"].messages.run_count == 1  # b"four"; five is a Message
+
+
+# Each a journal written as PUTS records, replayed against the same journal with one
+# PUT per (id, body) instead: the two must give the same broker.
+PUTS_CASES = {
+    "in order": [[PUTS, "q", [10, 11, 12], [b"a", b"b", b"c"]]],
+    "below the run": [[PUTS, "q", [10, 11], [b"a", b"b"]], [PUTS, "q", [5, 6], [b"c", b"d"]]],
+    "interleaved": [[PUTS, "q", [10, 12], [b"a", b"b"]], [PUTS, "q", [11, 13], [b"c", b"d"]]],
+    "an id again": [[PUTS, "q", [10, 11], [b"a", b"b"]],
+                    [STATE, "q", 11, LEASED, T0 + 50, 1, 77],
+                    [PUTS, "q", [11, 12], [b"b again", b"c"]]],
+    "an id again, above the run": [[PUTS, "q", [10], [b"a"]],
+                                   [PUTX, "q", 11, b"b", T0, {"priority": 1}],
+                                   [PUTS, "q", [11, 12], [b"b again", b"c"]]],
+    "two queues": [[PUTS, "q", [10], [b"a"]], [PUTS, "r", [11, 12], [b"b", b"c"]],
+                   [PUTS, "q", [13], [b"d"]]],
+}
+
+
+def as_single_puts(record: list) -> list[list]:
+    if record[0] != PUTS:
+        return [record]
+    return [[PUT, record[1], i, body, T0] for i, body in zip(record[2], record[3], strict=True)]
+
+
+@pytest.mark.parametrize("case", PUTS_CASES)
+def test_a_puts_record_replays_as_its_puts_would(tmp_path: Path, case: str) -> None:
+    records = PUTS_CASES[case]
+    states = []
+    for name, written in (("puts", records),
+                          ("single", [r for record in records for r in as_single_puts(record)])):
+        (tmp_path / name).mkdir()
+        journal_path(tmp_path / name, 1).write_bytes(
+            FILE_HEADER + b"".join(encode_record(r) for r in written))
+        broker, _ = restored(tmp_path / name, T0 + 1)
+        order = [m.id for m in broker.receive("q", 100, None, T0 + 1)]
+        states.append((broker_state(broker), order, broker.ids.last))
+    assert states[0] == states[1]
+
+
 # ------------------------------------------------- torn tails and damage
 
 def test_a_torn_tail_is_cut_off_and_appends_continue(tmp_path: Path) -> None:
@@ -268,7 +334,7 @@ def test_a_torn_tail_is_cut_off_and_appends_continue(tmp_path: Path) -> None:
 
     journal, broker, report = open_broker(tmp_path, T0 + 1)
     assert (report.torn_tail_bytes, report.records, report.file_bytes) == (
-        13, 2, len(good) + 13)
+        13, 1, len(good) + 13)  # the put_many is one PUTS record
     assert path.read_bytes() == good  # cut off on disk, not only skipped
     assert journal.size == len(good)
     broker.put("q", b"three", T0 + 1)
@@ -278,7 +344,7 @@ def test_a_torn_tail_is_cut_off_and_appends_continue(tmp_path: Path) -> None:
     broker2, report2 = restored(tmp_path, T0 + 1)
     assert broker_state(broker2) == expected
     assert bodies(broker2, "q") == [b"one", b"two", b"three"]
-    assert (report2.torn_tail_bytes, report2.records) == (0, 3)
+    assert (report2.torn_tail_bytes, report2.records) == (0, 2)
 
 
 def test_damage_in_the_middle_stops_the_start_unless_repair(tmp_path: Path) -> None:
@@ -321,6 +387,7 @@ def test_damage_in_the_middle_stops_the_start_unless_repair(tmp_path: Path) -> N
     [PUT, "q", 2**63 + 5, b"an id the run's array cannot hold", T0],
     [PUT, "q", "not an id", b"x", T0],
     [PUT, "q", 7],  # fields missing
+    [PUTS, "q", [7, 8], [b"one body for two ids"]],
 ])
 def test_a_record_that_passed_its_checksum_but_does_not_fit_stops_the_start(
         tmp_path: Path, bad_record: list) -> None:

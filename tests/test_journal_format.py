@@ -19,6 +19,7 @@ from wonderq_server.journal_format import (
     ACK,
     FILE_HEADER,
     PUT,
+    PUTS,
     RECORD_HEADER_BYTES,
     SEQ,
     STATE,
@@ -36,6 +37,7 @@ BIG_ID = (1_700_000_000_000 << 20) + 12345
 RECORDS: dict[str, list[Any]] = {
     "PUT": [PUT, "orders", BIG_ID, b"\x00body\xff" * 10, T0],
     "PUT empty body": [PUT, "q", 7, b"", 1.5],
+    "PUTS": [PUTS, "orders", [BIG_ID, BIG_ID + 1, BIG_ID + 5], [b"a", b"", b"\x00c" * 40]],
     "STATE leased": [STATE, "orders", BIG_ID, 1, T0 + 30.0, 1, BIG_ID + 1],
     "STATE delayed": [STATE, "orders", BIG_ID, 2, T0 + 60.5, 3, BIG_ID + 9],
     "STATE ready, never leased": [STATE, "q.x-y_z", 7, 0, 0.0, 0, None],

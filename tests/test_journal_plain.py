@@ -19,6 +19,7 @@ from wonderq_server.journal_format import (
     ACK,
     FILE_HEADER,
     PUT,
+    PUTS,
     PUTX,
     STATE,
     ReadResult,
@@ -49,10 +50,10 @@ def test_plain_messages_come_back_plain_and_leased_ones_as_messages(tmp_path: Pa
     journal.write_pending()
     expected = broker_state(broker)
     journal.close()
-    assert [r[:3] for r in records_of(tmp_path) if r[0] == PUT] == [
-        [PUT, "q", first], [PUT, "q", second], [PUT, "q", third]]
-    assert all(r[4] == id_time(r[2]) == T0 + 0.25 for r in records_of(tmp_path)
-               if r[0] == PUT)  # enqueued_at: the time in the id
+    # The bare put_many is one PUTS record: no enqueued_at, which is the time in each id.
+    assert [r for r in records_of(tmp_path) if r[0] == PUTS] == [
+        [PUTS, "q", [first, second, third], [b"one", b"two", b"three"]]]
+    assert id_time(first) == id_time(third) == T0 + 0.25
     again, _ = restored(tmp_path, T0 + 2)
     assert broker_state(again) == expected
     stored = again.queues["q"].messages

@@ -176,3 +176,22 @@ def test_extend_run_appends_fresh_ids_and_refuses_old_ones() -> None:
     with pytest.raises(ValueError):
         table.extend_run(range(12, 14), [b"d", b"e"])  # 12 is not above the run's last
     assert len(table) == 3
+
+
+def test_extend_run_if_in_order_takes_only_rising_fresh_ids() -> None:
+    table = MessageTable()
+    assert table.extend_run_if_in_order([10, 11, 13], [b"a", b"b", b"c"])
+    assert list(table.items()) == [(10, b"a"), (11, b"b"), (13, b"c")]
+    table[20] = Obj(20)  # into `others`
+    refused = {
+        "not rising": ([15, 14], [b"x", b"y"]),
+        "not above the run's last": ([13, 14], [b"x", b"y"]),
+        "an id of others": ([19, 20], [b"x", b"y"]),
+        "one body short": ([30, 31], [b"x"]),
+        "nothing": ([], []),
+    }
+    for ids, bodies in refused.values():
+        assert not table.extend_run_if_in_order(ids, bodies)
+    assert list(table) == [10, 11, 13, 20] and table.run_count == 3  # nothing stored
+    assert table.extend_run_if_in_order([21, 22], [b"d", b"e"])  # above others' too: fine
+    assert list(table) == [10, 11, 13, 20, 21, 22] and table.run_count == 5

@@ -9,7 +9,8 @@ a time, between event-loop iterations, while the server keeps running:
    here on, every record the server writes to the live journal is also
    written to the .tmp file, in the same order.
 2. step: for the next `SLICE_MESSAGES` messages, write each one still stored
-   as a PUT or PUTX (plus a STATE if it was ever delivered or is not ready).
+   as a PUT or PUTX (plus a STATE if it was ever delivered or is not ready);
+   plain messages of one queue in a row go in one PUTS record.
    The list holds (queue name, id) pairs, looked up at step time, not the
    messages themselves: most messages are plain (message.py), a body with
    no object to hold on to. A message no longer where the list says was
@@ -47,7 +48,7 @@ from .journal import (
     CompactionFailed,
     Journal,
     journal_path,
-    plain_put_record,
+    plain_puts_record,
     put_record,
     state_record,
 )
@@ -109,24 +110,37 @@ class Compaction:
         records: list[bytes] = []
         count = size = 0
         queues = self.broker.queues
+        # Plain messages of one queue in a row become one PUTS record (journal_format.py).
+        plain_queue, plain_ids, plain_bodies = "", [], []
         for name, message_id in self._messages:
             q = queues.get(name)
             msg = q.messages.get(message_id) if q is not None else None
             if msg is None:
                 continue  # acked, expired, purged or moved since the list was taken
-            if type(msg) is bytes:
-                records.append(encode_record(plain_put_record(name, message_id, msg)))
-                size += len(records[-1])
+            if type(msg) is bytes and name == plain_queue:
+                plain_ids.append(message_id)
+                plain_bodies.append(msg)
+                size += len(msg)
             else:
-                records.append(encode_record(put_record(msg)))
-                size += len(records[-1])
-                if msg.deliveries or msg.state != READY:
-                    records.append(encode_record(state_record(msg)))
+                if plain_ids:
+                    records.append(encode_record(
+                        plain_puts_record(plain_queue, plain_ids, plain_bodies)))
+                plain_queue, plain_ids, plain_bodies = "", [], []
+                if type(msg) is bytes:
+                    plain_queue, plain_ids, plain_bodies = name, [message_id], [msg]
+                    size += len(msg)
+                else:
+                    records.append(encode_record(put_record(msg)))
+                    size += len(records[-1])
+                    if msg.deliveries or msg.state != READY:
+                        records.append(encode_record(state_record(msg)))
             count += 1
             if count >= SLICE_MESSAGES or size >= SLICE_BYTES:
                 break
         else:
             count = -1  # every id has been written
+        if plain_ids:
+            records.append(encode_record(plain_puts_record(plain_queue, plain_ids, plain_bodies)))
         if records:
             self._write(b"".join(records))
             self.records += len(records)

@@ -47,7 +47,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,6 +60,7 @@ from .journal_format import (
     MOVE,
     PURGE,
     PUT,
+    PUTS,
     PUTX,
     QUEUE,
     SEQ,
@@ -276,6 +277,16 @@ class Journal:
         self._newest_put_pending = message_id
         self.live_bytes += len(record)
 
+    def put_plain_batch(self, q: Queue, ids: Sequence[int], bodies: Sequence[bytes]) -> None:
+        """put_plain_batch: the PUTs of a batch of plain messages, as one PUTS record."""
+        record = encode_record(plain_puts_record(q.name, ids, bodies))
+        self._pending.append(record)
+        self.durable_pending = True
+        self._newest_put_pending = max(ids)
+        # Counted as the messages' PUTs would be (what their acks take back): a little
+        # more than the record, so compaction starts a little later, never earlier.
+        self.live_bytes += sum(map(len, bodies)) + len(ids) * (len(q.name) + PUT_RECORD_OVERHEAD)
+
     def state(self, msg: Message) -> None:
         self._pending.append(encode_record(state_record(msg)))
         if msg.state != LEASED:  # a nack; leases and touches never make anyone wait
@@ -442,7 +453,8 @@ def replay_records(broker: Broker, records: Any, now: float) -> None:
 
     Consecutive PUT records to one queue go to `restore_puts` a run at a time
     (a start replays one for every message waiting, millions): the run is
-    applied before any other record, so the order holds.
+    applied before any other record, so the order holds. A PUTS record is
+    such a run already.
     """
     restore_put = broker.restore_put
     restore_state = broker.restore_state
@@ -464,7 +476,9 @@ def replay_records(broker: Broker, records: Any, now: float) -> None:
         if run_ids:
             broker.restore_puts(run_queue, run_ids, run_bodies)
             run_ids, run_bodies = [], []
-        if kind == STATE:
+        if kind == PUTS:
+            broker.restore_puts(record[1], record[2], record[3])
+        elif kind == STATE:
             _, queue, message_id, state, deadline_at, deliveries, lease = record
             if state not in (LEASED, DELAYED):
                 state = 0
@@ -514,3 +528,8 @@ def put_record(msg: Message) -> list[Any]:
 def plain_put_record(queue: str, message_id: int, body: bytes) -> list[Any]:
     """plain_put_record is a plain message's PUT (message.py)."""
     return [PUT, queue, message_id, body, id_time(message_id)]
+
+
+def plain_puts_record(queue: str, ids: Sequence[int], bodies: Sequence[bytes]) -> list[Any]:
+    """plain_puts_record is the PUTS of plain messages of one queue, in this order."""
+    return [PUTS, queue, list(ids), list(bodies)]

@@ -35,6 +35,15 @@ in the same state as replaying it once):
     QUEUE  [7, queue, {settings}]                an explicit queue's whole settings
     PURGE  [8, queue]                            every message of the queue deleted
     DROP   [9, queue]                            the queue and its messages deleted
+    PUTS   [10, queue, [id, ...], [body, ...]]   plain messages (no options) stored,
+                                                 ready, never delivered: one PUT per
+                                                 (id, body) pair, in that order
+
+A put_many of bare bodies is one PUTS record, not a PUT per body, and
+compaction writes a queue's runs of plain messages as PUTS records too: a
+start replays one record (one checksum, one decode) per batch rather than
+per message. A batch's record is whole or, as a torn tail, absent, and the
+batch was answered only once it was written, so it is all or nothing.
 
 A move is one record, not an ACK and a PUT, so no crash can leave a message
 in neither queue (or in both). It holds the whole message because a
@@ -87,8 +96,9 @@ MOVE = 6
 QUEUE = 7
 PURGE = 8
 DROP = 9
+PUTS = 10
 KINDS = {PUT: "PUT", STATE: "STATE", ACK: "ACK", SEQ: "SEQ", PUTX: "PUTX", MOVE: "MOVE",
-         QUEUE: "QUEUE", PURGE: "PURGE", DROP: "DROP"}
+         QUEUE: "QUEUE", PURGE: "PURGE", DROP: "DROP", PUTS: "PUTS"}
 
 _packer = msgpack.Packer(use_bin_type=True)
 _HEADER = struct.Struct(">II")  # length, crc32

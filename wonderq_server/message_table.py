@@ -42,9 +42,11 @@ Must not know: message states beyond "plain", the ready heap, journals, clocks.
 from __future__ import annotations
 
 import heapq
+import operator
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterator, Mapping, Sequence
+from itertools import islice
 from typing import Any
 
 # A run is compacted only once it has this many dead entries (taken from its
@@ -170,6 +172,22 @@ class MessageTable(Mapping[int, Any]):
         run_ids.extend(ids)
         self._run_bodies.extend(bodies)
         self._live += len(bodies)
+
+    def extend_run_if_in_order(self, ids: Sequence[int], bodies: Sequence[bytes]) -> bool:
+        """extend_run_if_in_order appends plain messages in one step if their ids rise,
+        start above the run's last and are none of `others`' (replay's runs of PUTs
+        mostly do); False, storing nothing, otherwise."""
+        run_ids = self._run_ids
+        if not ids or len(ids) != len(bodies) or (run_ids and ids[0] <= run_ids[-1]):
+            return False
+        if not all(map(operator.lt, ids, islice(ids, 1, None))):
+            return False
+        if self.others and any(map(self.others.__contains__, ids)):
+            return False
+        run_ids.extend(ids)
+        self._run_bodies.extend(bodies)
+        self._live += len(bodies)
+        return True
 
     # ------------------------------------------------- the run's ready order
 

@@ -77,6 +77,10 @@ class Replay:
         but an append to the table's run (message_table.py)."""
         q = self._restored_queue(name)
         messages, ready = q.messages, q.ready
+        if messages.extend_run_if_in_order(ids, bodies):  # the usual case, in one step
+            self._count_restored_puts(q, len(ids), sum(map(len, bodies)))
+            self.ids.observe(ids[-1])
+            return
         append_to_run = messages.append_to_run
         count = size = 0
         for message_id, body in zip(ids, bodies, strict=True):
