@@ -195,3 +195,26 @@ def test_extend_run_if_in_order_takes_only_rising_fresh_ids() -> None:
     assert list(table) == [10, 11, 13, 20] and table.run_count == 3  # nothing stored
     assert table.extend_run_if_in_order([21, 22], [b"d", b"e"])  # above others' too: fine
     assert list(table) == [10, 11, 13, 20, 21, 22] and table.run_count == 5
+
+
+def test_take_first_plain_many_takes_the_oldest_with_or_without_holes() -> None:
+    table = MessageTable()
+    table.extend_run(range(1, 11), [b"%d" % i for i in range(1, 11)])
+    assert table.take_first_plain_many(3) == ([1, 2, 3], [b"1", b"2", b"3"])
+    del table[5]  # a hole ahead
+    table[6] = Obj(6)  # materialized: out of the run, another hole
+    assert table.take_first_plain_many(3) == ([4, 7, 8], [b"4", b"7", b"8"])
+    assert table.take_first_plain_many(10) == ([9, 10], [b"9", b"10"])  # all there is
+    assert table.take_first_plain_many(5) == ([], [])
+    assert table.run_count == 0 and list(table) == [6]
+
+
+def test_take_first_plain_many_compacts_a_drained_run() -> None:
+    table = MessageTable()
+    n = RUN_COMPACT_MIN_DEAD * 3
+    table.extend_run(range(n), [b"x"] * n)
+    taken = []
+    while table.run_count:
+        taken += table.take_first_plain_many(100)[0]
+    assert taken == list(range(n))
+    assert len(table._run_ids) < RUN_COMPACT_MIN_DEAD + 100  # cut as it drained

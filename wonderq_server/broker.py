@@ -415,6 +415,8 @@ class Broker(QueueAdmin, Replay):
         (once: it stays a Message from then on)."""
         taken: list[Message] = []
         ready, messages = q.ready, q.messages
+        if not ready and messages.run_count:  # only the run holds ready messages
+            return self._take_from_run(q, max_messages, now + visibility_s, now)
         while q.ready_count and len(taken) < max_messages:
             # The oldest plain messages wait in the table's run, the rest on the
             # heap (queues.py): take whichever comes first by key.
@@ -440,6 +442,30 @@ class Broker(QueueAdmin, Replay):
             taken.append(msg)
             if self.journal is not None:
                 self.journal.state(msg)
+        return taken
+
+    def _take_from_run(self, q: Queue, max_messages: int, deadline_at: float,
+                       now: float) -> list[Message]:
+        """_take_from_run is `_take` when every ready message is in the table's run (a
+        backlog put in order and never delivered: the usual case): the oldest are
+        leased as the loop in `_take` would lease them one by one, with one slice of
+        the run, one range of lease ids and each count updated once."""
+        ids, bodies = q.messages.take_first_plain_many(max_messages)
+        leases = self.ids.next_range(now, len(ids))
+        others, push, journal = q.messages.others, self.deadlines.push, self.journal
+        taken = []
+        for message_id, body, lease in zip(ids, bodies, leases, strict=True):
+            msg = others[message_id] = Message(message_id, body, q)
+            msg.state = LEASED
+            msg.deadline_at = deadline_at
+            msg.deliveries = 1
+            msg.lease = lease
+            push(deadline_at, msg)
+            taken.append(msg)
+            if journal is not None:
+                journal.state(msg)
+        q.ready_count -= len(taken)
+        q.leased_count += len(taken)
         return taken
 
     def _serve_waiters(self, q: Queue, now: float) -> None:
