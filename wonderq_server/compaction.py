@@ -48,6 +48,7 @@ from .journal import (
     CompactionFailed,
     Journal,
     journal_path,
+    live_estimate,
     plain_puts_record,
     put_record,
     state_record,
@@ -166,7 +167,7 @@ class Compaction:
         journal.compaction_fd = -1
         journal.size = os.lseek(self.fd, 0, os.SEEK_END)
         journal.records = self.records + journal.compaction_records
-        journal.live_bytes = journal.size
+        journal.live_bytes = live_estimate(self.broker)  # as a restart would rebuild it
         journal.last_compaction_at = now
         os.close(old_fd)
         os.unlink(journal_path(journal.directory, old_generation))

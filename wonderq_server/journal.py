@@ -81,8 +81,11 @@ logger = logging.getLogger("wonderq.journal")
 
 FSYNC_POLICIES = ("always", "everysec", "never")
 JOURNAL_NAME = re.compile(r"journal\.(\d{6,})$")
-# Bytes a PUT record takes beyond its body and queue name (framing, ids, time).
-PUT_RECORD_OVERHEAD = 40
+# Bytes a live message is counted for in `live_bytes` beyond its body: about what it
+# takes in a compacted journal, where most are in PUTS records (its id, 9 bytes, and its
+# body's length, 2 or 3). Every put adds, and its ack takes back, exactly this plus the
+# body, so `live_bytes` stays `live_estimate(broker)` between rebuilds.
+PUT_RECORD_OVERHEAD = 16
 
 
 class JournalError(Exception):
@@ -250,12 +253,17 @@ class Journal:
         if result.good_end < len(data):
             os.ftruncate(self.fd, result.good_end)
             os.fsync(self.fd)
+        if data[:len(FILE_HEADER)] != FILE_HEADER:
+            # An older version's file: this server may append records it cannot read
+            # (PUTS), so it must say so before the first append. 8 bytes in place;
+            # either header, if a crash interrupts, is one this server reads.
+            os.pwrite(self.fd, FILE_HEADER, 0)
+            os.fsync(self.fd)
         os.lseek(self.fd, result.good_end, os.SEEK_SET)
         self.size = result.good_end
         self.records = result.records
         messages = sum(len(q.messages) for q in broker.queues.values())
-        self.live_bytes = sum(q.body_bytes + len(q.messages) * (len(q.name) + PUT_RECORD_OVERHEAD)
-                              for q in broker.queues.values())
+        self.live_bytes = live_estimate(broker)
         return RecoveryReport(str(path), result.records, messages, len(broker.queues),
                               time.perf_counter() - started, len(data),
                               result.torn_tail_bytes, result.skipped)
@@ -263,29 +271,25 @@ class Journal:
     # ------------------------------------------------------- ChangeLog (broker)
 
     def put(self, msg: Message) -> None:
-        record = encode_record(put_record(msg))
-        self._pending.append(record)
+        self._pending.append(encode_record(put_record(msg)))
         self.durable_pending = True
         self._newest_put_pending = msg.id
-        self.live_bytes += len(record)
+        self.live_bytes += len(msg.body) + PUT_RECORD_OVERHEAD
 
     def put_plain(self, q: Queue, message_id: int, body: bytes) -> None:
         """put_plain: the PUT of a plain message (message.py), which has no Message."""
-        record = encode_record(plain_put_record(q.name, message_id, body))
-        self._pending.append(record)
+        self._pending.append(encode_record(plain_put_record(q.name, message_id, body)))
         self.durable_pending = True
         self._newest_put_pending = message_id
-        self.live_bytes += len(record)
+        self.live_bytes += len(body) + PUT_RECORD_OVERHEAD
 
     def put_plain_batch(self, q: Queue, ids: Sequence[int], bodies: Sequence[bytes]) -> None:
         """put_plain_batch: the PUTs of a batch of plain messages, as one PUTS record."""
         record = encode_record(plain_puts_record(q.name, ids, bodies))
         self._pending.append(record)
         self.durable_pending = True
-        self._newest_put_pending = max(ids)
-        # Counted as the messages' PUTs would be (what their acks take back): a little
-        # more than the record, so compaction starts a little later, never earlier.
-        self.live_bytes += sum(map(len, bodies)) + len(ids) * (len(q.name) + PUT_RECORD_OVERHEAD)
+        self._newest_put_pending = ids[-1]  # fresh ids, rising (broker._store_plain_batch)
+        self.live_bytes += sum(map(len, bodies)) + len(ids) * PUT_RECORD_OVERHEAD
 
     def state(self, msg: Message) -> None:
         self._pending.append(encode_record(state_record(msg)))
@@ -299,8 +303,7 @@ class Journal:
     def ack(self, msg: Message) -> None:
         self._pending.append(encode_record([ACK, msg.queue.name, msg.id]))
         self.durable_pending = True
-        self.live_bytes = max(0, self.live_bytes - len(msg.body) - len(msg.queue.name)
-                              - PUT_RECORD_OVERHEAD)
+        self.live_bytes = max(0, self.live_bytes - len(msg.body) - PUT_RECORD_OVERHEAD)
 
     def move(self, msg: Message, from_queue: str) -> None:
         """move: the whole moved message, so replay can make it without its PUT."""
@@ -332,7 +335,7 @@ class Journal:
 
     def _forget_live(self, q: Queue) -> None:
         self.live_bytes = max(0, self.live_bytes - q.body_bytes
-                              - len(q.messages) * (len(q.name) + PUT_RECORD_OVERHEAD))
+                              - len(q.messages) * PUT_RECORD_OVERHEAD)
 
     def sequence(self, last_id: int) -> bytes:
         return encode_record([SEQ, last_id])
@@ -442,6 +445,15 @@ class Journal:
             if self.fsync_count else 0.0,
             "last_compaction_at": self.last_compaction_at or 0.0,
         }
+
+
+def live_estimate(broker: Broker) -> int:
+    """live_estimate is `live_bytes` rebuilt from the broker (at a start and after a
+    compaction): each message counted as its put added it and its ack takes it back
+    (PUT_RECORD_OVERHEAD). Not the compacted file's size: an ack must take back what
+    was added, or `live_bytes` drifts and compaction comes early or late."""
+    return sum(q.body_bytes + len(q.messages) * PUT_RECORD_OVERHEAD
+               for q in broker.queues.values())
 
 
 class CompactionFailed(JournalError):

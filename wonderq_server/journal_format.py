@@ -84,7 +84,9 @@ from typing import Any
 import msgpack
 
 MAGIC = b"WQJRNL"
-VERSION = 1
+# 2: PUTS records. A version-1 reader calls a PUTS "damaged" and offers --repair, which
+# would drop every message in one; the version refuses the file outright instead.
+VERSION = 2
 FILE_HEADER = MAGIC + bytes([VERSION]) + b"\n"
 RECORD_HEADER_BYTES = 8
 PUT = 1
