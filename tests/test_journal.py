@@ -34,15 +34,21 @@ from wonderq_server.journal import (
     journal_path,
 )
 from wonderq_server.journal_format import (
+    ACK,
+    DROP,
     FILE_HEADER,
+    MOVE,
+    PURGE,
     PUT,
     PUTS,
     PUTX,
+    QUEUE,
     SEQ,
     STATE,
     JournalCorrupt,
     ReadResult,
     encode_record,
+    first_misfit,
     read_records,
 )
 from wonderq_server.message import DELAYED, LEASED, READY
@@ -429,7 +435,10 @@ def test_a_record_that_passed_its_checksum_but_does_not_fit_stops_the_start(
     journal.close()
     path = journal_file(tmp_path)
     bad = path.stat().st_size
-    path.write_bytes(path.read_bytes() + encode_record(bad_record))
+    # Good PUTs after it: replay applies the run of PUTs only after reading them, but the
+    # error must still name the bad record, not the last one read.
+    after = [encode_record([PUT, "q", (1 << 61) + i, b"later", T0]) for i in range(3)]
+    path.write_bytes(path.read_bytes() + encode_record(bad_record) + b"".join(after))
     before = path.read_bytes()
 
     for repair in (False, True):  # repair cannot skip it either: it is no checksum failure
@@ -440,6 +449,32 @@ def test_a_record_that_passed_its_checksum_but_does_not_fit_stops_the_start(
         assert info.value.offset == bad
         assert str(path) in info.value.reason and "does not fit its kind" in info.value.reason
     assert path.read_bytes() == before  # a refused start changes nothing
+
+
+def test_every_record_the_server_writes_fits_its_kind(tmp_path: Path) -> None:
+    """The field checks that name a bad record (journal_format.misfit) accept everything
+    a running broker writes: every kind, with its optional fields given and not."""
+    journal, broker, _ = open_broker(tmp_path, T0)
+    broker.create_queue("dead", {}, T0)
+    broker.create_queue("q", {"max_deliveries": 1, "dead_letter_queue": "dead"}, T0)
+    broker.put("q", b"plain", T0)
+    broker.put_many("q", [b"a", b"b"], T0)
+    broker.put("q", b"options", T0, priority=-3, headers={"k": "v"}, expiry=600.0)
+    broker.put("q", b"delayed", T0, delay=5.0)
+    urgent, plain, a = broker.receive("q", 3, None, T0 + 1)
+    broker.touch("q", plain.id, plain.lease, 60.0, T0 + 1)
+    broker.ack("q", a.id, a.lease, T0 + 1)
+    broker.nack("q", urgent.id, urgent.lease, 0, T0 + 1)  # max_deliveries 1: a MOVE
+    broker.redrive("dead", None, T0 + 2)  # another MOVE
+    broker.purge("q", T0 + 3)
+    broker.put("gone", b"x", T0 + 3)
+    broker.delete_queue("gone", T0 + 3)
+    journal.write_pending()
+    journal.close()
+    data = journal_file(tmp_path).read_bytes()
+    assert first_misfit(data, repair=False) is None
+    kinds = set(kinds_in(journal_file(tmp_path)))
+    assert kinds >= {PUT, PUTS, PUTX, STATE, ACK, MOVE, QUEUE, PURGE, DROP}
 
 
 # ------------------------------------------------------------- disk faults

@@ -27,6 +27,8 @@ from wonderq_server.journal_format import (
     JournalCorrupt,
     ReadResult,
     encode_record,
+    first_misfit,
+    misfit,
     read_records,
 )
 
@@ -282,3 +284,29 @@ def test_a_zero_filled_tail_is_a_torn_tail(zeros: int) -> None:
     got, result = read_all(data + bytes(zeros))
     assert got == [RECORDS["PUT"], RECORDS["ACK"]]
     assert (result.good_end, result.torn_tail_bytes) == (len(data), zeros)
+
+
+# ------------------------------------------------------------- field checks
+
+@pytest.mark.parametrize("name", RECORDS)
+def test_every_kind_fits_its_fields(name: str) -> None:
+    assert misfit(RECORDS[name]) is None
+
+
+@pytest.mark.parametrize(("record", "problem"), [
+    ([PUT, "q", 2**63, b"x", T0], "PUT field 2 is"),
+    ([PUT, "q", -1, b"x", T0], "PUT field 2 is"),
+    ([PUT, "q", True, b"x", T0], "PUT field 2 is"),
+    ([PUT, "q", 7, "a str body", T0], "PUT field 3 is"),
+    ([PUT, "q", 7], "PUT has 2 fields, not 4"),
+    ([STATE, "q", 7, 1, T0, 1, "lease"], "STATE field 6 is"),
+    ([ACK, 5, 7], "ACK field 1 is"),
+    ([PUTS, "q", [7, 8], [b"one"]], "PUTS has 2 ids for 1 bodies"),
+    ([PUTS, "q", [7, "8"], [b"a", b"b"]], "PUTS field 2 is"),
+])
+def test_a_record_that_does_not_fit_is_named(record: list[Any], problem: str) -> None:
+    assert misfit(record).startswith(problem)
+    good = encode_record(RECORDS["PUT"])
+    data = FILE_HEADER + good + encode_record(record) + good
+    assert first_misfit(data, repair=False) == (len(FILE_HEADER) + len(good), misfit(record))
+    assert first_misfit(FILE_HEADER + good + good, repair=False) is None

@@ -68,6 +68,7 @@ from .journal_format import (
     JournalCorrupt,
     ReadResult,
     encode_record,
+    first_misfit,
     read_records,
 )
 from .message import DELAYED, LEASED
@@ -225,15 +226,23 @@ class Journal:
             raise JournalCorrupt(exc.offset, f"{path}: {exc.reason} (start with --repair to "
                                  "skip damaged records and lose them)") from None
         except Exception as exc:
-            # A record that passed its checksum yet does not fit its kind (a field of
-            # the wrong type, an id past 2**63) was written that way: by a bug or by
-            # hand. Repair cannot skip it (runs of PUTs are applied together, after
-            # later records were read), so the start stops and names where it is.
+            # Replay does not check each record's fields (a start replays millions), so
+            # a record that passed its checksum yet does not fit its kind (written so by
+            # a bug or by hand) fails here, maybe while a later record is applied (runs
+            # of PUTs go together). Only now is the file checked record by record, to
+            # name the one to blame. --repair cannot skip it: the start stops.
             records.close()
+            misfit = first_misfit(data, self.repair)
+            if misfit is not None:
+                raise JournalCorrupt(misfit[0], (
+                    f"{path}: a record passed its checksum but does not fit its kind "
+                    f"({misfit[1]}); --repair does not skip such records: move the journal "
+                    "aside, cut it before this offset and start again")) from None
+            logger.exception("replaying %s failed at a record that fits its kind", path)
             raise JournalCorrupt(result.last_record_at, (
-                f"{path}: a record at or before this offset passed its checksum but does not "
-                f"fit its kind ({type(exc).__name__}: {exc}); --repair cannot skip it: cut "
-                "the journal before it (keeping a copy) and start again")) from None
+                f"{path}: replay failed at or before this offset although every record "
+                f"fits its kind ({type(exc).__name__}: {exc}); this looks like a bug in the "
+                "server: keep the journal and report it")) from None
         finally:
             gc.enable()
         gc.freeze()

@@ -227,6 +227,74 @@ def read_records(data: bytes | memoryview, result: ReadResult,
         result.last_record_at = last_start
 
 
+# What each kind's fields must be, after the kind itself (the table in the docstring).
+# Replay does not check these per record (a start replays millions); `first_misfit`
+# does, once replay has failed, to name the record to blame.
+_ID_LIMIT = 1 << 63  # ids live in signed 64-bit arrays (message_table.py)
+
+
+def _is_id(value: Any) -> bool:
+    return type(value) is int and 0 <= value < _ID_LIMIT
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) in (int, float)
+
+
+def _is_list_of(check: Any) -> Any:
+    return lambda value: type(value) is list and all(map(check, value))
+
+
+def _or_none(check: Any) -> Any:
+    return lambda value: value is None or check(value)
+
+
+def _is(kind: type) -> Any:
+    return lambda value: type(value) is kind
+
+
+_FIELDS: dict[int, tuple[Any, ...]] = {
+    PUT: (_is(str), _is_id, _is(bytes), _is_number),
+    STATE: (_is(str), _is_id, _is(int), _is_number, _is(int), _or_none(_is_id)),
+    ACK: (_is(str), _is_id),
+    SEQ: (_is_id,),
+    PUTX: (_is(str), _is_id, _is(bytes), _is_number, _is(dict)),
+    MOVE: (_is(str), _is_id, _is(str), _is(int), _or_none(_is(list)), _or_none(_is_number),
+           _is(bytes), _is_number, _is(dict)),
+    QUEUE: (_is(str), _is(dict)),
+    PURGE: (_is(str),),
+    DROP: (_is(str),),
+    PUTS: (_is(str), _is_list_of(_is_id), _is_list_of(_is(bytes))),
+}
+
+
+def misfit(payload: list[Any]) -> str | None:
+    """misfit says how a decoded record does not fit its kind's fields, or None."""
+    fields = _FIELDS[payload[0]]
+    name = KINDS[payload[0]]
+    if len(payload) != len(fields) + 1:
+        return f"{name} has {len(payload) - 1} fields, not {len(fields)}"
+    for index, (check, value) in enumerate(zip(fields, payload[1:], strict=True), 1):
+        if not check(value):
+            return f"{name} field {index} is {str(value)[:40]!r}"
+    if payload[0] == PUTS and len(payload[2]) != len(payload[3]):
+        return f"PUTS has {len(payload[2])} ids for {len(payload[3])} bodies"
+    return None
+
+
+def first_misfit(data: bytes | memoryview, repair: bool) -> tuple[int, str] | None:
+    """first_misfit is (offset, problem) of the first record, of those `read_records`
+    hands out, that does not fit its kind; None if every one fits."""
+    result = ReadResult()
+    records = read_records(data, result, repair)
+    for payload in records:
+        problem = misfit(payload)
+        if problem is not None:
+            records.close()  # sets last_record_at: this record's offset
+            return result.last_record_at, problem
+    return None
+
+
 def _diagnose(view: memoryview, pos: int, end: int) -> tuple[str, int | None]:
     """_diagnose says what is wrong with the record at `pos` and where reading may
     resume after it: (problem, offset), or (problem, None) for a torn tail.
