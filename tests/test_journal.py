@@ -634,3 +634,64 @@ def test_a_nack_served_straight_to_a_waiter_is_durable(tmp_path: Path) -> None:
     broker2, _ = restored(tmp_path, T0 + 2)
     assert broker_state(broker2) == expected
     assert broker2.queues["q"].messages[message_id].deliveries == 2
+
+
+# ------------------------------------------- review2: naming the record to blame
+
+def _journal_of(tmp_path: Path, *records: list, tail: bytes = b"") -> Path:
+    path = tmp_path / "journal.000001"
+    path.write_bytes(FILE_HEADER + b"".join(map(encode_record, records)) + tail)
+    return path
+
+
+def _start_error(tmp_path: Path, repair: bool = False) -> JournalCorrupt:
+    journal = Journal(tmp_path, repair=repair)
+    with pytest.raises(JournalCorrupt) as info:
+        journal.open(Broker(), T0)
+    journal.close()
+    return info.value
+
+
+FITS_BUT_FAILS = [PUTX, "q", (1 << 61) + 1, b"b", T0, {"headers": 5}]  # options unchecked
+
+
+def test_a_misfit_after_the_record_replay_failed_at_is_not_blamed(tmp_path: Path) -> None:
+    later = [[PUT, "q", (1 << 61) + i, b"c", T0] for i in range(2, 5)]
+    _journal_of(tmp_path, FITS_BUT_FAILS, *later, [PUT, "q", "not an id", b"d", T0])
+    error = _start_error(tmp_path)
+    assert error.offset == len(FILE_HEADER) and "bug in the server" in error.reason
+
+
+def test_damage_after_the_record_replay_failed_at_is_not_reported(tmp_path: Path) -> None:
+    good = encode_record([PUT, "q", (1 << 61) + 9, b"z", T0])
+    damaged = good[:-1] + bytes([good[-1] ^ 0xFF])
+    path = _journal_of(tmp_path, FITS_BUT_FAILS, tail=damaged + good)
+    error = _start_error(tmp_path)
+    assert error.offset == len(FILE_HEADER) and str(path) in error.reason
+
+
+def test_a_deeply_nested_misfit_is_named_not_a_crash(tmp_path: Path) -> None:
+    deep: list = []
+    inner = deep
+    for _ in range(1000):
+        inner.append([])
+        inner = inner[0]
+    _journal_of(tmp_path, [PUT, "q", deep, b"a", T0])
+    error = _start_error(tmp_path)
+    assert error.offset == len(FILE_HEADER) and "PUT field 2 is" in error.reason
+
+
+def test_a_move_as_version_1_wrote_it_before_a2807bf_is_replayed(tmp_path: Path) -> None:
+    message_id, lease = (1 << 61) + 1, (1 << 61) + 2
+    _journal_of(tmp_path, [PUTX, "q", message_id, b"a", T0, {}],
+                [STATE, "q", message_id, 0, 0.0, 2, lease],
+                [MOVE, "q", message_id, "dead", 2, ["q", T0 + 1], None],  # 6 fields
+                [MOVE, "gone", message_id + 5, "dead", 0, None, None])  # nothing to make
+    broker = Broker()
+    journal = Journal(tmp_path)
+    journal.open(broker, T0 + 2)
+    journal.close()
+    assert "q" not in broker.queues
+    msg = broker.queues["dead"].messages[message_id]
+    assert (msg.body, msg.deliveries, msg.origin) == (b"a", 2, ("q", T0 + 1))
+    assert len(broker.queues["dead"].messages) == 1

@@ -232,7 +232,7 @@ class Journal:
             # of PUTs go together). Only now is the file checked record by record, to
             # name the one to blame. --repair cannot skip it: the start stops.
             records.close()
-            misfit = first_misfit(data, self.repair)
+            misfit = first_misfit(data, self.repair, result.records)
             if misfit is not None:
                 raise JournalCorrupt(misfit[0], (
                     f"{path}: a record passed its checksum but does not fit its kind "
@@ -511,7 +511,10 @@ def replay_records(broker: Broker, records: Any, now: float) -> None:
         elif kind == PUTX:
             restore_put(record[1], record[2], record[3], record[5])
         elif kind == MOVE:  # record[8], enqueued_at, is the time in the id
-            broker.restore_move(*record[1:8], record[9])
+            if len(record) == 7:  # version 1 before a2807bf: no body, options or enqueued_at
+                broker.restore_move(*record[1:7], None, None)
+            else:
+                broker.restore_move(*record[1:8], record[9])
         elif kind == QUEUE:
             broker.restore_queue_settings(record[1], record[2])
         elif kind == PURGE:

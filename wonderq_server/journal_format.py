@@ -75,10 +75,12 @@ Must not know: files, sockets, clocks, the broker.
 
 from __future__ import annotations
 
+import reprlib
 import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import msgpack
@@ -268,30 +270,45 @@ _FIELDS: dict[int, tuple[Any, ...]] = {
 }
 
 
+# A misfit field is shown this short whatever it holds (a field nested a thousand deep
+# must not make the report itself fail with a RecursionError).
+_shower = reprlib.Repr()
+_shower.maxlevel, _shower.maxstring, _shower.maxother = 2, 40, 40
+_show = _shower.repr
+
+
 def misfit(payload: list[Any]) -> str | None:
     """misfit says how a decoded record does not fit its kind's fields, or None."""
     fields = _FIELDS[payload[0]]
     name = KINDS[payload[0]]
+    if payload[0] == MOVE and len(payload) == 7:
+        fields = fields[:6]  # a version-1 MOVE from before a2807bf: no body, no options
     if len(payload) != len(fields) + 1:
         return f"{name} has {len(payload) - 1} fields, not {len(fields)}"
     for index, (check, value) in enumerate(zip(fields, payload[1:], strict=True), 1):
         if not check(value):
-            return f"{name} field {index} is {str(value)[:40]!r}"
+            return f"{name} field {index} is {_show(value)}"
     if payload[0] == PUTS and len(payload[2]) != len(payload[3]):
         return f"PUTS has {len(payload[2])} ids for {len(payload[3])} bodies"
     return None
 
 
-def first_misfit(data: bytes | memoryview, repair: bool) -> tuple[int, str] | None:
-    """first_misfit is (offset, problem) of the first record, of those `read_records`
-    hands out, that does not fit its kind; None if every one fits."""
+def first_misfit(data: bytes | memoryview, repair: bool,
+                 limit: int | None = None) -> tuple[int, str] | None:
+    """first_misfit is (offset, problem) of the first record, of the first `limit` (all
+    when None) that `read_records` hands out, that does not fit its kind; None if every
+    one fits. A failed replay gives as `limit` the records it was handed: a record after
+    those cannot be what failed, and the read stops before damage replay never reached."""
     result = ReadResult()
     records = read_records(data, result, repair)
-    for payload in records:
-        problem = misfit(payload)
-        if problem is not None:
-            records.close()  # sets last_record_at: this record's offset
-            return result.last_record_at, problem
+    try:
+        for payload in islice(records, limit):
+            problem = misfit(payload)
+            if problem is not None:
+                records.close()  # sets last_record_at: this record's offset
+                return result.last_record_at, problem
+    finally:
+        records.close()
     return None
 
 
