@@ -413,10 +413,16 @@ class Broker(QueueAdmin, Replay):
               now: float) -> list[Message]:
         """_take leases up to `max_messages` ready messages; a plain one is materialized
         (once: it stays a Message from then on)."""
+        if not q.ready and q.messages.run_count:  # only the run holds ready messages
+            return self._take_from_run(q, max_messages, now + visibility_s, now)
+        return self._take_each(q, max_messages, visibility_s, now)
+
+    def _take_each(self, q: Queue, max_messages: int, visibility_s: float,
+                   now: float) -> list[Message]:
+        """_take_each is `_take` one message at a time: whatever the ready heap and the
+        run hold, in their merged order."""
         taken: list[Message] = []
         ready, messages = q.ready, q.messages
-        if not ready and messages.run_count:  # only the run holds ready messages
-            return self._take_from_run(q, max_messages, now + visibility_s, now)
         while q.ready_count and len(taken) < max_messages:
             # The oldest plain messages wait in the table's run, the rest on the
             # heap (queues.py): take whichever comes first by key.
@@ -451,6 +457,8 @@ class Broker(QueueAdmin, Replay):
         leased as the loop in `_take` would lease them one by one, with one slice of
         the run, one range of lease ids and each count updated once."""
         ids, bodies = q.messages.take_first_plain_many(max_messages)
+        if not ids:  # max_messages 0: next_range(now, 0) would still move the sequence
+            return []
         leases = self.ids.next_range(now, len(ids))
         others, push, journal = q.messages.others, self.deadlines.push, self.journal
         taken = []
@@ -527,7 +535,7 @@ class Broker(QueueAdmin, Replay):
     # ------------------------------------------ the end of a delivery, moves
 
     def _end_delivery(self, msg: Message, now: float, delay_s: float = 0.0,
-                      freed: set[Queue] | None = None) -> None:
+                      freed: dict[Queue, None] | None = None) -> None:
         """_end_delivery decides what becomes of a message whose delivery ended unacked.
 
         In order: expired -> dropped; at max_deliveries with a dead-letter
@@ -559,7 +567,7 @@ class Broker(QueueAdmin, Replay):
 
     def _move(self, msg: Message, target: Queue, deliveries: int,
               origin: tuple[str, float] | None, expires_at: float | None, now: float,
-              freed: set[Queue] | None = None) -> None:
+              freed: dict[Queue, None] | None = None) -> None:
         """_move takes a message out of its queue and makes it ready in `target`.
 
         It keeps its id, body, headers and priority; it gets `deliveries`,
@@ -590,7 +598,7 @@ class Broker(QueueAdmin, Replay):
             # Inside advance `now` is the lease's own time, which may be long past:
             # served now, a waiter would get a lease already over (ended again in
             # the same advance, with the message ready for others while it is held).
-            freed.add(target)
+            freed[target] = None
         elif target.waiters:
             self._serve_waiters(target, now)
 
@@ -644,7 +652,9 @@ class Broker(QueueAdmin, Replay):
         reaches a waiter that is parked for it.
         """
         handled = 0
-        freed: set[Queue] = set()
+        # Queues in the order they were freed (a dict, not a set: the order in which
+        # waiters of several queues are served must not depend on object addresses).
+        freed: dict[Queue, None] = {}
         expired_waiters: list[Waiter] = []
         while (item := self.deadlines.pop_due(now)) is not None:
             handled += 1
@@ -670,7 +680,7 @@ class Broker(QueueAdmin, Replay):
                 self._forget_if_unused(waiter.queue)
         return handled
 
-    def _deadline_passed(self, msg: Message, at: float, freed: set[Queue]) -> None:
+    def _deadline_passed(self, msg: Message, at: float, freed: dict[Queue, None]) -> None:
         """_deadline_passed ends a lease or a delay whose time, `at`, has come.
 
         A lease that ends with the message back to ready is journaled (a
@@ -698,7 +708,7 @@ class Broker(QueueAdmin, Replay):
         else:
             self._detach(msg)
             self._make_ready(msg)
-        freed.add(q)
+        freed[q] = None
 
     def _expire(self, msg: Message) -> None:
         """_expire drops a message whose expiry came, unless a consumer holds it now."""
