@@ -235,6 +235,17 @@ def inline_group_commit(journal: InlineJournal) -> GroupCommit:
     return GroupCommit(asyncio.get_running_loop(), journal, on_fatal=pytest.fail, inline=True)
 
 
+def put_7_beside(name: str, label: str, newest_shown: int | None) -> InlineJournal:
+    """put_7_beside: one iteration that writes the put of message 7, whose reply is
+    submitted together with another connection's `label` reply; returns the journal."""
+    journal = InlineJournal()
+    gc = inline_group_commit(journal)
+    journal.write(10, put_id=7)
+    gc.submit([(Conn(journal.log, "producer"), out("put 7")),
+               (Conn(journal.log, name), out(label, newest_shown=newest_shown))], durable=True)
+    return journal
+
+
 async def test_a_receive_of_a_message_on_disk_goes_out_before_the_fsync():
     journal = InlineJournal()
     log = journal.log
@@ -252,36 +263,21 @@ async def test_a_receive_of_a_message_on_disk_goes_out_before_the_fsync():
 
 
 async def test_a_receive_of_a_message_not_yet_on_disk_waits_for_the_fsync():
-    journal = InlineJournal()
-    log = journal.log
-    gc = inline_group_commit(journal)
     # A waiting receive gets the message put in the same iteration.
-    journal.write(10, put_id=7)
-    gc.submit([(Conn(log, "producer"), out("put 7")),
-               (Conn(log, "consumer"), out("receive 7", newest_shown=7))], durable=True)
+    journal = put_7_beside("consumer", "receive 7", newest_shown=7)
     assert journal.sent_before_sync == [0]
-    assert [entry[1] for entry in log] == ["put 7", "receive 7"]
+    assert [entry[1] for entry in journal.log] == ["put 7", "receive 7"]
 
 
 async def test_an_empty_receive_goes_out_before_the_fsync():
-    journal = InlineJournal()
-    log = journal.log
-    gc = inline_group_commit(journal)
-    journal.write(10, put_id=7)
-    gc.submit([(Conn(log, "producer"), out("put 7")),
-               (Conn(log, "consumer"), out("receive []", newest_shown=0))], durable=True)
+    journal = put_7_beside("consumer", "receive []", newest_shown=0)
     assert journal.sent_before_sync == [1]
-    assert [entry[1] for entry in log] == ["receive []", "put 7"]
+    assert [entry[1] for entry in journal.log] == ["receive []", "put 7"]
 
 
 async def test_other_replies_wait_for_the_fsync_even_with_nothing_to_show():
-    journal = InlineJournal()
-    log = journal.log
-    gc = inline_group_commit(journal)
-    journal.write(10, put_id=7)
     # newest_shown None: a stats, an error, an ack... beside or instead of receives.
-    gc.submit([(Conn(log, "producer"), out("put 7")),
-               (Conn(log, "other"), out("stats", newest_shown=None))], durable=True)
+    journal = put_7_beside("other", "stats", newest_shown=None)
     assert journal.sent_before_sync == [0]
 
 

@@ -82,7 +82,7 @@ def test_the_table_behaves_like_a_dict(ops: list[tuple[str, int]]) -> None:
             assert table.take_first_plain() == (run[0], model[run[0]])
             del model[run.pop(0)]
         elif op == "get_missing":
-            assert table.get(-n) is None and -n not in table
+            assert table.get(-n - 1) is None and -n - 1 not in table  # ids are >= 0
         elif op == "rebuild":  # the end of a replay: every plain message into the run
             moved = table.rebuild_run()
             plain = sorted(k for k, v in model.items() if type(v) is bytes)

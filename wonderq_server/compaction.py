@@ -118,23 +118,21 @@ class Compaction:
             msg = q.messages.get(message_id) if q is not None else None
             if msg is None:
                 continue  # acked, expired, purged or moved since the list was taken
-            if type(msg) is bytes and name == plain_queue:
+            if plain_ids and (type(msg) is not bytes or name != plain_queue):
+                # The queue's stretch of plain messages ends here.
+                records.append(encode_record(
+                    plain_puts_record(plain_queue, plain_ids, plain_bodies)))
+                plain_ids, plain_bodies = [], []
+            if type(msg) is bytes:
+                plain_queue = name
                 plain_ids.append(message_id)
                 plain_bodies.append(msg)
                 size += len(msg)
             else:
-                if plain_ids:
-                    records.append(encode_record(
-                        plain_puts_record(plain_queue, plain_ids, plain_bodies)))
-                plain_queue, plain_ids, plain_bodies = "", [], []
-                if type(msg) is bytes:
-                    plain_queue, plain_ids, plain_bodies = name, [message_id], [msg]
-                    size += len(msg)
-                else:
-                    records.append(encode_record(put_record(msg)))
-                    size += len(records[-1])
-                    if msg.deliveries or msg.state != READY:
-                        records.append(encode_record(state_record(msg)))
+                records.append(encode_record(put_record(msg)))
+                size += len(records[-1])
+                if msg.deliveries or msg.state != READY:
+                    records.append(encode_record(state_record(msg)))
             count += 1
             if count >= SLICE_MESSAGES or size >= SLICE_BYTES:
                 break

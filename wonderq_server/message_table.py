@@ -169,9 +169,7 @@ class MessageTable(Mapping[int, Any]):
         run_ids = self._run_ids
         if ids and run_ids and ids[0] <= run_ids[-1]:
             raise ValueError(f"ids from {ids[0]} are not above the run's last, {run_ids[-1]}")
-        run_ids.extend(ids)
-        self._run_bodies.extend(bodies)
-        self._live += len(bodies)
+        self._extend(ids, bodies)
 
     def extend_run_if_in_order(self, ids: Sequence[int], bodies: Sequence[bytes]) -> bool:
         """extend_run_if_in_order appends plain messages in one step if their ids rise,
@@ -184,9 +182,7 @@ class MessageTable(Mapping[int, Any]):
             return False
         if self.others and any(map(self.others.__contains__, ids)):
             return False
-        run_ids.extend(ids)
-        self._run_bodies.extend(bodies)
-        self._live += len(bodies)
+        self._extend(ids, bodies)
         return True
 
     # ------------------------------------------------- the run's ready order
@@ -200,27 +196,20 @@ class MessageTable(Mapping[int, Any]):
         """first_plain_id is the id of the run's oldest message, or None when it is empty."""
         if not self._live:
             return None
-        bodies, head = self._run_bodies, self._head
-        while bodies[head] is None:
-            head += 1
-        self._head = head
-        return self._run_ids[head]
+        return self._run_ids[self._live_head()]
 
     def take_first_plain(self) -> tuple[int, bytes]:
         """take_first_plain removes the run's oldest message and returns (id, body).
         The caller stores it again (as a Message) if it keeps it."""
         if not self._live:
             raise KeyError("the run is empty")
-        bodies, head = self._run_bodies, self._head
-        while bodies[head] is None:
-            head += 1
+        head = self._live_head()
+        bodies = self._run_bodies
         message_id, body = self._run_ids[head], bodies[head]
         bodies[head] = None
         self._head = head + 1
         self._live -= 1
-        dead = len(bodies) - self._live
-        if dead >= RUN_COMPACT_MIN_DEAD and dead > self._live:
-            self._compact()
+        self._compact_if_mostly_dead()
         return message_id, body  # type: ignore[return-value]
 
     def take_first_plain_many(self, count: int) -> tuple[list[int], list[bytes]]:
@@ -229,22 +218,19 @@ class MessageTable(Mapping[int, Any]):
         stretch without holes (a consumer takes from the head, so it usually is one)
         goes in three slices instead of a Python step per message."""
         count = min(count, self._live)
-        bodies, head = self._run_bodies, self._head
-        while count and bodies[head] is None:
-            head += 1
+        if not count:
+            return [], []
+        bodies, head = self._run_bodies, self._live_head()
         stop = head + count
         taken_bodies = bodies[head:stop]
         if None in taken_bodies:  # holes: one at a time
-            self._head = head
             taken = [self.take_first_plain() for _ in range(count)]
             return [pair[0] for pair in taken], [pair[1] for pair in taken]
         taken_ids = self._run_ids[head:stop].tolist()
         bodies[head:stop] = [None] * count
         self._head = stop
         self._live -= count
-        dead = len(bodies) - self._live
-        if dead >= RUN_COMPACT_MIN_DEAD and dead > self._live:
-            self._compact()
+        self._compact_if_mostly_dead()
         return taken_ids, taken_bodies  # type: ignore[return-value]
 
     def plain_from_oldest(self) -> Iterator[tuple[int, bytes]]:
@@ -275,11 +261,28 @@ class MessageTable(Mapping[int, Any]):
             return index
         return -1
 
+    def _extend(self, ids: Sequence[int], bodies: Sequence[bytes]) -> None:
+        self._run_ids.extend(ids)
+        self._run_bodies.extend(bodies)
+        self._live += len(bodies)
+
+    def _live_head(self) -> int:
+        """_live_head moves the head past dead entries to the oldest live one and
+        returns its position; the run must hold one."""
+        bodies, head = self._run_bodies, self._head
+        while bodies[head] is None:
+            head += 1
+        self._head = head
+        return head
+
     def _kill(self, index: int) -> None:
         self._run_bodies[index] = None
         self._live -= 1
         if index == self._head:
             self._head += 1
+        self._compact_if_mostly_dead()
+
+    def _compact_if_mostly_dead(self) -> None:
         dead = len(self._run_ids) - self._live
         if dead >= RUN_COMPACT_MIN_DEAD and dead > self._live:
             self._compact()
