@@ -73,6 +73,19 @@ def check_invariants(broker: Broker) -> None:
         ready_keys = {m.ready_key for m in objects if m.state == READY} | plain
         # every ready message can be found in the heap, or in the table's run
         assert ready_keys - {i for i, _ in in_run} <= set(q.ready)
+    # every leased or delayed message is due by a live heap entry: its own, or its lease
+    # batch's while it is pending there (lease_batch.py)
+    live = {id(item) for at, _, item in broker.deadlines._entries if item.deadline_at == at}
+    for q in broker.queues.values():
+        for m in q.messages.values():
+            if type(m) is bytes or m.deadline_at is None:
+                continue
+            batch = m.lease_batch
+            if batch is None:
+                assert id(m) in live, m
+            else:
+                assert id(batch) in live and m in batch.members and m.state == LEASED, m
+                assert batch.deadline_at == m.deadline_at
     assert broker.stats(T0)["messages"] == sum(len(q.messages) for q in broker.queues.values())
     assert broker.stored_bytes == sum(broker._cost(m) for q in broker.queues.values()
                                       for m in q.messages.values())

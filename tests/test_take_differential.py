@@ -23,6 +23,7 @@ from wonderq_server.broker import Broker
 from wonderq_server.errors import CommandError
 from wonderq_server.journal import Journal
 from wonderq_server.journal_format import FILE_HEADER, ReadResult, misfit, read_records
+from wonderq_server.lease_batch import LeaseBatch
 from wonderq_server.message import Message
 from wonderq_server.queues import Queue, Waiter
 
@@ -48,10 +49,29 @@ def written(journal: Journal) -> list[Any]:
     return records
 
 
+def live_deadlines(b: Broker) -> list[tuple[float, str, Any]]:
+    """live_deadlines: what is due when, from the live heap entries, a lease batch's
+    pending members in its place (lease_batch.py), so one batch entry compares equal to
+    the entries of the same messages pushed one by one.
+
+    A set, sorted: an item moved back to a deadline it had may have two live entries
+    (deadlines.py), where a batch member that moves leaves its batch and has one; and
+    items due at the same instant may pop in another order (their order among
+    themselves means nothing)."""
+    live: set[tuple[float, str, Any]] = set()
+    for at, _, item in b.deadlines._entries:
+        if item.deadline_at != at:
+            continue
+        if isinstance(item, LeaseBatch):
+            live.update((at, "Message", m.id) for m in item.pending_members())
+        else:
+            live.add((at, type(item).__name__, getattr(item, "id", None)))
+    return sorted(live)
+
+
 def snapshot(b: Broker, now: float) -> Any:
     check_invariants(b)
-    live = sorted((at, seq, type(item).__name__, getattr(item, "id", None))
-                  for at, seq, item in b.deadlines._entries if item.deadline_at == at)
+    live = live_deadlines(b)
     return (broker_state(b), b.stats(now), b.ids.last, live, written(b.journal),
             {n: (sorted(q.ready), q.redelivered_total) for n, q in b.queues.items()})
 

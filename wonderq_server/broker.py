@@ -79,6 +79,7 @@ from .errors import (
     CommandError,
 )
 from .ids import IdSequence
+from .lease_batch import LeaseBatch
 from .message import (
     DELAYED,
     DELETED,
@@ -460,7 +461,9 @@ class Broker(QueueAdmin, Replay):
         if not ids:  # max_messages 0: next_range(now, 0) would still move the sequence
             return []
         leases = self.ids.next_range(now, len(ids))
-        others, push, journal = q.messages.others, self.deadlines.push, self.journal
+        others, journal = q.messages.others, self.journal
+        # One heap entry for them all (lease_batch.py); a lone message has its own.
+        batch = LeaseBatch(deadline_at) if len(ids) > 1 else None
         taken = []
         for message_id, body, lease in zip(ids, bodies, leases, strict=True):
             msg = others[message_id] = Message(message_id, body, q)
@@ -468,10 +471,15 @@ class Broker(QueueAdmin, Replay):
             msg.deadline_at = deadline_at
             msg.deliveries = 1
             msg.lease = lease
-            push(deadline_at, msg)
+            msg.lease_batch = batch
             taken.append(msg)
             if journal is not None:
                 journal.state(msg)
+        if batch is None:
+            self.deadlines.push(deadline_at, taken[0])
+        else:
+            batch.seal(taken.copy())  # the caller's list stays the caller's
+            self.deadlines.push(deadline_at, batch)
         q.ready_count -= len(taken)
         q.leased_count += len(taken)
         return taken
@@ -500,8 +508,27 @@ class Broker(QueueAdmin, Replay):
 
     def ack_many(self, name: str, items: list[tuple[int, int] | CommandError],
                  now: float) -> list[CommandError | None]:
-        """ack_many acks each (id, lease) on its own; a result per item, None or the error."""
-        return _each(items, self.ack, name, now)
+        """ack_many acks each (id, lease) on its own; a result per item, None or the error.
+
+        The usual item, a Message of this queue held by that lease, is acked
+        here directly; anything else goes through `ack` for its error, so
+        the rules and messages stay `ack`'s (this loop runs for every
+        message of a batch consumer).
+        """
+        q = self.queues.get(name) if type(name) is str else None
+        if q is None:
+            return _each(items, self.ack, name, now)
+        others, drop = q.messages.others, self._drop
+        results: list[CommandError | None] = []
+        for item in items:
+            msg = others.get(item[0]) if type(item) is tuple else None
+            if msg is not None and msg.lease == item[1]:
+                q.acked_total += 1
+                drop(msg)
+                results.append(None)
+            else:
+                results += _each((item,), self.ack, name, now)
+        return results
 
     def nack(self, name: str, message_id: int, lease: int, delay_s: float, now: float) -> None:
         """nack gives a message back: ready at once, or after `delay_s` seconds.
@@ -667,6 +694,12 @@ class Broker(QueueAdmin, Replay):
                 expired_waiters.append(item)
             elif isinstance(item, ExpiryTimer):
                 self._expire(item.message)
+            elif isinstance(item, LeaseBatch):
+                pending = item.pending_members()
+                handled += len(pending) - 1
+                for msg in pending:  # in lease order, as their own entries would pop
+                    if msg.lease_batch is item:
+                        self._deadline_passed(msg, at, freed)
             else:
                 self._deadline_passed(item, at, freed)
         for q in freed:
@@ -732,7 +765,14 @@ class Broker(QueueAdmin, Replay):
                 q.delayed_count -= 1
             if msg.deadline_at is not None:  # its heap entry goes stale
                 msg.deadline_at = None
-                self.deadlines.forget()
+                batch = msg.lease_batch
+                if batch is None:
+                    self.deadlines.forget()
+                else:  # its batch's entry goes stale once every member has left
+                    msg.lease_batch = None
+                    batch.pending -= 1  # LeaseBatch.leave, inlined: see there
+                    if batch.pending <= batch.look_at and batch.settle():
+                        self.deadlines.forget()
 
     def _make_ready(self, msg: Message) -> None:
         q = msg.queue

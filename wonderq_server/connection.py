@@ -60,6 +60,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
+from operator import attrgetter
 from typing import Any, Protocol
 
 from .binary_codec import MAGIC, BinaryDecoder, BinaryEncoder
@@ -119,6 +120,7 @@ class Hub(Protocol):
 # Commands whose replies show messages: an Output of nothing else may leave before
 # an fsync once every message it shows has its PUT on disk (group_commit.py).
 SHOWING_COMMANDS = frozenset({"receive", "peek"})
+_message_id = attrgetter("id")
 
 
 class Output:
@@ -528,7 +530,7 @@ class Connection(asyncio.Protocol):
                 self._resume("waits")
         if command.name in SHOWING_COMMANDS:
             if self._newest_shown is not None and result:
-                self._newest_shown = max(self._newest_shown, *(m.id for m in result))
+                self._newest_shown = max(self._newest_shown, max(map(_message_id, result)))
         else:
             self._newest_shown = None
         assert self._encoder is not None

@@ -40,6 +40,9 @@ Rules:
 * `deadline_at` is set exactly while the message is LEASED or DELAYED and is
   None otherwise; the deadline heap treats an entry as live only while it
   matches (see deadlines.py).
+* A message leased together with others by one receive may have no heap
+  entry of its own: `lease_batch` is then the LeaseBatch whose one entry
+  stands for all of them (lease_batch.py); None otherwise.
 * `deliveries` counts deliveries, 0 before the first.
 * A message's place in its queue's ready heap is `ready_key`: its id when
   its priority is 0, else `(priority << PRIORITY_SHIFT) + id`. Ids are below
@@ -74,7 +77,7 @@ MESSAGE_OVERHEAD_BYTES = 200
 
 class Message:
     __slots__ = ("body", "deadline_at", "deliveries", "expiry", "headers", "id", "lease",
-                 "origin", "priority", "queue", "state")
+                 "lease_batch", "origin", "priority", "queue", "state")
 
     def __init__(self, message_id: int, body: bytes, queue: Any,
                  priority: int = DEFAULT_PRIORITY,
@@ -86,6 +89,7 @@ class Message:
         self.deliveries = 0
         self.lease: int | None = None
         self.deadline_at: float | None = None
+        self.lease_batch: Any = None  # the LeaseBatch whose heap entry holds its deadline
         self.priority = priority
         self.headers = headers
         self.expiry: ExpiryTimer | None = None

@@ -1,0 +1,131 @@
+"""A receive of many messages leases them under one heap entry (wonderq_server/lease_batch.py).
+
+Numbers as the clock; the broker's own deadline heap is inspected, since what is
+under test is how many entries a batch costs and when they go stale.
+"""
+
+from __future__ import annotations
+
+from broker_helpers import T0, check_invariants, counts, zero_counts
+
+from wonderq_server.broker import Broker
+from wonderq_server.journal import Journal
+from wonderq_server.journal_format import FILE_HEADER, STATE, ReadResult, read_records
+from wonderq_server.lease_batch import MEMBERS_COMPACT_MIN, LeaseBatch
+from wonderq_server.message import LEASED, READY
+
+VIS = 30.0
+
+
+def backlog(b: Broker, n: int, name: str = "q") -> None:
+    b.put_many(name, [b"m%d" % i for i in range(n)], T0)
+
+
+def live_entries(b: Broker) -> list[object]:
+    return [item for at, _, item in b.deadlines._entries if item.deadline_at == at]
+
+
+def test_a_batch_receive_pushes_one_entry_and_a_lone_one_its_own(b: Broker) -> None:
+    backlog(b, 101)
+    taken = b.receive("q", 100, VIS, T0 + 1)
+    assert len(b.deadlines) == 1
+    (batch,) = live_entries(b)
+    assert isinstance(batch, LeaseBatch) and batch.members == taken
+    assert all(m.lease_batch is batch and m.deadline_at == T0 + 1 + VIS for m in taken)
+    (lone,) = b.receive("q", 1, VIS, T0 + 2)
+    assert lone.lease_batch is None and lone in live_entries(b)
+    check_invariants(b)
+
+
+def test_acking_the_whole_batch_leaves_one_stale_entry(b: Broker) -> None:
+    backlog(b, 100)
+    taken = b.receive("q", 100, VIS, T0 + 1)
+    results = b.ack_many("q", [(m.id, m.lease) for m in taken], T0 + 2)
+    assert results == [None] * 100
+    assert live_entries(b) == [] and len(b.deadlines) == 1  # one entry to pop, not 100
+    assert b.deadlines._dead == 1
+    assert b.next_deadline() is None and len(b.deadlines) == 0
+    assert all(m.lease_batch is None for m in taken)
+    check_invariants(b)
+
+
+def test_the_batch_deadline_redelivers_only_what_is_still_pending(b: Broker) -> None:
+    backlog(b, 10)
+    taken = b.receive("q", 10, VIS, T0 + 1)
+    for m in taken[:6]:
+        b.ack("q", m.id, m.lease, T0 + 2)
+    b.touch("q", taken[6].id, taken[6].lease, 100.0, T0 + 2)  # leaves the batch
+    b.nack("q", taken[7].id, taken[7].lease, 0.0, T0 + 2)  # ready again at once
+    assert counts(b) == zero_counts(ready=1, in_flight=3, acked_total=6, put_total=10)
+    assert b.next_deadline() == T0 + 1 + VIS
+    assert b.advance(T0 + 1 + VIS - 0.001) == 0
+    assert b.advance(T0 + 1 + VIS) == 2  # the two still pending, not the whole batch
+    assert [m.state for m in taken[6:]] == [LEASED, READY, READY, READY]
+    assert taken[8].lease_batch is None and taken[8].deadline_at is None
+    assert b.next_deadline() == T0 + 2 + 100.0  # the touched one, on its own entry
+    check_invariants(b)
+    again = b.receive("q", 10, VIS, T0 + 40)
+    assert sorted(m.id for m in again) == sorted(m.id for m in taken[7:])
+    assert all(m.deliveries == 2 for m in again if m is not taken[7]) and taken[7].deliveries == 2
+    check_invariants(b)
+
+
+def test_members_that_left_are_let_go(b: Broker) -> None:
+    n = 4 * MEMBERS_COMPACT_MIN
+    backlog(b, n)
+    taken = b.receive("q", n, VIS, T0 + 1)
+    (batch,) = live_entries(b)
+    for m in taken[:-1]:
+        b.ack("q", m.id, m.lease, T0 + 2)
+        # One slow consumer's message must not keep the acked ones alive until the
+        # deadline: at most four times as many members as pending, or a handful.
+        assert len(batch.members) <= max(4 * batch.pending, MEMBERS_COMPACT_MIN)
+    assert len(batch.members) <= MEMBERS_COMPACT_MIN
+    assert batch.pending_members() == [taken[-1]]
+    b.ack("q", taken[-1].id, taken[-1].lease, T0 + 3)
+    assert batch.members == [] and batch.deadline_at is None
+    check_invariants(b)
+
+
+def test_purge_and_delete_make_the_batch_stale(b: Broker) -> None:
+    backlog(b, 5, "p")
+    backlog(b, 5, "d")
+    b.receive("p", 5, VIS, T0 + 1)
+    b.receive("d", 5, VIS, T0 + 1)
+    assert len(live_entries(b)) == 2
+    assert b.purge("p", T0 + 2) == 5
+    assert b.delete_queue("d", T0 + 2) == 5
+    assert live_entries(b) == [] and b.deadlines._dead == 2
+    assert b.advance(T0 + 100) == 0
+    check_invariants(b)
+
+
+def test_many_batches_acked_keep_the_heap_small(b: Broker) -> None:
+    """A batch consumer's heap holds about one entry per batch in flight."""
+    backlog(b, 100 * 50)
+    for k in range(50):
+        taken = b.receive("q", 100, VIS, T0 + k)
+        b.ack_many("q", [(m.id, m.lease) for m in taken], T0 + k)
+        b.next_deadline()  # as the server's timer does after each request
+        assert len(b.deadlines) <= 1
+    assert counts(b) == zero_counts(acked_total=5000, put_total=5000)
+
+
+def test_a_batch_ends_in_lease_order_with_its_records(tmp_path) -> None:
+    b = Broker(visibility_timeout_s=VIS)
+    journal = Journal(tmp_path, fsync="never")
+    journal.open(b, T0)
+    try:
+        backlog(b, 4)
+        taken = b.receive("q", 4, VIS, T0 + 1)
+        journal.write_pending()
+        assert b.advance(T0 + 1 + VIS) == 4
+        records = list(read_records(FILE_HEADER + b"".join(journal._pending), ReadResult(),
+                                    False))
+        assert [(r[0], r[2]) for r in records] == [(STATE, m.id) for m in taken]
+        assert [m.state for m in taken] == [READY] * 4
+        again = b.receive("q", 4, VIS, T0 + 40)
+        assert [m.id for m in again] == [m.id for m in taken]  # ready by age again
+        check_invariants(b)
+    finally:
+        journal.close()
