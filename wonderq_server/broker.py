@@ -521,7 +521,7 @@ class Broker(QueueAdmin, Replay):
         others, drop = q.messages.others, self._drop
         results: list[CommandError | None] = []
         for item in items:
-            msg = others.get(item[0]) if type(item) is tuple else None
+            msg = None if isinstance(item, CommandError) else others.get(item[0])
             if msg is not None and msg.lease == item[1]:
                 q.acked_total += 1
                 drop(msg)
