@@ -19,6 +19,7 @@ import pytest
 
 from wonderq_server.broker import Broker
 from wonderq_server.errors import CommandError
+from wonderq_server.lease_batch import LeaseBatch
 from wonderq_server.message import DELAYED, LEASED, READY, Message, view
 
 T0 = 1_700_000_000.0
@@ -84,8 +85,12 @@ def check_invariants(broker: Broker) -> None:
             if batch is None:
                 assert id(m) in live, m
             else:
-                assert id(batch) in live and m in batch.members and m.state == LEASED, m
-                assert batch.deadline_at == m.deadline_at
+                assert id(batch) in live and batch.members.get(m.id) is m, m
+                assert m.state == LEASED and batch.deadline_at == m.deadline_at, m
+    for at, _, item in broker.deadlines._entries:  # a batch holds its pending members only
+        if isinstance(item, LeaseBatch):
+            assert all(m.lease_batch is item for m in item.members.values())
+            assert bool(item.members) == (item.deadline_at == at)
     assert broker.stats(T0)["messages"] == sum(len(q.messages) for q in broker.queues.values())
     assert broker.stored_bytes == sum(broker._cost(m) for q in broker.queues.values()
                                       for m in q.messages.values())

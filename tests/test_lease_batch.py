@@ -9,9 +9,10 @@ from __future__ import annotations
 from broker_helpers import T0, check_invariants, counts, zero_counts
 
 from wonderq_server.broker import Broker
+from wonderq_server.errors import LEASE_LOST, NOT_FOUND
 from wonderq_server.journal import Journal
 from wonderq_server.journal_format import FILE_HEADER, STATE, ReadResult, read_records
-from wonderq_server.lease_batch import MEMBERS_COMPACT_MIN, LeaseBatch
+from wonderq_server.lease_batch import LeaseBatch
 from wonderq_server.message import LEASED, READY
 
 VIS = 30.0
@@ -30,7 +31,7 @@ def test_a_batch_receive_pushes_one_entry_and_a_lone_one_its_own(b: Broker) -> N
     taken = b.receive("q", 100, VIS, T0 + 1)
     assert len(b.deadlines) == 1
     (batch,) = live_entries(b)
-    assert isinstance(batch, LeaseBatch) and batch.members == taken
+    assert isinstance(batch, LeaseBatch) and list(batch.members.values()) == taken
     assert all(m.lease_batch is batch and m.deadline_at == T0 + 1 + VIS for m in taken)
     (lone,) = b.receive("q", 1, VIS, T0 + 2)
     assert lone.lease_batch is None and lone in live_entries(b)
@@ -71,19 +72,29 @@ def test_the_batch_deadline_redelivers_only_what_is_still_pending(b: Broker) -> 
 
 
 def test_members_that_left_are_let_go(b: Broker) -> None:
-    n = 4 * MEMBERS_COMPACT_MIN
-    backlog(b, n)
-    taken = b.receive("q", n, VIS, T0 + 1)
+    backlog(b, 32)
+    taken = b.receive("q", 32, VIS, T0 + 1)
     (batch,) = live_entries(b)
-    for m in taken[:-1]:
+    for k, m in enumerate(taken[:-1]):
         b.ack("q", m.id, m.lease, T0 + 2)
-        # One slow consumer's message must not keep the acked ones alive until the
-        # deadline: at most four times as many members as pending, or a handful.
-        assert len(batch.members) <= max(4 * batch.pending, MEMBERS_COMPACT_MIN)
-    assert len(batch.members) <= MEMBERS_COMPACT_MIN
-    assert batch.pending_members() == [taken[-1]]
+        # One slow consumer's message must not keep the acked ones alive until the deadline.
+        assert list(batch.members.values()) == taken[k + 1:]
     b.ack("q", taken[-1].id, taken[-1].lease, T0 + 3)
-    assert batch.members == [] and batch.deadline_at is None
+    assert batch.members == {} and batch.deadline_at is None
+    check_invariants(b)
+
+
+def test_ack_many_answers_each_item_as_ack_does(b: Broker) -> None:
+    backlog(b, 3)
+    first, second, third = b.receive("q", 3, VIS, T0 + 1)
+    b.restore_puts("q", [third.id + 100, third.id + 50], [b"p", b"o"])  # one plain, out of order
+    items = [(first.id, first.lease), [second.id, second.lease], (first.id, first.lease),
+             (third.id, third.lease + 1), (third.id + 50, 1), (12345, 1)]
+    results = b.ack_many("q", items, T0 + 2)
+    assert results[:2] == [None, None]
+    assert [r.code for r in results[2:]] == [NOT_FOUND, LEASE_LOST, LEASE_LOST, NOT_FOUND]
+    assert counts(b)["acked_total"] == 2
+    assert [r.code for r in b.ack_many("nowhere", [(first.id, 1)], T0)] == [NOT_FOUND]
     check_invariants(b)
 
 

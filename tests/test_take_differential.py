@@ -63,7 +63,7 @@ def live_deadlines(b: Broker) -> list[tuple[float, str, Any]]:
         if item.deadline_at != at:
             continue
         if isinstance(item, LeaseBatch):
-            live.update((at, "Message", m.id) for m in item.pending_members())
+            live.update((at, "Message", m.id) for m in item.members.values())
         else:
             live.add((at, type(item).__name__, getattr(item, "id", None)))
     return sorted(live)

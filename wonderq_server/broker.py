@@ -478,7 +478,7 @@ class Broker(QueueAdmin, Replay):
         if batch is None:
             self.deadlines.push(deadline_at, taken[0])
         else:
-            batch.seal(taken.copy())  # the caller's list stays the caller's
+            batch.seal(dict(zip(ids, taken, strict=True)))
             self.deadlines.push(deadline_at, batch)
         q.ready_count -= len(taken)
         q.leased_count += len(taken)
@@ -522,7 +522,7 @@ class Broker(QueueAdmin, Replay):
         results: list[CommandError | None] = []
         for item in items:
             msg = None if isinstance(item, CommandError) else others.get(item[0])
-            if msg is not None and msg.lease == item[1]:
+            if msg is not None and type(msg) is not bytes and msg.lease == item[1]:
                 q.acked_total += 1
                 drop(msg)
                 results.append(None)
@@ -695,7 +695,7 @@ class Broker(QueueAdmin, Replay):
             elif isinstance(item, ExpiryTimer):
                 self._expire(item.message)
             elif isinstance(item, LeaseBatch):
-                pending = item.pending_members()
+                pending = list(item.members.values())
                 handled += len(pending) - 1
                 for msg in pending:  # in lease order, as their own entries would pop
                     if msg.lease_batch is item:
@@ -770,8 +770,7 @@ class Broker(QueueAdmin, Replay):
                     self.deadlines.forget()
                 else:  # its batch's entry goes stale once every member has left
                     msg.lease_batch = None
-                    batch.pending -= 1  # LeaseBatch.leave, inlined: see there
-                    if batch.pending <= batch.look_at and batch.settle():
+                    if batch.leave(msg.id):
                         self.deadlines.forget()
 
     def _make_ready(self, msg: Message) -> None:
