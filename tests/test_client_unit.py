@@ -151,9 +151,13 @@ async def test_receive_reads_the_appended_delivery_fields(fake):
     rows = [[1, b"plain", 100, 1, 1.7e9, 0, None, None],
             [2, b"rich", 101, 3, 1.7e9, -5, {"a": "b"}, ["origin", 1.8e9]],
             [3, b"old server", 102, 1, 1.7e9],
-            [4, b"newer server", 103, 1, 1.7e9, 1, None, None, "something new"]]
-    msgs, _ = await call(server, client.receive("dlq", max=4), rows)
-    plain, rich, old, newer = msgs
+            [4, b"newer server", 103, 1, 1.7e9, 1, None, None, "something new"],
+            [5, b"issue 4 server", 104, 1, 1.7e9, 2],
+            [6, b"issue 4 server", 105, 1, 1.7e9, 2, {"c": "d"}]]
+    msgs, _ = await call(server, client.receive("dlq", max=6), rows)
+    plain, rich, old, newer, six, seven = msgs
+    assert (six.priority, six.headers, six.dead_letter) == (2, {}, None)
+    assert (seven.priority, seven.headers, seven.dead_letter) == (2, {"c": "d"}, None)
     assert (plain.priority, plain.headers, plain.dead_letter) == (0, {}, None)
     assert (rich.priority, rich.headers, rich.dead_letter) == (-5, {"a": "b"}, ("origin", 1.8e9))
     assert (old.id, old.lease, old.priority, old.headers, old.dead_letter) == (3, 102, 0, {}, None)

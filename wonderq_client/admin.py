@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .message import Message
+from .message import Message, from_deliveries
 
 
 def settings_args(queue: str, visibility_timeout: float | None, max_deliveries: int | None,
@@ -88,7 +88,7 @@ class QueueAdmin:
         touch on them raise NotLeasedError.
         """
         rows = await self._call("peek", {"queue": queue, "max": max})
-        return [Message.from_delivery(self, queue, row) for row in rows]  # type: ignore[arg-type]
+        return from_deliveries(self, queue, rows)  # type: ignore[arg-type]
 
     async def purge(self, queue: str) -> int:
         """purge removes every message of the queue, in any state; returns how many."""

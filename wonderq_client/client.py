@@ -40,7 +40,7 @@ from .admin import QueueAdmin
 from .batches import PutItem, SettleItem, item_results, put_items, settle_items
 from .codec import PREAMBLE, ReplyDecoder, encode_request
 from .errors import ConnectionClosed, WonderQError, error_from_wire
-from .message import Message
+from .message import Message, from_deliveries
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7711
@@ -220,7 +220,7 @@ class Client(QueueAdmin):
         if visibility is not None:
             args["visibility"] = visibility
         rows = await self._protocol.send("receive", args)
-        return [Message.from_delivery(self, queue, row) for row in rows]
+        return from_deliveries(self, queue, rows)
 
     async def ack(self, queue: str, id: int, lease: int) -> None:
         """ack deletes a message; raises LeaseLost if it was delivered again since."""

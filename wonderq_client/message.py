@@ -52,12 +52,7 @@ class Message:
     @classmethod
     def from_delivery(cls, client: Client, queue: str, row: list[Any]) -> Message:
         """from_delivery reads one delivered message as the server sends it (see the rules)."""
-        if len(row) < 8:
-            return cls(client, queue, row[0], row[1], row[2], row[3], row[4],
-                       row[5] if len(row) > 5 else 0, row[6] if len(row) > 6 else None)
-        dead_letter = row[7]
-        return cls(client, queue, row[0], row[1], row[2], row[3], row[4], row[5], row[6],
-                   None if dead_letter is None else (dead_letter[0], dead_letter[1]))
+        return from_deliveries(client, queue, [row])[0]
 
     def settle_item(self) -> tuple[int, int]:
         """settle_item is this message as an (id, lease) item of ack_many or nack_many."""
@@ -98,3 +93,22 @@ class Message:
             extra += f", dead_letter={self.dead_letter!r}"
         return (f"Message(queue={self.queue!r}, id={self.id}, lease={self.lease}, "
                 f"deliveries={self.deliveries}{extra}, body={body!r})")
+
+
+# A delivery's fields today, and the values of those an older server's delivery stops
+# before (priority, headers, dead_letter: it always sends the first five).
+DELIVERY_FIELDS = 8
+OLDER_SERVER_DEFAULTS = (0, None, None)
+
+
+def from_deliveries(client: Client, queue: str, rows: list[list[Any]]) -> list[Message]:
+    """from_deliveries reads the delivered messages of a receive or peek reply (see the rules).
+
+    A receive of many runs this for each message, so a full row is read inline, with
+    no call per message but Message's own; a row from an older server is padded first.
+    """
+    if rows and min(map(len, rows)) < DELIVERY_FIELDS:
+        rows = [[*row, *OLDER_SERVER_DEFAULTS[len(row) - DELIVERY_FIELDS:]]
+                if len(row) < DELIVERY_FIELDS else row for row in rows]
+    return [Message(client, queue, r[0], r[1], r[2], r[3], r[4], r[5], r[6],
+                    None if r[7] is None else (r[7][0], r[7][1])) for r in rows]
