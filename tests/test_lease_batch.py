@@ -6,6 +6,7 @@ under test is how many entries a batch costs and when they go stale.
 
 from __future__ import annotations
 
+import pytest
 from broker_helpers import T0, check_invariants, counts, zero_counts
 
 from wonderq_server.broker import Broker
@@ -140,3 +141,21 @@ def test_a_batch_ends_in_lease_order_with_its_records(tmp_path) -> None:
         check_invariants(b)
     finally:
         journal.close()
+
+
+def test_a_member_whose_ending_fails_does_not_strand_the_others(b: Broker, monkeypatch) -> None:
+    """The batch's entry is popped before its members end: if ending one raises (a bug),
+    the others still end, and the error still reaches the caller (the server logs it)."""
+    backlog(b, 5)
+    taken = b.receive("q", 5, VIS, T0 + 1)
+    real = Broker._deadline_passed
+
+    def failing(self, msg, at, freed):
+        if msg is taken[1]:
+            raise RuntimeError("planted")
+        real(self, msg, at, freed)
+
+    monkeypatch.setattr(Broker, "_deadline_passed", failing)
+    with pytest.raises(RuntimeError, match="planted"):
+        b.advance(T0 + 1 + VIS)
+    assert [m.state for m in taken] == [READY, LEASED, READY, READY, READY]

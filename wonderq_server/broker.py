@@ -695,11 +695,8 @@ class Broker(QueueAdmin, Replay):
             elif isinstance(item, ExpiryTimer):
                 self._expire(item.message)
             elif isinstance(item, LeaseBatch):
-                pending = list(item.members.values())
-                handled += len(pending) - 1
-                for msg in pending:  # in lease order, as their own entries would pop
-                    if msg.lease_batch is item:
-                        self._deadline_passed(msg, at, freed)
+                handled += len(item.members) - 1
+                self._batch_deadline_passed(item, at, freed)
             else:
                 self._deadline_passed(item, at, freed)
         for q in freed:
@@ -712,6 +709,26 @@ class Broker(QueueAdmin, Replay):
                 waiter.deliver([])
                 self._forget_if_unused(waiter.queue)
         return handled
+
+    def _batch_deadline_passed(self, batch: LeaseBatch, at: float,
+                               freed: dict[Queue, None]) -> None:
+        """_batch_deadline_passed ends the leases of a batch's pending members, in lease
+        order, as their own entries would have popped.
+
+        The batch's one entry is already popped, so a member skipped here would stay
+        leased for ever: if one member's ending raises (a bug), every other member is
+        still ended, then the first error is raised, as one entry each would have.
+        """
+        failed: Exception | None = None
+        for msg in list(batch.members.values()):
+            if msg.lease_batch is not batch:  # (cannot happen: ending one changes no other)
+                continue
+            try:
+                self._deadline_passed(msg, at, freed)
+            except Exception as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
 
     def _deadline_passed(self, msg: Message, at: float, freed: dict[Queue, None]) -> None:
         """_deadline_passed ends a lease or a delay whose time, `at`, has come.

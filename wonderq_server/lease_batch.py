@@ -29,7 +29,9 @@ Rules:
   popped (`deadline_at` None), leaving answers False.
 * When the entry pops, the broker handles the pending members in the order
   they were leased, which is the order separate entries pushed one after
-  another would have popped in.
+  another would have popped in; every one of them, even if ending one
+  raises (a bug): the entry is gone, and a member skipped would stay leased
+  for ever (`Broker._batch_deadline_passed`).
 
 Must not know: queues, the heap, clocks.
 """
