@@ -20,12 +20,13 @@ async def main(port: int, pid: int, n: int, fill: int) -> None:
         c0, t0 = server_cpu_s(pid), time.perf_counter()
         for _ in range(n // 100):
             await client.put_many("q", batch)
-        c1, t1 = server_cpu_s(pid), time.perf_counter()
+        c1, t1, own1 = server_cpu_s(pid), time.perf_counter(), time.process_time()
         for _ in range(n // 100):
             await client.ack_many("q", await client.receive("q", max=100))
-        c2, t2 = server_cpu_s(pid), time.perf_counter()
+        c2, t2, own2 = server_cpu_s(pid), time.perf_counter(), time.process_time()
         print(f"S4p {n / (t1 - t0):.0f}/s {1e6 * (c1 - c0) / n:.1f}us  "
-              f"S4c {n / (t2 - t1):.0f}/s {1e6 * (c2 - c1) / n:.1f}us")
+              f"S4c {n / (t2 - t1):.0f}/s {1e6 * (c2 - c1) / n:.1f}us "
+              f"(client {1e6 * (own2 - own1) / n:.1f}us)")
         if fill:
             before = resident_bytes(pid)
             for _ in range(fill // 1000):
