@@ -106,6 +106,13 @@ DEFAULT_MAX_QUEUES = 10_000
 READY_HEAP_FACTOR = 2
 READY_HEAP_SLACK = 64
 
+# A receive of at least this many takes a slice of the run at once (`_take_from_run`);
+# a smaller one takes message by message. The slice's fixed cost (three slices of the
+# run, a range of lease ids) only pays from about four messages on: take + ack per
+# message, in process, run slice against one by one: 4.9 / 3.2 µs for one message,
+# 3.6 / 3.2 for two, 3.3 / 3.0 for three, 2.4 / 2.6 for four, 1.8 / 2.6 for eight.
+TAKE_FROM_RUN_MIN = 4
+
 
 class ChangeLog(Protocol):
     """Where the broker reports changes that must survive a restart (journal.py)."""
@@ -414,7 +421,8 @@ class Broker(QueueAdmin, Replay):
               now: float) -> list[Message]:
         """_take leases up to `max_messages` ready messages; a plain one is materialized
         (once: it stays a Message from then on)."""
-        if not q.ready and q.messages.run_count:  # only the run holds ready messages
+        if not q.ready and q.messages.run_count and max_messages >= TAKE_FROM_RUN_MIN:
+            # only the run holds ready messages: lease a slice of it
             return self._take_from_run(q, max_messages, now + visibility_s, now)
         return self._take_each(q, max_messages, visibility_s, now)
 
