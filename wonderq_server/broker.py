@@ -486,7 +486,7 @@ class Broker(QueueAdmin, Replay):
         if batch is None:
             self.deadlines.push(deadline_at, taken[0])
         else:
-            batch.seal(dict(zip(ids, taken, strict=True)))
+            batch.members = dict(zip(ids, taken, strict=True))
             self.deadlines.push(deadline_at, batch)
         q.ready_count -= len(taken)
         q.leased_count += len(taken)
@@ -728,9 +728,7 @@ class Broker(QueueAdmin, Replay):
         still ended, then the first error is raised, as one entry each would have.
         """
         failed: Exception | None = None
-        for msg in list(batch.members.values()):
-            if msg.lease_batch is not batch:  # (cannot happen: ending one changes no other)
-                continue
+        for msg in list(batch.members.values()):  # a copy: each member leaves as it ends
             try:
                 self._deadline_passed(msg, at, freed)
             except Exception as exc:

@@ -45,14 +45,10 @@ class LeaseBatch:
     __slots__ = ("deadline_at", "members")
 
     def __init__(self, deadline_at: float) -> None:
-        """A batch is made before its members (each points to it as it is leased), then
-        `seal`ed with them."""
+        """A batch is made before its members (each points to it as it is leased); the
+        broker fills `members` once they are."""
         self.deadline_at: float | None = deadline_at
         self.members: dict[int, Any] = {}  # id -> message, pending ones, in lease order
-
-    def seal(self, members: dict[int, Any]) -> None:
-        """seal: these are the members, each already pointing to this batch."""
-        self.members = members
 
     def leave(self, message_id: int) -> bool:
         """leave: a member's lease ended or moved (it has cleared its `lease_batch`).
