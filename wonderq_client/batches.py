@@ -43,11 +43,16 @@ def put_items(bodies: Iterable[PutItem]) -> list[PutItem]:
 
 def settle_items(items: Iterable[SettleItem]) -> list[Any]:
     """settle_items is ack_many's or nack_many's `items` field: one [id, lease] per item."""
-    return [item.settle_item() if isinstance(item, Message) else item for item in items]
+    # A received Message's pair is read inline (this runs for every item of a batch);
+    # settle_item raises NotLeasedError for a peeked one.
+    return [(item.id, item.lease) if type(item) is Message and item.lease is not None
+            else item.settle_item() if isinstance(item, Message) else item for item in items]
 
 
 def item_results(results: list[Any]) -> list[Any]:
     """item_results turns each failed item's [code, message] into its error, in place."""
+    if list not in map(type, results):  # no item failed (checked in C: this is per item)
+        return results
     for index, result in enumerate(results):
         if isinstance(result, list):
             results[index] = error_from_wire(result[0], result[1])

@@ -651,7 +651,9 @@ class Broker(QueueAdmin, Replay):
         msg.state = DELETED
         del q.messages.others[msg.id]  # a Message: never in a run
         q.body_bytes -= len(msg.body)
-        self.stored_bytes -= self._cost(msg)
+        # _cost, inline for the usual message (no headers): an ack runs this per message
+        self.stored_bytes -= (len(msg.body) + MESSAGE_OVERHEAD_BYTES if msg.headers is None
+                              else self._cost(msg))
         if was_ready:  # its heap entry went stale (an acked one, leased, had none live)
             _compact_ready(q)
         if self.journal is not None:

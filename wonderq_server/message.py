@@ -56,7 +56,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .ids import id_time
+from .ids import MILLISECOND_SHIFT
 
 READY = 0
 LEASED = 1
@@ -98,7 +98,7 @@ class Message:
     @property
     def enqueued_at(self) -> float:
         """enqueued_at is when the message was put: the time in its id, to the millisecond."""
-        return id_time(self.id)
+        return (self.id >> MILLISECOND_SHIFT) / 1000.0  # id_time's sum, without its call
 
     @property
     def ready_key(self) -> int:
