@@ -111,6 +111,17 @@ def test_binary_decoder_takes_any_bytes_in_any_chunks(data, cuts):
             assert index == len(items) - 1
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(binary_pieces, max_size=12))
+def test_binary_decoder_reads_one_frame_per_read_as_the_whole_stream(pieces):
+    """A read that is exactly one frame (the usual one) takes feed's short way; the
+    items are those of the same bytes fed at once."""
+    for limits in (LIMITS, Limits(max_frame_bytes=24)):  # the second refuses most frames
+        items = feed_all(BinaryDecoder(limits), [PREAMBLE, *pieces])
+        whole = BinaryDecoder(limits).feed(PREAMBLE + b"".join(pieces))
+        assert [summary(i) for i in items] == [summary(i) for i in whole]
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=200), cut_lists)
 def test_binary_decoder_takes_raw_noise_after_the_preamble(data, cuts):

@@ -5,7 +5,10 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
+from wonderq_server import commands
 from wonderq_server.commands import (
     COMMANDS,
     PRIORITY_MAX,
@@ -14,6 +17,7 @@ from wonderq_server.commands import (
     Command,
     Limits,
     Rejected,
+    _check_in_full,
     make_command,
 )
 from wonderq_server.errors import (
@@ -25,6 +29,7 @@ from wonderq_server.errors import (
     UNKNOWN_COMMAND,
     CommandError,
 )
+from wonderq_server.queues import check_queue_name
 
 LIMITS = Limits()
 SMALL = Limits(max_batch=3, max_wait_s=10.0, max_visibility_s=20.0, max_delay_s=30.0,
@@ -818,3 +823,88 @@ def test_a_batch_with_only_default_options_passes_bare_bodies_on_untouched():
     command = make_command("put_many", {"queue": "q", "priority": 0, "headers": {},
                                         "bodies": bodies}, LIMITS)
     assert command.args["bodies"] == [b"a", b"b"]
+
+
+# ------------------------------------------------- the usual request's short way
+
+FIELD_NAMES = sorted({field for required, optional in COMMANDS.values()
+                      for field in (*required, *optional)})
+ANY_VALUE = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-3, max_value=2**64 + 3),
+    st.sampled_from([2**64 - 1, 2**64, -(2**63)]),
+    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([-0.0, 0.0, 1.0, 300.0]),
+    st.sampled_from(["q", "jobs.v2", "", "bad name", "x" * 200]), st.text(max_size=4),
+    st.binary(max_size=8), st.lists(st.binary(max_size=3), max_size=4),
+    st.lists(st.lists(st.integers(min_value=-1, max_value=2**64), max_size=3), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=3))
+
+
+def _outcome(make, name, args):
+    try:
+        command = make(name, args, SMALL, 7)
+    except CommandError as exc:
+        return ("error", exc.code, exc.message)
+    return ("command", command.name, _comparable(command.args), command.request_id)
+
+
+def _comparable(value):
+    """_comparable: `value` with each CommandError (a batch item's) as (code, message)."""
+    if isinstance(value, CommandError):
+        return (value.code, value.message)
+    if isinstance(value, dict):
+        return {key: _comparable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_comparable(item) for item in value]
+    return value
+
+
+@settings(max_examples=1000, deadline=None)
+@given(data=st.data(), name=st.sampled_from(sorted(COMMANDS)))
+def test_the_short_way_decides_as_the_long_way(data, name):
+    """make_command's short way (only the required fields given) and its inline checks
+    (queue name, id and lease, wait) answer every map as the long way does."""
+    args = {field: data.draw(st.one_of(st.just(VALID[name][field]), ANY_VALUE), label=field)
+            for field in COMMANDS[name][0]}
+    if COMMANDS[name][0] and data.draw(st.booleans(), label="leave one out"):
+        del args[data.draw(st.sampled_from(COMMANDS[name][0]), label="left out")]
+    if data.draw(st.booleans(), label="more fields"):
+        args.update(data.draw(st.dictionaries(st.sampled_from([*FIELD_NAMES, "nosuch"]),
+                                              ANY_VALUE, max_size=3), label="more"))
+    assert _outcome(make_command, name, dict(args)) == \
+        _outcome(_check_in_full, name, dict(args))
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_the_short_way_takes_each_valid_minimal_request(name):
+    required = COMMANDS[name][0]
+    args = {field: VALID[name][field] for field in required}
+    assert _outcome(make_command, name, dict(args)) == \
+        _outcome(_check_in_full, name, dict(args))
+    assert make_command(name, args, LIMITS).args.keys() == \
+        {*required, *COMMANDS[name][1]}
+
+
+@settings(max_examples=500, deadline=None)
+@given(value=ANY_VALUE)
+@example(-1)
+@example(True)
+@example(2**64)
+@example(float("nan"))
+@example(10.0)  # SMALL's --max-wait
+@example(10.5)
+@example(-0.0)
+@example("bad name")
+def test_inline_checks_decide_as_the_checks_they_shortcut(value):
+    """_queue, _count and _wait answer the usual value inline; every value gets the
+    answer of the check each one shortcuts."""
+    def outcome(check, *args):
+        try:
+            return ("ok", type(check(*args)), check(*args))
+        except CommandError as exc:
+            return ("error", exc.code, exc.message)
+
+    assert outcome(commands._queue, "queue", value, SMALL) == \
+        outcome(check_queue_name, value)
+    assert outcome(commands._count, "id", value, SMALL) == outcome(commands._whole, "id", value)
+    assert outcome(commands._wait, "wait", value, SMALL) == \
+        outcome(commands._seconds, "wait", value, SMALL.max_wait_s, "--max-wait")

@@ -72,6 +72,13 @@ class BinaryDecoder:
         if self.broken:
             return []
         buf = self._buffer
+        if not buf and self._preamble_seen and len(data) > HEADER_BYTES:
+            # The usual read of a client that waits for each reply: one whole frame
+            # and nothing buffered. Decoded straight from `data`, as the loop below
+            # would, without the copy into and out of the buffer.
+            size = int.from_bytes(data[:HEADER_BYTES], "big")
+            if size == len(data) - HEADER_BYTES and size <= self._limits.max_frame_bytes:
+                return [self._decode(data[HEADER_BYTES:])]
         buf += data
         out: list[Command | Rejected] = []
         pos = 0
@@ -139,7 +146,8 @@ class BinaryEncoder:
             result = [peek_fields(m) for m in result]
         elif name in PER_ITEM_COMMANDS:  # ids or None, and errors: only errors change
             result = [r if r is None or type(r) is int else item_result(r) for r in result]
-        return self._frame([command.request_id, None, result])
+        payload = self._packer.pack([command.request_id, None, result])  # _frame, inline
+        return len(payload).to_bytes(HEADER_BYTES, "big") + payload
 
     def error(self, request_id: Any, error: WonderQError) -> bytes:
         return self._frame([request_id, [error.code, error.message], None])

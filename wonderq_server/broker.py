@@ -92,6 +92,7 @@ from .message import (
     materialize,
 )
 from .queue_admin import QueueAdmin
+from .queue_settings import QueueSettings
 from .queues import Queue, Waiter, check_queue_name
 from .replay import Replay
 
@@ -207,9 +208,16 @@ class Broker(QueueAdmin, Replay):
         `delay` and `expiry` None take the queue's settings; an expiry of 0
         means never.
         """
-        self._check_body(body)  # before the queue is made: a refused put leaves no trace
-        q = self.queue(name)
-        msg_id = self._store(q, body, now, delay, priority or 0, headers, expiry)
+        if len(body) > self.max_message_bytes:  # before the queue is made: no trace
+            self._check_body(body)
+        q = self.queues.get(name) if type(name) is str else None
+        if q is None:
+            q = self.queue(name)
+        if delay is None and expiry is None and not priority and not headers \
+                and type(body) is bytes and _adds_nothing(q.settings):
+            msg_id = self._store_plain(q, body, now)  # what _store decides, decided inline
+        else:
+            msg_id = self._store(q, body, now, delay, priority or 0, headers, expiry)
         if q.waiters and q.ready_count:
             self._serve_waiters(q, now)
         return msg_id
@@ -229,7 +237,7 @@ class Broker(QueueAdmin, Replay):
         # When the queue adds nothing to a message (no delay, expiry or length
         # limit), an item without options of its own is stored plain directly,
         # skipping what _store would decide again for every item of the batch.
-        plain_queue = not (settings.delay or settings.expiry or settings.max_length)
+        plain_queue = _adds_nothing(settings)
         max_bytes = self.max_message_bytes
         if plain_queue and items and all(type(item) is bytes and len(item) <= max_bytes
                                          for item in items):
@@ -816,6 +824,12 @@ class Broker(QueueAdmin, Replay):
         msg.queue.delayed_count += 1
         msg.deadline_at = deadline_at
         self.deadlines.push(deadline_at, msg)
+
+
+def _adds_nothing(settings: QueueSettings) -> bool:
+    """_adds_nothing: the queue gives a message nothing of its own (no delay, expiry or
+    length limit), so a put without options of its own is stored plain at once."""
+    return not (settings.delay or settings.expiry or settings.max_length)
 
 
 def _compact_ready(q: Queue) -> None:

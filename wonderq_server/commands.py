@@ -48,7 +48,7 @@ from .errors import (
     CommandError,
     bad_argument,
 )
-from .queues import check_queue_name
+from .queues import VALID_NAMES, check_queue_name
 
 PRIORITY_MIN = -(2**31)
 PRIORITY_MAX = 2**31 - 1
@@ -97,6 +97,8 @@ Check = Callable[[str, Any, Limits], Any]
 
 
 def _queue(field: str, value: Any, limits: Limits) -> str:
+    if type(value) is str and value in VALID_NAMES:  # check_queue_name's cache, inline
+        return value
     return check_queue_name(value)
 
 
@@ -210,6 +212,8 @@ def _whole(field: str, value: Any) -> int:
 
 
 def _count(field: str, value: Any, limits: Limits) -> int:
+    if type(value) is int and 0 <= value <= UINT64_MAX:  # the usual id or lease, inline
+        return value
     return _whole(field, value)
 
 
@@ -299,6 +303,9 @@ def _seconds(field: str, value: Any, upper: float | None = None, flag: str = "")
 
 
 def _wait(field: str, value: Any, limits: Limits) -> float:
+    # The usual wait, inline: a float in range (NaN fails both comparisons).
+    if type(value) is float and 0.0 <= value <= limits.max_wait_s:
+        return value
     return _seconds(field, value, limits.max_wait_s, "--max-wait")
 
 
@@ -386,9 +393,39 @@ def make_command(name: Any, args: Any, limits: Limits, request_id: Any = None) -
                            + ", ".join(COMMANDS))
     if not isinstance(args, dict):
         raise bad_argument(f"arguments must be a map, got {type(args).__name__}")
-    required, optional = spec
-    checked: dict[str, Any] = {}
+    _, _, defaults, checks = spec
+    # The usual request: every field it gives is one of the command's, none is nil,
+    # and every required one is there. Its fields are checked as they come, over a
+    # copy of the defaults. Anything else (an unknown or nil field, a missing one, a
+    # field that fails its check) goes the long way, which looks at the fields in
+    # the table's order, so the error is the same as ever. The checks are pure:
+    # running one twice does no harm.
+    checked = defaults.copy()
+    try:
+        for field, value in args.items():
+            check = checks.get(field)
+            if check is None or value is None:
+                break
+            checked[field] = check(field, value, limits)
+        else:
+            # Only the command's fields were added, so the count tells whether every
+            # required one (a key the defaults lack) is there.
+            if len(checked) == len(checks):
+                if name == "put_many":
+                    _apply_batch_options(checked)
+                return Command(name, checked, request_id)
+    except CommandError:
+        pass
+    return _check_in_full(name, args, limits, request_id)
+
+
+def _check_in_full(name: str, args: dict[Any, Any], limits: Limits,
+                   request_id: Any) -> Command:
+    """_check_in_full is make_command's long way, for any request: every field of the
+    table looked up, then anything left over refused by name."""
+    required, optional, _, _ = _COMPILED[name]
     get = args.get
+    checked: dict[str, Any] = {}
     for field, check in required:
         value = get(field)
         if value is None:  # nil counts as absent
@@ -407,11 +444,17 @@ def make_command(name: Any, args: Any, limits: Limits, request_id: Any = None) -
 
 
 def _compile(name: str) -> tuple[tuple[tuple[str, Check], ...],
-                                 tuple[tuple[str, Any, Check], ...]]:
+                                 tuple[tuple[str, Any, Check], ...], dict[str, Any],
+                                 dict[str, Check]]:
+    """_compile: the required fields and their checks, the optional ones with their
+    defaults and checks (both in table order, for the long way), and for the short
+    way the defaults as a map and every field's check by name."""
     required, optional = COMMANDS[name]
     return (tuple((field, _checker(name, field)) for field in required),
             tuple((field, default, _checker(name, field))
-                  for field, default in optional.items()))
+                  for field, default in optional.items()),
+            dict(optional),
+            {field: _checker(name, field) for field in (*required, *optional)})
 
 
 def _checker(name: str, field: str) -> Check:

@@ -361,18 +361,14 @@ class Connection(asyncio.Protocol):
             # moved the next deadline: the server re-arms its timer.
             self.hub.input_done(self)
 
-    def _decode(self, data: bytes) -> list[Command | Rejected]:
-        """_decode feeds the codec. The codecs never raise for anything a peer sends; if
-        one does, that is a bug, and the stream's state is unknown: log it, answer
-        INTERNAL (request id nil) and close, rather than let asyncio drop the
-        connection with no answer."""
-        assert self._decoder is not None
-        try:
-            return self._decoder.feed(data)
-        except Exception:
-            logger.exception("internal error decoding input from %s", self.peer)
-            return [Rejected(ProtocolError(INTERNAL, "internal server error while reading "
-                                           "the request; see the server log"))]
+    def _decode_failed(self) -> list[Command | Rejected]:
+        """_decode_failed: the codec raised while reading. The codecs never raise for
+        anything a peer sends; if one does, that is a bug, and the stream's state is
+        unknown: log it, answer INTERNAL (request id nil) and close, rather than let
+        asyncio drop the connection with no answer."""
+        logger.exception("internal error decoding input from %s", self.peer)
+        return [Rejected(ProtocolError(INTERNAL, "internal server error while reading "
+                                       "the request; see the server log"))]
 
     def _decode_and_run(self, data: bytes) -> bool:
         """_decode_and_run feeds `data` to the decoder DECODE_SLICE_BYTES at a time and runs
@@ -397,7 +393,10 @@ class Connection(asyncio.Protocol):
                 if newline < 0:
                     newline = data.find(b"\n", end)
                 end = size if newline < 0 else newline + 1
-            items = self._decode(data[start:end])
+            try:  # _decode's rule, inline (this runs for every read)
+                items = self._decoder.feed(data[start:end])  # type: ignore[union-attr]
+            except Exception:
+                items = self._decode_failed()
             start = end
             if items:
                 ran = True

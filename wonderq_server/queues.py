@@ -54,13 +54,13 @@ _QUEUE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1," + str(QUEUE_NAME_MAX_LENGTH) + "}
 
 # Names seen valid, so that the regular expression runs once per name rather
 # than once per request; cleared when it reaches its bound.
-_VALID_NAMES: set[str] = set()
+VALID_NAMES: set[str] = set()
 VALID_NAMES_CACHED = 4096
 
 
 def check_queue_name(name: object) -> str:
     """check_queue_name returns a valid queue name as it is; else INVALID_QUEUE_NAME."""
-    if type(name) is str and name in _VALID_NAMES:
+    if type(name) is str and name in VALID_NAMES:
         return name
     if not isinstance(name, str) or _QUEUE_NAME.fullmatch(name) is None:
         raise CommandError(
@@ -68,9 +68,9 @@ def check_queue_name(name: object) -> str:
             f"queue names are 1-{QUEUE_NAME_MAX_LENGTH} characters of A-Z a-z 0-9 _ - . "
             f"(got {name!r:.60})",
         )
-    if len(_VALID_NAMES) >= VALID_NAMES_CACHED:
-        _VALID_NAMES.clear()
-    _VALID_NAMES.add(name)
+    if len(VALID_NAMES) >= VALID_NAMES_CACHED:
+        VALID_NAMES.clear()
+    VALID_NAMES.add(name)
     return name
 
 

@@ -70,6 +70,9 @@ TIMER_TICK_S = 0.001
 class Server:
     def __init__(self, config: Config) -> None:
         self.config = config
+        # The hub's clock, read once per read of every connection: the C function
+        # itself, with no method of ours around it.
+        self.now: Callable[[], float] = time.time
         self.limits = config.limits
         self.connection_limits = config.connection_limits
         self.max_connections = config.connection_limits.max_connections  # start() may lower it
@@ -249,9 +252,6 @@ class Server:
         self.stopped.set()
 
     # ---------------------------------------------------------- hub for conns
-
-    def now(self) -> float:
-        return time.time()
 
     def defer(self, callback: Callable[[], None]) -> None:
         assert self._loop is not None

@@ -67,6 +67,8 @@ class BrokerService:
             "quit": lambda args, now: None,
             "auth": lambda args, now: self.auth.check(args["token"]),
         }
+        # The server asks after every read: bound straight to the broker's answer.
+        self.next_deadline: Callable[[], float | None] = broker.next_deadline
 
     def execute(self, command: Command, now: float, respond: Respond) -> Waiter | None:
         """execute carries out one command; see the module docstring for the contract."""
@@ -79,8 +81,6 @@ class BrokerService:
         """cancel withdraws a waiting receive whose connection went away."""
         self.broker.cancel_wait(handle)
 
-    def next_deadline(self) -> float | None:
-        return self.broker.next_deadline()
 
     def advance(self, now: float) -> None:
         self.broker.advance(now)
