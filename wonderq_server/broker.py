@@ -145,6 +145,9 @@ class Broker(QueueAdmin, Replay):
         self.full_refusals_total = 0  # puts refused with FULL (max_length or --max-memory)
         self.queues: dict[str, Queue] = {}
         self.deadlines = DeadlineHeap()
+        # next_deadline() is when `advance` next has work to do, or None: the heap's
+        # answer, bound here (the server asks after every read).
+        self.next_deadline: Callable[[], float | None] = self.deadlines.next_at
         self.ids = IdSequence()
 
     # ------------------------------------------------------------------ queues
@@ -681,10 +684,6 @@ class Broker(QueueAdmin, Replay):
                 self.deadlines.forget()
 
     # -------------------------------------------------------------- deadlines
-
-    def next_deadline(self) -> float | None:
-        """next_deadline is when `advance` next has work to do, or None."""
-        return self.deadlines.next_at()
 
     def advance(self, now: float) -> int:
         """advance handles every deadline at or before `now`; returns how many.

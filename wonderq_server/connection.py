@@ -612,11 +612,16 @@ class Connection(asyncio.Protocol):
         """take_output hands over the replies buffered since the last call (server flush)."""
         if not self._out and not self._close_requested:
             return None
-        output = Output(self._out, self._durable, self._close_requested, self._newest_shown)
+        return Output(*self._take())
+
+    def _take(self) -> tuple[list[bytes], list[tuple[int, Command]], bool, int | None]:
+        """_take: the buffered replies, their durable ones, the close and the newest id
+        shown (Output's fields), leaving the buffers empty."""
+        taken = self._out, self._durable, self._close_requested, self._newest_shown
         self._out, self._durable, self._close_requested = [], [], False
         self._newest_shown = 0
         self._out_bytes = 0
-        return output
+        return taken
 
     def send_output(self, output: Output, failed: bool = False) -> None:
         """send_output writes one Output in one write; `failed` means its journal write
@@ -631,13 +636,17 @@ class Connection(asyncio.Protocol):
                                  "(disk full or I/O error); it may or may not take effect")
             for index, command in output.durable:
                 parts[index] = self._encoder.error(command.request_id, error)
+        self._write(transport, parts, output.close)
+
+    def _write(self, transport: asyncio.Transport, parts: list[bytes], close: bool) -> None:
+        """_write: `parts` in one write, then the close they end with, if any."""
         if parts:
             if transport.get_write_buffer_size() > \
                     self.hub.connection_limits.max_reply_buffer_bytes:
                 self._cut_off_slow_reader(transport)
                 return
             transport.write(b"".join(parts) if len(parts) > 1 else parts[0])
-        if output.close:
+        if close:
             transport.close()
         elif self._output_blocked and "writing" not in self._paused_by:
             self._unblock_output()  # the socket took it all; else resume_writing will
@@ -669,10 +678,17 @@ class Connection(asyncio.Protocol):
         return bool(self._paused_by)
 
     def flush(self) -> None:
-        """flush writes what is buffered at once (used without a journal and by tests)."""
-        output = self.take_output()
-        if output is not None:
-            self.send_output(output)
+        """flush writes what is buffered at once (used without a journal and by tests).
+
+        `take_output` then `send_output`, without the Output between them: with no
+        journal no write can fail, so nothing is kept for one (this runs for every read).
+        """
+        if not self._out and not self._close_requested:
+            return
+        parts, _, close, _ = self._take()
+        transport = self.transport
+        if not self._closed and transport is not None:
+            self._write(transport, parts, close)
 
     # ----------------------------------------------------------------- misc
 
