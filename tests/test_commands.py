@@ -908,3 +908,10 @@ def test_inline_checks_decide_as_the_checks_they_shortcut(value):
     assert outcome(commands._count, "id", value, SMALL) == outcome(commands._whole, "id", value)
     assert outcome(commands._wait, "wait", value, SMALL) == \
         outcome(commands._seconds, "wait", value, SMALL.max_wait_s, "--max-wait")
+
+
+def test_a_check_that_raises_anything_takes_the_long_way():
+    """A duration too large for a float (only a Python caller can pass one: msgpack and
+    text mode stop at 64 bits) before a missing field: the long way's error, as ever."""
+    with pytest.raises(CommandError, match="needs the field 'queue'"):
+        make_command("put", {"delay": 2**1024, "queue": None}, LIMITS)

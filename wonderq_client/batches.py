@@ -54,7 +54,7 @@ def item_results(results: list[Any]) -> list[Any]:
     if list not in map(type, results):  # no item failed (checked in C: this is per item)
         return results
     for index, result in enumerate(results):
-        if isinstance(result, list):
+        if type(result) is list:  # as above: msgpack makes plain lists
             results[index] = error_from_wire(result[0], result[1])
     return results
 

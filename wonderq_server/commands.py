@@ -397,7 +397,7 @@ def make_command(name: Any, args: Any, limits: Limits, request_id: Any = None) -
     # The usual request: every field it gives is one of the command's, none is nil,
     # and every required one is there. Its fields are checked as they come, over a
     # copy of the defaults. Anything else (an unknown or nil field, a missing one, a
-    # field that fails its check) goes the long way, which looks at the fields in
+    # field whose check raises) goes the long way, which looks at the fields in
     # the table's order, so the error is the same as ever. The checks are pure:
     # running one twice does no harm.
     checked = defaults.copy()
@@ -414,7 +414,7 @@ def make_command(name: Any, args: Any, limits: Limits, request_id: Any = None) -
                 if name == "put_many":
                     _apply_batch_options(checked)
                 return Command(name, checked, request_id)
-    except CommandError:
+    except Exception:  # the long way raises it again, or the error that comes first
         pass
     return _check_in_full(name, args, limits, request_id)
 
