@@ -10,7 +10,7 @@ import pytest
 from broker_helpers import T0, check_invariants, counts, zero_counts
 
 from wonderq_server.broker import Broker
-from wonderq_server.errors import LEASE_LOST, NOT_FOUND
+from wonderq_server.errors import LEASE_LOST, NOT_FOUND, CommandError
 from wonderq_server.journal import Journal
 from wonderq_server.journal_format import FILE_HEADER, STATE, ReadResult, read_records
 from wonderq_server.lease_batch import LeaseBatch
@@ -159,3 +159,45 @@ def test_a_member_whose_ending_fails_does_not_strand_the_others(b: Broker, monke
     with pytest.raises(RuntimeError, match="planted"):
         b.advance(T0 + 1 + VIS)
     assert [m.state for m in taken] == [READY, LEASED, READY, READY, READY]
+
+
+def _state(b: Broker, journal: Journal) -> tuple:
+    records = list(read_records(FILE_HEADER + b"".join(journal._pending), ReadResult(), False))
+    q = b.queues["q"]
+    return (journal.live_bytes, q.acked_total, q.leased_count, q.ready_count, q.body_bytes,
+            b.stored_bytes, sorted(q.messages.others), b.deadlines._dead, len(b.deadlines),
+            b.next_deadline(), [tuple(r[:3]) for r in records])
+
+
+def test_ack_many_of_batch_members_ends_as_acks_one_by_one(tmp_path) -> None:
+    """ack_many acks a batch member inline; it must leave the broker, its counts, the
+    heap and the journal exactly as `ack` of each item does, whichever members went
+    their own way first (touched out of the batch, nacked, acked alone)."""
+    brokers = []
+    for name in ("inline", "one_by_one"):
+        b = Broker(visibility_timeout_s=VIS)
+        journal = Journal(tmp_path / name, fsync="never")
+        journal.open(b, T0)
+        backlog(b, 12)
+        journal.write_pending()
+        taken = b.receive("q", 8, VIS, T0 + 1)
+        b.touch("q", taken[1].id, taken[1].lease, 100.0, T0 + 2)  # leaves the batch
+        b.nack("q", taken[2].id, taken[2].lease, 0.0, T0 + 2)  # ready again
+        b.ack("q", taken[3].id, taken[3].lease, T0 + 2)
+        items = [(m.id, m.lease) for m in taken if m is not taken[2]]
+        if name == "inline":
+            results = b.ack_many("q", items, T0 + 3)
+        else:
+            results = []
+            for message_id, lease in items:
+                try:
+                    b.ack("q", message_id, lease, T0 + 3)
+                    results.append(None)
+                except CommandError as exc:
+                    results.append(exc.code)
+        brokers.append(([r if r is None else getattr(r, "code", r) for r in results],
+                        _state(b, journal)))
+        check_invariants(b)
+        journal.close()
+    assert brokers[0] == brokers[1]
+    assert brokers[0][0] == [None, None, NOT_FOUND, None, None, None, None]

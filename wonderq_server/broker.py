@@ -537,14 +537,30 @@ class Broker(QueueAdmin, Replay):
         q = self.queues.get(name) if type(name) is str else None
         if q is None:
             return _each(items, self.ack, name, now)
-        others, drop = q.messages.others, self._drop
+        others, drop, journal = q.messages.others, self._drop, self.journal
         results: list[CommandError | None] = []
+        append = results.append
         for item in items:
             msg = None if isinstance(item, CommandError) else others.get(item[0])
             if msg is not None and type(msg) is not bytes and msg.lease == item[1]:
                 q.acked_total += 1
-                drop(msg)
-                results.append(None)
+                batch = msg.lease_batch
+                if batch is not None and msg.expiry is None and msg.headers is None:
+                    # `_drop` of a lease batch's member (LEASED, its deadline held by the
+                    # batch), inline: a batch consumer acks every message this way.
+                    q.leased_count -= 1
+                    msg.deadline_at = msg.lease_batch = None
+                    if batch.leave(msg.id):
+                        self.deadlines.forget()
+                    msg.state = DELETED
+                    del others[msg.id]
+                    q.body_bytes -= len(msg.body)
+                    self.stored_bytes -= len(msg.body) + MESSAGE_OVERHEAD_BYTES
+                    if journal is not None:
+                        journal.ack(msg)
+                else:
+                    drop(msg)
+                append(None)
             else:
                 results += _each((item,), self.ack, name, now)
         return results
