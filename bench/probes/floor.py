@@ -1,4 +1,4 @@
-"""S1 and S2 shapes against beanstalkd, the do-nothing server and WonderQ, in one run.
+"""S1, S2 and S3 shapes against beanstalkd, the do-nothing server and WonderQ, in one run.
 
     python bench/probes/floor.py [MESSAGES] [RUNS]     (defaults 30000, 5)
 
@@ -27,7 +27,12 @@ sys.path[:0] = [str(BENCH), str(BENCH.parent)]
 
 import servers  # noqa: E402
 from runner import run_event_loop  # noqa: E402
-from scenarios import Progress, put_one_by_one, receive_ack_one_by_one  # noqa: E402
+from scenarios import (  # noqa: E402
+    Progress,
+    producers_consumers,
+    put_one_by_one,
+    receive_ack_one_by_one,
+)
 from systems import beanstalkd, wonderq  # noqa: E402
 
 TIME_LIMIT_S = 60.0
@@ -58,6 +63,16 @@ async def one_run(adapter, server: servers.ServerProcess, port: int, n: int) -> 
                         1e6 * (server.cpu_seconds() - cpu0) / load.messages]
     finally:
         await conn.close()
+    # S3's shape: 4 producers and 4 consumers, each on its own connection. The
+    # do-nothing server hands every receive its canned message, so its consumers never
+    # wait; the request mix (a put, a receive and an ack per message) is the same.
+    cpu0 = server.cpu_seconds()
+    load = await producers_consumers(lambda name: adapter.connect(port, "floor3", name), n,
+                                     time.monotonic() + TIME_LIMIT_S, Progress())
+    if load.stalled:
+        raise SystemExit(f"{server.name}: S3 {load.stalled}")
+    figures += [load.messages / load.seconds,
+                1e6 * (server.cpu_seconds() - cpu0) / load.messages]
     return figures
 
 
@@ -82,9 +97,11 @@ def main(n: int, runs: int) -> None:
     base = [statistics.median(column) for column in zip(*rows["beanstalkd"], strict=True)]
     print(f"{n} messages, median of {runs} runs (server CPU per message in brackets)")
     for name, table in rows.items():
-        s1, s1_us, s2, s2_us = (statistics.median(column) for column in zip(*table, strict=True))
+        s1, s1_us, s2, s2_us, s3, s3_us = (statistics.median(column)
+                                           for column in zip(*table, strict=True))
         print(f"{name:11s} S1 {s1:7.0f}/s ({s1_us:5.1f} us) {s1 / base[0]:4.2f}x   "
-              f"S2 {s2:7.0f}/s ({s2_us:5.1f} us) {s2 / base[2]:4.2f}x")
+              f"S2 {s2:7.0f}/s ({s2_us:5.1f} us) {s2 / base[2]:4.2f}x   "
+              f"S3 {s3:7.0f}/s ({s3_us:5.1f} us) {s3 / base[4]:4.2f}x")
 
 
 if __name__ == "__main__":
