@@ -201,34 +201,3 @@ def test_ack_many_of_batch_members_ends_as_acks_one_by_one(tmp_path) -> None:
         journal.close()
     assert brokers[0] == brokers[1]
     assert brokers[0][0] == [None, None, NOT_FOUND, None, None, None, None]
-
-
-def test_a_take_of_several_ready_messages_is_one_batch(b: Broker) -> None:
-    """Redelivered and prioritised messages come off the ready heap one at a time
-    (`_take_each`); a receive of several still costs one heap entry."""
-    b.put("q", b"urgent", T0, priority=-1)
-    backlog(b, 3)
-    taken = b.receive("q", 3, VIS, T0 + 1)
-    assert [m.body for m in taken] == [b"urgent", b"m0", b"m1"]
-    (batch,) = live_entries(b)
-    assert isinstance(batch, LeaseBatch) and list(batch.members.values()) == taken
-    assert len(b.deadlines) == 1
-    check_invariants(b)
-
-
-def test_an_own_entry_live_again_at_its_batchs_time_ends_the_lease_once(b: Broker) -> None:
-    """A message leased alone, given back, then leased again in a batch due at the very
-    time its own entry had: that entry is live again (deadlines.py) and pops first, so
-    the lease ends there, as with one entry each, and only there: the batch lets the
-    member go."""
-    backlog(b, 2)
-    (first,) = b.receive("q", 1, 10.0, T0)  # its own entry, due at T0 + 10
-    b.nack("q", first.id, first.lease, 0.0, T0 + 1)  # the entry goes stale
-    taken = b.receive("q", 2, 5.0, T0 + 5)  # due at T0 + 10 again, in a batch
-    assert taken[0] is first and first.lease_batch is not None
-    assert b.advance(T0 + 10) == 2
-    assert [m.state for m in taken] == [READY, READY]
-    assert [m.deliveries for m in taken] == [2, 1]
-    assert b.stats(T0 + 10)["queues"]["q"]["redelivered_total"] == 1
-    assert b.deadlines._dead == 0 and len(b.deadlines) == 0
-    check_invariants(b)

@@ -443,37 +443,31 @@ class Broker(QueueAdmin, Replay):
         run hold, in their merged order."""
         taken: list[Message] = []
         ready, messages = q.ready, q.messages
-        deadline_at = now + visibility_s
-        try:
-            while q.ready_count and len(taken) < max_messages:
-                # The oldest plain messages wait in the table's run, the rest on the
-                # heap (queues.py): take whichever comes first by key.
-                first_plain = messages.first_plain_id()
-                if ready and (first_plain is None or ready[0] < first_plain):
-                    message_id = heapq.heappop(ready) & ID_MASK
-                    msg = messages.get(message_id)
-                    if msg is None:
-                        continue  # a stale entry: acked, moved or purged since
-                    if type(msg) is bytes:
-                        msg = materialize(messages, message_id, msg, q)
-                    elif msg.state != READY:
-                        continue  # a stale entry: leased again, or delayed
-                else:
-                    message_id, body = messages.take_first_plain()
-                    msg = messages.others[message_id] = Message(message_id, body, q)
-                self._detach(msg)
-                msg.state = LEASED  # _make_leased but the heap entry: _push_leases pushes one
-                q.leased_count += 1
-                msg.deadline_at = deadline_at
-                taken.append(msg)  # at once: a leased message must reach the heap
-                msg.deliveries += 1
-                if msg.deliveries > 1:
-                    q.redelivered_total += 1
-                msg.lease = self.ids.next(now)
-                if self.journal is not None:
-                    self.journal.state(msg)
-        finally:  # whatever was leased gets its heap entry, even if a step raised (a bug)
-            self._push_leases(taken, deadline_at)
+        while q.ready_count and len(taken) < max_messages:
+            # The oldest plain messages wait in the table's run, the rest on the
+            # heap (queues.py): take whichever comes first by key.
+            first_plain = messages.first_plain_id()
+            if ready and (first_plain is None or ready[0] < first_plain):
+                message_id = heapq.heappop(ready) & ID_MASK
+                msg = messages.get(message_id)
+                if msg is None:
+                    continue  # a stale entry: acked, moved or purged since
+                if type(msg) is bytes:
+                    msg = materialize(messages, message_id, msg, q)
+                elif msg.state != READY:
+                    continue  # a stale entry: leased again, or delayed
+            else:
+                message_id, body = messages.take_first_plain()
+                msg = messages.others[message_id] = Message(message_id, body, q)
+            self._detach(msg)
+            self._make_leased(msg, now + visibility_s)
+            msg.deliveries += 1
+            if msg.deliveries > 1:
+                q.redelivered_total += 1
+            msg.lease = self.ids.next(now)
+            taken.append(msg)
+            if self.journal is not None:
+                self.journal.state(msg)
         return taken
 
     def _take_from_run(self, q: Queue, max_messages: int, deadline_at: float,
@@ -487,6 +481,8 @@ class Broker(QueueAdmin, Replay):
             return []
         leases = self.ids.next_range(now, len(ids))
         others, journal = q.messages.others, self.journal
+        # One heap entry for them all (lease_batch.py); a lone message has its own.
+        batch = LeaseBatch(deadline_at) if len(ids) > 1 else None
         taken = []
         for message_id, body, lease in zip(ids, bodies, leases, strict=True):
             msg = others[message_id] = Message(message_id, body, q)
@@ -494,28 +490,18 @@ class Broker(QueueAdmin, Replay):
             msg.deadline_at = deadline_at
             msg.deliveries = 1
             msg.lease = lease
+            msg.lease_batch = batch
             taken.append(msg)
             if journal is not None:
                 journal.state(msg)
-        self._push_leases(taken, deadline_at)
+        if batch is None:
+            self.deadlines.push(deadline_at, taken[0])
+        else:
+            batch.members = dict(zip(ids, taken, strict=True))
+            self.deadlines.push(deadline_at, batch)
         q.ready_count -= len(taken)
         q.leased_count += len(taken)
         return taken
-
-    def _push_leases(self, taken: list[Message], deadline_at: float) -> None:
-        """_push_leases gives the leases one take made (all due at `deadline_at`) their
-        heap entry: a lone message its own; several one LeaseBatch, which each of them
-        points to (lease_batch.py), so a batch consumer's receive costs one push and,
-        once it has acked them all, one stale entry rather than one each."""
-        if len(taken) == 1:
-            self.deadlines.push(deadline_at, taken[0])
-        elif taken:
-            batch = LeaseBatch(deadline_at)
-            members = batch.members
-            for msg in taken:
-                msg.lease_batch = batch
-                members[msg.id] = msg
-            self.deadlines.push(deadline_at, batch)
 
     def _serve_waiters(self, q: Queue, now: float) -> None:
         while q.ready_count:
@@ -731,16 +717,6 @@ class Broker(QueueAdmin, Replay):
         freed: dict[Queue, None] = {}
         expired_waiters: list[Waiter] = []
         while (item := self.deadlines.pop_due(now)) is not None:
-            if type(item) is Message and item.lease_batch is not None:
-                # A lease batch's member's own entry from before, live again because
-                # the batch is due at the very time it had (deadlines.py). It pops
-                # before the batch, so the lease ends here, as it would with one entry
-                # each, and the batch lets the member go. The entry was counted dead
-                # when it went stale.
-                self.deadlines.revived()
-                batch, item.lease_batch = item.lease_batch, None
-                if batch.leave(item.id):
-                    self.deadlines.forget()
             handled += 1
             # Each deadline is judged at its own time, not at `now`: when the timer
             # runs late, or the server was down, a lease that ended before an expiry

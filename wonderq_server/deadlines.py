@@ -19,9 +19,7 @@ Rules (the lazy-deletion scheme of asyncio's own timer heap):
 * An item moved back to a deadline it had before makes its older entry live
   again, so one item can have several live entries. The rebuild keeps only
   the first of them to pop; the owner clears `deadline_at` when it handles
-  the item, so the others would have been skipped anyway. Such an entry
-  had been counted dead when it went stale; the owner says so (`revived`)
-  when it handles it.
+  the item, so the others would have been skipped anyway.
 
 Must not know: queues, messages, clocks. `at` is whatever number the owner
 uses for time.
@@ -63,11 +61,6 @@ class DeadlineHeap:
         """push records that `item` is due at `at`; the caller has set item.deadline_at = at."""
         self._seq += 1
         heapq.heappush(self._entries, (at, self._seq, item))
-
-    def revived(self) -> None:
-        """revived: an entry pop_due just returned was live again by the rule above, and
-        had been counted dead (forget) when it went stale: it is gone now."""
-        self._dead = max(0, self._dead - 1)
 
     def forget(self) -> None:
         """forget notes that one entry went stale, and rebuilds when too many have."""

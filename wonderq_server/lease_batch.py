@@ -6,9 +6,7 @@ paid 100 heap pushes per receive, and after its ack_many 100 stale entries
 for the server's timer to pop (`next_at`): about 17% of the server's time
 per message, in a profile of receive(100) + ack_many(100). A LeaseBatch is
 one entry standing for all of them, so a batch costs one push and, once
-acked, one pop. Every receive of two or more messages leases them under one
-(`Broker._push_leases`): a slice of the backlog's run, and messages taken
-one by one off the ready heap (priorities, redeliveries) alike.
+acked, one pop.
 
 `members` maps id to message for the members still pending, in the order
 they were leased (a dict keeps insertion order). A member that leaves is
@@ -34,10 +32,6 @@ Rules:
   another would have popped in; every one of them, even if ending one
   raises (a bug): the entry is gone, and a member skipped would stay leased
   for ever (`Broker._batch_deadline_passed`).
-* A member leased before may have an own entry from then, due at the very
-  time its batch is: that entry is live again (deadlines.py) and pops
-  first. The broker ends the lease there, as with one entry each, and the
-  member leaves its batch (`Broker.advance`), so no lease ends twice.
 
 Must not know: queues, the heap, clocks.
 """
