@@ -146,8 +146,7 @@ class BinaryEncoder:
             result = [peek_fields(m) for m in result]
         elif name in PER_ITEM_COMMANDS:  # ids or None, and errors: only errors change
             result = [r if r is None or type(r) is int else item_result(r) for r in result]
-        payload = self._packer.pack([command.request_id, None, result])  # _frame, inline
-        return len(payload).to_bytes(HEADER_BYTES, "big") + payload
+        return self._frame([command.request_id, None, result])
 
     def error(self, request_id: Any, error: WonderQError) -> bytes:
         return self._frame([request_id, [error.code, error.message], None])

@@ -81,7 +81,6 @@ class BrokerService:
         """cancel withdraws a waiting receive whose connection went away."""
         self.broker.cancel_wait(handle)
 
-
     def advance(self, now: float) -> None:
         self.broker.advance(now)
 
