@@ -68,6 +68,8 @@ def check_invariants(broker: Broker) -> None:
             assert isinstance(m, Message) and m.id == i
             assert (m.deadline_at is not None) == (m.state in (LEASED, DELAYED))
             assert m.queue is q
+        # the bound oldest_id keeps (message_table.py) is checked by using it each time
+        assert q.messages.oldest_id() == min(q.messages, default=None)
         in_run = set(q.messages.plain_from_oldest())
         assert all(type(body) is bytes for _, body in in_run)
         assert [i for i, _ in q.messages.plain_from_oldest()] == sorted(i for i, _ in in_run)

@@ -314,6 +314,25 @@ def test_oldest_age_follows_the_oldest_stored_message(b: Broker) -> None:
     assert b.queue_info("q", T0 + 7.0)["oldest_age_s"] == 0.0
 
 
+def test_oldest_age_sees_an_older_message_moved_in_later(b: Broker) -> None:
+    # oldest_id keeps a bound between calls (message_table.py); a dead-lettered message
+    # keeps its id, so the dead-letter queue can take in one older than all it holds.
+    b.create_queue("q", {"max_deliveries": 1, "dead_letter_queue": "dlq"}, T0)
+    older = b.put("q", b"a", T0)
+    newer = b.put("q", b"b", T0 + 2.0)
+    [m_older] = b.receive("q", 1, 30.0, T0 + 3.0)  # leased until T0 + 33
+    [m_newer] = b.receive("q", 1, 5.0, T0 + 3.0)  # until T0 + 8: dead-lettered first
+    assert (m_older.id, m_newer.id) == (older, newer)
+    b.advance(T0 + 8.0)
+    assert b.queue_info("dlq", T0 + 10.0)["oldest_age_s"] == 8.0  # newer's, put at T0 + 2
+    b.advance(T0 + 33.0)
+    assert list(b.queues["dlq"].messages) == [older, newer]
+    assert b.queue_info("dlq", T0 + 40.0)["oldest_age_s"] == 40.0  # older's, put at T0
+    b.ack("dlq", older, b.receive("dlq", 1, None, T0 + 41.0)[0].lease, T0 + 41.0)
+    assert b.queue_info("dlq", T0 + 42.0)["oldest_age_s"] == 40.0  # newer's again
+    check_invariants(b)
+
+
 def test_rates_from_samples_at_two_times(b: Broker) -> None:
     b.put("q", b"0", T0)
     assert b.queue_info("q", T0 + 1.0)["put_rate"] == 0.0  # no sample yet

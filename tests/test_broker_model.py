@@ -41,6 +41,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from wonderq_server.broker import Broker
 from wonderq_server.errors import BODY_TOO_LARGE, QUEUE_NOT_FOUND, CommandError
+from wonderq_server.ids import id_time
 from wonderq_server.journal import Journal, RecoveryReport
 from wonderq_server.message import (
     DELAYED,
@@ -346,6 +347,8 @@ class BrokerVersusModel(RuleBasedStateMachine):
         want = {}
         for queue in sorted(model.kept_queues()):
             states = [m.state for m in model.messages.values() if m.queue == queue]
+            oldest = min((i for i, m in model.messages.items() if m.queue == queue),
+                         default=None)
             totals = model.totals[queue]
             want[queue] = {
                 "ready": states.count("ready"),
@@ -356,6 +359,9 @@ class BrokerVersusModel(RuleBasedStateMachine):
                 "acked_total": totals.acked,
                 "redelivered_total": totals.redelivered,
                 "dead_lettered_total": totals.dead_lettered,
+                # ids hold their put's time (ids.py), so this checks oldest_id itself
+                "oldest_age_s": 0.0 if oldest is None
+                else round(max(0.0, model.now - id_time(oldest)), 3),
             }
         assert {name: {key: counts[key] for key in want.get(name, counts)}
                 for name, counts in stats["queues"].items()} == want

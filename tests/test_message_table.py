@@ -38,8 +38,8 @@ def check(table: MessageTable, model: dict[int, Any], run: list[int]) -> None:
 
 
 operations = st.lists(st.tuples(
-    st.sampled_from(["append", "append_old", "set", "delete", "take", "get_missing",
-                     "rebuild"]),
+    st.sampled_from(["append", "append_old", "set", "move_in", "extend_old", "delete", "take",
+                     "get_missing", "rebuild"]),
     st.integers(min_value=0, max_value=10_000)), max_size=300)
 
 
@@ -73,6 +73,16 @@ def test_the_table_behaves_like_a_dict(ops: list[tuple[str, int]]) -> None:
             table[key] = table_value
             if key in run:
                 run.remove(key)
+        elif op == "move_in":  # a Message moved in from another queue: any id, old or not
+            if n in model:
+                continue
+            model[n] = table[n] = Obj(n)
+        elif op == "extend_old":  # a replayed run of PUTs, in one step if they fit the run
+            ids = [n, n + 1]
+            if table.extend_run_if_in_order(ids, [b"r", b"r"]):
+                assert not run or n > run[-1]
+                model.update(dict.fromkeys(ids, b"r"))
+                run += ids
         elif op == "delete" and model:
             key = sorted(model)[n % len(model)]
             del table[key], model[key]

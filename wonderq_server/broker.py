@@ -649,7 +649,7 @@ class Broker(QueueAdmin, Replay):
         msg.origin = origin
         msg.lease = None
         target.ever_held = True
-        target.messages.others[msg.id] = msg  # its id is in no other queue's run
+        target.messages[msg.id] = msg  # an older id, maybe, than the target's (oldest_id)
         target.body_bytes += len(msg.body)
         if expires_at:
             self._set_expiry(msg, expires_at)

@@ -30,6 +30,17 @@ Rules:
   number of messages it holds, plus a constant. A running server only takes
   from the head, so a compaction is then a cut in place (memmove), not a
   Python step per entry: it happens inside one receive.
+* `oldest_id` (STATS, queue_info and metrics ask it for every queue) keeps
+  `_oldest_bound`: None, or an id no greater than any id in the table. So
+  when the bound is itself in the table, it is the oldest, found in O(1)
+  rather than by a min() over `others`, which took 17 ms per call with a
+  million messages there (leased, delayed or with a priority), holding the
+  event loop each time. Every way an id enters the table lowers the bound
+  if it is older (`__setitem__` for an id new to the table, `append_to_run`,
+  `_extend`); a removal leaves it a bound, and the next call finds it gone
+  and takes the min once. Writing `others[id]` directly is only for ids
+  already in the table (a plain message becoming a Message) or fresh from
+  the id sequence (above every id there is).
 * Iteration (keys, values, items, ids_in_order) is in id order, the run
   merged with `others` sorted: compaction writes its snapshot in that order. The new
   file may still hold puts made during the compaction before the
@@ -56,7 +67,7 @@ RUN_COMPACT_MIN_DEAD = 1024
 
 
 class MessageTable(Mapping[int, Any]):
-    __slots__ = ("_head", "_live", "_run_bodies", "_run_ids", "others")
+    __slots__ = ("_head", "_live", "_oldest_bound", "_run_bodies", "_run_ids", "others")
 
     def __init__(self) -> None:
         self.others: dict[int, Any] = {}
@@ -64,6 +75,7 @@ class MessageTable(Mapping[int, Any]):
         self._run_bodies: list[bytes | None] = []
         self._head = 0  # entries before it are dead
         self._live = 0  # entries of the run with a body
+        self._oldest_bound: int | None = None  # no id in the table is older (oldest_id)
 
     # ------------------------------------------------------------ Mapping
 
@@ -133,6 +145,8 @@ class MessageTable(Mapping[int, Any]):
             index = self._run_index(message_id)
             if index >= 0:
                 self._kill(index)
+            else:  # new to the table: maybe older than the bound (a move, a replay)
+                self._lower_bound(message_id)
         self.others[message_id] = value
 
     def __delitem__(self, message_id: int) -> None:
@@ -160,6 +174,9 @@ class MessageTable(Mapping[int, Any]):
             ids.append(message_id)
             self._run_bodies.append(body)
             self._live += 1
+            bound = self._oldest_bound  # _lower_bound, inline: every put comes here
+            if bound is not None and message_id < bound:
+                self._oldest_bound = message_id
             return True
         return False
 
@@ -242,12 +259,19 @@ class MessageTable(Mapping[int, Any]):
                 yield ids[index], body
 
     def oldest_id(self) -> int | None:
-        """oldest_id is the smallest id in the table, or None when it is empty."""
+        """oldest_id is the smallest id in the table, or None when it is empty: the
+        bound when it is still here (see the rules), else found and kept as the bound."""
+        bound = self._oldest_bound
+        if bound is not None and bound in self:
+            return bound
         first_plain = self.first_plain_id()
         if not self.others:
-            return first_plain
-        first_other = min(self.others)
-        return first_other if first_plain is None else min(first_plain, first_other)
+            oldest = first_plain
+        else:
+            first_other = min(self.others)
+            oldest = first_other if first_plain is None else min(first_plain, first_other)
+        self._oldest_bound = oldest
+        return oldest
 
     # ------------------------------------------------------------- inside
 
@@ -261,7 +285,14 @@ class MessageTable(Mapping[int, Any]):
             return index
         return -1
 
+    def _lower_bound(self, message_id: int) -> None:
+        """_lower_bound: `message_id` has entered the table; the bound must not be newer."""
+        if self._oldest_bound is not None and message_id < self._oldest_bound:
+            self._oldest_bound = message_id
+
     def _extend(self, ids: Sequence[int], bodies: Sequence[bytes]) -> None:
+        if ids:
+            self._lower_bound(ids[0])  # the smallest: callers give rising ids
         self._run_ids.extend(ids)
         self._run_bodies.extend(bodies)
         self._live += len(bodies)
