@@ -9,7 +9,8 @@ Design decision: this module only decides what runs when: it checks which
 systems are installed (a missing one is skipped with a note), then runs the
 scenario groups with runs interleaved across systems (run 1 of every
 system, then run 2, ...; the order of the systems rotates each run) so
-machine noise spreads evenly, and prints and writes the medians. Starting
+machine noise spreads evenly, and prints and writes the medians and the
+paired ratios (each run's WonderQ figure over the peer's). Starting
 servers is servers.py's, the load is scenarios.py's, a group's phases and
 figures are runner.py's, the tables are report.py's.
 
@@ -152,6 +153,12 @@ def results_markdown(args: argparse.Namespace, chosen: list[ModuleType], notes: 
         report.legend(args.runs), "",
         report.main_table(summaries, args.scenario_list, names), "",
     ]
+    paired = report.paired_table(results, args.scenario_list, names)
+    if paired:
+        parts += ["## Paired ratios", "",
+                  "Each run's WonderQ figure ÷ the peer's in the same run; median [min-max] "
+                  "of those (report.py says when it is steadier than the ratio of medians).",
+                  "", paired, ""]
     latency = report.latency_table(summaries, args.scenario_list, names)
     if latency:
         parts += ["## Put-to-ack latency (S3, S6)", "", latency, ""]
@@ -199,6 +206,12 @@ def main() -> int:
     print()
     print(report.legend(args.runs))
     print(report.main_table(summaries, args.scenario_list, names))
+    paired = report.paired_table(results, args.scenario_list, names)
+    if paired:
+        print()
+        print("Paired ratios: each run's WonderQ figure ÷ the peer's in the same run, "
+              "median [min-max]")
+        print(paired)
     latency = report.latency_table(summaries, args.scenario_list, names)
     if latency:
         print()

@@ -12,6 +12,12 @@ Rules:
 * A run that stalled or failed is left out of the median and counted in
   the cell ("2/3 runs"); a scenario with no completed run shows its first
   note instead of figures.
+* Paired ratios (`paired_table`) divide WonderQ's figure by the peer's in
+  the same run, then take the median of those. Both figures of a pair come
+  from the same stretch of machine time, so a machine whose speed drifts
+  between runs (this project's shared VM moved by a third within an hour)
+  moves both; the ratio of medians can pair a fast run of one system with
+  a slow run of the other. Both are shown; neither replaces the other.
 * Tables are Markdown, the same text printed and written to RESULTS.md.
 * This module formats; it measures and runs nothing.
 """
@@ -111,6 +117,32 @@ def main_table(summaries: dict[tuple[str, str], Summary], scenarios: list[str],
             row += [_ratio(summaries.get((name, "wonderq")), summaries.get((name, p)))
                     for p in peers]
         lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def paired_ratios(results: list[Result], scenario: str, peer: str) -> list[float]:
+    """paired_ratios: for each run where both completed, WonderQ's figure ÷ the peer's."""
+    values = {(r.system, r.run): r.value for r in results
+              if r.scenario == scenario and r.value is not None}
+    runs = sorted({run for _, run in values})
+    return [values[("wonderq", run)] / values[(peer, run)] for run in runs
+            if ("wonderq", run) in values and values.get((peer, run))]
+
+
+def paired_table(results: list[Result], scenarios: list[str], systems: list[str]) -> str:
+    """paired_table: per scenario and peer, the median [min-max] of the per-run ratios."""
+    peers = [s for s in systems if s != "wonderq"]
+    if "wonderq" not in systems or not peers:
+        return ""
+    lines = ["| scenario | " + " | ".join(f"wonderq ÷ {p}" for p in peers) + " |",
+             "|" + "---|" * (len(peers) + 1)]
+    for name in scenarios:
+        cells = []
+        for peer in peers:
+            ratios = paired_ratios(results, name, peer)
+            cells.append(f"{statistics.median(ratios):.2f}x [{min(ratios):.2f}-"
+                         f"{max(ratios):.2f}] ({len(ratios)} runs)" if ratios else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
