@@ -78,7 +78,15 @@ def check_invariants(broker: Broker) -> None:
         assert ready_keys - {i for i, _ in in_run} <= set(q.ready)
     # every leased or delayed message is due by a live heap entry: its own, or its lease
     # batch's while it is pending there (lease_batch.py)
-    live = {id(item) for at, _, item in broker.deadlines._entries if item.deadline_at == at}
+    # (an own entry of a pending member is stale even at its batch's time: deadlines.py)
+    entries = broker.deadlines._entries
+    live_entries = [(seq, item) for at, seq, item in entries if item.deadline_at == at
+                    and getattr(item, "lease_batch", None) is None]
+    live = {id(item) for _, item in live_entries}
+    # the heap counts as dead every entry it will skip: the stale ones, and the later
+    # live entries of an item that has several (only the first pops as live)
+    assert broker.deadlines._dead == len(entries) - len(live), (broker.deadlines._dead,
+                                                                len(entries), len(live))
     for q in broker.queues.values():
         for m in q.messages.values():
             if type(m) is bytes or m.deadline_at is None:

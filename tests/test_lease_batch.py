@@ -10,11 +10,12 @@ import pytest
 from broker_helpers import T0, check_invariants, counts, zero_counts
 
 from wonderq_server.broker import Broker
+from wonderq_server.deadlines import DeadlineHeap
 from wonderq_server.errors import LEASE_LOST, NOT_FOUND, CommandError
 from wonderq_server.journal import Journal
 from wonderq_server.journal_format import FILE_HEADER, STATE, ReadResult, read_records
 from wonderq_server.lease_batch import LeaseBatch
-from wonderq_server.message import LEASED, READY
+from wonderq_server.message import LEASED, READY, Message
 
 VIS = 30.0
 
@@ -24,7 +25,10 @@ def backlog(b: Broker, n: int, name: str = "q") -> None:
 
 
 def live_entries(b: Broker) -> list[object]:
-    return [item for at, _, item in b.deadlines._entries if item.deadline_at == at]
+    """live_entries: the heap's items by its rules, a pending member's own entries not
+    among them (deadlines.py)."""
+    return [item for at, _, item in b.deadlines._entries if item.deadline_at == at
+            and getattr(item, "lease_batch", None) is None]
 
 
 def test_a_batch_receive_pushes_one_entry_and_a_lone_one_its_own(b: Broker) -> None:
@@ -201,3 +205,61 @@ def test_ack_many_of_batch_members_ends_as_acks_one_by_one(tmp_path) -> None:
         journal.close()
     assert brokers[0] == brokers[1]
     assert brokers[0][0] == [None, None, NOT_FOUND, None, None, None, None]
+
+
+def test_a_take_of_several_ready_messages_is_one_batch(b: Broker) -> None:
+    """Redelivered and prioritised messages come off the ready heap one at a time
+    (`_take_each`); a receive of several still costs one heap entry."""
+    b.put("q", b"urgent", T0, priority=-1)
+    backlog(b, 3)
+    taken = b.receive("q", 3, VIS, T0 + 1)
+    assert [m.body for m in taken] == [b"urgent", b"m0", b"m1"]
+    (batch,) = live_entries(b)
+    assert isinstance(batch, LeaseBatch) and list(batch.members.values()) == taken
+    assert len(b.deadlines) == 1
+    check_invariants(b)
+
+
+def own_entry_at_the_batchs_time(b: Broker) -> tuple[list[Message], object]:
+    """A message leased alone, given back, then leased again in a batch due at the very
+    time its own first entry still in the heap is: returns the batch's messages and
+    that old entry's item."""
+    backlog(b, 2)
+    (first,) = b.receive("q", 1, 10.0, T0)  # its own entry, due at T0 + 10
+    b.nack("q", first.id, first.lease, 0.0, T0 + 1)  # that entry goes stale
+    taken = b.receive("q", 2, 5.0, T0 + 5)  # due at T0 + 10 again, in a batch
+    assert taken[0] is first and first.lease_batch is not None
+    old = [item for at, _, item in b.deadlines._entries if item is first]
+    assert old == [first] and first.deadline_at == T0 + 10  # its time, yet stale
+    assert live_entries(b) == [first.lease_batch]
+    return taken, first
+
+
+def test_a_members_own_entry_at_its_batchs_time_is_stale_and_the_lease_ends_once(
+        b: Broker) -> None:
+    """The old entry pops first (it was pushed first); the broker skips it, and the
+    lease ends with the batch, as the lease it has now says."""
+    taken, _ = own_entry_at_the_batchs_time(b)
+    check_invariants(b)  # the heap counts that entry dead
+    assert b.advance(T0 + 10) == 2
+    assert [m.state for m in taken] == [READY, READY]
+    assert [m.deliveries for m in taken] == [2, 1]
+    assert b.stats(T0 + 10)["queues"]["q"]["redelivered_total"] == 1
+    assert b.deadlines._dead == 0 and len(b.deadlines) == 0
+    check_invariants(b)
+
+
+def test_a_rebuild_drops_a_members_own_entry_at_its_batchs_time(b: Broker) -> None:
+    """A rebuild keeps live entries only; the member's old entry is not one, so the dead
+    count stays exact and the next rebuild comes on time."""
+    b.deadlines = DeadlineHeap(compact_min_size=2)
+    b.next_deadline = b.deadlines.next_at
+    taken, first = own_entry_at_the_batchs_time(b)
+    waiter = b.wait("x", 1, None, T0 + 50, lambda messages: None, T0 + 5)
+    b.cancel_wait(waiter)  # the third entry goes stale: more than half, a rebuild
+    assert [item for _, _, item in b.deadlines._entries] == [first.lease_batch]
+    assert b.deadlines._dead == 0
+    check_invariants(b)
+    assert b.advance(T0 + 10) == 2
+    assert [m.state for m in taken] == [READY, READY]
+    check_invariants(b)

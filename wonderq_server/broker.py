@@ -443,31 +443,37 @@ class Broker(QueueAdmin, Replay):
         run hold, in their merged order."""
         taken: list[Message] = []
         ready, messages = q.ready, q.messages
-        while q.ready_count and len(taken) < max_messages:
-            # The oldest plain messages wait in the table's run, the rest on the
-            # heap (queues.py): take whichever comes first by key.
-            first_plain = messages.first_plain_id()
-            if ready and (first_plain is None or ready[0] < first_plain):
-                message_id = heapq.heappop(ready) & ID_MASK
-                msg = messages.get(message_id)
-                if msg is None:
-                    continue  # a stale entry: acked, moved or purged since
-                if type(msg) is bytes:
-                    msg = materialize(messages, message_id, msg, q)
-                elif msg.state != READY:
-                    continue  # a stale entry: leased again, or delayed
-            else:
-                message_id, body = messages.take_first_plain()
-                msg = messages.others[message_id] = Message(message_id, body, q)
-            self._detach(msg)
-            self._make_leased(msg, now + visibility_s)
-            msg.deliveries += 1
-            if msg.deliveries > 1:
-                q.redelivered_total += 1
-            msg.lease = self.ids.next(now)
-            taken.append(msg)
-            if self.journal is not None:
-                self.journal.state(msg)
+        deadline_at = now + visibility_s
+        try:
+            while q.ready_count and len(taken) < max_messages:
+                # The oldest plain messages wait in the table's run, the rest on the
+                # heap (queues.py): take whichever comes first by key.
+                first_plain = messages.first_plain_id()
+                if ready and (first_plain is None or ready[0] < first_plain):
+                    message_id = heapq.heappop(ready) & ID_MASK
+                    msg = messages.get(message_id)
+                    if msg is None:
+                        continue  # a stale entry: acked, moved or purged since
+                    if type(msg) is bytes:
+                        msg = materialize(messages, message_id, msg, q)
+                    elif msg.state != READY:
+                        continue  # a stale entry: leased again, or delayed
+                else:
+                    message_id, body = messages.take_first_plain()
+                    msg = messages.others[message_id] = Message(message_id, body, q)
+                self._detach(msg)
+                msg.state = LEASED  # _make_leased but the heap entry: _push_leases pushes one
+                q.leased_count += 1
+                msg.deadline_at = deadline_at
+                taken.append(msg)  # at once: a leased message must reach the heap
+                msg.deliveries += 1
+                if msg.deliveries > 1:
+                    q.redelivered_total += 1
+                msg.lease = self.ids.next(now)
+                if self.journal is not None:
+                    self.journal.state(msg)
+        finally:  # whatever was leased gets its heap entry, even if a step raised (a bug)
+            self._push_leases(taken, deadline_at)
         return taken
 
     def _take_from_run(self, q: Queue, max_messages: int, deadline_at: float,
@@ -481,8 +487,6 @@ class Broker(QueueAdmin, Replay):
             return []
         leases = self.ids.next_range(now, len(ids))
         others, journal = q.messages.others, self.journal
-        # One heap entry for them all (lease_batch.py); a lone message has its own.
-        batch = LeaseBatch(deadline_at) if len(ids) > 1 else None
         taken = []
         for message_id, body, lease in zip(ids, bodies, leases, strict=True):
             msg = others[message_id] = Message(message_id, body, q)
@@ -490,18 +494,28 @@ class Broker(QueueAdmin, Replay):
             msg.deadline_at = deadline_at
             msg.deliveries = 1
             msg.lease = lease
-            msg.lease_batch = batch
             taken.append(msg)
             if journal is not None:
                 journal.state(msg)
-        if batch is None:
-            self.deadlines.push(deadline_at, taken[0])
-        else:
-            batch.members = dict(zip(ids, taken, strict=True))
-            self.deadlines.push(deadline_at, batch)
+        self._push_leases(taken, deadline_at)
         q.ready_count -= len(taken)
         q.leased_count += len(taken)
         return taken
+
+    def _push_leases(self, taken: list[Message], deadline_at: float) -> None:
+        """_push_leases gives the leases one take made (all due at `deadline_at`) their
+        heap entry: a lone message its own; several one LeaseBatch, which each of them
+        points to (lease_batch.py), so a batch consumer's receive costs one push and,
+        once it has acked them all, one stale entry rather than one each."""
+        if len(taken) == 1:
+            self.deadlines.push(deadline_at, taken[0])
+        elif taken:
+            batch = LeaseBatch(deadline_at)
+            members = batch.members
+            for msg in taken:
+                msg.lease_batch = batch
+                members[msg.id] = msg
+            self.deadlines.push(deadline_at, batch)
 
     def _serve_waiters(self, q: Queue, now: float) -> None:
         while q.ready_count:
@@ -717,6 +731,13 @@ class Broker(QueueAdmin, Replay):
         freed: dict[Queue, None] = {}
         expired_waiters: list[Waiter] = []
         while (item := self.deadlines.pop_due(now)) is not None:
+            if type(item) is Message and item.lease_batch is not None:
+                # An own entry of a lease batch's pending member, from an earlier
+                # lease or delay, due at the very time its batch is: it looks live,
+                # but the member's deadline is its batch's now (deadlines.py, "handed
+                # over"), so it is stale. The lease ends with the batch.
+                self.deadlines.revived()
+                continue
             handled += 1
             # Each deadline is judged at its own time, not at `now`: when the timer
             # runs late, or the server was down, a lease that ended before an expiry

@@ -20,6 +20,13 @@ Rules (the lazy-deletion scheme of asyncio's own timer heap):
   again, so one item can have several live entries. The rebuild keeps only
   the first of them to pop; the owner clears `deadline_at` when it handles
   the item, so the others would have been skipped anyway.
+* An item may hand its deadline over to another item's entry: a lease
+  batch's pending member (its `lease_batch` is set, lease_batch.py) is due
+  when its batch is. Its own entries are then all stale, even one whose
+  time equals the batch's. `_rebuild` drops them; `pop_due` and `next_at`
+  read one attribute per entry, the timer's path, and leave them to the
+  owner, who skips such an item when popped and says so (`revived`: it was
+  counted dead when it went stale).
 
 Must not know: queues, messages, clocks. `at` is whatever number the owner
 uses for time.
@@ -62,6 +69,12 @@ class DeadlineHeap:
         self._seq += 1
         heapq.heappush(self._entries, (at, self._seq, item))
 
+    def revived(self) -> None:
+        """revived: `pop_due` just returned an entry the owner found stale after all (an
+        item that handed its deadline over, see the rules); it was counted dead when it
+        went stale, and is gone now."""
+        self._dead = max(0, self._dead - 1)
+
     def forget(self) -> None:
         """forget notes that one entry went stale, and rebuilds when too many have."""
         self._dead += 1
@@ -76,11 +89,12 @@ class DeadlineHeap:
         heap when several items are moved again and again to the same instant:
         their older entries all match, and would otherwise survive every
         rebuild. Pop order is unchanged, since the first entry is the one kept.
+        An item that has handed its deadline over keeps none (see the rules).
         """
         first: dict[int, tuple[float, int, Any]] = {}
         for entry in self._entries:
             at, seq, item = entry
-            if item.deadline_at == at:
+            if item.deadline_at == at and getattr(item, "lease_batch", None) is None:
                 kept = first.setdefault(id(item), entry)
                 if seq < kept[1]:
                     first[id(item)] = entry

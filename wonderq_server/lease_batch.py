@@ -6,7 +6,9 @@ paid 100 heap pushes per receive, and after its ack_many 100 stale entries
 for the server's timer to pop (`next_at`): about 17% of the server's time
 per message, in a profile of receive(100) + ack_many(100). A LeaseBatch is
 one entry standing for all of them, so a batch costs one push and, once
-acked, one pop.
+acked, one pop. Every receive of two or more messages leases them under one
+(`Broker._push_leases`): a slice of the backlog's run, and messages taken
+one by one off the ready heap (priorities, redeliveries) alike.
 
 `members` maps id to message for the members still pending, in the order
 they were leased (a dict keeps insertion order). A member that leaves is
@@ -27,6 +29,11 @@ Rules:
   member leaves, `leave` sets `deadline_at` to None and answers True: the
   caller tells the heap, once, that one entry went stale (`forget`). Once
   popped (`deadline_at` None), leaving answers False.
+* A member leased or delayed before may still have entries of its own in
+  the heap, one even due at the very time its batch is. While it is
+  pending they are all stale (deadlines.py: it has handed its deadline
+  over); if one pops, the broker skips it (`Broker.advance`), and the lease
+  ends with the batch, once.
 * When the entry pops, the broker handles the pending members in the order
   they were leased, which is the order separate entries pushed one after
   another would have popped in; every one of them, even if ending one
