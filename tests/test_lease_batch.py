@@ -263,3 +263,45 @@ def test_a_rebuild_drops_a_members_own_entry_at_its_batchs_time(b: Broker) -> No
     assert b.advance(T0 + 10) == 2
     assert [m.state for m in taken] == [READY, READY]
     check_invariants(b)
+
+
+class FailingJournal:
+    """A journal whose `state` raises at its `fail_at`-th call: a bug met in the middle of
+    a take. Every other report is ignored."""
+
+    def __init__(self, fail_at: int) -> None:
+        self.calls = 0
+        self.fail_at = fail_at
+
+    def state(self, msg: Message) -> None:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("a bug")
+
+    def __getattr__(self, name: str) -> object:
+        return lambda *args, **kwargs: None
+
+
+@pytest.mark.parametrize("fail_at", [1, 2, 5])
+@pytest.mark.parametrize("source", ["backlog", "prioritised"])
+def test_a_take_that_raises_midway_loses_nothing_and_strands_no_lease(
+        b: Broker, source: str, fail_at: int) -> None:
+    """Whatever a take leased before the step that raised is leased with a heap entry;
+    the rest is still stored and ready. Both ways a receive leases: a slice of the run
+    (_take_from_run) and one by one off the ready heap (_take_each)."""
+    if source == "backlog":
+        backlog(b, 40)
+    else:
+        for i in range(40):
+            b.put("q", b"m%d" % i, T0, priority=1 + i % 2)
+    b.journal = FailingJournal(fail_at)  # type: ignore[assignment]
+    with pytest.raises(RuntimeError):
+        b.receive("q", 32, 5.0, T0)
+    b.journal = None
+    check_invariants(b)
+    q = b.queues["q"]
+    assert (len(q.messages), q.leased_count, q.ready_count) == (40, fail_at, 40 - fail_at)
+    assert len(b.receive("q", 100, 5.0, T0 + 1)) == 40 - fail_at  # still there, in order
+    assert b.advance(T0 + 6) == 40
+    assert (q.leased_count, q.ready_count) == (0, 40)
+    check_invariants(b)

@@ -488,18 +488,27 @@ class Broker(QueueAdmin, Replay):
         leases = self.ids.next_range(now, len(ids))
         others, journal = q.messages.others, self.journal
         taken = []
-        for message_id, body, lease in zip(ids, bodies, leases, strict=True):
-            msg = others[message_id] = Message(message_id, body, q)
-            msg.state = LEASED
-            msg.deadline_at = deadline_at
-            msg.deliveries = 1
-            msg.lease = lease
-            taken.append(msg)
-            if journal is not None:
-                journal.state(msg)
-        self._push_leases(taken, deadline_at)
-        q.ready_count -= len(taken)
-        q.leased_count += len(taken)
+        try:
+            for message_id, body, lease in zip(ids, bodies, leases, strict=True):
+                msg = others[message_id] = Message(message_id, body, q)
+                msg.state = LEASED
+                msg.deadline_at = deadline_at
+                msg.deliveries = 1
+                msg.lease = lease
+                taken.append(msg)  # at once: a leased message must reach the heap
+                if journal is not None:
+                    journal.state(msg)
+        finally:
+            # Even if a step raised (a bug): what was leased gets its heap entry and
+            # its counts, and what the slice took out of the run but did not lease
+            # goes back, ready, as an out-of-order plain message (message_table.py).
+            self._push_leases(taken, deadline_at)
+            q.ready_count -= len(taken)
+            q.leased_count += len(taken)
+            for message_id, body in zip(ids[len(taken):], bodies[len(taken):], strict=True):
+                if message_id not in others:
+                    q.messages[message_id] = body
+                    heapq.heappush(q.ready, message_id)
         return taken
 
     def _push_leases(self, taken: list[Message], deadline_at: float) -> None:
