@@ -68,7 +68,12 @@ class Load:
     unexpected: Counter[str] = field(default_factory=Counter)  # errors the soak did not expect
 
     def update_room(self) -> None:
-        """update_room lets producers and consumers go or wait, by the backlog."""
+        """update_room lets producers and consumers go or wait, by the backlog. Once the
+        load has ended, both gates stay open: a worker that finishes its last request
+        after `end` must not close a gate that another is about to wait at (it would
+        wait for ever, since the gate is waited for before `stop` is looked at)."""
+        if self.stop.is_set():
+            return
         backlog = self.ledger.backlog
         if backlog <= self.max_backlog:
             self.room.set()
