@@ -9,6 +9,7 @@ from wonderq_server.binary_codec import (
     HEADER_BYTES,
     MAGIC,
     PREAMBLE,
+    SMALL_FRAME_BYTES,
     VERSION,
     BinaryDecoder,
     BinaryEncoder,
@@ -17,7 +18,7 @@ from wonderq_server.binary_codec import (
     item_result,
     peek_fields,
 )
-from wonderq_server.commands import Command, Limits, Rejected
+from wonderq_server.commands import Command, Limits, Rejected, request_values_limit
 from wonderq_server.errors import (
     BAD_ARGUMENT,
     BATCH_TOO_LARGE,
@@ -245,20 +246,22 @@ def test_request_ids_of_any_msgpack_type_are_echoed():
 
 # ---------------------------------------------------------- garbage and shape
 
-@pytest.mark.parametrize("payload", [
-    b"",                 # nothing at all
-    b"\xc1",             # a byte msgpack never uses
-    b"\x93\x01",         # an array of three that stops after one item
-    b"\x01\x02",         # two values, not one
-    b"\xd9",             # a str8 with no length
-    b"\xa5abc",          # a str shorter than it says
-    b"\xa2\xff\xfe",     # a str that is not UTF-8
+@pytest.mark.parametrize(("payload", "request_id"), [
+    (b"", None),                 # nothing at all
+    (b"\xc1", None),             # a byte msgpack never uses
+    (b"\x93\x01", 1),             # an array of three that stops after one item: its id is there
+    (b"\x93\xc1", None),         # an array whose id is not msgpack
+    (b"\x01\x02", None),         # two values, not one
+    (b"\xd9", None),             # a str8 with no length
+    (b"\xa5abc", None),          # a str shorter than it says
+    (b"\xa2\xff\xfe", None),     # a str that is not UTF-8
+    (b"\x93\xa2\xff\xfe\xa4ping\x80", None),  # ... as the request id
 ])
-def test_garbage_frame_is_malformed_and_the_next_frame_decodes(payload):
+def test_garbage_frame_is_malformed_and_the_next_frame_decodes(payload, request_id):
     decoder = started()
     items = decoder.feed(raw_frame(payload) + frame([2, "ping", {}]))
     assert len(items) == 2
-    assert_rejected(items[0], CommandError, MALFORMED)
+    assert_rejected(items[0], CommandError, MALFORMED, request_id)
     assert items[0].error.message.startswith("frame is not valid msgpack: ")
     assert_command(items[1], "ping", {}, 2)
     assert not decoder.broken
@@ -532,3 +535,100 @@ def test_msgpack_lengths_claimed_inside_a_small_frame_allocate_nothing(claim):
     frame_bytes = len(claim).to_bytes(4, "big") + claim
     assert_rejected(only(decoder.feed(frame_bytes)), CommandError, MALFORMED)
     assert_command(only(decoder.feed(frame([1, "ping", {}]))), "ping", {}, 1)
+
+
+def test_a_body_that_is_not_utf8_str_is_malformed_with_its_request_id():
+    # A client whose msgpack sends bytes as str: the id comes before the bad body, so
+    # the error can name its request (a pipelining client would wait for ever otherwise).
+    payload = b"\x93\x07\xa3put\x82\xa5queue\xa1q\xa4body\xa1\xff"
+    item = only(started().feed(raw_frame(payload)))
+    assert_rejected(item, CommandError, MALFORMED, 7)
+    assert "utf-8" in item.error.message
+
+
+@pytest.mark.parametrize(("name", "field"), [("put_many", "bodies"), ("ack_many", "items"),
+                                             ("nack_many", "items")])
+def test_an_ext_value_is_not_a_batch(name, field):
+    # msgpack's ExtType is a tuple: a batch check by isinstance took its payload for items.
+    request = [3, name, {"queue": "q", field: msgpack.ExtType(5, b"hello")}]
+    item = only(started().feed(frame(request)))
+    assert_rejected(item, CommandError, BAD_ARGUMENT, 3)
+    assert item.error.message == f"{field} must be a list of " + (
+        "bytes or maps" if field == "bodies" else "[id, lease] pairs") + ", got ExtType"
+
+
+def test_an_ext_value_is_not_a_lease_item():
+    request = [4, "ack_many", {"queue": "q", "items": [msgpack.ExtType(1, b"\x01\x02")]}]
+    command = only(started().feed(frame(request)))
+    assert isinstance(command, Command)
+    [problem] = command.args["items"]
+    assert isinstance(problem, CommandError) and problem.code == BAD_ARGUMENT
+    assert problem.message == "items[0] must be [id, lease], got ExtType"
+
+
+# ------------------------------------------------- how many values a frame may hold
+
+VALUES_LIMIT = request_values_limit(LIMITS)
+
+
+def test_the_largest_valid_request_is_well_within_the_values_limit():
+    # A put_many of --max-batch items, each with every option and --max-headers headers:
+    # a frame far over SMALL_FRAME_BYTES, decoded with the count, and accepted whole.
+    headers = {f"h{i}": "v" for i in range(LIMITS.max_headers)}
+    bodies = [{"body": b"x", "delay": 1.0, "priority": 2, "headers": headers, "expiry": 60.0}
+              for _ in range(LIMITS.max_batch)]
+    data = frame([5, "put_many", {"queue": "q", "bodies": bodies, "delay": 0.0}])
+    assert len(data) > SMALL_FRAME_BYTES
+    command = only(started().feed(data))
+    assert isinstance(command, Command), command
+    assert len(command.args["bodies"]) == LIMITS.max_batch
+    assert not any(isinstance(b, CommandError) for b in command.args["bodies"])
+    assert command.args["bodies"][-1]["headers"] == headers
+
+
+def test_a_large_frame_just_over_the_batch_limit_gets_the_batch_check():
+    bodies = [b"x" * 100] * (LIMITS.max_batch + 1)
+    data = frame([6, "put_many", {"queue": "q", "bodies": bodies}])
+    assert len(data) > SMALL_FRAME_BYTES
+    item = only(started().feed(data))
+    assert_rejected(item, CommandError, BATCH_TOO_LARGE, 6)
+    assert item.error.message == "bodies has 1001 items, over the limit of 1000 (--max-batch)"
+
+
+@pytest.mark.parametrize("bodies", [
+    [{}] * (VALUES_LIMIT + 1),                  # one array too long: msgpack refuses it
+    [[{}] * 1000] * (VALUES_LIMIT // 1000 + 1),  # short arrays, too many in all
+    [{"a": 1, "b": 2}] * (VALUES_LIMIT // 3 + 1),  # maps' entries count too
+    [[[[None] * 8] * 8] * 8] * (VALUES_LIMIT // 512 + 1),  # deep, each level short
+], ids=["one long array", "many arrays", "maps", "nested"])
+def test_a_frame_with_more_values_than_any_request_is_refused_and_the_stream_goes_on(bodies):
+    # Decoded whole, a frame of 1-byte empty maps would build 70 bytes of Python per
+    # byte before the batch check saw it (a 64 MiB frame: 4.9 GB, 9 s of a held loop).
+    decoder = started()
+    data = frame([9, "put_many", {"queue": "q", "bodies": bodies}])
+    assert len(data) > SMALL_FRAME_BYTES
+    items = decoder.feed(data + frame([10, "ping", {}]))
+    assert len(items) == 2
+    assert_rejected(items[0], CommandError, BATCH_TOO_LARGE, 9)
+    assert items[0].error.message.startswith(
+        f"the request holds more than {VALUES_LIMIT} values in its arrays and maps")
+    assert_command(items[1], "ping", {}, 10)
+
+
+def test_a_small_frame_is_decoded_without_the_count():
+    # Up to SMALL_FRAME_BYTES a frame is decoded in one call, whatever it holds: at
+    # most a few MB. The values limit of a tiny --max-batch does not apply to it.
+    limits = Limits(max_batch=1, max_headers=0)
+    assert request_values_limit(limits) < 1000
+    item = only(started(limits).feed(frame([11, "put_many", {"queue": "q",
+                                                               "bodies": [{}] * 1000}])))
+    assert_rejected(item, CommandError, BATCH_TOO_LARGE, 11)
+    assert item.error.message == "bodies has 1000 items, over the limit of 1 (--max-batch)"
+
+
+def test_the_values_limit_follows_the_batch_and_header_limits():
+    small, large = Limits(max_batch=10, max_headers=1), Limits(max_batch=2000, max_headers=64)
+    assert request_values_limit(small) < request_values_limit(LIMITS) \
+        < request_values_limit(large)
+    # Twice the largest valid request, plus room for the request's own fields.
+    assert request_values_limit(small) == 2 * (10 * (2 + 4 + 1) + 64)

@@ -229,3 +229,31 @@ async def test_an_idle_client_that_does_not_read_is_gone_soon_after_its_timeout(
 def test_a_bad_idle_timeout_is_refused_at_start(server_factory):
     with pytest.raises(RuntimeError, match="--idle-timeout"):
         server_factory("--idle-timeout", "-1")
+
+
+# ---------------------------------------------------------------- values per frame
+
+def peak_resident_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+
+
+def test_a_frame_of_millions_of_tiny_values_is_refused_without_building_them(server):
+    # 16 MiB of 1-byte empty maps, in arrays of 1000: decoded whole, 16 million dicts
+    # (about 1.2 GB) would be built before any check; counted, the decode stops early.
+    raw = Raw(server.host, server.port)
+    raw.send(PREAMBLE)
+    raw.send(frame([0, "ping", {}]))
+    assert raw.reply() == [0, None, "pong"]
+    before_kib = peak_resident_kib(server.proc.pid)
+    groups = 16 * 1024
+    payload = (b"\x93\x01\xa8put_many\x82\xa5queue\xa1q\xa6bodies\xdd" + groups.to_bytes(4, "big")
+               + (b"\xdc\x03\xe8" + b"\x80" * 1000) * groups)
+    raw.send(len(payload).to_bytes(4, "big") + payload)
+    request_id, error, result = raw.reply()
+    assert (request_id, error[0], result) == (1, "BATCH_TOO_LARGE", None)
+    grown_mib = (peak_resident_kib(server.proc.pid) - before_kib) / 1024
+    assert grown_mib < 300, f"the server's peak memory grew by {grown_mib:.0f} MiB"
+    raw.send(frame([2, "ping", {}]))  # the stream is still in step
+    assert raw.reply() == [2, None, "pong"]
+    raw.close()

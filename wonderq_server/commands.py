@@ -118,7 +118,7 @@ def _body(field: str, value: Any, limits: Limits) -> bytes:
 
 def _batch(field: str, value: Any, limits: Limits, what: str) -> list[Any] | tuple[Any, ...]:
     """_batch checks a batch as a whole: a list, 1 to max_batch items long."""
-    if not isinstance(value, list | tuple):
+    if type(value) is not list and type(value) is not tuple:  # not isinstance: an ext is one
         raise bad_argument(f"{field} must be a list of {what}, got {type(value).__name__}")
     if len(value) > limits.max_batch:
         raise CommandError(BATCH_TOO_LARGE, f"{field} has {len(value)} items, over the limit "
@@ -130,6 +130,16 @@ def _batch(field: str, value: Any, limits: Limits, what: str) -> list[Any] | tup
 
 # The options a put_many item may give for itself (besides its body).
 ITEM_OPTIONS = ("delay", "priority", "headers", "expiry")
+
+
+def request_values_limit(limits: Limits) -> int:
+    """request_values_limit is the most values (array items plus map entries, at every
+    depth) a binary request may hold: twice what the largest valid request holds, a
+    put_many of --max-batch items, each a map of its body, every option and
+    --max-headers headers. No valid request comes near it; the binary codec stops
+    decoding a frame that goes past it (binary_codec.py)."""
+    per_item = 1 + 1 + len(ITEM_OPTIONS) + limits.max_headers  # its slot, body, options, headers
+    return 2 * (limits.max_batch * per_item + 64)
 
 
 def _bodies(field: str, value: Any,
@@ -189,7 +199,7 @@ def _lease_item(field: str, item: Any) -> tuple[int, int] | CommandError:
     if isinstance(item, CommandError):
         return item
     try:
-        if not isinstance(item, list | tuple):
+        if type(item) is not list and type(item) is not tuple:  # as in _batch
             raise bad_argument(f"{field} must be [id, lease], got {type(item).__name__}")
         if len(item) != 2:
             raise bad_argument(f"{field} must be [id, lease], got an array of {len(item)}")
