@@ -310,3 +310,125 @@ def test_a_record_that_does_not_fit_is_named(record: list[Any], problem: str) ->
     data = FILE_HEADER + good + encode_record(record) + good
     assert first_misfit(data, repair=False) == (len(FILE_HEADER) + len(good), misfit(record))
     assert first_misfit(FILE_HEADER + good + good, repair=False) is None
+
+
+# ------------------------------------------- bytes inside a body are not records
+
+PURGE_VICTIM = encode_record([journal_format.PURGE, "victim"])
+DROP_VICTIM = encode_record([journal_format.DROP, "victim"])
+
+
+def planted_journal(planted: bytes) -> tuple[bytes, list[list[Any]], int]:
+    """planted_journal: good records around a PUT whose body (a client's bytes) holds
+    `planted`, framed records of its own; returns the file, its records and the
+    offset of that PUT."""
+    records = [[PUT, "victim", 1, b"keep me", T0], [PUT, "jobs", 2, b"x" + planted + b"y", T0],
+               [PUT, "victim", 3, b"and me", T0], [ACK, "jobs", 9], [SEQ, 10]]
+    data = journal_bytes(*records)
+    return data, records, len(FILE_HEADER) + len(encode_record(records[0]))
+
+
+@pytest.fixture
+def checked(monkeypatch) -> list[int]:
+    """checked: the size of every payload journal_format checksums, from now on."""
+    sizes: list[int] = []
+    real_crc32 = zlib.crc32
+
+    class CountingZlib:
+        @staticmethod
+        def crc32(payload: Any) -> int:
+            sizes.append(len(payload))
+            return real_crc32(payload)
+
+    monkeypatch.setattr(journal_format, "zlib", CountingZlib)
+    return sizes
+
+
+@pytest.mark.parametrize("header_byte", [4, 5, 6, 7])
+def test_repair_never_reads_a_record_inside_a_body_whose_checksum_failed(header_byte) -> None:
+    # The reviewer's case: a flipped checksum bit, and repair resumed inside the body,
+    # replaying a PURGE that a producer had put there.
+    data, records, planted_at = planted_journal(PURGE_VICTIM)
+    damaged = flip(data, planted_at + header_byte)
+    with pytest.raises(JournalCorrupt) as info:
+        read_all(damaged)
+    assert info.value.offset == planted_at
+    got, result = read_all(damaged, repair=True)
+    assert got == [records[0], records[2], records[3], records[4]]
+    assert result.skipped == [(planted_at, "checksum mismatch")]
+
+
+@pytest.mark.parametrize("length_byte", [0, 1, 2, 3])
+def test_with_a_broken_length_repair_resumes_where_records_run_to_the_end(length_byte) -> None:
+    # The length is what broke, so the file is scanned: the planted PURGE is valid on
+    # its own, but what follows it is the rest of a body, not records, so the scan
+    # goes on to the real next record.
+    data, records, planted_at = planted_journal(PURGE_VICTIM + b"and more of the body")
+    damaged = bytearray(data)
+    damaged[planted_at + length_byte] ^= 0x40
+    got, result = read_all(bytes(damaged), repair=True)
+    assert got == [records[0], records[2], records[3], records[4]]
+    assert [offset for offset, _ in result.skipped] == [planted_at]
+    assert result.good_end == len(data)
+
+
+@pytest.mark.parametrize("cut", [1, 5, 17])
+def test_a_torn_last_record_with_records_in_its_body_is_a_torn_tail(cut) -> None:
+    # The reviewer's torn-tail case: the last record, torn inside its body after a
+    # planted DROP. The payload's own lengths say the data ends inside it: a torn tail,
+    # cut quietly as any other, and the DROP is never read.
+    data, records, _ = planted_journal(b"")
+    last = encode_record([PUT, "jobs", 11, b"x" + DROP_VICTIM + b"the rest of the body", T0])
+    torn = data + last[:last.index(DROP_VICTIM) + len(DROP_VICTIM) + cut]
+    for repair in (False, True):
+        got, result = read_all(torn, repair=repair)
+        assert got == records
+        assert (result.good_end, result.torn_tail_bytes, result.skipped) == (
+            len(data), len(torn) - len(data), [])
+
+
+def test_a_broken_length_is_skipped_by_the_payloads_own_length() -> None:
+    # Even with a torn tail after it: the payload says where the record ends, and every
+    # record after it is read.
+    records = [[PUT, "q", i, b"body %d" % i, T0] for i in range(50)]
+    data = bytearray(journal_bytes(*records) + encode_record(records[0])[:15])
+    second = len(FILE_HEADER) + len(encode_record(records[0]))
+    data[second] = 0xFF  # its length now runs past the end
+    with pytest.raises(JournalCorrupt):
+        read_all(bytes(data))
+    got, result = read_all(bytes(data), repair=True)
+    assert got == records[:1] + records[2:]
+    assert [offset for offset, _ in result.skipped] == [second]
+    assert result.torn_tail_bytes == 15
+
+
+def test_scanning_for_the_next_record_is_linear_in_the_file(checked: list[int]) -> None:
+    # The reviewer's journal of binary bodies: at a random offset a length that fits is
+    # common, and a checksum over each took minutes for 64 MB. The scan now checks the
+    # payload's first two bytes first.
+    import random
+    rng = random.Random(6)
+    records = [[PUTS, "q", list(range(i * 64, i * 64 + 64)),
+                [rng.randbytes(rng.randrange(100, 4000)) for _ in range(64)]]
+               for i in range(16)]
+    data = bytearray(journal_bytes(*records))
+    first = len(FILE_HEADER)
+    data[first] = 0xFF  # the first record's length now runs past the end, and its
+    data[first + RECORD_HEADER_BYTES] = 0xC1  # payload is no record's: a scan
+    got, result = read_all(bytes(data), repair=True)
+    assert got == records[1:]
+    assert [offset for offset, _ in result.skipped] == [first]
+    assert sum(checked) < 4 * len(data), f"{sum(checked)} bytes checksummed, file {len(data)}"
+
+
+def test_a_scan_whose_runs_all_break_is_still_linear(checked: list[int]) -> None:
+    # A broken record, then thousands of good records, then a torn tail: every run from
+    # a record breaks at the torn end. Each run is walked once, not once per record.
+    records = [[PUT, "q", i, b"body %d" % i, T0] for i in range(3000)]
+    data = bytearray(journal_bytes(*records) + encode_record(records[0])[:15])
+    data[len(FILE_HEADER)] = 0xFF  # a broken length ...
+    data[len(FILE_HEADER) + RECORD_HEADER_BYTES] = 0xC1  # ... and a payload no record's
+    got, result = read_all(bytes(data), repair=True)
+    assert got == []  # nothing after the broken length can be trusted to be a record
+    assert "were not read" in result.skipped[0][1]
+    assert sum(checked) < 4 * len(data), f"{sum(checked)} bytes checksummed, file {len(data)}"
