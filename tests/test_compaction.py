@@ -37,6 +37,7 @@ from wonderq_server.journal_format import (
     QUEUE,
     SEQ,
     STATE,
+    JournalCorrupt,
     ReadResult,
     encode_record,
     read_records,
@@ -445,3 +446,42 @@ def test_acks_after_a_compaction_do_not_make_the_next_one_early(tmp_path: Path) 
     assert journal.size < RATIO * probe.written  # so compacting now would be early
     assert not due(journal, 0)
     journal.close()
+
+
+def test_a_compacted_journal_is_not_due_again_until_it_has_doubled(tmp_path: Path) -> None:
+    # Headers are not in the live estimate, so a compacted journal of messages with big
+    # headers is already over twice the estimate: the reviewer's server compacted again
+    # after almost every flush.
+    journal, broker, _ = open_broker(tmp_path, T0)
+    for _ in range(300):
+        broker.put("q", b"x", T0, headers={"h": "v" * 1000})
+    journal.write_pending()
+    compact_at_once(journal, broker, T0 + 1)
+    compacted = journal.size
+    assert journal.compacted_size == compacted
+    assert compacted > RATIO * journal.live_bytes  # the estimate alone would say: due
+    assert not due(journal, 0)
+    while journal.size <= RATIO * compacted:  # dead records double the file: then it is due
+        assert not due(journal, 0)
+        broker.put("other", b"y" * 1000, T0 + 2)
+        [msg] = broker.receive("other", 1, None, T0 + 2)
+        broker.ack("other", msg.id, msg.lease, T0 + 2)
+        journal.write_pending()
+    assert due(journal, 0)
+    assert not due(journal, journal.size)  # and --compact-min-bytes still applies
+    journal.close()
+
+
+def test_a_start_removes_an_older_journal_only_once_the_newest_is_read(tmp_path: Path) -> None:
+    # A reviewer's case: a good journal.000001 beside an empty journal.000002 (a bad
+    # copy or restore; the server's own switch fsyncs the new file before the rename).
+    journal, broker, _ = open_broker(tmp_path, T0)
+    broker.put("q", b"keep", T0)
+    journal.write_pending()
+    journal.close()
+    good = (tmp_path / "journal.000001").read_bytes()
+    (tmp_path / "journal.000002").write_bytes(b"")
+    with pytest.raises(JournalCorrupt):
+        open_broker(tmp_path, T0 + 1)
+    assert journal_files(tmp_path) == ["journal.000001", "journal.000002"]
+    assert (tmp_path / "journal.000001").read_bytes() == good

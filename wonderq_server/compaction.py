@@ -32,8 +32,9 @@ crash after it leaves journal.N+1 whole. Recovery deletes .tmp files and any
 older journal, so it finds exactly one of the two states.
 
 When: the journal is over `min_bytes` and more than `RATIO` times the size
-the live messages would take. So its size stays proportional to the live
-messages, not to history.
+the live messages would take, and than the size the last compaction left
+(`due`). So its size stays proportional to the live messages, not to
+history, and a compaction is never due again at once.
 """
 
 from __future__ import annotations
@@ -71,8 +72,17 @@ DEFAULT_MIN_BYTES = 64 * 1024 * 1024
 
 
 def due(journal: Journal, min_bytes: int) -> bool:
-    """due says whether the journal has grown enough, and enough of it is dead, to compact."""
-    return journal.size > min_bytes and journal.size > RATIO * journal.live_bytes
+    """due says whether the journal has grown enough, and enough of it is dead, to compact.
+
+    Against `RATIO` times the larger of the live estimate and the size the last
+    compaction left (Redis' rule for its AOF rewrite): the estimate counts bodies
+    and a fixed overhead, not headers or the STATE records of leased and delayed
+    messages, so a compacted file can be over twice the estimate. Measured by a
+    reviewer: 70,000 messages with 1 KB headers compacted to 73 MB against an
+    estimate of 1.2 MB, and the server rewrote those 73 MB after almost every
+    flush (49 times in 20 s)."""
+    base = max(journal.live_bytes, journal.compacted_size)
+    return journal.size > min_bytes and journal.size > RATIO * base
 
 
 class Compaction:
@@ -166,6 +176,7 @@ class Compaction:
         journal.size = os.lseek(self.fd, 0, os.SEEK_END)
         journal.records = self.records + journal.compaction_records
         journal.live_bytes = live_estimate(self.broker)  # as a restart would rebuild it
+        journal.compacted_size = journal.size
         journal.last_compaction_at = now
         os.close(old_fd)
         os.unlink(journal_path(journal.directory, old_generation))

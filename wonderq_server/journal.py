@@ -136,6 +136,7 @@ class Journal:
         self.size = 0  # bytes in the live file, all written
         self.records = 0  # records in the live file
         self.live_bytes = 0  # estimate of what a compacted journal would take
+        self.compacted_size = 0  # the journal's size when the last compaction switched to it
         self._pending: list[bytes] = []
         self.durable_pending = False  # a PUT, ACK or nack is in _pending
         # What written records made visible, for group commit's read-committed
@@ -186,9 +187,11 @@ class Journal:
             return RecoveryReport(str(path), 0, 0, 0, 0.0, self.size, 0, [])
         generations.sort()
         self.generation = generations[-1]
-        for old in generations[:-1]:  # a compaction switched over but did not clean up
-            journal_path(self.directory, old).unlink()
         report = self._replay(broker, now)
+        # A compaction switched over but did not clean up. Only now that the newest
+        # has been read: were it unreadable, the older one is what an operator has.
+        for old in generations[:-1]:
+            journal_path(self.directory, old).unlink()
         broker.reset_totals()  # totals count what happens from this start
         self._newest_put_pending = self.newest_put_written = broker.ids.last
         # From here on the broker reports to this journal. Deadlines that passed
