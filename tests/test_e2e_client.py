@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
+import signal
 
 import pytest
-from polling import EVENT_TIMEOUT_S, until_stats
+from polling import EVENT_TIMEOUT_S, until, until_stats
 
 from wonderq_client import (
     BadArgument,
@@ -17,6 +19,7 @@ from wonderq_client import (
     NotFound,
     connect,
 )
+from wonderq_client import client as client_module
 
 
 async def test_put_receive_ack_round_trip(server):
@@ -246,3 +249,65 @@ async def test_a_cancelled_receive_does_not_swallow_the_next_message(server):
         assert msg.body == b"for someone else"
         # It was delivered to the abandoned receive first, then handed back.
         assert msg.deliveries == 2
+
+
+async def test_a_receive_cancelled_after_its_reply_came_gives_the_messages_back(server):
+    # The window a reviewer hit 6-14 times in 150 with asyncio.timeout: the reply is in
+    # (the protocol future holds the messages) but the task has not resumed to take it
+    # when it is cancelled. A done-callback on that future, added before the task
+    # awaits it, runs first and cancels the task there, every time.
+    async with connect(server.host, server.port) as consumer, \
+            connect(server.host, server.port) as producer:
+        protocol = consumer._protocol
+        send = protocol.send
+        receiving: list[asyncio.Task] = []
+
+        def send_and_cancel_on_reply(command, args):
+            reply = send(command, args)
+            if command == "receive":
+                reply.add_done_callback(lambda _: receiving[0].cancel())
+            return reply
+
+        protocol.send = send_and_cancel_on_reply
+        receiving.append(asyncio.create_task(
+            consumer.receive("race", max=5, wait=EVENT_TIMEOUT_S, visibility=600)))
+        await until_stats(producer, lambda s: s["queues"].get("race", {}).get("waiting"))
+        await producer.put_many("race", [b"a", b"b"])
+        with pytest.raises(asyncio.CancelledError):
+            await receiving[0]
+        protocol.send = send
+        # Both were leased to the cancelled receive; the client gives them back at once.
+        stats = await until_stats(producer, lambda s: s["queues"]["race"]["ready"] == 2)
+        assert stats["queues"]["race"]["in_flight"] == 0
+        assert [m.deliveries for m in await producer.receive("race", max=5)] == [2, 2]
+
+
+async def test_an_argument_msgpack_cannot_encode_leaves_nothing_pending(server):
+    async with connect(server.host, server.port) as client:
+        for _ in range(3):
+            with pytest.raises(OverflowError):
+                await client.ack("q", 1 << 70, 1)
+            with pytest.raises(TypeError):
+                await client.receive("q", visibility=object())  # type: ignore[arg-type]
+        assert client._protocol._pending == {} and client._protocol._receives == {}
+        assert await client.ping() == "pong"
+
+
+async def test_close_does_not_wait_for_ever_on_a_server_that_stopped_reading(
+        server_factory, monkeypatch):
+    # A reviewer stopped the server (SIGSTOP) with a 20 MB put_many still unsent, and
+    # close() had not returned 10 s later. It now drops what is unsent after a while.
+    monkeypatch.setattr(client_module, "CLOSE_DRAIN_S", 0.2, raising=False)
+    server = server_factory()
+    client = await connect(server.host, server.port)
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        put = asyncio.create_task(client.put_many("stuck", [b"x" * 100_000] * 200))
+        transport = client._protocol.transport
+        await until(lambda: asyncio.sleep(0), lambda _: transport.get_write_buffer_size() > 0)
+        await asyncio.wait_for(client.close(), EVENT_TIMEOUT_S)
+        assert client.closed
+        with pytest.raises(ConnectionClosed):
+            await put
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)

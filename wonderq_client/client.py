@@ -15,8 +15,12 @@ Rules:
 * An option left None is not sent: the server applies its default (nil and
   absent mean the same on the wire).
 * A receive whose caller stopped waiting (cancelled, or timed out by
-  asyncio.wait_for) must not swallow messages: if its reply still brings
-  messages, the client nacks them at once, so they are ready for others.
+  asyncio.wait_for or asyncio.timeout) must not swallow messages: if its
+  reply brings messages, whether it came after the cancel or just before
+  the task resumed to take it, the client nacks them at once, so they are
+  ready for others.
+* A request is encoded before it is registered: an argument msgpack cannot
+  encode raises from the call and leaves nothing pending.
 * If the connection ends, every call still waiting raises ConnectionClosed:
   the request may or may not have been carried out (an ack, say), so callers
   that retry must tolerate NOT_FOUND.
@@ -44,6 +48,8 @@ from .message import Message, from_deliveries
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7711
+# close() waits at most this long for unsent requests to be written, then drops them.
+CLOSE_DRAIN_S = 5.0
 
 
 class _ClientProtocol(asyncio.Protocol):
@@ -85,7 +91,7 @@ class _ClientProtocol(asyncio.Protocol):
                 if request_id is None and error is not None:  # about the connection itself
                     self._server_error = f"{error[0]}: {error[1]}"
                 elif queue is not None and error is None and result:
-                    self._give_back(queue, result)  # nobody waits for these any more
+                    self.give_back(queue, result)  # nobody waits for these any more
                 continue
             if error is None:
                 future.set_result(result)
@@ -96,11 +102,11 @@ class _ClientProtocol(asyncio.Protocol):
         if self.closed_error is not None:
             raise self.closed_error
         request_id = next(self._ids)
+        request = encode_request(request_id, command, args)  # first: it raises for a bad value
         future = self._loop.create_future()
         self._pending[request_id] = future
         if command == "receive":
             self._receives[request_id] = args["queue"]
-        request = encode_request(request_id, command, args)
         transport = self.transport
         if self._out or self._flush_scheduled or transport is None or transport.is_closing():
             self._out.append(request)
@@ -112,8 +118,8 @@ class _ClientProtocol(asyncio.Protocol):
             self._write(request)
         return future
 
-    def _give_back(self, queue: str, rows: list[list[Any]]) -> None:
-        """_give_back nacks messages delivered to a receive nobody awaits any more."""
+    def give_back(self, queue: str, rows: list[list[Any]]) -> None:
+        """give_back nacks messages delivered to a receive nobody awaits any more."""
         for row in rows:
             request_id = next(self._ids)  # the reply to this nack is dropped
             self._out.append(encode_request(
@@ -219,7 +225,16 @@ class Client(QueueAdmin):
             args["wait"] = wait
         if visibility is not None:
             args["visibility"] = visibility
-        rows = await self._protocol.send("receive", args)
+        reply = self._protocol.send("receive", args)
+        try:
+            rows = await reply
+        except asyncio.CancelledError:
+            # The reply may have come in before this task resumed to take it: then
+            # its messages are leased to a caller that will never see them. Give
+            # them back, as the protocol does for a reply that comes after.
+            if reply.done() and not reply.cancelled() and reply.exception() is None:
+                self._protocol.give_back(queue, reply.result())
+            raise
         return from_deliveries(self, queue, rows)
 
     async def ack(self, queue: str, id: int, lease: int) -> None:
@@ -268,11 +283,20 @@ class Client(QueueAdmin):
         return self._protocol.closed_error is not None
 
     async def close(self) -> None:
-        """close ends the connection; calls still waiting raise ConnectionClosed."""
+        """close ends the connection; calls still waiting raise ConnectionClosed.
+
+        What is still unsent (a give-back's nacks) may take CLOSE_DRAIN_S to go
+        out; after that the connection is dropped, so a server that stopped
+        reading cannot hold close() up."""
         transport = self._protocol.transport
         if transport is not None and not transport.is_closing():
             self._protocol._flush()
             transport.close()
+        if transport is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._protocol.closed), CLOSE_DRAIN_S)
+            except TimeoutError:
+                transport.abort()
         await self._protocol.closed
 
     async def __aenter__(self) -> Client:
