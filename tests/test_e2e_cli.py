@@ -211,11 +211,37 @@ def test_history_restarts_when_totals_go_down() -> None:
     assert history.view() == {}
 
 
-@pytest.mark.parametrize("args", [["put"], ["receive"], ["ack", "q", "x", "1"]])
+@pytest.mark.parametrize("args", [
+    ["put"], ["receive"], ["ack", "q", "x", "1"],
+    # Values a reviewer found ending in a traceback, or a round trip: usage errors now.
+    ["stats", "--timeout", "nan"], ["stats", "--timeout", "0"], ["stats", "--timeout", "-1"],
+    ["receive", "q", "--wait", "nan"], ["receive", "q", "--max", str(2 ** 65)],
+    ["ack", "q", "99999999999999999999999", "1"], ["put", "q", "x", "--priority", str(2 ** 70)],
+    ["put", "q", "x", "--header", "noequals"], ["put", "q", "x", "--delay", "inf"],
+    ["top", "--interval", "0"],
+])
 def test_bad_usage_exits_2(args: list[str]) -> None:
-    done = wonderq(*args)
+    done = wonderq(*args, env={"WONDERQ_PORT": "1"})  # nothing listens: never reached
     assert done.returncode == 2
     assert b"usage: wonderq" in done.stderr
+    assert b"Traceback" not in done.stderr
+
+
+async def test_a_reader_that_stops_reading_is_not_a_server_problem(server):
+    # `wonderq peek q --json | head -c 100` said "cannot reach the server: Broken pipe".
+    async with connect(server.host, server.port) as client:
+        await client.put_many("bp", [b"x" * 1000] * 500)
+    argv = [shutil.which("wonderq") or sys.executable, *([] if shutil.which("wonderq") else
+                                                          ["-m", "wonderq_cli"])]
+    proc = await asyncio.to_thread(
+        subprocess.Popen, [*argv, *at(server), "peek", "bp", "--max", "500", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    await asyncio.to_thread(proc.stdout.read, 100)
+    proc.stdout.close()  # as `head` does once it has what it wants
+    stderr = await asyncio.to_thread(proc.stderr.read)
+    assert await asyncio.to_thread(proc.wait, 60) == 141
+    assert stderr == b""
 
 
 # ------------------------------------------------------- hostile input, terminals

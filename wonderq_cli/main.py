@@ -27,13 +27,14 @@ from typing import Any
 
 from wonderq_client import DEFAULT_HOST, DEFAULT_PORT, ConnectionClosed, WonderQError
 
-from . import connection_options, demo, queue_commands, stats_command, top
+from . import argument_types, connection_options, demo, queue_commands, stats_command, top
 
 Runner = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
 EXIT_UNREACHABLE = 2
+EXIT_BROKEN_PIPE = 128 + 13  # as a shell reports a tool that SIGPIPE ended
 
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -64,7 +65,7 @@ def _connection_flags(parser: argparse.ArgumentParser, suppress: bool) -> None:
                         help="server address (env WONDERQ_HOST; default 127.0.0.1)")
     parser.add_argument("--port", type=_port, default=default,
                         help="server port (env WONDERQ_PORT; default 7711)")
-    parser.add_argument("--timeout", type=float, default=default,
+    parser.add_argument("--timeout", type=argument_types.positive_seconds, default=default,
                         help="seconds to wait for the server's answer "
                              f"(default {DEFAULT_TIMEOUT_S:g}; receive adds its --wait)")
     connection_options.add_flags(parser, default)
@@ -137,6 +138,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             return EXIT_UNREACHABLE
         print(f"wonderq: {exc.code}: {exc.message}", file=sys.stderr)
         return EXIT_REFUSED
+    except BrokenPipeError:
+        # Whoever read our output stopped (`| head`): not the server's fault. Quietly,
+        # as a tool killed by SIGPIPE; stdout goes to /dev/null so the interpreter's
+        # last flush does not fail again on the way out.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except (TimeoutError, OSError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (
             str(exc) or type(exc).__name__)

@@ -30,6 +30,7 @@ from rich.text import Text
 
 from wonderq_client import Message
 
+from . import argument_types
 from .connection_options import open_client
 
 
@@ -38,20 +39,25 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     put.add_argument("queue")
     put.add_argument("body", nargs="?", default="-",
                      help="the message; '-' or nothing reads standard input")
-    put.add_argument("--delay", type=float, help="seconds before it can be received")
-    put.add_argument("--priority", type=int, help="lower is handed out first (default 0)")
-    put.add_argument("--expiry", type=float, help="drop it if not acked within these seconds")
+    put.add_argument("--delay", type=argument_types.seconds,
+                     help="seconds before it can be received")
+    put.add_argument("--priority", type=argument_types.signed,
+                     help="lower is handed out first (default 0)")
+    put.add_argument("--expiry", type=argument_types.seconds,
+                     help="drop it if not acked within these seconds")
     put.add_argument("--header", action="append", default=[], metavar="KEY=VALUE",
+                     type=argument_types.header,
                      help="a header (repeatable)")
     put.add_argument("--json", action="store_true", help='print {"id": ...}')
     put.set_defaults(run=run_put, prepare=read_body)
 
     receive = commands.add_parser("receive", parents=[common], help="receive (lease) messages")
     receive.add_argument("queue")
-    receive.add_argument("--max", type=int, default=1, help="most messages (default 1)")
-    receive.add_argument("--wait", type=float, default=0.0,
+    receive.add_argument("--max", type=argument_types.unsigned, default=1,
+                         help="most messages (default 1)")
+    receive.add_argument("--wait", type=argument_types.seconds, default=0.0,
                          help="seconds to wait for a first message (default 0)")
-    receive.add_argument("--visibility", type=float,
+    receive.add_argument("--visibility", type=argument_types.seconds,
                          help="lease length in seconds (default: the queue's)")
     receive.add_argument("--ack", action="store_true", help="ack them once printed")
     receive.add_argument("--json", action="store_true", help="print a JSON array")
@@ -59,14 +65,15 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
 
     ack = commands.add_parser("ack", parents=[common], help="ack (delete) one message")
     ack.add_argument("queue")
-    ack.add_argument("id", type=int)
-    ack.add_argument("lease", type=int)
+    ack.add_argument("id", type=argument_types.unsigned)
+    ack.add_argument("lease", type=argument_types.unsigned)
     ack.set_defaults(run=run_ack)
 
     peek = commands.add_parser("peek", parents=[common],
                                help="show the next messages without leasing them")
     peek.add_argument("queue")
-    peek.add_argument("--max", type=int, default=10, help="most messages (default 10)")
+    peek.add_argument("--max", type=argument_types.unsigned, default=10,
+                      help="most messages (default 10)")
     peek.add_argument("--json", action="store_true", help="print a JSON array")
     peek.set_defaults(run=run_peek)
 
@@ -103,14 +110,9 @@ def shown(body: bytes) -> Text:
     return Text(text)
 
 
-def _headers(pairs: Sequence[str]) -> dict[str, str] | None:
-    headers = {}
-    for pair in pairs:
-        key, eq, value = pair.partition("=")
-        if not eq or not key:
-            raise SystemExit(f"wonderq: --header wants KEY=VALUE, got {pair!r}")
-        headers[key] = value
-    return headers or None
+def _headers(pairs: Sequence[tuple[str, str]]) -> dict[str, str] | None:
+    """_headers: the --header pairs (argument_types.header checked each) as a map."""
+    return dict(pairs) or None
 
 
 def _print_json(value: Any) -> None:

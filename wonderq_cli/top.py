@@ -37,6 +37,7 @@ from rich.live import Live
 
 from wonderq_client import Client, ConnectionClosed, connect
 
+from . import argument_types
 from .connection_options import open_client
 from .stats_view import stats_view
 
@@ -88,7 +89,7 @@ def frame(stats: Mapping[str, Any], history: History, status: str, width: int | 
 def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     parser = commands.add_parser("top", parents=[common],
                                  help="live view of the server, refreshed every second")
-    parser.add_argument("--interval", type=float, default=1.0,
+    parser.add_argument("--interval", type=argument_types.positive_seconds, default=1.0,
                         help="seconds between refreshes (default %(default)s)")
     parser.add_argument("--once", action="store_true", help="print one frame and exit")
     parser.set_defaults(run=run)

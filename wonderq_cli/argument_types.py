@@ -1,0 +1,69 @@
+"""Argument types for the command line: a bad value is a usage error, before connecting.
+
+Design decision: every number a subcommand sends is checked by argparse, so a
+value the server would refuse, or the client could not even encode (an
+integer over 64 bits, a NaN), ends as argparse's one-line usage error with
+exit status 2, not as a traceback or a round trip to the server.
+
+Rules:
+* Durations are finite seconds, never negative; --timeout is over zero.
+* Ids, leases and counts fit in 64 bits unsigned, priorities in 64 bits signed
+  (msgpack's integers); the server still checks its own limits (--max-batch).
+* A header is KEY=VALUE with a non-empty key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+UINT64_MAX = (1 << 64) - 1
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _number(text: str, kind: type) -> float | int:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a{'n integer' if kind is int else ' number'}: {text!r}") from None
+
+
+def seconds(text: str) -> float:
+    """seconds: a finite duration, zero or more."""
+    value = float(_number(text, float))
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be finite seconds, zero or more, got {text!r}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """positive_seconds: a finite duration over zero (--timeout, --interval)."""
+    value = float(_number(text, float))
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be finite seconds over 0, got {text!r}")
+    return value
+
+
+def unsigned(text: str) -> int:
+    """unsigned: an id, a lease or a count, 0 to 2**64 - 1."""
+    value = int(_number(text, int))
+    if not 0 <= value <= UINT64_MAX:
+        raise argparse.ArgumentTypeError(f"must be 0 to {UINT64_MAX}, got {text!r}")
+    return value
+
+
+def signed(text: str) -> int:
+    """signed: a priority, -2**63 to 2**63 - 1."""
+    value = int(_number(text, int))
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise argparse.ArgumentTypeError(f"must be {INT64_MIN} to {INT64_MAX}, got {text!r}")
+    return value
+
+
+def header(text: str) -> tuple[str, str]:
+    """header: KEY=VALUE, split at the first '='."""
+    key, eq, value = text.partition("=")
+    if not eq or not key:
+        raise argparse.ArgumentTypeError(f"wants KEY=VALUE, got {text!r}")
+    return key, value
