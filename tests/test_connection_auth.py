@@ -231,8 +231,11 @@ def test_without_a_token_there_is_no_auth_timer():
 def test_before_auth_a_frame_over_the_small_limit_is_refused_and_closes(hub):
     connection, transport = hub.connect()
     hub.send(connection, PREAMBLE + (PRE_AUTH_REQUEST_BYTES + 1).to_bytes(4, "big"))
-    [[request_id, [code, _], _]] = transport.frames()
+    [[request_id, [code, message], _]] = transport.frames()
     assert (request_id, code, transport.closed) == (None, FRAME_TOO_LARGE, True)
+    # It names the limit that applies, not --max-frame-bytes (set far higher).
+    assert message == (f"frame of {PRE_AUTH_REQUEST_BYTES + 1} bytes is over the limit of "
+                       f"{PRE_AUTH_REQUEST_BYTES} (the limit for a request before AUTH)")
 
 
 def test_after_auth_frames_may_be_as_big_as_the_server_allows(hub):

@@ -166,6 +166,8 @@ def test_cr_split_from_its_lf():
     (b"PUT q \n", b""),
     (b"PUT q\n", b""),
     (b"put q PUT q x\n", b"PUT q x"),
+    (b"PUT  q two spaces before the queue, as between any words\n",
+     b"two spaces before the queue, as between any words"),
 ])
 def test_put_body_is_the_rest_of_the_line(line, body):
     assert command(line) == ("put", put_args("q", body))
@@ -174,7 +176,7 @@ def test_put_body_is_the_rest_of_the_line(line, body):
 def test_put_without_a_queue():
     usage = "PUT needs a queue: PUT <queue> [option=value ...] [--] <body>"
     assert rejection(b"PUT\n") == (BAD_ARGUMENT, usage)
-    assert rejection(b"PUT  body\n") == (BAD_ARGUMENT, usage)
+    assert rejection(b"PUT   \n") == (BAD_ARGUMENT, usage)
 
 
 @pytest.mark.parametrize("line", [b"PUT a/b x\n", b"PUT \xffq x\n", b"PUT " + b"q" * 129 + b" x\n"])
@@ -386,6 +388,8 @@ def test_put_options(line, args):
 @pytest.mark.parametrize(("line", "code", "message"), [
     (b"PUT q delay=soon x", BAD_ARGUMENT, "delay must be a number of seconds, got 'soon'"),
     (b"PUT q delay= x", BAD_ARGUMENT, "delay must be a number of seconds, got ''"),
+    (b"PUT q delay=1_0 x", BAD_ARGUMENT, "delay must be a number of seconds, got '1_0'"),
+    (b"PUT q delay=\xd9\xa1 x", BAD_ARGUMENT, "delay must be a number of seconds, got '\u0661'"),
     (b"PUT q delay=43201 x", BAD_ARGUMENT,
      "delay is 43201.0 s, over the limit of 43200 s (--max-delay)"),
     (b"PUT q priority=1.5 x", BAD_ARGUMENT, "priority must be an integer, got '1.5'"),
@@ -932,3 +936,8 @@ def test_integers_out_of_range_are_bad_arguments_not_crashes(line: bytes) -> Non
     [item] = TextDecoder(Limits()).feed(line + b"\r\n")
     assert isinstance(item, Rejected)
     assert item.error.code == BAD_ARGUMENT
+
+
+@pytest.mark.parametrize("line", [b"PING\t\n", b"\tPING\n", b"PING \t\n", b"PING\t\r\n"])
+def test_spaces_and_tabs_around_the_command_word(line):
+    assert command(line) == ("ping", {})

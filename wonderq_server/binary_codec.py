@@ -115,7 +115,7 @@ class BinaryDecoder:
             if size > max_frame:
                 out.append(self._break(ProtocolError(
                     FRAME_TOO_LARGE, f"frame of {size} bytes is over the limit of {max_frame} "
-                    "(--max-frame-bytes)"))[0])
+                    f"({self._limits.max_frame_source})"))[0])
                 return out
             if end - pos - HEADER_BYTES < size:
                 break

@@ -70,6 +70,9 @@ class Limits:
     max_frame_bytes: int = 64 * 1024 * 1024
     max_headers: int = 32
     max_header_bytes: int = 4096
+    # What sets max_frame_bytes, as its error names it: the flag, or the fixed limit
+    # for a connection that has not yet authenticated (connection_limits.py).
+    max_frame_source: str = "--max-frame-bytes"
 
     @property
     def max_line_bytes(self) -> int:
@@ -510,7 +513,10 @@ def _text_int(field: str, text: str) -> int:
 
 
 def _text_float(field: str, text: str) -> float:
+    # float() also takes "1_0" (10) and other scripts' digits; as _text_int, ASCII only.
     try:
+        if not text.isascii() or "_" in text:
+            raise ValueError(text)
         return float(text)
     except ValueError:
         raise bad_argument(f"{field} must be a number of seconds, got {text!r:.40}") from None

@@ -413,6 +413,10 @@ class Connection(asyncio.Protocol):
         if not self.authenticated:  # strangers send small requests (connection_limits.py)
             limits = replace(limits, max_frame_bytes=min(limits.max_frame_bytes,
                                                          PRE_AUTH_REQUEST_BYTES),
+                             max_frame_source=(
+                                 "the limit for a request before AUTH"
+                                 if limits.max_frame_bytes > PRE_AUTH_REQUEST_BYTES
+                                 else limits.max_frame_source),
                              max_message_bytes=min(limits.max_message_bytes,
                                                    PRE_AUTH_REQUEST_BYTES - 1024))
         if head == MAGIC:

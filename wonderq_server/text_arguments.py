@@ -62,8 +62,9 @@ def arguments(name: str, rest: bytes) -> dict[str, Any]:
 
 
 def put_arguments(rest: bytes) -> dict[str, Any]:
-    """put_arguments: PUT <queue> [option=value ...] [--] <body>."""
-    queue, _, tail = rest.partition(b" ")
+    """put_arguments: PUT <queue> [option=value ...] [--] <body>. Spaces before the queue
+    are skipped, as between any command's words; the body is all after one space."""
+    queue, _, tail = rest.lstrip(b" ").partition(b" ")
     if not queue:
         raise bad_argument(f"PUT needs a queue: {PUT_USAGE}")
     args: dict[str, Any] = {"queue": queue.decode(errors="replace")}

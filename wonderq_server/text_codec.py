@@ -176,7 +176,7 @@ class TextDecoder:
 
     def _parse(self, line: bytes) -> list[Command | Rejected]:
         word, _, rest = line.lstrip().partition(b" ")
-        name = TEXT_COMMANDS.get(word.upper())
+        name = TEXT_COMMANDS.get(word.rstrip().upper())  # "PING\t" is PING, as "\tPING" is
         try:
             if name is None:
                 typed = word.decode(errors="replace")
