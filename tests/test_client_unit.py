@@ -20,6 +20,7 @@ from wonderq_client import (
     AuthFailed,
     AuthRequired,
     BodyTooLarge,
+    ConnectionClosed,
     Full,
     HeadersTooLarge,
     LeaseLost,
@@ -32,7 +33,7 @@ from wonderq_client import (
     WonderQError,
 )
 from wonderq_client.client import Client, _ClientProtocol, connect
-from wonderq_client.codec import PREAMBLE
+from wonderq_client.codec import PREAMBLE, NotAReply, ReplyDecoder
 from wonderq_client.errors import error_from_wire
 
 
@@ -274,3 +275,49 @@ async def test_connect_timeout_covers_auth_and_leaves_no_connection_open():
         listener.close()
         for writer in accepted:
             writer.close()
+
+
+# ------------------------------------------------ a peer that is not WonderQ
+
+def reply_frame(reply: list[Any]) -> bytes:
+    payload = msgpack.packb(reply, use_bin_type=True)
+    return len(payload).to_bytes(4, "big") + payload
+
+
+def test_the_decoder_reads_reply_frames_in_any_pieces():
+    data = reply_frame([1, None, "pong"]) + reply_frame([2, ["NOT_FOUND", "gone"], None])
+    decoder, replies = ReplyDecoder(), []
+    for byte in data:
+        replies += decoder.feed(bytes([byte]))
+    assert replies == [[1, None, "pong"], [2, ["NOT_FOUND", "gone"], None]]
+
+
+@pytest.mark.parametrize("data", [
+    b"220 smtp.example ESMTP ready\r\n",  # a mail server's banner: "220 " is 842 MB
+    PREAMBLE + b"\x00\x00",                  # an echo of what the client sent: 1.4 GB
+    b"HTTP/1.1 400 Bad Request\r\n",
+    b"\x00\x00\x00\x00",                     # an empty frame
+    b"\x00\x00\x00\x02\x93\xc1",             # a 3-array that is not msgpack after all
+])
+def test_bytes_that_are_no_reply_are_refused_at_once(data):
+    with pytest.raises(NotAReply):
+        ReplyDecoder().feed(data)
+
+
+async def test_calls_to_a_server_that_is_not_wonderq_fail_with_the_reason():
+    # A reviewer's calls hung for as long as the other end stayed open.
+    async def banner(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 smtp.example.test ESMTP ready\r\n")
+        await reader.read()  # until the client gives up
+        writer.close()
+
+    server = await asyncio.start_server(banner, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        client = await connect("127.0.0.1", port)
+        with pytest.raises(ConnectionClosed, match="not a WonderQ reply"):
+            await asyncio.wait_for(client.ping(), 10)
+        await client.close()
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -42,7 +42,7 @@ from typing import Any
 
 from .admin import QueueAdmin
 from .batches import PutItem, SettleItem, item_results, put_items, settle_items
-from .codec import PREAMBLE, ReplyDecoder, encode_request
+from .codec import PREAMBLE, NotAReply, ReplyDecoder, encode_request
 from .errors import ConnectionClosed, WonderQError, error_from_wire
 from .message import Message, from_deliveries
 
@@ -84,7 +84,15 @@ class _ClientProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         pending = self._pending
-        for request_id, error, result in self._decoder.feed(data):
+        try:
+            replies = self._decoder.feed(data)
+        except NotAReply as exc:
+            # Not a WonderQ server: every call fails with this as the reason.
+            self._server_error = str(exc)
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        for request_id, error, result in replies:
             future = pending.pop(request_id, None)
             queue = self._receives.pop(request_id, None) if self._receives else None
             if future is None or future.done():

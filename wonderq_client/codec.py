@@ -8,6 +8,12 @@ examples in PROTOCOL.md) keep the two in step.
     frame     4-byte big-endian length + msgpack
     request   [request_id, command, {field: value}]
     reply     [request_id, nil, result] or [request_id, [code, message], nil]
+
+Rules:
+* A reply frame whose first payload byte is not a 3-item array's, an empty
+  one, or one that is not msgpack means the peer is not a WonderQ server:
+  `feed` raises NotAReply at once (before waiting for a length it claims),
+  and the client closes the connection with that as the reason.
 """
 
 from __future__ import annotations
@@ -18,6 +24,13 @@ import msgpack
 
 PREAMBLE = b"WQ\x00\x01"
 HEADER_BYTES = 4
+# Every reply is a 3-item array: its msgpack starts with this byte. A frame whose
+# first payload byte is anything else did not come from a WonderQ server.
+REPLY_START = 0x93
+
+
+class NotAReply(ValueError):
+    """The peer sent bytes that are not a WonderQ reply frame (another kind of server)."""
 
 
 class ReplyDecoder:
@@ -35,11 +48,20 @@ class ReplyDecoder:
         pos, end = 0, len(buf)
         while end - pos >= HEADER_BYTES:
             size = int.from_bytes(buf[pos:pos + HEADER_BYTES], "big")
-            if end - pos - HEADER_BYTES < size:
-                break
             start = pos + HEADER_BYTES
+            # Checked as soon as a frame's first byte is in, not once its claimed
+            # length is: a peer that is not WonderQ ("220 " of a mail server, an echo
+            # of our preamble) would have us wait for a gigabyte that never comes.
+            if (end > start and buf[start] != REPLY_START) or size == 0:
+                raise NotAReply(f"the peer sent {bytes(buf[pos:pos + 16])!r}, not a WonderQ "
+                                "reply: is this a WonderQ server's port?")
+            if end - start < size:
+                break
             pos = start + size
-            replies.append(msgpack.unpackb(buf[start:pos], raw=False, strict_map_key=False))
+            try:
+                replies.append(msgpack.unpackb(buf[start:pos], raw=False, strict_map_key=False))
+            except Exception as exc:
+                raise NotAReply(f"a reply frame that is not msgpack: {exc}") from exc
         if pos:
             del buf[:pos]
         return replies
