@@ -305,3 +305,30 @@ def test_a_finished_demo_leaves_no_server_behind():
     finally:
         demo.kill()
     assert code == 0, stderr
+
+
+def test_a_server_that_stops_answering_cannot_stretch_seconds(server):
+    # A reviewer stopped the server (SIGSTOP) 2.5 s into `--connect --seconds 6`: 45 s
+    # later the demo was still waiting. It is now cut off OVERRUN_S after --seconds.
+    proc = subprocess.Popen(
+        [*wonderq_command(), "demo", "--connect", "--host", server.host, "--port",
+         str(server.port), "--queue", "hung", "--messages", "300", "--seconds", "6"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=demo_env())
+
+    async def queue_made() -> None:
+        async with connect(server.host, server.port) as client:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                if "hung" in {q["queue"] for q in await client.queues()}:
+                    return
+                await asyncio.sleep(0.02)
+
+    try:
+        asyncio.run(queue_made())
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        stdout, stderr = proc.communicate(timeout=RUN_TIMEOUT_S)
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+        proc.kill()
+    assert proc.returncode == 2, stdout + stderr
+    assert "stopped answering" in stderr and "Traceback" not in stderr

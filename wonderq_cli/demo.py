@@ -23,7 +23,9 @@ terminal's Ctrl-C reaches only the demo, which stops the server itself.
 
 Rules:
 * --seconds bounds the whole run: the work stops WRAP_UP_S before it even
-  if unfinished, and what is still queued then is reported, not lost.
+  if unfinished, and what is still queued then is reported, not lost. A
+  server that stops answering cannot stretch it: OVERRUN_S after --seconds
+  the run is cut off (exit 2, no accounting).
 * Exit codes: 0 every message accounted for; 1 a message was lost or acked
   twice (or acked and still stored), and nothing else; 2 the server could
   not be started or reached, the connection was lost, the server refused a
@@ -85,6 +87,9 @@ WRAP_UP_S = STOP_GRACE_S + READ_BACK_S
 DRAIN_BATCH = 100
 DRAIN_VISIBILITY_S = 60.0  # read-back leases outlive the demo
 MIN_SECONDS = 5.0
+# A server that stops answering (stopped, hung) would hold the read-back and the queue
+# deletion for ever: --seconds bounds the run, plus this much, whatever the server does.
+OVERRUN_S = 5.0
 # Handled as Ctrl-C is (asyncio.run handles SIGINT itself): by cancelling the run.
 INTERRUPTING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP")
                              if hasattr(signal, name))
@@ -205,8 +210,10 @@ async def _demo_or_exit(host: str, port: int, plan: Plan, started: float, where:
                         shared_server: bool, options: dict[str, Any]) -> int:
     """_demo_or_exit runs _demo and turns a server that failed the demo into one line and
     EXIT_UNAVAILABLE, so that exit 1 only ever means a broken promise."""
+    bound = asyncio.timeout(plan.seconds + OVERRUN_S - (time.monotonic() - started))
     try:
-        return await _demo(host, port, plan, started, where, shared_server, options)
+        async with bound:
+            return await _demo(host, port, plan, started, where, shared_server, options)
     except ConnectionClosed as exc:
         _say(f"wonderq demo: lost the connection to {host}:{port}: {exc.message}; "
              f"no accounting was made")
@@ -214,8 +221,13 @@ async def _demo_or_exit(host: str, port: int, plan: Plan, started: float, where:
         _say(f"wonderq demo: the server at {host}:{port} refused a request the demo did not "
              f"expect: {exc.code}: {exc.message}; no accounting was made")
     except OSError as exc:  # TimeoutError included
-        reason = exc.strerror or str(exc) or type(exc).__name__
-        _say(f"wonderq demo: cannot talk to the server at {host}:{port}: {reason}")
+        if bound.expired():
+            _say(f"wonderq demo: the server at {host}:{port} stopped answering; the run was "
+                 f"cut off {OVERRUN_S:g} s after --seconds ran out, and no accounting was "
+                 f"made")
+        else:
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            _say(f"wonderq demo: cannot talk to the server at {host}:{port}: {reason}")
     return EXIT_UNAVAILABLE
 
 
@@ -375,6 +387,13 @@ async def _exists(admin: Client, queue: str) -> bool:
 
 
 async def _delete_queues(admin: Client, plan: Plan) -> None:
-    for name in (plan.queue, plan.dead_letter_queue):
-        with contextlib.suppress(QueueNotFound):
-            await admin.delete_queue(name)
+    """_delete_queues removes the demo's queues from a shared server; a server that does
+    not answer within STOP_GRACE_S keeps them (the run ends anyway, and says so)."""
+    try:
+        async with asyncio.timeout(STOP_GRACE_S):
+            for name in (plan.queue, plan.dead_letter_queue):
+                with contextlib.suppress(QueueNotFound):
+                    await admin.delete_queue(name)
+    except TimeoutError:
+        _say(f"wonderq demo: the server did not answer; queues {plan.queue!r} and "
+             f"{plan.dead_letter_queue!r} may still be there")
