@@ -18,7 +18,13 @@ from wonderq_server.binary_codec import (
     item_result,
     peek_fields,
 )
-from wonderq_server.commands import Command, Limits, Rejected, request_values_limit
+from wonderq_server.commands import (
+    Command,
+    Limits,
+    Rejected,
+    request_container_limit,
+    request_values_limit,
+)
 from wonderq_server.errors import (
     BAD_ARGUMENT,
     BATCH_TOO_LARGE,
@@ -611,7 +617,7 @@ def test_a_frame_with_more_values_than_any_request_is_refused_and_the_stream_goe
     assert len(items) == 2
     assert_rejected(items[0], CommandError, BATCH_TOO_LARGE, 9)
     assert items[0].error.message.startswith(
-        f"the request holds more than {VALUES_LIMIT} values in its arrays and maps")
+        f"the request holds more values than any valid one can: over {VALUES_LIMIT} in")
     assert_command(items[1], "ping", {}, 10)
 
 
@@ -619,16 +625,42 @@ def test_a_small_frame_is_decoded_without_the_count():
     # Up to SMALL_FRAME_BYTES a frame is decoded in one call, whatever it holds: at
     # most a few MB. The values limit of a tiny --max-batch does not apply to it.
     limits = Limits(max_batch=1, max_headers=0)
-    assert request_values_limit(limits) < 1000
+    assert request_values_limit(limits) < 5000
     item = only(started(limits).feed(frame([11, "put_many", {"queue": "q",
-                                                               "bodies": [{}] * 1000}])))
+                                                               "bodies": [{}] * 5000}])))
     assert_rejected(item, CommandError, BATCH_TOO_LARGE, 11)
-    assert item.error.message == "bodies has 1000 items, over the limit of 1 (--max-batch)"
+    assert item.error.message == "bodies has 5000 items, over the limit of 1 (--max-batch)"
 
 
 def test_the_values_limit_follows_the_batch_and_header_limits():
     small, large = Limits(max_batch=10, max_headers=1), Limits(max_batch=2000, max_headers=64)
     assert request_values_limit(small) < request_values_limit(LIMITS) \
         < request_values_limit(large)
-    # Twice the largest valid request, plus room for the request's own fields.
-    assert request_values_limit(small) == 2 * (10 * (2 + 4 + 1) + 64)
+    # Twice the largest valid request, plus room for the request's own fields and id.
+    assert request_values_limit(small) == 2 * (10 * (2 + 4 + 1) + 64) + 1024
+    assert request_container_limit(small) == 2 * 10 + 64 + 1024
+    assert request_container_limit(Limits(max_batch=5, max_headers=700)) == 2 * 700 + 64 + 1024
+
+
+def test_arrays_still_being_filled_cannot_hold_more_than_one_arrays_worth_each():
+    # The second review's bypass: nested arrays, each just under the values limit and
+    # full of one-byte ints, are all built before any of them completes (2.6 GB from a
+    # 64 MiB frame). No array may be longer than request_container_limit.
+    longest = request_container_limit(LIMITS)
+    payload = b"\x93\x01\xa8put_many\x82\xa5queue\xa1q\xa6bodies"
+    for _ in range(30):
+        payload += b"\xdd" + (longest + 1).to_bytes(4, "big") + b"\xe0" * longest
+    assert len(payload) > SMALL_FRAME_BYTES
+    item = only(started().feed(raw_frame(payload)))
+    assert_rejected(item, CommandError, BATCH_TOO_LARGE, 1)
+    assert f"over {longest} in one of them" in item.error.message
+
+
+def test_a_request_id_of_many_values_is_allowed_with_the_smallest_limits():
+    # The second review: with --max-batch 1 --max-headers 0 an id of 150 ints was refused.
+    limits = Limits(max_batch=1, max_headers=0)
+    request_id = list(range(150))
+    data = frame([request_id, "put", {"queue": "q", "body": b"x" * 100_000}])
+    assert len(data) > SMALL_FRAME_BYTES
+    assert_command(only(started(limits).feed(data)), "put",
+                   put_args("q", b"x" * 100_000), request_id)

@@ -421,14 +421,68 @@ def test_scanning_for_the_next_record_is_linear_in_the_file(checked: list[int]) 
     assert sum(checked) < 4 * len(data), f"{sum(checked)} bytes checksummed, file {len(data)}"
 
 
-def test_a_scan_whose_runs_all_break_is_still_linear(checked: list[int]) -> None:
-    # A broken record, then thousands of good records, then a torn tail: every run from
-    # a record breaks at the torn end. Each run is walked once, not once per record.
+def test_a_scan_through_thousands_of_records_to_a_garbage_tail_is_linear(checked) -> None:
+    # A broken record, then thousands of good records, then garbage: the run from the
+    # first good record reaches the garbage, which holds no record (a torn tail), so
+    # repair resumes there. Each byte is walked and checksummed a bounded number of
+    # times, not once per record.
     records = [[PUT, "q", i, b"body %d" % i, T0] for i in range(3000)]
-    data = bytearray(journal_bytes(*records) + encode_record(records[0])[:15])
+    data = bytearray(journal_bytes(*records) + b"\xff" * 15)
     data[len(FILE_HEADER)] = 0xFF  # a broken length ...
     data[len(FILE_HEADER) + RECORD_HEADER_BYTES] = 0xC1  # ... and a payload no record's
     got, result = read_all(bytes(data), repair=True)
-    assert got == []  # nothing after the broken length can be trusted to be a record
-    assert "were not read" in result.skipped[0][1]
+    assert got == records[1:]
+    assert (len(result.skipped), result.torn_tail_bytes) == (1, 15)
     assert sum(checked) < 4 * len(data), f"{sum(checked)} bytes checksummed, file {len(data)}"
+
+
+# ------------------------------- a second review: the frame and the payload disagree
+
+def test_a_torn_tail_zeroed_from_inside_its_first_record_is_still_cut() -> None:
+    # A power cut can leave the last write reading as zeros from inside its first record.
+    whole = journal_bytes(RECORDS["PUT"])
+    last = bytearray(encode_record([PUT, "q", 9, b"y" * 5000, T0])
+                     + encode_record([PUT, "q", 10, b"z" * 5000, T0]))  # one write, two records
+    last[30:] = bytes(len(last) - 30)
+    for repair in (False, True):
+        got, result = read_all(whole + bytes(last), repair=repair)
+        assert (got, result.torn_tail_bytes, result.skipped) == ([RECORDS["PUT"]], len(last), [])
+
+
+def test_a_length_that_lands_on_a_record_planted_in_the_next_body_is_not_believed() -> None:
+    records = [[PUT, "orders", 1, b"a", T0], [PUT, "jobs", 2, b"xx" + DROP_VICTIM + b"tail", T0],
+               [ACK, "jobs", 9]]
+    data = bytearray(journal_bytes(*records))
+    first = len(FILE_HEADER)
+    planted = bytes(data).index(DROP_VICTIM)
+    data[first:first + 4] = (planted - first - RECORD_HEADER_BYTES).to_bytes(4, "big")
+    with pytest.raises(JournalCorrupt):
+        read_all(bytes(data))
+    got, result = read_all(bytes(data), repair=True)
+    assert got == records[1:]  # resumed where the payload's own lengths end
+    assert [offset for offset, _ in result.skipped] == [first]
+
+
+def test_a_length_that_ends_at_the_end_of_the_file_does_not_hide_the_records_after() -> None:
+    records = [[PUT, "orders", 1, b"a", T0], [ACK, "orders", 1], [SEQ, 5]]
+    data = bytearray(journal_bytes(*records))
+    first = len(FILE_HEADER)
+    data[first:first + 4] = (len(data) - first - RECORD_HEADER_BYTES).to_bytes(4, "big")
+    with pytest.raises(JournalCorrupt):  # not a torn tail: whole records follow
+        read_all(bytes(data))
+    got, _ = read_all(bytes(data), repair=True)
+    assert got == records[1:]
+
+
+def test_bodies_that_look_like_record_headers_everywhere_cannot_make_a_scan_quadratic(
+        checked) -> None:
+    # Every 10 bytes a header claiming a 100 KB payload that fits in the file, and the
+    # two bytes a payload starts with: each would be checksummed.
+    bait = ((100_000).to_bytes(4, "big") + bytes(4) + b"\x92\x01") * 20_000
+    records = [[PUT, "q", 1, bait, T0], [PUT, "q", 2, bait, T0], [ACK, "q", 1]]
+    data = bytearray(journal_bytes(*records))
+    data[len(FILE_HEADER)] = 0xFF  # a broken length and a payload no record's
+    data[len(FILE_HEADER) + RECORD_HEADER_BYTES] = 0xC1
+    got, result = read_all(bytes(data), repair=True)
+    assert sum(checked) < 5 * len(data) + (1 << 21), f"{sum(checked)} for {len(data)}"
+    assert got == [] and "were not read" in result.skipped[0][1]

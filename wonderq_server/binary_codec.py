@@ -47,7 +47,15 @@ from typing import Any
 
 import msgpack
 
-from .commands import Command, Limits, Rejected, make_command, request_values_limit
+from .commands import (
+    REQUEST_ID_VALUES,
+    Command,
+    Limits,
+    Rejected,
+    make_command,
+    request_container_limit,
+    request_values_limit,
+)
 from .errors import (
     BATCH_TOO_LARGE,
     FRAME_TOO_LARGE,
@@ -64,8 +72,6 @@ PREAMBLE = MAGIC + bytes([VERSION])
 HEADER_BYTES = 4
 # Frames up to this size are decoded without counting their values (see the rules).
 SMALL_FRAME_BYTES = 64 * 1024
-# The most values a request id may hold to be read from a frame that did not decode.
-REQUEST_ID_VALUES = 1024
 
 
 class BinaryDecoder:
@@ -136,7 +142,8 @@ class BinaryDecoder:
             if len(frame) <= SMALL_FRAME_BYTES:
                 request = msgpack.unpackb(frame, raw=False, strict_map_key=False)
             else:
-                request = unpack_counted(frame, request_values_limit(self._limits))
+                request = unpack_counted(frame, request_values_limit(self._limits),
+                                         request_container_limit(self._limits))
         except TooManyValues as exc:
             return Rejected(CommandError(BATCH_TOO_LARGE, str(exc)), readable_request_id(frame))
         except Exception as exc:  # any undecodable frame; the stream itself is still in step
@@ -156,47 +163,54 @@ class BinaryDecoder:
 class TooManyValues(ValueError):
     """A frame holds more values (array items plus map entries) than a request may."""
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"the request holds more than {limit} values in its arrays and "
-                         "maps; the largest valid request, a batch of --max-batch items, "
-                         "holds half as many")
+    def __init__(self, limit: int, longest: int) -> None:
+        super().__init__(f"the request holds more values than any valid one can: over "
+                         f"{limit} in its arrays and maps, or over {longest} in one of them "
+                         "(twice what a batch of --max-batch items with --max-headers "
+                         "headers holds)")
 
 
 class _ValueCount:
     """_ValueCount is msgpack's list_hook and object_hook: it sums the items of each
     array and map as msgpack builds it, and stops the decode past `limit`."""
 
-    __slots__ = ("left", "limit")
+    __slots__ = ("left", "limit", "longest")
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
+    def __init__(self, limit: int, longest: int) -> None:
+        self.limit, self.longest = limit, longest
         self.left = limit
 
     def add(self, container: Any) -> Any:
         self.left -= len(container)
         if self.left < 0:
-            raise TooManyValues(self.limit)
+            raise TooManyValues(self.limit, self.longest)
         return container
 
 
-def unpack_counted(frame: bytes | bytearray, limit: int) -> Any:
-    """unpack_counted decodes one msgpack value holding at most `limit` values (the rules);
-    raises TooManyValues past it, and msgpack's errors for what is not msgpack."""
-    count = _ValueCount(limit)
+def unpack_counted(frame: bytes | bytearray, limit: int, longest: int) -> Any:
+    """unpack_counted decodes one msgpack value holding at most `limit` values, in arrays
+    and maps of at most `longest` items (the rules); raises TooManyValues past either,
+    and msgpack's errors for what is not msgpack.
+
+    The hooks count an array once it is complete, so the values of arrays still
+    being filled, nested up to msgpack's depth limit, are bounded by `longest`
+    alone: a reviewer filled 880 nested arrays of 75,928 one-byte ints each (2.6 GB
+    from a 64 MiB frame) under a `longest` of `limit`."""
+    count = _ValueCount(limit, longest)
     try:
-        return msgpack.unpackb(frame, raw=False, strict_map_key=False, max_array_len=limit,
-                               max_map_len=limit, list_hook=count.add, object_hook=count.add)
+        return msgpack.unpackb(frame, raw=False, strict_map_key=False, max_array_len=longest,
+                               max_map_len=longest, list_hook=count.add, object_hook=count.add)
     except ValueError as exc:
         # msgpack's own refusal of one array or map over the limit, before building it
         if "exceeds max_array_len" in str(exc) or "exceeds max_map_len" in str(exc):
-            raise TooManyValues(limit) from exc
+            raise TooManyValues(limit, longest) from exc
         raise
 
 
 def readable_request_id(frame: bytes | bytearray) -> Any:
     """readable_request_id is the id of a request frame that did not decode as a whole,
     read alone when the frame starts as a request does, else None."""
-    count = _ValueCount(REQUEST_ID_VALUES)
+    count = _ValueCount(REQUEST_ID_VALUES, REQUEST_ID_VALUES)
     unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=len(frame) + 1,
                                 max_array_len=REQUEST_ID_VALUES, max_map_len=REQUEST_ID_VALUES,
                                 list_hook=count.add, object_hook=count.add)

@@ -142,7 +142,20 @@ def request_values_limit(limits: Limits) -> int:
     --max-headers headers. No valid request comes near it; the binary codec stops
     decoding a frame that goes past it (binary_codec.py)."""
     per_item = 1 + 1 + len(ITEM_OPTIONS) + limits.max_headers  # its slot, body, options, headers
-    return 2 * (limits.max_batch * per_item + 64)
+    return 2 * (limits.max_batch * per_item + 64) + REQUEST_ID_VALUES
+
+
+# A request id may be any msgpack value; this many values of it are always allowed.
+REQUEST_ID_VALUES = 1024
+
+
+def request_container_limit(limits: Limits) -> int:
+    """request_container_limit is the longest array or map a binary request may hold:
+    twice the longest a valid one holds (a batch of --max-batch items, a map of
+    --max-headers headers), plus room for a request id. msgpack refuses a longer one
+    before building it; it also bounds what arrays still being filled can hold before
+    `request_values_limit` counts them (binary_codec.py)."""
+    return 2 * max(limits.max_batch, limits.max_headers) + 64 + REQUEST_ID_VALUES
 
 
 def _bodies(field: str, value: Any,

@@ -188,16 +188,42 @@ def _valid_at(view: memoryview, offset: int, end: int) -> int | None:
     return None
 
 
-def _next_valid(view: memoryview, start: int, end: int) -> int | None:
+class _ScanBudget:
+    """_ScanBudget is how many payload bytes one scan may checksum: a few times the
+    bytes it covers. Bodies are a client's bytes and can look like record headers
+    every few bytes, each claiming a long payload (a checksum of it all each time
+    would be quadratic); a scan that runs out gives up (`_GAVE_UP`)."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, start: int, end: int) -> None:
+        self.left = 4 * (end - start) + (1 << 20)
+
+
+_GAVE_UP = -1  # `_next_valid`: the budget ran out before a record was found
+
+
+def _next_valid(view: memoryview, start: int, end: int, budget: _ScanBudget) -> int | None:
     """_next_valid is the first offset at or after `start` where a whole, valid record
-    begins, or None. It tells damage (valid records follow) from a torn tail.
+    begins, None when there is none, or `_GAVE_UP`.
 
     The two bytes a payload starts with are checked before the checksum: at a
     random offset a length that fits in the file is common, and a checksum over
     it costs up to the file's size, which made the scan of a 64 MB journal of
     binary bodies take minutes (quadratic); the two bytes pass about one offset
-    in 500."""
+    in 500. Bytes a client chose can pass them anywhere: the budget bounds that."""
     for offset in range(start, end - RECORD_HEADER_BYTES + 1):
+        if end - offset < RECORD_HEADER_BYTES + 2:
+            return None
+        payload = offset + RECORD_HEADER_BYTES
+        if view[payload] not in _PAYLOAD_STARTS or view[payload + 1] not in KINDS:
+            continue
+        size = unpack_header(view, offset)[0]
+        if size < 2 or payload + size > end:
+            continue  # no whole record here, and no checksum to compute
+        budget.left -= size
+        if budget.left < 0:
+            return _GAVE_UP
         if _valid_at(view, offset, end) is not None:
             return offset
     return None
@@ -205,9 +231,10 @@ def _next_valid(view: memoryview, start: int, end: int) -> int | None:
 
 def _frame_skips_damage(view: memoryview, stop: int, end: int) -> bool:
     """_frame_skips_damage: a damaged record whose frame ends at `stop` (inside the
-    file) is followed by a valid record or by zeros to the end, so its length held
-    and the damage is inside it: skip it by its length."""
-    return _valid_at(view, stop, end) is not None or _all_zero(view, stop, end)
+    file) is followed by a valid record, so the damage is inside it: skip it by its
+    length. Zeros after it are not such proof: a power cut can zero the end of the
+    last write from inside its first record, and that is a torn tail."""
+    return _valid_at(view, stop, end) is not None
 
 
 _TORN = -1  # `_payload_end`: the data ends inside the payload
@@ -230,23 +257,33 @@ def _payload_end(view: memoryview, start: int, end: int) -> int | None:
     return start + unpacker.tell()
 
 
-def _broken_at(view: memoryview, offset: int, end: int) -> int | None:
+def _broken_at(view: memoryview, offset: int, end: int, budget: _ScanBudget,
+               garbage_tail: bool = True) -> int | None:
     """_broken_at is where records from `offset`, one after another, stop leading on, or
-    None when they run to the end of the file (or to zeros there), passing only damage
-    whose frame held. A record found by a scan inside a damaged one may be a message
-    body's bytes, which a client chose: bytes that happen to form a record, or a
-    planted run of them, do not also line up with the records written after them all
-    the way to the end."""
+    None when they run to the end of the file, to zeros there, or to a torn tail (a
+    last record cut short, or bytes with no valid record in them), passing only
+    damage whose frame held. A record
+    found by a scan inside a damaged one may be a message body's bytes, which a client
+    chose: bytes that happen to form a record, or a planted run of them, do not also
+    line up with the records written after them all the way to the end. Without
+    `garbage_tail`, bytes with no valid record in them do not count as a torn tail."""
     while offset < end:
         stop = _valid_at(view, offset, end)
         if stop is None:
             if _all_zero(view, offset, end):
                 return None
             if end - offset < RECORD_HEADER_BYTES:
-                return offset
+                return None  # a header cut short: a torn tail, as in `_diagnose`
             stop = offset + RECORD_HEADER_BYTES + unpack_header(view, offset)[0]
-            if stop >= end or not _frame_skips_damage(view, stop, end):
-                return offset
+            if stop > end and _payload_end(view, offset + RECORD_HEADER_BYTES, end) \
+                    in (_TORN, end):
+                return None  # a torn tail after a run of records: the run holds
+            if stop < end and _frame_skips_damage(view, stop, end):
+                offset = stop
+                continue
+            if garbage_tail and _next_valid(view, offset + 1, end, budget) is None:
+                return None  # nothing valid after it: a torn tail, as `_diagnose` says
+            return offset
         offset = stop
     return None
 
@@ -394,18 +431,18 @@ def _diagnose(view: memoryview, pos: int, end: int) -> tuple[str, int | None]:
     A crash mid-write leaves a prefix of the last write, so nothing valid can
     follow a torn record; zeros are what some file systems leave after a power
     cut. A record framed whole (its length and checksum hold) is damage (or a
-    newer format) even at the end, and is skipped by its length; so is one whose
-    checksum fails but whose length leads to a valid record (or zeros): the
-    damage is inside it, and nothing inside it is read as a record. When the
-    length is what broke, the payload's own msgpack lengths say where it ends:
-    data that ends inside the payload is a torn tail (even if its body holds
-    bytes that form records), and a payload followed by records is skipped by
-    its real length. Only when the payload is no record's either is the file
-    scanned for the next record, and reading resumes only where records run
-    from there to the end of the file (`_broken_at`); when none does, it
-    resumes at the end (repair skips the rest, and says so). A checksum failure
-    of the file's last record is a torn tail: a crash can leave the file's new
-    length with only part of its data.
+    newer format) even at the end, and is skipped by its length. Otherwise the
+    frame's length and the payload's own msgpack lengths each say where the
+    record ends, and either may be the damaged one: reading resumes at whichever
+    end records run from, one after another, to the end of the file (or to a
+    torn tail there); a wrong end can land on a record planted in a message body,
+    whose run stops where that body goes on. Nothing inside a damaged record is
+    read as a record then. Only when neither end leads on is the file scanned for
+    the next record, with the same rule (`_broken_at`) and a bounded amount of
+    checksumming (`_ScanBudget`); when nothing qualifies, reading resumes at the
+    end (repair skips the rest, and says so). A record whose frame and payload
+    both run to the end, or the file's last record with a bad checksum, or one
+    after which nothing valid follows, is a torn tail.
     """
     if end - pos < RECORD_HEADER_BYTES:
         return "a record header cut short", None
@@ -423,29 +460,40 @@ def _diagnose(view: memoryview, pos: int, end: int) -> tuple[str, int | None]:
         return problem, None
     if framed_whole:
         return problem, stop
-    if stop == end:
-        return problem, None
-    if stop < end and _frame_skips_damage(view, stop, end):
-        return problem, stop
-    # The length is broken, or more than the payload is: the payload's own lengths
-    # say where it ends. Data that ends inside it is a torn tail, whatever the bytes
-    # of its body look like; a payload that ends where records go on had a damaged
-    # length, and is skipped by its real one.
+    # The frame's length and the payload's own msgpack lengths each say where the
+    # record ends. When both run to the end of the file, it is a write cut short: a
+    # torn tail, whatever its body's bytes look like. Otherwise reading resumes at
+    # the one of the two ends from which records run on to the end of the file
+    # (`_broken_at`), the earlier if both do: either may be the damaged one, and a
+    # wrong one can land on a record planted in a body (a flipped bit in a length,
+    # or in a payload's array header), whose run stops where that body goes on.
     payload_end = _payload_end(view, pos + RECORD_HEADER_BYTES, end)
+    if stop > end and payload_end in (_TORN, end):
+        return problem, None
     if payload_end == _TORN:
+        payload_end = None  # the payload runs past the end its frame holds: it is damaged
+    if payload_end in (None, stop) and stop == end:
+        return problem, None  # the file's last record, with a bad checksum: a torn tail
+    budget = _ScanBudget(pos, end)
+    # A payload that runs exactly to the end of the file, while the frame ends before,
+    # is the file's last record with a broken length, unless records run from the
+    # frame's end all the way to the end (then the payload is what is damaged).
+    last_record = payload_end == end
+    for resume in sorted({stop, payload_end or stop}):
+        if resume < end and _frame_skips_damage(view, resume, end) \
+                and _broken_at(view, resume, end, budget, not last_record) is None:
+            return problem, resume
+    if last_record:
         return problem, None
-    if payload_end is not None and (payload_end == end
-                                    or _frame_skips_damage(view, payload_end, end)):
-        return problem, payload_end
-    resume = _next_valid(view, pos + 1, end)
+    resume = _next_valid(view, pos + 1, end, budget)
     if resume is None:
-        return problem, None
-    while resume is not None:
-        broken = _broken_at(view, resume, end)
+        return problem, None  # nothing valid after it: a torn tail
+    while resume is not None and resume != _GAVE_UP:
+        broken = _broken_at(view, resume, end, budget)
         if broken is None:
             return problem, resume
         # Whatever starts before `broken` is on this run or inside its records: the
-        # scan goes on after it, so no byte is walked twice (the scan stays linear).
-        resume = _next_valid(view, broken + 1, end)
+        # scan goes on after it, so no byte is walked twice.
+        resume = _next_valid(view, broken + 1, end, budget)
     return (f"{problem}; the {end - pos} bytes from here to the end were not read: "
             "no run of records from inside them reaches the end of the file"), end
