@@ -25,6 +25,7 @@ import threading
 import time
 
 import pytest
+from polling import until
 
 from wonderq_cli.demo_ledger import Ledger, account
 from wonderq_client import connect
@@ -113,12 +114,18 @@ def test_demo_with_connect_refuses_a_queue_that_exists(server):
     assert asyncio.run(still_there()) == 1
 
 
+def demo_on(server, queue: str, messages: int, seconds: int) -> subprocess.Popen[str]:
+    """demo_on starts `wonderq demo --connect` against `server` in the background."""
+    return subprocess.Popen(
+        [*wonderq_command(), "demo", "--connect", "--host", server.host, "--port",
+         str(server.port), "--queue", queue, "--messages", str(messages),
+         "--seconds", str(seconds)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=demo_env())
+
+
 def test_demo_reports_messages_purged_under_it_as_lost(server):
     """A server that dropped messages is what the accounting exists to catch."""
-    proc = subprocess.Popen(
-        [*wonderq_command(), "demo", "--connect", "--host", server.host, "--port",
-         str(server.port), "--queue", "lossy", "--messages", "100", "--seconds", "12"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=demo_env())
+    proc = demo_on(server, "lossy", 100, 12)
 
     async def purge_some() -> int:
         async with connect(server.host, server.port) as client:
@@ -310,18 +317,11 @@ def test_a_finished_demo_leaves_no_server_behind():
 def test_a_server_that_stops_answering_cannot_stretch_seconds(server):
     # A reviewer stopped the server (SIGSTOP) 2.5 s into `--connect --seconds 6`: 45 s
     # later the demo was still waiting. It is now cut off OVERRUN_S after --seconds.
-    proc = subprocess.Popen(
-        [*wonderq_command(), "demo", "--connect", "--host", server.host, "--port",
-         str(server.port), "--queue", "hung", "--messages", "300", "--seconds", "6"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=demo_env())
+    proc = demo_on(server, "hung", 300, 6)
 
     async def queue_made() -> None:
         async with connect(server.host, server.port) as client:
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                if "hung" in {q["queue"] for q in await client.queues()}:
-                    return
-                await asyncio.sleep(0.02)
+            await until(client.queues, lambda queues: "hung" in {q["queue"] for q in queues})
 
     try:
         asyncio.run(queue_made())

@@ -7,6 +7,7 @@ repair, in which case the damaged record is skipped and reported.
 
 from __future__ import annotations
 
+import random
 import re
 import zlib
 from typing import Any
@@ -406,7 +407,6 @@ def test_scanning_for_the_next_record_is_linear_in_the_file(checked: list[int]) 
     # The reviewer's journal of binary bodies: at a random offset a length that fits is
     # common, and a checksum over each took minutes for 64 MB. The scan now checks the
     # payload's first two bytes first.
-    import random
     rng = random.Random(6)
     records = [[PUTS, "q", list(range(i * 64, i * 64 + 64)),
                 [rng.randbytes(rng.randrange(100, 4000)) for _ in range(64)]]
@@ -477,8 +477,9 @@ def test_a_length_that_ends_at_the_end_of_the_file_does_not_hide_the_records_aft
 def test_bodies_that_look_like_record_headers_everywhere_cannot_make_a_scan_quadratic(
         checked) -> None:
     # Every 10 bytes a header claiming a 100 KB payload that fits in the file, and the
-    # two bytes a payload starts with: each would be checksummed.
-    bait = ((100_000).to_bytes(4, "big") + bytes(4) + b"\x92\x01") * 20_000
+    # two bytes a payload starts with; the claimed length ends where the pattern shows
+    # those two bytes again, as if a record followed: each would be checksummed.
+    bait = ((100_002).to_bytes(4, "big") + bytes(4) + b"\x92\x01") * 20_000
     records = [[PUT, "q", 1, bait, T0], [PUT, "q", 2, bait, T0], [ACK, "q", 1]]
     data = bytearray(journal_bytes(*records))
     data[len(FILE_HEADER)] = 0xFF  # a broken length and a payload no record's
@@ -486,3 +487,17 @@ def test_bodies_that_look_like_record_headers_everywhere_cannot_make_a_scan_quad
     got, result = read_all(bytes(data), repair=True)
     assert sum(checked) < 5 * len(data) + (1 << 21), f"{sum(checked)} for {len(data)}"
     assert got == [] and "were not read" in result.skipped[0][1]
+
+
+def test_a_broken_record_among_random_bodies_is_found_past_without_giving_up() -> None:
+    # In random bodies a length that fits is a large one: checksummed, a few of them
+    # spent the scan's budget, and repair dropped every record after the damage.
+    rng = random.Random(1)
+    records = [[PUTS, "q", list(range(i * 256, i * 256 + 256)),
+                [rng.randbytes(4000) for _ in range(256)]] for i in range(64)]  # 65 MB
+    data = bytearray(journal_bytes(*records))
+    data[len(FILE_HEADER)] = 0xFF  # a broken length and a payload no record's
+    data[len(FILE_HEADER) + RECORD_HEADER_BYTES] = 0xC1
+    got, result = read_all(bytes(data), repair=True)
+    assert got == records[1:]
+    assert [offset for offset, _ in result.skipped] == [len(FILE_HEADER)]

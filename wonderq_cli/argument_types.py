@@ -29,20 +29,22 @@ def _number(text: str, kind: type) -> float | int:
             f"not a{'n integer' if kind is int else ' number'}: {text!r}") from None
 
 
+def _seconds(text: str, zero_allowed: bool) -> float:
+    value = float(_number(text, float))
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_allowed):
+        bound = "zero or more" if zero_allowed else "over 0"
+        raise argparse.ArgumentTypeError(f"must be finite seconds, {bound}, got {text!r}")
+    return value
+
+
 def seconds(text: str) -> float:
     """seconds: a finite duration, zero or more."""
-    value = float(_number(text, float))
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be finite seconds, zero or more, got {text!r}")
-    return value
+    return _seconds(text, zero_allowed=True)
 
 
 def positive_seconds(text: str) -> float:
     """positive_seconds: a finite duration over zero (--timeout, --interval)."""
-    value = float(_number(text, float))
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be finite seconds over 0, got {text!r}")
-    return value
+    return _seconds(text, zero_allowed=False)
 
 
 def unsigned(text: str) -> int:

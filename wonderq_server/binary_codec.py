@@ -28,9 +28,10 @@ Rules:
 * Decoding builds a frame's objects before any check sees them, and one
   byte of msgpack can become 70 bytes of Python (an empty map, a dict). So a
   frame over SMALL_FRAME_BYTES is decoded with a count: msgpack refuses an
-  array or map longer than `commands.request_values_limit`, and hooks add
-  up the items of every array and map as each is built and stop the decode
-  once the sum passes it (BATCH_TOO_LARGE). Measured: a 64 MiB put_many of
+  array or map longer than `commands.request_container_limit`, and hooks
+  add up the items of every array and map as each is built and stop the
+  decode once the sum passes `commands.request_values_limit`
+  (BATCH_TOO_LARGE). Measured: a 64 MiB put_many of
   67 million empty maps held the event loop 9 s and took 4.9 GB before;
   now it is refused at once. A frame up to SMALL_FRAME_BYTES is decoded in
   one call with no count: it can build at most about 5 MB, and the usual

@@ -172,16 +172,26 @@ def _known(payload: Any) -> bool:
 _PAYLOAD_STARTS = frozenset(range(0x92, 0xa0))
 
 
-def _valid_at(view: memoryview, offset: int, end: int) -> int | None:
-    """_valid_at is the end of the whole, valid record at `offset`, or None."""
-    if end - offset < RECORD_HEADER_BYTES + 2:
+def _starts_payload(view: memoryview, start: int, end: int) -> bool:
+    """_starts_payload: the two bytes at `start` are how a record's payload begins."""
+    return end - start >= 2 and view[start] in _PAYLOAD_STARTS and view[start + 1] in KINDS
+
+
+def _valid_at(view: memoryview, offset: int, end: int,
+              budget: _ScanBudget | None = None) -> int | None:
+    """_valid_at is the end of the whole, valid record at `offset`, or None. With a
+    `budget`, the checksum it would compute is paid from it first (none when spent)."""
+    start = offset + RECORD_HEADER_BYTES
+    if not _starts_payload(view, start, end):
         return None
     size, checksum = unpack_header(view, offset)
-    start = offset + RECORD_HEADER_BYTES
     stop = start + size
-    if size < 2 or stop > end or view[start] not in _PAYLOAD_STARTS \
-            or view[start + 1] not in KINDS:
+    if size < 2 or stop > end:
         return None
+    if budget is not None:
+        budget.left -= size
+        if budget.left < 0:
+            return None
     body = view[start:stop]
     if zlib.crc32(body) == checksum and _decode(body)[1] is None:
         return stop
@@ -211,22 +221,34 @@ def _next_valid(view: memoryview, start: int, end: int, budget: _ScanBudget) -> 
     random offset a length that fits in the file is common, and a checksum over
     it costs up to the file's size, which made the scan of a 64 MB journal of
     binary bodies take minutes (quadratic); the two bytes pass about one offset
-    in 500. Bytes a client chose can pass them anywhere: the budget bounds that."""
-    for offset in range(start, end - RECORD_HEADER_BYTES + 1):
-        if end - offset < RECORD_HEADER_BYTES + 2:
-            return None
-        payload = offset + RECORD_HEADER_BYTES
-        if view[payload] not in _PAYLOAD_STARTS or view[payload + 1] not in KINDS:
+    in 500. So must what its length leads to (`_could_follow`), before the
+    checksum too: in random bodies a length that fits is a large one, and a
+    few of those would spend the budget. Bytes a client chose can pass both
+    anywhere: the budget bounds that."""
+    starts, kinds = _PAYLOAD_STARTS, KINDS
+    for offset in range(start, end - RECORD_HEADER_BYTES - 1):
+        payload = offset + RECORD_HEADER_BYTES  # `_starts_payload`, inline: once per byte
+        if view[payload] not in starts or view[payload + 1] not in kinds:
             continue
-        size = unpack_header(view, offset)[0]
-        if size < 2 or payload + size > end:
-            continue  # no whole record here, and no checksum to compute
-        budget.left -= size
+        if not _could_follow(view, payload + unpack_header(view, offset)[0], end):
+            continue
+        if _valid_at(view, offset, end, budget) is not None:
+            return offset
         if budget.left < 0:
             return _GAVE_UP
-        if _valid_at(view, offset, end) is not None:
-            return offset
     return None
+
+
+def _could_follow(view: memoryview, stop: int, end: int) -> bool:
+    """_could_follow: a record that ends at `stop` could be a real one: the file ends
+    there, or what comes next starts as a record does (or is too short to tell, or
+    zeros: a torn tail)."""
+    if stop > end:
+        return False
+    if end - stop < RECORD_HEADER_BYTES + 2:
+        return True
+    return (_starts_payload(view, stop + RECORD_HEADER_BYTES, end)
+            or not any(view[stop:stop + RECORD_HEADER_BYTES + 2]))  # zeros begin there
 
 
 def _frame_skips_damage(view: memoryview, stop: int, end: int) -> bool:
@@ -244,7 +266,7 @@ def _payload_end(view: memoryview, start: int, end: int) -> int | None:
     """_payload_end is where the record payload at `start` ends by its own msgpack
     lengths (msgpack is self-delimiting), `_TORN` when the data ends inside it, or
     None when it is not a record payload at all."""
-    if end - start < 2 or view[start] not in _PAYLOAD_STARTS or view[start + 1] not in KINDS:
+    if not _starts_payload(view, start, end):
         return None
     unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=end - start)
     unpacker.feed(view[start:end])
@@ -262,10 +284,10 @@ def _broken_at(view: memoryview, offset: int, end: int, budget: _ScanBudget,
     """_broken_at is where records from `offset`, one after another, stop leading on, or
     None when they run to the end of the file, to zeros there, or to a torn tail (a
     last record cut short, or bytes with no valid record in them), passing only
-    damage whose frame held. A record
-    found by a scan inside a damaged one may be a message body's bytes, which a client
-    chose: bytes that happen to form a record, or a planted run of them, do not also
-    line up with the records written after them all the way to the end. Without
+    damage whose frame held. A record found by a scan inside a damaged one may be a
+    message body's bytes, which a client chose: bytes that happen to form a record, or
+    a planted run of them, do not also line up with the records written after them all
+    the way to the end. Without
     `garbage_tail`, bytes with no valid record in them do not count as a torn tail."""
     while offset < end:
         stop = _valid_at(view, offset, end)
