@@ -9,6 +9,7 @@ does. Timers (`call_later`) fire when `advance` moves the clock past them.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 
 import msgpack
@@ -24,6 +25,21 @@ from wonderq_server.service import BrokerService
 START = 1_700_000_000.0
 
 
+TCP_ESTABLISHED, TCP_CLOSE_WAIT = 1, 8  # Linux's tcpi_state: open; the client sent its FIN
+
+
+class FakeSocket:
+    """The transport's socket, as far as peer_state.py asks it: TCP_INFO's first byte."""
+
+    def __init__(self, transport: FakeTransport) -> None:
+        self.transport = transport
+
+    def getsockopt(self, level: int, option: int, buflen: int) -> bytes:
+        assert (level, option, buflen) == (socket.IPPROTO_TCP, socket.TCP_INFO, 1)
+        self.transport.tcp_state_asked += 1
+        return bytes([self.transport.tcp_state])
+
+
 class FakeTransport:
     """Records what the connection does to its socket."""
 
@@ -32,6 +48,8 @@ class FakeTransport:
         self.closed = False
         self.aborted = False
         self.reading = True
+        self.tcp_state = TCP_ESTABLISHED  # what the kernel says of the socket (FakeSocket)
+        self.tcp_state_asked = 0
         self.unsent = 0  # what get_write_buffer_size reports: set by a test
         self.full_after_write = False  # set: every write pauses writing until drain()
         self.protocol: Connection | None = None
@@ -70,6 +88,8 @@ class FakeTransport:
         self.reading = True
 
     def get_extra_info(self, name: str, default=None):
+        if name == "socket":
+            return FakeSocket(self)
         return ("127.0.0.1", 40000) if name == "peername" else default
 
     @property

@@ -147,6 +147,40 @@ def test_cancelled_waiter_is_skipped_in_line(b: Broker) -> None:
     assert second.ids == [[msg_id]]
 
 
+def test_a_waiter_whose_consumer_has_gone_gets_nothing_and_the_next_one_the_message(
+        b: Broker) -> None:
+    # `gone` is the connection's check of its socket (peer_state.py): asked just before
+    # a lease, so a consumer that went away unnoticed never takes a message with it.
+    gone_inbox, alive_inbox = Inbox(), Inbox()
+    asked: list[str] = []
+    gone = b.wait("q", 1, None, T0 + 10.0, gone_inbox, T0)
+    alive = b.wait("q", 1, None, T0 + 10.0, alive_inbox, T0)
+    gone.gone = lambda: asked.append("gone") or True
+    alive.gone = lambda: asked.append("alive") or False
+    msg_id = b.put("q", b"x", T0 + 1.0)
+    assert asked == ["gone", "alive"]
+    assert gone_inbox.calls == [[]] and gone.done
+    assert alive_inbox.ids == [[msg_id]]
+    [m] = alive_inbox.calls[0]
+    assert m.deliveries == 1  # the gone waiter's turn counted no delivery
+    assert counts(b) == zero_counts(in_flight=1, put_total=1)
+    assert b.next_deadline() == T0 + 1.0 + VISIBILITY  # neither wait's deadline is left
+    b.cancel_wait(gone)  # the connection withdraws it later: changes nothing
+    assert counts(b) == zero_counts(in_flight=1, put_total=1)
+    check_invariants(b)
+
+
+def test_a_gone_waiter_leaves_the_message_ready_when_nobody_else_waits(b: Broker) -> None:
+    inbox = Inbox()
+    waiter = b.wait("q", 3, None, T0 + 10.0, inbox, T0)
+    waiter.gone = lambda: True
+    b.put_many("q", [b"1", b"2"], T0 + 1.0)
+    assert inbox.calls == [[]]
+    assert counts(b) == zero_counts(ready=2, put_total=2)
+    assert b.advance(T0 + 10.0) == 0  # its wait is over: nothing left to time out
+    check_invariants(b)
+
+
 def test_cancel_after_being_served_or_timed_out_changes_nothing(b: Broker) -> None:
     served, timed_out = Inbox(), Inbox()
     w1 = b.wait("q", 1, None, T0 + 10.0, served, T0)

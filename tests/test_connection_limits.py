@@ -7,7 +7,14 @@ are in test_e2e_limits.py."""
 from __future__ import annotations
 
 import pytest
-from connection_fakes import PREAMBLE, FakeHub, binary_client, put_via_text, req
+from connection_fakes import (
+    PREAMBLE,
+    TCP_CLOSE_WAIT,
+    FakeHub,
+    binary_client,
+    put_via_text,
+    req,
+)
 
 from wonderq_server.connection_limits import (
     REFUSAL_WAIT_S,
@@ -364,6 +371,78 @@ def test_waiting_receives_past_the_request_buffer_pause_reading_until_one_ends()
     put_via_text(hub, b"x")  # one wait ends: back under the limit
     assert transport.reading and not connection.paused
     assert [f[0] for f in transport.frames()] == [0]
+
+
+def paused_by_waits(waits: int = 10):
+    """paused_by_waits: a binary connection with one receive more waiting than the
+    request buffer allows, so the server has stopped reading from it."""
+    hub = FakeHub(connection_limits=ConnectionLimits(
+        max_request_buffer_bytes=waits * WAITING_RECEIVE_BYTES))
+    connection, transport = binary_client(hub)
+    hub.send(connection, b"".join(req(i, "receive", queue="q", wait=60)
+                                  for i in range(waits + 1)))
+    assert not transport.reading
+    return hub, connection, transport
+
+
+def test_a_paused_client_that_closed_is_leased_nothing():
+    # While reading is paused the server cannot see the client's FIN: before a lease to
+    # one of its waits, it asks the socket (peer_state.py), and answers them with nothing.
+    hub, connection, transport = paused_by_waits()
+    transport.tcp_state = TCP_CLOSE_WAIT
+    put_via_text(hub, b"x")
+    hub.run()
+    assert transport.tcp_state_asked == 1  # once; then the connection remembers
+    assert sorted(f[0] for f in transport.frames()) == list(range(11))
+    assert all(f[1] is None and f[2] == [] for f in transport.frames())
+    stats = hub.broker.stats(hub.clock)["queues"]["q"]
+    assert (stats["ready"], stats["in_flight"]) == (1, 0)
+    assert transport.reading  # no waits left: reading resumes, and will meet the EOF
+    # What the client sent before it went is still run, but a receive gets nothing...
+    hub.send(connection, req(11, "receive", queue="q") + req(12, "put", queue="q", body=b"y"))
+    hub.run()
+    by_id = {f[0]: f for f in transport.frames()}
+    assert by_id[11][2] == [] and isinstance(by_id[12][2], int)
+    stats = hub.broker.stats(hub.clock)["queues"]["q"]
+    assert (stats["ready"], stats["in_flight"]) == (2, 0)
+    # ...and the messages go to a consumer that is there.
+    other, other_transport = hub.connect()
+    hub.send(other, b"GET q max=5\r\n")
+    assert other_transport.data.count(b"MSG ") == 2
+
+
+def test_a_paused_client_that_is_still_there_is_served():
+    hub, _connection, transport = paused_by_waits()
+    put_via_text(hub, b"x")
+    hub.run()
+    assert transport.tcp_state_asked == 1
+    [(request_id, error, [message])] = transport.frames()
+    assert request_id == 0 and error is None and message[1] == b"x"
+    assert transport.reading  # back under the limit
+
+
+def test_a_connection_being_read_never_asks_its_socket():
+    hub = FakeHub()
+    connection, transport = binary_client(hub)
+    hub.send(connection, b"".join(req(i, "receive", queue="q", wait=60) for i in range(3)))
+    for body in (b"a", b"b", b"c"):
+        put_via_text(hub, body)
+    hub.run()
+    assert len(transport.frames()) == 3
+    assert transport.tcp_state_asked == 0  # a close would reach eof_received
+
+
+def test_a_text_wait_paused_by_held_lines_is_not_served_to_a_client_that_closed():
+    hub = FakeHub(connection_limits=ConnectionLimits(max_request_buffer_bytes=64))
+    connection, transport = hub.connect()
+    hub.send(connection, b"GET q wait=60\r\n")
+    hub.send(connection, b"GET q\r\n" * 20)  # held behind the wait, past the limit
+    assert not transport.reading
+    transport.tcp_state = TCP_CLOSE_WAIT
+    put_via_text(hub, b"x")
+    hub.run()
+    assert transport.data.count(b"MSG ") == 0
+    assert hub.broker.stats(hub.clock)["queues"]["q"]["ready"] == 1
 
 
 def test_a_connection_paused_for_its_waits_stays_paused_while_writing_is():

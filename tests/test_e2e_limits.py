@@ -162,6 +162,26 @@ async def test_a_client_that_parks_receive_after_receive_is_paused(server):
         await until_stats(client, lambda s: s["server"]["connections"] == 1)
 
 
+async def test_a_client_that_closes_while_paused_for_its_waits_takes_no_message(
+        server_factory):
+    # The server is not reading from the parker, so it cannot see its FIN; before it
+    # leases to one of its waits it asks the socket (peer_state.py). Without that, every
+    # message below went to the closed connection, for the lease's 60 s.
+    server = server_factory("--max-request-buffer-bytes", "4096")  # 4 waits, then paused
+    async with connect(server.host, server.port) as client:
+        parker = Raw(server.host, server.port)
+        parker.send(PREAMBLE + b"".join(
+            frame([i, "receive", {"queue": "parked", "wait": 60, "visibility": 60}])
+            for i in range(10)))
+        info = await until_stats(client, lambda s: s["server"]["connections_paused"] == 1)
+        assert info["queues"]["parked"]["waiting"] > 4  # what its reads brought
+        parker.close()
+        ids = await client.put_many("parked", [b"m%d" % i for i in range(10)])
+        await until_stats(client, lambda s: s["server"]["connections"] == 1)
+        got = await client.receive("parked", max=10)
+        assert sorted(m.id for m in got) == sorted(ids)  # none leased to the parker
+
+
 # ------------------------------------------- a client that does not read what it is owed
 
 async def test_a_client_owed_more_than_the_reply_buffer_is_cut_off(server_factory):

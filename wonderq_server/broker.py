@@ -39,7 +39,9 @@ Rules:
 * Waiters are served first come first served the moment a message becomes
   ready (put, nack, lease or delay running out, a move), so a queue never has
   both a ready message and a live waiter. `deliver` callbacks run inside
-  broker calls and must not call back into the broker.
+  broker calls and must not call back into the broker. A waiter whose
+  `gone` check (set by its connection) says its consumer went away is
+  answered with nothing instead of leased, and the next one is served.
 * A delivery that ends without an ack (its lease runs out, or a nack) is
   where dead-lettering and expiry are decided, at once (`_end_delivery`):
   the message expires if its time has passed, else moves to the dead-letter
@@ -532,6 +534,10 @@ class Broker(QueueAdmin, Replay):
             if waiter is None:
                 return
             self._finish_waiter(waiter)
+            gone = waiter.gone
+            if gone is not None and gone():
+                waiter.deliver([])  # its consumer went away unnoticed; the message stays
+                continue
             waiter.deliver(self._take(q, waiter.max_messages, waiter.visibility_s, now))
 
     def _finish_waiter(self, waiter: Waiter) -> None:

@@ -20,7 +20,11 @@ Rules:
   is logged with its traceback and answered with INTERNAL.
 * When the connection goes away, or starts to close (QUIT, a ProtocolError),
   its waiting receives are withdrawn at once, so a consumer that disconnects
-  never swallows a message.
+  never swallows a message. While reading is paused a close cannot be
+  seen, so before the broker leases to one of its waiting receives it asks
+  the socket (`_peer_gone`, peer_state.py); once the client is known to
+  have gone, its receives, waiting or still unread, are answered with
+  nothing.
 * Replies to commands whose records must be durable (DURABLE_COMMANDS:
   every command that changes what is stored) are remembered by position:
   if the journal write behind them fails, `send_output` turns exactly those
@@ -84,6 +88,7 @@ from .errors import (
     ProtocolError,
     WonderQError,
 )
+from .peer_state import peer_has_closed
 from .queues import Waiter
 from .service import BrokerService
 from .text_codec import TextDecoder, TextEncoder
@@ -162,6 +167,7 @@ class Connection(asyncio.Protocol):
         self._held_input = bytearray()
         self._text_waiting = False
         self._eof = False  # the client half-closed: close once everything is answered
+        self._peer_closed = False  # seen by the socket's state while reading was paused
         self.flush_wanted = False  # the server's: already in the next flush
         self._running_input = False  # in data_received: input_done will hand replies over
         self._paused_by: set[str] = set()
@@ -280,6 +286,26 @@ class Connection(asyncio.Protocol):
         self._eof = True
         self._answer_waits_empty()
         self._close_if_done_after_eof()
+        return True
+
+    def _peer_gone(self) -> bool:
+        """_peer_gone: the broker asks before it leases messages to one of our waiting
+        receives; True means nobody will read them, so the receive gets nothing.
+
+        A connection being read learns of a close from eof_received, so only
+        a paused one asks the socket (peer_state.py); after that, every
+        receive of this connection, waiting or read later, is answered with
+        nothing (see `_execute`), as a reading one's are once at EOF.
+        """
+        if self._peer_closed:
+            return True
+        if not self._paused_by or self.transport is None or self._closed:
+            return False
+        if not peer_has_closed(self.transport):
+            return False
+        self._peer_closed = True
+        logger.info("%s closed while the server was not reading from it; its receives "
+                    "are answered with nothing", self.peer)
         return True
 
     def _answer_waits_empty(self) -> None:
@@ -465,6 +491,9 @@ class Connection(asyncio.Protocol):
     def _execute(self, command: Command, now: float) -> None:
         if not self.authenticated and not self._admit(command, now):
             return
+        if self._peer_closed and command.name == "receive":
+            self._respond(command, [])  # read after the client had gone (_peer_gone)
+            return
         try:
             waiter = self.hub.service.execute(command, now, self._respond)
         except WonderQError as exc:
@@ -475,6 +504,7 @@ class Connection(asyncio.Protocol):
             return
         if waiter is not None:
             self._waiters[command] = waiter
+            waiter.gone = self._peer_gone
             if self._eof:
                 self._answer_waits_empty()  # a line held behind a wait, run after EOF
             elif self.mode == "text":

@@ -78,10 +78,14 @@ class Waiter:
     """A parked long-polling receive. `deliver` is called exactly once, unless cancelled.
 
     `deliver(messages)` gets the leased messages, or an empty list when the
-    wait ran out.
+    wait ran out or its consumer has gone. `gone`, when its connection sets
+    it, is asked just before messages would be leased to the waiter: True
+    means nobody will read them (peer_state.py), and the waiter is answered
+    with nothing instead.
     """
 
-    __slots__ = ("deadline_at", "deliver", "done", "max_messages", "queue", "visibility_s")
+    __slots__ = ("deadline_at", "deliver", "done", "gone", "max_messages", "queue",
+                 "visibility_s")
 
     def __init__(self, queue: Queue, max_messages: int, visibility_s: float,
                  deadline_at: float, deliver: Callable[[list[Message]], None]) -> None:
@@ -91,6 +95,7 @@ class Waiter:
         self.deadline_at: float | None = deadline_at
         self.deliver = deliver
         self.done = False
+        self.gone: Callable[[], bool] | None = None
 
 
 class Queue:
