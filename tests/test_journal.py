@@ -12,6 +12,7 @@ import errno
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from broker_helpers import bodies
@@ -27,6 +28,7 @@ from durability import (
 from wonderq_server.broker import Broker
 from wonderq_server.errors import LEASE_LOST, NOT_FOUND, CommandError
 from wonderq_server.journal import (
+    PUT_RUN_MAX_MESSAGES,
     DataDirLocked,
     Journal,
     JournalBroken,
@@ -291,9 +293,14 @@ def kinds_in(path: Path) -> list[int]:
     return [record[0] for record in read_records(path.read_bytes(), ReadResult(), False)]
 
 
+def records_in(path: Path) -> list[list[Any]]:
+    return list(read_records(path.read_bytes(), ReadResult(), False))
+
+
 def test_a_put_many_of_bare_bodies_is_one_puts_record(tmp_path: Path) -> None:
     journal, broker, _ = open_broker(tmp_path, T0)
     ids = broker.put_many("q", [b"one", b"two", b"three"], T0)
+    journal.write_pending()
     broker.put_many("q", [b"four", {"body": b"five", "priority": 1}], T0)  # not all bare
     journal.close()
     assert kinds_in(journal_file(tmp_path)) == [PUTS, PUT, PUTX]
@@ -303,6 +310,57 @@ def test_a_put_many_of_bare_bodies_is_one_puts_record(tmp_path: Path) -> None:
     assert broker_state(broker2) == expected and report.records == 3
     assert [m.id for m in broker2.receive("q", 3, None, T0 + 1)] == ids
     assert broker2.queues["q"].messages.run_count == 1  # b"four"; five is a Message
+
+
+def test_plain_puts_of_one_write_to_one_queue_are_one_puts_record(tmp_path: Path) -> None:
+    # Single puts pipelined, or from several producers, in one loop iteration: one record,
+    # one checksum, and a start replays them as fast as a batch (journal.py, the put run).
+    journal, broker, _ = open_broker(tmp_path, T0)
+    ids = [broker.put("q", b"m%d" % i, T0) for i in range(5)]
+    ids += broker.put_many("q", [b"m5", b"m6"], T0)  # a batch joins the run too
+    journal.write_pending()
+    journal.close()
+    assert records_in(journal_file(tmp_path)) == [
+        [PUTS, "q", ids, [b"m%d" % i for i in range(7)]]]
+    expected = broker_state(broker)
+    broker2, report = restored(tmp_path, T0 + 1)
+    assert broker_state(broker2) == expected and report.records == 1
+    assert broker2.queues["q"].messages.run_count == 7
+
+
+def test_any_other_record_ends_the_put_run_so_the_order_holds(tmp_path: Path) -> None:
+    journal, broker, _ = open_broker(tmp_path, T0)
+    a = broker.put("q", b"a", T0)
+    b = broker.put("q", b"b", T0)
+    other = broker.put("r", b"other queue", T0)
+    c = broker.put("q", b"c", T0)
+    [leased] = broker.receive("q", 1, None, T0)  # a STATE: a's lease
+    d = broker.put("q", b"d", T0)
+    broker.ack("q", leased.id, leased.lease, T0)
+    e = broker.put("q", b"e", T0, priority=3)  # a Message: PUTX
+    f = broker.put("q", b"f", T0)
+    journal.close()  # close writes what is pending
+    records = records_in(journal_file(tmp_path))
+    assert [r[0] for r in records] == [PUTS, PUT, PUT, STATE, PUT, ACK, PUTX, PUT]
+    assert records[0][2] == [a, b] and records[1][2] == other and records[2][2] == c
+    assert records[3][2] == a == leased.id and records[4][2] == d
+    assert (records[6][2], records[7][2]) == (e, f)
+    expected = broker_state(broker)
+    assert broker_state(restored(tmp_path, T0 + 1)[0]) == expected
+
+
+def test_a_put_run_is_cut_at_its_limit(tmp_path: Path) -> None:
+    journal, broker, _ = open_broker(tmp_path, T0)
+    for i in range(PUT_RUN_MAX_MESSAGES + 10):
+        broker.put("q", b"%d" % i, T0)
+    big = broker.put_many("q", [b"x"] * (PUT_RUN_MAX_MESSAGES + 1), T0)  # longer than a run
+    broker.put_many("q", [b"y"] * 5, T0)
+    journal.close()
+    records = records_in(journal_file(tmp_path))
+    assert [len(r[2]) for r in records] == [PUT_RUN_MAX_MESSAGES, 10, len(big), 5]
+    assert records[2][2] == big
+    expected = broker_state(broker)
+    assert broker_state(restored(tmp_path, T0 + 1)[0]) == expected
 
 
 # Each a journal written as PUTS records, replayed against the same journal with one
@@ -389,6 +447,7 @@ def test_a_torn_tail_is_cut_off_and_appends_continue(tmp_path: Path) -> None:
 def test_damage_in_the_middle_stops_the_start_unless_repair(tmp_path: Path) -> None:
     journal, broker, _ = open_broker(tmp_path, T0)
     kept = broker.put("q", b"kept", T0)
+    journal.write_pending()  # a record of its own: each write ends the put run
     lost = broker.put("q", b"lost to damage", T0)
     journal.write_pending()
     expected = broker_state(broker)

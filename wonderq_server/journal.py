@@ -25,6 +25,14 @@ Rules:
 * Recovery replays records through the broker's restore_* functions. A torn
   tail is cut off with a warning; damage before the tail stops start-up
   with the file and offset named, unless `repair` skips damaged records.
+* Consecutive puts of plain messages to one queue (single puts pipelined
+  or from several producers, and put_many batches) wait in a *put run* and
+  are encoded as one PUTS record when anything else is recorded, when the
+  run reaches PUT_RUN_MAX_MESSAGES, or at the write (`_end_put_run`): one
+  record, one checksum and one pack call for what took one per message,
+  and a start replays it as fast as a batch. Every other record ends the
+  run first, so records stay in the order the broker made the changes. A
+  run of one is an ordinary PUT record.
 * Lease records (STATE after a receive or touch) are written like any other
   but never make a put or ack wait: `durable_pending` only counts PUT, ACK
   and the STATE of a nack.
@@ -87,6 +95,11 @@ JOURNAL_NAME = re.compile(r"journal\.(\d{6,})$")
 # body's length, 2 or 3). Every put adds, and its ack takes back, exactly this plus the
 # body, so `live_bytes` stays `live_estimate(broker)` between rebuilds.
 PUT_RECORD_OVERHEAD = 16
+# The most puts one put run (see the rules) gathers into a record: records stay
+# within what one put_many of the default --max-batch makes (1,000 messages of up to
+# --max-message-bytes each), while a run this long already costs its record's
+# overhead once per thousand messages.
+PUT_RUN_MAX_MESSAGES = 1000
 
 
 class JournalError(Exception):
@@ -138,6 +151,10 @@ class Journal:
         self.live_bytes = 0  # estimate of what a compacted journal would take
         self.compacted_size = 0  # the journal's size when the last compaction switched to it
         self._pending: list[bytes] = []
+        # The put run (see the rules): plain puts to one queue not yet encoded.
+        self._run_queue: Queue | None = None
+        self._run_ids: list[int] = []
+        self._run_bodies: list[bytes] = []
         self.durable_pending = False  # a PUT, ACK or nack is in _pending
         # What written records made visible, for group commit's read-committed
         # early replies: the newest id of a PUT written (ids grow with every put,
@@ -283,42 +300,64 @@ class Journal:
     # ------------------------------------------------------- ChangeLog (broker)
 
     def put(self, msg: Message) -> None:
+        if self._run_ids:
+            self._end_put_run()
         self._pending.append(encode_record(put_record(msg)))
         self.durable_pending = True
         self._newest_put_pending = msg.id
         self.live_bytes += len(msg.body) + PUT_RECORD_OVERHEAD
 
     def put_plain(self, q: Queue, message_id: int, body: bytes) -> None:
-        """put_plain: the PUT of a plain message (message.py), which has no Message."""
-        self._pending.append(encode_record(plain_put_record(q.name, message_id, body)))
+        """put_plain: the PUT of a plain message (message.py), which has no Message; it
+        joins the put run (see the rules)."""
+        if q is not self._run_queue or len(self._run_ids) >= PUT_RUN_MAX_MESSAGES:
+            if self._run_ids:
+                self._end_put_run()
+            self._run_queue = q
+        self._run_ids.append(message_id)
+        self._run_bodies.append(body)
         self.durable_pending = True
         self._newest_put_pending = message_id
         self.live_bytes += len(body) + PUT_RECORD_OVERHEAD
 
     def put_plain_batch(self, q: Queue, ids: Sequence[int], bodies: Sequence[bytes]) -> None:
-        """put_plain_batch: the PUTs of a batch of plain messages, as one PUTS record."""
-        record = encode_record(plain_puts_record(q.name, ids, bodies))
-        self._pending.append(record)
+        """put_plain_batch: the PUTs of a batch of plain messages; they join the put run
+        (see the rules)."""
+        if q is not self._run_queue \
+                or len(self._run_ids) + len(ids) > max(PUT_RUN_MAX_MESSAGES, len(ids)):
+            if self._run_ids:
+                self._end_put_run()
+            self._run_queue = q
+        self._run_ids += ids
+        self._run_bodies += bodies
         self.durable_pending = True
         self._newest_put_pending = ids[-1]  # fresh ids, rising (broker._store_plain_batch)
         self.live_bytes += sum(map(len, bodies)) + len(ids) * PUT_RECORD_OVERHEAD
 
     def state(self, msg: Message) -> None:
+        if self._run_ids:
+            self._end_put_run()
         self._pending.append(encode_record(state_record(msg)))
         if msg.state != LEASED:  # a nack; leases and touches never make anyone wait
             self.durable_pending = True
 
     def lease_ended(self, msg: Message) -> None:
         """lease_ended: a lease ran out and the message is ready again. Nobody waits for it."""
+        if self._run_ids:
+            self._end_put_run()
         self._pending.append(encode_record(state_record(msg)))
 
     def ack(self, msg: Message) -> None:
+        if self._run_ids:
+            self._end_put_run()
         self._pending.append(encode_record([ACK, msg.queue.name, msg.id]))
         self.durable_pending = True
         self.live_bytes = max(0, self.live_bytes - len(msg.body) - PUT_RECORD_OVERHEAD)
 
     def move(self, msg: Message, from_queue: str) -> None:
         """move: the whole moved message, so replay can make it without its PUT."""
+        if self._run_ids:
+            self._end_put_run()
         options: dict[str, Any] = {}
         if msg.priority:
             options["priority"] = msg.priority
@@ -332,18 +371,37 @@ class Journal:
         self._moves_pending += 1
 
     def queue_settings(self, q: Queue) -> None:
+        if self._run_ids:
+            self._end_put_run()
         self._pending.append(encode_record([QUEUE, q.name, q.settings.as_dict()]))
         self.durable_pending = True
 
     def purge(self, q: Queue) -> None:
+        if self._run_ids:
+            self._end_put_run()
         self._pending.append(encode_record([PURGE, q.name]))
         self.durable_pending = True
         self._forget_live(q)
 
     def delete_queue(self, q: Queue) -> None:
+        if self._run_ids:
+            self._end_put_run()
         self._pending.append(encode_record([DROP, q.name]))
         self.durable_pending = True
         self._forget_live(q)
+
+    def _end_put_run(self) -> None:
+        """_end_put_run encodes the put run as one record (see the rules); the caller
+        checks that it is not empty."""
+        q, ids, bodies = self._run_queue, self._run_ids, self._run_bodies
+        assert q is not None
+        if len(ids) == 1:
+            self._pending.append(encode_record(plain_put_record(q.name, ids[0], bodies[0])))
+        else:
+            self._pending.append(encode_record(plain_puts_record(q.name, ids, bodies)))
+        self._run_queue = None
+        self._run_ids = []
+        self._run_bodies = []
 
     def _forget_live(self, q: Queue) -> None:
         self.live_bytes = max(0, self.live_bytes - q.body_bytes
@@ -356,7 +414,7 @@ class Journal:
 
     @property
     def has_pending(self) -> bool:
-        return bool(self._pending)
+        return bool(self._pending or self._run_ids)
 
     def write_pending(self) -> bool:
         """write_pending writes the buffered records in one write; returns whether any
@@ -366,6 +424,8 @@ class Journal:
         raised; the buffered records are dropped (the server answers their
         requests with STORAGE_ERROR). JournalBroken if the cut fails too.
         """
+        if self._run_ids:
+            self._end_put_run()
         if not self._pending:
             return False
         count = len(self._pending)
@@ -475,10 +535,12 @@ class CompactionFailed(JournalError):
 def replay_records(broker: Broker, records: Any, now: float) -> None:
     """replay_records applies journal records to a broker, in order.
 
-    Consecutive PUT records to one queue go to `restore_puts` a run at a time
-    (a start replays one for every message waiting, millions): the run is
-    applied before any other record, so the order holds. A PUTS record is
-    such a run already.
+    Consecutive PUT and PUTS records to one queue go to `restore_puts` a run
+    at a time (a start replays one for every message waiting, millions, and
+    a live server's put runs are often a few messages each): the run is
+    applied before any other record, so the order holds. A PUTS record
+    whose lists differ in length is not joined but replayed alone, so that
+    `restore_puts` refuses it as before.
     """
     restore_put = broker.restore_put
     restore_state = broker.restore_state
@@ -488,14 +550,18 @@ def replay_records(broker: Broker, records: Any, now: float) -> None:
     run_bodies: list[bytes] = []
     for record in records:
         kind = record[0]
-        if kind == PUT:
+        if kind == PUT or (kind == PUTS and len(record[2]) == len(record[3])):
             if record[1] != run_queue:
                 if run_ids:
                     broker.restore_puts(run_queue, run_ids, run_bodies)
                     run_ids, run_bodies = [], []
                 run_queue = record[1]
-            run_ids.append(record[2])
-            run_bodies.append(record[3])
+            if kind == PUT:
+                run_ids.append(record[2])
+                run_bodies.append(record[3])
+            else:
+                run_ids += record[2]
+                run_bodies += record[3]
             continue
         if run_ids:
             broker.restore_puts(run_queue, run_ids, run_bodies)

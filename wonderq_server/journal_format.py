@@ -39,7 +39,9 @@ in the same state as replaying it once):
                                                  ready, never delivered: one PUT per
                                                  (id, body) pair, in that order
 
-A put_many of bare bodies is one PUTS record, not a PUT per body, and
+A put_many of bare bodies is one PUTS record, not a PUT per body; so are
+the plain puts to one queue that one journal write carries (journal.py's
+put runs: single puts pipelined, or from several producers), and
 compaction writes a queue's runs of plain messages as PUTS records too: a
 start replays one record (one checksum, one decode) per batch rather than
 per message. A batch's record is whole or, as a torn tail, absent, and the
