@@ -398,17 +398,35 @@ def test_a_paused_client_that_closed_is_leased_nothing():
     stats = hub.broker.stats(hub.clock)["queues"]["q"]
     assert (stats["ready"], stats["in_flight"]) == (1, 0)
     assert transport.reading  # no waits left: reading resumes, and will meet the EOF
-    # What the client sent before it went is still run, but a receive gets nothing...
-    hub.send(connection, req(11, "receive", queue="q") + req(12, "put", queue="q", body=b"y"))
+    # What it sent before its FIN still runs, as at EOF: a receive that would wait gets
+    # nothing at once, a put is stored.
+    hub.send(connection, req(11, "receive", queue="empty", wait=60)
+             + req(12, "put", queue="q", body=b"y"))
     hub.run()
     by_id = {f[0]: f for f in transport.frames()}
     assert by_id[11][2] == [] and isinstance(by_id[12][2], int)
-    stats = hub.broker.stats(hub.clock)["queues"]["q"]
-    assert (stats["ready"], stats["in_flight"]) == (2, 0)
-    # ...and the messages go to a consumer that is there.
+    stats = hub.broker.stats(hub.clock)
+    assert stats["waiting_consumers"] == 0
+    assert (stats["queues"]["q"]["ready"], stats["queues"]["q"]["in_flight"]) == (2, 0)
+    # The messages go to a consumer that is there.
     other, other_transport = hub.connect()
     hub.send(other, b"GET q max=5\r\n")
     assert other_transport.data.count(b"MSG ") == 2
+
+
+def test_a_paused_client_that_closed_has_all_its_waits_answered():
+    hub = FakeHub(connection_limits=ConnectionLimits(
+        max_request_buffer_bytes=2 * WAITING_RECEIVE_BYTES))
+    connection, transport = binary_client(hub)
+    hub.send(connection, req(0, "receive", queue="a", wait=60)
+             + req(1, "receive", queue="b", wait=60) + req(2, "receive", queue="b", wait=60))
+    assert not transport.reading
+    transport.tcp_state = TCP_CLOSE_WAIT
+    put_via_text(hub, b"x", queue="a")
+    hub.run()
+    # The wait on "a" met the socket's state; those on "b" follow, as at EOF.
+    assert sorted((f[0], f[2]) for f in transport.frames()) == [(0, []), (1, []), (2, [])]
+    assert hub.broker.stats(hub.clock)["waiting_consumers"] == 0
 
 
 def test_a_paused_client_that_is_still_there_is_served():
@@ -432,17 +450,24 @@ def test_a_connection_being_read_never_asks_its_socket():
     assert transport.tcp_state_asked == 0  # a close would reach eof_received
 
 
-def test_a_text_wait_paused_by_held_lines_is_not_served_to_a_client_that_closed():
+def test_a_text_client_that_half_closed_while_paused_is_treated_as_at_eof():
+    # `nc -N` shuts down only its sending side and still reads: its waits get nothing, as
+    # at EOF, but the receives it sent behind them still take what is ready.
     hub = FakeHub(connection_limits=ConnectionLimits(max_request_buffer_bytes=64))
+    for body in (b"r1", b"r2", b"r3"):
+        put_via_text(hub, body, queue="r")
     connection, transport = hub.connect()
     hub.send(connection, b"GET q wait=60\r\n")
-    hub.send(connection, b"GET q\r\n" * 20)  # held behind the wait, past the limit
+    hub.send(connection, b"GET r\r\n" * 4 + b"GET s wait=60\r\n" * 10)  # held, past the limit
     assert not transport.reading
     transport.tcp_state = TCP_CLOSE_WAIT
     put_via_text(hub, b"x")
     hub.run()
-    assert transport.data.count(b"MSG ") == 0
+    lines = transport.data.split(b"\r\n")
+    assert transport.data.count(b"MSG ") == 3 and b"x" not in lines
+    assert transport.data.count(b"END\r\n") == 1 + 4 + 10  # each GET's reply ends so
     assert hub.broker.stats(hub.clock)["queues"]["q"]["ready"] == 1
+    assert hub.broker.stats(hub.clock)["waiting_consumers"] == 0
 
 
 def test_a_connection_paused_for_its_waits_stays_paused_while_writing_is():

@@ -23,8 +23,8 @@ Rules:
   never swallows a message. While reading is paused a close cannot be
   seen, so before the broker leases to one of its waiting receives it asks
   the socket (`_peer_gone`, peer_state.py); once the client is known to
-  have gone, its receives, waiting or still unread, are answered with
-  nothing.
+  have sent its FIN, its receives are treated as at EOF: those that wait,
+  now or when read later, are answered with nothing.
 * Replies to commands whose records must be durable (DURABLE_COMMANDS:
   every command that changes what is stored) are remembered by position:
   if the journal write behind them fails, `send_output` turns exactly those
@@ -293,9 +293,12 @@ class Connection(asyncio.Protocol):
         receives; True means nobody will read them, so the receive gets nothing.
 
         A connection being read learns of a close from eof_received, so only
-        a paused one asks the socket (peer_state.py); after that, every
-        receive of this connection, waiting or read later, is answered with
-        nothing (see `_execute`), as a reading one's are once at EOF.
+        a paused one asks the socket (peer_state.py). Once the client has
+        sent its FIN, its receives are treated as eof_received treats them:
+        every one that waits, now or when read later (see `_execute`), is
+        answered with nothing; a receive that finds messages at once still
+        gets them, for a client that only shut down its sending side (`nc
+        -N`) still reads. The FIN itself is read once reading resumes.
         """
         if self._peer_closed:
             return True
@@ -304,8 +307,10 @@ class Connection(asyncio.Protocol):
         if not peer_has_closed(self.transport):
             return False
         self._peer_closed = True
-        logger.info("%s closed while the server was not reading from it; its receives "
-                    "are answered with nothing", self.peer)
+        logger.info("%s closed while the server was not reading from it; its waiting "
+                    "receives are answered with nothing", self.peer)
+        # Its waits on other queues too; not from inside this broker call.
+        self.hub.defer(self._answer_waits_empty)
         return True
 
     def _answer_waits_empty(self) -> None:
@@ -491,9 +496,6 @@ class Connection(asyncio.Protocol):
     def _execute(self, command: Command, now: float) -> None:
         if not self.authenticated and not self._admit(command, now):
             return
-        if self._peer_closed and command.name == "receive":
-            self._respond(command, [])  # read after the client had gone (_peer_gone)
-            return
         try:
             waiter = self.hub.service.execute(command, now, self._respond)
         except WonderQError as exc:
@@ -505,8 +507,8 @@ class Connection(asyncio.Protocol):
         if waiter is not None:
             self._waiters[command] = waiter
             waiter.gone = self._peer_gone
-            if self._eof:
-                self._answer_waits_empty()  # a line held behind a wait, run after EOF
+            if self._eof or self._peer_closed:
+                self._answer_waits_empty()  # read after the client's FIN: nobody waits
             elif self.mode == "text":
                 self._text_waiting = True
             elif len(self._waiters) * WAITING_RECEIVE_BYTES > \
