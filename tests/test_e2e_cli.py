@@ -104,6 +104,7 @@ async def test_put_reads_standard_input_and_receive_ack_settles(server):
     assert done.returncode == 0, done.stderr
     done = await cli("receive", "bin", "--max", "5", "--ack", "--json", *at(server))
     assert done.returncode == 0, done.stderr
+    assert done.stderr == b"bin: acked 1\n"  # said aside, so stdout stays one document
     [delivered] = json.loads(done.stdout)
     assert base64.b64decode(delivered["body_base64"]) == body
     async with connect(server.host, server.port) as client:
@@ -217,6 +218,7 @@ def test_history_restarts_when_totals_go_down() -> None:
     ["stats", "--timeout", "nan"], ["stats", "--timeout", "0"], ["stats", "--timeout", "-1"],
     ["receive", "q", "--wait", "nan"], ["receive", "q", "--max", str(2 ** 65)],
     ["ack", "q", "99999999999999999999999", "1"], ["put", "q", "x", "--priority", str(2 ** 70)],
+    ["put", "q", "x", "--priority", str(2 ** 31)], ["put", "q", "x", "--priority", "-3000000000"],
     ["put", "q", "x", "--header", "noequals"], ["put", "q", "x", "--delay", "inf"],
     ["top", "--interval", "0"],
 ])
@@ -227,21 +229,37 @@ def test_bad_usage_exits_2(args: list[str]) -> None:
     assert b"Traceback" not in done.stderr
 
 
-async def test_a_reader_that_stops_reading_is_not_a_server_problem(server):
-    # `wonderq peek q --json | head -c 100` said "cannot reach the server: Broken pipe".
-    async with connect(server.host, server.port) as client:
-        await client.put_many("bp", [b"x" * 1000] * 500)
+async def read_100_bytes_and_stop(server, *args: str) -> tuple[int, bytes]:
+    """read_100_bytes_and_stop runs `wonderq ARGS` and closes its output after 100 bytes, as
+    `| head -c 100` does; returns its exit code and stderr."""
     argv = [shutil.which("wonderq") or sys.executable, *([] if shutil.which("wonderq") else
                                                           ["-m", "wonderq_cli"])]
-    proc = await asyncio.to_thread(
-        subprocess.Popen, [*argv, *at(server), "peek", "bp", "--max", "500", "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = await asyncio.to_thread(subprocess.Popen, [*argv, *at(server), *args],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     await asyncio.to_thread(proc.stdout.read, 100)
     proc.stdout.close()  # as `head` does once it has what it wants
     stderr = await asyncio.to_thread(proc.stderr.read)
-    assert await asyncio.to_thread(proc.wait, 60) == 141
-    assert stderr == b""
+    return await asyncio.to_thread(proc.wait, 60), stderr
+
+
+async def test_a_reader_that_stops_reading_is_not_a_server_problem(server):
+    # `wonderq peek q --json | head -c 100` said "cannot reach the server: Broken pipe".
+    async with connect(server.host, server.port) as client:
+        await client.put_many("bp", [b"x" * 1000] * 500)
+    assert await read_100_bytes_and_stop(server, "peek", "bp", "--max", "500", "--json") \
+        == (141, b"")
+
+
+async def test_receive_ack_acks_nothing_when_its_reader_has_gone(server):
+    # More output than the pipe holds: the write fails before any ack is sent.
+    async with connect(server.host, server.port) as client:
+        await client.put_many("rbp", [b"x" * 1000] * 500)
+    assert await read_100_bytes_and_stop(
+        server, "receive", "rbp", "--max", "500", "--ack", "--json") == (141, b"")
+    async with connect(server.host, server.port) as client:
+        info = await client.queue_info("rbp")
+    assert (info["messages"], info["acked_total"]) == (500, 0)  # leased, not acked
 
 
 # ------------------------------------------------------- hostile input, terminals

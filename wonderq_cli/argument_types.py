@@ -7,8 +7,9 @@ exit status 2, not as a traceback or a round trip to the server.
 
 Rules:
 * Durations are finite seconds, never negative; --timeout is over zero.
-* Ids, leases and counts fit in 64 bits unsigned, priorities in 64 bits signed
-  (msgpack's integers); the server still checks its own limits (--max-batch).
+* Ids, leases and counts fit in 64 bits unsigned (msgpack's integers);
+  priorities are in the protocol's range, 32 bits signed (PROTOCOL.md, put);
+  the server still checks its own limits (--max-batch).
 * A header is KEY=VALUE with a non-empty key.
 """
 
@@ -18,7 +19,7 @@ import argparse
 import math
 
 UINT64_MAX = (1 << 64) - 1
-INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+PRIORITY_MIN, PRIORITY_MAX = -(1 << 31), (1 << 31) - 1  # PROTOCOL.md, put
 
 
 def _number(text: str, kind: type) -> float | int:
@@ -55,11 +56,12 @@ def unsigned(text: str) -> int:
     return value
 
 
-def signed(text: str) -> int:
-    """signed: a priority, -2**63 to 2**63 - 1."""
+def priority(text: str) -> int:
+    """priority: a message's priority, -2**31 to 2**31 - 1 (lower goes first)."""
     value = int(_number(text, int))
-    if not INT64_MIN <= value <= INT64_MAX:
-        raise argparse.ArgumentTypeError(f"must be {INT64_MIN} to {INT64_MAX}, got {text!r}")
+    if not PRIORITY_MIN <= value <= PRIORITY_MAX:
+        raise argparse.ArgumentTypeError(
+            f"must be {PRIORITY_MIN} to {PRIORITY_MAX}, got {text!r}")
     return value
 
 

@@ -41,7 +41,7 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
                      help="the message; '-' or nothing reads standard input")
     put.add_argument("--delay", type=argument_types.seconds,
                      help="seconds before it can be received")
-    put.add_argument("--priority", type=argument_types.signed,
+    put.add_argument("--priority", type=argument_types.priority,
                      help="lower is handed out first (default 0)")
     put.add_argument("--expiry", type=argument_types.seconds,
                      help="drop it if not acked within these seconds")
@@ -60,7 +60,8 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     receive.add_argument("--visibility", type=argument_types.seconds,
                          help="lease length in seconds (default: the queue's)")
     receive.add_argument("--ack", action="store_true", help="ack them once printed")
-    receive.add_argument("--json", action="store_true", help="print a JSON array")
+    receive.add_argument("--json", action="store_true",
+                         help='print a JSON array ("body", or "body_base64" when not UTF-8)')
     receive.set_defaults(run=run_receive)
 
     ack = commands.add_parser("ack", parents=[common], help="ack (delete) one message")
@@ -74,7 +75,8 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     peek.add_argument("queue")
     peek.add_argument("--max", type=argument_types.unsigned, default=10,
                       help="most messages (default 10)")
-    peek.add_argument("--json", action="store_true", help="print a JSON array")
+    peek.add_argument("--json", action="store_true",
+                      help='print a JSON array ("body", or "body_base64" when not UTF-8)')
     peek.set_defaults(run=run_peek)
 
     purge = commands.add_parser("purge", parents=[common],
@@ -174,9 +176,12 @@ async def run_receive(args: argparse.Namespace) -> int:
         else:
             print(f"{args.queue}: no message", file=sys.stderr)
         if args.ack and messages:
+            sys.stdout.flush()  # a reader that has gone raises here: nothing is acked
             failed = [r for r in await client.ack_many(args.queue, messages) if r is not None]
             for error in failed:
                 print(f"wonderq: ack failed: {error}", file=sys.stderr)
+            # On stderr, so that --json stays one document on stdout.
+            print(f"{args.queue}: acked {len(messages) - len(failed)}", file=sys.stderr)
             if failed:
                 return 1
     return 0
