@@ -145,3 +145,16 @@ def test_port_in_use_exits_with_a_message(server):
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
     assert "cannot start" in result.stderr
+
+
+def test_a_data_dir_that_is_a_file_is_named_not_blamed_on_the_port(tmp_path):
+    # It said "cannot start on 127.0.0.1:0: [Errno 17] File exists".
+    in_the_way = tmp_path / "data"
+    in_the_way.write_bytes(b"not a directory")
+    result = subprocess.run([*server_command(), "--port", "0", "--data-dir", str(in_the_way)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert f"the data directory {in_the_way} cannot be used: it is not a directory" \
+        in result.stderr
+    assert "Traceback" not in result.stderr and "cannot start on" not in result.stderr
+    assert in_the_way.read_bytes() == b"not a directory"

@@ -11,6 +11,7 @@ import subprocess
 
 import pytest
 from certificates import TlsFiles
+from polling import until_stats
 from raw_socket import TextSocket
 from server_process import server_command
 
@@ -32,6 +33,18 @@ async def test_put_receive_ack_over_tls(server_factory, tls_files):
         assert (message.id, message.body) == (message_id, b"over tls")
         await message.ack()
         assert (await client.stats())["server"]["tls"] is True
+
+
+async def test_tls_clients_that_close_leave_the_log_clean(server_factory, tls_files):
+    # asyncio's TLS layer warns when eof_received asks to keep a TLS socket half open.
+    proc = server_factory(*tls_files.server_flags())
+    context = tls_files.client_context()
+    async with connect(proc.host, proc.port, ssl=context) as watcher:
+        for _ in range(3):
+            async with connect(proc.host, proc.port, ssl=context) as client:
+                assert await client.ping() == "pong"
+        await until_stats(watcher, lambda s: s["server"]["connections"] == 1)
+    assert "eof_received" not in proc.log and "WARNING" not in proc.log, proc.log
 
 
 async def test_tls_and_the_auth_token_together(server_factory, tls_files):

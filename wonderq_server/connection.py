@@ -172,6 +172,7 @@ class Connection(asyncio.Protocol):
         self._running_input = False  # in data_received: input_done will hand replies over
         self._paused_by: set[str] = set()
         self.peer: Any = None
+        self._tls = False  # the transport is asyncio's TLS layer (see eof_received)
         self.last_request_at = 0.0  # for --idle-timeout: when a request last arrived
         self._timer: Timer | None = None  # the idle timer, or the refusal's deadline
         self._refusal: WonderQError | None = None  # over --max-connections: the answer
@@ -183,6 +184,7 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.peer = transport.get_extra_info("peername")
+        self._tls = transport.get_extra_info("ssl_object") is not None
         self.last_request_at = self.hub.now()
         self.hub.connection_opened(self)  # may refuse us
         idle_timeout_s = self.hub.connection_limits.idle_timeout_s
@@ -282,11 +284,14 @@ class Connection(asyncio.Protocol):
         with nothing rather than kept: a peer that closed outright cannot
         read, and a message handed to it would be lost until its lease ran
         out. Returning True keeps our half of the socket open for the replies.
+        Under TLS a close_notify ends both directions, and asyncio's TLS layer
+        closes the transport whatever we return (returning True only logs a
+        warning there), so a TLS connection returns False.
         """
         self._eof = True
         self._answer_waits_empty()
         self._close_if_done_after_eof()
-        return True
+        return not self._tls
 
     def _peer_gone(self) -> bool:
         """_peer_gone: the broker asks before it leases messages to one of our waiting

@@ -114,6 +114,10 @@ class DataDirLocked(Exception):
     """Another server holds this data directory."""
 
 
+class DataDirUnusable(Exception):
+    """The data directory cannot be made or locked (a file in its place, no permission)."""
+
+
 @dataclass
 class RecoveryReport:
     path: str
@@ -179,9 +183,15 @@ class Journal:
     def open(self, broker: Broker, now: float) -> RecoveryReport:
         """open locks the directory, replays the live journal into `broker`, attaches
         itself as the broker's journal and gets ready to append. Raises DataDirLocked,
-        JournalCorrupt, OSError."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._lock()
+        DataDirUnusable, JournalCorrupt, OSError."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._lock()
+        except OSError as exc:
+            why = "it is not a directory" if os.path.lexists(self.directory) \
+                and not os.path.isdir(self.directory) else (exc.strerror or str(exc))
+            raise DataDirUnusable(f"the data directory {self.directory} cannot be used: "
+                                  f"{why}") from exc
         generations = []
         for entry in self.directory.iterdir():
             if entry.name.endswith(".tmp") and entry.name.startswith("journal."):

@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from . import __version__
 from .auth import is_loopback
 from .config import Config, parse_config
-from .journal import DataDirLocked, JournalError
+from .journal import DataDirLocked, DataDirUnusable, JournalError
 from .journal_format import JournalCorrupt
 from .server import Server
 from .tls import TLSSetupError
@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         _run(serve(config))
-    except (DataDirLocked, TLSSetupError) as exc:
+    except (DataDirLocked, DataDirUnusable, TLSSetupError) as exc:
         logger.error("cannot start: %s", exc)
         return 1
     except JournalCorrupt as exc:
