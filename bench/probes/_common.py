@@ -1,8 +1,27 @@
-"""What the probes share: the server's CPU seconds and resident memory, from /proc."""
+"""What the probes share: their arguments, and the server's CPU seconds and resident memory,
+from /proc."""
 
 from __future__ import annotations
 
 import os
+import sys
+
+
+def whole_numbers(usage: str, required: int, defaults: tuple[int, ...] = ()) -> list[int]:
+    """whole_numbers: the probe's arguments, `required` whole numbers and then up to
+    len(defaults) optional ones (the defaults fill in the rest). Anything else (-h,
+    --help, too few, too many, not a number) prints `usage` (the probe's docstring) and
+    exits: 0 when help was asked for, else 2."""
+    given = sys.argv[1:]
+    if given in (["-h"], ["--help"]):
+        print(usage.strip())
+        raise SystemExit(0)
+    if not required <= len(given) <= required + len(defaults) \
+            or not all(a.isdigit() for a in given):
+        print(usage.strip(), file=sys.stderr)
+        raise SystemExit(2)
+    values = [int(a) for a in given]
+    return values + list(defaults[len(values) - required:])
 
 
 def server_cpu_s(pid: int) -> float:

@@ -5,10 +5,10 @@
 
 from __future__ import annotations
 
-import sys
 import time
 
 import uvloop
+from _common import whole_numbers
 
 from wonderq_client import connect
 
@@ -29,4 +29,4 @@ async def main(port: int, n: int) -> None:
 
 
 if __name__ == "__main__":
-    uvloop.run(main(int(sys.argv[1]), int(sys.argv[2])))
+    uvloop.run(main(*whole_numbers(__doc__, 2)))

@@ -26,6 +26,7 @@ BENCH = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(BENCH), str(BENCH.parent)]
 
 import servers  # noqa: E402
+from _common import whole_numbers  # noqa: E402
 from runner import run_event_loop  # noqa: E402
 from scenarios import (  # noqa: E402
     Progress,
@@ -105,5 +106,4 @@ def main(n: int, runs: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 30000,
-         int(sys.argv[2]) if len(sys.argv) > 2 else 5)
+    main(*whole_numbers(__doc__, 0, (30000, 5)))

@@ -12,10 +12,9 @@ five seconds.
 from __future__ import annotations
 
 import socket
-import sys
 import time
 
-from _common import resident_bytes
+from _common import resident_bytes, whole_numbers
 
 WAIT_S = 2
 
@@ -35,4 +34,4 @@ def main(port: int, pid: int, lines: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
+    main(*whole_numbers(__doc__, 3))

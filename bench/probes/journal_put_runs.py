@@ -13,9 +13,10 @@ from __future__ import annotations
 import gc
 import shutil
 import statistics
-import sys
 import tempfile
 import time
+
+from _common import whole_numbers
 
 from wonderq_server.broker import Broker
 from wonderq_server.journal import Journal
@@ -71,8 +72,7 @@ def restart_after(directory: str, count: int, per_write: int) -> list[float]:
 
 def main() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])  # as the server runs
-    count = int(sys.argv[1]) if len(sys.argv) > 1 else 50_000
-    restart_count = int(sys.argv[2]) if len(sys.argv) > 2 else 1_000_000
+    count, restart_count = whole_numbers(__doc__, 0, (50_000, 1_000_000))
     for per_write in PER_WRITE:
         runs = [fresh(puts, count, per_write) for _ in range(ROUNDS)]
         restarts = fresh(restart_after, restart_count, per_write)

@@ -10,10 +10,10 @@ event loop, the system calls and msgpack.
 from __future__ import annotations
 
 import asyncio
-import sys
 
 import msgpack
 import uvloop
+from _common import whole_numbers
 
 CANNED = [[1, b"x" * 100, 2, 1, 1.0]]
 
@@ -54,4 +54,4 @@ async def main(port: int) -> None:
 
 
 if __name__ == "__main__":
-    uvloop.run(main(int(sys.argv[1])))
+    uvloop.run(main(*whole_numbers(__doc__, 1)))

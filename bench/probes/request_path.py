@@ -23,6 +23,7 @@ import msgpack
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import whole_numbers
 from nothing_server import Nothing
 
 from wonderq_server.binary_codec import PREAMBLE
@@ -110,4 +111,4 @@ def main(n: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 50_000)
+    main(*whole_numbers(__doc__, 0, (50_000,)))

@@ -6,10 +6,9 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 
-from _common import server_cpu_s
+from _common import server_cpu_s, whole_numbers
 
 from wonderq_client import connect
 
@@ -30,4 +29,4 @@ async def main(port: int, pid: int, n: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])))
+    asyncio.run(main(*whole_numbers(__doc__, 3)))

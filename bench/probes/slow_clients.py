@@ -15,11 +15,10 @@ import asyncio
 import socket
 import statistics
 import struct
-import sys
 import time
 
 import msgpack
-from _common import resident_bytes
+from _common import resident_bytes, whole_numbers
 
 from wonderq_client import connect
 
@@ -92,5 +91,4 @@ async def main(port: int, pid: int, rounds: int, flooders: int) -> None:
 
 
 if __name__ == "__main__":
-    args = [int(a) for a in sys.argv[1:]]
-    asyncio.run(main(args[0], args[1], args[2], args[3] if len(args) > 3 else 4))
+    asyncio.run(main(*whole_numbers(__doc__, 3, (4,))))

@@ -14,9 +14,10 @@ Bounded by MESSAGES.
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from collections.abc import Callable
+
+from _common import whole_numbers
 
 from wonderq_server.broker import Broker
 
@@ -57,4 +58,4 @@ def main(n: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000)
+    main(*whole_numbers(__doc__, 0, (1_000_000,)))
