@@ -1,4 +1,5 @@
-"""Tests of config.py's security flags: the auth token and TLS files, and their errors.
+"""Tests of config.py: the security flags (the auth token and TLS files, and their
+errors), and --in-memory against a data directory.
 
 A refused setting stops start-up with argparse's usage error (exit code 2) and
 a message on stderr; the token itself never appears there, in --help, or in
@@ -102,3 +103,17 @@ def test_tls_files_become_paths():
 ])
 def test_tls_flags_that_do_not_go_together_are_refused(capsys, argv, message):
     assert message in refused(capsys, argv)
+
+
+@pytest.mark.parametrize(("argv", "environ", "data_dir", "ignored"), [
+    (["--in-memory", "--data-dir", "/srv/q"], {}, None, "/srv/q"),
+    (["--in-memory"], {"WONDERQ_DATA_DIR": "/srv/q"}, None, "/srv/q"),
+    ([], {"WONDERQ_IN_MEMORY": "1", "WONDERQ_DATA_DIR": "/srv/q"}, None, "/srv/q"),
+    (["--in-memory"], {}, None, None),  # the default directory: nothing to warn of
+    (["--data-dir", "none"], {}, None, None),
+    (["--data-dir", "/srv/q"], {}, Path("/srv/q"), None),  # used, not ignored
+])
+def test_a_data_directory_overruled_by_in_memory_is_named(argv, environ, data_dir, ignored):
+    # The server warns at start with it (server.recover), rather than silently keep nothing.
+    config = parse_config(argv, environ)
+    assert (config.data_dir, config.ignored_data_dir) == (data_dir, ignored)

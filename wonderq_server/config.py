@@ -50,6 +50,7 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     connection_limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     data_dir: Path | None = None  # None: in memory, no journal
+    ignored_data_dir: str | None = None  # a data directory given, overruled by --in-memory
     fsync: str = "always"
     repair: bool = False
     compact_min_bytes: int = DEFAULT_COMPACT_MIN_BYTES
@@ -337,6 +338,10 @@ def parse_config(argv: Sequence[str] | None = None,
         auth_timeout_s=ns.auth_timeout_s,
     )
     in_memory = ns.in_memory or ns.data_dir.strip().lower() in ("none", "")
+    # --in-memory wins over a data directory (a WONDERQ_DATA_DIR set for every run, say);
+    # the server says so at start rather than silently keep nothing.
+    ignored_data_dir = ns.data_dir if ns.in_memory and ns.data_dir.strip().lower() not in (
+        "none", "", DEFAULT_DATA_DIR) else None
     try:
         auth_token = load_token(ns.auth_token, ns.auth_token_file)
     except ValueError as exc:
@@ -349,6 +354,7 @@ def parse_config(argv: Sequence[str] | None = None,
     return Config(host=ns.host, port=ns.port, visibility_timeout_s=ns.visibility_timeout_s,
                   log_level=ns.log_level, limits=limits, connection_limits=connection_limits,
                   data_dir=None if in_memory else Path(ns.data_dir),
+                  ignored_data_dir=ignored_data_dir,
                   fsync=ns.fsync, repair=ns.repair, compact_min_bytes=ns.compact_min_bytes,
                   max_queues=ns.max_queues, max_memory_bytes=ns.max_memory_bytes,
                   metrics_port=ns.metrics_port, auth_token=auth_token,

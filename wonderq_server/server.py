@@ -115,7 +115,12 @@ class Server:
     def recover(self) -> None:
         """recover replays the journal into the broker (before listening) and logs what it did."""
         if self.journal is None:
-            logger.info("running in memory (--in-memory): nothing survives a restart")
+            if self.config.ignored_data_dir is not None:
+                logger.warning("running in memory (--in-memory): nothing survives a restart, "
+                               "and the data directory %s is not used",
+                               self.config.ignored_data_dir)
+            else:
+                logger.info("running in memory (--in-memory): nothing survives a restart")
             return
         report = self.journal.open(self.broker, time.time())
         if report.records == 0 and report.file_bytes <= len(FILE_HEADER):
