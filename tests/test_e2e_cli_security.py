@@ -88,6 +88,14 @@ async def test_unusable_tls_flags_are_exit_2(secured, flags, message):
     assert message in done.stderr.decode() and b"Traceback" not in done.stderr
 
 
+async def test_no_client_certificate_for_a_server_with_tls_ca_says_so(server_factory,
+                                                                       tls_files):
+    server = server_factory(*tls_files.server_flags(require_client_cert=True))
+    done = await cli("stats", *at(server), "--tls-ca", str(tls_files.ca))
+    assert done.returncode == 2
+    assert "add --tls-cert" in done.stderr.decode() and b"Traceback" not in done.stderr
+
+
 async def test_a_client_certificate_for_a_server_with_tls_ca(server_factory, tls_files):
     server = server_factory(*tls_files.server_flags(require_client_cert=True))
     done = await cli("stats", "--json", *at(server), "--tls-ca", str(tls_files.ca),

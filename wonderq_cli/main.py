@@ -130,9 +130,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return EXIT_UNREACHABLE
     except WonderQError as exc:
         if isinstance(exc, ConnectionClosed):
-            # A TLS port closes a plain connection without a word: say what may be wrong.
-            hint = ("; if the server uses TLS, add --tls or --tls-ca"
-                    if args.connect_options["ssl"] is None else "")
+            # A TLS port closes a plain connection without a word, and a server that
+            # requires client certificates one without: say what may be wrong.
+            if args.connect_options["ssl"] is None:
+                hint = "; if the server uses TLS, add --tls or --tls-ca"
+            else:
+                hint = _client_certificate_hint(args)
             print(f"wonderq: lost the connection to {args.host}:{args.port}: {exc.message}"
                   f"{hint}", file=sys.stderr)
             return EXIT_UNREACHABLE
@@ -150,6 +153,16 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         print(f"wonderq: cannot reach the server at {args.host}:{args.port}: {reason}",
               file=sys.stderr)
         return EXIT_UNREACHABLE
+
+
+def _client_certificate_hint(args: argparse.Namespace) -> str:
+    """_client_certificate_hint: a TLS connection that the server ends after the handshake
+    may be missing the client certificate a server with --tls-ca requires (TLS 1.3 checks
+    it after the handshake, so the client sees no more than a reset). A refusal during the
+    handshake names itself (TLSV13_ALERT_CERTIFICATE_REQUIRED) and needs no hint."""
+    if args.tls_cert is None:
+        return "; if the server requires client certificates (its --tls-ca), add --tls-cert"
+    return ""
 
 
 async def _bounded(coroutine: Coroutine[Any, Any, int], seconds: float) -> int:
