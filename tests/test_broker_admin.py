@@ -27,7 +27,7 @@ from wonderq_server.errors import (
     QUEUE_EXISTS,
     QUEUE_NOT_FOUND,
 )
-from wonderq_server.message import LEASED, READY
+from wonderq_server.message import HEADER_ENTRY_BYTES, HEADERS_DICT_BYTES, LEASED, READY
 
 DEFAULTS = {"visibility_timeout": 0.0, "max_deliveries": 0, "dead_letter_queue": "",
             "delay": 0.0, "max_length": 0, "expiry": 0.0}
@@ -291,7 +291,8 @@ def test_stats_fields(b: Broker) -> None:
     stats = b.stats(T0 + 10.0)
     assert {k: v for k, v in stats.items() if k != "queues"} == {
         "messages": 2, "waiting_consumers": 0, "queue_count": 1,
-        "stored_bytes": 4 + 3 + 1 + 2 * MESSAGE_OVERHEAD_BYTES, "max_memory": 0,
+        "stored_bytes": 4 + 3 + HEADERS_DICT_BYTES + HEADER_ENTRY_BYTES + 1
+        + 2 * MESSAGE_OVERHEAD_BYTES, "max_memory": 0,
         "full_refusals_total": 0}
     assert stats["queues"]["q"] == {
         "messages": 2, "ready": 2, "in_flight": 0, "delayed": 0, "waiting": 0,

@@ -21,7 +21,7 @@ from broker_helpers import (  # the `b` fixture comes from broker_helpers too, v
 
 from wonderq_server.broker import MESSAGE_OVERHEAD_BYTES, Broker
 from wonderq_server.errors import LEASE_LOST, NOT_FOUND, QUEUE_NOT_FOUND
-from wonderq_server.message import LEASED, READY, Message
+from wonderq_server.message import HEADER_ENTRY_BYTES, HEADERS_DICT_BYTES, LEASED, READY, Message
 
 HEADERS = {"h": "v"}
 
@@ -71,7 +71,8 @@ def test_moved_when_the_last_allowed_lease_runs_out(b: Broker) -> None:
     assert counts(b, "dlq") == zero_counts(ready=1)
     assert b.queues["dlq"].explicit is False  # made implicitly
     assert b.next_deadline() is None
-    assert b.stored_bytes == 4 + 2 + MESSAGE_OVERHEAD_BYTES  # a move costs nothing more
+    assert b.stored_bytes == 4 + 2 + HEADERS_DICT_BYTES + HEADER_ENTRY_BYTES \
+        + MESSAGE_OVERHEAD_BYTES  # a move costs nothing more
     # The lease is gone: NOT_FOUND on the old queue, LEASE_LOST on the new one.
     assert error_code(b.ack, "q", msg_id, lease, T0 + 21.0) == NOT_FOUND
     assert error_code(b.ack, "dlq", msg_id, lease, T0 + 21.0) == LEASE_LOST

@@ -30,7 +30,13 @@ from wonderq_server.errors import (
     TOO_MANY_QUEUES,
     CommandError,
 )
-from wonderq_server.message import DELAYED, LEASED, READY
+from wonderq_server.message import (
+    DELAYED,
+    HEADER_ENTRY_BYTES,
+    HEADERS_DICT_BYTES,
+    LEASED,
+    READY,
+)
 
 # -------------------------------------------------------------------- delay
 
@@ -309,16 +315,29 @@ def test_max_memory_full_and_stored_bytes_going_back_down() -> None:
 
 
 def test_headers_count_against_max_memory() -> None:
-    headers = {"kë": "vv"}  # 3 + 2 bytes of UTF-8
-    broker = Broker(max_memory_bytes=MESSAGE_OVERHEAD_BYTES + 4 + 5)
+    headers = {"kë": "vv"}  # 3 + 2 bytes of UTF-8, and the objects that hold them
+    cost = MESSAGE_OVERHEAD_BYTES + 4 + HEADERS_DICT_BYTES + HEADER_ENTRY_BYTES + 5
+    broker = Broker(max_memory_bytes=cost)
     assert error_code(lambda: broker.put("q", b"12345", T0, headers=headers)) == FULL
     assert broker.stored_bytes == 0
     broker.put("q", b"1234", T0, headers=headers)
-    assert broker.stored_bytes == MESSAGE_OVERHEAD_BYTES + 4 + 5
+    assert broker.stored_bytes == cost
     [m] = broker.receive("q", 1, 5.0, T0)
     broker.advance(T0 + 5.0)  # a redelivery costs nothing more
-    assert broker.stored_bytes == MESSAGE_OVERHEAD_BYTES + 4 + 5
+    assert broker.stored_bytes == cost
     assert m.headers == headers
+    broker.ack("q", m.id, m.lease, T0 + 6.0)
+    assert broker.stored_bytes == 0
+
+
+def test_many_small_headers_count_what_they_take() -> None:
+    # 32 empty headers: 86 bytes of UTF-8, but their dict and strings take about 800.
+    headers = {f"h{i}": "" for i in range(32)}
+    broker = Broker()
+    broker.put("q", b"", T0, headers=headers)
+    assert broker.stored_bytes == MESSAGE_OVERHEAD_BYTES + HEADERS_DICT_BYTES + 32 * (
+        HEADER_ENTRY_BYTES) + sum(len(k) for k in headers)
+    assert broker.stored_bytes > 2000
 
 
 def test_max_queues_refuses_a_new_queue() -> None:

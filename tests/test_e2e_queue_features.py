@@ -471,8 +471,9 @@ async def test_stats_show_the_new_figures(server):
         assert stats["queues"]["empty"]["oldest_age_s"] == 0
         server_figures = stats["server"]
         assert server_figures["queue_count"] == 2
-        # Two messages left: 10 + 1 body bytes, 3 header bytes each, 200 each.
-        assert server_figures["stored_bytes"] == 11 + 2 * 3 + 2 * 200
+        # Two messages left: 10 + 1 body bytes, 3 header bytes each and 128 + 64 for
+        # the objects that hold them (message.py), 200 each.
+        assert server_figures["stored_bytes"] == 11 + 2 * (3 + 128 + 64) + 2 * 200
         assert server_figures["max_memory"] > 0
         info = await client.queue_info("st")
         assert set(QUEUE_FIGURES) <= set(info), info

@@ -26,7 +26,13 @@ from wonderq_server.journal_format import (
     encode_record,
     read_records,
 )
-from wonderq_server.message import LEASED, MESSAGE_OVERHEAD_BYTES, Message
+from wonderq_server.message import (
+    HEADER_ENTRY_BYTES,
+    HEADERS_DICT_BYTES,
+    LEASED,
+    MESSAGE_OVERHEAD_BYTES,
+    Message,
+)
 
 ID = 1 << 60  # any id: hand-written records need not come from a clock
 
@@ -98,7 +104,8 @@ def test_a_putx_after_a_plain_put_of_the_same_message_gives_it_options(tmp_path:
     broker, _ = restored(tmp_path, T0)
     m = broker.queues["q"].messages[ID]
     assert isinstance(m, Message) and (m.headers, m.expires_at) == ({"k": "v"}, T0 + 9)
-    assert broker.stored_bytes == 2 * (1 + MESSAGE_OVERHEAD_BYTES) + 2
+    assert broker.stored_bytes == 2 * (1 + MESSAGE_OVERHEAD_BYTES) + 2 + HEADERS_DICT_BYTES \
+        + HEADER_ENTRY_BYTES
     check_invariants(broker)
     assert [m.id for m in broker.receive("q", 5, None, T0)] == [ID, ID + 1]
 
