@@ -485,3 +485,10 @@ def test_a_start_removes_an_older_journal_only_once_the_newest_is_read(tmp_path:
         open_broker(tmp_path, T0 + 1)
     assert journal_files(tmp_path) == ["journal.000001", "journal.000002"]
     assert (tmp_path / "journal.000001").read_bytes() == good
+
+
+def test_after_a_failed_compaction_the_next_waits_longer_each_time() -> None:
+    from wonderq_server.compaction import RETRY_MAX_S, RETRY_MIN_S, retry_delay_s
+    assert [retry_delay_s(n) for n in (1, 2, 3)] == [RETRY_MIN_S, 2 * RETRY_MIN_S,
+                                                     4 * RETRY_MIN_S]
+    assert retry_delay_s(7) == RETRY_MAX_S == retry_delay_s(10_000)

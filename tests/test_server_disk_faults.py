@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from broker_helpers import bodies
@@ -29,8 +32,11 @@ class Disk:
         self.full = False
         self.broken = False
         self.writes = 0
+        self.full_for: Callable[[int], bool] | None = None  # set: which files are "full"
 
     def write(self, fd: int, data: bytes) -> int:
+        if self.full_for is not None and self.full_for(fd):
+            raise OSError(errno.ENOSPC, "No space left on device")
         if self.full:
             # A partial write first, as a real full disk may do, then the error.
             if len(data) > 1 and self.writes % 2 == 0:
@@ -46,8 +52,8 @@ class Disk:
         os.fsync(fd)
 
 
-async def start_server(data_dir: Path, disk: Disk) -> Server:
-    server = Server(Config(port=0, data_dir=data_dir, fsync="always"))
+async def start_server(data_dir: Path, disk: Disk, **config: Any) -> Server:
+    server = Server(Config(port=0, data_dir=data_dir, fsync="always", **config))
     assert server.journal is not None
     server.journal._write = disk.write
     server.journal._fsync = disk.fsync
@@ -119,3 +125,51 @@ async def test_failed_fsync_stops_the_server(tmp_path):
     await asyncio.wait_for(server.stopped.wait(), 10)
     assert "fsync" in str(server.fatal_error)
     await server.stop()
+
+
+async def test_a_full_disk_is_logged_once_then_its_recovery(tmp_path, caplog):
+    # One ERROR line per failed write flooded the log (hundreds a second under load).
+    disk = Disk()
+    server = await start_server(tmp_path, disk)
+    host, port = server.address
+    caplog.set_level(logging.INFO, logger="wonderq.server")
+    try:
+        async with connect(host, port) as client:
+            disk.full = True
+            for _ in range(5):
+                with pytest.raises(StorageError):
+                    await client.put("q", b"lost")
+            disk.full = False
+            await client.put("q", b"kept")
+            assert (await client.stats())["server"]["journal_write_errors"] == 5
+    finally:
+        await server.stop()
+    lines = [r.getMessage() for r in caplog.records if r.name == "wonderq.server"]
+    assert sum("No space left on device" in line for line in lines) == 1
+    assert "journal writes work again, after 5 failed in a row" in lines
+
+
+async def test_a_failed_compaction_is_not_retried_at_once(tmp_path, caplog):
+    # A compaction that cannot write its new file restarted after every write: 1,653 of
+    # them in 5 s in an operator's review. Now the next one waits (compaction.py).
+    disk = Disk()
+    server = await start_server(tmp_path, disk, compact_min_bytes=4096)
+    journal = server.journal
+    assert journal is not None
+    disk.full_for = lambda fd: fd == journal.compaction_fd  # the new file's disk is full
+    host, port = server.address
+    try:
+        async with connect(host, port) as client:
+            await client.put_many("q", [b"x" * 100] * 10)
+            for _ in range(60):  # far past due: about 100 KB of dead records
+                await client.ack_many("q", await client.receive("q", max=10))
+                await client.put_many("q", [b"x" * 100] * 10)
+            info = (await client.stats())["server"]
+            assert info["compactions_failed_total"] == 1 and not info["compacting"]
+            assert info["journal_write_errors"] == 0  # the live journal is untouched
+            assert info["last_compaction_at"] == 0.0
+            assert await client.receive("q", max=10)
+    finally:
+        await server.stop()
+    lines = [r.getMessage() for r in caplog.records if r.name == "wonderq.server"]
+    assert "the next compaction waits 60 s (1 failed in a row)" in lines

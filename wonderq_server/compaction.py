@@ -69,6 +69,19 @@ SLICE_BYTES = 1 << 20
 # Compact when the journal is this many times the size of its live content.
 RATIO = 2.0
 DEFAULT_MIN_BYTES = 64 * 1024 * 1024
+# After a compaction fails (a full disk, most often), the next waits this long,
+# doubled with each failure in a row up to RETRY_MAX_S (Redis backs off its AOF
+# rewrite the same way). Without it a journal that stays due restarted the
+# compaction after every write: an operator's review measured 1,653 abandoned
+# compactions in 5 s and puts down from 35,000/s to 5,500/s.
+RETRY_MIN_S = 60.0
+RETRY_MAX_S = 3600.0
+
+
+def retry_delay_s(failures: int) -> float:
+    """retry_delay_s: how long after the `failures`-th failed compaction in a row the
+    next may start."""
+    return min(RETRY_MIN_S * 2.0 ** min(max(failures - 1, 0), 32), RETRY_MAX_S)
 
 
 def due(journal: Journal, min_bytes: int) -> bool:

@@ -107,7 +107,8 @@ SERVER_GAUGES = [
     ("messages", "wonderq_messages", "Messages stored in all queues, in any state."),
     ("queue_count", "wonderq_queues", "Queues that exist now."),
     ("stored_bytes", "wonderq_stored_bytes",
-     "Memory accounted to stored messages: body + header bytes + 200 per message."),
+     "Memory accounted to stored messages: body + 200 per message + headers with "
+     "their objects (--max-memory bounds it)."),
     ("max_memory", "wonderq_max_memory_bytes",
      "--max-memory: puts are refused with FULL beyond it (0: no limit)."),
     ("journal_bytes", "wonderq_journal_bytes", "Size of the live journal file."),
@@ -121,6 +122,8 @@ SERVER_COUNTERS = [
     ("connections_total", "wonderq_connections", "Client connections accepted since start."),
     ("journal_write_errors", "wonderq_journal_write_errors",
      "Journal writes that failed (answered with STORAGE_ERROR) since start."),
+    ("compactions_failed_total", "wonderq_compactions_failed",
+     "Journal compactions abandoned (writing the new file failed) since start."),
     ("connections_refused_total", "wonderq_connections_refused",
      "Connections refused with TOO_MANY_CONNECTIONS (over --max-connections) since start."),
     ("auth_timeouts_total", "wonderq_auth_timeouts",

@@ -63,6 +63,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("wonderq.server")
 
 RATE_SAMPLE_INTERVAL_S = 1.0
+# A journal write that fails (a full disk) is logged at most once per this many
+# seconds, with the count of those not logged (Redis' AOF_WRITE_LOG_ERROR_RATE): one
+# line per failed write flooded the log at hundreds of lines a second.
+WRITE_ERROR_LOG_INTERVAL_S = 30.0
 # One tick of the loop's clock (libuv counts timers in whole milliseconds).
 TIMER_TICK_S = 0.001
 
@@ -108,6 +112,12 @@ class Server:
         self.stopped = asyncio.Event()
         self.fatal_error: BaseException | None = None
         self._journal_errors = 0
+        self._failing_writes = 0  # journal writes failed in a row, until one succeeds
+        self._write_errors_unlogged = 0  # of those, not in the log yet
+        self._write_error_logged_at = -WRITE_ERROR_LOG_INTERVAL_S  # time.monotonic()
+        self._compactions_failed = 0  # since start (stats)
+        self._compaction_failures_in_a_row = 0
+        self._compaction_retry_at = 0.0  # time.monotonic(): no compaction starts before
         self.metrics: MetricsEndpoint | None = None  # with --metrics-port only
 
     # ------------------------------------------------------------- lifecycle
@@ -205,7 +215,7 @@ class Server:
             await self._finish_compaction_now()
             self.journal.close()
         else:
-            self._drop_compaction("the server is stopping")
+            self._drop_compaction("the server is stopping", failed=False)
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.close()
@@ -337,8 +347,10 @@ class Server:
             except JournalError as exc:
                 failed = True
                 self._journal_errors += 1
-                logger.error("%s; the requests that needed it were answered with "
-                             "STORAGE_ERROR", exc)
+                self._log_write_error(exc)
+            else:
+                if self._failing_writes:
+                    self._writes_work_again()
         if outputs and self.group_commit is not None:
             self.group_commit.submit(outputs, durable, failed)
         elif outputs:  # before start(): only in tests that drive the server by hand
@@ -348,10 +360,39 @@ class Server:
             self._compaction_continue()
         self._arm_timer()
 
-    def _drop_compaction(self, reason: str) -> None:
-        """_drop_compaction abandons the running compaction; the live journal is untouched."""
+    def _log_write_error(self, exc: JournalError) -> None:
+        """_log_write_error logs a failed journal write, at most one line per
+        WRITE_ERROR_LOG_INTERVAL_S."""
+        self._failing_writes += 1
+        now = time.monotonic()
+        if now - self._write_error_logged_at < WRITE_ERROR_LOG_INTERVAL_S:
+            self._write_errors_unlogged += 1
+            return
+        unlogged = (f" ({self._write_errors_unlogged} more failed writes since the last "
+                    f"such line)" if self._write_errors_unlogged else "")
+        logger.error("%s; the requests that needed it were answered with STORAGE_ERROR%s",
+                     exc, unlogged)
+        self._write_error_logged_at = now
+        self._write_errors_unlogged = 0
+
+    def _writes_work_again(self) -> None:
+        logger.warning("journal writes work again, after %d failed in a row",
+                       self._failing_writes)
+        self._failing_writes = self._write_errors_unlogged = 0
+        self._write_error_logged_at = -WRITE_ERROR_LOG_INTERVAL_S
+
+    def _drop_compaction(self, reason: str, failed: bool = True) -> None:
+        """_drop_compaction abandons the running compaction; the live journal is untouched.
+        A failure puts off the next one (compaction.retry_delay_s)."""
         if self.compaction is not None:
             self.compaction.abandon(reason)
+            if failed:
+                self._compactions_failed += 1
+                self._compaction_failures_in_a_row += 1
+                delay_s = compaction_policy.retry_delay_s(self._compaction_failures_in_a_row)
+                self._compaction_retry_at = time.monotonic() + delay_s
+                logger.warning("the next compaction waits %.0f s (%d failed in a row)",
+                               delay_s, self._compaction_failures_in_a_row)
         self.compaction = None
         self._presync_future = None
 
@@ -382,6 +423,9 @@ class Server:
             if not (journal.compact_requested
                     or compaction_policy.due(journal, self.config.compact_min_bytes)):
                 return
+            if self._compaction_failures_in_a_row \
+                    and time.monotonic() < self._compaction_retry_at:
+                return  # the last one failed: wait (_drop_compaction)
             journal.compact_requested = False
             c = self.compaction = Compaction(journal, self.broker)
             try:
@@ -412,6 +456,7 @@ class Server:
             return
         self.compaction = None  # switched: nothing to abandon
         self._presync_future = None
+        self._compaction_failures_in_a_row = 0
         if self.group_commit is not None:
             self.group_commit.after_switch(size)
 
@@ -486,6 +531,7 @@ class Server:
             info.update(self.journal.stats(self.broker))
             info["journal_write_errors"] = self._journal_errors
             info["compacting"] = self.compaction is not None
+            info["compactions_failed_total"] = self._compactions_failed
         return info
 
 
