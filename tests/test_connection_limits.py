@@ -497,7 +497,11 @@ def test_requests_held_when_the_server_stops_are_not_run():
     hub = FakeHub()
     connection, transport = hub.connect()
     hub.send(connection, b"GET q wait=10\r\nPUT q held\r\n")
-    connection.stop_reading()
-    put_via_text(hub, b"x")  # the wait ends; what was held behind it must not run now
-    assert transport.data.startswith(b"MSG ")
-    assert hub.broker.stats(hub.clock)["messages"] == 1  # only x, leased; no "held"
+    connection.stop_reading()  # the wait is answered with nothing, as at EOF
+    hub.run()
+    assert transport.data == b"END\r\n"
+    put_via_text(hub, b"x")  # what was held behind the wait must not run now
+    hub.run()
+    assert transport.data == b"END\r\n"  # nor is x leased to a stopping connection
+    stats = hub.broker.stats(hub.clock)
+    assert stats["messages"] == 1 and stats["queues"]["q"]["ready"] == 1  # only x; no "held"

@@ -27,6 +27,7 @@ import pytest
 from rich.console import Console
 from server_process import ServerProcess
 
+from wonderq_cli.stats_view import server_line
 from wonderq_cli.top import History, Poller, frame
 from wonderq_client import connect
 
@@ -199,6 +200,15 @@ async def test_top_poller_survives_the_server_going_away_and_coming_back(server_
     assert poller.stats["queues"] == {}  # a new in-memory server
     await poller.close()
     again.stop()
+
+
+def test_the_server_line_shows_trouble_only_when_there_is_some() -> None:
+    calm = {"version": "1", "journal_bytes": 10, "journal_write_errors": 0,
+            "compactions_failed_total": 0, "full_refusals_total": 0}
+    assert "failed" not in server_line(calm).plain and "FULL" not in server_line(calm).plain
+    line = server_line({**calm, "journal_write_errors": 3, "full_refusals_total": 7})
+    assert line.plain.endswith("3 journal writes failed · 7 puts refused FULL")
+    assert any(span.style == "bold red" for span in line.spans)
 
 
 def test_history_restarts_when_totals_go_down() -> None:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 
 import pytest
+from polling import until_stats
 from raw_socket import PREAMBLE, frame
 from raw_socket import BinarySocket as Raw
 from server_process import ServerProcess, server_command
@@ -93,12 +94,38 @@ def test_garbage_bytes_on_a_fresh_connection_do_not_hurt_the_server(server):
     asyncio.run(check())
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_signal_stops_the_server_cleanly(sig):
     proc = ServerProcess().start()
     assert f"listening on 127.0.0.1:{proc.port}" in proc.log
     assert proc.stop(sig) == 0
     assert "stopped" in proc.log
+
+
+@pytest.mark.parametrize("mode", ["binary", "text"])
+def test_a_stop_answers_waiting_receives_with_nothing(server_factory, mode):
+    # "Answer what is in flight": a long poll ended with a lost connection before.
+    server = server_factory()
+
+    async def check() -> None:
+        async with connect(server.host, server.port) as watcher:
+            if mode == "binary":
+                consumer = await connect(server.host, server.port)
+                waiting = asyncio.ensure_future(consumer.receive("idle", wait=60))
+            else:
+                reader, writer = await asyncio.open_connection(server.host, server.port)
+                writer.write(b"GET idle wait=60\r\n")
+                waiting = asyncio.ensure_future(reader.readline())
+            await until_stats(watcher, lambda s: s["server"]["waiting_consumers"] == 1)
+            assert await asyncio.to_thread(server.stop) == 0
+            answer = await asyncio.wait_for(waiting, 10)
+            assert answer == ([] if mode == "binary" else b"END\r\n")
+            if mode == "binary":
+                await consumer.close()
+            else:
+                writer.close()
+
+    asyncio.run(check())
 
 
 def test_environment_sets_flags(server_factory):

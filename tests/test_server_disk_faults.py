@@ -147,6 +147,8 @@ async def test_a_full_disk_is_logged_once_then_its_recovery(tmp_path, caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "wonderq.server"]
     assert sum("No space left on device" in line for line in lines) == 1
     assert "journal writes work again, after 5 failed in a row" in lines
+    # At the stop, the operator is told that what failed was in memory only.
+    assert any(line.startswith("5 journal writes failed since the start") for line in lines)
 
 
 async def test_a_failed_compaction_is_not_retried_at_once(tmp_path, caplog):
@@ -156,7 +158,7 @@ async def test_a_failed_compaction_is_not_retried_at_once(tmp_path, caplog):
     server = await start_server(tmp_path, disk, compact_min_bytes=4096)
     journal = server.journal
     assert journal is not None
-    disk.full_for = lambda fd: fd == journal.compaction_fd  # the new file's disk is full
+    disk.full_for = lambda fd: fd != journal.fd  # the new file's disk is full
     host, port = server.address
     try:
         async with connect(host, port) as client:

@@ -82,6 +82,15 @@ def sorted_queues(queues: Mapping[str, Mapping[str, Any]]) -> list[str]:
                                             -(queues[name].get("messages") or 0), name))
 
 
+# Figures that mean trouble (a full or failing disk, a server at --max-memory): shown, in
+# red, only when not zero, so an operator sees them in `stats` and `top` without --json.
+TROUBLES = (
+    ("journal_write_errors", "journal writes failed"),
+    ("compactions_failed_total", "compactions failed"),
+    ("full_refusals_total", "puts refused FULL"),
+)
+
+
 def server_line(server: Mapping[str, Any]) -> Text:
     """server_line: the server's own figures on one line (they are few; a table would be
     wider than a terminal)."""
@@ -101,7 +110,12 @@ def server_line(server: Mapping[str, Any]) -> Text:
         f"stored {stored}",
         journal,
     ]
-    return Text(" · ".join(parts))
+    line = Text(" · ".join(parts))
+    troubles = [f"{server[figure]} {what}" for figure, what in TROUBLES if server.get(figure)]
+    if troubles:
+        line.append(" · ")
+        line.append(" · ".join(troubles), style="bold red")
+    return line
 
 
 # (header, stats figure or None for the name, formatter). Listed in the order

@@ -212,9 +212,7 @@ class Compaction:
 
     def _write(self, data: bytes) -> None:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self.fd, view):]
+            self.journal.write_all(self.fd, data)
         except OSError as exc:
             raise CompactionFailed(str(exc)) from exc
         self.written += len(data)

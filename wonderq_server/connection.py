@@ -710,8 +710,11 @@ class Connection(asyncio.Protocol):
 
     def stop_reading(self) -> None:
         """stop_reading: the server is stopping; read nothing more, for good (no drain or
-        release of held requests resumes reading)."""
+        release of held requests resumes reading). Its waiting receives are answered
+        with nothing, as at EOF, so a consumer hears the stop as an empty receive
+        rather than a lost connection."""
         self._pause("stopping")
+        self._answer_waits_empty()
 
     @property
     def paused(self) -> bool:

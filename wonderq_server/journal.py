@@ -444,7 +444,7 @@ class Journal:
         durable, self.durable_pending = self.durable_pending, False
         moves, self._moves_pending = self._moves_pending, 0
         try:
-            self._write_all(self.fd, data)
+            self.write_all(self.fd, data)
         except OSError as exc:
             self._cut_back()
             raise JournalError(f"writing the journal failed: {exc.strerror or exc}") from exc
@@ -454,14 +454,16 @@ class Journal:
         self.moves_written += moves
         if self.compaction_fd >= 0:
             try:
-                self._write_all(self.compaction_fd, data)
+                self.write_all(self.compaction_fd, data)
                 self.compaction_records += count
             except OSError as exc:  # the live journal is fine; the compaction gives up
                 self.compaction_fd = -1
                 self.compaction_error = str(exc)
         return durable
 
-    def _write_all(self, fd: int, data: bytes) -> None:
+    def write_all(self, fd: int, data: bytes) -> None:
+        """write_all writes all of `data` to `fd` with the journal's write function (the
+        live file, and compaction.py's new one: a test's injected disk faults reach both)."""
         view = memoryview(data)
         while view:
             written = self._write(fd, view)

@@ -56,7 +56,9 @@ async def serve(config: Config) -> None:
                        "anyone who reaches the port can read and delete messages; set "
                        "--auth-token (and --tls-cert/--tls-key)", config.host)
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP too (the terminal that started it closed): a clean stop, as for SIGTERM,
+    # rather than the default of dying silently without a last write and fsync.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(signum, server.stopped.set)
     server.recover()
     host, port = await server.start()

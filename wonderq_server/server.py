@@ -208,6 +208,10 @@ class Server:
                 conn.stop_reading()
         self._flush()
         self._stopping = True  # from here on, only _finish_compaction_now moves a compaction
+        if self._journal_errors:
+            logger.warning("%d journal writes failed since the start: what they carried "
+                           "(answered STORAGE_ERROR) was only in memory, and is not kept "
+                           "past this stop", self._journal_errors)
         if self.group_commit is not None:
             await self.group_commit.drain()
             self.group_commit.stop()
