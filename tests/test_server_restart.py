@@ -1,7 +1,9 @@
-"""A server started on a journal acts on restored deadlines without waiting for a request."""
+"""A server started on a journal acts on restored deadlines without waiting for a request,
+and says when what it recovered is over --max-memory."""
 
 from __future__ import annotations
 
+import logging
 import time
 
 from wonderq_server.broker import Broker
@@ -29,3 +31,23 @@ async def test_the_timer_is_armed_for_restored_leases_at_start(tmp_path):
         assert server._timer_at == msg.deadline_at == server.broker.next_deadline()
     finally:
         await server.stop()
+
+
+def test_a_start_over_max_memory_says_so(tmp_path, caplog):
+    # Nothing recovered is dropped to fit a lower --max-memory; the operator is told that
+    # puts will be refused (an operator's review found every put FULL and no word why).
+    broker = Broker()
+    journal = Journal(tmp_path)
+    journal.open(broker, 0.0)
+    broker.put_many("q", [b"x" * 1000] * 10, time.time())
+    journal.close()
+
+    caplog.set_level(logging.WARNING, logger="wonderq.server")
+    for limit, warned in ((1_000_000, False), (5_000, True)):
+        caplog.clear()
+        server = Server(Config(port=0, data_dir=tmp_path, max_memory_bytes=limit))
+        server.recover()
+        assert server.broker.stats(time.time())["messages"] == 10
+        server.journal.close()
+        lines = [r.getMessage() for r in caplog.records if r.name == "wonderq.server"]
+        assert any("over --max-memory (5000)" in line for line in lines) == warned, lines

@@ -141,6 +141,12 @@ class Server:
                     "in %.2f s; fsync policy %s", report.records, report.path,
                     report.file_bytes / 1e6, report.messages, report.queues, report.seconds,
                     self.journal.fsync_policy)
+        broker = self.broker
+        if broker.max_memory_bytes and broker.stored_bytes >= broker.max_memory_bytes:
+            # Nothing is dropped to fit; puts are refused until consumers drain it.
+            logger.warning("the recovered messages count %d bytes, at or over --max-memory "
+                           "(%d): every put is refused with FULL until consumers drain them",
+                           broker.stored_bytes, broker.max_memory_bytes)
 
     async def start(self) -> tuple[str, int]:
         """start listens; returns the (host, port) actually bound. Call recover() first."""
