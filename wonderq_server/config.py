@@ -337,11 +337,12 @@ def parse_config(argv: Sequence[str] | None = None,
         idle_timeout_s=ns.idle_timeout_s,
         auth_timeout_s=ns.auth_timeout_s,
     )
-    in_memory = ns.in_memory or ns.data_dir.strip().lower() in ("none", "")
+    no_data_dir = ns.data_dir.strip().lower() in ("none", "")
+    in_memory = ns.in_memory or no_data_dir
     # --in-memory wins over a data directory (a WONDERQ_DATA_DIR set for every run, say);
     # the server says so at start rather than silently keep nothing.
-    ignored_data_dir = ns.data_dir if ns.in_memory and ns.data_dir.strip().lower() not in (
-        "none", "", DEFAULT_DATA_DIR) else None
+    ignored_data_dir = ns.data_dir if ns.in_memory and not no_data_dir \
+        and ns.data_dir != DEFAULT_DATA_DIR else None
     try:
         auth_token = load_token(ns.auth_token, ns.auth_token_file)
     except ValueError as exc:

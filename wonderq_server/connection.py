@@ -172,7 +172,6 @@ class Connection(asyncio.Protocol):
         self._running_input = False  # in data_received: input_done will hand replies over
         self._paused_by: set[str] = set()
         self.peer: Any = None
-        self._tls = False  # the transport is asyncio's TLS layer (see eof_received)
         self.last_request_at = 0.0  # for --idle-timeout: when a request last arrived
         self._timer: Timer | None = None  # the idle timer, or the refusal's deadline
         self._refusal: WonderQError | None = None  # over --max-connections: the answer
@@ -184,7 +183,6 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.peer = transport.get_extra_info("peername")
-        self._tls = transport.get_extra_info("ssl_object") is not None
         self.last_request_at = self.hub.now()
         self.hub.connection_opened(self)  # may refuse us
         idle_timeout_s = self.hub.connection_limits.idle_timeout_s
@@ -291,7 +289,7 @@ class Connection(asyncio.Protocol):
         self._eof = True
         self._answer_waits_empty()
         self._close_if_done_after_eof()
-        return not self._tls
+        return self.transport is None or self.transport.get_extra_info("ssl_object") is None
 
     def _peer_gone(self) -> bool:
         """_peer_gone: the broker asks before it leases messages to one of our waiting

@@ -310,9 +310,7 @@ class Journal:
     # ------------------------------------------------------- ChangeLog (broker)
 
     def put(self, msg: Message) -> None:
-        if self._run_ids:
-            self._end_put_run()
-        self._pending.append(encode_record(put_record(msg)))
+        self._append(put_record(msg))
         self.durable_pending = True
         self._newest_put_pending = msg.id
         self.live_bytes += len(msg.body) + PUT_RECORD_OVERHEAD
@@ -320,10 +318,7 @@ class Journal:
     def put_plain(self, q: Queue, message_id: int, body: bytes) -> None:
         """put_plain: the PUT of a plain message (message.py), which has no Message; it
         joins the put run (see the rules)."""
-        if q is not self._run_queue or len(self._run_ids) >= PUT_RUN_MAX_MESSAGES:
-            if self._run_ids:
-                self._end_put_run()
-            self._run_queue = q
+        self._make_room_in_run(q, 1)
         self._run_ids.append(message_id)
         self._run_bodies.append(body)
         self.durable_pending = True
@@ -333,11 +328,7 @@ class Journal:
     def put_plain_batch(self, q: Queue, ids: Sequence[int], bodies: Sequence[bytes]) -> None:
         """put_plain_batch: the PUTs of a batch of plain messages; they join the put run
         (see the rules)."""
-        if q is not self._run_queue \
-                or len(self._run_ids) + len(ids) > max(PUT_RUN_MAX_MESSAGES, len(ids)):
-            if self._run_ids:
-                self._end_put_run()
-            self._run_queue = q
+        self._make_room_in_run(q, len(ids))
         self._run_ids += ids
         self._run_bodies += bodies
         self.durable_pending = True
@@ -345,60 +336,61 @@ class Journal:
         self.live_bytes += sum(map(len, bodies)) + len(ids) * PUT_RECORD_OVERHEAD
 
     def state(self, msg: Message) -> None:
-        if self._run_ids:
-            self._end_put_run()
-        self._pending.append(encode_record(state_record(msg)))
+        self._append(state_record(msg))
         if msg.state != LEASED:  # a nack; leases and touches never make anyone wait
             self.durable_pending = True
 
     def lease_ended(self, msg: Message) -> None:
         """lease_ended: a lease ran out and the message is ready again. Nobody waits for it."""
-        if self._run_ids:
-            self._end_put_run()
-        self._pending.append(encode_record(state_record(msg)))
+        self._append(state_record(msg))
 
     def ack(self, msg: Message) -> None:
-        if self._run_ids:
-            self._end_put_run()
-        self._pending.append(encode_record([ACK, msg.queue.name, msg.id]))
+        self._append([ACK, msg.queue.name, msg.id])
         self.durable_pending = True
         self.live_bytes = max(0, self.live_bytes - len(msg.body) - PUT_RECORD_OVERHEAD)
 
     def move(self, msg: Message, from_queue: str) -> None:
         """move: the whole moved message, so replay can make it without its PUT."""
-        if self._run_ids:
-            self._end_put_run()
         options: dict[str, Any] = {}
         if msg.priority:
             options["priority"] = msg.priority
         if msg.headers:
             options["headers"] = msg.headers
-        self._pending.append(encode_record(
-            [MOVE, from_queue, msg.id, msg.queue.name, msg.deliveries,
-             list(msg.origin) if msg.origin else None, msg.expires_at,
-             msg.body, msg.enqueued_at, options]))
+        self._append([MOVE, from_queue, msg.id, msg.queue.name, msg.deliveries,
+                      list(msg.origin) if msg.origin else None, msg.expires_at,
+                      msg.body, msg.enqueued_at, options])
         self.durable_pending = True
         self._moves_pending += 1
 
     def queue_settings(self, q: Queue) -> None:
-        if self._run_ids:
-            self._end_put_run()
-        self._pending.append(encode_record([QUEUE, q.name, q.settings.as_dict()]))
+        self._append([QUEUE, q.name, q.settings.as_dict()])
         self.durable_pending = True
 
     def purge(self, q: Queue) -> None:
-        if self._run_ids:
-            self._end_put_run()
-        self._pending.append(encode_record([PURGE, q.name]))
+        self._append([PURGE, q.name])
         self.durable_pending = True
         self._forget_live(q)
 
     def delete_queue(self, q: Queue) -> None:
-        if self._run_ids:
-            self._end_put_run()
-        self._pending.append(encode_record([DROP, q.name]))
+        self._append([DROP, q.name])
         self.durable_pending = True
         self._forget_live(q)
+
+    def _append(self, payload: list[Any]) -> None:
+        """_append buffers any record but a plain put, after the put run (see the rules)."""
+        if self._run_ids:
+            self._end_put_run()
+        self._pending.append(encode_record(payload))
+
+    def _make_room_in_run(self, q: Queue, count: int) -> None:
+        """_make_room_in_run: `count` plain puts to `q` are about to join the put run; it
+        is ended first if it is another queue's, or would pass PUT_RUN_MAX_MESSAGES (a
+        batch longer than that goes alone)."""
+        if q is not self._run_queue \
+                or len(self._run_ids) + count > max(PUT_RUN_MAX_MESSAGES, count):
+            if self._run_ids:
+                self._end_put_run()
+            self._run_queue = q
 
     def _end_put_run(self) -> None:
         """_end_put_run encodes the put run as one record (see the rules); the caller

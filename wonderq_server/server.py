@@ -433,8 +433,7 @@ class Server:
             if not (journal.compact_requested
                     or compaction_policy.due(journal, self.config.compact_min_bytes)):
                 return
-            if self._compaction_failures_in_a_row \
-                    and time.monotonic() < self._compaction_retry_at:
+            if time.monotonic() < self._compaction_retry_at:
                 return  # the last one failed: wait (_drop_compaction)
             journal.compact_requested = False
             c = self.compaction = Compaction(journal, self.broker)
