@@ -19,7 +19,12 @@ from broker_helpers import (  # the `b` fixture comes from broker_helpers too, v
     zero_counts,
 )
 
-from wonderq_server.broker import DEFAULT_VISIBILITY_TIMEOUT_S, READY_HEAP_SLACK, Broker
+from wonderq_server.broker import (
+    DEFAULT_MAX_QUEUES,
+    DEFAULT_VISIBILITY_TIMEOUT_S,
+    READY_HEAP_SLACK,
+    Broker,
+)
 from wonderq_server.deadlines import COMPACT_MIN_SIZE
 from wonderq_server.errors import LEASE_LOST, NOT_FOUND, CommandError
 from wonderq_server.message import DELAYED, LEASED, READY
@@ -28,6 +33,7 @@ from wonderq_server.message import DELAYED, LEASED, READY
 
 def test_fresh_broker_is_empty(b: Broker) -> None:
     assert b.stats(T0) == {"messages": 0, "waiting_consumers": 0, "queue_count": 0,
+                           "max_queues": DEFAULT_MAX_QUEUES, "too_many_queues_total": 0,
                            "stored_bytes": 0, "max_memory": 0, "full_refusals_total": 0,
                            "queues": {}}
     assert b.next_deadline() is None

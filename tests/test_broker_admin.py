@@ -19,7 +19,7 @@ from broker_helpers import (  # the `b` fixture comes from broker_helpers too, v
     zero_counts,
 )
 
-from wonderq_server.broker import MESSAGE_OVERHEAD_BYTES, Broker
+from wonderq_server.broker import DEFAULT_MAX_QUEUES, MESSAGE_OVERHEAD_BYTES, Broker
 from wonderq_server.errors import (
     BAD_ARGUMENT,
     INVALID_QUEUE_NAME,
@@ -291,6 +291,7 @@ def test_stats_fields(b: Broker) -> None:
     stats = b.stats(T0 + 10.0)
     assert {k: v for k, v in stats.items() if k != "queues"} == {
         "messages": 2, "waiting_consumers": 0, "queue_count": 1,
+        "max_queues": DEFAULT_MAX_QUEUES, "too_many_queues_total": 0,
         "stored_bytes": 4 + 3 + HEADERS_DICT_BYTES + HEADER_ENTRY_BYTES + 1
         + 2 * MESSAGE_OVERHEAD_BYTES, "max_memory": 0,
         "full_refusals_total": 0}

@@ -339,6 +339,7 @@ def test_redrive_keeps_a_message_whose_origin_cannot_be_made_again() -> None:
     broker.delete_queue("q", T0 + 2.0)
     broker.create_queue("other", {}, T0 + 2.0)  # the server is at --max-queues again
     assert broker.redrive("dlq", None, T0 + 3.0) == 0
+    assert broker.stats(T0 + 3.0)["too_many_queues_total"] == 1
     assert list(broker.queues["dlq"].messages) == [msg_id]
     assert ids_of(broker.peek("dlq", 5)) == [msg_id]
     check_invariants(broker)

@@ -350,6 +350,8 @@ def test_max_queues_refuses_a_new_queue() -> None:
     assert broker.receive("c", 1, None, T0) == []  # makes no queue, so needs none
     assert error_code(broker.wait, "c", 1, None, T0 + 1, lambda got: None, T0) == TOO_MANY_QUEUES
     assert sorted(broker.queues) == ["a", "b"]
+    stats = broker.stats(T0)  # the four refusals counted; the receive that made none is not
+    assert (stats["max_queues"], stats["too_many_queues_total"]) == (2, 4)
     assert broker.put("a", b"2", T0) == first_id(T0) + 1  # existing queues still work
     broker.delete_queue("b", T0)
     broker.put("c", b"1", T0)

@@ -204,10 +204,13 @@ async def test_top_poller_survives_the_server_going_away_and_coming_back(server_
 
 def test_the_server_line_shows_trouble_only_when_there_is_some() -> None:
     calm = {"version": "1", "journal_bytes": 10, "journal_write_errors": 0,
-            "compactions_failed_total": 0, "full_refusals_total": 0}
-    assert "failed" not in server_line(calm).plain and "FULL" not in server_line(calm).plain
-    line = server_line({**calm, "journal_write_errors": 3, "full_refusals_total": 7})
-    assert line.plain.endswith("3 journal writes failed · 7 puts refused FULL")
+            "compactions_failed_total": 0, "full_refusals_total": 0,
+            "too_many_queues_total": 0}
+    assert "fail" not in server_line(calm).plain and "refused" not in server_line(calm).plain
+    line = server_line({**calm, "journal_write_errors": 3, "full_refusals_total": 7,
+                        "too_many_queues_total": 2})
+    assert line.plain.endswith("3 journal writes failed · 7 puts refused FULL · "
+                               "2 queues refused (--max-queues)")
     assert any(span.style == "bold red" for span in line.spans)
 
 

@@ -158,6 +158,8 @@ async def test_the_number_of_queues_is_limited(server_factory):
         [stored] = await client.put_many("q1", [b"ok"])  # existing queues go on
         assert isinstance(stored, int)
         assert len(await client.queues()) == 3
+        figures = (await client.stats())["server"]
+        assert (figures["max_queues"], figures["too_many_queues_total"]) == (3, 2)
         assert await client.delete_queue("q1") == 2
         assert await client.put("q4", b"x")
         assert [q["queue"] for q in await client.queues()] == ["q2", "q3", "q4"]

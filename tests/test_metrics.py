@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from wonderq_server import metrics_http
 from wonderq_server.broker import Broker
+from wonderq_server.errors import TOO_MANY_QUEUES, CommandError
 from wonderq_server.journal import Journal
 from wonderq_server.metrics import PAGE_FRESH_S, Metrics, MetricsEndpoint
 from wonderq_server.metrics_http import HttpEndpoint
@@ -105,6 +106,19 @@ def test_collector_reads_the_broker_at_each_scrape(broker, clock, metrics):
     # In memory: no journal figures and no fsync histogram, rather than zeros.
     assert value(metrics, "wonderq_journal_bytes") is None
     assert value(metrics, "wonderq_fsync_duration_seconds_count") is None
+
+
+def test_queue_limit_and_its_refusals(clock):
+    broker = Broker(max_queues=1)
+    metrics = Scraper(broker, clock)
+    broker.put("q", b"1", T0)
+    assert value(metrics, "wonderq_max_queues") == 1
+    assert value(metrics, "wonderq_too_many_queues_refusals_total") == 0
+    for name in ("a", "b"):
+        with pytest.raises(CommandError) as refused:
+            broker.put(name, b"1", T0)
+        assert refused.value.code == TOO_MANY_QUEUES
+    assert value(metrics, "wonderq_too_many_queues_refusals_total") == 2
 
 
 def test_each_queue_is_a_label_value(broker, metrics):

@@ -88,6 +88,7 @@ TROUBLES = (
     ("journal_write_errors", "journal writes failed"),
     ("compactions_failed_total", "compactions failed"),
     ("full_refusals_total", "puts refused FULL"),
+    ("too_many_queues_total", "queues refused (--max-queues)"),
 )
 
 

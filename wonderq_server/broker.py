@@ -145,6 +145,7 @@ class Broker(QueueAdmin, Replay):
         self.max_memory_bytes = max_memory_bytes  # 0: no limit
         self.stored_bytes = 0  # accounted memory of every stored message
         self.full_refusals_total = 0  # puts refused with FULL (max_length or --max-memory)
+        self.too_many_queues_total = 0  # queues not created: --max-queues reached
         self.queues: dict[str, Queue] = {}
         self.deadlines = DeadlineHeap()
         # next_deadline() is when `advance` next has work to do, or None: the heap's
@@ -165,6 +166,7 @@ class Broker(QueueAdmin, Replay):
         if q is None:
             check_queue_name(name)
             if len(self.queues) >= self.max_queues:
+                self.too_many_queues_total += 1
                 raise CommandError(TOO_MANY_QUEUES, f"the server has {len(self.queues)} "
                                    f"queues, the limit (--max-queues); delete one first")
             q = self.queues[name] = Queue(name)

@@ -31,13 +31,13 @@ from pathlib import Path
 
 from . import __version__
 from .auth import check_token, load_token
+from .broker import DEFAULT_MAX_QUEUES
 from .commands import Limits
 from .connection_limits import ConnectionLimits
 
 DEFAULT_PORT = 7711
 DEFAULT_DATA_DIR = "./wonderq-data"
 DEFAULT_COMPACT_MIN_BYTES = 64 * 1024 * 1024
-DEFAULT_MAX_QUEUES = 10000
 DEFAULT_MAX_MEMORY = "40%"
 
 

@@ -106,6 +106,7 @@ SERVER_GAUGES = [
     ("connections", "wonderq_connections_open", "Open client connections."),
     ("messages", "wonderq_messages", "Messages stored in all queues, in any state."),
     ("queue_count", "wonderq_queues", "Queues that exist now."),
+    ("max_queues", "wonderq_max_queues", "--max-queues: no queue is created beyond it."),
     ("stored_bytes", "wonderq_stored_bytes",
      "Memory accounted to stored messages: body + 200 per message + headers with "
      "their objects (--max-memory bounds it)."),
@@ -132,6 +133,8 @@ SERVER_COUNTERS = [
      "Connections closed by --idle-timeout since start."),
     ("slow_reader_disconnects_total", "wonderq_slow_reader_disconnects",
      "Connections cut off for leaving over --max-reply-buffer-bytes unsent since start."),
+    ("too_many_queues_total", "wonderq_too_many_queues_refusals",
+     "Queues not created because --max-queues was reached (TOO_MANY_QUEUES) since start."),
     ("full_refusals_total", "wonderq_full_refusals",
      "Puts refused with FULL (a queue's max_length or --max-memory) since start."),
     ("auth_failures_total", "wonderq_auth_failures",

@@ -268,6 +268,8 @@ class QueueAdmin:
             "messages": sum(len(q.messages) for q in self.queues.values()),
             "waiting_consumers": sum(c["waiting"] for c in queues.values()),
             "queue_count": len(self.queues),
+            "max_queues": self.max_queues,
+            "too_many_queues_total": self.too_many_queues_total,
             "stored_bytes": self.stored_bytes,
             "max_memory": self.max_memory_bytes,
             "full_refusals_total": self.full_refusals_total,
