@@ -167,6 +167,35 @@ async def test_receive_reads_the_appended_delivery_fields(fake):
     assert "priority=-5" in repr(rich) and "origin" in repr(rich)
 
 
+async def test_a_cancelled_waiting_receive_is_cancelled_on_the_server(fake):
+    client, server = fake
+    waiting = asyncio.ensure_future(client.receive("q", wait=20))
+    at_once = asyncio.ensure_future(client.receive("q"))
+    for _ in range(10):
+        await asyncio.sleep(0)
+        if len(server.requests) == 2:
+            break
+    [[wait_id, _, _], [at_once_id, _, _]] = server.requests
+    waiting.cancel()
+    at_once.cancel()  # answered at once by the server: nothing to cancel there
+    for _ in range(10):
+        await asyncio.sleep(0)
+        if len(server.requests) == 3:
+            break
+    assert server.requests[2][1:] == ["cancel", {"request": wait_id}]
+    # The replies come; the wait's is empty, the other's messages are given back.
+    server.reply([])
+    server.reply([[5, b"x", 9, 1, 1.0, 0, None, None]])
+    server.reply(1)
+    for _ in range(10):
+        await asyncio.sleep(0)
+        if len(server.requests) == 4:
+            break
+    assert [r[1:] for r in server.requests[3:]] == [
+        ["nack", {"queue": "q", "id": 5, "lease": 9}]]
+    assert at_once_id != wait_id and client._protocol._pending == {}
+
+
 async def test_ack_many_and_nack_many_take_pairs_and_messages(fake):
     client, server = fake
     [msg], _ = await call(server, client.receive("q"), [[5, b"x", 50, 1, 1.7e9, 0, None, None]])

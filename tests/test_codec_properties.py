@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from wonderq_server.binary_codec import PREAMBLE, BinaryDecoder, BinaryEncoder, encode_request
 from wonderq_server.commands import COMMANDS, Command, Limits, Rejected, make_command
 from wonderq_server.errors import CommandError, ProtocolError
-from wonderq_server.text_codec import TextDecoder, TextEncoder
+from wonderq_server.text_codec import TEXT_COMMANDS, TextDecoder, TextEncoder
 
 # Small limits, so random input reaches the edges: a 1040-byte line, a 4 KiB frame.
 LIMITS = Limits(max_message_bytes=16, max_batch=50, max_frame_bytes=4096)
@@ -202,6 +202,7 @@ REQUIRED_VALUES = {
     # One word, as a configured token is (auth.check_token): text mode sends it so.
     "token": st.text(alphabet=st.characters(exclude_categories=("Cs", "Cc", "Z")),
                      min_size=1, max_size=20),
+    "request": wire_ints | text_values | st.lists(wire_ints, max_size=3),  # a request id
 }
 
 
@@ -238,6 +239,9 @@ def expected_items(field: str, value, batch: dict):
     if field == "token":
         return value.encode()
     return value
+
+
+TEXT_MODE_COMMANDS = tuple(TEXT_COMMANDS.values())  # all but CANCEL (binary only)
 
 
 @st.composite
@@ -315,7 +319,7 @@ def text_safe(body: bytes) -> bytes:
 
 @st.composite
 def text_commands(draw):
-    name, args, expected = draw(valid_commands())
+    name, args, expected = draw(valid_commands(TEXT_MODE_COMMANDS))
     if name == "put":
         args["body"] = expected["body"] = text_safe(args["body"])
     if name == "put_many":  # text mode: plain bodies only; the options are batch-wide

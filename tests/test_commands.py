@@ -62,6 +62,7 @@ VALID = {
     "ping": {},
     "quit": {},
     "auth": {"token": "t"},
+    "cancel": {"request": 7},
 }
 
 
@@ -109,6 +110,7 @@ def test_required_fields_per_command():
         "ping": (),
         "quit": (),
         "auth": ("token",),
+        "cancel": ("request",),
     }
 
 
@@ -229,7 +231,7 @@ def test_unknown_command(name):
     assert error.message.endswith(
         "known: put, put_many, receive, ack, ack_many, nack, nack_many, touch, create_queue, "
         "configure_queue, queue_info, queues, peek, purge, delete_queue, redrive, "
-        "message_info, stats, ping, quit, auth")
+        "message_info, stats, ping, quit, auth, cancel")
 
 
 def test_unknown_command_is_reported_before_bad_arguments():

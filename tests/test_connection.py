@@ -201,6 +201,39 @@ def test_binary_several_waits_on_one_connection(hub):
     assert [(f[0], [d[1] for d in f[2]]) for f in frames[1:]] == [(1, [b"a"]), (2, [b"b"])]
 
 
+def test_cancel_withdraws_a_waiting_receive_by_its_request_id(hub):
+    # A caller stopped waiting (the client library sends CANCEL then): without it,
+    # the next put was leased to a reply nobody awaits and came back as a nack,
+    # counted as a delivery, so enough such waits dead-lettered unseen messages.
+    connection, transport = binary_client(hub)
+    hub.send(connection, req(1, "receive", queue="q", wait=30)
+             + req(2, "receive", queue="q", wait=30) + req(3, "cancel", request=1))
+    assert transport.frames() == [[1, None, []], [3, None, 1]]  # the receive's reply first
+    assert hub.queue_stats()["waiting"] == 1
+    # Nothing waits under these ids now, and true is not the request id 1.
+    hub.send(connection, req(4, "cancel", request=1) + req(5, "cancel", request=99)
+             + req(6, "cancel", request=True))
+    assert transport.frames()[2:] == [[4, None, 0], [5, None, 0], [6, None, 0]]
+    hub.send(connection, req(7, "cancel", request=2))
+    assert transport.frames()[5:] == [[2, None, []], [7, None, 1]]
+    assert "q" not in hub.broker.queues  # the queue made for the waits went with them
+    put_via_text(hub, b"for a consumer that waits")
+    assert hub.queue_stats()["ready"] == 1  # leased to nobody
+    assert len(transport.frames()) == 7
+
+
+def test_cancel_runs_only_on_its_own_connection(hub):
+    waiting, waiting_transport = binary_client(hub)
+    other, other_transport = binary_client(hub)
+    hub.send(waiting, req(1, "receive", queue="q", wait=30))
+    hub.send(other, req(1, "cancel", request=1))
+    assert other_transport.frames() == [[1, None, 0]]
+    assert waiting_transport.frames() == []
+    put_via_text(hub, b"job")
+    [[request_id, _, [delivered]]] = waiting_transport.frames()
+    assert (request_id, delivered[1]) == (1, b"job")
+
+
 def test_binary_receive_result_fields(hub):
     hub.broker.put("q", b"x", START - 5)
     connection, transport = binary_client(hub)
@@ -284,6 +317,15 @@ def test_text_wait_that_runs_out_then_held_lines(hub):
         b"ERR BAD_ARGUMENT ACK needs id, lease: ACK <queue> <id> <lease>\r\n"
         b"PONG\r\n"
     )
+
+
+def test_text_cancel_says_it_is_for_binary_mode(hub):
+    connection, transport = hub.connect()
+    hub.send(connection, b"cancel 1\r\nPING\r\n")
+    assert transport.data == (
+        b"ERR UNKNOWN_COMMAND CANCEL is for binary mode, whose requests have ids; in text "
+        b"mode a waiting RECEIVE holds the lines after it, so close the connection to stop "
+        b"it\r\nPONG\r\n")
 
 
 def test_text_held_get_waits_in_its_turn(hub):

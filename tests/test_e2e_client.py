@@ -237,18 +237,23 @@ async def test_ready_order_is_oldest_first_and_expired_return_by_id(server):
         assert [m.id for m in batch] == [*ids, newer]
 
 
-async def test_a_cancelled_receive_does_not_swallow_the_next_message(server):
+async def test_a_cancelled_receive_is_withdrawn_and_takes_no_message(server):
+    # A reviewer's worker bounded each poll with wait_for: the server kept every
+    # abandoned wait, leased the next put to each in turn, and each came back as a
+    # nack counted as a delivery, so the message was dead-lettered unseen.
     async with connect(server.host, server.port) as consumer, \
             connect(server.host, server.port) as producer:
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(consumer.receive("cq", wait=EVENT_TIMEOUT_S), 0.2)
-        # The server still holds that receive; the put is delivered to it, and
-        # the client, which no longer waits for it, gives the message back.
+        await producer.create_queue("cq-dead")
+        await producer.create_queue("cq", max_deliveries=3, dead_letter_queue="cq-dead")
+        for _ in range(3):
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(consumer.receive("cq", wait=EVENT_TIMEOUT_S), 0.2)
+        # The client cancelled each wait on the server; this request went after them.
+        assert (await consumer.queue_info("cq"))["waiting"] == 0
         await producer.put("cq", b"for someone else")
         [msg] = await producer.receive("cq", wait=EVENT_TIMEOUT_S)
-        assert msg.body == b"for someone else"
-        # It was delivered to the abandoned receive first, then handed back.
-        assert msg.deliveries == 2
+        assert (msg.body, msg.deliveries) == (b"for someone else", 1)
+        assert (await producer.queue_info("cq-dead"))["messages"] == 0
 
 
 async def test_a_receive_cancelled_after_its_reply_came_gives_the_messages_back(server):

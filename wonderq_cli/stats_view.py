@@ -126,7 +126,7 @@ QUEUE_COLUMNS: tuple[tuple[str, str | None, Any], ...] = (
     ("ready", "ready", str),
     ("in flight", "in_flight", str),
     ("delayed", "delayed", str),
-    ("dead", "dead_lettered_total", str),
+    ("to dlq", "dead_lettered_total", str),
     ("expired", "expired_total", str),
     ("oldest", "oldest_age_s", format_age),
     ("waiting", "waiting", str),
@@ -134,7 +134,7 @@ QUEUE_COLUMNS: tuple[tuple[str, str | None, Any], ...] = (
     ("ack/s", "ack_rate", format_rate),
     ("redeliv/s", "redelivered_rate", format_rate),
 )
-DROP_ORDER = ("puts", "acks", "redeliv/s", "waiting", "expired", "oldest", "delayed", "dead",
+DROP_ORDER = ("puts", "acks", "redeliv/s", "waiting", "expired", "oldest", "delayed", "to dlq",
               "ack/s", "put/s")
 SPARK_WIDTH = 12
 NAME_WIDTH_MAX = 60
@@ -147,7 +147,7 @@ def queues_table(queues: Mapping[str, Mapping[str, Any]],
     """queues_table: a row per queue, busiest first; with `history` (queue -> (puts per
     second, acks per second) over time) two sparkline columns are added. No cell is ever
     cut: on a terminal `width` columns wide, whole columns are left out instead, the
-    least important first (DROP_ORDER). "dead" is dead_lettered_total: messages moved
+    least important first (DROP_ORDER). "to dlq" is dead_lettered_total: messages moved
     out to the queue's dead-letter queue."""
     names = sorted_queues(queues)
     cells: dict[str, list[str]] = {}

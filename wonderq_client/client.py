@@ -15,10 +15,11 @@ Rules:
 * An option left None is not sent: the server applies its default (nil and
   absent mean the same on the wire).
 * A receive whose caller stopped waiting (cancelled, or timed out by
-  asyncio.wait_for or asyncio.timeout) must not swallow messages: if its
-  reply brings messages, whether it came after the cancel or just before
-  the task resumed to take it, the client nacks them at once, so they are
-  ready for others.
+  asyncio.wait_for or asyncio.timeout) must not swallow messages: one still
+  waiting on the server is cancelled there (CANCEL, by its request id), so
+  no message is leased to it; if its reply brings messages anyway, whether
+  it came after the cancel or just before the task resumed to take it, the
+  client nacks them at once, so they are ready for others.
 * A request is encoded before it is registered: an argument msgpack cannot
   encode raises from the call and leaves nothing pending.
 * If the connection ends, every call still waiting raises ConnectionClosed:
@@ -35,7 +36,6 @@ Rules:
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import Generator, Iterable
 from types import TracebackType
 from typing import Any
@@ -58,7 +58,7 @@ class _ClientProtocol(asyncio.Protocol):
         self._decoder = ReplyDecoder()
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._receives: dict[int, str] = {}  # request id -> queue, for receives in flight
-        self._ids = itertools.count(1)
+        self._last_id = 0  # request ids count up from 1
         self._out: list[bytes] = [PREAMBLE]
         self._flush_scheduled = False
         self.transport: asyncio.Transport | None = None
@@ -109,12 +109,10 @@ class _ClientProtocol(asyncio.Protocol):
     def send(self, command: str, args: dict[str, Any]) -> asyncio.Future[Any]:
         if self.closed_error is not None:
             raise self.closed_error
-        request_id = next(self._ids)
+        self._last_id = request_id = self._last_id + 1
         request = encode_request(request_id, command, args)  # first: it raises for a bad value
         future = self._loop.create_future()
         self._pending[request_id] = future
-        if command == "receive":
-            self._receives[request_id] = args["queue"]
         transport = self.transport
         if self._out or self._flush_scheduled or transport is None or transport.is_closing():
             self._out.append(request)
@@ -126,12 +124,30 @@ class _ClientProtocol(asyncio.Protocol):
             self._write(request)
         return future
 
+    def send_receive(self, queue: str, args: dict[str, Any]) -> tuple[int, asyncio.Future[Any]]:
+        """send_receive is `send` of a receive: it remembers the queue, so that messages
+        that come for it after its caller stopped waiting are given back, and returns
+        the request id too, for cancel_wait."""
+        future = self.send("receive", args)
+        self._receives[self._last_id] = queue
+        return self._last_id, future
+
     def give_back(self, queue: str, rows: list[list[Any]]) -> None:
         """give_back nacks messages delivered to a receive nobody awaits any more."""
         for row in rows:
-            request_id = next(self._ids)  # the reply to this nack is dropped
-            self._out.append(encode_request(
-                request_id, "nack", {"queue": queue, "id": row[0], "lease": row[2]}))
+            self._send_unanswered("nack", {"queue": queue, "id": row[0], "lease": row[2]})
+
+    def cancel_wait(self, request_id: int) -> None:
+        """cancel_wait asks the server to withdraw a waiting receive nobody awaits any more,
+        so that no message is leased to it. If the server answered first, its messages
+        come back to data_received and are given back."""
+        if self.closed_error is None:
+            self._send_unanswered("cancel", {"request": request_id})
+
+    def _send_unanswered(self, command: str, args: dict[str, Any]) -> None:
+        """_send_unanswered sends a request whose reply nobody reads (it is dropped)."""
+        self._last_id += 1
+        self._out.append(encode_request(self._last_id, command, args))
         self._schedule_flush()
 
     def _schedule_flush(self) -> None:
@@ -233,15 +249,20 @@ class Client(QueueAdmin):
             args["wait"] = wait
         if visibility is not None:
             args["visibility"] = visibility
-        reply = self._protocol.send("receive", args)
+        request_id, reply = self._protocol.send_receive(queue, args)
         try:
             rows = await reply
         except asyncio.CancelledError:
             # The reply may have come in before this task resumed to take it: then
             # its messages are leased to a caller that will never see them. Give
-            # them back, as the protocol does for a reply that comes after.
+            # them back, as the protocol does for a reply that comes after. A
+            # receive still waiting is cancelled on the server, or the next message
+            # would be leased to it, given back and counted as a delivery: enough
+            # abandoned waits dead-lettered messages no consumer ever saw.
             if reply.done() and not reply.cancelled() and reply.exception() is None:
                 self._protocol.give_back(queue, reply.result())
+            elif wait:
+                self._protocol.cancel_wait(request_id)
             raise
         return from_deliveries(self, queue, rows)
 

@@ -347,6 +347,10 @@ def _expiry(field: str, value: Any, limits: Limits) -> float:
     return _seconds(field, value)
 
 
+def _request_id(field: str, value: Any, limits: Limits) -> Any:
+    return value  # any msgpack value, as a request id may be (nil counts as absent)
+
+
 CHECKS: dict[str, Check] = {
     "queue": _queue,
     "body": _body,
@@ -367,6 +371,7 @@ CHECKS: dict[str, Check] = {
     "dead_letter_queue": _dead_letter_queue,
     "max_length": _count,
     "token": _token,
+    "request": _request_id,
 }
 
 # Where one command checks a field differently from the rest.
@@ -404,6 +409,7 @@ COMMANDS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "ping": ((), {}),
     "quit": ((), {}),
     "auth": (("token",), {}),
+    "cancel": (("request",), {}),
 }
 
 

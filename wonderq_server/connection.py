@@ -20,7 +20,9 @@ Rules:
   is logged with its traceback and answered with INTERNAL.
 * When the connection goes away, or starts to close (QUIT, a ProtocolError),
   its waiting receives are withdrawn at once, so a consumer that disconnects
-  never swallows a message. While reading is paused a close cannot be
+  never swallows a message. CANCEL withdraws one by its request id while
+  the connection goes on (a caller stopped waiting for it): this connection's
+  own state, so the connection runs it, not the service. While reading is paused a close cannot be
   seen, so before the broker leases to one of its waiting receives it asks
   the socket (`_peer_gone`, peer_state.py); once the client is known to
   have sent its FIN, its receives are treated as at EOF: those that wait,
@@ -316,6 +318,19 @@ class Connection(asyncio.Protocol):
         self.hub.defer(self._answer_waits_empty)
         return True
 
+    def _cancel_waits(self, command: Command) -> None:
+        """_cancel_waits runs CANCEL: each waiting receive of this connection whose request
+        id is the one named (same type and value: true is not 1) is withdrawn and answered
+        with nothing, before CANCEL's own reply, the number withdrawn. 0 means none was
+        waiting: its reply had gone out already (the client gives those messages back)."""
+        wanted = command.args["request"]
+        withdrawn = [waiting for waiting in self._waiters
+                     if type(waiting.request_id) is type(wanted) and waiting.request_id == wanted]
+        for waiting in withdrawn:
+            self.hub.service.cancel(self._waiters[waiting])
+            self._respond(waiting, [])
+        self._respond(command, len(withdrawn))
+
     def _answer_waits_empty(self) -> None:
         for command, waiter in list(self._waiters.items()):
             self.hub.service.cancel(waiter)
@@ -498,6 +513,9 @@ class Connection(asyncio.Protocol):
 
     def _execute(self, command: Command, now: float) -> None:
         if not self.authenticated and not self._admit(command, now):
+            return
+        if command.name == "cancel":
+            self._cancel_waits(command)
             return
         try:
             waiter = self.hub.service.execute(command, now, self._respond)

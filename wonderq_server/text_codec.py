@@ -75,7 +75,8 @@ from .text_replies import TextEncoder, flatten
 
 __all__ = ["TEXT_COMMANDS", "TextDecoder", "TextEncoder", "flatten"]
 
-# Words a person may type, and the command each one means.
+# Words a person may type, and the command each one means: every command but
+# cancel, which names a request by its id (binary mode only; _parse says so).
 TEXT_COMMANDS = {
     b"PUT": "put",
     b"PUT_MANY": "put_many",
@@ -179,6 +180,11 @@ class TextDecoder:
         name = TEXT_COMMANDS.get(word.rstrip().upper())  # "PING\t" is PING, as "\tPING" is
         try:
             if name is None:
+                if word.rstrip().upper() == b"CANCEL":
+                    raise CommandError(UNKNOWN_COMMAND, "CANCEL is for binary mode, whose "
+                                       "requests have ids; in text mode a waiting RECEIVE "
+                                       "holds the lines after it, so close the connection "
+                                       "to stop it")
                 typed = word.decode(errors="replace")
                 known = " ".join(w.decode() for w in TEXT_COMMANDS)
                 raise CommandError(UNKNOWN_COMMAND, f"unknown command {typed!r:.40}; "
