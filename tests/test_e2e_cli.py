@@ -131,6 +131,43 @@ async def test_peek_purge_and_queues(server):
     assert done.returncode == 1 and b"QUEUE_NOT_FOUND" in done.stderr
 
 
+async def test_the_dead_letter_routine_from_a_shell(server):
+    # A reviewer could not redrive from the CLI: nack, redrive, queue-info,
+    # message-info and the queue settings were text mode's and the client's only.
+    done = await cli("create-queue", "jobs-dead", *at(server))
+    assert done.returncode == 0 and b"max_deliveries: 0" in done.stdout
+    done = await cli("create-queue", "jobs", "--max-deliveries", "1", "--dead-letter-queue",
+                     "jobs-dead", "--visibility-timeout", "30", "--json", *at(server))
+    assert json.loads(done.stdout)["max_deliveries"] == 1, done
+    message_id = int((await cli("put", "jobs", "poison", "--header", "k=v", *at(server))).stdout)
+    [received] = json.loads((await cli("receive", "jobs", "--json", *at(server))).stdout)
+    done = await cli("nack", "jobs", str(message_id), str(received["lease"]), *at(server))
+    assert (done.returncode, done.stdout) == (0, f"nacked {message_id}\n".encode())
+    info = json.loads((await cli("message-info", "jobs-dead", str(message_id), "--json",
+                                 *at(server))).stdout)
+    assert (info["state"], info["dead_letter"][0], info["headers"]) == (
+        "ready", "jobs", {"k": "v"})
+    done = await cli("message-info", "jobs-dead", str(message_id), *at(server))
+    assert b"dead_letter: from jobs, moved at " in done.stdout and b"headers.k: v" in done.stdout
+    info = json.loads((await cli("queue-info", "jobs-dead", "--json", *at(server))).stdout)
+    assert (info["messages"], info["explicit"]) == (1, True)
+    done = await cli("redrive", "jobs-dead", "--json", *at(server))
+    assert json.loads(done.stdout) == {"moved": 1}
+    async with connect(server.host, server.port) as client:
+        [back] = await client.peek("jobs")
+        assert (back.id, back.deliveries) == (message_id, 0)
+    done = await cli("configure-queue", "jobs", "--max-length", "5", *at(server))
+    assert done.returncode == 0 and b"max_length: 5" in done.stdout
+    done = await cli("delete-queue", "jobs", "--json", *at(server))
+    assert json.loads(done.stdout) == {"deleted": 1}
+    for args in (["queue-info", "jobs"], ["redrive", "jobs"], ["configure-queue", "jobs"],
+                 ["message-info", "jobs-dead", str(message_id)]):
+        done = await cli(*args, *at(server))
+        assert done.returncode == 1 and b"wonderq: " in done.stderr, (args, done)
+    done = await cli("create-queue", "jobs-dead", "--max-length", "1", *at(server))
+    assert done.returncode == 1 and b"QUEUE_EXISTS" in done.stderr
+
+
 async def test_an_unreachable_server_is_one_line_and_exit_2(server_factory):
     server = server_factory()
     host, port = server.host, server.port

@@ -27,7 +27,15 @@ from typing import Any
 
 from wonderq_client import DEFAULT_HOST, DEFAULT_PORT, ConnectionClosed, WonderQError
 
-from . import argument_types, connection_options, demo, queue_commands, stats_command, top
+from . import (
+    admin_commands,
+    argument_types,
+    connection_options,
+    demo,
+    queue_commands,
+    stats_command,
+    top,
+)
 
 Runner = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
@@ -94,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Talk to a WonderQ server from a shell.")
     _connection_flags(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (stats_command, top, queue_commands, demo):
+    for module in (stats_command, top, queue_commands, admin_commands, demo):
         module.add_commands(commands, common)
     return parser
 

@@ -117,9 +117,18 @@ def _headers(pairs: Sequence[tuple[str, str]]) -> dict[str, str] | None:
     return dict(pairs) or None
 
 
-def _print_json(value: Any) -> None:
+def print_json(value: Any) -> None:
     json.dump(value, sys.stdout, indent=2)
     sys.stdout.write("\n")
+
+
+def print_result(args: argparse.Namespace, for_scripts: Any, for_people: str) -> int:
+    """print_result prints a command's result, as JSON with --json; returns exit code 0."""
+    if args.json:
+        print_json(for_scripts)
+    else:
+        print(for_people)
+    return 0
 
 
 def message_json(msg: Message) -> dict[str, Any]:
@@ -157,11 +166,7 @@ async def run_put(args: argparse.Namespace) -> int:
         msg_id = await client.put(args.queue, args.body_bytes, delay=args.delay,
                                   priority=args.priority, headers=_headers(args.header),
                                   expiry=args.expiry)
-    if args.json:
-        _print_json({"id": msg_id})
-    else:
-        print(msg_id)
-    return 0
+    return print_result(args, {"id": msg_id}, str(msg_id))
 
 
 async def run_receive(args: argparse.Namespace) -> int:
@@ -169,7 +174,7 @@ async def run_receive(args: argparse.Namespace) -> int:
         messages = await client.receive(args.queue, max=args.max, wait=args.wait,
                                         visibility=args.visibility)
         if args.json:
-            _print_json([message_json(m) for m in messages])
+            print_json([message_json(m) for m in messages])
         elif messages:
             Console().print(messages_table(f"{args.queue}: {len(messages)} received",
                                            messages, leased=True))
@@ -198,7 +203,7 @@ async def run_peek(args: argparse.Namespace) -> int:
     async with open_client(args) as client:
         messages = await client.peek(args.queue, max=args.max)
     if args.json:
-        _print_json([message_json(m) for m in messages])
+        print_json([message_json(m) for m in messages])
     else:
         Console().print(messages_table(f"{args.queue}: next {len(messages)} ready",
                                        messages, leased=False))
@@ -208,18 +213,14 @@ async def run_peek(args: argparse.Namespace) -> int:
 async def run_purge(args: argparse.Namespace) -> int:
     async with open_client(args) as client:
         purged = await client.purge(args.queue)
-    if args.json:
-        _print_json({"purged": purged})
-    else:
-        print(f"purged {purged} messages from {args.queue}")
-    return 0
+    return print_result(args, {"purged": purged}, f"purged {purged} messages from {args.queue}")
 
 
 async def run_queues(args: argparse.Namespace) -> int:
     async with open_client(args) as client:
         queues = await client.queues()
     if args.json:
-        _print_json(queues)
+        print_json(queues)
         return 0
     table = Table(title=f"queues ({len(queues)})", title_justify="left", box=box.SIMPLE_HEAD)
     for column in ("queue", "messages", "ready", "in flight", "delayed", "explicit"):
