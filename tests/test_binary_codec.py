@@ -165,7 +165,7 @@ REQUESTS = [
     ([5, "ack_many", {"queue": "q", "items": [[1, 2], [3, 4]]}],
      ("ack_many", {"queue": "q", "items": [(1, 2), (3, 4)]})),
     ([6, "nack_many", {"queue": "q", "items": [[1, 2]], "delay": 3}],
-     ("nack_many", {"queue": "q", "items": [(1, 2)], "delay": 3.0})),
+     ("nack_many", {"queue": "q", "items": [(1, 2)], "delay": 3.0, "unseen": False})),
     ([7, "create_queue", {"queue": "q", "max_deliveries": 3, "dead_letter_queue": "d"}],
      ("create_queue", {"queue": "q", "visibility_timeout": None, "max_deliveries": 3,
                        "dead_letter_queue": "d", "delay": None, "max_length": None,

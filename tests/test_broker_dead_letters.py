@@ -345,6 +345,27 @@ def test_redrive_keeps_a_message_whose_origin_cannot_be_made_again() -> None:
     check_invariants(broker)
 
 
+def test_an_unseen_nack_takes_its_delivery_back(b: Broker) -> None:
+    # A client gives back what came for a receive nobody awaited any more: without
+    # `unseen`, each such nack counted, and enough dead-lettered an unseen message.
+    msg_id = dead_letter_setup(b, max_deliveries=2)
+    for i in range(5):
+        [m] = b.receive("q", 1, 10.0, T0 + i)
+        assert m.deliveries == 1
+        b.nack("q", msg_id, m.lease, 0.0, T0 + i, unseen=True)
+    assert (m.state, m.deliveries, b.queues["q"].redelivered_total) == (READY, 0, 0)
+    [m] = b.receive("q", 1, 10.0, T0 + 10)
+    b.nack("q", msg_id, m.lease, 0.0, T0 + 10)  # seen: counts
+    [m] = b.receive("q", 1, 10.0, T0 + 11)
+    assert (m.deliveries, b.queues["q"].redelivered_total) == (2, 1)
+    b.nack_many("q", [(msg_id, m.lease)], 0.0, T0 + 12, True)  # the second delivery back
+    [m] = b.receive("q", 1, 10.0, T0 + 13)
+    assert m.deliveries == 2
+    b.nack("q", msg_id, m.lease, 0.0, T0 + 14)  # a seen second delivery: dead-lettered
+    assert_dead_lettered(b, msg_id, 2, T0 + 14)
+    check_invariants(b)
+
+
 def test_lowering_max_deliveries_applies_when_the_running_delivery_ends(b: Broker) -> None:
     msg_id = dead_letter_setup(b, max_deliveries=5)
     deliver_and_time_out(b, 2)

@@ -191,8 +191,17 @@ async def test_a_cancelled_waiting_receive_is_cancelled_on_the_server(fake):
         await asyncio.sleep(0)
         if len(server.requests) == 4:
             break
+    # Given back as unseen: nobody looked at it, so the delivery must not count.
     assert [r[1:] for r in server.requests[3:]] == [
-        ["nack", {"queue": "q", "id": 5, "lease": 9}]]
+        ["nack", {"queue": "q", "id": 5, "lease": 9, "unseen": True}]]
+    # A server older than `unseen` refuses the field: the nack goes again without it.
+    server.reply(None, ["BAD_ARGUMENT", "nack has no field unseen"])
+    for _ in range(10):
+        await asyncio.sleep(0)
+        if len(server.requests) == 5:
+            break
+    assert server.requests[4][1:] == ["nack", {"queue": "q", "id": 5, "lease": 9}]
+    server.reply(None)
     assert at_once_id != wait_id and client._protocol._pending == {}
 
 

@@ -186,6 +186,7 @@ OPTIONAL_VALUES = {
     "max_deliveries": st.integers(0, 2**64 - 1),
     "dead_letter_queue": st.just("") | queue_names,
     "max_length": st.integers(0, 2**64 - 1),
+    "unseen": st.booleans(),
 }
 ITEM_OPTIONS = ("delay", "priority", "headers", "expiry")
 put_items = st.fixed_dictionaries(
@@ -202,7 +203,7 @@ REQUIRED_VALUES = {
     # One word, as a configured token is (auth.check_token): text mode sends it so.
     "token": st.text(alphabet=st.characters(exclude_categories=("Cs", "Cc", "Z")),
                      min_size=1, max_size=20),
-    "request": wire_ints | text_values | st.lists(wire_ints, max_size=3),  # a request id
+    "request": wire_ints | text_values,  # a receive's request id
 }
 
 
@@ -210,7 +211,8 @@ def expected_value(field: str, value):
     """expected_value is what make_command turns a valid value into."""
     if field == "headers":
         return dict(value) or None
-    if field in ("max", "priority", "max_deliveries", "max_length", "dead_letter_queue"):
+    if field in ("max", "priority", "max_deliveries", "max_length", "dead_letter_queue",
+                 "unseen"):
         return value
     return float(value)
 

@@ -126,9 +126,9 @@ def test_required_fields_per_command():
     ("ack_many", {"queue": "q", "items": [[5, 7], (8, 9)]},
      {"queue": "q", "items": [(5, 7), (8, 9)]}),
     ("nack", {"queue": "q", "id": 5, "lease": 7},
-     {"queue": "q", "id": 5, "lease": 7, "delay": 0.0}),
+     {"queue": "q", "id": 5, "lease": 7, "delay": 0.0, "unseen": False}),
     ("nack_many", {"queue": "q", "items": [[5, 7]]},
-     {"queue": "q", "items": [(5, 7)], "delay": 0.0}),
+     {"queue": "q", "items": [(5, 7)], "delay": 0.0, "unseen": False}),
     ("touch", {"queue": "q", "id": 5, "lease": 7},
      {"queue": "q", "id": 5, "lease": 7, "visibility": None}),
     ("create_queue", {"queue": "q"}, {"queue": "q", **SETTING_DEFAULTS}),
@@ -197,7 +197,7 @@ def test_bodies_may_be_a_tuple_and_mixed_bytes_like():
 
 def test_zero_is_a_valid_id_lease_and_duration():
     command = make_command("nack", {"queue": "q", "id": 0, "lease": 0, "delay": 0}, LIMITS)
-    assert command.args == {"queue": "q", "id": 0, "lease": 0, "delay": 0.0}
+    assert command.args == {"queue": "q", "id": 0, "lease": 0, "delay": 0.0, "unseen": False}
 
 
 def test_limits_are_inclusive():
@@ -498,9 +498,13 @@ def test_text_converters():
     assert TEXT_CONVERTERS["priority"]("priority", "-7") == -7
     assert TEXT_CONVERTERS["expiry"]("expiry", "60") == 60.0
     assert TEXT_CONVERTERS["max_length"]("max_length", "10") == 10
+    assert [TEXT_CONVERTERS["unseen"]("unseen", word) for word in ("TRUE", "1", "yes")] == [
+        True] * 3
+    assert [TEXT_CONVERTERS["unseen"]("unseen", word) for word in ("false", "0", "No")] == [
+        False] * 3
     assert set(TEXT_CONVERTERS) == {"id", "lease", "max", "wait", "visibility", "delay",
                                     "priority", "expiry", "visibility_timeout",
-                                    "max_deliveries", "max_length"}
+                                    "max_deliveries", "max_length", "unseen"}
 
 
 @pytest.mark.parametrize(("field", "text", "message"), [
@@ -765,6 +769,15 @@ def test_bad_lease_item_is_that_items_result(name, item, message):
 def test_nack_many_delay():
     command = make_command("nack_many", {"queue": "q", "items": [[1, 2]], "delay": 4}, SMALL)
     assert command.args["delay"] == 4.0
+
+
+@pytest.mark.parametrize("name", ["nack", "nack_many"])
+def test_unseen_is_true_or_false_only(name):
+    assert make_command(name, with_field(name, unseen=True), LIMITS).args["unseen"] is True
+    for value in (1, 0, "true", 1.0, [True]):
+        error = refused(name, with_field(name, unseen=value))
+        assert (error.code, error.message) == (
+            BAD_ARGUMENT, f"unseen must be true or false, got {type(value).__name__}")
 
 
 # ----------------------------------------------------------------- queue settings

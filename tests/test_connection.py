@@ -210,16 +210,19 @@ def test_cancel_withdraws_a_waiting_receive_by_its_request_id(hub):
              + req(2, "receive", queue="q", wait=30) + req(3, "cancel", request=1))
     assert transport.frames() == [[1, None, []], [3, None, 1]]  # the receive's reply first
     assert hub.queue_stats()["waiting"] == 1
-    # Nothing waits under these ids now, and true is not the request id 1.
+    # Nothing waits under these ids now; true is not the request id 1, and ids that
+    # are not integers or strings are refused (their comparisons could cost seconds).
     hub.send(connection, req(4, "cancel", request=1) + req(5, "cancel", request=99)
-             + req(6, "cancel", request=True))
-    assert transport.frames()[2:] == [[4, None, 0], [5, None, 0], [6, None, 0]]
-    hub.send(connection, req(7, "cancel", request=2))
-    assert transport.frames()[5:] == [[2, None, []], [7, None, 1]]
+             + req(6, "cancel", request=True) + req(7, "cancel", request=[[1]]))
+    frames = transport.frames()
+    assert frames[2:4] == [[4, None, 0], [5, None, 0]]
+    assert [(f[0], f[1][0]) for f in frames[4:]] == [(6, BAD_ARGUMENT), (7, BAD_ARGUMENT)]
+    hub.send(connection, req(8, "cancel", request=2))
+    assert transport.frames()[6:] == [[2, None, []], [8, None, 1]]
     assert "q" not in hub.broker.queues  # the queue made for the waits went with them
     put_via_text(hub, b"for a consumer that waits")
     assert hub.queue_stats()["ready"] == 1  # leased to nobody
-    assert len(transport.frames()) == 7
+    assert len(transport.frames()) == 8
 
 
 def test_cancel_runs_only_on_its_own_connection(hub):

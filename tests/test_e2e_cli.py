@@ -160,12 +160,33 @@ async def test_the_dead_letter_routine_from_a_shell(server):
     assert done.returncode == 0 and b"max_length: 5" in done.stdout
     done = await cli("delete-queue", "jobs", "--json", *at(server))
     assert json.loads(done.stdout) == {"deleted": 1}
-    for args in (["queue-info", "jobs"], ["redrive", "jobs"], ["configure-queue", "jobs"],
+    for args in (["queue-info", "jobs"], ["redrive", "jobs"],
+                 ["configure-queue", "jobs", "--delay", "1"],
                  ["message-info", "jobs-dead", str(message_id)]):
         done = await cli(*args, *at(server))
         assert done.returncode == 1 and b"wonderq: " in done.stderr, (args, done)
     done = await cli("create-queue", "jobs-dead", "--max-length", "1", *at(server))
     assert done.returncode == 1 and b"QUEUE_EXISTS" in done.stderr
+    for args in (["redrive", "jobs-dead", "--max", "0"], ["configure-queue", "jobs-dead"]):
+        done = await cli(*args, *at(server))  # what the server would refuse: usage errors
+        assert done.returncode == 2 and b"wonderq" in done.stderr, (args, done)
+
+
+async def test_nack_unseen_and_fields_that_cannot_forge_lines(server):
+    async with connect(server.host, server.port) as client:
+        await client.create_queue("hq-dead")
+        await client.create_queue("hq", max_deliveries=1, dead_letter_queue="hq-dead")
+        message_id = await client.put("hq", b"x", headers={"note": "hi\nstate: leased"})
+        [msg] = await client.receive("hq")
+    done = await cli("nack", "hq", str(message_id), str(msg.lease), "--unseen", *at(server))
+    assert done.returncode == 0, done
+    async with connect(server.host, server.port) as client:
+        [again] = await client.receive("hq")  # not dead-lettered: that delivery did not count
+        assert (again.id, again.deliveries) == (message_id, 1)
+    done = await cli("message-info", "hq", str(message_id), *at(server))
+    assert b"headers.note: hi\\nstate: leased\n" in done.stdout
+    assert [line for line in done.stdout.splitlines() if line.startswith(b"state:")] == [
+        b"state: leased"]
 
 
 async def test_an_unreachable_server_is_one_line_and_exit_2(server_factory):

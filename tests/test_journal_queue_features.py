@@ -224,6 +224,14 @@ def test_a_leased_message_keeps_its_lease_state_across_a_restart(tmp_path: Path)
     assert again.queues["jobs"].messages[msg_id].state == LEASED
 
 
+def test_an_unseen_nack_keeps_its_lower_count_across_a_restart(tmp_path: Path) -> None:
+    journal, broker, msg_id = dead_lettering_broker(tmp_path)
+    [m] = broker.receive("jobs", 1, 10.0, T0)
+    broker.nack("jobs", msg_id, m.lease, 0.0, T0 + 1, unseen=True)
+    again = reopened_equal(tmp_path, journal, broker, T0 + 2)
+    assert again.queues["jobs"].messages[msg_id].deliveries == 0
+
+
 def test_settings_changed_after_a_lease_ran_out_do_not_change_the_past(tmp_path: Path) -> None:
     journal, broker, _ = open_broker(tmp_path, T0)
     msg_id = broker.put("jobs", b"x", T0)

@@ -16,7 +16,10 @@ Rules:
   lines in the server's order, as text mode prints them; nil is empty, times
   (`*_at`, a dead letter's move) are shown as UTC dates too.
 * Nothing here creates a queue but create-queue; on a queue that does not
-  exist the others fail with QUEUE_NOT_FOUND (exit 1), as the commands do.
+  exist the others fail as the commands do (QUEUE_NOT_FOUND; NOT_FOUND for
+  nack, as for ack), exit 1. configure-queue with no setting is a usage error.
+* Values shown for people have their control characters escaped, so a header
+  cannot print lines that look like other fields.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any
 
 from . import argument_types
 from .connection_options import open_client
-from .queue_commands import print_json, print_result
+from .queue_commands import escaped, print_json, print_result
 
 
 def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -40,12 +43,15 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     nack.add_argument("lease", type=argument_types.unsigned)
     nack.add_argument("--delay", type=argument_types.seconds, default=0.0,
                       help="seconds before it can be received again (default 0)")
+    nack.add_argument("--unseen", action="store_true",
+                      help="nobody worked on it: this delivery does not count toward the "
+                           "queue's max_deliveries")
     nack.set_defaults(run=run_nack)
 
     redrive = commands.add_parser("redrive", parents=[common],
                                   help="move dead letters back to the queues they came from")
     redrive.add_argument("queue", help="the dead-letter queue")
-    redrive.add_argument("--max", type=argument_types.unsigned,
+    redrive.add_argument("--max", type=argument_types.positive,
                          help="most messages to move (default: all)")
     redrive.add_argument("--json", action="store_true", help='print {"moved": N}')
     redrive.set_defaults(run=run_redrive)
@@ -123,7 +129,7 @@ def print_fields(fields: Mapping[str, Any], prefix: str = "") -> None:
             text = _time(value)
         else:
             text = str(value)
-        print(f"{prefix}{name}: {text}")
+        print(f"{escaped(prefix + name)}: {escaped(text)}")
 
 
 def _time(seconds: float) -> str:
@@ -134,7 +140,8 @@ def _time(seconds: float) -> str:
 
 async def run_nack(args: argparse.Namespace) -> int:
     async with open_client(args) as client:
-        await client.nack(args.queue, args.id, args.lease, delay=args.delay)
+        await client.nack(args.queue, args.id, args.lease, delay=args.delay,
+                          unseen=args.unseen)
     print(f"nacked {args.id}" + (f", ready in {args.delay:g} s" if args.delay else ""))
     return 0
 
@@ -171,6 +178,10 @@ async def run_create_queue(args: argparse.Namespace) -> int:
 
 
 async def run_configure_queue(args: argparse.Namespace) -> int:
+    if all(value is None for value in _settings(args).values()):
+        print("wonderq configure-queue: give at least one setting to change (see --help)",
+              file=sys.stderr)
+        return 2
     async with open_client(args) as client:
         settings = await client.configure_queue(args.queue, **_settings(args))
     return _print_settings(args, "configured", settings)

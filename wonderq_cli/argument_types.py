@@ -56,6 +56,14 @@ def unsigned(text: str) -> int:
     return value
 
 
+def positive(text: str) -> int:
+    """positive: a count of at least 1 (redrive's --max: the server refuses 0)."""
+    value = unsigned(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be at least 1, got 0")
+    return value
+
+
 def priority(text: str) -> int:
     """priority: a message's priority, -2**31 to 2**31 - 1 (lower goes first)."""
     value = int(_number(text, int))

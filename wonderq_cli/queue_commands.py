@@ -105,11 +105,16 @@ def read_body(args: argparse.Namespace) -> None:
 def shown(body: bytes) -> Text:
     """shown is a body as a table cell: literal text (never rich markup), with control
     characters escaped so a body cannot drive the terminal."""
-    text = body.decode(errors="backslashreplace")
-    if not text.isprintable():
-        text = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode()
-                       for ch in text)
-    return Text(text)
+    return Text(escaped(body.decode(errors="backslashreplace")))
+
+
+def escaped(text: str) -> str:
+    """escaped: `text` with its control characters (line breaks, escape sequences) written
+    as escapes, so what a producer put cannot drive the terminal or forge lines."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode()
+                   for ch in text)
 
 
 def _headers(pairs: Sequence[tuple[str, str]]) -> dict[str, str] | None:

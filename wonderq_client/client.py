@@ -43,7 +43,7 @@ from typing import Any
 from .admin import QueueAdmin
 from .batches import PutItem, SettleItem, item_results, put_items, settle_items
 from .codec import PREAMBLE, NotAReply, ReplyDecoder, encode_request
-from .errors import ConnectionClosed, WonderQError, error_from_wire
+from .errors import BadArgument, ConnectionClosed, WonderQError, error_from_wire
 from .message import Message, from_deliveries
 
 DEFAULT_HOST = "127.0.0.1"
@@ -133,9 +133,22 @@ class _ClientProtocol(asyncio.Protocol):
         return self._last_id, future
 
     def give_back(self, queue: str, rows: list[list[Any]]) -> None:
-        """give_back nacks messages delivered to a receive nobody awaits any more."""
+        """give_back nacks messages delivered to a receive nobody awaits any more, as unseen:
+        nobody looked at them, so the delivery does not count (it would bring them closer
+        to their dead-letter queue). A server older than `unseen` refuses the field with
+        BAD_ARGUMENT; the nack is then sent again without it."""
         for row in rows:
-            self._send_unanswered("nack", {"queue": queue, "id": row[0], "lease": row[2]})
+            args = {"queue": queue, "id": row[0], "lease": row[2]}
+            self._last_id += 1
+            self._out.append(encode_request(self._last_id, "nack", {**args, "unseen": True}))
+            answer = self._pending[self._last_id] = self._loop.create_future()
+            answer.add_done_callback(lambda done, args=args: self._given_back(done, args))
+        self._schedule_flush()
+
+    def _given_back(self, answer: asyncio.Future[Any], args: dict[str, Any]) -> None:
+        if not answer.cancelled() and isinstance(answer.exception(), BadArgument) \
+                and self.closed_error is None:
+            self._send_unanswered("nack", args)  # an older server: a plain nack
 
     def cancel_wait(self, request_id: int) -> None:
         """cancel_wait asks the server to withdraw a waiting receive nobody awaits any more,
@@ -280,15 +293,27 @@ class Client(QueueAdmin):
         return item_results(await self._call(
             "ack_many", {"queue": queue, "items": settle_items(items)}))
 
-    async def nack(self, queue: str, id: int, lease: int, *, delay: float = 0.0) -> None:
-        """nack gives a message back, ready at once or after `delay` seconds."""
-        await self._call("nack", {"queue": queue, "id": id, "lease": lease, "delay": delay})
+    async def nack(self, queue: str, id: int, lease: int, *, delay: float = 0.0,
+                   unseen: bool = False) -> None:
+        """nack gives a message back, ready at once or after `delay` seconds.
+
+        unseen=True says the work was never started (a worker shutting down with
+        messages it had not begun): the delivery does not count toward the queue's
+        max_deliveries. The flag is sent only when True.
+        """
+        args: dict[str, Any] = {"queue": queue, "id": id, "lease": lease, "delay": delay}
+        if unseen:
+            args["unseen"] = True
+        await self._call("nack", args)
 
     async def nack_many(self, queue: str, items: Iterable[SettleItem], *,
-                        delay: float = 0.0) -> list[WonderQError | None]:
-        """nack_many gives back (id, lease) pairs or received Messages; results as ack_many."""
-        return item_results(await self._call(
-            "nack_many", {"queue": queue, "items": settle_items(items), "delay": delay}))
+                        delay: float = 0.0, unseen: bool = False) -> list[WonderQError | None]:
+        """nack_many gives back (id, lease) pairs or received Messages; results as ack_many;
+        `unseen` as for nack."""
+        args: dict[str, Any] = {"queue": queue, "items": settle_items(items), "delay": delay}
+        if unseen:
+            args["unseen"] = True
+        return item_results(await self._call("nack_many", args))
 
     async def touch(self, queue: str, id: int, lease: int, *,
                     visibility: float | None = None) -> float:

@@ -64,9 +64,11 @@ class Message:
         """ack deletes this message; raises LeaseLost if it was delivered again since."""
         await self._client.ack(self.queue, self.id, self._leased("ack"))
 
-    async def nack(self, *, delay: float = 0.0) -> None:
-        """nack gives this message back, ready at once or after `delay` seconds."""
-        await self._client.nack(self.queue, self.id, self._leased("nack"), delay=delay)
+    async def nack(self, *, delay: float = 0.0, unseen: bool = False) -> None:
+        """nack gives this message back, ready at once or after `delay` seconds; unseen=True:
+        its work was never started, so this delivery does not count (Client.nack)."""
+        await self._client.nack(self.queue, self.id, self._leased("nack"), delay=delay,
+                                unseen=unseen)
 
     async def touch(self, *, visibility: float | None = None) -> float:
         """touch extends this message's lease; returns the new deadline."""

@@ -596,19 +596,27 @@ class Broker(QueueAdmin, Replay):
                 results += _each((item,), self.ack, name, now)
         return results
 
-    def nack(self, name: str, message_id: int, lease: int, delay_s: float, now: float) -> None:
+    def nack(self, name: str, message_id: int, lease: int, delay_s: float, now: float,
+             unseen: bool = False) -> None:
         """nack gives a message back: ready at once, or after `delay_s` seconds.
 
         A message at its queue's max_deliveries is dead-lettered instead, and
-        one whose expiry has passed is dropped (`_end_delivery`).
+        one whose expiry has passed is dropped (`_end_delivery`). `unseen`: the
+        consumer says nobody looked at it (a client giving back what came for a
+        receive nobody awaited, a worker handing back work it never started), so
+        this delivery is taken back off its count before that rule is applied,
+        and cannot be what sends it to the dead-letter queue. The STATE record
+        carries the count, so replay needs nothing more.
         """
         msg = self._existing_message(name, message_id, lease)
+        if unseen and msg.deliveries:
+            msg.deliveries -= 1
         self._end_delivery(msg, now, delay_s)
 
     def nack_many(self, name: str, items: list[tuple[int, int] | CommandError], delay_s: float,
-                  now: float) -> list[CommandError | None]:
+                  now: float, unseen: bool = False) -> list[CommandError | None]:
         """nack_many nacks each (id, lease) on its own; a result per item."""
-        return _each(items, self.nack, name, delay_s, now)
+        return _each(items, self.nack, name, delay_s, now, unseen)
 
     def touch(self, name: str, message_id: int, lease: int, visibility_s: float | None,
               now: float) -> float:

@@ -347,8 +347,20 @@ def _expiry(field: str, value: Any, limits: Limits) -> float:
     return _seconds(field, value)
 
 
-def _request_id(field: str, value: Any, limits: Limits) -> Any:
-    return value  # any msgpack value, as a request id may be (nil counts as absent)
+def _flag(field: str, value: Any, limits: Limits) -> bool:
+    if type(value) is bool:  # true or false, not a number
+        return value
+    raise bad_argument(f"{field} must be true or false, got {type(value).__name__}")
+
+
+def _request_id(field: str, value: Any, limits: Limits) -> int | str:
+    # An integer or a string, as clients' request ids are: comparing one with each
+    # waiting receive's id then costs next to nothing, where a nested array could
+    # take seconds (or recurse past Python's limit). Not a bool: true is not 1.
+    if type(value) is int or type(value) is str:
+        return value
+    raise bad_argument(f"{field} must be the integer or string request id of a waiting "
+                       f"receive, got {type(value).__name__}")
 
 
 CHECKS: dict[str, Check] = {
@@ -372,6 +384,7 @@ CHECKS: dict[str, Check] = {
     "max_length": _count,
     "token": _token,
     "request": _request_id,
+    "unseen": _flag,
 }
 
 # Where one command checks a field differently from the rest.
@@ -393,8 +406,8 @@ COMMANDS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "receive": (("queue",), {"max": 1, "wait": 0.0, "visibility": None}),
     "ack": (("queue", "id", "lease"), {}),
     "ack_many": (("queue", "items"), {}),
-    "nack": (("queue", "id", "lease"), {"delay": 0.0}),
-    "nack_many": (("queue", "items"), {"delay": 0.0}),
+    "nack": (("queue", "id", "lease"), {"delay": 0.0, "unseen": False}),
+    "nack_many": (("queue", "items"), {"delay": 0.0, "unseen": False}),
     "touch": (("queue", "id", "lease"), {"visibility": None}),
     "create_queue": (("queue",), SETTINGS),
     "configure_queue": (("queue",), SETTINGS),
@@ -531,6 +544,15 @@ def _text_int(field: str, text: str) -> int:
     return int(text)
 
 
+def _text_flag(field: str, text: str) -> bool:
+    word = text.lower()
+    if word in ("true", "1", "yes"):
+        return True
+    if word in ("false", "0", "no"):
+        return False
+    raise bad_argument(f"{field} must be true or false, got {text!r:.40}")
+
+
 def _text_float(field: str, text: str) -> float:
     # float() also takes "1_0" (10) and other scripts' digits; as _text_int, ASCII only.
     try:
@@ -553,6 +575,7 @@ TEXT_CONVERTERS: dict[str, Callable[[str, str], Any]] = {
     "visibility_timeout": _text_float,
     "max_deliveries": _text_int,
     "max_length": _text_int,
+    "unseen": _text_flag,
 }
 
 

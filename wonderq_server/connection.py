@@ -320,9 +320,10 @@ class Connection(asyncio.Protocol):
 
     def _cancel_waits(self, command: Command) -> None:
         """_cancel_waits runs CANCEL: each waiting receive of this connection whose request
-        id is the one named (same type and value: true is not 1) is withdrawn and answered
-        with nothing, before CANCEL's own reply, the number withdrawn. 0 means none was
-        waiting: its reply had gone out already (the client gives those messages back)."""
+        id is the one named (an int or a str, commands.py; same type and value) is
+        withdrawn and answered with nothing, before CANCEL's own reply, the number
+        withdrawn. 0 means none was waiting: its reply had gone out already (the client
+        gives those messages back, as unseen)."""
         wanted = command.args["request"]
         withdrawn = [waiting for waiting in self._waiters
                      if type(waiting.request_id) is type(wanted) and waiting.request_id == wanted]
@@ -514,10 +515,10 @@ class Connection(asyncio.Protocol):
     def _execute(self, command: Command, now: float) -> None:
         if not self.authenticated and not self._admit(command, now):
             return
-        if command.name == "cancel":
-            self._cancel_waits(command)
-            return
         try:
+            if command.name == "cancel":
+                self._cancel_waits(command)
+                return
             waiter = self.hub.service.execute(command, now, self._respond)
         except WonderQError as exc:
             self._reply_error(command.request_id, exc)

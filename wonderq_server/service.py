@@ -110,10 +110,10 @@ class BrokerService:
         return self.broker.ack_many(a["queue"], a["items"], now)
 
     def _nack(self, a: dict[str, Any], now: float) -> None:
-        self.broker.nack(a["queue"], a["id"], a["lease"], a["delay"], now)
+        self.broker.nack(a["queue"], a["id"], a["lease"], a["delay"], now, a["unseen"])
 
     def _nack_many(self, a: dict[str, Any], now: float) -> list[CommandError | None]:
-        return self.broker.nack_many(a["queue"], a["items"], a["delay"], now)
+        return self.broker.nack_many(a["queue"], a["items"], a["delay"], now, a["unseen"])
 
     def _touch(self, a: dict[str, Any], now: float) -> float:
         return self.broker.touch(a["queue"], a["id"], a["lease"], a["visibility"], now)
