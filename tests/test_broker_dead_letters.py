@@ -366,6 +366,29 @@ def test_an_unseen_nack_takes_its_delivery_back(b: Broker) -> None:
     check_invariants(b)
 
 
+def test_one_delivery_is_taken_back_once_and_only_while_it_runs(b: Broker) -> None:
+    # A nack leaves the lease in place (a late ack still works), so the same lease
+    # could be nacked unseen again and again: a reviewer took a message from 2
+    # deliveries to 0 that way and dodged max_deliveries.
+    msg_id = dead_letter_setup(b, max_deliveries=3)
+    [m] = b.receive("q", 1, 10.0, T0)
+    b.nack("q", msg_id, m.lease, 0.0, T0 + 1)  # seen
+    [m] = b.receive("q", 1, 10.0, T0 + 2)
+    assert m.deliveries == 2
+    b.nack("q", msg_id, m.lease, 0.0, T0 + 3, unseen=True)
+    b.nack("q", msg_id, m.lease, 0.0, T0 + 4, unseen=True)  # the same lease again
+    b.nack_many("q", [(msg_id, m.lease)] * 3, 0.0, T0 + 5, True)
+    assert m.deliveries == 1
+    [m] = b.receive("q", 1, 10.0, T0 + 6)
+    b.advance(T0 + 16)  # the lease runs out: that delivery counted
+    b.nack("q", msg_id, m.lease, 0.0, T0 + 17, unseen=True)  # too late to take it back
+    assert m.deliveries == 2
+    b.nack("q", msg_id, m.lease, 5.0, T0 + 18)  # a late nack: delayed...
+    b.nack("q", msg_id, m.lease, 0.0, T0 + 19, unseen=True)  # ...and not taken back
+    assert (m.deliveries, m.state) == (2, READY)
+    check_invariants(b)
+
+
 def test_lowering_max_deliveries_applies_when_the_running_delivery_ends(b: Broker) -> None:
     msg_id = dead_letter_setup(b, max_deliveries=5)
     deliver_and_time_out(b, 2)

@@ -203,6 +203,28 @@ async def test_a_cancelled_waiting_receive_is_cancelled_on_the_server(fake):
     assert server.requests[4][1:] == ["nack", {"queue": "q", "id": 5, "lease": 9}]
     server.reply(None)
     assert at_once_id != wait_id and client._protocol._pending == {}
+    # That server is remembered: later give-backs on this connection are plain nacks.
+    client._protocol.give_back("q", [[6, b"y", 10, 1, 1.0, 0, None, None]])
+    await asyncio.sleep(0)
+    assert server.requests[5][1:] == ["nack", {"queue": "q", "id": 6, "lease": 10}]
+
+
+async def test_close_waits_for_give_backs_that_an_older_server_may_refuse(fake):
+    # Closing at once dropped the server's answer, so against an older server the
+    # plain nack was never sent and the message stayed leased for its whole lease.
+    client, server = fake
+    client._protocol.give_back("q", [[5, b"x", 9, 1, 1.0, 0, None, None]])
+    closing = asyncio.ensure_future(client.close())
+    for _ in range(10):
+        await asyncio.sleep(0)
+        if server.requests:
+            break
+    assert server.requests[0][1:] == ["nack", {"queue": "q", "id": 5, "lease": 9,
+                                               "unseen": True}]
+    assert not closing.done()
+    server.reply(None, ["BAD_ARGUMENT", "nack has no field unseen"])
+    await closing
+    assert server.requests[1][1:] == ["nack", {"queue": "q", "id": 5, "lease": 9}]
 
 
 async def test_ack_many_and_nack_many_take_pairs_and_messages(fake):

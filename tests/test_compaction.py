@@ -219,6 +219,24 @@ def test_a_second_compaction_after_a_restart(tmp_path: Path) -> None:
     assert broker_state(restored(tmp_path, NOW)[0]) == expected
 
 
+def test_a_message_given_back_unseen_keeps_its_lease_through_a_compaction(
+        tmp_path: Path) -> None:
+    # Ready with no deliveries, as if never received, yet its lease still takes a late
+    # ack: compaction wrote no STATE for it (a reviewer's find), so after a restart the
+    # late ack was LEASE_LOST where, without the compaction, it was accepted.
+    journal, broker, _ = open_broker(tmp_path, T0)
+    message_id = broker.put("q", b"x", T0)
+    [msg] = broker.receive("q", 1, 10.0, T0)
+    broker.nack("q", message_id, msg.lease, 0.0, T0 + 1, unseen=True)
+    journal.write_pending()  # on disk before: only the compaction can carry it over
+    expected = broker_state(broker)
+    compact_at_once(journal, broker, T0 + 2)
+    journal.close()
+    again, _ = restored(tmp_path, T0 + 3)
+    assert broker_state(again) == expected
+    again.ack("q", message_id, msg.lease, T0 + 3)  # late, and nobody received it since
+
+
 STAGES = ["after start", "after some steps", "after all steps", "after presync",
           "after rename", "after switch"]
 

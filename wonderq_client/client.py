@@ -58,6 +58,8 @@ class _ClientProtocol(asyncio.Protocol):
         self._decoder = ReplyDecoder()
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._receives: dict[int, str] = {}  # request id -> queue, for receives in flight
+        self.giving_back: set[asyncio.Future[Any]] = set()  # give-back nacks unanswered
+        self._unseen_refused = False  # the server is older than nack's `unseen`
         self._last_id = 0  # request ids count up from 1
         self._out: list[bytes] = [PREAMBLE]
         self._flush_scheduled = False
@@ -136,19 +138,29 @@ class _ClientProtocol(asyncio.Protocol):
         """give_back nacks messages delivered to a receive nobody awaits any more, as unseen:
         nobody looked at them, so the delivery does not count (it would bring them closer
         to their dead-letter queue). A server older than `unseen` refuses the field with
-        BAD_ARGUMENT; the nack is then sent again without it."""
+        BAD_ARGUMENT naming it; the nack is then sent again without it, and so are later
+        give-backs on this connection. close() waits for these answers (CLOSE_DRAIN_S)."""
+        if self.closed_error is not None:
+            return  # the connection is gone: the leases run out on the server
         for row in rows:
             args = {"queue": queue, "id": row[0], "lease": row[2]}
+            if self._unseen_refused:
+                self._send_unanswered("nack", args)
+                continue
             self._last_id += 1
             self._out.append(encode_request(self._last_id, "nack", {**args, "unseen": True}))
             answer = self._pending[self._last_id] = self._loop.create_future()
+            self.giving_back.add(answer)
             answer.add_done_callback(lambda done, args=args: self._given_back(done, args))
         self._schedule_flush()
 
     def _given_back(self, answer: asyncio.Future[Any], args: dict[str, Any]) -> None:
-        if not answer.cancelled() and isinstance(answer.exception(), BadArgument) \
+        self.giving_back.discard(answer)
+        error = None if answer.cancelled() else answer.exception()
+        if isinstance(error, BadArgument) and "unseen" in error.message \
                 and self.closed_error is None:
-            self._send_unanswered("nack", args)  # an older server: a plain nack
+            self._unseen_refused = True  # an older server
+            self._send_unanswered("nack", args)
 
     def cancel_wait(self, request_id: int) -> None:
         """cancel_wait asks the server to withdraw a waiting receive nobody awaits any more,
@@ -340,9 +352,14 @@ class Client(QueueAdmin):
         """close ends the connection; calls still waiting raise ConnectionClosed.
 
         What is still unsent (a give-back's nacks) may take CLOSE_DRAIN_S to go
-        out; after that the connection is dropped, so a server that stopped
-        reading cannot hold close() up."""
+        out, and the answers to give-backs as long again (give_back says why);
+        after that the connection is dropped, so a server that stopped reading
+        cannot hold close() up."""
         transport = self._protocol.transport
+        if self._protocol.giving_back and transport is not None and not transport.is_closing():
+            # Their answers may ask for a plain nack again (an older server): wait for them.
+            self._protocol._flush()
+            await asyncio.wait(set(self._protocol.giving_back), timeout=CLOSE_DRAIN_S)
         if transport is not None and not transport.is_closing():
             self._protocol._flush()
             transport.close()

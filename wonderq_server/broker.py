@@ -605,11 +605,16 @@ class Broker(QueueAdmin, Replay):
         consumer says nobody looked at it (a client giving back what came for a
         receive nobody awaited, a worker handing back work it never started), so
         this delivery is taken back off its count before that rule is applied,
-        and cannot be what sends it to the dead-letter queue. The STATE record
-        carries the count, so replay needs nothing more.
+        and cannot be what sends it to the dead-letter queue. Only while the
+        delivery runs (LEASED): a nack leaves the lease in place, so a second
+        nack with it, or one after the lease ran out, takes nothing back, and one
+        delivery is never taken back twice. The STATE record carries the count,
+        so replay needs nothing more. (redelivered_total, a counter, is not
+        lowered: a message given back unseen after a redelivery counts again
+        when it is next delivered.)
         """
         msg = self._existing_message(name, message_id, lease)
-        if unseen and msg.deliveries:
+        if unseen and msg.state == LEASED and msg.deliveries:
             msg.deliveries -= 1
         self._end_delivery(msg, now, delay_s)
 
