@@ -19,7 +19,8 @@ Rules:
   waiting on the server is cancelled there (CANCEL, by its request id), so
   no message is leased to it; if its reply brings messages anyway, whether
   it came after the cancel or just before the task resumed to take it, the
-  client nacks them at once, so they are ready for others.
+  client nacks them at once, as unseen (that delivery does not count toward
+  max_deliveries), so they are ready for others.
 * A request is encoded before it is registered: an argument msgpack cannot
   encode raises from the call and leaves nothing pending.
 * If the connection ends, every call still waiting raises ConnectionClosed:
