@@ -32,6 +32,7 @@ from wonderq_client import (
     TooManyQueues,
     WonderQError,
 )
+from wonderq_client import client as client_module
 from wonderq_client.client import Client, _ClientProtocol, connect
 from wonderq_client.codec import PREAMBLE, NotAReply, ReplyDecoder
 from wonderq_client.errors import error_from_wire
@@ -207,6 +208,35 @@ async def test_a_cancelled_waiting_receive_is_cancelled_on_the_server(fake):
     client._protocol.give_back("q", [[6, b"y", 10, 1, 1.0, 0, None, None]])
     await asyncio.sleep(0)
     assert server.requests[5][1:] == ["nack", {"queue": "q", "id": 6, "lease": 10}]
+
+
+async def test_waits_past_the_limit_are_held_until_one_on_the_server_ends(fake, monkeypatch):
+    # The server stops reading a connection with more than about 1,024 waiting
+    # receives, and then its cancels wait too: a reviewer's 1,100 abandoned waits on
+    # one connection went on taking messages. The client keeps the extra ones.
+    monkeypatch.setattr(client_module, "MAX_WAITS_ON_SERVER", 2)
+    client, server = fake
+    waits = [asyncio.ensure_future(client.receive("q", wait=5)) for _ in range(4)]
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert [r[1] for r in server.requests] == ["receive", "receive"]
+    waits[2].cancel()  # held: dropped here, nothing to cancel on the server
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert len(server.requests) == 2 and waits[2].cancelled()
+    server.reply([])  # the first wait ends: the oldest held one goes out
+    for _ in range(10):
+        await asyncio.sleep(0)
+        if len(server.requests) == 3:
+            break
+    assert await waits[0] == []
+    held_id = server.requests[2][0]
+    assert server.requests[2][1] == "receive" and held_id > server.requests[1][0]
+    assert client._protocol._waits_held == {} and len(client._protocol._waits_on_server) == 2
+    server.close()
+    for wait in (waits[1], waits[3]):
+        with pytest.raises(ConnectionClosed):
+            await wait
 
 
 async def test_close_waits_for_give_backs_that_an_older_server_may_refuse(fake):

@@ -256,6 +256,29 @@ async def test_a_cancelled_receive_is_withdrawn_and_takes_no_message(server):
         assert (await producer.queue_info("cq-dead"))["messages"] == 0
 
 
+async def test_more_abandoned_waits_than_the_server_reads_take_no_message(server):
+    # A reviewer's 1,100 abandoned waits on one connection: past about 1,024 the server
+    # stopped reading it, the cancels sat unread, and 76 of 100 messages put then were
+    # dead-lettered unseen. The client now keeps waits past 1,000 on its side.
+    async with connect(server.host, server.port) as consumer, \
+            connect(server.host, server.port) as producer:
+        await producer.create_queue("many-dead")
+        await producer.create_queue("many", max_deliveries=1, dead_letter_queue="many-dead")
+
+        async def abandoned() -> None:
+            with pytest.raises(TimeoutError):  # each would wait far longer than this test
+                await asyncio.wait_for(consumer.receive("many", wait=EVENT_TIMEOUT_S * 6), 0.3)
+
+        await asyncio.gather(*(abandoned() for _ in range(1100)))
+        # Read at once: a paused server would answer only when the waits ran out.
+        assert await asyncio.wait_for(consumer.ping(), EVENT_TIMEOUT_S) == "pong"
+        assert (await consumer.queue_info("many"))["waiting"] == 0
+        await producer.put_many("many", [b"%d" % i for i in range(100)])
+        got = await producer.receive("many", max=100)
+        assert (len(got), {m.deliveries for m in got}) == (100, {1})
+        assert (await producer.queue_info("many-dead"))["messages"] == 0
+
+
 async def test_a_receive_cancelled_after_its_reply_came_gives_the_messages_back(server):
     # The window a reviewer hit 6-14 times in 150 with asyncio.timeout: the reply is in
     # (the protocol future holds the messages) but the task has not resumed to take it

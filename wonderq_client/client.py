@@ -20,7 +20,10 @@ Rules:
   no message is leased to it; if its reply brings messages anyway, whether
   it came after the cancel or just before the task resumed to take it, the
   client nacks them at once, as unseen (that delivery does not count toward
-  max_deliveries), so they are ready for others.
+  max_deliveries), so they are ready for others. At most MAX_WAITS_ON_SERVER
+  receives wait on the server per connection; more are held here, unsent,
+  so that the server never stops reading the connection for them (and
+  cancels always get through).
 * A request is encoded before it is registered: an argument msgpack cannot
   encode raises from the call and leaves nothing pending.
 * If the connection ends, every call still waiting raises ConnectionClosed:
@@ -51,6 +54,10 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7711
 # close() waits at most this long for unsent requests to be written, then drops them.
 CLOSE_DRAIN_S = 5.0
+# Most receives one connection keeps waiting on the server at once; more wait here, unsent,
+# until one is answered. The server stops reading a connection past about 1,024 of them
+# (--max-request-buffer-bytes, 1 MiB, at 1 KiB each): its cancels and acks would wait too.
+MAX_WAITS_ON_SERVER = 1000
 
 
 class _ClientProtocol(asyncio.Protocol):
@@ -59,6 +66,8 @@ class _ClientProtocol(asyncio.Protocol):
         self._decoder = ReplyDecoder()
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._receives: dict[int, str] = {}  # request id -> queue, for receives in flight
+        self._waits_on_server: set[int] = set()  # request ids of waiting receives sent
+        self._waits_held: dict[int, bytes] = {}  # past MAX_WAITS_ON_SERVER, unsent, in order
         self.giving_back: set[asyncio.Future[Any]] = set()  # give-back nacks unanswered
         self._unseen_refused = False  # the server is older than nack's `unseen`
         self._last_id = 0  # request ids count up from 1
@@ -79,6 +88,8 @@ class _ClientProtocol(asyncio.Protocol):
             f"connection to the server closed{': ' + reason if reason else ''}")
         pending, self._pending = self._pending, {}
         self._receives.clear()
+        self._waits_on_server.clear()
+        self._waits_held.clear()
         for future in pending.values():
             if not future.done():
                 future.set_exception(self.closed_error)
@@ -96,6 +107,10 @@ class _ClientProtocol(asyncio.Protocol):
                 self.transport.abort()
             return
         for request_id, error, result in replies:
+            if self._waits_on_server and request_id in self._waits_on_server:
+                self._waits_on_server.discard(request_id)
+                if self._waits_held:
+                    self._send_held_wait()
             future = pending.pop(request_id, None)
             queue = self._receives.pop(request_id, None) if self._receives else None
             if future is None or future.done():
@@ -130,10 +145,28 @@ class _ClientProtocol(asyncio.Protocol):
     def send_receive(self, queue: str, args: dict[str, Any]) -> tuple[int, asyncio.Future[Any]]:
         """send_receive is `send` of a receive: it remembers the queue, so that messages
         that come for it after its caller stopped waiting are given back, and returns
-        the request id too, for cancel_wait."""
-        future = self.send("receive", args)
-        self._receives[self._last_id] = queue
-        return self._last_id, future
+        the request id too, for cancel_wait. A receive that waits is held here, unsent,
+        while MAX_WAITS_ON_SERVER others wait on the server (see there)."""
+        if args.get("wait") and len(self._waits_on_server) >= MAX_WAITS_ON_SERVER:
+            if self.closed_error is not None:
+                raise self.closed_error
+            self._last_id = request_id = self._last_id + 1
+            self._waits_held[request_id] = encode_request(request_id, "receive", args)
+            future = self._pending[request_id] = self._loop.create_future()
+        else:
+            future = self.send("receive", args)
+            request_id = self._last_id
+            if args.get("wait"):
+                self._waits_on_server.add(request_id)
+        self._receives[request_id] = queue
+        return request_id, future
+
+    def _send_held_wait(self) -> None:
+        """_send_held_wait sends the oldest held receive: one that waited has been answered."""
+        request_id = next(iter(self._waits_held))
+        self._out.append(self._waits_held.pop(request_id))
+        self._waits_on_server.add(request_id)
+        self._schedule_flush()
 
     def give_back(self, queue: str, rows: list[list[Any]]) -> None:
         """give_back nacks messages delivered to a receive nobody awaits any more, as unseen:
@@ -166,8 +199,11 @@ class _ClientProtocol(asyncio.Protocol):
     def cancel_wait(self, request_id: int) -> None:
         """cancel_wait asks the server to withdraw a waiting receive nobody awaits any more,
         so that no message is leased to it. If the server answered first, its messages
-        come back to data_received and are given back."""
-        if self.closed_error is None:
+        come back to data_received and are given back. One still held here is dropped."""
+        if self._waits_held.pop(request_id, None) is not None:
+            del self._pending[request_id]
+            del self._receives[request_id]
+        elif self.closed_error is None:
             self._send_unanswered("cancel", {"request": request_id})
 
     def _send_unanswered(self, command: str, args: dict[str, Any]) -> None:
