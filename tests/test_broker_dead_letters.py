@@ -375,14 +375,19 @@ def test_one_delivery_is_taken_back_once_and_only_while_it_runs(b: Broker) -> No
     b.nack("q", msg_id, m.lease, 0.0, T0 + 1)  # seen
     [m] = b.receive("q", 1, 10.0, T0 + 2)
     assert m.deliveries == 2
-    b.nack("q", msg_id, m.lease, 0.0, T0 + 3, unseen=True)
-    b.nack("q", msg_id, m.lease, 0.0, T0 + 4, unseen=True)  # the same lease again
-    b.nack_many("q", [(msg_id, m.lease)] * 3, 0.0, T0 + 5, True)
+    lease = m.lease
+    b.nack("q", msg_id, lease, 0.0, T0 + 3, unseen=True)
+    assert (m.deliveries, m.lease) == (1, None)  # taken back, and that lease is over
+    # A late touch would have made it LEASED again, and a nack taken it back again.
+    assert error_code(b.nack, "q", msg_id, lease, 0.0, T0 + 4, True) == LEASE_LOST
+    assert error_code(b.touch, "q", msg_id, lease, None, T0 + 4) == LEASE_LOST
+    assert error_code(b.ack, "q", msg_id, lease, T0 + 4) == LEASE_LOST
+    assert b.nack_many("q", [(msg_id, lease)] * 2, 0.0, T0 + 5, True)[0].code == LEASE_LOST
     assert m.deliveries == 1
     [m] = b.receive("q", 1, 10.0, T0 + 6)
     b.advance(T0 + 16)  # the lease runs out: that delivery counted
     b.nack("q", msg_id, m.lease, 0.0, T0 + 17, unseen=True)  # too late to take it back
-    assert m.deliveries == 2
+    assert m.deliveries == 2 and m.lease is not None  # a plain nack: the lease stays
     b.nack("q", msg_id, m.lease, 5.0, T0 + 18)  # a late nack: delayed...
     b.nack("q", msg_id, m.lease, 0.0, T0 + 19, unseen=True)  # ...and not taken back
     assert (m.deliveries, m.state) == (2, READY)

@@ -239,6 +239,27 @@ async def test_waits_past_the_limit_are_held_until_one_on_the_server_ends(fake, 
             await wait
 
 
+async def test_a_held_wait_waits_no_longer_than_it_asked(fake, monkeypatch):
+    # A reviewer's receive(wait=0.2), held behind 1,000 waits of 3 s, returned after 3 s.
+    monkeypatch.setattr(client_module, "MAX_WAITS_ON_SERVER", 1)
+    client, server = fake
+    first = asyncio.ensure_future(client.receive("q", wait=30))
+    short = asyncio.ensure_future(client.receive("q", wait=0.05))
+    longer = asyncio.ensure_future(client.receive("q", wait=20))
+    assert await asyncio.wait_for(short, 10) == []  # its own wait ran out, still held
+    assert not first.done() and [r[1] for r in server.requests] == ["receive"]
+    server.reply([])  # the first wait ends: the held one goes out with what is left
+    for _ in range(10):
+        await asyncio.sleep(0)
+        if len(server.requests) == 2:
+            break
+    assert 15 < server.requests[1][2]["wait"] <= 20
+    assert await first == []
+    server.reply([])
+    assert await longer == []
+    assert client._protocol._pending == {} and client._protocol._waits_held == {}
+
+
 async def test_close_waits_for_give_backs_that_an_older_server_may_refuse(fake):
     # Closing at once dropped the server's answer, so against an older server the
     # plain nack was never sent and the message stayed leased for its whole lease.
@@ -252,9 +273,18 @@ async def test_close_waits_for_give_backs_that_an_older_server_may_refuse(fake):
     assert server.requests[0][1:] == ["nack", {"queue": "q", "id": 5, "lease": 9,
                                                "unseen": True}]
     assert not closing.done()
+    # A late reply to a cancelled receive starts another give-back meanwhile.
+    client._protocol.give_back("q", [[6, b"y", 10, 1, 1.0, 0, None, None]])
+    for _ in range(10):
+        await asyncio.sleep(0)
+        if len(server.requests) == 2:
+            break
+    server.reply(None, ["BAD_ARGUMENT", "nack has no field unseen"])
     server.reply(None, ["BAD_ARGUMENT", "nack has no field unseen"])
     await closing
-    assert server.requests[1][1:] == ["nack", {"queue": "q", "id": 5, "lease": 9}]
+    assert [r[1:] for r in server.requests[2:]] == [
+        ["nack", {"queue": "q", "id": 5, "lease": 9}],
+        ["nack", {"queue": "q", "id": 6, "lease": 10}]]
 
 
 async def test_ack_many_and_nack_many_take_pairs_and_messages(fake):

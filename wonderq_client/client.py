@@ -67,7 +67,8 @@ class _ClientProtocol(asyncio.Protocol):
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._receives: dict[int, str] = {}  # request id -> queue, for receives in flight
         self._waits_on_server: set[int] = set()  # request ids of waiting receives sent
-        self._waits_held: dict[int, bytes] = {}  # past MAX_WAITS_ON_SERVER, unsent, in order
+        # Past MAX_WAITS_ON_SERVER, unsent, oldest first: args, deadline, expiry timer.
+        self._waits_held: dict[int, tuple[dict[str, Any], float, asyncio.TimerHandle]] = {}
         self.giving_back: set[asyncio.Future[Any]] = set()  # give-back nacks unanswered
         self._unseen_refused = False  # the server is older than nack's `unseen`
         self._last_id = 0  # request ids count up from 1
@@ -89,6 +90,8 @@ class _ClientProtocol(asyncio.Protocol):
         pending, self._pending = self._pending, {}
         self._receives.clear()
         self._waits_on_server.clear()
+        for _, _, timer in self._waits_held.values():
+            timer.cancel()
         self._waits_held.clear()
         for future in pending.values():
             if not future.done():
@@ -110,7 +113,7 @@ class _ClientProtocol(asyncio.Protocol):
             if self._waits_on_server and request_id in self._waits_on_server:
                 self._waits_on_server.discard(request_id)
                 if self._waits_held:
-                    self._send_held_wait()
+                    self._send_held_waits()
             future = pending.pop(request_id, None)
             queue = self._receives.pop(request_id, None) if self._receives else None
             if future is None or future.done():
@@ -147,11 +150,15 @@ class _ClientProtocol(asyncio.Protocol):
         that come for it after its caller stopped waiting are given back, and returns
         the request id too, for cancel_wait. A receive that waits is held here, unsent,
         while MAX_WAITS_ON_SERVER others wait on the server (see there)."""
-        if args.get("wait") and len(self._waits_on_server) >= MAX_WAITS_ON_SERVER:
+        wait = args.get("wait")
+        if wait and len(self._waits_on_server) >= MAX_WAITS_ON_SERVER:
             if self.closed_error is not None:
                 raise self.closed_error
+            encode_request(0, "receive", args)  # raises now for a value msgpack cannot take
             self._last_id = request_id = self._last_id + 1
-            self._waits_held[request_id] = encode_request(request_id, "receive", args)
+            deadline = self._loop.time() + wait
+            timer = self._loop.call_at(deadline, self._held_wait_over, request_id)
+            self._waits_held[request_id] = (args, deadline, timer)
             future = self._pending[request_id] = self._loop.create_future()
         else:
             future = self.send("receive", args)
@@ -161,12 +168,28 @@ class _ClientProtocol(asyncio.Protocol):
         self._receives[request_id] = queue
         return request_id, future
 
-    def _send_held_wait(self) -> None:
-        """_send_held_wait sends the oldest held receive: one that waited has been answered."""
-        request_id = next(iter(self._waits_held))
-        self._out.append(self._waits_held.pop(request_id))
-        self._waits_on_server.add(request_id)
+    def _send_held_waits(self) -> None:
+        """_send_held_waits sends the oldest held receives while there is room (one that
+        waited has been answered), each with what is left of its wait: a receive held
+        while the slots were full waits no longer in all than it asked to."""
+        while self._waits_held and len(self._waits_on_server) < MAX_WAITS_ON_SERVER:
+            request_id = next(iter(self._waits_held))
+            args, deadline, timer = self._waits_held.pop(request_id)
+            timer.cancel()
+            args["wait"] = max(deadline - self._loop.time(), 0.0)
+            self._out.append(encode_request(request_id, "receive", args))
+            if args["wait"]:
+                self._waits_on_server.add(request_id)
         self._schedule_flush()
+
+    def _held_wait_over(self, request_id: int) -> None:
+        """_held_wait_over: a held receive's wait ran out before it was sent; like a wait
+        that runs out on the server, it is answered with nothing."""
+        self._waits_held.pop(request_id, None)
+        self._receives.pop(request_id, None)
+        future = self._pending.pop(request_id, None)
+        if future is not None and not future.done():
+            future.set_result([])
 
     def give_back(self, queue: str, rows: list[list[Any]]) -> None:
         """give_back nacks messages delivered to a receive nobody awaits any more, as unseen:
@@ -200,7 +223,9 @@ class _ClientProtocol(asyncio.Protocol):
         """cancel_wait asks the server to withdraw a waiting receive nobody awaits any more,
         so that no message is leased to it. If the server answered first, its messages
         come back to data_received and are given back. One still held here is dropped."""
-        if self._waits_held.pop(request_id, None) is not None:
+        held = self._waits_held.pop(request_id, None)
+        if held is not None:
+            held[2].cancel()
             del self._pending[request_id]
             del self._receives[request_id]
         elif self.closed_error is None:
@@ -393,10 +418,16 @@ class Client(QueueAdmin):
         after that the connection is dropped, so a server that stopped reading
         cannot hold close() up."""
         transport = self._protocol.transport
-        if self._protocol.giving_back and transport is not None and not transport.is_closing():
-            # Their answers may ask for a plain nack again (an older server): wait for them.
+        deadline = asyncio.get_running_loop().time() + CLOSE_DRAIN_S
+        while self._protocol.giving_back and transport is not None \
+                and not transport.is_closing():
+            # Their answers may ask for a plain nack again (an older server): wait for
+            # them, and for give-backs that a late reply starts meanwhile.
             self._protocol._flush()
-            await asyncio.wait(set(self._protocol.giving_back), timeout=CLOSE_DRAIN_S)
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            await asyncio.wait(set(self._protocol.giving_back), timeout=left)
         if transport is not None and not transport.is_closing():
             self._protocol._flush()
             transport.close()

@@ -606,16 +606,19 @@ class Broker(QueueAdmin, Replay):
         receive nobody awaited, a worker handing back work it never started), so
         this delivery is taken back off its count before that rule is applied,
         and cannot be what sends it to the dead-letter queue. Only while the
-        delivery runs (LEASED): a nack leaves the lease in place, so a second
-        nack with it, or one after the lease ran out, takes nothing back, and one
-        delivery is never taken back twice. The STATE record carries the count,
-        so replay needs nothing more. (redelivered_total, a counter, is not
-        lowered: a message given back unseen after a redelivery counts again
-        when it is next delivered.)
+        delivery runs (LEASED), and that ends its lease for good (a plain nack
+        keeps it, for a late ack): a second nack, a late touch that would make it
+        LEASED again, or an ack with that lease is LEASE_LOST, so one delivery is
+        never taken back twice (a reviewer took 2 deliveries to 0 with repeated
+        nacks, then with touch and nack). The STATE record carries the count
+        and the lease, so replay needs nothing more. (redelivered_total, a
+        counter, is not lowered: a message given back unseen after a
+        redelivery counts again when it is next delivered.)
         """
         msg = self._existing_message(name, message_id, lease)
         if unseen and msg.state == LEASED and msg.deliveries:
             msg.deliveries -= 1
+            msg.lease = None
         self._end_delivery(msg, now, delay_s)
 
     def nack_many(self, name: str, items: list[tuple[int, int] | CommandError], delay_s: float,

@@ -154,9 +154,9 @@ class Compaction:
             else:
                 records.append(encode_record(put_record(msg)))
                 size += len(records[-1])
-                if msg.deliveries or msg.state != READY or msg.lease is not None:
-                    # A lease too: a message given back unseen is ready with no
-                    # deliveries, and its lease still takes a late ack.
+                if msg.deliveries or msg.state != READY:
+                    # (Ready with no deliveries holds no lease: a nack with `unseen`
+                    # that takes the only delivery back ends its lease too.)
                     records.append(encode_record(state_record(msg)))
             count += 1
             if count >= SLICE_MESSAGES or size >= SLICE_BYTES:
