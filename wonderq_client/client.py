@@ -163,7 +163,7 @@ class _ClientProtocol(asyncio.Protocol):
         else:
             future = self.send("receive", args)
             request_id = self._last_id
-            if args.get("wait"):
+            if wait:
                 self._waits_on_server.add(request_id)
         self._receives[request_id] = queue
         return request_id, future
@@ -185,11 +185,19 @@ class _ClientProtocol(asyncio.Protocol):
     def _held_wait_over(self, request_id: int) -> None:
         """_held_wait_over: a held receive's wait ran out before it was sent; like a wait
         that runs out on the server, it is answered with nothing."""
-        self._waits_held.pop(request_id, None)
-        self._receives.pop(request_id, None)
-        future = self._pending.pop(request_id, None)
+        future = self._drop_held(request_id)
         if future is not None and not future.done():
             future.set_result([])
+
+    def _drop_held(self, request_id: int) -> asyncio.Future[Any] | None:
+        """_drop_held forgets a held receive (never sent), returning its future; None when
+        `request_id` is not held (sent already, or the connection is gone)."""
+        held = self._waits_held.pop(request_id, None)
+        if held is None:
+            return None
+        held[2].cancel()
+        del self._receives[request_id]
+        return self._pending.pop(request_id)
 
     def give_back(self, queue: str, rows: list[list[Any]]) -> None:
         """give_back nacks messages delivered to a receive nobody awaits any more, as unseen:
@@ -202,14 +210,12 @@ class _ClientProtocol(asyncio.Protocol):
         for row in rows:
             args = {"queue": queue, "id": row[0], "lease": row[2]}
             if self._unseen_refused:
-                self._send_unanswered("nack", args)
+                self._send_later("nack", args)
                 continue
-            self._last_id += 1
-            self._out.append(encode_request(self._last_id, "nack", {**args, "unseen": True}))
-            answer = self._pending[self._last_id] = self._loop.create_future()
+            request_id = self._send_later("nack", {**args, "unseen": True})
+            answer = self._pending[request_id] = self._loop.create_future()
             self.giving_back.add(answer)
             answer.add_done_callback(lambda done, args=args: self._given_back(done, args))
-        self._schedule_flush()
 
     def _given_back(self, answer: asyncio.Future[Any], args: dict[str, Any]) -> None:
         self.giving_back.discard(answer)
@@ -217,25 +223,22 @@ class _ClientProtocol(asyncio.Protocol):
         if isinstance(error, BadArgument) and "unseen" in error.message \
                 and self.closed_error is None:
             self._unseen_refused = True  # an older server
-            self._send_unanswered("nack", args)
+            self._send_later("nack", args)
 
     def cancel_wait(self, request_id: int) -> None:
         """cancel_wait asks the server to withdraw a waiting receive nobody awaits any more,
         so that no message is leased to it. If the server answered first, its messages
         come back to data_received and are given back. One still held here is dropped."""
-        held = self._waits_held.pop(request_id, None)
-        if held is not None:
-            held[2].cancel()
-            del self._pending[request_id]
-            del self._receives[request_id]
-        elif self.closed_error is None:
-            self._send_unanswered("cancel", {"request": request_id})
+        if self._drop_held(request_id) is None and self.closed_error is None:
+            self._send_later("cancel", {"request": request_id})
 
-    def _send_unanswered(self, command: str, args: dict[str, Any]) -> None:
-        """_send_unanswered sends a request whose reply nobody reads (it is dropped)."""
+    def _send_later(self, command: str, args: dict[str, Any]) -> int:
+        """_send_later queues a request for the next flush and returns its id. Nothing is
+        pending for it, so its reply is dropped unless the caller registers a future."""
         self._last_id += 1
         self._out.append(encode_request(self._last_id, command, args))
         self._schedule_flush()
+        return self._last_id
 
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:

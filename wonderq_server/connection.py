@@ -22,11 +22,11 @@ Rules:
   its waiting receives are withdrawn at once, so a consumer that disconnects
   never swallows a message. CANCEL withdraws one by its request id while
   the connection goes on (a caller stopped waiting for it): this connection's
-  own state, so the connection runs it, not the service. While reading is paused a close cannot be
-  seen, so before the broker leases to one of its waiting receives it asks
-  the socket (`_peer_gone`, peer_state.py); once the client is known to
-  have sent its FIN, its receives are treated as at EOF: those that wait,
-  now or when read later, are answered with nothing.
+  own state, so the connection runs it, not the service. While reading is
+  paused a close cannot be seen, so before the broker leases to one of its
+  waiting receives it asks the socket (`_peer_gone`, peer_state.py); once
+  the client is known to have sent its FIN, its receives are treated as at
+  EOF: those that wait, now or when read later, are answered with nothing.
 * Replies to commands whose records must be durable (DURABLE_COMMANDS:
   every command that changes what is stored) are remembered by position:
   if the journal write behind them fails, `send_output` turns exactly those
