@@ -11,16 +11,22 @@ The TLS example needs a certificate and a token, so it is not run here
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from polling import EVENT_TIMEOUT_S, until_stats
+
+from wonderq_client import connect
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-RUNNABLE = [block for block in BLOCKS if "ssl" not in block]
+# The Worker example runs until a signal: test_the_worker_example_... runs it that way.
+WORKER = [block for block in BLOCKS if "Worker(" in block]
+RUNNABLE = [block for block in BLOCKS if "ssl" not in block and "Worker(" not in block]
 
 
 def as_program(block: str, port: int) -> str:
@@ -34,7 +40,7 @@ def as_program(block: str, port: int) -> str:
 
 
 def test_the_readme_has_the_examples_this_file_runs():
-    assert len(BLOCKS) == 3 and len(RUNNABLE) == 2
+    assert len(BLOCKS) == 4 and len(RUNNABLE) == 2 and len(WORKER) == 1
 
 
 @pytest.mark.parametrize("index", range(len(RUNNABLE)))
@@ -42,3 +48,21 @@ def test_a_readme_example_runs_as_written(server, index):
     done = subprocess.run([sys.executable, "-c", as_program(RUNNABLE[index], server.port)],
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
+
+
+async def test_the_worker_example_handles_messages_and_stops_on_sigterm(server):
+    program = WORKER[0].replace("port=7711", f"port={server.port}")
+    proc = subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        async with connect(server.host, server.port) as client:
+            await client.put_many("emails", [b"one", b"two", b"three"])
+            await until_stats(client, lambda s: s["queues"]["emails"]["acked_total"] == 3)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=EVENT_TIMEOUT_S)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert sorted(out.splitlines()[:3]) == ["sending b'one'", "sending b'three'",
+                                            "sending b'two'"]
+    assert "stopped: WorkerCounts(received=3, acked=3, failed=0" in out

@@ -46,6 +46,7 @@ from .errors import (
     WonderQError,
 )
 from .message import Message, NotLeasedError
+from .worker import Worker, WorkerCounts
 
 __version__ = "0.1.0"
 
@@ -76,5 +77,7 @@ __all__ = [
     "UnknownCommand",
     "UnsupportedVersion",
     "WonderQError",
+    "Worker",
+    "WorkerCounts",
     "connect",
 ]

@@ -1,0 +1,367 @@
+"""End to end: wonderq_client.Worker against the real wonderq-server subprocess.
+
+Each test waits for events (a handler reached, a long poll answered, a count reached), not
+for time. Where a lease must run out or be renewed, the test's own long-polling receive is
+the clock: it waits on the server for several leases and must come back empty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from polling import EVENT_TIMEOUT_S, until
+from server_process import ServerProcess
+
+from wonderq_client import BadArgument, Message, Worker, WorkerCounts, connect
+from wonderq_client.worker import reconnect_delay, retry_backoff
+
+
+async def until_counts(worker: Worker, check: Callable[[WorkerCounts], bool]) -> WorkerCounts:
+    """until_counts waits until the worker's own counts satisfy `check`."""
+
+    async def read() -> WorkerCounts:
+        return worker.counts
+
+    return await until(read, check)  # type: ignore[no-any-return]
+
+
+@contextlib.asynccontextmanager
+async def running(worker: Worker) -> AsyncIterator[asyncio.Task[None]]:
+    """running runs the worker in a task; on leaving, stops it and checks it ended cleanly."""
+    task = asyncio.create_task(worker.run())
+    try:
+        yield task
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, EVENT_TIMEOUT_S)
+
+
+# ------------------------------------------------------------------ pure parts
+
+
+def test_retry_backoff_doubles_per_delivery_up_to_its_cap():
+    def delivered(times: int) -> Message:
+        return Message(None, "q", 1, b"", 2, times, 0.0)  # type: ignore[arg-type]
+
+    assert [retry_backoff(delivered(n)) for n in (1, 2, 3, 4)] == [1.0, 2.0, 4.0, 8.0]
+    assert retry_backoff(delivered(10)) == 300.0
+    assert retry_backoff(delivered(10**6)) == 300.0  # no overflow for absurd counts
+    assert retry_backoff(delivered(3), first=0.5, most=1.5) == 1.5
+
+
+def test_reconnect_delay_has_equal_jitter_under_a_cap():
+    assert reconnect_delay(0, 0.1, 10.0, lambda: 0.0) == pytest.approx(0.05)
+    assert reconnect_delay(0, 0.1, 10.0, lambda: 1.0) == pytest.approx(0.1)
+    assert reconnect_delay(3, 0.1, 10.0, lambda: 1.0) == pytest.approx(0.8)
+    assert reconnect_delay(50, 0.1, 10.0, lambda: 0.0) == pytest.approx(5.0)
+    assert reconnect_delay(10**9, 0.1, 10.0, lambda: 1.0) == pytest.approx(10.0)
+    for attempt in range(12):
+        delay = reconnect_delay(attempt, 0.1, 10.0, random.random)
+        step = min(0.1 * 2**attempt, 10.0)
+        assert step / 2 <= delay <= step
+
+
+@pytest.mark.parametrize("options", [
+    {"concurrency": 0}, {"visibility": 0}, {"wait": 0}, {"shutdown_grace": -1},
+    {"reconnect_first": 0}, {"reconnect_first": 5, "reconnect_most": 1},
+])
+def test_worker_refuses_settings_that_cannot_work(options):
+    async def handler(msg: Message) -> None:
+        pass
+
+    with pytest.raises(ValueError):
+        Worker("q", handler, **options)
+
+
+# --------------------------------------------------------------------- the work
+
+
+async def test_worker_handles_every_message_once_within_its_concurrency(server):
+    handled: list[bytes] = []
+    running_now = 0
+    most_at_once = 0
+
+    async def handler(msg: Message) -> None:
+        nonlocal running_now, most_at_once
+        running_now += 1
+        most_at_once = max(most_at_once, running_now)
+        await asyncio.sleep(0)  # let the others start: concurrency is what is tested
+        handled.append(msg.body)
+        running_now -= 1
+
+    async with connect(server.host, server.port) as client:
+        bodies = [f"job {i}".encode() for i in range(200)]
+        await client.put_many("jobs", bodies)
+        worker = Worker("jobs", handler, host=server.host, port=server.port, concurrency=7)
+        async with running(worker):
+            await until_counts(worker, lambda c: c.acked == 200)
+        assert sorted(handled) == sorted(bodies)
+        assert 1 < most_at_once <= 7
+        queue = (await client.stats())["queues"]["jobs"]
+        assert (queue["messages"], queue["acked_total"]) == (0, 200)
+        assert worker.counts.received == 200
+        assert (worker.counts.failed, worker.counts.unsettled, worker.counts.lease_lost) \
+            == (0, 0, 0)
+
+
+async def test_a_handler_that_raises_nacks_with_its_delay_until_the_dead_letter_queue(server):
+    async def handler(msg: Message) -> None:
+        raise RuntimeError(f"cannot do {msg.body!r}")
+
+    async with connect(server.host, server.port) as client:
+        await client.create_queue("poison-dead")
+        await client.create_queue("poison", max_deliveries=3, dead_letter_queue="poison-dead")
+        msg_id = await client.put("poison", b"bad")
+        delays: list[int] = []
+
+        def no_wait(msg: Message) -> float:
+            delays.append(msg.deliveries)
+            return 0.0
+
+        worker = Worker("poison", handler, host=server.host, port=server.port,
+                        retry_delay=no_wait)
+        async with running(worker):
+            [dead] = await client.receive("poison-dead", wait=EVENT_TIMEOUT_S)
+        # It keeps its count: three deliveries from "poison", this one from the DLQ.
+        assert (dead.id, dead.deliveries, dead.dead_letter[0]) == (msg_id, 4, "poison")
+        assert delays == [1, 2, 3]
+        assert worker.counts.failed == 3
+        assert worker.counts.acked == 0
+
+
+async def test_a_fixed_retry_delay_keeps_the_failed_message_invisible(server):
+    attempts = 0
+
+    async def handler(msg: Message) -> None:
+        nonlocal attempts
+        attempts += 1
+        raise RuntimeError("try later")
+
+    async with connect(server.host, server.port) as client:
+        msg_id = await client.put("later", b"x")
+        worker = Worker("later", handler, host=server.host, port=server.port,
+                        retry_delay=600.0)
+        async with running(worker):
+            await until_counts(worker, lambda c: c.failed == 1)
+        info = await client.message_info("later", msg_id)
+        assert info["state"] == "delayed"
+        assert info["deadline_at"] > info["enqueued_at"] + 590
+        assert attempts == 1
+
+
+async def test_the_heartbeat_keeps_a_long_handler_s_lease_alive(server):
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def handler(msg: Message) -> None:
+        started.set()
+        await release.wait()
+
+    async with connect(server.host, server.port) as client:
+        await client.put("long", b"slow work")
+        worker = Worker("long", handler, host=server.host, port=server.port, visibility=0.4)
+        async with running(worker):
+            await asyncio.wait_for(started.wait(), EVENT_TIMEOUT_S)
+            # Four leases long: without touches the message would come back within it.
+            assert await client.receive("long", wait=1.6) == []
+            release.set()
+            await until_counts(worker, lambda c: c.acked == 1)
+        assert worker.counts.touched >= 3
+        assert worker.counts.lease_lost == 0
+        assert (await client.queue_info("long"))["messages"] == 0
+
+
+async def test_stop_lets_running_handlers_finish_within_the_grace(server):
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def handler(msg: Message) -> None:
+        started.set()
+        await release.wait()
+
+    async with connect(server.host, server.port) as client:
+        await client.put("graceful", b"finish me")
+        worker = Worker("graceful", handler, host=server.host, port=server.port,
+                        shutdown_grace=EVENT_TIMEOUT_S)
+        task = asyncio.create_task(worker.run())
+        await asyncio.wait_for(started.wait(), EVENT_TIMEOUT_S)
+        worker.stop()
+        release.set()
+        await asyncio.wait_for(task, EVENT_TIMEOUT_S)
+        assert (worker.counts.acked, worker.counts.given_back) == (1, 0)
+        assert (await client.queue_info("graceful"))["messages"] == 0
+
+
+async def test_stop_after_the_grace_gives_unfinished_work_back_at_once(server):
+    started = asyncio.Event()
+
+    async def handler(msg: Message) -> None:
+        started.set()
+        await asyncio.Event().wait()  # never finishes by itself
+
+    async with connect(server.host, server.port) as client:
+        msg_id = await client.put("stuck", b"never done")
+        worker = Worker("stuck", handler, host=server.host, port=server.port,
+                        visibility=3600, shutdown_grace=0)
+        task = asyncio.create_task(worker.run())
+        await asyncio.wait_for(started.wait(), EVENT_TIMEOUT_S)
+        worker.stop()
+        await asyncio.wait_for(task, EVENT_TIMEOUT_S)
+        assert worker.counts.given_back == 1
+        # Given back, not left to its hour-long lease: another consumer has it now.
+        [msg] = await client.receive("stuck", wait=EVENT_TIMEOUT_S)
+        assert (msg.id, msg.deliveries) == (msg_id, 2)
+
+
+async def test_a_second_stop_ends_the_grace(server):
+    started = asyncio.Event()
+
+    async def handler(msg: Message) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    async with connect(server.host, server.port) as client:
+        await client.put("hurry", b"x")
+        worker = Worker("hurry", handler, host=server.host, port=server.port,
+                        visibility=3600, shutdown_grace=3600)
+        task = asyncio.create_task(worker.run())
+        await asyncio.wait_for(started.wait(), EVENT_TIMEOUT_S)
+        worker.stop()
+        worker.stop()
+        await asyncio.wait_for(task, EVENT_TIMEOUT_S)
+        assert worker.counts.given_back == 1
+        assert len(await client.receive("hurry", wait=EVENT_TIMEOUT_S)) == 1
+
+
+async def test_a_stopped_worker_leaves_no_wait_behind_to_take_messages(server):
+    async def handler(msg: Message) -> None:
+        raise AssertionError("nothing was put before the worker stopped")
+
+    async with connect(server.host, server.port) as client:
+        worker = Worker("idle", handler, host=server.host, port=server.port, wait=300)
+        async with running(worker):
+            await until(client.stats, lambda s: s["server"]["waiting_consumers"] == 1)
+        await client.put("idle", b"after the worker left")
+        [msg] = await client.receive("idle", wait=EVENT_TIMEOUT_S)
+        assert msg.deliveries == 1
+        assert worker.counts.received == 0
+
+
+async def test_run_cancelled_from_outside_gives_work_back_and_raises(server):
+    started = asyncio.Event()
+
+    async def handler(msg: Message) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    async with connect(server.host, server.port) as client:
+        await client.put("cancelled", b"x")
+        worker = Worker("cancelled", handler, host=server.host, port=server.port,
+                        visibility=3600, shutdown_grace=3600)
+        task = asyncio.create_task(worker.run())
+        await asyncio.wait_for(started.wait(), EVENT_TIMEOUT_S)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, EVENT_TIMEOUT_S)
+        assert worker.counts.given_back == 1
+        assert len(await client.receive("cancelled", wait=EVENT_TIMEOUT_S)) == 1
+
+
+async def test_a_setting_the_server_refuses_ends_run_with_its_error(server_factory):
+    server = server_factory("--max-wait", "5")
+
+    async def handler(msg: Message) -> None:
+        pass
+
+    worker = Worker("q", handler, host=server.host, port=server.port, wait=20)
+    with pytest.raises(BadArgument, match="wait"):
+        await asyncio.wait_for(worker.run(), EVENT_TIMEOUT_S)
+
+
+async def test_a_concurrency_over_the_server_s_max_batch_is_received_in_smaller_batches(
+        server_factory):
+    server = server_factory("--max-batch", "3")
+    release = asyncio.Event()
+    started = 0
+
+    async def handler(msg: Message) -> None:
+        nonlocal started
+        started += 1
+        await release.wait()
+
+    async with connect(server.host, server.port) as client:
+        await client.put_many("small", [b"x"] * 3)
+        await client.put_many("small", [b"y"] * 3)
+        worker = Worker("small", handler, host=server.host, port=server.port, concurrency=8)
+        async with running(worker):
+            await until(lambda: asyncio.sleep(0, started), lambda n: n == 6)
+            release.set()
+            await until_counts(worker, lambda c: c.acked == 6)
+
+
+# ------------------------------------------------------------------ reconnecting
+
+
+async def test_the_worker_lives_through_a_server_crash_and_settles_work_in_progress(
+        server_factory, tmp_path):
+    server = server_factory("--data-dir", str(tmp_path), "--fsync", "always")
+    port = server.port
+    first_started = asyncio.Event()
+    release_first = asyncio.Event()
+    handled: list[bytes] = []
+
+    async def handler(msg: Message) -> None:
+        if msg.body == b"first":
+            first_started.set()
+            await release_first.wait()
+        handled.append(msg.body)
+
+    async with connect(server.host, port) as client:
+        await client.put("crash", b"first")
+    worker = Worker("crash", handler, host=server.host, port=port, concurrency=1,
+                    visibility=3600, reconnect_first=0.05, reconnect_most=0.2)
+    async with running(worker):
+        await asyncio.wait_for(first_started.wait(), EVENT_TIMEOUT_S)
+        # The ack of "first" goes out to a server that reads nothing (SIGSTOP), and is
+        # still unanswered when the server dies (SIGKILL): it must be sent again on the
+        # worker's next connection, to the restarted server.
+        assert server.proc is not None
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        release_first.set()
+        await until(lambda: asyncio.sleep(0, handled), lambda h: h == [b"first"])
+        server.kill()
+        restarted = server_factory("--data-dir", str(tmp_path), "--fsync", "always",
+                                   "--port", str(port))
+        async with connect(restarted.host, port) as client:
+            await client.put_many("crash", [b"second", b"third"])
+            await until_counts(worker, lambda c: c.acked == 3)
+            assert (await client.queue_info("crash"))["messages"] == 0
+    assert handled == [b"first", b"second", b"third"]
+    assert worker.counts.reconnects >= 1
+    assert (worker.counts.unsettled, worker.counts.lease_lost) == (0, 0)
+
+
+async def test_the_worker_waits_for_a_server_that_is_not_up_yet(tmp_path):
+    """The worker starts first, on a port nobody listens on; it keeps trying until a server
+    comes up there. (The port is free when chosen; nothing else on loopback takes it.)"""
+    chooser = ServerProcess().start()
+    port = chooser.port
+    chooser.kill()  # a port the kernel just handed out, now free
+    handled = asyncio.Event()
+
+    async def handler(msg: Message) -> None:
+        handled.set()
+
+    worker = Worker("early", handler, port=port, reconnect_first=0.05, reconnect_most=0.2)
+    async with running(worker):
+        with ServerProcess("--port", str(port)) as server:
+            async with connect(server.host, port) as client:
+                await client.put("early", b"x")
+            await asyncio.wait_for(handled.wait(), EVENT_TIMEOUT_S)
+            await until_counts(worker, lambda c: c.acked == 1)
