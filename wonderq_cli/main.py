@@ -35,6 +35,7 @@ from . import (
     queue_commands,
     stats_command,
     top,
+    work_command,
 )
 
 Runner = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
@@ -46,7 +47,7 @@ EXIT_BROKEN_PIPE = 128 + 13  # as a shell reports a tool that SIGPIPE ended
 
 
 DEFAULT_TIMEOUT_S = 10.0
-UNBOUNDED_COMMANDS = frozenset({"top", "demo"})
+UNBOUNDED_COMMANDS = frozenset({"top", "demo", "work"})
 
 
 class NoAnswer(Exception):
@@ -102,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Talk to a WonderQ server from a shell.")
     _connection_flags(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (stats_command, top, queue_commands, admin_commands, demo):
+    for module in (stats_command, top, queue_commands, admin_commands, work_command, demo):
         module.add_commands(commands, common)
     return parser
 
@@ -110,12 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """main runs one subcommand and returns its exit code (the console script exits with it).
 
-    A subcommand may set `prepare` (run before the event loop starts, e.g. to
-    read a body from stdin, so Ctrl-C interrupts it). Every command but top
-    and demo (which run until told to stop) must be answered within
-    --timeout (plus receive's --wait).
+    A subcommand may set `parse_rest` (run right after parsing, before the
+    environment is read: `work` parses the flags between its QUEUE and `--`)
+    and `prepare` (run before the event loop starts, e.g. to read a body from
+    stdin, so Ctrl-C interrupts it). Every command but top, demo and work
+    (which run until told to stop) must be answered within --timeout (plus
+    receive's --wait).
     """
     args = build_parser().parse_args(argv)
+    parse_rest = getattr(args, "parse_rest", None)
+    if parse_rest is not None:
+        parse_rest(args)
     try:
         _from_environment(args, os.environ if environ is None else environ)
     except ValueError as exc:

@@ -1,0 +1,159 @@
+"""End to end: `wonderq work`, the installed console script, against the real server.
+
+The programs it runs are small shell or Python one-liners that record what they were given
+in files under tmp_path; the tests wait for what the server shows (acked totals, a message's
+state) and stop the worker with SIGTERM, as an init system would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from polling import EVENT_TIMEOUT_S, until, until_stats
+from server_process import ServerProcess
+
+from wonderq_client import connect
+
+
+@contextlib.contextmanager
+def work(server: ServerProcess, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """work runs `wonderq work ARGS` against `server`; on leaving, kills it if still there."""
+    exe = shutil.which("wonderq")
+    argv = [exe] if exe else [sys.executable, "-m", "wonderq_cli"]
+    proc = subprocess.Popen([*argv, "--host", server.host, "--port", str(server.port),
+                             "work", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def stop(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
+    """stop sends SIGTERM and returns the exit status, stdout and stderr."""
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=EVENT_TIMEOUT_S)
+    return proc.returncode, out, err
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def path_exists(path: Path) -> bool:
+    return path.exists()
+
+
+RECORDER = """
+import json, os, sys
+body = sys.stdin.buffer.read().decode()
+record = {k: v for k, v in os.environ.items() if k.startswith("WONDERQ_")}
+record["body"] = body
+with open(os.path.join(sys.argv[1], os.environ["WONDERQ_MESSAGE_ID"]), "w") as out:
+    json.dump(record, out)
+"""
+
+
+async def test_work_runs_the_program_on_each_message_and_acks_what_exits_0(server, tmp_path):
+    async with connect(server.host, server.port) as client:
+        plain = await client.put("jobs", b"resize 1")
+        with_headers = await client.put("jobs", b"resize 2", headers={"trace": "t-1"})
+        third = await client.put("jobs", "résumé".encode())
+        # Flags between QUEUE and `--` are the worker's, not the program's.
+        with work(server, "jobs", "--concurrency", "2", "--", sys.executable, "-c", RECORDER,
+                  str(tmp_path)) as proc:
+            await until_stats(client, lambda s: s["queues"]["jobs"]["acked_total"] == 3)
+            code, _, err = stop(proc)
+        assert code == 0, err
+        assert "stopped after 3 messages: 3 acked, 0 failed" in err
+        assert (await client.queue_info("jobs"))["messages"] == 0
+    records = {int(p.name): json.loads(p.read_text()) for p in tmp_path.iterdir()}
+    assert sorted(records) == sorted([plain, with_headers, third])
+    assert records[plain]["body"] == "resize 1"
+    assert records[third]["body"] == "résumé"
+    assert records[with_headers]["WONDERQ_HEADERS"] == '{"trace": "t-1"}'
+    assert records[plain]["WONDERQ_HEADERS"] == "{}"
+    assert (records[plain]["WONDERQ_QUEUE"], records[plain]["WONDERQ_DELIVERIES"]) \
+        == ("jobs", "1")
+    assert float(records[plain]["WONDERQ_ENQUEUED_AT"]) > 1.7e9
+
+
+async def test_a_program_that_fails_has_its_message_retried_after_the_delay(server):
+    async with connect(server.host, server.port) as client:
+        msg_id = await client.put("failing", b"x")
+        with work(server, "failing", "--retry-delay", "600", "--", "sh", "-c",
+                  "exit 3") as proc:
+            info = await until(lambda: client.message_info("failing", msg_id),
+                               lambda i: i["state"] == "delayed")
+            code, _, err = stop(proc)
+        assert info["deliveries"] == 1
+        assert info["deadline_at"] > info["enqueued_at"] + 590
+        assert code == 0, err
+        assert f"handler failed on message {msg_id} of 'failing' (delivery 1): " \
+               "sh exited with status 3" in err
+        assert "Traceback" not in err
+        assert "1 failed" in err
+
+
+async def test_a_program_past_its_command_timeout_is_ended_and_retried(server, tmp_path):
+    pid_file = tmp_path / "pid"
+    async with connect(server.host, server.port) as client:
+        msg_id = await client.put("slow", b"x")
+        with work(server, "slow", "--command-timeout", "0.3", "--retry-delay", "600", "--",
+                  "sh", "-c", f"echo $$ > {pid_file}; exec sleep 600") as proc:
+            await until(lambda: client.message_info("slow", msg_id),
+                        lambda i: i["state"] == "delayed")
+            code, _, err = stop(proc)
+        assert code == 0, err
+        assert "ran past --command-timeout (0.3 s); ended it" in err
+    assert not alive(int(pid_file.read_text()))
+
+
+async def test_sigterm_ends_a_running_program_after_the_grace_and_gives_its_message_back(
+        server, tmp_path):
+    pid_file = tmp_path / "pid"
+    async with connect(server.host, server.port) as client:
+        msg_id = await client.put("stopping", b"x")
+        with work(server, "stopping", "--grace", "0", "--visibility", "3600", "--", "sh",
+                  "-c", f"echo $$ > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}; "
+                  "exec sleep 600") as proc:
+            await until(lambda: path_exists(pid_file), bool)
+            code, _, err = stop(proc)
+        assert code == 0, err
+        assert "1 given back" in err
+        assert not alive(int(pid_file.read_text()))
+        # Given back at once, not held for its hour-long lease.
+        [msg] = await client.receive("stopping", wait=EVENT_TIMEOUT_S)
+        assert (msg.id, msg.deliveries) == (msg_id, 2)
+
+
+async def test_work_refuses_a_program_that_does_not_exist(server):
+    with work(server, "jobs", "--", "no-such-program-wonderq") as proc:
+        _, err = proc.communicate(timeout=EVENT_TIMEOUT_S)
+    assert proc.returncode == 2
+    assert "no-such-program-wonderq: command not found" in err
+    with work(server, "jobs") as proc:
+        _, err = proc.communicate(timeout=EVENT_TIMEOUT_S)
+    assert proc.returncode == 2
+    assert "give the program to run" in err
+
+
+async def test_work_flags_after_queue_without_dashes_are_explained(server):
+    with work(server, "jobs", "--concurrency", "2", "cat") as proc:
+        _, err = proc.communicate(timeout=EVENT_TIMEOUT_S)
+    assert proc.returncode == 2
+    assert "--concurrency: command not found" in err
+    assert "flags after QUEUE need -- before the program" in err

@@ -1,0 +1,195 @@
+"""`wonderq work QUEUE -- COMMAND [ARG...]`: a worker that runs a program on each message.
+
+Design decision: this is the client's Worker with a program for its handler, for jobs
+written in any language or as a shell script. Each message's body goes to the program's
+standard input. Exit status 0 acks the message; any other status, or a run past
+--command-timeout, nacks it with the worker's back-off, so the queue's max_deliveries and
+dead-letter queue deal with poison, as for a Python handler. The program inherits this
+tool's stdout and stderr, and finds the message's particulars in its environment:
+
+    WONDERQ_QUEUE, WONDERQ_MESSAGE_ID, WONDERQ_DELIVERIES, WONDERQ_ENQUEUED_AT (seconds
+    since the epoch), WONDERQ_HEADERS (a JSON object)
+
+Rules:
+* SIGTERM and SIGINT stop the worker gracefully (Worker.stop): no more receives; programs
+  still running get --grace seconds, then are ended (below) and their messages given back. A
+  second signal skips the rest of the grace. Exit status 0 after a stop.
+* A server that is down or restarting is not an error: the worker reconnects, saying so on
+  stderr. What retrying cannot mend (AUTH_FAILED, a --wait over the server's --max-wait)
+  ends it with main.py's exit codes.
+* A program that cannot be found is a usage error (exit 2), found before connecting.
+* Each program runs in a session of its own, so that ending it ends whatever it started
+  (`sh -c` pipelines) and a Ctrl-C at the terminal reaches only this tool, which decides.
+  Ending is SIGTERM to the whole group, then SIGKILL after KILL_AFTER_S.
+* Log lines (failures, reconnects) are one line each on stderr: a failed program is not a
+  Python traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Sequence
+
+from wonderq_client import Message, Worker
+from wonderq_client.worker import retry_backoff
+
+from . import argument_types
+
+# How long a program told to end (SIGTERM) has before it is killed (SIGKILL).
+KILL_AFTER_S = 5.0
+
+
+class ProgramFailed(Exception):
+    """The program exited with a status other than 0, or ran past --command-timeout."""
+
+
+def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    work = commands.add_parser(
+        "work", parents=[common],
+        help="run a program on each message: exit 0 acks it, anything else retries it later",
+        description="Receives messages from QUEUE and runs COMMAND for each, with the body on "
+                    "its standard input and WONDERQ_QUEUE, WONDERQ_MESSAGE_ID, "
+                    "WONDERQ_DELIVERIES, WONDERQ_ENQUEUED_AT and WONDERQ_HEADERS (JSON) in "
+                    "its environment. Exit status 0 acks the message; anything else nacks it "
+                    "with a back-off delay. Leases are renewed while COMMAND runs. SIGTERM or "
+                    "Ctrl-C stops it gracefully; a second one skips the grace.")
+    work.add_argument("queue")
+    work.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG ...]",
+                      help="the program to run, and its arguments")
+    work.add_argument("--concurrency", type=argument_types.positive, default=1,
+                      help="programs running at once (default %(default)s)")
+    work.add_argument("--visibility", type=argument_types.positive_seconds, default=30.0,
+                      help="lease length, renewed while the program runs (default %(default)g)")
+    work.add_argument("--wait", type=argument_types.positive_seconds, default=20.0,
+                      help="long-poll seconds (default %(default)g)")
+    work.add_argument("--retry-delay", type=argument_types.seconds, default=None,
+                      help="seconds before a failed message is tried again (default: 1 s "
+                           "after the first delivery, doubling, at most 300)")
+    work.add_argument("--command-timeout", type=argument_types.positive_seconds, default=None,
+                      help="end a program that runs longer than this; the message is retried "
+                           "(default: no limit)")
+    work.add_argument("--grace", type=argument_types.seconds, default=30.0,
+                      help="seconds programs still running get to finish after a stop "
+                           "(default %(default)g)")
+    work.set_defaults(run=run, parse_rest=split_program, work_parser=work)
+
+
+def split_program(args: argparse.Namespace) -> None:
+    """split_program (main's `parse_rest`) sets `args.program`, COMMAND [ARG...]. argparse
+    hands everything after QUEUE to the program (REMAINDER), so flags written between QUEUE
+    and `--` (`work jobs --concurrency 4 -- ./job.sh`) are parsed here, by the same parser; a
+    bad one is the same usage error (exit 2). What follows QUEUE is the program itself when
+    it does not start with `-` (`work jobs git log -- file` runs `git log -- file`)."""
+    argv = list(args.argv)
+    if "--" not in argv or not argv[0].startswith("-"):
+        args.program = argv
+        return
+    split = argv.index("--")
+    flags, args.program = argv[:split], argv[split + 1:]
+    if flags:
+        args.work_parser.parse_args([*flags, args.queue], namespace=args)
+
+
+def environment(msg: Message) -> dict[str, str]:
+    """environment is the program's environment: this tool's, and the message's particulars."""
+    return {**os.environ, "WONDERQ_QUEUE": msg.queue, "WONDERQ_MESSAGE_ID": str(msg.id),
+            "WONDERQ_DELIVERIES": str(msg.deliveries),
+            "WONDERQ_ENQUEUED_AT": f"{msg.enqueued_at:.6f}",
+            "WONDERQ_HEADERS": json.dumps(msg.headers)}
+
+
+async def run_program(argv: Sequence[str], msg: Message, timeout: float | None) -> None:
+    """run_program runs the program on one message; raises ProgramFailed unless it exits 0.
+    Cancelled (a stop past the grace), it ends the program before it lets go."""
+    process = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.PIPE, env=environment(msg), start_new_session=True)
+    try:
+        async with asyncio.timeout(timeout):
+            await process.communicate(msg.body)
+    except TimeoutError:
+        await end_program(process)
+        raise ProgramFailed(f"{argv[0]} ran past --command-timeout ({timeout:g} s); "
+                            f"ended it") from None
+    except asyncio.CancelledError:
+        await end_program(process)
+        raise
+    if process.returncode != 0:
+        raise ProgramFailed(f"{argv[0]} exited with status {process.returncode}")
+
+
+async def end_program(process: asyncio.subprocess.Process) -> None:
+    """end_program sends SIGTERM to the program's whole group, then SIGKILL if it is still
+    there KILL_AFTER_S later, and waits for it."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            async with asyncio.timeout(KILL_AFTER_S):
+                await process.wait()
+            return
+        except TimeoutError:
+            continue
+
+
+class OneLine(logging.Formatter):
+    """OneLine formats a log record as one line, its exception as its message alone."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            text = f"{text}: {record.exc_info[1]}"
+        return f"wonderq work: {text}"
+
+
+async def run(args: argparse.Namespace) -> int:
+    argv = args.program
+    if not argv:
+        print("wonderq work: give the program to run: wonderq work QUEUE -- COMMAND [ARG...]",
+              file=sys.stderr)
+        return 2
+    if shutil.which(argv[0]) is None:
+        hint = " (flags after QUEUE need -- before the program)" \
+            if argv[0].startswith("-") else ""
+        print(f"wonderq work: {argv[0]}: command not found (or not executable){hint}",
+              file=sys.stderr)
+        return 2
+
+    async def handler(msg: Message) -> None:
+        await run_program(argv, msg, args.command_timeout)
+
+    log_handler = logging.StreamHandler(sys.stderr)
+    log_handler.setFormatter(OneLine())
+    logger = logging.getLogger("wonderq_client.worker")
+    saved = logger.level, logger.propagate
+    logger.addHandler(log_handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    worker = Worker(args.queue, handler, host=args.host, port=args.port,
+                    concurrency=args.concurrency, visibility=args.visibility, wait=args.wait,
+                    retry_delay=retry_backoff if args.retry_delay is None else args.retry_delay,
+                    shutdown_grace=args.grace, connect_timeout=args.timeout,
+                    **args.connect_options)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    try:
+        await worker.run()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        logger.removeHandler(log_handler)
+        logger.level, logger.propagate = saved
+        counts = worker.counts
+        print(f"wonderq work: stopped after {counts.received} messages: {counts.acked} acked, "
+              f"{counts.failed} failed, {counts.given_back} given back, {counts.lease_lost} "
+              f"leases lost, {counts.unsettled} unsettled; {counts.reconnects} reconnects",
+              file=sys.stderr)
+    return 0
