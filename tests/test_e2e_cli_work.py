@@ -157,3 +157,13 @@ async def test_work_flags_after_queue_without_dashes_are_explained(server):
     assert proc.returncode == 2
     assert "--concurrency: command not found" in err
     assert "flags after QUEUE need -- before the program" in err
+
+
+async def test_a_program_that_does_not_read_its_input_is_judged_by_its_exit_status(server):
+    async with connect(server.host, server.port) as client:
+        await client.put_many("unread", [b"x" * 200_000] * 3)  # more than a pipe holds
+        with work(server, "unread", "--concurrency", "3", "--", "true") as proc:
+            await until_stats(client, lambda s: s["queues"]["unread"]["acked_total"] == 3)
+            code, _, err = stop(proc)
+        assert code == 0, err
+        assert "3 acked, 0 failed" in err

@@ -14,11 +14,19 @@ import random
 import signal
 from collections.abc import AsyncIterator, Callable
 
+import msgpack
 import pytest
 from polling import EVENT_TIMEOUT_S, until
 from server_process import ServerProcess
 
-from wonderq_client import BadArgument, Message, Worker, WorkerCounts, connect
+from wonderq_client import (
+    BadArgument,
+    Message,
+    UnsupportedVersion,
+    Worker,
+    WorkerCounts,
+    connect,
+)
 from wonderq_client.worker import reconnect_delay, retry_backoff
 
 
@@ -365,3 +373,306 @@ async def test_the_worker_waits_for_a_server_that_is_not_up_yet(tmp_path):
                 await client.put("early", b"x")
             await asyncio.wait_for(handled.wait(), EVENT_TIMEOUT_S)
             await until_counts(worker, lambda c: c.acked == 1)
+
+
+# ------------------------------------------------------- review: what must not happen
+
+
+async def test_a_plain_function_handler_is_refused_and_a_non_awaitable_result_ends_run(server):
+    def plain(msg: Message) -> None:
+        pass
+
+    with pytest.raises(TypeError, match="async"):
+        Worker("q", plain)
+
+    class Sync:  # a callable object: only its result can tell
+        def __call__(self, msg: Message) -> None:
+            return None
+
+    async with connect(server.host, server.port) as client:
+        msg_id = await client.put("sync", b"x")
+        worker = Worker("sync", Sync(), host=server.host, port=server.port, visibility=3600)
+        with pytest.raises(TypeError, match="not an awaitable"):
+            await asyncio.wait_for(worker.run(), EVENT_TIMEOUT_S)
+        assert worker.counts.given_back == 1
+        [msg] = await client.receive("sync", wait=EVENT_TIMEOUT_S)  # given back at once
+        assert msg.id == msg_id
+
+
+async def test_a_retry_delay_that_raises_or_that_the_server_refuses_still_nacks(server_factory):
+    server = server_factory("--max-delay", "60")
+
+    def broken(msg: Message) -> float:
+        raise ZeroDivisionError("bug in retry_delay")
+
+    async def handler(msg: Message) -> None:
+        raise RuntimeError("fail")
+
+    async with connect(server.host, server.port) as client:
+        first = await client.put("broken-delay", b"x")
+        worker = Worker("broken-delay", handler, host=server.host, port=server.port,
+                        visibility=3600, retry_delay=broken)
+        async with running(worker):
+            await until_counts(worker, lambda c: c.failed == 1)
+        info = await client.message_info("broken-delay", first)
+        assert info["state"] == "delayed"  # retry_backoff's 1 s, not the hour-long lease
+        assert info["deadline_at"] < info["enqueued_at"] + 60
+
+        second = await client.put("refused-delay", b"y")
+        worker = Worker("refused-delay", handler, host=server.host, port=server.port,
+                        visibility=3600, retry_delay=600)  # over --max-delay 60
+        async with running(worker):
+            await until_counts(worker, lambda c: c.failed >= 1)
+        info = await client.message_info("refused-delay", second)
+        assert info["deliveries"] >= 1
+        assert info["state"] != "leased" or info["deadline_at"] < info["enqueued_at"] + 60
+
+
+async def test_counts_add_up_and_no_ack_is_lost_when_stopping_busy_handlers(server):
+    async def handler(msg: Message) -> None:
+        if int(msg.body) % 2:
+            await asyncio.Event().wait()  # never finishes: given back at the stop
+        await asyncio.sleep(0)
+
+    async with connect(server.host, server.port) as client:
+        await client.put_many("busy", [str(i).encode() for i in range(400)])
+        worker = Worker("busy", handler, host=server.host, port=server.port, concurrency=50,
+                        visibility=3600, shutdown_grace=0)
+        async with running(worker):
+            await until_counts(worker, lambda c: c.received >= 100)
+        counts = worker.counts
+        assert counts.received == sum(getattr(counts, o) for o in
+                                      ("acked", "failed", "given_back", "lease_lost",
+                                       "unsettled"))
+        assert (counts.failed, counts.lease_lost, counts.unsettled) == (0, 0, 0)
+        queue = (await client.stats())["queues"]["busy"]
+        assert queue["acked_total"] == counts.acked
+        assert queue["in_flight"] == 0  # everything not acked was given back
+        assert queue["messages"] == 400 - counts.acked
+
+
+async def test_an_ack_unanswered_at_stop_is_sent_again_after_the_server_restarts(
+        server_factory, tmp_path):
+    server = server_factory("--data-dir", str(tmp_path), "--fsync", "always")
+    port = server.port
+    started, release = asyncio.Event(), asyncio.Event()
+    returned: list[bool] = []
+
+    async def handler(msg: Message) -> None:
+        started.set()
+        await release.wait()
+        returned.append(True)  # the ack is written in this same step
+
+    async with connect(server.host, port) as client:
+        await client.put("stopped-ack", b"x")
+    assert server.proc is not None
+    worker = Worker("stopped-ack", handler, host=server.host, port=port, visibility=3600,
+                    shutdown_grace=0, reconnect_first=0.05, reconnect_most=0.2)
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(started.wait(), EVENT_TIMEOUT_S)
+    os.kill(server.proc.pid, signal.SIGSTOP)  # the ack goes out and is never answered
+    release.set()
+    await until(lambda: asyncio.sleep(0, returned), bool)
+    worker.stop()  # past the grace at once: the ack must not be cancelled
+    server.kill()
+    restarted = server_factory("--data-dir", str(tmp_path), "--fsync", "always",
+                               "--port", str(port))
+    await asyncio.wait_for(task, EVENT_TIMEOUT_S)
+    assert (worker.counts.acked, worker.counts.unsettled) == (1, 0)
+    async with connect(restarted.host, port) as client:
+        assert (await client.queue_info("stopped-ack"))["messages"] == 0
+
+
+async def test_stop_with_the_server_down_returns_without_waiting_for_leases(
+        server_factory, tmp_path):
+    server = server_factory("--data-dir", str(tmp_path))
+    started = asyncio.Event()
+
+    async def handler(msg: Message) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    async with connect(server.host, server.port) as client:
+        await client.put("down", b"x")
+    worker = Worker("down", handler, host=server.host, port=server.port, visibility=3600,
+                    shutdown_grace=3600, reply_timeout=0.5, reconnect_first=0.05,
+                    reconnect_most=0.1)
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(started.wait(), EVENT_TIMEOUT_S)
+    server.kill()
+    worker.stop()
+    worker.stop()  # hurried: the give-back waits reply_timeout for a connection, not an hour
+    await asyncio.wait_for(task, EVENT_TIMEOUT_S)
+    assert worker.counts.unsettled == 1
+
+
+async def test_cancelling_run_during_the_grace_gives_work_back(server):
+    started = asyncio.Event()
+
+    async def handler(msg: Message) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    async with connect(server.host, server.port) as client:
+        msg_id = await client.put("grace-cancel", b"x")
+        worker = Worker("grace-cancel", handler, host=server.host, port=server.port,
+                        visibility=3600, shutdown_grace=3600)
+        task = asyncio.create_task(worker.run())
+        await asyncio.wait_for(started.wait(), EVENT_TIMEOUT_S)
+        worker.stop()
+        await until(client.stats, lambda s: s["server"]["waiting_consumers"] == 0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, EVENT_TIMEOUT_S)
+        assert (worker.in_progress, worker.counts.given_back) == (0, 1)
+        [msg] = await client.receive("grace-cancel", wait=EVENT_TIMEOUT_S)
+        assert msg.id == msg_id
+
+
+async def test_a_worker_can_run_again_after_a_stop(server):
+    seen: list[bytes] = []
+
+    async def handler(msg: Message) -> None:
+        seen.append(msg.body)
+
+    async with connect(server.host, server.port) as client:
+        worker = Worker("again", handler, host=server.host, port=server.port)
+        for body in (b"first run", b"second run"):
+            await client.put("again", body)
+            async with running(worker):
+                await until(lambda: asyncio.sleep(0, len(seen)), lambda n, b=body: b in seen)
+        assert seen == [b"first run", b"second run"]
+
+
+async def test_a_server_that_refuses_the_connection_is_not_hammered(server_factory):
+    server = server_factory("--max-connections", "1")
+
+    async def handler(msg: Message) -> None:
+        pass
+
+    async with connect(server.host, server.port) as holder:  # the one slot
+        worker = Worker("q", handler, host=server.host, port=server.port,
+                        reconnect_first=0.1, reconnect_most=0.2)
+        async with running(worker):
+            # The holder's own long poll is the clock: one second of refusals.
+            await holder.receive("clock", wait=1.0)
+            refused = (await holder.stats())["server"]["connections_refused_total"]
+    assert 1 <= refused <= 25, refused  # backed off: 0.05-0.2 s apart, not thousands
+
+
+async def test_a_server_speaking_another_version_ends_run():
+    frames = 0
+
+    async def stand_in(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A server of another protocol version: the error frame WonderQ's server sends
+        about the whole connection (request id nil), then close."""
+        nonlocal frames
+        frames += 1
+        await reader.readexactly(4)
+        payload = msgpack.packb([None, ["UNSUPPORTED_VERSION", "speaks version 9"], None])
+        writer.write(len(payload).to_bytes(4, "big") + payload)
+        await writer.drain()
+        writer.close()
+
+    async def handler(msg: Message) -> None:
+        pass
+
+    listener = await asyncio.start_server(stand_in, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        worker = Worker("q", handler, port=port)
+        with pytest.raises(UnsupportedVersion, match="version 9"):
+            await asyncio.wait_for(worker.run(), EVENT_TIMEOUT_S)
+        assert frames == 1
+    finally:
+        listener.close()
+
+
+async def test_a_connection_that_goes_silent_is_dropped_and_made_again(server):
+    """A proxy in front of the server forwards until told to go silent; it keeps the
+    sockets open but passes nothing more (a dead network path, no FIN, no RST). New
+    connections through it work again."""
+    silent_links: list[asyncio.StreamWriter] = []
+    go_silent = False
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                   link_silent: Callable[[], bool]) -> None:
+        while data := await reader.read(65536):
+            if link_silent():
+                continue
+            writer.write(data)
+            await writer.drain()
+
+    async def link(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(server.host, server.port)
+        made_silent = go_silent  # a link made after the switch works
+        silent_links.append(writer)
+
+        def link_silent() -> bool:
+            return go_silent and not made_silent
+
+        with contextlib.suppress(OSError):
+            await asyncio.gather(pipe(reader, up_writer, link_silent),
+                                 pipe(up_reader, writer, link_silent))
+
+    handled = asyncio.Event()
+
+    async def handler(msg: Message) -> None:
+        handled.set()
+
+    proxy = await asyncio.start_server(link, "127.0.0.1", 0)
+    port = proxy.sockets[0].getsockname()[1]
+    try:
+        async with connect(server.host, server.port) as client:
+            # The message is leased to the receive waiting on the dead path; with a 1 s
+            # lease it comes back to the worker's next connection.
+            worker = Worker("silent", handler, port=port, wait=0.5, reply_timeout=0.5,
+                            visibility=1.0)
+            async with running(worker):
+                await until(client.stats, lambda s: s["server"]["waiting_consumers"] == 1)
+                go_silent = True
+                await client.put("silent", b"after the path died")
+                await asyncio.wait_for(handled.wait(), EVENT_TIMEOUT_S)
+                await until_counts(worker, lambda c: c.acked == 1)
+            assert worker.counts.reconnects >= 1
+    finally:
+        proxy.close()
+        for writer in silent_links:
+            writer.close()
+
+
+async def test_the_heartbeat_never_touches_a_message_already_nacked(server_factory):
+    """A touch sent after a plain nack would lease the message again (PROTOCOL.md: a plain
+    nack keeps the lease), holding a failed message a whole lease instead of its retry
+    delay. The server reads nothing (SIGSTOP) while the handler fails, so the nack and
+    every later heartbeat round pile up in order; a touch among them succeeds and counts."""
+    server = server_factory()
+    clock = server_factory()  # a second server, whose long polls measure heartbeat rounds
+    started, release = asyncio.Event(), asyncio.Event()
+    touched_at_failure: list[int] = []
+
+    async def handler(msg: Message) -> None:
+        if msg.deliveries > 1:
+            return
+        started.set()
+        await release.wait()
+        touched_at_failure.append(worker.counts.touched)
+        raise RuntimeError("fails: retry at once")
+
+    async with connect(server.host, server.port) as client, \
+            connect(clock.host, clock.port) as clock_client:
+        await client.put("nacked", b"x")
+        # concurrency 1: no receive waits beside the job to take the message back first.
+        worker = Worker("nacked", handler, host=server.host, port=server.port,
+                        concurrency=1, visibility=0.8, retry_delay=0.0)
+        async with running(worker):
+            await asyncio.wait_for(started.wait(), EVENT_TIMEOUT_S)
+            await until_counts(worker, lambda c: c.touched >= 1)  # due at every 0.2 s beat
+            assert server.proc is not None
+            os.kill(server.proc.pid, signal.SIGSTOP)
+            release.set()
+            await clock_client.receive("clock", wait=0.6)  # three heartbeat beats
+            os.kill(server.proc.pid, signal.SIGCONT)
+            await until_counts(worker, lambda c: c.acked == 1)
+        assert worker.counts.touched == touched_at_failure[0]
+        assert worker.counts.failed == 1

@@ -46,8 +46,10 @@ def test_client_never_imports_the_server():
         assert "wonderq_server" not in imported, path.name
         assert imported <= {"__future__", "asyncio", "contextlib", "itertools", "collections",
                             "types", "typing", "msgpack",
-                            # worker.py: its counts, its logger, its back-off's jitter
-                            "dataclasses", "logging", "random"}, (path.name, imported)
+                            # worker.py: counts, logger, jitter, handler and number checks,
+                            # the limit in BATCH_TOO_LARGE
+                            "dataclasses", "logging", "random", "inspect", "math", "re"}, \
+            (path.name, imported)
 
 
 def test_client_ships_type_information():

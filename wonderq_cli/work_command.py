@@ -113,7 +113,8 @@ async def run_program(argv: Sequence[str], msg: Message, timeout: float | None) 
         *argv, stdin=asyncio.subprocess.PIPE, env=environment(msg), start_new_session=True)
     try:
         async with asyncio.timeout(timeout):
-            await process.communicate(msg.body)
+            await feed(process, msg.body)
+            await process.wait()
     except TimeoutError:
         await end_program(process)
         raise ProgramFailed(f"{argv[0]} ran past --command-timeout ({timeout:g} s); "
@@ -123,6 +124,23 @@ async def run_program(argv: Sequence[str], msg: Message, timeout: float | None) 
         raise
     if process.returncode != 0:
         raise ProgramFailed(f"{argv[0]} exited with status {process.returncode}")
+
+
+async def feed(process: asyncio.subprocess.Process, body: bytes) -> None:
+    """feed writes the body to the program's standard input and closes it. A program may
+    exit without reading it all: that is its right (its exit status decides), so a pipe
+    closed early is not an error; uvloop says so with RuntimeError, asyncio with
+    BrokenPipeError or ConnectionResetError."""
+    stdin = process.stdin
+    assert stdin is not None
+    try:
+        stdin.write(body)
+        await stdin.drain()
+    except (BrokenPipeError, ConnectionResetError, RuntimeError):
+        pass
+    finally:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError, RuntimeError):
+            stdin.close()
 
 
 async def end_program(process: asyncio.subprocess.Process) -> None:

@@ -77,6 +77,7 @@ class _ClientProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed_error: ConnectionClosed | None = None
         self._server_error: str = ""  # an error the server sent about the whole connection
+        self._server_error_code: str | None = None  # and its code
         self.closed = loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -87,6 +88,7 @@ class _ClientProtocol(asyncio.Protocol):
         reason = self._server_error or (str(exc) if exc else "")
         self.closed_error = ConnectionClosed(
             f"connection to the server closed{': ' + reason if reason else ''}")
+        self.closed_error.server_code = self._server_error_code
         pending, self._pending = self._pending, {}
         self._receives.clear()
         self._waits_on_server.clear()
@@ -119,6 +121,7 @@ class _ClientProtocol(asyncio.Protocol):
             if future is None or future.done():
                 if request_id is None and error is not None:  # about the connection itself
                     self._server_error = f"{error[0]}: {error[1]}"
+                    self._server_error_code = error[0]
                 elif queue is not None and error is None and result:
                     self.give_back(queue, result)  # nobody waits for these any more
                 continue
@@ -412,6 +415,14 @@ class Client(QueueAdmin):
     @property
     def closed(self) -> bool:
         return self._protocol.closed_error is not None
+
+    def abort(self) -> None:
+        """abort drops the connection at once, with whatever is unsent: for a connection
+        that stopped answering (close() is the polite way). Calls still waiting raise
+        ConnectionClosed once the loop has seen the connection go."""
+        transport = self._protocol.transport
+        if transport is not None:
+            transport.abort()
 
     async def close(self) -> None:
         """close ends the connection; calls still waiting raise ConnectionClosed.

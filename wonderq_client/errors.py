@@ -133,9 +133,15 @@ class AuthFailed(WonderQError):
 
 
 class ConnectionClosed(WonderQError):
-    """The connection ended before the reply came; the request may or may not have run."""
+    """The connection ended before the reply came; the request may or may not have run.
+
+    server_code is the code of the error the server sent about the whole connection just
+    before it closed it (IDLE_TIMEOUT, TOO_MANY_CONNECTIONS, UNSUPPORTED_VERSION, ...; see
+    PROTOCOL.md, Errors), or None when it sent none.
+    """
 
     code = "CONNECTION_CLOSED"
+    server_code: str | None = None
 
 
 ERRORS_BY_CODE: dict[str, type[WonderQError]] = {

@@ -5,45 +5,67 @@ writes by hand:
 
 * receiving, by long polls sized to the handler slots that are free, so that it never holds a
   message it has not started (another worker could be doing it meanwhile);
-* keeping leases alive: one heartbeat loop touches each message in progress after a quarter
-  of its lease, so a handler may run far longer than the lease, while a worker that dies
-  loses its messages to others within one lease;
+* keeping leases alive: one heartbeat loop, on a fixed beat of a quarter lease, touches each
+  message in progress whose lease has three quarters or less left, so a handler may run far
+  longer than the lease, while a worker that dies loses its messages to others within one
+  lease;
 * settling: an ack when the handler returns, a nack with a back-off delay when it raises (the
   queue's max_deliveries and dead-letter queue catch poison);
 * reconnecting, with capped, jittered exponential back-off, when the connection ends (the
-  server restarts, the network drops). Messages in progress live through it: leases belong
-  to messages, not connections, so their touches and settles go over whichever connection is
-  current.
+  server restarts, the network drops) or stops answering. Messages in progress live through
+  it: leases belong to messages, not connections, so their touches and settles go over
+  whichever connection is current.
 
 Rules:
 * The handler is `async def handler(msg) -> None`. It must not ack, nack or touch `msg`
   itself: the Worker does, and the connection `msg` came on may be gone by then. Blocking
-  work goes through `asyncio.to_thread`.
+  work goes through `asyncio.to_thread`. A handler that is not async is refused when the
+  Worker is made, or, if that cannot be seen, ends run() with TypeError at its first call.
+* A job has two phases: its handler runs, then its message is settled. Only the first is
+  ever cancelled (by a stop), and the heartbeat touches only jobs in the first, so a touch
+  never re-leases a message just nacked.
 * stop() ends receiving at once: a waiting receive is cancelled on the server, and a message
   already on its way is given back unseen, as for any cancelled receive. Handlers running get
   `shutdown_grace` seconds to finish; then they are cancelled and their messages nacked, for
-  others to take at once. A second stop() skips what is left of the grace (a second Ctrl-C).
-  run() returns once every message is settled (or its settle gave up) and the connection is
-  closed. run() cancelled from outside does the same with no grace, then raises
-  CancelledError.
-* A settle or touch that meets ConnectionClosed is sent again on the next connection while
-  the lease lasts, and given up SETTLE_SLACK_S after it: the message then goes to another
-  consumer anyway. NotFound for an ack sent again means the first one was carried out.
-  LeaseLost (or NotFound) means the lease passed to someone else: counted, not raised.
+  others to take at once. Settles (acks of work done, those give-backs) get until the grace
+  is over or `reply_timeout` after the cancel, whichever is later; one not done by then is
+  given up, and its message comes back when its lease ends. A second stop() (a second
+  Ctrl-C) skips what is left of the grace, and settles get `reply_timeout` from then. So a
+  stop takes at most shutdown_grace + reply_timeout, or 2 x reply_timeout once hurried. run()
+  cancelled from outside does what a second stop does, then raises CancelledError. A
+  handler that ignores its cancellation is left running, and its result is not sent.
+* A request unanswered for `reply_timeout` (a receive: past its wait) means the connection is
+  dead: it is dropped and made again. A settle that meets a dead connection is sent again on
+  the next one while the lease lasts (plus SETTLE_SLACK_S: a late ack is accepted while
+  nobody else has the message; a give-back waits `reply_timeout` at most, as its message
+  comes back with its lease anyway), or until a stop gives up on it. NotFound for an ack
+  sent again means the first one was carried out. LeaseLost (or NotFound) means the lease
+  passed to someone else: counted, not raised. A nack whose delay the server refuses (over
+  its --max-delay) is sent with none.
+* Back-off: between failed connects, and before reconnecting after a connection that ended
+  before the server answered anything (TOO_MANY_CONNECTIONS, say), so a refusing server is
+  not hammered. It starts again from `reconnect_first` once the server answers.
 * Errors that retrying cannot mend end run() after the shutdown above: AuthFailed,
   AuthRequired, BadArgument (say a wait over the server's --max-wait), InvalidQueueName,
-  UnsupportedVersion. A receive refused with BATCH_TOO_LARGE is sent again at half the size,
-  and later ones are kept to what passed. Anything else, including connect's OSError, is
-  retried with back-off until stop().
-* Per message there is one task (its handler's) and nothing else: one receive loop and one
-  heartbeat loop serve every message, and one heartbeat's touches are pipelined together.
+  UnsupportedVersion (also when the server says it about the whole connection). A receive
+  refused with BATCH_TOO_LARGE is sent again at the limit the error names (else half the
+  size), and later ones are kept to that. Anything else, including connect's OSError (TLS
+  verification too: a certificate can be renewed), is retried with back-off until stop().
+* The counts add up: every message received ends in exactly one of acked, failed,
+  given_back, lease_lost and unsettled once its job is over.
+* Per message there is one task, its job (handler, then settle), and a timer for each
+  request's reply_timeout; one receive loop and one heartbeat loop serve every message, and
+  a heartbeat round's touches (a short task each) are pipelined together.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+import math
 import random
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -73,9 +95,12 @@ FATAL_ERRORS = (AuthFailed, AuthRequired, BadArgument, InvalidQueueName, Unsuppo
 # How long after its lease ran out a settle still tries for a connection: a late ack is
 # accepted while nobody else has received the message.
 SETTLE_SLACK_S = 5.0
-# The back-off doubles per attempt up to here; past it (2**40 x reconnect_min) it is capped
-# anyway, and the exponent must stay a float a float can hold.
+# The back-off doubles per attempt up to here; past it (2**40 x reconnect_first) it is
+# capped anyway, and the power must stay a float.
 MAX_BACKOFF_EXPONENT = 40
+# BATCH_TOO_LARGE names the server's limit: "max is 1000, over the limit of 500 (--max-batch)".
+BATCH_LIMIT = re.compile(r"limit of (\d+)")
+OUTCOMES = ("acked", "failed", "given_back", "lease_lost", "unsettled")
 
 
 def retry_backoff(msg: Message, *, first: float = 1.0, most: float = 300.0) -> float:
@@ -96,16 +121,32 @@ def reconnect_delay(attempt: int, first: float, most: float,
     return step / 2 + step / 2 * random_fraction()
 
 
+def batch_limit(error: BatchTooLarge, size: int) -> int:
+    """batch_limit is the receive size to use after `error` refused `size`: the limit the
+    error names, or half the size if it names none; at least 1."""
+    match = BATCH_LIMIT.search(error.message)
+    limit = int(match.group(1)) if match else size // 2
+    return max(1, min(limit, size - 1))
+
+
+def is_plain_function(handler: Any) -> bool:
+    """is_plain_function: `handler` is surely not async, a `def` function or method (a
+    lambda or a callable object may still return an awaitable, so they pass)."""
+    return ((inspect.isfunction(handler) or inspect.ismethod(handler))
+            and not inspect.iscoroutinefunction(handler) and handler.__name__ != "<lambda>")
+
+
 @dataclass
 class WorkerCounts:
-    """What a Worker did since it was made; read them at any time (worker.counts)."""
+    """What a Worker did since it was made; read them at any time (worker.counts). Once a
+    job is over, its message is in exactly one of the five after `received`."""
 
-    received: int = 0     # messages handed to the handler
+    received: int = 0     # messages handed to the worker by the server
     acked: int = 0        # the handler returned, and the ack was carried out
     failed: int = 0       # the handler raised: nacked with the retry delay
-    given_back: int = 0   # the handler was cancelled at stop: nacked at once
+    given_back: int = 0   # stopped before it finished (or started): nacked at once
     lease_lost: int = 0   # the settle found the lease gone (LEASE_LOST, or NOT_FOUND)
-    unsettled: int = 0    # no settle got through before the lease (and SETTLE_SLACK_S) ran out
+    unsettled: int = 0    # no settle got through: the message comes back when its lease ends
     touched: int = 0      # leases renewed by the heartbeat
     reconnects: int = 0   # connections made after the first
 
@@ -118,7 +159,10 @@ class _Job:
 
     message: Message
     lease_until: float
-    lease_gone: bool = False  # a touch was refused: no more touches
+    started: bool = False      # its task has begun (only a begun one is cancelled)
+    settling: bool = False     # the handler is over: no touches, no cancelling
+    lease_gone: bool = False   # a touch was refused: no more touches
+    counted: bool = False      # its outcome is in the counts
 
 
 class Worker:
@@ -132,22 +176,28 @@ class Worker:
 
     visibility: each lease's length, renewed while the handler runs. wait: the long poll.
     retry_delay: seconds before a failed message is tried again, or a function of the
-    message (default retry_backoff). The connection options are connect()'s.
+    message (default retry_backoff). reply_timeout: how long a request may go unanswered
+    before the connection is taken for dead. The connection options are connect()'s.
     """
 
     def __init__(self, queue: str, handler: Handler, *, host: str = DEFAULT_HOST,
                  port: int = DEFAULT_PORT, concurrency: int = 10, visibility: float = 30.0,
                  wait: float = 20.0, retry_delay: float | RetryDelay = retry_backoff,
-                 shutdown_grace: float = 30.0, reconnect_first: float = 0.1,
-                 reconnect_most: float = 10.0, connect_timeout: float | None = 10.0,
-                 auth_token: str | bytes | None = None, ssl: Any = None) -> None:
+                 shutdown_grace: float = 30.0, reply_timeout: float = 10.0,
+                 reconnect_first: float = 0.1, reconnect_most: float = 10.0,
+                 connect_timeout: float | None = 10.0, auth_token: str | bytes | None = None,
+                 ssl: Any = None) -> None:
+        if is_plain_function(handler):
+            raise TypeError(f"handler {handler.__name__} must be an async function (async "
+                            f"def); run blocking work in it with asyncio.to_thread")
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")
-        if not visibility > 0:
-            raise ValueError(f"visibility must be more than 0 seconds, not {visibility}")
-        if not wait > 0:
-            raise ValueError(f"wait must be more than 0 seconds (a worker long-polls), "
-                             f"not {wait}")
+        for name, value in (("visibility", visibility), ("wait", wait),
+                            ("reply_timeout", reply_timeout)):
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be finite seconds over 0, not {value}")
+        if not callable(retry_delay) and not (retry_delay >= 0 and math.isfinite(retry_delay)):
+            raise ValueError(f"retry_delay must be finite seconds, 0 or more, not {retry_delay}")
         if not (shutdown_grace >= 0 and 0 < reconnect_first <= reconnect_most):
             raise ValueError("shutdown_grace must be 0 or more, and reconnect_first more "
                              "than 0 and at most reconnect_most")
@@ -159,12 +209,14 @@ class Worker:
         self.wait = wait
         self.retry_delay = retry_delay
         self.shutdown_grace = shutdown_grace
+        self.reply_timeout = reply_timeout
         self.reconnect_first, self.reconnect_most = reconnect_first, reconnect_most
         self._connect_options: dict[str, Any] = {
             "timeout": connect_timeout, "auth_token": auth_token, "ssl": ssl}
         self.counts = WorkerCounts()
         self._client: Client | None = None
         self._connections = 0
+        self._answered = False  # the server answered something on the current connection
         self._connect_attempt = 0  # failures in a row, for the back-off
         self._connect_lock = asyncio.Lock()
         self._jobs: dict[asyncio.Task[None], _Job] = {}
@@ -172,16 +224,20 @@ class Worker:
         self._batch_cap = concurrency  # lowered if the server's --max-batch is smaller
         self._receiving: asyncio.Task[None] | None = None
         self._running = False
+        self._closed = False  # run() is over: no more connections
         self._stops = 0
         self._hurry = asyncio.Event()  # a second stop(): no more grace
+        self._handlers_cancelled = False  # past the grace: jobs not begun give back at once
+        self._fatal: BaseException | None = None  # what ends run(), found by a job
 
     @property
     def in_progress(self) -> int:
-        """in_progress is how many messages handlers are working on now."""
+        """in_progress is how many messages the worker holds now (handlers and settles)."""
         return len(self._jobs)
 
     def stop(self) -> None:
-        """stop ends run() as the module's rules say; a second call skips the grace."""
+        """stop ends run() as the module's rules say; a second call skips the grace. Called
+        before run(), it makes run() return at once."""
         self._stops += 1
         if self._stops > 1:
             self._hurry.set()
@@ -190,10 +246,10 @@ class Worker:
 
     async def run(self) -> None:
         """run receives and handles messages until stop(), or until an error that retrying
-        cannot mend (raised here, after the shutdown)."""
+        cannot mend (raised here, after the shutdown). A Worker can run again after."""
         if self._running:
             raise RuntimeError("this Worker is already running")
-        self._running = True
+        self._running, self._closed = True, False
         heartbeat = asyncio.create_task(self._heartbeat_loop())
         self._receiving = asyncio.create_task(self._receive_loop())
         if self._stops:
@@ -209,12 +265,22 @@ class Worker:
         except Exception as exc:
             error = exc
         try:
-            await self._drain(0.0 if cancelled_from_outside else self.shutdown_grace)
+            if cancelled_from_outside:
+                self._hurry.set()
+            await self._drain()
         finally:
             heartbeat.cancel()
+            self._closed = True
             if self._client is not None:
                 await self._client.close()
+                self._client = None
             self._running = False
+            self._receiving = None
+            self._stops = 0
+            self._hurry.clear()
+            self._handlers_cancelled = False
+            error = error or self._fatal
+            self._fatal = None
         if cancelled_from_outside:
             raise asyncio.CancelledError
         if error is not None:
@@ -225,25 +291,46 @@ class Worker:
     async def _connection(self) -> Client:
         """_connection returns the open connection, first making a new one if the last one
         ended, with back-off between failed tries. Callers share one attempt (the lock):
-        the receive loop, a settle and the heartbeat may all find the connection gone."""
+        the receive loop, a settle and the heartbeat may all find the connection gone.
+        Raises ConnectionClosed once run() is over."""
         async with self._connect_lock:
+            ended_unanswered = self._connections > 0 and not self._answered
             while self._client is None or self._client.closed:
+                if self._closed:
+                    raise ConnectionClosed("the worker has stopped")
+                if ended_unanswered:
+                    ended_unanswered = False
+                    await self._back_off("the connection ended before the server answered")
                 try:
-                    self._client = await connect(self.host, self.port, **self._connect_options)
+                    client = await connect(self.host, self.port, **self._connect_options)
                 except (OSError, ConnectionClosed) as exc:
-                    delay = reconnect_delay(self._connect_attempt, self.reconnect_first,
-                                            self.reconnect_most)
-                    self._connect_attempt += 1
-                    log.warning("cannot connect to WonderQ at %s:%d (%s); trying again in "
-                                "%.2f s", self.host, self.port, exc or type(exc).__name__,
-                                delay)
-                    await asyncio.sleep(delay)
+                    await self._back_off(f"cannot connect ({exc or type(exc).__name__})")
                     continue
+                self._client, self._answered = client, False
                 self._connections += 1
                 if self._connections > 1:
                     self.counts.reconnects += 1
                     log.info("connected to WonderQ at %s:%d again", self.host, self.port)
             return self._client
+
+    async def _back_off(self, reason: str) -> None:
+        delay = reconnect_delay(self._connect_attempt, self.reconnect_first,
+                                self.reconnect_most)
+        self._connect_attempt += 1
+        log.warning("WonderQ at %s:%d: %s; trying again in %.2f s", self.host, self.port,
+                    reason, delay)
+        await asyncio.sleep(delay)
+
+    def _server_answered(self) -> None:
+        self._answered = True
+        self._connect_attempt = 0
+
+    def _drop(self, client: Client, why: str) -> None:
+        """_drop aborts a connection that stopped answering; the next caller makes a new one."""
+        log.warning("WonderQ at %s:%d: %s; reconnecting", self.host, self.port, why)
+        client.abort()
+        if self._client is client:
+            self._client = None
 
     # ---------------------------------------------------------------- receive
 
@@ -258,29 +345,31 @@ class Worker:
             client = await self._connection()
             size = min(free, self._batch_cap)
             try:
-                messages = await client.receive(self.queue, max=size, wait=self.wait,
-                                                visibility=self.visibility)
+                async with asyncio.timeout(self.wait + self.reply_timeout):
+                    messages = await client.receive(self.queue, max=size, wait=self.wait,
+                                                    visibility=self.visibility)
+            except TimeoutError:
+                self._drop(client, f"no answer to a receive within its wait and "
+                                   f"{self.reply_timeout:g} s")
+                continue
             except ConnectionClosed as exc:
+                if exc.server_code == UnsupportedVersion.code:
+                    raise UnsupportedVersion(exc.message) from exc
                 log.warning("lost the connection to WonderQ (%s); reconnecting", exc)
                 continue
-            except BatchTooLarge:
+            except BatchTooLarge as exc:
                 if size == 1:
                     raise
-                self._batch_cap = size // 2
+                self._batch_cap = batch_limit(exc, size)
                 log.warning("the server refused a receive of %d messages (its --max-batch); "
                             "receiving at most %d at a time", size, self._batch_cap)
                 continue
             except FATAL_ERRORS:
                 raise
             except WonderQError as exc:  # INTERNAL_ERROR, TOO_MANY_QUEUES, ...: it may pass
-                delay = reconnect_delay(self._connect_attempt, self.reconnect_first,
-                                        self.reconnect_most)
-                self._connect_attempt += 1
-                log.warning("receive from %r failed (%s); trying again in %.2f s",
-                            self.queue, exc, delay)
-                await asyncio.sleep(delay)
+                await self._back_off(f"receive from {self.queue!r} failed ({exc})")
                 continue
-            self._connect_attempt = 0  # the server answered: it is up and serving
+            self._server_answered()
             lease_until = loop.time() + self.visibility
             for message in messages:
                 self._start(_Job(message, lease_until))
@@ -292,124 +381,247 @@ class Worker:
         task.add_done_callback(self._job_done)
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
-        del self._jobs[task]
+        job = self._jobs.pop(task)
         self._slot_free.set()
+        if not job.counted:  # ended before any settle counted it (cancelled unbegun, a bug)
+            self._count(job, "unsettled")
         if not task.cancelled() and task.exception() is not None:
             log.error("a worker job failed", exc_info=task.exception())
+
+    def _count(self, job: _Job, outcome: str) -> None:
+        job.counted = True
+        setattr(self.counts, outcome, getattr(self.counts, outcome) + 1)
 
     # --------------------------------------------------------- handle, settle
 
     async def _work(self, job: _Job) -> None:
+        job.started = True
         message = job.message
-        try:
-            await self.handler(message)
-        except asyncio.CancelledError:
-            # Only stop() cancels a handler (or the handler cancelled itself): the work is
-            # unfinished, so another consumer should have it now. It counts as a delivery.
-            current = asyncio.current_task()
-            if current is not None:
-                current.uncancel()  # this task goes on, to settle
-            if await self._settle(job, nack_delay=0.0):
-                self.counts.given_back += 1
+        if self._handlers_cancelled:  # received just before the grace ran out: not begun
+            await self._settle(job, "given_back", 0.0, unseen=True)
             return
+        awaitable = None
+        try:
+            awaitable = self.handler(message)
+            if inspect.isawaitable(awaitable):
+                await awaitable
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                # stop() cancelled it: the work is unfinished, so another consumer should
+                # have it now. It counts as a delivery (the handler saw the message).
+                current.uncancel()
+                await self._settle(job, "given_back", 0.0)
+                return
+            # The handler raised CancelledError by itself: a failure like any other.
+            log.warning("handler raised CancelledError on message %d of %r", message.id,
+                        message.queue)
+            await self._settle(job, "failed", self._retry_delay(message))
         except Exception:
             log.exception("handler failed on message %d of %r (delivery %d)", message.id,
                           message.queue, message.deliveries)
-            delay = self.retry_delay(message) if callable(self.retry_delay) \
-                else self.retry_delay
-            if await self._settle(job, nack_delay=delay):
-                self.counts.failed += 1
-            return
-        if await self._settle(job, nack_delay=None):
-            self.counts.acked += 1
+            await self._settle(job, "failed", self._retry_delay(message))
+        else:
+            if not inspect.isawaitable(awaitable):
+                # Whatever it did, it did in the event loop, blocking it: stop, and say why.
+                self._end_with(TypeError(
+                    f"the handler returned {type(awaitable).__name__}, not an awaitable: it "
+                    f"must be an async function (async def)"))
+                await self._settle(job, "given_back", 0.0)
+                return
+            await self._settle(job, "acked", None)
 
-    async def _settle(self, job: _Job, nack_delay: float | None) -> bool:
-        """_settle acks (nack_delay None) or nacks the job's message over the current
-        connection, sending it again on the next one if the connection ends first; True
-        when it was carried out. It gives up SETTLE_SLACK_S after the lease ran out."""
+    def _end_with(self, error: BaseException) -> None:
+        """_end_with stops receiving, and makes run() raise `error` after its shutdown."""
+        if self._fatal is None:
+            self._fatal = error
+            log.error("stopping: %s", error)
+        if self._receiving is not None:
+            self._receiving.cancel()
+
+    def _retry_delay(self, message: Message) -> float:
+        """_retry_delay is retry_delay for this message; if that raises or is not seconds,
+        the default (retry_backoff), so the message is never held for its whole lease."""
+        if not callable(self.retry_delay):
+            return float(self.retry_delay)
+        try:
+            delay = float(self.retry_delay(message))
+            if not (delay >= 0 and math.isfinite(delay)):
+                raise ValueError(f"{delay!r} is not a delay in seconds")
+        except Exception:
+            log.exception("retry_delay failed for message %d of %r; using retry_backoff",
+                          message.id, message.queue)
+            delay = retry_backoff(message)
+        return delay
+
+    async def _settle(self, job: _Job, outcome: str, nack_delay: float | None, *,
+                      unseen: bool = False) -> None:
+        """_settle acks (nack_delay None) or nacks the job's message, and counts the
+        outcome: `outcome` if it was carried out, lease_lost or unsettled if not (also when
+        cancelled: a second stop gives up on it)."""
+        job.settling = True
+        result = "unsettled"
+        try:
+            result = await self._send_settle(job, outcome, nack_delay, unseen)
+        finally:
+            self._count(job, result)
+
+    async def _send_settle(self, job: _Job, outcome: str, nack_delay: float | None,
+                           unseen: bool) -> str:
+        loop = asyncio.get_running_loop()
         message = job.message
         lease = message.lease
         assert lease is not None  # received, not peeked
+        patience_until = job.lease_until + SETTLE_SLACK_S
+        if outcome == "given_back":  # unsettled, it comes back when its lease ends anyway
+            patience_until = min(patience_until, loop.time() + self.reply_timeout)
         sent_before = False
-        try:
-            async with asyncio.timeout_at(job.lease_until + SETTLE_SLACK_S):
-                while True:
+        while True:
+            try:
+                async with asyncio.timeout_at(patience_until):
                     client = await self._connection()
-                    try:
-                        if nack_delay is None:
-                            await client.ack(message.queue, message.id, lease)
-                        else:
-                            await client.nack(message.queue, message.id, lease,
-                                              delay=nack_delay)
-                        return True
-                    except ConnectionClosed:
-                        sent_before = True
-                    except NotFound:
-                        if sent_before and nack_delay is None:
-                            return True  # the ack sent before was carried out
-                        self.counts.lease_lost += 1
-                        return False
-                    except LeaseLost:
-                        self.counts.lease_lost += 1
-                        return False
-        except TimeoutError:
-            pass
-        except WonderQError as exc:
-            log.warning("could not settle message %d of %r: %s", message.id, message.queue,
-                        exc)
-        self.counts.unsettled += 1
-        return False
+            except (TimeoutError, WonderQError) as exc:  # no connection in time, or stopped
+                log.warning("gave up settling message %d of %r: %s", message.id,
+                            message.queue, exc or "no connection before its lease ended")
+                return "unsettled"
+            try:
+                async with asyncio.timeout(self.reply_timeout):
+                    if nack_delay is None:
+                        await client.ack(message.queue, message.id, lease)
+                    else:
+                        await client.nack(message.queue, message.id, lease, delay=nack_delay,
+                                          unseen=unseen)
+            except TimeoutError:
+                self._drop(client, f"no answer to an ack or nack within "
+                                   f"{self.reply_timeout:g} s")
+                sent_before = True
+                continue
+            except ConnectionClosed:
+                sent_before = True
+                continue
+            except NotFound:
+                if sent_before and nack_delay is None:
+                    self._server_answered()
+                    return outcome  # the ack sent before was carried out
+                return "lease_lost"
+            except LeaseLost:
+                return "lease_lost"
+            except WonderQError as exc:
+                if isinstance(exc, BadArgument) and nack_delay:
+                    log.warning("the server refused a retry delay of %g s (%s); nacking "
+                                "message %d with none", nack_delay, exc.message, message.id)
+                    nack_delay = 0.0
+                    continue
+                log.warning("could not settle message %d of %r: %s", message.id,
+                            message.queue, exc)
+                return "unsettled"
+            self._server_answered()
+            return outcome
 
-    async def _drain(self, grace: float) -> None:
-        """_drain lets the handlers running finish within `grace` seconds (a second stop()
-        ends it sooner), then cancels the rest, and waits until every message is settled."""
+    async def _drain(self) -> None:
+        """_drain lets the handlers running finish within the grace, then cancels them, and
+        gives the settles (acks of work done, give-backs) until the grace is over or
+        `reply_timeout` after the cancel, whichever is later. Hurried (a second stop(), or a
+        cancel of run(), raised again at the end), it skips what is left of the grace, and
+        the settles get `reply_timeout` from then. What is still unsettled is then
+        cancelled, left to its lease. A handler that ignores its cancel is left running."""
         loop = asyncio.get_running_loop()
-        give_up_at = loop.time() + grace
+        cancelled: asyncio.CancelledError | None = None
+
+        async def wait_for(which: Callable[[_Job], bool], until: float) -> None:
+            nonlocal cancelled
+            while not self._hurry.is_set():
+                tasks = {task for task, job in self._jobs.items() if which(job)}
+                left = until - loop.time()
+                if not tasks or left <= 0:
+                    return
+                try:
+                    await self._wait_for_one(tasks, left)
+                except asyncio.CancelledError as exc:
+                    cancelled = exc
+                    self._hurry.set()
+
+        grace_over_at = loop.time() + self.shutdown_grace
+        await wait_for(lambda job: not job.settling, grace_over_at)
+        self._handlers_cancelled = True
+        for task, job in self._jobs.items():
+            if job.started and not job.settling:
+                task.cancel()
+        await wait_for(lambda job: True, max(grace_over_at, loop.time()) + self.reply_timeout)
+        if self._jobs and self._hurry.is_set():
+            await asyncio.wait(set(self._jobs), timeout=self.reply_timeout)
+        left_to_lease = [task for task, job in self._jobs.items() if job.settling]
+        for task in left_to_lease:
+            task.cancel()  # each counts itself unsettled as it ends
+        if left_to_lease:
+            await asyncio.wait(left_to_lease, timeout=self.reply_timeout)
+        if cancelled is not None:
+            raise cancelled
+
+    async def _wait_for_one(self, tasks: set[asyncio.Task[None]], timeout: float | None) -> None:
+        """_wait_for_one returns when one of `tasks` ends, `timeout` passes, or stop()
+        hurries."""
         hurry = asyncio.ensure_future(self._hurry.wait())
         try:
-            while self._jobs and not self._hurry.is_set():
-                left = give_up_at - loop.time()
-                if left <= 0:
-                    break
-                await asyncio.wait({*self._jobs, hurry}, timeout=left,
-                                   return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({*tasks, hurry}, timeout=timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
         finally:
             hurry.cancel()
-        for task in list(self._jobs):
-            task.cancel()
-        if self._jobs:
-            await asyncio.wait(set(self._jobs))  # each settle ends with its lease at most
 
     # -------------------------------------------------------------- heartbeat
 
     async def _heartbeat_loop(self) -> None:
-        """_heartbeat_loop wakes every quarter lease and touches each message received or
-        touched at least that long ago: its lease then has at most three quarters left,
-        and a touch lost to a reconnect still leaves a quarter for the next one."""
+        """_heartbeat_loop beats every quarter lease, on a fixed schedule: a slow round does
+        not push the next one back. Each round touches the jobs whose lease has three
+        quarters or less left, so a lease is renewed when a quarter to a half of it has
+        passed, and a round that fails still leaves the next one a quarter lease."""
         period = self.visibility / 4
         loop = asyncio.get_running_loop()
+        beat_at = loop.time()
         while True:
-            await asyncio.sleep(period)
-            due = [job for job in self._jobs.values()
-                   if not job.lease_gone and job.lease_until - loop.time() <= 3 * period]
-            if not due:
-                continue
+            beat_at = max(beat_at + period, loop.time())
+            await asyncio.sleep(beat_at - loop.time())
             try:
-                async with asyncio.timeout(period):
-                    client = await self._connection()
-            except TimeoutError:
-                continue  # still no connection: the next round tries again
-            sent_at = loop.time()
-            results = await asyncio.gather(
-                *(client.touch(job.message.queue, job.message.id, job.message.lease,  # type: ignore[arg-type]
-                               visibility=self.visibility) for job in due),
-                return_exceptions=True)
-            for job, result in zip(due, results, strict=True):
-                if isinstance(result, (LeaseLost, NotFound)):
-                    job.lease_gone = True
-                    log.warning("message %d of %r: its lease was lost (%s); the handler's "
-                                "result will not count", job.message.id, job.message.queue,
-                                result)
-                elif not isinstance(result, BaseException):
-                    job.lease_until = sent_at + self.visibility
-                    self.counts.touched += 1
+                await self._touch_due(period)
+            except Exception as exc:  # the beat must go on
+                log.warning("heartbeat round failed: %s", exc)
+
+    async def _touch_due(self, period: float) -> None:
+        loop = asyncio.get_running_loop()
+        due = [job for job in self._jobs.values()
+               if not job.settling and not job.lease_gone
+               and job.lease_until - loop.time() <= 3 * period]
+        if not due:
+            return
+        try:
+            async with asyncio.timeout(period):
+                client = await self._connection()
+        except TimeoutError:
+            return  # still no connection: the next round tries again
+        sent_at = loop.time()
+        try:
+            async with asyncio.timeout(self.reply_timeout):
+                results = await asyncio.gather(*(self._touch(client, job) for job in due),
+                                               return_exceptions=True)
+        except TimeoutError:
+            self._drop(client, f"no answer to touches within {self.reply_timeout:g} s")
+            return
+        for job, result in zip(due, results, strict=True):
+            if isinstance(result, (LeaseLost, NotFound)):
+                job.lease_gone = True
+                log.warning("message %d of %r: its lease was lost (%s); the handler's "
+                            "result will not count", job.message.id, job.message.queue,
+                            result)
+            elif isinstance(result, float):
+                job.lease_until = sent_at + self.visibility
+                self.counts.touched += 1
+                self._server_answered()
+
+    async def _touch(self, client: Client, job: _Job) -> float | None:
+        """_touch renews one job's lease, unless its handler is over by the time this runs
+        (a touch after a nack would lease the message again)."""
+        if job.settling:
+            return None
+        message = job.message
+        return await client.touch(message.queue, message.id, message.lease,  # type: ignore[arg-type]
+                                  visibility=self.visibility)
