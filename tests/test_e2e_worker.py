@@ -676,3 +676,28 @@ async def test_the_heartbeat_never_touches_a_message_already_nacked(server_facto
             await until_counts(worker, lambda c: c.acked == 1)
         assert worker.counts.touched == touched_at_failure[0]
         assert worker.counts.failed == 1
+
+
+async def test_acks_sent_together_each_get_their_own_result(server):
+    """Acks of jobs that end together go out as one ack_many; an item the server refuses
+    (the message was purged meanwhile) is that message's lease lost, not its batch's."""
+    release = asyncio.Event()
+    started = 0
+
+    async def handler(msg: Message) -> None:
+        nonlocal started
+        started += 1
+        if msg.body != b"after":
+            await release.wait()
+
+    async with connect(server.host, server.port) as client:
+        await client.put_many("purged", [b"a", b"b"])
+        worker = Worker("purged", handler, host=server.host, port=server.port, concurrency=3)
+        async with running(worker):
+            await until(lambda: asyncio.sleep(0, started), lambda n: n == 2)
+            assert await client.purge("purged") == 2
+            await client.put("purged", b"after")
+            await until_counts(worker, lambda c: c.acked == 1)
+            release.set()  # both end in one loop iteration: one ack_many of two
+            await until_counts(worker, lambda c: c.lease_lost == 2)
+        assert (worker.counts.acked, worker.counts.unsettled) == (1, 0)

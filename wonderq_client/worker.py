@@ -53,9 +53,12 @@ Rules:
   verification too: a certificate can be renewed), is retried with back-off until stop().
 * The counts add up: every message received ends in exactly one of acked, failed,
   given_back, lease_lost and unsettled once its job is over.
-* Per message there is one task, its job (handler, then settle), and a timer for each
-  request's reply_timeout; one receive loop and one heartbeat loop serve every message, and
-  a heartbeat round's touches (a short task each) are pipelined together.
+* Per message there is one task, its job (handler, then settle), and nothing else on the
+  way of a success: the acks of jobs that end in one loop iteration go out as one ack_many
+  with one reply timer (measured: the server's CPU per message fell from 19.0 to 4.5 µs,
+  bench/probes/worker_throughput.py). A nack has its own request and timer; one receive
+  loop and one heartbeat loop serve every message, and a heartbeat round's touches (a short
+  task each) are pipelined together.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .batches import item_results
 from .client import DEFAULT_HOST, DEFAULT_PORT, Client, connect
 from .errors import (
     AuthFailed,
@@ -229,6 +233,9 @@ class Worker:
         self._hurry = asyncio.Event()  # a second stop(): no more grace
         self._handlers_cancelled = False  # past the grace: jobs not begun give back at once
         self._fatal: BaseException | None = None  # what ends run(), found by a job
+        # Acks made during this loop iteration, sent together (_send_acks) as ack_many.
+        self._acks_out: list[tuple[Client, Message, asyncio.Future[None]]] = []
+        self._acks_scheduled = False
 
     @property
     def in_progress(self) -> int:
@@ -468,32 +475,29 @@ class Worker:
 
     async def _send_settle(self, job: _Job, outcome: str, nack_delay: float | None,
                            unseen: bool) -> str:
-        loop = asyncio.get_running_loop()
         message = job.message
         lease = message.lease
         assert lease is not None  # received, not peeked
-        patience_until = job.lease_until + SETTLE_SLACK_S
-        if outcome == "given_back":  # unsettled, it comes back when its lease ends anyway
-            patience_until = min(patience_until, loop.time() + self.reply_timeout)
         sent_before = False
         while True:
+            client = self._client
+            if client is None or client.closed:
+                try:
+                    client = await self._wait_for_connection(job, outcome)
+                except (TimeoutError, WonderQError) as exc:  # none in time, or stopped
+                    log.warning("gave up settling message %d of %r: %s", message.id,
+                                message.queue,
+                                exc or "no connection before its lease ended")
+                    return "unsettled"
             try:
-                async with asyncio.timeout_at(patience_until):
-                    client = await self._connection()
-            except (TimeoutError, WonderQError) as exc:  # no connection in time, or stopped
-                log.warning("gave up settling message %d of %r: %s", message.id,
-                            message.queue, exc or "no connection before its lease ended")
-                return "unsettled"
-            try:
-                async with asyncio.timeout(self.reply_timeout):
-                    if nack_delay is None:
-                        await client.ack(message.queue, message.id, lease)
-                    else:
+                if nack_delay is None:
+                    await self._ack_soon(client, message)  # the batch has the reply timer
+                else:
+                    async with asyncio.timeout(self.reply_timeout):
                         await client.nack(message.queue, message.id, lease, delay=nack_delay,
                                           unseen=unseen)
             except TimeoutError:
-                self._drop(client, f"no answer to an ack or nack within "
-                                   f"{self.reply_timeout:g} s")
+                self._drop(client, f"no answer to a nack within {self.reply_timeout:g} s")
                 sent_before = True
                 continue
             except ConnectionClosed:
@@ -517,6 +521,79 @@ class Worker:
                 return "unsettled"
             self._server_answered()
             return outcome
+
+    async def _wait_for_connection(self, job: _Job, outcome: str) -> Client:
+        """_wait_for_connection is _connection() for a settle: it waits while the lease
+        lasts (a give-back: reply_timeout at most, as its message comes back with its lease
+        anyway), then raises TimeoutError. Only a settle that finds no connection pays for
+        this timer: one that finds it open goes straight on."""
+        loop = asyncio.get_running_loop()
+        patience_until = job.lease_until + SETTLE_SLACK_S
+        if outcome == "given_back":
+            patience_until = min(patience_until, loop.time() + self.reply_timeout)
+        async with asyncio.timeout_at(patience_until):
+            return await self._connection()
+
+    def _ack_soon(self, client: Client, message: Message) -> asyncio.Future[None]:
+        """_ack_soon queues an ack; every ack queued during this loop iteration goes out in
+        one ack_many (per connection, in batches the server takes) at its end, so many
+        jobs ending together cost the server one request, not one each. The returned
+        future gets that item's own result: None, or its error."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._acks_out.append((client, message, future))
+        if not self._acks_scheduled:
+            self._acks_scheduled = True
+            asyncio.get_running_loop().call_soon(self._send_acks)
+        return future
+
+    def _send_acks(self) -> None:
+        """_send_acks sends the acks queued (_ack_soon), one ack_many per connection and
+        batch, and arms one reply timer per batch: a batch unanswered for reply_timeout
+        drops its connection, so its acks fail with ConnectionClosed and are sent again."""
+        self._acks_scheduled = False
+        queued, self._acks_out = self._acks_out, []
+        by_client: dict[Client, list[tuple[Message, asyncio.Future[None]]]] = {}
+        for client, message, future in queued:
+            if not future.done():  # its settle was cancelled meanwhile
+                by_client.setdefault(client, []).append((message, future))
+        loop = asyncio.get_running_loop()
+        for client, items in by_client.items():
+            for start in range(0, len(items), self._batch_cap):
+                batch = items[start:start + self._batch_cap]
+                try:
+                    # The client's own request path, without a coroutine: its reply is a
+                    # future whose callback hands each item its result.
+                    reply = client._protocol.send("ack_many", {
+                        "queue": self.queue,
+                        "items": [(message.id, message.lease) for message, _ in batch]})
+                except ConnectionClosed as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                timer = loop.call_later(self.reply_timeout, self._acks_overdue, client, reply)
+                reply.add_done_callback(
+                    lambda done, batch=batch, timer=timer: self._acks_answered(done, batch,
+                                                                               timer))
+
+    def _acks_overdue(self, client: Client, reply: asyncio.Future[Any]) -> None:
+        if not reply.done():
+            self._drop(client, f"no answer to acks within {self.reply_timeout:g} s")
+
+    @staticmethod
+    def _acks_answered(reply: asyncio.Future[Any],
+                       batch: list[tuple[Message, asyncio.Future[None]]],
+                       timer: asyncio.TimerHandle) -> None:
+        timer.cancel()
+        error = reply.exception() if not reply.cancelled() else ConnectionClosed("cancelled")
+        results = [error] * len(batch) if error is not None else item_results(reply.result())
+        for (_, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if result is None:
+                future.set_result(None)
+            else:
+                future.set_exception(result)
 
     async def _drain(self) -> None:
         """_drain lets the handlers running finish within the grace, then cancels them, and
