@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -46,11 +45,12 @@ def stop(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
 
 
 def alive(pid: int) -> bool:
+    """alive: the process exists and is not a zombie (nobody may reap an orphan here)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
         return False
-    return True
 
 
 async def path_exists(path: Path) -> bool:
@@ -167,3 +167,20 @@ async def test_a_program_that_does_not_read_its_input_is_judged_by_its_exit_stat
             code, _, err = stop(proc)
         assert code == 0, err
         assert "3 acked, 0 failed" in err
+
+
+async def test_ending_a_program_ends_what_it_started_too(server, tmp_path):
+    """The program's leader dies of SIGTERM at once; the child it started ignores SIGTERM.
+    Ending the program must still end the child (SIGKILL to the group)."""
+    child_file = tmp_path / "child"
+    script = (f"(trap '' TERM; exec sleep 600) & echo $! > {child_file}.tmp; "
+              f"mv {child_file}.tmp {child_file}; wait")
+    async with connect(server.host, server.port) as client:
+        msg_id = await client.put("tree", b"x")
+        with work(server, "tree", "--command-timeout", "0.5", "--retry-delay", "600", "--",
+                  "sh", "-c", script) as proc:
+            await until(lambda: client.message_info("tree", msg_id),
+                        lambda i: i["state"] == "delayed")
+            code, _, err = stop(proc)
+        assert code == 0, err
+    assert not alive(int(child_file.read_text()))

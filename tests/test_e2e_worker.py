@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 
 import msgpack
 import pytest
+from fault_proxy import FaultProxy
 from polling import EVENT_TIMEOUT_S, until
 from server_process import ServerProcess
 
@@ -560,7 +561,8 @@ async def test_a_server_that_refuses_the_connection_is_not_hammered(server_facto
     assert 1 <= refused <= 25, refused  # backed off: 0.05-0.2 s apart, not thousands
 
 
-async def test_a_server_speaking_another_version_ends_run():
+@pytest.mark.parametrize("auth_token", [None, "secret"])
+async def test_a_server_speaking_another_version_ends_run(auth_token):
     frames = 0
 
     async def stand_in(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -580,7 +582,8 @@ async def test_a_server_speaking_another_version_ends_run():
     listener = await asyncio.start_server(stand_in, "127.0.0.1", 0)
     port = listener.sockets[0].getsockname()[1]
     try:
-        worker = Worker("q", handler, port=port)
+        # With a token, AUTH (inside connect) is the request that meets the refusal.
+        worker = Worker("q", handler, port=port, auth_token=auth_token)
         with pytest.raises(UnsupportedVersion, match="version 9"):
             await asyncio.wait_for(worker.run(), EVENT_TIMEOUT_S)
         assert frames == 1
@@ -589,56 +592,81 @@ async def test_a_server_speaking_another_version_ends_run():
 
 
 async def test_a_connection_that_goes_silent_is_dropped_and_made_again(server):
-    """A proxy in front of the server forwards until told to go silent; it keeps the
-    sockets open but passes nothing more (a dead network path, no FIN, no RST). New
-    connections through it work again."""
-    silent_links: list[asyncio.StreamWriter] = []
-    go_silent = False
-
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                   link_silent: Callable[[], bool]) -> None:
-        while data := await reader.read(65536):
-            if link_silent():
-                continue
-            writer.write(data)
-            await writer.drain()
-
-    async def link(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(server.host, server.port)
-        made_silent = go_silent  # a link made after the switch works
-        silent_links.append(writer)
-
-        def link_silent() -> bool:
-            return go_silent and not made_silent
-
-        with contextlib.suppress(OSError):
-            await asyncio.gather(pipe(reader, up_writer, link_silent),
-                                 pipe(up_reader, writer, link_silent))
-
+    """The network path dies without a FIN or RST (the proxy keeps the sockets open and
+    passes nothing more); new connections through it work."""
     handled = asyncio.Event()
 
     async def handler(msg: Message) -> None:
         handled.set()
 
-    proxy = await asyncio.start_server(link, "127.0.0.1", 0)
-    port = proxy.sockets[0].getsockname()[1]
+    proxy = await FaultProxy(server.host, server.port).start()
     try:
         async with connect(server.host, server.port) as client:
             # The message is leased to the receive waiting on the dead path; with a 1 s
             # lease it comes back to the worker's next connection.
-            worker = Worker("silent", handler, port=port, wait=0.5, reply_timeout=0.5,
+            worker = Worker("silent", handler, port=proxy.port, wait=0.5, reply_timeout=0.5,
                             visibility=1.0)
             async with running(worker):
                 await until(client.stats, lambda s: s["server"]["waiting_consumers"] == 1)
-                go_silent = True
+                proxy.silence()
                 await client.put("silent", b"after the path died")
                 await asyncio.wait_for(handled.wait(), EVENT_TIMEOUT_S)
                 await until_counts(worker, lambda c: c.acked == 1)
             assert worker.counts.reconnects >= 1
     finally:
-        proxy.close()
-        for writer in silent_links:
-            writer.close()
+        await proxy.close()
+
+
+async def test_the_heartbeat_reconnects_in_time_when_the_path_goes_silent(server):
+    """reply_timeout (10 s) is far longer than the lease (1 s): the heartbeat must not wait
+    for it, or the lease runs out while the handler works."""
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def handler(msg: Message) -> None:
+        started.set()
+        await release.wait()
+
+    proxy = await FaultProxy(server.host, server.port).start()
+    try:
+        async with connect(server.host, server.port) as client:
+            await client.put("beat", b"long work")
+            worker = Worker("beat", handler, port=proxy.port, visibility=1.0,
+                            reply_timeout=10.0)
+            async with running(worker):
+                await asyncio.wait_for(started.wait(), EVENT_TIMEOUT_S)
+                proxy.silence()
+                # Three leases long: the heartbeat must reconnect and touch within each.
+                assert await client.receive("beat", wait=3.0) == []
+                release.set()
+                await until_counts(worker, lambda c: c.acked == 1)
+            assert worker.counts.lease_lost == 0
+            assert worker.counts.reconnects >= 1
+    finally:
+        await proxy.close()
+
+
+async def test_closing_after_a_cancelled_wait_gives_back_what_came_for_it(server):
+    """The cancel of a wait reaches the server late (the proxy holds the client's data),
+    after the server leased a message to the wait. close() must wait for the cancel's
+    answer, so the message that came meanwhile is given back, not left leased."""
+    proxy = await FaultProxy(server.host, server.port).start()
+    try:
+        async with connect(server.host, server.port) as producer:
+            consumer = await connect("127.0.0.1", proxy.port)
+            waiting = asyncio.create_task(consumer.receive("late", wait=60, visibility=3600))
+            await until(producer.stats, lambda s: s["server"]["waiting_consumers"] == 1)
+            proxy.hold_up()
+            waiting.cancel()  # its cancel is held in the proxy
+            closing = asyncio.create_task(consumer.close())
+            down_before = proxy.down_bytes
+            msg_id = await producer.put("late", b"leased to a wait nobody has")
+            await until(lambda: asyncio.sleep(0, proxy.down_bytes), lambda n: n > down_before)
+            proxy.release_up()
+            await asyncio.wait_for(closing, EVENT_TIMEOUT_S)
+            info = await producer.message_info("late", msg_id)
+            assert (info["state"], info["deliveries"]) == ("ready", 0)
+    finally:
+        await proxy.close()
 
 
 async def test_the_heartbeat_never_touches_a_message_already_nacked(server_factory):
@@ -701,3 +729,66 @@ async def test_acks_sent_together_each_get_their_own_result(server):
             release.set()  # both end in one loop iteration: one ack_many of two
             await until_counts(worker, lambda c: c.lease_lost == 2)
         assert (worker.counts.acked, worker.counts.unsettled) == (1, 0)
+
+
+class Interrupted(BaseException):
+    """Not an Exception, as KeyboardInterrupt and SystemExit are not."""
+
+
+async def test_a_handler_raising_a_base_exception_has_its_message_nacked_first(server):
+    async def handler(msg: Message) -> None:
+        raise Interrupted
+
+    async with connect(server.host, server.port) as client:
+        msg_id = await client.put("base", b"x")
+        worker = Worker("base", handler, host=server.host, port=server.port,
+                        visibility=3600, retry_delay=600)
+        async with running(worker):
+            await until_counts(worker, lambda c: c.failed == 1)
+        info = await client.message_info("base", msg_id)
+        assert info["state"] == "delayed"  # nacked, not left to its hour-long lease
+
+
+async def test_run_cancelled_twice_still_cleans_up_and_can_run_again(server):
+    """The second cancel lands while the first one's give-back waits on a server that
+    reads nothing (SIGSTOP): the clean-up must still run to its end (within reply_timeout),
+    leaving no job behind, and the Worker must run again afterwards."""
+    started = asyncio.Event()
+    handled: list[bytes] = []
+    first_run = True
+
+    handler_cancelled = asyncio.Event()
+
+    async def handler(msg: Message) -> None:
+        if first_run:
+            started.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                handler_cancelled.set()  # the drain cancelled it: its give-back follows
+                raise
+        handled.append(msg.body)
+
+    async with connect(server.host, server.port) as client:
+        await client.put("twice", b"stuck")
+        worker = Worker("twice", handler, host=server.host, port=server.port,
+                        visibility=3600, shutdown_grace=3600, reply_timeout=0.5)
+        task = asyncio.create_task(worker.run())
+        await asyncio.wait_for(started.wait(), EVENT_TIMEOUT_S)
+        assert server.proc is not None
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            task.cancel()
+            await asyncio.wait_for(handler_cancelled.wait(), EVENT_TIMEOUT_S)
+            task.cancel()  # lands in the drain's wait for the give-back
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(task, EVENT_TIMEOUT_S)
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        counts = worker.counts
+        assert worker.in_progress == 0
+        assert counts.received == counts.given_back + counts.unsettled == 1
+        first_run = False
+        await client.put("twice", b"second run")
+        async with running(worker):
+            await until(lambda: asyncio.sleep(0, handled), lambda h: b"second run" in h)

@@ -11,16 +11,20 @@ tool's stdout and stderr, and finds the message's particulars in its environment
     since the epoch), WONDERQ_HEADERS (a JSON object)
 
 Rules:
-* SIGTERM and SIGINT stop the worker gracefully (Worker.stop): no more receives; programs
-  still running get --grace seconds, then are ended (below) and their messages given back. A
-  second signal skips the rest of the grace. Exit status 0 after a stop.
+* SIGTERM, SIGINT and SIGHUP stop the worker gracefully (Worker.stop): no more receives;
+  programs still running get --grace seconds, then are ended (below) and their messages
+  given back. A second signal skips the rest of the grace. Exit status 0 after a stop.
+  SIGKILL of this tool leaves its programs running (they are in sessions of their own):
+  stop it with SIGTERM, as init systems do.
+* --timeout bounds the connect and every request's answer (the Worker's reply_timeout).
 * A server that is down or restarting is not an error: the worker reconnects, saying so on
   stderr. What retrying cannot mend (AUTH_FAILED, a --wait over the server's --max-wait)
   ends it with main.py's exit codes.
 * A program that cannot be found is a usage error (exit 2), found before connecting.
 * Each program runs in a session of its own, so that ending it ends whatever it started
   (`sh -c` pipelines) and a Ctrl-C at the terminal reaches only this tool, which decides.
-  Ending is SIGTERM to the whole group, then SIGKILL after KILL_AFTER_S.
+  Ending is SIGTERM to the whole group, then, once the program exited or KILL_AFTER_S
+  passed, SIGKILL to what is left of the group.
 * Log lines (failures, reconnects) are one line each on stderr: a failed program is not a
   Python traceback.
 """
@@ -45,6 +49,8 @@ from . import argument_types
 
 # How long a program told to end (SIGTERM) has before it is killed (SIGKILL).
 KILL_AFTER_S = 5.0
+# Signals that stop the worker gracefully: an init system's, Ctrl-C, a closed terminal.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class ProgramFailed(Exception):
@@ -59,8 +65,8 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
                     "its standard input and WONDERQ_QUEUE, WONDERQ_MESSAGE_ID, "
                     "WONDERQ_DELIVERIES, WONDERQ_ENQUEUED_AT and WONDERQ_HEADERS (JSON) in "
                     "its environment. Exit status 0 acks the message; anything else nacks it "
-                    "with a back-off delay. Leases are renewed while COMMAND runs. SIGTERM or "
-                    "Ctrl-C stops it gracefully; a second one skips the grace.")
+                    "with a back-off delay. Leases are renewed while COMMAND runs. SIGTERM, "
+                    "SIGHUP or Ctrl-C stops it gracefully; a second one skips the grace.")
     work.add_argument("queue")
     work.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG ...]",
                       help="the program to run, and its arguments")
@@ -144,17 +150,18 @@ async def feed(process: asyncio.subprocess.Process, body: bytes) -> None:
 
 
 async def end_program(process: asyncio.subprocess.Process) -> None:
-    """end_program sends SIGTERM to the program's whole group, then SIGKILL if it is still
-    there KILL_AFTER_S later, and waits for it."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        try:
-            async with asyncio.timeout(KILL_AFTER_S):
-                await process.wait()
-            return
-        except TimeoutError:
-            continue
+    """end_program sends SIGTERM to the program's whole group, waits up to KILL_AFTER_S for
+    the program to exit, then sends SIGKILL to the group in any case: whatever it started
+    that outlived it (a child ignoring SIGTERM) goes too. The group's id cannot be reused
+    while any member lives, so the SIGKILL reaches only them."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(KILL_AFTER_S):
+            await process.wait()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    await process.wait()
 
 
 class OneLine(logging.Formatter):
@@ -194,14 +201,14 @@ async def run(args: argparse.Namespace) -> int:
                     concurrency=args.concurrency, visibility=args.visibility, wait=args.wait,
                     retry_delay=retry_backoff if args.retry_delay is None else args.retry_delay,
                     shutdown_grace=args.grace, connect_timeout=args.timeout,
-                    **args.connect_options)
+                    reply_timeout=args.timeout, **args.connect_options)
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, worker.stop)
     try:
         await worker.run()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)
         logger.removeHandler(log_handler)
         logger.level, logger.propagate = saved

@@ -69,7 +69,8 @@ class _ClientProtocol(asyncio.Protocol):
         self._waits_on_server: set[int] = set()  # request ids of waiting receives sent
         # Past MAX_WAITS_ON_SERVER, unsent, oldest first: args, deadline, expiry timer.
         self._waits_held: dict[int, tuple[dict[str, Any], float, asyncio.TimerHandle]] = {}
-        self.giving_back: set[asyncio.Future[Any]] = set()  # give-back nacks unanswered
+        # Answers close() waits for: give-back nacks and cancels of waits, unanswered.
+        self.awaited_by_close: set[asyncio.Future[Any]] = set()
         self._unseen_refused = False  # the server is older than nack's `unseen`
         self._last_id = 0  # request ids count up from 1
         self._out: list[bytes] = [PREAMBLE]
@@ -217,11 +218,11 @@ class _ClientProtocol(asyncio.Protocol):
                 continue
             request_id = self._send_later("nack", {**args, "unseen": True})
             answer = self._pending[request_id] = self._loop.create_future()
-            self.giving_back.add(answer)
+            self.awaited_by_close.add(answer)
             answer.add_done_callback(lambda done, args=args: self._given_back(done, args))
 
     def _given_back(self, answer: asyncio.Future[Any], args: dict[str, Any]) -> None:
-        self.giving_back.discard(answer)
+        self.awaited_by_close.discard(answer)
         error = None if answer.cancelled() else answer.exception()
         if isinstance(error, BadArgument) and "unseen" in error.message \
                 and self.closed_error is None:
@@ -231,9 +232,20 @@ class _ClientProtocol(asyncio.Protocol):
     def cancel_wait(self, request_id: int) -> None:
         """cancel_wait asks the server to withdraw a waiting receive nobody awaits any more,
         so that no message is leased to it. If the server answered first, its messages
-        come back to data_received and are given back. One still held here is dropped."""
+        come back to data_received and are given back. One still held here is dropped.
+        close() waits for the cancel's answer: the server answers the receive (with any
+        messages it leased to it before it read the cancel) first, so by then they are
+        being given back, and close() waits for that too."""
         if self._drop_held(request_id) is None and self.closed_error is None:
-            self._send_later("cancel", {"request": request_id})
+            cancel_id = self._send_later("cancel", {"request": request_id})
+            answer = self._pending[cancel_id] = self._loop.create_future()
+            self.awaited_by_close.add(answer)
+            answer.add_done_callback(self._cancel_answered)
+
+    def _cancel_answered(self, answer: asyncio.Future[Any]) -> None:
+        self.awaited_by_close.discard(answer)
+        if not answer.cancelled():
+            answer.exception()  # retrieved: a lost connection or an older server's refusal
 
     def _send_later(self, command: str, args: dict[str, Any]) -> int:
         """_send_later queues a request for the next flush and returns its id. Nothing is
@@ -428,20 +440,20 @@ class Client(QueueAdmin):
         """close ends the connection; calls still waiting raise ConnectionClosed.
 
         What is still unsent (a give-back's nacks) may take CLOSE_DRAIN_S to go
-        out, and the answers to give-backs as long again (give_back says why);
-        after that the connection is dropped, so a server that stopped reading
-        cannot hold close() up."""
+        out, and the answers to give-backs and to cancels of waiting receives as
+        long again (give_back and cancel_wait say why); after that the connection
+        is dropped, so a server that stopped reading cannot hold close() up."""
         transport = self._protocol.transport
         deadline = asyncio.get_running_loop().time() + CLOSE_DRAIN_S
-        while self._protocol.giving_back and transport is not None \
+        while self._protocol.awaited_by_close and transport is not None \
                 and not transport.is_closing():
-            # Their answers may ask for a plain nack again (an older server): wait for
-            # them, and for give-backs that a late reply starts meanwhile.
+            # Their answers may ask for a plain nack again (an older server), or bring
+            # messages to give back: wait for them, and for what they start meanwhile.
             self._protocol._flush()
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
                 break
-            await asyncio.wait(set(self._protocol.giving_back), timeout=left)
+            await asyncio.wait(set(self._protocol.awaited_by_close), timeout=left)
         if transport is not None and not transport.is_closing():
             self._protocol._flush()
             transport.close()

@@ -21,6 +21,8 @@ Rules:
   itself: the Worker does, and the connection `msg` came on may be gone by then. Blocking
   work goes through `asyncio.to_thread`. A handler that is not async is refused when the
   Worker is made, or, if that cannot be seen, ends run() with TypeError at its first call.
+  One that raises a BaseException (KeyboardInterrupt, SystemExit) has its message nacked as
+  failed before the exception goes on.
 * A job has two phases: its handler runs, then its message is settled. Only the first is
   ever cancelled (by a stop), and the heartbeat touches only jobs in the first, so a touch
   never re-leases a message just nacked.
@@ -30,18 +32,22 @@ Rules:
   others to take at once. Settles (acks of work done, those give-backs) get until the grace
   is over or `reply_timeout` after the cancel, whichever is later; one not done by then is
   given up, and its message comes back when its lease ends. A second stop() (a second
-  Ctrl-C) skips what is left of the grace, and settles get `reply_timeout` from then. So a
-  stop takes at most shutdown_grace + reply_timeout, or 2 x reply_timeout once hurried. run()
-  cancelled from outside does what a second stop does, then raises CancelledError. A
+  Ctrl-C) skips what is left of the grace, and settles get `reply_timeout` from then.
+  Closing the connection then takes `reply_timeout` at most (close() waits for the answers
+  to give-backs and cancels, so that a message leased to a withdrawn wait is given back).
+  So a stop takes at most shutdown_grace + 2 x reply_timeout, or 3 x reply_timeout once
+  hurried, server down or not. run() cancelled from outside does what a second stop does,
+  then raises CancelledError; a cancel of it during the stop hurries the stop too. A
   handler that ignores its cancellation is left running, and its result is not sent.
 * A request unanswered for `reply_timeout` (a receive: past its wait) means the connection is
   dead: it is dropped and made again. A settle that meets a dead connection is sent again on
   the next one while the lease lasts (plus SETTLE_SLACK_S: a late ack is accepted while
   nobody else has the message; a give-back waits `reply_timeout` at most, as its message
   comes back with its lease anyway), or until a stop gives up on it. NotFound for an ack
-  sent again means the first one was carried out. LeaseLost (or NotFound) means the lease
-  passed to someone else: counted, not raised. A nack whose delay the server refuses (over
-  its --max-delay) is sent with none.
+  sent again, or NotFound or LeaseLost for a nack sent again, means the first one was
+  carried out. Otherwise LeaseLost (or NotFound) means the lease passed to someone else:
+  counted, not raised. A nack whose delay the server refuses (over its --max-delay) is
+  sent with none; one whose `unseen` it refuses (an older server), without it.
 * Back-off: between failed connects, and before reconnecting after a connection that ended
   before the server answered anything (TOO_MANY_CONNECTIONS, say), so a refusing server is
   not hammered. It starts again from `reconnect_first` once the server answers.
@@ -131,6 +137,13 @@ def batch_limit(error: BatchTooLarge, size: int) -> int:
     match = BATCH_LIMIT.search(error.message)
     limit = int(match.group(1)) if match else size // 2
     return max(1, min(limit, size - 1))
+
+
+def raise_if_fatal(error: BaseException) -> None:
+    """raise_if_fatal raises UnsupportedVersion for a connection the server closed saying it
+    speaks another protocol version: no reconnect can mend that."""
+    if isinstance(error, ConnectionClosed) and error.server_code == UnsupportedVersion.code:
+        raise UnsupportedVersion(error.message) from error
 
 
 def is_plain_function(handler: Any) -> bool:
@@ -278,9 +291,7 @@ class Worker:
         finally:
             heartbeat.cancel()
             self._closed = True
-            if self._client is not None:
-                await self._client.close()
-                self._client = None
+            client, self._client = self._client, None
             self._running = False
             self._receiving = None
             self._stops = 0
@@ -288,6 +299,8 @@ class Worker:
             self._handlers_cancelled = False
             error = error or self._fatal
             self._fatal = None
+            if client is not None:
+                await self._close(client)
         if cancelled_from_outside:
             raise asyncio.CancelledError
         if error is not None:
@@ -311,6 +324,7 @@ class Worker:
                 try:
                     client = await connect(self.host, self.port, **self._connect_options)
                 except (OSError, ConnectionClosed) as exc:
+                    raise_if_fatal(exc)  # AUTH, the first request, can meet it first
                     await self._back_off(f"cannot connect ({exc or type(exc).__name__})")
                     continue
                 self._client, self._answered = client, False
@@ -319,6 +333,18 @@ class Worker:
                     self.counts.reconnects += 1
                     log.info("connected to WonderQ at %s:%d again", self.host, self.port)
             return self._client
+
+    async def _close(self, client: Client) -> None:
+        """_close closes the connection within reply_timeout (the give-backs and cancels
+        close() waits for included), else drops it; so does a cancel meanwhile."""
+        try:
+            async with asyncio.timeout(self.reply_timeout):
+                await client.close()
+        except TimeoutError:
+            client.abort()
+        except asyncio.CancelledError:
+            client.abort()
+            raise
 
     async def _back_off(self, reason: str) -> None:
         delay = reconnect_delay(self._connect_attempt, self.reconnect_first,
@@ -360,8 +386,7 @@ class Worker:
                                    f"{self.reply_timeout:g} s")
                 continue
             except ConnectionClosed as exc:
-                if exc.server_code == UnsupportedVersion.code:
-                    raise UnsupportedVersion(exc.message) from exc
+                raise_if_fatal(exc)
                 log.warning("lost the connection to WonderQ (%s); reconnecting", exc)
                 continue
             except BatchTooLarge as exc:
@@ -428,6 +453,11 @@ class Worker:
             log.exception("handler failed on message %d of %r (delivery %d)", message.id,
                           message.queue, message.deliveries)
             await self._settle(job, "failed", self._retry_delay(message))
+        except BaseException:
+            # KeyboardInterrupt, SystemExit and the like end the program: give the message
+            # back first, as a failure, rather than leave it leased.
+            await self._settle(job, "failed", self._retry_delay(message))
+            raise
         else:
             if not inspect.isawaitable(awaitable):
                 # Whatever it did, it did in the event loop, blocking it: stop, and say why.
@@ -478,12 +508,14 @@ class Worker:
         message = job.message
         lease = message.lease
         assert lease is not None  # received, not peeked
+        patience_until = self._settle_patience(job, outcome)
         sent_before = False
         while True:
             client = self._client
             if client is None or client.closed:
                 try:
-                    client = await self._wait_for_connection(job, outcome)
+                    async with asyncio.timeout_at(patience_until):
+                        client = await self._connection()
                 except (TimeoutError, WonderQError) as exc:  # none in time, or stopped
                     log.warning("gave up settling message %d of %r: %s", message.id,
                                 message.queue,
@@ -503,14 +535,18 @@ class Worker:
             except ConnectionClosed:
                 sent_before = True
                 continue
-            except NotFound:
-                if sent_before and nack_delay is None:
+            except (NotFound, LeaseLost) as exc:
+                if sent_before and (nack_delay is not None or isinstance(exc, NotFound)):
+                    # Sent before, on a connection that ended: an ack that finds the message
+                    # gone, or a nack that finds it gone or taken by someone else, was
+                    # carried out the first time (or the message left by itself).
                     self._server_answered()
-                    return outcome  # the ack sent before was carried out
-                return "lease_lost"
-            except LeaseLost:
+                    return outcome
                 return "lease_lost"
             except WonderQError as exc:
+                if isinstance(exc, BadArgument) and unseen and "unseen" in exc.message:
+                    unseen = False  # a server older than nack's `unseen`
+                    continue
                 if isinstance(exc, BadArgument) and nack_delay:
                     log.warning("the server refused a retry delay of %g s (%s); nacking "
                                 "message %d with none", nack_delay, exc.message, message.id)
@@ -522,17 +558,16 @@ class Worker:
             self._server_answered()
             return outcome
 
-    async def _wait_for_connection(self, job: _Job, outcome: str) -> Client:
-        """_wait_for_connection is _connection() for a settle: it waits while the lease
-        lasts (a give-back: reply_timeout at most, as its message comes back with its lease
-        anyway), then raises TimeoutError. Only a settle that finds no connection pays for
-        this timer: one that finds it open goes straight on."""
-        loop = asyncio.get_running_loop()
+    def _settle_patience(self, job: _Job, outcome: str) -> float:
+        """_settle_patience is when a settle stops waiting for a connection: when the lease
+        ends (plus SETTLE_SLACK_S), or, for a give-back, reply_timeout from its start, as its
+        message comes back with its lease anyway. A settle that finds the connection open
+        never arms this timer."""
         patience_until = job.lease_until + SETTLE_SLACK_S
         if outcome == "given_back":
-            patience_until = min(patience_until, loop.time() + self.reply_timeout)
-        async with asyncio.timeout_at(patience_until):
-            return await self._connection()
+            patience_until = min(patience_until,
+                                 asyncio.get_running_loop().time() + self.reply_timeout)
+        return patience_until
 
     def _ack_soon(self, client: Client, message: Message) -> asyncio.Future[None]:
         """_ack_soon queues an ack; every ack queued during this loop iteration goes out in
@@ -601,22 +636,30 @@ class Worker:
         `reply_timeout` after the cancel, whichever is later. Hurried (a second stop(), or a
         cancel of run(), raised again at the end), it skips what is left of the grace, and
         the settles get `reply_timeout` from then. What is still unsettled is then
-        cancelled, left to its lease. A handler that ignores its cancel is left running."""
+        cancelled, left to its lease. A handler that ignores its cancel is left running.
+        Every wait here takes a cancel of run() as a hurry, so the clean-up always runs."""
         loop = asyncio.get_running_loop()
         cancelled: asyncio.CancelledError | None = None
 
-        async def wait_for(which: Callable[[_Job], bool], until: float) -> None:
+        async def wait(tasks: set[asyncio.Task[None]], timeout: float,
+                       hurry_ends_it: bool = True) -> None:
             nonlocal cancelled
+            try:
+                if hurry_ends_it:
+                    await self._wait_for_one(tasks, timeout)
+                else:
+                    await asyncio.wait(tasks, timeout=timeout)
+            except asyncio.CancelledError as exc:
+                cancelled = exc
+                self._hurry.set()
+
+        async def wait_for(which: Callable[[_Job], bool], until: float) -> None:
             while not self._hurry.is_set():
                 tasks = {task for task, job in self._jobs.items() if which(job)}
                 left = until - loop.time()
                 if not tasks or left <= 0:
                     return
-                try:
-                    await self._wait_for_one(tasks, left)
-                except asyncio.CancelledError as exc:
-                    cancelled = exc
-                    self._hurry.set()
+                await wait(tasks, left)
 
         grace_over_at = loop.time() + self.shutdown_grace
         await wait_for(lambda job: not job.settling, grace_over_at)
@@ -625,13 +668,15 @@ class Worker:
             if job.started and not job.settling:
                 task.cancel()
         await wait_for(lambda job: True, max(grace_over_at, loop.time()) + self.reply_timeout)
-        if self._jobs and self._hurry.is_set():
-            await asyncio.wait(set(self._jobs), timeout=self.reply_timeout)
-        left_to_lease = [task for task, job in self._jobs.items() if job.settling]
+        if self._hurry.is_set():  # hurried: reply_timeout from now, and no longer
+            hurried_until = loop.time() + self.reply_timeout
+            while self._jobs and loop.time() < hurried_until:
+                await wait(set(self._jobs), hurried_until - loop.time(), hurry_ends_it=False)
+        left_to_lease = {task for task, job in self._jobs.items() if job.settling}
         for task in left_to_lease:
             task.cancel()  # each counts itself unsettled as it ends
         if left_to_lease:
-            await asyncio.wait(left_to_lease, timeout=self.reply_timeout)
+            await wait(left_to_lease, self.reply_timeout, hurry_ends_it=False)
         if cancelled is not None:
             raise cancelled
 
@@ -670,18 +715,21 @@ class Worker:
                and job.lease_until - loop.time() <= 3 * period]
         if not due:
             return
+        # A round ends by the next beat: a lease touched after a quarter of it may wait one
+        # more quarter, not longer, whatever reply_timeout is.
+        round_over_at = loop.time() + min(period, self.reply_timeout)
         try:
-            async with asyncio.timeout(period):
+            async with asyncio.timeout_at(round_over_at):
                 client = await self._connection()
         except TimeoutError:
             return  # still no connection: the next round tries again
         sent_at = loop.time()
         try:
-            async with asyncio.timeout(self.reply_timeout):
+            async with asyncio.timeout_at(round_over_at):
                 results = await asyncio.gather(*(self._touch(client, job) for job in due),
                                                return_exceptions=True)
         except TimeoutError:
-            self._drop(client, f"no answer to touches within {self.reply_timeout:g} s")
+            self._drop(client, "no answer to touches before the next heartbeat")
             return
         for job, result in zip(due, results, strict=True):
             if isinstance(result, (LeaseLost, NotFound)):
