@@ -184,3 +184,23 @@ async def test_ending_a_program_ends_what_it_started_too(server, tmp_path):
             code, _, err = stop(proc)
         assert code == 0, err
     assert not alive(int(child_file.read_text()))
+
+
+async def test_a_program_ignoring_sigterm_is_gone_when_work_stops_with_a_short_timeout(
+        server, tmp_path):
+    """--timeout 2 bounds the wait for cancelled programs to 2 s: the SIGKILL must come
+    within it (at half of it), not after the tool has gone."""
+    pid_file = tmp_path / "pid"
+    async with connect(server.host, server.port) as client:
+        msg_id = await client.put("stubborn", b"x")
+        with work(server, "stubborn", "--grace", "0", "--timeout", "2", "--visibility",
+                  "3600", "--", "sh", "-c",
+                  f"trap '' TERM; echo $$ > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}; "
+                  "while :; do sleep 0.05; done") as proc:
+            await until(lambda: path_exists(pid_file), bool)
+            code, _, err = stop(proc)
+        assert code == 0, err
+        assert not alive(int(pid_file.read_text()))
+        assert "1 given back" in err
+        [msg] = await client.receive("stubborn", wait=EVENT_TIMEOUT_S)
+        assert msg.id == msg_id

@@ -792,3 +792,57 @@ async def test_run_cancelled_twice_still_cleans_up_and_can_run_again(server):
         await client.put("twice", b"second run")
         async with running(worker):
             await until(lambda: asyncio.sleep(0, handled), lambda h: b"second run" in h)
+
+
+async def test_acks_over_a_lowered_max_batch_are_sent_in_smaller_batches(
+        server_factory, tmp_path):
+    """20 jobs end together after the server restarted with --max-batch 5: their ack_many
+    of 20 is refused whole (BATCH_TOO_LARGE), and must be sent again in batches of 5."""
+    server = server_factory("--data-dir", str(tmp_path), "--fsync", "always")
+    port = server.port
+    release = asyncio.Event()
+    started = 0
+
+    async def handler(msg: Message) -> None:
+        nonlocal started
+        started += 1
+        await release.wait()
+
+    async with connect(server.host, port) as client:
+        await client.put_many("lowered", [b"x"] * 20)
+    worker = Worker("lowered", handler, host=server.host, port=port, concurrency=20,
+                    visibility=2.0, reconnect_first=0.05, reconnect_most=0.2)
+    async with running(worker):
+        await until(lambda: asyncio.sleep(0, started), lambda n: n == 20)
+        server.kill()
+        restarted = server_factory("--data-dir", str(tmp_path), "--fsync", "always",
+                                   "--port", str(port), "--max-batch", "5")
+        # The heartbeat (every 0.5 s) makes the new connection; then all 20 end at once.
+        await until_counts(worker, lambda c: c.reconnects >= 1 and c.touched >= 20)
+        release.set()
+        await until_counts(worker, lambda c: c.acked == 20)
+        async with connect(restarted.host, port) as client:
+            assert (await client.queue_info("lowered"))["messages"] == 0
+    assert worker.counts.unsettled == 0
+
+
+async def test_closing_after_an_abandoned_receive_without_a_wait_gives_back_its_messages(
+        server):
+    proxy = await FaultProxy(server.host, server.port).start()
+    try:
+        async with connect(server.host, server.port) as producer:
+            await producer.put_many("nowait", [b"a", b"b", b"c"])
+            consumer = await connect("127.0.0.1", proxy.port)
+            proxy.hold_up()  # the receive reaches the server only after it was abandoned
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.2):
+                    await consumer.receive("nowait", max=3)
+            closing = asyncio.create_task(consumer.close())
+            proxy.release_up()
+            await asyncio.wait_for(closing, EVENT_TIMEOUT_S)
+            queue = await producer.queue_info("nowait")
+            assert (queue["ready"], queue["in_flight"]) == (3, 0)
+            [msg, *_] = await producer.receive("nowait", max=3)
+            assert msg.deliveries == 1  # given back unseen: that delivery did not count
+    finally:
+        await proxy.close()

@@ -24,7 +24,7 @@ Rules:
 * Each program runs in a session of its own, so that ending it ends whatever it started
   (`sh -c` pipelines) and a Ctrl-C at the terminal reaches only this tool, which decides.
   Ending is SIGTERM to the whole group, then, once the program exited or KILL_AFTER_S
-  passed, SIGKILL to what is left of the group.
+  (at most half of --timeout) passed, SIGKILL to what is left of the group.
 * Log lines (failures, reconnects) are one line each on stderr: a failed program is not a
   Python traceback.
 """
@@ -112,7 +112,8 @@ def environment(msg: Message) -> dict[str, str]:
             "WONDERQ_HEADERS": json.dumps(msg.headers)}
 
 
-async def run_program(argv: Sequence[str], msg: Message, timeout: float | None) -> None:
+async def run_program(argv: Sequence[str], msg: Message, timeout: float | None,
+                      kill_after: float = KILL_AFTER_S) -> None:
     """run_program runs the program on one message; raises ProgramFailed unless it exits 0.
     Cancelled (a stop past the grace), it ends the program before it lets go."""
     process = await asyncio.create_subprocess_exec(
@@ -122,11 +123,11 @@ async def run_program(argv: Sequence[str], msg: Message, timeout: float | None) 
             await feed(process, msg.body)
             await process.wait()
     except TimeoutError:
-        await end_program(process)
+        await end_program(process, kill_after)
         raise ProgramFailed(f"{argv[0]} ran past --command-timeout ({timeout:g} s); "
                             f"ended it") from None
     except asyncio.CancelledError:
-        await end_program(process)
+        await end_program(process, kill_after)
         raise
     if process.returncode != 0:
         raise ProgramFailed(f"{argv[0]} exited with status {process.returncode}")
@@ -149,18 +150,21 @@ async def feed(process: asyncio.subprocess.Process, body: bytes) -> None:
             stdin.close()
 
 
-async def end_program(process: asyncio.subprocess.Process) -> None:
-    """end_program sends SIGTERM to the program's whole group, waits up to KILL_AFTER_S for
-    the program to exit, then sends SIGKILL to the group in any case: whatever it started
-    that outlived it (a child ignoring SIGTERM) goes too. The group's id cannot be reused
-    while any member lives, so the SIGKILL reaches only them."""
+async def end_program(process: asyncio.subprocess.Process, kill_after: float) -> None:
+    """end_program sends SIGTERM to the program's whole group, waits up to `kill_after`
+    seconds for the program to exit, then sends SIGKILL to the group in any case, even if
+    this wait is cancelled: whatever it started that outlived it (a child ignoring SIGTERM)
+    goes too. The group's id cannot be reused while any member lives, so the SIGKILL
+    reaches only them."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(KILL_AFTER_S):
-            await process.wait()
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
+    try:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(kill_after):
+                await process.wait()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
     await process.wait()
 
 
@@ -187,8 +191,12 @@ async def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
 
+    # A program told to end must be gone within the Worker's wait for cancelled handlers
+    # (reply_timeout, which is --timeout), or it would outlive this tool.
+    kill_after = min(KILL_AFTER_S, args.timeout / 2)
+
     async def handler(msg: Message) -> None:
-        await run_program(argv, msg, args.command_timeout)
+        await run_program(argv, msg, args.command_timeout, kill_after)
 
     log_handler = logging.StreamHandler(sys.stderr)
     log_handler.setFormatter(OneLine())
@@ -213,8 +221,9 @@ async def run(args: argparse.Namespace) -> int:
         logger.removeHandler(log_handler)
         logger.level, logger.propagate = saved
         counts = worker.counts
-        print(f"wonderq work: stopped after {counts.received} messages: {counts.acked} acked, "
-              f"{counts.failed} failed, {counts.given_back} given back, {counts.lease_lost} "
-              f"leases lost, {counts.unsettled} unsettled; {counts.reconnects} reconnects",
-              file=sys.stderr)
+        with contextlib.suppress(OSError):  # stderr may be a terminal gone (SIGHUP)
+            print(f"wonderq work: stopped after {counts.received} messages: {counts.acked} "
+                  f"acked, {counts.failed} failed, {counts.given_back} given back, "
+                  f"{counts.lease_lost} leases lost, {counts.unsettled} unsettled; "
+                  f"{counts.reconnects} reconnects", file=sys.stderr)
     return 0

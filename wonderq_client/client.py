@@ -242,6 +242,21 @@ class _ClientProtocol(asyncio.Protocol):
             self.awaited_by_close.add(answer)
             answer.add_done_callback(self._cancel_answered)
 
+    def await_abandoned_reply(self, request_id: int, queue: str) -> None:
+        """await_abandoned_reply: a receive that did not wait was abandoned before its reply
+        came. Its reply is awaited by close() as a cancel's is, and what it brings is given
+        back, so that closing right after does not leave those messages leased."""
+        if self.closed_error is not None or request_id not in self._pending:
+            return
+        answer = self._pending[request_id] = self._loop.create_future()
+        self.awaited_by_close.add(answer)
+        answer.add_done_callback(lambda done: self._abandoned_answered(done, queue))
+
+    def _abandoned_answered(self, answer: asyncio.Future[Any], queue: str) -> None:
+        self.awaited_by_close.discard(answer)
+        if not answer.cancelled() and answer.exception() is None and answer.result():
+            self.give_back(queue, answer.result())
+
     def _cancel_answered(self, answer: asyncio.Future[Any]) -> None:
         self.awaited_by_close.discard(answer)
         if not answer.cancelled():
@@ -368,6 +383,8 @@ class Client(QueueAdmin):
                 self._protocol.give_back(queue, reply.result())
             elif wait:
                 self._protocol.cancel_wait(request_id)
+            else:
+                self._protocol.await_abandoned_reply(request_id, queue)
             raise
         return from_deliveries(self, queue, rows)
 

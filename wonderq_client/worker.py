@@ -239,6 +239,7 @@ class Worker:
         self._jobs: dict[asyncio.Task[None], _Job] = {}
         self._slot_free = asyncio.Event()
         self._batch_cap = concurrency  # lowered if the server's --max-batch is smaller
+        self._last_batch_refusal: BatchTooLarge | None = None  # of an ack_many
         self._receiving: asyncio.Task[None] | None = None
         self._running = False
         self._closed = False  # run() is over: no more connections
@@ -359,11 +360,12 @@ class Worker:
         self._connect_attempt = 0
 
     def _drop(self, client: Client, why: str) -> None:
-        """_drop aborts a connection that stopped answering; the next caller makes a new one."""
-        log.warning("WonderQ at %s:%d: %s; reconnecting", self.host, self.port, why)
-        client.abort()
+        """_drop aborts a connection that stopped answering; the next caller makes a new one.
+        Said once per connection: several requests may find the same one dead."""
         if self._client is client:
+            log.warning("WonderQ at %s:%d: %s; reconnecting", self.host, self.port, why)
             self._client = None
+        client.abort()
 
     # ---------------------------------------------------------------- receive
 
@@ -542,8 +544,18 @@ class Worker:
                     # carried out the first time (or the message left by itself).
                     self._server_answered()
                     return outcome
+                self._server_answered()
                 return "lease_lost"
             except WonderQError as exc:
+                if isinstance(exc, BatchTooLarge) and nack_delay is None \
+                        and self._batch_cap > 1:
+                    # More acks ended together than the server's --max-batch (a restart
+                    # may have lowered it, unseen by the receives): smaller batches. Every
+                    # item of the refused batch gets this one error; it lowers the cap once.
+                    if exc is not self._last_batch_refusal:
+                        self._last_batch_refusal = exc
+                        self._batch_cap = batch_limit(exc, self._batch_cap)
+                    continue
                 if isinstance(exc, BadArgument) and unseen and "unseen" in exc.message:
                     unseen = False  # a server older than nack's `unseen`
                     continue
