@@ -12,6 +12,8 @@ Rules:
 * hold_up() / release_up(): while held, data (and the end of data) from clients waits
   in the proxy, in order; data from the server still passes. `down_bytes` counts what
   passed toward clients, so a test can wait for a reply to have arrived.
+* refuse_new: while True, a new link is closed as soon as it is made (a server that
+  takes connections and drops them).
 * close() closes the listener and every link.
 """
 
@@ -31,6 +33,7 @@ class FaultProxy:
         self._links: list[tuple[int, asyncio.StreamWriter, asyncio.StreamWriter]] = []
         self._up_open = asyncio.Event()
         self._up_open.set()
+        self.refuse_new = False
 
     async def start(self) -> FaultProxy:
         self._listener = await asyncio.start_server(self._link, "127.0.0.1", 0)
@@ -55,6 +58,9 @@ class FaultProxy:
 
     async def _link(self, client_reader: asyncio.StreamReader,
                     client_writer: asyncio.StreamWriter) -> None:
+        if self.refuse_new:
+            client_writer.close()
+            return
         server_reader, server_writer = await asyncio.open_connection(*self.target)
         link_id = len(self._links)
         self._links.append((link_id, client_writer, server_writer))

@@ -440,3 +440,19 @@ async def test_ctrl_c_stops_a_put_reading_its_body_from_the_terminal(server):
     code, output, _, _ = await asyncio.to_thread(
         run_in_terminal, [exe, "put", "jobs", *at(server)], b"\x03", b"Ctrl-D ends it")
     assert code == 130, output
+
+
+def test_receive_with_a_server_that_does_not_answer_ends_within_timeout_and_wait(server):
+    """main.py bounds a command by --timeout (plus receive's --wait); closing after that
+    must not wait for the server's answer to the cancel (close() would, 5 s more)."""
+    exe = shutil.which("wonderq")
+    argv = [exe] if exe else [sys.executable, "-m", "wonderq_cli"]
+    assert server.proc is not None
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        done = subprocess.run([*argv, *at(server), "--timeout", "1", "receive", "q",
+                               "--wait", "1"], capture_output=True, timeout=4.5, check=False)
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    assert done.returncode == 2
+    assert b"did not answer within 1 s" in done.stderr

@@ -89,6 +89,9 @@ async def test_work_runs_the_program_on_each_message_and_acks_what_exits_0(serve
     assert (records[plain]["WONDERQ_QUEUE"], records[plain]["WONDERQ_DELIVERIES"]) \
         == ("jobs", "1")
     assert float(records[plain]["WONDERQ_ENQUEUED_AT"]) > 1.7e9
+    # The server's address, for a program that runs `wonderq put` for follow-up work.
+    assert (records[plain]["WONDERQ_HOST"], records[plain]["WONDERQ_PORT"]) \
+        == (server.host, str(server.port))
 
 
 async def test_a_program_that_fails_has_its_message_retried_after_the_delay(server):
@@ -204,3 +207,10 @@ async def test_a_program_ignoring_sigterm_is_gone_when_work_stops_with_a_short_t
         assert "1 given back" in err
         [msg] = await client.receive("stubborn", wait=EVENT_TIMEOUT_S)
         assert msg.id == msg_id
+
+
+async def test_work_help_after_the_queue_is_help(server):
+    with work(server, "jobs", "-h") as proc:
+        out, _ = proc.communicate(timeout=EVENT_TIMEOUT_S)
+    assert proc.returncode == 0
+    assert "usage: wonderq work" in out

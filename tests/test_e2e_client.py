@@ -340,3 +340,24 @@ async def test_close_does_not_wait_for_ever_on_a_server_that_stopped_reading(
             await put
     finally:
         os.kill(server.proc.pid, signal.SIGCONT)
+
+
+async def test_a_close_cancelled_while_it_waits_still_ends_the_connection(server):
+    """close() waits for the answer to a withdrawn wait's cancel; cancelled meanwhile (a
+    timeout around it, a second Ctrl-C), it must still end the connection."""
+    async with connect(server.host, server.port) as observer:
+        client = await connect(server.host, server.port)
+        waiting = asyncio.create_task(client.receive("q", wait=60))
+        await until_stats(observer, lambda s: s["server"]["waiting_consumers"] == 1)
+        os.kill(server.proc.pid, signal.SIGSTOP)  # the cancel will not be answered
+        try:
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.3):
+                    await client.close()
+            await until(lambda: asyncio.sleep(0, client.closed), bool)
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        await until_stats(observer, lambda s: s["server"]["connections"] == 1)

@@ -846,3 +846,35 @@ async def test_closing_after_an_abandoned_receive_without_a_wait_gives_back_its_
             assert msg.deliveries == 1  # given back unseen: that delivery did not count
     finally:
         await proxy.close()
+
+
+async def test_an_ack_sent_again_after_the_lease_ran_out_is_not_counted_as_ours(server):
+    """The worker's ack is lost with its connection, and it cannot reconnect until its
+    lease has run out and another consumer has received and acked the message. Its ack,
+    sent again, finds the message gone: someone else acked it, so it is lease_lost."""
+    proxy = await FaultProxy(server.host, server.port).start()
+    handled = asyncio.Event()
+
+    async def handler(msg: Message) -> None:
+        proxy.silence()  # the ack about to go out is lost on the way
+        proxy.refuse_new = True  # and no new connection gets through for now
+        handled.set()
+
+    try:
+        async with connect(server.host, server.port) as other:
+            await other.put("lost-ack", b"x")
+            worker = Worker("lost-ack", handler, port=proxy.port, concurrency=1,
+                            visibility=1.0, wait=0.5, reply_timeout=0.3,
+                            reconnect_first=0.05, reconnect_most=0.2)
+            async with running(worker):
+                await asyncio.wait_for(handled.wait(), EVENT_TIMEOUT_S)
+                # The worker's lease runs out on the server: the message comes back here.
+                [msg] = await other.receive("lost-ack", wait=EVENT_TIMEOUT_S)
+                assert msg.deliveries == 2
+                await msg.ack()
+                proxy.refuse_new = False
+                await until_counts(worker, lambda c: c.lease_lost + c.acked + c.unsettled == 1)
+            assert (worker.counts.acked, worker.counts.lease_lost) == (0, 1)
+            assert (await other.queue_info("lost-ack"))["acked_total"] == 1
+    finally:
+        await proxy.close()

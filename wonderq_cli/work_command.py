@@ -10,6 +10,10 @@ tool's stdout and stderr, and finds the message's particulars in its environment
     WONDERQ_QUEUE, WONDERQ_MESSAGE_ID, WONDERQ_DELIVERIES, WONDERQ_ENQUEUED_AT (seconds
     since the epoch), WONDERQ_HEADERS (a JSON object)
 
+and the server's address as WONDERQ_HOST and WONDERQ_PORT, so that a program running
+`wonderq put` for follow-up work reaches the same server (an auth token reaches it only
+through WONDERQ_AUTH_TOKEN in this tool's own environment, never from --auth-token).
+
 Rules:
 * SIGTERM, SIGINT and SIGHUP stop the worker gracefully (Worker.stop): no more receives;
   programs still running get --grace seconds, then are ended (below) and their messages
@@ -95,6 +99,9 @@ def split_program(args: argparse.Namespace) -> None:
     bad one is the same usage error (exit 2). What follows QUEUE is the program itself when
     it does not start with `-` (`work jobs git log -- file` runs `git log -- file`)."""
     argv = list(args.argv)
+    if argv[:1] in (["-h"], ["--help"]):  # `wonderq work jobs -h`: help, not a program
+        args.work_parser.print_help()
+        raise SystemExit(0)
     if "--" not in argv or not argv[0].startswith("-"):
         args.program = argv
         return
@@ -104,20 +111,23 @@ def split_program(args: argparse.Namespace) -> None:
         args.work_parser.parse_args([*flags, args.queue], namespace=args)
 
 
-def environment(msg: Message) -> dict[str, str]:
-    """environment is the program's environment: this tool's, and the message's particulars."""
-    return {**os.environ, "WONDERQ_QUEUE": msg.queue, "WONDERQ_MESSAGE_ID": str(msg.id),
-            "WONDERQ_DELIVERIES": str(msg.deliveries),
+def environment(msg: Message, server: dict[str, str]) -> dict[str, str]:
+    """environment is the program's environment: this tool's, the server's address (so a
+    program that runs `wonderq put` reaches the same server), and the message's
+    particulars."""
+    return {**os.environ, **server, "WONDERQ_QUEUE": msg.queue,
+            "WONDERQ_MESSAGE_ID": str(msg.id), "WONDERQ_DELIVERIES": str(msg.deliveries),
             "WONDERQ_ENQUEUED_AT": f"{msg.enqueued_at:.6f}",
             "WONDERQ_HEADERS": json.dumps(msg.headers)}
 
 
 async def run_program(argv: Sequence[str], msg: Message, timeout: float | None,
-                      kill_after: float = KILL_AFTER_S) -> None:
+                      kill_after: float, server: dict[str, str]) -> None:
     """run_program runs the program on one message; raises ProgramFailed unless it exits 0.
     Cancelled (a stop past the grace), it ends the program before it lets go."""
     process = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.PIPE, env=environment(msg), start_new_session=True)
+        *argv, stdin=asyncio.subprocess.PIPE, env=environment(msg, server),
+        start_new_session=True)
     try:
         async with asyncio.timeout(timeout):
             await feed(process, msg.body)
@@ -195,8 +205,10 @@ async def run(args: argparse.Namespace) -> int:
     # (reply_timeout, which is --timeout), or it would outlive this tool.
     kill_after = min(KILL_AFTER_S, args.timeout / 2)
 
+    server = {"WONDERQ_HOST": args.host, "WONDERQ_PORT": str(args.port)}
+
     async def handler(msg: Message) -> None:
-        await run_program(argv, msg, args.command_timeout, kill_after)
+        await run_program(argv, msg, args.command_timeout, kill_after, server)
 
     log_handler = logging.StreamHandler(sys.stderr)
     log_handler.setFormatter(OneLine())

@@ -462,15 +462,22 @@ class Client(QueueAdmin):
         is dropped, so a server that stopped reading cannot hold close() up."""
         transport = self._protocol.transport
         deadline = asyncio.get_running_loop().time() + CLOSE_DRAIN_S
-        while self._protocol.awaited_by_close and transport is not None \
-                and not transport.is_closing():
-            # Their answers may ask for a plain nack again (an older server), or bring
-            # messages to give back: wait for them, and for what they start meanwhile.
-            self._protocol._flush()
-            left = deadline - asyncio.get_running_loop().time()
-            if left <= 0:
-                break
-            await asyncio.wait(set(self._protocol.awaited_by_close), timeout=left)
+        try:
+            while self._protocol.awaited_by_close and transport is not None \
+                    and not transport.is_closing():
+                # Their answers may ask for a plain nack again (an older server), or bring
+                # messages to give back: wait for them, and for what they start meanwhile.
+                self._protocol._flush()
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    break
+                await asyncio.wait(set(self._protocol.awaited_by_close), timeout=left)
+        except BaseException:
+            # Cancelled while waiting (a timeout around close(), a second Ctrl-C): the
+            # connection must still end, now, rather than stay open for good.
+            if transport is not None:
+                transport.abort()
+            raise
         if transport is not None and not transport.is_closing():
             self._protocol._flush()
             transport.close()

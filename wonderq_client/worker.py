@@ -44,9 +44,10 @@ Rules:
   the next one while the lease lasts (plus SETTLE_SLACK_S: a late ack is accepted while
   nobody else has the message; a give-back waits `reply_timeout` at most, as its message
   comes back with its lease anyway), or until a stop gives up on it. NotFound for an ack
-  sent again, or NotFound or LeaseLost for a nack sent again, means the first one was
-  carried out. Otherwise LeaseLost (or NotFound) means the lease passed to someone else:
-  counted, not raised. A nack whose delay the server refuses (over its --max-delay) is
+  sent again while the lease still held, or NotFound or LeaseLost for a nack sent again,
+  means the first one was carried out. Otherwise LeaseLost (or NotFound) means the lease
+  passed to someone else (who may have acked it after the lease ran out): counted as
+  lease_lost, not raised. A nack whose delay the server refuses (over its --max-delay) is
   sent with none; one whose `unseen` it refuses (an older server), without it.
 * Back-off: between failed connects, and before reconnecting after a connection that ended
   before the server answered anything (TOO_MANY_CONNECTIONS, say), so a refusing server is
@@ -538,10 +539,16 @@ class Worker:
                 sent_before = True
                 continue
             except (NotFound, LeaseLost) as exc:
-                if sent_before and (nack_delay is not None or isinstance(exc, NotFound)):
-                    # Sent before, on a connection that ended: an ack that finds the message
-                    # gone, or a nack that finds it gone or taken by someone else, was
-                    # carried out the first time (or the message left by itself).
+                if sent_before and nack_delay is not None:
+                    # A nack sent before, on a connection that ended, that finds the message
+                    # gone or taken by someone else: it is back in other hands either way.
+                    self._server_answered()
+                    return outcome
+                if sent_before and isinstance(exc, NotFound) \
+                        and asyncio.get_running_loop().time() < job.lease_until:
+                    # An ack sent before that finds the message gone while the lease still
+                    # held: nobody else could have acked it, so the first one went through.
+                    # After the lease, another consumer may have: not counted as ours.
                     self._server_answered()
                     return outcome
                 self._server_answered()
