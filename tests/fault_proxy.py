@@ -11,7 +11,9 @@ Rules:
   after it pass data as usual.
 * hold_up() / release_up(): while held, data (and the end of data) from clients waits
   in the proxy, in order; data from the server still passes. `down_bytes` counts what
-  passed toward clients, so a test can wait for a reply to have arrived.
+  passed toward clients, so a test can wait for a reply to have arrived (`up_bytes`, for
+  a request to have left).
+* hold_down() / release_down(): the same for data from the server (a slow reply).
 * refuse_new: while True, a new link is closed as soon as it is made (a server that
   takes connections and drops them).
 * close() closes the listener and every link.
@@ -28,11 +30,14 @@ class FaultProxy:
         self.target = (host, port)
         self.port = 0
         self.down_bytes = 0
+        self.up_bytes = 0
         self._listener: asyncio.Server | None = None
         self._silenced: set[int] = set()  # ids of links silenced
         self._links: list[tuple[int, asyncio.StreamWriter, asyncio.StreamWriter]] = []
         self._up_open = asyncio.Event()
         self._up_open.set()
+        self._down_open = asyncio.Event()
+        self._down_open.set()
         self.refuse_new = False
 
     async def start(self) -> FaultProxy:
@@ -48,6 +53,12 @@ class FaultProxy:
 
     def release_up(self) -> None:
         self._up_open.set()
+
+    def hold_down(self) -> None:
+        self._down_open.clear()
+
+    def release_down(self) -> None:
+        self._down_open.set()
 
     async def close(self) -> None:
         if self._listener is not None:
@@ -70,16 +81,17 @@ class FaultProxy:
 
     async def _pipe(self, link_id: int, reader: asyncio.StreamReader,
                     writer: asyncio.StreamWriter, up: bool) -> None:
+        gate = self._up_open if up else self._down_open
         while data := await reader.read(65536):
-            if up:
-                await self._up_open.wait()
+            await gate.wait()
             if link_id in self._silenced:
                 continue
             writer.write(data)
             await writer.drain()
-            if not up:
+            if up:
+                self.up_bytes += len(data)
+            else:
                 self.down_bytes += len(data)
-        if up:
-            await self._up_open.wait()
+        await gate.wait()
         if link_id not in self._silenced and writer.can_write_eof():
             writer.write_eof()

@@ -24,6 +24,8 @@ import termios
 import time
 
 import pytest
+from fault_proxy import FaultProxy
+from polling import EVENT_TIMEOUT_S, until, until_stats
 from rich.console import Console
 from server_process import ServerProcess
 
@@ -456,3 +458,40 @@ def test_receive_with_a_server_that_does_not_answer_ends_within_timeout_and_wait
         os.kill(server.proc.pid, signal.SIGCONT)
     assert done.returncode == 2
     assert b"did not answer within 1 s" in done.stderr
+
+
+async def test_ctrl_c_on_receive_gives_back_a_message_still_on_its_way(server):
+    """Ctrl-C while the receive's reply is on its way (the proxy holds it): the tool must
+    close politely, so the message that came is given back, not left leased."""
+    proxy = await FaultProxy(server.host, server.port).start()
+    exe = shutil.which("wonderq")
+    argv = [exe] if exe else [sys.executable, "-m", "wonderq_cli"]
+    try:
+        async with connect(server.host, server.port) as client:
+            proc = subprocess.Popen([*argv, "--port", str(proxy.port), "receive", "slow",
+                                     "--wait", "30", "--visibility", "3600"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            try:
+                await until_stats(client, lambda s: s["server"]["waiting_consumers"] == 1)
+                proxy.hold_down()
+                msg_id = await client.put("slow", b"on its way")
+                await until_stats(client, lambda s: s["queues"]["slow"]["in_flight"] == 1)
+                up_before = proxy.up_bytes
+                proc.send_signal(signal.SIGINT)
+
+                async def reacted() -> bool:
+                    # Its cancel went out (a polite close), or its connection is gone.
+                    stats = await client.stats()
+                    return proxy.up_bytes > up_before or stats["server"]["connections"] == 1
+
+                await until(reacted, bool)
+                proxy.release_down()
+                code = await asyncio.to_thread(proc.wait, EVENT_TIMEOUT_S)
+            finally:
+                proc.kill()
+                proc.communicate()
+            assert code == 130
+            info = await client.message_info("slow", msg_id)
+            assert info["state"] == "ready"
+    finally:
+        await proxy.close()

@@ -361,3 +361,22 @@ async def test_a_close_cancelled_while_it_waits_still_ends_the_connection(server
         finally:
             os.kill(server.proc.pid, signal.SIGCONT)
         await until_stats(observer, lambda s: s["server"]["connections"] == 1)
+
+
+async def test_a_close_cancelled_while_its_data_drains_still_ends_the_connection(server):
+    """The second wait of close(): the connection is closing but a large unsent request
+    is still buffered (the server reads nothing). Cancelled there, close() must abort."""
+    async with connect(server.host, server.port) as observer:
+        client = await connect(server.host, server.port)
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            put = asyncio.create_task(client.put("q", b"x" * (32 << 20)))
+            await asyncio.sleep(0)  # the put is written (into buffers) on its first step
+            put.cancel()
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.3):
+                    await client.close()
+            await until(lambda: asyncio.sleep(0, client.closed), bool)
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        await until_stats(observer, lambda s: s["server"]["connections"] == 1)

@@ -848,10 +848,14 @@ async def test_closing_after_an_abandoned_receive_without_a_wait_gives_back_its_
         await proxy.close()
 
 
-async def test_an_ack_sent_again_after_the_lease_ran_out_is_not_counted_as_ours(server):
+@pytest.mark.parametrize("reply_delay", [0.0, 0.5])
+async def test_an_ack_sent_again_after_the_lease_ran_out_is_not_counted_as_ours(
+        server, reply_delay):
     """The worker's ack is lost with its connection, and it cannot reconnect until its
     lease has run out and another consumer has received and acked the message. Its ack,
-    sent again, finds the message gone: someone else acked it, so it is lease_lost."""
+    sent again, finds the message gone: someone else acked it, so it is lease_lost. With
+    reply_delay, the receive's reply reaches the worker late (the proxy holds it), so the
+    worker's own idea of when the lease ends is late too, and must not be trusted."""
     proxy = await FaultProxy(server.host, server.port).start()
     handled = asyncio.Event()
 
@@ -862,11 +866,17 @@ async def test_an_ack_sent_again_after_the_lease_ran_out_is_not_counted_as_ours(
 
     try:
         async with connect(server.host, server.port) as other:
-            await other.put("lost-ack", b"x")
             worker = Worker("lost-ack", handler, port=proxy.port, concurrency=1,
-                            visibility=1.0, wait=0.5, reply_timeout=0.3,
+                            visibility=1.0, wait=5.0, reply_timeout=0.3,
                             reconnect_first=0.05, reconnect_most=0.2)
             async with running(worker):
+                await until(other.stats, lambda s: s["server"]["waiting_consumers"] == 1)
+                if reply_delay:
+                    proxy.hold_down()
+                await other.put("lost-ack", b"x")
+                if reply_delay:
+                    await other.receive("clock", wait=reply_delay)  # the reply is held
+                    proxy.release_down()
                 await asyncio.wait_for(handled.wait(), EVENT_TIMEOUT_S)
                 # The worker's lease runs out on the server: the message comes back here.
                 [msg] = await other.receive("lost-ack", wait=EVENT_TIMEOUT_S)

@@ -37,6 +37,7 @@ from . import (
     top,
     work_command,
 )
+from . import deadline as command_deadline
 
 Runner = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
@@ -183,6 +184,7 @@ async def _bounded(coroutine: Coroutine[Any, Any, int], seconds: float) -> int:
     """_bounded runs a command under a deadline; only its own expiry is NoAnswer (a
     connect that times out inside it is "cannot reach")."""
     deadline = asyncio.timeout(seconds)
+    command_deadline.COMMAND_DEADLINE.set(deadline)
     try:
         async with deadline:
             return await coroutine

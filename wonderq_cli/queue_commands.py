@@ -31,7 +31,7 @@ from rich.text import Text
 
 from wonderq_client import Message
 
-from . import argument_types
+from . import argument_types, deadline
 from .connection_options import open_client
 
 
@@ -181,9 +181,11 @@ async def run_receive(args: argparse.Namespace) -> int:
             messages = await client.receive(args.queue, max=args.max, wait=args.wait,
                                             visibility=args.visibility)
         except asyncio.CancelledError:
-            # --timeout ran out (main.py): the server is not answering, so closing must not
-            # wait for its answer to the receive's cancel (close() would, up to 5 s more).
-            client.abort()
+            if deadline.passed():
+                # --timeout ran out (main.py): the server is not answering, so closing must
+                # not wait for its answer to the receive's cancel (close() would, up to 5 s
+                # more). After Ctrl-C the close stays polite: what came meanwhile goes back.
+                client.abort()
             raise
         if args.json:
             print_json([message_json(m) for m in messages])

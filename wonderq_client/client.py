@@ -472,20 +472,21 @@ class Client(QueueAdmin):
                 if left <= 0:
                     break
                 await asyncio.wait(set(self._protocol.awaited_by_close), timeout=left)
+            if transport is not None and not transport.is_closing():
+                self._protocol._flush()
+                transport.close()
+            if transport is not None:
+                try:
+                    await asyncio.wait_for(asyncio.shield(self._protocol.closed),
+                                           CLOSE_DRAIN_S)
+                except TimeoutError:
+                    transport.abort()
         except BaseException:
             # Cancelled while waiting (a timeout around close(), a second Ctrl-C): the
             # connection must still end, now, rather than stay open for good.
             if transport is not None:
                 transport.abort()
             raise
-        if transport is not None and not transport.is_closing():
-            self._protocol._flush()
-            transport.close()
-        if transport is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._protocol.closed), CLOSE_DRAIN_S)
-            except TimeoutError:
-                transport.abort()
         await self._protocol.closed
 
     async def __aenter__(self) -> Client:

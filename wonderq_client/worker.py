@@ -44,10 +44,13 @@ Rules:
   the next one while the lease lasts (plus SETTLE_SLACK_S: a late ack is accepted while
   nobody else has the message; a give-back waits `reply_timeout` at most, as its message
   comes back with its lease anyway), or until a stop gives up on it. NotFound for an ack
-  sent again while the lease still held, or NotFound or LeaseLost for a nack sent again,
-  means the first one was carried out. Otherwise LeaseLost (or NotFound) means the lease
-  passed to someone else (who may have acked it after the lease ran out): counted as
-  lease_lost, not raised. A nack whose delay the server refuses (over its --max-delay) is
+  sent again while the lease surely still held (a lower bound of the server's deadline,
+  on the worker's clock), or NotFound or LeaseLost for a nack sent again, means the first
+  one was carried out. Otherwise LeaseLost (or NotFound) means the lease passed to someone
+  else, who may have acked it after the lease ran out: counted as lease_lost, not raised.
+  So an ack whose first send did go through, but whose answer was lost and whose resend
+  came after that bound, is counted lease_lost too: the counts never claim an ack that
+  may have been another consumer's. A nack whose delay the server refuses (over its --max-delay) is
   sent with none; one whose `unseen` it refuses (an older server), without it.
 * Back-off: between failed connects, and before reconnecting after a connection that ended
   before the server answered anything (TOO_MANY_CONNECTIONS, say), so a refusing server is
@@ -172,11 +175,14 @@ class WorkerCounts:
 @dataclass
 class _Job:
     """_Job is one message in progress and, on this event loop's clock, when its lease runs
-    out as far as the worker knows (the server's deadline is a little earlier: it starts
-    the lease before its reply travels)."""
+    out as far as the worker knows (lease_until: the latest it can be; the server started
+    the lease before its reply travelled) and when it surely still held (held_until)."""
 
     message: Message
     lease_until: float
+    # A lower bound of the server's deadline, on the same clock: the lease surely held until
+    # then (unless the server's own clock jumped). Only this may vouch for an ack sent again.
+    held_until: float
     started: bool = False      # its task has begun (only a begun one is cancelled)
     settling: bool = False     # the handler is over: no touches, no cancelling
     lease_gone: bool = False   # a touch was refused: no more touches
@@ -380,6 +386,7 @@ class Worker:
                 continue
             client = await self._connection()
             size = min(free, self._batch_cap)
+            sent_at = loop.time()
             try:
                 async with asyncio.timeout(self.wait + self.reply_timeout):
                     messages = await client.receive(self.queue, max=size, wait=self.wait,
@@ -405,9 +412,13 @@ class Worker:
                 await self._back_off(f"receive from {self.queue!r} failed ({exc})")
                 continue
             self._server_answered()
+            # The server leased them somewhere between the send and now: the lease runs to
+            # at most now + visibility, and surely to sent_at + visibility (for a long poll
+            # that is early; the first heartbeat's touch makes it tight).
             lease_until = loop.time() + self.visibility
+            held_until = sent_at + self.visibility
             for message in messages:
-                self._start(_Job(message, lease_until))
+                self._start(_Job(message, lease_until, held_until))
 
     def _start(self, job: _Job) -> None:
         self.counts.received += 1
@@ -544,8 +555,8 @@ class Worker:
                     # gone or taken by someone else: it is back in other hands either way.
                     self._server_answered()
                     return outcome
-                if sent_before and isinstance(exc, NotFound) \
-                        and asyncio.get_running_loop().time() < job.lease_until:
+                if sent_before and isinstance(exc, NotFound) and not job.lease_gone \
+                        and asyncio.get_running_loop().time() < job.held_until:
                     # An ack sent before that finds the message gone while the lease still
                     # held: nobody else could have acked it, so the first one went through.
                     # After the lease, another consumer may have: not counted as ours.
@@ -757,7 +768,8 @@ class Worker:
                             "result will not count", job.message.id, job.message.queue,
                             result)
             elif isinstance(result, float):
-                job.lease_until = sent_at + self.visibility
+                # The server renewed it after sent_at: so this is when it surely holds to.
+                job.lease_until = job.held_until = sent_at + self.visibility
                 self.counts.touched += 1
                 self._server_answered()
 
