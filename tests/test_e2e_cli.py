@@ -495,3 +495,28 @@ async def test_ctrl_c_on_receive_gives_back_a_message_still_on_its_way(server):
             assert info["state"] == "ready"
     finally:
         await proxy.close()
+
+
+def test_ctrl_c_on_receive_with_a_server_that_does_not_answer_ends_soon(server):
+    """After Ctrl-C the close is polite (it waits for the cancel's answer) but only for
+    about a second: a server that stopped answering cannot hold the tool for 5 s."""
+    exe = shutil.which("wonderq")
+    argv = [exe] if exe else [sys.executable, "-m", "wonderq_cli"]
+    proc = subprocess.Popen([*argv, *at(server), "--timeout", "20", "receive", "q",
+                             "--wait", "20"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert server.proc is not None
+    try:
+        asyncio.run(_until_waiting(server))
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=3.5)
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+        proc.kill()
+        proc.communicate()
+    assert code == 130
+
+
+async def _until_waiting(server: ServerProcess) -> None:
+    async with connect(server.host, server.port) as client:
+        await until_stats(client, lambda s: s["server"]["waiting_consumers"] == 1)

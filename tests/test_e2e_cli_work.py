@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -42,6 +43,14 @@ def stop(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=EVENT_TIMEOUT_S)
     return proc.returncode, out, err
+
+
+def assert_ended(pid: int) -> None:
+    """assert_ended: the process is gone; if not, it is killed (a failing test leaves no
+    program behind) and the test fails."""
+    if alive(pid):
+        os.kill(pid, signal.SIGKILL)
+        raise AssertionError(f"process {pid} was still running")
 
 
 def alive(pid: int) -> bool:
@@ -120,9 +129,9 @@ async def test_a_program_past_its_command_timeout_is_ended_and_retried(server, t
             await until(lambda: client.message_info("slow", msg_id),
                         lambda i: i["state"] == "delayed")
             code, _, err = stop(proc)
+        assert_ended(int(pid_file.read_text()))
         assert code == 0, err
         assert "ran past --command-timeout (0.3 s); ended it" in err
-    assert not alive(int(pid_file.read_text()))
 
 
 async def test_sigterm_ends_a_running_program_after_the_grace_and_gives_its_message_back(
@@ -135,9 +144,9 @@ async def test_sigterm_ends_a_running_program_after_the_grace_and_gives_its_mess
                   "exec sleep 600") as proc:
             await until(lambda: path_exists(pid_file), bool)
             code, _, err = stop(proc)
+        assert_ended(int(pid_file.read_text()))
         assert code == 0, err
         assert "1 given back" in err
-        assert not alive(int(pid_file.read_text()))
         # Given back at once, not held for its hour-long lease.
         [msg] = await client.receive("stopping", wait=EVENT_TIMEOUT_S)
         assert (msg.id, msg.deliveries) == (msg_id, 2)
@@ -185,8 +194,8 @@ async def test_ending_a_program_ends_what_it_started_too(server, tmp_path):
             await until(lambda: client.message_info("tree", msg_id),
                         lambda i: i["state"] == "delayed")
             code, _, err = stop(proc)
+        assert_ended(int(child_file.read_text()))
         assert code == 0, err
-    assert not alive(int(child_file.read_text()))
 
 
 async def test_a_program_ignoring_sigterm_is_gone_when_work_stops_with_a_short_timeout(
@@ -202,8 +211,8 @@ async def test_a_program_ignoring_sigterm_is_gone_when_work_stops_with_a_short_t
                   "while :; do sleep 0.05; done") as proc:
             await until(lambda: path_exists(pid_file), bool)
             code, _, err = stop(proc)
+        assert_ended(int(pid_file.read_text()))
         assert code == 0, err
-        assert not alive(int(pid_file.read_text()))
         assert "1 given back" in err
         [msg] = await client.receive("stubborn", wait=EVENT_TIMEOUT_S)
         assert msg.id == msg_id

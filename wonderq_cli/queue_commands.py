@@ -167,6 +167,10 @@ def messages_table(title: str, messages: Sequence[Message], leased: bool) -> Tab
     return table
 
 
+# After Ctrl-C, how long `receive` waits for the server's answer to its cancel.
+CTRL_C_CLOSE_S = 1.0
+
+
 async def run_put(args: argparse.Namespace) -> int:
     async with open_client(args) as client:
         msg_id = await client.put(args.queue, args.body_bytes, delay=args.delay,
@@ -184,8 +188,13 @@ async def run_receive(args: argparse.Namespace) -> int:
             if deadline.passed():
                 # --timeout ran out (main.py): the server is not answering, so closing must
                 # not wait for its answer to the receive's cancel (close() would, up to 5 s
-                # more). After Ctrl-C the close stays polite: what came meanwhile goes back.
+                # more).
                 client.abort()
+            else:
+                # Ctrl-C: the close stays polite, so what came meanwhile goes back, but for
+                # CTRL_C_CLOSE_S at most (a live server answers the cancel in milliseconds).
+                asyncio.get_running_loop().call_later(min(CTRL_C_CLOSE_S, args.timeout),
+                                                      client.abort)
             raise
         if args.json:
             print_json([message_json(m) for m in messages])
