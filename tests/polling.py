@@ -34,3 +34,13 @@ async def until(read: Callable[[], Awaitable[Any]], check: Callable[[Any], bool]
 async def until_stats(client: Any, check: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
     """until_stats re-reads the server's stats until `check(stats)` holds."""
     return await until(client.stats, check)  # type: ignore[no-any-return]
+
+
+async def until_true(check: Callable[[], bool], timeout_s: float = EVENT_TIMEOUT_S) -> None:
+    """until_true waits for a state of this process that nothing announces (a handler
+    reached, a count, a buffer filled): `check()` is read again each time round."""
+
+    async def read() -> bool:
+        return check()
+
+    await until(read, bool, timeout_s)

@@ -8,11 +8,12 @@ import os
 import signal
 
 import pytest
-from polling import EVENT_TIMEOUT_S, until, until_stats
+from polling import EVENT_TIMEOUT_S, until_stats, until_true
 
 from wonderq_client import (
     BadArgument,
     BodyTooLarge,
+    Client,
     ConnectionClosed,
     InvalidQueueName,
     LeaseLost,
@@ -333,7 +334,7 @@ async def test_close_does_not_wait_for_ever_on_a_server_that_stopped_reading(
     try:
         put = asyncio.create_task(client.put_many("stuck", [b"x" * 100_000] * 200))
         transport = client._protocol.transport
-        await until(lambda: asyncio.sleep(0), lambda _: transport.get_write_buffer_size() > 0)
+        await until_true(lambda: transport.get_write_buffer_size() > 0)
         await asyncio.wait_for(client.close(), EVENT_TIMEOUT_S)
         assert client.closed
         with pytest.raises(ConnectionClosed):
@@ -354,10 +355,7 @@ async def test_a_close_cancelled_while_it_waits_still_ends_the_connection(server
             waiting.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await waiting
-            with pytest.raises(TimeoutError):
-                async with asyncio.timeout(0.3):
-                    await client.close()
-            await until(lambda: asyncio.sleep(0, client.closed), bool)
+            await close_cut_short(client)
         finally:
             os.kill(server.proc.pid, signal.SIGCONT)
         await until_stats(observer, lambda s: s["server"]["connections"] == 1)
@@ -373,10 +371,16 @@ async def test_a_close_cancelled_while_its_data_drains_still_ends_the_connection
             put = asyncio.create_task(client.put("q", b"x" * (32 << 20)))
             await asyncio.sleep(0)  # the put is written (into buffers) on its first step
             put.cancel()
-            with pytest.raises(TimeoutError):
-                async with asyncio.timeout(0.3):
-                    await client.close()
-            await until(lambda: asyncio.sleep(0, client.closed), bool)
+            await close_cut_short(client)
         finally:
             os.kill(server.proc.pid, signal.SIGCONT)
         await until_stats(observer, lambda s: s["server"]["connections"] == 1)
+
+
+async def close_cut_short(client: Client) -> None:
+    """close_cut_short: close() under a timeout that ends it while it waits on a server
+    that reads nothing; the connection must end all the same."""
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.3):
+            await client.close()
+    await until_true(lambda: client.closed)

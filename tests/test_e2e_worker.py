@@ -13,11 +13,12 @@ import os
 import random
 import signal
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import msgpack
 import pytest
 from fault_proxy import FaultProxy
-from polling import EVENT_TIMEOUT_S, until
+from polling import EVENT_TIMEOUT_S, until, until_true
 from server_process import ServerProcess
 
 from wonderq_client import (
@@ -31,13 +32,27 @@ from wonderq_client import (
 from wonderq_client.worker import reconnect_delay, retry_backoff
 
 
-async def until_counts(worker: Worker, check: Callable[[WorkerCounts], bool]) -> WorkerCounts:
+async def until_counts(worker: Worker, check: Callable[[WorkerCounts], bool]) -> None:
     """until_counts waits until the worker's own counts satisfy `check`."""
+    await until_true(lambda: check(worker.counts))
 
-    async def read() -> WorkerCounts:
-        return worker.counts
 
-    return await until(read, check)  # type: ignore[no-any-return]
+async def start_stuck_worker(server: ServerProcess, queue: str,
+                             **options: Any) -> tuple[Worker, asyncio.Task[None]]:
+    """start_stuck_worker runs a Worker on `queue` whose handler never finishes by itself,
+    with hour-long leases and grace unless `options` say otherwise, and returns once a
+    handler has started (so a message must be there)."""
+    started = asyncio.Event()
+
+    async def handler(msg: Message) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    worker = Worker(queue, handler, host=server.host, port=server.port,
+                    **{"visibility": 3600, "shutdown_grace": 3600, **options})
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(started.wait(), EVENT_TIMEOUT_S)
+    return worker, task
 
 
 @contextlib.asynccontextmanager
@@ -208,18 +223,9 @@ async def test_stop_lets_running_handlers_finish_within_the_grace(server):
 
 
 async def test_stop_after_the_grace_gives_unfinished_work_back_at_once(server):
-    started = asyncio.Event()
-
-    async def handler(msg: Message) -> None:
-        started.set()
-        await asyncio.Event().wait()  # never finishes by itself
-
     async with connect(server.host, server.port) as client:
         msg_id = await client.put("stuck", b"never done")
-        worker = Worker("stuck", handler, host=server.host, port=server.port,
-                        visibility=3600, shutdown_grace=0)
-        task = asyncio.create_task(worker.run())
-        await asyncio.wait_for(started.wait(), EVENT_TIMEOUT_S)
+        worker, task = await start_stuck_worker(server, "stuck", shutdown_grace=0)
         worker.stop()
         await asyncio.wait_for(task, EVENT_TIMEOUT_S)
         assert worker.counts.given_back == 1
@@ -229,18 +235,9 @@ async def test_stop_after_the_grace_gives_unfinished_work_back_at_once(server):
 
 
 async def test_a_second_stop_ends_the_grace(server):
-    started = asyncio.Event()
-
-    async def handler(msg: Message) -> None:
-        started.set()
-        await asyncio.Event().wait()
-
     async with connect(server.host, server.port) as client:
         await client.put("hurry", b"x")
-        worker = Worker("hurry", handler, host=server.host, port=server.port,
-                        visibility=3600, shutdown_grace=3600)
-        task = asyncio.create_task(worker.run())
-        await asyncio.wait_for(started.wait(), EVENT_TIMEOUT_S)
+        worker, task = await start_stuck_worker(server, "hurry")
         worker.stop()
         worker.stop()
         await asyncio.wait_for(task, EVENT_TIMEOUT_S)
@@ -263,18 +260,9 @@ async def test_a_stopped_worker_leaves_no_wait_behind_to_take_messages(server):
 
 
 async def test_run_cancelled_from_outside_gives_work_back_and_raises(server):
-    started = asyncio.Event()
-
-    async def handler(msg: Message) -> None:
-        started.set()
-        await asyncio.Event().wait()
-
     async with connect(server.host, server.port) as client:
         await client.put("cancelled", b"x")
-        worker = Worker("cancelled", handler, host=server.host, port=server.port,
-                        visibility=3600, shutdown_grace=3600)
-        task = asyncio.create_task(worker.run())
-        await asyncio.wait_for(started.wait(), EVENT_TIMEOUT_S)
+        worker, task = await start_stuck_worker(server, "cancelled")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(task, EVENT_TIMEOUT_S)
@@ -309,7 +297,7 @@ async def test_a_concurrency_over_the_server_s_max_batch_is_received_in_smaller_
         await client.put_many("small", [b"y"] * 3)
         worker = Worker("small", handler, host=server.host, port=server.port, concurrency=8)
         async with running(worker):
-            await until(lambda: asyncio.sleep(0, started), lambda n: n == 6)
+            await until_true(lambda: started == 6)
             release.set()
             await until_counts(worker, lambda c: c.acked == 6)
 
@@ -343,7 +331,7 @@ async def test_the_worker_lives_through_a_server_crash_and_settles_work_in_progr
         assert server.proc is not None
         os.kill(server.proc.pid, signal.SIGSTOP)
         release_first.set()
-        await until(lambda: asyncio.sleep(0, handled), lambda h: h == [b"first"])
+        await until_true(lambda: handled == [b"first"])
         server.kill()
         restarted = server_factory("--data-dir", str(tmp_path), "--fsync", "always",
                                    "--port", str(port))
@@ -473,7 +461,7 @@ async def test_an_ack_unanswered_at_stop_is_sent_again_after_the_server_restarts
     await asyncio.wait_for(started.wait(), EVENT_TIMEOUT_S)
     os.kill(server.proc.pid, signal.SIGSTOP)  # the ack goes out and is never answered
     release.set()
-    await until(lambda: asyncio.sleep(0, returned), bool)
+    await until_true(lambda: bool(returned))
     worker.stop()  # past the grace at once: the ack must not be cancelled
     server.kill()
     restarted = server_factory("--data-dir", str(tmp_path), "--fsync", "always",
@@ -508,18 +496,9 @@ async def test_stop_with_the_server_down_returns_without_waiting_for_leases(
 
 
 async def test_cancelling_run_during_the_grace_gives_work_back(server):
-    started = asyncio.Event()
-
-    async def handler(msg: Message) -> None:
-        started.set()
-        await asyncio.Event().wait()
-
     async with connect(server.host, server.port) as client:
         msg_id = await client.put("grace-cancel", b"x")
-        worker = Worker("grace-cancel", handler, host=server.host, port=server.port,
-                        visibility=3600, shutdown_grace=3600)
-        task = asyncio.create_task(worker.run())
-        await asyncio.wait_for(started.wait(), EVENT_TIMEOUT_S)
+        worker, task = await start_stuck_worker(server, "grace-cancel")
         worker.stop()
         await until(client.stats, lambda s: s["server"]["waiting_consumers"] == 0)
         task.cancel()
@@ -541,7 +520,7 @@ async def test_a_worker_can_run_again_after_a_stop(server):
         for body in (b"first run", b"second run"):
             await client.put("again", body)
             async with running(worker):
-                await until(lambda: asyncio.sleep(0, len(seen)), lambda n, b=body: b in seen)
+                await until_true(lambda b=body: b in seen)
         assert seen == [b"first run", b"second run"]
 
 
@@ -660,7 +639,7 @@ async def test_closing_after_a_cancelled_wait_gives_back_what_came_for_it(server
             closing = asyncio.create_task(consumer.close())
             down_before = proxy.down_bytes
             msg_id = await producer.put("late", b"leased to a wait nobody has")
-            await until(lambda: asyncio.sleep(0, proxy.down_bytes), lambda n: n > down_before)
+            await until_true(lambda: proxy.down_bytes > down_before)
             proxy.release_up()
             await asyncio.wait_for(closing, EVENT_TIMEOUT_S)
             info = await producer.message_info("late", msg_id)
@@ -722,7 +701,7 @@ async def test_acks_sent_together_each_get_their_own_result(server):
         await client.put_many("purged", [b"a", b"b"])
         worker = Worker("purged", handler, host=server.host, port=server.port, concurrency=3)
         async with running(worker):
-            await until(lambda: asyncio.sleep(0, started), lambda n: n == 2)
+            await until_true(lambda: started == 2)
             assert await client.purge("purged") == 2
             await client.put("purged", b"after")
             await until_counts(worker, lambda c: c.acked == 1)
@@ -791,7 +770,7 @@ async def test_run_cancelled_twice_still_cleans_up_and_can_run_again(server):
         first_run = False
         await client.put("twice", b"second run")
         async with running(worker):
-            await until(lambda: asyncio.sleep(0, handled), lambda h: b"second run" in h)
+            await until_true(lambda: b"second run" in handled)
 
 
 async def test_acks_over_a_lowered_max_batch_are_sent_in_smaller_batches(
@@ -813,7 +792,7 @@ async def test_acks_over_a_lowered_max_batch_are_sent_in_smaller_batches(
     worker = Worker("lowered", handler, host=server.host, port=port, concurrency=20,
                     visibility=2.0, reconnect_first=0.05, reconnect_most=0.2)
     async with running(worker):
-        await until(lambda: asyncio.sleep(0, started), lambda n: n == 20)
+        await until_true(lambda: started == 20)
         server.kill()
         restarted = server_factory("--data-dir", str(tmp_path), "--fsync", "always",
                                    "--port", str(port), "--max-batch", "5")

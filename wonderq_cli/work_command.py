@@ -111,22 +111,27 @@ def split_program(args: argparse.Namespace) -> None:
         args.work_parser.parse_args([*flags, args.queue], namespace=args)
 
 
-def environment(msg: Message, server: dict[str, str]) -> dict[str, str]:
-    """environment is the program's environment: this tool's, the server's address (so a
-    program that runs `wonderq put` reaches the same server), and the message's
-    particulars."""
-    return {**os.environ, **server, "WONDERQ_QUEUE": msg.queue,
+def base_environment(host: str, port: int) -> dict[str, str]:
+    """base_environment is what every program's environment starts from, read once: this
+    tool's, and the server's address (so a program that runs `wonderq put` reaches the
+    same server)."""
+    return {**os.environ, "WONDERQ_HOST": host, "WONDERQ_PORT": str(port)}
+
+
+def environment(msg: Message, base: dict[str, str]) -> dict[str, str]:
+    """environment is one program's environment: the base, and the message's particulars."""
+    return {**base, "WONDERQ_QUEUE": msg.queue,
             "WONDERQ_MESSAGE_ID": str(msg.id), "WONDERQ_DELIVERIES": str(msg.deliveries),
             "WONDERQ_ENQUEUED_AT": f"{msg.enqueued_at:.6f}",
             "WONDERQ_HEADERS": json.dumps(msg.headers)}
 
 
 async def run_program(argv: Sequence[str], msg: Message, timeout: float | None,
-                      kill_after: float, server: dict[str, str]) -> None:
+                      kill_after: float, base_env: dict[str, str]) -> None:
     """run_program runs the program on one message; raises ProgramFailed unless it exits 0.
     Cancelled (a stop past the grace), it ends the program before it lets go."""
     process = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.PIPE, env=environment(msg, server),
+        *argv, stdin=asyncio.subprocess.PIPE, env=environment(msg, base_env),
         start_new_session=True)
     try:
         async with asyncio.timeout(timeout):
@@ -205,10 +210,10 @@ async def run(args: argparse.Namespace) -> int:
     # (reply_timeout, which is --timeout), or it would outlive this tool.
     kill_after = min(KILL_AFTER_S, args.timeout / 2)
 
-    server = {"WONDERQ_HOST": args.host, "WONDERQ_PORT": str(args.port)}
+    base_env = base_environment(args.host, args.port)
 
     async def handler(msg: Message) -> None:
-        await run_program(argv, msg, args.command_timeout, kill_after, server)
+        await run_program(argv, msg, args.command_timeout, kill_after, base_env)
 
     log_handler = logging.StreamHandler(sys.stderr)
     log_handler.setFormatter(OneLine())

@@ -40,7 +40,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from types import TracebackType
 from typing import Any
 
@@ -217,13 +217,11 @@ class _ClientProtocol(asyncio.Protocol):
                 self._send_later("nack", args)
                 continue
             request_id = self._send_later("nack", {**args, "unseen": True})
-            answer = self._pending[request_id] = self._loop.create_future()
-            self.awaited_by_close.add(answer)
-            answer.add_done_callback(lambda done, args=args: self._given_back(done, args))
+            self._await_on_close(request_id,
+                                 lambda answer, args=args: self._given_back(answer, args))
 
     def _given_back(self, answer: asyncio.Future[Any], args: dict[str, Any]) -> None:
-        self.awaited_by_close.discard(answer)
-        error = None if answer.cancelled() else answer.exception()
+        error = answer.exception()
         if isinstance(error, BadArgument) and "unseen" in error.message \
                 and self.closed_error is None:
             self._unseen_refused = True  # an older server
@@ -237,10 +235,7 @@ class _ClientProtocol(asyncio.Protocol):
         messages it leased to it before it read the cancel) first, so by then they are
         being given back, and close() waits for that too."""
         if self._drop_held(request_id) is None and self.closed_error is None:
-            cancel_id = self._send_later("cancel", {"request": request_id})
-            answer = self._pending[cancel_id] = self._loop.create_future()
-            self.awaited_by_close.add(answer)
-            answer.add_done_callback(self._cancel_answered)
+            self._await_on_close(self._send_later("cancel", {"request": request_id}))
 
     def await_abandoned_reply(self, request_id: int, queue: str) -> None:
         """await_abandoned_reply: a receive that did not wait was abandoned before its reply
@@ -248,19 +243,30 @@ class _ClientProtocol(asyncio.Protocol):
         back, so that closing right after does not leave those messages leased."""
         if self.closed_error is not None or request_id not in self._pending:
             return
-        answer = self._pending[request_id] = self._loop.create_future()
-        self.awaited_by_close.add(answer)
-        answer.add_done_callback(lambda done: self._abandoned_answered(done, queue))
+        self._await_on_close(request_id, lambda answer: self._abandoned_answered(answer, queue))
 
     def _abandoned_answered(self, answer: asyncio.Future[Any], queue: str) -> None:
-        self.awaited_by_close.discard(answer)
-        if not answer.cancelled() and answer.exception() is None and answer.result():
+        if answer.exception() is None and answer.result():
             self.give_back(queue, answer.result())
 
-    def _cancel_answered(self, answer: asyncio.Future[Any]) -> None:
-        self.awaited_by_close.discard(answer)
-        if not answer.cancelled():
-            answer.exception()  # retrieved: a lost connection or an older server's refusal
+    def _await_on_close(self, request_id: int,
+                        then: Callable[[asyncio.Future[Any]], None] | None = None) -> None:
+        """_await_on_close registers a future for the answer to `request_id` that close()
+        waits for (give-backs, cancels, abandoned receives), and runs `then(answer)` when
+        it comes. Its error (a lost connection, an older server's refusal) is always
+        retrieved; a cancelled answer runs nothing."""
+        answer = self._pending[request_id] = self._loop.create_future()
+        self.awaited_by_close.add(answer)
+
+        def answered(done: asyncio.Future[Any]) -> None:
+            self.awaited_by_close.discard(done)
+            if done.cancelled():
+                return
+            done.exception()  # retrieved, whether `then` looks at it or not
+            if then is not None:
+                then(done)
+
+        answer.add_done_callback(answered)
 
     def _send_later(self, command: str, args: dict[str, Any]) -> int:
         """_send_later queues a request for the next flush and returns its id. Nothing is

@@ -114,7 +114,6 @@ SETTLE_SLACK_S = 5.0
 MAX_BACKOFF_EXPONENT = 40
 # BATCH_TOO_LARGE names the server's limit: "max is 1000, over the limit of 500 (--max-batch)".
 BATCH_LIMIT = re.compile(r"limit of (\d+)")
-OUTCOMES = ("acked", "failed", "given_back", "lease_lost", "unsettled")
 
 
 def retry_backoff(msg: Message, *, first: float = 1.0, most: float = 300.0) -> float:
@@ -673,15 +672,22 @@ class Worker:
 
         async def wait(tasks: set[asyncio.Task[None]], timeout: float,
                        hurry_ends_it: bool = True) -> None:
+            """wait: until all `tasks` end or `timeout` passes; with hurry_ends_it, until
+            one ends or stop() hurries."""
             nonlocal cancelled
+            hurry = asyncio.ensure_future(self._hurry.wait()) if hurry_ends_it else None
             try:
-                if hurry_ends_it:
-                    await self._wait_for_one(tasks, timeout)
-                else:
+                if hurry is None:
                     await asyncio.wait(tasks, timeout=timeout)
+                else:
+                    await asyncio.wait({*tasks, hurry}, timeout=timeout,
+                                       return_when=asyncio.FIRST_COMPLETED)
             except asyncio.CancelledError as exc:
                 cancelled = exc
                 self._hurry.set()
+            finally:
+                if hurry is not None:
+                    hurry.cancel()
 
         async def wait_for(which: Callable[[_Job], bool], until: float) -> None:
             while not self._hurry.is_set():
@@ -709,16 +715,6 @@ class Worker:
             await wait(left_to_lease, self.reply_timeout, hurry_ends_it=False)
         if cancelled is not None:
             raise cancelled
-
-    async def _wait_for_one(self, tasks: set[asyncio.Task[None]], timeout: float | None) -> None:
-        """_wait_for_one returns when one of `tasks` ends, `timeout` passes, or stop()
-        hurries."""
-        hurry = asyncio.ensure_future(self._hurry.wait())
-        try:
-            await asyncio.wait({*tasks, hurry}, timeout=timeout,
-                               return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            hurry.cancel()
 
     # -------------------------------------------------------------- heartbeat
 

@@ -42,33 +42,21 @@ import servers  # noqa: E402
 from _common import whole_numbers  # noqa: E402
 from runner import run_event_loop  # noqa: E402
 from systems import redis_streams, wonderq  # noqa: E402
+from worker_throughput import BODY, by_worker, fill  # noqa: E402
 
-from wonderq_client import Message, Worker, connect  # noqa: E402
+from wonderq_client import connect  # noqa: E402
 
 TIME_LIMIT_S = 120.0
-BODY = b"x" * 100
 ENQUEUE_AT_ONCE = 200  # arq's enqueue_job calls in flight at once while queueing (untimed)
 
 
 async def wonderq_queue(port: int, jobs: int) -> None:
     async with connect("127.0.0.1", port) as client:
-        for start in range(0, jobs, 1000):
-            await client.put_many("jobs", [BODY] * min(1000, jobs - start))
+        await fill(client, "jobs", jobs)
 
 
 async def wonderq_drain(port: int, jobs: int, concurrency: int) -> None:
-    handled = 0
-
-    async def job(msg: Message) -> None:
-        nonlocal handled
-        handled += 1
-        if handled == jobs:
-            worker.stop()  # the stop waits for the acks still on their way
-
-    worker = Worker("jobs", job, port=port, concurrency=concurrency, wait=1.0)
-    await asyncio.wait_for(worker.run(), TIME_LIMIT_S)
-    if worker.counts.acked != jobs:
-        raise SystemExit(f"wonderq: acked {worker.counts.acked} of {jobs}")
+    await asyncio.wait_for(by_worker(port, "jobs", jobs, concurrency), TIME_LIMIT_S)
 
 
 async def arq_queue(port: int, jobs: int) -> None:
