@@ -24,12 +24,13 @@ from wonderq_client import connect
 
 
 @contextlib.contextmanager
-def work(server: ServerProcess, *args: str) -> Iterator[subprocess.Popen[str]]:
+def work(server: ServerProcess, *args: str,
+         stdout: int = subprocess.PIPE) -> Iterator[subprocess.Popen[str]]:
     """work runs `wonderq work ARGS` against `server`; on leaving, kills it if still there."""
     exe = shutil.which("wonderq")
     argv = [exe] if exe else [sys.executable, "-m", "wonderq_cli"]
     proc = subprocess.Popen([*argv, "--host", server.host, "--port", str(server.port),
-                             "work", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             "work", *args], stdout=stdout, stderr=subprocess.PIPE,
                             text=True)
     try:
         yield proc
@@ -223,3 +224,80 @@ async def test_work_help_after_the_queue_is_help(server):
         out, _ = proc.communicate(timeout=EVENT_TIMEOUT_S)
     assert proc.returncode == 0
     assert "usage: wonderq work" in out
+
+
+async def test_max_messages_ends_work_by_itself_after_that_many(server):
+    async with connect(server.host, server.port) as client:
+        await client.put_many("counted", [b"a", b"b", b"c"])
+        with work(server, "counted", "--max-messages", "2", "--", "true") as proc:
+            _, err = proc.communicate(timeout=EVENT_TIMEOUT_S)
+        assert proc.returncode == 0, err
+        assert "stopped after 2 messages: 2 acked, 0 failed" in err
+        assert (await client.queue_info("counted"))["messages"] == 1
+
+
+async def test_burst_handles_the_queue_then_exits(server):
+    async with connect(server.host, server.port) as client:
+        await client.put_many("drained", [b"x"] * 5)
+        with work(server, "drained", "--burst", "--concurrency", "2", "--", "cat") as proc:
+            out, err = proc.communicate(timeout=EVENT_TIMEOUT_S)
+        assert proc.returncode == 0, err
+        assert out == "x" * 5
+        assert "stopped after 5 messages: 5 acked" in err
+        assert (await client.queue_info("drained"))["messages"] == 0
+
+
+async def test_exit_status_75_retries_the_message_without_a_failure(server):
+    async with connect(server.host, server.port) as client:
+        msg_id = await client.put("tempfail", b"x")
+        with work(server, "tempfail", "--max-messages", "1", "--retry-delay", "600", "--",
+                  "sh", "-c", "exit 75") as proc:
+            _, err = proc.communicate(timeout=EVENT_TIMEOUT_S)
+        assert proc.returncode == 0, err
+        info = await client.message_info("tempfail", msg_id)
+        assert info["state"] == "delayed"
+        assert info["deadline_at"] > info["enqueued_at"] + 590
+        assert f"message {msg_id} of 'tempfail': retrying in 600 s (sh exited with status " \
+               "75 (EX_TEMPFAIL))" in err
+        assert "0 failed, 1 retried" in err
+        assert "handler failed" not in err
+
+
+async def test_work_whose_reader_has_gone_gives_messages_back_and_exits_141(server):
+    """`wonderq work q -- prog | head`, once head has gone: each program dies of SIGPIPE.
+    That is not the message's fault: nothing may be dead-lettered (max_deliveries is 1),
+    and the tool stops as a filter whose reader left."""
+    async with connect(server.host, server.port) as client:
+        await client.create_queue("piped-dead")
+        await client.create_queue("piped", max_deliveries=1, dead_letter_queue="piped-dead")
+        await client.put_many("piped", [b"1", b"2", b"3"])
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # the reader is gone before anything is written
+        try:
+            with work(server, "piped", "--concurrency", "2", "--", "cat",
+                      stdout=write_end) as proc:
+                _, err = proc.communicate(timeout=EVENT_TIMEOUT_S)
+        finally:
+            os.close(write_end)
+        assert proc.returncode == 141, err
+        assert "standard output is closed (its reader has gone); stopping" in err
+        assert "0 acked, 0 failed" in err
+        stats = (await client.stats())["queues"]
+        assert stats["piped"]["messages"] == 3
+        assert stats["piped"]["in_flight"] == 0  # given back, not left to their leases
+        assert stats.get("piped-dead", {}).get("messages", 0) == 0
+        [first, *_] = await client.receive("piped", max=3)
+        assert first.deliveries == 1  # the SIGPIPE'd delivery was taken off the count
+
+
+async def test_a_program_killed_by_sigpipe_is_a_failure_while_the_output_is_there(server):
+    """A program killed by SIGPIPE while this tool's output is still read (a pipe of the
+    program's own broke) has failed, as with any other status."""
+    async with connect(server.host, server.port) as client:
+        msg_id = await client.put("ownpipe", b"x")
+        with work(server, "ownpipe", "--max-messages", "1", "--retry-delay", "600", "--",
+                  "sh", "-c", "kill -PIPE $$") as proc:
+            _, err = proc.communicate(timeout=EVENT_TIMEOUT_S)
+        assert proc.returncode == 0, err
+        assert "1 failed" in err
+        assert (await client.message_info("ownpipe", msg_id))["state"] == "delayed"

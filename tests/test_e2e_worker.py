@@ -24,6 +24,7 @@ from server_process import ServerProcess
 from wonderq_client import (
     BadArgument,
     Message,
+    Retry,
     UnsupportedVersion,
     Worker,
     WorkerCounts,
@@ -94,6 +95,7 @@ def test_reconnect_delay_has_equal_jitter_under_a_cap():
 @pytest.mark.parametrize("options", [
     {"concurrency": 0}, {"visibility": 0}, {"wait": 0}, {"shutdown_grace": -1},
     {"reconnect_first": 0}, {"reconnect_first": 5, "reconnect_most": 1},
+    {"max_messages": 0},
 ])
 def test_worker_refuses_settings_that_cannot_work(options):
     async def handler(msg: Message) -> None:
@@ -431,8 +433,8 @@ async def test_counts_add_up_and_no_ack_is_lost_when_stopping_busy_handlers(serv
             await until_counts(worker, lambda c: c.received >= 100)
         counts = worker.counts
         assert counts.received == sum(getattr(counts, o) for o in
-                                      ("acked", "failed", "given_back", "lease_lost",
-                                       "unsettled"))
+                                      ("acked", "failed", "retried", "given_back",
+                                       "lease_lost", "unsettled"))
         assert (counts.failed, counts.lease_lost, counts.unsettled) == (0, 0, 0)
         queue = (await client.stats())["queues"]["busy"]
         assert queue["acked_total"] == counts.acked
@@ -867,3 +869,145 @@ async def test_an_ack_sent_again_after_the_lease_ran_out_is_not_counted_as_ours(
             assert (await other.queue_info("lost-ack"))["acked_total"] == 1
     finally:
         await proxy.close()
+
+
+# ------------------------------------------------------- Retry, max_messages, burst
+
+
+@pytest.mark.parametrize("delay", [-1.0, float("nan"), float("inf")])
+def test_retry_refuses_a_delay_that_is_not_seconds(delay):
+    with pytest.raises(ValueError):
+        Retry(delay)
+
+
+async def test_retry_nacks_with_the_delay_it_names_and_logs_no_traceback(server, caplog):
+    async def handler(msg: Message) -> None:
+        raise Retry(600, reason="the mail server said 421")
+
+    async with connect(server.host, server.port) as client:
+        msg_id = await client.put("throttled", b"x")
+        worker = Worker("throttled", handler, host=server.host, port=server.port,
+                        retry_delay=0.0)  # Retry's own delay wins over this
+        with caplog.at_level("INFO", logger="wonderq_client.worker"):
+            async with running(worker):
+                await until_counts(worker, lambda c: c.retried == 1)
+        info = await client.message_info("throttled", msg_id)
+    assert info["state"] == "delayed"
+    assert info["deadline_at"] > info["enqueued_at"] + 590
+    assert (worker.counts.failed, worker.counts.acked) == (0, 0)
+    [record] = [r for r in caplog.records if "retrying" in r.getMessage()]
+    assert record.getMessage() == (f"message {msg_id} of 'throttled': retrying in 600 s "
+                                   f"(the mail server said 421)")
+    assert record.levelname == "INFO" and record.exc_info is None
+
+
+async def test_retry_without_a_delay_uses_retry_delay(server):
+    seen: list[int] = []
+
+    async def handler(msg: Message) -> None:
+        raise Retry()
+
+    def delay(msg: Message) -> float:
+        seen.append(msg.deliveries)
+        return 600.0
+
+    async with connect(server.host, server.port) as client:
+        msg_id = await client.put("policy", b"x")
+        worker = Worker("policy", handler, host=server.host, port=server.port,
+                        retry_delay=delay)
+        async with running(worker):
+            await until_counts(worker, lambda c: c.retried == 1)
+        info = await client.message_info("policy", msg_id)
+    assert seen == [1]
+    assert info["deadline_at"] > info["enqueued_at"] + 590
+
+
+async def test_an_unseen_retry_does_not_count_toward_max_deliveries(server):
+    """With max_deliveries 1, a plain Retry would dead-letter the message at its next
+    receive; Retry(unseen=True) three times in a row must not."""
+    calls = 0
+
+    async def handler(msg: Message) -> None:
+        nonlocal calls
+        calls += 1
+        if calls <= 3:
+            raise Retry(0, unseen=True)
+
+    async with connect(server.host, server.port) as client:
+        await client.create_queue("patient-dead")
+        await client.create_queue("patient", max_deliveries=1,
+                                  dead_letter_queue="patient-dead")
+        await client.put("patient", b"x")
+        worker = Worker("patient", handler, host=server.host, port=server.port)
+        async with running(worker):
+            await until_counts(worker, lambda c: c.acked == 1)
+        assert (worker.counts.retried, calls) == (3, 4)
+        assert await client.peek("patient-dead") == []
+
+
+async def test_max_messages_ends_run_once_that_many_are_handled(server):
+    handled: list[bytes] = []
+
+    async def handler(msg: Message) -> None:
+        await asyncio.sleep(0)
+        handled.append(msg.body)
+
+    async with connect(server.host, server.port) as client:
+        await client.put_many("some", [b"%d" % i for i in range(5)])
+        worker = Worker("some", handler, host=server.host, port=server.port,
+                        concurrency=10, max_messages=2)
+        await asyncio.wait_for(worker.run(), EVENT_TIMEOUT_S)  # returns by itself
+        assert worker.counts.received == worker.counts.acked == 2
+        assert handled == [b"0", b"1"]
+        assert (await client.queue_info("some"))["messages"] == 3
+        await asyncio.wait_for(worker.run(), EVENT_TIMEOUT_S)  # each run counts afresh
+        assert worker.counts.acked == 4
+
+
+async def test_max_messages_waits_for_the_work_in_hand_past_the_grace(server):
+    """Reaching max_messages is not a stop: a handler still running is let finish, even
+    with no grace at all."""
+    release = asyncio.Event()
+
+    async def handler(msg: Message) -> None:
+        await release.wait()
+
+    async with connect(server.host, server.port) as client:
+        await client.put("slowly", b"x")
+        worker = Worker("slowly", handler, host=server.host, port=server.port,
+                        max_messages=1, shutdown_grace=0)
+        task = asyncio.create_task(worker.run())
+        await until_true(lambda: worker.in_progress == 1)
+        assert not task.done()
+        release.set()
+        await asyncio.wait_for(task, EVENT_TIMEOUT_S)
+        assert worker.counts.acked == 1
+
+
+async def test_burst_handles_what_is_queued_then_ends_run(server):
+    handled: list[bytes] = []
+
+    async def handler(msg: Message) -> None:
+        await asyncio.sleep(0)
+        handled.append(msg.body)
+
+    async with connect(server.host, server.port) as client:
+        await client.put_many("burst", [b"%d" % i for i in range(25)])
+        worker = Worker("burst", handler, host=server.host, port=server.port,
+                        concurrency=4, wait=3600, burst=True)  # a burst does not wait
+        await asyncio.wait_for(worker.run(), EVENT_TIMEOUT_S)
+        assert sorted(handled, key=int) == [b"%d" % i for i in range(25)]
+        assert worker.counts.acked == 25
+        assert (await client.queue_info("burst"))["messages"] == 0
+        await asyncio.wait_for(worker.run(), EVENT_TIMEOUT_S)  # empty: returns at once
+        assert worker.counts.received == 25
+
+
+async def test_a_stop_during_a_burst_is_a_stop(server):
+    async with connect(server.host, server.port) as client:
+        await client.put("stuck-burst", b"x")
+    worker, task = await start_stuck_worker(server, "stuck-burst", burst=True,
+                                            shutdown_grace=0)
+    worker.stop()
+    await asyncio.wait_for(task, EVENT_TIMEOUT_S)
+    assert worker.counts.given_back == 1

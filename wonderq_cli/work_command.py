@@ -2,8 +2,9 @@
 
 Design decision: this is the client's Worker with a program for its handler, for jobs
 written in any language or as a shell script. Each message's body goes to the program's
-standard input. Exit status 0 acks the message; any other status, or a run past
---command-timeout, nacks it with the worker's back-off, so the queue's max_deliveries and
+standard input. Exit status 0 acks the message; 75 (EX_TEMPFAIL, sysexits.h: "try again
+later") retries it without logging a failure (the Worker's Retry); any other status, or a run
+past --command-timeout, nacks it with the worker's back-off, so the queue's max_deliveries and
 dead-letter queue deal with poison, as for a Python handler. The program inherits this
 tool's stdout and stderr, and finds the message's particulars in its environment:
 
@@ -25,6 +26,14 @@ Rules:
   stderr. What retrying cannot mend (AUTH_FAILED, a --wait over the server's --max-wait)
   ends it with main.py's exit codes.
 * A program that cannot be found is a usage error (exit 2), found before connecting.
+* --max-messages N and --burst end the worker after N messages, or once the queue is
+  found empty, with the programs started allowed to finish (the Worker's max_messages and
+  burst). Exit status 0.
+* A program killed by SIGPIPE (or a shell reporting 141) while this tool's standard output
+  is a pipe or socket whose reader has gone (`wonderq work q -- prog | head`) did not fail:
+  the output it was given is gone. Its message is given back unseen, and the worker stops
+  and exits 141, as a filter whose reader left; otherwise every message would be retried
+  until dead-lettered.
 * Each program runs in a session of its own, so that ending it ends whatever it started
   (`sh -c` pipelines) and a Ctrl-C at the terminal reaches only this tool, which decides.
   Ending is SIGTERM to the whole group, then, once the program exited or KILL_AFTER_S
@@ -41,12 +50,13 @@ import contextlib
 import json
 import logging
 import os
+import select
 import shutil
 import signal
 import sys
 from collections.abc import Sequence
 
-from wonderq_client import Message, Worker
+from wonderq_client import Message, Retry, Worker
 from wonderq_client.worker import retry_backoff
 
 from . import argument_types
@@ -55,10 +65,21 @@ from . import argument_types
 KILL_AFTER_S = 5.0
 # Signals that stop the worker gracefully: an init system's, Ctrl-C, a closed terminal.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# sysexits.h's "temporary failure; the user is invited to retry": the message is retried
+# with the back-off, as a Python handler's Retry, and no failure is logged.
+EX_TEMPFAIL = 75
+# How a program killed by SIGPIPE reports: the negative signal, or 128 + it from a shell.
+SIGPIPE_STATUSES = (-signal.SIGPIPE, 128 + signal.SIGPIPE)
+# The exit status of a tool whose reader went away, as if SIGPIPE had killed it.
+EXIT_OUTPUT_GONE = 128 + signal.SIGPIPE
 
 
 class ProgramFailed(Exception):
     """The program exited with a status other than 0, or ran past --command-timeout."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # its exit status; None if it was ended for running too long
 
 
 def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -68,9 +89,10 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
         description="Receives messages from QUEUE and runs COMMAND for each, with the body on "
                     "its standard input and WONDERQ_QUEUE, WONDERQ_MESSAGE_ID, "
                     "WONDERQ_DELIVERIES, WONDERQ_ENQUEUED_AT and WONDERQ_HEADERS (JSON) in "
-                    "its environment. Exit status 0 acks the message; anything else nacks it "
-                    "with a back-off delay. Leases are renewed while COMMAND runs. SIGTERM, "
-                    "SIGHUP or Ctrl-C stops it gracefully; a second one skips the grace.")
+                    "its environment. Exit status 0 acks the message; 75 (EX_TEMPFAIL) "
+                    "retries it without counting a failure; anything else nacks it with a "
+                    "back-off delay. Leases are renewed while COMMAND runs. SIGTERM, SIGHUP "
+                    "or Ctrl-C stops it gracefully; a second one skips the grace.")
     work.add_argument("queue")
     work.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG ...]",
                       help="the program to run, and its arguments")
@@ -89,6 +111,12 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     work.add_argument("--grace", type=argument_types.seconds, default=30.0,
                       help="seconds programs still running get to finish after a stop "
                            "(default %(default)g)")
+    work.add_argument("--max-messages", type=argument_types.positive, default=None,
+                      metavar="N",
+                      help="exit after handling N messages (default: run until stopped)")
+    work.add_argument("--burst", action="store_true",
+                      help="exit once the queue is found empty and the programs started "
+                           "have finished")
     work.set_defaults(run=run, parse_rest=split_program, work_parser=work)
 
 
@@ -144,8 +172,20 @@ async def run_program(argv: Sequence[str], msg: Message, timeout: float | None,
     except asyncio.CancelledError:
         await end_program(process, kill_after)
         raise
+    if process.returncode == EX_TEMPFAIL:
+        raise Retry(reason=f"{argv[0]} exited with status {EX_TEMPFAIL} (EX_TEMPFAIL)")
     if process.returncode != 0:
-        raise ProgramFailed(f"{argv[0]} exited with status {process.returncode}")
+        raise ProgramFailed(f"{argv[0]} exited with status {process.returncode}",
+                            process.returncode)
+
+
+def output_gone(fd: int = 1) -> bool:
+    """output_gone: `fd` is a pipe or socket whose reader has gone (poll reports an error
+    or hang-up on it), or not open at all. A file or a terminal still there says no."""
+    poller = select.poll()
+    poller.register(fd, 0)  # errors and hang-ups are reported whatever is asked
+    gone = select.POLLERR | select.POLLHUP | select.POLLNVAL
+    return any(events & gone for _, events in poller.poll(0))
 
 
 async def feed(process: asyncio.subprocess.Process, body: bytes) -> None:
@@ -212,8 +252,22 @@ async def run(args: argparse.Namespace) -> int:
 
     base_env = base_environment(args.host, args.port)
 
+    output_closed = False
+
     async def handler(msg: Message) -> None:
-        await run_program(argv, msg, args.command_timeout, kill_after, base_env)
+        nonlocal output_closed
+        try:
+            await run_program(argv, msg, args.command_timeout, kill_after, base_env)
+        except ProgramFailed as failure:
+            if failure.status not in SIGPIPE_STATUSES or not output_gone():
+                raise
+            if not output_closed:
+                output_closed = True
+                logging.getLogger("wonderq_client.worker").error(
+                    "standard output is closed (its reader has gone); stopping")
+                worker.stop()
+            raise Retry(0.0, reason="killed by SIGPIPE: this tool's output is closed",
+                        unseen=True) from None
 
     log_handler = logging.StreamHandler(sys.stderr)
     log_handler.setFormatter(OneLine())
@@ -226,7 +280,8 @@ async def run(args: argparse.Namespace) -> int:
                     concurrency=args.concurrency, visibility=args.visibility, wait=args.wait,
                     retry_delay=retry_backoff if args.retry_delay is None else args.retry_delay,
                     shutdown_grace=args.grace, connect_timeout=args.timeout,
-                    reply_timeout=args.timeout, **args.connect_options)
+                    reply_timeout=args.timeout, max_messages=args.max_messages,
+                    burst=args.burst, **args.connect_options)
     loop = asyncio.get_running_loop()
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, worker.stop)
@@ -240,7 +295,8 @@ async def run(args: argparse.Namespace) -> int:
         counts = worker.counts
         with contextlib.suppress(OSError):  # stderr may be a terminal gone (SIGHUP)
             print(f"wonderq work: stopped after {counts.received} messages: {counts.acked} "
-                  f"acked, {counts.failed} failed, {counts.given_back} given back, "
-                  f"{counts.lease_lost} leases lost, {counts.unsettled} unsettled; "
-                  f"{counts.reconnects} reconnects", file=sys.stderr)
-    return 0
+                  f"acked, {counts.failed} failed, {counts.retried} retried, "
+                  f"{counts.given_back} given back, {counts.lease_lost} leases lost, "
+                  f"{counts.unsettled} unsettled; {counts.reconnects} reconnects",
+                  file=sys.stderr)
+    return EXIT_OUTPUT_GONE if output_closed else 0

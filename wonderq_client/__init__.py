@@ -46,7 +46,7 @@ from .errors import (
     WonderQError,
 )
 from .message import Message, NotLeasedError
-from .worker import Worker, WorkerCounts
+from .worker import Retry, Worker, WorkerCounts
 
 __version__ = "0.1.0"
 
@@ -72,6 +72,7 @@ __all__ = [
     "NotLeasedError",
     "QueueExists",
     "QueueNotFound",
+    "Retry",
     "StorageError",
     "TooManyQueues",
     "UnknownCommand",

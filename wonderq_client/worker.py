@@ -10,7 +10,8 @@ writes by hand:
   longer than the lease, while a worker that dies loses its messages to others within one
   lease;
 * settling: an ack when the handler returns, a nack with a back-off delay when it raises (the
-  queue's max_deliveries and dead-letter queue catch poison);
+  queue's max_deliveries and dead-letter queue catch poison), or the delay it names when it
+  raises Retry (a downstream service said "later": no traceback is logged);
 * reconnecting, with capped, jittered exponential back-off, when the connection ends (the
   server restarts, the network drops) or stops answering. Messages in progress live through
   it: leases belong to messages, not connections, so their touches and settles go over
@@ -61,7 +62,16 @@ Rules:
   refused with BATCH_TOO_LARGE is sent again at the limit the error names (else half the
   size), and later ones are kept to that. Anything else, including connect's OSError (TLS
   verification too: a certificate can be renewed), is retried with back-off until stop().
-* The counts add up: every message received ends in exactly one of acked, failed,
+* Retry(delay) from the handler nacks with that delay (None: retry_delay's), counted as
+  retried, not failed; Retry(unseen=True) also says the delivery should not count toward
+  max_deliveries (the work was not really tried), so a handler that retries that way forever
+  is never dead-lettered: its author's choice.
+* max_messages ends run() once that many messages have been received in it and handled; burst
+  ends it once a receive finds the queue empty (it then receives without waiting) and what
+  was received has been handled. Both finish the work in hand rather than cut it short: the
+  grace is a stop's, not theirs. A message a burst run nacks comes back after it is over,
+  for the next run or another worker.
+* The counts add up: every message received ends in exactly one of acked, failed, retried,
   given_back, lease_lost and unsettled once its job is over.
 * Per message there is one task, its job (handler, then settle), and nothing else on the
   way of a success: the acks of jobs that end in one loop iteration go out as one ack_many
@@ -116,6 +126,22 @@ MAX_BACKOFF_EXPONENT = 40
 BATCH_LIMIT = re.compile(r"limit of (\d+)")
 
 
+class Retry(Exception):
+    """Retry, raised by a handler, nacks its message to be tried again `delay` seconds from
+    now (None: the Worker's retry_delay), without the traceback a failure logs: for a
+    handler that knows it should try later (a rate limit, a resource not ready yet).
+    `unseen=True` asks that this delivery not count toward the queue's max_deliveries."""
+
+    def __init__(self, delay: float | None = None, *, reason: str = "",
+                 unseen: bool = False) -> None:
+        if delay is not None and not (delay >= 0 and math.isfinite(delay)):
+            raise ValueError(f"Retry's delay must be finite seconds, 0 or more, not {delay}")
+        super().__init__(reason)
+        self.delay = None if delay is None else float(delay)
+        self.reason = reason
+        self.unseen = unseen
+
+
 def retry_backoff(msg: Message, *, first: float = 1.0, most: float = 300.0) -> float:
     """retry_backoff is the default delay before a message whose handler raised is tried
     again: `first` seconds after its first delivery, doubling with each delivery after
@@ -159,11 +185,12 @@ def is_plain_function(handler: Any) -> bool:
 @dataclass
 class WorkerCounts:
     """What a Worker did since it was made; read them at any time (worker.counts). Once a
-    job is over, its message is in exactly one of the five after `received`."""
+    job is over, its message is in exactly one of the six after `received`."""
 
     received: int = 0     # messages handed to the worker by the server
     acked: int = 0        # the handler returned, and the ack was carried out
     failed: int = 0       # the handler raised: nacked with the retry delay
+    retried: int = 0      # the handler raised Retry: nacked with the delay it named
     given_back: int = 0   # stopped before it finished (or started): nacked at once
     lease_lost: int = 0   # the settle found the lease gone (LEASE_LOST, or NOT_FOUND)
     unsettled: int = 0    # no settle got through: the message comes back when its lease ends
@@ -200,7 +227,9 @@ class Worker:
     visibility: each lease's length, renewed while the handler runs. wait: the long poll.
     retry_delay: seconds before a failed message is tried again, or a function of the
     message (default retry_backoff). reply_timeout: how long a request may go unanswered
-    before the connection is taken for dead. The connection options are connect()'s.
+    before the connection is taken for dead. max_messages: end run() after handling that
+    many. burst: end run() once the queue is found empty and the work in hand is done. The
+    connection options are connect()'s.
     """
 
     def __init__(self, queue: str, handler: Handler, *, host: str = DEFAULT_HOST,
@@ -209,12 +238,15 @@ class Worker:
                  shutdown_grace: float = 30.0, reply_timeout: float = 10.0,
                  reconnect_first: float = 0.1, reconnect_most: float = 10.0,
                  connect_timeout: float | None = 10.0, auth_token: str | bytes | None = None,
-                 ssl: Any = None) -> None:
+                 ssl: Any = None, max_messages: int | None = None,
+                 burst: bool = False) -> None:
         if is_plain_function(handler):
             raise TypeError(f"handler {handler.__name__} must be an async function (async "
                             f"def); run blocking work in it with asyncio.to_thread")
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")
+        if max_messages is not None and max_messages < 1:
+            raise ValueError(f"max_messages must be at least 1 (or None), not {max_messages}")
         for name, value in (("visibility", visibility), ("wait", wait),
                             ("reply_timeout", reply_timeout)):
             if not (value > 0 and math.isfinite(value)):
@@ -234,6 +266,8 @@ class Worker:
         self.shutdown_grace = shutdown_grace
         self.reply_timeout = reply_timeout
         self.reconnect_first, self.reconnect_most = reconnect_first, reconnect_most
+        self.max_messages = max_messages
+        self.burst = burst
         self._connect_options: dict[str, Any] = {
             "timeout": connect_timeout, "auth_token": auth_token, "ssl": ssl}
         self.counts = WorkerCounts()
@@ -243,6 +277,7 @@ class Worker:
         self._connect_attempt = 0  # failures in a row, for the back-off
         self._connect_lock = asyncio.Lock()
         self._jobs: dict[asyncio.Task[None], _Job] = {}
+        self._received_in_run = 0  # for max_messages
         self._slot_free = asyncio.Event()
         self._batch_cap = concurrency  # lowered if the server's --max-batch is smaller
         self._last_batch_refusal: BatchTooLarge | None = None  # of an ack_many
@@ -277,6 +312,7 @@ class Worker:
         if self._running:
             raise RuntimeError("this Worker is already running")
         self._running, self._closed = True, False
+        self._received_in_run = 0
         heartbeat = asyncio.create_task(self._heartbeat_loop())
         self._receiving = asyncio.create_task(self._receive_loop())
         if self._stops:
@@ -376,19 +412,28 @@ class Worker:
     # ---------------------------------------------------------------- receive
 
     async def _receive_loop(self) -> None:
+        """_receive_loop receives while there are free slots; it returns (run() then shuts
+        down) once max_messages were received, or a burst found the queue empty, and the
+        jobs in hand are over."""
         loop = asyncio.get_running_loop()
+        wait = 0.0 if self.burst else self.wait
         while True:
+            left = (self.concurrency if self.max_messages is None
+                    else self.max_messages - self._received_in_run)
+            if left <= 0:
+                await self._finish_jobs()
+                return
             free = self.concurrency - len(self._jobs)
             if free <= 0:
                 self._slot_free.clear()
                 await self._slot_free.wait()
                 continue
             client = await self._connection()
-            size = min(free, self._batch_cap)
+            size = min(free, self._batch_cap, left)
             sent_at = loop.time()
             try:
-                async with asyncio.timeout(self.wait + self.reply_timeout):
-                    messages = await client.receive(self.queue, max=size, wait=self.wait,
+                async with asyncio.timeout(wait + self.reply_timeout):
+                    messages = await client.receive(self.queue, max=size, wait=wait,
                                                     visibility=self.visibility)
             except TimeoutError:
                 self._drop(client, f"no answer to a receive within its wait and "
@@ -411,6 +456,9 @@ class Worker:
                 await self._back_off(f"receive from {self.queue!r} failed ({exc})")
                 continue
             self._server_answered()
+            if self.burst and not messages:
+                await self._finish_jobs()
+                return
             # The server leased them somewhere between the send and now: the lease runs to
             # at most now + visibility, and surely to sent_at + visibility (for a long poll
             # that is early; the first heartbeat's touch makes it tight).
@@ -419,8 +467,15 @@ class Worker:
             for message in messages:
                 self._start(_Job(message, lease_until, held_until))
 
+    async def _finish_jobs(self) -> None:
+        """_finish_jobs waits until every job in hand is over (a stop() cancels the wait)."""
+        while self._jobs:
+            self._slot_free.clear()
+            await self._slot_free.wait()
+
     def _start(self, job: _Job) -> None:
         self.counts.received += 1
+        self._received_in_run += 1
         task = asyncio.create_task(self._work(job))
         self._jobs[task] = job
         task.add_done_callback(self._job_done)
@@ -462,6 +517,11 @@ class Worker:
             log.warning("handler raised CancelledError on message %d of %r", message.id,
                         message.queue)
             await self._settle(job, "failed", self._retry_delay(message))
+        except Retry as retry:
+            delay = self._retry_delay(message) if retry.delay is None else retry.delay
+            log.info("message %d of %r: retrying in %g s%s", message.id, message.queue,
+                     delay, f" ({retry.reason})" if retry.reason else "")
+            await self._settle(job, "retried", delay, unseen=retry.unseen)
         except Exception:
             log.exception("handler failed on message %d of %r (delivery %d)", message.id,
                           message.queue, message.deliveries)
