@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from polling import EVENT_TIMEOUT_S, until, until_stats
 from server_process import ServerProcess
 
@@ -263,10 +264,15 @@ async def test_exit_status_75_retries_the_message_without_a_failure(server):
         assert "handler failed" not in err
 
 
-async def test_work_whose_reader_has_gone_gives_messages_back_and_exits_141(server):
-    """`wonderq work q -- prog | head`, once head has gone: each program dies of SIGPIPE.
-    That is not the message's fault: nothing may be dead-lettered (max_deliveries is 1),
-    and the tool stops as a filter whose reader left."""
+PYTHON_PRINTER = [sys.executable, "-c", "import sys; print(sys.stdin.read())"]
+
+
+@pytest.mark.parametrize("program", [["cat"], PYTHON_PRINTER], ids=["sigpipe", "exit-status"])
+async def test_work_whose_reader_has_gone_gives_messages_back_and_exits_141(server, program):
+    """`wonderq work q -- prog | head`, once head has gone: each program dies of SIGPIPE
+    (cat) or exits with an error (Python's BrokenPipeError). That is not the message's
+    fault: nothing may be dead-lettered (max_deliveries is 1), and the tool stops as a
+    filter whose reader left."""
     async with connect(server.host, server.port) as client:
         await client.create_queue("piped-dead")
         await client.create_queue("piped", max_deliveries=1, dead_letter_queue="piped-dead")
@@ -274,7 +280,7 @@ async def test_work_whose_reader_has_gone_gives_messages_back_and_exits_141(serv
         read_end, write_end = os.pipe()
         os.close(read_end)  # the reader is gone before anything is written
         try:
-            with work(server, "piped", "--concurrency", "2", "--", "cat",
+            with work(server, "piped", "--concurrency", "2", "--", *program,
                       stdout=write_end) as proc:
                 _, err = proc.communicate(timeout=EVENT_TIMEOUT_S)
         finally:
@@ -301,3 +307,55 @@ async def test_a_program_killed_by_sigpipe_is_a_failure_while_the_output_is_ther
         assert proc.returncode == 0, err
         assert "1 failed" in err
         assert (await client.message_info("ownpipe", msg_id))["state"] == "delayed"
+
+
+async def test_a_reader_gone_after_a_stop_does_not_hurry_the_stop(server, tmp_path):
+    """A Ctrl-C reaches both `wonderq work` and `head`: the stop comes first, then the
+    reader goes. The program that writes dies of SIGPIPE and is put back; the quiet one
+    still has its grace, finishes and is acked; the exit status is the stop's, 0."""
+    go = tmp_path / "go"
+    script = (f'body=$(cat); touch {tmp_path}/started-$body; '
+              f'until [ -e {go} ]; do sleep 0.02; done; '
+              f'if [ "$body" = loud ]; then echo loud; fi')
+    async with connect(server.host, server.port) as client:
+        await client.put_many("ctrl-c", [b"quiet", b"loud"])
+        read_end, write_end = os.pipe()
+        try:
+            with work(server, "ctrl-c", "--concurrency", "3", "--", "sh", "-c", script,
+                      stdout=write_end) as proc:
+                os.close(write_end)
+                write_end = -1
+                for name in ("started-quiet", "started-loud"):
+                    await until(lambda name=name: path_exists(tmp_path / name), bool)
+                # The third slot's long poll waits on the server; the stop withdraws it.
+                await until_stats(client, lambda s: s["queues"]["ctrl-c"]["waiting"] == 1)
+                proc.send_signal(signal.SIGTERM)
+                await until_stats(client, lambda s: s["queues"]["ctrl-c"]["waiting"] == 0)
+                os.close(read_end)
+                read_end = -1
+                go.touch()
+                _, err = proc.communicate(timeout=EVENT_TIMEOUT_S)
+        finally:
+            for fd in (read_end, write_end):
+                if fd >= 0:
+                    os.close(fd)
+        assert proc.returncode == 0, err
+        assert "1 acked, 0 failed, 1 retried, 0 given back" in err
+        [msg] = await client.receive("ctrl-c")
+        assert (msg.body, msg.deliveries) == (b"loud", 1)
+
+
+async def test_work_with_its_standard_output_closed_runs_programs_on_dev_null(server):
+    """`wonderq work ... >&-`: the programs' output goes nowhere, and they succeed (libuv
+    aborted the tool, and every program, when fd 1 was closed)."""
+    exe = shutil.which("wonderq")
+    argv = [exe] if exe else [sys.executable, "-m", "wonderq_cli"]
+    async with connect(server.host, server.port) as client:
+        await client.put_many("closed-out", [b"a", b"b"])
+        proc = subprocess.run(
+            ["sh", "-c", 'exec "$@" >&-', "sh", *argv, "--host", server.host, "--port",
+             str(server.port), "work", "closed-out", "--burst", "--", "sh", "-c",
+             "cat; echo"], capture_output=True, text=True, timeout=EVENT_TIMEOUT_S)
+        assert proc.returncode == 0, proc.stderr
+        assert "stopped after 2 messages: 2 acked" in proc.stderr
+        assert (await client.queue_info("closed-out"))["messages"] == 0

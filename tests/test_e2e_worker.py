@@ -30,7 +30,7 @@ from wonderq_client import (
     WorkerCounts,
     connect,
 )
-from wonderq_client.worker import reconnect_delay, retry_backoff
+from wonderq_client.worker import delay_limit, reconnect_delay, retry_backoff
 
 
 async def until_counts(worker: Worker, check: Callable[[WorkerCounts], bool]) -> None:
@@ -415,8 +415,9 @@ async def test_a_retry_delay_that_raises_or_that_the_server_refuses_still_nacks(
         async with running(worker):
             await until_counts(worker, lambda c: c.failed >= 1)
         info = await client.message_info("refused-delay", second)
-        assert info["deliveries"] >= 1
-        assert info["state"] != "leased" or info["deadline_at"] < info["enqueued_at"] + 60
+        # Nacked again at the server's limit, 60 s: not 0, which would spin it.
+        assert (info["state"], info["deliveries"], worker.counts.failed) == ("delayed", 1, 1)
+        assert info["enqueued_at"] + 55 < info["deadline_at"] <= info["enqueued_at"] + 61
 
 
 async def test_counts_add_up_and_no_ack_is_lost_when_stopping_busy_handlers(server):
@@ -874,6 +875,16 @@ async def test_an_ack_sent_again_after_the_lease_ran_out_is_not_counted_as_ours(
 # ------------------------------------------------------- Retry, max_messages, burst
 
 
+def test_delay_limit_reads_the_server_s_limit_from_its_refusal():
+    def refusal(limit: str) -> BadArgument:
+        return BadArgument(f"delay is 3600 s, over the limit of {limit} s (--max-delay)")
+
+    assert delay_limit(refusal("300"), 3600) == 300.0
+    assert delay_limit(refusal("1.5e+06"), 1e7) == 1.5e6
+    assert delay_limit(refusal("300"), 200) == 0.0  # a limit not below it: none
+    assert delay_limit(BadArgument("delay must be a number"), 3600) == 0.0
+
+
 @pytest.mark.parametrize("delay", [-1.0, float("nan"), float("inf")])
 def test_retry_refuses_a_delay_that_is_not_seconds(delay):
     with pytest.raises(ValueError):
@@ -962,6 +973,7 @@ async def test_max_messages_ends_run_once_that_many_are_handled(server):
         assert (await client.queue_info("some"))["messages"] == 3
         await asyncio.wait_for(worker.run(), EVENT_TIMEOUT_S)  # each run counts afresh
         assert worker.counts.acked == 4
+        assert worker.counts.reconnects == 0  # a new run's connection is not a reconnect
 
 
 async def test_max_messages_waits_for_the_work_in_hand_past_the_grace(server):
@@ -1011,3 +1023,58 @@ async def test_a_stop_during_a_burst_is_a_stop(server):
     worker.stop()
     await asyncio.wait_for(task, EVENT_TIMEOUT_S)
     assert worker.counts.given_back == 1
+
+
+@pytest.mark.parametrize("failure", [Retry(0), RuntimeError("always fails")])
+async def test_a_burst_handles_a_message_that_keeps_coming_back_once(server, failure):
+    """With concurrency 1 and no delay, the nacked message is back before the next
+    receive: the burst must give it back unseen and end, not handle it again and again."""
+    calls = 0
+
+    async def handler(msg: Message) -> None:
+        nonlocal calls
+        calls += 1
+        raise failure
+
+    async with connect(server.host, server.port) as client:
+        msg_id = await client.put("boomerang", b"x")
+        worker = Worker("boomerang", handler, host=server.host, port=server.port,
+                        concurrency=1, retry_delay=0.0, burst=True)
+        await asyncio.wait_for(worker.run(), EVENT_TIMEOUT_S)
+        assert calls == 1
+        assert worker.counts.received == 1
+        assert worker.counts.retried + worker.counts.failed == 1
+        info = await client.message_info("boomerang", msg_id)
+        # Ready for the next run; the delivery the burst gave back unseen is not counted.
+        assert (info["state"], info["deliveries"]) == ("ready", 1)
+
+
+async def test_a_retry_over_the_server_s_max_delay_waits_the_server_s_limit(server_factory):
+    server = server_factory("--max-delay", "30")
+    calls = 0
+
+    async def handler(msg: Message) -> None:
+        nonlocal calls
+        calls += 1
+        raise Retry(3600, reason="come back in an hour")
+
+    async with connect(server.host, server.port) as client:
+        msg_id = await client.put("hourly", b"x")
+        worker = Worker("hourly", handler, host=server.host, port=server.port)
+        async with running(worker):
+            await until_counts(worker, lambda c: c.retried == 1)
+        info = await client.message_info("hourly", msg_id)
+        assert (info["state"], calls) == ("delayed", 1)
+        assert info["enqueued_at"] + 25 < info["deadline_at"] <= info["enqueued_at"] + 31
+
+
+async def test_stopping_says_whether_stop_was_called_in_this_run(server):
+    async with connect(server.host, server.port) as client:
+        await client.put("stopping-flag", b"x")
+    worker, task = await start_stuck_worker(server, "stopping-flag", shutdown_grace=0)
+    assert not worker.stopping
+    worker.stop()
+    assert worker.stopping
+    await asyncio.wait_for(task, EVENT_TIMEOUT_S)
+    assert not worker.stopping  # ready to run again
+    assert worker.counts.reconnects == 0

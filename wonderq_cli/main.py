@@ -202,5 +202,20 @@ def _run(coroutine: Coroutine[Any, Any, int]) -> int:
     return uvloop.run(coroutine)
 
 
+def open_missing_standard_streams() -> None:
+    """open_missing_standard_streams opens /dev/null on whichever of fds 0, 1 and 2 is
+    closed (`wonderq work ... >&-`), as daemons do: else the next file opened takes that
+    number, and libuv aborts when a subprocess's pipe is one of them."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+
+
 def console_script() -> None:
+    open_missing_standard_streams()
     sys.exit(main())

@@ -29,11 +29,14 @@ Rules:
 * --max-messages N and --burst end the worker after N messages, or once the queue is
   found empty, with the programs started allowed to finish (the Worker's max_messages and
   burst). Exit status 0.
-* A program killed by SIGPIPE (or a shell reporting 141) while this tool's standard output
-  is a pipe or socket whose reader has gone (`wonderq work q -- prog | head`) did not fail:
-  the output it was given is gone. Its message is given back unseen, and the worker stops
-  and exits 141, as a filter whose reader left; otherwise every message would be retried
-  until dead-lettered.
+* When this tool's standard output is a pipe or socket whose reader has gone (`wonderq
+  work q -- prog | head`, once head has its lines), a program that exits with any status
+  but 0 (killed by SIGPIPE, or a Python one's BrokenPipeError) did not fail: the output it
+  was given is gone. Its message is put back at once, unseen (counted as retried), and so
+  is the next one before its program starts; the worker stops and exits 141, as a filter
+  whose reader left; otherwise every message would be retried until dead-lettered. If a
+  stop came first (a Ctrl-C reaches head too), that stop goes on as it was, and the exit
+  status is 0. (A closed fd 1, `>&-`, is /dev/null by then: main.py opens it.)
 * Each program runs in a session of its own, so that ending it ends whatever it started
   (`sh -c` pipelines) and a Ctrl-C at the terminal reaches only this tool, which decides.
   Ending is SIGTERM to the whole group, then, once the program exited or KILL_AFTER_S
@@ -68,8 +71,6 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # sysexits.h's "temporary failure; the user is invited to retry": the message is retried
 # with the back-off, as a Python handler's Retry, and no failure is logged.
 EX_TEMPFAIL = 75
-# How a program killed by SIGPIPE reports: the negative signal, or 128 + it from a shell.
-SIGPIPE_STATUSES = (-signal.SIGPIPE, 128 + signal.SIGPIPE)
 # The exit status of a tool whose reader went away, as if SIGPIPE had killed it.
 EXIT_OUTPUT_GONE = 128 + signal.SIGPIPE
 
@@ -115,8 +116,8 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
                       metavar="N",
                       help="exit after handling N messages (default: run until stopped)")
     work.add_argument("--burst", action="store_true",
-                      help="exit once the queue is found empty and the programs started "
-                           "have finished")
+                      help="exit once the queue has nothing this run has not handled, and "
+                           "the programs started have finished (receives do not wait)")
     work.set_defaults(run=run, parse_rest=split_program, work_parser=work)
 
 
@@ -181,10 +182,10 @@ async def run_program(argv: Sequence[str], msg: Message, timeout: float | None,
 
 def output_gone(fd: int = 1) -> bool:
     """output_gone: `fd` is a pipe or socket whose reader has gone (poll reports an error
-    or hang-up on it), or not open at all. A file or a terminal still there says no."""
+    or hang-up on it). A file, /dev/null or a terminal still there says no."""
     poller = select.poll()
     poller.register(fd, 0)  # errors and hang-ups are reported whatever is asked
-    gone = select.POLLERR | select.POLLHUP | select.POLLNVAL
+    gone = select.POLLERR | select.POLLHUP
     return any(events & gone for _, events in poller.poll(0))
 
 
@@ -252,22 +253,31 @@ async def run(args: argparse.Namespace) -> int:
 
     base_env = base_environment(args.host, args.port)
 
-    output_closed = False
+    output_closed = False  # seen once: said once
+    stopped_for_output = False  # it was the first stop: exit 141
+
+    def put_back(why: str) -> Retry:
+        """put_back: the Retry that gives a message back unseen, the output being gone;
+        the first time, it stops the worker too (unless a stop came first)."""
+        nonlocal output_closed, stopped_for_output
+        if not output_closed:
+            output_closed = True
+            logging.getLogger("wonderq_client.worker").error(
+                "standard output is closed (its reader has gone); stopping")
+            if not worker.stopping:
+                stopped_for_output = True
+                worker.stop()
+        return Retry(0.0, reason=why, unseen=True)
 
     async def handler(msg: Message) -> None:
-        nonlocal output_closed
+        if output_gone():
+            raise put_back("not run: this tool's output is closed")
         try:
             await run_program(argv, msg, args.command_timeout, kill_after, base_env)
-        except ProgramFailed as failure:
-            if failure.status not in SIGPIPE_STATUSES or not output_gone():
+        except (ProgramFailed, Retry) as failure:
+            if not output_gone():
                 raise
-            if not output_closed:
-                output_closed = True
-                logging.getLogger("wonderq_client.worker").error(
-                    "standard output is closed (its reader has gone); stopping")
-                worker.stop()
-            raise Retry(0.0, reason="killed by SIGPIPE: this tool's output is closed",
-                        unseen=True) from None
+            raise put_back(f"{failure}; this tool's output is closed") from None
 
     log_handler = logging.StreamHandler(sys.stderr)
     log_handler.setFormatter(OneLine())
@@ -299,4 +309,4 @@ async def run(args: argparse.Namespace) -> int:
                   f"{counts.given_back} given back, {counts.lease_lost} leases lost, "
                   f"{counts.unsettled} unsettled; {counts.reconnects} reconnects",
                   file=sys.stderr)
-    return EXIT_OUTPUT_GONE if output_closed else 0
+    return EXIT_OUTPUT_GONE if stopped_for_output else 0

@@ -51,8 +51,9 @@ Rules:
   else, who may have acked it after the lease ran out: counted as lease_lost, not raised.
   So an ack whose first send did go through, but whose answer was lost and whose resend
   came after that bound, is counted lease_lost too: the counts never claim an ack that
-  may have been another consumer's. A nack whose delay the server refuses (over its --max-delay) is
-  sent with none; one whose `unseen` it refuses (an older server), without it.
+  may have been another consumer's. A nack whose delay the server refuses (over its
+  --max-delay) is sent at the server's limit (below); one whose `unseen` it refuses (an
+  older server), without it.
 * Back-off: between failed connects, and before reconnecting after a connection that ended
   before the server answered anything (TOO_MANY_CONNECTIONS, say), so a refusing server is
   not hammered. It starts again from `reconnect_first` once the server answers.
@@ -67,10 +68,13 @@ Rules:
   max_deliveries (the work was not really tried), so a handler that retries that way forever
   is never dead-lettered: its author's choice.
 * max_messages ends run() once that many messages have been received in it and handled; burst
-  ends it once a receive finds the queue empty (it then receives without waiting) and what
-  was received has been handled. Both finish the work in hand rather than cut it short: the
-  grace is a stop's, not theirs. A message a burst run nacks comes back after it is over,
-  for the next run or another worker.
+  ends it once a receive (burst receives never wait) finds nothing this run has not handled
+  already, and what was received has been handled. Both finish the work in hand rather than
+  cut it short: the grace is a stop's, not theirs. A burst handles each message once: one it
+  nacked that comes back to it (its delay was short) is given back unseen at once, for the
+  next run or another worker; so a message that always fails cannot keep a burst running.
+* A nack's delay over the server's --max-delay is sent again at the limit the error names
+  (else 0), so a Retry(3600) against a server allowing 300 s waits 300 s, not none.
 * The counts add up: every message received ends in exactly one of acked, failed, retried,
   given_back, lease_lost and unsettled once its job is over.
 * Per message there is one task, its job (handler, then settle), and nothing else on the
@@ -124,6 +128,8 @@ SETTLE_SLACK_S = 5.0
 MAX_BACKOFF_EXPONENT = 40
 # BATCH_TOO_LARGE names the server's limit: "max is 1000, over the limit of 500 (--max-batch)".
 BATCH_LIMIT = re.compile(r"limit of (\d+)")
+# BAD_ARGUMENT names it for a delay: "delay is 3600 s, over the limit of 300 s (--max-delay)".
+DELAY_LIMIT = re.compile(r"over the limit of ([0-9.eE+]+) s")
 
 
 class Retry(Exception):
@@ -166,6 +172,17 @@ def batch_limit(error: BatchTooLarge, size: int) -> int:
     match = BATCH_LIMIT.search(error.message)
     limit = int(match.group(1)) if match else size // 2
     return max(1, min(limit, size - 1))
+
+
+def delay_limit(error: BadArgument, delay: float) -> float:
+    """delay_limit is the nack delay to use after `error` refused `delay`: the server's limit
+    if the error names one below `delay`, else 0."""
+    match = DELAY_LIMIT.search(error.message)
+    try:
+        limit = float(match.group(1)) if match else 0.0
+    except ValueError:
+        limit = 0.0
+    return limit if 0 <= limit < delay else 0.0
 
 
 def raise_if_fatal(error: BaseException) -> None:
@@ -278,6 +295,7 @@ class Worker:
         self._connect_lock = asyncio.Lock()
         self._jobs: dict[asyncio.Task[None], _Job] = {}
         self._received_in_run = 0  # for max_messages
+        self._burst_handled: set[int] = set()  # ids a burst nacked or lost: not handled again
         self._slot_free = asyncio.Event()
         self._batch_cap = concurrency  # lowered if the server's --max-batch is smaller
         self._last_batch_refusal: BatchTooLarge | None = None  # of an ack_many
@@ -291,6 +309,11 @@ class Worker:
         # Acks made during this loop iteration, sent together (_send_acks) as ack_many.
         self._acks_out: list[tuple[Client, Message, asyncio.Future[None]]] = []
         self._acks_scheduled = False
+
+    @property
+    def stopping(self) -> bool:
+        """stopping: stop() has been called since run() began (or before it)."""
+        return self._stops > 0
 
     @property
     def in_progress(self) -> int:
@@ -313,6 +336,8 @@ class Worker:
             raise RuntimeError("this Worker is already running")
         self._running, self._closed = True, False
         self._received_in_run = 0
+        self._burst_handled.clear()
+        self._connections = 0  # reconnects are counted within a run
         heartbeat = asyncio.create_task(self._heartbeat_loop())
         self._receiving = asyncio.create_task(self._receive_loop())
         if self._stops:
@@ -456,9 +481,11 @@ class Worker:
                 await self._back_off(f"receive from {self.queue!r} failed ({exc})")
                 continue
             self._server_answered()
-            if self.burst and not messages:
-                await self._finish_jobs()
-                return
+            if self.burst:
+                messages = await self._without_handled(client, messages)
+                if not messages:
+                    await self._finish_jobs()
+                    return
             # The server leased them somewhere between the send and now: the lease runs to
             # at most now + visibility, and surely to sent_at + visibility (for a long poll
             # that is early; the first heartbeat's touch makes it tight).
@@ -466,6 +493,21 @@ class Worker:
             held_until = sent_at + self.visibility
             for message in messages:
                 self._start(_Job(message, lease_until, held_until))
+
+    async def _without_handled(self, client: Client, messages: list[Message]) -> list[Message]:
+        """_without_handled: the messages this burst has not handled yet; those it has (nacked
+        with a short delay, they came back) are given back unseen at once."""
+        again = [message for message in messages if message.id in self._burst_handled]
+        if not again:
+            return messages
+        try:
+            async with asyncio.timeout(self.reply_timeout):
+                await client.nack_many(self.queue, again, unseen=True)
+        except (TimeoutError, WonderQError) as exc:
+            log.warning("could not give back %d messages this burst has handled already "
+                        "(%s); they come back when their leases end", len(again),
+                        exc or type(exc).__name__)
+        return [message for message in messages if message.id not in self._burst_handled]
 
     async def _finish_jobs(self) -> None:
         """_finish_jobs waits until every job in hand is over (a stop() cancels the wait)."""
@@ -575,6 +617,8 @@ class Worker:
             result = await self._send_settle(job, outcome, nack_delay, unseen)
         finally:
             self._count(job, result)
+            if self.burst and result != "acked":
+                self._burst_handled.add(job.message.id)
 
     async def _send_settle(self, job: _Job, outcome: str, nack_delay: float | None,
                            unseen: bool) -> str:
@@ -637,9 +681,10 @@ class Worker:
                     unseen = False  # a server older than nack's `unseen`
                     continue
                 if isinstance(exc, BadArgument) and nack_delay:
+                    refused, nack_delay = nack_delay, delay_limit(exc, nack_delay)
                     log.warning("the server refused a retry delay of %g s (%s); nacking "
-                                "message %d with none", nack_delay, exc.message, message.id)
-                    nack_delay = 0.0
+                                "message %d with %g s", refused, exc.message, message.id,
+                                nack_delay)
                     continue
                 log.warning("could not settle message %d of %r: %s", message.id,
                             message.queue, exc)
