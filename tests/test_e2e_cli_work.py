@@ -341,6 +341,7 @@ async def test_a_reader_gone_after_a_stop_does_not_hurry_the_stop(server, tmp_pa
                     os.close(fd)
         assert proc.returncode == 0, err
         assert "1 acked, 0 failed, 1 retried, 0 given back" in err
+        assert "standard output is closed (its reader has gone)\n" in err  # no "stopping"
         [msg] = await client.receive("ctrl-c")
         assert (msg.body, msg.deliveries) == (b"loud", 1)
 
@@ -359,3 +360,67 @@ async def test_work_with_its_standard_output_closed_runs_programs_on_dev_null(se
         assert proc.returncode == 0, proc.stderr
         assert "stopped after 2 messages: 2 acked" in proc.stderr
         assert (await client.queue_info("closed-out"))["messages"] == 0
+
+
+async def test_a_signal_after_the_reader_has_gone_leaves_the_grace_alone(server, tmp_path):
+    """The closed output began the stop; systemd's SIGTERM comes next. That one signal must
+    not hurry the stop: a program still running keeps its grace and is acked."""
+    go, quiet_go = tmp_path / "go", tmp_path / "quiet-go"
+    script = (f'body=$(cat); echo $$ > {tmp_path}/pid-$body.tmp; '
+              f'mv {tmp_path}/pid-$body.tmp {tmp_path}/pid-$body; '
+              f'if [ "$body" = loud ]; then until [ -e {go} ]; do sleep 0.02; done; '
+              f'echo loud; else until [ -e {quiet_go} ]; do sleep 0.02; done; fi')
+    async with connect(server.host, server.port) as client:
+        await client.put_many("systemd", [b"quiet", b"loud"])
+        read_end, write_end = os.pipe()
+        try:
+            with work(server, "systemd", "--concurrency", "3", "--", "sh", "-c", script,
+                      stdout=write_end) as proc:
+                os.close(write_end)
+                write_end = -1
+                for name in ("pid-quiet", "pid-loud"):
+                    await until(lambda name=name: path_exists(tmp_path / name), bool)
+                os.close(read_end)
+                read_end = -1
+                go.touch()  # loud dies of SIGPIPE: the tool stops, withdrawing its poll
+                await until_stats(client, lambda s: s["queues"]["systemd"]["waiting"] == 0)
+                proc.send_signal(signal.SIGTERM)
+                # The clock: a long poll on the server. A hurried stop would end quiet now.
+                assert await client.receive("systemd-clock", wait=1.0) == []
+                assert alive(int((tmp_path / "pid-quiet").read_text()))
+                quiet_go.touch()
+                _, err = proc.communicate(timeout=EVENT_TIMEOUT_S)
+        finally:
+            for fd in (read_end, write_end):
+                if fd >= 0:
+                    os.close(fd)
+        assert proc.returncode == 141, err
+        assert "(its reader has gone); stopping" in err
+        assert "1 acked, 0 failed, 1 retried, 0 given back" in err
+
+
+def closed_stream_run(server: ServerProcess, redirect: str, *args: str,
+                      ) -> subprocess.CompletedProcess[str]:
+    """closed_stream_run runs `python -m wonderq_cli ARGS` with a standard stream closed by
+    `redirect` (`<&-`, `>&-`, `2>&-`); not through a console-script shim, which may keep the
+    stream open itself."""
+    return subprocess.run(
+        ["sh", "-c", f'exec "$@" {redirect}', "sh", sys.executable, "-m", "wonderq_cli",
+         "--host", server.host, "--port", str(server.port), *args],
+        capture_output=True, text=True, timeout=EVENT_TIMEOUT_S)
+
+
+async def test_commands_other_than_work_refuse_a_closed_stdin_or_stdout(server):
+    async with connect(server.host, server.port) as client:
+        await client.put("closed", b"x")
+        put = closed_stream_run(server, "<&-", "put", "closed")  # the body from stdin
+        assert (put.returncode, put.stdout) == (2, "")
+        assert "standard input closed: give it a file" in put.stderr
+        receive = closed_stream_run(server, ">&-", "receive", "closed", "--ack")
+        assert receive.returncode == 2
+        assert "standard output closed" in receive.stderr
+        # Nothing was written, so nothing was acked.
+        assert (await client.queue_info("closed"))["messages"] == 1
+        # A closed stderr is no error, and what would go there does not go to stdout.
+        missing = closed_stream_run(server, "2>&-", "receive", "nothing-here")
+        assert (missing.returncode, missing.stdout) == (0, "")  # "no message" went nowhere

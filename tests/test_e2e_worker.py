@@ -881,7 +881,11 @@ def test_delay_limit_reads_the_server_s_limit_from_its_refusal():
 
     assert delay_limit(refusal("300"), 3600) == 300.0
     assert delay_limit(refusal("1.5e+06"), 1e7) == 1.5e6
-    assert delay_limit(refusal("300"), 200) == 0.0  # a limit not below it: none
+    assert delay_limit(refusal("1e-05"), 5) == 1e-05
+    # %g rounds 1234567 up to 1.23457e+06: that, refused, is stepped just below itself.
+    assert delay_limit(refusal("1.23457e+06"), 1234570.0) \
+        == pytest.approx(1234570.0 * (1 - 1e-5))
+    assert 1234555 < delay_limit(refusal("1.23457e+06"), 1234570.0) < 1234567
     assert delay_limit(BadArgument("delay must be a number"), 3600) == 0.0
 
 
@@ -1042,11 +1046,76 @@ async def test_a_burst_handles_a_message_that_keeps_coming_back_once(server, fai
                         concurrency=1, retry_delay=0.0, burst=True)
         await asyncio.wait_for(worker.run(), EVENT_TIMEOUT_S)
         assert calls == 1
-        assert worker.counts.received == 1
-        assert worker.counts.retried + worker.counts.failed == 1
+        # Received again at once (no delay), held, and given back when the burst ended.
+        counts = worker.counts
+        assert (counts.received, counts.retried + counts.failed, counts.given_back) == (2, 1, 1)
         info = await client.message_info("boomerang", msg_id)
         # Ready for the next run; the delivery the burst gave back unseen is not counted.
         assert (info["state"], info["deliveries"]) == ("ready", 1)
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+async def test_a_burst_goes_past_a_failing_message_that_comes_back_first(server, concurrency):
+    """A nacked message goes back ahead of the untried ones: the burst must hold it (not
+    handle it again, not end on it) and go on to the rest of the queue."""
+    calls: dict[bytes, int] = {}
+
+    async def handler(msg: Message) -> None:
+        calls[msg.body] = calls.get(msg.body, 0) + 1
+        await asyncio.sleep(0)
+        if msg.body == b"poison":
+            raise RuntimeError("always fails")
+
+    async with connect(server.host, server.port) as client:
+        poison = await client.put("poisoned", b"poison")
+        await client.put_many("poisoned", [b"%d" % i for i in range(30)])
+        worker = Worker("poisoned", handler, host=server.host, port=server.port,
+                        concurrency=concurrency, retry_delay=0.0, burst=True)
+        await asyncio.wait_for(worker.run(), EVENT_TIMEOUT_S)
+        assert calls == {b"poison": 1, **{b"%d" % i: 1 for i in range(30)}}
+        counts = worker.counts
+        assert (counts.acked, counts.failed) == (30, 1)
+        assert counts.received == sum(getattr(counts, o) for o in
+                                      ("acked", "failed", "retried", "given_back",
+                                       "lease_lost", "unsettled"))
+        info = await client.message_info("poisoned", poison)
+        assert (info["state"], info["deliveries"]) == ("ready", 1)
+        assert (await client.queue_info("poisoned"))["messages"] == 1
+
+
+async def test_a_burst_with_max_messages_gives_back_what_it_holds(server):
+    async def handler(msg: Message) -> None:
+        raise Retry(0)
+
+    async with connect(server.host, server.port) as client:
+        await client.put_many("held", [b"a", b"b", b"c"])
+        worker = Worker("held", handler, host=server.host, port=server.port,
+                        concurrency=1, burst=True, max_messages=3)
+        await asyncio.wait_for(worker.run(), EVENT_TIMEOUT_S)
+        assert worker.counts.retried == 3
+        stats = (await client.stats())["queues"]["held"]
+        assert (stats["messages"], stats["in_flight"]) == (3, 0)
+
+
+async def test_a_retry_over_a_max_delay_printed_rounded_up_still_waits(server_factory):
+    """The server prints its limit to 6 significant digits: 1234567 as 1.23457e+06, which
+    it refuses in turn. The nack must still wait about the limit, not go with none."""
+    server = server_factory("--max-delay", "1234567")
+    calls = 0
+
+    async def handler(msg: Message) -> None:
+        nonlocal calls
+        calls += 1
+        raise Retry(2e6)
+
+    async with connect(server.host, server.port) as client:
+        msg_id = await client.put("rounded", b"x")
+        worker = Worker("rounded", handler, host=server.host, port=server.port)
+        async with running(worker):
+            await until_counts(worker, lambda c: c.retried == 1)
+        info = await client.message_info("rounded", msg_id)
+        assert (info["state"], calls) == ("delayed", 1)
+        assert info["deadline_at"] > info["enqueued_at"] + 1_234_000
 
 
 async def test_a_retry_over_the_server_s_max_delay_waits_the_server_s_limit(server_factory):

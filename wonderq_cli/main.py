@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None,
+         closed_streams: Sequence[str] = ()) -> int:
     """main runs one subcommand and returns its exit code (the console script exits with it).
 
     A subcommand may set `parse_rest` (run right after parsing, before the
@@ -118,8 +119,19 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     stdin, so Ctrl-C interrupts it). Every command but top, demo and work
     (which run until told to stop) must be answered within --timeout (plus
     receive's --wait).
+
+    `closed_streams` names the standard streams that were closed when the program started
+    (now /dev/null): only `work` runs without stdin and stdout; any other command would
+    read an empty body, or write (and `receive --ack` ack) into nothing, so it is refused.
     """
     args = build_parser().parse_args(argv)
+    needed = [word for name, word in (("stdin", "input"), ("stdout", "output"))
+              if name in closed_streams]
+    if needed and args.command != "work":
+        print(f"wonderq: standard {' and '.join(needed)} closed: give "
+              f"{'it' if len(needed) == 1 else 'them'} a file (/dev/null if not wanted)",
+              file=sys.stderr)
+        return EXIT_UNREACHABLE
     parse_rest = getattr(args, "parse_rest", None)
     if parse_rest is not None:
         parse_rest(args)
@@ -202,11 +214,17 @@ def _run(coroutine: Coroutine[Any, Any, int]) -> int:
     return uvloop.run(coroutine)
 
 
-def open_missing_standard_streams() -> None:
+STANDARD_STREAMS = ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w"))
+
+
+def open_missing_standard_streams() -> tuple[str, ...]:
     """open_missing_standard_streams opens /dev/null on whichever of fds 0, 1 and 2 is
     closed (`wonderq work ... >&-`), as daemons do: else the next file opened takes that
-    number, and libuv aborts when a subprocess's pipe is one of them."""
-    for fd in (0, 1, 2):
+    number, and libuv aborts when a subprocess's pipe is one of them. Python has made that
+    stream None; it becomes the /dev/null one (else a print to a missing stderr would go
+    to stdout). Returns the names of the streams that were closed."""
+    closed = []
+    for fd, name, mode in STANDARD_STREAMS:
         try:
             os.fstat(fd)
         except OSError:
@@ -214,8 +232,11 @@ def open_missing_standard_streams() -> None:
             if null != fd:
                 os.dup2(null, fd)
                 os.close(null)
+            closed.append(name)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115 (for good)
+    return tuple(closed)
 
 
 def console_script() -> None:
-    open_missing_standard_streams()
-    sys.exit(main())
+    sys.exit(main(closed_streams=open_missing_standard_streams()))

@@ -36,7 +36,8 @@ Rules:
   is the next one before its program starts; the worker stops and exits 141, as a filter
   whose reader left; otherwise every message would be retried until dead-lettered. If a
   stop came first (a Ctrl-C reaches head too), that stop goes on as it was, and the exit
-  status is 0. (A closed fd 1, `>&-`, is /dev/null by then: main.py opens it.)
+  status is 0; the first signal after a stop the closed output began does not hurry it. (A
+  closed fd 1, `>&-`, is /dev/null by then: main.py opens it.)
 * Each program runs in a session of its own, so that ending it ends whatever it started
   (`sh -c` pipelines) and a Ctrl-C at the terminal reaches only this tool, which decides.
   Ending is SIGTERM to the whole group, then, once the program exited or KILL_AFTER_S
@@ -116,8 +117,8 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
                       metavar="N",
                       help="exit after handling N messages (default: run until stopped)")
     work.add_argument("--burst", action="store_true",
-                      help="exit once the queue has nothing this run has not handled, and "
-                           "the programs started have finished (receives do not wait)")
+                      help="exit once the queue is found empty and the programs started "
+                           "have finished; each message is run once (receives do not wait)")
     work.set_defaults(run=run, parse_rest=split_program, work_parser=work)
 
 
@@ -262,10 +263,11 @@ async def run(args: argparse.Namespace) -> int:
         nonlocal output_closed, stopped_for_output
         if not output_closed:
             output_closed = True
+            stopped_for_output = not worker.stopping
             logging.getLogger("wonderq_client.worker").error(
-                "standard output is closed (its reader has gone); stopping")
-            if not worker.stopping:
-                stopped_for_output = True
+                "standard output is closed (its reader has gone)%s",
+                "; stopping" if stopped_for_output else "")
+            if stopped_for_output:
                 worker.stop()
         return Retry(0.0, reason=why, unseen=True)
 
@@ -292,9 +294,19 @@ async def run(args: argparse.Namespace) -> int:
                     shutdown_grace=args.grace, connect_timeout=args.timeout,
                     reply_timeout=args.timeout, max_messages=args.max_messages,
                     burst=args.burst, **args.connect_options)
+    signals = 0
+
+    def on_signal() -> None:
+        """on_signal stops the worker; a second signal hurries it. A stop the closed output
+        began is not the first: the first signal after it leaves the grace alone."""
+        nonlocal signals
+        signals += 1
+        if not (stopped_for_output and signals == 1):
+            worker.stop()
+
     loop = asyncio.get_running_loop()
     for sig in STOP_SIGNALS:
-        loop.add_signal_handler(sig, worker.stop)
+        loop.add_signal_handler(sig, on_signal)
     try:
         await worker.run()
     finally:

@@ -68,11 +68,13 @@ Rules:
   max_deliveries (the work was not really tried), so a handler that retries that way forever
   is never dead-lettered: its author's choice.
 * max_messages ends run() once that many messages have been received in it and handled; burst
-  ends it once a receive (burst receives never wait) finds nothing this run has not handled
-  already, and what was received has been handled. Both finish the work in hand rather than
-  cut it short: the grace is a stop's, not theirs. A burst handles each message once: one it
-  nacked that comes back to it (its delay was short) is given back unseen at once, for the
-  next run or another worker; so a message that always fails cannot keep a burst running.
+  ends it once a receive (burst receives never wait) finds the queue empty, and what was
+  received has been handled. Both finish the work in hand rather than cut it short: the
+  grace is a stop's, not theirs. A burst handles each message once: one it nacked that comes
+  back to it (its delay was short) is parked, kept leased (the heartbeat renews it) without
+  taking a slot, so the receives go on to the messages behind it; the parked ones are given
+  back unseen when the burst ends, for the next run or another worker. So a message that
+  always fails can neither keep a burst running nor end it before the queue behind it.
 * A nack's delay over the server's --max-delay is sent again at the limit the error names
   (else 0), so a Retry(3600) against a server allowing 300 s waits 300 s, not none.
 * The counts add up: every message received ends in exactly one of acked, failed, retried,
@@ -128,8 +130,13 @@ SETTLE_SLACK_S = 5.0
 MAX_BACKOFF_EXPONENT = 40
 # BATCH_TOO_LARGE names the server's limit: "max is 1000, over the limit of 500 (--max-batch)".
 BATCH_LIMIT = re.compile(r"limit of (\d+)")
-# BAD_ARGUMENT names it for a delay: "delay is 3600 s, over the limit of 300 s (--max-delay)".
-DELAY_LIMIT = re.compile(r"over the limit of ([0-9.eE+]+) s")
+# BAD_ARGUMENT names it for a delay: "delay is 3600 s, over the limit of 300 s (--max-delay)",
+# the limit to 6 significant digits (%g), so it may be printed a little over itself.
+DELAY_LIMIT = re.compile(r"over the limit of ([0-9.eE+-]+) s")
+DELAY_LIMIT_ROUNDING = 1e-5  # relative: more than %g's rounding of 6 significant digits
+# A nack refused this many times for its delay goes with none (a server that names no limit,
+# or one it does not keep to).
+DELAY_REFUSALS_MOST = 3
 
 
 class Retry(Exception):
@@ -176,13 +183,17 @@ def batch_limit(error: BatchTooLarge, size: int) -> int:
 
 def delay_limit(error: BadArgument, delay: float) -> float:
     """delay_limit is the nack delay to use after `error` refused `delay`: the server's limit
-    if the error names one below `delay`, else 0."""
+    if the error names one below `delay`; if the limit it names is not below (rounded up in
+    print), a little under `delay`, which is then within the rounding of the limit; 0 if it
+    names none."""
     match = DELAY_LIMIT.search(error.message)
     try:
-        limit = float(match.group(1)) if match else 0.0
+        limit = float(match.group(1)) if match else -1.0
     except ValueError:
-        limit = 0.0
-    return limit if 0 <= limit < delay else 0.0
+        limit = -1.0
+    if not (limit >= 0 and math.isfinite(limit)):
+        return 0.0
+    return limit if limit < delay else delay * (1 - DELAY_LIMIT_ROUNDING)
 
 
 def raise_if_fatal(error: BaseException) -> None:
@@ -227,6 +238,7 @@ class _Job:
     # then (unless the server's own clock jumped). Only this may vouch for an ack sent again.
     held_until: float
     started: bool = False      # its task has begun (only a begun one is cancelled)
+    parked: bool = False       # a burst had it already: held, given back when the burst ends
     settling: bool = False     # the handler is over: no touches, no cancelling
     lease_gone: bool = False   # a touch was refused: no more touches
     counted: bool = False      # its outcome is in the counts
@@ -245,8 +257,8 @@ class Worker:
     retry_delay: seconds before a failed message is tried again, or a function of the
     message (default retry_backoff). reply_timeout: how long a request may go unanswered
     before the connection is taken for dead. max_messages: end run() after handling that
-    many. burst: end run() once the queue is found empty and the work in hand is done. The
-    connection options are connect()'s.
+    many. burst: end run() once the queue is found empty and the work in hand is done, each
+    message handled once. The connection options are connect()'s.
     """
 
     def __init__(self, queue: str, handler: Handler, *, host: str = DEFAULT_HOST,
@@ -296,6 +308,8 @@ class Worker:
         self._jobs: dict[asyncio.Task[None], _Job] = {}
         self._received_in_run = 0  # for max_messages
         self._burst_handled: set[int] = set()  # ids a burst nacked or lost: not handled again
+        self._parked = 0  # jobs that hold such a message until the burst ends (no slot)
+        self._burst_over = asyncio.Event()  # the parked give their messages back
         self._slot_free = asyncio.Event()
         self._batch_cap = concurrency  # lowered if the server's --max-batch is smaller
         self._last_batch_refusal: BatchTooLarge | None = None  # of an ack_many
@@ -337,6 +351,7 @@ class Worker:
         self._running, self._closed = True, False
         self._received_in_run = 0
         self._burst_handled.clear()
+        self._burst_over.clear()
         self._connections = 0  # reconnects are counted within a run
         heartbeat = asyncio.create_task(self._heartbeat_loop())
         self._receiving = asyncio.create_task(self._receive_loop())
@@ -355,6 +370,7 @@ class Worker:
         try:
             if cancelled_from_outside:
                 self._hurry.set()
+            self._burst_over.set()
             await self._drain()
         finally:
             heartbeat.cancel()
@@ -448,7 +464,7 @@ class Worker:
             if left <= 0:
                 await self._finish_jobs()
                 return
-            free = self.concurrency - len(self._jobs)
+            free = self.concurrency - (len(self._jobs) - self._parked)
             if free <= 0:
                 self._slot_free.clear()
                 await self._slot_free.wait()
@@ -481,36 +497,25 @@ class Worker:
                 await self._back_off(f"receive from {self.queue!r} failed ({exc})")
                 continue
             self._server_answered()
-            if self.burst:
-                messages = await self._without_handled(client, messages)
-                if not messages:
-                    await self._finish_jobs()
-                    return
+            if self.burst and not messages:
+                await self._finish_jobs()
+                return
             # The server leased them somewhere between the send and now: the lease runs to
             # at most now + visibility, and surely to sent_at + visibility (for a long poll
             # that is early; the first heartbeat's touch makes it tight).
             lease_until = loop.time() + self.visibility
             held_until = sent_at + self.visibility
             for message in messages:
-                self._start(_Job(message, lease_until, held_until))
-
-    async def _without_handled(self, client: Client, messages: list[Message]) -> list[Message]:
-        """_without_handled: the messages this burst has not handled yet; those it has (nacked
-        with a short delay, they came back) are given back unseen at once."""
-        again = [message for message in messages if message.id in self._burst_handled]
-        if not again:
-            return messages
-        try:
-            async with asyncio.timeout(self.reply_timeout):
-                await client.nack_many(self.queue, again, unseen=True)
-        except (TimeoutError, WonderQError) as exc:
-            log.warning("could not give back %d messages this burst has handled already "
-                        "(%s); they come back when their leases end", len(again),
-                        exc or type(exc).__name__)
-        return [message for message in messages if message.id not in self._burst_handled]
+                job = _Job(message, lease_until, held_until)
+                if message.id in self._burst_handled:
+                    self._park(job)
+                else:
+                    self._start(job)
 
     async def _finish_jobs(self) -> None:
-        """_finish_jobs waits until every job in hand is over (a stop() cancels the wait)."""
+        """_finish_jobs ends the burst (the parked give their messages back) and waits until
+        every job in hand is over (a stop() cancels the wait)."""
+        self._burst_over.set()
         while self._jobs:
             self._slot_free.clear()
             await self._slot_free.wait()
@@ -522,8 +527,25 @@ class Worker:
         self._jobs[task] = job
         task.add_done_callback(self._job_done)
 
+    def _park(self, job: _Job) -> None:
+        """_park holds a message this burst has handled already until the burst ends, then
+        gives it back unseen: it counts as received and given back, not toward max_messages,
+        and takes no slot."""
+        self.counts.received += 1
+        job.parked = True
+        self._parked += 1
+        task = asyncio.create_task(self._hold_parked(job))
+        self._jobs[task] = job
+        task.add_done_callback(self._job_done)
+
+    async def _hold_parked(self, job: _Job) -> None:
+        await self._burst_over.wait()
+        await self._settle(job, "given_back", 0.0, unseen=True)
+
     def _job_done(self, task: asyncio.Task[None]) -> None:
         job = self._jobs.pop(task)
+        if job.parked:
+            self._parked -= 1
         self._slot_free.set()
         if not job.counted:  # ended before any settle counted it (cancelled unbegun, a bug)
             self._count(job, "unsettled")
@@ -627,6 +649,7 @@ class Worker:
         assert lease is not None  # received, not peeked
         patience_until = self._settle_patience(job, outcome)
         sent_before = False
+        delay_refusals = 0
         while True:
             client = self._client
             if client is None or client.closed:
@@ -681,7 +704,10 @@ class Worker:
                     unseen = False  # a server older than nack's `unseen`
                     continue
                 if isinstance(exc, BadArgument) and nack_delay:
-                    refused, nack_delay = nack_delay, delay_limit(exc, nack_delay)
+                    delay_refusals += 1
+                    refused = nack_delay
+                    nack_delay = (delay_limit(exc, nack_delay)
+                                  if delay_refusals < DELAY_REFUSALS_MOST else 0.0)
                     log.warning("the server refused a retry delay of %g s (%s); nacking "
                                 "message %d with %g s", refused, exc.message, message.id,
                                 nack_delay)
