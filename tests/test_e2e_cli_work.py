@@ -64,6 +64,37 @@ def alive(pid: int) -> bool:
         return False
 
 
+class OutputPipe:
+    """OutputPipe is a pipe for `wonderq work`'s standard output whose reader the test is:
+    pass `write_end` to work(), then `handed_over()`; `reader_leaves()` is `head` exiting."""
+
+    def __enter__(self) -> OutputPipe:
+        self._read_end: int | None
+        self._write_end: int | None
+        self._read_end, self._write_end = os.pipe()
+        return self
+
+    @property
+    def write_end(self) -> int:
+        assert self._write_end is not None
+        return self._write_end
+
+    def handed_over(self) -> None:
+        """handed_over closes the test's copy of the write end (the tool has its own)."""
+        os.close(self.write_end)
+        self._write_end = None
+
+    def reader_leaves(self) -> None:
+        assert self._read_end is not None
+        os.close(self._read_end)
+        self._read_end = None
+
+    def __exit__(self, *exc_info: object) -> None:
+        for fd in (self._read_end, self._write_end):
+            if fd is not None:
+                os.close(fd)
+
+
 async def path_exists(path: Path) -> bool:
     return path.exists()
 
@@ -277,14 +308,11 @@ async def test_work_whose_reader_has_gone_gives_messages_back_and_exits_141(serv
         await client.create_queue("piped-dead")
         await client.create_queue("piped", max_deliveries=1, dead_letter_queue="piped-dead")
         await client.put_many("piped", [b"1", b"2", b"3"])
-        read_end, write_end = os.pipe()
-        os.close(read_end)  # the reader is gone before anything is written
-        try:
+        with OutputPipe() as output:
+            output.reader_leaves()  # the reader is gone before anything is written
             with work(server, "piped", "--concurrency", "2", "--", *program,
-                      stdout=write_end) as proc:
+                      stdout=output.write_end) as proc:
                 _, err = proc.communicate(timeout=EVENT_TIMEOUT_S)
-        finally:
-            os.close(write_end)
         assert proc.returncode == 141, err
         assert "standard output is closed (its reader has gone); stopping" in err
         assert "0 acked, 0 failed" in err
@@ -319,26 +347,18 @@ async def test_a_reader_gone_after_a_stop_does_not_hurry_the_stop(server, tmp_pa
               f'if [ "$body" = loud ]; then echo loud; fi')
     async with connect(server.host, server.port) as client:
         await client.put_many("ctrl-c", [b"quiet", b"loud"])
-        read_end, write_end = os.pipe()
-        try:
-            with work(server, "ctrl-c", "--concurrency", "3", "--", "sh", "-c", script,
-                      stdout=write_end) as proc:
-                os.close(write_end)
-                write_end = -1
-                for name in ("started-quiet", "started-loud"):
-                    await until(lambda name=name: path_exists(tmp_path / name), bool)
-                # The third slot's long poll waits on the server; the stop withdraws it.
-                await until_stats(client, lambda s: s["queues"]["ctrl-c"]["waiting"] == 1)
-                proc.send_signal(signal.SIGTERM)
-                await until_stats(client, lambda s: s["queues"]["ctrl-c"]["waiting"] == 0)
-                os.close(read_end)
-                read_end = -1
-                go.touch()
-                _, err = proc.communicate(timeout=EVENT_TIMEOUT_S)
-        finally:
-            for fd in (read_end, write_end):
-                if fd >= 0:
-                    os.close(fd)
+        with OutputPipe() as output, work(server, "ctrl-c", "--concurrency", "3", "--", "sh",
+                                          "-c", script, stdout=output.write_end) as proc:
+            output.handed_over()
+            for name in ("started-quiet", "started-loud"):
+                await until(lambda name=name: path_exists(tmp_path / name), bool)
+            # The third slot's long poll waits on the server; the stop withdraws it.
+            await until_stats(client, lambda s: s["queues"]["ctrl-c"]["waiting"] == 1)
+            proc.send_signal(signal.SIGTERM)
+            await until_stats(client, lambda s: s["queues"]["ctrl-c"]["waiting"] == 0)
+            output.reader_leaves()
+            go.touch()
+            _, err = proc.communicate(timeout=EVENT_TIMEOUT_S)
         assert proc.returncode == 0, err
         assert "1 acked, 0 failed, 1 retried, 0 given back" in err
         assert "standard output is closed (its reader has gone)\n" in err  # no "stopping"
@@ -372,28 +392,20 @@ async def test_a_signal_after_the_reader_has_gone_leaves_the_grace_alone(server,
               f'echo loud; else until [ -e {quiet_go} ]; do sleep 0.02; done; fi')
     async with connect(server.host, server.port) as client:
         await client.put_many("systemd", [b"quiet", b"loud"])
-        read_end, write_end = os.pipe()
-        try:
-            with work(server, "systemd", "--concurrency", "3", "--", "sh", "-c", script,
-                      stdout=write_end) as proc:
-                os.close(write_end)
-                write_end = -1
-                for name in ("pid-quiet", "pid-loud"):
-                    await until(lambda name=name: path_exists(tmp_path / name), bool)
-                os.close(read_end)
-                read_end = -1
-                go.touch()  # loud dies of SIGPIPE: the tool stops, withdrawing its poll
-                await until_stats(client, lambda s: s["queues"]["systemd"]["waiting"] == 0)
-                proc.send_signal(signal.SIGTERM)
-                # The clock: a long poll on the server. A hurried stop would end quiet now.
-                assert await client.receive("systemd-clock", wait=1.0) == []
-                assert alive(int((tmp_path / "pid-quiet").read_text()))
-                quiet_go.touch()
-                _, err = proc.communicate(timeout=EVENT_TIMEOUT_S)
-        finally:
-            for fd in (read_end, write_end):
-                if fd >= 0:
-                    os.close(fd)
+        with OutputPipe() as output, work(server, "systemd", "--concurrency", "3", "--",
+                                          "sh", "-c", script, stdout=output.write_end) as proc:
+            output.handed_over()
+            for name in ("pid-quiet", "pid-loud"):
+                await until(lambda name=name: path_exists(tmp_path / name), bool)
+            output.reader_leaves()
+            go.touch()  # loud dies of SIGPIPE: the tool stops, withdrawing its poll
+            await until_stats(client, lambda s: s["queues"]["systemd"]["waiting"] == 0)
+            proc.send_signal(signal.SIGTERM)
+            # The clock: a long poll on the server. A hurried stop would end quiet now.
+            assert await client.receive("systemd-clock", wait=1.0) == []
+            assert alive(int((tmp_path / "pid-quiet").read_text()))
+            quiet_go.touch()
+            _, err = proc.communicate(timeout=EVENT_TIMEOUT_S)
         assert proc.returncode == 141, err
         assert "(its reader has gone); stopping" in err
         assert "1 acked, 0 failed, 1 retried, 0 given back" in err
