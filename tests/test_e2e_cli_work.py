@@ -422,7 +422,7 @@ def closed_stream_run(server: ServerProcess, redirect: str, *args: str,
         capture_output=True, text=True, timeout=EVENT_TIMEOUT_S)
 
 
-async def test_commands_other_than_work_refuse_a_closed_stdin_or_stdout(server):
+async def test_only_commands_that_need_a_closed_stdin_or_stdout_refuse_it(server):
     async with connect(server.host, server.port) as client:
         await client.put("closed", b"x")
         put = closed_stream_run(server, "<&-", "put", "closed")  # the body from stdin
@@ -433,6 +433,10 @@ async def test_commands_other_than_work_refuse_a_closed_stdin_or_stdout(server):
         assert "standard output closed" in receive.stderr
         # Nothing was written, so nothing was acked.
         assert (await client.queue_info("closed"))["messages"] == 1
+        # Commands that neither read a body from stdin nor lease by what they write run.
+        assert closed_stream_run(server, "<&-", "put", "closed", "body").returncode == 0
+        assert closed_stream_run(server, "<&-", "stats").returncode == 0
+        assert closed_stream_run(server, ">&-", "peek", "closed").returncode == 0
         # A closed stderr is no error, and what would go there does not go to stdout.
         missing = closed_stream_run(server, "2>&-", "receive", "nothing-here")
         assert (missing.returncode, missing.stdout) == (0, "")  # "no message" went nowhere

@@ -18,7 +18,7 @@ from typing import Any
 import msgpack
 import pytest
 from fault_proxy import FaultProxy
-from polling import EVENT_TIMEOUT_S, until, until_true
+from polling import EVENT_TIMEOUT_S, until, until_stats, until_true
 from server_process import ServerProcess
 
 from wonderq_client import (
@@ -1046,9 +1046,10 @@ async def test_a_burst_handles_a_message_that_keeps_coming_back_once(server, fai
                         concurrency=1, retry_delay=0.0, burst=True)
         await asyncio.wait_for(worker.run(), EVENT_TIMEOUT_S)
         assert calls == 1
-        # Received again at once (no delay), held, and given back when the burst ended.
+        # Received again at once (no delay), held, and given back when the burst ended,
+        # without being counted again.
         counts = worker.counts
-        assert (counts.received, counts.retried + counts.failed, counts.given_back) == (2, 1, 1)
+        assert (counts.received, counts.retried + counts.failed, counts.given_back) == (1, 1, 0)
         info = await client.message_info("boomerang", msg_id)
         # Ready for the next run; the delivery the burst gave back unseen is not counted.
         assert (info["state"], info["deliveries"]) == ("ready", 1)
@@ -1118,7 +1119,8 @@ async def test_a_retry_over_a_max_delay_printed_rounded_up_still_waits(server_fa
         assert info["deadline_at"] > info["enqueued_at"] + 1_234_000
 
 
-async def test_a_retry_over_the_server_s_max_delay_waits_the_server_s_limit(server_factory):
+async def test_a_retry_over_the_server_s_max_delay_waits_the_server_s_limit(server_factory,
+                                                                            caplog):
     server = server_factory("--max-delay", "30")
     calls = 0
 
@@ -1128,13 +1130,20 @@ async def test_a_retry_over_the_server_s_max_delay_waits_the_server_s_limit(serv
         raise Retry(3600, reason="come back in an hour")
 
     async with connect(server.host, server.port) as client:
-        msg_id = await client.put("hourly", b"x")
+        first = await client.put("hourly", b"x")
         worker = Worker("hourly", handler, host=server.host, port=server.port)
-        async with running(worker):
-            await until_counts(worker, lambda c: c.retried == 1)
-        info = await client.message_info("hourly", msg_id)
-        assert (info["state"], calls) == ("delayed", 1)
-        assert info["enqueued_at"] + 25 < info["deadline_at"] <= info["enqueued_at"] + 31
+        with caplog.at_level("WARNING", logger="wonderq_client.worker"):
+            async with running(worker):
+                await until_counts(worker, lambda c: c.retried == 1)
+                second = await client.put("hourly", b"y")
+                await until_counts(worker, lambda c: c.retried == 2)
+        for msg_id in (first, second):
+            info = await client.message_info("hourly", msg_id)
+            assert info["state"] == "delayed"
+            assert info["enqueued_at"] + 25 < info["deadline_at"] <= info["enqueued_at"] + 31
+        assert calls == 2
+        # The limit learnt from the first refusal keeps the second nack from being refused.
+        assert sum("refused a retry delay" in r.getMessage() for r in caplog.records) == 1
 
 
 async def test_stopping_says_whether_stop_was_called_in_this_run(server):
@@ -1147,3 +1156,52 @@ async def test_stopping_says_whether_stop_was_called_in_this_run(server):
     await asyncio.wait_for(task, EVENT_TIMEOUT_S)
     assert not worker.stopping  # ready to run again
     assert worker.counts.reconnects == 0
+
+
+class WorkerWithoutTouches(Worker):
+    """WorkerWithoutTouches: a Worker whose heartbeat cannot reach the server for the
+    messages named (a network path lost for longer than a lease, for those alone)."""
+
+    def __init__(self, *args: Any, untouched: set[int], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.untouched = untouched
+
+    async def _touch(self, client: Any, job: Any) -> float | None:
+        if job.message.id in self.untouched:
+            return None
+        return await super()._touch(client, job)
+
+
+async def test_a_burst_holds_a_message_received_again_while_its_handler_runs(server):
+    """Its lease lost while its handler runs, a message comes back to the same burst: it
+    must be held, not started a second time beside the first."""
+    calls: dict[bytes, int] = {}
+    release = asyncio.Event()
+
+    async with connect(server.host, server.port) as client:
+        slow = await client.put("twice", b"slow")
+        await client.put("twice", b"quick")
+
+        async def handler(msg: Message) -> None:
+            calls[msg.body] = calls.get(msg.body, 0) + 1
+            if msg.body == b"slow":
+                await release.wait()
+            else:  # the clock: a long poll on the server, past the slow one's lease
+                assert await client.receive("twice-clock", wait=1.5) == []
+
+        worker = WorkerWithoutTouches("twice", handler, host=server.host, port=server.port,
+                                      untouched={slow}, concurrency=2, visibility=1.0,
+                                      burst=True)
+        task = asyncio.create_task(worker.run())
+        # Received again (the server counts a redelivery), held, then given back when the
+        # burst ended: ready once more, with that delivery taken off its count.
+        await until_stats(client, lambda s: s["queues"]["twice"]["redelivered_total"] == 1)
+        await until(lambda: client.message_info("twice", slow),
+                    lambda info: info["state"] == "ready" and info["deliveries"] == 1)
+        assert calls == {b"slow": 1, b"quick": 1}
+        release.set()
+        await asyncio.wait_for(task, EVENT_TIMEOUT_S)
+        assert calls == {b"slow": 1, b"quick": 1}
+        # The slow one's ack, late, is the server's to take or refuse (lease lost): either
+        # way each message was handled once and counted once.
+        assert worker.counts.acked + worker.counts.lease_lost == worker.counts.received == 2

@@ -121,13 +121,18 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     receive's --wait).
 
     `closed_streams` names the standard streams that were closed when the program started
-    (now /dev/null): only `work` runs without stdin and stdout; any other command would
-    read an empty body, or write (and `receive --ack` ack) into nothing, so it is refused.
+    (now /dev/null). A command that would read its input from a closed stdin (`put` with
+    no BODY: its `uses_stdin`) or keep state by what it wrote to a closed stdout (`receive
+    --ack`, and any receive: its `needs_stdout`) is refused, rather than put an empty body
+    or lease messages into nothing; the rest run as with /dev/null.
     """
     args = build_parser().parse_args(argv)
-    needed = [word for name, word in (("stdin", "input"), ("stdout", "output"))
-              if name in closed_streams]
-    if needed and args.command != "work":
+    uses_stdin = getattr(args, "uses_stdin", None)
+    needed = [word for name, word, needs in (
+        ("stdin", "input", uses_stdin is not None and uses_stdin(args)),
+        ("stdout", "output", getattr(args, "needs_stdout", False))
+    ) if needs and name in closed_streams]
+    if needed:
         print(f"wonderq: standard {' and '.join(needed)} closed: give "
               f"{'it' if len(needed) == 1 else 'them'} a file (/dev/null if not wanted)",
               file=sys.stderr)

@@ -50,7 +50,7 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
                      type=argument_types.header,
                      help="a header (repeatable)")
     put.add_argument("--json", action="store_true", help='print {"id": ...}')
-    put.set_defaults(run=run_put, prepare=read_body)
+    put.set_defaults(run=run_put, prepare=read_body, uses_stdin=lambda args: args.body == "-")
 
     receive = commands.add_parser("receive", parents=[common], help="receive (lease) messages")
     receive.add_argument("queue")
@@ -63,7 +63,7 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     receive.add_argument("--ack", action="store_true", help="ack them once printed")
     receive.add_argument("--json", action="store_true",
                          help='print a JSON array ("body", or "body_base64" when not UTF-8)')
-    receive.set_defaults(run=run_receive)
+    receive.set_defaults(run=run_receive, needs_stdout=True)
 
     ack = commands.add_parser("ack", parents=[common], help="ack (delete) one message")
     ack.add_argument("queue")

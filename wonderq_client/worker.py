@@ -4,7 +4,8 @@ Design decision: a Worker owns its connection and the four chores every consumer
 writes by hand:
 
 * receiving, by long polls sized to the handler slots that are free, so that it never holds a
-  message it has not started (another worker could be doing it meanwhile);
+  message it has not started (another worker could be doing it meanwhile), but for a
+  burst's parked messages (below);
 * keeping leases alive: one heartbeat loop, on a fixed beat of a quarter lease, touches each
   message in progress whose lease has three quarters or less left, so a handler may run far
   longer than the lease, while a worker that dies loses its messages to others within one
@@ -73,10 +74,14 @@ Rules:
   grace is a stop's, not theirs. A burst handles each message once: one it nacked that comes
   back to it (its delay was short) is parked, kept leased (the heartbeat renews it) without
   taking a slot, so the receives go on to the messages behind it; the parked ones are given
-  back unseen when the burst ends, for the next run or another worker. So a message that
-  always fails can neither keep a burst running nor end it before the queue behind it.
+  back unseen when the burst ends, for the next run or another worker (no other worker can
+  have them meanwhile), and are not in the counts (they were counted when handled). So a
+  message that always fails can neither keep a burst running nor end it before the queue
+  behind it. A message is "handled" from its start: one received again while its handler
+  still runs (its lease was lost) is parked too.
 * A nack's delay over the server's --max-delay is sent again at the limit the error names
-  (else 0), so a Retry(3600) against a server allowing 300 s waits 300 s, not none.
+  (else 0), so a Retry(3600) against a server allowing 300 s waits 300 s, not none; later
+  nacks are kept to that limit from the start.
 * The counts add up: every message received ends in exactly one of acked, failed, retried,
   given_back, lease_lost and unsettled once its job is over.
 * Per message there is one task, its job (handler, then settle), and nothing else on the
@@ -237,7 +242,7 @@ class _Job:
     # A lower bound of the server's deadline, on the same clock: the lease surely held until
     # then (unless the server's own clock jumped). Only this may vouch for an ack sent again.
     held_until: float
-    started: bool = False      # its task has begun (only a begun one is cancelled)
+    started: bool = False      # its handler's task has begun (only a begun one is cancelled)
     parked: bool = False       # a burst had it already: held, given back when the burst ends
     settling: bool = False     # the handler is over: no touches, no cancelling
     lease_gone: bool = False   # a touch was refused: no more touches
@@ -307,11 +312,14 @@ class Worker:
         self._connect_lock = asyncio.Lock()
         self._jobs: dict[asyncio.Task[None], _Job] = {}
         self._received_in_run = 0  # for max_messages
-        self._burst_handled: set[int] = set()  # ids a burst nacked or lost: not handled again
+        # Ids a burst has in hand, or nacked or lost: not handled again in it (acked ones
+        # never come back, so they leave it).
+        self._burst_handled: set[int] = set()
         self._parked = 0  # jobs that hold such a message until the burst ends (no slot)
         self._burst_over = asyncio.Event()  # the parked give their messages back
         self._slot_free = asyncio.Event()
         self._batch_cap = concurrency  # lowered if the server's --max-batch is smaller
+        self._delay_cap: float | None = None  # the server's --max-delay, once a nack met it
         self._last_batch_refusal: BatchTooLarge | None = None  # of an ack_many
         self._receiving: asyncio.Task[None] | None = None
         self._running = False
@@ -523,16 +531,17 @@ class Worker:
     def _start(self, job: _Job) -> None:
         self.counts.received += 1
         self._received_in_run += 1
+        if self.burst:
+            self._burst_handled.add(job.message.id)
         task = asyncio.create_task(self._work(job))
         self._jobs[task] = job
         task.add_done_callback(self._job_done)
 
     def _park(self, job: _Job) -> None:
         """_park holds a message this burst has handled already until the burst ends, then
-        gives it back unseen: it counts as received and given back, not toward max_messages,
-        and takes no slot."""
-        self.counts.received += 1
-        job.parked = True
+        gives it back unseen. It takes no slot and is not in the counts (nor toward
+        max_messages): its handling was counted."""
+        job.parked = job.counted = True
         self._parked += 1
         task = asyncio.create_task(self._hold_parked(job))
         self._jobs[task] = job
@@ -540,7 +549,8 @@ class Worker:
 
     async def _hold_parked(self, job: _Job) -> None:
         await self._burst_over.wait()
-        await self._settle(job, "given_back", 0.0, unseen=True)
+        job.settling = True  # no more touches
+        await self._send_settle(job, "given_back", 0.0, unseen=True)
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
         job = self._jobs.pop(task)
@@ -639,8 +649,8 @@ class Worker:
             result = await self._send_settle(job, outcome, nack_delay, unseen)
         finally:
             self._count(job, result)
-            if self.burst and result != "acked":
-                self._burst_handled.add(job.message.id)
+            if self.burst and result == "acked":
+                self._burst_handled.discard(job.message.id)
 
     async def _send_settle(self, job: _Job, outcome: str, nack_delay: float | None,
                            unseen: bool) -> str:
@@ -650,6 +660,8 @@ class Worker:
         patience_until = self._settle_patience(job, outcome)
         sent_before = False
         delay_refusals = 0
+        if nack_delay and self._delay_cap is not None:
+            nack_delay = min(nack_delay, self._delay_cap)
         while True:
             client = self._client
             if client is None or client.closed:
@@ -659,7 +671,7 @@ class Worker:
                 except (TimeoutError, WonderQError) as exc:  # none in time, or stopped
                     log.warning("gave up settling message %d of %r: %s", message.id,
                                 message.queue,
-                                exc or "no connection before its lease ended")
+                                str(exc) or "no connection before its lease ended")
                     return "unsettled"
             try:
                 if nack_delay is None:
@@ -708,6 +720,8 @@ class Worker:
                     refused = nack_delay
                     nack_delay = (delay_limit(exc, nack_delay)
                                   if delay_refusals < DELAY_REFUSALS_MOST else 0.0)
+                    if nack_delay > 0:
+                        self._delay_cap = nack_delay  # later nacks start from it
                     log.warning("the server refused a retry delay of %g s (%s); nacking "
                                 "message %d with %g s", refused, exc.message, message.id,
                                 nack_delay)
