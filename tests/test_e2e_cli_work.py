@@ -427,16 +427,18 @@ async def test_only_commands_that_need_a_closed_stdin_or_stdout_refuse_it(server
         await client.put("closed", b"x")
         put = closed_stream_run(server, "<&-", "put", "closed")  # the body from stdin
         assert (put.returncode, put.stdout) == (2, "")
-        assert "standard input closed: give it a file" in put.stderr
+        assert "wonderq put: standard input is closed" in put.stderr
         receive = closed_stream_run(server, ">&-", "receive", "closed", "--ack")
         assert receive.returncode == 2
-        assert "standard output closed" in receive.stderr
+        assert "wonderq receive: standard output is closed" in receive.stderr
         # Nothing was written, so nothing was acked.
         assert (await client.queue_info("closed"))["messages"] == 1
         # Commands that neither read a body from stdin nor lease by what they write run.
         assert closed_stream_run(server, "<&-", "put", "closed", "body").returncode == 0
         assert closed_stream_run(server, "<&-", "stats").returncode == 0
         assert closed_stream_run(server, ">&-", "peek", "closed").returncode == 0
+        top = closed_stream_run(server, ">&-", "top")  # would draw into nothing, for ever
+        assert top.returncode == 2 and "wonderq top: standard output is closed" in top.stderr
         # A closed stderr is no error, and what would go there does not go to stdout.
         missing = closed_stream_run(server, "2>&-", "receive", "nothing-here")
         assert (missing.returncode, missing.stdout) == (0, "")  # "no message" went nowhere

@@ -1172,9 +1172,12 @@ class WorkerWithoutTouches(Worker):
         return await super()._touch(client, job)
 
 
-async def test_a_burst_holds_a_message_received_again_while_its_handler_runs(server):
-    """Its lease lost while its handler runs, a message comes back to the same burst: it
-    must be held, not started a second time beside the first."""
+@pytest.mark.parametrize("burst", [True, False])
+async def test_a_message_received_again_while_its_handler_runs_goes_on_under_the_new_lease(
+        server, burst):
+    """Its lease lost while its handler runs, a message comes back to the same worker: it
+    must not be started a second time beside the first; the job in hand takes the new
+    lease, and its ack then deletes the message."""
     calls: dict[bytes, int] = {}
     release = asyncio.Event()
 
@@ -1191,17 +1194,46 @@ async def test_a_burst_holds_a_message_received_again_while_its_handler_runs(ser
 
         worker = WorkerWithoutTouches("twice", handler, host=server.host, port=server.port,
                                       untouched={slow}, concurrency=2, visibility=1.0,
-                                      burst=True)
+                                      wait=0.2, burst=burst)
         task = asyncio.create_task(worker.run())
-        # Received again (the server counts a redelivery), held, then given back when the
-        # burst ended: ready once more, with that delivery taken off its count.
+        # Received again: the server counts a redelivery, and it is leased once more.
         await until_stats(client, lambda s: s["queues"]["twice"]["redelivered_total"] == 1)
-        await until(lambda: client.message_info("twice", slow),
-                    lambda info: info["state"] == "ready" and info["deliveries"] == 1)
+        info = await client.message_info("twice", slow)
+        assert (info["state"], info["deliveries"]) == ("leased", 2)
         assert calls == {b"slow": 1, b"quick": 1}
+        worker.untouched.clear()  # the path is back
         release.set()
+        await until_stats(client, lambda s: s["queues"]["twice"]["messages"] == 0)
+        if not burst:
+            worker.stop()
         await asyncio.wait_for(task, EVENT_TIMEOUT_S)
         assert calls == {b"slow": 1, b"quick": 1}
-        # The slow one's ack, late, is the server's to take or refuse (lease lost): either
-        # way each message was handled once and counted once.
-        assert worker.counts.acked + worker.counts.lease_lost == worker.counts.received == 2
+        counts = worker.counts
+        assert (counts.received, counts.acked, counts.lease_lost) == (2, 2, 0)
+
+
+async def test_the_max_delay_learnt_is_found_again_after_a_reconnect(server_factory, tmp_path):
+    """A server restarted with a larger --max-delay: the limit the worker learnt from the
+    first one must not keep its nacks short."""
+    server = server_factory("--data-dir", str(tmp_path), "--max-delay", "20")
+    port = server.port
+
+    async def handler(msg: Message) -> None:
+        raise Retry(60)
+
+    async with connect(server.host, port) as client:
+        first = await client.put("relimit", b"x")
+    worker = Worker("relimit", handler, host=server.host, port=port,
+                    reconnect_first=0.05, reconnect_most=0.2)
+    async with running(worker):
+        await until_counts(worker, lambda c: c.retried == 1)
+        server.kill()
+        restarted = server_factory("--data-dir", str(tmp_path), "--max-delay", "120",
+                                   "--port", str(port))
+        async with connect(restarted.host, port) as client:
+            second = await client.put("relimit", b"y")
+            await until_counts(worker, lambda c: c.retried == 2)
+            first_info = await client.message_info("relimit", first)
+            second_info = await client.message_info("relimit", second)
+    assert first_info["deadline_at"] <= first_info["enqueued_at"] + 21  # the old limit
+    assert second_info["deadline_at"] > second_info["enqueued_at"] + 50  # all of its 60 s

@@ -44,6 +44,7 @@ Runner = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 EXIT_OK = 0
 EXIT_REFUSED = 1
 EXIT_UNREACHABLE = 2
+EXIT_USAGE = 2  # argparse's code for a usage error; the same number as unreachable
 EXIT_BROKEN_PIPE = 128 + 13  # as a shell reports a tool that SIGPIPE ended
 
 
@@ -122,21 +123,16 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
     `closed_streams` names the standard streams that were closed when the program started
     (now /dev/null). A command that would read its input from a closed stdin (`put` with
-    no BODY: its `uses_stdin`) or keep state by what it wrote to a closed stdout (`receive
-    --ack`, and any receive: its `needs_stdout`) is refused, rather than put an empty body
-    or lease messages into nothing; the rest run as with /dev/null.
+    no BODY: its `uses_stdin`) or whose output is the point (`receive`, which leases what
+    it writes, and `top`: its `needs_stdout`, the reason) is refused with a usage error,
+    rather than put an empty body or lease messages into nothing; the rest run as with
+    /dev/null.
     """
     args = build_parser().parse_args(argv)
-    uses_stdin = getattr(args, "uses_stdin", None)
-    needed = [word for name, word, needs in (
-        ("stdin", "input", uses_stdin is not None and uses_stdin(args)),
-        ("stdout", "output", getattr(args, "needs_stdout", False))
-    ) if needs and name in closed_streams]
-    if needed:
-        print(f"wonderq: standard {' and '.join(needed)} closed: give "
-              f"{'it' if len(needed) == 1 else 'them'} a file (/dev/null if not wanted)",
-              file=sys.stderr)
-        return EXIT_UNREACHABLE
+    refusal = closed_stream_refusal(args, closed_streams)
+    if refusal:
+        print(f"wonderq {args.command}: {refusal}", file=sys.stderr)
+        return EXIT_USAGE
     parse_rest = getattr(args, "parse_rest", None)
     if parse_rest is not None:
         parse_rest(args)
@@ -185,6 +181,19 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         print(f"wonderq: cannot reach the server at {args.host}:{args.port}: {reason}",
               file=sys.stderr)
         return EXIT_UNREACHABLE
+
+
+def closed_stream_refusal(args: argparse.Namespace, closed_streams: Sequence[str]) -> str:
+    """closed_stream_refusal says why the command cannot run with the standard streams
+    `closed_streams` closed, or "" if it can."""
+    uses_stdin = getattr(args, "uses_stdin", None)
+    if "stdin" in closed_streams and uses_stdin is not None and uses_stdin(args):
+        return ("standard input is closed, and the body would be read from it: give BODY "
+                "as an argument, or standard input a file")
+    needs_stdout = getattr(args, "needs_stdout", "")
+    if "stdout" in closed_streams and needs_stdout:
+        return f"standard output is closed: {needs_stdout}; give it a file or a pipe"
+    return ""
 
 
 def _client_certificate_hint(args: argparse.Namespace) -> str:

@@ -63,7 +63,8 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     receive.add_argument("--ack", action="store_true", help="ack them once printed")
     receive.add_argument("--json", action="store_true",
                          help='print a JSON array ("body", or "body_base64" when not UTF-8)')
-    receive.set_defaults(run=run_receive, needs_stdout=True)
+    receive.set_defaults(run=run_receive, needs_stdout="what it receives would be leased "
+                         "(and with --ack deleted) unseen")
 
     ack = commands.add_parser("ack", parents=[common], help="ack (delete) one message")
     ack.add_argument("queue")

@@ -92,7 +92,8 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     parser.add_argument("--interval", type=argument_types.positive_seconds, default=1.0,
                         help="seconds between refreshes (default %(default)s)")
     parser.add_argument("--once", action="store_true", help="print one frame and exit")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, needs_stdout="its live view would be drawn into nothing, "
+                        "until killed")
 
 
 class Poller:

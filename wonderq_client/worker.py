@@ -77,11 +77,16 @@ Rules:
   back unseen when the burst ends, for the next run or another worker (no other worker can
   have them meanwhile), and are not in the counts (they were counted when handled). So a
   message that always fails can neither keep a burst running nor end it before the queue
-  behind it. A message is "handled" from its start: one received again while its handler
-  still runs (its lease was lost) is parked too.
+  behind it.
+* A message received again while its handler still runs (its lease ran out: the touches did
+  not get through) is not started a second time: the job takes the new lease, and its
+  touches and settle go on under it. It is not counted again. One received while its job
+  settles is a new delivery, as usual: the nack in flight may be what brought it back (a
+  waiting receive can be answered before the nack is).
 * A nack's delay over the server's --max-delay is sent again at the limit the error names
   (else 0), so a Retry(3600) against a server allowing 300 s waits 300 s, not none; later
-  nacks are kept to that limit from the start.
+  nacks on the same connection are kept to that limit from the start (a new connection
+  finds it again, as the server may have restarted with another).
 * The counts add up: every message received ends in exactly one of acked, failed, retried,
   given_back, lease_lost and unsettled once its job is over.
 * Per message there is one task, its job (handler, then settle), and nothing else on the
@@ -311,6 +316,9 @@ class Worker:
         self._connect_attempt = 0  # failures in a row, for the back-off
         self._connect_lock = asyncio.Lock()
         self._jobs: dict[asyncio.Task[None], _Job] = {}
+        # The job in hand for each message id, until its settle is over: a delivery of it
+        # received while its handler runs is that job's (_adopt).
+        self._job_by_id: dict[int, _Job] = {}
         self._received_in_run = 0  # for max_messages
         # Ids a burst has in hand, or nacked or lost: not handled again in it (acked ones
         # never come back, so they leave it).
@@ -319,7 +327,8 @@ class Worker:
         self._burst_over = asyncio.Event()  # the parked give their messages back
         self._slot_free = asyncio.Event()
         self._batch_cap = concurrency  # lowered if the server's --max-batch is smaller
-        self._delay_cap: float | None = None  # the server's --max-delay, once a nack met it
+        # The server's --max-delay, once a nack met it on this connection.
+        self._delay_cap: float | None = None
         self._last_batch_refusal: BatchTooLarge | None = None  # of an ack_many
         self._receiving: asyncio.Task[None] | None = None
         self._running = False
@@ -420,6 +429,7 @@ class Worker:
                     await self._back_off(f"cannot connect ({exc or type(exc).__name__})")
                     continue
                 self._client, self._answered = client, False
+                self._delay_cap = None  # the server may have restarted with another limit
                 self._connections += 1
                 if self._connections > 1:
                     self.counts.reconnects += 1
@@ -514,11 +524,13 @@ class Worker:
             lease_until = loop.time() + self.visibility
             held_until = sent_at + self.visibility
             for message in messages:
-                job = _Job(message, lease_until, held_until)
-                if message.id in self._burst_handled:
-                    self._park(job)
+                in_hand = self._job_by_id.get(message.id)
+                if in_hand is not None and not in_hand.settling:
+                    self._adopt(in_hand, message, lease_until, held_until)
+                elif message.id in self._burst_handled:
+                    self._park(_Job(message, lease_until, held_until))
                 else:
-                    self._start(job)
+                    self._start(_Job(message, lease_until, held_until))
 
     async def _finish_jobs(self) -> None:
         """_finish_jobs ends the burst (the parked give their messages back) and waits until
@@ -535,7 +547,18 @@ class Worker:
             self._burst_handled.add(job.message.id)
         task = asyncio.create_task(self._work(job))
         self._jobs[task] = job
+        self._job_by_id[job.message.id] = job
         task.add_done_callback(self._job_done)
+
+    def _adopt(self, job: _Job, message: Message, lease_until: float,
+               held_until: float) -> None:
+        """_adopt gives a job in hand the lease of its message's new delivery (received again
+        because its old lease ran out), rather than start the message twice."""
+        log.warning("message %d of %r came back while in hand (its lease ran out); it goes "
+                    "on under the new lease", message.id, message.queue)
+        job.message.lease = message.lease
+        job.lease_until, job.held_until = lease_until, held_until
+        job.lease_gone = False
 
     def _park(self, job: _Job) -> None:
         """_park holds a message this burst has handled already until the burst ends, then
@@ -545,15 +568,26 @@ class Worker:
         self._parked += 1
         task = asyncio.create_task(self._hold_parked(job))
         self._jobs[task] = job
+        self._job_by_id[job.message.id] = job
         task.add_done_callback(self._job_done)
 
     async def _hold_parked(self, job: _Job) -> None:
         await self._burst_over.wait()
         job.settling = True  # no more touches
-        await self._send_settle(job, "given_back", 0.0, unseen=True)
+        try:
+            await self._send_settle(job, "given_back", 0.0, unseen=True)
+        finally:
+            self._let_go(job)
+
+    def _let_go(self, job: _Job) -> None:
+        """_let_go: the job's settle is over, so a delivery of its message received from now
+        on is a new one, not this job's."""
+        if self._job_by_id.get(job.message.id) is job:
+            del self._job_by_id[job.message.id]
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
         job = self._jobs.pop(task)
+        self._let_go(job)
         if job.parked:
             self._parked -= 1
         self._slot_free.set()
@@ -648,6 +682,7 @@ class Worker:
         try:
             result = await self._send_settle(job, outcome, nack_delay, unseen)
         finally:
+            self._let_go(job)
             self._count(job, result)
             if self.burst and result == "acked":
                 self._burst_handled.discard(job.message.id)
