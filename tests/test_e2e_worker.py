@@ -23,6 +23,7 @@ from server_process import ServerProcess
 
 from wonderq_client import (
     BadArgument,
+    LeaseLost,
     Message,
     Retry,
     UnsupportedVersion,
@@ -1237,3 +1238,68 @@ async def test_the_max_delay_learnt_is_found_again_after_a_reconnect(server_fact
             second_info = await client.message_info("relimit", second)
     assert first_info["deadline_at"] <= first_info["enqueued_at"] + 21  # the old limit
     assert second_info["deadline_at"] > second_info["enqueued_at"] + 50  # all of its 60 s
+
+
+class WorkerWithALateLeaseLost(Worker):
+    """A Worker whose heartbeat's touch of `slow`'s first lease is answered LEASE_LOST only
+    after the job has taken a newer delivery's lease: a late answer about an old lease."""
+
+    def __init__(self, *args: Any, slow: int, ready_to_race: asyncio.Event,
+                 touch_waiting: asyncio.Event, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.slow, self.first_lease = slow, None
+        self.ready_to_race, self.touch_waiting = ready_to_race, touch_waiting
+        self.adopted = asyncio.Event()
+
+    def _adopt(self, job: Any, *args: Any) -> None:
+        super()._adopt(job, *args)
+        self.adopted.set()
+
+    async def _touch(self, client: Any, job: Any) -> float | None:
+        if job.message.id != self.slow:
+            return await super()._touch(client, job)
+        if self.first_lease is None:
+            self.first_lease = job.message.lease
+        if job.message.lease != self.first_lease:
+            return await super()._touch(client, job)  # the new lease: renewed as usual
+        if self.ready_to_race.is_set():
+            self.touch_waiting.set()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.2):  # within the heartbeat's round
+                    await self.adopted.wait()
+                    raise LeaseLost("the old lease's touch, answered late")
+        return None  # the old lease is not renewed: it runs out
+
+
+async def test_a_late_lease_lost_about_the_old_lease_does_not_stop_the_new_one_s_touches(
+        server):
+    ready_to_race, touch_waiting, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    async with connect(server.host, server.port) as client:
+        slow = await client.put("late", b"slow")
+        await client.put("late", b"quick")
+
+        async def handler(msg: Message) -> None:
+            if msg.body == b"slow":
+                await release.wait()
+                return
+            # The clock: past slow's first lease; then let a touch round of it begin.
+            assert await client.receive("late-clock", wait=1.5) == []
+            ready_to_race.set()
+            await touch_waiting.wait()
+
+        worker = WorkerWithALateLeaseLost("late", handler, host=server.host,
+                                          port=server.port, slow=slow,
+                                          ready_to_race=ready_to_race,
+                                          touch_waiting=touch_waiting, concurrency=2,
+                                          visibility=1.0, wait=0.2)
+        async with running(worker):
+            await asyncio.wait_for(worker.adopted.wait(), EVENT_TIMEOUT_S)
+            # Two more leases' time on the server's clock: the new lease must be renewed
+            # all along, so the message is not delivered a third time.
+            assert await client.receive("late-clock", wait=2.0) == []
+            stats = (await client.stats())["queues"]["late"]
+            info = await client.message_info("late", slow)
+            release.set()
+            await until_counts(worker, lambda c: c.acked == 2)
+        assert stats["redelivered_total"] == 1
+        assert (info["state"], info["deliveries"]) == ("leased", 2)

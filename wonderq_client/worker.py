@@ -930,6 +930,7 @@ class Worker:
         except TimeoutError:
             return  # still no connection: the next round tries again
         sent_at = loop.time()
+        leases = [job.message.lease for job in due]  # what each touch is about to renew
         try:
             async with asyncio.timeout_at(round_over_at):
                 results = await asyncio.gather(*(self._touch(client, job) for job in due),
@@ -937,7 +938,9 @@ class Worker:
         except TimeoutError:
             self._drop(client, "no answer to touches before the next heartbeat")
             return
-        for job, result in zip(due, results, strict=True):
+        for job, lease, result in zip(due, leases, results, strict=True):
+            if job.message.lease != lease:
+                continue  # the job took a newer delivery's lease meanwhile (_adopt)
             if isinstance(result, (LeaseLost, NotFound)):
                 job.lease_gone = True
                 log.warning("message %d of %r: its lease was lost (%s); the handler's "
