@@ -1180,6 +1180,7 @@ async def test_a_message_received_again_while_its_handler_runs_goes_on_under_the
     must not be started a second time beside the first; the job in hand takes the new
     lease, and its ack then deletes the message."""
     calls: dict[bytes, int] = {}
+    seen: dict[bytes, Message] = {}
     release = asyncio.Event()
 
     async with connect(server.host, server.port) as client:
@@ -1188,6 +1189,7 @@ async def test_a_message_received_again_while_its_handler_runs_goes_on_under_the
 
         async def handler(msg: Message) -> None:
             calls[msg.body] = calls.get(msg.body, 0) + 1
+            seen[msg.body] = msg
             if msg.body == b"slow":
                 await release.wait()
             else:  # the clock: a long poll on the server, past the slow one's lease
@@ -1211,6 +1213,7 @@ async def test_a_message_received_again_while_its_handler_runs_goes_on_under_the
         assert calls == {b"slow": 1, b"quick": 1}
         counts = worker.counts
         assert (counts.received, counts.acked, counts.lease_lost) == (2, 2, 0)
+        assert seen[b"slow"].deliveries == 2  # the handler's message tells the new delivery
 
 
 async def test_the_max_delay_learnt_is_found_again_after_a_reconnect(server_factory, tmp_path):
@@ -1303,3 +1306,40 @@ async def test_a_late_lease_lost_about_the_old_lease_does_not_stop_the_new_one_s
             await until_counts(worker, lambda c: c.acked == 2)
         assert stats["redelivered_total"] == 1
         assert (info["state"], info["deliveries"]) == ("leased", 2)
+
+
+async def test_a_message_back_while_its_ack_waits_is_acked_under_the_new_lease(server):
+    """The handler is done and its ack is on its way, held up on the path, while the lease
+    runs out and the worker's own waiting receive gets the message again: the ack must go
+    on under the new lease, not the handler run a second time."""
+    calls = 0
+    finish = asyncio.Event()
+
+    async def handler(msg: Message) -> None:
+        nonlocal calls
+        calls += 1
+        await finish.wait()
+
+    proxy = await FaultProxy(server.host, server.port).start()
+    try:
+        async with connect(server.host, server.port) as client:
+            await client.put("held-ack", b"x")
+            worker = Worker("held-ack", handler, port=proxy.port, concurrency=2,
+                            visibility=1.0, wait=5.0, reply_timeout=10.0)
+            async with running(worker):
+                await until_true(lambda: calls == 1)
+                # The free slot's long poll waits on the server, past the path.
+                await until(client.stats, lambda s: s["server"]["waiting_consumers"] == 1)
+                proxy.hold_up()  # the ack and the touches go no further
+                finish.set()
+                # The lease runs out; the waiting receive brings the message back.
+                await until_stats(client,
+                                  lambda s: s["queues"]["held-ack"]["redelivered_total"] == 1)
+                proxy.release_up()  # the ack, for the old lease, reaches the server
+                await until_stats(client,
+                                  lambda s: s["queues"]["held-ack"]["acked_total"] == 1)
+            assert calls == 1
+            counts = worker.counts
+            assert (counts.received, counts.acked, counts.lease_lost) == (1, 1, 0)
+    finally:
+        await proxy.close()

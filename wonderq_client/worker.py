@@ -78,11 +78,13 @@ Rules:
   have them meanwhile), and are not in the counts (they were counted when handled). So a
   message that always fails can neither keep a burst running nor end it before the queue
   behind it.
-* A message received again while its handler still runs (its lease ran out: the touches did
-  not get through) is not started a second time: the job takes the new lease, and its
-  touches and settle go on under it. It is not counted again. One received while its job
-  settles is a new delivery, as usual: the nack in flight may be what brought it back (a
-  waiting receive can be answered before the nack is).
+* A message received again while its handler still runs, or while its ack waits (its lease
+  ran out: the touches or the ack did not get through in time), is not started a second
+  time: the job takes the new lease, and its touches and ack go on under it (an ack refused
+  for the old lease is sent again with the new one). It is not counted again. One received
+  while its job nacks is a new delivery, as usual: the nack in flight may be what brought it
+  back (a waiting receive can be answered before the nack is). A heartbeat answer about a
+  lease the job no longer holds is ignored.
 * A nack's delay over the server's --max-delay is sent again at the limit the error names
   (else 0), so a Retry(3600) against a server allowing 300 s waits 300 s, not none; later
   nacks on the same connection are kept to that limit from the start (a new connection
@@ -250,6 +252,7 @@ class _Job:
     started: bool = False      # its handler's task has begun (only a begun one is cancelled)
     parked: bool = False       # a burst had it already: held, given back when the burst ends
     settling: bool = False     # the handler is over: no touches, no cancelling
+    acking: bool = False       # its settle is an ack (a new delivery is its, not a retry)
     lease_gone: bool = False   # a touch was refused: no more touches
     counted: bool = False      # its outcome is in the counts
 
@@ -327,8 +330,9 @@ class Worker:
         self._burst_over = asyncio.Event()  # the parked give their messages back
         self._slot_free = asyncio.Event()
         self._batch_cap = concurrency  # lowered if the server's --max-batch is smaller
-        # The server's --max-delay, once a nack met it on this connection.
+        # The server's --max-delay, once a nack met it, and the connection it was met on.
         self._delay_cap: float | None = None
+        self._delay_cap_on: Client | None = None
         self._last_batch_refusal: BatchTooLarge | None = None  # of an ack_many
         self._receiving: asyncio.Task[None] | None = None
         self._running = False
@@ -429,7 +433,6 @@ class Worker:
                     await self._back_off(f"cannot connect ({exc or type(exc).__name__})")
                     continue
                 self._client, self._answered = client, False
-                self._delay_cap = None  # the server may have restarted with another limit
                 self._connections += 1
                 if self._connections > 1:
                     self.counts.reconnects += 1
@@ -525,7 +528,7 @@ class Worker:
             held_until = sent_at + self.visibility
             for message in messages:
                 in_hand = self._job_by_id.get(message.id)
-                if in_hand is not None and not in_hand.settling:
+                if in_hand is not None and (not in_hand.settling or in_hand.acking):
                     self._adopt(in_hand, message, lease_until, held_until)
                 elif message.id in self._burst_handled:
                     self._park(_Job(message, lease_until, held_until))
@@ -556,7 +559,7 @@ class Worker:
         because its old lease ran out), rather than start the message twice."""
         log.warning("message %d of %r came back while in hand (its lease ran out); it goes "
                     "on under the new lease", message.id, message.queue)
-        job.message.lease = message.lease
+        job.message.lease, job.message.deliveries = message.lease, message.deliveries
         job.lease_until, job.held_until = lease_until, held_until
         job.lease_gone = False
 
@@ -695,8 +698,7 @@ class Worker:
         patience_until = self._settle_patience(job, outcome)
         sent_before = False
         delay_refusals = 0
-        if nack_delay and self._delay_cap is not None:
-            nack_delay = min(nack_delay, self._delay_cap)
+        job.acking = nack_delay is None
         while True:
             client = self._client
             if client is None or client.closed:
@@ -708,6 +710,10 @@ class Worker:
                                 message.queue,
                                 str(exc) or "no connection before its lease ended")
                     return "unsettled"
+            if nack_delay and self._delay_cap is not None and self._delay_cap_on is client:
+                # Learnt on this connection (a new one may be to a server restarted with
+                # another limit: it is learnt again there).
+                nack_delay = min(nack_delay, self._delay_cap)
             try:
                 if nack_delay is None:
                     await self._ack_soon(client, message)  # the batch has the reply timer
@@ -723,6 +729,12 @@ class Worker:
                 sent_before = True
                 continue
             except (NotFound, LeaseLost) as exc:
+                if message.lease != lease:
+                    # An ack waiting (for a connection, or its answer) when the message came
+                    # back to this worker: _adopt gave it the new lease; ack under that.
+                    lease = message.lease
+                    assert lease is not None
+                    continue
                 if sent_before and nack_delay is not None:
                     # A nack sent before, on a connection that ended, that finds the message
                     # gone or taken by someone else: it is back in other hands either way.
@@ -755,8 +767,8 @@ class Worker:
                     refused = nack_delay
                     nack_delay = (delay_limit(exc, nack_delay)
                                   if delay_refusals < DELAY_REFUSALS_MOST else 0.0)
-                    if nack_delay > 0:
-                        self._delay_cap = nack_delay  # later nacks start from it
+                    if nack_delay > 0:  # later nacks on this connection start from it
+                        self._delay_cap, self._delay_cap_on = nack_delay, client
                     log.warning("the server refused a retry delay of %g s (%s); nacking "
                                 "message %d with %g s", refused, exc.message, message.id,
                                 nack_delay)
