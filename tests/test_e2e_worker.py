@@ -21,6 +21,7 @@ from fault_proxy import FaultProxy
 from polling import EVENT_TIMEOUT_S, until, until_stats, until_true
 from server_process import ServerProcess
 
+import wonderq_client.worker
 from wonderq_client import (
     BadArgument,
     LeaseLost,
@@ -1341,5 +1342,95 @@ async def test_a_message_back_while_its_ack_waits_is_acked_under_the_new_lease(s
             assert calls == 1
             counts = worker.counts
             assert (counts.received, counts.acked, counts.lease_lost) == (1, 1, 0)
+    finally:
+        await proxy.close()
+
+
+class WorkerThatLosesThePathOnAdopting(Worker):
+    """A Worker whose path to the server dies, refusing new connections too, the moment a
+    job takes a newer delivery's lease (_adopt)."""
+
+    def __init__(self, *args: Any, proxy: FaultProxy, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.proxy = proxy
+        self.adopted = asyncio.Event()
+
+    def _adopt(self, job: Any, *args: Any) -> None:
+        super()._adopt(job, *args)
+        self.proxy.silence()
+        self.proxy.refuse_new = True
+        self.proxy.release_up()
+        self.adopted.set()
+
+
+async def test_an_ack_under_a_new_lease_waits_for_a_connection_as_long_as_that_lease(server):
+    """An ack that took a newer delivery's lease must keep trying for a connection until
+    that lease ends (plus the slack), not give up when the old one's patience is over."""
+    calls = 0
+    finish = asyncio.Event()
+
+    async def handler(msg: Message) -> None:
+        nonlocal calls
+        calls += 1
+        await finish.wait()
+
+    proxy = await FaultProxy(server.host, server.port).start()
+    try:
+        async with connect(server.host, server.port) as client:
+            await client.put("patient-ack", b"x")
+            worker = WorkerThatLosesThePathOnAdopting(
+                "patient-ack", handler, port=proxy.port, proxy=proxy, concurrency=2,
+                visibility=8.0, wait=10.0, reply_timeout=9.0, reconnect_first=0.05,
+                reconnect_most=0.2)
+            async with running(worker):
+                await until_true(lambda: calls == 1)
+                await until(client.stats, lambda s: s["server"]["waiting_consumers"] == 1)
+                proxy.hold_up()  # the ack is held, and the lease is not renewed
+                finish.set()
+                await asyncio.wait_for(worker.adopted.wait(), 2 * EVENT_TIMEOUT_S)
+                # The clock: past the old lease's patience, well within the new lease.
+                slack = wonderq_client.worker.SETTLE_SLACK_S
+                assert await client.receive("patient-ack-clock", wait=slack + 1.0) == []
+                proxy.refuse_new = False
+                await until_counts(worker, lambda c: c.acked == 1)
+            assert calls == 1
+            assert (worker.counts.unsettled, worker.counts.lease_lost) == (0, 0)
+            assert (await client.stats())["queues"]["patient-ack"]["acked_total"] == 1
+    finally:
+        await proxy.close()
+
+
+async def test_a_nack_held_across_a_restart_asks_its_own_delay_of_the_new_server(
+        server_factory, tmp_path):
+    """A nack kept to the old server's --max-delay (5 s), lost with that server, is sent
+    again to one restarted with 100 s: it must ask its own 60 s again, not the old limit."""
+    server = server_factory("--data-dir", str(tmp_path), "--max-delay", "5")
+    port = server.port
+
+    async def handler(msg: Message) -> None:
+        raise Retry(60)
+
+    proxy = await FaultProxy(server.host, port).start()
+    try:
+        async with connect(server.host, port) as client:
+            await client.put("recap", b"first")
+        worker = Worker("recap", handler, port=proxy.port, reconnect_first=0.05,
+                        reconnect_most=0.2)
+        async with running(worker):
+            await until_counts(worker, lambda c: c.retried == 1)  # the limit is learnt
+            async with connect(server.host, port) as client:
+                await until(client.stats, lambda s: s["server"]["waiting_consumers"] == 1)
+                proxy.hold_up()  # the next nack goes no further than the proxy
+                second = await client.put("recap", b"second")
+                await until_true(lambda: worker.in_progress == 1)
+            server.kill()  # the held nack is lost with the connection
+            proxy.release_up()
+            restarted = server_factory("--data-dir", str(tmp_path), "--max-delay", "100",
+                                       "--port", str(port))
+            await until_counts(worker, lambda c: c.retried == 2)
+            async with connect(restarted.host, port) as client:
+                info = await client.message_info("recap", second)
+        assert info["state"] == "delayed"
+        assert info["deadline_at"] > info["enqueued_at"] + 50  # 60 s, not the old 5
     finally:
         await proxy.close()

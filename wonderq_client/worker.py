@@ -699,9 +699,12 @@ class Worker:
         sent_before = False
         delay_refusals = 0
         job.acking = nack_delay is None
+        asked = nack_delay  # a nack's delay as asked; each attempt keeps to its server's limit
         while True:
             client = self._client
             if client is None or client.closed:
+                if job.acking:  # _adopt may have given it a later lease meanwhile
+                    patience_until = max(patience_until, self._settle_patience(job, outcome))
                 try:
                     async with asyncio.timeout_at(patience_until):
                         client = await self._connection()
@@ -710,10 +713,11 @@ class Worker:
                                 message.queue,
                                 str(exc) or "no connection before its lease ended")
                     return "unsettled"
-            if nack_delay and self._delay_cap is not None and self._delay_cap_on is client:
+            nack_delay = asked
+            if asked and self._delay_cap is not None and self._delay_cap_on is client:
                 # Learnt on this connection (a new one may be to a server restarted with
-                # another limit: it is learnt again there).
-                nack_delay = min(nack_delay, self._delay_cap)
+                # another limit: it is learnt again there, from the delay asked).
+                nack_delay = min(asked, self._delay_cap)
             try:
                 if nack_delay is None:
                     await self._ack_soon(client, message)  # the batch has the reply timer
@@ -767,8 +771,10 @@ class Worker:
                     refused = nack_delay
                     nack_delay = (delay_limit(exc, nack_delay)
                                   if delay_refusals < DELAY_REFUSALS_MOST else 0.0)
-                    if nack_delay > 0:  # later nacks on this connection start from it
+                    if nack_delay > 0:  # this nack, and later ones on this connection
                         self._delay_cap, self._delay_cap_on = nack_delay, client
+                    else:
+                        asked = 0.0  # no limit to keep to: none
                     log.warning("the server refused a retry delay of %g s (%s); nacking "
                                 "message %d with %g s", refused, exc.message, message.id,
                                 nack_delay)
