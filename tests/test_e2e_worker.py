@@ -1309,18 +1309,23 @@ async def test_a_late_lease_lost_about_the_old_lease_does_not_stop_the_new_one_s
         assert (info["state"], info["deliveries"]) == ("leased", 2)
 
 
+class FinishOnCue:
+    """FinishOnCue is a handler that counts its calls and returns once `finish` is set."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.finish = asyncio.Event()
+
+    async def __call__(self, msg: Message) -> None:
+        self.calls += 1
+        await self.finish.wait()
+
+
 async def test_a_message_back_while_its_ack_waits_is_acked_under_the_new_lease(server):
     """The handler is done and its ack is on its way, held up on the path, while the lease
     runs out and the worker's own waiting receive gets the message again: the ack must go
     on under the new lease, not the handler run a second time."""
-    calls = 0
-    finish = asyncio.Event()
-
-    async def handler(msg: Message) -> None:
-        nonlocal calls
-        calls += 1
-        await finish.wait()
-
+    handler = FinishOnCue()
     proxy = await FaultProxy(server.host, server.port).start()
     try:
         async with connect(server.host, server.port) as client:
@@ -1328,18 +1333,18 @@ async def test_a_message_back_while_its_ack_waits_is_acked_under_the_new_lease(s
             worker = Worker("held-ack", handler, port=proxy.port, concurrency=2,
                             visibility=1.0, wait=5.0, reply_timeout=10.0)
             async with running(worker):
-                await until_true(lambda: calls == 1)
+                await until_true(lambda: handler.calls == 1)
                 # The free slot's long poll waits on the server, past the path.
                 await until(client.stats, lambda s: s["server"]["waiting_consumers"] == 1)
                 proxy.hold_up()  # the ack and the touches go no further
-                finish.set()
+                handler.finish.set()
                 # The lease runs out; the waiting receive brings the message back.
                 await until_stats(client,
                                   lambda s: s["queues"]["held-ack"]["redelivered_total"] == 1)
                 proxy.release_up()  # the ack, for the old lease, reaches the server
                 await until_stats(client,
                                   lambda s: s["queues"]["held-ack"]["acked_total"] == 1)
-            assert calls == 1
+            assert handler.calls == 1
             counts = worker.counts
             assert (counts.received, counts.acked, counts.lease_lost) == (1, 1, 0)
     finally:
@@ -1366,14 +1371,7 @@ class WorkerThatLosesThePathOnAdopting(Worker):
 async def test_an_ack_under_a_new_lease_waits_for_a_connection_as_long_as_that_lease(server):
     """An ack that took a newer delivery's lease must keep trying for a connection until
     that lease ends (plus the slack), not give up when the old one's patience is over."""
-    calls = 0
-    finish = asyncio.Event()
-
-    async def handler(msg: Message) -> None:
-        nonlocal calls
-        calls += 1
-        await finish.wait()
-
+    handler = FinishOnCue()
     proxy = await FaultProxy(server.host, server.port).start()
     try:
         async with connect(server.host, server.port) as client:
@@ -1383,17 +1381,17 @@ async def test_an_ack_under_a_new_lease_waits_for_a_connection_as_long_as_that_l
                 visibility=8.0, wait=10.0, reply_timeout=9.0, reconnect_first=0.05,
                 reconnect_most=0.2)
             async with running(worker):
-                await until_true(lambda: calls == 1)
+                await until_true(lambda: handler.calls == 1)
                 await until(client.stats, lambda s: s["server"]["waiting_consumers"] == 1)
                 proxy.hold_up()  # the ack is held, and the lease is not renewed
-                finish.set()
+                handler.finish.set()
                 await asyncio.wait_for(worker.adopted.wait(), 2 * EVENT_TIMEOUT_S)
                 # The clock: past the old lease's patience, well within the new lease.
                 slack = wonderq_client.worker.SETTLE_SLACK_S
                 assert await client.receive("patient-ack-clock", wait=slack + 1.0) == []
                 proxy.refuse_new = False
                 await until_counts(worker, lambda c: c.acked == 1)
-            assert calls == 1
+            assert handler.calls == 1
             assert (worker.counts.unsettled, worker.counts.lease_lost) == (0, 0)
             assert (await client.stats())["queues"]["patient-ack"]["acked_total"] == 1
     finally:
