@@ -962,13 +962,21 @@ async def test_an_unseen_retry_does_not_count_toward_max_deliveries(server):
         assert await client.peek("patient-dead") == []
 
 
-async def test_max_messages_ends_run_once_that_many_are_handled(server):
-    handled: list[bytes] = []
+class Recorder:
+    """Recorder is a handler that lets the others start (one loop step), then records the
+    body it was given."""
 
-    async def handler(msg: Message) -> None:
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+
+    async def __call__(self, msg: Message) -> None:
         await asyncio.sleep(0)
-        handled.append(msg.body)
+        self.bodies.append(msg.body)
 
+
+async def test_max_messages_ends_run_once_that_many_are_handled(server):
+    handler = Recorder()
+    handled = handler.bodies
     async with connect(server.host, server.port) as client:
         await client.put_many("some", [b"%d" % i for i in range(5)])
         worker = Worker("some", handler, host=server.host, port=server.port,
@@ -1003,12 +1011,8 @@ async def test_max_messages_waits_for_the_work_in_hand_past_the_grace(server):
 
 
 async def test_burst_handles_what_is_queued_then_ends_run(server):
-    handled: list[bytes] = []
-
-    async def handler(msg: Message) -> None:
-        await asyncio.sleep(0)
-        handled.append(msg.body)
-
+    handler = Recorder()
+    handled = handler.bodies
     async with connect(server.host, server.port) as client:
         await client.put_many("burst", [b"%d" % i for i in range(25)])
         worker = Worker("burst", handler, host=server.host, port=server.port,

@@ -50,7 +50,7 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
                      type=argument_types.header,
                      help="a header (repeatable)")
     put.add_argument("--json", action="store_true", help='print {"id": ...}')
-    put.set_defaults(run=run_put, prepare=read_body, uses_stdin=lambda args: args.body == "-")
+    put.set_defaults(run=run_put, prepare=read_body, uses_stdin=body_from_stdin)
 
     receive = commands.add_parser("receive", parents=[common], help="receive (lease) messages")
     receive.add_argument("queue")
@@ -92,10 +92,15 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     queues.set_defaults(run=run_queues)
 
 
+def body_from_stdin(args: argparse.Namespace) -> bool:
+    """body_from_stdin: put's BODY is '-' (or not given): it is read from standard input."""
+    return bool(args.body == "-")
+
+
 def read_body(args: argparse.Namespace) -> None:
     """read_body runs before the event loop starts (main's `prepare`), so Ctrl-C stops a
     read from a terminal at once."""
-    if args.body == "-":
+    if body_from_stdin(args):
         if sys.stdin.isatty():
             print("wonderq: reading the body from standard input; Ctrl-D ends it",
                   file=sys.stderr)

@@ -576,11 +576,8 @@ class Worker:
 
     async def _hold_parked(self, job: _Job) -> None:
         await self._burst_over.wait()
-        job.settling = True  # no more touches
-        try:
-            await self._send_settle(job, "given_back", 0.0, unseen=True)
-        finally:
-            self._let_go(job)
+        job.settling = True  # no more touches, and a delivery meanwhile is a new one
+        await self._send_settle(job, "given_back", 0.0, unseen=True)
 
     def _let_go(self, job: _Job) -> None:
         """_let_go: the job's settle is over, so a delivery of its message received from now
