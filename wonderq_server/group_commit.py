@@ -33,16 +33,8 @@ measured no better:
 * delaying the inline fsync by an iteration or two to gather more records
   (the clients, not the server, hold most requests in flight, so the extra
   iterations found little and doubled the flushes);
-* fdatasync (the file grows with every write, so it syncs the same
+* fdatasync alone (the file grows with every write, so it syncs the same
   metadata);
-* reserving the journal's space ahead of the writes (posix_fallocate, or
-  zeros and fdatasync), so that no write changes the file's size. Alone it
-  pays: bench/probes/fsync_cost.py measured an fsync at 63 us appending,
-  42 us into reserved space. Under S6's load it did not: in side-by-side
-  servers (durable_mix.py, 6 alternating rounds) the average fsync went
-  from 83 to 76 us, a faster fsync gathered fewer records (fsyncs per
-  message rose 9%), and throughput stayed within the noise (medians 5,573
-  and 5,531 msgs/s). Not worth a zero tail in the file format;
 * a helper process that runs the fsync while the loop goes on (a process,
   not a thread, so no wait for the GIL): side by side, 5,679 against 3,965
   msgs/s. On two cores the helper, the pipe's two system calls and the
@@ -52,6 +44,21 @@ measured no better:
   5 ms to 0.1 ms so the thread gets the GIL back sooner: 5,429 against
   2,902 msgs/s (medians of 5 alternating rounds), its fsyncs averaging
   0.123 ms against 0.078 ms inline.
+
+Reserved journal space (journal.py, `--journal-reserve`): under `always`
+the journal writes zeros ahead of its records, a chunk at a time, so a
+write does not change the file's size and the fsync is an fdatasync of the
+data alone. bench/probes/fsync_cost.py, alone on the disk: 196 us per
+fsync appending against 130 us into zeroed space on the VM of 2026-11-29
+(63 against 42 us on an earlier one). Under S6's load (durable_mix.py
+8000, 7 alternating rounds on that VM, side-by-side servers): 3,091 ->
+3,824 msgs/s (medians), the server's CPU per message 195 -> 161 us, the
+average fsync 0.26 -> 0.175 ms at the same 0.64 fsyncs per message. On
+the earlier VM, whose fsync cost a third as much, a trial measured no gain
+(5,573 against 5,531 msgs/s): a trial that reserved space only when a
+journal is replayed, not in a new data directory's first file, looks just
+like that (this session's first one did, 3,042-3,156 msgs/s both ways), so
+the two VMs may not differ as much as that suggests.
 
 Rules:
 * Batches are released strictly in order, so a connection's replies never
