@@ -554,19 +554,17 @@ class FlakyWriter:
         return written
 
 
-@pytest.mark.parametrize("reserve", [0, 4096])
-def test_a_failed_write_is_cut_back_and_the_journal_stays_whole(tmp_path: Path,
-                                                                reserve: int) -> None:
+def test_a_failed_write_is_cut_back_and_the_journal_stays_whole(tmp_path: Path) -> None:
     data = tmp_path / "data"
     writer = FlakyWriter()
-    journal, broker, _ = open_broker(data, T0, write=writer, reserve_bytes=reserve)
+    journal, broker, _ = open_broker(data, T0, write=writer)
     first = broker.put("q", b"before", T0)
     [msg] = broker.receive("q", 1, None, T0)
     assert journal.write_pending() is True
     before = broker_state(broker)
     size = journal.size
     path = journal_file(data)
-    assert path.stat().st_size == journal.file_end == size + reserve
+    assert path.stat().st_size == size
 
     writer.budget = 30  # part of the write reaches the file, then the disk is full
     second = broker.put("q", b"x" * 100, T0 + 1)
@@ -588,7 +586,7 @@ def test_a_failed_write_is_cut_back_and_the_journal_stays_whole(tmp_path: Path,
     writer.budget = None  # space again
     third = broker.put("q", b"after", T0 + 2)
     assert journal.write_pending() is True
-    assert path.stat().st_size == journal.file_end == journal.size + reserve > size + reserve
+    assert path.stat().st_size == journal.size > size
     journal.close()
     broker2, report2 = restored(data, T0 + 2)
     assert report2.torn_tail_bytes == 0
@@ -756,102 +754,3 @@ def test_a_move_as_version_1_wrote_it_before_a2807bf_is_replayed(tmp_path: Path)
     msg = broker.queues["dead"].messages[message_id]
     assert (msg.body, msg.deliveries, msg.origin) == (b"a", 2, ("q", T0 + 1))
     assert len(broker.queues["dead"].messages) == 1
-
-
-# ----------------------------------------------------------- reserved space
-
-def test_under_always_the_file_holds_zeros_past_the_records_and_close_cuts_them(
-        tmp_path: Path) -> None:
-    journal, broker, _ = open_broker(tmp_path, T0, reserve_bytes=1000)
-    path = journal_file(tmp_path)
-    ids = [broker.put("q", b"x" * 100, T0) for _ in range(3)]
-    journal.write_pending()
-    first_end = journal.file_end
-    assert path.stat().st_size == first_end == journal.size + 1000
-    data = path.read_bytes()
-    assert not any(data[journal.size:])
-    # Writes land inside the zeros: the file keeps its size until they run out.
-    while journal.size + 200 <= first_end:
-        broker.put("q", b"y" * 100, T0)
-        journal.write_pending()
-        assert path.stat().st_size == journal.file_end == first_end
-    broker.put("q", b"z" * 300, T0)
-    journal.write_pending()
-    assert path.stat().st_size == journal.file_end == journal.size + 1000
-    expected = broker_state(broker)
-
-    shutil.copytree(tmp_path, tmp_path / "crashed")  # as a SIGKILL now would leave it
-    (tmp_path / "crashed" / "LOCK").unlink()
-    crashed, report = restored(tmp_path / "crashed", T0)
-    assert broker_state(crashed) == expected
-    assert report.torn_tail_bytes == 0  # zeros are the end, not a torn record
-    assert sorted(crashed.queues["q"].messages)[:3] == ids
-
-    size = journal.size
-    journal.close()
-    assert path.stat().st_size == size  # a clean close leaves records alone
-    broker2, report2 = restored(tmp_path, T0)
-    assert broker_state(broker2) == expected
-    assert report2.file_bytes == size
-
-
-@pytest.mark.parametrize("policy", ["everysec", "never"])
-def test_only_always_reserves_space(tmp_path: Path, policy: str) -> None:
-    journal, broker, _ = open_broker(tmp_path, T0, fsync=policy, reserve_bytes=1000)
-    broker.put("q", b"x", T0)
-    journal.write_pending()
-    assert journal_file(tmp_path).stat().st_size == journal.size == journal.file_end
-    journal.close()
-
-
-def test_a_reservation_the_disk_refuses_is_logged_and_the_journal_appends(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    tries: list[int] = []
-
-    def disk_full(fd: int, data: Any, offset: int) -> int:
-        tries.append(offset)
-        if len(tries) == 2:  # the second call: some zeros reach the disk, then no more
-            return os.pwrite(fd, bytes(10), offset)
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    journal, broker, _ = open_broker(tmp_path, T0, reserve_bytes=1000, pwrite=disk_full)
-    path = journal_file(tmp_path)
-    broker.put("q", b"x" * 100, T0)
-    journal.write_pending()
-    assert len(tries) == 1 and "could not reserve 1000 bytes" in caplog.text
-    assert path.stat().st_size == journal.size == journal.file_end  # appended, whole
-    # No new try with every write: only once the records grew by a chunk.
-    while journal.size < tries[0] + 900:
-        broker.put("q", b"x" * 100, T0)
-        journal.write_pending()
-    assert len(tries) == 1
-    while len(tries) < 3:
-        broker.put("q", b"x" * 100, T0)
-        journal.write_pending()
-        assert path.stat().st_size == journal.file_end >= journal.size
-    expected = broker_state(broker)
-    journal.close()
-    assert path.stat().st_size == journal.size
-    assert broker_state(restored(tmp_path, T0)[0]) == expected
-
-
-def test_a_start_after_a_crash_cuts_the_zeros_and_reserves_again(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    journal, broker, _ = open_broker(tmp_path, T0, reserve_bytes=1000)
-    broker.put("q", b"kept", T0)
-    journal.write_pending()
-    expected = broker_state(broker)
-    os.close(journal.fd)  # a crash: no close(), the zeros stay
-    os.close(journal._lock_fd)
-    caplog.set_level("INFO", "wonderq.journal")
-    journal2, broker2, report = open_broker(tmp_path, T0, reserve_bytes=1000)
-    assert broker_state(broker2) == expected
-    assert report.torn_tail_bytes == 0 and "torn" not in caplog.text
-    assert "1000 bytes of reserved space after the last record" in caplog.text
-    path = journal_file(tmp_path)
-    assert path.stat().st_size == journal2.size == journal2.file_end
-    broker2.put("q", b"after", T0)
-    journal2.write_pending()
-    assert path.stat().st_size == journal2.size + 1000
-    journal2.close()
-

@@ -106,10 +106,7 @@ def test_a_torn_tail_at_every_offset_of_the_last_record_is_cut_off(name: str) ->
     for cut in range(len(last)):
         records, result = read_all(whole + last[:cut])
         assert records == earlier, cut
-        # A cut inside the length's leading zero bytes leaves zeros: reserved space,
-        # as far as anyone can tell, and nothing to warn about.
-        tail = {"zero_tail_bytes" if not any(last[:cut]) else "torn_tail_bytes": cut}
-        assert result == ReadResult(good_end=len(whole), records=3, **tail), cut
+        assert result == ReadResult(good_end=len(whole), records=3, torn_tail_bytes=cut), cut
     records, result = read_all(whole + last)
     assert records == [*earlier, RECORDS[name]]
     assert result.torn_tail_bytes == 0
@@ -283,32 +280,11 @@ def test_a_damaged_length_in_the_middle_is_damage_not_a_torn_tail(length_byte: i
 
 
 @pytest.mark.parametrize("zeros", [1, 8, 9, 4096])
-def test_zeros_after_the_last_record_are_reserved_space_not_a_torn_tail(zeros: int) -> None:
+def test_a_zero_filled_tail_is_a_torn_tail(zeros: int) -> None:
     data = journal_bytes(RECORDS["PUT"], RECORDS["ACK"])
     got, result = read_all(data + bytes(zeros))
     assert got == [RECORDS["PUT"], RECORDS["ACK"]]
-    assert (result.good_end, result.zero_tail_bytes, result.torn_tail_bytes) == (
-        len(data), zeros, 0)
-
-
-@pytest.mark.parametrize("cut", [4, 8, 20])
-def test_a_torn_record_before_reserved_zeros_is_a_torn_tail(cut: int) -> None:
-    # A crash mid-write into reserved space: the record's first bytes, then zeros.
-    data = journal_bytes(RECORDS["PUT"])
-    last = encode_record(RECORDS["ACK"])
-    got, result = read_all(data + last[:cut] + bytes(4096))
-    assert got == [RECORDS["PUT"]]
-    assert (result.good_end, result.torn_tail_bytes, result.zero_tail_bytes) == (
-        len(data), cut + 4096, 0)
-
-
-def test_a_record_after_zeros_is_damage_not_reserved_space() -> None:
-    # Zeros are the end only when nothing follows them: a record after is read as damage.
-    data = journal_bytes(RECORDS["PUT"])
-    after = encode_record(RECORDS["ACK"])
-    with pytest.raises(JournalCorrupt) as info:
-        read_all(data + bytes(64) + after)
-    assert info.value.offset == len(data)
+    assert (result.good_end, result.torn_tail_bytes) == (len(data), zeros)
 
 
 # ------------------------------------------------------------- field checks

@@ -36,18 +36,6 @@ Rules:
 * Lease records (STATE after a receive or touch) are written like any other
   but never make a put or ack wait: `durable_pending` only counts PUT, ACK
   and the STATE of a nack.
-* Under `always`, the file holds `reserve_bytes` of zeros past its last
-  record (reserved space): writes land inside it, so the file's size does
-  not change with every write and the fsync behind each reply is an
-  fdatasync that flushes the data alone, with no inode update for the
-  filesystem to commit (PostgreSQL's zero-filled WAL segments). Measured in
-  group_commit.py's docstring. The space is taken a chunk at a time, by
-  writing zeros (not posix_fallocate: an extent reserved that way is
-  converted at its first write, which is the metadata update this avoids),
-  and cut off again at close(). A failed reservation (disk full) is
-  logged, and the journal appends as before until a chunk's worth later.
-  Replay reads zeros after the last record as reserved space: the end of
-  the journal, as quiet as a clean end (journal_format.py).
 * Each successful write also records what it made visible:
   `newest_put_written` (the newest PUT's id) and `moves_written` (MOVEs so
   far), so group commit knows which messages are on disk after an fsync.
@@ -61,7 +49,6 @@ Contract per fsync policy (what an answered put, ack or nack survives):
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import gc
 import logging
@@ -113,11 +100,6 @@ PUT_RECORD_OVERHEAD = 16
 # --max-message-bytes each), while a run this long already costs its record's
 # overhead once per thousand messages.
 PUT_RUN_MAX_MESSAGES = 1000
-# Reserved space (see the rules), `--journal-reserve`: a chunk is written whenever the
-# records reach the zeros' end. 4 MiB is some 20,000 messages of S6's shape: one bigger
-# flush in that many, and at most this much disk beyond the records.
-DEFAULT_RESERVE_BYTES = 4 * 1024 * 1024
-MAX_RESERVE_BYTES = 256 * 1024 * 1024  # each chunk is a buffer of zeros in memory first
 
 
 class JournalError(Exception):
@@ -155,24 +137,16 @@ def journal_path(directory: Path, generation: int) -> Path:
 class Journal:
     def __init__(self, directory: str | Path, fsync: str = "always", *,
                  repair: bool = False,
-                 reserve_bytes: int = DEFAULT_RESERVE_BYTES,
                  write: Callable[[int, bytes], int] = os.write,
-                 pwrite: Callable[[int, bytes, int], int] = os.pwrite,
-                 fsync_file: Callable[[int], None] = os.fdatasync) -> None:
+                 fsync_file: Callable[[int], None] = os.fsync) -> None:
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync policy must be one of {FSYNC_POLICIES}")
         self.directory = Path(directory)
         self.fsync_policy = fsync
         self.repair = repair
-        # Replaceable so tests can make a write fail (disk full), a reservation or an
-        # fsync. fdatasync: it flushes a changed file size too, and nothing else matters.
+        # Replaceable so tests can make a write fail (disk full) or an fsync.
         self._write = write
-        self._pwrite = pwrite
         self._fsync = fsync_file
-        # Reserved space (see the rules): only where an fsync waits behind each reply.
-        self.reserve_bytes = reserve_bytes if fsync == "always" else 0
-        self.file_end = 0  # where the file ends: size, or past it by the reserved zeros
-        self._reserve_again_at = 0  # after a failed reservation: the size to try again at
         self.generation = 0
         self.fd = -1
         self._lock_fd = -1
@@ -235,8 +209,7 @@ class Journal:
             os.fsync(fd)
             os.rename(tmp_path, path)
             self._fsync_directory()
-            self.fd = fd
-            self.continue_at(len(FILE_HEADER))
+            self.fd, self.size = fd, len(FILE_HEADER)
             broker.journal = self
             return RecoveryReport(str(path), 0, 0, 0, 0.0, self.size, 0, [])
         generations.sort()
@@ -309,10 +282,6 @@ class Journal:
             logger.warning("%s: cut off a torn record of %d bytes at offset %d (a write that "
                            "a crash interrupted; it was never answered as stored)",
                            path, result.torn_tail_bytes, result.good_end)
-        if result.zero_tail_bytes:
-            logger.info("%s: %d bytes of reserved space after the last record, at offset %d "
-                        "(the server stopped without closing the journal)",
-                        path, result.zero_tail_bytes, result.good_end)
         for offset, reason in result.skipped:
             logger.error("%s: skipped damaged record at offset %d (%s); its change is lost",
                          path, offset, reason)
@@ -330,7 +299,7 @@ class Journal:
             os.pwrite(self.fd, FILE_HEADER, 0)
             os.fsync(self.fd)
         os.lseek(self.fd, result.good_end, os.SEEK_SET)
-        self.continue_at(result.good_end)
+        self.size = result.good_end
         self.records = result.records
         messages = sum(len(q.messages) for q in broker.queues.values())
         self.live_bytes = live_estimate(broker)
@@ -466,16 +435,12 @@ class Journal:
         self._pending.clear()
         durable, self.durable_pending = self.durable_pending, False
         moves, self._moves_pending = self._moves_pending, 0
-        if self.size + len(data) > self.file_end and self.reserve_bytes:
-            self._reserve(self.size + len(data))
         try:
             self.write_all(self.fd, data)
         except OSError as exc:
             self._cut_back()
             raise JournalError(f"writing the journal failed: {exc.strerror or exc}") from exc
         self.size += len(data)
-        if self.size > self.file_end:  # appended past the zeros, or with none reserved
-            self.file_end = self.size
         self.records += count
         self.newest_put_written = self._newest_put_pending
         self.moves_written += moves
@@ -496,37 +461,10 @@ class Journal:
             written = self._write(fd, view)
             view = view[written:]
 
-    def continue_at(self, size: int) -> None:
-        """continue_at: the live file (new, replayed, or a compaction's) ends at `size`, and
-        the records go on from there, with no space reserved yet."""
-        self.size = self.file_end = size
-        self._reserve_again_at = 0
-
-    def _reserve(self, needed: int) -> None:
-        """_reserve writes zeros from the file's end to `reserve_bytes` past `needed` (see
-        the rules); on failure it logs, and appends go on without until `needed` has
-        grown by a chunk."""
-        if needed < self._reserve_again_at:
-            return
-        start = self.file_end
-        zeros = memoryview(bytes(needed + self.reserve_bytes - start))
-        try:
-            while zeros:
-                written = self._pwrite(self.fd, zeros, start)
-                if written <= 0:
-                    raise OSError(errno.ENOSPC, "the disk took no more zeros")
-                zeros, start = zeros[written:], start + written
-        except OSError as exc:
-            self._reserve_again_at = needed + self.reserve_bytes
-            logger.warning("could not reserve %d bytes of journal space (%s); appending "
-                           "without", self.reserve_bytes, exc.strerror or exc)
-        self.file_end = start  # whatever the zeros reached: the cut-back or close cuts it
-
     def _cut_back(self) -> None:
         try:
             os.ftruncate(self.fd, self.size)
             os.lseek(self.fd, self.size, os.SEEK_SET)
-            self.file_end = self.size
         except OSError as exc:
             raise JournalBroken(f"the journal could not be cut back after a failed write "
                                 f"({exc}); it can no longer be trusted") from exc
@@ -563,13 +501,6 @@ class Journal:
             self.write_pending()
             if self.fsync_policy != "never":
                 self.sync()
-            if self.file_end > self.size:
-                # The reserved zeros go; were the cut lost in a crash, replay reads them
-                # as the end all the same, so it needs no fsync of its own.
-                try:
-                    os.ftruncate(self.fd, self.size)
-                except OSError as exc:
-                    logger.warning("could not cut the journal's reserved space off (%s)", exc)
             os.close(self.fd)
             self.fd = -1
         if self._lock_fd >= 0:

@@ -62,11 +62,6 @@ msgpack([1, "q", 7, b"hi", 1.5]) = 95 01 a1 71 07 c4 02 68 69 cb 3f f8 00 00 00 
 (18 bytes), framed as 00 00 00 12, then its crc32, then those 18 bytes.
 
 Rules:
-* Zeros from the end of a record to the end of the file are the journal's
-  reserved space (journal.py): the records end there, as at the end of the
-  file (`zero_tail_bytes`; a length of 0 frames no record, since every
-  payload is a non-empty array). A write a crash cut off before any of it
-  reached the disk may read as such zeros too, and it was never answered.
 * A record that runs past the end of the data, or whose checksum fails and
   which is the last thing in the file, is a torn tail: the writer crashed in
   the middle of it. It is cut off and nothing after it exists.
@@ -143,7 +138,6 @@ class ReadResult:
     last_record_at: int = field(default=0, compare=False)  # the last record handed out
     records: int = 0
     torn_tail_bytes: int = 0  # bytes cut off at the end
-    zero_tail_bytes: int = 0  # zeros after the last record: reserved space (journal.py)
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (offset, reason), repair only
 
 
@@ -357,9 +351,6 @@ def read_records(data: bytes | memoryview, result: ReadResult,
                         last_start, pos = pos, stop
                         yield payload
                         continue
-            if not any(view[pos:pos + RECORD_HEADER_BYTES]) and _all_zero(view, pos, end):
-                result.zero_tail_bytes = end - pos
-                break
             problem, resume = _diagnose(view, pos, end)
             if resume is None:
                 result.torn_tail_bytes = end - pos
