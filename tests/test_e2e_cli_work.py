@@ -251,6 +251,31 @@ async def test_a_program_ignoring_sigterm_is_gone_when_work_stops_with_a_short_t
         assert msg.id == msg_id
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+async def test_a_killed_worker_takes_its_running_program_with_it(server, tmp_path):
+    """SIGKILL of the tool runs no cleanup: the kernel's parent-death signal ends the program
+    (which would otherwise go on with a message that is about to be delivered again)."""
+    pid_file = tmp_path / "pid"
+    async with connect(server.host, server.port) as client:
+        msg_id = await client.put("orphans", b"x")
+        with work(server, "orphans", "--visibility", "1", "--", "sh", "-c",
+                  f"echo $$ > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}; "
+                  "while :; do sleep 0.05; done") as proc:
+            await until(lambda: path_exists(pid_file), bool)
+            program = int(pid_file.read_text())
+            assert alive(program)
+            proc.kill()
+            proc.wait()
+        await until(lambda: still_alive(program), lambda running: not running)
+        # Its lease runs out, and the message goes to whoever receives next.
+        [msg] = await client.receive("orphans", wait=EVENT_TIMEOUT_S)
+        assert (msg.id, msg.deliveries) == (msg_id, 2)
+
+
+async def still_alive(pid: int) -> bool:
+    return alive(pid)
+
+
 async def test_work_help_after_the_queue_is_help(server):
     with work(server, "jobs", "-h") as proc:
         out, _ = proc.communicate(timeout=EVENT_TIMEOUT_S)

@@ -14,11 +14,9 @@ Rules:
 * The server runs in a session of its own (start_new_session), so a
   terminal's Ctrl-C or hang-up reaches only the demo, which then stops the
   server itself, in order, and says so.
-* The last resort, for a demo killed outright (SIGKILL): on Linux the server
-  is started with PR_SET_PDEATHSIG = SIGTERM, so the kernel stops it when
-  its parent goes. The kernel ties that to the thread that started it, so
-  own_server must be entered on a thread that lives as long as the demo
-  (the event loop's). Where prctl is unavailable this is skipped.
+* The last resort, for a demo killed outright (SIGKILL): the server is started
+  with parent_death.py's die_with_parent (SIGTERM), so own_server must be
+  entered on a thread that lives as long as the demo (the event loop's).
 * The server logs at info level because the ready line is an info line. A
   thread drains stderr for the server's whole life, so the server never
   blocks on a full pipe; the last lines are kept to explain a failed start.
@@ -34,19 +32,19 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+
+from .parent_death import die_with_parent
 
 READY = re.compile(r"wonderq-server listening on (\S+):(\d+)")
 START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 5.0
 LINES_KEPT = 20
-PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 class ServerStartError(Exception):
@@ -55,32 +53,6 @@ class ServerStartError(Exception):
 
 def server_command() -> list[str]:
     return [sys.executable, "-m", "wonderq_server"]
-
-
-def die_with_parent() -> Callable[[], None] | None:
-    """die_with_parent is a preexec_fn that has the kernel send the child SIGTERM when
-    the demo goes, or None where that is unavailable (not Linux, no libc prctl).
-
-    Everything is looked up before the fork: between fork and exec the child
-    only makes the call. If the demo died before the call, the child stops
-    itself at once, as the kernel would have.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (ImportError, OSError, AttributeError):
-        return None
-    parent = os.getpid()
-    term = int(signal.SIGTERM)
-
-    def preexec() -> None:
-        if prctl(PR_SET_PDEATHSIG, term, 0, 0, 0) == 0 and os.getppid() != parent:
-            os.kill(os.getpid(), term)
-
-    return preexec
 
 
 class _StderrReader(threading.Thread):

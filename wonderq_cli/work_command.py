@@ -19,8 +19,11 @@ Rules:
 * SIGTERM, SIGINT and SIGHUP stop the worker gracefully (Worker.stop): no more receives;
   programs still running get --grace seconds, then are ended (below) and their messages
   given back. A second signal skips the rest of the grace. Exit status 0 after a stop.
-  SIGKILL of this tool leaves its programs running (they are in sessions of their own):
-  stop it with SIGTERM, as init systems do.
+  Programs run in sessions of their own, so a terminal's signals reach only this tool.
+  SIGKILL of this tool (which no cleanup sees) sends each running program SIGTERM from
+  the kernel, on Linux (parent_death.py); what a program started itself is its to stop.
+  Its message's lease then runs out and it is delivered again. Stop the tool with
+  SIGTERM, as init systems do, for the grace and the give-back.
 * --timeout bounds the connect and every request's answer (the Worker's reply_timeout).
 * A server that is down or restarting is not an error: the worker reconnects, saying so on
   stderr. What retrying cannot mend (AUTH_FAILED, a --wait over the server's --max-wait)
@@ -64,6 +67,7 @@ from wonderq_client import Message, Retry, Worker
 from wonderq_client.worker import retry_backoff
 
 from . import argument_types
+from .parent_death import die_with_parent
 
 # How long a program told to end (SIGTERM) has before it is killed (SIGKILL).
 KILL_AFTER_S = 5.0
@@ -74,6 +78,8 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 EX_TEMPFAIL = 75
 # The exit status of a tool whose reader went away, as if SIGPIPE had killed it.
 EXIT_OUTPUT_GONE = 128 + signal.SIGPIPE
+# Every program's preexec_fn: SIGTERM from the kernel if this tool is killed outright.
+DIE_WITH_WORKER = die_with_parent()
 
 
 class ProgramFailed(Exception):
@@ -162,7 +168,7 @@ async def run_program(argv: Sequence[str], msg: Message, timeout: float | None,
     Cancelled (a stop past the grace), it ends the program before it lets go."""
     process = await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.PIPE, env=environment(msg, base_env),
-        start_new_session=True)
+        start_new_session=True, preexec_fn=DIE_WITH_WORKER)
     try:
         async with asyncio.timeout(timeout):
             await feed(process, msg.body)
