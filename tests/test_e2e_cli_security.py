@@ -9,10 +9,14 @@ reached or bad usage (a plain connection to a TLS port, an unusable file).
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 
 import pytest
 from certificates import TlsFiles
+from polling import EVENT_TIMEOUT_S
 from test_e2e_cli import at, cli
+from test_e2e_cli_work import stop, work
 from test_e2e_demo import accounting, run_demo
 
 from wonderq_cli.top import Poller
@@ -123,3 +127,51 @@ def test_demo_connect_with_the_token_and_tls(secured, tls_files):
     rows = accounting(result.stdout)
     assert rows["produced"] == 20 == rows["acked"] + rows["dead-lettered"]
     assert rows["lost"] == 0
+
+
+async def test_tls_settings_from_the_environment(server_factory, tls_files):
+    server = server_factory(*tls_files.server_flags(require_client_cert=True))
+    env = {"WONDERQ_TLS_CA": str(tls_files.ca), "WONDERQ_TLS_CERT": str(tls_files.client_cert)}
+    done = await cli("stats", "--json", *at(server), env=env)
+    assert done.returncode == 0, done.stderr
+    # A flag given wins over its variable.
+    done = await cli("stats", *at(server), "--tls-ca", "/nonexistent/ca.pem", env=env)
+    assert done.returncode == 2 and b"cannot use --tls-ca /nonexistent/ca.pem" in done.stderr
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"WONDERQ_TLS": "maybe"}, "WONDERQ_TLS='maybe': must be 1, true, yes or on"),
+    ({"WONDERQ_TLS_CA": "/nonexistent/ca.pem"}, "cannot use --tls-ca /nonexistent/ca.pem"),
+])
+async def test_unusable_tls_variables_are_exit_2(secured, env, message):
+    done = await cli("stats", *at(secured), env=env)
+    assert done.returncode == 2
+    assert message in done.stderr.decode() and b"Traceback" not in done.stderr
+
+
+async def test_wonderq_tls_alone_connects_with_tls(server_factory, tls_files):
+    # WONDERQ_TLS=1 alone verifies against the system's CAs, which do not hold this test's
+    # CA: refused for the certificate, which shows the connection tried TLS.
+    server = server_factory(*tls_files.server_flags())
+    done = await cli("stats", *at(server), env={"WONDERQ_TLS": "yes"})
+    assert done.returncode == 2 and b"certificate" in done.stderr, done.stderr
+
+
+async def test_work_gives_its_programs_the_tls_settings(secured, tls_files, monkeypatch,
+                                                       tmp_path):
+    monkeypatch.setenv("WONDERQ_AUTH_TOKEN", TOKEN)  # the tool's own environment
+    monkeypatch.chdir(tmp_path)
+    ca = tmp_path / "relative-ca.pem"
+    ca.write_bytes(tls_files.ca.read_bytes())
+    program = (f"{shlex.quote(sys.executable)} -m wonderq_cli put followups "
+               '"after $WONDERQ_MESSAGE_ID"')
+    async with connect(secured.host, secured.port, auth_token=TOKEN,
+                       ssl=tls_files.client_context()) as client:
+        msg_id = await client.put("jobs", b"x")
+        # The CA as a relative path: a program may run elsewhere, so it gets it absolute.
+        with work(secured, "jobs", "--tls-ca", ca.name, "--", "sh", "-c",
+                  f"cd /; {program}") as proc:
+            [followup] = await client.receive("followups", wait=EVENT_TIMEOUT_S)
+            code, _, err = stop(proc)
+        assert followup.body == f"after {msg_id}".encode()
+        assert code == 0, err

@@ -14,6 +14,12 @@ Rules:
   that CA instead; --tls-cert FILE (with its key inside, or --tls-key FILE)
   presents a client certificate, for a server started with --tls-ca. Any of
   them implies --tls.
+* Each TLS flag not given is read from its variable, as the token is:
+  WONDERQ_TLS (1, true, yes or on; 0, false, no, off or empty), WONDERQ_TLS_CA,
+  WONDERQ_TLS_CERT, WONDERQ_TLS_KEY. `tls_environment` is the other way
+  round: the variables that give a program (`wonderq work`'s) the settings
+  this run has, files as absolute paths, so a `wonderq put` it runs
+  reaches the same server the same way.
 * A TLS file that cannot be used is a ValueError naming the flag and the
   file (main.py prints it and exits 2), never a traceback.
 """
@@ -21,6 +27,7 @@ Rules:
 from __future__ import annotations
 
 import argparse
+import os
 import ssl
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -31,6 +38,10 @@ if TYPE_CHECKING:
     from wonderq_client.client import _Connect
 
 TOKEN_VARIABLE = "WONDERQ_AUTH_TOKEN"
+TLS_VARIABLE = "WONDERQ_TLS"
+# The TLS flags that take a file, by their variable.
+TLS_FILE_VARIABLES = {"tls_ca": "WONDERQ_TLS_CA", "tls_cert": "WONDERQ_TLS_CERT",
+                      "tls_key": "WONDERQ_TLS_KEY"}
 
 
 def add_flags(parser: argparse.ArgumentParser, default: Any) -> None:
@@ -54,7 +65,32 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> None:
     connect()'s keywords. Raises ValueError naming a flag that cannot be used."""
     if args.auth_token is None:
         args.auth_token = env.get(TOKEN_VARIABLE) or None
+    if not args.tls:
+        args.tls = _switch(env.get(TLS_VARIABLE, ""), TLS_VARIABLE)
+    for name, variable in TLS_FILE_VARIABLES.items():
+        if getattr(args, name) is None:
+            setattr(args, name, env.get(variable) or None)
     args.connect_options = {"auth_token": args.auth_token, "ssl": ssl_context(args)}
+
+
+def _switch(text: str, variable: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"{variable}={text!r}: must be 1, true, yes or on, or 0, false, no or off")
+
+
+def tls_environment(args: argparse.Namespace) -> dict[str, str]:
+    """tls_environment is the variables that give a child process this run's TLS settings
+    (see the rules); empty for plain TCP."""
+    variables = {TLS_VARIABLE: "1"} if args.tls else {}
+    for name, variable in TLS_FILE_VARIABLES.items():
+        path = getattr(args, name)
+        if path is not None:
+            variables[variable] = os.path.abspath(path)
+    return variables
 
 
 def ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:

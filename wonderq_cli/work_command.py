@@ -11,9 +11,11 @@ tool's stdout and stderr, and finds the message's particulars in its environment
     WONDERQ_QUEUE, WONDERQ_MESSAGE_ID, WONDERQ_DELIVERIES, WONDERQ_ENQUEUED_AT (seconds
     since the epoch), WONDERQ_HEADERS (a JSON object)
 
-and the server's address as WONDERQ_HOST and WONDERQ_PORT, so that a program running
-`wonderq put` for follow-up work reaches the same server (an auth token reaches it only
-through WONDERQ_AUTH_TOKEN in this tool's own environment, never from --auth-token).
+and the server's address as WONDERQ_HOST and WONDERQ_PORT, and this run's TLS settings as
+WONDERQ_TLS, WONDERQ_TLS_CA, WONDERQ_TLS_CERT and WONDERQ_TLS_KEY (files as absolute
+paths), so that a program running `wonderq put` for follow-up work reaches the same server
+the same way (an auth token reaches it only through WONDERQ_AUTH_TOKEN in this tool's own
+environment, never from --auth-token: a secret is not copied into more places).
 
 Rules:
 * SIGTERM, SIGINT and SIGHUP stop the worker gracefully (Worker.stop): no more receives;
@@ -67,6 +69,7 @@ from wonderq_client import Message, Retry, Worker
 from wonderq_client.worker import retry_backoff
 
 from . import argument_types
+from .connection_options import tls_environment
 from .parent_death import die_with_parent
 
 # How long a program told to end (SIGTERM) has before it is killed (SIGKILL).
@@ -147,11 +150,12 @@ def split_program(args: argparse.Namespace) -> None:
         args.work_parser.parse_args([*flags, args.queue], namespace=args)
 
 
-def base_environment(host: str, port: int) -> dict[str, str]:
+def base_environment(args: argparse.Namespace) -> dict[str, str]:
     """base_environment is what every program's environment starts from, read once: this
-    tool's, and the server's address (so a program that runs `wonderq put` reaches the
-    same server)."""
-    return {**os.environ, "WONDERQ_HOST": host, "WONDERQ_PORT": str(port)}
+    tool's, the server's address and this run's TLS settings (so a program that runs
+    `wonderq put` reaches the same server, the same way)."""
+    return {**os.environ, "WONDERQ_HOST": args.host, "WONDERQ_PORT": str(args.port),
+            **tls_environment(args)}
 
 
 def environment(msg: Message, base: dict[str, str]) -> dict[str, str]:
@@ -258,7 +262,7 @@ async def run(args: argparse.Namespace) -> int:
     # (reply_timeout, which is --timeout), or it would outlive this tool.
     kill_after = min(KILL_AFTER_S, args.timeout / 2)
 
-    base_env = base_environment(args.host, args.port)
+    base_env = base_environment(args)
 
     output_closed = False  # seen once: said once
     stopped_for_output = False  # it was the first stop: exit 141
