@@ -131,7 +131,8 @@ def test_demo_connect_with_the_token_and_tls(secured, tls_files):
 
 async def test_tls_settings_from_the_environment(server_factory, tls_files):
     server = server_factory(*tls_files.server_flags(require_client_cert=True))
-    env = {"WONDERQ_TLS_CA": str(tls_files.ca), "WONDERQ_TLS_CERT": str(tls_files.client_cert)}
+    env = {"WONDERQ_CLIENT_TLS_CA": str(tls_files.ca),
+           "WONDERQ_CLIENT_TLS_CERT": str(tls_files.client_cert)}
     done = await cli("stats", "--json", *at(server), env=env)
     assert done.returncode == 0, done.stderr
     # A flag given wins over its variable.
@@ -140,8 +141,10 @@ async def test_tls_settings_from_the_environment(server_factory, tls_files):
 
 
 @pytest.mark.parametrize(("env", "message"), [
-    ({"WONDERQ_TLS": "maybe"}, "WONDERQ_TLS='maybe': must be 1, true, yes or on"),
-    ({"WONDERQ_TLS_CA": "/nonexistent/ca.pem"}, "cannot use --tls-ca /nonexistent/ca.pem"),
+    ({"WONDERQ_CLIENT_TLS": "maybe"}, "WONDERQ_CLIENT_TLS='maybe': must be 1, true, yes or on"),
+    ({"WONDERQ_CLIENT_TLS_CA": "/nonexistent/ca.pem"},
+     "cannot use WONDERQ_CLIENT_TLS_CA /nonexistent/ca.pem"),
+    ({"WONDERQ_CLIENT_TLS_KEY": "k.pem"}, "WONDERQ_CLIENT_TLS_KEY needs --tls-cert"),
 ])
 async def test_unusable_tls_variables_are_exit_2(secured, env, message):
     done = await cli("stats", *at(secured), env=env)
@@ -150,10 +153,10 @@ async def test_unusable_tls_variables_are_exit_2(secured, env, message):
 
 
 async def test_wonderq_tls_alone_connects_with_tls(server_factory, tls_files):
-    # WONDERQ_TLS=1 alone verifies against the system's CAs, which do not hold this test's
+    # WONDERQ_CLIENT_TLS=1 alone verifies against the system's CAs, which do not hold this test's
     # CA: refused for the certificate, which shows the connection tried TLS.
     server = server_factory(*tls_files.server_flags())
-    done = await cli("stats", *at(server), env={"WONDERQ_TLS": "yes"})
+    done = await cli("stats", *at(server), env={"WONDERQ_CLIENT_TLS": "yes"})
     assert done.returncode == 2 and b"certificate" in done.stderr, done.stderr
 
 
@@ -174,4 +177,27 @@ async def test_work_gives_its_programs_the_tls_settings(secured, tls_files, monk
             [followup] = await client.receive("followups", wait=EVENT_TIMEOUT_S)
             code, _, err = stop(proc)
         assert followup.body == f"after {msg_id}".encode()
+        assert code == 0, err
+
+
+async def test_the_servers_tls_variables_are_not_the_tools(server, tls_files):
+    # A shell set up to start a TLS server (config.py's WONDERQ_TLS_* name the server's own
+    # files) must not make the tool present the server's key, or speak TLS to a plain port.
+    env = {"WONDERQ_TLS_CA": str(tls_files.ca), "WONDERQ_TLS_CERT": str(tls_files.cert),
+           "WONDERQ_TLS_KEY": str(tls_files.key)}
+    done = await cli("put", "plain", "x", *at(server), env=env)
+    assert done.returncode == 0, done.stderr
+
+
+async def test_work_passes_no_tls_setting_it_was_given_empty(server, monkeypatch):
+    # `--tls-ca "$UNSET"` is no CA: the tool runs plain, and so must its programs (an
+    # empty path made absolute would be the working directory).
+    program = f"{shlex.quote(sys.executable)} -m wonderq_cli put followups done"
+    monkeypatch.delenv("WONDERQ_CLIENT_TLS_CA", raising=False)
+    async with connect(server.host, server.port) as client:
+        await client.put("jobs", b"x")
+        with work(server, "jobs", "--tls-ca", "", "--", "sh", "-c", program) as proc:
+            [followup] = await client.receive("followups", wait=EVENT_TIMEOUT_S)
+            code, _, err = stop(proc)
+        assert followup.body == b"done"
         assert code == 0, err

@@ -7,6 +7,7 @@ state) and stop the worker with SIGTERM, as an init system would.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -270,6 +271,34 @@ async def test_a_killed_worker_takes_its_running_program_with_it(server, tmp_pat
         # Its lease runs out, and the message goes to whoever receives next.
         [msg] = await client.receive("orphans", wait=EVENT_TIMEOUT_S)
         assert (msg.id, msg.deliveries) == (msg_id, 2)
+
+
+FORKED_WORKER = """
+import os, sys
+from wonderq_cli import main
+pid = os.fork()  # as a supervisor or multiprocessing may, after the import
+if pid == 0:
+    code = main.main(sys.argv[1:])
+    os._exit(code if isinstance(code, int) else 0)
+os._exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
+async def test_a_worker_forked_after_the_import_still_runs_its_programs(server, tmp_path):
+    """The parent-death check compares the program's parent with the worker's pid: it must
+    be the pid of the process that runs, not of the one that imported the module."""
+    done_file = tmp_path / "ran"
+    async with connect(server.host, server.port) as client:
+        await client.put("forked", b"x")
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-c", FORKED_WORKER, "--host", server.host, "--port",
+             str(server.port), "work", "forked", "--max-messages", "1", "--", "sh", "-c",
+             f"sleep 0.2; touch {done_file}"],
+            capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert done_file.exists(), result.stderr
+        assert (await client.stats())["queues"]["forked"]["acked_total"] == 1
 
 
 async def still_alive(pid: int) -> bool:

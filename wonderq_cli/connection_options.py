@@ -14,14 +14,20 @@ Rules:
   that CA instead; --tls-cert FILE (with its key inside, or --tls-key FILE)
   presents a client certificate, for a server started with --tls-ca. Any of
   them implies --tls.
-* Each TLS flag not given is read from its variable, as the token is:
-  WONDERQ_TLS (1, true, yes or on; 0, false, no, off or empty), WONDERQ_TLS_CA,
-  WONDERQ_TLS_CERT, WONDERQ_TLS_KEY. `tls_environment` is the other way
-  round: the variables that give a program (`wonderq work`'s) the settings
-  this run has, files as absolute paths, so a `wonderq put` it runs
-  reaches the same server the same way.
-* A TLS file that cannot be used is a ValueError naming the flag and the
-  file (main.py prints it and exits 2), never a traceback.
+* Each TLS flag not given (or given empty) is read from its variable, as
+  the token is: WONDERQ_CLIENT_TLS (1, true, yes or on; 0, false, no, off
+  or empty), WONDERQ_CLIENT_TLS_CA, WONDERQ_CLIENT_TLS_CERT,
+  WONDERQ_CLIENT_TLS_KEY. CLIENT, because the server's WONDERQ_TLS_CA,
+  _CERT and _KEY (its flags' variables, config.py) name its own files and
+  the CA it checks clients against: a shell that starts a server must not
+  hand the tool the server's key as a client certificate. As with the
+  flags, a file implies TLS; WONDERQ_CLIENT_TLS=0 does not turn it off.
+* `tls_environment` is the other way round: the variables that give a
+  program (`wonderq work`'s) the settings this run has, files as absolute
+  paths, so a `wonderq put` it runs reaches the same server the same way.
+* A TLS setting that cannot be used is a ValueError naming where it came
+  from (the flag, or the variable) and the file (main.py prints it and
+  exits 2), never a traceback.
 """
 
 from __future__ import annotations
@@ -38,10 +44,11 @@ if TYPE_CHECKING:
     from wonderq_client.client import _Connect
 
 TOKEN_VARIABLE = "WONDERQ_AUTH_TOKEN"
-TLS_VARIABLE = "WONDERQ_TLS"
+TLS_VARIABLE = "WONDERQ_CLIENT_TLS"
 # The TLS flags that take a file, by their variable.
-TLS_FILE_VARIABLES = {"tls_ca": "WONDERQ_TLS_CA", "tls_cert": "WONDERQ_TLS_CERT",
-                      "tls_key": "WONDERQ_TLS_KEY"}
+TLS_FILE_VARIABLES = {"tls_ca": "WONDERQ_CLIENT_TLS_CA", "tls_cert": "WONDERQ_CLIENT_TLS_CERT",
+                      "tls_key": "WONDERQ_CLIENT_TLS_KEY"}
+TLS_FLAGS = {"tls_ca": "--tls-ca", "tls_cert": "--tls-cert", "tls_key": "--tls-key"}
 
 
 def add_flags(parser: argparse.ArgumentParser, default: Any) -> None:
@@ -50,14 +57,17 @@ def add_flags(parser: argparse.ArgumentParser, default: Any) -> None:
                         help=f"the server's auth token (env {TOKEN_VARIABLE}, better: a flag "
                              "shows in ps)")
     parser.add_argument("--tls", action="store_true", default=default,
-                        help="connect with TLS, verifying the server against the system's CAs")
+                        help="connect with TLS, verifying the server against the system's CAs "
+                             f"(env {TLS_VARIABLE}=1)")
     parser.add_argument("--tls-ca", default=default, metavar="FILE",
-                        help="connect with TLS, trusting the CA certificates in FILE (PEM)")
+                        help="connect with TLS, trusting the CA certificates in FILE (PEM) "
+                             f"(env {TLS_FILE_VARIABLES['tls_ca']})")
     parser.add_argument("--tls-cert", default=default, metavar="FILE",
                         help="present this client certificate (PEM, with its key unless "
-                             "--tls-key); implies --tls")
+                             f"--tls-key); implies --tls (env {TLS_FILE_VARIABLES['tls_cert']})")
     parser.add_argument("--tls-key", default=default, metavar="FILE",
-                        help="the private key of --tls-cert")
+                        help="the private key of --tls-cert "
+                             f"(env {TLS_FILE_VARIABLES['tls_key']})")
 
 
 def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> None:
@@ -67,9 +77,12 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> None:
         args.auth_token = env.get(TOKEN_VARIABLE) or None
     if not args.tls:
         args.tls = _switch(env.get(TLS_VARIABLE, ""), TLS_VARIABLE)
+    args.tls_sources = dict(TLS_FLAGS)  # where each file came from, for the errors
     for name, variable in TLS_FILE_VARIABLES.items():
-        if getattr(args, name) is None:
+        if not getattr(args, name):  # not given, or given empty ("$UNSET")
             setattr(args, name, env.get(variable) or None)
+            if getattr(args, name):
+                args.tls_sources[name] = variable
     args.connect_options = {"auth_token": args.auth_token, "ssl": ssl_context(args)}
 
 
@@ -88,27 +101,29 @@ def tls_environment(args: argparse.Namespace) -> dict[str, str]:
     variables = {TLS_VARIABLE: "1"} if args.tls else {}
     for name, variable in TLS_FILE_VARIABLES.items():
         path = getattr(args, name)
-        if path is not None:
+        if path:
             variables[variable] = os.path.abspath(path)
     return variables
 
 
 def ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     """ssl_context is the client's TLS context, or None for plain TCP."""
-    if args.tls_key is not None and args.tls_cert is None:
-        raise ValueError("--tls-key needs --tls-cert")
+    named = getattr(args, "tls_sources", TLS_FLAGS)  # the flag, or the variable it came from
+    if args.tls_key and not args.tls_cert:
+        raise ValueError(f"{named['tls_key']} needs {named['tls_cert']}")
     if not (args.tls or args.tls_ca or args.tls_cert):
         return None
     try:
-        context = ssl.create_default_context(cafile=args.tls_ca)
+        context = ssl.create_default_context(cafile=args.tls_ca or None)
     except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot use --tls-ca {args.tls_ca}: {_reason(exc)}") from None
-    if args.tls_cert is not None:
+        raise ValueError(f"cannot use {named['tls_ca']} {args.tls_ca}: {_reason(exc)}") from None
+    if args.tls_cert:
+        key = f" with {named['tls_key']} {args.tls_key}" if args.tls_key else ""
         try:
-            context.load_cert_chain(args.tls_cert, args.tls_key, password=_no_passphrase)
+            context.load_cert_chain(args.tls_cert, args.tls_key or None,
+                                    password=_no_passphrase)
         except (OSError, ValueError) as exc:
-            raise ValueError(f"cannot use --tls-cert {args.tls_cert}"
-                             f"{f' with --tls-key {args.tls_key}' if args.tls_key else ''}: "
+            raise ValueError(f"cannot use {named['tls_cert']} {args.tls_cert}{key}: "
                              f"{_reason(exc)}") from None
     return context
 

@@ -12,10 +12,11 @@ tool's stdout and stderr, and finds the message's particulars in its environment
     since the epoch), WONDERQ_HEADERS (a JSON object)
 
 and the server's address as WONDERQ_HOST and WONDERQ_PORT, and this run's TLS settings as
-WONDERQ_TLS, WONDERQ_TLS_CA, WONDERQ_TLS_CERT and WONDERQ_TLS_KEY (files as absolute
-paths), so that a program running `wonderq put` for follow-up work reaches the same server
-the same way (an auth token reaches it only through WONDERQ_AUTH_TOKEN in this tool's own
-environment, never from --auth-token: a secret is not copied into more places).
+WONDERQ_CLIENT_TLS, WONDERQ_CLIENT_TLS_CA, WONDERQ_CLIENT_TLS_CERT and
+WONDERQ_CLIENT_TLS_KEY (connection_options.py; files as absolute paths), so that a
+program running `wonderq put` for follow-up work reaches the same server the same way
+(an auth token reaches it only through WONDERQ_AUTH_TOKEN in this tool's own environment,
+never from --auth-token: a secret is not copied into more places).
 
 Rules:
 * SIGTERM, SIGINT and SIGHUP stop the worker gracefully (Worker.stop): no more receives;
@@ -23,9 +24,10 @@ Rules:
   given back. A second signal skips the rest of the grace. Exit status 0 after a stop.
   Programs run in sessions of their own, so a terminal's signals reach only this tool.
   SIGKILL of this tool (which no cleanup sees) sends each running program SIGTERM from
-  the kernel, on Linux (parent_death.py); what a program started itself is its to stop.
-  Its message's lease then runs out and it is delivered again. Stop the tool with
-  SIGTERM, as init systems do, for the grace and the give-back.
+  the kernel, on Linux (parent_death.py); what a program started itself is its to stop,
+  and a program that changes its user (setuid, `su`, `sudo -u`) loses the signal, as the
+  kernel clears it then. Its message's lease then runs out and it is delivered again.
+  Stop the tool with SIGTERM, as init systems do, for the grace and the give-back.
 * --timeout bounds the connect and every request's answer (the Worker's reply_timeout).
 * A server that is down or restarting is not an error: the worker reconnects, saying so on
   stderr. What retrying cannot mend (AUTH_FAILED, a --wait over the server's --max-wait)
@@ -43,8 +45,9 @@ Rules:
   stop came first (a Ctrl-C reaches head too), that stop goes on as it was, and the exit
   status is 0; the first signal after a stop the closed output began does not hurry it. (A
   closed fd 1, `>&-`, is /dev/null by then: main.py opens it.)
-* Each program runs in a session of its own, so that ending it ends whatever it started
-  (`sh -c` pipelines) and a Ctrl-C at the terminal reaches only this tool, which decides.
+* Each program runs in a session of its own, so that ending it (this tool alive to do it)
+  ends whatever it started (`sh -c` pipelines) and a Ctrl-C at the terminal reaches only
+  this tool, which decides.
   Ending is SIGTERM to the whole group, then, once the program exited or KILL_AFTER_S
   (at most half of --timeout) passed, SIGKILL to what is left of the group.
 * Log lines (failures, reconnects) are one line each on stderr: a failed program is not a
@@ -63,7 +66,7 @@ import select
 import shutil
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from wonderq_client import Message, Retry, Worker
 from wonderq_client.worker import retry_backoff
@@ -81,8 +84,6 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 EX_TEMPFAIL = 75
 # The exit status of a tool whose reader went away, as if SIGPIPE had killed it.
 EXIT_OUTPUT_GONE = 128 + signal.SIGPIPE
-# Every program's preexec_fn: SIGTERM from the kernel if this tool is killed outright.
-DIE_WITH_WORKER = die_with_parent()
 
 
 class ProgramFailed(Exception):
@@ -100,10 +101,12 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
         description="Receives messages from QUEUE and runs COMMAND for each, with the body on "
                     "its standard input and WONDERQ_QUEUE, WONDERQ_MESSAGE_ID, "
                     "WONDERQ_DELIVERIES, WONDERQ_ENQUEUED_AT and WONDERQ_HEADERS (JSON) in "
-                    "its environment. Exit status 0 acks the message; 75 (EX_TEMPFAIL) "
-                    "retries it without counting a failure; anything else nacks it with a "
-                    "back-off delay. Leases are renewed while COMMAND runs. SIGTERM, SIGHUP "
-                    "or Ctrl-C stops it gracefully; a second one skips the grace.")
+                    "its environment, with the server's WONDERQ_HOST and WONDERQ_PORT and "
+                    "this run's TLS settings (WONDERQ_CLIENT_TLS*). Exit status 0 acks the "
+                    "message; 75 (EX_TEMPFAIL) retries it without counting a failure; "
+                    "anything else nacks it with a back-off delay. Leases are renewed while "
+                    "COMMAND runs. SIGTERM, SIGHUP or Ctrl-C stops it gracefully; a second "
+                    "one skips the grace.")
     work.add_argument("queue")
     work.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG ...]",
                       help="the program to run, and its arguments")
@@ -167,12 +170,13 @@ def environment(msg: Message, base: dict[str, str]) -> dict[str, str]:
 
 
 async def run_program(argv: Sequence[str], msg: Message, timeout: float | None,
-                      kill_after: float, base_env: dict[str, str]) -> None:
+                      kill_after: float, base_env: dict[str, str],
+                      preexec: Callable[[], None] | None = None) -> None:
     """run_program runs the program on one message; raises ProgramFailed unless it exits 0.
     Cancelled (a stop past the grace), it ends the program before it lets go."""
     process = await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.PIPE, env=environment(msg, base_env),
-        start_new_session=True, preexec_fn=DIE_WITH_WORKER)
+        start_new_session=True, preexec_fn=preexec)
     try:
         async with asyncio.timeout(timeout):
             await feed(process, msg.body)
@@ -263,6 +267,9 @@ async def run(args: argparse.Namespace) -> int:
     kill_after = min(KILL_AFTER_S, args.timeout / 2)
 
     base_env = base_environment(args)
+    # SIGTERM from the kernel to every program if this process is killed outright; made
+    # here, in the process that runs, since it checks for its parent by pid.
+    die_with_worker = die_with_parent()
 
     output_closed = False  # seen once: said once
     stopped_for_output = False  # it was the first stop: exit 141
@@ -285,7 +292,8 @@ async def run(args: argparse.Namespace) -> int:
         if output_gone():
             raise put_back("not run: this tool's output is closed")
         try:
-            await run_program(argv, msg, args.command_timeout, kill_after, base_env)
+            await run_program(argv, msg, args.command_timeout, kill_after, base_env,
+                              die_with_worker)
         except (ProgramFailed, Retry) as failure:
             if not output_gone():
                 raise
