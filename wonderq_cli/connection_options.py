@@ -72,7 +72,8 @@ def add_flags(parser: argparse.ArgumentParser, default: Any) -> None:
 
 def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> None:
     """resolve fills in the token from the environment and sets `args.connect_options`,
-    connect()'s keywords. Raises ValueError naming a flag that cannot be used."""
+    connect()'s keywords. Raises ValueError naming the flag or variable that cannot be
+    used."""
     if args.auth_token is None:
         args.auth_token = env.get(TOKEN_VARIABLE) or None
     if not args.tls:
@@ -92,7 +93,8 @@ def _switch(text: str, variable: str) -> bool:
         return True
     if value in ("0", "false", "no", "off", ""):
         return False
-    raise ValueError(f"{variable}={text!r}: must be 1, true, yes or on, or 0, false, no or off")
+    raise ValueError(f"{variable}={text!r}: must be 1, true, yes or on, or 0, false, no, off "
+                     "or empty")
 
 
 def tls_environment(args: argparse.Namespace) -> dict[str, str]:

@@ -95,6 +95,11 @@ def _from_environment(args: argparse.Namespace, env: Mapping[str, str]) -> None:
             raise ValueError(f"WONDERQ_PORT={text!r}: {exc}") from None
     if args.timeout is None:
         args.timeout = DEFAULT_TIMEOUT_S
+    if args.command == "demo" and not args.connect:
+        # Its own server is in memory and plain: a token or TLS setting from the
+        # environment (a stale WONDERQ_CLIENT_TLS_CA, say) is not its business.
+        args.connect_options = {}
+        return
     connection_options.resolve(args, env)
 
 

@@ -10,9 +10,15 @@ with a message whose lease has then passed to another worker).
 
 Rules:
 * Only the child itself gets the signal, not what it starts: a program that starts
-  children of its own and must not leave them behind passes the signal on.
+  children of its own and must not leave them behind passes the signal on. The
+  kernel clears the setting when the child changes its user, or executes a setuid,
+  setgid or file-capability program.
 * The kernel ties the setting to the thread that started the child: start children
   from a thread that lives as long as the tool (the event loop's).
+* Call `die_with_parent` in the process that starts the children, when it
+  starts them (not at import): the child checks its parent against the pid
+  of the process that called it, and a process forked after an import has
+  another.
 * Everything is looked up before the fork: between fork and exec the child only
   makes the call. If the parent died before the call, the child signals itself at
   once, as the kernel would have.

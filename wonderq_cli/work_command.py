@@ -25,9 +25,10 @@ Rules:
   Programs run in sessions of their own, so a terminal's signals reach only this tool.
   SIGKILL of this tool (which no cleanup sees) sends each running program SIGTERM from
   the kernel, on Linux (parent_death.py); what a program started itself is its to stop,
-  and a program that changes its user (setuid, `su`, `sudo -u`) loses the signal, as the
-  kernel clears it then. Its message's lease then runs out and it is delivered again.
-  Stop the tool with SIGTERM, as init systems do, for the grace and the give-back.
+  and a program that changes its user, or runs a setuid or file-capability program
+  (`su`, `sudo`), loses the signal, as the kernel clears it then. Its message's lease
+  then runs out and it is delivered again. Stop the tool with SIGTERM, as init systems
+  do, for the grace and the give-back.
 * --timeout bounds the connect and every request's answer (the Worker's reply_timeout).
 * A server that is down or restarting is not an error: the worker reconnects, saying so on
   stderr. What retrying cannot mend (AUTH_FAILED, a --wait over the server's --max-wait)
