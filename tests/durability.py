@@ -99,11 +99,12 @@ def journal_files(directory: Path) -> list[str]:
 
 
 def record_offsets(data: bytes) -> list[int]:
-    """record_offsets walks the frames of a journal file (trusting their lengths)."""
+    """record_offsets walks the frames of a journal file (trusting their lengths), up to
+    the zeros of its reserved space, if any."""
     offsets = []
     pos = len(FILE_HEADER)
-    while pos < len(data):
+    while pos < len(data) and any(data[pos:pos + RECORD_HEADER_BYTES]):
         offsets.append(pos)
         pos += RECORD_HEADER_BYTES + int.from_bytes(data[pos:pos + 4], "big")
-    assert pos == len(data)
+    assert pos <= len(data) and not any(data[pos:])
     return offsets

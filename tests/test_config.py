@@ -1,5 +1,5 @@
 """Tests of config.py: the security flags (the auth token and TLS files, and their
-errors), and --in-memory against a data directory.
+errors), --in-memory against a data directory, and --journal-reserve.
 
 A refused setting stops start-up with argparse's usage error (exit code 2) and
 a message on stderr; the token itself never appears there, in --help, or in
@@ -117,3 +117,25 @@ def test_a_data_directory_overruled_by_in_memory_is_named(argv, environ, data_di
     # The server warns at start with it (server.recover), rather than silently keep nothing.
     config = parse_config(argv, environ)
     assert (config.data_dir, config.ignored_data_dir) == (data_dir, ignored)
+
+
+@pytest.mark.parametrize(("argv", "environ", "reserve"), [
+    ([], {}, 4 * 1024 * 1024),
+    (["--journal-reserve", "0"], {}, 0),
+    (["--journal-reserve", "512K"], {}, 512 * 1024),
+    (["--journal-reserve", "16MiB"], {}, 16 * 1024 * 1024),
+    (["--journal-reserve", "1000"], {}, 1000),
+    ([], {"WONDERQ_JOURNAL_RESERVE": "8m"}, 8 * 1024 * 1024),
+])
+def test_journal_reserve_takes_bytes_or_a_size(argv, environ, reserve):
+    assert parse_config(argv, environ).journal_reserve_bytes == reserve
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("-1", "must be bytes, or a size such as 512K or 4M"),
+    ("4T", "must be bytes, or a size such as 512K or 4M"),
+    ("lots", "must be bytes, or a size such as 512K or 4M"),
+    ("257M", "must be at most 256M"),
+])
+def test_a_bad_journal_reserve_is_refused(capsys, value, message):
+    assert message in refused(capsys, ["--journal-reserve", value])

@@ -101,11 +101,12 @@ def record_offsets(data: bytes) -> list[tuple[int, int]]:
     """record_offsets walks a journal file: (offset, end) of each whole record.
 
     The format is journal_format.py's: an 8-byte header, then records of a
-    4-byte big-endian length, a 4-byte crc32, and that many payload bytes.
+    4-byte big-endian length, a 4-byte crc32, and that many payload bytes. Zeros
+    after the last record are the journal's reserved space (`--fsync always`).
     """
     assert data[:6] == b"WQJRNL", "not a journal file"
     pos, records = 8, []
-    while pos + 8 <= len(data):
+    while pos + 8 <= len(data) and any(data[pos:pos + 8]):  # zeros: reserved space
         end = pos + 8 + int.from_bytes(data[pos:pos + 4], "big")
         if end > len(data):
             break
@@ -378,11 +379,10 @@ async def test_torn_last_record_is_cut_off_and_appends_continue(server_factory, 
         ids = [await client.put("torn", body) for body in bodies]
     server.kill()
     journal = the_journal(data_dir)
-    size = journal.stat().st_size
     last_start, last_end = record_offsets(journal.read_bytes())[-1]
-    assert last_end == size
+    assert journal.stat().st_size > last_end  # a killed server leaves its reserved space
     with journal.open("r+b") as f:
-        f.truncate(size - 3)  # the last put's record, cut short as by a crash mid-write
+        f.truncate(last_end - 3)  # the last put's record, cut short as by a crash mid-write
 
     server = durable_server(server_factory, data_dir)
     assert "torn record" in server.log and f"offset {last_start}" in server.log, server.log
@@ -402,6 +402,30 @@ async def test_torn_last_record_is_cut_off_and_appends_continue(server_factory, 
     assert [(m.id, m.body) for m in got] == [
         *zip(ids[:19], bodies[:19], strict=True),
         *((message_id, f"new {i}".encode()) for i, message_id in enumerate(newer))]
+
+
+@pytest.mark.parametrize("reserve", [0, 65536])
+async def test_journal_reserve_sets_the_zeros_a_killed_server_leaves(server_factory, tmp_path,
+                                                                     reserve):
+    data_dir = tmp_path / "data"
+    server = durable_server(server_factory, data_dir, "--journal-reserve", str(reserve))
+    async with connect(server.host, server.port) as client:
+        ids = [await client.put("r", f"m{i}".encode()) for i in range(10)]
+    server.kill()
+    data = the_journal(data_dir).read_bytes()
+    records_end = record_offsets(data)[-1][1]
+    # Reserved at the first write, to `reserve` past it; the later ones landed inside.
+    assert records_end + reserve >= len(data) > records_end + reserve - records_end
+    assert not any(data[records_end:])
+
+    server = durable_server(server_factory, data_dir)
+    assert "torn" not in server.log, server.log
+    assert ("bytes of reserved space" in server.log) == bool(reserve), server.log
+    async with connect(server.host, server.port) as client:
+        assert [m.id for m in await drain(client, "r")] == ids
+    stop_cleanly(server)
+    assert the_journal(data_dir).stat().st_size == record_offsets(
+        the_journal(data_dir).read_bytes())[-1][1]  # a clean stop cuts the zeros off
 
 
 async def damaged_journal(server_factory, data_dir: Path) -> tuple[Path, int, list[int]]:

@@ -45,8 +45,11 @@ from wonderq_server.journal_format import (
     PUTS,
     PUTX,
     QUEUE,
+    RECORD_HEADER_BYTES,
     SEQ,
     STATE,
+    SYNCED,
+    VERSION,
     JournalCorrupt,
     ReadResult,
     encode_record,
@@ -139,8 +142,8 @@ def busy_broker(directory: Path) -> tuple[Journal, Broker, dict[str, int]]:
 def test_reopening_restores_every_message_exactly(tmp_path: Path) -> None:
     journal, broker, ids = busy_broker(tmp_path)
     expected = broker_state(broker)
-    size = journal.size
     journal.close()
+    size = journal.size
     restart = T0 + 8  # before any deadline
     broker2, report = restored(tmp_path, restart)
     assert broker_state(broker2) == expected
@@ -275,7 +278,7 @@ def test_one_journal_per_directory(tmp_path: Path) -> None:
     second.close()
 
 
-def test_a_version_1_journal_is_marked_version_2_before_anything_is_appended(
+def test_a_version_1_journal_is_marked_with_this_version_before_anything_is_appended(
         tmp_path: Path) -> None:
     """A version-1 server calls a PUTS record damage and offers --repair, which would
     drop its messages: a journal this server appends to must be refused by it whole."""
@@ -283,17 +286,22 @@ def test_a_version_1_journal_is_marked_version_2_before_anything_is_appended(
     path = journal_path(tmp_path, 1)
     path.write_bytes(old_header + encode_record([PUT, "q", 7, b"old", T0]))
     journal, broker, _ = open_broker(tmp_path, T0)
-    assert path.read_bytes()[:len(FILE_HEADER)] == FILE_HEADER and FILE_HEADER[6] == 2
+    assert path.read_bytes()[:len(FILE_HEADER)] == FILE_HEADER and FILE_HEADER[6] == VERSION
     broker.put_many("q", [b"a", b"b"], T0)
     journal.close()
     assert bodies(restored(tmp_path, T0)[0], "q") == [b"old", b"a", b"b"]
 
 
 def kinds_in(path: Path) -> list[int]:
-    return [record[0] for record in read_records(path.read_bytes(), ReadResult(), False)]
+    return [record[0] for record in records_in(path)]
 
 
 def records_in(path: Path) -> list[list[Any]]:
+    """records_in: the file's records but SYNCED ones (which change nothing)."""
+    return [record for record in all_records_in(path) if record[0] != SYNCED]
+
+
+def all_records_in(path: Path) -> list[list[Any]]:
     return list(read_records(path.read_bytes(), ReadResult(), False))
 
 
@@ -307,7 +315,8 @@ def test_a_put_many_of_bare_bodies_is_one_puts_record(tmp_path: Path) -> None:
     expected = broker_state(broker)
 
     broker2, report = restored(tmp_path, T0 + 1)
-    assert broker_state(broker2) == expected and report.records == 3
+    assert broker_state(broker2) == expected
+    assert report.records == len(all_records_in(journal_file(tmp_path)))
     assert [m.id for m in broker2.receive("q", 3, None, T0 + 1)] == ids
     assert broker2.queues["q"].messages.run_count == 1  # b"four"; five is a Message
 
@@ -324,7 +333,8 @@ def test_plain_puts_of_one_write_to_one_queue_are_one_puts_record(tmp_path: Path
         [PUTS, "q", ids, [b"m%d" % i for i in range(7)]]]
     expected = broker_state(broker)
     broker2, report = restored(tmp_path, T0 + 1)
-    assert broker_state(broker2) == expected and report.records == 1
+    assert broker_state(broker2) == expected
+    assert report.records == len(all_records_in(journal_file(tmp_path)))
     assert broker2.queues["q"].messages.run_count == 7
 
 
@@ -430,8 +440,8 @@ def test_a_torn_tail_is_cut_off_and_appends_continue(tmp_path: Path) -> None:
     path.write_bytes(good + torn)
 
     journal, broker, report = open_broker(tmp_path, T0 + 1)
-    assert (report.torn_tail_bytes, report.records, report.file_bytes) == (
-        13, 1, len(good) + 13)  # the put_many is one PUTS record
+    assert (report.torn_tail_bytes, report.file_bytes) == (13, len(good) + 13)
+    assert report.records == len(read_all_records(good))  # the put_many is one PUTS record
     assert path.read_bytes() == good  # cut off on disk, not only skipped
     assert journal.size == len(good)
     broker.put("q", b"three", T0 + 1)
@@ -441,7 +451,8 @@ def test_a_torn_tail_is_cut_off_and_appends_continue(tmp_path: Path) -> None:
     broker2, report2 = restored(tmp_path, T0 + 1)
     assert broker_state(broker2) == expected
     assert bodies(broker2, "q") == [b"one", b"two", b"three"]
-    assert (report2.torn_tail_bytes, report2.records) == (0, 2)
+    assert report2.torn_tail_bytes == 0
+    assert [r[0] for r in records_in(journal_file(tmp_path))] == [PUTS, PUT]
 
 
 def test_damage_in_the_middle_stops_the_start_unless_repair(tmp_path: Path) -> None:
@@ -459,7 +470,7 @@ def test_damage_in_the_middle_stops_the_start_unless_repair(tmp_path: Path) -> N
     journal.close()
     path = journal_file(tmp_path)
     data = bytearray(path.read_bytes())
-    bad = record_offsets(bytes(data))[1]
+    bad = offset_of(bytes(data), b"lost to damage")
     data[bad + 5] ^= 0xFF  # the second PUT's checksum
     path.write_bytes(bytes(data))
 
@@ -473,7 +484,8 @@ def test_damage_in_the_middle_stops_the_start_unless_repair(tmp_path: Path) -> N
 
     journal, broker, report = open_broker(tmp_path, T0, repair=True)
     assert report.skipped == [(bad, "checksum mismatch")]
-    assert report.records == 2
+    # All but the damaged one.
+    assert report.records == len(list(read_records(path.read_bytes(), ReadResult(), True)))
     assert broker_state(broker) == expected
     assert kept in broker.queues["q"].messages
     broker.put("q", b"after the repair", T0 + 1)
@@ -554,17 +566,19 @@ class FlakyWriter:
         return written
 
 
-def test_a_failed_write_is_cut_back_and_the_journal_stays_whole(tmp_path: Path) -> None:
+@pytest.mark.parametrize("reserve", [0, 4096])
+def test_a_failed_write_is_cut_back_and_the_journal_stays_whole(tmp_path: Path,
+                                                                reserve: int) -> None:
     data = tmp_path / "data"
     writer = FlakyWriter()
-    journal, broker, _ = open_broker(data, T0, write=writer)
+    journal, broker, _ = open_broker(data, T0, write=writer, reserve_bytes=reserve)
     first = broker.put("q", b"before", T0)
     [msg] = broker.receive("q", 1, None, T0)
     assert journal.write_pending() is True
     before = broker_state(broker)
     size = journal.size
     path = journal_file(data)
-    assert path.stat().st_size == size
+    assert path.stat().st_size == journal.file_end == size + reserve
 
     writer.budget = 30  # part of the write reaches the file, then the disk is full
     second = broker.put("q", b"x" * 100, T0 + 1)
@@ -586,7 +600,7 @@ def test_a_failed_write_is_cut_back_and_the_journal_stays_whole(tmp_path: Path) 
     writer.budget = None  # space again
     third = broker.put("q", b"after", T0 + 2)
     assert journal.write_pending() is True
-    assert path.stat().st_size == journal.size > size
+    assert path.stat().st_size == journal.file_end == journal.size + reserve > size + reserve
     journal.close()
     broker2, report2 = restored(data, T0 + 2)
     assert report2.torn_tail_bytes == 0
@@ -618,7 +632,8 @@ def test_a_failed_fsync_breaks_the_journal(tmp_path: Path) -> None:
     journal.close()
 
 
-@pytest.mark.parametrize("policy, fsyncs", [("always", 1), ("everysec", 1), ("never", 0)])
+# `always` fsyncs twice: the last SYNCED record (journal.py's reserved space) is synced too.
+@pytest.mark.parametrize("policy, fsyncs", [("always", 2), ("everysec", 1), ("never", 0)])
 def test_close_writes_what_is_pending_and_fsyncs_unless_never(
         tmp_path: Path, policy: str, fsyncs: int) -> None:
     synced: list[int] = []
@@ -754,3 +769,115 @@ def test_a_move_as_version_1_wrote_it_before_a2807bf_is_replayed(tmp_path: Path)
     msg = broker.queues["dead"].messages[message_id]
     assert (msg.body, msg.deliveries, msg.origin) == (b"a", 2, ("q", T0 + 1))
     assert len(broker.queues["dead"].messages) == 1
+
+
+# ----------------------------------------------------------- reserved space
+
+def test_under_always_the_file_holds_zeros_past_the_records_and_close_cuts_them(
+        tmp_path: Path) -> None:
+    journal, broker, _ = open_broker(tmp_path, T0, reserve_bytes=1000)
+    path = journal_file(tmp_path)
+    ids = [broker.put("q", b"x" * 100, T0) for _ in range(3)]
+    journal.write_pending()
+    first_end = journal.file_end
+    assert path.stat().st_size == first_end == journal.size + 1000
+    data = path.read_bytes()
+    assert not any(data[journal.size:])
+    # Writes land inside the zeros: the file keeps its size until they run out.
+    while journal.size + 200 <= first_end:
+        broker.put("q", b"y" * 100, T0)
+        journal.write_pending()
+        assert path.stat().st_size == journal.file_end == first_end
+    broker.put("q", b"z" * 300, T0)
+    journal.write_pending()
+    assert path.stat().st_size == journal.file_end == journal.size + 1000
+    expected = broker_state(broker)
+
+    shutil.copytree(tmp_path, tmp_path / "crashed")  # as a SIGKILL now would leave it
+    (tmp_path / "crashed" / "LOCK").unlink()
+    crashed, report = restored(tmp_path / "crashed", T0)
+    assert broker_state(crashed) == expected
+    assert report.torn_tail_bytes == 0  # zeros are the end, not a torn record
+    assert sorted(crashed.queues["q"].messages)[:3] == ids
+
+    journal.close()
+    size = journal.size
+    assert path.stat().st_size == size  # a clean close cuts the zeros off
+    broker2, report2 = restored(tmp_path, T0)
+    assert broker_state(broker2) == expected
+    assert report2.file_bytes == size
+
+
+@pytest.mark.parametrize("policy", ["everysec", "never"])
+def test_only_always_reserves_space(tmp_path: Path, policy: str) -> None:
+    journal, broker, _ = open_broker(tmp_path, T0, fsync=policy, reserve_bytes=1000)
+    broker.put("q", b"x", T0)
+    journal.write_pending()
+    assert journal_file(tmp_path).stat().st_size == journal.size == journal.file_end
+    journal.close()
+
+
+def test_a_reservation_the_disk_refuses_is_logged_and_the_journal_appends(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tries: list[int] = []
+
+    def disk_full(fd: int, data: Any, offset: int) -> int:
+        tries.append(offset)
+        if len(tries) == 2:  # the second call: some zeros reach the disk, then no more
+            return os.pwrite(fd, bytes(10), offset)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    journal, broker, _ = open_broker(tmp_path, T0, reserve_bytes=1000, pwrite=disk_full)
+    path = journal_file(tmp_path)
+    broker.put("q", b"x" * 100, T0)
+    journal.write_pending()
+    assert len(tries) == 1 and "could not reserve 1000 bytes" in caplog.text
+    assert path.stat().st_size == journal.size == journal.file_end  # appended, whole
+    # No new try with every write: only once the records grew by a chunk.
+    while journal.size < tries[0] + 900:
+        broker.put("q", b"x" * 100, T0)
+        journal.write_pending()
+    assert len(tries) == 1
+    while len(tries) < 3:
+        broker.put("q", b"x" * 100, T0)
+        journal.write_pending()
+        assert path.stat().st_size == journal.file_end >= journal.size
+    expected = broker_state(broker)
+    journal.close()
+    assert path.stat().st_size == journal.size
+    assert broker_state(restored(tmp_path, T0)[0]) == expected
+
+
+def test_a_start_after_a_crash_cuts_the_zeros_and_reserves_again(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    journal, broker, _ = open_broker(tmp_path, T0, reserve_bytes=1000)
+    broker.put("q", b"kept", T0)
+    journal.write_pending()
+    expected = broker_state(broker)
+    os.close(journal.fd)  # a crash: no close(), the zeros stay
+    os.close(journal._lock_fd)
+    caplog.set_level("INFO", "wonderq.journal")
+    journal2, broker2, report = open_broker(tmp_path, T0, reserve_bytes=1000)
+    assert broker_state(broker2) == expected
+    assert report.torn_tail_bytes == 0 and "torn" not in caplog.text
+    assert "1000 bytes of reserved space after the last record" in caplog.text
+    path = journal_file(tmp_path)
+    assert path.stat().st_size == journal2.size == journal2.file_end
+    broker2.put("q", b"after", T0)
+    journal2.write_pending()
+    assert path.stat().st_size == journal2.size + 1000
+    journal2.close()
+
+
+
+def read_all_records(data: bytes) -> list[list[Any]]:
+    return list(read_records(data, ReadResult(), False))
+
+
+def offset_of(data: bytes, body: bytes) -> int:
+    """offset_of is where the record holding `body` starts in a journal file."""
+    for offset in record_offsets(data):
+        if body in data[offset:offset + RECORD_HEADER_BYTES + int.from_bytes(
+                data[offset:offset + 4], "big")]:
+            return offset
+    raise AssertionError(f"no record holds {body!r}")

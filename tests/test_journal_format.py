@@ -24,6 +24,7 @@ from wonderq_server.journal_format import (
     RECORD_HEADER_BYTES,
     SEQ,
     STATE,
+    SYNCED,
     VERSION,
     JournalCorrupt,
     ReadResult,
@@ -46,6 +47,7 @@ RECORDS: dict[str, list[Any]] = {
     "STATE ready, never leased": [STATE, "q.x-y_z", 7, 0, 0.0, 0, None],
     "ACK": [ACK, "orders", BIG_ID],
     "SEQ": [SEQ, BIG_ID + 10],
+    "SYNCED": [SYNCED, 4096],
 }
 
 
@@ -106,7 +108,10 @@ def test_a_torn_tail_at_every_offset_of_the_last_record_is_cut_off(name: str) ->
     for cut in range(len(last)):
         records, result = read_all(whole + last[:cut])
         assert records == earlier, cut
-        assert result == ReadResult(good_end=len(whole), records=3, torn_tail_bytes=cut), cut
+        # A cut inside the length's leading zero bytes leaves zeros: reserved space,
+        # as far as anyone can tell, and nothing to warn about.
+        tail = {"zero_tail_bytes" if not any(last[:cut]) else "torn_tail_bytes": cut}
+        assert result == ReadResult(good_end=len(whole), records=3, **tail), cut
     records, result = read_all(whole + last)
     assert records == [*earlier, RECORDS[name]]
     assert result.torn_tail_bytes == 0
@@ -280,11 +285,32 @@ def test_a_damaged_length_in_the_middle_is_damage_not_a_torn_tail(length_byte: i
 
 
 @pytest.mark.parametrize("zeros", [1, 8, 9, 4096])
-def test_a_zero_filled_tail_is_a_torn_tail(zeros: int) -> None:
+def test_zeros_after_the_last_record_are_reserved_space_not_a_torn_tail(zeros: int) -> None:
     data = journal_bytes(RECORDS["PUT"], RECORDS["ACK"])
     got, result = read_all(data + bytes(zeros))
     assert got == [RECORDS["PUT"], RECORDS["ACK"]]
-    assert (result.good_end, result.torn_tail_bytes) == (len(data), zeros)
+    assert (result.good_end, result.zero_tail_bytes, result.torn_tail_bytes) == (
+        len(data), zeros, 0)
+
+
+@pytest.mark.parametrize("cut", [4, 8, 20])
+def test_a_torn_record_before_reserved_zeros_is_a_torn_tail(cut: int) -> None:
+    # A crash mid-write into reserved space: the record's first bytes, then zeros.
+    data = journal_bytes(RECORDS["PUT"])
+    last = encode_record(RECORDS["ACK"])
+    got, result = read_all(data + last[:cut] + bytes(4096))
+    assert got == [RECORDS["PUT"]]
+    assert (result.good_end, result.torn_tail_bytes, result.zero_tail_bytes) == (
+        len(data), cut + 4096, 0)
+
+
+def test_a_record_after_zeros_is_damage_not_reserved_space() -> None:
+    # Zeros are the end only when nothing follows them: a record after is read as damage.
+    data = journal_bytes(RECORDS["PUT"])
+    after = encode_record(RECORDS["ACK"])
+    with pytest.raises(JournalCorrupt) as info:
+        read_all(data + bytes(64) + after)
+    assert info.value.offset == len(data)
 
 
 # ------------------------------------------------------------- field checks
@@ -501,3 +527,76 @@ def test_a_broken_record_among_random_bodies_is_found_past_without_giving_up() -
     got, result = read_all(bytes(data), repair=True)
     assert got == records[1:]
     assert [offset for offset, _ in result.skipped] == [len(FILE_HEADER)]
+
+
+# ------------------------------------------- SYNCED records (reserved space)
+
+def synced_writes(*writes: list[list[Any]]) -> tuple[bytes, list[int]]:
+    """synced_writes lays out a journal as journal.py does with reserved space: each write
+    after the first starts with a SYNCED record naming where the write before it ended
+    (the fsync between them covered it); the first names the header's end. Returns the
+    file and where each write starts."""
+    data, starts = bytearray(FILE_HEADER), []
+    for write in writes:
+        starts.append(len(data))
+        data += encode_record([SYNCED, len(data)])
+        data += b"".join(encode_record(r) for r in write)
+    return bytes(data), starts
+
+
+def test_with_synced_records_a_write_cut_short_in_the_zeros_is_a_torn_tail() -> None:
+    # The reviewer's D1: the last write's body holds records, and the write is cut inside
+    # it with the reserved zeros after. Without SYNCED records that looks like damage
+    # followed by records that run on (to the zeros).
+    inner = b"".join(encode_record(RECORDS[name]) for name in ("PUT", "ACK", "SEQ")) * 4
+    head, _ = synced_writes([RECORDS["PUT"]])
+    last = encode_record([SYNCED, len(head)]) + encode_record([PUT, "q", 9, inner, T0])
+    for cut in range(1, len(last), 5):
+        records, result = read_all(head + last[:cut] + bytes(4096))
+        assert records[-1] in (RECORDS["PUT"], [SYNCED, len(head)]), cut
+        assert result.torn_tail_bytes + result.zero_tail_bytes >= 4096, cut
+        assert not result.skipped
+
+
+@pytest.mark.parametrize("lost", ["first page", "middle", "its SYNCED record"])
+def test_with_synced_records_pages_lost_from_an_unsynced_write_are_a_torn_tail(
+        lost: str) -> None:
+    # The reviewer's D2: a power cut kept some pages of the last (unsynced) write and
+    # lost others (zeros), so valid records follow zeros.
+    puts = [[PUT, "q", BIG_ID + i, bytes([65 + i]) * 300, T0] for i in range(12)]
+    data, starts = synced_writes([RECORDS["PUT"], RECORDS["ACK"]], puts)
+    unsynced = starts[1]
+    hole = {"first page": (unsynced, unsynced + 1000),
+            "middle": (unsynced + 1200, unsynced + 2000),
+            "its SYNCED record": (unsynced, unsynced + 8)}[lost]
+    torn = bytearray(data + bytes(4096))
+    torn[hole[0]:hole[1]] = bytes(hole[1] - hole[0])
+    records, result = read_all(bytes(torn))
+    assert records[:3] == [[SYNCED, len(FILE_HEADER)], RECORDS["PUT"], RECORDS["ACK"]]
+    assert all(r in puts or r == [SYNCED, unsynced] for r in records[3:])
+    assert result.torn_tail_bytes > 0 and not result.skipped
+
+
+def test_with_synced_records_damage_before_a_later_synced_record_is_damage() -> None:
+    data, starts = synced_writes([RECORDS["PUT"], RECORDS["ACK"]], [RECORDS["SEQ"]])
+    bad = starts[0] + len(encode_record([SYNCED, len(FILE_HEADER)]))  # the PUT's record
+    damaged = flip(data, bad + 5)  # its checksum
+    with pytest.raises(JournalCorrupt) as info:
+        read_all(damaged + bytes(4096))
+    assert info.value.offset == bad
+    records, result = read_all(damaged + bytes(4096), repair=True)
+    assert records == [[SYNCED, len(FILE_HEADER)], RECORDS["ACK"], [SYNCED, starts[1]],
+                       RECORDS["SEQ"]]
+    assert [offset for offset, _ in result.skipped] == [bad]
+
+
+def test_a_planted_synced_record_can_only_make_a_torn_tail_read_as_damage() -> None:
+    # A body holding a SYNCED record that names an offset past the tear: the start stops
+    # and names it (safe), rather than cut off what may have been synced.
+    planted = encode_record([SYNCED, 10**9])
+    head, _ = synced_writes([RECORDS["PUT"]])
+    last = encode_record([SYNCED, len(head)]) + encode_record([PUT, "q", 9, planted, T0])
+    torn = bytearray(head + last + bytes(64))
+    torn[len(head) + 20] ^= 0xFF  # inside the last PUT's frame, before the planted bytes
+    with pytest.raises(JournalCorrupt):
+        read_all(bytes(torn))

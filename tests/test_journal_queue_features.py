@@ -27,6 +27,7 @@ from wonderq_server.journal_format import (
     PUTX,
     QUEUE,
     SEQ,
+    SYNCED,
     ReadResult,
     encode_record,
     read_records,
@@ -271,7 +272,7 @@ def rewritten_without_puts(directory: Path, message_id: int) -> None:
     """rewritten_without_puts rewrites the journal without the records about `message_id`
     that come before its first MOVE, as a compacted journal may be (compaction.py)."""
     [path] = [p for p in directory.iterdir() if p.name.startswith("journal.")]
-    records = list(read_records(path.read_bytes(), ReadResult()))
+    records = [r for r in read_records(path.read_bytes(), ReadResult()) if r[0] != SYNCED]
     first_move = next(i for i, r in enumerate(records) if r[0] == MOVE and r[2] == message_id)
     kept = [r for i, r in enumerate(records)
             if i >= first_move or r[0] in (QUEUE, SEQ) or r[2] != message_id]

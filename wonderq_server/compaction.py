@@ -188,7 +188,7 @@ class Compaction:
         old_fd, old_generation = journal.fd, journal.generation
         journal.fd, journal.generation = self.fd, self.generation
         journal.compaction_fd = -1
-        journal.size = os.lseek(self.fd, 0, os.SEEK_END)
+        journal.continue_at(os.lseek(self.fd, 0, os.SEEK_END))
         journal.records = self.records + journal.compaction_records
         journal.live_bytes = live_estimate(self.broker)  # as a restart would rebuild it
         journal.compacted_size = journal.size

@@ -34,6 +34,7 @@ from .auth import check_token, load_token
 from .broker import DEFAULT_MAX_QUEUES
 from .commands import Limits
 from .connection_limits import ConnectionLimits
+from .journal import DEFAULT_RESERVE_BYTES, MAX_RESERVE_BYTES
 
 DEFAULT_PORT = 7711
 DEFAULT_DATA_DIR = "./wonderq-data"
@@ -54,6 +55,7 @@ class Config:
     fsync: str = "always"
     repair: bool = False
     compact_min_bytes: int = DEFAULT_COMPACT_MIN_BYTES
+    journal_reserve_bytes: int = DEFAULT_RESERVE_BYTES
     max_queues: int = DEFAULT_MAX_QUEUES
     max_memory_bytes: int = 0  # 0: no limit (parse_config always sets one: --max-memory)
     metrics_port: int | None = None  # None: no metrics endpoint; 0 picks a free port
@@ -156,6 +158,20 @@ def memory_size(text: str, physical: int | None = None) -> int:
     return value
 
 
+def _disk_size(text: str) -> int:
+    """_disk_size reads a byte count on disk: bytes, or a size with a K, M or G suffix
+    (powers of 1024, as memory_size); 0 allowed (off)."""
+    upper = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = upper[-1:] if upper[-1:] in ("K", "M", "G") else ""
+    number = upper[:len(upper) - len(unit)]
+    if not (number.isascii() and number.isdigit()):
+        raise ValueError("must be bytes, or a size such as 512K or 4M (powers of 1024)")
+    value = int(number) * _SIZE_UNITS[unit]
+    if value > MAX_RESERVE_BYTES:
+        raise ValueError(f"must be at most {MAX_RESERVE_BYTES // 1024**2}M")
+    return value
+
+
 def _fsync(text: str) -> str:
     if text not in ("always", "everysec", "never"):
         raise ValueError("must be always, everysec or never")
@@ -234,6 +250,10 @@ FLAGS = [
      "always (answer after fsync, group commit), everysec, or never"),
     ("--compact-min-bytes", "compact_min_bytes", _positive_int, DEFAULT_COMPACT_MIN_BYTES,
      "compact the journal only once it is at least this big"),
+    ("--journal-reserve", "journal_reserve_bytes", _disk_size, DEFAULT_RESERVE_BYTES,
+     "under --fsync always, keep this many bytes of zeros written past the journal's "
+     "records, so the fsync behind each reply does not also commit a new file size "
+     "(K, M, G suffixes; 0 off)"),
     ("--metrics-port", "metrics_port", _metrics_port, None,
      "serve GET /metrics (Prometheus) and GET /stats (JSON) over HTTP on this port of "
      "--host (0 picks a free one; the log names it)"),
@@ -357,6 +377,7 @@ def parse_config(argv: Sequence[str] | None = None,
                   data_dir=None if in_memory else Path(ns.data_dir),
                   ignored_data_dir=ignored_data_dir,
                   fsync=ns.fsync, repair=ns.repair, compact_min_bytes=ns.compact_min_bytes,
+                  journal_reserve_bytes=ns.journal_reserve_bytes,
                   max_queues=ns.max_queues, max_memory_bytes=ns.max_memory_bytes,
                   metrics_port=ns.metrics_port, auth_token=auth_token,
                   tls_cert=_path(ns.tls_cert), tls_key=_path(ns.tls_key),

@@ -35,30 +35,6 @@ measured no better:
   iterations found little and doubled the flushes);
 * fdatasync (the file grows with every write, so it syncs the same
   metadata);
-* reserving the journal's space ahead of the writes (posix_fallocate, or
-  zeros and fdatasync), so that no write changes the file's size. Alone it
-  pays: bench/probes/fsync_cost.py measured an fsync at 63 us appending,
-  42 us into reserved space. Under S6's load it did not: in side-by-side
-  servers (durable_mix.py, 6 alternating rounds) the average fsync went
-  from 83 to 76 us, a faster fsync gathered fewer records (fsyncs per
-  message rose 9%), and throughput stayed within the noise (medians 5,573
-  and 5,531 msgs/s). On a later VM whose fsync cost three times as much
-  (196 us appending, 130 us into zeros) it did pay: 9769f7d wrote 4 MiB
-  of zeros ahead of the records and synced with fdatasync, and S6 rose
-  from 3,091 to 3,824 msgs/s (durable_mix.py 8000, 7 alternating rounds;
-  compare.py S6 4,461 msgs/s, 1.59x beanstalkd paired). It was reverted
-  for what it costs recovery, which a review showed on real servers:
-  writing over zeros gives up the order that appending keeps (the file's
-  new size is committed only after the data), so a power cut can keep any
-  subset of an unsynced write's pages, leaving zeros followed by data that
-  the reader cannot tell from damage before the tail, and the start stops;
-  and a write cut short inside the zeros no longer runs past the end of
-  the file, so a message body holding records can look like a run of them
-  that leads on (journal_format.py's torn-tail rules). Done again, it
-  needs the reader to know what was synced: for example, a record written
-  first after each fsync that names the offset that fsync covered, so
-  damage before a later such record is damage, and anything after the
-  last one is a torn tail;
 * a helper process that runs the fsync while the loop goes on (a process,
   not a thread, so no wait for the GIL): side by side, 5,679 against 3,965
   msgs/s. On two cores the helper, the pipe's two system calls and the
@@ -68,6 +44,25 @@ measured no better:
   5 ms to 0.1 ms so the thread gets the GIL back sooner: 5,429 against
   2,902 msgs/s (medians of 5 alternating rounds), its fsyncs averaging
   0.123 ms against 0.078 ms inline.
+
+Reserved journal space (journal.py, `--journal-reserve`), adopted: under
+`always` the journal writes zeros ahead of its records, a chunk at a time,
+so a write does not change the file's size and the fsync is an fdatasync
+of the data alone, with no inode update for ext4 to commit.
+bench/probes/fsync_cost.py alone on the disk: 196 us per fsync appending,
+130 us into zeroed space, on the VM of 2026-11-29 (63 against 42 us on an
+earlier one, where a first trial under load measured no gain: 5,573
+against 5,531 msgs/s). Under S6's load on the later VM (durable_mix.py
+8000, 7 alternating rounds, side-by-side servers, with the SYNCED records
+below): 3,193 -> 3,856 msgs/s (medians), the server's CPU per message
+187.5 -> 160 us, the average fsync 0.238 -> 0.163 ms at the same 0.65
+fsyncs per message. A first version (9769f7d) was reverted after a review
+on real servers: writing over zeros gives up the order appending keeps,
+so a power cut can keep any of an unsynced write's pages and lose others,
+and a write cut short in the zeros no longer runs past the end of the
+file; the reader took both for damage and the start stopped. The journal
+now writes a SYNCED record after each fsync, naming what it covered, and
+the reader tells damage from a torn tail by them (journal_format.py).
 
 Rules:
 * Batches are released strictly in order, so a connection's replies never

@@ -36,6 +36,30 @@ Rules:
 * Lease records (STATE after a receive or touch) are written like any other
   but never make a put or ack wait: `durable_pending` only counts PUT, ACK
   and the STATE of a nack.
+* Under `always`, the file holds `reserve_bytes` of zeros past its last
+  record (reserved space): writes land inside it, so the file's size does
+  not change with every write and the fsync behind each reply is an
+  fdatasync that flushes the data alone, with no inode update for the
+  filesystem to commit (PostgreSQL's zero-filled WAL segments). Measured in
+  group_commit.py's docstring. The space is taken a chunk at a time, by
+  writing zeros (not posix_fallocate: an extent reserved that way is
+  converted at its first write, which is the metadata update this avoids),
+  and cut off again at close(). A failed reservation (disk full) is
+  logged, and the journal appends as before until a chunk's worth later.
+  Replay reads zeros after the last record as reserved space: the end of
+  the journal, as quiet as a clean end (journal_format.py).
+* Writing over zeros gives up the order appending keeps (ext4 commits a
+  grown size only after the data, so a crash loses a tail and nothing
+  else): a power cut may keep any of an unsynced write's pages and lose
+  others, and a write cut short in the zeros no longer runs past the end
+  of the file. So with reserved space every write that follows an fsync
+  begins with a SYNCED record naming the offset that fsync covered, and
+  the reader tells damage (a later SYNCED record names an offset past it)
+  from what no fsync covered (journal_format.py's rules). A file's first
+  write names where it starts (its maker fsynced it: a new file's header,
+  a compaction's switch, or a start, which fsyncs the replayed file
+  first). The compaction's copy of each write leaves the SYNCED record
+  out: its offsets are the old file's.
 * Each successful write also records what it made visible:
   `newest_put_written` (the newest PUT's id) and `moves_written` (MOVEs so
   far), so group commit knows which messages are on disk after an fsync.
@@ -49,6 +73,7 @@ Contract per fsync policy (what an answered put, ack or nack survives):
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import gc
 import logging
@@ -73,6 +98,7 @@ from .journal_format import (
     QUEUE,
     SEQ,
     STATE,
+    SYNCED,
     JournalCorrupt,
     ReadResult,
     encode_record,
@@ -100,6 +126,11 @@ PUT_RECORD_OVERHEAD = 16
 # --max-message-bytes each), while a run this long already costs its record's
 # overhead once per thousand messages.
 PUT_RUN_MAX_MESSAGES = 1000
+# Reserved space (see the rules), `--journal-reserve`: a chunk is written whenever the
+# records reach the zeros' end. 4 MiB is some 20,000 messages of S6's shape: one bigger
+# flush in that many, and at most this much disk beyond the records.
+DEFAULT_RESERVE_BYTES = 4 * 1024 * 1024
+MAX_RESERVE_BYTES = 256 * 1024 * 1024  # each chunk is a buffer of zeros in memory first
 
 
 class JournalError(Exception):
@@ -137,16 +168,29 @@ def journal_path(directory: Path, generation: int) -> Path:
 class Journal:
     def __init__(self, directory: str | Path, fsync: str = "always", *,
                  repair: bool = False,
+                 reserve_bytes: int = DEFAULT_RESERVE_BYTES,
                  write: Callable[[int, bytes], int] = os.write,
-                 fsync_file: Callable[[int], None] = os.fsync) -> None:
+                 pwrite: Callable[[int, bytes, int], int] = os.pwrite,
+                 fsync_file: Callable[[int], None] = os.fdatasync) -> None:
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync policy must be one of {FSYNC_POLICIES}")
         self.directory = Path(directory)
         self.fsync_policy = fsync
         self.repair = repair
-        # Replaceable so tests can make a write fail (disk full) or an fsync.
+        # Replaceable so tests can make a write fail (disk full), a reservation or an
+        # fsync. fdatasync: it flushes a changed file size too, and nothing else matters.
         self._write = write
+        self._pwrite = pwrite
         self._fsync = fsync_file
+        # Reserved space (see the rules): only where an fsync waits behind each reply.
+        self.reserve_bytes = reserve_bytes if fsync == "always" else 0
+        self.file_end = 0  # where the file ends: size, or past it by the reserved zeros
+        self._reserve_again_at = 0  # after a failed reservation: the size to try again at
+        # SYNCED records, with reserved space only (see the rules): the offset the last
+        # fsync covered, and the last one a SYNCED record in the file names.
+        self._synced_to = 0
+        self._announced = 0
+        self._unproven = False  # written since the last SYNCED record: close() adds one
         self.generation = 0
         self.fd = -1
         self._lock_fd = -1
@@ -209,7 +253,8 @@ class Journal:
             os.fsync(fd)
             os.rename(tmp_path, path)
             self._fsync_directory()
-            self.fd, self.size = fd, len(FILE_HEADER)
+            self.fd = fd
+            self.continue_at(len(FILE_HEADER))
             broker.journal = self
             return RecoveryReport(str(path), 0, 0, 0, 0.0, self.size, 0, [])
         generations.sort()
@@ -282,6 +327,10 @@ class Journal:
             logger.warning("%s: cut off a torn record of %d bytes at offset %d (a write that "
                            "a crash interrupted; it was never answered as stored)",
                            path, result.torn_tail_bytes, result.good_end)
+        if result.zero_tail_bytes:
+            logger.info("%s: %d bytes of reserved space after the last record, at offset %d "
+                        "(the server stopped without closing the journal)",
+                        path, result.zero_tail_bytes, result.good_end)
         for offset, reason in result.skipped:
             logger.error("%s: skipped damaged record at offset %d (%s); its change is lost",
                          path, offset, reason)
@@ -292,6 +341,10 @@ class Journal:
         if result.good_end < len(data):
             os.ftruncate(self.fd, result.good_end)
             os.fsync(self.fd)
+        elif self.reserve_bytes:
+            # What a crashed process left may still be only in the page cache: the first
+            # SYNCED record (continue_at) must not say it is on disk before it is.
+            os.fsync(self.fd)
         if data[:len(FILE_HEADER)] != FILE_HEADER:
             # An older version's file: this server may append records it cannot read
             # (PUTS), so it must say so before the first append. 8 bytes in place;
@@ -299,7 +352,7 @@ class Journal:
             os.pwrite(self.fd, FILE_HEADER, 0)
             os.fsync(self.fd)
         os.lseek(self.fd, result.good_end, os.SEEK_SET)
-        self.size = result.good_end
+        self.continue_at(result.good_end)
         self.records = result.records
         messages = sum(len(q.messages) for q in broker.queues.values())
         self.live_bytes = live_estimate(broker)
@@ -435,13 +488,22 @@ class Journal:
         self._pending.clear()
         durable, self.durable_pending = self.durable_pending, False
         moves, self._moves_pending = self._moves_pending, 0
+        live, synced_to = data, self._synced_to
+        if self.reserve_bytes:
+            if synced_to > self._announced:  # a SYNCED record first (see the rules)
+                live = encode_record([SYNCED, synced_to]) + data
+            if self.size + len(live) > self.file_end:
+                self._reserve(self.size + len(live))
         try:
-            self.write_all(self.fd, data)
+            self.write_all(self.fd, live)
         except OSError as exc:
             self._cut_back()
             raise JournalError(f"writing the journal failed: {exc.strerror or exc}") from exc
-        self.size += len(data)
-        self.records += count
+        self.records += count + (live is not data)
+        self._announced, self._unproven = synced_to, True
+        self.size += len(live)
+        if self.size > self.file_end:  # appended past the zeros, or with none reserved
+            self.file_end = self.size
         self.newest_put_written = self._newest_put_pending
         self.moves_written += moves
         if self.compaction_fd >= 0:
@@ -461,10 +523,40 @@ class Journal:
             written = self._write(fd, view)
             view = view[written:]
 
+    def continue_at(self, size: int) -> None:
+        """continue_at: the live file (new, replayed, or a compaction's) ends at `size`, all
+        of it on disk (its maker fsynced it), and the records go on from there, with no
+        space reserved yet; the first write says so with a SYNCED record."""
+        self.size = self.file_end = size
+        self._reserve_again_at = 0
+        self._synced_to, self._announced = size, 0
+        self._unproven = False  # no byte written since a SYNCED record (or the start)
+
+    def _reserve(self, needed: int) -> None:
+        """_reserve writes zeros from the file's end to `reserve_bytes` past `needed` (see
+        the rules); on failure it logs, and appends go on without until `needed` has
+        grown by a chunk."""
+        if needed < self._reserve_again_at:
+            return
+        start = self.file_end
+        zeros = memoryview(bytes(needed + self.reserve_bytes - start))
+        try:
+            while zeros:
+                written = self._pwrite(self.fd, zeros, start)
+                if written <= 0:
+                    raise OSError(errno.ENOSPC, "the disk took no more zeros")
+                zeros, start = zeros[written:], start + written
+        except OSError as exc:
+            self._reserve_again_at = needed + self.reserve_bytes
+            logger.warning("could not reserve %d bytes of journal space (%s); appending "
+                           "without", self.reserve_bytes, exc.strerror or exc)
+        self.file_end = start  # whatever the zeros reached: the cut-back or close cuts it
+
     def _cut_back(self) -> None:
         try:
             os.ftruncate(self.fd, self.size)
             os.lseek(self.fd, self.size, os.SEEK_SET)
+            self.file_end = self.size
         except OSError as exc:
             raise JournalBroken(f"the journal could not be cut back after a failed write "
                                 f"({exc}); it can no longer be trusted") from exc
@@ -477,11 +569,13 @@ class Journal:
         log can no longer be trusted, and JournalBroken says so.
         """
         started = time.perf_counter()
+        covered = self.size  # written before the fsync starts, so on disk once it returns
         try:
             self._fsync(self.fd)
         except OSError as exc:
             raise JournalBroken(f"fsync of the journal failed ({exc}); written records may "
                                 "not be on disk") from exc
+        self._synced_to = covered
         elapsed = time.perf_counter() - started
         self.fsync_seconds += elapsed
         self.fsync_count += 1
@@ -501,6 +595,21 @@ class Journal:
             self.write_pending()
             if self.fsync_policy != "never":
                 self.sync()
+            if self.reserve_bytes and self._unproven:
+                # A last SYNCED record, on disk too, so damage in the last writes reads as
+                # damage at the next start, not as a torn tail (journal_format.py).
+                last = encode_record([SYNCED, self._synced_to])
+                self.write_all(self.fd, last)
+                self.size, self.records = self.size + len(last), self.records + 1
+                self._announced, self._unproven = self._synced_to, False
+                self.sync()
+            if self.file_end > self.size:
+                # The reserved zeros go; were the cut lost in a crash, replay reads them
+                # as the end all the same, so it needs no fsync of its own.
+                try:
+                    os.ftruncate(self.fd, self.size)
+                except OSError as exc:
+                    logger.warning("could not cut the journal's reserved space off (%s)", exc)
             os.close(self.fd)
             self.fd = -1
         if self._lock_fd >= 0:

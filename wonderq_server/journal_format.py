@@ -38,6 +38,10 @@ in the same state as replaying it once):
     PUTS   [10, queue, [id, ...], [body, ...]]   plain messages (no options) stored,
                                                  ready, never delivered: one PUT per
                                                  (id, body) pair, in that order
+    SYNCED [11, offset]                          every byte of this file before
+                                                 `offset` was on disk (an fsync had
+                                                 returned) before this record was
+                                                 written; changes nothing in the broker
 
 A put_many of bare bodies is one PUTS record, not a PUT per body; so are
 the plain puts to one queue that one journal write carries (journal.py's
@@ -62,6 +66,26 @@ msgpack([1, "q", 7, b"hi", 1.5]) = 95 01 a1 71 07 c4 02 68 69 cb 3f f8 00 00 00 
 (18 bytes), framed as 00 00 00 12, then its crc32, then those 18 bytes.
 
 Rules:
+* Zeros from the end of a record to the end of the file are the journal's
+  reserved space (journal.py): the records end there, as at the end of the
+  file (`zero_tail_bytes`; a length of 0 frames no record, since every
+  payload is a non-empty array). A write a crash cut off before any of it
+  reached the disk may read as such zeros too, and it was never answered.
+* A file with SYNCED records (a journal that writes into reserved space)
+  is read by them, because there the rules below cannot tell a torn write
+  from damage: a write into zeros that a crash cut short does not run past
+  the end of the file, and a power cut may keep any of an unsynced write's
+  pages and lose others (nothing orders them, as the file's growing size
+  orders appends). So once a SYNCED record has been read, a record that
+  fails is damage only when a valid SYNCED record after it names an offset
+  past it (what it was written after was on disk); otherwise it is in
+  what no fsync covered: a torn tail, whatever follows it. A SYNCED
+  record's own write begins after the fsync it names returned, so the one
+  in an unsynced write never names an offset inside that write. A message
+  body may hold bytes that form a SYNCED record: that can only make a torn
+  tail read as damage (the start stops and names it), never damage as
+  torn. Damage inside the last write an fsync covered reads as torn, as
+  the file's last record does without SYNCED records.
 * A record that runs past the end of the data, or whose checksum fails and
   which is the last thing in the file, is a torn tail: the writer crashed in
   the middle of it. It is cut off and nothing after it exists.
@@ -94,7 +118,8 @@ import msgpack
 MAGIC = b"WQJRNL"
 # 2: PUTS records. A version-1 reader calls a PUTS "damaged" and offers --repair, which
 # would drop every message in one; the version refuses the file outright instead.
-VERSION = 2
+# 3: SYNCED records (and the reserved space they make safe to read, journal.py).
+VERSION = 3
 FILE_HEADER = MAGIC + bytes([VERSION]) + b"\n"
 RECORD_HEADER_BYTES = 8
 PUT = 1
@@ -107,8 +132,9 @@ QUEUE = 7
 PURGE = 8
 DROP = 9
 PUTS = 10
+SYNCED = 11
 KINDS = {PUT: "PUT", STATE: "STATE", ACK: "ACK", SEQ: "SEQ", PUTX: "PUTX", MOVE: "MOVE",
-         QUEUE: "QUEUE", PURGE: "PURGE", DROP: "DROP", PUTS: "PUTS"}
+         QUEUE: "QUEUE", PURGE: "PURGE", DROP: "DROP", PUTS: "PUTS", SYNCED: "SYNCED"}
 
 _packer = msgpack.Packer(use_bin_type=True)
 _HEADER = struct.Struct(">II")  # length, crc32
@@ -138,6 +164,7 @@ class ReadResult:
     last_record_at: int = field(default=0, compare=False)  # the last record handed out
     records: int = 0
     torn_tail_bytes: int = 0  # bytes cut off at the end
+    zero_tail_bytes: int = 0  # zeros after the last record: reserved space (journal.py)
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (offset, reason), repair only
 
 
@@ -312,6 +339,32 @@ def _broken_at(view: memoryview, offset: int, end: int, budget: _ScanBudget,
     return None
 
 
+_SYNCED_PAYLOAD_START = bytes([0x92, SYNCED])  # msgpack: an array of 2, then the kind
+_SYNCED_MAX_PAYLOAD = 11  # that, and an offset of up to 9 bytes (a uint64)
+
+
+def _synced_past(data: bytes | memoryview, pos: int, end: int) -> int | None:
+    """_synced_past is where a valid SYNCED record starts, after `pos`, that names an
+    offset past it (so the record at `pos` was on disk before that one was written: see
+    the rules), or None. Bytes, not records, are searched: the record at `pos` may hide
+    where records start."""
+    haystack = data if isinstance(data, bytes) else bytes(data)
+    view = memoryview(haystack)
+    at = haystack.find(_SYNCED_PAYLOAD_START, pos + RECORD_HEADER_BYTES + 1, end)
+    while at >= 0:
+        frame = at - RECORD_HEADER_BYTES
+        size, checksum = unpack_header(view, frame)
+        stop = at + size
+        if 2 <= size <= _SYNCED_MAX_PAYLOAD and stop <= end \
+                and zlib.crc32(view[at:stop]) == checksum:
+            payload, _ = _decode(view[at:stop])
+            if payload is not None and len(payload) == 2 and type(payload[1]) is int \
+                    and payload[1] > pos:
+                return frame
+        at = haystack.find(_SYNCED_PAYLOAD_START, at + 1, end)
+    return None
+
+
 def _all_zero(view: memoryview, start: int, end: int) -> bool:
     return not view[start:end].tobytes().strip(b"\0")
 
@@ -335,6 +388,7 @@ def read_records(data: bytes | memoryview, result: ReadResult,
     crc32, unpackb, kinds = zlib.crc32, msgpack.unpackb, KINDS
     records = 0
     last_start = pos
+    synced_seen = False  # read by SYNCED records (see the rules) once one has been read
     try:
         while pos < end:
             if end - pos >= RECORD_HEADER_BYTES:
@@ -349,9 +403,20 @@ def read_records(data: bytes | memoryview, result: ReadResult,
                             and payload[0] in kinds):
                         records += 1
                         last_start, pos = pos, stop
+                        if payload[0] == SYNCED:
+                            synced_seen = True
                         yield payload
                         continue
+            if not any(view[pos:pos + RECORD_HEADER_BYTES]) and _all_zero(view, pos, end):
+                result.zero_tail_bytes = end - pos
+                break
+            proof = _synced_past(data, pos, end) if synced_seen else None
+            if synced_seen and proof is None:
+                result.torn_tail_bytes = end - pos  # nothing says an fsync covered it
+                break
             problem, resume = _diagnose(view, pos, end)
+            if proof is not None and resume is None:
+                resume = proof  # on disk, so not torn: repair goes on at the record that says so
             if resume is None:
                 result.torn_tail_bytes = end - pos
                 break
@@ -403,6 +468,7 @@ _FIELDS: dict[int, tuple[Any, ...]] = {
     PURGE: (_is(str),),
     DROP: (_is(str),),
     PUTS: (_is(str), _is_list_of(_is_id), _is_list_of(_is(bytes))),
+    SYNCED: (_is_id,),
 }
 
 

@@ -103,7 +103,8 @@ class Server:
         self._timer_at: float | None = None
         self._rates_timer: asyncio.TimerHandle | None = None
         self.address: tuple[str, int] | None = None
-        self.journal = (Journal(config.data_dir, config.fsync, repair=config.repair)
+        self.journal = (Journal(config.data_dir, config.fsync, repair=config.repair,
+                                reserve_bytes=config.journal_reserve_bytes)
                         if config.data_dir is not None else None)
         self.group_commit: GroupCommit | None = None
         self.compaction: Compaction | None = None
