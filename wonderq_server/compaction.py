@@ -189,6 +189,7 @@ class Compaction:
         journal.fd, journal.generation = self.fd, self.generation
         journal.compaction_fd = -1
         journal.continue_at(os.lseek(self.fd, 0, os.SEEK_END))
+        journal.synced_records = journal.reserve_bytes > 0  # the new file has none yet
         journal.records = self.records + journal.compaction_records
         journal.live_bytes = live_estimate(self.broker)  # as a restart would rebuild it
         journal.compacted_size = journal.size

@@ -59,7 +59,10 @@ Rules:
   write names where it starts (its maker fsynced it: a new file's header,
   a compaction's switch, or a start, which fsyncs the replayed file
   first). The compaction's copy of each write leaves the SYNCED record
-  out: its offsets are the old file's.
+  out: its offsets are the old file's. A file that has SYNCED records is
+  written with them whatever the settings (`synced_records`), since the
+  reader reads it by them; under `never`, which has no fsyncs to name,
+  such a file is compacted soon into one without.
 * Each successful write also records what it made visible:
   `newest_put_written` (the newest PUT's id) and `moves_written` (MOVEs so
   far), so group commit knows which messages are on disk after an fsync.
@@ -188,6 +191,7 @@ class Journal:
         self._reserve_again_at = 0  # after a failed reservation: the size to try again at
         # SYNCED records, with reserved space only (see the rules): the offset the last
         # fsync covered, and the last one a SYNCED record in the file names.
+        self.synced_records = self.reserve_bytes > 0  # this file is written with them
         self._synced_to = 0
         self._announced = 0
         self._unproven = False  # written since the last SYNCED record: close() adds one
@@ -336,12 +340,18 @@ class Journal:
                          path, offset, reason)
         # A repaired journal still holds its damaged records: rewrite it soon, so the
         # next start does not need --repair again.
-        self.compact_requested = bool(result.skipped)
+        # A file read by its SYNCED records (journal_format.py) keeps being written with
+        # them, reserved space or not: data after the last one would otherwise read as a
+        # torn tail, damaged or not. Without fsyncs (`never`) there are none to write,
+        # so such a file is rewritten without them soon (a compaction's file has none).
+        self.synced_records = result.synced_seen or self.reserve_bytes > 0
+        self.compact_requested = bool(result.skipped) or (
+            result.synced_seen and self.fsync_policy == "never")
         self.fd = os.open(path, os.O_WRONLY)
         if result.good_end < len(data):
             os.ftruncate(self.fd, result.good_end)
             os.fsync(self.fd)
-        elif self.reserve_bytes:
+        elif self.synced_records:
             # What a crashed process left may still be only in the page cache: the first
             # SYNCED record (continue_at) must not say it is on disk before it is.
             os.fsync(self.fd)
@@ -489,11 +499,10 @@ class Journal:
         durable, self.durable_pending = self.durable_pending, False
         moves, self._moves_pending = self._moves_pending, 0
         live, synced_to = data, self._synced_to
-        if self.reserve_bytes:
-            if synced_to > self._announced:  # a SYNCED record first (see the rules)
-                live = encode_record([SYNCED, synced_to]) + data
-            if self.size + len(live) > self.file_end:
-                self._reserve(self.size + len(live))
+        if self.synced_records and synced_to > self._announced:
+            live = encode_record([SYNCED, synced_to]) + data  # first (see the rules)
+        if self.reserve_bytes and self.size + len(live) > self.file_end:
+            self._reserve(self.size + len(live))
         try:
             self.write_all(self.fd, live)
         except OSError as exc:
@@ -595,7 +604,7 @@ class Journal:
             self.write_pending()
             if self.fsync_policy != "never":
                 self.sync()
-            if self.reserve_bytes and self._unproven:
+            if self.synced_records and self._unproven:
                 # A last SYNCED record, on disk too, so damage in the last writes reads as
                 # damage at the next start, not as a torn tail (journal_format.py).
                 last = encode_record([SYNCED, self._synced_to])

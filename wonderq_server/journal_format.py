@@ -165,6 +165,7 @@ class ReadResult:
     records: int = 0
     torn_tail_bytes: int = 0  # bytes cut off at the end
     zero_tail_bytes: int = 0  # zeros after the last record: reserved space (journal.py)
+    synced_seen: bool = field(default=False, compare=False)  # read by SYNCED records
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (offset, reason), repair only
 
 
@@ -428,6 +429,7 @@ def read_records(data: bytes | memoryview, result: ReadResult,
         result.records += records
         result.good_end = pos
         result.last_record_at = last_start
+        result.synced_seen = synced_seen
 
 
 # What each kind's fields must be, after the kind itself (the table in the docstring).
