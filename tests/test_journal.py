@@ -618,7 +618,8 @@ def test_a_failed_fsync_breaks_the_journal(tmp_path: Path) -> None:
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         os.fsync(fd)
 
-    journal, broker, _ = open_broker(tmp_path, T0, fsync_file=fsync_file)
+    # Without reserved space: its first write would sync its first SYNCED record, and fail.
+    journal, broker, _ = open_broker(tmp_path, T0, fsync_file=fsync_file, reserve_bytes=0)
     broker.put("q", b"x", T0)
     journal.write_pending()
     with pytest.raises(JournalBroken) as info:
@@ -632,8 +633,9 @@ def test_a_failed_fsync_breaks_the_journal(tmp_path: Path) -> None:
     journal.close()
 
 
-# `always` fsyncs twice: the last SYNCED record (journal.py's reserved space) is synced too.
-@pytest.mark.parametrize("policy, fsyncs", [("always", 2), ("everysec", 1), ("never", 0)])
+# `always` fsyncs three times (journal.py's reserved space): the run's first SYNCED record
+# before the write, the write, and the last SYNCED record.
+@pytest.mark.parametrize("policy, fsyncs", [("always", 3), ("everysec", 1), ("never", 0)])
 def test_close_writes_what_is_pending_and_fsyncs_unless_never(
         tmp_path: Path, policy: str, fsyncs: int) -> None:
     synced: list[int] = []
@@ -917,3 +919,25 @@ def test_a_file_with_synced_records_reopened_without_reserved_space_keeps_damage
     with pytest.raises(JournalCorrupt) as info:
         Journal(tmp_path, policy).open(Broker(), T0)
     assert info.value.offset == bad
+
+
+def test_a_lost_first_page_of_a_new_files_first_write_is_a_torn_tail(tmp_path: Path) -> None:
+    # The reviewer's A: a write into reserved space whose first page a power cut lost,
+    # in a file that had no SYNCED record before it. The run's first SYNCED record is
+    # appended and synced before anything goes into the zeros, so it survives the cut.
+    journal, broker, _ = open_broker(tmp_path, T0, reserve_bytes=65536)
+    path = journal_file(tmp_path)
+    for i in range(40):
+        broker.put("q", b"%03d" % i + b"x" * 200, T0)  # never synced: never answered
+    journal.write_pending()
+    assert all_records_in(path)[0][:2] == [SYNCED, len(FILE_HEADER)]
+    unsynced_from = journal._synced_to  # the first byte no fsync covered
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    data = bytearray(path.read_bytes())
+    data[unsynced_from:unsynced_from + 4096] = bytes(4096)  # the page lost, later ones kept
+    (crashed / path.name).write_bytes(bytes(data))
+    broker2, report = restored(crashed, T0)
+    assert report.torn_tail_bytes > 0 and not report.skipped
+    assert "q" not in broker2.queues or not broker2.queues["q"].messages
+    journal.close()

@@ -47,7 +47,7 @@ RECORDS: dict[str, list[Any]] = {
     "STATE ready, never leased": [STATE, "q.x-y_z", 7, 0, 0.0, 0, None],
     "ACK": [ACK, "orders", BIG_ID],
     "SEQ": [SEQ, BIG_ID + 10],
-    "SYNCED": [SYNCED, 4096],
+    "SYNCED": [SYNCED, 4096, b"\x00nonce\xff\x01"],
 }
 
 
@@ -108,10 +108,11 @@ def test_a_torn_tail_at_every_offset_of_the_last_record_is_cut_off(name: str) ->
     for cut in range(len(last)):
         records, result = read_all(whole + last[:cut])
         assert records == earlier, cut
-        # A cut inside the length's leading zero bytes leaves zeros: reserved space,
-        # as far as anyone can tell, and nothing to warn about.
-        tail = {"zero_tail_bytes" if not any(last[:cut]) else "torn_tail_bytes": cut}
-        assert result == ReadResult(good_end=len(whole), records=3, **tail), cut
+        # Zeros the cut ends in (all of it, inside the length's leading zero bytes) are
+        # told apart: as far as anyone can tell they are reserved space.
+        torn = len(last[:cut].rstrip(b"\0"))
+        assert result == ReadResult(good_end=len(whole), records=3, torn_tail_bytes=torn,
+                                    zero_tail_bytes=cut - torn), cut
     records, result = read_all(whole + last)
     assert records == [*earlier, RECORDS[name]]
     assert result.torn_tail_bytes == 0
@@ -300,8 +301,9 @@ def test_a_torn_record_before_reserved_zeros_is_a_torn_tail(cut: int) -> None:
     last = encode_record(RECORDS["ACK"])
     got, result = read_all(data + last[:cut] + bytes(4096))
     assert got == [RECORDS["PUT"]]
+    torn = len(last[:cut].rstrip(b"\0"))
     assert (result.good_end, result.torn_tail_bytes, result.zero_tail_bytes) == (
-        len(data), cut + 4096, 0)
+        len(data), torn, cut - torn + 4096)
 
 
 def test_a_record_after_zeros_is_damage_not_reserved_space() -> None:
@@ -472,7 +474,9 @@ def test_a_torn_tail_zeroed_from_inside_its_first_record_is_still_cut() -> None:
     last[30:] = bytes(len(last) - 30)
     for repair in (False, True):
         got, result = read_all(whole + bytes(last), repair=repair)
-        assert (got, result.torn_tail_bytes, result.skipped) == ([RECORDS["PUT"]], len(last), [])
+        assert (got, result.skipped) == ([RECORDS["PUT"]], [])
+        torn = len(bytes(last).rstrip(b"\0"))  # the torn bytes, then zeros
+        assert (result.torn_tail_bytes, result.zero_tail_bytes) == (torn, len(last) - torn)
 
 
 def test_a_length_that_lands_on_a_record_planted_in_the_next_body_is_not_believed() -> None:
@@ -531,6 +535,13 @@ def test_a_broken_record_among_random_bodies_is_found_past_without_giving_up() -
 
 # ------------------------------------------- SYNCED records (reserved space)
 
+NONCE = b"\x07" * 8
+
+
+def synced(offset: int, nonce: bytes = NONCE) -> list[Any]:
+    return [SYNCED, offset, nonce]
+
+
 def synced_writes(*writes: list[list[Any]]) -> tuple[bytes, list[int]]:
     """synced_writes lays out a journal as journal.py does with reserved space: each write
     after the first starts with a SYNCED record naming where the write before it ended
@@ -539,7 +550,7 @@ def synced_writes(*writes: list[list[Any]]) -> tuple[bytes, list[int]]:
     data, starts = bytearray(FILE_HEADER), []
     for write in writes:
         starts.append(len(data))
-        data += encode_record([SYNCED, len(data)])
+        data += encode_record(synced(len(data)))
         data += b"".join(encode_record(r) for r in write)
     return bytes(data), starts
 
@@ -550,10 +561,10 @@ def test_with_synced_records_a_write_cut_short_in_the_zeros_is_a_torn_tail() -> 
     # followed by records that run on (to the zeros).
     inner = b"".join(encode_record(RECORDS[name]) for name in ("PUT", "ACK", "SEQ")) * 4
     head, _ = synced_writes([RECORDS["PUT"]])
-    last = encode_record([SYNCED, len(head)]) + encode_record([PUT, "q", 9, inner, T0])
+    last = encode_record(synced(len(head))) + encode_record([PUT, "q", 9, inner, T0])
     for cut in range(1, len(last), 5):
         records, result = read_all(head + last[:cut] + bytes(4096))
-        assert records[-1] in (RECORDS["PUT"], [SYNCED, len(head)]), cut
+        assert records[-1] in (RECORDS["PUT"], synced(len(head))), cut
         assert result.torn_tail_bytes + result.zero_tail_bytes >= 4096, cut
         assert not result.skipped
 
@@ -572,31 +583,48 @@ def test_with_synced_records_pages_lost_from_an_unsynced_write_are_a_torn_tail(
     torn = bytearray(data + bytes(4096))
     torn[hole[0]:hole[1]] = bytes(hole[1] - hole[0])
     records, result = read_all(bytes(torn))
-    assert records[:3] == [[SYNCED, len(FILE_HEADER)], RECORDS["PUT"], RECORDS["ACK"]]
-    assert all(r in puts or r == [SYNCED, unsynced] for r in records[3:])
+    assert records[:3] == [synced(len(FILE_HEADER)), RECORDS["PUT"], RECORDS["ACK"]]
+    assert all(r in puts or r == synced(unsynced) for r in records[3:])
     assert result.torn_tail_bytes > 0 and not result.skipped
 
 
 def test_with_synced_records_damage_before_a_later_synced_record_is_damage() -> None:
     data, starts = synced_writes([RECORDS["PUT"], RECORDS["ACK"]], [RECORDS["SEQ"]])
-    bad = starts[0] + len(encode_record([SYNCED, len(FILE_HEADER)]))  # the PUT's record
+    bad = starts[0] + len(encode_record(synced(len(FILE_HEADER))))  # the PUT's record
     damaged = flip(data, bad + 5)  # its checksum
     with pytest.raises(JournalCorrupt) as info:
         read_all(damaged + bytes(4096))
     assert info.value.offset == bad
     records, result = read_all(damaged + bytes(4096), repair=True)
-    assert records == [[SYNCED, len(FILE_HEADER)], RECORDS["ACK"], [SYNCED, starts[1]],
+    assert records == [synced(len(FILE_HEADER)), RECORDS["ACK"], synced(starts[1]),
                        RECORDS["SEQ"]]
     assert [offset for offset, _ in result.skipped] == [bad]
 
 
-def test_a_planted_synced_record_can_only_make_a_torn_tail_read_as_damage() -> None:
-    # A body holding a SYNCED record that names an offset past the tear: the start stops
-    # and names it (safe), rather than cut off what may have been synced.
-    planted = encode_record([SYNCED, 10**9])
+@pytest.mark.parametrize("nonce", [b"\x00" * 8, b"guessed!"])
+def test_a_synced_record_planted_in_a_body_proves_nothing(nonce: bytes) -> None:
+    # A body holding a SYNCED record that names an offset past the tear, followed by
+    # records: without the file's nonce it is no proof, so the write is torn, not damage
+    # (which --repair would have read on from, inside the body).
     head, _ = synced_writes([RECORDS["PUT"]])
-    last = encode_record([SYNCED, len(head)]) + encode_record([PUT, "q", 9, planted, T0])
+    put_at = len(head) + len(encode_record(synced(len(head))))  # where the torn PUT starts
+    planted_at = put_at + 1  # past it, and before the planted record itself
+    planted = encode_record([SYNCED, planted_at, nonce]) + encode_record(RECORDS["ACK"]) * 3
+    last = encode_record(synced(len(head))) + encode_record([PUT, "q", 9, planted, T0])
     torn = bytearray(head + last + bytes(64))
-    torn[len(head) + 20] ^= 0xFF  # inside the last PUT's frame, before the planted bytes
-    with pytest.raises(JournalCorrupt):
-        read_all(bytes(torn))
+    inside_the_put = len(head) + len(encode_record(synced(len(head)))) + 10
+    torn[inside_the_put] ^= 0xFF  # before the planted bytes
+    for repair in (False, True):
+        records, result = read_all(bytes(torn), repair=repair)
+        assert records == [synced(len(FILE_HEADER)), RECORDS["PUT"], synced(len(head))]
+        assert result.torn_tail_bytes > 0 and not result.skipped
+
+
+def test_a_proof_must_not_name_an_offset_past_itself() -> None:
+    # A genuine SYNCED record is written after the fsync it names: never past itself.
+    data, starts = synced_writes([RECORDS["PUT"]], [RECORDS["ACK"]])
+    bad = starts[0] + len(encode_record(synced(len(FILE_HEADER))))
+    damaged = flip(data, bad + 5) + encode_record(synced(10**9))  # named past itself
+    damaged = damaged.replace(encode_record(synced(starts[1])), encode_record(synced(1)))
+    records, result = read_all(damaged)
+    assert result.torn_tail_bytes > 0 and records == [synced(len(FILE_HEADER))]

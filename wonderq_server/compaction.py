@@ -188,9 +188,9 @@ class Compaction:
         old_fd, old_generation = journal.fd, journal.generation
         journal.fd, journal.generation = self.fd, self.generation
         journal.compaction_fd = -1
-        journal.continue_at(os.lseek(self.fd, 0, os.SEEK_END))
-        journal.synced_records = journal.reserve_bytes > 0  # the new file has none yet
         journal.records = self.records + journal.compaction_records
+        journal.synced_records = journal.reserve_bytes > 0  # the new file has none yet
+        journal.continue_at(os.lseek(self.fd, 0, os.SEEK_END))
         journal.live_bytes = live_estimate(self.broker)  # as a restart would rebuild it
         journal.compacted_size = journal.size
         journal.last_compaction_at = now

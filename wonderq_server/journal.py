@@ -25,6 +25,8 @@ Rules:
 * Recovery replays records through the broker's restore_* functions. A torn
   tail is cut off with a warning; damage before the tail stops start-up
   with the file and offset named, unless `repair` skips damaged records.
+  In a file with SYNCED records (below), "before the tail" means before
+  what the last SYNCED record says was on disk: journal_format.py's rules.
 * Consecutive puts of plain messages to one queue (single puts pipelined
   or from several producers, and put_many batches) wait in a *put run* and
   are encoded as one PUTS record when anything else is recorded, when the
@@ -76,6 +78,7 @@ Contract per fsync policy (what an answered put, ack or nack survives):
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import gc
@@ -102,6 +105,7 @@ from .journal_format import (
     SEQ,
     STATE,
     SYNCED,
+    SYNCED_NONCE_BYTES,
     JournalCorrupt,
     ReadResult,
     encode_record,
@@ -195,6 +199,7 @@ class Journal:
         self._synced_to = 0
         self._announced = 0
         self._unproven = False  # written since the last SYNCED record: close() adds one
+        self._nonce = b""  # the file's SYNCED records' nonce (journal_format.py)
         self.generation = 0
         self.fd = -1
         self._lock_fd = -1
@@ -362,8 +367,8 @@ class Journal:
             os.pwrite(self.fd, FILE_HEADER, 0)
             os.fsync(self.fd)
         os.lseek(self.fd, result.good_end, os.SEEK_SET)
-        self.continue_at(result.good_end)
         self.records = result.records
+        self.continue_at(result.good_end, result.synced_nonce)
         messages = sum(len(q.messages) for q in broker.queues.values())
         self.live_bytes = live_estimate(broker)
         return RecoveryReport(str(path), result.records, messages, len(broker.queues),
@@ -498,9 +503,11 @@ class Journal:
         self._pending.clear()
         durable, self.durable_pending = self.durable_pending, False
         moves, self._moves_pending = self._moves_pending, 0
+        if self.synced_records and not self._marked:
+            self._mark()  # a failure drops the buffered records, as a failed write does
         live, synced_to = data, self._synced_to
         if self.synced_records and synced_to > self._announced:
-            live = encode_record([SYNCED, synced_to]) + data  # first (see the rules)
+            live = encode_record([SYNCED, synced_to, self._nonce]) + data  # see the rules
         if self.reserve_bytes and self.size + len(live) > self.file_end:
             self._reserve(self.size + len(live))
         try:
@@ -532,14 +539,32 @@ class Journal:
             written = self._write(fd, view)
             view = view[written:]
 
-    def continue_at(self, size: int) -> None:
+    def continue_at(self, size: int, nonce: bytes | None = None) -> None:
         """continue_at: the live file (new, replayed, or a compaction's) ends at `size`, all
         of it on disk (its maker fsynced it), and the records go on from there, with no
-        space reserved yet; the first write says so with a SYNCED record."""
+        space reserved yet. SYNCED records carry `nonce`, the one the file's have (a new
+        one for a file that has none)."""
         self.size = self.file_end = size
         self._reserve_again_at = 0
         self._synced_to, self._announced = size, 0
         self._unproven = False  # no byte written since a SYNCED record (or the start)
+        self._nonce = nonce or os.urandom(SYNCED_NONCE_BYTES)
+        self._marked = False  # this run's first SYNCED record, synced on its own, not yet
+
+    def _mark(self) -> None:
+        """_mark appends this run's first SYNCED record and syncs it, before anything is
+        written into reserved space: so the file is read by its SYNCED records (with its
+        nonce) even if a power cut loses the first page of the first write after it."""
+        first = encode_record([SYNCED, self.size, self._nonce])
+        try:
+            self.write_all(self.fd, first)
+        except OSError as exc:
+            self._cut_back()
+            raise JournalError(f"writing the journal failed: {exc.strerror or exc}") from exc
+        self.size = self.file_end = self.size + len(first)
+        self.records += 1
+        self.sync()
+        self._announced, self._marked = self._synced_to, True
 
     def _reserve(self, needed: int) -> None:
         """_reserve writes zeros from the file's end to `reserve_bytes` past `needed` (see
@@ -607,11 +632,17 @@ class Journal:
             if self.synced_records and self._unproven:
                 # A last SYNCED record, on disk too, so damage in the last writes reads as
                 # damage at the next start, not as a torn tail (journal_format.py).
-                last = encode_record([SYNCED, self._synced_to])
-                self.write_all(self.fd, last)
-                self.size, self.records = self.size + len(last), self.records + 1
-                self._announced, self._unproven = self._synced_to, False
-                self.sync()
+                last = encode_record([SYNCED, self._synced_to, self._nonce])
+                try:
+                    self.write_all(self.fd, last)
+                    self.size, self.records = self.size + len(last), self.records + 1
+                    self._announced, self._unproven = self._synced_to, False
+                    self.sync()
+                except OSError as exc:  # disk full: the records are synced; only the proof
+                    logger.warning("could not write the journal's last SYNCED record (%s)",
+                                   exc.strerror or exc)
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(self.fd, self.size)
             if self.file_end > self.size:
                 # The reserved zeros go; were the cut lost in a crash, replay reads them
                 # as the end all the same, so it needs no fsync of its own.

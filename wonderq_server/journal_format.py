@@ -38,10 +38,12 @@ in the same state as replaying it once):
     PUTS   [10, queue, [id, ...], [body, ...]]   plain messages (no options) stored,
                                                  ready, never delivered: one PUT per
                                                  (id, body) pair, in that order
-    SYNCED [11, offset]                          every byte of this file before
+    SYNCED [11, offset, nonce]                   every byte of this file before
                                                  `offset` was on disk (an fsync had
                                                  returned) before this record was
-                                                 written; changes nothing in the broker
+                                                 written; `nonce`, 8 random bytes, the
+                                                 same in every SYNCED record of a file;
+                                                 changes nothing in the broker
 
 A put_many of bare bodies is one PUTS record, not a PUT per body; so are
 the plain puts to one queue that one journal write carries (journal.py's
@@ -81,11 +83,13 @@ Rules:
   past it (what it was written after was on disk); otherwise it is in
   what no fsync covered: a torn tail, whatever follows it. A SYNCED
   record's own write begins after the fsync it names returned, so the one
-  in an unsynced write never names an offset inside that write. A message
-  body may hold bytes that form a SYNCED record: that can only make a torn
-  tail read as damage (the start stops and names it), never damage as
-  torn. Damage inside the last write an fsync covered reads as torn, as
-  the file's last record does without SYNCED records.
+  in an unsynced write never names an offset inside that write, nor one
+  past itself. A message body may hold bytes that form a SYNCED record, so
+  the proof must carry the nonce of the file's first SYNCED record (which
+  the journal writes and syncs before it writes anything into reserved
+  space), which no client sees. Damage inside the last write an fsync
+  covered reads as torn, as the file's last record does without SYNCED
+  records.
 * A record that runs past the end of the data, or whose checksum fails and
   which is the last thing in the file, is a torn tail: the writer crashed in
   the middle of it. It is cut off and nothing after it exists.
@@ -133,6 +137,7 @@ PURGE = 8
 DROP = 9
 PUTS = 10
 SYNCED = 11
+SYNCED_NONCE_BYTES = 8
 KINDS = {PUT: "PUT", STATE: "STATE", ACK: "ACK", SEQ: "SEQ", PUTX: "PUTX", MOVE: "MOVE",
          QUEUE: "QUEUE", PURGE: "PURGE", DROP: "DROP", PUTS: "PUTS", SYNCED: "SYNCED"}
 
@@ -166,6 +171,7 @@ class ReadResult:
     torn_tail_bytes: int = 0  # bytes cut off at the end
     zero_tail_bytes: int = 0  # zeros after the last record: reserved space (journal.py)
     synced_seen: bool = field(default=False, compare=False)  # read by SYNCED records
+    synced_nonce: bytes = field(default=b"", compare=False)  # their nonce (see the rules)
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (offset, reason), repair only
 
 
@@ -340,15 +346,15 @@ def _broken_at(view: memoryview, offset: int, end: int, budget: _ScanBudget,
     return None
 
 
-_SYNCED_PAYLOAD_START = bytes([0x92, SYNCED])  # msgpack: an array of 2, then the kind
-_SYNCED_MAX_PAYLOAD = 11  # that, and an offset of up to 9 bytes (a uint64)
+_SYNCED_PAYLOAD_START = bytes([0x93, SYNCED])  # msgpack: an array of 3, then the kind
+_SYNCED_MAX_PAYLOAD = 2 + 9 + 2 + SYNCED_NONCE_BYTES  # that, a uint64, a bin8 of the nonce
 
 
-def _synced_past(data: bytes | memoryview, pos: int, end: int) -> int | None:
-    """_synced_past is where a valid SYNCED record starts, after `pos`, that names an
-    offset past it (so the record at `pos` was on disk before that one was written: see
-    the rules), or None. Bytes, not records, are searched: the record at `pos` may hide
-    where records start."""
+def _synced_past(data: bytes | memoryview, pos: int, end: int, nonce: bytes) -> int | None:
+    """_synced_past is where a valid SYNCED record with the file's nonce starts, after
+    `pos`, that names an offset past it and not past itself (so the record at `pos` was on
+    disk before that one was written: see the rules), or None. Bytes, not records, are
+    searched: the record at `pos` may hide where records start."""
     haystack = data if isinstance(data, bytes) else bytes(data)
     view = memoryview(haystack)
     at = haystack.find(_SYNCED_PAYLOAD_START, pos + RECORD_HEADER_BYTES + 1, end)
@@ -359,11 +365,18 @@ def _synced_past(data: bytes | memoryview, pos: int, end: int) -> int | None:
         if 2 <= size <= _SYNCED_MAX_PAYLOAD and stop <= end \
                 and zlib.crc32(view[at:stop]) == checksum:
             payload, _ = _decode(view[at:stop])
-            if payload is not None and len(payload) == 2 and type(payload[1]) is int \
-                    and payload[1] > pos:
+            if payload is not None and len(payload) == 3 and type(payload[1]) is int \
+                    and pos < payload[1] <= frame and payload[2] == nonce:
                 return frame
         at = haystack.find(_SYNCED_PAYLOAD_START, at + 1, end)
     return None
+
+
+def _torn_tail(result: ReadResult, view: memoryview, pos: int, end: int) -> None:
+    """_torn_tail records a torn tail from `pos`: the torn bytes, and apart from them the
+    zeros after them (reserved space), so a report does not count megabytes of zeros."""
+    torn = len(view[pos:end].tobytes().rstrip(b"\0"))
+    result.torn_tail_bytes, result.zero_tail_bytes = torn, end - pos - torn
 
 
 def _all_zero(view: memoryview, start: int, end: int) -> bool:
@@ -390,6 +403,7 @@ def read_records(data: bytes | memoryview, result: ReadResult,
     records = 0
     last_start = pos
     synced_seen = False  # read by SYNCED records (see the rules) once one has been read
+    nonce = b""  # the first SYNCED record's: every proof must carry it
     try:
         while pos < end:
             if end - pos >= RECORD_HEADER_BYTES:
@@ -404,22 +418,23 @@ def read_records(data: bytes | memoryview, result: ReadResult,
                             and payload[0] in kinds):
                         records += 1
                         last_start, pos = pos, stop
-                        if payload[0] == SYNCED:
+                        if payload[0] == SYNCED and not synced_seen:
                             synced_seen = True
+                            nonce = payload[2] if len(payload) > 2 else b""
                         yield payload
                         continue
             if not any(view[pos:pos + RECORD_HEADER_BYTES]) and _all_zero(view, pos, end):
                 result.zero_tail_bytes = end - pos
                 break
-            proof = _synced_past(data, pos, end) if synced_seen else None
+            proof = _synced_past(data, pos, end, nonce) if synced_seen else None
             if synced_seen and proof is None:
-                result.torn_tail_bytes = end - pos  # nothing says an fsync covered it
+                _torn_tail(result, view, pos, end)  # nothing says an fsync covered it
                 break
             problem, resume = _diagnose(view, pos, end)
             if proof is not None and resume is None:
                 resume = proof  # on disk, so not torn: repair goes on at the record that says so
             if resume is None:
-                result.torn_tail_bytes = end - pos
+                _torn_tail(result, view, pos, end)
                 break
             if not repair:
                 raise JournalCorrupt(pos, problem)
@@ -429,7 +444,7 @@ def read_records(data: bytes | memoryview, result: ReadResult,
         result.records += records
         result.good_end = pos
         result.last_record_at = last_start
-        result.synced_seen = synced_seen
+        result.synced_seen, result.synced_nonce = synced_seen, nonce
 
 
 # What each kind's fields must be, after the kind itself (the table in the docstring).
@@ -470,7 +485,7 @@ _FIELDS: dict[int, tuple[Any, ...]] = {
     PURGE: (_is(str),),
     DROP: (_is(str),),
     PUTS: (_is(str), _is_list_of(_is_id), _is_list_of(_is(bytes))),
-    SYNCED: (_is_id,),
+    SYNCED: (_is_id, _is(bytes)),
 }
 
 
