@@ -628,3 +628,21 @@ def test_a_proof_must_not_name_an_offset_past_itself() -> None:
     damaged = damaged.replace(encode_record(synced(starts[1])), encode_record(synced(1)))
     records, result = read_all(damaged)
     assert result.torn_tail_bytes > 0 and records == [synced(len(FILE_HEADER))]
+
+
+def test_repair_in_a_synced_file_skips_only_the_damaged_record_before_a_lost_page() -> None:
+    # The last review's repair defect: damage in a synced record, and a page lost from the
+    # last, unsynced write. Repair must skip the damaged record alone and keep every
+    # synced record after it, then stop at the lost page as a torn tail.
+    synced_puts = [[PUT, "q", BIG_ID + i, b"s%02d" % i * 20, T0] for i in range(19)]
+    unsynced = [[PUT, "q", BIG_ID + 100 + i, b"u" * 300, T0] for i in range(20)]
+    data, starts = synced_writes(synced_puts, [RECORDS["ACK"]], unsynced)
+    bad = starts[0] + len(encode_record(synced(len(FILE_HEADER))))  # the first PUT
+    damaged = bytearray(flip(data, bad + 5) + bytes(4096))
+    hole = starts[2] + 1500
+    damaged[hole:hole + 2000] = bytes(2000)
+    records, result = read_all(bytes(damaged), repair=True)
+    assert [offset for offset, _ in result.skipped] == [bad]
+    kept = [r for r in records if r[0] == PUT]
+    assert kept[:18] == synced_puts[1:]
+    assert result.torn_tail_bytes > 0

@@ -57,11 +57,16 @@ Rules:
   of the file. So with reserved space every write that follows an fsync
   begins with a SYNCED record naming the offset that fsync covered, and
   the reader tells damage (a later SYNCED record names an offset past it)
-  from what no fsync covered (journal_format.py's rules). A file's first
-  write names where it starts (its maker fsynced it: a new file's header,
-  a compaction's switch, or a start, which fsyncs the replayed file
-  first). The compaction's copy of each write leaves the SYNCED record
-  out: its offsets are the old file's. A file that has SYNCED records is
+  from what no fsync covered (journal_format.py's rules). Each run's first
+  SYNCED record in a file (`_mark`) is appended and synced on its own
+  before anything is written into the zeros, naming where the file ended
+  (its maker fsynced it: a new file's header, a compaction's switch, or a
+  start, which fsyncs the replayed file first), so a power cut that loses
+  the first write's first page cannot take the file's only SYNCED record
+  with it. They carry 8 random bytes per file (kept across restarts), so a
+  message body holding a SYNCED record proves nothing. The compaction's
+  copy of each write leaves the SYNCED record out: its offsets are the old
+  file's. A file that has SYNCED records is
   written with them whatever the settings (`synced_records`), since the
   reader reads it by them; under `never`, which has no fsyncs to name,
   such a file is compacted soon into one without.
@@ -193,8 +198,8 @@ class Journal:
         self.reserve_bytes = reserve_bytes if fsync == "always" else 0
         self.file_end = 0  # where the file ends: size, or past it by the reserved zeros
         self._reserve_again_at = 0  # after a failed reservation: the size to try again at
-        # SYNCED records, with reserved space only (see the rules): the offset the last
-        # fsync covered, and the last one a SYNCED record in the file names.
+        # SYNCED records (see the rules): the offset the last fsync covered, and the last
+        # one a SYNCED record in the file names.
         self.synced_records = self.reserve_bytes > 0  # this file is written with them
         self._synced_to = 0
         self._announced = 0
@@ -334,8 +339,10 @@ class Journal:
         broker.forget_emptied_queues()
         if result.torn_tail_bytes:
             logger.warning("%s: cut off a torn record of %d bytes at offset %d (a write that "
-                           "a crash interrupted; it was never answered as stored)",
-                           path, result.torn_tail_bytes, result.good_end)
+                           "a crash interrupted; it was never answered as stored%s)",
+                           path, result.torn_tail_bytes, result.good_end,
+                           ", or damage in the last write no SYNCED record proves was on "
+                           "disk" if result.synced_seen else "")
         if result.zero_tail_bytes:
             logger.info("%s: %d bytes of reserved space after the last record, at offset %d "
                         "(the server stopped without closing the journal)",
@@ -347,9 +354,12 @@ class Journal:
         # next start does not need --repair again.
         # A file read by its SYNCED records (journal_format.py) keeps being written with
         # them, reserved space or not: data after the last one would otherwise read as a
-        # torn tail, damaged or not. Without fsyncs (`never`) there are none to write,
-        # so such a file is rewritten without them soon (a compaction's file has none).
-        self.synced_records = result.synced_seen or self.reserve_bytes > 0
+        # torn tail, damaged or not. Without fsyncs (`never`) there are none to write
+        # (so none are, not even at close), and such a file is rewritten without them
+        # soon (a compaction's file has none); until then damage in what this run writes
+        # reads as a torn tail.
+        self.synced_records = ((result.synced_seen and self.fsync_policy != "never")
+                               or self.reserve_bytes > 0)
         self.compact_requested = bool(result.skipped) or (
             result.synced_seen and self.fsync_policy == "never")
         self.fd = os.open(path, os.O_WRONLY)

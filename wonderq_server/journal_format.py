@@ -73,23 +73,23 @@ Rules:
   file (`zero_tail_bytes`; a length of 0 frames no record, since every
   payload is a non-empty array). A write a crash cut off before any of it
   reached the disk may read as such zeros too, and it was never answered.
-* A file with SYNCED records (a journal that writes into reserved space)
-  is read by them, because there the rules below cannot tell a torn write
-  from damage: a write into zeros that a crash cut short does not run past
-  the end of the file, and a power cut may keep any of an unsynced write's
-  pages and lose others (nothing orders them, as the file's growing size
-  orders appends). So once a SYNCED record has been read, a record that
-  fails is damage only when a valid SYNCED record after it names an offset
-  past it (what it was written after was on disk); otherwise it is in
-  what no fsync covered: a torn tail, whatever follows it. A SYNCED
-  record's own write begins after the fsync it names returned, so the one
-  in an unsynced write never names an offset inside that write, nor one
-  past itself. A message body may hold bytes that form a SYNCED record, so
-  the proof must carry the nonce of the file's first SYNCED record (which
-  the journal writes and syncs before it writes anything into reserved
-  space), which no client sees. Damage inside the last write an fsync
-  covered reads as torn, as the file's last record does without SYNCED
-  records.
+* A file with SYNCED records (journal.py writes them with reserved space,
+  and goes on once a file has them) is read by them, because there the rules
+  below cannot tell a torn write from damage: a write into zeros that a
+  crash cut short does not run past the end of the file, and a power cut may
+  keep any of an unsynced write's pages and lose others (nothing orders
+  them, as the file's growing size orders appends). So once a SYNCED record
+  has been read, a record that fails is damage only when a valid SYNCED
+  record after it names an offset past it (what it was written after was on
+  disk); otherwise it is in what no fsync covered: a torn tail, whatever
+  follows it. A SYNCED record's own write begins after the fsync it names
+  returned, so the one in an unsynced write never names an offset inside
+  that write, nor one past itself. A message body may hold bytes that form a
+  SYNCED record, so the proof must carry the nonce of the file's first
+  SYNCED record (which the journal writes and syncs before it writes
+  anything into reserved space), which no client sees. Damage inside the
+  last write an fsync covered reads as torn, as the file's last record does
+  without SYNCED records.
 * A record that runs past the end of the data, or whose checksum fails and
   which is the last thing in the file, is a torn tail: the writer crashed in
   the middle of it. It is cut off and nothing after it exists.
@@ -372,6 +372,19 @@ def _synced_past(data: bytes | memoryview, pos: int, end: int, nonce: bytes) -> 
     return None
 
 
+def _resume_before(view: memoryview, pos: int, end: int, proof: int,
+                   resume: int | None) -> int:
+    """_resume_before is where reading goes on after damage at `pos` that the SYNCED
+    record at `proof` says was on disk: after the damaged record by its length when a
+    valid record starts there, else where `_diagnose` said, but never past `proof`.
+    `_diagnose`'s runs assume nothing valid follows a torn write, which reserved space
+    does not keep (a lost page inside the last write); `proof` is a record boundary."""
+    stop = pos + RECORD_HEADER_BYTES + unpack_header(view, pos)[0]
+    if pos < stop < proof and _valid_at(view, stop, end) is not None:
+        return stop
+    return proof if resume is None or resume > proof else resume
+
+
 def _torn_tail(result: ReadResult, view: memoryview, pos: int, end: int) -> None:
     """_torn_tail records a torn tail from `pos`: the torn bytes, and apart from them the
     zeros after them (reserved space), so a report does not count megabytes of zeros."""
@@ -431,8 +444,8 @@ def read_records(data: bytes | memoryview, result: ReadResult,
                 _torn_tail(result, view, pos, end)  # nothing says an fsync covered it
                 break
             problem, resume = _diagnose(view, pos, end)
-            if proof is not None and resume is None:
-                resume = proof  # on disk, so not torn: repair goes on at the record that says so
+            if proof is not None:
+                resume = _resume_before(view, pos, end, proof, resume)
             if resume is None:
                 _torn_tail(result, view, pos, end)
                 break
