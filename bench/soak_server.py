@@ -11,8 +11,9 @@ from this checkout, run by the soak's own Python, so the soak always tests
 the server that matches its client.
 
 Rules:
-* The process is started from the main thread with PR_SET_PDEATHSIG, so the
-  kernel kills it if the soak itself dies, even by SIGKILL; the soak's
+* The process is started from the main thread with PR_SET_PDEATHSIG
+  (wonderq_cli/parent_death.py, SIGKILL), so the kernel kills it if the soak
+  itself dies, even by SIGKILL; the soak's
   `finally` kills it too (Ctrl-C, errors). It runs in its own session, so a
   Ctrl-C at the terminal reaches only the soak. Signals go to its PID only.
 * Waiting for the ready line is bounded (START_TIMEOUT_S); so is every wait
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import re
 import signal
@@ -43,13 +43,14 @@ from pathlib import Path
 
 from servers import resident_bytes
 
+from wonderq_cli.parent_death import die_with_parent
+
 READY = re.compile(r"listening on (\S+):(\d+)")
 RECOVERED = re.compile(r"recovered (\d+) records from \S+ \(([^)]*)\): ([^;]*)")
 START_TIMEOUT_S = 120.0  # a replay of a big journal on a busy machine; normally < 2 s
 STOP_TIMEOUT_S = 60.0
 LOG_TAIL_LINES = 200
 REPO = Path(__file__).resolve().parent.parent
-PR_SET_PDEATHSIG = 1
 
 # Log lines worth counting, by what they mean for the soak.
 LOG_MARKS = {
@@ -58,14 +59,6 @@ LOG_MARKS = {
     "warnings": " WARNING ",
     "errors": " ERROR ",
 }
-
-
-_prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
-
-
-def _die_with_parent() -> None:
-    """_die_with_parent runs in the child before exec: SIGKILL it when the soak dies."""
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @dataclass
@@ -126,7 +119,8 @@ class SoakServer:
         exec_at = self.clock()
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True, env=env,
-                                     start_new_session=True, preexec_fn=_die_with_parent)
+                                     start_new_session=True,
+                                     preexec_fn=die_with_parent(signal.SIGKILL))
         inc = Incarnation(len(self.incarnations) + 1, self.proc.pid, 0, exec_at)
         self.incarnations.append(inc)
         ready = threading.Event()

@@ -116,13 +116,13 @@ def ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     if not (args.tls or args.tls_ca or args.tls_cert):
         return None
     try:
-        context = ssl.create_default_context(cafile=args.tls_ca or None)
+        context = ssl.create_default_context(cafile=args.tls_ca)
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot use {named['tls_ca']} {args.tls_ca}: {_reason(exc)}") from None
     if args.tls_cert:
         key = f" with {named['tls_key']} {args.tls_key}" if args.tls_key else ""
         try:
-            context.load_cert_chain(args.tls_cert, args.tls_key or None,
+            context.load_cert_chain(args.tls_cert, args.tls_key,
                                     password=_no_passphrase)
         except (OSError, ValueError) as exc:
             raise ValueError(f"cannot use {named['tls_cert']} {args.tls_cert}{key}: "

@@ -142,7 +142,19 @@ def memory_size(text: str, physical: int | None = None) -> int:
             raise ValueError("physical memory size is unknown on this system; "
                              "give a size such as 2G")
         return max(1, int(physical * share / 100))
-    upper = cleaned.upper()
+    value = _byte_count(cleaned)
+    if value is None:
+        raise ValueError("must be bytes, a size such as 512M or 2G (powers of 1024), "
+                         "or a percentage of physical memory such as 40%")
+    if value <= 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+def _byte_count(text: str) -> int | None:
+    """_byte_count reads bytes ("1000000", "1000000B") or a size with a K, M or G suffix in
+    powers of 1024 ("512M", "512MB", "512MiB", "2g"); None if `text` is neither."""
+    upper = text.upper()
     if upper.endswith(("KIB", "MIB", "GIB")):
         upper = upper[:-2]
     elif upper.endswith("B"):  # "512MB", and plain bytes as "100B"
@@ -150,23 +162,15 @@ def memory_size(text: str, physical: int | None = None) -> int:
     unit = upper[-1:] if upper[-1:] in ("K", "M", "G") else ""
     number = upper[:len(upper) - len(unit)]
     if not (number.isascii() and number.isdigit()):
-        raise ValueError("must be bytes, a size such as 512M or 2G (powers of 1024), "
-                         "or a percentage of physical memory such as 40%")
-    value = int(number) * _SIZE_UNITS[unit]
-    if value <= 0:
-        raise ValueError("must be > 0")
-    return value
+        return None
+    return int(number) * _SIZE_UNITS[unit]
 
 
 def _disk_size(text: str) -> int:
-    """_disk_size reads a byte count on disk: bytes, or a size with a K, M or G suffix
-    (powers of 1024, as memory_size); 0 allowed (off)."""
-    upper = text.strip().upper().removesuffix("IB").removesuffix("B")
-    unit = upper[-1:] if upper[-1:] in ("K", "M", "G") else ""
-    number = upper[:len(upper) - len(unit)]
-    if not (number.isascii() and number.isdigit()):
+    """_disk_size reads a byte count on disk, as _byte_count; 0 allowed (off)."""
+    value = _byte_count(text.strip().replace(" ", ""))
+    if value is None:
         raise ValueError("must be bytes, or a size such as 512K or 4M (powers of 1024)")
-    value = int(number) * _SIZE_UNITS[unit]
     if value > MAX_RESERVE_BYTES:
         raise ValueError(f"must be at most {MAX_RESERVE_BYTES // 1024**2}M")
     return value

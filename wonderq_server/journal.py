@@ -565,16 +565,22 @@ class Journal:
         """_mark appends this run's first SYNCED record and syncs it, before anything is
         written into reserved space: so the file is read by its SYNCED records (with its
         nonce) even if a power cut loses the first page of the first write after it."""
-        first = encode_record([SYNCED, self.size, self._nonce])
         try:
-            self.write_all(self.fd, first)
+            self._append_synced(self.size)
         except OSError as exc:
             self._cut_back()
             raise JournalError(f"writing the journal failed: {exc.strerror or exc}") from exc
-        self.size = self.file_end = self.size + len(first)
-        self.records += 1
+        self._marked = True
+
+    def _append_synced(self, offset: int) -> None:
+        """_append_synced writes a SYNCED record naming `offset` on its own and syncs it
+        (`_mark`, and close()'s last one). OSError if the write fails."""
+        record = encode_record([SYNCED, offset, self._nonce])
+        self.write_all(self.fd, record)
+        self.size, self.records = self.size + len(record), self.records + 1
+        self.file_end = max(self.file_end, self.size)
         self.sync()
-        self._announced, self._marked = self._synced_to, True
+        self._announced, self._unproven = self._synced_to, False
 
     def _reserve(self, needed: int) -> None:
         """_reserve writes zeros from the file's end to `reserve_bytes` past `needed` (see
@@ -642,12 +648,8 @@ class Journal:
             if self.synced_records and self._unproven:
                 # A last SYNCED record, on disk too, so damage in the last writes reads as
                 # damage at the next start, not as a torn tail (journal_format.py).
-                last = encode_record([SYNCED, self._synced_to, self._nonce])
                 try:
-                    self.write_all(self.fd, last)
-                    self.size, self.records = self.size + len(last), self.records + 1
-                    self._announced, self._unproven = self._synced_to, False
-                    self.sync()
+                    self._append_synced(self._synced_to)
                 except OSError as exc:  # disk full: the records are synced; only the proof
                     logger.warning("could not write the journal's last SYNCED record (%s)",
                                    exc.strerror or exc)
