@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from broker_helpers import bodies
+from polling import until_stats
 
 from wonderq_client import StorageError, connect
 from wonderq_server.broker import Broker
@@ -175,3 +176,50 @@ async def test_a_failed_compaction_is_not_retried_at_once(tmp_path, caplog):
         await server.stop()
     lines = [r.getMessage() for r in caplog.records if r.name == "wonderq.server"]
     assert "the next compaction waits 60 s (1 failed in a row)" in lines
+
+
+async def test_a_requested_compaction_that_fails_is_requested_again(tmp_path):
+    # After --repair the journal asks for a compaction (compact_requested), to rewrite
+    # the file without its damage so that the next start needs no --repair. One that
+    # failed used to drop the request: unless the file later grew past the size
+    # trigger, neither the retry nor the stop rewrote it.
+    disk = Disk()
+    server = await start_server(tmp_path, disk)  # the default size trigger: never due here
+    journal = server.journal
+    assert journal is not None
+    disk.full_for = lambda fd: fd != journal.fd  # the new file's disk is full
+    journal.compact_requested = True
+    host, port = server.address
+    try:
+        async with connect(host, port) as client:
+            await client.put("q", b"first")  # its write starts the compaction
+            await until_stats(client, lambda s: s["server"]["compactions_failed_total"] == 1
+                              and not s["server"]["compacting"])
+            assert journal.compact_requested  # the request stands
+            disk.full_for = None
+            server._compaction_retry_at = 0.0  # the retry's wait is over
+            await client.put("q", b"second")  # the next write takes the request up again
+            info = await until_stats(client, lambda s: s["server"]["last_compaction_at"] > 0)
+            assert info["server"]["compactions_failed_total"] == 1
+            assert not journal.compact_requested
+    finally:
+        await server.stop()
+    assert bodies(reopen(tmp_path), "q") == [b"first", b"second"]
+
+
+async def test_a_requested_compaction_that_failed_runs_at_the_stop(tmp_path):
+    disk = Disk()
+    server = await start_server(tmp_path, disk)
+    journal = server.journal
+    assert journal is not None
+    disk.full_for = lambda fd: fd != journal.fd
+    journal.compact_requested = True
+    host, port = server.address
+    async with connect(host, port) as client:
+        await client.put("q", b"kept")
+        await until_stats(client, lambda s: s["server"]["compactions_failed_total"] == 1
+                          and not s["server"]["compacting"])
+    disk.full_for = None  # space again; the retry's wait (60 s) is far off
+    await server.stop()  # finishes the request, as it does for a repaired journal
+    assert journal.last_compaction_at
+    assert bodies(reopen(tmp_path), "q") == [b"kept"]

@@ -119,6 +119,10 @@ class Server:
         self._compactions_failed = 0  # since start (stats)
         self._compaction_failures_in_a_row = 0
         self._compaction_retry_at = 0.0  # time.monotonic(): no compaction starts before
+        # The running compaction was asked for (journal.compact_requested: after a
+        # repair, or a SYNCED file opened under `never`) rather than due by size: if it
+        # fails, the request stands, and the retry (or the stop) takes it up again.
+        self._compaction_was_requested = False
         self.metrics: MetricsEndpoint | None = None  # with --metrics-port only
 
     # ------------------------------------------------------------- lifecycle
@@ -397,6 +401,8 @@ class Server:
         A failure puts off the next one (compaction.retry_delay_s)."""
         if self.compaction is not None:
             self.compaction.abandon(reason)
+            if self._compaction_was_requested and self.journal is not None:
+                self.journal.compact_requested = True  # still wanted: see __init__
             if failed:
                 self._compactions_failed += 1
                 self._compaction_failures_in_a_row += 1
@@ -436,6 +442,7 @@ class Server:
                 return
             if time.monotonic() < self._compaction_retry_at:
                 return  # the last one failed: wait (_drop_compaction)
+            self._compaction_was_requested = journal.compact_requested
             journal.compact_requested = False
             c = self.compaction = Compaction(journal, self.broker)
             try:
@@ -466,6 +473,7 @@ class Server:
             return
         self.compaction = None  # switched: nothing to abandon
         self._presync_future = None
+        self._compaction_was_requested = False
         self._compaction_failures_in_a_row = 0
         if self.group_commit is not None:
             self.group_commit.after_switch(size)
