@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 from server_process import ServerProcess
 
@@ -8,6 +10,13 @@ from server_process import ServerProcess
 pytest_plugins = ["broker_helpers"]
 # The crash-load harness asserts what the server answered; keep those failures as detailed.
 pytest.register_assert_rewrite("crash_load")
+
+# The servers and command-line tools the tests start inherit this process's
+# environment, and both read WONDERQ_* settings from it (a port, TLS, a token).
+# A developer's shell set up to use WonderQ would change what every test runs
+# against, so none of them reaches a test: a test that wants one passes it itself.
+for _name in [name for name in os.environ if name.startswith("WONDERQ_")]:
+    del os.environ[_name]
 
 
 @pytest.fixture
