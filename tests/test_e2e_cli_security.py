@@ -201,3 +201,38 @@ async def test_work_passes_no_tls_setting_it_was_given_empty(server, monkeypatch
             code, _, err = stop(proc)
         assert followup.body == b"done"
         assert code == 0, err
+
+
+async def test_no_tls_reaches_a_plain_port_from_a_shell_set_up_for_tls(server, tls_files):
+    env = {"WONDERQ_CLIENT_TLS": "1", "WONDERQ_CLIENT_TLS_CA": str(tls_files.ca)}
+    done = await cli("put", "plain", "x", *at(server), env=env)
+    assert done.returncode == 2, done.stderr  # TLS to a plain port: not reached
+    for args in (("put", "plain", "x", "--no-tls"), ("--no-tls", "put", "plain", "x")):
+        done = await cli(*args, *at(server), env=env)
+        assert done.returncode == 0, done.stderr
+    async with connect(server.host, server.port) as client:
+        assert len(await client.receive("plain", max=10)) == 2
+
+
+@pytest.mark.parametrize("flags", [("--tls",), ("--tls-ca", "ca.pem"), ("--tls-cert", "c.pem"),
+                                   ("--tls-cert", "c.pem", "--tls-key", "k.pem")])
+async def test_no_tls_with_a_tls_flag_is_refused(server, flags):
+    done = await cli("stats", *at(server), "--no-tls", *flags)
+    assert done.returncode == 2
+    assert f"--no-tls contradicts {flags[0]}" in done.stderr.decode()
+    assert b"Traceback" not in done.stderr
+
+
+async def test_work_with_no_tls_runs_its_programs_plain(server, tls_files, monkeypatch):
+    # The programs inherit the tool's environment; its TLS variables would send their
+    # `wonderq put` over TLS to the plain port the run itself reached with --no-tls.
+    monkeypatch.setenv("WONDERQ_CLIENT_TLS", "1")
+    monkeypatch.setenv("WONDERQ_CLIENT_TLS_CA", str(tls_files.ca))
+    program = f"{shlex.quote(sys.executable)} -m wonderq_cli put followups done"
+    async with connect(server.host, server.port) as client:
+        await client.put("jobs", b"x")
+        with work(server, "jobs", "--no-tls", "--", "sh", "-c", program) as proc:
+            [followup] = await client.receive("followups", wait=EVENT_TIMEOUT_S)
+            code, _, err = stop(proc)
+        assert followup.body == b"done"
+        assert code == 0, err

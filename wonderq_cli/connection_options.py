@@ -22,9 +22,15 @@ Rules:
   the CA it checks clients against: a shell that starts a server must not
   hand the tool the server's key as a client certificate. As with the
   flags, a file implies TLS; WONDERQ_CLIENT_TLS=0 does not turn it off.
+* --no-tls connects over plain TCP whatever the variables say (curl's
+  `--no-...` flags, git's `-c`): the one way, short of `env -u`, to reach a
+  plain port from a shell set up for a TLS one. Given with a TLS flag it
+  is a contradiction, refused (exit 2) rather than settled by order.
 * `tls_environment` is the other way round: the variables that give a
   program (`wonderq work`'s) the settings this run has, files as absolute
   paths, so a `wonderq put` it runs reaches the same server the same way.
+  `without_tls_variables` drops the ones a program would otherwise inherit
+  from this tool's environment: a --no-tls run's programs run plain too.
 * A TLS setting that cannot be used is a ValueError naming where it came
   from (the flag, or the variable) and the file (main.py prints it and
   exits 2), never a traceback.
@@ -68,6 +74,9 @@ def add_flags(parser: argparse.ArgumentParser, default: Any) -> None:
     parser.add_argument("--tls-key", default=default, metavar="FILE",
                         help="the private key of --tls-cert "
                              f"(env {TLS_FILE_VARIABLES['tls_key']})")
+    parser.add_argument("--no-tls", action="store_true", default=default,
+                        help="connect over plain TCP, whatever the WONDERQ_CLIENT_TLS* "
+                             "variables say")
 
 
 def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> None:
@@ -76,6 +85,14 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> None:
     used."""
     if args.auth_token is None:
         args.auth_token = env.get(TOKEN_VARIABLE) or None
+    if getattr(args, "no_tls", None):
+        given = [TLS_FLAGS.get(name, "--tls") for name in ("tls", *TLS_FLAGS)
+                 if getattr(args, name)]
+        if given:
+            raise ValueError(f"--no-tls contradicts {given[0]}")
+        args.tls_sources = dict(TLS_FLAGS)
+        args.connect_options = {"auth_token": args.auth_token, "ssl": None}
+        return
     if not args.tls:
         args.tls = _switch(env.get(TLS_VARIABLE, ""), TLS_VARIABLE)
     args.tls_sources = dict(TLS_FLAGS)  # where each file came from, for the errors
@@ -106,6 +123,12 @@ def tls_environment(args: argparse.Namespace) -> dict[str, str]:
         if path:
             variables[variable] = os.path.abspath(path)
     return variables
+
+
+def without_tls_variables(env: Mapping[str, str]) -> dict[str, str]:
+    """without_tls_variables is `env` without the client's TLS variables (see the rules)."""
+    dropped = {TLS_VARIABLE, *TLS_FILE_VARIABLES.values()}
+    return {name: value for name, value in env.items() if name not in dropped}
 
 
 def ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:

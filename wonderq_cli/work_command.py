@@ -73,7 +73,7 @@ from wonderq_client import Message, Retry, Worker
 from wonderq_client.worker import retry_backoff
 
 from . import argument_types
-from .connection_options import tls_environment
+from .connection_options import tls_environment, without_tls_variables
 from .parent_death import die_with_parent
 
 # How long a program told to end (SIGTERM) has before it is killed (SIGKILL).
@@ -156,10 +156,11 @@ def split_program(args: argparse.Namespace) -> None:
 
 def base_environment(args: argparse.Namespace) -> dict[str, str]:
     """base_environment is what every program's environment starts from, read once: this
-    tool's, the server's address and this run's TLS settings (so a program that runs
-    `wonderq put` reaches the same server, the same way)."""
-    return {**os.environ, "WONDERQ_HOST": args.host, "WONDERQ_PORT": str(args.port),
-            **tls_environment(args)}
+    tool's, the server's address and this run's TLS settings in place of the TLS variables
+    it inherited (so a program that runs `wonderq put` reaches the same server, the same
+    way, with --no-tls too)."""
+    return {**without_tls_variables(os.environ), "WONDERQ_HOST": args.host,
+            "WONDERQ_PORT": str(args.port), **tls_environment(args)}
 
 
 def environment(msg: Message, base: dict[str, str]) -> dict[str, str]:
