@@ -8,6 +8,7 @@ import msgpack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from wonderq_client.codec import NotAReply, ReplyDecoder
 from wonderq_server.binary_codec import PREAMBLE, BinaryDecoder, BinaryEncoder, encode_request
 from wonderq_server.commands import COMMANDS, Command, Limits, Rejected, make_command
 from wonderq_server.errors import CommandError, ProtocolError
@@ -120,6 +121,45 @@ def test_binary_decoder_reads_one_frame_per_read_as_the_whole_stream(pieces):
         items = feed_all(BinaryDecoder(limits), [PREAMBLE, *pieces])
         whole = BinaryDecoder(limits).feed(PREAMBLE + b"".join(pieces))
         assert [summary(i) for i in items] == [summary(i) for i in whole]
+
+
+reply_errors = st.none() | st.tuples(st.text(max_size=8), st.text(max_size=8)).map(list)
+reply_frames = st.tuples(st.none() | st.integers(0, 2**63), reply_errors, values).map(
+    lambda r: frame(msgpack.packb(list(r), use_bin_type=True)))
+
+
+def client_replies(chunks: list[bytes]) -> list:
+    """client_replies feeds the client's decoder; a refusal ends the list, named."""
+    decoder, replies = ReplyDecoder(), []
+    for chunk in chunks:
+        try:
+            replies += decoder.feed(chunk)
+        except NotAReply:
+            return [*map(repr, replies), "NotAReply"]
+    return [repr(reply) for reply in replies]  # repr: NaN is a value here, equal to itself
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(reply_frames, max_size=10), cut_lists)
+def test_the_clients_decoder_reads_replies_in_any_chunks(frames, cuts):
+    """Whole reads (one reply each, feed's usual case, read from the bytes as they came),
+    a frame cut across reads (kept in its buffer), several in one read: the same replies."""
+    stream = b"".join(frames)
+    whole = client_replies([stream])
+    assert whole == [repr(msgpack.unpackb(f[4:], strict_map_key=False)) for f in frames]
+    assert client_replies(frames) == whole
+    assert client_replies(chunks_of(stream, cuts)) == whole
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(reply_frames | st.binary(max_size=8), max_size=10), cut_lists)
+def test_the_clients_decoder_refuses_the_same_bytes_in_any_chunks(pieces, cuts):
+    """Refused or not, whatever the cuts (a refusal loses the replies of its own read)."""
+    stream = b"".join(pieces)
+    whole, chunked = client_replies([stream]), client_replies(chunks_of(stream, cuts))
+    assert ("NotAReply" in chunked) == ("NotAReply" in whole)
+    if "NotAReply" not in whole:
+        assert chunked == whole
 
 
 @settings(max_examples=200, deadline=None)

@@ -142,11 +142,14 @@ class _ClientProtocol(asyncio.Protocol):
         if self._out or self._flush_scheduled or transport is None or transport.is_closing():
             self._out.append(request)
             self._schedule_flush()
-        else:
-            # Nothing else waits to go out: send now, saving a loop step per request
-            # when calls are made one at a time. Requests made while this one is on
-            # its way are gathered into one write on the next step, as before.
-            self._write(request)
+            return future
+        # Nothing else waits to go out: send now, saving a loop step per request
+        # when calls are made one at a time. Requests made while this one is on
+        # its way are gathered into one write on the next step, as before.
+        try:  # noqa: SIM105 (as in _write, inline: this is every request's path)
+            transport.write(request)
+        except RuntimeError:
+            pass
         return future
 
     def send_receive(self, queue: str, args: dict[str, Any]) -> tuple[int, asyncio.Future[Any]]:

@@ -10,6 +10,10 @@ examples in PROTOCOL.md) keep the two in step.
     reply     [request_id, nil, result] or [request_id, [code, message], nil]
 
 Rules:
+* `feed` reads the frames from the bytes it is given, and copies into its
+  buffer only a frame cut across reads: most reads hold whole replies (one
+  request at a time), and copying each read into the buffer first took 0.24
+  of the 0.63 us it spent per one-reply read (timeit, 2026-11-29).
 * A reply frame whose first payload byte is not a 3-item array's, an empty
   one, or one that is not msgpack means the peer is not a WonderQ server:
   `feed` raises NotAReply at once (before waiting for a length it claims),
@@ -18,6 +22,7 @@ Rules:
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import msgpack
@@ -27,6 +32,7 @@ HEADER_BYTES = 4
 # Every reply is a 3-item array: its msgpack starts with this byte. A frame whose
 # first payload byte is anything else did not come from a WonderQ server.
 REPLY_START = 0x93
+_read_header = struct.Struct(">I").unpack_from  # the frame's length
 
 
 class NotAReply(ValueError):
@@ -43,27 +49,33 @@ class ReplyDecoder:
 
     def feed(self, data: bytes) -> list[list[Any]]:
         buf = self._buffer
-        buf += data
+        if buf:  # a frame began in an earlier read
+            buf += data
+            data = buf  # type: ignore[assignment]
+        # else the frames are read from `data` itself: most reads end on a frame's end
+        # (one reply per read, one request at a time), so nothing is copied twice.
         replies = []
-        pos, end = 0, len(buf)
+        pos, end = 0, len(data)
         while end - pos >= HEADER_BYTES:
-            size = int.from_bytes(buf[pos:pos + HEADER_BYTES], "big")
+            size = _read_header(data, pos)[0]
             start = pos + HEADER_BYTES
             # Checked as soon as a frame's first byte is in, not once its claimed
             # length is: a peer that is not WonderQ ("220 " of a mail server, an echo
             # of our preamble) would have us wait for a gigabyte that never comes.
-            if (end > start and buf[start] != REPLY_START) or size == 0:
-                raise NotAReply(f"the peer sent {bytes(buf[pos:pos + 16])!r}, not a WonderQ "
+            if (end > start and data[start] != REPLY_START) or size == 0:
+                raise NotAReply(f"the peer sent {bytes(data[pos:pos + 16])!r}, not a WonderQ "
                                 "reply: is this a WonderQ server's port?")
             if end - start < size:
                 break
             pos = start + size
             try:
-                replies.append(msgpack.unpackb(buf[start:pos], raw=False, strict_map_key=False))
+                replies.append(msgpack.unpackb(data[start:pos], raw=False, strict_map_key=False))
             except Exception as exc:
                 raise NotAReply(f"a reply frame that is not msgpack: {exc}") from exc
-        if pos:
+        if buf:
             del buf[:pos]
+        elif pos < end:
+            buf += data[pos:]  # the start of a frame: kept for the next read
         return replies
 
 
