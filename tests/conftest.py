@@ -10,12 +10,15 @@ from server_process import ServerProcess
 pytest_plugins = ["broker_helpers"]
 # The crash-load harness asserts what the server answered; keep those failures as detailed.
 pytest.register_assert_rewrite("crash_load")
+SUITE_VARIABLES = "WONDERQ_FUZZ_"  # test_e2e_fuzz.py's seed and duration
 
 # The servers and command-line tools the tests start inherit this process's
 # environment, and both read WONDERQ_* settings from it (a port, TLS, a token).
 # A developer's shell set up to use WonderQ would change what every test runs
 # against, so none of them reaches a test: a test that wants one passes it itself.
-for _name in [name for name in os.environ if name.startswith("WONDERQ_")]:
+# The suite's own knobs stay (WONDERQ_FUZZ_SEED replays a fuzz failure).
+for _name in [name for name in os.environ
+              if name.startswith("WONDERQ_") and not name.startswith(SUITE_VARIABLES)]:
     del os.environ[_name]
 
 
