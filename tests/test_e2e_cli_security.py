@@ -236,3 +236,25 @@ async def test_work_with_no_tls_runs_its_programs_plain(server, tls_files, monke
             code, _, err = stop(proc)
         assert followup.body == b"done"
         assert code == 0, err
+
+
+async def test_no_tls_warns_when_the_token_of_a_shell_set_up_for_tls_goes_plain(server_factory,
+                                                                                tls_files):
+    server = server_factory("--auth-token", TOKEN)  # plain, with a token
+    warning = (b"wonderq: warning: --no-tls sends the token in WONDERQ_AUTH_TOKEN in plain "
+               b"text, though WONDERQ_CLIENT_TLS_CA is set for TLS")
+    tls_shell = {"WONDERQ_AUTH_TOKEN": TOKEN, "WONDERQ_CLIENT_TLS_CA": str(tls_files.ca)}
+    done = await cli("put", "plain", "x", *at(server), "--no-tls", env=tls_shell)
+    assert done.returncode == 0 and warning in done.stderr, done.stderr
+    # No warning where nothing says the token is a TLS server's, or where it was given.
+    for args, env in (((), {"WONDERQ_AUTH_TOKEN": TOKEN}),
+                      (("--auth-token", TOKEN), {"WONDERQ_CLIENT_TLS_CA": str(tls_files.ca)})):
+        done = await cli("put", "plain", "x", *at(server), "--no-tls", *args, env=env)
+        assert done.returncode == 0 and b"warning" not in done.stderr, done.stderr
+
+
+async def test_no_tls_to_a_tls_port_says_to_drop_it(server_factory, tls_files):
+    server = server_factory(*tls_files.server_flags())
+    done = await cli("stats", *at(server), "--no-tls")
+    assert done.returncode == 2
+    assert b"if the server uses TLS, drop --no-tls" in done.stderr, done.stderr

@@ -22,10 +22,13 @@ Rules:
   the CA it checks clients against: a shell that starts a server must not
   hand the tool the server's key as a client certificate. As with the
   flags, a file implies TLS; WONDERQ_CLIENT_TLS=0 does not turn it off.
-* --no-tls connects over plain TCP whatever the variables say (curl's
-  `--no-...` flags, git's `-c`): the one way, short of `env -u`, to reach a
-  plain port from a shell set up for a TLS one. Given with a TLS flag it
-  is a contradiction, refused (exit 2) rather than settled by order.
+* --no-tls connects over plain TCP whatever the variables say: the one
+  way, short of `env -u`, to reach a plain port from a shell set up for a
+  TLS one. Given with a TLS flag it is a contradiction, refused (exit 2)
+  rather than settled by order. It still sends WONDERQ_AUTH_TOKEN, as a
+  plain server may have a token too, but in such a shell that token is
+  likely the TLS server's: sent in plain text, so `args.warning` says so
+  (main.py prints it) when a TLS variable is set.
 * `tls_environment` is the other way round: the variables that give a
   program (`wonderq work`'s) the settings this run has, files as absolute
   paths, so a `wonderq put` it runs reaches the same server the same way.
@@ -76,20 +79,27 @@ def add_flags(parser: argparse.ArgumentParser, default: Any) -> None:
                              f"(env {TLS_FILE_VARIABLES['tls_key']})")
     parser.add_argument("--no-tls", action="store_true", default=default,
                         help="connect over plain TCP, whatever the WONDERQ_CLIENT_TLS* "
-                             "variables say")
+                             "variables say (a token goes in plain text)")
 
 
 def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> None:
     """resolve fills in the token from the environment and sets `args.connect_options`,
     connect()'s keywords. Raises ValueError naming the flag or variable that cannot be
     used."""
+    token_from_env = args.auth_token is None and bool(env.get(TOKEN_VARIABLE))
     if args.auth_token is None:
         args.auth_token = env.get(TOKEN_VARIABLE) or None
+    args.warning = ""
     if getattr(args, "no_tls", None):
         given = [TLS_FLAGS.get(name, "--tls") for name in ("tls", *TLS_FLAGS)
                  if getattr(args, name)]
         if given:
             raise ValueError(f"--no-tls contradicts {given[0]}")
+        set_for_tls = [name for name in (TLS_VARIABLE, *TLS_FILE_VARIABLES.values())
+                       if env.get(name)]
+        if token_from_env and set_for_tls:
+            args.warning = (f"--no-tls sends the token in {TOKEN_VARIABLE} in plain text, "
+                            f"though {set_for_tls[0]} is set for TLS")
         args.tls_sources = dict(TLS_FLAGS)
         args.connect_options = {"auth_token": args.auth_token, "ssl": None}
         return

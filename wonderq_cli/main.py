@@ -146,6 +146,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except ValueError as exc:
         print(f"wonderq: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
+    if getattr(args, "warning", ""):
+        print(f"wonderq: warning: {args.warning}", file=sys.stderr)
     runner: Runner = args.run
     try:
         prepare = getattr(args, "prepare", None)
@@ -166,7 +168,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             # A TLS port closes a plain connection without a word, and a server that
             # requires client certificates one without: say what may be wrong.
             if args.connect_options["ssl"] is None:
-                hint = "; if the server uses TLS, add --tls or --tls-ca"
+                hint = ("; if the server uses TLS, drop --no-tls" if getattr(args, "no_tls", None)
+                        else "; if the server uses TLS, add --tls or --tls-ca")
             else:
                 hint = _client_certificate_hint(args)
             print(f"wonderq: lost the connection to {args.host}:{args.port}: {exc.message}"
