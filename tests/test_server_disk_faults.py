@@ -223,3 +223,23 @@ async def test_a_requested_compaction_that_failed_runs_at_the_stop(tmp_path):
     await server.stop()  # finishes the request, as it does for a repaired journal
     assert journal.last_compaction_at
     assert bodies(reopen(tmp_path), "q") == [b"kept"]
+
+
+async def test_a_compaction_that_fails_at_the_stop_announces_no_next_one(tmp_path, caplog):
+    disk = Disk()
+    server = await start_server(tmp_path, disk)
+    journal = server.journal
+    assert journal is not None
+    disk.full_for = lambda fd: fd != journal.fd  # and it stays full through the stop
+    journal.compact_requested = True
+    host, port = server.address
+    async with connect(host, port) as client:
+        await client.put("q", b"kept")
+        await until_stats(client, lambda s: s["server"]["compactions_failed_total"] == 1
+                          and not s["server"]["compacting"])
+    caplog.clear()
+    await server.stop()
+    lines = [r.getMessage() for r in caplog.records if r.name == "wonderq.server"]
+    assert "the journal was not rewritten at the stop; it stays as it was" in lines
+    assert not any(line.startswith("the next compaction waits") for line in lines)
+    assert bodies(reopen(tmp_path), "q") == [b"kept"]
