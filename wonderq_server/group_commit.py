@@ -44,6 +44,16 @@ measured no better:
   5 ms to 0.1 ms so the thread gets the GIL back sooner: 5,429 against
   2,902 msgs/s (medians of 5 alternating rounds), its fsyncs averaging
   0.123 ms against 0.078 ms inline.
+* a commit delay by time (PostgreSQL's commit_delay, MySQL's
+  binlog_group_commit_sync_delay), since an iteration is shorter than a
+  client's turn-around: the loop kept iterating (call_soon, reading and
+  writing what came) for a fixed time before the inline fsync. uvloop's
+  timers count whole milliseconds, too coarse for this. durable_mix.py
+  8000 on fresh servers, 3 alternating rounds, 2026-11-29: none 4,054
+  msgs/s; 100 us 3,542; 250 us 3,229; 500 us 2,387 (medians), the server's
+  CPU per message rising from about 150 to 295 us: time spun on a 2-core
+  machine whose other core the clients need, for groups that grew too
+  little to pay for it.
 
 Reserved journal space (journal.py, `--journal-reserve`), adopted: under
 `always` the journal writes zeros ahead of its records, a chunk at a time,
