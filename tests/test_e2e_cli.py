@@ -316,23 +316,65 @@ async def read_100_bytes_and_stop(server, *args: str) -> tuple[int, bytes]:
     return await asyncio.to_thread(proc.wait, 60), stderr
 
 
-async def test_a_reader_that_stops_reading_is_not_a_server_problem(server):
-    # `wonderq peek q --json | head -c 100` said "cannot reach the server: Broken pipe".
+@pytest.mark.parametrize("form", [("--json",), ()])
+async def test_a_reader_that_stops_reading_is_not_a_server_problem(server, form):
+    # `wonderq peek q --json | head -c 100` said "cannot reach the server: Broken pipe";
+    # the table, written by rich in one go, ended with exit 0 as if all was read.
     async with connect(server.host, server.port) as client:
         await client.put_many("bp", [b"x" * 1000] * 500)
-    assert await read_100_bytes_and_stop(server, "peek", "bp", "--max", "500", "--json") \
+    assert await read_100_bytes_and_stop(server, "peek", "bp", "--max", "500", *form) \
         == (141, b"")
 
 
-async def test_receive_ack_acks_nothing_when_its_reader_has_gone(server):
-    # More output than the pipe holds: the write fails before any ack is sent.
+@pytest.mark.parametrize("form", [("--json",), ()])
+async def test_receive_ack_acks_nothing_when_its_reader_has_gone(server, form):
+    # More output than the pipe holds: the write fails before any ack is sent. The
+    # table form acked all 500 (a reviewer's `receive --max 1000 --ack | head -3`):
+    # sys.stdout took rich's one big write as done though the pipe took 64 KiB of it.
     async with connect(server.host, server.port) as client:
         await client.put_many("rbp", [b"x" * 1000] * 500)
     assert await read_100_bytes_and_stop(
-        server, "receive", "rbp", "--max", "500", "--ack", "--json") == (141, b"")
+        server, "receive", "rbp", "--max", "500", "--ack", *form) == (141, b"")
     async with connect(server.host, server.port) as client:
         info = await client.queue_info("rbp")
     assert (info["messages"], info["acked_total"]) == (500, 0)  # leased, not acked
+
+
+def to_a_full_disk(server, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """to_a_full_disk runs `wonderq ARGS > /dev/full`: every write fails with ENOSPC."""
+    exe = shutil.which("wonderq")
+    argv = [exe] if exe else [sys.executable, "-m", "wonderq_cli"]
+    with open("/dev/full", "wb") as full:
+        return subprocess.run([*argv, *at(server), *args], stdout=full, stderr=subprocess.PIPE,
+                              timeout=60, check=False)
+
+
+@pytest.mark.parametrize("form", [("--json",), ()])
+async def test_output_that_cannot_be_written_is_not_a_server_that_cannot_be_reached(server,
+                                                                                     form):
+    # `wonderq put q x > /dev/full` said "cannot reach the server", exit 2, though the
+    # message was stored: a script retrying on 2 puts it twice. Now exit 74 (EX_IOERR).
+    done = await asyncio.to_thread(to_a_full_disk, server, "put", "full", "x", *form)
+    assert done.returncode == 74
+    assert done.stderr == b"wonderq: cannot write the output: No space left on device\n"
+    done = await asyncio.to_thread(to_a_full_disk, server, "receive", "full", "--ack", *form)
+    assert done.returncode == 74, done.stderr
+    async with connect(server.host, server.port) as client:
+        info = await client.queue_info("full")
+    assert (info["messages"], info["in_flight"], info["acked_total"]) == (1, 1, 0)
+    for command in (["stats"], ["queues"], ["peek", "full"], ["queue-info", "full"]):
+        done = await asyncio.to_thread(to_a_full_disk, server, *command, *form)
+        assert done.returncode == 74, (command, done.stderr)
+
+
+async def test_message_info_shows_an_expiry_past_the_calendar(server):
+    # expires_at of a message put with --expiry 1e300 crashed the plain output
+    # (OverflowError from datetime); --json showed it.
+    done = await cli("put", "far", "x", "--expiry", "1e300", *at(server))
+    assert done.returncode == 0, done.stderr
+    done = await cli("message-info", "far", done.stdout.decode().strip(), *at(server))
+    assert done.returncode == 0, done.stderr
+    assert b"expires_at: 1000000000000000052504760255204420248704468" in done.stdout
 
 
 # ------------------------------------------------------- hostile input, terminals

@@ -32,6 +32,7 @@ from typing import Any
 
 from . import argument_types
 from .connection_options import open_client
+from .output import say, write_out
 from .queue_commands import escaped, print_json, print_result
 
 
@@ -110,12 +111,18 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
             "max_length": args.max_length, "expiry": args.expiry}
 
 
-def print_fields(fields: Mapping[str, Any], prefix: str = "") -> None:
+def print_fields(fields: Mapping[str, Any]) -> None:
     """print_fields: a reply map as `name: value` lines (see the rules); a map inside it
     (a message's headers) as `name.key: value`."""
+    write_out("".join(f"{line}\n" for line in field_lines(fields)))
+
+
+def field_lines(fields: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """field_lines: print_fields' lines."""
+    lines = []
     for name, value in fields.items():
         if isinstance(value, Mapping):
-            print_fields(value, f"{prefix}{name}.")
+            lines += field_lines(value, f"{prefix}{name}.")
             continue
         if value is None:
             text = ""
@@ -129,12 +136,16 @@ def print_fields(fields: Mapping[str, Any], prefix: str = "") -> None:
             text = _time(value)
         else:
             text = str(value)
-        print(f"{escaped(prefix + name)}: {escaped(text)}")
+        lines.append(f"{escaped(prefix + name)}: {escaped(text)}")
+    return lines
 
 
 def _time(seconds: float) -> str:
     """_time: seconds since the epoch, with the UTC date for people."""
-    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    try:
+        moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    except (OverflowError, ValueError, OSError):  # past year 9999 (an expiry of 1e300 s)
+        return f"{seconds:.3f}"
     return f"{seconds:.3f} ({moment:%Y-%m-%d %H:%M:%S} UTC)"
 
 
@@ -142,7 +153,7 @@ async def run_nack(args: argparse.Namespace) -> int:
     async with open_client(args) as client:
         await client.nack(args.queue, args.id, args.lease, delay=args.delay,
                           unseen=args.unseen)
-    print(f"nacked {args.id}" + (f", ready in {args.delay:g} s" if args.delay else ""))
+    say(f"nacked {args.id}" + (f", ready in {args.delay:g} s" if args.delay else ""))
     return 0
 
 

@@ -38,6 +38,7 @@ from . import (
     work_command,
 )
 from . import deadline as command_deadline
+from .output import OutputFailed
 
 Runner = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
@@ -46,6 +47,7 @@ EXIT_REFUSED = 1
 EXIT_UNREACHABLE = 2
 EXIT_USAGE = 2  # argparse's code for a usage error; the same number as unreachable
 EXIT_BROKEN_PIPE = 128 + 13  # as a shell reports a tool that SIGPIPE ended
+EXIT_OUTPUT_FAILED = 74  # sysexits.h's EX_IOERR: the output could not be written
 
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -177,6 +179,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             return EXIT_UNREACHABLE
         print(f"wonderq: {exc.code}: {exc.message}", file=sys.stderr)
         return EXIT_REFUSED
+    except OutputFailed as exc:
+        # Not the server's fault, and not "not reached": whatever the command did on the
+        # server is done (a put is stored), so a script must not take it for exit 2.
+        print(f"wonderq: cannot write the output: {exc}", file=sys.stderr)
+        return EXIT_OUTPUT_FAILED
     except BrokenPipeError:
         # Whoever read our output stopped (`| head`): not the server's fault. Quietly,
         # as a tool killed by SIGPIPE; stdout goes to /dev/null so the interpreter's

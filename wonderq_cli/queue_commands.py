@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from rich import box
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
@@ -33,6 +32,7 @@ from wonderq_client import Message
 
 from . import argument_types, deadline
 from .connection_options import open_client
+from .output import print_rich, say, write_out
 
 
 def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -130,8 +130,7 @@ def _headers(pairs: Sequence[tuple[str, str]]) -> dict[str, str] | None:
 
 
 def print_json(value: Any) -> None:
-    json.dump(value, sys.stdout, indent=2)
-    sys.stdout.write("\n")
+    write_out(json.dumps(value, indent=2) + "\n")
 
 
 def print_result(args: argparse.Namespace, for_scripts: Any, for_people: str) -> int:
@@ -139,7 +138,7 @@ def print_result(args: argparse.Namespace, for_scripts: Any, for_people: str) ->
     if args.json:
         print_json(for_scripts)
     else:
-        print(for_people)
+        say(for_people)
     return 0
 
 
@@ -205,12 +204,13 @@ async def run_receive(args: argparse.Namespace) -> int:
         if args.json:
             print_json([message_json(m) for m in messages])
         elif messages:
-            Console().print(messages_table(f"{args.queue}: {len(messages)} received",
-                                           messages, leased=True))
+            print_rich(messages_table(f"{args.queue}: {len(messages)} received",
+                                      messages, leased=True))
         else:
             print(f"{args.queue}: no message", file=sys.stderr)
         if args.ack and messages:
-            sys.stdout.flush()  # a reader that has gone raises here: nothing is acked
+            sys.stdout.flush()  # a reader that has gone raises here (and in print_rich,
+            # output.py): nothing is acked
             failed = [r for r in await client.ack_many(args.queue, messages) if r is not None]
             for error in failed:
                 print(f"wonderq: ack failed: {error}", file=sys.stderr)
@@ -224,7 +224,7 @@ async def run_receive(args: argparse.Namespace) -> int:
 async def run_ack(args: argparse.Namespace) -> int:
     async with open_client(args) as client:
         await client.ack(args.queue, args.id, args.lease)
-    print(f"acked {args.id}")
+    say(f"acked {args.id}")
     return 0
 
 
@@ -234,8 +234,8 @@ async def run_peek(args: argparse.Namespace) -> int:
     if args.json:
         print_json([message_json(m) for m in messages])
     else:
-        Console().print(messages_table(f"{args.queue}: next {len(messages)} ready",
-                                       messages, leased=False))
+        print_rich(messages_table(f"{args.queue}: next {len(messages)} ready",
+                                  messages, leased=False))
     return 0
 
 
@@ -258,5 +258,5 @@ async def run_queues(args: argparse.Namespace) -> int:
     for q in queues:
         table.add_row(q["queue"], str(q["messages"]), str(q["ready"]), str(q["in_flight"]),
                       str(q["delayed"]), "yes" if q["explicit"] else "no")
-    Console().print(table)
+    print_rich(table)
     return 0

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from rich.console import Console
 
 from .connection_options import open_client
+from .output import print_rich, write_out
 from .stats_view import stats_view
 
 
@@ -28,9 +28,8 @@ async def run(args: argparse.Namespace) -> int:
     async with open_client(args) as client:
         stats = await client.stats()
     if args.json:
-        json.dump(stats, sys.stdout, indent=2, sort_keys=True)
-        sys.stdout.write("\n")
+        write_out(json.dumps(stats, indent=2, sort_keys=True) + "\n")
     else:
         console = Console()
-        console.print(stats_view(stats, width=console.width))
+        print_rich(stats_view(stats, width=console.width), console)
     return 0

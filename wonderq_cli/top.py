@@ -39,6 +39,7 @@ from wonderq_client import Client, ConnectionClosed, connect
 
 from . import argument_types
 from .connection_options import open_client
+from .output import print_rich
 from .stats_view import stats_view
 
 HISTORY_POINTS = 30
@@ -137,7 +138,7 @@ async def run(args: argparse.Namespace) -> int:
             stats = await client.stats()
         history.update(stats.get("queues", {}), time.monotonic())
         console = Console()
-        console.print(frame(stats, history, _status(args, True), console.width))
+        print_rich(frame(stats, history, _status(args, True), console.width), console)
         return 0
     quit_event = asyncio.Event()
     loop = asyncio.get_running_loop()
