@@ -633,6 +633,43 @@ def test_bad_lease_item_lines(line, code, message):
         assert got_message == message
 
 
+@pytest.mark.parametrize(("line", "reader", "code", "message"), [
+    (b"ACK_MANY q " + b"x " * 5000, "_lease_item", BATCH_TOO_LARGE,
+     "items has 5000 items, over the limit of 1000 (--max-batch)"),
+    (b"NACK_MANY q delay=1 " + b"1:2 " * 1001, "_lease_item", BATCH_TOO_LARGE,
+     "items has 1001 items, over the limit of 1000 (--max-batch)"),
+    (b"PUT q " + b" ".join(b"header.k%d=v" % i for i in range(5000)) + b" body",
+     "_percent_decoded", HEADERS_TOO_LARGE,
+     "headers has 5000 entries, over the limit of 32 (--max-headers)"),
+    (b"PUT q " + b" ".join(b"header.k%d=v" % i for i in range(40)) + b" delay=1 -- body",
+     "_percent_decoded", HEADERS_TOO_LARGE,
+     "headers has 40 entries, over the limit of 32 (--max-headers)"),
+], ids=["ack_many", "nack_many", "put_5000_headers", "put_40_headers_then_options"])
+def test_counts_are_checked_before_the_words_they_count_are_read(monkeypatch, line, reader,
+                                                                  code, message):
+    # A reviewer's 262 KB ACK_MANY line of 131,000 malformed items took 0.2 s of the
+    # event loop, an error object each, before its count was refused; 20 such lines, sent
+    # before AUTH, held every other client for 4 s. PUT's headers likewise.
+    from wonderq_server import text_arguments
+    calls = []
+    real = getattr(text_arguments, reader)
+    monkeypatch.setattr(text_arguments, reader, lambda *a: calls.append(a) or real(*a))
+    assert rejection(line + b"\n") == (code, message)
+    assert len(calls) <= 2 * LIMITS.max_headers  # a header's key and value: 2 reads each
+
+
+def test_put_many_headers_are_counted_before_they_are_read(monkeypatch):
+    from wonderq_server import text_arguments
+    calls = []
+    real = text_arguments._percent_decoded
+    monkeypatch.setattr(text_arguments, "_percent_decoded",
+                        lambda *a: calls.append(a) or real(*a))
+    line = b"PUT_MANY q 1 " + b" ".join(b"header.k%d=v" % i for i in range(3000))
+    assert rejection(line + b"\n") == (
+        HEADERS_TOO_LARGE, "headers has 3000 entries, over the limit of 32 (--max-headers)")
+    assert len(calls) == 2 * LIMITS.max_headers
+
+
 # ------------------------------------------------------------ queue commands
 
 @pytest.mark.parametrize(("line", "expected"), [

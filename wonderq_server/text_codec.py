@@ -192,7 +192,7 @@ class TextDecoder:
             if name == "put_many":
                 self._start_block(rest)
                 return []  # the command comes with its last body line
-            return [make_command(name, arguments(name, rest), self._limits)]
+            return [make_command(name, arguments(name, rest, self._limits), self._limits)]
         except CommandError as exc:
             return [Rejected(exc)]
 
