@@ -502,6 +502,22 @@ def test_receive_with_a_server_that_does_not_answer_ends_within_timeout_and_wait
     assert b"did not answer within 1 s" in done.stderr
 
 
+def test_top_once_with_a_server_that_does_not_answer_ends_within_timeout(server):
+    # A reviewer's `top --once` against a port that accepts and never answers ran until
+    # killed: top is unbounded, its --once was too.
+    exe = shutil.which("wonderq")
+    argv = [exe] if exe else [sys.executable, "-m", "wonderq_cli"]
+    assert server.proc is not None
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        done = subprocess.run([*argv, *at(server), "--timeout", "1", "top", "--once"],
+                              capture_output=True, timeout=10, check=False)
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    assert done.returncode == 2
+    assert b"did not answer within 1 s" in done.stderr
+
+
 async def test_ctrl_c_on_receive_gives_back_a_message_still_on_its_way(server):
     """Ctrl-C while the receive's reply is on its way (the proxy holds it): the tool must
     close politely, so the message that came is given back, not left leased."""

@@ -155,7 +155,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         prepare = getattr(args, "prepare", None)
         if prepare is not None:
             prepare(args)
-        if args.command not in UNBOUNDED_COMMANDS:
+        if args.command not in UNBOUNDED_COMMANDS or getattr(args, "once", False):
+            # `top --once` is one stats call: bounded like one (a silent port held it).
             limit = args.timeout + float(getattr(args, "wait", 0.0) or 0.0)
             return _run(_bounded(runner(args), limit))
         return _run(runner(args))
