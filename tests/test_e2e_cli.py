@@ -34,7 +34,7 @@ from wonderq_cli.top import History, Poller, frame
 from wonderq_client import connect
 
 
-def wonderq(*args: str, stdin: bytes = b"", env: dict[str, str] | None = None,
+def wonderq(*args: str | bytes, stdin: bytes = b"", env: dict[str, str] | None = None,
             ) -> subprocess.CompletedProcess[bytes]:
     exe = shutil.which("wonderq")
     argv = [exe] if exe else [sys.executable, "-m", "wonderq_cli"]
@@ -46,7 +46,7 @@ def at(server: ServerProcess) -> list[str]:
     return ["--host", server.host, "--port", str(server.port)]
 
 
-async def cli(*args: str, stdin: bytes = b"", env: dict[str, str] | None = None,
+async def cli(*args: str | bytes, stdin: bytes = b"", env: dict[str, str] | None = None,
               ) -> subprocess.CompletedProcess[bytes]:
     return await asyncio.to_thread(wonderq, *args, stdin=stdin, env=env)
 
@@ -294,12 +294,25 @@ def test_history_restarts_when_totals_go_down() -> None:
     ["put", "q", "x", "--priority", str(2 ** 31)], ["put", "q", "x", "--priority", "-3000000000"],
     ["put", "q", "x", "--header", "noequals"], ["put", "q", "x", "--delay", "inf"],
     ["top", "--interval", "0"],
+    # Bytes that are not UTF-8 where the server takes a string: a traceback, exit 1, before.
+    ["put", b"q\xff", "x"], ["peek", b"q\xff"], ["put", "q", "x", "--header", b"k=\xff"],
+    ["put", "q", "x", "--header", b"\xfe=v"], ["work", b"q\xff", "--", "true"],
+    ["configure-queue", "q", "--max-deliveries", "1", "--dead-letter-queue", b"d\xff"],
 ])
-def test_bad_usage_exits_2(args: list[str]) -> None:
+def test_bad_usage_exits_2(args: list[str | bytes]) -> None:
     done = wonderq(*args, env={"WONDERQ_PORT": "1"})  # nothing listens: never reached
     assert done.returncode == 2
     assert b"usage: wonderq" in done.stderr
     assert b"Traceback" not in done.stderr
+
+
+async def test_a_body_argument_that_is_not_utf8_is_put_as_its_bytes(server):
+    # `wonderq put q "$(printf '\xff\xfe')"` ended in a UnicodeEncodeError traceback.
+    done = await cli("put", "raw", b"\xff\xfe ok", *at(server))
+    assert done.returncode == 0, done.stderr
+    async with connect(server.host, server.port) as client:
+        [msg] = await client.receive("raw")
+    assert msg.body == b"\xff\xfe ok"
 
 
 async def read_100_bytes_and_stop(server, *args: str) -> tuple[int, bytes]:

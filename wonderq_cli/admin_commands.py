@@ -39,7 +39,7 @@ from .queue_commands import escaped, print_json, print_result
 def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     nack = commands.add_parser("nack", parents=[common],
                                help="give a leased message back (ready again at once, or later)")
-    nack.add_argument("queue")
+    nack.add_argument("queue", type=argument_types.text)
     nack.add_argument("id", type=argument_types.unsigned)
     nack.add_argument("lease", type=argument_types.unsigned)
     nack.add_argument("--delay", type=argument_types.seconds, default=0.0,
@@ -51,7 +51,7 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
 
     redrive = commands.add_parser("redrive", parents=[common],
                                   help="move dead letters back to the queues they came from")
-    redrive.add_argument("queue", help="the dead-letter queue")
+    redrive.add_argument("queue", type=argument_types.text, help="the dead-letter queue")
     redrive.add_argument("--max", type=argument_types.positive,
                          help="most messages to move (default: all)")
     redrive.add_argument("--json", action="store_true", help='print {"moved": N}')
@@ -59,13 +59,13 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
 
     queue_info = commands.add_parser("queue-info", parents=[common],
                                      help="a queue's settings and figures")
-    queue_info.add_argument("queue")
+    queue_info.add_argument("queue", type=argument_types.text)
     queue_info.add_argument("--json", action="store_true", help="print a JSON object")
     queue_info.set_defaults(run=run_queue_info)
 
     message_info = commands.add_parser("message-info", parents=[common],
                                        help="one message's state, without leasing it")
-    message_info.add_argument("queue")
+    message_info.add_argument("queue", type=argument_types.text)
     message_info.add_argument("id", type=argument_types.unsigned)
     message_info.add_argument("--json", action="store_true", help="print a JSON object")
     message_info.set_defaults(run=run_message_info)
@@ -75,7 +75,7 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
              "create a queue with settings (the same again succeeds; different: QUEUE_EXISTS)"),
             ("configure-queue", run_configure_queue, "change the settings given")):
         parser = commands.add_parser(name, parents=[common], help=text)
-        parser.add_argument("queue")
+        parser.add_argument("queue", type=argument_types.text)
         _settings_flags(parser)
         parser.add_argument("--json", action="store_true",
                             help="print the queue's settings as a JSON object")
@@ -83,7 +83,7 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
 
     delete = commands.add_parser("delete-queue", parents=[common],
                                  help="delete a queue, its settings and its messages")
-    delete.add_argument("queue")
+    delete.add_argument("queue", type=argument_types.text)
     delete.add_argument("--json", action="store_true", help='print {"deleted": N}')
     delete.set_defaults(run=run_delete_queue)
 
@@ -94,7 +94,7 @@ def _settings_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-deliveries", type=argument_types.unsigned,
                         help="deliveries before a message goes to the dead-letter queue "
                              "(0: never; needs --dead-letter-queue)")
-    parser.add_argument("--dead-letter-queue", metavar="QUEUE",
+    parser.add_argument("--dead-letter-queue", metavar="QUEUE", type=argument_types.text,
                         help="where messages go after --max-deliveries ('' for none)")
     parser.add_argument("--delay", type=argument_types.seconds,
                         help="seconds before a put can be received, for puts that give none")

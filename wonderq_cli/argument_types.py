@@ -73,9 +73,20 @@ def priority(text: str) -> int:
     return value
 
 
-def header(text: str) -> tuple[str, str]:
-    """header: KEY=VALUE, split at the first '='."""
-    key, eq, value = text.partition("=")
+def text(value: str) -> str:
+    """text: an argument that goes to the server as a string (a queue name, a header),
+    so UTF-8. Bytes that are not arrive from the shell as lone surrogates
+    (surrogateescape), which msgpack cannot send: a usage error, not a traceback."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"is not UTF-8: {value!r}") from None
+    return value
+
+
+def header(value: str) -> tuple[str, str]:
+    """header: KEY=VALUE, split at the first '=', in UTF-8."""
+    key, eq, rest = text(value).partition("=")
     if not eq or not key:
-        raise argparse.ArgumentTypeError(f"wants KEY=VALUE, got {text!r}")
-    return key, value
+        raise argparse.ArgumentTypeError(f"wants KEY=VALUE, got {value!r}")
+    return key, rest

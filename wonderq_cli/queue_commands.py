@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import base64
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -37,7 +38,7 @@ from .output import print_rich, say, write_out
 
 def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     put = commands.add_parser("put", parents=[common], help="put one message")
-    put.add_argument("queue")
+    put.add_argument("queue", type=argument_types.text)
     put.add_argument("body", nargs="?", default="-",
                      help="the message; '-' or nothing reads standard input")
     put.add_argument("--delay", type=argument_types.seconds,
@@ -53,7 +54,7 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     put.set_defaults(run=run_put, prepare=read_body, uses_stdin=body_from_stdin)
 
     receive = commands.add_parser("receive", parents=[common], help="receive (lease) messages")
-    receive.add_argument("queue")
+    receive.add_argument("queue", type=argument_types.text)
     receive.add_argument("--max", type=argument_types.unsigned, default=1,
                          help="most messages (default 1)")
     receive.add_argument("--wait", type=argument_types.seconds, default=0.0,
@@ -67,14 +68,14 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
                          "(and with --ack deleted) unseen")
 
     ack = commands.add_parser("ack", parents=[common], help="ack (delete) one message")
-    ack.add_argument("queue")
+    ack.add_argument("queue", type=argument_types.text)
     ack.add_argument("id", type=argument_types.unsigned)
     ack.add_argument("lease", type=argument_types.unsigned)
     ack.set_defaults(run=run_ack)
 
     peek = commands.add_parser("peek", parents=[common],
                                help="show the next messages without leasing them")
-    peek.add_argument("queue")
+    peek.add_argument("queue", type=argument_types.text)
     peek.add_argument("--max", type=argument_types.unsigned, default=10,
                       help="most messages (default 10)")
     peek.add_argument("--json", action="store_true",
@@ -83,7 +84,7 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
 
     purge = commands.add_parser("purge", parents=[common],
                                 help="delete every message of a queue")
-    purge.add_argument("queue")
+    purge.add_argument("queue", type=argument_types.text)
     purge.add_argument("--json", action="store_true", help='print {"purged": N}')
     purge.set_defaults(run=run_purge)
 
@@ -106,7 +107,7 @@ def read_body(args: argparse.Namespace) -> None:
                   file=sys.stderr)
         args.body_bytes = sys.stdin.buffer.read()
     else:
-        args.body_bytes = args.body.encode()
+        args.body_bytes = os.fsencode(args.body)  # the argument's bytes, UTF-8 or not
 
 
 def shown(body: bytes) -> Text:

@@ -108,7 +108,7 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
                     "anything else nacks it with a back-off delay. Leases are renewed while "
                     "COMMAND runs. SIGTERM, SIGHUP or Ctrl-C stops it gracefully; a second "
                     "one skips the grace.")
-    work.add_argument("queue")
+    work.add_argument("queue", type=argument_types.text)
     work.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG ...]",
                       help="the program to run, and its arguments")
     work.add_argument("--concurrency", type=argument_types.positive, default=1,
