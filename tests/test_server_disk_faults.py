@@ -207,8 +207,10 @@ async def test_a_requested_compaction_that_fails_is_requested_again(tmp_path):
     assert bodies(reopen(tmp_path), "q") == [b"first", b"second"]
 
 
-async def test_a_requested_compaction_that_failed_runs_at_the_stop(tmp_path):
-    disk = Disk()
+async def a_requested_compaction_failed(tmp_path: Path, disk: Disk) -> Server:
+    """a_requested_compaction_failed starts a server whose compaction's new file finds the
+    disk full, requests a compaction (as --repair does), puts b"kept" and waits for the
+    compaction to fail. The disk stays full for the new file until the test says."""
     server = await start_server(tmp_path, disk)
     journal = server.journal
     assert journal is not None
@@ -219,6 +221,14 @@ async def test_a_requested_compaction_that_failed_runs_at_the_stop(tmp_path):
         await client.put("q", b"kept")
         await until_stats(client, lambda s: s["server"]["compactions_failed_total"] == 1
                           and not s["server"]["compacting"])
+    return server
+
+
+async def test_a_requested_compaction_that_failed_runs_at_the_stop(tmp_path):
+    disk = Disk()
+    server = await a_requested_compaction_failed(tmp_path, disk)
+    journal = server.journal
+    assert journal is not None
     disk.full_for = None  # space again; the retry's wait (60 s) is far off
     await server.stop()  # finishes the request, as it does for a repaired journal
     assert journal.last_compaction_at
@@ -226,17 +236,7 @@ async def test_a_requested_compaction_that_failed_runs_at_the_stop(tmp_path):
 
 
 async def test_a_compaction_that_fails_at_the_stop_announces_no_next_one(tmp_path, caplog):
-    disk = Disk()
-    server = await start_server(tmp_path, disk)
-    journal = server.journal
-    assert journal is not None
-    disk.full_for = lambda fd: fd != journal.fd  # and it stays full through the stop
-    journal.compact_requested = True
-    host, port = server.address
-    async with connect(host, port) as client:
-        await client.put("q", b"kept")
-        await until_stats(client, lambda s: s["server"]["compactions_failed_total"] == 1
-                          and not s["server"]["compacting"])
+    server = await a_requested_compaction_failed(tmp_path, Disk())  # full through the stop
     caplog.clear()
     await server.stop()
     lines = [r.getMessage() for r in caplog.records if r.name == "wonderq.server"]

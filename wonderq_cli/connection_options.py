@@ -58,6 +58,7 @@ TLS_VARIABLE = "WONDERQ_CLIENT_TLS"
 TLS_FILE_VARIABLES = {"tls_ca": "WONDERQ_CLIENT_TLS_CA", "tls_cert": "WONDERQ_CLIENT_TLS_CERT",
                       "tls_key": "WONDERQ_CLIENT_TLS_KEY"}
 TLS_FLAGS = {"tls_ca": "--tls-ca", "tls_cert": "--tls-cert", "tls_key": "--tls-key"}
+TLS_VARIABLES = (TLS_VARIABLE, *TLS_FILE_VARIABLES.values())
 
 
 def add_flags(parser: argparse.ArgumentParser, default: Any) -> None:
@@ -90,22 +91,20 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> None:
     if args.auth_token is None:
         args.auth_token = env.get(TOKEN_VARIABLE) or None
     args.warning = ""
+    args.tls_sources = dict(TLS_FLAGS)  # where each file came from, for the errors
     if getattr(args, "no_tls", None):
         given = [TLS_FLAGS.get(name, "--tls") for name in ("tls", *TLS_FLAGS)
                  if getattr(args, name)]
         if given:
             raise ValueError(f"--no-tls contradicts {given[0]}")
-        set_for_tls = [name for name in (TLS_VARIABLE, *TLS_FILE_VARIABLES.values())
-                       if env.get(name)]
+        set_for_tls = [name for name in TLS_VARIABLES if env.get(name)]
         if token_from_env and set_for_tls:
             args.warning = (f"--no-tls sends the token in {TOKEN_VARIABLE} in plain text, "
                             f"though {set_for_tls[0]} is set for TLS")
-        args.tls_sources = dict(TLS_FLAGS)
         args.connect_options = {"auth_token": args.auth_token, "ssl": None}
         return
     if not args.tls:
         args.tls = _switch(env.get(TLS_VARIABLE, ""), TLS_VARIABLE)
-    args.tls_sources = dict(TLS_FLAGS)  # where each file came from, for the errors
     for name, variable in TLS_FILE_VARIABLES.items():
         if not getattr(args, name):  # not given, or given empty ("$UNSET")
             setattr(args, name, env.get(variable) or None)
@@ -137,8 +136,7 @@ def tls_environment(args: argparse.Namespace) -> dict[str, str]:
 
 def without_tls_variables(env: Mapping[str, str]) -> dict[str, str]:
     """without_tls_variables is `env` without the client's TLS variables (see the rules)."""
-    dropped = {TLS_VARIABLE, *TLS_FILE_VARIABLES.values()}
-    return {name: value for name, value in env.items() if name not in dropped}
+    return {name: value for name, value in env.items() if name not in TLS_VARIABLES}
 
 
 def ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:

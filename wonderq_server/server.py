@@ -406,15 +406,17 @@ class Server:
             if failed:
                 self._compactions_failed += 1
                 self._compaction_failures_in_a_row += 1
-            if failed and self._stopping:
-                # No wait to announce: there is no next one in this run. The live journal
-                # is as it was (a repaired one needs --repair again at the next start).
-                logger.warning("the journal was not rewritten at the stop; it stays as it was")
-            elif failed:
-                delay_s = compaction_policy.retry_delay_s(self._compaction_failures_in_a_row)
-                self._compaction_retry_at = time.monotonic() + delay_s
-                logger.warning("the next compaction waits %.0f s (%d failed in a row)",
-                               delay_s, self._compaction_failures_in_a_row)
+                if self._stopping:
+                    # No wait to announce: there is no next one in this run. The live
+                    # journal is as it was (a repaired one needs --repair again to start).
+                    logger.warning("the journal was not rewritten at the stop; it stays as "
+                                   "it was")
+                else:
+                    delay_s = compaction_policy.retry_delay_s(
+                        self._compaction_failures_in_a_row)
+                    self._compaction_retry_at = time.monotonic() + delay_s
+                    logger.warning("the next compaction waits %.0f s (%d failed in a row)",
+                                   delay_s, self._compaction_failures_in_a_row)
         self.compaction = None
         self._presync_future = None
 

@@ -40,7 +40,6 @@ Must not know: sockets, the broker, how lines are framed.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -84,7 +83,10 @@ def put_arguments(rest: bytes, limits: Limits) -> dict[str, Any]:
             break
         if not is_put_option(word):
             break
-        add_put_option(args, word, limits, lambda after=after: after.split(b" "))
+        try:
+            add_put_option(args, word, limits)
+        except _OverMaxHeaders:
+            raise _headers_too_large(limits, tail.split(b" ")) from None
         tail = after
         if not space:
             break
@@ -97,18 +99,18 @@ def is_put_option(word: bytes) -> bool:
     return bool(eq) and (name in PUT_OPTIONS or name.startswith(HEADER_PREFIX))
 
 
-def add_put_option(args: dict[str, Any], word: bytes, limits: Limits,
-                   words_after: Callable[[], list[bytes]]) -> None:
-    """add_put_option adds one `name=value` word of PUT or PUT_MANY to `args`;
-    `words_after()` gives the line's words after it, where the headers over
-    --max-headers are counted."""
+class _OverMaxHeaders(Exception):
+    """A header word past --max-headers: the caller counts the rest (_headers_too_large)."""
+
+
+def add_put_option(args: dict[str, Any], word: bytes, limits: Limits) -> None:
+    """add_put_option adds one `name=value` word of PUT or PUT_MANY to `args`; a header
+    past --max-headers raises _OverMaxHeaders before it is read."""
     name, _, value = word.partition(b"=")
     if name.startswith(HEADER_PREFIX):
         headers = args.setdefault("headers", {})
-        if len(headers) == limits.max_headers:  # this one is over: count, do not read
-            count = len(headers) + 1 + _headers_ahead(words_after())
-            raise CommandError(HEADERS_TOO_LARGE, f"headers has {count} entries, over the "
-                               f"limit of {limits.max_headers} (--max-headers)")
+        if len(headers) == limits.max_headers:
+            raise _OverMaxHeaders
         key = _percent_decoded("header key", name[len(HEADER_PREFIX):])
         if key in headers:
             raise bad_argument(f"header {key!r:.60} given twice")
@@ -120,14 +122,16 @@ def add_put_option(args: dict[str, Any], word: bytes, limits: Limits,
     args[field] = TEXT_CONVERTERS[field](field, value.decode(errors="replace"))
 
 
-def _headers_ahead(words: list[bytes]) -> int:
-    """_headers_ahead counts the header words among the options that lead `words`."""
-    count = 0
+def _headers_too_large(limits: Limits, words: list[bytes]) -> CommandError:
+    """_headers_too_large is the error for a line whose header words past --max-headers
+    begin `words`: the count is the header words among the options leading them."""
+    count = limits.max_headers
     for word in words:
         if word == END_OF_OPTIONS or not is_put_option(word):
             break
         count += word.startswith(HEADER_PREFIX)
-    return count
+    return CommandError(HEADERS_TOO_LARGE, f"headers has {count} entries, over the limit of "
+                        f"{limits.max_headers} (--max-headers)")
 
 
 def _percent_decoded(what: str, raw: bytes) -> str:
@@ -155,9 +159,12 @@ def put_many_header(rest: bytes, limits: Limits) -> tuple[dict[str, Any], int]:
     if count > limits.max_batch:
         raise CommandError(BATCH_TOO_LARGE, f"count is {count}, over the limit of "
                            f"{limits.max_batch} (--max-batch)")
-    for index, word in enumerate(words[2:], 3):
+    for index, word in enumerate(words[2:], 2):
         if is_put_option(word):
-            add_put_option(args, word, limits, lambda index=index: words[index:])
+            try:
+                add_put_option(args, word, limits)
+            except _OverMaxHeaders:
+                raise _headers_too_large(limits, words[index:]) from None
         elif b"=" in word:
             field = word.partition(b"=")[0].decode(errors="replace")
             raise bad_argument(f"put_many has no field {field}")
