@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import socket
+import struct
 
 import pytest
 from polling import until_stats
@@ -180,6 +183,49 @@ async def test_a_client_that_closes_while_paused_for_its_waits_takes_no_message(
         await until_stats(client, lambda s: s["server"]["connections"] == 1)
         got = await client.receive("parked", max=10)
         assert sorted(m.id for m in got) == sorted(ids)  # none leased to the parker
+
+
+async def test_waits_of_clients_that_reset_just_before_a_put_take_no_message(server_factory):
+    # A reviewer closed 100 of 200 waiting text GETs (half by reset) and put 150 messages
+    # at once: 44 went to the dead connections, leased for their timeout. The server is
+    # frozen here while the closes and the put arrive, so it reads them in one batch: a
+    # reset's connection_lost comes a loop turn after the read that found it, and the put,
+    # in the same batch, was served to those waits before that.
+    server = server_factory()
+    async with connect(server.host, server.port) as client:
+        waits = []
+        for i in range(40):
+            if i % 2:
+                conn = Text(server.host, server.port)
+                conn.send(b"GET reset wait=60 visibility=60\n")
+            else:
+                conn = Raw(server.host, server.port)
+                conn.send(PREAMBLE + frame([1, "receive", {"queue": "reset", "wait": 60,
+                                                           "visibility": 60}]))
+            waits.append(conn)
+        await until_stats(client, lambda s: s["queues"].get("reset", {}).get("waiting") == 40)
+        live, dead = waits[:8], waits[8:]
+        putter = Raw(server.host, server.port)
+        putter.send(PREAMBLE)
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            for index, conn in enumerate(dead):
+                if index % 4 < 3:  # a reset; the others close as usual (FIN)
+                    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                         struct.pack("ii", 1, 0))
+                conn.close()
+            putter.send(frame([1, "put_many", {"queue": "reset",
+                                               "bodies": [b"m%d" % i for i in range(40)]}]))
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        [_, _, ids] = await in_thread(putter.reply)
+        assert len(ids) == 40
+        info = await until_stats(client, lambda s: s["server"]["connections"] == 1 + 8 + 1)
+        assert info["queues"]["reset"]["in_flight"] == 8  # the live waits' only
+        assert info["queues"]["reset"]["ready"] == 32
+        for conn in live:
+            conn.close()
+        putter.close()
 
 
 # ------------------------------------------- a client that does not read what it is owed

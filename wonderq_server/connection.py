@@ -22,9 +22,11 @@ Rules:
   its waiting receives are withdrawn at once, so a consumer that disconnects
   never swallows a message. CANCEL withdraws one by its request id while
   the connection goes on (a caller stopped waiting for it): this connection's
-  own state, so the connection runs it, not the service. While reading is
-  paused a close cannot be seen, so before the broker leases to one of its
-  waiting receives it asks the socket (`_peer_gone`, peer_state.py); once
+  own state, so the connection runs it, not the service. Before the broker
+  leases to one of its waiting receives it asks `_peer_gone`: a transport
+  already closing (a reset read this loop turn, connection_lost still to
+  come) is gone. While reading is paused a close cannot be seen, so a
+  paused connection also asks the socket (peer_state.py); once
   the client is known to have sent its FIN, its receives are treated as at
   EOF: those that wait, now or when read later, are answered with nothing.
 * Replies to commands whose records must be durable (DURABLE_COMMANDS:
@@ -297,17 +299,23 @@ class Connection(asyncio.Protocol):
         """_peer_gone: the broker asks before it leases messages to one of our waiting
         receives; True means nobody will read them, so the receive gets nothing.
 
-        A connection being read learns of a close from eof_received, so only
-        a paused one asks the socket (peer_state.py). Once the client has
-        sent its FIN, its receives are treated as eof_received treats them:
-        every one that waits, now or when read later (see `_execute`), is
-        answered with nothing; a receive that finds messages at once still
-        gets them, for a client that only shut down its sending side (`nc
-        -N`) still reads. The FIN itself is read once reading resumes.
+        A transport that is closing is gone: a read that found a reset marks
+        the transport closing at once, but asyncio calls connection_lost a
+        loop turn later, and a put read in the same turn would otherwise
+        lease to the waits of a client that reset. A connection being read
+        learns of a FIN from eof_received, so only a paused one asks the
+        socket (peer_state.py). Once the client has sent its FIN, its
+        receives are treated as eof_received treats them: every one that
+        waits, now or when read later (see `_execute`), is answered with
+        nothing; a receive that finds messages at once still gets them, for
+        a client that only shut down its sending side (`nc -N`) still reads.
+        The FIN itself is read once reading resumes.
         """
-        if self._peer_closed:
+        if self._peer_closed or self._closed:
             return True
-        if not self._paused_by or self.transport is None or self._closed:
+        if self.transport is not None and self.transport.is_closing():
+            return True  # a reset was read; connection_lost comes next turn
+        if not self._paused_by or self.transport is None:
             return False
         if not peer_has_closed(self.transport):
             return False
