@@ -420,6 +420,24 @@ async def test_a_reader_gone_after_a_stop_does_not_hurry_the_stop(server, tmp_pa
         assert (msg.body, msg.deliveries) == (b"loud", 1)
 
 
+async def test_signals_that_keep_coming_after_the_stop_do_not_kill_the_tool(server):
+    """A user pressing Ctrl-C again and again: the stop is graceful, and a signal that
+    lands after the worker ended (its handlers gone, the tool on its way out) must not
+    end it by that signal; a reviewer saw exit -2/-15 in 6 of 16 trials."""
+    async with connect(server.host, server.port) as client:
+        with work(server, "storm", "--", "true") as proc:
+            await until_stats(client, lambda s: s["queues"].get("storm", {}).get("waiting") == 1)
+            sent = 0
+            while proc.poll() is None and sent < 5_000:  # every 1 ms until it has exited
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+                sent += 1
+                await asyncio.sleep(0.001)
+            _, err = proc.communicate(timeout=EVENT_TIMEOUT_S)
+        assert proc.returncode == 0, (sent, err)
+        assert "stopped after 0 messages" in err
+
+
 async def test_work_with_its_standard_output_closed_runs_programs_on_dev_null(server):
     """`wonderq work ... >&-`: the programs' output goes nowhere, and they succeed (libuv
     aborted the tool, and every program, when fd 1 was closed)."""
