@@ -285,6 +285,23 @@ def test_stale_lease_after_redelivery_is_refused_and_changes_nothing(b: Broker) 
     assert counts(b) == zero_counts(put_total=1, acked_total=1, redelivered_total=1)
 
 
+def test_a_lease_after_a_nack_is_lost_and_the_error_says_the_message_was_given_back(
+        b: Broker) -> None:
+    msg_id = b.put("q", b"x", T0)
+    [m] = b.receive("q", 1, 10.0, T0)
+    lease = m.lease
+    b.nack("q", msg_id, lease, 0.0, T0 + 1.0, unseen=True)  # ends the lease for good
+    with pytest.raises(CommandError) as given_back:
+        b.ack("q", msg_id, lease, T0 + 2.0)
+    assert given_back.value.code == LEASE_LOST
+    assert "given back (nacked unseen)" in str(given_back.value)
+    [again] = b.receive("q", 1, 10.0, T0 + 3.0)
+    with pytest.raises(CommandError) as delivered:
+        b.ack("q", msg_id, lease, T0 + 4.0)
+    assert "delivered again since" in str(delivered.value)
+    b.ack("q", msg_id, again.lease, T0 + 5.0)
+
+
 def test_stale_lease_is_refused_even_when_the_new_lease_ran_out(b: Broker) -> None:
     msg_id = b.put("q", b"x", T0)
     [m] = b.receive("q", 1, 1.0, T0)

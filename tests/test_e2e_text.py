@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pathlib
+import re
+
 import pytest
 from raw_socket import TextSocket as Line
 
@@ -180,3 +183,57 @@ def test_a_held_get_that_waits_still_times_out(text):
     assert text.line() == b"END"
     assert text.line() == b"END"
     assert text.line() == b"PONG"
+
+
+# ------------------------------------------------ PROTOCOL.md's sessions, replayed
+
+PROTOCOL = pathlib.Path(__file__).resolve().parent.parent / "PROTOCOL.md"
+LONG_ID = re.compile(r"\d{16,}")
+TIME = re.compile(r"\b\d+\.\d+\b")
+STATS_LINE = re.compile(r"^(server|queues)\.[\w.-]+: ")
+
+
+def protocol_sessions() -> list[list[str]]:
+    """protocol_sessions: the text-mode sessions of PROTOCOL.md's Text mode section, as
+    lines (`>` typed, `<` or nothing the server's); telnet's own lines left out."""
+    section = PROTOCOL.read_text().split("## Text mode", 1)[1].split("\n## ", 1)[0]
+    sessions = []
+    for block in section.split("```")[1::2]:
+        lines = [line for line in block.strip("\n").splitlines()
+                 if not line.startswith(("$ ", "  (")) and line != "Connection closed by "
+                 "foreign host."]
+        sessions.append(lines)
+    return sessions
+
+
+def as_compared(line: str) -> str:
+    """as_compared: what must match, a stats line's name and any other line's every word
+    but times (3 decimals, they differ run to run)."""
+    if STATS_LINE.match(line):
+        return line.split(": ", 1)[0]
+    return TIME.sub("T", line)
+
+
+@pytest.mark.parametrize("index", range(2))
+def test_protocol_md_text_sessions_are_what_the_server_says(server, index):
+    """Each documented session is typed into a real server; every reply line matches,
+    the message ids the document shows mapped to the ones this server gave."""
+    session = protocol_sessions()[index]
+    ids: dict[str, str] = {}
+    conn = Line(server.host, server.port)
+    try:
+        for line in session:
+            if line.startswith("> "):
+                typed = LONG_ID.sub(lambda m: ids.get(m.group(), m.group()), line[2:])
+                conn.send(typed.encode() + b"\n")
+                continue
+            documented = line[2:] if line.startswith("< ") else line
+            said = conn.line().decode()
+            for doc_id, real_id in zip(LONG_ID.findall(documented), LONG_ID.findall(said),
+                                       strict=False):
+                assert ids.setdefault(doc_id, real_id) == real_id, (documented, said)
+            documented = LONG_ID.sub(lambda m: ids.get(m.group(), m.group()), documented)
+            assert as_compared(said) == as_compared(documented)
+        assert session[-1] != "< BYE" or conn.at_eof()
+    finally:
+        conn.close()

@@ -201,8 +201,17 @@ class Broker(QueueAdmin, Replay):
             raise CommandError(NOT_FOUND, f"no message {message_id} in queue {name!r}"
                                " (acked, expired or moved already, or never put)")
         if type(msg) is bytes or msg.lease != lease:
+            # An unseen nack ends its lease for good: no lease holds the message until
+            # its next delivery, and a client told "delivered again" would look for a
+            # consumer that does not exist.
+            if type(msg) is bytes:
+                since = "it is not leased (never delivered, or given back)"
+            elif msg.lease is None:
+                since = "it was given back (nacked unseen) and waits for its next delivery"
+            else:
+                since = "it has been delivered again since"
             raise CommandError(LEASE_LOST, f"lease {lease} no longer holds message "
-                               f"{message_id}: it has been delivered again since")
+                               f"{message_id}: {since}")
         return msg
 
     # -------------------------------------------------------------------- put
