@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 import re
+import socket
 
 import pytest
 from raw_socket import TextSocket as Line
@@ -146,7 +147,6 @@ def test_over_long_line_is_skipped_and_connection_survives(server_factory):
 
 def test_half_close_still_gets_every_reply_under_fsync_always(server_factory, tmp_path):
     """`printf ... | nc -N` half-closes: replies held for the fsync must still arrive."""
-    import socket
 
     server = server_factory("--data-dir", str(tmp_path / "data"), "--fsync", "always")
     conn = Line(server.host, server.port)
@@ -175,6 +175,27 @@ def test_half_close_answers_a_waiting_get_at_once(server):
         assert conn.at_eof()
     finally:
         conn.close()
+
+
+def test_a_last_line_without_its_newline_is_answered_not_run(server):
+    """`printf 'PUT q hello' | nc -N`: the line has no newline; the server says so rather
+    than close without a word, and stores nothing."""
+    conn = Line(server.host, server.port)
+    try:
+        conn.send(b"PUT eol first\nGET eol wait=30\nPUT eol hello")
+        conn.sock.shutdown(socket.SHUT_WR)
+        assert conn.line().startswith(b"OK ")
+        assert read_messages(conn)[0][3] == b"first"
+        assert conn.line().startswith(b"ERR MALFORMED the input ended inside a line")
+        assert conn.at_eof()
+    finally:
+        conn.close()
+    check = Line(server.host, server.port)
+    try:
+        check.send(b"QUEUE_INFO eol\n")
+        assert b"messages: 1" in check.until_end()  # "first", leased; not "hello"
+    finally:
+        check.close()
 
 
 def test_a_held_get_that_waits_still_times_out(text):

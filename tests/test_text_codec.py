@@ -14,6 +14,7 @@ from wonderq_server.errors import (
     INVALID_QUEUE_NAME,
     LEASE_LOST,
     LINE_TOO_LONG,
+    MALFORMED,
     NOT_FOUND,
     UNKNOWN_COMMAND,
     CommandError,
@@ -147,6 +148,29 @@ def test_many_lines_in_one_chunk_and_a_partial_line_kept():
     assert [i.name for i in items] == ["ping", "stats"]
     assert decoder.feed(b"NG") == []
     assert [i.name for i in decoder.feed(b"\r\n")] == ["ping"]
+
+
+@pytest.mark.parametrize(("tail", "said"), [
+    (b"PUT q hello", "inside a line"),
+    (b"PING\nPUT q hello", "inside a line"),
+    (b"PUT_MANY q 3\na\nb", "after 1 of the PUT_MANY's 3 body lines"),
+    (b"PUT_MANY q 2\na\n", "after 1 of the PUT_MANY's 2 body lines"),
+])
+def test_what_the_end_of_input_leaves_unfinished_is_answered_not_run(tail, said):
+    decoder = TextDecoder(LIMITS)
+    ran = decoder.feed(tail)
+    assert all(isinstance(i, Command) and i.name == "ping" for i in ran)
+    [left] = decoder.end_of_input()
+    assert isinstance(left, Rejected) and left.error.code == MALFORMED
+    assert said in str(left.error)
+    assert decoder.end_of_input() == []  # said once
+
+
+@pytest.mark.parametrize("tail", [b"", b"PING\n", b"PING\r\n  \t", b"x" * 2000])
+def test_a_finished_input_leaves_nothing_at_its_end(tail):
+    decoder = TextDecoder(SHORT)
+    decoder.feed(tail)  # an over-long line was answered LINE_TOO_LONG already
+    assert decoder.end_of_input() == []
 
 
 def test_cr_split_from_its_lf():

@@ -53,6 +53,8 @@ Rules:
   binary request), the decoder keeps no more of them and the whole request
   is refused with BATCH_TOO_LARGE once its last line has arrived: a text
   connection cannot make the server buffer more than a binary one can.
+* At the end of input (`end_of_input`), a line without its newline or a
+  PUT_MANY block short of its count is answered MALFORMED and not run.
 * `feed` never raises for anything the peer sends.
 
 Must not know: sockets, asyncio, the broker.
@@ -67,6 +69,7 @@ from .errors import (
     BATCH_TOO_LARGE,
     BODY_TOO_LARGE,
     LINE_TOO_LONG,
+    MALFORMED,
     UNKNOWN_COMMAND,
     CommandError,
 )
@@ -165,6 +168,27 @@ class TextDecoder:
         if pos:
             del buf[:pos]
         return out
+
+    def end_of_input(self) -> list[Command | Rejected]:
+        """end_of_input: the peer will send nothing more (its FIN, once what it sent
+        has run). What is left unfinished is answered MALFORMED and not run: a line
+        without its newline (`printf 'PUT q hello' | nc -N`), or a PUT_MANY block short
+        of its count. beanstalkd and Redis drop such a tail without a word, and the
+        user cannot tell whether the put was stored; running it could run a command cut
+        short that is not the one meant."""
+        block, self._block = self._block, None
+        rest = bytes(self._buffer).strip()
+        self._buffer.clear()
+        discarding, self._discarding = self._discarding, False
+        if block is not None:
+            return [Rejected(CommandError(
+                MALFORMED, f"the input ended after {block.lines} of the PUT_MANY's "
+                f"{block.count} body lines (each ends with a newline); nothing was stored"))]
+        if rest and not discarding:
+            return [Rejected(CommandError(
+                MALFORMED, "the input ended inside a line (no newline after it); it was "
+                "not run"))]
+        return []
 
     def _too_long(self) -> list[Command | Rejected]:
         limits = self._limits
