@@ -203,6 +203,26 @@ async def test_an_unreachable_server_is_one_line_and_exit_2(server_factory):
         assert done.stdout == b""
 
 
+async def test_a_body_over_the_frame_limit_is_refused_exit_1_with_no_tls_hint(server_factory):
+    # The server answers FRAME_TOO_LARGE and closes: that is its answer to the request (a
+    # retry fails the same way), not a server that could not be reached, and not TLS.
+    server = server_factory("--max-frame-bytes", "100000", "--max-message-bytes", "90000")
+    done = await cli("put", "big", "-", *at(server), stdin=b"x" * 200_000)
+    assert done.returncode == 1, done
+    err = done.stderr.decode()
+    assert "FRAME_TOO_LARGE" in err and "--max-frame-bytes" in err and "TLS" not in err, err
+
+
+async def test_a_server_that_says_why_it_closed_gets_no_tls_hint(server_factory):
+    server = server_factory("--max-connections", "1")
+    async with connect(server.host, server.port) as holder:
+        await holder.ping()  # holds the one slot
+        done = await cli("stats", *at(server))
+    assert done.returncode == 2, done
+    err = done.stderr.decode()
+    assert "TOO_MANY_CONNECTIONS" in err and "TLS" not in err, err
+
+
 async def test_a_flag_before_or_after_the_subcommand_beats_the_environment(server):
     env = {"WONDERQ_PORT": "1"}  # nothing listens there
     for args in (["--port", str(server.port), "stats", "--json"],

@@ -48,6 +48,9 @@ EXIT_UNREACHABLE = 2
 EXIT_USAGE = 2  # argparse's code for a usage error; the same number as unreachable
 EXIT_BROKEN_PIPE = 128 + 13  # as a shell reports a tool that SIGPIPE ended
 EXIT_OUTPUT_FAILED = 74  # sysexits.h's EX_IOERR: the output could not be written
+# Closes that refuse the request itself: retrying it as it is can only fail the same way
+# (a body over --max-frame-bytes), so they are the server's answer (exit 1), not "lost".
+REFUSING_CLOSES = frozenset({"FRAME_TOO_LARGE", "UNSUPPORTED_VERSION"})
 
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -167,10 +170,17 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
               f"{args.timeout:g} s", file=sys.stderr)
         return EXIT_UNREACHABLE
     except WonderQError as exc:
+        if isinstance(exc, ConnectionClosed) and exc.server_code in REFUSING_CLOSES:
+            print(f"wonderq: {exc.message}", file=sys.stderr)  # names the code
+            return EXIT_REFUSED
         if isinstance(exc, ConnectionClosed):
             # A TLS port closes a plain connection without a word, and a server that
-            # requires client certificates one without: say what may be wrong.
-            if args.connect_options["ssl"] is None:
+            # requires client certificates one without: say what may be wrong. A server
+            # that said why it closed (IDLE_TIMEOUT, TOO_MANY_CONNECTIONS) spoke WonderQ
+            # over this very connection: TLS is not what is wrong.
+            if exc.server_code is not None:
+                hint = ""
+            elif args.connect_options["ssl"] is None:
                 hint = ("; if the server uses TLS, drop --no-tls" if getattr(args, "no_tls", None)
                         else "; if the server uses TLS, add --tls or --tls-ca")
             else:
