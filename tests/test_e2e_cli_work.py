@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -418,6 +419,30 @@ async def test_a_reader_gone_after_a_stop_does_not_hurry_the_stop(server, tmp_pa
         assert "standard output is closed (its reader has gone)\n" in err  # no "stopping"
         [msg] = await client.receive("ctrl-c")
         assert (msg.body, msg.deliveries) == (b"loud", 1)
+
+
+def test_a_burst_that_cannot_reach_the_server_ends_with_exit_2(server_factory):
+    """`wonderq work q --burst` from cron, with the server down or the port wrong: it
+    says so and exits 2 (a daemon worker rides this out; a burst would wait for ever).
+    A listening socket that never answers (another service's port) ends it too."""
+    exe = shutil.which("wonderq")
+    argv = [exe] if exe else [sys.executable, "-m", "wonderq_cli"]
+    down = server_factory()
+    host, port = down.host, down.port
+    down.stop()
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    try:
+        for where, why in ((port, "Connection refused"),
+                           (silent.getsockname()[1], "no answer to a receive")):
+            done = subprocess.run([*argv, "--host", host, "--port", str(where), "--timeout",
+                                   "0.5", "work", "q", "--burst", "--", "cat"],
+                                  capture_output=True, text=True, timeout=EVENT_TIMEOUT_S)
+            assert done.returncode == 2, done
+            assert f"cannot reach the server at {host}:{where}: {why}" in done.stderr, done
+    finally:
+        silent.close()
 
 
 async def test_signals_that_keep_coming_after_the_stop_do_not_kill_the_tool(server):

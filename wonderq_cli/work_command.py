@@ -32,12 +32,13 @@ Rules:
   do, for the grace and the give-back.
 * --timeout bounds the connect and every request's answer (the Worker's reply_timeout).
 * A server that is down or restarting is not an error: the worker reconnects, saying so on
-  stderr. What retrying cannot mend (AUTH_FAILED, a --wait over the server's --max-wait)
-  ends it with main.py's exit codes.
+  stderr (a --burst that has had no answer yet excepted, below). What retrying cannot
+  mend (AUTH_FAILED, a --wait over the server's --max-wait) ends it with main.py's exit
+  codes.
 * A program that cannot be found is a usage error (exit 2), found before connecting.
 * --max-messages N and --burst end the worker after N messages, or once the queue is
   found empty, with the programs started allowed to finish (the Worker's max_messages and
-  burst). Exit status 0.
+  burst). Exit status 0; a burst the server never answered (down, a wrong port) exits 2.
 * When this tool's standard output is a pipe or socket whose reader has gone (`wonderq
   work q -- prog | head`, once head has its lines), a program that exits with any status
   but 0 (killed by SIGPIPE, or a Python one's BrokenPipeError) did not fail: the output it

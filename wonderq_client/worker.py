@@ -63,7 +63,9 @@ Rules:
   UnsupportedVersion (also when the server says it about the whole connection). A receive
   refused with BATCH_TOO_LARGE is sent again at the limit the error names (else half the
   size), and later ones are kept to that. Anything else, including connect's OSError (TLS
-  verification too: a certificate can be renewed), is retried with back-off until stop().
+  verification too: a certificate can be renewed), is retried with back-off until stop();
+  but a burst that has had no answer from the server yet (a wrong port, a server that is
+  down) ends with that error, the OSError, ConnectionClosed or TimeoutError, at once.
 * Retry(delay) from the handler nacks with that delay (None: retry_delay's), counted as
   retried, not failed; Retry(unseen=True) also says the delivery should not count toward
   max_deliveries (the work was not really tried), so a handler that retries that way forever
@@ -316,6 +318,7 @@ class Worker:
         self._client: Client | None = None
         self._connections = 0
         self._answered = False  # the server answered something on the current connection
+        self._reached_in_run = False  # ... or on any connection of this run
         self._connect_attempt = 0  # failures in a row, for the back-off
         self._connect_lock = asyncio.Lock()
         self._jobs: dict[asyncio.Task[None], _Job] = {}
@@ -374,6 +377,7 @@ class Worker:
         self._burst_handled.clear()
         self._burst_over.clear()
         self._connections = 0  # reconnects are counted within a run
+        self._reached_in_run = False  # the server has answered a request in this run
         heartbeat = asyncio.create_task(self._heartbeat_loop())
         self._receiving = asyncio.create_task(self._receive_loop())
         if self._stops:
@@ -430,6 +434,7 @@ class Worker:
                     client = await connect(self.host, self.port, **self._connect_options)
                 except (OSError, ConnectionClosed) as exc:
                     raise_if_fatal(exc)  # AUTH, the first request, can meet it first
+                    self._raise_if_burst_never_reached(exc)
                     await self._back_off(f"cannot connect ({exc or type(exc).__name__})")
                     continue
                 self._client, self._answered = client, False
@@ -460,8 +465,16 @@ class Worker:
         await asyncio.sleep(delay)
 
     def _server_answered(self) -> None:
-        self._answered = True
+        self._answered = self._reached_in_run = True
         self._connect_attempt = 0
+
+    def _raise_if_burst_never_reached(self, error: BaseException) -> None:
+        """_raise_if_burst_never_reached ends a burst that has not had one answer from the
+        server: a wrong port, or a server that is down, is the caller's to hear about (a
+        cron job's `--burst` that waited for ever would never say), as `rq worker
+        --burst` does. Once the server has answered, a burst rides out a restart."""
+        if self.burst and not self._reached_in_run:
+            raise error
 
     def _drop(self, client: Client, why: str) -> None:
         """_drop aborts a connection that stopped answering; the next caller makes a new one.
@@ -498,11 +511,13 @@ class Worker:
                     messages = await client.receive(self.queue, max=size, wait=wait,
                                                     visibility=self.visibility)
             except TimeoutError:
-                self._drop(client, f"no answer to a receive within its wait and "
-                                   f"{self.reply_timeout:g} s")
+                why = f"no answer to a receive within its wait and {self.reply_timeout:g} s"
+                self._raise_if_burst_never_reached(TimeoutError(why))
+                self._drop(client, why)
                 continue
             except ConnectionClosed as exc:
                 raise_if_fatal(exc)
+                self._raise_if_burst_never_reached(exc)
                 log.warning("lost the connection to WonderQ (%s); reconnecting", exc)
                 continue
             except BatchTooLarge as exc:
