@@ -285,7 +285,7 @@ def test_stale_lease_after_redelivery_is_refused_and_changes_nothing(b: Broker) 
     assert counts(b) == zero_counts(put_total=1, acked_total=1, redelivered_total=1)
 
 
-def test_a_lease_after_a_nack_is_lost_and_the_error_says_the_message_was_given_back(
+def test_a_lease_after_an_unseen_nack_is_lost_and_the_error_says_no_lease_holds_it(
         b: Broker) -> None:
     msg_id = b.put("q", b"x", T0)
     [m] = b.receive("q", 1, 10.0, T0)
@@ -294,12 +294,17 @@ def test_a_lease_after_a_nack_is_lost_and_the_error_says_the_message_was_given_b
     with pytest.raises(CommandError) as given_back:
         b.ack("q", msg_id, lease, T0 + 2.0)
     assert given_back.value.code == LEASE_LOST
-    assert "given back (nacked unseen)" in str(given_back.value)
+    assert "no lease holds it now" in str(given_back.value)
     [again] = b.receive("q", 1, 10.0, T0 + 3.0)
     with pytest.raises(CommandError) as delivered:
         b.ack("q", msg_id, lease, T0 + 4.0)
     assert "delivered again since" in str(delivered.value)
     b.ack("q", msg_id, again.lease, T0 + 5.0)
+    # Never delivered, but a Message (a priority): no lease holds it either.
+    other = b.put("q", b"y", T0, priority=1)
+    with pytest.raises(CommandError) as never:
+        b.ack("q", other, lease, T0 + 6.0)
+    assert "no lease holds it now (never delivered" in str(never.value)
 
 
 def test_stale_lease_is_refused_even_when_the_new_lease_ran_out(b: Broker) -> None:

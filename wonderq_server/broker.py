@@ -201,15 +201,12 @@ class Broker(QueueAdmin, Replay):
             raise CommandError(NOT_FOUND, f"no message {message_id} in queue {name!r}"
                                " (acked, expired or moved already, or never put)")
         if type(msg) is bytes or msg.lease != lease:
-            # An unseen nack ends its lease for good: no lease holds the message until
-            # its next delivery, and a client told "delivered again" would look for a
-            # consumer that does not exist.
-            if type(msg) is bytes:
-                since = "it is not leased (never delivered, or given back)"
-            elif msg.lease is None:
-                since = "it was given back (nacked unseen) and waits for its next delivery"
-            else:
-                since = "it has been delivered again since"
+            # No lease holds a message that was never delivered, given back unseen (which
+            # ends its lease for good) or moved (dead-lettered, redriven); a client told
+            # "delivered again" would look for a consumer that does not exist.
+            since = "it has been delivered again since" if type(msg) is not bytes \
+                and msg.lease is not None else "no lease holds it now (never delivered, " \
+                "given back unseen, or moved to this queue since)"
             raise CommandError(LEASE_LOST, f"lease {lease} no longer holds message "
                                f"{message_id}: {since}")
         return msg
