@@ -45,7 +45,8 @@ Rules:
   sent with its length, so it is binary-safe.
 * A line longer than `max_line_bytes` is answered with LINE_TOO_LONG and
   skipped up to its end; the connection stays usable. Inside a PUT_MANY
-  block such a line is that body's BODY_TOO_LARGE result instead.
+  block such a line is that body's BODY_TOO_LARGE result instead, counted once
+  the line has ended.
 * A PUT_MANY header line that is refused (bad queue, count, option) is one
   ERR line and starts no block: the lines after it are read as commands.
   Once accepted, the next <count> lines are bodies, whatever they say. If
@@ -146,8 +147,8 @@ class TextDecoder:
             newline = buf.find(b"\n", pos)
             if newline < 0:
                 if len(buf) - pos > max_line:
-                    if not self._discarding:
-                        out.extend(self._too_long())
+                    if not self._discarding and self._block is None:
+                        out.extend(self._too_long())  # said now; the rest is skipped
                     self._discarding = True
                     pos = len(buf)
                 break
@@ -155,6 +156,10 @@ class TextDecoder:
             pos = newline + 1
             if self._discarding:
                 self._discarding = False
+                if self._block is not None:
+                    # A body line counts once it has ended: one the input never ends
+                    # leaves the block short (end_of_input), and nothing is stored.
+                    out.extend(self._too_long())
                 continue
             if len(line) > max_line:
                 out.extend(self._too_long())
