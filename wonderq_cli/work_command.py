@@ -22,7 +22,8 @@ Rules:
 * SIGTERM, SIGINT and SIGHUP stop the worker gracefully (Worker.stop): no more receives;
   programs still running get --grace seconds, then are ended (below) and their messages
   given back. A second signal skips the rest of the grace. Exit status 0 after a stop;
-  once the worker has ended, stop signals are ignored on the way out.
+  once the worker has ended (a stop, --burst, --max-messages), stop signals are ignored
+  on the way out.
   Programs run in sessions of their own, so a terminal's signals reach only this tool.
   SIGKILL of this tool (which no cleanup sees) sends each running program SIGTERM from
   the kernel, on Linux (parent_death.py); what a program started itself is its to stop,
@@ -253,25 +254,22 @@ class OneLine(logging.Formatter):
         return f"wonderq work: {text}"
 
 
-def _stop_listening(loop: asyncio.AbstractEventLoop, ignore_from_now: bool) -> None:
+def _stop_listening(loop: asyncio.AbstractEventLoop) -> None:
     """_stop_listening takes back the stop signals' handlers as the worker ends.
 
-    After a stop by signal the tool is on its way out with status 0, and a second or
-    third signal (a user pressing Ctrl-C again, a supervisor's follow-up) must not turn
-    that into death by signal: from then on the stop signals are ignored. The signals
-    are blocked while the handlers change, so none falls between the loop's handler
-    and SIG_IGN into the default action. A worker that ended by itself (--burst,
-    --max-messages) gets the default actions back, as before it ran."""
-    if ignore_from_now:
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    Once the worker has ended (a stop, --burst, --max-messages) the tool is on its way
+    out, its summary said, and a signal then (a user pressing Ctrl-C again, a
+    supervisor's follow-up, a Ctrl-C that races the end of a burst) must not turn exit
+    status 0 into death by that signal: from then on the stop signals are ignored. They
+    are blocked while the handlers change, so none falls between the loop's handler and
+    SIG_IGN into the default action; one the loop had caught but not yet run is moot."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)
-            if ignore_from_now:
-                signal.signal(sig, signal.SIG_IGN)
+            signal.signal(sig, signal.SIG_IGN)
     finally:
-        if ignore_from_now:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -353,7 +351,7 @@ async def run(args: argparse.Namespace) -> int:
     try:
         await worker.run()
     finally:
-        _stop_listening(loop, ignore_from_now=signals > 0)
+        _stop_listening(loop)
         logger.removeHandler(log_handler)
         logger.level, logger.propagate = saved
         counts = worker.counts
