@@ -439,7 +439,7 @@ def test_a_paused_client_that_is_still_there_is_served():
     assert transport.reading  # back under the limit
 
 
-def test_a_connection_being_read_never_asks_its_socket():
+def test_the_socket_is_asked_once_per_waiting_receive_served_and_never_otherwise():
     hub = FakeHub()
     connection, transport = binary_client(hub)
     hub.send(connection, b"".join(req(i, "receive", queue="q", wait=60) for i in range(3)))
@@ -447,7 +447,30 @@ def test_a_connection_being_read_never_asks_its_socket():
         put_via_text(hub, body)
     hub.run()
     assert len(transport.frames()) == 3
-    assert transport.tcp_state_asked == 0  # a close would reach eof_received
+    assert transport.tcp_state_asked == 3  # one per waiting receive served
+    for body in (b"d", b"e"):
+        put_via_text(hub, body)
+    hub.send(connection, req(9, "receive", queue="q", max=2, wait=60))  # finds them at once
+    hub.run()
+    assert len(transport.frames()) == 4
+    assert transport.tcp_state_asked == 3
+
+
+def test_a_fin_not_yet_read_keeps_a_message_from_a_connection_being_read():
+    # The client's FIN came in the same batch of events as the put, after it: asyncio has
+    # not read it when the put serves the waits. The socket says so.
+    hub = FakeHub()
+    connection, transport = binary_client(hub)
+    other, other_transport = binary_client(hub)
+    hub.send(connection, req(1, "receive", queue="q", wait=60))
+    hub.send(other, req(1, "receive", queue="q", wait=60))
+    transport.tcp_state = TCP_CLOSE_WAIT
+    put_via_text(hub, b"only")
+    hub.run()
+    [reply] = transport.frames()
+    assert reply == [1, None, []]  # answered with nothing, as at EOF
+    [[_, _, [message]]] = other_transport.frames()
+    assert b"only" in message
 
 
 def test_a_text_client_that_half_closed_while_paused_is_treated_as_at_eof():

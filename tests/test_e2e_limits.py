@@ -17,6 +17,7 @@ import socket
 import struct
 
 import pytest
+from certificates import TlsFiles
 from polling import until_stats
 from raw_socket import PREAMBLE, frame
 from raw_socket import BinarySocket as Raw
@@ -185,37 +186,54 @@ async def test_a_client_that_closes_while_paused_for_its_waits_takes_no_message(
         assert sorted(m.id for m in got) == sorted(ids)  # none leased to the parker
 
 
-async def test_waits_of_clients_that_reset_just_before_a_put_take_no_message(server_factory):
+def _over(conn, context):
+    """_over: `conn` (a Raw or Text socket) speaking TLS when `context` is given."""
+    if context is not None:
+        conn.sock = context.wrap_socket(conn.sock, server_hostname="127.0.0.1")
+    return conn
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+@pytest.mark.parametrize("put_first", [False, True], ids=["closes-then-put", "put-then-closes"])
+async def test_waits_of_clients_that_close_as_a_put_arrives_take_no_message(
+        server_factory, tmp_path, tls, put_first):
     # A reviewer closed 100 of 200 waiting text GETs (half by reset) and put 150 messages
     # at once: 44 went to the dead connections, leased for their timeout. The server is
-    # frozen here while the closes and the put arrive, so it reads them in one batch: a
-    # reset's connection_lost comes a loop turn after the read that found it, and the put,
-    # in the same batch, was served to those waits before that.
-    server = server_factory()
-    async with connect(server.host, server.port) as client:
+    # frozen here while the closes and the put arrive, so it reads them in one batch,
+    # in either order. asyncio knew of none of these closes in time: a reset's
+    # connection_lost comes a loop turn after the read that finds it, a close after the
+    # put in the batch is not read yet, and over TLS neither is seen until the TLS layer
+    # gives up. So the server asks the socket before it leases to a waiting receive.
+    tls_files = TlsFiles.make(tmp_path) if tls else None
+    context = tls_files.client_context() if tls_files else None
+    server = server_factory(*(tls_files.server_flags() if tls_files else []))
+    async with connect(server.host, server.port, ssl=context) as client:
         waits = []
         for i in range(40):
             if i % 2:
-                conn = Text(server.host, server.port)
+                conn = _over(Text(server.host, server.port), context)
                 conn.send(b"GET reset wait=60 visibility=60\n")
             else:
-                conn = Raw(server.host, server.port)
+                conn = _over(Raw(server.host, server.port), context)
                 conn.send(PREAMBLE + frame([1, "receive", {"queue": "reset", "wait": 60,
                                                            "visibility": 60}]))
             waits.append(conn)
         await until_stats(client, lambda s: s["queues"].get("reset", {}).get("waiting") == 40)
         live, dead = waits[:8], waits[8:]
-        putter = Raw(server.host, server.port)
+        putter = _over(Raw(server.host, server.port), context)
         putter.send(PREAMBLE)
+        put = frame([1, "put_many", {"queue": "reset", "bodies": [b"m%d" % i for i in range(40)]}])
         os.kill(server.proc.pid, signal.SIGSTOP)
         try:
+            if put_first:
+                putter.send(put)
             for index, conn in enumerate(dead):
                 if index % 4 < 3:  # a reset; the others close as usual (FIN)
                     conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                                          struct.pack("ii", 1, 0))
                 conn.close()
-            putter.send(frame([1, "put_many", {"queue": "reset",
-                                               "bodies": [b"m%d" % i for i in range(40)]}]))
+            if not put_first:
+                putter.send(put)
         finally:
             os.kill(server.proc.pid, signal.SIGCONT)
         [_, _, ids] = await in_thread(putter.reply)

@@ -22,13 +22,13 @@ Rules:
   its waiting receives are withdrawn at once, so a consumer that disconnects
   never swallows a message. CANCEL withdraws one by its request id while
   the connection goes on (a caller stopped waiting for it): this connection's
-  own state, so the connection runs it, not the service. Before the broker
-  leases to one of its waiting receives it asks `_peer_gone`: a transport
-  already closing (a reset read this loop turn, connection_lost still to
-  come) is gone. While reading is paused a close cannot be seen, so a
-  paused connection also asks the socket (peer_state.py); once
-  the client is known to have sent its FIN, its receives are treated as at
-  EOF: those that wait, now or when read later, are answered with nothing.
+  own state, so the connection runs it, not the service. asyncio learns of
+  a close late (a reset's connection_lost a loop turn after it is read; a
+  FIN not yet read; TLS), so before the broker leases to one of its waiting
+  receives it asks `_peer_gone`, which asks the socket (peer_state.py);
+  once the client is known to have sent its FIN, its receives are treated
+  as at EOF: those that wait, now or when read later, are answered with
+  nothing.
 * Replies to commands whose records must be durable (DURABLE_COMMANDS:
   every command that changes what is stored) are remembered by position:
   if the journal write behind them fails, `send_output` turns exactly those
@@ -299,29 +299,30 @@ class Connection(asyncio.Protocol):
         """_peer_gone: the broker asks before it leases messages to one of our waiting
         receives; True means nobody will read them, so the receive gets nothing.
 
-        A transport that is closing is gone: a read that found a reset marks
-        the transport closing at once, but asyncio calls connection_lost a
-        loop turn later, and a put read in the same turn would otherwise
-        lease to the waits of a client that reset. A connection being read
-        learns of a FIN from eof_received, so only a paused one asks the
-        socket (peer_state.py). Once the client has sent its FIN, its
+        asyncio learns of a close late: a reset read in this loop turn marks
+        the transport closing but calls connection_lost a turn later; a FIN
+        or reset that is in the kernel but not yet read (it came in the same
+        batch as the put, after it; or reading is paused) is not known at
+        all; and over TLS neither is seen until the TLS layer gives up. So
+        the socket is asked (peer_state.py: TCP_INFO, one getsockopt) before
+        every lease to a waiting receive: one system call per waiting receive
+        served, not per message. Once the client has sent its FIN, its
         receives are treated as eof_received treats them: every one that
         waits, now or when read later (see `_execute`), is answered with
         nothing; a receive that finds messages at once still gets them, for
         a client that only shut down its sending side (`nc -N`) still reads.
-        The FIN itself is read once reading resumes.
         """
         if self._peer_closed or self._closed:
             return True
-        if self.transport is not None and self.transport.is_closing():
-            return True  # a reset was read; connection_lost comes next turn
-        if not self._paused_by or self.transport is None:
+        transport = self.transport
+        if transport is None:
             return False
-        if not peer_has_closed(self.transport):
+        if not transport.is_closing() and not peer_has_closed(transport):
             return False
         self._peer_closed = True
-        logger.info("%s closed while the server was not reading from it; its waiting "
-                    "receives are answered with nothing", self.peer)
+        if self._paused_by:
+            logger.info("%s closed while the server was not reading from it; its waiting "
+                        "receives are answered with nothing", self.peer)
         # Its waits on other queues too; not from inside this broker call.
         self.hub.defer(self._answer_waits_empty)
         return True
