@@ -6,6 +6,8 @@ import asyncio
 import collections
 import os
 import signal
+import time
+import traceback
 
 import pytest
 from polling import EVENT_TIMEOUT_S, until_stats, until_true
@@ -15,6 +17,7 @@ from wonderq_client import (
     BodyTooLarge,
     Client,
     ConnectionClosed,
+    FrameTooLarge,
     InvalidQueueName,
     LeaseLost,
     NotFound,
@@ -384,3 +387,74 @@ async def close_cut_short(client: Client) -> None:
         async with asyncio.timeout(0.3):
             await client.close()
     await until_true(lambda: client.closed)
+
+
+# ------------------------------------------------- what a developer's code does (a review)
+
+async def test_close_gives_back_what_the_server_leased_to_a_receive_still_waiting(server):
+    # A task waits in receive; a put comes; the app closes the client. A reviewer found the
+    # message leased to nobody for the whole lease in 11-15 of 30 closes: the reply was in
+    # the socket and close() dropped it. Each round here ends with nothing in flight.
+    async with connect(server.host, server.port) as other:
+        for _ in range(20):
+            client = await connect(server.host, server.port)
+            waiting = asyncio.create_task(client.receive("closing", wait=30, visibility=300))
+            await until_stats(other, lambda s: s["queues"].get("closing", {}).get("waiting")
+                              == 1)
+            await other.put("closing", b"x")
+            await client.close()
+            try:
+                got = await waiting
+            except ConnectionClosed as exc:
+                assert "this client closed the connection" in exc.message
+            else:  # the reply was taken before close(): the caller has the message
+                [message] = got
+                await other.ack("closing", message.id, message.lease)
+            info = await other.queue_info("closing")
+            assert info["in_flight"] == 0, info
+            for message in await other.receive("closing", max=10):
+                await message.ack()
+
+
+async def test_a_request_over_the_frame_limit_is_refused_before_it_is_sent(server):
+    async with connect(server.host, server.port, max_frame_bytes=10_000) as client:
+        with pytest.raises(FrameTooLarge, match="max_frame_bytes of 10000"):
+            await client.put_many("big", [b"x" * 6_000, b"y" * 6_000])
+        assert await client.ping() == "pong"  # the connection and its calls go on
+        assert await client.queues() == []  # nothing was sent
+    with pytest.raises(ValueError):
+        connect(server.host, server.port, max_frame_bytes=0)
+
+
+async def test_empty_batches_need_no_round_trip_and_one_body_is_not_a_list(server):
+    async with connect(server.host, server.port) as client:
+        got = await client.receive("empty", max=100)
+        assert await client.ack_many("empty", got) == []
+        assert await client.nack_many("empty", []) == []
+        assert await client.put_many("empty", []) == []
+        for one_body in ("hello", b"hello"):
+            with pytest.raises(TypeError, match="list of bodies"):
+                await client.put_many("empty", one_body)  # a str was 5 messages
+        assert "empty" not in (await client.stats())["queues"]  # nothing was put
+
+
+async def test_a_bare_touch_renews_for_the_visibility_the_receive_asked_for(server):
+    async with connect(server.host, server.port) as client:
+        await client.put("long", b"job")
+        [message] = await client.receive("long", visibility=600)
+        deadline = await message.touch()
+        assert deadline - time.time() > 500  # not cut to the default 30 s
+        assert await message.touch(visibility=5) - time.time() < 10
+
+
+async def test_calls_on_a_closed_client_raise_fresh_errors(server):
+    client = await connect(server.host, server.port)
+    await client.close()
+    errors = []
+    for _ in range(50):
+        with pytest.raises(ConnectionClosed) as raised:
+            await client.ping()
+        errors.append(raised.value)
+    assert len({id(error) for error in errors}) == 50
+    assert len(traceback.extract_tb(errors[-1].__traceback__)) < 10  # it grew per raise
+    assert "this client closed the connection (close())" in errors[-1].message

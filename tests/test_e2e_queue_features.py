@@ -88,16 +88,13 @@ async def test_whole_batch_errors_raise(server_factory):
     async with connect(server.host, server.port) as client:
         with pytest.raises(BatchTooLarge):
             await client.put_many("wb", [b"a", b"b", b"c", b"d"])
-        with pytest.raises(BadArgument):
-            await client.put_many("wb", [])
+        assert await client.put_many("wb", []) == []  # no round trip (the server refuses)
         await client.put_many("wb", [b"a", b"b", b"c"])
         msgs = await client.receive("wb", max=3)
         with pytest.raises(BatchTooLarge):
             await client.ack_many("wb", [*msgs, (1, 2)])
-        with pytest.raises(BadArgument):
-            await client.ack_many("wb", [])
-        with pytest.raises(BadArgument):
-            await client.nack_many("wb", [])
+        assert await client.ack_many("wb", []) == []
+        assert await client.nack_many("wb", []) == []
         with pytest.raises(BatchTooLarge):
             await client.receive("wb", max=4)
         assert await client.ack_many("wb", msgs) == [None, None, None]

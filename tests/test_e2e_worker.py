@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import random
 import signal
@@ -105,6 +106,26 @@ def test_worker_refuses_settings_that_cannot_work(options):
 
     with pytest.raises(ValueError):
         Worker("q", handler, **options)
+
+
+def test_a_decorated_async_handler_is_taken_and_a_decorated_plain_one_refused():
+    def logged(function):
+        @functools.wraps(function)
+        def wrapper(*args):
+            return function(*args)
+        return wrapper
+
+    @logged
+    async def handler(msg: Message) -> None:
+        pass
+
+    @logged
+    def plain(msg: Message) -> None:
+        pass
+
+    Worker("q", handler)  # a reviewer: refused, "must be an async function (async def)"
+    with pytest.raises(TypeError):
+        Worker("q", plain)
 
 
 # --------------------------------------------------------------------- the work

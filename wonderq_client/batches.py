@@ -12,6 +12,7 @@ Rules:
   "priority", "headers", "expiry"}; an option that is None in a dict is left
   out, as in every request (nil means absent on the wire). Anything else in
   a dict is the server's to judge, as that item's BAD_ARGUMENT.
+* An empty batch is [] at once, with no round trip (the server refuses one).
 * ack_many and nack_many items are (id, lease) pairs or received Messages;
   a peeked Message (no lease) raises NotLeasedError before anything is sent.
 * The helpers reuse the lists they are given where they can: a batch of
@@ -31,7 +32,12 @@ SettleItem = tuple[int, int] | list[int] | Message
 
 
 def put_items(bodies: Iterable[PutItem]) -> list[PutItem]:
-    """put_items is put_many's `bodies` field: bodies as given, dicts without None options."""
+    """put_items is put_many's `bodies` field: bodies as given, dicts without None options.
+    One body where the list of them belongs (a str would be put a character a message)
+    raises TypeError."""
+    if isinstance(bodies, str | bytes | bytearray | memoryview | dict):
+        raise TypeError(f"put_many takes a list of bodies, not one {type(bodies).__name__} "
+                        f"(use put for one message)")
     items = bodies if isinstance(bodies, list) else list(bodies)
     for index, item in enumerate(items):
         if isinstance(item, dict) and None in item.values():

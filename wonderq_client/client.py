@@ -25,7 +25,11 @@ Rules:
   so that the server never stops reading the connection for them (and
   cancels always get through).
 * A request is encoded before it is registered: an argument msgpack cannot
-  encode raises from the call and leaves nothing pending.
+  encode raises from the call and leaves nothing pending, and so does one
+  whose frame is over `max_frame_bytes` (FrameTooLarge; the server would close
+  the connection, failing every call on it, and a retry the same way).
+* close() ends the receives still awaited as cancelled ones: they raise
+  ConnectionClosed, and what the server leased to them is given back.
 * If the connection ends, every call still waiting raises ConnectionClosed:
   the request may or may not have been carried out (an ack, say), so callers
   that retry must tolerate NOT_FOUND.
@@ -46,12 +50,16 @@ from typing import Any
 
 from .admin import QueueAdmin
 from .batches import PutItem, SettleItem, item_results, put_items, settle_items
+from .codec import HEADER_BYTES as FRAME_HEADER_BYTES
 from .codec import PREAMBLE, NotAReply, ReplyDecoder, encode_request
-from .errors import BadArgument, ConnectionClosed, WonderQError, error_from_wire
+from .errors import BadArgument, ConnectionClosed, FrameTooLarge, WonderQError, error_from_wire
 from .message import Message, from_deliveries
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7711
+# The server's --max-frame-bytes default: a request bigger than this is refused here, before
+# it is sent, rather than by a server that closes the connection on every call it carries.
+DEFAULT_MAX_FRAME_BYTES = 67_108_864
 # close() waits at most this long for unsent requests to be written, then drops them.
 CLOSE_DRAIN_S = 5.0
 # Most receives one connection keeps waiting on the server at once; more wait here, unsent,
@@ -61,8 +69,10 @@ MAX_WAITS_ON_SERVER = 1000
 
 
 class _ClientProtocol(asyncio.Protocol):
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop,
+                 max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         self._loop = loop
+        self.max_frame_bytes = max_frame_bytes
         self._decoder = ReplyDecoder()
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._receives: dict[int, str] = {}  # request id -> queue, for receives in flight
@@ -79,6 +89,7 @@ class _ClientProtocol(asyncio.Protocol):
         self.closed_error: ConnectionClosed | None = None
         self._server_error: str = ""  # an error the server sent about the whole connection
         self._server_error_code: str | None = None  # and its code
+        self.closed_by_client = False  # close() ended it
         self.closed = loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -87,8 +98,11 @@ class _ClientProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         reason = self._server_error or (str(exc) if exc else "")
-        self.closed_error = ConnectionClosed(
-            f"connection to the server closed{': ' + reason if reason else ''}")
+        if self.closed_by_client and not reason:
+            self.closed_error = ConnectionClosed("this client closed the connection (close())")
+        else:
+            self.closed_error = ConnectionClosed(
+                f"connection to the server closed{': ' + reason if reason else ''}")
         self.closed_error.server_code = self._server_error_code
         pending, self._pending = self._pending, {}
         self._receives.clear()
@@ -98,7 +112,7 @@ class _ClientProtocol(asyncio.Protocol):
         self._waits_held.clear()
         for future in pending.values():
             if not future.done():
-                future.set_exception(self.closed_error)
+                future.set_exception(self.closed_exception())
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -131,11 +145,25 @@ class _ClientProtocol(asyncio.Protocol):
             else:
                 future.set_exception(error_from_wire(error[0], error[1]))
 
+    def closed_exception(self) -> ConnectionClosed:
+        """closed_exception is a new ConnectionClosed like closed_error: one instance raised
+        by every later call would gather a traceback entry per raise, without bound."""
+        assert self.closed_error is not None
+        error = ConnectionClosed(self.closed_error.message)
+        error.server_code = self.closed_error.server_code
+        return error
+
     def send(self, command: str, args: dict[str, Any]) -> asyncio.Future[Any]:
         if self.closed_error is not None:
-            raise self.closed_error
+            raise self.closed_exception()
+        request = encode_request(self._last_id + 1, command, args)  # raises for a bad value
+        if len(request) - FRAME_HEADER_BYTES > self.max_frame_bytes:
+            raise FrameTooLarge(
+                f"this {command} is a frame of {len(request) - FRAME_HEADER_BYTES} bytes, over "
+                f"the client's max_frame_bytes of {self.max_frame_bytes} (connect(); the "
+                f"server's --max-frame-bytes by default): not sent, so the connection and the "
+                f"calls on it go on; send fewer or smaller messages per request")
         self._last_id = request_id = self._last_id + 1
-        request = encode_request(request_id, command, args)  # first: it raises for a bad value
         future = self._loop.create_future()
         self._pending[request_id] = future
         transport = self.transport
@@ -160,7 +188,7 @@ class _ClientProtocol(asyncio.Protocol):
         wait = args.get("wait")
         if wait and len(self._waits_on_server) >= MAX_WAITS_ON_SERVER:
             if self.closed_error is not None:
-                raise self.closed_error
+                raise self.closed_exception()
             encode_request(0, "receive", args)  # raises now for a value msgpack cannot take
             self._last_id = request_id = self._last_id + 1
             deadline = self._loop.time() + wait
@@ -239,6 +267,23 @@ class _ClientProtocol(asyncio.Protocol):
         being given back, and close() waits for that too."""
         if self._drop_held(request_id) is None and self.closed_error is None:
             self._await_on_close(self._send_later("cancel", {"request": request_id}))
+
+    def abandon_receives(self) -> None:
+        """abandon_receives: close() ends the receives still awaited, as their callers'
+        cancels would. Each raises ConnectionClosed now; one waiting on the server is
+        cancelled there and one in flight has its reply awaited, and what either brings
+        is given back (close() waits for all of it), so a message the server leased to
+        it just before the close is not left leased to nobody."""
+        for request_id, queue in list(self._receives.items()):
+            caller = self._pending.get(request_id)
+            if caller is None or caller.done():
+                continue
+            caller.set_exception(ConnectionClosed(
+                "this client closed the connection (close()) while the receive waited"))
+            if request_id in self._waits_on_server or request_id in self._waits_held:
+                self.cancel_wait(request_id)
+            else:
+                self.await_abandoned_reply(request_id, queue)
 
     def await_abandoned_reply(self, request_id: int, queue: str) -> None:
         """await_abandoned_reply: a receive that did not wait was abandoned before its reply
@@ -359,7 +404,10 @@ class Client(QueueAdmin):
         own. Each result is the item's id, or the error (returned, not
         raised: Full, BodyTooLarge, ...) that refused that item alone.
         """
-        args: dict[str, Any] = {"queue": queue, "bodies": put_items(bodies)}
+        items = put_items(bodies)
+        if not items:
+            return []  # nothing to put: no round trip (the server refuses an empty batch)
+        args: dict[str, Any] = {"queue": queue, "bodies": items}
         put_options(args, delay, priority, headers, expiry)
         return item_results(await self._call("put_many", args))
 
@@ -395,7 +443,11 @@ class Client(QueueAdmin):
             else:
                 self._protocol.await_abandoned_reply(request_id, queue)
             raise
-        return from_deliveries(self, queue, rows)
+        messages = from_deliveries(self, queue, rows)
+        if visibility is not None:
+            for message in messages:  # what a bare msg.touch() renews for
+                message.visibility = visibility
+        return messages
 
     async def ack(self, queue: str, id: int, lease: int) -> None:
         """ack deletes a message; raises LeaseLost if it was delivered again since."""
@@ -406,10 +458,13 @@ class Client(QueueAdmin):
         """ack_many acks (id, lease) pairs or received Messages; one result per item.
 
         Each result is None (acked) or the error (NotFound, LeaseLost, ...)
-        that refused that item alone, returned rather than raised.
+        that refused that item alone, returned rather than raised. No items: []
+        at once, so the list a receive returned can be acked whatever it holds.
         """
-        return item_results(await self._call(
-            "ack_many", {"queue": queue, "items": settle_items(items)}))
+        pairs = settle_items(items)
+        if not pairs:
+            return []  # a receive that found nothing: no round trip
+        return item_results(await self._call("ack_many", {"queue": queue, "items": pairs}))
 
     async def nack(self, queue: str, id: int, lease: int, *, delay: float = 0.0,
                    unseen: bool = False) -> None:
@@ -428,7 +483,10 @@ class Client(QueueAdmin):
                         delay: float = 0.0, unseen: bool = False) -> list[WonderQError | None]:
         """nack_many gives back (id, lease) pairs or received Messages; results as ack_many;
         `unseen` as for nack."""
-        args: dict[str, Any] = {"queue": queue, "items": settle_items(items), "delay": delay}
+        pairs = settle_items(items)
+        if not pairs:
+            return []
+        args: dict[str, Any] = {"queue": queue, "items": pairs, "delay": delay}
         if unseen:
             args["unseen"] = True
         return item_results(await self._call("nack_many", args))
@@ -465,12 +523,17 @@ class Client(QueueAdmin):
     async def close(self) -> None:
         """close ends the connection; calls still waiting raise ConnectionClosed.
 
+        A receive still awaited raises it at once and is ended as a cancelled one
+        would be (abandon_receives), so what the server leased to it is given back.
         What is still unsent (a give-back's nacks) may take CLOSE_DRAIN_S to go
         out, and the answers to give-backs and to cancels of waiting receives as
         long again (give_back and cancel_wait say why); after that the connection
         is dropped, so a server that stopped reading cannot hold close() up."""
         transport = self._protocol.transport
         deadline = asyncio.get_running_loop().time() + CLOSE_DRAIN_S
+        if transport is not None and not transport.is_closing():
+            self._protocol.closed_by_client = True
+            self._protocol.abandon_receives()
         try:
             while self._protocol.awaited_by_close and transport is not None \
                     and not transport.is_closing():
@@ -510,9 +573,10 @@ class _Connect:
     """What `connect()` returns: await it, or use it in `async with`."""
 
     def __init__(self, host: str, port: int, timeout: float | None,
-                 auth_token: str | bytes | None, ssl: Any) -> None:
+                 auth_token: str | bytes | None, ssl: Any, max_frame_bytes: int) -> None:
         self._host, self._port, self._timeout = host, port, timeout
         self._auth_token, self._ssl = auth_token, ssl
+        self._max_frame_bytes = max_frame_bytes
         self._client: Client | None = None
 
     async def _open(self) -> Client:
@@ -521,7 +585,8 @@ class _Connect:
         try:
             async with asyncio.timeout(self._timeout):
                 _, protocol = await loop.create_connection(
-                    lambda: _ClientProtocol(loop), self._host, self._port, ssl=self._ssl)
+                    lambda: _ClientProtocol(loop, self._max_frame_bytes), self._host,
+                    self._port, ssl=self._ssl)
                 if self._auth_token is not None:
                     await protocol.send("auth", {"token": self._auth_token})
         except BaseException:
@@ -545,12 +610,17 @@ class _Connect:
 
 def connect(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
             timeout: float | None = 10.0, auth_token: str | bytes | None = None,
-            ssl: Any = None) -> _Connect:
+            ssl: Any = None, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> _Connect:
     """connect opens a connection: `client = await connect()` or `async with connect() as c:`.
 
     timeout: seconds for the whole connect (None: no limit). auth_token: the
     server's --auth-token, sent first (AuthFailed if refused). ssl: an
     ssl.SSLContext (or True: verify against the system's CAs) for a server
     with --tls-cert; passed to loop.create_connection as it is.
+    max_frame_bytes: the server's --max-frame-bytes (its default here); a
+    request bigger than this raises FrameTooLarge before it is sent, while a
+    server would close the connection, failing every call on it.
     """
-    return _Connect(host, port, timeout, auth_token, ssl)
+    if not (isinstance(max_frame_bytes, int) and max_frame_bytes > 0):
+        raise ValueError(f"max_frame_bytes must be a positive int, not {max_frame_bytes!r}")
+    return _Connect(host, port, timeout, auth_token, ssl, max_frame_bytes)

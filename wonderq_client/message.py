@@ -32,7 +32,7 @@ class NotLeasedError(ValueError):
 
 class Message:
     __slots__ = ("_client", "body", "dead_letter", "deliveries", "enqueued_at", "headers",
-                 "id", "lease", "priority", "queue")
+                 "id", "lease", "priority", "queue", "visibility")
 
     def __init__(self, client: Client, queue: str, id: int, body: bytes, lease: int | None,
                  deliveries: int, enqueued_at: float, priority: int = 0,
@@ -48,6 +48,7 @@ class Message:
         self.priority = priority
         self.headers = {} if headers is None else headers
         self.dead_letter = dead_letter
+        self.visibility: float | None = None  # the lease length its receive asked for
 
     @classmethod
     def from_delivery(cls, client: Client, queue: str, row: list[Any]) -> Message:
@@ -71,9 +72,14 @@ class Message:
                                 unseen=unseen)
 
     async def touch(self, *, visibility: float | None = None) -> float:
-        """touch extends this message's lease; returns the new deadline."""
-        return await self._client.touch(self.queue, self.id, self._leased("touch"),
-                                        visibility=visibility)
+        """touch renews this message's lease for `visibility` seconds from now, or, by
+        default, for the visibility its receive asked for (as beanstalkd's touch renews
+        a job's own TTR): a message received with visibility=600 is not cut to the
+        queue's 30 s by a bare touch(). Returns the new deadline. A receive that gave
+        no visibility leaves it to the server: the queue's setting, else its default."""
+        return await self._client.touch(
+            self.queue, self.id, self._leased("touch"),
+            visibility=self.visibility if visibility is None else visibility)
 
     def _leased(self, action: str) -> int:
         if self.lease is None:

@@ -220,8 +220,12 @@ def raise_if_fatal(error: BaseException) -> None:
 def is_plain_function(handler: Any) -> bool:
     """is_plain_function: `handler` is surely not async, a `def` function or method (a
     lambda or a callable object may still return an awaitable, so they pass)."""
+    # A decorator's wrapper (functools.wraps) of an async function is a plain `def` that
+    # returns the coroutine: what it wraps decides.
     return ((inspect.isfunction(handler) or inspect.ismethod(handler))
-            and not inspect.iscoroutinefunction(handler) and handler.__name__ != "<lambda>")
+            and not inspect.iscoroutinefunction(handler)
+            and not inspect.iscoroutinefunction(inspect.unwrap(handler))
+            and handler.__name__ != "<lambda>")
 
 
 @dataclass
