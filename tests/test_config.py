@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from wonderq_server import config as config_module
 from wonderq_server.config import build_parser, parse_config
+
+MIB = 1024 * 1024
 
 TOKEN = "s3cret-token-123"
 
@@ -139,3 +142,26 @@ def test_journal_reserve_takes_bytes_or_a_size(argv, environ, reserve):
 ])
 def test_a_bad_journal_reserve_is_refused(capsys, value, message):
     assert message in refused(capsys, ["--journal-reserve", value])
+
+
+@pytest.mark.parametrize(("argv", "environ", "message"), [
+    (["--data-dir", ""], {}, "--data-dir is empty"),
+    ([], {"WONDERQ_DATA_DIR": "  "}, "--data-dir is empty"),
+    (["--host", ""], {}, "--host is empty"),
+    ([], {"WONDERQ_HOST": ""}, "--host is empty"),
+    (["--max-frame-bytes", str(2**32)], {}, "the most a frame's 4-byte length can say"),
+])
+def test_settings_that_cannot_mean_what_was_meant_are_refused(capsys, argv, environ, message):
+    # An unset variable in a service file silently ran in memory, or listened on every
+    # interface (an operator's review); the others could never work.
+    assert message in refused(capsys, argv, environ)
+
+
+def test_an_empty_data_dir_with_in_memory_is_in_memory():
+    assert parse_config(["--in-memory", "--data-dir", ""], {}).data_dir is None
+
+
+def test_a_percentage_of_memory_is_of_the_usable_memory(monkeypatch):
+    monkeypatch.setattr(config_module, "usable_memory_bytes", lambda: 1000 * MIB)
+    assert parse_config([], {}).max_memory_bytes == 400 * MIB
+    assert parse_config(["--max-memory", "10%"], {}).max_memory_bytes == 100 * MIB

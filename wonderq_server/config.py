@@ -10,8 +10,14 @@ Rules:
 * A bad value (from a flag or the environment) stops start-up with a message
   naming the flag; the server never starts on a setting it did not understand.
 * Sizes in bytes may say K, M or G (powers of 1024) where a size is usually
-  large (--max-memory); a percentage there is of the machine's physical
-  memory, read once at start-up.
+  large (--max-memory); a percentage there is of the memory the server may
+  use, read once at start-up: physical memory, or its cgroup's limit (a
+  container's) when lower (memory_limit.py).
+* Settings that cannot mean what was meant stop start-up too: a
+  --max-frame-bytes past the frame's 4-byte length, an empty --data-dir or
+  --host (an unset variable in a service file would otherwise mean "keep
+  nothing" or "listen on every interface"). A --max-message-bytes over
+  --max-frame-bytes is allowed: text mode's lines are not frames.
 * Secrets (SECRET_FLAGS: the auth token) are never shown: `--help` says
   "set" or "off" for them, an error about one never repeats its value, and
   Config's repr leaves the token out. A token file is read once, here
@@ -35,6 +41,7 @@ from .broker import DEFAULT_MAX_QUEUES
 from .commands import Limits
 from .connection_limits import ConnectionLimits
 from .journal import DEFAULT_RESERVE_BYTES, MAX_RESERVE_BYTES
+from .memory_limit import usable_memory_bytes
 
 DEFAULT_PORT = 7711
 DEFAULT_DATA_DIR = "./wonderq-data"
@@ -114,15 +121,7 @@ def _count(text: str) -> int:
 
 
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
-
-
-def physical_memory_bytes() -> int | None:
-    """physical_memory_bytes is the machine's RAM, or None where the OS does not say."""
-    try:
-        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
-    return pages * page_size if pages > 0 and page_size > 0 else None
+MAX_FRAME_LENGTH = 2**32 - 1  # a binary frame's length is 4 bytes (binary_codec.py)
 
 
 def memory_size(text: str, physical: int | None = None) -> int:
@@ -137,7 +136,7 @@ def memory_size(text: str, physical: int | None = None) -> int:
             raise ValueError("a percentage is a number then %, such as 40%") from None
         if not 0 < share <= 100:
             raise ValueError("a percentage must be over 0 and at most 100")
-        physical = physical_memory_bytes() if physical is None else physical
+        physical = usable_memory_bytes() if physical is None else physical
         if physical is None:
             raise ValueError("physical memory size is unknown on this system; "
                              "give a size such as 2G")
@@ -227,7 +226,8 @@ FLAGS = [
      "most queues; creating one more is refused with TOO_MANY_QUEUES"),
     ("--max-memory", "max_memory_bytes", memory_size, DEFAULT_MAX_MEMORY,
      "memory for stored messages (body + headers + 200 bytes each) beyond which puts are "
-     "refused with FULL: bytes, K/M/G (powers of 1024), or a percentage of physical memory"),
+     "refused with FULL: bytes, K/M/G (powers of 1024), or a percentage of the memory the "
+     "server may use (physical, or a container's cgroup limit when lower)"),
     ("--max-connections", "max_connections", _positive_int, _CONNECTION_LIMITS.max_connections,
      "most client connections; the next is answered TOO_MANY_CONNECTIONS and closed (the "
      "open-file limit is raised to fit, or this is lowered with a warning)"),
@@ -354,6 +354,12 @@ def parse_config(argv: Sequence[str] | None = None,
     )
     if ns.visibility_timeout_s > limits.max_visibility_s:
         build_parser({}).error("--visibility-timeout is over --max-visibility-timeout")
+    if ns.max_frame_bytes > MAX_FRAME_LENGTH:
+        build_parser({}).error(f"--max-frame-bytes is over {MAX_FRAME_LENGTH}, the most a "
+                               "frame's 4-byte length can say")
+    if not ns.host.strip():
+        build_parser({}).error("--host is empty (an unset WONDERQ_HOST?): give an address; "
+                               "0.0.0.0 or :: listens on every interface")
     connection_limits = ConnectionLimits(
         max_connections=ns.max_connections,
         max_request_buffer_bytes=ns.max_request_buffer_bytes,
@@ -361,6 +367,9 @@ def parse_config(argv: Sequence[str] | None = None,
         idle_timeout_s=ns.idle_timeout_s,
         auth_timeout_s=ns.auth_timeout_s,
     )
+    if not ns.data_dir.strip() and not ns.in_memory:
+        build_parser({}).error("--data-dir is empty (an unset WONDERQ_DATA_DIR?): give a "
+                               "directory, or none (or --in-memory) to keep nothing")
     no_data_dir = ns.data_dir.strip().lower() in ("none", "")
     in_memory = ns.in_memory or no_data_dir
     # --in-memory wins over a data directory (a WONDERQ_DATA_DIR set for every run, say);
