@@ -109,6 +109,7 @@ Must not know: files, sockets, clocks, the broker.
 
 from __future__ import annotations
 
+import mmap
 import reprlib
 import struct
 import zlib
@@ -175,7 +176,7 @@ class ReadResult:
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (offset, reason), repair only
 
 
-def check_header(data: bytes | memoryview) -> None:
+def check_header(data: bytes | memoryview | mmap.mmap) -> None:
     """check_header raises JournalCorrupt unless `data` starts with a journal header we read."""
     head = bytes(data[:len(FILE_HEADER)])
     if len(head) < len(FILE_HEADER) or head[:len(MAGIC)] != MAGIC or head[-1:] != b"\n":
@@ -350,12 +351,13 @@ _SYNCED_PAYLOAD_START = bytes([0x93, SYNCED])  # msgpack: an array of 3, then th
 _SYNCED_MAX_PAYLOAD = 2 + 9 + 2 + SYNCED_NONCE_BYTES  # that, a uint64, a bin8 of the nonce
 
 
-def _synced_past(data: bytes | memoryview, pos: int, end: int, nonce: bytes) -> int | None:
+def _synced_past(data: bytes | memoryview | mmap.mmap, pos: int, end: int,
+                 nonce: bytes) -> int | None:
     """_synced_past is where a valid SYNCED record with the file's nonce starts, after
     `pos`, that names an offset past it and not past itself (so the record at `pos` was on
     disk before that one was written: see the rules), or None. Bytes, not records, are
     searched: the record at `pos` may hide where records start."""
-    haystack = data if isinstance(data, bytes) else bytes(data)
+    haystack = data if isinstance(data, bytes | mmap.mmap) else bytes(data)  # no copy
     view = memoryview(haystack)
     at = haystack.find(_SYNCED_PAYLOAD_START, pos + RECORD_HEADER_BYTES + 1, end)
     while at >= 0:
@@ -396,7 +398,7 @@ def _all_zero(view: memoryview, start: int, end: int) -> bool:
     return not view[start:end].tobytes().strip(b"\0")
 
 
-def read_records(data: bytes | memoryview, result: ReadResult,
+def read_records(data: bytes | memoryview | mmap.mmap, result: ReadResult,
                  repair: bool = False) -> Iterator[list[Any]]:
     """read_records yields each good record's payload from a whole journal file.
 
@@ -525,7 +527,7 @@ def misfit(payload: list[Any]) -> str | None:
     return None
 
 
-def first_misfit(data: bytes | memoryview, repair: bool,
+def first_misfit(data: bytes | memoryview | mmap.mmap, repair: bool,
                  limit: int | None = None) -> tuple[int, str] | None:
     """first_misfit is (offset, problem) of the first record, of the first `limit` (all
     when None) that `read_records` hands out, that does not fit its kind; None if every
