@@ -83,8 +83,8 @@ def killed(journal: Journal) -> None:
     the files are closed as the kernel closes a dead process's, which releases the lock."""
     journal._pending.clear()
     os.close(journal.fd)
-    os.close(journal._lock_fd)
-    journal.fd = journal._lock_fd = -1
+    journal.fd = -1
+    journal._unlock()
 
 
 def restored_copy(directory: Path, copy: Path, now: float) -> tuple[Broker, RecoveryReport]:

@@ -185,3 +185,23 @@ def test_a_data_dir_that_is_a_file_is_named_not_blamed_on_the_port(tmp_path):
         in result.stderr
     assert "Traceback" not in result.stderr and "cannot start on" not in result.stderr
     assert in_the_way.read_bytes() == b"not a directory"
+
+
+def test_a_journal_file_that_cannot_be_read_is_named_not_blamed_on_the_port(tmp_path):
+    # It said "cannot start on 127.0.0.1:0: [Errno 21] Is a directory: '.../journal.000001'".
+    data = tmp_path / "data"
+    (data / "journal.000001").mkdir(parents=True)
+    result = subprocess.run([*server_command(), "--port", "0", "--data-dir", str(data)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "cannot start: [Errno 21] Is a directory" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and "cannot start on" not in result.stderr
+
+
+@pytest.mark.parametrize("level", ["warning", "error"])
+def test_the_ready_line_is_logged_at_any_log_level(server_factory, level):
+    # With --port 0 it is the only way to learn the port; at warning it was not logged.
+    server = server_factory("--log-level", level)  # waits for the ready line
+    assert server.port > 0
+    [info] = [line for line in server.log.splitlines() if " INFO " in line]  # that alone
+    assert "wonderq-server listening on" in info

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -273,6 +274,9 @@ def test_one_journal_per_directory(tmp_path: Path) -> None:
     with pytest.raises(DataDirLocked):  # still, on every try
         second.open(Broker(), T0)
     assert (tmp_path / "LOCK").read_text() == f"{os.getpid()}\n"
+    (tmp_path / "LOCK").unlink()  # an operator's review: then a second server started
+    with pytest.raises(DataDirLocked):
+        second.open(Broker(), T0)
     journal.close()
     broker2 = Broker()
     second.open(broker2, T0)
@@ -487,7 +491,8 @@ def test_an_empty_journal_file_is_refused_as_before(tmp_path: Path) -> None:
     assert "bad file header" in str(info.value)
 
 
-def test_damage_in_the_middle_stops_the_start_unless_repair(tmp_path: Path) -> None:
+def test_damage_in_the_middle_stops_the_start_unless_repair(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     journal, broker, _ = open_broker(tmp_path, T0)
     kept = broker.put("q", b"kept", T0)
     journal.write_pending()  # a record of its own: each write ends the put run
@@ -514,8 +519,14 @@ def test_damage_in_the_middle_stops_the_start_unless_repair(tmp_path: Path) -> N
     journal.close()  # lets go of the lock, as the exiting server would
     assert path.read_bytes() == bytes(data)  # a refused start changes nothing
 
+    caplog.set_level("ERROR", "wonderq.journal")
     journal, broker, report = open_broker(tmp_path, T0, repair=True)
     assert report.skipped == [(bad, "checksum mismatch")]
+    # One line per stretch said "its change is lost" when a stretch can hold many: a
+    # summary says how much was skipped (an operator's review counted 27 lost messages).
+    summary = re.search(r"--repair skipped (\d+) bytes in 1 damaged stretch\(es\); every "
+                        r"change recorded in them is lost", caplog.text)
+    assert summary and len(b"lost to damage") < int(summary.group(1)) < 100  # that record
     # All but the damaged one.
     assert report.records == len(list(read_records(path.read_bytes(), ReadResult(), True)))
     assert broker_state(broker) == expected
@@ -889,7 +900,7 @@ def test_a_start_after_a_crash_cuts_the_zeros_and_reserves_again(
     journal.write_pending()
     expected = broker_state(broker)
     os.close(journal.fd)  # a crash: no close(), the zeros stay
-    os.close(journal._lock_fd)
+    journal._unlock()
     caplog.set_level("INFO", "wonderq.journal")
     journal2, broker2, report = open_broker(tmp_path, T0, reserve_bytes=1000)
     assert broker_state(broker2) == expected

@@ -209,6 +209,7 @@ class Journal:
         self.generation = 0
         self.fd = -1
         self._lock_fd = -1
+        self._directory_lock_fd = -1  # the data directory itself, flocked (_lock)
         self.size = 0  # bytes in the live file, all written
         self.records = 0  # records in the live file
         self.live_bytes = 0  # estimate of what a compacted journal would take
@@ -289,16 +290,24 @@ class Journal:
         return report
 
     def _lock(self) -> None:
+        """_lock takes the data directory for this process: an OS lock (flock) on the
+        directory itself, which cannot be deleted while it holds a journal, and on its
+        LOCK file, which names the holder's pid (and which an older server locks). A
+        lock on the LOCK file alone let a second server start once someone deleted the
+        file, and answered puts were lost (an operator's review)."""
+        directory_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
         fd = os.open(self.directory / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
         try:
+            fcntl.flock(directory_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
+            os.close(directory_fd)
             raise DataDirLocked(f"data directory {self.directory} is in use by another "
-                                "wonderq-server (its LOCK file is held)") from None
+                                "wonderq-server (it holds the directory's lock)") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
+        self._lock_fd, self._directory_lock_fd = fd, directory_fd
 
     def _replay(self, broker: Broker, now: float) -> RecoveryReport:
         path = journal_path(self.directory, self.generation)
@@ -360,6 +369,13 @@ class Journal:
         for offset, reason in result.skipped:
             logger.error("%s: skipped damaged record at offset %d (%s); its change is lost",
                          path, offset, reason)
+        if result.skipped:
+            # One damaged stretch may hold many records (a page of zeros, say): the count
+            # of lines above is not the count of changes lost, and an operator must know.
+            logger.error("%s: --repair skipped %d bytes in %d damaged stretch(es); every "
+                         "change recorded in them is lost (a put lost: a message missing; an "
+                         "ack lost: a message delivered again); %d records were replayed",
+                         path, result.skipped_bytes, len(result.skipped), result.records)
         # A repaired journal still holds its damaged records: rewrite it soon, so the
         # next start does not need --repair again.
         # A file read by its SYNCED records (journal_format.py) keeps being written with
@@ -677,9 +693,14 @@ class Journal:
                     logger.warning("could not cut the journal's reserved space off (%s)", exc)
             os.close(self.fd)
             self.fd = -1
-        if self._lock_fd >= 0:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
+        self._unlock()
+
+    def _unlock(self) -> None:
+        """_unlock lets go of the data directory, as the end of the process would."""
+        for fd in (self._lock_fd, self._directory_lock_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._lock_fd = self._directory_lock_fd = -1
 
     def stats(self, broker: Broker) -> dict[str, Any]:
         live_records = sum(len(q.messages) + q.leased_count + q.delayed_count

@@ -174,6 +174,7 @@ class ReadResult:
     synced_seen: bool = field(default=False, compare=False)  # read by SYNCED records
     synced_nonce: bytes = field(default=b"", compare=False)  # their nonce (see the rules)
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (offset, reason), repair only
+    skipped_bytes: int = field(default=0, compare=False)  # what those skips passed over
 
 
 def check_header(data: bytes | memoryview | mmap.mmap) -> None:
@@ -454,6 +455,7 @@ def read_records(data: bytes | memoryview | mmap.mmap, result: ReadResult,
             if not repair:
                 raise JournalCorrupt(pos, problem)
             result.skipped.append((pos, problem))
+            result.skipped_bytes += resume - pos
             pos = resume
     finally:
         result.records += records

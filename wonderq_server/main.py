@@ -45,6 +45,10 @@ from .server import Server
 from .tls import TLSSetupError
 
 logger = logging.getLogger("wonderq.server")
+# The ready line is how scripts and tests learn the port (--port 0) and that the server
+# is up, so it is logged whatever --log-level says: its logger has a level of its own.
+ready_logger = logging.getLogger("wonderq.server.ready")
+ready_logger.setLevel(logging.INFO)
 
 GC_YOUNG_THRESHOLD = 10_000
 
@@ -63,8 +67,8 @@ async def serve(config: Config) -> None:
     server.recover()
     host, port = await server.start()
     # The ready line comes last: whoever reads it may signal us at once.
-    logger.info("wonderq-server listening on %s:%d (pid %d, version %s)",
-                host, port, os.getpid(), __version__)
+    ready_logger.info("wonderq-server listening on %s:%d (pid %d, version %s)",
+                      host, port, os.getpid(), __version__)
     await server.stopped.wait()
     logger.info("wonderq-server stopping")
     await server.stop()
@@ -100,6 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("stopping: %s", exc)
         return 1
     except OSError as exc:
-        logger.error("cannot start on %s:%d: %s", config.host, config.port, exc)
+        if exc.filename is not None:  # a file of the data directory, not the address
+            logger.error("cannot start: %s", exc)
+        else:
+            logger.error("cannot start on %s:%d: %s", config.host, config.port, exc)
         return 1
     return 0
