@@ -346,6 +346,32 @@ async def test_close_does_not_wait_for_ever_on_a_server_that_stopped_reading(
         os.kill(server.proc.pid, signal.SIGCONT)
 
 
+async def test_close_takes_one_drain_time_in_all_against_a_frozen_server(
+        server_factory, monkeypatch):
+    # A review: a waiting receive (whose cancel is never answered) and unsent data made
+    # close() wait CLOSE_DRAIN_S twice, 10 s where README says 5.
+    monkeypatch.setattr(client_module, "CLOSE_DRAIN_S", 1.0, raising=False)
+    server = server_factory()
+    async with connect(server.host, server.port) as observer:
+        client = await connect(server.host, server.port)
+        waiting = asyncio.create_task(client.receive("frozen", wait=60))
+        await until_stats(observer, lambda s: s["server"]["waiting_consumers"] == 1)
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            put = asyncio.create_task(client.put_many("frozen", [b"x" * 100_000] * 200))
+            transport = client._protocol.transport
+            await until_true(lambda: transport.get_write_buffer_size() > 0)
+            started = time.monotonic()
+            await asyncio.wait_for(client.close(), EVENT_TIMEOUT_S)
+            took = time.monotonic() - started
+            for task in (waiting, put):
+                with pytest.raises(ConnectionClosed):
+                    await task
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+    assert took < 1.6, took  # one CLOSE_DRAIN_S, not two
+
+
 async def test_a_close_cancelled_while_it_waits_still_ends_the_connection(server):
     """close() waits for the answer to a withdrawn wait's cancel; cancelled meanwhile (a
     timeout around it, a second Ctrl-C), it must still end the connection."""

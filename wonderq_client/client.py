@@ -525,10 +525,10 @@ class Client(QueueAdmin):
 
         A receive still awaited raises it at once and is ended as a cancelled one
         would be (abandon_receives), so what the server leased to it is given back.
-        What is still unsent (a give-back's nacks) may take CLOSE_DRAIN_S to go
-        out, and the answers to give-backs and to cancels of waiting receives as
-        long again (give_back and cancel_wait say why); after that the connection
-        is dropped, so a server that stopped reading cannot hold close() up."""
+        The answers to give-backs and to cancels of waiting receives (give_back and
+        cancel_wait say why), then writing out what is still unsent, take at most
+        CLOSE_DRAIN_S in all; after that the connection is dropped, so a server that
+        stopped reading cannot hold close() up."""
         transport = self._protocol.transport
         deadline = asyncio.get_running_loop().time() + CLOSE_DRAIN_S
         if transport is not None and not transport.is_closing():
@@ -548,9 +548,11 @@ class Client(QueueAdmin):
                 self._protocol._flush()
                 transport.close()
             if transport is not None:
+                # One deadline for the whole close: the answers above and the writing out
+                # below share CLOSE_DRAIN_S (it took twice that against a frozen server).
+                left = max(deadline - asyncio.get_running_loop().time(), 0.0)
                 try:
-                    await asyncio.wait_for(asyncio.shield(self._protocol.closed),
-                                           CLOSE_DRAIN_S)
+                    await asyncio.wait_for(asyncio.shield(self._protocol.closed), left)
                 except TimeoutError:
                     transport.abort()
         except BaseException:
@@ -621,6 +623,6 @@ def connect(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
     request bigger than this raises FrameTooLarge before it is sent, while a
     server would close the connection, failing every call on it.
     """
-    if not (isinstance(max_frame_bytes, int) and max_frame_bytes > 0):
+    if not (type(max_frame_bytes) is int and max_frame_bytes > 0):  # not a bool
         raise ValueError(f"max_frame_bytes must be a positive int, not {max_frame_bytes!r}")
     return _Connect(host, port, timeout, auth_token, ssl, max_frame_bytes)
