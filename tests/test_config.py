@@ -165,3 +165,9 @@ def test_a_percentage_of_memory_is_of_the_usable_memory(monkeypatch):
     monkeypatch.setattr(config_module, "usable_memory_bytes", lambda: 1000 * MIB)
     assert parse_config([], {}).max_memory_bytes == 400 * MIB
     assert parse_config(["--max-memory", "10%"], {}).max_memory_bytes == 100 * MIB
+
+
+def test_compact_min_bytes_takes_a_size_like_the_other_sizes(capsys):
+    assert parse_config(["--compact-min-bytes", "64M"], {}).compact_min_bytes == 64 * MIB
+    assert parse_config([], {"WONDERQ_COMPACT_MIN_BYTES": "1000"}).compact_min_bytes == 1000
+    assert "must be bytes over 0" in refused(capsys, ["--compact-min-bytes", "0"])

@@ -165,6 +165,9 @@ def test_bad_flags_stop_start_up_with_a_message(args):
                             timeout=30)
     assert result.returncode == 2
     assert args[0] in result.stderr
+    # One line: argparse's 25 lines of usage buried it (an operator's review).
+    [line] = result.stderr.splitlines()
+    assert line.startswith("wonderq-server: error: ") and "invalid literal" not in line
 
 
 def test_port_in_use_exits_with_a_message(server):

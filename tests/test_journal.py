@@ -277,6 +277,7 @@ def test_one_journal_per_directory(tmp_path: Path) -> None:
     (tmp_path / "LOCK").unlink()  # an operator's review: then a second server started
     with pytest.raises(DataDirLocked):
         second.open(Broker(), T0)
+    assert not (tmp_path / "LOCK").exists()  # the refused one made no empty LOCK
     journal.close()
     broker2 = Broker()
     second.open(broker2, T0)

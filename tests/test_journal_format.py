@@ -7,8 +7,11 @@ repair, in which case the damaged record is skipped and reported.
 
 from __future__ import annotations
 
+import mmap
+import os
 import random
 import re
+import tracemalloc
 import zlib
 from typing import Any
 
@@ -646,3 +649,31 @@ def test_repair_in_a_synced_file_skips_only_the_damaged_record_before_a_lost_pag
     kept = [r for r in records if r[0] == PUT]
     assert kept[:18] == synced_puts[1:]
     assert result.torn_tail_bytes > 0
+
+
+# ------------------------------------------------------------ tails, a piece at a time
+
+@pytest.mark.parametrize(("tail", "torn"), [
+    (b"", 0),  # zeros alone: reserved space
+    (b"\x07" * 10, 10),  # a torn write, then zeros: found from the end, 16 chunks back
+], ids=["zeros", "torn-then-zeros"])
+def test_a_big_tail_is_read_without_copying_it(tmp_path, tail: bytes, torn: int) -> None:
+    # Replay maps the journal (journal.py); the tail's checks copied it whole, so 2 GiB
+    # of zeros at the end took a start to 4.2 GB. Now they look at 1 MiB at a time.
+    path = tmp_path / "journal"
+    good = journal_bytes(RECORDS["PUT"], RECORDS["ACK"])
+    zeros = 16 << 20
+    path.write_bytes(good + tail)
+    os.truncate(path, len(good) + len(tail) + zeros)  # sparse: cheap to make
+    with open(path, "rb") as file:
+        data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+    tracemalloc.start()
+    try:
+        records, result = read_all(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        data.close()
+    assert len(records) == 2
+    assert (result.torn_tail_bytes, result.zero_tail_bytes) == (torn, len(tail) + zeros - torn)
+    assert peak < 8 << 20, peak  # a few chunks, not the tail

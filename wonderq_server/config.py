@@ -34,6 +34,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 from . import __version__
 from .auth import check_token, load_token
@@ -73,15 +74,31 @@ class Config:
     tls_handshake_timeout_s: float = 10.0
 
 
+def _whole_number(text: str) -> int:
+    """_whole_number reads an int, saying so in words rather than Python's ("invalid
+    literal for int() with base 10")."""
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError("must be a whole number") from None
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError("must be a number") from None
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _whole_number(text)
     if value <= 0:
         raise ValueError("must be > 0")
     return value
 
 
 def _port(text: str) -> int:
-    value = int(text)
+    value = _whole_number(text)
     if not 0 <= value <= 65535:
         raise ValueError("must be 0-65535")
     return value
@@ -100,21 +117,21 @@ def _token(text: str) -> str:
 
 
 def _seconds(text: str) -> float:
-    value = float(text)
+    value = _number(text)
     if not value > 0 or value == float("inf"):
         raise ValueError("must be a number of seconds > 0")
     return value
 
 
 def _seconds_or_off(text: str) -> float:
-    value = float(text)
+    value = _number(text)
     if not value >= 0 or value == float("inf"):
         raise ValueError("must be a number of seconds >= 0 (0: off)")
     return value
 
 
 def _count(text: str) -> int:
-    value = int(text)
+    value = _whole_number(text)
     if value < 0:
         raise ValueError("must be >= 0")
     return value
@@ -172,6 +189,14 @@ def _disk_size(text: str) -> int:
         raise ValueError("must be bytes, or a size such as 512K or 4M (powers of 1024)")
     if value > MAX_RESERVE_BYTES:
         raise ValueError(f"must be at most {MAX_RESERVE_BYTES // 1024**2}M")
+    return value
+
+
+def _positive_size(text: str) -> int:
+    """_positive_size reads a byte count over 0: bytes, or K, M, G (powers of 1024)."""
+    value = _byte_count(text.strip().replace(" ", ""))
+    if value is None or value <= 0:
+        raise ValueError("must be bytes over 0, or a size such as 64M (powers of 1024)")
     return value
 
 
@@ -252,8 +277,8 @@ FLAGS = [
      "directory of the journal, created if missing; 'none' runs in memory"),
     ("--fsync", "fsync", _fsync, Config.fsync,
      "always (answer after fsync, group commit), everysec, or never"),
-    ("--compact-min-bytes", "compact_min_bytes", _positive_int, DEFAULT_COMPACT_MIN_BYTES,
-     "compact the journal only once it is at least this big"),
+    ("--compact-min-bytes", "compact_min_bytes", _positive_size, DEFAULT_COMPACT_MIN_BYTES,
+     "compact the journal only once it is at least this big (K, M, G suffixes)"),
     ("--journal-reserve", "journal_reserve_bytes", _disk_size, DEFAULT_RESERVE_BYTES,
      "under --fsync always, keep this many bytes of zeros written past the journal's "
      "records, so the fsync behind each reply does not also commit a new file size "
@@ -293,8 +318,17 @@ def env_name(flag: str) -> str:
     return "WONDERQ_" + flag.lstrip("-").replace("-", "_").upper()
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad setting is one line: its usage is 25 lines of flags, which buried
+    the error (and, for a bad variable, was cut off at the flag being read)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (--help lists every flag and its "
+                     "WONDERQ_* variable)\n")
+
+
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="wonderq-server",
         description="WonderQ: a work-queue broker with SQS-style leases. "
                     "Every flag can also be set with the WONDERQ_* variable shown.")

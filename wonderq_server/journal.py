@@ -296,15 +296,21 @@ class Journal:
         lock on the LOCK file alone let a second server start once someone deleted the
         file, and answered puts were lost (an operator's review)."""
         directory_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
-        fd = os.open(self.directory / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = -1
         try:
+            # The directory first: a refused server must not make a LOCK file that a
+            # running one's was deleted from, nor empty one.
             fcntl.flock(directory_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = os.open(self.directory / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            os.close(directory_fd)
-            raise DataDirLocked(f"data directory {self.directory} is in use by another "
-                                "wonderq-server (it holds the directory's lock)") from None
+        except BaseException as exc:
+            for opened in (fd, directory_fd):
+                if opened >= 0:
+                    os.close(opened)
+            if isinstance(exc, BlockingIOError):
+                raise DataDirLocked(f"data directory {self.directory} is in use by another "
+                                    "wonderq-server (it holds the directory's lock)") from None
+            raise
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd, self._directory_lock_fd = fd, directory_fd

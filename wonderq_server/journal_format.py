@@ -110,6 +110,7 @@ Must not know: files, sockets, clocks, the broker.
 from __future__ import annotations
 
 import mmap
+import re
 import reprlib
 import struct
 import zlib
@@ -208,6 +209,7 @@ def _known(payload: Any) -> bool:
 # kind: the two bytes a record's payload must start with. The scan for the next
 # record checks them before it computes a checksum (see `_next_valid`).
 _PAYLOAD_STARTS = frozenset(range(0x92, 0xa0))
+_PAYLOAD_START_BYTE = re.compile(rb"[\x92-\x9f]")  # the same bytes, for a fast scan
 
 
 def _starts_payload(view: memoryview, start: int, end: int) -> bool:
@@ -263,10 +265,15 @@ def _next_valid(view: memoryview, start: int, end: int, budget: _ScanBudget) -> 
     checksum too: in random bodies a length that fits is a large one, and a
     few of those would spend the budget. Bytes a client chose can pass both
     anywhere: the budget bounds that."""
-    starts, kinds = _PAYLOAD_STARTS, KINDS
-    for offset in range(start, end - RECORD_HEADER_BYTES - 1):
-        payload = offset + RECORD_HEADER_BYTES  # `_starts_payload`, inline: once per byte
-        if view[payload] not in starts or view[payload + 1] not in kinds:
+    kinds, find_start = KINDS, _PAYLOAD_START_BYTE.search
+    # Only offsets whose payload's first byte is one a payload starts with are looked
+    # at, found by the regex engine rather than a Python step per byte: 16 MiB of
+    # zeros after a torn write took a start 3 s this way (0.18 s per MiB).
+    at, last = start + RECORD_HEADER_BYTES, end - 1
+    while (found := find_start(view, at, last)) is not None:
+        payload = found.start()
+        offset, at = payload - RECORD_HEADER_BYTES, payload + 1
+        if view[payload + 1] not in kinds:  # `_starts_payload`'s second byte
             continue
         if not _could_follow(view, payload + unpack_header(view, offset)[0], end):
             continue
@@ -388,15 +395,31 @@ def _resume_before(view: memoryview, pos: int, end: int, proof: int,
     return proof if resume is None or resume > proof else resume
 
 
+# A tail (zeros, or a torn write) is looked at this much at a time: copied whole, a
+# mapped journal with 2 GiB of zeros at its end took a start to 4.2 GB (a review).
+_SCAN_CHUNK = 1 << 20
+_ZERO_CHUNK = bytes(_SCAN_CHUNK)
+
+
 def _torn_tail(result: ReadResult, view: memoryview, pos: int, end: int) -> None:
     """_torn_tail records a torn tail from `pos`: the torn bytes, and apart from them the
     zeros after them (reserved space), so a report does not count megabytes of zeros."""
-    torn = len(view[pos:end].tobytes().rstrip(b"\0"))
+    torn = 0
+    for stop in range(end, pos, -_SCAN_CHUNK):  # from the end: the zeros come last
+        start = max(pos, stop - _SCAN_CHUNK)
+        kept = view[start:stop].tobytes().rstrip(b"\0")
+        if kept:
+            torn = start + len(kept) - pos
+            break
     result.torn_tail_bytes, result.zero_tail_bytes = torn, end - pos - torn
 
 
 def _all_zero(view: memoryview, start: int, end: int) -> bool:
-    return not view[start:end].tobytes().strip(b"\0")
+    for at in range(start, end, _SCAN_CHUNK):
+        stop = min(at + _SCAN_CHUNK, end)
+        if view[at:stop] != _ZERO_CHUNK[:stop - at]:
+            return False
+    return True
 
 
 def read_records(data: bytes | memoryview | mmap.mmap, result: ReadResult,
