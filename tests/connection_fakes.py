@@ -9,6 +9,7 @@ does. Timers (`call_later`) fire when `advance` moves the clock past them.
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Callable
 
@@ -20,6 +21,7 @@ from wonderq_server.broker import Broker
 from wonderq_server.commands import Limits
 from wonderq_server.connection import Connection
 from wonderq_server.connection_limits import ConnectionLimits, Counters
+from wonderq_server.refusal_log import RefusalLog
 from wonderq_server.service import BrokerService
 
 START = 1_700_000_000.0
@@ -127,6 +129,7 @@ class FakeHub:
         self.limits = limits or Limits()
         self.connection_limits = connection_limits or ConnectionLimits()
         self.counters = Counters()
+        self.refusal_log = RefusalLog(logging.getLogger("wonderq.server"))
         self.timers: list[FakeTimer] = []
         self.refusing: Exception | None = None  # set: connections are refused with this
         self.broker = Broker(visibility_timeout_s=visibility_timeout_s,

@@ -187,3 +187,28 @@ async def test_a_stranger_that_never_authenticates_loses_its_slot(server_factory
         stranger.close()
     async with connect(proc.host, proc.port, auth_token=TOKEN) as client:
         assert (await client.stats())["server"]["auth_timeouts_total"] == 1
+
+
+def test_wrong_tokens_and_refused_connections_are_logged_with_their_peer(server_factory):
+    # An operator's review: 95 refusals and the wrong tokens left no line in the log, not
+    # even at debug; only counters in STATS said anything.
+    server = server_factory("--auth-token", TOKEN, "--max-connections", "1")
+    text = TextSocket(server.host, server.port)
+    try:
+        text.send(b"AUTH wrong\r\n")
+        assert text.line().startswith(b"ERR AUTH_FAILED ")
+        port = text.sock.getsockname()[1]
+        refused = TextSocket(server.host, server.port)  # the second: over the limit
+        try:
+            refused.send(b"PING\r\n")
+            assert refused.line().startswith(b"ERR TOO_MANY_CONNECTIONS ")
+        finally:
+            refused.close()
+        assert text.at_eof()
+    finally:
+        text.close()
+    server.stop()
+    assert f"wrong auth token from ('127.0.0.1', {port}); its connection closes" in server.log
+    assert "refused a connection from ('127.0.0.1', " in server.log
+    assert "already serves 1 (--max-connections)" in server.log
+    assert TOKEN not in server.log

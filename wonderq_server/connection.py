@@ -83,6 +83,7 @@ from .connection_limits import (
     Counters,
 )
 from .errors import (
+    AUTH_FAILED,
     AUTH_REQUIRED,
     AUTH_TIMEOUT,
     IDLE_TIMEOUT,
@@ -94,6 +95,7 @@ from .errors import (
 )
 from .peer_state import peer_has_closed
 from .queues import Waiter
+from .refusal_log import RefusalLog
 from .service import BrokerService
 from .text_codec import TextDecoder, TextEncoder
 
@@ -116,6 +118,7 @@ class Hub(Protocol):
     limits: Limits
     connection_limits: ConnectionLimits
     counters: Counters
+    refusal_log: RefusalLog
 
     def now(self) -> float: ...
     def defer(self, callback: Callable[[], None]) -> None: ...
@@ -567,6 +570,9 @@ class Connection(asyncio.Protocol):
         try:
             self.hub.service.execute(command, now, self._respond)
         except WonderQError as exc:
+            if exc.code == AUTH_FAILED:
+                self.hub.refusal_log.warn("wrong auth tokens", now, "wrong auth token from "
+                                          "%s; its connection closes", self.peer)
             self._reply_error(command.request_id, exc)
             return False
         except Exception:

@@ -55,6 +55,7 @@ from .errors import TOO_MANY_CONNECTIONS, ProtocolError
 from .group_commit import GroupCommit
 from .journal import CompactionFailed, Journal, JournalBroken, JournalError
 from .journal_format import FILE_HEADER
+from .refusal_log import RefusalLog
 from .service import BrokerService
 
 if TYPE_CHECKING:
@@ -81,6 +82,7 @@ class Server:
         self.connection_limits = config.connection_limits
         self.max_connections = config.connection_limits.max_connections  # start() may lower it
         self.counters = Counters()
+        self.refusal_log = RefusalLog(logger)  # wrong tokens, connections over the limit
         self._refused: set[Connection] = set()  # over the limit, waiting for their answer
         self.broker = Broker(visibility_timeout_s=config.visibility_timeout_s,
                              max_message_bytes=config.limits.max_message_bytes,
@@ -218,6 +220,7 @@ class Server:
             if conn.transport is not None and not conn.transport.is_closing():
                 conn.stop_reading()
         self._flush()
+        self.refusal_log.flush(self.now())
         self._stopping = True  # from here on, only _finish_compaction_now moves a compaction
         if self._journal_errors:
             logger.warning("%d journal writes failed since the start: what they carried "
@@ -301,6 +304,9 @@ class Server:
         self.connections.add(connection)
         if len(self.connections) - len(self._refused) > self.max_connections:
             self.counters.refused += 1
+            self.refusal_log.warn("connections refused", self.now(), "refused a connection "
+                                  "from %s: the server already serves %d (--max-connections)",
+                                  connection.peer, self.max_connections)
             if len(self._refused) >= RESERVED_FILE_DESCRIPTORS // 2:
                 assert connection.transport is not None
                 connection.transport.abort()
