@@ -26,12 +26,31 @@ from server_process import ServerProcess
 from wonderq_client import connect
 
 
+def wonderq_argv() -> list[str]:
+    """wonderq_argv: how to run the installed `wonderq` tool (or the module, uninstalled)."""
+    exe = shutil.which("wonderq")
+    return [exe] if exe else [sys.executable, "-m", "wonderq_cli"]
+
+
+async def signal_until_exit(proc: subprocess.Popen[str], sig: int) -> tuple[int, str]:
+    """signal_until_exit sends `sig` every 1 ms until `proc` has exited (at most 5,000
+    times), as a user pressing Ctrl-C again and again; returns how many were sent and
+    its stderr."""
+    sent = 0
+    while proc.poll() is None and sent < 5_000:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        sent += 1
+        await asyncio.sleep(0.001)
+    _, err = proc.communicate(timeout=EVENT_TIMEOUT_S)
+    return sent, err
+
+
 @contextlib.contextmanager
 def work(server: ServerProcess, *args: str,
          stdout: int = subprocess.PIPE) -> Iterator[subprocess.Popen[str]]:
     """work runs `wonderq work ARGS` against `server`; on leaving, kills it if still there."""
-    exe = shutil.which("wonderq")
-    argv = [exe] if exe else [sys.executable, "-m", "wonderq_cli"]
+    argv = wonderq_argv()
     proc = subprocess.Popen([*argv, "--host", server.host, "--port", str(server.port),
                              "work", *args], stdout=stdout, stderr=subprocess.PIPE,
                             text=True)
@@ -428,13 +447,7 @@ async def test_a_signal_racing_the_end_of_a_burst_does_not_kill_the_tool(server)
         await client.put_many("race", [b"a", b"b", b"c"])
         with work(server, "race", "--burst", "--", "true") as proc:
             await until_stats(client, lambda s: s["queues"]["race"]["acked_total"] == 3)
-            sent = 0
-            while proc.poll() is None and sent < 5_000:  # every 1 ms until it has exited
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGINT)
-                sent += 1
-                await asyncio.sleep(0.001)
-            _, err = proc.communicate(timeout=EVENT_TIMEOUT_S)
+            sent, err = await signal_until_exit(proc, signal.SIGINT)
         assert proc.returncode == 0, (sent, err)
         assert "stopped after 3 messages: 3 acked" in err
 
@@ -443,8 +456,7 @@ def test_a_burst_that_cannot_reach_the_server_ends_with_exit_2(server_factory):
     """`wonderq work q --burst` from cron, with the server down or the port wrong: it
     says so and exits 2 (a daemon worker rides this out; a burst would wait for ever).
     A listening socket that never answers (another service's port) ends it too."""
-    exe = shutil.which("wonderq")
-    argv = [exe] if exe else [sys.executable, "-m", "wonderq_cli"]
+    argv = wonderq_argv()
     down = server_factory()
     host, port = down.host, down.port
     down.stop()
@@ -470,13 +482,7 @@ async def test_signals_that_keep_coming_after_the_stop_do_not_kill_the_tool(serv
     async with connect(server.host, server.port) as client:
         with work(server, "storm", "--", "true") as proc:
             await until_stats(client, lambda s: s["queues"].get("storm", {}).get("waiting") == 1)
-            sent = 0
-            while proc.poll() is None and sent < 5_000:  # every 1 ms until it has exited
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-                sent += 1
-                await asyncio.sleep(0.001)
-            _, err = proc.communicate(timeout=EVENT_TIMEOUT_S)
+            sent, err = await signal_until_exit(proc, signal.SIGTERM)
         assert proc.returncode == 0, (sent, err)
         assert "stopped after 0 messages" in err
 
@@ -484,8 +490,7 @@ async def test_signals_that_keep_coming_after_the_stop_do_not_kill_the_tool(serv
 async def test_work_with_its_standard_output_closed_runs_programs_on_dev_null(server):
     """`wonderq work ... >&-`: the programs' output goes nowhere, and they succeed (libuv
     aborted the tool, and every program, when fd 1 was closed)."""
-    exe = shutil.which("wonderq")
-    argv = [exe] if exe else [sys.executable, "-m", "wonderq_cli"]
+    argv = wonderq_argv()
     async with connect(server.host, server.port) as client:
         await client.put_many("closed-out", [b"a", b"b"])
         proc = subprocess.run(
