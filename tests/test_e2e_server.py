@@ -7,12 +7,12 @@ import signal
 import subprocess
 
 import pytest
-from polling import until_stats
-from raw_socket import PREAMBLE, frame
+from polling import until_stats, until_true
+from raw_socket import PREAMBLE, TextSocket, frame
 from raw_socket import BinarySocket as Raw
 from server_process import ServerProcess, server_command
 
-from wonderq_client import connect
+from wonderq_client import ConnectionClosed, connect
 
 
 @pytest.fixture
@@ -126,6 +126,74 @@ def test_a_stop_answers_waiting_receives_with_nothing(server_factory, mode):
                 writer.close()
 
     asyncio.run(check())
+
+
+def test_a_stop_says_shutting_down_after_the_last_reply_and_ran_nothing_unanswered(
+        server_factory, tmp_path):
+    # A text GET that waits holds the lines behind it; past --max-request-buffer-bytes the
+    # server stops reading, so the client has puts in the server's kernel, never read.
+    # Closing with them unread answered them with a reset: the client could not tell a
+    # stop from a crash, nor know its unanswered puts were not run.
+    data_dir = str(tmp_path / "data")
+    server = server_factory("--data-dir", data_dir, "--max-request-buffer-bytes", "1024")
+    text = TextSocket(server.host, server.port)
+    text.send(b"PUT q kept\r\n")
+    assert text.line().startswith(b"OK ")
+    text.send(b"GET idle wait=60\r\n" + b"PUT q unanswered\r\n" * 20_000)  # 380 KB
+
+    async def until_paused() -> None:
+        async with connect(server.host, server.port) as watcher:
+            await until_stats(watcher, lambda s: s["server"]["connections_paused"] == 1)
+
+    asyncio.run(until_paused())
+    stop = subprocess.Popen(["kill", "-TERM", str(server.proc.pid)])
+    assert text.line() == b"END"  # the wait, answered with nothing
+    goodbye = text.line()
+    assert goodbye.startswith(b"ERR SHUTTING_DOWN ") and b"not run" in goodbye
+    assert text.at_eof()  # a close, not a reset (which raises ConnectionResetError)
+    text.close()
+    assert stop.wait(10) == 0 and server.wait_exit() == 0
+
+    async def count() -> dict:
+        async with connect(restarted.host, restarted.port) as client:
+            return (await client.stats())["queues"]["q"]["ready"]
+
+    restarted = server_factory("--data-dir", data_dir)
+    assert asyncio.run(count()) == 1  # "kept"; no unanswered put was run
+
+
+def test_every_client_hears_the_stop_and_one_that_never_closes_does_not_hold_it(
+        server_factory):
+    server = server_factory()
+    binary = Raw(server.host, server.port)
+    binary.send(PREAMBLE + frame([1, "ping", {}]))
+    assert binary.reply() == [1, None, "pong"]
+    text = TextSocket(server.host, server.port)
+    text.send(b"PING\r\n")
+    assert text.line() == b"PONG"
+    silent = Raw(server.host, server.port)  # reads nothing, closes nothing
+    silent.send(PREAMBLE + frame([1, "ping", {}]))
+
+    async def stop_and_hear_it() -> None:
+        async with connect(server.host, server.port) as client:
+            await until_stats(client, lambda s: s["server"]["connections"] == 4)
+            stopping = asyncio.ensure_future(asyncio.to_thread(server.stop))
+            await until_true(lambda: client.closed)
+            with pytest.raises(ConnectionClosed) as info:
+                await client.ping()
+            assert info.value.server_code == "SHUTTING_DOWN"
+            request_id, (code, message), result = await asyncio.to_thread(binary.reply)
+            assert (request_id, code, result) == (None, "SHUTTING_DOWN", None) and message
+            assert await asyncio.to_thread(binary.at_eof)
+            assert (await asyncio.to_thread(text.line)).startswith(b"ERR SHUTTING_DOWN ")
+            assert await asyncio.to_thread(text.at_eof)
+            binary.close()
+            text.close()
+            assert await stopping == 0
+
+    asyncio.run(stop_and_hear_it())
+    assert "cut off 1 connections that did not close" in server.log  # the silent one
+    silent.close()
 
 
 def test_environment_sets_flags(server_factory):

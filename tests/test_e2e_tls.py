@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 from certificates import TlsFiles
-from polling import until_stats
+from polling import until_stats, until_true
 from raw_socket import TextSocket
 from server_process import server_command
 
@@ -45,6 +45,19 @@ async def test_tls_clients_that_close_leave_the_log_clean(server_factory, tls_fi
                 assert await client.ping() == "pong"
         await until_stats(watcher, lambda s: s["server"]["connections"] == 1)
     assert "eof_received" not in proc.log and "WARNING" not in proc.log, proc.log
+
+
+async def test_a_stop_tells_tls_clients_shutting_down(server_factory, tls_files):
+    proc = server_factory(*tls_files.server_flags())
+    async with connect(proc.host, proc.port, ssl=tls_files.client_context()) as client:
+        assert await client.ping() == "pong"
+        stopping = asyncio.ensure_future(asyncio.to_thread(proc.stop))
+        await until_true(lambda: client.closed)
+        with pytest.raises(ConnectionClosed) as info:
+            await client.ping()
+        assert info.value.server_code == "SHUTTING_DOWN"
+        assert await stopping == 0
+    assert "cut off" not in proc.log, proc.log  # the client closed at once: no abort
 
 
 async def test_tls_and_the_auth_token_together(server_factory, tls_files):

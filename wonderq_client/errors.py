@@ -136,8 +136,9 @@ class ConnectionClosed(WonderQError):
     """The connection ended before the reply came; the request may or may not have run.
 
     server_code is the code of the error the server sent about the whole connection just
-    before it closed it (IDLE_TIMEOUT, TOO_MANY_CONNECTIONS, UNSUPPORTED_VERSION, ...; see
-    PROTOCOL.md, Errors), or None when it sent none.
+    before it closed it (SHUTTING_DOWN, IDLE_TIMEOUT, TOO_MANY_CONNECTIONS,
+    UNSUPPORTED_VERSION, ...; see PROTOCOL.md, Errors), or None when it sent none. With
+    SHUTTING_DOWN (a clean stop) the request did not run.
     """
 
     code = "CONNECTION_CLOSED"

@@ -88,6 +88,7 @@ from .errors import (
     AUTH_TIMEOUT,
     IDLE_TIMEOUT,
     INTERNAL,
+    SHUTTING_DOWN,
     STORAGE_ERROR,
     CommandError,
     ProtocolError,
@@ -175,6 +176,7 @@ class Connection(asyncio.Protocol):
         self._text_waiting = False
         self._eof = False  # the client half-closed: close once everything is answered
         self._peer_closed = False  # seen by the socket's state while reading was paused
+        self._goodbye_said = False  # the server stopped: SHUTTING_DOWN sent, reads discarded
         self.flush_wanted = False  # the server's: already in the next flush
         self._running_input = False  # in data_received: input_done will hand replies over
         self._paused_by: set[str] = set()
@@ -293,6 +295,8 @@ class Connection(asyncio.Protocol):
         closes the transport whatever we return (returning True only logs a
         warning there), so a TLS connection returns False.
         """
+        if self._goodbye_said:
+            return False  # it has read our goodbye and closed: close too (say_goodbye)
         self._eof = True
         self._answer_waits_empty()
         self._close_if_done_after_eof()
@@ -750,6 +754,43 @@ class Connection(asyncio.Protocol):
         rather than a lost connection."""
         self._pause("stopping")
         self._answer_waits_empty()
+
+    def say_goodbye(self) -> bool:
+        """say_goodbye: the server has stopped (every reply is written, the journal is
+        closed); tell the client so and end the connection. False: it is already gone.
+
+        The client gets SHUTTING_DOWN (request id nil; in text mode an
+        `ERR SHUTTING_DOWN` line) after every reply, so it can tell a clean
+        stop from a crash, and knows that a request it got no answer to was
+        never run. Then our side is shut for writing and what the client
+        still sends is read and thrown away until it closes: closing with
+        requests unread would answer them with a reset, which can reach the
+        client before it has read the goodbye. The server aborts whoever has
+        not closed GOODBYE_WAIT_S later. Under TLS there is no half-close:
+        the transport is closed (close_notify) after the goodbye. A
+        connection whose mode is not known yet (its first bytes unread), or
+        that is already closing, is closed without one.
+        """
+        transport = self.transport
+        if self._closed or transport is None:
+            return False
+        if self._encoder is None or self._close_after_flush or transport.is_closing():
+            transport.close()
+            return True
+        goodbye = self._encoder.error(None, ProtocolError(
+            SHUTTING_DOWN, "the server is stopping; a request it did not answer was not run"))
+        self._begin_close()  # reads are thrown away from here on (data_received)
+        parts = self._take()[0]
+        parts.append(goodbye)
+        transport.write(b"".join(parts))
+        if not transport.can_write_eof():
+            transport.close()
+            return True
+        transport.write_eof()
+        self._goodbye_said = True
+        self._paused_by.clear()
+        transport.resume_reading()
+        return True
 
     @property
     def paused(self) -> bool:

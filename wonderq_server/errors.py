@@ -48,6 +48,7 @@ TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS"  # over --max-connections, sent be
 IDLE_TIMEOUT = "IDLE_TIMEOUT"  # nothing sent for --idle-timeout, sent before closing
 AUTH_TIMEOUT = "AUTH_TIMEOUT"  # no successful AUTH within --auth-timeout, sent before closing
 AUTH_FAILED = "AUTH_FAILED"  # a wrong token; closed after a delay (auth.py)
+SHUTTING_DOWN = "SHUTTING_DOWN"  # the server is stopping, sent before closing (server.py)
 
 
 class WonderQError(Exception):

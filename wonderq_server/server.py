@@ -14,7 +14,8 @@ with time or I/O in it, and nothing else:
   sends them now, or after the fsync that makes them durable), takes one
   step of a running compaction, and re-arms the timer;
 * start-up recovery and shutdown: stop accepting, answer what is in flight,
-  write and fsync the journal;
+  write and fsync the journal, then tell every client SHUTTING_DOWN and wait
+  (GOODBYE_WAIT_S at most) for it to close;
 * with --metrics-port, the metrics endpoint (metrics.py), started after the
   listener and closed first; it reads the same stats map as `stats`;
 * the server-wide auth token check (auth.py) and TLS context (tls.py), both
@@ -70,6 +71,12 @@ RATE_SAMPLE_INTERVAL_S = 1.0
 WRITE_ERROR_LOG_INTERVAL_S = 30.0
 # One tick of the loop's clock (libuv counts timers in whole milliseconds).
 TIMER_TICK_S = 0.001
+# At a stop, how long the server waits for its clients to close after their
+# SHUTTING_DOWN (Connection.say_goodbye), before it aborts those left. A client
+# that reads closes within a round trip; one that does not read gets the reset
+# it would have got without a goodbye. Short, so a stop stays quick for init
+# systems (systemd waits 90 s before its SIGKILL).
+GOODBYE_WAIT_S = 1.0
 
 
 class Server:
@@ -112,6 +119,7 @@ class Server:
         self.compaction: Compaction | None = None
         self._presync_future: asyncio.Future[None] | None = None  # the pre-sync, once started
         self._stopping = False
+        self._all_closed: asyncio.Future[None] | None = None  # at a stop: no connection left
         self.stopped = asyncio.Event()
         self.fatal_error: BaseException | None = None
         self._journal_errors = 0
@@ -234,13 +242,31 @@ class Server:
             self.journal.close()
         else:
             self._drop_compaction("the server is stopping", failed=False)
-        for conn in list(self.connections):
-            if conn.transport is not None:
-                conn.transport.close()
         if self._timer is not None:
             self._timer.cancel()
         if self._rates_timer is not None:
             self._rates_timer.cancel()
+        await self._say_goodbye()
+
+    async def _say_goodbye(self) -> None:
+        """_say_goodbye: every client is told SHUTTING_DOWN after its last reply (refused
+        ones are closed), and given GOODBYE_WAIT_S to close; whoever is left is aborted."""
+        for conn in list(self.connections):
+            if conn in self._refused:
+                if conn.transport is not None:
+                    conn.transport.close()
+            elif not conn.say_goodbye():
+                self.connections.discard(conn)
+        if self.connections and self._loop is not None:
+            self._all_closed = self._loop.create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._all_closed), GOODBYE_WAIT_S)
+            except TimeoutError:
+                logger.info("cut off %d connections that did not close within %g s of the stop",
+                            len(self.connections), GOODBYE_WAIT_S)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
 
     async def _finish_compaction_now(self) -> None:
         """_finish_compaction_now completes a running (or requested) compaction at shutdown.
@@ -321,6 +347,10 @@ class Server:
     def connection_closed(self, connection: Connection) -> None:
         self.connections.discard(connection)
         self._refused.discard(connection)
+        if self._all_closed is not None:
+            if not self.connections and not self._all_closed.done():
+                self._all_closed.set_result(None)
+            return  # stopping: the timer is cancelled for good
         self._arm_timer()  # withdrawn waits may have moved the next deadline
 
     def input_done(self, connection: Connection) -> None:
