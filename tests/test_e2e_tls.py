@@ -94,6 +94,9 @@ async def test_plain_clients_on_a_tls_port_fail_cleanly_and_others_go_on(server_
     async with connect(proc.host, proc.port, ssl=tls_files.client_context()) as client:
         stats = await client.stats()
     assert stats["queues"] == {}  # the plain PUT never ran
+    assert stats["server"]["tls_handshake_failures_total"] == 2
+    assert "handshake failed: HTTP_REQUEST: the client sent plain text" in proc.log  # PUT
+    assert "handshake failed: WRONG_VERSION_NUMBER: the client does not speak TLS" in proc.log
     assert proc.proc is not None and proc.proc.poll() is None
     assert "Traceback" not in proc.log
 
@@ -108,6 +111,8 @@ async def test_tls_ca_requires_a_client_certificate(server_factory, tls_files):
     with_cert = tls_files.client_context(with_client_cert=True)
     async with connect(proc.host, proc.port, ssl=with_cert) as client:
         assert await client.ping() == "pong"
+        await until_stats(client, lambda s: s["server"]["tls_handshake_failures_total"] == 1)
+    assert "the client sent no certificate; --tls-ca requires one" in proc.log, proc.log
     assert proc.proc is not None and proc.proc.poll() is None
 
 

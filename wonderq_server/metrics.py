@@ -140,6 +140,8 @@ SERVER_COUNTERS = [
      "Puts refused with FULL (a queue's max_length or --max-memory) since start."),
     ("auth_failures_total", "wonderq_auth_failures",
      "AUTH commands with a wrong token since start (each closed its connection)."),
+    ("tls_handshake_failures_total", "wonderq_tls_handshake_failures",
+     "TLS handshakes that failed since start (plain clients, untrusted certificates)."),
 ]
 # From about a tenth of a millisecond (a fast SSD) to seconds (a stalled disk).
 FSYNC_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,

@@ -101,6 +101,9 @@ class Server:
         self.ssl_context = (tls.server_context(config.tls_cert, config.tls_key, config.tls_ca)
                             if config.tls_cert is not None and config.tls_key is not None
                             else None)
+        self.tls_handshake_failures = 0
+        if self.ssl_context is not None:
+            tls.report_failed_handshakes(self.ssl_context, self._tls_handshake_failed)
         self.connections: set[Connection] = set()
         self.connections_total = 0
         self.started_at = time.time()
@@ -344,6 +347,12 @@ class Server:
             return
         self.connections_total += 1
 
+    def _tls_handshake_failed(self, why: str) -> None:
+        """_tls_handshake_failed: counted, and logged as refusals are (rate-limited)."""
+        self.tls_handshake_failures += 1
+        self.refusal_log.warn("failed TLS handshakes", self.now(),
+                              "a TLS handshake failed: %s", why)
+
     def connection_closed(self, connection: Connection) -> None:
         self.connections.discard(connection)
         self._refused.discard(connection)
@@ -582,6 +591,7 @@ class Server:
             "slow_reader_disconnects_total": self.counters.slow_reader_disconnects,
             "rss_bytes": resident_memory_bytes(),
             "tls": self.ssl_context is not None,
+            "tls_handshake_failures_total": self.tls_handshake_failures,
             "auth_failures_total": self.auth.failures,
         }
         if self.journal is None:

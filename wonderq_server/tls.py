@@ -4,8 +4,17 @@ Design decision: TLS is asyncio's, below the protocol. `create_server` gets
 the context built here, and a Connection sees decrypted bytes exactly as it
 would on plain TCP, so choosing the mode from the first bytes, both codecs
 and authentication are unchanged. One port speaks either TLS or plain TCP,
-never both: a plain client on a TLS port fails its handshake and is closed
-(asyncio logs that at debug level only), and other connections never notice.
+never both: a plain client on a TLS port fails its handshake and is closed,
+and other connections never notice.
+
+A failed handshake is the server's to report (`report_failed_handshakes`):
+asyncio and uvloop log one at debug level only, so a client with the wrong
+CA, without the certificate --tls-ca asks for, or speaking plain TCP left
+no line at all (an operator's review). The context's `sslobject_class`
+(the standard library's hook for this) is a subclass of ssl.SSLObject
+whose do_handshake reports an SSLError before it raises it on: once per
+failed connection, nothing per message. The TLS layer does not know the
+peer's address there, so the report names the reason, not the client.
 
 Rules:
 * Settings: --tls-cert and --tls-key (a PEM certificate chain and its
@@ -14,6 +23,10 @@ Rules:
 * The context is Python's defaults for a server (ssl.create_default_context:
   TLS 1.2 or newer, the standard library's cipher choice); nothing is
   weakened here.
+* A handshake that fails with an SSLError is reported with a hint of what
+  it usually means (HANDSHAKE_HINTS); one that never finishes (a client
+  that connects and sends nothing, a port scanner, a health check that
+  only opens the port) is not an error of TLS and is not reported.
 * The files are read once, before the journal is recovered, so a bad file
   stops start-up at once with TLSSetupError: a message naming the flag and
   the file, never a traceback, and never a prompt for a key's passphrase.
@@ -24,7 +37,24 @@ Must not know: the broker, the protocol.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from pathlib import Path
+
+# What a failed handshake's reason (OpenSSL's, ssl.SSLError.reason) usually means.
+HANDSHAKE_HINTS = {
+    "WRONG_VERSION_NUMBER": "the client does not speak TLS (a plain client on the TLS port?)",
+    "HTTP_REQUEST": "the client sent plain text (HTTP, or a text-mode GET or PUT) to the "
+                    "TLS port",
+    "UNKNOWN_PROTOCOL": "the client does not speak TLS (a plain client on the TLS port?)",
+    "TLSV1_ALERT_UNKNOWN_CA": "the client does not trust the server's certificate (its CA)",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "the client rejected the server's certificate",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "the client rejected the server's certificate",
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "the client sent no certificate; --tls-ca requires one",
+    "CERTIFICATE_VERIFY_FAILED": "the client's certificate is not signed by --tls-ca "
+                                 "(or has expired)",
+    "UNSUPPORTED_PROTOCOL": "the client offers only TLS versions older than 1.2",
+    "NO_SHARED_CIPHER": "the client and the server share no cipher",
+}
 
 
 class TLSSetupError(Exception):
@@ -53,6 +83,32 @@ def server_context(cert: Path, key: Path, ca: Path | None = None) -> ssl.SSLCont
             raise TLSSetupError(f"cannot use --tls-ca {ca}: {reason or exc}") from None
         context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+def report_failed_handshakes(context: ssl.SSLContext,
+                             report: Callable[[str], None]) -> None:
+    """report_failed_handshakes makes every failed handshake on `context` call
+    `report(why)`, `why` being OpenSSL's reason and what it usually means."""
+
+    class ReportingSSLObject(ssl.SSLObject):
+        def do_handshake(self) -> None:
+            try:
+                super().do_handshake()
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                raise  # not done yet: the TLS layer calls again when more has come
+            except ssl.SSLError as exc:
+                report(describe_handshake_error(exc))
+                raise
+
+    context.sslobject_class = ReportingSSLObject
+
+
+def describe_handshake_error(exc: ssl.SSLError) -> str:
+    """describe_handshake_error: OpenSSL's reason for a failed handshake, and a hint."""
+    reason = exc.reason or type(exc).__name__
+    hint = HANDSHAKE_HINTS.get(reason)
+    detail = getattr(exc, "verify_message", "") or ""
+    return reason + (f" ({detail})" if detail else "") + (f": {hint}" if hint else "")
 
 
 def _no_passphrase() -> bytes:
