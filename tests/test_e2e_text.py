@@ -198,6 +198,20 @@ def test_a_last_line_without_its_newline_is_answered_not_run(server):
         check.close()
 
 
+@pytest.mark.parametrize("start", [b"W", b"WQ"])
+def test_a_start_of_the_binary_preamble_then_the_end_is_answered_as_text(server, start):
+    # `W`/`WQ` could still become the binary preamble, so the mode was never chosen and
+    # the end of input went unanswered; at the end it can only be an unfinished text line.
+    conn = Line(server.host, server.port)
+    try:
+        conn.send(start)
+        conn.sock.shutdown(socket.SHUT_WR)
+        assert conn.line().startswith(b"ERR MALFORMED the input ended inside a line")
+        assert conn.at_eof()
+    finally:
+        conn.close()
+
+
 def test_a_held_get_that_waits_still_times_out(text):
     """The second GET is held behind the first; when it runs, its deadline must be armed."""
     text.send(b"GET idle wait=0.2\nGET idle wait=0.2\nPING\n")

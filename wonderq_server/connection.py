@@ -297,6 +297,15 @@ class Connection(asyncio.Protocol):
         """
         if self._goodbye_said:
             return False  # it has read our goodbye and closed: close too (say_goodbye)
+        if self._decoder is None and self._pending and not self._close_after_flush:
+            # `W` or `WQ`, then the end: text. An unfinished line, so nothing runs here;
+            # _close_if_done_after_eof answers it (ERR MALFORMED), as any last line.
+            self._choose_mode(at_eof=True)
+            data, self._pending = bytes(self._pending), bytearray()
+            if self._refusal is not None:
+                self._reply_error(None, self._refusal)
+            else:
+                self._decode_and_run(data)
         self._eof = True
         self._answer_waits_empty()
         self._close_if_done_after_eof()
@@ -473,10 +482,12 @@ class Connection(asyncio.Protocol):
                 self._run(items, now)
         return ran
 
-    def _choose_mode(self) -> bool:
-        """_choose_mode picks the codecs once the first bytes allow; False while undecided."""
+    def _choose_mode(self, at_eof: bool = False) -> bool:
+        """_choose_mode picks the codecs once the first bytes allow; False while undecided.
+        At the end of input a start of the preamble (`W`, `WQ`) can no longer become
+        it: that is text."""
         head = bytes(self._pending[:len(MAGIC)])
-        if len(head) < len(MAGIC) and MAGIC.startswith(head):
+        if len(head) < len(MAGIC) and MAGIC.startswith(head) and not at_eof:
             return False
         limits = self.hub.limits
         if not self.authenticated:  # strangers send small requests (connection_limits.py)
