@@ -31,10 +31,15 @@ TCP_ESTABLISHED, TCP_CLOSE_WAIT = 1, 8  # Linux's tcpi_state: open; the client s
 
 
 class FakeSocket:
-    """The transport's socket, as far as peer_state.py asks it: TCP_INFO's first byte."""
+    """The transport's socket, as far as peer_state.py asks it: TCP_INFO's first byte, and
+    the options set on it (TCP keepalive)."""
 
     def __init__(self, transport: FakeTransport) -> None:
         self.transport = transport
+        self.options: dict[tuple[int, int], int] = {}
+
+    def setsockopt(self, level: int, option: int, value: int) -> None:
+        self.options[level, option] = value
 
     def getsockopt(self, level: int, option: int, buflen: int) -> bytes:
         assert (level, option, buflen) == (socket.IPPROTO_TCP, socket.TCP_INFO, 1)

@@ -24,6 +24,7 @@ from raw_socket import BinarySocket as Raw
 from raw_socket import TextSocket as Text
 
 from wonderq_client import ConnectionClosed, connect
+from wonderq_server.peer_state import enable_keepalive
 
 
 async def in_thread(function, *args):
@@ -313,6 +314,68 @@ async def test_an_idle_client_that_does_not_read_is_gone_soon_after_its_timeout(
 def test_a_bad_idle_timeout_is_refused_at_start(server_factory):
     with pytest.raises(RuntimeError, match="--idle-timeout"):
         server_factory("--idle-timeout", "-1")
+
+
+# ---------------------------------------------------------------- vanished clients
+
+def server_side_timer(server_port: int, client_port: int) -> tuple[int, float]:
+    """server_side_timer: the kernel's timer on the server's end of a loopback connection,
+    from /proc/net/tcp: its kind (2: keepalive; 0: none) and seconds until it fires."""
+    local, remote = f"0100007F:{server_port:04X}", f"0100007F:{client_port:04X}"
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if fields[1] == local and fields[2] == remote:
+                kind, when = fields[5].split(":")
+                return int(kind, 16), int(when, 16) / os.sysconf("SC_CLK_TCK")
+    raise AssertionError(f"no connection {remote} -> {local} in /proc/net/tcp")
+
+
+@pytest.mark.parametrize(("flags", "kind", "seconds"), [
+    ((), 2, 300),  # the default, Redis' tcp-keepalive
+    (("--tcp-keepalive", "45"), 2, 45),
+    (("--tcp-keepalive", "0"), 0, 0),
+])
+def test_tcp_keepalive_probes_silent_clients_after_the_flag_s_seconds(server_factory, flags,
+                                                                      kind, seconds):
+    # A client whose host vanished sends no FIN: without keepalive its connection (and its
+    # --max-connections slot) stayed for ever. The kernel's keepalive timer on the
+    # server's socket is the real thing to look at (a vanished host cannot be made here).
+    server = server_factory(*flags)
+    client = Text(server.host, server.port)
+    try:
+        client.send(b"PING\r\n")
+        assert client.line() == b"PONG"  # accepted and set up
+        timer_kind, left_s = server_side_timer(server.port, client.sock.getsockname()[1])
+        assert timer_kind == kind
+        assert seconds - 5 <= left_s <= seconds
+    finally:
+        client.close()
+
+
+def test_a_bad_tcp_keepalive_is_refused_at_start(server_factory):
+    with pytest.raises(RuntimeError, match="--tcp-keepalive"):
+        server_factory("--tcp-keepalive", "40000")
+
+
+def test_keepalive_probes_every_third_of_the_idle_time_three_times():
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    accepted, _ = listener.accept()
+
+    class Transport:
+        def get_extra_info(self, name):
+            return accepted if name == "socket" else None
+
+    try:
+        enable_keepalive(Transport(), 300)
+        assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 300
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 100
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
+    finally:
+        for sock in (accepted, client, listener):
+            sock.close()
 
 
 # ---------------------------------------------------------------- values per frame

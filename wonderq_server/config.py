@@ -43,6 +43,7 @@ from .commands import Limits
 from .connection_limits import ConnectionLimits
 from .journal import DEFAULT_RESERVE_BYTES, MAX_RESERVE_BYTES
 from .memory_limit import usable_memory_bytes
+from .peer_state import MAX_KEEPALIVE_S
 
 DEFAULT_PORT = 7711
 DEFAULT_DATA_DIR = "./wonderq-data"
@@ -127,6 +128,14 @@ def _seconds_or_off(text: str) -> float:
     value = _number(text)
     if not value >= 0 or value == float("inf"):
         raise ValueError("must be a number of seconds >= 0 (0: off)")
+    return value
+
+
+def _keepalive_seconds(text: str) -> int:
+    value = _whole_number(text)
+    if not 0 <= value <= MAX_KEEPALIVE_S:
+        raise ValueError(f"must be a whole number of seconds from 0 (off) to "
+                         f"{MAX_KEEPALIVE_S}")
     return value
 
 
@@ -271,6 +280,10 @@ FLAGS = [
     ("--idle-timeout", "idle_timeout_s", _seconds_or_off, _CONNECTION_LIMITS.idle_timeout_s,
      "close a connection that sends no request for this many seconds (a waiting receive "
      "counts as activity); 0 never"),
+    ("--tcp-keepalive", "tcp_keepalive_s", _keepalive_seconds,
+     _CONNECTION_LIMITS.tcp_keepalive_s,
+     "probe a client silent for this many seconds (TCP keepalive: then every third of it, "
+     "3 probes) and close its connection if its host is gone; 0 off"),
     ("--log-level", "log_level", _log_level, Config.log_level,
      "debug, info, warning or error"),
     ("--data-dir", "data_dir", str, DEFAULT_DATA_DIR,
@@ -400,6 +413,7 @@ def parse_config(argv: Sequence[str] | None = None,
         max_reply_buffer_bytes=ns.max_reply_buffer_bytes,
         idle_timeout_s=ns.idle_timeout_s,
         auth_timeout_s=ns.auth_timeout_s,
+        tcp_keepalive_s=ns.tcp_keepalive_s,
     )
     if not ns.data_dir.strip() and not ns.in_memory:
         build_parser({}).error("--data-dir is empty (an unset WONDERQ_DATA_DIR?): give a "

@@ -94,7 +94,7 @@ from .errors import (
     ProtocolError,
     WonderQError,
 )
-from .peer_state import peer_has_closed
+from .peer_state import enable_keepalive, peer_has_closed
 from .queues import Waiter
 from .refusal_log import RefusalLog
 from .service import BrokerService
@@ -193,6 +193,8 @@ class Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         self.peer = transport.get_extra_info("peername")
         self.last_request_at = self.hub.now()
+        if self.hub.connection_limits.tcp_keepalive_s:
+            enable_keepalive(transport, self.hub.connection_limits.tcp_keepalive_s)
         self.hub.connection_opened(self)  # may refuse us
         idle_timeout_s = self.hub.connection_limits.idle_timeout_s
         if self._refusal is None and idle_timeout_s > 0:

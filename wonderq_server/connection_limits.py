@@ -61,6 +61,16 @@ request limit sees, and each gets one rule, enforced where the bytes are:
   connection still closing (after IDLE_TIMEOUT, QUIT, ...) an idle timeout
   after its last request is not reading at all: it is aborted.
 
+* **Clients that vanished** (`tcp_keepalive_s`, 0 = off): a client whose
+  host lost power or whose network path died sends no FIN: without help
+  the server would keep its connection, and its --max-connections slot,
+  for ever (its leases run out as usual). Every accepted socket gets TCP
+  keepalive, as Redis' `tcp-keepalive` (default 300 s) does: the kernel
+  probes a connection silent for this long, every third of it, and after 3
+  unanswered probes the connection ends (connection_lost). Set once per
+  connection, in the kernel: nothing on the message path. It also keeps
+  idle connections alive through NAT and firewalls that forget quiet ones.
+
 Every limit has a flag (config.py), an error or a visible effect, and a
 stats counter (`Counters`, reported by the server's stats).
 """
@@ -118,6 +128,7 @@ class ConnectionLimits:
     max_reply_buffer_bytes: int = DEFAULT_MAX_REPLY_BUFFER_BYTES
     idle_timeout_s: float = 0.0  # 0: connections may stay idle forever
     auth_timeout_s: float = 10.0  # with an auth token: time to authenticate
+    tcp_keepalive_s: int = 300  # probe a silent peer after this long; 0: no keepalive
 
 
 class Counters:

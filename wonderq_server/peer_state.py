@@ -27,6 +27,11 @@ Rules:
   with nothing too (connection.eof_received), so the two agree.
 * What is left: a close that reaches the server after this check, while the
   message is on its way out. Its message comes back when its lease runs out.
+* A peer that vanished without a FIN (power loss, a dead network path) is
+  found by TCP keepalive (`enable_keepalive`, --tcp-keepalive): the kernel
+  probes a silent connection and ends it when nobody answers. Redis'
+  anetKeepAlive settings: idle N seconds, then a probe every N/3, three
+  probes. Where the options cannot be set, the connection goes on without.
 """
 
 from __future__ import annotations
@@ -54,3 +59,26 @@ def peer_has_closed(transport: Any) -> bool:
     except (OSError, ValueError):
         return False
     return bool(info) and info[0] != _TCP_ESTABLISHED
+
+
+KEEPALIVE_PROBES = 3
+MAX_KEEPALIVE_S = 32767  # Linux's MAX_TCP_KEEPIDLE
+
+
+def enable_keepalive(transport: Any, idle_s: int) -> None:
+    """enable_keepalive: the kernel probes the transport's socket after `idle_s` seconds of
+    silence, then every idle_s // 3, and ends the connection after KEEPALIVE_PROBES
+    unanswered probes."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):  # Linux; macOS names the first TCP_KEEPALIVE
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle_s)
+        if hasattr(socket, "TCP_KEEPINTVL"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, idle_s // 3))
+        if hasattr(socket, "TCP_KEEPCNT"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
+    except (OSError, ValueError):
+        pass  # not TCP, or options this system lacks: no keepalive, as before
