@@ -88,3 +88,9 @@ async def test_metrics_over_tls(server_factory, tmp_path):
     with pytest.raises((OSError, http.client.HTTPException)):
         await asyncio.to_thread(http_get, url.replace("https://", "http://"),
                                 f"Bearer {TOKEN}")
+    # ... and logged, naming the port (the message port's context is another).
+    async with connect(server.host, server.port, ssl=files.client_context(),
+                       auth_token=TOKEN) as client:
+        stats = (await client.stats())["server"]
+    assert stats["tls_handshake_failures_total"] == 1
+    assert "a TLS handshake on the metrics port failed: HTTP_REQUEST" in server.log

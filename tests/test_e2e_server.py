@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import subprocess
+import time
 
 import pytest
 from polling import until_stats, until_true
@@ -160,6 +162,52 @@ def test_a_stop_says_shutting_down_after_the_last_reply_and_ran_nothing_unanswer
 
     restarted = server_factory("--data-dir", data_dir)
     assert asyncio.run(count()) == 1  # "kept"; no unanswered put was run
+
+
+def test_a_client_still_reading_its_replies_at_the_stop_gets_them_all(server_factory,
+                                                                     tmp_path):
+    # Its requests ran: cut off after GOODBYE_WAIT_S with replies unread, it could not know,
+    # and would put them again. While what is unsent shrinks, the stop waits on.
+    data_dir = str(tmp_path / "data")
+    server = server_factory("--data-dir", data_dir, "--fsync", "never")
+    reader = TextSocket.__new__(TextSocket)
+    reader.buffer = b""
+    reader.sock = socket.socket()
+    reader.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)  # before connecting
+    reader.sock.settimeout(10)
+    reader.sock.connect((server.host, server.port))
+    reader.send(b"PUT q x\r\n" * 20_000)  # 480 KB of replies, most left in the server's
+
+    async def until_run() -> None:
+        async with connect(server.host, server.port) as watcher:
+            await until_stats(watcher, lambda s: s["server"]["messages"] == 20_000)
+
+    asyncio.run(until_run())
+    stop = subprocess.Popen(["kill", "-TERM", str(server.proc.pid)])
+    answered = 0
+    while True:  # about 160 KB/s: the backlog takes about 3 s to read
+        chunk = reader.sock.recv(16384)
+        if not chunk:
+            break
+        reader.buffer += chunk
+        *lines, reader.buffer = reader.buffer.split(b"\r\n")
+        answered += sum(1 for line in lines if line.startswith(b"OK "))
+        if any(line.startswith(b"ERR SHUTTING_DOWN") for line in lines):
+            assert reader.sock.recv(100) == b""  # the goodbye was the last word
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("unreachable")
+    reader.close()
+    assert stop.wait(20) == 0 and server.wait_exit() == 0
+    assert "cut off" not in server.log, server.log
+
+    async def stored() -> int:
+        async with connect(restarted.host, restarted.port) as client:
+            return (await client.stats())["queues"]["q"]["ready"]
+
+    restarted = server_factory("--data-dir", data_dir)
+    assert asyncio.run(stored()) == answered == 20_000
 
 
 def test_every_client_hears_the_stop_and_one_that_never_closes_does_not_hold_it(

@@ -6,6 +6,8 @@ must fail cleanly without disturbing anyone else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import ssl
 import subprocess
 
@@ -58,6 +60,45 @@ async def test_a_stop_tells_tls_clients_shutting_down(server_factory, tls_files)
         assert info.value.server_code == "SHUTTING_DOWN"
         assert await stopping == 0
     assert "cut off" not in proc.log, proc.log  # the client closed at once: no abort
+
+
+async def test_a_connection_whose_handshake_ends_during_the_stop_is_not_served(
+        server_factory, tls_files, tmp_path):
+    # A TLS connection reaches the server's connection_made only after its handshake: one
+    # accepted before the stop but done during it was served against the closed journal
+    # (its PUT answered STORAGE_ERROR, the server exited 1, "the journal ... can no
+    # longer be trusted").
+    data_dir = str(tmp_path / "data")
+    proc = server_factory(*tls_files.server_flags(), "--data-dir", data_dir)
+    late = socket.create_connection((proc.host, proc.port))  # no handshake yet
+    # A client that never reads or closes holds the stop's goodbye wait open.
+    silent = tls_files.client_context().wrap_socket(
+        socket.create_connection((proc.host, proc.port)), server_hostname="127.0.0.1")
+    silent.sendall(b"PING\r\n")
+    assert silent.recv(100) == b"PONG\r\n"
+    try:
+        stopping = asyncio.ensure_future(asyncio.to_thread(proc.stop))
+        await until_true(lambda: "wonderq-server stopping" in proc.log)
+
+        def handshake_and_put() -> bytes:
+            with tls_files.client_context().wrap_socket(
+                    late, server_hostname="127.0.0.1") as tls_socket:
+                tls_socket.sendall(b"PUT late hello\r\n")
+                try:
+                    return tls_socket.recv(1000)
+                except (ConnectionResetError, ssl.SSLError):
+                    return b""
+
+        with contextlib.suppress(ConnectionResetError, ssl.SSLError):
+            assert await asyncio.to_thread(handshake_and_put) == b""  # closed, not served
+        assert await stopping == 0
+    finally:
+        late.close()
+        silent.close()
+    assert "CRITICAL" not in proc.log and "STORAGE_ERROR" not in proc.log, proc.log
+    restarted = server_factory("--data-dir", data_dir)
+    async with connect(restarted.host, restarted.port) as client:
+        assert (await client.stats())["queues"] == {}  # the late PUT never ran
 
 
 async def test_tls_and_the_auth_token_together(server_factory, tls_files):

@@ -779,7 +779,8 @@ class Connection(asyncio.Protocol):
         still sends is read and thrown away until it closes: closing with
         requests unread would answer them with a reset, which can reach the
         client before it has read the goodbye. The server aborts whoever has
-        not closed GOODBYE_WAIT_S later. Under TLS there is no half-close:
+        not closed GOODBYE_WAIT_S later (more while it is still reading its
+        replies; server.py). Under TLS there is no half-close:
         the transport is closed (close_notify) after the goodbye. A
         connection whose mode is not known yet (its first bytes unread), or
         that is already closing, is closed without one.

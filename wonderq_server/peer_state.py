@@ -40,10 +40,19 @@ import socket
 import sys
 from typing import Any
 
+try:
+    import fcntl
+    import termios
+except ImportError:  # not Unix
+    fcntl = termios = None  # type: ignore[assignment]
+
 # tcpi_state, the first byte of Linux's struct tcp_info (include/net/tcp_states.h).
 # Other systems number their states differently, or have no TCP_INFO.
 _TCP_ESTABLISHED = 1
 _TCP_INFO: int | None = getattr(socket, "TCP_INFO", None) if sys.platform == "linux" else None
+# Linux's SIOCOUTQ is TIOCOUTQ's number: a TCP socket's bytes sent but not yet acknowledged.
+_SIOCOUTQ: int | None = (getattr(termios, "TIOCOUTQ", None)
+                         if sys.platform == "linux" and termios is not None else None)
 
 
 def peer_has_closed(transport: Any) -> bool:
@@ -82,3 +91,19 @@ def enable_keepalive(transport: Any, idle_s: int) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
     except (OSError, ValueError):
         pass  # not TCP, or options this system lacks: no keepalive, as before
+
+
+def unsent_bytes(transport: Any) -> int:
+    """unsent_bytes: what the transport still has to deliver to the client: its own write
+    buffer plus the socket's send queue in the kernel (Linux's SIOCOUTQ: bytes not yet
+    acknowledged by the client's TCP), so a client reading a backlog is seen to progress
+    even while the whole backlog sits in the kernel."""
+    queued = transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    if sock is None or _SIOCOUTQ is None:
+        return queued
+    try:
+        raw = fcntl.ioctl(sock.fileno(), _SIOCOUTQ, b"\0\0\0\0")
+    except (OSError, ValueError):
+        return queued
+    return queued + int.from_bytes(raw, sys.byteorder)

@@ -15,7 +15,7 @@ with time or I/O in it, and nothing else:
   step of a running compaction, and re-arms the timer;
 * start-up recovery and shutdown: stop accepting, answer what is in flight,
   write and fsync the journal, then tell every client SHUTTING_DOWN and wait
-  (GOODBYE_WAIT_S at most) for it to close;
+  (GOODBYE_WAIT_S, more while it reads its replies) for it to close;
 * with --metrics-port, the metrics endpoint (metrics.py), started after the
   listener and closed first; it reads the same stats map as `stats`;
 * the server-wide auth token check (auth.py) and TLS context (tls.py), both
@@ -56,6 +56,7 @@ from .errors import TOO_MANY_CONNECTIONS, ProtocolError
 from .group_commit import GroupCommit
 from .journal import CompactionFailed, Journal, JournalBroken, JournalError
 from .journal_format import FILE_HEADER
+from .peer_state import unsent_bytes
 from .refusal_log import RefusalLog
 from .service import BrokerService
 
@@ -75,8 +76,12 @@ TIMER_TICK_S = 0.001
 # SHUTTING_DOWN (Connection.say_goodbye), before it aborts those left. A client
 # that reads closes within a round trip; one that does not read gets the reset
 # it would have got without a goodbye. Short, so a stop stays quick for init
-# systems (systemd waits 90 s before its SIGKILL).
+# systems (systemd waits 90 s before its SIGKILL). A client still reading a
+# backlog of replies (their requests ran: cut off, it would put them again) is
+# given another GOODBYE_WAIT_S while the replies left unsent shrink, up to
+# GOODBYE_MOST_S in all (Kubernetes' default grace is 30 s).
 GOODBYE_WAIT_S = 1.0
+GOODBYE_MOST_S = 10.0
 
 
 class Server:
@@ -102,8 +107,18 @@ class Server:
                             if config.tls_cert is not None and config.tls_key is not None
                             else None)
         self.tls_handshake_failures = 0
+        # The metrics endpoint has a context of its own (the same files), so a failed
+        # handshake's log line can say which port it was on.
+        self.metrics_ssl_context = (
+            tls.server_context(config.tls_cert, config.tls_key, config.tls_ca)
+            if self.ssl_context is not None and config.metrics_port is not None else None)
         if self.ssl_context is not None:
-            tls.report_failed_handshakes(self.ssl_context, self._tls_handshake_failed)
+            tls.report_failed_handshakes(
+                self.ssl_context, lambda why: self._tls_handshake_failed("", why))
+        if self.metrics_ssl_context is not None:
+            tls.report_failed_handshakes(
+                self.metrics_ssl_context,
+                lambda why: self._tls_handshake_failed("on the metrics port ", why))
         self.connections: set[Connection] = set()
         self.connections_total = 0
         self.started_at = time.time()
@@ -122,6 +137,7 @@ class Server:
         self.compaction: Compaction | None = None
         self._presync_future: asyncio.Future[None] | None = None  # the pre-sync, once started
         self._stopping = False
+        self._accepting = True  # False once stop() has begun
         self._all_closed: asyncio.Future[None] | None = None  # at a stop: no connection left
         self.stopped = asyncio.Event()
         self.fatal_error: BaseException | None = None
@@ -190,7 +206,8 @@ class Server:
         self.address = (sockname[0], sockname[1])
         if self.metrics is not None:
             host, port = await self.metrics.start(self._loop, self.config.host,
-                                                  self.config.metrics_port, self.ssl_context)
+                                                  self.config.metrics_port,
+                                                  self.metrics_ssl_context)
             logger.info("metrics on %s://%s:%d/metrics", "https" if self.ssl_context else "http",
                         f"[{host}]" if ":" in host else host, port)
         if self.journal is not None and (self.journal.compact_requested
@@ -223,6 +240,7 @@ class Server:
 
     async def stop(self) -> None:
         """stop: stop accepting, answer what is in flight, write and fsync the journal, close."""
+        self._accepting = False  # from here on nothing newly connected is served
         if self._listener is not None:
             self._listener.close()
         if self.metrics is not None:
@@ -253,7 +271,8 @@ class Server:
 
     async def _say_goodbye(self) -> None:
         """_say_goodbye: every client is told SHUTTING_DOWN after its last reply (refused
-        ones are closed), and given GOODBYE_WAIT_S to close; whoever is left is aborted."""
+        ones are closed), and given GOODBYE_WAIT_S to close, more while it is still
+        reading its replies (see GOODBYE_MOST_S); whoever is left is aborted."""
         for conn in list(self.connections):
             if conn in self._refused:
                 if conn.transport is not None:
@@ -262,11 +281,20 @@ class Server:
                 self.connections.discard(conn)
         if self.connections and self._loop is not None:
             self._all_closed = self._loop.create_future()
-            try:
-                await asyncio.wait_for(asyncio.shield(self._all_closed), GOODBYE_WAIT_S)
-            except TimeoutError:
-                logger.info("cut off %d connections that did not close within %g s of the stop",
-                            len(self.connections), GOODBYE_WAIT_S)
+            started = self._loop.time()
+            unsent = self._unsent_replies()
+            while True:
+                try:
+                    await asyncio.wait_for(asyncio.shield(self._all_closed), GOODBYE_WAIT_S)
+                    break
+                except TimeoutError:
+                    unsent, before = self._unsent_replies(), unsent
+                    reading = any(size < before.get(conn, 0) for conn, size in unsent.items())
+                    if not reading or self._loop.time() - started >= GOODBYE_MOST_S:
+                        logger.info("cut off %d connections that did not close within %.1f s "
+                                    "of the stop", len(self.connections),
+                                    self._loop.time() - started)
+                        break
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.abort()
@@ -329,7 +357,18 @@ class Server:
         Refused connections wait at most REFUSAL_WAIT_S for their answer, and
         only half the reserved descriptors' worth of them at a time: past
         that, a flood of them is cut off without one.
+
+        Once stop() has begun, a connection is closed as it opens: uvloop
+        calls connection_made a loop turn after the accept, and a TLS one only
+        after its handshake, so one can open after the listener is closed,
+        even after the journal is; served, it would run commands against a
+        closed journal. It has sent nothing that was read, so it gets no
+        goodbye (PROTOCOL.md, "A server that stops says so").
         """
+        if not self._accepting:
+            assert connection.transport is not None
+            connection.transport.close()
+            return
         self.connections.add(connection)
         if len(self.connections) - len(self._refused) > self.max_connections:
             self.counters.refused += 1
@@ -347,11 +386,19 @@ class Server:
             return
         self.connections_total += 1
 
-    def _tls_handshake_failed(self, why: str) -> None:
-        """_tls_handshake_failed: counted, and logged as refusals are (rate-limited)."""
+    def _unsent_replies(self) -> dict[Connection, int]:
+        """_unsent_replies: the bytes each connection still has to send (at a stop)."""
+        return {conn: unsent_bytes(conn.transport)
+                for conn in self.connections if conn.transport is not None}
+
+    def _tls_handshake_failed(self, where: str, why: str) -> None:
+        """_tls_handshake_failed: counted, and logged as refusals are (rate-limited), with a
+        budget per port and reason, so a flood of plain clients on the port does not hide
+        the clients without a certificate."""
         self.tls_handshake_failures += 1
-        self.refusal_log.warn("failed TLS handshakes", self.now(),
-                              "a TLS handshake failed: %s", why)
+        reason = why.split(":", 1)[0]
+        self.refusal_log.warn(f"failed TLS handshakes {where}({reason})", self.now(),
+                              "a TLS handshake %sfailed: %s", where, why)
 
     def connection_closed(self, connection: Connection) -> None:
         self.connections.discard(connection)
