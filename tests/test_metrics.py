@@ -337,6 +337,23 @@ async def test_a_page_that_raises_is_answered_500_and_logged(endpoint, caplog):
     assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"\r\n\r\nfine")
 
 
+async def test_a_connection_that_opens_after_close_is_dropped(endpoint):
+    # A TLS connection reaches connection_made only after its handshake, which may end
+    # after the server's stop closed the endpoint: it must not be served then.
+    http, _address = endpoint
+    http.close()
+
+    class Transport:
+        aborted = False
+
+        def abort(self) -> None:
+            self.aborted = True
+
+    transport = Transport()
+    metrics_http.HttpConnection(http, asyncio.get_running_loop()).connection_made(transport)
+    assert transport.aborted and not http.connections
+
+
 async def test_a_head_in_small_pieces_is_bounded_too(endpoint):
     _http, address = endpoint
     pieces = [b"GET /ok HTTP/1.1\r\n"] + [b"X-A: " + b"b" * 100 + b"\r\n"] * 100

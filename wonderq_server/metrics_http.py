@@ -66,6 +66,7 @@ class HttpEndpoint:
         self.authorized = authorized  # None: no authentication
         self.connections: set[HttpConnection] = set()
         self._listener: asyncio.base_events.Server | None = None
+        self.closed = False  # a connection that opens after close() is dropped
 
     async def start(self, loop: asyncio.AbstractEventLoop, host: str, port: int,
                     ssl: SSLContext | None = None) -> tuple[str, int]:
@@ -77,7 +78,9 @@ class HttpEndpoint:
         return sockname[0], sockname[1]
 
     def close(self) -> None:
-        """close stops listening and drops every open HTTP connection."""
+        """close stops listening and drops every open HTTP connection, and any that opens
+        later (a TLS one opens only once its handshake is done, which may be after this)."""
+        self.closed = True
         if self._listener is not None:
             self._listener.close()
         for connection in list(self.connections):
@@ -101,7 +104,7 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        if len(self.endpoint.connections) >= MAX_CONNECTIONS:
+        if self.endpoint.closed or len(self.endpoint.connections) >= MAX_CONNECTIONS:
             self.transport.abort()
             return
         self.endpoint.connections.add(self)
