@@ -114,11 +114,13 @@ class Server:
             if self.ssl_context is not None and config.metrics_port is not None else None)
         if self.ssl_context is not None:
             tls.report_failed_handshakes(
-                self.ssl_context, lambda why: self._tls_handshake_failed("", why))
+                self.ssl_context,
+                lambda reason, why: self._tls_handshake_failed("", reason, why))
         if self.metrics_ssl_context is not None:
             tls.report_failed_handshakes(
                 self.metrics_ssl_context,
-                lambda why: self._tls_handshake_failed("on the metrics port ", why))
+                lambda reason, why: self._tls_handshake_failed("on the metrics port ",
+                                                               reason, why))
         self.connections: set[Connection] = set()
         self.connections_total = 0
         self.started_at = time.time()
@@ -391,12 +393,11 @@ class Server:
         return {conn: unsent_bytes(conn.transport)
                 for conn in self.connections if conn.transport is not None}
 
-    def _tls_handshake_failed(self, where: str, why: str) -> None:
+    def _tls_handshake_failed(self, where: str, reason: str, why: str) -> None:
         """_tls_handshake_failed: counted, and logged as refusals are (rate-limited), with a
         budget per port and reason, so a flood of plain clients on the port does not hide
         the clients without a certificate."""
         self.tls_handshake_failures += 1
-        reason = why.split(":", 1)[0]
         self.refusal_log.warn(f"failed TLS handshakes {where}({reason})", self.now(),
                               "a TLS handshake %sfailed: %s", where, why)
 

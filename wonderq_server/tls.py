@@ -86,9 +86,9 @@ def server_context(cert: Path, key: Path, ca: Path | None = None) -> ssl.SSLCont
 
 
 def report_failed_handshakes(context: ssl.SSLContext,
-                             report: Callable[[str], None]) -> None:
+                             report: Callable[[str, str], None]) -> None:
     """report_failed_handshakes makes every failed handshake on `context` call
-    `report(why)`, `why` being OpenSSL's reason and what it usually means."""
+    `report(reason, why)`: OpenSSL's reason, and it with what it usually means."""
 
     class ReportingSSLObject(ssl.SSLObject):
         def do_handshake(self) -> None:
@@ -97,15 +97,20 @@ def report_failed_handshakes(context: ssl.SSLContext,
             except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 raise  # not done yet: the TLS layer calls again when more has come
             except ssl.SSLError as exc:
-                report(describe_handshake_error(exc))
+                report(handshake_reason(exc), describe_handshake_error(exc))
                 raise
 
     context.sslobject_class = ReportingSSLObject
 
 
+def handshake_reason(exc: ssl.SSLError) -> str:
+    """handshake_reason: OpenSSL's name for why a handshake failed."""
+    return exc.reason or type(exc).__name__
+
+
 def describe_handshake_error(exc: ssl.SSLError) -> str:
     """describe_handshake_error: OpenSSL's reason for a failed handshake, and a hint."""
-    reason = exc.reason or type(exc).__name__
+    reason = handshake_reason(exc)
     hint = HANDSHAKE_HINTS.get(reason)
     detail = getattr(exc, "verify_message", "") or ""
     return reason + (f" ({detail})" if detail else "") + (f": {hint}" if hint else "")
