@@ -67,6 +67,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="time limit of each phase (default: 60 s + 1 ms per message)")
     parser.add_argument("--results", type=Path, default=BENCH / "RESULTS.md",
                         help="where to write the results (Markdown)")
+    parser.add_argument("--busy-poll", type=int, default=0, metavar="MICROSECONDS",
+                        help="run WonderQ's server with --busy-poll MICROSECONDS and its "
+                             "client with busy_poll of as many seconds (default 0: off, "
+                             "as both ship)")
     args = parser.parse_args(argv)
     wanted: list[str] = []
     for name in args.scenarios.split(","):
@@ -84,6 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.system_list = [s for s in systems.MODULES if s in names]  # WonderQ's column first
     if args.runs < 1 or args.messages < 1 or args.s5_messages < 1:
         parser.error("--runs, --messages and --s5-messages must be at least 1")
+    if not 0 <= args.busy_poll <= 10_000:
+        parser.error("--busy-poll must be 0 (off) to 10000 microseconds")
     return args
 
 
@@ -178,6 +184,9 @@ def results_markdown(args: argparse.Namespace, chosen: list[ModuleType], notes: 
 def main() -> int:
     args = parse_args()
     chosen, notes = available(args.system_list)
+    for system in chosen:
+        if system.NAME == "wonderq":
+            system.BUSY_POLL_US = args.busy_poll
     for note in notes:
         print(note)
     if not chosen:

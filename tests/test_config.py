@@ -171,3 +171,15 @@ def test_compact_min_bytes_takes_a_size_like_the_other_sizes(capsys):
     assert parse_config(["--compact-min-bytes", "64M"], {}).compact_min_bytes == 64 * MIB
     assert parse_config([], {"WONDERQ_COMPACT_MIN_BYTES": "1000"}).compact_min_bytes == 1000
     assert "must be bytes over 0" in refused(capsys, ["--compact-min-bytes", "0"])
+
+
+def test_busy_poll_is_off_unless_asked_for(capsys):
+    assert parse_config([], {}).busy_poll_us == 0
+    assert parse_config(["--busy-poll", "300"], {}).busy_poll_us == 300
+    assert parse_config([], {"WONDERQ_BUSY_POLL": "10000"}).busy_poll_us == 10_000
+
+
+@pytest.mark.parametrize("value", ["-1", "10001", "0.5", "lots"])
+def test_a_bad_busy_poll_is_refused(capsys, value):
+    message = refused(capsys, ["--busy-poll", value])
+    assert "--busy-poll" in message and "must be a whole number" in message

@@ -50,6 +50,7 @@ from typing import Any
 
 from .admin import QueueAdmin
 from .batches import PutItem, SettleItem, item_results, put_items, settle_items
+from .busy_poll import check_busy_poll, loop_poller
 from .codec import HEADER_BYTES as FRAME_HEADER_BYTES
 from .codec import PREAMBLE, NotAReply, ReplyDecoder, encode_request
 from .errors import BadArgument, ConnectionClosed, FrameTooLarge, WonderQError, error_from_wire
@@ -70,9 +71,11 @@ MAX_WAITS_ON_SERVER = 1000
 
 class _ClientProtocol(asyncio.Protocol):
     def __init__(self, loop: asyncio.AbstractEventLoop,
-                 max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+                 max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, busy_poll: float = 0.0) -> None:
         self._loop = loop
         self.max_frame_bytes = max_frame_bytes
+        self._busy_poll = busy_poll  # seconds of polling after each request (busy_poll.py)
+        self._poller = loop_poller(loop) if busy_poll else None
         self._decoder = ReplyDecoder()
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._receives: dict[int, str] = {}  # request id -> queue, for receives in flight
@@ -166,6 +169,8 @@ class _ClientProtocol(asyncio.Protocol):
         self._last_id = request_id = self._last_id + 1
         future = self._loop.create_future()
         self._pending[request_id] = future
+        if self._poller is not None:
+            self._poller.extend(self._busy_poll)
         transport = self.transport
         if self._out or self._flush_scheduled or transport is None or transport.is_closing():
             self._out.append(request)
@@ -575,10 +580,12 @@ class _Connect:
     """What `connect()` returns: await it, or use it in `async with`."""
 
     def __init__(self, host: str, port: int, timeout: float | None,
-                 auth_token: str | bytes | None, ssl: Any, max_frame_bytes: int) -> None:
+                 auth_token: str | bytes | None, ssl: Any, max_frame_bytes: int,
+                 busy_poll: float = 0.0) -> None:
         self._host, self._port, self._timeout = host, port, timeout
         self._auth_token, self._ssl = auth_token, ssl
         self._max_frame_bytes = max_frame_bytes
+        self._busy_poll = busy_poll
         self._client: Client | None = None
 
     async def _open(self) -> Client:
@@ -587,8 +594,8 @@ class _Connect:
         try:
             async with asyncio.timeout(self._timeout):
                 _, protocol = await loop.create_connection(
-                    lambda: _ClientProtocol(loop, self._max_frame_bytes), self._host,
-                    self._port, ssl=self._ssl)
+                    lambda: _ClientProtocol(loop, self._max_frame_bytes, self._busy_poll),
+                    self._host, self._port, ssl=self._ssl)
                 if self._auth_token is not None:
                     await protocol.send("auth", {"token": self._auth_token})
         except BaseException:
@@ -612,7 +619,8 @@ class _Connect:
 
 def connect(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
             timeout: float | None = 10.0, auth_token: str | bytes | None = None,
-            ssl: Any = None, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> _Connect:
+            ssl: Any = None, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+            busy_poll: float = 0.0) -> _Connect:
     """connect opens a connection: `client = await connect()` or `async with connect() as c:`.
 
     timeout: seconds for the whole connect (None: no limit). auth_token: the
@@ -622,7 +630,12 @@ def connect(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
     max_frame_bytes: the server's --max-frame-bytes (its default here); a
     request bigger than this raises FrameTooLarge before it is sent, while a
     server would close the connection, failing every call on it.
+    busy_poll: seconds (at most 0.01) to keep the event loop polling after each
+    request instead of sleeping until the reply wakes it: faster round trips
+    where being woken is costly (some VMs), for CPU spent polling; 0, the
+    default, is off (busy_poll.py, and the server's --busy-poll).
     """
     if not (type(max_frame_bytes) is int and max_frame_bytes > 0):  # not a bool
         raise ValueError(f"max_frame_bytes must be a positive int, not {max_frame_bytes!r}")
-    return _Connect(host, port, timeout, auth_token, ssl, max_frame_bytes)
+    return _Connect(host, port, timeout, auth_token, ssl, max_frame_bytes,
+                    check_busy_poll(busy_poll))

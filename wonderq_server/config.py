@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
@@ -39,6 +39,7 @@ from typing import NoReturn
 from . import __version__
 from .auth import check_token, load_token
 from .broker import DEFAULT_MAX_QUEUES
+from .busy_poll import MAX_BUSY_POLL_US
 from .commands import Limits
 from .connection_limits import ConnectionLimits
 from .journal import DEFAULT_RESERVE_BYTES, MAX_RESERVE_BYTES
@@ -73,6 +74,7 @@ class Config:
     tls_key: Path | None = None
     tls_ca: Path | None = None  # require client certificates signed by this CA
     tls_handshake_timeout_s: float = 10.0
+    busy_poll_us: int = 0  # 0: the loop sleeps as soon as it has nothing to do
 
 
 def _whole_number(text: str) -> int:
@@ -131,12 +133,20 @@ def _seconds_or_off(text: str) -> float:
     return value
 
 
-def _keepalive_seconds(text: str) -> int:
-    value = _whole_number(text)
-    if not 0 <= value <= MAX_KEEPALIVE_S:
-        raise ValueError(f"must be a whole number of seconds from 0 (off) to "
-                         f"{MAX_KEEPALIVE_S}")
-    return value
+def _whole_up_to(most: int, unit: str) -> Callable[[str], int]:
+    """_whole_up_to makes the converter of a whole number of `unit` from 0 (off) to `most`."""
+
+    def convert(text: str) -> int:
+        value = _whole_number(text)
+        if not 0 <= value <= most:
+            raise ValueError(f"must be a whole number of {unit} from 0 (off) to {most}")
+        return value
+
+    return convert
+
+
+_keepalive_seconds = _whole_up_to(MAX_KEEPALIVE_S, "seconds")
+_busy_poll_us = _whole_up_to(MAX_BUSY_POLL_US, "microseconds")
 
 
 def _count(text: str) -> int:
@@ -284,6 +294,10 @@ FLAGS = [
      _CONNECTION_LIMITS.tcp_keepalive_s,
      "probe a client silent for this many seconds (TCP keepalive: then every third of it, "
      "3 probes) and close its connection if its host is gone; 0 off"),
+    ("--busy-poll", "busy_poll_us", _busy_poll_us, Config.busy_poll_us,
+     "after input, keep polling the sockets this many microseconds before sleeping, so a "
+     "client's next request finds the server awake (saves being woken, costly on some "
+     "VMs; costs CPU while idle); 0 off"),
     ("--log-level", "log_level", _log_level, Config.log_level,
      "debug, info, warning or error"),
     ("--data-dir", "data_dir", str, DEFAULT_DATA_DIR,
@@ -443,7 +457,8 @@ def parse_config(argv: Sequence[str] | None = None,
                   metrics_port=ns.metrics_port, auth_token=auth_token,
                   tls_cert=_path(ns.tls_cert), tls_key=_path(ns.tls_key),
                   tls_ca=_path(ns.tls_ca),
-                  tls_handshake_timeout_s=ns.tls_handshake_timeout_s)
+                  tls_handshake_timeout_s=ns.tls_handshake_timeout_s,
+                  busy_poll_us=ns.busy_poll_us)
 
 
 def _path(text: str | None) -> Path | None:

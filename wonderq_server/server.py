@@ -48,6 +48,7 @@ from . import __version__, tls
 from . import compaction as compaction_policy
 from .auth import TokenCheck
 from .broker import Broker
+from .busy_poll import BusyPoll
 from .compaction import Compaction
 from .config import Config
 from .connection import Connection, Output
@@ -125,6 +126,7 @@ class Server:
         self.connections_total = 0
         self.started_at = time.time()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.busy_poll: BusyPoll | None = None  # --busy-poll, once the loop runs (start)
         self._listener: asyncio.base_events.Server | None = None
         self._dirty: list[Connection] = []
         self._flush_scheduled = False
@@ -187,6 +189,8 @@ class Server:
     async def start(self) -> tuple[str, int]:
         """start listens; returns the (host, port) actually bound. Call recover() first."""
         self._loop = asyncio.get_running_loop()
+        if self.config.busy_poll_us:
+            self.busy_poll = BusyPoll(self._loop, self.config.busy_poll_us / 1e6)
         self._fit_open_files()
         self.group_commit = GroupCommit(self._loop, self.journal, self._fatal,
                                         on_synced=self._compaction_kick,
@@ -243,6 +247,8 @@ class Server:
     async def stop(self) -> None:
         """stop: stop accepting, answer what is in flight, write and fsync the journal, close."""
         self._accepting = False  # from here on nothing newly connected is served
+        if self.busy_poll is not None:
+            self.busy_poll.stop()
         if self._listener is not None:
             self._listener.close()
         if self.metrics is not None:
@@ -414,6 +420,8 @@ class Server:
         """input_done: a connection has run what one read brought. Without a journal its
         replies go out now, in one write, saving the flush's extra loop step (there is no
         record to write first and no fsync to wait for); with one, they join the flush."""
+        if self.busy_poll is not None:
+            self.busy_poll.poke()
         if self.journal is None and self._loop is not None:
             connection.flush()
             self._arm_timer()

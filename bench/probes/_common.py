@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
 
 def whole_numbers(usage: str, required: int, defaults: tuple[int, ...] = ()) -> list[int]:
@@ -37,3 +40,21 @@ def resident_bytes(pid: int) -> int:
             if line.startswith("VmRSS"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def on_fresh_server(tmp: str, name: str, run: int, argv: Callable[[int, Path], list[str]],
+                    measure: Callable[[Any, int], Awaitable[Any]]) -> Any:
+    """on_fresh_server starts server `name` (`argv(port, data_dir)`, a fresh data directory
+    under `tmp`) for run `run`, runs `measure(server, port)` on an event loop, and stops
+    the server by its PID whatever happens. Needs bench/ on sys.path (the probes that
+    start servers put it there)."""
+    import servers
+    from runner import run_event_loop
+
+    port, data_dir = servers.free_port(), Path(tmp) / f"{name}-{run}"
+    data_dir.mkdir()
+    server = servers.ServerProcess(name, argv(port, data_dir), Path(tmp) / f"{name}-{run}.log")
+    try:
+        return run_event_loop(measure(server, port))
+    finally:
+        server.stop()

@@ -26,8 +26,7 @@ BENCH = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(BENCH), str(BENCH.parent)]
 
 import servers  # noqa: E402
-from _common import whole_numbers  # noqa: E402
-from runner import run_event_loop  # noqa: E402
+from _common import on_fresh_server, whole_numbers  # noqa: E402
 from scenarios import (  # noqa: E402
     Progress,
     producers_consumers,
@@ -85,14 +84,9 @@ def main(n: int, runs: int) -> None:
             for run in range(runs):
                 for name in names[run % 3:] + names[:run % 3]:
                     adapter, argv = SYSTEMS[name]
-                    port, data_dir = servers.free_port(), Path(tmp) / f"{name}-{run}"
-                    data_dir.mkdir()
-                    server = servers.ServerProcess(name, argv(port, data_dir),
-                                                   Path(tmp) / f"{name}-{run}.log")
-                    try:
-                        rows[name].append(run_event_loop(one_run(adapter, server, port, n)))
-                    finally:
-                        server.stop()
+                    rows[name].append(on_fresh_server(
+                        tmp, name, run, argv,
+                        lambda server, port, adapter=adapter: one_run(adapter, server, port, n)))
         finally:
             servers.stop_all()
     base = [statistics.median(column) for column in zip(*rows["beanstalkd"], strict=True)]

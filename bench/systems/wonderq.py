@@ -12,6 +12,10 @@ Rules:
   fsyncs); restart mode is `--data-dir DIR` with the defaults.
 * A batch item refused by the server raises: the benchmark counts only
   stored messages.
+* Busy polling is off, as it ships, unless compare.py's `--busy-poll` sets
+  BUSY_POLL_US: then the server runs with `--busy-poll BUSY_POLL_US` and every
+  connection of the load generator with `busy_poll` of as many microseconds
+  (the versions in RESULTS.md say which).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from wonderq_client import connect as _connect
 
 NAME = "wonderq"
 REPO = Path(__file__).resolve().parents[2]
+BUSY_POLL_US = 0  # compare.py --busy-poll
 
 
 def missing() -> str | None:
@@ -57,12 +62,16 @@ def versions() -> dict[str, str]:
             "wonderq commit": _commit(),
             "wonderq_client": client_version, "msgpack (client)": msgpack.version_string
             if hasattr(msgpack, "version_string") else ".".join(map(str, msgpack.version)),
-            "uvloop (server)": uvloop.__version__}
+            "uvloop (server)": uvloop.__version__,
+            "wonderq busy polling": f"{BUSY_POLL_US} µs (server --busy-poll, client busy_poll)"
+            if BUSY_POLL_US else "off (as shipped)"}
 
 
 def server_argv(port: int, data_dir: Path, mode: str) -> list[str]:
     argv = [sys.executable, "-m", "wonderq_server", "--host", "127.0.0.1",
             "--port", str(port), "--log-level", "info"]
+    if BUSY_POLL_US:
+        argv += ["--busy-poll", str(BUSY_POLL_US)]
     if mode == "memory":
         return [*argv, "--in-memory"]
     if mode == "fsync":
@@ -87,7 +96,7 @@ async def count(port: int, queue: str) -> int:
 
 
 async def connect(port: int, queue: str, consumer: str) -> Connection:
-    return Connection(await _connect("127.0.0.1", port), queue)
+    return Connection(await _connect("127.0.0.1", port, busy_poll=BUSY_POLL_US / 1e6), queue)
 
 
 def _check(results: list[Any], what: str) -> None:

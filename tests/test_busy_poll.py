@@ -1,0 +1,187 @@
+"""Busy polling (--busy-poll, connect(busy_poll=...)): the loop stays awake after input.
+
+The pollers are driven on a real event loop with a clock passed in that
+moves one step per reading, so their windows are counted in turns, not
+waited for. End to end, the kernel says whether a process slept: a process
+that sleeps in epoll between requests makes a voluntary context switch each
+time (/proc/PID/status), one that polls makes none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+
+import pytest
+from polling import until_true
+from server_process import ServerProcess
+
+from wonderq_client import connect
+from wonderq_client.busy_poll import MAX_BUSY_POLL_S, LoopPoller, check_busy_poll, loop_poller
+from wonderq_server.busy_poll import MAX_BUSY_POLL_US, BusyPoll
+
+ROUND_TRIPS = 200
+
+
+class StepClock:
+    """A clock that moves `step` each time it is read."""
+
+    def __init__(self, step: float = 1.0) -> None:
+        self.now = 0.0
+        self.step = step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+async def turns_until_idle(is_running) -> int:
+    """turns_until_idle yields to the loop until the chain stops; returns how many times."""
+    turns = 0
+    while is_running():
+        await asyncio.sleep(0)
+        turns += 1
+        assert turns < 10_000, "the polling never stopped"
+    return turns
+
+
+# ----------------------------------------------------------------- the server's
+
+
+async def test_the_server_polls_for_its_window_after_input_then_stops():
+    poller = BusyPoll(asyncio.get_running_loop(), 5.0, clock=StepClock())
+    await asyncio.sleep(0)
+    assert poller.turns == 0  # no input, no polling
+    poller.poke()
+    await turns_until_idle(lambda: poller._running)
+    # The first turn reads 1 and opens the window to 6; turns reading 2..5 go on, the one
+    # reading 6 ends it.
+    assert poller.turns == 6
+
+
+async def test_input_during_the_window_starts_it_again():
+    clock = StepClock()
+    poller = BusyPoll(asyncio.get_running_loop(), 5.0, clock=clock)
+    poller.poke()
+    for _ in range(3):
+        await asyncio.sleep(0)
+    poller.poke()  # the window ran from 1 to 6; the next turn (reading 4) moves it to 9
+    await turns_until_idle(lambda: poller._running)
+    assert poller.turns == 9
+
+
+async def test_pokes_while_polling_queue_no_second_chain():
+    poller = BusyPoll(asyncio.get_running_loop(), 3.0, clock=StepClock())
+    for _ in range(50):
+        poller.poke()
+    await turns_until_idle(lambda: poller._running)
+    assert poller.turns == 4  # one chain: 50 pokes before its first turn are one input
+
+
+async def test_a_stopped_server_polls_no_more():
+    poller = BusyPoll(asyncio.get_running_loop(), 1000.0, clock=StepClock())
+    poller.poke()
+    await asyncio.sleep(0)
+    poller.stop()
+    await turns_until_idle(lambda: poller._running)
+    assert poller.turns == 2
+    poller.poke()
+    await asyncio.sleep(0)
+    assert poller.turns == 2
+
+
+# ----------------------------------------------------------------- the client's
+
+
+async def test_the_client_polls_for_the_longest_window_asked():
+    poller = LoopPoller(asyncio.get_running_loop(), clock=StepClock())
+    poller.extend(10.0)  # reads 1: polls until 11
+    poller.extend(2.0)  # reads 2: 4 is sooner, so 11 stands
+    await turns_until_idle(lambda: poller._running)
+    assert poller.turns == 9  # turns reading 3..11
+
+
+async def test_one_poller_per_loop_and_none_kept_for_a_closed_loop():
+    loop = asyncio.new_event_loop()
+    try:
+        assert loop_poller(loop) is loop_poller(loop)
+        assert loop_poller(loop) is not loop_poller(asyncio.get_running_loop())
+    finally:
+        loop.close()
+    from wonderq_client import busy_poll
+
+    count = len(busy_poll._pollers)
+    del loop
+    gc.collect()
+    assert len(busy_poll._pollers) == count - 1  # the table holds loops weakly
+
+
+@pytest.mark.parametrize("value", [-0.001, MAX_BUSY_POLL_S * 2, True, "0.001", float("nan")])
+def test_a_bad_busy_poll_is_refused_before_connecting(value):
+    with pytest.raises(ValueError, match="busy_poll must be seconds from 0"):
+        connect("127.0.0.1", 1, busy_poll=value)
+    assert check_busy_poll(0) == 0.0
+    assert check_busy_poll(MAX_BUSY_POLL_S) == MAX_BUSY_POLL_S
+
+
+# ----------------------------------------------------------------- end to end
+
+
+def voluntary_switches(status_path: str) -> int:
+    with open(status_path) as status:
+        for line in status:
+            if line.startswith("voluntary_ctxt_switches"):
+                return int(line.split()[1])
+    raise AssertionError(f"no voluntary_ctxt_switches in {status_path}")
+
+
+def process_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0]
+
+
+async def sleeps_during_round_trips(server: ServerProcess, busy_poll: float) -> tuple[int, int]:
+    """sleeps_during_round_trips: ROUND_TRIPS pings one after another; how many times the
+    server's event loop, and this one, went to sleep meanwhile."""
+    assert server.proc is not None
+    server_status = f"/proc/{server.proc.pid}/status"
+    async with connect(server.host, server.port, busy_poll=busy_poll) as client:
+        await client.ping()
+        server_before = voluntary_switches(server_status)
+        own_before = voluntary_switches("/proc/thread-self/status")
+        for _ in range(ROUND_TRIPS):
+            assert await client.ping() == "pong"
+        return (voluntary_switches(server_status) - server_before,
+                voluntary_switches("/proc/thread-self/status") - own_before)
+
+
+@pytest.mark.parametrize(("flags", "busy_poll", "server_polls", "client_polls"), [
+    (("--busy-poll", str(MAX_BUSY_POLL_US)), 0.0, True, False),
+    ((), MAX_BUSY_POLL_S, False, True),
+    (("--busy-poll", str(MAX_BUSY_POLL_US)), MAX_BUSY_POLL_S, True, True),
+])
+async def test_a_polling_side_does_not_sleep_between_round_trips(server_factory, flags,
+                                                                  busy_poll, server_polls,
+                                                                  client_polls):
+    # A 10 ms window is far longer than either side's turn of a ping, so a polling side
+    # does not sleep at all (0 or 1 times in 200, even with two CPU hogs beside the
+    # test); a side that does not poll sleeps once a round trip while the other polls.
+    # Both sleep without polling too, but not reliably so on a busy machine (a side
+    # that is slow to finish its turn may find the answer already there), so that
+    # case is not asserted.
+    server = server_factory(*flags)
+    server_sleeps, client_sleeps = await sleeps_during_round_trips(server, busy_poll)
+    for polls, sleeps in ((server_polls, server_sleeps), (client_polls, client_sleeps)):
+        if polls:
+            assert sleeps < ROUND_TRIPS // 20
+        else:
+            assert sleeps >= ROUND_TRIPS // 2
+
+
+async def test_the_server_sleeps_again_once_input_stops(server_factory):
+    server = server_factory("--busy-poll", str(MAX_BUSY_POLL_US))
+    assert server.proc is not None
+    server_sleeps, _ = await sleeps_during_round_trips(server, 0.0)
+    assert server_sleeps < ROUND_TRIPS // 20  # it polled
+    # A polling process is never asleep ('S'): only a chain that stopped lets it sleep.
+    await until_true(lambda: process_state(server.proc.pid) == "S")
