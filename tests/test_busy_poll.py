@@ -185,3 +185,15 @@ async def test_the_server_sleeps_again_once_input_stops(server_factory):
     assert server_sleeps < ROUND_TRIPS // 20  # it polled
     # A polling process is never asleep ('S'): only a chain that stopped lets it sleep.
     await until_true(lambda: process_state(server.proc.pid) == "S")
+
+
+async def test_the_operator_can_see_that_the_server_polls(server_factory):
+    # A polling server spends CPU while its clients think: the log and STATS say so.
+    polling, plain = server_factory("--busy-poll", "300"), server_factory()
+    for server, window in ((polling, 300), (plain, 0)):
+        async with connect(server.host, server.port) as client:
+            assert (await client.stats())["server"]["busy_poll_us"] == window
+        said = [line for line in server.lines if "busy polling (--busy-poll)" in line]
+        assert len(said) == (1 if window else 0)
+        if window:
+            assert "polls for 300 us" in said[0]

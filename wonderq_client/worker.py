@@ -277,7 +277,9 @@ class Worker:
     message (default retry_backoff). reply_timeout: how long a request may go unanswered
     before the connection is taken for dead. max_messages: end run() after handling that
     many. burst: end run() once the queue is found empty and the work in hand is done, each
-    message handled once. The connection options are connect()'s.
+    message handled once. connect_timeout, auth_token and ssl are connect()'s timeout,
+    auth_token and ssl; its other options keep their defaults (a Worker's requests are
+    mostly receives that wait on the server, which busy polling would not speed up).
     """
 
     def __init__(self, queue: str, handler: Handler, *, host: str = DEFAULT_HOST,

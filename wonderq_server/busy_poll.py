@@ -5,20 +5,26 @@ sleeps in epoll, and the next request must wake it. On the 2-vCPU KVM guest
 this project is measured on, being woken costs far more than the work a
 request needs: a client on the other vCPU pays an inter-processor interrupt
 in its write, the server a trip through the scheduler, about 30-40 us each,
-where a put costs the server some 10-20 us of Python. Pinned to one vCPU
-(no interrupt between processors), beanstalkd's S1 ran 6.8 times as fast
-(65,711 against 9,698 puts/s) and WonderQ's 3 times. A server that keeps
+where a put costs the server some 10-20 us of Python. With every process on
+one vCPU (no interrupt between processors), beanstalkd's S1 ran 7.0 times as
+fast (67,226 against 9,568 puts/s) and WonderQ's 3.4 times
+(bench/RESULTS-one-cpu.md against bench/RESULTS.md). A server that keeps
 polling its sockets for a short window after input is not asleep when a
 client that works in round trips sends its next request, so nobody has to
-wake it: `python bench/compare.py --scenarios S1,S3,S4 --systems wonderq
---runs 1`, 200 us here and 300 us in the client (wonderq_client's
-`busy_poll`), took S1 from 7,946 to 33,406 puts/s, the server's CPU per
-put from 56.8 to 29.4 us (spinning is cheaper than being woken), and S4c
-from 195,467 to 309,187 msgs/s; S3, whose two processes keep both vCPUs
-busy anyway, did not change (17,089 against 16,689). The price is CPU
-while idle: up to a window of polling after every burst of input, so a
-server answering a request every few milliseconds spends a tenth or so of
-a core polling. Off by default, as in Linux (`net.core.busy_poll`).
+wake it. With the client polling too (wonderq_client's `busy_poll`), at
+300 us both (bench/RESULTS-busy-poll.md against RESULTS.md, same evening):
+S1 7,804 -> 33,633 puts/s and the server's CPU per put 60.2 -> 29.4 us
+(polling is cheaper than being woken), S2 3,886 -> 13,263 msgs/s, S4c
+182,531 -> 282,687; S3, whose two processes keep both vCPUs busy anyway,
+did not change (17,641 against 16,943). The server polling alone still
+helps (a review's one-connection put loop: 8,189-8,411 -> 14,200-14,500
+puts/s), but then its CPU per put rises (54-59 -> 68-70 us): it polls
+through every round trip and still wakes the client. The price is CPU while
+idle: up to a window of polling after every burst of input, so a client
+that sends more often than the window keeps the server at a full core, and
+one ping every 5 ms cost 8% of a core at 300 us against 1.4% without (the
+review's figures). Off by default, as in Linux (`net.core.busy_poll`); the
+start-up log and STATS (`busy_poll_us`) say when it is on.
 
 How: one callback that queues itself again each turn of the loop while the
 window lasts. A ready callback makes uvloop poll its sockets without

@@ -191,6 +191,9 @@ class Server:
         self._loop = asyncio.get_running_loop()
         if self.config.busy_poll_us:
             self.busy_poll = BusyPoll(self._loop, self.config.busy_poll_us / 1e6)
+            logger.info("busy polling (--busy-poll): after input the loop polls for %d us "
+                        "before sleeping; a client that sends more often than that keeps "
+                        "this server at a full core", self.config.busy_poll_us)
         self._fit_open_files()
         self.group_commit = GroupCommit(self._loop, self.journal, self._fatal,
                                         on_synced=self._compaction_kick,
@@ -649,6 +652,7 @@ class Server:
             "tls": self.ssl_context is not None,
             "tls_handshake_failures_total": self.tls_handshake_failures,
             "auth_failures_total": self.auth.failures,
+            "busy_poll_us": self.config.busy_poll_us,
         }
         if self.journal is None:
             info["data_dir"] = ""
