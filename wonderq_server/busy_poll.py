@@ -54,6 +54,8 @@ MAX_BUSY_POLL_US = 10_000
 
 
 class BusyPoll:
+    """The server's polling chain: `poke` after input, `stop` when stopping."""
+
     __slots__ = ("_clock", "_inputs", "_loop", "_running", "_seen", "_stopped", "_until",
                  "turns", "window_s")
 
