@@ -1,7 +1,8 @@
 """S4c's loop at several batch sizes, WonderQ beside beanstalkd: the cost of a round trip
 apart from the cost of a message.
 
-    python bench/probes/batch_sweep.py [MESSAGES] [RUNS]     (defaults 100000, 3)
+    python bench/probes/batch_sweep.py [MESSAGES] [RUNS] [BUSY_POLL_US]
+                                       (defaults 100000, 3, 0)
 
 S4c receives a batch, acks it, and only then receives again: one request in
 flight, so the server and the load generator take turns and every batch pays
@@ -19,8 +20,11 @@ batch's two round trips cost whatever they carry (system calls, the wake-ups,
 each side's per-request code); `per message` is what each message adds. It
 then prints the ratio to beanstalkd S4c's batch of 100 gets, and what WonderQ's
 per-message wall time would have to be for a given ratio with its fixed cost
-as measured. Every phase is bounded by TIME_LIMIT_S; every server is stopped by
-its PID. Needs beanstalkd installed (bench/README.md).
+as measured. BUSY_POLL_US runs WonderQ's side with busy polling (compare.py's
+--busy-poll: the server's --busy-poll and the client's busy_poll), which
+shows how much of its fixed part is being woken. Every phase is bounded by
+TIME_LIMIT_S; every server is stopped by its PID. Needs beanstalkd installed
+(bench/README.md).
 """
 
 from __future__ import annotations
@@ -86,7 +90,8 @@ def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
     return fixed, per
 
 
-def main(n: int, runs: int) -> None:
+def main(n: int, runs: int, busy_poll_us: int) -> None:
+    wonderq.BUSY_POLL_US = busy_poll_us
     rows: dict[str, list[dict[int, tuple[float, float, float]]]] = {s: [] for s in SYSTEMS}
     names = list(SYSTEMS)
     with tempfile.TemporaryDirectory(prefix="wonderq-sweep-") as tmp:
@@ -100,7 +105,8 @@ def main(n: int, runs: int) -> None:
         finally:
             servers.stop_all()
     print(f"{n} messages per batch size, {BODY_BYTES}-byte bodies, median of {runs} runs; "
-          f"µs per batch (one receive + one ack)")
+          f"µs per batch (one receive + one ack); WonderQ's busy polling "
+          f"{f'{busy_poll_us} µs' if busy_poll_us else 'off'}")
     fitted = {}
     for name, table in rows.items():
         medians = {b: [statistics.median(run[b][k] for run in table) for k in range(3)]
@@ -121,4 +127,4 @@ def main(n: int, runs: int) -> None:
 
 
 if __name__ == "__main__":
-    main(*whole_numbers(__doc__, 0, (100_000, 3)))
+    main(*whole_numbers(__doc__, 0, (100_000, 3, 0)))
