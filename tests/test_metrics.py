@@ -30,7 +30,7 @@ from wonderq_server.service import BrokerService
 def server_info(now: float) -> dict[str, Any]:
     return {"version": "9.9.9", "uptime_s": now - T0, "connections": 2,
             "connections_total": 7, "rss_bytes": 1, "data_dir": "",
-            "fsync_policy": "none (in memory)"}
+            "fsync_policy": "none (in memory)", "busy_poll_us": 300}
 
 
 class Clock:
@@ -97,6 +97,7 @@ def test_collector_reads_the_broker_at_each_scrape(broker, clock, metrics):
     assert value(metrics, "wonderq_queue_ready_messages", queue="q") == 1
     assert value(metrics, "wonderq_queue_waiting_consumers", queue="q") == 0
     assert value(metrics, "wonderq_uptime_seconds") == 20.0
+    assert value(metrics, "wonderq_busy_poll_microseconds") == 300
     assert value(metrics, "wonderq_connections_open") == 2
     assert value(metrics, "wonderq_connections_total") == 7
     assert value(metrics, "wonderq_max_memory_bytes") == 10_000

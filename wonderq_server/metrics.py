@@ -119,6 +119,8 @@ SERVER_GAUGES = [
     ("connections_paused", "wonderq_connections_paused",
      "Connections the server is not reading from now (flow control)."),
     ("uptime_s", "wonderq_uptime_seconds", "Seconds since the server started."),
+    ("busy_poll_us", "wonderq_busy_poll_microseconds",
+     "--busy-poll: how long the loop polls after input before it sleeps (0: off)."),
 ]
 SERVER_COUNTERS = [
     ("connections_total", "wonderq_connections", "Client connections accepted since start."),
