@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="where to write the results (Markdown)")
     parser.add_argument("--busy-poll", type=int, default=0, metavar="MICROSECONDS",
                         help="run WonderQ's server with --busy-poll MICROSECONDS and its "
-                             "client with busy_poll of as many seconds (default 0: off, "
+                             "client with busy_poll of as many microseconds (default 0: off, "
                              "as both ship)")
     args = parser.parse_args(argv)
     wanted: list[str] = []
