@@ -326,6 +326,26 @@ async def test_an_argument_msgpack_cannot_encode_leaves_nothing_pending(server):
         assert await client.ping() == "pong"
 
 
+@pytest.mark.parametrize(("call", "error", "message"), [
+    (lambda c: c.put("q", b"x", headers={"trace": {1, 2}}), TypeError,
+     "put: headers['trace'] cannot be sent: can not serialize 'set' object"),
+    (lambda c: c.put_many("q", [b"a", {"body": b"b", "priority": 1 << 70}]), OverflowError,
+     "put_many: bodies[1]['priority'] cannot be sent: Integer value out of range"),
+    (lambda c: c.ack("q", 1 << 70, 1), OverflowError, "ack: id cannot be sent"),
+    (lambda c: c.put("jobs\ud800", b"x"), ValueError, "put: queue cannot be sent: 'utf-8'"),
+    (lambda c: c.put("q", b"x", headers={object(): "v"}), TypeError,
+     "put: headers key <object object at"),
+])
+async def test_an_argument_msgpack_cannot_encode_is_named(server, call, error, message):
+    # msgpack's own message ("can not serialize 'set' object") said what, not where: in a
+    # put_many of a thousand items, which one. The error names the command and the field.
+    async with connect(server.host, server.port) as client:
+        with pytest.raises(error) as info:
+            await call(client)
+        assert type(info.value) is error and str(info.value).startswith(message)
+        assert await client.ping() == "pong"
+
+
 async def test_close_does_not_wait_for_ever_on_a_server_that_stopped_reading(
         server_factory, monkeypatch):
     # A reviewer stopped the server (SIGSTOP) with a 20 MB put_many still unsent, and

@@ -83,6 +83,41 @@ _packer = msgpack.Packer(use_bin_type=True)
 
 
 def encode_request(request_id: int, command: str, args: dict[str, Any]) -> bytes:
-    """encode_request frames one request."""
-    payload = _packer.pack([request_id, command, args])
+    """encode_request frames one request. A value msgpack cannot send raises what msgpack
+    raised (TypeError, OverflowError, or ValueError for a string that is not UTF-8), its
+    message naming the command and the field, found only then (`unsendable_at`)."""
+    try:
+        payload = _packer.pack([request_id, command, args])
+    except (TypeError, ValueError, OverflowError) as exc:
+        kind = exc.__class__ if exc.__class__ in (TypeError, OverflowError) else ValueError
+        raise kind(f"{command}: {unsendable_at(args)} cannot be sent: {exc}") from exc
     return len(payload).to_bytes(HEADER_BYTES, "big") + payload
+
+
+def unsendable_at(args: dict[str, Any]) -> str:
+    """unsendable_at names the first value in a request's fields that msgpack cannot pack:
+    `headers['k']`, `bodies[2]['priority']`; its field alone when none inside is to blame."""
+    for field, value in args.items():
+        path = _unsendable(value, str(field))
+        if path is not None:
+            return path
+    return "a field"  # not reached: the fields packed one by one, but not together
+
+
+def _unsendable(value: Any, path: str) -> str | None:
+    try:
+        _packer.pack(value)
+        return None
+    except (TypeError, ValueError, OverflowError):
+        pass
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _unsendable(key, f"{path} key {key!r}") or _unsendable(item, f"{path}[{key!r}]")
+            if found is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = _unsendable(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return path
