@@ -60,6 +60,9 @@ class FakeServer:
     def is_closing(self) -> bool:
         return False
 
+    def get_extra_info(self, name: str) -> None:
+        return None  # no socket: nothing for keepalive to set
+
     def close(self) -> None:
         assert self.protocol is not None
         self.protocol.connection_lost(None)

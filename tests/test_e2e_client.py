@@ -11,6 +11,7 @@ import traceback
 
 import pytest
 from polling import EVENT_TIMEOUT_S, until_stats, until_true
+from tcp_table import tcp_timer
 
 from wonderq_client import (
     BadArgument,
@@ -504,3 +505,25 @@ async def test_calls_on_a_closed_client_raise_fresh_errors(server):
     assert len({id(error) for error in errors}) == 50
     assert len(traceback.extract_tb(errors[-1].__traceback__)) < 10  # it grew per raise
     assert "this client closed the connection (close())" in errors[-1].message
+
+
+@pytest.mark.parametrize(("options", "kind", "seconds"), [
+    ({}, 2, 300),  # the default, as the server's --tcp-keepalive
+    ({"tcp_keepalive": 45}, 2, 45),
+    ({"tcp_keepalive": 0}, 0, 0),
+])
+async def test_the_client_probes_a_silent_server_s_host(server, options, kind, seconds):
+    # A server whose host vanished sends nothing: a call waiting on it waited for ever.
+    # The kernel's keepalive timer on the client's end of the connection is what to see.
+    async with connect(server.host, server.port, **options) as client:
+        assert await client.ping() == "pong"
+        own_port = client._protocol.transport.get_extra_info("sockname")[1]
+        timer_kind, left_s = tcp_timer(own_port, server.port)
+        assert timer_kind == kind
+        assert seconds - 5 <= left_s <= seconds
+
+
+@pytest.mark.parametrize("value", [-1, 32768, 1.5, True, "300", None])
+def test_a_bad_tcp_keepalive_is_refused_before_connecting(value):
+    with pytest.raises(ValueError, match="tcp_keepalive must be whole seconds"):
+        connect("127.0.0.1", 1, tcp_keepalive=value)

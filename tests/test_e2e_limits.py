@@ -22,6 +22,7 @@ from polling import until_stats
 from raw_socket import PREAMBLE, frame
 from raw_socket import BinarySocket as Raw
 from raw_socket import TextSocket as Text
+from tcp_table import tcp_timer
 
 from wonderq_client import ConnectionClosed, connect
 from wonderq_server.peer_state import enable_keepalive
@@ -318,19 +319,6 @@ def test_a_bad_idle_timeout_is_refused_at_start(server_factory):
 
 # ---------------------------------------------------------------- vanished clients
 
-def server_side_timer(server_port: int, client_port: int) -> tuple[int, float]:
-    """server_side_timer: the kernel's timer on the server's end of a loopback connection,
-    from /proc/net/tcp: its kind (2: keepalive; 0: none) and seconds until it fires."""
-    local, remote = f"0100007F:{server_port:04X}", f"0100007F:{client_port:04X}"
-    with open("/proc/net/tcp") as table:
-        for line in table.readlines()[1:]:
-            fields = line.split()
-            if fields[1] == local and fields[2] == remote:
-                kind, when = fields[5].split(":")
-                return int(kind, 16), int(when, 16) / os.sysconf("SC_CLK_TCK")
-    raise AssertionError(f"no connection {remote} -> {local} in /proc/net/tcp")
-
-
 @pytest.mark.parametrize(("flags", "kind", "seconds"), [
     ((), 2, 300),  # the default, Redis' tcp-keepalive
     (("--tcp-keepalive", "45"), 2, 45),
@@ -346,7 +334,7 @@ def test_tcp_keepalive_probes_silent_clients_after_the_flag_s_seconds(server_fac
     try:
         client.send(b"PING\r\n")
         assert client.line() == b"PONG"  # accepted and set up
-        timer_kind, left_s = server_side_timer(server.port, client.sock.getsockname()[1])
+        timer_kind, left_s = tcp_timer(server.port, client.sock.getsockname()[1])
         assert timer_kind == kind
         assert seconds - 5 <= left_s <= seconds
     finally:

@@ -52,7 +52,9 @@ def test_client_never_imports_the_server():
                             # codec.py: a frame's length, read in place
                             "struct",
                             # busy_poll.py: its clock, and its table of loops
-                            "time", "weakref"}, \
+                            "time", "weakref",
+                            # keepalive.py: the socket options
+                            "socket"}, \
             (path.name, imported)
 
 

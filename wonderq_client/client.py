@@ -54,6 +54,7 @@ from .busy_poll import check_busy_poll, loop_poller
 from .codec import HEADER_BYTES as FRAME_HEADER_BYTES
 from .codec import PREAMBLE, NotAReply, ReplyDecoder, encode_request
 from .errors import BadArgument, ConnectionClosed, FrameTooLarge, WonderQError, error_from_wire
+from .keepalive import DEFAULT_KEEPALIVE_S, check_keepalive, enable_keepalive
 from .message import Message, from_deliveries
 
 DEFAULT_HOST = "127.0.0.1"
@@ -71,8 +72,10 @@ MAX_WAITS_ON_SERVER = 1000
 
 class _ClientProtocol(asyncio.Protocol):
     def __init__(self, loop: asyncio.AbstractEventLoop,
-                 max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, busy_poll: float = 0.0) -> None:
+                 max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, busy_poll: float = 0.0,
+                 tcp_keepalive: int = DEFAULT_KEEPALIVE_S) -> None:
         self._loop = loop
+        self._tcp_keepalive = tcp_keepalive
         self.max_frame_bytes = max_frame_bytes
         self._busy_poll = busy_poll  # seconds of polling after each request (busy_poll.py)
         self._poller = loop_poller(loop) if busy_poll else None
@@ -97,6 +100,7 @@ class _ClientProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        enable_keepalive(transport, self._tcp_keepalive)
         self._schedule_flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -581,11 +585,12 @@ class _Connect:
 
     def __init__(self, host: str, port: int, timeout: float | None,
                  auth_token: str | bytes | None, ssl: Any, max_frame_bytes: int,
-                 busy_poll: float = 0.0) -> None:
+                 busy_poll: float = 0.0, tcp_keepalive: int = DEFAULT_KEEPALIVE_S) -> None:
         self._host, self._port, self._timeout = host, port, timeout
         self._auth_token, self._ssl = auth_token, ssl
         self._max_frame_bytes = max_frame_bytes
         self._busy_poll = busy_poll
+        self._tcp_keepalive = tcp_keepalive
         self._client: Client | None = None
 
     async def _open(self) -> Client:
@@ -594,7 +599,8 @@ class _Connect:
         try:
             async with asyncio.timeout(self._timeout):
                 _, protocol = await loop.create_connection(
-                    lambda: _ClientProtocol(loop, self._max_frame_bytes, self._busy_poll),
+                    lambda: _ClientProtocol(loop, self._max_frame_bytes, self._busy_poll,
+                                            self._tcp_keepalive),
                     self._host, self._port, ssl=self._ssl)
                 if self._auth_token is not None:
                     await protocol.send("auth", {"token": self._auth_token})
@@ -620,7 +626,7 @@ class _Connect:
 def connect(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
             timeout: float | None = 10.0, auth_token: str | bytes | None = None,
             ssl: Any = None, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
-            busy_poll: float = 0.0) -> _Connect:
+            busy_poll: float = 0.0, tcp_keepalive: int = DEFAULT_KEEPALIVE_S) -> _Connect:
     """connect opens a connection: `client = await connect()` or `async with connect() as c:`.
 
     timeout: seconds for the whole connect (None: no limit). auth_token: the
@@ -634,8 +640,11 @@ def connect(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
     request instead of sleeping until the reply wakes it: faster round trips
     where being woken is costly (some VMs), for CPU spent polling; 0, the
     default, is off (busy_poll.py, and the server's --busy-poll).
+    tcp_keepalive: seconds of silence after which the kernel probes the server's
+    host, ending the connection (ConnectionClosed) if it is gone; 0 off
+    (keepalive.py).
     """
     if not (type(max_frame_bytes) is int and max_frame_bytes > 0):  # not a bool
         raise ValueError(f"max_frame_bytes must be a positive int, not {max_frame_bytes!r}")
     return _Connect(host, port, timeout, auth_token, ssl, max_frame_bytes,
-                    check_busy_poll(busy_poll))
+                    check_busy_poll(busy_poll), check_keepalive(tcp_keepalive))
