@@ -302,12 +302,9 @@ class Connection(asyncio.Protocol):
         if self._decoder is None and self._pending and not self._close_after_flush:
             # `W` or `WQ`, then the end: text. An unfinished line, so nothing runs here;
             # _close_if_done_after_eof answers it (ERR MALFORMED), as any last line.
-            self._choose_mode(at_eof=True)
-            data, self._pending = bytes(self._pending), bytearray()
-            if self._refusal is not None:
-                self._reply_error(None, self._refusal)
-            else:
-                self._decode_and_run(data)
+            first = self._first_input(at_eof=True)
+            if first is not None:
+                self._decode_and_run(first)
         self._eof = True
         self._answer_waits_empty()
         self._close_if_done_after_eof()
@@ -419,14 +416,10 @@ class Connection(asyncio.Protocol):
         decoder = self._decoder
         if decoder is None:
             self._pending += data
-            if not self._choose_mode():
+            first = self._first_input()
+            if first is None:
                 return
-            if self._refusal is not None:
-                self._pending.clear()
-                self._reply_error(None, self._refusal)
-                return
-            decoder = self._decoder
-            data, self._pending = bytes(self._pending), bytearray()
+            decoder, data = self._decoder, first
         assert decoder is not None
         if self._text_waiting or self._output_blocked or self._held or self._held_input:
             self._hold_input(data)  # behind what is held, in order
@@ -483,6 +476,18 @@ class Connection(asyncio.Protocol):
                 now = self.last_request_at = self.hub.now()
                 self._run(items, now)
         return ran
+
+    def _first_input(self, at_eof: bool = False) -> bytes | None:
+        """_first_input: once the bytes read so far (`_pending`) decide the mode, they are
+        handed back to run; None while undecided, and for a refused connection, which is
+        answered here instead (TOO_MANY_CONNECTIONS) and runs nothing."""
+        if not self._choose_mode(at_eof):
+            return None
+        data, self._pending = bytes(self._pending), bytearray()
+        if self._refusal is not None:
+            self._reply_error(None, self._refusal)
+            return None
+        return data
 
     def _choose_mode(self, at_eof: bool = False) -> bool:
         """_choose_mode picks the codecs once the first bytes allow; False while undecided.
