@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
+import os
 import weakref
 
 import pytest
@@ -18,8 +20,14 @@ from polling import until_true
 from server_process import ServerProcess
 
 from wonderq_client import connect
-from wonderq_client.busy_poll import MAX_BUSY_POLL_S, LoopPoller, check_busy_poll, loop_poller
-from wonderq_server.busy_poll import MAX_BUSY_POLL_US, BusyPoll
+from wonderq_client.busy_poll import (
+    MAX_BUSY_POLL_S,
+    MAX_SKIPPED_REQUESTS,
+    LoopPoller,
+    check_busy_poll,
+    loop_poller,
+)
+from wonderq_server.busy_poll import MAX_BUSY_POLL_US, MAX_SKIPPED_INPUTS, BusyPoll
 
 ROUND_TRIPS = 200
 
@@ -91,6 +99,52 @@ async def test_a_stopped_server_polls_no_more():
     assert poller.turns == 2
 
 
+async def windows_run(poller, pokes: int, poke) -> list[bool]:
+    """windows_run: `pokes` inputs one after another, each once the last chain stopped;
+    for each, whether it started a window."""
+    started = []
+    for _ in range(pokes):
+        before = poller.turns
+        poke()
+        await turns_until_idle(lambda: poller._running)
+        started.append(poller.turns > before)
+    return started
+
+
+def inputs_let_by(started: list[bool]) -> list[int]:
+    """inputs_let_by: how many inputs went by without a window between two windows."""
+    windows = [i for i, s in enumerate(started) if s]
+    return [b - a - 1 for a, b in itertools.pairwise(windows)]
+
+
+async def test_after_a_window_that_found_nothing_inputs_are_let_by_doubling_each_time():
+    poller = BusyPoll(asyncio.get_running_loop(), 3.0, clock=StepClock())
+    started = await windows_run(poller, 1 + 2 + 3 + 5 + 9 + 17, poller.poke)
+    # Windows at inputs 1, 3, 6, 11, 20, 37, each found nothing: 1, 2, 4, 8, 16 let by.
+    assert [i + 1 for i, s in enumerate(started) if s] == [1, 3, 6, 11, 20, 37]
+    assert poller.empty_windows == 6
+
+
+async def test_the_back_off_stops_at_its_most():
+    poller = BusyPoll(asyncio.get_running_loop(), 1.0, clock=StepClock())
+    gaps = inputs_let_by(await windows_run(poller, 400, poller.poke))
+    assert gaps[:7] == [1, 2, 4, 8, 16, 32, 64]
+    assert set(gaps[6:]) == {MAX_SKIPPED_INPUTS}
+
+
+async def test_a_window_that_finds_input_ends_the_back_off():
+    poller = BusyPoll(asyncio.get_running_loop(), 5.0, clock=StepClock())
+    assert await windows_run(poller, 4, poller.poke) == [True, False, True, False]
+    poller.poke()  # let by (back-off 2)...
+    poller.poke()  # ...and this one starts a window,
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    poller.poke()  # in which input comes: polling paid, so
+    await turns_until_idle(lambda: poller._running)
+    assert await windows_run(poller, 2, poller.poke) == [True, False]  # it polls at once
+    assert poller.empty_windows == 3
+
+
 # ----------------------------------------------------------------- the client's
 
 
@@ -100,6 +154,26 @@ async def test_the_client_polls_for_the_longest_window_asked():
     poller.extend(2.0)  # reads 2: 4 is sooner, so 11 stands
     await turns_until_idle(lambda: poller._running)
     assert poller.turns == 9  # turns reading 3..11
+
+
+async def test_the_client_backs_off_as_the_server_does():
+    poller = LoopPoller(asyncio.get_running_loop(), clock=StepClock())
+    started = await windows_run(poller, 400, lambda: poller.extend(3.0))
+    assert started[0]
+    gaps = inputs_let_by(started)
+    assert gaps[:7] == [1, 2, 4, 8, 16, 32, 64]
+    assert set(gaps[6:]) == {MAX_SKIPPED_REQUESTS}
+
+
+async def test_a_second_request_in_the_window_ends_the_clients_back_off():
+    poller = LoopPoller(asyncio.get_running_loop(), clock=StepClock())
+    assert await windows_run(poller, 2, lambda: poller.extend(5.0)) == [True, False]
+    poller.extend(5.0)  # a window: back-off is 1 now...
+    await asyncio.sleep(0)
+    poller.extend(5.0)  # ...and a second request goes out in it
+    await turns_until_idle(lambda: poller._running)
+    assert await windows_run(poller, 3, lambda: poller.extend(5.0)) == [True, False, True]
+    assert poller.empty_windows == 3  # the first, the third, the last
 
 
 async def test_one_poller_per_loop_and_none_kept_for_a_closed_loop():
@@ -196,3 +270,28 @@ async def test_the_operator_can_see_that_the_server_polls(server_factory):
         assert len(said) == (1 if window else 0)
         if window:
             assert "polls for 300 us" in said[0]
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def test_a_client_that_sends_now_and_then_does_not_keep_the_server_polling(
+        server_factory):
+    # Each ping is sent once the server sleeps again, so every window it opens finds
+    # nothing: 30 windows of 10 ms would be 0.3 s of CPU. Backing off, the server opens
+    # windows at pings 1, 3, 6, 11, 20 only: about 0.05 s.
+    server = server_factory("--busy-poll", str(MAX_BUSY_POLL_US))
+    assert server.proc is not None
+    pid = server.proc.pid
+    async with connect(server.host, server.port) as client:
+        await client.ping()
+        await until_true(lambda: process_state(pid) == "S")
+        before = cpu_seconds(pid)
+        for _ in range(30):
+            assert await client.ping() == "pong"
+            await until_true(lambda: process_state(pid) == "S")
+        spent = cpu_seconds(pid) - before
+    assert spent < 0.15, f"{spent:.2f} s of server CPU for 30 pings"

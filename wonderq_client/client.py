@@ -638,8 +638,9 @@ def connect(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
     server would close the connection, failing every call on it.
     busy_poll: seconds (at most 0.01) to keep the event loop polling after each
     request instead of sleeping until the reply wakes it: faster round trips
-    where being woken is costly (some VMs), for CPU spent polling; 0, the
-    default, is off (busy_poll.py, and the server's --busy-poll).
+    where being woken is costly (some VMs), for CPU spent polling (backing off
+    while requests come further apart than that); 0, the default, is off
+    (busy_poll.py, and the server's --busy-poll).
     tcp_keepalive: seconds of silence after which the kernel probes the server's
     host, ending the connection (ConnectionClosed) if it is gone; 0 off
     (keepalive.py).
