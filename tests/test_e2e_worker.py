@@ -22,6 +22,7 @@ from fault_proxy import FaultProxy
 from polling import EVENT_TIMEOUT_S, until, until_stats, until_true
 from server_process import ServerProcess
 
+import wonderq_client.busy_poll
 import wonderq_client.worker
 from wonderq_client import (
     BadArgument,
@@ -98,7 +99,7 @@ def test_reconnect_delay_has_equal_jitter_under_a_cap():
 @pytest.mark.parametrize("options", [
     {"concurrency": 0}, {"visibility": 0}, {"wait": 0}, {"shutdown_grace": -1},
     {"reconnect_first": 0}, {"reconnect_first": 5, "reconnect_most": 1},
-    {"max_messages": 0},
+    {"max_messages": 0}, {"busy_poll": -0.001}, {"busy_poll": 1},
 ])
 def test_worker_refuses_settings_that_cannot_work(options):
     async def handler(msg: Message) -> None:
@@ -126,6 +127,23 @@ def test_a_decorated_async_handler_is_taken_and_a_decorated_plain_one_refused():
     Worker("q", handler)  # a reviewer: refused, "must be an async function (async def)"
     with pytest.raises(TypeError):
         Worker("q", plain)
+
+
+async def test_busy_poll_reaches_the_workers_connections(server):
+    # connect()'s busy_poll, passed through: the Worker's requests keep this loop polling.
+    loop = asyncio.get_running_loop()
+    async with connect(server.host, server.port) as client:
+        await client.put_many("polled", [b"job"] * 20)
+    assert loop not in wonderq_client.busy_poll._pollers  # nothing polled so far
+
+    async def handler(msg: Message) -> None:
+        pass
+
+    worker = Worker("polled", handler, host=server.host, port=server.port, burst=True,
+                    busy_poll=0.001)
+    await worker.run()
+    assert worker.counts.acked == 20
+    assert wonderq_client.busy_poll._pollers[loop].turns > 0
 
 
 # --------------------------------------------------------------------- the work

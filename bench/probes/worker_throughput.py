@@ -1,6 +1,7 @@
 """The Worker's cost: a no-op handler on N queued messages, beside hand-written consumers.
 
     python bench/probes/worker_throughput.py PORT PID MESSAGES [CONCURRENCY] [ROUNDS]
+                                             [BUSY_POLL_US]
 
 Against `wonderq-server --in-memory --port PORT` (PID: the server's, for its CPU). Each round
 queues MESSAGES 100-byte messages (put_many, untimed), then drains them three ways, in
@@ -11,7 +12,9 @@ turn, each from a queue of its own:
     ack_many   receive(max=CONCURRENCY, wait) then one ack_many: the cheapest consumer
 
 and prints, per way, the median over ROUNDS of msgs/s, the client's CPU and the server's CPU
-per message (from /proc). Defaults: CONCURRENCY 100, ROUNDS 3.
+per message (from /proc). Defaults: CONCURRENCY 100, ROUNDS 3. BUSY_POLL_US (default 0,
+off) is the consumers' `busy_poll` in microseconds (the Worker's option and connect()'s),
+for a server started with `--busy-poll`.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ async def fill(client: Client, queue: str, n: int) -> None:
         await client.put_many(queue, [BODY] * min(PUT_BATCH, n - start))
 
 
-async def by_worker(port: int, queue: str, n: int, concurrency: int) -> None:
+async def by_worker(port: int, queue: str, n: int, concurrency: int, busy_poll: float) -> None:
     handled = 0
 
     async def handler(msg: Message) -> None:
@@ -44,14 +47,16 @@ async def by_worker(port: int, queue: str, n: int, concurrency: int) -> None:
         if handled == n:
             worker.stop()  # the stop waits for the acks still on their way
 
-    worker = Worker(queue, handler, port=port, concurrency=concurrency, wait=1.0)
+    worker = Worker(queue, handler, port=port, concurrency=concurrency, wait=1.0,
+                    busy_poll=busy_poll)
     await worker.run()
     if worker.counts.acked != n:
         raise RuntimeError(f"{queue}: the worker acked {worker.counts.acked} of {n}")
 
 
-async def by_hand(port: int, queue: str, n: int, concurrency: int, batched: bool) -> None:
-    async with connect("127.0.0.1", port) as client:
+async def by_hand(port: int, queue: str, n: int, concurrency: int, batched: bool,
+                  busy_poll: float) -> None:
+    async with connect("127.0.0.1", port, busy_poll=busy_poll) as client:
         left = n
         while left > 0:
             messages = await client.receive(queue, max=concurrency, wait=1.0)
@@ -71,11 +76,13 @@ async def measure(pid: int, drain: Callable[[], Awaitable[None]], n: int) -> tup
     return n / (t1 - t0), 1e6 * (c1 - c0) / n, 1e6 * (s1 - s0) / n
 
 
-async def main(port: int, pid: int, n: int, concurrency: int, rounds: int) -> None:
+async def main(port: int, pid: int, n: int, concurrency: int, rounds: int,
+               busy_poll_us: int) -> None:
+    poll = busy_poll_us / 1e6
     ways: dict[str, Callable[[str], Awaitable[None]]] = {
-        "worker": lambda q: by_worker(port, q, n, concurrency),
-        "per-ack": lambda q: by_hand(port, q, n, concurrency, batched=False),
-        "ack_many": lambda q: by_hand(port, q, n, concurrency, batched=True),
+        "worker": lambda q: by_worker(port, q, n, concurrency, poll),
+        "per-ack": lambda q: by_hand(port, q, n, concurrency, False, poll),
+        "ack_many": lambda q: by_hand(port, q, n, concurrency, True, poll),
     }
     results: dict[str, list[tuple[float, ...]]] = {way: [] for way in ways}
     async with connect("127.0.0.1", port) as client:
@@ -93,4 +100,4 @@ async def main(port: int, pid: int, n: int, concurrency: int, rounds: int) -> No
 
 
 if __name__ == "__main__":
-    uvloop.run(main(*whole_numbers(__doc__, 3, (100, 3))))
+    uvloop.run(main(*whole_numbers(__doc__, 3, (100, 3, 0))))
