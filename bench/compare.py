@@ -4,6 +4,7 @@
                             [--messages 50000] [--s5-messages 1000000]
                             [--systems wonderq,beanstalkd,redis,nats]
                             [--time-limit SECONDS] [--results bench/RESULTS.md]
+                            [--busy-poll MICROSECONDS]
 
 Design decision: this module only decides what runs when: it checks which
 systems are installed (a missing one is skipped with a note), then runs the

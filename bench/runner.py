@@ -86,6 +86,17 @@ def run_event_loop(coro: Awaitable[Any]) -> Any:
     return uvloop.run(coro)
 
 
+async def bounded(step: Awaitable[Any], what: str) -> Any:
+    """bounded: a step outside the measured phases (make the queue, connect, count) given
+    READY_LIMIT_S, so that a server that hangs ends its group with an error, not the run.
+    The adapters bound their own waits too (systems/__init__.py); this holds whatever
+    they miss."""
+    try:
+        return await asyncio.wait_for(step, READY_LIMIT_S)
+    except TimeoutError:
+        raise TimeoutError(f"{what}: no answer within {READY_LIMIT_S:g} s") from None
+
+
 def run_group(system: ModuleType, group: tuple[str, ...], selected: set[str], run: int,
               options: Options) -> list[Result]:
     """run_group runs the selected scenarios of `group` against `system`; one Result each."""
@@ -133,7 +144,7 @@ class _Group:
     async def run(self) -> None:
         try:
             server, port, _ = await self.start_server()
-            await self.system.prepare(port, self.queue, self.mode)
+            await bounded(self.system.prepare(port, self.queue, self.mode), "prepare")
             first = self.group[0]
             if first == "S1":
                 await self.one_by_one(server, port)
@@ -150,7 +161,8 @@ class _Group:
                 server.stop()
 
     def connect(self, port: int) -> Callable[[str], Awaitable[Any]]:
-        return lambda consumer: self.system.connect(port, self.queue, consumer)
+        return lambda consumer: bounded(self.system.connect(port, self.queue, consumer),
+                                        "connect")
 
     async def phase(self, server: ServerProcess, n: int,
                     body: Callable[[float, Progress], Awaitable[Load]]) -> tuple[Load, float,
@@ -191,7 +203,7 @@ class _Group:
     async def one_by_one(self, server: ServerProcess, port: int) -> None:
         """S1 then S2 on one connection."""
         n = self.options.messages
-        conn = await self.system.connect(port, self.queue, "c0")
+        conn = await self.connect(port)("c0")
         try:
             if "S1" in self.wanted:
                 figures = await self.phase(server, n, lambda give_up, progress: put_one_by_one(
@@ -217,7 +229,7 @@ class _Group:
     async def batched(self, server: ServerProcess, port: int) -> None:
         """S4p then S4c on one connection."""
         n = self.options.messages
-        conn = await self.system.connect(port, self.queue, "c0")
+        conn = await self.connect(port)("c0")
         try:
             figures = await self.fill(server, conn, n, BATCH)
             self.record("S4p", *figures)
@@ -230,13 +242,13 @@ class _Group:
             await conn.close()
 
     async def check_count(self, port: int, expected: int) -> str:
-        found = await self.system.count(port, self.queue)
+        found = await bounded(self.system.count(port, self.queue), "count")
         return "" if found == expected else f"count after: {found}, expected {expected}"
 
     async def memory(self, server: ServerProcess, port: int) -> None:
         """S5: resident memory per queued message, VmRSS after the fill minus before."""
         n = self.options.backlog
-        conn = await self.system.connect(port, self.queue, "c0")
+        conn = await self.connect(port)("c0")
         try:
             rss_before = server.rss_bytes()
             load, server_us, client_us = await self.fill(server, conn, n, FILL_BATCH)
@@ -253,7 +265,7 @@ class _Group:
     async def restart(self, server: ServerProcess, port: int) -> None:
         """S7: fill, stop by SIGTERM, start again on the same data; seconds from exec to ready."""
         n = self.options.backlog
-        conn = await self.system.connect(port, self.queue, "c0")
+        conn = await self.connect(port)("c0")
         try:
             load, _, _ = await self.fill(server, conn, n, FILL_BATCH)
         finally:

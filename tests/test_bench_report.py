@@ -55,3 +55,18 @@ def test_a_run_missing_on_either_side_is_left_out_of_the_pairs() -> None:
 @pytest.mark.parametrize("systems", [["peer"], ["wonderq"]])
 def test_no_paired_table_without_both_sides(systems: list[str]) -> None:
     assert report.paired_table(DRIFTING, ["S1"], systems) == ""
+
+
+def test_a_step_outside_the_measured_phases_that_hangs_ends_its_group(monkeypatch):
+    # prepare, connect and count get READY_LIMIT_S, so a hung server cannot hang the run.
+    import asyncio
+
+    import runner
+
+    monkeypatch.setattr(runner, "READY_LIMIT_S", 0.01)
+
+    async def hangs() -> None:
+        await asyncio.Event().wait()
+
+    with pytest.raises(TimeoutError, match=r"prepare: no answer within 0\.01 s"):
+        asyncio.run(runner.bounded(hangs(), "prepare"))

@@ -28,7 +28,8 @@ identical load and only the adapter differs:
 Rules:
 * Importing this package imports no client library; `load(name)` imports
   one adapter, and a missing library is reported by `missing()`, not raised.
-* Every wait inside an adapter is bounded (`wait_s`, or a timeout).
+* Every call into an adapter is bounded: the measured phases by the run's time
+  limit (`wait_s` inside), and prepare, connect and count by runner.bounded.
 """
 
 from __future__ import annotations

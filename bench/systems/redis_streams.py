@@ -28,6 +28,7 @@ Rules:
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import shutil
 import subprocess
 from pathlib import Path
@@ -48,6 +49,9 @@ def missing() -> str | None:
         return "redis-server is not installed"
     if aioredis is None:
         return "the Python package redis is not installed"
+    if importlib.util.find_spec("hiredis") is None:
+        # Without it redis-py parses replies in Python: not Redis's best honest usage.
+        return "the Python package hiredis is not installed (pip install hiredis)"
     return None
 
 
