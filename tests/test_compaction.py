@@ -31,6 +31,7 @@ from wonderq_server.compaction import RATIO, Compaction, due
 from wonderq_server.journal import (
     DEFAULT_RESERVE_BYTES,
     PUT_RECORD_OVERHEAD,
+    CompactionFailed,
     Journal,
     journal_path,
     live_estimate,
@@ -368,6 +369,46 @@ def test_a_failed_write_to_the_new_file_only_stops_the_compaction(tmp_path: Path
     expected = broker_state(broker)
     journal.close()
     assert broker_state(restored(tmp_path, T0 + 1)[0]) == expected
+    assert journal_files(tmp_path) == ["journal.000001"]
+
+
+@pytest.mark.parametrize("failing", ["fsync", "rename"])
+def test_a_switch_that_cannot_make_the_new_file_durable_only_stops_the_compaction(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
+    # Before the rename nothing but the .tmp file changed: the live journal goes on (it
+    # stopped the server before).
+    journal, broker, _ = filled(tmp_path)
+    c = Compaction(journal, broker)
+    c.start()
+    while not c.step():
+        pass
+    c.presync()
+    broker.put("q", b"after the presync", T0 + 3)
+    journal.write_pending()
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd: int) -> None:
+        if failing == "fsync" and fd == c.fd:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_fsync(fd)
+
+    def rename(source: str | Path, target: str | Path) -> None:
+        if failing == "rename":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_rename(source, target)
+
+    monkeypatch.setattr(compaction.os, "fsync", fsync)
+    monkeypatch.setattr(compaction.os, "rename", rename)
+    with pytest.raises(CompactionFailed, match="could not be made durable"):
+        c.switch(NOW)
+    monkeypatch.undo()
+    c.abandon("the switch failed")
+    assert journal_files(tmp_path) == ["journal.000001"]
+    broker.put("q", b"after the failed switch", T0 + 4)
+    journal.write_pending()
+    expected = broker_state(broker)
+    journal.close()
+    assert broker_state(restored(tmp_path, NOW)[0]) == expected
     assert journal_files(tmp_path) == ["journal.000001"]
 
 

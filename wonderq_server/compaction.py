@@ -180,10 +180,21 @@ class Compaction:
 
         No fsync of the live journal may be running. Records not yet written
         (pending in the journal's buffer) go to the new file only, later.
+
+        Until the rename nothing but the .tmp file has changed, so a failed
+        fsync of it, or a failed rename, is CompactionFailed: the compaction is
+        abandoned and the live journal goes on, as for a failed write to the
+        new file. Once renamed, journal.N+1 is what a restart would read, so a
+        failure of the directory's fsync is not caught here: the server stops
+        (an OSError), rather than go on writing to journal.N.
         """
         journal = self.journal
-        os.fsync(self.fd)  # only what was written since the pre-sync
-        os.rename(self.tmp_path, self.final_path)
+        try:
+            os.fsync(self.fd)  # only what was written since the pre-sync
+            os.rename(self.tmp_path, self.final_path)
+        except OSError as exc:
+            raise CompactionFailed(f"the new journal could not be made durable: {exc}") \
+                from exc
         journal._fsync_directory()
         old_fd, old_generation = journal.fd, journal.generation
         journal.fd, journal.generation = self.fd, self.generation
