@@ -91,9 +91,13 @@ async def bounded(step: Awaitable[Any], what: str) -> Any:
     READY_LIMIT_S, so that a server that hangs ends its group with an error, not the run.
     The adapters bound their own waits too (systems/__init__.py); this holds whatever
     they miss."""
+    scope = asyncio.timeout(READY_LIMIT_S)
     try:
-        return await asyncio.wait_for(step, READY_LIMIT_S)
+        async with scope:
+            return await step
     except TimeoutError:
+        if not scope.expired():
+            raise  # the step's own timeout, with its own message
         raise TimeoutError(f"{what}: no answer within {READY_LIMIT_S:g} s") from None
 
 

@@ -156,7 +156,7 @@ async def test_the_client_polls_for_the_longest_window_asked():
     assert poller.turns == 9  # turns reading 3..11
 
 
-async def test_the_client_backs_off_as_the_server_does():
+async def test_the_client_backs_off_as_the_server_does():  # (windows without replies)
     poller = LoopPoller(asyncio.get_running_loop(), clock=StepClock())
     started = await windows_run(poller, 400, lambda: poller.extend(3.0))
     assert started[0]
@@ -170,10 +170,25 @@ async def test_a_second_request_in_the_window_ends_the_clients_back_off():
     assert await windows_run(poller, 2, lambda: poller.extend(5.0)) == [True, False]
     poller.extend(5.0)  # a window: back-off is 1 now...
     await asyncio.sleep(0)
-    poller.extend(5.0)  # ...and a second request goes out in it
+    poller.replied()  # ...its reply comes in...
+    poller.extend(5.0)  # ...and the next request goes out: a round trip polled
     await turns_until_idle(lambda: poller._running)
     assert await windows_run(poller, 3, lambda: poller.extend(5.0)) == [True, False, True]
     assert poller.empty_windows == 3  # the first, the third, the last
+
+
+async def test_requests_with_no_reply_between_them_are_not_a_window_that_paid():
+    # A Worker sends its next receive, then a turn later its ack: two requests, but no
+    # round trip for the polling to have served; nor is a reply nothing follows.
+    poller = LoopPoller(asyncio.get_running_loop(), clock=StepClock())
+    poller.extend(5.0)
+    await asyncio.sleep(0)
+    poller.extend(5.0)
+    await asyncio.sleep(0)
+    poller.replied()  # the ack's answer
+    await turns_until_idle(lambda: poller._running)
+    assert poller.empty_windows == 1
+    assert await windows_run(poller, 2, lambda: poller.extend(3.0)) == [False, True]
 
 
 async def test_one_poller_per_loop_and_none_kept_for_a_closed_loop():

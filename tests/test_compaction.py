@@ -412,6 +412,34 @@ def test_a_switch_that_cannot_make_the_new_file_durable_only_stops_the_compactio
     assert journal_files(tmp_path) == ["journal.000001"]
 
 
+def test_a_failed_directory_fsync_after_the_rename_keeps_the_new_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # journal.N+1 is in place and is what a start reads: it must not be deleted, and what
+    # is written until the compaction is dropped (the server stops) goes to both files.
+    journal, broker, _ = filled(tmp_path)
+    c = Compaction(journal, broker)
+    c.start()
+    while not c.step():
+        pass
+    c.presync()
+
+    def fails() -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(journal, "_fsync_directory", fails)
+    with pytest.raises(OSError):
+        c.switch(NOW)
+    assert c.renamed
+    broker.put("q", b"written while the server stops", T0 + 4)
+    journal.write_pending()
+    c.abandon("the directory's fsync failed")
+    assert journal_files(tmp_path) == ["journal.000001", "journal.000002"]
+    expected = broker_state(broker)
+    journal.close()
+    assert broker_state(restored(tmp_path, NOW)[0]) == expected
+    assert journal_files(tmp_path) == ["journal.000002"]
+
+
 # ------------------------------------------------------------------------ due
 
 def test_due_needs_both_size_and_dead_weight(tmp_path: Path) -> None:

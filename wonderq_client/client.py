@@ -125,6 +125,8 @@ class _ClientProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         pending = self._pending
+        if self._poller is not None:
+            self._poller.replied()
         try:
             replies = self._decoder.feed(data)
         except NotAReply as exc:

@@ -23,7 +23,7 @@ through every round trip and still wakes the client. The price is CPU while
 idle: up to a window of polling after every burst of input, so a client
 that sends more often than the window keeps the server at a full core, and,
 before the back-off below, one ping every 1 ms cost 28.7% of a core at
-300 us against 3.0% without. Off by default, as in Linux
+300 us against 2.7-3.0% without. Off by default, as in Linux
 (`net.core.busy_poll`); the start-up log and STATS (`busy_poll_us`) say
 when it is on.
 
@@ -39,15 +39,19 @@ after it does not poll, and each further empty window doubles the inputs let
 by without polling, up to MAX_SKIPPED_INPUTS; the first window that finds
 input ends the back-off. It is the rule of adaptive spinning in lock
 implementations (spin again only where spinning paid last time). Round trips
-shorter than the window keep it polling as before (back-to-back pings
-unchanged: 52,048 -> 52,673/s with both sides at 300 us, medians of 6
-alternating runs); a client that pings every 1 ms no longer buys a window
-with each ping: the server's CPU 28.7% -> 3.7% of a core at 300 us, every
-5 ms 6.7% -> 1.0%, and at 10000 us every 50 ms 20.1% -> 3.0%
-(bench/probes/busy_poll_idle.py, medians of 3, 2026-11-29; with polling
-off 2.7-3.0%, 1.0% and 0.3-0.7%). A client sending more often than the window still
-keeps the server at a full core: every window finds input. Load that comes
-back is polled again after at most MAX_SKIPPED_INPUTS inputs.
+shorter than the window keep it polling as before (`bench/compare.py
+--scenarios S1,S2,S4 --systems wonderq,beanstalkd --runs 3 --busy-poll 300`
+in both trees: S1 3.86x -> 3.91x beanstalkd, S4c 3.01x -> 3.09x); a client
+that pings every 1 ms no longer buys a window with each ping: the server's
+CPU 28.7% -> 3.7% of a core at 300 us, every 5 ms 6.7% -> 1.0%, and at
+10000 us every 50 ms 20.1% -> 3.0% (bench/probes/busy_poll_idle.py, medians
+of 3, 2026-11-29; with polling off 2.7-3.0%, 1.0% and 0.3-0.7%). A client
+sending more often than the window still keeps the server at a full core:
+every window finds input, from whichever client (a put, and the consumer's
+ack that follows it within the window, keep it polling). Load that comes
+back is polled again after at most MAX_SKIPPED_INPUTS inputs, unless the
+server shares a CPU with a client that polls (then being woken waits behind
+the client's polling, as it did before the back-off).
 
 Rules:
 * `poke` (after input) is one addition and, when the chain is not running,

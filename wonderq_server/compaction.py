@@ -39,6 +39,7 @@ history, and a compaction is never due again at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -111,6 +112,7 @@ class Compaction:
         self.records = 0  # records in the new file
         self.fd = -1
         self.presynced = False  # set once the bulk fsync of the .tmp file is done
+        self.renamed = False  # the new file is journal.N+1 (switch's rename went through)
         self._messages: Iterator[tuple[str, int]] | None = None
 
     def start(self) -> None:
@@ -192,6 +194,7 @@ class Compaction:
         try:
             os.fsync(self.fd)  # only what was written since the pre-sync
             os.rename(self.tmp_path, self.final_path)
+            self.renamed = True
         except OSError as exc:
             raise CompactionFailed(f"the new journal could not be made durable: {exc}") \
                 from exc
@@ -216,8 +219,17 @@ class Compaction:
         """abandon gives up (a write failed); the live journal was never touched."""
         if self.journal.fd == self.fd:
             return  # already switched: this file is the live journal now, never close it
-        logger.error("compaction abandoned: %s; the live journal is unaffected", reason)
         self.journal.compaction_fd = -1
+        if self.renamed:
+            # The directory's fsync after the rename failed. Every record written so far
+            # went to both files, and journal.N+1 is the one a start reads: keep it.
+            logger.error("compaction stopped after the new journal became %s: %s; it holds "
+                         "every record written so far, and the next start reads it",
+                         self.final_path.name, reason)
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            return
+        logger.error("compaction abandoned: %s; the live journal is unaffected", reason)
         try:
             os.close(self.fd)
             os.unlink(self.tmp_path)

@@ -503,6 +503,7 @@ class Server:
     def _drop_compaction(self, reason: str, failed: bool = True) -> None:
         """_drop_compaction abandons the running compaction; the live journal is untouched.
         A failure puts off the next one (compaction.retry_delay_s)."""
+        renamed = self.compaction is not None and self.compaction.renamed
         if self.compaction is not None:
             self.compaction.abandon(reason)
             if self._compaction_was_requested and self.journal is not None:
@@ -513,8 +514,9 @@ class Server:
                 if self._stopping:
                     # No wait to announce: there is no next one in this run. The live
                     # journal is as it was (a repaired one needs --repair again to start).
-                    logger.warning("the journal was not rewritten at the stop; it stays as "
-                                   "it was")
+                    if not renamed:
+                        logger.warning("the journal was not rewritten at the stop; it stays "
+                                       "as it was")
                 else:
                     delay_s = compaction_policy.retry_delay_s(
                         self._compaction_failures_in_a_row)

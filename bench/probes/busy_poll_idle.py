@@ -7,7 +7,8 @@ pings now and then.
 Busy polling (wonderq_server/busy_poll.py, wonderq_client/busy_poll.py)
 keeps an event loop turning for a window after input instead of sleeping. A
 client that works in round trips finds the other side awake; one that sends
-now and then buys a window of polling it does not use with every request.
+now and then would buy a window of polling it does not use with every
+request, but for the back-off after windows that found nothing.
 This probe runs, on fresh in-memory servers started with `--busy-poll 0` and
 `--busy-poll SERVER_US`, one client (`busy_poll` of CLIENT_US microseconds)
 that pings back to back, then once every 1, 5 and 50 ms (an asyncio sleep
