@@ -372,17 +372,23 @@ def test_a_failed_write_to_the_new_file_only_stops_the_compaction(tmp_path: Path
     assert journal_files(tmp_path) == ["journal.000001"]
 
 
-@pytest.mark.parametrize("failing", ["fsync", "rename"])
-def test_a_switch_that_cannot_make_the_new_file_durable_only_stops_the_compaction(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
-    # Before the rename nothing but the .tmp file changed: the live journal goes on (it
-    # stopped the server before).
-    journal, broker, _ = filled(tmp_path)
+def ready_to_switch(directory: Path) -> tuple[Journal, Broker, Compaction]:
+    """ready_to_switch: a compaction of `filled` with every slice written and pre-synced."""
+    journal, broker, _ = filled(directory)
     c = Compaction(journal, broker)
     c.start()
     while not c.step():
         pass
     c.presync()
+    return journal, broker, c
+
+
+@pytest.mark.parametrize("failing", ["fsync", "rename"])
+def test_a_switch_that_cannot_make_the_new_file_durable_only_stops_the_compaction(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
+    # Before the rename nothing but the .tmp file changed: the live journal goes on (it
+    # stopped the server before).
+    journal, broker, c = ready_to_switch(tmp_path)
     broker.put("q", b"after the presync", T0 + 3)
     journal.write_pending()
     real_fsync, real_rename = os.fsync, os.rename
@@ -416,12 +422,7 @@ def test_a_failed_directory_fsync_after_the_rename_keeps_the_new_file(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # journal.N+1 is in place and is what a start reads: it must not be deleted, and what
     # is written until the compaction is dropped (the server stops) goes to both files.
-    journal, broker, _ = filled(tmp_path)
-    c = Compaction(journal, broker)
-    c.start()
-    while not c.step():
-        pass
-    c.presync()
+    journal, broker, c = ready_to_switch(tmp_path)
 
     def fails() -> None:
         raise OSError(errno.EIO, os.strerror(errno.EIO))
