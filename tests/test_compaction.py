@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -370,6 +371,48 @@ def test_a_failed_write_to_the_new_file_only_stops_the_compaction(tmp_path: Path
     journal.close()
     assert broker_state(restored(tmp_path, T0 + 1)[0]) == expected
     assert journal_files(tmp_path) == ["journal.000001"]
+
+
+def test_abandon_during_the_presync_leaves_the_file_to_the_thread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The server drops a compaction (a failed write) while the pre-sync's fsync runs in
+    # its worker thread: the descriptor is closed when that fsync is done, not under it.
+    journal, broker, _ = filled(tmp_path)
+    c = Compaction(journal, broker)
+    c.start()
+    while not c.step():
+        pass
+    in_fsync, finish = threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        in_fsync.set()
+        assert finish.wait(30)
+        real_fsync(fd)  # raises EBADF if the descriptor was closed meanwhile
+
+    monkeypatch.setattr(compaction.os, "fsync", slow_fsync)
+    thread_errors: list[BaseException] = []
+
+    def presync() -> None:
+        try:
+            c.presync()
+        except BaseException as exc:  # reported below
+            thread_errors.append(exc)
+
+    thread = threading.Thread(target=presync)
+    thread.start()
+    assert in_fsync.wait(30)
+    c.abandon("a write to the new file failed")
+    assert journal.compaction_fd == -1  # the live journal stops feeding it at once
+    os.fstat(c.fd)  # still open: the thread has it
+    assert (tmp_path / "journal.000002.tmp").exists()
+    finish.set()
+    thread.join(30)
+    assert thread_errors == []
+    with pytest.raises(OSError):
+        os.fstat(c.fd)  # closed by the thread, once done
+    assert journal_files(tmp_path) == ["journal.000001"]
+    assert not (tmp_path / "journal.000002.tmp").exists()
 
 
 def ready_to_switch(directory: Path) -> tuple[Journal, Broker, Compaction]:

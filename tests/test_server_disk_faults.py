@@ -11,6 +11,7 @@ import asyncio
 import errno
 import logging
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from broker_helpers import bodies
 from polling import until_stats
 
 from wonderq_client import StorageError, connect
+from wonderq_server import compaction
 from wonderq_server.broker import Broker
 from wonderq_server.config import Config
 from wonderq_server.journal import Journal
@@ -243,3 +245,52 @@ async def test_a_compaction_that_fails_at_the_stop_announces_no_next_one(tmp_pat
     assert "the journal was not rewritten at the stop; it stays as it was" in lines
     assert not any(line.startswith("the next compaction waits") for line in lines)
     assert bodies(reopen(tmp_path), "q") == [b"kept"]
+
+
+async def test_a_compaction_dropped_during_its_presync_waits_for_that_thread(
+        tmp_path, monkeypatch):
+    # The pre-sync's fsync runs in a worker thread. A compaction dropped meanwhile (its new
+    # file's disk full) leaves the file to that thread, which closes and removes it when
+    # done; a next compaction (here the stop's, for the request that stands) has a .tmp of
+    # the same name, so it starts only then. Before, the file was closed under the fsync.
+    disk = Disk()
+    server = await start_server(tmp_path, disk)
+    journal = server.journal
+    assert journal is not None
+    journal.compact_requested = True
+    in_presync, finish = threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        c = server.compaction
+        if c is not None and fd == c.fd and not in_presync.is_set():
+            in_presync.set()
+            assert finish.wait(30)
+        real_fsync(fd)
+
+    monkeypatch.setattr(compaction.os, "fsync", fsync)
+    host, port = server.address
+    stop: asyncio.Task[None] | None = None
+    try:
+        async with connect(host, port) as client:
+            await client.put("q", b"first")  # its write starts the compaction
+            assert await asyncio.to_thread(in_presync.wait, 30)
+            disk.full_for = lambda fd: fd != journal.fd
+            await client.put("q", b"second")  # its copy to the new file fails: dropped
+            await until_stats(client, lambda s: s["server"]["compactions_failed_total"] == 1
+                              and not s["server"]["compacting"])
+            disk.full_for = None
+        stop = asyncio.create_task(server.stop())
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not stop.done() and server.compaction is None  # waiting for the thread
+        assert [p.name for p in tmp_path.glob("*.tmp")] == ["journal.000002.tmp"]
+        finish.set()
+        await asyncio.wait_for(stop, 30)
+    finally:
+        finish.set()
+        if stop is None:
+            await server.stop()
+    assert journal.last_compaction_at  # the stop's compaction went through
+    assert not list(tmp_path.glob("*.tmp"))
+    assert bodies(reopen(tmp_path), "q") == [b"first", b"second"]

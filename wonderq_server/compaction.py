@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -113,6 +114,10 @@ class Compaction:
         self.fd = -1
         self.presynced = False  # set once the bulk fsync of the .tmp file is done
         self.renamed = False  # the new file is journal.N+1 (switch's rename went through)
+        # The pre-sync runs in a worker thread: abandon() must not close the file under it.
+        self._fd_lock = threading.Lock()
+        self._presyncing = False  # the thread has the file (under _fd_lock)
+        self._abandoned = False  # abandon() came meanwhile: the thread closes it
         self._messages: Iterator[tuple[str, int]] | None = None
 
     def start(self) -> None:
@@ -173,9 +178,21 @@ class Compaction:
         return count < 0
 
     def presync(self) -> None:
-        """presync fsyncs the bulk of the new file; runs in a worker thread."""
-        os.fsync(self.fd)
-        self.presynced = True
+        """presync fsyncs the bulk of the new file; runs in a worker thread. An abandon()
+        that comes meanwhile leaves closing and removing the file to it, when it is done,
+        so the descriptor is never closed (and maybe reused) under its fsync."""
+        with self._fd_lock:
+            if self._abandoned:
+                return
+            self._presyncing = True
+        try:
+            os.fsync(self.fd)
+            self.presynced = True
+        finally:
+            with self._fd_lock:
+                self._presyncing = False
+                if self._abandoned:
+                    self._discard()
 
     def switch(self, now: float) -> int:
         """switch makes the new file the live journal; returns its size. Runs in the loop.
@@ -230,11 +247,24 @@ class Compaction:
                 os.close(self.fd)
             return
         logger.error("compaction abandoned: %s; the live journal is unaffected", reason)
+        with self._fd_lock:
+            self._abandoned = True
+            if not self._presyncing:
+                self._discard()
+
+    def _discard(self) -> None:
+        """_discard closes and removes the abandoned .tmp file (under _fd_lock). Only if
+        the path still names this file: when the pre-sync's thread does it, late, a next
+        compaction could have made a .tmp of the same name."""
         try:
-            os.close(self.fd)
-            os.unlink(self.tmp_path)
+            ours = os.path.samestat(os.fstat(self.fd), os.stat(self.tmp_path))
         except OSError:
-            pass
+            ours = False
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        if ours:
+            with contextlib.suppress(OSError):
+                os.unlink(self.tmp_path)
 
     def _write(self, data: bytes) -> None:
         try:

@@ -37,6 +37,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import resource
@@ -140,6 +141,10 @@ class Server:
         self.group_commit: GroupCommit | None = None
         self.compaction: Compaction | None = None
         self._presync_future: asyncio.Future[None] | None = None  # the pre-sync, once started
+        # A dropped compaction's pre-sync still running: its thread closes and removes the
+        # old .tmp file when done (Compaction.presync), so no next compaction, whose .tmp
+        # has the same name, starts before then.
+        self._abandoned_presync: asyncio.Future[None] | None = None
         self._stopping = False
         self._accepting = True  # False once stop() has begun
         self._all_closed: asyncio.Future[None] | None = None  # at a stop: no connection left
@@ -322,6 +327,9 @@ class Server:
         c = self.compaction
         if c is None and not journal.compact_requested:
             return
+        if c is None and self._abandoned_presync is not None:
+            with contextlib.suppress(Exception):  # its own failure was dealt with
+                await asyncio.shield(self._abandoned_presync)
         try:
             if c is None:
                 c = self.compaction = Compaction(journal, self.broker)
@@ -523,6 +531,8 @@ class Server:
                     self._compaction_retry_at = time.monotonic() + delay_s
                     logger.warning("the next compaction waits %.0f s (%d failed in a row)",
                                    delay_s, self._compaction_failures_in_a_row)
+        if self._presync_future is not None and not self._presync_future.done():
+            self._abandoned_presync = self._presync_future
         self.compaction = None
         self._presync_future = None
 
@@ -555,6 +565,10 @@ class Server:
                 return
             if time.monotonic() < self._compaction_retry_at:
                 return  # the last one failed: wait (_drop_compaction)
+            if self._abandoned_presync is not None:
+                if not self._abandoned_presync.done():
+                    return  # see __init__
+                self._abandoned_presync = None
             self._compaction_was_requested = journal.compact_requested
             journal.compact_requested = False
             c = self.compaction = Compaction(journal, self.broker)
