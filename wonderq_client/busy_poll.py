@@ -24,20 +24,19 @@ Rules:
   seconds from now; the chain stops once the window ends, whether or not
   replies are still awaited (a receive that waits on the server for 20 s
   costs one window of polling, not 20 s).
-* Back-off, as the server's (wonderq_server/busy_poll.py): a window in which
-  no further request went out (the program thinks longer than the window
-  between requests) lets the next request by without polling, and each
-  further such window doubles that, up to MAX_SKIPPED_REQUESTS. A window
-  paid when a reply came in during it and a request followed (`replied`,
-  then `extend`): the round trip polling is for. Requests that go out
-  without a reply between them (a Worker's next receive and, a turn later,
-  its ack) do not make it pay, nor does a reply nothing follows. A window
-  that paid ends the back-off. So a program that sends
-  once in a while pays for polling only now and then: pinging every 1 ms
-  with `busy_poll=0.0003`, this process's CPU went from 25.7% to 7.8% of a
-  core (6.4-7.1% without polling), every 5 ms from 6.4% to 2.6%
-  (`bench/probes/busy_poll_idle.py 0 300`, medians of 3). A program that
-  sends more often than the window still polls all the time.
+* Back-off, as the server's (wonderq_server/busy_poll.py). A window paid
+  when a reply came in during it and a request followed (`replied`, then
+  `extend`): the round trip polling is for. Requests that go out without a
+  reply between them (a Worker's next receive and, a turn later, its ack) do
+  not make it pay, nor does a reply nothing follows (the program thinks
+  longer than the window). A window that did not pay lets the next request
+  by without polling, and each further one doubles that, up to
+  MAX_SKIPPED_REQUESTS; a window that paid ends the back-off. So a program
+  that sends once in a while pays for polling only now and then: pinging
+  every 1 ms with `busy_poll=0.0003`, this process's CPU went from 25.7% to
+  7.8% of a core (6.4-7.1% without polling), every 5 ms from 6.4% to 2.6%
+  (`bench/probes/busy_poll_idle.py 0 300`, medians of 3). A program in round
+  trips more often than the window still polls all the time.
 * Nothing else changes: replies are read and delivered as without it.
 """
 
@@ -51,8 +50,8 @@ from collections.abc import Callable
 # Most a connection may ask: 10 ms of polling after each request is already a core
 # spent for a client that sends more than 100 requests a second.
 MAX_BUSY_POLL_S = 0.01
-# Most requests let by without polling after windows in which no other request
-# went out (see the rules above).
+# Most requests let by without polling after windows that did not pay (see the
+# rules above).
 MAX_SKIPPED_REQUESTS = 64
 
 
@@ -75,7 +74,7 @@ class LoopPoller:
         self._back_off = 0  # requests to let by after the next empty window, halved
         self._skip = 0  # requests still to let by without polling
         self.turns = 0  # turns the chain has run (for tests)
-        self.empty_windows = 0  # chains in which no second request went out (for tests)
+        self.empty_windows = 0  # chains whose window did not pay (for tests)
 
     def extend(self, window_s: float) -> None:
         """extend: a request went out; poll at least `window_s` seconds from now."""
@@ -83,7 +82,7 @@ class LoopPoller:
             if self._replied:
                 self._found = True
         elif self._skip:
-            self._skip -= 1  # the last window saw no other request: let this one by
+            self._skip -= 1  # the last window did not pay: let this one by
             return
         until = self._clock() + window_s
         if until > self._until:

@@ -204,8 +204,9 @@ class Compaction:
         fsync of it, or a failed rename, is CompactionFailed: the compaction is
         abandoned and the live journal goes on, as for a failed write to the
         new file. Once renamed, journal.N+1 is what a restart would read, so a
-        failure of the directory's fsync is not caught here: the server stops
-        (an OSError), rather than go on writing to journal.N.
+        failure of the directory's fsync is not caught here (an OSError): a
+        running server stops rather than go on writing to journal.N, and at a
+        stop abandon() keeps journal.N+1, which got every record.
         """
         journal = self.journal
         try:
@@ -253,18 +254,13 @@ class Compaction:
                 self._discard()
 
     def _discard(self) -> None:
-        """_discard closes and removes the abandoned .tmp file (under _fd_lock). Only if
-        the path still names this file: when the pre-sync's thread does it, late, a next
-        compaction could have made a .tmp of the same name."""
-        try:
-            ours = os.path.samestat(os.fstat(self.fd), os.stat(self.tmp_path))
-        except OSError:
-            ours = False
+        """_discard closes and removes the abandoned .tmp file (under _fd_lock). When the
+        pre-sync's thread does it, late, no next compaction has opened a .tmp of the same
+        name yet: the server waits for that thread first (server.py, _abandoned_presync)."""
         with contextlib.suppress(OSError):
             os.close(self.fd)
-        if ours:
-            with contextlib.suppress(OSError):
-                os.unlink(self.tmp_path)
+        with contextlib.suppress(OSError):
+            os.unlink(self.tmp_path)
 
     def _write(self, data: bytes) -> None:
         try:
