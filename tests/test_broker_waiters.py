@@ -52,6 +52,32 @@ def test_waiter_without_visibility_uses_the_default(b: Broker) -> None:
     assert inbox.calls[0][0].deadline_at == T0 + 1.0 + VISIBILITY
 
 
+def test_a_waiter_gets_the_queues_visibility_as_set_when_it_is_served(b: Broker) -> None:
+    # A receive parked before configure_queue (or before create_queue made the queue it
+    # waits on) is leased for the setting in force when a message comes, not at its start:
+    # the setting applies "from then on", and this lease starts after it.
+    b.create_queue("q", {"visibility_timeout": 600.0}, T0)
+    parked, made_later = Inbox(), Inbox()
+    b.wait("q", 1, None, T0 + 100.0, parked, T0)
+    b.wait("later", 1, None, T0 + 100.0, made_later, T0)
+    b.configure_queue("q", {"visibility_timeout": 1.0}, T0 + 1.0)
+    b.create_queue("later", {"visibility_timeout": 5.0}, T0 + 1.0)
+    b.put("q", b"x", T0 + 2.0)
+    b.put("later", b"y", T0 + 2.0)
+    assert parked.calls[0][0].deadline_at == T0 + 2.0 + 1.0
+    assert made_later.calls[0][0].deadline_at == T0 + 2.0 + 5.0
+    check_invariants(b)
+
+
+def test_a_waiters_own_visibility_wins_over_a_later_setting(b: Broker) -> None:
+    b.create_queue("q", {"visibility_timeout": 600.0}, T0)
+    inbox = Inbox()
+    b.wait("q", 1, 7.0, T0 + 100.0, inbox, T0)
+    b.configure_queue("q", {"visibility_timeout": 1.0}, T0 + 1.0)
+    b.put("q", b"x", T0 + 2.0)
+    assert inbox.calls[0][0].deadline_at == T0 + 2.0 + 7.0
+
+
 def test_wait_on_a_queue_with_ready_messages_is_served_at_once(b: Broker) -> None:
     ids = b.put_many("q", [b"1", b"2", b"3"], T0)
     inbox = Inbox()

@@ -417,7 +417,9 @@ class Broker(QueueAdmin, Replay):
         with the leased messages, or with [] when the wait runs out.
         """
         q = self.queue(name)
-        waiter = Waiter(q, max_messages, self._visibility(q, visibility_s), until, deliver)
+        # The lease's length is settled when messages are handed out, not now: a
+        # configure_queue or create_queue during the wait applies to it.
+        waiter = Waiter(q, max_messages, visibility_s, until, deliver)
         q.waiters.append(waiter)
         self.deadlines.push(until, waiter)
         if q.ready_count:
@@ -546,7 +548,8 @@ class Broker(QueueAdmin, Replay):
             if gone is not None and gone():
                 waiter.deliver([])  # its consumer went away unnoticed; the message stays
                 continue
-            waiter.deliver(self._take(q, waiter.max_messages, waiter.visibility_s, now))
+            waiter.deliver(self._take(q, waiter.max_messages,
+                                      self._visibility(q, waiter.visibility_s), now))
 
     def _finish_waiter(self, waiter: Waiter) -> None:
         waiter.done = True

@@ -81,13 +81,14 @@ class Waiter:
     wait ran out or its consumer has gone. `gone`, when its connection sets
     it, is asked just before messages would be leased to the waiter: True
     means nobody will read them (peer_state.py), and the waiter is answered
-    with nothing instead.
+    with nothing instead. `visibility_s` is the receive's own lease length, or None
+    for the queue's setting at the moment messages are leased to it.
     """
 
     __slots__ = ("deadline_at", "deliver", "done", "gone", "max_messages", "queue",
                  "visibility_s")
 
-    def __init__(self, queue: Queue, max_messages: int, visibility_s: float,
+    def __init__(self, queue: Queue, max_messages: int, visibility_s: float | None,
                  deadline_at: float, deliver: Callable[[list[Message]], None]) -> None:
         self.queue = queue
         self.max_messages = max_messages
