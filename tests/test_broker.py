@@ -285,6 +285,26 @@ def test_stale_lease_after_redelivery_is_refused_and_changes_nothing(b: Broker) 
     assert counts(b) == zero_counts(put_total=1, acked_total=1, redelivered_total=1)
 
 
+def test_a_lease_that_was_never_the_messages_is_refused_and_said_so(b: Broker) -> None:
+    # The leases of one batch mixed up: the error must not tell of a redelivery that did
+    # not happen (each message was delivered once, and nobody else holds it).
+    first, second = b.put_many("q", [b"a", b"b"], T0)
+    m1, m2 = b.receive("q", 2, 10.0, T0)
+    # A lease above the message's latest, or not above its id, cannot have been its.
+    for message_id, lease in ((first, m2.lease), (second, first), (first, first)):
+        with pytest.raises(CommandError) as refused:
+            b.ack("q", message_id, lease, T0 + 1.0)
+        assert refused.value.code == LEASE_LOST
+        assert str(refused.value).endswith("that lease was never this message's")
+    # Between the two, the broker cannot tell (it keeps no history): it says both.
+    with pytest.raises(CommandError) as between:
+        b.ack("q", second, m1.lease, T0 + 1.0)
+    assert str(between.value).endswith(
+        "it has been delivered again since (or that lease was never its)")
+    b.ack("q", first, m1.lease, T0 + 2.0)
+    b.ack("q", second, m2.lease, T0 + 2.0)
+
+
 def test_a_lease_after_an_unseen_nack_is_lost_and_the_error_says_no_lease_holds_it(
         b: Broker) -> None:
     msg_id = b.put("q", b"x", T0)

@@ -204,9 +204,16 @@ class Broker(QueueAdmin, Replay):
             # No lease holds a message that was never delivered, given back unseen (which
             # ends its lease for good) or moved (dead-lettered, redriven); a client told
             # "delivered again" would look for a consumer that does not exist.
-            since = "it has been delivered again since" if type(msg) is not bytes \
-                and msg.lease is not None else "no lease holds it now (never delivered, " \
-                "given back unseen, or moved to this queue since)"
+            # Leases come from the id sequence, so every lease a message has had is above
+            # its id and no later than its latest: outside that range, it was never this
+            # message's (a client mixing up the leases of one batch, say).
+            if type(msg) is bytes or msg.lease is None:
+                since = "no lease holds it now (never delivered, given back unseen, or " \
+                    "moved to this queue since)"
+            elif lease > msg.lease or lease <= message_id:
+                since = "that lease was never this message's"
+            else:
+                since = "it has been delivered again since (or that lease was never its)"
             raise CommandError(LEASE_LOST, f"lease {lease} no longer holds message "
                                f"{message_id}: {since}")
         return msg
