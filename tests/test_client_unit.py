@@ -290,6 +290,33 @@ async def test_close_waits_for_give_backs_that_an_older_server_may_refuse(fake):
         ["nack", {"queue": "q", "id": 6, "lease": 10}]]
 
 
+async def test_calls_made_once_close_began_are_refused_and_not_sent(fake):
+    # A reviewer's receive, made by another task while close() waited for the answer
+    # to a waiting receive's cancel, went out; close() then dropped the connection
+    # under it, and the message the server leased to it stayed leased to nobody.
+    client, server = fake
+    waiting = asyncio.ensure_future(client.receive("q", wait=20))
+    await asyncio.sleep(0)
+    assert [r[1] for r in server.requests] == ["receive"]
+    closing = asyncio.ensure_future(client.close())
+    for _ in range(10):
+        await asyncio.sleep(0)
+        if len(server.requests) == 2:
+            break
+    assert server.requests[1][1] == "cancel" and not closing.done()
+    for call_made_during_close in (client.receive("q", wait=5), client.receive("q"),
+                                   client.put("q", b"x"), client.stats()):
+        with pytest.raises(ConnectionClosed, match="closing"):
+            await call_made_during_close
+    await asyncio.sleep(0)
+    assert len(server.requests) == 2  # none of them went out
+    server.reply([])  # the waiting receive's answer, then the cancel's
+    server.reply(None)
+    await closing
+    with pytest.raises(ConnectionClosed):
+        await waiting
+
+
 async def test_ack_many_and_nack_many_take_pairs_and_messages(fake):
     client, server = fake
     [msg], _ = await call(server, client.receive("q"), [[5, b"x", 50, 1, 1.7e9, 0, None, None]])

@@ -29,7 +29,8 @@ Rules:
   whose frame is over `max_frame_bytes` (FrameTooLarge; the server would close
   the connection, failing every call on it, and a retry the same way).
 * close() ends the receives still awaited as cancelled ones: they raise
-  ConnectionClosed, and what the server leased to them is given back.
+  ConnectionClosed, and what the server leased to them is given back. A call
+  made once close() has begun raises ConnectionClosed and is not sent.
 * If the connection ends, every call still waiting raises ConnectionClosed:
   the request may or may not have been carried out (an ack, say), so callers
   that retry must tolerate NOT_FOUND.
@@ -162,9 +163,18 @@ class _ClientProtocol(asyncio.Protocol):
         error.server_code = self.closed_error.server_code
         return error
 
-    def send(self, command: str, args: dict[str, Any]) -> asyncio.Future[Any]:
+    def _refuse_if_closing(self) -> None:
+        """_refuse_if_closing: a call made once the connection ended, or once close() began,
+        raises ConnectionClosed and sends nothing (close() gives back only what the
+        receives it found were leased: one sent after them would be left holding its
+        messages when the connection drops)."""
         if self.closed_error is not None:
             raise self.closed_exception()
+        if self.closed_by_client:
+            raise ConnectionClosed("this client is closing the connection (close())")
+
+    def send(self, command: str, args: dict[str, Any]) -> asyncio.Future[Any]:
+        self._refuse_if_closing()
         request = encode_request(self._last_id + 1, command, args)  # raises for a bad value
         if len(request) - FRAME_HEADER_BYTES > self.max_frame_bytes:
             raise FrameTooLarge(
@@ -198,8 +208,7 @@ class _ClientProtocol(asyncio.Protocol):
         while MAX_WAITS_ON_SERVER others wait on the server (see there)."""
         wait = args.get("wait")
         if wait and len(self._waits_on_server) >= MAX_WAITS_ON_SERVER:
-            if self.closed_error is not None:
-                raise self.closed_exception()
+            self._refuse_if_closing()
             encode_request(0, "receive", args)  # raises now for a value msgpack cannot take
             self._last_id = request_id = self._last_id + 1
             deadline = self._loop.time() + wait
