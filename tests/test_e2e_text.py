@@ -132,6 +132,23 @@ def test_bad_lines_get_error_and_connection_survives(text, line, code):
     assert text.line() == b"PONG"
 
 
+def test_the_bodies_of_a_refused_put_many_are_dropped_not_run(text):
+    # A reviewer's bodies "PURGE victim" and "DELETE_QUEUE victim", behind a header with
+    # a delay over --max-delay, purged and deleted the queue: read as commands, they ran.
+    text.send(b"PUT victim keep me\r\n")
+    assert text.line().startswith(b"OK ")
+    text.send(b"PUT_MANY victim 2 delay=99999\r\nPURGE victim\r\nDELETE_QUEUE victim\r\n"
+              b"QUEUE_INFO victim\r\n")
+    refused = text.line()
+    assert refused.startswith(b"ERR BAD_ARGUMENT delay ") and refused.endswith(
+        b"nothing is stored, and the 2 lines after it are read as its bodies and dropped")
+    info = {}
+    while (line := text.line()) != b"END":
+        name, _, value = line.partition(b": ")
+        info[name] = value
+    assert info[b"messages"] == b"1"
+
+
 def test_over_long_line_is_skipped_and_connection_survives(server_factory):
     server = server_factory("--max-message-bytes", "100")
     conn = Line(server.host, server.port)

@@ -533,9 +533,22 @@ def test_put_many_body_keeps_binary_bytes():
     (b"PUT_MANY q two", BAD_ARGUMENT, "count must be an integer, got 'two'"),
     (b"PUT_MANY q 0", BAD_ARGUMENT, "count must be at least 1, got 0"),
     (b"PUT_MANY q -2", BAD_ARGUMENT, "count must be at least 1, got -2"),
+])
+def test_a_put_many_header_without_a_count_swallows_nothing(header, code, message):
+    # No telling where its bodies would end: the lines after it are read as commands.
+    items = decode(header + b"\r\nPING\r\nACK q 1 2\r\n")
+    assert len(items) == 3, items
+    rejected, ping, ack = items
+    assert isinstance(rejected, Rejected)
+    assert (rejected.error.code, rejected.error.message) == (code, message)
+    assert (ping.name, ack.name) == ("ping", "ack")
+
+
+DROPPED = "; nothing is stored, and the 2 lines after it are read as its bodies and dropped"
+
+
+@pytest.mark.parametrize(("header", "code", "message"), [
     (b"PUT_MANY q 1001", BATCH_TOO_LARGE, "count is 1001, over the limit of 1000 (--max-batch)"),
-    (b"PUT_MANY q 99999999999999999999", BATCH_TOO_LARGE,
-     "count is 99999999999999999999, over the limit of 1000 (--max-batch)"),
     (b"PUT_MANY q 2 body", BAD_ARGUMENT,
      "too many arguments for PUT_MANY: PUT_MANY <queue> <count> [option=value ...]"),
     (b"PUT_MANY q 2 max=3", BAD_ARGUMENT, "put_many has no field max"),
@@ -544,21 +557,43 @@ def test_put_many_body_keeps_binary_bytes():
     (b"PUT_MANY q 2 header.=x", BAD_ARGUMENT, "headers keys must not be empty"),
     (b"PUT_MANY bad/q 2", INVALID_QUEUE_NAME, None),
 ])
-def test_bad_put_many_header_is_one_error_and_swallows_nothing(header, code, message):
-    # The lines after a refused header are read as commands, not as bodies.
-    items = decode(header + b"\r\nPING\r\nACK q 1 2\r\n")
-    assert len(items) == 3, items
-    rejected, ping, ack = items
-    assert isinstance(rejected, Rejected)
-    assert rejected.error.code == code
+def test_a_refused_put_many_header_with_a_count_drops_its_bodies(header, code, message):
+    # A reviewer's PUT_MANY with a bad option had the bodies "PURGE victim" and
+    # "DELETE_QUEUE victim": read as commands, they purged and deleted the queue.
+    # The header is answered at once; its count of lines are its bodies, dropped.
+    count = 1001 if b"1001" in header else 2
+    bodies = b"".join((b"PURGE victim\r\n", b"DELETE_QUEUE victim\r\n")[i % 2]
+                      for i in range(count))
+    decoder = TextDecoder(Limits())
+    [rejected] = decoder.feed(header + b"\r\n")
+    assert isinstance(rejected, Rejected) and rejected.error.code == code
     if message is not None:
-        assert rejected.error.message == message
-    assert (ping.name, ack.name) == ("ping", "ack")
+        assert rejected.error.message == message + DROPPED.replace("2", str(count))
+    assert decoder.feed(bodies) == []
+    assert [i.name for i in decoder.feed(b"PING\nACK q 1 2\n")] == ["ping", "ack"]
+
+
+def test_a_refused_put_many_header_says_one_line_and_its_cut_body_is_dropped_quietly():
+    decoder = TextDecoder(Limits())
+    [rejected] = decoder.feed(b"PUT_MANY q 1 delay=x\n")
+    assert rejected.error.message.endswith(
+        "; nothing is stored, and the line after it is read as its bodies and dropped")
+    assert decoder.feed(b"PURGE q") == []
+    assert decoder.end_of_input() == []  # answered already: no MALFORMED for its body
+
+
+def test_a_huge_refused_count_keeps_no_body():
+    decoder = TextDecoder(Limits())
+    [rejected] = decoder.feed(b"PUT_MANY q 99999999999999999999\n")
+    assert rejected.error.code == BATCH_TOO_LARGE
+    assert decoder.feed(b"x" * 100 + b"\n" * 10_000) == []
+    assert decoder._block is not None and decoder._block.bodies == []
 
 
 def test_put_many_count_uses_the_decoders_limits():
     code, message = rejection(b"PUT_MANY q 4\n", Limits(max_batch=3))
-    assert (code, message) == (BATCH_TOO_LARGE, "count is 4, over the limit of 3 (--max-batch)")
+    assert (code, message) == (BATCH_TOO_LARGE, "count is 4, over the limit of 3 (--max-batch)"
+                               + DROPPED.replace("2", "4"))
     [got] = decode(b"PUT_MANY q 3\na\nb\nc\n", Limits(max_batch=3))
     assert len(got.args["bodies"]) == 3
 
@@ -694,7 +729,8 @@ def test_put_many_headers_are_counted_before_they_are_read(monkeypatch):
                         lambda *a: calls.append(a) or real(*a))
     line = b"PUT_MANY q 1 " + b" ".join(b"header.k%d=v" % i for i in range(3000))
     assert rejection(line + b"\n") == (
-        HEADERS_TOO_LARGE, "headers has 3000 entries, over the limit of 32 (--max-headers)")
+        HEADERS_TOO_LARGE, "headers has 3000 entries, over the limit of 32 (--max-headers)"
+        "; nothing is stored, and the line after it is read as its bodies and dropped")
     assert len(calls) == 2 * LIMITS.max_headers
 
 

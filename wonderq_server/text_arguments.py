@@ -173,6 +173,17 @@ def put_many_header(rest: bytes, limits: Limits) -> tuple[dict[str, Any], int]:
     return args, count
 
 
+def put_many_count_given(rest: bytes) -> int | None:
+    """put_many_count_given is the body count a PUT_MANY header line names, if it names a
+    whole number of at least 1 that fits in 64 bits (whatever else is wrong with the
+    line), else None."""
+    words = rest.split()
+    if len(words) < 2 or not words[1].isdigit() or len(words[1]) > 20:
+        return None  # (int() refuses over 4,300 digits: never try)
+    count = int(words[1])
+    return count if count >= 1 else None
+
+
 def lease_item_arguments(name: str, words: list[bytes], limits: Limits) -> dict[str, Any]:
     """lease_item_arguments reads `<queue> [name=value ...] <id>:<lease> ...`."""
     args: dict[str, Any] = {}

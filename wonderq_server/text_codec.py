@@ -47,9 +47,14 @@ Rules:
   skipped up to its end; the connection stays usable. Inside a PUT_MANY
   block such a line is that body's BODY_TOO_LARGE result instead, counted once
   the line has ended.
-* A PUT_MANY header line that is refused (bad queue, count, option) is one
-  ERR line and starts no block: the lines after it are read as commands.
-  Once accepted, the next <count> lines are bodies, whatever they say. If
+* A PUT_MANY header line that is refused (bad queue, option, a count over
+  --max-batch) is one ERR line, at once; if it names a count (a whole number
+  of at least 1), the next <count> lines are still its bodies, read and
+  dropped, as beanstalkd skips the body of a put it refuses once it knows
+  the body's size. Read as commands instead, they ran whatever they said (a
+  body "PURGE q" purged q). A header without a readable count starts no
+  block: there is no telling where bodies would end. Once accepted, the
+  next <count> lines are bodies, whatever they say. If
   the bodies together pass `max_frame_bytes` (the size of the largest
   binary request), the decoder keeps no more of them and the whole request
   is refused with BATCH_TOO_LARGE once its last line has arrived: a text
@@ -74,7 +79,7 @@ from .errors import (
     UNKNOWN_COMMAND,
     CommandError,
 )
-from .text_arguments import arguments, put_many_header
+from .text_arguments import arguments, put_many_count_given, put_many_header
 from .text_replies import TextEncoder, flatten
 
 __all__ = ["TEXT_COMMANDS", "TextDecoder", "TextEncoder", "flatten"]
@@ -110,11 +115,12 @@ TEXT_COMMANDS = {
 class _BodyBlock:
     """The body lines of a PUT_MANY whose header was accepted, while they arrive."""
 
-    __slots__ = ("args", "bodies", "count", "lines", "size", "too_big")
+    __slots__ = ("args", "bodies", "count", "lines", "refused", "size", "too_big")
 
-    def __init__(self, args: dict[str, Any], count: int) -> None:
+    def __init__(self, args: dict[str, Any], count: int, refused: bool = False) -> None:
         self.args = args
         self.count = count
+        self.refused = refused  # the header was refused (answered): the lines are dropped
         self.lines = 0
         self.bodies: list[bytes | CommandError] = []
         self.size = 0
@@ -185,6 +191,8 @@ class TextDecoder:
         rest = bytes(self._buffer).strip()
         self._buffer.clear()
         discarding, self._discarding = self._discarding, False
+        if block is not None and block.refused:
+            return []  # answered with its header; a body line cut short is dropped too
         if block is not None:
             return [Rejected(CommandError(
                 MALFORMED, f"the input ended after {block.lines} of the PUT_MANY's "
@@ -229,11 +237,20 @@ class TextDecoder:
         """_start_block checks a PUT_MANY header line; if it is good, bodies come next.
 
         It checks the queue and the options now (with a stand-in body), so
-        that a bad header is answered at once (CommandError) and starts no
-        block.
+        that a bad header is answered at once (CommandError); if it names a
+        count, a block that drops its lines starts all the same (the rules).
         """
-        args, count = put_many_header(rest, self._limits)
-        make_command("put_many", {**args, "bodies": [b""]}, self._limits)
+        try:
+            args, count = put_many_header(rest, self._limits)
+            make_command("put_many", {**args, "bodies": [b""]}, self._limits)
+        except CommandError as exc:
+            given = put_many_count_given(rest)
+            if given is None:
+                raise
+            self._block = _BodyBlock({}, given, refused=True)
+            lines = "line after it is" if given == 1 else f"{given} lines after it are"
+            raise CommandError(exc.code, f"{exc.message}; nothing is stored, and the "
+                               f"{lines} read as its bodies and dropped") from None
         self._block = _BodyBlock(args, count)
 
     def _body_line(self, body: bytes | CommandError) -> list[Command | Rejected]:
@@ -243,13 +260,15 @@ class TextDecoder:
         if isinstance(body, bytes):
             block.size += len(body)
             block.too_big = block.too_big or block.size > self._limits.max_frame_bytes
-        if not block.too_big:
+        if not (block.too_big or block.refused):
             block.bodies.append(body)
         else:
             block.bodies.clear()
         if block.lines < block.count:
             return []
         self._block = None
+        if block.refused:
+            return []  # answered with its header
         if block.too_big:
             return [Rejected(CommandError(
                 BATCH_TOO_LARGE, f"the {block.count} bodies are over "
