@@ -318,12 +318,38 @@ def test_history_restarts_when_totals_go_down() -> None:
     ["put", b"q\xff", "x"], ["peek", b"q\xff"], ["put", "q", "x", "--header", b"k=\xff"],
     ["put", "q", "x", "--header", b"\xfe=v"], ["work", b"q\xff", "--", "true"],
     ["configure-queue", "q", "--max-deliveries", "1", "--dead-letter-queue", b"d\xff"],
+    # A BODY after a flag is taken (below), but only one, and no flag-like word unless
+    # after `--`.
+    ["put", "q", "--delay", "5", "a", "b"], ["put", "q", "a", "--delay", "5", "b"],
+    ["put", "q", "--delay", "5", "-x"], ["put", "q", "--bogus"],
 ])
 def test_bad_usage_exits_2(args: list[str | bytes]) -> None:
     done = wonderq(*args, env={"WONDERQ_PORT": "1"})  # nothing listens: never reached
     assert done.returncode == 2
     assert b"usage: wonderq" in done.stderr
     assert b"Traceback" not in done.stderr
+
+
+def test_a_usage_error_shows_the_subcommands_usage() -> None:
+    done = wonderq("put", "q", "a", "b", env={"WONDERQ_PORT": "1"})
+    assert done.returncode == 2
+    assert b"usage: wonderq put" in done.stderr
+    assert b"wonderq put: error: unrecognized arguments: b" in done.stderr
+
+
+async def test_put_takes_its_body_after_flags_written_between(server):
+    # A reviewer's `wonderq put demoq --delay 5 hello` was refused ("unrecognized
+    # arguments: hello"): argparse fills QUEUE and the optional BODY from the first run of
+    # plain words. So was a body starting with '-' after `--` with a flag before it.
+    for args in (["flags", "--priority", "3", "after a flag"],
+                 ["flags", "--priority", "3", "--", "-starts-with-a-dash"],
+                 ["flags", "before", "--priority", "3"]):
+        done = await cli("put", *at(server), *args)
+        assert done.returncode == 0, (args, done.stderr)
+    async with connect(server.host, server.port) as client:
+        got = await client.receive("flags", max=10)
+    assert sorted(m.body for m in got) == [b"-starts-with-a-dash", b"after a flag", b"before"]
+    assert {m.priority for m in got} == {3}
 
 
 async def test_a_body_argument_that_is_not_utf8_is_put_as_its_bytes(server):

@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (stats_command, top, queue_commands, admin_commands, work_command, demo):
         module.add_commands(commands, common)
+    for command_parser in commands.choices.values():  # usage errors show its own usage
+        command_parser.set_defaults(command_parser=command_parser)
     return parser
 
 
@@ -124,7 +126,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
          closed_streams: Sequence[str] = ()) -> int:
     """main runs one subcommand and returns its exit code (the console script exits with it).
 
-    A subcommand may set `parse_rest` (run right after parsing, before the
+    A subcommand may set `take_extras` (given the words argparse left
+    unrecognized; True if it made sense of them, else they are a usage error:
+    `put` takes a BODY written after a flag), `parse_rest` (run right after parsing, before the
     environment is read: `work` parses the flags between its QUEUE and `--`)
     and `prepare` (run before the event loop starts, e.g. to read a body from
     stdin, so Ctrl-C interrupts it). Every command but top, demo and work
@@ -138,7 +142,13 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     rather than put an empty body or lease messages into nothing; the rest run as with
     /dev/null.
     """
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        take_extras = getattr(args, "take_extras", None)
+        if take_extras is None or not take_extras(args, extras):
+            getattr(args, "command_parser", parser).error(
+                f"unrecognized arguments: {' '.join(extras)}")
     refusal = closed_stream_refusal(args, closed_streams)
     if refusal:
         print(f"wonderq {args.command}: {refusal}", file=sys.stderr)

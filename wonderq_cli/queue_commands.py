@@ -39,7 +39,7 @@ from .output import print_rich, say, write_out
 def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     put = commands.add_parser("put", parents=[common], help="put one message")
     put.add_argument("queue", type=argument_types.text)
-    put.add_argument("body", nargs="?", default="-",
+    put.add_argument("body", nargs="?", default=None,
                      help="the message; '-' or nothing reads standard input")
     put.add_argument("--delay", type=argument_types.seconds,
                      help="seconds before it can be received")
@@ -51,7 +51,8 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
                      type=argument_types.header,
                      help="a header (repeatable)")
     put.add_argument("--json", action="store_true", help='print {"id": ...}')
-    put.set_defaults(run=run_put, prepare=read_body, uses_stdin=body_from_stdin)
+    put.set_defaults(run=run_put, prepare=read_body, uses_stdin=body_from_stdin,
+                     take_extras=body_after_flags)
 
     receive = commands.add_parser("receive", parents=[common], help="receive (lease) messages")
     receive.add_argument("queue", type=argument_types.text)
@@ -95,7 +96,22 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
 
 def body_from_stdin(args: argparse.Namespace) -> bool:
     """body_from_stdin: put's BODY is '-' (or not given): it is read from standard input."""
-    return bool(args.body == "-")
+    return args.body is None or args.body == "-"
+
+
+def body_after_flags(args: argparse.Namespace, extras: list[str]) -> bool:
+    """body_after_flags (main's `take_extras`): argparse fills QUEUE and the optional BODY
+    from the first run of plain words, so in `put jobs --delay 5 hello` (or `put jobs
+    --delay 5 -- -x`) BODY comes back unparsed. When no BODY was given, that one word is
+    it; anything else stays an unrecognized argument."""
+    if args.body is not None:
+        return False
+    after_dashes = extras[:1] == ["--"]
+    words = extras[1:] if after_dashes else extras
+    if len(words) != 1 or (words[0].startswith("-") and words[0] != "-" and not after_dashes):
+        return False
+    args.body = words[0]
+    return True
 
 
 def read_body(args: argparse.Namespace) -> None:
