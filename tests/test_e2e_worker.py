@@ -766,10 +766,42 @@ async def test_a_handler_raising_a_base_exception_has_its_message_nacked_first(s
         msg_id = await client.put("base", b"x")
         worker = Worker("base", handler, host=server.host, port=server.port,
                         visibility=3600, retry_delay=600)
-        async with running(worker):
-            await until_counts(worker, lambda c: c.failed == 1)
+        # It goes on: one that does not end the event loop (as KeyboardInterrupt does,
+        # below) ends run(), after the shutdown.
+        with pytest.raises(Interrupted):
+            await asyncio.wait_for(worker.run(), EVENT_TIMEOUT_S)
+        assert worker.counts.failed == 1
         info = await client.message_info("base", msg_id)
         assert info["state"] == "delayed"  # nacked, not left to its hour-long lease
+
+
+def test_a_keyboard_interrupt_from_a_handler_leaves_nothing_leased(server):
+    # A reviewer's handler raised KeyboardInterrupt beside four slow ones, with
+    # retry_delay 0: while its nack's answer was awaited the receive loop took the message
+    # back, in a job that asyncio.run then cancelled before its first step, so it stayed
+    # leased to nobody for its whole visibility (4 of 4 runs). Receiving now stops first.
+    async def handler(msg: Message) -> None:
+        if msg.body == b"interrupt":
+            await asyncio.sleep(0.05)  # the others have begun
+            raise KeyboardInterrupt
+        await asyncio.Event().wait()
+
+    async def fill() -> None:
+        async with connect(server.host, server.port) as client:
+            await client.put_many("kbd", [b"slow"] * 4 + [b"interrupt"])
+
+    async def queue_info() -> dict[str, Any]:
+        async with connect(server.host, server.port) as client:
+            return await client.queue_info("kbd")
+
+    asyncio.run(fill())
+    worker = Worker("kbd", handler, host=server.host, port=server.port, concurrency=10,
+                    wait=1, reply_timeout=1, retry_delay=0, visibility=3600)
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(worker.run())
+    info = asyncio.run(queue_info())
+    assert (info["ready"], info["in_flight"]) == (5, 0)
+    assert worker.counts.received == 5 and worker.counts.failed == 1
 
 
 async def test_run_cancelled_twice_still_cleans_up_and_can_run_again(server):

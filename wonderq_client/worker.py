@@ -23,8 +23,9 @@ Rules:
   itself: the Worker does, and the connection `msg` came on may be gone by then. Blocking
   work goes through `asyncio.to_thread`. A handler that is not async is refused when the
   Worker is made, or, if that cannot be seen, ends run() with TypeError at its first call.
-  One that raises a BaseException (KeyboardInterrupt, SystemExit) has its message nacked as
-  failed before the exception goes on.
+  One that raises a BaseException (KeyboardInterrupt, SystemExit) stops receiving and has
+  its message nacked as failed before the exception goes on; run() ends with it after the
+  shutdown, unless it ended the event loop first (KeyboardInterrupt and SystemExit do).
 * A job has two phases: its handler runs, then its message is settled. Only the first is
   ever cancelled (by a stop), and the heartbeat touches only jobs in the first, so a touch
   never re-leases a message just nacked.
@@ -662,9 +663,14 @@ class Worker:
             log.exception("handler failed on message %d of %r (delivery %d)", message.id,
                           message.queue, message.deliveries)
             await self._settle(job, "failed", self._retry_delay(message))
-        except BaseException:
+        except BaseException as exc:
             # KeyboardInterrupt, SystemExit and the like end the program: give the message
-            # back first, as a failure, rather than leave it leased.
+            # back first, as a failure, rather than leave it leased. Receiving stops
+            # first (and run() ends with it, if the exception does not end the event
+            # loop first): a message received while the nack's answer is awaited (this
+            # one, with a short retry delay) would get a job the program's end cancels
+            # before it begins, and stay leased to nobody for its whole visibility.
+            self._end_with(exc)
             await self._settle(job, "failed", self._retry_delay(message))
             raise
         else:
