@@ -263,6 +263,31 @@ async def test_a_held_wait_waits_no_longer_than_it_asked(fake, monkeypatch):
     assert client._protocol._pending == {} and client._protocol._waits_held == {}
 
 
+async def test_a_wait_the_server_would_refuse_is_sent_not_held(fake, monkeypatch):
+    # Held behind the waits on the server, a reviewer's wait=-1 returned [] at once, nan and
+    # inf hung until a slot freed, and '1' raised TypeError: each is sent at once now, for
+    # the server's BAD_ARGUMENT, as it is when nothing else waits.
+    monkeypatch.setattr(client_module, "MAX_WAITS_ON_SERVER", 1)
+    client, server = fake
+    first = asyncio.ensure_future(client.receive("q", wait=30))
+    await asyncio.sleep(0)
+    bad = [asyncio.ensure_future(client.receive("q", wait=wait))
+           for wait in (-1, float("nan"), float("inf"), "1")]
+    for _ in range(10):
+        await asyncio.sleep(0)
+        if len(server.requests) == 5:
+            break
+    assert [r[2]["wait"] for r in server.requests[1:]][::3] == [-1, "1"]
+    assert client._protocol._waits_held == {}
+    server.reply([])
+    for _ in bad:
+        server.reply(None, ["BAD_ARGUMENT", "wait must be seconds"])
+    assert await first == []
+    for call in bad:
+        with pytest.raises(client_module.BadArgument):
+            await call
+
+
 async def test_close_waits_for_give_backs_that_an_older_server_may_refuse(fake):
     # Closing at once dropped the server's answer, so against an older server the
     # plain nack was never sent and the message stayed leased for its whole lease.

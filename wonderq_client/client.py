@@ -45,6 +45,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Generator, Iterable
 from types import TracebackType
 from typing import Any
@@ -69,6 +70,11 @@ CLOSE_DRAIN_S = 5.0
 # until one is answered. The server stops reading a connection past about 1,024 of them
 # (--max-request-buffer-bytes, 1 MiB, at 1 KiB each): its cancels and acks would wait too.
 MAX_WAITS_ON_SERVER = 1000
+
+
+def _holdable(wait: Any) -> bool:
+    """_holdable: `wait` is seconds a held receive can count down (a finite number over 0)."""
+    return type(wait) in (int, float) and 0 < wait < math.inf
 
 
 class _ClientProtocol(asyncio.Protocol):
@@ -205,9 +211,11 @@ class _ClientProtocol(asyncio.Protocol):
         """send_receive is `send` of a receive: it remembers the queue, so that messages
         that come for it after its caller stopped waiting are given back, and returns
         the request id too, for cancel_wait. A receive that waits is held here, unsent,
-        while MAX_WAITS_ON_SERVER others wait on the server (see there)."""
+        while MAX_WAITS_ON_SERVER others wait on the server (see there); one whose wait is
+        not seconds the server could take (negative, nan, inf, not a number) is sent at
+        once, for the server's BAD_ARGUMENT, rather than held with it."""
         wait = args.get("wait")
-        if wait and len(self._waits_on_server) >= MAX_WAITS_ON_SERVER:
+        if wait and len(self._waits_on_server) >= MAX_WAITS_ON_SERVER and _holdable(wait):
             self._refuse_if_closing()
             encode_request(0, "receive", args)  # raises now for a value msgpack cannot take
             self._last_id = request_id = self._last_id + 1
