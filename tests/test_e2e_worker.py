@@ -100,6 +100,8 @@ def test_reconnect_delay_has_equal_jitter_under_a_cap():
     {"concurrency": 0}, {"visibility": 0}, {"wait": 0}, {"shutdown_grace": -1},
     {"reconnect_first": 0}, {"reconnect_first": 5, "reconnect_most": 1},
     {"max_messages": 0}, {"busy_poll": -0.001}, {"busy_poll": 1},
+    # A reviewer's concurrency of 2.5 was taken, and run() ended with the server's error.
+    {"concurrency": 2.5}, {"concurrency": True}, {"max_messages": 1.5},
 ])
 def test_worker_refuses_settings_that_cannot_work(options):
     async def handler(msg: Message) -> None:
@@ -566,6 +568,25 @@ async def test_a_worker_can_run_again_after_a_stop(server):
             async with running(worker):
                 await until_true(lambda b=body: b in seen)
         assert seen == [b"first run", b"second run"]
+
+
+def test_a_worker_runs_again_under_another_event_loop(server):
+    # A reviewer's second asyncio.run(worker.run()) failed: the Worker's Events and Lock
+    # were bound to the first loop.
+    seen: list[bytes] = []
+
+    async def handler(msg: Message) -> None:
+        seen.append(msg.body)
+
+    async def put(body: bytes) -> None:
+        async with connect(server.host, server.port) as client:
+            await client.put("loops", body)
+
+    worker = Worker("loops", handler, host=server.host, port=server.port, burst=True)
+    for body in (b"first loop", b"second loop"):
+        asyncio.run(put(body))
+        asyncio.run(asyncio.wait_for(worker.run(), EVENT_TIMEOUT_S))
+    assert seen == [b"first loop", b"second loop"]
 
 
 async def test_a_server_that_refuses_the_connection_is_not_hammered(server_factory):

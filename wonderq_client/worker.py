@@ -41,7 +41,9 @@ Rules:
   So a stop takes at most shutdown_grace + 2 x reply_timeout, or 3 x reply_timeout once
   hurried, server down or not. run() cancelled from outside does what a second stop does,
   then raises CancelledError; a cancel of it during the stop hurries the stop too. A
-  handler that ignores its cancellation is left running, and its result is not sent.
+  handler that ignores its cancellation has as long as the settles (above) to end, and
+  what it ends with is sent as usual; after that it is left running, and its result is not
+  sent.
 * A request unanswered for `reply_timeout` (a receive: past its wait) means the connection is
   dead: it is dropped and made again. A settle that meets a dead connection is sent again on
   the next one while the lease lasts (plus SETTLE_SLACK_S: a late ack is accepted while
@@ -212,6 +214,11 @@ def delay_limit(error: BadArgument, delay: float) -> float:
     return limit if limit < delay else delay * (1 - DELAY_LIMIT_ROUNDING)
 
 
+def _whole(value: Any) -> bool:
+    """_whole: an int, and not a bool (True would be 1 slot)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def raise_if_fatal(error: BaseException) -> None:
     """raise_if_fatal raises UnsupportedVersion for a connection the server closed saying it
     speaks another protocol version: no reconnect can mend that."""
@@ -300,10 +307,12 @@ class Worker:
         if is_plain_function(handler):
             raise TypeError(f"handler {handler.__name__} must be an async function (async "
                             f"def); run blocking work in it with asyncio.to_thread")
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be at least 1, not {concurrency}")
-        if max_messages is not None and max_messages < 1:
-            raise ValueError(f"max_messages must be at least 1 (or None), not {max_messages}")
+        if not _whole(concurrency) or concurrency < 1:
+            raise ValueError(f"concurrency must be a whole number, at least 1, not "
+                             f"{concurrency!r}")
+        if max_messages is not None and (not _whole(max_messages) or max_messages < 1):
+            raise ValueError(f"max_messages must be a whole number, at least 1 (or None), "
+                             f"not {max_messages!r}")
         for name, value in (("visibility", visibility), ("wait", wait),
                             ("reply_timeout", reply_timeout)):
             if not (value > 0 and math.isfinite(value)):
@@ -389,7 +398,15 @@ class Worker:
         self._running, self._closed = True, False
         self._received_in_run = 0
         self._burst_handled.clear()
-        self._burst_over.clear()
+        # asyncio's Events and Locks belong to the first event loop that waits on them:
+        # each run gets its own, so a Worker runs again under another loop (a second
+        # asyncio.run). A second stop() before run() is kept.
+        hurried = self._hurry.is_set()
+        self._connect_lock = asyncio.Lock()
+        self._burst_over, self._slot_free = asyncio.Event(), asyncio.Event()
+        self._hurry = asyncio.Event()
+        if hurried:
+            self._hurry.set()
         self._connections = 0  # reconnects are counted within a run
         self._reached_in_run = False  # the server has answered a request in this run
         heartbeat = asyncio.create_task(self._heartbeat_loop())
