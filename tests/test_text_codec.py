@@ -439,6 +439,13 @@ def test_put_options(line, args):
      "header key is not UTF-8 once percent-decoded: b'%ff'"),
     (b"PUT q header.k=\xff x", BAD_ARGUMENT,
      "header 'k' is not UTF-8 once percent-decoded: b'\\xff'"),
+    # A reviewer's %zz was stored as those three characters and sent back as %25zz.
+    (b"PUT q header.k=%zz x", BAD_ARGUMENT,
+     "header 'k' has a % not followed by two hex digits (write % as %25): b'%zz'"),
+    (b"PUT q header.k%=1 x", BAD_ARGUMENT,
+     "header key has a % not followed by two hex digits (write % as %25): b'k%'"),
+    (b"PUT q header.k=%4 x", BAD_ARGUMENT,
+     "header 'k' has a % not followed by two hex digits (write % as %25): b'%4'"),
     (b"PUT q " + b" ".join(b"header.h%d=" % i for i in range(33)) + b" x", HEADERS_TOO_LARGE,
      "headers has 33 entries, over the limit of 32 (--max-headers)"),
     (b"PUT q header.k=" + b"v" * 4096 + b" x", HEADERS_TOO_LARGE,

@@ -52,6 +52,9 @@ END_OF_OPTIONS = b"--"
 NAMED_ONLY = frozenset({"create_queue", "configure_queue"})
 # The start of a word holding `=` (a name=value word): linear, as a word cannot hold a space.
 _NAMED_WORD = re.compile(rb"(?<!\S)[^\s=]*=")
+# A % that two hex digits do not follow: unquote_to_bytes keeps it as it is, so `%zz`
+# would be stored as the three characters and sent back as `%25zz`.
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 
 PUT_USAGE = "PUT <queue> [option=value ...] [--] <body>"
 PUT_MANY_USAGE = "PUT_MANY <queue> <count> [option=value ...]"
@@ -135,6 +138,9 @@ def _headers_too_large(limits: Limits, words: list[bytes]) -> CommandError:
 
 
 def _percent_decoded(what: str, raw: bytes) -> str:
+    if b"%" in raw and _BAD_ESCAPE.search(raw):
+        raise bad_argument(f"{what} has a % not followed by two hex digits (write % as "
+                           f"%25): {raw!r:.60}")
     try:
         return unquote_to_bytes(raw).decode()
     except UnicodeDecodeError:
