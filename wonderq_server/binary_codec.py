@@ -148,7 +148,10 @@ class BinaryDecoder:
         except TooManyValues as exc:
             return Rejected(CommandError(BATCH_TOO_LARGE, str(exc)), readable_request_id(frame))
         except Exception as exc:  # any undecodable frame; the stream itself is still in step
-            return Rejected(CommandError(MALFORMED, f"frame is not valid msgpack: {exc}"),
+            # msgpack's FormatError (a byte that starts no value: 0xc1) has no message
+            why = str(exc) or ("a byte that starts no msgpack value (0xc1 is reserved)"
+                               if isinstance(exc, msgpack.FormatError) else type(exc).__name__)
+            return Rejected(CommandError(MALFORMED, f"frame is not valid msgpack: {why}"),
                             readable_request_id(frame))
         if not isinstance(request, list) or len(request) != 3:
             return Rejected(CommandError(
