@@ -176,8 +176,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except KeyboardInterrupt:
         return 130
     except NoAnswer:
+        waited = float(getattr(args, "wait", 0.0) or 0.0)
+        within = f"{args.timeout:g} s" if not waited else \
+            f"{args.timeout + waited:g} s (--timeout {args.timeout:g} + --wait {waited:g})"
         print(f"wonderq: the server at {args.host}:{args.port} did not answer within "
-              f"{args.timeout:g} s", file=sys.stderr)
+              f"{within}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except WonderQError as exc:
         if isinstance(exc, ConnectionClosed) and exc.server_code in REFUSING_CLOSES:
