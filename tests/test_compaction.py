@@ -426,6 +426,34 @@ def ready_to_switch(directory: Path) -> tuple[Journal, Broker, Compaction]:
     return journal, broker, c
 
 
+def test_a_compaction_stays_in_the_directory_it_locked_when_the_path_is_replaced(
+        tmp_path: Path) -> None:
+    # A reviewer moved a running server's data directory aside, made a new one at its
+    # path and started a second server there (allowed: the first one's lock is on the
+    # moved directory). The first one's compaction, working by path, wrote its new file
+    # into the second's directory and deleted the second's live journal.
+    data, moved = tmp_path / "data", tmp_path / "data.old"
+    journal, broker, _ = filled(data)
+    data.rename(moved)
+    data.mkdir()
+    others = journal_path(data, 1)
+    others.write_bytes(b"another server's live journal")
+    c = Compaction(journal, broker)
+    c.start()
+    while not c.step():
+        pass
+    c.presync()
+    c.switch(NOW)
+    broker.put("q", b"after the switch", T0 + 4)
+    journal.write_pending()
+    expected = broker_state(broker)
+    journal.close()
+    assert sorted(p.name for p in data.iterdir()) == ["journal.000001"]
+    assert others.read_bytes() == b"another server's live journal"
+    assert journal_files(moved) == ["journal.000002"]
+    assert broker_state(restored(moved, NOW)[0]) == expected
+
+
 @pytest.mark.parametrize("failing", ["fsync", "rename"])
 def test_a_switch_that_cannot_make_the_new_file_durable_only_stops_the_compaction(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
@@ -441,10 +469,10 @@ def test_a_switch_that_cannot_make_the_new_file_durable_only_stops_the_compactio
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         real_fsync(fd)
 
-    def rename(source: str | Path, target: str | Path) -> None:
+    def rename(source: str | Path, target: str | Path, **dir_fds: int) -> None:
         if failing == "rename":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real_rename(source, target)
+        real_rename(source, target, **dir_fds)
 
     monkeypatch.setattr(compaction.os, "fsync", fsync)
     monkeypatch.setattr(compaction.os, "rename", rename)

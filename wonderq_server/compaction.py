@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING
 from .journal import (
     CompactionFailed,
     Journal,
-    journal_path,
+    journal_name,
     live_estimate,
     plain_puts_record,
     put_record,
@@ -105,8 +105,8 @@ class Compaction:
         self.journal = journal
         self.broker = broker
         self.generation = journal.generation + 1
-        self.final_path = journal_path(journal.directory, self.generation)
-        self.tmp_path = self.final_path.with_name(self.final_path.name + ".tmp")
+        self.final_name = journal_name(self.generation)
+        self.tmp_name = self.final_name + ".tmp"
         self.started = time.perf_counter()
         self.size_before = journal.size
         self.written = 0
@@ -122,7 +122,7 @@ class Compaction:
 
     def start(self) -> None:
         """start opens the .tmp file and begins receiving every live record too."""
-        self.fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.fd = self.journal.open_file(self.tmp_name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         queues = self.broker.queues
         head = [encode_record([SEQ, self.broker.ids.last])]
         head += [encode_record([QUEUE, q.name, q.settings.as_dict()])
@@ -211,7 +211,7 @@ class Compaction:
         journal = self.journal
         try:
             os.fsync(self.fd)  # only what was written since the pre-sync
-            os.rename(self.tmp_path, self.final_path)
+            journal.rename_file(self.tmp_name, self.final_name)
             self.renamed = True
         except OSError as exc:
             raise CompactionFailed(f"the new journal could not be made durable: {exc}") \
@@ -227,10 +227,10 @@ class Compaction:
         journal.compacted_size = journal.size
         journal.last_compaction_at = now
         os.close(old_fd)
-        os.unlink(journal_path(journal.directory, old_generation))
+        journal.unlink_file(journal_name(old_generation))
         logger.info("compacted the journal: %d -> %d bytes in %.2f s (%s)",
                     self.size_before, journal.size, time.perf_counter() - self.started,
-                    self.final_path.name)
+                    self.final_name)
         return journal.size
 
     def abandon(self, reason: str) -> None:
@@ -243,7 +243,7 @@ class Compaction:
             # went to both files, and journal.N+1 is the one a start reads: keep it.
             logger.error("compaction stopped after the new journal became %s: %s; it holds "
                          "every record written so far, and the next start reads it",
-                         self.final_path.name, reason)
+                         self.final_name, reason)
             with contextlib.suppress(OSError):
                 os.close(self.fd)
             return
@@ -260,7 +260,7 @@ class Compaction:
         with contextlib.suppress(OSError):
             os.close(self.fd)
         with contextlib.suppress(OSError):
-            os.unlink(self.tmp_path)
+            self.journal.unlink_file(self.tmp_name)
 
     def _write(self, data: bytes) -> None:
         try:

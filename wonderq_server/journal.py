@@ -14,6 +14,12 @@ Files in the data directory:
     journal.000008.tmp   a compaction (or a first journal) in progress; deleted at start-up
 
 Rules:
+* Every file is opened, renamed and removed relative to the locked
+  directory's descriptor, never by its path: a data directory moved or
+  replaced under a running server (and another server started on the new
+  one) must not have this one's compaction write into, or delete from, a
+  directory it does not hold (a reviewer's second server lost every put
+  that way).
 * Exactly one journal file is live: the highest-numbered one. A compaction
   writes the next number as .tmp and renames it into place only when it is
   complete and on disk, so recovery finds either the old state or the new,
@@ -174,8 +180,12 @@ class RecoveryReport:
     skipped: list[tuple[int, str]]
 
 
+def journal_name(generation: int) -> str:
+    return f"journal.{generation:06d}"
+
+
 def journal_path(directory: Path, generation: int) -> Path:
-    return directory / f"journal.{generation:06d}"
+    return directory / journal_name(generation)
 
 
 class Journal:
@@ -253,21 +263,21 @@ class Journal:
             raise DataDirUnusable(f"the data directory {self.directory} cannot be used: "
                                   f"{why}") from exc
         generations = []
-        for entry in self.directory.iterdir():
-            if entry.name.endswith(".tmp") and entry.name.startswith("journal."):
-                logger.warning("removing %s, left by a compaction that did not finish", entry)
-                entry.unlink()
-            elif match := JOURNAL_NAME.fullmatch(entry.name):
+        for name in os.listdir(self._directory_lock_fd):
+            if name.endswith(".tmp") and name.startswith("journal."):
+                logger.warning("removing %s, left by a compaction that did not finish",
+                               self.directory / name)
+                self.unlink_file(name)
+            elif match := JOURNAL_NAME.fullmatch(name):
                 generations.append(int(match.group(1)))
         if not generations:
             self.generation = 1
             path = journal_path(self.directory, 1)
             # Header first, under .tmp: a crash must not leave a journal without one.
-            tmp_path = path.with_name(path.name + ".tmp")
-            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = self.open_file(journal_name(1) + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
             os.write(fd, FILE_HEADER)
             os.fsync(fd)
-            os.rename(tmp_path, path)
+            self.rename_file(journal_name(1) + ".tmp", journal_name(1))
             self._fsync_directory()
             self.fd = fd
             self.continue_at(len(FILE_HEADER))
@@ -279,7 +289,7 @@ class Journal:
         # A compaction switched over but did not clean up. Only now that the newest
         # has been read: were it unreadable, the older one is what an operator has.
         for old in generations[:-1]:
-            journal_path(self.directory, old).unlink()
+            self.unlink_file(journal_name(old))
         broker.reset_totals()  # totals count what happens from this start
         self._newest_put_pending = self.newest_put_written = broker.ids.last
         # From here on the broker reports to this journal. Deadlines that passed
@@ -318,7 +328,7 @@ class Journal:
     def _replay(self, broker: Broker, now: float) -> RecoveryReport:
         path = journal_path(self.directory, self.generation)
         started = time.perf_counter()
-        data = _map_whole_file(path)
+        data = _map_whole_file(self.open_file(journal_name(self.generation), os.O_RDONLY))
         try:
             return self._replay_data(broker, now, path, data, started)
         finally:
@@ -397,7 +407,7 @@ class Journal:
         file_size, file_header = len(data), bytes(data[:len(FILE_HEADER)])
         if isinstance(data, mmap.mmap):
             data.close()  # before the file is cut: a mapped page past its end is SIGBUS
-        self.fd = os.open(path, os.O_WRONLY)
+        self.fd = self.open_file(journal_name(self.generation), os.O_WRONLY)
         if result.good_end < file_size:
             os.ftruncate(self.fd, result.good_end)
             os.fsync(self.fd)
@@ -668,11 +678,45 @@ class Journal:
             self.fsync_observer(elapsed)
 
     def _fsync_directory(self) -> None:
-        fd = os.open(self.directory, os.O_RDONLY)
+        os.fsync(self._directory_lock_fd)
+
+    def check_still_in_place(self) -> str:
+        """check_still_in_place looks at the live journal and the data directory (the
+        server asks once a second). Raises JournalBroken if the journal was deleted (its
+        directory removed): the server would answer puts and acks as stored while
+        nothing reached a file a restart could read. Returns a warning, else "", when the
+        path no longer leads to the directory this server locked (it was moved or
+        replaced): the journal goes on where the directory now is."""
+        if self.fd < 0:
+            return ""
+        if os.fstat(self.fd).st_nlink == 0:
+            raise JournalBroken(f"the live journal in {self.directory} was deleted (was the "
+                                "data directory removed?): nothing written from now on would "
+                                "survive a restart")
+        locked = os.fstat(self._directory_lock_fd)
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            at_path = os.stat(self.directory)
+        except OSError:
+            at_path = None
+        if at_path is None or (at_path.st_dev, at_path.st_ino) != (locked.st_dev,
+                                                                    locked.st_ino):
+            return (f"{self.directory} is no longer the directory this server locked (it was "
+                    "moved or replaced); the journal goes on in the moved directory, which "
+                    "is what a restart must be given")
+        return ""
+
+    # The data directory's files, by name, relative to the directory this server locked
+    # (see the rules): never by path once the lock is held.
+
+    def open_file(self, name: str, flags: int) -> int:
+        return os.open(name, flags, 0o644, dir_fd=self._directory_lock_fd)
+
+    def rename_file(self, source: str, target: str) -> None:
+        os.rename(source, target, src_dir_fd=self._directory_lock_fd,
+                  dst_dir_fd=self._directory_lock_fd)
+
+    def unlink_file(self, name: str) -> None:
+        os.unlink(name, dir_fd=self._directory_lock_fd)
 
     def close(self) -> None:
         """close writes and fsyncs what is buffered, then releases the directory."""
@@ -737,14 +781,14 @@ class CompactionFailed(JournalError):
     """Writing the next journal failed; the compaction is abandoned, the live journal is fine."""
 
 
-def _map_whole_file(path: Path) -> bytes | mmap.mmap:
+def _map_whole_file(fd: int) -> bytes | mmap.mmap:
     """_map_whole_file maps the journal for replay, read-only, rather than read it: a
     read copies the whole file into the process (a 206 MB journal took the start to
     260 MiB resident against 61 running, and a restart inside a container's memory
     limit was OOM-killed), while mapped pages are the page cache's, which the kernel
     drops under pressure; MADV_SEQUENTIAL lets it drop them behind the reader. An
-    empty file cannot be mapped: it is b""."""
-    with open(path, "rb") as file:
+    empty file cannot be mapped: it is b"". Takes (and closes) an open descriptor."""
+    with open(fd, "rb") as file:
         if os.fstat(file.fileno()).st_size == 0:
             return b""
         data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
