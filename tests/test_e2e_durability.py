@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -52,6 +53,7 @@ from crash_load import (
     drain,
     durable_server,
 )
+from polling import until_true
 from server_process import ServerProcess
 
 from wonderq_client import ConnectionClosed, LeaseLost, StorageError, connect
@@ -520,3 +522,43 @@ async def test_durable_stats_name_the_directory_and_policy(server_factory, tmp_p
     assert info["fsync_policy"] == "everysec"
     assert info["journal_bytes"] == the_journal(data_dir).stat().st_size
     assert (info["last_compaction_at"], info["compacting"]) == (0.0, False)
+
+
+async def test_a_data_dir_deleted_under_the_server_stops_it(server_factory, tmp_path):
+    # A reviewer's `rm -rf` of a running server's data directory: it went on answering
+    # puts and acks as stored, into a journal no restart could find (0 of 320 found), and
+    # exited 0. It stops now, within the second it takes to notice, with exit status 1.
+    data = tmp_path / "data"
+    server = server_factory("--data-dir", str(data))
+    async with connect(server.host, server.port) as client:
+        await client.put("q", b"stored before the directory went")
+    shutil.rmtree(data)
+    assert await asyncio.to_thread(server.wait_exit, EVENT_TIMEOUT_S) == 1
+    assert "the live journal in" in server.log and "was deleted" in server.log
+
+
+async def test_a_data_dir_moved_under_the_server_is_said_once_and_the_journal_goes_on(
+        server_factory, tmp_path):
+    # The journal stays in the directory the server locked, wherever it now is (its
+    # compaction once followed the path into a new directory there): a restart must be
+    # given the moved one, and the log says so.
+    data, moved = tmp_path / "data", tmp_path / "moved"
+    server = server_factory("--data-dir", str(data), "--compact-min-bytes", "1")
+    async with connect(server.host, server.port) as client:
+        await client.put("kept", b"before the move")
+        data.rename(moved)
+        data.mkdir()
+        await until_true(lambda: "is no longer the directory this server locked" in server.log)
+        for _ in range(20):  # acked puts: the journal grows dead, compactions are due
+            await client.put("churn", b"x" * 100)
+            [msg] = await client.receive("churn")
+            await msg.ack()
+        await client.put("kept", b"after the move")
+        await until_stats(client, lambda s: s["server"]["last_compaction_at"] > 0)
+    assert server.stop() == 0
+    assert server.log.count("is no longer the directory this server locked") == 1
+    assert list(data.iterdir()) == []  # nothing written where the path now leads
+    with ServerProcess("--port", "0", "--data-dir", str(moved)) as again:
+        async with connect(again.host, again.port) as client:
+            bodies = [m.body for m in await client.receive("kept", max=10)]
+    assert bodies == [b"before the move", b"after the move"]

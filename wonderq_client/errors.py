@@ -54,7 +54,8 @@ class NotFound(WonderQError):
 
 
 class LeaseLost(WonderQError):
-    """The message was delivered again since this lease; the ack changed nothing."""
+    """This lease no longer holds the message (it was delivered again since, given back
+    unseen, or the lease was never this message's); the ack changed nothing."""
 
     code = "LEASE_LOST"
 

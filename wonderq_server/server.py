@@ -134,6 +134,7 @@ class Server:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._rates_timer: asyncio.TimerHandle | None = None
+        self._data_dir_warning = ""  # what _check_data_dir last said (said once)
         self.address: tuple[str, int] | None = None
         self.journal = (Journal(config.data_dir, config.fsync, repair=config.repair,
                                 reserve_bytes=config.journal_reserve_bytes)
@@ -650,6 +651,25 @@ class Server:
         self.broker.sample_rates(time.time())
         assert self._loop is not None
         self._rates_timer = self._loop.call_later(RATE_SAMPLE_INTERVAL_S, self._sample_rates)
+        self._check_data_dir()
+
+    def _check_data_dir(self) -> None:
+        """_check_data_dir: once a second (with the rates), that the live journal still
+        has a name a restart would find (journal.check_still_in_place): a data directory
+        deleted under the server stops it, one moved away is said once."""
+        if self.journal is None or self.fatal_error is not None:
+            return
+        try:
+            warning = self.journal.check_still_in_place()
+        except JournalBroken as exc:
+            self._fatal(exc)
+            return
+        except OSError as exc:
+            warning = f"cannot check the data directory: {exc}"
+        if warning != self._data_dir_warning:
+            self._data_dir_warning = warning
+            if warning:
+                logger.warning("%s", warning)
 
     def _server_info(self, now: float) -> dict[str, Any]:
         info: dict[str, Any] = {
