@@ -589,12 +589,26 @@ def test_a_refused_put_many_header_says_one_line_and_its_cut_body_is_dropped_qui
     assert decoder.end_of_input() == []  # answered already: no MALFORMED for its body
 
 
-def test_a_huge_refused_count_keeps_no_body():
+def test_a_refused_count_over_the_batch_limit_keeps_no_body():
     decoder = TextDecoder(Limits())
-    [rejected] = decoder.feed(b"PUT_MANY q 99999999999999999999\n")
+    [rejected] = decoder.feed(b"PUT_MANY q 50000\n")
     assert rejected.error.code == BATCH_TOO_LARGE
-    assert decoder.feed(b"x" * 100 + b"\n" * 10_000) == []
+    assert decoder.feed(b"x" * 100 + b"\n" * 40_000) == []
     assert decoder._block is not None and decoder._block.bodies == []
+    assert decoder.feed(b"\n" * 9_999) == []
+    assert [i.name for i in decoder.feed(b"\nPING\n")] == ["ping"]
+
+
+def test_a_count_no_request_could_have_drops_nothing():
+    # A reviewer's 20-digit count made every later line a dropped body, QUIT included,
+    # for good. No block can carry more bodies than --max-frame-bytes has bytes: such a
+    # count is a typo, and the lines after it are commands.
+    limits = Limits()
+    for count in (b"99999999999999999999", b"%d" % (limits.max_frame_bytes + 1)):
+        items = decode(b"PUT_MANY q " + count + b"\nPING\nQUIT\n", limits)
+        assert [getattr(i, "name", None) or i.error.code for i in items] == [
+            BATCH_TOO_LARGE, "ping", "quit"]
+        assert "dropped" not in items[0].error.message
 
 
 def test_put_many_count_uses_the_decoders_limits():
@@ -605,10 +619,32 @@ def test_put_many_count_uses_the_decoders_limits():
     assert len(got.args["bodies"]) == 3
 
 
-def test_over_long_header_line_is_line_too_long_and_starts_no_block():
-    items = decode(b"PUT_MANY q 2 " + b"x" * 1100 + b"\nPING\nPING\n", SHORT)
+def test_an_over_long_line_starts_no_block_unless_it_is_a_put_many_with_a_count():
+    items = decode(b"PUT q " + b"x" * 1100 + b"\nPING\nPING\n", SHORT)
     assert [getattr(i, "name", None) or i.error.code for i in items] == [
         LINE_TOO_LONG, "ping", "ping"]
+    items = decode(b"PUT_MANY q " + b"x" * 1100 + b"\nPING\n", SHORT)  # no count
+    assert [getattr(i, "name", None) or i.error.code for i in items] == [
+        LINE_TOO_LONG, "ping"]
+
+
+@pytest.mark.parametrize("chunk_size", [1, 700, 100_000])
+def test_an_over_long_put_many_header_still_drops_its_bodies(chunk_size):
+    # A reviewer's header with 30 headers of about 3 KB (within --max-header-bytes but over
+    # the line limit of a small --max-message-bytes) was LINE_TOO_LONG, and its bodies
+    # "PURGE victim" and "DELETE_QUEUE victim" ran as commands.
+    stream = (b"PUT_MANY victim 2 " + b"header.k=" + b"v" * 1100
+              + b"\nPURGE victim\nDELETE_QUEUE victim\nPING\n")
+    decoder = TextDecoder(SHORT)
+    items = []
+    for start in range(0, len(stream), chunk_size):
+        items.extend(decoder.feed(stream[start:start + chunk_size]))
+    [rejected, ping] = items
+    assert rejected.error.code == LINE_TOO_LONG
+    assert rejected.error.message == (
+        "line is over the limit of 1040 bytes; skipped to its end; nothing is stored, and "
+        "the 2 lines after it are read as its bodies and dropped")
+    assert ping.name == "ping"
 
 
 @pytest.mark.parametrize("chunk_size", [1, 100, 1041, 5000])

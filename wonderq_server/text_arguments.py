@@ -179,15 +179,17 @@ def put_many_header(rest: bytes, limits: Limits) -> tuple[dict[str, Any], int]:
     return args, count
 
 
-def put_many_count_given(rest: bytes) -> int | None:
-    """put_many_count_given is the body count a PUT_MANY header line names, if it names a
-    whole number of at least 1 that fits in 64 bits (whatever else is wrong with the
-    line), else None."""
-    words = rest.split()
-    if len(words) < 2 or not words[1].isdigit() or len(words[1]) > 20:
-        return None  # (int() refuses over 4,300 digits: never try)
+def put_many_count_given(rest: bytes, most: int) -> int | None:
+    """put_many_count_given is the body count a PUT_MANY header line names (`rest` is the
+    line after its first word), whatever else is wrong with the line, if it is a whole
+    number from 1 to `most`; else None. A count over --max-frame-bytes cannot be a real
+    request (every body line takes a byte at least): a typo, whose dropped lines would
+    swallow the connection for good."""
+    words = rest.split(None, 2)
+    if len(words) < 2 or not words[1].isdigit() or len(words[1]) > len(str(most)):
+        return None  # (and int() refuses over 4,300 digits: never try)
     count = int(words[1])
-    return count if count >= 1 else None
+    return count if 1 <= count <= most else None
 
 
 def lease_item_arguments(name: str, words: list[bytes], limits: Limits) -> dict[str, Any]:

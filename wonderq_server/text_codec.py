@@ -48,17 +48,18 @@ Rules:
   block such a line is that body's BODY_TOO_LARGE result instead, counted once
   the line has ended.
 * A PUT_MANY header line that is refused (bad queue, option, a count over
-  --max-batch) is one ERR line, at once; if it names a count (a whole number
-  of at least 1), the next <count> lines are still its bodies, read and
-  dropped, as beanstalkd skips the body of a put it refuses once it knows
-  the body's size. Read as commands instead, they ran whatever they said (a
-  body "PURGE q" purged q). A header without a readable count starts no
-  block: there is no telling where bodies would end. Once accepted, the
-  next <count> lines are bodies, whatever they say. If
-  the bodies together pass `max_frame_bytes` (the size of the largest
-  binary request), the decoder keeps no more of them and the whole request
-  is refused with BATCH_TOO_LARGE once its last line has arrived: a text
-  connection cannot make the server buffer more than a binary one can.
+  --max-batch, a line over the line limit) is one ERR line, at once; if it
+  names a count (a whole number from 1 to --max-frame-bytes), the next
+  <count> lines are still its bodies, read and dropped, as beanstalkd skips
+  the body of a put it refuses once it knows the body's size. Read as
+  commands instead, they ran whatever they said (a body "PURGE q" purged
+  q). A header without a readable count starts no block: there is no
+  telling where bodies would end. Once accepted, the next <count> lines are
+  bodies, whatever they say. If the bodies together pass `max_frame_bytes`
+  (the size of the largest binary request), the decoder keeps no more of
+  them and the whole request is refused with BATCH_TOO_LARGE once its last
+  line has arrived: a text connection cannot make the server buffer more
+  than a binary one can.
 * At the end of input (`end_of_input`), a line without its newline or a
   PUT_MANY block short of its count is answered MALFORMED and not run.
 * `feed` never raises for anything the peer sends.
@@ -112,6 +113,17 @@ TEXT_COMMANDS = {
 }
 
 
+# How much of an over-long line is kept to see whether it is a PUT_MANY header with a
+# count: the command, a queue name (at most 128 bytes) and the count, with room to spare.
+HEADER_PEEK_BYTES = 512
+
+
+def _dropped(count: int) -> str:
+    """_dropped: what a refused PUT_MANY header's error adds about its body lines."""
+    lines = "line after it is" if count == 1 else f"{count} lines after it are"
+    return f"; nothing is stored, and the {lines} read as its bodies and dropped"
+
+
 class _BodyBlock:
     """The body lines of a PUT_MANY whose header was accepted, while they arrive."""
 
@@ -130,13 +142,15 @@ class _BodyBlock:
 class TextDecoder:
     """Turns the byte stream of one text connection into commands."""
 
-    __slots__ = ("_block", "_buffer", "_discarding", "_limits")
+    __slots__ = ("_block", "_buffer", "_discarding", "_drop_after_line", "_limits")
 
     def __init__(self, limits: Limits) -> None:
         self._limits = limits
         self._buffer = bytearray()
         self._discarding = False  # inside an over-long line, skipping to its end
         self._block: _BodyBlock | None = None  # inside a PUT_MANY, collecting bodies
+        # An over-long PUT_MANY header being skipped: its body count, to drop once it ends.
+        self._drop_after_line: int | None = None
 
     def use_limits(self, limits: Limits) -> None:
         """use_limits changes the limits for what comes next (once a connection has
@@ -154,7 +168,8 @@ class TextDecoder:
             if newline < 0:
                 if len(buf) - pos > max_line:
                     if not self._discarding and self._block is None:
-                        out.extend(self._too_long())  # said now; the rest is skipped
+                        # said now; the rest is skipped
+                        out.extend(self._too_long(bytes(buf[pos:pos + HEADER_PEEK_BYTES])))
                     self._discarding = True
                     pos = len(buf)
                 break
@@ -166,9 +181,11 @@ class TextDecoder:
                     # A body line counts once it has ended: one the input never ends
                     # leaves the block short (end_of_input), and nothing is stored.
                     out.extend(self._too_long())
+                self._drop_bodies_of_skipped_header()
                 continue
             if len(line) > max_line:
-                out.extend(self._too_long())
+                out.extend(self._too_long(line[:HEADER_PEEK_BYTES]))
+                self._drop_bodies_of_skipped_header()
                 continue
             if line.endswith(b"\r"):
                 line = line[:-1]
@@ -191,6 +208,7 @@ class TextDecoder:
         rest = bytes(self._buffer).strip()
         self._buffer.clear()
         discarding, self._discarding = self._discarding, False
+        self._drop_after_line = None  # an over-long header the input cut short: no block
         if block is not None and block.refused:
             return []  # answered with its header; a body line cut short is dropped too
         if block is not None:
@@ -203,14 +221,30 @@ class TextDecoder:
                 "not run"))]
         return []
 
-    def _too_long(self) -> list[Command | Rejected]:
+    def _too_long(self, start: bytes = b"") -> list[Command | Rejected]:
+        """_too_long answers an over-long line (`start` is its beginning): a body line's
+        error inside a block, else LINE_TOO_LONG. An over-long PUT_MANY header that names
+        a count still has its bodies dropped (the rules), from the end of the line."""
         limits = self._limits
         if self._block is not None:
             return self._body_line(CommandError(
                 BODY_TOO_LARGE, f"body line is over {limits.max_line_bytes} bytes, over the "
                 f"limit of {limits.max_message_bytes} (--max-message-bytes); skipped"))
-        return [Rejected(CommandError(LINE_TOO_LONG, f"line is over the limit of "
-                                      f"{limits.max_line_bytes} bytes; skipped to its end"))]
+        why = f"line is over the limit of {limits.max_line_bytes} bytes; skipped to its end"
+        word, _, rest = start.lstrip().partition(b" ")
+        if word.upper() == b"PUT_MANY" and len(rest.split(None, 2)) == 3:
+            # (three words: the count is whole, not cut off by the end of `start`)
+            self._drop_after_line = put_many_count_given(rest, limits.max_frame_bytes)
+            if self._drop_after_line is not None:
+                why += f"{_dropped(self._drop_after_line)}"
+        return [Rejected(CommandError(LINE_TOO_LONG, why))]
+
+    def _drop_bodies_of_skipped_header(self) -> None:
+        """_drop_bodies_of_skipped_header: the over-long line has ended; if it was a PUT_MANY
+        header with a count, that many lines now are its bodies, dropped."""
+        count, self._drop_after_line = self._drop_after_line, None
+        if count is not None:
+            self._block = _BodyBlock({}, count, refused=True)
 
     def _parse(self, line: bytes) -> list[Command | Rejected]:
         word, _, rest = line.lstrip().partition(b" ")
@@ -244,13 +278,11 @@ class TextDecoder:
             args, count = put_many_header(rest, self._limits)
             make_command("put_many", {**args, "bodies": [b""]}, self._limits)
         except CommandError as exc:
-            given = put_many_count_given(rest)
+            given = put_many_count_given(rest, self._limits.max_frame_bytes)
             if given is None:
                 raise
             self._block = _BodyBlock({}, given, refused=True)
-            lines = "line after it is" if given == 1 else f"{given} lines after it are"
-            raise CommandError(exc.code, f"{exc.message}; nothing is stored, and the "
-                               f"{lines} read as its bodies and dropped") from None
+            raise CommandError(exc.code, f"{exc.message}{_dropped(given)}") from None
         self._block = _BodyBlock(args, count)
 
     def _body_line(self, body: bytes | CommandError) -> list[Command | Rejected]:
