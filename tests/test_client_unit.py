@@ -279,6 +279,13 @@ async def test_a_wait_the_server_would_refuse_is_sent_not_held(fake, monkeypatch
             break
     assert [r[2]["wait"] for r in server.requests[1:]][::3] == [-1, "1"]
     assert client._protocol._waits_held == {}
+    # A float subclass (numpy's float64, say) is seconds: held, as a float is (a reviewer:
+    # sent past the limit, it stalled the connection).
+    class Seconds(float):
+        pass
+
+    held = asyncio.ensure_future(client.receive("q", wait=Seconds(0.01)))
+    assert await asyncio.wait_for(held, 10) == [] and len(server.requests) == 5
     server.reply([])
     for _ in bad:
         server.reply(None, ["BAD_ARGUMENT", "wait must be seconds"])

@@ -73,8 +73,10 @@ MAX_WAITS_ON_SERVER = 1000
 
 
 def _holdable(wait: Any) -> bool:
-    """_holdable: `wait` is seconds a held receive can count down (a finite number over 0)."""
-    return type(wait) in (int, float) and 0 < wait < math.inf
+    """_holdable: `wait` is seconds a held receive can count down (a finite number over 0;
+    a float subclass such as numpy's float64 too, which msgpack sends as a float)."""
+    return isinstance(wait, (int, float)) and not isinstance(wait, bool) \
+        and 0 < wait < math.inf
 
 
 class _ClientProtocol(asyncio.Protocol):
@@ -212,8 +214,10 @@ class _ClientProtocol(asyncio.Protocol):
         that come for it after its caller stopped waiting are given back, and returns
         the request id too, for cancel_wait. A receive that waits is held here, unsent,
         while MAX_WAITS_ON_SERVER others wait on the server (see there); one whose wait is
-        not seconds the server could take (negative, nan, inf, not a number) is sent at
-        once, for the server's BAD_ARGUMENT, rather than held with it."""
+        not a finite number over 0 (negative, nan, inf, a string) is sent at once, for the
+        server's BAD_ARGUMENT, rather than held with it. (One over the server's --max-wait
+        is held: the client does not know that limit, and the server refuses it when it
+        is sent.)"""
         wait = args.get("wait")
         if wait and len(self._waits_on_server) >= MAX_WAITS_ON_SERVER and _holdable(wait):
             self._refuse_if_closing()
