@@ -803,7 +803,6 @@ def test_a_keyboard_interrupt_from_a_handler_leaves_nothing_leased(server):
     # leased to nobody for its whole visibility (4 of 4 runs). Receiving now stops first.
     async def handler(msg: Message) -> None:
         if msg.body == b"interrupt":
-            await asyncio.sleep(0.05)  # the others have begun
             raise KeyboardInterrupt
         await asyncio.Event().wait()
 
@@ -823,6 +822,37 @@ def test_a_keyboard_interrupt_from_a_handler_leaves_nothing_leased(server):
     info = asyncio.run(queue_info())
     assert (info["ready"], info["in_flight"]) == (5, 0)
     assert worker.counts.received == 5 and worker.counts.failed == 1
+
+
+async def test_a_base_exception_from_a_handler_that_outlived_its_run_ends_no_later_run(
+        server):
+    # A reviewer's handler ignored the stop's cancel and raised a BaseException after
+    # run() had returned: kept as the Worker's fatal error, it ended the next run().
+    released, raised = asyncio.Event(), asyncio.Event()
+
+    async def handler(msg: Message) -> None:
+        if msg.body == b"stubborn":
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                await released.wait()  # ignores its cancel, and ends after the run
+                raised.set()
+                raise Interrupted from None
+
+    async with connect(server.host, server.port) as client:
+        await client.put("outlived", b"stubborn")
+        worker = Worker("outlived", handler, host=server.host, port=server.port,
+                        shutdown_grace=0, reply_timeout=0.5, wait=1)
+        first = asyncio.create_task(worker.run())
+        await until_counts(worker, lambda c: c.received == 1)
+        worker.stop()
+        await asyncio.wait_for(first, EVENT_TIMEOUT_S)
+        released.set()
+        await asyncio.wait_for(raised.wait(), EVENT_TIMEOUT_S)
+        await client.put("outlived", b"fine")
+        worker.burst = True
+        await asyncio.wait_for(worker.run(), EVENT_TIMEOUT_S)  # raised Interrupted before
+        assert worker.counts.acked == 1
 
 
 async def test_run_cancelled_twice_still_cleans_up_and_can_run_again(server):

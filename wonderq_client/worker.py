@@ -397,6 +397,7 @@ class Worker:
             raise RuntimeError("this Worker is already running")
         self._running, self._closed = True, False
         self._received_in_run = 0
+        self._fatal = None
         self._burst_handled.clear()
         # asyncio's Events and Locks belong to the first event loop that waits on them:
         # each run gets its own, so a Worker runs again under another loop (a second
@@ -701,7 +702,12 @@ class Worker:
             await self._settle(job, "acked", None)
 
     def _end_with(self, error: BaseException) -> None:
-        """_end_with stops receiving, and makes run() raise `error` after its shutdown."""
+        """_end_with stops receiving, and makes run() raise `error` after its shutdown. A
+        job that outlived its run (its handler ignored the stop's cancel) has no run to
+        end: it is only logged, not kept for the next run."""
+        if not self._running or self._closed:
+            log.error("after the worker's run ended: %s", error)
+            return
         if self._fatal is None:
             self._fatal = error
             log.error("stopping: %s", error)
