@@ -335,6 +335,10 @@ def test_a_usage_error_shows_the_subcommands_usage() -> None:
     assert done.returncode == 2
     assert b"usage: wonderq put" in done.stderr
     assert b"wonderq put: error: unrecognized arguments: b" in done.stderr
+    # ... but only for what came after the subcommand's name
+    done = wonderq("--bogus", "stats", env={"WONDERQ_PORT": "1"})
+    assert done.returncode == 2
+    assert b"wonderq: error: unrecognized arguments: --bogus" in done.stderr
 
 
 async def test_put_takes_its_body_after_flags_written_between(server):

@@ -147,7 +147,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if extras:
         take_extras = getattr(args, "take_extras", None)
         if take_extras is None or not take_extras(args, extras):
-            getattr(args, "command_parser", parser).error(
+            # Blame the subcommand only for what came after its name.
+            words = list(sys.argv[1:] if argv is None else argv)
+            before_command = args.command in words and extras[0] in words \
+                and words.index(extras[0]) < words.index(args.command)
+            (parser if before_command else getattr(args, "command_parser", parser)).error(
                 f"unrecognized arguments: {' '.join(extras)}")
     refusal = closed_stream_refusal(args, closed_streams)
     if refusal:
