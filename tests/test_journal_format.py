@@ -404,6 +404,28 @@ def test_with_a_broken_length_repair_resumes_where_records_run_to_the_end(length
     assert result.good_end == len(data)
 
 
+def test_a_broken_length_that_lands_in_the_last_body_of_a_puts_is_not_followed() -> None:
+    # A reviewer's case: the last body of a PUTS (a put_many) is planted PURGE records up
+    # to its end, so from inside it records run on, through the records after the PUTS,
+    # to the end of the file. One flipped bit of the PUTS's length ended it inside that
+    # body, and repair replayed the PURGEs. The payload up to its own end still matches
+    # the checksum: that is where the record ends.
+    purge = encode_record([journal_format.PURGE, "vict5"])
+    assert len(purge) == 16  # so a length short by 16, 32 ... 1024 lands on one of them
+    records = [[PUT, "vict5", 1, b"keep me", T0], [PUTS, "jobs", [2, 3], [b"first", purge * 64]],
+               [PUT, "vict5", 4, b"and me", T0], [ACK, "jobs", 9], [SEQ, 10]]
+    data = journal_bytes(*records)
+    at = len(FILE_HEADER) + len(encode_record(records[0]))
+    length = int.from_bytes(data[at:at + 4], "big")
+    shortened = [bit for bit in range(4, 11) if length >> bit & 1]
+    assert shortened  # the length has such bits set, whatever msgpack's framing adds
+    for bit in shortened:
+        damaged = data[:at] + (length ^ (1 << bit)).to_bytes(4, "big") + data[at + 4:]
+        got, result = read_all(damaged, repair=True)
+        assert got == [records[0], records[2], records[3], records[4]], bit
+        assert [offset for offset, _ in result.skipped] == [at]
+
+
 @pytest.mark.parametrize("cut", [1, 5, 17])
 def test_a_torn_last_record_with_records_in_its_body_is_a_torn_tail(cut) -> None:
     # The reviewer's torn-tail case: the last record, torn inside its body after a

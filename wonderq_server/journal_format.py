@@ -619,6 +619,14 @@ def _diagnose(view: memoryview, pos: int, end: int) -> tuple[str, int | None]:
         return problem, None
     if payload_end == _TORN:
         payload_end = None  # the payload runs past the end its frame holds: it is damaged
+    if payload_end is not None and payload_end != stop and payload_end < end and zlib.crc32(
+            view[pos + RECORD_HEADER_BYTES:payload_end]) == checksum:
+        # The payload up to its own end matches the record's checksum: the record is whole
+        # and only its length is damaged, so that is where it ends. The frame's end, inside
+        # its payload, could land on records planted in a body that run on to the end of
+        # the file (the last body of a PUTS is followed by the records after it): a
+        # reviewer's one flipped bit replayed two PURGE records a producer had put there.
+        return problem, payload_end
     if payload_end in (None, stop) and stop == end:
         return problem, None  # the file's last record, with a bad checksum: a torn tail
     budget = _ScanBudget(pos, end)
