@@ -19,7 +19,7 @@ from connection_fakes import (
 )
 
 from wonderq_server.commands import Limits
-from wonderq_server.connection_limits import ConnectionLimits
+from wonderq_server.connection_limits import TURN_REQUESTS, ConnectionLimits
 from wonderq_server.errors import (
     BAD_ARGUMENT,
     FRAME_TOO_LARGE,
@@ -649,6 +649,21 @@ def test_a_codec_bug_is_logged_answered_internal_and_closes(hub, caplog):
                                           "the request; see the server log"], None]]
     assert transport.closed
     assert "a bug in the codec" in caplog.text
+
+
+def test_a_flood_of_cheap_requests_runs_a_share_per_turn_and_others_go_between(hub):
+    # A reviewer's clients pipelining PINGs without reading had a whole read (256 KB,
+    # about 250 ms of PINGs) run per turn each, and a polite PING waited behind all of
+    # them: 12 s with 50. One connection now runs TURN_REQUESTS per turn of the loop.
+    flooder, flooder_transport = hub.connect()
+    polite, polite_transport = hub.connect()
+    flooder.data_received(b"PING\r\n" * 1000)  # one read; the loop has not turned yet
+    polite.data_received(b"PING\r\n")
+    hub._flush()  # the end of this turn: what each has run so far is written
+    assert polite_transport.data == b"PONG\r\n"
+    assert flooder_transport.data == b"PONG\r\n" * TURN_REQUESTS  # its share, and no more
+    hub.run()
+    assert flooder_transport.data == b"PONG\r\n" * 1000  # every one, in later turns
 
 
 def test_lines_held_behind_a_wait_cost_about_their_size_not_their_decoded_size(hub):

@@ -78,6 +78,7 @@ from .connection_limits import (
     PRE_AUTH_REQUEST_BYTES,
     REFUSAL_WAIT_S,
     REPLY_HOLD_BYTES,
+    TURN_REQUESTS,
     WAITING_RECEIVE_BYTES,
     ConnectionLimits,
     Counters,
@@ -162,6 +163,10 @@ class Connection(asyncio.Protocol):
         self._out: list[bytes] = []
         self._out_bytes = 0  # bytes in _out
         self._output_blocked = False  # requests wait until the replies before them are written
+        # Requests run in this turn of the event loop (TURN_REQUESTS), and whether the
+        # rest waits for the next turn.
+        self._turn_requests = 0
+        self._yielded = False
         self._durable: list[tuple[int, Command]] = []
         self._newest_shown: int | None = 0  # for the next Output (see Output)
         self._close_after_flush = False  # closing: read nothing more
@@ -424,6 +429,7 @@ class Connection(asyncio.Protocol):
         if self._text_waiting or self._output_blocked or self._held or self._held_input:
             self._hold_input(data)  # behind what is held, in order
             return
+        self._turn_requests = 0
         self._running_input = True
         try:
             ran = self._decode_and_run(data)
@@ -525,6 +531,14 @@ class Connection(asyncio.Protocol):
                 self._reply_error(item.request_id, item.error)
             else:
                 self._execute(item, now)
+            self._turn_requests += 1
+            if self._turn_requests >= TURN_REQUESTS and index + 1 < len(items) \
+                    and not self._text_waiting:
+                # This connection has had its share of the turn: the rest waits for the
+                # next one, so others' requests are not stuck behind a flood of cheap ones.
+                self._yield_turn()
+                self._hold(list(items)[index + 1:])
+                return
             if self._text_waiting or self._out_bytes > REPLY_HOLD_BYTES:
                 if not self._text_waiting:
                     # Many requests with big replies in one read (peeks,
@@ -534,6 +548,24 @@ class Connection(asyncio.Protocol):
                     self.hub.want_flush(self)
                 self._hold(list(items)[index + 1:])
                 return
+
+    def _yield_turn(self) -> None:
+        """_yield_turn: what this connection sent after its TURN_REQUESTS runs in a later
+        turn of the event loop (_release_held), after other connections' requests."""
+        if not self._yielded:
+            self._yielded = True
+            self.hub.defer(self._next_turn)
+
+    def _next_turn(self) -> None:
+        self._yielded = False
+        self._turn_requests = 0
+        if "writing" in self._paused_by:
+            # The replies so far fill the socket's buffer (a client that does not read):
+            # the rest waits for them to be written (resume_writing), as it would have
+            # had it run in one turn (REPLY_HOLD_BYTES).
+            self._output_blocked = True
+            return
+        self._release_held()
 
     def _hold(self, items: list[Command | Rejected]) -> None:
         """_hold keeps the commands after the one that blocked, from the same read."""
@@ -650,7 +682,8 @@ class Connection(asyncio.Protocol):
             return
         if self._text_waiting and not self._waiters:
             self._text_waiting = False
-        if self._text_waiting or self._output_blocked or "stopping" in self._paused_by:
+        if self._text_waiting or self._output_blocked or self._yielded \
+                or "stopping" in self._paused_by:
             return  # still blocked (what unblocks it calls again), or the server stops
         held, self._held = self._held, deque()
         now = self.hub.now()
