@@ -28,6 +28,7 @@ from wonderq_server.errors import (
     QUEUE_NOT_FOUND,
 )
 from wonderq_server.message import HEADER_ENTRY_BYTES, HEADERS_DICT_BYTES, LEASED, READY
+from wonderq_server.queue_admin import PEEK_REPLY_BYTES
 
 DEFAULTS = {"visibility_timeout": 0.0, "max_deliveries": 0, "dead_letter_queue": "",
             "delay": 0.0, "max_length": 0, "expiry": 0.0}
@@ -164,6 +165,20 @@ def test_peek_shows_receive_order_and_leases_nothing(b: Broker) -> None:
     assert ids_of(b.receive("q", 10, None, T0)) == expected
     assert b.peek("q", 10) == []
     check_invariants(b)
+
+
+def test_peek_stops_once_its_bodies_pass_its_byte_bound_but_returns_one(b: Broker) -> None:
+    # A peek leases nothing, so one stored backlog could be copied into any number of
+    # replies: a reviewer's non-reading peekers held 250 MB each. The bound is 1 MiB.
+    assert PEEK_REPLY_BYTES == 1024 * 1024
+    b.put_many("q", [b"x" * 300] * 10, T0)
+    b.put("q", b"y" * 1000, T0, priority=-1)  # first, and alone over the bound below
+    assert [len(m.body) for m in b.peek("q", 10, max_bytes=900)] == [1000]
+    b.receive("q", 1, 60.0, T0)
+    shown = b.peek("q", 10, max_bytes=1000)
+    assert len(shown) == 4  # 3 x 300 is under 1,000 bytes, the 4th passes it
+    assert [m.id for m in shown] == [m.id for m in b.peek("q", 4)]
+    assert len(b.peek("q", 10)) == 10
 
 
 def test_peek_skips_stale_entries(b: Broker) -> None:
