@@ -165,6 +165,17 @@ def test_a_percentage_of_memory_is_of_the_usable_memory(monkeypatch):
     monkeypatch.setattr(config_module, "usable_memory_bytes", lambda: 1000 * MIB)
     assert parse_config([], {}).max_memory_bytes == 400 * MIB
     assert parse_config(["--max-memory", "10%"], {}).max_memory_bytes == 100 * MIB
+    limits = parse_config([], {}).connection_limits
+    assert limits.max_client_memory_bytes == 100 * MIB  # 10%: a quarter of --max-memory's
+    assert parse_config(["--max-client-memory", "2G"], {}).connection_limits \
+        .max_client_memory_bytes == 2048 * MIB
+    assert parse_config([], {"WONDERQ_MAX_CLIENT_MEMORY": "50%"}).connection_limits \
+        .max_client_memory_bytes == 500 * MIB
+
+
+def test_a_bad_client_memory_limit_is_refused(capsys):
+    assert "must be > 0" in refused(capsys, ["--max-client-memory", "0"])
+    assert "a percentage must be over 0" in refused(capsys, ["--max-client-memory", "0%"])
 
 
 def test_compact_min_bytes_takes_a_size_like_the_other_sizes(capsys):

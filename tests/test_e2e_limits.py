@@ -279,6 +279,34 @@ async def test_a_client_owed_more_than_the_reply_buffer_is_cut_off(server_factor
         assert seen == set(bodies)
 
 
+async def test_over_the_client_memory_limit_the_connection_holding_most_is_cut_off(
+        server_factory):
+    # Each connection's own limits held, but together they did not: a reviewer's 34
+    # connections, each with 60 MiB of a frame sent, took the server past 2 GiB.
+    server = server_factory("--max-client-memory", "4M")
+    big, small = Raw(server.host, server.port), Raw(server.host, server.port)
+    payload = frame([1, "put_many", {"queue": "held", "bodies": [b"x" * (100 << 10)] * 100}])
+    big.send(PREAMBLE + payload[:3 << 20])  # 3 MiB of a 10 MiB frame
+    second = frame([1, "put_many", {"queue": "held", "bodies": [b"y" * (100 << 10)] * 20}])
+    small.send(PREAMBLE + second[:-1000])  # about 2 MiB of its frame
+    async with connect(server.host, server.port) as client:
+        stats = await until_stats(
+            client, lambda s: s["server"]["client_memory_disconnects_total"] == 1)
+        assert stats["server"]["max_client_memory"] == 4 << 20
+        assert stats["server"]["client_memory_bytes"] <= 4 << 20
+        assert "--max-client-memory" in server.log
+        with contextlib.suppress(ConnectionResetError):
+            big.sock.settimeout(5)
+            assert big.sock.recv(100) == b""  # cut off, without a word (abort)
+        small.send(second[-1000:])  # the rest: the small one was kept
+        request_id, error, ids = small.reply()
+        assert (request_id, error, len(ids)) == (1, None, 20)
+        assert (await client.queue_info("held"))["messages"] == 20
+    big.close()
+    small.close()
+
+
+# ----------------------------------------------------------------- idle timeout
 # ----------------------------------------------------------------- idle timeout
 
 async def test_idle_connections_are_told_and_closed_and_waiting_ones_are_not(server_factory):

@@ -86,6 +86,11 @@ class BinaryDecoder:
         self._preamble_seen = False
         self.broken = False  # set after a ProtocolError: ignore all further input
 
+    def buffered_bytes(self) -> int:
+        """buffered_bytes: input held for a frame not yet complete (the client memory
+        budget, server.py)."""
+        return len(self._buffer)
+
     def use_limits(self, limits: Limits) -> None:
         """use_limits changes the limits for what comes next (once a connection has
         authenticated, its requests may be as big as the server's limits allow)."""

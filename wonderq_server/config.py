@@ -50,6 +50,9 @@ DEFAULT_PORT = 7711
 DEFAULT_DATA_DIR = "./wonderq-data"
 DEFAULT_COMPACT_MIN_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_MEMORY = "40%"
+# Client connections' buffers, all together (connection_limits.py): a quarter of what
+# stored messages may take, by default.
+DEFAULT_MAX_CLIENT_MEMORY = "10%"
 
 
 @dataclass(frozen=True)
@@ -280,6 +283,11 @@ FLAGS = [
      "bytes of requests one connection may have read but not yet run (text lines behind a "
      "waiting receive; each waiting receive counts 1 KiB); past it, the server stops "
      "reading from that connection"),
+    ("--max-client-memory", "max_client_memory_bytes", memory_size, DEFAULT_MAX_CLIENT_MEMORY,
+     "memory all client connections together may hold in buffers (partial requests, held "
+     "requests, unsent replies, waiting receives); past it, checked once a second, the "
+     "connections holding the most are disconnected: bytes, K/M/G, or a percentage of the "
+     "memory the server may use"),
     ("--max-reply-buffer-bytes", "max_reply_buffer_bytes", _positive_int,
      _CONNECTION_LIMITS.max_reply_buffer_bytes,
      "bytes of replies one connection may leave unsent; a connection past it when more is "
@@ -428,6 +436,7 @@ def parse_config(argv: Sequence[str] | None = None,
         idle_timeout_s=ns.idle_timeout_s,
         auth_timeout_s=ns.auth_timeout_s,
         tcp_keepalive_s=ns.tcp_keepalive_s,
+        max_client_memory_bytes=ns.max_client_memory_bytes,
     )
     if not ns.data_dir.strip() and not ns.in_memory:
         build_parser({}).error("--data-dir is empty (an unset WONDERQ_DATA_DIR?): give a "

@@ -782,6 +782,34 @@ class Connection(asyncio.Protocol):
         elif self._output_blocked and "writing" not in self._paused_by:
             self._unblock_output()  # the socket took it all; else resume_writing will
 
+    def memory_bytes(self) -> int:
+        """memory_bytes is about what this connection makes the server hold: its partial
+        input, input held undecoded, replies not yet sent (built or in the transport),
+        and its waiting receives (WAITING_RECEIVE_BYTES each). Held decoded requests are
+        one slice at most and are not counted."""
+        decoder, transport = self._decoder, self.transport
+        held = len(self._pending) + len(self._held_input) + self._out_bytes \
+            + len(self._waiters) * WAITING_RECEIVE_BYTES
+        if decoder is not None:
+            held += decoder.buffered_bytes()
+        if transport is not None and not self._closed:
+            held += transport.get_write_buffer_size()
+        return held
+
+    def cut_off_for_client_memory(self, held: int, limit: int) -> None:
+        """cut_off_for_client_memory drops this connection, the one holding the most, while
+        all connections together hold over --max-client-memory (server.py). Like a slow
+        reader: abort, so its buffers go at once; its leases run out as after any
+        disconnect."""
+        self.hub.counters.client_memory_disconnects += 1
+        logger.warning("disconnecting %s: it holds %d bytes of buffers, the most of all "
+                       "connections, which together hold over --max-client-memory %d",
+                       self.peer, held, limit)
+        self._begin_close()
+        self._closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
     def _cut_off_slow_reader(self, transport: asyncio.Transport) -> None:
         """_cut_off_slow_reader drops a connection that is not reading its replies.
 

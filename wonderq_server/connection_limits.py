@@ -47,6 +47,16 @@ request limit sees, and each gets one rule, enforced where the bytes are:
   connections' requests. Its socket is read again once what is held has
   run (or past max_request_buffer_bytes, not at all), so a client that
   floods cheap requests gets its share of the loop, and no more.
+* **All connections together** (`max_client_memory_bytes`): each rule
+  above bounds one connection, but 10,000 connections each holding a
+  partial 64 MiB frame, or a peek's reply they never read, add up to more
+  than any machine has. Once a second the server adds up what each holds
+  (`Connection.memory_bytes`: partial input, held input, replies not yet
+  sent, waiting receives) and, over the limit, disconnects the connections
+  that hold the most until the rest fit: Redis' maxmemory-clients.
+  Messages leased to them come back when their leases run out. The pass
+  costs about 6 ms a second with 10,000 connections (in process, the
+  tests' fake transports), nothing per request.
 * **Connections that never authenticate** (`auth_timeout_s`, with an auth
   token only): a connection that has not sent the right AUTH within this
   long is answered AUTH_TIMEOUT and closed, so strangers cannot hold the
@@ -143,18 +153,22 @@ class ConnectionLimits:
     idle_timeout_s: float = 0.0  # 0: connections may stay idle forever
     auth_timeout_s: float = 10.0  # with an auth token: time to authenticate
     tcp_keepalive_s: int = 300  # probe a silent peer after this long; 0: no keepalive
+    max_client_memory_bytes: int = 0  # all connections' buffers together; 0: no limit
 
 
 class Counters:
     """What the connection limits have done since start-up, for stats."""
 
-    __slots__ = ("auth_timeouts", "idle_disconnects", "refused", "slow_reader_disconnects")
+    __slots__ = ("auth_timeouts", "client_memory_bytes", "client_memory_disconnects",
+                 "idle_disconnects", "refused", "slow_reader_disconnects")
 
     def __init__(self) -> None:
         self.refused = 0  # over max_connections
         self.idle_disconnects = 0  # closed by idle_timeout_s
         self.slow_reader_disconnects = 0  # over max_reply_buffer_bytes
         self.auth_timeouts = 0  # no AUTH within auth_timeout_s
+        self.client_memory_disconnects = 0  # over max_client_memory_bytes, together
+        self.client_memory_bytes = 0  # what the connections held at the last check
 
 
 def fit_open_files(max_connections: int, soft: int, hard: int) -> tuple[int, int]:

@@ -652,6 +652,25 @@ class Server:
         assert self._loop is not None
         self._rates_timer = self._loop.call_later(RATE_SAMPLE_INTERVAL_S, self._sample_rates)
         self._check_data_dir()
+        self._check_client_memory()
+
+    def _check_client_memory(self) -> None:
+        """_check_client_memory: once a second (with the rates), what all connections hold
+        together (connection_limits.py); over --max-client-memory, the ones that hold the
+        most are disconnected until the rest fit. One pass over the connections."""
+        limit = self.connection_limits.max_client_memory_bytes
+        held = [(connection.memory_bytes(), connection) for connection in self.connections]
+        total = sum(size for size, _ in held)
+        self.counters.client_memory_bytes = total
+        if not limit or total <= limit:
+            return
+        held.sort(key=lambda pair: pair[0], reverse=True)
+        for size, connection in held:
+            if total <= limit or size == 0:
+                break
+            connection.cut_off_for_client_memory(size, limit)
+            total -= size
+        self.counters.client_memory_bytes = total
 
     def _check_data_dir(self) -> None:
         """_check_data_dir: once a second (with the rates), that the live journal still
@@ -684,6 +703,9 @@ class Server:
             "idle_disconnects_total": self.counters.idle_disconnects,
             "auth_timeouts_total": self.counters.auth_timeouts,
             "slow_reader_disconnects_total": self.counters.slow_reader_disconnects,
+            "client_memory_bytes": self.counters.client_memory_bytes,
+            "max_client_memory": self.connection_limits.max_client_memory_bytes,
+            "client_memory_disconnects_total": self.counters.client_memory_disconnects,
             "rss_bytes": resident_memory_bytes(),
             "tls": self.ssl_context is not None,
             "tls_handshake_failures_total": self.tls_handshake_failures,

@@ -152,6 +152,12 @@ class TextDecoder:
         # An over-long PUT_MANY header being skipped: its body count, to drop once it ends.
         self._drop_after_line: int | None = None
 
+    def buffered_bytes(self) -> int:
+        """buffered_bytes: input held for a line or PUT_MANY block not yet complete (the
+        client memory budget, server.py)."""
+        block = self._block
+        return len(self._buffer) + (block.size if block is not None else 0)
+
     def use_limits(self, limits: Limits) -> None:
         """use_limits changes the limits for what comes next (once a connection has
         authenticated, its requests may be as big as the server's limits allow)."""
