@@ -426,6 +426,43 @@ def test_a_broken_length_that_lands_in_the_last_body_of_a_puts_is_not_followed()
         assert [offset for offset, _ in result.skipped] == [at]
 
 
+PLANTED = encode_record([journal_format.PURGE, "vict5"]) * 64  # a body of records
+CARRIERS = {
+    "PUTS, planted last": [PUTS, "jobs", [2, 3], [b"first", PLANTED]],
+    "PUTS, planted first": [PUTS, "jobs", [2, 3], [PLANTED, b"last"]],
+    "PUT": [PUT, "jobs", 2, PLANTED, T0],
+    "PUTX": [journal_format.PUTX, "jobs", 2, PLANTED, T0, {"priority": 3}],
+    "MOVE": [journal_format.MOVE, "jobs", 2, "dlq", 1, ["jobs", T0], None, PLANTED, T0, {}],
+}
+
+
+@pytest.mark.parametrize("synced", [False, True], ids=["appending", "with SYNCED records"])
+@pytest.mark.parametrize("carrier", CARRIERS)
+def test_one_flipped_bit_never_replays_a_planted_record_nor_loses_another(carrier, synced):
+    # Every bit of the frame and of the first 40 payload bytes of a record whose body is
+    # records a producer planted: --repair skips that record and nothing else, and never
+    # replays what was planted. A reviewer found the frame's (shortened) length taken
+    # with SYNCED records, and a body's shortened msgpack length taken without them.
+    nonce = b"N" * 8
+    before = [[SYNCED, len(FILE_HEADER), nonce]] if synced else []
+    before += [[PUT, "vict5", 1, b"keep me", T0]]
+    after = [[PUT, "vict5", 4, b"and me", T0], [ACK, "jobs", 9]]
+    data = journal_bytes(*before, CARRIERS[carrier], *after)
+    at = len(journal_bytes(*before))
+    if synced:
+        data += encode_record([SYNCED, len(data), nonce])
+    data += encode_record([SEQ, 10])
+    good = [r for r in (*before, *after, [SEQ, 10]) if r[0] != SYNCED]
+    for offset in range(at, at + RECORD_HEADER_BYTES + 40):
+        for bit in range(8):
+            damaged = bytearray(data)
+            damaged[offset] ^= 1 << bit
+            got, _ = read_all(bytes(damaged), repair=True)
+            got = [r for r in got if r[0] != SYNCED]
+            assert not any(r[0] == journal_format.PURGE for r in got), (offset - at, bit)
+            assert all(r in got for r in good), (offset - at, bit)
+
+
 @pytest.mark.parametrize("cut", [1, 5, 17])
 def test_a_torn_last_record_with_records_in_its_body_is_a_torn_tail(cut) -> None:
     # The reviewer's torn-tail case: the last record, torn inside its body after a

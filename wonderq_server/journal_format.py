@@ -382,6 +382,23 @@ def _synced_past(data: bytes | memoryview | mmap.mmap, pos: int, end: int,
     return None
 
 
+def _intact_end(view: memoryview, pos: int, end: int,
+                payload_end: int | None) -> int | None:
+    """_intact_end is where the damaged record at `pos` ends when its payload, up to its own
+    msgpack end, matches its checksum: the record is whole and only its length is
+    damaged. The frame's end, inside the payload, could land on records planted in a
+    body that run on to the end of the file (the last body of a PUTS is followed by the
+    records after it): a reviewer's one flipped bit replayed the PURGE records a
+    producer had put there. None otherwise."""
+    size, checksum = unpack_header(view, pos)
+    if payload_end is None or payload_end == _TORN or payload_end >= end \
+            or payload_end == pos + RECORD_HEADER_BYTES + size:
+        return None
+    if zlib.crc32(view[pos + RECORD_HEADER_BYTES:payload_end]) != checksum:
+        return None
+    return payload_end
+
+
 def _resume_before(view: memoryview, pos: int, end: int, proof: int,
                    resume: int | None) -> int:
     """_resume_before is where reading goes on after damage at `pos` that the SYNCED
@@ -390,6 +407,10 @@ def _resume_before(view: memoryview, pos: int, end: int, proof: int,
     `_diagnose`'s runs assume nothing valid follows a torn write, which reserved space
     does not keep (a lost page inside the last write); `proof` is a record boundary."""
     stop = pos + RECORD_HEADER_BYTES + unpack_header(view, pos)[0]
+    intact_end = _intact_end(view, pos, end,
+                             _payload_end(view, pos + RECORD_HEADER_BYTES, end))
+    if intact_end is not None and intact_end <= proof:
+        return intact_end  # only the length was damaged (see there)
     if pos < stop < proof and _valid_at(view, stop, end) is not None:
         return stop
     return proof if resume is None or resume > proof else resume
@@ -619,14 +640,9 @@ def _diagnose(view: memoryview, pos: int, end: int) -> tuple[str, int | None]:
         return problem, None
     if payload_end == _TORN:
         payload_end = None  # the payload runs past the end its frame holds: it is damaged
-    if payload_end is not None and payload_end != stop and payload_end < end and zlib.crc32(
-            view[pos + RECORD_HEADER_BYTES:payload_end]) == checksum:
-        # The payload up to its own end matches the record's checksum: the record is whole
-        # and only its length is damaged, so that is where it ends. The frame's end, inside
-        # its payload, could land on records planted in a body that run on to the end of
-        # the file (the last body of a PUTS is followed by the records after it): a
-        # reviewer's one flipped bit replayed two PURGE records a producer had put there.
-        return problem, payload_end
+    intact_end = _intact_end(view, pos, end, payload_end)
+    if intact_end is not None:
+        return problem, intact_end
     if payload_end in (None, stop) and stop == end:
         return problem, None  # the file's last record, with a bad checksum: a torn tail
     budget = _ScanBudget(pos, end)
@@ -634,7 +650,11 @@ def _diagnose(view: memoryview, pos: int, end: int) -> tuple[str, int | None]:
     # is the file's last record with a broken length, unless records run from the
     # frame's end all the way to the end (then the payload is what is damaged).
     last_record = payload_end == end
-    for resume in sorted({stop, payload_end or stop}):
+    # The payload does not match the checksum, so it is what is damaged (a single
+    # fault): the frame's end first. A damaged msgpack length inside it (a body's) can
+    # end it early, on records planted in that body that run on to the frame's end and
+    # beyond (a reviewer's case: the earlier end was taken, and they were replayed).
+    for resume in dict.fromkeys((stop, payload_end or stop)):
         if resume < end and _frame_skips_damage(view, resume, end) \
                 and _broken_at(view, resume, end, budget, not last_record) is None:
             return problem, resume
