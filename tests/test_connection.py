@@ -18,8 +18,9 @@ from connection_fakes import (
     req,
 )
 
+from wonderq_server import connection as connection_module
 from wonderq_server.commands import Limits
-from wonderq_server.connection_limits import TURN_REQUESTS, ConnectionLimits
+from wonderq_server.connection_limits import TURN_CHECK_REQUESTS, ConnectionLimits
 from wonderq_server.errors import (
     BAD_ARGUMENT,
     FRAME_TOO_LARGE,
@@ -651,17 +652,20 @@ def test_a_codec_bug_is_logged_answered_internal_and_closes(hub, caplog):
     assert "a bug in the codec" in caplog.text
 
 
-def test_a_flood_of_cheap_requests_runs_a_share_per_turn_and_others_go_between(hub):
+def test_a_flood_of_cheap_requests_runs_a_share_per_turn_and_others_go_between(
+        hub, monkeypatch):
     # A reviewer's clients pipelining PINGs without reading had a whole read (256 KB,
     # about 250 ms of PINGs) run per turn each, and a polite PING waited behind all of
-    # them: 12 s with 50. One connection now runs TURN_REQUESTS per turn of the loop.
+    # them: 12 s with 50. One connection now runs about TURN_SECONDS per turn of the loop
+    # (here none: the test's clock stands still), the clock read every TURN_CHECK_REQUESTS.
+    monkeypatch.setattr(connection_module, "TURN_SECONDS", 0.0)
     flooder, flooder_transport = hub.connect()
     polite, polite_transport = hub.connect()
     flooder.data_received(b"PING\r\n" * 1000)  # one read; the loop has not turned yet
     polite.data_received(b"PING\r\n")
     hub._flush()  # the end of this turn: what each has run so far is written
     assert polite_transport.data == b"PONG\r\n"
-    assert flooder_transport.data == b"PONG\r\n" * TURN_REQUESTS  # its share, and no more
+    assert flooder_transport.data == b"PONG\r\n" * TURN_CHECK_REQUESTS  # its share, no more
     hub.run()
     assert flooder_transport.data == b"PONG\r\n" * 1000  # every one, in later turns
 

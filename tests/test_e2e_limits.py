@@ -162,7 +162,7 @@ async def test_a_client_that_parks_receive_after_receive_is_paused(server):
         await in_thread(send_until_the_server_stops_reading)
         # Paused once --max-request-buffer-bytes' worth of waits (1024) wait, and what one
         # read brought (or, on the way there, once what it sent behind its turn's share,
-        # TURN_REQUESTS, passed that limit as raw bytes).
+        # TURN_SECONDS, passed that limit as raw bytes).
         info = await until_stats(client, lambda s: s["server"]["connections_paused"] == 1
                                  and s["queues"]["parked"]["waiting"] > 1024)
         assert info["queues"]["parked"]["waiting"] < 20_000
