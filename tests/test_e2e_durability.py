@@ -557,6 +557,7 @@ async def test_a_data_dir_moved_under_the_server_is_said_once_and_the_journal_go
         await until_stats(client, lambda s: s["server"]["last_compaction_at"] > 0)
     assert server.stop() == 0
     assert server.log.count("is no longer the directory this server locked") == 1
+    assert f"goes on in the moved directory, now {moved}" in server.log
     assert list(data.iterdir()) == []  # nothing written where the path now leads
     with ServerProcess("--port", "0", "--data-dir", str(moved)) as again:
         async with connect(again.host, again.port) as client:

@@ -599,6 +599,14 @@ def test_a_refused_count_over_the_batch_limit_keeps_no_body():
     assert [i.name for i in decoder.feed(b"\nPING\n")] == ["ping"]
 
 
+def test_a_refused_count_with_leading_zeros_still_drops_its_bodies():
+    # A reviewer's `PUT_MANY bad/name 000000002` ran its body "PURGE victim": the header
+    # parser reads that count, so the refusal must too.
+    items = decode(b"PUT_MANY bad/name 000000002\nPURGE victim\nPURGE victim\nPING\n")
+    assert [getattr(i, "name", None) or i.error.code for i in items] == [
+        INVALID_QUEUE_NAME, "ping"]
+
+
 def test_a_count_no_request_could_have_drops_nothing():
     # A reviewer's 20-digit count made every later line a dropped body, QUIT included,
     # for good. No block can carry more bodies than --max-frame-bytes has bytes: such a

@@ -700,9 +700,13 @@ class Journal:
             at_path = None
         if at_path is None or (at_path.st_dev, at_path.st_ino) != (locked.st_dev,
                                                                     locked.st_ino):
+            try:  # where it is now (Linux)
+                now_at = f", now {os.readlink(f'/proc/self/fd/{self._directory_lock_fd}')}"
+            except OSError:
+                now_at = ""
             return (f"{self.directory} is no longer the directory this server locked (it was "
-                    "moved or replaced); the journal goes on in the moved directory, which "
-                    "is what a restart must be given")
+                    f"moved or replaced); the journal goes on in the moved directory{now_at}, "
+                    "which is what a restart must be given")
         return ""
 
     # The data directory's files, by name, relative to the directory this server locked

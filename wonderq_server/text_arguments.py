@@ -186,9 +186,10 @@ def put_many_count_given(rest: bytes, most: int) -> int | None:
     request (every body line takes a byte at least): a typo, whose dropped lines would
     swallow the connection for good."""
     words = rest.split(None, 2)
-    if len(words) < 2 or not words[1].isdigit() or len(words[1]) > len(str(most)):
+    digits = words[1].lstrip(b"0") if len(words) >= 2 else b""
+    if len(words) < 2 or not words[1].isdigit() or len(digits) > len(str(most)):
         return None  # (and int() refuses over 4,300 digits: never try)
-    count = int(words[1])
+    count = int(digits or b"0")  # leading zeros are a count too, as the header parser reads
     return count if 1 <= count <= most else None
 
 

@@ -114,8 +114,9 @@ TEXT_COMMANDS = {
 
 
 # How much of an over-long line is kept to see whether it is a PUT_MANY header with a
-# count: the command, a queue name (at most 128 bytes) and the count, with room to spare.
-HEADER_PEEK_BYTES = 512
+# count: the command, a queue name (at most 128 bytes, or a longer one that is refused)
+# and the count, with room to spare.
+HEADER_PEEK_BYTES = 4096
 
 
 def _dropped(count: int) -> str:
