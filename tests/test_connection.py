@@ -20,7 +20,11 @@ from connection_fakes import (
 
 from wonderq_server import connection as connection_module
 from wonderq_server.commands import Limits
-from wonderq_server.connection_limits import TURN_CHECK_REQUESTS, ConnectionLimits
+from wonderq_server.connection_limits import (
+    HELD_REQUEST_BYTES,
+    TURN_CHECK_REQUESTS,
+    ConnectionLimits,
+)
 from wonderq_server.errors import (
     BAD_ARGUMENT,
     FRAME_TOO_LARGE,
@@ -668,6 +672,16 @@ def test_a_flood_of_cheap_requests_runs_a_share_per_turn_and_others_go_between(
     assert flooder_transport.data == b"PONG\r\n" * TURN_CHECK_REQUESTS  # its share, no more
     hub.run()
     assert flooder_transport.data == b"PONG\r\n" * 1000  # every one, in later turns
+
+
+def test_requests_held_decoded_count_toward_the_client_memory_limit(hub):
+    # A reviewer's text connection held one slice of two-byte unknown lines behind a
+    # waiting GET, decoded (about a kilobyte each): 1.8 MiB that memory_bytes, and so
+    # --max-client-memory, did not see (300 connections, 540 MB).
+    connection, _ = hub.connect()
+    hub.send(connection, b"GET q wait=300\r\n" + b"X\n" * 2040)
+    assert len(connection._held) > 1000
+    assert connection.memory_bytes() >= len(connection._held) * HELD_REQUEST_BYTES
 
 
 def test_lines_held_behind_a_wait_cost_about_their_size_not_their_decoded_size(hub):

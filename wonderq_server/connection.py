@@ -75,6 +75,7 @@ from .binary_codec import MAGIC, BinaryDecoder, BinaryEncoder
 from .commands import Command, Limits, Rejected
 from .connection_limits import (
     DECODE_SLICE_BYTES,
+    HELD_REQUEST_BYTES,
     PRE_AUTH_REQUEST_BYTES,
     REFUSAL_WAIT_S,
     REPLY_HOLD_BYTES,
@@ -805,12 +806,14 @@ class Connection(asyncio.Protocol):
 
     def memory_bytes(self) -> int:
         """memory_bytes is about what this connection makes the server hold: its partial
-        input, input held undecoded, replies not yet sent (built or in the transport),
-        and its waiting receives (WAITING_RECEIVE_BYTES each). Held decoded requests are
-        one slice at most and are not counted."""
+        input, input held undecoded, requests held decoded (one slice's worth at most, but
+        a two-byte line decodes to an error of about a kilobyte: HELD_REQUEST_BYTES each;
+        uncounted, a reviewer's 300 connections held 540 MB the limit did not see),
+        replies not yet sent (built or in the transport), and its waiting receives
+        (WAITING_RECEIVE_BYTES each)."""
         decoder, transport = self._decoder, self.transport
         held = len(self._pending) + len(self._held_input) + self._out_bytes \
-            + len(self._waiters) * WAITING_RECEIVE_BYTES
+            + len(self._waiters) * WAITING_RECEIVE_BYTES + len(self._held) * HELD_REQUEST_BYTES
         if decoder is not None:
             held += decoder.buffered_bytes()
         if transport is not None and not self._closed:

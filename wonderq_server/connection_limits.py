@@ -56,7 +56,12 @@ request limit sees, and each gets one rule, enforced where the bytes are:
   that hold the most until the rest fit: Redis' maxmemory-clients.
   Messages leased to them come back when their leases run out. The pass
   costs about 6 ms a second with 10,000 connections (in process, the
-  tests' fake transports), nothing per request.
+  tests' fake transports), nothing per request. Between two passes the
+  connections can add what the server reads in a second (a reviewer: 830
+  MiB against a 64 MiB limit on loopback), and the biggest holder may be a
+  consumer reading a big receive: the limit is a backstop against many
+  connections together, to be set well above what the largest receives of
+  all consumers at once can hold.
 * **Connections that never authenticate** (`auth_timeout_s`, with an auth
   token only): a connection that has not sent the right AUTH within this
   long is answered AUTH_TIMEOUT and closed, so strangers cannot hold the
@@ -104,6 +109,11 @@ DEFAULT_MAX_REPLY_BUFFER_BYTES = 64 * 1024 * 1024
 # enough that ordinary pipelining (tens of thousands of put replies) never
 # notices.
 REPLY_HOLD_BYTES = 1024 * 1024
+
+# What one request held decoded (behind a blocking one, or past a connection's turn) is
+# counted for against --max-client-memory: about what the largest of them take, an error
+# for a two-byte unknown line (see DECODE_SLICE_BYTES).
+HELD_REQUEST_BYTES = 1024
 
 # How long one connection's requests may run in one turn of the event loop; the rest of
 # what it sent waits for the next turn (held, as behind a blocking request), after the
