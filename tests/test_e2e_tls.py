@@ -37,6 +37,39 @@ async def test_put_receive_ack_over_tls(server_factory, tls_files):
         assert (await client.stats())["server"]["tls"] is True
 
 
+async def test_handshakes_in_progress_count_toward_max_connections(server_factory, tls_files):
+    # A reviewer's silent TCP connections to the TLS port were counted by nothing until
+    # their handshakes ended, and filled the file-descriptor table. With the handshakes in
+    # progress and the open connections at --max-connections, the next is closed at once.
+    proc = server_factory(*tls_files.server_flags(), "--max-connections", "3")
+    silent = [socket.create_connection((proc.host, proc.port), timeout=10) for _ in range(3)]
+    try:
+        # Accepted in the order they connected: these three are the ones over the limit.
+        extra = [socket.create_connection((proc.host, proc.port), timeout=10)
+                 for _ in range(3)]
+        for sock in extra:  # closed by the server at once, not after the handshake timeout
+            assert await asyncio.to_thread(sock.recv, 100) == b""
+            sock.close()
+        assert "handshakes in progress included" in proc.log
+    finally:
+        for sock in silent:
+            sock.close()
+
+    async def connected() -> dict:
+        async with connect(proc.host, proc.port, ssl=tls_files.client_context()) as client:
+            return await client.stats()
+
+    # Once those are gone, clients get in (each try is an event: the server's answer).
+    for _ in range(50):
+        with contextlib.suppress(ConnectionClosed, ConnectionError, ssl.SSLError):
+            stats = await connected()
+            break
+    else:
+        raise AssertionError("no TLS client got in after the silent ones closed")
+    assert stats["server"]["tls_handshakes_in_progress"] == 0
+    assert stats["server"]["tls_handshake_failures_total"] >= 3
+
+
 async def test_tls_clients_that_close_leave_the_log_clean(server_factory, tls_files):
     # asyncio's TLS layer warns when eof_received asks to keep a TLS socket half open.
     proc = server_factory(*tls_files.server_flags())

@@ -114,10 +114,14 @@ class Server:
         self.metrics_ssl_context = (
             tls.server_context(config.tls_cert, config.tls_key, config.tls_ca)
             if self.ssl_context is not None and config.metrics_port is not None else None)
+        # Handshakes in progress count toward --max-connections (tls.py's rules).
+        self.handshake_limit = tls.HandshakeLimit(
+            lambda: self.max_connections - (len(self.connections) - len(self._refused)))
         if self.ssl_context is not None:
             tls.report_failed_handshakes(
                 self.ssl_context,
-                lambda reason, why: self._tls_handshake_failed("", reason, why))
+                lambda reason, why: self._tls_handshake_failed("", reason, why),
+                self.handshake_limit)
         if self.metrics_ssl_context is not None:
             tls.report_failed_handshakes(
                 self.metrics_ssl_context,
@@ -709,6 +713,7 @@ class Server:
             "rss_bytes": resident_memory_bytes(),
             "tls": self.ssl_context is not None,
             "tls_handshake_failures_total": self.tls_handshake_failures,
+            "tls_handshakes_in_progress": self.handshake_limit.in_progress,
             "auth_failures_total": self.auth.failures,
             "busy_poll_us": self.config.busy_poll_us,
         }

@@ -27,6 +27,16 @@ Rules:
   it usually means (HANDSHAKE_HINTS); one that never finishes (a client
   that connects and sends nothing, a port scanner, a health check that
   only opens the port) is not an error of TLS and is not reported.
+* Handshakes in progress hold a socket each before any Connection exists,
+  so --max-connections (which counts Connections) did not see them: a
+  reviewer's silent TCP connections to the TLS port filled the
+  file-descriptor table, and polite TLS clients then failed. The hook
+  counts them (`HandshakeLimit`): one that would start while the
+  handshakes in progress and the open connections together are at the
+  limit is failed at once (an SSLError, so the TLS layer closes the
+  socket), and reported like any failed handshake. Plain TCP gets
+  TOO_MANY_CONNECTIONS from the server; over TLS nothing can be said
+  before a handshake.
 * The files are read once, before the journal is recovered, so a bad file
   stops start-up at once with TLSSetupError: a message naming the flag and
   the file, never a traceback, and never a prompt for a key's passphrase.
@@ -37,6 +47,7 @@ Must not know: the broker, the protocol.
 from __future__ import annotations
 
 import ssl
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -85,22 +96,64 @@ def server_context(cert: Path, key: Path, ca: Path | None = None) -> ssl.SSLCont
     return context
 
 
+class HandshakeLimit:
+    """HandshakeLimit counts a port's TLS handshakes in progress and refuses new ones while
+    `room()` (the server's: its limit minus its open connections) is not above them."""
+
+    def __init__(self, room: Callable[[], int]) -> None:
+        self.room = room
+        self.in_progress = 0
+        self.refused = 0  # handshakes failed at once for want of room
+
+
+TOO_MANY_HANDSHAKES = "TOO_MANY_CONNECTIONS"
+
+
 def report_failed_handshakes(context: ssl.SSLContext,
-                             report: Callable[[str, str], None]) -> None:
+                             report: Callable[[str, str], None],
+                             limit: HandshakeLimit | None = None) -> None:
     """report_failed_handshakes makes every failed handshake on `context` call
-    `report(reason, why)`: OpenSSL's reason, and it with what it usually means."""
+    `report(reason, why)`: OpenSSL's reason, and it with what it usually means; with a
+    `limit`, a handshake that would start without room is failed at once (the rules)."""
 
     class ReportingSSLObject(ssl.SSLObject):
         def do_handshake(self) -> None:
+            counted = getattr(self, "_counted", None)
+            if counted is None and limit is not None:  # the first call: at accept
+                if limit.in_progress >= limit.room():
+                    limit.refused += 1
+                    self._counted = False
+                    report(TOO_MANY_HANDSHAKES, "the server already serves its maximum of "
+                           "connections (--max-connections), handshakes in progress included")
+                    raise ssl.SSLError(TOO_MANY_HANDSHAKES)
+                limit.in_progress += 1
+                self._counted = counted = True
+                # An abandoned handshake (timed out, the peer gone) ends with the object.
+                weakref.finalize(self, _handshake_over, limit, self.__dict__)
             try:
                 super().do_handshake()
             except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 raise  # not done yet: the TLS layer calls again when more has come
             except ssl.SSLError as exc:
+                self._over(limit)
                 report(handshake_reason(exc), describe_handshake_error(exc))
                 raise
+            self._over(limit)
+
+        def _over(self, limit: HandshakeLimit | None) -> None:
+            if limit is not None and self.__dict__.get("_counted"):
+                self._counted = False
+                limit.in_progress -= 1
 
     context.sslobject_class = ReportingSSLObject
+
+
+def _handshake_over(limit: HandshakeLimit, state: dict[str, object]) -> None:
+    """_handshake_over: a counted handshake's object is gone; if it never finished, it
+    is no longer in progress."""
+    if state.get("_counted"):
+        state["_counted"] = False
+        limit.in_progress -= 1
 
 
 def handshake_reason(exc: ssl.SSLError) -> str:
