@@ -162,14 +162,19 @@ def compact(directory: Path, checkpoint: Checkpoint) -> tuple[Journal, Broker, i
     return journal, broker, size_before
 
 
-def compact_at_once(journal: Journal, broker: Broker, now: float) -> None:
-    """compact_at_once runs a whole compaction with nothing happening in between."""
+def presynced(journal: Journal, broker: Broker) -> Compaction:
+    """presynced: a compaction with every slice written and pre-synced, ready to switch."""
     c = Compaction(journal, broker)
     c.start()
     while not c.step():
         pass
     c.presync()
-    c.switch(now)
+    return c
+
+
+def compact_at_once(journal: Journal, broker: Broker, now: float) -> None:
+    """compact_at_once runs a whole compaction with nothing happening in between."""
+    presynced(journal, broker).switch(now)
 
 
 def no_crash(stage: str, journal: Journal, broker: Broker) -> None:
@@ -418,12 +423,7 @@ def test_abandon_during_the_presync_leaves_the_file_to_the_thread(
 def ready_to_switch(directory: Path) -> tuple[Journal, Broker, Compaction]:
     """ready_to_switch: a compaction of `filled` with every slice written and pre-synced."""
     journal, broker, _ = filled(directory)
-    c = Compaction(journal, broker)
-    c.start()
-    while not c.step():
-        pass
-    c.presync()
-    return journal, broker, c
+    return journal, broker, presynced(journal, broker)
 
 
 def test_a_compaction_stays_in_the_directory_it_locked_when_the_path_is_replaced(
@@ -438,12 +438,7 @@ def test_a_compaction_stays_in_the_directory_it_locked_when_the_path_is_replaced
     data.mkdir()
     others = journal_path(data, 1)
     others.write_bytes(b"another server's live journal")
-    c = Compaction(journal, broker)
-    c.start()
-    while not c.step():
-        pass
-    c.presync()
-    c.switch(NOW)
+    compact_at_once(journal, broker, NOW)
     broker.put("q", b"after the switch", T0 + 4)
     journal.write_pending()
     expected = broker_state(broker)

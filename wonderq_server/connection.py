@@ -583,21 +583,23 @@ class Connection(asyncio.Protocol):
         does without moving the rest: a client pipelining past its TURN_SECONDS per turn had
         its whole held input (up to --max-request-buffer-bytes) copied twice per turn,
         2.6 times the CPU for one flooding client (a reviewer)."""
-        if type(data) is bytearray and not self._held_input:
+        if type(data) is bytearray:
             del data[:start]
-            self._held_input = data
-            if len(data) > self.hub.connection_limits.max_request_buffer_bytes:
-                self._pause("held")
-            return
-        self._hold_input(data[start:])
+            self._hold_input(data)
+        else:
+            self._hold_input(data[start:])
 
-    def _hold_input(self, data: bytes) -> None:
-        """_hold_input keeps bytes read while requests are held, undecoded.
+    def _hold_input(self, data: bytes | bytearray) -> None:
+        """_hold_input keeps bytes read while requests are held, undecoded; a bytearray,
+        when nothing is held yet, is kept as it is (it is the held input handed back).
 
         Raw bytes are measured exactly, so --max-request-buffer-bytes bounds
         them: past it, reading stops until what is held has run.
         """
-        self._held_input += data
+        if not self._held_input and type(data) is bytearray:
+            self._held_input = data
+        else:
+            self._held_input += data
         if len(self._held_input) > self.hub.connection_limits.max_request_buffer_bytes:
             self._pause("held")
 
@@ -829,10 +831,7 @@ class Connection(asyncio.Protocol):
         logger.warning("disconnecting %s: it holds %d bytes of buffers, the most of all "
                        "connections, which together hold over --max-client-memory %d",
                        self.peer, held, limit)
-        self._begin_close()
-        self._closed = True
-        if self.transport is not None:
-            self.transport.abort()
+        self._drop_now()
 
     def _cut_off_slow_reader(self, transport: asyncio.Transport) -> None:
         """_cut_off_slow_reader drops a connection that is not reading its replies.
@@ -846,9 +845,16 @@ class Connection(asyncio.Protocol):
                        "--max-reply-buffer-bytes %d; the client is not reading", self.peer,
                        transport.get_write_buffer_size(),
                        self.hub.connection_limits.max_reply_buffer_bytes)
+        self._drop_now()
+
+    def _drop_now(self) -> None:
+        """_drop_now ends the connection at once, its unsent replies thrown away (abort, not
+        close: close would keep them until sent); its leases run out as after any
+        disconnect."""
         self._begin_close()
         self._closed = True  # take no more replies; connection_lost still cleans up
-        transport.abort()
+        if self.transport is not None:
+            self.transport.abort()
 
     def stop_reading(self) -> None:
         """stop_reading: the server is stopping; read nothing more, for good (no drain or

@@ -141,16 +141,15 @@ def report_failed_handshakes(context: ssl.SSLContext,
             self._over(limit)
 
         def _over(self, limit: HandshakeLimit | None) -> None:
-            if limit is not None and self.__dict__.get("_counted"):
-                self._counted = False
-                limit.in_progress -= 1
+            if limit is not None:
+                _handshake_over(limit, self.__dict__)
 
     context.sslobject_class = ReportingSSLObject
 
 
 def _handshake_over(limit: HandshakeLimit, state: dict[str, object]) -> None:
-    """_handshake_over: a counted handshake's object is gone; if it never finished, it
-    is no longer in progress."""
+    """_handshake_over: a counted handshake has finished, failed, or (its object gone)
+    been abandoned: it is no longer in progress. Once only, whichever comes first."""
     if state.get("_counted"):
         state["_counted"] = False
         limit.in_progress -= 1
