@@ -18,8 +18,12 @@ def frame(obj: object) -> bytes:
 class RawSocket:
     """A blocking socket with a read buffer; every read waits at most TIMEOUT_S."""
 
-    def __init__(self, host: str, port: int) -> None:
-        self.sock = socket.create_connection((host, port), timeout=TIMEOUT_S)
+    def __init__(self, host: str, port: int, source: str | None = None) -> None:
+        # source: the local address to connect from (all of 127/8 is loopback, so each
+        # address there is another client host to the server).
+        self.sock = socket.create_connection(
+            (host, port), timeout=TIMEOUT_S,
+            source_address=None if source is None else (source, 0))
         self.buffer = b""
 
     def send(self, data: bytes) -> None:

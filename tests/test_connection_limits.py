@@ -22,6 +22,7 @@ from wonderq_server.connection_limits import (
     RESERVED_FILE_DESCRIPTORS,
     WAITING_RECEIVE_BYTES,
     ConnectionLimits,
+    address_key,
     fit_open_files,
 )
 from wonderq_server.errors import IDLE_TIMEOUT, TOO_MANY_CONNECTIONS, ProtocolError
@@ -269,6 +270,25 @@ def test_a_waiting_receive_of_a_cut_off_client_takes_nothing(tight_hub):
 
 
 # ------------------------------------------------------------- open-file limit
+
+# ------------------------------------------------------ connections per address
+
+@pytest.mark.parametrize(("peer", "key"), [
+    (("10.1.2.3", 5000), "10.1.2.3"),
+    (("::ffff:10.1.2.3", 5000, 0, 0), "10.1.2.3"),  # IPv4 mapped into an IPv6 socket
+    (("2001:db8:1:2:aaaa:bbbb:cccc:dddd", 5000, 0, 0), "2001:db8:1:2::/64"),
+    (("2001:db8:1:2::1", 5001, 0, 0), "2001:db8:1:2::/64"),  # the same /64
+    (("2001:db8:1:3::1", 5001, 0, 0), "2001:db8:1:3::/64"),
+    (("fe80::1%eth0", 5000, 0, 2), "fe80::/64"),
+    (("::1", 5000, 0, 0), "::/64"),
+    ("", None),  # a Unix socket's peer
+    ("/run/wonderq.sock", None),
+    (None, None),
+    (("not an address", 1), None),
+])
+def test_address_key_counts_ipv4_whole_and_ipv6_by_its_64_bit_prefix(peer, key):
+    assert address_key(peer) == key
+
 
 def test_fit_open_files_leaves_a_large_enough_limit_alone():
     assert fit_open_files(100, 10_000, 20_000) == (10_000, 100)

@@ -18,7 +18,7 @@ import struct
 
 import pytest
 from certificates import TlsFiles
-from polling import until_stats
+from polling import until_stats, until_true
 from raw_socket import PREAMBLE, frame
 from raw_socket import BinarySocket as Raw
 from raw_socket import TextSocket as Text
@@ -74,6 +74,59 @@ async def test_a_refused_connection_that_sends_nothing_is_closed(server_factory)
         finally:
             silent.close()
         assert (await client.stats())["server"]["connections_refused_total"] == 1
+
+
+async def test_one_address_may_hold_only_its_share_of_the_connections(server_factory):
+    server = server_factory("--max-connections-per-address", "2")
+    clients = [await connect(server.host, server.port) for _ in range(2)]
+    other = Text(server.host, server.port, source="127.0.0.2")
+    try:
+        for client in clients:
+            assert await client.ping() == "pong"
+        extra = await connect(server.host, server.port)  # a third from 127.0.0.1
+        with pytest.raises(ConnectionClosed, match="TOO_MANY_CONNECTIONS.*2 connections "
+                           r"from 127\.0\.0\.1 \(--max-connections-per-address\)"):
+            await extra.ping()
+        await extra.close()
+        # Another address is served meanwhile, and its connections are its own.
+        other.send(b"PING\r\n")
+        assert await in_thread(other.line) == b"PONG"
+        third = Text(server.host, server.port, source="127.0.0.2")
+        third.send(b"PING\r\n")
+        assert await in_thread(third.line) == b"PONG"
+        fourth = Text(server.host, server.port, source="127.0.0.2")
+        fourth.send(b"PING\r\n")
+        assert (await in_thread(fourth.line)).startswith(b"ERR TOO_MANY_CONNECTIONS ")
+        assert await in_thread(fourth.at_eof)
+        for sock in (third, fourth):
+            sock.close()
+        info = (await clients[0].stats())["server"]
+        assert info["max_connections_per_address"] == 2
+        assert info["connections_refused_per_address_total"] == 2
+        assert info["connections_refused_total"] == 2
+        await until_true(lambda: "(--max-connections-per-address)" in server.log)
+        # A slot that is given back is free for the same address again.
+        await clients.pop().close()
+        await until_stats(clients[0], lambda s: s["server"]["connections"] == 2)
+        clients.append(await connect(server.host, server.port))
+        assert await clients[-1].ping() == "pong"
+    finally:
+        other.close()
+        for client in clients:
+            await client.close()
+
+
+async def test_no_limit_per_address_with_zero(server_factory):
+    server = server_factory("--max-connections-per-address", "0", "--max-connections", "3")
+    clients = [await connect(server.host, server.port) for _ in range(3)]
+    try:
+        for client in clients:
+            assert await client.ping() == "pong"
+        info = (await clients[0].stats())["server"]
+        assert (info["max_connections_per_address"], info["connections"]) == (0, 3)
+    finally:
+        for client in clients:
+            await client.close()
 
 
 def test_max_connections_below_one_is_refused_at_start(server_factory):
@@ -266,7 +319,9 @@ async def test_a_client_owed_more_than_the_reply_buffer_is_cut_off(server_factor
             await client.put_many("owed", bodies[start:start + 50])
         await until_stats(client,
                           lambda s: s["server"]["slow_reader_disconnects_total"] == 1)
-        assert 'disconnecting' in server.log and "--max-reply-buffer-bytes" in server.log
+        # The log is read by another thread: wait for the line, not only the count.
+        await until_true(lambda: "--max-reply-buffer-bytes" in server.log)
+        assert 'disconnecting' in server.log
         slow.close()
         # What it was handed comes back when its leases run out: nothing is lost.
         seen = set()
@@ -294,7 +349,7 @@ async def test_over_the_client_memory_limit_the_connection_holding_most_is_cut_o
             client, lambda s: s["server"]["client_memory_disconnects_total"] == 1)
         assert stats["server"]["max_client_memory"] == 4 << 20
         assert stats["server"]["client_memory_bytes"] <= 4 << 20
-        assert "--max-client-memory" in server.log
+        await until_true(lambda: "--max-client-memory" in server.log)
         with contextlib.suppress(ConnectionResetError):
             big.sock.settimeout(5)
             assert big.sock.recv(100) == b""  # cut off, without a word (abort)

@@ -17,6 +17,7 @@ import urllib.request
 
 import pytest
 from certificates import TlsFiles
+from polling import until_true
 
 from wonderq_client import AuthFailed, connect
 from wonderq_server.auth import AUTH_FAILURE_DELAY_S
@@ -93,4 +94,5 @@ async def test_metrics_over_tls(server_factory, tmp_path):
                        auth_token=TOKEN) as client:
         stats = (await client.stats())["server"]
     assert stats["tls_handshake_failures_total"] == 1
-    assert "a TLS handshake on the metrics port failed: HTTP_REQUEST" in server.log
+    await until_true(lambda: "a TLS handshake on the metrics port failed: HTTP_REQUEST"
+                     in server.log)  # the log is read by another thread

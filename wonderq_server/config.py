@@ -278,6 +278,10 @@ FLAGS = [
     ("--max-connections", "max_connections", _positive_int, _CONNECTION_LIMITS.max_connections,
      "most client connections; the next is answered TOO_MANY_CONNECTIONS and closed (the "
      "open-file limit is raised to fit, or this is lowered with a warning)"),
+    ("--max-connections-per-address", "max_connections_per_address", _count,
+     _CONNECTION_LIMITS.max_connections_per_address,
+     "most client connections from one address (an IPv4 address, an IPv6 /64); the next "
+     "is answered TOO_MANY_CONNECTIONS and closed; 0 no limit"),
     ("--max-request-buffer-bytes", "max_request_buffer_bytes", _positive_int,
      _CONNECTION_LIMITS.max_request_buffer_bytes,
      "bytes of requests one connection may have read but not yet run (text lines behind a "
@@ -431,6 +435,7 @@ def parse_config(argv: Sequence[str] | None = None,
                                "0.0.0.0 or :: listens on every interface")
     connection_limits = ConnectionLimits(
         max_connections=ns.max_connections,
+        max_connections_per_address=ns.max_connections_per_address,
         max_request_buffer_bytes=ns.max_request_buffer_bytes,
         max_reply_buffer_bytes=ns.max_reply_buffer_bytes,
         idle_timeout_s=ns.idle_timeout_s,

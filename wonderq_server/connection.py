@@ -189,6 +189,7 @@ class Connection(asyncio.Protocol):
         self._running_input = False  # in data_received: input_done will hand replies over
         self._paused_by: set[str] = set()
         self.peer: Any = None
+        self.address: str | None = None  # the server's: counted under it once admitted
         self.last_request_at = 0.0  # for --idle-timeout: when a request last arrived
         self._timer: Timer | None = None  # the idle timer, or the refusal's deadline
         self._refusal: WonderQError | None = None  # over --max-connections: the answer

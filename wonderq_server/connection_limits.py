@@ -12,6 +12,17 @@ request limit sees, and each gets one rule, enforced where the bytes are:
   (`fit_open_files`), or lowers the limit it enforces and says so, as
   Redis does with maxclients: running out of file descriptors would make
   accept() fail for everyone, with no reply at all.
+* **Too many from one address** (`max_connections_per_address`): one
+  client host (`address_key`: an IPv4 address, an IPv6 /64, which one host
+  or site usually holds whole) may hold at most this many, refused as
+  above. Without it, one host's silent connections (a bug's leak, or an
+  attacker's) could take every --max-connections slot and keep every other
+  client out, as nginx's limit_conn and HAProxy's conn_cur rules prevent.
+  Clients behind one NAT or proxy share an address: the default, 1000, is
+  a tenth of --max-connections'; 0 turns it off. A TLS connection counts
+  once its handshake is done: the handshake cannot see its peer's address
+  (tls.py), so handshakes in progress count only toward --max-connections,
+  and --tls-handshake-timeout ends them.
 * **Requests read but not yet run** (`max_request_buffer_bytes`): a text
   connection holds the lines that arrive behind a waiting receive (text
   replies go strictly in order), any connection those behind replies not
@@ -98,9 +109,11 @@ stats counter (`Counters`, reported by the server's stats).
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 DEFAULT_MAX_CONNECTIONS = 10000  # Redis' maxclients default
+DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 1000  # a tenth of the above
 DEFAULT_MAX_REQUEST_BUFFER_BYTES = 1024 * 1024
 DEFAULT_MAX_REPLY_BUFFER_BYTES = 64 * 1024 * 1024
 
@@ -162,6 +175,7 @@ class ConnectionLimits:
     """The limits on connections; each has a server flag (see config.py)."""
 
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_connections_per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS  # 0: no limit
     max_request_buffer_bytes: int = DEFAULT_MAX_REQUEST_BUFFER_BYTES
     max_reply_buffer_bytes: int = DEFAULT_MAX_REPLY_BUFFER_BYTES
     idle_timeout_s: float = 0.0  # 0: connections may stay idle forever
@@ -174,15 +188,43 @@ class Counters:
     """What the connection limits have done since start-up, for stats."""
 
     __slots__ = ("auth_timeouts", "client_memory_bytes", "client_memory_disconnects",
-                 "idle_disconnects", "refused", "slow_reader_disconnects")
+                 "idle_disconnects", "refused", "refused_per_address",
+                 "slow_reader_disconnects")
 
     def __init__(self) -> None:
-        self.refused = 0  # over max_connections
+        self.refused = 0  # over max_connections or max_connections_per_address
+        self.refused_per_address = 0  # of those, over max_connections_per_address
         self.idle_disconnects = 0  # closed by idle_timeout_s
         self.slow_reader_disconnects = 0  # over max_reply_buffer_bytes
         self.auth_timeouts = 0  # no AUTH within auth_timeout_s
         self.client_memory_disconnects = 0  # over max_client_memory_bytes, together
         self.client_memory_bytes = 0  # what the connections held at the last check
+
+
+# An IPv6 client's address counts by its first 64 bits: one host or site usually has
+# a whole /64, and could otherwise open each connection from an address of its own.
+IPV6_PREFIX_BITS = 64
+
+
+def address_key(peer: object) -> str | None:
+    """address_key: what `max_connections_per_address` counts a connection under.
+
+    `peer` is the socket's peername: (host, port) for IPv4, (host, port,
+    flowinfo, scope) for IPv6. An IPv4 address counts as itself (also when it
+    comes mapped into IPv6), an IPv6 one by its /64. None (no limit) for
+    anything else: a Unix socket's peer, or no address at all.
+    """
+    if not isinstance(peer, tuple) or not peer or not isinstance(peer[0], str):
+        return None
+    try:
+        address = ipaddress.ip_address(peer[0].split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, IPV6_PREFIX_BITS), strict=False))
+    return str(address)
 
 
 def fit_open_files(max_connections: int, soft: int, hard: int) -> tuple[int, int]:

@@ -116,6 +116,8 @@ SERVER_GAUGES = [
      "Bytes of records in the live journal file (reserved zeros not counted)."),
     ("max_connections", "wonderq_max_connections",
      "--max-connections as enforced (lowered if the open-file limit is too small)."),
+    ("max_connections_per_address", "wonderq_max_connections_per_address",
+     "--max-connections-per-address: most connections from one address (0: no limit)."),
     ("connections_paused", "wonderq_connections_paused",
      "Connections the server is not reading from now (flow control)."),
     ("client_memory_bytes", "wonderq_client_memory_bytes",
@@ -133,7 +135,11 @@ SERVER_COUNTERS = [
     ("compactions_failed_total", "wonderq_compactions_failed",
      "Journal compactions abandoned (writing the new file failed) since start."),
     ("connections_refused_total", "wonderq_connections_refused",
-     "Connections refused with TOO_MANY_CONNECTIONS (over --max-connections) since start."),
+     "Connections refused with TOO_MANY_CONNECTIONS (over --max-connections or "
+     "--max-connections-per-address) since start."),
+    ("connections_refused_per_address_total", "wonderq_connections_refused_per_address",
+     "Connections refused with TOO_MANY_CONNECTIONS over --max-connections-per-address "
+     "since start."),
     ("auth_timeouts_total", "wonderq_auth_timeouts",
      "Connections closed with AUTH_TIMEOUT (no AUTH within --auth-timeout) since start."),
     ("idle_disconnects_total", "wonderq_idle_disconnects",

@@ -53,7 +53,12 @@ from .busy_poll import BusyPoll
 from .compaction import Compaction
 from .config import Config
 from .connection import Connection, Output
-from .connection_limits import RESERVED_FILE_DESCRIPTORS, Counters, fit_open_files
+from .connection_limits import (
+    RESERVED_FILE_DESCRIPTORS,
+    Counters,
+    address_key,
+    fit_open_files,
+)
 from .errors import TOO_MANY_CONNECTIONS, ProtocolError
 from .group_commit import GroupCommit
 from .journal import CompactionFailed, Journal, JournalBroken, JournalError
@@ -98,6 +103,8 @@ class Server:
         self.counters = Counters()
         self.refusal_log = RefusalLog(logger)  # wrong tokens, connections over the limit
         self._refused: set[Connection] = set()  # over the limit, waiting for their answer
+        # Admitted connections by client address (--max-connections-per-address).
+        self._connections_from: dict[str, int] = {}
         self.broker = Broker(visibility_timeout_s=config.visibility_timeout_s,
                              max_message_bytes=config.limits.max_message_bytes,
                              max_queues=config.max_queues,
@@ -376,7 +383,8 @@ class Server:
         return self._loop.call_later(delay_s, callback)
 
     def connection_opened(self, connection: Connection) -> None:
-        """connection_opened admits the connection, or refuses it (over --max-connections).
+        """connection_opened admits the connection, or refuses it (over --max-connections,
+        or --max-connections-per-address from its address).
 
         Refused connections wait at most REFUSAL_WAIT_S for their answer, and
         only half the reserved descriptors' worth of them at a time: past
@@ -394,21 +402,40 @@ class Server:
             connection.transport.close()
             return
         self.connections.add(connection)
+        address = address_key(connection.peer)
+        per_address = self.connection_limits.max_connections_per_address
         if len(self.connections) - len(self._refused) > self.max_connections:
-            self.counters.refused += 1
             self.refusal_log.warn("connections refused", self.now(), "refused a connection "
                                   "from %s: the server already serves %d (--max-connections)",
                                   connection.peer, self.max_connections)
-            if len(self._refused) >= RESERVED_FILE_DESCRIPTORS // 2:
-                assert connection.transport is not None
-                connection.transport.abort()
-                return
-            self._refused.add(connection)
-            connection.refuse(ProtocolError(
-                TOO_MANY_CONNECTIONS, f"the server already serves its maximum of "
-                f"{self.max_connections} connections (--max-connections); try again later"))
+            self._refuse(connection, f"the server already serves its maximum of "
+                         f"{self.max_connections} connections (--max-connections)")
             return
+        if address is not None and per_address and \
+                self._connections_from.get(address, 0) >= per_address:
+            self.counters.refused_per_address += 1
+            self.refusal_log.warn("connections refused per address", self.now(),
+                                  "refused a connection from %s: the server already serves "
+                                  "%d from %s (--max-connections-per-address)",
+                                  connection.peer, per_address, address)
+            self._refuse(connection, f"the server already serves {per_address} connections "
+                         f"from {address} (--max-connections-per-address)")
+            return
+        if address is not None:
+            connection.address = address
+            self._connections_from[address] = self._connections_from.get(address, 0) + 1
         self.connections_total += 1
+
+    def _refuse(self, connection: Connection, why: str) -> None:
+        """_refuse: answer TOO_MANY_CONNECTIONS once the client's mode shows, then close;
+        past half the reserved descriptors' worth waiting, cut off without an answer."""
+        self.counters.refused += 1
+        if len(self._refused) >= RESERVED_FILE_DESCRIPTORS // 2:
+            assert connection.transport is not None
+            connection.transport.abort()
+            return
+        self._refused.add(connection)
+        connection.refuse(ProtocolError(TOO_MANY_CONNECTIONS, f"{why}; try again later"))
 
     def _unsent_replies(self) -> dict[Connection, int]:
         """_unsent_replies: the bytes each connection still has to send (at a stop)."""
@@ -426,6 +453,13 @@ class Server:
     def connection_closed(self, connection: Connection) -> None:
         self.connections.discard(connection)
         self._refused.discard(connection)
+        if connection.address is not None:
+            left = self._connections_from[connection.address] - 1
+            if left:
+                self._connections_from[connection.address] = left
+            else:
+                del self._connections_from[connection.address]
+            connection.address = None
         if self._all_closed is not None:
             if not self.connections and not self._all_closed.done():
                 self._all_closed.set_result(None)
@@ -704,6 +738,8 @@ class Server:
             "max_connections": self.max_connections,
             "connections_paused": sum(1 for c in self.connections if c.paused),
             "connections_refused_total": self.counters.refused,
+            "max_connections_per_address": self.connection_limits.max_connections_per_address,
+            "connections_refused_per_address_total": self.counters.refused_per_address,
             "idle_disconnects_total": self.counters.idle_disconnects,
             "auth_timeouts_total": self.counters.auth_timeouts,
             "slow_reader_disconnects_total": self.counters.slow_reader_disconnects,

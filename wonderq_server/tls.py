@@ -36,7 +36,9 @@ Rules:
   limit is failed at once (an SSLError, so the TLS layer closes the
   socket), and reported like any failed handshake. Plain TCP gets
   TOO_MANY_CONNECTIONS from the server; over TLS nothing can be said
-  before a handshake.
+  before a handshake. The hook cannot count them per address
+  (--max-connections-per-address): an SSLObject is made from memory BIOs
+  and never learns its peer; the connection counts there once it is done.
 * The files are read once, before the journal is recovered, so a bad file
   stops start-up at once with TLSSetupError: a message naming the flag and
   the file, never a traceback, and never a prompt for a key's passphrase.
