@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import msgpack
 
+from wonderq_server.admin_pace import AdminPace
 from wonderq_server.auth import TokenCheck
 from wonderq_server.binary_codec import PREAMBLE, encode_request
 from wonderq_server.broker import Broker
@@ -135,6 +136,7 @@ class FakeHub:
         self.connection_limits = connection_limits or ConnectionLimits()
         self.counters = Counters()
         self.refusal_log = RefusalLog(logging.getLogger("wonderq.server"))
+        self.admin_pace = AdminPace()
         self.timers: list[FakeTimer] = []
         self.refusing: Exception | None = None  # set: connections are refused with this
         self.broker = Broker(visibility_timeout_s=visibility_timeout_s,

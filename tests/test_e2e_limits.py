@@ -477,3 +477,26 @@ def test_a_frame_of_millions_of_tiny_values_is_refused_without_building_them(ser
     raw.send(frame([2, "ping", {}]))  # the stream is still in step
     assert raw.reply() == [2, None, "pong"]
     raw.close()
+
+
+# ------------------------------------ commands whose cost grows with the queues
+
+async def test_stats_pipelined_on_a_server_with_many_queues_wait_their_turns(server_factory):
+    # With thousands of queues one STATS takes milliseconds of the loop, so each waits
+    # for its share (admin_pace.py): answered whole and in order, and counted.
+    server = server_factory("--max-queues", "3000")
+    async with connect(server.host, server.port) as client:
+        await asyncio.gather(*(client.put(f"q{i}", b"x") for i in range(3000)))
+        raw = Raw(server.host, server.port)
+        try:
+            raw.send(PREAMBLE + b"".join(frame([i, "stats", {}]) for i in range(5))
+                     + frame([5, "put", {"queue": "q0", "body": b"after"}]))
+            replies = [await in_thread(raw.reply) for _ in range(6)]
+        finally:
+            raw.close()
+        assert [reply[0] for reply in replies] == [0, 1, 2, 3, 4, 5]
+        assert all(len(reply[2]["queues"]) == 3000 for reply in replies[:5])
+        assert all(reply[2]["queues"]["q0"]["messages"] == 1 for reply in replies[:5])
+        assert isinstance(replies[5][2], int)  # the put behind them ran after them
+        paced = (await client.stats())["server"]["paced_commands_total"]
+        assert paced >= 4  # the first may run at once; the four after it came too soon

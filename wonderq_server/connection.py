@@ -48,6 +48,10 @@ Rules:
   receive counts as activity) is answered IDLE_TIMEOUT and closed; a
   connection the server refused (over --max-connections) is answered in
   the mode its first bytes pick and closed.
+* Commands whose cost grows with the number of queues (PACED_COMMANDS:
+  STATS, QUEUES) run when the server's pace allows (admin_pace.py); one
+  that must wait is held with everything its connection sent after it, in
+  either mode, and a timer runs it and them when its turn comes.
 * Authentication (auth.py): on a server with a token, a connection starts
   unauthenticated and only AUTH and QUIT run; any other command is answered
   AUTH_REQUIRED and the connection goes on. The gate is one boolean,
@@ -71,6 +75,7 @@ from dataclasses import replace
 from operator import attrgetter
 from typing import Any, Protocol
 
+from .admin_pace import PACED_COMMANDS, AdminPace
 from .binary_codec import MAGIC, BinaryDecoder, BinaryEncoder
 from .commands import Command, Limits, Rejected
 from .connection_limits import (
@@ -123,6 +128,7 @@ class Hub(Protocol):
     connection_limits: ConnectionLimits
     counters: Counters
     refusal_log: RefusalLog
+    admin_pace: AdminPace
 
     def now(self) -> float: ...
     def defer(self, callback: Callable[[], None]) -> None: ...
@@ -195,6 +201,8 @@ class Connection(asyncio.Protocol):
         self._refusal: WonderQError | None = None  # over --max-connections: the answer
         self.authenticated = not hub.service.auth.required  # see the module's rules
         self._auth_timer: Timer | None = None  # --auth-timeout, until authenticated
+        self._pace_timer: Timer | None = None  # a paced command's wait (admin_pace.py)
+        self._paced_command: Command | None = None  # the one waiting, counted once
 
     # ------------------------------------------------------------ transport
 
@@ -387,6 +395,9 @@ class Connection(asyncio.Protocol):
         if self._auth_timer is not None:
             self._auth_timer.cancel()
             self._auth_timer = None
+        if self._pace_timer is not None:
+            self._pace_timer.cancel()
+            self._pace_timer = None
         self._withdraw_waits()
         self._held.clear()
         self._held_input.clear()
@@ -534,8 +545,9 @@ class Connection(asyncio.Protocol):
                 # Answered like any request: error replies count toward the hold
                 # too (a two-byte unknown command gets a 200-byte answer).
                 self._reply_error(item.request_id, item.error)
-            else:
-                self._execute(item, now)
+            elif self._execute(item, now):
+                self._hold(list(items)[index:])  # a paced command waits its turn
+                return
             self._turn_requests += 1
             if not self._turn_requests % TURN_CHECK_REQUESTS and index + 1 < len(items) \
                     and not self._text_waiting \
@@ -604,9 +616,38 @@ class Connection(asyncio.Protocol):
         if len(self._held_input) > self.hub.connection_limits.max_request_buffer_bytes:
             self._pause("held")
 
-    def _execute(self, command: Command, now: float) -> None:
+    def _execute(self, command: Command, now: float) -> bool:
+        """_execute runs one command; True when it did not run yet but waits its turn
+        (a paced command: admin_pace.py), to be held with what came after it."""
         if not self.authenticated and not self._admit(command, now):
-            return
+            return False
+        if command.name in PACED_COMMANDS:
+            return self._execute_paced(command, now)
+        self._execute_now(command, now)
+        return False
+
+    def _execute_paced(self, command: Command, now: float) -> bool:
+        """_execute_paced runs a command whose cost grows with the number of queues,
+        once the pace allows; until then it waits, held (admin_pace.py)."""
+        pace = self.hub.admin_pace
+        wait = pace.wait(self.hub.now())
+        if wait > 0:
+            if self._paced_command is not command:
+                self._paced_command = command
+                pace.paced += 1
+            self._pace_timer = self.hub.call_later(wait, self._end_pace_wait)
+            return True
+        self._paced_command = None
+        started = self.hub.now()
+        self._execute_now(command, now)
+        pace.ran(started, self.hub.now())
+        return False
+
+    def _end_pace_wait(self) -> None:
+        self._pace_timer = None
+        self._release_held()
+
+    def _execute_now(self, command: Command, now: float) -> None:
         try:
             if command.name == "cancel":
                 self._cancel_waits(command)
@@ -706,7 +747,7 @@ class Connection(asyncio.Protocol):
         if self._text_waiting and not self._waiters:
             self._text_waiting = False
         if self._text_waiting or self._output_blocked or self._yielded \
-                or "stopping" in self._paused_by:
+                or self._pace_timer is not None or "stopping" in self._paused_by:
             return  # still blocked (what unblocks it calls again), or the server stops
         held, self._held = self._held, deque()
         now = self.hub.now()

@@ -157,6 +157,8 @@ SERVER_COUNTERS = [
      "AUTH commands with a wrong token since start (each closed its connection)."),
     ("tls_handshake_failures_total", "wonderq_tls_handshake_failures",
      "TLS handshakes that failed since start (plain clients, untrusted certificates)."),
+    ("paced_commands_total", "wonderq_paced_commands",
+     "STATS and QUEUES commands that waited for their share of the loop since start."),
 ]
 # From about a tenth of a millisecond (a fast SSD) to seconds (a stalled disk).
 FSYNC_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__, tls
 from . import compaction as compaction_policy
+from .admin_pace import AdminPace
 from .auth import TokenCheck
 from .broker import Broker
 from .busy_poll import BusyPoll
@@ -102,6 +103,7 @@ class Server:
         self.max_connections = config.connection_limits.max_connections  # start() may lower it
         self.counters = Counters()
         self.refusal_log = RefusalLog(logger)  # wrong tokens, connections over the limit
+        self.admin_pace = AdminPace()  # STATS and QUEUES share a fifth of the loop
         self._refused: set[Connection] = set()  # over the limit, waiting for their answer
         # Admitted connections by client address (--max-connections-per-address).
         self._connections_from: dict[str, int] = {}
@@ -751,6 +753,7 @@ class Server:
             "tls_handshake_failures_total": self.tls_handshake_failures,
             "tls_handshakes_in_progress": self.handshake_limit.in_progress,
             "auth_failures_total": self.auth.failures,
+            "paced_commands_total": self.admin_pace.paced,
             "busy_poll_us": self.config.busy_poll_us,
         }
         if self.journal is None:

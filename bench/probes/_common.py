@@ -58,3 +58,29 @@ def on_fresh_server(tmp: str, name: str, run: int, argv: Callable[[int, Path], l
         return run_event_loop(measure(server, port))
     finally:
         server.stop()
+
+
+def start_in_memory_server(*flags: str, ready_s: float = 20.0) -> tuple[Any, int]:
+    """start_in_memory_server: `python -m wonderq_server --in-memory` (the wonderq_server
+    that python imports) on a free loopback port with `flags`, once it accepts
+    connections: (its Popen, the port). The caller stops it by its PID."""
+    import socket
+    import subprocess
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    server = subprocess.Popen([sys.executable, "-m", "wonderq_server", "--in-memory",
+                               "--port", str(port), *flags], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env=dict(os.environ))
+    give_up = time.monotonic() + ready_s
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return server, port
+        except OSError:
+            if time.monotonic() > give_up or server.poll() is not None:
+                server.kill()
+                raise SystemExit("the server did not start") from None
+            time.sleep(0.05)

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import os
 import selectors
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,16 +28,9 @@ from pathlib import Path
 import msgpack
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import server_cpu_s, whole_numbers
+from _common import server_cpu_s, start_in_memory_server, whole_numbers
 
-READY_S = 20.0
 HEAD_START_S = 2.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def flood(port: int, connections: int, seconds: float) -> None:
@@ -81,20 +72,8 @@ def polite(port: int, seconds: float) -> str:
 
 
 def main(flooders: int, seconds: int) -> None:
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "wonderq_server", "--in-memory",
-                               "--port", str(port)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, env=dict(os.environ))
+    server, port = start_in_memory_server()
     try:
-        give_up = time.monotonic() + READY_S
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > give_up or server.poll() is not None:
-                    raise SystemExit("the server did not start") from None
-                time.sleep(0.05)
         print(f"{flooders} flooders, {seconds} s")
         print("before:", polite(port, 3))
         child = multiprocessing.Process(target=flood,
