@@ -104,6 +104,7 @@ async def test_one_address_may_hold_only_its_share_of_the_connections(server_fac
         assert info["max_connections_per_address"] == 2
         assert info["connections_refused_per_address_total"] == 2
         assert info["connections_refused_total"] == 2
+        assert info["connections_most_from_one_address"] == 2
         await until_true(lambda: "(--max-connections-per-address)" in server.log)
         # A slot that is given back is free for the same address again.
         await clients.pop().close()
@@ -124,6 +125,7 @@ async def test_no_limit_per_address_with_zero(server_factory):
             assert await client.ping() == "pong"
         info = (await clients[0].stats())["server"]
         assert (info["max_connections_per_address"], info["connections"]) == (0, 3)
+        assert info["connections_most_from_one_address"] == 3  # counted, not limited
     finally:
         for client in clients:
             await client.close()

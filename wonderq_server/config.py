@@ -280,8 +280,8 @@ FLAGS = [
      "open-file limit is raised to fit, or this is lowered with a warning)"),
     ("--max-connections-per-address", "max_connections_per_address", _count,
      _CONNECTION_LIMITS.max_connections_per_address,
-     "most client connections from one address (an IPv4 address, an IPv6 /64); the next "
-     "is answered TOO_MANY_CONNECTIONS and closed; 0 no limit"),
+     "most client connections from one IP address; the next is answered "
+     "TOO_MANY_CONNECTIONS and closed; 0 no limit"),
     ("--max-request-buffer-bytes", "max_request_buffer_bytes", _positive_int,
      _CONNECTION_LIMITS.max_request_buffer_bytes,
      "bytes of requests one connection may have read but not yet run (text lines behind a "
@@ -337,7 +337,7 @@ FLAGS = [
      "bundle; needs --tls-cert"),
     ("--tls-handshake-timeout", "tls_handshake_timeout_s", _seconds,
      Config.tls_handshake_timeout_s, "close a TLS connection whose handshake is not done "
-     "within this many seconds (it is not a client yet, so no other limit sees it)"),
+     "within this many seconds (until then it counts toward --max-connections only)"),
 ]
 
 # Flags whose value is a secret: never printed (see the module's rules).

@@ -13,11 +13,14 @@ request limit sees, and each gets one rule, enforced where the bytes are:
   Redis does with maxclients: running out of file descriptors would make
   accept() fail for everyone, with no reply at all.
 * **Too many from one address** (`max_connections_per_address`): one
-  client host (`address_key`: an IPv4 address, an IPv6 /64, which one host
-  or site usually holds whole) may hold at most this many, refused as
-  above. Without it, one host's silent connections (a bug's leak, or an
-  attacker's) could take every --max-connections slot and keep every other
-  client out, as nginx's limit_conn and HAProxy's conn_cur rules prevent.
+  client address (`address_key`: IPv4 or IPv6, whole, as nginx's
+  limit_conn on $binary_remote_addr and HAProxy's src count) may hold at
+  most this many, refused as above. Not by IPv6 /64, though a host often
+  has one: a cloud subnet or a pod network is one /64 for many client
+  hosts, which would share one budget. Without it, one host's silent
+  connections (a bug's leak, or an attacker's) could take every
+  --max-connections slot and keep every other client out, as nginx's
+  limit_conn and HAProxy's conn_cur rules prevent.
   Clients behind one NAT or proxy share an address: the default, 1000, is
   a tenth of --max-connections'; 0 turns it off. A TLS connection counts
   once its handshake is done: the handshake cannot see its peer's address
@@ -201,18 +204,13 @@ class Counters:
         self.client_memory_bytes = 0  # what the connections held at the last check
 
 
-# An IPv6 client's address counts by its first 64 bits: one host or site usually has
-# a whole /64, and could otherwise open each connection from an address of its own.
-IPV6_PREFIX_BITS = 64
-
-
 def address_key(peer: object) -> str | None:
     """address_key: what `max_connections_per_address` counts a connection under.
 
     `peer` is the socket's peername: (host, port) for IPv4, (host, port,
-    flowinfo, scope) for IPv6. An IPv4 address counts as itself (also when it
-    comes mapped into IPv6), an IPv6 one by its /64. None (no limit) for
-    anything else: a Unix socket's peer, or no address at all.
+    flowinfo, scope) for IPv6. An address counts as itself, in its normal
+    form; an IPv4 one mapped into IPv6 as the IPv4 address. None (no limit)
+    for anything else: no IP address at all.
     """
     if not isinstance(peer, tuple) or not peer or not isinstance(peer[0], str):
         return None
@@ -220,10 +218,8 @@ def address_key(peer: object) -> str | None:
         address = ipaddress.ip_address(peer[0].split("%", 1)[0])
     except ValueError:
         return None
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, IPV6_PREFIX_BITS), strict=False))
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
     return str(address)
 
 

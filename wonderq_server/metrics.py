@@ -118,6 +118,8 @@ SERVER_GAUGES = [
      "--max-connections as enforced (lowered if the open-file limit is too small)."),
     ("max_connections_per_address", "wonderq_max_connections_per_address",
      "--max-connections-per-address: most connections from one address (0: no limit)."),
+    ("connections_most_from_one_address", "wonderq_connections_most_from_one_address",
+     "The most open connections one client address holds now."),
     ("connections_paused", "wonderq_connections_paused",
      "Connections the server is not reading from now (flow control)."),
     ("client_memory_bytes", "wonderq_client_memory_bytes",

@@ -742,6 +742,8 @@ class Server:
             "connections_refused_total": self.counters.refused,
             "max_connections_per_address": self.connection_limits.max_connections_per_address,
             "connections_refused_per_address_total": self.counters.refused_per_address,
+            "connections_most_from_one_address": max(self._connections_from.values(),
+                                                     default=0),
             "idle_disconnects_total": self.counters.idle_disconnects,
             "auth_timeouts_total": self.counters.auth_timeouts,
             "slow_reader_disconnects_total": self.counters.slow_reader_disconnects,
