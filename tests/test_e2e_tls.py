@@ -70,6 +70,46 @@ async def test_handshakes_in_progress_count_toward_max_connections(server_factor
     assert stats["server"]["tls_handshake_failures_total"] >= 3
 
 
+async def test_one_address_cannot_hold_every_slot_with_handshakes(server_factory, tls_files):
+    # A reviewer's silent connections from one host held every --max-connections slot of
+    # a TLS port as handshakes in progress: --max-connections-per-address could not see
+    # them (the handshake never learns its peer). The TLS port accepts in Python now, so
+    # they count under their address before their handshakes.
+    proc = server_factory(*tls_files.server_flags(), "--max-connections", "8",
+                          "--max-connections-per-address", "3",
+                          "--tls-handshake-timeout", "60")
+    silent = [TextSocket(proc.host, proc.port, source="127.0.0.5") for _ in range(3)]
+    try:
+        for _ in range(5):  # over its share: closed at once, not after the timeout
+            extra = TextSocket(proc.host, proc.port, source="127.0.0.5")
+            assert await asyncio.to_thread(extra.at_eof)
+            extra.close()
+        # Another host still gets in, and sees what the first one holds.
+        async with connect(proc.host, proc.port, ssl=tls_files.client_context()) as client:
+            info = (await client.stats())["server"]
+        assert info["tls_handshakes_in_progress"] == 3
+        assert info["connections_most_from_one_address"] == 3
+        assert (info["connections_refused_per_address_total"],
+                info["connections_refused_total"]) == (5, 5)
+        await until_true(lambda: "from 127.0.0.5 (--max-connections-per-address)" in proc.log)
+    finally:
+        for sock in silent:
+            sock.close()
+    # Their handshakes end with their sockets; the address is free again.
+    async with connect(proc.host, proc.port, ssl=tls_files.client_context()) as client:
+        await until_stats(client, lambda s: s["server"]["tls_handshakes_in_progress"] == 0)
+        await until_stats(client,
+                          lambda s: s["server"]["connections_most_from_one_address"] == 1)
+    again = [TextSocket(proc.host, proc.port, source="127.0.0.5") for _ in range(3)]
+    try:
+        async with connect(proc.host, proc.port, ssl=tls_files.client_context()) as client:
+            await until_stats(client, lambda s: s["server"]["tls_handshakes_in_progress"] == 3)
+            assert (await client.stats())["server"]["connections_refused_total"] == 5
+    finally:
+        for sock in again:
+            sock.close()
+
+
 async def test_tls_clients_that_close_leave_the_log_clean(server_factory, tls_files):
     # asyncio's TLS layer warns when eof_received asks to keep a TLS socket half open.
     proc = server_factory(*tls_files.server_flags())

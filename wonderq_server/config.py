@@ -337,7 +337,8 @@ FLAGS = [
      "bundle; needs --tls-cert"),
     ("--tls-handshake-timeout", "tls_handshake_timeout_s", _seconds,
      Config.tls_handshake_timeout_s, "close a TLS connection whose handshake is not done "
-     "within this many seconds (until then it counts toward --max-connections only)"),
+     "within this many seconds (until then it counts toward --max-connections and "
+     "--max-connections-per-address)"),
 ]
 
 # Flags whose value is a secret: never printed (see the module's rules).

@@ -22,10 +22,8 @@ request limit sees, and each gets one rule, enforced where the bytes are:
   --max-connections slot and keep every other client out, as nginx's
   limit_conn and HAProxy's conn_cur rules prevent.
   Clients behind one NAT or proxy share an address: the default, 1000, is
-  a tenth of --max-connections'; 0 turns it off. A TLS connection counts
-  once its handshake is done: the handshake cannot see its peer's address
-  (tls.py), so handshakes in progress count only toward --max-connections,
-  and --tls-handshake-timeout ends them.
+  a tenth of --max-connections'; 0 turns it off. On a TLS port a
+  connection counts from its accept, handshake included (tls_listener.py).
 * **Requests read but not yet run** (`max_request_buffer_bytes`): a text
   connection holds the lines that arrive behind a waiting receive (text
   replies go strictly in order), any connection those behind replies not

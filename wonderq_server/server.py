@@ -67,6 +67,7 @@ from .journal_format import FILE_HEADER
 from .peer_state import unsent_bytes
 from .refusal_log import RefusalLog
 from .service import BrokerService
+from .tls_listener import ACCEPT_RETRY_S, TlsListener
 
 if TYPE_CHECKING:
     from .metrics import MetricsEndpoint  # imported at run time only with --metrics-port
@@ -142,6 +143,7 @@ class Server:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.busy_poll: BusyPoll | None = None  # --busy-poll, once the loop runs (start)
         self._listener: asyncio.base_events.Server | None = None
+        self._tls_listener: TlsListener | None = None  # instead, on a TLS port
         self._dirty: list[Connection] = []
         self._flush_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
@@ -223,14 +225,18 @@ class Server:
             self.metrics = MetricsEndpoint(
                 lambda: self.service.stats(time.time()), self.journal,
                 authorized=self.auth.bearer_ok if self.auth.required else None)
-        tls_options: dict[str, Any] = {}
         if self.ssl_context is not None:
-            tls_options = {"ssl": self.ssl_context,
-                           "ssl_handshake_timeout": self.config.tls_handshake_timeout_s}
-        self._listener = await self._loop.create_server(
-            lambda: Connection(self), self.config.host, self.config.port, reuse_address=True,
-            **tls_options)
-        sockname = self._listener.sockets[0].getsockname()
+            # Accepted in Python, so a client's address counts before its handshake.
+            self._tls_listener = TlsListener(
+                self._loop, self.ssl_context, self.config.tls_handshake_timeout_s,
+                self._admit_tls, self._tls_handshake_over, self._accept_failed)
+            self._tls_listener.listen(self.config.host, self.config.port)
+            sockname = self._tls_listener.sockets[0].getsockname()
+        else:
+            self._listener = await self._loop.create_server(
+                lambda: Connection(self), self.config.host, self.config.port,
+                reuse_address=True)
+            sockname = self._listener.sockets[0].getsockname()
         self.address = (sockname[0], sockname[1])
         if self.metrics is not None:
             host, port = await self.metrics.start(self._loop, self.config.host,
@@ -273,6 +279,8 @@ class Server:
             self.busy_poll.stop()
         if self._listener is not None:
             self._listener.close()
+        if self._tls_listener is not None:
+            self._tls_listener.close()
         if self.metrics is not None:
             self.metrics.close()
         for conn in list(self.connections):  # answer what is in flight, take nothing new
@@ -404,8 +412,6 @@ class Server:
             connection.transport.close()
             return
         self.connections.add(connection)
-        address = address_key(connection.peer)
-        per_address = self.connection_limits.max_connections_per_address
         if len(self.connections) - len(self._refused) > self.max_connections:
             self.refusal_log.warn("connections refused", self.now(), "refused a connection "
                                   "from %s: the server already serves %d (--max-connections)",
@@ -413,20 +419,71 @@ class Server:
             self._refuse(connection, f"the server already serves its maximum of "
                          f"{self.max_connections} connections (--max-connections)")
             return
-        if address is not None and per_address and \
-                self._connections_from.get(address, 0) >= per_address:
-            self.counters.refused_per_address += 1
-            self.refusal_log.warn("connections refused per address", self.now(),
-                                  "refused a connection from %s: the server already serves "
-                                  "%d from %s (--max-connections-per-address)",
-                                  connection.peer, per_address, address)
-            self._refuse(connection, f"the server already serves {per_address} connections "
-                         f"from {address} (--max-connections-per-address)")
-            return
+        if connection.address is None:  # a TLS one was counted when accepted
+            full = self._address_full(connection.peer)
+            if full:
+                self._refuse(connection, full)
+                return
+            self._count_address(connection)
+        self.connections_total += 1
+
+    def _address_full(self, peer: Any) -> str:
+        """_address_full: why a client at `peer` is refused, when its address already holds
+        --max-connections-per-address (counted and logged); "" when it may connect."""
+        address = address_key(peer)
+        per_address = self.connection_limits.max_connections_per_address
+        if address is None or not per_address or \
+                self._connections_from.get(address, 0) < per_address:
+            return ""
+        self.counters.refused_per_address += 1
+        self.refusal_log.warn("connections refused per address", self.now(),
+                              "refused a connection from %s: the server already serves "
+                              "%d from %s (--max-connections-per-address)",
+                              peer, per_address, address)
+        return (f"the server already serves {per_address} connections from {address} "
+                "(--max-connections-per-address)")
+
+    def _count_address(self, connection: Connection) -> None:
+        """_count_address: the connection counts under its address until it ends."""
+        address = address_key(connection.peer)
         if address is not None:
             connection.address = address
             self._connections_from[address] = self._connections_from.get(address, 0) + 1
-        self.connections_total += 1
+
+    def _release_address(self, connection: Connection) -> None:
+        """_release_address: the connection no longer counts under its address (once)."""
+        if connection.address is not None:
+            left = self._connections_from[connection.address] - 1
+            if left:
+                self._connections_from[connection.address] = left
+            else:
+                del self._connections_from[connection.address]
+            connection.address = None
+
+    def _admit_tls(self, peer: Any) -> Connection | None:
+        """_admit_tls: a client accepted on the TLS port, before its handshake. Over
+        --max-connections-per-address it is closed (nothing can be said before a
+        handshake); else its Connection counts under its address from now on."""
+        if not self._accepting:
+            return None
+        if self._address_full(peer):
+            self.counters.refused += 1
+            return None
+        connection = Connection(self)
+        connection.peer = peer
+        self._count_address(connection)
+        return connection
+
+    def _tls_handshake_over(self, connection: asyncio.Protocol) -> None:
+        """_tls_handshake_over: a handshake ended; one that made no connection (failed, timed
+        out) no longer counts under its address."""
+        assert isinstance(connection, Connection)
+        if connection.transport is None:
+            self._release_address(connection)
+
+    def _accept_failed(self, exc: OSError) -> None:
+        self.refusal_log.warn("failed accepts", self.now(), "cannot accept a TLS connection: "
+                              "%s; trying again in %g s", exc, ACCEPT_RETRY_S)
 
     def _refuse(self, connection: Connection, why: str) -> None:
         """_refuse: answer TOO_MANY_CONNECTIONS once the client's mode shows, then close;
@@ -455,13 +512,7 @@ class Server:
     def connection_closed(self, connection: Connection) -> None:
         self.connections.discard(connection)
         self._refused.discard(connection)
-        if connection.address is not None:
-            left = self._connections_from[connection.address] - 1
-            if left:
-                self._connections_from[connection.address] = left
-            else:
-                del self._connections_from[connection.address]
-            connection.address = None
+        self._release_address(connection)
         if self._all_closed is not None:
             if not self.connections and not self._all_closed.done():
                 self._all_closed.set_result(None)

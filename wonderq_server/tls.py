@@ -38,9 +38,8 @@ Rules:
   TOO_MANY_CONNECTIONS from the server; over TLS nothing can be said
   before a handshake. The hook cannot count them per address
   (--max-connections-per-address): an SSLObject is made from memory BIOs
-  and never learns its peer; the connection counts there once it is done.
-  (Accepting plain TCP, counting it, then upgrading with loop.start_tls
-  would let the server count them; not done yet.)
+  and never learns its peer; tls_listener.py accepts the port's clients
+  itself to count them there.
 * The files are read once, before the journal is recovered, so a bad file
   stops start-up at once with TLSSetupError: a message naming the flag and
   the file, never a traceback, and never a prompt for a key's passphrase.
