@@ -136,7 +136,7 @@ class FakeHub:
         self.connection_limits = connection_limits or ConnectionLimits()
         self.counters = Counters()
         self.refusal_log = RefusalLog(logging.getLogger("wonderq.server"))
-        self.admin_pace = AdminPace()
+        self.admin_pace = AdminPace(self.call_later)
         self.timers: list[FakeTimer] = []
         self.refusing: Exception | None = None  # set: connections are refused with this
         self.broker = Broker(visibility_timeout_s=visibility_timeout_s,
@@ -151,6 +151,9 @@ class FakeHub:
 
     # the Hub protocol
     def now(self) -> float:
+        return self.clock
+
+    def monotonic(self) -> float:
         return self.clock
 
     def defer(self, callback: Callable[[], None]) -> None:

@@ -1,42 +1,136 @@
-"""Tests of the pacing of STATS and QUEUES (admin_pace.py): the pace itself with numbers,
-and a Connection with a fake transport whose hub's clock moves only when a test (or a
-STATS that is made to cost time) moves it. Nothing here sleeps."""
+"""Tests of the pacing of STATS and QUEUES (admin_pace.py): the pace itself with numbers
+and fake connections, and a Connection with a fake transport whose hub's clock moves only
+when a test (or a STATS that is made to cost time) moves it. Nothing here sleeps."""
 
 from __future__ import annotations
 
 import pytest
 from connection_fakes import PREAMBLE, FakeHub, binary_client, req
 
-from wonderq_server.admin_pace import MAX_WAIT_S, PACED_COMMANDS, SPACING, AdminPace
+from wonderq_server.admin_pace import MAX_SPACING_S, PACED_COMMANDS, SPACING, AdminPace
+from wonderq_server.connection_limits import ConnectionLimits
 
 COST_S = 0.05  # what one STATS is made to take here
+GAP_S = COST_S * SPACING
 
 
 # ------------------------------------------------------------------ the pace
 
+class Timers:
+    """call_later for AdminPace, fired by hand."""
+
+    def __init__(self) -> None:
+        self.due: list[tuple[float, object]] = []
+
+    def call_later(self, delay, callback):
+        self.due.append((delay, callback))
+        return callback
+
+    def fire(self) -> float:
+        delay, callback = self.due.pop(0)
+        callback()
+        return delay
+
+
+class Waiter:
+    """A connection as the pace sees it: on its turn it runs (`cost` long), or cannot."""
+
+    def __init__(self, pace: AdminPace, log: list, name: str, clock: list[float],
+                 can_run: bool = True) -> None:
+        self.pace, self.log, self.name, self.clock, self.can_run = pace, log, name, clock, \
+            can_run
+
+    def take_pace_turn(self) -> None:
+        if self.can_run and self.pace.turn(self, self.clock[0]):
+            self.log.append(self.name)
+            self.pace.ran(self, self.clock[0], self.clock[0] + COST_S)
+
+
 def test_nothing_waits_before_a_paced_command_has_run():
-    assert AdminPace().wait(123.0) == 0.0
+    pace = AdminPace(Timers().call_later)
+    assert pace.turn(object(), 123.0)  # type: ignore[arg-type]
+    assert pace.paced == 0
 
 
 def test_the_next_waits_until_spacing_times_the_cost_after_the_last_ended():
-    pace = AdminPace()
-    pace.ran(10.0, 10.1)
-    assert pace.wait(10.1) == pytest.approx(0.1 * SPACING)
-    assert pace.wait(10.3) == pytest.approx(0.1 * SPACING - 0.2)
-    assert pace.wait(10.1 + 0.1 * SPACING) == 0.0
-    assert pace.wait(11.0) == 0.0
+    timers = Timers()
+    pace = AdminPace(timers.call_later)
+    log: list[str] = []
+    clock = [10.0]
+    first, second = Waiter(pace, log, "a", clock), Waiter(pace, log, "b", clock)
+    assert pace.turn(first, 10.0)
+    pace.ran(first, 10.0, 10.1)
+    assert not pace.turn(second, 10.1)
+    assert (pace.paced, pace.waiting) == (1, 1)
+    [(delay, _)] = timers.due
+    assert delay == pytest.approx(0.1 * SPACING)
+    assert not pace.turn(second, 10.2)  # asking again neither counts nor queues it twice
+    assert (pace.paced, pace.waiting, len(timers.due)) == (1, 1, 1)
+    clock[0] = 10.5
+    timers.fire()
+    assert log == ["b"] and pace.waiting == 0
 
 
-def test_a_clock_that_steps_back_cannot_stall_them():
-    pace = AdminPace()
-    pace.ran(1000.0, 1000.01)
-    assert pace.wait(10.0) == pytest.approx(0.01 * SPACING)  # an hour back: one spacing
+def test_turns_go_in_the_order_asked_however_often_one_asks_again():
+    timers = Timers()
+    pace = AdminPace(timers.call_later)
+    log: list[str] = []
+    clock = [0.0]
+    waiters = {name: Waiter(pace, log, name, clock) for name in "abcd"}
+    pace.ran(waiters["a"], 0.0, COST_S)
+    for name in "bcd":
+        assert not pace.turn(waiters[name], COST_S)
+    for _ in range(3):
+        assert not pace.turn(waiters["d"], COST_S)  # the last asks again and again
+        clock[0] += timers.fire()
+        assert not pace.turn(waiters["b"], clock[0])  # one that just ran waits its turn
+    assert log == ["b", "c", "d"]
 
 
-def test_a_huge_command_makes_the_next_wait_at_most_max_wait():
-    pace = AdminPace()
-    pace.ran(0.0, 10.0)
-    assert pace.wait(10.0) == MAX_WAIT_S
+def test_a_turn_that_cannot_be_used_passes_to_the_next_at_once():
+    timers = Timers()
+    pace = AdminPace(timers.call_later)
+    log: list[str] = []
+    clock = [0.0]
+    blocked = Waiter(pace, log, "blocked", clock, can_run=False)
+    ready = Waiter(pace, log, "ready", clock)
+    pace.ran(ready, 0.0, COST_S)
+    assert not pace.turn(blocked, COST_S)
+    assert not pace.turn(ready, COST_S)
+    timers.fire()
+    assert log == ["ready"]
+    assert pace.waiting == 0  # the blocked one asks again when it can
+
+
+def test_a_connection_that_goes_leaves_the_queue():
+    timers = Timers()
+    pace = AdminPace(timers.call_later)
+    log: list[str] = []
+    clock = [0.0]
+    gone, staying = Waiter(pace, log, "gone", clock), Waiter(pace, log, "staying", clock)
+    pace.ran(staying, 0.0, COST_S)
+    assert not pace.turn(gone, COST_S)
+    assert not pace.turn(staying, COST_S)
+    pace.forget(gone)
+    timers.fire()
+    assert log == ["staying"]
+
+
+def test_a_huge_command_spaces_the_next_by_at_most_max_spacing():
+    timers = Timers()
+    pace = AdminPace(timers.call_later)
+    pace.ran(object(), 0.0, 10.0)  # type: ignore[arg-type]
+    assert not pace.turn(Waiter(pace, [], "x", [10.0]), 10.0)
+    assert timers.due[0][0] == MAX_SPACING_S
+
+
+def test_a_time_before_the_last_end_counts_as_that_end():
+    # The server passes its monotonic clock; should one ever step back, nothing stalls.
+    timers = Timers()
+    pace = AdminPace(timers.call_later)
+    pace.ran(object(), 1000.0, 1000.01)  # type: ignore[arg-type]
+    assert not pace.turn(Waiter(pace, [], "x", [10.0]), 10.0)
+    assert timers.due[0][0] == pytest.approx(0.01 * SPACING)
 
 
 # ------------------------------------------------------------- on a connection
@@ -45,8 +139,8 @@ class CostlyStatsHub(FakeHub):
     """FakeHub whose STATS and QUEUES take COST_S of its clock, as they would with many
     queues; everything else takes no time."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
         run = self.service.execute
 
         def execute(command, now, respond):
@@ -57,81 +151,119 @@ class CostlyStatsHub(FakeHub):
         self.service.execute = execute  # type: ignore[method-assign]
 
 
-def test_a_stats_that_comes_too_soon_waits_with_what_follows_it_and_others_go_on():
-    hub = CostlyStatsHub()
-    first, first_transport = hub.connect()
+def spent(hub: FakeHub) -> None:
+    """spent: one STATS has just run on a connection of its own."""
+    first, transport = hub.connect()
     hub.send(first, b"STATS\r\n")
-    assert first_transport.data.endswith(b"END\r\n")  # nothing before it: runs at once
-    second, transport = hub.connect()
-    hub.send(second, b"STATS\r\nPUT q later\r\nPING\r\n")
+    assert transport.data.endswith(b"END\r\n")
+
+
+def test_a_text_stats_that_comes_too_soon_waits_with_what_follows_and_others_go_on():
+    hub = CostlyStatsHub()
+    spent(hub)
+    connection, transport = hub.connect()
+    hub.send(connection, b"STATS\r\nPUT q later\r\nPING\r\n")
     assert transport.data == b""  # its STATS waits, and so does what follows it
     assert hub.admin_pace.paced == 1
     other, other_transport = hub.connect()
     hub.send(other, b"PUT q now\r\nPING\r\n")  # the others are served meanwhile
-    assert other_transport.data.startswith(b"OK ") and other_transport.data.endswith(
-        b"PONG\r\n")
-    hub.advance(COST_S * SPACING - 0.001)
+    assert other_transport.data.startswith(b"OK ")
+    assert other_transport.data.endswith(b"PONG\r\n")
+    hub.advance(GAP_S - 0.001)
     assert transport.data == b""
+    hub.send(connection, b"PING\r\n")  # read while it waits: held too, in order
     hub.advance(0.001)
-    reply = transport.data.decode()
-    stats, rest = reply.split("END\r\n", 1)
+    stats, rest = transport.data.decode().split("END\r\n", 1)
     assert "queues.q.messages: 1\r\n" in stats  # the other's put, not its own later one
-    assert rest.startswith("OK ") and rest.endswith("PONG\r\n")  # then the rest, in order
-    assert hub.admin_pace.paced == 1
+    assert rest.startswith("OK ") and rest.endswith("PONG\r\nPONG\r\n")
     assert hub.broker.stats(hub.clock)["queues"]["q"]["messages"] == 2
 
 
-def test_a_binary_stats_waits_in_order_too():
+def test_a_binary_stats_waits_aside_and_what_follows_runs_on():
+    # As a waiting receive: binary replies carry ids, so a client's puts and acks do not
+    # wait behind its monitoring (a reviewer's put waited 4 s behind its stats()).
     hub = CostlyStatsHub()
-    first, _ = binary_client(hub)
-    hub.send(first, req(1, "queues"))
     connection, transport = binary_client(hub)
+    hub.send(connection, req(0, "queues"))
     hub.send(connection, req(1, "stats") + req(2, "put", queue="q", body=b"x")
              + req(3, "ping"))
-    assert transport.frames() == []
-    hub.advance(COST_S * SPACING)
+    assert [reply[0] for reply in transport.frames()] == [0, 2, 3]
+    hub.advance(GAP_S)
     replies = transport.frames()
-    assert [reply[0] for reply in replies] == [1, 2, 3]
-    assert replies[0][2]["queues"] == {}  # it ran before the put that followed it
+    assert [reply[0] for reply in replies] == [0, 2, 3, 1]
+    assert replies[3][2]["queues"]["q"]["messages"] == 1  # it ran when its turn came
 
 
-def test_each_waiting_command_is_counted_once_though_it_waits_again():
+def test_a_binary_connection_waits_with_one_paced_command_at_a_time():
     hub = CostlyStatsHub()
-    first, _ = hub.connect()
-    hub.send(first, b"STATS\r\n")
-    a, a_transport = hub.connect()
-    b, b_transport = hub.connect()
-    hub.send(a, b"STATS\r\n")
-    hub.send(b, b"STATS\r\n")
+    spent(hub)
+    connection, transport = binary_client(hub)
+    hub.send(connection, req(1, "stats") + req(2, "stats") + req(3, "ping"))
+    assert transport.frames() == []  # the second STATS holds itself and what follows
+    assert hub.admin_pace.waiting == 1
+    hub.advance(GAP_S)
+    assert [reply[0] for reply in transport.frames()] == [1, 3]
+    hub.advance(GAP_S)
+    assert [reply[0] for reply in transport.frames()] == [1, 3, 2]
     assert hub.admin_pace.paced == 2
-    hub.advance(COST_S * SPACING)  # both due: the first to run makes the other wait again
-    assert (a_transport.data.endswith(b"END\r\n"), b_transport.data) == (True, b"")
-    hub.advance(COST_S * SPACING)
-    assert b_transport.data.endswith(b"END\r\n")
-    assert hub.admin_pace.paced == 2
+
+
+def test_waiting_connections_take_turns_in_the_order_they_asked():
+    hub = CostlyStatsHub()
+    spent(hub)
+    clients = [hub.connect() for _ in range(3)]
+    for connection, _ in clients:
+        hub.send(connection, b"STATS\r\n")
+    answered = []
+    for _ in range(3):
+        hub.advance(GAP_S)
+        answered.append([bool(transport.data) for _, transport in clients])
+    assert answered == [[True, False, False], [True, True, False], [True, True, True]]
 
 
 def test_a_connection_that_goes_while_its_stats_waits_leaves_nothing_behind():
     hub = CostlyStatsHub()
-    first, _ = hub.connect()
-    hub.send(first, b"STATS\r\n")
+    spent(hub)
     connection, transport = hub.connect()
     hub.send(connection, b"STATS\r\nPUT q never\r\n")
-    [timer] = [t for t in hub.timers if not t.cancelled]
+    waiting, waiting_transport = hub.connect()
+    hub.send(waiting, b"STATS\r\n")
     connection.connection_lost(None)
-    assert timer.cancelled
-    hub.advance(COST_S * SPACING)
-    assert transport.data == b""
+    assert hub.admin_pace.waiting == 1
+    hub.advance(GAP_S)  # the turn goes to the one still there
+    assert transport.data == b"" and waiting_transport.data.endswith(b"END\r\n")
     assert "q" not in hub.broker.stats(hub.clock)["queues"]
 
 
-def test_input_that_arrives_while_a_stats_waits_runs_after_it():
+def test_a_binary_quit_answers_a_stats_that_waits_first():
     hub = CostlyStatsHub()
-    first, _ = binary_client(hub)
-    hub.send(first, req(1, "stats"))
+    spent(hub)
+    connection, transport = binary_client(hub)
+    hub.send(connection, req(1, "stats") + req(2, "quit"))
+    assert sorted(reply[0] for reply in transport.frames()) == [1, 2]
+    assert transport.closed
+    assert hub.admin_pace.waiting == 0
+
+
+def test_a_stats_waiting_its_turn_is_not_idleness():
+    # An idle timeout longer than a STATS (the fake clock moves while one runs) but well
+    # shorter than its wait for its turn.
+    hub = CostlyStatsHub(connection_limits=ConnectionLimits(idle_timeout_s=COST_S * 1.6))
+    spent(hub)
+    connection, transport = hub.connect()
+    hub.send(connection, b"STATS\r\nPING\r\n")
+    hub.advance(GAP_S / 2)  # past the idle timeout: still waiting, not idle
+    hub.advance(GAP_S / 2)
+    assert transport.data.endswith(b"END\r\nPONG\r\n")
+    assert b"IDLE_TIMEOUT" not in transport.data
+
+
+def test_input_read_while_a_binary_stats_waits_runs_on():
+    hub = CostlyStatsHub()
+    spent(hub)
     connection, transport = hub.connect()
     hub.send(connection, PREAMBLE + req(1, "stats"))
     hub.send(connection, req(2, "ping"))
-    assert transport.frames() == []
-    hub.advance(COST_S * SPACING)
-    assert [reply[0] for reply in transport.frames()] == [1, 2]
+    assert [reply[0] for reply in transport.frames()] == [2]
+    hub.advance(GAP_S)
+    assert [reply[0] for reply in transport.frames()] == [2, 1]

@@ -1,62 +1,119 @@
 """Pacing of the commands whose cost grows with the number of queues (STATS, QUEUES).
 
 Design decision: STATS builds a map of every queue (about 4 µs a queue,
-and its text form 7 µs more), so with 10,000 queues one STATS holds the
+and its text form 10 µs more), so with 10,000 queues one STATS holds the
 event loop for 40 to 150 ms, and a client looping it (or ten monitoring
 scripts) left every other client waiting: a reviewer measured a polite
 PING's median round trip at 51-154 ms. Fair turns (connection_limits.py)
 cannot cut a single command short. So such commands share a budget of the
 loop's time instead: after one that took `cost` seconds, the next one, from
 any connection, starts no sooner than `cost * SPACING` seconds after it
-ended, which keeps them to 1 / (1 + SPACING) of the loop (a fifth) however
-many clients ask. A command that must wait is held with everything its
-connection sent after it (replies stay in order), and runs when its turn
-comes; it then reports what is true at that moment, after every request its
-connection sent before it, so a client still reads its own writes.
+ended (at most MAX_SPACING_S), which keeps them to 1 / (1 + SPACING) of the
+loop (a fifth) however many clients ask. With a few queues a STATS takes
+well under a millisecond, so the spacing is too short to notice; Redis'
+INFO and CLIENT LIST are O(n) too, and simply run.
 
-With a few queues a STATS takes well under a millisecond, so the spacing is
-too short to notice; Redis' INFO and CLIENT LIST are O(n) too, and simply
-run. Nothing here reads a clock: the connection passes the times in.
+Connections that must wait take turns in the order they asked (a queue, one
+timer for all of them): with N connections waiting, one waits for the N
+before it, each a command and a spacing, however often the others ask
+again. A connection waits with one such command at a time (connection.py
+says what it holds meanwhile).
 
 Rules:
-* `wait(now)` is how long a paced command arriving at `now` must wait (0:
-  run it now); `ran(started, ended)` records one that ran.
-* A clock that steps back cannot stall them: a wait is never longer than
-  the spacing of the last command.
-* The wait is also never more than MAX_WAIT_S, so a huge STATS (100,000
-  queues) is answered within seconds, even if that takes more than a fifth
-  of the loop.
+* `turn(connection, now)`: True if the connection may run one now: it was
+  given the turn, or nobody waits and the spacing since the last one has
+  passed. Else it joins the queue (once) and False.
+* `ran(connection, started, ended)` records one that ran, and gives the next
+  turn when the spacing has passed: the timer calls the first waiting
+  connection's `take_pace_turn()`, which runs its command (calling `ran`). If
+  it cannot (its output is blocked, the server stops), the turn passes to
+  the next at once; it asks again when it can, at the back of the queue.
+* `forget(connection)`: a connection that goes leaves the queue, and a turn
+  given to it passes on.
+* Times are the server's monotonic clock (a step of the wall clock must not
+  stall or hurry anything); one before the last end (which that clock never
+  gives) counts as that end.
 """
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
 # Commands whose cost grows with the number of queues.
 PACED_COMMANDS = frozenset({"stats", "queues"})
 
-# After a paced command that took `cost`, the next waits until `cost * SPACING` after it
-# ended: such commands take at most 1 / (1 + SPACING) of the loop.
+# After a paced command that took `cost`, the next waits until min(cost * SPACING,
+# MAX_SPACING_S) after it ended: such commands take at most 1 / (1 + SPACING) of the loop
+# (more only past 0.5 s a command: 100,000 queues).
 SPACING = 4.0
-MAX_WAIT_S = 2.0
+MAX_SPACING_S = 2.0
+
+
+class Paced(Protocol):
+    def take_pace_turn(self) -> None: ...
 
 
 class AdminPace:
     """AdminPace spaces out the server's paced commands (the module's rules)."""
 
-    __slots__ = ("_ended_at", "_spacing_s", "paced")
-
-    def __init__(self) -> None:
-        self._ended_at = 0.0
+    def __init__(self, call_later: Callable[[float, Callable[[], None]], Any]) -> None:
+        self._call_later = call_later
+        self._ended_at = float("-inf")
         self._spacing_s = 0.0
+        self._waiting: deque[Paced] = deque()
+        self._turn: Paced | None = None  # given the turn, inside its take_pace_turn
+        self._timer: Any = None
         self.paced = 0  # commands that had to wait, since start (stats)
 
-    def wait(self, now: float) -> float:
-        """wait: seconds a paced command arriving at `now` must wait; 0 to run it now."""
-        left = self._ended_at + self._spacing_s - now
-        if left <= 0:
-            return 0.0
-        return min(left, self._spacing_s, MAX_WAIT_S)
+    def turn(self, connection: Paced, now: float) -> bool:
+        """turn: may `connection` run a paced command now? If not, it waits its turn."""
+        if self._turn is connection:
+            return True
+        if self._turn is None and not self._waiting and self._spaced(now) <= 0:
+            return True
+        if connection not in self._waiting:
+            self._waiting.append(connection)
+            self.paced += 1
+            self._arm(now)
+        return False
 
-    def ran(self, started: float, ended: float) -> None:
+    def ran(self, connection: Paced, started: float, ended: float) -> None:
         """ran records a paced command that ran from `started` to `ended`."""
         self._ended_at = ended
-        self._spacing_s = max(0.0, ended - started) * SPACING
+        self._spacing_s = min(max(0.0, ended - started) * SPACING, MAX_SPACING_S)
+        if self._turn is connection:
+            self._turn = None
+        self._arm(ended)
+
+    def forget(self, connection: Paced) -> None:
+        """forget: `connection` is gone; it waits no more, and a turn given to it passes."""
+        if connection in self._waiting:
+            self._waiting.remove(connection)
+        if self._turn is connection:
+            self._turn = None
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def _spaced(self, now: float) -> float:
+        """_spaced: how long until the spacing after the last paced command has passed."""
+        self._ended_at = min(self._ended_at, now)
+        return self._ended_at + self._spacing_s - now
+
+    def _arm(self, now: float) -> None:
+        if self._waiting and self._timer is None and self._turn is None:
+            self._timer = self._call_later(max(0.0, self._spaced(now)), self._give_turn)
+
+    def _give_turn(self) -> None:
+        """_give_turn: the first waiting connection that can run its command does."""
+        self._timer = None
+        while self._waiting and self._turn is None:
+            connection = self._waiting.popleft()
+            self._turn = connection
+            connection.take_pace_turn()  # runs its command: ran() ends the turn, arms the timer
+            if self._turn is not connection:
+                return
+            self._turn = None  # it could not run it: the next one may, now

@@ -131,6 +131,7 @@ class Hub(Protocol):
     admin_pace: AdminPace
 
     def now(self) -> float: ...
+    def monotonic(self) -> float: ...
     def defer(self, callback: Callable[[], None]) -> None: ...
     def call_later(self, delay_s: float, callback: Callable[[], None]) -> Timer: ...
     def want_flush(self, connection: Connection) -> None: ...
@@ -201,8 +202,10 @@ class Connection(asyncio.Protocol):
         self._refusal: WonderQError | None = None  # over --max-connections: the answer
         self.authenticated = not hub.service.auth.required  # see the module's rules
         self._auth_timer: Timer | None = None  # --auth-timeout, until authenticated
-        self._pace_timer: Timer | None = None  # a paced command's wait (admin_pace.py)
-        self._paced_command: Command | None = None  # the one waiting, counted once
+        # A paced command waiting its turn (admin_pace.py): a binary one set aside, or
+        # (text, or a binary one's second) held with what follows it.
+        self._parked: Command | None = None
+        self._pace_holding = False
 
     # ------------------------------------------------------------ transport
 
@@ -275,7 +278,9 @@ class Connection(asyncio.Protocol):
         if self._closed:
             return
         idle_timeout_s = self.hub.connection_limits.idle_timeout_s
-        if self._waiters:  # (a closing connection has none: _begin_close withdrew them)
+        if self._waiters or self._parked is not None or self._pace_holding:
+            # Waiting receives, and paced commands waiting their turn, are activity (a
+            # closing connection has neither: _begin_close withdrew them).
             self._timer = self.hub.call_later(idle_timeout_s, self._check_idle)
             return
         left_s = self.last_request_at + idle_timeout_s - self.hub.now()
@@ -395,9 +400,9 @@ class Connection(asyncio.Protocol):
         if self._auth_timer is not None:
             self._auth_timer.cancel()
             self._auth_timer = None
-        if self._pace_timer is not None:
-            self._pace_timer.cancel()
-            self._pace_timer = None
+        if self._parked is not None or self._pace_holding:
+            self.hub.admin_pace.forget(self)
+            self._parked = None
         self._withdraw_waits()
         self._held.clear()
         self._held_input.clear()
@@ -627,24 +632,36 @@ class Connection(asyncio.Protocol):
         return False
 
     def _execute_paced(self, command: Command, now: float) -> bool:
-        """_execute_paced runs a command whose cost grows with the number of queues,
-        once the pace allows; until then it waits, held (admin_pace.py)."""
-        pace = self.hub.admin_pace
-        wait = pace.wait(self.hub.now())
-        if wait > 0:
-            if self._paced_command is not command:
-                self._paced_command = command
-                pace.paced += 1
-            self._pace_timer = self.hub.call_later(wait, self._end_pace_wait)
-            return True
-        self._paced_command = None
-        started = self.hub.now()
-        self._execute_now(command, now)
-        pace.ran(started, self.hub.now())
-        return False
+        """_execute_paced runs a command whose cost grows with the number of queues when
+        its turn comes (admin_pace.py). Until then a binary connection's waits aside
+        (`_parked`) and what follows runs on, as after a waiting receive; a text
+        connection's waits held, with what follows (replies in order), and so does a
+        binary one's next paced command: one waits at a time."""
+        if self._parked is None and self.hub.admin_pace.turn(self, self.hub.monotonic()):
+            self._run_paced(command, now)
+            return False
+        if self.mode == "binary" and self._parked is None:
+            self._parked = command
+            return False
+        self._pace_holding = True
+        return True
 
-    def _end_pace_wait(self) -> None:
-        self._pace_timer = None
+    def _run_paced(self, command: Command, now: float) -> None:
+        started = self.hub.monotonic()
+        self._execute_now(command, now)
+        self.hub.admin_pace.ran(self, started, self.hub.monotonic())
+
+    def take_pace_turn(self) -> None:
+        """take_pace_turn: this connection's paced command may run now (admin_pace.py); if
+        it cannot (the server stops, or its output is blocked), the turn passes on and it
+        asks again when it can."""
+        if self._closed or "stopping" in self._paused_by:
+            return
+        self.last_request_at = now = self.hub.now()  # as a wait that ends (--idle-timeout)
+        if self._parked is not None:
+            command, self._parked = self._parked, None
+            self._run_paced(command, now)
+        self._pace_holding = False
         self._release_held()
 
     def _execute_now(self, command: Command, now: float) -> None:
@@ -747,7 +764,7 @@ class Connection(asyncio.Protocol):
         if self._text_waiting and not self._waiters:
             self._text_waiting = False
         if self._text_waiting or self._output_blocked or self._yielded \
-                or self._pace_timer is not None or "stopping" in self._paused_by:
+                or self._pace_holding or "stopping" in self._paused_by:
             return  # still blocked (what unblocks it calls again), or the server stops
         held, self._held = self._held, deque()
         now = self.hub.now()
@@ -783,6 +800,10 @@ class Connection(asyncio.Protocol):
         next flush, or `delay_s` later (a wrong auth token: reading is paused meanwhile)."""
         self._close_after_flush = True
         self._withdraw_waits()
+        if self._parked is not None:  # answered before the close, out of its turn
+            self.hub.admin_pace.forget(self)
+            command, self._parked = self._parked, None
+            self._run_paced(command, self.hub.now())
         if delay_s > 0:
             self._pause("closing")
             self.hub.call_later(delay_s, self._close_now)

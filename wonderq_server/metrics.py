@@ -120,6 +120,8 @@ SERVER_GAUGES = [
      "--max-connections-per-address: most connections from one address (0: no limit)."),
     ("connections_most_from_one_address", "wonderq_connections_most_from_one_address",
      "The most open connections one client address holds now."),
+    ("paced_commands_waiting", "wonderq_paced_commands_waiting",
+     "Connections whose STATS or QUEUES waits its turn now."),
     ("connections_paused", "wonderq_connections_paused",
      "Connections the server is not reading from now (flow control)."),
     ("client_memory_bytes", "wonderq_client_memory_bytes",

@@ -4,7 +4,11 @@ Design decision: the server is the thin asyncio layer that owns everything
 with time or I/O in it, and nothing else:
 
 * the listening socket, which makes one Connection per client, and the
-  admission of each (--max-connections; connection_limits.py);
+  admission of each (--max-connections, --max-connections-per-address;
+  connection_limits.py); on a TLS port the listener is its own
+  (tls_listener.py), so an address is counted before its handshake;
+* the pace of STATS and QUEUES (admin_pace.py): its one timer, and the
+  monotonic clock that times it;
 * the clock (`now`), read once per batch of input and passed down;
 * one timer, armed at the broker's next deadline; when it fires, the broker
   handles every deadline that has passed (`advance`);
@@ -104,7 +108,8 @@ class Server:
         self.max_connections = config.connection_limits.max_connections  # start() may lower it
         self.counters = Counters()
         self.refusal_log = RefusalLog(logger)  # wrong tokens, connections over the limit
-        self.admin_pace = AdminPace()  # STATS and QUEUES share a fifth of the loop
+        self.admin_pace = AdminPace(self.call_later)  # STATS and QUEUES share the loop
+        self.monotonic: Callable[[], float] = time.monotonic  # for the pace's spacing
         self._refused: set[Connection] = set()  # over the limit, waiting for their answer
         # Admitted connections by client address (--max-connections-per-address).
         self._connections_from: dict[str, int] = {}
@@ -807,6 +812,7 @@ class Server:
             "tls_handshakes_in_progress": self.handshake_limit.in_progress,
             "auth_failures_total": self.auth.failures,
             "paced_commands_total": self.admin_pace.paced,
+            "paced_commands_waiting": self.admin_pace.waiting,
             "busy_poll_us": self.config.busy_poll_us,
         }
         if self.journal is None:
