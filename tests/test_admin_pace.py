@@ -46,6 +46,19 @@ class Waiter:
             self.pace.ran(self, self.clock[0], self.clock[0] + COST_S)
 
 
+class Scene:
+    """A pace with hand-fired timers, a clock, and the log of who ran."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.timers = Timers()
+        self.pace = AdminPace(self.timers.call_later)
+        self.log: list[str] = []
+        self.clock = [start]
+
+    def waiter(self, name: str, can_run: bool = True) -> Waiter:
+        return Waiter(self.pace, self.log, name, self.clock, can_run)
+
+
 def test_nothing_waits_before_a_paced_command_has_run():
     pace = AdminPace(Timers().call_later)
     assert pace.turn(object(), 123.0)  # type: ignore[arg-type]
@@ -53,11 +66,9 @@ def test_nothing_waits_before_a_paced_command_has_run():
 
 
 def test_the_next_waits_until_spacing_times_the_cost_after_the_last_ended():
-    timers = Timers()
-    pace = AdminPace(timers.call_later)
-    log: list[str] = []
-    clock = [10.0]
-    first, second = Waiter(pace, log, "a", clock), Waiter(pace, log, "b", clock)
+    scene = Scene(10.0)
+    timers, pace, log, clock = scene.timers, scene.pace, scene.log, scene.clock
+    first, second = scene.waiter("a"), scene.waiter("b")
     assert pace.turn(first, 10.0)
     pace.ran(first, 10.0, 10.1)
     assert not pace.turn(second, 10.1)
@@ -72,11 +83,9 @@ def test_the_next_waits_until_spacing_times_the_cost_after_the_last_ended():
 
 
 def test_turns_go_in_the_order_asked_however_often_one_asks_again():
-    timers = Timers()
-    pace = AdminPace(timers.call_later)
-    log: list[str] = []
-    clock = [0.0]
-    waiters = {name: Waiter(pace, log, name, clock) for name in "abcd"}
+    scene = Scene()
+    timers, pace, log, clock = scene.timers, scene.pace, scene.log, scene.clock
+    waiters = {name: scene.waiter(name) for name in "abcd"}
     pace.ran(waiters["a"], 0.0, COST_S)
     for name in "bcd":
         assert not pace.turn(waiters[name], COST_S)
@@ -88,12 +97,9 @@ def test_turns_go_in_the_order_asked_however_often_one_asks_again():
 
 
 def test_a_turn_that_cannot_be_used_passes_to_the_next_at_once():
-    timers = Timers()
-    pace = AdminPace(timers.call_later)
-    log: list[str] = []
-    clock = [0.0]
-    blocked = Waiter(pace, log, "blocked", clock, can_run=False)
-    ready = Waiter(pace, log, "ready", clock)
+    scene = Scene()
+    timers, pace, log = scene.timers, scene.pace, scene.log
+    blocked, ready = scene.waiter("blocked", can_run=False), scene.waiter("ready")
     pace.ran(ready, 0.0, COST_S)
     assert not pace.turn(blocked, COST_S)
     assert not pace.turn(ready, COST_S)
@@ -103,11 +109,9 @@ def test_a_turn_that_cannot_be_used_passes_to_the_next_at_once():
 
 
 def test_a_connection_that_goes_leaves_the_queue():
-    timers = Timers()
-    pace = AdminPace(timers.call_later)
-    log: list[str] = []
-    clock = [0.0]
-    gone, staying = Waiter(pace, log, "gone", clock), Waiter(pace, log, "staying", clock)
+    scene = Scene()
+    timers, pace, log = scene.timers, scene.pace, scene.log
+    gone, staying = scene.waiter("gone"), scene.waiter("staying")
     pace.ran(staying, 0.0, COST_S)
     assert not pace.turn(gone, COST_S)
     assert not pace.turn(staying, COST_S)

@@ -9,9 +9,12 @@ set PYTHONPATH to measure another tree), puts one message into each of
 QUEUES queues, then, in a child process, LOOPERS text connections that each
 send STATS, read the whole reply (to END), and send the next, for SECONDS
 plus 2 s of head start; meanwhile one polite text connection sends a PING,
-waits for its PONG (at most 25 s), and pauses 10 ms, over and over. Prints
-the polite round trips (count, p50, p99, max in ms) before and during the
-loop, and how many STATS the loopers got answered. Bounded: the loop ends
+waits for its PONG (at most 25 s), and pauses 10 ms, over and over; then,
+while the loop goes on, it sends a STATS of its own every 0.2 s for
+SECONDS / 2. Prints the polite round trips (count, p50, p99, max in ms)
+before and during the loop, its own STATS' round trips (count, p50, max in
+s: how long one waits among the loopers), and how many STATS the loopers
+got answered. Bounded: the loop ends
 after its time, every socket has a timeout, and the server is stopped by its
 PID. No peer needed.
 """
@@ -50,6 +53,28 @@ def loop_stats(port: int, seconds: float, answered: multiprocessing.Queue) -> No
     answered.put(count)
 
 
+def polite_stats(port: int, seconds: float) -> str:
+    """polite_stats: one STATS every 0.2 s for `seconds`, on a connection of its own;
+    its round trips summarised."""
+    times = []
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            started = time.perf_counter()
+            sock.sendall(b"STATS\n")
+            reply = b""
+            while not reply.endswith(b"END\r\n"):
+                data = sock.recv(1 << 20)
+                if not data:
+                    return f"closed after {len(times)} STATS"
+                reply += data
+            times.append(time.perf_counter() - started)
+            time.sleep(0.2)
+    times.sort()
+    return (f"{len(times)} STATS, p50 {times[len(times) // 2]:.2f} s, "
+            f"max {times[-1]:.2f} s")
+
+
 def fill(port: int, queues: int) -> None:
     """fill: one message in each of `queues` queues, pipelined in text mode."""
     with socket.create_connection(("127.0.0.1", port), timeout=25) as sock:
@@ -71,20 +96,22 @@ def main(queues: int, loopers: int, seconds: int) -> None:
         print(f"{queues} queues, {loopers} looping STATS, {seconds} s")
         print("before:", polite(port, 3))
         answered: multiprocessing.Queue = multiprocessing.Queue()
+        looping_s = seconds * 1.5 + HEAD_START_S
         children = [multiprocessing.Process(target=loop_stats,
-                                            args=(port, seconds + HEAD_START_S, answered))
+                                            args=(port, looping_s, answered))
                     for _ in range(loopers)]
         for child in children:
             child.start()
         time.sleep(HEAD_START_S)  # the loop is under way (a probe, not a test)
         during = polite(port, seconds)
         print(f"during: {during}")
-        counts = [answered.get(timeout=seconds + 60) for _ in children]
+        print(f"its own STATS meanwhile: {polite_stats(port, seconds / 2)}")
+        counts = [answered.get(timeout=looping_s + 60) for _ in children]
         for child in children:
             child.join(30)
             if child.is_alive():
                 child.kill()
-        print(f"STATS answered: {sum(counts)} in {seconds + HEAD_START_S:g} s "
+        print(f"STATS answered to the loopers: {sum(counts)} in {looping_s:g} s "
               f"({', '.join(map(str, counts))})")
     finally:
         server.terminate()
