@@ -44,7 +44,7 @@ class RateWindow:
             return tuple(0.0 for _ in totals)
         at, then = self._samples[0]
         elapsed = now - at
-        if elapsed <= 0:
+        if elapsed <= 0 or totals == then:  # (most queues, most of the time: STATS asks all)
             return tuple(0.0 for _ in totals)
-        return tuple(round(max(0, now_total - old) / elapsed, 3)
-                     for now_total, old in zip(totals, then, strict=True))
+        return tuple([round(max(0, now_total - old) / elapsed, 3)
+                      for now_total, old in zip(totals, then, strict=True)])
