@@ -49,9 +49,11 @@ Rules:
   connection the server refused (over --max-connections) is answered in
   the mode its first bytes pick and closed.
 * Commands whose cost grows with the number of queues (PACED_COMMANDS:
-  STATS, QUEUES) run when the server's pace allows (admin_pace.py); one
-  that must wait is held with everything its connection sent after it, in
-  either mode, and a timer runs it and them when its turn comes.
+  STATS, QUEUES) run in their turn (admin_pace.py). One that must wait
+  holds what its text connection sent after it (replies in order); a
+  binary one waits aside, as a waiting receive does, and only a second
+  paced command or a QUIT waits behind it. The pace's timer runs it (and
+  what it held) when its turn comes.
 * Authentication (auth.py): on a server with a token, a connection starts
   unauthenticated and only AUTH and QUIT run; any other command is answered
   AUTH_REQUIRED and the connection goes on. The gate is one boolean,
@@ -404,9 +406,7 @@ class Connection(asyncio.Protocol):
         if self._auth_timer is not None:
             self._auth_timer.cancel()
             self._auth_timer = None
-        if self._parked is not None or self._pace_holding:
-            self.hub.admin_pace.forget(self)
-            self._parked = None
+        self._leave_pace()
         self._withdraw_waits()
         self._held.clear()
         self._held_input.clear()
@@ -654,6 +654,13 @@ class Connection(asyncio.Protocol):
         self._pace_holding = True
         return True
 
+    def _leave_pace(self) -> None:
+        """_leave_pace: closing or gone, this connection waits for no turn; a command set
+        aside is dropped (what a text one held stays held, never to run)."""
+        if self._parked is not None or self._pace_holding:
+            self.hub.admin_pace.forget(self)
+            self._parked = None
+
     def _run_paced(self, command: Command, now: float) -> None:
         started = self.hub.monotonic()
         self._execute_now(command, now)
@@ -808,13 +815,11 @@ class Connection(asyncio.Protocol):
         next flush, or `delay_s` later (a wrong auth token: reading is paused meanwhile)."""
         self._close_after_flush = True
         self._withdraw_waits()
-        if self._parked is not None:
-            # Dropped, not run out of its turn: a client that QUITs or half-closes after
-            # a paced command has it answered first (both wait for it), so what ends here
-            # is an error, a stop or a cut-off, and a STATS run for each would let a
-            # client skip the queue by closing (a reviewer's 92 STATS in 4 s, a core).
-            self.hub.admin_pace.forget(self)
-            self._parked = None
+        # A paced command still waiting is dropped, not run out of its turn: a client
+        # that QUITs or half-closes after one has it answered first (both wait for it),
+        # so what ends here is an error, a stop or a cut-off, and a STATS run for each
+        # would let a client skip the queue by closing (a reviewer's 92 STATS in 4 s).
+        self._leave_pace()
         if delay_s > 0:
             self._pause("closing")
             self.hub.call_later(delay_s, self._close_now)
