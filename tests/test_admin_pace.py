@@ -36,9 +36,10 @@ class Waiter:
     """A connection as the pace sees it: on its turn it runs (`cost` long), or cannot."""
 
     def __init__(self, pace: AdminPace, log: list, name: str, clock: list[float],
-                 can_run: bool = True) -> None:
+                 can_run: bool = True, address: str | None = "127.0.0.1") -> None:
         self.pace, self.log, self.name, self.clock, self.can_run = pace, log, name, clock, \
             can_run
+        self.address = address
 
     def take_pace_turn(self) -> None:
         if self.can_run and self.pace.turn(self, self.clock[0]):
@@ -55,8 +56,13 @@ class Scene:
         self.log: list[str] = []
         self.clock = [start]
 
-    def waiter(self, name: str, can_run: bool = True) -> Waiter:
-        return Waiter(self.pace, self.log, name, self.clock, can_run)
+    def waiter(self, name: str, can_run: bool = True,
+               address: str | None = "127.0.0.1") -> Waiter:
+        return Waiter(self.pace, self.log, name, self.clock, can_run, address)
+
+    def run_all(self) -> None:
+        while self.timers.due:
+            self.clock[0] += self.timers.fire()
 
 
 def test_nothing_waits_before_a_paced_command_has_run():
@@ -94,6 +100,56 @@ def test_turns_go_in_the_order_asked_however_often_one_asks_again():
         clock[0] += timers.fire()
         assert not pace.turn(waiters["b"], clock[0])  # one that just ran waits its turn
     assert log == ["b", "c", "d"]
+
+
+def test_turns_go_round_the_addresses_then_first_come_first_served():
+    # One host that queued many STATS (on many connections) ahead of others gets one
+    # turn in each round, not all its turns first.
+    scene = Scene()
+    pace = scene.pace
+    pace.ran(scene.waiter("x"), 0.0, COST_S)
+    flood = [scene.waiter(f"f{i}", address="10.0.0.5") for i in range(4)]
+    for waiter in [*flood, scene.waiter("a1", address="10.0.0.1"),
+                   scene.waiter("b1", address="10.0.0.2"),
+                   scene.waiter("a2", address="10.0.0.1"),
+                   scene.waiter("none", address=None)]:
+        assert not pace.turn(waiter, COST_S)
+    assert pace.waiting == 8
+    scene.run_all()
+    assert scene.log == ["f0", "a1", "b1", "none", "f1", "a2", "f2", "f3"]
+    assert pace.waiting == 0
+
+
+def test_an_address_that_comes_back_joins_the_end_of_the_round():
+    scene = Scene()
+    pace, log = scene.pace, scene.log
+    pace.ran(scene.waiter("x"), 0.0, COST_S)
+    first, other = scene.waiter("a1", address="10.0.0.1"), scene.waiter("b1", address="10.0.0.2")
+    assert not pace.turn(first, COST_S)
+    assert not pace.turn(other, COST_S)
+    scene.clock[0] += scene.timers.fire()
+    assert log == ["a1"]
+    assert not pace.turn(scene.waiter("a2", address="10.0.0.1"), scene.clock[0])
+    scene.run_all()
+    assert log == ["a1", "b1", "a2"]
+
+
+def test_a_connection_that_goes_takes_its_address_out_of_the_round_when_last():
+    scene = Scene()
+    pace = scene.pace
+    pace.ran(scene.waiter("x"), 0.0, COST_S)
+    gone = scene.waiter("gone", address="10.0.0.5")
+    later = scene.waiter("later", address="10.0.0.5")
+    other = scene.waiter("other", address="10.0.0.1")
+    for waiter in (gone, other, later):
+        assert not pace.turn(waiter, COST_S)
+    pace.forget(gone)
+    gone.address = None  # the server lets go of a closed connection's address
+    assert pace.waiting == 2
+    scene.run_all()
+    assert scene.log == ["later", "other"]
+    pace.forget(later)  # forgetting one that has had its turn changes nothing
+    assert pace.waiting == 0
 
 
 def test_a_turn_that_cannot_be_used_passes_to_the_next_at_once():

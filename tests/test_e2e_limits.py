@@ -505,3 +505,33 @@ async def test_stats_pipelined_on_a_server_with_many_queues_wait_their_turns(ser
         assert all(len(figures["queues"]) == 3000 for figures in stats)
         paced = (await client.stats())["server"]["paced_commands_total"]
         assert paced >= 4  # the first may run at once; the four after it came too soon
+
+
+async def test_one_host_sending_many_stats_does_not_hold_up_another_hosts(server_factory):
+    # A reviewer's flood: one host opens many connections, sends STATS on each and
+    # half-closes (each close waits for its STATS). Turns go round the addresses, so a
+    # client on another host waits for one of them, not for all.
+    server = server_factory("--max-queues", "2000")
+    async with connect(server.host, server.port) as client:
+        await asyncio.gather(*(client.put(f"q{i}", b"x") for i in range(2000)))
+        flood = [Text(server.host, server.port, source="127.0.0.5") for _ in range(10)]
+        control = Text(server.host, server.port, source="127.0.0.5")
+        try:
+            for raw in [*flood, control]:  # each one accepted and in text mode
+                raw.send(b"PING\r\n")
+                assert await in_thread(raw.line) == b"PONG"
+            for raw in flood:
+                raw.send(b"STATS\r\n")
+                raw.sock.shutdown(socket.SHUT_WR)
+            control.send(b"PING\r\n")  # answered after the server has read every STATS
+            assert await in_thread(control.line) == b"PONG"
+            figures = await client.stats()  # from 127.0.0.1
+            # Built in its turn: most of the flood's STATS were still waiting then.
+            assert figures["server"]["paced_commands_waiting"] >= 6
+            for raw in flood:  # and each of theirs is answered, in its turn
+                lines = await in_thread(raw.until_end)
+                assert any(line.startswith(b"server.paced_commands_total: ") for line in lines)
+                assert await in_thread(raw.at_eof)
+        finally:
+            for raw in [*flood, control]:
+                raw.close()
