@@ -18,6 +18,7 @@ import pty
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import termios
@@ -26,11 +27,12 @@ import time
 import pytest
 from fault_proxy import FaultProxy
 from polling import EVENT_TIMEOUT_S, until, until_stats
+from raw_socket import TextSocket
 from rich.console import Console
 from server_process import ServerProcess
 
 from wonderq_cli.stats_view import server_line
-from wonderq_cli.top import History, Poller, frame
+from wonderq_cli.top import History, Poll, Poller, frame
 from wonderq_client import connect
 
 
@@ -268,18 +270,53 @@ async def test_top_poller_survives_the_server_going_away_and_coming_back(server_
     poller = Poller(server.host, port, timeout_s=2.0)
     async with connect(server.host, port) as client:
         await client.put("q", b"x")
-    assert await poller.poll()
+    assert await poller.poll() is Poll.FRESH
     assert poller.stats["queues"]["q"]["ready"] == 1
     server.kill()
-    assert not await poller.poll()
+    assert await poller.poll() is Poll.AWAY
     assert poller.stats["queues"]["q"]["ready"] == 1  # the last figures stay on screen
     again = server_factory("--port", str(port))
     started = time.monotonic()
-    assert await poller.poll()  # reconnected on its own
+    assert await poller.poll() is Poll.FRESH  # reconnected on its own
     assert time.monotonic() - started < 5
     assert poller.stats["queues"] == {}  # a new in-memory server
     await poller.close()
     again.stop()
+
+
+async def test_top_waits_for_a_paced_stats_in_its_place_without_reconnecting(server_factory):
+    # With thousands of queues the server paces STATS; 20 connections' STATS ahead of
+    # top's take seconds. top's poll gives up waiting for an answer after its interval
+    # but, the server answering a PING, keeps its request in its place: it neither shows
+    # the server away nor reconnects (which would send its STATS to the back again).
+    server = server_factory("--max-queues", "3000")
+    async with connect(server.host, server.port) as client:
+        await asyncio.gather(*(client.put(f"q{i}", b"x") for i in range(3000)))
+        poller = Poller(server.host, server.port, timeout_s=10.0, answer_wait_s=0.05)
+        assert await poller.poll() is Poll.FRESH
+        first_client, shown = poller.client, poller.stats
+        ahead = [TextSocket(server.host, server.port) for _ in range(21)]
+        try:
+            for raw in ahead:  # each one accepted and in text mode
+                raw.send(b"PING\r\n")
+                assert raw.line() == b"PONG"
+            for raw in ahead[:20]:
+                raw.send(b"STATS\r\n")
+                raw.sock.shutdown(socket.SHUT_WR)
+            ahead[20].send(b"PING\r\n")  # answered once the server has read every STATS
+            assert ahead[20].line() == b"PONG"
+            assert await poller.poll() is Poll.WAITING
+            assert poller.stats is shown  # the last figures stay on screen meanwhile
+            found = [Poll.WAITING]
+            while found[-1] is Poll.WAITING and len(found) < 400:  # 20 s at most
+                found.append(await poller.poll())
+            assert found[-1] is Poll.FRESH
+            assert poller.client is first_client
+            assert poller.stats["server"]["connections_total"] == 23  # no new connection
+        finally:
+            for raw in ahead:
+                raw.close()
+            await poller.close()
 
 
 def test_the_server_line_shows_trouble_only_when_there_is_some() -> None:

@@ -19,7 +19,7 @@ from test_e2e_cli import at, cli
 from test_e2e_cli_work import stop, work
 from test_e2e_demo import accounting, run_demo
 
-from wonderq_cli.top import Poller
+from wonderq_cli.top import Poll, Poller
 from wonderq_client import connect
 
 TOKEN = "cli-s3cret"
@@ -114,7 +114,7 @@ async def test_top_polls_with_the_token_and_tls(secured, tls_files):
     poller = Poller(secured.host, secured.port, 10.0,
                     {"auth_token": TOKEN, "ssl": tls_files.client_context()})
     try:
-        assert await poller.poll()
+        assert await poller.poll() is Poll.FRESH
         assert poller.stats["queues"]["watched"]["ready"] == 1
     finally:
         await poller.close()

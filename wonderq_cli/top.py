@@ -11,10 +11,15 @@ Rules:
 * Quits on `q` (when stdin is a terminal) or Ctrl-C, restoring the terminal.
 * A server that cannot be reached, or that goes away, shows "disconnected"
   with the last figures dimmed; `top` retries once per interval and
-  carries on when the server is back. What retrying cannot fix ends `top`
-  with main.py's one line: a refused auth token (AUTH_FAILED), a server
-  certificate that fails verification. Totals that go down (the server was
-  restarted) restart the history rather than show negative rates.
+  carries on when the server is back. A server that answers a PING but not
+  yet the STATS is there: STATS waits its turn when the server is busy with
+  them (the server paces STATS: PROTOCOL.md), so `top` keeps the request
+  in its place, shows the last figures with "waiting for their turn", and
+  never reconnects for it, which would only send it to the back again.
+  What retrying cannot fix ends `top` with main.py's one line: a refused
+  auth token (AUTH_FAILED), a server certificate that fails verification.
+  Totals that go down (the server was restarted) restart the history rather
+  than show negative rates.
 * `--once` prints one frame and exits (for scripts, and to see the layout).
 """
 
@@ -30,6 +35,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping
+from enum import Enum
 from typing import Any
 
 from rich.console import Console, RenderableType
@@ -97,32 +103,64 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
                         "until killed")
 
 
+class Poll(Enum):
+    """What one Poller.poll found."""
+
+    FRESH = "fresh"  # new figures
+    WAITING = "waiting"  # the server answers, its STATS waits its turn
+    AWAY = "away"  # the server cannot be reached, or stopped answering
+
+
 class Poller:
     """Poller fetches stats, connecting (again) as needed; `poll` never raises for a
-    server that is down or goes away, it reports it."""
+    server that is down or goes away, it reports it.
+
+    A STATS not answered within `answer_wait_s` stays pending, to be awaited by the
+    next poll: the server paces STATS, and a new request would wait from the back.
+    Meanwhile a PING, answered at once by a server that is there, tells WAITING from
+    AWAY (a server that does not answer it within `timeout_s`)."""
 
     def __init__(self, host: str, port: int, timeout_s: float,
-                 connect_options: Mapping[str, Any] | None = None) -> None:
+                 connect_options: Mapping[str, Any] | None = None,
+                 answer_wait_s: float | None = None) -> None:
         self.host, self.port, self.timeout_s = host, port, timeout_s
+        self.answer_wait_s = timeout_s if answer_wait_s is None else answer_wait_s
         self.connect_options = dict(connect_options or {})  # auth_token, ssl
         self.client: Client | None = None
         self.stats: dict[str, Any] = {}  # the last stats seen, kept while disconnected
+        self._asked: asyncio.Future[dict[str, Any]] | None = None  # the STATS in flight
 
-    async def poll(self) -> bool:
-        """poll refreshes `stats`; returns whether the server answered."""
+    async def poll(self) -> Poll:
+        """poll refreshes `stats` if the server answers in time, and says what it found."""
         try:
             if self.client is None or self.client.closed:
+                self._forget_asked()
                 self.client = await connect(self.host, self.port, timeout=self.timeout_s,
                                             **self.connect_options)
-            self.stats = await asyncio.wait_for(self.client.stats(), timeout=self.timeout_s)
-            return True
+            if self._asked is None:
+                self._asked = asyncio.ensure_future(self.client.stats())
+            done, _ = await asyncio.wait({self._asked}, timeout=self.answer_wait_s)
+            if done:
+                asked, self._asked = self._asked, None
+                self.stats = asked.result()
+                return Poll.FRESH
+            await asyncio.wait_for(self.client.ping(), timeout=self.timeout_s)
+            return Poll.WAITING
         except ssl.SSLCertVerificationError:
             raise  # not the server being away: retrying will not help
         except (TimeoutError, OSError, ConnectionClosed):
             await self.close()
-            return False
+            return Poll.AWAY
+
+    def _forget_asked(self) -> None:
+        asked, self._asked = self._asked, None
+        if asked is not None:
+            asked.cancel()
+            if asked.done() and not asked.cancelled():
+                asked.exception()  # seen: the connection it was on has gone
 
     async def close(self) -> None:
+        self._forget_asked()
         client, self.client = self.client, None
         if client is not None:
             with contextlib.suppress(Exception):
@@ -131,34 +169,50 @@ class Poller:
 
 async def run(args: argparse.Namespace) -> int:
     interval = max(0.1, args.interval)
-    poller = Poller(args.host, args.port, max(interval, 2.0), args.connect_options)
+    poller = Poller(args.host, args.port, max(interval, 2.0), args.connect_options,
+                    answer_wait_s=interval)
     history = History()
     if args.once:  # errors reach main, which says why the server cannot be reached
         async with open_client(args) as client:
             stats = await client.stats()
         history.update(stats.get("queues", {}), time.monotonic())
         console = Console()
-        print_rich(frame(stats, history, _status(args, True), console.width), console)
+        print_rich(frame(stats, history, _status(args, Poll.FRESH), console.width),
+                   console)
         return 0
     quit_event = asyncio.Event()
     loop = asyncio.get_running_loop()
     console = Console()
     with _keys(loop, quit_event), _interrupt(loop, quit_event), \
             Live(console=console, auto_refresh=False, screen=sys.stdout.isatty()) as live:
-        while not quit_event.is_set():
-            connected = await poller.poll()
-            if connected:
-                history.update(poller.stats.get("queues", {}), time.monotonic())
-            live.update(frame(poller.stats, history, _status(args, connected), console.width,
-                              connected), refresh=True)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(quit_event.wait(), timeout=interval)
+        quitting = asyncio.ensure_future(quit_event.wait())
+        try:
+            while not quit_event.is_set():
+                polling = asyncio.ensure_future(poller.poll())
+                await asyncio.wait({polling, quitting}, return_when=asyncio.FIRST_COMPLETED)
+                if not polling.done():  # q or Ctrl-C while waiting for the server
+                    polling.cancel()
+                    break
+                found = polling.result()
+                if found is Poll.FRESH:
+                    history.update(poller.stats.get("queues", {}), time.monotonic())
+                live.update(frame(poller.stats, history, _status(args, found), console.width,
+                                  found is not Poll.AWAY), refresh=True)
+                if found is not Poll.WAITING:  # a waiting poll has waited its interval
+                    await asyncio.wait({quitting}, timeout=interval)
+        finally:
+            quitting.cancel()
     await poller.close()
     return 0
 
 
-def _status(args: argparse.Namespace, connected: bool) -> str:
-    state = "connected" if connected else "disconnected (retrying)"
+_STATES = {Poll.FRESH: "connected",
+           Poll.WAITING: "connected · stats waiting for their turn (the server paces them)",
+           Poll.AWAY: "disconnected (retrying)"}
+
+
+def _status(args: argparse.Namespace, found: Poll) -> str:
+    state = _STATES[found]
     return f"wonderq top · {args.host}:{args.port} · {state} · q or Ctrl-C quits"
 
 
