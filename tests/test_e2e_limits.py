@@ -117,6 +117,39 @@ async def test_one_address_may_hold_only_its_share_of_the_connections(server_fac
             await client.close()
 
 
+async def test_one_hosts_flood_of_refused_connections_leaves_room_for_anothers(
+        server_factory):
+    # A reviewer: refused connections waiting for their first bytes (to be answered in
+    # their mode) had 32 places in all, so one host's silent refused ones took them and
+    # another host's refusal was cut off without an answer. Each address has a few.
+    server = server_factory("--max-connections-per-address", "1")
+    async with connect(server.host, server.port) as client:
+        held = [Text(server.host, server.port, source=source)
+                for source in ("127.0.0.5", "127.0.0.6")]
+        for raw in held:
+            raw.send(b"PING\r\n")
+            assert await in_thread(raw.line) == b"PONG"
+        flood = [Text(server.host, server.port, source="127.0.0.5") for _ in range(40)]
+        try:
+            await until_stats(
+                client, lambda s: s["server"]["connections_refused_per_address_total"] == 40)
+            other = Text(server.host, server.port, source="127.0.0.6")
+            flood.append(other)
+            other.send(b"PING\r\n")
+            assert (await in_thread(other.line)).startswith(b"ERR TOO_MANY_CONNECTIONS ")
+            answered = 0
+            for raw in flood[:40]:
+                try:
+                    raw.send(b"PING\r\n")
+                    answered += (await in_thread(raw.line)).startswith(b"ERR ")
+                except (OSError, EOFError):  # cut off without an answer
+                    pass
+            assert answered == 4
+        finally:
+            for raw in [*held, *flood]:
+                raw.close()
+
+
 async def test_no_limit_per_address_with_zero(server_factory):
     server = server_factory("--max-connections-per-address", "0", "--max-connections", "3")
     clients = [await connect(server.host, server.port) for _ in range(3)]

@@ -170,6 +170,13 @@ REFUSAL_WAIT_S = 1.0
 # scrapers (32), the event loop, the standard streams and a margin.
 RESERVED_FILE_DESCRIPTORS = 64
 
+# Refused connections waiting for their first bytes, to be answered in their mode: at
+# most half the reserved descriptors, and a few from any one address, so that one host's
+# flood of refused connections does not leave the others' refusals unanswered (past
+# either, a connection is cut off without an answer).
+REFUSALS_WAITING = RESERVED_FILE_DESCRIPTORS // 2
+REFUSALS_WAITING_PER_ADDRESS = 4
+
 
 @dataclass(frozen=True)
 class ConnectionLimits:

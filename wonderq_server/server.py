@@ -59,6 +59,8 @@ from .compaction import Compaction
 from .config import Config
 from .connection import Connection, Output
 from .connection_limits import (
+    REFUSALS_WAITING,
+    REFUSALS_WAITING_PER_ADDRESS,
     RESERVED_FILE_DESCRIPTORS,
     Counters,
     address_key,
@@ -110,7 +112,9 @@ class Server:
         self.refusal_log = RefusalLog(logger)  # wrong tokens, connections over the limit
         self.admin_pace = AdminPace(self.call_later)  # STATS and QUEUES share the loop
         self.monotonic: Callable[[], float] = time.monotonic  # for the pace's spacing
-        self._refused: set[Connection] = set()  # over the limit, waiting for their answer
+        # Over a limit, waiting for their answer: each under its address (address_key).
+        self._refused: dict[Connection, str | None] = {}
+        self._refused_from: dict[str | None, int] = {}
         # Admitted connections by client address (--max-connections-per-address).
         self._connections_from: dict[str, int] = {}
         self.broker = Broker(visibility_timeout_s=config.visibility_timeout_s,
@@ -402,8 +406,10 @@ class Server:
         or --max-connections-per-address from its address).
 
         Refused connections wait at most REFUSAL_WAIT_S for their answer, and
-        only half the reserved descriptors' worth of them at a time: past
-        that, a flood of them is cut off without one.
+        only REFUSALS_WAITING of them at a time (half the reserved descriptors),
+        at most REFUSALS_WAITING_PER_ADDRESS from one address: past that, a
+        flood of them is cut off without one, and one host's flood leaves
+        room for the others' refusals to be answered.
 
         Once stop() has begun, a connection is closed as it opens: uvloop
         calls connection_made a loop turn after the accept, and a TLS one only
@@ -492,13 +498,17 @@ class Server:
 
     def _refuse(self, connection: Connection, why: str) -> None:
         """_refuse: answer TOO_MANY_CONNECTIONS once the client's mode shows, then close;
-        past half the reserved descriptors' worth waiting, cut off without an answer."""
+        past REFUSALS_WAITING waiting, or REFUSALS_WAITING_PER_ADDRESS from its address,
+        cut off without an answer."""
         self.counters.refused += 1
-        if len(self._refused) >= RESERVED_FILE_DESCRIPTORS // 2:
+        address = address_key(connection.peer)
+        waiting_from = self._refused_from.get(address, 0)
+        if len(self._refused) >= REFUSALS_WAITING or waiting_from >= REFUSALS_WAITING_PER_ADDRESS:
             assert connection.transport is not None
             connection.transport.abort()
             return
-        self._refused.add(connection)
+        self._refused[connection] = address
+        self._refused_from[address] = waiting_from + 1
         connection.refuse(ProtocolError(TOO_MANY_CONNECTIONS, f"{why}; try again later"))
 
     def _unsent_replies(self) -> dict[Connection, int]:
@@ -516,7 +526,13 @@ class Server:
 
     def connection_closed(self, connection: Connection) -> None:
         self.connections.discard(connection)
-        self._refused.discard(connection)
+        if connection in self._refused:
+            address = self._refused.pop(connection)
+            left = self._refused_from[address] - 1
+            if left:
+                self._refused_from[address] = left
+            else:
+                del self._refused_from[address]
         self._release_address(connection)
         if self._all_closed is not None:
             if not self.connections and not self._all_closed.done():
