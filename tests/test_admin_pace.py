@@ -23,8 +23,16 @@ class Timers:
         self.due: list[tuple[float, object]] = []
 
     def call_later(self, delay, callback):
-        self.due.append((delay, callback))
-        return callback
+        entry = (delay, callback)
+        self.due.append(entry)
+        timers = self
+
+        class Handle:
+            def cancel(self) -> None:
+                if entry in timers.due:
+                    timers.due.remove(entry)
+
+        return Handle()
 
     def fire(self) -> float:
         delay, callback = self.due.pop(0)
@@ -150,6 +158,42 @@ def test_a_connection_that_goes_takes_its_address_out_of_the_round_when_last():
     assert scene.log == ["later", "other"]
     pace.forget(later)  # forgetting one that has had its turn changes nothing
     assert pace.waiting == 0
+
+
+def test_a_connection_that_goes_during_its_turn_without_running_passes_the_turn_on():
+    # A reviewer's fuzzing: a connection forgotten inside its take_pace_turn, before its
+    # command ran, left the others waiting with no timer armed.
+    scene = Scene()
+    pace = scene.pace
+
+    class GoesInItsTurn(Waiter):
+        def take_pace_turn(self) -> None:
+            self.pace.forget(self)
+
+    pace.ran(scene.waiter("x"), 0.0, COST_S)
+    going = GoesInItsTurn(pace, scene.log, "going", scene.clock)
+    staying = scene.waiter("staying")
+    assert not pace.turn(going, COST_S)
+    assert not pace.turn(staying, COST_S)
+    scene.run_all()
+    assert scene.log == ["staying"] and pace.waiting == 0
+
+
+def test_a_timer_nobody_waits_for_is_cancelled_so_it_cannot_skip_a_later_spacing():
+    scene = Scene()
+    pace, timers = scene.pace, scene.timers
+    pace.ran(scene.waiter("x"), 0.0, COST_S)
+    gone = scene.waiter("gone")
+    assert not pace.turn(gone, COST_S)
+    pace.forget(gone)
+    assert timers.due == []
+    # One that comes once the spacing has passed runs at once; the next waits its spacing.
+    first, second = scene.waiter("first"), scene.waiter("second")
+    assert pace.turn(first, COST_S + GAP_S)
+    pace.ran(first, COST_S + GAP_S, 2 * COST_S + GAP_S)
+    assert not pace.turn(second, 2 * COST_S + GAP_S)
+    [(delay, _)] = timers.due
+    assert delay == pytest.approx(GAP_S)
 
 
 def test_a_turn_that_cannot_be_used_passes_to_the_next_at_once():

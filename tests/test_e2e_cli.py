@@ -274,6 +274,7 @@ async def test_top_poller_survives_the_server_going_away_and_coming_back(server_
     assert poller.stats["queues"]["q"]["ready"] == 1
     server.kill()
     assert await poller.poll() is Poll.AWAY
+    assert poller.why  # shown on the status line: what the poll met
     assert poller.stats["queues"]["q"]["ready"] == 1  # the last figures stay on screen
     again = server_factory("--port", str(port))
     started = time.monotonic()
@@ -317,6 +318,58 @@ async def test_top_waits_for_a_paced_stats_in_its_place_without_reconnecting(ser
             for raw in ahead:
                 raw.close()
             await poller.close()
+
+
+def test_top_sees_a_frozen_server_within_its_timeout_not_later(server):
+    # A reviewer: a poll waited its interval for the STATS, then up to its timeout for a
+    # PING sent only then, so a frozen server showed "connected" for both. The PING goes
+    # with the poll, and its timeout counts from then.
+    async def frozen_poll() -> float:
+        poller = Poller(server.host, server.port, timeout_s=1.0, answer_wait_s=1.0)
+        try:
+            assert await poller.poll() is Poll.FRESH
+            assert server.proc is not None
+            os.kill(server.proc.pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                assert await poller.poll() is Poll.AWAY
+                return time.monotonic() - started
+            finally:
+                os.kill(server.proc.pid, signal.SIGCONT)
+        finally:
+            await poller.close()
+
+    assert asyncio.run(frozen_poll()) < 1.8  # about 1 s; 2 s before
+
+
+async def test_top_takes_a_stats_that_comes_with_the_pong_as_fresh():
+    # A reviewer saw "waiting for their turn" for one frame when the STATS reply and the
+    # PONG came together. Here a stand-in for the client gets both answers at once, the
+    # STATS first, as one read of the socket would give them.
+    loop = asyncio.get_running_loop()
+
+    class AnswersTogether:
+        closed = False
+
+        def __init__(self) -> None:
+            self.figures: asyncio.Future = loop.create_future()
+            self.pong: asyncio.Future = loop.create_future()
+            loop.call_later(0.05, self.answer)
+
+        def answer(self) -> None:
+            self.figures.set_result({"server": {}, "queues": {"q": {}}})
+            self.pong.set_result("pong")
+
+        async def stats(self):
+            return await self.figures
+
+        async def ping(self):
+            return await self.pong
+
+    poller = Poller("127.0.0.1", 1, timeout_s=5.0, answer_wait_s=0.001)
+    poller.client = AnswersTogether()  # type: ignore[assignment]
+    assert await poller.poll() is Poll.FRESH
+    assert poller.stats["queues"] == {"q": {}}
 
 
 def test_the_server_line_shows_trouble_only_when_there_is_some() -> None:
@@ -518,8 +571,10 @@ async def test_a_server_that_does_not_answer_is_one_line_and_exit_2(server_facto
     finally:
         server.proc.send_signal(signal.SIGCONT)
     assert done.returncode == 2
-    assert done.stderr.decode() == (f"wonderq: the server at {server.host}:{server.port} did "
-                                    "not answer within 1 s\n")
+    assert done.stderr.decode() == (
+        f"wonderq: the server at {server.host}:{server.port} did not answer within 1 s; on a "
+        "server busy with many queues and many stats callers, stats wait their turn "
+        "(PROTOCOL.md): a longer --timeout may get one\n")
 
 
 async def test_a_bad_port_in_the_environment_is_named(server):
@@ -617,6 +672,8 @@ def test_top_once_with_a_server_that_does_not_answer_ends_within_timeout(server)
         os.kill(server.proc.pid, signal.SIGCONT)
     assert done.returncode == 2
     assert b"did not answer within 1 s" in done.stderr
+    # Its STATS may only have been waiting its turn (paced): it says so, and what helps.
+    assert b"stats wait their turn (PROTOCOL.md): a longer --timeout" in done.stderr
 
 
 async def test_ctrl_c_on_receive_gives_back_a_message_still_on_its_way(server):

@@ -55,6 +55,8 @@ REFUSING_CLOSES = frozenset({"FRAME_TOO_LARGE", "UNSUPPORTED_VERSION"})
 
 DEFAULT_TIMEOUT_S = 10.0
 UNBOUNDED_COMMANDS = frozenset({"top", "demo", "work"})
+# Commands whose request the server paces (STATS, QUEUES): one may wait its turn.
+PACED_COMMANDS = frozenset({"stats", "queues", "top"})
 
 
 class NoAnswer(Exception):
@@ -183,8 +185,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         waited = float(getattr(args, "wait", 0.0) or 0.0)
         within = f"{args.timeout:g} s" if not waited else \
             f"{args.timeout + waited:g} s (--timeout {args.timeout:g} + --wait {waited:g})"
+        paced = "" if args.command not in PACED_COMMANDS else (
+            "; on a server busy with many queues and many stats callers, stats wait their "
+            "turn (PROTOCOL.md): a longer --timeout may get one")
         print(f"wonderq: the server at {args.host}:{args.port} did not answer within "
-              f"{within}", file=sys.stderr)
+              f"{within}{paced}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except WonderQError as exc:
         if isinstance(exc, ConnectionClosed) and exc.server_code in REFUSING_CLOSES:

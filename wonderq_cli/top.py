@@ -103,6 +103,13 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
                         "until killed")
 
 
+def _seen(call: asyncio.Future[Any]) -> None:
+    """_seen takes a finished call's error, if any, so that one nobody awaits (its
+    connection went) is not reported as never retrieved."""
+    if not call.cancelled():
+        call.exception()
+
+
 class Poll(Enum):
     """What one Poller.poll found."""
 
@@ -117,8 +124,9 @@ class Poller:
 
     A STATS not answered within `answer_wait_s` stays pending, to be awaited by the
     next poll: the server paces STATS, and a new request would wait from the back.
-    Meanwhile a PING, answered at once by a server that is there, tells WAITING from
-    AWAY (a server that does not answer it within `timeout_s`)."""
+    A PING sent with each poll, answered at once by a server that is there, tells
+    WAITING from AWAY (a server that does not answer it within `timeout_s` of its
+    sending: no later than before a STATS could wait). `why` says what AWAY met."""
 
     def __init__(self, host: str, port: int, timeout_s: float,
                  connect_options: Mapping[str, Any] | None = None,
@@ -128,6 +136,7 @@ class Poller:
         self.connect_options = dict(connect_options or {})  # auth_token, ssl
         self.client: Client | None = None
         self.stats: dict[str, Any] = {}  # the last stats seen, kept while disconnected
+        self.why = ""  # what the last poll that found the server away met
         self._asked: asyncio.Future[dict[str, Any]] | None = None  # the STATS in flight
 
     async def poll(self) -> Poll:
@@ -137,27 +146,39 @@ class Poller:
                 self._forget_asked()
                 self.client = await connect(self.host, self.port, timeout=self.timeout_s,
                                             **self.connect_options)
-            if self._asked is None:
-                self._asked = asyncio.ensure_future(self.client.stats())
-            done, _ = await asyncio.wait({self._asked}, timeout=self.answer_wait_s)
-            if done:
-                asked, self._asked = self._asked, None
-                self.stats = asked.result()
-                return Poll.FRESH
-            await asyncio.wait_for(self.client.ping(), timeout=self.timeout_s)
-            return Poll.WAITING
+            return await self._ask(self.client)
         except ssl.SSLCertVerificationError:
             raise  # not the server being away: retrying will not help
-        except (TimeoutError, OSError, ConnectionClosed):
+        except (TimeoutError, OSError, ConnectionClosed) as exc:
+            self.why = str(exc) or f"no answer within {self.timeout_s:g} s"
             await self.close()
             return Poll.AWAY
+
+    async def _ask(self, client: Client) -> Poll:
+        loop = asyncio.get_running_loop()
+        sent_at = loop.time()
+        if self._asked is None:
+            self._asked = asyncio.ensure_future(client.stats())
+            self._asked.add_done_callback(_seen)
+        alive = asyncio.ensure_future(client.ping())
+        alive.add_done_callback(_seen)
+        try:
+            done, _ = await asyncio.wait({self._asked}, timeout=self.answer_wait_s)
+            if not done:
+                left = sent_at + self.timeout_s - loop.time()
+                await asyncio.wait_for(alive, timeout=max(left, 0.0))  # else TimeoutError
+                if not self._asked.done():  # it may have come with the PONG
+                    return Poll.WAITING
+            asked, self._asked = self._asked, None
+            self.stats = asked.result()
+            return Poll.FRESH
+        finally:
+            alive.cancel()  # the STATS answered first: its PONG is not needed
 
     def _forget_asked(self) -> None:
         asked, self._asked = self._asked, None
         if asked is not None:
             asked.cancel()
-            if asked.done() and not asked.cancelled():
-                asked.exception()  # seen: the connection it was on has gone
 
     async def close(self) -> None:
         self._forget_asked()
@@ -183,27 +204,35 @@ async def run(args: argparse.Namespace) -> int:
     quit_event = asyncio.Event()
     loop = asyncio.get_running_loop()
     console = Console()
-    with _keys(loop, quit_event), _interrupt(loop, quit_event), \
-            Live(console=console, auto_refresh=False, screen=sys.stdout.isatty()) as live:
-        quitting = asyncio.ensure_future(quit_event.wait())
-        try:
-            while not quit_event.is_set():
-                polling = asyncio.ensure_future(poller.poll())
-                await asyncio.wait({polling, quitting}, return_when=asyncio.FIRST_COMPLETED)
-                if not polling.done():  # q or Ctrl-C while waiting for the server
-                    polling.cancel()
-                    break
-                found = polling.result()
-                if found is Poll.FRESH:
-                    history.update(poller.stats.get("queues", {}), time.monotonic())
-                live.update(frame(poller.stats, history, _status(args, found), console.width,
-                                  found is not Poll.AWAY), refresh=True)
-                if found is not Poll.WAITING:  # a waiting poll has waited its interval
-                    await asyncio.wait({quitting}, timeout=interval)
-        finally:
-            quitting.cancel()
-    await poller.close()
+    try:
+        with _keys(loop, quit_event), _interrupt(loop, quit_event), \
+                Live(console=console, auto_refresh=False, screen=sys.stdout.isatty()) as live:
+            await _refresh(args, poller, history, live, console, quit_event, interval)
+    finally:  # also when an error ends top (AUTH_FAILED, say): its connection is closed
+        await poller.close()
     return 0
+
+
+async def _refresh(args: argparse.Namespace, poller: Poller, history: History, live: Live,
+                   console: Console, quit_event: asyncio.Event, interval: float) -> None:
+    """_refresh polls and redraws once per interval until q or Ctrl-C."""
+    quitting = asyncio.ensure_future(quit_event.wait())
+    try:
+        while not quit_event.is_set():
+            polling = asyncio.ensure_future(poller.poll())
+            await asyncio.wait({polling, quitting}, return_when=asyncio.FIRST_COMPLETED)
+            if not polling.done():  # q or Ctrl-C while waiting for the server
+                polling.cancel()
+                return
+            found = polling.result()
+            if found is Poll.FRESH:
+                history.update(poller.stats.get("queues", {}), time.monotonic())
+            live.update(frame(poller.stats, history, _status(args, found, poller.why),
+                              console.width, found is not Poll.AWAY), refresh=True)
+            if found is not Poll.WAITING:  # a waiting poll has waited its interval
+                await asyncio.wait({quitting}, timeout=interval)
+    finally:
+        quitting.cancel()
 
 
 _STATES = {Poll.FRESH: "connected",
@@ -211,8 +240,10 @@ _STATES = {Poll.FRESH: "connected",
            Poll.AWAY: "disconnected (retrying)"}
 
 
-def _status(args: argparse.Namespace, found: Poll) -> str:
+def _status(args: argparse.Namespace, found: Poll, why: str = "") -> str:
     state = _STATES[found]
+    if found is Poll.AWAY and why:
+        state = f"{state}: {why}"
     return f"wonderq top · {args.host}:{args.port} · {state} · q or Ctrl-C quits"
 
 

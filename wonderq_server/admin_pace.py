@@ -75,6 +75,7 @@ class AdminPace:
         self._waiting: dict[str | None, deque[Paced]] = {}
         self._address_of: dict[Paced, str | None] = {}  # every connection waiting
         self._turn: Paced | None = None  # given the turn, inside its take_pace_turn
+        self._ran = 0  # paced commands run: tells _give_turn whether a turn was used
         self._timer: Any = None
         self.paced = 0  # commands that had to wait, since start (stats)
 
@@ -94,6 +95,7 @@ class AdminPace:
 
     def ran(self, connection: Paced, started: float, ended: float) -> None:
         """ran records a paced command that ran from `started` to `ended`."""
+        self._ran += 1
         self._ended_at = ended
         self._spacing_s = min(max(0.0, ended - started) * SPACING, MAX_SPACING_S)
         if self._turn is connection:
@@ -110,6 +112,11 @@ class AdminPace:
                 del self._waiting[address]
         if self._turn is connection:
             self._turn = None
+        if not self._address_of and self._timer is not None:
+            # Nobody waits for it: a timer left armed would give the next one to come its
+            # turn when it fires, though a command that ran meanwhile spaced it further.
+            self._timer.cancel()
+            self._timer = None
 
     @property
     def waiting(self) -> int:
@@ -142,7 +149,8 @@ class AdminPace:
         while self._address_of and self._turn is None:
             connection = self._next()
             self._turn = connection
+            ran = self._ran
             connection.take_pace_turn()  # runs its command: ran() ends the turn, arms the timer
-            if self._turn is not connection:
+            if self._ran != ran:
                 return
-            self._turn = None  # it could not run it: the next one may, now
+            self._turn = None  # it could not run it (or went meanwhile): the next may, now
