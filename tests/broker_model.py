@@ -129,6 +129,16 @@ class ReferenceModel:
             return LEASE_LOST
         return m
 
+    def checked_ack(self, queue: str, msg_id: int, lease: int) -> ModelMessage | str:
+        """checked_ack is checked_message for an ack, which also finds a message that the
+        end of its last delivery moved out of `queue` into its dead-letter queue (a late
+        ack of that delivery)."""
+        m = self.messages.get(msg_id)
+        if m is not None and m.origin is not None and m.origin[0] == queue \
+                and m.queue == other(queue) and self.max_deliveries.get(queue):
+            return m if m.lease == lease else LEASE_LOST
+        return self.checked_message(queue, msg_id, lease)
+
     def new_token(self, token: int) -> None:
         assert token > self.last_token, "ids and leases must grow"
         self.last_token = token
@@ -192,14 +202,14 @@ class ReferenceModel:
         return served
 
     def dead_letter(self, msg_id: int, at: float) -> str:
-        """dead_letter moves a message to its queue's dead-letter queue, ready, without a
-        lease; returns that queue."""
+        """dead_letter moves a message to its queue's dead-letter queue, ready, keeping its
+        last lease (for a late ack); returns that queue."""
         m = self.messages[msg_id]
         self.totals[m.queue].dead_lettered += 1
         target = other(m.queue)
         self.held_queues.add(target)
         m.origin = (m.queue, at)
-        m.queue, m.state, m.lease, m.deadline = target, "ready", None, None
+        m.queue, m.state, m.deadline = target, "ready", None
         return target
 
     def end_due(self) -> set[str]:

@@ -49,8 +49,8 @@ def assert_dead_lettered(b: Broker, msg_id: int, deliveries: int, moved_at: floa
     assert msg_id not in b.queues["q"].messages
     m = b.queues["dlq"].messages[msg_id]
     assert (m.id, m.body, m.headers, m.priority) == (msg_id, b"body", HEADERS, 3)
-    assert (m.deliveries, m.origin, m.state, m.lease) == (deliveries, ("q", moved_at), READY,
-                                                          None)
+    assert (m.deliveries, m.origin, m.state) == (deliveries, ("q", moved_at), READY)
+    assert m.lease is not None  # its last delivery's: for a late ack
     assert m.enqueued_at == T0
     assert m.queue is b.queues["dlq"]
     return m
@@ -73,11 +73,51 @@ def test_moved_when_the_last_allowed_lease_runs_out(b: Broker) -> None:
     assert b.next_deadline() is None
     assert b.stored_bytes == 4 + 2 + HEADERS_DICT_BYTES + HEADER_ENTRY_BYTES \
         + MESSAGE_OVERHEAD_BYTES  # a move costs nothing more
-    # The lease is gone: NOT_FOUND on the old queue, LEASE_LOST on the new one.
-    assert error_code(b.ack, "q", msg_id, lease, T0 + 21.0) == NOT_FOUND
-    assert error_code(b.ack, "dlq", msg_id, lease, T0 + 21.0) == LEASE_LOST
+    # The lease cannot touch or nack it from the old queue; a late ack: below.
     assert error_code(b.touch, "q", msg_id, lease, None, T0 + 21.0) == NOT_FOUND
     assert error_code(b.nack, "q", msg_id, lease, 0.0, T0 + 21.0) == NOT_FOUND
+    check_invariants(b)
+
+
+@pytest.mark.parametrize("named", ["q", "dlq"])
+def test_a_late_ack_of_the_last_delivery_finds_it_in_the_dead_letter_queue(
+        b: Broker, named: str) -> None:
+    # A user's review: a handler that succeeded just past its lease had its work
+    # dead-lettered on the last delivery (NOT_FOUND), though a late ack succeeds on every
+    # earlier one. The move keeps the lease; the ack names the queue it came from.
+    msg_id = dead_letter_setup(b)
+    [first] = b.receive("q", 1, 10.0, T0)
+    first_lease = first.lease
+    b.advance(T0 + 10.0)
+    [last] = b.receive("q", 1, 10.0, T0 + 10.0)
+    b.advance(T0 + 20.0)
+    assert_dead_lettered(b, msg_id, 2, T0 + 20.0)
+    assert error_code(b.ack, "q", msg_id, first_lease, T0 + 21.0) == LEASE_LOST
+    b.ack(named, msg_id, last.lease, T0 + 21.0)
+    assert counts(b, "dlq") == zero_counts(acked_total=1)
+    assert counts(b, "q")["dead_lettered_total"] == 1
+    assert b.stored_bytes == 0
+    check_invariants(b)
+
+
+def test_a_late_ack_cannot_take_a_dead_letter_back_from_its_consumer(b: Broker) -> None:
+    msg_id = dead_letter_setup(b)
+    [last] = deliver_and_time_out(b, 2)[-1:]
+    last_lease = last.lease
+    [taken] = b.receive("dlq", 1, 10.0, T0 + 21.0)
+    assert error_code(b.ack, "q", msg_id, last_lease, T0 + 22.0) == LEASE_LOST
+    b.ack("dlq", msg_id, taken.lease, T0 + 22.0)
+    # Gone (or never dead-lettered from here): NOT_FOUND, as before.
+    assert error_code(b.ack, "q", msg_id, last_lease, T0 + 23.0) == NOT_FOUND
+    check_invariants(b)
+
+
+def test_a_late_ack_of_a_redriven_message_is_refused(b: Broker) -> None:
+    msg_id = dead_letter_setup(b)
+    [last] = deliver_and_time_out(b, 2)[-1:]
+    last_lease = last.lease
+    assert b.redrive("dlq", None, T0 + 21.0) == 1
+    assert error_code(b.ack, "q", msg_id, last_lease, T0 + 22.0) == LEASE_LOST
     check_invariants(b)
 
 

@@ -238,7 +238,7 @@ class BrokerVersusModel(RuleBasedStateMachine):
     def ack(self, pick: int, other_queue: bool) -> None:
         queue, msg_id, lease = self.pick_pair(pick, other_queue)
         _, code = call(self.broker.ack, queue, msg_id, lease, self.model.now)
-        m = self.model.checked_message(queue, msg_id, lease)
+        m = self.model.checked_ack(queue, msg_id, lease)
         if isinstance(m, str):
             assert code == m
             return

@@ -18,7 +18,7 @@ import time
 import pytest
 from polling import EVENT_TIMEOUT_S, until
 
-from wonderq_client import Full, NotFound, QueueNotFound, connect
+from wonderq_client import Full, LeaseLost, QueueNotFound, connect
 
 
 async def test_a_message_whose_leases_run_out_is_dead_lettered_at_once(server):
@@ -48,7 +48,7 @@ async def test_a_message_whose_leases_run_out_is_dead_lettered_at_once(server):
         described = await client.message_info("work.dead", msg_id)
         assert described["dead_letter"] == ["work", moved_at]
         assert (described["state"], described["deliveries"]) == ("leased", 3)
-        with pytest.raises(NotFound):  # the message is no longer in "work"
+        with pytest.raises(LeaseLost):  # the dead-letter queue's consumer holds it now
             await second.ack()
         await dead.ack()
         assert (await client.queue_info("work.dead"))["messages"] == 0

@@ -19,8 +19,9 @@ import time
 
 import pytest
 from crash_load import durable_server
+from polling import until
 
-from wonderq_client import NotFound, QueueNotFound, connect
+from wonderq_client import LeaseLost, NotFound, QueueNotFound, connect
 
 EVENT_TIMEOUT_S = 10.0
 FSYNC = ("--fsync", "always")
@@ -145,8 +146,34 @@ async def test_a_lease_that_ran_out_while_the_server_was_down_dead_letters_at_st
         assert (dead.id, dead.deliveries, dead.dead_letter[0]) == (msg_id, 2, "down")
         assert dead.dead_letter[1] >= deadline - 0.01
         assert (await client.queue_info("down"))["messages"] == 0
-        with pytest.raises(NotFound):  # it has left "down"
+        with pytest.raises(LeaseLost):  # it has left "down", and been received since
             await client.ack("down", msg.id, msg.lease)
+
+
+async def test_a_late_ack_of_a_last_delivery_that_ran_out_while_down_still_acks(
+        server_factory, tmp_path):
+    # A user's review: a handler that succeeded while the server was down, its lease (the
+    # last allowed delivery's) running out meanwhile, acked after the restart and got
+    # NOT_FOUND: the work it had done was dead-lettered. The move keeps the lease.
+    data_dir = tmp_path / "data"
+    server = durable_server(server_factory, data_dir, *FSYNC)
+    async with connect(server.host, server.port) as client:
+        await client.create_queue("late", max_deliveries=1, dead_letter_queue="late.dead")
+        msg_id = await client.put("late", b"x")
+        [msg] = await client.receive("late", visibility=0.1)
+        deadline = (await client.message_info("late", msg_id))["deadline_at"]
+    server.kill()
+    time.sleep(max(0.0, deadline - time.time()) + 0.01)  # no server: only the clock moves
+    server = durable_server(server_factory, data_dir, *FSYNC)
+    async with connect(server.host, server.port) as client:
+        await until(lambda: client.queue_info("late.dead"), lambda i: i["messages"] == 1)
+        await client.ack("late", msg_id, msg.lease)  # finds it in the dead-letter queue
+        assert (await client.queue_info("late.dead"))["messages"] == 0
+    server.kill()  # and the ack is in the journal
+    server = durable_server(server_factory, data_dir, *FSYNC)
+    async with connect(server.host, server.port) as client:
+        with pytest.raises(QueueNotFound):  # made by the move, left empty: not kept
+            await client.queue_info("late.dead")
 
 
 async def test_priorities_headers_and_expiry_survive_kill_9(server_factory, tmp_path):

@@ -33,6 +33,11 @@ Rules:
   A lease that ran out still works until the message is delivered again
   (late ack); after that every older lease gets LEASE_LOST and changes
   nothing, so a slow consumer can never delete a message someone else holds.
+  That holds on the last delivery too, whose end moves the message to the
+  dead-letter queue: the move keeps the lease, and an ack naming the queue it
+  came from finds it there (`_dead_lettered`) until it is received from there.
+  Else a handler that succeeded just past its lease would have its work
+  dead-lettered, as it would not on any earlier delivery.
   A message that is gone (acked, expired, moved to another queue, or never
   existed) gets NOT_FOUND.
 * Leases belong to the message, not to a connection.
@@ -567,10 +572,28 @@ class Broker(QueueAdmin, Replay):
     # ----------------------------------------------------- ack / nack / touch
 
     def ack(self, name: str, message_id: int, lease: int, now: float) -> None:
-        """ack deletes a message for good; only its latest lease may do so."""
-        msg = self._existing_message(name, message_id, lease)
+        """ack deletes a message for good; only its latest lease may do so (a late one
+        also in the dead-letter queue its last delivery's end moved it to)."""
+        try:
+            msg = self._existing_message(name, message_id, lease)
+        except CommandError as exc:
+            msg = self._dead_lettered(name, message_id, lease, exc)
         msg.queue.acked_total += 1
         self._drop(msg)
+
+    def _dead_lettered(self, name: str, message_id: int, lease: int,
+                       not_here: CommandError) -> Message:
+        """_dead_lettered finds a message that the end of its last delivery moved from
+        queue `name` to its dead-letter queue, for a late ack by that delivery's lease
+        (the module's rules); else raises `not_here`, the error the queue itself gave."""
+        q = self.queues.get(name)
+        if not_here.code != NOT_FOUND or q is None or not q.settings.dead_letter_queue:
+            raise not_here
+        target = self.queues.get(q.settings.dead_letter_queue)
+        msg = None if target is None else target.messages.others.get(message_id)
+        if msg is None or msg.origin is None or msg.origin[0] != name:
+            raise not_here
+        return self._existing_message(target.name, message_id, lease)  # LEASE_LOST if taken
 
     def ack_many(self, name: str, items: list[tuple[int, int] | CommandError],
                  now: float) -> list[CommandError | None]:
@@ -678,7 +701,7 @@ class Broker(QueueAdmin, Replay):
             target = self._restored_queue(settings.dead_letter_queue)
             q.dead_lettered_total += 1
             self._move(msg, target, msg.deliveries, (q.name, now),
-                       self._expiry_for(target, now), now, freed)
+                       self._expiry_for(target, now), now, freed, keep_lease=True)
             return
         self._detach(msg)
         if delay_s > 0:
@@ -692,14 +715,16 @@ class Broker(QueueAdmin, Replay):
 
     def _move(self, msg: Message, target: Queue, deliveries: int,
               origin: tuple[str, float] | None, expires_at: float | None, now: float,
-              freed: dict[Queue, None] | None = None) -> None:
+              freed: dict[Queue, None] | None = None, keep_lease: bool = False) -> None:
         """_move takes a message out of its queue and makes it ready in `target`.
 
         It keeps its id, body, headers and priority; it gets `deliveries`,
         `origin` and `expires_at` (callers give the target queue's expiry
         counted from the move, `_expiry_for`), and loses its lease: no older
-        lease can touch it now. Target's waiters are served at once, or, when
-        `freed` is given (a move inside `advance`), added to it for later.
+        lease can touch it now; but dead-lettering keeps it (`keep_lease`), for
+        the last delivery's late ack (the module's rules). Target's waiters are
+        served at once, or, when `freed` is given (a move inside `advance`),
+        added to it for later.
         """
         source = msg.queue
         self._detach(msg)
@@ -710,7 +735,8 @@ class Broker(QueueAdmin, Replay):
         msg.queue = target
         msg.deliveries = deliveries
         msg.origin = origin
-        msg.lease = None
+        if not keep_lease:
+            msg.lease = None
         target.ever_held = True
         target.messages[msg.id] = msg  # an older id, maybe, than the target's (oldest_id)
         target.body_bytes += len(msg.body)

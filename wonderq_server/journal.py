@@ -479,6 +479,8 @@ class Journal:
             options["priority"] = msg.priority
         if msg.headers:
             options["headers"] = msg.headers
+        if msg.lease is not None:  # dead-lettering keeps it, for a late ack (broker.py)
+            options["lease"] = msg.lease
         self._append([MOVE, from_queue, msg.id, msg.queue.name, msg.deliveries,
                       list(msg.origin) if msg.origin else None, msg.expires_at,
                       msg.body, msg.enqueued_at, options])

@@ -29,7 +29,9 @@ in the same state as replaying it once):
                                                  dead-lettered (origin given) or
                                                  redriven (nil); ready in to_queue.
                                                  The whole message (options as in
-                                                 PUTX: priority, headers), so a MOVE
+                                                 PUTX: priority, headers; and lease,
+                                                 the last delivery's, which
+                                                 dead-lettering keeps), so a MOVE
                                                  whose message is not in from_queue
                                                  makes it in to_queue
     QUEUE  [7, queue, {settings}]                an explicit queue's whole settings

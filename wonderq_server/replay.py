@@ -208,12 +208,16 @@ class Replay:
             if body is None:  # a MOVE older than a2807bf holds no message to make
                 return
             described = {**(options or {}), "origin": origin, "expires_at": expires_at}
-            self._restore_message(target, message_id, body, described, deliveries)
+            restored = self._restore_message(target, message_id, body, described, deliveries)
+            lease = described.get("lease")  # the one its dead-lettering kept (late acks)
+            if origin and type(lease) is int and lease > message_id:
+                self.ids.observe(lease)
+                restored.lease = lease
             return
         if origin:
             msg.queue.dead_lettered_total += 1
         self._move(msg, target, deliveries, (origin[0], origin[1]) if origin else None,
-                   expires_at, 0.0)
+                   expires_at, 0.0, keep_lease=bool(origin))  # as dead-lettering keeps it
 
     def restore_queue_settings(self: Broker, name: str, record: dict[str, Any]) -> None:
         q = self._restored_queue(name)
