@@ -342,6 +342,22 @@ def test_top_sees_a_frozen_server_within_its_timeout_not_later(server):
     assert asyncio.run(frozen_poll()) < 1.8  # about 1 s; 2 s before
 
 
+async def test_top_says_why_a_refusing_server_refused(server_factory):
+    # A reviewer: top's STATS and PING written together on a connection the server was
+    # refusing met its reset, and the status line said "Broken pipe" instead of why.
+    server = server_factory("--max-connections", "1")
+    async with connect(server.host, server.port) as holder:
+        assert await holder.ping() == "pong"
+        poller = Poller(server.host, server.port, timeout_s=5.0, answer_wait_s=1.0)
+        try:
+            for _ in range(10):
+                assert await poller.poll() is Poll.AWAY
+                assert poller.why.startswith("TOO_MANY_CONNECTIONS: the server already serves")
+                assert len(poller.why) <= 120
+        finally:
+            await poller.close()
+
+
 async def test_top_takes_a_stats_that_comes_with_the_pong_as_fresh():
     # A reviewer saw "waiting for their turn" for one frame when the STATS reply and the
     # PONG came together. Here a stand-in for the client gets both answers at once, the
@@ -490,7 +506,10 @@ async def test_receive_ack_acks_nothing_when_its_reader_has_gone(server, form):
         server, "receive", "rbp", "--max", "500", "--ack", *form) == (141, b"")
     async with connect(server.host, server.port) as client:
         info = await client.queue_info("rbp")
-    assert (info["messages"], info["acked_total"]) == (500, 0)  # leased, not acked
+    assert (info["messages"], info["acked_total"]) == (500, 0)  # not acked
+    # ... and given back at once, for others (a user's review: they stayed leased, out of
+    # everyone's reach, for the whole lease).
+    assert (info["ready"], info["in_flight"]) == (500, 0)
 
 
 def to_a_full_disk(server, *args: str) -> subprocess.CompletedProcess[bytes]:
@@ -514,7 +533,8 @@ async def test_output_that_cannot_be_written_is_not_a_server_that_cannot_be_reac
     assert done.returncode == 74, done.stderr
     async with connect(server.host, server.port) as client:
         info = await client.queue_info("full")
-    assert (info["messages"], info["in_flight"], info["acked_total"]) == (1, 1, 0)
+    # Not acked; given back at once, as its output could not be written.
+    assert (info["messages"], info["in_flight"], info["acked_total"]) == (1, 0, 0)
     for command in (["stats"], ["queues"], ["peek", "full"], ["queue-info", "full"]):
         done = await asyncio.to_thread(to_a_full_disk, server, *command, *form)
         assert done.returncode == 74, (command, done.stderr)
@@ -573,8 +593,8 @@ async def test_a_server_that_does_not_answer_is_one_line_and_exit_2(server_facto
     assert done.returncode == 2
     assert done.stderr.decode() == (
         f"wonderq: the server at {server.host}:{server.port} did not answer within 1 s; on a "
-        "server busy with many queues and many stats callers, stats wait their turn "
-        "(PROTOCOL.md): a longer --timeout may get one\n")
+        "server busy with many queues and many stats callers, stats and queues wait their "
+        "turn (PROTOCOL.md): a longer --timeout may get one\n")
 
 
 async def test_a_bad_port_in_the_environment_is_named(server):
@@ -673,7 +693,8 @@ def test_top_once_with_a_server_that_does_not_answer_ends_within_timeout(server)
     assert done.returncode == 2
     assert b"did not answer within 1 s" in done.stderr
     # Its STATS may only have been waiting its turn (paced): it says so, and what helps.
-    assert b"stats wait their turn (PROTOCOL.md): a longer --timeout" in done.stderr
+    assert b"stats and queues wait their turn (PROTOCOL.md): a longer --timeout" \
+        in done.stderr
 
 
 async def test_ctrl_c_on_receive_gives_back_a_message_still_on_its_way(server):

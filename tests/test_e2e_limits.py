@@ -150,6 +150,33 @@ async def test_one_hosts_flood_of_refused_connections_leaves_room_for_anothers(
                 raw.close()
 
 
+async def test_refused_floods_from_many_addresses_still_leave_room_for_another(
+        server_factory):
+    # A reviewer: 8 addresses x 4 took all 32 places, and a refusal from a ninth was cut
+    # off without an answer. A newcomer takes a place from the address holding the most.
+    server = server_factory("--max-connections-per-address", "1")
+    sources = [f"127.0.0.{10 + i}" for i in range(10)] + ["127.0.0.60"]
+    async with connect(server.host, server.port) as client:
+        held = [Text(server.host, server.port, source=source) for source in sources]
+        for raw in held:
+            raw.send(b"PING\r\n")
+            assert await in_thread(raw.line) == b"PONG"
+        flood = [Text(server.host, server.port, source=source)
+                 for source in sources[:10] for _ in range(5)]
+        try:
+            await until_stats(
+                client, lambda s: s["server"]["connections_refused_per_address_total"] == 50)
+            other = Text(server.host, server.port, source="127.0.0.60")
+            flood.append(other)
+            other.send(b"PING\r\n")
+            assert (await in_thread(other.line)).startswith(b"ERR TOO_MANY_CONNECTIONS ")
+            info = (await client.stats())["server"]
+            assert info["connections"] == 12  # the cut-off ones are not counted as served
+        finally:
+            for raw in [*held, *flood]:
+                raw.close()
+
+
 async def test_no_limit_per_address_with_zero(server_factory):
     server = server_factory("--max-connections-per-address", "0", "--max-connections", "3")
     clients = [await connect(server.host, server.port) for _ in range(3)]

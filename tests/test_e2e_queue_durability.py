@@ -125,19 +125,26 @@ async def test_dead_letters_and_redrives_survive_kill_9(server_factory, tmp_path
             (home_id, b"redriven", 1, None), (dead_id, b"dead", 1, None)]
 
 
-async def test_a_lease_that_ran_out_while_the_server_was_down_dead_letters_at_start(
-        server_factory, tmp_path):
-    data_dir = tmp_path / "data"
+async def last_lease_runs_out_while_down(server_factory, data_dir, queue: str):
+    """last_lease_runs_out_while_down: `queue` dead-letters to QUEUE.dead after one delivery;
+    a message is received, the server killed, its lease left to run out while it is down,
+    and the server started again. Returns (server, message id, lease, deadline)."""
     server = durable_server(server_factory, data_dir, *FSYNC)
     async with connect(server.host, server.port) as client:
-        await client.create_queue("down", max_deliveries=1, dead_letter_queue="down.dead")
-        msg_id = await client.put("down", b"x")
-        [msg] = await client.receive("down", visibility=0.1)
-        deadline = (await client.message_info("down", msg_id))["deadline_at"]
+        await client.create_queue(queue, max_deliveries=1, dead_letter_queue=f"{queue}.dead")
+        msg_id = await client.put(queue, b"x")
+        [msg] = await client.receive(queue, visibility=0.1)
+        deadline = (await client.message_info(queue, msg_id))["deadline_at"]
     server.kill()
     # No server runs to send an event: let the deadline pass on the clock.
     time.sleep(max(0.0, deadline - time.time()) + 0.01)
-    server = durable_server(server_factory, data_dir, *FSYNC)
+    return durable_server(server_factory, data_dir, *FSYNC), msg_id, msg.lease, deadline
+
+
+async def test_a_lease_that_ran_out_while_the_server_was_down_dead_letters_at_start(
+        server_factory, tmp_path):
+    server, msg_id, lease, deadline = await last_lease_runs_out_while_down(
+        server_factory, tmp_path / "data", "down")
     async with connect(server.host, server.port) as client:
         loop = asyncio.get_running_loop()
         connected_at = loop.time()
@@ -147,7 +154,7 @@ async def test_a_lease_that_ran_out_while_the_server_was_down_dead_letters_at_st
         assert dead.dead_letter[1] >= deadline - 0.01
         assert (await client.queue_info("down"))["messages"] == 0
         with pytest.raises(LeaseLost):  # it has left "down", and been received since
-            await client.ack("down", msg.id, msg.lease)
+            await client.ack("down", msg_id, lease)
 
 
 async def test_a_late_ack_of_a_last_delivery_that_ran_out_while_down_still_acks(
@@ -156,18 +163,11 @@ async def test_a_late_ack_of_a_last_delivery_that_ran_out_while_down_still_acks(
     # last allowed delivery's) running out meanwhile, acked after the restart and got
     # NOT_FOUND: the work it had done was dead-lettered. The move keeps the lease.
     data_dir = tmp_path / "data"
-    server = durable_server(server_factory, data_dir, *FSYNC)
-    async with connect(server.host, server.port) as client:
-        await client.create_queue("late", max_deliveries=1, dead_letter_queue="late.dead")
-        msg_id = await client.put("late", b"x")
-        [msg] = await client.receive("late", visibility=0.1)
-        deadline = (await client.message_info("late", msg_id))["deadline_at"]
-    server.kill()
-    time.sleep(max(0.0, deadline - time.time()) + 0.01)  # no server: only the clock moves
-    server = durable_server(server_factory, data_dir, *FSYNC)
+    server, msg_id, lease, _ = await last_lease_runs_out_while_down(
+        server_factory, data_dir, "late")
     async with connect(server.host, server.port) as client:
         await until(lambda: client.queue_info("late.dead"), lambda i: i["messages"] == 1)
-        await client.ack("late", msg_id, msg.lease)  # finds it in the dead-letter queue
+        await client.ack("late", msg_id, lease)  # finds it in the dead-letter queue
         assert (await client.queue_info("late.dead"))["messages"] == 0
     server.kill()  # and the ack is in the journal
     server = durable_server(server_factory, data_dir, *FSYNC)

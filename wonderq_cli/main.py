@@ -186,8 +186,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         within = f"{args.timeout:g} s" if not waited else \
             f"{args.timeout + waited:g} s (--timeout {args.timeout:g} + --wait {waited:g})"
         paced = "" if args.command not in PACED_COMMANDS else (
-            "; on a server busy with many queues and many stats callers, stats wait their "
-            "turn (PROTOCOL.md): a longer --timeout may get one")
+            "; on a server busy with many queues and many stats callers, stats and queues "
+            "wait their turn (PROTOCOL.md): a longer --timeout may get one")
         print(f"wonderq: the server at {args.host}:{args.port} did not answer within "
               f"{within}{paced}", file=sys.stderr)
         return EXIT_UNREACHABLE

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import sys
@@ -29,11 +30,11 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from wonderq_client import Message
+from wonderq_client import Message, WonderQError
 
 from . import argument_types, deadline
 from .connection_options import open_client
-from .output import print_rich, say, write_out
+from .output import OutputFailed, print_rich, say, write_out
 
 
 def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -218,16 +219,24 @@ async def run_receive(args: argparse.Namespace) -> int:
                 asyncio.get_running_loop().call_later(min(CTRL_C_CLOSE_S, args.timeout),
                                                       client.abort)
             raise
-        if args.json:
-            print_json([message_json(m) for m in messages])
-        elif messages:
-            print_rich(messages_table(f"{args.queue}: {len(messages)} received",
-                                      messages, leased=True))
-        else:
-            print(f"{args.queue}: no message", file=sys.stderr)
+        try:
+            if args.json:
+                print_json([message_json(m) for m in messages])
+            elif messages:
+                print_rich(messages_table(f"{args.queue}: {len(messages)} received",
+                                          messages, leased=True))
+            else:
+                print(f"{args.queue}: no message", file=sys.stderr)
+            if args.ack and messages:
+                sys.stdout.flush()  # a reader that has gone raises here (and in print_rich,
+                # output.py): nothing is acked
+        except (BrokenPipeError, OutputFailed):
+            # Not written whole: they go back for others now (a nack), rather than at the
+            # end of their lease. Counted as a delivery: the reader may have seen some.
+            with contextlib.suppress(WonderQError, OSError):
+                await client.nack_many(args.queue, messages)
+            raise
         if args.ack and messages:
-            sys.stdout.flush()  # a reader that has gone raises here (and in print_rich,
-            # output.py): nothing is acked
             failed = [r for r in await client.ack_many(args.queue, messages) if r is not None]
             for error in failed:
                 print(f"wonderq: ack failed: {error}", file=sys.stderr)

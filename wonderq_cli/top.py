@@ -32,6 +32,7 @@ import os
 import signal
 import ssl
 import sys
+import textwrap
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping
@@ -103,6 +104,13 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
                         "until killed")
 
 
+def _reason(exc: BaseException) -> str:
+    """_reason is what a poll met, short enough for the status line."""
+    text = exc.message if isinstance(exc, ConnectionClosed) else str(exc)
+    return textwrap.shorten(text.removeprefix("connection to the server closed: "), 120,
+                            placeholder=" …")
+
+
 def _seen(call: asyncio.Future[Any]) -> None:
     """_seen takes a finished call's error, if any, so that one nobody awaits (its
     connection went) is not reported as never retrieved."""
@@ -146,11 +154,15 @@ class Poller:
                 self._forget_asked()
                 self.client = await connect(self.host, self.port, timeout=self.timeout_s,
                                             **self.connect_options)
+                # One request first: a server refusing the connection (TOO_MANY_CONNECTIONS)
+                # answers its first bytes and closes, and a second request written behind
+                # them would meet the reset, hiding the reason.
+                await asyncio.wait_for(self.client.ping(), timeout=self.timeout_s)
             return await self._ask(self.client)
         except ssl.SSLCertVerificationError:
             raise  # not the server being away: retrying will not help
         except (TimeoutError, OSError, ConnectionClosed) as exc:
-            self.why = str(exc) or f"no answer within {self.timeout_s:g} s"
+            self.why = _reason(exc) or f"no answer within {self.timeout_s:g} s"
             await self.close()
             return Poll.AWAY
 

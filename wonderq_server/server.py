@@ -408,8 +408,10 @@ class Server:
         Refused connections wait at most REFUSAL_WAIT_S for their answer, and
         only REFUSALS_WAITING of them at a time (half the reserved descriptors),
         at most REFUSALS_WAITING_PER_ADDRESS from one address: past that, a
-        flood of them is cut off without one, and one host's flood leaves
-        room for the others' refusals to be answered.
+        flood of them is cut off without one. When every place is taken, a
+        newcomer takes the oldest place of the address holding the most, if
+        that holds more than the newcomer's address would: floods from a few
+        addresses leave room for the others' refusals to be answered.
 
         Once stop() has begun, a connection is closed as it opens: uvloop
         calls connection_made a loop turn after the accept, and a TLS one only
@@ -498,18 +500,48 @@ class Server:
 
     def _refuse(self, connection: Connection, why: str) -> None:
         """_refuse: answer TOO_MANY_CONNECTIONS once the client's mode shows, then close;
-        past REFUSALS_WAITING waiting, or REFUSALS_WAITING_PER_ADDRESS from its address,
-        cut off without an answer."""
+        past REFUSALS_WAITING_PER_ADDRESS waiting from its address, or REFUSALS_WAITING
+        in all with no address holding more than its would (_make_room), cut off without
+        an answer."""
         self.counters.refused += 1
         address = address_key(connection.peer)
         waiting_from = self._refused_from.get(address, 0)
-        if len(self._refused) >= REFUSALS_WAITING or waiting_from >= REFUSALS_WAITING_PER_ADDRESS:
-            assert connection.transport is not None
-            connection.transport.abort()
+        if waiting_from >= REFUSALS_WAITING_PER_ADDRESS or (
+                len(self._refused) >= REFUSALS_WAITING and not self._make_room(waiting_from)):
+            self._cut_off(connection)
             return
         self._refused[connection] = address
         self._refused_from[address] = waiting_from + 1
         connection.refuse(ProtocolError(TOO_MANY_CONNECTIONS, f"{why}; try again later"))
+
+    def _make_room(self, waiting_from: int) -> bool:
+        """_make_room: every refusal place is taken; the address holding the most gives
+        up its oldest, if it holds more than a newcomer whose address holds
+        `waiting_from` would (so floods from many addresses share the places)."""
+        busiest = max(self._refused_from, key=self._refused_from.__getitem__)
+        if self._refused_from[busiest] <= waiting_from + 1:
+            return False
+        oldest = next(conn for conn, address in self._refused.items() if address == busiest)
+        self._forget_refused(oldest)
+        self._cut_off(oldest)
+        return True
+
+    def _cut_off(self, connection: Connection) -> None:
+        """_cut_off closes a refused connection without an answer. It stops counting at
+        once: its connection_lost comes a loop turn later, and until then it must not
+        count as served (--max-connections)."""
+        self.connections.discard(connection)
+        assert connection.transport is not None
+        connection.transport.abort()
+
+    def _forget_refused(self, connection: Connection) -> None:
+        """_forget_refused: a refused connection no longer waits for its answer."""
+        address = self._refused.pop(connection)
+        left = self._refused_from[address] - 1
+        if left:
+            self._refused_from[address] = left
+        else:
+            del self._refused_from[address]
 
     def _unsent_replies(self) -> dict[Connection, int]:
         """_unsent_replies: the bytes each connection still has to send (at a stop)."""
@@ -527,12 +559,7 @@ class Server:
     def connection_closed(self, connection: Connection) -> None:
         self.connections.discard(connection)
         if connection in self._refused:
-            address = self._refused.pop(connection)
-            left = self._refused_from[address] - 1
-            if left:
-                self._refused_from[address] = left
-            else:
-                del self._refused_from[address]
+            self._forget_refused(connection)
         self._release_address(connection)
         if self._all_closed is not None:
             if not self.connections and not self._all_closed.done():
