@@ -518,6 +518,52 @@ async def test_an_ack_unanswered_at_stop_is_sent_again_after_the_server_restarts
         assert (await client.queue_info("stopped-ack"))["messages"] == 0
 
 
+async def test_acks_held_up_by_an_outage_go_out_together_when_it_ends(server_factory,
+                                                                       tmp_path):
+    # A user's review: 200 acks that waited out an outage went out as 100 ack_many of 2:
+    # the connect lock woke one waiting settle per loop turn. They wait for the attempt
+    # together now, and go out in one.
+    count = 20
+    server = server_factory("--data-dir", str(tmp_path), "--fsync", "always")
+    port = server.port
+    all_started, release = asyncio.Event(), asyncio.Event()
+    running: list[int] = []
+
+    async def handler(msg: Message) -> None:
+        running.append(msg.id)
+        if len(running) == count:
+            all_started.set()
+        await release.wait()
+
+    async with connect(server.host, port) as client:
+        await client.put_many("outage", [b"x"] * count)
+    worker = Worker("outage", handler, host=server.host, port=port, concurrency=count,
+                    visibility=3600, reconnect_first=0.05, reconnect_most=0.2)
+    batches: list[int] = []  # the size of each ack_many the worker sends
+    send_acks = worker._send_acks
+
+    def counted_send_acks() -> None:
+        batches.append(len(worker._acks_out))
+        send_acks()
+
+    worker._send_acks = counted_send_acks  # type: ignore[method-assign]
+    task = asyncio.create_task(worker.run())
+    try:
+        await asyncio.wait_for(all_started.wait(), EVENT_TIMEOUT_S)
+        server.kill()
+        release.set()  # every handler ends while the server is down
+        await until_true(lambda: worker.counts.reconnects == 0 and len(batches) >= 1)
+        restarted = server_factory("--data-dir", str(tmp_path), "--fsync", "always",
+                                   "--port", str(port))
+        await until_true(lambda: worker.counts.acked == count)
+        assert batches[-1] == count, batches  # after the outage: one ack_many for all
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, EVENT_TIMEOUT_S)
+    async with connect(restarted.host, port) as client:
+        assert (await client.queue_info("outage"))["messages"] == 0
+
+
 async def test_stop_with_the_server_down_returns_without_waiting_for_leases(
         server_factory, tmp_path):
     server = server_factory("--data-dir", str(tmp_path))

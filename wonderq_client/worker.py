@@ -344,6 +344,7 @@ class Worker:
         self._reached_in_run = False  # ... or on any connection of this run
         self._connect_attempt = 0  # failures in a row, for the back-off
         self._connect_lock = asyncio.Lock()
+        self._attempt_over = asyncio.Event()  # set when the connect attempt under way ends
         self._jobs: dict[asyncio.Task[None], _Job] = {}
         # The job in hand for each message id, until its settle is over: a delivery of it
         # received while its handler runs is that job's (_adopt).
@@ -403,7 +404,7 @@ class Worker:
         # each run gets its own, so a Worker runs again under another loop (a second
         # asyncio.run). A second stop() before run() is kept.
         hurried = self._hurry.is_set()
-        self._connect_lock = asyncio.Lock()
+        self._connect_lock, self._attempt_over = asyncio.Lock(), asyncio.Event()
         self._burst_over, self._slot_free = asyncio.Event(), asyncio.Event()
         self._hurry = asyncio.Event()
         if hurried:
@@ -451,30 +452,48 @@ class Worker:
 
     async def _connection(self) -> Client:
         """_connection returns the open connection, first making a new one if the last one
-        ended, with back-off between failed tries. Callers share one attempt (the lock):
-        the receive loop, a settle and the heartbeat may all find the connection gone.
-        Raises ConnectionClosed once run() is over."""
-        async with self._connect_lock:
-            ended_unanswered = self._connections > 0 and not self._answered
-            while self._client is None or self._client.closed:
-                if self._closed:
-                    raise ConnectionClosed("the worker has stopped")
-                if ended_unanswered:
-                    ended_unanswered = False
-                    await self._back_off("the connection ended before the server answered")
+        ended, with back-off between failed tries. Callers share one attempt: the receive
+        loop, the heartbeat and every settle may find the connection gone. One makes the
+        attempt (the lock); the others wait for it to end (an Event, which wakes them all
+        in one loop turn, where a lock would wake one a turn: the acks held up by an
+        outage then go out as one ack_many, not in pairs) and look again. Raises
+        ConnectionClosed once run() is over."""
+        while True:
+            client = self._client
+            if client is not None and not client.closed:
+                return client
+            if self._connect_lock.locked():
+                await self._attempt_over.wait()
+                continue
+            async with self._connect_lock:
+                attempt_over = self._attempt_over = asyncio.Event()
                 try:
-                    client = await connect(self.host, self.port, **self._connect_options)
-                except (OSError, ConnectionClosed) as exc:
-                    raise_if_fatal(exc)  # AUTH, the first request, can meet it first
-                    self._raise_if_burst_never_reached(exc)
-                    await self._back_off(f"cannot connect ({exc or type(exc).__name__})")
-                    continue
-                self._client, self._answered = client, False
-                self._connections += 1
-                if self._connections > 1:
-                    self.counts.reconnects += 1
-                    log.info("connected to WonderQ at %s:%d again", self.host, self.port)
-            return self._client
+                    return await self._connect_again()
+                finally:
+                    attempt_over.set()
+
+    async def _connect_again(self) -> Client:
+        """_connect_again is _connection's attempt: until a connection is made."""
+        ended_unanswered = self._connections > 0 and not self._answered
+        while self._client is None or self._client.closed:
+            if self._closed:
+                raise ConnectionClosed("the worker has stopped")
+            if ended_unanswered:
+                ended_unanswered = False
+                await self._back_off("the connection ended before the server answered")
+            try:
+                client = await connect(self.host, self.port, **self._connect_options)
+            except (OSError, ConnectionClosed) as exc:
+                raise_if_fatal(exc)  # AUTH, the first request, can meet it first
+                self._raise_if_burst_never_reached(exc)
+                await self._back_off(f"cannot connect ({exc or type(exc).__name__})")
+                continue
+            self._client, self._answered = client, False
+            self._connections += 1
+            if self._connections > 1:
+                self.counts.reconnects += 1
+                log.info("connected to WonderQ at %s:%d again", self.host, self.port)
+        return self._client
 
     async def _close(self, client: Client) -> None:
         """_close closes the connection within reply_timeout (the give-backs and cancels
