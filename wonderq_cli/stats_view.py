@@ -143,13 +143,20 @@ CELL_PADDING = 3  # rich's padding and the gap between columns
 
 def queues_table(queues: Mapping[str, Mapping[str, Any]],
                  history: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
-                 width: int | None = None) -> Table:
+                 width: int | None = None, max_rows: int | None = None) -> Table:
     """queues_table: a row per queue, busiest first; with `history` (queue -> (puts per
     second, acks per second) over time) two sparkline columns are added. No cell is ever
     cut: on a terminal `width` columns wide, whole columns are left out instead, the
     least important first (DROP_ORDER). "to dlq" is dead_lettered_total: messages moved
-    out to the queue's dead-letter queue."""
+    out to the queue's dead-letter queue. With `max_rows`, only the busiest that many
+    (a screen's worth: `top` redrawing thousands of rows took most of a core), and the
+    title says so."""
     names = sorted_queues(queues)
+    if max_rows is not None and len(names) > max_rows:
+        names = names[:max_rows]
+        title = f"queues ({len(queues)}, the busiest {max_rows} shown)"
+    else:
+        title = f"queues ({len(queues)})"
     cells: dict[str, list[str]] = {}
     for header, figure, fmt in QUEUE_COLUMNS:
         cells[header] = [name if figure is None else
@@ -169,7 +176,7 @@ def queues_table(queues: Mapping[str, Mapping[str, Any]],
                 break
             if header in shown:
                 shown.remove(header)
-    table = Table(title=f"queues ({len(queues)})", title_justify="left", box=box.SIMPLE_HEAD)
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
     for header in shown:
         style = {"puts": "green", "acks": "cyan"}.get(header, "")
         table.add_column(header, justify="left" if header in ("queue", "puts", "acks")
@@ -184,13 +191,13 @@ def queues_table(queues: Mapping[str, Mapping[str, Any]],
 def stats_view(stats: Mapping[str, Any],
                history: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
                status: str | None = None, width: int | None = None,
-               stale: bool = False) -> RenderableType:
-    """stats_view is the whole screen: an optional status line, the server, the queues.
-    `stale` figures (the server is away) are dimmed."""
+               stale: bool = False, max_rows: int | None = None) -> RenderableType:
+    """stats_view is the whole screen: an optional status line, the server, the queues
+    (the busiest `max_rows`, if given). `stale` figures (the server is away) are dimmed."""
     parts: list[Any] = []
     if status:
         parts.append(Text(status, style="bold red" if stale else "bold"))
     parts.append(server_line(stats.get("server", {})))
-    parts.append(queues_table(stats.get("queues", {}), history, width))
+    parts.append(queues_table(stats.get("queues", {}), history, width, max_rows))
     view = Group(*parts)
     return Styled(view, "dim") if stale else view

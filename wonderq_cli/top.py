@@ -87,11 +87,19 @@ class History:
         return {name: (list(puts), list(acks)) for name, (puts, acks) in self._series.items()}
 
 
+# Lines of a frame that are not queue rows: the status and server lines, the table's
+# title, header and rules, and a margin.
+FRAME_LINES = 8
+
+
 def frame(stats: Mapping[str, Any], history: History, status: str, width: int | None = None,
-          connected: bool = True) -> RenderableType:
+          connected: bool = True, height: int | None = None) -> RenderableType:
     """frame is one screen of `top`: the status line, then the server and queue tables,
-    dimmed while the server is away (the last figures it gave)."""
-    return stats_view(stats, history.view(), status, width, stale=not connected)
+    dimmed while the server is away (the last figures it gave). With a terminal `height`,
+    only as many queues as fit, the busiest."""
+    max_rows = None if height is None else max(3, height - FRAME_LINES)
+    return stats_view(stats, history.view(), status, width, stale=not connected,
+                      max_rows=max_rows)
 
 
 def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -240,7 +248,8 @@ async def _refresh(args: argparse.Namespace, poller: Poller, history: History, l
             if found is Poll.FRESH:
                 history.update(poller.stats.get("queues", {}), time.monotonic())
             live.update(frame(poller.stats, history, _status(args, found, poller.why),
-                              console.width, found is not Poll.AWAY), refresh=True)
+                              console.width, found is not Poll.AWAY, console.height),
+                        refresh=True)
             if found is not Poll.WAITING:  # a waiting poll has waited its interval
                 await asyncio.wait({quitting}, timeout=interval)
     finally:
