@@ -50,6 +50,7 @@ class ModelMessage:
     deliveries: int = 0
     deadline: float | None = None
     origin: tuple[str, float] | None = None  # (queue, when) once dead-lettered
+    dead_letter_lease: int | None = None  # the lease that may still ack it from its origin
 
 
 @dataclass
@@ -136,7 +137,8 @@ class ReferenceModel:
         m = self.messages.get(msg_id)
         if m is not None and m.origin is not None and m.origin[0] == queue \
                 and m.queue == other(queue) and self.max_deliveries.get(queue):
-            return m if m.lease == lease else LEASE_LOST
+            kept = m.lease is None and m.state == "ready" and m.dead_letter_lease == lease
+            return m if kept else LEASE_LOST
         return self.checked_message(queue, msg_id, lease)
 
     def new_token(self, token: int) -> None:
@@ -202,14 +204,15 @@ class ReferenceModel:
         return served
 
     def dead_letter(self, msg_id: int, at: float) -> str:
-        """dead_letter moves a message to its queue's dead-letter queue, ready, keeping its
-        last lease (for a late ack); returns that queue."""
+        """dead_letter moves a message to its queue's dead-letter queue, ready, without a
+        lease but keeping its last one aside (for a late ack); returns that queue."""
         m = self.messages[msg_id]
         self.totals[m.queue].dead_lettered += 1
         target = other(m.queue)
         self.held_queues.add(target)
         m.origin = (m.queue, at)
-        m.queue, m.state, m.deadline = target, "ready", None
+        m.dead_letter_lease = m.lease
+        m.queue, m.state, m.lease, m.deadline = target, "ready", None, None
         return target
 
     def end_due(self) -> set[str]:

@@ -48,14 +48,15 @@ def broker_state(broker: Broker) -> dict[str, Any]:
 
 def message_state(message_id: int, stored: Message | bytes, q: Queue) -> tuple[Any, ...]:
     """message_state: (body, state, deliveries, lease, deadline_at, enqueued_at, priority,
-    headers, origin, expires_at), the same for a plain message and its Message form."""
+    headers, origin, expires_at, dead_letter_lease), the same for a plain message and its
+    Message form."""
     if type(stored) is bytes:
-        return (stored, READY, 0, None, None, id_time(message_id), 0, None, None, None)
+        return (stored, READY, 0, None, None, id_time(message_id), 0, None, None, None, None)
     m = stored
     assert isinstance(m, Message) and m.id == message_id and m.queue is q
     assert (m.deadline_at is not None) == (m.state in (LEASED, DELAYED)), m
     return (m.body, m.state, m.deliveries, m.lease, m.deadline_at, m.enqueued_at, m.priority,
-            m.headers, m.origin, m.expires_at)
+            m.headers, m.origin, m.expires_at, m.dead_letter_lease)
 
 
 def open_broker(directory: Path, now: float, **journal_options: Any

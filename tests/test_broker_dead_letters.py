@@ -49,8 +49,9 @@ def assert_dead_lettered(b: Broker, msg_id: int, deliveries: int, moved_at: floa
     assert msg_id not in b.queues["q"].messages
     m = b.queues["dlq"].messages[msg_id]
     assert (m.id, m.body, m.headers, m.priority) == (msg_id, b"body", HEADERS, 3)
-    assert (m.deliveries, m.origin, m.state) == (deliveries, ("q", moved_at), READY)
-    assert m.lease is not None  # its last delivery's: for a late ack
+    assert (m.deliveries, m.origin, m.state, m.lease) == (deliveries, ("q", moved_at), READY,
+                                                          None)
+    assert m.dead_letter_lease is not None  # its last delivery's: for a late ack only
     assert m.enqueued_at == T0
     assert m.queue is b.queues["dlq"]
     return m
@@ -73,15 +74,19 @@ def test_moved_when_the_last_allowed_lease_runs_out(b: Broker) -> None:
     assert b.next_deadline() is None
     assert b.stored_bytes == 4 + 2 + HEADERS_DICT_BYTES + HEADER_ENTRY_BYTES \
         + MESSAGE_OVERHEAD_BYTES  # a move costs nothing more
-    # The lease cannot touch or nack it from the old queue; a late ack: below.
+    # The lease cannot touch or nack it, naming either queue (a reviewer: naming the
+    # dead-letter queue, the kept lease re-leased or delayed a dead letter); a late ack:
+    # below.
+    assert m.dead_letter_lease == lease
     assert error_code(b.touch, "q", msg_id, lease, None, T0 + 21.0) == NOT_FOUND
     assert error_code(b.nack, "q", msg_id, lease, 0.0, T0 + 21.0) == NOT_FOUND
+    assert error_code(b.touch, "dlq", msg_id, lease, 30.0, T0 + 21.0) == LEASE_LOST
+    assert error_code(b.nack, "dlq", msg_id, lease, 100.0, T0 + 21.0) == LEASE_LOST
+    assert counts(b, "dlq") == zero_counts(ready=1)
     check_invariants(b)
 
 
-@pytest.mark.parametrize("named", ["q", "dlq"])
-def test_a_late_ack_of_the_last_delivery_finds_it_in_the_dead_letter_queue(
-        b: Broker, named: str) -> None:
+def test_a_late_ack_of_the_last_delivery_finds_it_in_the_dead_letter_queue(b: Broker) -> None:
     # A user's review: a handler that succeeded just past its lease had its work
     # dead-lettered on the last delivery (NOT_FOUND), though a late ack succeeds on every
     # earlier one. The move keeps the lease; the ack names the queue it came from.
@@ -92,8 +97,10 @@ def test_a_late_ack_of_the_last_delivery_finds_it_in_the_dead_letter_queue(
     [last] = b.receive("q", 1, 10.0, T0 + 10.0)
     b.advance(T0 + 20.0)
     assert_dead_lettered(b, msg_id, 2, T0 + 20.0)
+    last_lease = last.dead_letter_lease
     assert error_code(b.ack, "q", msg_id, first_lease, T0 + 21.0) == LEASE_LOST
-    b.ack(named, msg_id, last.lease, T0 + 21.0)
+    assert error_code(b.ack, "dlq", msg_id, last_lease, T0 + 21.0) == LEASE_LOST
+    b.ack("q", msg_id, last_lease, T0 + 21.0)
     assert counts(b, "dlq") == zero_counts(acked_total=1)
     assert counts(b, "q")["dead_lettered_total"] == 1
     assert b.stored_bytes == 0
@@ -103,7 +110,7 @@ def test_a_late_ack_of_the_last_delivery_finds_it_in_the_dead_letter_queue(
 def test_a_late_ack_cannot_take_a_dead_letter_back_from_its_consumer(b: Broker) -> None:
     msg_id = dead_letter_setup(b)
     [last] = deliver_and_time_out(b, 2)[-1:]
-    last_lease = last.lease
+    last_lease = last.dead_letter_lease
     [taken] = b.receive("dlq", 1, 10.0, T0 + 21.0)
     assert error_code(b.ack, "q", msg_id, last_lease, T0 + 22.0) == LEASE_LOST
     b.ack("dlq", msg_id, taken.lease, T0 + 22.0)
@@ -112,10 +119,39 @@ def test_a_late_ack_cannot_take_a_dead_letter_back_from_its_consumer(b: Broker) 
     check_invariants(b)
 
 
+def test_a_dead_letter_given_back_unseen_is_not_the_old_lease_s_again(b: Broker) -> None:
+    msg_id = dead_letter_setup(b)
+    [last] = deliver_and_time_out(b, 2)[-1:]
+    last_lease = last.dead_letter_lease
+    [taken] = b.receive("dlq", 1, 10.0, T0 + 21.0)
+    b.nack("dlq", msg_id, taken.lease, 0.0, T0 + 22.0, unseen=True)
+    assert error_code(b.ack, "q", msg_id, last_lease, T0 + 23.0) == LEASE_LOST
+    check_invariants(b)
+
+
+def test_a_chain_of_dead_letter_queues_keeps_each_last_lease_for_its_own_queue(
+        b: Broker) -> None:
+    b.create_queue("q", {"max_deliveries": 1, "dead_letter_queue": "dlq"}, T0)
+    b.create_queue("dlq", {"max_deliveries": 2, "dead_letter_queue": "dlq2"}, T0)
+    msg_id = b.put("q", b"body", T0)
+    [m] = b.receive("q", 1, 10.0, T0)
+    q_lease = m.lease
+    b.advance(T0 + 10.0)  # to dlq: 1 delivery; dlq allows 2
+    [m] = b.receive("dlq", 1, 10.0, T0 + 11.0)
+    dlq_lease = m.lease
+    b.advance(T0 + 21.0)  # its second delivery ended: on to dlq2
+    assert msg_id in b.queues["dlq2"].messages
+    assert error_code(b.ack, "q", msg_id, q_lease, T0 + 22.0) == NOT_FOUND  # moved on
+    assert error_code(b.touch, "dlq2", msg_id, dlq_lease, None, T0 + 22.0) == LEASE_LOST
+    b.ack("dlq", msg_id, dlq_lease, T0 + 22.0)
+    assert b.stored_bytes == 0
+    check_invariants(b)
+
+
 def test_a_late_ack_of_a_redriven_message_is_refused(b: Broker) -> None:
     msg_id = dead_letter_setup(b)
     [last] = deliver_and_time_out(b, 2)[-1:]
-    last_lease = last.lease
+    last_lease = last.dead_letter_lease
     assert b.redrive("dlq", None, T0 + 21.0) == 1
     assert error_code(b.ack, "q", msg_id, last_lease, T0 + 22.0) == LEASE_LOST
     check_invariants(b)

@@ -504,7 +504,7 @@ def test_damage_in_the_middle_stops_the_start_unless_repair(
     expected["queues"]["q"]["counts"] = (2, 0, 0)
     later = broker.put("q", b"written later", T0)
     expected["queues"]["q"]["messages"][later] = (b"written later", READY, 0, None, None, T0,
-                                                  0, None, None, None)
+                                                  0, None, None, None, None)
     journal.close()
     path = journal_file(tmp_path)
     data = bytearray(path.read_bytes())

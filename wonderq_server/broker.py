@@ -34,10 +34,12 @@ Rules:
   (late ack); after that every older lease gets LEASE_LOST and changes
   nothing, so a slow consumer can never delete a message someone else holds.
   That holds on the last delivery too, whose end moves the message to the
-  dead-letter queue: the move keeps the lease, and an ack naming the queue it
-  came from finds it there (`_dead_lettered`) until it is received from there.
-  Else a handler that succeeded just past its lease would have its work
-  dead-lettered, as it would not on any earlier delivery.
+  dead-letter queue: the move keeps that lease aside (`dead_letter_lease`),
+  and an ack naming the queue it came from finds it there (`_dead_lettered`)
+  until it is received from there. Else a handler that succeeded just past
+  its lease would have its work dead-lettered, as it would not on any earlier
+  delivery. The kept lease acks and does nothing else: the moved message has
+  no lease, so a touch or nack of it (naming either queue) is refused.
   A message that is gone (acked, expired, moved to another queue, or never
   existed) gets NOT_FOUND.
 * Leases belong to the message, not to a connection.
@@ -593,7 +595,11 @@ class Broker(QueueAdmin, Replay):
         msg = None if target is None else target.messages.others.get(message_id)
         if msg is None or msg.origin is None or msg.origin[0] != name:
             raise not_here
-        return self._existing_message(target.name, message_id, lease)  # LEASE_LOST if taken
+        if msg.dead_letter_lease != lease or msg.lease is not None or msg.state != READY:
+            raise CommandError(LEASE_LOST, f"lease {lease} no longer holds message "
+                               f"{message_id}: it was dead-lettered to {target.name!r} and "
+                               "delivered from there since (or that lease was never its)")
+        return msg
 
     def ack_many(self, name: str, items: list[tuple[int, int] | CommandError],
                  now: float) -> list[CommandError | None]:
@@ -657,7 +663,7 @@ class Broker(QueueAdmin, Replay):
         msg = self._existing_message(name, message_id, lease)
         if unseen and msg.state == LEASED and msg.deliveries:
             msg.deliveries -= 1
-            msg.lease = None
+            msg.lease = msg.dead_letter_lease = None  # no lease of before holds it now
         self._end_delivery(msg, now, delay_s)
 
     def nack_many(self, name: str, items: list[tuple[int, int] | CommandError], delay_s: float,
@@ -721,10 +727,10 @@ class Broker(QueueAdmin, Replay):
         It keeps its id, body, headers and priority; it gets `deliveries`,
         `origin` and `expires_at` (callers give the target queue's expiry
         counted from the move, `_expiry_for`), and loses its lease: no older
-        lease can touch it now; but dead-lettering keeps it (`keep_lease`), for
-        the last delivery's late ack (the module's rules). Target's waiters are
-        served at once, or, when `freed` is given (a move inside `advance`),
-        added to it for later.
+        lease can touch it now; but dead-lettering keeps it aside (`keep_lease`:
+        `dead_letter_lease`), for the last delivery's late ack (the module's
+        rules). Target's waiters are served at once, or, when `freed` is given
+        (a move inside `advance`), added to it for later.
         """
         source = msg.queue
         self._detach(msg)
@@ -735,8 +741,8 @@ class Broker(QueueAdmin, Replay):
         msg.queue = target
         msg.deliveries = deliveries
         msg.origin = origin
-        if not keep_lease:
-            msg.lease = None
+        msg.dead_letter_lease = msg.lease if keep_lease else None
+        msg.lease = None
         target.ever_held = True
         target.messages[msg.id] = msg  # an older id, maybe, than the target's (oldest_id)
         target.body_bytes += len(msg.body)

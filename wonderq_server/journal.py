@@ -479,8 +479,8 @@ class Journal:
             options["priority"] = msg.priority
         if msg.headers:
             options["headers"] = msg.headers
-        if msg.lease is not None:  # dead-lettering keeps it, for a late ack (broker.py)
-            options["lease"] = msg.lease
+        if msg.dead_letter_lease is not None:  # for a late ack (broker.py)
+            options["dead_letter_lease"] = msg.dead_letter_lease
         self._append([MOVE, from_queue, msg.id, msg.queue.name, msg.deliveries,
                       list(msg.origin) if msg.origin else None, msg.expires_at,
                       msg.body, msg.enqueued_at, options])
@@ -882,6 +882,8 @@ def put_record(msg: Message) -> list[Any]:
         options["expires_at"] = msg.expiry.expires_at
     if msg.origin is not None:
         options["origin"] = list(msg.origin)
+    if msg.dead_letter_lease is not None:
+        options["dead_letter_lease"] = msg.dead_letter_lease
     if msg.state == DELAYED and msg.deliveries == 0:
         options["delayed_until"] = msg.deadline_at
     if not options:

@@ -23,15 +23,14 @@ in the same state as replaying it once):
                                                  a PUT with options, each only when
                                                  not default: priority, headers,
                                                  expires_at, origin [queue, moved_at],
-                                                 delayed_until
+                                                 dead_letter_lease, delayed_until
     MOVE   [6, from_queue, id, to_queue, deliveries, origin or nil, expires_at or nil,
             body, enqueued_at, {options}]
                                                  dead-lettered (origin given) or
                                                  redriven (nil); ready in to_queue.
                                                  The whole message (options as in
-                                                 PUTX: priority, headers; and lease,
-                                                 the last delivery's, which
-                                                 dead-lettering keeps), so a MOVE
+                                                 PUTX: priority, headers,
+                                                 dead_letter_lease), so a MOVE
                                                  whose message is not in from_queue
                                                  makes it in to_queue
     QUEUE  [7, queue, {settings}]                an explicit queue's whole settings

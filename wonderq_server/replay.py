@@ -132,6 +132,11 @@ class Replay:
         msg.origin = (origin[0], origin[1]) if origin else None
         msg.deliveries = deliveries
         msg.lease = None
+        kept = options.get("dead_letter_lease")  # for a late ack (broker.py)
+        msg.dead_letter_lease = kept if origin and type(kept) is int and kept > message_id \
+            else None
+        if msg.dead_letter_lease is not None:
+            self.ids.observe(kept)
         self.stored_bytes += self._cost(msg)
         self._cancel_expiry(msg)
         if options.get("expires_at"):
@@ -208,16 +213,12 @@ class Replay:
             if body is None:  # a MOVE older than a2807bf holds no message to make
                 return
             described = {**(options or {}), "origin": origin, "expires_at": expires_at}
-            restored = self._restore_message(target, message_id, body, described, deliveries)
-            lease = described.get("lease")  # the one its dead-lettering kept (late acks)
-            if origin and type(lease) is int and lease > message_id:
-                self.ids.observe(lease)
-                restored.lease = lease
+            self._restore_message(target, message_id, body, described, deliveries)
             return
         if origin:
             msg.queue.dead_lettered_total += 1
         self._move(msg, target, deliveries, (origin[0], origin[1]) if origin else None,
-                   expires_at, 0.0, keep_lease=bool(origin))  # as dead-lettering keeps it
+                   expires_at, 0.0, keep_lease=bool(origin))  # as dead-lettering does
 
     def restore_queue_settings(self: Broker, name: str, record: dict[str, Any]) -> None:
         q = self._restored_queue(name)
