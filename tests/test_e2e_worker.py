@@ -796,9 +796,10 @@ async def test_the_heartbeat_never_touches_a_message_already_nacked(server_facto
         assert worker.counts.failed == 1
 
 
-async def test_acks_sent_together_each_get_their_own_result(server):
+async def test_acks_sent_together_each_get_their_own_result(server, caplog):
     """Acks of jobs that end together go out as one ack_many; an item the server refuses
-    (the message was purged meanwhile) is that message's lease lost, not its batch's."""
+    (the message was purged meanwhile) is that message's lease lost, not its batch's, and
+    each is logged (a user's review: a job that may run twice said nothing)."""
     release = asyncio.Event()
     started = 0
 
@@ -819,6 +820,9 @@ async def test_acks_sent_together_each_get_their_own_result(server):
             release.set()  # both end in one loop iteration: one ack_many of two
             await until_counts(worker, lambda c: c.lease_lost == 2)
         assert (worker.counts.acked, worker.counts.unsettled) == (1, 0)
+    lost = [r for r in caplog.records if "counted lease_lost" in r.getMessage()]
+    assert len(lost) == 2 and all(r.levelname == "WARNING" for r in lost)
+    assert "before its ack went through (NOT_FOUND)" in lost[0].getMessage()
 
 
 class Interrupted(BaseException):

@@ -825,6 +825,10 @@ class Worker:
                     self._server_answered()
                     return outcome
                 self._server_answered()
+                log.warning("message %d of %r: its lease passed to someone else before its %s "
+                            "went through (%s); counted lease_lost: its work may be done "
+                            "again", message.id, message.queue,
+                            "ack" if nack_delay is None else "nack", exc.code)
                 return "lease_lost"
             except WonderQError as exc:
                 if isinstance(exc, BatchTooLarge) and nack_delay is None \
