@@ -17,6 +17,7 @@ from durability import T0, broker_state, open_broker, restored
 
 from wonderq_server.broker import Broker
 from wonderq_server.compaction import Compaction
+from wonderq_server.errors import LEASE_LOST, CommandError
 from wonderq_server.journal import Journal
 from wonderq_server.journal_format import (
     DROP,
@@ -133,6 +134,46 @@ def test_a_lease_that_ran_out_while_down_dead_letters_at_start(tmp_path: Path) -
     again = reopened_equal(tmp_path, journal, broker, T0 + 200)
     assert "dead" not in again.queues  # made by the move, left empty: not kept
     assert msg_id not in again.queues["jobs"].messages
+
+
+def test_a_dead_letter_given_back_unseen_keeps_no_lease_across_a_restart(
+        tmp_path: Path) -> None:
+    # A reviewer: the unseen give-back cleared the kept lease, but replay brought it back
+    # from the MOVE, and the old lease's late ack then deleted the dead letter.
+    journal, broker, _ = open_broker(tmp_path, T0)
+    broker.create_queue("jobs", {"max_deliveries": 1, "dead_letter_queue": "dead"}, T0)
+    msg_id = broker.put("jobs", b"x", T0)
+    [m] = broker.receive("jobs", 1, 10.0, T0)
+    last_lease = m.lease
+    broker.advance(T0 + 10)  # dead-lettered, its lease kept aside
+    [taken] = broker.receive("dead", 1, 10.0, T0 + 11)
+    broker.nack("dead", msg_id, taken.lease, 0.0, T0 + 12, unseen=True)
+    assert broker.queues["dead"].messages[msg_id].dead_letter_lease is None
+    again = reopened_equal(tmp_path, journal, broker, T0 + 13)
+    with pytest.raises(CommandError) as info:
+        again.ack("jobs", msg_id, last_lease, T0 + 13)
+    assert info.value.code == LEASE_LOST
+
+
+def test_a_move_by_an_unseen_nack_keeps_no_lease_across_a_restart(tmp_path: Path) -> None:
+    # A reviewer: a cycle a -> d -> a whose third delivery is given back unseen moves on
+    # with no lease kept; replay kept the given-back lease, which could then ack.
+    journal, broker, _ = open_broker(tmp_path, T0)
+    broker.create_queue("a", {"max_deliveries": 1, "dead_letter_queue": "d"}, T0)
+    broker.create_queue("d", {"max_deliveries": 1, "dead_letter_queue": "a"}, T0)
+    msg_id = broker.put("a", b"x", T0)
+    broker.receive("a", 1, 10.0, T0)
+    broker.advance(T0 + 10)  # a -> d
+    broker.receive("d", 1, 10.0, T0 + 11)
+    broker.advance(T0 + 21)  # d -> a
+    [m] = broker.receive("a", 1, 10.0, T0 + 22)
+    given_back = m.lease
+    broker.nack("a", msg_id, given_back, 0.0, T0 + 23, unseen=True)  # still over: to d
+    assert broker.queues["d"].messages[msg_id].dead_letter_lease is None
+    again = reopened_equal(tmp_path, journal, broker, T0 + 24)
+    with pytest.raises(CommandError) as info:
+        again.ack("a", msg_id, given_back, T0 + 24)
+    assert info.value.code == LEASE_LOST
 
 
 def test_an_expiry_that_passed_while_down_drops_the_message_at_start(tmp_path: Path) -> None:

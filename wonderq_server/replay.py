@@ -132,11 +132,7 @@ class Replay:
         msg.origin = (origin[0], origin[1]) if origin else None
         msg.deliveries = deliveries
         msg.lease = None
-        kept = options.get("dead_letter_lease")  # for a late ack (broker.py)
-        msg.dead_letter_lease = kept if origin and type(kept) is int and kept > message_id \
-            else None
-        if msg.dead_letter_lease is not None:
-            self.ids.observe(kept)
+        msg.dead_letter_lease = self._kept_lease(options, origin, message_id)
         self.stored_bytes += self._cost(msg)
         self._cancel_expiry(msg)
         if options.get("expires_at"):
@@ -181,6 +177,10 @@ class Replay:
             return
         self._detach(msg)
         msg.deliveries = deliveries
+        if lease is None and msg.lease is not None:
+            # A lease taken back (a nack with `unseen`) ends the kept one too (broker.nack).
+            # Not a snapshot's STATE after its PUTX, which comes with no lease to take back.
+            msg.dead_letter_lease = None
         msg.lease = lease
         if state == LEASED:
             self._make_leased(msg, deadline_at)
@@ -218,7 +218,21 @@ class Replay:
         if origin:
             msg.queue.dead_lettered_total += 1
         self._move(msg, target, deliveries, (origin[0], origin[1]) if origin else None,
-                   expires_at, 0.0, keep_lease=bool(origin))  # as dead-lettering does
+                   expires_at, 0.0)
+        # As the record says, not from the lease replay last gave it: a move by a nack with
+        # `unseen` kept none (a reviewer's replay let a given-back lease ack).
+        msg.dead_letter_lease = self._kept_lease(options or {}, origin, message_id)
+
+    def _kept_lease(self: Broker, options: dict[str, Any], origin: Any,
+                    message_id: int) -> int | None:
+        """_kept_lease: the dead_letter_lease a record's options give a dead-lettered
+        message (for a late ack: broker.py), if it is a lease that message could have had
+        (a later id than its own); it counts as a used id."""
+        kept = options.get("dead_letter_lease")
+        if not origin or type(kept) is not int or kept <= message_id:
+            return None
+        self.ids.observe(kept)
+        return kept
 
     def restore_queue_settings(self: Broker, name: str, record: dict[str, Any]) -> None:
         q = self._restored_queue(name)
