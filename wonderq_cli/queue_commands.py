@@ -259,9 +259,11 @@ async def run_peek(args: argparse.Namespace) -> int:
         messages = await client.peek(args.queue, max=args.max)
     if args.json:
         print_json([message_json(m) for m in messages])
-    else:
+    elif messages:
         print_rich(messages_table(f"{args.queue}: next {len(messages)} ready",
                                   messages, leased=False))
+    else:  # as receive says it, not an empty table
+        print(f"{args.queue}: no message ready", file=sys.stderr)
     return 0
 
 
