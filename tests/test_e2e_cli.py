@@ -140,6 +140,9 @@ async def test_the_dead_letter_routine_from_a_shell(server):
     # message-info and the queue settings were text mode's and the client's only.
     done = await cli("create-queue", "jobs-dead", *at(server))
     assert done.returncode == 0 and b"max_deliveries: 0" in done.stdout
+    # 0 is the server's default, not "no lease" (a user's review read it so).
+    assert b"visibility_timeout: 0.0 (the server's --visibility-timeout applies)\n" \
+        in done.stdout
     done = await cli("create-queue", "jobs", "--max-deliveries", "1", "--dead-letter-queue",
                      "jobs-dead", "--visibility-timeout", "30", "--json", *at(server))
     assert json.loads(done.stdout)["max_deliveries"] == 1, done

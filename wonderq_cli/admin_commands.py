@@ -134,6 +134,8 @@ def field_lines(fields: Mapping[str, Any], prefix: str = "") -> list[str]:
             text = " ".join(map(str, value))
         elif name.endswith("_at") and isinstance(value, int | float):
             text = _time(value)
+        elif name == "visibility_timeout" and value == 0:  # a reviewer read it as no lease
+            text = f"{value} (the server's --visibility-timeout applies)"
         else:
             text = str(value)
         lines.append(f"{escaped(prefix + name)}: {escaped(text)}")
