@@ -45,6 +45,15 @@ def deliver_and_time_out(b: Broker, times: int, start: float = T0) -> list[Messa
     return taken
 
 
+def dead_lettered_with_kept_lease(b: Broker) -> tuple[int, int]:
+    """The message of dead_letter_setup, dead-lettered when its second lease ran out (at
+    T0 + 20); returns its id and the lease kept aside for a late ack."""
+    msg_id = dead_letter_setup(b)
+    [last] = deliver_and_time_out(b, 2)[-1:]
+    assert last.dead_letter_lease is not None
+    return msg_id, last.dead_letter_lease
+
+
 def assert_dead_lettered(b: Broker, msg_id: int, deliveries: int, moved_at: float) -> Message:
     assert msg_id not in b.queues["q"].messages
     m = b.queues["dlq"].messages[msg_id]
@@ -108,9 +117,7 @@ def test_a_late_ack_of_the_last_delivery_finds_it_in_the_dead_letter_queue(b: Br
 
 
 def test_a_late_ack_cannot_take_a_dead_letter_back_from_its_consumer(b: Broker) -> None:
-    msg_id = dead_letter_setup(b)
-    [last] = deliver_and_time_out(b, 2)[-1:]
-    last_lease = last.dead_letter_lease
+    msg_id, last_lease = dead_lettered_with_kept_lease(b)
     [taken] = b.receive("dlq", 1, 10.0, T0 + 21.0)
     assert error_code(b.ack, "q", msg_id, last_lease, T0 + 22.0) == LEASE_LOST
     b.ack("dlq", msg_id, taken.lease, T0 + 22.0)
@@ -120,9 +127,7 @@ def test_a_late_ack_cannot_take_a_dead_letter_back_from_its_consumer(b: Broker) 
 
 
 def test_a_dead_letter_given_back_unseen_is_not_the_old_lease_s_again(b: Broker) -> None:
-    msg_id = dead_letter_setup(b)
-    [last] = deliver_and_time_out(b, 2)[-1:]
-    last_lease = last.dead_letter_lease
+    msg_id, last_lease = dead_lettered_with_kept_lease(b)
     [taken] = b.receive("dlq", 1, 10.0, T0 + 21.0)
     b.nack("dlq", msg_id, taken.lease, 0.0, T0 + 22.0, unseen=True)
     assert error_code(b.ack, "q", msg_id, last_lease, T0 + 23.0) == LEASE_LOST
@@ -149,9 +154,7 @@ def test_a_chain_of_dead_letter_queues_keeps_each_last_lease_for_its_own_queue(
 
 
 def test_a_late_ack_of_a_redriven_message_is_refused(b: Broker) -> None:
-    msg_id = dead_letter_setup(b)
-    [last] = deliver_and_time_out(b, 2)[-1:]
-    last_lease = last.dead_letter_lease
+    msg_id, last_lease = dead_lettered_with_kept_lease(b)
     assert b.redrive("dlq", None, T0 + 21.0) == 1
     assert error_code(b.ack, "q", msg_id, last_lease, T0 + 22.0) == LEASE_LOST
     check_invariants(b)

@@ -117,6 +117,24 @@ async def test_one_address_may_hold_only_its_share_of_the_connections(server_fac
             await client.close()
 
 
+async def admitted(server, sources: list[str]) -> list[Text]:
+    """admitted: a text connection from each source address, each answered a PING (so
+    accepted, admitted and in text mode)."""
+    connections = [Text(server.host, server.port, source=source) for source in sources]
+    for raw in connections:
+        raw.send(b"PING\r\n")
+        assert await in_thread(raw.line) == b"PONG"
+    return connections
+
+
+async def answered_refusal(server, source: str) -> Text:
+    """answered_refusal: a connection from `source` that is refused and told why."""
+    refused = Text(server.host, server.port, source=source)
+    refused.send(b"PING\r\n")
+    assert (await in_thread(refused.line)).startswith(b"ERR TOO_MANY_CONNECTIONS ")
+    return refused
+
+
 async def test_one_hosts_flood_of_refused_connections_leaves_room_for_anothers(
         server_factory):
     # A reviewer: refused connections waiting for their first bytes (to be answered in
@@ -124,19 +142,12 @@ async def test_one_hosts_flood_of_refused_connections_leaves_room_for_anothers(
     # another host's refusal was cut off without an answer. Each address has a few.
     server = server_factory("--max-connections-per-address", "1")
     async with connect(server.host, server.port) as client:
-        held = [Text(server.host, server.port, source=source)
-                for source in ("127.0.0.5", "127.0.0.6")]
-        for raw in held:
-            raw.send(b"PING\r\n")
-            assert await in_thread(raw.line) == b"PONG"
+        held = await admitted(server, ["127.0.0.5", "127.0.0.6"])
         flood = [Text(server.host, server.port, source="127.0.0.5") for _ in range(40)]
         try:
             await until_stats(
                 client, lambda s: s["server"]["connections_refused_per_address_total"] == 40)
-            other = Text(server.host, server.port, source="127.0.0.6")
-            flood.append(other)
-            other.send(b"PING\r\n")
-            assert (await in_thread(other.line)).startswith(b"ERR TOO_MANY_CONNECTIONS ")
+            flood.append(await answered_refusal(server, "127.0.0.6"))
             answered = 0
             for raw in flood[:40]:
                 try:
@@ -157,19 +168,13 @@ async def test_refused_floods_from_many_addresses_still_leave_room_for_another(
     server = server_factory("--max-connections-per-address", "1")
     sources = [f"127.0.0.{10 + i}" for i in range(10)] + ["127.0.0.60"]
     async with connect(server.host, server.port) as client:
-        held = [Text(server.host, server.port, source=source) for source in sources]
-        for raw in held:
-            raw.send(b"PING\r\n")
-            assert await in_thread(raw.line) == b"PONG"
+        held = await admitted(server, sources)
         flood = [Text(server.host, server.port, source=source)
                  for source in sources[:10] for _ in range(5)]
         try:
             await until_stats(
                 client, lambda s: s["server"]["connections_refused_per_address_total"] == 50)
-            other = Text(server.host, server.port, source="127.0.0.60")
-            flood.append(other)
-            other.send(b"PING\r\n")
-            assert (await in_thread(other.line)).startswith(b"ERR TOO_MANY_CONNECTIONS ")
+            flood.append(await answered_refusal(server, "127.0.0.60"))
             info = (await client.stats())["server"]
             assert info["connections"] == 12  # the cut-off ones are not counted as served
         finally:
@@ -574,12 +579,8 @@ async def test_one_host_sending_many_stats_does_not_hold_up_another_hosts(server
     server = server_factory("--max-queues", "2000")
     async with connect(server.host, server.port) as client:
         await asyncio.gather(*(client.put(f"q{i}", b"x") for i in range(2000)))
-        flood = [Text(server.host, server.port, source="127.0.0.5") for _ in range(10)]
-        control = Text(server.host, server.port, source="127.0.0.5")
+        *flood, control = await admitted(server, ["127.0.0.5"] * 11)
         try:
-            for raw in [*flood, control]:  # each one accepted and in text mode
-                raw.send(b"PING\r\n")
-                assert await in_thread(raw.line) == b"PONG"
             for raw in flood:
                 raw.send(b"STATS\r\n")
                 raw.sock.shutdown(socket.SHUT_WR)
