@@ -35,6 +35,7 @@ from wonderq_client import Message, WonderQError
 from . import argument_types, deadline
 from .connection_options import open_client
 from .output import OutputFailed, print_rich, say, write_out
+from .text_table import Column, text_table
 
 
 def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -279,12 +280,11 @@ async def run_queues(args: argparse.Namespace) -> int:
     if args.json:
         print_json(queues)
         return 0
-    table = Table(title=f"queues ({len(queues)})", title_justify="left", box=box.SIMPLE_HEAD)
-    for column in ("queue", "messages", "ready", "in flight", "delayed", "explicit"):
-        table.add_column(column, justify="left" if column == "queue" else "right",
-                         no_wrap=True)
-    for q in queues:
-        table.add_row(q["queue"], str(q["messages"]), str(q["ready"]), str(q["in_flight"]),
-                      str(q["delayed"]), "yes" if q["explicit"] else "no")
+    columns = [Column("queue", [q["queue"] for q in queues], right=False)]
+    for header, figure in (("messages", "messages"), ("ready", "ready"),
+                           ("in flight", "in_flight"), ("delayed", "delayed")):
+        columns.append(Column(header, [str(q[figure]) for q in queues]))
+    columns.append(Column("explicit", ["yes" if q["explicit"] else "no" for q in queues]))
+    table = text_table(f"queues ({len(queues)})", columns)
     print_rich(table)
     return 0

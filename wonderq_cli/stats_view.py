@@ -18,11 +18,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rich import box
 from rich.console import Group, RenderableType
 from rich.styled import Styled
-from rich.table import Table
 from rich.text import Text
+
+from .text_table import Column, row_width, text_table
 
 SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
 
@@ -138,12 +138,11 @@ DROP_ORDER = ("puts", "acks", "redeliv/s", "waiting", "expired", "oldest", "dela
               "ack/s", "put/s")
 SPARK_WIDTH = 12
 NAME_WIDTH_MAX = 60
-CELL_PADDING = 3  # rich's padding and the gap between columns
 
 
 def queues_table(queues: Mapping[str, Mapping[str, Any]],
                  history: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
-                 width: int | None = None, max_rows: int | None = None) -> Table:
+                 width: int | None = None, max_rows: int | None = None) -> Group:
     """queues_table: a row per queue, busiest first; with `history` (queue -> (puts per
     second, acks per second) over time) two sparkline columns are added. No cell is ever
     cut: on a terminal `width` columns wide, whole columns are left out instead, the
@@ -157,35 +156,26 @@ def queues_table(queues: Mapping[str, Mapping[str, Any]],
         title = f"queues ({len(queues)}, the busiest {max_rows} shown)"
     else:
         title = f"queues ({len(queues)})"
-    cells: dict[str, list[str]] = {}
+    columns: dict[str, Column] = {}
     for header, figure, fmt in QUEUE_COLUMNS:
-        cells[header] = [name if figure is None else
-                         (fmt(queues[name][figure]) if figure in queues[name] else "-")
-                         for name in names]
+        columns[header] = Column(
+            header, [name if figure is None else
+                     (fmt(queues[name][figure]) if figure in queues[name] else "-")
+                     for name in names],
+            right=figure is not None, max_width=NAME_WIDTH_MAX if figure is None else None)
     if history is not None:
-        for header, index in (("puts", 0), ("acks", 1)):
-            cells[header] = [sparkline(history.get(name, ((), ()))[index], SPARK_WIDTH)
-                             for name in names]
-    widths = {header: max([len(header), *(len(c) for c in column)])
-              for header, column in cells.items()}
-    widths["queue"] = min(widths["queue"], NAME_WIDTH_MAX)
-    shown = list(cells)
+        for header, index, style in (("puts", 0, "green"), ("acks", 1, "cyan")):
+            columns[header] = Column(
+                header, [sparkline(history.get(name, ((), ()))[index], SPARK_WIDTH)
+                         for name in names], right=False, style=style)
+    shown = list(columns)
     if width is not None:
         for header in DROP_ORDER:
-            if sum(widths[h] + CELL_PADDING for h in shown) <= width:
+            if row_width([columns[h] for h in shown]) <= width:
                 break
             if header in shown:
                 shown.remove(header)
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
-    for header in shown:
-        style = {"puts": "green", "acks": "cyan"}.get(header, "")
-        table.add_column(header, justify="left" if header in ("queue", "puts", "acks")
-                         else "right", min_width=widths[header], overflow="fold", style=style)
-    for row in zip(*(cells[h] for h in shown), strict=True):
-        table.add_row(*row)
-    if not queues:
-        table.add_row("(no queues)", *[""] * (len(shown) - 1))
-    return table
+    return text_table(title, [columns[h] for h in shown], empty="(no queues)")
 
 
 def stats_view(stats: Mapping[str, Any],
