@@ -26,14 +26,14 @@ import time
 
 import pytest
 from fault_proxy import FaultProxy
-from polling import EVENT_TIMEOUT_S, until, until_stats
+from polling import EVENT_TIMEOUT_S, until, until_stats, until_true
 from raw_socket import TextSocket
 from rich.console import Console
 from server_process import ServerProcess
 
 from wonderq_cli.stats_view import server_line
 from wonderq_cli.top import FRAME_LINES, History, Poll, Poller, frame
-from wonderq_client import connect
+from wonderq_client import ConnectionClosed, connect
 
 
 def wonderq(*args: str | bytes, stdin: bytes = b"", env: dict[str, str] | None = None,
@@ -332,6 +332,40 @@ async def test_top_poller_survives_the_server_going_away_and_coming_back(server_
     assert poller.stats["queues"] == {}  # a new in-memory server
     await poller.close()
     again.stop()
+
+
+async def test_top_keeps_saying_the_server_stopped_while_it_cannot_reconnect(server_factory):
+    # A reviewer: after a clean stop, top's status line showed the reconnect's
+    # "Connection refused" from the next poll on, and never the server's SHUTTING_DOWN.
+    server = server_factory()
+    poller = Poller(server.host, server.port, timeout_s=2.0)
+    assert await poller.poll() is Poll.FRESH
+    assert await asyncio.to_thread(server.stop) == 0  # SIGTERM: the goodbye, then exit
+    for _ in range(3):
+        assert await poller.poll() is Poll.AWAY
+        assert "SHUTTING_DOWN" in poller.why, poller.why
+    assert "(before that: SHUTTING_DOWN" in poller.why  # under the reconnect's failure
+    again = server_factory("--port", str(server.port))
+    assert await poller.poll() is Poll.FRESH
+    again.kill()
+    assert await poller.poll() is Poll.AWAY
+    assert "SHUTTING_DOWN" not in poller.why  # a new connection forgets the old goodbye
+    await poller.close()
+
+
+async def test_a_closed_clients_close_reason_says_what_the_server_said(server_factory):
+    server = server_factory()
+    client = await connect(server.host, server.port)
+    assert client.close_reason is None
+    assert await asyncio.to_thread(server.stop) == 0
+    await until_true(lambda: client.closed)
+    reason = client.close_reason
+    assert reason is not None and reason.server_code == "SHUTTING_DOWN"
+    assert "the server is stopping" in reason.message
+    with pytest.raises(ConnectionClosed) as raised:
+        await client.ping()
+    assert raised.value.message == reason.message
+    await client.close()
 
 
 async def test_top_waits_for_a_paced_stats_in_its_place_without_reconnecting(server_factory):

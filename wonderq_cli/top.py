@@ -115,8 +115,11 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
 def _reason(exc: BaseException) -> str:
     """_reason is what a poll met, short enough for the status line."""
     text = exc.message if isinstance(exc, ConnectionClosed) else str(exc)
-    return textwrap.shorten(text.removeprefix("connection to the server closed: "), 120,
-                            placeholder=" …")
+    return _shortened(text.removeprefix("connection to the server closed: "))
+
+
+def _shortened(text: str) -> str:
+    return textwrap.shorten(text, 120, placeholder=" …")
 
 
 def _seen(call: asyncio.Future[Any]) -> None:
@@ -153,12 +156,14 @@ class Poller:
         self.client: Client | None = None
         self.stats: dict[str, Any] = {}  # the last stats seen, kept while disconnected
         self.why = ""  # what the last poll that found the server away met
+        self._gone = ""  # why the last connection ended, until a new one is made
         self._asked: asyncio.Future[dict[str, Any]] | None = None  # the STATS in flight
 
     async def poll(self) -> Poll:
         """poll refreshes `stats` if the server answers in time, and says what it found."""
         try:
             if self.client is None or self.client.closed:
+                self._note_gone()  # it closed between polls
                 self._forget_asked()
                 self.client = await connect(self.host, self.port, timeout=self.timeout_s,
                                             **self.connect_options)
@@ -166,13 +171,25 @@ class Poller:
                 # answers its first bytes and closes, and a second request written behind
                 # them would meet the reset, hiding the reason.
                 await asyncio.wait_for(self.client.ping(), timeout=self.timeout_s)
+                self._gone = ""
             return await self._ask(self.client)
         except ssl.SSLCertVerificationError:
             raise  # not the server being away: retrying will not help
         except (TimeoutError, OSError, ConnectionClosed) as exc:
-            self.why = _reason(exc) or f"no answer within {self.timeout_s:g} s"
+            self._note_gone()
+            why = _reason(exc) or f"no answer within {self.timeout_s:g} s"
+            if self._gone and self._gone != why:
+                why = _shortened(f"{why} (before that: {self._gone})")
+            self.why = why
             await self.close()
             return Poll.AWAY
+
+    def _note_gone(self) -> None:
+        """_note_gone keeps why the connection ended (what the server said as it closed it:
+        SHUTTING_DOWN, IDLE_TIMEOUT), for the status line until a new connection is made:
+        the reconnects that follow meet only "Connection refused"."""
+        if self.client is not None and self.client.close_reason is not None:
+            self._gone = _reason(self.client.close_reason)
 
     async def _ask(self, client: Client) -> Poll:
         loop = asyncio.get_running_loop()

@@ -544,6 +544,17 @@ class Client(QueueAdmin):
     def closed(self) -> bool:
         return self._protocol.closed_error is not None
 
+    @property
+    def close_reason(self) -> ConnectionClosed | None:
+        """close_reason is why the connection ended, None while it is open: the
+        ConnectionClosed its calls raise now, whose `server_code` is what the server said
+        about the connection as it closed it (SHUTTING_DOWN, IDLE_TIMEOUT, ...), if it
+        said anything. For a caller that finds `closed` between calls, with nothing
+        raised to read it from."""
+        if self._protocol.closed_error is None:
+            return None
+        return self._protocol.closed_exception()
+
     def abort(self) -> None:
         """abort drops the connection at once, with whatever is unsent: for a connection
         that stopped answering (close() is the polite way). Calls still waiting raise
