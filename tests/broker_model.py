@@ -50,7 +50,8 @@ class ModelMessage:
     deliveries: int = 0
     deadline: float | None = None
     origin: tuple[str, float] | None = None  # (queue, when) once dead-lettered
-    dead_letter_lease: int | None = None  # the lease that may still ack it from its origin
+    kept_lease: int | None = None  # a lease that can only ack: a nack's, or the last
+    # delivery's of a dead letter (then naming its origin queue too)
 
 
 @dataclass
@@ -133,11 +134,13 @@ class ReferenceModel:
     def checked_ack(self, queue: str, msg_id: int, lease: int) -> ModelMessage | str:
         """checked_ack is checked_message for an ack, which also finds a message that the
         end of its last delivery moved out of `queue` into its dead-letter queue (a late
-        ack of that delivery)."""
+        ack of that delivery), and one whose lease a nack kept aside."""
         m = self.messages.get(msg_id)
+        if m is not None and m.queue == queue and m.lease is None and m.kept_lease == lease:
+            return m
         if m is not None and m.origin is not None and m.origin[0] == queue \
                 and m.queue == other(queue) and self.max_deliveries.get(queue):
-            kept = m.lease is None and m.state == "ready" and m.dead_letter_lease == lease
+            kept = m.lease is None and m.state == "ready" and m.kept_lease == lease
             return m if kept else LEASE_LOST
         return self.checked_message(queue, msg_id, lease)
 
@@ -161,6 +164,7 @@ class ReferenceModel:
         """nacked ends a delivery: dead-lettered at its limit (delay or not), else ready or
         delayed; returns the queue that got a ready message, if one did."""
         m = self.messages[msg_id]
+        m.kept_lease, m.lease = m.lease, None  # for a late ack only
         if self.at_limit(m):
             return self.dead_letter(msg_id, self.now)
         if delay > 0:
@@ -211,7 +215,8 @@ class ReferenceModel:
         target = other(m.queue)
         self.held_queues.add(target)
         m.origin = (m.queue, at)
-        m.dead_letter_lease = m.lease
+        if m.lease is not None:  # else a nack kept it aside already
+            m.kept_lease = m.lease
         m.queue, m.state, m.lease, m.deadline = target, "ready", None, None
         return target
 

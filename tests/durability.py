@@ -56,7 +56,7 @@ def message_state(message_id: int, stored: Message | bytes, q: Queue) -> tuple[A
     assert isinstance(m, Message) and m.id == message_id and m.queue is q
     assert (m.deadline_at is not None) == (m.state in (LEASED, DELAYED)), m
     return (m.body, m.state, m.deliveries, m.lease, m.deadline_at, m.enqueued_at, m.priority,
-            m.headers, m.origin, m.expires_at, m.dead_letter_lease)
+            m.headers, m.origin, m.expires_at, m.kept_lease)
 
 
 def open_broker(directory: Path, now: float, **journal_options: Any

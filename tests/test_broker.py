@@ -436,6 +436,40 @@ def test_delayed_message_comes_back_ahead_of_newer_ones(b: Broker) -> None:
     assert ids_of(b.receive("q", 2, None, T0 + 3.0)) == [old, new]
 
 
+def test_a_nacked_lease_can_still_ack_but_not_touch_or_nack_again(b: Broker) -> None:
+    # A reviewer's heartbeat touched a message its consumer had nacked: the touch leased
+    # it again, hidden from everyone for an hour by a consumer that had given it back.
+    msg_id = b.put("q", b"x", T0)
+    [m] = b.receive("q", 1, 10.0, T0)
+    lease = m.lease
+    b.nack("q", msg_id, lease, 0.0, T0 + 1.0)
+    assert (m.state, m.lease, m.kept_lease) == (READY, None, lease)
+    with pytest.raises(CommandError) as refused:
+        b.touch("q", msg_id, lease, 3600.0, T0 + 2.0)
+    assert refused.value.code == LEASE_LOST
+    assert "ended by a nack" in refused.value.message and "still ack" in refused.value.message
+    assert error_code(b.nack, "q", msg_id, lease, 60.0, T0 + 2.0) == LEASE_LOST
+    assert error_code(b.nack, "q", msg_id, lease, 0.0, T0 + 2.0, True) == LEASE_LOST
+    assert (m.state, m.deliveries) == (READY, 1)  # neither changed anything
+    assert counts(b) == zero_counts(ready=1, put_total=1)
+    b.ack("q", msg_id, lease, T0 + 3.0)  # a late ack, while nobody else has it
+    assert counts(b) == zero_counts(put_total=1, acked_total=1)
+    check_invariants(b)
+
+
+def test_a_nacked_lease_is_lost_once_the_message_is_delivered_again(b: Broker) -> None:
+    msg_id = b.put("q", b"x", T0)
+    [m] = b.receive("q", 1, 10.0, T0)
+    lease = m.lease
+    b.nack("q", msg_id, lease, 0.0, T0 + 1.0)
+    [again] = b.receive("q", 1, 10.0, T0 + 2.0)
+    for call, args in ((b.ack, ()), (b.touch, (None,)), (b.nack, (0.0,))):
+        assert error_code(call, "q", msg_id, lease, *args, T0 + 3.0) == LEASE_LOST
+    assert (again.state, again.deliveries) == (LEASED, 2)
+    b.ack("q", msg_id, again.lease, T0 + 4.0)
+    check_invariants(b)
+
+
 def test_late_nack_with_delay_hides_a_message_that_went_back(b: Broker) -> None:
     msg_id = b.put("q", b"x", T0)
     [m] = b.receive("q", 1, 1.0, T0)
@@ -452,8 +486,9 @@ def test_late_nack_with_delay_hides_a_message_that_went_back(b: Broker) -> None:
 def test_the_delaying_lease_can_still_ack(b: Broker) -> None:
     msg_id = b.put("q", b"x", T0)
     [m] = b.receive("q", 1, None, T0)
-    b.nack("q", msg_id, m.lease, 5.0, T0)
-    b.ack("q", msg_id, m.lease, T0 + 1.0)
+    lease = m.lease
+    b.nack("q", msg_id, lease, 5.0, T0)
+    b.ack("q", msg_id, lease, T0 + 1.0)
     assert counts(b) == zero_counts(put_total=1, acked_total=1)
     assert b.next_deadline() is None
     assert b.advance(T0 + 5.0) == 0
@@ -521,13 +556,14 @@ def test_late_touch_after_the_message_went_back_takes_it_again(b: Broker) -> Non
     check_invariants(b)
 
 
-def test_touch_of_a_delayed_message_leases_it_again(b: Broker) -> None:
+def test_touch_of_a_nacked_delayed_message_is_refused_and_the_delay_stays(b: Broker) -> None:
     msg_id = b.put("q", b"x", T0)
     [m] = b.receive("q", 1, None, T0)
-    b.nack("q", msg_id, m.lease, 50.0, T0)
-    assert b.touch("q", msg_id, m.lease, 5.0, T0 + 1.0) == T0 + 6.0
-    assert counts(b) == zero_counts(in_flight=1, put_total=1)
-    assert b.next_deadline() == T0 + 6.0
+    lease = m.lease
+    b.nack("q", msg_id, lease, 50.0, T0)
+    assert error_code(b.touch, "q", msg_id, lease, 5.0, T0 + 1.0) == LEASE_LOST
+    assert counts(b) == zero_counts(delayed=1, put_total=1)
+    assert b.next_deadline() == T0 + 50.0
 
 
 def test_many_touches_keep_the_deadline_heap_bounded(b: Broker) -> None:
@@ -567,13 +603,14 @@ def test_next_deadline_is_the_earliest_live_one(b: Broker) -> None:
     lease_a, lease_b, lease_c = b.receive("q", 3, 20.0, T0)  # all due at T0 + 20
     assert b.next_deadline() == T0 + 20.0
     b.touch("q", ids[0], lease_a.lease, 30.0, T0)  # a: T0 + 30
-    b.nack("q", ids[1], lease_b.lease, 8.0, T0)  # b: delayed until T0 + 8
+    b_lease = lease_b.lease
+    b.nack("q", ids[1], b_lease, 8.0, T0)  # b: delayed until T0 + 8
     assert b.next_deadline() == T0 + 8.0
     waiter = b.wait("w", 1, None, T0 + 5.0, Inbox(), T0)
     assert b.next_deadline() == T0 + 5.0
     b.cancel_wait(waiter)
     assert b.next_deadline() == T0 + 8.0
-    b.ack("q", ids[1], lease_b.lease, T0 + 1.0)
+    b.ack("q", ids[1], b_lease, T0 + 1.0)  # a late ack of the nacked b
     assert b.next_deadline() == T0 + 20.0  # c's lease
     b.ack("q", ids[2], lease_c.lease, T0 + 1.0)
     assert b.next_deadline() == T0 + 30.0  # a's touched lease, not its old T0 + 20
@@ -644,9 +681,11 @@ def test_repeated_nacks_of_one_message_keep_the_ready_heap_bounded(b: Broker) ->
     [m] = b.receive("q", 1, None, T0)
     q = b.queues["q"]
     for i in range(10_000):
-        b.nack("q", msg_id, m.lease, 0.0, T0 + i)  # the lease stays the latest one
+        b.nack("q", msg_id, m.lease, 0.0, T0 + i)
         assert len(q.ready) <= 2 * q.ready_count + READY_HEAP_SLACK + 1
-    assert counts(b) == zero_counts(ready=1, put_total=1)
+        [m] = b.receive("q", 1, None, T0 + i)
+    b.nack("q", msg_id, m.lease, 0.0, T0 + 10_000.0)
+    assert counts(b) == zero_counts(ready=1, put_total=1, redelivered_total=10_000)
     assert ids_of(b.receive("q", 5, None, T0 + 10_000.0)) == [msg_id]
     assert b.receive("q", 5, None, T0 + 10_000.0) == []
 

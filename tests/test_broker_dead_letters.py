@@ -21,7 +21,14 @@ from broker_helpers import (  # the `b` fixture comes from broker_helpers too, v
 
 from wonderq_server.broker import MESSAGE_OVERHEAD_BYTES, Broker
 from wonderq_server.errors import LEASE_LOST, NOT_FOUND, QUEUE_NOT_FOUND
-from wonderq_server.message import HEADER_ENTRY_BYTES, HEADERS_DICT_BYTES, LEASED, READY, Message
+from wonderq_server.message import (
+    DELAYED,
+    HEADER_ENTRY_BYTES,
+    HEADERS_DICT_BYTES,
+    LEASED,
+    READY,
+    Message,
+)
 
 HEADERS = {"h": "v"}
 
@@ -50,8 +57,8 @@ def dead_lettered_with_kept_lease(b: Broker) -> tuple[int, int]:
     T0 + 20); returns its id and the lease kept aside for a late ack."""
     msg_id = dead_letter_setup(b)
     [last] = deliver_and_time_out(b, 2)[-1:]
-    assert last.dead_letter_lease is not None
-    return msg_id, last.dead_letter_lease
+    assert last.kept_lease is not None
+    return msg_id, last.kept_lease
 
 
 def assert_dead_lettered(b: Broker, msg_id: int, deliveries: int, moved_at: float) -> Message:
@@ -60,7 +67,7 @@ def assert_dead_lettered(b: Broker, msg_id: int, deliveries: int, moved_at: floa
     assert (m.id, m.body, m.headers, m.priority) == (msg_id, b"body", HEADERS, 3)
     assert (m.deliveries, m.origin, m.state, m.lease) == (deliveries, ("q", moved_at), READY,
                                                           None)
-    assert m.dead_letter_lease is not None  # its last delivery's: for a late ack only
+    assert m.kept_lease is not None  # its last delivery's: for a late ack only
     assert m.enqueued_at == T0
     assert m.queue is b.queues["dlq"]
     return m
@@ -86,7 +93,7 @@ def test_moved_when_the_last_allowed_lease_runs_out(b: Broker) -> None:
     # The lease cannot touch or nack it, naming either queue (a reviewer: naming the
     # dead-letter queue, the kept lease re-leased or delayed a dead letter); a late ack:
     # below.
-    assert m.dead_letter_lease == lease
+    assert m.kept_lease == lease
     assert error_code(b.touch, "q", msg_id, lease, None, T0 + 21.0) == NOT_FOUND
     assert error_code(b.nack, "q", msg_id, lease, 0.0, T0 + 21.0) == NOT_FOUND
     assert error_code(b.touch, "dlq", msg_id, lease, 30.0, T0 + 21.0) == LEASE_LOST
@@ -106,9 +113,9 @@ def test_a_late_ack_of_the_last_delivery_finds_it_in_the_dead_letter_queue(b: Br
     [last] = b.receive("q", 1, 10.0, T0 + 10.0)
     b.advance(T0 + 20.0)
     assert_dead_lettered(b, msg_id, 2, T0 + 20.0)
-    last_lease = last.dead_letter_lease
+    last_lease = last.kept_lease
     assert error_code(b.ack, "q", msg_id, first_lease, T0 + 21.0) == LEASE_LOST
-    assert error_code(b.ack, "dlq", msg_id, last_lease, T0 + 21.0) == LEASE_LOST
+    assert error_code(b.ack, "dlq", msg_id, first_lease, T0 + 21.0) == LEASE_LOST
     b.ack("q", msg_id, last_lease, T0 + 21.0)
     assert counts(b, "dlq") == zero_counts(acked_total=1)
     assert counts(b, "q")["dead_lettered_total"] == 1
@@ -166,11 +173,15 @@ def test_moved_at_once_when_nacked_at_the_limit(b: Broker) -> None:
     b.nack("q", msg_id, m1.lease, 0.0, T0 + 1.0)
     assert counts(b, "q") == zero_counts(ready=1, put_total=1)
     [m2] = b.receive("q", 1, 10.0, T0 + 2.0)
-    b.nack("q", msg_id, m2.lease, 0.0, T0 + 3.0)
-    assert_dead_lettered(b, msg_id, 2, T0 + 3.0)
+    lease = m2.lease
+    b.nack("q", msg_id, lease, 0.0, T0 + 3.0)
+    assert assert_dead_lettered(b, msg_id, 2, T0 + 3.0).kept_lease == lease  # the nack's
     assert counts(b, "q")["dead_lettered_total"] == 1
-    assert error_code(b.nack, "q", msg_id, m2.lease, 0.0, T0 + 4.0) == NOT_FOUND
+    assert error_code(b.nack, "q", msg_id, lease, 0.0, T0 + 4.0) == NOT_FOUND
+    assert error_code(b.touch, "dlq", msg_id, lease, None, T0 + 4.0) == LEASE_LOST
     assert b.next_deadline() is None
+    b.ack("q", msg_id, lease, T0 + 5.0)  # a late ack, after the nack that moved it
+    assert counts(b, "dlq") == zero_counts(acked_total=1)
     check_invariants(b)
 
 
@@ -465,11 +476,15 @@ def test_one_delivery_is_taken_back_once_and_only_while_it_runs(b: Broker) -> No
     assert m.deliveries == 1
     [m] = b.receive("q", 1, 10.0, T0 + 6)
     b.advance(T0 + 16)  # the lease runs out: that delivery counted
-    b.nack("q", msg_id, m.lease, 0.0, T0 + 17, unseen=True)  # too late to take it back
-    assert m.deliveries == 2 and m.lease is not None  # a plain nack: the lease stays
-    b.nack("q", msg_id, m.lease, 5.0, T0 + 18)  # a late nack: delayed...
-    b.nack("q", msg_id, m.lease, 0.0, T0 + 19, unseen=True)  # ...and not taken back
-    assert (m.deliveries, m.state) == (2, READY)
+    lease = m.lease
+    b.nack("q", msg_id, lease, 5.0, T0 + 17, unseen=True)  # too late to take it back
+    assert (m.deliveries, m.state, m.lease, m.kept_lease) == (2, DELAYED, None, lease)
+    # A plain nack's: the lease is kept aside for a late ack, and can do nothing else.
+    assert error_code(b.nack, "q", msg_id, lease, 0.0, T0 + 18, True) == LEASE_LOST
+    assert error_code(b.nack, "q", msg_id, lease, 0.0, T0 + 18) == LEASE_LOST
+    assert (m.deliveries, m.state) == (2, DELAYED)
+    b.ack("q", msg_id, lease, T0 + 19)
+    assert counts(b, "q")["acked_total"] == 1
     check_invariants(b)
 
 

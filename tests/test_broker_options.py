@@ -186,11 +186,12 @@ def test_delayed_message_is_dropped_at_its_expiry(b: Broker) -> None:
 def test_nack_with_delay_past_the_expiry_drops_it_at_the_expiry(b: Broker) -> None:
     msg_id = b.put("q", b"x", T0, expiry=5.0)
     [m] = b.receive("q", 1, 2.0, T0)
-    b.nack("q", msg_id, m.lease, 60.0, T0 + 1.0)
+    lease = m.lease
+    b.nack("q", msg_id, lease, 60.0, T0 + 1.0)
     assert counts(b) == zero_counts(delayed=1, put_total=1)
     b.advance(T0 + 5.0)
     assert counts(b) == zero_counts(put_total=1, expired_total=1)
-    assert error_code(b.ack, "q", msg_id, m.lease, T0 + 6.0) == NOT_FOUND
+    assert error_code(b.ack, "q", msg_id, lease, T0 + 6.0) == NOT_FOUND
 
 
 def test_queue_expiry_setting_applies_when_a_put_gives_none(b: Broker) -> None:
@@ -382,14 +383,15 @@ def test_put_many_of_only_refused_items_stores_nothing(b: Broker) -> None:
 def test_old_lease_of_an_expired_message_is_not_found(b: Broker, state: str) -> None:
     msg_id = b.put("q", b"x", T0, expiry=4.0)
     [m] = b.receive("q", 1, 1.0, T0)
+    lease = m.lease
     if state == "delayed":
-        b.nack("q", msg_id, m.lease, 10.0, T0)
+        b.nack("q", msg_id, lease, 10.0, T0)
     b.advance(T0 + 1.0)
     assert counts(b) == zero_counts(put_total=1, **{state: 1})
     b.advance(T0 + 4.0)
     assert counts(b) == zero_counts(put_total=1, expired_total=1)
-    assert error_code(b.ack, "q", msg_id, m.lease, T0 + 5.0) == NOT_FOUND
-    assert error_code(b.touch, "q", msg_id, m.lease, None, T0 + 5.0) == NOT_FOUND
+    assert error_code(b.ack, "q", msg_id, lease, T0 + 5.0) == NOT_FOUND
+    assert error_code(b.touch, "q", msg_id, lease, None, T0 + 5.0) == NOT_FOUND
     assert b.next_deadline() is None
     check_invariants(b)
 

@@ -217,7 +217,7 @@ headers_maps = st.dictionaries(header_text.filter(bool), header_text, max_size=4
 OPTIONAL_VALUES = {
     "max": st.integers(1, DEFAULT_LIMITS.max_batch),
     "wait": seconds(DEFAULT_LIMITS.max_wait_s),
-    "visibility": st.none() | seconds(DEFAULT_LIMITS.max_visibility_s),
+    "visibility": st.none() | seconds(DEFAULT_LIMITS.max_visibility_s).filter(bool),  # > 0
     "delay": seconds(DEFAULT_LIMITS.max_delay_s),
     "priority": st.integers(-(2**31), 2**31 - 1),
     "headers": headers_maps,

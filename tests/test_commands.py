@@ -161,8 +161,20 @@ def test_optional_fields_given():
     nack = make_command("nack", with_field("nack", delay=3), LIMITS)
     assert nack.args["delay"] == 3.0
     assert type(nack.args["delay"]) is float
-    touch = make_command("touch", with_field("touch", visibility=0), LIMITS)
-    assert touch.args["visibility"] == 0.0
+    touch = make_command("touch", with_field("touch", visibility=0.001), LIMITS)
+    assert touch.args["visibility"] == 0.001
+
+
+@pytest.mark.parametrize("command", ["receive", "touch"])
+def test_a_lease_of_zero_seconds_is_refused_not_over_at_once(command):
+    # A reviewer copied a queue's visibility_timeout of 0 (the server's default) into a
+    # receive: each message was leased until now, and handed to the next consumer too.
+    with pytest.raises(CommandError) as refused:
+        make_command(command, with_field(command, visibility=0), LIMITS)
+    assert refused.value.code == BAD_ARGUMENT
+    assert "over 0 seconds" in refused.value.message and "nack" in refused.value.message
+    settings = make_command("create_queue", {"queue": "q", "visibility_timeout": 0}, LIMITS)
+    assert settings.args["visibility_timeout"] == 0.0  # a setting's 0 is the default
 
 
 def test_an_explicit_nil_means_the_default():

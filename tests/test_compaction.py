@@ -29,6 +29,7 @@ from durability import (
 from wonderq_server import compaction
 from wonderq_server.broker import Broker
 from wonderq_server.compaction import RATIO, Compaction, due
+from wonderq_server.errors import LEASE_LOST, CommandError
 from wonderq_server.journal import (
     DEFAULT_RESERVE_BYTES,
     PUT_RECORD_OVERHEAD,
@@ -653,3 +654,43 @@ def test_after_a_failed_compaction_the_next_waits_longer_each_time() -> None:
     assert [retry_delay_s(n) for n in (1, 2, 3)] == [RETRY_MIN_S, 2 * RETRY_MIN_S,
                                                      4 * RETRY_MIN_S]
     assert retry_delay_s(7) == RETRY_MAX_S == retry_delay_s(10_000)
+
+
+def test_a_lease_a_nack_kept_aside_survives_restarts_and_a_compaction(tmp_path: Path) -> None:
+    # The lease a nack ended can still ack (a late ack) and nothing else (a touch would
+    # take back what was given back): so after a restart, and after a compaction's
+    # snapshot, the STATE record's kept lease (journal format 4).
+    journal, broker, _ = open_broker(tmp_path, T0)
+    a, b, c = broker.put_many("q", [b"a", b"b", b"c"], T0)
+    leases = {m.id: m.lease for m in broker.receive("q", 3, 60.0, T0)}
+    broker.nack("q", a, leases[a], 0.0, T0 + 1)
+    broker.nack("q", b, leases[b], 30.0, T0 + 1)
+    broker.nack("q", c, leases[c], 0.0, T0 + 1)
+    assert {m.id for m in broker.receive("q", 2, 60.0, T0 + 2)} == {a, c}  # a again, c again
+    [again] = [m for m in broker.queues["q"].messages.values() if m.id == a]
+    leases[a] = again.lease
+    broker.nack("q", a, leases[a], 0.0, T0 + 3)  # the kept lease is now this one
+    expected = broker_state(broker)
+    journal.close()
+    for step in ("restart", "compaction"):
+        journal, broker, _ = open_broker(tmp_path, NOW)
+        assert broker_state(broker) == expected, step
+        messages = broker.queues["q"].messages
+        assert (messages[a].lease, messages[a].kept_lease) == (None, leases[a])
+        assert (messages[b].lease, messages[b].kept_lease) == (None, leases[b])
+        assert messages[c].lease is not None and messages[c].kept_lease is None
+        if step == "compaction":
+            compact_at_once(journal, broker, NOW)
+        journal.close()
+    broker, _ = restored(tmp_path, NOW)
+    assert broker_state(broker) == expected
+    for call, args in ((broker.touch, (None,)), (broker.nack, (0.0,))):
+        with pytest.raises(CommandError) as refused:
+            call("q", b, leases[b], *args, NOW)
+        assert refused.value.code == LEASE_LOST
+    with pytest.raises(CommandError) as refused:
+        broker.ack("q", c, leases[c], NOW)  # delivered again since
+    assert refused.value.code == LEASE_LOST
+    broker.ack("q", a, leases[a], NOW)
+    broker.ack("q", b, leases[b], NOW)
+    assert list(broker.queues["q"].messages) == [c]

@@ -148,7 +148,7 @@ def test_a_dead_letter_given_back_unseen_keeps_no_lease_across_a_restart(
     broker.advance(T0 + 10)  # dead-lettered, its lease kept aside
     [taken] = broker.receive("dead", 1, 10.0, T0 + 11)
     broker.nack("dead", msg_id, taken.lease, 0.0, T0 + 12, unseen=True)
-    assert broker.queues["dead"].messages[msg_id].dead_letter_lease is None
+    assert broker.queues["dead"].messages[msg_id].kept_lease is None
     again = reopened_equal(tmp_path, journal, broker, T0 + 13)
     assert error_code(again.ack, "jobs", msg_id, last_lease, T0 + 13) == LEASE_LOST
 
@@ -167,7 +167,7 @@ def test_a_move_by_an_unseen_nack_keeps_no_lease_across_a_restart(tmp_path: Path
     [m] = broker.receive("a", 1, 10.0, T0 + 22)
     given_back = m.lease
     broker.nack("a", msg_id, given_back, 0.0, T0 + 23, unseen=True)  # still over: to d
-    assert broker.queues["d"].messages[msg_id].dead_letter_lease is None
+    assert broker.queues["d"].messages[msg_id].kept_lease is None
     again = reopened_equal(tmp_path, journal, broker, T0 + 24)
     assert error_code(again.ack, "a", msg_id, given_back, T0 + 24) == LEASE_LOST
 

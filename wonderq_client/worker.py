@@ -1049,7 +1049,7 @@ class Worker:
 
     async def _touch(self, client: Client, job: _Job) -> float | None:
         """_touch renews one job's lease, unless its handler is over by the time this runs
-        (a touch after a nack would lease the message again)."""
+        (the server refuses a touch after a nack: LEASE_LOST, which would be logged)."""
         if job.settling:
             return None
         message = job.message

@@ -31,15 +31,21 @@ Rules:
   without headers, so materializing one changes no accounting.
 * Only the lease of the latest delivery can ack, nack or touch a message.
   A lease that ran out still works until the message is delivered again
-  (late ack); after that every older lease gets LEASE_LOST and changes
-  nothing, so a slow consumer can never delete a message someone else holds.
-  That holds on the last delivery too, whose end moves the message to the
-  dead-letter queue: the move keeps that lease aside (`dead_letter_lease`),
-  and an ack naming the queue it came from finds it there (`_dead_lettered`)
-  until it is received from there. Else a handler that succeeded just past
-  its lease would have its work dead-lettered, as it would not on any earlier
-  delivery. The kept lease acks and does nothing else: the moved message has
-  no lease, so a touch or nack of it (naming either queue) is refused.
+  (late ack, late touch); after that every older lease gets LEASE_LOST and
+  changes nothing, so a slow consumer can never delete a message someone
+  else holds.
+* A delivery ended by its consumer keeps its lease aside (`kept_lease`) and
+  the message has no lease: that lease still acks it (a late ack) until it
+  is delivered again, and does nothing else, so a touch after a nack cannot
+  take back what its consumer gave back (a reviewer's heartbeat hid a nacked
+  message for an hour), nor a second nack delay it again. A lease that ran
+  out is not given back by anyone and stays the message's own (late touch).
+* The same holds on the last delivery, whose end (its lease running out, or
+  a nack) moves the message to the dead-letter queue: the move keeps that
+  lease aside, and an ack naming the queue it came from finds it there
+  (`_dead_lettered`) until it is received from there. Else a handler that
+  succeeded just past its lease would have its work dead-lettered, as it
+  would not on any earlier delivery.
   A message that is gone (acked, expired, moved to another queue, or never
   existed) gets NOT_FOUND.
 * Leases belong to the message, not to a connection.
@@ -214,7 +220,10 @@ class Broker(QueueAdmin, Replay):
             # Leases come from the id sequence, so every lease a message has had is above
             # its id and no later than its latest: outside that range, it was never this
             # message's (a client mixing up the leases of one batch, say).
-            if type(msg) is bytes or msg.lease is None:
+            if type(msg) is not bytes and msg.lease is None and msg.kept_lease == lease:
+                since = "its delivery was ended by a nack, or by a move to this dead-letter " \
+                    "queue: that lease can still ack it (a late ack), nothing else"
+            elif type(msg) is bytes or msg.lease is None:
                 since = "no lease holds it now (never delivered, given back unseen, or " \
                     "moved to this queue since)"
             elif lease > msg.lease or lease <= message_id:
@@ -495,6 +504,7 @@ class Broker(QueueAdmin, Replay):
                 msg.deliveries += 1
                 if msg.deliveries > 1:
                     q.redelivered_total += 1
+                    msg.kept_lease = None  # only a message delivered before has one
                 msg.lease = self.ids.next(now)
                 if self.journal is not None:
                     self.journal.state(msg)
@@ -574,14 +584,27 @@ class Broker(QueueAdmin, Replay):
     # ----------------------------------------------------- ack / nack / touch
 
     def ack(self, name: str, message_id: int, lease: int, now: float) -> None:
-        """ack deletes a message for good; only its latest lease may do so (a late one
-        also in the dead-letter queue its last delivery's end moved it to)."""
+        """ack deletes a message for good; only its latest lease may do so, or a lease
+        kept aside (the module's rules): after a nack, or in the dead-letter queue its last
+        delivery's end moved it to."""
         try:
             msg = self._existing_message(name, message_id, lease)
         except CommandError as exc:
-            msg = self._dead_lettered(name, message_id, lease, exc)
+            msg = self._kept_lease_holder(name, message_id, lease, exc)
         msg.queue.acked_total += 1
         self._drop(msg)
+
+    def _kept_lease_holder(self, name: str, message_id: int, lease: int,
+                           not_held: CommandError) -> Message:
+        """_kept_lease_holder finds the message `lease` was kept aside for, for a late ack:
+        in queue `name` (ended by a nack; or a dead letter, named by its new queue), or in
+        that queue's dead-letter queue; else raises `not_held`, what the queue said."""
+        if not_held.code != LEASE_LOST:
+            return self._dead_lettered(name, message_id, lease, not_held)
+        msg = self.queues[name].messages.others.get(message_id)  # LEASE_LOST: it is there
+        if type(msg) is not Message or msg.lease is not None or msg.kept_lease != lease:
+            raise not_held
+        return msg
 
     def _dead_lettered(self, name: str, message_id: int, lease: int,
                        not_here: CommandError) -> Message:
@@ -595,7 +618,7 @@ class Broker(QueueAdmin, Replay):
         msg = None if target is None else target.messages.others.get(message_id)
         if msg is None or msg.origin is None or msg.origin[0] != name:
             raise not_here
-        if msg.dead_letter_lease != lease or msg.lease is not None or msg.state != READY:
+        if msg.kept_lease != lease or msg.lease is not None or msg.state != READY:
             raise CommandError(LEASE_LOST, f"lease {lease} no longer holds message "
                                f"{message_id}: it was dead-lettered to {target.name!r} and "
                                "delivered from there since (or that lease was never its)")
@@ -652,18 +675,20 @@ class Broker(QueueAdmin, Replay):
         this delivery is taken back off its count before that rule is applied,
         and cannot be what sends it to the dead-letter queue. Only while the
         delivery runs (LEASED), and that ends its lease for good (a plain nack
-        keeps it, for a late ack): a second nack, a late touch that would make it
-        LEASED again, or an ack with that lease is LEASE_LOST, so one delivery is
+        keeps it aside, for a late ack only): a second nack, a late touch that would
+        make it LEASED again, or an ack with that lease is LEASE_LOST, so one delivery is
         never taken back twice (a reviewer took 2 deliveries to 0 with repeated
         nacks, then with touch and nack). The STATE record carries the count
-        and the lease, so replay needs nothing more. (redelivered_total, a
+        and the lease (or the lease kept aside), so replay needs nothing more. (redelivered_total, a
         counter, is not lowered: a message given back unseen after a
         redelivery counts again when it is next delivered.)
         """
         msg = self._existing_message(name, message_id, lease)
         if unseen and msg.state == LEASED and msg.deliveries:
             msg.deliveries -= 1
-            msg.lease = msg.dead_letter_lease = None  # no lease of before holds it now
+            msg.lease = msg.kept_lease = None  # no lease of before holds it now
+        else:  # kept for a late ack only (the module's rules)
+            msg.lease, msg.kept_lease = None, lease
         self._end_delivery(msg, now, delay_s)
 
     def nack_many(self, name: str, items: list[tuple[int, int] | CommandError], delay_s: float,
@@ -728,7 +753,7 @@ class Broker(QueueAdmin, Replay):
         `origin` and `expires_at` (callers give the target queue's expiry
         counted from the move, `_expiry_for`), and loses its lease: no older
         lease can touch it now; but dead-lettering keeps it aside (`keep_lease`:
-        `dead_letter_lease`), for the last delivery's late ack (the module's
+        `kept_lease`), for the last delivery's late ack (the module's
         rules). Target's waiters are served at once, or, when `freed` is given
         (a move inside `advance`), added to it for later.
         """
@@ -741,7 +766,10 @@ class Broker(QueueAdmin, Replay):
         msg.queue = target
         msg.deliveries = deliveries
         msg.origin = origin
-        msg.dead_letter_lease = msg.lease if keep_lease else None
+        if not keep_lease:
+            msg.kept_lease = None
+        elif msg.lease is not None:  # else a nack has already kept it aside
+            msg.kept_lease = msg.lease
         msg.lease = None
         target.ever_held = True
         target.messages[msg.id] = msg  # an older id, maybe, than the target's (oldest_id)

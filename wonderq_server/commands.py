@@ -339,6 +339,19 @@ def _visibility(field: str, value: Any, limits: Limits) -> float:
     return _seconds(field, value, limits.max_visibility_s, "--max-visibility-timeout")
 
 
+def _lease_length(field: str, value: Any, limits: Limits) -> float:
+    # A receive's or touch's own lease. Not 0, which a queue's visibility_timeout uses
+    # for "the server's default": a client that copied that 0 got a lease over at once,
+    # and each message handed out again (a reviewer). beanstalkd raises a TTR of 0 to
+    # 1 s; refusing says why, and nack is the way to give a message back now.
+    seconds = _visibility(field, value, limits)
+    if seconds == 0.0:
+        raise bad_argument(f"{field} must be over 0 seconds (a lease over at once would hand "
+                           f"the message out again): leave it out for the queue's setting, "
+                           f"or nack to give a message back now")
+    return seconds
+
+
 def _delay(field: str, value: Any, limits: Limits) -> float:
     return _seconds(field, value, limits.max_delay_s, "--max-delay")
 
@@ -372,7 +385,7 @@ CHECKS: dict[str, Check] = {
     "lease": _count,
     "max": _max,
     "wait": _wait,
-    "visibility": _visibility,
+    "visibility": _lease_length,
     "delay": _delay,
     "priority": _priority,
     "headers": _headers,

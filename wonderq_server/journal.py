@@ -479,8 +479,8 @@ class Journal:
             options["priority"] = msg.priority
         if msg.headers:
             options["headers"] = msg.headers
-        if msg.dead_letter_lease is not None:  # for a late ack (broker.py)
-            options["dead_letter_lease"] = msg.dead_letter_lease
+        if msg.kept_lease is not None:  # for a late ack (broker.py)
+            options["dead_letter_lease"] = msg.kept_lease
         self._append([MOVE, from_queue, msg.id, msg.queue.name, msg.deliveries,
                       list(msg.origin) if msg.origin else None, msg.expires_at,
                       msg.body, msg.enqueued_at, options])
@@ -840,10 +840,11 @@ def replay_records(broker: Broker, records: Any, now: float) -> None:
         if kind == PUTS:
             broker.restore_puts(record[1], record[2], record[3])
         elif kind == STATE:
-            _, queue, message_id, state, deadline_at, deliveries, lease = record
+            queue, message_id, state, deadline_at, deliveries, lease = record[1:7]
             if state not in (LEASED, DELAYED):
                 state = 0
-            restore_state(queue, message_id, state, deadline_at, deliveries, lease, now)
+            kept = record[7] if len(record) > 7 else None  # version 4: after a nack
+            restore_state(queue, message_id, state, deadline_at, deliveries, lease, now, kept)
         elif kind == ACK:
             restore_ack(record[1], record[2])
         elif kind == SEQ:
@@ -866,9 +867,13 @@ def replay_records(broker: Broker, records: Any, now: float) -> None:
 
 
 def state_record(msg: Message) -> list[Any]:
-    """state_record is a message's STATE: its state, deadline, deliveries and lease."""
-    return [STATE, msg.queue.name, msg.id, msg.state, msg.deadline_at or 0.0, msg.deliveries,
-            msg.lease]
+    """state_record is a message's STATE: its state, deadline, deliveries and lease, and
+    the lease kept aside for a late ack when it has no lease of its own (after a nack)."""
+    record = [STATE, msg.queue.name, msg.id, msg.state, msg.deadline_at or 0.0,
+              msg.deliveries, msg.lease]
+    if msg.lease is None and msg.kept_lease is not None:
+        record.append(msg.kept_lease)
+    return record
 
 
 def put_record(msg: Message) -> list[Any]:
@@ -882,8 +887,8 @@ def put_record(msg: Message) -> list[Any]:
         options["expires_at"] = msg.expiry.expires_at
     if msg.origin is not None:
         options["origin"] = list(msg.origin)
-    if msg.dead_letter_lease is not None:
-        options["dead_letter_lease"] = msg.dead_letter_lease
+    if msg.lease is None and msg.kept_lease is not None:  # else an older one, unused
+        options["dead_letter_lease"] = msg.kept_lease
     if msg.state == DELAYED and msg.deliveries == 0:
         options["delayed_until"] = msg.deadline_at
     if not options:

@@ -13,9 +13,12 @@ twice, or replaying a record older than a snapshot of the same message, ends
 in the same state as replaying it once):
 
     PUT    [1, queue, id, body, enqueued_at]     stored, ready, never delivered
-    STATE  [2, queue, id, state, deadline_at, deliveries, lease]
+    STATE  [2, queue, id, state, deadline_at, deliveries, lease(, kept_lease)]
                                                  leased (state 1) or delayed (2)
-                                                 until deadline_at, or ready (0)
+                                                 until deadline_at, or ready (0);
+                                                 kept_lease (version 4), when lease
+                                                 is nil: the lease a nack ended,
+                                                 which can still ack it
     ACK    [3, queue, id]                        deleted
     SEQ    [4, last_id]                          ids so far, so none is reused
                                                  even if every message is acked
@@ -23,7 +26,8 @@ in the same state as replaying it once):
                                                  a PUT with options, each only when
                                                  not default: priority, headers,
                                                  expires_at, origin [queue, moved_at],
-                                                 dead_letter_lease, delayed_until
+                                                 dead_letter_lease (the lease kept
+                                                 for a late ack), delayed_until
     MOVE   [6, from_queue, id, to_queue, deliveries, origin or nil, expires_at or nil,
             body, enqueued_at, {options}]
                                                  dead-lettered (origin given) or
@@ -126,7 +130,8 @@ MAGIC = b"WQJRNL"
 # 2: PUTS records. A version-1 reader calls a PUTS "damaged" and offers --repair, which
 # would drop every message in one; the version refuses the file outright instead.
 # 3: SYNCED records (and the reserved space they make safe to read, journal.py).
-VERSION = 3
+# 4: STATE's kept_lease. A version-3 reader would call such a STATE damaged.
+VERSION = 4
 FILE_HEADER = MAGIC + bytes([VERSION]) + b"\n"
 RECORD_HEADER_BYTES = 8
 PUT = 1
@@ -549,6 +554,7 @@ _FIELDS: dict[int, tuple[Any, ...]] = {
     PUTS: (_is(str), _is_list_of(_is_id), _is_list_of(_is(bytes))),
     SYNCED: (_is_id, _is(bytes)),
 }
+_STATE_WITH_KEPT_LEASE = (*_FIELDS[STATE], _is_id)
 
 
 # A misfit field is shown this short whatever it holds (a field nested a thousand deep
@@ -564,6 +570,8 @@ def misfit(payload: list[Any]) -> str | None:
     name = KINDS[payload[0]]
     if payload[0] == MOVE and len(payload) == 7:
         fields = fields[:6]  # a version-1 MOVE from before a2807bf: no body, no options
+    elif payload[0] == STATE and len(payload) == 8:
+        fields = _STATE_WITH_KEPT_LEASE
     if len(payload) != len(fields) + 1:
         return f"{name} has {len(payload) - 1} fields, not {len(fields)}"
     for index, (check, value) in enumerate(zip(fields, payload[1:], strict=True), 1):

@@ -83,8 +83,8 @@ HEADER_ENTRY_BYTES = 64
 
 
 class Message:
-    __slots__ = ("body", "dead_letter_lease", "deadline_at", "deliveries", "expiry", "headers",
-                 "id", "lease", "lease_batch", "origin", "priority", "queue", "state")
+    __slots__ = ("body", "deadline_at", "deliveries", "expiry", "headers", "id",
+                 "kept_lease", "lease", "lease_batch", "origin", "priority", "queue", "state")
 
     def __init__(self, message_id: int, body: bytes, queue: Any,
                  priority: int = DEFAULT_PRIORITY,
@@ -101,9 +101,10 @@ class Message:
         self.headers = headers
         self.expiry: ExpiryTimer | None = None
         self.origin: tuple[str, float] | None = None  # (queue, moved_at) after dead-lettering
-        # The lease of the delivery whose end dead-lettered it: good for a late ack naming
-        # the origin queue (broker.py), nothing else, until it is received from here.
-        self.dead_letter_lease: int | None = None
+        # A lease that can only ack (a late ack), nothing else, while `lease` is None: the
+        # lease of a delivery a nack ended, or of the one whose end dead-lettered it (then
+        # naming the origin queue too). broker.py's rules.
+        self.kept_lease: int | None = None
 
     @property
     def enqueued_at(self) -> float:

@@ -132,7 +132,7 @@ class Replay:
         msg.origin = (origin[0], origin[1]) if origin else None
         msg.deliveries = deliveries
         msg.lease = None
-        msg.dead_letter_lease = self._kept_lease(options, origin, message_id)
+        msg.kept_lease = self._kept_lease(options, origin, message_id)
         self.stored_bytes += self._cost(msg)
         self._cancel_expiry(msg)
         if options.get("expires_at"):
@@ -160,7 +160,8 @@ class Replay:
         return stored
 
     def restore_state(self: Broker, name: str, message_id: int, state: int, deadline_at: float,
-                      deliveries: int, lease: int | None, now: float) -> None:
+                      deliveries: int, lease: int | None, now: float,
+                      kept_lease: int | None = None) -> None:
         """restore_state replays a STATE record; a message acked since is left alone.
 
         A lease or delay keeps its deadline even when it has passed by `now`:
@@ -177,10 +178,15 @@ class Replay:
             return
         self._detach(msg)
         msg.deliveries = deliveries
-        if lease is None and msg.lease is not None:
+        if lease is not None:
+            msg.kept_lease = None  # a lease of its own: none kept aside (broker._take)
+        elif kept_lease is not None and kept_lease > message_id:
+            self.ids.observe(kept_lease)
+            msg.kept_lease = kept_lease  # a nack's: for a late ack only
+        elif msg.lease is not None:
             # A lease taken back (a nack with `unseen`) ends the kept one too (broker.nack).
             # Not a snapshot's STATE after its PUTX, which comes with no lease to take back.
-            msg.dead_letter_lease = None
+            msg.kept_lease = None
         msg.lease = lease
         if state == LEASED:
             self._make_leased(msg, deadline_at)
@@ -221,7 +227,7 @@ class Replay:
                    expires_at, 0.0)
         # As the record says, not from the lease replay last gave it: a move by a nack with
         # `unseen` kept none (a reviewer's replay let a given-back lease ack).
-        msg.dead_letter_lease = self._kept_lease(options or {}, origin, message_id)
+        msg.kept_lease = self._kept_lease(options or {}, origin, message_id)
 
     def _kept_lease(self: Broker, options: dict[str, Any], origin: Any,
                     message_id: int) -> int | None:
