@@ -20,7 +20,7 @@ from broker_helpers import (  # the `b` fixture comes from broker_helpers too, v
 )
 
 from wonderq_server.broker import MESSAGE_OVERHEAD_BYTES, Broker
-from wonderq_server.errors import LEASE_LOST, NOT_FOUND, QUEUE_NOT_FOUND
+from wonderq_server.errors import LEASE_LOST, NOT_FOUND, QUEUE_NOT_FOUND, CommandError
 from wonderq_server.message import (
     DELAYED,
     HEADER_ENTRY_BYTES,
@@ -94,8 +94,13 @@ def test_moved_when_the_last_allowed_lease_runs_out(b: Broker) -> None:
     # dead-letter queue, the kept lease re-leased or delayed a dead letter); a late ack:
     # below.
     assert m.kept_lease == lease
-    assert error_code(b.touch, "q", msg_id, lease, None, T0 + 21.0) == NOT_FOUND
-    assert error_code(b.nack, "q", msg_id, lease, 0.0, T0 + 21.0) == NOT_FOUND
+    for call, args in ((b.touch, (None,)), (b.nack, (0.0,))):
+        with pytest.raises(CommandError) as refused:
+            call("q", msg_id, lease, *args, T0 + 21.0)
+        # Saying where it went: a heartbeat told only "not found" gave up on a late ack.
+        assert refused.value.code == NOT_FOUND
+        assert "dead-letter queue 'dlq'" in refused.value.message
+        assert "an ack with this lease still deletes it" in refused.value.message
     assert error_code(b.touch, "dlq", msg_id, lease, 30.0, T0 + 21.0) == LEASE_LOST
     assert error_code(b.nack, "dlq", msg_id, lease, 100.0, T0 + 21.0) == LEASE_LOST
     assert counts(b, "dlq") == zero_counts(ready=1)

@@ -606,6 +606,24 @@ class Broker(QueueAdmin, Replay):
             raise not_held
         return msg
 
+    def _held_message(self, name: str, message_id: int, lease: int) -> Message:
+        """_held_message is `_existing_message` for a touch or nack, whose NOT_FOUND for a
+        message dead-lettered from `name` says so: a heartbeat told only "not found" gave
+        up on work whose late ack would still have deleted it there (a reviewer)."""
+        try:
+            return self._existing_message(name, message_id, lease)
+        except CommandError as exc:
+            if exc.code != NOT_FOUND:
+                raise
+            try:
+                moved = self._dead_lettered(name, message_id, lease, exc)
+            except CommandError:
+                raise exc from None
+            raise CommandError(NOT_FOUND, f"message {message_id} is no longer in queue "
+                               f"{name!r}: its last delivery's end moved it to dead-letter "
+                               f"queue {moved.queue.name!r}; an ack with this lease still "
+                               "deletes it there, a touch or nack cannot") from None
+
     def _dead_lettered(self, name: str, message_id: int, lease: int,
                        not_here: CommandError) -> Message:
         """_dead_lettered finds a message that the end of its last delivery moved from
@@ -683,7 +701,7 @@ class Broker(QueueAdmin, Replay):
         counter, is not lowered: a message given back unseen after a
         redelivery counts again when it is next delivered.)
         """
-        msg = self._existing_message(name, message_id, lease)
+        msg = self._held_message(name, message_id, lease)
         if unseen and msg.state == LEASED and msg.deliveries:
             msg.deliveries -= 1
             msg.lease = msg.kept_lease = None  # no lease of before holds it now
@@ -703,7 +721,7 @@ class Broker(QueueAdmin, Replay):
         A lease that ran out but whose message has not been delivered again
         is taken back by its owner, as a late ack would be accepted.
         """
-        msg = self._existing_message(name, message_id, lease)
+        msg = self._held_message(name, message_id, lease)
         self._detach(msg)
         deadline = now + self._visibility(msg.queue, visibility_s)
         self._make_leased(msg, deadline)
