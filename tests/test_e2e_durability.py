@@ -458,6 +458,7 @@ async def test_damage_in_the_middle_refuses_to_start(server_factory, tmp_path):
 async def test_repair_skips_the_damaged_record_and_serves_the_rest(server_factory, tmp_path):
     data_dir = tmp_path / "data"
     journal, offset, ids = await damaged_journal(server_factory, data_dir)
+    damaged_bytes = journal.read_bytes()
     server = durable_server(server_factory, data_dir, "--repair")
     assert f"skipped damaged record at offset {offset}" in server.log, server.log
     assert str(journal) in server.log
@@ -474,6 +475,11 @@ async def test_repair_skips_the_damaged_record_and_serves_the_rest(server_factor
         # The repaired journal is rewritten without the damaged record.
         await until_stats(client, lambda s: s["server"]["last_compaction_at"] > 0)
     server.kill()
+    # ...and the damaged file is kept beside it, not deleted (an operator's review:
+    # what --repair gave up on could not be looked at again).
+    kept = journal.with_name(journal.name + ".damaged")
+    assert kept.read_bytes().startswith(damaged_bytes)  # and what was appended after
+    assert f"kept the journal --repair read past damage in as {kept}" in server.log
 
     server = durable_server(server_factory, data_dir)  # no --repair needed any more
     assert "damaged record" not in server.log, server.log
@@ -494,6 +500,24 @@ async def test_repair_then_stop_without_traffic_leaves_a_journal_that_starts(ser
     async with connect(server.host, server.port) as client:
         got = await drain(client, "dmg")
     assert [m.id for m in got] == ids[:2] + ids[3:]
+
+
+async def test_a_data_dir_used_before_but_without_a_journal_starts_with_a_warning(
+        server_factory, tmp_path):
+    # An operator's review: an rsync taken while a compaction replaced the journal held
+    # the LOCK file alone, and restored as an empty server with one INFO line.
+    data_dir = tmp_path / "data"
+    server = durable_server(server_factory, data_dir)
+    async with connect(server.host, server.port) as client:
+        await client.put("q", b"x")
+    stop_cleanly(server)
+    assert "holds no journal" not in server.log
+    for journal in data_dir.glob("journal.*"):
+        journal.unlink()
+    server = durable_server(server_factory, data_dir)
+    assert f"the data directory {data_dir} was used by a server before" in server.log
+    assert "WARNING" in server.log.split("holds no journal")[0].splitlines()[-1]
+    stop_cleanly(server)
 
 
 @pytest.mark.parametrize("flags", [["--in-memory"], ["--data-dir", "none"]])

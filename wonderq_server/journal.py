@@ -247,6 +247,10 @@ class Journal:
         self.compaction_error = ""  # why writing to the next file failed, if it did
         self.compaction_records = 0  # live records also written to the next file
         self.compact_requested = False  # compact soon whatever the sizes (after a repair)
+        # The file a repair skipped damage in: its compaction renames it to
+        # journal.N.damaged rather than deleting it, so what --repair gave up on can still
+        # be looked at, or recovered better (an operator's review).
+        self.keep_damaged = False
 
     # ------------------------------------------------------------ open, lock
 
@@ -254,6 +258,7 @@ class Journal:
         """open locks the directory, replays the live journal into `broker`, attaches
         itself as the broker's journal and gets ready to append. Raises DataDirLocked,
         DataDirUnusable, JournalCorrupt, OSError."""
+        used_before = os.path.lexists(self.directory / "LOCK")
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._lock()
@@ -271,6 +276,13 @@ class Journal:
             elif match := JOURNAL_NAME.fullmatch(name):
                 generations.append(int(match.group(1)))
         if not generations:
+            if used_before:
+                # A copy taken while a compaction replaced the journal (rsync listed it,
+                # then it was gone) restores as this: say so, not start empty in silence.
+                logger.warning("the data directory %s was used by a server before (it has a "
+                               "LOCK file) but holds no journal: starting with no messages. "
+                               "If it was restored from a copy, the copy missed the journal "
+                               "(README, Backups)", self.directory)
             self.generation = 1
             path = journal_path(self.directory, 1)
             # Header first, under .tmp: a crash must not leave a journal without one.
@@ -404,6 +416,7 @@ class Journal:
                                or self.reserve_bytes > 0)
         self.compact_requested = bool(result.skipped) or (
             result.synced_seen and self.fsync_policy == "never")
+        self.keep_damaged = bool(result.skipped)
         file_size, file_header = len(data), bytes(data[:len(FILE_HEADER)])
         if isinstance(data, mmap.mmap):
             data.close()  # before the file is cut: a mapped page past its end is SIGBUS
