@@ -825,10 +825,20 @@ class Worker:
                     self._server_answered()
                     return outcome
                 self._server_answered()
+                settle = "ack" if nack_delay is None else "nack"
+                if isinstance(exc, NotFound) and not sent_before and not job.lease_gone \
+                        and asyncio.get_running_loop().time() < job.held_until:
+                    # First sent while the lease surely held: nobody else could have had
+                    # it, so it was deleted (a purge, its queue deleted), not redelivered
+                    # (an SQS user read "may be done again" as a duplicate to expect).
+                    log.warning("message %d of %r was deleted by someone else (purged, or "
+                                "its queue deleted) while this worker held it; its %s found "
+                                "it gone (NOT_FOUND); counted lease_lost", message.id,
+                                message.queue, settle)
+                    return "lease_lost"
                 log.warning("message %d of %r: its lease passed to someone else before its %s "
                             "went through (%s); counted lease_lost: its work may be done "
-                            "again", message.id, message.queue,
-                            "ack" if nack_delay is None else "nack", exc.code)
+                            "again", message.id, message.queue, settle, exc.code)
                 return "lease_lost"
             except WonderQError as exc:
                 if isinstance(exc, BatchTooLarge) and nack_delay is None \
