@@ -942,3 +942,13 @@ def test_a_check_that_raises_anything_takes_the_long_way():
     text mode stop at 64 bits) before a missing field: the long way's error, as ever."""
     with pytest.raises(CommandError, match="needs the field 'queue'"):
         make_command("put", {"delay": 2**1024, "queue": None}, LIMITS)
+
+
+def test_a_queue_name_too_long_is_shown_with_its_length_not_cut_mid_quote():
+    # A user's review: `(got 'aaaa…aaaa)` had no closing quote and no length.
+    with pytest.raises(CommandError) as refused:
+        check_queue_name("a" * 129)
+    assert refused.value.message.endswith(f"(got {'a' * 40!r}… (129 characters))")
+    with pytest.raises(CommandError) as refused:
+        check_queue_name("bad name")
+    assert refused.value.message.endswith("(got 'bad name')")

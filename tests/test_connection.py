@@ -354,8 +354,8 @@ def test_text_over_long_line_is_answered_and_the_connection_goes_on():
     hub.send(connection, b"PUT q " + b"x" * 600)
     hub.send(connection, b"x" * 600)
     hub.send(connection, b"x" * 600 + b"\r\nPING\r\n")
-    assert transport.data == (b"ERR LINE_TOO_LONG line is over the limit of 1040 bytes; "
-                              b"skipped to its end\r\nPONG\r\n")
+    assert transport.data == (b"ERR LINE_TOO_LONG line is over the limit of 1040 bytes "
+                              b"(--max-message-bytes + 1024); skipped to its end\r\nPONG\r\n")
     assert hub.broker.stats(hub.clock)["messages"] == 0
     assert not transport.closed
 

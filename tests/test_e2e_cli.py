@@ -15,6 +15,7 @@ import fcntl
 import json
 import os
 import pty
+import re
 import select
 import shutil
 import signal
@@ -284,7 +285,9 @@ async def test_top_renders_a_frame_from_a_real_servers_stats(server):
     assert "█" in busy  # the acks of the last interval peak the sparkline
     assert text.index("busy") < text.index("idle")  # busiest first
     assert history.view()["busy"] == ([0.0], [10.0])
-    assert f"{second['server']['connections']} connections" in text
+    connections = second["server"]["connections"]
+    assert f"{connections} connection{'' if connections == 1 else 's'}" in text
+    assert re.search(r"(?<![0-9])1 (connections|messages)", text) is None
 
 
 def test_top_shows_only_the_busiest_queues_that_fit_its_terminal() -> None:
@@ -311,6 +314,7 @@ async def test_top_once_prints_one_frame(server):
     done = await cli("top", "--once", *at(server))
     assert done.returncode == 0, done.stderr
     assert b"connected" in done.stdout and b"queues (0)" in done.stdout
+    assert b"quits" not in done.stdout  # nothing to quit: it has ended
 
 
 async def test_top_poller_survives_the_server_going_away_and_coming_back(server_factory):

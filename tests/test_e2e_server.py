@@ -240,7 +240,7 @@ def test_every_client_hears_the_stop_and_one_that_never_closes_does_not_hold_it(
             assert await stopping == 0
 
     asyncio.run(stop_and_hear_it())
-    assert "cut off 1 connections that did not close" in server.log  # the silent one
+    assert "cut off 1 connection that did not close" in server.log  # the silent one
     silent.close()
 
 

@@ -92,6 +92,11 @@ TROUBLES = (
 )
 
 
+def _counted(count: Any, thing: str) -> str:
+    """_counted: "1 connection", "3 connections", "- connections" (an older server's)."""
+    return f"{count} {thing}" if count == 1 else f"{'-' if count is None else count} {thing}s"
+
+
 def server_line(server: Mapping[str, Any]) -> Text:
     """server_line: the server's own figures on one line (they are few; a table would be
     wider than a terminal)."""
@@ -104,9 +109,9 @@ def server_line(server: Mapping[str, Any]) -> Text:
     parts = [
         f"server {server.get('version', '-')}",
         f"up {format_age(server.get('uptime_s'))}",
-        f"{server.get('connections', '-')} connections",
-        f"{server.get('messages', '-')} messages",
-        f"{server.get('waiting_consumers', '-')} consumers waiting",
+        _counted(server.get("connections"), "connection"),
+        _counted(server.get("messages"), "message"),
+        _counted(server.get("waiting_consumers"), "consumer") + " waiting",
         f"memory {format_bytes(server.get('rss_bytes'))}",
         f"stored {stored}",
         journal,

@@ -282,7 +282,8 @@ def _status(args: argparse.Namespace, found: Poll, why: str = "") -> str:
     state = _STATES[found]
     if found is Poll.AWAY and why:
         state = f"{state}: {why}"
-    return f"wonderq top · {args.host}:{args.port} · {state} · q or Ctrl-C quits"
+    quits = "" if getattr(args, "once", False) else " · q or Ctrl-C quits"
+    return f"wonderq top · {args.host}:{args.port} · {state}{quits}"
 
 
 @contextlib.contextmanager

@@ -58,6 +58,16 @@ VALID_NAMES: set[str] = set()
 VALID_NAMES_CACHED = 4096
 
 
+def _shown_name(name: object) -> str:
+    """_shown_name: a refused name, quoted whole when short, else its start, an ellipsis
+    and its length (a cut quote without its end hid that it was too long)."""
+    if not isinstance(name, str):
+        return f"{name!r:.60}"
+    if len(name) <= 60:
+        return repr(name)
+    return f"{name[:40]!r}… ({len(name)} characters)"
+
+
 def check_queue_name(name: object) -> str:
     """check_queue_name returns a valid queue name as it is; else INVALID_QUEUE_NAME."""
     if type(name) is str and name in VALID_NAMES:
@@ -66,7 +76,7 @@ def check_queue_name(name: object) -> str:
         raise CommandError(
             INVALID_QUEUE_NAME,
             f"queue names are 1-{QUEUE_NAME_MAX_LENGTH} characters of A-Z a-z 0-9 _ - . "
-            f"(got {name!r:.60})",
+            f"(got {_shown_name(name)})",
         )
     if len(VALID_NAMES) >= VALID_NAMES_CACHED:
         VALID_NAMES.clear()

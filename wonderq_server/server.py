@@ -339,8 +339,9 @@ class Server:
                     unsent, before = self._unsent_replies(), unsent
                     reading = any(size < before.get(conn, 0) for conn, size in unsent.items())
                     if not reading or self._loop.time() - started >= GOODBYE_MOST_S:
-                        logger.info("cut off %d connections that did not close within %.1f s "
-                                    "of the stop", len(self.connections),
+                        count = len(self.connections)
+                        logger.info("cut off %d connection%s that did not close within %.1f s "
+                                    "of the stop", count, "" if count == 1 else "s",
                                     self._loop.time() - started)
                         break
         for conn in list(self.connections):

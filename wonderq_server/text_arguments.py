@@ -242,17 +242,18 @@ def named_or_positional(name: str, words: list[bytes]) -> dict[str, Any]:
         field, eq, value = text.partition("=")
         if not eq:
             if position >= len(order):
-                raise bad_argument(f"too many arguments for {name.upper()}: {usage(name)}")
+                raise bad_argument(f"too many arguments for {_shown(name)}: {usage(name)}")
             field, value = order[position], text
         _set_named(args, field, value)
     missing = [f for f in required if f not in args]
     if missing:
-        raise bad_argument(f"{name.upper()} needs {', '.join(missing)}: "
-                           f"{name.upper()} {' '.join(f'<{f}>' for f in required)}")
+        raise bad_argument(f"{_shown(name)} needs {', '.join(missing)}: {usage(name)}")
     return args
 
 
 def _set_named(args: dict[str, Any], field: str, value: str) -> None:
+    if not field:
+        raise bad_argument(f"a word starts with '=' (={value!r:.40}): options are name=value")
     if field in args:
         raise bad_argument(f"{field} given twice")
     convert = TEXT_CONVERTERS.get(field)
@@ -260,8 +261,15 @@ def _set_named(args: dict[str, Any], field: str, value: str) -> None:
 
 
 def usage(name: str) -> str:
-    """usage is a command's text syntax, for error messages."""
+    """usage is a command's text syntax, for error messages: required fields in <>,
+    optional ones in [] (a command with none, PING, is its name alone)."""
     required, optional = COMMANDS[name]
     if name in NAMED_ONLY:
         return f"{name.upper()} <queue> [setting=value ...]"
-    return f"{name.upper()} {' '.join(f'<{f}>' for f in [*required, *optional])}"
+    words = [_shown(name), *(f"<{f}>" for f in required), *(f"[{f}=...]" for f in optional)]
+    return " ".join(words)
+
+
+def _shown(name: str) -> str:
+    """_shown: a command's name as text mode's documents write it (GET, not RECEIVE)."""
+    return "GET" if name == "receive" else name.upper()

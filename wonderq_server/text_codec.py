@@ -121,8 +121,9 @@ HEADER_PEEK_BYTES = 4096
 
 def _dropped(count: int) -> str:
     """_dropped: what a refused PUT_MANY header's error adds about its body lines."""
-    lines = "line after it is" if count == 1 else f"{count} lines after it are"
-    return f"; nothing is stored, and the {lines} read as its bodies and dropped"
+    if count == 1:
+        return "; nothing is stored, and the line after it is read as its body and dropped"
+    return f"; nothing is stored, and the {count} lines after it are read as its bodies and dropped"
 
 
 class _BodyBlock:
@@ -237,7 +238,8 @@ class TextDecoder:
             return self._body_line(CommandError(
                 BODY_TOO_LARGE, f"body line is over {limits.max_line_bytes} bytes, over the "
                 f"limit of {limits.max_message_bytes} (--max-message-bytes); skipped"))
-        why = f"line is over the limit of {limits.max_line_bytes} bytes; skipped to its end"
+        why = (f"line is over the limit of {limits.max_line_bytes} bytes (--max-message-bytes "
+               f"+ 1024); skipped to its end")
         word, _, rest = start.lstrip().partition(b" ")
         if word.upper() == b"PUT_MANY" and len(rest.split(None, 2)) == 3:
             # (three words: the count is whole, not cut off by the end of `start`)
