@@ -99,7 +99,7 @@ def test_moved_when_the_last_allowed_lease_runs_out(b: Broker) -> None:
             call("q", msg_id, lease, *args, T0 + 21.0)
         # Saying where it went: a heartbeat told only "not found" gave up on a late ack.
         assert refused.value.code == NOT_FOUND
-        assert "dead-letter queue 'dlq'" in refused.value.message
+        assert "it was dead-lettered to 'dlq'" in refused.value.message
         assert "an ack with this lease still deletes it" in refused.value.message
     assert error_code(b.touch, "dlq", msg_id, lease, 30.0, T0 + 21.0) == LEASE_LOST
     assert error_code(b.nack, "dlq", msg_id, lease, 100.0, T0 + 21.0) == LEASE_LOST

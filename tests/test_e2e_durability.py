@@ -511,12 +511,13 @@ async def test_a_data_dir_used_before_but_without_a_journal_starts_with_a_warnin
     async with connect(server.host, server.port) as client:
         await client.put("q", b"x")
     stop_cleanly(server)
-    assert "holds no journal" not in server.log
+    assert "has a LOCK file" not in server.log
     for journal in data_dir.glob("journal.*"):
         journal.unlink()
     server = durable_server(server_factory, data_dir)
-    assert f"the data directory {data_dir} was used by a server before" in server.log
-    assert "WARNING" in server.log.split("holds no journal")[0].splitlines()[-1]
+    assert f"the data directory {data_dir} has a LOCK file, left by a server, but no journal" \
+        in server.log
+    assert "WARNING" in server.log.split("has a LOCK file")[0].splitlines()[-1]
     stop_cleanly(server)
 
 

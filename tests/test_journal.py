@@ -532,9 +532,14 @@ def test_damage_in_the_middle_stops_the_start_unless_repair(
     assert report.records == len(list(read_records(path.read_bytes(), ReadResult(), True)))
     assert broker_state(broker) == expected
     assert kept in broker.queues["q"].messages
+    # The damaged file is kept, as journal.N.damaged, before anything can delete it (a
+    # reviewer: renamed only at the compaction's end, a crash between lost it).
+    damaged = path.with_name(path.name + ".damaged")
+    assert os.path.samefile(damaged, path) and damaged.read_bytes() == bytes(data)
     broker.put("q", b"after the repair", T0 + 1)
     journal.close()
     assert len(restored(tmp_path, T0 + 1, repair=True)[0].queues["q"].messages) == 3
+    assert damaged.read_bytes().startswith(bytes(data))
 
 
 @pytest.mark.parametrize("bad_record", [

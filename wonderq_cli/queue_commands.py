@@ -62,7 +62,7 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
                          help="most messages (default 1)")
     receive.add_argument("--wait", type=argument_types.seconds, default=0.0,
                          help="seconds to wait for a first message (default 0)")
-    receive.add_argument("--visibility", type=argument_types.seconds,
+    receive.add_argument("--visibility", type=argument_types.positive_seconds,
                          help="lease length in seconds (default: the queue's)")
     receive.add_argument("--ack", action="store_true", help="ack them once printed")
     receive.add_argument("--json", action="store_true",

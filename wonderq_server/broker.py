@@ -644,9 +644,9 @@ class Broker(QueueAdmin, Replay):
             except CommandError:
                 raise exc from None
             raise CommandError(NOT_FOUND, f"message {message_id} is no longer in queue "
-                               f"{name!r}: its last delivery's end moved it to dead-letter "
-                               f"queue {moved.queue.name!r}; an ack with this lease still "
-                               "deletes it there, a touch or nack cannot") from None
+                               f"{name!r}: it was dead-lettered to {moved.queue.name!r}, and "
+                               "nobody has received it from there since; an ack with this "
+                               "lease still deletes it there, a touch or nack cannot") from None
 
     def _dead_lettered(self, name: str, message_id: int, lease: int,
                        not_here: CommandError) -> Message:

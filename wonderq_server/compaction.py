@@ -227,14 +227,7 @@ class Compaction:
         journal.compacted_size = journal.size
         journal.last_compaction_at = now
         os.close(old_fd)
-        if journal.keep_damaged:
-            journal.keep_damaged = False
-            kept = journal_name(old_generation) + ".damaged"
-            journal.rename_file(journal_name(old_generation), kept)
-            logger.warning("kept the journal --repair read past damage in as %s; delete it "
-                           "once it is not needed", journal.directory / kept)
-        else:
-            journal.unlink_file(journal_name(old_generation))
+        journal.unlink_file(journal_name(old_generation))
         logger.info("compacted the journal: %d -> %d bytes in %.2f s (%s)",
                     self.size_before, journal.size, time.perf_counter() - self.started,
                     self.final_name)

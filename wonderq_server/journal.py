@@ -247,10 +247,6 @@ class Journal:
         self.compaction_error = ""  # why writing to the next file failed, if it did
         self.compaction_records = 0  # live records also written to the next file
         self.compact_requested = False  # compact soon whatever the sizes (after a repair)
-        # The file a repair skipped damage in: its compaction renames it to
-        # journal.N.damaged rather than deleting it, so what --repair gave up on can still
-        # be looked at, or recovered better (an operator's review).
-        self.keep_damaged = False
 
     # ------------------------------------------------------------ open, lock
 
@@ -279,10 +275,11 @@ class Journal:
             if used_before:
                 # A copy taken while a compaction replaced the journal (rsync listed it,
                 # then it was gone) restores as this: say so, not start empty in silence.
-                logger.warning("the data directory %s was used by a server before (it has a "
-                               "LOCK file) but holds no journal: starting with no messages. "
-                               "If it was restored from a copy, the copy missed the journal "
-                               "(README, Backups)", self.directory)
+                logger.warning("the data directory %s has a LOCK file, left by a server, but "
+                               "no journal: starting with no messages. If it was restored "
+                               "from a copy, the copy missed the journal (README, Backups); "
+                               "a first start that stopped before making its journal also "
+                               "leaves this", self.directory)
             self.generation = 1
             path = journal_path(self.directory, 1)
             # Header first, under .tmp: a crash must not leave a journal without one.
@@ -298,6 +295,8 @@ class Journal:
         generations.sort()
         self.generation = generations[-1]
         report = self._replay(broker, now)
+        if report.skipped:
+            self._keep_damaged()
         # A compaction switched over but did not clean up. Only now that the newest
         # has been read: were it unreadable, the older one is what an operator has.
         for old in generations[:-1]:
@@ -336,6 +335,28 @@ class Journal:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd, self._directory_lock_fd = fd, directory_fd
+
+    def _keep_damaged(self) -> None:
+        """_keep_damaged links the journal a repair read past damage in as
+        journal.N.damaged, durably, before anything else happens to it: the compaction
+        that follows deletes journal.N, and what --repair gave up on must stay there to be
+        looked at, or recovered better (an operator's review). A link, not a copy: what is
+        in the file is never written again (it only grows, or loses a torn tail; an older
+        format's header gets this version's byte)."""
+        name = journal_name(self.generation)
+        kept = name + ".damaged"
+        try:
+            with contextlib.suppress(FileExistsError):  # this file, linked by a start before
+                os.link(name, kept, src_dir_fd=self._directory_lock_fd,
+                        dst_dir_fd=self._directory_lock_fd)
+            self._fsync_directory()
+        except OSError as exc:
+            logger.warning("could not keep the damaged journal as %s: %s",
+                           self.directory / kept, exc)
+            return
+        logger.warning("kept the journal --repair read past damage in as %s (it shares the "
+                       "live file's disk space until a compaction replaces that); delete it "
+                       "once it is not needed", self.directory / kept)
 
     def _replay(self, broker: Broker, now: float) -> RecoveryReport:
         path = journal_path(self.directory, self.generation)
@@ -416,7 +437,7 @@ class Journal:
                                or self.reserve_bytes > 0)
         self.compact_requested = bool(result.skipped) or (
             result.synced_seen and self.fsync_policy == "never")
-        self.keep_damaged = bool(result.skipped)
+
         file_size, file_header = len(data), bytes(data[:len(FILE_HEADER)])
         if isinstance(data, mmap.mmap):
             data.close()  # before the file is cut: a mapped page past its end is SIGBUS

@@ -17,8 +17,9 @@ in the same state as replaying it once):
                                                  leased (state 1) or delayed (2)
                                                  until deadline_at, or ready (0);
                                                  kept_lease (version 4), when lease
-                                                 is nil: the lease a nack ended,
-                                                 which can still ack it
+                                                 is nil: a lease kept aside, which
+                                                 can still ack it (a nack's, or, in
+                                                 a snapshot, a dead-letter move's)
     ACK    [3, queue, id]                        deleted
     SEQ    [4, last_id]                          ids so far, so none is reused
                                                  even if every message is acked

@@ -179,7 +179,7 @@ class Server:
         self._failing_writes = 0  # journal writes failed in a row, until one succeeds
         self._write_errors_unlogged = 0  # of those, not in the log yet
         self._write_error_logged_at = -WRITE_ERROR_LOG_INTERVAL_S  # time.monotonic()
-        self._work_again_logged_at = -WRITE_ERROR_LOG_INTERVAL_S
+        self._error_logged_since_recovery = False  # so "writes work again" is owed
         self._compactions_failed = 0  # since start (stats)
         self._compaction_failures_in_a_row = 0
         self._compaction_retry_at = 0.0  # time.monotonic(): no compaction starts before
@@ -643,16 +643,17 @@ class Server:
                      exc, unlogged)
         self._write_error_logged_at = now
         self._write_errors_unlogged = 0
+        self._error_logged_since_recovery = True
 
     def _writes_work_again(self) -> None:
-        """_writes_work_again says once per WRITE_ERROR_LOG_INTERVAL_S that writes work,
-        and keeps the error line's own interval: a disk at its edge, failing and working
-        by turns, logged an ERROR and a WARNING at each turn (an operator's review)."""
-        now = time.monotonic()
-        if now - self._work_again_logged_at >= WRITE_ERROR_LOG_INTERVAL_S:
+        """_writes_work_again says that writes work when an error line was logged since it
+        last said so, and keeps the error line's own interval: a disk at its edge, failing
+        and working by turns, logged an ERROR and a WARNING at each turn (an operator's
+        review), and the log must never end on an ERROR while writes work."""
+        if self._error_logged_since_recovery:
             logger.warning("journal writes work again, after %d failed in a row",
                            self._failing_writes)
-            self._work_again_logged_at = now
+            self._error_logged_since_recovery = False
         self._failing_writes = 0
 
     def _drop_compaction(self, reason: str, failed: bool = True) -> None:
