@@ -221,7 +221,7 @@ OPTIONAL_VALUES = {
     "delay": seconds(DEFAULT_LIMITS.max_delay_s),
     "priority": st.integers(-(2**31), 2**31 - 1),
     "headers": headers_maps,
-    "expiry": seconds(10**9),
+    "expiry": seconds(DEFAULT_LIMITS.max_expiry_s),
     "visibility_timeout": seconds(DEFAULT_LIMITS.max_visibility_s),
     "max_deliveries": st.integers(0, 2**64 - 1),
     "dead_letter_queue": st.just("") | queue_names,

@@ -596,8 +596,10 @@ def test_zero_delay_and_expiry_are_given_not_defaults():
     assert (command.args["delay"], command.args["expiry"]) == (0.0, 0.0)
 
 
-def test_expiry_has_no_upper_limit_but_must_be_finite():
-    assert make_command("put", with_field("put", expiry=10**12), LIMITS).args["expiry"] == 1e12
+def test_expiry_is_bounded_by_max_expiry_and_must_be_finite():
+    longest = LIMITS.max_expiry_s
+    assert make_command("put", with_field("put", expiry=longest), LIMITS).args["expiry"] == longest
+    assert refused("put", with_field("put", expiry=10**12)).code == BAD_ARGUMENT
     assert refused("put", with_field("put", expiry=math.inf)).code == BAD_ARGUMENT
 
 
@@ -952,3 +954,17 @@ def test_a_queue_name_too_long_is_shown_with_its_length_not_cut_mid_quote():
     with pytest.raises(CommandError) as refused:
         check_queue_name("bad name")
     assert refused.value.message.endswith("(got 'bad name')")
+
+
+@pytest.mark.parametrize(("command", "args"), [
+    ("put", {"queue": "q", "body": b"x"}),
+    ("create_queue", {"queue": "q"}),
+])
+def test_an_expiry_over_max_expiry_is_refused_naming_the_flag(command, args):
+    # A reviewer's expiry=1e308 was stored, and shown back as a 300-digit expires_at.
+    limits = Limits(max_expiry_s=100.0)
+    assert make_command(command, {**args, "expiry": 100.0}, limits).args["expiry"] == 100.0
+    assert make_command(command, {**args, "expiry": 0}, limits).args["expiry"] == 0.0
+    with pytest.raises(CommandError) as refused:
+        make_command(command, {**args, "expiry": 100.5}, limits)
+    assert refused.value.code == BAD_ARGUMENT and "(--max-expiry)" in refused.value.message

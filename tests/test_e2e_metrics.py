@@ -131,6 +131,8 @@ async def test_fsync_histogram_counts_every_fsync(server_factory, tmp_path):
     assert samples[("wonderq_fsync_duration_seconds_bucket", (("le", "+Inf"),))] == fsyncs
     assert samples[("wonderq_fsync_duration_seconds_sum", ())] > 0
     assert samples[("wonderq_journal_bytes", ())] == stats["server"]["journal_bytes"] > 0
+    # For a compaction-stalled alert (an operator's review): 0 until the first one.
+    assert samples[("wonderq_last_compaction_timestamp_seconds", ())] == 0.0
     assert samples[("wonderq_server_info", (("fsync_policy", "always"),
                                             ("version", stats["server"]["version"])))] == 1
 

@@ -60,6 +60,8 @@ def test_bad_frames_get_an_error_and_the_connection_survives(raw, request_frame,
 
 def test_oversized_frame_is_refused_then_closed_and_others_unharmed(server_factory):
     server = server_factory("--max-frame-bytes", "1000")
+    # Below --max-message-bytes (256 KiB): said at the start (an operator's review).
+    assert "WARNING" in server.log and "--max-frame-bytes 1000 is below" in server.log
     bystander = Raw(server.host, server.port)
     bystander.send(PREAMBLE + frame([1, "put", {"queue": "keep", "body": b"safe"}]))
     assert bystander.reply()[1] is None

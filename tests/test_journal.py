@@ -76,6 +76,16 @@ def journal_file(directory: Path) -> Path:
 
 # ---------------------------------------------------------- a fresh directory
 
+def test_a_relative_data_directory_is_named_by_its_absolute_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An operator's review: under systemd ./wonderq-data is under /, and the log said
+    # "started a new journal at wonderq-data/journal.000001".
+    monkeypatch.chdir(tmp_path)
+    journal, _, report = open_broker(Path("relative"), T0)
+    assert report.path == str(tmp_path / "relative" / "journal.000001")
+    journal.close()
+
+
 def test_a_new_directory_gets_an_empty_journal(tmp_path: Path) -> None:
     data = tmp_path / "data"
     journal, _, report = open_broker(data, T0)
@@ -271,12 +281,14 @@ def test_one_journal_per_directory(tmp_path: Path) -> None:
     second = Journal(tmp_path)
     with pytest.raises(DataDirLocked):
         second.open(Broker(), T0)
-    with pytest.raises(DataDirLocked):  # still, on every try
+    with pytest.raises(DataDirLocked) as refused:  # still, on every try
         second.open(Broker(), T0)
+    assert f"another wonderq-server, pid {os.getpid()} (it holds" in str(refused.value)
     assert (tmp_path / "LOCK").read_text() == f"{os.getpid()}\n"
     (tmp_path / "LOCK").unlink()  # an operator's review: then a second server started
-    with pytest.raises(DataDirLocked):
+    with pytest.raises(DataDirLocked) as refused:
         second.open(Broker(), T0)
+    assert "another wonderq-server (it holds" in str(refused.value)  # no pid to give
     assert not (tmp_path / "LOCK").exists()  # the refused one made no empty LOCK
     journal.close()
     broker2 = Broker()

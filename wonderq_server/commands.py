@@ -67,6 +67,7 @@ class Limits:
     max_wait_s: float = 300.0
     max_visibility_s: float = 43200.0
     max_delay_s: float = 43200.0
+    max_expiry_s: float = 31_536_000.0  # 365 days
     max_frame_bytes: int = 64 * 1024 * 1024
     max_headers: int = 32
     max_header_bytes: int = 4096
@@ -357,7 +358,9 @@ def _delay(field: str, value: Any, limits: Limits) -> float:
 
 
 def _expiry(field: str, value: Any, limits: Limits) -> float:
-    return _seconds(field, value)
+    # Bounded as delays are: a reviewer's expiry=1e308 was stored, and shown back as a
+    # 300-digit expires_at.
+    return _seconds(field, value, limits.max_expiry_s, "--max-expiry")
 
 
 def _flag(field: str, value: Any, limits: Limits) -> bool:

@@ -197,7 +197,9 @@ class Journal:
                  fsync_file: Callable[[int], None] = os.fdatasync) -> None:
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync policy must be one of {FSYNC_POLICIES}")
-        self.directory = Path(directory)
+        # Absolute, as the log and errors name it: under systemd the default ./wonderq-data
+        # is under / and a relative path did not say where (an operator's review).
+        self.directory = Path(directory).absolute()
         self.fsync_policy = fsync
         self.repair = repair
         # Replaceable so tests can make a write fail (disk full), a reservation or an
@@ -330,11 +332,20 @@ class Journal:
                     os.close(opened)
             if isinstance(exc, BlockingIOError):
                 raise DataDirLocked(f"data directory {self.directory} is in use by another "
-                                    "wonderq-server (it holds the directory's lock)") from None
+                                    f"wonderq-server{self._holder()} (it holds the "
+                                    "directory's lock)") from None
             raise
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd, self._directory_lock_fd = fd, directory_fd
+
+    def _holder(self) -> str:
+        """_holder: ", pid N" from the LOCK file, which its holder wrote, if it can be read."""
+        try:
+            pid = (self.directory / "LOCK").read_text().strip()
+        except (OSError, UnicodeDecodeError):
+            return ""
+        return f", pid {pid}" if pid.isdigit() else ""
 
     def _keep_damaged(self) -> None:
         """_keep_damaged links the journal a repair read past damage in as

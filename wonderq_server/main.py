@@ -51,6 +51,8 @@ ready_logger = logging.getLogger("wonderq.server.ready")
 ready_logger.setLevel(logging.INFO)
 
 GC_YOUNG_THRESHOLD = 10_000
+# A frame holds a message's body and its request's other fields (queue, headers, ...).
+FRAME_ROOM_BYTES = 1024
 
 
 async def serve(config: Config) -> None:
@@ -59,6 +61,14 @@ async def serve(config: Config) -> None:
         logger.warning("listening on %r, which other machines may reach, with no auth token: "
                        "anyone who reaches the port can read and delete messages; set "
                        "--auth-token (and --tls-cert/--tls-key)", config.host)
+    limits = config.limits
+    if limits.max_frame_bytes < limits.max_message_bytes + FRAME_ROOM_BYTES:
+        # Both accepted alone, but together (an operator's review): the largest messages
+        # cannot be put in binary mode, and with a tiny frame no request can be sent.
+        logger.warning("--max-frame-bytes %d is below --max-message-bytes %d + %d: binary "
+                       "requests carrying the largest messages will be refused "
+                       "FRAME_TOO_LARGE; raise --max-frame-bytes", limits.max_frame_bytes,
+                       limits.max_message_bytes, FRAME_ROOM_BYTES)
     loop = asyncio.get_running_loop()
     # SIGHUP too (the terminal that started it closed): a clean stop, as for SIGTERM,
     # rather than the default of dying silently without a last write and fsync.

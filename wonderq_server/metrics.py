@@ -114,6 +114,9 @@ SERVER_GAUGES = [
      "--max-memory: puts are refused with FULL beyond it (0: no limit)."),
     ("journal_bytes", "wonderq_journal_bytes",
      "Bytes of records in the live journal file (reserved zeros not counted)."),
+    ("last_compaction_at", "wonderq_last_compaction_timestamp_seconds",
+     "When the last compaction of the journal finished, seconds since the epoch (0: none "
+     "since the start); with wonderq_journal_bytes growing, a stalled compaction."),
     ("max_connections", "wonderq_max_connections",
      "--max-connections as enforced (lowered if the open-file limit is too small)."),
     ("max_connections_per_address", "wonderq_max_connections_per_address",
