@@ -263,3 +263,16 @@ def test_metrics_port_in_use_stops_start_up_naming_the_flag(server_factory):
         port = taken.getsockname()[1]
         with pytest.raises(RuntimeError, match=f"--metrics-port {port}"):
             server_factory("--metrics-port", str(port))
+
+
+def test_metrics_listen_on_metrics_host_while_clients_stay_on_host(server_factory):
+    # An SRE's review: a Prometheus on another machine could not scrape a server whose
+    # clients are on loopback, short of opening the broker's port too.
+    server = server_factory("--metrics-port", "0", "--metrics-host", "127.0.0.2")
+    host, port = metrics_address(server)
+    assert host == "127.0.0.2"
+    status, _, body = http_get((host, port), "/metrics")
+    assert status == 200 and b"wonderq_uptime_seconds" in body
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S).close()
+    assert "WARNING" not in server.log  # loopback either way: nobody else can reach it

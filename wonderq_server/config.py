@@ -72,6 +72,7 @@ class Config:
     max_queues: int = DEFAULT_MAX_QUEUES
     max_memory_bytes: int = 0  # 0: no limit (parse_config always sets one: --max-memory)
     metrics_port: int | None = None  # None: no metrics endpoint; 0 picks a free port
+    metrics_host: str | None = None  # None: --host
     auth_token: bytes | None = field(default=None, repr=False)  # None: no authentication
     tls_cert: Path | None = None  # with tls_key: serve TLS
     tls_key: Path | None = None
@@ -327,7 +328,10 @@ FLAGS = [
      "(K, M, G suffixes; 0 off)"),
     ("--metrics-port", "metrics_port", _metrics_port, None,
      "serve GET /metrics (Prometheus) and GET /stats (JSON) over HTTP on this port of "
-     "--host (0 picks a free one; the log names it)"),
+     "--metrics-host (0 picks a free one; the log names it)"),
+    ("--metrics-host", "metrics_host", str, None,
+     "address the metrics endpoint listens on (default: --host), so a Prometheus on "
+     "another machine can scrape while clients stay on loopback"),
     ("--auth-token", "auth_token", _token, None,
      "clients must send AUTH with this token before anything else; also guards "
      "--metrics-port (Authorization: Bearer)"),
@@ -473,7 +477,8 @@ def parse_config(argv: Sequence[str] | None = None,
                   fsync=ns.fsync, repair=ns.repair, compact_min_bytes=ns.compact_min_bytes,
                   journal_reserve_bytes=ns.journal_reserve_bytes,
                   max_queues=ns.max_queues, max_memory_bytes=ns.max_memory_bytes,
-                  metrics_port=ns.metrics_port, auth_token=auth_token,
+                  metrics_port=ns.metrics_port, metrics_host=ns.metrics_host,
+                  auth_token=auth_token,
                   tls_cert=_path(ns.tls_cert), tls_key=_path(ns.tls_key),
                   tls_ca=_path(ns.tls_ca),
                   tls_handshake_timeout_s=ns.tls_handshake_timeout_s,

@@ -249,9 +249,9 @@ class Server:
             sockname = self._listener.sockets[0].getsockname()
         self.address = (sockname[0], sockname[1])
         if self.metrics is not None:
-            host, port = await self.metrics.start(self._loop, self.config.host,
-                                                  self.config.metrics_port,
-                                                  self.metrics_ssl_context)
+            host, port = await self.metrics.start(
+                self._loop, self.config.metrics_host or self.config.host,
+                self.config.metrics_port, self.metrics_ssl_context)
             logger.info("metrics on %s://%s:%d/metrics", "https" if self.ssl_context else "http",
                         f"[{host}]" if ":" in host else host, port)
         if self.journal is not None and (self.journal.compact_requested
