@@ -21,7 +21,7 @@ from broker_helpers import (  # the `b` fixture comes from broker_helpers too, v
     zero_counts,
 )
 
-from wonderq_server.broker import MESSAGE_OVERHEAD_BYTES, RECLAIM_EVERY, Broker
+from wonderq_server.broker import MESSAGE_OVERHEAD_BYTES, Broker
 from wonderq_server.errors import (
     BAD_ARGUMENT,
     FULL,
@@ -358,40 +358,6 @@ def test_max_queues_refuses_a_new_queue() -> None:
     broker.put("c", b"1", T0)
     assert sorted(broker.queues) == ["a", "c"]
     check_invariants(broker)
-
-
-def test_at_max_queues_emptied_queues_made_by_use_are_forgotten_to_make_room() -> None:
-    # An SQS user's review: a reply queue per request, each emptied, piled up against
-    # --max-queues until every new one was TOO_MANY_QUEUES.
-    broker = Broker(max_queues=4)
-    broker.create_queue("explicit", {}, T0)  # kept: it has settings, and is journaled
-    held = broker.put("held", b"x", T0)  # kept: it holds a message
-    broker.wait("waited", 1, None, T0 + 30, lambda got: None, T0)  # kept: someone waits
-    for reply in ("reply-1", "reply-2"):  # the fourth queue, emptied; then another
-        broker.put(reply, b"answer", T0)
-        [m] = broker.receive(reply, 1, None, T0)
-        broker.ack(reply, m.id, m.lease, T0)
-    assert sorted(broker.queues) == ["explicit", "held", "reply-2", "waited"]
-    assert broker.stats(T0)["too_many_queues_total"] == 0
-    [m] = broker.receive("held", 1, 10.0, T0)  # leased: still not empty
-    broker.put("reply-3", b"answer", T0)
-    assert sorted(broker.queues) == ["explicit", "held", "reply-3", "waited"]
-    broker.ack("held", held, m.lease, T0)
-    check_invariants(broker)
-
-
-def test_at_max_queues_a_fruitless_look_for_idle_queues_is_not_repeated_at_once() -> None:
-    broker = Broker(max_queues=2)
-    broker.put("a", b"1", T0)
-    broker.put("b", b"1", T0)
-    assert error_code(broker.put, "c", b"1", T0) == TOO_MANY_QUEUES  # looked: none idle
-    [m] = broker.receive("b", 1, None, T0)
-    broker.ack("b", m.id, m.lease, T0)  # b is idle now, but the next look is later
-    for _ in range(RECLAIM_EVERY - 1):
-        assert error_code(broker.put, "c", b"1", T0) == TOO_MANY_QUEUES
-    broker.put("c", b"1", T0)  # the look after RECLAIM_EVERY refusals frees b
-    assert sorted(broker.queues) == ["a", "c"]
-    assert broker.stats(T0)["too_many_queues_total"] == RECLAIM_EVERY
 
 
 def test_put_many_passes_command_errors_through_and_keeps_going(b: Broker) -> None:

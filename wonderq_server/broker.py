@@ -121,9 +121,6 @@ DEFAULT_MAX_QUEUES = 10_000
 # lease runs out again, also leaves a second entry for a message still ready.
 READY_HEAP_FACTOR = 2
 READY_HEAP_SLACK = 64
-# After a look for idle queues at --max-queues found none, this many refusals pass before
-# the next look (broker._reclaim_empty_queues).
-RECLAIM_EVERY = 100
 
 # A receive of at least this many takes a slice of the run at once (`_take_from_run`);
 # a smaller one takes message by message. The slice's fixed cost (three slices of the
@@ -162,7 +159,6 @@ class Broker(QueueAdmin, Replay):
         self.stored_bytes = 0  # accounted memory of every stored message
         self.full_refusals_total = 0  # puts refused with FULL (max_length or --max-memory)
         self.too_many_queues_total = 0  # queues not created: --max-queues reached
-        self._next_reclaim_at = 0  # too_many_queues_total at which to look for idle queues
         self.queues: dict[str, Queue] = {}
         self.deadlines = DeadlineHeap()
         # next_deadline() is when `advance` next has work to do, or None: the heap's
@@ -182,32 +178,12 @@ class Broker(QueueAdmin, Replay):
         q = self.queues.get(name) if isinstance(name, str) else None
         if q is None:
             check_queue_name(name)
-            if len(self.queues) >= self.max_queues and not self._reclaim_empty_queues():
+            if len(self.queues) >= self.max_queues:
                 self.too_many_queues_total += 1
                 raise CommandError(TOO_MANY_QUEUES, f"the server has {len(self.queues)} "
                                    f"queues, the limit (--max-queues); delete one first")
             q = self.queues[name] = Queue(name)
         return q
-
-    def _reclaim_empty_queues(self) -> bool:
-        """_reclaim_empty_queues, at --max-queues, forgets every queue made by use that is
-        empty, with no one waiting on it: they hold nothing but their totals, and a restart
-        would forget them anyway (not journaled). beanstalkd frees an unused tube at once;
-        doing it only at the limit keeps a busy queue's totals and rates (stats, /metrics)
-        while it drains and fills, and keeps a reply-queue-per-request pattern from
-        ending in TOO_MANY_QUEUES (an SQS user's review: 4,000 emptied queues kept).
-        A scan that frees nothing is not repeated for the next RECLAIM_EVERY refusals,
-        so a server full of busy queues does not scan them all for each refused name.
-        Returns whether there is room now."""
-        if self.too_many_queues_total < self._next_reclaim_at:
-            return False
-        idle = [q for q in self.queues.values()
-                if not q.explicit and not q.messages and not q.waiters]
-        for q in idle:
-            del self.queues[q.name]
-        if not idle:
-            self._next_reclaim_at = self.too_many_queues_total + RECLAIM_EVERY
-        return len(self.queues) < self.max_queues
 
     def _forget_if_unused(self, q: Queue) -> None:
         """_forget_if_unused drops a queue made by use that never held a message and has
