@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -478,8 +479,8 @@ async def test_repair_skips_the_damaged_record_and_serves_the_rest(server_factor
     # ...and the damaged file is kept beside it, not deleted (an operator's review:
     # what --repair gave up on could not be looked at again).
     kept = journal.with_name(journal.name + ".damaged")
-    assert kept.read_bytes().startswith(damaged_bytes)  # and what was appended after
-    assert f"kept the journal --repair read past damage in as {kept}" in server.log
+    assert kept.read_bytes() == damaged_bytes
+    assert f"kept a copy of the journal --repair read past damage in as {kept}" in server.log
 
     server = durable_server(server_factory, data_dir)  # no --repair needed any more
     assert "damaged record" not in server.log, server.log
@@ -588,3 +589,19 @@ async def test_a_data_dir_moved_under_the_server_is_said_once_and_the_journal_go
         async with connect(again.host, again.port) as client:
             bodies = [m.body for m in await client.receive("kept", max=10)]
     assert bodies == [b"before the move", b"after the move"]
+
+
+async def test_the_recovery_line_counts_the_records_not_the_reserved_zeros(
+        server_factory, tmp_path):
+    # An SRE's review: "recovered ... (4.2 MB)" for 1.1 MB of records and 3 MiB of the
+    # zeros --journal-reserve keeps past them (a SIGKILL leaves them in the file).
+    data_dir = tmp_path / "data"
+    server = durable_server(server_factory, data_dir)
+    async with connect(server.host, server.port) as client:
+        await client.put_many("q", [b"x"] * 10)
+    server.kill()
+    [journal] = data_dir.glob("journal.*")
+    assert journal.stat().st_size > 1_000_000  # the reserved zeros
+    server = durable_server(server_factory, data_dir)
+    assert re.search(r"recovered \d+ records from \S+ \(0\.0 MB\)", server.log), server.log
+    stop_cleanly(server)

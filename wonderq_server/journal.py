@@ -180,6 +180,23 @@ class RecoveryReport:
     skipped: list[tuple[int, str]]
 
 
+COPY_CHUNK_BYTES = 1 << 20  # _copy's reads
+
+
+def _copy(source: int, target: int, size: int) -> None:
+    """_copy writes the first `size` bytes of file `source` to file `target`, and fsyncs it."""
+    copied = 0
+    while copied < size:
+        chunk = os.pread(source, min(COPY_CHUNK_BYTES, size - copied), copied)
+        if not chunk:
+            break
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(target, view):]
+        copied += len(chunk)
+    os.fsync(target)
+
+
 def journal_name(generation: int) -> str:
     return f"journal.{generation:06d}"
 
@@ -297,8 +314,6 @@ class Journal:
         generations.sort()
         self.generation = generations[-1]
         report = self._replay(broker, now)
-        if report.skipped:
-            self._keep_damaged()
         # A compaction switched over but did not clean up. Only now that the newest
         # has been read: were it unreadable, the older one is what an operator has.
         for old in generations[:-1]:
@@ -347,27 +362,39 @@ class Journal:
             return ""
         return f", pid {pid}" if pid.isdigit() else ""
 
-    def _keep_damaged(self) -> None:
-        """_keep_damaged links the journal a repair read past damage in as
+    def _keep_damaged(self, size: int) -> None:
+        """_keep_damaged keeps the journal a repair read past damage in as
         journal.N.damaged, durably, before anything else happens to it: the compaction
         that follows deletes journal.N, and what --repair gave up on must stay there to be
-        looked at, or recovered better (an operator's review). A link, not a copy: what is
-        in the file is never written again (it only grows, or loses a torn tail; an older
-        format's header gets this version's byte)."""
+        looked at, or recovered better (an operator's review). A copy of its `size` bytes
+        as they are, not a link: the live file's tail may be cut next (what reads as a torn
+        tail may be the last record, damaged) and its header marked (a reviewer)."""
         name = journal_name(self.generation)
         kept = name + ".damaged"
         try:
-            with contextlib.suppress(FileExistsError):  # this file, linked by a start before
-                os.link(name, kept, src_dir_fd=self._directory_lock_fd,
-                        dst_dir_fd=self._directory_lock_fd)
+            source = self.open_file(name, os.O_RDONLY)
+            try:
+                target = self.open_file(kept, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+                try:
+                    _copy(source, target, size)
+                except OSError:
+                    self.unlink_file(kept)  # a part would pass for the copy at the next start
+                    raise
+                finally:
+                    os.close(target)
+            finally:
+                os.close(source)
             self._fsync_directory()
+        except FileExistsError:  # an earlier repair start's copy: the file as it was first
+            logger.warning("%s is kept from an earlier --repair start; delete it once it is "
+                           "not needed", self.directory / kept)
+            return
         except OSError as exc:
             logger.warning("could not keep the damaged journal as %s: %s",
                            self.directory / kept, exc)
             return
-        logger.warning("kept the journal --repair read past damage in as %s (it shares the "
-                       "live file's disk space until a compaction replaces that); delete it "
-                       "once it is not needed", self.directory / kept)
+        logger.warning("kept a copy of the journal --repair read past damage in as %s; "
+                       "delete it once it is not needed", self.directory / kept)
 
     def _replay(self, broker: Broker, now: float) -> RecoveryReport:
         path = journal_path(self.directory, self.generation)
@@ -452,6 +479,8 @@ class Journal:
         file_size, file_header = len(data), bytes(data[:len(FILE_HEADER)])
         if isinstance(data, mmap.mmap):
             data.close()  # before the file is cut: a mapped page past its end is SIGBUS
+        if result.skipped:
+            self._keep_damaged(file_size)  # before its tail is cut or its header marked
         self.fd = self.open_file(journal_name(self.generation), os.O_WRONLY)
         if result.good_end < file_size:
             os.ftruncate(self.fd, result.good_end)

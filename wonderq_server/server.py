@@ -206,9 +206,11 @@ class Server:
             logger.info("started a new journal at %s; fsync policy %s", report.path,
                         self.journal.fsync_policy)
             return
+        # The records' bytes, not the file's: reserved zeros past them are not read (an
+        # operator's review saw 4.2 MB for 1.1 MB of records).
         logger.info("recovered %d records from %s (%.1f MB): %d messages in %d queues, "
                     "in %.2f s; fsync policy %s", report.records, report.path,
-                    report.file_bytes / 1e6, report.messages, report.queues, report.seconds,
+                    self.journal.size / 1e6, report.messages, report.queues, report.seconds,
                     self.journal.fsync_policy)
         broker = self.broker
         if broker.max_memory_bytes and broker.stored_bytes >= broker.max_memory_bytes:
