@@ -599,7 +599,9 @@ def test_zero_delay_and_expiry_are_given_not_defaults():
 def test_expiry_is_bounded_by_max_expiry_and_must_be_finite():
     longest = LIMITS.max_expiry_s
     assert make_command("put", with_field("put", expiry=longest), LIMITS).args["expiry"] == longest
-    assert refused("put", with_field("put", expiry=10**12)).code == BAD_ARGUMENT
+    too_far = refused("put", with_field("put", expiry=10**12))
+    assert too_far.code == BAD_ARGUMENT
+    assert "over the limit of 31536000 s (--max-expiry)" in too_far.message
     assert refused("put", with_field("put", expiry=math.inf)).code == BAD_ARGUMENT
 
 

@@ -845,3 +845,14 @@ def test_ctrl_c_on_receive_with_a_server_that_does_not_answer_ends_soon(server):
 async def _until_waiting(server: ServerProcess) -> None:
     async with connect(server.host, server.port) as client:
         await until_stats(client, lambda s: s["server"]["waiting_consumers"] == 1)
+
+
+async def test_counts_of_one_are_singular(server):
+    # A reviewer: "purged 1 messages", "deleted q1 and its 1 messages".
+    async with connect(server.host, server.port) as client:
+        await client.put("one", b"x")
+        await client.put("other", b"x")
+    done = await cli("purge", "one", *at(server))
+    assert done.stdout == b"purged 1 message from one\n", done.stdout
+    done = await cli("delete-queue", "other", *at(server))
+    assert done.stdout == b"deleted other and its 1 message\n", done.stdout

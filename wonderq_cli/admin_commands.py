@@ -32,7 +32,7 @@ from typing import Any
 
 from . import argument_types
 from .connection_options import open_client
-from .output import say, write_out
+from .output import counted, say, write_out
 from .queue_commands import escaped, print_json, print_result
 
 
@@ -163,7 +163,7 @@ async def run_redrive(args: argparse.Namespace) -> int:
     async with open_client(args) as client:
         moved = await client.redrive(args.queue, max=args.max)
     return print_result(args, {"moved": moved},
-                        f"moved {moved} messages from {args.queue} back to their queues")
+                        f"moved {counted(moved, 'message')} from {args.queue} back to their queues")
 
 
 async def run_queue_info(args: argparse.Namespace) -> int:
@@ -210,4 +210,4 @@ async def run_delete_queue(args: argparse.Namespace) -> int:
     async with open_client(args) as client:
         deleted = await client.delete_queue(args.queue)
     return print_result(args, {"deleted": deleted},
-                        f"deleted {args.queue} and its {deleted} messages")
+                        f"deleted {args.queue} and its {counted(deleted, 'message')}")

@@ -73,3 +73,8 @@ def print_rich(renderable: RenderableType, console: Console | None = None) -> No
     Console(file=rendered, width=shown.width, force_terminal=shown.is_terminal,
             color_system=shown.color_system).print(renderable)
     write_out(rendered.getvalue())
+
+
+def counted(count: object, thing: str) -> str:
+    """counted: "1 message", "3 messages", "- messages" (a figure an older server lacks)."""
+    return f"{count} {thing}" if count == 1 else f"{'-' if count is None else count} {thing}s"

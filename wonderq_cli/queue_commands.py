@@ -34,7 +34,7 @@ from wonderq_client import Message, WonderQError
 
 from . import argument_types, deadline
 from .connection_options import open_client
-from .output import OutputFailed, print_rich, say, write_out
+from .output import OutputFailed, counted, print_rich, say, write_out
 from .text_table import Column, text_table
 
 
@@ -271,7 +271,8 @@ async def run_peek(args: argparse.Namespace) -> int:
 async def run_purge(args: argparse.Namespace) -> int:
     async with open_client(args) as client:
         purged = await client.purge(args.queue)
-    return print_result(args, {"purged": purged}, f"purged {purged} messages from {args.queue}")
+    return print_result(args, {"purged": purged},
+                        f"purged {counted(purged, 'message')} from {args.queue}")
 
 
 async def run_queues(args: argparse.Namespace) -> int:

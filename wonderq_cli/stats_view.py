@@ -22,6 +22,7 @@ from rich.console import Group, RenderableType
 from rich.styled import Styled
 from rich.text import Text
 
+from .output import counted
 from .text_table import Column, row_width, text_table
 
 SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
@@ -92,11 +93,6 @@ TROUBLES = (
 )
 
 
-def _counted(count: Any, thing: str) -> str:
-    """_counted: "1 connection", "3 connections", "- connections" (an older server's)."""
-    return f"{count} {thing}" if count == 1 else f"{'-' if count is None else count} {thing}s"
-
-
 def server_line(server: Mapping[str, Any]) -> Text:
     """server_line: the server's own figures on one line (they are few; a table would be
     wider than a terminal)."""
@@ -109,9 +105,9 @@ def server_line(server: Mapping[str, Any]) -> Text:
     parts = [
         f"server {server.get('version', '-')}",
         f"up {format_age(server.get('uptime_s'))}",
-        _counted(server.get("connections"), "connection"),
-        _counted(server.get("messages"), "message"),
-        _counted(server.get("waiting_consumers"), "consumer") + " waiting",
+        counted(server.get("connections"), "connection"),
+        counted(server.get("messages"), "message"),
+        counted(server.get("waiting_consumers"), "consumer") + " waiting",
         f"memory {format_bytes(server.get('rss_bytes'))}",
         f"stored {stored}",
         journal,

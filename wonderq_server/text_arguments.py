@@ -172,8 +172,10 @@ def put_many_header(rest: bytes, limits: Limits) -> tuple[dict[str, Any], int]:
             except _OverMaxHeaders:
                 raise _headers_too_large(limits, words[index:]) from None
         elif b"=" in word:
-            field = word.partition(b"=")[0].decode(errors="replace")
-            raise bad_argument(f"put_many has no field {field}")
+            field, _, value = word.decode(errors="replace").partition("=")
+            if not field:
+                _set_named({}, field, value)  # raises: a word that starts with '='
+            raise bad_argument(f"PUT_MANY has no field {field}")
         else:
             raise bad_argument(f"too many arguments for PUT_MANY: {PUT_MANY_USAGE}")
     return args, count
