@@ -1,5 +1,5 @@
 """The CPU one `wonderq top` frame costs with many queues: every queue's row, against the
-rows a 40-line terminal shows (the busiest).
+rows a 40-line terminal shows (the busiest); and what `wonderq stats` draws (every row).
 
     python bench/probes/top_frame_cost.py [QUEUES] (default 3000)
 
@@ -21,6 +21,7 @@ from rich.console import Console
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import whole_numbers
 
+from wonderq_cli.stats_view import stats_view
 from wonderq_cli.top import History, frame
 
 
@@ -30,13 +31,18 @@ def main(queue_count: int) -> None:
     history = History()
     history.update(queues, 0.0)
     history.update(queues, 1.0)
-    for label, height in (("every row", None), ("a 40-line terminal", 40)):
+    snapshot = {"server": {}, "queues": queues}
+    shapes = (
+        ("top, every row", lambda: frame(snapshot, history, "top", 160, True, None)),
+        ("top, a 40-line terminal", lambda: frame(snapshot, history, "top", 160, True, 40)),
+        ("`wonderq stats` (every row, no sparklines)", lambda: stats_view(snapshot, width=160)),
+    )
+    for label, view in shapes:
         times = []
         for _ in range(5):
             console = Console(file=io.StringIO(), width=160)
             started = time.process_time()
-            console.print(frame({"server": {}, "queues": queues}, history, "top", 160, True,
-                                height))
+            console.print(view())
             times.append(time.process_time() - started)
         print(f"{queue_count} queues, {label}: median {statistics.median(times) * 1000:.1f} ms "
               f"CPU a frame [{min(times) * 1000:.1f}-{max(times) * 1000:.1f}]")
