@@ -602,6 +602,10 @@ def test_expiry_is_bounded_by_max_expiry_and_must_be_finite():
     too_far = refused("put", with_field("put", expiry=10**12))
     assert too_far.code == BAD_ARGUMENT
     assert "over the limit of 31536000 s (--max-expiry)" in too_far.message
+    # Exactly: {:g} printed a limit of 43200.25 as 43200.2 (a reviewer).
+    with pytest.raises(CommandError) as over:
+        make_command("put", with_field("put", delay=43200.5), Limits(max_delay_s=43200.25))
+    assert "over the limit of 43200.25 s (--max-delay)" in over.value.message
     assert refused("put", with_field("put", expiry=math.inf)).code == BAD_ARGUMENT
 
 

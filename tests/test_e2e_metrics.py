@@ -276,3 +276,8 @@ def test_metrics_listen_on_metrics_host_while_clients_stay_on_host(server_factor
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S).close()
     assert "WARNING" not in server.log  # loopback either way: nobody else can reach it
+
+
+def test_metrics_host_without_metrics_port_says_it_is_not_used(server_factory):
+    server = server_factory("--metrics-host", "127.0.0.2")
+    assert "--metrics-host '127.0.0.2' is not used without --metrics-port" in server.log

@@ -1020,3 +1020,42 @@ def test_repair_keeps_a_copy_of_the_journal_as_it_was_torn_tail_and_all(
     assert path.stat().st_size < len(original)  # the tail was cut from the live file
     assert path.with_name(path.name + ".damaged").read_bytes() == original
     journal.close()
+
+
+def damaged_in_the_middle(directory: Path) -> Path:
+    """damaged_in_the_middle writes a journal of three puts whose second is damaged."""
+    encoded = [bytearray(encode_record([PUT, "q", (1 << 61) + i, b"body %d" % i, T0]))
+               for i in range(3)]
+    encoded[1][-1] ^= 0xFF
+    return _journal_of(directory, tail=b"".join(encoded))
+
+
+def test_repair_on_a_full_disk_keeps_a_link_to_the_damaged_journal(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # A reviewer: where the copy could not be written (a full disk, where journals get
+    # damaged), the compaction that follows deleted the only one there was.
+    path = damaged_in_the_middle(tmp_path)
+    original = path.read_bytes()
+
+    def disk_full(source: int, target: int, size: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(journal_module, "_copy", disk_full)
+    journal, _, _ = open_broker(tmp_path, T0, repair=True)
+    kept = path.with_name(path.name + ".damaged")
+    assert os.path.samefile(kept, path) and kept.read_bytes() == original
+    assert not path.with_name(path.name + ".damaged.tmp").exists()
+    assert "(a copy failed: No space left on device) a link to" in caplog.text
+    journal.close()
+
+
+def test_a_repair_copy_cut_short_is_removed_not_taken_for_one(tmp_path: Path) -> None:
+    # A reviewer: a crash mid-copy left a part, which the next start kept as "the copy".
+    path = damaged_in_the_middle(tmp_path)
+    cut_short = path.with_name(path.name + ".damaged.tmp")
+    cut_short.write_bytes(path.read_bytes()[:10])
+    journal, _, _ = open_broker(tmp_path, T0, repair=True)
+    assert not cut_short.exists()
+    assert path.with_name(path.name + ".damaged").read_bytes() == path.read_bytes()
+    journal.close()

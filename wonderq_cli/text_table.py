@@ -2,8 +2,8 @@
 
 Design decision: rich's Table measures, pads and wraps every cell as a
 renderable of its own, about 80 us a cell here: `wonderq stats` with 3,000
-queues took 2.7 s of CPU to print (bench/probes/top_frame_cost.py measures the
-same for `top`). These tables' cells are short strings whose widths are known
+queues took 2.7 s of CPU to print, and 48 ms now (bench/probes/top_frame_cost.py,
+which measures `top` too). These tables' cells are short strings whose widths are known
 before anything is drawn, so the rows are padded here, joined, and handed to
 rich as one Text, which it draws in milliseconds. rich still does the colours,
 the terminal's width, and capture for output.py.
@@ -15,6 +15,9 @@ Rules:
   `max_width` (a queue's name) folds a longer cell onto the lines below, the
   other cells of those lines blank. A line wider than the terminal folds too,
   as a Text with no room does, rather than being cropped.
+* Widths are counted in characters: the cells are figures and queue names,
+  which are ASCII (A-Z a-z 0-9 _ - .). A wide character would misalign a row,
+  never cut it.
 """
 
 from __future__ import annotations

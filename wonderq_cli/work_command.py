@@ -77,6 +77,7 @@ from wonderq_client.worker import retry_backoff
 
 from . import argument_types
 from .connection_options import tls_environment, without_tls_variables
+from .output import counted
 from .parent_death import die_with_parent
 
 # How long a program told to end (SIGTERM) has before it is killed (SIGKILL).
@@ -356,7 +357,8 @@ async def run(args: argparse.Namespace) -> int:
         logger.level, logger.propagate = saved
         counts = worker.counts
         with contextlib.suppress(OSError):  # stderr may be a terminal gone (SIGHUP)
-            print(f"wonderq work: stopped after {counts.received} messages: {counts.acked} "
+            print(f"wonderq work: stopped after {counted(counts.received, 'message')}: "
+                  f"{counts.acked} "
                   f"acked, {counts.failed} failed, {counts.retried} retried, "
                   f"{counts.given_back} given back, {counts.lease_lost} leases lost, "
                   f"{counts.unsettled} unsettled; {counts.reconnects} reconnects",

@@ -318,8 +318,10 @@ class Broker(QueueAdmin, Replay):
         settings = q.settings
         if settings.max_length and len(q.messages) >= settings.max_length:
             self.full_refusals_total += 1
-            raise CommandError(FULL, f"queue {q.name!r} holds {len(q.messages)} messages, its "
-                               "max_length; nothing was stored (retry after consumers catch up)")
+            held = len(q.messages)
+            raise CommandError(FULL, f"queue {q.name!r} holds {held} message"
+                               f"{'' if held == 1 else 's'}, its max_length; nothing was "
+                               "stored (retry after consumers catch up)")
         if type(body) is not bytes:  # a plain message is told apart by its exact type
             body = bytes(body)
         if expiry is None:
@@ -693,13 +695,14 @@ class Broker(QueueAdmin, Replay):
         this delivery is taken back off its count before that rule is applied,
         and cannot be what sends it to the dead-letter queue. Only while the
         delivery runs (LEASED), and that ends its lease for good (a plain nack
-        keeps it aside, for a late ack only): a second nack, a late touch that would
-        make it LEASED again, or an ack with that lease is LEASE_LOST, so one delivery is
-        never taken back twice (a reviewer took 2 deliveries to 0 with repeated
-        nacks, then with touch and nack). The STATE record carries the count
-        and the lease (or the lease kept aside), so replay needs nothing more. (redelivered_total, a
-        counter, is not lowered: a message given back unseen after a
-        redelivery counts again when it is next delivered.)
+        keeps it aside, for a late ack only): a second nack, a late touch that
+        would make it LEASED again, or an ack with that lease is LEASE_LOST, so
+        one delivery is never taken back twice (a reviewer took 2 deliveries to
+        0 with repeated nacks, then with touch and nack). The STATE record
+        carries the count and the lease (or the one kept aside), so replay
+        needs nothing more. (redelivered_total, a counter, is not lowered: a
+        message given back unseen after a redelivery counts again when it is
+        next delivered.)
         """
         msg = self._held_message(name, message_id, lease)
         if unseen and msg.state == LEASED and msg.deliveries:
@@ -719,7 +722,8 @@ class Broker(QueueAdmin, Replay):
         """touch extends (or, after a late touch, renews) a lease; returns the new deadline.
 
         A lease that ran out but whose message has not been delivered again
-        is taken back by its owner, as a late ack would be accepted.
+        is taken back by its owner, as a late ack would be accepted; not a lease
+        a nack ended (kept aside for a late ack only: the module's rules).
         """
         msg = self._held_message(name, message_id, lease)
         self._detach(msg)

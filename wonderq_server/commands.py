@@ -325,9 +325,9 @@ def _seconds(field: str, value: Any, upper: float | None = None, flag: str = "")
     if not math.isfinite(value) or value < 0:
         raise bad_argument(f"{field} must be a finite number of seconds >= 0, got {value}")
     if upper is not None and value > upper:
-        # A whole limit in digits: 365 days as {:g} read 3.1536e+07 (a reviewer).
-        limit = f"{upper:.0f}" if upper == int(upper) else f"{upper:g}"
-        raise bad_argument(f"{field} is {value} s, over the limit of {limit} s ({flag})")
+        # In digits, exactly: 365 days as {:g} read 3.1536e+07, and 43200.25 as 43200.2
+        # (reviewers).
+        raise bad_argument(f"{field} is {value} s, over the limit of {upper:.15g} s ({flag})")
     return float(value)
 
 

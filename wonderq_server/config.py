@@ -330,7 +330,7 @@ FLAGS = [
      "serve GET /metrics (Prometheus) and GET /stats (JSON) over HTTP on this port of "
      "--metrics-host (0 picks a free one; the log names it)"),
     ("--metrics-host", "metrics_host", str, None,
-     "address the metrics endpoint listens on (default: --host), so a Prometheus on "
+     "address the metrics endpoint listens on, instead of --host, so a Prometheus on "
      "another machine can scrape while clients stay on loopback"),
     ("--auth-token", "auth_token", _token, None,
      "clients must send AUTH with this token before anything else; also guards "

@@ -285,8 +285,10 @@ class Journal:
         generations = []
         for name in os.listdir(self._directory_lock_fd):
             if name.endswith(".tmp") and name.startswith("journal."):
-                logger.warning("removing %s, left by a compaction that did not finish",
-                               self.directory / name)
+                left_by = ("--repair's copy of a damaged journal"
+                           if name.endswith(".damaged.tmp") else "a compaction")
+                logger.warning("removing %s, left by %s that did not finish",
+                               self.directory / name, left_by)
                 self.unlink_file(name)
             elif match := JOURNAL_NAME.fullmatch(name):
                 generations.append(int(match.group(1)))
@@ -367,34 +369,46 @@ class Journal:
         journal.N.damaged, durably, before anything else happens to it: the compaction
         that follows deletes journal.N, and what --repair gave up on must stay there to be
         looked at, or recovered better (an operator's review). A copy of its `size` bytes
-        as they are, not a link: the live file's tail may be cut next (what reads as a torn
-        tail may be the last record, damaged) and its header marked (a reviewer)."""
+        as they are: the live file's tail may be cut next (what reads as a torn tail may be
+        the last record, damaged) and its header marked (a reviewer). Written under .tmp
+        and renamed, so a copy cut short by a crash is removed at the next start, never
+        taken for one. Where it cannot be written (a full disk, where journals get damaged)
+        it is a hard link, which needs no space and loses at most that tail."""
         name = journal_name(self.generation)
-        kept = name + ".damaged"
-        try:
-            source = self.open_file(name, os.O_RDONLY)
-            try:
-                target = self.open_file(kept, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-                try:
-                    _copy(source, target, size)
-                except OSError:
-                    self.unlink_file(kept)  # a part would pass for the copy at the next start
-                    raise
-                finally:
-                    os.close(target)
-            finally:
-                os.close(source)
-            self._fsync_directory()
-        except FileExistsError:  # an earlier repair start's copy: the file as it was first
+        kept, partial = name + ".damaged", name + ".damaged.tmp"
+        if os.path.lexists(self.directory / kept):  # whole: only a rename makes one
             logger.warning("%s is kept from an earlier --repair start; delete it once it is "
                            "not needed", self.directory / kept)
             return
+        how = "a copy of"
+        try:
+            try:
+                self._copy_file(name, partial, size)
+                self.rename_file(partial, kept)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    self.unlink_file(partial)
+                os.link(name, kept, src_dir_fd=self._directory_lock_fd,
+                        dst_dir_fd=self._directory_lock_fd)
+                how = f"(a copy failed: {exc.strerror or exc}) a link to"
+            self._fsync_directory()
         except OSError as exc:
             logger.warning("could not keep the damaged journal as %s: %s",
                            self.directory / kept, exc)
             return
-        logger.warning("kept a copy of the journal --repair read past damage in as %s; "
-                       "delete it once it is not needed", self.directory / kept)
+        logger.warning("kept %s the journal --repair read past damage in as %s; delete it "
+                       "once it is not needed", how, self.directory / kept)
+
+    def _copy_file(self, name: str, target_name: str, size: int) -> None:
+        source = self.open_file(name, os.O_RDONLY)
+        try:
+            target = self.open_file(target_name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            try:
+                _copy(source, target, size)
+            finally:
+                os.close(target)
+        finally:
+            os.close(source)
 
     def _replay(self, broker: Broker, now: float) -> RecoveryReport:
         path = journal_path(self.directory, self.generation)
@@ -475,7 +489,6 @@ class Journal:
                                or self.reserve_bytes > 0)
         self.compact_requested = bool(result.skipped) or (
             result.synced_seen and self.fsync_policy == "never")
-
         file_size, file_header = len(data), bytes(data[:len(FILE_HEADER)])
         if isinstance(data, mmap.mmap):
             data.close()  # before the file is cut: a mapped page past its end is SIGBUS

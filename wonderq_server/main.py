@@ -61,13 +61,16 @@ async def serve(config: Config) -> None:
         logger.warning("listening on %r, which other machines may reach, with no auth token: "
                        "anyone who reaches the port can read and delete messages; set "
                        "--auth-token (and --tls-cert/--tls-key)", config.host)
-    metrics_host = config.metrics_host or config.host
-    if (config.metrics_port is not None and config.auth_token is None
-            and not is_loopback(metrics_host)):
+    if config.metrics_host and config.metrics_port is None:
+        logger.warning("--metrics-host %r is not used without --metrics-port",
+                       config.metrics_host)
+    elif (config.metrics_host and config.metrics_host != config.host
+            and config.auth_token is None and not is_loopback(config.metrics_host)):
+        # (A metrics endpoint on --host is covered by the warning about --host itself.)
         logger.warning("metrics listen on %r, which other machines may reach, with no auth "
                        "token: anyone who reaches it can read the server's stats and queue "
                        "names; set --auth-token (scrapers send it as a Bearer token)",
-                       metrics_host)
+                       config.metrics_host)
     limits = config.limits
     if limits.max_frame_bytes < limits.max_message_bytes + FRAME_ROOM_BYTES:
         # Both accepted alone, but together (an operator's review): the largest messages

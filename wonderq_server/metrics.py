@@ -323,7 +323,8 @@ class MetricsEndpoint:
         try:
             return await self.http.start(loop, host, port, ssl)
         except OSError as exc:  # say which of the server's two ports it was
-            raise OSError(exc.errno, f"--metrics-port {port}: {exc.strerror}") from exc
+            raise OSError(exc.errno, f"--metrics-port {port} on {host!r} (--metrics-host, "
+                          f"else --host): {exc.strerror}") from exc
 
     def close(self) -> None:
         self.http.close()
