@@ -817,20 +817,18 @@ class Worker:
                     # gone or taken by someone else: it is back in other hands either way.
                     self._server_answered()
                     return outcome
-                if sent_before and isinstance(exc, NotFound) and not job.lease_gone \
-                        and asyncio.get_running_loop().time() < job.held_until:
-                    # An ack sent before that finds the message gone while the lease still
-                    # held: nobody else could have acked it, so the first one went through.
-                    # After the lease, another consumer may have: not counted as ours.
-                    self._server_answered()
-                    return outcome
                 self._server_answered()
+                # Gone while the lease surely held: nobody else could have had it.
+                gone_while_held = isinstance(exc, NotFound) and not job.lease_gone \
+                    and asyncio.get_running_loop().time() < job.held_until
+                if gone_while_held and sent_before:
+                    # An ack sent before: so the first one went through. After the lease,
+                    # another consumer may have acked it: not counted as ours.
+                    return outcome
                 settle = "ack" if nack_delay is None else "nack"
-                if isinstance(exc, NotFound) and not sent_before and not job.lease_gone \
-                        and asyncio.get_running_loop().time() < job.held_until:
-                    # First sent while the lease surely held: nobody else could have had
-                    # it, so it was deleted (a purge, its queue deleted), not redelivered
-                    # (an SQS user read "may be done again" as a duplicate to expect).
+                if gone_while_held:
+                    # First sent: it was deleted (a purge, its queue deleted), not
+                    # redelivered (an SQS user read "may be done again" as a duplicate).
                     log.warning("message %d of %r was deleted by someone else (purged, or "
                                 "its queue deleted) while this worker held it; its %s found "
                                 "it gone (NOT_FOUND); counted lease_lost", message.id,

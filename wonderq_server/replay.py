@@ -180,9 +180,8 @@ class Replay:
         msg.deliveries = deliveries
         if lease is not None:
             msg.kept_lease = None  # a lease of its own: none kept aside (broker._take)
-        elif kept_lease is not None and kept_lease > message_id:
-            self.ids.observe(kept_lease)
-            msg.kept_lease = kept_lease  # a nack's: for a late ack only
+        elif (kept := self._possible_lease(kept_lease, message_id)) is not None:
+            msg.kept_lease = kept  # a nack's: for a late ack only
         elif msg.lease is not None:
             # A lease taken back (a nack with `unseen`) ends the kept one too (broker.nack).
             # Not a snapshot's STATE after its PUTX, which comes with no lease to take back.
@@ -234,11 +233,16 @@ class Replay:
         """_kept_lease: the dead_letter_lease a record's options give a dead-lettered
         message (for a late ack: broker.py), if it is a lease that message could have had
         (a later id than its own); it counts as a used id."""
-        kept = options.get("dead_letter_lease")
-        if not origin or type(kept) is not int or kept <= message_id:
+        return self._possible_lease(options.get("dead_letter_lease"), message_id) \
+            if origin else None
+
+    def _possible_lease(self: Broker, lease: Any, message_id: int) -> int | None:
+        """_possible_lease is `lease` if the message could have had it (an int, a later id
+        than its own), counted as a used id; else None."""
+        if type(lease) is not int or lease <= message_id:
             return None
-        self.ids.observe(kept)
-        return kept
+        self.ids.observe(lease)
+        return lease
 
     def restore_queue_settings(self: Broker, name: str, record: dict[str, Any]) -> None:
         q = self._restored_queue(name)
