@@ -338,6 +338,10 @@ class Server:
                     await asyncio.wait_for(asyncio.shield(self._all_closed), GOODBYE_WAIT_S)
                     break
                 except TimeoutError:
+                    if not self.connections:
+                        # The last one closed as the wait ran out (a CI run logged "cut
+                        # off 0 connections"): all closed, nobody to cut off.
+                        break
                     unsent, before = self._unsent_replies(), unsent
                     reading = any(size < before.get(conn, 0) for conn, size in unsent.items())
                     if not reading or self._loop.time() - started >= GOODBYE_MOST_S:
