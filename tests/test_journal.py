@@ -1022,6 +1022,24 @@ def test_repair_keeps_a_copy_of_the_journal_as_it_was_torn_tail_and_all(
     journal.close()
 
 
+def test_repair_copy_leaves_out_the_reserved_zeros_but_keeps_a_torn_tail(
+        tmp_path: Path) -> None:
+    # The copy took the reserved space too: with --journal-reserve, zeros were most of
+    # its time and size (a reviewer: about 3.7 s per GiB of journal).
+    records = [[PUT, "q", (1 << 61) + i, b"body %d" % i, T0] for i in range(4)]
+    encoded = [bytearray(encode_record(r)) for r in records]
+    encoded[1][-1] ^= 0xFF  # damage in the middle: --repair skips it
+    torn = bytes(encoded[3][:-5])  # the last record, torn
+    records_part = FILE_HEADER + b"".join(map(bytes, encoded[:3])) + torn
+    path = _journal_of(tmp_path, tail=b"".join(map(bytes, encoded[:3])) + torn
+                       + bytes(1 << 16))
+    journal, broker, report = open_broker(tmp_path, T0, repair=True)
+    assert bodies(broker, "q") == [b"body 0", b"body 2"]
+    assert report.torn_tail_bytes == len(torn)
+    assert path.with_name(path.name + ".damaged").read_bytes() == records_part
+    journal.close()
+
+
 def damaged_in_the_middle(directory: Path) -> Path:
     """damaged_in_the_middle writes a journal of three puts whose second is damaged."""
     encoded = [bytearray(encode_record([PUT, "q", (1 << 61) + i, b"body %d" % i, T0]))
