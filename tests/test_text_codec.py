@@ -366,14 +366,35 @@ def test_two_over_long_lines_are_two_errors():
         LINE_TOO_LONG, LINE_TOO_LONG, "ping"]
 
 
-def test_line_of_exactly_the_limit_parses():
+@pytest.mark.parametrize("end", [b"\n", b"\r\n"])
+@pytest.mark.parametrize("chunk_size", [1, 1040, 1041, 2000])
+def test_line_of_exactly_the_limit_parses(end, chunk_size):
+    # The limit does not count the line's end: with CRLF a line of exactly the limit was
+    # LINE_TOO_LONG, with LF it parsed (a reviewer).
     line = b"PUT q " + b"b" * (1040 - 6)
     assert len(line) == 1040
+    stream = line + end + b"PING" + end
     decoder = TextDecoder(SHORT)
     items = []
-    for byte in line + b"\n":
-        items.extend(decoder.feed(bytes([byte])))
-    assert [(i.name, i.args) for i in items] == [("put", put_args("q", b"b" * 1034))]
+    for start in range(0, len(stream), chunk_size):
+        items.extend(decoder.feed(stream[start:start + chunk_size]))
+    assert [(i.name, i.args) for i in items] == [("put", put_args("q", b"b" * 1034)),
+                                                  ("ping", {})]
+
+
+@pytest.mark.parametrize("end", [b"\n", b"\r\n", b"\r\r\n"])
+@pytest.mark.parametrize("chunk_size", [1, 1041, 5000])
+def test_line_one_byte_over_the_limit_is_too_long_whatever_its_end(end, chunk_size):
+    line = b"PUT q " + b"b" * (1041 - 6)  # with CRCRLF: 1040 bytes and a CR that counts
+    if end == b"\r\r\n":
+        line = line[:-1]
+    stream = line + end + b"PING" + end
+    decoder = TextDecoder(SHORT)
+    items = []
+    for start in range(0, len(stream), chunk_size):
+        items.extend(decoder.feed(stream[start:start + chunk_size]))
+    assert [getattr(i, "name", None) or i.error.code for i in items] == [
+        LINE_TOO_LONG, "ping"]
 
 
 # ---------------------------------------------------------------- non-UTF-8

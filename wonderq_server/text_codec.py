@@ -43,7 +43,8 @@ Rules:
 * A PUT body runs to the end of the line, so it may contain spaces but not a
   line break; the binary protocol carries any bytes. A delivered body is
   sent with its length, so it is binary-safe.
-* A line longer than `max_line_bytes` is answered with LINE_TOO_LONG and
+* A line longer than `max_line_bytes`, not counting its LF or CRLF (so both
+  ends give the same answer), is answered with LINE_TOO_LONG and
   skipped up to its end; the connection stays usable. Inside a PUT_MANY
   block such a line is that body's BODY_TOO_LARGE result instead, counted once
   the line has ended.
@@ -116,6 +117,7 @@ TEXT_COMMANDS = {
 # How much of an over-long line is kept to see whether it is a PUT_MANY header with a
 # count: the command, a queue name (at most 128 bytes, or a longer one that is refused)
 # and the count, with room to spare.
+CR = 13  # b"\r"[0]: a line's last byte, before its LF, that the line limit does not count
 HEADER_PEEK_BYTES = 4096
 
 
@@ -174,7 +176,8 @@ class TextDecoder:
         while True:
             newline = buf.find(b"\n", pos)
             if newline < 0:
-                if len(buf) - pos > max_line:
+                waiting = len(buf) - pos  # a CR at its end may be the CRLF's, not counted
+                if waiting > max_line and (waiting > max_line + 1 or buf[-1] != CR):
                     if not self._discarding and self._block is None:
                         # said now; the rest is skipped
                         out.extend(self._too_long(bytes(buf[pos:pos + HEADER_PEEK_BYTES])))
@@ -191,12 +194,12 @@ class TextDecoder:
                     out.extend(self._too_long())
                 self._drop_bodies_of_skipped_header()
                 continue
+            if line.endswith(b"\r"):
+                line = line[:-1]
             if len(line) > max_line:
                 out.extend(self._too_long(line[:HEADER_PEEK_BYTES]))
                 self._drop_bodies_of_skipped_header()
                 continue
-            if line.endswith(b"\r"):
-                line = line[:-1]
             if self._block is not None:
                 out.extend(self._body_line(line))
             elif line.strip():
