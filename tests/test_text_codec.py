@@ -191,7 +191,10 @@ def test_cr_split_from_its_lf():
     (b"PUT q  two leading spaces\n", b" two leading spaces"),
     (b"PUT q trailing  \r\n", b"trailing  "),
     (b"PUT q tab\there\n", b"tab\there"),
-    (b"PUT q max=5 wait=1\n", b"max=5 wait=1"),
+    (b"PUT q -- max=5 wait=1\n", b"max=5 wait=1"),
+    (b"PUT q Max=5 wait=1\n", b"Max=5 wait=1"),
+    (b"PUT q =5\n", b"=5"),
+    (b"PUT q 5=5\n", b"5=5"),
     (b"PUT q \xff\xfe\x00raw\n", b"\xff\xfe\x00raw"),
     (b"PUT q \n", b""),
     (b"PUT q\n", b""),
@@ -440,9 +443,9 @@ def test_unknown_command_message_shows_the_bytes_replaced():
     (b"PUT q delay=5  two spaces", put_args("q", b" two spaces", delay=5.0)),
     (b"PUT q body delay=5", put_args("q", b"body delay=5")),
     (b"PUT q Delay=5 x", put_args("q", b"Delay=5 x")),
-    (b"PUT q delays=5 x", put_args("q", b"delays=5 x")),
-    (b"PUT q headers=5 x", put_args("q", b"headers=5 x")),
-    (b"PUT q visibility=5 x", put_args("q", b"visibility=5 x")),
+    (b"PUT q -- delays=5 x", put_args("q", b"delays=5 x")),
+    (b"PUT q delay=1 -- visibility=5 x", put_args("q", b"visibility=5 x", delay=1.0)),
+    (b"PUT q x delays=5", put_args("q", b"x delays=5")),
     (b"PUT q ---", put_args("q", b"---")),
 ])
 def test_put_options(line, args):
@@ -481,11 +484,23 @@ def test_put_options(line, args):
     (b"PUT q header.k=" + b"v" * 4096 + b" x", HEADERS_TOO_LARGE,
      "headers are 4097 bytes, over the limit of 4096 (--max-header-bytes)"),
     (b"PUT bad/q delay=1 x", INVALID_QUEUE_NAME, None),
+    # A misspelt option started the body: stored as part of it, its default used, no word
+    # said (a newcomer's review). Unknown option-like words are refused, as in binary mode.
+    (b"PUT q dealy=30 hello", BAD_ARGUMENT,
+     "PUT has no option 'dealy'; its options are delay=, priority=, expiry= and "
+     "header.KEY= (a body that starts with such a word goes after --: "
+     "PUT <queue> -- <body>)"),
+    (b"PUT q delay=1 visibility=5 x", BAD_ARGUMENT, "PUT has no option 'visibility'; "),
+    (b"PUT q headers.k=v x", BAD_ARGUMENT, "PUT has no option 'headers.k'; "),
+    (b"PUT q max=5 wait=1", BAD_ARGUMENT, "PUT has no option 'max'; "),
+    (b"PUT q a=b", BAD_ARGUMENT, "PUT has no option 'a'; "),
 ])
 def test_bad_put_options(line, code, message):
     got_code, got_message = rejection(line + b"\n")
     assert got_code == code
-    if message is not None:
+    if message is not None and message.endswith("; "):
+        assert got_message.startswith(message)
+    elif message is not None:
         assert got_message == message
 
 

@@ -24,6 +24,12 @@ Rules:
   `header.KEY=VALUE`; the body starts at the first other word, or after a
   single `--` word, and runs to the end of the line (spaces kept). KEY and
   VALUE are percent-decoded and must then be UTF-8.
+* A leading word that looks like an option but names none (`dealy=30`: a
+  lowercase name, then `=`) is BAD_ARGUMENT, as an unknown field is in
+  binary mode. It started the body, so a misspelt option was stored as part
+  of the body and its default used, without a word (a newcomer's review). A
+  body that starts with such a word goes after `--`; `Delay=5`, not
+  lowercase, still starts a body.
 * An `<id>:<lease>` word that cannot be read becomes that item's error (a
   CommandError in the item list), as a malformed item does in binary mode;
   the other items go ahead.
@@ -50,6 +56,8 @@ PUT_OPTIONS = (b"delay", b"priority", b"expiry")
 HEADER_PREFIX = b"header."
 END_OF_OPTIONS = b"--"
 NAMED_ONLY = frozenset({"create_queue", "configure_queue"})
+# A word that looks like a PUT option, known or not: a lowercase name, then `=`.
+_OPTION_LIKE = re.compile(rb"[a-z][a-z0-9_.-]*=")
 # The start of a word holding `=` (a name=value word): linear, as a word cannot hold a space.
 _NAMED_WORD = re.compile(rb"(?<!\S)[^\s=]*=")
 # A % that two hex digits do not follow: unquote_to_bytes keeps it as it is, so `%zz`
@@ -85,6 +93,8 @@ def put_arguments(rest: bytes, limits: Limits) -> dict[str, Any]:
             tail = after
             break
         if not is_put_option(word):
+            if _OPTION_LIKE.match(word):
+                raise _unknown_put_option(word)
             break
         try:
             add_put_option(args, word, limits)
@@ -95,6 +105,14 @@ def put_arguments(rest: bytes, limits: Limits) -> dict[str, Any]:
             break
     args["body"] = tail
     return args
+
+
+def _unknown_put_option(word: bytes) -> CommandError:
+    name = word.partition(b"=")[0].decode()
+    return bad_argument(
+        f"PUT has no option {name!r:.40}; its options are delay=, priority=, expiry= and "
+        f"header.KEY= (a body that starts with such a word goes after --: "
+        f"PUT <queue> -- <body>)")
 
 
 def is_put_option(word: bytes) -> bool:
