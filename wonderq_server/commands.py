@@ -74,6 +74,8 @@ class Limits:
     # What sets max_frame_bytes, as its error names it: the flag, or the fixed limit
     # for a connection that has not yet authenticated (connection_limits.py).
     max_frame_source: str = "--max-frame-bytes"
+    # The same for a text line's limit (max_line_bytes).
+    max_line_source: str = "--max-message-bytes + 1024"
 
     @property
     def max_line_bytes(self) -> int:

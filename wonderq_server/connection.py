@@ -536,7 +536,11 @@ class Connection(asyncio.Protocol):
                                  if limits.max_frame_bytes > PRE_AUTH_REQUEST_BYTES
                                  else limits.max_frame_source),
                              max_message_bytes=min(limits.max_message_bytes,
-                                                   PRE_AUTH_REQUEST_BYTES - 1024))
+                                                   PRE_AUTH_REQUEST_BYTES - 1024),
+                             max_line_source=(
+                                 "the limit for a request before AUTH"
+                                 if limits.max_line_bytes > PRE_AUTH_REQUEST_BYTES
+                                 else limits.max_line_source))
         if head == MAGIC:
             self.mode = "binary"
             self._decoder, self._encoder = BinaryDecoder(limits), BinaryEncoder()

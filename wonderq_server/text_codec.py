@@ -241,8 +241,8 @@ class TextDecoder:
             return self._body_line(CommandError(
                 BODY_TOO_LARGE, f"body line is over {limits.max_line_bytes} bytes, over the "
                 f"limit of {limits.max_message_bytes} (--max-message-bytes); skipped"))
-        why = (f"line is over the limit of {limits.max_line_bytes} bytes (--max-message-bytes "
-               f"+ 1024); skipped to its end")
+        why = (f"line is over the limit of {limits.max_line_bytes} bytes "
+               f"({limits.max_line_source}); skipped to its end")
         word, _, rest = start.lstrip().partition(b" ")
         if word.upper() == b"PUT_MANY" and len(rest.split(None, 2)) == 3:
             # (three words: the count is whole, not cut off by the end of `start`)
