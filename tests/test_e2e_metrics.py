@@ -137,6 +137,14 @@ async def test_fsync_histogram_counts_every_fsync(server_factory, tmp_path):
                                             ("version", stats["server"]["version"])))] == 1
 
 
+async def test_the_metrics_line_is_logged_at_any_log_level(server_factory):
+    # A newcomer's review: with --log-level warning the line was not logged, so a script
+    # could not learn the port --metrics-port 0 picked. It goes with the ready line.
+    server = server_factory("--metrics-port", "0", "--log-level", "error")
+    address = metrics_address(server)
+    assert (await asyncio.to_thread(http_get, address, "/metrics"))[0] == 200
+
+
 async def test_stats_page_is_the_stats_command_as_json(server_factory):
     server = server_factory("--metrics-port", "0")
     address = metrics_address(server)

@@ -41,14 +41,13 @@ from .auth import is_loopback
 from .config import Config, parse_config
 from .journal import DataDirLocked, DataDirUnusable, JournalError
 from .journal_format import JournalCorrupt
-from .server import Server
+from .server import Server, ready_logger
 from .tls import TLSSetupError
 
 logger = logging.getLogger("wonderq.server")
 # The ready line is how scripts and tests learn the port (--port 0) and that the server
-# is up, so it is logged whatever --log-level says: its logger has a level of its own.
-ready_logger = logging.getLogger("wonderq.server.ready")
-ready_logger.setLevel(logging.INFO)
+# is up, so it is logged whatever --log-level says: its logger (server.ready_logger) has a
+# level of its own.
 
 GC_YOUNG_THRESHOLD = 10_000
 # A frame holds a message's body and its request's other fields (queue, headers, ...).

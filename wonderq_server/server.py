@@ -79,6 +79,10 @@ if TYPE_CHECKING:
     from .metrics import MetricsEndpoint  # imported at run time only with --metrics-port
 
 logger = logging.getLogger("wonderq.server")
+# The ready line's logger (main.py), logged whatever --log-level says: the metrics line
+# goes to it too, since it is how a script learns the port --metrics-port 0 picked.
+ready_logger = logging.getLogger("wonderq.server.ready")
+ready_logger.setLevel(logging.INFO)
 
 RATE_SAMPLE_INTERVAL_S = 1.0
 # A journal write that fails (a full disk) is logged at most once per this many
@@ -254,8 +258,9 @@ class Server:
             host, port = await self.metrics.start(
                 self._loop, self.config.metrics_host or self.config.host,
                 self.config.metrics_port, self.metrics_ssl_context)
-            logger.info("metrics on %s://%s:%d/metrics", "https" if self.ssl_context else "http",
-                        f"[{host}]" if ":" in host else host, port)
+            ready_logger.info("metrics on %s://%s:%d/metrics",
+                              "https" if self.ssl_context else "http",
+                              f"[{host}]" if ":" in host else host, port)
         if self.journal is not None and (self.journal.compact_requested
                                          or self.journal.has_pending):
             # After --repair: rewrite without waiting for traffic. Pending records
