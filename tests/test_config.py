@@ -62,6 +62,13 @@ def test_help_says_set_or_off_for_the_token_never_the_token(capsys):
     assert "(env WONDERQ_AUTH_TOKEN; default off)" in " ".join(without.split())
 
 
+def test_help_names_what_an_unset_metrics_host_means():
+    # A newcomer's review: --help said "default off", README "--host", which is right.
+    text = " ".join(build_parser({}).format_help().split())
+    assert "(env WONDERQ_METRICS_HOST; default --host)" in text
+    assert "(env WONDERQ_METRICS_PORT; default off)" in text
+
+
 def test_flag_and_file_together_are_refused(capsys, tmp_path):
     path = tmp_path / "token"
     path.write_text(TOKEN)

@@ -350,6 +350,8 @@ FLAGS = [
 
 # Flags whose value is a secret: never printed (see the module's rules).
 SECRET_FLAGS = frozenset({"--auth-token"})
+# What a flag left unset means, where it is not "off" (--help's default).
+NONE_MEANS = {"--metrics-host": "--host"}
 
 # Switches: (flag, destination, help). Also settable as WONDERQ_IN_MEMORY=1 etc.
 SWITCHES = [
@@ -389,7 +391,8 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
                 default = kind(raw)
             except ValueError as exc:
                 parser.error(f"{env}{'' if secret else f'={raw!r}'}: {exc}")
-        shown = "off" if default is None else "set" if secret else default
+        shown = (NONE_MEANS.get(flag, "off") if default is None
+                 else "set" if secret else default)
         help_text = f"{text} (env {env}; default {shown})"
         parser.add_argument(flag, dest=dest, type=_named(kind, flag, secret), default=default,
                             help=help_text.replace("%", "%%"))  # argparse formats help
