@@ -54,6 +54,13 @@ async def cli(*args: str | bytes, stdin: bytes = b"", env: dict[str, str] | None
     return await asyncio.to_thread(wonderq, *args, stdin=stdin, env=env)
 
 
+def test_version_is_printed_as_the_servers_is():
+    # A newcomer's review: `wonderq-server --version` worked, `wonderq --version` did not.
+    from wonderq_client import __version__
+    done = wonderq("--version")
+    assert (done.returncode, done.stdout) == (0, f"wonderq {__version__}\n".encode())
+
+
 async def test_stats_json_is_the_stats_reply(server):
     async with connect(server.host, server.port) as client:
         await client.put_many("jobs", [b"a", b"b", b"c"])
@@ -160,6 +167,22 @@ async def test_peek_purge_and_queues(server):
     assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"work: no message ready\n")
     done = await cli("peek", "nowhere", *at(server))
     assert done.returncode == 1 and b"QUEUE_NOT_FOUND" in done.stderr
+
+
+async def test_peek_by_default_fits_the_servers_max_batch(server_factory):
+    # A newcomer's review: a plain `wonderq peek` asked for 10 and failed BATCH_TOO_LARGE
+    # against --max-batch 3. An explicit --max is still sent as given.
+    server = server_factory("--max-batch", "3")
+    async with connect(server.host, server.port) as client:
+        await client.put_many("work", [b"a", b"b", b"c"])
+        await client.put("work", b"d")
+    done = await cli("peek", "work", "--json", *at(server))
+    assert done.returncode == 0, done
+    assert [m["body"] for m in json.loads(done.stdout)] == ["a", "b"]  # 10, 5, then 2
+    done = await cli("peek", "work", "--max", "3", "--json", *at(server))
+    assert [m["body"] for m in json.loads(done.stdout)] == ["a", "b", "c"]
+    done = await cli("peek", "work", "--max", "4", *at(server))
+    assert done.returncode == 1 and b"BATCH_TOO_LARGE" in done.stderr
 
 
 async def test_the_dead_letter_routine_from_a_shell(server):

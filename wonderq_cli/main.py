@@ -26,6 +26,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 from wonderq_client import DEFAULT_HOST, DEFAULT_PORT, ConnectionClosed, WonderQError
+from wonderq_client import __version__ as client_version
 
 from . import (
     admin_commands,
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     _connection_flags(common, suppress=True)
     parser = argparse.ArgumentParser(prog="wonderq",
                                      description="Talk to a WonderQ server from a shell.")
+    parser.add_argument("--version", action="version", version=f"wonderq {client_version}")
     _connection_flags(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (stats_command, top, queue_commands, admin_commands, work_command, demo):

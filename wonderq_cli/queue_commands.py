@@ -31,12 +31,14 @@ from rich.table import Table
 from rich.text import Text
 
 from wonderq_client import Message, WonderQError
+from wonderq_client.errors import BatchTooLarge
 
 from . import argument_types, deadline
 from .connection_options import open_client
 from .output import OutputFailed, counted, print_rich, say, write_out
 from .text_table import Column, text_table
 
+PEEK_DEFAULT = 10  # `wonderq peek` without --max
 
 def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     put = commands.add_parser("put", parents=[common], help="put one message")
@@ -79,8 +81,9 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     peek = commands.add_parser("peek", parents=[common],
                                help="show the next messages without leasing them")
     peek.add_argument("queue", type=argument_types.text)
-    peek.add_argument("--max", type=argument_types.unsigned, default=10,
-                      help="most messages (default 10)")
+    peek.add_argument("--max", type=argument_types.unsigned, default=None,
+                      help=f"most messages (default {PEEK_DEFAULT}, or fewer where the "
+                      "server's --max-batch is lower)")
     peek.add_argument("--json", action="store_true",
                       help='print a JSON array ("body", or "body_base64" when not UTF-8)')
     peek.set_defaults(run=run_peek)
@@ -257,7 +260,7 @@ async def run_ack(args: argparse.Namespace) -> int:
 
 async def run_peek(args: argparse.Namespace) -> int:
     async with open_client(args) as client:
-        messages = await client.peek(args.queue, max=args.max)
+        messages = await _peek(client, args.queue, args.max)
     if args.json:
         print_json([message_json(m) for m in messages])
     elif messages:
@@ -266,6 +269,22 @@ async def run_peek(args: argparse.Namespace) -> int:
     else:  # as receive says it, not an empty table
         print(f"{args.queue}: no message ready", file=sys.stderr)
     return 0
+
+
+async def _peek(client: Any, queue: str, most: int | None) -> list[Message]:
+    """_peek: `most` as given; by default PEEK_DEFAULT, halved while the server refuses it
+    as over its --max-batch (a plain `wonderq peek` failed against --max-batch 3, a
+    newcomer's review), as `wonderq work` fits its batches to the server."""
+    if most is not None:
+        return await client.peek(queue, max=most)
+    most = PEEK_DEFAULT
+    while True:
+        try:
+            return await client.peek(queue, max=most)
+        except BatchTooLarge:
+            if most == 1:
+                raise
+            most //= 2
 
 
 async def run_purge(args: argparse.Namespace) -> int:
