@@ -67,6 +67,8 @@ def test_help_names_what_an_unset_metrics_host_means():
     text = " ".join(build_parser({}).format_help().split())
     assert "(env WONDERQ_METRICS_HOST; default --host)" in text
     assert "(env WONDERQ_METRICS_PORT; default off)" in text
+    text = " ".join(build_parser({"WONDERQ_METRICS_HOST": ""}).format_help().split())
+    assert "(env WONDERQ_METRICS_HOST; default --host)" in text
 
 
 def test_flag_and_file_together_are_refused(capsys, tmp_path):

@@ -178,7 +178,7 @@ async def test_peek_by_default_fits_the_servers_max_batch(server_factory):
         await client.put("work", b"d")
     done = await cli("peek", "work", "--json", *at(server))
     assert done.returncode == 0, done
-    assert [m["body"] for m in json.loads(done.stdout)] == ["a", "b"]  # 10, 5, then 2
+    assert [m["body"] for m in json.loads(done.stdout)] == ["a", "b", "c"]  # the limit
     done = await cli("peek", "work", "--max", "3", "--json", *at(server))
     assert [m["body"] for m in json.loads(done.stdout)] == ["a", "b", "c"]
     done = await cli("peek", "work", "--max", "4", *at(server))

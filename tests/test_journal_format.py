@@ -33,6 +33,7 @@ from wonderq_server.journal_format import (
     ReadResult,
     encode_record,
     first_misfit,
+    kept_tail_end,
     misfit,
     read_records,
 )
@@ -129,6 +130,34 @@ def test_a_whole_last_record_with_a_bad_checksum_is_a_torn_tail() -> None:
         assert records == [RECORDS["PUT"]], offset
         assert result == ReadResult(good_end=len(whole), records=1,
                                     torn_tail_bytes=len(last)), offset
+
+
+@pytest.mark.parametrize("reserved", [0, 4096])
+def test_what_is_kept_of_a_damaged_last_record_ending_in_zeros(reserved: int) -> None:
+    # A reviewer: the zeros a record ends in (an id's low bytes) were counted as reserved
+    # space, so the log undercounted the torn record and --repair's copy, which stops
+    # where the reserved space starts, lost its last bytes.
+    whole = journal_bytes(RECORDS["PUT"])
+    last = encode_record([ACK, "orders", 0x1A22C32FC8400000])
+    assert last.endswith(b"\0\0")
+    damaged = flip(last, 10)  # a payload byte: the length still frames the record
+    data = whole + damaged + bytes(reserved)
+    records, result = read_all(data)
+    assert records == [RECORDS["PUT"]]
+    # The report counts up to the last non-zero byte (zeros may be a write cut short)...
+    assert (result.torn_tail_bytes, result.zero_tail_bytes) == (len(last) - 2, reserved + 2)
+    # ...but what is kept of the file keeps the record whole, as its length frames it.
+    assert kept_tail_end(data, result) == len(whole) + len(last)
+    # A record cut short before the zeros: its length frames them, so they are kept too
+    # (as far as anyone can tell they are its bytes); with no zeros after it, nothing is.
+    cut = whole + last[:12]
+    for tail in (b"", bytes(reserved)):
+        _, result = read_all(cut + tail)
+        assert kept_tail_end(cut + tail, result) == (
+            len(whole) + len(last) if reserved and tail else len(cut))
+    # Undamaged, the file ends at its last record.
+    _, result = read_all(whole + last + bytes(reserved))
+    assert kept_tail_end(whole + last + bytes(reserved), result) == len(whole) + len(last)
 
 
 # ---------------------------------------------------------- damage, repair

@@ -487,13 +487,13 @@ def test_put_options(line, args):
     # A misspelt option started the body: stored as part of it, its default used, no word
     # said (a newcomer's review). Unknown option-like words are refused, as in binary mode.
     (b"PUT q dealy=30 hello", BAD_ARGUMENT,
-     "PUT has no option 'dealy'; its options are delay=, priority=, expiry= and "
+     "PUT has no field dealy; its options are delay=, priority=, expiry= and "
      "header.KEY= (a body that starts with such a word goes after --: "
      "PUT <queue> -- <body>)"),
-    (b"PUT q delay=1 visibility=5 x", BAD_ARGUMENT, "PUT has no option 'visibility'; "),
-    (b"PUT q headers.k=v x", BAD_ARGUMENT, "PUT has no option 'headers.k'; "),
-    (b"PUT q max=5 wait=1", BAD_ARGUMENT, "PUT has no option 'max'; "),
-    (b"PUT q a=b", BAD_ARGUMENT, "PUT has no option 'a'; "),
+    (b"PUT q delay=1 visibility=5 x", BAD_ARGUMENT, "PUT has no field visibility; "),
+    (b"PUT q headers.k=v x", BAD_ARGUMENT, "PUT has no field headers.k; "),
+    (b"PUT q max=5 wait=1", BAD_ARGUMENT, "PUT has no field max; "),
+    (b"PUT q a=b", BAD_ARGUMENT, "PUT has no field a; "),
 ])
 def test_bad_put_options(line, code, message):
     got_code, got_message = rejection(line + b"\n")

@@ -32,6 +32,7 @@ from rich.text import Text
 
 from wonderq_client import Message, WonderQError
 from wonderq_client.errors import BatchTooLarge
+from wonderq_client.worker import batch_limit
 
 from . import argument_types, deadline
 from .connection_options import open_client
@@ -82,8 +83,8 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
                                help="show the next messages without leasing them")
     peek.add_argument("queue", type=argument_types.text)
     peek.add_argument("--max", type=argument_types.unsigned, default=None,
-                      help=f"most messages (default {PEEK_DEFAULT}, or fewer where the "
-                      "server's --max-batch is lower)")
+                      help=f"most messages (default {PEEK_DEFAULT}, or the server's "
+                      "--max-batch if lower)")
     peek.add_argument("--json", action="store_true",
                       help='print a JSON array ("body", or "body_base64" when not UTF-8)')
     peek.set_defaults(run=run_peek)
@@ -272,19 +273,19 @@ async def run_peek(args: argparse.Namespace) -> int:
 
 
 async def _peek(client: Any, queue: str, most: int | None) -> list[Message]:
-    """_peek: `most` as given; by default PEEK_DEFAULT, halved while the server refuses it
-    as over its --max-batch (a plain `wonderq peek` failed against --max-batch 3, a
-    newcomer's review), as `wonderq work` fits its batches to the server."""
+    """_peek: `most` as given; by default PEEK_DEFAULT, or the limit the server names when
+    it refuses that as over its --max-batch (a plain `wonderq peek` failed against
+    --max-batch 3, a newcomer's review), as the Worker fits its receives (batch_limit)."""
     if most is not None:
         return await client.peek(queue, max=most)
     most = PEEK_DEFAULT
     while True:
         try:
             return await client.peek(queue, max=most)
-        except BatchTooLarge:
+        except BatchTooLarge as exc:
             if most == 1:
                 raise
-            most //= 2
+            most = batch_limit(exc, most)
 
 
 async def run_purge(args: argparse.Namespace) -> int:

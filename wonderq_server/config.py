@@ -391,8 +391,8 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
                 default = kind(raw)
             except ValueError as exc:
                 parser.error(f"{env}{'' if secret else f'={raw!r}'}: {exc}")
-        shown = (NONE_MEANS.get(flag, "off") if default is None
-                 else "set" if secret else default)
+        unset = default is None or (default == "" and flag in NONE_MEANS)  # "" is unset too
+        shown = NONE_MEANS.get(flag, "off") if unset else "set" if secret else default
         help_text = f"{text} (env {env}; default {shown})"
         parser.add_argument(flag, dest=dest, type=_named(kind, flag, secret), default=default,
                             help=help_text.replace("%", "%%"))  # argparse formats help

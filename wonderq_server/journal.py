@@ -122,6 +122,7 @@ from .journal_format import (
     ReadResult,
     encode_record,
     first_misfit,
+    kept_tail_end,
     read_records,
 )
 from .message import DELAYED, LEASED
@@ -371,8 +372,9 @@ class Journal:
         looked at, or recovered better (an operator's review). A copy of its `size` bytes
         as they are: the live file's tail may be cut next (what reads as a torn tail may be
         the last record, damaged) and its header marked (a reviewer). `size` stops before
-        the reserved zeros after the last record, torn or not: they hold nothing, and with
-        --journal-reserve they were most of the copy (about 3.7 s per GiB, a reviewer).
+        the reserved zeros after the last record, torn or not (kept_tail_end): they hold
+        nothing, and with --journal-reserve they were most of the copy (about 3.7 s per
+        GiB, a reviewer).
         Written under .tmp and renamed, so a copy cut short by a crash is removed at the
         next start, never taken for one. Where it cannot be written (a full disk, where
         journals get damaged) it is a hard link, which needs no space and loses at most
@@ -493,11 +495,12 @@ class Journal:
         self.compact_requested = bool(result.skipped) or (
             result.synced_seen and self.fsync_policy == "never")
         file_size, file_header = len(data), bytes(data[:len(FILE_HEADER)])
+        kept_end = kept_tail_end(data, result) if result.skipped else file_size
         if isinstance(data, mmap.mmap):
             data.close()  # before the file is cut: a mapped page past its end is SIGBUS
         if result.skipped:
             # Before its tail is cut or its header marked; without the reserved zeros.
-            self._keep_damaged(file_size - result.zero_tail_bytes)
+            self._keep_damaged(kept_end)
         self.fd = self.open_file(journal_name(self.generation), os.O_WRONLY)
         if result.good_end < file_size:
             os.ftruncate(self.fd, result.good_end)

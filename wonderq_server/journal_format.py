@@ -442,6 +442,21 @@ def _torn_tail(result: ReadResult, view: memoryview, pos: int, end: int) -> None
     result.torn_tail_bytes, result.zero_tail_bytes = torn, end - pos - torn
 
 
+def kept_tail_end(data: bytes | memoryview | mmap.mmap, result: ReadResult) -> int:
+    """kept_tail_end: where a file read into `result` ends once the reserved zeros after
+    its records are left out (--repair's copy of it, journal.py). A torn tail's own
+    zeros stay: those its length field frames, within the file, are the record's (it
+    often ends in an id's low zero bytes, which a reviewer found cut from the copy),
+    though the report counts only the bytes up to its last non-zero one."""
+    end = len(data) - result.zero_tail_bytes
+    start = result.good_end
+    if result.torn_tail_bytes and len(data) - start >= RECORD_HEADER_BYTES:
+        framed_end = start + RECORD_HEADER_BYTES + unpack_header(data, start)[0]
+        if end < framed_end <= len(data):
+            end = framed_end
+    return end
+
+
 def _all_zero(view: memoryview, start: int, end: int) -> bool:
     for at in range(start, end, _SCAN_CHUNK):
         stop = min(at + _SCAN_CHUNK, end)

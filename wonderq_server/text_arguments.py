@@ -110,7 +110,7 @@ def put_arguments(rest: bytes, limits: Limits) -> dict[str, Any]:
 def _unknown_put_option(word: bytes) -> CommandError:
     name = word.partition(b"=")[0].decode()
     return bad_argument(
-        f"PUT has no option {name!r:.40}; its options are delay=, priority=, expiry= and "
+        f"PUT has no field {name:.40}; its options are delay=, priority=, expiry= and "
         f"header.KEY= (a body that starts with such a word goes after --: "
         f"PUT <queue> -- <body>)")
 

@@ -117,8 +117,8 @@ TEXT_COMMANDS = {
 # How much of an over-long line is kept to see whether it is a PUT_MANY header with a
 # count: the command, a queue name (at most 128 bytes, or a longer one that is refused)
 # and the count, with room to spare.
-CR = 13  # b"\r"[0]: a line's last byte, before its LF, that the line limit does not count
 HEADER_PEEK_BYTES = 4096
+CR = 13  # b"\r"[0]: a line's last byte, before its LF, that the line limit does not count
 
 
 def _dropped(count: int) -> str:
