@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from broker_helpers import bodies
-from polling import until_stats
+from polling import until_stats, until_true
 
 from wonderq_client import StorageError, connect
 from wonderq_server import compaction
@@ -94,12 +94,13 @@ async def test_disk_full_answers_storage_error_and_recovers(tmp_path):
             assert after > kept
     finally:
         await server.stop()
-    # The journal holds what was answered as stored, and nothing half-written.
+    # The journal holds nothing half-written, and what memory holds: the refused put's
+    # record was kept and went out with the next write ("may or may not take effect").
     broker = reopen(tmp_path)
-    assert sorted(bodies(broker, "q")) == [b"after", b"before"]
+    assert bodies(broker, "q") == [b"before", b"lost", b"after"]
 
 
-async def test_acks_during_disk_full_are_refused_and_not_lost(tmp_path):
+async def test_an_ack_answered_storage_error_is_written_once_writes_work(tmp_path):
     disk = Disk()
     server = await start_server(tmp_path, disk)
     host, port = server.address
@@ -113,9 +114,56 @@ async def test_acks_during_disk_full_are_refused_and_not_lost(tmp_path):
             disk.full = False
     finally:
         await server.stop()
-    # The ack was never on disk, so the message comes back: at least once.
+    # The ack's record was kept and written at the stop: gone in memory, gone on disk.
     broker = reopen(tmp_path)
-    assert bodies(broker, "q") == [b"job"]
+    assert "q" not in broker.queues or bodies(broker, "q") == []
+
+
+async def test_a_stop_while_writes_fail_loses_only_what_was_kept(tmp_path, caplog):
+    disk = Disk()
+    server = await start_server(tmp_path, disk)
+    host, port = server.address
+    try:
+        async with connect(host, port) as client:
+            await client.put("q", b"job")
+            [msg] = await client.receive("q", visibility=60)
+            disk.full = True
+            with pytest.raises(StorageError):
+                await msg.ack()
+    finally:
+        await server.stop()  # still failing: its last write fails too, and it says so
+    assert "were only in memory and are lost with this stop" in caplog.text
+    broker = reopen(tmp_path)
+    assert bodies(broker, "q") == [b"job"]  # the ack never reached the disk: at least once
+
+
+async def test_a_lease_that_runs_out_while_a_write_fails_is_dead_lettered_on_disk(tmp_path):
+    # A reviewer: the MOVE of a message whose lease ran out (nobody's request) was dropped
+    # with its failed write, so a restart lost the message; and once writes worked again,
+    # an ack of it in the dead-letter queue, answered OK, was undone at the restart.
+    disk = Disk()
+    server = await start_server(tmp_path, disk)
+    host, port = server.address
+    try:
+        async with connect(host, port) as client:
+            await client.create_queue("dlq")
+            await client.create_queue("q", max_deliveries=1, dead_letter_queue="dlq")
+            await client.put_many("q", [b"job", b"other"])
+            [msg] = await client.receive("q", visibility=0.05)
+            disk.full_for = lambda fd: True  # every write fails, the timer's MOVE's too
+            await until_stats(client, lambda s: s["queues"]["dlq"]["messages"] == 1
+                              and s["server"]["journal_write_errors"] >= 1)
+            disk.full_for = None
+            # Kept, the MOVE goes out within RETRY_WRITE_S, with no request to carry it.
+            await until_true(lambda: not server.journal.has_pending)
+            [dead] = await client.receive("dlq", visibility=60)
+            assert dead.id == msg.id
+            await dead.ack()
+    finally:
+        await server.stop()
+    broker = reopen(tmp_path)
+    assert "dlq" not in broker.queues or bodies(broker, "dlq") == []
+    assert bodies(broker, "q") == [b"other"]
 
 
 async def test_failed_fsync_stops_the_server(tmp_path):
@@ -172,6 +220,49 @@ async def test_a_full_disk_is_logged_once_then_its_recovery(tmp_path, caplog, mo
     assert "work again" in written[-1]
     # At the stop, the operator is told that what failed was in memory only.
     assert any(line.startswith("11 journal writes failed since the start") for line in lines)
+
+
+async def test_a_compaction_waits_for_records_kept_from_a_failed_write(tmp_path,
+                                                                      monkeypatch):
+    # A reviewer: a compaction that went on while the live journal's write failed never
+    # got the failed records into its new file (its list of messages was taken before),
+    # so after its switch a restart lost the message. Kept records now go to both files,
+    # in order, once writes work again, and the compaction waits for them.
+    disk = Disk()
+    server = await start_server(tmp_path, disk)
+    journal = server.journal
+    assert journal is not None
+    started, presynced = compaction.Compaction.start, compaction.Compaction.presync
+    may_presync = threading.Event()
+
+    def start_then_fail_live_writes(self):
+        started(self)  # the list of live messages is taken here
+        disk.full_for = lambda fd: fd == journal.fd
+
+    def presync_when_told(self):
+        may_presync.wait(10)  # in the executor's thread: the loop goes on
+        presynced(self)
+
+    monkeypatch.setattr(compaction.Compaction, "start", start_then_fail_live_writes)
+    monkeypatch.setattr(compaction.Compaction, "presync", presync_when_told)
+    host, port = server.address
+    try:
+        async with connect(host, port) as client:
+            await client.put_many("q", [b"x"] * 100)
+            journal.compact_requested = True
+            await client.ping()  # its turn's flush starts the compaction
+            assert server.compaction is not None
+            with pytest.raises(StorageError):
+                await client.put("q", b"kept")  # after the compaction's start
+            assert journal.has_pending and server.compaction is not None
+            disk.full_for = None
+            may_presync.set()
+            await until_stats(client, lambda s: s["server"]["last_compaction_at"] > 0)
+            # Kept records still pending at the switch go to the new file, with the retry.
+            await until_true(lambda: not journal.has_pending)
+    finally:
+        await server.stop()
+    assert bodies(reopen(tmp_path), "q") == [b"x"] * 100 + [b"kept"]
 
 
 async def test_a_failed_compaction_is_not_retried_at_once(tmp_path, caplog):

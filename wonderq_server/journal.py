@@ -28,6 +28,17 @@ Rules:
   offset), so nothing half-written is ever replayed, and the error goes up to
   the server, which answers the requests that needed it with STORAGE_ERROR.
   If even the cut fails, the log can no longer be trusted: JournalBroken.
+* The records of a failed write stay pending, in order, and go out with the
+  next write (the server retries within RETRY_WRITE_S): the broker's memory
+  already holds their changes, and not all of them were asked for. A lease
+  that ran out and moved its message to a dead-letter queue is nobody's
+  request; dropped, its MOVE never reached the file, so a restart lost the
+  message, and an ack of it in the dead-letter queue, answered OK after
+  writes worked again, was undone (a reviewer). STORAGE_ERROR says "may or
+  may not take effect": kept, it takes effect on disk as it did in memory.
+  Past MAX_RETAINED_BYTES of them (a disk failing for long) they are dropped
+  instead and a compaction is asked for, which rewrites the journal from
+  memory once writes work again.
 * Recovery replays records through the broker's restore_* functions. A torn
   tail is cut off with a warning; damage before the tail stops start-up
   with the file and offset named, unless `repair` skips damaged records.
@@ -182,6 +193,9 @@ class RecoveryReport:
 
 
 COPY_CHUNK_BYTES = 1 << 20  # _copy's reads
+# The records of failed writes kept for the next one, at most (see the rules): a minute
+# or more of heavy traffic; past it they are dropped and the journal rewritten later.
+MAX_RETAINED_BYTES = 64 << 20
 
 
 def _copy(source: int, target: int, size: int) -> None:
@@ -267,6 +281,8 @@ class Journal:
         self.compaction_error = ""  # why writing to the next file failed, if it did
         self.compaction_records = 0  # live records also written to the next file
         self.compact_requested = False  # compact soon whatever the sizes (after a repair)
+        self.retained_dropped = 0  # times failed records were over MAX_RETAINED_BYTES
+        self._retained_entries = 0  # _pending's first entry is a failed write's (1) or not
 
     # ------------------------------------------------------------ open, lock
 
@@ -637,6 +653,12 @@ class Journal:
     def has_pending(self) -> bool:
         return bool(self._pending or self._run_ids)
 
+    @property
+    def has_new_records(self) -> bool:
+        """has_new_records: records were buffered since the last write, besides any kept
+        from a failed one (the server tries those again on a timer, not at every turn)."""
+        return bool(len(self._pending) > self._retained_entries or self._run_ids)
+
     def write_pending(self) -> bool:
         """write_pending writes the buffered records in one write; returns whether any
         of them was durable (a PUT, ACK or nack).
@@ -651,21 +673,27 @@ class Journal:
             return False
         count = len(self._pending)
         data = b"".join(self._pending) if count > 1 else self._pending[0]
+        try:
+            if self.synced_records and not self._marked:
+                self._mark()
+            live, synced_to = data, self._synced_to
+            if self.synced_records and synced_to > self._announced:
+                live = encode_record([SYNCED, synced_to, self._nonce]) + data  # the rules
+            if self.reserve_bytes and self.size + len(live) > self.file_end:
+                self._reserve(self.size + len(live))
+            try:
+                self.write_all(self.fd, live)
+            except OSError as exc:
+                self._cut_back()
+                raise JournalError(f"writing the journal failed: {exc.strerror or exc}") \
+                    from exc
+        except JournalError:
+            self._retain_failed(data)
+            raise
         self._pending.clear()
+        self._retained_entries = 0
         durable, self.durable_pending = self.durable_pending, False
         moves, self._moves_pending = self._moves_pending, 0
-        if self.synced_records and not self._marked:
-            self._mark()  # a failure drops the buffered records, as a failed write does
-        live, synced_to = data, self._synced_to
-        if self.synced_records and synced_to > self._announced:
-            live = encode_record([SYNCED, synced_to, self._nonce]) + data  # see the rules
-        if self.reserve_bytes and self.size + len(live) > self.file_end:
-            self._reserve(self.size + len(live))
-        try:
-            self.write_all(self.fd, live)
-        except OSError as exc:
-            self._cut_back()
-            raise JournalError(f"writing the journal failed: {exc.strerror or exc}") from exc
         self.records += count + (live is not data)
         self._announced, self._unproven = synced_to, True
         self.size += len(live)
@@ -681,6 +709,26 @@ class Journal:
                 self.compaction_fd = -1
                 self.compaction_error = str(exc)
         return durable
+
+    def _retain_failed(self, data: bytes) -> None:
+        """_retain_failed: a write of `data` (the pending records, joined) failed and was
+        cut back; they stay pending, as one piece, for the next write (the rules), unless
+        they are over MAX_RETAINED_BYTES: then they are dropped and a compaction asked for,
+        to rewrite the journal from memory once writes work again."""
+        if len(data) > MAX_RETAINED_BYTES:
+            self._pending.clear()
+            self._retained_entries = 0
+            self.durable_pending = False
+            self._moves_pending = 0
+            self.retained_dropped += 1
+            self.compact_requested = True
+            logger.error("dropped %d bytes of journal records that failed to be written (over "
+                         "%d kept for the next write); a compaction will rewrite the journal "
+                         "from memory once writes work again: a crash before it loses them",
+                         len(data), MAX_RETAINED_BYTES)
+            return
+        self._pending[:] = [data]  # joined once: a disk failing for a while retries it whole
+        self._retained_entries = 1
 
     def write_all(self, fd: int, data: bytes) -> None:
         """write_all writes all of `data` to `fd` with the journal's write function (the
@@ -821,7 +869,13 @@ class Journal:
     def close(self) -> None:
         """close writes and fsyncs what is buffered, then releases the directory."""
         if self.fd >= 0:
-            self.write_pending()
+            try:
+                self.write_pending()
+            except JournalError as exc:  # still failing: what it kept is lost with the stop
+                logger.error("%s: the changes kept from failed writes (%d bytes of records) "
+                             "were only in memory and are lost with this stop", exc,
+                             sum(map(len, self._pending)))
+                self._pending.clear()
             if self.fsync_policy != "never":
                 self.sync()
             if self.synced_records and self._unproven:

@@ -89,6 +89,10 @@ RATE_SAMPLE_INTERVAL_S = 1.0
 # seconds, with the count of those not logged (Redis' AOF_WRITE_LOG_ERROR_RATE): one
 # line per failed write flooded the log at hundreds of lines a second.
 WRITE_ERROR_LOG_INTERVAL_S = 30.0
+# A failed journal write's records stay pending (journal.py); with no traffic to write
+# them with, they are tried again this much later, so they do not wait for the next
+# request (or a crash) while the disk works again.
+RETRY_WRITE_S = 1.0
 # One tick of the loop's clock (libuv counts timers in whole milliseconds).
 TIMER_TICK_S = 0.001
 # At a stop, how long the server waits for its clients to close after their
@@ -184,6 +188,8 @@ class Server:
         self._write_errors_unlogged = 0  # of those, not in the log yet
         self._write_error_logged_at = -WRITE_ERROR_LOG_INTERVAL_S  # time.monotonic()
         self._error_logged_since_recovery = False  # so "writes work again" is owed
+        self._write_retry_armed = False  # _retry_write is on the loop's timers
+        self._write_retry_due = False  # it ran: the next flush tries the kept records
         self._compactions_failed = 0  # since start (stats)
         self._compaction_failures_in_a_row = 0
         self._compaction_retry_at = 0.0  # time.monotonic(): no compaction starts before
@@ -307,9 +313,12 @@ class Server:
         self.refusal_log.flush(self.now())
         self._stopping = True  # from here on, only _finish_compaction_now moves a compaction
         if self._journal_errors:
+            dropped = self.journal.retained_dropped if self.journal is not None else 0
             logger.warning("%d journal writes failed since the start: what they carried "
-                           "(answered STORAGE_ERROR) was only in memory, and is not kept "
-                           "past this stop", self._journal_errors)
+                           "(answered STORAGE_ERROR) was kept and written with a later "
+                           "write%s", self._journal_errors,
+                           f", except {dropped} times when too much was kept (logged; a "
+                           "compaction rewrites the journal from memory)" if dropped else "")
         if self.group_commit is not None:
             await self.group_commit.drain()
             self.group_commit.stop()
@@ -618,7 +627,11 @@ class Server:
                 outputs.append((conn, output))
         durable = failed = False
         journal = self.journal
-        if journal is not None and journal.has_pending:
+        # Records kept from a failed write are tried again with new ones, or when their
+        # retry is due: not at every turn (a ping's), which would count an error each time.
+        if journal is not None and journal.has_pending and (
+                journal.has_new_records or self._write_retry_due):
+            self._write_retry_due = False
             try:
                 durable = journal.write_pending()
             except JournalBroken as exc:
@@ -628,6 +641,9 @@ class Server:
                 failed = True
                 self._journal_errors += 1
                 self._log_write_error(exc)
+                if not self._write_retry_armed and self._loop is not None:
+                    self._write_retry_armed = True
+                    self._loop.call_later(RETRY_WRITE_S, self._retry_write)
             else:
                 if self._failing_writes:
                     self._writes_work_again()
@@ -639,6 +655,12 @@ class Server:
         if journal is not None and self.fatal_error is None:
             self._compaction_continue()
         self._arm_timer()
+
+    def _retry_write(self) -> None:
+        self._write_retry_armed = False
+        if self.journal is not None and self.journal.has_pending and not self._stopping:
+            self._write_retry_due = True
+            self._schedule_flush()
 
     def _log_write_error(self, exc: JournalError) -> None:
         """_log_write_error logs a failed journal write, at most one line per
@@ -742,6 +764,11 @@ class Server:
             return
         try:
             if not c.presynced and self._presync_future is None:
+                if journal.has_pending:
+                    # A step waits for them (Compaction.step): the flush that writes them
+                    # steps again. Asked for now, it would spin while kept records wait
+                    # for their retry (a failed write, RETRY_WRITE_S).
+                    return
                 if not c.step():
                     self._schedule_flush()  # next slice on the next loop iteration
                     return
