@@ -28,17 +28,20 @@ Rules:
   offset), so nothing half-written is ever replayed, and the error goes up to
   the server, which answers the requests that needed it with STORAGE_ERROR.
   If even the cut fails, the log can no longer be trusted: JournalBroken.
-* The records of a failed write stay pending, in order, and go out with the
-  next write (the server retries within RETRY_WRITE_S): the broker's memory
+* The records of a failed write stay pending, in order, and go out with a
+  later write (`kept_from_failure`; the server tries again once every
+  RETRY_WRITE_S and answers STORAGE_ERROR meanwhile): the broker's memory
   already holds their changes, and not all of them were asked for. A lease
   that ran out and moved its message to a dead-letter queue is nobody's
   request; dropped, its MOVE never reached the file, so a restart lost the
   message, and an ack of it in the dead-letter queue, answered OK after
-  writes worked again, was undone (a reviewer). STORAGE_ERROR says "may or
-  may not take effect": kept, it takes effect on disk as it did in memory.
-  Past MAX_RETAINED_BYTES of them (a disk failing for long) they are dropped
-  instead and a compaction is asked for, which rewrites the journal from
-  memory once writes work again.
+  writes worked again, was undone (a reviewer). So the file is always a
+  prefix of the changes, and every change answered OK is in it. STORAGE_ERROR
+  says "may or may not take effect": kept, it takes effect on disk as it did
+  in memory. Past MAX_RETAINED_BYTES of them (a disk failing for long) the
+  journal is broken (JournalBroken, the server stops): dropping them would
+  leave a gap in the prefix (a reviewer lost a message to a compaction that
+  way), and a restart replays the file as it was before the failures.
 * Recovery replays records through the broker's restore_* functions. A torn
   tail is cut off with a warning; damage before the tail stops start-up
   with the file and offset named, unless `repair` skips damaged records.
@@ -165,7 +168,8 @@ MAX_RESERVE_BYTES = 256 * 1024 * 1024  # each chunk is a buffer of zeros in memo
 
 
 class JournalError(Exception):
-    """A write to the journal failed; the records of that write are not in the log."""
+    """A write to the journal failed; the records of that write are not in the log yet
+    (they stay pending for the next write)."""
 
 
 class JournalBroken(JournalError):
@@ -193,8 +197,8 @@ class RecoveryReport:
 
 
 COPY_CHUNK_BYTES = 1 << 20  # _copy's reads
-# The records of failed writes kept for the next one, at most (see the rules): a minute
-# or more of heavy traffic; past it they are dropped and the journal rewritten later.
+# The records of failed writes kept for a later one, at most (see the rules); past it the
+# server stops rather than let memory run further ahead of the disk.
 MAX_RETAINED_BYTES = 64 << 20
 
 
@@ -281,8 +285,8 @@ class Journal:
         self.compaction_error = ""  # why writing to the next file failed, if it did
         self.compaction_records = 0  # live records also written to the next file
         self.compact_requested = False  # compact soon whatever the sizes (after a repair)
-        self.retained_dropped = 0  # times failed records were over MAX_RETAINED_BYTES
-        self._retained_entries = 0  # _pending's first entry is a failed write's (1) or not
+        self.kept_from_failure = False  # the pending records include a failed write's
+        self.lost_at_close = 0  # bytes of them a last write at close() could not write
 
     # ------------------------------------------------------------ open, lock
 
@@ -653,19 +657,15 @@ class Journal:
     def has_pending(self) -> bool:
         return bool(self._pending or self._run_ids)
 
-    @property
-    def has_new_records(self) -> bool:
-        """has_new_records: records were buffered since the last write, besides any kept
-        from a failed one (the server tries those again on a timer, not at every turn)."""
-        return bool(len(self._pending) > self._retained_entries or self._run_ids)
 
     def write_pending(self) -> bool:
         """write_pending writes the buffered records in one write; returns whether any
         of them was durable (a PUT, ACK or nack).
 
         On failure the file is cut back to where it was and JournalError is
-        raised; the buffered records are dropped (the server answers their
-        requests with STORAGE_ERROR). JournalBroken if the cut fails too.
+        raised; the buffered records stay pending for a later write (the rules;
+        the server answers their requests with STORAGE_ERROR). JournalBroken if
+        the cut fails too, or past MAX_RETAINED_BYTES of them.
         """
         if self._run_ids:
             self._end_put_run()
@@ -691,7 +691,7 @@ class Journal:
             self._retain_failed(data)
             raise
         self._pending.clear()
-        self._retained_entries = 0
+        self.kept_from_failure = False
         durable, self.durable_pending = self.durable_pending, False
         moves, self._moves_pending = self._moves_pending, 0
         self.records += count + (live is not data)
@@ -712,23 +712,15 @@ class Journal:
 
     def _retain_failed(self, data: bytes) -> None:
         """_retain_failed: a write of `data` (the pending records, joined) failed and was
-        cut back; they stay pending, as one piece, for the next write (the rules), unless
-        they are over MAX_RETAINED_BYTES: then they are dropped and a compaction asked for,
-        to rewrite the journal from memory once writes work again."""
+        cut back; they stay pending for a later write (the rules), unless they are over
+        MAX_RETAINED_BYTES: then the journal is broken."""
+        self.kept_from_failure = True
         if len(data) > MAX_RETAINED_BYTES:
-            self._pending.clear()
-            self._retained_entries = 0
-            self.durable_pending = False
-            self._moves_pending = 0
-            self.retained_dropped += 1
-            self.compact_requested = True
-            logger.error("dropped %d bytes of journal records that failed to be written (over "
-                         "%d kept for the next write); a compaction will rewrite the journal "
-                         "from memory once writes work again: a crash before it loses them",
-                         len(data), MAX_RETAINED_BYTES)
-            return
-        self._pending[:] = [data]  # joined once: a disk failing for a while retries it whole
-        self._retained_entries = 1
+            raise JournalBroken(
+                f"journal writes have failed for too long: {len(data)} bytes of changes "
+                f"wait to be written, over {MAX_RETAINED_BYTES}; stopping rather than let "
+                "memory run further ahead of the disk (a restart replays the journal as "
+                "it was before the failures)")
 
     def write_all(self, fd: int, data: bytes) -> None:
         """write_all writes all of `data` to `fd` with the journal's write function (the
@@ -872,9 +864,10 @@ class Journal:
             try:
                 self.write_pending()
             except JournalError as exc:  # still failing: what it kept is lost with the stop
+                self.lost_at_close = sum(map(len, self._pending))
                 logger.error("%s: the changes kept from failed writes (%d bytes of records) "
                              "were only in memory and are lost with this stop", exc,
-                             sum(map(len, self._pending)))
+                             self.lost_at_close)
                 self._pending.clear()
             if self.fsync_policy != "never":
                 self.sync()

@@ -89,9 +89,10 @@ RATE_SAMPLE_INTERVAL_S = 1.0
 # seconds, with the count of those not logged (Redis' AOF_WRITE_LOG_ERROR_RATE): one
 # line per failed write flooded the log at hundreds of lines a second.
 WRITE_ERROR_LOG_INTERVAL_S = 30.0
-# A failed journal write's records stay pending (journal.py); with no traffic to write
-# them with, they are tried again this much later, so they do not wait for the next
-# request (or a crash) while the disk works again.
+# A failed journal write's records stay pending (journal.py) and are tried again once
+# this often; meanwhile new durable requests are answered STORAGE_ERROR without a write
+# (theirs join the kept records). Each try writes everything kept: at every turn, that
+# cost grew with the failure's length (a reviewer: puts fell from 9,000/s to 80/s).
 RETRY_WRITE_S = 1.0
 # One tick of the loop's clock (libuv counts timers in whole milliseconds).
 TIMER_TICK_S = 0.001
@@ -312,19 +313,17 @@ class Server:
         self._flush()
         self.refusal_log.flush(self.now())
         self._stopping = True  # from here on, only _finish_compaction_now moves a compaction
-        if self._journal_errors:
-            dropped = self.journal.retained_dropped if self.journal is not None else 0
-            logger.warning("%d journal writes failed since the start: what they carried "
-                           "(answered STORAGE_ERROR) was kept and written with a later "
-                           "write%s", self._journal_errors,
-                           f", except {dropped} times when too much was kept (logged; a "
-                           "compaction rewrites the journal from memory)" if dropped else "")
         if self.group_commit is not None:
             await self.group_commit.drain()
             self.group_commit.stop()
         if self.journal is not None and self.fatal_error is None:
             await self._finish_compaction_now()
             self.journal.close()
+            if self._journal_errors:
+                logger.warning("%d journal writes failed since the start: what they carried "
+                               "(answered STORAGE_ERROR) %s", self._journal_errors,
+                               "was written with a later write" if not self.journal.lost_at_close
+                               else "is lost where a later write did not take it (above)")
         else:
             self._drop_compaction("the server is stopping", failed=False)
         if self._timer is not None:
@@ -627,27 +626,15 @@ class Server:
                 outputs.append((conn, output))
         durable = failed = False
         journal = self.journal
-        # Records kept from a failed write are tried again with new ones, or when their
-        # retry is due: not at every turn (a ping's), which would count an error each time.
-        if journal is not None and journal.has_pending and (
-                journal.has_new_records or self._write_retry_due):
-            self._write_retry_due = False
-            try:
-                durable = journal.write_pending()
-            except JournalBroken as exc:
-                failed = True
-                self._fatal(exc)
-            except JournalError as exc:
-                failed = True
-                self._journal_errors += 1
-                self._log_write_error(exc)
-                if not self._write_retry_armed and self._loop is not None:
-                    self._write_retry_armed = True
-                    self._loop.call_later(RETRY_WRITE_S, self._retry_write)
+        if journal is not None and journal.has_pending:
+            if journal.kept_from_failure and not self._write_retry_due:
+                failed = True  # writes are failing: kept until the retry (RETRY_WRITE_S)
+                self._arm_write_retry()
             else:
-                if self._failing_writes:
-                    self._writes_work_again()
-        if outputs and self.group_commit is not None:
+                durable, failed = self._write_journal(journal)
+        if (outputs or durable) and self.group_commit is not None:
+            # Durable records with no reply (a retry's, a lease that ran out) are synced too:
+            # a receive must not show a message whose put is not on disk (group_commit.py).
             self.group_commit.submit(outputs, durable, failed)
         elif outputs:  # before start(): only in tests that drive the server by hand
             for conn, output in outputs:
@@ -655,6 +642,28 @@ class Server:
         if journal is not None and self.fatal_error is None:
             self._compaction_continue()
         self._arm_timer()
+
+    def _write_journal(self, journal: Journal) -> tuple[bool, bool]:
+        """_write_journal: the flush's one journal write; (durable, failed)."""
+        self._write_retry_due = False
+        try:
+            durable = journal.write_pending()
+        except JournalBroken as exc:
+            self._fatal(exc)
+            return False, True
+        except JournalError as exc:
+            self._journal_errors += 1
+            self._log_write_error(exc)
+            self._arm_write_retry()
+            return False, True
+        if self._failing_writes:
+            self._writes_work_again()
+        return durable, False
+
+    def _arm_write_retry(self) -> None:
+        if not self._write_retry_armed and self._loop is not None:
+            self._write_retry_armed = True
+            self._loop.call_later(RETRY_WRITE_S, self._retry_write)
 
     def _retry_write(self) -> None:
         self._write_retry_armed = False
