@@ -135,6 +135,7 @@ class FakeHub:
         self.limits = limits or Limits()
         self.connection_limits = connection_limits or ConnectionLimits()
         self.counters = Counters()
+        self.refusing_changes = False  # the server's, while journal writes fail
         self.refusal_log = RefusalLog(logging.getLogger("wonderq.server"))
         self.admin_pace = AdminPace(self.call_later)
         self.timers: list[FakeTimer] = []

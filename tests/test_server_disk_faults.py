@@ -22,10 +22,11 @@ from polling import until_stats, until_true
 
 from wonderq_client import StorageError, connect
 from wonderq_server import compaction
+from wonderq_server import journal as journal_module
 from wonderq_server import server as server_module
 from wonderq_server.broker import Broker
 from wonderq_server.config import Config
-from wonderq_server.journal import Journal
+from wonderq_server.journal import Journal, JournalBroken
 from wonderq_server.server import Server
 
 
@@ -135,21 +136,72 @@ async def test_an_ack_answered_storage_error_is_written_once_writes_work(tmp_pat
         assert bodies(broker, "q") == [b"job"]
 
 
-async def test_a_change_with_no_reply_is_fsynced_too(tmp_path):
-    # A reviewer: a retry's write, with no reply waiting, was never fsynced, so a receive
-    # could show a message whose put was not on disk. A lease that ran out, moving its
-    # message to a dead-letter queue, is such a write too.
-    server = await start_server(tmp_path, Disk())
+async def test_changes_are_refused_not_made_while_writes_fail(tmp_path, monkeypatch):
+    # A reviewer: answered STORAGE_ERROR at once but still made, a put a producer retried
+    # until OK was stored 20,035 times in 1.5 s. As Redis after an AOF write error, a change
+    # is now refused without being made until the journal's kept records are written.
+    monkeypatch.setattr(server_module, "RETRY_WRITE_S", 3600.0)  # retried by the test
+    disk = Disk()
+    server = await start_server(tmp_path, disk)
     host, port = server.address
     try:
         async with connect(host, port) as client:
-            await client.create_queue("dlq")
-            await client.create_queue("q", max_deliveries=1, dead_letter_queue="dlq")
-            await client.put("q", b"job")
-            await client.receive("q", visibility=0.05)
+            await client.put("q", b"first")
+            disk.full = True
+            with pytest.raises(StorageError) as info:
+                await client.put("q", b"in the failed write")
+            assert "may or may not take effect" in info.value.message
+            for _ in range(3):
+                with pytest.raises(StorageError) as info:
+                    await client.put("q", b"refused")
+                assert "this change was not made" in info.value.message
+            [msg] = await client.receive("q", visibility=60)  # reads go on
+            with pytest.raises(StorageError):
+                await msg.ack()  # refused too: the message stays leased
+            assert (await client.queue_info("q"))["messages"] == 2
+            disk.full = False
+            await retry_now(server)
+            await msg.ack()
+            assert await client.put("q", b"after")
+    finally:
+        await server.stop()
+    assert bodies(reopen(tmp_path), "q") == [b"in the failed write", b"after"]
+
+
+async def test_over_the_cap_at_the_stop_exits_1(tmp_path, monkeypatch):
+    # A reviewer: the cap passed by the stop's last write was logged, and the exit was 0.
+    monkeypatch.setattr(server_module, "RETRY_WRITE_S", 3600.0)
+    monkeypatch.setattr(journal_module, "MAX_RETAINED_BYTES", 100)
+    disk = Disk()
+    server = await start_server(tmp_path, disk)
+    host, port = server.address
+    async with connect(host, port) as client:
+        disk.full_for = lambda fd: True
+        with pytest.raises(StorageError):
+            await client.put("q", b"x" * 60)  # kept: under the cap
+        await client.receive("q", visibility=60)  # its lease's record joins them
+        await client.receive("q", visibility=60)
+    await server.stop()
+    assert isinstance(server.fatal_error, JournalBroken)
+
+
+async def test_a_retry_that_writes_kept_records_fsyncs_them(tmp_path, monkeypatch):
+    # A reviewer: a retry's write, with no reply waiting, was never fsynced, so a receive
+    # could show a message whose put was not on disk.
+    monkeypatch.setattr(server_module, "RETRY_WRITE_S", 3600.0)  # retried by the test
+    disk = Disk()
+    server = await start_server(tmp_path, disk)
+    host, port = server.address
+    try:
+        async with connect(host, port) as client:
+            await client.put("q", b"first")  # the run's first write, and its own fsyncs
+            disk.full = True
+            with pytest.raises(StorageError):
+                await client.put("q", b"job")
+            disk.full = False
             before = (await client.stats())["server"]["fsync_count"]
-            await until_stats(client, lambda s: s["queues"]["dlq"]["messages"] == 1
-                              and s["server"]["fsync_count"] > before)
+            await retry_now(server)  # a write with no reply to send
+            assert (await client.stats())["server"]["fsync_count"] > before
     finally:
         await server.stop()
 
@@ -206,7 +258,7 @@ async def test_a_full_disk_is_logged_once_then_its_recovery(tmp_path, caplog, mo
     try:
         async with connect(host, port) as client:
             disk.full = True
-            for _ in range(5):  # one write fails; the other four wait for its retry
+            for _ in range(5):  # one write fails; the other four are refused, not run
                 with pytest.raises(StorageError):
                     await client.put("q", b"lost")
             assert (await client.stats())["server"]["journal_write_errors"] == 1
@@ -243,8 +295,9 @@ async def test_a_full_disk_is_logged_once_then_its_recovery(tmp_path, caplog, mo
     # At the stop, the operator is told how many failed, and that a later write took them.
     assert "7 journal writes failed since the start: what they carried (answered " \
         "STORAGE_ERROR) was written with a later write" in lines
-    # Everything memory holds is on disk: the refused puts too ("may or may not").
-    assert bodies(reopen(tmp_path), "q") == [b"lost"] * 5 + [b"kept", b"lost"] * 6 + [b"kept"]
+    # Everything memory holds is on disk: each failed write's put too ("may or may not"),
+    # and none of those refused while writes failed.
+    assert bodies(reopen(tmp_path), "q") == [b"lost", b"kept"] * 7
 
 
 async def test_a_compaction_waits_for_records_kept_from_a_failed_write(tmp_path,

@@ -120,6 +120,12 @@ PACE_ORDERED = PACED_COMMANDS | {"quit"}
 DURABLE_COMMANDS = frozenset({"put", "put_many", "ack", "ack_many", "nack", "nack_many",
                               "create_queue", "configure_queue", "purge", "delete_queue",
                               "redrive"})
+# While journal writes fail (the server's refusing_changes) such commands are not run, as
+# Redis refuses writes after an AOF write error: run, and answered STORAGE_ERROR at once,
+# a producer retrying until OK made 20,035 copies of one message in 1.5 s (a reviewer).
+REFUSED_WHILE_WRITES_FAIL = ("journal writes are failing (disk full or I/O error): this "
+                             "change was not made; retry later (the server tries the "
+                             "journal again every second)")
 
 
 class Timer(Protocol):
@@ -688,6 +694,8 @@ class Connection(asyncio.Protocol):
             if command.name == "cancel":
                 self._cancel_waits(command)
                 return
+            if self.hub.refusing_changes and command.name in DURABLE_COMMANDS:
+                raise CommandError(STORAGE_ERROR, REFUSED_WHILE_WRITES_FAIL)
             waiter = self.hub.service.execute(command, now, self._respond)
         except WonderQError as exc:
             self._reply_error(command.request_id, exc)

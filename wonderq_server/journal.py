@@ -30,7 +30,7 @@ Rules:
   If even the cut fails, the log can no longer be trusted: JournalBroken.
 * The records of a failed write stay pending, in order, and go out with a
   later write (`kept_from_failure`; the server tries again once every
-  RETRY_WRITE_S and answers STORAGE_ERROR meanwhile): the broker's memory
+  RETRY_WRITE_S and refuses changes meanwhile, not run): the broker's memory
   already holds their changes, and not all of them were asked for. A lease
   that ran out and moved its message to a dead-letter queue is nobody's
   request; dropped, its MOVE never reached the file, so a restart lost the
@@ -860,6 +860,7 @@ class Journal:
 
     def close(self) -> None:
         """close writes and fsyncs what is buffered, then releases the directory."""
+        broken: JournalBroken | None = None
         if self.fd >= 0:
             try:
                 self.write_pending()
@@ -869,6 +870,7 @@ class Journal:
                              "were only in memory and are lost with this stop", exc,
                              self.lost_at_close)
                 self._pending.clear()
+                broken = exc if isinstance(exc, JournalBroken) else None
             if self.fsync_policy != "never":
                 self.sync()
             if self.synced_records and self._unproven:
@@ -891,6 +893,8 @@ class Journal:
             os.close(self.fd)
             self.fd = -1
         self._unlock()
+        if broken is not None:
+            raise broken  # released all the same; the server exits 1 (see there)
 
     def _unlock(self) -> None:
         """_unlock lets go of the data directory, as the end of the process would."""

@@ -90,9 +90,9 @@ RATE_SAMPLE_INTERVAL_S = 1.0
 # line per failed write flooded the log at hundreds of lines a second.
 WRITE_ERROR_LOG_INTERVAL_S = 30.0
 # A failed journal write's records stay pending (journal.py) and are tried again once
-# this often; meanwhile new durable requests are answered STORAGE_ERROR without a write
-# (theirs join the kept records). Each try writes everything kept: at every turn, that
-# cost grew with the failure's length (a reviewer: puts fell from 9,000/s to 80/s).
+# this often; meanwhile changes are refused, not run (connection.py). Each try writes
+# everything kept: at every turn, that cost grew with the failure's length (a reviewer:
+# puts fell from 9,000/s to 80/s).
 RETRY_WRITE_S = 1.0
 # One tick of the loop's clock (libuv counts timers in whole milliseconds).
 TIMER_TICK_S = 0.001
@@ -189,6 +189,9 @@ class Server:
         self._write_errors_unlogged = 0  # of those, not in the log yet
         self._write_error_logged_at = -WRITE_ERROR_LOG_INTERVAL_S  # time.monotonic()
         self._error_logged_since_recovery = False  # so "writes work again" is owed
+        # Journal writes fail: changes are refused, not run (connection.py), until the
+        # write of the records kept from the failure works (_write_journal).
+        self.refusing_changes = False
         self._write_retry_armed = False  # _retry_write is on the loop's timers
         self._write_retry_due = False  # it ran: the next flush tries the kept records
         self._compactions_failed = 0  # since start (stats)
@@ -318,7 +321,10 @@ class Server:
             self.group_commit.stop()
         if self.journal is not None and self.fatal_error is None:
             await self._finish_compaction_now()
-            self.journal.close()
+            try:
+                self.journal.close()
+            except JournalBroken as exc:  # over the cap at the last write: exit 1
+                self._fatal(exc)
             if self._journal_errors:
                 logger.warning("%d journal writes failed since the start: what they carried "
                                "(answered STORAGE_ERROR) %s", self._journal_errors,
@@ -399,6 +405,10 @@ class Server:
             if not c.presynced:
                 c.presync()
             c.switch(time.time())
+        except JournalBroken as exc:  # its write of kept records passed the cap: exit 1
+            self._drop_compaction(str(exc))
+            self._fatal(exc)
+            return
         except (OSError, JournalError) as exc:
             self._drop_compaction(str(exc))
             return
@@ -633,8 +643,8 @@ class Server:
             else:
                 durable, failed = self._write_journal(journal)
         if (outputs or durable) and self.group_commit is not None:
-            # Durable records with no reply (a retry's, a lease that ran out) are synced too:
-            # a receive must not show a message whose put is not on disk (group_commit.py).
+            # Durable records written with no reply (a retry's) are synced too: a receive
+            # must not show a message whose put is not on disk (group_commit.py).
             self.group_commit.submit(outputs, durable, failed)
         elif outputs:  # before start(): only in tests that drive the server by hand
             for conn, output in outputs:
@@ -649,13 +659,16 @@ class Server:
         try:
             durable = journal.write_pending()
         except JournalBroken as exc:
+            self.refusing_changes = True
             self._fatal(exc)
             return False, True
         except JournalError as exc:
+            self.refusing_changes = True
             self._journal_errors += 1
             self._log_write_error(exc)
             self._arm_write_retry()
             return False, True
+        self.refusing_changes = False
         if self._failing_writes:
             self._writes_work_again()
         return durable, False
