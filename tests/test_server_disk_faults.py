@@ -67,6 +67,15 @@ async def start_server(data_dir: Path, disk: Disk, **config: Any) -> Server:
     return server
 
 
+async def start_retried_by_hand(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                ) -> tuple[Server, Disk]:
+    """start_retried_by_hand: a server on a Disk whose retries of kept records run only
+    when the test calls retry_now (RETRY_WRITE_S is an hour)."""
+    monkeypatch.setattr(server_module, "RETRY_WRITE_S", 3600.0)
+    disk = Disk()
+    return await start_server(tmp_path, disk), disk
+
+
 async def retry_now(server: Server) -> None:
     """retry_now runs the retry of records kept from failed writes (due RETRY_WRITE_S after
     the failure) at once, and waits until it has written them."""
@@ -140,9 +149,7 @@ async def test_changes_are_refused_not_made_while_writes_fail(tmp_path, monkeypa
     # A reviewer: answered STORAGE_ERROR at once but still made, a put a producer retried
     # until OK was stored 20,035 times in 1.5 s. As Redis after an AOF write error, a change
     # is now refused without being made until the journal's kept records are written.
-    monkeypatch.setattr(server_module, "RETRY_WRITE_S", 3600.0)  # retried by the test
-    disk = Disk()
-    server = await start_server(tmp_path, disk)
+    server, disk = await start_retried_by_hand(tmp_path, monkeypatch)
     host, port = server.address
     try:
         async with connect(host, port) as client:
@@ -170,10 +177,8 @@ async def test_changes_are_refused_not_made_while_writes_fail(tmp_path, monkeypa
 
 async def test_over_the_cap_at_the_stop_exits_1(tmp_path, monkeypatch):
     # A reviewer: the cap passed by the stop's last write was logged, and the exit was 0.
-    monkeypatch.setattr(server_module, "RETRY_WRITE_S", 3600.0)
     monkeypatch.setattr(journal_module, "MAX_RETAINED_BYTES", 100)
-    disk = Disk()
-    server = await start_server(tmp_path, disk)
+    server, disk = await start_retried_by_hand(tmp_path, monkeypatch)
     host, port = server.address
     async with connect(host, port) as client:
         disk.full_for = lambda fd: True
@@ -188,9 +193,7 @@ async def test_over_the_cap_at_the_stop_exits_1(tmp_path, monkeypatch):
 async def test_a_retry_that_writes_kept_records_fsyncs_them(tmp_path, monkeypatch):
     # A reviewer: a retry's write, with no reply waiting, was never fsynced, so a receive
     # could show a message whose put was not on disk.
-    monkeypatch.setattr(server_module, "RETRY_WRITE_S", 3600.0)  # retried by the test
-    disk = Disk()
-    server = await start_server(tmp_path, disk)
+    server, disk = await start_retried_by_hand(tmp_path, monkeypatch)
     host, port = server.address
     try:
         async with connect(host, port) as client:
@@ -250,9 +253,7 @@ async def test_failed_fsync_stops_the_server(tmp_path):
 
 async def test_a_full_disk_is_logged_once_then_its_recovery(tmp_path, caplog, monkeypatch):
     # One ERROR line per failed write flooded the log (hundreds a second under load).
-    monkeypatch.setattr(server_module, "RETRY_WRITE_S", 3600.0)  # retried by the test
-    disk = Disk()
-    server = await start_server(tmp_path, disk)
+    server, disk = await start_retried_by_hand(tmp_path, monkeypatch)
     host, port = server.address
     caplog.set_level(logging.INFO, logger="wonderq.server")
     try:
