@@ -394,11 +394,10 @@ class Journal:
         the last record, damaged) and its header marked (a reviewer). `size` stops before
         the reserved zeros after the last record, torn or not (kept_tail_end): they hold
         nothing, and with --journal-reserve they were most of the copy (about 3.7 s per
-        GiB, a reviewer).
-        Written under .tmp and renamed, so a copy cut short by a crash is removed at the
-        next start, never taken for one. Where it cannot be written (a full disk, where
-        journals get damaged) it is a hard link, which needs no space and loses at most
-        that tail."""
+        GiB, a reviewer). Written under .tmp and renamed, so a copy cut short by a crash
+        is removed at the next start, never taken for one. Where it cannot be written (a
+        full disk, where journals get damaged) it is a hard link, which needs no space and
+        loses at most that tail."""
         name = journal_name(self.generation)
         kept, partial = name + ".damaged", name + ".damaged.tmp"
         if os.path.lexists(self.directory / kept):  # whole: only a rename makes one
@@ -656,7 +655,6 @@ class Journal:
     @property
     def has_pending(self) -> bool:
         return bool(self._pending or self._run_ids)
-
 
     def write_pending(self) -> bool:
         """write_pending writes the buffered records in one write; returns whether any
