@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 from broker_helpers import bodies
-from polling import until_stats, until_true
+from polling import EVENT_TIMEOUT_S, until_stats, until_true
 
-from wonderq_client import StorageError, connect
+from wonderq_client import StorageError, Worker, connect
 from wonderq_server import compaction
 from wonderq_server import journal as journal_module
 from wonderq_server import server as server_module
@@ -173,6 +173,42 @@ async def test_changes_are_refused_not_made_while_writes_fail(tmp_path, monkeypa
     finally:
         await server.stop()
     assert bodies(reopen(tmp_path), "q") == [b"in the failed write", b"after"]
+
+
+async def test_a_workers_ack_refused_while_writes_fail_is_sent_again(tmp_path, monkeypatch,
+                                                                     caplog):
+    # A reviewer: a Worker gave up on an ack refused "not made" at once, so the message
+    # came back when its lease ran out and its work was done again.
+    server, disk = await start_retried_by_hand(tmp_path, monkeypatch)
+    host, port = server.address
+    handled = asyncio.Event()
+
+    async def handler(msg):
+        disk.full = True
+        async with connect(host, port) as other:
+            with pytest.raises(StorageError):
+                await other.put("q", b"in the failed write")
+        handled.set()  # returns: the ack that follows is refused, "not made"
+
+    try:
+        async with connect(host, port) as client:
+            await client.put("q", b"job")
+            worker = Worker("q", handler, host=host, port=port, max_messages=1,
+                            visibility=60)
+            run = asyncio.create_task(worker.run())
+            caplog.set_level(logging.INFO, logger="wonderq_client.worker")
+            await handled.wait()
+            await until_true(lambda: "could not store its ack" in caplog.text)
+            assert "this change was not made" in caplog.text
+            disk.full = False
+            await retry_now(server)
+            await asyncio.wait_for(run, EVENT_TIMEOUT_S)
+            assert (worker.counts.acked, worker.counts.unsettled) == (1, 0)
+            info = await client.queue_info("q")
+            assert (info["messages"], info["in_flight"]) == (1, 0)  # the other put's
+    finally:
+        await server.stop()
+    assert bodies(reopen(tmp_path), "q") == [b"in the failed write"]
 
 
 async def test_over_the_cap_at_the_stop_exits_1(tmp_path, monkeypatch):

@@ -128,6 +128,7 @@ from .errors import (
     InvalidQueueName,
     LeaseLost,
     NotFound,
+    StorageError,
     UnsupportedVersion,
     WonderQError,
 )
@@ -155,6 +156,11 @@ DELAY_LIMIT_ROUNDING = 1e-5  # relative: more than %g's rounding of 6 significan
 # A nack refused this many times for its delay goes with none (a server that names no limit,
 # or one it does not keep to).
 DELAY_REFUSALS_MOST = 3
+# A settle refused with STORAGE_ERROR is sent again this much later while its lease holds:
+# a server whose journal writes fail refuses changes ("not made") and tries its journal
+# again every second (its RETRY_WRITE_S). Given up at once, an ack refused so left the
+# message to come back and be done again (a reviewer).
+STORAGE_RETRY_S = 1.0
 
 
 class Retry(Exception):
@@ -863,6 +869,18 @@ class Worker:
                     log.warning("the server refused a retry delay of %g s (%s); nacking "
                                 "message %d with %g s", refused, exc.message, message.id,
                                 nack_delay)
+                    continue
+                if isinstance(exc, StorageError) and \
+                        asyncio.get_running_loop().time() + STORAGE_RETRY_S < patience_until:
+                    # Refused while the server's journal writes fail ("not made"), or in the
+                    # write that failed ("may or may not take effect": then made, and a
+                    # second one finds it settled, as after a lost reply).
+                    sent_before = sent_before or "not made" not in exc.message
+                    log.info("message %d of %r: the server could not store its %s (%s); "
+                             "sending it again in %g s", message.id, message.queue,
+                             "ack" if nack_delay is None else "nack", exc.message,
+                             STORAGE_RETRY_S)
+                    await asyncio.sleep(STORAGE_RETRY_S)
                     continue
                 log.warning("could not settle message %d of %r: %s", message.id,
                             message.queue, exc)
