@@ -1031,13 +1031,19 @@ def test_a_lost_first_page_of_a_new_files_first_write_is_a_torn_tail(tmp_path: P
     journal.close()
 
 
+def puts_damaged_second(count: int) -> list[bytearray]:
+    """puts_damaged_second: `count` PUT records ("body 0", ...), the second one damaged."""
+    encoded = [bytearray(encode_record([PUT, "q", (1 << 61) + i, b"body %d" % i, T0]))
+               for i in range(count)]
+    encoded[1][-1] ^= 0xFF
+    return encoded
+
+
 def test_repair_keeps_a_copy_of_the_journal_as_it_was_torn_tail_and_all(
         tmp_path: Path) -> None:
     # A reviewer: linked after the torn tail was cut, the kept file had lost the last
     # record, which in a file without SYNCED records may be damage, not a torn write.
-    records = [[PUT, "q", (1 << 61) + i, b"body %d" % i, T0] for i in range(4)]
-    encoded = [bytearray(encode_record(r)) for r in records]
-    encoded[1][-1] ^= 0xFF  # damage in the middle: --repair skips it
+    encoded = puts_damaged_second(4)  # damage in the middle: --repair skips it
     encoded[3][-1] ^= 0xFF  # and in the last record: read as a torn tail, and cut
     path = _journal_of(tmp_path, tail=b"".join(encoded))
     original = path.read_bytes()
@@ -1052,9 +1058,7 @@ def test_repair_copy_leaves_out_the_reserved_zeros_but_keeps_a_torn_tail(
         tmp_path: Path) -> None:
     # The copy took the reserved space too: with --journal-reserve, zeros were most of
     # its time and size (a reviewer: about 3.7 s per GiB of journal).
-    records = [[PUT, "q", (1 << 61) + i, b"body %d" % i, T0] for i in range(4)]
-    encoded = [bytearray(encode_record(r)) for r in records]
-    encoded[1][-1] ^= 0xFF  # damage in the middle: --repair skips it
+    encoded = puts_damaged_second(4)  # damage in the middle: --repair skips it
     # The last record, torn, or whole and damaged with zeros at its end (an id's low
     # bytes: a reviewer found those cut from the copy as if they were reserved space).
     last_ack = bytearray(encode_record([ACK, "q", 0x1A22C32FC8400000]))
@@ -1078,10 +1082,7 @@ def test_repair_copy_leaves_out_the_reserved_zeros_but_keeps_a_torn_tail(
 
 def damaged_in_the_middle(directory: Path) -> Path:
     """damaged_in_the_middle writes a journal of three puts whose second is damaged."""
-    encoded = [bytearray(encode_record([PUT, "q", (1 << 61) + i, b"body %d" % i, T0]))
-               for i in range(3)]
-    encoded[1][-1] ^= 0xFF
-    return _journal_of(directory, tail=b"".join(encoded))
+    return _journal_of(directory, tail=b"".join(puts_damaged_second(3)))
 
 
 def test_repair_on_a_full_disk_keeps_a_link_to_the_damaged_journal(

@@ -163,6 +163,11 @@ DELAY_REFUSALS_MOST = 3
 STORAGE_RETRY_S = 1.0
 
 
+def _settle_name(nack_delay: float | None) -> str:
+    """_settle_name: what _send_settle sends, for its log lines (no delay: an ack)."""
+    return "ack" if nack_delay is None else "nack"
+
+
 class Retry(Exception):
     """Retry, raised by a handler, nacks its message to be tried again `delay` seconds from
     now (None: the Worker's retry_delay), without the traceback a failure logs: for a
@@ -831,7 +836,7 @@ class Worker:
                     # An ack sent before: so the first one went through. After the lease,
                     # another consumer may have acked it: not counted as ours.
                     return outcome
-                settle = "ack" if nack_delay is None else "nack"
+                settle = _settle_name(nack_delay)
                 if gone_while_held:
                     # First sent: it was deleted (a purge, its queue deleted), not
                     # redelivered (an SQS user read "may be done again" as a duplicate).
@@ -878,8 +883,7 @@ class Worker:
                     sent_before = sent_before or "not made" not in exc.message
                     log.info("message %d of %r: the server could not store its %s (%s); "
                              "sending it again in %g s", message.id, message.queue,
-                             "ack" if nack_delay is None else "nack", exc.message,
-                             STORAGE_RETRY_S)
+                             _settle_name(nack_delay), exc.message, STORAGE_RETRY_S)
                     await asyncio.sleep(STORAGE_RETRY_S)
                     continue
                 log.warning("could not settle message %d of %r: %s", message.id,

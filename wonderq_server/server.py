@@ -190,7 +190,9 @@ class Server:
         self._write_error_logged_at = -WRITE_ERROR_LOG_INTERVAL_S  # time.monotonic()
         self._error_logged_since_recovery = False  # so "writes work again" is owed
         # Journal writes fail: changes are refused, not run (connection.py), until the
-        # write of the records kept from the failure works (_write_journal).
+        # write of the records kept from the failure works (_write_journal). It mirrors
+        # journal.kept_from_failure, kept here so each request reads one attribute
+        # rather than a journal that may be None (--in-memory).
         self.refusing_changes = False
         self._write_retry_armed = False  # _retry_write is on the loop's timers
         self._write_retry_due = False  # it ran: the next flush tries the kept records
