@@ -86,3 +86,28 @@ def test_reply_vector(value, wire):
         result = [Delivered(row) for row in result]
     command = make_command(name, dict(args), Limits(), request_id)
     assert encoder.result(command, result) == wire
+
+
+def _server_codes() -> set[str]:
+    from wonderq_server import errors
+
+    return {value for name, value in vars(errors).items()
+            if name.isupper() and isinstance(value, str)}
+
+
+def test_every_error_code_is_in_protocols_table_and_the_table_has_no_other():
+    table = set(re.findall(r"^\| `([A-Z_]+)` \| (?:command|protocol) \|",
+                           PROTOCOL.read_text(), re.M))
+    assert table == _server_codes()
+
+
+def test_the_client_raises_its_own_class_for_every_code_a_binary_request_is_answered_with():
+    # Codes sent unasked (request id nil) before a close reach a caller as
+    # ConnectionClosed.server_code; LINE_TOO_LONG is text mode's alone.
+    from wonderq_client.errors import ERRORS_BY_CODE
+
+    unasked = {"TOO_MANY_CONNECTIONS", "IDLE_TIMEOUT", "AUTH_TIMEOUT", "SHUTTING_DOWN",
+               "LINE_TOO_LONG"}
+    assert _server_codes() - unasked <= ERRORS_BY_CODE.keys()
+    for code in _server_codes() - unasked:
+        assert ERRORS_BY_CODE[code].code == code

@@ -20,7 +20,7 @@ import pytest
 from broker_helpers import bodies
 from polling import EVENT_TIMEOUT_S, until_stats, until_true
 
-from wonderq_client import StorageError, Worker, connect
+from wonderq_client import StorageError, StorageUnavailable, Worker, connect
 from wonderq_server import compaction
 from wonderq_server import journal as journal_module
 from wonderq_server import server as server_module
@@ -158,13 +158,23 @@ async def test_changes_are_refused_not_made_while_writes_fail(tmp_path, monkeypa
             with pytest.raises(StorageError) as info:
                 await client.put("q", b"in the failed write")
             assert "may or may not take effect" in info.value.message
+            assert type(info.value) is StorageError and info.value.code == "STORAGE_ERROR"
             for _ in range(3):
-                with pytest.raises(StorageError) as info:
+                # A code of its own, so that a client need not read the message to know
+                # the change was not made (Redis answers MISCONF).
+                with pytest.raises(StorageUnavailable) as info:
                     await client.put("q", b"refused")
+                assert info.value.code == "STORAGE_UNAVAILABLE"
                 assert "this change was not made" in info.value.message
             [msg] = await client.receive("q", visibility=60)  # reads go on
-            with pytest.raises(StorageError):
+            with pytest.raises(StorageUnavailable):
                 await msg.ack()  # refused too: the message stays leased
+            # Text mode says the same, in its own words.
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(b"PUT q typed by hand\r\n")
+            line = await asyncio.wait_for(reader.readline(), EVENT_TIMEOUT_S)
+            writer.close()
+            assert line.startswith(b"ERR STORAGE_UNAVAILABLE "), line
             assert (await client.queue_info("q"))["messages"] == 2
             disk.full = False
             await retry_now(server)

@@ -87,6 +87,18 @@ class StorageError(WonderQError):
     code = "STORAGE_ERROR"
 
 
+class StorageUnavailable(StorageError):
+    """The server refused the change without making it: its journal writes are failing.
+
+    Nothing changed; retry later (the server tries its journal again every
+    second and takes changes once a write works). A StorageError subclass, so
+    `except StorageError` catches both, but unlike its parent this one is
+    always safe to retry.
+    """
+
+    code = "STORAGE_UNAVAILABLE"
+
+
 class Full(WonderQError):
     """The put was refused: the queue is at its max_length, or the server at --max-memory.
 
@@ -150,7 +162,7 @@ ERRORS_BY_CODE: dict[str, type[WonderQError]] = {
     cls.code: cls
     for cls in (UnknownCommand, BadArgument, InvalidQueueName, BodyTooLarge, BatchTooLarge,
                 NotFound, LeaseLost, Malformed, FrameTooLarge, UnsupportedVersion,
-                InternalError, StorageError, Full, QueueNotFound, QueueExists,
+                InternalError, StorageError, StorageUnavailable, Full, QueueNotFound, QueueExists,
                 HeadersTooLarge, TooManyQueues, AuthRequired, AuthFailed, ConnectionClosed)
 }
 

@@ -129,6 +129,7 @@ from .errors import (
     LeaseLost,
     NotFound,
     StorageError,
+    StorageUnavailable,
     UnsupportedVersion,
     WonderQError,
 )
@@ -157,9 +158,9 @@ DELAY_LIMIT_ROUNDING = 1e-5  # relative: more than %g's rounding of 6 significan
 # or one it does not keep to).
 DELAY_REFUSALS_MOST = 3
 # A settle refused with STORAGE_ERROR is sent again this much later while its lease holds:
-# a server whose journal writes fail refuses changes ("not made") and tries its journal
-# again every second (its RETRY_WRITE_S). Given up at once, an ack refused so left the
-# message to come back and be done again (a reviewer).
+# a server whose journal writes fail refuses changes (STORAGE_UNAVAILABLE: not made) and
+# tries its journal again every second (its RETRY_WRITE_S). Given up at once, an ack
+# refused so left the message to come back and be done again (a reviewer).
 STORAGE_RETRY_S = 1.0
 
 
@@ -877,10 +878,11 @@ class Worker:
                     continue
                 if isinstance(exc, StorageError) and \
                         asyncio.get_running_loop().time() + STORAGE_RETRY_S < patience_until:
-                    # Refused while the server's journal writes fail ("not made"), or in the
-                    # write that failed ("may or may not take effect": then made, and a
-                    # second one finds it settled, as after a lost reply).
-                    sent_before = sent_before or "not made" not in exc.message
+                    # Refused while the server's journal writes fail (StorageUnavailable:
+                    # not made), or in the write that failed (StorageError: "may or may
+                    # not take effect", then made, and a second one finds it settled, as
+                    # after a lost reply).
+                    sent_before = sent_before or not isinstance(exc, StorageUnavailable)
                     log.info("message %d of %r: the server could not store its %s (%s); "
                              "sending it again in %g s", message.id, message.queue,
                              _settle_name(nack_delay), exc.message, STORAGE_RETRY_S)

@@ -100,6 +100,7 @@ from .errors import (
     INTERNAL,
     SHUTTING_DOWN,
     STORAGE_ERROR,
+    STORAGE_UNAVAILABLE,
     CommandError,
     ProtocolError,
     WonderQError,
@@ -123,6 +124,9 @@ DURABLE_COMMANDS = frozenset({"put", "put_many", "ack", "ack_many", "nack", "nac
 # While journal writes fail (the server's refusing_changes) such commands are not run, as
 # Redis refuses writes after an AOF write error: run, and answered STORAGE_ERROR at once,
 # a producer retrying until OK made 20,035 copies of one message in 1.5 s (a reviewer).
+# The refusal has its own code, STORAGE_UNAVAILABLE (Redis answers MISCONF, not its write
+# error), so that a client can tell "not made" from the failed write's "may or may not
+# take effect" without reading the message.
 REFUSED_WHILE_WRITES_FAIL = ("journal writes are failing (disk full or I/O error): this "
                              "change was not made; retry later (the server tries the "
                              "journal again every second)")
@@ -695,7 +699,7 @@ class Connection(asyncio.Protocol):
                 self._cancel_waits(command)
                 return
             if self.hub.refusing_changes and command.name in DURABLE_COMMANDS:
-                raise CommandError(STORAGE_ERROR, REFUSED_WHILE_WRITES_FAIL)
+                raise CommandError(STORAGE_UNAVAILABLE, REFUSED_WHILE_WRITES_FAIL)
             waiter = self.hub.service.execute(command, now, self._respond)
         except WonderQError as exc:
             self._reply_error(command.request_id, exc)

@@ -33,7 +33,9 @@ LEASE_LOST = "LEASE_LOST"
 MALFORMED = "MALFORMED"
 LINE_TOO_LONG = "LINE_TOO_LONG"
 INTERNAL = "INTERNAL"
-STORAGE_ERROR = "STORAGE_ERROR"
+STORAGE_ERROR = "STORAGE_ERROR"  # the write failed: the change may or may not take effect
+# Journal writes are failing: the change was refused, not made (Redis' MISCONF).
+STORAGE_UNAVAILABLE = "STORAGE_UNAVAILABLE"
 FULL = "FULL"
 QUEUE_NOT_FOUND = "QUEUE_NOT_FOUND"
 QUEUE_EXISTS = "QUEUE_EXISTS"
