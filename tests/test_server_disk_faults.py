@@ -154,6 +154,7 @@ async def test_changes_are_refused_not_made_while_writes_fail(tmp_path, monkeypa
     try:
         async with connect(host, port) as client:
             await client.put("q", b"first")
+            [msg] = await client.receive("q", visibility=60)
             disk.full = True
             with pytest.raises(StorageError) as info:
                 await client.put("q", b"in the failed write")
@@ -166,9 +167,9 @@ async def test_changes_are_refused_not_made_while_writes_fail(tmp_path, monkeypa
                     await client.put("q", b"refused")
                 assert info.value.code == "STORAGE_UNAVAILABLE"
                 assert "this change was not made" in info.value.message
-            [msg] = await client.receive("q", visibility=60)  # reads go on
             with pytest.raises(StorageUnavailable):
                 await msg.ack()  # refused too: the message stays leased
+            assert (await client.peek("q"))[0].body == b"in the failed write"  # reads go on
             # Text mode says the same, in its own words.
             reader, writer = await asyncio.open_connection(host, port)
             writer.write(b"PUT q typed by hand\r\n")
@@ -183,6 +184,49 @@ async def test_changes_are_refused_not_made_while_writes_fail(tmp_path, monkeypa
     finally:
         await server.stop()
     assert bodies(reopen(tmp_path), "q") == [b"in the failed write", b"after"]
+
+
+async def test_receives_and_touches_are_refused_while_writes_fail_and_keep_nothing(
+        tmp_path, monkeypatch):
+    # A lease is a change the journal keeps. Receives let run while writes failed leased a
+    # backlog over and over, each lease and its end a kept record, until the kept records
+    # passed journal.MAX_RETAINED_BYTES and the server stopped (20 MB in 3 s here).
+    server, disk = await start_retried_by_hand(tmp_path, monkeypatch)
+    host, port = server.address
+    journal = server.journal
+    assert journal is not None
+    try:
+        async with connect(host, port) as client:
+            await client.put_many("q", [b"job %d" % i for i in range(50)])
+            [held] = await client.receive("q", visibility=60)
+            disk.full = True
+            with pytest.raises(StorageError):
+                await client.put("q", b"in the failed write")
+            kept = list(journal._pending)
+            for _ in range(3):
+                with pytest.raises(StorageUnavailable) as info:
+                    await client.receive("q", max=10, visibility=0.01)
+                assert "nothing was received" in info.value.message
+            with pytest.raises(StorageUnavailable) as info:
+                await held.touch(visibility=120)
+            assert "the lease was not renewed" in info.value.message
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(b"GET q\r\n")
+            line = await asyncio.wait_for(reader.readline(), EVENT_TIMEOUT_S)
+            writer.close()
+            assert line.startswith(b"ERR STORAGE_UNAVAILABLE "), line
+            assert journal._pending == kept  # nothing was leased, so nothing more is kept
+            info = await client.queue_info("q")
+            assert (info["messages"], info["in_flight"]) == (51, 1)
+            disk.full = False
+            await retry_now(server)
+            got = await client.receive("q", max=100)
+            assert len(got) == 50
+            assert await client.ack_many("q", [*got, held]) == [None] * 51
+    finally:
+        await server.stop()
+    broker = reopen(tmp_path)
+    assert "q" not in broker.queues or bodies(broker, "q") == []
 
 
 async def test_a_workers_ack_refused_while_writes_fail_is_sent_again(tmp_path, monkeypatch,
@@ -221,17 +265,54 @@ async def test_a_workers_ack_refused_while_writes_fail_is_sent_again(tmp_path, m
     assert bodies(reopen(tmp_path), "q") == [b"in the failed write"]
 
 
+async def test_a_worker_waits_out_refused_receives_and_says_so_once(tmp_path, monkeypatch,
+                                                                      caplog):
+    from wonderq_client import worker as worker_module
+
+    monkeypatch.setattr(worker_module, "STORAGE_RETRY_S", 0.01)
+    server, disk = await start_retried_by_hand(tmp_path, monkeypatch)
+    host, port = server.address
+    handled: list[bytes] = []
+
+    async def handler(msg):
+        handled.append(msg.body)
+
+    try:
+        async with connect(host, port) as client:
+            await client.put("q", b"job")
+            disk.full = True
+            with pytest.raises(StorageError):
+                await client.put("q", b"in the failed write")
+            caplog.set_level(logging.DEBUG, logger="wonderq_client.worker")
+            worker = Worker("q", handler, host=host, port=port, max_messages=2)
+            run = asyncio.create_task(worker.run())
+            await until_true(lambda: caplog.text.count("receive refused again") >= 3)
+            assert handled == []
+            disk.full = False
+            await retry_now(server)
+            await asyncio.wait_for(run, EVENT_TIMEOUT_S)
+            assert sorted(handled) == [b"in the failed write", b"job"]
+            assert caplog.text.count("refuses receives while its journal writes fail") == 1
+            assert caplog.text.count("takes receives again") == 1
+    finally:
+        await server.stop()
+
+
 async def test_over_the_cap_at_the_stop_exits_1(tmp_path, monkeypatch):
     # A reviewer: the cap passed by the stop's last write was logged, and the exit was 0.
     monkeypatch.setattr(journal_module, "MAX_RETAINED_BYTES", 100)
     server, disk = await start_retried_by_hand(tmp_path, monkeypatch)
     host, port = server.address
+    journal = server.journal
+    assert journal is not None
     async with connect(host, port) as client:
+        await client.put_many("q", [b"a", b"b"])
+        await client.receive("q", max=2, visibility=0.05)
         disk.full_for = lambda fd: True
         with pytest.raises(StorageError):
             await client.put("q", b"x" * 60)  # kept: under the cap
-        await client.receive("q", visibility=60)  # its lease's record joins them
-        await client.receive("q", visibility=60)
+        # The two leases run out; their ends' records join the kept ones, over the cap.
+        await until_true(lambda: sum(map(len, journal._pending)) > 100)
     await server.stop()
     assert isinstance(server.fatal_error, JournalBroken)
 

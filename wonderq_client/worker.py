@@ -369,6 +369,7 @@ class Worker:
         self._burst_over = asyncio.Event()  # the parked give their messages back
         self._slot_free = asyncio.Event()
         self._batch_cap = concurrency  # lowered if the server's --max-batch is smaller
+        self._storage_refused = False  # receives refused: the server's journal writes fail
         # The server's --max-delay, once a nack met it, and the connection it was met on.
         self._delay_cap: float | None = None
         self._delay_cap_on: Client | None = None
@@ -592,9 +593,24 @@ class Worker:
                 continue
             except FATAL_ERRORS:
                 raise
+            except StorageUnavailable as exc:
+                # The server's journal writes fail: it tries them again every second, and
+                # so does this, saying so once per outage rather than at every try.
+                if not self._storage_refused:
+                    self._storage_refused = True
+                    log.warning("WonderQ at %s:%d refuses receives while its journal "
+                                "writes fail (%s); trying again every %g s", self.host,
+                                self.port, exc.message, STORAGE_RETRY_S)
+                else:
+                    log.debug("receive refused again: the server's journal writes fail")
+                await asyncio.sleep(STORAGE_RETRY_S)
+                continue
             except WonderQError as exc:  # INTERNAL_ERROR, TOO_MANY_QUEUES, ...: it may pass
                 await self._back_off(f"receive from {self.queue!r} failed ({exc})")
                 continue
+            if self._storage_refused:
+                self._storage_refused = False
+                log.warning("WonderQ at %s:%d takes receives again", self.host, self.port)
             self._server_answered()
             if self.burst and not messages:
                 await self._finish_jobs()
