@@ -274,6 +274,9 @@ def expected_items(field: str, value, batch: dict):
             item = {"body": raw["body"]}
             for option in ITEM_OPTIONS:
                 own = raw.get(option)
+                if option == "headers" and own == {}:
+                    item[option] = {}  # its own empty map: no headers, not the batch's
+                    continue
                 own = None if own is None else expected_value(option, own)
                 item[option] = batch[option] if own is None and gives else own
             items.append(item)

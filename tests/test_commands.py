@@ -701,11 +701,16 @@ def test_put_many_batch_options_fill_in_what_items_do_not_give():
     assert (command.args["delay"], command.args["priority"]) == (2.0, 7)
 
 
-def test_put_many_item_with_empty_headers_takes_the_batch_headers():
-    # An empty map is no headers, the same as leaving them out.
+def test_put_many_item_with_empty_headers_keeps_none():
+    # Only nil means "not given": an item's own empty map is its own (no headers), as its
+    # own delay 0 is no delay. It took the batch's headers once, so a client that always
+    # sends the field (a reviewer's Go client) could not leave an item without them.
     command = make_command("put_many", {"queue": "q", "headers": {"b": "1"},
-                                        "bodies": [{"body": b"x", "headers": {}}]}, LIMITS)
-    assert command.args["bodies"][0]["headers"] == {"b": "1"}
+                                        "bodies": [{"body": b"x", "headers": {}},
+                                                   {"body": b"y", "headers": None},
+                                                   {"body": b"z"}]}, LIMITS)
+    assert [item["headers"] for item in command.args["bodies"]] == [{}, {"b": "1"},
+                                                                     {"b": "1"}]
 
 
 @pytest.mark.parametrize(("item", "code", "message"), [

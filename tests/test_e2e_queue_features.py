@@ -77,6 +77,13 @@ async def test_put_many_options_apply_to_items_without_their_own(server):
         got = await client.receive("pmo", max=10)
         assert [(m.id, m.priority, m.headers) for m in got] == [
             (own, -1, {"mine": "1"}), (plain, 3, {"batch": "yes"})]
+        # An item's own empty map is no headers, as its own delay 0 is no delay (a
+        # client that always sends the field must not get the batch's instead).
+        [bare] = await client.put_many("pmh", [{"body": b"bare", "headers": {}}],
+                                       headers={"batch": "yes"})
+        [got_bare] = await client.receive("pmh")
+        assert (got_bare.id, got_bare.headers) == (bare, {})
+        assert (await client.message_info("pmh", bare))["headers"] == {}
         delayed, ready = await client.put_many(
             "pmd", [b"later", {"body": b"now", "delay": 0}], delay=30)
         assert [m.id for m in await client.receive("pmd", max=10)] == [ready]

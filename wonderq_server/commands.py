@@ -196,6 +196,10 @@ def _put_item(field: str, item: Any, limits: Limits) -> dict[str, Any] | Command
             value = item.get(option)
             checked[option] = None if value is None else CHECKS[option](
                 f"{field}.{option}", value, limits)
+        if checked["headers"] is None and item.get("headers") == {}:
+            # The item's own empty map: no headers, not the batch's (as its own delay 0
+            # is no delay). The broker takes an empty map as none.
+            checked["headers"] = {}
         return checked
     except CommandError as exc:
         return exc
