@@ -76,7 +76,9 @@ async def one_run(adapter, server: servers.ServerProcess, port: int, n: int) -> 
     return figures
 
 
-def main(n: int, runs: int) -> None:
+def rotated_runs(runs: int, one_run, n: int) -> dict[str, list[list[float]]]:
+    """rotated_runs: `runs` rounds of `one_run(adapter, server, port, n)` on a fresh server
+    of each system, the order rotating each round; each system's rows of figures."""
     rows: dict[str, list[list[float]]] = {name: [] for name in SYSTEMS}
     names = list(SYSTEMS)
     with tempfile.TemporaryDirectory(prefix="wonderq-floor-") as tmp:
@@ -89,6 +91,11 @@ def main(n: int, runs: int) -> None:
                         lambda server, port, adapter=adapter: one_run(adapter, server, port, n)))
         finally:
             servers.stop_all()
+    return rows
+
+
+def main(n: int, runs: int) -> None:
+    rows = rotated_runs(runs, one_run, n)
     base = [statistics.median(column) for column in zip(*rows["beanstalkd"], strict=True)]
     print(f"{n} messages, median of {runs} runs (server CPU per message in brackets)")
     for name, table in rows.items():
