@@ -255,7 +255,11 @@ def test_arguments_positional_and_named(line, expected):
 @pytest.mark.parametrize(("line", "message"), [
     # A reviewer typed GET and was told what RECEIVE needs, without its options.
     (b"GET", "GET needs queue: GET <queue> [max=...] [wait=...] [visibility=...]"),
-    (b"RECEIVE max=2", "GET needs queue: GET <queue> [max=...] [wait=...] [visibility=...]"),
+    # In the words the user typed: RECEIVE, not its alias GET.
+    (b"RECEIVE max=2", "RECEIVE needs queue: RECEIVE <queue> [max=...] [wait=...] "
+                       "[visibility=...]"),
+    (b"receive q 1 2 3 4", "too many arguments for RECEIVE: RECEIVE <queue> [max=...] "
+                           "[wait=...] [visibility=...]"),
     (b"ACK", "ACK needs queue, id, lease: ACK <queue> <id> <lease>"),
     (b"ACK q 1", "ACK needs lease: ACK <queue> <id> <lease>"),
     (b"NACK q delay=1", "NACK needs id, lease: NACK <queue> <id> <lease> [delay=...] "

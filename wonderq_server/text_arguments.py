@@ -68,8 +68,9 @@ PUT_USAGE = "PUT <queue> [option=value ...] [--] <body>"
 PUT_MANY_USAGE = "PUT_MANY <queue> <count> [option=value ...]"
 
 
-def arguments(name: str, rest: bytes, limits: Limits) -> dict[str, Any]:
-    """arguments reads what follows the command word of any one-line command."""
+def arguments(name: str, rest: bytes, limits: Limits, typed: str = "") -> dict[str, Any]:
+    """arguments reads what follows the command word of any one-line command; `typed` is
+    that word as the user wrote it, for errors (RECEIVE, not GET; uppercase)."""
     if name == "put":
         return put_arguments(rest, limits)
     if name in ("ack_many", "nack_many"):
@@ -77,7 +78,7 @@ def arguments(name: str, rest: bytes, limits: Limits) -> dict[str, Any]:
     if name == "auth":
         token = rest.strip()
         return {"token": token} if token else {}  # none: make_command says it is needed
-    return named_or_positional(name, rest.split())
+    return named_or_positional(name, rest.split(), typed)
 
 
 def put_arguments(rest: bytes, limits: Limits) -> dict[str, Any]:
@@ -252,8 +253,10 @@ def _lease_item(field: str, text: str) -> list[int] | CommandError:
         return exc
 
 
-def named_or_positional(name: str, words: list[bytes]) -> dict[str, Any]:
-    """named_or_positional reads words as positional fields in table order, or name=value."""
+def named_or_positional(name: str, words: list[bytes], typed: str = "") -> dict[str, Any]:
+    """named_or_positional reads words as positional fields in table order, or name=value;
+    its errors name the command as `typed` (else as the documents write it)."""
+    shown = typed or _shown(name)
     required, optional = COMMANDS[name]
     order = list(required) if name in NAMED_ONLY else [*required, *optional]
     args: dict[str, Any] = {}
@@ -262,12 +265,12 @@ def named_or_positional(name: str, words: list[bytes]) -> dict[str, Any]:
         field, eq, value = text.partition("=")
         if not eq:
             if position >= len(order):
-                raise bad_argument(f"too many arguments for {_shown(name)}: {usage(name)}")
+                raise bad_argument(f"too many arguments for {shown}: {usage(name, shown)}")
             field, value = order[position], text
         _set_named(args, field, value)
     missing = [f for f in required if f not in args]
     if missing:
-        raise bad_argument(f"{_shown(name)} needs {', '.join(missing)}: {usage(name)}")
+        raise bad_argument(f"{shown} needs {', '.join(missing)}: {usage(name, shown)}")
     return args
 
 
@@ -280,13 +283,14 @@ def _set_named(args: dict[str, Any], field: str, value: str) -> None:
     args[field] = convert(field, value) if convert else value
 
 
-def usage(name: str) -> str:
+def usage(name: str, shown: str = "") -> str:
     """usage is a command's text syntax, for error messages: required fields in <>,
     optional ones in [] (a command with none, PING, is its name alone)."""
     required, optional = COMMANDS[name]
     if name in NAMED_ONLY:
         return f"{name.upper()} <queue> [setting=value ...]"
-    words = [_shown(name), *(f"<{f}>" for f in required), *(f"[{f}=...]" for f in optional)]
+    words = [shown or _shown(name), *(f"<{f}>" for f in required),
+             *(f"[{f}=...]" for f in optional)]
     return " ".join(words)
 
 

@@ -260,7 +260,8 @@ class TextDecoder:
 
     def _parse(self, line: bytes) -> list[Command | Rejected]:
         word, _, rest = line.lstrip().partition(b" ")
-        name = TEXT_COMMANDS.get(word.rstrip().upper())  # "PING\t" is PING, as "\tPING" is
+        typed = word.rstrip().upper()
+        name = TEXT_COMMANDS.get(typed)  # "PING\t" is PING, as "\tPING" is
         try:
             if name is None:
                 if word.rstrip().upper() == b"CANCEL":
@@ -275,7 +276,8 @@ class TextDecoder:
             if name == "put_many":
                 self._start_block(rest)
                 return []  # the command comes with its last body line
-            return [make_command(name, arguments(name, rest, self._limits), self._limits)]
+            return [make_command(name, arguments(name, rest, self._limits, typed.decode()),
+                                 self._limits)]
         except CommandError as exc:
             return [Rejected(exc)]
 
