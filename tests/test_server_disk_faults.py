@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from broker_helpers import bodies
-from polling import EVENT_TIMEOUT_S, until_stats, until_true
+from polling import EVENT_TIMEOUT_S, until, until_stats, until_true
 
 from wonderq_client import StorageError, StorageUnavailable, Worker, connect
 from wonderq_server import compaction
@@ -81,6 +81,13 @@ async def retry_now(server: Server) -> None:
     the failure) at once, and waits until it has written them."""
     server._retry_write()
     await until_true(lambda: server.journal is not None and not server.journal.has_pending)
+
+
+async def until_stats_of_queue(client: Any, queue: str,
+                               check: Callable[[dict[str, Any]], bool]) -> None:
+    """until_stats_of_queue waits until `check` holds for queue_info of `queue` (a read,
+    answered while journal writes fail)."""
+    await until(lambda: client.queue_info(queue), check)
 
 
 def reopen(data_dir: Path) -> Broker:
@@ -250,10 +257,10 @@ async def test_a_workers_ack_refused_while_writes_fail_is_sent_again(tmp_path, m
             worker = Worker("q", handler, host=host, port=port, max_messages=1,
                             visibility=60)
             run = asyncio.create_task(worker.run())
-            caplog.set_level(logging.INFO, logger="wonderq_client.worker")
+            caplog.set_level(logging.DEBUG, logger="wonderq_client.worker")
             await handled.wait()
-            await until_true(lambda: "could not store its ack" in caplog.text)
-            assert "this change was not made" in caplog.text
+            await until_true(lambda: "ack refused again" in caplog.text)
+            assert caplog.text.count("while its journal writes fail") == 1
             disk.full = False
             await retry_now(server)
             await asyncio.wait_for(run, EVENT_TIMEOUT_S)
@@ -292,8 +299,60 @@ async def test_a_worker_waits_out_refused_receives_and_says_so_once(tmp_path, mo
             await retry_now(server)
             await asyncio.wait_for(run, EVENT_TIMEOUT_S)
             assert sorted(handled) == [b"in the failed write", b"job"]
-            assert caplog.text.count("refuses receives while its journal writes fail") == 1
-            assert caplog.text.count("takes receives again") == 1
+            assert caplog.text.count("while its journal writes fail") == 1
+            assert caplog.text.count("takes receives, acks and nacks again") == 1
+            # A second run starts with no outage in mind: nothing said of one.
+            await client.put("q", b"next")
+            worker.max_messages = 1
+            await asyncio.wait_for(worker.run(), EVENT_TIMEOUT_S)
+            assert caplog.text.count("takes receives, acks and nacks again") == 1
+    finally:
+        await server.stop()
+
+
+async def test_a_workers_ack_refused_past_its_lease_is_sent_until_the_outage_ends(
+        tmp_path, monkeypatch, caplog):
+    # A reviewer: an ack refused while writes failed was given up at its lease's end (plus
+    # SETTLE_SLACK_S); touches were refused too, so the lease ran out, and once writes
+    # worked again the message was received and its work done a second time. Receives are
+    # refused meanwhile, so nobody else can take it, and the server takes a late ack.
+    from wonderq_client import worker as worker_module
+
+    monkeypatch.setattr(worker_module, "STORAGE_RETRY_S", 0.02)
+    monkeypatch.setattr(worker_module, "SETTLE_SLACK_S", 0.0)
+    server, disk = await start_retried_by_hand(tmp_path, monkeypatch)
+    host, port = server.address
+    handled: list[bytes] = []
+
+    async def handler(msg):
+        handled.append(msg.body)
+        disk.full = True
+        async with connect(host, port) as other:
+            with pytest.raises(StorageError):
+                await other.put("q", b"in the failed write")
+
+    try:
+        async with connect(host, port) as client:
+            await client.put("q", b"job")
+            caplog.set_level(logging.DEBUG, logger="wonderq_client.worker")
+            worker = Worker("q", handler, host=host, port=port, max_messages=1,
+                            visibility=0.3)
+            run = asyncio.create_task(worker.run())
+            # The lease runs out on the server (the message is ready again), and the
+            # worker goes on sending the ack after that.
+            await until_stats_of_queue(client, "q", lambda info: info["in_flight"] == 0)
+            # 30 more sends, 0.6 s at 0.02 s each: twice the lease, well past the end of
+            # the worker's own reckoning of it (which gave up there before).
+            acks_before = caplog.text.count("ack refused again")
+            await until_true(lambda: caplog.text.count("ack refused again") >= acks_before + 30)
+            assert not run.done()
+            disk.full = False
+            await retry_now(server)
+            await asyncio.wait_for(run, EVENT_TIMEOUT_S)
+            assert (worker.counts.acked, worker.counts.unsettled) == (1, 0)
+            assert handled == [b"job"]
+            info = await client.queue_info("q")
+            assert (info["messages"], info["in_flight"]) == (1, 0)  # the other put's
     finally:
         await server.stop()
 

@@ -88,12 +88,13 @@ class StorageError(WonderQError):
 
 
 class StorageUnavailable(StorageError):
-    """The server refused the change without making it: its journal writes are failing.
+    """The server refused the request without running it: its journal writes are failing.
 
-    Nothing changed; retry later (the server tries its journal again every
-    second and takes changes once a write works). A StorageError subclass, so
-    `except StorageError` catches both, but unlike its parent this one is
-    always safe to retry.
+    Changes (put, ack, nack, queue commands) and receives and touches (a lease is
+    a change the journal keeps) are refused; reads go on. Nothing changed: retry
+    later (the server tries its journal again every second and takes them once a
+    write works). A StorageError subclass, so `except StorageError` catches both,
+    but unlike its parent this one is always safe to retry.
     """
 
     code = "STORAGE_UNAVAILABLE"

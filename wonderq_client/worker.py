@@ -58,6 +58,14 @@ Rules:
   may have been another consumer's. A nack whose delay the server refuses (over its
   --max-delay) is sent at the server's limit (below); one whose `unseen` it refuses (an
   older server), without it.
+* A server whose journal writes fail refuses receives, touches, acks and nacks
+  (StorageUnavailable, nothing made) until a write works again (it tries every second).
+  The Worker sends each again every STORAGE_RETRY_S (1 s), a burst included, and says so
+  once per outage (each refusal after the first at DEBUG), and once when they work again.
+  An ack is sent again past its lease too, until the outage ends or a stop gives up on it:
+  nobody else can receive the message meanwhile, and the server takes a late ack while
+  nobody holds it. A nack stops at its lease's end (its message comes back then anyway).
+  The touches of work in hand are refused, so a long outage lets its leases run out.
 * Back-off: between failed connects, and before reconnecting after a connection that ended
   before the server answered anything (TOO_MANY_CONNECTIONS, say), so a refusing server is
   not hammered. It starts again from `reconnect_first` once the server answers.
@@ -66,7 +74,8 @@ Rules:
   UnsupportedVersion (also when the server says it about the whole connection). A receive
   refused with BATCH_TOO_LARGE is sent again at the limit the error names (else half the
   size), and later ones are kept to that. Anything else, including connect's OSError (TLS
-  verification too: a certificate can be renewed), is retried with back-off until stop();
+  verification too: a certificate can be renewed), is retried with back-off (above: a
+  refusal while journal writes fail, every second) until stop();
   but a burst that has had no answer from the server yet (a wrong port, a server that is
   down) ends with that error, the OSError, ConnectionClosed or TimeoutError, at once.
 * Retry(delay) from the handler nacks with that delay (None: retry_delay's), counted as
@@ -369,7 +378,7 @@ class Worker:
         self._burst_over = asyncio.Event()  # the parked give their messages back
         self._slot_free = asyncio.Event()
         self._batch_cap = concurrency  # lowered if the server's --max-batch is smaller
-        self._storage_refused = False  # receives refused: the server's journal writes fail
+        self._storage_refused = False  # refusals seen: the server's journal writes fail
         # The server's --max-delay, once a nack met it, and the connection it was met on.
         self._delay_cap: float | None = None
         self._delay_cap_on: Client | None = None
@@ -424,6 +433,7 @@ class Worker:
             self._hurry.set()
         self._connections = 0  # reconnects are counted within a run
         self._reached_in_run = False  # the server has answered a request in this run
+        self._storage_refused = False
         heartbeat = asyncio.create_task(self._heartbeat_loop())
         self._receiving = asyncio.create_task(self._receive_loop())
         if self._stops:
@@ -532,6 +542,26 @@ class Worker:
         self._answered = self._reached_in_run = True
         self._connect_attempt = 0
 
+    def _storage_refusal(self, exc: StorageUnavailable, what: str) -> None:
+        """_storage_refusal: the server refused a receive, touch, ack or nack because its
+        journal writes fail. Said once per outage, at WARNING (a stuck disk is the
+        operator's to hear about); each later refusal at DEBUG, or a long outage would
+        write a line per held message every second."""
+        if not self._storage_refused:
+            self._storage_refused = True
+            log.warning("WonderQ at %s:%d refuses receives, touches, acks and nacks while "
+                        "its journal writes fail (%s); trying again every %g s", self.host,
+                        self.port, exc.message, STORAGE_RETRY_S)
+        else:
+            log.debug("%s refused again: the server's journal writes fail", what)
+
+    def _storage_works(self) -> None:
+        """_storage_works: a receive or settle went through after refusals (see above)."""
+        if self._storage_refused:
+            self._storage_refused = False
+            log.warning("WonderQ at %s:%d takes receives, acks and nacks again", self.host,
+                        self.port)
+
     def _raise_if_burst_never_reached(self, error: BaseException) -> None:
         """_raise_if_burst_never_reached ends a burst that has not had one answer from the
         server: a wrong port, or a server that is down, is the caller's to hear about (a
@@ -595,22 +625,15 @@ class Worker:
                 raise
             except StorageUnavailable as exc:
                 # The server's journal writes fail: it tries them again every second, and
-                # so does this, saying so once per outage rather than at every try.
-                if not self._storage_refused:
-                    self._storage_refused = True
-                    log.warning("WonderQ at %s:%d refuses receives while its journal "
-                                "writes fail (%s); trying again every %g s", self.host,
-                                self.port, exc.message, STORAGE_RETRY_S)
-                else:
-                    log.debug("receive refused again: the server's journal writes fail")
+                # so does this (a burst too: the outage is not the end of the queue).
+                self._server_answered()
+                self._storage_refusal(exc, "receive")
                 await asyncio.sleep(STORAGE_RETRY_S)
                 continue
             except WonderQError as exc:  # INTERNAL_ERROR, TOO_MANY_QUEUES, ...: it may pass
                 await self._back_off(f"receive from {self.queue!r} failed ({exc})")
                 continue
-            if self._storage_refused:
-                self._storage_refused = False
-                log.warning("WonderQ at %s:%d takes receives again", self.host, self.port)
+            self._storage_works()
             self._server_answered()
             if self.burst and not messages:
                 await self._finish_jobs()
@@ -892,13 +915,23 @@ class Worker:
                                 "message %d with %g s", refused, exc.message, message.id,
                                 nack_delay)
                     continue
-                if isinstance(exc, StorageError) and \
-                        asyncio.get_running_loop().time() + STORAGE_RETRY_S < patience_until:
-                    # Refused while the server's journal writes fail (StorageUnavailable:
-                    # not made), or in the write that failed (StorageError: "may or may
-                    # not take effect", then made, and a second one finds it settled, as
-                    # after a lost reply).
-                    sent_before = sent_before or not isinstance(exc, StorageUnavailable)
+                if isinstance(exc, StorageUnavailable) and (
+                        job.acking or asyncio.get_running_loop().time() + STORAGE_RETRY_S
+                        < patience_until):
+                    # Refused, not made, while the server's journal writes fail. An ack is
+                    # sent again past its lease too: receives are refused as well, so
+                    # nobody else can take the message meanwhile, and the server takes a
+                    # late ack while nobody holds it (given up at the lease's end, the
+                    # work was done again after the outage: a reviewer). A nack stops
+                    # there: the message comes back when its lease ends anyway.
+                    self._storage_refusal(exc, _settle_name(nack_delay))
+                    await asyncio.sleep(STORAGE_RETRY_S)
+                    continue
+                if isinstance(exc, StorageError) and not isinstance(exc, StorageUnavailable) \
+                        and asyncio.get_running_loop().time() + STORAGE_RETRY_S < patience_until:
+                    # The write that carried it failed: "may or may not take effect", then
+                    # made, and a second one finds it settled, as after a lost reply.
+                    sent_before = True
                     log.info("message %d of %r: the server could not store its %s (%s); "
                              "sending it again in %g s", message.id, message.queue,
                              _settle_name(nack_delay), exc.message, STORAGE_RETRY_S)
@@ -907,6 +940,8 @@ class Worker:
                 log.warning("could not settle message %d of %r: %s", message.id,
                             message.queue, exc)
                 return "unsettled"
+            if self._storage_refused:
+                self._storage_works()
             self._server_answered()
             return outcome
 
@@ -1084,7 +1119,11 @@ class Worker:
         for job, lease, result in zip(due, leases, results, strict=True):
             if job.message.lease != lease:
                 continue  # the job took a newer delivery's lease meanwhile (_adopt)
-            if isinstance(result, (LeaseLost, NotFound)):
+            if isinstance(result, StorageUnavailable):
+                # Not renewed while the server's journal writes fail: the lease may run
+                # out. The ack is sent again until the outage ends (_send_settle).
+                self._storage_refusal(result, "touch")
+            elif isinstance(result, (LeaseLost, NotFound)):
                 job.lease_gone = True
                 log.warning("message %d of %r: its lease was lost (%s); the handler's "
                             "result will not count", job.message.id, job.message.queue,
