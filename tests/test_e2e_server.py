@@ -106,6 +106,26 @@ def test_signal_stops_the_server_cleanly(sig):
     assert "stopped" in proc.log
 
 
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGUSR2], ids=lambda sig: sig.name)
+def test_a_user_signal_is_logged_and_the_server_goes_on(sig):
+    # By default SIGUSR1 killed the server without its stop (beanstalkd users send it for
+    # drain mode; nginx and NATS reopen their logs on it).
+    proc = ServerProcess().start()
+    try:
+        assert proc.proc is not None
+        proc.proc.send_signal(sig)
+
+        async def check() -> None:
+            await until_true(lambda: f"{sig.name} received" in proc.log)
+            async with connect(proc.host, proc.port) as client:
+                assert await client.ping() == "pong"
+
+        asyncio.run(check())
+    finally:
+        assert proc.stop() == 0
+    assert "stopped" in proc.log
+
+
 @pytest.mark.parametrize("mode", ["binary", "text"])
 def test_a_stop_answers_waiting_receives_with_nothing(server_factory, mode):
     # "Answer what is in flight": a long poll ended with a lost connection before.

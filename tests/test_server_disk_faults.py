@@ -21,6 +21,7 @@ from broker_helpers import bodies
 from polling import EVENT_TIMEOUT_S, until, until_stats, until_true
 
 from wonderq_client import StorageError, StorageUnavailable, Worker, connect
+from wonderq_client import worker as worker_module
 from wonderq_server import compaction
 from wonderq_server import journal as journal_module
 from wonderq_server import server as server_module
@@ -274,8 +275,6 @@ async def test_a_workers_ack_refused_while_writes_fail_is_sent_again(tmp_path, m
 
 async def test_a_worker_waits_out_refused_receives_and_says_so_once(tmp_path, monkeypatch,
                                                                       caplog):
-    from wonderq_client import worker as worker_module
-
     monkeypatch.setattr(worker_module, "STORAGE_RETRY_S", 0.01)
     server, disk = await start_retried_by_hand(tmp_path, monkeypatch)
     host, port = server.address
@@ -316,8 +315,6 @@ async def test_a_workers_ack_refused_past_its_lease_is_sent_until_the_outage_end
     # SETTLE_SLACK_S); touches were refused too, so the lease ran out, and once writes
     # worked again the message was received and its work done a second time. Receives are
     # refused meanwhile, so nobody else can take it, and the server takes a late ack.
-    from wonderq_client import worker as worker_module
-
     monkeypatch.setattr(worker_module, "STORAGE_RETRY_S", 0.02)
     monkeypatch.setattr(worker_module, "SETTLE_SLACK_S", 0.0)
     server, disk = await start_retried_by_hand(tmp_path, monkeypatch)

@@ -83,6 +83,11 @@ async def serve(config: Config) -> None:
     # rather than the default of dying silently without a last write and fsync.
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(signum, server.stopped.set)
+    # SIGUSR1 and SIGUSR2 would kill the process by default, without the stop's last write
+    # and goodbyes: a signal meant for something else (beanstalkd's drain mode is SIGUSR1,
+    # nginx's and NATS's log reopening too) must not take the queue down. Said and ignored.
+    for signum in (signal.SIGUSR1, signal.SIGUSR2):
+        loop.add_signal_handler(signum, _ignored, signum)
     server.recover()
     host, port = await server.start()
     # The ready line comes last: whoever reads it may signal us at once.
@@ -94,6 +99,11 @@ async def serve(config: Config) -> None:
     if server.fatal_error is not None:
         raise SystemExit(1)
     logger.info("wonderq-server stopped")
+
+
+def _ignored(signum: int) -> None:
+    logger.warning("%s received: wonderq-server has no use for it, and goes on (SIGTERM "
+                   "stops it)", signal.Signals(signum).name)
 
 
 def _run(coro) -> None:
