@@ -159,6 +159,30 @@ def test_lease_expiry_redelivers_with_delivery_count_increased(b: Broker) -> Non
     check_invariants(b)
 
 
+@pytest.mark.parametrize("leased", [1, 3])  # a lone lease, and a lease batch
+def test_held_lease_ends_come_again_at_the_hold_and_end_once_released(
+        b: Broker, leased: int) -> None:
+    # The server holds lease ends while its journal writes fail (hold_lease_ends_until):
+    # each would be a record the journal cannot take yet.
+    b.put_many("q", [b"1", b"2", b"3"], T0)
+    b.wait("w", 1, None, T0 + 3.0, Inbox(), T0)  # other deadlines go on meanwhile
+    taken = b.receive("q", leased, 5.0, T0)
+    b.hold_lease_ends_until = T0 + 6.0
+    assert b.advance(T0 + 5.5) == 1  # the wait only
+    assert counts(b)["in_flight"] == leased
+    assert b.next_deadline() == T0 + 6.0
+    assert {b.message_info("q", m.id, T0)["deadline_at"] for m in taken} == {T0 + 6.0}
+    b.hold_lease_ends_until = T0 + 7.0
+    assert b.advance(T0 + 6.0) == 0  # due again, held again
+    assert b.next_deadline() == T0 + 7.0
+    b.hold_lease_ends_until = None
+    assert b.advance(T0 + 7.0) == leased
+    assert counts(b)["in_flight"] == 0 and counts(b)["ready"] == 3
+    assert [m.deliveries for m in b.receive("q", 3, 5.0, T0 + 8.0)] == \
+        [2] * leased + [1] * (3 - leased)
+    check_invariants(b)
+
+
 def test_advance_counts_every_deadline_it_handles(b: Broker) -> None:
     b.put_many("q", [b"1", b"2", b"3"], T0)
     b.receive("q", 2, 5.0, T0)

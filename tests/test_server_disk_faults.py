@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from broker_helpers import bodies
-from polling import EVENT_TIMEOUT_S, until, until_stats, until_true
+from polling import EVENT_TIMEOUT_S, until_stats, until_true
 
 from wonderq_client import StorageError, StorageUnavailable, Worker, connect
 from wonderq_client import worker as worker_module
@@ -82,13 +82,6 @@ async def retry_now(server: Server) -> None:
     the failure) at once, and waits until it has written them."""
     server._retry_write()
     await until_true(lambda: server.journal is not None and not server.journal.has_pending)
-
-
-async def until_stats_of_queue(client: Any, queue: str,
-                               check: Callable[[dict[str, Any]], bool]) -> None:
-    """until_stats_of_queue waits until `check` holds for queue_info of `queue` (a read,
-    answered while journal writes fail)."""
-    await until(lambda: client.queue_info(queue), check)
 
 
 def reopen(data_dir: Path) -> Broker:
@@ -335,13 +328,10 @@ async def test_a_workers_ack_refused_past_its_lease_is_sent_until_the_outage_end
             worker = Worker("q", handler, host=host, port=port, max_messages=1,
                             visibility=0.3)
             run = asyncio.create_task(worker.run())
-            # The lease runs out on the server (the message is ready again), and the
-            # worker goes on sending the ack after that.
-            await until_stats_of_queue(client, "q", lambda info: info["in_flight"] == 0)
-            # 30 more sends, 0.6 s at 0.02 s each: twice the lease, well past the end of
-            # the worker's own reckoning of it (which gave up there before).
-            acks_before = caplog.text.count("ack refused again")
-            await until_true(lambda: caplog.text.count("ack refused again") >= acks_before + 30)
+            # 30 sends, 0.6 s at 0.02 s each: twice the lease, well past the end of the
+            # worker's own reckoning of it (which gave up there before). The server holds
+            # the lease that ran out meanwhile (test above).
+            await until_true(lambda: caplog.text.count("ack refused again") >= 30)
             assert not run.done()
             disk.full = False
             await retry_now(server)
@@ -354,6 +344,47 @@ async def test_a_workers_ack_refused_past_its_lease_is_sent_until_the_outage_end
         await server.stop()
 
 
+async def test_leases_that_run_out_while_writes_fail_are_held_until_a_write_works(
+        tmp_path, monkeypatch):
+    # A reviewer: with receives refused, leases held at the failure still ran out, and on a
+    # queue with max_deliveries each became a dead-letter MOVE kept with its whole body:
+    # 20 leased messages of 64 KiB passed a 1 MiB cap, and the server stopped.
+    monkeypatch.setattr(server_module, "HOLD_LEASE_ENDS_S", 0.02)
+    server, disk = await start_retried_by_hand(tmp_path, monkeypatch)
+    host, port = server.address
+    journal = server.journal
+    assert journal is not None
+    body = b"x" * 65536
+    try:
+        async with connect(host, port) as client:
+            await client.create_queue("jobs", max_deliveries=1, dead_letter_queue="dead")
+            await client.put_many("jobs", [body] * 20)
+            got = await client.receive("jobs", max=20, visibility=0.5)
+            assert len(got) == 20
+            lease_ends_at = server.broker.next_deadline()
+            assert lease_ends_at is not None
+            disk.full = True
+            with pytest.raises(StorageError):
+                await client.put("jobs", b"in the failed write")
+            kept = list(journal._pending)
+            # The leases' end comes, and is held again and again, a hold at a time.
+            await until_true(lambda: (server.broker.next_deadline() or 0) > lease_ends_at + 0.1)
+            assert journal._pending == kept  # no lease end, no move, kept meanwhile
+            info = await client.queue_info("jobs")
+            assert (info["messages"], info["in_flight"]) == (21, 20)
+            held = await client.message_info("jobs", got[7].id)  # a member of the batch
+            assert held["state"] == "leased" and held["deadline_at"] > lease_ends_at
+            disk.full = False
+            await retry_now(server)
+            queues = server.broker.queues
+            await until_true(lambda: "dead" in queues and len(queues["dead"].messages) == 20)
+    finally:
+        await server.stop()
+    broker = reopen(tmp_path)
+    assert bodies(broker, "dead") == [body] * 20
+    assert bodies(broker, "jobs") == [b"in the failed write"]
+
+
 async def test_over_the_cap_at_the_stop_exits_1(tmp_path, monkeypatch):
     # A reviewer: the cap passed by the stop's last write was logged, and the exit was 0.
     monkeypatch.setattr(journal_module, "MAX_RETAINED_BYTES", 100)
@@ -362,12 +393,11 @@ async def test_over_the_cap_at_the_stop_exits_1(tmp_path, monkeypatch):
     journal = server.journal
     assert journal is not None
     async with connect(host, port) as client:
-        await client.put_many("q", [b"a", b"b"])
-        await client.receive("q", max=2, visibility=0.05)
+        await client.put_many("q", [b"a", b"b", b"c"], expiry=0.3)
         disk.full_for = lambda fd: True
         with pytest.raises(StorageError):
             await client.put("q", b"x" * 60)  # kept: under the cap
-        # The two leases run out; their ends' records join the kept ones, over the cap.
+        # The three expire; their drops' records join the kept ones, over the cap.
         await until_true(lambda: sum(map(len, journal._pending)) > 100)
     await server.stop()
     assert isinstance(server.fatal_error, JournalBroken)

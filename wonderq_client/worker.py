@@ -65,7 +65,8 @@ Rules:
   An ack is sent again past its lease too, until the outage ends or a stop gives up on it:
   nobody else can receive the message meanwhile, and the server takes a late ack while
   nobody holds it. A nack stops at its lease's end (its message comes back then anyway).
-  The touches of work in hand are refused, so a long outage lets its leases run out.
+  The touches of work in hand are refused; the server holds a lease that runs out
+  meanwhile (it ends about a second after the outage), so the ack still finds it.
 * Back-off: between failed connects, and before reconnecting after a connection that ended
   before the server answered anything (TOO_MANY_CONNECTIONS, say), so a refusing server is
   not hammered. It starts again from `reconnect_first` once the server answers.

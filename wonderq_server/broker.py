@@ -161,6 +161,11 @@ class Broker(QueueAdmin, Replay):
         self.too_many_queues_total = 0  # queues not created: --max-queues reached
         self.queues: dict[str, Queue] = {}
         self.deadlines = DeadlineHeap()
+        # While set (a time), a lease that runs out is not ended but due again then: the
+        # server sets it while its journal writes fail, so that lease ends (each a record,
+        # a dead-letter move one with the whole body) do not pile up in memory for a
+        # journal that cannot take them. Nobody can receive meanwhile anyway.
+        self.hold_lease_ends_until: float | None = None
         # next_deadline() is when `advance` next has work to do, or None: the heap's
         # answer, bound here (the server asks after every read).
         self.next_deadline: Callable[[], float | None] = self.deadlines.next_at
@@ -850,7 +855,8 @@ class Broker(QueueAdmin, Replay):
         """advance handles every deadline at or before `now`; returns how many.
 
         Leases that ran out end their deliveries (`_end_delivery`: ready,
-        dead-lettered or expired); delays that ended make their messages
+        dead-lettered or expired), unless `hold_lease_ends_until` is set: then
+        they are due again at that time; delays that ended make their messages
         ready; expiries drop messages that are not leased; waits that ran out
         are answered with no messages. Waiters of touched queues are served
         last, so a message freed at the same instant as a wait ends still
@@ -861,6 +867,7 @@ class Broker(QueueAdmin, Replay):
         # waiters of several queues are served must not depend on object addresses).
         freed: dict[Queue, None] = {}
         expired_waiters: list[Waiter] = []
+        hold_until = self.hold_lease_ends_until
         while (item := self.deadlines.pop_due(now)) is not None:
             if type(item) is Message and item.lease_batch is not None:
                 # An own entry of a lease batch's pending member, from an earlier
@@ -868,6 +875,15 @@ class Broker(QueueAdmin, Replay):
                 # but the member's deadline is its batch's now (deadlines.py, "handed
                 # over"), so it is stale. The lease ends with the batch.
                 self.deadlines.revived()
+                continue
+            if hold_until is not None and (type(item) is LeaseBatch or (
+                    type(item) is Message and item.state == LEASED)):
+                # Held (see hold_lease_ends_until): due again then, in the same order.
+                item.deadline_at = hold_until
+                if type(item) is LeaseBatch:
+                    for member in item.members.values():  # what message_info shows
+                        member.deadline_at = hold_until
+                self.deadlines.push(hold_until, item)
                 continue
             handled += 1
             # Each deadline is judged at its own time, not at `now`: when the timer

@@ -94,6 +94,9 @@ WRITE_ERROR_LOG_INTERVAL_S = 30.0
 # everything kept: at every turn, that cost grew with the failure's length (a reviewer:
 # puts fell from 9,000/s to 80/s).
 RETRY_WRITE_S = 1.0
+# While they fail, leases that run out are held this long at a time (_on_timer): about the
+# retry's period, so that once a write works they end within about as long.
+HOLD_LEASE_ENDS_S = 1.0
 # One tick of the loop's clock (libuv counts timers in whole milliseconds).
 TIMER_TICK_S = 0.001
 # At a stop, how long the server waits for its clients to close after their
@@ -846,6 +849,12 @@ class Server:
             return
         self._timer = None
         self._timer_at = None
+        # While journal writes fail, leases that run out are held until the next retry
+        # (broker.hold_lease_ends_until): a lease end is a record the journal must keep,
+        # and a dead-letter move's carries the whole body (a reviewer ran 20 leased
+        # messages of 64 KiB past a 1 MiB cap that way).
+        self.broker.hold_lease_ends_until = now + HOLD_LEASE_ENDS_S if self.refusing_changes \
+            else None
         try:
             self.service.advance(now)
         except Exception:
