@@ -347,9 +347,10 @@ async def test_a_workers_ack_refused_past_its_lease_is_sent_until_the_outage_end
 async def test_leases_that_run_out_while_writes_fail_are_held_until_a_write_works(
         tmp_path, monkeypatch):
     # A reviewer: with receives refused, leases held at the failure still ran out, and on a
-    # queue with max_deliveries each became a dead-letter MOVE kept with its whole body:
-    # 20 leased messages of 64 KiB passed a 1 MiB cap, and the server stopped.
+    # queue with max_deliveries each became a dead-letter MOVE kept with its whole body
+    # (20 leased messages of 64 KiB passed a cap patched to 1 MiB, and the server stopped).
     monkeypatch.setattr(server_module, "HOLD_LEASE_ENDS_S", 0.02)
+    monkeypatch.setattr(server_module, "HOLD_GRACE_S", 3600.0)
     server, disk = await start_retried_by_hand(tmp_path, monkeypatch)
     host, port = server.address
     journal = server.journal
@@ -376,8 +377,18 @@ async def test_leases_that_run_out_while_writes_fail_are_held_until_a_write_work
             assert held["state"] == "leased" and held["deadline_at"] > lease_ends_at
             disk.full = False
             await retry_now(server)
+            # Held on a while after writes work (HOLD_GRACE_S), for a Worker's ack that is
+            # sent again every second: a second review saw another consumer win 1 in 4.
+            worked_at = server._writes_worked_at
+            await until_true(lambda: (server.broker.next_deadline() or 0) > worked_at + 0.05)
+            info = await client.queue_info("jobs")
+            assert (info["messages"], info["in_flight"]) == (21, 20)
+            assert "dead" not in server.broker.queues
+            monkeypatch.setattr(server_module, "HOLD_GRACE_S", 0.0)
             queues = server.broker.queues
             await until_true(lambda: "dead" in queues and len(queues["dead"].messages) == 20)
+            # Written at once, not with whichever request comes next (the same review).
+            await until_true(lambda: not journal.has_pending)
     finally:
         await server.stop()
     broker = reopen(tmp_path)

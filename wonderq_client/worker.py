@@ -66,7 +66,7 @@ Rules:
   nobody else can receive the message meanwhile, and the server takes a late ack while
   nobody holds it. A nack stops at its lease's end (its message comes back then anyway).
   The touches of work in hand are refused; the server holds a lease that runs out
-  meanwhile (it ends about a second after the outage), so the ack still finds it.
+  meanwhile and for two seconds after the outage, so the ack sent again finds it.
 * Back-off: between failed connects, and before reconnecting after a connection that ended
   before the server answered anything (TOO_MANY_CONNECTIONS, say), so a refusing server is
   not hammered. It starts again from `reconnect_first` once the server answers.

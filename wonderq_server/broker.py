@@ -868,6 +868,8 @@ class Broker(QueueAdmin, Replay):
         freed: dict[Queue, None] = {}
         expired_waiters: list[Waiter] = []
         hold_until = self.hold_lease_ends_until
+        if hold_until is not None and hold_until <= now:
+            hold_until = None  # a hold already over (pushed back to it, it would pop for ever)
         while (item := self.deadlines.pop_due(now)) is not None:
             if type(item) is Message and item.lease_batch is not None:
                 # An own entry of a lease batch's pending member, from an earlier

@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import resource
 import time
@@ -97,6 +98,10 @@ RETRY_WRITE_S = 1.0
 # While they fail, leases that run out are held this long at a time (_on_timer): about the
 # retry's period, so that once a write works they end within about as long.
 HOLD_LEASE_ENDS_S = 1.0
+# ... and for this long after a write works again: a Worker sends its refused ack again
+# every second (its STORAGE_RETRY_S), and receives work at once, so a held lease that ended
+# at once could go to another consumer before that ack came (a reviewer, 1 in 4 tries).
+HOLD_GRACE_S = 2.0
 # One tick of the loop's clock (libuv counts timers in whole milliseconds).
 TIMER_TICK_S = 0.001
 # At a stop, how long the server waits for its clients to close after their
@@ -197,6 +202,7 @@ class Server:
         # journal.kept_from_failure, kept here so each request reads one attribute
         # rather than a journal that may be None (--in-memory).
         self.refusing_changes = False
+        self._writes_worked_at = -math.inf  # when refusing_changes last ended (time.time())
         self._write_retry_armed = False  # _retry_write is on the loop's timers
         self._write_retry_due = False  # it ran: the next flush tries the kept records
         self._compactions_failed = 0  # since start (stats)
@@ -673,7 +679,9 @@ class Server:
             self._log_write_error(exc)
             self._arm_write_retry()
             return False, True
-        self.refusing_changes = False
+        if self.refusing_changes:
+            self.refusing_changes = False
+            self._writes_worked_at = time.time()  # lease ends held a little longer (_on_timer)
         if self._failing_writes:
             self._writes_work_again()
         return durable, False
@@ -849,16 +857,22 @@ class Server:
             return
         self._timer = None
         self._timer_at = None
-        # While journal writes fail, leases that run out are held until the next retry
+        # While journal writes fail, and HOLD_GRACE_S after, leases that run out are held
         # (broker.hold_lease_ends_until): a lease end is a record the journal must keep,
         # and a dead-letter move's carries the whole body (a reviewer ran 20 leased
         # messages of 64 KiB past a 1 MiB cap that way).
-        self.broker.hold_lease_ends_until = now + HOLD_LEASE_ENDS_S if self.refusing_changes \
-            else None
+        holding = self.refusing_changes or now < self._writes_worked_at + HOLD_GRACE_S
+        self.broker.hold_lease_ends_until = now + HOLD_LEASE_ENDS_S if holding else None
         try:
             self.service.advance(now)
         except Exception:
             logger.exception("internal error while handling deadlines")
+        journal = self.journal
+        if journal is not None and journal.has_pending and not self.refusing_changes:
+            # What the deadlines changed (lease ends, moves, expiries) is written now, not
+            # with whichever request comes next: held lease ends come in a burst after an
+            # outage, dead-letter moves with their bodies.
+            self._schedule_flush()
         self._arm_timer()
 
     # ------------------------------------------------------------------ stats
