@@ -167,10 +167,10 @@ DELAY_LIMIT_ROUNDING = 1e-5  # relative: more than %g's rounding of 6 significan
 # A nack refused this many times for its delay goes with none (a server that names no limit,
 # or one it does not keep to).
 DELAY_REFUSALS_MOST = 3
-# A settle refused with STORAGE_ERROR is sent again this much later while its lease holds:
-# a server whose journal writes fail refuses changes (STORAGE_UNAVAILABLE: not made) and
-# tries its journal again every second (its RETRY_WRITE_S). Given up at once, an ack
-# refused so left the message to come back and be done again (a reviewer).
+# A receive, ack or nack refused with STORAGE_UNAVAILABLE (or a settle whose write failed,
+# STORAGE_ERROR) is sent again this much later: a server whose journal writes fail refuses
+# them, not made, and tries its journal again every second (its RETRY_WRITE_S). Given up
+# at once, an ack refused so left the message to come back and be done again (a reviewer).
 STORAGE_RETRY_S = 1.0
 
 
@@ -1121,8 +1121,9 @@ class Worker:
             if job.message.lease != lease:
                 continue  # the job took a newer delivery's lease meanwhile (_adopt)
             if isinstance(result, StorageUnavailable):
-                # Not renewed while the server's journal writes fail: the lease may run
-                # out. The ack is sent again until the outage ends (_send_settle).
+                # Not renewed while the server's journal writes fail; the server holds a
+                # lease that runs out meanwhile, and the ack is sent again until the
+                # outage ends (_send_settle).
                 self._storage_refusal(result, "touch")
             elif isinstance(result, (LeaseLost, NotFound)):
                 job.lease_gone = True

@@ -11,7 +11,9 @@ with time or I/O in it, and nothing else:
   monotonic clock that times it;
 * the clock (`now`), read once per batch of input and passed down;
 * one timer, armed at the broker's next deadline; when it fires, the broker
-  handles every deadline that has passed (`advance`);
+  handles every deadline that has passed (`advance`), and what that changed
+  is written with a flush; while journal writes fail (and HOLD_GRACE_S
+  after) leases that run out are held rather than ended (HOLD_LEASE_ENDS_S);
 * the flush: connections buffer replies and ask for a flush; the server runs
   one flush per event-loop iteration (`call_soon`): it writes the journal's
   buffered records in one write, hands the replies to group commit (which
@@ -96,7 +98,7 @@ WRITE_ERROR_LOG_INTERVAL_S = 30.0
 # puts fell from 9,000/s to 80/s).
 RETRY_WRITE_S = 1.0
 # While they fail, leases that run out are held this long at a time (_on_timer): about the
-# retry's period, so that once a write works they end within about as long.
+# retry's period, so that once the hold is over (below) they end within about as long.
 HOLD_LEASE_ENDS_S = 1.0
 # ... and for this long after a write works again: a Worker sends its refused ack again
 # every second (its STORAGE_RETRY_S), and receives work at once, so a held lease that ended
