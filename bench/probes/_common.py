@@ -27,11 +27,17 @@ def whole_numbers(usage: str, required: int, defaults: tuple[int, ...] = ()) -> 
     return values + list(defaults[len(values) - required:])
 
 
-def server_cpu_s(pid: int) -> float:
-    """server_cpu_s: user + system CPU seconds of process `pid`."""
+def server_times(pid: int) -> tuple[float, float]:
+    """server_times: (user, system) CPU seconds of process `pid`, from /proc (clock ticks)."""
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
+
+
+def server_cpu_s(pid: int) -> float:
+    """server_cpu_s: user + system CPU seconds of process `pid`."""
+    return sum(server_times(pid))
 
 
 def resident_bytes(pid: int) -> int:

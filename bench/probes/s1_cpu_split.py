@@ -20,7 +20,6 @@ Needs beanstalkd installed (bench/README.md).
 
 from __future__ import annotations
 
-import os
 import resource
 import statistics
 import sys
@@ -31,19 +30,11 @@ BENCH = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(BENCH), str(BENCH.parent)]
 
 import servers  # noqa: E402
-from _common import whole_numbers  # noqa: E402
+from _common import server_times, whole_numbers  # noqa: E402
 from floor import rotated_runs  # noqa: E402
 from scenarios import Progress, put_one_by_one  # noqa: E402
 
 TIME_LIMIT_S = 60.0
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def server_times(pid: int) -> tuple[float, float]:
-    """server_times: (user, system) CPU seconds of process `pid`."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
 
 
 async def one_run(adapter, server: servers.ServerProcess, port: int, n: int) -> list[float]:
