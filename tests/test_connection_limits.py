@@ -330,6 +330,22 @@ def test_requests_with_big_replies_wait_for_the_earlier_replies_to_be_written():
     assert transport.reading
 
 
+def test_a_request_alone_in_its_read_with_a_big_reply_holds_the_next_read():
+    # A read with one request skips _run's loop (data_received); a reply over
+    # REPLY_HOLD_BYTES must still hold what comes next until it is written.
+    hub = FakeHub()
+    for _ in range(6):
+        put_via_text(hub, b"b" * BIG)
+    connection, transport = binary_client(hub)
+    transport.full_after_write = True
+    hub.send(connection, req(1, "peek", queue="q", max=6))
+    hub.send(connection, req(2, "ping"))
+    assert [f[0] for f in transport.frames()] == [1]  # the ping waits for the peek's write
+    transport.drain()
+    hub.run()
+    assert [f[0] for f in transport.frames()] == [1, 2]
+
+
 def test_a_socket_that_keeps_up_gets_every_reply_in_several_writes():
     hub = FakeHub()
     put_via_text(hub, b"b" * BIG)

@@ -373,7 +373,7 @@ class Connection(asyncio.Protocol):
         every lease to a waiting receive: one system call per waiting receive
         served, not per message. Once the client has sent its FIN, its
         receives are treated as eof_received treats them: every one that
-        waits, now or when read later (see `_execute`), is answered with
+        waits, now or when read later (see `_execute_now`), is answered with
         nothing; a receive that finds messages at once still gets them, for
         a client that only shut down its sending side (`nc -N`) still reads.
         """
@@ -476,10 +476,28 @@ class Connection(asyncio.Protocol):
             self._hold_input(data)  # behind what is held, in order
             return
         self._turn_requests = 0
-        self._turn_started = self.hub.now()
+        now = self._turn_started = self.hub.now()
         self._running_input = True
         try:
-            ran = self._decode_and_run(data)
+            if len(data) > DECODE_SLICE_BYTES:
+                ran = self._decode_and_run(data)
+            else:
+                # The usual read: one slice (_decode_and_run's loop, once), and most
+                # often one request (one at a time per connection: S1-S3), run without
+                # _run's loop, whose turn and hold have nothing after it to act on.
+                try:
+                    items = decoder.feed(data)
+                except Exception:
+                    items = self._decode_failed()
+                ran = bool(items)
+                if ran:
+                    self.last_request_at = now
+                    if len(items) > 1:
+                        self._run(items, now)
+                    elif self._run_one(items[0], now):
+                        self._hold(items)  # a paced command waits its turn
+                    elif self._out_bytes > REPLY_HOLD_BYTES and not self._text_waiting:
+                        self._block_output()
         finally:
             self._running_input = False
         if ran:
@@ -576,11 +594,7 @@ class Connection(asyncio.Protocol):
         for index, item in enumerate(items):
             if self._close_after_flush:
                 return
-            if isinstance(item, Rejected):
-                # Answered like any request: error replies count toward the hold
-                # too (a two-byte unknown command gets a 200-byte answer).
-                self._reply_error(item.request_id, item.error)
-            elif self._execute(item, now):
+            if self._run_one(item, now):
                 self._hold(list(items)[index:])  # a paced command waits its turn
                 return
             self._turn_requests += 1
@@ -594,13 +608,16 @@ class Connection(asyncio.Protocol):
                 return
             if self._text_waiting or self._out_bytes > REPLY_HOLD_BYTES:
                 if not self._text_waiting:
-                    # Many requests with big replies in one read (peeks,
-                    # receives): run no more until these are written, so
-                    # the replies one read can cause are bounded.
-                    self._output_blocked = True
-                    self.hub.want_flush(self)
+                    self._block_output()
                 self._hold(list(items)[index + 1:])
                 return
+
+    def _block_output(self) -> None:
+        """_block_output: the replies of one read are over REPLY_HOLD_BYTES (many requests
+        with big replies: peeks, receives). Nothing more runs until they are written,
+        so the replies one read can cause are bounded."""
+        self._output_blocked = True
+        self.hub.want_flush(self)
 
     def _yield_turn(self) -> None:
         """_yield_turn: what this connection sent after its TURN_SECONDS runs in a later
@@ -651,18 +668,23 @@ class Connection(asyncio.Protocol):
         if len(self._held_input) > self.hub.connection_limits.max_request_buffer_bytes:
             self._pause("held")
 
-    def _execute(self, command: Command, now: float) -> bool:
-        """_execute runs one command; True when it did not run yet but waits its turn
+    def _run_one(self, item: Command | Rejected, now: float) -> bool:
+        """_run_one runs one request; True when it did not run yet but waits its turn
         (a paced command: admin_pace.py), to be held with what came after it."""
-        if not self.authenticated and not self._admit(command, now):
+        if type(item) is Rejected:
+            # Answered like any request: error replies count toward the hold
+            # too (a two-byte unknown command gets a 200-byte answer).
+            self._reply_error(item.request_id, item.error)
             return False
-        if command.name in PACE_ORDERED:
-            if command.name != "quit":
-                return self._execute_paced(command, now)
+        if not self.authenticated and not self._admit(item, now):
+            return False
+        if item.name in PACE_ORDERED:
+            if item.name != "quit":
+                return self._execute_paced(item, now)
             if self._parked is not None:  # a binary QUIT waits for it, and closes after
                 self._pace_holding = True
                 return True
-        self._execute_now(command, now)
+        self._execute_now(item, now)
         return False
 
     def _execute_paced(self, command: Command, now: float) -> bool:
