@@ -542,6 +542,22 @@ def closed_stream_run(server: ServerProcess, redirect: str, *args: str,
         capture_output=True, text=True, timeout=EVENT_TIMEOUT_S)
 
 
+def test_a_stream_open_the_wrong_way_counts_as_closed(server):
+    # `2</dev/null` (or pyenv's shell shim, which leaves its script read-only on a closed
+    # fd 2): the error line failed with EBADF, and the unreachable server's exit 2 was 1.
+    unreachable = subprocess.run(
+        ["sh", "-c", 'exec "$@" 2</dev/null', "sh", sys.executable, "-m", "wonderq_cli",
+         "--port", "1", "stats"], capture_output=True, text=True, timeout=EVENT_TIMEOUT_S)
+    assert (unreachable.returncode, unreachable.stdout) == (2, "")
+    # stdout read-only is as closed: receive refuses rather than lease into nothing
+    receive = closed_stream_run(server, "1</dev/null", "receive", "wrong-way", "--ack")
+    assert receive.returncode == 2
+    assert "wonderq receive: standard output is closed" in receive.stderr
+    # stdin write-only: put with no BODY refuses rather than put an empty body
+    put = closed_stream_run(server, "0>/dev/null", "put", "wrong-way")
+    assert put.returncode == 2 and "wonderq put: standard input is closed" in put.stderr
+
+
 async def test_only_commands_that_need_a_closed_stdin_or_stdout_refuse_it(server):
     async with connect(server.host, server.port) as client:
         await client.put("closed", b"x")

@@ -22,6 +22,11 @@ import argparse
 import asyncio
 import os
 import sys
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
@@ -286,12 +291,13 @@ def open_missing_standard_streams() -> tuple[str, ...]:
     closed (`wonderq work ... >&-`), as daemons do: else the next file opened takes that
     number, and libuv aborts when a subprocess's pipe is one of them. Python has made that
     stream None; it becomes the /dev/null one (else a print to a missing stderr would go
-    to stdout). Returns the names of the streams that were closed."""
+    to stdout). A stream open the wrong way (`2</dev/null`; pyenv's shell shims leave their
+    script read-only on a closed fd 2) counts as closed too: a write to it failed with
+    EBADF, and the unreachable server's exit 2 became an exit 1. Returns the names of the
+    streams that were closed."""
     closed = []
     for fd, name, mode in STANDARD_STREAMS:
-        try:
-            os.fstat(fd)
-        except OSError:
+        if not _usable(fd, mode):
             null = os.open(os.devnull, os.O_RDWR)
             if null != fd:
                 os.dup2(null, fd)
@@ -300,6 +306,19 @@ def open_missing_standard_streams() -> tuple[str, ...]:
         if getattr(sys, name) is None:
             setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115 (for good)
     return tuple(closed)
+
+
+def _usable(fd: int, mode: str) -> bool:
+    """_usable: `fd` is open for reading (mode "r") or writing ("w"); only open, where
+    there is no fcntl (Windows)."""
+    try:
+        if fcntl is None:
+            os.fstat(fd)
+            return True
+        access = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+    except OSError:
+        return False
+    return access == os.O_RDWR or access == (os.O_RDONLY if mode == "r" else os.O_WRONLY)
 
 
 def console_script() -> None:
