@@ -144,12 +144,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     (which run until told to stop) must be answered within --timeout (plus
     receive's --wait).
 
-    `closed_streams` names the standard streams that were closed when the program started
-    (now /dev/null). A command that would read its input from a closed stdin (`put` with
-    no BODY: its `uses_stdin`) or whose output is the point (`receive`, which leases what
-    it writes, and `top`: its `needs_stdout`, the reason) is refused with a usage error,
-    rather than put an empty body or lease messages into nothing; the rest run as with
-    /dev/null.
+    `closed_streams` names the standard streams that were closed, or open the wrong way,
+    when the program started (now /dev/null). A command that would read its input from a
+    closed stdin (`put` with no BODY: its `uses_stdin`) or whose output is the point
+    (`receive`, which leases what it writes, and `top`: its `needs_stdout`, the reason) is
+    refused with a usage error, rather than put an empty body or lease messages into
+    nothing; the rest run as with /dev/null.
     """
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
@@ -240,14 +240,15 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 def closed_stream_refusal(args: argparse.Namespace, closed_streams: Sequence[str]) -> str:
     """closed_stream_refusal says why the command cannot run with the standard streams
-    `closed_streams` closed, or "" if it can."""
+    `closed_streams` closed (or open the wrong way), or "" if it can."""
     uses_stdin = getattr(args, "uses_stdin", None)
     if "stdin" in closed_streams and uses_stdin is not None and uses_stdin(args):
-        return ("standard input is closed, and the body would be read from it: give BODY "
-                "as an argument, or standard input a file")
+        return ("standard input is closed (or not open for reading), and the body would be "
+                "read from it: give BODY as an argument, or standard input a file")
     needs_stdout = getattr(args, "needs_stdout", "")
     if "stdout" in closed_streams and needs_stdout:
-        return f"standard output is closed: {needs_stdout}; give it a file or a pipe"
+        return (f"standard output is closed (or not open for writing): {needs_stdout}; give "
+                "it a file or a pipe")
     return ""
 
 

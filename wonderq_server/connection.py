@@ -482,9 +482,10 @@ class Connection(asyncio.Protocol):
             if len(data) > DECODE_SLICE_BYTES:
                 ran = self._decode_and_run(data)
             else:
-                # The usual read: one slice (_decode_and_run's loop, once), and most
-                # often one request (one at a time per connection: S1-S3), run without
-                # _run's loop, whose turn and hold have nothing after it to act on.
+                # The usual read: one slice (_decode_and_run's loop, once, with its
+                # decode inline as there), and most often one request (one at a time
+                # per connection: S1-S3), run without _run's loop: it has no turn to
+                # share and nothing after it to hold.
                 try:
                     items = decoder.feed(data)
                 except Exception:
@@ -496,8 +497,8 @@ class Connection(asyncio.Protocol):
                         self._run(items, now)
                     elif self._run_one(items[0], now):
                         self._hold(items)  # a paced command waits its turn
-                    elif self._out_bytes > REPLY_HOLD_BYTES and not self._text_waiting:
-                        self._block_output()
+                    else:
+                        self._wait_for_replies()
         finally:
             self._running_input = False
         if ran:
@@ -606,18 +607,22 @@ class Connection(asyncio.Protocol):
                 self._yield_turn()
                 self._hold(list(items)[index + 1:])
                 return
-            if self._text_waiting or self._out_bytes > REPLY_HOLD_BYTES:
-                if not self._text_waiting:
-                    self._block_output()
+            if self._wait_for_replies():
                 self._hold(list(items)[index + 1:])
                 return
 
-    def _block_output(self) -> None:
-        """_block_output: the replies of one read are over REPLY_HOLD_BYTES (many requests
-        with big replies: peeks, receives). Nothing more runs until they are written,
-        so the replies one read can cause are bounded."""
-        self._output_blocked = True
-        self.hub.want_flush(self)
+    def _wait_for_replies(self) -> bool:
+        """_wait_for_replies, after each request: True when what comes next must wait, for
+        a text wait's answer, or until the replies so far are written. Those of one read
+        are bounded so: past REPLY_HOLD_BYTES (many requests with big replies: peeks,
+        receives) nothing more runs until they are written."""
+        if self._text_waiting:
+            return True
+        if self._out_bytes > REPLY_HOLD_BYTES:
+            self._output_blocked = True
+            self.hub.want_flush(self)
+            return True
+        return False
 
     def _yield_turn(self) -> None:
         """_yield_turn: what this connection sent after its TURN_SECONDS runs in a later
