@@ -232,6 +232,43 @@ def test_a_client_still_reading_its_replies_at_the_stop_gets_them_all(server_fac
     assert asyncio.run(stored()) == answered == 20_000
 
 
+def test_a_client_cut_off_at_the_stop_still_reads_the_replies_its_kernel_holds(
+        server_factory):
+    # Its 100 replies sit unread in its own kernel buffer (nothing left for the server to
+    # send, so no progress to wait for) and it keeps writing, so it is cut off after
+    # GOODBYE_WAIT_S and its next write meets a reset. The replies and the goodbye were
+    # written before it, in order, and Linux's TCP keeps what it had received.
+    server = server_factory()
+    slow = Raw(server.host, server.port)
+    slow.send(PREAMBLE + b"".join(frame([i, "put", {"queue": "q", "body": b"x"}])
+                                  for i in range(1, 101)))
+
+    async def until_stored() -> None:
+        async with connect(server.host, server.port) as watcher:
+            await until_stats(watcher, lambda s: s["server"]["messages"] == 100)
+
+    asyncio.run(until_stored())
+    server.proc.send_signal(signal.SIGTERM)
+    reset = None
+    for _ in range(1000):  # a ping every 10 ms until the cut-off's reset, 10 s at most
+        try:
+            slow.send(frame([0, "ping", {}]))
+        except OSError as exc:
+            reset = exc
+            break
+        time.sleep(0.01)
+    assert isinstance(reset, BrokenPipeError | ConnectionResetError), reset
+    assert server.wait_exit() == 0
+    assert "cut off 1 connection that did not close" in server.log
+    assert [slow.reply()[:2] for _ in range(100)] == [[i, None] for i in range(1, 101)]
+    after = slow.reply()
+    while after == [0, None, "pong"]:  # pings read before the stop began were answered
+        after = slow.reply()
+    assert after[0] is None and after[1][0] == "SHUTTING_DOWN", after
+    assert slow.at_eof()
+    slow.close()
+
+
 def test_every_client_hears_the_stop_and_one_that_never_closes_does_not_hold_it(
         server_factory):
     server = server_factory()
