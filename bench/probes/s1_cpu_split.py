@@ -40,34 +40,50 @@ TIME_LIMIT_S = 60.0
 async def one_run(adapter, server: servers.ServerProcess, port: int, n: int) -> list[float]:
     """one_run: S1 on a fresh server; msgs/s, then server user, server system, client
     user and client system µs per message."""
+    await ready(adapter, server, port)
+    conn = await adapter.connect(port, "split", "c1")
+    try:
+        return await split(server, lambda: put_one_by_one(
+            conn, n, time.monotonic() + TIME_LIMIT_S, Progress()))
+    finally:
+        await conn.close()
+
+
+async def ready(adapter, server: servers.ServerProcess, port: int) -> None:
+    """ready waits for a fresh server to answer, then makes queue "split" on it."""
     await server.wait_ready(lambda: adapter.probe(port), 30)
     if server.name != "do-nothing":  # it has no queues to create
         await adapter.prepare(port, "split", "memory")
-    conn = await adapter.connect(port, "split", "c1")
-    try:
-        server0, client0 = server_times(server.pid), resource.getrusage(resource.RUSAGE_SELF)
-        load = await put_one_by_one(conn, n, time.monotonic() + TIME_LIMIT_S, Progress())
-        server1, client1 = server_times(server.pid), resource.getrusage(resource.RUSAGE_SELF)
-    finally:
-        await conn.close()
-    if load.stalled:
-        raise SystemExit(f"{server.name}: {load.stalled}")
-    per_message = 1e6 / load.messages
-    return [load.messages / load.seconds,
+
+
+async def split(server: servers.ServerProcess, load) -> list[float]:
+    """split runs `load()` (a scenario's loop, returning its Load); msgs/s, then server
+    user, server system, client user and client system µs per message."""
+    server0, client0 = server_times(server.pid), resource.getrusage(resource.RUSAGE_SELF)
+    done = await load()
+    server1, client1 = server_times(server.pid), resource.getrusage(resource.RUSAGE_SELF)
+    if done.stalled:
+        raise SystemExit(f"{server.name}: {done.stalled}")
+    per_message = 1e6 / done.messages
+    return [done.messages / done.seconds,
             (server1[0] - server0[0]) * per_message, (server1[1] - server0[1]) * per_message,
             (client1.ru_utime - client0.ru_utime) * per_message,
             (client1.ru_stime - client0.ru_stime) * per_message]
 
 
-def main(n: int, runs: int) -> None:
-    rows = rotated_runs(runs, one_run, n)
-    print(f"S1, {n} messages, median of {runs} runs; CPU in µs per message")
+def print_table(title: str, rows: dict[str, list[list[float]]]) -> None:
+    print(title)
     print(f"{'':11s} {'msgs/s':>8s}  {'server user':>11s} {'sys':>6s}  "
           f"{'client user':>11s} {'sys':>6s}")
     for name, table in rows.items():
         rate, s_user, s_sys, c_user, c_sys = (statistics.median(column)
                                               for column in zip(*table, strict=True))
         print(f"{name:11s} {rate:8.0f}  {s_user:11.1f} {s_sys:6.1f}  {c_user:11.1f} {c_sys:6.1f}")
+
+
+def main(n: int, runs: int) -> None:
+    print_table(f"S1, {n} messages, median of {runs} runs; CPU in µs per message",
+                rotated_runs(runs, one_run, n))
 
 
 if __name__ == "__main__":
