@@ -22,13 +22,13 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any
 
 try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
-from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import Any
 
 from wonderq_client import DEFAULT_HOST, DEFAULT_PORT, ConnectionClosed, WonderQError
 from wonderq_client import __version__ as client_version
