@@ -916,33 +916,34 @@ class Worker:
                                 "message %d with %g s", refused, exc.message, message.id,
                                 nack_delay)
                     continue
-                if isinstance(exc, StorageUnavailable) and (
-                        job.acking or asyncio.get_running_loop().time() + STORAGE_RETRY_S
-                        < patience_until):
-                    # Refused, not made, while the server's journal writes fail. An ack is
-                    # sent again past its lease too: receives are refused as well, so
-                    # nobody else can take the message meanwhile, and the server takes a
-                    # late ack while nobody holds it (given up at the lease's end, the
-                    # work was done again after the outage: a reviewer). A nack stops
-                    # there: the message comes back when its lease ends anyway.
-                    self._storage_refusal(exc, _settle_name(nack_delay))
-                    await asyncio.sleep(STORAGE_RETRY_S)
-                    continue
-                if isinstance(exc, StorageError) and not isinstance(exc, StorageUnavailable) \
-                        and asyncio.get_running_loop().time() + STORAGE_RETRY_S < patience_until:
-                    # The write that carried it failed: "may or may not take effect", then
-                    # made, and a second one finds it settled, as after a lost reply.
-                    sent_before = True
-                    log.info("message %d of %r: the server could not store its %s (%s); "
-                             "sending it again in %g s", message.id, message.queue,
-                             _settle_name(nack_delay), exc.message, STORAGE_RETRY_S)
-                    await asyncio.sleep(STORAGE_RETRY_S)
-                    continue
+                if isinstance(exc, StorageError):
+                    in_time = asyncio.get_running_loop().time() + STORAGE_RETRY_S \
+                        < patience_until
+                    if isinstance(exc, StorageUnavailable):
+                        if job.acking or in_time:
+                            # Refused, not made, while the server's journal writes fail. An
+                            # ack is sent again past its lease too: receives are refused as
+                            # well, so nobody else can take the message meanwhile, and the
+                            # server takes a late ack while nobody holds it (given up at the
+                            # lease's end, the work was done again after the outage: a
+                            # reviewer). A nack stops there: the message comes back when its
+                            # lease ends anyway.
+                            self._storage_refusal(exc, _settle_name(nack_delay))
+                            await asyncio.sleep(STORAGE_RETRY_S)
+                            continue
+                    elif in_time:
+                        # The write that carried it failed: "may or may not take effect",
+                        # then made, and a second one finds it settled, as after a lost reply.
+                        sent_before = True
+                        log.info("message %d of %r: the server could not store its %s (%s); "
+                                 "sending it again in %g s", message.id, message.queue,
+                                 _settle_name(nack_delay), exc.message, STORAGE_RETRY_S)
+                        await asyncio.sleep(STORAGE_RETRY_S)
+                        continue
                 log.warning("could not settle message %d of %r: %s", message.id,
                             message.queue, exc)
                 return "unsettled"
-            if self._storage_refused:
-                self._storage_works()
+            self._storage_works()
             self._server_answered()
             return outcome
 
