@@ -117,14 +117,15 @@ async def test_stats_and_queues_tables_of_thousands_of_queues_show_each_whole(se
 async def test_put_receive_ack_from_a_shell(server):
     env = {"WONDERQ_HOST": server.host, "WONDERQ_PORT": str(server.port)}
     done = await cli("put", "jobs", "resize image 42", "--priority", "3", "--header",
-                     "trace=abc", env=env)
+                     "trace=abc", "--header", "tenant=7=x", env=env)
     assert done.returncode == 0, done.stderr
     msg_id = int(done.stdout)
     done = await cli("receive", "jobs", "--json", "--visibility", "60", env=env)
     assert done.returncode == 0, done.stderr
     [delivered] = json.loads(done.stdout)
     assert (delivered["id"], delivered["body"], delivered["priority"], delivered["headers"],
-            delivered["deliveries"]) == (msg_id, "resize image 42", 3, {"trace": "abc"}, 1)
+            delivered["deliveries"]) == (msg_id, "resize image 42", 3,
+                                         {"trace": "abc", "tenant": "7=x"}, 1)
     done = await cli("ack", "jobs", str(msg_id), str(delivered["lease"]), env=env)
     assert done.returncode == 0, done.stderr
     async with connect(server.host, server.port) as client:
@@ -530,6 +531,10 @@ def test_history_restarts_when_totals_go_down() -> None:
     ["put", "q", "x", "--priority", str(2 ** 31)], ["put", "q", "x", "--priority", "-3000000000"],
     ["put", "q", "x", "--header", "noequals"], ["put", "q", "x", "--delay", "inf"],
     ["top", "--interval", "0"],
+    # A header key given twice (the server's text mode refuses it too; the CLI kept the
+    # last value), and a --max of 0 (receive and peek asked the server and exited 1).
+    ["put", "q", "x", "--header", "k=1", "--header", "k=2"],
+    ["receive", "q", "--max", "0"], ["peek", "q", "--max", "0"],
     # Bytes that are not UTF-8 where the server takes a string: a traceback, exit 1, before.
     ["put", b"q\xff", "x"], ["peek", b"q\xff"], ["put", "q", "x", "--header", b"k=\xff"],
     ["put", "q", "x", "--header", b"\xfe=v"], ["work", b"q\xff", "--", "true"],

@@ -309,6 +309,8 @@ async def test_a_queue_at_its_max_length_refuses_puts_and_drops_nothing(server):
         results = await client.put_many("ml", [b"a", b"b", b"c", b"d", b"e"])
         assert all(isinstance(r, int) for r in results[:3]), results
         assert all(isinstance(r, Full) for r in results[3:]), results
+        # Each refusal is about its own item: the batch's first three were stored.
+        assert "this message was not stored" in results[3].message, results[3].message
         [leased] = await client.receive("ml", visibility=30)
         with pytest.raises(Full):  # a leased message still takes its place
             await client.put("ml", b"f")
@@ -331,6 +333,7 @@ async def test_the_server_at_max_memory_refuses_puts_and_drops_nothing(server_fa
             await client.put("mm0", bytes(1000))
         [refused] = await client.put_many("mm1", [bytes(1000)])
         assert isinstance(refused, Full)
+        assert "this message was not stored" in refused.message, refused.message
         info = (await client.stats())["server"]
         assert (info["max_memory"], info["stored_bytes"], info["messages"]) == (4096, 3600, 3)
         assert info["full_refusals_total"] == 2

@@ -10,7 +10,10 @@ Rules:
 * Ids, leases and counts fit in 64 bits unsigned (msgpack's integers);
   priorities are in the protocol's range, 32 bits signed (PROTOCOL.md, put);
   the server still checks its own limits (--max-batch).
-* A header is KEY=VALUE with a non-empty key.
+* A header is KEY=VALUE with a non-empty key; a key given twice is refused (as
+  the server refuses it in text mode), not quietly given its last value.
+* A count the server takes from 1 up (receive's and peek's --max, redrive's)
+  is refused at 0 here too, so every bad --max is the same exit status 2.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ def unsigned(text: str) -> int:
 
 
 def positive(text: str) -> int:
-    """positive: a count of at least 1 (redrive's --max: the server refuses 0)."""
+    """positive: a count of at least 1 (a --max: the server refuses 0)."""
     value = unsigned(text)
     if value == 0:
         raise argparse.ArgumentTypeError("must be at least 1, got 0")
@@ -90,3 +93,17 @@ def header(value: str) -> tuple[str, str]:
     if not eq or not key:
         raise argparse.ArgumentTypeError(f"wants KEY=VALUE, got {value!r}")
     return key, rest
+
+
+class Headers(argparse.Action):
+    """Headers collects repeated `--header KEY=VALUE` (each checked by `header`) into
+    a dict, and refuses a key given twice as a usage error."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        key, value = values  # type: ignore[misc]
+        headers = getattr(namespace, self.dest) or {}
+        if key in headers:
+            raise argparse.ArgumentError(self, f"header {key!r} given twice")
+        headers[key] = value
+        setattr(namespace, self.dest, headers)

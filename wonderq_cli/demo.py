@@ -111,8 +111,9 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
                         help="consumers, in turn steady, slow, crashy, nacky "
                              "(default %(default)s)")
     parser.add_argument("--seconds", type=_at_least(MIN_SECONDS, float), default=25.0,
-                        help="stop and account after this long even if unfinished "
-                             "(default %(default)s)")
+                        help="the whole run, accounting included, ends within this even if "
+                             f"unfinished: the work stops {WRAP_UP_S:g} s before it, to "
+                             "account for every message (default %(default)s)")
     parser.add_argument("--queue", default=None,
                         help="queue name; its dead letters go to QUEUE-dead (default: demo, "
                              "or demo-<random> with --connect)")

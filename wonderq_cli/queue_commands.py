@@ -52,16 +52,16 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
                      help="lower is handed out first (default 0)")
     put.add_argument("--expiry", type=argument_types.seconds,
                      help="drop it if not acked within these seconds")
-    put.add_argument("--header", action="append", default=[], metavar="KEY=VALUE",
+    put.add_argument("--header", action=argument_types.Headers, metavar="KEY=VALUE",
                      type=argument_types.header,
-                     help="a header (repeatable)")
+                     help="a header (repeatable, each KEY once)")
     put.add_argument("--json", action="store_true", help='print {"id": ...}')
     put.set_defaults(run=run_put, prepare=read_body, uses_stdin=body_from_stdin,
                      take_extras=body_after_flags)
 
     receive = commands.add_parser("receive", parents=[common], help="receive (lease) messages")
     receive.add_argument("queue", type=argument_types.text)
-    receive.add_argument("--max", type=argument_types.unsigned, default=1,
+    receive.add_argument("--max", type=argument_types.positive, default=1,
                          help="most messages (default 1)")
     receive.add_argument("--wait", type=argument_types.seconds, default=0.0,
                          help="seconds to wait for a first message (default 0)")
@@ -82,7 +82,7 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     peek = commands.add_parser("peek", parents=[common],
                                help="show the next messages without leasing them")
     peek.add_argument("queue", type=argument_types.text)
-    peek.add_argument("--max", type=argument_types.unsigned, default=None,
+    peek.add_argument("--max", type=argument_types.positive, default=None,
                       help=f"most messages (default {PEEK_DEFAULT}, or the server's "
                       "--max-batch if lower)")
     peek.add_argument("--json", action="store_true",
@@ -147,11 +147,6 @@ def escaped(text: str) -> str:
                    for ch in text)
 
 
-def _headers(pairs: Sequence[tuple[str, str]]) -> dict[str, str] | None:
-    """_headers: the --header pairs (argument_types.header checked each) as a map."""
-    return dict(pairs) or None
-
-
 def print_json(value: Any) -> None:
     write_out(json.dumps(value, indent=2) + "\n")
 
@@ -202,7 +197,7 @@ CTRL_C_CLOSE_S = 1.0
 async def run_put(args: argparse.Namespace) -> int:
     async with open_client(args) as client:
         msg_id = await client.put(args.queue, args.body_bytes, delay=args.delay,
-                                  priority=args.priority, headers=_headers(args.header),
+                                  priority=args.priority, headers=args.header,
                                   expiry=args.expiry)
     return print_result(args, {"id": msg_id}, str(msg_id))
 

@@ -325,7 +325,7 @@ class Broker(QueueAdmin, Replay):
             self.full_refusals_total += 1
             held = len(q.messages)
             raise CommandError(FULL, f"queue {q.name!r} holds {held} message"
-                               f"{'' if held == 1 else 's'}, its max_length; nothing was "
+                               f"{'' if held == 1 else 's'}, its max_length; this message was not "
                                "stored (retry after consumers catch up)")
         if type(body) is not bytes:  # a plain message is told apart by its exact type
             body = bytes(body)
@@ -402,8 +402,8 @@ class Broker(QueueAdmin, Replay):
         if self.stored_bytes + cost > self.max_memory_bytes:
             self.full_refusals_total += 1
             raise CommandError(FULL, f"the server's stored messages take {self.stored_bytes} "
-                               f"of {self.max_memory_bytes} bytes (--max-memory); nothing was "
-                               "stored (retry after consumers catch up)")
+                               f"of {self.max_memory_bytes} bytes (--max-memory); this message "
+                               "was not stored (retry after consumers catch up)")
 
     def _check_body(self, body: bytes) -> None:
         if len(body) > self.max_message_bytes:

@@ -563,8 +563,8 @@ def _text_int(field: str, text: str) -> int:
     if not (digits.isascii() and digits.isdigit()):
         raise bad_argument(f"{field} must be an integer, got {text!r:.40}")
     if len(digits) > TEXT_INT_MAX_DIGITS:
-        raise bad_argument(f"{field} has {len(digits)} digits; no value of it has more than "
-                           f"{TEXT_INT_MAX_DIGITS}")
+        raise bad_argument(f"{field} has {len(digits)} digits; no integer of the protocol "
+                           f"has more than {TEXT_INT_MAX_DIGITS} (64 bits)")
     return int(text)
 
 
