@@ -58,6 +58,18 @@ def test_bad_frames_get_an_error_and_the_connection_survives(raw, request_frame,
     assert raw.reply() == [99, None, "pong"]
 
 
+def test_limits_that_refuse_what_the_server_is_for_are_said_at_the_start(server_factory):
+    # An operator's review: `--max-client-memory 2` (meant as 2G) cut off every
+    # long-polling consumer within a second, `--max-memory 1` made every put FULL, and
+    # the log said nothing at the start.
+    server = server_factory("--max-memory", "2", "--max-client-memory", "2")
+    assert "--max-memory 2 is below one message" in server.log
+    assert "--max-client-memory 2 is below --max-request-buffer-bytes" in server.log
+    server.stop()
+    server = server_factory("--max-memory", "1M", "--max-client-memory", "1M")
+    assert "WARNING" not in server.log, server.log
+
+
 def test_oversized_frame_is_refused_then_closed_and_others_unharmed(server_factory):
     server = server_factory("--max-frame-bytes", "1000")
     # Below --max-message-bytes (256 KiB): said at the start (an operator's review).

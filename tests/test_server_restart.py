@@ -1,5 +1,5 @@
 """A server started on a journal acts on restored deadlines without waiting for a request,
-and says when what it recovered is over --max-memory."""
+and says when what it recovered is over --max-memory, or has queue settings over its limits."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 import time
 
 from wonderq_server.broker import Broker
+from wonderq_server.commands import Limits
 from wonderq_server.config import Config
 from wonderq_server.journal import Journal
 from wonderq_server.server import Server
@@ -51,3 +52,31 @@ def test_a_start_over_max_memory_says_so(tmp_path, caplog):
         server.journal.close()
         lines = [r.getMessage() for r in caplog.records if r.name == "wonderq.server"]
         assert any("over --max-memory (5000)" in line for line in lines) == warned, lines
+
+
+def test_a_start_names_queue_settings_over_its_limits_and_keeps_them(tmp_path, caplog):
+    # An operator's review set a queue's delay and visibility_timeout to 90,000 s under
+    # raised --max-delay and --max-visibility-timeout, restarted with the defaults
+    # (43,200 s), and the settings went on applying without a word in the log.
+    broker = Broker()
+    journal = Journal(tmp_path)
+    journal.open(broker, 0.0)
+    broker.create_queue("slow", {"delay": 90_000.0, "visibility_timeout": 90_000.0}, 0.0)
+    broker.create_queue("fine", {"delay": 60.0}, 0.0)
+    journal.close()
+
+    caplog.set_level(logging.WARNING, logger="wonderq.server")
+    for limits, warned in ((Limits(max_delay_s=1e5, max_visibility_s=1e5), []),
+                           (Limits(), ["'slow' keeps its visibility_timeout of 90000 s, over "
+                                       "this start's --max-visibility-timeout (43200 s)",
+                                       "'slow' keeps its delay of 90000 s, over this start's "
+                                       "--max-delay (43200 s)"])):
+        caplog.clear()
+        server = Server(Config(port=0, data_dir=tmp_path, limits=limits))
+        server.recover()
+        assert server.broker.queues["slow"].settings.delay == 90_000.0  # kept
+        server.journal.close()
+        lines = [r.getMessage() for r in caplog.records if r.name == "wonderq.server"]
+        assert len(lines) == len(warned), lines
+        for line, expected in zip(lines, warned, strict=True):
+            assert expected in line, lines

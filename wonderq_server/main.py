@@ -41,6 +41,7 @@ from .auth import is_loopback
 from .config import Config, parse_config
 from .journal import DataDirLocked, DataDirUnusable, JournalError
 from .journal_format import JournalCorrupt
+from .message import MESSAGE_OVERHEAD_BYTES
 from .server import Server, ready_logger
 from .tls import TLSSetupError
 
@@ -52,6 +53,32 @@ logger = logging.getLogger("wonderq.server")
 GC_YOUNG_THRESHOLD = 10_000
 # A frame holds a message's body and its request's other fields (queue, headers, ...).
 FRAME_ROOM_BYTES = 1024
+
+
+def _warn_about_limits(config: Config) -> None:
+    """_warn_about_limits: limits each accepted alone, but that together (or with a unit
+    left off: `--max-memory 2` is 2 bytes) refuse what the server is for. An operator's
+    reviews met each one as errors, or cut-off clients, with no word at the start."""
+    limits, connection_limits = config.limits, config.connection_limits
+    if limits.max_frame_bytes < limits.max_message_bytes + FRAME_ROOM_BYTES:
+        # The largest messages cannot be put in binary mode; with a tiny frame, nothing.
+        logger.warning("--max-frame-bytes %d is below --max-message-bytes %d + %d: binary "
+                       "requests carrying the largest messages will be refused "
+                       "FRAME_TOO_LARGE; raise --max-frame-bytes", limits.max_frame_bytes,
+                       limits.max_message_bytes, FRAME_ROOM_BYTES)
+    if config.max_memory_bytes and \
+            config.max_memory_bytes < limits.max_message_bytes + MESSAGE_OVERHEAD_BYTES:
+        logger.warning("--max-memory %d is below one message of --max-message-bytes %d "
+                       "(plus %d counted per message): puts of the largest messages, or "
+                       "of any, will be refused FULL; sizes take a unit (--max-memory 2G)",
+                       config.max_memory_bytes, limits.max_message_bytes,
+                       MESSAGE_OVERHEAD_BYTES)
+    if connection_limits.max_client_memory_bytes < connection_limits.max_request_buffer_bytes:
+        logger.warning("--max-client-memory %d is below --max-request-buffer-bytes %d: one "
+                       "connection's waiting receives (1 KiB each) or held requests can pass "
+                       "it, and then it is cut off; sizes take a unit (--max-client-memory "
+                       "2G)", connection_limits.max_client_memory_bytes,
+                       connection_limits.max_request_buffer_bytes)
 
 
 async def serve(config: Config) -> None:
@@ -70,14 +97,7 @@ async def serve(config: Config) -> None:
                        "token: anyone who reaches it can read the server's stats and queue "
                        "names; set --auth-token (scrapers send it as a Bearer token)",
                        config.metrics_host)
-    limits = config.limits
-    if limits.max_frame_bytes < limits.max_message_bytes + FRAME_ROOM_BYTES:
-        # Both accepted alone, but together (an operator's review): the largest messages
-        # cannot be put in binary mode, and with a tiny frame no request can be sent.
-        logger.warning("--max-frame-bytes %d is below --max-message-bytes %d + %d: binary "
-                       "requests carrying the largest messages will be refused "
-                       "FRAME_TOO_LARGE; raise --max-frame-bytes", limits.max_frame_bytes,
-                       limits.max_message_bytes, FRAME_ROOM_BYTES)
+    _warn_about_limits(config)
     loop = asyncio.get_running_loop()
     # SIGHUP too (the terminal that started it closed): a clean stop, as for SIGTERM,
     # rather than the default of dying silently without a last write and fsync.

@@ -88,6 +88,12 @@ ready_logger = logging.getLogger("wonderq.server.ready")
 ready_logger.setLevel(logging.INFO)
 
 RATE_SAMPLE_INTERVAL_S = 1.0
+# A queue setting and the limit a request's value of it must not pass (commands.py),
+# checked at start against settings stored under other limits (_warn_settings_over_limits).
+SETTING_LIMITS = (("visibility_timeout", "max_visibility_s", "--max-visibility-timeout"),
+                  ("delay", "max_delay_s", "--max-delay"),
+                  ("expiry", "max_expiry_s", "--max-expiry"))
+SETTINGS_WARNED_MOST = 20  # lines; then one line counts the rest
 # A journal write that fails (a full disk) is logged at most once per this many
 # seconds, with the count of those not logged (Redis' AOF_WRITE_LOG_ERROR_RATE): one
 # line per failed write flooded the log at hundreds of lines a second.
@@ -245,6 +251,25 @@ class Server:
             logger.warning("the recovered messages count %d bytes, at or over --max-memory "
                            "(%d): every put is refused with FULL until consumers drain them",
                            broker.stored_bytes, broker.max_memory_bytes)
+        self._warn_settings_over_limits()
+
+    def _warn_settings_over_limits(self) -> None:
+        """_warn_settings_over_limits names the recovered queue settings over this start's
+        limits (set under higher ones). They are kept, as stored data is: a setting is
+        the queue's, and changing it behind the operator's back would change what the
+        queue does. configure_queue lowers one."""
+        over = [(q.name, setting, value, flag, limit)
+                for q in self.broker.queues.values()
+                for setting, limit_name, flag in SETTING_LIMITS
+                if (value := getattr(q.settings, setting)) > (limit := getattr(self.limits,
+                                                                               limit_name))]
+        for name, setting, value, flag, limit in over[:SETTINGS_WARNED_MOST]:
+            logger.warning("queue %r keeps its %s of %g s, over this start's %s (%g s): it "
+                           "was set under a higher limit, and applies until configure_queue "
+                           "changes it", name, setting, value, flag, limit)
+        if len(over) > SETTINGS_WARNED_MOST:
+            logger.warning("... and %d more queue settings over this start's limits",
+                           len(over) - SETTINGS_WARNED_MOST)
 
     async def start(self) -> tuple[str, int]:
         """start listens; returns the (host, port) actually bound. Call recover() first."""
