@@ -159,6 +159,12 @@ async def test_peek_purge_and_queues(server):
     done = await cli("peek", "work", "--json", *at(server))
     assert [m["body"] for m in json.loads(done.stdout)] == ["urgent", "low", "high"]
     assert all(m["lease"] is None and m["deliveries"] == 0 for m in json.loads(done.stdout))
+    # As a table into a pipe: no line ends in the spaces rich pads it with.
+    for command in (["peek", "work"], ["queues"], ["stats"]):
+        done = await cli(*command, *at(server))
+        assert done.returncode == 0 and b"work" in done.stdout, done
+        lines = done.stdout.decode().split("\n")
+        assert len(lines) > 2 and all(line == line.rstrip() for line in lines), lines
     done = await cli("queues", "--json", *at(server))
     assert [(q["queue"], q["messages"], q["explicit"]) for q in json.loads(done.stdout)] == [
         ("empty", 0, True), ("work", 3, False)]

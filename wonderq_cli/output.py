@@ -22,7 +22,8 @@ Rules:
 * Where standard output has no descriptor (a test's capture), it falls back
   to sys.stdout.write and flush.
 * `print_rich` renders for the terminal rich sees (width, colour), as
-  Console().print would.
+  Console().print would; to a file or a pipe, without the spaces rich pads
+  each line with.
 """
 
 from __future__ import annotations
@@ -72,7 +73,12 @@ def print_rich(renderable: RenderableType, console: Console | None = None) -> No
     rendered = io.StringIO()
     Console(file=rendered, width=shown.width, force_terminal=shown.is_terminal,
             color_system=shown.color_system).print(renderable)
-    write_out(rendered.getvalue())
+    text = rendered.getvalue()
+    if not shown.is_terminal:
+        # rich pads every line of a table to its width: invisible on a terminal, but
+        # noise in a file or a pipe that is diffed or grepped (a newcomer's review).
+        text = "\n".join(line.rstrip() for line in text.split("\n"))
+    write_out(text)
 
 
 def counted(count: object, thing: str) -> str:
