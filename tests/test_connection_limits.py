@@ -407,34 +407,6 @@ def test_waiting_receives_past_the_request_buffer_pause_reading_until_one_ends()
     assert [f[0] for f in transport.frames()] == [0]
 
 
-def test_the_rest_of_a_read_past_the_waits_limit_runs_only_as_waits_end():
-    # An operator's review pipelined 20,000 waiting receives in one write: every frame of
-    # each read ran before the pause took effect, and about 6,000 waited against a limit
-    # of 1,024. Now what follows the wait that passed the limit is held, in order.
-    waits = 10
-    hub = FakeHub(connection_limits=ConnectionLimits(
-        max_request_buffer_bytes=waits * WAITING_RECEIVE_BYTES))
-    connection, transport = binary_client(hub)
-    hub.send(connection, b"".join(req(i, "receive", queue="q", wait=60)
-                                  for i in range(waits + 5))
-             + req(99, "ping"))
-    hub.run()
-    assert hub.broker.stats(hub.clock)["waiting_consumers"] == waits + 1
-    assert not transport.reading and transport.frames() == []  # the ping waits its turn
-    put_via_text(hub, b"x")  # one wait ends: one held receive runs, and waits again
-    hub.run()
-    assert [f[0] for f in transport.frames()] == [0]
-    assert hub.broker.stats(hub.clock)["waiting_consumers"] == waits + 1
-    assert not transport.reading
-    for body in (b"a", b"b", b"c", b"d"):
-        put_via_text(hub, body)
-        hub.run()
-    # Every receive has now run; the ping after them is answered, and reading resumes.
-    assert [f[0] for f in transport.frames()] == [0, 1, 2, 3, 4, 99]
-    assert hub.broker.stats(hub.clock)["waiting_consumers"] == waits
-    assert transport.reading
-
-
 def paused_by_waits(waits: int = 10):
     """paused_by_waits: a binary connection with one receive more waiting than the
     request buffer allows, so the server has stopped reading from it."""

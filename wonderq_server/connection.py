@@ -200,9 +200,6 @@ class Connection(asyncio.Protocol):
         self._out: list[bytes] = []
         self._out_bytes = 0  # bytes in _out
         self._output_blocked = False  # requests wait until the replies before them are written
-        # Its receives that wait are past --max-request-buffer-bytes (at WAITING_RECEIVE_BYTES
-        # each): reading is paused, and the rest of the read that got it there is held too.
-        self._waits_full = False
         # Requests run in this turn of the event loop and when it began (TURN_SECONDS),
         # and whether the rest waits for the next turn.
         self._turn_requests = 0
@@ -530,7 +527,7 @@ class Connection(asyncio.Protocol):
         ran = False
         start, size = 0, len(data)
         while start < size and not self._close_after_flush:
-            if self._text_waiting or self._output_blocked or self._held or self._waits_full:
+            if self._text_waiting or self._output_blocked or self._held:
                 self._hold_rest(data, start)
                 break
             end = start + DECODE_SLICE_BYTES
@@ -616,19 +613,16 @@ class Connection(asyncio.Protocol):
 
     def _wait_for_replies(self) -> bool:
         """_wait_for_replies, after each request: True when what comes next must wait, for
-        a text wait's answer, until the replies so far are written, or until one of its
-        waiting receives ends. Those of one read are bounded so: past REPLY_HOLD_BYTES
-        (many requests with big replies: peeks, receives) nothing more runs until they
-        are written; past the waits' share of --max-request-buffer-bytes, nothing more
-        runs (and nothing is read) until a wait ends, so a read of thousands of waiting
-        receives does not run them all past the limit."""
+        a text wait's answer, or until the replies so far are written. Those of one read
+        are bounded so: past REPLY_HOLD_BYTES (many requests with big replies: peeks,
+        receives) nothing more runs until they are written."""
         if self._text_waiting:
             return True
         if self._out_bytes > REPLY_HOLD_BYTES:
             self._output_blocked = True
             self.hub.want_flush(self)
             return True
-        return self._waits_full
+        return False
 
     def _yield_turn(self) -> None:
         """_yield_turn: what this connection sent after its TURN_SECONDS runs in a later
@@ -762,7 +756,6 @@ class Connection(asyncio.Protocol):
                 self._text_waiting = True
             elif len(self._waiters) * WAITING_RECEIVE_BYTES > \
                     self.hub.connection_limits.max_request_buffer_bytes:
-                self._waits_full = True  # what follows is held (_wait_for_replies)
                 self._pause("waits")  # see connection_limits.py; _respond resumes
         elif command.name in DURABLE_COMMANDS:
             self._durable.append((len(self._out) - 1, command))
@@ -813,12 +806,9 @@ class Connection(asyncio.Protocol):
             return
         if self._waiters and self._waiters.pop(command, None) is not None:
             self.last_request_at = self.hub.now()  # a wait that ends counts as activity
-            if self._waits_full and len(self._waiters) * WAITING_RECEIVE_BYTES \
+            if "waits" in self._paused_by and len(self._waiters) * WAITING_RECEIVE_BYTES \
                     <= self.hub.connection_limits.max_request_buffer_bytes:
-                self._waits_full = False
                 self._resume("waits")
-                if self._held or self._held_input:
-                    self.hub.defer(self._release_held)  # not now: as for a text wait, below
         if command.name in SHOWING_COMMANDS:
             if self._newest_shown is not None and result:
                 self._newest_shown = max(self._newest_shown, max(map(_message_id, result)))
@@ -844,7 +834,7 @@ class Connection(asyncio.Protocol):
             return
         if self._text_waiting and not self._waiters:
             self._text_waiting = False
-        if self._text_waiting or self._output_blocked or self._yielded or self._waits_full \
+        if self._text_waiting or self._output_blocked or self._yielded \
                 or self._pace_holding or "stopping" in self._paused_by:
             return  # still blocked (what unblocks it calls again), or the server stops
         held, self._held = self._held, deque()
@@ -852,8 +842,7 @@ class Connection(asyncio.Protocol):
         if held:
             self._run(held, now)
         if self._held_input and not self._held and not self._text_waiting \
-                and not self._output_blocked and not self._waits_full \
-                and not self._close_after_flush:
+                and not self._output_blocked and not self._close_after_flush:
             # Handed over, not copied: _decode_and_run gives back what it does not run
             # (_hold_rest) by cutting its head off, in place.
             data, self._held_input = self._held_input, bytearray()

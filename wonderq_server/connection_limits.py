@@ -38,9 +38,7 @@ request limit sees, and each gets one rule, enforced where the bytes are:
   --max-frame-bytes, buffered as it arrives, never set aside in advance);
   but its receives that wait are requests the server holds too, any
   number of them: each counts WAITING_RECEIVE_BYTES, and past the limit
-  the server stops reading from it until one ends, and holds the rest of
-  the read that took it there (a read can bring thousands of waiting
-  receives, and once ran them all past the limit). A client that closes
+  the server stops reading from it until one ends. A client that closes
   meanwhile is noticed before a message is leased to it (peer_state.py).
 * **Replies written but not yet sent** (`max_reply_buffer_bytes`): when the
   socket's send buffer is past its high-water mark, the server stops reading
