@@ -407,6 +407,23 @@ def test_waiting_receives_past_the_request_buffer_pause_reading_until_one_ends()
     assert [f[0] for f in transport.frames()] == [0]
 
 
+def test_requests_in_the_read_that_passed_the_waits_limit_still_run_at_once():
+    # Reading stops, but the read that took the waits past the limit runs whole: a CANCEL
+    # (or an ack, a QUIT) sent with its receives reaches them now. A session's attempt to
+    # hold the rest of that read held such a CANCEL for the whole wait (a reviewer).
+    waits = 10
+    hub = FakeHub(connection_limits=ConnectionLimits(
+        max_request_buffer_bytes=waits * WAITING_RECEIVE_BYTES))
+    connection, transport = binary_client(hub)
+    hub.send(connection, b"".join(req(i, "receive", queue="q", wait=60)
+                                  for i in range(waits + 2))
+             + req(50, "cancel", request=0) + req(51, "ping"))
+    hub.run()
+    assert [(f[0], f[2]) for f in transport.frames()] == [(0, []), (50, 1), (51, "pong")]
+    assert hub.broker.stats(hub.clock)["waiting_consumers"] == waits + 1
+    assert not transport.reading
+
+
 def paused_by_waits(waits: int = 10):
     """paused_by_waits: a binary connection with one receive more waiting than the
     request buffer allows, so the server has stopped reading from it."""

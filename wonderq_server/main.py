@@ -70,14 +70,15 @@ def _warn_about_limits(config: Config) -> None:
             config.max_memory_bytes < limits.max_message_bytes + MESSAGE_OVERHEAD_BYTES:
         logger.warning("--max-memory %d is below one message of --max-message-bytes %d "
                        "(plus %d counted per message): puts of the largest messages, or "
-                       "of any, will be refused FULL; sizes take a unit (--max-memory 2G)",
+                       "of any, will be refused FULL; raise it (a size without a unit, "
+                       "such as 2, is bytes)",
                        config.max_memory_bytes, limits.max_message_bytes,
                        MESSAGE_OVERHEAD_BYTES)
     if connection_limits.max_client_memory_bytes < connection_limits.max_request_buffer_bytes:
         logger.warning("--max-client-memory %d is below --max-request-buffer-bytes %d: one "
                        "connection's waiting receives (1 KiB each) or held requests can pass "
-                       "it, and then it is cut off; sizes take a unit (--max-client-memory "
-                       "2G)", connection_limits.max_client_memory_bytes,
+                       "it, and then it is cut off; raise it (a size without a unit, such "
+                       "as 2, is bytes)", connection_limits.max_client_memory_bytes,
                        connection_limits.max_request_buffer_bytes)
 
 
