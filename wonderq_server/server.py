@@ -258,11 +258,12 @@ class Server:
         limits (set under higher ones). They are kept, as stored data is: a setting is
         the queue's, and changing it behind the operator's back would change what the
         queue does. configure_queue lowers one."""
-        over = [(q.name, setting, value, flag, limit)
-                for q in self.broker.queues.values()
-                for setting, limit_name, flag in SETTING_LIMITS
-                if (value := getattr(q.settings, setting)) > (limit := getattr(self.limits,
-                                                                               limit_name))]
+        over = []
+        for q in self.broker.queues.values():
+            for setting, limit_name, flag in SETTING_LIMITS:
+                value, limit = getattr(q.settings, setting), getattr(self.limits, limit_name)
+                if value > limit:
+                    over.append((q.name, setting, value, flag, limit))
         for name, setting, value, flag, limit in over[:SETTINGS_WARNED_MOST]:
             logger.warning("queue %r keeps its %s of %g s, over this start's %s (%g s): it "
                            "was set under a higher limit, and applies until configure_queue "
