@@ -22,6 +22,24 @@ for _name in [name for name in os.environ
     del os.environ[_name]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--compiled", action="store_true",
+                     help="the run is of the compiled build (WONDERQ_COMPILE=1, setup.py): "
+                          "stop at the start unless every module it compiles runs compiled")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # .ci/run tests the compiled build with this flag: a build that fell back to the
+    # source, or compiled only some modules, would otherwise pass as the pure one.
+    if session.config.getoption("compiled"):
+        from wonderq_server.compiled import COMPILED_MODULES, running_compiled
+
+        missing = sorted(set(COMPILED_MODULES) - set(running_compiled()))
+        if missing:
+            pytest.exit(f"--compiled, but these run from their source: {', '.join(missing)}",
+                        returncode=4)
+
+
 @pytest.fixture
 def server():
     """A fresh `wonderq-server` subprocess on a free loopback port."""

@@ -12,7 +12,7 @@ Rules:
   whitespace and no control characters (text mode sends it as one word), and
   it is kept as bytes.
 * The token never appears in a log line, in `--help` (config.py prints "set"
-  or "off"), in Config's repr, or in a Command's repr (commands.SecretBytes).
+  or "off"), in Config's repr, or in a Command's repr (SecretBytes).
 * Tokens are compared in constant time: both sides are hashed with SHA-256
   first and the digests compared with hmac.compare_digest, so neither the
   position of the first wrong byte nor the token's length shows in the time
@@ -37,6 +37,16 @@ import ipaddress
 from pathlib import Path
 
 from .errors import AUTH_FAILED, BAD_ARGUMENT, CommandError, ProtocolError
+
+
+class SecretBytes(bytes):
+    """Bytes that never show in a repr or a log line: an AUTH command's token. (Here, not
+    in commands.py, which a compiled build compiles: mypyc builds no subclass of bytes.)"""
+
+    def __repr__(self) -> str:
+        return "<secret>"
+
+    __str__ = __repr__
 
 # Seconds between a wrong token's answer and the close; see the rules above.
 AUTH_FAILURE_DELAY_S = 1.0

@@ -96,7 +96,7 @@ class BinaryDecoder:
         authenticated, its requests may be as big as the server's limits allow)."""
         self._limits = limits
 
-    def feed(self, data: bytes) -> list[Command | Rejected]:
+    def feed(self, data: bytes | bytearray) -> list[Command | Rejected]:
         """feed takes the next bytes of the stream and returns what they complete."""
         if self.broken:
             return []
@@ -143,19 +143,21 @@ class BinaryDecoder:
         self._buffer = bytearray()
         return [Rejected(error)]
 
-    def _decode(self, frame: bytearray) -> Command | Rejected:
+    def _decode(self, frame: bytes | bytearray) -> Command | Rejected:
         try:
             if len(frame) <= SMALL_FRAME_BYTES:
                 request = msgpack.unpackb(frame, raw=False, strict_map_key=False)
             else:
                 request = unpack_counted(frame, request_values_limit(self._limits),
                                          request_container_limit(self._limits))
-        except TooManyValues as exc:
-            return Rejected(CommandError(BATCH_TOO_LARGE, str(exc)), readable_request_id(frame))
-        except Exception as exc:  # any undecodable frame; the stream itself is still in step
+        except TooManyValues as too_many:  # (each `except` its own name: mypyc types them)
+            return Rejected(CommandError(BATCH_TOO_LARGE, str(too_many)),
+                            readable_request_id(frame))
+        except Exception as undecodable:  # any undecodable frame; the stream is still in step
             # msgpack's FormatError (a byte that starts no value: 0xc1) has no message
-            why = str(exc) or ("a byte that starts no msgpack value (0xc1 is reserved)"
-                               if isinstance(exc, msgpack.FormatError) else type(exc).__name__)
+            why = str(undecodable) or (
+                "a byte that starts no msgpack value (0xc1 is reserved)"
+                if isinstance(undecodable, msgpack.FormatError) else type(undecodable).__name__)
             return Rejected(CommandError(MALFORMED, f"frame is not valid msgpack: {why}"),
                             readable_request_id(frame))
         if not isinstance(request, list) or len(request) != 3:

@@ -28,7 +28,7 @@ Rules:
   configure_queue leaves them as they are.
 * The text codec passes strings; `TEXT_CONVERTERS` turns them into the same
   types the binary codec carries, then the same checks apply.
-* AUTH's token is kept as SecretBytes, which prints as `<secret>`, so a
+* AUTH's token is kept as auth.SecretBytes, which prints as `<secret>`, so a
   command that is logged or printed never shows it (auth.py has the rules).
 
 Must not know: sockets, the broker's state, wire framing.
@@ -41,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .auth import SecretBytes
 from .errors import (
     BATCH_TOO_LARGE,
     HEADERS_TOO_LARGE,
@@ -191,7 +192,7 @@ def _put_item(field: str, item: Any, limits: Limits) -> dict[str, Any] | Command
         extra = sorted(str(k) for k in item if k != "body" and k not in ITEM_OPTIONS)
         if extra:
             raise bad_argument(f"{field} has no field {', '.join(extra)}")
-        checked = {"body": _body(f"{field}.body", item["body"], limits)}
+        checked: dict[str, Any] = {"body": _body(f"{field}.body", item["body"], limits)}
         for option in ITEM_OPTIONS:
             value = item.get(option)
             checked[option] = None if value is None else CHECKS[option](
@@ -248,15 +249,6 @@ def _count(field: str, value: Any, limits: Limits) -> int:
     if type(value) is int and 0 <= value <= UINT64_MAX:  # the usual id or lease, inline
         return value
     return _whole(field, value)
-
-
-class SecretBytes(bytes):
-    """Bytes that never show in a repr or a log line: an AUTH command's token."""
-
-    def __repr__(self) -> str:
-        return "<secret>"
-
-    __str__ = __repr__
 
 
 def _token(field: str, value: Any, limits: Limits) -> SecretBytes:

@@ -41,6 +41,7 @@ from .auth import check_token, load_token
 from .broker import DEFAULT_MAX_QUEUES
 from .busy_poll import MAX_BUSY_POLL_US
 from .commands import Limits
+from .compiled import build_description
 from .connection_limits import ConnectionLimits
 from .journal import DEFAULT_RESERVE_BYTES, MAX_RESERVE_BYTES
 from .memory_limit import usable_memory_bytes
@@ -381,7 +382,8 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         prog="wonderq-server",
         description="WonderQ: a work-queue broker with SQS-style leases. "
                     "Every flag can also be set with the WONDERQ_* variable shown.")
-    parser.add_argument("--version", action="version", version=f"wonderq-server {__version__}")
+    parser.add_argument("--version", action="version",
+                        version=f"wonderq-server {__version__} ({build_description()})")
     for flag, dest, kind, default, text in FLAGS:
         env = env_name(flag)
         raw = environ.get(env)

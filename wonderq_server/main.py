@@ -23,7 +23,7 @@ threshold). Cycles are still collected, a little later.
 The ready line, logged once the socket is bound, names the real address, so
 `--port 0` can be used by tests and scripts that read it:
 
-    wonderq-server listening on 127.0.0.1:7711 (pid 1234, version 0.1.0)
+    wonderq-server listening on 127.0.0.1:7711 (pid 1234, version 0.1.0, pure Python)
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .auth import is_loopback
+from .compiled import build_description
 from .config import Config, parse_config
 from .journal import DataDirLocked, DataDirUnusable, JournalError
 from .journal_format import JournalCorrupt
@@ -112,8 +113,8 @@ async def serve(config: Config) -> None:
     server.recover()
     host, port = await server.start()
     # The ready line comes last: whoever reads it may signal us at once.
-    ready_logger.info("wonderq-server listening on %s:%d (pid %d, version %s)",
-                      host, port, os.getpid(), __version__)
+    ready_logger.info("wonderq-server listening on %s:%d (pid %d, version %s, %s)",
+                      host, port, os.getpid(), __version__, build_description())
     await server.stopped.wait()
     logger.info("wonderq-server stopping")
     await server.stop()

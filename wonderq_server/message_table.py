@@ -345,7 +345,8 @@ class MessageTable(Mapping[int, Any]):
                        if type(value) is bytes)
         if not plain:
             return False
-        new_ids, new_bodies = array("q"), []
+        new_ids: array[int] = array("q")
+        new_bodies: list[bytes | None] = []
         add_id, add_body = new_ids.append, new_bodies.append
         at, count = 0, len(plain)
         for message_id, body in self.plain_from_oldest():  # a merge of two sorted lists

@@ -59,6 +59,7 @@ from .auth import TokenCheck
 from .broker import Broker
 from .busy_poll import BusyPoll
 from .compaction import Compaction
+from .compiled import build_description
 from .config import Config
 from .connection import Connection, Output
 from .connection_limits import (
@@ -953,6 +954,7 @@ class Server:
     def _server_info(self, now: float) -> dict[str, Any]:
         info: dict[str, Any] = {
             "version": __version__,
+            "build": build_description(),
             "pid": os.getpid(),
             "uptime_s": round(now - self.started_at, 3),
             "connections": len(self.connections) - len(self._refused),

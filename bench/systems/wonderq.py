@@ -4,7 +4,9 @@ Design decision: every call is the client's public API: put, put_many,
 receive (max, wait), ack on the message's id and lease, ack_many. The server
 is `python -m wonderq_server` from this working tree, run by the same Python
 as the benchmark (no pyenv shim or console-script wrapper in the start-up
-time of S7).
+time of S7), compiled or not as the tree was built (README, "Compiled
+build": `WONDERQ_COMPILE=1 pip install -e .` compiles in place); the
+versions say which.
 
 Rules:
 * memory mode is `--in-memory`; fsync mode is `--data-dir DIR --fsync
@@ -57,9 +59,11 @@ def versions() -> dict[str, str]:
     import uvloop
 
     import wonderq_server
+    from wonderq_server.compiled import build_description
 
     return {"wonderq-server": getattr(wonderq_server, "__version__", "?"),
             "wonderq commit": _commit(),
+            "wonderq build": f"{build_description()} (README, Compiled build)",
             "wonderq_client": client_version, "msgpack (client)": msgpack.version_string
             if hasattr(msgpack, "version_string") else ".".join(map(str, msgpack.version)),
             "uvloop (server)": uvloop.__version__,

@@ -1,0 +1,93 @@
+"""The compiled build's bookkeeping: the stale-build guard and how a server names its build.
+
+The compiled modules themselves are tested by the whole suite: .ci/run runs the
+tests that use them in process and end to end again against a compiled build
+(`pytest --compiled`, which stops unless every one of them runs compiled)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from importlib.machinery import EXTENSION_SUFFIXES
+
+import pytest
+from server_process import server_command
+
+from wonderq_client import connect
+from wonderq_server.compiled import (
+    COMPILED_MODULES,
+    StaleBuild,
+    build_description,
+    check_not_stale,
+    running_compiled,
+)
+
+SUFFIX = EXTENSION_SUFFIXES[0]
+
+
+def source_tree(tmp_path, *, setup_py: bool = True):
+    package = tmp_path / "wonderq_server"
+    package.mkdir()
+    if setup_py:
+        (tmp_path / "setup.py").write_text("")
+    for name in COMPILED_MODULES:
+        (package / f"{name.rpartition('.')[2]}.py").write_text("")
+    return package
+
+
+def set_mtime(path, seconds: float) -> None:
+    os.utime(path, (seconds, seconds))
+
+
+def test_a_compiled_module_older_than_its_source_is_refused_naming_the_fix(tmp_path):
+    package = source_tree(tmp_path)
+    built = package / f"ids{SUFFIX}"
+    built.write_bytes(b"")
+    set_mtime(built, 1_000_000)
+    set_mtime(package / "ids.py", 1_000_001)  # edited after the build
+    with pytest.raises(StaleBuild) as refused:
+        check_not_stale(package)
+    message = str(refused.value)
+    assert str(built) in message and "ids.py" in message
+    assert f"WONDERQ_COMPILE=1 pip install -e {tmp_path}" in message
+
+
+def test_a_build_newer_than_its_source_and_a_source_with_no_build_are_fine(tmp_path):
+    package = source_tree(tmp_path)
+    built = package / f"ids{SUFFIX}"
+    built.write_bytes(b"")
+    set_mtime(package / "ids.py", 1_000_000)
+    set_mtime(built, 1_000_001)
+    check_not_stale(package)  # no other module has a build: their source runs
+
+
+def test_an_installed_package_is_not_checked(tmp_path):
+    # No setup.py beside it: its files' times are the install's, not the build's.
+    package = source_tree(tmp_path, setup_py=False)
+    built = package / f"ids{SUFFIX}"
+    built.write_bytes(b"")
+    set_mtime(built, 1_000_000)
+    set_mtime(package / "ids.py", 1_000_001)
+    check_not_stale(package)
+
+
+def test_the_description_says_which_build_this_is(pytestconfig):
+    compiled = running_compiled()
+    assert compiled in ([], list(COMPILED_MODULES)), "a partly compiled tree"
+    assert build_description() == ("compiled" if compiled else "pure Python")
+    if pytestconfig.getoption("compiled"):
+        assert compiled == list(COMPILED_MODULES)
+
+
+def test_the_server_names_its_build_in_version_ready_line_and_stats(server):
+    version = subprocess.run([*server_command(), "--version"], capture_output=True, text=True,
+                             timeout=60, check=True).stdout
+    assert version.endswith(f"({build_description()})\n")
+    assert f", {build_description()})" in server.log  # the ready line
+
+    async def stats() -> dict:
+        async with connect(server.host, server.port) as client:
+            return await client.stats()
+
+    assert asyncio.run(stats())["server"]["build"] == build_description()

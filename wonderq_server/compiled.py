@@ -1,0 +1,91 @@
+"""Which server modules a compiled build compiles, which ones run compiled, and stale builds.
+
+Design decision: the server is pure Python, and a build with WONDERQ_COMPILE=1
+(setup.py) also compiles the modules below to C with mypyc, from the same
+source. They are the ones every message passes through that hold no asyncio
+and no class hierarchy mypyc cannot build: the binary codec, the command
+checks, the message table, the deadline heap, ids and the message record.
+Compiled, their annotations are checked at run time, so an annotation that
+does not say what really arrives is a TypeError there: the suite runs
+against the compiled build in CI (`.ci/run`) to find them.
+
+Rules:
+* COMPILED_MODULES is the one list: setup.py compiles it, and
+  running_compiled() reports which of it the process imports as extension
+  modules (`--version`, STATS, the ready line, the bench).
+* This module imports nothing of the package: setup.py reads it before the
+  package can import.
+* A module compiled in place in a source tree whose .py changed after the
+  build would run the old code unseen; importing the package there raises
+  StaleBuild, naming the file and the command that rebuilds or removes it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from importlib.machinery import EXTENSION_SUFFIXES
+from pathlib import Path
+
+COMPILED_MODULES = (
+    "wonderq_server.binary_codec",
+    "wonderq_server.commands",
+    "wonderq_server.deadlines",
+    "wonderq_server.ids",
+    "wonderq_server.message",
+    "wonderq_server.message_table",
+)
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+class StaleBuild(ImportError):
+    """A compiled module is older than its source in a source tree."""
+
+
+def running_compiled() -> list[str]:
+    """running_compiled names the modules of COMPILED_MODULES that this process imports
+    (or imported) as extension modules: those the import system finds compiled."""
+    found = []
+    for name in COMPILED_MODULES:
+        module = sys.modules.get(name)
+        origin = getattr(module, "__file__", None) if module else None
+        if origin is None:
+            spec = importlib.util.find_spec(name)
+            origin = spec.origin if spec else None
+        if str(origin).endswith(tuple(EXTENSION_SUFFIXES)):
+            found.append(name)
+    return found
+
+
+def build_description() -> str:
+    """build_description is how --version and the ready line name the build."""
+    compiled = running_compiled()
+    if not compiled:
+        return "pure Python"
+    if len(compiled) == len(COMPILED_MODULES):
+        return "compiled"
+    return f"partly compiled ({len(compiled)} of {len(COMPILED_MODULES)} modules)"
+
+
+def check_not_stale(package_dir: Path = PACKAGE_DIR) -> None:
+    """check_not_stale raises StaleBuild when, in a source tree (setup.py beside the
+    package), a compiled module's extension file is older than its .py.
+
+    An installed package has no setup.py beside it, and its files' times are the
+    install's, so it is not checked."""
+    if not (package_dir.parent / "setup.py").exists():
+        return
+    for name in COMPILED_MODULES:
+        stem = name.rpartition(".")[2]
+        source = package_dir / f"{stem}.py"
+        for suffix in EXTENSION_SUFFIXES:
+            built = package_dir / f"{stem}{suffix}"
+            if built.exists() and source.exists() \
+                    and source.stat().st_mtime > built.stat().st_mtime:
+                raise StaleBuild(
+                    f"{built} was compiled before {source.name} last changed, and would run "
+                    f"the old code: rebuild with `WONDERQ_COMPILE=1 pip install -e "
+                    f"{package_dir.parent}`, or delete the compiled files "
+                    f"(`rm {package_dir}/*.so {package_dir.parent}/*__mypyc*.so`) to run the "
+                    "source")
