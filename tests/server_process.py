@@ -3,25 +3,37 @@
 The server is started with `--port 0`; the port is read from its ready line
 ("listening on HOST:PORT"), so tests never guess at free ports and never
 sleep waiting for the server: they wait for that line.
+
+The server and the `wonderq` tool are the ones installed with the Python that
+runs the tests (console_script), never whatever PATH finds first.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 READY = re.compile(r"listening on (\S+):(\d+)")
 START_TIMEOUT_S = 20.0
 
 
+def console_script(name: str, module: str) -> list[str]:
+    """console_script is the argv of one of the package's commands as this Python installed
+    it: the script beside sys.executable (a virtualenv's bin, or the interpreter's own),
+    else `python -m MODULE` (uninstalled). Not a lookup in PATH, where another install's
+    script may come first: a pyenv shim for another checkout's install once ran every
+    server of a CI clone's end-to-end tests, which a test of the compiled build found."""
+    script = Path(sys.executable).parent / name
+    return [str(script)] if script.exists() else [sys.executable, "-m", module]
+
+
 def server_command() -> list[str]:
-    exe = shutil.which("wonderq-server")
-    return [exe] if exe else [sys.executable, "-m", "wonderq_server"]
+    return console_script("wonderq-server", "wonderq_server")
 
 
 class ServerProcess:

@@ -17,11 +17,9 @@ import os
 import pty
 import re
 import select
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import termios
 import time
 
@@ -30,17 +28,20 @@ from fault_proxy import FaultProxy
 from polling import EVENT_TIMEOUT_S, until, until_stats, until_true
 from raw_socket import TextSocket
 from rich.console import Console
-from server_process import ServerProcess
+from server_process import ServerProcess, console_script
 
 from wonderq_cli.stats_view import server_line
 from wonderq_cli.top import FRAME_LINES, History, Poll, Poller, frame
 from wonderq_client import ConnectionClosed, connect
 
 
+def wonderq_command() -> list[str]:
+    return console_script("wonderq", "wonderq_cli")
+
+
 def wonderq(*args: str | bytes, stdin: bytes = b"", env: dict[str, str] | None = None,
             ) -> subprocess.CompletedProcess[bytes]:
-    exe = shutil.which("wonderq")
-    argv = [exe] if exe else [sys.executable, "-m", "wonderq_cli"]
+    argv = wonderq_command()
     return subprocess.run([*argv, *args], input=stdin, capture_output=True, timeout=60,
                           env={**os.environ, "COLUMNS": "200", **(env or {})}, check=False)
 
@@ -595,8 +596,7 @@ async def test_a_body_argument_that_is_not_utf8_is_put_as_its_bytes(server):
 async def read_100_bytes_and_stop(server, *args: str) -> tuple[int, bytes]:
     """read_100_bytes_and_stop runs `wonderq ARGS` and closes its output after 100 bytes, as
     `| head -c 100` does; returns its exit code and stderr."""
-    argv = [shutil.which("wonderq") or sys.executable, *([] if shutil.which("wonderq") else
-                                                          ["-m", "wonderq_cli"])]
+    argv = wonderq_command()
     proc = await asyncio.to_thread(subprocess.Popen, [*argv, *at(server), *args],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
@@ -635,8 +635,7 @@ async def test_receive_ack_acks_nothing_when_its_reader_has_gone(server, form):
 
 def to_a_full_disk(server, *args: str) -> subprocess.CompletedProcess[bytes]:
     """to_a_full_disk runs `wonderq ARGS > /dev/full`: every write fails with ENOSPC."""
-    exe = shutil.which("wonderq")
-    argv = [exe] if exe else [sys.executable, "-m", "wonderq_cli"]
+    argv = wonderq_command()
     with open("/dev/full", "wb") as full:
         return subprocess.run([*argv, *at(server), *args], stdout=full, stderr=subprocess.PIPE,
                               timeout=60, check=False)
@@ -768,26 +767,25 @@ def run_in_terminal(argv: list[str], keys: bytes, ready: bytes,
 
 @pytest.mark.parametrize("keys", [b"xq", b"\x03"])  # a q behind another key; Ctrl-C
 async def test_top_quits_on_q_or_ctrl_c_and_restores_the_terminal(server, keys):
-    exe = shutil.which("wonderq") or "wonderq"
+    argv = wonderq_command()
     code, output, before, after = await asyncio.to_thread(
-        run_in_terminal, [exe, "top", "--interval", "0.2", *at(server)], keys, b"connected")
+        run_in_terminal, [*argv, "top", "--interval", "0.2", *at(server)], keys, b"connected")
     assert code == 0, output[-500:]
     assert b"connected" in output
     assert before[3] == after[3]  # local modes (echo, canonical input) are back
 
 
 async def test_ctrl_c_stops_a_put_reading_its_body_from_the_terminal(server):
-    exe = shutil.which("wonderq") or "wonderq"
+    argv = wonderq_command()
     code, output, _, _ = await asyncio.to_thread(
-        run_in_terminal, [exe, "put", "jobs", *at(server)], b"\x03", b"Ctrl-D ends it")
+        run_in_terminal, [*argv, "put", "jobs", *at(server)], b"\x03", b"Ctrl-D ends it")
     assert code == 130, output
 
 
 def test_receive_with_a_server_that_does_not_answer_ends_within_timeout_and_wait(server):
     """main.py bounds a command by --timeout (plus receive's --wait); closing after that
     must not wait for the server's answer to the cancel (close() would, 5 s more)."""
-    exe = shutil.which("wonderq")
-    argv = [exe] if exe else [sys.executable, "-m", "wonderq_cli"]
+    argv = wonderq_command()
     assert server.proc is not None
     os.kill(server.proc.pid, signal.SIGSTOP)
     try:
@@ -803,8 +801,7 @@ def test_receive_with_a_server_that_does_not_answer_ends_within_timeout_and_wait
 def test_top_once_with_a_server_that_does_not_answer_ends_within_timeout(server):
     # A reviewer's `top --once` against a port that accepts and never answers ran until
     # killed: top is unbounded, its --once was too.
-    exe = shutil.which("wonderq")
-    argv = [exe] if exe else [sys.executable, "-m", "wonderq_cli"]
+    argv = wonderq_command()
     assert server.proc is not None
     os.kill(server.proc.pid, signal.SIGSTOP)
     try:
@@ -823,8 +820,7 @@ async def test_ctrl_c_on_receive_gives_back_a_message_still_on_its_way(server):
     """Ctrl-C while the receive's reply is on its way (the proxy holds it): the tool must
     close politely, so the message that came is given back, not left leased."""
     proxy = await FaultProxy(server.host, server.port).start()
-    exe = shutil.which("wonderq")
-    argv = [exe] if exe else [sys.executable, "-m", "wonderq_cli"]
+    argv = wonderq_command()
     try:
         async with connect(server.host, server.port) as client:
             proc = subprocess.Popen([*argv, "--port", str(proxy.port), "receive", "slow",
@@ -859,8 +855,7 @@ async def test_ctrl_c_on_receive_gives_back_a_message_still_on_its_way(server):
 def test_ctrl_c_on_receive_with_a_server_that_does_not_answer_ends_soon(server):
     """After Ctrl-C the close is polite (it waits for the cancel's answer) but only for
     about a second: a server that stopped answering cannot hold the tool for 5 s."""
-    exe = shutil.which("wonderq")
-    argv = [exe] if exe else [sys.executable, "-m", "wonderq_cli"]
+    argv = wonderq_command()
     proc = subprocess.Popen([*argv, *at(server), "--timeout", "20", "receive", "q",
                              "--wait", "20"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert server.proc is not None

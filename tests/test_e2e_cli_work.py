@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,15 +20,14 @@ from pathlib import Path
 
 import pytest
 from polling import EVENT_TIMEOUT_S, until, until_stats
-from server_process import ServerProcess
+from server_process import ServerProcess, console_script
 
 from wonderq_client import connect
 
 
 def wonderq_argv() -> list[str]:
     """wonderq_argv: how to run the installed `wonderq` tool (or the module, uninstalled)."""
-    exe = shutil.which("wonderq")
-    return [exe] if exe else [sys.executable, "-m", "wonderq_cli"]
+    return console_script("wonderq", "wonderq_cli")
 
 
 async def signal_until_exit(proc: subprocess.Popen[str], sig: int) -> tuple[int, str]:

@@ -17,7 +17,6 @@ import asyncio
 import os
 import queue
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import time
 
 import pytest
 from polling import until
+from server_process import console_script
 
 from wonderq_cli.demo_ledger import Ledger, account
 from wonderq_client import connect
@@ -34,9 +34,7 @@ RUN_TIMEOUT_S = 40.0
 
 
 def wonderq_command() -> list[str]:
-    exe = shutil.which("wonderq")
-    return [exe] if exe else [sys.executable, "-c",
-                              "from wonderq_cli.main import console_script; console_script()"]
+    return console_script("wonderq", "wonderq_cli")
 
 
 def demo_env() -> dict[str, str]:
