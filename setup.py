@@ -5,7 +5,7 @@ modules every message passes through and that hold no asyncio (the binary
 codec, the command checks, the message table, the deadline heap, ids and the
 message record: wonderq_server/compiled.py names them) can also be compiled
 to C by mypyc from the same source, which makes the server's own Python
-on a request 8-14% cheaper (PROTOCOL.md has nothing to say about it: the
+on a request 6-13% cheaper (PROTOCOL.md has nothing to say about it: the
 wire, the journal and every reply are the same; README's "Compiled build"
 has the figures). Everything else in pyproject.toml; this file only adds
 the extension modules.
@@ -15,7 +15,8 @@ Rules:
   --inplace` in a checkout); without it the build is pure Python, so a
   developer's editable install always runs the source they edit.
 * A failed compile fails the install, rather than falling back to Python
-  unseen; mypy (mypyc) and a C compiler are needed only then.
+  unseen; mypy (mypyc, which build_backend/ asks for) and a C compiler are
+  needed only then.
 """
 
 import os
@@ -38,7 +39,7 @@ if os.environ.get("WONDERQ_COMPILE") == "1":
         ["--ignore-missing-imports", "--follow-imports=silent",
          *(f"{name.replace('.', '/')}.py" for name in COMPILED_MODULES)],
         opt_level="3",
-        group_name="wonderq_server",
+        group_name="wonderq_server",  # so the library is compiled.RUNTIME_LIBRARY
     )
 
 setup(ext_modules=ext_modules)

@@ -36,16 +36,18 @@ def source_tree(tmp_path, *, setup_py: bool = True):
     return package
 
 
-def set_mtime(path, seconds: float) -> None:
-    os.utime(path, (seconds, seconds))
+def compiled_ids(package, *, source_at: float, built_at: float):
+    """compiled_ids puts an extension file for ids.py in `package`, with these times."""
+    built = package / f"ids{SUFFIX}"
+    built.write_bytes(b"")
+    os.utime(package / "ids.py", (source_at, source_at))
+    os.utime(built, (built_at, built_at))
+    return built
 
 
 def test_a_compiled_module_older_than_its_source_is_refused_naming_the_fix(tmp_path):
     package = source_tree(tmp_path)
-    built = package / f"ids{SUFFIX}"
-    built.write_bytes(b"")
-    set_mtime(built, 1_000_000)
-    set_mtime(package / "ids.py", 1_000_001)  # edited after the build
+    built = compiled_ids(package, source_at=1_000_001, built_at=1_000_000)  # edited after
     with pytest.raises(StaleBuild) as refused:
         check_not_stale(package)
     message = str(refused.value)
@@ -55,20 +57,27 @@ def test_a_compiled_module_older_than_its_source_is_refused_naming_the_fix(tmp_p
 
 def test_a_build_newer_than_its_source_and_a_source_with_no_build_are_fine(tmp_path):
     package = source_tree(tmp_path)
-    built = package / f"ids{SUFFIX}"
-    built.write_bytes(b"")
-    set_mtime(package / "ids.py", 1_000_000)
-    set_mtime(built, 1_000_001)
-    check_not_stale(package)  # no other module has a build: their source runs
+    compiled_ids(package, source_at=1_000_000, built_at=1_000_001)
+    check_not_stale(package, runtime_library="json")  # a library that is there
+    # and no other module has a build: their source runs
+
+
+def test_a_compiled_module_without_its_library_is_refused_naming_the_fix(tmp_path):
+    # A pure `pip install -e .` over a compiled one leaves the modules in the tree and
+    # stops mapping the library they import: the import failed naming only the library.
+    package = source_tree(tmp_path)
+    built = compiled_ids(package, source_at=1_000_000, built_at=1_000_001)
+    with pytest.raises(StaleBuild) as refused:
+        check_not_stale(package, runtime_library="no_such_library_here__mypyc")
+    message = str(refused.value)
+    assert str(built) in message and "no_such_library_here__mypyc" in message
+    assert f"rm {package}/*.so" in message
 
 
 def test_an_installed_package_is_not_checked(tmp_path):
     # No setup.py beside it: its files' times are the install's, not the build's.
     package = source_tree(tmp_path, setup_py=False)
-    built = package / f"ids{SUFFIX}"
-    built.write_bytes(b"")
-    set_mtime(built, 1_000_000)
-    set_mtime(package / "ids.py", 1_000_001)
+    compiled_ids(package, source_at=1_000_001, built_at=1_000_000)
     check_not_stale(package)
 
 

@@ -37,6 +37,7 @@ COMPILED_MODULES = (
 )
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+RUNTIME_LIBRARY = "wonderq_server__mypyc"  # setup.py's group_name, + "__mypyc"
 
 
 class StaleBuild(ImportError):
@@ -68,24 +69,31 @@ def build_description() -> str:
     return f"partly compiled ({len(compiled)} of {len(COMPILED_MODULES)} modules)"
 
 
-def check_not_stale(package_dir: Path = PACKAGE_DIR) -> None:
+def check_not_stale(package_dir: Path = PACKAGE_DIR,
+                    runtime_library: str = RUNTIME_LIBRARY) -> None:
     """check_not_stale raises StaleBuild when, in a source tree (setup.py beside the
-    package), a compiled module's extension file is older than its .py.
+    package), a compiled module's extension file is older than its .py, or is there
+    without the library all of them import (a pure install over a compiled one in
+    place leaves the modules and stops finding the library).
 
     An installed package has no setup.py beside it, and its files' times are the
     install's, so it is not checked."""
     if not (package_dir.parent / "setup.py").exists():
         return
+    fix = (f"rebuild with `WONDERQ_COMPILE=1 pip install -e {package_dir.parent}`, or delete "
+           f"the compiled files (`rm {package_dir}/*.so {package_dir.parent}/*__mypyc*.so`) "
+           "to run the source")
     for name in COMPILED_MODULES:
         stem = name.rpartition(".")[2]
         source = package_dir / f"{stem}.py"
         for suffix in EXTENSION_SUFFIXES:
             built = package_dir / f"{stem}{suffix}"
-            if built.exists() and source.exists() \
-                    and source.stat().st_mtime > built.stat().st_mtime:
-                raise StaleBuild(
-                    f"{built} was compiled before {source.name} last changed, and would run "
-                    f"the old code: rebuild with `WONDERQ_COMPILE=1 pip install -e "
-                    f"{package_dir.parent}`, or delete the compiled files "
-                    f"(`rm {package_dir}/*.so {package_dir.parent}/*__mypyc*.so`) to run the "
-                    "source")
+            if not built.exists():
+                continue
+            if source.exists() and source.stat().st_mtime > built.stat().st_mtime:
+                raise StaleBuild(f"{built} was compiled before {source.name} last changed, "
+                                 f"and would run the old code: {fix}")
+            if importlib.util.find_spec(runtime_library) is None:
+                raise StaleBuild(f"{built} is compiled, but the library it needs "
+                                 f"({runtime_library}) is not found (a pure install over a "
+                                 f"compiled one?): {fix}")
