@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import os
 import re
-import shutil
 import signal
 import statistics
 import subprocess
@@ -37,8 +36,9 @@ class Server:
     """A wonderq-server subprocess; `log` collects its stderr."""
 
     def __init__(self, *args: str) -> None:
-        exe = shutil.which("wonderq-server")
-        argv = [exe] if exe else [sys.executable, "-m", "wonderq_server"]
+        # The Python running this script's server, as compare.py's (not PATH's first
+        # wonderq-server, which may be another install's).
+        argv = [sys.executable, "-m", "wonderq_server"]
         self.proc = subprocess.Popen([*argv, "--port", "0", "--log-level", "info", *args],
                                      stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                      text=True)

@@ -36,6 +36,11 @@ def server_command() -> list[str]:
     return console_script("wonderq-server", "wonderq_server")
 
 
+def wonderq_command() -> list[str]:
+    """wonderq_command: how to run the installed `wonderq` tool (or the module, uninstalled)."""
+    return console_script("wonderq", "wonderq_cli")
+
+
 class ServerProcess:
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.args = list(args)

@@ -28,15 +28,11 @@ from fault_proxy import FaultProxy
 from polling import EVENT_TIMEOUT_S, until, until_stats, until_true
 from raw_socket import TextSocket
 from rich.console import Console
-from server_process import ServerProcess, console_script
+from server_process import ServerProcess, wonderq_command
 
 from wonderq_cli.stats_view import server_line
 from wonderq_cli.top import FRAME_LINES, History, Poll, Poller, frame
 from wonderq_client import ConnectionClosed, connect
-
-
-def wonderq_command() -> list[str]:
-    return console_script("wonderq", "wonderq_cli")
 
 
 def wonderq(*args: str | bytes, stdin: bytes = b"", env: dict[str, str] | None = None,

@@ -20,14 +20,9 @@ from pathlib import Path
 
 import pytest
 from polling import EVENT_TIMEOUT_S, until, until_stats
-from server_process import ServerProcess, console_script
+from server_process import ServerProcess, wonderq_command
 
 from wonderq_client import connect
-
-
-def wonderq_argv() -> list[str]:
-    """wonderq_argv: how to run the installed `wonderq` tool (or the module, uninstalled)."""
-    return console_script("wonderq", "wonderq_cli")
 
 
 async def signal_until_exit(proc: subprocess.Popen[str], sig: int) -> tuple[int, str]:
@@ -48,7 +43,7 @@ async def signal_until_exit(proc: subprocess.Popen[str], sig: int) -> tuple[int,
 def work(server: ServerProcess, *args: str,
          stdout: int = subprocess.PIPE) -> Iterator[subprocess.Popen[str]]:
     """work runs `wonderq work ARGS` against `server`; on leaving, kills it if still there."""
-    argv = wonderq_argv()
+    argv = wonderq_command()
     proc = subprocess.Popen([*argv, "--host", server.host, "--port", str(server.port),
                              "work", *args], stdout=stdout, stderr=subprocess.PIPE,
                             text=True)
@@ -454,7 +449,7 @@ def test_a_burst_that_cannot_reach_the_server_ends_with_exit_2(server_factory):
     """`wonderq work q --burst` from cron, with the server down or the port wrong: it
     says so and exits 2 (a daemon worker rides this out; a burst would wait for ever).
     A listening socket that never answers (another service's port) ends it too."""
-    argv = wonderq_argv()
+    argv = wonderq_command()
     down = server_factory()
     host, port = down.host, down.port
     down.stop()
@@ -488,7 +483,7 @@ async def test_signals_that_keep_coming_after_the_stop_do_not_kill_the_tool(serv
 async def test_work_with_its_standard_output_closed_runs_programs_on_dev_null(server):
     """`wonderq work ... >&-`: the programs' output goes nowhere, and they succeed (libuv
     aborted the tool, and every program, when fd 1 was closed)."""
-    argv = wonderq_argv()
+    argv = wonderq_command()
     async with connect(server.host, server.port) as client:
         await client.put_many("closed-out", [b"a", b"b"])
         proc = subprocess.run(

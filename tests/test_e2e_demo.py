@@ -25,16 +25,12 @@ import time
 
 import pytest
 from polling import until
-from server_process import console_script
+from server_process import wonderq_command
 
 from wonderq_cli.demo_ledger import Ledger, account
 from wonderq_client import connect
 
 RUN_TIMEOUT_S = 40.0
-
-
-def wonderq_command() -> list[str]:
-    return console_script("wonderq", "wonderq_cli")
 
 
 def demo_env() -> dict[str, str]:

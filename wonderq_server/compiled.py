@@ -17,7 +17,10 @@ Rules:
   package can import.
 * A module compiled in place in a source tree whose .py changed after the
   build would run the old code unseen; importing the package there raises
-  StaleBuild, naming the file and the command that rebuilds or removes it.
+  StaleBuild, naming the file and the commands that rebuild it or return to
+  the source.
+
+Must not know: the rest of the package (setup.py loads this file alone).
 """
 
 from __future__ import annotations
@@ -71,18 +74,20 @@ def build_description() -> str:
 
 def check_not_stale(package_dir: Path = PACKAGE_DIR,
                     runtime_library: str = RUNTIME_LIBRARY) -> None:
-    """check_not_stale raises StaleBuild when, in a source tree (setup.py beside the
-    package), a compiled module's extension file is older than its .py, or is there
-    without the library all of them import (a pure install over a compiled one in
-    place leaves the modules and stops finding the library).
+    """check_not_stale raises StaleBuild when, in a source tree (setup.py and the build
+    backend beside the package), a compiled module's extension file is older than its
+    .py, or is there without the library all of them import (deleted by hand, or a
+    build interrupted).
 
-    An installed package has no setup.py beside it, and its files' times are the
+    An installed package has no build files beside it, and its files' times are the
     install's, so it is not checked."""
-    if not (package_dir.parent / "setup.py").exists():
+    root = package_dir.parent
+    if not ((root / "setup.py").exists()
+            and (root / "build_backend" / "wonderq_build.py").exists()):
         return
-    fix = (f"rebuild with `WONDERQ_COMPILE=1 pip install -e {package_dir.parent}`, or delete "
-           f"the compiled files (`rm {package_dir}/*.so {package_dir.parent}/*__mypyc*.so`) "
-           "to run the source")
+    fix = (f"rebuild with `WONDERQ_COMPILE=1 pip install -e {root}`, or run the source "
+           f"with `pip install -e {root}` (which deletes the compiled files)")
+    library_found: bool | None = None
     for name in COMPILED_MODULES:
         stem = name.rpartition(".")[2]
         source = package_dir / f"{stem}.py"
@@ -93,7 +98,8 @@ def check_not_stale(package_dir: Path = PACKAGE_DIR,
             if source.exists() and source.stat().st_mtime > built.stat().st_mtime:
                 raise StaleBuild(f"{built} was compiled before {source.name} last changed, "
                                  f"and would run the old code: {fix}")
-            if importlib.util.find_spec(runtime_library) is None:
+            if library_found is None:
+                library_found = importlib.util.find_spec(runtime_library) is not None
+            if not library_found:
                 raise StaleBuild(f"{built} is compiled, but the library it needs "
-                                 f"({runtime_library}) is not found (a pure install over a "
-                                 f"compiled one?): {fix}")
+                                 f"({runtime_library}) is not found: {fix}")

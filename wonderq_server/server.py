@@ -175,6 +175,7 @@ class Server:
         self.connections: set[Connection] = set()
         self.connections_total = 0
         self.started_at = time.time()
+        self.build = build_description()  # `compiled` or `pure Python`: STATS' server.build
         self._loop: asyncio.AbstractEventLoop | None = None
         self.busy_poll: BusyPoll | None = None  # --busy-poll, once the loop runs (start)
         self._listener: asyncio.base_events.Server | None = None
@@ -954,7 +955,7 @@ class Server:
     def _server_info(self, now: float) -> dict[str, Any]:
         info: dict[str, Any] = {
             "version": __version__,
-            "build": build_description(),
+            "build": self.build,
             "pid": os.getpid(),
             "uptime_s": round(now - self.started_at, 3),
             "connections": len(self.connections) - len(self._refused),
