@@ -25,7 +25,6 @@ Rules:
 
 import importlib.util
 import os
-from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
 from setuptools import setup
@@ -40,10 +39,8 @@ _spec.loader.exec_module(compiled)
 def remove_in_place_build() -> None:
     """remove_in_place_build deletes what `WONDERQ_COMPILE=1 pip install -e .` compiled
     into the tree: each module's extension file and the library they share."""
-    for name in compiled.COMPILED_MODULES:
-        stem = ROOT / name.replace(".", "/")
-        for suffix in EXTENSION_SUFFIXES:
-            stem.with_name(stem.name + suffix).unlink(missing_ok=True)
+    for _, built in compiled.compiled_files(ROOT / "wonderq_server"):
+        built.unlink()
     for library in ROOT.glob(f"{compiled.RUNTIME_LIBRARY}.*"):
         library.unlink()
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Iterator
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
@@ -72,6 +73,17 @@ def build_description() -> str:
     return f"partly compiled ({len(compiled)} of {len(COMPILED_MODULES)} modules)"
 
 
+def compiled_files(package_dir: Path = PACKAGE_DIR) -> Iterator[tuple[Path, Path]]:
+    """compiled_files yields (source, extension file) for each module of COMPILED_MODULES
+    compiled in `package_dir` (an in-place build, or an install's)."""
+    for name in COMPILED_MODULES:
+        stem = name.rpartition(".")[2]
+        for suffix in EXTENSION_SUFFIXES:
+            built = package_dir / f"{stem}{suffix}"
+            if built.exists():
+                yield package_dir / f"{stem}.py", built
+
+
 def check_not_stale(package_dir: Path = PACKAGE_DIR,
                     runtime_library: str = RUNTIME_LIBRARY) -> None:
     """check_not_stale raises StaleBuild when, in a source tree (setup.py and the build
@@ -88,18 +100,12 @@ def check_not_stale(package_dir: Path = PACKAGE_DIR,
     fix = (f"rebuild with `WONDERQ_COMPILE=1 pip install -e {root}`, or run the source "
            f"with `pip install -e {root}` (which deletes the compiled files)")
     library_found: bool | None = None
-    for name in COMPILED_MODULES:
-        stem = name.rpartition(".")[2]
-        source = package_dir / f"{stem}.py"
-        for suffix in EXTENSION_SUFFIXES:
-            built = package_dir / f"{stem}{suffix}"
-            if not built.exists():
-                continue
-            if source.exists() and source.stat().st_mtime > built.stat().st_mtime:
-                raise StaleBuild(f"{built} was compiled before {source.name} last changed, "
-                                 f"and would run the old code: {fix}")
-            if library_found is None:
-                library_found = importlib.util.find_spec(runtime_library) is not None
-            if not library_found:
-                raise StaleBuild(f"{built} is compiled, but the library it needs "
-                                 f"({runtime_library}) is not found: {fix}")
+    for source, built in compiled_files(package_dir):
+        if source.exists() and source.stat().st_mtime > built.stat().st_mtime:
+            raise StaleBuild(f"{built} was compiled before {source.name} last changed, "
+                             f"and would run the old code: {fix}")
+        if library_found is None:
+            library_found = importlib.util.find_spec(runtime_library) is not None
+        if not library_found:
+            raise StaleBuild(f"{built} is compiled, but the library it needs "
+                             f"({runtime_library}) is not found: {fix}")

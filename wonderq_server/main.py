@@ -38,7 +38,6 @@ from collections.abc import Sequence
 
 from . import __version__
 from .auth import is_loopback
-from .compiled import build_description
 from .config import Config, parse_config
 from .journal import DataDirLocked, DataDirUnusable, JournalError
 from .journal_format import JournalCorrupt
@@ -114,7 +113,7 @@ async def serve(config: Config) -> None:
     host, port = await server.start()
     # The ready line comes last: whoever reads it may signal us at once.
     ready_logger.info("wonderq-server listening on %s:%d (pid %d, version %s, %s)",
-                      host, port, os.getpid(), __version__, build_description())
+                      host, port, os.getpid(), __version__, server.build)
     await server.stopped.wait()
     logger.info("wonderq-server stopping")
     await server.stop()
