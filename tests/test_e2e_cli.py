@@ -514,6 +514,20 @@ def test_the_server_line_shows_trouble_only_when_there_is_some() -> None:
     assert any(span.style == "bold red" for span in line.spans)
 
 
+def test_the_server_line_breaks_between_figures_never_inside_one() -> None:
+    server = {"version": "0.1.0", "uptime_s": 13.1, "connections": 1, "messages": 1,
+              "waiting_consumers": 0, "rss_bytes": 30_000_000, "stored_bytes": 205,
+              "max_memory": 10_000_000_000, "journal_write_errors": 3}
+    whole = server_line(server).plain
+    assert "\n" not in whole
+    figures = whole.split(" · ")
+    for width in (80, 50, 30):
+        lines = server_line(server, width).plain.split("\n")
+        assert len(lines) > 1
+        assert all(len(line) <= width for line in lines), (width, lines)
+        assert [f for line in lines for f in line.split(" · ")] == figures
+
+
 def test_history_restarts_when_totals_go_down() -> None:
     history = History()
     history.update({"q": {"put_total": 10, "acked_total": 5}}, 0.0)

@@ -93,16 +93,21 @@ TROUBLES = (
 )
 
 
-def server_line(server: Mapping[str, Any]) -> Text:
-    """server_line: the server's own figures on one line (they are few; a table would be
-    wider than a terminal)."""
+SEPARATOR = " · "  # between the server line's figures
+
+
+def server_line(server: Mapping[str, Any], width: int | None = None) -> Text:
+    """server_line: the server's own figures, " · " between them (they are few; a table
+    would be wider than a terminal). On `width` columns the line breaks only between
+    figures, never inside one: rich's own wrap broke "memory 29.2 MiB" across two
+    lines at 80 columns, the width rich assumes for a pipe (a reviewer)."""
     stored = format_bytes(server.get("stored_bytes"))
     if server.get("max_memory"):
         stored += f" of {format_bytes(server.get('max_memory'))}"
     journal = (f"journal {format_bytes(server.get('journal_bytes'))} "
                f"(fsync {server.get('fsync_policy', '-')})"
                if "journal_bytes" in server else "in memory (no journal)")
-    parts = [
+    parts = [(part, "") for part in (
         f"server {server.get('version', '-')}",
         f"up {format_age(server.get('uptime_s'))}",
         counted(server.get("connections"), "connection"),
@@ -111,12 +116,21 @@ def server_line(server: Mapping[str, Any]) -> Text:
         f"memory {format_bytes(server.get('rss_bytes'))}",
         f"stored {stored}",
         journal,
-    ]
-    line = Text(" · ".join(parts))
-    troubles = [f"{server[figure]} {what}" for figure, what in TROUBLES if server.get(figure)]
-    if troubles:
-        line.append(" · ")
-        line.append(" · ".join(troubles), style="bold red")
+    )]
+    parts += [(f"{server[figure]} {what}", "bold red")
+              for figure, what in TROUBLES if server.get(figure)]
+    line = Text(no_wrap=True, overflow="fold")
+    column = 0
+    for part, style in parts:
+        if column:
+            if width is not None and column + len(SEPARATOR) + len(part) > width:
+                line.append("\n")
+                column = 0
+            else:
+                line.append(SEPARATOR)
+                column += len(SEPARATOR)
+        line.append(part, style=style)
+        column += len(part)
     return line
 
 
@@ -188,7 +202,7 @@ def stats_view(stats: Mapping[str, Any],
     parts: list[Any] = []
     if status:
         parts.append(Text(status, style="bold red" if stale else "bold"))
-    parts.append(server_line(stats.get("server", {})))
+    parts.append(server_line(stats.get("server", {}), width))
     parts.append(queues_table(stats.get("queues", {}), history, width, max_rows))
     view = Group(*parts)
     return Styled(view, "dim") if stale else view
