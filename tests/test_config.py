@@ -187,6 +187,13 @@ def test_a_bad_client_memory_limit_is_refused(capsys):
     assert "a percentage must be over 0" in refused(capsys, ["--max-client-memory", "0%"])
 
 
+def test_a_value_that_looks_like_a_flag_is_answered_with_the_way_to_write_it(capsys):
+    # argparse takes "-5%" for the next flag; its own words named no way out.
+    err = refused(capsys, ["--max-memory", "-5%"])
+    assert "expected one argument" in err and "--flag=VALUE" in err
+    assert "a percentage must be over 0" in refused(capsys, ["--max-memory=-5%"])
+
+
 def test_compact_min_bytes_takes_a_size_like_the_other_sizes(capsys):
     assert parse_config(["--compact-min-bytes", "64M"], {}).compact_min_bytes == 64 * MIB
     assert parse_config([], {"WONDERQ_COMPACT_MIN_BYTES": "1000"}).compact_min_bytes == 1000

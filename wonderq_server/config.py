@@ -373,6 +373,10 @@ class _Parser(argparse.ArgumentParser):
     the error (and, for a bad variable, was cut off at the flag being read)."""
 
     def error(self, message: str) -> NoReturn:
+        if message.endswith("expected one argument"):
+            # argparse reads a value that starts with "-" (`--max-memory -5%`) as the
+            # next flag, and says only this (a reviewer): name the way that works.
+            message += " (a value that starts with '-' is written --flag=VALUE)"
         self.exit(2, f"{self.prog}: error: {message} (--help lists every flag and its "
                      "WONDERQ_* variable)\n")
 
