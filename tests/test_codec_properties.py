@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from wonderq_client.codec import NotAReply, ReplyDecoder
 from wonderq_server.binary_codec import PREAMBLE, BinaryDecoder, BinaryEncoder, encode_request
-from wonderq_server.commands import COMMANDS, Command, Limits, Rejected, make_command
+from wonderq_server.commands import COMMANDS, MIN_LEASE_S, Command, Limits, Rejected, make_command
 from wonderq_server.errors import CommandError, ProtocolError
 from wonderq_server.text_codec import TEXT_COMMANDS, TextDecoder, TextEncoder
 
@@ -217,12 +217,14 @@ headers_maps = st.dictionaries(header_text.filter(bool), header_text, max_size=4
 OPTIONAL_VALUES = {
     "max": st.integers(1, DEFAULT_LIMITS.max_batch),
     "wait": seconds(DEFAULT_LIMITS.max_wait_s),
-    "visibility": st.none() | seconds(DEFAULT_LIMITS.max_visibility_s).filter(bool),  # > 0
+    "visibility": st.none() | seconds(DEFAULT_LIMITS.max_visibility_s).filter(
+        lambda s: s >= MIN_LEASE_S),
     "delay": seconds(DEFAULT_LIMITS.max_delay_s),
     "priority": st.integers(-(2**31), 2**31 - 1),
     "headers": headers_maps,
     "expiry": seconds(DEFAULT_LIMITS.max_expiry_s),
-    "visibility_timeout": seconds(DEFAULT_LIMITS.max_visibility_s),
+    "visibility_timeout": seconds(DEFAULT_LIMITS.max_visibility_s).filter(
+        lambda s: s == 0 or s >= MIN_LEASE_S),  # 0 is the server's default
     "max_deliveries": st.integers(0, 2**64 - 1),
     "dead_letter_queue": st.just("") | queue_names,
     "max_length": st.integers(0, 2**64 - 1),

@@ -166,15 +166,27 @@ def test_optional_fields_given():
 
 
 @pytest.mark.parametrize("command", ["receive", "touch"])
-def test_a_lease_of_zero_seconds_is_refused_not_over_at_once(command):
+@pytest.mark.parametrize("seconds", [0, 1e-300, 0.0009])
+def test_a_lease_under_a_millisecond_is_refused_not_over_at_once(command, seconds):
     # A reviewer copied a queue's visibility_timeout of 0 (the server's default) into a
     # receive: each message was leased until now, and handed to the next consumer too.
+    # 1e-300 was as over at once, and was taken.
     with pytest.raises(CommandError) as refused:
-        make_command(command, with_field(command, visibility=0), LIMITS)
+        make_command(command, with_field(command, visibility=seconds), LIMITS)
     assert refused.value.code == BAD_ARGUMENT
-    assert "over 0 seconds" in refused.value.message and "nack" in refused.value.message
+    assert "at least 0.001 s" in refused.value.message and "nack" in refused.value.message
     settings = make_command("create_queue", {"queue": "q", "visibility_timeout": 0}, LIMITS)
     assert settings.args["visibility_timeout"] == 0.0  # a setting's 0 is the default
+
+
+@pytest.mark.parametrize("command", ["create_queue", "configure_queue"])
+def test_a_queue_visibility_timeout_is_0_or_at_least_a_millisecond(command):
+    with pytest.raises(CommandError) as refused:
+        make_command(command, {"queue": "q", "visibility_timeout": 1e-300}, LIMITS)
+    assert refused.value.code == BAD_ARGUMENT and "at least 0.001 s" in refused.value.message
+    taken = make_command(command, {"queue": "q", "visibility_timeout": 0.001}, LIMITS)
+    assert taken.args["visibility_timeout"] == 0.001
+
 
 
 def test_an_explicit_nil_means_the_default():

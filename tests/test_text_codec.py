@@ -303,6 +303,11 @@ def test_too_many_arguments(line, message):
     (b"GET q wait=nan", BAD_ARGUMENT, "wait must be a finite number of seconds >= 0, got nan"),
     (b"GET q wait=inf", BAD_ARGUMENT, "wait must be a finite number of seconds >= 0, got inf"),
     (b"GET q wait=-1", BAD_ARGUMENT, "wait must be a finite number of seconds >= 0, got -1.0"),
+    (b"GET q wait=1e400", BAD_ARGUMENT, "wait must be a finite number of seconds >= 0, "
+     "got 1e400 (too large for a number of seconds)"),
+    (b"GET q visibility=1e-300", BAD_ARGUMENT, "visibility must be at least 0.001 s, got "
+     "1e-300 (a lease over at once would hand the message out again): leave it out for "
+     "the queue's setting, or nack to give a message back now"),
     (b"GET q wait=301", BAD_ARGUMENT, "wait is 301.0 s, over the limit of 300 s (--max-wait)"),
     (b"GET q max=1001", BATCH_TOO_LARGE, "max is 1001, over the limit of 1000 (--max-batch)"),
     (b"FOO bar", UNKNOWN_COMMAND, f"unknown command 'FOO'; known: {KNOWN}"),

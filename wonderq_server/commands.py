@@ -340,16 +340,31 @@ def _visibility(field: str, value: Any, limits: Limits) -> float:
     return _seconds(field, value, limits.max_visibility_s, "--max-visibility-timeout")
 
 
+MIN_LEASE_S = 0.001  # a receive's or touch's own visibility: PROTOCOL.md, "Limits"
+
+
 def _lease_length(field: str, value: Any, limits: Limits) -> float:
     # A receive's or touch's own lease. Not 0, which a queue's visibility_timeout uses
     # for "the server's default": a client that copied that 0 got a lease over at once,
     # and each message handed out again (a reviewer). beanstalkd raises a TTR of 0 to
     # 1 s; refusing says why, and nack is the way to give a message back now.
     seconds = _visibility(field, value, limits)
-    if seconds == 0.0:
-        raise bad_argument(f"{field} must be over 0 seconds (a lease over at once would hand "
-                           f"the message out again): leave it out for the queue's setting, "
-                           f"or nack to give a message back now")
+    if seconds < MIN_LEASE_S:
+        # Nor shorter than a millisecond, the finest a deadline is shown in: 1e-300 was
+        # taken, a lease as over at once as 0's (a reviewer).
+        raise bad_argument(f"{field} must be at least {MIN_LEASE_S} s, got {value} (a lease "
+                           f"over at once would hand the message out again): leave it out "
+                           f"for the queue's setting, or nack to give a message back now")
+    return seconds
+
+
+def _visibility_timeout(field: str, value: Any, limits: Limits) -> float:
+    # A queue's setting: 0 is "the server's --visibility-timeout"; otherwise a lease
+    # length, so no shorter than a receive's own may be.
+    seconds = _visibility(field, value, limits)
+    if 0.0 < seconds < MIN_LEASE_S:
+        raise bad_argument(f"{field} must be 0 (the server's --visibility-timeout) or at "
+                           f"least {MIN_LEASE_S} s, got {value}")
     return seconds
 
 
@@ -394,7 +409,7 @@ CHECKS: dict[str, Check] = {
     "headers": _headers,
     "expiry": _expiry,
     # queue settings
-    "visibility_timeout": _visibility,
+    "visibility_timeout": _visibility_timeout,
     "max_deliveries": _count,
     "dead_letter_queue": _dead_letter_queue,
     "max_length": _count,
@@ -574,9 +589,14 @@ def _text_float(field: str, text: str) -> float:
     try:
         if not text.isascii() or "_" in text:
             raise ValueError(text)
-        return float(text)
+        value = float(text)
     except ValueError:
         raise bad_argument(f"{field} must be a number of seconds, got {text!r:.40}") from None
+    if math.isinf(value) and "inf" not in text.lower():
+        # 1e400 overflows to inf: name what was typed, not an "inf" nobody wrote.
+        raise bad_argument(f"{field} must be a finite number of seconds >= 0, "
+                           f"got {text:.40} (too large for a number of seconds)")
+    return value
 
 
 TEXT_CONVERTERS: dict[str, Callable[[str, str], Any]] = {
