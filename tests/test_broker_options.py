@@ -360,6 +360,31 @@ def test_max_queues_refuses_a_new_queue() -> None:
     check_invariants(broker)
 
 
+def test_queues_only_waited_on_do_not_keep_producers_out() -> None:
+    # A reviewer's client waited on made-up names until --max-queues was reached:
+    # every first put to a real queue was then refused TOO_MANY_QUEUES.
+    broker = Broker(max_queues=3)
+    broker.put("real", b"1", T0)
+    answered: list[list] = []
+    waits = [broker.wait(f"made-up-{i}", 1, None, T0 + 5, answered.append, T0)
+             for i in range(2)]
+    assert len(broker.queues) == 3  # the limit, counting the queues waits made
+    assert error_code(broker.wait, "made-up-2", 1, None, T0 + 5, answered.append,
+                      T0) == TOO_MANY_QUEUES  # a wait counts them all: the table is bounded
+    assert broker.put("jobs", b"1", T0) == first_id(T0) + 1  # the second queue in use
+    broker.create_queue("more", {}, T0)  # the third
+    assert error_code(broker.put, "fourth", b"1", T0) == TOO_MANY_QUEUES  # in use: 3 of 3
+    assert error_code(broker.create_queue, "fourth", {}, T0) == TOO_MANY_QUEUES
+    assert len(broker.queues) == 5  # at most twice the limit
+    broker.put("made-up-0", b"x", T0)  # a queue waited on and then used is in use
+    assert [m.body for m in answered[0]] == [b"x"]
+    for waiter in waits:
+        broker.cancel_wait(waiter)
+    assert sorted(broker.queues) == ["jobs", "made-up-0", "more", "real"]
+    assert broker.stats(T0)["too_many_queues_total"] == 3
+    check_invariants(broker)
+
+
 def test_put_many_passes_command_errors_through_and_keeps_going(b: Broker) -> None:
     refused = CommandError(BAD_ARGUMENT, "bad item")
     results = b.put_many("q", [refused, {"body": b"a", "priority": 1, "headers": {"k": "v"},

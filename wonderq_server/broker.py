@@ -173,22 +173,37 @@ class Broker(QueueAdmin, Replay):
 
     # ------------------------------------------------------------------ queues
 
-    def queue(self, name: str) -> Queue:
+    def queue(self, name: str, to_wait_on: bool = False) -> Queue:
         """queue returns the queue called `name`, creating it on first use.
 
         The name is checked only when the queue is created: a name already in
         the table was valid then. A name that is not a str (even an unhashable
         one) is refused with INVALID_QUEUE_NAME, never a TypeError.
+
+        --max-queues: a queue made `to_wait_on` (a waiting receive) counts every
+        queue in the table. Any other new queue counts only the queues in use,
+        not those waiting receives made and nothing has used since: a client
+        waiting on made-up names could fill the table, and every producer's
+        first put to a new queue was refused (a reviewer). So the table holds
+        at most twice --max-queues (a queue waited on and then used stays, as
+        it always did: it was in the table before the limit was reached).
         """
         q = self.queues.get(name) if isinstance(name, str) else None
         if q is None:
             check_queue_name(name)
-            if len(self.queues) >= self.max_queues:
+            if len(self.queues) >= self.max_queues and (
+                    to_wait_on or self._queues_in_use() >= self.max_queues):
                 self.too_many_queues_total += 1
                 raise CommandError(TOO_MANY_QUEUES, f"the server has {len(self.queues)} "
                                    f"queues, the limit (--max-queues); delete one first")
             q = self.queues[name] = Queue(name)
         return q
+
+    def _queues_in_use(self) -> int:
+        """_queues_in_use counts the queues made or configured by name, or that held a
+        message: all but those only waited on (see `queue`). A walk of the table, run
+        only at --max-queues."""
+        return sum(1 for q in self.queues.values() if q.explicit or q.ever_held)
 
     def _forget_if_unused(self, q: Queue) -> None:
         """_forget_if_unused drops a queue made by use that never held a message and has
@@ -446,7 +461,7 @@ class Broker(QueueAdmin, Replay):
         `deliver` is called exactly once (unless `cancel_wait` comes first):
         with the leased messages, or with [] when the wait runs out.
         """
-        q = self.queue(name)
+        q = self.queue(name, to_wait_on=True)
         # The lease's length is settled when messages are handed out, not now: a
         # configure_queue or create_queue during the wait applies to it.
         waiter = Waiter(q, max_messages, visibility_s, until, deliver)
