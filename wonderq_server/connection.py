@@ -737,6 +737,11 @@ class Connection(asyncio.Protocol):
             if command.name == "cancel":
                 self._cancel_waits(command)
                 return
+            if command.name == "quit":
+                # Its waiting receives are answered with nothing before the goodbye, as
+                # at the end of input (eof_received) and by CANCEL: a pipelining client
+                # heard nothing more of them (a reviewer).
+                self._answer_waits_empty()
             if self.hub.refusing_changes and command.name in REFUSED_WHILE_WRITES_FAIL:
                 raise CommandError(STORAGE_UNAVAILABLE,
                                    REFUSED_WHILE_WRITES_FAIL[command.name])
