@@ -194,6 +194,22 @@ def test_a_value_that_looks_like_a_flag_is_answered_with_the_way_to_write_it(cap
     assert "a percentage must be over 0" in refused(capsys, ["--max-memory=-5%"])
 
 
+@pytest.mark.parametrize("flag", ["--max-queues", "--max-connections-per-address",
+                                  "--max-memory", "--max-client-memory", "--max-frame-bytes"])
+def test_no_limit_takes_more_than_64_bits(capsys, flag):
+    # 10**23 started the server, and STATS then failed to encode the limit (a reviewer).
+    assert "must be at most 9223372036854775807" in refused(capsys, [flag, str(10**23)])
+
+
+@pytest.mark.parametrize("flag", ["--max-batch", "--max-headers"])
+def test_item_limits_stop_at_what_msgpack_can_hold(capsys, flag):
+    # Past it, every binary request over 64 KiB was refused as malformed msgpack.
+    err = refused(capsys, [flag, str(2**32)])
+    assert "must be at most 4294967295, the most items a msgpack array or map" in err
+    config = parse_config([flag, str(2**32 - 1)], {})
+    assert getattr(config.limits, flag[2:].replace("-", "_")) == 2**32 - 1
+
+
 def test_compact_min_bytes_takes_a_size_like_the_other_sizes(capsys):
     assert parse_config(["--compact-min-bytes", "64M"], {}).compact_min_bytes == 64 * MIB
     assert parse_config([], {"WONDERQ_COMPACT_MIN_BYTES": "1000"}).compact_min_bytes == 1000

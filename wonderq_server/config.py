@@ -82,13 +82,36 @@ class Config:
     busy_poll_us: int = 0  # 0: the loop sleeps as soon as it has nothing to do
 
 
+MAX_FLAG_INTEGER = 2**63 - 1  # the largest integer STATS (msgpack) can report
+MSGPACK_MOST_ITEMS = 2**32 - 1  # the most items a msgpack array or map can hold
+
+
 def _whole_number(text: str) -> int:
     """_whole_number reads an int, saying so in words rather than Python's ("invalid
-    literal for int() with base 10")."""
+    literal for int() with base 10"). No flag takes more than 64 bits: a limit past
+    them started the server, whose STATS then failed to encode it (a reviewer)."""
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
         raise ValueError("must be a whole number") from None
+    if value > MAX_FLAG_INTEGER:
+        raise ValueError(f"must be at most {MAX_FLAG_INTEGER} (64 bits)")
+    return value
+
+
+def _item_count(convert: Callable[[str], int]) -> Callable[[str], int]:
+    """_item_count bounds a count of items in one request by what msgpack can hold: a
+    --max-batch past it refused every binary request over 64 KiB as malformed (the
+    decoder's limits are worked out from it, binary_codec.py)."""
+
+    def item_count(text: str) -> int:
+        value = convert(text)
+        if value > MSGPACK_MOST_ITEMS:
+            raise ValueError(f"must be at most {MSGPACK_MOST_ITEMS}, the most items a "
+                             "msgpack array or map can hold")
+        return value
+
+    return item_count
 
 
 def _number(text: str) -> float:
@@ -188,6 +211,8 @@ def memory_size(text: str, physical: int | None = None) -> int:
                          "or a percentage of physical memory such as 40%")
     if value <= 0:
         raise ValueError("must be > 0")
+    if value > MAX_FLAG_INTEGER:
+        raise ValueError(f"must be at most {MAX_FLAG_INTEGER} bytes (64 bits)")
     return value
 
 
@@ -256,7 +281,7 @@ FLAGS = [
      "default lease length in seconds for a receive that names none"),
     ("--max-message-bytes", "max_message_bytes", _positive_int, _LIMITS.max_message_bytes,
      "largest message body accepted"),
-    ("--max-batch", "max_batch", _positive_int, _LIMITS.max_batch,
+    ("--max-batch", "max_batch", _item_count(_positive_int), _LIMITS.max_batch,
      "most items in one batch: put_many, ack_many, nack_many, receive, peek"),
     ("--max-wait", "max_wait_s", _seconds, _LIMITS.max_wait_s,
      "longest long-poll wait a receive may ask for, seconds"),
@@ -270,7 +295,7 @@ FLAGS = [
      "is always allowed)"),
     ("--max-frame-bytes", "max_frame_bytes", _positive_int, _LIMITS.max_frame_bytes,
      "largest binary-protocol frame accepted"),
-    ("--max-headers", "max_headers", _count, _LIMITS.max_headers,
+    ("--max-headers", "max_headers", _item_count(_count), _LIMITS.max_headers,
      "most headers on one message"),
     ("--max-header-bytes", "max_header_bytes", _count, _LIMITS.max_header_bytes,
      "most bytes of header keys and values together on one message (UTF-8)"),
