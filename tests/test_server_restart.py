@@ -61,16 +61,20 @@ def test_a_start_names_queue_settings_over_its_limits_and_keeps_them(tmp_path, c
     broker = Broker()
     journal = Journal(tmp_path)
     journal.open(broker, 0.0)
-    broker.create_queue("slow", {"delay": 90_000.0, "visibility_timeout": 90_000.0}, 0.0)
+    broker.create_queue("slow", {"delay": 90_000.0, "visibility_timeout": 90_000.0,
+                                 "expiry": 31_536_000.0}, 0.0)
     broker.create_queue("fine", {"delay": 60.0}, 0.0)
     journal.close()
 
     caplog.set_level(logging.WARNING, logger="wonderq.server")
     for limits, warned in ((Limits(max_delay_s=1e5, max_visibility_s=1e5), []),
-                           (Limits(), ["'slow' keeps its visibility_timeout of 90000 s, over "
-                                       "this start's --max-visibility-timeout (43200 s)",
-                                       "'slow' keeps its delay of 90000 s, over this start's "
-                                       "--max-delay (43200 s)"])):
+                           (Limits(max_expiry_s=10), [
+                               "'slow' keeps its visibility_timeout of 90000 s, over "
+                               "this start's --max-visibility-timeout (43200 s)",
+                               "'slow' keeps its delay of 90000 s, over this start's "
+                               "--max-delay (43200 s)",
+                               "'slow' keeps its expiry of 31536000 s, over this start's "
+                               "--max-expiry (10 s)"])):
         caplog.clear()
         server = Server(Config(port=0, data_dir=tmp_path, limits=limits))
         server.recover()

@@ -267,7 +267,9 @@ class Server:
                 if value > limit:
                     over.append((q.name, setting, value, flag, limit))
         for name, setting, value, flag, limit in over[:SETTINGS_WARNED_MOST]:
-            logger.warning("queue %r keeps its %s of %g s, over this start's %s (%g s): it "
+            # In digits, exactly, as the commands' range errors: %g wrote 365 days as
+            # 3.1536e+07 (a reviewer).
+            logger.warning("queue %r keeps its %s of %.15g s, over this start's %s (%.15g s): it "
                            "was set under a higher limit, and applies until configure_queue "
                            "changes it", name, setting, value, flag, limit)
         if len(over) > SETTINGS_WARNED_MOST:
