@@ -104,7 +104,7 @@ def test_auth_without_a_configured_token_is_a_command_error():
     with pytest.raises(CommandError) as info:
         check.check(b"anything")
     assert type(info.value) is CommandError and info.value.code == BAD_ARGUMENT
-    assert "no auth token is configured" in info.value.message
+    assert "this server has no auth token" in info.value.message
     assert check.failures == 0
 
 

@@ -210,6 +210,18 @@ def test_item_limits_stop_at_what_msgpack_can_hold(capsys, flag):
     assert getattr(config.limits, flag[2:].replace("-", "_")) == 2**32 - 1
 
 
+def test_a_bad_variable_is_refused_only_when_its_flag_is_not_given(capsys):
+    # A flag beats the environment, a bad value in it too: a stray WONDERQ_PORT=abc
+    # stopped `--port 0` (a newcomer's review).
+    environ = {"WONDERQ_PORT": "abc", "WONDERQ_IN_MEMORY": "maybe"}
+    config = parse_config(["--port", "0", "--in-memory"], environ)
+    assert (config.port, config.data_dir) == (0, None)
+    assert "WONDERQ_PORT='abc': must be a whole number" in refused(
+        capsys, ["--in-memory"], environ)
+    assert "WONDERQ_IN_MEMORY='maybe': must be true or false" in refused(
+        capsys, ["--port", "0"], environ)
+
+
 def test_compact_min_bytes_takes_a_size_like_the_other_sizes(capsys):
     assert parse_config(["--compact-min-bytes", "64M"], {}).compact_min_bytes == 64 * MIB
     assert parse_config([], {"WONDERQ_COMPACT_MIN_BYTES": "1000"}).compact_min_bytes == 1000

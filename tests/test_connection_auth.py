@@ -126,7 +126,8 @@ def test_auth_on_a_server_without_a_token_is_an_error_and_the_connection_stays()
     hub.send(connection, b"AUTH anything\r\nPING\r\n")
     error, pong, _ = transport.data.split(b"\r\n")
     assert error == (b"ERR " + BAD_ARGUMENT.encode()
-                     + b" AUTH called but no auth token is configured (--auth-token)")
+                     + b" AUTH sent, but this server has no auth token (it was started "
+                     b"without --auth-token): connect without one")
     assert pong == b"PONG" and not transport.closed
     assert hub.service.auth.failures == 0
 

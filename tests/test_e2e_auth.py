@@ -60,7 +60,7 @@ async def test_a_wrong_token_fails_connect_and_is_counted(secured):
 
 
 async def test_a_token_given_to_a_server_without_one_is_refused(server):
-    with pytest.raises(BadArgument, match="no auth token is configured"):
+    with pytest.raises(BadArgument, match="this server has no auth token"):
         await connect(server.host, server.port, auth_token=TOKEN)
 
 

@@ -25,7 +25,7 @@ import pytest
 from polling import until
 from prometheus_client.parser import text_string_to_metric_families
 
-from wonderq_client import connect
+from wonderq_client import ConnectionClosed, connect
 
 METRICS_LINE = re.compile(r"metrics on http://(\S+):(\d+)/metrics")
 TIMEOUT_S = 10.0
@@ -204,7 +204,7 @@ async def test_garbage_and_huge_requests_do_not_hurt_the_server(server_factory):
                               + b"X-Filler: " + b"a" * 100_000 + b"\r\n\r\n"),
             asyncio.to_thread(raw_exchange, address, b"GET /metrics HTTP/1.1\r\n"
                               b"Content-Length: 99999999\r\nHost: x\r\n\r\npartial"),
-            asyncio.to_thread(raw_exchange, address, b"WQ\x00\x01", True),  # no answer
+            asyncio.to_thread(raw_exchange, address, b"WQ\x00\x01", True),  # a client
             # A whole request then EOF, as from `printf ... | nc`: answered all the same.
             asyncio.to_thread(raw_exchange, address, b"GET /stats HTTP/1.0\r\n\r\n", True),
         )
@@ -213,12 +213,30 @@ async def test_garbage_and_huge_requests_do_not_hurt_the_server(server_factory):
     assert replies[0].startswith(b"HTTP/1.1 400 ")
     assert replies[1].startswith(b"HTTP/1.1 431 ")
     assert replies[2].startswith(b"HTTP/1.1 200 ")  # a body is never waited for
-    assert replies[3] == b""
+    assert replies[3].startswith(b"HTTP/1.1 400 ")  # at once: it is not HTTP
+    assert b"clients connect to the server's --port" in replies[3]
     assert replies[4].startswith(b"HTTP/1.1 200 ") and replies[4].endswith(b"}")
     samples = await scrape(address)  # the endpoint still answers
     assert samples[("wonderq_queues", ())] == 0
     async with connect(server.host, server.port) as client:  # and so does the broker
         assert await client.ping() == "pong"
+
+
+async def test_a_client_at_the_metrics_port_is_told_at_once_not_left_waiting(server_factory):
+    # A newcomer's `wonderq stats --port <the metrics port>` waited its whole timeout:
+    # the endpoint waited for an HTTP line end that a client's frames never hold.
+    server = server_factory("--metrics-port", "0")
+    host, port = metrics_address(server)
+    client = await connect(host, port)
+    try:
+        with pytest.raises(ConnectionClosed) as closed:
+            # Bounded only so that a regression fails rather than hangs; the endpoint
+            # itself would drop the connection after its own 10 s.
+            await asyncio.wait_for(client.ping(), TIMEOUT_S / 2)
+    finally:
+        await client.close()
+    assert "HTTP/1.1 400" in closed.value.message
+    assert "is this a WonderQ server's port?" in closed.value.message
 
 
 async def test_a_client_still_sending_gets_its_refusal_not_a_reset(server_factory):

@@ -287,6 +287,10 @@ def test_too_many_arguments(line, message):
     assert rejection(line + b"\n") == (BAD_ARGUMENT, message)
 
 
+HTTP_REFUSAL = ("an HTTP request: this port speaks WonderQ's protocol (PROTOCOL.md), not HTTP; "
+                "the server serves /metrics and /stats on its --metrics-port")
+
+
 @pytest.mark.parametrize(("line", "code", "message"), [
     (b"GET q max=1 max=2", BAD_ARGUMENT, "max given twice"),
     (b"GET q 1 max=2", BAD_ARGUMENT, "max given twice"),
@@ -313,6 +317,10 @@ def test_too_many_arguments(line, message):
     (b"FOO bar", UNKNOWN_COMMAND, f"unknown command 'FOO'; known: {KNOWN}"),
     (b"PUT_MANYX q a", UNKNOWN_COMMAND, f"unknown command 'PUT_MANYX'; known: {KNOWN}"),
     (b"PINGX", UNKNOWN_COMMAND, f"unknown command 'PINGX'; known: {KNOWN}"),
+    # A browser or scraper at the message port (a newcomer's review had "max must be an
+    # integer, got 'HTTP/1.1'"):
+    (b"GET / HTTP/1.1", UNKNOWN_COMMAND, HTTP_REFUSAL),
+    (b"POST /metrics HTTP/1.0", UNKNOWN_COMMAND, HTTP_REFUSAL),
 ])
 def test_bad_lines(line, code, message):
     assert rejection(line + b"\r\n") == (code, message)

@@ -50,6 +50,10 @@ class SecretBytes(bytes):
 
 # Seconds between a wrong token's answer and the close; see the rules above.
 AUTH_FAILURE_DELAY_S = 1.0
+# AUTH to a server without a token. It names what to do: the token sent is often one
+# exported for another server (WONDERQ_AUTH_TOKEN), not one the user typed.
+NO_TOKEN_MESSAGE = ("AUTH sent, but this server has no auth token (it was started without "
+                    "--auth-token): connect without one")
 
 
 class AuthFailed(ProtocolError):
@@ -116,8 +120,7 @@ class TokenCheck:
         """check is the AUTH command: returns when `given` is the token; raises AuthFailed
         (counted) when it is not, and a CommandError when no token is configured."""
         if self._digest is None:
-            raise CommandError(BAD_ARGUMENT, "AUTH called but no auth token is configured "
-                               "(--auth-token)")
+            raise CommandError(BAD_ARGUMENT, NO_TOKEN_MESSAGE)
         if not self.matches(given):
             self.failures += 1
             raise AuthFailed(AUTH_FAILED, "wrong auth token; the connection closes")

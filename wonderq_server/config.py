@@ -3,7 +3,8 @@
 Design decision: one table (`FLAGS`) names every setting once, with its flag,
 its environment variable, its type and its default, so `--help`, the README
 and the environment cannot disagree. A flag given on the command line beats
-the environment, which beats the default.
+the environment, which beats the default; a variable whose value cannot be
+used is refused only when its flag is not given.
 
 Rules:
 * Every limit the server enforces has a setting here.
@@ -421,7 +422,9 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
             try:
                 default = kind(raw)
             except ValueError as exc:
-                parser.error(f"{env}{'' if secret else f'={raw!r}'}: {exc}")
+                # Refused only if the flag is not given, which beats it (parse_config):
+                # a stray WONDERQ_PORT=abc stopped `--port 0` (a newcomer's review).
+                default = _BadVariable(f"{env}{'' if secret else f'={raw!r}'}: {exc}")
         unset = default is None or (default == "" and flag in NONE_MEANS)  # "" is unset too
         shown = NONE_MEANS.get(flag, "off") if unset else "set" if secret else default
         help_text = f"{text} (env {env}; default {shown})"
@@ -430,12 +433,35 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     for flag, dest, text in SWITCHES:
         env = env_name(flag)
         try:
-            default = _flag(environ.get(env, ""))
+            switch: bool | _BadVariable = _flag(environ.get(env, ""))
         except ValueError as exc:
-            parser.error(f"{env}={environ[env]!r}: {exc}")
-        parser.add_argument(flag, dest=dest, action="store_true", default=default,
+            switch = _BadVariable(f"{env}={environ[env]!r}: {exc}")
+        parser.add_argument(flag, dest=dest, action="store_true", default=switch,
                             help=f"{text} (env {env}=1)")
     return parser
+
+
+class _BadVariable:
+    """_BadVariable is the default of a flag whose WONDERQ_* variable cannot be used: the
+    start stops with `reason` unless the flag was given (argparse leaves a default that
+    is not a string as it is)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __str__(self) -> str:  # --help's "default ..."
+        return f"none: {self.reason.split(':')[0]} cannot be used"
+
+
+def _parse_flags(argv: Sequence[str] | None,
+                 environ: Mapping[str, str]) -> argparse.Namespace:
+    """_parse_flags: the flags, with the environment's values for those not given."""
+    parser = build_parser(environ)
+    ns = parser.parse_args(argv)
+    for value in vars(ns).values():
+        if isinstance(value, _BadVariable):
+            parser.error(value.reason)
+    return ns
 
 
 def _named(kind, flag: str, secret: bool = False):
@@ -456,7 +482,7 @@ def _named(kind, flag: str, secret: bool = False):
 def parse_config(argv: Sequence[str] | None = None,
                  environ: Mapping[str, str] | None = None) -> Config:
     """parse_config reads flags and environment into a Config; exits with usage on bad input."""
-    ns = build_parser(os.environ if environ is None else environ).parse_args(argv)
+    ns = _parse_flags(argv, os.environ if environ is None else environ)
     limits = Limits(
         max_message_bytes=ns.max_message_bytes,
         max_batch=ns.max_batch,

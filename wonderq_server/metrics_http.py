@@ -15,7 +15,8 @@ Rules:
   response before it is read). A scraper comes every few seconds;
   keep-alive would buy nothing and cost state.
 * Only GET; any other method gets 405, a path not in the table 404, a query
-  string is ignored. A request that is not HTTP gets 400, a request head
+  string is ignored. A request that is not HTTP gets 400 (at its first byte
+  that cannot be in a method: a WonderQ client's preamble), a request head
   over MAX_REQUEST_HEAD_BYTES 431; a body is never read.
 * Nothing a peer does can hurt the server: at most MAX_CONNECTIONS are open
   at once (one more is closed at once), and a connection still open
@@ -50,6 +51,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("wonderq.metrics")
 
 MAX_REQUEST_HEAD_BYTES = 8192
+# What an HTTP method (a token, RFC 9110) is made of.
+HTTP_TOKEN_BYTES = frozenset(b"!#$%&'*+-.^_`|~0123456789"
+                             b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 MAX_CONNECTIONS = 32
 TIMEOUT_S = 10.0
 
@@ -101,6 +105,7 @@ class HttpConnection(asyncio.Protocol):
         self._timeout: asyncio.TimerHandle | None = None
         self._page: asyncio.Task[None] | None = None  # the page being rendered
         self._peer_done = False  # the peer has sent EOF
+        self._method_read = False  # the request line's first space has come
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -131,6 +136,13 @@ class HttpConnection(asyncio.Protocol):
         self.received += len(data)
         if room <= 0:
             return
+        if not self._method_read and not self._method_is_http(data):
+            # A WonderQ client (its binary preamble holds a NUL) or anything else that is
+            # not HTTP at the metrics port: h11 waits for a line end that may never come,
+            # and the client waited its whole timeout for nothing (a newcomer's review).
+            self._respond(400, b"not an HTTP request: this is WonderQ's metrics endpoint; "
+                               b"clients connect to the server's --port\n")
+            return
         self.http.receive_data(data[:room])
         try:
             event = self.http.next_event()
@@ -140,6 +152,13 @@ class HttpConnection(asyncio.Protocol):
         if isinstance(event, h11.Request):
             self._answer(event)
         # Otherwise h11.NEED_DATA: the request head is not complete yet.
+
+    def _method_is_http(self, data: bytes) -> bool:
+        """_method_is_http: the bytes before the request line's first space (its method)
+        are an HTTP token so far. Once the space has come, the rest is h11's."""
+        method = data.split(b" ", 1)[0]
+        self._method_read = len(method) < len(data)
+        return all(byte in HTTP_TOKEN_BYTES for byte in method)
 
     def eof_received(self) -> bool:
         """eof_received: the peer stopped sending. Keep the connection only for the

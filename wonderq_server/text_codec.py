@@ -70,6 +70,7 @@ Must not know: sockets, asyncio, the broker.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from .commands import Command, Limits, Rejected, make_command
@@ -118,6 +119,8 @@ TEXT_COMMANDS = {
 # count: the command, a queue name (at most 128 bytes, or a longer one that is refused)
 # and the count, with room to spare.
 HEADER_PEEK_BYTES = 4096
+# An HTTP request line ("GET / HTTP/1.1"): a refused line like it is answered as such.
+HTTP_REQUEST_LINE = re.compile(rb"[A-Z]+ \S+ HTTP/\d(\.\d)?")
 CR = 13  # b"\r"[0]: a line's last byte, before its LF, that the line limit does not count
 
 
@@ -279,7 +282,16 @@ class TextDecoder:
             return [make_command(name, arguments(name, rest, self._limits, typed.decode()),
                                  self._limits)]
         except CommandError as exc:
-            return [Rejected(exc)]
+            refusal = exc
+            if HTTP_REQUEST_LINE.fullmatch(line.strip()):
+                # A browser or scraper at the message port: "GET / HTTP/1.1" was answered
+                # "max must be an integer, got 'HTTP/1.1'" (a newcomer's review). Looked
+                # at only for a line already refused, so no line that runs pays for it.
+                refusal = CommandError(UNKNOWN_COMMAND, "an HTTP request: this port speaks "
+                                       "WonderQ's protocol (PROTOCOL.md), not HTTP; the "
+                                       "server serves /metrics and /stats on its "
+                                       "--metrics-port")
+            return [Rejected(refusal)]
 
     def _start_block(self, rest: bytes) -> None:
         """_start_block checks a PUT_MANY header line; if it is good, bodies come next.
