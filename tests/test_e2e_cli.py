@@ -725,7 +725,8 @@ async def test_a_server_that_does_not_answer_is_one_line_and_exit_2(server_facto
     assert done.stderr.decode() == (
         f"wonderq: the server at {server.host}:{server.port} did not answer within 1 s; on a "
         "server busy with many queues and many stats callers, stats and queues wait their "
-        "turn (PROTOCOL.md): a longer --timeout may get one\n")
+        "turn (PROTOCOL.md): a longer --timeout may get one; else check that it is a "
+        "WonderQ server's port and uses TLS as this command does\n")
 
 
 async def test_a_bad_port_in_the_environment_is_named(server):
@@ -734,6 +735,28 @@ async def test_a_bad_port_in_the_environment_is_named(server):
     assert done.stderr.decode() == "wonderq: WONDERQ_PORT='99999': must be 1-65535, got 99999\n"
     done = await cli("stats", "--json", "--port", str(server.port), env={"WONDERQ_PORT": "abc"})
     assert done.returncode == 0, done.stderr  # a flag wins; the variable is not even read
+
+
+async def test_a_token_from_the_environment_that_the_server_lacks_is_named(server):
+    # A newcomer's WONDERQ_AUTH_TOKEN, exported for another server, was refused in words
+    # that named only a flag nobody had typed.
+    done = await cli("stats", *at(server), env={"WONDERQ_AUTH_TOKEN": "exported"})
+    assert done.returncode == 1
+    assert done.stderr.decode() == (
+        "wonderq: BAD_ARGUMENT: AUTH sent, but this server has no auth token (it was started "
+        "without --auth-token): connect without one (this command's token came from "
+        "WONDERQ_AUTH_TOKEN: unset it for this server)\n")
+    done = await cli("stats", *at(server), "--auth-token", "typed")
+    assert done.returncode == 1 and b"came from" not in done.stderr  # typed: nothing to add
+
+
+async def test_empty_host_and_port_variables_are_not_given(server):
+    # `export WONDERQ_HOST=` was "cannot reach the server at :PORT" (a newcomer's review).
+    done = await cli("stats", "--json", "--port", str(server.port),
+                     env={"WONDERQ_HOST": ""})
+    assert done.returncode == 0, done.stderr  # the default host, where the server is
+    done = await cli("stats", "--timeout", "1", env={"WONDERQ_PORT": ""})
+    assert b"not a port number" not in done.stderr  # the default port (7711), whatever is there
 
 
 def run_in_terminal(argv: list[str], keys: bytes, ready: bytes,
@@ -806,6 +829,9 @@ def test_receive_with_a_server_that_does_not_answer_ends_within_timeout_and_wait
     assert done.returncode == 2
     # It said 1 s, having waited 2 (a reviewer): the message counts the --wait.
     assert b"did not answer within 2 s (--timeout 1 + --wait 1)" in done.stderr
+    # Not a paced command: the port is what to check (a newcomer's review).
+    assert b"; check that it is a WonderQ server's port and uses TLS as" in done.stderr
+    assert b"wait their turn" not in done.stderr
 
 
 def test_top_once_with_a_server_that_does_not_answer_ends_within_timeout(server):

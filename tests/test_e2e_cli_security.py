@@ -92,6 +92,16 @@ async def test_unusable_tls_flags_are_exit_2(secured, flags, message):
     assert message in done.stderr.decode() and b"Traceback" not in done.stderr
 
 
+async def test_a_client_certificate_without_its_key_says_the_key_is_missing(secured,
+                                                                             tls_files):
+    # A newcomer gave a certificate alone and was told "not PEM, or a key that does not
+    # match" (the CA's certificate is such a file: a certificate and no key).
+    done = await cli("stats", *at(secured), "--tls-cert", str(tls_files.ca))
+    assert done.returncode == 2
+    assert done.stderr.decode() == (f"wonderq: cannot use --tls-cert {tls_files.ca}: it holds "
+                                    "no private key: give its key with --tls-key\n")
+
+
 async def test_no_client_certificate_for_a_server_with_tls_ca_says_so(server_factory,
                                                                        tls_files):
     server = server_factory(*tls_files.server_flags(require_client_cert=True))

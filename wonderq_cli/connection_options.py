@@ -88,6 +88,7 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> None:
     connect()'s keywords. Raises ValueError naming the flag or variable that cannot be
     used."""
     token_from_env = args.auth_token is None and bool(env.get(TOKEN_VARIABLE))
+    args.token_from_env = token_from_env  # main.py names it when the server has no token
     if args.auth_token is None:
         args.auth_token = env.get(TOKEN_VARIABLE) or None
     args.warning = ""
@@ -156,9 +157,24 @@ def ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
             context.load_cert_chain(args.tls_cert, args.tls_key,
                                     password=_no_passphrase)
         except (OSError, ValueError) as exc:
+            reason = _reason(exc)
+            if not args.tls_key and isinstance(exc, ssl.SSLError) and not _holds_a_key(
+                    args.tls_cert):
+                # A certificate alone was "not PEM, or a key that does not match"; the
+                # key is missing (a newcomer's review).
+                reason = f"it holds no private key: give its key with {named['tls_key']}"
             raise ValueError(f"cannot use {named['tls_cert']} {args.tls_cert}{key}: "
-                             f"{_reason(exc)}") from None
+                             f"{reason}") from None
     return context
+
+
+def _holds_a_key(path: str) -> bool:
+    """_holds_a_key: the PEM file at `path` has a private key block (of any kind)."""
+    try:
+        with open(path, "rb") as pem:
+            return b"PRIVATE KEY-----" in pem.read()
+    except OSError:
+        return True  # nothing to add: the load's own reason stands
 
 
 def _reason(exc: BaseException) -> str:

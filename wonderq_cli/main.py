@@ -65,6 +65,10 @@ UNBOUNDED_COMMANDS = frozenset({"top", "demo", "work"})
 PACED_COMMANDS = frozenset({"stats", "queues", "top"})
 
 
+# How a server without an auth token answers one (the server's auth.NO_TOKEN_MESSAGE).
+NO_TOKEN_REFUSAL = "AUTH sent, but this server has no auth token"
+
+
 class NoAnswer(Exception):
     """The server took the connection but did not answer within --timeout."""
 
@@ -98,10 +102,12 @@ def _connection_flags(parser: argparse.ArgumentParser, suppress: bool) -> None:
 def _from_environment(args: argparse.Namespace, env: Mapping[str, str]) -> None:
     """_from_environment fills in what no flag gave (and the security options); raises
     ValueError naming the variable or the flag."""
+    # An empty variable is one not given, as the WONDERQ_CLIENT_TLS* ones are (`export
+    # WONDERQ_HOST=` was "cannot reach the server at :7711", a newcomer's review).
     if args.host is None:
-        args.host = env.get("WONDERQ_HOST", DEFAULT_HOST)
+        args.host = env.get("WONDERQ_HOST") or DEFAULT_HOST
     if args.port is None:
-        text = env.get("WONDERQ_PORT", str(DEFAULT_PORT))
+        text = env.get("WONDERQ_PORT") or str(DEFAULT_PORT)
         try:
             args.port = _port(text)
         except argparse.ArgumentTypeError as exc:
@@ -192,11 +198,15 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         waited = float(getattr(args, "wait", 0.0) or 0.0)
         within = f"{args.timeout:g} s" if not waited else \
             f"{args.timeout + waited:g} s (--timeout {args.timeout:g} + --wait {waited:g})"
-        paced = "" if args.command not in PACED_COMMANDS else (
+        # A port that takes connections and says nothing is most often not WonderQ's, or
+        # one whose TLS setting is not ours (a newcomer's review waited here, at a port
+        # of another program, told only of stats' pacing).
+        check = "check that it is a WonderQ server's port and uses TLS as this command does"
+        why = f"; {check}" if args.command not in PACED_COMMANDS else (
             "; on a server busy with many queues and many stats callers, stats and queues "
-            "wait their turn (PROTOCOL.md): a longer --timeout may get one")
+            f"wait their turn (PROTOCOL.md): a longer --timeout may get one; else {check}")
         print(f"wonderq: the server at {args.host}:{args.port} did not answer within "
-              f"{within}{paced}", file=sys.stderr)
+              f"{within}{why}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except WonderQError as exc:
         if isinstance(exc, ConnectionClosed) and exc.server_code in REFUSING_CLOSES:
@@ -217,7 +227,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             print(f"wonderq: lost the connection to {args.host}:{args.port}: {exc.message}"
                   f"{hint}", file=sys.stderr)
             return EXIT_UNREACHABLE
-        print(f"wonderq: {exc.code}: {exc.message}", file=sys.stderr)
+        hint = ""
+        if getattr(args, "token_from_env", False) and exc.message.startswith(NO_TOKEN_REFUSAL):
+            # The user typed no token: it was exported, likely for another server.
+            hint = (f" (this command's token came from {connection_options.TOKEN_VARIABLE}: "
+                    f"unset it for this server)")
+        print(f"wonderq: {exc.code}: {exc.message}{hint}", file=sys.stderr)
         return EXIT_REFUSED
     except OutputFailed as exc:
         # Not the server's fault, and not "not reached": whatever the command did on the
