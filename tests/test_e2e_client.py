@@ -316,6 +316,34 @@ async def test_a_receive_cancelled_after_its_reply_came_gives_the_messages_back(
         assert [m.deliveries for m in await producer.receive("race", max=5)] == [1, 1]
 
 
+@pytest.mark.parametrize("wait", [EVENT_TIMEOUT_S, 0.0])
+async def test_a_receive_cancelled_just_before_close_leaves_nothing_leased(server, wait):
+    # A reviewer's shutdown, `task.cancel()` then `await client.close()` at once: the
+    # receive's task had not yet run its cancel when close() closed the connection, and
+    # a message the server had leased to it stayed leased to nobody (15 rounds in 60).
+    async with connect(server.host, server.port) as producer:
+        for round_ in range(5):
+            queue = f"shutdown-{wait:g}-{round_}"
+            consumer = await connect(server.host, server.port)
+            if wait:
+                receiving = asyncio.create_task(consumer.receive(queue, wait=wait,
+                                                                 visibility=600))
+                await until_stats(producer,
+                                  lambda s, q=queue: s["queues"].get(q, {}).get("waiting"))
+                await producer.put(queue, b"leased to the waiting receive")
+            else:  # a receive in flight, its reply on the way
+                await producer.put(queue, b"leased to the receive in flight")
+                receiving = asyncio.create_task(consumer.receive(queue, visibility=600))
+                await asyncio.sleep(0)  # sent, not answered yet
+            receiving.cancel()
+            await consumer.close()
+            # close() waited for the give-back: the message is ready again, unseen.
+            info = await producer.queue_info(queue)
+            assert (info["ready"], info["in_flight"]) == (1, 0), (round_, info)
+            [msg] = await producer.receive(queue)
+            assert msg.deliveries == 1
+
+
 async def test_an_argument_msgpack_cannot_encode_leaves_nothing_pending(server):
     async with connect(server.host, server.port) as client:
         for _ in range(3):
