@@ -373,6 +373,16 @@ def test_oversized_length_prefix_breaks_the_stream():
     assert decoder.feed(b"\x00" * 1000) == []
 
 
+def test_an_oversized_frame_is_refused_naming_its_request_when_its_start_came():
+    # With nil, every request in flight took the blame (a client gave each of them the
+    # code, and small puts that would not fail again were not retried: a reviewer).
+    decoder = started(Limits(max_frame_bytes=100))
+    big = frame([7, "put", {"queue": "q", "body": b"x" * 200}])
+    item = only(decoder.feed(big[:60]))  # its length and first bytes, the rest to come
+    assert_rejected(item, ProtocolError, FRAME_TOO_LARGE, request_id=7)
+    assert item.error.message.startswith(f"frame of {len(big) - 4} bytes is over the limit")
+
+
 def test_oversized_length_is_refused_from_the_header_alone():
     decoder = started(Limits(max_frame_bytes=100))
     assert decoder.feed(b"\xff\xff") == []

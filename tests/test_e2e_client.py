@@ -344,6 +344,27 @@ async def test_a_receive_cancelled_just_before_close_leaves_nothing_leased(serve
             assert msg.deliveries == 1
 
 
+async def test_a_request_over_the_servers_frame_limit_fails_alone(server_factory):
+    # A reviewer's big put and five small ones after it, on a server with a lower
+    # --max-frame-bytes than the client's: all six raised ConnectionClosed with
+    # server_code FRAME_TOO_LARGE, and README's rule (do not retry those) lost the small
+    # ones. Now the big one raises FrameTooLarge; the others, cut off, may be sent again.
+    server = server_factory("--max-frame-bytes", "100000")
+    client = await connect(server.host, server.port)
+    try:
+        big = asyncio.create_task(client.put("frames", b"x" * 150_000))
+        smalls = [asyncio.create_task(client.put("frames", b"small %d" % i)) for i in range(5)]
+        results = await asyncio.gather(big, *smalls, return_exceptions=True)
+    finally:
+        await client.close()
+    assert type(results[0]) is FrameTooLarge and "--max-frame-bytes" in results[0].message
+    for cut_off in results[1:]:
+        assert type(cut_off) is ConnectionClosed and cut_off.server_code is None, cut_off
+        assert "over the server's frame limit" in cut_off.message
+    async with connect(server.host, server.port) as again:  # sent again, they are stored
+        assert len(await again.put_many("frames", [b"small %d" % i for i in range(5)])) == 5
+
+
 async def test_an_argument_msgpack_cannot_encode_leaves_nothing_pending(server):
     async with connect(server.host, server.port) as client:
         for _ in range(3):

@@ -162,6 +162,12 @@ class _ClientProtocol(asyncio.Protocol):
                 future.set_result(result)
             else:
                 future.set_exception(error_from_wire(error[0], error[1]))
+                if error[0] == FrameTooLarge.code:
+                    # The server names the request over its --max-frame-bytes and closes
+                    # the connection: the others in flight were not refused, only cut
+                    # off (ConnectionClosed, no server_code: they may be sent again).
+                    self._server_error = (f"request {request_id} on it was over the "
+                                          f"server's frame limit: {error[1]}")
 
     def closed_exception(self) -> ConnectionClosed:
         """closed_exception is a new ConnectionClosed like closed_error: one instance raised

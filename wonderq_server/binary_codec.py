@@ -37,7 +37,8 @@ Rules:
   one call with no count: it can build at most about 5 MB, and the usual
   request, small, pays nothing for the rule.
 * A frame that cannot be decoded is answered with its request id when the
-  id can be read on its own (read with a small count of its own), else nil.
+  id can be read on its own (read with a small count of its own), else nil;
+  so is one over the limit, from what of it came with its length.
 
 Must not know: sockets, asyncio, the broker.
 """
@@ -73,6 +74,8 @@ PREAMBLE = MAGIC + bytes([VERSION])
 HEADER_BYTES = 4
 # Frames up to this size are decoded without counting their values (see the rules).
 SMALL_FRAME_BYTES = 64 * 1024
+# Of a frame over the limit, at most this much (what has come) is read for its request id.
+ID_PEEK_BYTES = 64 * 1024
 
 
 class BinaryDecoder:
@@ -125,9 +128,15 @@ class BinaryDecoder:
         while end - pos >= HEADER_BYTES:
             size = int.from_bytes(buf[pos:pos + HEADER_BYTES], "big")
             if size > max_frame:
+                # The reply names the request when its id came with the length (the
+                # frame's first bytes), so a client fails that request alone: with nil,
+                # every request in flight on the connection took the blame, and a client
+                # that does not retry a request too big lost small puts (a reviewer).
+                start = pos + HEADER_BYTES
+                request_id = readable_request_id(bytes(buf[start:min(end, start + ID_PEEK_BYTES)]))
                 out.append(self._break(ProtocolError(
                     FRAME_TOO_LARGE, f"frame of {size} bytes is over the limit of {max_frame} "
-                    f"({self._limits.max_frame_source})"))[0])
+                    f"({self._limits.max_frame_source})"), request_id)[0])
                 return out
             if end - pos - HEADER_BYTES < size:
                 break
@@ -138,10 +147,10 @@ class BinaryDecoder:
             del buf[:pos]
         return out
 
-    def _break(self, error: ProtocolError) -> list[Command | Rejected]:
+    def _break(self, error: ProtocolError, request_id: Any = None) -> list[Command | Rejected]:
         self.broken = True
         self._buffer = bytearray()
-        return [Rejected(error)]
+        return [Rejected(error, request_id)]
 
     def _decode(self, frame: bytes | bytearray) -> Command | Rejected:
         try:
