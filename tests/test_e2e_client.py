@@ -534,6 +534,22 @@ async def test_empty_batches_need_no_round_trip_and_one_body_is_not_a_list(serve
         assert "empty" not in (await client.stats())["queues"]  # nothing was put
 
 
+async def test_one_pair_or_message_given_to_ack_many_or_nack_many_is_refused(server):
+    # A reviewer's ack_many(q, (id, lease)) went as two items, each refused in a result
+    # that code not reading the results took for acked.
+    async with connect(server.host, server.port) as client:
+        await client.put("one", b"job")
+        [message] = await client.receive("one", visibility=600)
+        for settle in (client.ack_many, client.nack_many):
+            name = settle.__name__
+            for one in ((message.id, message.lease), [message.id, message.lease], message):
+                with pytest.raises(TypeError, match=f"{name} takes a list of messages or "
+                                   r"\(id, lease\) pairs, not one"):
+                    await settle("one", one)  # type: ignore[arg-type]
+        assert (await client.queue_info("one"))["in_flight"] == 1  # nothing was sent
+        assert await client.ack_many("one", [(message.id, message.lease)]) == [None]
+
+
 async def test_a_bare_touch_renews_for_the_visibility_the_receive_asked_for(server):
     async with connect(server.host, server.port) as client:
         await client.put("long", b"job")

@@ -47,8 +47,16 @@ def put_items(bodies: Iterable[PutItem]) -> list[PutItem]:
     return items
 
 
-def settle_items(items: Iterable[SettleItem]) -> list[Any]:
-    """settle_items is ack_many's or nack_many's `items` field: one [id, lease] per item."""
+def settle_items(items: Iterable[SettleItem], command: str) -> list[Any]:
+    """settle_items is ack_many's or nack_many's `items` field: one [id, lease] per item.
+    One item where the list of them belongs raises TypeError: `(id, lease)` was sent as
+    two items, each refused, and code that did not read the results took it for acked
+    (a reviewer); put_many refuses one body the same way."""
+    if isinstance(items, Message) or (isinstance(items, tuple | list) and items
+                                      and type(items[0]) is int):
+        one = "Message" if isinstance(items, Message) else "(id, lease) pair"
+        raise TypeError(f"{command} takes a list of messages or (id, lease) pairs, not one "
+                        f"{one} (use {command.removesuffix('_many')} for one message)")
     # A received Message's pair is read inline (this runs for every item of a batch);
     # settle_item raises NotLeasedError for a peeked one.
     return [(item.id, item.lease) if type(item) is Message and item.lease is not None

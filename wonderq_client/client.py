@@ -499,7 +499,7 @@ class Client(QueueAdmin):
         that refused that item alone, returned rather than raised. No items: []
         at once, so the list a receive returned can be acked whatever it holds.
         """
-        pairs = settle_items(items)
+        pairs = settle_items(items, "ack_many")
         if not pairs:
             return []  # a receive that found nothing: no round trip
         return item_results(await self._call("ack_many", {"queue": queue, "items": pairs}))
@@ -521,7 +521,7 @@ class Client(QueueAdmin):
                         delay: float = 0.0, unseen: bool = False) -> list[WonderQError | None]:
         """nack_many gives back (id, lease) pairs or received Messages; results as ack_many;
         `unseen` as for nack."""
-        pairs = settle_items(items)
+        pairs = settle_items(items, "nack_many")
         if not pairs:
             return []
         args: dict[str, Any] = {"queue": queue, "items": pairs, "delay": delay}
