@@ -201,10 +201,14 @@ async def test_plain_clients_on_a_tls_port_fail_cleanly_and_others_go_on(server_
         assert b"OK" not in text.buffer
     finally:
         text.close()
-    # The binary client without ssl: its first request sees the connection end.
-    with pytest.raises(ConnectionClosed):
+    # The binary client without ssl: its first request sees the connection end, and is
+    # told TLS may be why (a newcomer's review had only "connection to the server closed").
+    with pytest.raises(ConnectionClosed) as closed:
         async with connect(proc.host, proc.port) as client:
             await asyncio.wait_for(client.ping(), 10)
+    assert closed.value.message == (
+        "connection to the server closed: nothing came from it (a server that uses TLS "
+        "closes a plain connection so)")
     async with connect(proc.host, proc.port, ssl=tls_files.client_context()) as client:
         stats = await client.stats()
     assert stats["queues"] == {}  # the plain PUT never ran

@@ -106,14 +106,22 @@ class _ClientProtocol(asyncio.Protocol):
         self._server_error_code: str | None = None  # and its code
         self.closed_by_client = False  # close() ended it
         self.closed = loop.create_future()
+        self._heard_from_server = False  # a byte has come from the server
+        self._over_tls = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self._over_tls = transport.get_extra_info("sslcontext") is not None
         enable_keepalive(transport, self._tcp_keepalive)
         self._schedule_flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         reason = self._server_error or (str(exc) if exc else "")
+        if not reason and not self._heard_from_server and not self._over_tls \
+                and not self.closed_by_client:
+            # A TLS port ends a plain connection without a word: say so, as the CLI does
+            # (a newcomer's review had only "connection to the server closed").
+            reason = "nothing came from it (a server that uses TLS closes a plain connection so)"
         if self.closed_by_client and not reason:
             self.closed_error = ConnectionClosed("this client closed the connection (close())")
         else:
@@ -133,6 +141,7 @@ class _ClientProtocol(asyncio.Protocol):
             self.closed.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        self._heard_from_server = True
         pending = self._pending
         if self._poller is not None:
             self._poller.replied()
