@@ -316,25 +316,34 @@ async def test_a_receive_cancelled_after_its_reply_came_gives_the_messages_back(
         assert [m.deliveries for m in await producer.receive("race", max=5)] == [1, 1]
 
 
+@pytest.mark.parametrize("nested", [False, True], ids=["direct", "wait_for"])
 @pytest.mark.parametrize("wait", [EVENT_TIMEOUT_S, 0.0])
-async def test_a_receive_cancelled_just_before_close_leaves_nothing_leased(server, wait):
+async def test_a_receive_cancelled_just_before_close_leaves_nothing_leased(server, wait,
+                                                                           nested):
     # A reviewer's shutdown, `task.cancel()` then `await client.close()` at once: the
     # receive's task had not yet run its cancel when close() closed the connection, and
     # a message the server had leased to it stayed leased to nobody (15 rounds in 60).
+    # Through wait_for (an inner task on 3.11) the cancel reaches the receive a loop
+    # step later still (a second reviewer).
     async with connect(server.host, server.port) as producer:
         for round_ in range(5):
-            queue = f"shutdown-{wait:g}-{round_}"
+            queue = f"shutdown-{wait:g}-{nested}-{round_}"
             consumer = await connect(server.host, server.port)
+
+            def receive(consumer=consumer, queue=queue):
+                call = consumer.receive(queue, wait=wait, visibility=600)
+                return asyncio.wait_for(call, EVENT_TIMEOUT_S * 3) if nested else call
+
             if wait:
-                receiving = asyncio.create_task(consumer.receive(queue, wait=wait,
-                                                                 visibility=600))
+                receiving = asyncio.create_task(receive())
                 await until_stats(producer,
                                   lambda s, q=queue: s["queues"].get(q, {}).get("waiting"))
                 await producer.put(queue, b"leased to the waiting receive")
             else:  # a receive in flight, its reply on the way
                 await producer.put(queue, b"leased to the receive in flight")
-                receiving = asyncio.create_task(consumer.receive(queue, visibility=600))
-                await asyncio.sleep(0)  # sent, not answered yet
+                receiving = asyncio.create_task(receive())
+                for _ in range(3):  # sent (through wait_for's inner task), not answered
+                    await asyncio.sleep(0)
             receiving.cancel()
             await consumer.close()
             # close() waited for the give-back: the message is ready again, unseen.
@@ -474,6 +483,33 @@ async def test_a_close_cancelled_while_its_data_drains_still_ends_the_connection
         finally:
             os.kill(server.proc.pid, signal.SIGCONT)
         await until_stats(observer, lambda s: s["server"]["connections"] == 1)
+
+
+async def test_a_call_made_once_close_has_begun_is_not_sent(server):
+    # README's promise, broken for a while by a loop step close() took before saying it
+    # was closing (a reviewer): the put was sent and stored, and raised ConnectionClosed,
+    # so a caller following README put it again.
+    async with connect(server.host, server.port) as observer:
+        client = await connect(server.host, server.port)
+        late = asyncio.create_task(client.put("late", b"never sent"))
+        await client.close()
+        with pytest.raises(ConnectionClosed, match="closing the connection"):
+            await late
+        assert "late" not in (await observer.stats())["queues"]
+
+
+async def test_a_close_cancelled_at_its_first_step_still_ends_the_connection(server):
+    client = await connect(server.host, server.port)
+    waiting = asyncio.create_task(client.receive("q", wait=60))
+    await asyncio.sleep(0)
+    closing = asyncio.create_task(client.close())
+    await asyncio.sleep(0)  # close() has begun, and waits a step for a task to run
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    await until_true(lambda: client.closed)
+    with pytest.raises(ConnectionClosed):
+        await waiting
 
 
 async def close_cut_short(client: Client) -> None:

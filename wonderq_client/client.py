@@ -107,6 +107,9 @@ class _ClientProtocol(asyncio.Protocol):
         self.closed_by_client = False  # close() ended it
         self.closed = loop.create_future()
         self._heard_from_server = False  # a byte has come from the server
+        # Receives whose reply brought messages their caller has not yet taken (close()).
+        self.replies_not_taken: set[int] = set()
+        self._cancelling: set[int] = set()  # receives whose cancel was sent (cancel_wait)
         self._over_tls = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -121,7 +124,8 @@ class _ClientProtocol(asyncio.Protocol):
                 and not self.closed_by_client:
             # A TLS port ends a plain connection without a word: say so, as the CLI does
             # (a newcomer's review had only "connection to the server closed").
-            reason = "nothing came from it (a server that uses TLS closes a plain connection so)"
+            reason = ("nothing came from it: the server stopped, or it uses TLS and this "
+                      "connection does not")
         if self.closed_by_client and not reason:
             self.closed_error = ConnectionClosed("this client closed the connection (close())")
         else:
@@ -169,6 +173,8 @@ class _ClientProtocol(asyncio.Protocol):
                 continue
             if error is None:
                 future.set_result(result)
+                if queue is not None and result:
+                    self.replies_not_taken.add(request_id)  # receive() takes it (close())
             else:
                 future.set_exception(error_from_wire(error[0], error[1]))
                 if error[0] == FrameTooLarge.code:
@@ -312,8 +318,12 @@ class _ClientProtocol(asyncio.Protocol):
         close() waits for the cancel's answer: the server answers the receive (with any
         messages it leased to it before it read the cancel) first, so by then they are
         being given back, and close() waits for that too."""
-        if self._drop_held(request_id) is None and self.closed_error is None:
-            self._await_on_close(self._send_later("cancel", {"request": request_id}))
+        if self._drop_held(request_id) is not None or self.closed_error is not None \
+                or request_id in self._cancelling:
+            return  # never sent, the connection is gone, or cancelled already (close())
+        self._cancelling.add(request_id)
+        self._await_on_close(self._send_later("cancel", {"request": request_id}),
+                             lambda _: self._cancelling.discard(request_id))
 
     def abandon_receives(self) -> None:
         """abandon_receives: close() ends the receives still awaited, as their callers'
@@ -323,10 +333,15 @@ class _ClientProtocol(asyncio.Protocol):
         it just before the close is not left leased to nobody."""
         for request_id, queue in list(self._receives.items()):
             caller = self._pending.get(request_id)
-            if caller is None or caller.done():
+            if caller is None or caller in self.awaited_by_close:
+                continue  # answered, or its reply awaited already (await_abandoned_reply)
+            if not caller.done():
+                caller.set_exception(ConnectionClosed(
+                    "this client closed the connection (close()) while the receive waited"))
+            elif not caller.cancelled():
                 continue
-            caller.set_exception(ConnectionClosed(
-                "this client closed the connection (close()) while the receive waited"))
+            # (Else cancelled, its task not yet run to end it: through wait_for's inner
+            # task, the cancel reaches the receive a loop step after close() began.)
             if request_id in self._waits_on_server or request_id in self._waits_held:
                 self.cancel_wait(request_id)
             else:
@@ -336,8 +351,9 @@ class _ClientProtocol(asyncio.Protocol):
         """await_abandoned_reply: a receive that did not wait was abandoned before its reply
         came. Its reply is awaited by close() as a cancel's is, and what it brings is given
         back, so that closing right after does not leave those messages leased."""
-        if self.closed_error is not None or request_id not in self._pending:
-            return
+        answer = self._pending.get(request_id)
+        if self.closed_error is not None or answer is None or answer in self.awaited_by_close:
+            return  # answered, the connection is gone, or awaited already (close())
         self._await_on_close(request_id, lambda answer: self._abandoned_answered(answer, queue))
 
     def _abandoned_answered(self, answer: asyncio.Future[Any], queue: str) -> None:
@@ -485,11 +501,14 @@ class Client(QueueAdmin):
             # abandoned waits dead-lettered messages no consumer ever saw.
             if reply.done() and not reply.cancelled() and reply.exception() is None:
                 self._protocol.give_back(queue, reply.result())
+                self._protocol.replies_not_taken.discard(request_id)
             elif wait:
                 self._protocol.cancel_wait(request_id)
             else:
                 self._protocol.await_abandoned_reply(request_id, queue)
             raise
+        if rows:
+            self._protocol.replies_not_taken.discard(request_id)
         messages = from_deliveries(self, queue, rows)
         if visibility is not None:
             for message in messages:  # what a bare msg.touch() renews for
@@ -583,30 +602,32 @@ class Client(QueueAdmin):
 
         A receive still awaited raises it at once and is ended as a cancelled one
         would be (abandon_receives), so what the server leased to it is given back;
-        one whose task was cancelled just before close() is ended by that task first.
+        so is one whose task was cancelled just before close(), and one whose reply
+        came but was not yet taken is waited for (its task takes it or gives it back).
         The answers to give-backs and to cancels of waiting receives (give_back and
         cancel_wait say why), then writing out what is still unsent, take at most
         CLOSE_DRAIN_S in all; after that the connection is dropped, so a server that
         stopped reading cannot hold close() up."""
         transport = self._protocol.transport
-        deadline = asyncio.get_running_loop().time() + CLOSE_DRAIN_S
-        if transport is not None and not transport.is_closing():
-            # One loop step first: a receive whose task was cancelled just before (the
-            # usual shutdown, `task.cancel()` then `close()`) ends itself in that step,
-            # cancelling its wait or giving back a reply already in, and close() then
-            # waits for that. Closing at once left a message the server had leased to
-            # it leased to nobody until its lease ran out (a reviewer: 15 in 60).
-            await asyncio.sleep(0)
-        if transport is not None and not transport.is_closing():
-            self._protocol.closed_by_client = True
-            self._protocol.abandon_receives()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CLOSE_DRAIN_S
         try:
+            if transport is not None and not transport.is_closing():
+                self._protocol.closed_by_client = True  # from here no call is sent
+                self._protocol.abandon_receives()
+                # A reply that came for a receive whose caller has not yet taken it: its
+                # task takes it on its next step, or, cancelled (`task.cancel()` then
+                # `close()`, the usual shutdown; through wait_for's inner task a step
+                # later), gives its messages back. Closing first left them leased to
+                # nobody until their leases ran out (a reviewer: 15 rounds in 60).
+                while self._protocol.replies_not_taken and loop.time() < deadline:
+                    await asyncio.sleep(0)
             while self._protocol.awaited_by_close and transport is not None \
                     and not transport.is_closing():
                 # Their answers may ask for a plain nack again (an older server), or bring
                 # messages to give back: wait for them, and for what they start meanwhile.
                 self._protocol._flush()
-                left = deadline - asyncio.get_running_loop().time()
+                left = deadline - loop.time()
                 if left <= 0:
                     break
                 await asyncio.wait(set(self._protocol.awaited_by_close), timeout=left)
@@ -616,7 +637,7 @@ class Client(QueueAdmin):
             if transport is not None:
                 # One deadline for the whole close: the answers above and the writing out
                 # below share CLOSE_DRAIN_S (it took twice that against a frozen server).
-                left = max(deadline - asyncio.get_running_loop().time(), 0.0)
+                left = max(deadline - loop.time(), 0.0)
                 try:
                     await asyncio.wait_for(asyncio.shield(self._protocol.closed), left)
                 except TimeoutError:
