@@ -50,7 +50,12 @@ def zero_counts(**changes: int) -> dict[str, int]:
 
 def check_invariants(broker: Broker) -> None:
     """check_invariants recounts every queue by walking it, and checks the waiter rule.
-    A plain message (a body in the table, message.py) counts as READY, keyed by its id."""
+    A plain message (a body in the table, message.py) counts as READY, keyed by its id.
+    The queues only waited on (broker.queue's count for --max-queues) are in the table,
+    with no settings, never a message, and someone waiting."""
+    for name in broker._waited_only:
+        q = broker.queues[name]
+        assert not q.explicit and not q.ever_held and not q.messages, name
     for q in broker.queues.values():
         plain = {i for i, m in q.messages.items() if type(m) is bytes}
         objects = [m for m in q.messages.values() if type(m) is not bytes]

@@ -369,7 +369,7 @@ def test_a_connection_closed_by_an_error_drops_its_waiting_stats():
     hub = CostlyStatsHub()
     spent(hub)
     connection, transport = binary_client(hub)
-    hub.send(connection, req(1, "stats") + b"\xff\xff\xff\xff")  # a 4 GiB frame
+    hub.send(connection, req(1, "stats") + b"\xff\xff\xff\xff" + b"x" * 16)  # a 4 GiB frame
     assert [reply[1][0] for reply in transport.frames()] == ["FRAME_TOO_LARGE"]
     assert transport.closed and hub.admin_pace.waiting == 0
     hub.advance(GAP_S)

@@ -7,6 +7,7 @@ import pytest
 
 from wonderq_server.binary_codec import (
     HEADER_BYTES,
+    ID_PEEK_BYTES,
     MAGIC,
     PREAMBLE,
     SMALL_FRAME_BYTES,
@@ -373,27 +374,33 @@ def test_oversized_length_prefix_breaks_the_stream():
     assert decoder.feed(b"\x00" * 1000) == []
 
 
-def test_an_oversized_frame_is_refused_naming_its_request_when_its_start_came():
+def test_an_oversized_frame_is_refused_naming_its_request_from_its_first_bytes():
     # With nil, every request in flight took the blame (a client gave each of them the
     # code, and small puts that would not fail again were not retried: a reviewer).
     decoder = started(Limits(max_frame_bytes=100))
-    big = frame([7, "put", {"queue": "q", "body": b"x" * 200}])
-    item = only(decoder.feed(big[:60]))  # its length and first bytes, the rest to come
-    assert_rejected(item, ProtocolError, FRAME_TOO_LARGE, request_id=7)
+    big = frame([2**64 - 1, "put", {"queue": "q", "body": b"x" * 200}])  # the longest int
+    assert decoder.feed(big[:4 + ID_PEEK_BYTES - 1]) == []  # its id's bytes are waited for
+    item = only(decoder.feed(big[4 + ID_PEEK_BYTES - 1:4 + ID_PEEK_BYTES]))
+    assert_rejected(item, ProtocolError, FRAME_TOO_LARGE, request_id=2**64 - 1)
     assert item.error.message.startswith(f"frame of {len(big) - 4} bytes is over the limit")
+    # An id that does not fit in those bytes (not the client library's) is nil.
+    decoder = started(Limits(max_frame_bytes=100))
+    item = only(decoder.feed(frame(["a long string id", "put", {"body": b"x" * 200}])))
+    assert_rejected(item, ProtocolError, FRAME_TOO_LARGE, request_id=None)
 
 
-def test_oversized_length_is_refused_from_the_header_alone():
+def test_oversized_length_is_refused_from_the_header_and_its_first_bytes():
     decoder = started(Limits(max_frame_bytes=100))
     assert decoder.feed(b"\xff\xff") == []
-    item = only(decoder.feed(b"\xff\xff"))
+    assert decoder.feed(b"\xff\xff") == []  # waits for the bytes that may name the request
+    item = only(decoder.feed(b"\x00" * ID_PEEK_BYTES))
     assert_rejected(item, ProtocolError, FRAME_TOO_LARGE)
     assert item.error.message.startswith(f"frame of {2**32 - 1} bytes")
 
 
 def test_default_frame_limit():
     decoder = started()
-    item = only(decoder.feed((64 * 1024 * 1024 + 1).to_bytes(4, "big")))
+    item = only(decoder.feed((64 * 1024 * 1024 + 1).to_bytes(4, "big") + b"x" * ID_PEEK_BYTES))
     assert_rejected(item, ProtocolError, FRAME_TOO_LARGE)
 
 

@@ -378,10 +378,36 @@ def test_queues_only_waited_on_do_not_keep_producers_out() -> None:
     assert len(broker.queues) == 5  # at most twice the limit
     broker.put("made-up-0", b"x", T0)  # a queue waited on and then used is in use
     assert [m.body for m in answered[0]] == [b"x"]
+    check_invariants(broker)
     for waiter in waits:
         broker.cancel_wait(waiter)
     assert sorted(broker.queues) == ["jobs", "made-up-0", "more", "real"]
     assert broker.stats(T0)["too_many_queues_total"] == 3
+    check_invariants(broker)
+
+
+def test_the_count_of_queues_in_use_follows_every_way_a_queue_is_used_or_goes() -> None:
+    # Kept as a count (a walk of the table at the limit cost a redrive 5 s: a reviewer).
+    broker = Broker(max_queues=100)
+    answered: list[list] = []
+
+    def waited(name: str) -> None:
+        broker.wait(name, 1, None, T0 + 5, answered.append, T0)
+
+    for name in ("put", "configured", "deleted", "forgotten", "dead"):
+        waited(name)
+    assert broker._queues_in_use() == 0
+    broker.put("put", b"x", T0)  # used by a put (its waiter took the message)
+    broker.create_queue("configured", {"delay": 1.0}, T0)  # made by name
+    broker.delete_queue("deleted", T0)  # gone (its waiter answered with nothing)
+    broker.cancel_wait(broker.queues["forgotten"].waiters[0])  # forgotten with its waiter
+    broker.create_queue("source", {"max_deliveries": 1, "dead_letter_queue": "dead"}, T0)
+    broker.put("source", b"y", T0)
+    assert len(broker.receive("source", 1, 1.0, T0)) == 1
+    broker.advance(T0 + 2.0)  # its lease's end moves it into "dead", which now held one
+    assert sorted(broker.queues) == ["configured", "dead", "put", "source"]
+    assert broker._queues_in_use() == 4 == sum(
+        1 for q in broker.queues.values() if q.explicit or q.ever_held)
     check_invariants(broker)
 
 

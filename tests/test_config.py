@@ -220,6 +220,12 @@ def test_a_bad_variable_is_refused_only_when_its_flag_is_not_given(capsys):
         capsys, ["--in-memory"], environ)
     assert "WONDERQ_IN_MEMORY='maybe': must be true or false" in refused(
         capsys, ["--port", "0"], environ)
+    # --help still works, and says which variable cannot be used (a value with a ":" in
+    # it was cut there; a bad token variable read "set").
+    shown = " ".join(build_parser({"WONDERQ_PORT": "1:2", "WONDERQ_AUTH_TOKEN": " "})
+                     .format_help().split())
+    assert "default none: WONDERQ_PORT cannot be used" in shown
+    assert "default none: WONDERQ_AUTH_TOKEN cannot be used" in shown
 
 
 def test_compact_min_bytes_takes_a_size_like_the_other_sizes(capsys):

@@ -425,7 +425,7 @@ def test_protocol_error_withdraws_waiting_receives():
     connection, transport = binary_client(hub)
     hub.send(connection, req(1, "receive", queue="q", wait=30))
     assert hub.queue_stats()["waiting"] == 1
-    hub.send(connection, b"\xff\xff\xff\xff")
+    hub.send(connection, b"\xff\xff\xff\xff" + b"x" * 16)  # a length, its first bytes
     assert transport.closed
     assert "q" not in hub.broker.queues  # withdrawn; the queue made for the wait went too
     put_via_text(hub, b"kept")

@@ -231,7 +231,8 @@ def test_without_a_token_there_is_no_auth_timer():
 
 def test_before_auth_a_frame_over_the_small_limit_is_refused_and_closes(hub):
     connection, transport = hub.connect()
-    hub.send(connection, PREAMBLE + (PRE_AUTH_REQUEST_BYTES + 1).to_bytes(4, "big"))
+    hub.send(connection, PREAMBLE + (PRE_AUTH_REQUEST_BYTES + 1).to_bytes(4, "big")
+              + b"x" * 16)  # and the first bytes, which do not name a request
     [[request_id, [code, message], _]] = transport.frames()
     assert (request_id, code, transport.closed) == (None, FRAME_TOO_LARGE, True)
     # It names the limit that applies, not --max-frame-bytes (set far higher).

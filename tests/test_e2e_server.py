@@ -116,6 +116,8 @@ def test_signal_stops_the_server_cleanly(sig):
     assert f"listening on 127.0.0.1:{proc.port}" in proc.log
     assert proc.stop(sig) == 0
     assert "stopped" in proc.log
+    # It names the signal: a stray SIGHUP is not a stop asked for (an operator's review).
+    assert f"wonderq-server stopping ({sig.name} received)" in proc.log
 
 
 @pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGUSR2], ids=lambda sig: sig.name)
@@ -386,6 +388,23 @@ def test_a_journal_file_that_cannot_be_read_is_named_not_blamed_on_the_port(tmp_
     assert result.returncode == 1
     assert "cannot start: [Errno 21] Is a directory" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and "cannot start on" not in result.stderr
+
+
+@pytest.mark.parametrize("repair", [[], ["--repair"]])
+def test_a_newer_servers_journal_is_named_as_such_not_sent_to_repair(tmp_path, repair):
+    # An operator's rollback: version 5 in the header was "the journal is damaged ...
+    # (start with --repair ...)", and --repair said the same again.
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "journal.000001").write_bytes(b"WQJRNL\x05\n")
+    result = subprocess.run([*server_command(), "--port", "0", "--data-dir", str(data),
+                             *repair], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "cannot start: the journal cannot be read: " in result.stderr, result.stderr
+    assert "journal format version 5 is newer than this server's" in result.stderr
+    assert "start this one on a fresh data directory" in result.stderr
+    assert "--repair cannot help" in result.stderr and "damaged" not in result.stderr
+    assert (data / "journal.000001").read_bytes() == b"WQJRNL\x05\n"  # left as it was
 
 
 @pytest.mark.parametrize("level", ["warning", "error"])

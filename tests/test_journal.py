@@ -501,7 +501,7 @@ def test_an_empty_journal_file_is_refused_as_before(tmp_path: Path) -> None:
     journal_file(tmp_path).write_bytes(b"")  # cannot be mapped
     with pytest.raises(JournalCorrupt) as info:
         open_broker(tmp_path, T0)
-    assert "bad file header" in str(info.value)
+    assert "not a WonderQ journal" in str(info.value) and not info.value.repairable
 
 
 def test_damage_in_the_middle_stops_the_start_unless_repair(

@@ -254,8 +254,11 @@ def test_a_bad_file_header_is_refused(data: bytes) -> None:
     with pytest.raises(JournalCorrupt) as info:
         read_all(data)
     assert info.value.offset == 0
-    assert info.value.reason == "not a WonderQ journal (bad file header)"
-    with pytest.raises(JournalCorrupt):  # repair skips records, never a bad header
+    assert info.value.reason == (
+        "not a WonderQ journal (its file header is not one): move it out of the data "
+        "directory to start without it, or restore the directory from a copy")
+    assert not info.value.repairable  # --repair skips records, never a bad header
+    with pytest.raises(JournalCorrupt):
         read_all(data, repair=True)
 
 
@@ -265,7 +268,9 @@ def test_a_newer_version_is_refused() -> None:
         read_all(data)
     assert info.value.offset == 0
     assert info.value.reason == (f"journal format version {VERSION + 1} is newer than this "
-                                 f"server's ({VERSION})")
+                                 f"server's ({VERSION}): a newer WonderQ wrote it; run that "
+                                 "version, or start this one on a fresh data directory")
+    assert not info.value.repairable
 
 
 def test_the_current_version_is_read() -> None:

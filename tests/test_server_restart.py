@@ -1,14 +1,18 @@
 """A server started on a journal acts on restored deadlines without waiting for a request,
-and says when what it recovered is over --max-memory, or has queue settings over its limits."""
+and says when what it recovered is over --max-memory or --max-queues, or has queue settings
+over its limits."""
 
 from __future__ import annotations
 
 import logging
 import time
 
+import pytest
+
 from wonderq_server.broker import Broker
 from wonderq_server.commands import Limits
 from wonderq_server.config import Config
+from wonderq_server.errors import CommandError
 from wonderq_server.journal import Journal
 from wonderq_server.server import Server
 
@@ -52,6 +56,33 @@ def test_a_start_over_max_memory_says_so(tmp_path, caplog):
         server.journal.close()
         lines = [r.getMessage() for r in caplog.records if r.name == "wonderq.server"]
         assert any("over --max-memory (5000)" in line for line in lines) == warned, lines
+
+
+def test_a_start_over_max_queues_says_so_and_the_refusal_names_the_limit(tmp_path, caplog):
+    # An operator's review: 22 queues restarted under --max-queues 5 started without a
+    # word, and a new queue was refused as "the server has 22 queues, the limit".
+    broker = Broker()
+    journal = Journal(tmp_path)
+    journal.open(broker, 0.0)
+    for name in ("a", "b", "c"):
+        broker.put(name, b"x", time.time())
+    journal.close()
+
+    caplog.set_level(logging.WARNING, logger="wonderq.server")
+    for limit, warned in ((10, False), (2, True)):
+        caplog.clear()
+        server = Server(Config(port=0, data_dir=tmp_path, max_queues=limit))
+        server.recover()
+        lines = [r.getMessage() for r in caplog.records if r.name == "wonderq.server"]
+        assert any(f"the recovered queues number 3, at or over --max-queues ({limit})" in line
+                   for line in lines) == warned, lines
+        if warned:
+            with pytest.raises(CommandError) as refused:
+                server.broker.put("d", b"x", time.time())
+            assert refused.value.message == (
+                "the server has 3 queues in use, at or over its limit of 2 (--max-queues); "
+                "delete one first")
+        server.journal.close()
 
 
 def test_a_start_names_queue_settings_over_its_limits_and_keeps_them(tmp_path, caplog):

@@ -22,7 +22,8 @@ Rules:
   makes the stream untrustworthy: that is a ProtocolError, and the
   connection closes after the reply.
 * The length is checked before the frame is buffered, so a client cannot make
-  the server set aside memory by claiming a huge frame.
+  the server set aside memory by claiming a huge frame (only its first
+  ID_PEEK_BYTES are waited for, to name its request in the refusal).
 * `feed` never raises for anything the peer sends; it returns Commands and
   Rejected items in stream order.
 * Decoding builds a frame's objects before any check sees them, and one
@@ -38,7 +39,7 @@ Rules:
   request, small, pays nothing for the rule.
 * A frame that cannot be decoded is answered with its request id when the
   id can be read on its own (read with a small count of its own), else nil;
-  so is one over the limit, from what of it came with its length.
+  so is one over the limit, from its first ID_PEEK_BYTES.
 
 Must not know: sockets, asyncio, the broker.
 """
@@ -74,8 +75,9 @@ PREAMBLE = MAGIC + bytes([VERSION])
 HEADER_BYTES = 4
 # Frames up to this size are decoded without counting their values (see the rules).
 SMALL_FRAME_BYTES = 64 * 1024
-# Of a frame over the limit, at most this much (what has come) is read for its request id.
-ID_PEEK_BYTES = 64 * 1024
+# Of a frame over the limit, this much is read for its request id: an array header and an
+# id of up to 9 bytes (any msgpack int) fit, with room.
+ID_PEEK_BYTES = 16
 
 
 class BinaryDecoder:
@@ -128,12 +130,17 @@ class BinaryDecoder:
         while end - pos >= HEADER_BYTES:
             size = int.from_bytes(buf[pos:pos + HEADER_BYTES], "big")
             if size > max_frame:
-                # The reply names the request when its id came with the length (the
-                # frame's first bytes), so a client fails that request alone: with nil,
-                # every request in flight on the connection took the blame, and a client
-                # that does not retry a request too big lost small puts (a reviewer).
+                # The reply names the request when its id is in the frame's first
+                # ID_PEEK_BYTES (the client library's are), so a client fails that request
+                # alone: with nil, every request in flight on the connection took the
+                # blame, and a client that does not retry a request too big lost small
+                # puts (a reviewer). Those bytes are waited for, so the answer does not
+                # depend on how the stream was cut.
                 start = pos + HEADER_BYTES
-                request_id = readable_request_id(bytes(buf[start:min(end, start + ID_PEEK_BYTES)]))
+                peek_end = start + min(size, ID_PEEK_BYTES)
+                if end < peek_end:
+                    break
+                request_id = readable_request_id(bytes(buf[start:peek_end]))
                 out.append(self._break(ProtocolError(
                     FRAME_TOO_LARGE, f"frame of {size} bytes is over the limit of {max_frame} "
                     f"({self._limits.max_frame_source})"), request_id)[0])

@@ -424,9 +424,10 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
             except ValueError as exc:
                 # Refused only if the flag is not given, which beats it (parse_config):
                 # a stray WONDERQ_PORT=abc stopped `--port 0` (a newcomer's review).
-                default = _BadVariable(f"{env}{'' if secret else f'={raw!r}'}: {exc}")
+                default = _BadVariable(env, f"{env}{'' if secret else f'={raw!r}'}: {exc}")
         unset = default is None or (default == "" and flag in NONE_MEANS)  # "" is unset too
-        shown = NONE_MEANS.get(flag, "off") if unset else "set" if secret else default
+        shown = (NONE_MEANS.get(flag, "off") if unset else default
+                 if isinstance(default, _BadVariable) else "set" if secret else default)
         help_text = f"{text} (env {env}; default {shown})"
         parser.add_argument(flag, dest=dest, type=_named(kind, flag, secret), default=default,
                             help=help_text.replace("%", "%%"))  # argparse formats help
@@ -435,7 +436,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         try:
             switch: bool | _BadVariable = _flag(environ.get(env, ""))
         except ValueError as exc:
-            switch = _BadVariable(f"{env}={environ[env]!r}: {exc}")
+            switch = _BadVariable(env, f"{env}={environ[env]!r}: {exc}")
         parser.add_argument(flag, dest=dest, action="store_true", default=switch,
                             help=f"{text} (env {env}=1)")
     return parser
@@ -446,11 +447,12 @@ class _BadVariable:
     start stops with `reason` unless the flag was given (argparse leaves a default that
     is not a string as it is)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, variable: str, reason: str) -> None:
+        self.variable = variable
         self.reason = reason
 
     def __str__(self) -> str:  # --help's "default ..."
-        return f"none: {self.reason.split(':')[0]} cannot be used"
+        return f"none: {self.variable} cannot be used"
 
 
 def _parse_flags(argv: Sequence[str] | None,

@@ -456,8 +456,10 @@ class Journal:
         try:
             replay_records(broker, records, now)
         except JournalCorrupt as exc:
-            raise JournalCorrupt(exc.offset, f"{path}: {exc.reason} (start with --repair to "
-                                 "skip damaged records and lose them)") from None
+            raise JournalCorrupt(exc.offset, f"{path}: {exc.reason}" + (
+                " (start with --repair to skip damaged records and lose them)"
+                if exc.repairable else " (--repair cannot help: it skips records, and the "
+                "file is not one it can read records from)"), exc.repairable) from None
         except Exception as exc:
             # Replay does not check each record's fields (a start replays millions), so
             # a record that passed its checksum yet does not fit its kind (written so by

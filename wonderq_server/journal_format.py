@@ -162,12 +162,16 @@ def encode_record(payload: list[Any]) -> bytes:
 
 
 class JournalCorrupt(Exception):
-    """Damage before the tail of a journal; start-up stops unless repair was asked for."""
+    """Damage before the tail of a journal; start-up stops unless repair was asked for.
+    Not `repairable`: the file's header is not one this server reads (another file, or a
+    newer server's journal), so there are no records for --repair to skip."""
 
-    def __init__(self, offset: int, reason: str) -> None:
-        super().__init__(f"damaged record at byte offset {offset}: {reason}")
+    def __init__(self, offset: int, reason: str, repairable: bool = True) -> None:
+        super().__init__(f"damaged record at byte offset {offset}: {reason}" if repairable
+                         else reason)
         self.offset = offset
         self.reason = reason
+        self.repairable = repairable
 
 
 @dataclass
@@ -189,10 +193,17 @@ def check_header(data: bytes | memoryview | mmap.mmap) -> None:
     """check_header raises JournalCorrupt unless `data` starts with a journal header we read."""
     head = bytes(data[:len(FILE_HEADER)])
     if len(head) < len(FILE_HEADER) or head[:len(MAGIC)] != MAGIC or head[-1:] != b"\n":
-        raise JournalCorrupt(0, "not a WonderQ journal (bad file header)")
+        # A server never leaves a journal without its header (it is written under .tmp
+        # first): this is another file, or one damaged from its first bytes.
+        raise JournalCorrupt(0, "not a WonderQ journal (its file header is not one): move it "
+                             "out of the data directory to start without it, or restore the "
+                             "directory from a copy", repairable=False)
     if head[len(MAGIC)] > VERSION:
+        # A rollback: README, "Journal format versions" (a reviewer was sent to --repair).
         raise JournalCorrupt(0, f"journal format version {head[len(MAGIC)]} is newer than "
-                             f"this server's ({VERSION})")
+                             f"this server's ({VERSION}): a newer WonderQ wrote it; run that "
+                             "version, or start this one on a fresh data directory",
+                             repairable=False)
 
 
 def _decode(body: bytes | memoryview) -> tuple[list[Any] | None, str | None]:

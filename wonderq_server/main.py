@@ -102,8 +102,9 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     # SIGHUP too (the terminal that started it closed): a clean stop, as for SIGTERM,
     # rather than the default of dying silently without a last write and fsync.
+    received: list[str] = []  # the signal that stopped the server, for its log line
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(signum, server.stopped.set)
+        loop.add_signal_handler(signum, _stop_on, signum, server, received)
     # SIGUSR1 and SIGUSR2 would kill the process by default, without the stop's last write
     # and goodbyes: a signal meant for something else (beanstalkd's drain mode is SIGUSR1,
     # nginx's and NATS's log reopening too) must not take the queue down. Said and ignored.
@@ -115,11 +116,19 @@ async def serve(config: Config) -> None:
     ready_logger.info("wonderq-server listening on %s:%d (pid %d, version %s, %s)",
                       host, port, os.getpid(), __version__, server.build)
     await server.stopped.wait()
-    logger.info("wonderq-server stopping")
+    # Which signal: a stray SIGHUP (a terminal closed) is not a `systemctl stop` (an
+    # operator's review could not tell them apart), as Redis says "Received SIGTERM".
+    logger.info("wonderq-server stopping%s", f" ({received[0]} received)" if received else "")
     await server.stop()
     if server.fatal_error is not None:
         raise SystemExit(1)
     logger.info("wonderq-server stopped")
+
+
+def _stop_on(signum: int, server: Server, received: list[str]) -> None:
+    if not received:
+        received.append(signal.Signals(signum).name)
+    server.stopped.set()
 
 
 def _ignored(signum: int) -> None:
@@ -148,7 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("cannot start: %s", exc)
         return 1
     except JournalCorrupt as exc:
-        logger.error("cannot start: the journal is damaged: %s", exc)
+        logger.error("cannot start: the journal %s: %s",
+                     "is damaged" if exc.repairable else "cannot be read", exc)
         return 1
     except JournalError as exc:
         logger.error("stopping: %s", exc)

@@ -80,6 +80,7 @@ class QueueAdmin:
         delays and expiries keep the times they were given."""
         q.settings = settings
         q.explicit = True
+        self._waited_only.discard(q.name)  # in use now (broker.queue)
         if self.journal is not None:
             self.journal.queue_settings(q)
 
@@ -182,7 +183,7 @@ class QueueAdmin:
         if self.journal is not None:
             self.journal.delete_queue(q)
         removed = self._remove_all(q)
-        del self.queues[name]
+        self._drop_queue(name)
         while (waiter := q.next_waiter()) is not None:
             self._finish_waiter(waiter)
             waiter.deliver([])

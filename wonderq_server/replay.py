@@ -270,9 +270,10 @@ class Replay:
         journal calls it once every record is applied (no waiter exists yet)."""
         for name in [name for name, q in self.queues.items()
                      if not q.explicit and not q.messages]:
-            del self.queues[name]
+            self._drop_queue(name)
 
     def restore_delete_queue(self: Broker, name: str) -> None:
-        q = self.queues.pop(name, None)
+        q = self.queues.get(name)
         if q is not None:
+            self._drop_queue(name)
             self._remove_all(q)

@@ -253,6 +253,12 @@ class Server:
             logger.warning("the recovered messages count %d bytes, at or over --max-memory "
                            "(%d): every put is refused with FULL until consumers drain them",
                            broker.stored_bytes, broker.max_memory_bytes)
+        if len(broker.queues) >= broker.max_queues:
+            # Kept, as the messages are; only new queues are refused (an operator's review
+            # found the start silent on this, as on no other limit).
+            logger.warning("the recovered queues number %d, at or over --max-queues (%d): "
+                           "a new queue is refused with TOO_MANY_QUEUES until queues are "
+                           "deleted", len(broker.queues), broker.max_queues)
         self._warn_settings_over_limits()
 
     def _warn_settings_over_limits(self) -> None:
