@@ -503,7 +503,7 @@ async def test_a_close_cancelled_at_its_first_step_still_ends_the_connection(ser
     waiting = asyncio.create_task(client.receive("q", wait=60))
     await asyncio.sleep(0)
     closing = asyncio.create_task(client.close())
-    await asyncio.sleep(0)  # close() has begun, and waits a step for a task to run
+    await asyncio.sleep(0)  # close() has begun: it waits for the withdrawn wait's cancel
     closing.cancel()
     with pytest.raises(asyncio.CancelledError):
         await closing

@@ -425,9 +425,12 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
                 # Refused only if the flag is not given, which beats it (parse_config):
                 # a stray WONDERQ_PORT=abc stopped `--port 0` (a newcomer's review).
                 default = _BadVariable(env, f"{env}{'' if secret else f'={raw!r}'}: {exc}")
-        unset = default is None or (default == "" and flag in NONE_MEANS)  # "" is unset too
-        shown = (NONE_MEANS.get(flag, "off") if unset else default
-                 if isinstance(default, _BadVariable) else "set" if secret else default)
+        if default is None or (default == "" and flag in NONE_MEANS):  # "" is unset too
+            shown = NONE_MEANS.get(flag, "off")
+        elif secret and not isinstance(default, _BadVariable):  # which names no value
+            shown = "set"
+        else:
+            shown = default
         help_text = f"{text} (env {env}; default {shown})"
         parser.add_argument(flag, dest=dest, type=_named(kind, flag, secret), default=default,
                             help=help_text.replace("%", "%%"))  # argparse formats help

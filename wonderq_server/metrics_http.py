@@ -136,13 +136,17 @@ class HttpConnection(asyncio.Protocol):
         self.received += len(data)
         if room <= 0:
             return
-        if not self._method_read and not self._method_is_http(data):
+        if not self._method_read:
+            # Until the request line's first space, its bytes are a method: an HTTP token.
             # A WonderQ client (its binary preamble holds a NUL) or anything else that is
             # not HTTP at the metrics port: h11 waits for a line end that may never come,
             # and the client waited its whole timeout for nothing (a newcomer's review).
-            self._respond(400, b"not an HTTP request: this is WonderQ's metrics endpoint; "
-                               b"clients connect to the server's --port\n")
-            return
+            method, space, _ = data.partition(b" ")
+            self._method_read = bool(space)
+            if not all(byte in HTTP_TOKEN_BYTES for byte in method):
+                self._respond(400, b"not an HTTP request: this is WonderQ's metrics "
+                                   b"endpoint; clients connect to the server's --port\n")
+                return
         self.http.receive_data(data[:room])
         try:
             event = self.http.next_event()
@@ -152,13 +156,6 @@ class HttpConnection(asyncio.Protocol):
         if isinstance(event, h11.Request):
             self._answer(event)
         # Otherwise h11.NEED_DATA: the request head is not complete yet.
-
-    def _method_is_http(self, data: bytes) -> bool:
-        """_method_is_http: the bytes before the request line's first space (its method)
-        are an HTTP token so far. Once the space has come, the rest is h11's."""
-        method = data.split(b" ", 1)[0]
-        self._method_read = len(method) < len(data)
-        return all(byte in HTTP_TOKEN_BYTES for byte in method)
 
     def eof_received(self) -> bool:
         """eof_received: the peer stopped sending. Keep the connection only for the
