@@ -334,17 +334,24 @@ async def test_a_receive_cancelled_just_before_close_leaves_nothing_leased(serve
                 call = consumer.receive(queue, wait=wait, visibility=600)
                 return asyncio.wait_for(call, EVENT_TIMEOUT_S * 3) if nested else call
 
+            # The consumer reads nothing until the cancel: the reply stays on its way, so
+            # the receive cannot finish first (through wait_for, a receive that finished
+            # hands its messages to the task, cancelled or not: the caller's to ack).
+            reading = consumer._protocol.transport
             if wait:
                 receiving = asyncio.create_task(receive())
                 await until_stats(producer,
                                   lambda s, q=queue: s["queues"].get(q, {}).get("waiting"))
+                reading.pause_reading()
                 await producer.put(queue, b"leased to the waiting receive")
             else:  # a receive in flight, its reply on the way
                 await producer.put(queue, b"leased to the receive in flight")
+                reading.pause_reading()
                 receiving = asyncio.create_task(receive())
-                for _ in range(3):  # sent (through wait_for's inner task), not answered
+                for _ in range(3):  # sent (through wait_for's inner task)
                     await asyncio.sleep(0)
             receiving.cancel()
+            reading.resume_reading()
             await consumer.close()
             # close() waited for the give-back: the message is ready again, unseen.
             info = await producer.queue_info(queue)
