@@ -8,7 +8,7 @@ loads it through `pytest_plugins`), `counts` and `zero_counts` to compare a queu
 stats, `check_invariants` to recount every queue by walking it, `stored` and `bodies`
 to read stored messages whether plain or not, `error_code` to catch a CommandError's
 code, `Inbox` (a waiter's deliver callback that records its calls), and `ids_of` and
-`first_id` for message ids.
+`first_id` for message ids, and BROKER_COMPILED for what differs in the compiled build.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from wonderq_server.broker import Broker
+from wonderq_server.compiled import running_compiled
 from wonderq_server.errors import CommandError
 from wonderq_server.lease_batch import LeaseBatch
 from wonderq_server.message import DELAYED, LEASED, READY, Message, view
@@ -25,6 +26,10 @@ from wonderq_server.message import DELAYED, LEASED, READY, Message, view
 T0 = 1_700_000_000.0
 VISIBILITY = 30.0
 MAX_BYTES = 1024
+
+# The compiled build compiles the broker (compiled.py): its calls then check their
+# arguments' types, and its classes cannot be subclassed or patched from Python.
+BROKER_COMPILED = "wonderq_server.broker" in running_compiled()
 
 
 @pytest.fixture

@@ -82,7 +82,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from .deadlines import DeadlineHeap
 from .errors import (
@@ -106,7 +106,6 @@ from .message import (
     Message,
     materialize,
 )
-from .queue_admin import QueueAdmin
 from .queue_settings import QueueSettings
 from .queues import Queue, Waiter, check_queue_name
 from .replay import Replay
@@ -129,6 +128,10 @@ READY_HEAP_SLACK = 64
 # 3.6 / 3.2 for two, 3.3 / 3.0 for three, 2.4 / 2.6 for four, 1.8 / 2.6 for eight.
 TAKE_FROM_RUN_MIN = 4
 
+# An item of ack_many or nack_many: an (id, lease) pair, or the error the request
+# checks (commands.py) refused it with, which stays that item's result.
+LeaseItem = Sequence[int] | CommandError
+
 
 class ChangeLog(Protocol):
     """Where the broker reports changes that must survive a restart (journal.py)."""
@@ -145,13 +148,14 @@ class ChangeLog(Protocol):
     def delete_queue(self, q: Queue) -> None: ...
 
 
-class Broker(QueueAdmin, Replay):
-    journal: ChangeLog | None = None
+class Broker(Replay):
+    journal: ChangeLog | None
 
     def __init__(self, *, visibility_timeout_s: float = DEFAULT_VISIBILITY_TIMEOUT_S,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  max_queues: int = DEFAULT_MAX_QUEUES,
                  max_memory_bytes: int = 0) -> None:
+        self.journal = None
         self.visibility_timeout_s = visibility_timeout_s
         self.max_message_bytes = max_message_bytes
         self.max_queues = max_queues
@@ -278,7 +282,7 @@ class Broker(QueueAdmin, Replay):
 
     # -------------------------------------------------------------------- put
 
-    def put(self, name: str, body: bytes, now: float, *, delay: float | None = None,
+    def put(self, name: str, body: bytes | bytearray, now: float, *, delay: float | None = None,
             priority: int = 0, headers: dict[str, str] | None = None,
             expiry: float | None = None) -> int:
         """put stores one message and returns its id; nothing is stored on error.
@@ -319,7 +323,7 @@ class Broker(QueueAdmin, Replay):
         max_bytes = self.max_message_bytes
         if plain_queue and items and all(type(item) is bytes and len(item) <= max_bytes
                                          for item in items):
-            stored = self._store_plain_batch(q, items, now)
+            stored = self._store_plain_batch(q, cast("Sequence[bytes]", items), now)
             if stored is not None:
                 if q.waiters:
                     self._serve_waiters(q, now)
@@ -350,8 +354,8 @@ class Broker(QueueAdmin, Replay):
         self._forget_if_unused(q)  # every item refused, on a queue made for them
         return results
 
-    def _store(self, q: Queue, body: bytes, now: float, delay: float | None, priority: int,
-               headers: dict[str, str] | None, expiry: float | None) -> int:
+    def _store(self, q: Queue, body: bytes | bytearray, now: float, delay: float | None,
+               priority: int, headers: dict[str, str] | None, expiry: float | None) -> int:
         """_store stores a message whose body the caller has checked (`_check_body`).
 
         A message with no priority, headers, delay or expiry (its own or its
@@ -414,7 +418,7 @@ class Broker(QueueAdmin, Replay):
         return msg_id
 
     def _store_plain_batch(self, q: Queue, bodies: Sequence[bytes],
-                           now: float) -> list[int] | None:
+                           now: float) -> list[int | CommandError] | None:
         """_store_plain_batch stores a batch of bare bodies (checked by the caller) as
         plain messages, as `_store_plain` would one by one, but with one id range,
         one extension of the table's run and one update of each count. None, storing
@@ -435,7 +439,8 @@ class Broker(QueueAdmin, Replay):
         q.ready_count += count
         if self.journal is not None:
             self.journal.put_plain_batch(q, ids, bodies)
-        return list(ids)
+        stored: list[int | CommandError] = list(ids)
+        return stored
 
     def _check_memory(self, cost: int) -> None:
         """_check_memory refuses a put of `cost` that would pass --max-memory (when set)."""
@@ -445,7 +450,7 @@ class Broker(QueueAdmin, Replay):
                                f"of {self.max_memory_bytes} bytes (--max-memory); this message "
                                "was not stored (retry after consumers catch up)")
 
-    def _check_body(self, body: bytes) -> None:
+    def _check_body(self, body: bytes | bytearray) -> None:
         if len(body) > self.max_message_bytes:
             raise CommandError(BODY_TOO_LARGE, f"message body is {len(body)} bytes, over the "
                                f"limit of {self.max_message_bytes} (--max-message-bytes)")
@@ -454,7 +459,7 @@ class Broker(QueueAdmin, Replay):
     def _cost(msg: Message | bytes) -> int:
         """_cost is what a message, plain or not, counts against --max-memory (and in
         stored_bytes)."""
-        if type(msg) is bytes:
+        if isinstance(msg, bytes):
             return len(msg) + MESSAGE_OVERHEAD_BYTES
         if msg.headers is None:
             return len(msg.body) + MESSAGE_OVERHEAD_BYTES
@@ -680,7 +685,9 @@ class Broker(QueueAdmin, Replay):
         if not_here.code != NOT_FOUND or q is None or not q.settings.dead_letter_queue:
             raise not_here
         target = self.queues.get(q.settings.dead_letter_queue)
-        msg = None if target is None else target.messages.others.get(message_id)
+        if target is None:
+            raise not_here
+        msg = target.messages.others.get(message_id)
         if msg is None or msg.origin is None or msg.origin[0] != name:
             raise not_here
         if msg.kept_lease != lease or msg.lease is not None or msg.state != READY:
@@ -689,7 +696,7 @@ class Broker(QueueAdmin, Replay):
                                "delivered from there since (or that lease was never its)")
         return msg
 
-    def ack_many(self, name: str, items: list[tuple[int, int] | CommandError],
+    def ack_many(self, name: str, items: Sequence[LeaseItem],
                  now: float) -> list[CommandError | None]:
         """ack_many acks each (id, lease) on its own; a result per item, None or the error.
 
@@ -705,7 +712,10 @@ class Broker(QueueAdmin, Replay):
         results: list[CommandError | None] = []
         append = results.append
         for item in items:
-            msg = None if isinstance(item, CommandError) else others.get(item[0])
+            if isinstance(item, CommandError):
+                append(item)  # refused by the request checks: its own result
+                continue
+            msg = others.get(item[0])
             if msg is not None and type(msg) is not bytes and msg.lease == item[1]:
                 q.acked_total += 1
                 batch = msg.lease_batch
@@ -726,7 +736,7 @@ class Broker(QueueAdmin, Replay):
                     drop(msg)
                 append(None)
             else:
-                results += _each((item,), self.ack, name, now)
+                results += _each([item], self.ack, name, now)
         return results
 
     def nack(self, name: str, message_id: int, lease: int, delay_s: float, now: float,
@@ -757,7 +767,7 @@ class Broker(QueueAdmin, Replay):
             msg.lease, msg.kept_lease = None, lease
         self._end_delivery(msg, now, delay_s)
 
-    def nack_many(self, name: str, items: list[tuple[int, int] | CommandError], delay_s: float,
+    def nack_many(self, name: str, items: Sequence[LeaseItem], delay_s: float,
                   now: float, unseen: bool = False) -> list[CommandError | None]:
         """nack_many nacks each (id, lease) on its own; a result per item."""
         return _each(items, self.nack, name, delay_s, now, unseen)
@@ -1075,7 +1085,7 @@ def _compact_ready(q: Queue) -> None:
         heapq.heapify(q.ready)
 
 
-def _each(items: list[tuple[int, int] | CommandError], settle: Callable[..., Any],
+def _each(items: Sequence[LeaseItem], settle: Callable[..., Any],
           name: str, *rest: Any) -> list[CommandError | None]:
     """_each settles each (id, lease) item on its own, as settle(name, id, lease, *rest):
     None, or the error it met. An item already refused by the request checks stays its

@@ -2,12 +2,17 @@
 
 Design decision: the server is pure Python, and a build with WONDERQ_COMPILE=1
 (setup.py) also compiles the modules below to C with mypyc, from the same
-source. They are the ones every message passes through that hold no asyncio
-and no class hierarchy mypyc cannot build: the binary codec, the command
-checks, the message table, the deadline heap, ids and the message record.
-Compiled, their annotations are checked at run time, so an annotation that
-does not say what really arrives is a TypeError there: the suite runs
-against the compiled build in CI (`.ci/run`) to find them.
+source. They are the ones every message passes through: the binary codec,
+the command checks, the connection, the service, the broker and its queues,
+message table, lease batches, deadline heap, ids and message record. Not
+compiled: what runs once per loop iteration or less (the server, group
+commit, the journal's flush), the text protocol, and the broker's admin and
+replay commands (Broker's base classes, plain Python classes a compiled
+class may inherit from). Compiled, annotations are checked at run time, so
+an annotation that does not say what really arrives is a TypeError there:
+the suite runs against the compiled build in CI (`.ci/run`) to find them.
+Compiled classes cannot be subclassed or have methods replaced from Python;
+the few tests that do so run on the pure build only.
 
 Rules:
 * COMPILED_MODULES is the one list: setup.py compiles it, and
@@ -33,11 +38,16 @@ from pathlib import Path
 
 COMPILED_MODULES = (
     "wonderq_server.binary_codec",
+    "wonderq_server.broker",
     "wonderq_server.commands",
+    "wonderq_server.connection",
     "wonderq_server.deadlines",
     "wonderq_server.ids",
+    "wonderq_server.lease_batch",
     "wonderq_server.message",
     "wonderq_server.message_table",
+    "wonderq_server.queues",
+    "wonderq_server.service",
 )
 
 PACKAGE_DIR = Path(__file__).resolve().parent

@@ -157,6 +157,7 @@ class Hub(Protocol):
     counters: Counters
     refusal_log: RefusalLog
     admin_pace: AdminPace
+    refusing_changes: bool
 
     def now(self) -> float: ...
     def monotonic(self) -> float: ...
@@ -515,7 +516,7 @@ class Connection(asyncio.Protocol):
         return [Rejected(ProtocolError(INTERNAL, "internal server error while reading "
                                        "the request; see the server log"))]
 
-    def _decode_and_run(self, data: bytes) -> bool:
+    def _decode_and_run(self, data: bytes | bytearray) -> bool:
         """_decode_and_run feeds `data` to the decoder DECODE_SLICE_BYTES at a time and runs
         what each slice completes; returns whether any request was complete.
 
@@ -539,7 +540,7 @@ class Connection(asyncio.Protocol):
                     newline = data.find(b"\n", end)
                 end = size if newline < 0 else newline + 1
             try:  # _decode's rule, inline (this runs for every read)
-                items = self._decoder.feed(data[start:end])  # type: ignore[union-attr]
+                items = self._decoder.feed(data[start:end])  # type: ignore[union-attr, arg-type]
             except Exception:
                 items = self._decode_failed()
             start = end
@@ -676,7 +677,7 @@ class Connection(asyncio.Protocol):
     def _run_one(self, item: Command | Rejected, now: float) -> bool:
         """_run_one runs one request; True when it did not run yet but waits its turn
         (a paced command: admin_pace.py), to be held with what came after it."""
-        if type(item) is Rejected:
+        if isinstance(item, Rejected):
             # Answered like any request: error replies count toward the hold
             # too (a two-byte unknown command gets a 200-byte answer).
             self._reply_error(item.request_id, item.error)

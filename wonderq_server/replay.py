@@ -44,6 +44,7 @@ from .message import (
     Message,
     materialize,
 )
+from .queue_admin import QueueAdmin
 from .queue_settings import QueueSettings
 
 if TYPE_CHECKING:
@@ -51,7 +52,9 @@ if TYPE_CHECKING:
     from .queues import Queue
 
 
-class Replay:
+# Broker's bases are one line, Broker(Replay(QueueAdmin)), not two beside each other: a
+# compiled build compiles Broker (compiled.py), and a compiled class takes one base.
+class Replay(QueueAdmin):
     def restore_put(self: Broker, name: str, message_id: int, body: bytes,
                     options: dict[str, Any] | None = None) -> None:
         """restore_put replays a PUT record: the message exists, never delivered.
