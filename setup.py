@@ -1,11 +1,12 @@
 """Builds WonderQ; with WONDERQ_COMPILE=1, compiles the message path's modules with mypyc.
 
 Design decision: WonderQ is pure Python and runs as such from any install. The
-modules every message passes through and that hold no asyncio (the binary
-codec, the command checks, the message table, the deadline heap, ids and the
-message record: wonderq_server/compiled.py names them) can also be compiled
-to C by mypyc from the same source, which makes the server's own Python
-on a request 4-13% cheaper (PROTOCOL.md has nothing to say about it: the
+modules every message passes through on the server (the binary codec, the
+command checks, the connection, the broker with its queues, message table,
+lease batches and deadline heap, ids and the message record:
+wonderq_server/compiled.py names them) can also be compiled to C by mypyc
+from the same source, which makes the server's own Python on a request
+about a third cheaper (PROTOCOL.md has nothing to say about it: the
 wire, the journal and every reply are the same; README's "Compiled build"
 has the figures). Everything else is in pyproject.toml; this file only adds
 the extension modules.
@@ -15,7 +16,8 @@ Rules:
   install -e .` to compile in place in a checkout. Without the variable the
   build is pure Python, and it removes the compiled modules a compiled
   build left in place, so a developer's `pip install -e .` always runs the
-  source they edit, from any directory.
+  source they edit, from any directory. A compiled build removes those of
+  modules it no longer compiles (left by one that compiled more).
 * A failed compile fails the install, rather than falling back to Python
   unseen; mypy (mypyc, which build_backend/ asks for) and a C compiler are
   needed only then.
@@ -36,18 +38,25 @@ compiled = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(compiled)
 
 
-def remove_in_place_build() -> None:
+def remove_in_place_build(keep: tuple[str, ...] = ()) -> None:
     """remove_in_place_build deletes what `WONDERQ_COMPILE=1 pip install -e .` compiled
-    into the tree: each module's extension file and the library they share."""
-    for _, built in compiled.compiled_files(ROOT / "wonderq_server"):
-        built.unlink()
-    for library in ROOT.glob(f"{compiled.RUNTIME_LIBRARY}.*"):
-        library.unlink()
+    into the tree: each module's extension file and the library they share; with
+    `keep` (a compiled build's modules), only the extension files of other modules,
+    which an earlier build that compiled more left behind."""
+    kept = {name.rpartition(".")[2] for name in keep}
+    for source, built in compiled.compiled_files(ROOT / "wonderq_server"):
+        if source.stem not in kept:
+            built.unlink()
+    if not keep:
+        for library in ROOT.glob(f"{compiled.RUNTIME_LIBRARY}.*"):
+            library.unlink()
 
 
 ext_modules = []
 if os.environ.get("WONDERQ_COMPILE") == "1":
     from mypyc.build import mypycify
+
+    remove_in_place_build(keep=compiled.COMPILED_MODULES)
 
     ext_modules = mypycify(
         # msgpack ships no type information; the modules these import are checked by

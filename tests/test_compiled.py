@@ -76,6 +76,23 @@ def test_a_compiled_module_without_its_library_is_refused_naming_the_fix(tmp_pat
     assert f"`pip install -e {tmp_path}` (which deletes the compiled files)" in message
 
 
+def test_a_compiled_module_this_version_does_not_compile_is_refused(tmp_path):
+    # A build that compiled more modules left one behind: it imported, then failed
+    # to find its part of the new build's library (a module was dropped from the list).
+    package = source_tree(tmp_path)
+    compiled_ids(package, source_at=1_000_000, built_at=1_000_001)
+    (package / "dropped.py").write_text("")
+    left = package / f"dropped{SUFFIX}"
+    left.write_bytes(b"")
+    with pytest.raises(StaleBuild) as refused:
+        check_not_stale(package, runtime_library="json")
+    message = str(refused.value)
+    assert str(left) in message and "dropped.py" in message
+    assert f"WONDERQ_COMPILE=1 pip install -e {tmp_path}" in message
+    left.unlink()
+    check_not_stale(package, runtime_library="json")  # ids alone is fine
+
+
 def test_an_installed_package_is_not_checked(tmp_path):
     # No build files beside it: its files' times are the install's, not the build's.
     package = source_tree(tmp_path, setup_py=False)
