@@ -87,6 +87,19 @@ def test_binary_preamble_one_byte_at_a_time_with_the_request(hub):
     assert transport.frames() == [[5, None, "pong"]]
 
 
+def test_a_read_handed_over_as_a_bytearray_is_read_as_bytes_would_be(hub):
+    # asyncio promises data_received a bytes-like object; compiled (compiled.py) the
+    # annotation is a check, and one that said only bytes dropped such a read.
+    binary, binary_transport = hub.connect()
+    hub.send(binary, bytearray(PREAMBLE + req(1, "put", queue="q", body=b"x")))
+    text, text_transport = hub.connect()
+    hub.send(text, bytearray(b"PUT q y\r\nPING\r\n"))
+    [[request_id, error, first]] = binary_transport.frames()
+    assert (request_id, error) == (1, None)
+    assert text_transport.data == b"OK %d\r\nPONG\r\n" % (first + 1)
+    assert hub.broker.queues["q"].messages[first + 1] == b"y"
+
+
 def test_empty_data_decides_nothing(hub):
     connection, transport = hub.connect()
     hub.send(connection, b"")

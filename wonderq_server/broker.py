@@ -129,7 +129,8 @@ READY_HEAP_SLACK = 64
 TAKE_FROM_RUN_MIN = 4
 
 # An item of ack_many or nack_many: an (id, lease) pair, or the error the request
-# checks (commands.py) refused it with, which stays that item's result.
+# checks (commands.py) refused it with, which stays that item's result. (Compiled, as
+# for every call, a pair of other types is a TypeError: commands.py makes ints.)
 LeaseItem = Sequence[int] | CommandError
 
 
@@ -185,7 +186,10 @@ class Broker(Replay):
 
         The name is checked only when the queue is created: a name already in
         the table was valid then. A name that is not a str (even an unhashable
-        one) is refused with INVALID_QUEUE_NAME, never a TypeError.
+        one) is refused with INVALID_QUEUE_NAME, never a TypeError; compiled
+        (compiled.py), the public calls that take a name (put, receive, ...)
+        refuse one that is not a str with a TypeError before they get here (on
+        the wire, commands.py refuses it first).
 
         --max-queues: a queue made `to_wait_on` (a waiting receive) counts every
         queue in the table. Any other new queue counts only the queues in use,

@@ -462,7 +462,9 @@ class Connection(asyncio.Protocol):
 
     # ---------------------------------------------------------------- input
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | bytearray) -> None:
+        # bytearray too: compiled, an annotation is a check, and asyncio's transports
+        # promise only a bytes-like object (uvloop's and the selector loop's pass bytes).
         if self._close_after_flush or self._closed:
             return
         decoder = self._decoder
@@ -540,7 +542,7 @@ class Connection(asyncio.Protocol):
                     newline = data.find(b"\n", end)
                 end = size if newline < 0 else newline + 1
             try:  # _decode's rule, inline (this runs for every read)
-                items = self._decoder.feed(data[start:end])  # type: ignore[union-attr, arg-type]
+                items = self._decoder.feed(data[start:end])  # type: ignore[union-attr]
             except Exception:
                 items = self._decode_failed()
             start = end

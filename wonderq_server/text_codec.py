@@ -170,7 +170,7 @@ class TextDecoder:
         authenticated, its requests may be as big as the server's limits allow)."""
         self._limits = limits
 
-    def feed(self, data: bytes) -> list[Command | Rejected]:
+    def feed(self, data: bytes | bytearray) -> list[Command | Rejected]:
         buf = self._buffer
         buf += data
         out: list[Command | Rejected] = []
@@ -272,9 +272,9 @@ class TextDecoder:
                                        "requests have ids; in text mode a waiting RECEIVE "
                                        "holds the lines after it, so close the connection "
                                        "to stop it")
-                typed = word.decode(errors="replace")
+                shown = word.decode(errors="replace")
                 known = " ".join(w.decode() for w in TEXT_COMMANDS)
-                raise CommandError(UNKNOWN_COMMAND, f"unknown command {typed!r:.40}; "
+                raise CommandError(UNKNOWN_COMMAND, f"unknown command {shown!r:.40}; "
                                    f"known: {known}")
             if name == "put_many":
                 self._start_block(rest)
