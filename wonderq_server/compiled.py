@@ -13,8 +13,9 @@ about 0.5 us of 12 a message in process, and tests and embedders could no
 longer wrap its calls). Compiled, annotations are checked at run time, so
 an annotation that does not say what really arrives is a TypeError there:
 the suite runs against the compiled build in CI (`.ci/run`) to find them.
-Compiled classes cannot be subclassed or have methods replaced from Python;
-the few tests that do so run on the pure build only.
+Compiled classes cannot be subclassed or have methods replaced from Python:
+tests plant their faults in data, and the one file that subclasses Broker
+(test_take_differential.py) runs on the pure build only.
 
 Rules:
 * COMPILED_MODULES is the one list: setup.py compiles it, and
