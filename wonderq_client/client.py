@@ -203,7 +203,8 @@ class _ClientProtocol(asyncio.Protocol):
             raise ConnectionClosed("this client is closing the connection (close())")
 
     def send(self, command: str, args: dict[str, Any]) -> asyncio.Future[Any]:
-        self._refuse_if_closing()
+        if self.closed_error is not None or self.closed_by_client:
+            self._refuse_if_closing()  # raises; tested inline, as this is every request's path
         request = encode_request(self._last_id + 1, command, args)  # raises for a bad value
         if len(request) - FRAME_HEADER_BYTES > self.max_frame_bytes:
             raise FrameTooLarge(

@@ -13,7 +13,10 @@ Rules:
 * `feed` reads the frames from the bytes it is given, and copies into its
   buffer only a frame cut across reads: most reads hold whole replies (one
   request at a time), and copying each read into the buffer first took 0.24
-  of the 0.63 us it spent per one-reply read (timeit, 2026-11-29).
+  of the 0.63 us it spent per one-reply read (timeit, 2026-11-29). A read
+  that is exactly one whole reply, the most common, is told by its length
+  and first byte and decoded without the frame loop: 0.34 us against 0.48
+  (timeit, 2026-12-01).
 * A reply frame whose first payload byte is not a 3-item array's, an empty
   one, or one that is not msgpack means the peer is not a WonderQ server:
   `feed` raises NotAReply at once (before waiting for a length it claims),
@@ -33,6 +36,7 @@ HEADER_BYTES = 4
 # first payload byte is anything else did not come from a WonderQ server.
 REPLY_START = 0x93
 _read_header = struct.Struct(">I").unpack_from  # the frame's length
+_frame_header = struct.Struct(">I").pack
 
 
 class NotAReply(ValueError):
@@ -49,6 +53,9 @@ class ReplyDecoder:
 
     def feed(self, data: bytes) -> list[list[Any]]:
         buf = self._buffer
+        if not buf and len(data) > HEADER_BYTES and data[HEADER_BYTES] == REPLY_START \
+                and _read_header(data, 0)[0] == len(data) - HEADER_BYTES:
+            return [_decode(data[HEADER_BYTES:])]  # one whole reply: the usual read
         if buf:  # a frame began in an earlier read
             buf += data
             data = buf  # type: ignore[assignment]
@@ -68,15 +75,20 @@ class ReplyDecoder:
             if end - start < size:
                 break
             pos = start + size
-            try:
-                replies.append(msgpack.unpackb(data[start:pos], raw=False, strict_map_key=False))
-            except Exception as exc:
-                raise NotAReply(f"a reply frame that is not msgpack: {exc}") from exc
+            replies.append(_decode(data[start:pos]))
         if buf:
             del buf[:pos]
         elif pos < end:
             buf += data[pos:]  # the start of a frame: kept for the next read
         return replies
+
+
+def _decode(payload: bytes) -> list[Any]:
+    """_decode reads one reply frame's msgpack; bytes that are not msgpack raise NotAReply."""
+    try:
+        return msgpack.unpackb(payload, raw=False, strict_map_key=False)
+    except Exception as exc:
+        raise NotAReply(f"a reply frame that is not msgpack: {exc}") from exc
 
 
 _packer = msgpack.Packer(use_bin_type=True)
@@ -91,7 +103,7 @@ def encode_request(request_id: int, command: str, args: dict[str, Any]) -> bytes
     except (TypeError, ValueError, OverflowError) as exc:
         kind = exc.__class__ if exc.__class__ in (TypeError, OverflowError) else ValueError
         raise kind(f"{command}: {unsendable_at(args)} cannot be sent: {exc}") from exc
-    return len(payload).to_bytes(HEADER_BYTES, "big") + payload
+    return _frame_header(len(payload)) + payload
 
 
 def unsendable_at(args: dict[str, Any]) -> str:
