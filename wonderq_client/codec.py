@@ -36,7 +36,6 @@ HEADER_BYTES = 4
 # first payload byte is anything else did not come from a WonderQ server.
 REPLY_START = 0x93
 _read_header = struct.Struct(">I").unpack_from  # the frame's length
-_frame_header = struct.Struct(">I").pack
 
 
 class NotAReply(ValueError):
@@ -103,7 +102,8 @@ def encode_request(request_id: int, command: str, args: dict[str, Any]) -> bytes
     except (TypeError, ValueError, OverflowError) as exc:
         kind = exc.__class__ if exc.__class__ in (TypeError, OverflowError) else ValueError
         raise kind(f"{command}: {unsendable_at(args)} cannot be sent: {exc}") from exc
-    return _frame_header(len(payload)) + payload
+    # int.to_bytes, not struct: a payload of 4 GiB or more is then OverflowError, as said above.
+    return len(payload).to_bytes(HEADER_BYTES, "big") + payload
 
 
 def unsendable_at(args: dict[str, Any]) -> str:
