@@ -64,6 +64,17 @@ measured no better:
   message 0.87 against 0.71. The loop, free during the sync, starts the
   next one as soon as it ends, with what little came meanwhile; blocked,
   it gathers a bigger group in the kernel's socket buffers.
+* a commit delay that leaves the CPU to the clients: before writing
+  records that need an fsync, the flush slept (time.sleep, not a spin)
+  and ran once more on the next iteration, after the loop had read what
+  came meanwhile. Groups grew (0.74 fsyncs a message down to 0.40-0.50)
+  and throughput fell: S6's shape on fresh servers (durable_mix's loop,
+  8000 messages, 3 alternating rounds, 2026-12-01), none 4,393 and 4,811
+  msgs/s; 20 us 4,296; 50 us 3,824; 100 us 3,505; 200 us 2,688 (medians).
+  Each cycle took about twice as long for less than twice the messages:
+  the clients' one process answers a bigger group's replies one by one,
+  and `time.sleep` overshoots by the kernel's 50 us timer slack and more
+  (20 us slept 94 on this VM, 100 us slept 175; medians of 2,000).
 
 Reserved journal space (journal.py, `--journal-reserve`), adopted: under
 `always` the journal writes zeros ahead of its records, a chunk at a time,
