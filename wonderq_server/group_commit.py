@@ -67,14 +67,15 @@ measured no better:
 * a commit delay that leaves the CPU to the clients: before writing
   records that need an fsync, the flush slept (time.sleep, not a spin)
   and ran once more on the next iteration, after the loop had read what
-  came meanwhile. Groups grew (0.74 fsyncs a message down to 0.40-0.50)
-  and throughput fell: S6's shape on fresh servers (durable_mix's loop,
-  8000 messages, 3 alternating rounds, 2026-12-01), none 4,393 and 4,811
-  msgs/s; 20 us 4,296; 50 us 3,824; 100 us 3,505; 200 us 2,688 (medians).
-  Each cycle took about twice as long for less than twice the messages:
-  the clients' one process answers a bigger group's replies one by one,
-  and `time.sleep` overshoots by the kernel's 50 us timer slack and more
-  (20 us slept 94 on this VM, 100 us slept 175; medians of 2,000).
+  came meanwhile. Groups grew and throughput fell, p99 rose:
+  `WQ_COMMIT_SLEEP_US=US python bench/probes/durable_ab.py 8000 3 MAIN EXP`
+  (EXP: this tree with the sleep, read from that variable; medians of 3,
+  2026-12-01): 20 us, 5,718 -> 4,752 msgs/s, 0.742 -> 0.499 fsyncs a
+  message, p99 7.35 -> 8.22 ms; 100 us, 5,512 -> 3,934, 0.749 -> 0.499,
+  7.60 -> 10.68 ms. The clients' one process answers a bigger group's
+  replies one by one, and `time.sleep` overshoots by the kernel's 50 us
+  timer slack and more (20 us slept 94 on this VM, 100 us slept 175;
+  medians of 2,000).
 
 Reserved journal space (journal.py, `--journal-reserve`), adopted: under
 `always` the journal writes zeros ahead of its records, a chunk at a time,

@@ -66,6 +66,33 @@ def on_fresh_server(tmp: str, name: str, run: int, argv: Callable[[int, Path], l
         server.stop()
 
 
+def rotate_fresh_servers(systems: dict[str, tuple[Callable[[int, Path], list[str]],
+                                                   Callable[[Any, int], Awaitable[Any]]]],
+                         runs: int, prefix: str) -> dict[str, list[Any]]:
+    """rotate_fresh_servers runs `runs` rounds; each round measures every system of
+    `systems` (name -> (argv, measure), as on_fresh_server takes them) on a fresh server of
+    its own, the order rotating each round so that the machine's noise spreads evenly.
+    Returns each system's results, a round at a time. Every server is stopped by its PID,
+    also on errors. A name's part before any ':' names its data directory and log."""
+    import tempfile
+
+    import servers
+
+    names = list(systems)
+    rows: dict[str, list[Any]] = {name: [] for name in names}
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        try:
+            for run in range(runs):
+                shift = run % len(names)
+                for name in names[shift:] + names[:shift]:
+                    argv, measure = systems[name]
+                    rows[name].append(on_fresh_server(tmp, name.split(":")[0], run, argv,
+                                                      measure))
+        finally:
+            servers.stop_all()
+    return rows
+
+
 def start_in_memory_server(*flags: str, ready_s: float = 20.0) -> tuple[Any, int]:
     """start_in_memory_server: `python -m wonderq_server --in-memory` (the wonderq_server
     that python imports) on a free loopback port with `flags`, once it accepts

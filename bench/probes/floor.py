@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ BENCH = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(BENCH), str(BENCH.parent)]
 
 import servers  # noqa: E402
-from _common import on_fresh_server, whole_numbers  # noqa: E402
+from _common import rotate_fresh_servers, whole_numbers  # noqa: E402
 from scenarios import (  # noqa: E402
     Progress,
     producers_consumers,
@@ -79,19 +78,9 @@ async def one_run(adapter, server: servers.ServerProcess, port: int, n: int) -> 
 def rotated_runs(runs: int, one_run, n: int) -> dict[str, list[list[float]]]:
     """rotated_runs: `runs` rounds of `one_run(adapter, server, port, n)` on a fresh server
     of each system, the order rotating each round; each system's rows of figures."""
-    rows: dict[str, list[list[float]]] = {name: [] for name in SYSTEMS}
-    names = list(SYSTEMS)
-    with tempfile.TemporaryDirectory(prefix="wonderq-floor-") as tmp:
-        try:
-            for run in range(runs):
-                for name in names[run % 3:] + names[:run % 3]:
-                    adapter, argv = SYSTEMS[name]
-                    rows[name].append(on_fresh_server(
-                        tmp, name, run, argv,
-                        lambda server, port, adapter=adapter: one_run(adapter, server, port, n)))
-        finally:
-            servers.stop_all()
-    return rows
+    return rotate_fresh_servers(
+        {name: (argv, lambda server, port, adapter=adapter: one_run(adapter, server, port, n))
+         for name, (adapter, argv) in SYSTEMS.items()}, runs, "wonderq-floor-")
 
 
 def main(n: int, runs: int) -> None:

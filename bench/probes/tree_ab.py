@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,7 +35,7 @@ BENCH = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(BENCH), str(BENCH.parent)]
 
 import servers  # noqa: E402
-from _common import on_fresh_server  # noqa: E402
+from _common import rotate_fresh_servers  # noqa: E402
 from scenarios import Progress, percentile, producers_consumers, put_one_by_one  # noqa: E402
 from systems import beanstalkd, wonderq  # noqa: E402
 
@@ -91,18 +90,9 @@ def main(n: int, runs: int, trees: list[str]) -> None:
     for index, tree in enumerate(trees):
         systems[f"{index + 1}:{tree}"] = (wonderq, tree_server_argv(tree))
     names = list(systems)
-    rows: dict[str, list[list[float]]] = {name: [] for name in names}
-    with tempfile.TemporaryDirectory(prefix="wonderq-tree-ab-") as tmp:
-        try:
-            for run in range(runs):
-                shift = run % len(names)
-                for name in names[shift:] + names[:shift]:
-                    adapter, argv = systems[name]
-                    rows[name].append(on_fresh_server(
-                        tmp, name.split(":")[0], run, argv,
-                        lambda server, port, adapter=adapter: one_run(adapter, server, port, n)))
-        finally:
-            servers.stop_all()
+    rows = rotate_fresh_servers(
+        {name: (argv, lambda server, port, adapter=adapter: one_run(adapter, server, port, n))
+         for name, (adapter, argv) in systems.items()}, runs, "wonderq-tree-ab-")
     base = [statistics.median(column) for column in zip(*rows["beanstalkd"], strict=True)]
     print(f"S3 {n} and S1 {n // 2} messages, median of {runs} runs (server CPU µs/msg)")
     for name in names:
