@@ -102,7 +102,8 @@ def encode_request(request_id: int, command: str, args: dict[str, Any]) -> bytes
     except (TypeError, ValueError, OverflowError) as exc:
         kind = exc.__class__ if exc.__class__ in (TypeError, OverflowError) else ValueError
         raise kind(f"{command}: {unsendable_at(args)} cannot be sent: {exc}") from exc
-    # int.to_bytes, not struct: a payload of 4 GiB or more is then OverflowError, as said above.
+    # int.to_bytes, not struct.pack: a payload of 4 GiB or more raises OverflowError, one of
+    # the errors named above, not struct.error.
     return len(payload).to_bytes(HEADER_BYTES, "big") + payload
 
 
