@@ -109,24 +109,20 @@ def beanstalkd_calls(loop: asyncio.AbstractEventLoop) -> dict[str, Callable[[], 
     }
 
 
-CALLS, REPEATS = 100_000, 7
+def best_us(call: Callable[[], Any], calls: int, repeats: int) -> float:
+    """best_us is the least µs per call over `repeats` timings of `calls` calls."""
+    return min(timeit.repeat(call, number=calls, repeat=repeats)) / calls * 1e6
 
 
-def best_us(call: Callable[[], Any]) -> float:
-    return min(timeit.repeat(call, number=CALLS, repeat=REPEATS)) / CALLS * 1e6
-
-
-def main() -> None:
-    global CALLS, REPEATS
-    CALLS, REPEATS = whole_numbers(__doc__, 0, (CALLS, REPEATS))
+def main(calls: int, repeats: int) -> None:
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
         systems = {"wonderq_client": wonderq_calls(loop),
                    "beanstalkd (bench)": beanstalkd_calls(loop)}
-        print(f"one call of each, {CALLS} calls x {REPEATS}: µs per call (the best of {REPEATS})")
-        for name, calls in systems.items():
-            costs = {what: best_us(call) for what, call in calls.items()}
+        print(f"one call of each, {calls} calls x {repeats}: µs per call (the best of {repeats})")
+        for name, table in systems.items():
+            costs = {what: best_us(call, calls, repeats) for what, call in table.items()}
             each = "  ".join(f"{what} {cost:5.2f}" for what, cost in costs.items())
             print(f"{name:20s} {each}  per message {sum(costs.values()):5.2f}")
     finally:
@@ -134,4 +130,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(*whole_numbers(__doc__, 0, (100_000, 7)))
