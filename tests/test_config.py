@@ -244,3 +244,27 @@ def test_busy_poll_is_off_unless_asked_for(capsys):
 def test_a_bad_busy_poll_is_refused(capsys, value):
     message = refused(capsys, ["--busy-poll", value])
     assert "--busy-poll" in message and "must be a whole number" in message
+
+
+def test_the_metrics_endpoints_limits_are_flags_with_its_defaults(capsys):
+    from wonderq_server import metrics_http
+
+    config = parse_config([], {})
+    # config.py does not import metrics_http (h11 is loaded only with --metrics-port), so it
+    # repeats the defaults; they must agree.
+    assert (config.metrics_max_connections, config.metrics_timeout_s,
+            config.metrics_max_head_bytes) == (metrics_http.DEFAULT_MAX_CONNECTIONS,
+                                               metrics_http.DEFAULT_TIMEOUT_S,
+                                               metrics_http.DEFAULT_MAX_HEAD_BYTES)
+    config = parse_config(["--metrics-max-connections", "5", "--metrics-timeout", "2.5",
+                           "--metrics-max-head-bytes", "16K"], {})
+    assert (config.metrics_max_connections, config.metrics_timeout_s,
+            config.metrics_max_head_bytes) == (5, 2.5, 16 * 1024)
+    assert parse_config([], {"WONDERQ_METRICS_MAX_CONNECTIONS": "7"}).metrics_max_connections \
+        == 7
+    for value in ("0", "65537", "-1", "many"):
+        assert "--metrics-max-connections" in (err := refused(
+            capsys, ["--metrics-max-connections", value]))
+        assert "must be a whole number" in err
+    assert "must be a number of seconds > 0" in refused(capsys, ["--metrics-timeout", "0"])
+    assert "must be bytes over 0" in refused(capsys, ["--metrics-max-head-bytes", "0"])

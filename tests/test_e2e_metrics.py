@@ -307,3 +307,47 @@ def test_metrics_listen_on_metrics_host_while_clients_stay_on_host(server_factor
 def test_metrics_host_without_metrics_port_says_it_is_not_used(server_factory):
     server = server_factory("--metrics-host", "127.0.0.2")
     assert "--metrics-host '127.0.0.2' is not used without --metrics-port" in server.log
+
+
+async def test_a_connection_over_metrics_max_connections_is_answered_503_and_counted(
+        server_factory):
+    server = server_factory("--metrics-port", "0", "--metrics-max-connections", "1",
+                            "--metrics-max-head-bytes", "1K")
+    address = metrics_address(server)
+    # Connected first, so accepted first: the request below comes on the second connection.
+    holder = socket.create_connection(address, timeout=TIMEOUT_S)
+    try:
+        status, headers, body = await asyncio.to_thread(http_get, address, "/metrics")
+    finally:
+        holder.close()
+    assert (status, headers["retry-after"]) == (503, "1")
+    assert b"(--metrics-max-connections)" in body
+    async with connect(server.host, server.port) as client:
+        assert (await client.stats())["server"]["metrics_connections_refused_total"] == 1
+    # Once the server has seen the holder go, the endpoint answers again, and its counter
+    # counts every 503 (a scrape that came before that was refused too).
+    refusals = 1
+    for _ in range(1000):
+        status, _headers, body = await asyncio.to_thread(http_get, address, "/metrics")
+        if status != 503:
+            break
+        refusals += 1
+    assert status == 200
+    samples = {sample.name: sample.value
+               for family in text_string_to_metric_families(body.decode())
+               for sample in family.samples}
+    assert samples["wonderq_metrics_connections_refused_total"] == refusals
+    # --metrics-max-head-bytes: a head over 1 KiB is refused, one under it served.
+    head = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Filler: "
+    reply = await asyncio.to_thread(raw_exchange, address, head + b"a" * 1100 + b"\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 431 ")
+    reply = await asyncio.to_thread(raw_exchange, address, head + b"a" * 900 + b"\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 200 ")
+
+
+async def test_metrics_timeout_drops_a_silent_connection(server_factory):
+    server = server_factory("--metrics-port", "0", "--metrics-timeout", "0.2")
+    with socket.create_connection(metrics_address(server), timeout=TIMEOUT_S) as silent:
+        # Says nothing: the server closes it after 0.2 s (the socket's own timeout, 10 s,
+        # only stops a regression from hanging the test).
+        assert await asyncio.to_thread(silent.recv, 100) == b""

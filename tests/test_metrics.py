@@ -362,21 +362,93 @@ async def test_a_head_in_small_pieces_is_bounded_too(endpoint):
     assert reply.startswith(b"HTTP/1.1 431 ")
 
 
-async def test_connections_beyond_the_limit_are_closed_at_once(endpoint, monkeypatch):
+async def until_true(check, timeout_s: float = 10.0) -> None:
+    """until_true waits, turn by turn of the loop, for the endpoint to have done something."""
+    async with asyncio.timeout(timeout_s):
+        while not check():
+            await asyncio.sleep(0)
+
+
+async def read_or_reset(address: tuple[str, int], request: bytes) -> bytes:
+    """read_or_reset is exchange(), where a connection aborted at once reads as b""."""
+    try:
+        return await exchange(address, request)
+    except ConnectionResetError:
+        return b""
+
+
+GET_OK = b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+async def test_a_connection_beyond_the_limit_is_answered_503_and_counted(endpoint):
     http, address = endpoint
-    monkeypatch.setattr(metrics_http, "MAX_CONNECTIONS", 1)
+    http.max_connections = 1
     _reader, holder = await asyncio.open_connection(*address)
     try:
-        while not http.connections:  # accepted on the next loop turns
-            await asyncio.sleep(0)
-        assert await exchange(address, b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n") == b""
+        await until_true(lambda: http.connections)  # accepted on the next loop turns
+        reply = await exchange(address, GET_OK)
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+        assert b"\r\nretry-after: 1" in head and b"\r\nconnection: close" in head
+        assert body == (b"too many connections to the metrics endpoint: 1 are open "
+                        b"(--metrics-max-connections); try again\n")
+        assert f"content-length: {len(body)}".encode() in head
+        assert http.refused == 1
+    finally:
+        holder.close()
+    await until_true(lambda: not http.connections and not http.refusing)
+    assert (await exchange(address, GET_OK)).startswith(b"HTTP/1.1 200 ")
+    assert http.refused == 1
+
+
+async def test_refusals_waiting_for_their_peer_are_bounded_too(endpoint):
+    # A 503 waits for its peer to close (a lingering close): a peer that never does holds
+    # a socket, so past max_connections of those a connection is aborted unanswered.
+    http, address = endpoint
+    http.max_connections = 1
+    _reader, holder = await asyncio.open_connection(*address)
+    refused_reader, refused_writer = await asyncio.open_connection(*address)
+    try:
+        await until_true(lambda: http.connections and http.refusing)
+        assert (await refused_reader.read()).startswith(b"HTTP/1.1 503 ")  # then our EOF
+        assert await read_or_reset(address, GET_OK) == b""
+        assert http.refused == 2 and len(http.refusing) == 1
+    finally:
+        holder.close()
+        refused_writer.close()
+    await until_true(lambda: not http.connections and not http.refusing)
+
+
+async def test_a_refusal_whose_peer_stays_is_dropped_after_the_timeout(endpoint):
+    http, address = endpoint
+    http.max_connections = 1
+    _reader, holder = await asyncio.open_connection(*address)
+    try:
+        await until_true(lambda: http.connections)
+        http.timeout_s = 0.05  # for the refusal only: the holder was given 10 s
+        reader, writer = await asyncio.open_connection(*address)
+        try:
+            assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.1 503 ")
+            await until_true(lambda: not http.refusing)  # we never closed: the timeout did
+        finally:
+            writer.close()
     finally:
         holder.close()
 
 
-async def test_a_silent_connection_is_dropped_after_the_timeout(endpoint, monkeypatch):
+async def test_a_head_over_max_head_bytes_is_answered_431(endpoint):
     http, address = endpoint
-    monkeypatch.setattr(metrics_http, "TIMEOUT_S", 0.05)
+    http.max_head_bytes = 100
+    small = b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert (await exchange(address, small)).startswith(b"HTTP/1.1 200 ")
+    big = b"GET /ok HTTP/1.1\r\nHost: x\r\nX-A: " + b"b" * 100 + b"\r\n\r\n"
+    assert (await exchange(address, big)).startswith(b"HTTP/1.1 431 ")
+    assert http.refused == 0
+
+
+async def test_a_silent_connection_is_dropped_after_the_timeout(endpoint):
+    http, address = endpoint
+    http.timeout_s = 0.05
     reader, writer = await asyncio.open_connection(*address)
     try:
         assert await asyncio.wait_for(reader.read(), 10) == b""

@@ -75,6 +75,9 @@ class Config:
     max_memory_bytes: int = 0  # 0: no limit (parse_config always sets one: --max-memory)
     metrics_port: int | None = None  # None: no metrics endpoint; 0 picks a free port
     metrics_host: str | None = None  # None: --host
+    metrics_max_connections: int = 32  # metrics_http.DEFAULT_MAX_CONNECTIONS (not imported:
+    metrics_timeout_s: float = 10.0  # that module imports h11, only wanted with
+    metrics_max_head_bytes: int = 8192  # --metrics-port; a test checks they agree)
     auth_token: bytes | None = field(default=None, repr=False)  # None: no authentication
     tls_cert: Path | None = None  # with tls_key: serve TLS
     tls_key: Path | None = None
@@ -176,6 +179,14 @@ def _whole_up_to(most: int, unit: str) -> Callable[[str], int]:
 
 _keepalive_seconds = _whole_up_to(MAX_KEEPALIVE_S, "seconds")
 _busy_poll_us = _whole_up_to(MAX_BUSY_POLL_US, "microseconds")
+MAX_METRICS_CONNECTIONS = 65536  # each holds a socket, and so may a refusal as many more
+
+
+def _metrics_connections(text: str) -> int:
+    value = _whole_number(text)
+    if not 1 <= value <= MAX_METRICS_CONNECTIONS:
+        raise ValueError(f"must be a whole number from 1 to {MAX_METRICS_CONNECTIONS}")
+    return value
 
 
 def _count(text: str) -> int:
@@ -359,6 +370,17 @@ FLAGS = [
     ("--metrics-host", "metrics_host", str, None,
      "address the metrics endpoint listens on, instead of --host, so a Prometheus on "
      "another machine can scrape while clients stay on loopback"),
+    ("--metrics-max-connections", "metrics_max_connections", _metrics_connections,
+     Config.metrics_max_connections,
+     "most HTTP connections the metrics endpoint holds open at once; one more is answered "
+     "503 (metrics_connections_refused_total in stats)"),
+    ("--metrics-timeout", "metrics_timeout_s", _seconds, Config.metrics_timeout_s,
+     "the metrics endpoint drops a connection still open this many seconds after it was "
+     "accepted (a peer that sends slowly or does not read)"),
+    ("--metrics-max-head-bytes", "metrics_max_head_bytes", _positive_size,
+     Config.metrics_max_head_bytes,
+     "largest HTTP request head (request line and headers) the metrics endpoint reads; "
+     "a bigger one is answered 431 (K, M, G suffixes)"),
     ("--auth-token", "auth_token", _token, None,
      "clients must send AUTH with this token before anything else; also guards "
      "--metrics-port (Authorization: Bearer)"),
@@ -543,6 +565,9 @@ def parse_config(argv: Sequence[str] | None = None,
                   journal_reserve_bytes=ns.journal_reserve_bytes,
                   max_queues=ns.max_queues, max_memory_bytes=ns.max_memory_bytes,
                   metrics_port=ns.metrics_port, metrics_host=ns.metrics_host,
+                  metrics_max_connections=ns.metrics_max_connections,
+                  metrics_timeout_s=ns.metrics_timeout_s,
+                  metrics_max_head_bytes=ns.metrics_max_head_bytes,
                   auth_token=auth_token,
                   tls_cert=_path(ns.tls_cert), tls_key=_path(ns.tls_key),
                   tls_ca=_path(ns.tls_ca),

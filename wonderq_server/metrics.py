@@ -68,7 +68,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from .metrics_http import Authorized, Headers, HttpEndpoint
+from .metrics_http import Authorized, Headers, HttpEndpoint, HttpLimits
 
 if TYPE_CHECKING:
     from ssl import SSLContext
@@ -166,6 +166,9 @@ SERVER_COUNTERS = [
      "TLS handshakes that failed since start (plain clients, untrusted certificates)."),
     ("paced_commands_total", "wonderq_paced_commands",
      "STATS and QUEUES commands that waited for their share of the loop since start."),
+    ("metrics_connections_refused_total", "wonderq_metrics_connections_refused",
+     "Connections to this endpoint refused with 503 (over --metrics-max-connections) "
+     "since start."),
 ]
 # From about a tenth of a millisecond (a fast SSD) to seconds (a stalled disk).
 FSYNC_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
@@ -293,12 +296,13 @@ class MetricsEndpoint:
     def __init__(self, stats: Stats, journal: Journal | None, *,
                  clock: Callable[[], float] = time.monotonic,
                  fresh_s: float = PAGE_FRESH_S,
-                 authorized: Authorized | None = None) -> None:
+                 authorized: Authorized | None = None,
+                 limits: HttpLimits | None = None) -> None:
         self.stats = stats
         self.metrics = Metrics(journal)
         self.pages = PageCache(clock, fresh_s)
         self.http = HttpEndpoint({"/metrics": self._metrics_page, "/stats": self._stats_page},
-                                 authorized)
+                                 authorized, **(limits or {}))
 
     async def _metrics_page(self, headers: Headers) -> Rendered:
         accept = headers.get("accept", "")

@@ -17,12 +17,19 @@ Rules:
 * Only GET; any other method gets 405, a path not in the table 404, a query
   string is ignored. A request that is not HTTP gets 400 (at its first byte
   that cannot be in a method: a WonderQ client's preamble), a request head
-  over MAX_REQUEST_HEAD_BYTES 431; a body is never read.
-* Nothing a peer does can hurt the server: at most MAX_CONNECTIONS are open
-  at once (one more is closed at once), and a connection still open
-  TIMEOUT_S after it was accepted (a peer that sends slowly or never reads
-  its response) is aborted. That is one timer per HTTP connection, never on
-  the message path.
+  over `max_head_bytes` (--metrics-max-head-bytes) 431; a body is never read.
+* Nothing a peer does can hurt the server: at most `max_connections`
+  (--metrics-max-connections) are open at once, and a connection still open
+  `timeout_s` (--metrics-timeout) after it was accepted (a peer that sends
+  slowly or never reads its response) is aborted. That is one timer per HTTP
+  connection, never on the message path.
+* One connection more is refused: counted (`refused`, STATS'
+  metrics_connections_refused_total) and answered 503 with Retry-After at
+  once, its request unread, then closed as any response is (lingering,
+  above), so a scraper reports a 503 naming the flag, not a reset. A
+  refusal waiting for its peer to close holds a socket too, so at most
+  `max_connections` of them wait, each for at most `timeout_s`; past that a
+  connection is aborted unanswered (and counted).
 * With a check (`authorized`: the server's auth token), a request without
   the right `Authorization: Bearer <token>` header gets 401 before anything
   else is looked at; the check compares in constant time (auth.py). A wrong
@@ -39,7 +46,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from http import HTTPStatus
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, TypedDict, cast
 
 import h11
 
@@ -50,14 +57,24 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("wonderq.metrics")
 
-MAX_REQUEST_HEAD_BYTES = 8192
+DEFAULT_MAX_HEAD_BYTES = 8192  # nginx's large_client_header_buffers: 8 KiB a line
 # What an HTTP method (a token, RFC 9110) is made of.
 HTTP_TOKEN_BYTES = frozenset(b"!#$%&'*+-.^_`|~0123456789"
                              b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-MAX_CONNECTIONS = 32
-TIMEOUT_S = 10.0
+DEFAULT_MAX_CONNECTIONS = 32  # a Prometheus or two and a person with curl, several times over
+DEFAULT_TIMEOUT_S = 10.0  # Prometheus' default scrape_timeout
+RETRY_AFTER_S = 1  # the 503's Retry-After: connections are short, one is likely free by then
 
 Headers = Mapping[str, str]  # a request's headers, names in lower case
+
+
+class HttpLimits(TypedDict, total=False):
+    """HttpLimits: HttpEndpoint's limits, each flag's value (config.py); absent: the default."""
+
+    max_connections: int
+    timeout_s: float
+    max_head_bytes: int
+
 Page = Callable[[Headers], Awaitable[tuple[str, bytes]]]
 Authorized = Callable[[str], bool]  # the Authorization header's value -> may it see pages?
 
@@ -65,10 +82,18 @@ Authorized = Callable[[str], bool]  # the Authorization header's value -> may it
 class HttpEndpoint:
     """HttpEndpoint is the listener: it serves `pages` (path -> Page) to GET requests."""
 
-    def __init__(self, pages: Mapping[str, Page], authorized: Authorized | None = None) -> None:
+    def __init__(self, pages: Mapping[str, Page], authorized: Authorized | None = None, *,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 timeout_s: float = DEFAULT_TIMEOUT_S,
+                 max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES) -> None:
         self.pages = dict(pages)
         self.authorized = authorized  # None: no authentication
+        self.max_connections = max_connections
+        self.timeout_s = timeout_s
+        self.max_head_bytes = max_head_bytes
         self.connections: set[HttpConnection] = set()
+        self.refusing: set[HttpConnection] = set()  # answered 503, waiting for the peer to close
+        self.refused = 0  # connections refused over max_connections since start
         self._listener: asyncio.base_events.Server | None = None
         self.closed = False  # a connection that opens after close() is dropped
 
@@ -87,7 +112,7 @@ class HttpEndpoint:
         self.closed = True
         if self._listener is not None:
             self._listener.close()
-        for connection in list(self.connections):
+        for connection in [*self.connections, *self.refusing]:
             connection.abort()
 
 
@@ -97,7 +122,8 @@ class HttpConnection(asyncio.Protocol):
     def __init__(self, endpoint: HttpEndpoint, loop: asyncio.AbstractEventLoop) -> None:
         self.endpoint = endpoint
         self.loop = loop
-        self.http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES)
+        self.http = h11.Connection(h11.SERVER,
+                                   max_incomplete_event_size=endpoint.max_head_bytes)
         self.transport: asyncio.Transport | None = None
         self.received = 0  # bytes of the request received so far
         self.answered = False
@@ -109,14 +135,39 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        if self.endpoint.closed or len(self.endpoint.connections) >= MAX_CONNECTIONS:
+        endpoint = self.endpoint
+        if endpoint.closed:
             self.transport.abort()
             return
-        self.endpoint.connections.add(self)
-        self._timeout = self.loop.call_later(TIMEOUT_S, self.abort)
+        if len(endpoint.connections) >= endpoint.max_connections:
+            self._refuse()
+            return
+        endpoint.connections.add(self)
+        self._timeout = self.loop.call_later(endpoint.timeout_s, self.abort)
+
+    def _refuse(self) -> None:
+        """_refuse answers a connection over max_connections 503 without reading it (the
+        rules); past max_connections refusals waiting to close, it aborts it."""
+        endpoint = self.endpoint
+        endpoint.refused += 1
+        assert self.transport is not None
+        if len(endpoint.refusing) >= endpoint.max_connections:
+            self.transport.abort()  # a flood: not even a 503
+            return
+        endpoint.refusing.add(self)
+        self.answered = True  # nothing it sends is read
+        self._timeout = self.loop.call_later(endpoint.timeout_s, self.abort)
+        body = (f"too many connections to the metrics endpoint: {endpoint.max_connections} "
+                f"are open (--metrics-max-connections); try again\n").encode()
+        self.transport.write(
+            b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"content-length: %d\r\nconnection: close\r\nretry-after: %d\r\n\r\n%s"
+            % (len(body), RETRY_AFTER_S, body))
+        self._close_after_response()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.endpoint.connections.discard(self)
+        self.endpoint.refusing.discard(self)
         if self._timeout is not None:
             self._timeout.cancel()
             self._timeout = None
@@ -130,9 +181,9 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.answered:
             return  # one request per connection; the rest is not read
-        # Only the first MAX_REQUEST_HEAD_BYTES + 1 bytes are parsed, however they arrive:
+        # Only the first max_head_bytes + 1 bytes are parsed, however they arrive:
         # one byte over the bound makes h11 refuse an unfinished head with 431.
-        room = MAX_REQUEST_HEAD_BYTES + 1 - self.received
+        room = self.endpoint.max_head_bytes + 1 - self.received
         self.received += len(data)
         if room <= 0:
             return
@@ -226,9 +277,13 @@ class HttpConnection(asyncio.Protocol):
             self.transport.abort()
             return
         self.transport.writelines(chunks)
+        self._close_after_response()
+
+    def _close_after_response(self) -> None:
+        assert self.transport is not None
         if self.transport.can_write_eof() and not self._peer_done:
             # Lingering close: end our side and drop the rest of the request as it
-            # comes, until the peer closes (eof_received) or TIMEOUT_S. Closing with
+            # comes, until the peer closes (eof_received) or timeout_s. Closing with
             # unread bytes in the socket makes the kernel send a reset, which can
             # destroy the response before the client reads it (a 431 to a client
             # still sending its long head).

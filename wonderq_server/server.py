@@ -299,7 +299,10 @@ class Server:
 
             self.metrics = MetricsEndpoint(
                 lambda: self.service.stats(time.time()), self.journal,
-                authorized=self.auth.bearer_ok if self.auth.required else None)
+                authorized=self.auth.bearer_ok if self.auth.required else None,
+                limits={"max_connections": self.config.metrics_max_connections,
+                        "timeout_s": self.config.metrics_timeout_s,
+                        "max_head_bytes": self.config.metrics_max_head_bytes})
         if self.ssl_context is not None:
             # Accepted in Python, so a client's address counts before its handshake.
             self._tls_listener = TlsListener(
@@ -989,6 +992,8 @@ class Server:
             "paced_commands_total": self.admin_pace.paced,
             "paced_commands_waiting": self.admin_pace.waiting,
             "busy_poll_us": self.config.busy_poll_us,
+            "metrics_connections_refused_total":
+                self.metrics.http.refused if self.metrics is not None else 0,
         }
         if self.journal is None:
             info["data_dir"] = ""
