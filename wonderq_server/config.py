@@ -42,6 +42,7 @@ from .auth import check_token, load_token
 from .broker import DEFAULT_MAX_QUEUES
 from .busy_poll import MAX_BUSY_POLL_US
 from .commands import Limits
+from .commit_wait import DEFAULT_GAP_US, DEFAULT_WAIT_US, MAX_WAIT_US
 from .compiled import build_description
 from .connection_limits import ConnectionLimits
 from .journal import DEFAULT_RESERVE_BYTES, MAX_RESERVE_BYTES
@@ -84,6 +85,8 @@ class Config:
     tls_ca: Path | None = None  # require client certificates signed by this CA
     tls_handshake_timeout_s: float = 10.0
     busy_poll_us: int = 0  # 0: the loop sleeps as soon as it has nothing to do
+    group_commit_wait_us: int = DEFAULT_WAIT_US  # 0: an fsync never waits (commit_wait.py)
+    group_commit_gap_us: int = DEFAULT_GAP_US
 
 
 MAX_FLAG_INTEGER = 2**63 - 1  # the largest integer STATS (msgpack) can report
@@ -179,6 +182,14 @@ def _whole_up_to(most: int, unit: str) -> Callable[[str], int]:
 
 _keepalive_seconds = _whole_up_to(MAX_KEEPALIVE_S, "seconds")
 _busy_poll_us = _whole_up_to(MAX_BUSY_POLL_US, "microseconds")
+_commit_wait_us = _whole_up_to(MAX_WAIT_US, "microseconds")
+
+
+def _commit_gap_us(text: str) -> int:
+    value = _whole_number(text)
+    if not 1 <= value <= MAX_WAIT_US:
+        raise ValueError(f"must be a whole number of microseconds from 1 to {MAX_WAIT_US}")
+    return value
 MAX_METRICS_CONNECTIONS = 65536  # each holds a socket, and so may a refusal as many more
 
 
@@ -360,6 +371,14 @@ FLAGS = [
      "always (answer after fsync, group commit), everysec, or never"),
     ("--compact-min-bytes", "compact_min_bytes", _positive_size, DEFAULT_COMPACT_MIN_BYTES,
      "compact the journal only once it is at least this big (K, M, G suffixes)"),
+    ("--group-commit-wait", "group_commit_wait_us", _commit_wait_us,
+     Config.group_commit_wait_us,
+     "under --fsync always, an fsync waits up to this many microseconds after the one "
+     "before it for the clients that one answered to send their next requests, so they "
+     "share it; 0 never waits"),
+    ("--group-commit-gap", "group_commit_gap_us", _commit_gap_us, Config.group_commit_gap_us,
+     "... and stops waiting as soon as none of them has sent anything for this many "
+     "microseconds"),
     ("--journal-reserve", "journal_reserve_bytes", _disk_size, DEFAULT_RESERVE_BYTES,
      "under --fsync always, keep this many bytes of zeros written past the journal's "
      "records, so the fsync behind each reply does not also commit a new file size "
@@ -572,7 +591,9 @@ def parse_config(argv: Sequence[str] | None = None,
                   tls_cert=_path(ns.tls_cert), tls_key=_path(ns.tls_key),
                   tls_ca=_path(ns.tls_ca),
                   tls_handshake_timeout_s=ns.tls_handshake_timeout_s,
-                  busy_poll_us=ns.busy_poll_us)
+                  busy_poll_us=ns.busy_poll_us,
+                  group_commit_wait_us=ns.group_commit_wait_us,
+                  group_commit_gap_us=ns.group_commit_gap_us)
 
 
 def _path(text: str | None) -> Path | None:

@@ -235,12 +235,18 @@ class Connection(asyncio.Protocol):
         # (text, or a binary one's second) held with what follows it.
         self._parked: Command | None = None
         self._pace_holding = False
+        # The socket's number, for the server to wait on for this client's next request
+        # (commit_wait.py); -1: none known.
+        self.wait_fd = -1
 
     # ------------------------------------------------------------ transport
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.peer = transport.get_extra_info("peername")
+        fileno = getattr(transport.get_extra_info("socket"), "fileno", None)
+        if fileno is not None:  # a transport without a socket (a test's) gives none
+            self.wait_fd = fileno()
         self.last_request_at = self.hub.now()
         if self.hub.connection_limits.tcp_keepalive_s:
             enable_keepalive(transport, self.hub.connection_limits.tcp_keepalive_s)

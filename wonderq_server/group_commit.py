@@ -24,7 +24,10 @@ what must not happen is a consumer getting a message whose PUT could still
 be lost. So when an iteration's batch must wait for an fsync, a
 connection's output that holds only receives and peeks (Output.newest_shown)
 of messages whose PUT is already on disk goes out at once, before the
-fsync; everything else waits as before. Measured with
+fsync, unless a reply of that connection is still waiting; everything else
+waits as before. Per connection, not only when nothing waits at all: while
+a group waits for its fsync (commit_wait.py) the consumers' receives are
+answered, and their acks join the group. Measured with
 bench/probes/durable_mix.py, about 9 in 10 receive replies had waited for
 an fsync they did not need, and the consumer's ack behind each one then
 missed that fsync: sending them first cut fsyncs from about 1.0 to 0.75
@@ -107,9 +110,12 @@ Rules:
   older PUT is on disk too). A moved message keeps its old id, so while a
   MOVE is written but not yet synced (`durable_moves`) nothing leaves early.
   An output with any other reply (a stats count, an error, a put) waits:
-  it could reveal a change that is not yet durable. Early outputs go only
-  when no batch is waiting, so they never overtake an earlier reply on
-  their connection.
+  it could reveal a change that is not yet durable. An output goes early
+  only when no output of its connection is waiting (`_held` counts them),
+  so it never overtakes an earlier reply on its connection.
+* Before an inline fsync, `commit_wait.hold()` may put it off while the
+  clients the last fsync answered send their next requests (commit_wait.py);
+  the server's flush asks again (`resume`) after the loop has read them.
 * A failed write releases its batch at once with failed=True: the
   connections turn replies to durable commands into STORAGE_ERROR.
 * A failed fsync is fatal (journal.JournalBroken): waiting batches are
@@ -128,6 +134,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from .commit_wait import CommitWait
     from .connection import Connection, Output
     from .journal import Journal
 
@@ -149,13 +156,20 @@ class Batch:
 class GroupCommit:
     def __init__(self, loop: asyncio.AbstractEventLoop, journal: Journal | None,
                  on_fatal: Callable[[BaseException], None],
-                 on_synced: Callable[[], None] = lambda: None, inline: bool = False) -> None:
+                 on_synced: Callable[[], None] = lambda: None, inline: bool = False,
+                 commit_wait: CommitWait | None = None,
+                 wake: Callable[[], None] = lambda: None) -> None:
         self._loop = loop
+        # With the inline fsync: waits for the clients the last fsync answered
+        # (commit_wait.py); `wake` has the server flush again after the loop reads.
+        self.commit_wait = commit_wait if inline else None
+        self._wake = wake
         self.inline = inline  # `always`'s fsync on the loop thread (see the docstring)
         self._on_synced = on_synced  # told after every fsync (a compaction may wait for one)
         self.journal = journal
         self._on_fatal = on_fatal
         self._batches: deque[Batch] = deque()
+        self._held: dict[Connection, int] = {}  # outputs of a connection in _batches
         self.synced = journal.size if journal is not None else 0
         # What the last fsync made durable besides bytes (journal.py's counters):
         # every PUT up to this id, and this many MOVEs.
@@ -180,11 +194,12 @@ class GroupCommit:
         if not needs_sync and not self._batches:
             _release(outputs, failed)  # the common fast path: nothing to wait for
         else:
-            if needs_sync and not self._batches:
+            if not failed:
                 outputs = self._release_committed_reads(outputs)
             offset = journal.size if needs_sync else 0
             self.wanted = max(self.wanted, offset)
-            self._batches.append(Batch(outputs, offset, failed))
+            if outputs or offset:  # else every reply went early: nothing to keep in line
+                self._hold(Batch(outputs, offset, failed))
             self._release_ready()
             self._start_sync()
         if journal is not None and journal.fsync_policy == "everysec":
@@ -193,20 +208,19 @@ class GroupCommit:
     def _release_committed_reads(self, outputs: list[tuple[Connection, Output]],
                                  ) -> list[tuple[Connection, Output]]:
         """_release_committed_reads sends, before the fsync, the outputs that only show
-        messages whose PUT is already on disk, and returns the others.
-
-        Only called with no batch waiting, so every earlier reply on these
-        connections has gone out. While a MOVE is not yet on disk nothing
+        messages whose PUT is already on disk, of connections with no earlier output
+        waiting, and returns the others. While a MOVE is not yet on disk nothing
         leaves early: a moved message keeps its old id.
         """
         assert self.journal is not None
         if self.durable_moves != self.journal.moves_written:
             return outputs
         durable_put_id = self.durable_put_id
+        waiting = self._held
         held = []
         for conn, output in outputs:
             newest = output.newest_shown
-            if newest is not None and newest <= durable_put_id:
+            if newest is not None and newest <= durable_put_id and conn not in waiting:
                 conn.send_output(output)
             else:
                 held.append((conn, output))
@@ -220,19 +234,56 @@ class GroupCommit:
             self.durable_put_id = self.journal.newest_put_written
             self.durable_moves = self.journal.moves_written
         while self._batches:  # their records are in the new file, which is on disk
-            batch = self._batches.popleft()
-            _release(batch.outputs, batch.failed)
+            self._release_batch(self._batches.popleft(), batch_failed=None)
         self._release_ready()  # resolves a pending drain()
 
     # ---------------------------------------------------------------- fsync
 
+    def _hold(self, batch: Batch) -> None:
+        """_hold puts a batch in line; its connections now have an output waiting."""
+        held = self._held
+        commit_wait = self.commit_wait
+        for conn, _output in batch.outputs:
+            held[conn] = held.get(conn, 0) + 1
+            if commit_wait is not None:
+                commit_wait.joined(conn)
+        self._batches.append(batch)
+
+    def _release_batch(self, batch: Batch, batch_failed: bool | None) -> None:
+        """_release_batch sends a batch taken out of line, failed as `batch_failed` says
+        (None: as the batch itself says)."""
+        held = self._held
+        for conn, _output in batch.outputs:
+            left = held[conn] - 1
+            if left:
+                held[conn] = left
+            else:
+                del held[conn]
+        _release(batch.outputs, batch.failed if batch_failed is None else batch_failed)
+
     def _release_ready(self) -> None:
         batches = self._batches
+        answered: list[Connection] = []  # durable replies released: commit_wait expects them
         while batches and batches[0].offset <= self.synced:
             batch = batches.popleft()
-            _release(batch.outputs, batch.failed)
+            if batch.offset and not batch.failed:
+                answered.extend(conn for conn, _output in batch.outputs)
+            self._release_batch(batch, batch_failed=None)
+        if answered and self.commit_wait is not None:
+            self.commit_wait.expect(answered)
         if not batches:
             self._resolve_drained()
+
+    def resume(self) -> None:
+        """resume: the server's flush, after a loop turn that brought nothing to submit,
+        asks again for an fsync that commit_wait put off."""
+        if self._batches and not self.syncing:
+            self._start_sync()
+
+    def forget(self, conn: Connection) -> None:
+        """forget: `conn` closed; it is not waited for."""
+        if self.commit_wait is not None:
+            self.commit_wait.joined(conn)
 
     def _resolve_drained(self) -> None:
         if self._drained is not None and not self._drained.done():
@@ -244,6 +295,9 @@ class GroupCommit:
         if self.syncing or self.broken or not self._batches or self.wanted <= self.synced:
             return
         if self.inline:
+            if self.commit_wait is not None and self.commit_wait.hold():
+                self._wake()  # an expected client's request is in: read it first
+                return
             self._sync_inline()
         else:
             self._sync_in_thread()
@@ -279,7 +333,7 @@ class GroupCommit:
         if exc is not None:
             self.broken = True
             while self._batches:
-                _release(self._batches.popleft().outputs, True)
+                self._release_batch(self._batches.popleft(), batch_failed=True)
             self._resolve_drained()
             self._on_fatal(exc)
             return
@@ -314,6 +368,8 @@ class GroupCommit:
 
     async def drain(self) -> None:
         """drain waits until every held batch has been released (for shutdown)."""
+        if self.commit_wait is not None:
+            self.commit_wait.stop()  # nothing more is coming: sync what waits now
         if not self._batches or self.broken:
             return
         self._drained = self._loop.create_future()

@@ -58,6 +58,7 @@ from .admin_pace import AdminPace
 from .auth import TokenCheck
 from .broker import Broker
 from .busy_poll import BusyPoll
+from .commit_wait import CommitWait
 from .compaction import Compaction
 from .compiled import build_description
 from .config import Config
@@ -291,9 +292,12 @@ class Server:
                         "before sleeping; a client that sends more often than that keeps "
                         "this server at a full core", self.config.busy_poll_us)
         self._fit_open_files()
-        self.group_commit = GroupCommit(self._loop, self.journal, self._fatal,
-                                        on_synced=self._compaction_kick,
-                                        inline=self.config.fsync == "always")
+        self.group_commit = GroupCommit(
+            self._loop, self.journal, self._fatal, on_synced=self._compaction_kick,
+            inline=self.config.fsync == "always",
+            commit_wait=CommitWait(self.config.group_commit_wait_us / 1e6,
+                                   self.config.group_commit_gap_us / 1e6),
+            wake=self._schedule_flush)
         if self.config.metrics_port is not None:
             from .metrics import MetricsEndpoint  # imports prometheus_client and h11
 
@@ -641,6 +645,8 @@ class Server:
 
     def connection_closed(self, connection: Connection) -> None:
         self.connections.discard(connection)
+        if self.group_commit is not None:
+            self.group_commit.forget(connection)
         if connection in self._refused:
             self._forget_refused(connection)
         self._release_address(connection)
@@ -701,6 +707,8 @@ class Server:
         elif outputs:  # before start(): only in tests that drive the server by hand
             for conn, output in outputs:
                 conn.send_output(output, failed)
+        elif self.group_commit is not None:
+            self.group_commit.resume()  # an fsync put off for the reads of this turn
         if journal is not None and self.fatal_error is None:
             self._compaction_continue()
         self._arm_timer()

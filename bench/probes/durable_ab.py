@@ -1,6 +1,6 @@
 """S6's shape against the servers of several source trees, each with `--fsync always`: an A/B.
 
-    python bench/probes/durable_ab.py N RUNS TREE [TREE ...]
+    python bench/probes/durable_ab.py N RUNS TREE[+FLAGS] [TREE[+FLAGS] ...]
 
 A change to group commit (group_commit.py) is judged by S6: 4 producers and
 4 consumers, at most 32 unacked, every put and ack on disk before it is
@@ -11,6 +11,9 @@ worktree add /tmp/before SHA`), drives it with N messages through the bench's
 own load loop and adapter (bench/scenarios.py, bench/systems/wonderq.py), and
 reads the server's `fsync_count` from STATS before and after. The load
 generator's client is the one this process imports, the same for every tree.
+A TREE may carry server flags after a `+`, split at commas
+(`/work/main+--group-commit-wait=0`): one tree against itself with a
+setting changed, or two trees with the same setting.
 
 Prints per tree the medians of RUNS runs: msgs/s, the server's CPU per
 message (user + system, /proc), fsyncs per message (how many messages share
@@ -42,10 +45,12 @@ from wonderq_client import connect  # noqa: E402
 TIME_LIMIT_S = 120.0
 
 
-def durable_server_argv(tree: str):
+def durable_server_argv(tree_and_flags: str):
+    tree, _, flags = tree_and_flags.partition("+")
     return lambda port, data_dir: ["env", f"PYTHONPATH={tree}", sys.executable, "-P", "-m",
                                    "wonderq_server", "--data-dir", str(data_dir),
-                                   "--fsync", "always", "--port", str(port)]
+                                   "--fsync", "always", "--port", str(port),
+                                   *filter(None, flags.split(","))]
 
 
 async def fsync_count(port: int) -> int:
@@ -81,4 +86,7 @@ def main(n: int, runs: int, trees: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(*arguments(sys.argv[1:]))
+    given = sys.argv[3:]
+    n, runs, trees = arguments(sys.argv[1:3] + [tree.partition("+")[0] for tree in given])
+    main(n, runs, [tree + extra[extra.index("+"):] if "+" in extra else tree
+                   for tree, extra in zip(trees, given, strict=True)])
