@@ -171,6 +171,40 @@ async def test_a_closed_client_is_not_waited_for(clients):
     assert setup.journal.synced_sizes == [120, 130] and setup.wakes == 0
 
 
+async def test_a_client_that_closed_while_its_reply_waited_is_not_waited_for(clients):
+    # As connection.py's connection_lost does: the hub forgets it, then its socket number
+    # is -1. Its reply, released by the fsync after, must not make it expected again (a
+    # review found the server then waiting on the closed socket: select failed, EBADF,
+    # and the flush broke off; test_e2e_commit_wait.py has that on the real server).
+    setup = Setup()
+    a, b, c = clients(setup.log, "a", "b", "c")
+    setup.answered(a, b, c)
+    b.send()
+    setup.put(c, "put c2", 10)  # waits, for a and b
+    assert setup.wakes == 1
+    setup.gc.forget(c)
+    c.wait_fd = -1
+    c.close()
+    setup.put(a, "put a2", 11)
+    setup.put(b, "put b2", 12)  # all in: the fsync runs and answers a, b and the gone c
+    assert setup.journal.synced_sizes == [130, 160]
+    b.send()  # a and b are expected again, c is not: so a's next put waits for b's
+    wakes = setup.wakes
+    setup.put(a, "put a3", 13)
+    assert setup.journal.synced_sizes == [130, 160] and setup.wakes == wakes + 1
+    setup.put(b, "put b3", 14)
+    assert setup.journal.synced_sizes == [130, 160, 180]
+
+
+async def test_a_select_that_fails_runs_the_fsync(clients):
+    setup = Setup()
+    a, b = clients(setup.log, "a", "b")
+    setup.answered(a, b)
+    b.sock.close()  # its number is now no socket at all, as if it closed unseen
+    setup.put(a, "put a2", 10)
+    assert setup.journal.synced_sizes == [120, 130] and setup.wakes == 0
+
+
 async def test_a_receive_goes_out_while_another_connections_group_waits(clients):
     # The point of waiting: a consumer's receive of a message on disk is answered during
     # the wait (its connection has nothing waiting), so its ack can join the group.

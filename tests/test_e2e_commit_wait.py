@@ -11,6 +11,11 @@ check that nothing answered is lost with it.
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
+import time
+
+from raw_socket import PREAMBLE, BinarySocket, frame
 
 from wonderq_client import connect
 
@@ -57,3 +62,48 @@ async def test_without_the_wait_every_put_is_still_answered(server_factory, tmp_
                             "--group-commit-wait", "0")
     ids = await put_one_at_a_time(server)
     assert len(set(ids)) == CLIENTS * PUTS_EACH
+
+
+def spin(microseconds: int) -> None:
+    """spin: a few microseconds pass (not a wait for anything: it varies how the requests
+    below fall into the server's loop turns, as in a review's reproduction)."""
+    end = time.perf_counter() + microseconds / 1e6
+    while time.perf_counter() < end:
+        pass
+
+
+def test_a_client_gone_while_its_put_waited_is_not_waited_for_later(server_factory, tmp_path):
+    # A review's reproduction: C's put waits in a group while the server waits for B; C
+    # resets its connection; the fsync then released C's reply and the server went on to
+    # wait on C's closed socket number: select failed (EBADF), the flush broke off, and A's
+    # next put was not answered until some other client sent something. Now a closed
+    # connection has no socket to wait on, and a failed select just runs the fsync.
+    server = server_factory("--data-dir", str(tmp_path / "data"), "--fsync", "always")
+    a, b = BinarySocket(server.host, server.port), BinarySocket(server.host, server.port)
+    for sock in (a, b):
+        sock.send(PREAMBLE)
+    try:
+        for iteration in range(150):  # it hung within 20 on the code before, most runs
+            pause = (25, 50, 100, 200)[iteration % 4]
+            c = BinarySocket(server.host, server.port)
+            c.send(PREAMBLE)
+            for sock in (a, b, c):
+                sock.send(frame([1, "put", {"queue": "q", "body": b"x"}]))
+            for sock in (a, b, c):
+                assert sock.reply()[1] is None
+            c.send(frame([2, "put", {"queue": "q", "body": b"x"}]))
+            spin(pause)
+            b.send(frame([3, "receive", {"queue": "empty"}]))
+            spin(pause)
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            c.close()  # a reset: its put's reply will have nowhere to go
+            spin(pause)
+            b.send(frame([4, "receive", {"queue": "empty"}]))
+            a.send(frame([5, "put", {"queue": "q", "body": b"x"}]))
+            assert [b.reply()[0], b.reply()[0], a.reply()[0]] == [3, 4, 5]
+            a.send(frame([6, "put", {"queue": "q", "body": b"x"}]))  # after C's release
+            assert a.reply()[0] == 6, f"iteration {iteration}"  # within 10 s, or it hung
+    finally:
+        a.close()
+        b.close()
+    assert "Traceback" not in server.log, server.log

@@ -39,15 +39,19 @@ expect, only until they stop coming, and answers receives meanwhile.
 Rules:
 * Only where the fsync is inline (`--fsync always`), and only while a batch
   waits for an fsync: `hold()` is asked just before one would start.
-* Expected: the connections the last fsync released durable replies to. One
-  leaves the set when a reply of its own joins the waiting group (its next
-  request is in), when it closes, after READS_PER_CLIENT reads that brought
+* Expected: the connections the last fsync released durable replies to, by
+  their sockets' numbers (a closed connection's is -1, connection.py, so a
+  reply released after it closed does not bring it back). One leaves the set
+  when a reply of its own joins the waiting group (its next request is in),
+  when it closes, after READS_PER_CLIENT reads that brought
   nothing for the group (a client busy with requests that need no fsync is
   not waited for), and when the wait ends (the set is emptied whenever the
   fsync runs).
 * `hold()` is one clock read and at most one select(2): it returns True
   when an expected socket became readable within `gap_s` (and before the
-  deadline): the caller lets the loop read it and asks again after.
+  deadline): the caller lets the loop read it and asks again after. A
+  select that fails (a socket closed under it) ends the wait: the fsync
+  runs. It never raises.
 * A socket numbered FD_SETSIZE or above is not waited for (select(2)'s
   limit; Python's poll and epoll time out in whole milliseconds, too coarse
   for this), nor a connection the server is not reading (flow control): it
@@ -117,7 +121,9 @@ class CommitWait:
     def joined(self, connection: Waitable) -> None:
         """joined: a reply of `connection` waits in the group (its request came), or it
         closed; either way it is not waited for."""
-        self._expected.pop(connection.wait_fd, None)
+        entry = self._expected.get(connection.wait_fd)
+        if entry is not None and entry[0] is connection:
+            del self._expected[connection.wait_fd]
 
     def hold(self) -> bool:
         """hold: should the fsync about to start wait for the loop to read an expected
@@ -128,7 +134,10 @@ class CommitWait:
         left = self._until - self._clock()
         if left > 0:
             fds = [fd for fd, (connection, _reads) in expected.items() if not connection.paused]
-            readable = select.select(fds, (), (), min(self.gap_s, left))[0] if fds else ()
+            try:
+                readable = select.select(fds, (), (), min(self.gap_s, left))[0] if fds else ()
+            except (OSError, ValueError):  # a socket closed under us: wait no more, sync
+                readable = ()
             if readable:
                 for fd in readable:
                     entry = expected[fd]

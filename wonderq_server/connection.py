@@ -442,6 +442,10 @@ class Connection(asyncio.Protocol):
         self._out.clear()
         self._durable.clear()
         self.hub.connection_closed(self)
+        # After the hub has forgotten it by that number: the socket closes now, and its
+        # number may soon be another connection's (a reply of ours still waiting for an
+        # fsync must not make the server wait on it, commit_wait.py).
+        self.wait_fd = -1
 
     def pause_writing(self) -> None:
         self._pause("writing")
