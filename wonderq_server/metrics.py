@@ -166,6 +166,9 @@ SERVER_COUNTERS = [
      "TLS handshakes that failed since start (plain clients, untrusted certificates)."),
     ("paced_commands_total", "wonderq_paced_commands",
      "STATS and QUEUES commands that waited for their share of the loop since start."),
+    ("commit_waits_total", "wonderq_commit_waits",
+     "Fsyncs put off to read the next request of a client the last fsync answered "
+     "(--group-commit-wait) since start."),
     ("metrics_connections_refused_total", "wonderq_metrics_connections_refused",
      "Connections to this endpoint refused with 503 (over --metrics-max-connections) "
      "since start."),

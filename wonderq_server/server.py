@@ -1012,6 +1012,8 @@ class Server:
             info["journal_write_errors"] = self._journal_errors
             info["compacting"] = self.compaction is not None
             info["compactions_failed_total"] = self._compactions_failed
+            commit_wait = self.group_commit.commit_wait if self.group_commit else None
+            info["commit_waits_total"] = commit_wait.holds if commit_wait is not None else 0
         return info
 
 
