@@ -87,6 +87,7 @@ def main(n: int, runs: int, trees: list[str]) -> None:
 
 if __name__ == "__main__":
     given = sys.argv[3:]
-    n, runs, trees = arguments(sys.argv[1:3] + [tree.partition("+")[0] for tree in given])
+    n, runs, trees = arguments(sys.argv[1:3] + [tree.partition("+")[0] for tree in given],
+                               __doc__)
     main(n, runs, [tree + extra[extra.index("+"):] if "+" in extra else tree
                    for tree, extra in zip(trees, given, strict=True)])

@@ -42,14 +42,15 @@ from systems import beanstalkd, wonderq  # noqa: E402
 TIME_LIMIT_S = 120.0
 
 
-def arguments(argv: list[str]) -> tuple[int, int, list[str]]:
-    """arguments: N, RUNS and the trees, or the docstring and exit 2 (0 for --help)."""
+def arguments(argv: list[str], usage: str = __doc__) -> tuple[int, int, list[str]]:
+    """arguments: N, RUNS and the trees, or `usage` (the calling probe's docstring) and
+    exit 2 (0 for --help)."""
     if argv in (["-h"], ["--help"]):
-        print(__doc__.strip())
+        print(usage.strip())
         raise SystemExit(0)
     if len(argv) < 3 or not argv[0].isdigit() or not argv[1].isdigit() \
             or not all(Path(tree, "wonderq_server").is_dir() for tree in argv[2:]):
-        print(__doc__.strip(), file=sys.stderr)
+        print(usage.strip(), file=sys.stderr)
         raise SystemExit(2)
     return int(argv[0]), int(argv[1]), [str(Path(tree).resolve()) for tree in argv[2:]]
 
