@@ -104,10 +104,16 @@ class Setup:
         return [entry[1] for entry in self.log]
 
 
-async def test_an_fsync_waits_for_an_answered_client_whose_next_request_is_in(clients):
-    setup = Setup()
+def answered_pair(clients, **settings) -> tuple[Setup, Client, Client]:
+    """answered_pair: a Setup (with `settings`) whose first fsync answered clients a and b."""
+    setup = Setup(**settings)
     a, b = clients(setup.log, "a", "b")
     setup.answered(a, b)
+    return setup, a, b
+
+
+async def test_an_fsync_waits_for_an_answered_client_whose_next_request_is_in(clients):
+    setup, a, b = answered_pair(clients)
     b.send()  # b's next put is on its way; a's came first
     setup.put(a, "put a2", 10)
     assert setup.journal.synced_sizes == [120] and setup.wakes == 1  # put off: read b first
@@ -119,9 +125,7 @@ async def test_an_fsync_waits_for_an_answered_client_whose_next_request_is_in(cl
 
 
 async def test_an_answered_client_that_stays_silent_costs_one_gap(clients):
-    setup = Setup(gap_s=0.001)
-    a, b = clients(setup.log, "a", "b")
-    setup.answered(a, b)
+    setup, a, _silent_b = answered_pair(clients, gap_s=0.001)
     setup.put(a, "put a2", 10)  # b sends nothing: after 1 ms of silence, the fsync runs
     assert setup.journal.synced_sizes == [120, 130] and setup.wakes == 0
     assert setup.labels()[-1] == "put a2"
@@ -130,9 +134,7 @@ async def test_an_answered_client_that_stays_silent_costs_one_gap(clients):
 async def test_nothing_is_waited_for_past_the_wait_after_the_last_fsync(clients):
     # Sporadic traffic: the next put comes later than the wait after the fsync that
     # answered the others, so it is synced at once, whatever they are doing.
-    setup = Setup(wait_s=0.001)
-    a, b = clients(setup.log, "a", "b")
-    setup.answered(a, b)
+    setup, a, b = answered_pair(clients, wait_s=0.001)
     b.send()
     setup.clock.now += 0.002
     setup.put(a, "put a2", 10)
@@ -140,9 +142,7 @@ async def test_nothing_is_waited_for_past_the_wait_after_the_last_fsync(clients)
 
 
 async def test_a_client_busy_with_requests_that_need_no_fsync_stops_being_waited_for(clients):
-    setup = Setup()
-    a, b = clients(setup.log, "a", "b")
-    setup.answered(a, b)
+    setup, a, b = answered_pair(clients)
     b.send()  # readable, and (never read here) it stays so: each turn brings b nothing
     setup.put(a, "put a2", 10)
     for _ in range(READS_PER_CLIENT - 1):
@@ -153,9 +153,7 @@ async def test_a_client_busy_with_requests_that_need_no_fsync_stops_being_waited
 
 
 async def test_a_client_the_server_is_not_reading_is_not_waited_for(clients):
-    setup = Setup()
-    a, b = clients(setup.log, "a", "b")
-    setup.answered(a, b)
+    setup, a, b = answered_pair(clients)
     b.send()
     b.paused = True  # flow control: readable, but the loop would not read it
     setup.put(a, "put a2", 10)
@@ -163,9 +161,7 @@ async def test_a_client_the_server_is_not_reading_is_not_waited_for(clients):
 
 
 async def test_a_closed_client_is_not_waited_for(clients):
-    setup = Setup()
-    a, b = clients(setup.log, "a", "b")
-    setup.answered(a, b)
+    setup, a, b = answered_pair(clients)
     setup.gc.forget(b)
     setup.put(a, "put a2", 10)
     assert setup.journal.synced_sizes == [120, 130] and setup.wakes == 0
@@ -197,9 +193,7 @@ async def test_a_client_that_closed_while_its_reply_waited_is_not_waited_for(cli
 
 
 async def test_a_select_that_fails_runs_the_fsync(clients):
-    setup = Setup()
-    a, b = clients(setup.log, "a", "b")
-    setup.answered(a, b)
+    setup, a, b = answered_pair(clients)
     b.sock.close()  # its number is now no socket at all, as if it closed unseen
     setup.put(a, "put a2", 10)
     assert setup.journal.synced_sizes == [120, 130] and setup.wakes == 0
@@ -226,9 +220,7 @@ async def test_a_receive_goes_out_while_another_connections_group_waits(clients)
 
 
 async def test_a_receive_still_waits_behind_a_reply_of_its_own_connection(clients):
-    setup = Setup()
-    a, b = clients(setup.log, "a", "b")
-    setup.answered(a, b)
+    setup, a, b = answered_pair(clients)
     b.send()
     setup.put(a, "put a2", 10)  # waiting, for b
     setup.submit(a, out("receive 1", newest_shown=1), durable=False)
@@ -251,9 +243,7 @@ async def test_a_receive_of_a_message_not_on_disk_waits_during_the_wait(clients)
 
 
 async def test_drain_stops_the_waiting(clients):
-    setup = Setup()
-    a, b = clients(setup.log, "a", "b")
-    setup.answered(a, b)
+    setup, a, b = answered_pair(clients)
     b.send()
     setup.put(a, "put a2", 10)
     assert setup.journal.synced_sizes == [120]

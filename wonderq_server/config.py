@@ -168,36 +168,26 @@ def _seconds_or_off(text: str) -> float:
     return value
 
 
-def _whole_up_to(most: int, unit: str) -> Callable[[str], int]:
-    """_whole_up_to makes the converter of a whole number of `unit` from 0 (off) to `most`."""
+def _whole_between(least: int, most: int, unit: str) -> Callable[[str], int]:
+    """_whole_between makes the converter of a whole number of `unit` from `least` (0:
+    off) to `most`."""
+    lowest = "0 (off)" if least == 0 else str(least)
 
     def convert(text: str) -> int:
         value = _whole_number(text)
-        if not 0 <= value <= most:
-            raise ValueError(f"must be a whole number of {unit} from 0 (off) to {most}")
+        if not least <= value <= most:
+            raise ValueError(f"must be a whole number of {unit} from {lowest} to {most}")
         return value
 
     return convert
 
 
-_keepalive_seconds = _whole_up_to(MAX_KEEPALIVE_S, "seconds")
-_busy_poll_us = _whole_up_to(MAX_BUSY_POLL_US, "microseconds")
-_commit_wait_us = _whole_up_to(MAX_WAIT_US, "microseconds")
-
-
-def _commit_gap_us(text: str) -> int:
-    value = _whole_number(text)
-    if not 1 <= value <= MAX_WAIT_US:
-        raise ValueError(f"must be a whole number of microseconds from 1 to {MAX_WAIT_US}")
-    return value
 MAX_METRICS_CONNECTIONS = 65536  # each holds a socket, and so may a refusal as many more
-
-
-def _metrics_connections(text: str) -> int:
-    value = _whole_number(text)
-    if not 1 <= value <= MAX_METRICS_CONNECTIONS:
-        raise ValueError(f"must be a whole number from 1 to {MAX_METRICS_CONNECTIONS}")
-    return value
+_keepalive_seconds = _whole_between(0, MAX_KEEPALIVE_S, "seconds")
+_busy_poll_us = _whole_between(0, MAX_BUSY_POLL_US, "microseconds")
+_commit_wait_us = _whole_between(0, MAX_WAIT_US, "microseconds")
+_commit_gap_us = _whole_between(1, MAX_WAIT_US, "microseconds")
+_metrics_connections = _whole_between(1, MAX_METRICS_CONNECTIONS, "connections")
 
 
 def _count(text: str) -> int:

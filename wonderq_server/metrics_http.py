@@ -66,6 +66,8 @@ DEFAULT_TIMEOUT_S = 10.0  # Prometheus' default scrape_timeout
 RETRY_AFTER_S = 1  # the 503's Retry-After: connections are short, one is likely free by then
 
 Headers = Mapping[str, str]  # a request's headers, names in lower case
+Page = Callable[[Headers], Awaitable[tuple[str, bytes]]]
+Authorized = Callable[[str], bool]  # the Authorization header's value -> may it see pages?
 
 
 class HttpLimits(TypedDict, total=False):
@@ -74,9 +76,6 @@ class HttpLimits(TypedDict, total=False):
     max_connections: int
     timeout_s: float
     max_head_bytes: int
-
-Page = Callable[[Headers], Awaitable[tuple[str, bytes]]]
-Authorized = Callable[[str], bool]  # the Authorization header's value -> may it see pages?
 
 
 class HttpEndpoint:

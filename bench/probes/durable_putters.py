@@ -30,24 +30,15 @@ BENCH = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(BENCH), str(BENCH.parent)]
 
 from _common import rotate_fresh_servers  # noqa: E402
+from durable_ab import durable_server_argv, fsync_count  # noqa: E402
 from scenarios import BODY, percentile  # noqa: E402
 from systems import wonderq  # noqa: E402
 
 from wonderq_client import connect  # noqa: E402
 
 TIME_LIMIT_S = 60.0
-SETTINGS = {"off": ["--group-commit-wait", "0"], "default": []}
-
-
-def server_argv(flags: list[str]):
-    return lambda port, data_dir: [sys.executable, "-m", "wonderq_server", "--data-dir",
-                                   str(data_dir), "--fsync", "always", "--port", str(port),
-                                   *flags]
-
-
-async def fsync_count(port: int) -> int:
-    async with connect("127.0.0.1", port) as client:
-        return int((await client.stats())["server"]["fsync_count"])
+TREE = str(BENCH.parent)
+SETTINGS = {"off": "--group-commit-wait=0", "default": ""}  # durable_ab.py's +FLAGS
 
 
 async def one_run(server, port: int, clients: int, n: int) -> list[float]:
@@ -84,7 +75,7 @@ def main(n: int, runs: int, counts: list[int]) -> None:
           f"median of {runs} runs")
     for clients in counts:
         rows = rotate_fresh_servers(
-            {f"{setting}:{clients}": (server_argv(flags),
+            {f"{setting}:{clients}": (durable_server_argv(f"{TREE}+{flags}"),
                                       lambda server, port, c=clients: one_run(server, port,
                                                                               c, n))
              for setting, flags in SETTINGS.items()},
