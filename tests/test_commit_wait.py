@@ -120,7 +120,7 @@ async def test_an_fsync_waits_for_an_answered_client_whose_next_request_is_in(cl
     assert setup.labels() == ["put a", "put b"]
     setup.put(b, "put b2", 11)  # the loop read it: now both are in, and it runs at once
     assert setup.journal.synced_sizes == [120, 140]
-    assert setup.labels() == ["put a", "put b", "put a2", "put b2"]
+    assert setup.labels() == ["put a", "put b", "put b2", "put a2"]  # newest first
     assert setup.wait.holds == 1 and setup.gc.idle
 
 
@@ -216,7 +216,9 @@ async def test_a_receive_goes_out_while_another_connections_group_waits(clients)
     setup.journal.write(10)
     setup.submit(consumer, out("ack 1"), durable=True)  # the ack joins; no one left
     assert setup.journal.synced_sizes == [120, 140]
-    assert setup.labels()[-3:] == ["receive 1", "put 10", "ack 1"]
+    # The ack, newest in the group, is answered first: its consumer has a receive and
+    # an ack to send before the next group is whole, the producer one put.
+    assert setup.labels()[-3:] == ["receive 1", "ack 1", "put 10"]
 
 
 async def test_a_receive_still_waits_behind_a_reply_of_its_own_connection(clients):
@@ -226,7 +228,7 @@ async def test_a_receive_still_waits_behind_a_reply_of_its_own_connection(client
     setup.submit(a, out("receive 1", newest_shown=1), durable=False)
     assert setup.labels() == ["put a", "put b"]  # a's receive waits behind its put
     setup.put(b, "put b2", 11)
-    assert setup.labels()[2:] == ["put a2", "receive 1", "put b2"]
+    assert setup.labels()[2:] == ["put b2", "put a2", "receive 1"]  # b's batch is newest
 
 
 async def test_a_receive_of_a_message_not_on_disk_waits_during_the_wait(clients):
@@ -238,8 +240,9 @@ async def test_a_receive_of_a_message_not_on_disk_waits_during_the_wait(clients)
     setup.submit(consumer, out("receive 10", newest_shown=10), durable=False)
     # Message 10's put is not on disk: the receive waits, and its consumer, whose next
     # request cannot come before that reply, is not waited for any more.
-    assert setup.journal.synced_sizes == [120, 130] and setup.labels()[-2:] == \
-        ["put 10", "receive 10"]
+    assert setup.journal.synced_sizes == [120, 130]
+    assert setup.journal.sent_before_sync == [0, 2]  # nothing went out before the fsync
+    assert setup.labels()[-2:] == ["receive 10", "put 10"]  # then newest first
 
 
 async def test_drain_stops_the_waiting(clients):

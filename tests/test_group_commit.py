@@ -103,12 +103,13 @@ async def test_many_batches_share_one_fsync():
     journal = HeldJournal()
     log: list = []
     gc = GroupCommit(asyncio.get_running_loop(), journal, on_fatal=pytest.fail)
+    conn = Conn(log, "a")
     journal.write(10)
-    gc.submit([(Conn(log, "a"), out(0))], durable=True)
+    gc.submit([(conn, out(0))], durable=True)
     first = await next_sync(journal)
     for i in range(1, 50):
         journal.write(10)
-        gc.submit([(Conn(log, "a"), out(i))], durable=True)
+        gc.submit([(conn, out(i))], durable=True)
     first.set()
     (await next_sync(journal)).set()
     await until(lambda: len(log) == 50)
@@ -120,14 +121,50 @@ async def test_a_failed_write_keeps_its_place_in_line():
     journal = HeldJournal()
     log: list = []
     gc = GroupCommit(asyncio.get_running_loop(), journal, on_fatal=pytest.fail)
+    conn = Conn(log, "a")
     journal.write(10)
-    gc.submit([(Conn(log, "a"), out("ok"))], durable=True)
+    gc.submit([(conn, out("ok"))], durable=True)
     gate = await next_sync(journal)
-    gc.submit([(Conn(log, "b"), out("refused"))], durable=True, failed=True)
+    gc.submit([(conn, out("refused"))], durable=True, failed=True)
     assert log == []
     gate.set()
     await until(lambda: len(log) == 2)
-    assert log == [("a", "ok", False), ("b", "refused", True)]
+    assert log == [("a", "ok", False), ("a", "refused", True)]
+
+
+async def test_one_fsync_answers_the_newest_batch_first_and_each_connection_in_order():
+    # The clients whose requests came last are answered first (the docstring's
+    # release order); a connection goes out with its newest batch, its own
+    # replies in their order, each with its own batch's failed flag.
+    journal = HeldJournal()
+    log: list = []
+    gc = GroupCommit(asyncio.get_running_loop(), journal, on_fatal=pytest.fail)
+    a, b, c, d = (Conn(log, name) for name in "abcd")
+    journal.write(10)
+    gc.submit([(d, out("put-0"))], durable=True)
+    first = await next_sync(journal)
+    journal.write(10)
+    gc.submit([(a, out("put-1")), (b, out("put-1"))], durable=True)
+    gc.submit([(c, out("refused"))], durable=True, failed=True)
+    journal.write(10)
+    gc.submit([(b, out("ack-2")), (a, out("ack-2"))], durable=True)
+    first.set()
+    await until(lambda: len(log) == 1)
+    assert log == [("d", "put-0", False)]
+    (await next_sync(journal)).set()
+    await until(lambda: len(log) == 6)
+    assert log[1:] == [("b", "put-1", False), ("b", "ack-2", False),
+                       ("a", "put-1", False), ("a", "ack-2", False), ("c", "refused", True)]
+    # Nothing of a's is counted as waiting any more: while d's next put waits for
+    # its fsync, a's receive of a message on disk goes out at once.
+    journal.write(10)
+    gc.submit([(d, out("put-3"))], durable=True)
+    third = await next_sync(journal)
+    gc.submit([(a, out("receive", newest_shown=0))], durable=False)
+    assert log[6:] == [("a", "receive", False)]
+    third.set()
+    await until(lambda: len(log) == 8)
+    assert log[7] == ("d", "put-3", False)
 
 
 async def test_a_failed_fsync_fails_everything_waiting_and_is_fatal():
