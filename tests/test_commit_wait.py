@@ -221,6 +221,28 @@ async def test_a_receive_goes_out_while_another_connections_group_waits(clients)
     assert setup.labels()[-3:] == ["receive 1", "ack 1", "put 10"]
 
 
+async def test_one_fsync_releasing_several_batches_expects_every_client_it_answered(clients):
+    # The next wait expects the connections whose durable replies the fsync released, from
+    # every batch it released: not a failed write's, nor one that needed no fsync.
+    setup = Setup()
+    a, b, e, c, d = clients(setup.log, "a", "b", "e", "c", "d")
+    setup.answered(a, b, e)
+    expected: list[list[str]] = []
+    expect = setup.wait.expect
+    setup.wait.expect = lambda conns: (expected.append([conn.name for conn in conns]),
+                                       expect(conns))[1]
+    b.send()
+    setup.put(a, "put a2", 10)  # waits: b has sent
+    setup.gc.submit([(c, out("refused"))], durable=True, failed=True)  # b's second read
+    e.send()
+    setup.gc.submit([(d, out("stats"))], durable=False)  # waits: e has sent
+    setup.put(b, "put b2", 11)
+    setup.put(e, "put e2", 12)  # e's second read: nobody is left to wait for
+    assert setup.journal.synced_sizes == [130, 160]
+    assert setup.labels()[3:] == ["put e2", "put b2", "stats", "refused", "put a2"]
+    assert expected == [["a", "b", "e"]]
+
+
 async def test_a_receive_still_waits_behind_a_reply_of_its_own_connection(clients):
     setup, a, b = answered_pair(clients)
     b.send()

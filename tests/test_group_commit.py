@@ -153,8 +153,8 @@ async def test_one_fsync_answers_the_newest_batch_first_and_each_connection_in_o
     assert log == [("d", "put-0", False)]
     (await next_sync(journal)).set()
     await until(lambda: len(log) == 6)
-    assert log[1:] == [("b", "put-1", False), ("b", "ack-2", False),
-                       ("a", "put-1", False), ("a", "ack-2", False), ("c", "refused", True)]
+    assert log[1:] == [("a", "put-1", False), ("a", "ack-2", False),
+                       ("b", "put-1", False), ("b", "ack-2", False), ("c", "refused", True)]
     # Nothing of a's is counted as waiting any more: while d's next put waits for
     # its fsync, a's receive of a message on disk goes out at once.
     journal.write(10)
@@ -165,6 +165,27 @@ async def test_one_fsync_answers_the_newest_batch_first_and_each_connection_in_o
     third.set()
     await until(lambda: len(log) == 8)
     assert log[7] == ("d", "put-3", False)
+
+
+async def test_a_connections_replies_keep_their_order_within_one_batch_too():
+    # The server gives a connection one output per batch; should a batch ever hold two,
+    # they still go out in their order.
+    journal = HeldJournal()
+    log: list = []
+    gc = GroupCommit(asyncio.get_running_loop(), journal, on_fatal=pytest.fail)
+    a, b = Conn(log, "a"), Conn(log, "b")
+    journal.write(10)
+    gc.submit([(b, out("put-0"))], durable=True)
+    first = await next_sync(journal)
+    journal.write(10)
+    gc.submit([(a, out("put-1")), (b, out("put-1")), (a, out("put-2"))], durable=True)
+    journal.write(10)
+    gc.submit([(b, out("ack-3"))], durable=True)
+    first.set()
+    (await next_sync(journal)).set()
+    await until(lambda: len(log) == 5)
+    assert log[1:] == [("b", "put-1", False), ("b", "ack-3", False),
+                       ("a", "put-1", False), ("a", "put-2", False)]
 
 
 async def test_a_failed_fsync_fails_everything_waiting_and_is_fatal():

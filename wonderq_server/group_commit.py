@@ -80,9 +80,9 @@ measured no better:
   timer slack and more (20 us slept 94 on this VM, 100 us slept 175;
   medians of 2,000).
 
-Release order (issue 6, S6): the batches one fsync releases go out newest
-first, each connection's own outputs in their order (a connection goes out
-with its newest batch). The clients whose requests came last in a group
+Release order (issue 6, S6): the outputs one fsync releases go out newest
+first, each connection's own in their order (a connection goes out where
+its newest output stands). The clients whose requests came last in a group
 are, as a rule, the ones with the most to do before the next: in S6 a
 producer's put comes in one round trip after its reply, a consumer's ack
 two (a receive, answered before the fsync, then the ack), so the acks
@@ -90,7 +90,7 @@ stand last in line. Answered first, the consumers start their receives
 while the server is still writing the producers' replies, and the commit
 wait's round, which lasts until the slowest client's request is in, ends
 sooner. Measured side by side (`python bench/probes/durable_ab.py 8000 7
-BASE /work/main`, BASE a worktree of the tree before, 2026-12-01): 6,836 ->
+BEFORE AFTER`, BEFORE a worktree of the tree before, 2026-12-01): 6,836 ->
 7,931 msgs/s (medians of 7), the server's CPU 113.8 -> 103.8 us a message,
 at the same 0.251 fsyncs a message. Replies of different connections never
 had an order to keep: a receive released before the fsync already
@@ -297,14 +297,15 @@ class GroupCommit:
             self._resolve_drained()
 
     def _release_newest_first(self, ready: list[Batch]) -> None:
-        """_release_newest_first sends the batches of `ready` (in line order, all released
-        by one fsync) newest batch first, and each connection's outputs in their order: a
-        connection goes out with its newest batch (the docstring's release order)."""
+        """_release_newest_first sends the outputs of `ready` (batches in line order, all
+        released by one fsync) newest first, and each connection's in their order: a
+        connection goes out where its newest output stands (the docstring's release order)."""
         held = self._held
+        # Each connection's outputs, gathered newest first, are sent oldest first.
         newest_first: dict[Connection, list[tuple[Output, bool]]] = {}
         for batch in reversed(ready):
             failed = batch.failed
-            for conn, output in batch.outputs:  # one output per connection in a batch
+            for conn, output in reversed(batch.outputs):
                 newest_first.setdefault(conn, []).append((output, failed))
         for conn, outputs in newest_first.items():
             left = held[conn] - len(outputs)
