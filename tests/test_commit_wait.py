@@ -9,6 +9,10 @@ time a test spends is a gap of a millisecond that it lets pass on purpose.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
+import resource
+import select
 import socket
 
 import pytest
@@ -41,9 +45,24 @@ class Client(Conn):
         except BlockingIOError:
             pass
 
+    def renumber_high(self) -> None:
+        """renumber_high: the server's socket gets a number select(2) cannot take (a
+        second number for it, FD_SETSIZE or above, as a busy server's sockets have)."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < FD_SETSIZE + 64:
+            if hard != resource.RLIM_INFINITY and hard < FD_SETSIZE + 64:
+                pytest.skip(f"the open-file limit ({hard}) allows no socket numbered "
+                            f"{FD_SETSIZE} or above")
+            resource.setrlimit(resource.RLIMIT_NOFILE, (FD_SETSIZE + 64, hard))
+        self.wait_fd = fcntl.fcntl(self.sock.fileno(), fcntl.F_DUPFD, FD_SETSIZE)
+        self._high_fd = self.wait_fd
+
     def close(self) -> None:
         self.sock.close()
         self._peer.close()
+        if getattr(self, "_high_fd", -1) >= 0:
+            os.close(self._high_fd)
+            self._high_fd = -1
 
 
 class Clock:
@@ -278,15 +297,61 @@ async def test_drain_stops_the_waiting(clients):
     assert setup.journal.synced_sizes == [120, 130, 140]
 
 
-def test_sockets_select_cannot_take_are_not_expected():
-    class Far:
-        wait_fd, paused = FD_SETSIZE, False
-
+def test_a_connection_with_no_socket_is_not_expected():
     class Unknown:
         wait_fd, paused = -1, False
 
     wait = CommitWait(0.001, LONG_GAP_S)
-    wait.expect([Far(), Unknown()])
+    wait.expect([Unknown()])
+    assert not wait.expecting and not wait.hold()
+
+
+async def test_clients_on_sockets_numbered_past_select_s_limit_are_waited_for(clients):
+    # Through the epoll set (the rules): b's next put is read before the fsync, as on a
+    # low-numbered socket, and a, low, is waited for beside it.
+    setup = Setup()
+    a, b, c = clients(setup.log, "a", "b", "c")
+    b.renumber_high()
+    c.renumber_high()
+    assert b.wait_fd >= FD_SETSIZE and c.wait_fd >= FD_SETSIZE
+    setup.answered(a, b, c)
+    b.send()
+    setup.put(c, "put c2", 10)
+    assert setup.journal.synced_sizes == [130] and setup.wakes == 1  # put off: read b
+    a.send()
+    setup.put(b, "put b2", 11)
+    assert setup.journal.synced_sizes == [130] and setup.wakes == 2  # and a
+    setup.put(a, "put a2", 12)
+    assert setup.journal.synced_sizes == [130, 160]
+    assert setup.labels()[3:] == ["put a2", "put b2", "put c2"]
+
+
+async def test_a_high_numbered_client_that_stays_silent_costs_one_gap(clients):
+    setup = Setup(gap_s=0.001)
+    a, b = clients(setup.log, "a", "b")
+    b.renumber_high()
+    setup.answered(a, b)
+    setup.put(a, "put a2", 10)  # b sends nothing: after one gap, the fsync runs
+    assert setup.journal.synced_sizes == [120, 130] and setup.wakes == 0
+
+
+async def test_a_high_numbered_client_closed_unseen_runs_the_fsync(clients):
+    setup = Setup()
+    a, b = clients(setup.log, "a", "b")
+    b.renumber_high()
+    setup.answered(a, b)
+    os.close(b.wait_fd)  # its number is now no socket at all
+    b._high_fd = -1
+    setup.put(a, "put a2", 10)
+    assert setup.journal.synced_sizes == [120, 130] and setup.wakes == 0
+
+
+def test_without_epoll_high_numbered_sockets_are_not_expected(clients, monkeypatch):
+    monkeypatch.delattr(select, "epoll")  # as where there is none (not Linux)
+    (client,) = clients([], "a")
+    client.renumber_high()
+    wait = CommitWait(0.001, LONG_GAP_S)
+    wait.expect([client])
     assert not wait.expecting and not wait.hold()
 
 

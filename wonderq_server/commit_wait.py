@@ -52,10 +52,18 @@ Rules:
   deadline): the caller lets the loop read it and asks again after. A
   select that fails (a socket closed under it) ends the wait: the fsync
   runs. It never raises.
-* A socket numbered FD_SETSIZE or above is not waited for (select(2)'s
-  limit; Python's poll and epoll time out in whole milliseconds, too coarse
-  for this), nor a connection the server is not reading (flow control): it
-  would be readable with nothing read, and the wait would spin to its end.
+* select(2) takes no socket numbered FD_SETSIZE or above, and Python's
+  poll and epoll time out in whole milliseconds, too coarse for this. So
+  sockets numbered that high are registered, for one `hold()`, in an epoll
+  set made when the wait is (at the server's start, while numbers are low),
+  and select(2) waits on the epoll set's own number, readable when one of
+  them is; `epoll.poll(0)` then names them. Each such socket costs a wait
+  two system calls (in and out of the set, which holds nothing between
+  waits, so a closed socket never lingers in it); sockets under FD_SETSIZE
+  pay nothing. Without epoll (not Linux), or if the set's own number is
+  that high, they are not waited for.
+* A connection the server is not reading (flow control) is not waited for:
+  it would be readable with nothing read, and the wait would spin to its end.
 * The kernel lets a timed sleep run about 50 us over (its timer slack), so a
   gap lasts about `gap_s` + 50 us.
 
@@ -65,6 +73,7 @@ when a wait applies; this module only keeps the expected set and waits).
 
 from __future__ import annotations
 
+import contextlib
 import select
 import time
 from collections.abc import Callable, Iterable
@@ -101,6 +110,9 @@ class CommitWait:
         self._expected: dict[int, list] = {}  # socket number -> [connection, reads left]
         self._until = 0.0  # no wait past this (the release's time + wait_s)
         self.holds = 0  # fsyncs put off for a readable socket, since start
+        self._high = _high_socket_set() if wait_s else None  # for sockets >= FD_SETSIZE
+        # Sockets a wait can take: every one with the epoll set, else select's.
+        self._fd_limit = FD_SETSIZE if self._high is None else 1 << 62
 
     @property
     def expecting(self) -> bool:
@@ -111,9 +123,10 @@ class CommitWait:
         if not self.wait_s:
             return
         expected = self._expected
+        fd_limit = self._fd_limit
         for connection in connections:
             fd = connection.wait_fd
-            if 0 <= fd < FD_SETSIZE:
+            if 0 <= fd < fd_limit:
                 expected[fd] = [connection, READS_PER_CLIENT]
         if expected:
             self._until = self._clock() + self.wait_s
@@ -135,7 +148,7 @@ class CommitWait:
         if left > 0:
             fds = [fd for fd, (connection, _reads) in expected.items() if not connection.paused]
             try:
-                readable = select.select(fds, (), (), min(self.gap_s, left))[0] if fds else ()
+                readable = self._select(fds, min(self.gap_s, left)) if fds else ()
             except (OSError, ValueError):  # a socket closed under us: wait no more, sync
                 readable = ()
             if readable:
@@ -149,7 +162,49 @@ class CommitWait:
         expected.clear()
         return False
 
+    def _select(self, fds: list[int], timeout: float) -> list[int]:
+        """_select: those of `fds` readable within `timeout` (select's list, with the ones
+        numbered FD_SETSIZE or above found through the epoll set; the rules)."""
+        high_set = self._high
+        if high_set is None or max(fds) < FD_SETSIZE:
+            return select.select(fds, (), (), timeout)[0]
+        registered = []
+        try:
+            for fd in fds:
+                if fd < FD_SETSIZE:
+                    continue
+                high_set.register(fd, select.EPOLLIN)
+                registered.append(fd)
+            high_set_fd = high_set.fileno()
+            low = [fd for fd in fds if fd < FD_SETSIZE]
+            low.append(high_set_fd)
+            readable = select.select(low, (), (), timeout)[0]
+            if high_set_fd in readable:
+                readable.remove(high_set_fd)
+                readable.extend(fd for fd, _events in high_set.poll(0))
+            return readable
+        finally:
+            for fd in registered:
+                with contextlib.suppress(OSError):  # closed meanwhile: the kernel dropped it
+                    high_set.unregister(fd)
+
     def stop(self) -> None:
         """stop: wait no more (the server is stopping: nothing more will come)."""
         self.wait_s = 0
         self._expected.clear()
+        if self._high is not None:
+            self._high.close()
+            self._high = None
+
+
+def _high_socket_set() -> select.epoll | None:
+    """_high_socket_set: an epoll set to wait on sockets numbered FD_SETSIZE or above,
+    or None where there is none or its own number is that high (the rules)."""
+    make = getattr(select, "epoll", None)
+    if make is None:
+        return None
+    high_set = make()
+    if high_set.fileno() >= FD_SETSIZE:
+        high_set.close()
+        return None
+    return high_set
