@@ -111,8 +111,6 @@ class CommitWait:
         self._until = 0.0  # no wait past this (the release's time + wait_s)
         self.holds = 0  # fsyncs put off for a readable socket, since start
         self._high = _high_socket_set() if wait_s else None  # for sockets >= FD_SETSIZE
-        # Sockets a wait can take: every one with the epoll set, else select's.
-        self._fd_limit = FD_SETSIZE if self._high is None else 1 << 62
 
     @property
     def expecting(self) -> bool:
@@ -123,10 +121,10 @@ class CommitWait:
         if not self.wait_s:
             return
         expected = self._expected
-        fd_limit = self._fd_limit
+        takes_high = self._high is not None  # else select's sockets only
         for connection in connections:
             fd = connection.wait_fd
-            if 0 <= fd < fd_limit:
+            if fd >= 0 and (fd < FD_SETSIZE or takes_high):
                 expected[fd] = [connection, READS_PER_CLIENT]
         if expected:
             self._until = self._clock() + self.wait_s

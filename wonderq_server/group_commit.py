@@ -269,14 +269,17 @@ class GroupCommit:
     def _release_batch(self, batch: Batch, batch_failed: bool | None) -> None:
         """_release_batch sends a batch taken out of line, failed as `batch_failed` says
         (None: as the batch itself says)."""
-        held = self._held
         for conn, _output in batch.outputs:
-            left = held[conn] - 1
-            if left:
-                held[conn] = left
-            else:
-                del held[conn]
+            self._unhold(conn, 1)
         _release(batch.outputs, batch.failed if batch_failed is None else batch_failed)
+
+    def _unhold(self, conn: Connection, count: int) -> None:
+        """_unhold: `count` outputs of `conn` have left the line."""
+        left = self._held[conn] - count
+        if left:
+            self._held[conn] = left
+        else:
+            del self._held[conn]
 
     def _release_ready(self) -> None:
         batches = self._batches
@@ -300,7 +303,6 @@ class GroupCommit:
         """_release_newest_first sends the outputs of `ready` (batches in line order, all
         released by one fsync) newest first, and each connection's in their order: a
         connection goes out where its newest output stands (the docstring's release order)."""
-        held = self._held
         # Each connection's outputs, gathered newest first, are sent oldest first.
         newest_first: dict[Connection, list[tuple[Output, bool]]] = {}
         for batch in reversed(ready):
@@ -308,11 +310,7 @@ class GroupCommit:
             for conn, output in reversed(batch.outputs):
                 newest_first.setdefault(conn, []).append((output, failed))
         for conn, outputs in newest_first.items():
-            left = held[conn] - len(outputs)
-            if left:
-                held[conn] = left
-            else:
-                del held[conn]
+            self._unhold(conn, len(outputs))
             for output, failed in reversed(outputs):
                 conn.send_output(output, failed)
 

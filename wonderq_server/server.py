@@ -292,11 +292,12 @@ class Server:
                         "before sleeping; a client that sends more often than that keeps "
                         "this server at a full core", self.config.busy_poll_us)
         self._fit_open_files()
+        inline = self.config.fsync == "always"  # the only policy whose fsync it waits for
         self.group_commit = GroupCommit(
             self._loop, self.journal, self._fatal, on_synced=self._compaction_kick,
-            inline=self.config.fsync == "always",
+            inline=inline,
             commit_wait=CommitWait(self.config.group_commit_wait_us / 1e6,
-                                   self.config.group_commit_gap_us / 1e6),
+                                   self.config.group_commit_gap_us / 1e6) if inline else None,
             wake=self._schedule_flush)
         if self.config.metrics_port is not None:
             from .metrics import MetricsEndpoint  # imports prometheus_client and h11
