@@ -12,6 +12,7 @@ import contextlib
 import functools
 import os
 import random
+import re
 import signal
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -109,6 +110,30 @@ def test_worker_refuses_settings_that_cannot_work(options):
 
     with pytest.raises(ValueError):
         Worker("q", handler, **options)
+
+
+@pytest.mark.parametrize("name, value", [
+    ("visibility", None), ("visibility", "30"), ("wait", None), ("reply_timeout", True),
+    ("retry_delay", "5"), ("shutdown_grace", None), ("reconnect_first", None),
+    ("reconnect_most", "10"),
+])
+def test_worker_names_a_setting_in_seconds_that_is_no_number(name, value):
+    # Before, each was the comparison's own TypeError ("'>' not supported between
+    # instances of 'NoneType' and 'int'"), naming neither the setting nor the value.
+    async def handler(msg: Message) -> None:
+        pass
+
+    with pytest.raises(TypeError, match=f"^{name} must be a number of seconds, not "
+                                        f"{re.escape(repr(value))}"):
+        Worker("q", handler, **{name: value})
+
+
+def test_worker_visibility_none_says_why_the_worker_needs_the_lease_length():
+    async def handler(msg: Message) -> None:
+        pass
+
+    with pytest.raises(TypeError, match=r"renews each lease.*visibility_timeout"):
+        Worker("q", handler, visibility=None)
 
 
 def test_a_decorated_async_handler_is_taken_and_a_decorated_plain_one_refused():

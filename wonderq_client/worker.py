@@ -241,6 +241,22 @@ def _whole(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _check_seconds(name: str, value: Any, *, zero_ok: bool) -> None:
+    """_check_seconds refuses a setting in seconds that is not a finite number over 0 (or
+    0 or more): TypeError naming the setting for one that is no number at all (None, a
+    string, a bool), instead of the comparison's own TypeError from deep inside, and
+    ValueError for one out of range. A Worker's `visibility` cannot be None as a receive's
+    can (the queue's own): the Worker renews each lease before it ends, so it must know
+    the lease's length."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        why = (" (the Worker renews each lease before it ends, so it must know its length: "
+               "pass the queue's visibility_timeout)") if name == "visibility" else ""
+        raise TypeError(f"{name} must be a number of seconds, not {value!r}{why}")
+    if not (math.isfinite(value) and (value >= 0 if zero_ok else value > 0)):
+        more = "0 or more" if zero_ok else "over 0"
+        raise ValueError(f"{name} must be finite seconds, {more}, not {value}")
+
+
 def raise_if_fatal(error: BaseException) -> None:
     """raise_if_fatal raises UnsupportedVersion for a connection the server closed saying it
     speaks another protocol version: no reconnect can mend that."""
@@ -336,11 +352,12 @@ class Worker:
             raise ValueError(f"max_messages must be a whole number, at least 1 (or None), "
                              f"not {max_messages!r}")
         for name, value in (("visibility", visibility), ("wait", wait),
-                            ("reply_timeout", reply_timeout)):
-            if not (value > 0 and math.isfinite(value)):
-                raise ValueError(f"{name} must be finite seconds over 0, not {value}")
-        if not callable(retry_delay) and not (retry_delay >= 0 and math.isfinite(retry_delay)):
-            raise ValueError(f"retry_delay must be finite seconds, 0 or more, not {retry_delay}")
+                            ("reply_timeout", reply_timeout), ("reconnect_first", reconnect_first),
+                            ("reconnect_most", reconnect_most)):
+            _check_seconds(name, value, zero_ok=False)
+        if not callable(retry_delay):
+            _check_seconds("retry_delay", retry_delay, zero_ok=True)
+        _check_seconds("shutdown_grace", shutdown_grace, zero_ok=True)
         if not (shutdown_grace >= 0 and 0 < reconnect_first <= reconnect_most):
             raise ValueError("shutdown_grace must be 0 or more, and reconnect_first more "
                              "than 0 and at most reconnect_most")
