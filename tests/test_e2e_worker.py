@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import os
 import random
@@ -902,10 +903,11 @@ def test_a_keyboard_interrupt_from_a_handler_leaves_nothing_leased(server):
     assert worker.counts.received == 5 and worker.counts.failed == 1
 
 
-async def test_a_base_exception_from_a_handler_that_outlived_its_run_ends_no_later_run(
-        server):
+async def test_a_handler_that_outlived_its_run_is_abandoned_and_ends_no_later_run(server):
     # A reviewer's handler ignored the stop's cancel and raised a BaseException after
-    # run() had returned: kept as the Worker's fatal error, it ended the next run().
+    # run() had returned: kept as the Worker's fatal error, it ended the next run(). And
+    # its message was in none of the counts when run() returned (they did not add up to
+    # `received`), then in `failed` whenever the handler ended; it is abandoned now.
     released, raised = asyncio.Event(), asyncio.Event()
 
     async def handler(msg: Message) -> None:
@@ -918,19 +920,28 @@ async def test_a_base_exception_from_a_handler_that_outlived_its_run_ends_no_lat
                 raise Interrupted from None
 
     async with connect(server.host, server.port) as client:
-        await client.put("outlived", b"stubborn")
+        await client.put_many("outlived", [b"quick", b"stubborn"])
         worker = Worker("outlived", handler, host=server.host, port=server.port,
-                        shutdown_grace=0, reply_timeout=0.5, wait=1)
+                        shutdown_grace=0, reply_timeout=0.5, wait=1, visibility=3600)
         first = asyncio.create_task(worker.run())
-        await until_counts(worker, lambda c: c.received == 1)
+        await until_counts(worker, lambda c: c.received == 2 and c.acked == 1)
         worker.stop()
         await asyncio.wait_for(first, EVENT_TIMEOUT_S)
+        counts = worker.counts
+        at_return = dataclasses.asdict(counts)
+        assert (counts.acked, counts.abandoned) == (1, 1)
+        assert counts.received == sum(getattr(counts, o) for o in (
+            "acked", "failed", "retried", "given_back", "lease_lost", "unsettled",
+            "abandoned"))
         released.set()
         await asyncio.wait_for(raised.wait(), EVENT_TIMEOUT_S)
+        await until_true(lambda: not worker._jobs)  # its job over: its settle found no run
+        assert dataclasses.asdict(worker.counts) == at_return
+        assert (await client.queue_info("outlived"))["in_flight"] == 1  # left to its lease
         await client.put("outlived", b"fine")
         worker.burst = True
         await asyncio.wait_for(worker.run(), EVENT_TIMEOUT_S)  # raised Interrupted before
-        assert worker.counts.acked == 1
+        assert worker.counts.acked == 2
 
 
 async def test_run_cancelled_twice_still_cleans_up_and_can_run_again(server):

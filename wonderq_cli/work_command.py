@@ -361,6 +361,8 @@ async def run(args: argparse.Namespace) -> int:
                   f"{counts.acked} "
                   f"acked, {counts.failed} failed, {counts.retried} retried, "
                   f"{counts.given_back} given back, {counts.lease_lost} leases lost, "
-                  f"{counts.unsettled} unsettled; {counts.reconnects} reconnects",
+                  f"{counts.unsettled} unsettled"
+                  f"{f', {counts.abandoned} abandoned' if counts.abandoned else ''}; "
+                  f"{counts.reconnects} reconnects",
                   file=sys.stderr)
     return EXIT_OUTPUT_GONE if stopped_for_output else 0
