@@ -315,6 +315,25 @@ def test_max_memory_full_and_stored_bytes_going_back_down() -> None:
     check_invariants(broker)
 
 
+@pytest.mark.parametrize("options", [{}, {"priority": 1}, {"headers": {"k": "v"}}])
+def test_a_put_refused_full_leaves_no_queue_behind(options: dict[str, object]) -> None:
+    # A reviewer: each new name a producer put to while the server was full stayed as an
+    # empty queue holding a --max-queues place, so after the memory was freed a put to a
+    # new name was still TOO_MANY_QUEUES.
+    broker = Broker(max_memory_bytes=MESSAGE_OVERHEAD_BYTES + 4000, max_queues=3)
+    broker.put("filler", b"x" * 4000, T0)
+    for name in ("new0", "new1", "new2"):
+        assert error_code(lambda n=name: broker.put(n, b"y", T0, **options)) == FULL
+    assert sorted(broker.queues) == ["filler"]
+    broker.purge("filler", T0)
+    assert broker.put("important", b"z", T0, **options) > 0
+    broker.create_queue("configured", {"max_length": 1}, T0)
+    broker.put("configured", b"1", T0, **options)
+    assert error_code(lambda: broker.put("configured", b"2", T0, **options)) == FULL
+    assert sorted(broker.queues) == ["configured", "filler", "important"]  # kept: in use
+    check_invariants(broker)
+
+
 def test_headers_count_against_max_memory() -> None:
     headers = {"kë": "vv"}  # 3 + 2 bytes of UTF-8, and the objects that hold them
     cost = MESSAGE_OVERHEAD_BYTES + 4 + HEADERS_DICT_BYTES + HEADER_ENTRY_BYTES + 5

@@ -24,7 +24,7 @@ from raw_socket import BinarySocket as Raw
 from raw_socket import TextSocket as Text
 from tcp_table import tcp_timer
 
-from wonderq_client import ConnectionClosed, connect
+from wonderq_client import ConnectionClosed, Full, connect
 from wonderq_server.peer_state import enable_keepalive
 
 
@@ -544,6 +544,22 @@ def test_a_frame_of_millions_of_tiny_values_is_refused_without_building_them(ser
     raw.send(frame([2, "ping", {}]))  # the stream is still in step
     assert raw.reply() == [2, None, "pong"]
     raw.close()
+
+
+async def test_puts_refused_full_leave_no_queues_holding_max_queues_places(server_factory):
+    # A reviewer: each new name put to while the server was full (--max-memory) stayed as
+    # an empty queue, so once consumers had freed the memory, a put to a new name was
+    # still refused TOO_MANY_QUEUES.
+    server = server_factory("--max-memory", "4300", "--max-queues", "3")
+    async with connect(server.host, server.port) as client:
+        await client.put("filler", b"x" * 4000)
+        for name in ("new0", "new1", "new2", "new3"):
+            with pytest.raises(Full):
+                await client.put(name, b"y")
+        assert [q["queue"] for q in await client.queues()] == ["filler"]
+        await client.purge("filler")
+        assert await client.put("important", b"z") > 0
+        assert (await client.queue_info("important"))["messages"] == 1
 
 
 # ------------------------------------ commands whose cost grows with the queues

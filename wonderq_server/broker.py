@@ -63,8 +63,10 @@ Rules:
   the message is leased is acted on when that lease ends without an ack.
 * Puts are refused with FULL, storing nothing, when the queue is at its
   max_length or the accounted memory of all messages would pass
-  `max_memory_bytes`. Moves (dead-lettering, redrive) never count against a
-  max_length: refusing them would mean dropping the message.
+  `max_memory_bytes`; a queue made for a refused put goes again (it would
+  hold a --max-queues place with nothing in it). Moves (dead-lettering,
+  redrive) never count against a max_length: refusing them would mean
+  dropping the message.
 
 * Every change of state that must survive a restart is reported to the
   `journal` (if one is attached) as it happens (ChangeLog below). Delay and
@@ -299,11 +301,17 @@ class Broker(Replay):
         q = self.queues.get(name) if type(name) is str else None
         if q is None:
             q = self.queue(name)
-        if delay is None and expiry is None and not priority and not headers \
-                and type(body) is bytes and _adds_nothing(q.settings):
-            msg_id = self._store_plain(q, body, now)  # what _store decides, decided inline
-        else:
-            msg_id = self._store(q, body, now, delay, priority or 0, headers, expiry)
+        try:
+            if delay is None and expiry is None and not priority and not headers \
+                    and type(body) is bytes and _adds_nothing(q.settings):
+                msg_id = self._store_plain(q, body, now)  # what _store decides, inline
+            else:
+                msg_id = self._store(q, body, now, delay, priority or 0, headers, expiry)
+        except CommandError:
+            # Refused (FULL: --max-memory or max_length): a queue made for this put goes
+            # again, or it would hold a --max-queues place with nothing in it (a reviewer).
+            self._forget_if_unused(q)
+            raise
         if q.waiters and q.ready_count:
             self._serve_waiters(q, now)
         return msg_id
