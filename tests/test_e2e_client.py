@@ -21,7 +21,9 @@ from wonderq_client import (
     FrameTooLarge,
     InvalidQueueName,
     LeaseLost,
+    Message,
     NotFound,
+    Worker,
     connect,
 )
 from wonderq_client import client as client_module
@@ -591,6 +593,58 @@ async def test_one_pair_or_message_given_to_ack_many_or_nack_many_is_refused(ser
                     await settle("one", one)  # type: ignore[arg-type]
         assert (await client.queue_info("one"))["in_flight"] == 1  # nothing was sent
         assert await client.ack_many("one", [(message.id, message.lease)]) == [None]
+
+
+async def test_wrong_kinds_of_batch_or_unseen_are_refused_before_anything_is_sent(server):
+    # A reviewer: ack_many(q, {id: lease}) sent the dict's keys as items and a string a
+    # character an item; put_many(q, None) raised "'NoneType' object is not iterable";
+    # nack(..., unseen="false") was taken as True, taking the delivery off the count.
+    async with connect(server.host, server.port) as client:
+        await client.put("kinds", b"job")
+        [message] = await client.receive("kinds", visibility=600)
+        for not_a_list in (None, 5):
+            with pytest.raises(TypeError, match=r"^put_many takes a list of bodies, not "):
+                await client.put_many("kinds", not_a_list)  # type: ignore[arg-type]
+        for settle in (client.ack_many, client.nack_many):
+            name = settle.__name__
+            for wrong in (None, 5, {message.id: message.lease}, str(message.id)):
+                with pytest.raises(TypeError, match=f"^{name} takes a list of messages or "):
+                    await settle("kinds", wrong)  # type: ignore[arg-type]
+        for unseen in ("false", 1, None):
+            with pytest.raises(TypeError, match="unseen must be True or False"):
+                await message.nack(unseen=unseen)  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match=r"^nack_many: unseen must be True or False"):
+                await client.nack_many("kinds", [message], unseen=unseen)  # type: ignore
+        info = await client.message_info("kinds", message.id)
+        assert (info["state"], info["deliveries"]) == ("leased", 1)  # nothing was sent
+        with pytest.raises(BadArgument, match="max"):
+            await client.receive("kinds", max=True)  # was max=1 without a word
+        await message.nack(unseen=True)
+        [again] = await client.receive("kinds")
+        assert again.deliveries == 1  # the unseen nack took its delivery back
+
+
+@pytest.mark.parametrize(("options", "error", "match"), [
+    ({"host": 5}, TypeError, "^connect: host must be a str, not 5"),
+    ({"port": "7711"}, TypeError, "^connect: port must be an int, not '7711'"),
+    ({"port": True}, TypeError, "^connect: port must be an int"),
+    ({"port": 70000}, ValueError, "^connect: port must be from 0 to 65535, not 70000"),
+    ({"timeout": -1}, ValueError, "^connect: timeout must be finite seconds over 0"),
+    ({"timeout": float("nan")}, ValueError, "^connect: timeout must be finite seconds"),
+    ({"timeout": "10"}, TypeError, "^connect: timeout must be seconds or None"),
+])
+def test_connect_names_an_address_or_timeout_it_cannot_use(options, error, match):
+    # Before: "argument of type 'int' is not iterable", "Servname not supported for
+    # ai_socktype", a TimeoutError with no message, each at the first await.
+    with pytest.raises(error, match=match):
+        connect(**options)
+
+    async def handler(msg: Message) -> None:
+        pass
+
+    with pytest.raises(error, match=match):  # a Worker at once, not at each reconnect
+        Worker("q", handler, **{"connect_timeout" if k == "timeout" else k: v
+                                for k, v in options.items()})
 
 
 async def test_a_bare_touch_renews_for_the_visibility_the_receive_asked_for(server):

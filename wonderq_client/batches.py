@@ -15,6 +15,9 @@ Rules:
 * An empty batch is [] at once, with no round trip (the server refuses one).
 * ack_many and nack_many items are (id, lease) pairs or received Messages;
   a peeked Message (no lease) raises NotLeasedError before anything is sent.
+* A batch is any iterable of items but one item, a str, bytes or a dict (a
+  dict {id: lease} would go as its keys): those, and what is not iterable,
+  raise TypeError naming the command, before anything is sent.
 * The helpers reuse the lists they are given where they can: a batch of
   plain bodies or pairs is sent without copying its items.
 """
@@ -38,7 +41,7 @@ def put_items(bodies: Iterable[PutItem]) -> list[PutItem]:
     if isinstance(bodies, str | bytes | bytearray | memoryview | dict):
         raise TypeError(f"put_many takes a list of bodies, not one {type(bodies).__name__} "
                         f"(use put for one message)")
-    items = bodies if isinstance(bodies, list) else list(bodies)
+    items = bodies if isinstance(bodies, list) else _as_list(bodies, "put_many", "bodies")
     for index, item in enumerate(items):
         if isinstance(item, dict) and None in item.values():
             if items is bodies:
@@ -57,10 +60,27 @@ def settle_items(items: Iterable[SettleItem], command: str) -> list[Any]:
         one = "Message" if isinstance(items, Message) else "(id, lease) pair"
         raise TypeError(f"{command} takes a list of messages or (id, lease) pairs, not one "
                         f"{one} (use {command.removesuffix('_many')} for one message)")
+    if isinstance(items, str | bytes | bytearray | memoryview | dict):
+        # A dict {id: lease} was sent as its keys, a string a character an item.
+        raise TypeError(f"{command} takes a list of messages or (id, lease) pairs, not a "
+                        f"{type(items).__name__}")
+    if not isinstance(items, list):
+        items = _as_list(items, command, "messages or (id, lease) pairs")
     # A received Message's pair is read inline (this runs for every item of a batch);
     # settle_item raises NotLeasedError for a peeked one.
     return [(item.id, item.lease) if type(item) is Message and item.lease is not None
             else item.settle_item() if isinstance(item, Message) else item for item in items]
+
+
+def _as_list(items: Any, command: str, field: str) -> list[Any]:
+    """_as_list is an iterable's items as a list; TypeError naming the command for one
+    that is not iterable (None, a number)."""
+    try:
+        iterator = iter(items)
+    except TypeError:
+        raise TypeError(f"{command} takes a list of {field}, not "
+                        f"{type(items).__name__}") from None
+    return list(iterator)
 
 
 def item_results(results: list[Any]) -> list[Any]:

@@ -484,7 +484,7 @@ class Client(QueueAdmin):
         the server's default, if None) unless acked, nacked or touched.
         """
         args: dict[str, Any] = {"queue": queue}
-        if max != 1:
+        if max != 1 or type(max) is not int:  # True == 1, and is the server's to refuse
             args["max"] = max
         if wait:
             args["wait"] = wait
@@ -542,8 +542,8 @@ class Client(QueueAdmin):
         max_deliveries. The flag is sent only when True.
         """
         args: dict[str, Any] = {"queue": queue, "id": id, "lease": lease, "delay": delay}
-        if unseen:
-            args["unseen"] = True
+        if unseen is not False:
+            args["unseen"] = check_unseen(unseen, "nack")
         await self._call("nack", args)
 
     async def nack_many(self, queue: str, items: Iterable[SettleItem], *,
@@ -554,8 +554,8 @@ class Client(QueueAdmin):
         if not pairs:
             return []
         args: dict[str, Any] = {"queue": queue, "items": pairs, "delay": delay}
-        if unseen:
-            args["unseen"] = True
+        if unseen is not False:
+            args["unseen"] = check_unseen(unseen, "nack_many")
         return item_results(await self._call("nack_many", args))
 
     async def touch(self, queue: str, id: int, lease: int, *,
@@ -702,6 +702,37 @@ class _Connect:
             await self._client.close()
 
 
+def check_unseen(unseen: Any, command: str) -> bool:
+    """check_unseen is nack's `unseen` if it is True; anything else but False raises
+    TypeError before anything is sent. Taken as true, a truthy string ("false") took
+    the delivery off the message's count, so a poison message was never dead-lettered
+    (a reviewer)."""
+    if unseen is not True:
+        raise TypeError(f"{command}: unseen must be True or False, not {unseen!r}")
+    return True
+
+
+def check_address(host: Any, port: Any, timeout: Any) -> None:
+    """check_address refuses a host that is no string, a port that is no whole number
+    from 0 to 65535 and a timeout that is not None or finite seconds over 0 when
+    connect() is called, naming the argument, rather than with the resolver's or the
+    socket's own error later ("argument of type 'int' is not iterable", "Servname not
+    supported", a TimeoutError with no message)."""
+    if not isinstance(host, str):
+        raise TypeError(f"connect: host must be a str, not {host!r}")
+    if type(port) is not int:  # not a bool either
+        raise TypeError(f"connect: port must be an int, not {port!r}")
+    if not 0 <= port <= 65535:
+        raise ValueError(f"connect: port must be from 0 to 65535, not {port}")
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"connect: timeout must be seconds or None, not {timeout!r}")
+    if not (timeout > 0 and math.isfinite(timeout)):
+        raise ValueError(f"connect: timeout must be finite seconds over 0 (None: no limit), "
+                         f"not {timeout}")
+
+
 def connect(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
             timeout: float | None = 10.0, auth_token: str | bytes | None = None,
             ssl: Any = None, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
@@ -726,5 +757,6 @@ def connect(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
     """
     if not (type(max_frame_bytes) is int and max_frame_bytes > 0):  # not a bool
         raise ValueError(f"max_frame_bytes must be a positive int, not {max_frame_bytes!r}")
+    check_address(host, port, timeout)
     return _Connect(host, port, timeout, auth_token, ssl, max_frame_bytes,
                     check_busy_poll(busy_poll), check_keepalive(tcp_keepalive))

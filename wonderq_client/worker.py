@@ -130,7 +130,7 @@ from typing import Any
 
 from .batches import item_results
 from .busy_poll import check_busy_poll
-from .client import DEFAULT_HOST, DEFAULT_PORT, Client, connect
+from .client import DEFAULT_HOST, DEFAULT_PORT, Client, check_address, connect
 from .errors import (
     AuthFailed,
     AuthRequired,
@@ -362,6 +362,7 @@ class Worker:
         if not callable(retry_delay):
             _check_seconds("retry_delay", retry_delay, zero_ok=True)
         _check_seconds("shutdown_grace", shutdown_grace, zero_ok=True)
+        check_address(host, port, connect_timeout)  # as connect() would, at every connect
         if not (shutdown_grace >= 0 and 0 < reconnect_first <= reconnect_most):
             raise ValueError("shutdown_grace must be 0 or more, and reconnect_first more "
                              "than 0 and at most reconnect_most")
