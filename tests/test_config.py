@@ -201,6 +201,17 @@ def test_no_limit_takes_more_than_64_bits(capsys, flag):
     assert "must be at most 9223372036854775807" in refused(capsys, [flag, str(10**23)])
 
 
+@pytest.mark.parametrize("flag", ["--visibility-timeout", "--max-visibility-timeout"])
+def test_no_lease_shorter_than_a_receive_may_ask_for_is_a_default_or_limit(capsys, flag):
+    # A reviewer: --visibility-timeout 0.0005 was taken, so a receive naming no lease
+    # had one over at once and each message was handed out again; a receive's own
+    # visibility must be at least 0.001 s.
+    assert "must be a number of seconds >= 0.001" in refused(capsys, [flag, "0.0005"])
+    config = parse_config(["--visibility-timeout", "0.001", "--max-visibility-timeout",
+                           "0.001"], {})
+    assert (config.visibility_timeout_s, config.limits.max_visibility_s) == (0.001, 0.001)
+
+
 @pytest.mark.parametrize("flag", ["--max-batch", "--max-headers"])
 def test_item_limits_stop_at_what_msgpack_can_hold(capsys, flag):
     # Past it, every binary request over 64 KiB was refused as malformed msgpack.

@@ -41,7 +41,7 @@ from . import __version__
 from .auth import check_token, load_token
 from .broker import DEFAULT_MAX_QUEUES
 from .busy_poll import MAX_BUSY_POLL_US
-from .commands import Limits
+from .commands import MIN_LEASE_S, Limits
 from .commit_wait import DEFAULT_GAP_US, DEFAULT_WAIT_US, MAX_WAIT_US
 from .compiled import build_description
 from .connection_limits import ConnectionLimits
@@ -158,6 +158,16 @@ def _seconds(text: str) -> float:
     value = _number(text)
     if not value > 0 or value == float("inf"):
         raise ValueError("must be a number of seconds > 0")
+    return value
+
+
+def _lease_seconds(text: str) -> float:
+    """_lease_seconds: a lease's length, as a receive's own must be (at least MIN_LEASE_S:
+    a shorter default lease was over at once, each message handed out again)."""
+    value = _seconds(text)
+    if value < MIN_LEASE_S:
+        raise ValueError(f"must be a number of seconds >= {MIN_LEASE_S} (a shorter lease "
+                         f"is over at once)")
     return value
 
 
@@ -290,7 +300,8 @@ _CONNECTION_LIMITS = ConnectionLimits()
 FLAGS = [
     ("--host", "host", str, Config.host, "address to listen on"),
     ("--port", "port", _port, Config.port, "TCP port (0 picks a free one)"),
-    ("--visibility-timeout", "visibility_timeout_s", _seconds, Config.visibility_timeout_s,
+    ("--visibility-timeout", "visibility_timeout_s", _lease_seconds,
+     Config.visibility_timeout_s,
      "default lease length in seconds for a receive that names none"),
     ("--max-message-bytes", "max_message_bytes", _positive_int, _LIMITS.max_message_bytes,
      "largest message body accepted"),
@@ -298,7 +309,8 @@ FLAGS = [
      "most items in one batch: put_many, ack_many, nack_many, receive, peek"),
     ("--max-wait", "max_wait_s", _seconds, _LIMITS.max_wait_s,
      "longest long-poll wait a receive may ask for, seconds"),
-    ("--max-visibility-timeout", "max_visibility_s", _seconds, _LIMITS.max_visibility_s,
+    ("--max-visibility-timeout", "max_visibility_s", _lease_seconds,
+     _LIMITS.max_visibility_s,
      "longest lease a receive, a touch or a queue's visibility_timeout may ask for, "
      "seconds"),
     ("--max-delay", "max_delay_s", _seconds, _LIMITS.max_delay_s,
