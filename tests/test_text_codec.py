@@ -247,6 +247,9 @@ def test_put_with_an_invalid_queue(line):
     (b"ACK lease=2 id=1 queue=q", ("ack", {"queue": "q", "id": 1, "lease": 2})),
     (b"  PING", ("ping", {})),
     (b"ACK q 1\t2", ("ack", {"queue": "q", "id": 1, "lease": 2})),
+    # A tab ends the command word too: "GET\tq" was an unknown command 'GET\tq'.
+    (b"GET\tq\t10", ("receive", {"queue": "q", "max": 10, "wait": 0.0, "visibility": None})),
+    (b"PUT\tq a\tb", ("put", put_args("q", b"a\tb"))),
 ])
 def test_arguments_positional_and_named(line, expected):
     assert command(line + b"\r\n") == expected

@@ -124,6 +124,16 @@ HTTP_REQUEST_LINE = re.compile(rb"[A-Z]+ \S+ HTTP/\d(\.\d)?")
 CR = 13  # b"\r"[0]: a line's last byte, before its LF, that the line limit does not count
 
 
+def _command_word(line: bytes) -> tuple[bytes, bytes]:
+    """_command_word splits a line's command word from the rest at the first space or tab
+    (the rest's words are split on either too); "GET\tjobs" was an unknown command
+    'GET\tjobs' while "GET jobs\t10" was taken (a reviewer)."""
+    parts = line.split(None, 1)
+    if not parts:
+        return b"", b""
+    return parts[0], parts[1] if len(parts) > 1 else b""
+
+
 def _dropped(count: int) -> str:
     """_dropped: what a refused PUT_MANY header's error adds about its body lines."""
     if count == 1:
@@ -246,7 +256,7 @@ class TextDecoder:
                 f"limit of {limits.max_message_bytes} (--max-message-bytes); skipped"))
         why = (f"line is over the limit of {limits.max_line_bytes} bytes "
                f"({limits.max_line_source}); skipped to its end")
-        word, _, rest = start.lstrip().partition(b" ")
+        word, rest = _command_word(start)
         if word.upper() == b"PUT_MANY" and len(rest.split(None, 2)) == 3:
             # (three words: the count is whole, not cut off by the end of `start`)
             self._drop_after_line = put_many_count_given(rest, limits.max_frame_bytes)
@@ -262,7 +272,7 @@ class TextDecoder:
             self._block = _BodyBlock({}, count, refused=True)
 
     def _parse(self, line: bytes) -> list[Command | Rejected]:
-        word, _, rest = line.lstrip().partition(b" ")
+        word, rest = _command_word(line)
         typed = word.rstrip().upper()
         name = TEXT_COMMANDS.get(typed)  # "PING\t" is PING, as "\tPING" is
         try:
