@@ -219,6 +219,17 @@ def test_bodies_may_be_a_tuple_and_mixed_bytes_like():
     assert all(type(body_of(item)) is bytes for item in command.args["bodies"])
 
 
+@pytest.mark.parametrize(("command", "field"), [
+    ("create_queue", "visibility_timeout"), ("configure_queue", "delay"),
+    ("configure_queue", "expiry"), ("put", "delay"), ("nack", "delay")])
+def test_minus_zero_seconds_are_zero(command, field):
+    # A reviewer's visibility_timeout of -0.0 was kept, shown as -0.0 and journaled.
+    args = {"put": {"queue": "q", "body": b""}, "nack": {"queue": "q", "id": 1, "lease": 1}
+            }.get(command, {"queue": "q"})
+    taken = make_command(command, {**args, field: -0.0}, LIMITS).args[field]
+    assert taken == 0.0 and math.copysign(1.0, taken) == 1.0
+
+
 def test_zero_is_a_valid_id_lease_and_duration():
     command = make_command("nack", {"queue": "q", "id": 0, "lease": 0, "delay": 0}, LIMITS)
     assert command.args == {"queue": "q", "id": 0, "lease": 0, "delay": 0.0, "unseen": False}

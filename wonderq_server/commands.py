@@ -326,7 +326,7 @@ def _seconds(field: str, value: Any, upper: float | None = None, flag: str = "")
         # In digits, exactly: 365 days as {:g} read 3.1536e+07, and 43200.25 as 43200.2
         # (reviewers).
         raise bad_argument(f"{field} is {value} s, over the limit of {upper:.15g} s ({flag})")
-    return float(value)
+    return float(value) + 0.0  # -0.0 is 0.0: a setting of -0.0 was kept and shown so
 
 
 def _wait(field: str, value: Any, limits: Limits) -> float:
