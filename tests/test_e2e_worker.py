@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import fractions
 import functools
+import math
 import os
 import random
 import re
@@ -104,6 +106,7 @@ def test_reconnect_delay_has_equal_jitter_under_a_cap():
     {"max_messages": 0}, {"busy_poll": -0.001}, {"busy_poll": 1},
     # A reviewer's concurrency of 2.5 was taken, and run() ended with the server's error.
     {"concurrency": 2.5}, {"concurrency": True}, {"max_messages": 1.5},
+    {"visibility": math.inf}, {"wait": math.nan}, {"retry_delay": math.inf},
 ])
 def test_worker_refuses_settings_that_cannot_work(options):
     async def handler(msg: Message) -> None:
@@ -127,6 +130,33 @@ def test_worker_names_a_setting_in_seconds_that_is_no_number(name, value):
     with pytest.raises(TypeError, match=f"^{name} must be a number of seconds, not "
                                         f"{re.escape(repr(value))}"):
         Worker("q", handler, **{name: value})
+
+
+def test_worker_takes_any_real_seconds_and_inf_where_it_means_never():
+    # Before the type checks came these worked, and must still (a reviewer): inf as
+    # "never cancel the handlers" or "no cap on the back-off", a Fraction or numpy's
+    # numbers for settings the Worker only waits by.
+    async def handler(msg: Message) -> None:
+        pass
+
+    worker = Worker("q", handler, shutdown_grace=math.inf, reconnect_most=math.inf,
+                    reconnect_first=fractions.Fraction(1, 4),
+                    retry_delay=fractions.Fraction(2))
+    assert (worker.shutdown_grace, worker.reconnect_most) == (math.inf, math.inf)
+
+
+@pytest.mark.parametrize(("unseen", "taken"), [(True, True), (False, False), (1, True),
+                                               (0, False)])
+def test_retry_takes_unseen_as_a_bool(unseen, taken):
+    assert Retry(unseen=unseen).unseen is taken
+
+
+@pytest.mark.parametrize("unseen", ["false", None, [1]])
+def test_retry_refuses_an_unseen_that_is_no_bool(unseen):
+    # Sent as it was, nack() refused it after the handler had ended: the job failed, its
+    # message left leased for the Worker's whole visibility (a reviewer).
+    with pytest.raises(TypeError, match=r"^Retry: unseen must be True or False"):
+        Retry(unseen=unseen)
 
 
 def test_worker_visibility_none_says_why_the_worker_needs_the_lease_length():
@@ -903,12 +933,11 @@ def test_a_keyboard_interrupt_from_a_handler_leaves_nothing_leased(server):
     assert worker.counts.received == 5 and worker.counts.failed == 1
 
 
-async def test_a_handler_that_outlived_its_run_is_abandoned_and_ends_no_later_run(server):
-    # A reviewer's handler ignored the stop's cancel and raised a BaseException after
-    # run() had returned: kept as the Worker's fatal error, it ended the next run(). And
-    # its message was in none of the counts when run() returned (they did not add up to
-    # `received`), then in `failed` whenever the handler ended; it is abandoned now.
-    released, raised = asyncio.Event(), asyncio.Event()
+def ignoring_its_cancel(released: asyncio.Event, ended: asyncio.Event,
+                        then: type[BaseException] | None = None) -> Callable[..., Any]:
+    """ignoring_its_cancel is a handler that ends quickly but for the message b"stubborn",
+    whose handling ignores the stop's cancel: it ends once `released`, setting `ended`,
+    then raising `then` if given."""
 
     async def handler(msg: Message) -> None:
         if msg.body == b"stubborn":
@@ -916,32 +945,73 @@ async def test_a_handler_that_outlived_its_run_is_abandoned_and_ends_no_later_ru
                 await asyncio.Event().wait()
             except asyncio.CancelledError:
                 await released.wait()  # ignores its cancel, and ends after the run
-                raised.set()
-                raise Interrupted from None
+                ended.set()
+                if then is not None:
+                    raise then from None
 
+    return handler
+
+
+async def outlive_a_run(client: Any, worker: Worker) -> dict[str, int]:
+    """outlive_a_run runs `worker` on b"quick" and b"stubborn" until it has acked the first,
+    stops it, and checks the counts as run() returns: the second abandoned."""
+    await client.put_many(worker.queue, [b"quick", b"stubborn"])
+    run = asyncio.create_task(worker.run())
+    await until_counts(worker, lambda c: c.received == 2 and c.acked == 1)
+    worker.stop()
+    await asyncio.wait_for(run, EVENT_TIMEOUT_S)
+    counts = worker.counts
+    assert (counts.acked, counts.abandoned, worker.in_progress) == (1, 1, 0)
+    assert counts.received == sum(getattr(counts, o) for o in (
+        "acked", "failed", "retried", "given_back", "lease_lost", "unsettled", "abandoned"))
+    return dataclasses.asdict(counts)
+
+
+async def test_a_handler_that_outlived_its_run_is_abandoned_and_ends_no_later_run(
+        server, caplog):
+    # A reviewer's handler ignored the stop's cancel and raised a BaseException after
+    # run() had returned: kept as the Worker's fatal error, it ended the next run(). And
+    # its message was in none of the counts when run() returned (they did not add up to
+    # `received`), then in `failed` whenever the handler ended; it is abandoned now.
+    released, raised = asyncio.Event(), asyncio.Event()
+    handler = ignoring_its_cancel(released, raised, then=Interrupted)
     async with connect(server.host, server.port) as client:
-        await client.put_many("outlived", [b"quick", b"stubborn"])
         worker = Worker("outlived", handler, host=server.host, port=server.port,
                         shutdown_grace=0, reply_timeout=0.5, wait=1, visibility=3600)
-        first = asyncio.create_task(worker.run())
-        await until_counts(worker, lambda c: c.received == 2 and c.acked == 1)
-        worker.stop()
-        await asyncio.wait_for(first, EVENT_TIMEOUT_S)
-        counts = worker.counts
-        at_return = dataclasses.asdict(counts)
-        assert (counts.acked, counts.abandoned) == (1, 1)
-        assert counts.received == sum(getattr(counts, o) for o in (
-            "acked", "failed", "retried", "given_back", "lease_lost", "unsettled",
-            "abandoned"))
+        at_return = await outlive_a_run(client, worker)
         released.set()
         await asyncio.wait_for(raised.wait(), EVENT_TIMEOUT_S)
-        await until_true(lambda: not worker._jobs)  # its job over: its settle found no run
+        await until_true(lambda: "left running after its run failed" in caplog.text)
         assert dataclasses.asdict(worker.counts) == at_return
         assert (await client.queue_info("outlived"))["in_flight"] == 1  # left to its lease
         await client.put("outlived", b"fine")
         worker.burst = True
         await asyncio.wait_for(worker.run(), EVENT_TIMEOUT_S)  # raised Interrupted before
         assert worker.counts.acked == 2
+
+
+async def test_an_abandoned_handler_ending_during_a_later_run_sends_nothing(server):
+    # A reviewer: the job left running stayed the Worker's, so when it ended during the
+    # next run() its ack went out on that run's connection, and the next run waited for
+    # it and renewed its lease.
+    released, ended = asyncio.Event(), asyncio.Event()
+    handler = ignoring_its_cancel(released, ended)
+    async with connect(server.host, server.port) as client:
+        worker = Worker("later", handler, host=server.host, port=server.port,
+                        shutdown_grace=0, reply_timeout=0.5, wait=1, visibility=3600)
+        await outlive_a_run(client, worker)
+        second = asyncio.create_task(worker.run())
+        await client.put("later", b"fine")
+        await until_counts(worker, lambda c: c.acked == 2)
+        released.set()
+        await asyncio.wait_for(ended.wait(), EVENT_TIMEOUT_S)  # its handler returned
+        await client.put("later", b"after")  # acked on the connection its ack would use
+        await until_counts(worker, lambda c: c.acked == 3)
+        worker.stop()
+        await asyncio.wait_for(second, EVENT_TIMEOUT_S)
+        assert (worker.counts.abandoned, worker.counts.unsettled) == (1, 0)
+        info = await client.queue_info("later")
+        assert (info["in_flight"], info["acked_total"]) == (1, 3)  # still leased, unsent
 
 
 async def test_run_cancelled_twice_still_cleans_up_and_can_run_again(server):

@@ -45,7 +45,10 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import numbers
+import operator
 from collections.abc import Callable, Generator, Iterable
 from types import TracebackType
 from typing import Any
@@ -542,20 +545,21 @@ class Client(QueueAdmin):
         max_deliveries. The flag is sent only when True.
         """
         args: dict[str, Any] = {"queue": queue, "id": id, "lease": lease, "delay": delay}
-        if unseen is not False:
-            args["unseen"] = check_unseen(unseen, "nack")
+        if unseen is not False and check_unseen(unseen, "nack"):
+            args["unseen"] = True
         await self._call("nack", args)
 
     async def nack_many(self, queue: str, items: Iterable[SettleItem], *,
                         delay: float = 0.0, unseen: bool = False) -> list[WonderQError | None]:
         """nack_many gives back (id, lease) pairs or received Messages; results as ack_many;
         `unseen` as for nack."""
+        unseen = unseen is True or (unseen is not False and check_unseen(unseen, "nack_many"))
         pairs = settle_items(items, "nack_many")
         if not pairs:
             return []
         args: dict[str, Any] = {"queue": queue, "items": pairs, "delay": delay}
-        if unseen is not False:
-            args["unseen"] = check_unseen(unseen, "nack_many")
+        if unseen:
+            args["unseen"] = True
         return item_results(await self._call("nack_many", args))
 
     async def touch(self, queue: str, id: int, lease: int, *,
@@ -703,34 +707,48 @@ class _Connect:
 
 
 def check_unseen(unseen: Any, command: str) -> bool:
-    """check_unseen is nack's `unseen` if it is True; anything else but False raises
-    TypeError before anything is sent. Taken as true, a truthy string ("false") took
-    the delivery off the message's count, so a poison message was never dead-lettered
-    (a reviewer)."""
-    if unseen is not True:
-        raise TypeError(f"{command}: unseen must be True or False, not {unseen!r}")
-    return True
+    """check_unseen is nack's `unseen` as a bool: True, False, or what equals one of them
+    (1, 0, numpy's bools); anything else (a string, None) raises TypeError before
+    anything is sent. Taken for its truth, "false" took the delivery off the message's
+    count, so a poison message was never dead-lettered (a reviewer)."""
+    if unseen is True or unseen is False:
+        return unseen
+    if not isinstance(unseen, str | bytes):
+        with contextlib.suppress(Exception):  # == may raise (an array)
+            if unseen == True:  # noqa: E712 (1 and numpy's True are True here)
+                return True
+            if unseen == False:  # noqa: E712
+                return False
+    raise TypeError(f"{command}: unseen must be True or False, not {unseen!r}")
 
 
-def check_address(host: Any, port: Any, timeout: Any) -> None:
-    """check_address refuses a host that is no string, a port that is no whole number
-    from 0 to 65535 and a timeout that is not None or finite seconds over 0 when
-    connect() is called, naming the argument, rather than with the resolver's or the
-    socket's own error later ("argument of type 'int' is not iterable", "Servname not
-    supported", a TimeoutError with no message)."""
-    if not isinstance(host, str):
+def check_address(host: Any, port: Any, timeout: Any) -> int:
+    """check_address refuses, when connect() is called and naming the argument, what
+    would otherwise fail later with the resolver's or the socket's own words ("argument
+    of type 'int' is not iterable", "Servname not supported", a TimeoutError with no
+    message): a host that is not a str, bytes or None; a port that is no whole number
+    from 0 to 65535 (digits in a str, as from an environment variable, are one); a
+    timeout that is not None or seconds over 0 (inf: none). Returns the port as a plain
+    int (from an IntEnum, numpy's integers, digits)."""
+    if host is not None and not isinstance(host, str | bytes):
         raise TypeError(f"connect: host must be a str, not {host!r}")
-    if type(port) is not int:  # not a bool either
+    if isinstance(port, str) and port.strip().isdigit():
+        port = int(port)
+    if isinstance(port, bool):
         raise TypeError(f"connect: port must be an int, not {port!r}")
+    try:
+        port = operator.index(port)
+    except TypeError:
+        raise TypeError(f"connect: port must be an int, not {port!r}") from None
     if not 0 <= port <= 65535:
         raise ValueError(f"connect: port must be from 0 to 65535, not {port}")
-    if timeout is None:
-        return
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise TypeError(f"connect: timeout must be seconds or None, not {timeout!r}")
-    if not (timeout > 0 and math.isfinite(timeout)):
-        raise ValueError(f"connect: timeout must be finite seconds over 0 (None: no limit), "
-                         f"not {timeout}")
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+            raise TypeError(f"connect: timeout must be seconds or None, not {timeout!r}")
+        if not float(timeout) > 0:  # nan too
+            raise ValueError(f"connect: timeout must be seconds over 0 (None: no limit), "
+                             f"not {timeout}")
+    return port
 
 
 def connect(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
@@ -757,6 +775,6 @@ def connect(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
     """
     if not (type(max_frame_bytes) is int and max_frame_bytes > 0):  # not a bool
         raise ValueError(f"max_frame_bytes must be a positive int, not {max_frame_bytes!r}")
-    check_address(host, port, timeout)
-    return _Connect(host, port, timeout, auth_token, ssl, max_frame_bytes,
+    checked_port = check_address(host, port, timeout)
+    return _Connect(host, checked_port, timeout, auth_token, ssl, max_frame_bytes,
                     check_busy_poll(busy_poll), check_keepalive(tcp_keepalive))

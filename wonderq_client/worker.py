@@ -43,7 +43,8 @@ Rules:
   then raises CancelledError; a cancel of it during the stop hurries the stop too. A
   handler that ignores its cancellation has as long as the settles (above) to end, and
   what it ends with is sent as usual; after that it is left running, counted as abandoned,
-  and its result is not sent.
+  and belongs to no run: nothing of it is sent (a later run's connection included), and
+  its message comes back when its lease ends.
 * A request unanswered for `reply_timeout` (a receive: past its wait) means the connection is
   dead: it is dropped and made again. A settle that meets a dead connection is sent again on
   the next one while the lease lasts (plus SETTLE_SLACK_S: a late ack is accepted while
@@ -122,6 +123,7 @@ import asyncio
 import inspect
 import logging
 import math
+import numbers
 import random
 import re
 from collections.abc import Awaitable, Callable
@@ -130,7 +132,7 @@ from typing import Any
 
 from .batches import item_results
 from .busy_poll import check_busy_poll
-from .client import DEFAULT_HOST, DEFAULT_PORT, Client, check_address, connect
+from .client import DEFAULT_HOST, DEFAULT_PORT, Client, check_address, check_unseen, connect
 from .errors import (
     AuthFailed,
     AuthRequired,
@@ -191,6 +193,7 @@ class Retry(Exception):
                  unseen: bool = False) -> None:
         if delay is not None and not (delay >= 0 and math.isfinite(delay)):
             raise ValueError(f"Retry's delay must be finite seconds, 0 or more, not {delay}")
+        unseen = unseen is True or (unseen is not False and check_unseen(unseen, "Retry"))
         super().__init__(reason)
         self.delay = None if delay is None else float(delay)
         self.reason = reason
@@ -243,20 +246,22 @@ def _whole(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_seconds(name: str, value: Any, *, zero_ok: bool) -> None:
+def _check_seconds(name: str, value: Any, *, zero_ok: bool, inf_ok: bool = False) -> None:
     """_check_seconds refuses a setting in seconds that is not a finite number over 0 (or
-    0 or more): TypeError naming the setting for one that is no number at all (None, a
-    string, a bool), instead of the comparison's own TypeError from deep inside, and
-    ValueError for one out of range. A Worker's `visibility` cannot be None as a receive's
-    can (the queue's own): the Worker renews each lease before it ends, so it must know
-    the lease's length."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    0 or more; or inf, for a setting that means "never" by it): TypeError naming the
+    setting for one that is no number at all (None, a string, a bool), instead of the
+    comparison's own TypeError from deep inside, and ValueError for one out of range.
+    A Worker's `visibility` cannot be None as a receive's can (the queue's own): the
+    Worker renews each lease before it ends, so it must know the lease's length."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         why = (" (the Worker renews each lease before it ends, so it must know its length: "
                "pass the queue's visibility_timeout)") if name == "visibility" else ""
         raise TypeError(f"{name} must be a number of seconds, not {value!r}{why}")
-    if not (math.isfinite(value) and (value >= 0 if zero_ok else value > 0)):
+    seconds = float(value)
+    if not ((inf_ok or math.isfinite(seconds)) and (seconds >= 0 if zero_ok else seconds > 0)):
         more = "0 or more" if zero_ok else "over 0"
-        raise ValueError(f"{name} must be finite seconds, {more}, not {value}")
+        raise ValueError(f"{name} must be {'' if inf_ok else 'finite '}seconds, {more}, "
+                         f"not {value}")
 
 
 def raise_if_fatal(error: BaseException) -> None:
@@ -312,6 +317,7 @@ class _Job:
     acking: bool = False       # its settle is an ack (a new delivery is its, not a retry)
     lease_gone: bool = False   # a touch was refused: no more touches
     counted: bool = False      # its outcome is in the counts
+    abandoned: bool = False    # left running at its run's end: in no run, sends nothing
 
 
 class Worker:
@@ -356,12 +362,14 @@ class Worker:
             raise ValueError(f"max_messages must be a whole number, at least 1 (or None), "
                              f"not {max_messages!r}")
         for name, value in (("visibility", visibility), ("wait", wait),
-                            ("reply_timeout", reply_timeout), ("reconnect_first", reconnect_first),
-                            ("reconnect_most", reconnect_most)):
+                            ("reply_timeout", reply_timeout)):
             _check_seconds(name, value, zero_ok=False)
+        for name, value in (("reconnect_first", reconnect_first),
+                            ("reconnect_most", reconnect_most)):
+            _check_seconds(name, value, zero_ok=False, inf_ok=True)
         if not callable(retry_delay):
             _check_seconds("retry_delay", retry_delay, zero_ok=True)
-        _check_seconds("shutdown_grace", shutdown_grace, zero_ok=True)
+        _check_seconds("shutdown_grace", shutdown_grace, zero_ok=True, inf_ok=True)
         check_address(host, port, connect_timeout)  # as connect() would, at every connect
         if not (shutdown_grace >= 0 and 0 < reconnect_first <= reconnect_most):
             raise ValueError("shutdown_grace must be 0 or more, and reconnect_first more "
@@ -726,7 +734,12 @@ class Worker:
             del self._job_by_id[job.message.id]
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
-        job = self._jobs.pop(task)
+        job = self._jobs.pop(task, None)
+        if job is None:  # abandoned at its run's end (_drain): no slot, no count
+            if not task.cancelled() and task.exception() is not None:
+                log.error("a worker job left running after its run failed",
+                          exc_info=task.exception())
+            return
         self._let_go(job)
         if job.parked:
             self._parked -= 1
@@ -783,7 +796,7 @@ class Worker:
             # loop first): a message received while the nack's answer is awaited (this
             # one, with a short retry delay) would get a job the program's end cancels
             # before it begins, and stay leased to nobody for its whole visibility.
-            self._end_with(exc)
+            self._end_with(exc, job)
             await self._settle(job, "failed", self._retry_delay(message))
             raise
         else:
@@ -796,11 +809,11 @@ class Worker:
                 return
             await self._settle(job, "acked", None)
 
-    def _end_with(self, error: BaseException) -> None:
+    def _end_with(self, error: BaseException, job: _Job | None = None) -> None:
         """_end_with stops receiving, and makes run() raise `error` after its shutdown. A
         job that outlived its run (its handler ignored the stop's cancel) has no run to
-        end: it is only logged, not kept for the next run."""
-        if not self._running or self._closed:
+        end, whether or not another has begun since: it is only logged."""
+        if not self._running or self._closed or (job is not None and job.abandoned):
             log.error("after the worker's run ended: %s", error)
             return
         if self._fatal is None:
@@ -850,6 +863,8 @@ class Worker:
         job.acking = nack_delay is None
         asked = nack_delay  # a nack's delay as asked; each attempt keeps to its server's limit
         while True:
+            if job.abandoned:  # its run is over: nothing more is sent for it
+                return "unsettled"
             client = self._client
             if client is None or client.closed:
                 if job.acking:  # _adopt may have given it a later lease meanwhile
@@ -1097,9 +1112,15 @@ class Worker:
             task.cancel()  # each counts itself unsettled as it ends
         if left_to_lease:
             await wait(left_to_lease, self.reply_timeout, hurry_ends_it=False)
-        for job in self._jobs.values():
+        for task, job in list(self._jobs.items()):
             if not job.counted:  # a handler that ignores its cancel: left running
+                # It belongs to no run from now: a later run neither waits for it, nor
+                # touches it, nor takes a new delivery of its message for it, and what
+                # it ends with is not sent (its message comes back with its lease).
                 self._count(job, "abandoned")
+                job.abandoned = True
+                self._let_go(job)
+                del self._jobs[task]
         if cancelled is not None:
             raise cancelled
 
