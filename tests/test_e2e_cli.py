@@ -120,9 +120,16 @@ async def test_put_receive_ack_from_a_shell(server):
     done = await cli("receive", "jobs", "--json", "--visibility", "60", env=env)
     assert done.returncode == 0, done.stderr
     [delivered] = json.loads(done.stdout)
+    # Ids and leases are strings: over 2**53, jq 1.6 and JavaScript round JSON numbers.
     assert (delivered["id"], delivered["body"], delivered["priority"], delivered["headers"],
-            delivered["deliveries"]) == (msg_id, "resize image 42", 3,
+            delivered["deliveries"]) == (str(msg_id), "resize image 42", 3,
                                          {"trace": "abc", "tenant": "7=x"}, 1)
+    assert msg_id > 2**53 and delivered["lease"] == str(int(delivered["lease"]))
+    info = json.loads((await cli("message-info", "jobs", str(msg_id), "--json",
+                                 env=env)).stdout)
+    assert (info["id"], info["state"]) == (str(msg_id), "leased")
+    done = await cli("put", "ids", "more", "--json", env=env)
+    assert int(json.loads(done.stdout)["id"]) > msg_id
     done = await cli("ack", "jobs", str(msg_id), str(delivered["lease"]), env=env)
     assert done.returncode == 0, done.stderr
     async with connect(server.host, server.port) as client:

@@ -33,7 +33,7 @@ from typing import Any
 from . import argument_types
 from .connection_options import open_client
 from .output import counted, say, write_out
-from .queue_commands import escaped, print_json, print_result
+from .queue_commands import escaped, id_json, print_json, print_result
 
 
 def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -178,7 +178,8 @@ async def run_message_info(args: argparse.Namespace) -> int:
 
 def _show_fields(args: argparse.Namespace, fields: Mapping[str, Any]) -> int:
     if args.json:
-        print_json(fields)
+        print_json({key: id_json(value) if key in ("id", "lease") else value
+                    for key, value in fields.items()})
     else:
         print_fields(fields)
     return 0

@@ -160,9 +160,17 @@ def print_result(args: argparse.Namespace, for_scripts: Any, for_people: str) ->
     return 0
 
 
+def id_json(value: int | None) -> str | None:
+    """id_json is a message id or lease as --json gives it: a string of its digits. They
+    are 64-bit numbers, over 2**53, which jq 1.6 and JavaScript round when they read a
+    JSON number: a script that acked with the id jq gave found no message (a reviewer)."""
+    return None if value is None else str(value)
+
+
 def message_json(msg: Message) -> dict[str, Any]:
     """message_json is one message as scripts get it from --json."""
-    fields: dict[str, Any] = {"id": msg.id, "lease": msg.lease, "deliveries": msg.deliveries,
+    fields: dict[str, Any] = {"id": id_json(msg.id), "lease": id_json(msg.lease),
+                              "deliveries": msg.deliveries,
                               "enqueued_at": msg.enqueued_at, "priority": msg.priority,
                               "headers": msg.headers}
     try:
@@ -199,7 +207,7 @@ async def run_put(args: argparse.Namespace) -> int:
         msg_id = await client.put(args.queue, args.body_bytes, delay=args.delay,
                                   priority=args.priority, headers=args.header,
                                   expiry=args.expiry)
-    return print_result(args, {"id": msg_id}, str(msg_id))
+    return print_result(args, {"id": id_json(msg_id)}, str(msg_id))
 
 
 async def run_receive(args: argparse.Namespace) -> int:
