@@ -235,6 +235,7 @@ async def test_the_dead_letter_routine_from_a_shell(server):
         assert done.returncode == 1 and b"wonderq: " in done.stderr, (args, done)
     done = await cli("create-queue", "jobs-dead", "--max-length", "1", *at(server))
     assert done.returncode == 1 and b"QUEUE_EXISTS" in done.stderr
+    assert b"use `wonderq configure-queue` to change them" in done.stderr  # a reviewer
     for args in (["redrive", "jobs-dead", "--max", "0"], ["configure-queue", "jobs-dead"]):
         done = await cli(*args, *at(server))  # what the server would refuse: usage errors
         assert done.returncode == 2 and b"wonderq" in done.stderr, (args, done)
@@ -521,6 +522,13 @@ def test_the_server_line_shows_trouble_only_when_there_is_some() -> None:
     assert any(span.style == "bold red" for span in line.spans)
 
 
+def test_the_server_line_says_nothing_of_a_journal_before_any_figures() -> None:
+    # A reviewer's `top` at a port nothing listened on showed "in memory (no journal)".
+    assert "in memory" not in server_line({}).plain
+    assert "journal -" in server_line({}).plain
+    assert "in memory (no journal)" in server_line({"version": "1"}).plain
+
+
 def test_the_server_line_breaks_between_figures_never_inside_one() -> None:
     server = {"version": "0.1.0", "uptime_s": 13.1, "connections": 1, "messages": 1,
               "waiting_consumers": 0, "rss_bytes": 30_000_000, "stored_bytes": 205,
@@ -734,6 +742,33 @@ async def test_a_server_that_does_not_answer_is_one_line_and_exit_2(server_facto
         "server busy with many queues and many stats callers, stats and queues wait their "
         "turn (PROTOCOL.md): a longer --timeout may get one; else check that it is a "
         "WonderQ server's port and uses TLS as this command does\n")
+
+
+async def test_a_port_that_answers_in_another_protocol_gets_no_tls_hint():
+    # A reviewer's `wonderq --port <the metrics port> stats` was told the peer sent
+    # "HTTP/1.1 400", and then "if the server uses TLS, add --tls": it had spoken.
+    async def http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    other = await asyncio.start_server(http, "127.0.0.1", 0)
+    try:
+        port = other.sockets[0].getsockname()[1]
+        done = await cli("stats", "--host", "127.0.0.1", "--port", str(port))
+    finally:
+        other.close()
+    assert done.returncode == 2
+    assert b"HTTP/1.1 400" in done.stderr and b"is this a WonderQ server's port?" \
+        in done.stderr
+    assert b"TLS" not in done.stderr, done.stderr
+
+
+async def test_tls_to_a_plain_port_is_told_the_server_does_not_seem_to_use_it(server):
+    # A reviewer had only "[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)".
+    done = await cli("stats", "--tls", *at(server))
+    assert done.returncode == 2
+    assert b"the server does not seem to use TLS on this port: drop --tls" in done.stderr
 
 
 async def test_a_bad_port_in_the_environment_is_named(server):

@@ -30,6 +30,8 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from wonderq_client import QueueExists
+
 from . import argument_types
 from .connection_options import open_client
 from .output import counted, say, write_out
@@ -187,7 +189,13 @@ def _show_fields(args: argparse.Namespace, fields: Mapping[str, Any]) -> int:
 
 async def run_create_queue(args: argparse.Namespace) -> int:
     async with open_client(args) as client:
-        settings = await client.create_queue(args.queue, **_settings(args))
+        try:
+            settings = await client.create_queue(args.queue, **_settings(args))
+        except QueueExists as exc:
+            # The server names the request; here the command is what to run.
+            exc.message = exc.message.replace("use configure_queue",
+                                              "use `wonderq configure-queue`")
+            raise
     return _print_settings(args, "created", settings)
 
 

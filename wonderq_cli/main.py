@@ -216,8 +216,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             # A TLS port closes a plain connection without a word, and a server that
             # requires client certificates one without: say what may be wrong. A server
             # that said why it closed (IDLE_TIMEOUT, TOO_MANY_CONNECTIONS) spoke WonderQ
-            # over this very connection: TLS is not what is wrong.
-            if exc.server_code is not None:
+            # over this very connection: TLS is not what is wrong; nor is it when the
+            # peer sent anything (another program's port answering in its own protocol).
+            if exc.server_code is not None or exc.peer_spoke:
                 hint = ""
             elif args.connect_options["ssl"] is None:
                 hint = ("; if the server uses TLS, drop --no-tls" if getattr(args, "no_tls", None)
@@ -248,8 +249,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except (TimeoutError, OSError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (
             str(exc) or type(exc).__name__)
-        print(f"wonderq: cannot reach the server at {args.host}:{args.port}: {reason}",
-              file=sys.stderr)
+        print(f"wonderq: cannot reach the server at {args.host}:{args.port}: {reason}"
+              f"{_tls_mismatch_hint(exc)}", file=sys.stderr)
         return EXIT_UNREACHABLE
 
 
@@ -264,6 +265,14 @@ def closed_stream_refusal(args: argparse.Namespace, closed_streams: Sequence[str
     if "stdout" in closed_streams and needs_stdout:
         return (f"standard output is closed (or not open for writing): {needs_stdout}; give "
                 "it a file or a pipe")
+    return ""
+
+
+def _tls_mismatch_hint(error: BaseException) -> str:
+    """_tls_mismatch_hint: a TLS handshake answered by a port that speaks no TLS fails
+    with OpenSSL's WRONG_VERSION_NUMBER (a reviewer had only those words)."""
+    if "WRONG_VERSION_NUMBER" in str(error):
+        return "; the server does not seem to use TLS on this port: drop --tls and --tls-ca"
     return ""
 
 

@@ -104,9 +104,12 @@ def server_line(server: Mapping[str, Any], width: int | None = None) -> Text:
     stored = format_bytes(server.get("stored_bytes"))
     if server.get("max_memory"):
         stored += f" of {format_bytes(server.get('max_memory'))}"
+    # No figures yet (top before its first answer) say nothing of the journal either: it
+    # showed "in memory (no journal)" for a server it had never reached (a reviewer).
     journal = (f"journal {format_bytes(server.get('journal_bytes'))} "
                f"(fsync {server.get('fsync_policy', '-')})"
-               if "journal_bytes" in server else "in memory (no journal)")
+               if "journal_bytes" in server else "in memory (no journal)" if server
+               else "journal -")
     parts = [(part, "") for part in (
         f"server {server.get('version', '-')}",
         f"up {format_age(server.get('uptime_s'))}",

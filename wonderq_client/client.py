@@ -135,6 +135,7 @@ class _ClientProtocol(asyncio.Protocol):
             self.closed_error = ConnectionClosed(
                 f"connection to the server closed{': ' + reason if reason else ''}")
         self.closed_error.server_code = self._server_error_code
+        self.closed_error.peer_spoke = self._heard_from_server
         pending, self._pending = self._pending, {}
         self._receives.clear()
         self._waits_on_server.clear()
@@ -193,6 +194,7 @@ class _ClientProtocol(asyncio.Protocol):
         assert self.closed_error is not None
         error = ConnectionClosed(self.closed_error.message)
         error.server_code = self.closed_error.server_code
+        error.peer_spoke = self.closed_error.peer_spoke
         return error
 
     def _refuse_if_closing(self) -> None:

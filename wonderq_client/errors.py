@@ -152,11 +152,15 @@ class ConnectionClosed(WonderQError):
     server_code is the code of the error the server sent about the whole connection just
     before it closed it (SHUTTING_DOWN, IDLE_TIMEOUT, TOO_MANY_CONNECTIONS,
     UNSUPPORTED_VERSION, ...; see PROTOCOL.md, Errors), or None when it sent none. With
-    SHUTTING_DOWN (a clean stop) the request did not run.
+    SHUTTING_DOWN (a clean stop) the request did not run. peer_spoke says whether the
+    peer sent anything at all on the connection (a TLS port or a server refusing a
+    client certificate closes one without a word; another program's port may answer in
+    its own protocol).
     """
 
     code = "CONNECTION_CLOSED"
     server_code: str | None = None
+    peer_spoke: bool = False
 
 
 ERRORS_BY_CODE: dict[str, type[WonderQError]] = {
