@@ -5,13 +5,15 @@ tests keep every example that needs only a server running. Each runs in its
 own interpreter (the first calls asyncio.run itself), with only the address
 changed: connect() and connect("127.0.0.1", 7711) point at the test's server.
 The TLS example needs a certificate and a token, so it is not run here
-(test_e2e_tls.py covers what it does).
+(test_e2e_tls.py covers what it does); the recipe that makes a certificate is.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -66,3 +68,27 @@ async def test_the_worker_example_handles_messages_and_stops_on_sigterm(server):
     assert sorted(out.splitlines()[:3]) == ["sending b'one'", "sending b'three'",
                                             "sending b'two'"]
     assert "stopped: WorkerCounts(received=3, acked=3, failed=0" in out
+
+
+CERTIFICATE_BLOCK = re.search(r"```sh\n(openssl req -x509.*?)```", README.read_text(), re.S)
+
+
+async def test_the_certificate_recipe_makes_what_a_tls_server_and_client_take(
+        server_factory, tmp_path):
+    # The recipe as written, for the name and address this test connects to: the server
+    # starts with its certificate, and a client that trusts ca.pem alone connects by
+    # either, which it only does if the subjectAltName holds both.
+    assert CERTIFICATE_BLOCK, "README's certificate recipe is gone"
+    if shutil.which("openssl") is None:  # .ci/run installs it
+        pytest.skip("README's certificate recipe needs the openssl command")
+    recipe = CERTIFICATE_BLOCK.group(1).replace("mq.internal", "localhost").replace(
+        "10.0.0.5", "127.0.0.1")
+    done = subprocess.run(["bash", "-euc", recipe], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    server = server_factory("--tls-cert", str(tmp_path / "server.pem"),
+                            "--tls-key", str(tmp_path / "server.key"))
+    context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    for host in ("localhost", "127.0.0.1"):
+        async with connect(host, server.port, ssl=context) as client:
+            assert await client.put("tls", b"x") > 0
