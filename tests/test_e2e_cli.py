@@ -850,6 +850,29 @@ async def test_top_quits_on_q_or_ctrl_c_and_restores_the_terminal(server, keys):
     assert before[3] == after[3]  # local modes (echo, canonical input) are back
 
 
+def test_top_into_a_pipe_prints_each_frame_as_it_goes(server):
+    # A reviewer's `top > f` wrote one frame, at exit: rich's Live draws nothing into a
+    # pipe until it stops. Two frames must come while it runs.
+    proc = subprocess.Popen([*wonderq_command(), "top", "--interval", "0.2", *at(server)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    seen = b""
+    deadline = time.monotonic() + EVENT_TIMEOUT_S
+    try:
+        while seen.count(b"wonderq top \xc2\xb7") < 2 and time.monotonic() < deadline:
+            if select.select([proc.stdout], [], [], deadline - time.monotonic())[0]:
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                seen += chunk
+        assert seen.count(b"wonderq top \xc2\xb7") >= 2, (seen, proc.poll())
+        assert proc.poll() is None  # still running: they came while it ran
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=EVENT_TIMEOUT_S)
+    assert proc.returncode == 0
+
+
 async def test_ctrl_c_stops_a_put_reading_its_body_from_the_terminal(server):
     argv = wonderq_command()
     code, output, _, _ = await asyncio.to_thread(

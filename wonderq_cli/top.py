@@ -21,6 +21,9 @@ Rules:
   Totals that go down (the server was restarted) restart the history rather
   than show negative rates.
 * `--once` prints one frame and exits (for scripts, and to see the layout).
+* Into what is not a terminal (a file, a pipe) every frame is printed after
+  the last (FramePrinter), as `top -b` does: rich's Live would draw nothing
+  there until it stopped.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from wonderq_client import Client, ConnectionClosed, connect
 
 from . import argument_types
 from .connection_options import open_client
-from .output import print_rich
+from .output import print_rich, write_out
 from .stats_view import stats_view
 
 HISTORY_POINTS = 30
@@ -241,16 +244,36 @@ async def run(args: argparse.Namespace) -> int:
     quit_event = asyncio.Event()
     loop = asyncio.get_running_loop()
     console = Console()
+    # Into a file or a pipe, rich's Live draws nothing until it stops: a frame is printed
+    # after another instead, as `top -b` does (a reviewer's `top > f` had one, at exit).
+    view: contextlib.AbstractContextManager[Live | FramePrinter] = (
+        Live(console=console, auto_refresh=False, screen=True) if sys.stdout.isatty()
+        else contextlib.nullcontext(FramePrinter(console)))
     try:
-        with _keys(loop, quit_event), _interrupt(loop, quit_event), \
-                Live(console=console, auto_refresh=False, screen=sys.stdout.isatty()) as live:
+        with _keys(loop, quit_event), _interrupt(loop, quit_event), view as live:
             await _refresh(args, poller, history, live, console, quit_event, interval)
     finally:  # also when an error ends top (AUTH_FAILED, say): its connection is closed
         await poller.close()
     return 0
 
 
-async def _refresh(args: argparse.Namespace, poller: Poller, history: History, live: Live,
+class FramePrinter:
+    """FramePrinter is Live's update for output that is no terminal: each frame printed
+    whole, after the last and a blank line."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.printed = False
+
+    def update(self, renderable: RenderableType, refresh: bool = False) -> None:
+        if self.printed:
+            write_out("\n")
+        print_rich(renderable, self.console)
+        self.printed = True
+
+
+async def _refresh(args: argparse.Namespace, poller: Poller, history: History,
+                   live: Live | FramePrinter,
                    console: Console, quit_event: asyncio.Event, interval: float) -> None:
     """_refresh polls and redraws once per interval until q or Ctrl-C."""
     quitting = asyncio.ensure_future(quit_event.wait())
