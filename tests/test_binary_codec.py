@@ -683,3 +683,20 @@ def test_a_request_id_of_many_values_is_allowed_with_the_smallest_limits():
     assert len(data) > SMALL_FRAME_BYTES
     assert_command(only(started(limits).feed(data)), "put",
                    put_args("q", b"x" * 100_000), request_id)
+
+
+def test_end_of_input_answers_what_it_cut_short_and_nothing_else():
+    whole = raw_frame(msgpack.packb([3, "ping", {}]))
+    decoder = BinaryDecoder(LIMITS)
+    assert decoder.end_of_input() == []  # nothing came: nothing to say
+    assert decoder.feed(PREAMBLE[:2]) == []
+    [cut] = decoder.end_of_input()
+    assert isinstance(cut, Rejected) and cut.error.code == MALFORMED
+    assert "inside the preamble (2 of its 4 bytes came)" in cut.error.message
+    decoder = BinaryDecoder(LIMITS)
+    assert len(decoder.feed(PREAMBLE + whole)) == 1
+    assert decoder.end_of_input() == []  # every frame whole
+    decoder.feed(whole[:-1])
+    [cut] = decoder.end_of_input()
+    assert (cut.request_id, cut.error.code) == (3, MALFORMED)
+    assert decoder.feed(b"more") == [] and decoder.end_of_input() == []  # broken: once

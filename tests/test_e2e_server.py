@@ -37,6 +37,22 @@ def test_pipelined_requests_keep_their_ids(raw):
     assert (msg_id, body, deliveries) == (replies[0][2], b"a", 1)
 
 
+@pytest.mark.parametrize(("tail", "request_id", "came"), [
+    (frame([7, "put", {"queue": "cut", "body": b"x" * 50}])[:20], 7, "16 of a frame's 74 bytes"),
+    (b"\x00\x00", None, "2 of a frame's 4-byte length"),
+])
+def test_a_request_cut_short_by_the_end_of_input_is_answered_not_dropped(
+        raw, tail, request_id, came):
+    # Text mode answered a last line without its newline; binary dropped a frame cut
+    # short by the client's FIN without a word (a reviewer). The whole put before it runs.
+    raw.send(frame([6, "put", {"queue": "cut", "body": b"whole"}]) + tail)
+    raw.sock.shutdown(socket.SHUT_WR)
+    assert raw.reply()[:2] == [6, None]
+    assert raw.reply() == [request_id, ["MALFORMED", f"the input ended inside a request "
+                                        f"({came} came); it was not run"], None]
+    assert raw.at_eof()
+
+
 @pytest.mark.parametrize(("request_frame", "request_id", "code"), [
     (b"\x00\x00\x00\x03\xc1\xc1\xc1", None, "MALFORMED"),  # 0xc1 is never valid msgpack
     (frame({"not": "a list"}), None, "MALFORMED"),

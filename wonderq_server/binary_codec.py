@@ -154,6 +154,29 @@ class BinaryDecoder:
             del buf[:pos]
         return out
 
+    def end_of_input(self) -> list[Command | Rejected]:
+        """end_of_input: the peer will send nothing more. A frame it cut short (or a
+        preamble) is answered MALFORMED, naming its request when the id came, and not
+        run, as text mode answers a last line without its newline; before, it was
+        dropped without a word (a reviewer)."""
+        buf = self._buffer
+        if self.broken or not buf:
+            return []
+        if not self._preamble_seen:
+            return self._break(ProtocolError(
+                MALFORMED, f"the input ended inside the preamble ({len(buf)} of its "
+                f"{len(PREAMBLE)} bytes came)"))
+        request_id = None
+        if len(buf) < HEADER_BYTES:
+            what = f"{len(buf)} of a frame's {HEADER_BYTES}-byte length"
+        else:
+            size = int.from_bytes(buf[:HEADER_BYTES], "big")
+            what = f"{len(buf) - HEADER_BYTES} of a frame's {size} bytes"
+            request_id = readable_request_id(bytes(buf[HEADER_BYTES:HEADER_BYTES + ID_PEEK_BYTES]))
+        return self._break(ProtocolError(
+            MALFORMED, f"the input ended inside a request ({what} came); it was not run"),
+            request_id)
+
     def _break(self, error: ProtocolError, request_id: Any = None) -> list[Command | Rejected]:
         self.broken = True
         self._buffer = bytearray()

@@ -421,8 +421,8 @@ class Connection(asyncio.Protocol):
     def _close_if_done_after_eof(self) -> None:
         if self._eof and not self._waiters and not self._held and not self._held_input \
                 and self._parked is None and not self._close_after_flush:
-            if isinstance(self._decoder, TextDecoder):
-                # An unfinished last line is answered, not dropped unseen (text_codec.py).
+            if self._decoder is not None:
+                # An unfinished last line or frame is answered, not dropped unseen.
                 self._run(self._decoder.end_of_input(), self.hub.now())
             self._begin_close()
             self.hub.want_flush(self)
