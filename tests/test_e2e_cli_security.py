@@ -13,6 +13,7 @@ import shlex
 import sys
 
 import pytest
+import trustme
 from certificates import TlsFiles
 from polling import EVENT_TIMEOUT_S
 from test_e2e_cli import at, cli
@@ -108,6 +109,19 @@ async def test_no_client_certificate_for_a_server_with_tls_ca_says_so(server_fac
     done = await cli("stats", *at(server), "--tls-ca", str(tls_files.ca))
     assert done.returncode == 2
     assert "add --tls-cert" in done.stderr.decode() and b"Traceback" not in done.stderr
+
+
+async def test_a_client_certificate_the_server_does_not_trust_says_so(server_factory,
+                                                                      tls_files, tmp_path):
+    # A reviewer's certificate from another CA had only "connection to the server closed".
+    stranger = tmp_path / "stranger.pem"
+    trustme.CA().issue_cert("client@example.org").private_key_and_cert_chain_pem \
+        .write_to_path(str(stranger))
+    server = server_factory(*tls_files.server_flags(require_client_cert=True))
+    done = await cli("stats", *at(server), "--tls-ca", str(tls_files.ca),
+                     "--tls-cert", str(stranger))
+    assert done.returncode == 2
+    assert "its --tls-ca must have signed this --tls-cert" in done.stderr.decode(), done
 
 
 async def test_a_client_certificate_for_a_server_with_tls_ca(server_factory, tls_files):

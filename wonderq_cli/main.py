@@ -279,11 +279,15 @@ def _tls_mismatch_hint(error: BaseException) -> str:
 def _client_certificate_hint(args: argparse.Namespace) -> str:
     """_client_certificate_hint: a TLS connection that the server ends after the handshake
     may be missing the client certificate a server with --tls-ca requires (TLS 1.3 checks
-    it after the handshake, so the client sees no more than a reset). A refusal during the
-    handshake names itself (TLSV13_ALERT_CERTIFICATE_REQUIRED) and needs no hint."""
+    it after the handshake, so the client sees no more than a reset), or not trust the one
+    given. A refusal during the handshake names itself (TLSV13_ALERT_CERTIFICATE_REQUIRED)
+    and needs no hint."""
     if args.tls_cert is None:
         return "; if the server requires client certificates (its --tls-ca), add --tls-cert"
-    return ""
+    # A certificate the server does not trust ends the same way (a reviewer's, signed by
+    # another CA, had only "connection to the server closed").
+    return ("; if the server requires client certificates, its --tls-ca must have signed "
+            "this --tls-cert")
 
 
 async def _bounded(coroutine: Coroutine[Any, Any, int], seconds: float) -> int:
