@@ -700,3 +700,12 @@ def test_end_of_input_answers_what_it_cut_short_and_nothing_else():
     [cut] = decoder.end_of_input()
     assert (cut.request_id, cut.error.code) == (3, MALFORMED)
     assert decoder.feed(b"more") == [] and decoder.end_of_input() == []  # broken: once
+
+
+def test_end_of_input_answers_a_frame_over_the_limit_as_feed_would():
+    # A reviewer: cut before its id, it was MALFORMED; with 16 bytes, FRAME_TOO_LARGE.
+    decoder = BinaryDecoder(LIMITS)
+    decoder.feed(PREAMBLE + (10**9).to_bytes(4, "big") + b"\x93\x05")
+    [cut] = decoder.end_of_input()
+    assert (cut.request_id, cut.error.code) == (5, FRAME_TOO_LARGE)
+    assert f"frame of {10**9} bytes is over the limit" in cut.error.message

@@ -768,7 +768,8 @@ async def test_tls_to_a_plain_port_is_told_the_server_does_not_seem_to_use_it(se
     # A reviewer had only "[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)".
     done = await cli("stats", "--tls", *at(server))
     assert done.returncode == 2
-    assert b"the server does not seem to use TLS on this port: drop --tls" in done.stderr
+    assert b"the server does not seem to use TLS on this port: connect without (--no-tls)" \
+        in done.stderr
 
 
 async def test_a_bad_port_in_the_environment_is_named(server):
@@ -853,8 +854,14 @@ async def test_top_quits_on_q_or_ctrl_c_and_restores_the_terminal(server, keys):
 def test_top_into_a_pipe_prints_each_frame_as_it_goes(server):
     # A reviewer's `top > f` wrote one frame, at exit: rich's Live draws nothing into a
     # pipe until it stops. Two frames must come while it runs.
+    async def fill() -> None:  # more queues than a 25-line screen shows
+        async with connect(server.host, server.port) as client:
+            await asyncio.gather(*(client.put(f"q{i:02}", b"x") for i in range(40)))
+
+    asyncio.run(fill())
     proc = subprocess.Popen([*wonderq_command(), "top", "--interval", "0.2", *at(server)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
     assert proc.stdout is not None
     seen = b""
     deadline = time.monotonic() + EVENT_TIMEOUT_S
@@ -867,6 +874,9 @@ def test_top_into_a_pipe_prints_each_frame_as_it_goes(server):
                 seen += chunk
         assert seen.count(b"wonderq top \xc2\xb7") >= 2, (seen, proc.poll())
         assert proc.poll() is None  # still running: they came while it ran
+        first = seen.split(b"wonderq top \xc2\xb7")[1]
+        assert b"queues (40)" in first and b"q39" in first  # all, not a screen's worth
+        assert b"Ctrl-C quits" in first and b" q or " not in first  # no terminal: no q
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=EVENT_TIMEOUT_S)

@@ -272,7 +272,7 @@ def _tls_mismatch_hint(error: BaseException) -> str:
     """_tls_mismatch_hint: a TLS handshake answered by a port that speaks no TLS fails
     with OpenSSL's WRONG_VERSION_NUMBER (a reviewer had only those words)."""
     if "WRONG_VERSION_NUMBER" in str(error):
-        return "; the server does not seem to use TLS on this port: drop --tls and --tls-ca"
+        return "; the server does not seem to use TLS on this port: connect without (--no-tls)"
     return ""
 
 

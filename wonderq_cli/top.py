@@ -287,8 +287,11 @@ async def _refresh(args: argparse.Namespace, poller: Poller, history: History,
             found = polling.result()
             if found is Poll.FRESH:
                 history.update(poller.stats.get("queues", {}), time.monotonic())
+            # A frame printed into a file or pipe has no screen to fit: every queue, as
+            # --once prints them (a reviewer's had the busiest 17 of 41).
+            height = None if isinstance(live, FramePrinter) else console.height
             live.update(frame(poller.stats, history, _status(args, found, poller.why),
-                              console.width, found is not Poll.AWAY, console.height),
+                              console.width, found is not Poll.AWAY, height),
                         refresh=True)
             if found is not Poll.WAITING:  # a waiting poll has waited its interval
                 await asyncio.wait({quitting}, timeout=interval)
@@ -305,7 +308,8 @@ def _status(args: argparse.Namespace, found: Poll, why: str = "") -> str:
     state = _STATES[found]
     if found is Poll.AWAY and why:
         state = f"{state}: {why}"
-    quits = "" if getattr(args, "once", False) else " · q or Ctrl-C quits"
+    quits = ("" if getattr(args, "once", False) else " · q or Ctrl-C quits"
+             if sys.stdin.isatty() else " · Ctrl-C quits")  # q is read from a terminal only
     return f"wonderq top · {args.host}:{args.port} · {state}{quits}"
 
 

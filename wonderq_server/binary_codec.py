@@ -141,9 +141,7 @@ class BinaryDecoder:
                 if end < peek_end:
                     break
                 request_id = readable_request_id(bytes(buf[start:peek_end]))
-                out.append(self._break(ProtocolError(
-                    FRAME_TOO_LARGE, f"frame of {size} bytes is over the limit of {max_frame} "
-                    f"({self._limits.max_frame_source})"), request_id)[0])
+                out.append(self._break(self._too_large(size), request_id)[0])
                 return out
             if end - pos - HEADER_BYTES < size:
                 break
@@ -173,9 +171,15 @@ class BinaryDecoder:
             size = int.from_bytes(buf[:HEADER_BYTES], "big")
             what = f"{len(buf) - HEADER_BYTES} of a frame's {size} bytes"
             request_id = readable_request_id(bytes(buf[HEADER_BYTES:HEADER_BYTES + ID_PEEK_BYTES]))
+            if size > self._limits.max_frame_bytes:  # as feed answers it, however cut
+                return self._break(self._too_large(size), request_id)
         return self._break(ProtocolError(
             MALFORMED, f"the input ended inside a request ({what} came); it was not run"),
             request_id)
+
+    def _too_large(self, size: int) -> ProtocolError:
+        return ProtocolError(FRAME_TOO_LARGE, f"frame of {size} bytes is over the limit of "
+                             f"{self._limits.max_frame_bytes} ({self._limits.max_frame_source})")
 
     def _break(self, error: ProtocolError, request_id: Any = None) -> list[Command | Rejected]:
         self.broken = True
