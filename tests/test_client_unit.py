@@ -45,6 +45,7 @@ class FakeServer:
         self.buffer = b""
         self.requests: list[list[Any]] = []
         self.protocol: _ClientProtocol | None = None
+        self.answered_out_of_turn: set[Any] = set()
 
     def write(self, data: bytes) -> None:
         self.buffer += data
@@ -69,11 +70,23 @@ class FakeServer:
 
     def reply(self, result: Any = None, error: list[str] | None = None) -> None:
         """reply answers the oldest request not yet answered."""
+        while self.requests[self.answered][0] in self.answered_out_of_turn:
+            self.answered += 1
         request_id = self.requests[self.answered][0]
         self.answered += 1
+        self.reply_to(request_id, result, error)
+
+    def reply_to(self, request_id: Any, result: Any = None,
+                 error: list[str] | None = None) -> None:
+        """reply_to answers one request, out of turn if it is not the oldest."""
+        self.answered_out_of_turn.add(request_id)
         payload = msgpack.packb([request_id, error, result], use_bin_type=True)
         assert self.protocol is not None
         self.protocol.data_received(len(payload).to_bytes(4, "big") + payload)
+
+    def probes(self) -> list[int]:
+        """probes: the ids of receives sent without a wait, as a held receive's is."""
+        return [r[0] for r in self.requests if r[1] == "receive" and "wait" not in r[2]]
 
     answered = 0
 
@@ -222,24 +235,80 @@ async def test_waits_past_the_limit_are_held_until_one_on_the_server_ends(fake, 
     waits = [asyncio.ensure_future(client.receive("q", wait=5)) for _ in range(4)]
     await asyncio.sleep(0)
     await asyncio.sleep(0)
-    assert [r[1] for r in server.requests] == ["receive", "receive"]
+    # Two wait on the server; the two held are each asked once without a wait.
+    assert [(r[1], "wait" in r[2]) for r in server.requests] == [
+        ("receive", True), ("receive", True), ("receive", False), ("receive", False)]
     waits[2].cancel()  # held: dropped here, nothing to cancel on the server
     await asyncio.sleep(0)
     await asyncio.sleep(0)
-    assert len(server.requests) == 2 and waits[2].cancelled()
+    assert len(server.requests) == 4 and waits[2].cancelled()
+    for probe in server.probes():
+        server.reply_to(probe, [])  # nothing ready: the held one stays held
+    await asyncio.sleep(0)
+    assert not waits[3].done() and len(client._protocol._waits_held) == 1
     server.reply([])  # the first wait ends: the oldest held one goes out
     for _ in range(10):
         await asyncio.sleep(0)
-        if len(server.requests) == 3:
+        if len(server.requests) == 5:
             break
     assert await waits[0] == []
-    held_id = server.requests[2][0]
-    assert server.requests[2][1] == "receive" and held_id > server.requests[1][0]
+    held_id = server.requests[4][0]
+    assert server.requests[4][1] == "receive" and "wait" in server.requests[4][2]
+    assert held_id > server.requests[1][0]
     assert client._protocol._waits_held == {} and len(client._protocol._waits_on_server) == 2
     server.close()
     for wait in (waits[1], waits[3]):
         with pytest.raises(ConnectionClosed):
             await wait
+
+
+ROW = [5, b"x", 9, 1, 1.0, 0, None, None]
+
+
+async def test_a_held_receive_takes_what_its_queue_has_ready_at_once(fake, monkeypatch):
+    # A reviewer's receive on a queue with messages, held behind 1,000 waits on empty
+    # queues, waited out its whole wait.
+    monkeypatch.setattr(client_module, "MAX_WAITS_ON_SERVER", 1)
+    client, server = fake
+    first = asyncio.ensure_future(client.receive("empty", wait=30))
+    held = asyncio.ensure_future(client.receive("ready", wait=30, max=5))
+    for _ in range(10):
+        await asyncio.sleep(0)
+        if len(server.requests) == 2:
+            break
+    assert server.requests[1][1:] == ["receive", {"queue": "ready", "max": 5}]  # no wait
+    server.reply_to(server.requests[1][0], [ROW])
+    [message] = await asyncio.wait_for(held, 10)
+    assert (message.id, message.lease, message.queue) == (5, 9, "ready")
+    assert client._protocol._waits_held == {} and client._protocol.replies_not_taken == set()
+    assert not first.done() and len(server.requests) == 2  # it never went out to wait
+
+
+async def test_a_held_receive_ended_by_its_probes_error_or_gone_before_its_answer(
+        fake, monkeypatch):
+    monkeypatch.setattr(client_module, "MAX_WAITS_ON_SERVER", 1)
+    client, server = fake
+    first = asyncio.ensure_future(client.receive("empty", wait=30))
+    refused = asyncio.ensure_future(client.receive("q", wait=30, visibility=-1))
+    cancelled = asyncio.ensure_future(client.receive("q", wait=30))
+    for _ in range(10):
+        await asyncio.sleep(0)
+        if len(server.requests) == 3:
+            break
+    refused_probe, cancelled_probe = server.probes()
+    server.reply_to(refused_probe, None, ["BAD_ARGUMENT", "visibility must be seconds"])
+    with pytest.raises(client_module.BadArgument):  # as the wait would have been
+        await asyncio.wait_for(refused, 10)
+    cancelled.cancel()  # dropped while its probe is on its way
+    await asyncio.sleep(0)
+    server.reply_to(cancelled_probe, [ROW])  # its messages, for nobody: given back
+    for _ in range(10):
+        await asyncio.sleep(0)
+        if len(server.requests) == 4:
+            break
+    assert server.requests[3][1:] == ["nack", {"queue": "q", "id": 5, "lease": 9,
+                                               "unseen": True}]
+    assert not first.done()
 
 
 async def test_a_held_wait_waits_no_longer_than_it_asked(fake, monkeypatch):
@@ -250,13 +319,16 @@ async def test_a_held_wait_waits_no_longer_than_it_asked(fake, monkeypatch):
     short = asyncio.ensure_future(client.receive("q", wait=0.05))
     longer = asyncio.ensure_future(client.receive("q", wait=20))
     assert await asyncio.wait_for(short, 10) == []  # its own wait ran out, still held
-    assert not first.done() and [r[1] for r in server.requests] == ["receive"]
+    assert not first.done() and [(r[1], "wait" in r[2]) for r in server.requests] == [
+        ("receive", True), ("receive", False), ("receive", False)]  # and the probes
+    for probe in server.probes():
+        server.reply_to(probe, [])
     server.reply([])  # the first wait ends: the held one goes out with what is left
     for _ in range(10):
         await asyncio.sleep(0)
-        if len(server.requests) == 2:
+        if len(server.requests) == 4:
             break
-    assert 15 < server.requests[1][2]["wait"] <= 20
+    assert 15 < server.requests[3][2]["wait"] <= 20
     assert await first == []
     server.reply([])
     assert await longer == []
@@ -285,10 +357,12 @@ async def test_a_wait_the_server_would_refuse_is_sent_not_held(fake, monkeypatch
         pass
 
     held = asyncio.ensure_future(client.receive("q", wait=Seconds(0.01)))
-    assert await asyncio.wait_for(held, 10) == [] and len(server.requests) == 5
+    assert await asyncio.wait_for(held, 10) == [] and len(server.requests) == 6
+    assert server.probes() == [server.requests[5][0]]  # held: asked once without a wait
     server.reply([])
     for _ in bad:
         server.reply(None, ["BAD_ARGUMENT", "wait must be seconds"])
+    server.reply([])  # the probe's answer, for nobody now
     assert await first == []
     for call in bad:
         with pytest.raises(client_module.BadArgument):

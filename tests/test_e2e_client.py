@@ -289,6 +289,30 @@ async def test_more_abandoned_waits_than_the_server_reads_take_no_message(server
         assert (await producer.queue_info("many-dead"))["messages"] == 0
 
 
+async def test_a_receive_held_behind_1000_waits_takes_its_queues_ready_messages(server):
+    # A reviewer: behind 1,000 waits of the same connection on an empty queue, a receive
+    # on a queue with messages ready was held here until its own wait ran out.
+    async with connect(server.host, server.port) as consumer, \
+            connect(server.host, server.port) as producer:
+        waits = [asyncio.ensure_future(consumer.receive("idle", wait=EVENT_TIMEOUT_S * 6))
+                 for _ in range(client_module.MAX_WAITS_ON_SERVER)]
+        await until_true(lambda: len(consumer._protocol._waits_on_server)
+                         == client_module.MAX_WAITS_ON_SERVER)
+        await producer.put("busy", b"ready now")
+        [message] = await asyncio.wait_for(
+            consumer.receive("busy", wait=EVENT_TIMEOUT_S * 6), EVENT_TIMEOUT_S)
+        assert (message.body, message.deliveries) == (b"ready now", 1)
+        await consumer.ack("busy", message.id, message.lease)
+        later = asyncio.ensure_future(consumer.receive("busy", wait=EVENT_TIMEOUT_S * 6))
+        await until_true(lambda: consumer._protocol._waits_held)  # held: nothing ready
+        for wait in waits:
+            wait.cancel()
+        await producer.put("busy", b"after")  # the held one went out as the waits ended
+        assert [m.body for m in await asyncio.wait_for(later, EVENT_TIMEOUT_S)] == [b"after"]
+        info = await producer.queue_info("busy")
+        assert (info["messages"], info["in_flight"], info["acked_total"]) == (1, 1, 1)
+
+
 async def test_a_receive_cancelled_after_its_reply_came_gives_the_messages_back(server):
     # The window a reviewer hit 6-14 times in 150 with asyncio.timeout: the reply is in
     # (the protocol future holds the messages) but the task has not resumed to take it

@@ -21,9 +21,10 @@ Rules:
   it came after the cancel or just before the task resumed to take it, the
   client nacks them at once, as unseen (that delivery does not count toward
   max_deliveries), so they are ready for others. At most MAX_WAITS_ON_SERVER
-  receives wait on the server per connection; more are held here, unsent,
-  so that the server never stops reading the connection for them (and
-  cancels always get through).
+  receives wait on the server per connection; more are held here, so that
+  the server never stops reading the connection for them (and cancels
+  always get through), each first sent once without its wait (_probe_held),
+  so what its queue has ready now is not kept from it.
 * A request is encoded before it is registered: an argument msgpack cannot
   encode raises from the call and leaves nothing pending, and so does one
   whose frame is over `max_frame_bytes` (FrameTooLarge; the server would close
@@ -254,6 +255,7 @@ class _ClientProtocol(asyncio.Protocol):
             timer = self._loop.call_at(deadline, self._held_wait_over, request_id)
             self._waits_held[request_id] = (args, deadline, timer)
             future = self._pending[request_id] = self._loop.create_future()
+            self._probe_held(request_id, queue, args)
         else:
             future = self.send("receive", args)
             request_id = self._last_id
@@ -261,6 +263,35 @@ class _ClientProtocol(asyncio.Protocol):
                 self._waits_on_server.add(request_id)
         self._receives[request_id] = queue
         return request_id, future
+
+    def _probe_held(self, request_id: int, queue: str, args: dict[str, Any]) -> None:
+        """_probe_held sends a receive it holds once without its wait: messages its queue
+        has ready now are not kept from it while the waits on the server are on other
+        queues (a reviewer's receive on a queue with messages waited out its wait behind
+        1,000 waits on empty ones). Its answer (_probe_answered) ends the held receive
+        with the messages it brings, or with its error; with none, it stays held. A
+        non-waiting receive takes no place among the waits; close() awaits its answer."""
+        probe = {key: value for key, value in args.items() if key != "wait"}
+        probe_id = self._send_later("receive", probe)
+        self._await_on_close(probe_id,
+                             lambda answer: self._probe_answered(request_id, queue, answer))
+
+    def _probe_answered(self, request_id: int, queue: str,
+                        answer: asyncio.Future[Any]) -> None:
+        error = answer.exception()
+        rows = None if error is not None else answer.result()
+        if error is None and not rows:
+            return  # nothing ready: it waits on, held
+        caller = self._drop_held(request_id)  # None: sent since, ended, or cancelled
+        if caller is None or caller.done():
+            if rows:
+                self.give_back(queue, rows)  # nobody takes them now
+            return
+        if error is not None:
+            caller.set_exception(error)
+            return
+        caller.set_result(rows)
+        self.replies_not_taken.add(request_id)  # receive() takes them (close())
 
     def _send_held_waits(self) -> None:
         """_send_held_waits sends the oldest held receives while there is room (one that
