@@ -311,6 +311,28 @@ async def test_a_held_receive_ended_by_its_probes_error_or_gone_before_its_answe
     assert not first.done()
 
 
+async def test_a_held_receive_cancelled_as_its_probe_brings_messages_sends_no_cancel(
+        fake, monkeypatch):
+    # A reviewer: the probe's messages were given back, and then a CANCEL went out for
+    # the held receive's id, which the server had never been sent.
+    monkeypatch.setattr(client_module, "MAX_WAITS_ON_SERVER", 1)
+    client, server = fake
+    first = asyncio.ensure_future(client.receive("empty", wait=30))
+    held = asyncio.ensure_future(client.receive("q", wait=30))
+    for _ in range(10):
+        await asyncio.sleep(0)
+        if len(server.requests) == 2:
+            break
+    server.reply_to(server.requests[1][0], [ROW])
+    held.cancel()  # in the same loop step as the probe's answer
+    for _ in range(10):
+        await asyncio.sleep(0)
+        if len(server.requests) == 3:
+            break
+    assert held.cancelled() and not first.done()
+    assert [r[1] for r in server.requests[2:]] == ["nack"]  # given back; nothing to cancel
+
+
 async def test_a_held_wait_waits_no_longer_than_it_asked(fake, monkeypatch):
     # A reviewer's receive(wait=0.2), held behind 1,000 waits of 3 s, returned after 3 s.
     monkeypatch.setattr(client_module, "MAX_WAITS_ON_SERVER", 1)

@@ -240,12 +240,13 @@ class _ClientProtocol(asyncio.Protocol):
     def send_receive(self, queue: str, args: dict[str, Any]) -> tuple[int, asyncio.Future[Any]]:
         """send_receive is `send` of a receive: it remembers the queue, so that messages
         that come for it after its caller stopped waiting are given back, and returns
-        the request id too, for cancel_wait. A receive that waits is held here, unsent,
-        while MAX_WAITS_ON_SERVER others wait on the server (see there); one whose wait is
-        not a finite number over 0 (negative, nan, inf, a string) is sent at once, for the
-        server's BAD_ARGUMENT, rather than held with it. (One over the server's --max-wait
-        is held: the client does not know that limit, and the server refuses it when it
-        is sent.)"""
+        the request id too, for cancel_wait. A receive that waits is held here while
+        MAX_WAITS_ON_SERVER others wait on the server (see there), after its probe
+        (_probe_held); one whose wait is not a finite number over 0 (negative, nan, inf, a
+        string) is sent at once, for the server's BAD_ARGUMENT, rather than held with it.
+        (One over the server's --max-wait is held: the client does not know that limit,
+        and the server refuses it when it is sent; its probe, without the wait, is not
+        refused for it, so messages ready at once end it without that error.)"""
         wait = args.get("wait")
         if wait and len(self._waits_on_server) >= MAX_WAITS_ON_SERVER and _holdable(wait):
             self._refuse_if_closing()
@@ -356,8 +357,10 @@ class _ClientProtocol(asyncio.Protocol):
         messages it leased to it before it read the cancel) first, so by then they are
         being given back, and close() waits for that too."""
         if self._drop_held(request_id) is not None or self.closed_error is not None \
-                or request_id in self._cancelling:
-            return  # never sent, the connection is gone, or cancelled already (close())
+                or request_id in self._cancelling or request_id not in self._receives:
+            # Never sent, the connection is gone, cancelled already (close()), or over:
+            # answered, or ended here by its probe (_probe_answered) and never sent.
+            return
         self._cancelling.add(request_id)
         self._await_on_close(self._send_later("cancel", {"request": request_id}),
                              lambda _: self._cancelling.discard(request_id))
