@@ -17,6 +17,7 @@ import struct
 import time
 
 import pytest
+from polling import until
 from raw_socket import PREAMBLE, BinarySocket, frame
 
 from wonderq_client import connect
@@ -87,9 +88,9 @@ async def test_clients_on_sockets_numbered_past_1023_share_fsyncs_too(server_fac
             sock.sendall(PREAMBLE)
             idle.append(sock)
         async with connect(server.host, server.port) as client:
-            async with asyncio.timeout(30):  # every idle one accepted, so numbered first
-                while (await client.stats())["server"]["connections"] < IDLE_CLIENTS + 1:
-                    await asyncio.sleep(0.01)
+            # Every idle one accepted, so numbered first.
+            await until(client.stats,
+                        lambda stats: stats["server"]["connections"] >= IDLE_CLIENTS + 1, 30)
         before, _waits = await fsyncs_and_waits(server)
         ids = await put_one_at_a_time(server)
         after, _waits = await fsyncs_and_waits(server)

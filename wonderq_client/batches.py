@@ -31,6 +31,9 @@ from .errors import error_from_wire
 from .message import Message
 
 PutItem = bytes | str | dict[str, Any]
+# One value where a batch belongs: iterated, a str or bytes goes a character (or byte) an
+# item, and a dict ({id: lease}) its keys an item.
+ONE_VALUE = str | bytes | bytearray | memoryview | dict
 SettleItem = tuple[int, int] | list[int] | Message
 
 
@@ -38,7 +41,7 @@ def put_items(bodies: Iterable[PutItem]) -> list[PutItem]:
     """put_items is put_many's `bodies` field: bodies as given, dicts without None options.
     One body where the list of them belongs (a str would be put a character a message)
     raises TypeError."""
-    if isinstance(bodies, str | bytes | bytearray | memoryview | dict):
+    if isinstance(bodies, ONE_VALUE):
         raise TypeError(f"put_many takes a list of bodies, not one {type(bodies).__name__} "
                         f"(use put for one message)")
     items = bodies if isinstance(bodies, list) else _as_list(bodies, "put_many", "bodies")
@@ -60,8 +63,7 @@ def settle_items(items: Iterable[SettleItem], command: str) -> list[Any]:
         one = "Message" if isinstance(items, Message) else "(id, lease) pair"
         raise TypeError(f"{command} takes a list of messages or (id, lease) pairs, not one "
                         f"{one} (use {command.removesuffix('_many')} for one message)")
-    if isinstance(items, str | bytes | bytearray | memoryview | dict):
-        # A dict {id: lease} was sent as its keys, a string a character an item.
+    if isinstance(items, ONE_VALUE):
         raise TypeError(f"{command} takes a list of messages or (id, lease) pairs, not a "
                         f"{type(items).__name__}")
     if not isinstance(items, list):

@@ -581,7 +581,7 @@ class Client(QueueAdmin):
         max_deliveries. The flag is sent only when True.
         """
         args: dict[str, Any] = {"queue": queue, "id": id, "lease": lease, "delay": delay}
-        if unseen is not False and check_unseen(unseen, "nack"):
+        if check_unseen(unseen, "nack"):
             args["unseen"] = True
         await self._call("nack", args)
 
@@ -589,7 +589,7 @@ class Client(QueueAdmin):
                         delay: float = 0.0, unseen: bool = False) -> list[WonderQError | None]:
         """nack_many gives back (id, lease) pairs or received Messages; results as ack_many;
         `unseen` as for nack."""
-        unseen = unseen is True or (unseen is not False and check_unseen(unseen, "nack_many"))
+        unseen = check_unseen(unseen, "nack_many")
         pairs = settle_items(items, "nack_many")
         if not pairs:
             return []

@@ -193,7 +193,7 @@ class Retry(Exception):
                  unseen: bool = False) -> None:
         if delay is not None and not (delay >= 0 and math.isfinite(delay)):
             raise ValueError(f"Retry's delay must be finite seconds, 0 or more, not {delay}")
-        unseen = unseen is True or (unseen is not False and check_unseen(unseen, "Retry"))
+        unseen = check_unseen(unseen, "Retry")
         super().__init__(reason)
         self.delay = None if delay is None else float(delay)
         self.reason = reason
@@ -735,19 +735,17 @@ class Worker:
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
         job = self._jobs.pop(task, None)
-        if job is None:  # abandoned at its run's end (_drain): no slot, no count
-            if not task.cancelled() and task.exception() is not None:
-                log.error("a worker job left running after its run failed",
-                          exc_info=task.exception())
-            return
-        self._let_go(job)
-        if job.parked:
-            self._parked -= 1
-        self._slot_free.set()
-        if not job.counted:  # ended before any settle counted it (cancelled unbegun, a bug)
-            self._count(job, "unsettled")
+        if job is not None:  # else abandoned at its run's end (_drain): no slot, no count
+            self._let_go(job)
+            if job.parked:
+                self._parked -= 1
+            self._slot_free.set()
+            if not job.counted:  # ended before a settle counted it (cancelled unbegun, a bug)
+                self._count(job, "unsettled")
         if not task.cancelled() and task.exception() is not None:
-            log.error("a worker job failed", exc_info=task.exception())
+            log.error("a worker job failed" if job is not None else
+                      "a worker job left running after its run failed",
+                      exc_info=task.exception())
 
     def _count(self, job: _Job, outcome: str) -> None:
         if job.counted:  # abandoned at its run's end: what it does after is not counted

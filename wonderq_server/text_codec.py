@@ -273,11 +273,11 @@ class TextDecoder:
 
     def _parse(self, line: bytes) -> list[Command | Rejected]:
         word, rest = _command_word(line)
-        typed = word.rstrip().upper()
-        name = TEXT_COMMANDS.get(typed)  # "PING\t" is PING, as "\tPING" is
+        typed = word.upper()  # whole: _command_word split it off at any whitespace
+        name = TEXT_COMMANDS.get(typed)
         try:
             if name is None:
-                if word.rstrip().upper() == b"CANCEL":
+                if typed == b"CANCEL":
                     raise CommandError(UNKNOWN_COMMAND, "CANCEL is for binary mode, whose "
                                        "requests have ids; in text mode a waiting RECEIVE "
                                        "holds the lines after it, so close the connection "
