@@ -14,6 +14,7 @@ figures show (polling.until), rather than sleeping out the second.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import os
 import re
@@ -37,10 +38,11 @@ def metrics_address(server) -> tuple[str, int]:
     return match.group(1).strip("[]"), int(match.group(2))
 
 
-def http_get(address: tuple[str, int], path: str,
-             method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+def http_get(address: tuple[str, int], path: str, method: str = "GET",
+             headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
     """http_get makes one request with urllib: (status, headers, body), errors included."""
-    request = urllib.request.Request(f"http://{address[0]}:{address[1]}{path}", method=method)
+    request = urllib.request.Request(f"http://{address[0]}:{address[1]}{path}", method=method,
+                                     headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
             return response.status, dict(response.headers), response.read()
@@ -172,6 +174,26 @@ async def test_concurrent_scrapes_get_one_render(server_factory):
     assert {status for status, _headers, _body in replies} == {200}
     assert len({body for _status, _headers, body in replies}) == 1
     assert b'wonderq_queue_ready_messages{queue="jobs"} 2.0' in replies[0][2]
+
+
+async def test_a_scraper_that_accepts_gzip_gets_the_same_metrics_gzipped(server_factory):
+    server = server_factory("--metrics-port", "0")
+    address = metrics_address(server)
+    async with connect(server.host, server.port) as client:
+        await client.put_many("jobs", [b"a", b"b"])
+    status, headers, body = await asyncio.to_thread(
+        http_get, address, "/metrics", headers={"Accept-Encoding": "gzip"})
+    assert (status, headers["content-encoding"]) == (200, "gzip")
+    text = gzip.decompress(body).decode()
+    assert len(body) < len(text) / 3
+    samples = {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+               for family in text_string_to_metric_families(text) for sample in family.samples}
+    assert queue_sample(samples, "wonderq_queue_ready_messages", "jobs") == 2
+    assert (await scrape(address)).keys() == samples.keys()  # plain: the same series
+    status, headers, body = await asyncio.to_thread(
+        http_get, address, "/stats", headers={"Accept-Encoding": "gzip"})
+    assert headers["content-encoding"] == "gzip"
+    assert json.loads(gzip.decompress(body))["queues"]["jobs"]["ready"] == 2
 
 
 @pytest.mark.parametrize(("method", "path", "status"), [

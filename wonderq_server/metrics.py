@@ -132,9 +132,11 @@ SERVER_GAUGES = [
     ("max_client_memory", "wonderq_max_client_memory_bytes",
      "--max-client-memory: past it the connections holding the most are cut off."),
     ("uptime_s", "wonderq_uptime_seconds", "Seconds since the server started."),
-    ("busy_poll_us", "wonderq_busy_poll_microseconds",
+    ("busy_poll_us", "wonderq_busy_poll_seconds",
      "--busy-poll: how long the loop polls after input before it sleeps (0: off)."),
 ]
+# Stats figures that are not in base units, and what turns them into base units.
+TO_BASE_UNITS = {"busy_poll_us": 1e-6}
 SERVER_COUNTERS = [
     ("connections_total", "wonderq_connections", "Client connections accepted since start."),
     ("journal_write_errors", "wonderq_journal_write_errors",
@@ -183,7 +185,8 @@ def stats_families(snapshot: Mapping[str, Any]) -> Iterator[Metric]:
     server, queues = snapshot["server"], snapshot["queues"]
     for figure, name, text in SERVER_GAUGES:
         if figure in server:
-            yield GaugeMetricFamily(name, text, value=server[figure])
+            yield GaugeMetricFamily(name, text,
+                                    value=server[figure] * TO_BASE_UNITS.get(figure, 1))
     for figure, name, text in SERVER_COUNTERS:
         if figure in server:
             yield CounterMetricFamily(name, text, value=server[figure])
