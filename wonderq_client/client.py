@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import numbers
 import operator
@@ -339,8 +340,7 @@ class _ClientProtocol(asyncio.Protocol):
                 self._send_later("nack", args)
                 continue
             request_id = self._send_later("nack", {**args, "unseen": True})
-            self._await_on_close(request_id,
-                                 lambda answer, args=args: self._given_back(answer, args))
+            self._await_on_close(request_id, functools.partial(self._given_back, args=args))
 
     def _given_back(self, answer: asyncio.Future[Any], args: dict[str, Any]) -> None:
         error = answer.exception()

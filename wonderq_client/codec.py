@@ -28,7 +28,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]
 
 PREAMBLE = b"WQ\x00\x01"
 HEADER_BYTES = 4

@@ -120,6 +120,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import math
@@ -1034,8 +1035,7 @@ class Worker:
                     continue
                 timer = loop.call_later(self.reply_timeout, self._acks_overdue, client, reply)
                 reply.add_done_callback(
-                    lambda done, batch=batch, timer=timer: self._acks_answered(done, batch,
-                                                                               timer))
+                    functools.partial(self._acks_answered, batch=batch, timer=timer))
 
     def _acks_overdue(self, client: Client, reply: asyncio.Future[Any]) -> None:
         if not reply.done():
