@@ -791,6 +791,43 @@ async def test_the_heartbeat_reconnects_in_time_when_the_path_goes_silent(server
         await proxy.close()
 
 
+async def test_a_worker_with_every_slot_busy_reconnects_once_a_stalled_server_is_back(
+        server, caplog):
+    """A reviewer's: the server stalled (SIGSTOP) while the Worker's one handler worked.
+    Each heartbeat round's time limit cancelled the back-off the round had begun, and the
+    next round began a longer one, so once a back-off outgrew a round no connect was tried
+    again until the handler ended: its ack then found no connection, and the finished work
+    was done again."""
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def handler(msg: Message) -> None:
+        started.set()
+        await release.wait()
+
+    async with connect(server.host, server.port) as client:
+        await client.put("stall", b"long work")
+        # A round is a quarter lease (0.1 s); back-offs of 0.05 s doubling soon outgrow it.
+        worker = Worker("stall", handler, port=server.port, concurrency=1, visibility=0.4,
+                        reply_timeout=0.1, reconnect_first=0.05, reconnect_most=1.0)
+        async with running(worker):
+            await asyncio.wait_for(started.wait(), EVENT_TIMEOUT_S)
+            os.kill(server.proc.pid, signal.SIGSTOP)
+            try:
+                await until_true(lambda: caplog.text.count("trying again in") >= 6)
+            finally:
+                os.kill(server.proc.pid, signal.SIGCONT)
+            # By the sixth, a back-off (0.4 s at least) outgrows a round: the rounds of the
+            # code before cancelled each one and began a longer one, never to connect again.
+            touched = worker.counts.touched
+            # While the handler still works, the Worker is back: its heartbeat renews the
+            # lease over a new connection.
+            await until_counts(worker, lambda c: c.touched > touched)
+            release.set()
+            await until_counts(worker, lambda c: c.acked == 1)
+        assert worker.counts.unsettled == 0
+        assert (await client.queue_info("stall"))["messages"] == 0
+
+
 async def test_closing_after_a_cancelled_wait_gives_back_what_came_for_it(server):
     """The cancel of a wait reaches the server late (the proxy holds the client's data),
     after the server leased a message to the wait. close() must wait for the cancel's

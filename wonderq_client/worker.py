@@ -70,7 +70,12 @@ Rules:
   meanwhile and for two seconds after the outage, so the ack sent again finds it.
 * Back-off: between failed connects, and before reconnecting after a connection that ended
   before the server answered anything (TOO_MANY_CONNECTIONS, say), so a refusing server is
-  not hammered. It starts again from `reconnect_first` once the server answers.
+  not hammered. It starts again from `reconnect_first` once the server answers. A back-off
+  is a time to try again at, not a sleep: a caller cancelled during it (a heartbeat round
+  or a settle has a time limit) leaves it to the next caller, who waits out what is left
+  of it rather than beginning a longer one. Before, every heartbeat round of a stalled
+  server began a back-off and cancelled it, so once one outgrew a round no connect was
+  tried again while handlers held every slot.
 * Errors that retrying cannot mend end run() after the shutdown above: AuthFailed,
   AuthRequired, BadArgument (say a wait over the server's --max-wait), InvalidQueueName,
   UnsupportedVersion (also when the server says it about the whole connection). A receive
@@ -295,7 +300,8 @@ class WorkerCounts:
     retried: int = 0      # the handler raised Retry: nacked with the delay it named
     given_back: int = 0   # stopped before it finished (or started): nacked at once
     lease_lost: int = 0   # the settle found the lease gone (LEASE_LOST, or NOT_FOUND)
-    unsettled: int = 0    # no settle got through: the message comes back when its lease ends
+    unsettled: int = 0    # no settle answered in time: the message comes back when its lease
+    #                       ends, unless the settle was carried out and only its answer lost
     abandoned: int = 0    # its handler ignored the stop's cancel, still running at run()'s end
     touched: int = 0      # leases renewed by the heartbeat
     reconnects: int = 0   # connections made after the first
@@ -396,6 +402,7 @@ class Worker:
         self._answered = False  # the server answered something on the current connection
         self._reached_in_run = False  # ... or on any connection of this run
         self._connect_attempt = 0  # failures in a row, for the back-off
+        self._retry_at: float | None = None  # a back-off's end, until a caller waits it out
         self._connect_lock = asyncio.Lock()
         self._attempt_over = asyncio.Event()  # set when the connect attempt under way ends
         self._jobs: dict[asyncio.Task[None], _Job] = {}
@@ -466,6 +473,7 @@ class Worker:
         self._connections = 0  # reconnects are counted within a run
         self._reached_in_run = False  # the server has answered a request in this run
         self._storage_refused = False
+        self._retry_at = None  # a back-off a stop cut short is not this run's
         heartbeat = asyncio.create_task(self._heartbeat_loop())
         self._receiving = asyncio.create_task(self._receive_loop())
         if self._stops:
@@ -563,16 +571,25 @@ class Worker:
             raise
 
     async def _back_off(self, reason: str) -> None:
-        delay = reconnect_delay(self._connect_attempt, self.reconnect_first,
-                                self.reconnect_most)
-        self._connect_attempt += 1
-        log.warning("WonderQ at %s:%d: %s; trying again in %.2f s", self.host, self.port,
-                    reason, delay)
-        await asyncio.sleep(delay)
+        """_back_off waits before the next connect: a new back-off, or what is left of one
+        whose waiter was cancelled (the rules)."""
+        loop = asyncio.get_running_loop()
+        if self._retry_at is None:
+            delay = reconnect_delay(self._connect_attempt, self.reconnect_first,
+                                    self.reconnect_most)
+            self._connect_attempt += 1
+            log.warning("WonderQ at %s:%d: %s; trying again in %.2f s", self.host, self.port,
+                        reason, delay)
+            self._retry_at = loop.time() + delay
+        left = self._retry_at - loop.time()
+        if left > 0:
+            await asyncio.sleep(left)  # a cancel here keeps _retry_at for the next caller
+        self._retry_at = None
 
     def _server_answered(self) -> None:
         self._answered = self._reached_in_run = True
         self._connect_attempt = 0
+        self._retry_at = None
 
     def _storage_refusal(self, exc: StorageUnavailable, what: str) -> None:
         """_storage_refusal: the server refused a receive, touch, ack or nack because its
