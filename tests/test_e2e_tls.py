@@ -37,6 +37,18 @@ async def test_put_receive_ack_over_tls(server_factory, tls_files):
         assert (await client.stats())["server"]["tls"] is True
 
 
+async def test_a_tls_client_over_max_connections_is_refused_in_connect(server_factory,
+                                                                       tls_files):
+    # README (When things go wrong): a plain port accepts and refuses with its first reply;
+    # a TLS port refuses in the handshake, so connect() itself raises, as README says.
+    proc = server_factory(*tls_files.server_flags(), "--max-connections", "1")
+    async with connect(proc.host, proc.port, ssl=tls_files.client_context()) as first:
+        await first.ping()
+        with pytest.raises((ConnectionResetError, ssl.SSLError)):
+            await connect(proc.host, proc.port, ssl=tls_files.client_context())
+        assert await first.ping() == "pong"  # the one connection goes on
+
+
 async def test_handshakes_in_progress_count_toward_max_connections(server_factory, tls_files):
     # A reviewer's silent TCP connections to the TLS port were counted by nothing until
     # their handshakes ended, and filled the file-descriptor table. With the handshakes in
