@@ -144,6 +144,18 @@ class ReferenceModel:
             return m if kept else LEASE_LOST
         return self.checked_message(queue, msg_id, lease)
 
+    def checked_held(self, queue: str, msg_id: int, lease: int) -> ModelMessage | str:
+        """checked_held is checked_message for a touch or nack: one that the end of its last
+        delivery moved out of `queue` into its dead-letter queue is NOT_FOUND (its late ack
+        alone may still act there), or LEASE_LOST, as for an ack, if `lease` is not the one
+        kept aside (never its, or it was received from there since)."""
+        m = self.messages.get(msg_id)
+        if m is not None and m.origin is not None and m.origin[0] == queue \
+                and m.queue == other(queue) and self.max_deliveries.get(queue):
+            kept = m.lease is None and m.state == "ready" and m.kept_lease == lease
+            return NOT_FOUND if kept else LEASE_LOST
+        return self.checked_message(queue, msg_id, lease)
+
     def new_token(self, token: int) -> None:
         assert token > self.last_token, "ids and leases must grow"
         self.last_token = token

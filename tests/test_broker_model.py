@@ -250,7 +250,7 @@ class BrokerVersusModel(RuleBasedStateMachine):
     def nack(self, pick: int, other_queue: bool, delay: float) -> None:
         queue, msg_id, lease = self.pick_pair(pick, other_queue)
         _, code = call(self.broker.nack, queue, msg_id, lease, delay, self.model.now)
-        m = self.model.checked_message(queue, msg_id, lease)
+        m = self.model.checked_held(queue, msg_id, lease)
         if isinstance(m, str):
             assert code == m
             assert self.delivered == []
@@ -267,7 +267,7 @@ class BrokerVersusModel(RuleBasedStateMachine):
     def touch(self, pick: int, other_queue: bool, visibility: float | None) -> None:
         queue, msg_id, lease = self.pick_pair(pick, other_queue)
         result, code = call(self.broker.touch, queue, msg_id, lease, visibility, self.model.now)
-        m = self.model.checked_message(queue, msg_id, lease)
+        m = self.model.checked_held(queue, msg_id, lease)
         if isinstance(m, str):
             assert code == m
             return

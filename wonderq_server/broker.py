@@ -673,7 +673,8 @@ class Broker(Replay):
     def _held_message(self, name: str, message_id: int, lease: int) -> Message:
         """_held_message is `_existing_message` for a touch or nack, whose NOT_FOUND for a
         message dead-lettered from `name` says so: a heartbeat told only "not found" gave
-        up on work whose late ack would still have deleted it there (a reviewer)."""
+        up on work whose late ack would still have deleted it there (a reviewer). One
+        received from there since is LEASE_LOST, as an ack with that lease is."""
         try:
             return self._existing_message(name, message_id, lease)
         except CommandError as exc:
@@ -681,8 +682,8 @@ class Broker(Replay):
                 raise
             try:
                 moved = self._dead_lettered(name, message_id, lease, exc)
-            except CommandError:
-                raise exc from None
+            except CommandError as lost:  # LEASE_LOST (delivered from there since), as ack
+                raise (lost if lost.code == LEASE_LOST else exc) from None
             raise CommandError(NOT_FOUND, f"message {message_id} is no longer in queue "
                                f"{name!r}: it was dead-lettered to {moved.queue.name!r}, and "
                                "nobody has received it from there since; an ack with this "
