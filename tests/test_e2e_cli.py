@@ -982,6 +982,44 @@ def test_ctrl_c_on_receive_with_a_server_that_does_not_answer_ends_soon(server):
     assert code == 130
 
 
+def test_receive_waiting_through_a_server_stop_exits_2_not_no_message(server):
+    """A stopping server answers a waiting receive with nothing, then says SHUTTING_DOWN:
+    `receive --wait` says the connection was lost, exit 2, where it printed "no message"
+    and exited 0, which a script takes for an empty queue."""
+    proc = subprocess.Popen([*wonderq_command(), *at(server), "receive", "q", "--wait", "60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        asyncio.run(_until_waiting(server))
+        assert server.stop() == 0
+        out, err = proc.communicate(timeout=EVENT_TIMEOUT_S)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert (proc.returncode, out) == (2, b""), err
+    assert b"lost the connection" in err and b"SHUTTING_DOWN" in err, err
+
+
+async def test_receive_waiting_on_a_queue_deleted_under_it_waits_on(server):
+    """The other wait answered empty before its time: the queue was deleted under it. The
+    tool asks again for what is left of its --wait, so a message put since is received."""
+    proc = await asyncio.to_thread(
+        subprocess.Popen,
+        [*wonderq_command(), *at(server), "receive", "q", "--wait", "60", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        await _until_waiting(server)
+        async with connect(server.host, server.port) as client:
+            assert await client.delete_queue("q") == 0
+            await until_stats(client, lambda s: s["server"]["waiting_consumers"] == 1)
+            await client.put("q", b"after the delete")
+        out, err = await asyncio.to_thread(proc.communicate, timeout=EVENT_TIMEOUT_S)
+    finally:
+        proc.kill()
+        await asyncio.to_thread(proc.communicate)
+    assert proc.returncode == 0, err
+    assert [m["body"] for m in json.loads(out)] == ["after the delete"]
+
+
 async def _until_waiting(server: ServerProcess) -> None:
     async with connect(server.host, server.port) as client:
         await until_stats(client, lambda s: s["server"]["waiting_consumers"] == 1)

@@ -12,6 +12,9 @@ Rules:
 * `receive --ack` acks what it printed, in one round trip; without --ack
   the messages stay leased until their visibility timeout, as the lease
   printed with each says.
+* A `receive --wait` answered with nothing before its wait ran out (a stopping
+  server does that before its goodbye; so does a delete-queue) is sent again
+  for the rest of the wait, so a stop ends it as a lost connection (exit 2).
 """
 
 from __future__ import annotations
@@ -211,10 +214,21 @@ async def run_put(args: argparse.Namespace) -> int:
 
 
 async def run_receive(args: argparse.Namespace) -> int:
+    loop = asyncio.get_running_loop()
     async with open_client(args) as client:
+        wait_ends = loop.time() + args.wait
         try:
             messages = await client.receive(args.queue, max=args.max, wait=args.wait,
                                             visibility=args.visibility)
+            while not messages and (left := wait_ends - loop.time()) > 0:
+                # Answered with nothing before its wait ran out: a server that stops does
+                # that before its goodbye (PROTOCOL.md, "A server that stops says so"),
+                # and so does a delete-queue. Asked again for what is left of the wait, a
+                # stopping server, which reads no more, ends the connection: exit 2, not
+                # "no message" and 0, which a script takes for an empty queue, however
+                # long the stop's journal work takes. A deleted queue is waited on anew.
+                messages = await client.receive(args.queue, max=args.max, wait=left,
+                                                visibility=args.visibility)
         except asyncio.CancelledError:
             if deadline.passed():
                 # --timeout ran out (main.py): the server is not answering, so closing must
