@@ -86,6 +86,12 @@ def copied(messages: dict[int, ModelMessage]) -> dict[int, ModelMessage]:
     return {i: replace(m) for i, m in messages.items()}
 
 
+def kept_for(m: ModelMessage, lease: int) -> bool:
+    """kept_for: `lease` is the one a dead letter's move kept aside, and nobody has received
+    the message since (its late ack still deletes it)."""
+    return m.lease is None and m.state == "ready" and m.kept_lease == lease
+
+
 class ReferenceModel:
     def __init__(self) -> None:
         self.now = T0
@@ -138,10 +144,9 @@ class ReferenceModel:
         m = self.messages.get(msg_id)
         if m is not None and m.queue == queue and m.lease is None and m.kept_lease == lease:
             return m
-        if m is not None and m.origin is not None and m.origin[0] == queue \
-                and m.queue == other(queue) and self.max_deliveries.get(queue):
-            kept = m.lease is None and m.state == "ready" and m.kept_lease == lease
-            return m if kept else LEASE_LOST
+        moved = self.dead_lettered_from(queue, msg_id)
+        if moved is not None:
+            return moved if kept_for(moved, lease) else LEASE_LOST
         return self.checked_message(queue, msg_id, lease)
 
     def checked_held(self, queue: str, msg_id: int, lease: int) -> ModelMessage | str:
@@ -149,12 +154,19 @@ class ReferenceModel:
         delivery moved out of `queue` into its dead-letter queue is NOT_FOUND (its late ack
         alone may still act there), or LEASE_LOST, as for an ack, if `lease` is not the one
         kept aside (never its, or it was received from there since)."""
+        moved = self.dead_lettered_from(queue, msg_id)
+        if moved is not None:
+            return NOT_FOUND if kept_for(moved, lease) else LEASE_LOST
+        return self.checked_message(queue, msg_id, lease)
+
+    def dead_lettered_from(self, queue: str, msg_id: int) -> ModelMessage | None:
+        """dead_lettered_from is the message if the end of a delivery moved it out of
+        `queue` into the dead-letter queue `queue` still names; else None."""
         m = self.messages.get(msg_id)
         if m is not None and m.origin is not None and m.origin[0] == queue \
                 and m.queue == other(queue) and self.max_deliveries.get(queue):
-            kept = m.lease is None and m.state == "ready" and m.kept_lease == lease
-            return NOT_FOUND if kept else LEASE_LOST
-        return self.checked_message(queue, msg_id, lease)
+            return m
+        return None
 
     def new_token(self, token: int) -> None:
         assert token > self.last_token, "ids and leases must grow"

@@ -680,10 +680,8 @@ class Broker(Replay):
         except CommandError as exc:
             if exc.code != NOT_FOUND:
                 raise
-            try:
-                moved = self._dead_lettered(name, message_id, lease, exc)
-            except CommandError as lost:  # LEASE_LOST (delivered from there since), as ack
-                raise (lost if lost.code == LEASE_LOST else exc) from None
+            # Raises exc itself, or LEASE_LOST (received from there since), as for an ack.
+            moved = self._dead_lettered(name, message_id, lease, exc)
             raise CommandError(NOT_FOUND, f"message {message_id} is no longer in queue "
                                f"{name!r}: it was dead-lettered to {moved.queue.name!r}, and "
                                "nobody has received it from there since; an ack with this "
