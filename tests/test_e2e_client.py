@@ -11,6 +11,7 @@ import os
 import signal
 import time
 import traceback
+from typing import Any
 
 import pytest
 from polling import EVENT_TIMEOUT_S, until_stats, until_true
@@ -421,6 +422,12 @@ async def test_an_argument_msgpack_cannot_encode_leaves_nothing_pending(server):
         assert await client.ping() == "pong"
 
 
+def holding_itself() -> dict[str, Any]:
+    again: dict[str, Any] = {}
+    again["again"] = again
+    return again
+
+
 @pytest.mark.parametrize(("call", "error", "message"), [
     (lambda c: c.put("q", b"x", headers={"trace": {1, 2}}), TypeError,
      "put: headers['trace'] cannot be sent: can not serialize 'set' object"),
@@ -430,6 +437,12 @@ async def test_an_argument_msgpack_cannot_encode_leaves_nothing_pending(server):
     (lambda c: c.put("jobs\ud800", b"x"), ValueError, "put: queue cannot be sent: 'utf-8'"),
     (lambda c: c.put("q", b"x", headers={object(): "v"}), TypeError,
      "put: headers key <object object at"),
+    # A value that holds itself: msgpack's ValueError, where naming the field recursed
+    # round the cycle into a RecursionError (a reviewer).
+    (lambda c: c.put("q", b"x", headers=holding_itself()), ValueError,
+     "put: headers['again'] cannot be sent: recursion limit exceeded"),
+    (lambda c: c.put_many("q", [b"a", [b"b", holding_itself()]]), ValueError,
+     "put_many: bodies[1][1]['again'] cannot be sent: recursion limit exceeded"),
 ])
 async def test_an_argument_msgpack_cannot_encode_is_named(server, call, error, message):
     # msgpack's own message ("can not serialize 'set' object") said what, not where: in a
@@ -657,6 +670,9 @@ async def test_wrong_kinds_of_batch_or_unseen_are_refused_before_anything_is_sen
 @pytest.mark.parametrize(("options", "error", "match"), [
     ({"host": 5}, TypeError, "^connect: host must be a str, not 5"),
     ({"port": "http"}, TypeError, "^connect: port must be an int, not 'http'"),
+    # A digit that is not a decimal one, which int() cannot read (a reviewer: its
+    # ValueError named no argument).
+    ({"port": "\u00b2"}, TypeError, "^connect: port must be an int, not '\u00b2'"),
     ({"port": 7711.0}, TypeError, "^connect: port must be an int"),
     ({"port": True}, TypeError, "^connect: port must be an int"),
     ({"port": 70000}, ValueError, "^connect: port must be from 0 to 65535, not 70000"),

@@ -17,6 +17,7 @@ import os
 import random
 import re
 import signal
+import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -826,6 +827,28 @@ async def test_a_worker_with_every_slot_busy_reconnects_once_a_stalled_server_is
             await until_counts(worker, lambda c: c.acked == 1)
         assert worker.counts.unsettled == 0
         assert (await client.queue_info("stall"))["messages"] == 0
+
+
+async def test_a_worker_given_its_port_as_digits_logs_its_reconnects(caplog):
+    """A reviewer's: connect() and Worker take a port of digits in a str (as from an
+    environment variable), but the Worker kept the str, and the lines it logs about its
+    connection format the port with %d: a logging error in place of each "trying again"
+    warning, the one an operator needs while the server is down."""
+
+    async def handler(msg: Message) -> None:
+        pass
+
+    with socket.socket() as unheard:  # bound, never listening: every connect is refused
+        unheard.bind(("127.0.0.1", 0))
+        port = unheard.getsockname()[1]
+        worker = Worker("digits", handler, host="127.0.0.1", port=f" {port}",
+                        reconnect_first=0.01, reconnect_most=0.01)
+        assert worker.port == port
+        async with running(worker):
+            await until_true(lambda: any("trying again in" in str(record.msg)
+                                         for record in caplog.records))
+    [warning, *_] = [record for record in caplog.records if "trying again in" in str(record.msg)]
+    assert warning.getMessage().startswith(f"WonderQ at 127.0.0.1:{port}: ")
 
 
 async def test_closing_after_a_cancelled_wait_gives_back_what_came_for_it(server):

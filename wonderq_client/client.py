@@ -768,7 +768,8 @@ def check_address(host: Any, port: Any, timeout: Any) -> int:
     int (from an IntEnum, numpy's integers, digits)."""
     if host is not None and not isinstance(host, str | bytes):
         raise TypeError(f"connect: host must be a str, not {host!r}")
-    if isinstance(port, str) and port.strip().isdigit():
+    # isdecimal, not isdigit: '²' is a digit that int() cannot read.
+    if isinstance(port, str) and port.strip().isdecimal():
         port = int(port)
     if isinstance(port, bool):
         raise TypeError(f"connect: port must be an int, not {port!r}")

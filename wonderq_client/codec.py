@@ -109,28 +109,42 @@ def encode_request(request_id: int, command: str, args: dict[str, Any]) -> bytes
 
 def unsendable_at(args: dict[str, Any]) -> str:
     """unsendable_at names the first value in a request's fields that msgpack cannot pack:
-    `headers['k']`, `bodies[2]['priority']`; its field alone when none inside is to blame."""
+    `headers['k']`, `bodies[2]['priority']`; its field alone when none inside is to blame.
+    A value that holds itself (msgpack: "recursion limit exceeded") is named where it
+    comes round again; one nested deeper than this function can follow, by its field."""
     for field, value in args.items():
-        path = _unsendable(value, str(field))
+        try:
+            path = _unsendable(value, str(field), set())
+        except RecursionError:
+            path = str(field)
         if path is not None:
             return path
     return "a field"  # not reached: the fields packed one by one, but not together
 
 
-def _unsendable(value: Any, path: str) -> str | None:
+def _unsendable(value: Any, path: str, inside: set[int]) -> str | None:
+    """_unsendable: `inside` holds the ids of the containers `value` is within, so a cycle
+    ends where it closes rather than in a RecursionError (a reviewer's headers = {'a':
+    headers} raised that, not the ValueError naming the field that README promises)."""
     try:
         _packer.pack(value)
         return None
     except (TypeError, ValueError, OverflowError):
         pass
-    if isinstance(value, dict):
-        for key, item in value.items():
-            found = _unsendable(key, f"{path} key {key!r}") or _unsendable(item, f"{path}[{key!r}]")
-            if found is not None:
-                return found
-    elif isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            found = _unsendable(item, f"{path}[{index}]")
-            if found is not None:
-                return found
+    if isinstance(value, dict | list | tuple):
+        if id(value) in inside:
+            return path
+        inside.add(id(value))
+        if isinstance(value, dict):
+            for key, item in value.items():
+                found = (_unsendable(key, f"{path} key {key!r}", inside)
+                         or _unsendable(item, f"{path}[{key!r}]", inside))
+                if found is not None:
+                    return found
+        else:
+            for index, item in enumerate(value):
+                found = _unsendable(item, f"{path}[{index}]", inside)
+                if found is not None:
+                    return found
+        inside.discard(id(value))
     return path

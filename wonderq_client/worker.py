@@ -377,7 +377,9 @@ class Worker:
         if not callable(retry_delay):
             _check_seconds("retry_delay", retry_delay, zero_ok=True)
         _check_seconds("shutdown_grace", shutdown_grace, zero_ok=True, inf_ok=True)
-        check_address(host, port, connect_timeout)  # as connect() would, at every connect
+        # As connect() would, at every connect; kept as the plain int it returns (a port
+        # of digits in a str is one), which the log lines format with %d.
+        port = check_address(host, port, connect_timeout)
         if not (shutdown_grace >= 0 and 0 < reconnect_first <= reconnect_most):
             raise ValueError("shutdown_grace must be 0 or more, and reconnect_first more "
                              "than 0 and at most reconnect_most")
