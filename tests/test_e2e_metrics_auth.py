@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import re
+import socket
 import ssl
 import time
 import urllib.error
@@ -96,3 +97,53 @@ async def test_metrics_over_tls(server_factory, tmp_path):
     assert stats["tls_handshake_failures_total"] == 1
     await until_true(lambda: "a TLS handshake on the metrics port failed: HTTP_REQUEST"
                      in server.log)  # the log is read by another thread
+
+
+async def test_metrics_handshakes_count_toward_metrics_max_connections(server_factory,
+                                                                      tmp_path):
+    # A reviewer's silent TCP connections to the metrics TLS port were counted by nothing
+    # until their handshakes ended (asyncio makes the HTTP connection only then), and each
+    # held a descriptor for asyncio's 60 s. Now a handshake in progress holds one of
+    # --metrics-max-connections, and one past them is closed at once.
+    files = TlsFiles.make(tmp_path)
+    server = server_factory("--metrics-port", "0", "--metrics-max-connections", "2",
+                            "--metrics-timeout", "60", "--tls-handshake-timeout", "60",
+                            *files.server_flags())
+    url = metrics_url(server, "/stats")
+    host, port = url.removeprefix("https://").removesuffix("/stats").rsplit(":", 1)
+    silent = [socket.create_connection((host, int(port)), timeout=TIMEOUT_S)
+              for _ in range(2)]
+    try:
+        # Accepted in the order they connected: these are the ones over the limit, closed
+        # by the server at once, not when a timeout of 60 s runs out.
+        for _ in range(3):
+            with socket.create_connection((host, int(port)), timeout=TIMEOUT_S) as extra:
+                assert await asyncio.to_thread(extra.recv, 100) == b""
+        await until_true(lambda: "(--metrics-max-connections), handshakes in progress "
+                         "included" in server.log)  # the log is read by another thread
+    finally:
+        for sock in silent:
+            sock.close()
+    # Once those are gone, a scraper gets in (each try is an event: the server's answer).
+    for _ in range(50):
+        try:
+            status, _, body = await asyncio.to_thread(http_get, url, None,
+                                                      files.client_context())
+            break
+        except (OSError, http.client.HTTPException):
+            continue
+    else:
+        raise AssertionError("no scrape got in after the silent connections closed")
+    assert status == 200 and b'"tls_handshake_failures_total": 3' in body
+
+
+async def test_a_metrics_handshake_ends_at_the_metrics_timeout(server_factory, tmp_path):
+    # README: the endpoint drops a connection still open --metrics-timeout after it was
+    # accepted; over TLS that held only from the handshake's end (asyncio's 60 s before).
+    files = TlsFiles.make(tmp_path)
+    server = server_factory("--metrics-port", "0", "--metrics-timeout", "0.3",
+                            *files.server_flags())  # --tls-handshake-timeout 10, longer
+    url = metrics_url(server, "/stats")
+    host, port = url.removeprefix("https://").removesuffix("/stats").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=TIMEOUT_S) as silent:
+        assert await asyncio.to_thread(silent.recv, 100) == b""

@@ -328,10 +328,12 @@ class MetricsEndpoint:
         return await self.pages.get("stats", render)
 
     async def start(self, loop: asyncio.AbstractEventLoop, host: str, port: int,
-                    ssl: SSLContext | None = None) -> tuple[str, int]:
-        """start listens on host:port (over TLS with `ssl`); returns the (host, port) bound."""
+                    ssl: SSLContext | None = None,
+                    handshake_timeout_s: float | None = None) -> tuple[str, int]:
+        """start listens on host:port (over TLS with `ssl`, HttpEndpoint.start); returns the
+        (host, port) bound."""
         try:
-            return await self.http.start(loop, host, port, ssl)
+            return await self.http.start(loop, host, port, ssl, handshake_timeout_s)
         except OSError as exc:  # say which of the server's two ports it was
             raise OSError(exc.errno, f"--metrics-port {port} on {host!r} (--metrics-host, "
                           f"else --host): {exc.strerror}") from exc

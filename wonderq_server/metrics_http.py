@@ -22,7 +22,13 @@ Rules:
   (--metrics-max-connections) are open at once, and a connection still open
   `timeout_s` (--metrics-timeout) after it was accepted (a peer that sends
   slowly or never reads its response) is aborted. That is one timer per HTTP
-  connection, never on the message path.
+  connection, never on the message path. Over TLS the same bounds hold
+  before a connection exists: its handshake counts against
+  `max_connections` (the server's tls.HandshakeLimit, from
+  `handshake_room`) and ends after --tls-handshake-timeout, or
+  `timeout_s` if shorter (a reviewer's silent TCP connections to the
+  metrics TLS port were counted by nothing and held a descriptor each for
+  asyncio's 60 s, until the message port could accept no one).
 * One connection more is refused: counted (`refused`, STATS'
   metrics_connections_refused_total) and answered 503 with Retry-After at
   once, its request unread, then closed as any response is (lingering,
@@ -113,11 +119,23 @@ class HttpEndpoint:
         self.closed = False  # a connection that opens after close() is dropped
 
     async def start(self, loop: asyncio.AbstractEventLoop, host: str, port: int,
-                    ssl: SSLContext | None = None) -> tuple[str, int]:
+                    ssl: SSLContext | None = None,
+                    handshake_timeout_s: float | None = None) -> tuple[str, int]:
         """start listens on host:port, over TLS with `ssl`; returns the (host, port) bound
-        (port 0 picks one)."""
-        self._listener = await loop.create_server(
-            lambda: HttpConnection(self, loop), host, port, reuse_address=True, ssl=ssl)
+        (port 0 picks one). Over TLS a connection is made only once its handshake is
+        done, so until then nothing here counts or times it: `handshake_timeout_s` (at
+        most `timeout_s`) ends a handshake that takes longer, and the server counts
+        handshakes in progress against max_connections (tls.HandshakeLimit, with
+        `handshake_room`)."""
+        if ssl is not None:
+            timeout_s = self.timeout_s if handshake_timeout_s is None \
+                else min(handshake_timeout_s, self.timeout_s)
+            self._listener = await loop.create_server(
+                lambda: HttpConnection(self, loop), host, port, reuse_address=True, ssl=ssl,
+                ssl_handshake_timeout=timeout_s)
+        else:
+            self._listener = await loop.create_server(
+                lambda: HttpConnection(self, loop), host, port, reuse_address=True)
         sockname = self._listener.sockets[0].getsockname()
         return sockname[0], sockname[1]
 
@@ -137,6 +155,11 @@ class HttpEndpoint:
             if self._gzipped.get(page) is kept:
                 del self._gzipped[page]  # not kept: the next request compresses again
             raise
+
+    def handshake_room(self) -> int:
+        """handshake_room: how many TLS handshakes may be in progress at once, the slots
+        that open connections leave of max_connections."""
+        return self.max_connections - len(self.connections)
 
     def close(self) -> None:
         """close stops listening and drops every open HTTP connection, and any that opens

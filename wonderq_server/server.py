@@ -168,11 +168,16 @@ class Server:
                 self.ssl_context,
                 lambda reason, why: self._tls_handshake_failed("", reason, why),
                 self.handshake_limit)
+        # And on the metrics port toward --metrics-max-connections (metrics_http.py's rules).
+        self.metrics_handshake_limit = tls.HandshakeLimit(
+            lambda: self.metrics.http.handshake_room() if self.metrics is not None else 0,
+            "--metrics-max-connections")
         if self.metrics_ssl_context is not None:
             tls.report_failed_handshakes(
                 self.metrics_ssl_context,
                 lambda reason, why: self._tls_handshake_failed("on the metrics port ",
-                                                               reason, why))
+                                                               reason, why),
+                self.metrics_handshake_limit)
         self.connections: set[Connection] = set()
         self.connections_total = 0
         self.started_at = time.time()
@@ -324,7 +329,8 @@ class Server:
         if self.metrics is not None:
             host, port = await self.metrics.start(
                 self._loop, self.config.metrics_host or self.config.host,
-                self.config.metrics_port, self.metrics_ssl_context)
+                self.config.metrics_port, self.metrics_ssl_context,
+                self.config.tls_handshake_timeout_s)
             ready_logger.info("metrics on %s://%s:%d/metrics",
                               "https" if self.ssl_context else "http",
                               f"[{host}]" if ":" in host else host, port)

@@ -39,7 +39,8 @@ Rules:
   before a handshake. The hook cannot count them per address
   (--max-connections-per-address): an SSLObject is made from memory BIOs
   and never learns its peer; tls_listener.py accepts the port's clients
-  itself to count them there.
+  itself to count them there. The metrics port's handshakes count the same
+  way, against --metrics-max-connections (metrics_http.py).
 * The files are read once, before the journal is recovered, so a bad file
   stops start-up at once with TLSSetupError: a message naming the flag and
   the file, never a traceback, and never a prompt for a key's passphrase.
@@ -103,8 +104,9 @@ class HandshakeLimit:
     """HandshakeLimit counts a port's TLS handshakes in progress and refuses new ones while
     `room()` (the server's: its limit minus its open connections) is not above them."""
 
-    def __init__(self, room: Callable[[], int]) -> None:
+    def __init__(self, room: Callable[[], int], flag: str = "--max-connections") -> None:
         self.room = room
+        self.flag = flag  # the limit's flag, for the refusal's reason
         self.in_progress = 0
         self.refused = 0  # handshakes failed at once for want of room
 
@@ -127,7 +129,7 @@ def report_failed_handshakes(context: ssl.SSLContext,
                     limit.refused += 1
                     self._counted = False
                     report(TOO_MANY_HANDSHAKES, "the server already serves its maximum of "
-                           "connections (--max-connections), handshakes in progress included")
+                           f"connections ({limit.flag}), handshakes in progress included")
                     raise ssl.SSLError(TOO_MANY_HANDSHAKES)
                 limit.in_progress += 1
                 self._counted = counted = True
