@@ -548,15 +548,18 @@ class Broker(Replay):
                 # The oldest plain messages wait in the table's run, the rest on the
                 # heap (queues.py): take whichever comes first by key.
                 first_plain = messages.first_plain_id()
+                msg: Message  # declared, so a compiled build reaches its fields directly
                 if ready and (first_plain is None or ready[0] < first_plain):
                     message_id = heapq.heappop(ready) & ID_MASK
-                    msg = messages.get(message_id)
-                    if msg is None:
+                    found = messages.get(message_id)
+                    if found is None:
                         continue  # a stale entry: acked, moved or purged since
-                    if type(msg) is bytes:
-                        msg = materialize(messages, message_id, msg, q)
-                    elif msg.state != READY:
+                    if type(found) is bytes:
+                        msg = materialize(messages, message_id, found, q)
+                    elif found.state != READY:
                         continue  # a stale entry: leased again, or delayed
+                    else:
+                        msg = found
                 else:
                     message_id, body = messages.take_first_plain()
                     msg = messages.others[message_id] = Message(message_id, body, q)
@@ -727,9 +730,11 @@ class Broker(Replay):
                 append(item)  # refused by the request checks: its own result
                 continue
             msg = others.get(item[0])
-            if msg is not None and type(msg) is not bytes and msg.lease == item[1]:
+            # isinstance, not type(msg) is not bytes: compiled, msg is then a Message and
+            # its fields are reached directly (0.55 -> 0.31 us a message; pure, the same).
+            if isinstance(msg, Message) and msg.lease == item[1]:
                 q.acked_total += 1
-                batch = msg.lease_batch
+                batch: LeaseBatch | None = msg.lease_batch
                 if batch is not None and msg.expiry is None and msg.headers is None:
                     # `_drop` of a lease batch's member (LEASED, its deadline held by the
                     # batch), inline: a batch consumer acks every message this way.
