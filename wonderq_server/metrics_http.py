@@ -60,7 +60,7 @@ import gzip
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from http import HTTPStatus
-from typing import TYPE_CHECKING, TypedDict, cast
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import h11
 
@@ -127,15 +127,13 @@ class HttpEndpoint:
         most `timeout_s`) ends a handshake that takes longer, and the server counts
         handshakes in progress against max_connections (tls.HandshakeLimit, with
         `handshake_room`)."""
+        over_tls: dict[str, Any] = {}  # asyncio refuses a handshake timeout without ssl
         if ssl is not None:
-            timeout_s = self.timeout_s if handshake_timeout_s is None \
+            limit_s = self.timeout_s if handshake_timeout_s is None \
                 else min(handshake_timeout_s, self.timeout_s)
-            self._listener = await loop.create_server(
-                lambda: HttpConnection(self, loop), host, port, reuse_address=True, ssl=ssl,
-                ssl_handshake_timeout=timeout_s)
-        else:
-            self._listener = await loop.create_server(
-                lambda: HttpConnection(self, loop), host, port, reuse_address=True)
+            over_tls = {"ssl": ssl, "ssl_handshake_timeout": limit_s}
+        self._listener = await loop.create_server(
+            lambda: HttpConnection(self, loop), host, port, reuse_address=True, **over_tls)
         sockname = self._listener.sockets[0].getsockname()
         return sockname[0], sockname[1]
 
