@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 from server_process import ServerProcess
@@ -20,6 +21,15 @@ SUITE_VARIABLES = "WONDERQ_FUZZ_"  # test_e2e_fuzz.py's seed and duration
 for _name in [name for name in os.environ
               if name.startswith("WONDERQ_") and not name.startswith(SUITE_VARIABLES)]:
     del os.environ[_name]
+
+
+# A process started in the background by a shell without job control (`cmd &` in a
+# script, as some CI runners start the suite) has SIGINT ignored, and its children
+# inherit that: the command-line tools then never see the Ctrl-C the tests send them
+# (Python leaves an ignored SIGINT ignored). The tests are of a tool at a terminal, so
+# this process takes SIGINT back; the exec of every child resets it to the default.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
