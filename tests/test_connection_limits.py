@@ -24,6 +24,7 @@ from wonderq_server.connection_limits import (
     ConnectionLimits,
     address_key,
     fit_open_files,
+    metrics_file_descriptors,
 )
 from wonderq_server.errors import IDLE_TIMEOUT, TOO_MANY_CONNECTIONS, ProtocolError
 
@@ -302,6 +303,17 @@ def test_fit_open_files_raises_the_soft_limit_to_fit():
 def test_fit_open_files_lowers_the_connection_limit_to_the_hard_limit():
     assert fit_open_files(10_000, 1024, 4096) == (4096, 4096 - RESERVED_FILE_DESCRIPTORS)
     assert fit_open_files(10_000, 10, 10) == (10, 1)  # always at least one
+
+
+def test_the_metrics_endpoint_keeps_its_descriptors_beside_the_reserve():
+    # Its open connections (TLS handshakes in progress among them) and as many refusals
+    # waiting: a --metrics-max-connections in the thousands took the descriptors
+    # --max-connections had been fitted to (a reviewer's note).
+    assert metrics_file_descriptors(None) == 0
+    assert metrics_file_descriptors(32) == 64
+    reserved = RESERVED_FILE_DESCRIPTORS + metrics_file_descriptors(1000)
+    assert fit_open_files(10_000, 1024, 4096, reserved) == (4096, 4096 - reserved)
+    assert fit_open_files(10_000, 1024, -1, reserved) == (10_000 + reserved, 10_000)
 
 
 # ------------------------------------------- big replies to many requests in one read

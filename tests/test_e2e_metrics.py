@@ -18,13 +18,16 @@ import gzip
 import json
 import os
 import re
+import resource
 import socket
+import subprocess
 import urllib.error
 import urllib.request
 
 import pytest
 from polling import until
 from prometheus_client.parser import text_string_to_metric_families
+from server_process import READY, server_command
 
 from wonderq_client import ConnectionClosed, connect
 
@@ -373,3 +376,30 @@ async def test_metrics_timeout_drops_a_silent_connection(server_factory):
         # Says nothing: the server closes it after 0.2 s (the socket's own timeout, 10 s,
         # only stops a regression from hanging the test).
         assert await asyncio.to_thread(silent.recv, 100) == b""
+
+
+def test_the_open_file_limit_leaves_room_for_the_metrics_endpoint():
+    # Under a hard open-file limit too low for --max-connections, the server serves as
+    # many connections as fit beside what it keeps for itself, the metrics endpoint's
+    # twice --metrics-max-connections among it (connection_limits.py); before, those were
+    # not counted, and scrapers and refusals could take the clients' descriptors.
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (400, 400))
+
+    argv = [*server_command(), "--port", "0", "--in-memory", "--max-connections", "1000",
+            "--metrics-port", "0", "--metrics-max-connections", "50"]
+    server = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, preexec_fn=low_limit)
+    try:
+        assert server.stderr is not None
+        lines = []
+        for line in server.stderr:  # until the ready line (the process ends otherwise)
+            lines.append(line)
+            if READY.search(line):
+                break
+        log = "".join(lines)
+        # 400 - 64 reserved - 2 x 50 for the metrics endpoint
+        assert "allows only 236 connections" in log, log
+        assert "`ulimit -n 1164`" in log, log
+    finally:
+        server.kill()
+        server.wait()

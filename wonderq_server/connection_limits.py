@@ -166,8 +166,9 @@ PRE_AUTH_REQUEST_BYTES = 64 * 1024
 REFUSAL_WAIT_S = 1.0
 
 # File descriptors kept for the server itself beyond its clients: the
-# listener, the journal and its compaction file, the metrics endpoint and its
-# scrapers (32), the event loop, the standard streams and a margin.
+# listener, the journal and its compaction file, the event loop, the standard
+# streams, the refusals waiting (below) and a margin. The metrics endpoint's
+# come on top (metrics_file_descriptors).
 RESERVED_FILE_DESCRIPTORS = 64
 
 # Refused connections waiting for their first bytes, to be answered in their mode: at
@@ -228,17 +229,28 @@ def address_key(peer: object) -> str | None:
     return str(address)
 
 
-def fit_open_files(max_connections: int, soft: int, hard: int) -> tuple[int, int]:
+def metrics_file_descriptors(metrics_max_connections: int | None) -> int:
+    """metrics_file_descriptors: what the metrics endpoint can hold at once (None: no
+    endpoint), twice --metrics-max-connections: its open connections, TLS handshakes in
+    progress included, and as many refusals waiting for their peer to close
+    (metrics_http.py). Counted by nothing, a --metrics-max-connections in the thousands
+    could take the descriptors --max-connections was fitted to (a reviewer's note)."""
+    return 0 if metrics_max_connections is None else 2 * metrics_max_connections
+
+
+def fit_open_files(max_connections: int, soft: int, hard: int,
+                   reserved: int = RESERVED_FILE_DESCRIPTORS) -> tuple[int, int]:
     """fit_open_files decides the open-file limit to ask for and the connection limit to enforce.
 
     Given the process' soft and hard RLIMIT_NOFILE (-1 meaning unlimited),
-    returns (new soft limit, connections to admit). The soft limit is raised
-    as far as needed and allowed; if even the hard limit is too low, the
-    connection limit comes down to what fits, so that accept() never fails
-    for want of a descriptor.
+    returns (new soft limit, connections to admit), with `reserved`
+    descriptors kept beyond the clients. The soft limit is raised as far as
+    needed and allowed; if even the hard limit is too low, the connection
+    limit comes down to what fits, so that accept() never fails for want of a
+    descriptor.
     """
-    needed = max_connections + RESERVED_FILE_DESCRIPTORS
+    needed = max_connections + reserved
     if soft == -1 or soft >= needed:
         return soft, max_connections
     new_soft = needed if hard == -1 else min(needed, hard)
-    return new_soft, max(1, min(max_connections, new_soft - RESERVED_FILE_DESCRIPTORS))
+    return new_soft, max(1, min(max_connections, new_soft - reserved))

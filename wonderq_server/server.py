@@ -70,6 +70,7 @@ from .connection_limits import (
     Counters,
     address_key,
     fit_open_files,
+    metrics_file_descriptors,
 )
 from .errors import TOO_MANY_CONNECTIONS, ProtocolError
 from .group_commit import GroupCommit
@@ -347,9 +348,12 @@ class Server:
         """_fit_open_files raises the open-file limit to fit --max-connections, or lowers
         the connection limit to what fits (and says so): see connection_limits.py."""
         wanted = self.connection_limits.max_connections
+        reserved = RESERVED_FILE_DESCRIPTORS + metrics_file_descriptors(
+            self.config.metrics_max_connections if self.config.metrics_port is not None
+            else None)
         try:
             soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-            new_soft, self.max_connections = fit_open_files(wanted, soft, hard)
+            new_soft, self.max_connections = fit_open_files(wanted, soft, hard, reserved)
             if new_soft != soft:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (new_soft, hard))
         except (OSError, ValueError) as exc:
@@ -360,7 +364,7 @@ class Server:
             logger.warning("the open-file limit (%d, hard %d) allows only %d connections; "
                            "serving at most that many instead of --max-connections %d (raise "
                            "the limit, e.g. `ulimit -n %d`)", new_soft, hard,
-                           self.max_connections, wanted, wanted + RESERVED_FILE_DESCRIPTORS)
+                           self.max_connections, wanted, wanted + reserved)
 
     async def stop(self) -> None:
         """stop: stop accepting, answer what is in flight, write and fsync the journal, close."""
