@@ -54,7 +54,11 @@ Must not know: wire formats, sockets, clocks.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # typed, so a compiled build reaches their fields directly
+    from .lease_batch import LeaseBatch
+    from .queues import Queue
 
 from .ids import MILLISECOND_SHIFT
 
@@ -86,7 +90,7 @@ class Message:
     __slots__ = ("body", "deadline_at", "deliveries", "expiry", "headers", "id",
                  "kept_lease", "lease", "lease_batch", "origin", "priority", "queue", "state")
 
-    def __init__(self, message_id: int, body: bytes, queue: Any,
+    def __init__(self, message_id: int, body: bytes, queue: Queue,
                  priority: int = DEFAULT_PRIORITY,
                  headers: dict[str, str] | None = None) -> None:
         self.id = message_id
@@ -96,7 +100,8 @@ class Message:
         self.deliveries = 0
         self.lease: int | None = None
         self.deadline_at: float | None = None
-        self.lease_batch: Any = None  # the LeaseBatch whose heap entry holds its deadline
+        # The LeaseBatch whose heap entry holds its deadline (lease_batch.py), or None.
+        self.lease_batch: LeaseBatch | None = None
         self.priority = priority
         self.headers = headers
         self.expiry: ExpiryTimer | None = None
@@ -134,14 +139,14 @@ class Message:
                 f"deliveries={self.deliveries}, lease={self.lease})")
 
 
-def materialize(messages: Any, message_id: int, body: bytes, queue: Any) -> Message:
+def materialize(messages: Any, message_id: int, body: bytes, queue: Queue) -> Message:
     """materialize turns the plain message `message_id` (its body is `body`) into a READY
     Message in its queue's table (a MessageTable), under the same id."""
     msg = messages[message_id] = Message(message_id, body, queue)
     return msg
 
 
-def view(message_id: int, stored: Message | bytes, queue: Any) -> Message:
+def view(message_id: int, stored: Message | bytes, queue: Queue) -> Message:
     """view is a message as a Message for reading only: the Message itself, or for a
     plain message a throwaway one (READY, no lease) that is never stored."""
     if isinstance(stored, Message):
