@@ -425,6 +425,33 @@ def test_redrive_with_stale_ready_entries_moves_every_one(b: Broker, stale: int)
     check_invariants(b)
 
 
+def test_redrive_counts_a_kept_message_with_two_heap_entries_once(b: Broker) -> None:
+    """A reviewer's: a late nack leaves a second ready-heap entry for a message still ready
+    (broker.py's rules). One that had to stay (its origin full) was counted twice as kept,
+    so redrive stopped before a message that could go back: 0 moved, every time."""
+    dlq = {"max_deliveries": 1, "dead_letter_queue": "dlq"}
+    b.create_queue("a", {**dlq, "max_length": 1}, T0)
+    b.create_queue("b", dlq, T0)
+    x = b.put("a", b"x", T0)
+    [m] = b.receive("a", 1, None, T0)
+    b.nack("a", x, m.lease, 0.0, T0)  # its last delivery: x moves to dlq
+    y = b.put("b", b"y", T0)
+    [m] = b.receive("b", 1, None, T0)
+    b.nack("b", y, m.lease, 0.0, T0)  # y moves to dlq, after x
+    [m] = b.receive("dlq", 1, 10.0, T0 + 1.0)  # an operator looks at x ...
+    assert m.id == x
+    b.advance(T0 + 12.0)  # ... its lease runs out: x is ready again ...
+    b.nack("dlq", x, m.lease, 0.0, T0 + 13.0)  # ... and the late nack pushes x again
+    b.put("a", b"filler", T0 + 13.0)  # a is at its max_length: x must stay
+    assert b.queue_info("dlq", T0 + 14.0)["ready"] == 2
+    assert b.redrive("dlq", None, T0 + 14.0) == 1
+    assert list(b.queues["b"].messages) == [y]
+    assert list(b.queues["dlq"].messages) == [x]
+    assert b.redrive("dlq", None, T0 + 15.0) == 0  # x still cannot go back ...
+    assert ids_of(b.receive("dlq", 10, None, T0 + 16.0)) == [x]  # ... and is delivered once
+    check_invariants(b)
+
+
 def test_redrive_keeps_a_message_whose_origin_cannot_be_made_again() -> None:
     broker = Broker(max_queues=2)
     broker.create_queue("q", {"max_deliveries": 1, "dead_letter_queue": "dlq"}, T0)

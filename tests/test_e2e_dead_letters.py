@@ -159,3 +159,27 @@ async def test_redrive_skips_messages_whose_origin_is_full(server):
         assert await client.redrive("fh.dead") == 1  # room for one
         assert [m.id for m in await client.peek("fh")] == [ids[0]]
         assert [m.id for m in await client.peek("fh.dead")] == [ids[1]]
+
+
+async def test_redrive_is_not_stopped_by_a_message_given_back_late(server):
+    """End to end, a reviewer's: x, whose origin is full, was given back by a late nack
+    (a second entry on the ready heap), and REDRIVE answered 0 where y could go back."""
+    async with connect(server.host, server.port) as client:
+        await client.create_queue("ra", max_deliveries=1, dead_letter_queue="rdlq",
+                                  max_length=1)
+        await client.create_queue("rb", max_deliveries=1, dead_letter_queue="rdlq")
+        x = await client.put("ra", b"x")
+        [mx] = await client.receive("ra")
+        await mx.nack()  # its last delivery: x moves to rdlq
+        y = await client.put("rb", b"y")
+        [my] = await client.receive("rb")
+        await my.nack()  # y moves to rdlq, after x
+        [look] = await client.receive("rdlq", visibility=0.05)
+        assert look.id == x
+        await until(lambda: client.message_info("rdlq", x),
+                    lambda info: info["state"] == "ready")  # its lease ran out
+        await look.nack()  # late: x gets a second entry
+        await client.put("ra", b"filler")  # ra is at its max_length: x must stay
+        assert await client.redrive("rdlq") == 1
+        assert [m.id for m in await client.receive("rb")] == [y]
+        assert [m.id for m in await client.peek("rdlq")] == [x]
