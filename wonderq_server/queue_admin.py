@@ -224,14 +224,15 @@ class QueueAdmin:
         while q.ready and q.ready_count - q.messages.run_count > len(kept) \
                 and moved < limit:
             key = heapq.heappop(q.ready)
-            if key & ID_MASK in kept_ids:
+            message_id = key & ID_MASK
+            if message_id in kept_ids:
                 continue  # the second entry of a message kept already
-            msg = q.messages.get(key & ID_MASK)
+            msg = q.messages.get(message_id)
             if msg is None:
                 continue  # a stale entry
             if type(msg) is bytes:  # plain: never dead-lettered, nowhere to go back to
                 kept.append(key)
-                kept_ids.add(key & ID_MASK)
+                kept_ids.add(message_id)
                 continue
             if msg.state != READY:
                 continue  # a stale entry
@@ -243,7 +244,7 @@ class QueueAdmin:
                     target = None
             if target is None or target.is_full():
                 kept.append(key)
-                kept_ids.add(msg.id)
+                kept_ids.add(message_id)
                 continue
             self._move(msg, target, 0, None, self._expiry_for(target, now), now)
             moved += 1
