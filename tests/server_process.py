@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 READY = re.compile(r"listening on (\S+):(\d+)")
@@ -42,9 +43,11 @@ def wonderq_command() -> list[str]:
 
 
 class ServerProcess:
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None,
+                 preexec_fn: Callable[[], None] | None = None) -> None:
         self.args = list(args)
         self.env = env
+        self.preexec_fn = preexec_fn  # run in the child before the server (a limit, say)
         self.proc: subprocess.Popen[str] | None = None
         self.host = "127.0.0.1"
         self.port = 0
@@ -62,7 +65,7 @@ class ServerProcess:
                 and "WONDERQ_DATA_DIR" not in env:
             argv += ["--in-memory"]  # tests that want a journal name their own directory
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     text=True, env=env)
+                                     text=True, env=env, preexec_fn=self.preexec_fn)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         if not self._ready.wait(START_TIMEOUT_S) or not self.port:

@@ -20,14 +20,13 @@ import os
 import re
 import resource
 import socket
-import subprocess
 import urllib.error
 import urllib.request
 
 import pytest
 from polling import until
 from prometheus_client.parser import text_string_to_metric_families
-from server_process import READY, server_command
+from server_process import ServerProcess
 
 from wonderq_client import ConnectionClosed, connect
 
@@ -386,20 +385,8 @@ def test_the_open_file_limit_leaves_room_for_the_metrics_endpoint():
     def low_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (400, 400))
 
-    argv = [*server_command(), "--port", "0", "--in-memory", "--max-connections", "1000",
-            "--metrics-port", "0", "--metrics-max-connections", "50"]
-    server = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, preexec_fn=low_limit)
-    try:
-        assert server.stderr is not None
-        lines = []
-        for line in server.stderr:  # until the ready line (the process ends otherwise)
-            lines.append(line)
-            if READY.search(line):
-                break
-        log = "".join(lines)
-        # 400 - 64 reserved - 2 x 50 for the metrics endpoint
-        assert "allows only 236 connections" in log, log
-        assert "`ulimit -n 1164`" in log, log
-    finally:
-        server.kill()
-        server.wait()
+    with ServerProcess("--max-connections", "1000", "--metrics-port", "0",
+                       "--metrics-max-connections", "50", preexec_fn=low_limit) as server:
+        # 400 - 64 reserved - 2 x 50 for the metrics endpoint (logged before the ready line)
+        assert "allows only 236 connections" in server.log, server.log
+        assert "`ulimit -n 1164`" in server.log, server.log

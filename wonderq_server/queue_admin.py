@@ -214,25 +214,24 @@ class QueueAdmin:
         q = self._admin_queue(name)
         limit = len(q.messages) if max_messages is None else max_messages
         moved = 0
-        kept: list[int] = []  # keys popped but not moved: pushed back at the end
-        # A ready message may have a second entry (a late nack or touch: broker.py's
-        # rules): one kept is counted, and pushed back, once, or the loop took it for
-        # two of the ready messages and stopped before a message that could go back (a
-        # reviewer's redrive moved 0 of 2, however often it was run).
-        kept_ids: set[int] = set()
+        # Id -> key of the messages popped but not moved, pushed back at the end. A ready
+        # message may have a second entry (a late nack or touch: broker.py's rules): one
+        # kept is counted, and pushed back, once, or the loop took it for two of the ready
+        # messages and stopped before one that could go back (a reviewer's redrive moved
+        # 0 of 2, however often it was run).
+        kept: dict[int, int] = {}
         # Only the heap is walked: the table's run holds plain messages only.
         while q.ready and q.ready_count - q.messages.run_count > len(kept) \
                 and moved < limit:
             key = heapq.heappop(q.ready)
             message_id = key & ID_MASK
-            if message_id in kept_ids:
+            if message_id in kept:
                 continue  # the second entry of a message kept already
             msg = q.messages.get(message_id)
             if msg is None:
                 continue  # a stale entry
             if type(msg) is bytes:  # plain: never dead-lettered, nowhere to go back to
-                kept.append(key)
-                kept_ids.add(message_id)
+                kept[message_id] = key
                 continue
             if msg.state != READY:
                 continue  # a stale entry
@@ -243,12 +242,11 @@ class QueueAdmin:
                 except CommandError:  # TOO_MANY_QUEUES
                     target = None
             if target is None or target.is_full():
-                kept.append(key)
-                kept_ids.add(message_id)
+                kept[message_id] = key
                 continue
             self._move(msg, target, 0, None, self._expiry_for(target, now), now)
             moved += 1
-        for key in kept:
+        for key in kept.values():
             heapq.heappush(q.ready, key)
         return moved
 
