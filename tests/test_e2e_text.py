@@ -149,6 +149,49 @@ def test_the_bodies_of_a_refused_put_many_are_dropped_not_run(text):
     assert info[b"messages"] == b"1"
 
 
+def queue_info_messages(conn: Line, queue: bytes) -> bytes:
+    conn.send(b"QUEUE_INFO " + queue + b"\r\n")
+    info = {}
+    while (line := conn.line()) != b"END":
+        name, _, value = line.partition(b": ")
+        info[name] = value
+    return info[b"messages"]
+
+
+@pytest.mark.parametrize("too_long_url", [False, True])
+def test_a_browser_post_closes_the_connection_and_runs_none_of_its_body(server_factory,
+                                                                         too_long_url):
+    # Any web page can make a browser POST a text/plain body to a loopback port
+    # (fetch(..., {mode: "no-cors", method: "POST"})). A reviewer's page purged and deleted
+    # a queue so: the request line and headers were unknown commands, and the body's lines
+    # ran. A request line too long to read (a long URL) is refused as such; the Host header
+    # after it ends the connection then.
+    server = server_factory("--max-message-bytes", "1000")  # lines of at most 2,024 bytes
+    owner = Line(server.host, server.port)
+    attacker = Line(server.host, server.port)
+    try:
+        owner.send(b"PUT victim keep me\r\n")
+        assert owner.line().startswith(b"OK ")
+        body = b"PURGE victim\nDELETE_QUEUE victim\n"
+        path = b"/" + b"a" * 3000 if too_long_url else b"/"
+        attacker.send(b"POST %s HTTP/1.1\r\nHost: %s:%d\r\nOrigin: http://evil.example\r\n"
+                      b"Content-Type: text/plain;charset=UTF-8\r\nContent-Length: %d\r\n\r\n"
+                      % (path, server.host.encode(), server.port, len(body)) + body)
+        if too_long_url:
+            assert attacker.line().startswith(b"ERR LINE_TOO_LONG ")
+        refused = attacker.line()
+        assert refused.startswith(b"ERR HTTP_REQUEST an HTTP request: this port speaks "), refused
+        assert refused.endswith(b"on its --metrics-port")
+        assert attacker.at_eof()  # nothing more was answered: nothing more ran
+        assert queue_info_messages(owner, b"victim") == b"1"
+    finally:
+        owner.close()
+        attacker.close()
+    server.stop()
+    assert "an HTTP request from ('127.0.0.1', " in server.log
+    assert "answered HTTP_REQUEST and closed" in server.log
+
+
 def test_over_long_line_is_skipped_and_connection_survives(server_factory):
     server = server_factory("--max-message-bytes", "100")
     conn = Line(server.host, server.port)

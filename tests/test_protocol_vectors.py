@@ -103,11 +103,11 @@ def test_every_error_code_is_in_protocols_table_and_the_table_has_no_other():
 
 def test_the_client_raises_its_own_class_for_every_code_a_binary_request_is_answered_with():
     # Codes sent unasked (request id nil) before a close reach a caller as
-    # ConnectionClosed.server_code; LINE_TOO_LONG is text mode's alone.
+    # ConnectionClosed.server_code; LINE_TOO_LONG and HTTP_REQUEST are text mode's alone.
     from wonderq_client.errors import ERRORS_BY_CODE
 
     unasked = {"TOO_MANY_CONNECTIONS", "IDLE_TIMEOUT", "AUTH_TIMEOUT", "SHUTTING_DOWN",
-               "LINE_TOO_LONG"}
+               "LINE_TOO_LONG", "HTTP_REQUEST"}
     assert _server_codes() - unasked <= ERRORS_BY_CODE.keys()
     for code in _server_codes() - unasked:
         assert ERRORS_BY_CODE[code].code == code

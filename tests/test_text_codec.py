@@ -13,6 +13,7 @@ from wonderq_server.errors import (
     BODY_TOO_LARGE,
     FULL,
     HEADERS_TOO_LARGE,
+    HTTP_REQUEST,
     INVALID_QUEUE_NAME,
     LEASE_LOST,
     LINE_TOO_LONG,
@@ -20,6 +21,7 @@ from wonderq_server.errors import (
     NOT_FOUND,
     UNKNOWN_COMMAND,
     CommandError,
+    ProtocolError,
 )
 from wonderq_server.text_codec import TEXT_COMMANDS, TextDecoder, TextEncoder, flatten
 from wonderq_server.text_replies import info_lines
@@ -290,8 +292,9 @@ def test_too_many_arguments(line, message):
     assert rejection(line + b"\n") == (BAD_ARGUMENT, message)
 
 
-HTTP_REFUSAL = ("an HTTP request: this port speaks WonderQ's protocol (PROTOCOL.md), not HTTP; "
-                "the server serves /metrics and /stats on its --metrics-port")
+HTTP_REFUSAL = ("an HTTP request: this port speaks WonderQ's protocol (PROTOCOL.md), not HTTP, "
+                "and closes the connection; the server serves /metrics and /stats on its "
+                "--metrics-port")
 
 
 @pytest.mark.parametrize(("line", "code", "message"), [
@@ -320,13 +323,36 @@ HTTP_REFUSAL = ("an HTTP request: this port speaks WonderQ's protocol (PROTOCOL.
     (b"FOO bar", UNKNOWN_COMMAND, f"unknown command 'FOO'; known: {KNOWN}"),
     (b"PUT_MANYX q a", UNKNOWN_COMMAND, f"unknown command 'PUT_MANYX'; known: {KNOWN}"),
     (b"PINGX", UNKNOWN_COMMAND, f"unknown command 'PINGX'; known: {KNOWN}"),
-    # A browser or scraper at the message port (a newcomer's review had "max must be an
-    # integer, got 'HTTP/1.1'"):
-    (b"GET / HTTP/1.1", UNKNOWN_COMMAND, HTTP_REFUSAL),
-    (b"POST /metrics HTTP/1.0", UNKNOWN_COMMAND, HTTP_REFUSAL),
 ])
 def test_bad_lines(line, code, message):
     assert rejection(line + b"\r\n") == (code, message)
+
+
+@pytest.mark.parametrize("line", [
+    # A browser or scraper at the message port (a newcomer's review had "max must be an
+    # integer, got 'HTTP/1.1'" for the first):
+    b"GET / HTTP/1.1", b"POST /metrics HTTP/1.0", b"OPTIONS * HTTP/2",
+    # The Host header, for a request line refused as too long before it (a reviewer):
+    b"Host: 127.0.0.1:7711", b"host:localhost", b"HOST: x",
+])
+def test_an_http_request_is_a_protocol_error_that_closes_the_connection(line):
+    item = one(line + b"\r\n")
+    assert isinstance(item, Rejected)
+    assert type(item.error) is ProtocolError and item.error.closes_connection
+    assert (item.error.code, item.error.message) == (HTTP_REQUEST, HTTP_REFUSAL)
+
+
+@pytest.mark.parametrize("line", [
+    # Lines that run are never looked at, and refused ones only when they are HTTP's.
+    b"GET hosts", b"PUT q Host: me", b"PUT q GET / HTTP/1.1",
+])
+def test_commands_that_mention_http_words_run(line):
+    assert isinstance(one(line + b"\n"), Command)
+
+
+def test_a_refused_line_that_only_looks_like_http_keeps_the_connection():
+    assert rejection(b"GET / HTTP/x\n")[0] == BAD_ARGUMENT  # max must be an integer
+    assert rejection(b"hostname: x\n")[0] == UNKNOWN_COMMAND
 
 
 def test_bad_line_does_not_stop_the_next():

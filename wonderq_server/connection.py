@@ -96,6 +96,7 @@ from .errors import (
     AUTH_FAILED,
     AUTH_REQUIRED,
     AUTH_TIMEOUT,
+    HTTP_REQUEST,
     IDLE_TIMEOUT,
     INTERNAL,
     SHUTTING_DOWN,
@@ -882,6 +883,11 @@ class Connection(asyncio.Protocol):
         self._out_bytes += len(reply)
         self.hub.want_flush(self)
         if error.closes_connection:
+            if error.code == HTTP_REQUEST:
+                self.hub.refusal_log.warn(
+                    "HTTP requests", self.hub.now(), "an HTTP request from %s at the message "
+                    "port (a web page's browser, or a scraper at the wrong port): answered "
+                    "HTTP_REQUEST and closed", self.peer)
             self._begin_close(error.close_delay_s)
 
     def _begin_close(self, delay_s: float = 0.0) -> None:

@@ -51,6 +51,9 @@ IDLE_TIMEOUT = "IDLE_TIMEOUT"  # nothing sent for --idle-timeout, sent before cl
 AUTH_TIMEOUT = "AUTH_TIMEOUT"  # no successful AUTH within --auth-timeout, sent before closing
 AUTH_FAILED = "AUTH_FAILED"  # a wrong token; closed after a delay (auth.py)
 SHUTTING_DOWN = "SHUTTING_DOWN"  # the server is stopping, sent before closing (server.py)
+# An HTTP request at the message port (text_codec.py): answered, then closed, reading
+# nothing more, so a web page cannot make a browser run its POST body as commands.
+HTTP_REQUEST = "HTTP_REQUEST"
 
 
 class WonderQError(Exception):

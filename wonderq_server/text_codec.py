@@ -63,6 +63,14 @@ Rules:
   than a binary one can.
 * At the end of input (`end_of_input`), a line without its newline or a
   PUT_MANY block short of its count is answered MALFORMED and not run.
+* A refused line that is an HTTP request line ("POST / HTTP/1.1") or an HTTP
+  header naming the host ("Host: ...") is answered HTTP_REQUEST, a protocol
+  error: the connection reads nothing more and closes. Any web page can make
+  a browser POST a text body to a loopback port; read on, its lines ran as
+  commands ("PURGE jobs" purged jobs: a reviewer), which is why Redis closes
+  such connections too. The request line comes first, and the Host header
+  still catches one whose request line was refused as too long. Only lines
+  already refused are looked at, so no command pays for it.
 * `feed` never raises for anything the peer sends.
 
 Must not know: sockets, asyncio, the broker.
@@ -77,10 +85,13 @@ from .commands import Command, Limits, Rejected, make_command
 from .errors import (
     BATCH_TOO_LARGE,
     BODY_TOO_LARGE,
+    HTTP_REQUEST,
     LINE_TOO_LONG,
     MALFORMED,
     UNKNOWN_COMMAND,
     CommandError,
+    ProtocolError,
+    WonderQError,
 )
 from .text_arguments import arguments, put_many_count_given, put_many_header
 from .text_replies import TextEncoder, flatten
@@ -119,8 +130,10 @@ TEXT_COMMANDS = {
 # count: the command, a queue name (at most 128 bytes, or a longer one that is refused)
 # and the count, with room to spare.
 HEADER_PEEK_BYTES = 4096
-# An HTTP request line ("GET / HTTP/1.1"): a refused line like it is answered as such.
+# An HTTP request line ("GET / HTTP/1.1") or Host header: a refused line like either
+# ends the connection (the rules).
 HTTP_REQUEST_LINE = re.compile(rb"[A-Z]+ \S+ HTTP/\d(\.\d)?")
+HTTP_HOST_HEADER = re.compile(rb"host:", re.IGNORECASE)
 CR = 13  # b"\r"[0]: a line's last byte, before its LF, that the line limit does not count
 
 
@@ -292,15 +305,16 @@ class TextDecoder:
             return [make_command(name, arguments(name, rest, self._limits, typed.decode()),
                                  self._limits)]
         except CommandError as exc:
-            refusal = exc
-            if HTTP_REQUEST_LINE.fullmatch(line.strip()):
-                # A browser or scraper at the message port: "GET / HTTP/1.1" was answered
-                # "max must be an integer, got 'HTTP/1.1'" (a newcomer's review). Looked
-                # at only for a line already refused, so no line that runs pays for it.
-                refusal = CommandError(UNKNOWN_COMMAND, "an HTTP request: this port speaks "
-                                       "WonderQ's protocol (PROTOCOL.md), not HTTP; the "
-                                       "server serves /metrics and /stats on its "
-                                       "--metrics-port")
+            refusal: WonderQError = exc
+            stripped = line.strip()
+            if HTTP_REQUEST_LINE.fullmatch(stripped) or HTTP_HOST_HEADER.match(stripped):
+                # A browser or scraper at the message port (see the rules). Its request
+                # line was answered "max must be an integer, got 'HTTP/1.1'" once (a
+                # newcomer's review), so the answer says where HTTP is served.
+                refusal = ProtocolError(HTTP_REQUEST, "an HTTP request: this port speaks "
+                                        "WonderQ's protocol (PROTOCOL.md), not HTTP, and "
+                                        "closes the connection; the server serves /metrics "
+                                        "and /stats on its --metrics-port")
             return [Rejected(refusal)]
 
     def _start_block(self, rest: bytes) -> None:
