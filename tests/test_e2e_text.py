@@ -192,6 +192,24 @@ def test_a_browser_post_closes_the_connection_and_runs_none_of_its_body(server_f
     assert "answered HTTP_REQUEST and closed" in server.log
 
 
+def test_the_bodies_of_an_over_long_put_many_header_padded_with_blanks_are_dropped(
+        server_factory):
+    # A count followed by only blanks past the 4 KiB of an over-long line that are looked
+    # at started no block: a reviewer's bodies "PURGE victim", "DELETE_QUEUE victim" ran.
+    server = server_factory("--max-message-bytes", "100")  # lines of at most 1,124 bytes
+    conn = Line(server.host, server.port)
+    try:
+        conn.send(b"PUT victim keep me\n")
+        assert conn.line().startswith(b"OK ")
+        conn.send(b"PUT_MANY victim 2" + b" " * 5000 + b"\nPURGE victim\nDELETE_QUEUE victim\n")
+        refused = conn.line()
+        assert refused.startswith(b"ERR LINE_TOO_LONG ")
+        assert refused.endswith(b"the 2 lines after it are read as its bodies and dropped")
+        assert queue_info_messages(conn, b"victim") == b"1"
+    finally:
+        conn.close()
+
+
 def test_over_long_line_is_skipped_and_connection_survives(server_factory):
     server = server_factory("--max-message-bytes", "100")
     conn = Line(server.host, server.port)

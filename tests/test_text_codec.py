@@ -729,11 +729,17 @@ def test_an_over_long_line_starts_no_block_unless_it_is_a_put_many_with_a_count(
 
 
 @pytest.mark.parametrize("chunk_size", [1, 700, 100_000])
-def test_an_over_long_put_many_header_still_drops_its_bodies(chunk_size):
+@pytest.mark.parametrize("after_count", [
+    b" header.k=" + b"v" * 1100,
+    # Only whitespace after the count, past the 4 KiB looked at (another reviewer): the
+    # count is still whole, as a space follows it there.
+    b" " * 5000, b"\t" * 1100,
+], ids=["headers", "spaces", "tabs"])
+def test_an_over_long_put_many_header_still_drops_its_bodies(chunk_size, after_count):
     # A reviewer's header with 30 headers of about 3 KB (within --max-header-bytes but over
     # the line limit of a small --max-message-bytes) was LINE_TOO_LONG, and its bodies
     # "PURGE victim" and "DELETE_QUEUE victim" ran as commands.
-    stream = (b"PUT_MANY victim 2 " + b"header.k=" + b"v" * 1100
+    stream = (b"PUT_MANY victim 2" + after_count
               + b"\nPURGE victim\nDELETE_QUEUE victim\nPING\n")
     decoder = TextDecoder(SHORT)
     items = []

@@ -270,8 +270,11 @@ class TextDecoder:
         why = (f"line is over the limit of {limits.max_line_bytes} bytes "
                f"({limits.max_line_source}); skipped to its end")
         word, rest = _command_word(start)
-        if word.upper() == b"PUT_MANY" and len(rest.split(None, 2)) == 3:
-            # (three words: the count is whole, not cut off by the end of `start`)
+        words = len(rest.split(None, 2))
+        if word.upper() == b"PUT_MANY" and (words == 3 or (words == 2 and rest[-1:].isspace())):
+            # The count is whole, not cut off by the end of `start`: a third word, or only
+            # whitespace, follows it there (a header padded with blanks: a reviewer's
+            # bodies ran as commands).
             self._drop_after_line = put_many_count_given(rest, limits.max_frame_bytes)
             if self._drop_after_line is not None:
                 why += f"{_dropped(self._drop_after_line)}"
