@@ -782,6 +782,27 @@ def test_over_long_last_body_line_counts_once_it_ends():
     assert [i.name for i in decoder.feed(b"PING\n")] == ["ping"]
 
 
+def test_a_block_counts_as_held_memory_only_the_bodies_it_keeps():
+    # buffered_bytes is what the server's --max-client-memory counts for a connection. The
+    # lines of a refused header, and those of a block past --max-frame-bytes, are dropped
+    # as they come, yet were counted: a reviewer's connection holding nothing was cut off
+    # as the biggest holder after 5 MB of dropped lines.
+    limits = Limits(max_message_bytes=100, max_frame_bytes=250, max_batch=10)
+    kept = TextDecoder(limits)
+    assert kept.feed(b"PUT_MANY q 3\n" + b"b" * 100 + b"\n" + b"c" * 50 + b"\n") == []
+    assert kept.buffered_bytes() == 150
+    refused = TextDecoder(limits)
+    [answer] = refused.feed(b"PUT_MANY q 20\n")  # over --max-batch: its 20 lines dropped
+    assert answer.error.code == BATCH_TOO_LARGE
+    assert refused.feed((b"d" * 100 + b"\n") * 19 + b"d" * 10) == []
+    assert refused.buffered_bytes() == 10  # the last line's start, not yet ended
+    too_big = TextDecoder(limits)
+    assert too_big.feed(b"PUT_MANY q 5\n" + (b"e" * 100 + b"\n") * 4) == []
+    assert too_big.buffered_bytes() == 0  # past 250 bytes together: nothing is kept
+    [answer] = too_big.feed(b"e\n")
+    assert answer.error.code == BATCH_TOO_LARGE
+
+
 def test_put_many_bodies_over_the_frame_limit_together_are_refused_whole():
     limits = Limits(max_message_bytes=100, max_frame_bytes=250)
     decoder = TextDecoder(limits)

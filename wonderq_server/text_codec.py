@@ -184,9 +184,12 @@ class TextDecoder:
 
     def buffered_bytes(self) -> int:
         """buffered_bytes: input held for a line or PUT_MANY block not yet complete (the
-        client memory budget, server.py)."""
+        client memory budget, server.py). A block's bodies count only while it keeps them:
+        those of a refused header, or past max_frame_bytes, are dropped as they come."""
         block = self._block
-        return len(self._buffer) + (block.size if block is not None else 0)
+        if block is None or block.refused or block.too_big:
+            return len(self._buffer)
+        return len(self._buffer) + block.size
 
     def use_limits(self, limits: Limits) -> None:
         """use_limits changes the limits for what comes next (once a connection has
