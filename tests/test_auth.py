@@ -6,6 +6,7 @@ import pytest
 
 from wonderq_server.auth import (
     AUTH_FAILURE_DELAY_S,
+    MAX_TOKEN_BYTES,
     AuthFailed,
     TokenCheck,
     is_loopback,
@@ -45,6 +46,8 @@ def test_token_file_loses_one_trailing_newline(tmp_path, content, token):
     (b"hidden\n\n", "whitespace or a control character"),
     (b"tab\there", "whitespace or a control character"),
     (b"\xff\xfe", "is not UTF-8 text"),
+    (b"t" * (MAX_TOKEN_BYTES + 1), f"is {MAX_TOKEN_BYTES + 1} bytes long, over the limit of "
+     f"{MAX_TOKEN_BYTES}"),
 ])
 def test_bad_token_files_are_refused_without_showing_the_token(tmp_path, content, message):
     path = tmp_path / "f"

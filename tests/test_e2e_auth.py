@@ -19,7 +19,7 @@ from raw_socket import BinarySocket, TextSocket, frame
 from server_process import server_command
 
 from wonderq_client import AuthFailed, AuthRequired, BadArgument, connect
-from wonderq_server.auth import AUTH_FAILURE_DELAY_S
+from wonderq_server.auth import AUTH_FAILURE_DELAY_S, MAX_TOKEN_BYTES
 
 TOKEN = "e2e-s3cret-Tok3n"
 PREAMBLE = b"WQ\x00\x01"
@@ -173,6 +173,38 @@ def test_bad_security_flags_stop_start_up_with_a_usage_error(argv, message):
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert TOKEN not in result.stderr
+
+
+def test_a_token_over_the_limit_stops_start_up():
+    result = subprocess.run([*server_command(), "--in-memory", "--port", "0", "--auth-token",
+                             "t" * (MAX_TOKEN_BYTES + 1)],
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 2
+    assert (f"--auth-token is {MAX_TOKEN_BYTES + 1} bytes long, over the limit of "
+            f"{MAX_TOKEN_BYTES}") in result.stderr
+    assert "t" * 100 not in result.stderr
+
+
+async def test_the_longest_token_authenticates_in_both_modes_under_small_limits(
+        server_factory):
+    # Before AUTH a text line was held to --max-message-bytes + 1024: a reviewer's server
+    # with --max-message-bytes 100 and a 1,500-character token refused `AUTH <token>` as
+    # LINE_TOO_LONG, so no text client could ever authenticate. Frames likewise under a
+    # small --max-frame-bytes.
+    token = "T" * MAX_TOKEN_BYTES
+    server = server_factory("--max-message-bytes", "100", "--max-frame-bytes", "300",
+                            "--auth-token", token)
+    text = TextSocket(server.host, server.port)
+    try:
+        text.send(b"AUTH " + token.encode() + b"\nPING\nPUT q " + b"x" * 2000 + b"\n")
+        assert text.line() == b"OK"
+        assert text.line() == b"PONG"
+        # Authenticated, the server's own line limit holds again.
+        assert text.line().startswith(b"ERR LINE_TOO_LONG line is over the limit of 1124 ")
+    finally:
+        text.close()
+    async with connect(server.host, server.port, auth_token=token) as client:
+        assert await client.ping() == "pong"
 
 
 async def test_a_stranger_that_never_authenticates_loses_its_slot(server_factory):

@@ -8,9 +8,11 @@ once; the connection holds the result as one boolean (connection.py), so
 an authenticated connection pays nothing more per command.
 
 Rules:
-* The token is loaded once, at start-up. It is 1 or more characters with no
-  whitespace and no control characters (text mode sends it as one word), and
-  it is kept as bytes.
+* The token is loaded once, at start-up. It is 1 to MAX_TOKEN_BYTES bytes with
+  no whitespace and no control characters (text mode sends it as one word),
+  and it is kept as bytes. Requests before AUTH may always be big enough to
+  carry the longest (connection.py's limits before AUTH): a token longer than
+  a small --max-message-bytes allowed a text line locked text clients out.
 * The token never appears in a log line, in `--help` (config.py prints "set"
   or "off"), in Config's repr, or in a Command's repr (SecretBytes).
 * Tokens are compared in constant time: both sides are hashed with SHA-256
@@ -48,6 +50,8 @@ class SecretBytes(bytes):
 
     __str__ = __repr__
 
+# The longest token: a JWT or an `openssl rand -hex` of any sensible size fits.
+MAX_TOKEN_BYTES = 4096
 # Seconds between a wrong token's answer and the close; see the rules above.
 AUTH_FAILURE_DELAY_S = 1.0
 # AUTH to a server without a token. It names what to do: the token sent is often one
@@ -70,7 +74,11 @@ def check_token(text: str, source: str) -> bytes:
     if any(c.isspace() or not c.isprintable() for c in text):
         raise ValueError(f"{source} holds whitespace or a control character; a token is "
                          "one word (text mode sends it as `AUTH <token>`)")
-    return text.encode()
+    token = text.encode()
+    if len(token) > MAX_TOKEN_BYTES:
+        raise ValueError(f"{source} is {len(token)} bytes long, over the limit of "
+                         f"{MAX_TOKEN_BYTES}; use a shorter token")
+    return token
 
 
 def load_token(token: str | None, token_file: str | None) -> bytes | None:

@@ -73,7 +73,6 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
-from dataclasses import replace
 from operator import attrgetter
 from typing import Any, Protocol
 
@@ -83,7 +82,6 @@ from .commands import Command, Limits, Rejected
 from .connection_limits import (
     DECODE_SLICE_BYTES,
     HELD_REQUEST_BYTES,
-    PRE_AUTH_REQUEST_BYTES,
     REFUSAL_WAIT_S,
     REPLY_HOLD_BYTES,
     TURN_CHECK_REQUESTS,
@@ -91,6 +89,7 @@ from .connection_limits import (
     WAITING_RECEIVE_BYTES,
     ConnectionLimits,
     Counters,
+    limits_before_auth,
 )
 from .errors import (
     AUTH_FAILED,
@@ -584,18 +583,7 @@ class Connection(asyncio.Protocol):
             return False
         limits = self.hub.limits
         if not self.authenticated:  # strangers send small requests (connection_limits.py)
-            limits = replace(limits, max_frame_bytes=min(limits.max_frame_bytes,
-                                                         PRE_AUTH_REQUEST_BYTES),
-                             max_frame_source=(
-                                 "the limit for a request before AUTH"
-                                 if limits.max_frame_bytes > PRE_AUTH_REQUEST_BYTES
-                                 else limits.max_frame_source),
-                             max_message_bytes=min(limits.max_message_bytes,
-                                                   PRE_AUTH_REQUEST_BYTES - 1024),
-                             max_line_source=(
-                                 "the limit for a request before AUTH"
-                                 if limits.max_line_bytes > PRE_AUTH_REQUEST_BYTES
-                                 else limits.max_line_source))
+            limits = limits_before_auth(limits)
         if head == MAGIC:
             self.mode = "binary"
             self._decoder, self._encoder = BinaryDecoder(limits), BinaryEncoder()

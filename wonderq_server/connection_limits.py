@@ -83,7 +83,12 @@ request limit sees, and each gets one rule, enforced where the bytes are:
   frames and lines may be at most PRE_AUTH_REQUEST_BYTES: a stranger cannot
   make the server buffer a 64 MiB frame (Redis limits unauthenticated
   requests for the same reason, CVE-2021-32675). A client sends bigger
-  requests once AUTH is answered (the client library waits for it).
+  requests once AUTH is answered (the client library waits for it). They
+  may always be AUTH_REQUEST_ROOM, whatever smaller --max-frame-bytes or
+  --max-message-bytes say, so an AUTH with the longest token a server takes
+  (auth.MAX_TOKEN_BYTES) is read in either mode (`limits_before_auth`): a
+  text line over a small --max-message-bytes + 1024 locked text clients out
+  of a server with a long token (a reviewer).
 * **Idle connections** (`idle_timeout_s`, 0 = never): a connection that
   has sent no complete request for this long is answered IDLE_TIMEOUT and
   closed. A waiting receive counts as activity for as long as it waits; a
@@ -111,7 +116,10 @@ stats counter (`Counters`, reported by the server's stats).
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from .auth import MAX_TOKEN_BYTES
+from .commands import Limits
 
 DEFAULT_MAX_CONNECTIONS = 10000  # Redis' maxclients default
 DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 1000  # a tenth of the above
@@ -160,6 +168,27 @@ WAITING_RECEIVE_BYTES = 1024
 # The largest frame or line a connection may send before it has authenticated
 # (with an auth token only): AUTH and QUIT are small.
 PRE_AUTH_REQUEST_BYTES = 64 * 1024
+# What such a request may always be: an AUTH with the longest token, its command
+# and framing (a text line of `AUTH <token>`, a frame of [id, "auth", {"token": ...}]).
+AUTH_REQUEST_ROOM = MAX_TOKEN_BYTES + 1024
+BEFORE_AUTH_SOURCE = "the limit for a request before AUTH"
+
+
+def limits_before_auth(limits: Limits) -> Limits:
+    """limits_before_auth: the request limits of a connection that has not yet
+    authenticated. Its frames and lines are at most PRE_AUTH_REQUEST_BYTES and at least
+    AUTH_REQUEST_ROOM (see the rules); an error for one over them names the flag when it
+    is the flag's value that holds, else this limit."""
+    frame = min(max(limits.max_frame_bytes, AUTH_REQUEST_ROOM), PRE_AUTH_REQUEST_BYTES)
+    # A text line holds max_message_bytes + 1024 (Limits.max_line_bytes).
+    message = min(max(limits.max_message_bytes, AUTH_REQUEST_ROOM - 1024),
+                  PRE_AUTH_REQUEST_BYTES - 1024)
+    return replace(
+        limits, max_frame_bytes=frame, max_message_bytes=message,
+        max_frame_source=(limits.max_frame_source if frame == limits.max_frame_bytes
+                          else BEFORE_AUTH_SOURCE),
+        max_line_source=(limits.max_line_source if message == limits.max_message_bytes
+                         else BEFORE_AUTH_SOURCE))
 
 # How long a refused connection may take to send its first bytes (which pick
 # the language of the refusal) before it is closed without a reply.
