@@ -1777,3 +1777,74 @@ async def test_a_nack_held_across_a_restart_asks_its_own_delay_of_the_new_server
         assert info["deadline_at"] > info["enqueued_at"] + 50  # 60 s, not the old 5
     finally:
         await proxy.close()
+
+
+async def test_a_touch_refused_for_the_worker_s_visibility_ends_run(server_factory, tmp_path,
+                                                                     caplog):
+    # The server restarts (same journal and port) with a --max-visibility-timeout below the
+    # Worker's visibility, while a handler works: every touch of its heartbeat is refused.
+    # A reviewer's Worker dropped those answers without a word, the lease ran out under the
+    # working handler and another consumer was handed the message. Like a receive so
+    # refused, it ends run(), which says why.
+    server = server_factory("--data-dir", str(tmp_path))
+    port = server.port
+    started = asyncio.Event()
+
+    async def handler(msg: Message) -> None:
+        started.set()
+        await asyncio.Event().wait()  # works until cancelled
+
+    async with connect(server.host, port) as client:
+        await client.put("touchy", b"long work")
+    worker = Worker("touchy", handler, host=server.host, port=port, concurrency=1,
+                    visibility=2.0, reply_timeout=1.0, reconnect_first=0.05,
+                    reconnect_most=0.2, shutdown_grace=0)
+    task = asyncio.create_task(worker.run())
+    try:
+        await asyncio.wait_for(started.wait(), EVENT_TIMEOUT_S)
+        server.kill()
+        server_factory("--data-dir", str(tmp_path), "--port", str(port),
+                       "--max-visibility-timeout", "1", "--visibility-timeout", "1")
+        with pytest.raises(BadArgument, match="--max-visibility-timeout"):
+            await asyncio.wait_for(task, EVENT_TIMEOUT_S)
+        assert any(r.levelname == "ERROR" and r.getMessage().startswith("stopping: ")
+                   and "--max-visibility-timeout" in r.getMessage() for r in caplog.records)
+    finally:
+        worker.stop()
+        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), EVENT_TIMEOUT_S)
+
+
+async def test_a_stop_while_run_closes_its_connection_is_that_run_s(server):
+    # run() forgot its stops before it closed its connection, which waits up to
+    # reply_timeout for a stalled server: a reviewer's second stop() (a second Ctrl-C)
+    # there was kept, and the next run() returned at once without receiving anything.
+    handled = asyncio.Event()
+
+    async def handler(msg: Message) -> None:
+        handled.set()
+
+    worker = Worker("closing", handler, host=server.host, port=server.port,
+                    reply_timeout=2.0, wait=5.0)
+    async with connect(server.host, server.port) as client:
+        await client.create_queue("closing")
+        task = asyncio.create_task(worker.run())
+        await until(lambda: client.queue_info("closing"), lambda info: info["waiting"] == 1)
+        assert server.proc is not None
+        os.kill(server.proc.pid, signal.SIGSTOP)  # close() now waits for its cancel's answer
+        try:
+            worker.stop()
+            await until_true(lambda: worker._closed)  # run() is closing its connection
+            assert not task.done() and worker.stopping
+            worker.stop()
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        await asyncio.wait_for(task, EVENT_TIMEOUT_S)
+        assert not worker.stopping
+        await client.put("closing", b"for the next run")
+        again = asyncio.create_task(worker.run())
+        try:
+            await asyncio.wait_for(handled.wait(), EVENT_TIMEOUT_S)
+            assert not again.done()
+        finally:
+            worker.stop()
+            await asyncio.wait_for(again, EVENT_TIMEOUT_S)

@@ -501,13 +501,19 @@ class Worker:
             client, self._client = self._client, None
             self._running = False
             self._receiving = None
-            self._stops = 0
-            self._hurry.clear()
             self._handlers_cancelled = False
             error = error or self._fatal
             self._fatal = None
-            if client is not None:
-                await self._close(client)
+            try:
+                if client is not None:
+                    await self._close(client)
+            finally:
+                # Only now: a stop() made while the connection closes (a second Ctrl-C)
+                # is this run's, and `stopping` says so until the run is over. Reset
+                # before the close, it was kept and ended the next run at once (a
+                # reviewer).
+                self._stops = 0
+                self._hurry.clear()
         if cancelled_from_outside:
             raise asyncio.CancelledError
         if error is not None:
@@ -1183,10 +1189,17 @@ class Worker:
         except TimeoutError:
             self._drop(client, "no answer to touches before the next heartbeat")
             return
+        refused: list[tuple[_Job, WonderQError]] = []
         for job, lease, result in zip(due, leases, results, strict=True):
             if job.message.lease != lease:
                 continue  # the job took a newer delivery's lease meanwhile (_adopt)
-            if isinstance(result, StorageUnavailable):
+            if isinstance(result, FATAL_ERRORS):
+                # A setting the server refuses (visibility over a restarted server's
+                # --max-visibility-timeout): no lease can be kept, so the run ends, as a
+                # receive refused so ends it. Dropped without a word, the leases ran out
+                # under working handlers and others ran their messages (a reviewer).
+                self._end_with(result)
+            elif isinstance(result, StorageUnavailable):
                 # Not renewed while the server's journal writes fail; the server holds a
                 # lease that runs out meanwhile, and the ack is sent again until the
                 # outage ends (_send_settle).
@@ -1201,6 +1214,14 @@ class Worker:
                 job.lease_until = job.held_until = sent_at + self.visibility
                 self.counts.touched += 1
                 self._server_answered()
+            elif isinstance(result, WonderQError) and not isinstance(result, ConnectionClosed):
+                refused.append((job, result))  # INTERNAL, STORAGE_ERROR, ...: it may pass
+        if refused:
+            # One line a round, not one per message: the next round tries them again.
+            job, error = refused[0]
+            log.warning("%d touch(es) refused, their leases not renewed (message %d of %r: "
+                        "%s); the next heartbeat tries again", len(refused), job.message.id,
+                        job.message.queue, error)
 
     async def _touch(self, client: Client, job: _Job) -> float | None:
         """_touch renews one job's lease, unless its handler is over by the time this runs
