@@ -300,6 +300,10 @@ HTTP_REFUSAL = ("an HTTP request: this port speaks WonderQ's protocol (PROTOCOL.
 @pytest.mark.parametrize(("line", "code", "message"), [
     (b"GET q max=1 max=2", BAD_ARGUMENT, "max given twice"),
     (b"GET q 1 max=2", BAD_ARGUMENT, "max given twice"),
+    # A word in the place of a field named before it (a reviewer had only "max given
+    # twice" for a queue written after its options):
+    (b"GET max=5 q", BAD_ARGUMENT, "max given twice: by name, and as the word 'q' in its "
+     "place: GET <queue> [max=...] [wait=...] [visibility=...]"),
     (b"GET q maxx=2", BAD_ARGUMENT, "receive has no field maxx"),
     (b"GET q =2", BAD_ARGUMENT, "a word starts with '=' (='2'): options are name=value"),
     (b"NACK q 1 2 dealy=5", BAD_ARGUMENT, "nack has no field dealy"),

@@ -267,6 +267,9 @@ def named_or_positional(name: str, words: list[bytes], typed: str = "") -> dict[
             if position >= len(order):
                 raise bad_argument(f"too many arguments for {shown}: {usage(name, shown)}")
             field, value = order[position], text
+            if field in args:  # named before: "GET max=5 q" gave only "max given twice"
+                raise bad_argument(f"{field} given twice: by name, and as the word "
+                                   f"{text!r:.40} in its place: {usage(name, shown)}")
         _set_named(args, field, value)
     missing = [f for f in required if f not in args]
     if missing:
