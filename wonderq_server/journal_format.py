@@ -95,7 +95,12 @@ Rules:
   SYNCED record (which the journal writes and syncs before it writes
   anything into reserved space), which no client sees. Damage inside the
   last write an fsync covered reads as torn, as the file's last record does
-  without SYNCED records.
+  without SYNCED records. But a record framed whole (a length over 0 that
+  fits, its checksum right) is no crash's work, whether an fsync covered it
+  or not: one that fails is damage or a newer server's kind, and the start
+  stops naming it, as without SYNCED records. Read as torn, it was cut off
+  with every record after it: a rollback from a newer server that added a
+  kind lost what that server had answered (a reviewer).
 * A record that runs past the end of the data, or whose checksum fails and
   which is the last thing in the file, is a torn tail: the writer crashed in
   the middle of it. It is cut off and nothing after it exists.
@@ -520,7 +525,7 @@ def read_records(data: bytes | memoryview | mmap.mmap, result: ReadResult,
                 result.zero_tail_bytes = end - pos
                 break
             proof = _synced_past(data, pos, end, nonce) if synced_seen else None
-            if synced_seen and proof is None:
+            if synced_seen and proof is None and not _framed_whole(view, pos, end):
                 _torn_tail(result, view, pos, end)  # nothing says an fsync covered it
                 break
             problem, resume = _diagnose(view, pos, end)
@@ -626,6 +631,17 @@ def first_misfit(data: bytes | memoryview | mmap.mmap, repair: bool,
     finally:
         records.close()
     return None
+
+
+def _framed_whole(view: memoryview, pos: int, end: int) -> bool:
+    """_framed_whole: the record at `pos` has a length over 0 that fits in the file and
+    a checksum that holds, so a write cut short did not make it (see the rules)."""
+    if end - pos < RECORD_HEADER_BYTES:
+        return False
+    size, checksum = unpack_header(view, pos)
+    stop = pos + RECORD_HEADER_BYTES + size
+    return size > 0 and stop <= end \
+        and zlib.crc32(view[pos + RECORD_HEADER_BYTES:stop]) == checksum
 
 
 def _diagnose(view: memoryview, pos: int, end: int) -> tuple[str, int | None]:
