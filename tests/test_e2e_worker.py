@@ -1848,3 +1848,49 @@ async def test_a_stop_while_run_closes_its_connection_is_that_run_s(server):
         finally:
             worker.stop()
             await asyncio.wait_for(again, EVENT_TIMEOUT_S)
+
+
+async def test_a_handler_that_ends_after_its_time_is_up_sends_nothing(server):
+    # A handler that ignores the stop's cancel has as long as the settles to end (README);
+    # after that it is abandoned and nothing of it is sent. But it was abandoned only after
+    # the last wait for settles still in flight: a reviewer's handler that ended during that
+    # wait had its ack sent, and was counted abandoned all the same. Here b's handler ends
+    # the moment that wait does (a's settle, given up on), before the stop goes on.
+    release_a, started = asyncio.Event(), {b"a": asyncio.Event(), b"b": asyncio.Event()}
+    a_settling: list[asyncio.Task[None]] = []
+    a_known = asyncio.Event()
+
+    async def handler(msg: Message) -> None:
+        started[msg.body].set()
+        if msg.body == b"a":
+            await release_a.wait()
+            return
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()  # until the stop cancels it, which it ignores
+        await a_known.wait()
+        await asyncio.wait(a_settling)  # woken before the stop's own wait for it
+
+    async with connect(server.host, server.port) as client:
+        await client.create_queue("late")
+        await client.put("late", b"a")
+        b = await client.put("late", b"b")
+        worker = Worker("late", handler, host=server.host, port=server.port, concurrency=2,
+                        shutdown_grace=0, reply_timeout=1.0, visibility=30.0)
+        task = asyncio.create_task(worker.run())
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in started.values())),
+                               EVENT_TIMEOUT_S)
+        assert server.proc is not None
+        os.kill(server.proc.pid, signal.SIGSTOP)  # a's ack goes out and is not answered
+        try:
+            release_a.set()
+            await until_true(lambda: any(job.settling for job in worker._jobs.values()))
+            a_settling[:] = [t for t, job in worker._jobs.items() if job.settling]
+            a_known.set()
+            worker.stop()
+            await until_true(lambda: worker.counts.abandoned == 1)
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        await asyncio.wait_for(task, EVENT_TIMEOUT_S)
+        assert (worker.counts.abandoned, worker.counts.unsettled) == (1, 1)
+        info = await client.message_info("late", b)  # not acked: still leased, as counted
+        assert info["state"] == "leased"

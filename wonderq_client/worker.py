@@ -1130,22 +1130,30 @@ class Worker:
             hurried_until = loop.time() + self.reply_timeout
             while self._jobs and loop.time() < hurried_until:
                 await wait(set(self._jobs), hurried_until - loop.time(), hurry_ends_it=False)
+        # A handler still running ignored its cancel and has had the settles' time: it
+        # is abandoned now, before the wait below, or one that ended during that wait
+        # had its ack sent after its time was up, and counted abandoned (a reviewer).
+        self._abandon(lambda job: not job.settling)
         left_to_lease = {task for task, job in self._jobs.items() if job.settling}
         for task in left_to_lease:
             task.cancel()  # each counts itself unsettled as it ends
         if left_to_lease:
             await wait(left_to_lease, self.reply_timeout, hurry_ends_it=False)
+        self._abandon(lambda job: True)  # a settle that outlived its cancel (not expected)
+        if cancelled is not None:
+            raise cancelled
+
+    def _abandon(self, which: Callable[[_Job], bool]) -> None:
+        """_abandon: the jobs `which` picks that are not counted yet belong to no run from
+        now: a later run neither waits for them, nor touches them, nor takes a new
+        delivery of their message for them, and what they end with is not sent (their
+        message comes back with its lease)."""
         for task, job in list(self._jobs.items()):
-            if not job.counted:  # a handler that ignores its cancel: left running
-                # It belongs to no run from now: a later run neither waits for it, nor
-                # touches it, nor takes a new delivery of its message for it, and what
-                # it ends with is not sent (its message comes back with its lease).
+            if which(job) and not job.counted:
                 self._count(job, "abandoned")
                 job.abandoned = True
                 self._let_go(job)
                 del self._jobs[task]
-        if cancelled is not None:
-            raise cancelled
 
     # -------------------------------------------------------------- heartbeat
 
