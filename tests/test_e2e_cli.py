@@ -142,6 +142,41 @@ async def test_put_receive_ack_from_a_shell(server):
     assert done.stderr.count(b"\n") == 1
 
 
+def blocked_writing_to_a_pipe(pid: int) -> bool:
+    """The process sleeps in the kernel's pipe_write: its reader is not reading."""
+    try:
+        with open(f"/proc/{pid}/wchan") as wchan:
+            return wchan.read().endswith("pipe_write")
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("ack", [True, False])
+async def test_receive_into_a_slow_reader_is_not_a_server_that_did_not_answer(server, ack):
+    # `wonderq receive slow --max 200 --ack --json | slow-consumer`: a reviewer's wrote
+    # every message, and with --ack the server acked all 200; yet it exited 2, "the server
+    # did not answer within 1 s", for the time its reader took (--timeout ran meanwhile).
+    # A script takes exit 2 for "nothing happened", though the messages are gone.
+    async with connect(server.host, server.port) as client:
+        await client.put_many("slow", [b"x" * 1000] * 200)
+    proc = subprocess.Popen([*wonderq_command(), *at(server), "--timeout", "1", "receive",
+                             "slow", "--max", "200", "--json", *(["--ack"] if ack else [])],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        # The reply is in: the tool waits for its reader (a pipe holds 64 KiB).
+        await until_true(lambda: blocked_writing_to_a_pipe(proc.pid))
+        await asyncio.sleep(1.5)  # the reader: slower than --timeout (not a synchronisation)
+        out, err = await asyncio.to_thread(proc.communicate, timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert out.count(b'"id"') == 200
+    async with connect(server.host, server.port) as client:
+        assert (await client.queue_info("slow"))["acked_total"] == (200 if ack else 0)
+    assert (b"slow: acked 200" in err) == ack, err
+
+
 async def test_put_reads_standard_input_and_receive_ack_settles(server):
     body = bytes(range(256))
     done = await cli("put", "bin", "-", *at(server), stdin=body)

@@ -21,6 +21,8 @@ Rules:
   and queue_commands.print_json), so no write failure is taken for the server's.
 * Where standard output has no descriptor (a test's capture), it falls back
   to sys.stdout.write and flush.
+* The time a write takes (a slow reader) is not the server's: the running
+  command's --timeout is moved on by it (deadline.extend).
 * `print_rich` renders for the terminal rich sees (width, colour), as
   Console().print would; to a file or a pipe, without the spaces rich pads
   each line with.
@@ -31,8 +33,11 @@ from __future__ import annotations
 import io
 import os
 import sys
+import time
 
 from rich.console import Console, RenderableType
+
+from . import deadline
 
 
 class OutputFailed(Exception):
@@ -41,6 +46,14 @@ class OutputFailed(Exception):
 
 def write_out(text: str) -> None:
     """write_out writes `text` to standard output whole, or raises (see the rules)."""
+    started = time.monotonic()  # asyncio's clock, by default
+    try:
+        _write_out(text)
+    finally:
+        deadline.extend(time.monotonic() - started)
+
+
+def _write_out(text: str) -> None:
     try:
         sys.stdout.flush()  # what was left in the buffer goes first, in order
         try:
