@@ -329,3 +329,44 @@ def test_a_server_that_stops_answering_cannot_stretch_seconds(server):
         proc.kill()
     assert proc.returncode == 2, stdout + stderr
     assert "stopped answering" in stderr and "Traceback" not in stderr
+
+
+def test_demo_into_a_closed_pipe_ends_quietly_as_a_broken_pipe():
+    # `wonderq demo | head -1`: a reviewer's said "cannot talk to the server at 127.0.0.1:N:
+    # Broken pipe", exit 2, blaming its own server, which was fine. README: a reader that
+    # has gone is exit 141, quietly.
+    proc = subprocess.Popen([*wonderq_command(), "demo", "--messages", "20", "--seconds", "6"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=demo_env())
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        proc.stdout.readline()  # as `head -1` does
+        proc.stdout.close()
+        err = proc.stderr.read()
+        code = proc.wait(40)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert b"the server" not in err, err
+    assert code == 141, err
+
+
+def test_demo_into_a_full_disk_says_so_with_exit_74():
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run([*wonderq_command(), "demo", "--messages", "20", "--seconds",
+                               "6"], stdout=full, stderr=subprocess.PIPE, env=demo_env(),
+                              timeout=40, check=False)
+    assert b"the server" not in done.stderr, done.stderr
+    assert b"cannot write the output: No space left on device" in done.stderr, done.stderr
+    assert done.returncode == 74, done.stderr
+
+
+@pytest.mark.parametrize("args", [["--seconds", "nan"], ["--seconds", "inf"],
+                                  ["--seconds", "1e308"], ["--queue", b"d\xffmo"]])
+def test_demo_bad_values_are_usage_errors_not_tracebacks(args):
+    # A reviewer's nan, inf and 1e308 ended in tracebacks from the event loop's timers, and a
+    # queue name that is not UTF-8 in one from the codec (argument_types.py: a usage error).
+    done = subprocess.run([*wonderq_command(), "demo", "--messages", "5", *args],
+                          capture_output=True, env=demo_env(), timeout=RUN_TIMEOUT_S,
+                          check=False)
+    assert b"Traceback" not in done.stderr, done.stderr[-400:]
+    assert done.returncode == 2 and b"usage: " in done.stderr, done.stderr[-400:]

@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import random
 import secrets
 import signal
@@ -66,6 +67,7 @@ from wonderq_client import (
     connect,
 )
 
+from . import argument_types
 from .demo_ledger import Accounting, Ledger, account
 from .demo_server import ServerStartError, own_server
 from .demo_view import Narrator, accounting_table, banner, verdict
@@ -79,6 +81,7 @@ from .demo_workers import (
     Watcher,
     seq_of,
 )
+from .output import OutputFailed
 
 EXIT_OK, EXIT_BROKEN_PROMISE, EXIT_UNAVAILABLE = 0, 1, 2
 STOP_GRACE_S = RECEIVE_WAIT_S + 1.0  # a stopping worker finishes its receive and its ack
@@ -87,6 +90,7 @@ WRAP_UP_S = STOP_GRACE_S + READ_BACK_S
 DRAIN_BATCH = 100
 DRAIN_VISIBILITY_S = 60.0  # read-back leases outlive the demo
 MIN_SECONDS = 5.0
+MAX_SECONDS = 86_400.0  # a day: a demo, not a soak
 # A server that stops answering (stopped, hung) would hold the read-back and the queue
 # deletion for ever: --seconds bounds the run, plus this much, whatever the server does.
 OVERRUN_S = 5.0
@@ -110,17 +114,27 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     parser.add_argument("--consumers", type=_at_least(1), default=5,
                         help="consumers, in turn steady, slow, crashy, nacky "
                              "(default %(default)s)")
-    parser.add_argument("--seconds", type=_at_least(MIN_SECONDS, float), default=25.0,
+    parser.add_argument("--seconds", type=_run_seconds, default=25.0,
                         help="the whole run, accounting included, ends within this even if "
                              f"unfinished: the work stops {WRAP_UP_S:g} s before it, to "
                              "account for every message (default %(default)s)")
-    parser.add_argument("--queue", default=None,
+    parser.add_argument("--queue", type=argument_types.text, default=None,
                         help="queue name; its dead letters go to QUEUE-dead (default: demo, "
                              "or demo-<random> with --connect)")
     parser.add_argument("--connect", action="store_true",
                         help="use the running server at --host/--port instead of starting one; "
                              "the demo's queues are deleted at the end")
     parser.set_defaults(run=run)
+
+
+def _run_seconds(text: str) -> float:
+    """_run_seconds: --seconds, finite, from MIN_SECONDS to MAX_SECONDS. A reviewer's nan,
+    inf and 1e308 ended in tracebacks from the event loop's timers."""
+    value = argument_types.positive_seconds(text)
+    if not MIN_SECONDS <= value <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"must be {MIN_SECONDS:g} to {MAX_SECONDS:g} seconds, got {text!r}")
+    return value
 
 
 def _at_least(low: float, kind: type = int):
@@ -207,6 +221,11 @@ async def _run(args: argparse.Namespace) -> int:
         return EXIT_UNAVAILABLE
 
 
+# What a failed write of the demo's own output raises (its table and narration go to standard
+# output through rich and print): no socket fails so.
+OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+
+
 async def _demo_or_exit(host: str, port: int, plan: Plan, started: float, where: str,
                         shared_server: bool, options: dict[str, Any]) -> int:
     """_demo_or_exit runs _demo and turns a server that failed the demo into one line and
@@ -221,7 +240,13 @@ async def _demo_or_exit(host: str, port: int, plan: Plan, started: float, where:
     except WonderQError as exc:
         _say(f"wonderq demo: the server at {host}:{port} refused a request the demo did not "
              f"expect: {exc.code}: {exc.message}; no accounting was made")
+    except BrokenPipeError:
+        raise  # its reader has gone (`| head`): main.py's exit 141, quietly, as any command's
     except OSError as exc:  # TimeoutError included
+        if exc.errno in OUTPUT_ERRNOS:
+            # Its own output failed (`> /dev/full`), not the server: main.py's exit 74. A
+            # reviewer's demo said "cannot talk to the server ...: No space left on device".
+            raise OutputFailed(exc.strerror or str(exc)) from None
         if bound.expired():
             _say(f"wonderq demo: the server at {host}:{port} stopped answering; the run was "
                  f"cut off {OVERRUN_S:g} s after --seconds ran out, and no accounting was "
