@@ -20,6 +20,7 @@ import select
 import signal
 import socket
 import subprocess
+import sys
 import termios
 import time
 
@@ -378,6 +379,48 @@ def test_top_shows_only_the_busiest_queues_that_fit_its_terminal() -> None:
     console = Console(record=True, width=160)
     console.print(frame({"server": {}, "queues": queues}, history, "top"))  # --once: all
     assert "queues (3000)" in console.export_text()
+
+
+# Runs as a shell with job control would: a session whose controlling terminal is a pty,
+# and `wonderq top > LOG &` in a process group of its own (a background job). Prints what
+# became of top: FRAMES (it wrote frames into LOG) or STOPPED (the kernel stopped it).
+BACKGROUND_JOB = r"""
+import fcntl, os, pathlib, signal, subprocess, sys, termios, time
+fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+log = sys.argv[1]
+with open(log, "wb") as out:
+    top = subprocess.Popen(sys.argv[2:], stdin=0, stdout=out, stderr=subprocess.STDOUT,
+                           process_group=0)
+state = ""
+for _ in range(2000):  # bounded: 10 s
+    state = pathlib.Path(f"/proc/{top.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    if state == "T" or b"wonderq top" in pathlib.Path(log).read_bytes():
+        break
+    time.sleep(0.005)
+print("STOPPED" if state == "T" else "FRAMES" if b"wonderq top" in
+      pathlib.Path(log).read_bytes() else "NOTHING", flush=True)
+top.kill()
+os.kill(top.pid, signal.SIGCONT)
+top.wait()
+"""
+
+
+def test_top_as_a_background_job_into_a_file_is_not_stopped_by_the_terminal(server, tmp_path):
+    # `wonderq top > top.log &` at an interactive shell: top puts the terminal (its stdin)
+    # into cbreak mode to read `q`, which a background job may not do: the kernel stops it
+    # (SIGTTOU, "Stopped (tty output)") and top.log stays empty. README: into a file it
+    # prints one frame after another.
+    master, slave = pty.openpty()
+    try:
+        log = tmp_path / "top.log"
+        done = subprocess.run(
+            [sys.executable, "-c", BACKGROUND_JOB, str(log), *wonderq_command(), *at(server),
+             "top", "--interval", "0.2"],
+            stdin=slave, capture_output=True, start_new_session=True, timeout=30, check=False)
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert done.stdout.strip() == b"FRAMES", (done.stdout, done.stderr)
 
 
 async def test_top_once_prints_one_frame(server):

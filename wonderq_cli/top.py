@@ -309,14 +309,24 @@ def _status(args: argparse.Namespace, found: Poll, why: str = "") -> str:
     if found is Poll.AWAY and why:
         state = f"{state}: {why}"
     quits = ("" if getattr(args, "once", False) else " · q or Ctrl-C quits"
-             if sys.stdin.isatty() else " · Ctrl-C quits")  # q is read from a terminal only
+             if _reads_keys() else " · Ctrl-C quits")  # q is read from a terminal only
     return f"wonderq top · {args.host}:{args.port} · {state}{quits}"
+
+
+def _reads_keys() -> bool:
+    """_reads_keys: standard input is a terminal this process may set and read, as the
+    foreground job. A background job (`wonderq top > top.log &`) that set it to cbreak
+    was stopped by the kernel (SIGTTOU) before a frame was written (a reviewer)."""
+    try:
+        return sys.stdin.isatty() and os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
+    except (OSError, ValueError):
+        return False
 
 
 @contextlib.contextmanager
 def _keys(loop: asyncio.AbstractEventLoop, quit_event: asyncio.Event) -> Iterator[None]:
     """_keys sets `quit_event` on `q`, reading the terminal a key at a time (cbreak)."""
-    if not sys.stdin.isatty():
+    if not _reads_keys():
         yield
         return
     import termios
