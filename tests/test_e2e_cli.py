@@ -1112,3 +1112,28 @@ async def test_counts_of_one_are_singular(server):
     assert done.stdout == b"purged 1 message from one\n", done.stdout
     done = await cli("delete-queue", "other", *at(server))
     assert done.stdout == b"deleted other and its 1 message\n", done.stdout
+
+
+@pytest.mark.parametrize("host", ["a..b", "x" * 64 + ".example", b"\xff"])
+def test_a_host_name_that_cannot_be_encoded_is_one_line_not_a_traceback(host):
+    # A typo such as `--host a..b` (or WONDERQ_HOST=a..b), or a label over 63 characters,
+    # ended every command in a UnicodeError traceback and exit 1, which README keeps for
+    # "the server refused the request" (a reviewer).
+    for command in (["stats"], ["put", "q", "x"], ["top", "--interval", "0.2"],
+                    ["work", "q", "--burst", "--", "true"]):
+        done = wonderq("--host", host, "--port", "1", *command)
+        assert b"Traceback" not in done.stderr, (command, done.stderr[-300:])
+        assert done.returncode == 2, (command, done.stderr[-300:])
+        assert b"is not a host name or address" in done.stderr, (command, done.stderr)
+
+
+@pytest.mark.parametrize("how", ["flag", "environment"])
+def test_an_auth_token_that_is_not_utf8_is_one_line_not_a_traceback(server, how):
+    token = b"s\xffcret"  # `--auth-token "$(cat token)"` with a stray byte: a traceback, exit 1
+    if how == "flag":
+        done = wonderq(*at(server), "--auth-token", token, "stats")
+    else:
+        done = wonderq(*at(server), "stats", env={"WONDERQ_AUTH_TOKEN": os.fsdecode(token)})
+    assert b"Traceback" not in done.stderr, done.stderr[-300:]
+    assert done.returncode == 2, done.stderr[-300:]
+    assert b"is not UTF-8 text" in done.stderr, done.stderr

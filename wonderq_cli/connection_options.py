@@ -91,6 +91,12 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> None:
     args.token_from_env = token_from_env  # main.py names it when the server has no token
     if args.auth_token is None:
         args.auth_token = env.get(TOKEN_VARIABLE) or None
+    if args.auth_token is not None:
+        try:
+            args.auth_token.encode()
+        except UnicodeEncodeError:  # bytes that are not UTF-8, from the shell (a reviewer)
+            raise ValueError(f"{TOKEN_VARIABLE if token_from_env else '--auth-token'} is not "
+                             f"UTF-8 text; a token is sent as a string") from None
     args.warning = ""
     args.tls_sources = dict(TLS_FLAGS)  # where each file came from, for the errors
     if getattr(args, "no_tls", None):

@@ -104,8 +104,19 @@ def _from_environment(args: argparse.Namespace, env: Mapping[str, str]) -> None:
     ValueError naming the variable or the flag."""
     # An empty variable is one not given, as the WONDERQ_CLIENT_TLS* ones are (`export
     # WONDERQ_HOST=` was "cannot reach the server at :7711", a newcomer's review).
+    host_source = "--host"
     if args.host is None:
         args.host = env.get("WONDERQ_HOST") or DEFAULT_HOST
+        host_source = "WONDERQ_HOST"
+    try:
+        # As the resolver will encode it: a typo such as "a..b", a label over 63
+        # characters or a byte that is not UTF-8 raised UnicodeError from inside every
+        # command, a traceback and exit 1 (a reviewer).
+        args.host.encode("idna")
+    except UnicodeError as exc:
+        reason = str(exc.__cause__ or exc).removeprefix("UnicodeError: ")
+        raise ValueError(f"{host_source}={args.host!r} is not a host name or address: "
+                         f"{reason}") from None
     if args.port is None:
         text = env.get("WONDERQ_PORT") or str(DEFAULT_PORT)
         try:
