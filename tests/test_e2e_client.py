@@ -749,3 +749,47 @@ async def test_the_client_probes_a_silent_server_s_host(server, options, kind, s
 def test_a_bad_tcp_keepalive_is_refused_before_connecting(value):
     with pytest.raises(ValueError, match="tcp_keepalive must be whole seconds"):
         connect("127.0.0.1", 1, tcp_keepalive=value)
+
+
+async def test_a_cancelled_receive_in_flight_leaves_nothing_for_close_to_wait_for(server):
+    # A receive without a wait, cut short before its reply came: the reply's messages are
+    # given back, but a reviewer found its request id left among the replies not taken,
+    # for good: every later close() spun on the event loop for the whole CLOSE_DRAIN_S,
+    # and the set grew by one per such receive.
+    async with connect(server.host, server.port) as producer:
+        consumer = await connect(server.host, server.port)
+        protocol = consumer._protocol
+        assert protocol.transport is not None
+        for round_ in range(3):
+            queue = f"abandoned-{round_}"
+            await producer.put(queue, b"x")
+            protocol.transport.pause_reading()  # its reply waits until after the cancel
+            receiving = asyncio.create_task(consumer.receive(queue, visibility=600))
+            await until_true(lambda: bool(protocol._receives))  # sent
+            receiving.cancel()
+            protocol.transport.resume_reading()
+            with pytest.raises(asyncio.CancelledError):
+                await receiving
+            # The message came to the cancelled receive and was given back, unseen.
+            await until_stats(producer, lambda s, q=queue: s["queues"][q]["ready"] == 1)
+        await until_true(lambda: not protocol.awaited_by_close)
+        assert protocol.replies_not_taken == set()
+        started = time.monotonic()
+        await consumer.close()
+        assert time.monotonic() - started < client_module.CLOSE_DRAIN_S / 2
+
+
+async def test_abort_says_the_client_aborted_not_that_the_server_went(server):
+    # A reviewer's abort() ended its calls with "connection to the server closed: nothing
+    # came from it: the server stopped, or it uses TLS and this connection does not".
+    client = await connect(server.host, server.port)
+    assert client._protocol.transport is not None
+    client._protocol.transport.pause_reading()  # its answer stays unread
+    ping = asyncio.create_task(client.ping())
+    await until_true(lambda: bool(client._protocol._pending))  # sent
+    client.abort()
+    with pytest.raises(ConnectionClosed) as raised:
+        await ping
+    assert raised.value.message == "this client aborted the connection (abort())"
+    assert client.close_reason is not None
+    assert client.close_reason.message == raised.value.message

@@ -110,6 +110,7 @@ class _ClientProtocol(asyncio.Protocol):
         self._server_error: str = ""  # an error the server sent about the whole connection
         self._server_error_code: str | None = None  # and its code
         self.closed_by_client = False  # close() ended it
+        self.aborted_by_client = False  # abort() ended it
         self.closed = loop.create_future()
         self._heard_from_server = False  # a byte has come from the server
         # Receives whose reply brought messages their caller has not yet taken (close()).
@@ -126,12 +127,16 @@ class _ClientProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         reason = self._server_error or (str(exc) if exc else "")
         if not reason and not self._heard_from_server and not self._over_tls \
-                and not self.closed_by_client:
+                and not self.closed_by_client and not self.aborted_by_client:
             # A TLS port ends a plain connection without a word: say so, as the CLI does
             # (a newcomer's review had only "connection to the server closed").
             reason = ("nothing came from it: the server stopped, or it uses TLS and this "
                       "connection does not")
-        if self.closed_by_client and not reason:
+        if self.aborted_by_client and not self._server_error:
+            # The caller's own act, not a server that stopped nor a TLS mismatch (a
+            # reviewer's abort() was diagnosed as either).
+            self.closed_error = ConnectionClosed("this client aborted the connection (abort())")
+        elif self.closed_by_client and not reason:
             self.closed_error = ConnectionClosed("this client closed the connection (close())")
         else:
             self.closed_error = ConnectionClosed(
@@ -394,9 +399,15 @@ class _ClientProtocol(asyncio.Protocol):
         answer = self._pending.get(request_id)
         if self.closed_error is not None or answer is None or answer in self.awaited_by_close:
             return  # answered, the connection is gone, or awaited already (close())
-        self._await_on_close(request_id, lambda answer: self._abandoned_answered(answer, queue))
+        self._await_on_close(request_id,
+                             lambda answer: self._abandoned_answered(answer, queue, request_id))
 
-    def _abandoned_answered(self, answer: asyncio.Future[Any], queue: str) -> None:
+    def _abandoned_answered(self, answer: asyncio.Future[Any], queue: str,
+                            request_id: int) -> None:
+        # Nobody takes these messages: given back here, so close() does not wait for a
+        # caller to take them (data_received counted them as not taken; left there, every
+        # close() spun for CLOSE_DRAIN_S, a reviewer's).
+        self.replies_not_taken.discard(request_id)
         if answer.exception() is None and answer.result():
             self.give_back(queue, answer.result())
 
@@ -636,6 +647,8 @@ class Client(QueueAdmin):
         ConnectionClosed once the loop has seen the connection go."""
         transport = self._protocol.transport
         if transport is not None:
+            if not transport.is_closing():
+                self._protocol.aborted_by_client = True
             transport.abort()
 
     async def close(self) -> None:
