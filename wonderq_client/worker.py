@@ -1133,7 +1133,7 @@ class Worker:
         # A handler still running ignored its cancel and has had the settles' time: it
         # is abandoned now, before the wait below, or one that ended during that wait
         # had its ack sent after its time was up, and counted abandoned (a reviewer).
-        self._abandon(lambda job: not job.settling)
+        self._abandon(lambda job: job.started and not job.settling)
         left_to_lease = {task for task, job in self._jobs.items() if job.settling}
         for task in left_to_lease:
             task.cancel()  # each counts itself unsettled as it ends
