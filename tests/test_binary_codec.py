@@ -251,6 +251,25 @@ def test_request_ids_of_any_msgpack_type_are_echoed():
         assert only(started().feed(frame([request_id, "ping", {}]))).request_id == request_id
 
 
+@pytest.mark.parametrize("request_id", [
+    "x" * 257, "é" * 129, b"x" * 257, [{}] * 255, {str(i): i for i in range(100)},
+    [{}] * 65_000,  # a reviewer's: 4.5 MB of objects a waiting receive kept, counted as 1 KiB
+])
+def test_a_request_id_over_256_bytes_packed_is_refused_and_not_run(request_id):
+    [refused, after] = started().feed(frame([request_id, "receive", {"queue": "q", "wait": 5}])
+                                      + frame([2, "ping", {}]))
+    assert_rejected(refused, CommandError, BAD_ARGUMENT, None)
+    assert refused.error.message.startswith("a request id is at most 256 bytes of msgpack, "
+                                            f"not a {type(request_id).__name__} of ")
+    assert after.name == "ping"
+
+
+@pytest.mark.parametrize("request_id", ["x" * 256, "é" * 128, b"x" * 256, [{}] * 250,
+                                        list(range(120))])
+def test_a_request_id_of_256_bytes_packed_is_taken(request_id):
+    assert only(started().feed(frame([request_id, "ping", {}]))).request_id == request_id
+
+
 # ---------------------------------------------------------- garbage and shape
 
 @pytest.mark.parametrize(("payload", "request_id"), [

@@ -612,3 +612,33 @@ async def test_one_host_sending_many_stats_does_not_hold_up_another_hosts(server
         finally:
             for raw in [*flood, control]:
                 raw.close()
+
+
+async def test_waits_whose_request_ids_are_arrays_count_what_they_hold(server_factory):
+    # A waiting receive is kept with its request id. A reviewer's ids of 65,000 empty maps
+    # held 4.5 MB a wait, counted as 1 KiB against --max-client-memory: such ids are now at
+    # most 256 bytes packed (refused above that), and a wait whose id is an array or a map
+    # counts COSTLY_ID_WAIT_BYTES, what 256 bytes of empty maps decode to.
+    server = server_factory("--max-client-memory", "512K")
+    hog = Raw(server.host, server.port)
+    plain = Raw(server.host, server.port)
+    try:
+        hog.send(PREAMBLE + frame([[{}] * 65_000, "receive", {"queue": "w", "wait": 60.0}]))
+        request_id, error, _ = hog.reply()
+        assert (request_id, error[0]) == (None, "BAD_ARGUMENT")
+        # 20 waits with integer ids: 20 KiB counted, well within the limit.
+        plain.send(PREAMBLE + b"".join(frame([i, "receive", {"queue": "w", "wait": 60.0}])
+                                       for i in range(20)))
+        async with connect(server.host, server.port) as client:
+            await until_stats(client, lambda s: s["server"]["waiting_consumers"] == 20)
+            # 40 waits with ids of 250 empty maps: about 700 KiB held, over the limit.
+            hog.send(b"".join(frame([[{}] * 250, "receive", {"queue": "w", "wait": 60.0}])
+                              for _ in range(40)))
+            stats = await until_stats(
+                client, lambda s: s["server"]["client_memory_disconnects_total"] == 1)
+            assert stats["server"]["waiting_consumers"] == 20  # the plain ones stay
+            with contextlib.suppress(ConnectionResetError):  # cut off: reset, or closed
+                assert hog.at_eof()
+    finally:
+        hog.close()
+        plain.close()

@@ -40,6 +40,14 @@ Rules:
 * A frame that cannot be decoded is answered with its request id when the
   id can be read on its own (read with a small count of its own), else nil;
   so is one over the limit, from its first ID_PEEK_BYTES.
+* A request id is any msgpack value of at most MAX_REQUEST_ID_BYTES packed
+  (`plain_request_id`); a bigger one is BAD_ARGUMENT, answered with nil, and
+  the request is not run. The server keeps a waiting receive's request, id
+  included, for as long as it waits, and counts it as
+  connection_limits.WAITING_RECEIVE_BYTES against --max-client-memory: a
+  reviewer's id of 65,000 empty maps (a 65 KB frame) held 4.5 MB a wait, 100
+  waits 448 MB, counted as 100 KiB. Integers, the usual id, are told apart
+  by one type check; a string's size needs no packing.
 
 Must not know: sockets, asyncio, the broker.
 """
@@ -60,6 +68,7 @@ from .commands import (
     request_values_limit,
 )
 from .errors import (
+    BAD_ARGUMENT,
     BATCH_TOO_LARGE,
     FRAME_TOO_LARGE,
     MALFORMED,
@@ -78,6 +87,8 @@ SMALL_FRAME_BYTES = 64 * 1024
 # Of a frame over the limit, this much is read for its request id: an array header and an
 # id of up to 9 bytes (any msgpack int) fit, with room.
 ID_PEEK_BYTES = 16
+# The most a request id may pack to (the rules): a UUID, a ULID, [worker, sequence] fit.
+MAX_REQUEST_ID_BYTES = 256
 
 
 class BinaryDecoder:
@@ -208,10 +219,37 @@ class BinaryDecoder:
                 MALFORMED, "a request is [request_id, command, {arguments}]"),
                 request[0] if isinstance(request, list) and request else None)
         request_id, name, args = request
+        if type(request_id) is not int and not plain_request_id(request_id):
+            return Rejected(CommandError(
+                BAD_ARGUMENT, f"a request id is at most {MAX_REQUEST_ID_BYTES} bytes of "
+                f"msgpack, not {_described(request_id)} over that; the request was not run"))
         try:
             return make_command(name, args, self._limits, request_id)
         except CommandError as exc:
             return Rejected(exc, request_id)
+
+
+def plain_request_id(request_id: Any) -> bool:
+    """plain_request_id: `request_id` packs to at most MAX_REQUEST_ID_BYTES (the rules)."""
+    kind = type(request_id)
+    if request_id is None or kind is int or kind is float or kind is bool:
+        return True
+    if kind is str:
+        return len(request_id) <= MAX_REQUEST_ID_BYTES and \
+            len(request_id.encode(errors="surrogatepass")) <= MAX_REQUEST_ID_BYTES
+    if kind is bytes:
+        return len(request_id) <= MAX_REQUEST_ID_BYTES
+    try:  # an array, a map, an ext value: as the client packed it
+        return len(msgpack.packb(request_id, use_bin_type=True)) <= MAX_REQUEST_ID_BYTES
+    except Exception:
+        return False
+
+
+def _described(value: Any) -> str:
+    """_described names a refused request id by its type and size, never its contents."""
+    if isinstance(value, list | dict | str | bytes):
+        return f"a {type(value).__name__} of {len(value)}"
+    return type(value).__name__
 
 
 class TooManyValues(ValueError):

@@ -80,6 +80,7 @@ from .admin_pace import PACED_COMMANDS, AdminPace
 from .binary_codec import MAGIC, BinaryDecoder, BinaryEncoder
 from .commands import Command, Limits, Rejected
 from .connection_limits import (
+    COSTLY_ID_WAIT_BYTES,
     DECODE_SLICE_BYTES,
     HELD_REQUEST_BYTES,
     REFUSAL_WAIT_S,
@@ -89,6 +90,7 @@ from .connection_limits import (
     WAITING_RECEIVE_BYTES,
     ConnectionLimits,
     Counters,
+    costly_request_id,
     limits_before_auth,
 )
 from .errors import (
@@ -212,6 +214,7 @@ class Connection(asyncio.Protocol):
         self._close_requested = False  # the next Output closes the connection
         self._closed = False
         self._waiters: dict[Command, Waiter] = {}
+        self._costly_waits = 0  # of them, those whose request id costs more (_waits_bytes)
         # Requests read but not yet run, behind a text receive that waits or
         # replies not yet written (_output_blocked): commands from the same
         # read, then raw bytes read since.
@@ -756,13 +759,14 @@ class Connection(asyncio.Protocol):
             return
         if waiter is not None:
             self._waiters[command] = waiter
+            if type(command.request_id) is not int and costly_request_id(command.request_id):
+                self._costly_waits += 1
             waiter.gone = self._peer_gone
             if self._eof or self._peer_closed:
                 self._answer_waits_empty()  # read after the client's FIN: nobody waits
             elif self.mode == "text":
                 self._text_waiting = True
-            elif len(self._waiters) * WAITING_RECEIVE_BYTES > \
-                    self.hub.connection_limits.max_request_buffer_bytes:
+            elif self._waits_bytes() > self.hub.connection_limits.max_request_buffer_bytes:
                 self._pause("waits")  # see connection_limits.py; _respond resumes
         elif command.name in DURABLE_COMMANDS:
             self._durable.append((len(self._out) - 1, command))
@@ -812,8 +816,10 @@ class Connection(asyncio.Protocol):
         if self._closed:
             return
         if self._waiters and self._waiters.pop(command, None) is not None:
+            if self._costly_waits and costly_request_id(command.request_id):
+                self._costly_waits -= 1
             self.last_request_at = self.hub.now()  # a wait that ends counts as activity
-            if "waits" in self._paused_by and len(self._waiters) * WAITING_RECEIVE_BYTES \
+            if "waits" in self._paused_by and self._waits_bytes() \
                     <= self.hub.connection_limits.max_request_buffer_bytes:
                 self._resume("waits")
         if command.name in SHOWING_COMMANDS:
@@ -909,6 +915,7 @@ class Connection(asyncio.Protocol):
         for waiter in self._waiters.values():
             self.hub.service.cancel(waiter)
         self._waiters.clear()
+        self._costly_waits = 0
 
     def take_output(self) -> Output | None:
         """take_output hands over the replies buffered since the last call (server flush)."""
@@ -953,16 +960,24 @@ class Connection(asyncio.Protocol):
         elif self._output_blocked and "writing" not in self._paused_by:
             self._unblock_output()  # the socket took it all; else resume_writing will
 
+    def _waits_bytes(self) -> int:
+        """_waits_bytes: what the waiting receives hold, WAITING_RECEIVE_BYTES each, or
+        COSTLY_ID_WAIT_BYTES for one whose request id is an array, a map or an ext value
+        (connection_limits.py): a reviewer's 100 waits with ids of 65,000 empty maps held
+        448 MB counted as 100 KiB; such ids are now at most 256 bytes packed."""
+        return len(self._waiters) * WAITING_RECEIVE_BYTES \
+            + self._costly_waits * (COSTLY_ID_WAIT_BYTES - WAITING_RECEIVE_BYTES)
+
     def memory_bytes(self) -> int:
         """memory_bytes is about what this connection makes the server hold: its partial
         input, input held undecoded, requests held decoded (one slice's worth at most, but
         a two-byte line decodes to an error of about a kilobyte: HELD_REQUEST_BYTES each;
         uncounted, a reviewer's 300 connections held 540 MB the limit did not see),
         replies not yet sent (built or in the transport), and its waiting receives
-        (WAITING_RECEIVE_BYTES each)."""
+        (_waits_bytes)."""
         decoder, transport = self._decoder, self.transport
         held = len(self._pending) + len(self._held_input) + self._out_bytes \
-            + len(self._waiters) * WAITING_RECEIVE_BYTES + len(self._held) * HELD_REQUEST_BYTES
+            + self._waits_bytes() + len(self._held) * HELD_REQUEST_BYTES
         if decoder is not None:
             held += decoder.buffered_bytes()
         if transport is not None and not self._closed:

@@ -164,6 +164,15 @@ DECODE_SLICE_BYTES = 4096
 # max_request_buffer_bytes: a binary connection may park receives until they
 # pass it, then the server stops reading from it until one ends.
 WAITING_RECEIVE_BYTES = 1024
+# One whose request id is an array, a map or an ext value costs more: such an id may pack to
+# 256 bytes (binary_codec.MAX_REQUEST_ID_BYTES), which decode to up to about 17.5 KiB of
+# objects (measured: 250 empty maps). An integer or a string id is within the above.
+COSTLY_ID_WAIT_BYTES = 18 * 1024
+
+
+def costly_request_id(request_id: object) -> bool:
+    """costly_request_id: a waiting request with this id counts COSTLY_ID_WAIT_BYTES."""
+    return not isinstance(request_id, int | float | str | bytes | type(None))
 
 # The largest frame or line a connection may send before it has authenticated
 # (with an auth token only): AUTH and QUIT are small.
