@@ -183,6 +183,44 @@ def test_held_lease_ends_come_again_at_the_hold_and_end_once_released(
     check_invariants(b)
 
 
+@pytest.mark.parametrize("leased", [1, 2])  # a lone lease, and a lease batch
+def test_a_held_lease_end_is_judged_at_its_own_time(leased: int) -> None:
+    # A deadline is judged at its own time (PROTOCOL.md, Decisions). A reviewer's held
+    # lease end was judged at the hold's: a last delivery that ended at T0+5, before the
+    # message's expiry at T0+10, had the message dropped as expired at T0+12, where it
+    # belongs in the dead-letter queue (whose own expiry, none, then holds), stamped T0+5.
+    b = Broker(visibility_timeout_s=5.0)
+    b.create_queue("a", {"max_deliveries": 1, "dead_letter_queue": "dlq"}, T0)
+    ids = [b.put("a", b"x", T0, expiry=10.0) for _ in range(leased)]
+    b.receive("a", leased, 5.0, T0)
+    b.hold_lease_ends_until = T0 + 6
+    b.advance(T0 + 5)  # held: due again at T0+6
+    b.hold_lease_ends_until = T0 + 12  # writes still failing at T0+6
+    b.advance(T0 + 6)
+    b.hold_lease_ends_until = None  # writes work again
+    b.advance(T0 + 12)  # the expiry (T0+10) first, which leaves a leased message be
+    assert b.stats(T0 + 12)["queues"]["a"]["expired_total"] == 0
+    for message_id in ids:
+        info = b.message_info("dlq", message_id, T0 + 12)
+        assert info["dead_letter"] == ["a", T0 + 5]
+    assert not b._held_lease_ends
+    check_invariants(b)
+
+
+def test_a_held_lease_acked_once_writes_work_is_forgotten(b: Broker) -> None:
+    # An ack after the writes work again, before the held end comes, leaves no own end
+    # behind for a later lease of the message to be judged by.
+    msg_id = b.put("q", b"x", T0)
+    [m] = b.receive("q", 1, 5.0, T0)
+    b.hold_lease_ends_until = T0 + 8
+    b.advance(T0 + 5)
+    b.hold_lease_ends_until = None
+    b.ack("q", msg_id, m.lease, T0 + 6)
+    b.advance(T0 + 6)
+    assert not b._held_lease_ends
+    check_invariants(b)
+
+
 def test_a_hold_already_over_holds_nothing(b: Broker) -> None:
     # Pushed back to a time already due, a lease popped again for ever (a reviewer).
     b.put("q", b"x", T0)

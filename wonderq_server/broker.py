@@ -176,6 +176,11 @@ class Broker(Replay):
         # a dead-letter move one with the whole body) do not pile up in memory for a
         # journal that cannot take them. Nobody can receive meanwhile anyway.
         self.hold_lease_ends_until: float | None = None
+        # A held lease end's own time, kept to judge it at (item -> (its end, the time it
+        # is held to)): the hold moves its deadline, but a deadline is judged at its own
+        # time (advance). Judged at the hold's, a last delivery that ended before the
+        # message's expiry had it dropped as expired, not dead-lettered (a reviewer).
+        self._held_lease_ends: dict[Message | LeaseBatch, tuple[float, float]] = {}
         # next_deadline() is when `advance` next has work to do, or None: the heap's
         # answer, bound here (the server asks after every read).
         self.next_deadline: Callable[[], float | None] = self.deadlines.next_at
@@ -947,7 +952,13 @@ class Broker(Replay):
                 continue
             if hold_until is not None and (type(item) is LeaseBatch or (
                     type(item) is Message and item.state == LEASED)):
-                # Held (see hold_lease_ends_until): due again then, in the same order.
+                # Held (see hold_lease_ends_until): due again then, in the same order,
+                # and judged at its own end when it is handled (held again, the first).
+                held = self._held_lease_ends.get(item)
+                own_end = held[0] if held is not None and held[1] == item.deadline_at \
+                    else item.deadline_at
+                assert own_end is not None  # it popped: it was due
+                self._held_lease_ends[item] = (own_end, hold_until)
                 item.deadline_at = hold_until
                 if type(item) is LeaseBatch:
                     for member in item.members.values():  # what message_info shows
@@ -959,6 +970,10 @@ class Broker(Replay):
             # runs late, or the server was down, a lease that ended before an expiry
             # came still ends first, as it would have on time.
             at = item.deadline_at
+            if self._held_lease_ends:
+                held = self._held_lease_ends.pop(item, None)  # type: ignore[arg-type]
+                if held is not None and held[1] == at:
+                    at = held[0]  # a held lease end: its own time, not the hold's
             item.deadline_at = None  # popped: no longer in the heap, nothing to forget
             if isinstance(item, Waiter):
                 expired_waiters.append(item)
@@ -969,6 +984,11 @@ class Broker(Replay):
                 self._batch_deadline_passed(item, at, freed)
             else:
                 self._deadline_passed(item, at, freed)
+        if self._held_lease_ends and hold_until is None:
+            # Those whose lease was acked, nacked or touched once writes worked again are
+            # not held any more: forgotten, so that they cannot pile up.
+            self._held_lease_ends = {item: held for item, held in self._held_lease_ends.items()
+                                     if item.deadline_at == held[1]}
         for q in freed:
             if q.waiters:
                 self._serve_waiters(q, now)
