@@ -528,3 +528,32 @@ def test_lowering_max_deliveries_applies_when_the_running_delivery_ends(b: Broke
     assert m.state == LEASED  # not taken from its consumer
     b.advance(T0 + 30.0)
     assert_dead_lettered(b, msg_id, 3, T0 + 30.0)
+
+
+@pytest.mark.parametrize("delay", [0.0, 10.0])
+def test_a_dead_letter_consumer_s_nacked_lease_acks_naming_either_queue(
+        b: Broker, delay: float) -> None:
+    # PROTOCOL.md (ack): the lease a dead-letter queue's consumer kept by a nack acks, for
+    # a dead letter nobody has received since, naming the queue it was dead-lettered from
+    # too. A reviewer's nack with a delay left it DELAYED, and such an ack was refused.
+    msg_id, _ = dead_lettered_with_kept_lease(b)
+    [taken] = b.receive("dlq", 1, 10.0, T0 + 21.0)
+    lease = taken.lease
+    b.nack("dlq", msg_id, lease, delay, T0 + 22.0)
+    b.ack("q", msg_id, lease, T0 + 23.0)
+    assert counts(b, "dlq")["acked_total"] == 1
+    assert msg_id not in b.queues["dlq"].messages
+    assert b.next_deadline() is None or b.advance(T0 + 40.0) == 0
+    check_invariants(b)
+
+
+def test_a_late_ack_through_a_dead_letter_setting_set_back_still_finds_it(b: Broker) -> None:
+    # PROTOCOL.md (ack): the late ack goes through the queue's dead_letter_queue as it is
+    # at the ack's time; a reviewer read "changed before the late ack" as never found.
+    msg_id, lease = dead_lettered_with_kept_lease(b)
+    b.configure_queue("q", {"dead_letter_queue": "other"}, T0 + 21.0)
+    assert error_code(b.ack, "q", msg_id, lease, T0 + 22.0) == NOT_FOUND
+    b.configure_queue("q", {"dead_letter_queue": "dlq"}, T0 + 23.0)
+    b.ack("q", msg_id, lease, T0 + 24.0)
+    assert counts(b, "dlq")["acked_total"] == 1
+    check_invariants(b)

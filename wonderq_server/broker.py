@@ -709,7 +709,10 @@ class Broker(Replay):
         msg = target.messages.others.get(message_id)
         if msg is None or msg.origin is None or msg.origin[0] != name:
             raise not_here
-        if msg.kept_lease != lease or msg.lease is not None or msg.state != READY:
+        # Nobody received it since: no lease, and the one kept aside is this one (a dead-
+        # letter queue's consumer that nacked it, with a delay too: then DELAYED, which a
+        # reviewer's late ack was refused for).
+        if msg.kept_lease != lease or msg.lease is not None:
             raise CommandError(LEASE_LOST, f"lease {lease} no longer holds message "
                                f"{message_id}: it was dead-lettered to {target.name!r} and "
                                "delivered from there since (or that lease was never its)")
