@@ -376,29 +376,28 @@ class ProtocolModelMachine(RuleBasedStateMachine):
         assert err is None
         self.m.queues[q] = ModelQueue(md, d, max_length, expiry, delay, vis)
 
-    @rule(q=queues)
-    def purge(self, q: str) -> None:
-        got, err = call(self.b.purge, q, self.m.now)
+    def _empty(self, method: Any, q: str) -> bool:
+        """_empty runs purge or delete_queue on `q`, checks its count against the model's
+        and drops those messages there; False when the queue does not exist."""
+        got, err = call(method, q, self.m.now)
         if q not in self.m.queues:
             assert err == QUEUE_NOT_FOUND
-            return
+            return False
         gone = [i for i, mm in self.m.msgs.items() if mm.queue == q]
         for i in gone:
             self.m.drop(i)
         assert got == len(gone)
+        return True
+
+    @rule(q=queues)
+    def purge(self, q: str) -> None:
+        self._empty(self.b.purge, q)
 
     @rule(q=queues)
     def delete_queue(self, q: str) -> None:
-        got, err = call(self.b.delete_queue, q, self.m.now)
-        if q not in self.m.queues:
-            assert err == QUEUE_NOT_FOUND
-            return
-        gone = [i for i, mm in self.m.msgs.items() if mm.queue == q]
-        for i in gone:
-            self.m.drop(i)
-        assert got == len(gone)
-        del self.m.queues[q]
-        del self.m.tot[q]
+        if self._empty(self.b.delete_queue, q):
+            del self.m.queues[q]
+            del self.m.tot[q]
 
     @rule(q=queues, mx=st.sampled_from([None, 1, 2]))
     def redrive(self, q: str, mx: int | None) -> None:
