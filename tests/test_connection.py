@@ -696,6 +696,26 @@ def test_a_flood_of_cheap_requests_runs_a_share_per_turn_and_others_go_between(
     assert flooder_transport.data == b"PONG\r\n" * 1000  # every one, in later turns
 
 
+@pytest.mark.parametrize("items", [100, 1000])  # frames within one decode slice, and over
+def test_a_flood_of_batches_runs_a_share_per_turn_by_their_items(hub, monkeypatch, items):
+    # A reviewer's connection pipelining ack_many of 1,000 items got about 50 ms a turn
+    # where PINGs got 2: the clock was read every 64 requests whatever each cost, and only
+    # with another request after it in the same slice (a batch over a slice has none). A
+    # batch now counts its items, and a turn ends between slices too.
+    monkeypatch.setattr(connection_module, "TURN_SECONDS", 0.0)
+    flooder, flooder_transport = hub.connect()
+    polite, polite_transport = hub.connect()
+    pairs = [[n, n] for n in range(1, items + 1)]
+    flooder.data_received(PREAMBLE + b"".join(req(i, "ack_many", queue="q", items=pairs)
+                                              for i in range(5)))
+    polite.data_received(PREAMBLE + req(9, "ping"))
+    hub._flush()
+    assert [frame[0] for frame in polite_transport.frames()] == [9]
+    assert [frame[0] for frame in flooder_transport.frames()] == [0]  # its share, one batch
+    hub.run()
+    assert [frame[0] for frame in flooder_transport.frames()] == [0, 1, 2, 3, 4]
+
+
 def test_requests_held_decoded_count_toward_the_client_memory_limit(hub):
     # A reviewer's text connection held one slice of two-byte unknown lines behind a
     # waiting GET, decoded (about a kilobyte each): 1.8 MiB that memory_bytes, and so

@@ -58,7 +58,8 @@ request limit sees, and each gets one rule, enforced where the bytes are:
   as behind a blocking request, and runs in the next turn, after the other
   connections' requests. Its socket is read again once what is held has
   run (or past max_request_buffer_bytes, not at all), so a client that
-  floods cheap requests gets its share of the loop, and no more.
+  floods cheap requests gets its share of the loop, and no more. The clock
+  is read every TURN_CHECK_REQUESTS, a batch counting its items (`turn_cost`).
 * **All connections together** (`max_client_memory_bytes`): each rule
   above bounds one connection, but 10,000 connections each holding a
   partial 64 MiB frame, or a peek's reply they never read, add up to more
@@ -119,7 +120,7 @@ import ipaddress
 from dataclasses import dataclass, replace
 
 from .auth import MAX_TOKEN_BYTES
-from .commands import Limits
+from .commands import Command, Limits
 
 DEFAULT_MAX_CONNECTIONS = 10000  # Redis' maxclients default
 DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 1000  # a tenth of the above
@@ -148,6 +149,19 @@ HELD_REQUEST_BYTES = 1024
 # is read once per TURN_CHECK_REQUESTS requests, nothing per request.
 TURN_SECONDS = 0.002
 TURN_CHECK_REQUESTS = 64
+
+
+def turn_cost(item: object) -> int:
+    """turn_cost: what one request counts toward TURN_CHECK_REQUESTS: 1, and a batch's
+    items or bodies (or a receive's or peek's max) besides, as each costs about a request."""
+    if type(item) is not Command:
+        return 1
+    args = item.args  # type: ignore[attr-defined]
+    batch = args.get("items") or args.get("bodies")
+    if batch is not None:
+        return 1 + len(batch)
+    most = args.get("max")
+    return 1 + most if type(most) is int else 1
 
 # Input is decoded and run this many bytes at a time, so that requests held
 # behind a blocking one stay raw bytes (measured against
