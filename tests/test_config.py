@@ -124,6 +124,9 @@ def test_tls_flags_that_do_not_go_together_are_refused(capsys, argv, message):
     (["--in-memory"], {}, None, None),  # the default directory: nothing to warn of
     (["--data-dir", "none"], {}, None, None),
     (["--data-dir", "/srv/q"], {}, Path("/srv/q"), None),  # used, not ignored
+    # A flag beats the environment: a WONDERQ_IN_MEMORY left in a unit file made a
+    # reviewer's `--data-dir /srv/q` keep nothing.
+    (["--data-dir", "/srv/q"], {"WONDERQ_IN_MEMORY": "1"}, Path("/srv/q"), None),
 ])
 def test_a_data_directory_overruled_by_in_memory_is_named(argv, environ, data_dir, ignored):
     # The server warns at start with it (server.recover), rather than silently keep nothing.
@@ -279,3 +282,25 @@ def test_the_metrics_endpoints_limits_are_flags_with_its_defaults(capsys):
         assert "must be a whole number" in err
     assert "must be a number of seconds > 0" in refused(capsys, ["--metrics-timeout", "0"])
     assert "must be bytes over 0" in refused(capsys, ["--metrics-max-head-bytes", "0"])
+
+
+@pytest.mark.parametrize("host", ["a..example", "a" * 64 + ".example"])
+@pytest.mark.parametrize("flag", ["--host", "--metrics-host"])
+def test_a_host_name_the_resolver_cannot_encode_is_a_usage_error(capsys, flag, host):
+    # A typo (a double dot) or a label over 63 characters ended the start in a UnicodeError
+    # traceback from the resolver, exit 1 (a reviewer).
+    err = refused(capsys, [flag, host])
+    assert f"{flag} {host!r} is not a host name or address: label empty or too long" in err
+
+
+@pytest.mark.parametrize("flag", ["--compact-min-bytes", "--metrics-max-head-bytes"])
+def test_no_size_flag_takes_more_than_64_bits(capsys, flag):
+    assert "must be at most 9223372036854775807 bytes (64 bits)" in refused(
+        capsys, [flag, str(10**23)])
+
+
+def test_a_token_file_is_read_no_further_than_a_token(capsys):
+    # /dev/zero, or a big file named by mistake, was read whole: a MemoryError traceback
+    # under a memory limit, or for ever (a reviewer).
+    err = refused(capsys, ["--auth-token-file", "/dev/zero"])
+    assert "--auth-token-file /dev/zero is over 4096 bytes: not a token file" in err

@@ -639,3 +639,13 @@ async def test_the_recovery_line_counts_the_records_not_the_reserved_zeros(
     server = durable_server(server_factory, data_dir)
     assert re.search(r"recovered \d+ records from \S+ \(0\.0 MB\)", server.log), server.log
     stop_cleanly(server)
+
+
+async def test_a_journal_that_is_a_directory_is_named_in_the_refusal(tmp_path):
+    # Opened by descriptor, it was refused as "[Errno 21] Is a directory: 8" (a reviewer).
+    data_dir = tmp_path / "data"
+    (data_dir / "journal.000001").mkdir(parents=True)
+    code, log = refused_start("--data-dir", str(data_dir))
+    assert code == 1, log
+    assert f"Is a directory: '{data_dir / 'journal.000001'}'" in log, log
+    assert "Traceback" not in log

@@ -94,9 +94,14 @@ def load_token(token: str | None, token_file: str | None) -> bytes | None:
         return None
     source = f"--auth-token-file {token_file}"
     try:
-        raw = Path(token_file).read_bytes()
+        with Path(token_file).open("rb") as file:
+            # At most a token and its newline: a file named by mistake (/dev/zero, a log)
+            # was read whole, into a MemoryError or for ever (a reviewer).
+            raw = file.read(MAX_TOKEN_BYTES + 3)
     except OSError as exc:
         raise ValueError(f"cannot read {source}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_TOKEN_BYTES + 2:
+        raise ValueError(f"{source} is over {MAX_TOKEN_BYTES} bytes: not a token file")
     try:
         text = raw.decode()
     except UnicodeDecodeError:

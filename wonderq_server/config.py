@@ -265,10 +265,13 @@ def _disk_size(text: str) -> int:
 
 
 def _positive_size(text: str) -> int:
-    """_positive_size reads a byte count over 0: bytes, or K, M, G (powers of 1024)."""
+    """_positive_size reads a byte count over 0: bytes, or K, M, G (powers of 1024), of
+    at most 64 bits, as every number flag (a reviewer's 10**23 was taken)."""
     value = _byte_count(text.strip().replace(" ", ""))
     if value is None or value <= 0:
         raise ValueError("must be bytes over 0, or a size such as 64M (powers of 1024)")
+    if value > MAX_FLAG_INTEGER:
+        raise ValueError(f"must be at most {MAX_FLAG_INTEGER} bytes (64 bits)")
     return value
 
 
@@ -550,6 +553,14 @@ def parse_config(argv: Sequence[str] | None = None,
     if not ns.host.strip():
         build_parser({}).error("--host is empty (an unset WONDERQ_HOST?): give an address; "
                                "0.0.0.0 or :: listens on every interface")
+    for flag, host in (("--host", ns.host), ("--metrics-host", ns.metrics_host)):
+        try:
+            # As the resolver will encode it: "a..b" or a label over 63 characters ended
+            # the start in a UnicodeError traceback (a reviewer).
+            (host or "").encode("idna")
+        except UnicodeError as exc:
+            reason = str(exc.__cause__ or exc).removeprefix("UnicodeError: ")
+            build_parser({}).error(f"{flag} {host!r} is not a host name or address: {reason}")
     connection_limits = ConnectionLimits(
         max_connections=ns.max_connections,
         max_connections_per_address=ns.max_connections_per_address,
@@ -564,6 +575,12 @@ def parse_config(argv: Sequence[str] | None = None,
         build_parser({}).error("--data-dir is empty (an unset WONDERQ_DATA_DIR?): give a "
                                "directory, or none (or --in-memory) to keep nothing")
     no_data_dir = ns.data_dir.strip().lower() in ("none", "")
+    if ns.in_memory and not no_data_dir:
+        given = _parse_flags(argv, {})  # the command line alone
+        if not given.in_memory and given.data_dir != DEFAULT_DATA_DIR:
+            # A flag beats the environment: --data-dir given beats a WONDERQ_IN_MEMORY
+            # left in a unit file, which made a reviewer's journaled server keep nothing.
+            ns.in_memory = False
     in_memory = ns.in_memory or no_data_dir
     # --in-memory wins over a data directory (a WONDERQ_DATA_DIR set for every run, say);
     # the server says so at start rather than silently keep nothing.

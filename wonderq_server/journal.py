@@ -437,7 +437,14 @@ class Journal:
     def _replay(self, broker: Broker, now: float) -> RecoveryReport:
         path = journal_path(self.directory, self.generation)
         started = time.perf_counter()
-        data = _map_whole_file(self.open_file(journal_name(self.generation), os.O_RDONLY))
+        try:
+            data = _map_whole_file(self.open_file(journal_name(self.generation), os.O_RDONLY))
+        except OSError as exc:
+            if isinstance(exc.filename, str):
+                raise
+            # Opened by descriptor (open_file): the error named a number (a reviewer's
+            # journal that was a directory: "Is a directory: 8"); it names the file now.
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
         try:
             return self._replay_data(broker, now, path, data, started)
         finally:
