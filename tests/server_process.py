@@ -56,6 +56,15 @@ class ServerProcess:
         self._reader: threading.Thread | None = None
 
     def start(self) -> ServerProcess:
+        """start starts the server and waits for its ready line (RuntimeError if none)."""
+        self.spawn()
+        if not self._ready.wait(START_TIMEOUT_S) or not self.port:
+            self.kill()
+            raise RuntimeError("wonderq-server did not start:\n" + self.log)
+        return self
+
+    def spawn(self) -> ServerProcess:
+        """spawn starts the server without waiting for it to be ready."""
         env = dict(os.environ)
         env.update(self.env or {})
         argv = [*server_command(), *self.args]
@@ -68,9 +77,6 @@ class ServerProcess:
                                      text=True, env=env, preexec_fn=self.preexec_fn)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        if not self._ready.wait(START_TIMEOUT_S) or not self.port:
-            self.kill()
-            raise RuntimeError("wonderq-server did not start:\n" + self.log)
         return self
 
     def _read(self) -> None:

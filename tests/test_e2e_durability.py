@@ -649,3 +649,42 @@ async def test_a_journal_that_is_a_directory_is_named_in_the_refusal(tmp_path):
     assert code == 1, log
     assert f"Is a directory: '{data_dir / 'journal.000001'}'" in log, log
     assert "Traceback" not in log
+
+
+def _replaying(pid: int, journal: str) -> bool:
+    """_replaying: the server has mapped its journal (journal.py maps it to replay it)."""
+    try:
+        with open(f"/proc/{pid}/maps") as maps:
+            return journal in maps.read()
+    except OSError:
+        return False
+
+
+async def test_a_stop_during_the_replay_never_announces_the_server_as_listening(
+        server_factory, tmp_path):
+    # A SIGTERM that came while the journal replayed (which holds the event loop) was seen
+    # only after the port was bound and the ready line logged: a reviewer's supervisor saw
+    # the server up, and then it exited. It now stops before it listens.
+    data_dir = tmp_path / "data"
+    server = durable_server(server_factory, data_dir, "--fsync", "never")
+    async with connect(server.host, server.port) as client:
+        for _ in range(1500):
+            await client.put_many("big", [b"x" * 20] * 1000)
+    stop_cleanly(server)
+    journal = the_journal(data_dir).name
+    for _attempt in range(3):  # bounded: the signal must land inside the replay
+        proc = ServerProcess("--data-dir", str(data_dir), "--fsync", "never")
+        proc.spawn()
+        assert proc.proc is not None
+        give_up = time.monotonic() + EVENT_TIMEOUT_S
+        while not (replaying := _replaying(proc.proc.pid, journal)) \
+                and proc.proc.poll() is None and time.monotonic() < give_up:
+            time.sleep(0.0005)  # polls for the replay's mapping: an event, bounded
+        proc.proc.send_signal(signal.SIGTERM)
+        assert proc.wait_exit() == 0, proc.log
+        if replaying:  # the journal was mapped (it is unmapped once replayed)
+            assert "listening on" not in proc.log, proc.log
+            assert "stopping before it listens (SIGTERM received)" in proc.log, proc.log
+            assert "wonderq-server stopped" in proc.log
+            return
+    pytest.skip("the server's replay was never seen")

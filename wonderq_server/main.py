@@ -111,6 +111,19 @@ async def serve(config: Config) -> None:
     for signum in (signal.SIGUSR1, signal.SIGUSR2):
         loop.add_signal_handler(signum, _ignored, signum)
     server.recover()
+    # A stop asked for during the replay (which holds the loop: its signal waits) is seen
+    # here, before the port is bound and the ready line says the server is up (a
+    # reviewer's supervisor saw "listening" from a server that then exited).
+    for _ in range(2):
+        await asyncio.sleep(0)
+    if server.stopped.is_set():
+        logger.info("wonderq-server stopping before it listens (%s received)",
+                    received[0] if received else "a stop")
+        await server.stop()
+        if server.fatal_error is not None:
+            raise SystemExit(1)
+        logger.info("wonderq-server stopped")
+        return
     host, port = await server.start()
     # The ready line comes last: whoever reads it may signal us at once.
     ready_logger.info("wonderq-server listening on %s:%d (pid %d, version %s, %s)",
