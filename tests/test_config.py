@@ -127,6 +127,9 @@ def test_tls_flags_that_do_not_go_together_are_refused(capsys, argv, message):
     # A flag beats the environment: a WONDERQ_IN_MEMORY left in a unit file made a
     # reviewer's `--data-dir /srv/q` keep nothing.
     (["--data-dir", "/srv/q"], {"WONDERQ_IN_MEMORY": "1"}, Path("/srv/q"), None),
+    # ... even one naming the default directory (a reviewer's)
+    (["--data-dir", "./wonderq-data"], {"WONDERQ_IN_MEMORY": "1"}, Path("./wonderq-data"),
+     None),
 ])
 def test_a_data_directory_overruled_by_in_memory_is_named(argv, environ, data_dir, ignored):
     # The server warns at start with it (server.recover), rather than silently keep nothing.

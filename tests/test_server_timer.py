@@ -46,3 +46,12 @@ async def _lease_deadlines_against_the_wall_clock(tmp_path):
         assert not early, f"the broker was told a time that had not come yet: {early[:3]}"
     finally:
         await server.stop()
+
+
+def test_uptime_counts_by_the_monotonic_clock(monkeypatch):
+    # By the wall clock, a reviewer's uptime_s (and wonderq_uptime_seconds) read about
+    # -3600 after an NTP step back of an hour, until a restart.
+    server = Server(Config(port=0))
+    stepped_back = time.time() - 3600.0
+    monkeypatch.setattr(time, "time", lambda: stepped_back)
+    assert 0 <= server._server_info(stepped_back)["uptime_s"] < 60

@@ -530,6 +530,10 @@ def _named(kind, flag: str, secret: bool = False):
     return convert
 
 
+# A --data-dir value no command line gives (parse_config tells a flag from none by it).
+NOT_GIVEN = "\0not given"
+
+
 def parse_config(argv: Sequence[str] | None = None,
                  environ: Mapping[str, str] | None = None) -> Config:
     """parse_config reads flags and environment into a Config; exits with usage on bad input."""
@@ -576,8 +580,10 @@ def parse_config(argv: Sequence[str] | None = None,
                                "directory, or none (or --in-memory) to keep nothing")
     no_data_dir = ns.data_dir.strip().lower() in ("none", "")
     if ns.in_memory and not no_data_dir:
-        given = _parse_flags(argv, {})  # the command line alone
-        if not given.in_memory and given.data_dir != DEFAULT_DATA_DIR:
+        # The command line alone, with a data directory no one can give, to tell a
+        # --data-dir given (even the default's) from none.
+        given = _parse_flags(argv, {env_name("--data-dir"): NOT_GIVEN})
+        if not given.in_memory and given.data_dir != NOT_GIVEN:
             # A flag beats the environment: --data-dir given beats a WONDERQ_IN_MEMORY
             # left in a unit file, which made a reviewer's journaled server keep nothing.
             ns.in_memory = False

@@ -114,7 +114,9 @@ async def serve(config: Config) -> None:
     # A stop asked for during the replay (which holds the loop: its signal waits) is seen
     # here, before the port is bound and the ready line says the server is up (a
     # reviewer's supervisor saw "listening" from a server that then exited).
-    for _ in range(2):
+    for _ in range(3):  # uvloop runs the handler in two steps, asyncio's own loop in three
+        if server.stopped.is_set():
+            break
         await asyncio.sleep(0)
     if server.stopped.is_set():
         logger.info("wonderq-server stopping before it listens (%s received)",

@@ -182,6 +182,9 @@ class Server:
         self.connections: set[Connection] = set()
         self.connections_total = 0
         self.started_at = time.time()
+        # Uptime by the monotonic clock: by the wall clock it went negative after a step
+        # back (an NTP step, `date -s`: a reviewer's).
+        self._started_monotonic = time.monotonic()
         self.build = build_description()  # `compiled` or `pure Python`: STATS' server.build
         self._loop: asyncio.AbstractEventLoop | None = None
         self.busy_poll: BusyPoll | None = None  # --busy-poll, once the loop runs (start)
@@ -987,7 +990,7 @@ class Server:
             "version": __version__,
             "build": self.build,
             "pid": os.getpid(),
-            "uptime_s": round(now - self.started_at, 3),
+            "uptime_s": round(time.monotonic() - self._started_monotonic, 3),
             "connections": len(self.connections) - len(self._refused),
             "connections_total": self.connections_total,
             "max_connections": self.max_connections,
