@@ -120,7 +120,7 @@ import ipaddress
 from dataclasses import dataclass, replace
 
 from .auth import MAX_TOKEN_BYTES
-from .commands import Command, Limits
+from .commands import Command, Limits, Rejected
 
 DEFAULT_MAX_CONNECTIONS = 10000  # Redis' maxclients default
 DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 1000  # a tenth of the above
@@ -151,12 +151,12 @@ TURN_SECONDS = 0.002
 TURN_CHECK_REQUESTS = 64
 
 
-def turn_cost(item: object) -> int:
+def turn_cost(item: Command | Rejected) -> int:
     """turn_cost: what one request counts toward TURN_CHECK_REQUESTS: 1, and a batch's
     items or bodies (or a receive's or peek's max) besides, as each costs about a request."""
-    if type(item) is not Command:
+    if not isinstance(item, Command):
         return 1
-    args = item.args  # type: ignore[attr-defined]
+    args = item.args
     batch = args.get("items") or args.get("bodies")
     if batch is not None:
         return 1 + len(batch)

@@ -118,22 +118,18 @@ async def serve(config: Config) -> None:
         if server.stopped.is_set():
             break
         await asyncio.sleep(0)
-    if server.stopped.is_set():
-        logger.info("wonderq-server stopping before it listens (%s received)",
-                    received[0] if received else "a stop")
-        await server.stop()
-        if server.fatal_error is not None:
-            raise SystemExit(1)
-        logger.info("wonderq-server stopped")
-        return
-    host, port = await server.start()
-    # The ready line comes last: whoever reads it may signal us at once.
-    ready_logger.info("wonderq-server listening on %s:%d (pid %d, version %s, %s)",
-                      host, port, os.getpid(), __version__, server.build)
-    await server.stopped.wait()
+    when = " before it listens"
+    if not server.stopped.is_set():
+        host, port = await server.start()
+        # The ready line comes last: whoever reads it may signal us at once.
+        ready_logger.info("wonderq-server listening on %s:%d (pid %d, version %s, %s)",
+                          host, port, os.getpid(), __version__, server.build)
+        await server.stopped.wait()
+        when = ""
     # Which signal: a stray SIGHUP (a terminal closed) is not a `systemctl stop` (an
     # operator's review could not tell them apart), as Redis says "Received SIGTERM".
-    logger.info("wonderq-server stopping%s", f" ({received[0]} received)" if received else "")
+    logger.info("wonderq-server stopping%s%s", when,
+                f" ({received[0]} received)" if received else "")
     await server.stop()
     if server.fatal_error is not None:
         raise SystemExit(1)
