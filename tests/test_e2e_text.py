@@ -132,6 +132,21 @@ def test_bad_lines_get_error_and_connection_survives(text, line, code):
     assert text.line() == b"PONG"
 
 
+@pytest.mark.parametrize("line", [
+    b"GET q \x1b]0;owned\x07=1",  # a terminal's title, set from a reply
+    b"ACK_MANY q \x1b[2J=1 1:2",  # the screen cleared
+    b"PUT_MANY q 1 \xc2\x9b31m=1\r\nbody",  # C1's CSI (U+009B), in UTF-8
+])
+def test_an_error_never_echoes_a_control_character_to_the_terminal(text, line):
+    text.send(line + b"\r\n")
+    reply = text.line()
+    assert reply.startswith(b"ERR BAD_ARGUMENT ")
+    assert not [c for c in reply.decode() if ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f], reply
+    assert b"\\x1b" in reply or b"\\x9b" in reply, reply  # shown, escaped
+    text.send(b"PING\r\n")
+    assert text.line() == b"PONG"
+
+
 def test_the_bodies_of_a_refused_put_many_are_dropped_not_run(text):
     # A reviewer's bodies "PURGE victim" and "DELETE_QUEUE victim", behind a header with
     # a delay over --max-delay, purged and deleted the queue: read as commands, they ran.

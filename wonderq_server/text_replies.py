@@ -29,13 +29,18 @@ Rules:
   message's headers are `headers.KEY: VALUE` lines, percent-encoded as in
   MSG lines; its dead-letter origin is `dead_letter: <queue>` and
   `dead_lettered_at: <time>`.
-* Replies end in CRLF; an error message never contains a line break.
+* Replies end in CRLF. An error message never contains a line break (each is
+  a space) or any other control character: those it would echo from a
+  request (a stray ESC in an option's name, say) are written as `\\xNN`, so
+  a reply shown on a terminal (`nc`, telnet) cannot move its cursor or
+  retitle its window.
 
 Must not know: sockets, asyncio, the broker.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
@@ -56,8 +61,15 @@ class TextEncoder:
         return error_line(error)
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def _escaped(control: re.Match[str]) -> str:
+    return f"\\x{ord(control.group()):02x}"
+
+
 def error_line(error: WonderQError) -> bytes:
-    message = error.message.replace("\r", " ").replace("\n", " ")
+    message = _CONTROL.sub(_escaped, error.message.replace("\r", " ").replace("\n", " "))
     return f"ERR {error.code} {message}\r\n".encode()
 
 
