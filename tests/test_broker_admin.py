@@ -20,6 +20,7 @@ from broker_helpers import (  # the `b` fixture comes from broker_helpers too, v
 )
 
 from wonderq_server.broker import DEFAULT_MAX_QUEUES, MESSAGE_OVERHEAD_BYTES, Broker
+from wonderq_server.commands import Command
 from wonderq_server.errors import (
     BAD_ARGUMENT,
     INVALID_QUEUE_NAME,
@@ -29,6 +30,7 @@ from wonderq_server.errors import (
 )
 from wonderq_server.message import HEADER_ENTRY_BYTES, HEADERS_DICT_BYTES, LEASED, READY
 from wonderq_server.queue_admin import PEEK_REPLY_BYTES
+from wonderq_server.service import BrokerService
 
 DEFAULTS = {"visibility_timeout": 0.0, "max_deliveries": 0, "dead_letter_queue": "",
             "delay": 0.0, "max_length": 0, "expiry": 0.0}
@@ -374,6 +376,25 @@ def test_rates_cover_the_last_six_samples(b: Broker) -> None:
         b.put_many("q", [b"x"] * (second + 1), T0 + second)  # implicit before the 1st
     # Samples kept: T0+2 .. T0+7; puts since T0+2's sample: 3+4+...+8 = 33 over 6 s.
     assert b.queue_info("q", T0 + 8.0)["put_rate"] == 5.5
+
+
+def test_rates_are_read_by_the_steady_clock_they_are_sampled_by(b: Broker) -> None:
+    # The server samples by time.monotonic and gives each request the wall time: a step
+    # of the wall clock (an hour on, a day back) must not bend a rate. By the wall time,
+    # these were 0.003/s and 0 for the 5 s the samples cover.
+    steady = 500.0
+    service = BrokerService(b, lambda now: {}, steady_clock=lambda: steady)
+    b.create_queue("q", {}, T0)
+    b.sample_rates(steady)  # the zero sample at 499 goes before it (rates.py)
+    b.put_many("q", [b"x"] * 10, T0)
+    steady += 1.0
+    b.sample_rates(steady)
+    replies: list[dict[str, float]] = []
+    for wall in (T0 + 3600.0, T0 - 86400.0):
+        assert service.stats(wall)["queues"]["q"]["put_rate"] == 5.0  # 10 puts over 2 s
+        service.execute(Command("queue_info", {"queue": "q"}), wall,
+                        lambda command, info: replies.append(info))
+    assert [info["put_rate"] for info in replies] == [5.0, 5.0]
 
 
 def test_dead_lettered_and_expired_totals(b: Broker) -> None:

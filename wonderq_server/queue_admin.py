@@ -84,10 +84,13 @@ class QueueAdmin:
         if self.journal is not None:
             self.journal.queue_settings(q)
 
-    def queue_info(self: Broker, name: str, now: float) -> dict[str, Any]:
+    def queue_info(self: Broker, name: str, now: float,
+                   rates_now: float | None = None) -> dict[str, Any]:
+        """queue_info: one queue's settings and counts; `rates_now` is the time on the clock
+        sample_rates is given (the server's steady one), `now` when None."""
         q = self._admin_queue(name)
         return {"queue": q.name, "explicit": q.explicit, **q.settings.as_dict(),
-                **self._queue_counts(q, now)}
+                **self._queue_counts(q, now, now if rates_now is None else rates_now)}
 
     def list_queues(self: Broker, now: float) -> list[dict[str, Any]]:
         return [{"queue": q.name, "explicit": q.explicit, "messages": len(q.messages),
@@ -253,7 +256,9 @@ class QueueAdmin:
     # --------------------------------------------------------------- stats
 
     def sample_rates(self: Broker, now: float) -> None:
-        """sample_rates records every queue's totals; the server calls it once a second."""
+        """sample_rates records every queue's totals; the server calls it once a second, with
+        its steady clock (time.monotonic): by the wall clock, a step of the system's time made
+        every rate wrong (or 0) for the 5 s the samples cover."""
         for q in self.queues.values():
             q.rates.sample(now, q.totals())
 
@@ -264,8 +269,8 @@ class QueueAdmin:
             q.dead_lettered_total = q.expired_total = 0
             q.rates = RateWindow()
 
-    def _queue_counts(self: Broker, q: Queue, now: float) -> dict[str, Any]:
-        put_rate, ack_rate, redelivered_rate = q.rates.rates(now, q.totals())
+    def _queue_counts(self: Broker, q: Queue, now: float, rates_now: float) -> dict[str, Any]:
+        put_rate, ack_rate, redelivered_rate = q.rates.rates(rates_now, q.totals())
         oldest = q.messages.oldest_id()
         return {
             "messages": len(q.messages),
@@ -285,9 +290,11 @@ class QueueAdmin:
             "redelivered_rate": redelivered_rate,
         }
 
-    def stats(self: Broker, now: float) -> dict[str, Any]:
-        """stats is a snapshot of every queue's counts and the server-wide totals."""
-        queues = {name: self._queue_counts(q, now) for name, q in self.queues.items()}
+    def stats(self: Broker, now: float, rates_now: float | None = None) -> dict[str, Any]:
+        """stats is a snapshot of every queue's counts and the server-wide totals (`rates_now`
+        as for queue_info)."""
+        at = now if rates_now is None else rates_now
+        queues = {name: self._queue_counts(q, now, at) for name, q in self.queues.items()}
         return {
             "messages": sum(len(q.messages) for q in self.queues.values()),
             "waiting_consumers": sum(c["waiting"] for c in queues.values()),

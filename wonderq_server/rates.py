@@ -16,7 +16,9 @@ Rules:
 * Totals never go down while a queue exists; a queue that is deleted and
   made again starts a new window.
 
-Must not know: clocks, timers, wire formats.
+Must not know: clocks, timers, wire formats. (Which clock the times are on
+is the caller's: the server's is steady, so a step of the wall clock does
+not bend a rate.)
 """
 
 from __future__ import annotations

@@ -150,7 +150,8 @@ class Server:
                              max_queues=config.max_queues,
                              max_memory_bytes=config.max_memory_bytes)
         self.auth = TokenCheck(config.auth_token)
-        self.service = BrokerService(self.broker, self._server_info, self.auth)
+        self.service = BrokerService(self.broker, self._server_info, self.auth,
+                                     steady_clock=time.monotonic)
         # Built before recovery, so a bad TLS file stops start-up at once (TLSSetupError).
         self.ssl_context = (tls.server_context(config.tls_cert, config.tls_key, config.tls_ca)
                             if config.tls_cert is not None and config.tls_key is not None
@@ -943,7 +944,7 @@ class Server:
     def _sample_rates(self) -> None:
         """_sample_rates records the queues' totals once a second, for the rates in stats
         (rates.py): one small timer for the server, nothing per message."""
-        self.broker.sample_rates(time.time())
+        self.broker.sample_rates(time.monotonic())  # (the service reads them by it too)
         assert self._loop is not None
         self._rates_timer = self._loop.call_later(RATE_SAMPLE_INTERVAL_S, self._sample_rates)
         self._check_data_dir()

@@ -41,8 +41,12 @@ Respond = Callable[[Command, Any], None]
 
 class BrokerService:
     def __init__(self, broker: Broker, server_info: Callable[[float], dict[str, Any]],
-                 auth: TokenCheck | None = None) -> None:
+                 auth: TokenCheck | None = None,
+                 steady_clock: Callable[[], float] | None = None) -> None:
         self.broker = broker
+        # The clock the server samples the queues' rates by (Broker.sample_rates); without
+        # one, rates are read at `now`, the time each call is given.
+        self._steady_clock = steady_clock
         self._server_info = server_info
         self.auth = auth if auth is not None else TokenCheck(None)
         self._handlers: dict[str, Callable[[dict[str, Any], float], Any]] = {
@@ -125,7 +129,7 @@ class BrokerService:
         return self.broker.configure_queue(a["queue"], _settings_given(a), now)
 
     def _queue_info(self, a: dict[str, Any], now: float) -> dict[str, Any]:
-        return self.broker.queue_info(a["queue"], now)
+        return self.broker.queue_info(a["queue"], now, self._rates_now())
 
     def _queues(self, a: dict[str, Any], now: float) -> list[dict[str, Any]]:
         return self.broker.list_queues(now)
@@ -150,9 +154,12 @@ class BrokerService:
 
     def stats(self, now: float) -> dict[str, Any]:
         """stats is the `stats` command's map; the metrics endpoint reads it too."""
-        broker_stats = self.broker.stats(now)
+        broker_stats = self.broker.stats(now, self._rates_now())
         queues = broker_stats.pop("queues")
         return {"server": {**self._server_info(now), **broker_stats}, "queues": queues}
+
+    def _rates_now(self) -> float | None:
+        return None if self._steady_clock is None else self._steady_clock()
 
 
 def _settings_given(a: dict[str, Any]) -> dict[str, Any]:
