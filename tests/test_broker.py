@@ -221,6 +221,39 @@ def test_a_held_lease_acked_once_writes_work_is_forgotten(b: Broker) -> None:
     check_invariants(b)
 
 
+@pytest.mark.parametrize("leased", [1, 3])  # a lone lease, and a lease batch
+def test_held_lease_ends_all_settled_are_forgotten_with_no_deadline_to_come(
+        b: Broker, leased: int) -> None:
+    # Every held lease acked during the hold: nothing is left in the heap, so no timer
+    # comes to run advance, and on an idle server each entry kept its message (and body)
+    # for good. The server's once-a-second tick forgets them.
+    b.put_many("q", [b"x" * 1000] * leased, T0)
+    taken = b.receive("q", leased, 5.0, T0)
+    b.hold_lease_ends_until = T0 + 8
+    b.advance(T0 + 5)
+    assert len(b._held_lease_ends) == 1
+    b.ack_many("q", [(m.id, m.lease) for m in taken], T0 + 6)
+    assert b.next_deadline() is None
+    b.forget_settled_holds()
+    assert not b._held_lease_ends
+    check_invariants(b)
+
+
+def test_forgetting_settled_holds_keeps_the_ones_still_held(b: Broker) -> None:
+    b.put_many("q", [b"1", b"2"], T0)
+    [first] = b.receive("q", 1, 5.0, T0)
+    [second] = b.receive("q", 1, 5.0, T0)
+    b.hold_lease_ends_until = T0 + 8
+    b.advance(T0 + 5)
+    b.ack("q", first.id, first.lease, T0 + 6)
+    b.forget_settled_holds()
+    assert len(b._held_lease_ends) == 1  # the second's own end, still to be judged at
+    b.hold_lease_ends_until = None
+    assert b.advance(T0 + 8) == 1
+    assert b.message_info("q", second.id, T0 + 8)["deliveries"] == 1
+    check_invariants(b)
+
+
 def test_a_hold_already_over_holds_nothing(b: Broker) -> None:
     # Pushed back to a time already due, a lease popped again for ever (a reviewer).
     b.put("q", b"x", T0)

@@ -926,6 +926,15 @@ class Broker(Replay):
 
     # -------------------------------------------------------------- deadlines
 
+    def forget_settled_holds(self) -> None:
+        """forget_settled_holds drops the held lease ends (advance) whose lease was acked,
+        nacked or touched since: not held any more. advance does it once the hold is over;
+        the server also calls it once a second, since on an idle server, all of them
+        settled, no deadline may come to run advance, and each kept its message's body."""
+        if self._held_lease_ends:
+            self._held_lease_ends = {item: held for item, held in self._held_lease_ends.items()
+                                     if item.deadline_at == held[1]}
+
     def advance(self, now: float) -> int:
         """advance handles every deadline at or before `now`; returns how many.
 
@@ -988,10 +997,7 @@ class Broker(Replay):
             else:
                 self._deadline_passed(item, at, freed)
         if self._held_lease_ends and hold_until is None:
-            # Those whose lease was acked, nacked or touched once writes worked again are
-            # not held any more: forgotten, so that they cannot pile up.
-            self._held_lease_ends = {item: held for item, held in self._held_lease_ends.items()
-                                     if item.deadline_at == held[1]}
+            self.forget_settled_holds()
         for q in freed:
             if q.waiters:
                 self._serve_waiters(q, now)

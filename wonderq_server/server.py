@@ -943,8 +943,11 @@ class Server:
 
     def _sample_rates(self) -> None:
         """_sample_rates records the queues' totals once a second, for the rates in stats
-        (rates.py): one small timer for the server, nothing per message."""
+        (rates.py): one small timer for the server, nothing per message. The other
+        once-a-second chores ride on it: settled held lease ends forgotten
+        (Broker.forget_settled_holds), the data directory and client memory checked."""
         self.broker.sample_rates(time.monotonic())  # (the service reads them by it too)
+        self.broker.forget_settled_holds()
         assert self._loop is not None
         self._rates_timer = self._loop.call_later(RATE_SAMPLE_INTERVAL_S, self._sample_rates)
         self._check_data_dir()
