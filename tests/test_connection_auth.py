@@ -249,6 +249,40 @@ def test_after_auth_frames_may_be_as_big_as_the_server_allows(hub):
     assert hub.broker.stats(hub.clock)["messages"] == 1
 
 
+@pytest.mark.parametrize("in_pieces", [False, True])
+def test_what_is_pipelined_behind_auth_is_read_under_the_servers_limits(hub, in_pieces):
+    # Decoded in the same feed as its AUTH, a big put was held to a stranger's limits:
+    # FRAME_TOO_LARGE, and the connection closed (text: LINE_TOO_LONG).
+    body = b"b" * (PRE_AUTH_REQUEST_BYTES * 2)
+    wire = (PREAMBLE + req(1, "auth", token=TOKEN.decode())
+            + req(2, "put", queue="q", body=body) + req(3, "ping"))
+    connection, transport = hub.connect()
+    if in_pieces:  # the AUTH's frame split, and the rest behind it in its last read
+        hub.send(connection, wire[:10])
+        hub.send(connection, wire[10:])
+    else:
+        hub.send(connection, wire)
+    replies = transport.frames()
+    assert [reply[:2] for reply in replies] == [[1, None], [2, None], [3, None]]
+    assert not transport.closed and hub.broker.stats(hub.clock)["messages"] == 1
+    text, text_transport = hub.connect()
+    hub.send(text, b"AUTH " + TOKEN + b"\r\nPUT q " + body + b"\r\nPING\r\n")
+    assert text_transport.data.split(b"\r\n")[:3] == [b"OK", b"OK %d" % (replies[1][2] + 1),
+                                                       b"PONG"]
+
+
+def test_what_is_pipelined_behind_a_failed_auth_is_answered(hub, monkeypatch):
+    # A bug while checking the token (INTERNAL) leaves the connection open: what came
+    # after the AUTH is still answered (AUTH_REQUIRED), not left unread for good.
+    def broken(given: bytes) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(hub.service.auth, "check", broken)
+    connection, transport = hub.connect()
+    hub.send(connection, PREAMBLE + req(1, "auth", token="x") + req(2, "ping"))
+    assert [reply[1][0] for reply in transport.frames()] == ["INTERNAL", "AUTH_REQUIRED"]
+
+
 def test_before_auth_a_long_text_line_is_skipped(hub):
     connection, transport = hub.connect()
     hub.send(connection, b"PUT q " + b"x" * PRE_AUTH_REQUEST_BYTES + b"\r\nAUTH "

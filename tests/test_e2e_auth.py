@@ -100,6 +100,32 @@ def test_binary_mode_auth_required_with_the_request_id(secured):
         raw.close()
 
 
+def test_a_big_request_pipelined_behind_auth_runs_under_the_servers_limits(secured):
+    # Sent in the same write as its AUTH, a 100 KB put was decoded under a stranger's
+    # limits (64 KiB): refused LINE_TOO_LONG in text mode, and in binary mode
+    # FRAME_TOO_LARGE, which closes the connection.
+    body = b"b" * 100_000
+    text = TextSocket(secured.host, secured.port)
+    try:
+        text.send(b"AUTH " + TOKEN.encode() + b"\r\nPUT jobs " + body + b"\r\nGET jobs\r\n")
+        assert text.line() == b"OK"
+        assert text.line().startswith(b"OK ")
+        assert text.line().split()[-1] == str(len(body)).encode()  # the MSG line
+    finally:
+        text.close()
+    raw = BinarySocket(secured.host, secured.port)
+    try:
+        raw.send(PREAMBLE + frame([1, "auth", {"token": TOKEN}])
+                 + frame([2, "put", {"queue": "jobs", "body": body}])
+                 + frame([3, "ping", {}]))
+        assert raw.reply() == [1, None, None]
+        request_id, error, message_id = raw.reply()
+        assert (request_id, error, type(message_id)) == (2, None, int)
+        assert raw.reply() == [3, None, "pong"]
+    finally:
+        raw.close()
+
+
 def test_a_wrong_token_is_answered_then_closed_after_the_delay(secured):
     text = TextSocket(secured.host, secured.port)
     try:

@@ -26,6 +26,10 @@ Rules:
   ID_PEEK_BYTES are waited for, to name its request in the refusal).
 * `feed` never raises for anything the peer sends; it returns Commands and
   Rejected items in stream order.
+* Before a connection has authenticated (`stop_after_auth`), a feed ends
+  with an auth request, and what follows stays unread until the caller has
+  run it and takes it back (`take_unread`): the requests behind an AUTH are
+  read under the limits it brings, not a stranger's.
 * Decoding builds a frame's objects before any check sees them, and one
   byte of msgpack can become 70 bytes of Python (an empty map, a dict). So a
   frame over SMALL_FRAME_BYTES is decoded with a count: msgpack refuses an
@@ -94,13 +98,17 @@ MAX_REQUEST_ID_BYTES = 256
 class BinaryDecoder:
     """Turns the byte stream of one binary connection into commands."""
 
-    __slots__ = ("_buffer", "_limits", "_preamble_seen", "broken")
+    __slots__ = ("_buffer", "_limits", "_preamble_seen", "broken", "stop_after_auth")
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, stop_after_auth: bool = False) -> None:
         self._limits = limits
         self._buffer = bytearray()
         self._preamble_seen = False
         self.broken = False  # set after a ProtocolError: ignore all further input
+        # While set (a connection that has not authenticated), a feed ends with an auth
+        # request: what follows it is kept unread (take_unread), to be decoded under the
+        # limits the AUTH brings (use_limits), not the stranger's small ones.
+        self.stop_after_auth = stop_after_auth
 
     def buffered_bytes(self) -> int:
         """buffered_bytes: input held for a frame not yet complete (the client memory
@@ -109,8 +117,16 @@ class BinaryDecoder:
 
     def use_limits(self, limits: Limits) -> None:
         """use_limits changes the limits for what comes next (once a connection has
-        authenticated, its requests may be as big as the server's limits allow)."""
+        authenticated, its requests may be as big as the server's limits allow); a feed no
+        longer stops after an auth request."""
         self._limits = limits
+        self.stop_after_auth = False
+
+    def take_unread(self) -> bytes:
+        """take_unread hands back the bytes kept unread after an auth request (or a frame
+        not yet complete), and forgets them: the caller feeds them again."""
+        unread, self._buffer = bytes(self._buffer), bytearray()
+        return unread
 
     def feed(self, data: bytes | bytearray) -> list[Command | Rejected]:
         """feed takes the next bytes of the stream and returns what they complete."""
@@ -158,7 +174,10 @@ class BinaryDecoder:
                 break
             start = pos + HEADER_BYTES
             pos = start + size
-            out.append(self._decode(buf[start:pos]))
+            request = self._decode(buf[start:pos])
+            out.append(request)
+            if self.stop_after_auth and type(request) is Command and request.name == "auth":
+                break
         if pos:
             del buf[:pos]
         return out

@@ -586,14 +586,15 @@ class Connection(asyncio.Protocol):
         if len(head) < len(MAGIC) and MAGIC.startswith(head) and not at_eof:
             return False
         limits = self.hub.limits
-        if not self.authenticated:  # strangers send small requests (connection_limits.py)
+        stranger = not self.authenticated
+        if stranger:  # strangers send small requests (connection_limits.py)
             limits = limits_before_auth(limits)
         if head == MAGIC:
             self.mode = "binary"
-            self._decoder, self._encoder = BinaryDecoder(limits), BinaryEncoder()
+            self._decoder, self._encoder = BinaryDecoder(limits, stranger), BinaryEncoder()
         else:
             self.mode = "text"
-            self._decoder, self._encoder = TextDecoder(limits), TextEncoder()
+            self._decoder, self._encoder = TextDecoder(limits, stranger), TextEncoder()
         return True
 
     def _run(self, items: list[Command | Rejected] | deque[Command | Rejected],
@@ -790,23 +791,45 @@ class Connection(asyncio.Protocol):
                 "token; the client's auth_token, the CLI's --auth-token)"))
             return False
         try:
+            self._authenticate(command, now)
+        finally:
+            self._read_on_after_auth()
+        return False
+
+    def _authenticate(self, command: Command, now: float) -> None:
+        """_authenticate runs AUTH; with the right token, the gate opens, and requests may
+        be as big as the server's limits allow."""
+        try:
             self.hub.service.execute(command, now, self._respond)
         except WonderQError as exc:
             if exc.code == AUTH_FAILED:
                 self.hub.refusal_log.warn("wrong auth tokens", now, "wrong auth token from "
                                           "%s; its connection closes", self.peer)
             self._reply_error(command.request_id, exc)
-            return False
+            return
         except Exception:
             self._internal_error(command)
-            return False
+            return
         self.authenticated = True
         if self._auth_timer is not None:
             self._auth_timer.cancel()
             self._auth_timer = None
         assert self._decoder is not None
         self._decoder.use_limits(self.hub.limits)
-        return False
+
+    def _read_on_after_auth(self) -> None:
+        """_read_on_after_auth: what came after an AUTH in the same read was kept unread
+        (the decoders' stop_after_auth), to be decoded under the limits the AUTH brings:
+        decoded under a stranger's, a client's first big put, pipelined behind its AUTH,
+        was refused (a frame: the connection closed). It runs in the next turn, ahead of
+        anything read since, whatever the AUTH's answer, unless the connection closes."""
+        if self._close_after_flush or self._closed:
+            return
+        assert self._decoder is not None
+        unread = self._decoder.take_unread()
+        if unread:
+            self._held_input[:0] = unread
+            self._yield_turn()
 
     def _internal_error(self, command: Command) -> None:
         """_internal_error: a bug met while running `command`; logged, answered INTERNAL."""

@@ -48,6 +48,8 @@ Rules:
   skipped up to its end; the connection stays usable. Inside a PUT_MANY
   block such a line is that body's BODY_TOO_LARGE result instead, counted once
   the line has ended.
+* Before AUTH (`stop_after_auth`), a feed ends with an AUTH line, as the
+  binary decoder's does with an auth request (see its rules).
 * A PUT_MANY header line that is refused (bad queue, option, a count over
   --max-batch, a line over the line limit) is one ERR line, at once; if it
   names a count (a whole number from 1 to --max-frame-bytes), the next
@@ -172,10 +174,14 @@ class _BodyBlock:
 class TextDecoder:
     """Turns the byte stream of one text connection into commands."""
 
-    __slots__ = ("_block", "_buffer", "_discarding", "_drop_after_line", "_limits")
+    __slots__ = ("_block", "_buffer", "_discarding", "_drop_after_line", "_limits",
+                 "stop_after_auth")
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, stop_after_auth: bool = False) -> None:
         self._limits = limits
+        # As BinaryDecoder's: a feed ends with an AUTH line while set (before AUTH), and
+        # what follows it is kept unread (take_unread), for the limits the AUTH brings.
+        self.stop_after_auth = stop_after_auth
         self._buffer = bytearray()
         self._discarding = False  # inside an over-long line, skipping to its end
         self._block: _BodyBlock | None = None  # inside a PUT_MANY, collecting bodies
@@ -193,8 +199,16 @@ class TextDecoder:
 
     def use_limits(self, limits: Limits) -> None:
         """use_limits changes the limits for what comes next (once a connection has
-        authenticated, its requests may be as big as the server's limits allow)."""
+        authenticated, its requests may be as big as the server's limits allow); a feed no
+        longer stops after AUTH."""
         self._limits = limits
+        self.stop_after_auth = False
+
+    def take_unread(self) -> bytes:
+        """take_unread hands back the input kept unread after an AUTH line (or a line not
+        yet complete), and forgets it: the caller feeds it again."""
+        unread, self._buffer = bytes(self._buffer), bytearray()
+        return unread
 
     def feed(self, data: bytes | bytearray) -> list[Command | Rejected]:
         buf = self._buffer
@@ -232,7 +246,11 @@ class TextDecoder:
             if self._block is not None:
                 out.extend(self._body_line(line))
             elif line.strip():
-                out.extend(self._parse(line))
+                parsed = self._parse(line)
+                out.extend(parsed)
+                if self.stop_after_auth and parsed and type(parsed[-1]) is Command \
+                        and parsed[-1].name == "auth":
+                    break
         if pos:
             del buf[:pos]
         return out
