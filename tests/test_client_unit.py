@@ -21,6 +21,7 @@ from wonderq_client import (
     AuthRequired,
     BodyTooLarge,
     ConnectionClosed,
+    FrameTooLarge,
     Full,
     HeadersTooLarge,
     LeaseLost,
@@ -260,6 +261,26 @@ async def test_waits_past_the_limit_are_held_until_one_on_the_server_ends(fake, 
     for wait in (waits[1], waits[3]):
         with pytest.raises(ConnectionClosed):
             await wait
+
+
+async def test_a_held_receive_over_the_frame_limit_is_refused_as_a_sent_one_is(
+        fake, monkeypatch):
+    # A receive held behind the waits on the server skipped the client's max_frame_bytes
+    # check that every sent request has: its probe, and later the receive, went out
+    # over the limit, for the server to close the connection over.
+    monkeypatch.setattr(client_module, "MAX_WAITS_ON_SERVER", 1)
+    client, server = fake
+    client._protocol.max_frame_bytes = 300
+    first = asyncio.ensure_future(client.receive("q", wait=30))
+    await asyncio.sleep(0)
+    for wait in (None, 30):  # sent at once, and held
+        with pytest.raises(FrameTooLarge, match="max_frame_bytes of 300"):
+            await client.receive("q" * 400, wait=wait)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert [request[2]["queue"] for request in server.requests] == ["q"]
+    assert client._protocol._waits_held == {} and not first.done()
+    first.cancel()
 
 
 ROW = [5, b"x", 9, 1, 1.0, 0, None, None]

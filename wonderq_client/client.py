@@ -219,11 +219,7 @@ class _ClientProtocol(asyncio.Protocol):
             self._refuse_if_closing()  # raises; tested inline, as this is every request's path
         request = encode_request(self._last_id + 1, command, args)  # raises for a bad value
         if len(request) - FRAME_HEADER_BYTES > self.max_frame_bytes:
-            raise FrameTooLarge(
-                f"this {command} is a frame of {len(request) - FRAME_HEADER_BYTES} bytes, over "
-                f"the client's max_frame_bytes of {self.max_frame_bytes} (connect(); the "
-                f"server's --max-frame-bytes by default): not sent, so the connection and the "
-                f"calls on it go on; send fewer or smaller messages per request")
+            raise self._too_large(command, request)
         self._last_id = request_id = self._last_id + 1
         future = self._loop.create_future()
         self._pending[request_id] = future
@@ -243,6 +239,13 @@ class _ClientProtocol(asyncio.Protocol):
             pass
         return future
 
+    def _too_large(self, command: str, request: bytes) -> FrameTooLarge:
+        return FrameTooLarge(
+            f"this {command} is a frame of {len(request) - FRAME_HEADER_BYTES} bytes, over "
+            f"the client's max_frame_bytes of {self.max_frame_bytes} (connect(); the "
+            f"server's --max-frame-bytes by default): not sent, so the connection and the "
+            f"calls on it go on; send fewer or smaller messages per request")
+
     def send_receive(self, queue: str, args: dict[str, Any]) -> tuple[int, asyncio.Future[Any]]:
         """send_receive is `send` of a receive: it remembers the queue, so that messages
         that come for it after its caller stopped waiting are given back, and returns
@@ -256,7 +259,11 @@ class _ClientProtocol(asyncio.Protocol):
         wait = args.get("wait")
         if wait and len(self._waits_on_server) >= MAX_WAITS_ON_SERVER and _holdable(wait):
             self._refuse_if_closing()
-            encode_request(0, "receive", args)  # raises now for a value msgpack cannot take
+            # Raises now for a value msgpack cannot take, or a frame too big, as send does
+            # (the server would close the connection for it when it is sent).
+            request = encode_request(self._last_id + 1, "receive", args)
+            if len(request) - FRAME_HEADER_BYTES > self.max_frame_bytes:
+                raise self._too_large("receive", request)
             self._last_id = request_id = self._last_id + 1
             deadline = self._loop.time() + wait
             timer = self._loop.call_at(deadline, self._held_wait_over, request_id)
