@@ -423,6 +423,48 @@ def test_top_as_a_background_job_into_a_file_is_not_stopped_by_the_terminal(serv
     assert done.stdout.strip() == b"FRAMES", (done.stdout, done.stderr)
 
 
+# BACKGROUND_JOB, then `fg`: the job's group is made the terminal's foreground, and the
+# frames written after that are printed (OFFERS_Q if their title offers q).
+BACKGROUND_THEN_FOREGROUND = r"""
+import fcntl, os, pathlib, subprocess, sys, termios, time
+fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+log = pathlib.Path(sys.argv[1])
+with open(log, "wb") as out:
+    top = subprocess.Popen(sys.argv[2:], stdin=0, stdout=out, stderr=subprocess.STDOUT,
+                           process_group=0)
+for _ in range(2000):  # bounded: 10 s
+    if b"wonderq top" in log.read_bytes():
+        break
+    time.sleep(0.005)
+os.tcsetpgrp(0, top.pid)  # fg
+seen = len(log.read_bytes())
+for _ in range(2000):  # bounded: 10 s; frames come every 0.2 s
+    after = log.read_bytes()[seen:]
+    if after.count(b"wonderq top") >= 2:
+        break
+    time.sleep(0.005)
+print("OFFERS_Q" if b" q or Ctrl-C" in after else "CTRL_C_ONLY" if b"Ctrl-C quits" in after
+      else "NOTHING", flush=True)
+top.kill()
+top.wait()
+"""
+
+
+def test_top_brought_to_the_foreground_does_not_offer_a_q_it_does_not_read(server, tmp_path):
+    # Started in the background, top reads no keys (above). After `fg` its title was
+    # judged afresh and said "q or Ctrl-C quits", and q did nothing (a reviewer).
+    master, slave = pty.openpty()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", BACKGROUND_THEN_FOREGROUND, str(tmp_path / "top.log"),
+             *wonderq_command(), *at(server), "top", "--interval", "0.2"],
+            stdin=slave, capture_output=True, start_new_session=True, timeout=30, check=False)
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert done.stdout.strip() == b"CTRL_C_ONLY", (done.stdout, done.stderr)
+
+
 async def test_top_once_prints_one_frame(server):
     done = await cli("top", "--once", *at(server))
     assert done.returncode == 0, done.stderr

@@ -250,8 +250,10 @@ async def run(args: argparse.Namespace) -> int:
         Live(console=console, auto_refresh=False, screen=True) if sys.stdout.isatty()
         else contextlib.nullcontext(FramePrinter(console)))
     try:
-        with _keys(loop, quit_event), _interrupt(loop, quit_event), view as live:
-            await _refresh(args, poller, history, live, console, quit_event, interval)
+        with _keys(loop, quit_event) as reads_keys, _interrupt(loop, quit_event), \
+                view as live:
+            await _refresh(args, poller, history, live, console, quit_event, interval,
+                           reads_keys)
     finally:  # also when an error ends top (AUTH_FAILED, say): its connection is closed
         await poller.close()
     return 0
@@ -274,8 +276,10 @@ class FramePrinter:
 
 async def _refresh(args: argparse.Namespace, poller: Poller, history: History,
                    live: Live | FramePrinter,
-                   console: Console, quit_event: asyncio.Event, interval: float) -> None:
-    """_refresh polls and redraws once per interval until q or Ctrl-C."""
+                   console: Console, quit_event: asyncio.Event, interval: float,
+                   reads_keys: bool) -> None:
+    """_refresh polls and redraws once per interval until q or Ctrl-C (q: when
+    `reads_keys`, the terminal is read for it)."""
     quitting = asyncio.ensure_future(quit_event.wait())
     try:
         while not quit_event.is_set():
@@ -290,7 +294,8 @@ async def _refresh(args: argparse.Namespace, poller: Poller, history: History,
             # A frame printed into a file or pipe has no screen to fit: every queue, as
             # --once prints them (a reviewer's had the busiest 17 of 41).
             height = None if isinstance(live, FramePrinter) else console.height
-            live.update(frame(poller.stats, history, _status(args, found, poller.why),
+            live.update(frame(poller.stats, history,
+                              _status(args, found, poller.why, reads_keys),
                               console.width, found is not Poll.AWAY, height),
                         refresh=True)
             if found is not Poll.WAITING:  # a waiting poll has waited its interval
@@ -304,12 +309,16 @@ _STATES = {Poll.FRESH: "connected",
            Poll.AWAY: "disconnected (retrying)"}
 
 
-def _status(args: argparse.Namespace, found: Poll, why: str = "") -> str:
+def _status(args: argparse.Namespace, found: Poll, why: str = "",
+            reads_keys: bool = False) -> str:
+    """_status is the title line. It offers q only when the terminal is read for it:
+    judged afresh each frame, it offered q after `fg` to a top started in the
+    background, which never reads its keys."""
     state = _STATES[found]
     if found is Poll.AWAY and why:
         state = f"{state}: {why}"
     quits = ("" if getattr(args, "once", False) else " · q or Ctrl-C quits"
-             if _reads_keys() else " · Ctrl-C quits")  # q is read from a terminal only
+             if reads_keys else " · Ctrl-C quits")
     return f"wonderq top · {args.host}:{args.port} · {state}{quits}"
 
 
@@ -324,10 +333,11 @@ def _reads_keys() -> bool:
 
 
 @contextlib.contextmanager
-def _keys(loop: asyncio.AbstractEventLoop, quit_event: asyncio.Event) -> Iterator[None]:
-    """_keys sets `quit_event` on `q`, reading the terminal a key at a time (cbreak)."""
+def _keys(loop: asyncio.AbstractEventLoop, quit_event: asyncio.Event) -> Iterator[bool]:
+    """_keys sets `quit_event` on `q`, reading the terminal a key at a time (cbreak); it
+    gives whether it does (only as the terminal's foreground job, at the start)."""
     if not _reads_keys():
-        yield
+        yield False
         return
     import termios
     import tty
@@ -351,7 +361,7 @@ def _keys(loop: asyncio.AbstractEventLoop, quit_event: asyncio.Event) -> Iterato
     tty.setcbreak(fd)
     loop.add_reader(fd, on_key)
     try:
-        yield
+        yield True
     finally:
         loop.remove_reader(fd)
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
