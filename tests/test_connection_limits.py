@@ -408,7 +408,7 @@ def test_waiting_receives_past_the_request_buffer_pause_reading_until_one_ends()
     # client could otherwise park any number of them without ever being paused.
     waits = 10
     hub = FakeHub(connection_limits=ConnectionLimits(
-        max_request_buffer_bytes=waits * WAITING_RECEIVE_BYTES))
+        max_request_buffer_bytes=waits * WAITING_RECEIVE_BYTES, min_waits_room_bytes=0))
     connection, transport = binary_client(hub)
     hub.send(connection, b"".join(req(i, "receive", queue="q", wait=60) for i in range(waits)))
     assert transport.reading
@@ -425,7 +425,7 @@ def test_requests_in_the_read_that_passed_the_waits_limit_still_run_at_once():
     # hold the rest of that read held such a CANCEL for the whole wait (a reviewer).
     waits = 10
     hub = FakeHub(connection_limits=ConnectionLimits(
-        max_request_buffer_bytes=waits * WAITING_RECEIVE_BYTES))
+        max_request_buffer_bytes=waits * WAITING_RECEIVE_BYTES, min_waits_room_bytes=0))
     connection, transport = binary_client(hub)
     hub.send(connection, b"".join(req(i, "receive", queue="q", wait=60)
                                   for i in range(waits + 2))
@@ -440,7 +440,7 @@ def paused_by_waits(waits: int = 10):
     """paused_by_waits: a binary connection with one receive more waiting than the
     request buffer allows, so the server has stopped reading from it."""
     hub = FakeHub(connection_limits=ConnectionLimits(
-        max_request_buffer_bytes=waits * WAITING_RECEIVE_BYTES))
+        max_request_buffer_bytes=waits * WAITING_RECEIVE_BYTES, min_waits_room_bytes=0))
     connection, transport = binary_client(hub)
     hub.send(connection, b"".join(req(i, "receive", queue="q", wait=60)
                                   for i in range(waits + 1)))
@@ -479,7 +479,7 @@ def test_a_paused_client_that_closed_is_leased_nothing():
 
 def test_a_paused_client_that_closed_has_all_its_waits_answered():
     hub = FakeHub(connection_limits=ConnectionLimits(
-        max_request_buffer_bytes=2 * WAITING_RECEIVE_BYTES))
+        max_request_buffer_bytes=2 * WAITING_RECEIVE_BYTES, min_waits_room_bytes=0))
     connection, transport = binary_client(hub)
     hub.send(connection, req(0, "receive", queue="a", wait=60)
              + req(1, "receive", queue="b", wait=60) + req(2, "receive", queue="b", wait=60))
@@ -558,7 +558,7 @@ def test_a_text_client_that_half_closed_while_paused_is_treated_as_at_eof():
 
 def test_a_connection_paused_for_its_waits_stays_paused_while_writing_is():
     hub = FakeHub(connection_limits=ConnectionLimits(
-        max_request_buffer_bytes=WAITING_RECEIVE_BYTES))
+        max_request_buffer_bytes=WAITING_RECEIVE_BYTES, min_waits_room_bytes=0))
     connection, transport = binary_client(hub)
     hub.send(connection, req(1, "receive", queue="q", wait=60) + req(2, "receive", queue="q",
                                                                       wait=60))

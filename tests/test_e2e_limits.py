@@ -290,19 +290,41 @@ async def test_a_client_that_parks_receive_after_receive_is_paused(server):
         await until_stats(client, lambda s: s["server"]["connections"] == 1)
 
 
+async def test_the_client_librarys_waits_fit_a_lower_request_buffer(server_factory):
+    # Under --max-request-buffer-bytes 65536 (64 waits), the client library's 100 waiting
+    # receives (it keeps up to 1,000 on the server) made the server stop reading: the
+    # ping behind them, an ack or a cancel likewise, waited out a receive's whole wait.
+    server = server_factory("--max-request-buffer-bytes", "65536")
+    async with connect(server.host, server.port) as client, \
+            connect(server.host, server.port) as observer:
+        waits = [asyncio.ensure_future(client.receive("empty", wait=60)) for _ in range(100)]
+        await until_stats(observer, lambda s: s["queues"].get("empty", {}).get("waiting")
+                          == 100)
+        try:
+            assert await asyncio.wait_for(client.ping(), 10) == "pong"
+            stats = await observer.stats()
+            assert stats["server"]["connections_paused"] == 0
+        finally:
+            for wait in waits:
+                wait.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+
+
 async def test_a_client_that_closes_while_paused_for_its_waits_takes_no_message(
         server_factory):
     # The server is not reading from the parker, so it cannot see its FIN; before it
     # leases to one of its waits it asks the socket (peer_state.py). Without that, every
     # message below went to the closed connection, for the lease's 60 s.
-    server = server_factory("--max-request-buffer-bytes", "4096")  # 4 waits, then paused
+    # --max-request-buffer-bytes 4096 still lets 1,024 wait (MIN_WAITS_ROOM_BYTES), then
+    # reading pauses.
+    server = server_factory("--max-request-buffer-bytes", "4096")
     async with connect(server.host, server.port) as client:
         parker = Raw(server.host, server.port)
         parker.send(PREAMBLE + b"".join(
             frame([i, "receive", {"queue": "parked", "wait": 60, "visibility": 60}])
-            for i in range(10)))
-        info = await until_stats(client, lambda s: s["server"]["connections_paused"] == 1)
-        assert info["queues"]["parked"]["waiting"] > 4  # what its reads brought
+            for i in range(1100)))
+        await until_stats(client, lambda s: s["server"]["connections_paused"] == 1
+                          and s["queues"]["parked"]["waiting"] > 1024)
         parker.close()
         ids = await client.put_many("parked", [b"m%d" % i for i in range(10)])
         await until_stats(client, lambda s: s["server"]["connections"] == 1)

@@ -772,7 +772,7 @@ class Connection(asyncio.Protocol):
                 self._answer_waits_empty()  # read after the client's FIN: nobody waits
             elif self.mode == "text":
                 self._text_waiting = True
-            elif self._waits_bytes() > self.hub.connection_limits.max_request_buffer_bytes:
+            elif self._waits_bytes() > self.hub.connection_limits.waits_room_bytes:
                 self._pause("waits")  # see connection_limits.py; _respond resumes
         elif command.name in DURABLE_COMMANDS:
             self._durable.append((len(self._out) - 1, command))
@@ -848,7 +848,7 @@ class Connection(asyncio.Protocol):
                 self._costly_waits -= 1
             self.last_request_at = self.hub.now()  # a wait that ends counts as activity
             if "waits" in self._paused_by and self._waits_bytes() \
-                    <= self.hub.connection_limits.max_request_buffer_bytes:
+                    <= self.hub.connection_limits.waits_room_bytes:
                 self._resume("waits")
         if command.name in SHOWING_COMMANDS:
             if self._newest_shown is not None and result:

@@ -183,6 +183,13 @@ WAITING_RECEIVE_BYTES = 1024
 # objects (measured with tracemalloc: 250 empty maps 17.5 KiB, 127 nested one-entry maps
 # 22.9 KiB, a reviewer's). An integer or a string id is within the above.
 COSTLY_ID_WAIT_BYTES = 24 * 1024
+# The waits a connection may always park, whatever a lower --max-request-buffer-bytes says:
+# the client library keeps up to 1,000 waiting on the server (wonderq_client.client's
+# MAX_WAITS_ON_SERVER) and counts on the connection being read meanwhile. Under a reviewer's
+# --max-request-buffer-bytes 65536 (64 waits), 100 receives made the server stop reading,
+# and the acks, touches and cancels sent after them waited out a receive's whole wait.
+# What waits hold still counts toward --max-client-memory.
+MIN_WAITS_ROOM_BYTES = 1024 * WAITING_RECEIVE_BYTES
 
 
 def costly_request_id(request_id: object) -> bool:
@@ -244,6 +251,16 @@ class ConnectionLimits:
     auth_timeout_s: float = 10.0  # with an auth token: time to authenticate
     tcp_keepalive_s: int = 300  # probe a silent peer after this long; 0: no keepalive
     max_client_memory_bytes: int = 0  # all connections' buffers together; 0: no limit
+    # Not a flag: the floor under max_request_buffer_bytes for waits (MIN_WAITS_ROOM_BYTES);
+    # unit tests of the pause lower it, rather than park a thousand receives.
+    min_waits_room_bytes: int = MIN_WAITS_ROOM_BYTES
+
+    @property
+    def waits_room_bytes(self) -> int:
+        """waits_room_bytes: past what its waiting receives hold (WAITING_RECEIVE_BYTES
+        each), a binary connection is not read until one ends: max_request_buffer_bytes,
+        and at least min_waits_room_bytes."""
+        return max(self.max_request_buffer_bytes, self.min_waits_room_bytes)
 
 
 class Counters:
