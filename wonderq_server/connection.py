@@ -227,6 +227,9 @@ class Connection(asyncio.Protocol):
         self._goodbye_said = False  # the server stopped: SHUTTING_DOWN sent, reads discarded
         self.flush_wanted = False  # the server's: already in the next flush
         self._running_input = False  # in data_received: input_done will hand replies over
+        # An AUTH in this read left input unread (_read_on_after_auth): data_received runs
+        # it before it returns.
+        self._read_on_now = False
         self._paused_by: set[str] = set()
         self.peer: Any = None
         self.address: str | None = None  # the server's: counted under it once admitted
@@ -516,6 +519,10 @@ class Connection(asyncio.Protocol):
                         self._hold(items)  # a paced command waits its turn
                     else:
                         self._wait_for_replies()
+            while self._read_on_now:  # (a loop: a second AUTH in it may leave more unread)
+                self._read_on_now = False
+                self._yielded = False
+                self._release_held()
         finally:
             self._running_input = False
         if ran:
@@ -821,14 +828,23 @@ class Connection(asyncio.Protocol):
         """_read_on_after_auth: what came after an AUTH in the same read was kept unread
         (the decoders' stop_after_auth), to be decoded under the limits the AUTH brings:
         decoded under a stranger's, a client's first big put, pipelined behind its AUTH,
-        was refused (a frame: the connection closed). It runs in the next turn, ahead of
-        anything read since, whatever the AUTH's answer, unless the connection closes."""
+        was refused (a frame: the connection closed). It runs ahead of anything read since,
+        whatever the AUTH's answer, unless the connection closes: before data_received
+        returns when the AUTH came in it, else in the next turn. (Not later, when it can be
+        helped: over TLS, a client's close_notify in the same read closes the transport
+        as soon as the read's callbacks return, and a reviewer's PUT behind its AUTH was
+        stored but never answered.)"""
         if self._close_after_flush or self._closed:
             return
         assert self._decoder is not None
         unread = self._decoder.take_unread()
-        if unread:
-            self._held_input[:0] = unread
+        if not unread:
+            return
+        self._held_input[:0] = unread
+        if self._running_input and not self._yielded:
+            self._yielded = True  # what is left of this read is held behind it
+            self._read_on_now = True
+        else:
             self._yield_turn()
 
     def _internal_error(self, command: Command) -> None:
