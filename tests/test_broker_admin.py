@@ -183,6 +183,18 @@ def test_peek_stops_once_its_bodies_pass_its_byte_bound_but_returns_one(b: Broke
     assert len(b.peek("q", 10)) == 10
 
 
+def test_peek_counts_headers_toward_its_byte_bound(b: Broker) -> None:
+    # Bodies alone: 1,000 one-byte messages with 4 KiB of headers each were all shown, an
+    # 11 MB text reply to a 17-byte PEEK (a reviewer).
+    headers = {f"k{i:02d}": "v" * 120 for i in range(32)}
+    for _ in range(1000):
+        b.put("q", b"x", T0, headers=headers)
+    each = 1 + b.peek("q", 1)[0].header_bytes()
+    shown = b.peek("q", 1000)
+    assert len(shown) == -(-PEEK_REPLY_BYTES // each) < 1000  # the one that passes it, last
+    assert len(b.peek("q", 10, max_bytes=3 * each)) == 3
+
+
 def test_peek_skips_stale_entries(b: Broker) -> None:
     ids = b.put_many("q", [b"0", b"1", b"2", b"3", b"4"], T0)
     taken = b.receive("q", 3, 5.0, T0)
