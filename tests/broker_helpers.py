@@ -162,3 +162,17 @@ def ids_of(messages: list[Message]) -> list[int]:
 
 def first_id(now: float) -> int:
     return int(now * 1000) << 20
+
+
+def hold_a_lease_end_across_its_expiry(b: Broker, leased: int) -> list[int]:
+    """hold_a_lease_end_across_its_expiry: `leased` messages (expiry T0+10) whose leases end
+    at T0+5, held (journal writes failing) past the expiry, released at T0+13."""
+    ids = [b.put("q", b"x", T0, expiry=10.0) for _ in range(leased)]
+    b.receive("q", leased, 5.0, T0)
+    b.hold_lease_ends_until = T0 + 7
+    b.advance(T0 + 6)
+    b.hold_lease_ends_until = T0 + 12  # still failing when the expiry comes
+    b.advance(T0 + 11)  # the expiry (T0+10): leased, left be
+    b.hold_lease_ends_until = None  # writes work again
+    b.advance(T0 + 13)  # the lease ends, judged at T0+5: ready, and then expired
+    return ids

@@ -15,6 +15,7 @@ from broker_helpers import (  # the `b` fixture comes from broker_helpers too, v
     counts,
     error_code,
     first_id,
+    hold_a_lease_end_across_its_expiry,
     ids_of,
     zero_counts,
 )
@@ -204,6 +205,20 @@ def test_a_held_lease_end_is_judged_at_its_own_time(leased: int) -> None:
         info = b.message_info("dlq", message_id, T0 + 12)
         assert info["dead_letter"] == ["a", T0 + 5]
     assert not b._held_lease_ends
+    check_invariants(b)
+
+
+@pytest.mark.parametrize("leased", [1, 2])  # a lone lease, and a lease batch
+def test_a_message_whose_held_lease_ended_before_its_expiry_still_expires(
+        b: Broker, leased: int) -> None:
+    # Its expiry fired while it was leased (held), and left it be; made ready at its own
+    # lease end, it had no expiry to come: it lived on for good, was received again, and a
+    # restart's replay dropped it (a reviewer).
+    ids = hold_a_lease_end_across_its_expiry(b, leased)
+    assert b.stats(T0 + 13)["queues"]["q"]["expired_total"] == leased
+    for message_id in ids:
+        assert error_code(b.message_info, "q", message_id, T0 + 13) == NOT_FOUND
+    assert b.receive("q", 5, 5.0, T0 + 13) == []
     check_invariants(b)
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from broker_helpers import hold_a_lease_end_across_its_expiry
 from durability import (
     T0,
     broker_state,
@@ -722,3 +723,43 @@ def test_a_step_waits_for_pending_records_so_a_move_back_is_not_made_twice(
     expected = broker_state(broker)
     journal.close()
     assert broker_state(restored(tmp_path, T0 + 3)[0]) == expected
+
+
+def test_a_restart_after_a_lease_end_held_across_its_expiry_changes_nothing(
+        tmp_path: Path) -> None:
+    journal, b, _ = open_broker(tmp_path, T0)
+    hold_a_lease_end_across_its_expiry(b, 1)
+    b.advance(T0 + 100)
+    journal.write_pending()
+    expected = broker_state(b)
+    journal.close()
+    again, _ = restored(tmp_path, T0 + 100)
+    assert broker_state(again) == expected
+
+
+@pytest.mark.parametrize("leased", [1, 2])  # a lone lease, and a lease batch
+def test_a_compaction_during_a_hold_keeps_each_leases_own_end(
+        tmp_path: Path, leased: int) -> None:
+    # Compaction wrote the hold's time as the lease's deadline: a restart from the
+    # compacted journal ended a last delivery (T0+5) at the hold's (T0+12), after the
+    # message's expiry (T0+10), and dropped it as expired, where it belongs in the
+    # dead-letter queue, stamped T0+5 (a reviewer).
+    journal, b, _ = open_broker(tmp_path, T0)
+    b.create_queue("a", {"max_deliveries": 1, "dead_letter_queue": "dlq"}, T0)
+    ids = [b.put("a", b"x", T0, expiry=10.0) for _ in range(leased)]
+    b.receive("a", leased, 5.0, T0)
+    journal.write_pending()
+    b.hold_lease_ends_until = T0 + 12
+    b.advance(T0 + 6)  # held to T0+12
+    c = Compaction(journal, b)
+    c.start()
+    while not c.step():
+        journal.write_pending()
+    journal.write_pending()
+    c.presync()
+    c.switch(T0 + 6)
+    journal.write_pending()
+    journal.close()  # the process dies here
+    again, _ = restored(tmp_path, T0 + 20)
+    for message_id in ids:
+        assert again.message_info("dlq", message_id, T0 + 20)["dead_letter"] == ["a", T0 + 5]

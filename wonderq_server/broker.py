@@ -926,6 +926,17 @@ class Broker(Replay):
 
     # -------------------------------------------------------------- deadlines
 
+    def own_deadline(self, msg: Message) -> float | None:
+        """own_deadline is `msg`'s deadline as the journal has it: a held lease's own end
+        (advance), not the hold's time its deadline_at says meanwhile; else deadline_at.
+        Compaction writes this one: with the hold's, a restart judged the lease at the wrong
+        time (a last delivery ended before its expiry was dropped as expired)."""
+        for item in (msg, msg.lease_batch):
+            held = self._held_lease_ends.get(item) if item is not None else None
+            if held is not None and held[1] == msg.deadline_at:
+                return held[0]
+        return msg.deadline_at
+
     def forget_settled_holds(self) -> None:
         """forget_settled_holds drops the held lease ends (advance) whose lease was acked,
         nacked or touched since: not held any more. advance does it once the hold is over;
@@ -1048,6 +1059,14 @@ class Broker(Replay):
             self._make_ready(msg)
             if self.journal is not None:
                 self.journal.lease_ended(msg)
+            timer = msg.expiry
+            if timer is not None and timer.deadline_at is None:
+                # Its expiry came while the lease was held (hold_lease_ends_until) and
+                # left it be, leased: due again, now, as it was then, so this same advance
+                # drops it. Else it lived on for good, ready, with no expiry to come, and
+                # a restart's replay dropped it (a reviewer).
+                timer.deadline_at = timer.expires_at
+                self.deadlines.push(timer.expires_at, timer)
         elif expired:  # a delay ended after the expiry (which found it delayed)
             q.expired_total += 1
             self._drop(msg)

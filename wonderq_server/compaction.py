@@ -172,7 +172,8 @@ class Compaction:
                 if msg.deliveries or msg.state != READY:
                     # (Ready with no deliveries holds no lease: a nack with `unseen`
                     # that takes the only delivery back ends its lease too.)
-                    records.append(encode_record(state_record(msg)))
+                    records.append(encode_record(
+                        state_record(msg, self.broker.own_deadline(msg))))
             count += 1
             if count >= SLICE_MESSAGES or size >= SLICE_BYTES:
                 break

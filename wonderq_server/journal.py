@@ -1018,10 +1018,11 @@ def replay_records(broker: Broker, records: Any, now: float) -> None:
         broker.restore_puts(run_queue, run_ids, run_bodies)
 
 
-def state_record(msg: Message) -> list[Any]:
-    """state_record is a message's STATE: its state, deadline, deliveries and lease, and
-    the lease kept aside for a late ack when it has no lease of its own (after a nack)."""
-    record = [STATE, msg.queue.name, msg.id, msg.state, msg.deadline_at or 0.0,
+def state_record(msg: Message, deadline_at: float | None = None) -> list[Any]:
+    """state_record is a message's STATE: its state, deadline (`deadline_at` when given:
+    Broker.own_deadline), deliveries and lease, and the lease kept aside for a late ack
+    when it has no lease of its own (after a nack)."""
+    record = [STATE, msg.queue.name, msg.id, msg.state, deadline_at or msg.deadline_at or 0.0,
               msg.deliveries, msg.lease]
     if msg.lease is None and msg.kept_lease is not None:
         record.append(msg.kept_lease)
