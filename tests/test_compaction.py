@@ -751,13 +751,7 @@ def test_a_compaction_during_a_hold_keeps_each_leases_own_end(
     journal.write_pending()
     b.hold_lease_ends_until = T0 + 12
     b.advance(T0 + 6)  # held to T0+12
-    c = Compaction(journal, b)
-    c.start()
-    while not c.step():
-        journal.write_pending()
-    journal.write_pending()
-    c.presync()
-    c.switch(T0 + 6)
+    compact_at_once(journal, b, T0 + 6)
     journal.write_pending()
     journal.close()  # the process dies here
     again, _ = restored(tmp_path, T0 + 20)
