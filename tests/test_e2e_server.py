@@ -80,10 +80,16 @@ def test_limits_that_refuse_what_the_server_is_for_are_said_at_the_start(server_
     # the log said nothing at the start.
     server = server_factory("--max-memory", "2", "--max-client-memory", "2")
     assert "--max-memory 2 is below one message" in server.log
-    assert "--max-client-memory 2 is below --max-request-buffer-bytes" in server.log
+    assert "--max-client-memory 2 is below what one connection may hold" in server.log
     server.stop()
     server = server_factory("--max-memory", "1M", "--max-client-memory", "1M")
     assert "WARNING" not in server.log, server.log
+    server.stop()
+    # 1,024 waits may always be parked, whatever a lower --max-request-buffer-bytes says.
+    server = server_factory("--max-request-buffer-bytes", "65536",
+                            "--max-client-memory", "512K")
+    assert "--max-client-memory 524288 is below what one connection may hold, 1048576" \
+        in server.log
 
 
 def test_oversized_frame_is_refused_then_closed_and_others_unharmed(server_factory):

@@ -74,12 +74,17 @@ def _warn_about_limits(config: Config) -> None:
                        "such as 2, is bytes)",
                        config.max_memory_bytes, limits.max_message_bytes,
                        MESSAGE_OVERHEAD_BYTES)
-    if connection_limits.max_client_memory_bytes < connection_limits.max_request_buffer_bytes:
-        logger.warning("--max-client-memory %d is below --max-request-buffer-bytes %d: one "
-                       "connection's waiting receives (1 KiB each) or held requests can pass "
+    # One connection may hold its --max-request-buffer-bytes of held requests, and may
+    # always park 1,024 waiting receives (waits_room_bytes), whatever that flag says.
+    one_connection = max(connection_limits.max_request_buffer_bytes,
+                         connection_limits.waits_room_bytes)
+    if connection_limits.max_client_memory_bytes < one_connection:
+        logger.warning("--max-client-memory %d is below what one connection may hold, %d "
+                       "(--max-request-buffer-bytes, and at least 1,024 waiting receives of "
+                       "1 KiB): one connection's waiting receives or held requests can pass "
                        "it, and then it is cut off; raise it (a size without a unit, such "
                        "as 2, is bytes)", connection_limits.max_client_memory_bytes,
-                       connection_limits.max_request_buffer_bytes)
+                       one_connection)
 
 
 async def serve(config: Config) -> None:
