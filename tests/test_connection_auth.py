@@ -7,6 +7,8 @@ AUTH_FAILURE_DELAY_S later by the hub's clock (no sleeping: `advance`).
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from connection_fakes import FakeHub, req
 
@@ -292,3 +294,20 @@ def test_before_auth_a_long_text_line_is_skipped(hub):
         b"ERR LINE_TOO_LONG line is over the limit of %d bytes (the limit for a request "
         b"before AUTH); skipped to its end\r\n" % PRE_AUTH_REQUEST_BYTES)
     assert transport.data.endswith(b"OK\r\n")  # the AUTH after it still counts
+
+
+def test_an_auth_at_a_turn_check_does_not_stretch_the_turn():
+    # Read on after an AUTH that came as the turn's 64th request, the rest ran in the same
+    # turn past TURN_SECONDS: the AUTH had taken the turn check's place (a reviewer).
+    def replies_in_first_turn(hub: FakeHub, data: bytes) -> int:
+        ticks = itertools.count()
+        hub.now = lambda: hub.clock + next(ticks) * 0.001  # every clock read is late
+        connection, _ = hub.connect()
+        connection.data_received(data)
+        return sum(part.count(b"\r\n") for part in connection._out)
+
+    pings = b"PING\r\n" * 1000
+    baseline = replies_in_first_turn(FakeHub(), b"PING\r\n" * 64 + pings)
+    authed = replies_in_first_turn(FakeHub(auth_token=TOKEN),
+                                   b"PING\r\n" * 63 + b"AUTH " + TOKEN + b"\r\n" + pings)
+    assert 0 < authed <= baseline < 1064, (baseline, authed)

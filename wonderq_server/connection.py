@@ -522,6 +522,11 @@ class Connection(asyncio.Protocol):
             while self._read_on_now:  # (a loop: a second AUTH in it may leave more unread)
                 self._read_on_now = False
                 self._yielded = False
+                if self.hub.now() - self._turn_started >= TURN_SECONDS:
+                    # The turn is used up (an AUTH that came at a turn check took the
+                    # check's place): the rest in the next one, as _run would have it.
+                    self._yield_turn()
+                    break
                 self._release_held()
         finally:
             self._running_input = False
