@@ -75,9 +75,9 @@ def _warn_about_limits(config: Config) -> None:
                        config.max_memory_bytes, limits.max_message_bytes,
                        MESSAGE_OVERHEAD_BYTES)
     # One connection may hold its --max-request-buffer-bytes of held requests, and may
-    # always park 1,024 waiting receives (waits_room_bytes), whatever that flag says.
-    one_connection = max(connection_limits.max_request_buffer_bytes,
-                         connection_limits.waits_room_bytes)
+    # always park 1,024 waiting receives, whatever that flag says: waits_room_bytes is the
+    # larger of the two.
+    one_connection = connection_limits.waits_room_bytes
     if connection_limits.max_client_memory_bytes < one_connection:
         logger.warning("--max-client-memory %d is below what one connection may hold, %d "
                        "(--max-request-buffer-bytes, and at least 1,024 waiting receives of "
