@@ -136,13 +136,15 @@ def test_bad_lines_get_error_and_connection_survives(text, line, code):
     b"GET q \x1b]0;owned\x07=1",  # a terminal's title, set from a reply
     b"ACK_MANY q \x1b[2J=1 1:2",  # the screen cleared
     b"PUT_MANY q 1 \xc2\x9b31m=1\r\nbody",  # C1's CSI (U+009B), in UTF-8
+    b"GET q x\xe2\x80\xaeexe.txt=1",  # U+202E: the rest shown right to left
 ])
 def test_an_error_never_echoes_a_control_character_to_the_terminal(text, line):
     text.send(line + b"\r\n")
     reply = text.line()
     assert reply.startswith(b"ERR BAD_ARGUMENT ")
-    assert not [c for c in reply.decode() if ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f], reply
-    assert b"\\x1b" in reply or b"\\x9b" in reply, reply  # shown, escaped
+    assert not [c for c in reply.decode() if ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f
+                or c == "\u202e"], reply
+    assert b"\\x1b" in reply or b"\\x9b" in reply or b"\\u202e" in reply, reply  # escaped
     text.send(b"PING\r\n")
     assert text.line() == b"PONG"
 

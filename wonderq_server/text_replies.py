@@ -33,7 +33,8 @@ Rules:
   a space) or any other control character: those it would echo from a
   request (a stray ESC in an option's name, say) are written as `\\xNN`, so
   a reply shown on a terminal (`nc`, telnet) cannot move its cursor or
-  retitle its window.
+  retitle its window; bidirectional marks and overrides (U+202E) as
+  `\\uNNNN`, so it cannot show its words in another order.
 
 Must not know: sockets, asyncio, the broker.
 """
@@ -61,11 +62,14 @@ class TextEncoder:
         return error_line(error)
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+# C0, DEL and C1; and the bidirectional marks, overrides and isolates, which can make a
+# line show its words in another order (U+202E, a reviewer's).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def _escaped(control: re.Match[str]) -> str:
-    return f"\\x{ord(control.group()):02x}"
+    code = ord(control.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def error_line(error: WonderQError) -> bytes:
