@@ -23,7 +23,7 @@ from wonderq_server.commands import Limits
 from wonderq_server.connection import Connection
 from wonderq_server.connection_limits import ConnectionLimits, Counters
 from wonderq_server.refusal_log import RefusalLog
-from wonderq_server.service import BrokerService
+from wonderq_server.service import UNFINISHED, BrokerService
 
 START = 1_700_000_000.0
 
@@ -173,6 +173,14 @@ class FakeHub:
     def input_done(self, connection: Connection) -> None:
         self.want_flush(connection)  # as the server does with a journal: one flush per turn
 
+    def finish_detached(self, command) -> None:
+        """finish_detached: as the server does, the rest of a REDRIVE whose connection went
+        runs a step a turn, its result to nobody."""
+        def step() -> None:
+            if self.service.execute(command, self.clock, lambda *_: None) is UNFINISHED:
+                self.defer(step)
+        self.defer(step)
+
     def connection_opened(self, connection: Connection) -> None:
         self.opened.append(connection)
         if self.refusing is not None:  # as the server does over --max-connections
@@ -190,6 +198,13 @@ class FakeHub:
     def run(self) -> None:
         while self.ready:
             self.ready.pop(0)()
+
+    def turn(self) -> None:
+        """turn: one turn of the loop: the callbacks ready when it starts, not those they
+        add (asyncio's and uvloop's call_soon run those in the next turn)."""
+        ready, self.ready = self.ready, []
+        for callback in ready:
+            callback()
 
     def advance(self, seconds: float) -> None:
         """advance moves the clock and fires the broker's deadline timer, as the server does."""

@@ -557,3 +557,81 @@ def test_a_late_ack_through_a_dead_letter_setting_set_back_still_finds_it(b: Bro
     b.ack("q", msg_id, lease, T0 + 24.0)
     assert counts(b, "dlq")["acked_total"] == 1
     check_invariants(b)
+
+
+# ------------------------------------------- a step at a time (advance's and redrive's bounds)
+
+def lease_out(b: Broker, n: int, body: bytes = b"x", one_by_one: bool = True) -> list[int]:
+    """`n` messages put in "q" (max_deliveries 1, dead-lettering to "dlq") at T0 and leased
+    for 10 s: their leases all end at T0 + 10, one entry each or one lease batch."""
+    b.create_queue("q", {"max_deliveries": 1, "dead_letter_queue": "dlq"}, T0)
+    ids = [b.put("q", body, T0) for _ in range(n)]
+    if one_by_one:
+        for _ in range(n):
+            b.receive("q", 1, 10.0, T0)
+    else:
+        assert len(b.receive("q", n, 10.0, T0)) == n
+    return ids
+
+
+def test_advance_with_max_steps_leaves_the_rest_due_for_the_next_call(b: Broker) -> None:
+    ids = lease_out(b, 25)
+    assert b.advance(T0 + 10.0, max_steps=10) == 10
+    assert len(b.queues["dlq"].messages) == 10
+    assert b.next_deadline() <= T0 + 10.0  # the rest are still due: the caller calls again
+    assert b.advance(T0 + 10.0, max_steps=10) == 10
+    assert b.advance(T0 + 10.0, max_steps=10) == 5
+    assert b.advance(T0 + 10.0, max_steps=10) == 0
+    assert sorted(b.queues["dlq"].messages) == ids
+    assert b.next_deadline() is None
+    check_invariants(b)
+
+
+def test_advance_in_steps_ends_where_one_advance_does() -> None:
+    whole, stepped = Broker(), Broker()
+    for broker in (whole, stepped):
+        lease_out(broker, 30)
+        broker.put("q", b"late", T0 + 1.0)
+        broker.receive("q", 1, 4.0, T0 + 1.0)  # due at T0 + 5, before the others
+        broker.create_queue("w", {}, T0)
+    inbox = Inbox()
+    whole.wait("w", 1, None, T0 + 8.0, inbox, T0)
+    stepped.wait("w", 1, None, T0 + 8.0, Inbox(), T0)
+    assert whole.advance(T0 + 10.0) == 32
+    handled = [stepped.advance(T0 + 10.0, max_steps=7) for _ in range(6)]
+    assert handled == [7, 7, 7, 7, 4, 0]
+    for name in ("q", "dlq", "w"):
+        assert counts(stepped, name) == counts(whole, name)
+        assert list(stepped.queues[name].messages) == list(whole.queues[name].messages)
+    check_invariants(stepped)
+
+
+def test_advance_counts_a_lease_batch_by_its_members_and_never_splits_it(b: Broker) -> None:
+    lease_out(b, 40, one_by_one=False)  # one lease batch of 40
+    assert b.advance(T0 + 10.0, max_steps=10) == 40  # whole: its one entry is popped
+    assert len(b.queues["dlq"].messages) == 40
+    check_invariants(b)
+
+
+def test_advance_stops_after_moves_of_max_moved_bytes(b: Broker) -> None:
+    lease_out(b, 10, body=b"x" * 1000)
+    cost = 1000 + MESSAGE_OVERHEAD_BYTES
+    moved_before = b.moved_bytes
+    assert b.advance(T0 + 10.0, max_steps=1000, max_moved_bytes=3 * cost) == 3
+    assert b.moved_bytes - moved_before == 3 * cost
+    assert b.advance(T0 + 10.0, max_steps=1000, max_moved_bytes=2 * cost + 1) == 3
+    assert b.advance(T0 + 10.0, max_steps=1000, max_moved_bytes=10 * cost) == 4
+    assert len(b.queues["dlq"].messages) == 10
+    check_invariants(b)
+
+
+def test_redrive_with_max_bytes_stops_once_its_moves_reach_them(b: Broker) -> None:
+    ids = lease_out(b, 10, body=b"x" * 1000)
+    b.advance(T0 + 10.0)
+    cost = 1000 + MESSAGE_OVERHEAD_BYTES
+    assert b.redrive("dlq", None, T0 + 11.0, max_bytes=2 * cost + 1) == 3
+    assert b.redrive("dlq", 2, T0 + 11.0, max_bytes=100 * cost) == 2  # max first
+    assert b.redrive("dlq", None, T0 + 11.0, max_bytes=1) == 1  # at least one
+    assert b.redrive("dlq", None, T0 + 11.0, max_bytes=100 * cost) == 4
+    assert sorted(b.queues["q"].messages) == ids
+    check_invariants(b)

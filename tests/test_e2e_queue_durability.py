@@ -22,6 +22,7 @@ from crash_load import durable_server
 from polling import until
 
 from wonderq_client import LeaseLost, NotFound, QueueNotFound, connect
+from wonderq_server.service import REDRIVE_STEP_MESSAGES
 
 EVENT_TIMEOUT_S = 10.0
 FSYNC = ("--fsync", "always")
@@ -123,6 +124,29 @@ async def test_dead_letters_and_redrives_survive_kill_9(server_factory, tmp_path
         got = await client.receive("src", max=10, visibility=30)
         assert [(m.id, m.body, m.deliveries, m.dead_letter) for m in got] == [
             (home_id, b"redriven", 1, None), (dead_id, b"dead", 1, None)]
+
+
+async def test_a_redrive_of_many_steps_is_all_on_disk_when_answered(server_factory, tmp_path):
+    # A REDRIVE moves REDRIVE_STEP_MESSAGES a loop turn (service.py), each step's records
+    # written between turns; its answer must still mean every move is durable.
+    data_dir = tmp_path / "data"
+    server = durable_server(server_factory, data_dir, *FSYNC)
+    n = 3 * REDRIVE_STEP_MESSAGES + 7  # within one batch (--max-batch 1,000)
+    async with connect(server.host, server.port) as client, \
+            connect(server.host, server.port) as other:
+        await client.create_queue("many", max_deliveries=1, dead_letter_queue="many.dead")
+        ids = await client.put_many("many", [b"m%d" % i for i in range(n)])
+        leased = await client.receive("many", max=n, visibility=30)
+        await client.nack_many("many", leased)
+        assert (await client.queue_info("many.dead"))["messages"] == n
+        redrive = asyncio.ensure_future(client.redrive("many.dead"))
+        assert await other.ping() == "pong"  # served while it runs, or before
+        assert await redrive == n
+    server = restart(server_factory, server, data_dir, "kill")
+    async with connect(server.host, server.port) as client:
+        got = await client.receive("many", max=n, visibility=30)
+        assert sorted(m.id for m in got) == sorted(ids)
+        assert {m.deliveries for m in got} == {1}
 
 
 async def last_lease_runs_out_while_down(server_factory, data_dir, queue: str):

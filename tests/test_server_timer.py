@@ -12,7 +12,7 @@ import uvloop
 
 from wonderq_client import connect
 from wonderq_server.config import Config
-from wonderq_server.server import Server
+from wonderq_server.server import ADVANCE_STEP_DEADLINES, Server
 
 
 def test_leases_are_never_released_before_their_deadline(tmp_path):
@@ -26,9 +26,9 @@ async def _lease_deadlines_against_the_wall_clock(tmp_path):
     told = []  # (the `now` the broker was given, the wall clock at that moment)
     advance = server.service.advance
 
-    def watched_advance(now):
+    def watched_advance(now, *step):
         told.append((now, time.time()))
-        return advance(now)
+        return advance(now, *step)
 
     server.service.advance = watched_advance
     try:
@@ -44,6 +44,46 @@ async def _lease_deadlines_against_the_wall_clock(tmp_path):
         assert told, "no deadline was ever handled by the timer"
         early = [(now, wall) for now, wall in told if now > wall]
         assert not early, f"the broker was told a time that had not come yet: {early[:3]}"
+    finally:
+        await server.stop()
+
+
+def test_many_leases_that_end_together_are_handled_a_step_a_turn(tmp_path):
+    uvloop.run(_mass_dead_lettering_in_steps(tmp_path))
+
+
+async def _mass_dead_lettering_in_steps(tmp_path):
+    # 100,000 leases ending together into a dead-letter queue held the loop for 0.47 s in
+    # one advance, and wrote every body in one journal write (bench/probes/redrive_stall.py).
+    server = Server(Config(port=0, data_dir=tmp_path))
+    server.recover()
+    host, port = await server.start()
+    steps = []  # what each call of the broker's advance handled
+    advance = server.broker.advance
+
+    def watched_advance(now, *step):
+        steps.append(advance(now, *step))
+        return steps[-1]
+
+    server.broker.advance = watched_advance
+    batch = 100
+    n = (3 * ADVANCE_STEP_DEADLINES // batch + 1) * batch
+    try:
+        async with connect(host, port) as client:
+            await client.create_queue("mass", max_deliveries=1, dead_letter_queue="mass.dead")
+            for _ in range(n // batch):
+                await client.put_many("mass", [b"x"] * batch)
+            end = time.time() + 0.5  # every lease batch ends then (within a round trip)
+            for _ in range(n // batch):
+                assert len(await client.receive("mass", max=batch,
+                                                visibility=end - time.time())) == batch
+            got = []
+            while len(got) < n:
+                got += await client.receive("mass.dead", max=1000, wait=10, visibility=60)
+        assert len({m.id for m in got}) == len(got) == n
+        handled = [count for count in steps if count]
+        assert sum(handled) == n
+        assert max(handled) <= ADVANCE_STEP_DEADLINES + batch, handled  # a batch is whole
     finally:
         await server.stop()
 

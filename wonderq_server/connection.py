@@ -111,7 +111,7 @@ from .errors import (
 from .peer_state import enable_keepalive, peer_has_closed
 from .queues import Waiter
 from .refusal_log import RefusalLog
-from .service import BrokerService
+from .service import REDRIVE_PROGRESS, UNFINISHED, BrokerService
 from .text_codec import TextDecoder, TextEncoder
 
 logger = logging.getLogger("wonderq.connection")
@@ -147,6 +147,12 @@ REFUSED_WHILE_WRITES_FAIL = {
 }
 
 
+def _redrive_failed(moved: int) -> str:
+    return (f"journal writes failed during this redrive, after it had moved {moved} "
+            "messages: those moves may or may not take effect, and it moved no more; "
+            f"{_RETRY}")
+
+
 class Timer(Protocol):
     def cancel(self) -> None: ...
 
@@ -167,6 +173,7 @@ class Hub(Protocol):
     def defer(self, callback: Callable[[], None]) -> None: ...
     def call_later(self, delay_s: float, callback: Callable[[], None]) -> Timer: ...
     def want_flush(self, connection: Connection) -> None: ...
+    def finish_detached(self, command: Command) -> None: ...
     def input_done(self, connection: Connection) -> None: ...
     def connection_opened(self, connection: Connection) -> None: ...
     def connection_closed(self, connection: Connection) -> None: ...
@@ -444,6 +451,9 @@ class Connection(asyncio.Protocol):
             self._auth_timer = None
         self._leave_pace()
         self._withdraw_waits()
+        head = self._held[0] if self._held else None
+        if isinstance(head, Command) and REDRIVE_PROGRESS in head.args:
+            self.hub.finish_detached(head)  # it runs to its end (server.py)
         self._held.clear()
         self._held_input.clear()
         self._out.clear()
@@ -698,7 +708,8 @@ class Connection(asyncio.Protocol):
 
     def _run_one(self, item: Command | Rejected, now: float) -> bool:
         """_run_one runs one request; True when it did not run yet but waits its turn
-        (a paced command: admin_pace.py), to be held with what came after it."""
+        (a paced command: admin_pace.py), or has more steps to run in later turns (a
+        REDRIVE: service.py), to be held with what came after it."""
         if isinstance(item, Rejected):
             # Answered like any request: error replies count toward the hold
             # too (a two-byte unknown command gets a 200-byte answer).
@@ -712,8 +723,7 @@ class Connection(asyncio.Protocol):
             if self._parked is not None:  # a binary QUIT waits for it, and closes after
                 self._pace_holding = True
                 return True
-        self._execute_now(item, now)
-        return False
+        return self._execute_now(item, now)
 
     def _execute_paced(self, command: Command, now: float) -> bool:
         """_execute_paced runs a command whose cost grows with the number of queues when
@@ -755,27 +765,39 @@ class Connection(asyncio.Protocol):
         self._pace_holding = False
         self._release_held()
 
-    def _execute_now(self, command: Command, now: float) -> None:
+    def _execute_now(self, command: Command, now: float) -> bool:
+        """_execute_now runs one command; True when it has more steps to run (a REDRIVE:
+        service.py): it runs again in the next turn, with what came after it held
+        behind it (replies in order, in both modes: such a command is rare, and the
+        journal writes each step's records before the next)."""
         try:
             if command.name == "cancel":
                 self._cancel_waits(command)
-                return
+                return False
             if command.name == "quit":
                 # Its waiting receives are answered with nothing before the goodbye, as
                 # at the end of input (eof_received) and by CANCEL: a pipelining client
                 # heard nothing more of them (a reviewer).
                 self._answer_waits_empty()
             if self.hub.refusing_changes and command.name in REFUSED_WHILE_WRITES_FAIL:
+                progress = command.args.get(REDRIVE_PROGRESS)
+                if progress is not None:  # moved some, and their records failed
+                    raise CommandError(STORAGE_ERROR, _redrive_failed(progress[0]))
                 raise CommandError(STORAGE_UNAVAILABLE,
                                    REFUSED_WHILE_WRITES_FAIL[command.name])
             waiter = self.hub.service.execute(command, now, self._respond)
         except WonderQError as exc:
             self._reply_error(command.request_id, exc)
-            return
+            return False
         except Exception:
             self._internal_error(command)
-            return
+            return False
+        if waiter is UNFINISHED:
+            self.last_request_at = now  # a step is activity (--idle-timeout)
+            self._yield_turn()
+            return True
         if waiter is not None:
+            assert isinstance(waiter, Waiter)
             self._waiters[command] = waiter
             if type(command.request_id) is not int and costly_request_id(command.request_id):
                 self._costly_waits += 1
@@ -790,6 +812,7 @@ class Connection(asyncio.Protocol):
             self._durable.append((len(self._out) - 1, command))
         elif command.name == "quit":
             self._begin_close()
+        return False
 
     def _admit(self, command: Command, now: float) -> bool:
         """_admit is the gate before AUTH: QUIT goes ahead as usual; AUTH runs here and,
@@ -1071,9 +1094,19 @@ class Connection(asyncio.Protocol):
         """stop_reading: the server is stopping; read nothing more, for good (no drain or
         release of held requests resumes reading). Its waiting receives are answered
         with nothing, as at EOF, so a consumer hears the stop as an empty receive
-        rather than a lost connection."""
+        rather than a lost connection. A REDRIVE under way (service.py) stops at the
+        step it has reached, and says how far it got: the goodbye's "not run" would
+        be wrong for it, and the rest of it could take as long again as the stop."""
         self._pause("stopping")
         self._answer_waits_empty()
+        head = self._held[0] if self._held else None
+        if isinstance(head, Command) and REDRIVE_PROGRESS in head.args:
+            self._held.popleft()
+            self._reply_error(head.request_id, CommandError(
+                SHUTTING_DOWN, f"the server is stopping: this redrive moved "
+                f"{head.args[REDRIVE_PROGRESS][0]} messages and stops there; the rest stay "
+                f"in {head.args['queue']!r:.140}"))
+            self._durable.append((len(self._out) - 1, head))
 
     def say_goodbye(self) -> bool:
         """say_goodbye: the server has stopped (every reply is written, the journal is

@@ -98,6 +98,10 @@ class QueueAdmin:
                  "delayed": q.delayed_count}
                 for _, q in sorted(self.queues.items())]
 
+    def message_count(self: Broker, name: str) -> int:
+        """message_count: how many messages queue `name` holds, in every state."""
+        return len(self._admin_queue(name).messages)
+
     def _admin_queue(self: Broker, name: str) -> Queue:
         q = self.queues.get(name) if isinstance(name, str) else None
         if q is None:
@@ -210,16 +214,21 @@ class QueueAdmin:
         q.body_bytes = 0
         return removed
 
-    def redrive(self: Broker, name: str, max_messages: int | None, now: float) -> int:
+    def redrive(self: Broker, name: str, max_messages: int | None, now: float,
+                max_bytes: int | None = None) -> int:
         """redrive moves dead-lettered ready messages back to the queues they came from.
 
         Each goes back with its delivery count reset, as if newly put, in the
         order receive would take them (priority, then oldest); one
-        whose origin queue is full (or cannot be created) stays here.
+        whose origin queue is full (or cannot be created) stays here. With
+        `max_bytes` it stops once the messages moved count that many bytes
+        (`moved_bytes`; at least one is moved), so a caller that moves a big
+        queue a step at a time (service.py) can tell a step cut short by it.
         """
         q = self._admin_queue(name)
         limit = len(q.messages) if max_messages is None else max_messages
         moved = 0
+        bytes_from = self.moved_bytes
         # Id -> key of the messages popped but not moved, pushed back at the end. A ready
         # message may have a second entry (a late nack or touch: broker.py's rules): one
         # kept is counted, and pushed back, once, or the loop took it for two of the ready
@@ -228,7 +237,8 @@ class QueueAdmin:
         kept: dict[int, int] = {}
         # Only the heap is walked: the table's run holds plain messages only.
         while q.ready and q.ready_count - q.messages.run_count > len(kept) \
-                and moved < limit:
+                and moved < limit and (max_bytes is None
+                                       or self.moved_bytes - bytes_from < max_bytes):
             key = heapq.heappop(q.ready)
             message_id = key & ID_MASK
             if message_id in kept:

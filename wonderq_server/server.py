@@ -11,8 +11,9 @@ with time or I/O in it, and nothing else:
   monotonic clock that times it;
 * the clock (`now`), read once per batch of input and passed down;
 * one timer, armed at the broker's next deadline; when it fires, the broker
-  handles every deadline that has passed (`advance`), and what that changed
-  is written with a flush; while journal writes fail (and HOLD_GRACE_S
+  handles the deadlines that have passed (`advance`), a step of them
+  (ADVANCE_STEP_DEADLINES) per loop turn, and what that changed is written
+  with a flush; while journal writes fail (and HOLD_GRACE_S
   after) leases that run out are held rather than ended (HOLD_LEASE_ENDS_S);
 * the flush: connections buffer replies and ask for a flush; the server runs
   one flush per event-loop iteration (`call_soon`): it writes the journal's
@@ -49,6 +50,7 @@ import math
 import os
 import resource
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +60,7 @@ from .admin_pace import AdminPace
 from .auth import TokenCheck
 from .broker import Broker
 from .busy_poll import BusyPoll
+from .commands import Command
 from .commit_wait import CommitWait
 from .compaction import Compaction
 from .compiled import build_description
@@ -72,13 +75,13 @@ from .connection_limits import (
     fit_open_files,
     metrics_file_descriptors,
 )
-from .errors import TOO_MANY_CONNECTIONS, ProtocolError
+from .errors import TOO_MANY_CONNECTIONS, CommandError, ProtocolError
 from .group_commit import GroupCommit
 from .journal import CompactionFailed, Journal, JournalBroken, JournalError
 from .journal_format import FILE_HEADER
 from .peer_state import unsent_bytes
 from .refusal_log import RefusalLog
-from .service import BrokerService
+from .service import REDRIVE_PROGRESS, UNFINISHED, BrokerService
 from .tls_listener import ACCEPT_RETRY_S, TlsListener
 
 if TYPE_CHECKING:
@@ -113,6 +116,13 @@ HOLD_LEASE_ENDS_S = 1.0
 # every second (its STORAGE_RETRY_S), and receives work at once, so a held lease that ended
 # at once could go to another consumer before that ack came (a reviewer, 1 in 4 tries).
 HOLD_GRACE_S = 2.0
+# The timer handles at most this many deadlines (a lease batch counts its members), or
+# dead-letter moves of this many bytes, per loop turn; the rest are due at once, and handled
+# a turn later (_arm_timer), other clients' requests in between. In one go, 100,000 leases
+# that ended together into a dead-letter queue held the loop for 0.47 s, and their moves'
+# records (each with its whole message) went out in one write.
+ADVANCE_STEP_DEADLINES = 1024
+ADVANCE_STEP_MOVED_BYTES = 1 << 20
 # One tick of the loop's clock (libuv counts timers in whole milliseconds).
 TIMER_TICK_S = 0.001
 # At a stop, how long the server waits for its clients to close after their
@@ -125,6 +135,10 @@ TIMER_TICK_S = 0.001
 # GOODBYE_MOST_S in all (Kubernetes' default grace is 30 s).
 GOODBYE_WAIT_S = 1.0
 GOODBYE_MOST_S = 10.0
+
+
+def _no_reply(command: Command, result: Any) -> None:
+    """_no_reply: where a detached command's result goes (finish_detached): nobody."""
 
 
 class Server:
@@ -193,6 +207,9 @@ class Server:
         self._tls_listener: TlsListener | None = None  # instead, on a TLS port
         self._dirty: list[Connection] = []
         self._flush_scheduled = False
+        # REDRIVEs whose connection went before they ended (finish_detached): run on, a
+        # step a turn, first come first.
+        self._detached: deque[Command] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._rates_timer: asyncio.TimerHandle | None = None
@@ -373,6 +390,11 @@ class Server:
     async def stop(self) -> None:
         """stop: stop accepting, answer what is in flight, write and fsync the journal, close."""
         self._accepting = False  # from here on nothing newly connected is served
+        for command in self._detached:
+            logger.warning("a redrive of %r whose client had gone stops at the stop, after "
+                           "%d messages; the rest stay in it", command.args.get("queue"),
+                           command.args[REDRIVE_PROGRESS][0])
+        self._detached.clear()
         if self.busy_poll is not None:
             self.busy_poll.stop()
         if self._listener is not None:
@@ -671,6 +693,39 @@ class Server:
             return  # stopping: the timer is cancelled for good
         self._arm_timer()  # withdrawn waits may have moved the next deadline
 
+    def finish_detached(self, command: Command) -> None:
+        """finish_detached runs the rest of a stepped command (a REDRIVE: service.py) whose
+        connection has gone, a step a turn, as it would have run for the client: a
+        REDRIVE the server has read runs to its end, as one done at once did (a client
+        whose own timeout ran out, like the CLI's --timeout, still gets the whole move).
+        A stop ends them where they are (stop)."""
+        self._detached.append(command)
+        if len(self._detached) == 1 and self._loop is not None:
+            self._loop.call_soon(self._step_detached)
+
+    def _step_detached(self) -> None:
+        if not self._detached:
+            return  # a stop dropped them
+        command = self._detached[0]
+        unfinished = False
+        if self.refusing_changes:  # as a connection's step: stop, the rest not moved
+            logger.warning("a redrive of %r whose client had gone stopped after %d messages: "
+                           "journal writes are failing", command.args.get("queue"),
+                           command.args[REDRIVE_PROGRESS][0])
+        else:
+            try:
+                unfinished = self.service.execute(command, self.now(), _no_reply) \
+                    is UNFINISHED
+            except CommandError:
+                pass  # ended as it would have for its client (nobody to tell)
+            except Exception:
+                logger.exception("internal error running the rest of %r", command.name)
+        if not unfinished:
+            self._detached.popleft()
+        self._schedule_flush()  # the step's records
+        if self._detached and self._loop is not None:
+            self._loop.call_soon(self._step_detached)
+
     def input_done(self, connection: Connection) -> None:
         """input_done: a connection has run what one read brought. Without a journal its
         replies go out now, in one write, saving the flush's extra loop step (there is no
@@ -928,7 +983,7 @@ class Server:
         holding = self.refusing_changes or now < self._writes_worked_at + HOLD_GRACE_S
         self.broker.hold_lease_ends_until = now + HOLD_LEASE_ENDS_S if holding else None
         try:
-            self.service.advance(now)
+            self.service.advance(now, ADVANCE_STEP_DEADLINES, ADVANCE_STEP_MOVED_BYTES)
         except Exception:
             logger.exception("internal error while handling deadlines")
         journal = self.journal
