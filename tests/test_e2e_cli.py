@@ -1029,6 +1029,23 @@ def test_receive_with_a_server_that_does_not_answer_ends_within_timeout_and_wait
     assert b"wait their turn" not in done.stderr
 
 
+def test_redrive_past_its_timeout_says_a_begun_redrive_goes_on(server):
+    # A big REDRIVE runs in steps and, once begun, to its end even when its client gave up
+    # (PROTOCOL.md): told only "did not answer", a user would think nothing moved.
+    argv = wonderq_command()
+    assert server.proc is not None
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        done = subprocess.run([*argv, *at(server), "--timeout", "1", "redrive", "dlq"],
+                              capture_output=True, timeout=10, check=False)
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    assert done.returncode == 2
+    assert b"did not answer within 1 s; check that it is a WonderQ server's port" \
+        in done.stderr
+    assert b"a big redrive the server has begun goes on to its end without us" in done.stderr
+
+
 def test_top_once_with_a_server_that_does_not_answer_ends_within_timeout(server):
     # A reviewer's `top --once` against a port that accepts and never answers ran until
     # killed: top is unbounded, its --once was too.

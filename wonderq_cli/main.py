@@ -216,6 +216,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         why = f"; {check}" if args.command not in PACED_COMMANDS else (
             "; on a server busy with many queues and many stats callers, stats and queues "
             f"wait their turn (PROTOCOL.md): a longer --timeout may get one; else {check}")
+        if args.command == "redrive":
+            # It may be busy with the redrive itself: a big one is moved in steps, and
+            # runs on to its end once begun, whoever waits for it (PROTOCOL.md).
+            why += ("; a big redrive the server has begun goes on to its end without us: "
+                    "queue-info on the dead-letter queue shows how far it got")
         print(f"wonderq: the server at {args.host}:{args.port} did not answer within "
               f"{within}{why}", file=sys.stderr)
         return EXIT_UNREACHABLE
