@@ -1010,17 +1010,23 @@ async def test_ctrl_c_stops_a_put_reading_its_body_from_the_terminal(server):
     assert code == 130, output
 
 
-def test_receive_with_a_server_that_does_not_answer_ends_within_timeout_and_wait(server):
-    """main.py bounds a command by --timeout (plus receive's --wait); closing after that
-    must not wait for the server's answer to the cancel (close() would, 5 s more)."""
-    argv = wonderq_command()
+def run_while_stopped(server, *args: str, timeout_s: float) -> subprocess.CompletedProcess:
+    """run_while_stopped runs `wonderq` at `server` while the server is stopped (SIGSTOP):
+    it takes the connection (the kernel's backlog) and answers nothing."""
     assert server.proc is not None
     os.kill(server.proc.pid, signal.SIGSTOP)
     try:
-        done = subprocess.run([*argv, *at(server), "--timeout", "1", "receive", "q",
-                               "--wait", "1"], capture_output=True, timeout=4.5, check=False)
+        return subprocess.run([*wonderq_command(), *at(server), *args], capture_output=True,
+                              timeout=timeout_s, check=False)
     finally:
         os.kill(server.proc.pid, signal.SIGCONT)
+
+
+def test_receive_with_a_server_that_does_not_answer_ends_within_timeout_and_wait(server):
+    """main.py bounds a command by --timeout (plus receive's --wait); closing after that
+    must not wait for the server's answer to the cancel (close() would, 5 s more)."""
+    done = run_while_stopped(server, "--timeout", "1", "receive", "q", "--wait", "1",
+                             timeout_s=4.5)
     assert done.returncode == 2
     # It said 1 s, having waited 2 (a reviewer): the message counts the --wait.
     assert b"did not answer within 2 s (--timeout 1 + --wait 1)" in done.stderr
@@ -1032,14 +1038,7 @@ def test_receive_with_a_server_that_does_not_answer_ends_within_timeout_and_wait
 def test_redrive_past_its_timeout_says_a_begun_redrive_goes_on(server):
     # A big REDRIVE runs in steps and, once begun, to its end even when its client gave up
     # (PROTOCOL.md): told only "did not answer", a user would think nothing moved.
-    argv = wonderq_command()
-    assert server.proc is not None
-    os.kill(server.proc.pid, signal.SIGSTOP)
-    try:
-        done = subprocess.run([*argv, *at(server), "--timeout", "1", "redrive", "dlq"],
-                              capture_output=True, timeout=10, check=False)
-    finally:
-        os.kill(server.proc.pid, signal.SIGCONT)
+    done = run_while_stopped(server, "--timeout", "1", "redrive", "dlq", timeout_s=10)
     assert done.returncode == 2
     assert b"did not answer within 1 s; check that it is a WonderQ server's port" \
         in done.stderr
@@ -1049,14 +1048,7 @@ def test_redrive_past_its_timeout_says_a_begun_redrive_goes_on(server):
 def test_top_once_with_a_server_that_does_not_answer_ends_within_timeout(server):
     # A reviewer's `top --once` against a port that accepts and never answers ran until
     # killed: top is unbounded, its --once was too.
-    argv = wonderq_command()
-    assert server.proc is not None
-    os.kill(server.proc.pid, signal.SIGSTOP)
-    try:
-        done = subprocess.run([*argv, *at(server), "--timeout", "1", "top", "--once"],
-                              capture_output=True, timeout=10, check=False)
-    finally:
-        os.kill(server.proc.pid, signal.SIGCONT)
+    done = run_while_stopped(server, "--timeout", "1", "top", "--once", timeout_s=10)
     assert done.returncode == 2
     assert b"did not answer within 1 s" in done.stderr
     # Its STATS may only have been waiting its turn (paced): it says so, and what helps.
