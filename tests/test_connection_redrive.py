@@ -10,7 +10,8 @@ import pytest
 from connection_fakes import FakeHub, binary_client, req
 
 from wonderq_server.broker import MESSAGE_OVERHEAD_BYTES
-from wonderq_server.errors import SHUTTING_DOWN, STORAGE_ERROR
+from wonderq_server.connection_limits import ConnectionLimits
+from wonderq_server.errors import INTERRUPTED, STORAGE_ERROR
 from wonderq_server.service import REDRIVE_STEP_BYTES, REDRIVE_STEP_MESSAGES
 
 STEP = REDRIVE_STEP_MESSAGES
@@ -165,9 +166,44 @@ def test_a_stop_mid_way_answers_how_far_it_got(hub):
     connection.stop_reading()
     hub.run()
     [[request_id, error, _]] = transport.frames()
-    assert request_id == 1 and error[0] == SHUTTING_DOWN
+    assert request_id == 1 and error[0] == INTERRUPTED
     assert f"moved {STEP} messages" in error[1]
     assert in_dlq(hub) == 2 * STEP
+
+
+def test_text_a_stop_mid_way_is_told_apart_from_the_goodbye(hub):
+    # Answered SHUTTING_DOWN, a text client read that code twice, the first its REDRIVE's,
+    # and by PROTOCOL.md's Errors table "not run", though it had moved messages (a
+    # reviewer).
+    dead_letter(hub, 3 * STEP)
+    connection, transport = hub.connect()
+    connection.data_received(b"REDRIVE dlq\r\n")
+    connection.stop_reading()
+    hub.run()
+    transport.can_write_eof = lambda: False  # the goodbye, then the close
+    connection.say_goodbye()
+    assert transport.data.splitlines() == [
+        b"ERR INTERRUPTED the server is stopping: this redrive moved %d messages and stops "
+        b"there; the rest stay in 'dlq'" % STEP,
+        b"ERR SHUTTING_DOWN the server is stopping; a request it did not answer was not run"]
+
+
+def test_a_redrive_stalled_behind_unread_replies_runs_on_when_the_connection_closes():
+    # A client that does not read stalls its REDRIVE (the replies first); --idle-timeout
+    # then closes it. Dropped with what was held, the REDRIVE stopped half way, answered to
+    # nobody and unlogged (a reviewer); it runs on detached, as after a disconnect.
+    hub = FakeHub(connection_limits=ConnectionLimits(idle_timeout_s=5.0))
+    dead_letter(hub, 3 * STEP)
+    connection, transport = binary_client(hub)
+    transport.full_after_write = True  # every write fills the socket: writing pauses
+    connection.data_received(req(1, "ping") + req(2, "redrive", queue="dlq"))
+    hub.run()
+    stalled_at = in_dlq(hub)
+    assert 0 < stalled_at < 3 * STEP
+    hub.advance(6.0)  # IDLE_TIMEOUT: the close begins
+    assert transport.closed
+    hub.run()
+    assert in_dlq(hub) == 0
 
 
 def test_journal_writes_failing_mid_way_answer_storage_error_with_the_count(hub):

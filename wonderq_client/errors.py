@@ -146,6 +146,13 @@ class AuthFailed(WonderQError):
     code = "AUTH_FAILED"
 
 
+class Interrupted(WonderQError):
+    """The server stopped a command done in steps (a big redrive) part-way, as it stopped
+    itself; the message says how far it got. What it did stays done."""
+
+    code = "INTERRUPTED"
+
+
 class ConnectionClosed(WonderQError):
     """The connection ended before the reply came; the request may or may not have run.
 
@@ -168,7 +175,8 @@ ERRORS_BY_CODE: dict[str, type[WonderQError]] = {
     for cls in (UnknownCommand, BadArgument, InvalidQueueName, BodyTooLarge, BatchTooLarge,
                 NotFound, LeaseLost, Malformed, FrameTooLarge, UnsupportedVersion,
                 InternalError, StorageError, StorageUnavailable, Full, QueueNotFound, QueueExists,
-                HeadersTooLarge, TooManyQueues, AuthRequired, AuthFailed, ConnectionClosed)
+                HeadersTooLarge, TooManyQueues, AuthRequired, AuthFailed, Interrupted,
+                ConnectionClosed)
 }
 
 

@@ -978,7 +978,8 @@ class Broker(Replay):
         # Queues in the order they were freed (a dict, not a set: the order in which
         # waiters of several queues are served must not depend on object addresses).
         freed: dict[Queue, None] = {}
-        expired_waiters: list[Waiter] = []
+        expired_waiters: list[tuple[Waiter, float]] = []  # and when their waits ended
+        cut_short = False
         hold_until = self.hold_lease_ends_until
         if hold_until is not None and hold_until <= now:
             hold_until = None  # a hold already over (pushed back to it, it would pop for ever)
@@ -986,6 +987,7 @@ class Broker(Replay):
             if max_steps is not None and (steps >= max_steps or (
                     max_moved_bytes is not None
                     and self.moved_bytes - moved_from >= max_moved_bytes)):
+                cut_short = True
                 break  # the step is used up; the rest stays due
             item = self.deadlines.pop_due(now)
             if item is None:
@@ -1024,7 +1026,8 @@ class Broker(Replay):
                     at = held[0]  # a held lease end: its own time, not the hold's
             item.deadline_at = None  # popped: no longer in the heap, nothing to forget
             if isinstance(item, Waiter):
-                expired_waiters.append(item)
+                assert at is not None  # it popped: it was due
+                expired_waiters.append((item, at))
             elif isinstance(item, ExpiryTimer):
                 self._expire(item.message)
             elif isinstance(item, LeaseBatch):
@@ -1037,12 +1040,23 @@ class Broker(Replay):
         for q in freed:
             if q.waiters:
                 self._serve_waiters(q, now)
-        for waiter in expired_waiters:
-            if not waiter.done:
-                self._finish_waiter(waiter)
-                waiter.queue.waiter_gone()
-                waiter.deliver([])
-                self._forget_if_unused(waiter.queue)
+        # A step cut short before deadlines due no later than a wait's end: a message one
+        # of them frees must still reach that waiter, as in one advance (a reviewer's wait
+        # and lease ending at the same time, 1,023 deadlines before them, one per step).
+        # Such waits are due again at their own time, after those.
+        next_due = self.deadlines.next_at() if cut_short else None
+        for waiter, ended_at in expired_waiters:
+            if waiter.done:
+                continue
+            if next_due is not None and next_due <= ended_at:
+                handled -= 1
+                waiter.deadline_at = ended_at
+                self.deadlines.push(ended_at, waiter)
+                continue
+            self._finish_waiter(waiter)
+            waiter.queue.waiter_gone()
+            waiter.deliver([])
+            self._forget_if_unused(waiter.queue)
         return handled
 
     def _batch_deadline_passed(self, batch: LeaseBatch, at: float,

@@ -101,6 +101,7 @@ from .errors import (
     HTTP_REQUEST,
     IDLE_TIMEOUT,
     INTERNAL,
+    INTERRUPTED,
     SHUTTING_DOWN,
     STORAGE_ERROR,
     STORAGE_UNAVAILABLE,
@@ -451,9 +452,7 @@ class Connection(asyncio.Protocol):
             self._auth_timer = None
         self._leave_pace()
         self._withdraw_waits()
-        head = self._held[0] if self._held else None
-        if isinstance(head, Command) and REDRIVE_PROGRESS in head.args:
-            self.hub.finish_detached(head)  # it runs to its end (server.py)
+        self._detach_stepped()
         self._held.clear()
         self._held_input.clear()
         self._out.clear()
@@ -782,7 +781,7 @@ class Connection(asyncio.Protocol):
             if self.hub.refusing_changes and command.name in REFUSED_WHILE_WRITES_FAIL:
                 progress = command.args.get(REDRIVE_PROGRESS)
                 if progress is not None:  # moved some, and their records failed
-                    raise CommandError(STORAGE_ERROR, _redrive_failed(progress[0]))
+                    raise CommandError(STORAGE_ERROR, _redrive_failed(progress.moved))
                 raise CommandError(STORAGE_UNAVAILABLE,
                                    REFUSED_WHILE_WRITES_FAIL[command.name])
             waiter = self.hub.service.execute(command, now, self._respond)
@@ -794,6 +793,9 @@ class Connection(asyncio.Protocol):
             return False
         if waiter is UNFINISHED:
             self.last_request_at = now  # a step is activity (--idle-timeout)
+            # The flush first, then the next step: each step's records are written before
+            # the next step runs (deferred first, two steps went out in each write).
+            self.hub.want_flush(self)
             self._yield_turn()
             return True
         if waiter is not None:
@@ -956,10 +958,29 @@ class Connection(asyncio.Protocol):
                     "HTTP_REQUEST and closed", self.peer)
             self._begin_close(error.close_delay_s)
 
+    def _stepped_head(self) -> Command | None:
+        """_stepped_head: the REDRIVE under way at the head of what is held, if any (it
+        has done a step: service.py)."""
+        head = self._held[0] if self._held else None
+        if isinstance(head, Command) and REDRIVE_PROGRESS in head.args:
+            return head
+        return None
+
+    def _detach_stepped(self) -> None:
+        """_detach_stepped: this connection ends with a REDRIVE under way; the server runs
+        the rest of it (finish_detached), as it would have run for the client. (Dropped
+        with what is held, it was left half done, answered to nobody and unlogged: a
+        reviewer's idle-timeout close of a client that did not read.)"""
+        head = self._stepped_head()
+        if head is not None:
+            self._held.popleft()
+            self.hub.finish_detached(head)
+
     def _begin_close(self, delay_s: float = 0.0) -> None:
         """_begin_close: read nothing more, answer what is buffered, then close: with the
         next flush, or `delay_s` later (a wrong auth token: reading is paused meanwhile)."""
         self._close_after_flush = True
+        self._detach_stepped()
         self._withdraw_waits()
         # A paced command still waiting is dropped, not run out of its turn: a client
         # that QUITs or half-closes after one has it answered first (both wait for it),
@@ -1099,12 +1120,12 @@ class Connection(asyncio.Protocol):
         be wrong for it, and the rest of it could take as long again as the stop."""
         self._pause("stopping")
         self._answer_waits_empty()
-        head = self._held[0] if self._held else None
-        if isinstance(head, Command) and REDRIVE_PROGRESS in head.args:
+        head = self._stepped_head()
+        if head is not None:
             self._held.popleft()
             self._reply_error(head.request_id, CommandError(
-                SHUTTING_DOWN, f"the server is stopping: this redrive moved "
-                f"{head.args[REDRIVE_PROGRESS][0]} messages and stops there; the rest stay "
+                INTERRUPTED, f"the server is stopping: this redrive moved "
+                f"{head.args[REDRIVE_PROGRESS].moved} messages and stops there; the rest stay "
                 f"in {head.args['queue']!r:.140}"))
             self._durable.append((len(self._out) - 1, head))
 

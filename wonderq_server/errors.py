@@ -42,6 +42,9 @@ QUEUE_EXISTS = "QUEUE_EXISTS"
 HEADERS_TOO_LARGE = "HEADERS_TOO_LARGE"
 TOO_MANY_QUEUES = "TOO_MANY_QUEUES"
 AUTH_REQUIRED = "AUTH_REQUIRED"  # a command before AUTH, on a server with a token
+# A command done in steps (REDRIVE) ended part-way by a stop; the message says how far it
+# got. Not SHUTTING_DOWN, whose meaning is "not run" (and whose text line is the goodbye's).
+INTERRUPTED = "INTERRUPTED"
 
 # Protocol errors: reply, then close the connection.
 FRAME_TOO_LARGE = "FRAME_TOO_LARGE"

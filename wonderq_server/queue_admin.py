@@ -19,7 +19,8 @@ Rules:
   many messages go.
 * redrive moves only ready messages that were dead-lettered (they know their
   origin), in the order receive would take them (priority, then oldest);
-  one whose origin queue is full stays.
+  one whose origin queue is full stays. It can be done a step at a time
+  (RedriveRun), each step bounded in moves, bytes and messages looked at.
 * peek shows what receive would hand out next, without leasing, and never
   shows a lease token (a peeker must not be able to ack).
 * A plain message (message.py) is read where it lies, never materialized:
@@ -44,6 +45,28 @@ from .rates import RateWindow
 
 # A peek returns no more messages once their bodies and headers pass this (see peek).
 PEEK_REPLY_BYTES = 1024 * 1024
+
+class RedriveRun:
+    """One redrive under way (Broker.redrive_start).
+
+    What it may move is fixed when it begins: the messages whose keys its own
+    copy of the queue's ready heap holds (`keys`, popped in the order receive
+    takes them), and at most `left` of them (`max`, or the messages the queue
+    held). So messages that come to the queue while it runs, a consumer
+    failing the redriven ones again among them, are left for the next. The
+    queue's own heap is never popped: messages that stay (origin full, plain)
+    remain there for its consumers, and a moved one leaves a stale entry, as a
+    received one does. The copy is one pointer a message.
+    """
+
+    __slots__ = ("keys", "left", "moved", "queue")
+
+    def __init__(self, queue: Queue, left: int) -> None:
+        self.queue = queue
+        self.keys = list(queue.ready)  # a heap already
+        self.left = left
+        self.moved = 0
+
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -97,10 +120,6 @@ class QueueAdmin:
                  "ready": q.ready_count, "in_flight": q.leased_count,
                  "delayed": q.delayed_count}
                 for _, q in sorted(self.queues.items())]
-
-    def message_count(self: Broker, name: str) -> int:
-        """message_count: how many messages queue `name` holds, in every state."""
-        return len(self._admin_queue(name).messages)
 
     def _admin_queue(self: Broker, name: str) -> Queue:
         q = self.queues.get(name) if isinstance(name, str) else None
@@ -214,57 +233,65 @@ class QueueAdmin:
         q.body_bytes = 0
         return removed
 
-    def redrive(self: Broker, name: str, max_messages: int | None, now: float,
-                max_bytes: int | None = None) -> int:
+    def redrive(self: Broker, name: str, max_messages: int | None, now: float) -> int:
         """redrive moves dead-lettered ready messages back to the queues they came from.
 
         Each goes back with its delivery count reset, as if newly put, in the
         order receive would take them (priority, then oldest); one
-        whose origin queue is full (or cannot be created) stays here. With
-        `max_bytes` it stops once the messages moved count that many bytes
-        (`moved_bytes`; at least one is moved), so a caller that moves a big
-        queue a step at a time (service.py) can tell a step cut short by it.
+        whose origin queue is full (or cannot be created) stays here. All at
+        once: the server moves a big queue a step at a time (redrive_start,
+        redrive_step; service.py).
         """
+        run = self.redrive_start(name, max_messages)
+        self.redrive_step(run, now)
+        return run.moved
+
+    def redrive_start(self: Broker, name: str, max_messages: int | None) -> RedriveRun:
+        """redrive_start begins a redrive of queue `name` (QUEUE_NOT_FOUND if there is
+        none): what it may move is fixed now (RedriveRun)."""
         q = self._admin_queue(name)
-        limit = len(q.messages) if max_messages is None else max_messages
-        moved = 0
+        return RedriveRun(q, len(q.messages) if max_messages is None else max_messages)
+
+    def redrive_step(self: Broker, run: RedriveRun, now: float,
+                     max_moves: int | None = None, max_bytes: int | None = None,
+                     max_looks: int | None = None) -> bool:
+        """redrive_step moves the next messages of `run`; True once it is done (nothing
+        left that it may move, or its queue deleted since), False when it stopped at a
+        bound: `max_moves` messages moved, messages counting `max_bytes` moved
+        (`moved_bytes`; at least one), or `max_looks` keys looked at. Messages that
+        cannot go back are looked at once and left where they are, in the queue and
+        its heap, so a step's work is bounded however many of them come first."""
+        q = run.queue
+        if self.queues.get(q.name) is not q:
+            return True  # deleted (and perhaps made again) since it began
+        keys, messages = run.keys, q.messages
+        moved = looks = 0
         bytes_from = self.moved_bytes
-        # Id -> key of the messages popped but not moved, pushed back at the end. A ready
-        # message may have a second entry (a late nack or touch: broker.py's rules): one
-        # kept is counted, and pushed back, once, or the loop took it for two of the ready
-        # messages and stopped before one that could go back (a reviewer's redrive moved
-        # 0 of 2, however often it was run).
-        kept: dict[int, int] = {}
-        # Only the heap is walked: the table's run holds plain messages only.
-        while q.ready and q.ready_count - q.messages.run_count > len(kept) \
-                and moved < limit and (max_bytes is None
-                                       or self.moved_bytes - bytes_from < max_bytes):
-            key = heapq.heappop(q.ready)
-            message_id = key & ID_MASK
-            if message_id in kept:
-                continue  # the second entry of a message kept already
-            msg = q.messages.get(message_id)
-            if msg is None:
-                continue  # a stale entry
-            if type(msg) is bytes:  # plain: never dead-lettered, nowhere to go back to
-                kept[message_id] = key
+        while keys and run.left > 0:
+            if (max_moves is not None and moved >= max_moves) \
+                    or (max_looks is not None and looks >= max_looks) \
+                    or (max_bytes is not None and self.moved_bytes - bytes_from >= max_bytes):
+                return False
+            key = heapq.heappop(keys)
+            looks += 1
+            msg = messages.get(key & ID_MASK)
+            if msg is None or type(msg) is bytes or msg.state != READY:
+                # Gone (moved by a key seen before, received, deleted), plain (never
+                # dead-lettered: nowhere to go back to) or not ready: a stale entry.
                 continue
-            if msg.state != READY:
-                continue  # a stale entry
-            target = None
-            if msg.origin is not None and msg.origin[0] != q.name:
-                try:
-                    target = self.queue(msg.origin[0])
-                except CommandError:  # TOO_MANY_QUEUES
-                    target = None
-            if target is None or target.is_full():
-                kept[message_id] = key
+            if msg.origin is None or msg.origin[0] == q.name:
+                continue
+            try:
+                target = self.queue(msg.origin[0])
+            except CommandError:  # TOO_MANY_QUEUES
+                continue
+            if target.is_full():
                 continue
             self._move(msg, target, 0, None, self._expiry_for(target, now), now)
             moved += 1
-        for key in kept.values():
-            heapq.heappush(q.ready, key)
-        return moved
+            run.moved += 1
+            run.left -= 1
+        return True
 
     # --------------------------------------------------------------- stats
 

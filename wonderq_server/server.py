@@ -390,10 +390,10 @@ class Server:
     async def stop(self) -> None:
         """stop: stop accepting, answer what is in flight, write and fsync the journal, close."""
         self._accepting = False  # from here on nothing newly connected is served
-        for command in self._detached:
-            logger.warning("a redrive of %r whose client had gone stops at the stop, after "
+        for command in self._detached:  # (and finish_detached takes no more)
+            logger.warning("a redrive of %r whose client has gone stops at the stop, after "
                            "%d messages; the rest stay in it", command.args.get("queue"),
-                           command.args[REDRIVE_PROGRESS][0])
+                           command.args[REDRIVE_PROGRESS].moved)
         self._detached.clear()
         if self.busy_poll is not None:
             self.busy_poll.stop()
@@ -699,19 +699,24 @@ class Server:
         REDRIVE the server has read runs to its end, as one done at once did (a client
         whose own timeout ran out, like the CLI's --timeout, still gets the whole move).
         A stop ends them where they are (stop)."""
+        if not self._accepting:  # stopping: it ends here, as one still detached does
+            logger.warning("a redrive of %r whose client has gone stops at the stop, after %d "
+                           "messages; the rest stay in it", command.args.get("queue"),
+                           command.args[REDRIVE_PROGRESS].moved)
+            return
         self._detached.append(command)
         if len(self._detached) == 1 and self._loop is not None:
             self._loop.call_soon(self._step_detached)
 
     def _step_detached(self) -> None:
-        if not self._detached:
+        if not self._detached or not self._accepting:
             return  # a stop dropped them
         command = self._detached[0]
         unfinished = False
         if self.refusing_changes:  # as a connection's step: stop, the rest not moved
             logger.warning("a redrive of %r whose client had gone stopped after %d messages: "
                            "journal writes are failing", command.args.get("queue"),
-                           command.args[REDRIVE_PROGRESS][0])
+                           command.args[REDRIVE_PROGRESS].moved)
         else:
             try:
                 unfinished = self.service.execute(command, self.now(), _no_reply) \
