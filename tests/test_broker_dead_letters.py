@@ -8,6 +8,8 @@ only by calling `advance` with a later number.
 
 from __future__ import annotations
 
+import heapq
+
 import pytest
 from broker_helpers import (  # the `b` fixture comes from broker_helpers too, via conftest.py
     T0,
@@ -20,11 +22,18 @@ from broker_helpers import (  # the `b` fixture comes from broker_helpers too, v
 )
 
 from wonderq_server.broker import MESSAGE_OVERHEAD_BYTES, Broker
-from wonderq_server.errors import LEASE_LOST, NOT_FOUND, QUEUE_NOT_FOUND, CommandError
+from wonderq_server.errors import (
+    LEASE_LOST,
+    NOT_FOUND,
+    QUEUE_NOT_FOUND,
+    REDRIVE_RUNNING,
+    CommandError,
+)
 from wonderq_server.message import (
     DELAYED,
     HEADER_ENTRY_BYTES,
     HEADERS_DICT_BYTES,
+    ID_MASK,
     LEASED,
     READY,
     Message,
@@ -606,10 +615,40 @@ def test_advance_in_steps_ends_where_one_advance_does() -> None:
     check_invariants(stepped)
 
 
-def test_advance_counts_a_lease_batch_by_its_members_and_never_splits_it(b: Broker) -> None:
-    lease_out(b, 40, one_by_one=False)  # one lease batch of 40
-    assert b.advance(T0 + 10.0, max_steps=10) == 40  # whole: its one entry is popped
-    assert len(b.queues["dlq"].messages) == 40
+def test_advance_ends_a_lease_batch_a_step_of_members_at_a_time(b: Broker) -> None:
+    # Whole, one receive of 1,000 messages of 256 KiB dead-lettered 256 MiB in one step
+    # and one journal write (a reviewer).
+    ids = lease_out(b, 40, one_by_one=False)  # one lease batch of 40, ending at T0 + 10
+    assert b.advance(T0 + 30.0, max_steps=15) == 15
+    assert b.next_deadline() == T0 + 10.0  # the rest: due again, at the batch's time
+    assert b.advance(T0 + 30.0, max_steps=15) == 15
+    assert b.advance(T0 + 30.0, max_steps=15) == 10
+    assert b.next_deadline() is None
+    dead = b.queues["dlq"].messages
+    assert list(dead) == ids  # in lease order
+    assert {dead[i].origin for i in ids} == {("q", T0 + 10.0)}  # judged at its own time
+    check_invariants(b)
+
+
+def test_advance_ends_a_lease_batch_a_step_of_bytes_at_a_time(b: Broker) -> None:
+    lease_out(b, 10, body=b"x" * 1000, one_by_one=False)
+    cost = 1000 + MESSAGE_OVERHEAD_BYTES
+    assert b.advance(T0 + 10.0, max_steps=1000, max_moved_bytes=3 * cost) == 3
+    assert b.advance(T0 + 10.0, max_steps=1000, max_moved_bytes=2 * cost + 1) == 3
+    assert b.advance(T0 + 10.0, max_steps=1000, max_moved_bytes=10 * cost) == 4
+    assert len(b.queues["dlq"].messages) == 10
+    check_invariants(b)
+
+
+def test_a_lease_batch_cut_by_a_step_can_still_be_acked_between_steps(b: Broker) -> None:
+    lease_out(b, 4, one_by_one=False)
+    leased = [m for m in b.queues["q"].messages.values() if type(m) is not bytes]
+    assert b.advance(T0 + 10.0, max_steps=1) == 1
+    for msg in leased[1:]:  # late acks of the rest (their last delivery): found and done
+        b.ack("q", msg.id, msg.lease, T0 + 10.5)
+    assert b.advance(T0 + 11.0, max_steps=10) == 0
+    assert b.next_deadline() is None
+    assert len(b.queues["dlq"].messages) == 1
     check_invariants(b)
 
 
@@ -694,4 +733,53 @@ def test_a_wait_that_ends_with_a_lease_gets_its_message_across_a_step_boundary(
     while b.next_deadline() is not None and b.next_deadline() <= T0 + 5.0:
         b.advance(T0 + 5.0, max_steps=10)
     assert inbox.ids == [[msg.id]]
+    check_invariants(b)
+
+
+def test_a_redrive_leaves_no_stale_entries_at_the_top_of_the_queues_heap(b: Broker) -> None:
+    # Left there, PEEK walked past all of them: 100 ms a call after a redrive of 50,000
+    # (a reviewer).
+    lease_out(b, 300)
+    b.advance(T0 + 10.0)
+    assert b.redrive("dlq", 150, T0 + 11.0) == 150
+    dlq = b.queues["dlq"]
+    assert len(dlq.ready) == 150
+    assert dlq.messages[dlq.ready[0] & ID_MASK].state == READY
+    check_invariants(b)
+
+
+def test_a_key_twice_in_the_copy_moves_its_message_once(b: Broker) -> None:
+    # A message whose key the copy holds twice, moved at the first and failed back before
+    # the second, went again and used up the place of one that was there (a reviewer).
+    first, second = lease_out(b, 2)
+    b.advance(T0 + 10.0)
+    dlq = b.queues["dlq"]
+    heapq.heappush(dlq.ready, dlq.messages[first].ready_key)  # a second entry (a late nack)
+    run = b.redrive_start("dlq", None)
+    assert not b.redrive_step(run, T0 + 11.0, max_looks=1)  # moves `first`
+    [again] = b.receive("q", 1, 10.0, T0 + 11.0)  # and it fails back at once
+    assert again.id == first
+    b.nack("q", first, again.lease, 0.0, T0 + 11.0)
+    assert b.redrive_step(run, T0 + 11.0)
+    assert run.moved == 2
+    assert list(b.queues["q"].messages) == [second]
+    assert list(dlq.messages) == [first]  # came back after the start: for the next one
+    check_invariants(b)
+
+
+def test_one_redrive_of_a_queue_at_a_time(b: Broker) -> None:
+    lease_out(b, 10)
+    b.advance(T0 + 10.0)
+    run = b.redrive_start("dlq", None)
+    assert not b.redrive_step(run, T0 + 11.0, max_moves=2)
+    assert error_code(b.redrive_start, "dlq", None) == REDRIVE_RUNNING
+    assert b.redrive_step(run, T0 + 11.0)
+    assert b.redrive("dlq", None, T0 + 11.0) == 0  # ended: another may begin
+    lease_out_again = b.put("q", b"y", T0 + 12.0)
+    [msg] = b.receive("q", 1, 10.0, T0 + 12.0)
+    b.nack("q", msg.id, msg.lease, 0.0, T0 + 12.0)
+    dropped = b.redrive_start("dlq", None)
+    del dropped  # a run dropped mid-way (its client gone, a stop) holds nothing
+    assert b.redrive("dlq", None, T0 + 13.0) >= 1
+    assert lease_out_again in b.queues["q"].messages
     check_invariants(b)

@@ -10,8 +10,7 @@ import pytest
 from connection_fakes import FakeHub, binary_client, req
 
 from wonderq_server.broker import MESSAGE_OVERHEAD_BYTES
-from wonderq_server.connection_limits import ConnectionLimits
-from wonderq_server.errors import INTERRUPTED, STORAGE_ERROR
+from wonderq_server.errors import INTERRUPTED, REDRIVE_RUNNING, STORAGE_ERROR
 from wonderq_server.service import REDRIVE_STEP_BYTES, REDRIVE_STEP_MESSAGES
 
 STEP = REDRIVE_STEP_MESSAGES
@@ -188,22 +187,35 @@ def test_text_a_stop_mid_way_is_told_apart_from_the_goodbye(hub):
         b"ERR SHUTTING_DOWN the server is stopping; a request it did not answer was not run"]
 
 
-def test_a_redrive_stalled_behind_unread_replies_runs_on_when_the_connection_closes():
-    # A client that does not read stalls its REDRIVE (the replies first); --idle-timeout
-    # then closes it. Dropped with what was held, the REDRIVE stopped half way, answered to
-    # nobody and unlogged (a reviewer); it runs on detached, as after a disconnect.
-    hub = FakeHub(connection_limits=ConnectionLimits(idle_timeout_s=5.0))
+def test_a_redrive_runs_to_its_end_while_its_client_does_not_read():
+    # Its steps write nothing: they go on while the socket is full; what follows it waits
+    # for the replies to be read (a reviewer's stopped half way for as long as its client
+    # did not read).
+    hub = FakeHub()
     dead_letter(hub, 3 * STEP)
     connection, transport = binary_client(hub)
     transport.full_after_write = True  # every write fills the socket: writing pauses
-    connection.data_received(req(1, "ping") + req(2, "redrive", queue="dlq"))
-    hub.run()
-    stalled_at = in_dlq(hub)
-    assert 0 < stalled_at < 3 * STEP
-    hub.advance(6.0)  # IDLE_TIMEOUT: the close begins
-    assert transport.closed
+    connection.data_received(req(1, "ping") + req(2, "redrive", queue="dlq") + req(3, "ping"))
     hub.run()
     assert in_dlq(hub) == 0
+    assert [frame[0] for frame in transport.frames()] == [1, 2]
+    transport.full_after_write = False
+    transport.drain()
+    hub.run()
+    assert transport.frames() == [[1, None, "pong"], [2, None, 3 * STEP], [3, None, "pong"]]
+
+
+def test_a_redrive_whose_connection_begins_to_close_runs_on(hub):
+    # Dropped with what was held once the close began (--idle-timeout, a cut-off), it
+    # stopped half way, answered to nobody and unlogged (a reviewer).
+    dead_letter(hub, 3 * STEP)
+    connection, transport = binary_client(hub)
+    connection.data_received(req(1, "redrive", queue="dlq"))
+    connection.close()
+    hub.run()
+    assert in_dlq(hub) == 0
+    assert transport.closed
+
 
 
 def test_journal_writes_failing_mid_way_answer_storage_error_with_the_count(hub):
@@ -216,3 +228,23 @@ def test_journal_writes_failing_mid_way_answer_storage_error_with_the_count(hub)
     assert request_id == 1 and error[0] == STORAGE_ERROR
     assert f"after it had moved {STEP} messages" in error[1]
     assert in_dlq(hub) == 2 * STEP
+
+
+def test_a_second_redrive_of_the_queue_meanwhile_is_refused(hub):
+    # One at a time, as SQS has one move task a queue: each held a copy of the queue's
+    # heap, and a loop of REDRIVE and reset grew the server by 8 MB a time on a queue of
+    # 1,000,000 (a reviewer).
+    dead_letter(hub, 3 * STEP)
+    first, first_replies = binary_client(hub)
+    second, second_replies = binary_client(hub)
+    first.data_received(req(1, "redrive", queue="dlq"))
+    second.data_received(req(2, "redrive", queue="dlq"))
+    hub.turn()
+    [[request_id, error, _]] = second_replies.frames()
+    assert request_id == 2 and error[0] == REDRIVE_RUNNING
+    assert error[1] == f"a redrive of 'dlq' is under way ({STEP} moved so far); retry once it " \
+        "has ended"
+    hub.run()
+    assert first_replies.frames() == [[1, None, 3 * STEP]]
+    hub.send(second, req(3, "redrive", queue="dlq"))  # ended: this one may run
+    assert second_replies.frames()[-1] == [3, None, 0]

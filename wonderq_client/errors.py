@@ -153,6 +153,12 @@ class Interrupted(WonderQError):
     code = "INTERRUPTED"
 
 
+class RedriveRunning(WonderQError):
+    """A redrive of that queue is under way (one at a time); nothing was moved by this one."""
+
+    code = "REDRIVE_RUNNING"
+
+
 class ConnectionClosed(WonderQError):
     """The connection ended before the reply came; the request may or may not have run.
 
@@ -176,7 +182,7 @@ ERRORS_BY_CODE: dict[str, type[WonderQError]] = {
                 NotFound, LeaseLost, Malformed, FrameTooLarge, UnsupportedVersion,
                 InternalError, StorageError, StorageUnavailable, Full, QueueNotFound, QueueExists,
                 HeadersTooLarge, TooManyQueues, AuthRequired, AuthFailed, Interrupted,
-                ConnectionClosed)
+                RedriveRunning, ConnectionClosed)
 }
 
 

@@ -85,6 +85,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
+from weakref import WeakValueDictionary
 
 from .deadlines import DeadlineHeap
 from .errors import (
@@ -171,6 +172,9 @@ class Broker(Replay):
         # callers that bound a step's records (advance's max_moved_bytes, the service's
         # redrive steps) read how much a step moved from it.
         self.moved_bytes = 0
+        # The redrive under way of each queue that has one (queue_admin.RedriveRun), held
+        # weakly: one dropped mid-way (its client's connection, a stop) just goes.
+        self.redrive_runs: Any = WeakValueDictionary()
         # Names of the queues a waiting receive made that nothing else has used since:
         # the table less these is the queues in use (`queue`), counted in O(1).
         self._waited_only: set[str] = set()
@@ -992,7 +996,8 @@ class Broker(Replay):
             item = self.deadlines.pop_due(now)
             if item is None:
                 break
-            steps += len(item.members) if type(item) is LeaseBatch else 1
+            if type(item) is not LeaseBatch:
+                steps += 1  # (a batch counts the members it ends, below, or holds)
             if type(item) is Message and item.lease_batch is not None:
                 # An own entry of a lease batch's pending member, from an earlier
                 # lease or delay, due at the very time its batch is: it looks live,
@@ -1011,6 +1016,7 @@ class Broker(Replay):
                 self._held_lease_ends[item] = (own_end, hold_until)
                 item.deadline_at = hold_until
                 if type(item) is LeaseBatch:
+                    steps += len(item.members)
                     for member in item.members.values():  # what message_info shows
                         member.deadline_at = hold_until
                 self.deadlines.push(hold_until, item)
@@ -1024,15 +1030,22 @@ class Broker(Replay):
                 held = self._held_lease_ends.pop(item, None)  # type: ignore[arg-type]
                 if held is not None and held[1] == at:
                     at = held[0]  # a held lease end: its own time, not the hold's
+            assert at is not None  # it popped: it was due
             item.deadline_at = None  # popped: no longer in the heap, nothing to forget
             if isinstance(item, Waiter):
-                assert at is not None  # it popped: it was due
                 expired_waiters.append((item, at))
             elif isinstance(item, ExpiryTimer):
                 self._expire(item.message)
             elif isinstance(item, LeaseBatch):
-                handled += len(item.members) - 1
-                self._batch_deadline_passed(item, at, freed)
+                if max_steps is None:
+                    ended = self._batch_deadline_passed(item, at, freed)
+                else:
+                    ended = self._batch_deadline_passed(
+                        item, at, freed, max(1, max_steps - steps), None
+                        if max_moved_bytes is None
+                        else max_moved_bytes - (self.moved_bytes - moved_from))
+                steps += ended
+                handled += ended - 1
             else:
                 self._deadline_passed(item, at, freed)
         if self._held_lease_ends and hold_until is None:
@@ -1059,23 +1072,40 @@ class Broker(Replay):
             self._forget_if_unused(waiter.queue)
         return handled
 
-    def _batch_deadline_passed(self, batch: LeaseBatch, at: float,
-                               freed: dict[Queue, None]) -> None:
+    def _batch_deadline_passed(self, batch: LeaseBatch, at: float, freed: dict[Queue, None],
+                               max_members: int | None = None,
+                               max_moved_bytes: int | None = None) -> int:
         """_batch_deadline_passed ends the leases of a batch's pending members, in lease
-        order, as their own entries would have popped.
+        order, as their own entries would have popped; returns how many it ended.
 
-        The batch's one entry is already popped, so a member skipped here would stay
+        With `max_members` (and `max_moved_bytes`: advance's step) it stops once it
+        has ended that many (at least one), or dead-lettered messages counting that
+        many bytes, and the batch is due again at `at` with the members left, to be
+        judged at the same time: never split, one receive of 1,000 messages of 256 KiB
+        dead-lettered 256 MiB in one step and one journal write (a reviewer). The
+        batch's one entry is already popped, so a member skipped here would stay
         leased for ever: if one member's ending raises (a bug), every other member is
-        still ended, then the first error is raised, as one entry each would have.
+        still ended (or the batch due again), then the first error is raised, as one
+        entry each would have.
         """
         failed: Exception | None = None
+        ended = 0
+        bytes_from = self.moved_bytes
         for msg in list(batch.members.values()):  # a copy: each member leaves as it ends
+            if ended and ((max_members is not None and ended >= max_members) or (
+                    max_moved_bytes is not None
+                    and self.moved_bytes - bytes_from >= max_moved_bytes)):
+                batch.deadline_at = at  # the rest: due again at once, judged at `at`
+                self.deadlines.push(at, batch)
+                break
+            ended += 1
             try:
                 self._deadline_passed(msg, at, freed)
             except Exception as exc:
                 failed = failed or exc
         if failed is not None:
             raise failed
+        return ended
 
     def _deadline_passed(self, msg: Message, at: float, freed: dict[Queue, None]) -> None:
         """_deadline_passed ends a lease or a delay whose time, `at`, has come.

@@ -670,7 +670,15 @@ class Connection(asyncio.Protocol):
         if "writing" in self._paused_by:
             # The replies so far fill the socket's buffer (a client that does not read):
             # the rest waits for them to be written (resume_writing), as it would have
-            # had it run in one turn (REPLY_HOLD_BYTES).
+            # had it run in one turn (REPLY_HOLD_BYTES). A REDRIVE under way writes
+            # nothing until it ends, and runs to its end once begun (PROTOCOL.md): its
+            # steps go on; only what follows it waits (a reviewer's stopped half way
+            # for as long as its client did not read).
+            head = self._stepped_head()
+            if head is not None:
+                self._held.popleft()
+                if self._execute_now(head, self._turn_started):
+                    self._held.appendleft(head)
             self._output_blocked = True
             return
         self._release_held()

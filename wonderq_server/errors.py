@@ -45,6 +45,8 @@ AUTH_REQUIRED = "AUTH_REQUIRED"  # a command before AUTH, on a server with a tok
 # A command done in steps (REDRIVE) ended part-way by a stop; the message says how far it
 # got. Not SHUTTING_DOWN, whose meaning is "not run" (and whose text line is the goodbye's).
 INTERRUPTED = "INTERRUPTED"
+# A REDRIVE of a queue whose redrive is under way (one at a time, as SQS has one move task).
+REDRIVE_RUNNING = "REDRIVE_RUNNING"
 
 # Protocol errors: reply, then close the connection.
 FRAME_TOO_LARGE = "FRAME_TOO_LARGE"

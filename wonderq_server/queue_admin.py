@@ -35,7 +35,7 @@ from __future__ import annotations
 import heapq
 from typing import TYPE_CHECKING, Any
 
-from .errors import NOT_FOUND, QUEUE_EXISTS, QUEUE_NOT_FOUND, CommandError
+from .errors import NOT_FOUND, QUEUE_EXISTS, QUEUE_NOT_FOUND, REDRIVE_RUNNING, CommandError
 from .ids import id_time
 from .message import DELETED, ID_MASK, READY, STATE_NAMES, Message, view
 from .message_table import MessageTable
@@ -46,6 +46,11 @@ from .rates import RateWindow
 # A peek returns no more messages once their bodies and headers pass this (see peek).
 PEEK_REPLY_BYTES = 1024 * 1024
 
+def _stale(msg: Message | bytes | None) -> bool:
+    """_stale: a ready-heap entry's message (looked up by id) is not ready there."""
+    return msg is None or (type(msg) is not bytes and msg.state != READY)
+
+
 class RedriveRun:
     """One redrive under way (Broker.redrive_start).
 
@@ -53,17 +58,23 @@ class RedriveRun:
     copy of the queue's ready heap holds (`keys`, popped in the order receive
     takes them), and at most `left` of them (`max`, or the messages the queue
     held). So messages that come to the queue while it runs, a consumer
-    failing the redriven ones again among them, are left for the next. The
-    queue's own heap is never popped: messages that stay (origin full, plain)
-    remain there for its consumers, and a moved one leaves a stale entry, as a
-    received one does. The copy is one pointer a message.
+    failing the redriven ones again among them, are left for the next; a key
+    the copy holds twice (a message moved and back, whose old entry is stale)
+    is looked at once, or such a message went twice and used up the place of
+    another (a reviewer). The queue's own heap is popped only of the stale
+    entries the moves leave at its top (or PEEK walked past them all, 100 ms
+    a call after a redrive of 50,000: a reviewer): messages that stay (origin
+    full, plain) remain there for its consumers. The copy is one pointer a
+    message, and a queue has one redrive at a time (Broker.redrive_runs), so
+    the copies held are at most the heaps themselves again.
     """
 
-    __slots__ = ("keys", "left", "moved", "queue")
+    __slots__ = ("__weakref__", "keys", "last_key", "left", "moved", "queue")
 
     def __init__(self, queue: Queue, left: int) -> None:
         self.queue = queue
         self.keys = list(queue.ready)  # a heap already
+        self.last_key = -1  # popped last: a key twice in the copy pops twice in a row
         self.left = left
         self.moved = 0
 
@@ -250,7 +261,13 @@ class QueueAdmin:
         """redrive_start begins a redrive of queue `name` (QUEUE_NOT_FOUND if there is
         none): what it may move is fixed now (RedriveRun)."""
         q = self._admin_queue(name)
-        return RedriveRun(q, len(q.messages) if max_messages is None else max_messages)
+        running = self.redrive_runs.get(name)
+        if running is not None and running.queue is q:
+            raise CommandError(REDRIVE_RUNNING, f"a redrive of {name!r:.140} is under way "
+                               f"({running.moved} moved so far); retry once it has ended")
+        run = RedriveRun(q, len(q.messages) if max_messages is None else max_messages)
+        self.redrive_runs[name] = run
+        return run
 
     def redrive_step(self: Broker, run: RedriveRun, now: float,
                      max_moves: int | None = None, max_bytes: int | None = None,
@@ -263,8 +280,8 @@ class QueueAdmin:
         its heap, so a step's work is bounded however many of them come first."""
         q = run.queue
         if self.queues.get(q.name) is not q:
-            return True  # deleted (and perhaps made again) since it began
-        keys, messages = run.keys, q.messages
+            return self._redrive_ended(run)  # deleted (and perhaps made again) since
+        keys, messages, ready = run.keys, q.messages, q.ready
         moved = looks = 0
         bytes_from = self.moved_bytes
         while keys and run.left > 0:
@@ -274,6 +291,9 @@ class QueueAdmin:
                 return False
             key = heapq.heappop(keys)
             looks += 1
+            if key == run.last_key:
+                continue  # the same message's second entry (RedriveRun)
+            run.last_key = key
             msg = messages.get(key & ID_MASK)
             if msg is None or type(msg) is bytes or msg.state != READY:
                 # Gone (moved by a key seen before, received, deleted), plain (never
@@ -291,6 +311,13 @@ class QueueAdmin:
             moved += 1
             run.moved += 1
             run.left -= 1
+            while ready and _stale(messages.get(ready[0] & ID_MASK)):
+                heapq.heappop(ready)  # the moved one's entry, at the top (RedriveRun)
+        return self._redrive_ended(run)
+
+    def _redrive_ended(self: Broker, run: RedriveRun) -> bool:
+        if self.redrive_runs.get(run.queue.name) is run:
+            del self.redrive_runs[run.queue.name]
         return True
 
     # --------------------------------------------------------------- stats
