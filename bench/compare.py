@@ -91,6 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--runs, --messages and --s5-messages must be at least 1")
     if not 0 <= args.busy_poll <= 10_000:
         parser.error("--busy-poll must be 0 (off) to 10000 microseconds")
+    if not args.results.parent.is_dir():  # found out at the end, it threw the run away
+        parser.error(f"--results: no directory {str(args.results.parent)!r} to write it in")
     return args
 
 
@@ -173,7 +175,14 @@ def results_markdown(args: argparse.Namespace, chosen: list[ModuleType], notes: 
               "The Python load generator (one process, every system's client library in "
               "it) is the bottleneck of S1-S3 for the fast servers.", "",
               report.client_table(summaries, args.scenario_list, names), ""]
-    parts += ["## Machine", ""] + [f"* {k}: {v}" for k, v in environment.machine().items()]
+    machine = environment.machine(args.tmp_root)
+    stolen, total = (after - before for after, before in zip(
+        environment.cpu_ticks(), args.ticks_before, strict=True))
+    if total > 0:
+        machine["CPU time stolen by other guests during the run"] = (
+            f"{100 * stolen / total:.1f}% (/proc/stat; above a few per cent, the machine was "
+            "shared and every figure is lower than it would be alone)")
+    parts += ["## Machine", ""] + [f"* {k}: {v}" for k, v in machine.items()]
     parts += ["", "## Versions", ""] + [
         f"* {k}: {v}" for k, v in environment.versions(chosen).items()]
     if notes:
@@ -193,12 +202,15 @@ def main() -> int:
     if not chosen:
         print("no system to run")
         return 1
-    # Ctrl-C and SIGTERM both raise KeyboardInterrupt, so servers are stopped by
-    # their PIDs (SIGINT is set explicitly: a shell may start us with it ignored).
+    # Ctrl-C and SIGTERM both end in KeyboardInterrupt, so servers are stopped by
+    # their PIDs (SIGINT is set explicitly: a shell may start us with it ignored). SIGTERM
+    # is turned into SIGINT, so that the running group's event loop (asyncio.Runner)
+    # cancels its task cleanly rather than having KeyboardInterrupt raised anywhere.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
     started, t0 = datetime.datetime.now(), time.monotonic()
-    tmp_root = Path(tempfile.mkdtemp(prefix="wonderq-compare-"))
+    args.ticks_before = environment.cpu_ticks()
+    tmp_root = args.tmp_root = Path(tempfile.mkdtemp(prefix="wonderq-compare-"))
     print(f"systems: {', '.join(s.NAME for s in chosen)}; scenarios: "
           f"{','.join(args.scenario_list)}; {args.runs} run(s), interleaved", flush=True)
     results: list[Result] = []

@@ -9,7 +9,10 @@ memory are read by runner.py around it.
 
 Rules:
 * Bodies are 100 bytes. In S3/S6 the first 8 bytes carry perf_counter() at
-  the moment the put was called, so put-to-ack latency needs no lookup.
+  the moment the put was called, so put-to-ack latency needs no lookup, and
+  the next 8 the message's number: a message acked twice (delivered again)
+  ends the phase as stalled, not as a faster run. (runner.py counts what is
+  left in the queue after every phase, for every scenario.)
 * Every loop is bounded by its count and by `give_up` (a monotonic time);
   a receive that finds nothing `EMPTY_RECEIVES` times in a row while
   messages are still missing ends the loop too. A loop that stops short
@@ -33,7 +36,7 @@ BODY_BYTES = 100
 BODY = b"x" * BODY_BYTES
 WAIT_S = 1.0
 EMPTY_RECEIVES = 3
-STAMP = struct.Struct("<d")
+STAMP = struct.Struct("<dQ")  # perf_counter() at the put, the message's number
 PAD = b"x" * (BODY_BYTES - STAMP.size)
 
 Connect = Callable[[str], Awaitable[Any]]  # consumer name -> a new adapter Connection
@@ -162,6 +165,8 @@ class _Flow:
         self.first_put_at = 0.0
         self.last_ack_at = 0.0
         self.latencies_s: list[float] = []
+        self.acked = bytearray(n)  # by message number: 1 once acked
+        self.twice = 0  # messages acked a second time
 
 
 async def _producer(conn: Any, flow: _Flow, give_up: float) -> None:
@@ -172,17 +177,23 @@ async def _producer(conn: Any, flow: _Flow, give_up: float) -> None:
             if left <= 0:
                 return
             try:
-                await asyncio.wait_for(flow.room.wait(), left)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a
+                # cancellation that comes in the turn its wait ends (an ack set `room`),
+                # and Ctrl-C or a failed consumer left the producers here until give_up
+                # (110 s by default, the server running meanwhile: a reviewer).
+                async with asyncio.timeout(left):
+                    await flow.room.wait()
             except TimeoutError:
                 return
         if flow.claimed >= flow.n or time.monotonic() >= give_up:
             return
+        number = flow.claimed
         flow.claimed += 1
         flow.unacked += 1
         now = time.perf_counter()
         if not flow.first_put_at:
             flow.first_put_at = now
-        await conn.put(STAMP.pack(now) + PAD)
+        await conn.put(STAMP.pack(now, number) + PAD)
 
 
 async def _consumer(conn: Any, flow: _Flow, give_up: float, progress: Progress) -> None:
@@ -195,7 +206,12 @@ async def _consumer(conn: Any, flow: _Flow, give_up: float, progress: Progress) 
         handle, body = got
         await ack(handle)
         now = time.perf_counter()
-        latencies.append(now - STAMP.unpack_from(body)[0])
+        put_at, number = STAMP.unpack_from(body)
+        if flow.acked[number]:
+            flow.twice += 1
+            continue  # delivered again: not a message more
+        flow.acked[number] = 1
+        latencies.append(now - put_at)
         progress.done += 1
         flow.last_ack_at = now
         flow.unacked -= 1
@@ -222,8 +238,10 @@ async def producers_consumers(connect: Connect, n: int, give_up: float, progress
         for conn in conns:
             await conn.close()
     elapsed = flow.last_ack_at - flow.first_put_at if progress.done else 0.0
-    return Load(progress.done, elapsed, flow.latencies_s,
-                stalled=_short(progress.done, n, "time limit"))
+    stalled = _short(progress.done, n, "time limit")
+    if flow.twice:
+        stalled = "; ".join(x for x in (stalled, f"{flow.twice} messages acked twice") if x)
+    return Load(progress.done, elapsed, flow.latencies_s, stalled=stalled)
 
 
 def percentile(values: list[float], q: float) -> float:
