@@ -783,3 +783,20 @@ def test_one_redrive_of_a_queue_at_a_time(b: Broker) -> None:
     assert b.redrive("dlq", None, T0 + 13.0) >= 1
     assert lease_out_again in b.queues["q"].messages
     check_invariants(b)
+
+
+def test_a_held_lease_batch_cut_by_a_step_keeps_its_own_end(b: Broker) -> None:
+    # Its members showed the hold's time, so message_info, and a compaction meanwhile
+    # (own_deadline), gave the wrong end for the rest of a batch a step cut.
+    lease_out(b, 4, one_by_one=False)  # their leases end at T0 + 10
+    b.hold_lease_ends_until = T0 + 20.0  # journal writes failing: held until then
+    assert b.advance(T0 + 10.0) == 0
+    b.hold_lease_ends_until = None
+    assert b.advance(T0 + 20.0, max_steps=1) == 1
+    rest = [m for m in b.queues["q"].messages.values()
+            if type(m) is not bytes and m.state == LEASED]
+    assert len(rest) == 3
+    assert {m.deadline_at for m in rest} == {b.own_deadline(m) for m in rest} == {T0 + 10.0}
+    assert b.advance(T0 + 20.0, max_steps=10) == 3
+    assert {m.origin for m in b.queues["dlq"].messages.values()} == {("q", T0 + 10.0)}
+    check_invariants(b)

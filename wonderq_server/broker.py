@@ -1096,6 +1096,8 @@ class Broker(Replay):
                     max_moved_bytes is not None
                     and self.moved_bytes - bytes_from >= max_moved_bytes)):
                 batch.deadline_at = at  # the rest: due again at once, judged at `at`
+                for member in batch.members.values():  # (a held one's showed the hold's)
+                    member.deadline_at = at
                 self.deadlines.push(at, batch)
                 break
             ended += 1
