@@ -800,3 +800,26 @@ def test_a_held_lease_batch_cut_by_a_step_keeps_its_own_end(b: Broker) -> None:
     assert b.advance(T0 + 20.0, max_steps=10) == 3
     assert {m.origin for m in b.queues["dlq"].messages.values()} == {("q", T0 + 10.0)}
     check_invariants(b)
+
+
+@pytest.mark.parametrize("as_batch", [False, True])
+def test_leases_ending_together_end_in_lease_order_however_the_steps_cut(
+        b: Broker, as_batch: bool) -> None:
+    # The rest of a batch a step cut was pushed again behind a lease taken after it, due
+    # at the same instant: the waiting consumers got 0, 3, 1, 2 (a reviewer).
+    b.create_queue("q", {"max_deliveries": 1, "dead_letter_queue": "dlq"}, T0)
+    b.create_queue("dlq", {}, T0)
+    ids = [b.put("q", b"x", T0) for _ in range(4)]
+    if as_batch:
+        assert len(b.receive("q", 3, 10.0, T0)) == 3  # one lease batch: ids 0-2
+    else:
+        for _ in range(3):
+            b.receive("q", 1, 10.0, T0)
+    b.receive("q", 1, 10.0, T0)  # the last, leased after them, due at the same instant
+    inbox = Inbox()
+    for _ in range(4):  # consumers of the dead-letter queue, one message each
+        b.wait("dlq", 1, 30.0, T0 + 60.0, inbox, T0)
+    while b.next_deadline() is not None and b.next_deadline() <= T0 + 10.0:
+        b.advance(T0 + 10.0, max_steps=1)
+    assert inbox.ids == [[ids[0]], [ids[1]], [ids[2]], [ids[3]]]
+    check_invariants(b)

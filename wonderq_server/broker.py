@@ -1098,7 +1098,9 @@ class Broker(Replay):
                 batch.deadline_at = at  # the rest: due again at once, judged at `at`
                 for member in batch.members.values():  # (a held one's showed the hold's)
                     member.deadline_at = at
-                self.deadlines.push(at, batch)
+                # Ahead of those due at `at` too, leased after it (a reviewer's lease
+                # taken after the batch ended before its rest).
+                self.deadlines.push_first(at, batch)
                 break
             ended += 1
             try:

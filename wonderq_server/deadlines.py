@@ -69,6 +69,14 @@ class DeadlineHeap:
         self._seq += 1
         heapq.heappush(self._entries, (at, self._seq, item))
 
+    def push_first(self, at: float, item: Timed) -> None:
+        """push_first is push, but the entry comes before every other due at `at`: for an
+        item handled in part and due again at once (a lease batch a step cut:
+        Broker.advance), whose place among them it keeps. Every entry pushed before it
+        for `at` has been taken already, so ahead of those pushed since is its place."""
+        self._seq += 1
+        heapq.heappush(self._entries, (at, -self._seq, item))
+
     def revived(self) -> None:
         """revived: `pop_due` just returned an entry the owner found stale after all (an
         item that handed its deadline over, see the rules); it was counted dead when it
