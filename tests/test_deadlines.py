@@ -429,3 +429,14 @@ def test_heap_agrees_with_a_sorted_list(ops: list[tuple]) -> None:
     check_drain(1000.0)
     assert heap.next_at() is None
     assert len(heap) == 0
+
+
+def test_push_first_goes_ahead_of_those_due_at_the_same_time_only() -> None:
+    heap = DeadlineHeap()
+    early = schedule(heap, Item("early"), 5.0)
+    later = schedule(heap, Item("later"), 20.0)
+    same = schedule(heap, Item("same"), 10.0)
+    again = Item("again")  # handled in part, due again at 10 (a cut lease batch)
+    again.deadline_at = 10.0
+    heap.push_first(10.0, again)
+    assert [heap.pop_due(30.0) for _ in range(4)] == [early, again, same, later]
