@@ -54,6 +54,12 @@ Rules:
   binary one waits aside, as a waiting receive does, and only a second
   paced command or a QUIT waits behind it. The pace's timer runs it (and
   what it held) when its turn comes.
+* A command done in steps (REDRIVE: the service returns UNFINISHED) runs a
+  step a turn, each step's flush asked for before the next is deferred, and
+  holds what its connection sent after it (both modes: replies in order).
+  Its steps go on while the client does not read (they write nothing); a
+  stop answers it INTERRUPTED with its count; a connection that goes or
+  begins to close hands it to the server to finish (`finish_detached`).
 * Authentication (auth.py): on a server with a token, a connection starts
   unauthenticated and only AUTH and QUIT run; any other command is answered
   AUTH_REQUIRED and the connection goes on. The gate is one boolean,

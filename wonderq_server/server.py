@@ -15,6 +15,8 @@ with time or I/O in it, and nothing else:
   (ADVANCE_STEP_DEADLINES) per loop turn, and what that changed is written
   with a flush; while journal writes fail (and HOLD_GRACE_S
   after) leases that run out are held rather than ended (HOLD_LEASE_ENDS_S);
+* REDRIVEs whose connection went before they ended (`finish_detached`): run
+  on, a step a turn, until done or the stop begins;
 * the flush: connections buffer replies and ask for a flush; the server runs
   one flush per event-loop iteration (`call_soon`): it writes the journal's
   buffered records in one write, hands the replies to group commit (which

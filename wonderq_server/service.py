@@ -9,7 +9,7 @@ stored (REDRIVE) is done a step at a time: a step that leaves work returns
 UNFINISHED, and the connection calls `execute` again with the same Command
 in a later turn of the event loop (the server's flush writes the steps'
 records between turns). Done at once, a REDRIVE of 100,000 messages of 1 KB held the loop
-for 1.4 s and the server's memory grew by 281 MiB: every move's record
+for 2.1 s and the server's memory grew by 287 MiB: every move's record
 carries the whole message, and they went out in one write
 (bench/probes/redrive_stall.py). Everything about how messages are stored
 sits behind this interface, so another backend (one on Redis, say) can stand
