@@ -139,6 +139,14 @@ GOODBYE_WAIT_S = 1.0
 GOODBYE_MOST_S = 10.0
 
 
+def _log_detached_end(command: Command, why: str) -> None:
+    """_log_detached_end: a REDRIVE whose client has gone ends before its end (nobody
+    else hears of it)."""
+    logger.warning("a redrive of %r whose client has gone %s, after %d messages; the rest "
+                   "stay in it", command.args.get("queue"), why,
+                   command.args[REDRIVE_PROGRESS].moved)
+
+
 def _no_reply(command: Command, result: Any) -> None:
     """_no_reply: where a detached command's result goes (finish_detached): nobody."""
 
@@ -393,9 +401,7 @@ class Server:
         """stop: stop accepting, answer what is in flight, write and fsync the journal, close."""
         self._accepting = False  # from here on nothing newly connected is served
         for command in self._detached:  # (and finish_detached takes no more)
-            logger.warning("a redrive of %r whose client has gone stops at the stop, after "
-                           "%d messages; the rest stay in it", command.args.get("queue"),
-                           command.args[REDRIVE_PROGRESS].moved)
+            _log_detached_end(command, "stops at the stop")
         self._detached.clear()
         if self.busy_poll is not None:
             self.busy_poll.stop()
@@ -702,9 +708,7 @@ class Server:
         whose own timeout ran out, like the CLI's --timeout, still gets the whole move).
         A stop ends them where they are (stop)."""
         if not self._accepting:  # stopping: it ends here, as one still detached does
-            logger.warning("a redrive of %r whose client has gone stops at the stop, after %d "
-                           "messages; the rest stay in it", command.args.get("queue"),
-                           command.args[REDRIVE_PROGRESS].moved)
+            _log_detached_end(command, "stops at the stop")
             return
         self._detached.append(command)
         if len(self._detached) == 1 and self._loop is not None:
@@ -716,9 +720,7 @@ class Server:
         command = self._detached[0]
         unfinished = False
         if self.refusing_changes:  # as a connection's step: stop, the rest not moved
-            logger.warning("a redrive of %r whose client had gone stopped after %d messages: "
-                           "journal writes are failing", command.args.get("queue"),
-                           command.args[REDRIVE_PROGRESS].moved)
+            _log_detached_end(command, "stops: journal writes are failing")
         else:
             try:
                 unfinished = self.service.execute(command, self.now(), _no_reply) \

@@ -40,10 +40,12 @@ def server_cpu_s(pid: int) -> float:
     return sum(server_times(pid))
 
 
-def resident_bytes(pid: int) -> int:
+def resident_bytes(pid: int, field: str = "VmRSS") -> int:
+    """resident_bytes: process `pid`'s resident memory now (VmRSS), or another of
+    /proc/PID/status's sizes (VmHWM: its peak)."""
     with open(f"/proc/{pid}/status") as status:
         for line in status:
-            if line.startswith("VmRSS"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     return 0
 

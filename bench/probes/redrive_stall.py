@@ -35,14 +35,6 @@ GIVE_UP_S = 120.0
 BATCH = 1000
 
 
-def peak_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def reset_peak(pid: int) -> None:
     with open(f"/proc/{pid}/clear_refs", "w") as refs:
         refs.write("5")  # resets VmHWM to the current RSS
@@ -81,7 +73,7 @@ async def measure(port: int, pid: int, n: int, body_bytes: int) -> tuple[float, 
             await asyncio.sleep(0.05)  # polling a count; the stall is the pinger's figure
         done.set()
         expiry_stall = await pinger
-        expiry_peak = peak_bytes(pid) - before
+        expiry_peak = resident_bytes(pid, "VmHWM") - before
         before = resident_bytes(pid)
         reset_peak(pid)
         done = asyncio.Event()
@@ -91,7 +83,7 @@ async def measure(port: int, pid: int, n: int, body_bytes: int) -> tuple[float, 
         redrive_s = time.perf_counter() - started
         done.set()
         redrive_stall = await pinger
-        redrive_peak = peak_bytes(pid) - before
+        redrive_peak = resident_bytes(pid, "VmHWM") - before
         if moved != n:
             raise SystemExit(f"redrive moved {moved} of {n}")
     return expiry_stall, expiry_peak, redrive_s, redrive_stall, redrive_peak
