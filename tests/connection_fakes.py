@@ -60,6 +60,7 @@ class FakeTransport:
         self.tcp_state_asked = 0
         self.unsent = 0  # what get_write_buffer_size reports: set by a test
         self.full_after_write = False  # set: every write pauses writing until drain()
+        self.eof_writable = False  # set: a TCP socket that can half-close (lingering close)
         self.protocol: Connection | None = None
 
     def get_write_buffer_size(self) -> int:
@@ -81,6 +82,12 @@ class FakeTransport:
 
     def is_closing(self) -> bool:
         return self.closed
+
+    def can_write_eof(self) -> bool:
+        return self.eof_writable
+
+    def write_eof(self) -> None:
+        self.events.append(("write_eof", None))
 
     def close(self) -> None:
         if not self.closed:

@@ -746,3 +746,21 @@ def test_lines_held_behind_a_wait_cost_about_their_size_not_their_decoded_size(h
     assert held_bytes < 2 * len(garbage) + 4 * 1024 * 1024
     # Replies up to REPLY_HOLD_BYTES (1 MiB) and the fake transport's copy of them.
     assert release_peak_bytes < 2 * len(garbage) + 8 * 1024 * 1024
+
+
+def test_a_closing_connection_lingers_until_the_client_closes_or_the_time_is_up(hub):
+    # Closed with the client's input unread, the socket answered what still came with a
+    # reset, which could destroy the last reply before the client read it.
+    for client_closes in (True, False):
+        connection, transport = hub.connect()
+        transport.eof_writable = True
+        hub.send(connection, b"QUIT\r\n")
+        assert ("write_eof", None) in transport.events and not transport.closed
+        hub.send(connection, b"PUT q dropped\r\n")  # read and dropped
+        if client_closes:
+            assert connection.eof_received() is False  # asyncio closes it then
+        else:
+            hub.advance(connection_module.CLOSE_LINGER_S)
+            assert transport.aborted
+        assert hub.broker.queues.get("q") is None
+        assert transport.writes == [b"BYE\r\n"]

@@ -664,3 +664,22 @@ async def test_waits_whose_request_ids_are_arrays_count_what_they_hold(server_fa
     finally:
         hog.close()
         plain.close()
+
+
+def test_a_client_still_sending_its_oversized_frame_reads_the_refusal_then_the_end(
+        server_factory):
+    # Closed with the client's input unread, the socket answered the rest of a frame over
+    # --max-frame-bytes with a reset: a client still writing got EPIPE and lost the
+    # FRAME_TOO_LARGE before reading it (CI, once). The server now ends its side and drops
+    # what still comes, until the client closes (Connection._close_lingering).
+    server = server_factory("--max-frame-bytes", "100000")
+    raw = Raw(server.host, server.port)
+    try:
+        head = (150_000).to_bytes(4, "big") + b"\x93\x01\xa3put"  # id 1 in its first bytes
+        raw.send(PREAMBLE + head + b"x" * 20_000)
+        [request_id, error, _] = raw.reply()
+        assert (request_id, error[0]) == (1, "FRAME_TOO_LARGE")
+        assert raw.at_eof()  # the server's side is ended
+        raw.send(b"x" * 2_000_000)  # the rest, and more: read and dropped, no reset
+    finally:
+        raw.close()

@@ -86,6 +86,7 @@ from .admin_pace import PACED_COMMANDS, AdminPace
 from .binary_codec import MAGIC, BinaryDecoder, BinaryEncoder
 from .commands import Command, Limits, Rejected
 from .connection_limits import (
+    CLOSE_LINGER_S,
     COSTLY_ID_WAIT_BYTES,
     DECODE_SLICE_BYTES,
     HELD_REQUEST_BYTES,
@@ -1063,9 +1064,26 @@ class Connection(asyncio.Protocol):
                 return
             transport.write(b"".join(parts) if len(parts) > 1 else parts[0])
         if close:
-            transport.close()
+            self._close_lingering(transport)
         elif self._output_blocked and "writing" not in self._paused_by:
             self._unblock_output()  # the socket took it all; else resume_writing will
+
+    def _close_lingering(self, transport: asyncio.Transport) -> None:
+        """_close_lingering closes after the last reply, as the metrics endpoint does
+        (metrics_http.py): our side is ended, and what the client still sends is read and
+        dropped until it closes too (eof_received), or CLOSE_LINGER_S has passed. Closed
+        with its input unread, the socket answered with a reset, and a client still
+        writing (the rest of a frame over --max-frame-bytes) got EPIPE and lost the
+        FRAME_TOO_LARGE before it had read it (CI, once in many runs). A client that has
+        half-closed already, and TLS (no half-close), are closed at once."""
+        if self._eof or self._peer_closed or not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        self._goodbye_said = True  # its end (eof_received) closes ours
+        self._paused_by.clear()
+        transport.resume_reading()  # read and dropped: _close_after_flush
+        self.hub.call_later(CLOSE_LINGER_S, self._abort)
 
     def _waits_bytes(self) -> int:
         """_waits_bytes: what the waiting receives hold, WAITING_RECEIVE_BYTES each, or

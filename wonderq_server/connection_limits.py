@@ -225,6 +225,11 @@ def limits_before_auth(limits: Limits) -> Limits:
 # the language of the refusal) before it is closed without a reply.
 REFUSAL_WAIT_S = 1.0
 
+# How long a connection the server closes (a protocol error, QUIT) may go on sending, its
+# input read and dropped, after the server has ended its side (Connection._close_lingering)
+# and before it is aborted.
+CLOSE_LINGER_S = 1.0
+
 # File descriptors kept for the server itself beyond its clients: the
 # listener, the journal and its compaction file, the event loop, the standard
 # streams, the refusals waiting (below) and a margin. The metrics endpoint's
