@@ -12,7 +12,10 @@ Rules:
   the moment the put was called, so put-to-ack latency needs no lookup, and
   the next 8 the message's number: a message acked twice (delivered again)
   ends the phase as stalled, not as a faster run. (runner.py counts what is
-  left in the queue after every phase, for every scenario.)
+  left in the queue after every phase, for every scenario.) The number
+  UNNUMBERED is a probe's do-nothing server's canned message
+  (probes/nothing_server.py), which has no queue behind it: it counts as
+  a message each time, unchecked.
 * Every loop is bounded by its count and by `give_up` (a monotonic time);
   a receive that finds nothing `EMPTY_RECEIVES` times in a row while
   messages are still missing ends the loop too. A loop that stops short
@@ -38,6 +41,7 @@ WAIT_S = 1.0
 EMPTY_RECEIVES = 3
 STAMP = struct.Struct("<dQ")  # perf_counter() at the put, the message's number
 PAD = b"x" * (BODY_BYTES - STAMP.size)
+UNNUMBERED = 2**64 - 1  # no put made this body: probes/nothing_server.py's canned message
 
 Connect = Callable[[str], Awaitable[Any]]  # consumer name -> a new adapter Connection
 
@@ -207,10 +211,11 @@ async def _consumer(conn: Any, flow: _Flow, give_up: float, progress: Progress) 
         await ack(handle)
         now = time.perf_counter()
         put_at, number = STAMP.unpack_from(body)
-        if flow.acked[number]:
-            flow.twice += 1
-            continue  # delivered again: not a message more
-        flow.acked[number] = 1
+        if number != UNNUMBERED:
+            if flow.acked[number]:
+                flow.twice += 1
+                continue  # delivered again: not a message more
+            flow.acked[number] = 1
         latencies.append(now - put_at)
         progress.done += 1
         flow.last_ack_at = now

@@ -198,3 +198,40 @@ def test_a_results_path_in_no_directory_is_refused_before_the_run(capsys):
         compare.parse_args(["--results", "/nonexistent-dir-of-the-test/r.md"])
     assert exit_info.value.code == 2
     assert "--results: no directory '/nonexistent-dir-of-the-test'" in capsys.readouterr().err
+
+
+def test_s3_counts_the_do_nothing_servers_canned_message_every_time():
+    # The probes' do-nothing server (bench/probes/nothing_server.py) hands every receive
+    # the same canned message, with no queue behind it. Once S3's bodies carried their
+    # number, its canned body's bytes read as a number far past the run's, and every
+    # S3 probe against it (floor.py, s3_cpu_split.py) died of an IndexError.
+    import asyncio
+    import time
+
+    import scenarios
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench" / "probes"))
+    from nothing_server import CANNED
+
+    class Conn:
+        async def put(self, body: bytes) -> None:
+            await asyncio.sleep(0)
+
+        async def receive_one(self, wait_s: float):
+            await asyncio.sleep(0)
+            message = CANNED[0]
+            return (message[0], message[1])
+
+        async def ack(self, handle) -> None:
+            await asyncio.sleep(0)
+
+        async def close(self) -> None:
+            return None
+
+    async def connect(name: str) -> Conn:
+        return Conn()
+
+    load = asyncio.run(scenarios.producers_consumers(
+        connect, 500, time.monotonic() + 10.0, scenarios.Progress()))
+    # (the four consumers' receives in flight at the end count too: 500 to 503)
+    assert 500 <= load.messages <= 503 and not load.stalled, (load.messages, load.stalled)
