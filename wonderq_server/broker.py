@@ -95,6 +95,7 @@ from .errors import (
     NOT_FOUND,
     TOO_MANY_QUEUES,
     CommandError,
+    detached,
 )
 from .ids import IdSequence
 from .lease_batch import LeaseBatch
@@ -374,7 +375,7 @@ class Broker(Replay):
                 else:
                     append(self._store(q, body, now, delay, priority, headers, expiry))
             except CommandError as exc:
-                append(exc)
+                append(detached(exc))  # (kept as a result: errors.py's rules)
         if q.waiters and q.ready_count:
             self._serve_waiters(q, now)
         self._forget_if_unused(q)  # every item refused, on a queue made for them
@@ -671,20 +672,29 @@ class Broker(Replay):
         try:
             msg = self._existing_message(name, message_id, lease)
         except CommandError as exc:
-            msg = self._kept_lease_holder(name, message_id, lease, exc)
+            kept = self._kept_lease_holder(name, message_id, lease, exc.code)
+            if kept is None:
+                raise  # (bare: see _kept_lease_holder)
+            msg = kept
         msg.queue.acked_total += 1
         self._drop(msg)
 
     def _kept_lease_holder(self, name: str, message_id: int, lease: int,
-                           not_held: CommandError) -> Message:
+                           not_held: str) -> Message | None:
         """_kept_lease_holder finds the message `lease` was kept aside for, for a late ack:
         in queue `name` (ended by a nack; or a dead letter, named by its new queue), or in
-        that queue's dead-letter queue; else raises `not_held`, what the queue said."""
-        if not_held.code != LEASE_LOST:
+        that queue's dead-letter queue; else None: the caller raises the error whose code
+        is `not_held`, what the queue said, again.
+
+        The error is not passed in to be raised here: raised again from a frame whose
+        argument names it, it would hold its own traceback, which holds that frame and,
+        through the frames above, the request's connection: a reference cycle, which
+        only the cyclic collector frees, and never once frozen (by gc.freeze())."""
+        if not_held != LEASE_LOST:
             return self._dead_lettered(name, message_id, lease, not_held)
         msg = self.queues[name].messages.others.get(message_id)  # LEASE_LOST: it is there
         if type(msg) is not Message or msg.lease is not None or msg.kept_lease != lease:
-            raise not_held
+            return None
         return msg
 
     def _held_message(self, name: str, message_id: int, lease: int) -> Message:
@@ -697,27 +707,30 @@ class Broker(Replay):
         except CommandError as exc:
             if exc.code != NOT_FOUND:
                 raise
-            # Raises exc itself, or LEASE_LOST (received from there since), as for an ack.
-            moved = self._dead_lettered(name, message_id, lease, exc)
+            # LEASE_LOST if received from there since, as for an ack; None: exc itself.
+            moved = self._dead_lettered(name, message_id, lease, exc.code)
+            if moved is None:
+                raise
             raise CommandError(NOT_FOUND, f"message {message_id} is no longer in queue "
                                f"{name!r}: it was dead-lettered to {moved.queue.name!r}, and "
                                "nobody has received it from there since; an ack with this "
                                "lease still deletes it there, a touch or nack cannot") from None
 
     def _dead_lettered(self, name: str, message_id: int, lease: int,
-                       not_here: CommandError) -> Message:
+                       not_here: str) -> Message | None:
         """_dead_lettered finds a message that the end of its last delivery moved from
         queue `name` to its dead-letter queue, for a late ack by that delivery's lease
-        (the module's rules); else raises `not_here`, the error the queue itself gave."""
+        (the module's rules); else None, for the caller to raise again the error whose
+        code is `not_here`, what the queue itself said (see _kept_lease_holder)."""
         q = self.queues.get(name)
-        if not_here.code != NOT_FOUND or q is None or not q.settings.dead_letter_queue:
-            raise not_here
+        if not_here != NOT_FOUND or q is None or not q.settings.dead_letter_queue:
+            return None
         target = self.queues.get(q.settings.dead_letter_queue)
         if target is None:
-            raise not_here
+            return None
         msg = target.messages.others.get(message_id)
         if msg is None or msg.origin is None or msg.origin[0] != name:
-            raise not_here
+            return None
         # Nobody received it since: no lease, and the one kept aside is this one (a dead-
         # letter queue's consumer that nacked it, with a delay too: then DELAYED, which a
         # reviewer's late ack was refused for).
@@ -1108,7 +1121,12 @@ class Broker(Replay):
             except Exception as exc:
                 failed = failed or exc
         if failed is not None:
-            raise failed
+            try:
+                raise failed
+            finally:
+                # A local naming the error raised from its frame makes a reference cycle
+                # (see _kept_lease_holder).
+                del failed
         return ended
 
     def _deadline_passed(self, msg: Message, at: float, freed: dict[Queue, None]) -> None:
@@ -1237,5 +1255,5 @@ def _each(items: Sequence[LeaseItem], settle: Callable[..., Any],
             settle(name, item[0], item[1], *rest)
             append(None)
         except CommandError as exc:
-            append(exc)
+            append(detached(exc))  # (kept as a result: errors.py's rules)
     return results

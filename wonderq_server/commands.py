@@ -48,6 +48,7 @@ from .errors import (
     UNKNOWN_COMMAND,
     CommandError,
     bad_argument,
+    detached,
 )
 from .queues import VALID_NAMES, check_queue_name
 
@@ -622,9 +623,10 @@ class Rejected:
 
     def __init__(self, error: Exception, request_id: Any = None) -> None:
         # A Rejected may be held long after the decode that made it (behind a
-        # waiting receive); the error's traceback would keep the decoder's
-        # frames alive, and with them every item of that feed and its input.
-        self.error = error.with_traceback(None)
+        # waiting receive); the error's traceback (or that of one it was raised
+        # while handling) would keep the decoder's frames alive, and with them
+        # every item of that feed, this one too: a cycle (errors.py's rules).
+        self.error = detached(error)
         self.request_id = request_id
 
     def __repr__(self) -> str:

@@ -18,9 +18,15 @@ Rules:
 * A message is for people; a code is for programs. Clients branch on codes.
 * Anything that is not a `WonderQError` escaping a command is a bug in the
   server: it is logged with its traceback and answered with `INTERNAL`.
+* An error kept past the `except` that caught it (a batch item's result, a
+  Rejected request) is kept `detached`: its traceback holds the frames that
+  raised it, and they the list it is kept in, a reference cycle that only the
+  cyclic collector frees, and never once frozen (by gc.freeze()).
 """
 
 from __future__ import annotations
+
+from typing import TypeVar
 
 # Command errors: reply, keep the connection.
 UNKNOWN_COMMAND = "UNKNOWN_COMMAND"
@@ -61,6 +67,9 @@ SHUTTING_DOWN = "SHUTTING_DOWN"  # the server is stopping, sent before closing (
 HTTP_REQUEST = "HTTP_REQUEST"
 
 
+E = TypeVar("E", bound=BaseException)
+
+
 class WonderQError(Exception):
     """Base of every error that is reported to a client with a wire code."""
 
@@ -82,6 +91,15 @@ class ProtocolError(WonderQError):
     """The stream is broken; the server replies with the code, then closes."""
 
     closes_connection = True
+
+
+def detached(error: E) -> E:
+    """detached is `error` without its traceback and the errors it was raised while
+    handling: what a reply needs of it (code and message), and no frames."""
+    error.__traceback__ = None
+    error.__context__ = None
+    error.__cause__ = None
+    return error
 
 
 def bad_argument(message: str) -> CommandError:

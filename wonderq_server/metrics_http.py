@@ -65,6 +65,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, cast
 import h11
 
 from .auth import AUTH_FAILURE_DELAY_S
+from .errors import detached
 
 if TYPE_CHECKING:
     from ssl import SSLContext
@@ -255,6 +256,9 @@ class HttpConnection(asyncio.Protocol):
         try:
             event = self.http.next_event()
         except h11.RemoteProtocolError as exc:
+            # h11 raises it again from a frame whose `self` is the error: a reference
+            # cycle through its traceback, holding this connection (errors.py's rules).
+            detached(exc)
             self._respond(exc.error_status_hint, f"bad request: {exc}\n".encode())
             return
         if isinstance(event, h11.Request):
