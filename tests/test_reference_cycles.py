@@ -3,7 +3,7 @@
 An error kept past its `except` (a batch item's result, a Rejected request), or raised
 again from a frame whose local names it, holds through its traceback the frames that
 raised it, and through them the request's objects up to its connection: a cycle, which
-only the cyclic collector frees, and never once gc.freeze() froze it. Each test runs one
+only the cyclic collector frees, and never once gc_policy.py froze it. Each test runs one
 path with the collector off, then counts what a collection finds unreachable (0: reference
 counting freed everything). bench/probes/cyclic_garbage.py does the same for whole servers.
 """

@@ -689,7 +689,7 @@ class Broker(Replay):
         The error is not passed in to be raised here: raised again from a frame whose
         argument names it, it would hold its own traceback, which holds that frame and,
         through the frames above, the request's connection: a reference cycle, which
-        only the cyclic collector frees, and never once frozen (by gc.freeze())."""
+        only the cyclic collector frees, and never once frozen (gc_policy.py)."""
         if not_held != LEASE_LOST:
             return self._dead_lettered(name, message_id, lease, not_held)
         msg = self.queues[name].messages.others.get(message_id)  # LEASE_LOST: it is there

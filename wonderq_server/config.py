@@ -87,6 +87,7 @@ class Config:
     busy_poll_us: int = 0  # 0: the loop sleeps as soon as it has nothing to do
     group_commit_wait_us: int = DEFAULT_WAIT_US  # 0: an fsync never waits (commit_wait.py)
     group_commit_gap_us: int = DEFAULT_GAP_US
+    gc_freeze: bool = True  # freeze what survives a middle collection (gc_policy.py)
 
 
 MAX_FLAG_INTEGER = 2**63 - 1  # the largest integer STATS (msgpack) can report
@@ -281,6 +282,12 @@ def _fsync(text: str) -> str:
     return text
 
 
+def _on_off(text: str) -> bool:
+    if text not in ("on", "off"):
+        raise ValueError("must be on or off")
+    return text == "on"
+
+
 def _flag(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):
         return True
@@ -368,6 +375,11 @@ FLAGS = [
      "after input, keep polling the sockets this many microseconds before sleeping, so a "
      "client's next request finds the server awake (saves being woken, costly on some "
      "VMs; costs CPU while idle); 0 off"),
+    ("--gc-freeze", "gc_freeze", _on_off, "on",
+     "on: after each collection of the cyclic garbage collector's middle generation "
+     "(every 2 young ones), freeze what survived it, so that no later collection scans "
+     "long-lived messages again (leasing a million: pauses up to 20 ms, not a full "
+     "collection of 300 ms); off: Python's collector as it is"),
     ("--log-level", "log_level", _log_level, Config.log_level,
      "debug, info, warning or error"),
     ("--data-dir", "data_dir", str, DEFAULT_DATA_DIR,
@@ -618,7 +630,8 @@ def parse_config(argv: Sequence[str] | None = None,
                   tls_handshake_timeout_s=ns.tls_handshake_timeout_s,
                   busy_poll_us=ns.busy_poll_us,
                   group_commit_wait_us=ns.group_commit_wait_us,
-                  group_commit_gap_us=ns.group_commit_gap_us)
+                  group_commit_gap_us=ns.group_commit_gap_us,
+                  gc_freeze=ns.gc_freeze)
 
 
 def _path(text: str | None) -> Path | None:

@@ -21,7 +21,7 @@ Rules:
 * An error kept past the `except` that caught it (a batch item's result, a
   Rejected request) is kept `detached`: its traceback holds the frames that
   raised it, and they the list it is kept in, a reference cycle that only the
-  cyclic collector frees, and never once frozen (by gc.freeze()).
+  cyclic collector frees, and never once frozen (gc_policy.py).
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ message path allocates several containers per message (a Message, its
 delivery's fields, a batch's items), all freed by reference counting; at 700
 a batch consumer paid a collection every few batches for nothing, about 3-5%
 of its server time (bench/probes/batch_path.py with the GC off or at this
-threshold). Cycles are still collected, a little later.
+threshold). Cycles are still collected, a little later. With --gc-freeze on (the default)
+what survives a collection of the middle generation is frozen (gc_policy.py).
 
 The ready line, logged once the socket is bound, names the real address, so
 `--port 0` can be used by tests and scripts that read it:
@@ -124,6 +125,15 @@ async def serve(config: Config) -> None:
             break
         await asyncio.sleep(0)
     when = " before it listens"
+    if config.gc_freeze:
+        server.gc_freezer.install()
+    try:
+        await _serve_until_stopped(server, received, when)
+    finally:
+        server.gc_freezer.uninstall()
+
+
+async def _serve_until_stopped(server: Server, received: list[str], when: str) -> None:
     if not server.stopped.is_set():
         host, port = await server.start()
         # The ready line comes last: whoever reads it may signal us at once.

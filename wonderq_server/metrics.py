@@ -151,6 +151,9 @@ SERVER_COUNTERS = [
      "since start."),
     ("auth_timeouts_total", "wonderq_auth_timeouts",
      "Connections closed with AUTH_TIMEOUT (no AUTH within --auth-timeout) since start."),
+    ("gc_freezes_total", "wonderq_gc_freezes",
+     "Times the server froze what survived a middle-generation garbage collection "
+     "(--gc-freeze) since start."),
     ("idle_disconnects_total", "wonderq_idle_disconnects",
      "Connections closed by --idle-timeout since start."),
     ("slow_reader_disconnects_total", "wonderq_slow_reader_disconnects",

@@ -78,6 +78,7 @@ from .connection_limits import (
     metrics_file_descriptors,
 )
 from .errors import TOO_MANY_CONNECTIONS, CommandError, ProtocolError
+from .gc_policy import CollectorFreezer
 from .group_commit import GroupCommit
 from .journal import CompactionFailed, Journal, JournalBroken, JournalError
 from .journal_format import FILE_HEADER
@@ -211,6 +212,8 @@ class Server:
         # back (an NTP step, `date -s`: a reviewer's).
         self._started_monotonic = time.monotonic()
         self.build = build_description()  # `compiled` or `pure Python`: STATS' server.build
+        # Installed by main.serve with --gc-freeze on; here for STATS' count of freezes.
+        self.gc_freezer = CollectorFreezer()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.busy_poll: BusyPoll | None = None  # --busy-poll, once the loop runs (start)
         self._listener: asyncio.base_events.Server | None = None
@@ -1082,6 +1085,8 @@ class Server:
             "paced_commands_total": self.admin_pace.paced,
             "paced_commands_waiting": self.admin_pace.waiting,
             "busy_poll_us": self.config.busy_poll_us,
+            "gc_freeze": self.config.gc_freeze,
+            "gc_freezes_total": self.gc_freezer.freezes,
             "metrics_connections_refused_total":
                 self.metrics.http.refused if self.metrics is not None else 0,
         }
