@@ -28,8 +28,8 @@ def test_the_survivors_of_a_middle_collection_are_frozen_and_uninstall_restores(
     freezer = CollectorFreezer()
     gc.collect()
     try:
-        freezer.install()
-        freezer.install()  # twice is once
+        assert freezer.install() and freezer.installed
+        assert freezer.install()  # twice is once
         assert gc.get_threshold()[1] == YOUNG_COLLECTIONS_PER_MIDDLE
         assert gc.callbacks.count(freezer._after_collection) == 1
         kept = [Held(i) for i in range(20 * gc.get_threshold()[0])]  # young collections
@@ -40,6 +40,7 @@ def test_the_survivors_of_a_middle_collection_are_frozen_and_uninstall_restores(
         freezer.uninstall()
         freezer.uninstall()  # twice is once
         gc.unfreeze()
+    assert not freezer.installed
     assert gc.get_threshold() == before_threshold
     assert gc.callbacks == before_callbacks
 
@@ -88,3 +89,14 @@ async def test_with_gc_freeze_off_the_server_freezes_nothing(server_factory):
     info = await leased_backlog_freezes(server.port)
     assert info["gc_freeze"] is False
     assert info["gc_freezes_total"] == 0
+
+
+def test_on_a_python_whose_collector_it_does_not_know_it_stays_out(monkeypatch):
+    from wonderq_server import gc_policy
+
+    monkeypatch.setattr(gc_policy, "SUPPORTED", False)
+    before_threshold, before_callbacks = gc.get_threshold(), list(gc.callbacks)
+    freezer = CollectorFreezer()
+    assert freezer.install() is False and not freezer.installed
+    assert gc.get_threshold() == before_threshold and gc.callbacks == before_callbacks
+    freezer.uninstall()

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from broker_helpers import T0
+from connection_fakes import FakeHub, binary_client, req
 
 from wonderq_server import metrics_http
 from wonderq_server.broker import Broker
@@ -106,6 +107,29 @@ def test_a_rejected_request_holding_an_error_raised_while_handling_another():
         return items
 
     assert cyclic_garbage_of(decode) == 0
+
+
+@pytest.mark.parametrize(("name", "args"), [
+    ("ack_many", {"queue": "q", "items": [[1, 2], [3, "x"]]}),
+    ("nack_many", {"queue": "q", "items": [[1, -1]]}),
+    ("put_many", {"queue": "q", "bodies": [b"a", 5]}),
+    ("put_many", {"queue": "q", "bodies": [{"body": b"x", "nope": 1}]}),
+])
+def test_a_batch_whose_item_the_request_checks_refuse(name, args):
+    # commands._lease_item and _put_item return an item's error as its result (a
+    # reviewer): its traceback reached the request's args, which hold the items.
+    hub = FakeHub()
+    connection, transport = binary_client(hub)
+    assert cyclic_garbage_of(lambda: hub.send(connection, req(1, name, **args))) == 0
+    assert b"BAD_ARGUMENT" in transport.data
+
+
+@pytest.mark.parametrize("line", [b"ACK_MANY q 1:x 2:3\r\n", b"NACK_MANY q 1:2:3\r\n"])
+def test_a_text_batch_whose_item_the_request_checks_refuse(line):
+    hub = FakeHub()
+    connection, transport = hub.connect()
+    assert cyclic_garbage_of(lambda: hub.send(connection, line)) == 0
+    assert b"BAD_ARGUMENT" in transport.data
 
 
 class AnyTransport:

@@ -204,7 +204,7 @@ def _put_item(field: str, item: Any, limits: Limits) -> dict[str, Any] | Command
             checked["headers"] = {}
         return checked
     except CommandError as exc:
-        return exc
+        return detached(exc)  # kept as the item's result (errors.py's rules)
 
 
 def _items(field: str, value: Any, limits: Limits) -> list[tuple[int, int] | CommandError]:
@@ -230,7 +230,7 @@ def _lease_item(field: str, item: Any) -> tuple[int, int] | CommandError:
             raise bad_argument(f"{field} must be [id, lease], got an array of {len(item)}")
         return (_whole(f"{field}.id", item[0]), _whole(f"{field}.lease", item[1]))
     except CommandError as exc:
-        return exc
+        return detached(exc)  # kept as the item's result (errors.py's rules)
 
 
 def _whole(field: str, value: Any) -> int:

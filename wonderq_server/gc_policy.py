@@ -28,6 +28,8 @@ error paths, and STATS says how many freezes there were (`server.gc_freezes_tota
 Rules:
 * Installed by main.serve, for the process that serves (not by Server: a test
   process that runs servers in it keeps its collector); `uninstall` undoes it.
+* Only on the Pythons it was measured on (before 3.14, whose collector is
+  incremental): elsewhere the server says so and leaves the collector alone.
 * The callback runs for every collection and does nothing but at the end of one
   of the middle generation: no work per message.
 * Start-up's replay freezes what it built as well (journal.py), whatever the flag.
@@ -36,7 +38,12 @@ Rules:
 from __future__ import annotations
 
 import gc
+import sys
 from typing import Any
+
+# Python 3.14's collector is incremental, with other generations: what a threshold and
+# a callback's "generation" mean there is not what this policy was measured on.
+SUPPORTED = sys.version_info < (3, 14)
 
 MIDDLE_GENERATION = 1
 # Young collections between two of the middle generation (Python's default 10): each
@@ -51,12 +58,20 @@ class CollectorFreezer:
         self.freezes = 0
         self._middle_threshold: int | None = None  # Python's, while installed
 
-    def install(self) -> None:
+    @property
+    def installed(self) -> bool:
+        return self._middle_threshold is not None
+
+    def install(self) -> bool:
+        """install: True once installed; False on a Python it does not know (SUPPORTED)."""
+        if not SUPPORTED:
+            return False
         if self._middle_threshold is not None:
-            return
+            return True
         young, self._middle_threshold, old = gc.get_threshold()
         gc.set_threshold(young, YOUNG_COLLECTIONS_PER_MIDDLE, old)
         gc.callbacks.append(self._after_collection)
+        return True
 
     def uninstall(self) -> None:
         if self._middle_threshold is None:

@@ -125,8 +125,9 @@ async def serve(config: Config) -> None:
             break
         await asyncio.sleep(0)
     when = " before it listens"
-    if config.gc_freeze:
-        server.gc_freezer.install()
+    if config.gc_freeze and not server.gc_freezer.install():
+        logger.warning("--gc-freeze on has no effect on Python %d.%d, whose garbage "
+                       "collector is incremental: it is left as it is", *sys.version_info[:2])
     try:
         await _serve_until_stopped(server, received, when)
     finally:

@@ -1085,7 +1085,7 @@ class Server:
             "paced_commands_total": self.admin_pace.paced,
             "paced_commands_waiting": self.admin_pace.waiting,
             "busy_poll_us": self.config.busy_poll_us,
-            "gc_freeze": self.config.gc_freeze,
+            "gc_freeze": self.gc_freezer.installed,
             "gc_freezes_total": self.gc_freezer.freezes,
             "metrics_connections_refused_total":
                 self.metrics.http.refused if self.metrics is not None else 0,

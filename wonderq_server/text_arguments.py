@@ -50,7 +50,7 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from .commands import COMMANDS, TEXT_CONVERTERS, Limits
-from .errors import BATCH_TOO_LARGE, HEADERS_TOO_LARGE, CommandError, bad_argument
+from .errors import BATCH_TOO_LARGE, HEADERS_TOO_LARGE, CommandError, bad_argument, detached
 
 PUT_OPTIONS = (b"delay", b"priority", b"expiry")
 HEADER_PREFIX = b"header."
@@ -250,7 +250,7 @@ def _lease_item(field: str, text: str) -> list[int] | CommandError:
         return [TEXT_CONVERTERS["id"](f"{field}.id", message_id),
                 TEXT_CONVERTERS["lease"](f"{field}.lease", lease)]
     except CommandError as exc:
-        return exc
+        return detached(exc)  # kept as the item's result (errors.py's rules)
 
 
 def named_or_positional(name: str, words: list[bytes], typed: str = "") -> dict[str, Any]:
