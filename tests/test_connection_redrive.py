@@ -230,6 +230,20 @@ def test_journal_writes_failing_mid_way_answer_storage_error_with_the_count(hub)
     assert in_dlq(hub) == 2 * STEP
 
 
+def test_a_failed_write_of_the_last_step_answers_storage_error_with_the_count(hub):
+    # It got the plain STORAGE_ERROR of any change, without the count that the same failure
+    # one step earlier gives.
+    dead_letter(hub, 5)
+    connection, transport = binary_client(hub)
+    connection.data_received(req(1, "redrive", queue="dlq"))  # one step: all of it
+    output = connection.take_output()
+    assert output is not None and output.durable
+    connection.send_output(output, failed=True)  # as the server does when the write fails
+    [[request_id, error, _]] = transport.frames()
+    assert request_id == 1 and error[0] == STORAGE_ERROR
+    assert "after it had moved 5 messages" in error[1]
+
+
 def test_a_second_redrive_of_the_queue_meanwhile_is_refused(hub):
     # One at a time, as SQS has one move task a queue: each held a copy of the queue's
     # heap, and a loop of REDRIVE and reset grew the server by 8 MB a time on a queue of

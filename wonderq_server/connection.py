@@ -1052,7 +1052,12 @@ class Connection(asyncio.Protocol):
             error = CommandError(STORAGE_ERROR, "the journal could not store this change "
                                  "(disk full or I/O error); it may or may not take effect")
             for index, command in output.durable:
-                parts[index] = self._encoder.error(command.request_id, error)
+                progress = command.args.get(REDRIVE_PROGRESS)
+                if progress is not None:  # a REDRIVE's last step: the count, as between steps
+                    parts[index] = self._encoder.error(command.request_id, CommandError(
+                        STORAGE_ERROR, _redrive_failed(progress.moved)))
+                else:
+                    parts[index] = self._encoder.error(command.request_id, error)
         self._write(transport, parts, output.close)
 
     def _write(self, transport: asyncio.Transport, parts: list[bytes], close: bool) -> None:
