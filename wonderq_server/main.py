@@ -124,17 +124,19 @@ async def serve(config: Config) -> None:
         if server.stopped.is_set():
             break
         await asyncio.sleep(0)
-    when = " before it listens"
     if config.gc_freeze and not server.gc_freezer.install():
         logger.warning("--gc-freeze on has no effect on Python %d.%d, whose garbage "
                        "collector is incremental: it is left as it is", *sys.version_info[:2])
     try:
-        await _serve_until_stopped(server, received, when)
+        await _serve_until_stopped(server, received)
     finally:
         server.gc_freezer.uninstall()
 
 
-async def _serve_until_stopped(server: Server, received: list[str], when: str) -> None:
+async def _serve_until_stopped(server: Server, received: list[str]) -> None:
+    """_serve_until_stopped: listen (unless a stop came during the replay) until a signal,
+    then stop cleanly."""
+    when = " before it listens"
     if not server.stopped.is_set():
         host, port = await server.start()
         # The ready line comes last: whoever reads it may signal us at once.
