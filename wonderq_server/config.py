@@ -378,8 +378,8 @@ FLAGS = [
     ("--gc-freeze", "gc_freeze", _on_off, "on",
      "on: after each collection of the cyclic garbage collector's middle generation "
      "(every 2 young ones), freeze what survived it, so that no later collection scans "
-     "long-lived messages again (leasing a million: pauses up to 20 ms, not a full "
-     "collection of 300 ms); off: Python's collector as it is"),
+     "long-lived messages again (leasing a million: pauses up to 20-30 ms, and not a "
+     "full collection of 300 ms); off: Python's collector as it is"),
     ("--log-level", "log_level", _log_level, Config.log_level,
      "debug, info, warning or error"),
     ("--data-dir", "data_dir", str, DEFAULT_DATA_DIR,

@@ -13,7 +13,9 @@ ones, never fills. gc.freeze() only moves the generations' lists, whatever their
 length. Leasing a million messages (`gc_pauses.py 1000000 100000 1`, 2026-12-02):
 before, 9 middle collections up to 38 ms and a full one of 314 ms; frozen after each
 middle one, the full one gone and the middle ones up to 34 ms; with 2 young
-collections per middle one, 26 of them up to 19-20 ms. A steady load (leases acked
+collections per middle one, 26 of them up to 19-20 ms (20-31 ms in two more runs, on the
+machine slower by then, beside 36-40 ms and full ones of 255-322 ms with
+WONDERQ_GC_FREEZE=off). A steady load (leases acked
 as fast as taken) runs no collection at all, so it freezes nothing.
 
 A frozen object is still freed by reference counting the moment nothing uses it (an
