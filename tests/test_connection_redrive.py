@@ -244,6 +244,23 @@ def test_a_failed_write_of_the_last_step_answers_storage_error_with_the_count(hu
     assert "after it had moved 5 messages" in error[1]
 
 
+def test_a_stop_whose_write_fails_still_says_the_server_is_stopping(hub):
+    # Its INTERRUPTED reply waits for the write as any change's: failed, the count came
+    # with "retry later (the server tries the journal again every second)" from a server
+    # that was stopping (a reviewer).
+    dead_letter(hub, 3 * STEP)
+    connection, transport = binary_client(hub)
+    connection.data_received(req(1, "redrive", queue="dlq"))
+    connection.stop_reading()
+    output = connection.take_output()
+    assert output is not None and output.durable
+    connection.send_output(output, failed=True)
+    [[request_id, error, _]] = transport.frames()
+    assert request_id == 1 and error[0] == STORAGE_ERROR
+    assert f"after it had moved {STEP} messages" in error[1]
+    assert "the server is stopping" in error[1] and "retry" not in error[1]
+
+
 def test_a_second_redrive_of_the_queue_meanwhile_is_refused(hub):
     # One at a time, as SQS has one move task a queue: each held a copy of the queue's
     # heap, and a loop of REDRIVE and reset grew the server by 8 MB a time on a queue of

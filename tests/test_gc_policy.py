@@ -58,9 +58,16 @@ def test_the_flag_and_its_default(given, expected):
     assert parse_config([*given, "--in-memory"], {}).gc_freeze is expected
 
 
+@pytest.mark.parametrize(("value", "expected"), [("false", False), ("0", False),
+                                                 ("True", True), ("on", True)])
+def test_its_variable_takes_the_words_the_switches_take(value, expected):
+    # WONDERQ_GC_FREEZE=false stopped the start, while WONDERQ_IN_MEMORY=1 works (a reviewer).
+    assert parse_config(["--in-memory"], {"WONDERQ_GC_FREEZE": value}).gc_freeze is expected
+
+
 def test_a_bad_value_is_refused(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        parse_config(["--gc-freeze", "yes", "--in-memory"], {})
+        parse_config(["--gc-freeze", "maybe", "--in-memory"], {})
     assert exit_info.value.code == 2
     assert "--gc-freeze" in capsys.readouterr().err
 

@@ -283,9 +283,13 @@ def _fsync(text: str) -> str:
 
 
 def _on_off(text: str) -> bool:
-    if text not in ("on", "off"):
-        raise ValueError("must be on or off")
-    return text == "on"
+    """_on_off: on or off, or the words WONDERQ_* switches take (true, yes, 1; false, no,
+    0), so that WONDERQ_GC_FREEZE=false works as WONDERQ_IN_MEMORY=1 does."""
+    if text.lower() in ("on", "true", "yes", "1"):
+        return True
+    if text.lower() in ("off", "false", "no", "0"):
+        return False
+    raise ValueError("must be on or off")
 
 
 def _flag(text: str) -> bool:
@@ -378,7 +382,7 @@ FLAGS = [
     ("--gc-freeze", "gc_freeze", _on_off, "on",
      "on: after each collection of the cyclic garbage collector's middle generation "
      "(every 2 young ones), freeze what survived it, so that no later collection scans "
-     "long-lived messages again (leasing a million: pauses up to 20-30 ms, and not a "
+     "long-lived messages again (leasing a million: pauses up to 20-31 ms, and not a "
      "full collection of 300 ms); off: Python's collector as it is"),
     ("--log-level", "log_level", _log_level, Config.log_level,
      "debug, info, warning or error"),

@@ -155,7 +155,11 @@ REFUSED_WHILE_WRITES_FAIL = {
 }
 
 
-def _redrive_failed(moved: int) -> str:
+def _redrive_failed(moved: int, stopping: bool = False) -> str:
+    if stopping:  # its INTERRUPTED reply's write failed: no "retry later" from a server going
+        return (f"journal writes failed during this redrive, after it had moved {moved} "
+                "messages: those moves may or may not take effect; the server is stopping, "
+                "and this redrive moved no more")
     return (f"journal writes failed during this redrive, after it had moved {moved} "
             "messages: those moves may or may not take effect, and it moved no more; "
             f"{_RETRY}")
@@ -1055,7 +1059,8 @@ class Connection(asyncio.Protocol):
                 progress = command.args.get(REDRIVE_PROGRESS)
                 if progress is not None:  # a REDRIVE's last step: the count, as between steps
                     parts[index] = self._encoder.error(command.request_id, CommandError(
-                        STORAGE_ERROR, _redrive_failed(progress.moved)))
+                        STORAGE_ERROR, _redrive_failed(progress.moved,
+                                                       "stopping" in self._paused_by)))
                 else:
                     parts[index] = self._encoder.error(command.request_id, error)
         self._write(transport, parts, output.close)

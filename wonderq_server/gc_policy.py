@@ -4,19 +4,19 @@ Design decision (issue 6, pauses): Python's cyclic collector rescans every objec
 tracks in a generation each time it collects that generation, with the loop held. A
 leased message is such an object, and so is one with a priority, delay, headers or
 expiry; a server taking a backlog of a million of them into lease ran collections of
-the middle generation of up to 43 ms and a full collection of 326 ms (SCALING.md,
-bench/probes/gc_pauses.py). So, with --gc-freeze on (the default), the middle
-generation is collected every YOUNG_COLLECTIONS_PER_MIDDLE young collections, and after
-each such collection everything that survived it is frozen (gc.freeze()): no later
-collection scans it again, and the oldest generation, whose collections are the long
-ones, never fills. gc.freeze() only moves the generations' lists, whatever their
-length. Leasing a million messages (`gc_pauses.py 1000000 100000 1`, 2026-12-02):
-before, 9 middle collections up to 38 ms and a full one of 314 ms; frozen after each
-middle one, the full one gone and the middle ones up to 34 ms; with 2 young
-collections per middle one, 26 of them up to 19-20 ms (20-31 ms in two more runs, on the
-machine slower by then, beside 36-40 ms and full ones of 255-322 ms with
-WONDERQ_GC_FREEZE=off). A steady load (leases acked
-as fast as taken) runs no collection at all, so it freezes nothing.
+the middle generation of up to about 40 ms and a full collection of about 300 ms
+(figures below; SCALING.md, bench/probes/gc_pauses.py). So, with --gc-freeze on (the
+default), the middle generation is collected every YOUNG_COLLECTIONS_PER_MIDDLE young
+collections, and after each such collection everything that survived it is frozen
+(gc.freeze()): no later collection scans it again, and the oldest generation, whose
+collections are the long ones, never fills. gc.freeze() only moves the generations'
+lists, whatever their length. Leasing a million messages (`gc_pauses.py 1000000 100000
+1`, 2026-12-02): before, 9 middle collections up to 38 ms and a full one of 314 ms;
+frozen after each middle one, the full one gone and the middle ones up to 34 ms; with 2
+young collections per middle one, 26 of them up to 19-20 ms (20-31 ms in two more runs,
+the machine slower by then, beside 36-40 ms and full ones of 255-322 ms with
+WONDERQ_GC_FREEZE=off). A steady load (leases acked as fast as taken) runs no
+collection at all, so it freezes nothing.
 
 A frozen object is still freed by reference counting the moment nothing uses it (an
 acked message is). What the collector no longer frees is a reference cycle whose
