@@ -279,7 +279,13 @@ def one_run(path: str, rounds: int, tmp: Path, extra: dict) -> collections.Count
     return found
 
 
-def main(rounds: int) -> None:
+PATHS = ("binary", "dead-letter", "text", "resets", "journal", "metrics", "tls")
+
+
+def left_per_path(rounds: int, paths: tuple[str, ...] = PATHS
+                  ) -> tuple[collections.Counter, dict[str, dict[str, int]]]:
+    """left_per_path: the baseline run's cyclic garbage by type, and for each path what its
+    run left beyond that (types with more than the baseline had; tests use it too)."""
     import ssl
 
     import trustme
@@ -294,17 +300,23 @@ def main(rounds: int) -> None:
         ca.configure_trust(client_ssl)
         extra = {"cert": tmp / "cert.pem", "key": tmp / "key.pem", "client_ssl": client_ssl}
         baseline = one_run("baseline", rounds, tmp, extra)
-        print(f"baseline (start, one ping, stop): {sum(baseline.values())} objects "
-              f"({', '.join(f'{n} {c}' for n, c in baseline.most_common(4))}, ...)")
-        print(f"{rounds} rounds per path; cyclic garbage beyond the baseline, per round:")
-        for path in ("binary", "dead-letter", "text", "resets", "journal", "metrics", "tls"):
+        left = {}
+        for path in paths:
             found = one_run(path, rounds, tmp, dict(extra))
             beyond = {name: count - baseline.get(name, 0) for name, count in found.items()}
-            beyond = {name: count for name, count in beyond.items() if count > 0}
-            total = sum(beyond.values())
-            top = sorted(beyond.items(), key=lambda item: -item[1])[:TOP]
-            print(f"  {path:12s} {total / rounds:8.1f}  "
-                  + ", ".join(f"{name} {count / rounds:.1f}" for name, count in top))
+            left[path] = {name: count for name, count in beyond.items() if count > 0}
+        return baseline, left
+
+
+def main(rounds: int) -> None:
+    baseline, left = left_per_path(rounds)
+    print(f"baseline (start, one ping, stop): {sum(baseline.values())} objects "
+          f"({', '.join(f'{n} {c}' for n, c in baseline.most_common(4))}, ...)")
+    print(f"{rounds} rounds per path; cyclic garbage beyond the baseline, per round:")
+    for path, beyond in left.items():
+        top = sorted(beyond.items(), key=lambda item: -item[1])[:TOP]
+        print(f"  {path:12s} {sum(beyond.values()) / rounds:8.1f}  "
+              + ", ".join(f"{name} {count / rounds:.1f}" for name, count in top))
 
 
 if __name__ == "__main__":
