@@ -23,8 +23,9 @@ acked message is). What the collector no longer frees is a reference cycle whose
 objects were alive when they were frozen: it stays for good. So the server's paths
 must not leave objects in cycles when they let them go: an error kept past its
 `except` is kept detached (errors.py's rules). `bench/probes/cyclic_garbage.py`
-counts what each path leaves (none), tests/test_reference_cycles.py guards the
-error paths, and STATS says how many freezes there were (`server.gc_freezes_total`).
+counts what each path leaves (none); tests/test_reference_cycles.py guards the
+error paths, and tests/test_e2e_reference_cycles.py runs the probe's real servers;
+STATS says how many freezes there were (`server.gc_freezes_total`).
 --gc-freeze off leaves the collector as Python has it.
 
 Rules:
