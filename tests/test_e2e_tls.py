@@ -228,6 +228,8 @@ async def test_plain_clients_on_a_tls_port_fail_cleanly_and_others_go_on(server_
         stats = await client.stats()
     assert stats["queues"] == {}  # the plain PUT never ran
     assert stats["server"]["tls_handshake_failures_total"] == 2
+    # (Logged before the count was, but read from the server's stderr by a thread.)
+    await until_true(lambda: "the client does not speak TLS" in proc.log)
     assert "handshake failed: HTTP_REQUEST: the client sent plain text" in proc.log  # PUT
     assert "handshake failed: WRONG_VERSION_NUMBER: the client does not speak TLS" in proc.log
     assert proc.proc is not None and proc.proc.poll() is None
@@ -245,7 +247,8 @@ async def test_tls_ca_requires_a_client_certificate(server_factory, tls_files):
     async with connect(proc.host, proc.port, ssl=with_cert) as client:
         assert await client.ping() == "pong"
         await until_stats(client, lambda s: s["server"]["tls_handshake_failures_total"] == 1)
-    assert "the client sent no certificate; --tls-ca requires one" in proc.log, proc.log
+    await until_true(lambda: "the client sent no certificate; --tls-ca requires one"
+                     in proc.log)
     assert proc.proc is not None and proc.proc.poll() is None
 
 
